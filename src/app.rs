@@ -1,0 +1,78 @@
+//! The assembled server state: configuration, clock, store, hub, registry, auth and counters.
+
+use crate::auth::Authenticator;
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::registry::Registry;
+use crate::registry::writer::{Writer, WriterThread};
+use crate::stats::Stats;
+use crate::store::Store;
+use crate::store::sled::SledStore;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio_util::sync::CancellationToken;
+
+/// Everything a connection needs, shared.
+pub struct App {
+    pub config: Arc<Config>,
+    pub clock: SharedClock,
+    pub store: Arc<dyn Store>,
+    pub hub: Arc<Hub>,
+    pub registry: Registry,
+    pub auth: Authenticator,
+    pub stats: Arc<Stats>,
+    pub writer: Writer,
+    session_ids: AtomicU64,
+}
+
+impl App {
+    /// Opens the store in `config.data_dir` and starts the writer. `fatal` is cancelled if the
+    /// store fails, which shuts the server down.
+    pub fn open(
+        config: Config,
+        clock: SharedClock,
+        fatal: CancellationToken,
+    ) -> anyhow::Result<(Arc<App>, WriterThread)> {
+        config.validate()?;
+        let config = Arc::new(config);
+        let auth = Authenticator::new(&config, clock.clone())?;
+        std::fs::create_dir_all(&config.data_dir)?;
+        let store: Arc<dyn Store> =
+            Arc::new(SledStore::open(&config.data_dir, config.store_cache_bytes)?);
+        let stats = Arc::new(Stats::default());
+        let hub = Arc::new(Hub::new(stats.clone()));
+        let (writer, thread) = Writer::start(
+            store.clone(),
+            hub.clone(),
+            stats.clone(),
+            config.max_pending_writes,
+            config.max_commit_batch,
+            fatal,
+        );
+        let registry = Registry::new(
+            config.clone(),
+            clock.clone(),
+            store.clone(),
+            hub.clone(),
+            writer.clone(),
+        )?;
+        let app = App {
+            config,
+            clock,
+            store,
+            hub,
+            registry,
+            auth,
+            stats,
+            writer,
+            session_ids: AtomicU64::new(1),
+        };
+        Ok((Arc::new(app), thread))
+    }
+
+    /// A new session id, unique while the server runs.
+    pub fn next_session_id(&self) -> u64 {
+        self.session_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}

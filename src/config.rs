@@ -1,0 +1,282 @@
+//! Every tunable in one struct: addresses, auth, limits, timeouts and queue sizes.
+//!
+//! Sources, later ones winning: built-in defaults, a TOML file (`--config`), environment
+//! variables `TIDINGS_<FIELD>` (upper-case field name, for example `TIDINGS_LISTEN`), and
+//! command-line `--set field=value` / dedicated flags. The README lists every field.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Server configuration. Field docs name the unit; the default is in `Default`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on (WebSocket at `/` and `/ws`, health at `/healthz`).
+    pub listen: String,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Embedded store cache, bytes.
+    pub store_cache_bytes: u64,
+
+    /// HS256 shared secret. One of the auth settings (or `insecure_dev`) is required.
+    pub jwt_hs256_secret: Option<String>,
+    /// RS256 public key (PEM file) that verifies tokens.
+    pub jwt_rs256_public_key: Option<PathBuf>,
+    /// RS256 private key (PEM file) used only by `tidings token` to mint test tokens.
+    pub jwt_rs256_private_key: Option<PathBuf>,
+    /// Required `iss` claim, when set.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on `exp`, seconds.
+    pub jwt_leeway_secs: u64,
+    /// Development only: accept an unsigned `Login.token` equal to the user id. Logs a warning.
+    pub insecure_dev: bool,
+
+    /// A new connection must log in within this time, ms.
+    pub login_timeout_ms: u64,
+    /// Server WebSocket ping interval, ms.
+    pub ping_interval_ms: u64,
+    /// Close a connection that sent nothing (not even a pong) for this long, ms.
+    pub idle_timeout_ms: u64,
+    /// How long a closing connection may take to write its close frame, ms.
+    pub close_timeout_ms: u64,
+    /// On shutdown, how long sessions get to finish in-flight requests, ms.
+    pub shutdown_grace_ms: u64,
+
+    /// Frames queued for one connection before it is closed as a slow consumer.
+    pub outbox_frames: usize,
+    /// Requests one connection may have in flight before the server stops reading from it.
+    pub max_inflight_requests: usize,
+    /// Largest WebSocket message/frame a client may send, bytes (larger: close 4009).
+    pub max_frame_bytes: usize,
+    /// WebSocket read buffer per connection, bytes.
+    pub ws_read_buffer_bytes: usize,
+    /// WebSocket write buffer per connection (frames coalesce up to this before a write), bytes.
+    pub ws_write_buffer_bytes: usize,
+
+    /// Largest message content plus attributes, bytes.
+    pub max_message_bytes: usize,
+    /// Longest user id (JWT `sub`), bytes; at most 255.
+    pub max_user_id_bytes: usize,
+    /// Longest client message id, bytes.
+    pub max_client_message_id_bytes: usize,
+    /// Longest conversation name, bytes.
+    pub max_name_bytes: usize,
+    /// Largest conversation attributes (keys plus values), bytes.
+    pub max_attributes_bytes: usize,
+    /// Most members a group may have (creator included).
+    pub max_group_members: usize,
+    /// Most users one create/add/remove request may name.
+    pub max_members_per_request: usize,
+    /// Most mentions one message may carry.
+    pub max_mentions: usize,
+    /// Default and maximum page size of SyncMessages / FetchHistory.
+    pub page_default: u32,
+    pub page_max: u32,
+    /// Default and maximum page size of ListMembers.
+    pub member_page_default: u32,
+    pub member_page_max: u32,
+    /// Most logged events replayed on login; older pending ones are skipped (LoginOk says so).
+    pub max_login_replay_events: u32,
+
+    /// Most writes queued for the store before senders wait.
+    pub max_pending_writes: usize,
+    /// Most writes committed in one group commit.
+    pub max_commit_batch: usize,
+
+    /// Log format: `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7400".into(),
+            data_dir: PathBuf::from("tidings-data"),
+            store_cache_bytes: 64 << 20,
+            jwt_hs256_secret: None,
+            jwt_rs256_public_key: None,
+            jwt_rs256_private_key: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway_secs: 30,
+            insecure_dev: false,
+            login_timeout_ms: 10_000,
+            ping_interval_ms: 25_000,
+            idle_timeout_ms: 60_000,
+            close_timeout_ms: 5_000,
+            shutdown_grace_ms: 10_000,
+            outbox_frames: 1024,
+            max_inflight_requests: 64,
+            max_frame_bytes: 128 << 10,
+            ws_read_buffer_bytes: 4 << 10,
+            ws_write_buffer_bytes: 16 << 10,
+            max_message_bytes: 64 << 10,
+            max_user_id_bytes: 128,
+            max_client_message_id_bytes: 64,
+            max_name_bytes: 256,
+            max_attributes_bytes: 8 << 10,
+            max_group_members: 10_000,
+            max_members_per_request: 1000,
+            max_mentions: 100,
+            page_default: 20,
+            page_max: 100,
+            member_page_default: 100,
+            member_page_max: 1000,
+            max_login_replay_events: 1000,
+            max_pending_writes: 8192,
+            max_commit_batch: 1024,
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// A configuration that could not be loaded or does not make sense.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The merged settings do not deserialize (unknown field, wrong type).
+    #[error("configuration: {0}")]
+    Parse(String),
+    /// A `--set` argument is not `field=value`.
+    #[error("--set expects field=value, got {0:?}")]
+    BadSet(String),
+    /// The values are individually fine but do not work together.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults, then `file`, then `TIDINGS_*` variables from `env`, then `sets`
+    /// (`field=value` strings).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        sets: &[String],
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, value) in env {
+            if let Some(field) = key.strip_prefix("TIDINGS_") {
+                // Variables that are not fields (TIDINGS_LOG etc.) are reported by serde below
+                // only if they look like fields; keep the known non-field ones out.
+                if field == "LOG" {
+                    continue;
+                }
+                table.insert(field.to_ascii_lowercase(), scalar(&value));
+            }
+        }
+        for set in sets {
+            let (k, v) = set
+                .split_once('=')
+                .ok_or_else(|| ConfigError::BadSet(set.clone()))?;
+            table.insert(k.trim().to_owned(), scalar(v.trim()));
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the combinations serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.max_user_id_bytes == 0 || self.max_user_id_bytes > 255 {
+            return bad("max_user_id_bytes must be 1..=255");
+        }
+        if self.outbox_frames == 0 || self.max_inflight_requests == 0 {
+            return bad("outbox_frames and max_inflight_requests must be at least 1");
+        }
+        if self.page_default == 0 || self.page_default > self.page_max {
+            return bad("page_default must be 1..=page_max");
+        }
+        if self.member_page_default == 0 || self.member_page_default > self.member_page_max {
+            return bad("member_page_default must be 1..=member_page_max");
+        }
+        if self.max_group_members < 2 {
+            return bad("max_group_members must be at least 2");
+        }
+        if self.max_pending_writes == 0 || self.max_commit_batch == 0 {
+            return bad("max_pending_writes and max_commit_batch must be at least 1");
+        }
+        if self.max_frame_bytes < 1024 {
+            return bad("max_frame_bytes must be at least 1024");
+        }
+        if self.ping_interval_ms == 0 || self.idle_timeout_ms <= self.ping_interval_ms {
+            return bad("idle_timeout_ms must be greater than ping_interval_ms (> 0)");
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad("log_format must be text or json");
+        }
+        Ok(())
+    }
+}
+
+/// Reads an environment or `--set` value as the TOML scalar it looks like.
+fn scalar(v: &str) -> toml::Value {
+    if let Ok(i) = v.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(b) = v.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(v.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:1\"\noutbox_frames = 7\npage_max = 50\n",
+        )
+        .unwrap();
+        let env = vec![
+            ("TIDINGS_OUTBOX_FRAMES".to_owned(), "9".to_owned()),
+            ("TIDINGS_LOG".to_owned(), "debug".to_owned()),
+            ("PATH".to_owned(), "/bin".to_owned()),
+        ];
+        let c = Config::load(Some(&file), env, &["page_max=60".into()]).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:1");
+        assert_eq!(c.outbox_frames, 9);
+        assert_eq!(c.page_max, 60);
+        assert_eq!(c.page_default, 20);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_errors() {
+        assert!(matches!(
+            Config::load(None, vec![("TIDINGS_NO_SUCH".into(), "1".into())], &[]),
+            Err(ConfigError::Parse(_))
+        ));
+        assert!(matches!(
+            Config::load(None, vec![], &["page_default=0".into()]),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            Config::load(None, vec![], &["nonsense".into()]),
+            Err(ConfigError::BadSet(_))
+        ));
+    }
+}

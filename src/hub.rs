@@ -1,0 +1,169 @@
+//! Online routing: user → live sessions, and fan-out of pre-encoded frames into their outboxes.
+//!
+//! The hub never waits: a frame goes into a session's bounded outbox with `try_send`; a full
+//! outbox marks that session for closing as a slow consumer (it reconnects and catches up by
+//! seq). Nothing here is held across an `.await`.
+
+use crate::protocol::pb::CloseCode;
+use crate::stats::Stats;
+use crate::store::UserId;
+use bytes::Bytes;
+use dashmap::DashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use tokio::sync::{Notify, mpsc};
+
+/// One frame queued for a session.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The encoded `ServerFrame`.
+    pub frame: Bytes,
+    /// For logged conversation events: their user-event seq (lets a session that is replaying
+    /// the log skip live copies of events it already sent). 0 otherwise.
+    pub user_seq: u64,
+}
+
+/// Asks a session to close with a code; the first code set wins.
+#[derive(Debug, Default)]
+pub struct Kick {
+    code: AtomicU16,
+    notify: Notify,
+}
+
+impl Kick {
+    /// Requests the close. Later requests are ignored.
+    pub fn kick(&self, code: CloseCode) {
+        if self
+            .code
+            .compare_exchange(0, code as i32 as u16, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.notify.notify_one();
+        }
+    }
+    /// Waits until kicked; returns the code.
+    pub async fn kicked(&self) -> u16 {
+        loop {
+            let c = self.code.load(Ordering::Acquire);
+            if c != 0 {
+                return c;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// What the hub holds of one live session.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    pub id: u64,
+    pub device: Option<Arc<str>>,
+    pub outbox: mpsc::Sender<Outgoing>,
+    pub kick: Arc<Kick>,
+}
+
+/// Who receives a delivery.
+#[derive(Debug, Clone)]
+pub enum Recipients {
+    /// Every session of these users.
+    Users(Arc<[UserId]>),
+    /// Every session of one user.
+    User(UserId),
+}
+
+/// A frame to hand to the online sessions of some users, after its write is durable.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub to: Recipients,
+    pub frame: Bytes,
+    pub user_seq: u64,
+    /// A session that must not get it (the one that sent it, which gets a reply instead).
+    pub except_session: u64,
+}
+
+/// The live sessions of every online user.
+#[derive(Debug)]
+pub struct Hub {
+    users: DashMap<UserId, Vec<SessionHandle>>,
+    stats: Arc<Stats>,
+}
+
+impl Hub {
+    pub fn new(stats: Arc<Stats>) -> Self {
+        Hub {
+            users: DashMap::new(),
+            stats,
+        }
+    }
+
+    /// Adds a session. Returns the sessions it replaces (same user and device tag), which the
+    /// caller closes.
+    pub fn register(&self, user: &UserId, handle: SessionHandle) -> Vec<SessionHandle> {
+        let mut entry = self.users.entry(user.clone()).or_default();
+        let mut replaced = Vec::new();
+        if let Some(dev) = &handle.device {
+            entry.retain(|h| {
+                let same = h.device.as_deref() == Some(dev);
+                if same {
+                    replaced.push(h.clone());
+                }
+                !same
+            });
+        }
+        entry.push(handle);
+        replaced
+    }
+
+    /// Removes a session (no-op when it is already gone).
+    pub fn unregister(&self, user: &str, session: u64) {
+        self.users.remove_if_mut(user, |_, v| {
+            v.retain(|h| h.id != session);
+            v.is_empty()
+        });
+    }
+
+    /// Whether any session of `user` is live.
+    pub fn is_online(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
+    /// Number of live sessions.
+    pub fn session_count(&self) -> usize {
+        self.users.iter().map(|e| e.value().len()).sum()
+    }
+
+    /// Puts the frame into every recipient session's outbox, without waiting.
+    pub fn deliver(&self, d: &Delivery) {
+        match &d.to {
+            Recipients::Users(users) => {
+                for u in users.iter() {
+                    self.deliver_to(u, d);
+                }
+            }
+            Recipients::User(u) => self.deliver_to(u, d),
+        }
+    }
+
+    fn deliver_to(&self, user: &str, d: &Delivery) {
+        let Some(sessions) = self.users.get(user) else {
+            return;
+        };
+        for h in sessions.iter() {
+            if h.id == d.except_session {
+                continue;
+            }
+            let out = Outgoing {
+                frame: d.frame.clone(),
+                user_seq: d.user_seq,
+            };
+            match h.outbox.try_send(out) {
+                Ok(()) => self.stats.frames_queued.inc(),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.stats.slow_consumer_closes.inc();
+                    h.kick.kick(CloseCode::CloseSlowConsumer);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+}

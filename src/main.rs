@@ -1,0 +1,130 @@
+//! The `tidings` binary: thin. Parses arguments, loads configuration, sets up logging and runs
+//! the library's server until SIGTERM or Ctrl-C.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tidings::clock::{Clock, SystemClock};
+use tidings::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "tidings",
+    version,
+    about = "Self-hosted real-time messaging gateway"
+)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Override any configuration field: --set field=value (repeatable).
+    #[arg(long = "set", global = true, value_name = "FIELD=VALUE")]
+    sets: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Address to listen on (config: listen).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory of the embedded store (config: data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Development only: accept the user id itself as login token (config: insecure_dev).
+        #[arg(long)]
+        insecure_dev: bool,
+    },
+    /// Mint a login token from the configured key (for trying things out and load tests).
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        user: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: i64,
+        /// Sign with RS256 (needs jwt_rs256_private_key) instead of HS256.
+        #[arg(long)]
+        rs256: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut sets = cli.sets.clone();
+    if let Command::Serve {
+        listen,
+        data_dir,
+        insecure_dev,
+    } = &cli.command
+    {
+        if let Some(l) = listen {
+            sets.push(format!("listen={l}"));
+        }
+        if let Some(d) = data_dir {
+            sets.push(format!("data_dir={}", d.display()));
+        }
+        if *insecure_dev {
+            sets.push("insecure_dev=true".into());
+        }
+    }
+    let config = Config::load(cli.config.as_deref(), std::env::vars(), &sets)?;
+    match cli.command {
+        Command::Token {
+            user,
+            ttl_secs,
+            rs256,
+        } => {
+            let token = tidings::auth::mint(&config, &user, ttl_secs, SystemClock.now_ms(), rs256)
+                .context("minting a token needs jwt_hs256_secret (or jwt_rs256_private_key with --rs256)")?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Serve { .. } => serve(config),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDINGS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let server = tidings::server::start(config, Arc::new(SystemClock)).await?;
+        let token = server.shutdown_token();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received; draining");
+            token.cancel();
+        });
+        server.wait().await
+    })
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

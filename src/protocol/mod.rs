@@ -1,0 +1,127 @@
+//! The wire: generated protobuf types plus the few conversions that touch bytes.
+//!
+//! Everything that turns bytes into typed frames, or typed frames into bytes, lives here, so
+//! the rest of the server works on types only.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::Message as _;
+
+/// Types generated from `proto/tidings/v1/*.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/tidings.v1.rs"));
+}
+
+pub use pb::{ClientFrame, ServerFrame};
+
+/// The WebSocket subprotocol of this dialect.
+pub const SUBPROTOCOL: &str = "tidings.v1";
+
+/// Field number of `ServerFrame.message` (see frames.proto).
+const SERVER_FRAME_MESSAGE_FIELD: u32 = 100;
+
+/// A frame that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed frame: {0}")]
+pub struct DecodeError(#[from] prost::DecodeError);
+
+/// Decodes one client frame.
+pub fn decode_client(bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
+    Ok(ClientFrame::decode(bytes)?)
+}
+
+/// Decodes one server frame.
+pub fn decode_server(bytes: &[u8]) -> Result<ServerFrame, DecodeError> {
+    Ok(ServerFrame::decode(bytes)?)
+}
+
+/// Encodes any frame or record.
+pub fn encode<M: prost::Message>(m: &M) -> Bytes {
+    Bytes::from(m.encode_to_vec())
+}
+
+/// Builds a reply frame.
+pub fn reply(id: u64, body: pb::server_frame::Body) -> ServerFrame {
+    ServerFrame {
+        id,
+        body: Some(body),
+    }
+}
+
+/// Builds a push frame (id 0).
+pub fn push(body: pb::server_frame::Body) -> Bytes {
+    encode(&ServerFrame {
+        id: 0,
+        body: Some(body),
+    })
+}
+
+/// Wraps an already encoded `Message` into a `ServerFrame { message }` push without decoding or
+/// re-encoding it: the stored bytes and the pushed bytes share one encoding.
+pub fn message_push_from_encoded(encoded_message: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(encoded_message.len() + 8);
+    prost::encoding::encode_key(
+        SERVER_FRAME_MESSAGE_FIELD,
+        prost::encoding::WireType::LengthDelimited,
+        &mut buf,
+    );
+    prost::encoding::encode_varint(encoded_message.len() as u64, &mut buf);
+    buf.put_slice(encoded_message);
+    buf.freeze()
+}
+
+/// Conversation ids on the wire: 16 lower-case hex digits of the internal number.
+pub fn conversation_id(num: u64) -> String {
+    format!("{num:016x}")
+}
+
+/// Parses a wire conversation id; `None` for anything this server never issued.
+pub fn parse_conversation_id(id: &str) -> Option<u64> {
+    if id.len() != 16
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    u64::from_str_radix(id, 16).ok()
+}
+
+/// Message ids: the conversation and seq, so a message id alone locates the message.
+pub fn message_id(conv: u64, seq: u64) -> String {
+    format!("{conv:016x}{seq:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_from_encoded_matches_prost() {
+        let m = pb::Message {
+            id: "x".into(),
+            seq: 7,
+            content: Bytes::from_static(b"hello"),
+            ..Default::default()
+        };
+        let via_prost = encode(&ServerFrame {
+            id: 0,
+            body: Some(pb::server_frame::Body::Message(m.clone())),
+        });
+        assert_eq!(message_push_from_encoded(&m.encode_to_vec()), via_prost);
+    }
+
+    #[test]
+    fn conversation_ids_round_trip_and_reject_foreign() {
+        assert_eq!(parse_conversation_id(&conversation_id(0xabc)), Some(0xabc));
+        for bad in [
+            "",
+            "abc",
+            "000000000000000G",
+            "000000000000000A",
+            "0000000000000000a",
+        ] {
+            assert_eq!(parse_conversation_id(bad), None, "{bad}");
+        }
+    }
+}

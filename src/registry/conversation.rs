@@ -1,0 +1,612 @@
+//! Creating conversations and changing who is in them.
+
+use super::writer::wait;
+use super::{Caller, ConvCell, ConvState, Error, LoggedEvent, Registry};
+use crate::hub::Recipients;
+use crate::protocol::conversation_id;
+use crate::protocol::pb::{
+    Conversation, ConversationEventKind as Ev, ConversationKind, ConversationRecord, MemberRecord,
+    UserConversationRecord,
+};
+use crate::store::{Counter, Op, UserId};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+/// What a create request asks for.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub kind: ConversationKind,
+    pub members: Vec<String>,
+    pub name: String,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// What an update request changes.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateRequest {
+    pub name: Option<String>,
+    pub set_attributes: BTreeMap<String, String>,
+    pub remove_attributes: Vec<String>,
+}
+
+fn kind_name(k: ConversationKind) -> &'static str {
+    match k {
+        ConversationKind::Direct => "direct",
+        ConversationKind::Group => "group",
+        ConversationKind::Unspecified => "unspecified",
+    }
+}
+
+impl Registry {
+    /// Validates a list of users named by a request: ids well-formed, no duplicates, within the
+    /// per-request limit. Returns them sorted, without `except`.
+    fn named_users(&self, users: &[String], except: &str) -> Result<BTreeSet<UserId>, Error> {
+        if users.len() > self.config.max_members_per_request {
+            return Err(Error::LimitExceeded(format!(
+                "{} users named; max_members_per_request is {}",
+                users.len(),
+                self.config.max_members_per_request
+            )));
+        }
+        let mut out = BTreeSet::new();
+        for u in users {
+            self.check_user_id(u)?;
+            if u != except {
+                out.insert(UserId::from(u.as_str()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates a conversation; for a direct pair that already exists, returns the existing one.
+    pub async fn create(&self, caller: &Caller, req: CreateRequest) -> Result<Conversation, Error> {
+        self.check_attributes(&req.name, &req.attributes)?;
+        let others = self.named_users(&req.members, &caller.user)?;
+        match req.kind {
+            ConversationKind::Direct => {
+                if others.len() != 1 {
+                    return Err(Error::InvalidArgument(
+                        "a direct conversation names exactly one other user".into(),
+                    ));
+                }
+                let peer = others.into_iter().next().expect("one");
+                self.create_direct(caller, peer, req).await
+            }
+            ConversationKind::Group => {
+                if others.len() + 1 > self.config.max_group_members {
+                    return Err(Error::LimitExceeded(format!(
+                        "{} members; max_group_members is {}",
+                        others.len() + 1,
+                        self.config.max_group_members
+                    )));
+                }
+                let permit = self.writer.reserve().await?;
+                let (cell, rx) = {
+                    let mut next = self.next_conv.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut members = vec![caller.user.clone()];
+                    members.extend(others);
+                    let record = ConversationRecord {
+                        kind: ConversationKind::Group as i32,
+                        name: req.name,
+                        attributes: req.attributes,
+                        owner: caller.user.to_string(),
+                        created_at: self.now(),
+                        pair: Vec::new(),
+                    };
+                    let (cell, ops, events) =
+                        self.new_conversation(&mut next, caller, record, &members);
+                    (cell, self.writer.submit(permit, ops, Vec::new(), events))
+                };
+                wait(rx).await?;
+                let view = cell.lock().view(&cell.id);
+                self.view_for(&cell, view, &caller.user)
+            }
+            ConversationKind::Unspecified => Err(Error::InvalidArgument("kind is required".into())),
+        }
+    }
+
+    async fn create_direct(
+        &self,
+        caller: &Caller,
+        peer: UserId,
+        req: CreateRequest,
+    ) -> Result<Conversation, Error> {
+        let pair = if caller.user <= peer {
+            (caller.user.clone(), peer)
+        } else {
+            (peer, caller.user.clone())
+        };
+        let permit = self.writer.reserve().await?;
+        let (num, rx) = match self.directs.entry(pair.clone()) {
+            dashmap::Entry::Occupied(e) => (*e.get(), None),
+            dashmap::Entry::Vacant(v) => match self.store.direct(&pair.0, &pair.1)? {
+                Some(num) => (*v.insert(num), None),
+                None => {
+                    let mut next = self.next_conv.lock().unwrap_or_else(|p| p.into_inner());
+                    let record = ConversationRecord {
+                        kind: ConversationKind::Direct as i32,
+                        name: req.name,
+                        attributes: req.attributes,
+                        owner: String::new(),
+                        created_at: self.now(),
+                        pair: vec![pair.0.to_string(), pair.1.to_string()],
+                    };
+                    let members = [pair.0.clone(), pair.1.clone()];
+                    let (cell, mut ops, events) =
+                        self.new_conversation(&mut next, caller, record, &members);
+                    ops.push(Op::PutDirect {
+                        a: pair.0.clone(),
+                        b: pair.1.clone(),
+                        conv: cell.num,
+                    });
+                    v.insert(cell.num);
+                    (
+                        cell.num,
+                        Some(self.writer.submit(permit, ops, Vec::new(), events)),
+                    )
+                }
+            },
+        };
+        match rx {
+            Some(rx) => wait(rx).await?,
+            // Someone else created it: make sure their create is durable before answering.
+            None => self.writer.barrier().await?,
+        }
+        let cell = self.cell_by_num(num)?;
+        let view = cell.lock().view(&cell.id);
+        self.view_for(&cell, view, &caller.user)
+    }
+
+    /// Allocates a number, registers the cell in memory, and returns the ops and the CREATED
+    /// events for every member. Runs under the `next_conv` lock so numbers commit in order.
+    fn new_conversation(
+        &self,
+        next: &mut u64,
+        caller: &Caller,
+        record: ConversationRecord,
+        members: &[UserId],
+    ) -> (Arc<ConvCell>, Vec<Op>, Vec<LoggedEvent>) {
+        *next += 1;
+        let num = *next;
+        let now = record.created_at;
+        let mut ops = vec![
+            Op::SetCounter {
+                counter: Counter::Conversation,
+                value: num,
+            },
+            Op::PutConversation {
+                conv: num,
+                record: record.clone(),
+            },
+        ];
+        let mut map = HashMap::with_capacity(members.len());
+        for (i, u) in members.iter().enumerate() {
+            let m = MemberRecord {
+                joined_at: now,
+                join_order: i as u64 + 1,
+            };
+            ops.push(Op::PutMember {
+                conv: num,
+                user: u.clone(),
+                record: m,
+            });
+            ops.push(Op::PutUserConversation {
+                user: u.clone(),
+                conv: num,
+                record: UserConversationRecord {
+                    muted: false,
+                    joined_at: now,
+                },
+            });
+            map.insert(u.clone(), m);
+        }
+        let mut state = ConvState {
+            record,
+            members: map,
+            roster: Arc::from(Vec::new()),
+            reads: HashMap::new(),
+            last_seq: 0,
+            last_ts: now,
+            next_join_order: members.len() as u64 + 1,
+        };
+        state.rebuild_roster();
+        let cell = Arc::new(ConvCell {
+            num,
+            id: Arc::from(conversation_id(num)),
+            state: Mutex::new(state),
+        });
+        let view = cell.lock().view(&cell.id);
+        let event = self.event(Ev::Created, &cell, &caller.user, Vec::new(), view);
+        let events = members
+            .iter()
+            .map(|u| LoggedEvent {
+                user: u.clone(),
+                event: event.clone(),
+                except_session: caller.session,
+            })
+            .collect();
+        self.convs.insert(num, cell.clone());
+        (cell, ops, events)
+    }
+
+    /// The conversation, for a member.
+    pub fn get(&self, caller: &Caller, id: &str) -> Result<Conversation, Error> {
+        let cell = self.cell(id)?;
+        let view = {
+            let st = cell.lock();
+            st.require_member(&caller.user)?;
+            st.view(&cell.id)
+        };
+        self.view_for(&cell, view, &caller.user)
+    }
+
+    fn require_group(st: &ConvState, what: &'static str) -> Result<(), Error> {
+        match st.kind() {
+            ConversationKind::Group => Ok(()),
+            k => Err(Error::NotAllowedForKind {
+                kind: kind_name(k),
+                what,
+            }),
+        }
+    }
+
+    /// Adds members to a group. Any member may add; users already in are skipped.
+    pub async fn add_members(
+        &self,
+        caller: &Caller,
+        id: &str,
+        users: &[String],
+    ) -> Result<Conversation, Error> {
+        let cell = self.cell(id)?;
+        let named = self.named_users(users, "")?;
+        let permit = self.writer.reserve().await?;
+        let rx = {
+            let mut st = cell.lock();
+            st.require_member(&caller.user)?;
+            Self::require_group(&st, "adding members")?;
+            let new: Vec<UserId> = named
+                .into_iter()
+                .filter(|u| !st.members.contains_key(u))
+                .collect();
+            if new.is_empty() {
+                None
+            } else {
+                if st.members.len() + new.len() > self.config.max_group_members {
+                    return Err(Error::LimitExceeded(format!(
+                        "{} members; max_group_members is {}",
+                        st.members.len() + new.len(),
+                        self.config.max_group_members
+                    )));
+                }
+                let existing = st.roster.clone();
+                let now = self.now();
+                let mut ops = Vec::with_capacity(new.len() * 3);
+                for u in &new {
+                    let m = MemberRecord {
+                        joined_at: now,
+                        join_order: st.next_join_order,
+                    };
+                    st.next_join_order += 1;
+                    st.members.insert(u.clone(), m);
+                    let last = st.last_seq;
+                    st.reads.insert(u.clone(), last);
+                    ops.push(Op::PutMember {
+                        conv: cell.num,
+                        user: u.clone(),
+                        record: m,
+                    });
+                    ops.push(Op::PutUserConversation {
+                        user: u.clone(),
+                        conv: cell.num,
+                        record: UserConversationRecord {
+                            muted: false,
+                            joined_at: now,
+                        },
+                    });
+                    ops.push(Op::PutReadSeq {
+                        user: u.clone(),
+                        conv: cell.num,
+                        seq: st.last_seq,
+                    });
+                }
+                st.rebuild_roster();
+                let names = new.iter().map(|u| u.to_string()).collect();
+                let event = self.event(
+                    Ev::MembersAdded,
+                    &cell,
+                    &caller.user,
+                    names,
+                    st.view(&cell.id),
+                );
+                let live = vec![Self::live(
+                    &event,
+                    Recipients::Users(existing),
+                    caller.session,
+                )];
+                let logged = new
+                    .into_iter()
+                    .map(|user| LoggedEvent {
+                        user,
+                        event: event.clone(),
+                        except_session: 0,
+                    })
+                    .collect();
+                Some(self.writer.submit(permit, ops, live, logged))
+            }
+        };
+        if let Some(rx) = rx {
+            wait(rx).await?;
+        }
+        let view = cell.lock().view(&cell.id);
+        self.view_for(&cell, view, &caller.user)
+    }
+
+    /// Removes members from a group. Only the owner may remove others.
+    pub async fn remove_members(
+        &self,
+        caller: &Caller,
+        id: &str,
+        users: &[String],
+    ) -> Result<Conversation, Error> {
+        let cell = self.cell(id)?;
+        let named = self.named_users(users, "")?;
+        if named.contains(&caller.user) {
+            return Err(Error::InvalidArgument(
+                "to remove yourself, leave the conversation".into(),
+            ));
+        }
+        let permit = self.writer.reserve().await?;
+        let rx = {
+            let mut st = cell.lock();
+            st.require_member(&caller.user)?;
+            Self::require_group(&st, "removing members")?;
+            if *st.record.owner != *caller.user {
+                return Err(Error::PermissionDenied("only the owner may remove members"));
+            }
+            if let Some(u) = named.iter().find(|u| !st.members.contains_key(*u)) {
+                return Err(Error::InvalidArgument(format!("{u:?} is not a member")));
+            }
+            if named.is_empty() {
+                None
+            } else {
+                let before = st.view(&cell.id);
+                let ops = self.drop_members(&mut st, &cell, &named);
+                let names: Vec<String> = named.iter().map(|u| u.to_string()).collect();
+                let event = self.event(
+                    Ev::MembersRemoved,
+                    &cell,
+                    &caller.user,
+                    names.clone(),
+                    st.view(&cell.id),
+                );
+                let to_removed = self.event(Ev::MembersRemoved, &cell, &caller.user, names, before);
+                let live = vec![Self::live(
+                    &event,
+                    Recipients::Users(st.roster.clone()),
+                    caller.session,
+                )];
+                let logged = named
+                    .into_iter()
+                    .map(|user| LoggedEvent {
+                        user,
+                        event: to_removed.clone(),
+                        except_session: 0,
+                    })
+                    .collect();
+                Some(self.writer.submit(permit, ops, live, logged))
+            }
+        };
+        if let Some(rx) = rx {
+            wait(rx).await?;
+        }
+        let view = cell.lock().view(&cell.id);
+        self.view_for(&cell, view, &caller.user)
+    }
+
+    /// Removes `users` from the state and returns the ops that remove them from the store.
+    fn drop_members(
+        &self,
+        st: &mut ConvState,
+        cell: &ConvCell,
+        users: &BTreeSet<UserId>,
+    ) -> Vec<Op> {
+        let mut ops = Vec::with_capacity(users.len() * 3);
+        for u in users {
+            st.members.remove(u);
+            st.reads.remove(u);
+            ops.push(Op::DeleteMember {
+                conv: cell.num,
+                user: u.clone(),
+            });
+            ops.push(Op::DeleteUserConversation {
+                user: u.clone(),
+                conv: cell.num,
+            });
+            ops.push(Op::DeleteReadSeq {
+                user: u.clone(),
+                conv: cell.num,
+            });
+        }
+        st.rebuild_roster();
+        ops
+    }
+
+    /// Leaves a group. An owner who leaves hands ownership to the longest-standing member.
+    pub async fn leave(&self, caller: &Caller, id: &str) -> Result<(), Error> {
+        let cell = self.cell(id)?;
+        let permit = self.writer.reserve().await?;
+        let rx = {
+            let mut st = cell.lock();
+            st.require_member(&caller.user)?;
+            Self::require_group(&st, "leaving")?;
+            let me: BTreeSet<UserId> = [caller.user.clone()].into();
+            let mut ops = self.drop_members(&mut st, &cell, &me);
+            if *st.record.owner == *caller.user {
+                let heir = st
+                    .members
+                    .iter()
+                    .min_by_key(|(u, m)| (m.join_order, (*u).clone()))
+                    .map(|(u, _)| u.to_string());
+                st.record.owner = heir.unwrap_or_default();
+                ops.push(Op::PutConversation {
+                    conv: cell.num,
+                    record: st.record.clone(),
+                });
+            }
+            let event = self.event(
+                Ev::Left,
+                &cell,
+                &caller.user,
+                vec![caller.user.to_string()],
+                st.view(&cell.id),
+            );
+            let live = vec![Self::live(&event, Recipients::Users(st.roster.clone()), 0)];
+            let logged = vec![LoggedEvent {
+                user: caller.user.clone(),
+                event,
+                except_session: caller.session,
+            }];
+            self.writer.submit(permit, ops, live, logged)
+        };
+        Ok(wait(rx).await?)
+    }
+
+    /// Changes the name and attributes. Any member may.
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        id: &str,
+        req: UpdateRequest,
+    ) -> Result<Conversation, Error> {
+        let cell = self.cell(id)?;
+        let permit = self.writer.reserve().await?;
+        let rx = {
+            let mut st = cell.lock();
+            st.require_member(&caller.user)?;
+            let mut record = st.record.clone();
+            if let Some(name) = req.name {
+                record.name = name;
+            }
+            for k in &req.remove_attributes {
+                record.attributes.remove(k);
+            }
+            record.attributes.extend(req.set_attributes);
+            self.check_attributes(&record.name, &record.attributes)?;
+            st.record = record.clone();
+            let ops = vec![Op::PutConversation {
+                conv: cell.num,
+                record,
+            }];
+            let event = self.event(
+                Ev::Updated,
+                &cell,
+                &caller.user,
+                Vec::new(),
+                st.view(&cell.id),
+            );
+            let live = vec![Self::live(
+                &event,
+                Recipients::Users(st.roster.clone()),
+                caller.session,
+            )];
+            self.writer.submit(permit, ops, live, Vec::new())
+        };
+        wait(rx).await?;
+        let view = cell.lock().view(&cell.id);
+        self.view_for(&cell, view, &caller.user)
+    }
+
+    /// Mutes or unmutes the conversation for the caller only; their other devices are told.
+    pub async fn set_muted(&self, caller: &Caller, id: &str, muted: bool) -> Result<(), Error> {
+        let cell = self.cell(id)?;
+        let permit = self.writer.reserve().await?;
+        let rx = {
+            let st = cell.lock();
+            st.require_member(&caller.user)?;
+            let mut rec = self
+                .store
+                .user_conversation(&caller.user, cell.num)?
+                .unwrap_or_default();
+            rec.muted = muted;
+            let ops = vec![Op::PutUserConversation {
+                user: caller.user.clone(),
+                conv: cell.num,
+                record: rec,
+            }];
+            let view = Conversation {
+                muted,
+                ..st.view(&cell.id)
+            };
+            let event = self.event(Ev::Muted, &cell, &caller.user, Vec::new(), view);
+            let live = vec![Self::live(
+                &event,
+                Recipients::User(caller.user.clone()),
+                caller.session,
+            )];
+            self.writer.submit(permit, ops, live, Vec::new())
+        };
+        Ok(wait(rx).await?)
+    }
+
+    /// A page of members, sorted by user id.
+    pub fn list_members(
+        &self,
+        caller: &Caller,
+        id: &str,
+        cursor: &str,
+        limit: u32,
+    ) -> Result<(Vec<String>, String, bool), Error> {
+        let limit = self.page_limit(
+            limit,
+            self.config.member_page_default,
+            self.config.member_page_max,
+            "member_page_max",
+        )?;
+        let cell = self.cell(id)?;
+        let roster = {
+            let st = cell.lock();
+            st.require_member(&caller.user)?;
+            st.roster.clone()
+        };
+        let start = if cursor.is_empty() {
+            0
+        } else {
+            roster.partition_point(|u| **u <= *cursor)
+        };
+        let page: Vec<String> = roster[start..]
+            .iter()
+            .take(limit)
+            .map(|u| u.to_string())
+            .collect();
+        let has_more = start + page.len() < roster.len();
+        let next = if has_more {
+            page.last().cloned().unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((page, next, has_more))
+    }
+
+    /// How many members the conversation has.
+    pub fn count_members(&self, caller: &Caller, id: &str) -> Result<u32, Error> {
+        let cell = self.cell(id)?;
+        let st = cell.lock();
+        st.require_member(&caller.user)?;
+        Ok(st.members.len() as u32)
+    }
+
+    /// Applies a page-size default and maximum (over the maximum is an error).
+    pub(super) fn page_limit(
+        &self,
+        asked: u32,
+        default: u32,
+        max: u32,
+        name: &str,
+    ) -> Result<usize, Error> {
+        match asked {
+            0 => Ok(default as usize),
+            n if n > max => Err(Error::LimitExceeded(format!("limit {n}; {name} is {max}"))),
+            n => Ok(n as usize),
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! Sending, catch-up, history and read positions.
+
+use super::writer::wait;
+use super::{Caller, Error, Registry};
+use crate::hub::{Delivery, Recipients};
+use crate::protocol::pb::{self, Message, SendAck};
+use crate::protocol::{self, message_id};
+use crate::store::{Direction, Op, UserId};
+use bytes::Bytes;
+use dashmap::DashMap;
+use prost::Message as _;
+use std::collections::BTreeMap;
+use tokio::sync::oneshot;
+
+/// What a send request carries.
+#[derive(Debug, Clone, Default)]
+pub struct SendRequest {
+    pub client_message_id: String,
+    pub kind: i32,
+    pub content: Bytes,
+    pub attributes: BTreeMap<String, String>,
+    pub mentions: Vec<String>,
+    pub transient: bool,
+}
+
+type DedupKey = (u64, UserId, String);
+type Waiters = Vec<oneshot::Sender<Result<SendAck, Error>>>;
+
+/// Sends in flight by client message id, so a retry that arrives before the first attempt is
+/// durable waits for it instead of storing a second copy.
+#[derive(Default)]
+pub(super) struct Inflight(DashMap<DedupKey, Waiters>);
+
+/// Owns an in-flight key; releasing it (also on cancellation) answers the waiters.
+struct InflightGuard<'a> {
+    map: &'a Inflight,
+    key: DedupKey,
+    result: Option<Result<SendAck, Error>>,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        let result = self.result.take().unwrap_or(Err(Error::Unavailable));
+        if let Some((_, waiters)) = self.map.0.remove(&self.key) {
+            for w in waiters {
+                let _ = w.send(result.clone().map(|a| SendAck {
+                    duplicate: true,
+                    ..a
+                }));
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// Sends a message. Stored messages are acked after they are durable; a retry with the same
+    /// client message id returns the first ack with `duplicate = true`.
+    pub async fn send(
+        &self,
+        caller: &Caller,
+        id: &str,
+        req: SendRequest,
+    ) -> Result<SendAck, Error> {
+        let size = req.content.len()
+            + req
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if size > self.config.max_message_bytes {
+            return Err(Error::MessageTooLarge {
+                size,
+                limit: self.config.max_message_bytes,
+            });
+        }
+        if req.client_message_id.len() > self.config.max_client_message_id_bytes {
+            return Err(Error::LimitExceeded(format!(
+                "client_message_id is {} bytes; max_client_message_id_bytes is {}",
+                req.client_message_id.len(),
+                self.config.max_client_message_id_bytes
+            )));
+        }
+        if req.mentions.len() > self.config.max_mentions {
+            return Err(Error::LimitExceeded(format!(
+                "{} mentions; max_mentions is {}",
+                req.mentions.len(),
+                self.config.max_mentions
+            )));
+        }
+        for m in &req.mentions {
+            self.check_user_id(m)?;
+        }
+        let cell = self.cell(id)?;
+        if req.transient {
+            return self.send_transient(caller, &cell, req);
+        }
+        if req.client_message_id.is_empty() {
+            return self.send_stored(caller, &cell, req).await;
+        }
+        let key: DedupKey = (cell.num, caller.user.clone(), req.client_message_id.clone());
+        match self.inflight.0.entry(key.clone()) {
+            dashmap::Entry::Occupied(mut e) => {
+                let (tx, rx) = oneshot::channel();
+                e.get_mut().push(tx);
+                drop(e);
+                return rx.await.unwrap_or(Err(Error::Unavailable));
+            }
+            dashmap::Entry::Vacant(v) => {
+                v.insert(Vec::new());
+            }
+        }
+        let mut guard = InflightGuard {
+            map: &self.inflight,
+            key,
+            result: None,
+        };
+        let result = match self
+            .store
+            .dedup(cell.num, &caller.user, &req.client_message_id)?
+        {
+            Some(seq) => match self.store.message(cell.num, seq)? {
+                Some(m) => Ok(SendAck {
+                    message_id: m.id,
+                    seq,
+                    server_time: m.server_time,
+                    duplicate: true,
+                }),
+                None => Err(Error::Internal),
+            },
+            None => self.send_stored(caller, &cell, req).await,
+        };
+        guard.result = Some(result.clone());
+        result
+    }
+
+    fn send_transient(
+        &self,
+        caller: &Caller,
+        cell: &super::ConvCell,
+        req: SendRequest,
+    ) -> Result<SendAck, Error> {
+        let (roster, now) = {
+            let st = cell.lock();
+            st.require_member(&caller.user)?;
+            (st.roster.clone(), self.now())
+        };
+        let m = self.build(cell, caller, 0, now, req);
+        let frame = protocol::message_push_from_encoded(&m.encode_to_vec());
+        self.hub().deliver(&Delivery {
+            to: Recipients::Users(roster),
+            frame,
+            user_seq: 0,
+            except_session: caller.session,
+        });
+        Ok(SendAck {
+            message_id: m.id,
+            seq: 0,
+            server_time: now,
+            duplicate: false,
+        })
+    }
+
+    fn build(
+        &self,
+        cell: &super::ConvCell,
+        caller: &Caller,
+        seq: u64,
+        now: i64,
+        req: SendRequest,
+    ) -> Message {
+        Message {
+            id: if seq == 0 {
+                format!("{}t{:x}", cell.id, self.transient_id())
+            } else {
+                message_id(cell.num, seq)
+            },
+            conversation_id: cell.id.to_string(),
+            seq,
+            sender: caller.user.to_string(),
+            r#type: req.kind,
+            content: req.content,
+            attributes: req.attributes,
+            mentions: req.mentions,
+            server_time: now,
+            client_message_id: req.client_message_id,
+            transient: req.transient,
+        }
+    }
+
+    async fn send_stored(
+        &self,
+        caller: &Caller,
+        cell: &super::ConvCell,
+        req: SendRequest,
+    ) -> Result<SendAck, Error> {
+        let permit = self.writer.reserve().await?;
+        let client_id = req.client_message_id.clone();
+        let (rx, ack) = {
+            let mut st = cell.lock();
+            st.require_member(&caller.user)?;
+            let seq = st.last_seq + 1;
+            let now = self.now().max(st.last_ts);
+            let m = self.build(cell, caller, seq, now, req);
+            let encoded = Bytes::from(m.encode_to_vec());
+            let frame = protocol::message_push_from_encoded(&encoded);
+            let mut ops = Vec::with_capacity(3);
+            ops.push(Op::PutMessage {
+                conv: cell.num,
+                seq,
+                message: encoded,
+            });
+            ops.push(Op::PutReadSeq {
+                user: caller.user.clone(),
+                conv: cell.num,
+                seq,
+            });
+            if !client_id.is_empty() {
+                ops.push(Op::PutDedup {
+                    conv: cell.num,
+                    sender: caller.user.clone(),
+                    client_id,
+                    seq,
+                });
+            }
+            st.reads.insert(caller.user.clone(), seq);
+            st.last_seq = seq;
+            st.last_ts = now;
+            let delivery = Delivery {
+                to: Recipients::Users(st.roster.clone()),
+                frame,
+                user_seq: 0,
+                except_session: caller.session,
+            };
+            let rx = self.writer.submit(permit, ops, vec![delivery], Vec::new());
+            (
+                rx,
+                SendAck {
+                    message_id: m.id,
+                    seq,
+                    server_time: now,
+                    duplicate: false,
+                },
+            )
+        };
+        wait(rx).await?;
+        Ok(ack)
+    }
+
+    /// Messages after `after_seq`, oldest first (catch-up).
+    pub fn sync(
+        &self,
+        caller: &Caller,
+        id: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<(Vec<Message>, bool), Error> {
+        let limit = self.page_limit(
+            limit,
+            self.config.page_default,
+            self.config.page_max,
+            "page_max",
+        )?;
+        let cell = self.cell(id)?;
+        cell.lock().require_member(&caller.user)?;
+        let lo = after_seq.saturating_add(1);
+        let mut page =
+            self.store
+                .messages(cell.num, lo, u64::MAX, Direction::Ascending, limit + 1)?;
+        let has_more = page.len() > limit;
+        page.truncate(limit);
+        Ok((page, has_more))
+    }
+
+    /// Messages before `before_seq` (0: from the newest), newest first.
+    pub fn history(
+        &self,
+        caller: &Caller,
+        id: &str,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<(Vec<Message>, bool), Error> {
+        let limit = self.page_limit(
+            limit,
+            self.config.page_default,
+            self.config.page_max,
+            "page_max",
+        )?;
+        let cell = self.cell(id)?;
+        cell.lock().require_member(&caller.user)?;
+        let hi = if before_seq == 0 {
+            u64::MAX
+        } else {
+            before_seq
+        };
+        let mut page = self
+            .store
+            .messages(cell.num, 1, hi, Direction::Descending, limit + 1)?;
+        let has_more = page.len() > limit;
+        page.truncate(limit);
+        Ok((page, has_more))
+    }
+
+    /// Moves the caller's read position forward to `seq` (clamped to the newest message).
+    pub async fn mark_read(&self, caller: &Caller, id: &str, seq: u64) -> Result<(), Error> {
+        let cell = self.cell(id)?;
+        let permit = self.writer.reserve().await?;
+        let rx = {
+            let mut st = cell.lock();
+            st.require_member(&caller.user)?;
+            let target = seq.min(st.last_seq);
+            let current = self.read_seq(&mut st, cell.num, &caller.user)?;
+            if target <= current {
+                None
+            } else {
+                st.reads.insert(caller.user.clone(), target);
+                let ops = vec![Op::PutReadSeq {
+                    user: caller.user.clone(),
+                    conv: cell.num,
+                    seq: target,
+                }];
+                let push = pb::ReadPosition {
+                    conversation_id: cell.id.to_string(),
+                    read_seq: target,
+                    unread: (st.last_seq - target) as u32,
+                };
+                let frame = protocol::push(pb::server_frame::Body::ReadPosition(push));
+                let d = Delivery {
+                    to: Recipients::User(caller.user.clone()),
+                    frame,
+                    user_seq: 0,
+                    except_session: caller.session,
+                };
+                Some(self.writer.submit(permit, ops, vec![d], Vec::new()))
+            }
+        };
+        if let Some(rx) = rx {
+            wait(rx).await?;
+        }
+        Ok(())
+    }
+}

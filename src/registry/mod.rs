@@ -1,0 +1,399 @@
+//! Conversations, membership, messages and read positions: the server's state.
+//!
+//! Hot state lives in memory, one [`ConvCell`] per conversation touched since start (loaded
+//! lazily from the store), under a short synchronous lock that is never held across `.await`.
+//! Every change is ordered by that lock and handed to the [`writer`] under it; the caller then
+//! awaits durability outside the lock. The store stays the truth: a restart rebuilds each cell
+//! from it on first use.
+
+pub mod conversation;
+mod messages;
+pub mod writer;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::hub::{Delivery, Hub, Recipients};
+use crate::protocol::pb::{
+    self, Conversation, ConversationEvent, ConversationEventKind, ConversationKind,
+    ConversationRecord, ErrorCode, MemberRecord,
+};
+use crate::protocol::{self, conversation_id};
+use crate::store::{Store, StoreError, UserId};
+use dashmap::DashMap;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use writer::{WriteError, Writer};
+
+pub use messages::SendRequest;
+
+/// A request failure that keeps the connection open. Each maps to one wire `ErrorCode`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The conversation does not exist (or the id was never issued).
+    #[error("conversation not found")]
+    ConversationNotFound,
+    /// The caller is not a member.
+    #[error("not a member of this conversation")]
+    NotAMember,
+    /// The caller is a member but may not do this.
+    #[error("permission denied: {0}")]
+    PermissionDenied(&'static str),
+    /// The conversation's kind does not allow this.
+    #[error("not allowed for {kind} conversations: {what}")]
+    NotAllowedForKind {
+        kind: &'static str,
+        what: &'static str,
+    },
+    /// A field is missing or malformed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A documented limit was exceeded.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
+    /// Content plus attributes over `max_message_bytes`.
+    #[error("message is {size} bytes; the limit is {limit}")]
+    MessageTooLarge { size: usize, limit: usize },
+    /// `Login` on a session that is already logged in.
+    #[error("already logged in")]
+    AlreadyLoggedIn,
+    /// The frame carries no request this server knows.
+    #[error("unknown request")]
+    UnknownRequest,
+    /// The store failed or the server is going down.
+    #[error("temporarily unavailable")]
+    Unavailable,
+    /// A bug or corrupt data; logged.
+    #[error("internal error")]
+    Internal,
+}
+
+impl Error {
+    /// The wire code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::ConversationNotFound => ErrorCode::ErrorConversationNotFound,
+            Error::NotAMember => ErrorCode::ErrorNotAMember,
+            Error::PermissionDenied(_) => ErrorCode::ErrorPermissionDenied,
+            Error::NotAllowedForKind { .. } => ErrorCode::ErrorNotAllowedForKind,
+            Error::InvalidArgument(_) => ErrorCode::ErrorInvalidArgument,
+            Error::LimitExceeded(_) => ErrorCode::ErrorLimitExceeded,
+            Error::MessageTooLarge { .. } => ErrorCode::ErrorMessageTooLarge,
+            Error::AlreadyLoggedIn => ErrorCode::ErrorAlreadyLoggedIn,
+            Error::UnknownRequest => ErrorCode::ErrorUnknownRequest,
+            Error::Unavailable => ErrorCode::ErrorUnavailable,
+            Error::Internal => ErrorCode::ErrorInternal,
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store read failed");
+        Error::Internal
+    }
+}
+
+impl From<WriteError> for Error {
+    fn from(_: WriteError) -> Self {
+        Error::Unavailable
+    }
+}
+
+/// Who is asking: an authenticated user on one session.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: UserId,
+    pub session: u64,
+}
+
+/// One conversation's in-memory state.
+pub(crate) struct ConvCell {
+    pub num: u64,
+    pub id: Arc<str>,
+    state: Mutex<ConvState>,
+}
+
+pub(crate) struct ConvState {
+    record: ConversationRecord,
+    members: HashMap<UserId, MemberRecord>,
+    /// Snapshot of the member ids for fan-out; rebuilt when membership changes.
+    roster: Arc<[UserId]>,
+    /// Read positions of members, loaded on first use.
+    reads: HashMap<UserId, u64>,
+    last_seq: u64,
+    last_ts: i64,
+    next_join_order: u64,
+}
+
+impl ConvCell {
+    fn lock(&self) -> MutexGuard<'_, ConvState> {
+        // A panic while holding this lock would be a bug; keep serving the other conversations.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ConvState {
+    fn kind(&self) -> ConversationKind {
+        ConversationKind::try_from(self.record.kind).unwrap_or(ConversationKind::Unspecified)
+    }
+    fn rebuild_roster(&mut self) {
+        let mut v: Vec<UserId> = self.members.keys().cloned().collect();
+        v.sort();
+        self.roster = v.into();
+    }
+    fn require_member(&self, user: &str) -> Result<(), Error> {
+        if self.members.contains_key(user) {
+            Ok(())
+        } else {
+            Err(Error::NotAMember)
+        }
+    }
+    /// The conversation as clients see it (without the per-user mute flag).
+    fn view(&self, id: &str) -> Conversation {
+        let direct = self.kind() == ConversationKind::Direct;
+        Conversation {
+            id: id.to_owned(),
+            kind: self.record.kind,
+            name: self.record.name.clone(),
+            attributes: self.record.attributes.clone(),
+            owner: self.record.owner.clone(),
+            created_at: self.record.created_at,
+            member_count: self.members.len() as u32,
+            members: if direct {
+                self.record.pair.clone()
+            } else {
+                Vec::new()
+            },
+            last_seq: self.last_seq,
+            muted: false,
+        }
+    }
+}
+
+/// A conversation event to be logged for one user (the writer assigns its `user_seq`).
+pub struct LoggedEvent {
+    pub user: UserId,
+    pub event: ConversationEvent,
+    pub except_session: u64,
+}
+
+/// The conversation registry.
+pub struct Registry {
+    config: Arc<Config>,
+    clock: SharedClock,
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    writer: Writer,
+    transient_ids: std::sync::atomic::AtomicU64,
+    convs: DashMap<u64, Arc<ConvCell>>,
+    /// Direct pairs known in memory (sorted pair → conversation), also guarding creation.
+    directs: DashMap<(UserId, UserId), u64>,
+    /// The last conversation number handed out; held while a create is enqueued.
+    next_conv: Mutex<u64>,
+    inflight: messages::Inflight,
+}
+
+impl Registry {
+    /// Builds the registry over an open store and a running writer.
+    pub fn new(
+        config: Arc<Config>,
+        clock: SharedClock,
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        writer: Writer,
+    ) -> Result<Self, StoreError> {
+        let next = store.counter(crate::store::Counter::Conversation)?;
+        Ok(Registry {
+            config,
+            clock,
+            store,
+            hub,
+            writer,
+            transient_ids: Default::default(),
+            convs: DashMap::new(),
+            directs: DashMap::new(),
+            next_conv: Mutex::new(next),
+            inflight: Default::default(),
+        })
+    }
+
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn transient_id(&self) -> u64 {
+        self.transient_ids
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The cell of a conversation, loading it from the store on first use.
+    fn cell(&self, id: &str) -> Result<Arc<ConvCell>, Error> {
+        let num = protocol::parse_conversation_id(id).ok_or(Error::ConversationNotFound)?;
+        self.cell_by_num(num)
+    }
+
+    fn cell_by_num(&self, num: u64) -> Result<Arc<ConvCell>, Error> {
+        if let Some(c) = self.convs.get(&num) {
+            return Ok(c.clone());
+        }
+        let record = self
+            .store
+            .conversation(num)?
+            .ok_or(Error::ConversationNotFound)?;
+        let members: HashMap<UserId, MemberRecord> = self.store.members(num)?.into_iter().collect();
+        let (last_seq, last_ts) = match self.store.last_message(num)? {
+            Some(m) => (m.seq, m.server_time),
+            None => (0, record.created_at),
+        };
+        let next_join_order = members.values().map(|m| m.join_order).max().unwrap_or(0) + 1;
+        let mut state = ConvState {
+            record,
+            members,
+            roster: Arc::from(Vec::new()),
+            reads: HashMap::new(),
+            last_seq,
+            last_ts,
+            next_join_order,
+        };
+        state.rebuild_roster();
+        let cell = Arc::new(ConvCell {
+            num,
+            id: Arc::from(conversation_id(num)),
+            state: Mutex::new(state),
+        });
+        Ok(self.convs.entry(num).or_insert(cell).clone())
+    }
+
+    /// A member's read position (memory first, then the store).
+    fn read_seq(&self, st: &mut ConvState, num: u64, user: &UserId) -> Result<u64, Error> {
+        if let Some(r) = st.reads.get(user) {
+            return Ok(*r);
+        }
+        let r = self.store.read_seq(user, num)?;
+        st.reads.insert(user.clone(), r);
+        Ok(r)
+    }
+
+    /// The conversation as `user` sees it.
+    fn view_for(
+        &self,
+        cell: &ConvCell,
+        view: Conversation,
+        user: &str,
+    ) -> Result<Conversation, Error> {
+        let muted = self
+            .store
+            .user_conversation(user, cell.num)?
+            .map(|r| r.muted)
+            .unwrap_or(false);
+        Ok(Conversation { muted, ..view })
+    }
+
+    /// Builds a conversation event (the writer fills `user_seq` for logged ones).
+    fn event(
+        &self,
+        kind: ConversationEventKind,
+        cell: &ConvCell,
+        by: &str,
+        members: Vec<String>,
+        conversation: Conversation,
+    ) -> ConversationEvent {
+        ConversationEvent {
+            kind: kind as i32,
+            conversation_id: cell.id.to_string(),
+            by: by.to_owned(),
+            members,
+            conversation: Some(conversation),
+            server_time: self.now(),
+            user_seq: 0,
+        }
+    }
+
+    /// A live (not logged) delivery of an event to some users.
+    fn live(event: &ConversationEvent, to: Recipients, except_session: u64) -> Delivery {
+        Delivery {
+            to,
+            frame: protocol::push(pb::server_frame::Body::ConversationEvent(event.clone())),
+            user_seq: 0,
+            except_session,
+        }
+    }
+
+    /// The unread summary pushed after login: every conversation of the user, from the store.
+    pub fn unread_summary(&self, user: &str) -> Result<pb::UnreadSummary, Error> {
+        let mut entries = Vec::new();
+        for (num, rec) in self.store.user_conversations(user)? {
+            let Some(conv) = self.store.conversation(num)? else {
+                continue;
+            };
+            let last = self.store.last_message(num)?;
+            let last_seq = last.as_ref().map_or(0, |m| m.seq);
+            let read_seq = self.store.read_seq(user, num)?.min(last_seq);
+            entries.push(pb::UnreadEntry {
+                conversation_id: conversation_id(num),
+                kind: conv.kind,
+                unread: (last_seq - read_seq) as u32,
+                last_seq,
+                read_seq,
+                last_message: last,
+                muted: rec.muted,
+            });
+        }
+        Ok(pb::UnreadSummary { entries })
+    }
+
+    /// The newest logged events of `user` after `cursor`, oldest first, and whether older ones
+    /// were left out.
+    pub fn events_after(
+        &self,
+        user: &str,
+        cursor: u64,
+    ) -> Result<(Vec<ConversationEvent>, bool), Error> {
+        Ok(self.store.user_events_after(
+            user,
+            cursor,
+            self.config.max_login_replay_events as usize,
+        )?)
+    }
+
+    /// The newest logged event seq of `user`.
+    pub fn last_event_seq(&self, user: &str) -> Result<u64, Error> {
+        Ok(self.store.last_user_event_seq(user)?)
+    }
+
+    fn check_user_id(&self, u: &str) -> Result<(), Error> {
+        if u.is_empty() || u.len() > self.config.max_user_id_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "user id must be 1..={} bytes: {u:?}",
+                self.config.max_user_id_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_attributes(
+        &self,
+        name: &str,
+        attrs: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        if name.len() > self.config.max_name_bytes {
+            return Err(Error::LimitExceeded(format!(
+                "name is {} bytes; max_name_bytes is {}",
+                name.len(),
+                self.config.max_name_bytes
+            )));
+        }
+        let size: usize = attrs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if size > self.config.max_attributes_bytes {
+            return Err(Error::LimitExceeded(format!(
+                "attributes are {size} bytes; max_attributes_bytes is {}",
+                self.config.max_attributes_bytes
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,255 @@
+//! The single writer: group commit, then delivery.
+//!
+//! Every write of the server goes through one [`Writer`]. Callers enqueue a [`Job`] (ops that
+//! must land atomically, the deliveries that may go out once they are durable, and a reply
+//! channel) while holding whatever lock orders them, so the queue order *is* the commit order.
+//! A dedicated thread takes all queued jobs (up to `max_commit_batch`), commits them as one
+//! batch, flushes once, then hands out the deliveries in queue order and completes the replies.
+//! Acked therefore means durable, and pushes of one conversation leave in seq order.
+//!
+//! Memory is bounded by a semaphore of `max_pending_writes` permits taken before enqueueing.
+//! If the store fails, every queued and later job fails with `WriteError::Unavailable` and the
+//! writer asks the server to shut down: state in memory may be ahead of the disk.
+
+use super::LoggedEvent;
+use crate::hub::{Delivery, Hub, Recipients};
+use crate::protocol::{self, pb};
+use crate::stats::Stats;
+use crate::store::{Op, Store};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Why a write did not become durable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// The store failed (now or earlier); the server is going down.
+    #[error("store unavailable")]
+    Unavailable,
+}
+
+/// A unit of work for the writer.
+pub struct Job {
+    pub ops: Vec<Op>,
+    pub deliveries: Vec<Delivery>,
+    /// Events to append to users' event logs; the writer numbers them in commit order.
+    pub events: Vec<LoggedEvent>,
+    pub done: Option<oneshot::Sender<Result<(), WriteError>>>,
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+enum Cmd {
+    Job(Job),
+    /// Finish what is queued before this, flush, and stop.
+    Stop,
+}
+
+/// Cheap handle to the writer thread.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::UnboundedSender<Cmd>,
+    permits: Arc<Semaphore>,
+    failed: Arc<AtomicBool>,
+}
+
+/// Joins the writer thread on shutdown (after every `Writer` handle is dropped).
+pub struct WriterThread(std::thread::JoinHandle<()>);
+
+impl WriterThread {
+    /// Waits for the writer to drain its queue, flush, and stop.
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread.
+    pub fn start(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        stats: Arc<Stats>,
+        max_pending: usize,
+        max_batch: usize,
+        on_failure: CancellationToken,
+    ) -> (Writer, WriterThread) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let f = failed.clone();
+        let thread = std::thread::Builder::new()
+            .name("tidings-writer".into())
+            .spawn(move || run(rx, store, hub, stats, max_batch, f, on_failure))
+            .expect("spawn writer thread");
+        let permits = Arc::new(Semaphore::new(max_pending));
+        (
+            Writer {
+                tx,
+                permits,
+                failed,
+            },
+            WriterThread(thread),
+        )
+    }
+
+    /// Waits for room in the queue. Take the permit *before* taking the lock that orders the
+    /// write, then [`Writer::submit`] under that lock.
+    pub async fn reserve(&self) -> Result<OwnedSemaphorePermit, WriteError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(WriteError::Unavailable);
+        }
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| WriteError::Unavailable)
+    }
+
+    /// Enqueues a job (never blocks). Returns the receiver that completes once it is durable.
+    pub fn submit(
+        &self,
+        permit: OwnedSemaphorePermit,
+        ops: Vec<Op>,
+        deliveries: Vec<Delivery>,
+        events: Vec<LoggedEvent>,
+    ) -> oneshot::Receiver<Result<(), WriteError>> {
+        let (done, rx) = oneshot::channel();
+        let job = Job {
+            ops,
+            deliveries,
+            events,
+            done: Some(done),
+            permit: Some(permit),
+        };
+        // If the writer has stopped, the job (and its reply sender) is dropped: the caller's
+        // `wait` reports Unavailable.
+        let _ = self.tx.send(Cmd::Job(job));
+        rx
+    }
+
+    /// Asks the writer to stop after everything queued so far; [`WriterThread::join`] waits.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Cmd::Stop);
+    }
+
+    /// Completes once everything enqueued before it is durable.
+    pub async fn barrier(&self) -> Result<(), WriteError> {
+        let permit = self.reserve().await?;
+        self.submit(permit, Vec::new(), Vec::new(), Vec::new())
+            .await
+            .unwrap_or(Err(WriteError::Unavailable))
+    }
+}
+
+/// Awaits a submitted job.
+pub async fn wait(rx: oneshot::Receiver<Result<(), WriteError>>) -> Result<(), WriteError> {
+    rx.await.unwrap_or(Err(WriteError::Unavailable))
+}
+
+fn run(
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    stats: Arc<Stats>,
+    max_batch: usize,
+    failed: Arc<AtomicBool>,
+    on_failure: CancellationToken,
+) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
+    let mut ops: Vec<Op> = Vec::new();
+    let mut stopping = false;
+    while !stopping {
+        match rx.blocking_recv() {
+            Some(Cmd::Job(j)) => jobs.push(j),
+            Some(Cmd::Stop) | None => break,
+        }
+        while jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(Cmd::Job(j)) => jobs.push(j),
+                Ok(Cmd::Stop) => {
+                    stopping = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let ok = !failed.load(Ordering::Acquire) && {
+            ops.clear();
+            let result = gather(&mut jobs, &mut ops, store.as_ref()).and_then(|()| {
+                if ops.is_empty() {
+                    Ok(())
+                } else {
+                    store.commit(&ops).and_then(|()| store.flush())
+                }
+            });
+            match result {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "store write failed; shutting down");
+                    failed.store(true, Ordering::Release);
+                    on_failure.cancel();
+                    false
+                }
+            }
+        };
+        if ok {
+            stats.commits.inc();
+            let messages = ops
+                .iter()
+                .filter(|o| matches!(o, Op::PutMessage { .. }))
+                .count();
+            stats.messages_committed.add(messages as u64);
+        }
+        for mut job in jobs.drain(..) {
+            if ok {
+                for d in &job.deliveries {
+                    hub.deliver(d);
+                }
+            }
+            if let Some(done) = job.done.take() {
+                let _ = done.send(if ok {
+                    Ok(())
+                } else {
+                    Err(WriteError::Unavailable)
+                });
+            }
+        }
+    }
+    rx.close();
+    if let Err(e) = store.flush() {
+        tracing::error!(error = %e, "final store flush failed");
+    }
+}
+
+/// Moves every job's ops into `ops`, numbering logged events per user in queue order and adding
+/// their deliveries to the job that produced them.
+fn gather(
+    jobs: &mut [Job],
+    ops: &mut Vec<Op>,
+    store: &dyn Store,
+) -> Result<(), crate::store::StoreError> {
+    let mut last: std::collections::HashMap<crate::store::UserId, u64> = Default::default();
+    for job in jobs.iter_mut() {
+        ops.append(&mut job.ops);
+        for LoggedEvent {
+            user,
+            mut event,
+            except_session,
+        } in job.events.drain(..)
+        {
+            let seq = match last.get(&user) {
+                Some(s) => s + 1,
+                None => store.last_user_event_seq(&user)? + 1,
+            };
+            last.insert(user.clone(), seq);
+            event.user_seq = seq;
+            job.deliveries.push(Delivery {
+                to: Recipients::User(user.clone()),
+                frame: protocol::push(pb::server_frame::Body::ConversationEvent(event.clone())),
+                user_seq: seq,
+                except_session,
+            });
+            ops.push(Op::PutUserEvent { user, seq, event });
+        }
+    }
+    Ok(())
+}

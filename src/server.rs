@@ -1,0 +1,255 @@
+//! Accept loop, HTTP routing (`/healthz`, WebSocket upgrade at `/` and `/ws`) and shutdown.
+//!
+//! Shutdown order: stop accepting; every session stops reading, finishes its in-flight
+//! requests (up to `shutdown_grace_ms`) and closes with 1001; then the writer drains its queue
+//! and flushes the store. Only then does [`run`] return.
+
+use crate::app::App;
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::protocol::SUBPROTOCOL;
+use crate::session;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A server running in this process (what `main` and the tests use).
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Starts draining (same as SIGTERM).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+    /// A token that shuts the server down when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+    /// Waits until the server has drained and flushed.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await?
+    }
+    /// Shuts down and waits.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown();
+        self.wait().await
+    }
+}
+
+/// Opens the store, binds `config.listen` and serves until shut down.
+pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<RunningServer> {
+    let listener = TcpListener::bind(&config.listen).await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let (app, writer_thread) = App::open(config, clock, shutdown.clone())?;
+    if app.config.insecure_dev {
+        tracing::warn!(
+            "INSECURE DEVELOPMENT MODE: any client can log in as any user by sending the user id as token"
+        );
+    }
+    tracing::info!(%addr, data_dir = %app.config.data_dir.display(), "listening");
+    let task = tokio::spawn(run(listener, app.clone(), shutdown.clone(), writer_thread));
+    Ok(RunningServer {
+        addr,
+        app,
+        shutdown,
+        task,
+    })
+}
+
+/// Serves connections from `listener` until `shutdown` is cancelled, then drains.
+pub async fn run(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: CancellationToken,
+    writer_thread: crate::registry::writer::WriterThread,
+) -> anyhow::Result<()> {
+    let tracker = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        app.stats.connections_accepted.inc();
+        let (app2, shutdown2, tracker2) = (app.clone(), shutdown.clone(), tracker.clone());
+        let shutdown3 = shutdown.clone();
+        tracker.spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let resp = route(req, &app2, &shutdown2, &tracker2);
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown3.cancelled() => {
+                    // Idle keep-alive connections end now; a request in progress finishes.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        sessions = app.hub.session_count(),
+        "shutting down: draining sessions"
+    );
+    tracker.close();
+    tracker.wait().await;
+    app.writer.stop();
+    tokio::task::spawn_blocking(move || writer_thread.join()).await?;
+    tracing::info!("store flushed; stopped");
+    Ok(())
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r
+}
+
+fn route(
+    req: Request<Incoming>,
+    app: &Arc<App>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => {
+            let draining = shutdown.is_cancelled();
+            let body = serde_json::json!({
+                "status": if draining { "draining" } else { "ok" },
+                "sessions": app.hub.session_count(),
+                "messages_committed": app.stats.messages_committed.get(),
+            });
+            let status = if draining {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            let mut r = text(status, body.to_string());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        (&Method::GET, "/" | "/ws") => upgrade(req, app, shutdown, tracker),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn header_has(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The tungstenite settings for server connections, all from config.
+pub fn ws_config(config: &Config) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(config.ws_read_buffer_bytes)
+        .write_buffer_size(config.ws_write_buffer_bytes)
+        .max_write_buffer_size(config.ws_write_buffer_bytes.max(1) * 4 + config.max_frame_bytes * 2)
+        .max_message_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_frame_bytes))
+}
+
+fn upgrade(
+    mut req: Request<Incoming>,
+    app: &Arc<App>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Response<Full<Bytes>> {
+    if shutdown.is_cancelled() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
+    let is_ws = header_has(&req, header::UPGRADE, "websocket")
+        && header_has(&req, header::CONNECTION, "upgrade")
+        && req
+            .headers()
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v == "13");
+    let Some(key) = key.filter(|_| is_ws) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade (version 13)\n",
+        );
+    };
+    if !header_has(&req, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("subprotocol {SUBPROTOCOL} required\n"),
+        );
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (app, shutdown) = (app.clone(), shutdown.clone());
+    tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let cfg = ws_config(&app.config);
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(cfg),
+                )
+                .await;
+                session::run(ws, app, shutdown).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let mut r = text(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}

@@ -1,0 +1,122 @@
+//! One request in, one reply out: maps each `ClientFrame` body to a registry call.
+
+use crate::app::App;
+use crate::protocol::pb::{self, client_frame::Body as Req, server_frame::Body as Rep};
+use crate::protocol::{ServerFrame, reply};
+use crate::registry::conversation::{CreateRequest, UpdateRequest};
+use crate::registry::{Caller, Error, SendRequest};
+use std::sync::Arc;
+
+/// Handles a request of a logged-in session. `Login`, `Logout` and `Ping` are handled by the
+/// session itself and never reach here.
+pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> ServerFrame {
+    let reg = &app.registry;
+    let result: Result<Rep, Error> = match body {
+        Req::CreateConversation(r) => {
+            let kind =
+                pb::ConversationKind::try_from(r.kind).unwrap_or(pb::ConversationKind::Unspecified);
+            let req = CreateRequest {
+                kind,
+                members: r.members,
+                name: r.name,
+                attributes: r.attributes,
+            };
+            reg.create(&caller, req).await.map(conversation)
+        }
+        Req::GetConversation(r) => reg.get(&caller, &r.conversation_id).map(conversation),
+        Req::AddMembers(r) => reg
+            .add_members(&caller, &r.conversation_id, &r.members)
+            .await
+            .map(conversation),
+        Req::RemoveMembers(r) => reg
+            .remove_members(&caller, &r.conversation_id, &r.members)
+            .await
+            .map(conversation),
+        Req::LeaveConversation(r) => reg.leave(&caller, &r.conversation_id).await.map(ok),
+        Req::UpdateConversation(r) => {
+            let req = UpdateRequest {
+                name: r.name,
+                set_attributes: r.set_attributes,
+                remove_attributes: r.remove_attributes,
+            };
+            reg.update(&caller, &r.conversation_id, req)
+                .await
+                .map(conversation)
+        }
+        Req::SetMuted(r) => reg
+            .set_muted(&caller, &r.conversation_id, r.muted)
+            .await
+            .map(ok),
+        Req::ListMembers(r) => reg
+            .list_members(&caller, &r.conversation_id, &r.cursor, r.limit)
+            .map(|(members, next_cursor, has_more)| {
+                Rep::MemberList(pb::MemberList {
+                    members,
+                    next_cursor,
+                    has_more,
+                })
+            }),
+        Req::CountMembers(r) => reg
+            .count_members(&caller, &r.conversation_id)
+            .map(|count| Rep::MemberCount(pb::MemberCount { count })),
+        Req::SendMessage(r) => {
+            let req = SendRequest {
+                client_message_id: r.client_message_id,
+                kind: r.r#type,
+                content: r.content,
+                attributes: r.attributes,
+                mentions: r.mentions,
+                transient: r.transient,
+            };
+            reg.send(&caller, &r.conversation_id, req)
+                .await
+                .map(Rep::SendAck)
+        }
+        Req::SyncMessages(r) => reg
+            .sync(&caller, &r.conversation_id, r.after_seq, r.limit)
+            .map(page),
+        Req::FetchHistory(r) => reg
+            .history(&caller, &r.conversation_id, r.before_seq, r.limit)
+            .map(page),
+        Req::MarkRead(r) => reg
+            .mark_read(&caller, &r.conversation_id, r.seq)
+            .await
+            .map(ok),
+        Req::Login(_) => Err(Error::AlreadyLoggedIn),
+        Req::Logout(_) | Req::Ping(_) => Err(Error::Internal),
+    };
+    match result {
+        Ok(body) => reply(id, body),
+        Err(e) => {
+            if matches!(e, Error::Internal) {
+                tracing::error!(request_id = id, user = %caller.user, "request failed internally");
+            }
+            error_reply(id, &e)
+        }
+    }
+}
+
+/// The reply for a failed request.
+pub fn error_reply(id: u64, e: &Error) -> ServerFrame {
+    reply(
+        id,
+        Rep::Error(pb::Error {
+            code: e.code() as i32,
+            message: e.to_string(),
+        }),
+    )
+}
+
+fn conversation(c: pb::Conversation) -> Rep {
+    Rep::Conversation(pb::ConversationReply {
+        conversation: Some(c),
+    })
+}
+
+fn ok(_: ()) -> Rep {
+    Rep::Ok(pb::Ok {})
+}
+
+fn page((messages, has_more): (Vec<pb::Message>, bool)) -> Rep {
+    Rep::MessagePage(pb::MessagePage { messages, has_more })
+}

@@ -1,0 +1,457 @@
+//! The connection actor: one task per WebSocket, owning the socket.
+//!
+//! It logs the client in, then multiplexes: frames from the client (each request becomes a
+//! future polled here, at most `max_inflight_requests` at once, so a busy client is slowed by
+//! TCP, not by memory), frames from its bounded outbox (pushes the hub queued), replies of
+//! finished requests, a ping timer, the idle deadline, a kick (slow consumer, replaced device)
+//! and server shutdown. Outbox frames are written in bursts and flushed once per burst.
+//!
+//! Every way out ends with a WebSocket close frame carrying a documented code.
+
+pub mod dispatch;
+
+use crate::app::App;
+use crate::auth::AuthError;
+use crate::hub::{Kick, Outgoing, SessionHandle};
+use crate::protocol::pb::{self, CloseCode, client_frame::Body as Req, server_frame::Body as Rep};
+use crate::protocol::{self, ClientFrame, ServerFrame};
+use crate::registry::{Caller, Error};
+use crate::store::UserId;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCode;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_util::sync::CancellationToken;
+
+/// Frames written per burst before a flush.
+const BURST: usize = 64;
+
+type Sink<S> = SplitSink<WebSocketStream<S>, WsMessage>;
+type Stream<S> = SplitStream<WebSocketStream<S>>;
+
+/// How a session ends: a WebSocket close code and reason.
+#[derive(Debug, Clone, Copy)]
+struct Close(u16, &'static str);
+
+const NORMAL: Close = Close(1000, "logout");
+const GOING_AWAY: Close = Close(1001, "server shutting down");
+
+fn close_of(code: CloseCode) -> Close {
+    let reason = match code {
+        CloseCode::CloseLoginTimeout => "login timeout",
+        CloseCode::CloseAuthFailed => "authentication failed",
+        CloseCode::CloseTokenExpired => "token expired",
+        CloseCode::CloseBadFrame => "malformed frame",
+        CloseCode::CloseProtocolViolation => "protocol violation",
+        CloseCode::CloseReplaced => "replaced by a newer session on the same device",
+        CloseCode::CloseSlowConsumer => "slow consumer",
+        CloseCode::CloseIdleTimeout => "idle timeout",
+        CloseCode::CloseFrameTooLarge => "frame too large",
+        CloseCode::CloseInternal | CloseCode::CloseUnspecified => "internal error",
+    };
+    Close(code as i32 as u16, reason)
+}
+
+/// What reading the socket produced.
+enum Inbound {
+    Frame(ClientFrame),
+    /// A ping or pong: the peer is alive.
+    Activity,
+    /// The peer closed or the connection dropped.
+    Gone,
+    /// The peer broke the protocol; close with this.
+    Bad(Close),
+}
+
+async fn read<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut Stream<S>) -> Inbound {
+    match stream.next().await {
+        Some(Ok(WsMessage::Binary(b))) => match protocol::decode_client(&b) {
+            Ok(f) => Inbound::Frame(f),
+            Err(_) => Inbound::Bad(close_of(CloseCode::CloseBadFrame)),
+        },
+        Some(Ok(WsMessage::Text(_))) => Inbound::Bad(close_of(CloseCode::CloseBadFrame)),
+        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
+            Inbound::Activity
+        }
+        Some(Ok(WsMessage::Close(_))) | None => Inbound::Gone,
+        Some(Err(tungstenite::Error::Capacity(_))) => {
+            Inbound::Bad(close_of(CloseCode::CloseFrameTooLarge))
+        }
+        Some(Err(tungstenite::Error::Protocol(_))) => {
+            Inbound::Bad(close_of(CloseCode::CloseBadFrame))
+        }
+        Some(Err(_)) => Inbound::Gone,
+    }
+}
+
+/// Runs one connection to the end.
+pub async fn run<S>(ws: WebSocketStream<S>, app: Arc<App>, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut stream) = ws.split();
+    let first = tokio::select! {
+        r = timeout(Duration::from_millis(app.config.login_timeout_ms), read_login(&mut stream)) => r,
+        _ = shutdown.cancelled() => Ok(Err(Some(GOING_AWAY))),
+    };
+    let (id, login) = match first {
+        Err(_) => {
+            return finish(
+                sink,
+                stream,
+                &app,
+                Some(close_of(CloseCode::CloseLoginTimeout)),
+            )
+            .await;
+        }
+        Ok(Err(close)) => return finish(sink, stream, &app, close).await,
+        Ok(Ok(v)) => v,
+    };
+    let user = match app.auth.verify(&login.token) {
+        Ok(u) => UserId::from(u),
+        Err(e) => {
+            tracing::info!(error = %e, "login refused");
+            let code = match e {
+                AuthError::Expired => CloseCode::CloseTokenExpired,
+                AuthError::Invalid(_) => CloseCode::CloseAuthFailed,
+            };
+            return finish(sink, stream, &app, Some(close_of(code))).await;
+        }
+    };
+    if login.device.len() > 64 {
+        return finish(
+            sink,
+            stream,
+            &app,
+            Some(close_of(CloseCode::CloseProtocolViolation)),
+        )
+        .await;
+    }
+
+    let session = app.next_session_id();
+    let (tx, outbox) = mpsc::channel(app.config.outbox_frames);
+    let kick = Arc::new(Kick::default());
+    let device = (!login.device.is_empty()).then(|| Arc::<str>::from(login.device.as_str()));
+    let handle = SessionHandle {
+        id: session,
+        device,
+        outbox: tx,
+        kick: kick.clone(),
+    };
+    for old in app.hub.register(&user, handle) {
+        old.kick.kick(CloseCode::CloseReplaced);
+    }
+    app.stats.sessions_logged_in.inc();
+    tracing::debug!(user = %user, session, device = %login.device, "logged in");
+
+    let caller = Caller {
+        user: user.clone(),
+        session,
+    };
+    let close = match welcome(&mut sink, &app, &caller, id, login.event_cursor).await {
+        Ok(replayed_to) => {
+            let mut actor = Actor {
+                app: app.clone(),
+                caller,
+                kick,
+                outbox,
+                replayed_to,
+                pending: FuturesUnordered::new(),
+            };
+            actor.serve(&mut sink, &mut stream, shutdown).await
+        }
+        Err(close) => Some(close),
+    };
+    app.hub.unregister(&user, session);
+    finish(sink, stream, &app, close).await;
+}
+
+/// Waits for the first frame, which must be `Login`.
+async fn read_login<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut Stream<S>,
+) -> Result<(u64, pb::Login), Option<Close>> {
+    loop {
+        match read(stream).await {
+            Inbound::Frame(ClientFrame {
+                id,
+                body: Some(Req::Login(l)),
+            }) => return Ok((id, l)),
+            Inbound::Frame(_) => return Err(Some(close_of(CloseCode::CloseProtocolViolation))),
+            Inbound::Activity => continue,
+            Inbound::Gone => return Err(None),
+            Inbound::Bad(c) => return Err(Some(c)),
+        }
+    }
+}
+
+/// Sends LoginOk, the missed logged events and the unread summary. Returns the last event seq
+/// sent, below which live copies are skipped.
+async fn welcome<S: AsyncRead + AsyncWrite + Unpin>(
+    sink: &mut Sink<S>,
+    app: &App,
+    caller: &Caller,
+    id: u64,
+    cursor: u64,
+) -> Result<u64, Close> {
+    let internal = |e: Error| {
+        tracing::error!(error = %e, user = %caller.user, "login failed");
+        close_of(CloseCode::CloseInternal)
+    };
+    let (events, truncated) = app
+        .registry
+        .events_after(&caller.user, cursor)
+        .map_err(internal)?;
+    let head = match events.last() {
+        Some(e) => e.user_seq,
+        None => app
+            .registry
+            .last_event_seq(&caller.user)
+            .map_err(internal)?,
+    };
+    let summary = app
+        .registry
+        .unread_summary(&caller.user)
+        .map_err(internal)?;
+    let ok = pb::LoginOk {
+        user_id: caller.user.to_string(),
+        session_id: format!("{:x}", caller.session),
+        server_time: app.clock.now_ms(),
+        event_cursor: head,
+        events_truncated: truncated,
+        ping_interval_ms: app.config.ping_interval_ms as u32,
+        idle_timeout_ms: app.config.idle_timeout_ms as u32,
+    };
+    let gone = |_| close_of(CloseCode::CloseInternal);
+    sink.feed(binary(protocol::encode(&protocol::reply(
+        id,
+        Rep::LoginOk(ok),
+    ))))
+    .await
+    .map_err(gone)?;
+    for e in events {
+        sink.feed(binary(protocol::push(Rep::ConversationEvent(e))))
+            .await
+            .map_err(gone)?;
+    }
+    sink.feed(binary(protocol::push(Rep::UnreadSummary(summary))))
+        .await
+        .map_err(gone)?;
+    sink.flush().await.map_err(gone)?;
+    Ok(head)
+}
+
+fn binary(b: Bytes) -> WsMessage {
+    WsMessage::Binary(b)
+}
+
+struct Actor {
+    app: Arc<App>,
+    caller: Caller,
+    kick: Arc<Kick>,
+    outbox: mpsc::Receiver<Outgoing>,
+    replayed_to: u64,
+    pending: FuturesUnordered<BoxFuture<'static, ServerFrame>>,
+}
+
+/// Why a write stopped.
+enum Stop {
+    Kicked(u16),
+    Gone,
+}
+
+impl Actor {
+    /// The main loop. Returns the close to send (None: the peer is already gone).
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        sink: &mut Sink<S>,
+        stream: &mut Stream<S>,
+        shutdown: CancellationToken,
+    ) -> Option<Close> {
+        let cfg = self.app.config.clone();
+        let idle = Duration::from_millis(cfg.idle_timeout_ms);
+        let ping_every = Duration::from_millis(cfg.ping_interval_ms);
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let idle_timer = sleep_until(Instant::now() + idle);
+        tokio::pin!(idle_timer);
+        // Set once we stop reading: shutdown (1001) or logout (1000). Pending replies still go out.
+        let mut draining: Option<(Close, Instant)> = None;
+        let kick = self.kick.clone();
+
+        loop {
+            if let Some((close, deadline)) = draining {
+                if self.pending.is_empty() || Instant::now() >= deadline {
+                    return Some(close);
+                }
+            }
+            let reading = draining.is_none() && self.pending.len() < cfg.max_inflight_requests;
+            let result = tokio::select! {
+                biased;
+                code = kick.kicked() => Err(Stop::Kicked(code)),
+                _ = shutdown.cancelled(), if draining.is_none() => {
+                    draining = Some((GOING_AWAY, Instant::now() + Duration::from_millis(cfg.shutdown_grace_ms)));
+                    Ok(())
+                }
+                Some(reply) = self.pending.next(), if !self.pending.is_empty() => {
+                    write(&kick, sink, vec![protocol::encode(&reply)]).await
+                }
+                Some(first) = self.outbox.recv() => {
+                    let frames = self.burst(first);
+                    write(&kick, sink, frames).await
+                }
+                inbound = read(stream), if reading => match inbound {
+                    Inbound::Frame(f) => {
+                        idle_timer.as_mut().reset(Instant::now() + idle);
+                        match self.request(f) {
+                            Some(Immediate::Reply(r)) => write(&kick, sink, vec![protocol::encode(&r)]).await,
+                            Some(Immediate::Logout(r)) => {
+                                draining = Some((NORMAL, Instant::now() + Duration::from_millis(cfg.shutdown_grace_ms)));
+                                write(&kick, sink, vec![protocol::encode(&r)]).await
+                            }
+                            None => Ok(()),
+                        }
+                    }
+                    Inbound::Activity => {
+                        idle_timer.as_mut().reset(Instant::now() + idle);
+                        Ok(())
+                    }
+                    Inbound::Gone => return None,
+                    Inbound::Bad(c) => return Some(c),
+                },
+                _ = ping.tick() => guarded(&kick, sink.send(WsMessage::Ping(Bytes::new()))).await,
+                _ = &mut idle_timer => return Some(close_of(CloseCode::CloseIdleTimeout)),
+                _ = sleep_until(draining.map_or_else(Instant::now, |d| d.1)), if draining.is_some() => {
+                    return draining.map(|d| d.0);
+                }
+            };
+            match result {
+                Ok(()) => {}
+                Err(Stop::Gone) => return None,
+                Err(Stop::Kicked(code)) => {
+                    let code = CloseCode::try_from(code as i32).unwrap_or(CloseCode::CloseInternal);
+                    if code == CloseCode::CloseSlowConsumer {
+                        tracing::info!(user = %self.caller.user, session = self.caller.session, "closing slow consumer");
+                    }
+                    return Some(close_of(code));
+                }
+            }
+        }
+    }
+
+    /// Takes `first` and whatever else is queued (up to a burst), skipping replayed events.
+    fn burst(&mut self, first: Outgoing) -> Vec<Bytes> {
+        let mut frames = Vec::with_capacity(8);
+        let mut next = Some(first);
+        while let Some(o) = next {
+            if o.user_seq == 0 || o.user_seq > self.replayed_to {
+                frames.push(o.frame);
+            }
+            next = if frames.len() < BURST {
+                self.outbox.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        frames
+    }
+
+    /// Starts a request. Returns what must be written at once (answers that need no work).
+    fn request(&mut self, frame: ClientFrame) -> Option<Immediate> {
+        let id = frame.id;
+        match frame.body {
+            None => Some(Immediate::Reply(dispatch::error_reply(
+                id,
+                &Error::UnknownRequest,
+            ))),
+            Some(Req::Ping(_)) => Some(Immediate::Reply(protocol::reply(
+                id,
+                Rep::Pong(pb::Pong {
+                    server_time: self.app.clock.now_ms(),
+                }),
+            ))),
+            Some(Req::Logout(_)) => {
+                Some(Immediate::Logout(protocol::reply(id, Rep::Ok(pb::Ok {}))))
+            }
+            Some(body) => {
+                self.pending.push(Box::pin(dispatch::handle(
+                    self.app.clone(),
+                    self.caller.clone(),
+                    id,
+                    body,
+                )));
+                None
+            }
+        }
+    }
+}
+
+/// Writes frames and flushes once, giving up if the session is kicked meanwhile.
+async fn write<S: AsyncRead + AsyncWrite + Unpin>(
+    kick: &Kick,
+    sink: &mut Sink<S>,
+    frames: Vec<Bytes>,
+) -> Result<(), Stop> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    guarded(kick, async {
+        for f in frames {
+            sink.feed(binary(f)).await?;
+        }
+        sink.flush().await
+    })
+    .await
+}
+
+async fn guarded(
+    kick: &Kick,
+    io: impl Future<Output = Result<(), tungstenite::Error>>,
+) -> Result<(), Stop> {
+    tokio::select! {
+        r = io => r.map_err(|_| Stop::Gone),
+        code = kick.kicked() => Err(Stop::Kicked(code)),
+    }
+}
+
+enum Immediate {
+    Reply(ServerFrame),
+    Logout(ServerFrame),
+}
+
+/// Sends the close frame (if any), waits briefly for the peer's close, and drops the socket.
+async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
+    mut sink: Sink<S>,
+    mut stream: Stream<S>,
+    app: &App,
+    close: Option<Close>,
+) {
+    app.stats.sessions_closed.inc();
+    let Some(Close(code, reason)) = close else {
+        return;
+    };
+    let wait = Duration::from_millis(app.config.close_timeout_ms);
+    let frame = CloseFrame {
+        code: WsCode::from(code),
+        reason: reason.into(),
+    };
+    let _ = timeout(wait, async {
+        if sink.send(WsMessage::Close(Some(frame))).await.is_ok() {
+            // Read until the peer's close (or EOF) so our close frame is not lost to a reset.
+            while let Some(Ok(m)) = stream.next().await {
+                if matches!(m, WsMessage::Close(_)) {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+}

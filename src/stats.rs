@@ -1,0 +1,59 @@
+//! Counters the server keeps about itself (exposed on `/healthz`; tests wait on them).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::Notify;
+
+/// A monotonically increasing counter that can be waited on.
+#[derive(Debug, Default)]
+pub struct Counter {
+    value: AtomicU64,
+    changed: Notify,
+}
+
+impl Counter {
+    pub fn inc(&self) {
+        self.value.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+    /// Waits until the counter reaches `n`.
+    pub async fn wait_for(&self, n: u64) {
+        loop {
+            let notified = self.changed.notified();
+            if self.get() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A plain counter for hot paths (nobody waits on it).
+#[derive(Debug, Default)]
+pub struct Count(AtomicU64);
+
+impl Count {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Server-wide counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connections_accepted: Counter,
+    pub sessions_logged_in: Counter,
+    pub sessions_closed: Counter,
+    pub frames_queued: Count,
+    pub slow_consumer_closes: Counter,
+    pub messages_committed: Count,
+    pub commits: Count,
+}

@@ -1,0 +1,330 @@
+//! The conformance suite every storage engine must pass unchanged. Each engine's test module
+//! calls [`run`] with a function that opens that engine in a directory.
+
+use super::{Counter, Direction, Op, Store, UserId};
+use crate::protocol::pb::{
+    ConversationEvent, ConversationKind, ConversationRecord, MemberRecord, Message,
+    UserConversationRecord,
+};
+use prost::Message as _;
+use std::path::Path;
+
+/// Opens an engine in a directory (the same directory again means reopen).
+pub type Open<'a> = &'a dyn Fn(&Path) -> Box<dyn Store>;
+
+/// Runs every check, each on a fresh directory.
+pub fn run(open: Open<'_>) {
+    for (name, check) in [
+        ("records round-trip and delete", records as fn(Open<'_>)),
+        ("message ranges", message_ranges),
+        ("user ids are length-prefixed", user_prefixes),
+        ("user events paging", user_events),
+        ("everything survives reopen", reopen),
+    ] {
+        eprintln!("conformance: {name}");
+        check(open);
+    }
+}
+
+fn u(s: &str) -> UserId {
+    UserId::from(s)
+}
+
+fn msg(conv: u64, seq: u64) -> bytes::Bytes {
+    bytes::Bytes::from(
+        Message {
+            seq,
+            conversation_id: conv.to_string(),
+            server_time: seq as i64 * 10,
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    )
+}
+
+fn records(open: Open<'_>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let rec = ConversationRecord {
+        kind: ConversationKind::Group as i32,
+        name: "g".into(),
+        owner: "alice".into(),
+        ..Default::default()
+    };
+    s.commit(&[
+        Op::PutConversation {
+            conv: 1,
+            record: rec.clone(),
+        },
+        Op::PutMember {
+            conv: 1,
+            user: u("alice"),
+            record: MemberRecord {
+                joined_at: 5,
+                join_order: 1,
+            },
+        },
+        Op::PutMember {
+            conv: 1,
+            user: u("bob"),
+            record: MemberRecord {
+                joined_at: 6,
+                join_order: 2,
+            },
+        },
+        Op::PutUserConversation {
+            user: u("alice"),
+            conv: 1,
+            record: UserConversationRecord {
+                muted: true,
+                joined_at: 5,
+            },
+        },
+        Op::PutUserConversation {
+            user: u("alice"),
+            conv: 2,
+            record: UserConversationRecord::default(),
+        },
+        Op::PutReadSeq {
+            user: u("alice"),
+            conv: 1,
+            seq: 9,
+        },
+        Op::PutDedup {
+            conv: 1,
+            sender: u("alice"),
+            client_id: "c1".into(),
+            seq: 3,
+        },
+        Op::PutDirect {
+            a: u("zed"),
+            b: u("amy"),
+            conv: 7,
+        },
+        Op::SetCounter {
+            counter: Counter::Conversation,
+            value: 42,
+        },
+    ])
+    .unwrap();
+    assert_eq!(s.conversation(1).unwrap(), Some(rec));
+    assert_eq!(s.conversation(2).unwrap(), None);
+    let mut members: Vec<_> = s
+        .members(1)
+        .unwrap()
+        .into_iter()
+        .map(|(u, r)| (u.to_string(), r.join_order))
+        .collect();
+    members.sort();
+    assert_eq!(members, vec![("alice".into(), 1), ("bob".into(), 2)]);
+    let convs = s.user_conversations("alice").unwrap();
+    assert_eq!(convs.iter().map(|c| c.0).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(convs[0].1.muted);
+    assert!(s.user_conversation("alice", 1).unwrap().unwrap().muted);
+    assert_eq!(s.user_conversation("alice", 3).unwrap(), None);
+    assert_eq!(s.read_seq("alice", 1).unwrap(), 9);
+    assert_eq!(s.read_seq("alice", 2).unwrap(), 0);
+    assert_eq!(s.dedup(1, "alice", "c1").unwrap(), Some(3));
+    assert_eq!(s.dedup(1, "alice", "c2").unwrap(), None);
+    assert_eq!(s.dedup(2, "alice", "c1").unwrap(), None);
+    assert_eq!(s.direct("amy", "zed").unwrap(), Some(7));
+    assert_eq!(s.direct("zed", "amy").unwrap(), Some(7));
+    assert_eq!(s.counter(Counter::Conversation).unwrap(), 42);
+
+    s.commit(&[
+        Op::DeleteMember {
+            conv: 1,
+            user: u("bob"),
+        },
+        Op::DeleteUserConversation {
+            user: u("alice"),
+            conv: 2,
+        },
+        Op::DeleteReadSeq {
+            user: u("alice"),
+            conv: 1,
+        },
+    ])
+    .unwrap();
+    assert_eq!(s.members(1).unwrap().len(), 1);
+    assert_eq!(s.user_conversations("alice").unwrap().len(), 1);
+    assert_eq!(s.read_seq("alice", 1).unwrap(), 0);
+}
+
+fn message_ranges(open: Open<'_>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    assert_eq!(s.last_message(5).unwrap(), None);
+    let ops: Vec<Op> = (1..=30)
+        .map(|seq| Op::PutMessage {
+            conv: 5,
+            seq,
+            message: msg(5, seq),
+        })
+        .collect();
+    s.commit(&ops).unwrap();
+    // A neighbouring conversation must never leak into 5's ranges.
+    s.commit(&[
+        Op::PutMessage {
+            conv: 6,
+            seq: 1,
+            message: msg(6, 1),
+        },
+        Op::PutMessage {
+            conv: 4,
+            seq: 99,
+            message: msg(4, 99),
+        },
+    ])
+    .unwrap();
+    let seqs = |v: Vec<Message>| v.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+    assert_eq!(s.last_message(5).unwrap().unwrap().seq, 30);
+    assert_eq!(s.message(5, 7).unwrap().unwrap().server_time, 70);
+    assert_eq!(s.message(5, 31).unwrap(), None);
+    assert_eq!(
+        seqs(
+            s.messages(5, 11, u64::MAX, Direction::Ascending, 5)
+                .unwrap()
+        ),
+        vec![11, 12, 13, 14, 15]
+    );
+    assert_eq!(
+        seqs(s.messages(5, 0, 11, Direction::Descending, 3).unwrap()),
+        vec![10, 9, 8]
+    );
+    assert_eq!(
+        seqs(
+            s.messages(5, 28, u64::MAX, Direction::Ascending, 100)
+                .unwrap()
+        ),
+        vec![28, 29, 30]
+    );
+    assert_eq!(
+        seqs(
+            s.messages(5, 0, u64::MAX, Direction::Descending, 2)
+                .unwrap()
+        ),
+        vec![30, 29]
+    );
+    assert!(
+        s.messages(5, 10, 10, Direction::Ascending, 5)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.messages(5, 1, 5, Direction::Ascending, 0)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn user_prefixes(open: Open<'_>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.commit(&[
+        Op::PutUserConversation {
+            user: u("al"),
+            conv: 1,
+            record: UserConversationRecord::default(),
+        },
+        Op::PutUserConversation {
+            user: u("alice"),
+            conv: 2,
+            record: UserConversationRecord::default(),
+        },
+        Op::PutUserEvent {
+            user: u("alice"),
+            seq: 1,
+            event: ConversationEvent {
+                user_seq: 1,
+                ..Default::default()
+            },
+        },
+    ])
+    .unwrap();
+    assert_eq!(
+        s.user_conversations("al")
+            .unwrap()
+            .iter()
+            .map(|c| c.0)
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert_eq!(
+        s.user_conversations("alice")
+            .unwrap()
+            .iter()
+            .map(|c| c.0)
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
+    assert_eq!(s.last_user_event_seq("al").unwrap(), 0);
+    assert_eq!(s.user_events_after("al", 0, 10).unwrap().0.len(), 0);
+}
+
+fn user_events(open: Open<'_>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    assert_eq!(s.last_user_event_seq("bob").unwrap(), 0);
+    let ops: Vec<Op> = (1..=10)
+        .map(|seq| Op::PutUserEvent {
+            user: u("bob"),
+            seq,
+            event: ConversationEvent {
+                user_seq: seq,
+                ..Default::default()
+            },
+        })
+        .collect();
+    s.commit(&ops).unwrap();
+    let seqs = |(v, t): (Vec<ConversationEvent>, bool)| {
+        (v.into_iter().map(|e| e.user_seq).collect::<Vec<_>>(), t)
+    };
+    assert_eq!(s.last_user_event_seq("bob").unwrap(), 10);
+    assert_eq!(
+        seqs(s.user_events_after("bob", 7, 10).unwrap()),
+        (vec![8, 9, 10], false)
+    );
+    assert_eq!(
+        seqs(s.user_events_after("bob", 0, 3).unwrap()),
+        (vec![8, 9, 10], true)
+    );
+    assert_eq!(
+        seqs(s.user_events_after("bob", 7, 3).unwrap()),
+        (vec![8, 9, 10], false)
+    );
+    assert_eq!(
+        seqs(s.user_events_after("bob", 10, 3).unwrap()),
+        (vec![], false)
+    );
+}
+
+fn reopen(open: Open<'_>) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        s.commit(&[
+            Op::PutMessage {
+                conv: 3,
+                seq: 1,
+                message: msg(3, 1),
+            },
+            Op::PutReadSeq {
+                user: u("x"),
+                conv: 3,
+                seq: 1,
+            },
+            Op::SetCounter {
+                counter: Counter::Conversation,
+                value: 3,
+            },
+        ])
+        .unwrap();
+        s.flush().unwrap();
+        assert!(s.size_on_disk().unwrap() > 0);
+    }
+    let s = open(dir.path());
+    assert_eq!(s.last_message(3).unwrap().unwrap().seq, 1);
+    assert_eq!(s.read_seq("x", 3).unwrap(), 1);
+    assert_eq!(s.counter(Counter::Conversation).unwrap(), 3);
+}

@@ -1,0 +1,112 @@
+//! Key layout for ordered key-value engines. One keyspace; the first byte says what a key is,
+//! so everything that must be atomic sits in one tree and one batch. Integers are big-endian
+//! (byte order = numeric order); a user id is one length byte then its bytes, so a user's keys
+//! never run into a longer id's.
+//!
+//! | prefix | key                              | value                          |
+//! |--------|----------------------------------|--------------------------------|
+//! | `C`    | conv                             | ConversationRecord             |
+//! | `M`    | conv ‖ user                      | MemberRecord                   |
+//! | `U`    | user ‖ conv                      | UserConversationRecord         |
+//! | `S`    | conv ‖ seq                       | Message                        |
+//! | `R`    | user ‖ conv                      | read seq (u64)                 |
+//! | `K`    | conv ‖ sender ‖ client id        | seq (u64)                      |
+//! | `D`    | user a ‖ user b (sorted)         | conv (u64)                     |
+//! | `E`    | user ‖ event seq                 | ConversationEvent              |
+//! | `N`    | counter name                     | u64                            |
+
+pub const CONVERSATION: u8 = b'C';
+pub const MEMBER: u8 = b'M';
+pub const USER_CONVERSATION: u8 = b'U';
+pub const MESSAGE: u8 = b'S';
+pub const READ_SEQ: u8 = b'R';
+pub const DEDUP: u8 = b'K';
+pub const DIRECT: u8 = b'D';
+pub const USER_EVENT: u8 = b'E';
+pub const COUNTER: u8 = b'N';
+
+/// A key under construction.
+pub struct Key(Vec<u8>);
+
+impl Key {
+    pub fn new(prefix: u8) -> Self {
+        let mut v = Vec::with_capacity(32);
+        v.push(prefix);
+        Key(v)
+    }
+    pub fn u64(mut self, n: u64) -> Self {
+        self.0.extend_from_slice(&n.to_be_bytes());
+        self
+    }
+    /// A length-prefixed user id (ids are at most 255 bytes; config enforces it).
+    pub fn user(mut self, user: &str) -> Self {
+        debug_assert!(user.len() <= 255);
+        self.0.push(user.len() as u8);
+        self.0.extend_from_slice(user.as_bytes());
+        self
+    }
+    /// Raw trailing bytes (only as the last component).
+    pub fn tail(mut self, bytes: &[u8]) -> Self {
+        self.0.extend_from_slice(bytes);
+        self
+    }
+    pub fn build(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+pub fn conversation(conv: u64) -> Vec<u8> {
+    Key::new(CONVERSATION).u64(conv).build()
+}
+pub fn member(conv: u64, user: &str) -> Vec<u8> {
+    Key::new(MEMBER).u64(conv).user(user).build()
+}
+pub fn members_of(conv: u64) -> Vec<u8> {
+    Key::new(MEMBER).u64(conv).build()
+}
+pub fn user_conversation(user: &str, conv: u64) -> Vec<u8> {
+    Key::new(USER_CONVERSATION).user(user).u64(conv).build()
+}
+pub fn user_conversations_of(user: &str) -> Vec<u8> {
+    Key::new(USER_CONVERSATION).user(user).build()
+}
+pub fn message(conv: u64, seq: u64) -> Vec<u8> {
+    Key::new(MESSAGE).u64(conv).u64(seq).build()
+}
+pub fn read_seq(user: &str, conv: u64) -> Vec<u8> {
+    Key::new(READ_SEQ).user(user).u64(conv).build()
+}
+pub fn dedup(conv: u64, sender: &str, client_id: &str) -> Vec<u8> {
+    Key::new(DEDUP)
+        .u64(conv)
+        .user(sender)
+        .tail(client_id.as_bytes())
+        .build()
+}
+pub fn direct(a: &str, b: &str) -> Vec<u8> {
+    let (a, b) = if a <= b { (a, b) } else { (b, a) };
+    Key::new(DIRECT).user(a).user(b).build()
+}
+pub fn user_event(user: &str, seq: u64) -> Vec<u8> {
+    Key::new(USER_EVENT).user(user).u64(seq).build()
+}
+pub fn user_events_of(user: &str) -> Vec<u8> {
+    Key::new(USER_EVENT).user(user).build()
+}
+pub fn counter(name: &str) -> Vec<u8> {
+    Key::new(COUNTER).tail(name.as_bytes()).build()
+}
+
+/// Reads the big-endian u64 at `at` of a key or value.
+pub fn be_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    bytes
+        .get(at..at + 8)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+}
+
+/// Reads a length-prefixed user id at `at`; returns it and the offset after it.
+pub fn user_at(bytes: &[u8], at: usize) -> Option<(&str, usize)> {
+    let len = *bytes.get(at)? as usize;
+    let s = std::str::from_utf8(bytes.get(at + 1..at + 1 + len)?).ok()?;
+    Some((s, at + 1 + len))
+}

@@ -1,0 +1,173 @@
+//! Storage behind a narrow typed trait.
+//!
+//! The registry never sees an engine: it reads through the methods below and writes by handing
+//! `commit` a list of typed [`Op`]s that must land atomically (one message and its dedup entry
+//! and the sender's read position; one conversation and all its members). Durability is a
+//! separate `flush`, so a single writer can group-commit many batches under one flush.
+//!
+//! Every engine must pass [`conformance`] unchanged.
+
+pub mod keys;
+pub mod sled;
+
+#[cfg(test)]
+pub(crate) mod conformance;
+
+use crate::protocol::pb::{
+    ConversationEvent, ConversationRecord, MemberRecord, Message, UserConversationRecord,
+};
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// A user id as stored and routed (cheap to clone).
+pub type UserId = Arc<str>;
+
+/// A store failure. The server treats any of these as fatal for the write path.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The engine reported an error (I/O, corruption it detected, ...).
+    #[error("storage engine: {0}")]
+    Engine(String),
+    /// A stored value could not be decoded.
+    #[error("corrupt record under {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+/// Named monotonic counters kept in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// The last conversation number handed out.
+    Conversation,
+}
+
+/// One write. A `commit` applies a slice of these atomically.
+#[derive(Debug, Clone)]
+pub enum Op {
+    PutConversation {
+        conv: u64,
+        record: ConversationRecord,
+    },
+    PutMember {
+        conv: u64,
+        user: UserId,
+        record: MemberRecord,
+    },
+    DeleteMember {
+        conv: u64,
+        user: UserId,
+    },
+    PutUserConversation {
+        user: UserId,
+        conv: u64,
+        record: UserConversationRecord,
+    },
+    DeleteUserConversation {
+        user: UserId,
+        conv: u64,
+    },
+    /// `message` is an encoded `Message` (stored as is; also what clients receive).
+    PutMessage {
+        conv: u64,
+        seq: u64,
+        message: Bytes,
+    },
+    PutReadSeq {
+        user: UserId,
+        conv: u64,
+        seq: u64,
+    },
+    DeleteReadSeq {
+        user: UserId,
+        conv: u64,
+    },
+    PutDedup {
+        conv: u64,
+        sender: UserId,
+        client_id: String,
+        seq: u64,
+    },
+    PutDirect {
+        a: UserId,
+        b: UserId,
+        conv: u64,
+    },
+    PutUserEvent {
+        user: UserId,
+        seq: u64,
+        event: ConversationEvent,
+    },
+    SetCounter {
+        counter: Counter,
+        value: u64,
+    },
+}
+
+/// Which way a message range is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Oldest first.
+    Ascending,
+    /// Newest first.
+    Descending,
+}
+
+/// The storage contract. Reads see every committed write; `flush` makes them durable.
+pub trait Store: Send + Sync + 'static {
+    /// Applies `ops` atomically: all or none become visible (and durable with the next flush).
+    fn commit(&self, ops: &[Op]) -> Result<(), StoreError>;
+    /// Makes every committed write durable.
+    fn flush(&self) -> Result<(), StoreError>;
+
+    fn conversation(&self, conv: u64) -> Result<Option<ConversationRecord>, StoreError>;
+    /// The members of a conversation, in no particular order.
+    fn members(&self, conv: u64) -> Result<Vec<(UserId, MemberRecord)>, StoreError>;
+    /// The conversations a user belongs to, in ascending conversation number.
+    fn user_conversations(
+        &self,
+        user: &str,
+    ) -> Result<Vec<(u64, UserConversationRecord)>, StoreError>;
+
+    fn user_conversation(
+        &self,
+        user: &str,
+        conv: u64,
+    ) -> Result<Option<UserConversationRecord>, StoreError>;
+
+    fn message(&self, conv: u64, seq: u64) -> Result<Option<Message>, StoreError>;
+    fn last_message(&self, conv: u64) -> Result<Option<Message>, StoreError>;
+    /// Messages with `lo <= seq < hi`, in `dir` order, at most `limit`.
+    fn messages(
+        &self,
+        conv: u64,
+        lo: u64,
+        hi: u64,
+        dir: Direction,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    fn read_seq(&self, user: &str, conv: u64) -> Result<u64, StoreError>;
+    fn dedup(&self, conv: u64, sender: &str, client_id: &str) -> Result<Option<u64>, StoreError>;
+    fn direct(&self, a: &str, b: &str) -> Result<Option<u64>, StoreError>;
+
+    /// The newest `limit` events of `user` with seq > `after`, oldest first, and whether older
+    /// ones (still > `after`) were left out.
+    fn user_events_after(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<ConversationEvent>, bool), StoreError>;
+    fn last_user_event_seq(&self, user: &str) -> Result<u64, StoreError>;
+    fn counter(&self, counter: Counter) -> Result<u64, StoreError>;
+
+    /// Bytes the engine occupies on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+}
+
+/// Decodes a stored protobuf value.
+fn decode<M: prost::Message + Default>(what: &'static str, bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    })
+}
