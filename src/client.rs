@@ -194,6 +194,11 @@ impl Client {
         self.pushes.recv().await
     }
 
+    /// A push that has already arrived, if any (does not wait).
+    pub fn try_next_push(&mut self) -> Option<ServerFrame> {
+        self.pushes.try_recv().ok()
+    }
+
     /// Waits until the connection is closed and returns how.
     pub async fn closed(&self) -> Closed {
         self.wait_closed_ref().await.unwrap_or(Closed {

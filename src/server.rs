@@ -185,12 +185,13 @@ fn header_has(req: &Request<Incoming>, name: header::HeaderName, token: &str) ->
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// The tungstenite settings for server connections, all from config.
+/// The tungstenite settings for server connections, from config. The write buffer is not
+/// capped here: it only grows past `write_buffer_size` while a write is failing, and what may
+/// queue for a connection is bounded by its outbox (`outbox_frames`) instead.
 pub fn ws_config(config: &Config) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(config.ws_read_buffer_bytes)
         .write_buffer_size(config.ws_write_buffer_bytes)
-        .max_write_buffer_size(config.ws_write_buffer_bytes.max(1) * 4 + config.max_frame_bytes * 2)
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes))
 }

@@ -1,0 +1,166 @@
+//! Login: accepted, refused, expired, timed out; device replacement; subprotocol.
+
+use crate::harness::*;
+use futures_util::{SinkExt, StreamExt};
+use std::path::PathBuf;
+use tidings::client::{Client, connect_raw};
+use tidings::protocol::pb::{self, CloseCode, ErrorCode};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+fn code(c: CloseCode) -> Option<u16> {
+    Some(c as i32 as u16)
+}
+
+async fn refused(server: &TestServer, token: &str) -> Option<u16> {
+    let c = within(Client::connect(&server.url())).await.unwrap();
+    assert!(
+        within(c.login(token, "", 0)).await.is_err(),
+        "login must fail"
+    );
+    within(c.closed()).await.code
+}
+
+#[tokio::test]
+async fn hs256_login_is_accepted() {
+    let server = TestServer::start().await;
+    let (_c, w) = server.login("alice").await;
+    assert_eq!(w.ok.user_id, "alice");
+    assert!(!w.ok.session_id.is_empty());
+    assert!(w.summary.entries.is_empty());
+}
+
+#[tokio::test]
+async fn rs256_login_is_accepted_and_hs256_still_works() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let server = TestServer::start_with(|c| {
+        c.jwt_rs256_public_key = Some(fixtures.join("rs256-test-public.pem"));
+        c.jwt_rs256_private_key = Some(fixtures.join("rs256-test-private.pem"));
+    })
+    .await;
+    let token =
+        tidings::auth::mint(&server.config, "rsa-user", 600, server.clock_now(), true).unwrap();
+    let c = within(Client::connect(&server.url())).await.unwrap();
+    assert_eq!(
+        within(c.login(&token, "", 0)).await.unwrap().user_id,
+        "rsa-user"
+    );
+    server.login("hs-user").await;
+}
+
+#[tokio::test]
+async fn bad_tokens_are_closed_with_auth_failed() {
+    let server = TestServer::start().await;
+    let mut other = server.config.clone();
+    other.jwt_hs256_secret = Some("some other secret".into());
+    let forged = tidings::auth::mint(&other, "mallory", 600, server.clock_now(), false).unwrap();
+    let empty_sub =
+        tidings::auth::mint(&server.config, "", 600, server.clock_now(), false).unwrap();
+    for token in [forged.as_str(), "not-a-jwt", "", empty_sub.as_str()] {
+        assert_eq!(
+            refused(&server, token).await,
+            code(CloseCode::CloseAuthFailed),
+            "token {token:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn expired_tokens_are_closed_with_token_expired_by_the_injected_clock() {
+    let server = TestServer::start().await;
+    let token = server.token("alice"); // valid for an hour
+    server.clock.advance(2 * 3600 * 1000);
+    assert_eq!(
+        refused(&server, &token).await,
+        code(CloseCode::CloseTokenExpired)
+    );
+    // A token minted now works.
+    server.login("alice").await;
+}
+
+#[tokio::test]
+async fn no_login_within_the_timeout_is_closed() {
+    let server = TestServer::start_with(|c| c.login_timeout_ms = 300).await;
+    let c = within(Client::connect(&server.url())).await.unwrap();
+    assert_eq!(
+        within(c.closed()).await.code,
+        code(CloseCode::CloseLoginTimeout)
+    );
+}
+
+#[tokio::test]
+async fn a_request_before_login_is_a_protocol_violation() {
+    let server = TestServer::start().await;
+    let c = within(Client::connect(&server.url())).await.unwrap();
+    assert!(within(c.ping()).await.is_err());
+    assert_eq!(
+        within(c.closed()).await.code,
+        code(CloseCode::CloseProtocolViolation)
+    );
+}
+
+#[tokio::test]
+async fn logging_in_twice_is_an_error_that_keeps_the_session() {
+    let server = TestServer::start().await;
+    let c = server.client("alice").await;
+    let err = within(c.login(&server.token("alice"), "", 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ErrorAlreadyLoggedIn));
+    within(c.ping()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_device_tag_replaces_the_older_session_with_that_tag_only() {
+    let server = TestServer::start().await;
+    let (old_phone, _) = server.login_device("alice", "phone", 0).await;
+    let (web, _) = server.login_device("alice", "web", 0).await;
+    let (untagged, _) = server.login_device("alice", "", 0).await;
+    let (new_phone, _) = server.login_device("alice", "phone", 0).await;
+    assert_eq!(
+        within(old_phone.closed()).await.code,
+        code(CloseCode::CloseReplaced)
+    );
+    for c in [&web, &untagged, &new_phone] {
+        within(c.ping()).await.expect("other sessions stay");
+    }
+}
+
+#[tokio::test]
+async fn logout_closes_normally() {
+    let server = TestServer::start().await;
+    let c = server.client("alice").await;
+    within(c.logout()).await.unwrap();
+    assert_eq!(within(c.closed()).await.code, Some(1000));
+}
+
+#[tokio::test]
+async fn the_subprotocol_is_required_and_echoed() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    // Without the subprotocol the upgrade is refused with HTTP 400.
+    let err = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("400"), "{err}");
+    // With it, the server echoes it (tungstenite checks the echo) and the session works.
+    let mut ws = within(connect_raw(&url)).await.unwrap();
+    let login = pb::ClientFrame {
+        id: 1,
+        body: Some(pb::client_frame::Body::Login(pb::Login {
+            token: server.token("alice"),
+            ..Default::default()
+        })),
+    };
+    ws.send(WsMessage::Binary(tidings::protocol::encode(&login)))
+        .await
+        .unwrap();
+    let Some(Ok(WsMessage::Binary(b))) = within(ws.next()).await else {
+        panic!("no reply")
+    };
+    let reply = tidings::protocol::decode_server(&b).unwrap();
+    assert_eq!(reply.id, 1);
+    assert!(matches!(
+        reply.body,
+        Some(pb::server_frame::Body::LoginOk(_))
+    ));
+}

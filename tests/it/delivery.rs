@@ -1,0 +1,302 @@
+//! Messages reach every device of every member, in order, once; offline members catch up.
+
+use crate::harness::*;
+use bytes::Bytes;
+use std::collections::HashSet;
+use tidings::protocol::pb::{self, server_frame::Body as Rep};
+
+#[tokio::test]
+async fn direct_and_group_messages_reach_every_device() {
+    let server = TestServer::start().await;
+    let (mut alice_phone, _) = server.login_device("alice", "phone", 0).await;
+    let (mut alice_web, _) = server.login_device("alice", "web", 0).await;
+    let (mut bob_phone, _) = server.login_device("bob", "phone", 0).await;
+    let (mut bob_web, _) = server.login_device("bob", "web", 0).await;
+
+    let d = within(alice_phone.create_direct("bob")).await.unwrap();
+    for c in [&mut alice_web, &mut bob_phone, &mut bob_web] {
+        event(c).await;
+    }
+    let ack = within(alice_phone.send_text(&d.id, "hello bob"))
+        .await
+        .unwrap();
+    assert_eq!(ack.seq, 1);
+    assert!(!ack.message_id.is_empty());
+    assert!(ack.server_time > 0);
+    for c in [&mut bob_phone, &mut bob_web, &mut alice_web] {
+        let m = message(c).await;
+        assert_eq!(
+            (m.seq, m.sender.as_str(), text(&m)),
+            (1, "alice", "hello bob".into())
+        );
+        assert_eq!(m.id, ack.message_id);
+        assert_eq!(m.conversation_id, d.id);
+    }
+    // The sending device gets the ack, not a copy.
+    assert_no_push(&mut alice_phone).await;
+
+    let mut carol = server.client("carol").await;
+    let g = within(carol.create_group("g", &["alice", "bob"]))
+        .await
+        .unwrap();
+    for c in [
+        &mut alice_phone,
+        &mut alice_web,
+        &mut bob_phone,
+        &mut bob_web,
+    ] {
+        event(c).await;
+    }
+    let sent = within(carol.send(pb::SendMessage {
+        conversation_id: g.id.clone(),
+        r#type: 7,
+        content: Bytes::from_static(b"\x00binary\xff"),
+        attributes: [("a".to_string(), "b".to_string())].into(),
+        mentions: vec!["bob".into()],
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    for c in [
+        &mut alice_phone,
+        &mut alice_web,
+        &mut bob_phone,
+        &mut bob_web,
+    ] {
+        let m = message(c).await;
+        assert_eq!(m.seq, sent.seq);
+        assert_eq!(m.r#type, 7);
+        assert_eq!(&m.content[..], b"\x00binary\xff");
+        assert_eq!(m.attributes.get("a").map(String::as_str), Some("b"));
+        assert_eq!(m.mentions, vec!["bob"]);
+    }
+    assert_no_push(&mut carol).await;
+}
+
+#[tokio::test]
+async fn an_offline_member_catches_up_in_order_with_exact_unread_counts() {
+    let server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    let g = within(alice.create_group("g", &["bob"])).await.unwrap();
+    let d = within(alice.create_direct("bob")).await.unwrap();
+    for i in 1..=30 {
+        within(alice.send_text(&g.id, &format!("g{i}")))
+            .await
+            .unwrap();
+    }
+    for i in 1..=5 {
+        within(alice.send_text(&d.id, &format!("d{i}")))
+            .await
+            .unwrap();
+    }
+
+    // bob was never online: his summary tells where everything stands.
+    let (bob_phone, w) = server.login_device("bob", "phone", 0).await;
+    let ge = w.unread(&g.id).expect("group in summary");
+    assert_eq!((ge.unread, ge.last_seq, ge.read_seq), (30, 30, 0));
+    assert_eq!(text(ge.last_message.as_ref().unwrap()), "g30");
+    let de = w.unread(&d.id).expect("direct in summary");
+    assert_eq!((de.unread, de.last_seq), (5, 5));
+    // The sender's own messages are not unread for her.
+    let (_a2, aw) = server.login_device("alice", "tablet", 0).await;
+    assert_eq!(aw.unread(&g.id).unwrap().unread, 0);
+
+    // Catch-up: every message once, in order, paging by seq.
+    let all = within(bob_phone.sync_all(&g.id, 0)).await.unwrap();
+    assert_eq!(
+        all.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=30).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        all.iter().map(text).collect::<Vec<_>>(),
+        (1..=30).map(|i| format!("g{i}")).collect::<Vec<_>>()
+    );
+    // A device that had seen up to 10 gets exactly the rest.
+    let rest = within(bob_phone.sync_all(&g.id, 10)).await.unwrap();
+    assert_eq!(rest.first().map(|m| m.seq), Some(11));
+    assert_eq!(rest.len(), 20);
+    let page = within(bob_phone.sync(&g.id, 0, 7)).await.unwrap();
+    assert_eq!((page.messages.len(), page.has_more), (7, true));
+
+    // History, newest first, with has_more.
+    let h = within(bob_phone.history(&g.id, 0, 5)).await.unwrap();
+    assert_eq!(
+        h.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![30, 29, 28, 27, 26]
+    );
+    assert!(h.has_more);
+    let h = within(bob_phone.history(&g.id, 3, 5)).await.unwrap();
+    assert_eq!(
+        h.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![2, 1]
+    );
+    assert!(!h.has_more);
+
+    // Reading moves the count for every device.
+    let (mut bob_web, _) = server.login_device("bob", "web", 0).await;
+    within(bob_phone.mark_read(&g.id, 25)).await.unwrap();
+    match push(&mut bob_web).await {
+        Rep::ReadPosition(r) => assert_eq!(
+            (r.conversation_id, r.read_seq, r.unread),
+            (g.id.clone(), 25, 5)
+        ),
+        other => panic!("expected read position, got {other:?}"),
+    }
+    within(bob_phone.mark_read(&g.id, 3)).await.unwrap(); // backwards: no-op
+    within(bob_phone.mark_read(&g.id, 1000)).await.unwrap(); // clamped to 30
+    match push(&mut bob_web).await {
+        Rep::ReadPosition(r) => assert_eq!((r.read_seq, r.unread), (30, 0)),
+        other => panic!("expected read position, got {other:?}"),
+    }
+    assert_no_push(&mut bob_web).await;
+    within(alice.send_text(&g.id, "one more")).await.unwrap();
+    message(&mut bob_web).await;
+    let (_b3, w3) = server.login_device("bob", "tablet", 0).await;
+    assert_eq!(w3.unread(&g.id).unwrap().unread, 1);
+    assert_eq!(w3.unread(&d.id).unwrap().unread, 5);
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_client_id_returns_the_first_result() {
+    let server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    let mut bob = server.client("bob").await;
+    let d = within(alice.create_direct("bob")).await.unwrap();
+    event(&mut bob).await;
+    let msg = |cid: &str| pb::SendMessage {
+        conversation_id: d.id.clone(),
+        client_message_id: cid.into(),
+        content: Bytes::from_static(b"once"),
+        ..Default::default()
+    };
+
+    let first = within(alice.send(msg("c-1"))).await.unwrap();
+    assert!(!first.duplicate);
+    let again = within(alice.send(msg("c-1"))).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(
+        (again.seq, &again.message_id, again.server_time),
+        (first.seq, &first.message_id, first.server_time)
+    );
+
+    // Concurrent retries, all in flight at once: one stored copy.
+    let acks = within(futures_util::future::join_all(
+        (0..6).map(|_| alice.send(msg("c-2"))),
+    ))
+    .await;
+    let acks: Vec<_> = acks.into_iter().map(Result::unwrap).collect();
+    assert!(
+        acks.iter()
+            .all(|a| a.seq == acks[0].seq && a.message_id == acks[0].message_id)
+    );
+    assert_eq!(acks.iter().filter(|a| !a.duplicate).count(), 1);
+
+    // The same client id from another sender is another message.
+    let from_bob = within(bob.send(msg("c-1"))).await.unwrap();
+    assert!(!from_bob.duplicate);
+
+    let seqs: Vec<u64> = vec![message(&mut bob).await.seq, message(&mut bob).await.seq];
+    assert_eq!(seqs, vec![1, 2]);
+    assert_no_push(&mut bob).await;
+    let all = within(alice.sync_all(&d.id, 0)).await.unwrap();
+    assert_eq!(all.len(), 3);
+}
+
+#[tokio::test]
+async fn eight_concurrent_senders_get_gapless_seqs_and_everyone_sees_one_order() {
+    const SENDERS: usize = 8;
+    const EACH: usize = 40;
+    let server = TestServer::start().await;
+    let names: Vec<String> = (0..SENDERS).map(|i| format!("sender{i}")).collect();
+    let owner = server.client("listener0").await;
+    let mut members: Vec<&str> = names.iter().map(String::as_str).collect();
+    members.push("listener1");
+    let g = within(owner.create_group("busy", &members)).await.unwrap();
+    let mut listeners = vec![owner, server.client("listener1").await];
+
+    let mut tasks = Vec::new();
+    for name in &names {
+        let client = server.client(name).await;
+        let id = g.id.clone();
+        let name = name.clone();
+        tasks.push(tokio::spawn(async move {
+            let texts: Vec<String> = (0..EACH).map(|i| format!("{name}:{i}")).collect();
+            let sends = texts.iter().map(|t| client.send_text(&id, t));
+            futures_util::future::join_all(sends)
+                .await
+                .into_iter()
+                .map(|r| r.unwrap().seq)
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut acked: Vec<u64> = Vec::new();
+    for t in tasks {
+        acked.extend(within(t).await.unwrap());
+    }
+    acked.sort_unstable();
+    let total = (SENDERS * EACH) as u64;
+    assert_eq!(
+        acked,
+        (1..=total).collect::<Vec<_>>(),
+        "acked seqs are gapless and unique"
+    );
+
+    let mut orders = Vec::new();
+    for l in &mut listeners {
+        let mut got = Vec::new();
+        while got.len() < total as usize {
+            match push(l).await {
+                Rep::Message(m) => got.push((m.seq, text(&m))),
+                Rep::ConversationEvent(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(
+            got.iter().map(|g| g.0).collect::<Vec<_>>(),
+            (1..=total).collect::<Vec<_>>()
+        );
+        orders.push(got);
+    }
+    assert_eq!(orders[0], orders[1], "every member sees the same order");
+    // Every message arrived exactly once.
+    let distinct: HashSet<_> = orders[0].iter().map(|g| g.1.clone()).collect();
+    assert_eq!(distinct.len(), total as usize);
+}
+
+#[tokio::test]
+async fn transient_messages_reach_online_members_only_and_are_not_stored() {
+    let server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    let mut bob = server.client("bob").await;
+    let g = within(alice.create_group("g", &["bob", "carol"]))
+        .await
+        .unwrap();
+    event(&mut bob).await;
+    let ack = within(alice.send(pb::SendMessage {
+        conversation_id: g.id.clone(),
+        content: Bytes::from_static(b"typing"),
+        transient: true,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    assert_eq!(ack.seq, 0);
+    let m = message(&mut bob).await;
+    assert!(m.transient);
+    assert_eq!((m.seq, text(&m)), (0, "typing".into()));
+    assert!(
+        within(alice.history(&g.id, 0, 10))
+            .await
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+    let (carol, w) = server.login("carol").await;
+    assert_eq!(w.unread(&g.id).unwrap().unread, 0);
+    assert!(within(carol.sync_all(&g.id, 0)).await.unwrap().is_empty());
+    // The next stored message still gets seq 1.
+    assert_eq!(
+        within(alice.send_text(&g.id, "stored")).await.unwrap().seq,
+        1
+    );
+}

@@ -1,0 +1,232 @@
+//! What is acked survives: restarts, graceful shutdown, the real binary and SIGTERM.
+
+use crate::harness::*;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tidings::client::Client;
+use tidings::protocol::pb;
+
+#[tokio::test]
+async fn a_restart_keeps_conversations_members_history_and_read_positions() {
+    let mut server = TestServer::start().await;
+    let (g, d, before_history) = {
+        let alice = server.client("alice").await;
+        let bob = server.client("bob").await;
+        let g = within(alice.create_group("team", &["bob", "carol"]))
+            .await
+            .unwrap();
+        let d = within(alice.create_direct("bob")).await.unwrap();
+        for i in 0..12 {
+            within(alice.send_text(&g.id, &format!("m{i}")))
+                .await
+                .unwrap();
+        }
+        within(bob.send_text(&d.id, "direct")).await.unwrap();
+        within(bob.mark_read(&g.id, 4)).await.unwrap();
+        within(bob.set_muted(&g.id, true)).await.unwrap();
+        within(alice.remove_members(&g.id, &["carol"]))
+            .await
+            .unwrap();
+        let h = within(alice.history(&g.id, 0, 100)).await.unwrap();
+        (g, d, h)
+    };
+    server.restart().await;
+
+    let alice = server.client("alice").await;
+    let (bob, w) = server.login("bob").await;
+    let ge = w.unread(&g.id).unwrap();
+    assert_eq!(
+        (ge.unread, ge.read_seq, ge.last_seq, ge.muted),
+        (8, 4, 12, true)
+    );
+    assert_eq!(w.unread(&d.id).unwrap().unread, 0);
+    let g2 = within(bob.get_conversation(&g.id)).await.unwrap();
+    assert_eq!(
+        (
+            g2.name.as_str(),
+            g2.owner.as_str(),
+            g2.member_count,
+            g2.muted,
+            g2.last_seq
+        ),
+        ("team", "alice", 2, true, 12)
+    );
+    assert_eq!(
+        within(alice.history(&g.id, 0, 100)).await.unwrap(),
+        before_history
+    );
+    assert_eq!(within(alice.create_direct("bob")).await.unwrap().id, d.id);
+    assert_eq!(
+        within(alice.send_text(&g.id, "after restart"))
+            .await
+            .unwrap()
+            .seq,
+        13
+    );
+    let (carol, _) = server.login("carol").await;
+    assert!(within(carol.get_conversation(&g.id)).await.is_err());
+    // New conversations never reuse a number.
+    let fresh = within(alice.create_group("new", &[])).await.unwrap();
+    assert!(fresh.id != g.id && fresh.id != d.id);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_loses_no_acked_message() {
+    let mut server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    let g = within(alice.create_group("g", &["s0", "s1", "s2", "s3"]))
+        .await
+        .unwrap();
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let (client, _) = server.login(&format!("s{i}")).await;
+        let (id, enough, stop) = (g.id.clone(), enough.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut acked = BTreeMap::new();
+            let mut n = 0u64;
+            // Keep 8 sends in flight until the server goes away.
+            loop {
+                let texts: Vec<String> = (0..8).map(|k| format!("s{i}-{}", n + k)).collect();
+                let batch = texts.iter().map(|t| client.send_text(&id, t));
+                let results = futures_util::future::join_all(batch).await;
+                n += 8;
+                let mut failed = false;
+                for r in results {
+                    match r {
+                        Ok(a) => {
+                            acked.insert(a.seq, a.message_id);
+                        }
+                        Err(_) => failed = true,
+                    }
+                }
+                if acked.len() >= 40 {
+                    enough.notify_one();
+                }
+                if failed || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            (acked, client.closed().await)
+        }));
+    }
+    within(enough.notified()).await;
+    server.running().shutdown();
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = BTreeMap::new();
+    for t in tasks {
+        let (a, closed) = within(t).await.unwrap();
+        assert_eq!(
+            closed.code,
+            Some(1001),
+            "sessions are closed with going-away"
+        );
+        acked.extend(a);
+    }
+    assert!(acked.len() >= 40);
+    server.server.take().unwrap().wait().await.unwrap();
+    let restarted = tidings::server::start(server.config.clone(), Arc::new(server.clock.clone()))
+        .await
+        .unwrap();
+    server.server = Some(restarted);
+    let alice = server.client("alice").await;
+    let stored = within(alice.sync_all(&g.id, 0)).await.unwrap();
+    let max = stored.last().map(|m| m.seq).unwrap_or(0);
+    assert_eq!(
+        stored.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=max).collect::<Vec<_>>(),
+        "gapless"
+    );
+    for (seq, id) in &acked {
+        let m = stored
+            .get(*seq as usize - 1)
+            .unwrap_or_else(|| panic!("acked seq {seq} lost"));
+        assert_eq!(&m.id, id);
+    }
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tidings")
+}
+
+#[tokio::test]
+async fn the_binary_serves_health_mints_tokens_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("TIDINGS_JWT_HS256_SECRET", SECRET)
+        .env("TIDINGS_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the log on a thread (also so the server never blocks on a full pipe); wait for the
+    // "listening addr=..." line with a deadline.
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
+    let log = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = line_tx.send(line.clone());
+            all.push(line);
+        }
+        all
+    });
+    let addr = loop {
+        match line_rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(line) => {
+                if let Some(rest) = line.split("addr=").nth(1) {
+                    break rest.split_whitespace().next().unwrap().to_string();
+                }
+            }
+            Err(e) => {
+                let _ = child.kill();
+                panic!("no listening line from the server: {e}");
+            }
+        }
+    };
+
+    let mut http = std::net::TcpStream::connect(&addr).unwrap();
+    http.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    http.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("\"status\":\"ok\""), "{resp}");
+
+    let out = Command::new(bin())
+        .args(["token", "--user", "alice"])
+        .env("TIDINGS_JWT_HS256_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+
+    let client = within(Client::connect(&format!("ws://{addr}/ws")))
+        .await
+        .unwrap();
+    let ok: pb::LoginOk = within(client.login(&token, "", 0)).await.unwrap();
+    assert_eq!(ok.user_id, "alice");
+    let g = within(client.create_group("g", &[])).await.unwrap();
+    within(client.send_text(&g.id, "before sigterm"))
+        .await
+        .unwrap();
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(within(client.closed()).await.code, Some(1001));
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    let log = log.join().unwrap().join("\n");
+    assert!(log.contains("store flushed"), "{log}");
+}

@@ -1,0 +1,172 @@
+//! Starting servers, minting tokens, logging clients in, and waiting on events with a timeout.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tidings::client::Client;
+use tidings::clock::{Clock, ManualClock, SystemClock};
+use tidings::config::Config;
+use tidings::protocol::pb::{self, server_frame::Body as Rep};
+use tidings::server::{self, RunningServer};
+
+pub const SECRET: &str = "integration-test-secret";
+
+/// Fails the test if `f` does not finish within 20 s (no sleeps: every wait is on an event).
+pub async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("timed out waiting for an event")
+}
+
+/// A server on 127.0.0.1:0 with its own data directory, restartable on the same directory.
+pub struct TestServer {
+    pub server: Option<RunningServer>,
+    /// Kept alive for the server's data directory.
+    _dir: tempfile::TempDir,
+    pub config: Config,
+    pub clock: ManualClock,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            listen: "127.0.0.1:0".into(),
+            data_dir: dir.path().join("data"),
+            jwt_hs256_secret: Some(SECRET.into()),
+            store_cache_bytes: 8 << 20,
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let clock = ManualClock::new(SystemClock.now_ms());
+        let server = server::start(config.clone(), Arc::new(clock.clone()))
+            .await
+            .expect("server starts");
+        TestServer {
+            server: Some(server),
+            _dir: dir,
+            config,
+            clock,
+        }
+    }
+
+    pub fn running(&self) -> &RunningServer {
+        self.server.as_ref().expect("server running")
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.running().addr)
+    }
+
+    /// Drains, flushes and starts again on the same data directory (new port).
+    pub async fn restart(&mut self) {
+        self.server
+            .take()
+            .unwrap()
+            .stop()
+            .await
+            .expect("clean stop");
+        let server = server::start(self.config.clone(), Arc::new(self.clock.clone()))
+            .await
+            .expect("restart");
+        self.server = Some(server);
+    }
+
+    pub fn clock_now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        tidings::auth::mint(&self.config, user, 3600, self.clock.now_ms(), false).unwrap()
+    }
+
+    /// A logged-in client; the login replay and summary are consumed.
+    pub async fn login(&self, user: &str) -> (Client, Welcome) {
+        self.login_device(user, "", 0).await
+    }
+
+    pub async fn client(&self, user: &str) -> Client {
+        self.login(user).await.0
+    }
+
+    pub async fn login_device(&self, user: &str, device: &str, cursor: u64) -> (Client, Welcome) {
+        let mut c = within(Client::connect(&self.url())).await.expect("connect");
+        let ok = within(c.login(&self.token(user), device, cursor))
+            .await
+            .expect("login");
+        let mut events = Vec::new();
+        let summary = loop {
+            match within(c.next_push()).await.expect("push after login").body {
+                Some(Rep::ConversationEvent(e)) => events.push(e),
+                Some(Rep::UnreadSummary(s)) => break s,
+                other => panic!("unexpected push during login: {other:?}"),
+            }
+        };
+        (
+            c,
+            Welcome {
+                ok,
+                events,
+                summary,
+            },
+        )
+    }
+}
+
+/// What the server sends on login.
+pub struct Welcome {
+    pub ok: pb::LoginOk,
+    pub events: Vec<pb::ConversationEvent>,
+    pub summary: pb::UnreadSummary,
+}
+
+impl Welcome {
+    pub fn unread(&self, conv: &str) -> Option<&pb::UnreadEntry> {
+        self.summary
+            .entries
+            .iter()
+            .find(|e| e.conversation_id == conv)
+    }
+}
+
+/// The next push, whatever it is.
+pub async fn push(c: &mut Client) -> Rep {
+    within(c.next_push())
+        .await
+        .expect("connection open")
+        .body
+        .expect("push has a body")
+}
+
+/// The next push, which must be a message.
+pub async fn message(c: &mut Client) -> pb::Message {
+    match push(c).await {
+        Rep::Message(m) => m,
+        other => panic!("expected a message push, got {other:?}"),
+    }
+}
+
+/// The next push, which must be a conversation event.
+pub async fn event(c: &mut Client) -> pb::ConversationEvent {
+    match push(c).await {
+        Rep::ConversationEvent(e) => e,
+        other => panic!("expected a conversation event, got {other:?}"),
+    }
+}
+
+pub fn text(m: &pb::Message) -> String {
+    String::from_utf8_lossy(&m.content).into_owned()
+}
+
+/// Proves no push is pending: a ping round trip goes through the same socket after any push
+/// that was already queued, so if the next thing we see is not a push, nothing was queued.
+pub async fn assert_no_push(c: &mut Client) {
+    within(c.ping()).await.expect("ping");
+    if let Some(f) = c.try_next_push() {
+        panic!("unexpected push: {f:?}");
+    }
+}

@@ -1,0 +1,9 @@
+//! The integration tests: a real server on port 0, real WebSocket clients, a real store on disk.
+
+mod harness;
+
+mod auth;
+mod conversations;
+mod delivery;
+mod durability;
+mod robustness;
