@@ -435,10 +435,12 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     close: Option<Close>,
 ) {
     app.stats.sessions_closed.inc();
+    let wait = Duration::from_millis(app.config.close_timeout_ms);
     let Some(Close(code, reason)) = close else {
+        // The peer closed (or vanished): send the close reply tungstenite queued, if any.
+        let _ = timeout(wait, sink.close()).await;
         return;
     };
-    let wait = Duration::from_millis(app.config.close_timeout_ms);
     let frame = CloseFrame {
         code: WsCode::from(code),
         reason: reason.into(),

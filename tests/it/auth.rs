@@ -168,7 +168,10 @@ async fn the_subprotocol_is_required_and_echoed() {
 #[tokio::test]
 async fn insecure_dev_mode_takes_the_user_id_as_token_only_when_asked_for() {
     let strict = TestServer::start().await;
-    assert_eq!(refused(&strict, "alice").await, code(CloseCode::CloseAuthFailed));
+    assert_eq!(
+        refused(&strict, "alice").await,
+        code(CloseCode::CloseAuthFailed)
+    );
 
     let dev = TestServer::start_with(|c| {
         c.insecure_dev = true;
@@ -176,15 +179,25 @@ async fn insecure_dev_mode_takes_the_user_id_as_token_only_when_asked_for() {
     })
     .await;
     let c = within(Client::connect(&dev.url())).await.unwrap();
-    assert_eq!(within(c.login("alice", "", 0)).await.unwrap().user_id, "alice");
+    assert_eq!(
+        within(c.login("alice", "", 0)).await.unwrap().user_id,
+        "alice"
+    );
 }
 
 #[test]
 fn a_server_without_any_login_method_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let config = tidings::config::Config { data_dir: dir.path().into(), ..Default::default() };
-    let err = tidings::app::App::open(config, std::sync::Arc::new(tidings::clock::SystemClock), Default::default())
-        .err()
-        .expect("no auth configured must be an error");
+    let config = tidings::config::Config {
+        data_dir: dir.path().into(),
+        ..Default::default()
+    };
+    let err = tidings::app::App::open(
+        config,
+        std::sync::Arc::new(tidings::clock::SystemClock),
+        Default::default(),
+    )
+    .err()
+    .expect("no auth configured must be an error");
     assert!(err.to_string().contains("jwt_hs256_secret"), "{err}");
 }
