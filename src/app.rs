@@ -19,7 +19,7 @@ pub struct App {
     pub clock: SharedClock,
     pub store: Arc<dyn Store>,
     pub hub: Arc<Hub>,
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     pub auth: Authenticator,
     pub stats: Arc<Stats>,
     pub writer: Writer,
@@ -48,15 +48,17 @@ impl App {
             stats.clone(),
             config.max_pending_writes,
             config.max_commit_batch,
+            u64::from(config.event_log_retention),
             fatal,
         );
-        let registry = Registry::new(
+        let registry = Arc::new(Registry::new(
             config.clone(),
             clock.clone(),
             store.clone(),
             hub.clone(),
+            stats.clone(),
             writer.clone(),
-        )?;
+        )?);
         let app = App {
             config,
             clock,

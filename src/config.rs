@@ -67,6 +67,14 @@ pub struct Config {
     pub max_attributes_bytes: usize,
     /// Most members a group may have (creator included).
     pub max_group_members: usize,
+    /// Most members a temporary conversation may have (creator included).
+    pub max_temporary_members: usize,
+    /// Lifetime of a temporary conversation when the request gives none, seconds.
+    pub temporary_ttl_default_secs: u32,
+    /// Longest lifetime a temporary conversation may ask for, seconds.
+    pub temporary_ttl_max_secs: u32,
+    /// Logged events kept per user (older ones are deleted as new ones arrive).
+    pub event_log_retention: u32,
     /// Most users one create/add/remove request may name.
     pub max_members_per_request: usize,
     /// Most mentions one message may carry.
@@ -118,6 +126,10 @@ impl Default for Config {
             max_name_bytes: 256,
             max_attributes_bytes: 8 << 10,
             max_group_members: 10_000,
+            max_temporary_members: 10,
+            temporary_ttl_default_secs: 86_400,
+            temporary_ttl_max_secs: 2_592_000,
+            event_log_retention: 1000,
             max_members_per_request: 1000,
             max_mentions: 100,
             page_default: 20,
@@ -214,6 +226,17 @@ impl Config {
         }
         if self.max_pending_writes == 0 || self.max_commit_batch == 0 {
             return bad("max_pending_writes and max_commit_batch must be at least 1");
+        }
+        if self.max_temporary_members < 2 {
+            return bad("max_temporary_members must be at least 2");
+        }
+        if self.temporary_ttl_default_secs == 0
+            || self.temporary_ttl_default_secs > self.temporary_ttl_max_secs
+        {
+            return bad("temporary_ttl_default_secs must be 1..=temporary_ttl_max_secs");
+        }
+        if self.event_log_retention < self.max_login_replay_events {
+            return bad("event_log_retention must be at least max_login_replay_events");
         }
         if self.max_frame_bytes < 1024 {
             return bad("max_frame_bytes must be at least 1024");

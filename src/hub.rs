@@ -97,9 +97,10 @@ impl Hub {
     }
 
     /// Adds a session. Returns the sessions it replaces (same user and device tag), which the
-    /// caller closes.
-    pub fn register(&self, user: &UserId, handle: SessionHandle) -> Vec<SessionHandle> {
+    /// caller closes, and whether the user just came online (had no live session).
+    pub fn register(&self, user: &UserId, handle: SessionHandle) -> (Vec<SessionHandle>, bool) {
         let mut entry = self.users.entry(user.clone()).or_default();
+        let came_online = entry.is_empty();
         let mut replaced = Vec::new();
         if let Some(dev) = &handle.device {
             entry.retain(|h| {
@@ -111,15 +112,23 @@ impl Hub {
             });
         }
         entry.push(handle);
-        replaced
+        (replaced, came_online)
     }
 
-    /// Removes a session (no-op when it is already gone).
-    pub fn unregister(&self, user: &str, session: u64) {
-        self.users.remove_if_mut(user, |_, v| {
-            v.retain(|h| h.id != session);
-            v.is_empty()
-        });
+    /// Removes a session (no-op when it is already gone). Returns whether the user went
+    /// offline (this was their last live session).
+    pub fn unregister(&self, user: &str, session: u64) -> bool {
+        self.users
+            .remove_if_mut(user, |_, v| {
+                v.retain(|h| h.id != session);
+                v.is_empty()
+            })
+            .is_some()
+    }
+
+    /// Queues a frame for one session, closing it as a slow consumer if its outbox is full.
+    pub fn send_to(&self, h: &SessionHandle, frame: Bytes) {
+        self.queue(h, Outgoing { frame, user_seq: 0 });
     }
 
     /// Whether any session of `user` is live.
@@ -148,22 +157,26 @@ impl Hub {
         let Some(sessions) = self.users.get(user) else {
             return;
         };
-        for h in sessions.iter() {
-            if h.id == d.except_session {
-                continue;
+        for h in sessions.iter().filter(|h| h.id != d.except_session) {
+            self.queue(
+                h,
+                Outgoing {
+                    frame: d.frame.clone(),
+                    user_seq: d.user_seq,
+                },
+            );
+        }
+    }
+
+    /// `try_send` into one outbox; a full outbox closes that session as a slow consumer.
+    fn queue(&self, h: &SessionHandle, out: Outgoing) {
+        match h.outbox.try_send(out) {
+            Ok(()) => self.stats.frames_queued.inc(),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stats.slow_consumer_closes.inc();
+                h.kick.kick(CloseCode::CloseSlowConsumer);
             }
-            let out = Outgoing {
-                frame: d.frame.clone(),
-                user_seq: d.user_seq,
-            };
-            match h.outbox.try_send(out) {
-                Ok(()) => self.stats.frames_queued.inc(),
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.stats.slow_consumer_closes.inc();
-                    h.kick.kick(CloseCode::CloseSlowConsumer);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 }

@@ -83,6 +83,10 @@ pub async fn run(
     writer_thread: crate::registry::writer::WriterThread,
 ) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
+    tracker.spawn(crate::registry::expiry::run(
+        app.registry.clone(),
+        shutdown.clone(),
+    ));
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {

@@ -54,6 +54,8 @@ pub struct Stats {
     pub sessions_closed: Counter,
     pub frames_queued: Count,
     pub slow_consumer_closes: Counter,
+    pub conversations_expired: Counter,
+    pub wills_sent: Counter,
     pub messages_committed: Count,
     pub commits: Count,
 }

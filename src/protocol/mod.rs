@@ -70,21 +70,39 @@ pub fn message_push_from_encoded(encoded_message: &[u8]) -> Bytes {
     buf.freeze()
 }
 
-/// Conversation ids on the wire: 16 lower-case hex digits of the internal number.
+/// Internal numbers of temporary conversations have this bit set; their wire ids carry the
+/// [`TEMPORARY_PREFIX`]. The two kinds never share a number, so an issued `_tmp:` id that is no
+/// longer stored is known to have expired.
+pub const TEMPORARY_BIT: u64 = 1 << 63;
+
+/// Wire prefix of temporary conversation ids (what LeanCloud clients expect).
+pub const TEMPORARY_PREFIX: &str = "_tmp:";
+
+/// Conversation ids on the wire: 16 lower-case hex digits of the internal number, after
+/// `_tmp:` for temporary conversations.
 pub fn conversation_id(num: u64) -> String {
-    format!("{num:016x}")
+    if num & TEMPORARY_BIT != 0 {
+        format!("{TEMPORARY_PREFIX}{:016x}", num & !TEMPORARY_BIT)
+    } else {
+        format!("{num:016x}")
+    }
 }
 
 /// Parses a wire conversation id; `None` for anything this server never issued.
 pub fn parse_conversation_id(id: &str) -> Option<u64> {
-    if id.len() != 16
-        || !id
+    let (hex, bit) = match id.strip_prefix(TEMPORARY_PREFIX) {
+        Some(rest) => (rest, TEMPORARY_BIT),
+        None => (id, 0),
+    };
+    if hex.len() != 16
+        || !hex
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     {
         return None;
     }
-    u64::from_str_radix(id, 16).ok()
+    let n = u64::from_str_radix(hex, 16).ok()?;
+    (n & TEMPORARY_BIT == 0).then_some(n | bit)
 }
 
 /// Message ids: the conversation and seq, so a message id alone locates the message.

@@ -3,11 +3,11 @@
 use super::writer::wait;
 use super::{Caller, ConvCell, ConvState, Error, LoggedEvent, Registry};
 use crate::hub::Recipients;
-use crate::protocol::conversation_id;
 use crate::protocol::pb::{
     Conversation, ConversationEventKind as Ev, ConversationKind, ConversationRecord, MemberRecord,
     UserConversationRecord,
 };
+use crate::protocol::{self, conversation_id};
 use crate::store::{Counter, Op, UserId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -19,6 +19,10 @@ pub struct CreateRequest {
     pub members: Vec<String>,
     pub name: String,
     pub attributes: BTreeMap<String, String>,
+    /// Temporary only: lifetime in seconds (0: the default).
+    pub ttl_secs: u32,
+    /// Temporary only: return the live one with the same member set.
+    pub unique: bool,
 }
 
 /// What an update request changes.
@@ -33,6 +37,7 @@ fn kind_name(k: ConversationKind) -> &'static str {
     match k {
         ConversationKind::Direct => "direct",
         ConversationKind::Group => "group",
+        ConversationKind::Temporary => "temporary",
         ConversationKind::Unspecified => "unspecified",
     }
 }
@@ -92,16 +97,127 @@ impl Registry {
                         owner: caller.user.to_string(),
                         created_at: self.now(),
                         pair: Vec::new(),
+                        expires_at: 0,
                     };
-                    let (cell, ops, events) =
-                        self.new_conversation(&mut next, caller, record, &members);
+                    next.normal += 1;
+                    let num = next.normal;
+                    let (cell, mut ops, events) =
+                        self.new_conversation(num, caller, record, &members);
+                    ops.push(Op::SetCounter {
+                        counter: Counter::Conversation,
+                        value: num,
+                    });
                     (cell, self.writer.submit(permit, ops, Vec::new(), events))
                 };
                 wait(rx).await?;
                 let view = cell.lock().view(&cell.id);
                 self.view_for(&cell, view, &caller.user)
             }
+            ConversationKind::Temporary => self.create_temporary(caller, others, req).await,
             ConversationKind::Unspecified => Err(Error::InvalidArgument("kind is required".into())),
+        }
+    }
+
+    /// Creates a temporary conversation, or with `unique` returns the live one of the same
+    /// member set.
+    async fn create_temporary(
+        &self,
+        caller: &Caller,
+        others: BTreeSet<UserId>,
+        req: CreateRequest,
+    ) -> Result<Conversation, Error> {
+        let cfg = &self.config;
+        if others.len() + 1 > cfg.max_temporary_members {
+            return Err(Error::LimitExceeded(format!(
+                "{} members; max_temporary_members is {}",
+                others.len() + 1,
+                cfg.max_temporary_members
+            )));
+        }
+        let ttl = match req.ttl_secs {
+            0 => cfg.temporary_ttl_default_secs,
+            t if t > cfg.temporary_ttl_max_secs => {
+                return Err(Error::LimitExceeded(format!(
+                    "ttl_secs {t}; temporary_ttl_max_secs is {}",
+                    cfg.temporary_ttl_max_secs
+                )));
+            }
+            t => t,
+        };
+        let mut members: Vec<UserId> = others.into_iter().collect();
+        members.push(caller.user.clone());
+        members.sort();
+        let permit = self.writer.reserve().await?;
+        let (cell, rx) = {
+            let mut next = self.next_conv.lock().unwrap_or_else(|p| p.into_inner());
+            let existing = if req.unique {
+                self.live_unique(&members)?
+            } else {
+                None
+            };
+            match existing {
+                Some(cell) => (cell, None),
+                None => {
+                    next.temporary += 1;
+                    let num = protocol::TEMPORARY_BIT | next.temporary;
+                    let now = self.now();
+                    let record = ConversationRecord {
+                        kind: ConversationKind::Temporary as i32,
+                        name: req.name,
+                        attributes: req.attributes,
+                        owner: String::new(),
+                        created_at: now,
+                        pair: members.iter().map(|m| m.to_string()).collect(),
+                        expires_at: now + i64::from(ttl) * 1000,
+                    };
+                    let expires_at = record.expires_at;
+                    let (cell, mut ops, events) =
+                        self.new_conversation(num, caller, record, &members);
+                    ops.push(Op::SetCounter {
+                        counter: Counter::Temporary,
+                        value: next.temporary,
+                    });
+                    ops.push(Op::PutExpiry {
+                        at: expires_at,
+                        conv: num,
+                    });
+                    ops.push(Op::PutUniqueTemporary {
+                        members: members.clone(),
+                        conv: num,
+                    });
+                    self.temp_uniques.insert(members, num);
+                    (
+                        cell,
+                        Some(self.writer.submit(permit, ops, Vec::new(), events)),
+                    )
+                }
+            }
+        };
+        match rx {
+            Some(rx) => {
+                wait(rx).await?;
+                // Its deadline may be the next one the sweep must wake for.
+                self.expiry_changed.notify_waiters();
+            }
+            None => self.writer.barrier().await?,
+        }
+        let view = cell.lock().view(&cell.id);
+        self.view_for(&cell, view, &caller.user)
+    }
+
+    /// The live temporary conversation of exactly this sorted member set, if any.
+    fn live_unique(&self, members: &[UserId]) -> Result<Option<Arc<ConvCell>>, Error> {
+        let num = match self.temp_uniques.get(members) {
+            Some(n) => *n,
+            None => match self.store.unique_temporary(members)? {
+                Some(n) => n,
+                None => return Ok(None),
+            },
+        };
+        match self.cell(&conversation_id(num)) {
+            Ok(cell) => Ok(Some(cell)),
+            Err(Error::ConversationExpired | Error::ConversationNotFound) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -130,10 +246,17 @@ impl Registry {
                         owner: String::new(),
                         created_at: self.now(),
                         pair: vec![pair.0.to_string(), pair.1.to_string()],
+                        expires_at: 0,
                     };
                     let members = [pair.0.clone(), pair.1.clone()];
+                    next.normal += 1;
+                    let num = next.normal;
                     let (cell, mut ops, events) =
-                        self.new_conversation(&mut next, caller, record, &members);
+                        self.new_conversation(num, caller, record, &members);
+                    ops.push(Op::SetCounter {
+                        counter: Counter::Conversation,
+                        value: num,
+                    });
                     ops.push(Op::PutDirect {
                         a: pair.0.clone(),
                         b: pair.1.clone(),
@@ -157,28 +280,21 @@ impl Registry {
         self.view_for(&cell, view, &caller.user)
     }
 
-    /// Allocates a number, registers the cell in memory, and returns the ops and the CREATED
-    /// events for every member. Runs under the `next_conv` lock so numbers commit in order.
+    /// Registers the cell of a new conversation `num` in memory and returns the ops and the
+    /// CREATED events for every member. Called under the `next_conv` lock (which allocated
+    /// `num`), so numbers commit in order; the caller adds the counter op.
     fn new_conversation(
         &self,
-        next: &mut u64,
+        num: u64,
         caller: &Caller,
         record: ConversationRecord,
         members: &[UserId],
     ) -> (Arc<ConvCell>, Vec<Op>, Vec<LoggedEvent>) {
-        *next += 1;
-        let num = *next;
         let now = record.created_at;
-        let mut ops = vec![
-            Op::SetCounter {
-                counter: Counter::Conversation,
-                value: num,
-            },
-            Op::PutConversation {
-                conv: num,
-                record: record.clone(),
-            },
-        ];
+        let mut ops = vec![Op::PutConversation {
+            conv: num,
+            record: record.clone(),
+        }];
         let mut map = HashMap::with_capacity(members.len());
         for (i, u) in members.iter().enumerate() {
             let m = MemberRecord {
@@ -208,6 +324,7 @@ impl Registry {
             last_seq: 0,
             last_ts: now,
             next_join_order: members.len() as u64 + 1,
+            expired: false,
         };
         state.rebuild_roster();
         let cell = Arc::new(ConvCell {
@@ -238,6 +355,16 @@ impl Registry {
             st.view(&cell.id)
         };
         self.view_for(&cell, view, &caller.user)
+    }
+
+    fn require_not_temporary(st: &ConvState, what: &'static str) -> Result<(), Error> {
+        match st.kind() {
+            ConversationKind::Temporary => Err(Error::NotAllowedForKind {
+                kind: "temporary",
+                what,
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn require_group(st: &ConvState, what: &'static str) -> Result<(), Error> {
@@ -483,6 +610,7 @@ impl Registry {
         let rx = {
             let mut st = cell.lock();
             st.require_member(&caller.user)?;
+            Self::require_not_temporary(&st, "updating name or attributes")?;
             let mut record = st.record.clone();
             if let Some(name) = req.name {
                 record.name = name;
@@ -523,6 +651,7 @@ impl Registry {
         let rx = {
             let st = cell.lock();
             st.require_member(&caller.user)?;
+            Self::require_not_temporary(&st, "muting")?;
             let mut rec = self
                 .store
                 .user_conversation(&caller.user, cell.num)?

@@ -61,35 +61,7 @@ impl Registry {
         id: &str,
         req: SendRequest,
     ) -> Result<SendAck, Error> {
-        let size = req.content.len()
-            + req
-                .attributes
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>();
-        if size > self.config.max_message_bytes {
-            return Err(Error::MessageTooLarge {
-                size,
-                limit: self.config.max_message_bytes,
-            });
-        }
-        if req.client_message_id.len() > self.config.max_client_message_id_bytes {
-            return Err(Error::LimitExceeded(format!(
-                "client_message_id is {} bytes; max_client_message_id_bytes is {}",
-                req.client_message_id.len(),
-                self.config.max_client_message_id_bytes
-            )));
-        }
-        if req.mentions.len() > self.config.max_mentions {
-            return Err(Error::LimitExceeded(format!(
-                "{} mentions; max_mentions is {}",
-                req.mentions.len(),
-                self.config.max_mentions
-            )));
-        }
-        for m in &req.mentions {
-            self.check_user_id(m)?;
-        }
+        self.validate_send(&req)?;
         let cell = self.cell(id)?;
         if req.transient {
             return self.send_transient(caller, &cell, req);
@@ -131,6 +103,46 @@ impl Registry {
         };
         guard.result = Some(result.clone());
         result
+    }
+
+    /// Checks size limits and mentions of a message to be sent.
+    fn validate_send(&self, req: &SendRequest) -> Result<(), Error> {
+        let size = req.content.len()
+            + req
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if size > self.config.max_message_bytes {
+            return Err(Error::MessageTooLarge {
+                size,
+                limit: self.config.max_message_bytes,
+            });
+        }
+        if req.client_message_id.len() > self.config.max_client_message_id_bytes {
+            return Err(Error::LimitExceeded(format!(
+                "client_message_id is {} bytes; max_client_message_id_bytes is {}",
+                req.client_message_id.len(),
+                self.config.max_client_message_id_bytes
+            )));
+        }
+        if req.mentions.len() > self.config.max_mentions {
+            return Err(Error::LimitExceeded(format!(
+                "{} mentions; max_mentions is {}",
+                req.mentions.len(),
+                self.config.max_mentions
+            )));
+        }
+        for m in &req.mentions {
+            self.check_user_id(m)?;
+        }
+        Ok(())
+    }
+
+    /// Checks that `req` could be sent to `id` by the caller now (for will messages).
+    pub fn check_will(&self, caller: &Caller, id: &str, req: &SendRequest) -> Result<(), Error> {
+        self.validate_send(req)?;
+        self.cell(id)?.lock().require_member(&caller.user)
     }
 
     fn send_transient(

@@ -7,7 +7,9 @@
 //! from it on first use.
 
 pub mod conversation;
+pub mod expiry;
 mod messages;
+mod presence;
 pub mod writer;
 
 use crate::clock::SharedClock;
@@ -32,6 +34,9 @@ pub enum Error {
     /// The conversation does not exist (or the id was never issued).
     #[error("conversation not found")]
     ConversationNotFound,
+    /// The temporary conversation expired and was deleted.
+    #[error("temporary conversation expired")]
+    ConversationExpired,
     /// The caller is not a member.
     #[error("not a member of this conversation")]
     NotAMember,
@@ -72,6 +77,7 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::ConversationNotFound => ErrorCode::ErrorConversationNotFound,
+            Error::ConversationExpired => ErrorCode::ErrorTemporaryConversationExpired,
             Error::NotAMember => ErrorCode::ErrorNotAMember,
             Error::PermissionDenied(_) => ErrorCode::ErrorPermissionDenied,
             Error::NotAllowedForKind { .. } => ErrorCode::ErrorNotAllowedForKind,
@@ -123,6 +129,8 @@ pub(crate) struct ConvState {
     last_seq: u64,
     last_ts: i64,
     next_join_order: u64,
+    /// Set (under this lock) when the expiry sweep deletes the conversation.
+    expired: bool,
 }
 
 impl ConvCell {
@@ -150,7 +158,10 @@ impl ConvState {
     }
     /// The conversation as clients see it (without the per-user mute flag).
     fn view(&self, id: &str) -> Conversation {
-        let direct = self.kind() == ConversationKind::Direct;
+        let listed = matches!(
+            self.kind(),
+            ConversationKind::Direct | ConversationKind::Temporary
+        );
         Conversation {
             id: id.to_owned(),
             kind: self.record.kind,
@@ -159,13 +170,14 @@ impl ConvState {
             owner: self.record.owner.clone(),
             created_at: self.record.created_at,
             member_count: self.members.len() as u32,
-            members: if direct {
+            members: if listed {
                 self.record.pair.clone()
             } else {
                 Vec::new()
             },
             last_seq: self.last_seq,
             muted: false,
+            expires_at: self.record.expires_at,
         }
     }
 }
@@ -183,14 +195,26 @@ pub struct Registry {
     clock: SharedClock,
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
+    stats: Arc<crate::stats::Stats>,
     writer: Writer,
     transient_ids: std::sync::atomic::AtomicU64,
     convs: DashMap<u64, Arc<ConvCell>>,
     /// Direct pairs known in memory (sorted pair → conversation), also guarding creation.
     directs: DashMap<(UserId, UserId), u64>,
-    /// The last conversation number handed out; held while a create is enqueued.
-    next_conv: Mutex<u64>,
+    /// The last conversation numbers handed out; held while a create is enqueued.
+    next_conv: Mutex<Numbers>,
     inflight: messages::Inflight,
+    /// Temporary conversations by sorted member set (cache of the store's index).
+    temp_uniques: DashMap<Vec<UserId>, u64>,
+    /// Woken when a temporary conversation is created (its deadline may be the next one).
+    pub(crate) expiry_changed: tokio::sync::Notify,
+    presence: presence::Subscriptions,
+}
+
+/// The last numbers handed out, per kind of conversation.
+struct Numbers {
+    normal: u64,
+    temporary: u64,
 }
 
 impl Registry {
@@ -200,20 +224,26 @@ impl Registry {
         clock: SharedClock,
         store: Arc<dyn Store>,
         hub: Arc<Hub>,
+        stats: Arc<crate::stats::Stats>,
         writer: Writer,
     ) -> Result<Self, StoreError> {
-        let next = store.counter(crate::store::Counter::Conversation)?;
+        let normal = store.counter(crate::store::Counter::Conversation)?;
+        let temporary = store.counter(crate::store::Counter::Temporary)?;
         Ok(Registry {
             config,
             clock,
             store,
             hub,
+            stats,
             writer,
             transient_ids: Default::default(),
             convs: DashMap::new(),
             directs: DashMap::new(),
-            next_conv: Mutex::new(next),
+            next_conv: Mutex::new(Numbers { normal, temporary }),
             inflight: Default::default(),
+            temp_uniques: DashMap::new(),
+            expiry_changed: tokio::sync::Notify::new(),
+            presence: Default::default(),
         })
     }
 
@@ -230,10 +260,33 @@ impl Registry {
         self.clock.now_ms()
     }
 
-    /// The cell of a conversation, loading it from the store on first use.
+    /// The cell of a live conversation, loading it from the store on first use. An issued
+    /// temporary id that is past its deadline or gone is `ConversationExpired`.
     fn cell(&self, id: &str) -> Result<Arc<ConvCell>, Error> {
         let num = protocol::parse_conversation_id(id).ok_or(Error::ConversationNotFound)?;
-        self.cell_by_num(num)
+        let temporary = num & protocol::TEMPORARY_BIT != 0;
+        let cell = match self.cell_by_num(num) {
+            Err(Error::ConversationNotFound) if temporary => {
+                let issued = self
+                    .next_conv
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .temporary;
+                return Err(if num & !protocol::TEMPORARY_BIT <= issued {
+                    Error::ConversationExpired
+                } else {
+                    Error::ConversationNotFound
+                });
+            }
+            other => other?,
+        };
+        if temporary {
+            let st = cell.lock();
+            if st.expired || st.record.expires_at <= self.now() {
+                return Err(Error::ConversationExpired);
+            }
+        }
+        Ok(cell)
     }
 
     fn cell_by_num(&self, num: u64) -> Result<Arc<ConvCell>, Error> {
@@ -258,6 +311,7 @@ impl Registry {
             last_seq,
             last_ts,
             next_join_order,
+            expired: false,
         };
         state.rebuild_roster();
         let cell = Arc::new(ConvCell {
@@ -341,6 +395,7 @@ impl Registry {
                 read_seq,
                 last_message: last,
                 muted: rec.muted,
+                expires_at: conv.expires_at,
             });
         }
         Ok(pb::UnreadSummary { entries })

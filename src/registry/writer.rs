@@ -71,6 +71,7 @@ impl Writer {
         stats: Arc<Stats>,
         max_pending: usize,
         max_batch: usize,
+        event_retention: u64,
         on_failure: CancellationToken,
     ) -> (Writer, WriterThread) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -78,7 +79,18 @@ impl Writer {
         let f = failed.clone();
         let thread = std::thread::Builder::new()
             .name("tidings-writer".into())
-            .spawn(move || run(rx, store, hub, stats, max_batch, f, on_failure))
+            .spawn(move || {
+                run(
+                    rx,
+                    store,
+                    hub,
+                    stats,
+                    max_batch,
+                    event_retention,
+                    f,
+                    on_failure,
+                )
+            })
             .expect("spawn writer thread");
         let permits = Arc::new(Semaphore::new(max_pending));
         (
@@ -151,6 +163,7 @@ fn run(
     hub: Arc<Hub>,
     stats: Arc<Stats>,
     max_batch: usize,
+    event_retention: u64,
     failed: Arc<AtomicBool>,
     on_failure: CancellationToken,
 ) {
@@ -174,13 +187,14 @@ fn run(
         }
         let ok = !failed.load(Ordering::Acquire) && {
             ops.clear();
-            let result = gather(&mut jobs, &mut ops, store.as_ref()).and_then(|()| {
-                if ops.is_empty() {
-                    Ok(())
-                } else {
-                    store.commit(&ops).and_then(|()| store.flush())
-                }
-            });
+            let result =
+                gather(&mut jobs, &mut ops, store.as_ref(), event_retention).and_then(|()| {
+                    if ops.is_empty() {
+                        Ok(())
+                    } else {
+                        store.commit(&ops).and_then(|()| store.flush())
+                    }
+                });
             match result {
                 Ok(()) => true,
                 Err(e) => {
@@ -220,12 +234,14 @@ fn run(
     }
 }
 
-/// Moves every job's ops into `ops`, numbering logged events per user in queue order and adding
-/// their deliveries to the job that produced them.
+/// Moves every job's ops into `ops`, numbering logged events per user in queue order, adding
+/// their deliveries to the job that produced them, and dropping each user's events older than
+/// the newest `retention`.
 fn gather(
     jobs: &mut [Job],
     ops: &mut Vec<Op>,
     store: &dyn Store,
+    retention: u64,
 ) -> Result<(), crate::store::StoreError> {
     let mut last: std::collections::HashMap<crate::store::UserId, u64> = Default::default();
     for job in jobs.iter_mut() {
@@ -248,6 +264,12 @@ fn gather(
                 user_seq: seq,
                 except_session,
             });
+            if seq > retention {
+                ops.push(Op::DeleteUserEvent {
+                    user: user.clone(),
+                    seq: seq - retention,
+                });
+            }
             ops.push(Op::PutUserEvent { user, seq, event });
         }
     }

@@ -20,6 +20,8 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
                 members: r.members,
                 name: r.name,
                 attributes: r.attributes,
+                ttl_secs: r.ttl_secs,
+                unique: r.unique,
             };
             reg.create(&caller, req).await.map(conversation)
         }
@@ -82,8 +84,17 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
             .mark_read(&caller, &r.conversation_id, r.seq)
             .await
             .map(ok),
+        Req::QueryPresence(r) => reg
+            .online_members(&caller, &r.conversation_id)
+            .map(|online| Rep::Presence(pb::PresenceReply { online })),
         Req::Login(_) => Err(Error::AlreadyLoggedIn),
-        Req::Logout(_) | Req::Ping(_) => Err(Error::Internal),
+        // Session-level requests, answered by the session itself.
+        Req::Logout(_)
+        | Req::Ping(_)
+        | Req::SubscribePresence(_)
+        | Req::UnsubscribePresence(_)
+        | Req::SetWill(_)
+        | Req::ClearWill(_) => Err(Error::Internal),
     };
     match result {
         Ok(body) => reply(id, body),

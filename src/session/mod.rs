@@ -15,12 +15,13 @@ use crate::auth::AuthError;
 use crate::hub::{Kick, Outgoing, SessionHandle};
 use crate::protocol::pb::{self, CloseCode, client_frame::Body as Req, server_frame::Body as Rep};
 use crate::protocol::{self, ClientFrame, ServerFrame};
-use crate::registry::{Caller, Error};
+use crate::registry::{Caller, Error, SendRequest};
 use crate::store::UserId;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -66,8 +67,10 @@ enum Inbound {
     Frame(ClientFrame),
     /// A ping or pong: the peer is alive.
     Activity,
-    /// The peer closed or the connection dropped.
-    Gone,
+    /// The peer sent a close frame.
+    Closed,
+    /// The connection dropped without a close frame.
+    Dropped,
     /// The peer broke the protocol; close with this.
     Bad(Close),
 }
@@ -82,14 +85,15 @@ async fn read<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut Stream<S>) -> Inbo
         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
             Inbound::Activity
         }
-        Some(Ok(WsMessage::Close(_))) | None => Inbound::Gone,
+        Some(Ok(WsMessage::Close(_))) => Inbound::Closed,
+        None => Inbound::Dropped,
         Some(Err(tungstenite::Error::Capacity(_))) => {
             Inbound::Bad(close_of(CloseCode::CloseFrameTooLarge))
         }
         Some(Err(tungstenite::Error::Protocol(_))) => {
             Inbound::Bad(close_of(CloseCode::CloseBadFrame))
         }
-        Some(Err(_)) => Inbound::Gone,
+        Some(Err(_)) => Inbound::Dropped,
     }
 }
 
@@ -147,8 +151,12 @@ where
         outbox: tx,
         kick: kick.clone(),
     };
-    for old in app.hub.register(&user, handle) {
+    let (replaced, came_online) = app.hub.register(&user, handle.clone());
+    for old in replaced {
         old.kick.kick(CloseCode::CloseReplaced);
+    }
+    if came_online {
+        app.registry.presence_changed(&user);
     }
     app.stats.sessions_logged_in.inc();
     tracing::debug!(user = %user, session, device = %login.device, "logged in");
@@ -157,22 +165,56 @@ where
         user: user.clone(),
         session,
     };
+    let mut actor = Actor {
+        app: app.clone(),
+        caller: caller.clone(),
+        handle,
+        kick,
+        outbox,
+        replayed_to: 0,
+        pending: FuturesUnordered::new(),
+        wills: BTreeMap::new(),
+        subscriptions: HashSet::new(),
+        abnormal: false,
+    };
     let close = match welcome(&mut sink, &app, &caller, id, login.event_cursor).await {
         Ok(replayed_to) => {
-            let mut actor = Actor {
-                app: app.clone(),
-                caller,
-                kick,
-                outbox,
-                replayed_to,
-                pending: FuturesUnordered::new(),
-            };
+            actor.replayed_to = replayed_to;
             actor.serve(&mut sink, &mut stream, shutdown).await
         }
         Err(close) => Some(close),
     };
-    app.hub.unregister(&user, session);
+    let Actor {
+        wills,
+        subscriptions,
+        abnormal,
+        ..
+    } = actor;
+    for num in subscriptions {
+        app.registry.drop_subscription(session, num);
+    }
+    if app.hub.unregister(&user, session) {
+        app.registry.presence_changed(&user);
+    }
+    if abnormal {
+        send_wills(&app, &caller, wills).await;
+    }
     finish(sink, stream, &app, close).await;
+}
+
+/// Sends the will messages of a session that ended abnormally, as if the user had sent them.
+async fn send_wills(app: &App, caller: &Caller, wills: BTreeMap<String, SendRequest>) {
+    for (conv, req) in wills {
+        match app.registry.send(caller, &conv, req).await {
+            Ok(ack) => {
+                app.stats.wills_sent.inc();
+                tracing::debug!(user = %caller.user, conversation = %conv, seq = ack.seq, "will message sent");
+            }
+            Err(e) => {
+                tracing::debug!(user = %caller.user, conversation = %conv, error = %e, "will message not sent")
+            }
+        }
+    }
 }
 
 /// Waits for the first frame, which must be `Login`.
@@ -187,7 +229,7 @@ async fn read_login<S: AsyncRead + AsyncWrite + Unpin>(
             }) => return Ok((id, l)),
             Inbound::Frame(_) => return Err(Some(close_of(CloseCode::CloseProtocolViolation))),
             Inbound::Activity => continue,
-            Inbound::Gone => return Err(None),
+            Inbound::Closed | Inbound::Dropped => return Err(None),
             Inbound::Bad(c) => return Err(Some(c)),
         }
     }
@@ -256,10 +298,17 @@ fn binary(b: Bytes) -> WsMessage {
 struct Actor {
     app: Arc<App>,
     caller: Caller,
+    handle: SessionHandle,
     kick: Arc<Kick>,
     outbox: mpsc::Receiver<Outgoing>,
     replayed_to: u64,
     pending: FuturesUnordered<BoxFuture<'static, ServerFrame>>,
+    /// Will messages by conversation id (the last one set wins).
+    wills: BTreeMap<String, SendRequest>,
+    /// Conversations whose presence this session subscribed to.
+    subscriptions: HashSet<u64>,
+    /// The connection ended without a clean close (dropped, idle, slow, bad input).
+    abnormal: bool,
 }
 
 /// Why a write stopped.
@@ -324,21 +373,35 @@ impl Actor {
                         idle_timer.as_mut().reset(Instant::now() + idle);
                         Ok(())
                     }
-                    Inbound::Gone => return None,
-                    Inbound::Bad(c) => return Some(c),
+                    Inbound::Closed => return None,
+                    Inbound::Dropped => {
+                        self.abnormal = true;
+                        return None;
+                    }
+                    Inbound::Bad(c) => {
+                        self.abnormal = true;
+                        return Some(c);
+                    }
                 },
                 _ = ping.tick() => guarded(&kick, sink.send(WsMessage::Ping(Bytes::new()))).await,
-                _ = &mut idle_timer => return Some(close_of(CloseCode::CloseIdleTimeout)),
+                _ = &mut idle_timer => {
+                    self.abnormal = true;
+                    return Some(close_of(CloseCode::CloseIdleTimeout));
+                }
                 _ = sleep_until(draining.map_or_else(Instant::now, |d| d.1)), if draining.is_some() => {
                     return draining.map(|d| d.0);
                 }
             };
             match result {
                 Ok(()) => {}
-                Err(Stop::Gone) => return None,
+                Err(Stop::Gone) => {
+                    self.abnormal = true;
+                    return None;
+                }
                 Err(Stop::Kicked(code)) => {
                     let code = CloseCode::try_from(code as i32).unwrap_or(CloseCode::CloseInternal);
                     if code == CloseCode::CloseSlowConsumer {
+                        self.abnormal = true;
                         tracing::info!(user = %self.caller.user, session = self.caller.session, "closing slow consumer");
                     }
                     return Some(close_of(code));
@@ -381,6 +444,50 @@ impl Actor {
             Some(Req::Logout(_)) => {
                 Some(Immediate::Logout(protocol::reply(id, Rep::Ok(pb::Ok {}))))
             }
+            Some(Req::SubscribePresence(r)) => {
+                let reg = &self.app.registry;
+                let result = reg.subscribe_presence(&self.caller, &self.handle, &r.conversation_id);
+                Some(answer(
+                    id,
+                    result.map(|num| {
+                        self.subscriptions.insert(num);
+                    }),
+                ))
+            }
+            Some(Req::UnsubscribePresence(r)) => {
+                if let Some(num) = self
+                    .app
+                    .registry
+                    .unsubscribe_presence(self.caller.session, &r.conversation_id)
+                {
+                    self.subscriptions.remove(&num);
+                }
+                Some(answer(id, Ok(())))
+            }
+            Some(Req::SetWill(r)) => {
+                let will = SendRequest {
+                    client_message_id: String::new(),
+                    kind: r.r#type,
+                    content: r.content,
+                    attributes: r.attributes,
+                    mentions: r.mentions,
+                    transient: false,
+                };
+                let result = self
+                    .app
+                    .registry
+                    .check_will(&self.caller, &r.conversation_id, &will);
+                Some(answer(
+                    id,
+                    result.map(|()| {
+                        self.wills.insert(r.conversation_id, will);
+                    }),
+                ))
+            }
+            Some(Req::ClearWill(r)) => {
+                self.wills.remove(&r.conversation_id);
+                Some(answer(id, Ok(())))
+            }
             Some(body) => {
                 self.pending.push(Box::pin(dispatch::handle(
                     self.app.clone(),
@@ -420,6 +527,14 @@ async fn guarded(
         r = io => r.map_err(|_| Stop::Gone),
         code = kick.kicked() => Err(Stop::Kicked(code)),
     }
+}
+
+/// The reply to a session-level request.
+fn answer(id: u64, result: Result<(), Error>) -> Immediate {
+    Immediate::Reply(match result {
+        Ok(()) => protocol::reply(id, Rep::Ok(pb::Ok {})),
+        Err(e) => dispatch::error_reply(id, &e),
+    })
 }
 
 enum Immediate {

@@ -14,6 +14,8 @@
 //! | `D`    | user a ‖ user b (sorted)         | conv (u64)                     |
 //! | `E`    | user ‖ event seq                 | ConversationEvent              |
 //! | `N`    | counter name                     | u64                            |
+//! | `X`    | expires_at ‖ conv                | ∅ (expiry index, time order)   |
+//! | `Q`    | sorted member ids                | conv (unique temporary lookup) |
 
 pub const CONVERSATION: u8 = b'C';
 pub const MEMBER: u8 = b'M';
@@ -24,6 +26,8 @@ pub const DEDUP: u8 = b'K';
 pub const DIRECT: u8 = b'D';
 pub const USER_EVENT: u8 = b'E';
 pub const COUNTER: u8 = b'N';
+pub const EXPIRY: u8 = b'X';
+pub const UNIQUE_TEMPORARY: u8 = b'Q';
 
 /// A key under construction.
 pub struct Key(Vec<u8>);
@@ -92,6 +96,25 @@ pub fn user_event(user: &str, seq: u64) -> Vec<u8> {
 }
 pub fn user_events_of(user: &str) -> Vec<u8> {
     Key::new(USER_EVENT).user(user).build()
+}
+/// Times are never negative here; the cast keeps byte order = time order.
+pub fn expiry(at: i64, conv: u64) -> Vec<u8> {
+    Key::new(EXPIRY).u64(at.max(0) as u64).u64(conv).build()
+}
+pub fn expiries() -> Vec<u8> {
+    vec![EXPIRY]
+}
+pub fn unique_temporary<S: AsRef<str>>(members: &[S]) -> Vec<u8> {
+    members
+        .iter()
+        .fold(Key::new(UNIQUE_TEMPORARY), |k, m| k.user(m.as_ref()))
+        .build()
+}
+pub fn messages_of(conv: u64) -> Vec<u8> {
+    Key::new(MESSAGE).u64(conv).build()
+}
+pub fn dedups_of(conv: u64) -> Vec<u8> {
+    Key::new(DEDUP).u64(conv).build()
 }
 pub fn counter(name: &str) -> Vec<u8> {
     Key::new(COUNTER).tail(name.as_bytes()).build()

@@ -38,6 +38,8 @@ pub enum StoreError {
 pub enum Counter {
     /// The last conversation number handed out.
     Conversation,
+    /// The last temporary conversation number handed out (without its marker bit).
+    Temporary,
 }
 
 /// One write. A `commit` applies a slice of these atomically.
@@ -96,9 +98,29 @@ pub enum Op {
         seq: u64,
         event: ConversationEvent,
     },
+    DeleteUserEvent {
+        user: UserId,
+        seq: u64,
+    },
     SetCounter {
         counter: Counter,
         value: u64,
+    },
+    /// Index entry: `conv` expires at `at` (ms).
+    PutExpiry {
+        at: i64,
+        conv: u64,
+    },
+    /// Index entry: the live temporary conversation of this sorted member set.
+    PutUniqueTemporary {
+        members: Vec<UserId>,
+        conv: u64,
+    },
+    /// Deletes everything about `conv`: record, members, their per-user entries and read
+    /// positions, messages, dedup entries, its expiry and unique-member-set entries, including
+    /// what earlier ops of the same commit wrote.
+    PurgeConversation {
+        conv: u64,
     },
 }
 
@@ -159,6 +181,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(Vec<ConversationEvent>, bool), StoreError>;
     fn last_user_event_seq(&self, user: &str) -> Result<u64, StoreError>;
     fn counter(&self, counter: Counter) -> Result<u64, StoreError>;
+
+    /// The earliest expiry index entries `(at, conv)`, ascending, at most `limit`.
+    fn next_expiries(&self, limit: usize) -> Result<Vec<(i64, u64)>, StoreError>;
+    /// The temporary conversation registered for this sorted member set, if any.
+    fn unique_temporary(&self, members: &[UserId]) -> Result<Option<u64>, StoreError>;
 
     /// Bytes the engine occupies on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;

@@ -45,6 +45,35 @@ impl SledStore {
         }
     }
 
+    /// Every stored key that belongs to `conv` (what a purge deletes).
+    fn keys_of_conversation(&self, conv: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = vec![keys::conversation(conv)];
+        if let Some(record) =
+            self.get::<ConversationRecord>("conversation", &keys::conversation(conv))?
+        {
+            if record.expires_at > 0 {
+                out.push(keys::expiry(record.expires_at, conv));
+            }
+            if !record.pair.is_empty() {
+                let unique = keys::unique_temporary(&record.pair);
+                if self.get_u64(&unique)? == Some(conv) {
+                    out.push(unique);
+                }
+            }
+        }
+        for (user, _) in self.members(conv)? {
+            out.push(keys::member(conv, &user));
+            out.push(keys::user_conversation(&user, conv));
+            out.push(keys::read_seq(&user, conv));
+        }
+        for prefix in [keys::messages_of(conv), keys::dedups_of(conv)] {
+            for kv in self.tree.scan_prefix(prefix) {
+                out.push(kv.map_err(engine)?.0.to_vec());
+            }
+        }
+        Ok(out)
+    }
+
     fn get_u64(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
         Ok(self
             .tree
@@ -57,48 +86,120 @@ impl SledStore {
 fn counter_name(c: Counter) -> &'static str {
     match c {
         Counter::Conversation => "conversation",
+        Counter::Temporary => "temporary",
+    }
+}
+
+/// The conversation an op writes keys of (for purges within the same commit).
+fn conv_of(op: &Op) -> Option<u64> {
+    match op {
+        Op::PutConversation { conv, .. }
+        | Op::PutMember { conv, .. }
+        | Op::PutUserConversation { conv, .. }
+        | Op::PutMessage { conv, .. }
+        | Op::PutReadSeq { conv, .. }
+        | Op::PutDedup { conv, .. }
+        | Op::PutExpiry { conv, .. }
+        | Op::PutUniqueTemporary { conv, .. } => Some(*conv),
+        _ => None,
     }
 }
 
 impl Store for SledStore {
     fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
+        // Keys written earlier in this commit, per conversation, when a purge may need them.
+        let purging = ops
+            .iter()
+            .any(|o| matches!(o, Op::PurgeConversation { .. }));
+        let mut written: std::collections::HashMap<u64, Vec<Vec<u8>>> = Default::default();
         for op in ops {
-            match op {
-                Op::PutConversation { conv, record } => {
-                    batch.insert(keys::conversation(*conv), record.encode_to_vec())
+            let put = |batch: &mut sled::Batch, key: Vec<u8>, value: Vec<u8>| {
+                batch.insert(key.clone(), value);
+                key
+            };
+            let key = match op {
+                Op::PutConversation { conv, record } => put(
+                    &mut batch,
+                    keys::conversation(*conv),
+                    record.encode_to_vec(),
+                ),
+                Op::PutMember { conv, user, record } => put(
+                    &mut batch,
+                    keys::member(*conv, user),
+                    record.encode_to_vec(),
+                ),
+                Op::DeleteMember { conv, user } => {
+                    batch.remove(keys::member(*conv, user));
+                    continue;
                 }
-                Op::PutMember { conv, user, record } => {
-                    batch.insert(keys::member(*conv, user), record.encode_to_vec())
-                }
-                Op::DeleteMember { conv, user } => batch.remove(keys::member(*conv, user)),
-                Op::PutUserConversation { user, conv, record } => {
-                    batch.insert(keys::user_conversation(user, *conv), record.encode_to_vec())
-                }
+                Op::PutUserConversation { user, conv, record } => put(
+                    &mut batch,
+                    keys::user_conversation(user, *conv),
+                    record.encode_to_vec(),
+                ),
                 Op::DeleteUserConversation { user, conv } => {
-                    batch.remove(keys::user_conversation(user, *conv))
+                    batch.remove(keys::user_conversation(user, *conv));
+                    continue;
                 }
                 Op::PutMessage { conv, seq, message } => {
-                    batch.insert(keys::message(*conv, *seq), message.as_ref())
+                    put(&mut batch, keys::message(*conv, *seq), message.to_vec())
                 }
-                Op::PutReadSeq { user, conv, seq } => {
-                    batch.insert(keys::read_seq(user, *conv), &seq.to_be_bytes())
+                Op::PutReadSeq { user, conv, seq } => put(
+                    &mut batch,
+                    keys::read_seq(user, *conv),
+                    seq.to_be_bytes().to_vec(),
+                ),
+                Op::DeleteReadSeq { user, conv } => {
+                    batch.remove(keys::read_seq(user, *conv));
+                    continue;
                 }
-                Op::DeleteReadSeq { user, conv } => batch.remove(keys::read_seq(user, *conv)),
                 Op::PutDedup {
                     conv,
                     sender,
                     client_id,
                     seq,
-                } => batch.insert(keys::dedup(*conv, sender, client_id), &seq.to_be_bytes()),
+                } => put(
+                    &mut batch,
+                    keys::dedup(*conv, sender, client_id),
+                    seq.to_be_bytes().to_vec(),
+                ),
                 Op::PutDirect { a, b, conv } => {
-                    batch.insert(keys::direct(a, b), &conv.to_be_bytes())
+                    put(&mut batch, keys::direct(a, b), conv.to_be_bytes().to_vec())
                 }
-                Op::PutUserEvent { user, seq, event } => {
-                    batch.insert(keys::user_event(user, *seq), event.encode_to_vec())
+                Op::PutUserEvent { user, seq, event } => put(
+                    &mut batch,
+                    keys::user_event(user, *seq),
+                    event.encode_to_vec(),
+                ),
+                Op::DeleteUserEvent { user, seq } => {
+                    batch.remove(keys::user_event(user, *seq));
+                    continue;
                 }
-                Op::SetCounter { counter, value } => {
-                    batch.insert(keys::counter(counter_name(*counter)), &value.to_be_bytes())
+                Op::SetCounter { counter, value } => put(
+                    &mut batch,
+                    keys::counter(counter_name(*counter)),
+                    value.to_be_bytes().to_vec(),
+                ),
+                Op::PutExpiry { at, conv } => put(&mut batch, keys::expiry(*at, *conv), Vec::new()),
+                Op::PutUniqueTemporary { members, conv } => put(
+                    &mut batch,
+                    keys::unique_temporary(members),
+                    conv.to_be_bytes().to_vec(),
+                ),
+                Op::PurgeConversation { conv } => {
+                    for key in self.keys_of_conversation(*conv)? {
+                        batch.remove(key);
+                    }
+                    for key in written.remove(conv).unwrap_or_default() {
+                        batch.remove(key);
+                    }
+                    continue;
+                }
+            };
+            if purging {
+                if let Some(conv) = conv_of(op) {
+                    written.entry(conv).or_default().push(key);
                 }
             }
         }
@@ -248,6 +349,27 @@ impl Store for SledStore {
         Ok(self
             .get_u64(&keys::counter(counter_name(counter)))?
             .unwrap_or(0))
+    }
+
+    fn next_expiries(&self, limit: usize) -> Result<Vec<(i64, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(keys::expiries()).take(limit) {
+            let (k, _) = kv.map_err(engine)?;
+            match (be_u64(&k, 1), be_u64(&k, 9)) {
+                (Some(at), Some(conv)) => out.push((at as i64, conv)),
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        what: "expiry key",
+                        detail: format!("{k:?}"),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn unique_temporary(&self, members: &[UserId]) -> Result<Option<u64>, StoreError> {
+        self.get_u64(&keys::unique_temporary(members))
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {

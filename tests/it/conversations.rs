@@ -73,6 +73,7 @@ async fn group_create_events_reach_online_members_now_and_offline_members_at_log
         members: vec!["bob".into(), "carol".into(), "bob".into()],
         name: "team".into(),
         attributes: attrs.clone(),
+        ..Default::default()
     }))
     .await
     .unwrap();

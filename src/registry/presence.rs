@@ -1,0 +1,97 @@
+//! Presence: which members of a conversation are online, and pushes when that changes.
+//!
+//! A user is online while any of their sessions is live; the hub reports the transitions
+//! (first session in, last session out). Subscriptions are per session and per conversation;
+//! a transition is pushed to the subscribers of every conversation the user is a member of.
+//! The cost of a transition is proportional to the number of conversations with subscribers.
+
+use super::{Caller, Error, Registry};
+use crate::hub::SessionHandle;
+use crate::protocol::{self, pb};
+use crate::store::UserId;
+use dashmap::DashMap;
+
+/// Subscribers per conversation number.
+#[derive(Default)]
+pub(super) struct Subscriptions(DashMap<u64, Vec<SessionHandle>>);
+
+impl Registry {
+    /// The online members of a conversation, sorted.
+    pub fn online_members(&self, caller: &Caller, id: &str) -> Result<Vec<String>, Error> {
+        let cell = self.cell(id)?;
+        let roster = {
+            let st = cell.lock();
+            st.require_member(&caller.user)?;
+            st.roster.clone()
+        };
+        Ok(roster
+            .iter()
+            .filter(|u| self.hub.is_online(u))
+            .map(|u| u.to_string())
+            .collect())
+    }
+
+    /// Subscribes a session to the presence changes of a conversation's members. Returns the
+    /// conversation number (the session remembers it to unsubscribe when it ends).
+    pub fn subscribe_presence(
+        &self,
+        caller: &Caller,
+        handle: &SessionHandle,
+        id: &str,
+    ) -> Result<u64, Error> {
+        let cell = self.cell(id)?;
+        cell.lock().require_member(&caller.user)?;
+        let mut subs = self.presence.0.entry(cell.num).or_default();
+        if !subs.iter().any(|h| h.id == handle.id) {
+            subs.push(handle.clone());
+        }
+        Ok(cell.num)
+    }
+
+    /// Removes a session's subscription (no-op when absent). Returns the conversation number.
+    pub fn unsubscribe_presence(&self, session: u64, id: &str) -> Option<u64> {
+        let num = protocol::parse_conversation_id(id)?;
+        self.drop_subscription(session, num);
+        Some(num)
+    }
+
+    /// Removes one subscription by conversation number.
+    pub fn drop_subscription(&self, session: u64, num: u64) {
+        self.presence.0.remove_if_mut(&num, |_, v| {
+            v.retain(|h| h.id != session);
+            v.is_empty()
+        });
+    }
+
+    /// Tells the subscribers of `user`'s conversations that the user went online or offline.
+    /// The pushed state is read now, so racing transitions end in the true state.
+    pub fn presence_changed(&self, user: &UserId) {
+        if self.presence.0.is_empty() {
+            return;
+        }
+        let convs: Vec<u64> = self.presence.0.iter().map(|e| *e.key()).collect();
+        for num in convs {
+            let Some(cell) = self.convs.get(&num).map(|c| c.clone()) else {
+                continue;
+            };
+            let is_member = {
+                let st = cell.lock();
+                !st.expired && st.members.contains_key(user)
+            };
+            if !is_member {
+                continue;
+            }
+            let change = pb::PresenceChange {
+                conversation_id: cell.id.to_string(),
+                user_id: user.to_string(),
+                online: self.hub.is_online(user),
+            };
+            let frame = protocol::push(pb::server_frame::Body::PresenceChange(change));
+            if let Some(subs) = self.presence.0.get(&num) {
+                for h in subs.iter() {
+                    self.hub.send_to(h, frame.clone());
+                }
+            }
+        }
+    }
+}
