@@ -46,9 +46,11 @@ impl App {
             store.clone(),
             hub.clone(),
             stats.clone(),
-            config.max_pending_writes,
-            config.max_commit_batch,
-            u64::from(config.event_log_retention),
+            crate::registry::writer::Settings {
+                max_pending: config.max_pending_writes,
+                max_batch: config.max_commit_batch,
+                event_retention: u64::from(config.event_log_retention),
+            },
             fatal,
         );
         let registry = Arc::new(Registry::new(

@@ -45,6 +45,17 @@ enum Cmd {
     Stop,
 }
 
+/// Sizes of the write pipeline (from config).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Jobs queued before `reserve` waits.
+    pub max_pending: usize,
+    /// Jobs committed under one flush.
+    pub max_batch: usize,
+    /// Logged events kept per user.
+    pub event_retention: u64,
+}
+
 /// Cheap handle to the writer thread.
 #[derive(Clone)]
 pub struct Writer {
@@ -69,9 +80,7 @@ impl Writer {
         store: Arc<dyn Store>,
         hub: Arc<Hub>,
         stats: Arc<Stats>,
-        max_pending: usize,
-        max_batch: usize,
-        event_retention: u64,
+        settings: Settings,
         on_failure: CancellationToken,
     ) -> (Writer, WriterThread) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -79,20 +88,9 @@ impl Writer {
         let f = failed.clone();
         let thread = std::thread::Builder::new()
             .name("tidings-writer".into())
-            .spawn(move || {
-                run(
-                    rx,
-                    store,
-                    hub,
-                    stats,
-                    max_batch,
-                    event_retention,
-                    f,
-                    on_failure,
-                )
-            })
+            .spawn(move || run(rx, store, hub, stats, settings, f, on_failure))
             .expect("spawn writer thread");
-        let permits = Arc::new(Semaphore::new(max_pending));
+        let permits = Arc::new(Semaphore::new(settings.max_pending));
         (
             Writer {
                 tx,
@@ -162,11 +160,11 @@ fn run(
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     stats: Arc<Stats>,
-    max_batch: usize,
-    event_retention: u64,
+    settings: Settings,
     failed: Arc<AtomicBool>,
     on_failure: CancellationToken,
 ) {
+    let max_batch = settings.max_batch;
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
     let mut ops: Vec<Op> = Vec::new();
     let mut stopping = false;
@@ -187,14 +185,19 @@ fn run(
         }
         let ok = !failed.load(Ordering::Acquire) && {
             ops.clear();
-            let result =
-                gather(&mut jobs, &mut ops, store.as_ref(), event_retention).and_then(|()| {
-                    if ops.is_empty() {
-                        Ok(())
-                    } else {
-                        store.commit(&ops).and_then(|()| store.flush())
-                    }
-                });
+            let result = gather(
+                &mut jobs,
+                &mut ops,
+                store.as_ref(),
+                settings.event_retention,
+            )
+            .and_then(|()| {
+                if ops.is_empty() {
+                    Ok(())
+                } else {
+                    store.commit(&ops).and_then(|()| store.flush())
+                }
+            });
             match result {
                 Ok(()) => true,
                 Err(e) => {
