@@ -8,7 +8,6 @@ use crate::registry::Registry;
 use crate::registry::writer::{Writer, WriterThread};
 use crate::stats::Stats;
 use crate::store::Store;
-use crate::store::sled::SledStore;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio_util::sync::CancellationToken;
@@ -38,8 +37,11 @@ impl App {
         let config = Arc::new(config);
         let auth = Authenticator::new(&config, clock.clone())?;
         std::fs::create_dir_all(&config.data_dir)?;
-        let store: Arc<dyn Store> =
-            Arc::new(SledStore::open(&config.data_dir, config.store_cache_bytes)?);
+        let store: Arc<dyn Store> = crate::store::open(
+            &config.store_engine,
+            &config.data_dir,
+            config.store_cache_bytes,
+        )?;
         let stats = Arc::new(Stats::default());
         let hub = Arc::new(Hub::new(stats.clone()));
         let (writer, thread) = Writer::start(

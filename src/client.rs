@@ -179,6 +179,11 @@ impl Client {
             .and_then(|v| v.clone())
     }
 
+    /// Closes the connection cleanly (a WebSocket close frame, like a browser tab closing).
+    pub fn disconnect(&self) {
+        let _ = self.out.send(WsMessage::Close(None));
+    }
+
     /// Sends raw bytes as one binary WebSocket message (for testing bad input).
     pub fn send_raw(&self, bytes: Vec<u8>) {
         let _ = self.out.send(WsMessage::Binary(Bytes::from(bytes)));
@@ -442,6 +447,67 @@ impl Client {
         self.ok(Req::MarkRead(pb::MarkRead {
             conversation_id: id.into(),
             seq,
+        }))
+        .await
+    }
+
+    pub async fn online_members(&self, id: &str) -> Result<Vec<String>, ClientError> {
+        match self
+            .request(Req::QueryPresence(pb::QueryPresence {
+                conversation_id: id.into(),
+            }))
+            .await?
+        {
+            Rep::Presence(p) => Ok(p.online),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn subscribe_presence(&self, id: &str) -> Result<(), ClientError> {
+        self.ok(Req::SubscribePresence(pb::SubscribePresence {
+            conversation_id: id.into(),
+        }))
+        .await
+    }
+
+    pub async fn unsubscribe_presence(&self, id: &str) -> Result<(), ClientError> {
+        self.ok(Req::UnsubscribePresence(pb::UnsubscribePresence {
+            conversation_id: id.into(),
+        }))
+        .await
+    }
+
+    /// Leaves a text will message (type 1) for a conversation.
+    pub async fn set_will_text(&self, id: &str, text: &str) -> Result<(), ClientError> {
+        self.ok(Req::SetWill(pb::SetWill {
+            conversation_id: id.into(),
+            r#type: 1,
+            content: Bytes::from(text.to_owned()),
+            ..Default::default()
+        }))
+        .await
+    }
+
+    pub async fn clear_will(&self, id: &str) -> Result<(), ClientError> {
+        self.ok(Req::ClearWill(pb::ClearWill {
+            conversation_id: id.into(),
+        }))
+        .await
+    }
+
+    /// Creates a temporary conversation with the given other members.
+    pub async fn create_temporary(
+        &self,
+        members: &[&str],
+        ttl_secs: u32,
+        unique: bool,
+    ) -> Result<pb::Conversation, ClientError> {
+        self.conversation(Req::CreateConversation(pb::CreateConversation {
+            kind: pb::ConversationKind::Temporary as i32,
+            members: members.iter().map(|m| m.to_string()).collect(),
+            ttl_secs,
+            unique,
+            ..Default::default()
         }))
         .await
     }

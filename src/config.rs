@@ -15,6 +15,8 @@ pub struct Config {
     pub listen: String,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
+    /// Embedded storage engine: `redb` or `sled`.
+    pub store_engine: String,
     /// Embedded store cache, bytes.
     pub store_cache_bytes: u64,
 
@@ -102,6 +104,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:7400".into(),
             data_dir: PathBuf::from("tidings-data"),
+            store_engine: "redb".into(),
             store_cache_bytes: 64 << 20,
             jwt_hs256_secret: None,
             jwt_rs256_public_key: None,
@@ -243,6 +246,9 @@ impl Config {
         }
         if self.ping_interval_ms == 0 || self.idle_timeout_ms <= self.ping_interval_ms {
             return bad("idle_timeout_ms must be greater than ping_interval_ms (> 0)");
+        }
+        if !crate::store::ENGINES.contains(&self.store_engine.as_str()) {
+            return bad("store_engine must be redb or sled");
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be text or json");

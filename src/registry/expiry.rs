@@ -75,6 +75,8 @@ impl Registry {
             }
             for rx in pending {
                 wait(rx).await?;
+                // Counted once durable, so whoever waits on it sees the purge on disk.
+                self.stats.conversations_expired.inc();
             }
         }
     }
@@ -119,7 +121,6 @@ impl Registry {
             )
         };
         self.convs.remove(&conv);
-        self.stats.conversations_expired.inc();
         Ok(rx)
     }
 }

@@ -8,6 +8,8 @@
 //! Every engine must pass [`conformance`] unchanged.
 
 pub mod keys;
+pub mod kv;
+pub mod redb;
 pub mod sled;
 
 #[cfg(test)]
@@ -189,6 +191,39 @@ pub trait Store: Send + Sync + 'static {
 
     /// Bytes the engine occupies on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+}
+
+/// The engines this build can open, by their `store_engine` name.
+pub const ENGINES: [&str; 2] = ["redb", "sled"];
+
+/// Opens the named engine in `dir`. Refuses a directory that holds the other engine's files,
+/// so a changed setting never starts silently on an empty store.
+pub fn open(
+    engine: &str,
+    dir: &std::path::Path,
+    cache_bytes: u64,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let has_redb = dir.join(redb::FILE).exists();
+    let has_sled = dir.join("conf").exists() && dir.join("db").exists();
+    let other = match engine {
+        "redb" if has_sled => Some("sled"),
+        "sled" if has_redb => Some("redb"),
+        _ => None,
+    };
+    if let Some(other) = other {
+        return Err(StoreError::Engine(format!(
+            "{} holds a {other} store but store_engine is {engine:?}; set store_engine = {other:?} \
+             (moving data between engines is not supported yet)",
+            dir.display()
+        )));
+    }
+    match engine {
+        "redb" => Ok(Arc::new(redb::open(dir, cache_bytes)?)),
+        "sled" => Ok(Arc::new(sled::open(dir, cache_bytes)?)),
+        other => Err(StoreError::Engine(format!(
+            "unknown store_engine {other:?}; one of {ENGINES:?}"
+        ))),
+    }
 }
 
 /// Decodes a stored protobuf value.

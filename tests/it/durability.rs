@@ -228,3 +228,30 @@ async fn the_binary_serves_health_mints_tokens_and_drains_on_sigterm() {
     let log = log.join().unwrap().join("\n");
     assert!(log.contains("store flushed"), "{log}");
 }
+
+#[tokio::test]
+async fn the_sled_engine_keeps_history_across_a_restart_and_a_changed_engine_is_refused() {
+    let mut server = TestServer::start_with(|c| c.store_engine = "sled".into()).await;
+    let g = {
+        let alice = server.client("alice").await;
+        let g = within(alice.create_group("g", &["bob"])).await.unwrap();
+        for i in 0..5 {
+            within(alice.send_text(&g.id, &format!("m{i}")))
+                .await
+                .unwrap();
+        }
+        g
+    };
+    server.restart().await;
+    let bob = server.client("bob").await;
+    assert_eq!(within(bob.sync_all(&g.id, 0)).await.unwrap().len(), 5);
+    server.server.take().unwrap().stop().await.unwrap();
+
+    let mut redb = server.config.clone();
+    redb.store_engine = "redb".into();
+    let err = tidings::server::start(redb, Arc::new(server.clock.clone()))
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(err.to_string().contains("holds a sled store"), "{err}");
+}

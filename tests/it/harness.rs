@@ -170,3 +170,88 @@ pub async fn assert_no_push(c: &mut Client) {
         panic!("unexpected push: {f:?}");
     }
 }
+
+/// A logged-in connection driven by hand: it reads only when told to, and can be dropped
+/// without a close frame (an abrupt disconnect).
+pub struct Raw {
+    pub ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    next_id: u64,
+}
+
+impl Raw {
+    /// Connects and logs in, reading up to the unread summary.
+    pub async fn login(server: &TestServer, user: &str) -> Raw {
+        let ws = within(tidings::client::connect_raw(&server.url()))
+            .await
+            .unwrap();
+        let mut raw = Raw { ws, next_id: 1 };
+        let login = pb::client_frame::Body::Login(pb::Login {
+            token: server.token(user),
+            ..Default::default()
+        });
+        raw.request(login).await;
+        loop {
+            if let Some(Rep::UnreadSummary(_)) = raw.read().await.body {
+                return raw;
+            }
+        }
+    }
+
+    /// Sends a request without waiting.
+    pub async fn send(&mut self, body: pb::client_frame::Body) -> u64 {
+        use futures_util::SinkExt;
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = pb::ClientFrame {
+            id,
+            body: Some(body),
+        };
+        within(
+            self.ws
+                .send(tokio_tungstenite::tungstenite::Message::Binary(
+                    tidings::protocol::encode(&frame),
+                )),
+        )
+        .await
+        .unwrap();
+        id
+    }
+
+    /// Sends a request and reads until its reply (skipping pushes).
+    pub async fn request(&mut self, body: pb::client_frame::Body) -> Rep {
+        let id = self.send(body).await;
+        loop {
+            let f = self.read().await;
+            if f.id == id {
+                return f.body.expect("reply body");
+            }
+        }
+    }
+
+    /// Reads the next server frame.
+    pub async fn read(&mut self) -> pb::ServerFrame {
+        use futures_util::StreamExt;
+        match within(self.ws.next()).await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(b))) => {
+                tidings::protocol::decode_server(&b).unwrap()
+            }
+            other => panic!("expected a binary frame, got {other:?}"),
+        }
+    }
+
+    /// Reads until the close frame and returns its code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        use futures_util::StreamExt;
+        loop {
+            match within(self.ws.next()).await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => {
+                    return f.map(|f| u16::from(f.code));
+                }
+                Some(Ok(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+}

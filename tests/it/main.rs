@@ -6,4 +6,6 @@ mod auth;
 mod conversations;
 mod delivery;
 mod durability;
+mod presence;
 mod robustness;
+mod temporary;

@@ -1,0 +1,380 @@
+//! [`Store`] over any ordered key-value engine.
+//!
+//! An engine only has to offer point reads, ordered range reads, an atomic batch of puts and
+//! deletes, and a flush ([`OrderedKv`]). Everything else (the key layout of [`keys`], record
+//! encoding, purges) is written once here, so every engine stores the same bytes under the same
+//! keys and passes the same conformance suite.
+
+use super::keys::{self, be_u64, user_at};
+use super::{Counter, Direction, Op, Store, StoreError, UserId, decode};
+use crate::protocol::pb::{
+    ConversationEvent, ConversationRecord, MemberRecord, Message, UserConversationRecord,
+};
+use prost::Message as _;
+use std::collections::HashMap;
+
+/// One write of an atomic batch.
+#[derive(Debug, Clone)]
+pub enum Write {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// Key-value pairs read from an engine.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// What an embedded engine must provide.
+pub trait OrderedKv: Send + Sync + 'static {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Entries with `lo <= key < hi` (`hi = None`: no upper bound), ascending or descending,
+    /// at most `limit`.
+    fn range(
+        &self,
+        lo: &[u8],
+        hi: Option<&[u8]>,
+        descending: bool,
+        limit: usize,
+    ) -> Result<Rows, StoreError>;
+    /// Applies the writes atomically, in order (a later write to a key wins); visible at once.
+    fn apply(&self, writes: Vec<Write>) -> Result<(), StoreError>;
+    /// Makes everything applied so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+}
+
+/// The first key after every key that starts with `prefix` (`None`: there is none).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// The tidings store on an ordered key-value engine.
+pub struct KvStore<E: OrderedKv> {
+    engine: E,
+}
+
+impl<E: OrderedKv> KvStore<E> {
+    pub fn new(engine: E) -> Self {
+        KvStore { engine }
+    }
+
+    fn record<M: prost::Message + Default>(
+        &self,
+        what: &'static str,
+        key: &[u8],
+    ) -> Result<Option<M>, StoreError> {
+        match self.engine.get(key)? {
+            Some(v) => decode(what, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn number(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
+        Ok(self.engine.get(key)?.and_then(|v| be_u64(&v, 0)))
+    }
+
+    fn scan(&self, prefix: &[u8], descending: bool, limit: usize) -> Result<Rows, StoreError> {
+        self.engine
+            .range(prefix, prefix_end(prefix).as_deref(), descending, limit)
+    }
+
+    /// Every stored key that belongs to `conv` (what a purge deletes).
+    fn keys_of_conversation(&self, conv: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = vec![keys::conversation(conv)];
+        if let Some(record) =
+            self.record::<ConversationRecord>("conversation", &keys::conversation(conv))?
+        {
+            if record.expires_at > 0 {
+                out.push(keys::expiry(record.expires_at, conv));
+            }
+            if !record.pair.is_empty() {
+                let unique = keys::unique_temporary(&record.pair);
+                if self.number(&unique)? == Some(conv) {
+                    out.push(unique);
+                }
+            }
+        }
+        for (user, _) in self.members(conv)? {
+            out.push(keys::member(conv, &user));
+            out.push(keys::user_conversation(&user, conv));
+            out.push(keys::read_seq(&user, conv));
+        }
+        for prefix in [keys::messages_of(conv), keys::dedups_of(conv)] {
+            out.extend(
+                self.scan(&prefix, false, usize::MAX)?
+                    .into_iter()
+                    .map(|(k, _)| k),
+            );
+        }
+        Ok(out)
+    }
+}
+
+fn counter_name(c: Counter) -> &'static str {
+    match c {
+        Counter::Conversation => "conversation",
+        Counter::Temporary => "temporary",
+    }
+}
+
+/// The key and value an op puts, or the key it deletes.
+fn write_of(op: &Op) -> Write {
+    match op {
+        Op::PutConversation { conv, record } => {
+            Write::Put(keys::conversation(*conv), record.encode_to_vec())
+        }
+        Op::PutMember { conv, user, record } => {
+            Write::Put(keys::member(*conv, user), record.encode_to_vec())
+        }
+        Op::DeleteMember { conv, user } => Write::Delete(keys::member(*conv, user)),
+        Op::PutUserConversation { user, conv, record } => {
+            Write::Put(keys::user_conversation(user, *conv), record.encode_to_vec())
+        }
+        Op::DeleteUserConversation { user, conv } => {
+            Write::Delete(keys::user_conversation(user, *conv))
+        }
+        Op::PutMessage { conv, seq, message } => {
+            Write::Put(keys::message(*conv, *seq), message.to_vec())
+        }
+        Op::PutReadSeq { user, conv, seq } => {
+            Write::Put(keys::read_seq(user, *conv), seq.to_be_bytes().to_vec())
+        }
+        Op::DeleteReadSeq { user, conv } => Write::Delete(keys::read_seq(user, *conv)),
+        Op::PutDedup {
+            conv,
+            sender,
+            client_id,
+            seq,
+        } => Write::Put(
+            keys::dedup(*conv, sender, client_id),
+            seq.to_be_bytes().to_vec(),
+        ),
+        Op::PutDirect { a, b, conv } => Write::Put(keys::direct(a, b), conv.to_be_bytes().to_vec()),
+        Op::PutUserEvent { user, seq, event } => {
+            Write::Put(keys::user_event(user, *seq), event.encode_to_vec())
+        }
+        Op::DeleteUserEvent { user, seq } => Write::Delete(keys::user_event(user, *seq)),
+        Op::SetCounter { counter, value } => Write::Put(
+            keys::counter(counter_name(*counter)),
+            value.to_be_bytes().to_vec(),
+        ),
+        Op::PutExpiry { at, conv } => Write::Put(keys::expiry(*at, *conv), Vec::new()),
+        Op::PutUniqueTemporary { members, conv } => {
+            Write::Put(keys::unique_temporary(members), conv.to_be_bytes().to_vec())
+        }
+        Op::PurgeConversation { .. } => unreachable!("purges are expanded by commit"),
+    }
+}
+
+/// The conversation whose keys an op writes (tracked so a purge in the same commit sees them).
+fn conv_of(op: &Op) -> Option<u64> {
+    match op {
+        Op::PutConversation { conv, .. }
+        | Op::PutMember { conv, .. }
+        | Op::PutUserConversation { conv, .. }
+        | Op::PutMessage { conv, .. }
+        | Op::PutReadSeq { conv, .. }
+        | Op::PutDedup { conv, .. }
+        | Op::PutExpiry { conv, .. }
+        | Op::PutUniqueTemporary { conv, .. } => Some(*conv),
+        _ => None,
+    }
+}
+
+impl<E: OrderedKv> Store for KvStore<E> {
+    fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let purging = ops
+            .iter()
+            .any(|o| matches!(o, Op::PurgeConversation { .. }));
+        let mut written: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
+        let mut writes = Vec::with_capacity(ops.len());
+        for op in ops {
+            if let Op::PurgeConversation { conv } = op {
+                let stored = self.keys_of_conversation(*conv)?;
+                let fresh = written.remove(conv).unwrap_or_default();
+                writes.extend(stored.into_iter().chain(fresh).map(Write::Delete));
+                continue;
+            }
+            let w = write_of(op);
+            if purging {
+                if let (Some(conv), Write::Put(k, _)) = (conv_of(op), &w) {
+                    written.entry(conv).or_default().push(k.clone());
+                }
+            }
+            writes.push(w);
+        }
+        self.engine.apply(writes)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.engine.flush()
+    }
+
+    fn conversation(&self, conv: u64) -> Result<Option<ConversationRecord>, StoreError> {
+        self.record("conversation", &keys::conversation(conv))
+    }
+
+    fn members(&self, conv: u64) -> Result<Vec<(UserId, MemberRecord)>, StoreError> {
+        let prefix = keys::members_of(conv);
+        let mut out = Vec::new();
+        for (k, v) in self.scan(&prefix, false, usize::MAX)? {
+            let (user, _) = user_at(&k, prefix.len()).ok_or_else(|| StoreError::Corrupt {
+                what: "member key",
+                detail: format!("{k:?}"),
+            })?;
+            out.push((UserId::from(user), decode("member", &v)?));
+        }
+        Ok(out)
+    }
+
+    fn user_conversations(
+        &self,
+        user: &str,
+    ) -> Result<Vec<(u64, UserConversationRecord)>, StoreError> {
+        let prefix = keys::user_conversations_of(user);
+        let mut out = Vec::new();
+        for (k, v) in self.scan(&prefix, false, usize::MAX)? {
+            let conv = be_u64(&k, prefix.len()).ok_or_else(|| StoreError::Corrupt {
+                what: "user conversation key",
+                detail: format!("{k:?}"),
+            })?;
+            out.push((conv, decode("user conversation", &v)?));
+        }
+        Ok(out)
+    }
+
+    fn user_conversation(
+        &self,
+        user: &str,
+        conv: u64,
+    ) -> Result<Option<UserConversationRecord>, StoreError> {
+        self.record("user conversation", &keys::user_conversation(user, conv))
+    }
+
+    fn message(&self, conv: u64, seq: u64) -> Result<Option<Message>, StoreError> {
+        self.record("message", &keys::message(conv, seq))
+    }
+
+    fn last_message(&self, conv: u64) -> Result<Option<Message>, StoreError> {
+        match self
+            .scan(&keys::messages_of(conv), true, 1)?
+            .into_iter()
+            .next()
+        {
+            Some((_, v)) => decode("message", &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn messages(
+        &self,
+        conv: u64,
+        lo: u64,
+        hi: u64,
+        dir: Direction,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        if lo >= hi || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = self.engine.range(
+            &keys::message(conv, lo),
+            Some(&keys::message(conv, hi)),
+            dir == Direction::Descending,
+            limit,
+        )?;
+        rows.into_iter()
+            .map(|(_, v)| decode("message", &v))
+            .collect()
+    }
+
+    fn read_seq(&self, user: &str, conv: u64) -> Result<u64, StoreError> {
+        Ok(self.number(&keys::read_seq(user, conv))?.unwrap_or(0))
+    }
+
+    fn dedup(&self, conv: u64, sender: &str, client_id: &str) -> Result<Option<u64>, StoreError> {
+        self.number(&keys::dedup(conv, sender, client_id))
+    }
+
+    fn direct(&self, a: &str, b: &str) -> Result<Option<u64>, StoreError> {
+        self.number(&keys::direct(a, b))
+    }
+
+    fn user_events_after(
+        &self,
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<ConversationEvent>, bool), StoreError> {
+        let lo = keys::user_event(user, after.saturating_add(1));
+        let hi = prefix_end(&keys::user_events_of(user));
+        let rows = self
+            .engine
+            .range(&lo, hi.as_deref(), true, limit.saturating_add(1))?;
+        let truncated = rows.len() > limit;
+        let mut out = rows
+            .into_iter()
+            .take(limit)
+            .map(|(_, v)| decode("user event", &v))
+            .collect::<Result<Vec<ConversationEvent>, _>>()?;
+        out.reverse();
+        Ok((out, truncated))
+    }
+
+    fn last_user_event_seq(&self, user: &str) -> Result<u64, StoreError> {
+        let prefix = keys::user_events_of(user);
+        Ok(self
+            .scan(&prefix, true, 1)?
+            .first()
+            .and_then(|(k, _)| be_u64(k, prefix.len()))
+            .unwrap_or(0))
+    }
+
+    fn counter(&self, counter: Counter) -> Result<u64, StoreError> {
+        Ok(self
+            .number(&keys::counter(counter_name(counter)))?
+            .unwrap_or(0))
+    }
+
+    fn next_expiries(&self, limit: usize) -> Result<Vec<(i64, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for (k, _) in self.scan(&keys::expiries(), false, limit)? {
+            match (be_u64(&k, 1), be_u64(&k, 9)) {
+                (Some(at), Some(conv)) => out.push((at as i64, conv)),
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        what: "expiry key",
+                        detail: format!("{k:?}"),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn unique_temporary(&self, members: &[UserId]) -> Result<Option<u64>, StoreError> {
+        self.number(&keys::unique_temporary(members))
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.engine.size_on_disk()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    }
+}
