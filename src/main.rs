@@ -39,6 +39,11 @@ enum Command {
         #[arg(long)]
         insecure_dev: bool,
     },
+    /// Export or import the store (the server must not be running on the data directory).
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Mint a login token from the configured key (for trying things out and load tests).
     Token {
         /// The user id (`sub`).
@@ -50,6 +55,20 @@ enum Command {
         /// Sign with RS256 (needs jwt_rs256_private_key) instead of HS256.
         #[arg(long)]
         rs256: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Write a portable, engine-neutral dump of the store in data_dir to a file.
+    Export {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Load a dump into the (new, empty) store in data_dir, with the configured store_engine.
+    Import {
+        #[arg(long = "in")]
+        input: PathBuf,
     },
 }
 
@@ -85,7 +104,58 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { .. } => serve(config),
+        Command::Store { action } => store(&config, action),
     }
+}
+
+fn store(config: &Config, action: StoreAction) -> anyhow::Result<()> {
+    use tidings::store::dump;
+    let open = || {
+        tidings::store::open(
+            &config.store_engine,
+            &config.data_dir,
+            config.store_cache_bytes,
+        )
+        .with_context(|| {
+            format!(
+                "opening the {} store in {}",
+                config.store_engine,
+                config.data_dir.display()
+            )
+        })
+    };
+    match action {
+        StoreAction::Export { out } => {
+            if !config.data_dir.exists() {
+                anyhow::bail!("{} does not exist", config.data_dir.display());
+            }
+            let store = open()?;
+            let file = std::fs::File::create(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            let n = dump::export(store.as_ref(), &mut w)?;
+            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            eprintln!(
+                "exported {n} entries from {} ({}) to {}",
+                config.data_dir.display(),
+                config.store_engine,
+                out.display()
+            );
+        }
+        StoreAction::Import { input } => {
+            let file = std::fs::File::open(&input)
+                .with_context(|| format!("opening {}", input.display()))?;
+            std::fs::create_dir_all(&config.data_dir)?;
+            let store = open()?;
+            let n = dump::import(store.as_ref(), &mut std::io::BufReader::new(file))?;
+            eprintln!(
+                "imported {n} entries into {} ({})",
+                config.data_dir.display(),
+                config.store_engine
+            );
+        }
+    }
+    Ok(())
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

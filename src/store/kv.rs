@@ -35,6 +35,11 @@ pub trait OrderedKv: Send + Sync + 'static {
         descending: bool,
         limit: usize,
     ) -> Result<Rows, StoreError>;
+    /// Calls `f` with every entry in key order, from one consistent view.
+    fn for_each(
+        &self,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
     /// Applies the writes atomically, in order (a later write to a key wins); visible at once.
     fn apply(&self, writes: Vec<Write>) -> Result<(), StoreError>;
     /// Makes everything applied so far durable.
@@ -364,6 +369,22 @@ impl<E: OrderedKv> Store for KvStore<E> {
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.engine.size_on_disk()
+    }
+
+    fn dump(
+        &self,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.engine.for_each(f)
+    }
+
+    fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.engine.range(&[], None, false, 1)?.is_empty())
+    }
+
+    fn load(&self, rows: Rows) -> Result<(), StoreError> {
+        self.engine
+            .apply(rows.into_iter().map(|(k, v)| Write::Put(k, v)).collect())
     }
 }
 

@@ -7,6 +7,7 @@
 //!
 //! Every engine must pass [`conformance`] unchanged.
 
+pub mod dump;
 pub mod keys;
 pub mod kv;
 pub mod redb;
@@ -191,6 +192,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Bytes the engine occupies on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+
+    /// Every stored entry in key order, from one consistent view (for [`dump`]). Keys and
+    /// values are the layout of [`keys`] and the records of `store.proto`, which every engine
+    /// shares, so a dump is engine-neutral.
+    fn dump(
+        &self,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+    /// Whether nothing is stored.
+    fn is_empty(&self) -> Result<bool, StoreError>;
+    /// Writes raw entries of a dump (atomically per call; `flush` makes them durable).
+    fn load(&self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError>;
 }
 
 /// The engines this build can open, by their `store_engine` name.
@@ -212,8 +225,8 @@ pub fn open(
     };
     if let Some(other) = other {
         return Err(StoreError::Engine(format!(
-            "{} holds a {other} store but store_engine is {engine:?}; set store_engine = {other:?} \
-             (moving data between engines is not supported yet)",
+            "{} holds a {other} store but store_engine is {engine:?}; set store_engine = {other:?}, \
+             or move the data with `tidings store export` and `tidings store import`",
             dir.display()
         )));
     }

@@ -7,7 +7,7 @@
 
 use super::StoreError;
 use super::kv::{KvStore, OrderedKv, Rows, Write};
-use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tidings");
@@ -77,6 +77,19 @@ impl OrderedKv for Redb {
             }
         }
         Ok(out)
+    }
+
+    fn for_each(
+        &self,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let r = self.db.begin_read().map_err(engine)?;
+        let t = r.open_table(TABLE).map_err(engine)?;
+        for row in t.iter().map_err(engine)? {
+            let (k, v) = row.map_err(engine)?;
+            f(k.value(), v.value())?;
+        }
+        Ok(())
     }
 
     fn apply(&self, writes: Vec<Write>) -> Result<(), StoreError> {

@@ -69,6 +69,17 @@ impl OrderedKv for Sled {
         Ok(out)
     }
 
+    fn for_each(
+        &self,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for kv in self.tree.iter() {
+            let (k, v) = kv.map_err(engine)?;
+            f(&k, &v)?;
+        }
+        Ok(())
+    }
+
     fn apply(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for w in writes {

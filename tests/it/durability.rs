@@ -2,8 +2,8 @@
 
 use crate::harness::*;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tidings::client::Client;
@@ -149,46 +149,11 @@ async fn graceful_shutdown_loses_no_acked_message() {
     }
 }
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tidings")
-}
-
 #[tokio::test]
 async fn the_binary_serves_health_mints_tokens_and_drains_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env("TIDINGS_JWT_HS256_SECRET", SECRET)
-        .env("TIDINGS_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Read the log on a thread (also so the server never blocks on a full pipe); wait for the
-    // "listening addr=..." line with a deadline.
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
-    let log = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        for line in stderr.lines().map_while(Result::ok) {
-            let _ = line_tx.send(line.clone());
-            all.push(line);
-        }
-        all
-    });
-    let addr = loop {
-        match line_rx.recv_timeout(std::time::Duration::from_secs(20)) {
-            Ok(line) => {
-                if let Some(rest) = line.split("addr=").nth(1) {
-                    break rest.split_whitespace().next().unwrap().to_string();
-                }
-            }
-            Err(e) => {
-                let _ = child.kill();
-                panic!("no listening line from the server: {e}");
-            }
-        }
-    };
+    let server = Binary::serve(&dir.path().join("data"), &[]);
+    let addr = server.addr.clone();
 
     let mut http = std::net::TcpStream::connect(&addr).unwrap();
     http.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -198,7 +163,7 @@ async fn the_binary_serves_health_mints_tokens_and_drains_on_sigterm() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains("\"status\":\"ok\""), "{resp}");
 
-    let out = Command::new(bin())
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
         .args(["token", "--user", "alice"])
         .env("TIDINGS_JWT_HS256_SECRET", SECRET)
         .output()
@@ -206,9 +171,7 @@ async fn the_binary_serves_health_mints_tokens_and_drains_on_sigterm() {
     assert!(out.status.success());
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
 
-    let client = within(Client::connect(&format!("ws://{addr}/ws")))
-        .await
-        .unwrap();
+    let client = within(Client::connect(&server.url())).await.unwrap();
     let ok: pb::LoginOk = within(client.login(&token, "", 0)).await.unwrap();
     assert_eq!(ok.user_id, "alice");
     let g = within(client.create_group("g", &[])).await.unwrap();
@@ -216,17 +179,11 @@ async fn the_binary_serves_health_mints_tokens_and_drains_on_sigterm() {
         .await
         .unwrap();
 
-    // SAFETY: sends a signal to our own child process by pid.
-    let killed = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(killed, 0);
+    server.signal(libc::SIGTERM);
     assert_eq!(within(client.closed()).await.code, Some(1001));
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let (status, log) = server.wait().await;
     assert!(status.success(), "exit status {status}");
-    let log = log.join().unwrap().join("\n");
-    assert!(log.contains("store flushed"), "{log}");
+    assert!(log.join("\n").contains("store flushed"), "{log:?}");
 }
 
 #[tokio::test]

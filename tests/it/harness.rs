@@ -255,3 +255,95 @@ impl Raw {
         }
     }
 }
+
+/// The real `tidings` binary, serving on 127.0.0.1:0 in `data_dir`.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub addr: String,
+    log: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Binary {
+    pub fn serve(data_dir: &std::path::Path, sets: &[&str]) -> Binary {
+        use std::io::{BufRead, BufReader};
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        let mut child = cmd
+            .env("TIDINGS_JWT_HS256_SECRET", SECRET)
+            .env("TIDINGS_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read the log on a thread (so the server never blocks on a full pipe) and wait for the
+        // "listening addr=..." line with a deadline.
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
+        let log = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            for line in stderr.lines().map_while(Result::ok) {
+                let _ = line_tx.send(line.clone());
+                all.push(line);
+            }
+            all
+        });
+        loop {
+            match line_rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) => {
+                    if let Some(rest) = line.split("addr=").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap().to_string();
+                        return Binary {
+                            child,
+                            addr,
+                            log: Some(log),
+                        };
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let log = log.join().unwrap_or_default().join("\n");
+                    panic!("no listening line from the server ({e}); its log:\n{log}");
+                }
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Sends a signal to the server process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sends a signal to our own child process by pid.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, sig) },
+            0
+        );
+    }
+
+    /// Waits for the process to exit; returns its status and its log.
+    pub async fn wait(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let mut child = self.child;
+        let status = within(tokio::task::spawn_blocking(move || child.wait()))
+            .await
+            .unwrap()
+            .unwrap();
+        let log = self.log.take().unwrap().join().unwrap();
+        (status, log)
+    }
+
+    /// A client logged in as `user` with a token minted from the shared test secret.
+    pub async fn client(&self, user: &str) -> Client {
+        let config = Config {
+            jwt_hs256_secret: Some(SECRET.into()),
+            ..Config::default()
+        };
+        let token = tidings::auth::mint(&config, user, 3600, SystemClock.now_ms(), false).unwrap();
+        let c = within(Client::connect(&self.url())).await.unwrap();
+        within(c.login(&token, "", 0)).await.unwrap();
+        c
+    }
+}

@@ -8,4 +8,5 @@ mod delivery;
 mod durability;
 mod presence;
 mod robustness;
+mod storage;
 mod temporary;

@@ -1,0 +1,225 @@
+//! A portable, engine-neutral dump of a store, for backups and for moving between engines.
+//!
+//! Format (version 1): the 16 bytes `TIDINGS-DUMP-v1\n`; then one record per entry, in key
+//! order: key length (u32, big-endian), key, value length (u32, big-endian), value; then an end
+//! marker (key length 0xFFFFFFFF), the number of entries (u64) and the FNV-1a 64-bit hash of
+//! every byte before the marker (u64). Keys and values are the shared layout of
+//! [`super::keys`], so any engine can load what any engine dumped.
+
+use super::{Store, StoreError};
+use std::io::{Read, Write};
+
+const MAGIC: &[u8; 16] = b"TIDINGS-DUMP-v1\n";
+const END: u32 = u32::MAX;
+/// Entries loaded per atomic batch.
+const BATCH: usize = 10_000;
+/// No key or value is larger than this; a larger length means a damaged file.
+const MAX_LEN: u32 = 64 << 20;
+
+/// A dump could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a tidings dump (bad header)")]
+    BadHeader,
+    #[error("the dump is truncated or corrupt: {0}")]
+    Corrupt(String),
+    #[error("the target store is not empty; import only into a new data directory")]
+    NotEmpty,
+}
+
+/// FNV-1a, 64 bit: enough to catch truncation and corruption of a file in transit.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn update(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A writer that hashes what passes through it.
+struct Hashing<'a, W: Write> {
+    inner: &'a mut W,
+    hash: Fnv,
+}
+
+impl<W: Write> Hashing<'_, W> {
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.hash.update(bytes);
+        self.inner.write_all(bytes)
+    }
+}
+
+/// Writes every entry of `store` to `out`. Returns the number of entries.
+pub fn export(store: &dyn Store, out: &mut impl Write) -> Result<u64, DumpError> {
+    let mut w = Hashing {
+        inner: out,
+        hash: Fnv::new(),
+    };
+    w.put(MAGIC)?;
+    let mut count = 0u64;
+    store.dump(&mut |k, v| {
+        let io = |e: std::io::Error| StoreError::Engine(format!("writing the dump: {e}"));
+        w.put(&(k.len() as u32).to_be_bytes()).map_err(io)?;
+        w.put(k).map_err(io)?;
+        w.put(&(v.len() as u32).to_be_bytes()).map_err(io)?;
+        w.put(v).map_err(io)?;
+        count += 1;
+        Ok(())
+    })?;
+    let hash = w.hash.0;
+    out.write_all(&END.to_be_bytes())?;
+    out.write_all(&count.to_be_bytes())?;
+    out.write_all(&hash.to_be_bytes())?;
+    out.flush()?;
+    Ok(count)
+}
+
+fn truncated(e: std::io::Error) -> DumpError {
+    DumpError::Corrupt(e.to_string())
+}
+
+/// Reads one length-prefixed field; `None` at the end marker (where `may_end`).
+fn read_field(
+    input: &mut impl Read,
+    hash: &mut Fnv,
+    may_end: bool,
+) -> Result<Option<Vec<u8>>, DumpError> {
+    let mut len = [0u8; 4];
+    input.read_exact(&mut len).map_err(truncated)?;
+    let n = u32::from_be_bytes(len);
+    if may_end && n == END {
+        return Ok(None);
+    }
+    if n > MAX_LEN {
+        return Err(DumpError::Corrupt(format!("a field claims {n} bytes")));
+    }
+    hash.update(&len);
+    let mut field = vec![0u8; n as usize];
+    input.read_exact(&mut field).map_err(truncated)?;
+    hash.update(&field);
+    Ok(Some(field))
+}
+
+/// Loads a dump into an empty `store` and flushes it. Returns the number of entries.
+pub fn import(store: &dyn Store, input: &mut impl Read) -> Result<u64, DumpError> {
+    if !store.is_empty()? {
+        return Err(DumpError::NotEmpty);
+    }
+    let mut hash = Fnv::new();
+    let mut magic = [0u8; 16];
+    input
+        .read_exact(&mut magic)
+        .map_err(|_| DumpError::BadHeader)?;
+    if &magic != MAGIC {
+        return Err(DumpError::BadHeader);
+    }
+    hash.update(&magic);
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut count = 0u64;
+    while let Some(key) = read_field(input, &mut hash, true)? {
+        let value = read_field(input, &mut hash, false)?.expect("values have no end marker");
+        batch.push((key, value));
+        count += 1;
+        if batch.len() == BATCH {
+            store.load(std::mem::take(&mut batch))?;
+        }
+    }
+    let mut trailer = [0u8; 16];
+    input.read_exact(&mut trailer).map_err(truncated)?;
+    let expected_count = u64::from_be_bytes(trailer[..8].try_into().expect("8"));
+    let expected_hash = u64::from_be_bytes(trailer[8..].try_into().expect("8"));
+    if expected_count != count || expected_hash != hash.0 {
+        return Err(DumpError::Corrupt(format!(
+            "{count} entries read, {expected_count} announced; checksum {}",
+            if expected_hash == hash.0 {
+                "ok"
+            } else {
+                "mismatch"
+            }
+        )));
+    }
+    store.load(batch)?;
+    store.flush()?;
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Op, UserId};
+
+    fn filled(dir: &std::path::Path, engine: &str) -> std::sync::Arc<dyn Store> {
+        let s = crate::store::open(engine, dir, 8 << 20).unwrap();
+        let ops: Vec<Op> = (1..=25_000u64)
+            .map(|seq| Op::PutMessage {
+                conv: 1,
+                seq,
+                message: bytes::Bytes::from(format!("m{seq}")),
+            })
+            .chain([Op::PutReadSeq {
+                user: UserId::from("u"),
+                conv: 1,
+                seq: 7,
+            }])
+            .collect();
+        s.commit(&ops).unwrap();
+        s.flush().unwrap();
+        s
+    }
+
+    fn all(s: &dyn Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut v = Vec::new();
+        s.dump(&mut |k, val| {
+            v.push((k.to_vec(), val.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        v
+    }
+
+    #[test]
+    fn round_trips_between_engines_and_detects_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = filled(&dir.path().join("a"), "sled");
+        let mut file = Vec::new();
+        assert_eq!(export(sled.as_ref(), &mut file).unwrap(), 25_001);
+
+        let redb = crate::store::open("redb", &dir.path().join("b"), 8 << 20).unwrap();
+        assert_eq!(import(redb.as_ref(), &mut file.as_slice()).unwrap(), 25_001);
+        assert_eq!(all(redb.as_ref()), all(sled.as_ref()));
+        assert_eq!(redb.read_seq("u", 1).unwrap(), 7);
+
+        // Not into a store that has data.
+        assert!(matches!(
+            import(redb.as_ref(), &mut file.as_slice()),
+            Err(DumpError::NotEmpty)
+        ));
+        // Not from something else, a truncated file, or a changed byte.
+        let fresh = |n: &str| crate::store::open("redb", &dir.path().join(n), 8 << 20).unwrap();
+        assert!(matches!(
+            import(fresh("c").as_ref(), &mut &b"hello"[..]),
+            Err(DumpError::BadHeader)
+        ));
+        let short = &file[..file.len() - 30];
+        assert!(matches!(
+            import(fresh("d").as_ref(), &mut &short[..]),
+            Err(DumpError::Corrupt(_))
+        ));
+        let mut flipped = file.clone();
+        flipped[40] ^= 1;
+        assert!(matches!(
+            import(fresh("e").as_ref(), &mut flipped.as_slice()),
+            Err(DumpError::Corrupt(_))
+        ));
+    }
+}
