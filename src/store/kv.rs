@@ -36,10 +36,7 @@ pub trait OrderedKv: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Rows, StoreError>;
     /// Calls `f` with every entry in key order, from one consistent view.
-    fn for_each(
-        &self,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError>;
+    fn for_each(&self, f: &mut super::EntrySink<'_>) -> Result<(), StoreError>;
     /// Applies the writes atomically, in order (a later write to a key wins); visible at once.
     fn apply(&self, writes: Vec<Write>) -> Result<(), StoreError>;
     /// Makes everything applied so far durable.
@@ -371,10 +368,7 @@ impl<E: OrderedKv> Store for KvStore<E> {
         self.engine.size_on_disk()
     }
 
-    fn dump(
-        &self,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    fn dump(&self, f: &mut super::EntrySink<'_>) -> Result<(), StoreError> {
         self.engine.for_each(f)
     }
 

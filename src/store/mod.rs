@@ -196,15 +196,15 @@ pub trait Store: Send + Sync + 'static {
     /// Every stored entry in key order, from one consistent view (for [`dump`]). Keys and
     /// values are the layout of [`keys`] and the records of `store.proto`, which every engine
     /// shares, so a dump is engine-neutral.
-    fn dump(
-        &self,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError>;
+    fn dump(&self, f: &mut EntrySink<'_>) -> Result<(), StoreError>;
     /// Whether nothing is stored.
     fn is_empty(&self) -> Result<bool, StoreError>;
     /// Writes raw entries of a dump (atomically per call; `flush` makes them durable).
     fn load(&self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError>;
 }
+
+/// Receives entries of a dump, in key order.
+pub type EntrySink<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError> + 'a;
 
 /// The engines this build can open, by their `store_engine` name.
 pub const ENGINES: [&str; 2] = ["redb", "sled"];

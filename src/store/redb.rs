@@ -79,10 +79,7 @@ impl OrderedKv for Redb {
         Ok(out)
     }
 
-    fn for_each(
-        &self,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    fn for_each(&self, f: &mut super::EntrySink<'_>) -> Result<(), StoreError> {
         let r = self.db.begin_read().map_err(engine)?;
         let t = r.open_table(TABLE).map_err(engine)?;
         for row in t.iter().map_err(engine)? {

@@ -69,10 +69,7 @@ impl OrderedKv for Sled {
         Ok(out)
     }
 
-    fn for_each(
-        &self,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    fn for_each(&self, f: &mut super::EntrySink<'_>) -> Result<(), StoreError> {
         for kv in self.tree.iter() {
             let (k, v) = kv.map_err(engine)?;
             f(&k, &v)?;
