@@ -304,6 +304,7 @@ impl Binary {
                 }
                 Err(e) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     let log = log.join().unwrap_or_default().join("\n");
                     panic!("no listening line from the server ({e}); its log:\n{log}");
                 }
