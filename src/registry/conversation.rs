@@ -99,14 +99,7 @@ impl Registry {
                         pair: Vec::new(),
                         expires_at: 0,
                     };
-                    next.normal += 1;
-                    let num = next.normal;
-                    let (cell, mut ops, events) =
-                        self.new_conversation(num, caller, record, &members);
-                    ops.push(Op::SetCounter {
-                        counter: Counter::Conversation,
-                        value: num,
-                    });
+                    let (cell, ops, events) = self.new_normal(&mut next, caller, record, &members);
                     (cell, self.writer.submit(permit, ops, Vec::new(), events))
                 };
                 wait(rx).await?;
@@ -249,14 +242,8 @@ impl Registry {
                         expires_at: 0,
                     };
                     let members = [pair.0.clone(), pair.1.clone()];
-                    next.normal += 1;
-                    let num = next.normal;
                     let (cell, mut ops, events) =
-                        self.new_conversation(num, caller, record, &members);
-                    ops.push(Op::SetCounter {
-                        counter: Counter::Conversation,
-                        value: num,
-                    });
+                        self.new_normal(&mut next, caller, record, &members);
                     ops.push(Op::PutDirect {
                         a: pair.0.clone(),
                         b: pair.1.clone(),
@@ -278,6 +265,24 @@ impl Registry {
         let cell = self.cell_by_num(num)?;
         let view = cell.lock().view(&cell.id);
         self.view_for(&cell, view, &caller.user)
+    }
+
+    /// Allocates the next normal conversation number and registers the conversation.
+    fn new_normal(
+        &self,
+        next: &mut super::Numbers,
+        caller: &Caller,
+        record: ConversationRecord,
+        members: &[UserId],
+    ) -> (Arc<ConvCell>, Vec<Op>, Vec<LoggedEvent>) {
+        next.normal += 1;
+        let num = next.normal;
+        let (cell, mut ops, events) = self.new_conversation(num, caller, record, members);
+        ops.push(Op::SetCounter {
+            counter: Counter::Conversation,
+            value: num,
+        });
+        (cell, ops, events)
     }
 
     /// Registers the cell of a new conversation `num` in memory and returns the ops and the

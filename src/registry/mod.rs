@@ -212,9 +212,9 @@ pub struct Registry {
 }
 
 /// The last numbers handed out, per kind of conversation.
-struct Numbers {
-    normal: u64,
-    temporary: u64,
+pub(super) struct Numbers {
+    pub(super) normal: u64,
+    pub(super) temporary: u64,
 }
 
 impl Registry {

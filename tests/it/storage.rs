@@ -182,10 +182,12 @@ async fn export_then_import_moves_everything_between_engines() {
     server.signal(libc::SIGTERM);
     assert!(server.wait().await.0.success());
 
-    let tidings = |args: &[&str]| {
+    // `tidings store <action> <flag> <dump>` on a data directory; the engine defaults to redb.
+    let store_cmd = |action: &str, flag: &str, dir: &std::path::Path, engine: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .args(args)
-            .env("TIDINGS_JWT_HS256_SECRET", SECRET)
+            .args(["store", action, flag, dump.to_str().unwrap(), "--set"])
+            .arg(format!("data_dir={}", dir.display()))
+            .args(["--set", &format!("store_engine={engine}")])
             .output()
             .unwrap();
         (
@@ -193,37 +195,12 @@ async fn export_then_import_moves_everything_between_engines() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (ok, err) = tidings(&[
-        "store",
-        "export",
-        "--out",
-        dump.to_str().unwrap(),
-        "--set",
-        &format!("data_dir={}", sled_dir.display()),
-        "--set",
-        "store_engine=sled",
-    ]);
+    let (ok, err) = store_cmd("export", "--out", &sled_dir, "sled");
     assert!(ok, "{err}");
-    let (ok, err) = tidings(&[
-        "store",
-        "import",
-        "--in",
-        dump.to_str().unwrap(),
-        "--set",
-        &format!("data_dir={}", redb_dir.display()),
-        "--set",
-        "store_engine=redb",
-    ]);
+    let (ok, err) = store_cmd("import", "--in", &redb_dir, "redb");
     assert!(ok, "{err}");
     // Importing again into a store with data is refused.
-    let (ok, err) = tidings(&[
-        "store",
-        "import",
-        "--in",
-        dump.to_str().unwrap(),
-        "--set",
-        &format!("data_dir={}", redb_dir.display()),
-    ]);
+    let (ok, err) = store_cmd("import", "--in", &redb_dir, "redb");
     assert!(!ok && err.contains("not empty"), "{err}");
 
     let server = Binary::serve(&redb_dir, &["store_engine=redb"]);
