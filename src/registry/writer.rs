@@ -136,6 +136,11 @@ impl Writer {
         rx
     }
 
+    /// Whether a store write failed (the server is then shutting down).
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
     /// Asks the writer to stop after everything queued so far; [`WriterThread::join`] waits.
     pub fn stop(&self) {
         let _ = self.tx.send(Cmd::Stop);
