@@ -33,15 +33,28 @@ impl App {
         clock: SharedClock,
         fatal: CancellationToken,
     ) -> anyhow::Result<(Arc<App>, WriterThread)> {
+        Self::open_with(config, clock, fatal, None)
+    }
+
+    /// Like [`App::open`], on `store` when given (tests wrap a real store to inject faults).
+    pub fn open_with(
+        config: Config,
+        clock: SharedClock,
+        fatal: CancellationToken,
+        store: Option<Arc<dyn Store>>,
+    ) -> anyhow::Result<(Arc<App>, WriterThread)> {
         config.validate()?;
         let config = Arc::new(config);
         let auth = Authenticator::new(&config, clock.clone())?;
         std::fs::create_dir_all(&config.data_dir)?;
-        let store: Arc<dyn Store> = crate::store::open(
-            &config.store_engine,
-            &config.data_dir,
-            config.store_cache_bytes,
-        )?;
+        let store: Arc<dyn Store> = match store {
+            Some(s) => s,
+            None => crate::store::open(
+                &config.store_engine,
+                &config.data_dir,
+                config.store_cache_bytes,
+            )?,
+        };
         let stats = Arc::new(Stats::default());
         let hub = Arc::new(Hub::new(stats.clone()));
         let (writer, thread) = Writer::start(

@@ -56,10 +56,19 @@ impl RunningServer {
 
 /// Opens the store, binds `config.listen` and serves until shut down.
 pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<RunningServer> {
+    start_with(config, clock, None).await
+}
+
+/// Like [`start`], on the given store when there is one.
+pub async fn start_with(
+    config: Config,
+    clock: SharedClock,
+    store: Option<Arc<dyn crate::store::Store>>,
+) -> anyhow::Result<RunningServer> {
     let listener = TcpListener::bind(&config.listen).await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let (app, writer_thread) = App::open(config, clock, shutdown.clone())?;
+    let (app, writer_thread) = App::open_with(config, clock, shutdown.clone(), store)?;
     if app.config.insecure_dev {
         tracing::warn!(
             "INSECURE DEVELOPMENT MODE: any client can log in as any user by sending the user id as token"

@@ -212,3 +212,162 @@ async fn the_sled_engine_keeps_history_across_a_restart_and_a_changed_engine_is_
         .expect("must refuse");
     assert!(err.to_string().contains("holds a sled store"), "{err}");
 }
+
+/// A real store whose commits fail once `fail` is set (a full or broken disk).
+struct FailingStore {
+    inner: Arc<dyn tidings::store::Store>,
+    fail: Arc<AtomicBool>,
+}
+
+impl tidings::store::Store for FailingStore {
+    fn commit(&self, ops: &[tidings::store::Op]) -> Result<(), tidings::store::StoreError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(tidings::store::StoreError::Engine(
+                "injected: no space left on device".into(),
+            ));
+        }
+        self.inner.commit(ops)
+    }
+    fn flush(&self) -> Result<(), tidings::store::StoreError> {
+        self.inner.flush()
+    }
+    fn conversation(
+        &self,
+        c: u64,
+    ) -> Result<Option<pb::ConversationRecord>, tidings::store::StoreError> {
+        self.inner.conversation(c)
+    }
+    fn members(
+        &self,
+        c: u64,
+    ) -> Result<Vec<(tidings::store::UserId, pb::MemberRecord)>, tidings::store::StoreError> {
+        self.inner.members(c)
+    }
+    fn user_conversations(
+        &self,
+        u: &str,
+    ) -> Result<Vec<(u64, pb::UserConversationRecord)>, tidings::store::StoreError> {
+        self.inner.user_conversations(u)
+    }
+    fn user_conversation(
+        &self,
+        u: &str,
+        c: u64,
+    ) -> Result<Option<pb::UserConversationRecord>, tidings::store::StoreError> {
+        self.inner.user_conversation(u, c)
+    }
+    fn message(&self, c: u64, s: u64) -> Result<Option<pb::Message>, tidings::store::StoreError> {
+        self.inner.message(c, s)
+    }
+    fn last_message(&self, c: u64) -> Result<Option<pb::Message>, tidings::store::StoreError> {
+        self.inner.last_message(c)
+    }
+    fn messages(
+        &self,
+        c: u64,
+        lo: u64,
+        hi: u64,
+        d: tidings::store::Direction,
+        l: usize,
+    ) -> Result<Vec<pb::Message>, tidings::store::StoreError> {
+        self.inner.messages(c, lo, hi, d, l)
+    }
+    fn read_seq(&self, u: &str, c: u64) -> Result<u64, tidings::store::StoreError> {
+        self.inner.read_seq(u, c)
+    }
+    fn dedup(&self, c: u64, s: &str, id: &str) -> Result<Option<u64>, tidings::store::StoreError> {
+        self.inner.dedup(c, s, id)
+    }
+    fn direct(&self, a: &str, b: &str) -> Result<Option<u64>, tidings::store::StoreError> {
+        self.inner.direct(a, b)
+    }
+    fn user_events_after(
+        &self,
+        u: &str,
+        after: u64,
+        l: usize,
+    ) -> Result<(Vec<pb::ConversationEvent>, bool), tidings::store::StoreError> {
+        self.inner.user_events_after(u, after, l)
+    }
+    fn last_user_event_seq(&self, u: &str) -> Result<u64, tidings::store::StoreError> {
+        self.inner.last_user_event_seq(u)
+    }
+    fn counter(&self, c: tidings::store::Counter) -> Result<u64, tidings::store::StoreError> {
+        self.inner.counter(c)
+    }
+    fn next_expiries(&self, l: usize) -> Result<Vec<(i64, u64)>, tidings::store::StoreError> {
+        self.inner.next_expiries(l)
+    }
+    fn unique_temporary(
+        &self,
+        m: &[tidings::store::UserId],
+    ) -> Result<Option<u64>, tidings::store::StoreError> {
+        self.inner.unique_temporary(m)
+    }
+    fn size_on_disk(&self) -> Result<u64, tidings::store::StoreError> {
+        self.inner.size_on_disk()
+    }
+    fn dump(
+        &self,
+        f: &mut tidings::store::EntrySink<'_>,
+    ) -> Result<(), tidings::store::StoreError> {
+        self.inner.dump(f)
+    }
+    fn is_empty(&self) -> Result<bool, tidings::store::StoreError> {
+        self.inner.is_empty()
+    }
+    fn load(&self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), tidings::store::StoreError> {
+        self.inner.load(rows)
+    }
+}
+
+#[tokio::test]
+async fn a_failing_store_refuses_writes_and_stops_the_server_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tidings::config::Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().join("data"),
+        jwt_hs256_secret: Some(SECRET.into()),
+        ..Default::default()
+    };
+    let inner = tidings::store::open("redb", &config.data_dir, 8 << 20).unwrap();
+    let fail = Arc::new(AtomicBool::new(false));
+    let store = Arc::new(FailingStore {
+        inner,
+        fail: fail.clone(),
+    });
+    let server = tidings::server::start_with(
+        config.clone(),
+        Arc::new(tidings::clock::SystemClock),
+        Some(store),
+    )
+    .await
+    .unwrap();
+    let token = tidings::auth::mint(
+        &config,
+        "alice",
+        600,
+        tidings::clock::Clock::now_ms(&tidings::clock::SystemClock),
+        false,
+    )
+    .unwrap();
+    let alice = within(Client::connect(&format!("ws://{}/ws", server.addr)))
+        .await
+        .unwrap();
+    within(alice.login(&token, "", 0)).await.unwrap();
+    let g = within(alice.create_group("g", &[])).await.unwrap();
+    within(alice.send_text(&g.id, "stored")).await.unwrap();
+
+    fail.store(true, Ordering::SeqCst);
+    let err = within(alice.send_text(&g.id, "not stored"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(pb::ErrorCode::ErrorUnavailable), "{err}");
+    // The server shuts itself down (memory may be ahead of the disk) and says why.
+    assert_eq!(within(alice.closed()).await.code, Some(1001));
+    let result = within(server.wait()).await;
+    assert!(
+        result.is_err(),
+        "a store failure must not look like a clean stop"
+    );
+}
