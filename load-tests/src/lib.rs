@@ -1,0 +1,14 @@
+//! Load generator for tidings: scenarios over the real protocol, HDR latency histograms,
+//! server CPU and memory from /proc, worker processes past one process's descriptor limit,
+//! a reference broadcaster, and the whole suite.
+
+pub mod cli;
+pub mod hist;
+pub mod live;
+pub mod params;
+pub mod procstat;
+pub mod raw;
+pub mod refserver;
+pub mod runner;
+pub mod scenario;
+pub mod suite;

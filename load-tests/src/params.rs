@@ -1,0 +1,159 @@
+//! What a run is asked to do: scenario knobs, bounds and thresholds. Serializable, so worker
+//! processes get exactly the parent's parameters.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Hold N logged-in sessions.
+    Idle,
+    /// One-to-one pairs exchanging messages.
+    Chat,
+    /// One group of G online members, one or more senders.
+    Fanout,
+    /// Connect and log in as fast as possible.
+    Storm,
+    /// Page through conversations in a large store.
+    History,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Idle => "idle",
+            Scenario::Chat => "chat",
+            Scenario::Fanout => "fanout",
+            Scenario::Storm => "storm",
+            Scenario::History => "history",
+        }
+    }
+}
+
+/// Knobs shared by every scenario. Every run is bounded: by `--duration-secs` (and
+/// `--count`), plus `--drain-secs` for deliveries still in flight, plus `--setup-secs`.
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
+pub struct Params {
+    /// WebSocket URL of the server under test (loopback only).
+    #[arg(long, default_value = "ws://127.0.0.1:7400/ws")]
+    pub url: String,
+    /// HS256 secret for minting login tokens. Without it the user id is sent as the token
+    /// (servers in `--insecure-dev` mode, and the reference server).
+    #[arg(long, env = "TIDINGS_JWT_HS256_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Pid of the server, to report its CPU time and memory.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// idle, storm: sessions to open.
+    #[arg(long, default_value_t = 1000)]
+    pub sessions: usize,
+    /// chat: pairs of users, each pair one direct conversation; both sides send.
+    #[arg(long, default_value_t = 100)]
+    pub pairs: usize,
+    /// fanout: members of the group (senders included), all online.
+    #[arg(long, default_value_t = 100)]
+    pub group_size: usize,
+    /// fanout: members that send.
+    #[arg(long, default_value_t = 1)]
+    pub senders: usize,
+    /// Message content size, bytes (at least 8: the send timestamp).
+    #[arg(long, default_value_t = 100)]
+    pub message_bytes: usize,
+    /// Fixed-rate mode: total messages per second over all senders. 0: closed loop.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Closed loop: sends in flight per sender (at most 64, the server's default).
+    #[arg(long, default_value_t = 1)]
+    pub window: usize,
+    /// How long senders send (idle: how long sessions are held), seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_secs: f64,
+    /// Ramp-up, seconds: the rate rises linearly (closed loop: senders start staggered;
+    /// idle: connections spread). Latencies from the ramp are not recorded.
+    #[arg(long, default_value_t = 0.0)]
+    pub ramp_secs: f64,
+    /// Most messages per sender (0: only the duration bounds it).
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
+    /// After sending stops, how long receivers may wait for what is still in flight, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain_secs: f64,
+    /// Time allowed to connect, log in and create conversations, seconds.
+    #[arg(long, default_value_t = 300.0)]
+    pub setup_secs: f64,
+    /// Connections opened in parallel during setup (storm: the attack width).
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// history: conversations in the store.
+    #[arg(long, default_value_t = 100)]
+    pub conversations: usize,
+    /// history: messages to put in the store (spread over the conversations).
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: u64,
+    /// history: writer connections that populate the store in parallel.
+    #[arg(long, default_value_t = 32)]
+    pub writers: usize,
+    /// history: stop populating after this long even if fewer messages are stored, seconds.
+    #[arg(long, default_value_t = 1800.0)]
+    pub populate_secs: f64,
+    /// history: messages per page.
+    #[arg(long, default_value_t = 50)]
+    pub page: u32,
+    /// history: reader connections paging concurrently (closed loop, one request each).
+    #[arg(long, default_value_t = 8)]
+    pub readers: usize,
+    /// Connections one process may hold; more are spread over worker processes.
+    #[arg(long, default_value_t = 19_000)]
+    pub per_process: usize,
+    /// Program to run as worker process (default: this program).
+    #[arg(long, hide = true)]
+    pub worker_exe: Option<std::path::PathBuf>,
+    /// Prefix of user ids (default: unique per run, so runs on one store do not collide).
+    #[arg(long)]
+    pub run_id: Option<String>,
+}
+
+/// Limits that set the exit code.
+#[derive(clap::Args, Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// Fail when the main latency's p99 (delivery; storm/idle: connect+login; history: page)
+    /// exceeds this, ms.
+    #[arg(long)]
+    pub max_p99_ms: Option<f64>,
+    /// Fail when the main throughput (chat: acked msg/s; fanout: deliveries/s; storm:
+    /// sessions/s; history: pages/s) is below this.
+    #[arg(long)]
+    pub min_throughput: Option<f64>,
+    /// Fail when server RSS growth per session exceeds this (needs --server-pid), bytes.
+    #[arg(long)]
+    pub max_bytes_per_session: Option<f64>,
+    /// Fail when more messages than this were lost or requests failed.
+    #[arg(long, default_value_t = 0)]
+    pub max_errors: u64,
+}
+
+/// Connections a scenario opens in total.
+pub fn connections(scenario: Scenario, p: &Params) -> usize {
+    match scenario {
+        Scenario::Idle | Scenario::Storm => p.sessions,
+        Scenario::Chat => p.pairs * 2,
+        Scenario::Fanout => p.group_size,
+        Scenario::History => p.writers.max(p.readers),
+    }
+}
+
+impl Params {
+    /// The defaults of a scenario command, plus the given flags (panics on a bad flag: for
+    /// parameters written in code).
+    pub fn from_args(args: &[&str]) -> Params {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct P {
+            #[command(flatten)]
+            p: Params,
+        }
+        let mut all = vec!["tidings-load"];
+        all.extend_from_slice(args);
+        P::parse_from(all).p
+    }
+}

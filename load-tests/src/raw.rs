@@ -1,0 +1,482 @@
+//! Raw protocol connections for the message hot path: one task per connection both sends
+//! (closed loop or on a fixed schedule) and reads its acks and pushes, without the typed
+//! client's per-request bookkeeping. Content carries the intended send time, so delivery
+//! latency is measured from when the message should have left (no coordinated omission).
+
+use crate::hist::Lat;
+use crate::live::Live;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tidings::client::connect_raw;
+use tidings::protocol::pb::{self, client_frame::Body as Req, server_frame::Body as Rep};
+use tidings::protocol::{self, ClientFrame, ServerFrame};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Wall-clock nanoseconds (comparable across processes on one machine).
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// A logged-in raw connection.
+pub struct Raw {
+    ws: Ws,
+    next_id: u64,
+}
+
+impl Raw {
+    /// Connects, logs in and waits for the `UnreadSummary` that ends the login.
+    pub async fn login(url: &str, token: &str) -> anyhow::Result<Raw> {
+        let ws = connect_raw(url).await?;
+        let mut raw = Raw { ws, next_id: 1 };
+        match raw
+            .request(Req::Login(pb::Login {
+                token: token.into(),
+                device: String::new(),
+                event_cursor: 0,
+            }))
+            .await?
+        {
+            Rep::LoginOk(_) => {}
+            other => anyhow::bail!("login: unexpected reply {other:?}"),
+        }
+        loop {
+            if let Some(Rep::UnreadSummary(_)) = raw.next_frame().await?.body {
+                return Ok(raw);
+            }
+        }
+    }
+
+    async fn next_frame(&mut self) -> anyhow::Result<ServerFrame> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(WsMessage::Binary(b))) => return Ok(protocol::decode_server(&b)?),
+                Some(Ok(WsMessage::Close(f))) => anyhow::bail!("closed by server: {f:?}"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => anyhow::bail!("connection ended"),
+            }
+        }
+    }
+
+    /// One request; pushes that arrive meanwhile are skipped.
+    pub async fn request(&mut self, body: Req) -> anyhow::Result<Rep> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = protocol::encode(&ClientFrame {
+            id,
+            body: Some(body),
+        });
+        self.ws.send(WsMessage::Binary(frame)).await?;
+        loop {
+            let f = self.next_frame().await?;
+            if f.id == id {
+                return match f.body {
+                    Some(Rep::Error(e)) => anyhow::bail!("error {}: {}", e.code, e.message),
+                    Some(b) => Ok(b),
+                    None => anyhow::bail!("empty reply"),
+                };
+            }
+        }
+    }
+
+    pub async fn conversation(&mut self, req: pb::CreateConversation) -> anyhow::Result<String> {
+        match self.request(Req::CreateConversation(req)).await? {
+            Rep::Conversation(pb::ConversationReply {
+                conversation: Some(c),
+            }) => Ok(c.id),
+            other => anyhow::bail!("create: unexpected reply {other:?}"),
+        }
+    }
+
+    pub async fn add_members(&mut self, conv: &str, members: Vec<String>) -> anyhow::Result<()> {
+        self.request(Req::AddMembers(pb::AddMembers {
+            conversation_id: conv.into(),
+            members,
+        }))
+        .await
+        .map(|_| ())
+    }
+}
+
+/// How a connection sends.
+#[derive(Clone, Copy, Debug)]
+pub enum Sched {
+    /// Keep `window` sends in flight.
+    Closed { window: usize },
+    /// `rate` messages per second for this sender, rising linearly over the ramp.
+    Rate { rate: f64 },
+}
+
+/// Which deliveries a connection waits for before it stops.
+#[derive(Clone, Debug)]
+pub enum Expect {
+    /// Everything the sender with this index had acked.
+    Peer(usize),
+    /// Everything every sender had acked, less this sender's own (if it is one).
+    All { own: Option<usize> },
+}
+
+/// State shared by the connections of one run.
+pub struct Run {
+    pub go: Instant,
+    pub go_ns: u64,
+    pub ramp: Duration,
+    /// Sending stops here.
+    pub send_until: Instant,
+    /// Everything stops here.
+    pub hard_stop: Instant,
+    pub message_bytes: usize,
+    pub max_per_sender: u64,
+    /// Acked messages per sender, final once that sender is done.
+    pub acked: Vec<AtomicU64>,
+    senders_left: AtomicUsize,
+    all_sent: watch::Sender<bool>,
+    pub live: Arc<Live>,
+}
+
+impl Run {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        senders: usize,
+        ramp: Duration,
+        duration: Duration,
+        drain: Duration,
+        message_bytes: usize,
+        max_per_sender: u64,
+        live: Arc<Live>,
+    ) -> Arc<Run> {
+        let go = Instant::now();
+        let (all_sent, _) = watch::channel(senders == 0);
+        Arc::new(Run {
+            go,
+            go_ns: now_ns(),
+            ramp,
+            send_until: go + ramp + duration,
+            hard_stop: go + ramp + duration + drain,
+            message_bytes: message_bytes.max(8),
+            max_per_sender: if max_per_sender == 0 {
+                u64::MAX
+            } else {
+                max_per_sender
+            },
+            acked: (0..senders).map(|_| AtomicU64::new(0)).collect(),
+            senders_left: AtomicUsize::new(senders),
+            all_sent,
+            live,
+        })
+    }
+
+    fn warm_ns(&self) -> u64 {
+        self.go_ns + self.ramp.as_nanos() as u64
+    }
+
+    /// When the n-th send (from 0) of a sender at `rate`/s should leave.
+    fn intended(&self, n: u64, rate: f64) -> Instant {
+        let t = self.ramp.as_secs_f64();
+        let n = n as f64;
+        let secs = if t > 0.0 && n < rate * t / 2.0 {
+            (2.0 * t * n / rate).sqrt()
+        } else if t > 0.0 {
+            t + (n - rate * t / 2.0) / rate
+        } else {
+            n / rate
+        };
+        self.go + Duration::from_secs_f64(secs)
+    }
+
+    fn sender_done(&self, index: usize, acked: u64) {
+        self.acked[index].store(acked, Ordering::SeqCst);
+        if self.senders_left.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.all_sent.send_replace(true);
+        }
+    }
+
+    fn expected(&self, e: &Expect) -> u64 {
+        match e {
+            Expect::Peer(i) => self.acked[*i].load(Ordering::SeqCst),
+            Expect::All { own } => {
+                let all: u64 = self.acked.iter().map(|a| a.load(Ordering::SeqCst)).sum();
+                all - own.map_or(0, |i| self.acked[i].load(Ordering::SeqCst))
+            }
+        }
+    }
+}
+
+/// What one connection should do.
+pub struct Plan {
+    /// Conversation to send to and this sender's index in `Run::acked`.
+    pub send: Option<(String, usize, Sched)>,
+    /// Deliveries to wait for (None: a pure sender).
+    pub expect: Option<Expect>,
+}
+
+/// What one connection saw.
+#[derive(Default)]
+pub struct ConnStats {
+    pub sent: u64,
+    pub acked: u64,
+    pub failed: u64,
+    pub delivered: u64,
+    pub expected: u64,
+    pub delivered_lat: Lat,
+    pub ack_lat: Lat,
+    pub last_ack_ns: u64,
+    pub last_delivery_ns: u64,
+}
+
+fn content(stamp_ns: u64, size: usize) -> Bytes {
+    let mut b = BytesMut::with_capacity(size);
+    b.put_u64_le(stamp_ns);
+    b.resize(size, b'x');
+    b.freeze()
+}
+
+/// Drives one logged-in connection until its plan is done or the run's hard stop.
+pub async fn drive(raw: Raw, plan: Plan, run: Arc<Run>) -> ConnStats {
+    let Raw {
+        mut ws,
+        mut next_id,
+    } = raw;
+    let mut st = ConnStats::default();
+    let mut inflight: HashMap<u64, u64> = HashMap::new();
+    let mut sending = plan.send.is_some();
+    let mut reported = plan.send.is_none();
+    let mut all_sent = run.all_sent.subscribe();
+    let warm = run.warm_ns();
+    // Closed-loop senders start staggered over the ramp.
+    let start_at = match &plan.send {
+        Some((_, i, Sched::Closed { .. })) if !run.acked.is_empty() => {
+            run.go + run.ramp.mul_f64(*i as f64 / run.acked.len() as f64)
+        }
+        _ => run.go,
+    };
+    loop {
+        let now = Instant::now();
+        let mut wake = run.hard_stop;
+        if let Some((conv, _, sched)) = plan.send.as_ref().filter(|_| sending) {
+            let mut batch = 0;
+            loop {
+                if st.sent >= run.max_per_sender || now >= run.send_until {
+                    sending = false;
+                    break;
+                }
+                let stamp = match *sched {
+                    Sched::Closed { window } => {
+                        if now < start_at {
+                            wake = start_at;
+                            break;
+                        }
+                        if inflight.len() >= window.max(1) {
+                            break;
+                        }
+                        now_ns()
+                    }
+                    Sched::Rate { rate } => {
+                        let at = run.intended(st.sent, rate);
+                        if at >= run.send_until {
+                            sending = false;
+                            break;
+                        }
+                        if at > now {
+                            wake = at;
+                            break;
+                        }
+                        if inflight.len() >= 1024 {
+                            break;
+                        }
+                        run.go_ns + (at - run.go).as_nanos() as u64
+                    }
+                };
+                let id = next_id;
+                next_id += 1;
+                let frame = protocol::encode(&ClientFrame {
+                    id,
+                    body: Some(Req::SendMessage(pb::SendMessage {
+                        conversation_id: conv.clone(),
+                        r#type: 1,
+                        content: content(stamp, run.message_bytes),
+                        ..Default::default()
+                    })),
+                });
+                if ws.feed(WsMessage::Binary(frame)).await.is_err() {
+                    sending = false;
+                    break;
+                }
+                inflight.insert(id, stamp);
+                st.sent += 1;
+                batch += 1;
+            }
+            if batch > 0 {
+                run.live.sent.fetch_add(batch, Ordering::Relaxed);
+                if ws.flush().await.is_err() {
+                    sending = false;
+                }
+            }
+        }
+        if !sending && inflight.is_empty() && !reported {
+            reported = true;
+            if let Some((_, i, _)) = &plan.send {
+                run.sender_done(*i, st.acked);
+            }
+        }
+        let done_waiting = match &plan.expect {
+            None => true,
+            Some(e) => *all_sent.borrow() && st.delivered >= run.expected(e),
+        };
+        if (reported && done_waiting) || now >= run.hard_stop {
+            break;
+        }
+        let all_sent_now = *all_sent.borrow();
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = all_sent.changed(), if !all_sent_now => {}
+            m = ws.next() => {
+                let b = match m {
+                    Some(Ok(WsMessage::Binary(b))) => b,
+                    Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => continue,
+                };
+                let Ok(f) = protocol::decode_server(&b) else { continue };
+                let t = now_ns();
+                match f.body {
+                    Some(Rep::Message(m)) if f.id == 0 => {
+                        st.delivered += 1;
+                        st.last_delivery_ns = t;
+                        run.live.delivered.fetch_add(1, Ordering::Relaxed);
+                        if m.content.len() >= 8 {
+                            let stamp = u64::from_le_bytes(m.content[..8].try_into().unwrap());
+                            if stamp >= warm {
+                                st.delivered_lat.record_ns(t.saturating_sub(stamp));
+                            }
+                        }
+                    }
+                    Some(Rep::SendAck(_)) => {
+                        if let Some(stamp) = inflight.remove(&f.id) {
+                            st.acked += 1;
+                            st.last_ack_ns = t;
+                            run.live.acked.fetch_add(1, Ordering::Relaxed);
+                            if stamp >= warm {
+                                st.ack_lat.record_ns(t.saturating_sub(stamp));
+                            }
+                        }
+                    }
+                    Some(Rep::Error(_)) if inflight.remove(&f.id).is_some() => {
+                        st.failed += 1;
+                        run.live.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    // Whatever is still unacked at the end counts as failed.
+    st.failed += inflight.len() as u64;
+    if let Some((_, i, _)) = plan.send.as_ref().filter(|_| !reported) {
+        run.sender_done(*i, st.acked);
+    }
+    if let Some(e) = &plan.expect {
+        st.expected = run.expected(e);
+    }
+    let _ = ws.close(None).await;
+    st
+}
+
+/// Fills `convs` round-robin with pipelined sends (64 in flight) until `quota` is used up or
+/// `deadline` passes. Returns (acked, failed, last seq per conversation).
+pub async fn populate(
+    raw: Raw,
+    convs: Vec<String>,
+    quota: Arc<AtomicU64>,
+    deadline: Instant,
+    message_bytes: usize,
+    live: Arc<Live>,
+) -> (u64, u64, Vec<u64>) {
+    let Raw {
+        mut ws,
+        mut next_id,
+    } = raw;
+    let mut inflight: HashMap<u64, usize> = HashMap::new();
+    let mut last_seq = vec![0u64; convs.len()];
+    let (mut acked, mut failed, mut turn) = (0u64, 0u64, 0usize);
+    let mut more = !convs.is_empty();
+    loop {
+        if more && Instant::now() >= deadline {
+            more = false;
+        }
+        let mut batch = 0;
+        while more && inflight.len() < 64 {
+            // Take one message from the shared quota.
+            if quota
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| q.checked_sub(1))
+                .is_err()
+            {
+                more = false;
+                break;
+            }
+            let c = turn % convs.len();
+            turn += 1;
+            let id = next_id;
+            next_id += 1;
+            let frame = protocol::encode(&ClientFrame {
+                id,
+                body: Some(Req::SendMessage(pb::SendMessage {
+                    conversation_id: convs[c].clone(),
+                    r#type: 1,
+                    content: content(now_ns(), message_bytes.max(8)),
+                    ..Default::default()
+                })),
+            });
+            if ws.feed(WsMessage::Binary(frame)).await.is_err() {
+                more = false;
+                break;
+            }
+            inflight.insert(id, c);
+            batch += 1;
+        }
+        if batch > 0 {
+            live.sent.fetch_add(batch, Ordering::Relaxed);
+            if ws.flush().await.is_err() {
+                break;
+            }
+        }
+        if !more && inflight.is_empty() {
+            break;
+        }
+        let next = tokio::time::timeout_at((deadline + Duration::from_secs(30)).into(), ws.next());
+        let b = match next.await {
+            Ok(Some(Ok(WsMessage::Binary(b)))) => b,
+            Ok(Some(Ok(WsMessage::Close(_)) | Err(_)) | None) | Err(_) => break,
+            Ok(Some(Ok(_))) => continue,
+        };
+        let Ok(f) = protocol::decode_server(&b) else {
+            continue;
+        };
+        match (f.body, inflight.remove(&f.id)) {
+            (Some(Rep::SendAck(a)), Some(c)) => {
+                acked += 1;
+                live.acked.fetch_add(1, Ordering::Relaxed);
+                last_seq[c] = last_seq[c].max(a.seq);
+            }
+            (_, Some(_)) => {
+                failed += 1;
+                live.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+    failed += inflight.len() as u64;
+    let _ = ws.close(None).await;
+    (acked, failed, last_seq)
+}

@@ -1,0 +1,163 @@
+//! The reference server: the plainest broadcaster on tokio-tungstenite with tidings' buffer
+//! settings (`tidings::server::ws_config` of the default config). No auth, no storage: a
+//! `Login` is answered at once, a `SendMessage` is pushed to every other logged-in connection
+//! (one shared encoding, bounded outboxes, one flush per burst) and acked. It shows what the
+//! WebSocket library and the kernel allow on this machine, as a yardstick for tidings.
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tidings::config::Config;
+use tidings::protocol::pb::{self, client_frame::Body as Req, server_frame::Body as Rep};
+use tidings::protocol::{self, SUBPROTOCOL};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+#[derive(Default)]
+struct Hub {
+    next: AtomicU64,
+    seq: AtomicU64,
+    conns: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
+}
+
+/// Binds `listen` and serves in the background; returns the bound address.
+pub async fn start(listen: &str) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let config = Config::default();
+    let hub = Arc::new(Hub::default());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                // Out of descriptors and the like: the accept is retried.
+                tokio::task::yield_now().await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let hub = hub.clone();
+            let outbox = config.outbox_frames;
+            let cfg = tidings::server::ws_config(&config);
+            tokio::spawn(async move {
+                let _ = serve(stream, hub, cfg, outbox).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[allow(clippy::result_large_err)] // the signature tungstenite's callback requires
+fn echo_subprotocol(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+    let offered = req
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == SUBPROTOCOL));
+    if offered {
+        resp.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+    }
+    Ok(resp)
+}
+
+async fn serve(
+    stream: TcpStream,
+    hub: Arc<Hub>,
+    cfg: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+    outbox: usize,
+) -> anyhow::Result<()> {
+    let mut ws =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, echo_subprotocol, Some(cfg))
+            .await?;
+    let me = hub.next.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel::<Bytes>(outbox);
+    let mut registered = false;
+    let result = async {
+        loop {
+            tokio::select! {
+                m = rx.recv() => {
+                    let Some(first) = m else { break };
+                    ws.feed(WsMessage::Binary(first)).await?;
+                    while let Ok(more) = rx.try_recv() {
+                        ws.feed(WsMessage::Binary(more)).await?;
+                    }
+                    ws.flush().await?;
+                }
+                m = ws.next() => {
+                    let b = match m {
+                        Some(Ok(WsMessage::Binary(b))) => b,
+                        Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => break,
+                        Some(Ok(_)) => continue,
+                    };
+                    let Ok(f) = protocol::decode_client(&b) else { break };
+                    let reply = match f.body {
+                        Some(Req::Login(_)) => {
+                            hub.conns.lock().unwrap().insert(me, tx.clone());
+                            registered = true;
+                            ws.feed(WsMessage::Binary(protocol::encode(&protocol::reply(
+                                f.id,
+                                Rep::LoginOk(pb::LoginOk::default()),
+                            ))))
+                            .await?;
+                            protocol::push(Rep::UnreadSummary(pb::UnreadSummary::default()))
+                        }
+                        Some(Req::CreateConversation(_)) => protocol::encode(&protocol::reply(
+                            f.id,
+                            Rep::Conversation(pb::ConversationReply {
+                                conversation: Some(pb::Conversation {
+                                    id: "0000000000000001".into(),
+                                    ..Default::default()
+                                }),
+                            }),
+                        )),
+                        Some(Req::SendMessage(s)) => {
+                            let seq = hub.seq.fetch_add(1, Ordering::Relaxed) + 1;
+                            let push = protocol::push(Rep::Message(pb::Message {
+                                conversation_id: s.conversation_id,
+                                seq,
+                                r#type: s.r#type,
+                                content: s.content,
+                                ..Default::default()
+                            }));
+                            let mut slow = Vec::new();
+                            for (id, out) in hub.conns.lock().unwrap().iter() {
+                                if *id != me && out.try_send(push.clone()).is_err() {
+                                    slow.push(*id);
+                                }
+                            }
+                            // A full outbox drops that connection (as tidings does).
+                            let mut conns = hub.conns.lock().unwrap();
+                            for id in slow {
+                                conns.remove(&id);
+                            }
+                            drop(conns);
+                            protocol::encode(&protocol::reply(
+                                f.id,
+                                Rep::SendAck(pb::SendAck { seq, ..Default::default() }),
+                            ))
+                        }
+                        Some(Req::Ping(_)) => protocol::encode(&protocol::reply(
+                            f.id,
+                            Rep::Pong(pb::Pong::default()),
+                        )),
+                        _ => protocol::encode(&protocol::reply(f.id, Rep::Ok(pb::Ok {}))),
+                    };
+                    ws.send(WsMessage::Binary(reply)).await?;
+                }
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if registered {
+        hub.conns.lock().unwrap().remove(&me);
+    }
+    result
+}

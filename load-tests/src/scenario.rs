@@ -1,0 +1,596 @@
+//! One shard of a scenario: the part of the work one process does. A run is one shard
+//! in-process, or several worker processes whose results the parent merges.
+
+use crate::hist::Lat;
+use crate::live::Live;
+use crate::params::{Params, Scenario};
+use crate::raw::{self, Expect, Plan, Raw, Run, Sched, now_ns};
+use futures_util::StreamExt;
+use futures_util::stream;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tidings::client::Client;
+use tidings::config::Config;
+use tidings::protocol::pb::{self, server_frame::Body as Rep};
+
+/// Histogram names.
+pub const DELIVERED: &str = "send_to_delivered";
+pub const ACK: &str = "send_to_ack";
+pub const CONNECT: &str = "connect_login";
+pub const PAGE: &str = "page";
+
+/// What one shard measured.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ShardResult {
+    pub sessions: u64,
+    pub connect_failures: u64,
+    pub sent: u64,
+    pub acked: u64,
+    pub failed: u64,
+    pub delivered: u64,
+    pub expected: u64,
+    pub pages: u64,
+    pub page_errors: u64,
+    pub populated: u64,
+    pub populate_secs: f64,
+    pub go_ns: u64,
+    pub end_ns: u64,
+    pub last_ack_ns: u64,
+    pub last_delivery_ns: u64,
+    pub hist: BTreeMap<String, Lat>,
+}
+
+impl ShardResult {
+    pub fn merge(&mut self, o: ShardResult) {
+        self.sessions += o.sessions;
+        self.connect_failures += o.connect_failures;
+        self.sent += o.sent;
+        self.acked += o.acked;
+        self.failed += o.failed;
+        self.delivered += o.delivered;
+        self.expected += o.expected;
+        self.pages += o.pages;
+        self.page_errors += o.page_errors;
+        self.populated += o.populated;
+        self.populate_secs = self.populate_secs.max(o.populate_secs);
+        self.go_ns = if self.go_ns == 0 {
+            o.go_ns
+        } else {
+            self.go_ns.min(o.go_ns)
+        };
+        self.end_ns = self.end_ns.max(o.end_ns);
+        self.last_ack_ns = self.last_ack_ns.max(o.last_ack_ns);
+        self.last_delivery_ns = self.last_delivery_ns.max(o.last_delivery_ns);
+        for (k, v) in o.hist {
+            self.hist.entry(k).or_default().merge(&v);
+        }
+    }
+
+    fn hist(&mut self, name: &str) -> &mut Lat {
+        self.hist.entry(name.to_owned()).or_default()
+    }
+}
+
+/// How a shard tells that its setup is done, and waits for everyone's go.
+pub enum Gate {
+    /// Same process: call this (the parent samples the server), then go at once.
+    InProcess(Box<dyn Fn() + Send + Sync>),
+    /// Worker process: print `ready` on stdout, wait for a line on stdin.
+    Worker,
+}
+
+impl Gate {
+    async fn pass(&self) -> anyhow::Result<()> {
+        match self {
+            Gate::InProcess(f) => {
+                f();
+                Ok(())
+            }
+            Gate::Worker => {
+                use tokio::io::AsyncBufReadExt;
+                println!("ready");
+                let mut line = String::new();
+                tokio::io::BufReader::new(tokio::io::stdin())
+                    .read_line(&mut line)
+                    .await?;
+                anyhow::ensure!(line.trim() == "go", "expected go from the parent");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A login token for `user`: HS256 when a secret is given, else the user id itself.
+pub fn token(p: &Params, user: &str) -> String {
+    match &p.secret {
+        Some(secret) => {
+            let cfg = Config {
+                jwt_hs256_secret: Some(secret.clone()),
+                ..Config::default()
+            };
+            tidings::auth::mint(&cfg, user, 24 * 3600, now_ns() as i64 / 1_000_000, false)
+                .expect("HS256 minting with a secret cannot fail")
+        }
+        None => user.to_owned(),
+    }
+}
+
+fn user(p: &Params, scenario: &str, i: usize) -> String {
+    format!("{}-{scenario}-{i}", p.run_id.as_deref().unwrap_or("load"))
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+fn range(total: usize, shard: usize, shards: usize) -> std::ops::Range<usize> {
+    (total * shard / shards)..(total * (shard + 1) / shards)
+}
+
+/// Connects and logs in one typed client; waits for the `UnreadSummary` that ends login.
+async fn client_login(url: &str, token: &str) -> anyhow::Result<Client> {
+    let mut c = Client::connect(url).await?;
+    c.login(token, "", 0).await?;
+    loop {
+        match c.next_push().await {
+            Some(pb::ServerFrame {
+                body: Some(Rep::UnreadSummary(_)),
+                ..
+            }) => return Ok(c),
+            Some(_) => {}
+            None => anyhow::bail!("closed during login"),
+        }
+    }
+}
+
+/// Opens `tokens.len()` typed sessions, `width` at a time, spreading starts over `ramp`.
+async fn open_clients(
+    url: &str,
+    tokens: Vec<String>,
+    width: usize,
+    ramp: Duration,
+    live: &Live,
+    res: &mut ShardResult,
+) -> Vec<Client> {
+    let n = tokens.len().max(1);
+    let start = Instant::now();
+    let mut out = Vec::with_capacity(tokens.len());
+    let mut s = stream::iter(tokens.into_iter().enumerate())
+        .map(|(i, t)| async move {
+            tokio::time::sleep_until((start + ramp.mul_f64(i as f64 / n as f64)).into()).await;
+            let t0 = Instant::now();
+            let c = client_login(url, &t).await;
+            (c, t0.elapsed())
+        })
+        .buffer_unordered(width.max(1));
+    while let Some((c, took)) = s.next().await {
+        match c {
+            Ok(c) => {
+                res.hist(CONNECT).record_ns(took.as_nanos() as u64);
+                res.sessions += 1;
+                live.sessions.fetch_add(1, Ordering::Relaxed);
+                out.push(c);
+            }
+            Err(_) => {
+                res.connect_failures += 1;
+                live.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    out
+}
+
+/// Opens raw sessions for `users` (tokens), `width` at a time. Failures are counted.
+async fn open_raw(
+    p: &Params,
+    tokens: Vec<String>,
+    live: &Live,
+    res: &mut ShardResult,
+) -> Vec<Option<Raw>> {
+    let url = p.url.as_str();
+    let mut out: Vec<(usize, Option<Raw>)> = stream::iter(tokens.into_iter().enumerate())
+        .map(|(i, t)| async move { (i, Raw::login(url, &t).await.ok()) })
+        .buffer_unordered(p.concurrency.max(1))
+        .collect()
+        .await;
+    out.sort_by_key(|(i, _)| *i);
+    for (_, r) in &out {
+        if r.is_some() {
+            res.sessions += 1;
+            live.sessions.fetch_add(1, Ordering::Relaxed);
+        } else {
+            res.connect_failures += 1;
+            live.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Runs shard `shard` of `shards` of a scenario.
+pub async fn run_shard(
+    scenario: Scenario,
+    p: &Params,
+    shard: usize,
+    shards: usize,
+    gate: Gate,
+    live: Arc<Live>,
+) -> anyhow::Result<ShardResult> {
+    let limit =
+        secs(p.setup_secs + p.populate_secs + p.ramp_secs + p.duration_secs + p.drain_secs + 60.0);
+    let work = async {
+        match scenario {
+            Scenario::Idle => idle(p, shard, shards, gate, live).await,
+            Scenario::Storm => storm(p, shard, shards, gate, live).await,
+            Scenario::Chat => chat(p, shard, shards, gate, live).await,
+            Scenario::Fanout => fanout(p, gate, live).await,
+            Scenario::History => history(p, gate, live).await,
+        }
+    };
+    tokio::time::timeout(limit, work)
+        .await
+        .map_err(|_| anyhow::anyhow!("{} did not finish within {limit:?}", scenario.name()))?
+}
+
+async fn idle(
+    p: &Params,
+    shard: usize,
+    shards: usize,
+    gate: Gate,
+    live: Arc<Live>,
+) -> anyhow::Result<ShardResult> {
+    let mut res = ShardResult::default();
+    let tokens: Vec<String> = range(p.sessions, shard, shards)
+        .map(|i| token(p, &user(p, "idle", i)))
+        .collect();
+    let clients = open_clients(
+        &p.url,
+        tokens,
+        p.concurrency,
+        secs(p.ramp_secs),
+        &live,
+        &mut res,
+    )
+    .await;
+    gate.pass().await?;
+    res.go_ns = now_ns();
+    // Hold the sessions for the duration: the bound of this scenario, not a wait for an event.
+    tokio::time::sleep(secs(p.duration_secs)).await;
+    // Every held session must still answer.
+    let alive = stream::iter(clients.iter())
+        .map(|c| async move { c.ping().await.is_ok() })
+        .buffer_unordered(p.concurrency.max(1))
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await as u64;
+    res.failed = res.sessions - alive;
+    res.end_ns = now_ns();
+    Ok(res)
+}
+
+async fn storm(
+    p: &Params,
+    shard: usize,
+    shards: usize,
+    gate: Gate,
+    live: Arc<Live>,
+) -> anyhow::Result<ShardResult> {
+    let mut res = ShardResult::default();
+    let tokens: Vec<String> = range(p.sessions, shard, shards)
+        .map(|i| token(p, &user(p, "storm", i)))
+        .collect();
+    gate.pass().await?;
+    res.go_ns = now_ns();
+    let clients = open_clients(
+        &p.url,
+        tokens,
+        p.concurrency,
+        secs(p.ramp_secs),
+        &live,
+        &mut res,
+    )
+    .await;
+    res.end_ns = now_ns();
+    drop(clients);
+    Ok(res)
+}
+
+fn collect(res: &mut ShardResult, stats: Vec<raw::ConnStats>) {
+    for s in stats {
+        res.sent += s.sent;
+        res.acked += s.acked;
+        res.failed += s.failed;
+        res.delivered += s.delivered;
+        res.expected += s.expected;
+        res.last_ack_ns = res.last_ack_ns.max(s.last_ack_ns);
+        res.last_delivery_ns = res.last_delivery_ns.max(s.last_delivery_ns);
+        res.hist(DELIVERED).merge(&s.delivered_lat);
+        res.hist(ACK).merge(&s.ack_lat);
+    }
+}
+
+fn sched(p: &Params, senders_total: usize) -> Sched {
+    if p.rate > 0.0 {
+        Sched::Rate {
+            rate: p.rate / senders_total.max(1) as f64,
+        }
+    } else {
+        Sched::Closed {
+            window: p.window.clamp(1, 64),
+        }
+    }
+}
+
+fn new_run(p: &Params, senders: usize, live: Arc<Live>) -> Arc<Run> {
+    Run::new(
+        senders,
+        secs(p.ramp_secs),
+        secs(p.duration_secs),
+        secs(p.drain_secs),
+        p.message_bytes,
+        p.count,
+        live,
+    )
+}
+
+async fn chat(
+    p: &Params,
+    shard: usize,
+    shards: usize,
+    gate: Gate,
+    live: Arc<Live>,
+) -> anyhow::Result<ShardResult> {
+    let mut res = ShardResult::default();
+    let pairs = range(p.pairs, shard, shards);
+    let tokens: Vec<String> = pairs
+        .clone()
+        .flat_map(|i| [user(p, "chat", 2 * i), user(p, "chat", 2 * i + 1)])
+        .map(|u| token(p, &u))
+        .collect();
+    let mut conns = open_raw(p, tokens, &live, &mut res).await;
+    // Each pair's first user creates the direct conversation.
+    let mut jobs = Vec::new();
+    for (k, i) in pairs.clone().enumerate() {
+        let (Some(mut a), Some(b)) = (conns[2 * k].take(), conns[2 * k + 1].take()) else {
+            continue;
+        };
+        let peer = user(p, "chat", 2 * i + 1);
+        jobs.push(async move {
+            let conv = a
+                .conversation(pb::CreateConversation {
+                    kind: pb::ConversationKind::Direct as i32,
+                    members: vec![peer],
+                    ..Default::default()
+                })
+                .await;
+            conv.map(|c| (a, b, c))
+        });
+    }
+    let mut ready = Vec::new();
+    let mut s = stream::iter(jobs).buffer_unordered(p.concurrency.max(1));
+    while let Some(r) = s.next().await {
+        match r {
+            Ok(x) => ready.push(x),
+            Err(_) => res.connect_failures += 1,
+        }
+    }
+    drop(s);
+    gate.pass().await?;
+    let senders = ready.len() * 2;
+    let run = new_run(p, senders, live);
+    res.go_ns = run.go_ns;
+    let sched = sched(p, p.pairs * 2);
+    let mut tasks = Vec::new();
+    for (k, (a, b, conv)) in ready.into_iter().enumerate() {
+        let (ia, ib) = (2 * k, 2 * k + 1);
+        let pa = Plan {
+            send: Some((conv.clone(), ia, sched)),
+            expect: Some(Expect::Peer(ib)),
+        };
+        let pb = Plan {
+            send: Some((conv, ib, sched)),
+            expect: Some(Expect::Peer(ia)),
+        };
+        tasks.push(tokio::spawn(raw::drive(a, pa, run.clone())));
+        tasks.push(tokio::spawn(raw::drive(b, pb, run.clone())));
+    }
+    let mut stats = Vec::new();
+    for t in tasks {
+        stats.push(t.await?);
+    }
+    collect(&mut res, stats);
+    res.end_ns = now_ns();
+    Ok(res)
+}
+
+async fn fanout(p: &Params, gate: Gate, live: Arc<Live>) -> anyhow::Result<ShardResult> {
+    anyhow::ensure!(p.group_size >= 2, "fanout needs --group-size of at least 2");
+    let mut res = ShardResult::default();
+    let members: Vec<String> = (0..p.group_size).map(|i| user(p, "fanout", i)).collect();
+    let tokens = members.iter().map(|u| token(p, u)).collect();
+    let conns = open_raw(p, tokens, &live, &mut res).await;
+    let mut conns: Vec<Raw> = conns.into_iter().flatten().collect();
+    anyhow::ensure!(
+        conns.len() == members.len(),
+        "{} of {} members failed to log in",
+        members.len() - conns.len(),
+        members.len()
+    );
+    // The first member creates the group and adds the rest, 999 then 1000 per request.
+    let others = &members[1..];
+    let first = others.len().min(999);
+    let conv = conns[0]
+        .conversation(pb::CreateConversation {
+            kind: pb::ConversationKind::Group as i32,
+            members: others[..first].to_vec(),
+            name: "fanout".into(),
+            ..Default::default()
+        })
+        .await?;
+    for chunk in others[first..].chunks(1000) {
+        conns[0].add_members(&conv, chunk.to_vec()).await?;
+    }
+    gate.pass().await?;
+    let senders = p.senders.clamp(1, conns.len());
+    let run = new_run(p, senders, live);
+    res.go_ns = run.go_ns;
+    let sched = sched(p, senders);
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let plan = if i < senders {
+                Plan {
+                    send: Some((conv.clone(), i, sched)),
+                    expect: Some(Expect::All { own: Some(i) }),
+                }
+            } else {
+                Plan {
+                    send: None,
+                    expect: Some(Expect::All { own: None }),
+                }
+            };
+            tokio::spawn(raw::drive(c, plan, run.clone()))
+        })
+        .collect();
+    let mut stats = Vec::new();
+    for t in tasks {
+        stats.push(t.await?);
+    }
+    collect(&mut res, stats);
+    res.end_ns = now_ns();
+    Ok(res)
+}
+
+/// A small deterministic generator for picking pages (no cryptographic need).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+}
+
+async fn history(p: &Params, gate: Gate, live: Arc<Live>) -> anyhow::Result<ShardResult> {
+    let mut res = ShardResult::default();
+    let writers = p.writers.clamp(1, p.conversations.max(1));
+    let wusers: Vec<String> = (0..writers).map(|w| user(p, "history", w)).collect();
+    let tokens: Vec<String> = wusers.iter().map(|u| token(p, u)).collect();
+    let conns = open_raw(p, tokens.clone(), &live, &mut res).await;
+    // Conversation k belongs to writer k % writers; its peer never logs in.
+    let mut jobs = Vec::new();
+    for (w, c) in conns.into_iter().enumerate() {
+        let mut c = c.ok_or_else(|| anyhow::anyhow!("history writer {w} failed to log in"))?;
+        let peers: Vec<String> = (w..p.conversations)
+            .step_by(writers)
+            .map(|k| format!("{}-peer", user(p, "history", k)))
+            .collect();
+        jobs.push(async move {
+            let mut convs = Vec::new();
+            for peer in peers {
+                convs.push(
+                    c.conversation(pb::CreateConversation {
+                        kind: pb::ConversationKind::Direct as i32,
+                        members: vec![peer],
+                        ..Default::default()
+                    })
+                    .await?,
+                );
+            }
+            anyhow::Ok((c, convs))
+        });
+    }
+    let mut writer_convs = Vec::new();
+    for j in futures_util::future::join_all(jobs).await {
+        writer_convs.push(j?);
+    }
+    // Populate: every writer sends pipelined until the shared quota is used up.
+    let t0 = Instant::now();
+    let quota = Arc::new(AtomicU64::new(p.messages));
+    let deadline = t0 + secs(p.populate_secs);
+    let tasks: Vec<_> = writer_convs
+        .into_iter()
+        .map(|(c, convs)| {
+            let (quota, live) = (quota.clone(), live.clone());
+            let size = p.message_bytes;
+            tokio::spawn(async move {
+                let r = raw::populate(c, convs.clone(), quota, deadline, size, live).await;
+                (convs, r)
+            })
+        })
+        .collect();
+    let mut per_writer: Vec<Vec<(String, u64)>> = Vec::new();
+    for t in tasks {
+        let (convs, (acked, failed, last)) = t.await?;
+        res.populated += acked;
+        res.failed += failed;
+        per_writer.push(convs.into_iter().zip(last).collect());
+    }
+    res.populate_secs = t0.elapsed().as_secs_f64();
+    // Read: each reader logs in as a writer and pages through that writer's conversations.
+    let readers = p.readers.max(1);
+    let rtokens: Vec<String> = (0..readers).map(|r| tokens[r % writers].clone()).collect();
+    let clients = open_clients(
+        &p.url,
+        rtokens,
+        p.concurrency,
+        Duration::ZERO,
+        &live,
+        &mut res,
+    )
+    .await;
+    anyhow::ensure!(clients.len() == readers, "history readers failed to log in");
+    gate.pass().await?;
+    res.go_ns = now_ns();
+    let until = Instant::now() + secs(p.duration_secs);
+    let page = p.page.max(1);
+    let max_pages = if p.count == 0 { u64::MAX } else { p.count };
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(r, c)| {
+            let convs = per_writer[r % writers].clone();
+            let live = live.clone();
+            tokio::spawn(async move {
+                let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ (r as u64 + 1));
+                let (mut lat, mut pages, mut errors) = (Lat::default(), 0u64, 0u64);
+                while Instant::now() < until && pages + errors < max_pages && !convs.is_empty() {
+                    let (conv, last) = &convs[rng.below(convs.len() as u64) as usize];
+                    // A random page anywhere in the conversation (before = last + 1: newest).
+                    let before = 1 + rng.below(*last) + 1;
+                    let t = Instant::now();
+                    match c.history(conv, before, page).await {
+                        Ok(pg) if pg.messages.len() as u64 == (before - 1).min(page as u64) => {
+                            lat.record_ns(t.elapsed().as_nanos() as u64);
+                            pages += 1;
+                            live.pages.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            errors += 1;
+                            live.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                (lat, pages, errors)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (lat, pages, errors) = t.await?;
+        res.hist(PAGE).merge(&lat);
+        res.pages += pages;
+        res.page_errors += errors;
+    }
+    res.end_ns = now_ns();
+    Ok(res)
+}

@@ -1,0 +1,428 @@
+//! The whole suite: fresh servers (a release `tidings serve` on a temp data directory, and the
+//! reference server), every scenario at its target size, ratios, one results file.
+
+use crate::params::{Params, Scenario, Thresholds};
+use crate::runner::{self, NOTE, RunResult};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SuiteArgs {
+    /// The tidings binary to spawn (build it first: cargo build --release --workspace).
+    #[arg(long, default_value = "target/release/tidings")]
+    pub tidings_bin: PathBuf,
+    /// Where to write the results (JSON).
+    #[arg(long, default_value = "load-tests/results/suite.json")]
+    pub out: PathBuf,
+    /// Small sizes (seconds instead of minutes), to try the suite itself.
+    #[arg(long)]
+    pub quick: bool,
+    /// Run only these scenarios (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<Scenario>,
+    /// history: messages to put in the store.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub history_messages: u64,
+    /// history: stop populating after this long and measure at the size reached, seconds.
+    #[arg(long, default_value_t = 1500.0)]
+    pub populate_secs: f64,
+    /// Show the progress line (when stderr is a terminal).
+    #[arg(long)]
+    pub progress: bool,
+}
+
+/// A server process the suite started.
+pub struct Spawned {
+    child: Child,
+    pub addr: std::net::SocketAddr,
+    pub pid: u32,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Spawned {
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// Starts `cmd` and reads its stderr until the `listening addr=...` line.
+pub async fn spawn(mut cmd: Command, dir: Option<tempfile::TempDir>) -> anyhow::Result<Spawned> {
+    cmd.stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    let pid = child
+        .id()
+        .ok_or_else(|| anyhow::anyhow!("server exited at once"))?;
+    let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(l) = lines.next_line().await? {
+            let addr = l.split_whitespace().find_map(|w| w.strip_prefix("addr="));
+            if let Some(a) = addr.filter(|_| l.contains("listening")) {
+                return Ok(a.parse()?);
+            }
+        }
+        anyhow::bail!("server exited before listening")
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no `listening addr=` line within 60 s"))??;
+    // Keep draining its log; pass on warnings and errors.
+    tokio::spawn(async move {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if l.contains("WARN") || l.contains("ERROR") {
+                eprintln!("[server {pid}] {l}");
+            }
+        }
+    });
+    Ok(Spawned {
+        child,
+        addr,
+        pid,
+        _dir: dir,
+    })
+}
+
+/// A fresh tidings server: release binary, temp data directory, HS256 secret.
+pub async fn spawn_tidings(bin: &std::path::Path, secret: &str) -> anyhow::Result<Spawned> {
+    let dir = tempfile::Builder::new().prefix("tidings-load-").tempdir()?;
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("TIDINGS_JWT_HS256_SECRET", secret)
+        .env("TIDINGS_LOG", "info");
+    spawn(cmd, Some(dir)).await
+}
+
+/// The reference server, as a separate process (this binary's `ref-serve`).
+pub async fn spawn_reference() -> anyhow::Result<Spawned> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["ref-serve", "--listen", "127.0.0.1:0"]);
+    spawn(cmd, None).await
+}
+
+fn params(args: &[&str]) -> Params {
+    Params::from_args(args)
+}
+
+#[derive(Serialize)]
+struct Target {
+    scenario: &'static str,
+    figure: &'static str,
+    value: f64,
+    target: String,
+    met: bool,
+    reference_ratio: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct SuiteResult {
+    unix_time: u64,
+    note: &'static str,
+    cpus: usize,
+    tidings_bin: String,
+    quick: bool,
+    targets: Vec<Target>,
+    runs: Vec<RunResult>,
+}
+
+struct Ctx {
+    args: SuiteArgs,
+    secret: String,
+    runs: Vec<RunResult>,
+    failed: bool,
+}
+
+impl Ctx {
+    fn wants(&self, s: Scenario) -> bool {
+        self.args.only.is_empty() || self.args.only.contains(&s)
+    }
+
+    async fn run(
+        &mut self,
+        s: Scenario,
+        server: &Spawned,
+        target: &str,
+        mut p: Params,
+        t: Thresholds,
+    ) -> Option<RunResult> {
+        p.url = server.url();
+        p.server_pid = Some(server.pid);
+        if target == "tidings" {
+            p.secret = Some(self.secret.clone());
+        }
+        match runner::run(s, p, &t, target, self.args.progress).await {
+            Ok(r) => {
+                println!("{}", runner::table(&r));
+                self.failed |= !r.ok;
+                self.runs.push(r.clone());
+                Some(r)
+            }
+            Err(e) => {
+                eprintln!("{} against {target}: {e:#}", s.name());
+                self.failed = true;
+                None
+            }
+        }
+    }
+}
+
+/// Runs the suite; returns whether every check passed.
+pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
+    anyhow::ensure!(
+        args.tidings_bin.exists(),
+        "{} not found: build it with cargo build --release --workspace",
+        args.tidings_bin.display()
+    );
+    let secret = format!("suite-{:x}", crate::raw::now_ns());
+    let q = args.quick;
+    let mut cx = Ctx {
+        args: args.clone(),
+        secret,
+        runs: Vec::new(),
+        failed: false,
+    };
+    let mut targets = Vec::new();
+    let bin = args.tidings_bin.clone();
+    let n = |full: usize, quick: usize| if q { quick } else { full }.to_string();
+
+    if cx.wants(Scenario::Idle) {
+        let sessions = n(19_000, 500);
+        let p = params(&[
+            "--sessions",
+            &sessions,
+            "--duration-secs",
+            "10",
+            "--concurrency",
+            "128",
+        ]);
+        let t = Thresholds {
+            max_bytes_per_session: Some(8192.0),
+            ..Default::default()
+        };
+        let s = spawn_tidings(&bin, &cx.secret).await?;
+        let tid = cx.run(Scenario::Idle, &s, "tidings", p.clone(), t).await;
+        s.stop().await;
+        let r = spawn_reference().await?;
+        let refr = cx
+            .run(Scenario::Idle, &r, "reference", p, Thresholds::default())
+            .await;
+        r.stop().await;
+        let bps = |r: &Option<RunResult>| r.as_ref()?.server.as_ref()?.bytes_per_session;
+        if let Some(v) = bps(&tid) {
+            targets.push(Target {
+                scenario: "idle",
+                figure: "server RSS per session, bytes",
+                value: v,
+                target: format!("<= 8192 at {sessions} sessions"),
+                met: v <= 8192.0,
+                reference_ratio: bps(&refr).map(|r| v / r),
+            });
+        }
+    }
+
+    if cx.wants(Scenario::Chat) {
+        let s = spawn_tidings(&bin, &cx.secret).await?;
+        let pairs = n(2000, 50);
+        let dur = n(20, 3);
+        let p = params(&[
+            "--pairs",
+            &pairs,
+            "--window",
+            "4",
+            "--duration-secs",
+            &dur,
+            "--ramp-secs",
+            "2",
+        ]);
+        if let Some(r) = cx
+            .run(Scenario::Chat, &s, "tidings", p, Thresholds::default())
+            .await
+        {
+            let v = r.main_throughput().unwrap_or(0.0);
+            targets.push(Target {
+                scenario: "chat",
+                figure: "closed-loop acked msg/s (100-byte persisted)",
+                value: v,
+                target: format!(">= 50000 with {pairs} pairs"),
+                met: v >= 50_000.0,
+                reference_ratio: None,
+            });
+        }
+        let rate = n(25_000, 1000);
+        let p = params(&[
+            "--pairs",
+            &pairs,
+            "--rate",
+            &rate,
+            "--duration-secs",
+            &dur,
+            "--ramp-secs",
+            "2",
+        ]);
+        let t = Thresholds {
+            max_p99_ms: Some(5.0),
+            ..Default::default()
+        };
+        if let Some(r) = cx.run(Scenario::Chat, &s, "tidings", p, t).await {
+            let v = r.main_latency().map_or(f64::INFINITY, |l| l.p99_ms);
+            targets.push(Target {
+                scenario: "chat",
+                figure: "p99 send->delivered ms at fixed rate",
+                value: v,
+                target: format!("<= 5 at {rate} msg/s"),
+                met: v <= 5.0,
+                reference_ratio: None,
+            });
+        }
+        s.stop().await;
+    }
+
+    if cx.wants(Scenario::Fanout) {
+        let g = n(1000, 50);
+        let dur = n(15, 3);
+        let p = params(&[
+            "--group-size",
+            &g,
+            "--senders",
+            "1",
+            "--window",
+            "8",
+            "--duration-secs",
+            &dur,
+            "--ramp-secs",
+            "1",
+        ]);
+        let s = spawn_tidings(&bin, &cx.secret).await?;
+        let tid = cx
+            .run(
+                Scenario::Fanout,
+                &s,
+                "tidings",
+                p.clone(),
+                Thresholds::default(),
+            )
+            .await;
+        s.stop().await;
+        let r = spawn_reference().await?;
+        let refr = cx
+            .run(Scenario::Fanout, &r, "reference", p, Thresholds::default())
+            .await;
+        r.stop().await;
+        let d = |r: &Option<RunResult>| r.as_ref()?.main_throughput();
+        if let Some(v) = d(&tid) {
+            let ratio = d(&refr).map(|r| v / r);
+            targets.push(Target {
+                scenario: "fanout",
+                figure: "deliveries/s",
+                value: v,
+                target: format!(">= 500000 and >= 0.7x reference, group of {g}"),
+                met: v >= 500_000.0 && ratio.is_some_and(|r| r >= 0.7),
+                reference_ratio: ratio,
+            });
+        }
+    }
+
+    if cx.wants(Scenario::Storm) {
+        let sessions = n(10_000, 500);
+        let p = params(&["--sessions", &sessions, "--concurrency", "256"]);
+        let s = spawn_tidings(&bin, &cx.secret).await?;
+        if let Some(r) = cx
+            .run(Scenario::Storm, &s, "tidings", p, Thresholds::default())
+            .await
+        {
+            let v = r.main_throughput().unwrap_or(0.0);
+            targets.push(Target {
+                scenario: "storm",
+                figure: "sessions/s (connect, JWT login, ready)",
+                value: v,
+                target: format!(">= 5000, {sessions} sessions"),
+                met: v >= 5000.0,
+                reference_ratio: None,
+            });
+        }
+        s.stop().await;
+    }
+
+    if cx.wants(Scenario::History) {
+        let msgs = if q { 20_000 } else { args.history_messages }.to_string();
+        let convs = n(2000, 20);
+        let pops = if q { 60.0 } else { args.populate_secs }.to_string();
+        let p = params(&[
+            "--messages",
+            &msgs,
+            "--conversations",
+            &convs,
+            "--writers",
+            "64",
+            "--populate-secs",
+            &pops,
+            "--page",
+            "50",
+            "--readers",
+            "8",
+            "--duration-secs",
+            &n(20, 3),
+            "--setup-secs",
+            "600",
+        ]);
+        let t = Thresholds {
+            max_p99_ms: Some(2.0),
+            ..Default::default()
+        };
+        let s = spawn_tidings(&bin, &cx.secret).await?;
+        if let Some(r) = cx.run(Scenario::History, &s, "tidings", p, t).await {
+            let v = r.main_latency().map_or(f64::INFINITY, |l| l.p99_ms);
+            targets.push(Target {
+                scenario: "history",
+                figure: "p99 page of 50, ms",
+                value: v,
+                target: format!(
+                    "<= 2 with 10,000,000 messages (measured with {} stored, populated in {:.0} s)",
+                    r.counts.get("populated").copied().unwrap_or(0),
+                    r.populate_secs.unwrap_or(0.0)
+                ),
+                met: v <= 2.0,
+                reference_ratio: None,
+            });
+        }
+        s.stop().await;
+    }
+
+    for t in &targets {
+        println!(
+            "target {:<8} {:<48} {:>14.2}  {:<60} {}{}",
+            t.scenario,
+            t.figure,
+            t.value,
+            t.target,
+            if t.met { "met" } else { "MISSED" },
+            t.reference_ratio
+                .map(|r| format!("  ({r:.2}x reference)"))
+                .unwrap_or_default()
+        );
+    }
+    let out = SuiteResult {
+        unix_time: crate::raw::now_ns() / 1_000_000_000,
+        note: NOTE,
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        tidings_bin: args.tidings_bin.display().to_string(),
+        quick: q,
+        targets,
+        runs: cx.runs,
+    };
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&out)?)?;
+    println!("results written to {}", args.out.display());
+    Ok(!cx.failed)
+}

@@ -1,0 +1,319 @@
+//! A tiny run of every scenario against an in-process server (seconds, not minutes). These
+//! assert behaviour (sessions, deliveries, counts, JSON, exit codes), never timing.
+
+use std::process::Command;
+use std::sync::Arc;
+use tidings::clock::SystemClock;
+use tidings::config::Config;
+use tidings::server::{self, RunningServer};
+use tidings_load::params::{Params, Scenario, Thresholds};
+use tidings_load::runner::{self, RunResult};
+
+const SECRET: &str = "load-smoke-secret";
+
+async fn server() -> (RunningServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().join("data"),
+        jwt_hs256_secret: Some(SECRET.into()),
+        store_cache_bytes: 8 << 20,
+        ..Config::default()
+    };
+    (
+        server::start(config, Arc::new(SystemClock)).await.unwrap(),
+        dir,
+    )
+}
+
+fn params(s: &RunningServer, extra: &[&str]) -> Params {
+    let mut args: Vec<&str> = extra.to_vec();
+    for (flag, value) in [
+        ("--duration-secs", "1"),
+        ("--drain-secs", "10"),
+        ("--setup-secs", "30"),
+    ] {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
+    let mut p = Params::from_args(&args);
+    p.url = format!("ws://{}/ws", s.addr);
+    p.secret = Some(SECRET.into());
+    p.server_pid = Some(std::process::id());
+    p
+}
+
+async fn run(scenario: Scenario, p: Params) -> RunResult {
+    runner::run(scenario, p, &Thresholds::default(), "tidings", false)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_holds_every_session() {
+    let (s, _dir) = server().await;
+    let r = run(Scenario::Idle, params(&s, &["--sessions", "20"])).await;
+    assert_eq!(r.counts["sessions"], 20);
+    assert_eq!(r.errors(), 0, "{r:?}");
+    assert_eq!(r.latency["connect_login"].count, 20);
+    let sv = r.server.as_ref().unwrap();
+    assert!(sv.bytes_per_session.is_some());
+    assert!(r.ok);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_delivers_every_message_closed_loop_and_fixed_rate() {
+    let (s, _dir) = server().await;
+    let r = run(
+        Scenario::Chat,
+        params(&s, &["--pairs", "3", "--window", "2", "--count", "20"]),
+    )
+    .await;
+    assert_eq!(r.counts["sent"], 120, "{r:?}");
+    assert_eq!(r.counts["acked"], 120);
+    assert_eq!(r.counts["delivered"], 120);
+    assert_eq!(r.counts["lost"], 0);
+    assert_eq!(r.latency["send_to_delivered"].count, 120);
+    assert_eq!(r.latency["send_to_ack"].count, 120);
+    assert!(r.server.as_ref().unwrap().cpu_us_per_delivered.is_some());
+    assert!(r.ok);
+    // Fixed rate, bounded by count: 2 pairs × 2 senders × 5 messages.
+    let r = run(
+        Scenario::Chat,
+        params(
+            &s,
+            &[
+                "--pairs",
+                "2",
+                "--rate",
+                "200",
+                "--count",
+                "5",
+                "--duration-secs",
+                "30",
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(r.counts["acked"], 20, "{r:?}");
+    assert_eq!(r.counts["delivered"], 20);
+    assert!(r.ok);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_reaches_every_member() {
+    let (s, _dir) = server().await;
+    let r = run(
+        Scenario::Fanout,
+        params(
+            &s,
+            &[
+                "--group-size",
+                "10",
+                "--senders",
+                "2",
+                "--window",
+                "4",
+                "--count",
+                "15",
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(r.counts["acked"], 30, "{r:?}");
+    // Each message reaches the 9 other members.
+    assert_eq!(r.counts["delivered"], 30 * 9);
+    assert_eq!(r.counts["lost"], 0);
+    assert!(r.ok);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_logs_everyone_in() {
+    let (s, _dir) = server().await;
+    let r = run(
+        Scenario::Storm,
+        params(&s, &["--sessions", "30", "--concurrency", "8"]),
+    )
+    .await;
+    assert_eq!(r.counts["sessions"], 30, "{r:?}");
+    assert!(r.throughput["sessions_per_s"] > 0.0);
+    assert!(r.ok);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_populates_then_pages() {
+    let (s, _dir) = server().await;
+    let r = run(
+        Scenario::History,
+        params(
+            &s,
+            &[
+                "--conversations",
+                "4",
+                "--writers",
+                "2",
+                "--messages",
+                "400",
+                "--page",
+                "50",
+                "--readers",
+                "2",
+                "--count",
+                "10",
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(r.counts["populated"], 400, "{r:?}");
+    assert_eq!(r.counts["pages"], 20);
+    assert_eq!(r.counts["page_errors"], 0);
+    assert!(r.ok);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_fanout_run_against_the_reference_server() {
+    let addr = tidings_load::refserver::start("127.0.0.1:0").await.unwrap();
+    let mut p = Params::from_args(&[
+        "--sessions",
+        "10",
+        "--duration-secs",
+        "0",
+        "--setup-secs",
+        "30",
+    ]);
+    p.url = format!("ws://{addr}/ws");
+    let r = runner::run(
+        Scenario::Idle,
+        p.clone(),
+        &Thresholds::default(),
+        "reference",
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.counts["sessions"], 10);
+    assert!(r.ok, "{r:?}");
+    let mut p = Params::from_args(&[
+        "--group-size",
+        "5",
+        "--window",
+        "2",
+        "--count",
+        "10",
+        "--setup-secs",
+        "30",
+    ]);
+    p.url = format!("ws://{addr}/ws");
+    let r = runner::run(
+        Scenario::Fanout,
+        p,
+        &Thresholds::default(),
+        "reference",
+        false,
+    )
+    .await
+    .unwrap();
+    // The other 10 idle sessions have left; the 5 members share the broadcast.
+    assert_eq!(r.counts["acked"], 10, "{r:?}");
+    assert_eq!(r.counts["delivered"], 40);
+    assert!(r.ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_split_a_run_and_merge_histograms() {
+    let (s, _dir) = server().await;
+    let mut p = params(&s, &["--pairs", "4", "--per-process", "4", "--count", "5"]);
+    p.worker_exe = Some(env!("CARGO_BIN_EXE_tidings-load").into());
+    let r = run(Scenario::Chat, p).await;
+    assert_eq!(r.workers, 2);
+    assert_eq!(r.counts["sessions"], 8, "{r:?}");
+    assert_eq!(r.counts["delivered"], 40);
+    assert_eq!(r.latency["send_to_delivered"].count, 40);
+    assert!(r.ok);
+    s.stop().await.unwrap();
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tidings-load"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_writes_json_and_thresholds_set_the_exit_code() {
+    let (s, _dir) = server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.json");
+    let url = format!("ws://{}/ws", s.addr);
+    let st = tokio::task::spawn_blocking(move || {
+        let run = |extra: &[&str]| {
+            let o = bin()
+                .args([
+                    "storm",
+                    "--url",
+                    &url,
+                    "--sessions",
+                    "5",
+                    "--quiet",
+                    "--out",
+                ])
+                .arg(&out)
+                .args(extra)
+                .env("TIDINGS_JWT_HS256_SECRET", SECRET)
+                .output()
+                .unwrap();
+            let json: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+            (o, json)
+        };
+        let (ok, json) = run(&[]);
+        let (missed, missed_json) = run(&["--min-throughput", "1e15"]);
+        (ok, json, missed, missed_json)
+    })
+    .await
+    .unwrap();
+    let (ok, json, missed, missed_json) = st;
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(json["scenario"], "storm");
+    assert_eq!(json["counts"]["sessions"], 5);
+    assert!(
+        json["params"]["secret"].is_null(),
+        "the secret stays out of results"
+    );
+    assert_eq!(missed.status.code(), Some(2));
+    assert_eq!(missed_json["ok"], false);
+    s.stop().await.unwrap();
+}
+
+#[test]
+fn churn_is_rejected_until_temporary_conversations_exist() {
+    let o = bin()
+        .args(["churn", "--url", "ws://127.0.0.1:9/ws"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("not available yet: needs temporary conversations"),
+        "{err}"
+    );
+}
+
+#[test]
+fn only_loopback_targets_are_accepted() {
+    let o = bin()
+        .args(["idle", "--url", "ws://192.0.2.1:7400/ws"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("loopback"));
+}
