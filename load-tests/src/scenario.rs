@@ -146,7 +146,8 @@ async fn client_login(url: &str, token: &str) -> anyhow::Result<Client> {
     }
 }
 
-/// Opens `tokens.len()` typed sessions, `width` at a time, spreading starts over `ramp`.
+/// Opens `tokens.len()` typed sessions, `width` at a time, spreading starts over `ramp`;
+/// returns them in the order of `tokens` (failed ones left out).
 async fn open_clients(
     url: &str,
     tokens: Vec<String>,
@@ -163,16 +164,16 @@ async fn open_clients(
             tokio::time::sleep_until((start + ramp.mul_f64(i as f64 / n as f64)).into()).await;
             let t0 = Instant::now();
             let c = client_login(url, &t).await;
-            (c, t0.elapsed())
+            (i, c, t0.elapsed())
         })
         .buffer_unordered(width.max(1));
-    while let Some((c, took)) = s.next().await {
+    while let Some((i, c, took)) = s.next().await {
         match c {
             Ok(c) => {
                 res.hist(CONNECT).record_ns(took.as_nanos() as u64);
                 res.sessions += 1;
                 live.sessions.fetch_add(1, Ordering::Relaxed);
-                out.push(c);
+                out.push((i, c));
             }
             Err(_) => {
                 res.connect_failures += 1;
@@ -180,7 +181,8 @@ async fn open_clients(
             }
         }
     }
-    out
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, c)| c).collect()
 }
 
 /// Opens raw sessions for `users` (tokens), `width` at a time. Failures are counted.
