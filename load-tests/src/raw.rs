@@ -203,7 +203,8 @@ impl Run {
         }
     }
 
-    fn expected(&self, e: &Expect) -> u64 {
+    /// Deliveries `e` stands for (final once every sender is done).
+    pub fn expected(&self, e: &Expect) -> u64 {
         match e {
             Expect::Peer(i) => self.acked[*i].load(Ordering::SeqCst),
             Expect::All { own } => {
@@ -229,11 +230,12 @@ pub struct ConnStats {
     pub acked: u64,
     pub failed: u64,
     pub delivered: u64,
-    pub expected: u64,
     pub delivered_lat: Lat,
     pub ack_lat: Lat,
     pub last_ack_ns: u64,
     pub last_delivery_ns: u64,
+    /// What this connection waited for; `expected` is filled in once every connection is done.
+    pub expect: Option<Expect>,
 }
 
 fn content(stamp_ns: u64, size: usize) -> Bytes {
@@ -386,9 +388,7 @@ pub async fn drive(raw: Raw, plan: Plan, run: Arc<Run>) -> ConnStats {
     if let Some((_, i, _)) = plan.send.as_ref().filter(|_| !reported) {
         run.sender_done(*i, st.acked);
     }
-    if let Some(e) = &plan.expect {
-        st.expected = run.expected(e);
-    }
+    st.expect = plan.expect;
     let _ = ws.close(None).await;
     st
 }

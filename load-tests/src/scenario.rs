@@ -299,13 +299,15 @@ async fn storm(
     Ok(res)
 }
 
-fn collect(res: &mut ShardResult, stats: Vec<raw::ConnStats>) {
+/// Adds up the connections' figures once all of them are done, so every sender's acked count
+/// is final when the expected deliveries are computed.
+fn collect(res: &mut ShardResult, run: &Run, stats: Vec<raw::ConnStats>) {
     for s in stats {
+        res.expected += s.expect.as_ref().map_or(0, |e| run.expected(e));
         res.sent += s.sent;
         res.acked += s.acked;
         res.failed += s.failed;
         res.delivered += s.delivered;
-        res.expected += s.expected;
         res.last_ack_ns = res.last_ack_ns.max(s.last_ack_ns);
         res.last_delivery_ns = res.last_delivery_ns.max(s.last_delivery_ns);
         res.hist(DELIVERED).merge(&s.delivered_lat);
@@ -402,7 +404,7 @@ async fn chat(
     for t in tasks {
         stats.push(t.await?);
     }
-    collect(&mut res, stats);
+    collect(&mut res, &run, stats);
     res.end_ns = now_ns();
     Ok(res)
 }
@@ -461,7 +463,7 @@ async fn fanout(p: &Params, gate: Gate, live: Arc<Live>) -> anyhow::Result<Shard
     for t in tasks {
         stats.push(t.await?);
     }
-    collect(&mut res, stats);
+    collect(&mut res, &run, stats);
     res.end_ns = now_ns();
     Ok(res)
 }
