@@ -43,7 +43,7 @@ pub enum Command {
     Storm(RunArgs),
     /// Populate a store, then page through its conversations.
     History(RunArgs),
-    /// Not available yet: needs temporary conversations.
+    /// Create --conversations temporary conversations (a message in each), let them expire.
     Churn(RunArgs),
     /// Run every scenario against a fresh release server and the reference server.
     Suite(suite::SuiteArgs),
@@ -76,9 +76,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
         Command::Fanout(a) => (Scenario::Fanout, a),
         Command::Storm(a) => (Scenario::Storm, a),
         Command::History(a) => (Scenario::History, a),
-        Command::Churn(_) => {
-            anyhow::bail!("churn is not available yet: needs temporary conversations")
-        }
+        Command::Churn(a) => (Scenario::Churn, a),
         Command::Suite(a) => return suite::run(a).await,
         Command::RefServe { listen } => {
             let addr = refserver::start(&listen).await?;

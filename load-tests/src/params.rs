@@ -16,6 +16,8 @@ pub enum Scenario {
     Storm,
     /// Page through conversations in a large store.
     History,
+    /// Create temporary conversations, chat in them, let them expire.
+    Churn,
 }
 
 impl Scenario {
@@ -26,6 +28,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Storm => "storm",
             Scenario::History => "history",
+            Scenario::Churn => "churn",
         }
     }
 }
@@ -103,6 +106,12 @@ pub struct Params {
     #[arg(long, default_value_t = 8)]
     pub readers: usize,
     /// Connections one process may hold; more are spread over worker processes.
+    /// churn: lifetime of each temporary conversation, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub ttl_secs: u32,
+    /// churn: the server's data directory, to report bytes on disk at the start and the end.
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 19_000)]
     pub per_process: usize,
     /// Program to run as worker process (default: this program).
@@ -139,6 +148,7 @@ pub fn connections(scenario: Scenario, p: &Params) -> usize {
         Scenario::Chat => p.pairs * 2,
         Scenario::Fanout => p.group_size,
         Scenario::History => p.writers.max(p.readers),
+        Scenario::Churn => p.writers,
     }
 }
 

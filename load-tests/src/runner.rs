@@ -34,6 +34,24 @@ pub struct ServerFigures {
     pub cpu_us_per_delivered: Option<f64>,
     /// Server RSS growth from before the sessions to all of them logged in, per session.
     pub bytes_per_session: Option<f64>,
+    /// Bytes in the data directory (`--data-dir`) before and after the run.
+    pub disk_start_bytes: Option<u64>,
+    pub disk_end_bytes: Option<u64>,
+}
+
+/// Total size of the files below `dir`.
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +142,7 @@ pub async fn run(
         "{} runs in one process: at most {per} connections (--per-process)",
         scenario.name()
     );
+    let disk_start = params.data_dir.as_deref().map(dir_bytes);
     let monitor = params.server_pid.map(Monitor::start);
     let baseline = monitor.as_ref().map(|m| m.now());
     let ready: Arc<Mutex<Option<Sample>>> = Default::default();
@@ -162,7 +181,8 @@ pub async fn run(
         workers: shards,
         run_secs,
         counts: BTreeMap::new(),
-        populate_secs: (scenario == Scenario::History).then_some(res.populate_secs),
+        populate_secs: matches!(scenario, Scenario::History | Scenario::Churn)
+            .then_some(res.populate_secs),
         throughput: BTreeMap::new(),
         latency: res
             .hist
@@ -217,6 +237,14 @@ pub async fn run(
                 );
             }
         }
+        Scenario::Churn => {
+            if res.populate_secs > 0.0 {
+                r.throughput.insert(
+                    "created_per_s".into(),
+                    res.populated as f64 / res.populate_secs,
+                );
+            }
+        }
         Scenario::Idle => {}
     }
     if let (Some(m), Some(base), Some(end)) = (&monitor, baseline, end) {
@@ -232,6 +260,8 @@ pub async fn run(
             cpu_us_per_delivered: (res.delivered > 0).then(|| cpu * 1e6 / res.delivered as f64),
             bytes_per_session: (matches!(scenario, Scenario::Idle) && res.sessions > 0)
                 .then(|| (ready.rss_bytes as f64 - base.rss_bytes as f64) / res.sessions as f64),
+            disk_start_bytes: disk_start,
+            disk_end_bytes: params.data_dir.as_deref().map(dir_bytes),
         });
     }
     evaluate(&mut r, thresholds);
@@ -417,6 +447,15 @@ pub fn table(r: &RunResult) -> String {
             sv.rss_ready_bytes / 1024,
             sv.rss_peak_bytes / 1024
         );
+        if let (Some(a), Some(b)) = (sv.disk_start_bytes, sv.disk_end_bytes) {
+            let _ = writeln!(
+                s,
+                "   data dir {} KiB at the start, {} KiB at the end; rss at the end {} KiB",
+                a / 1024,
+                b / 1024,
+                sv.rss_end_bytes / 1024
+            );
+        }
         if let Some(c) = sv.cpu_us_per_delivered {
             let _ = writeln!(s, "   server cpu per delivered message: {c:.2} µs");
         }

@@ -229,6 +229,7 @@ pub async fn run_shard(
             Scenario::Chat => chat(p, shard, shards, gate, live).await,
             Scenario::Fanout => fanout(p, gate, live).await,
             Scenario::History => history(p, gate, live).await,
+            Scenario::Churn => churn(p, gate, live).await,
         }
     };
     tokio::time::timeout(limit, work)
@@ -594,6 +595,120 @@ async fn history(p: &Params, gate: Gate, live: Arc<Live>) -> anyhow::Result<Shar
         res.hist(PAGE).merge(&lat);
         res.pages += pages;
         res.page_errors += errors;
+    }
+    res.end_ns = now_ns();
+    Ok(res)
+}
+
+/// Creates `--conversations` temporary conversations with a `--ttl-secs` lifetime, from
+/// `--writers` agents, one message in each, then waits until the server has expired them all
+/// (a sample answers `ERROR_TEMPORARY_CONVERSATION_EXPIRED`). `populated` counts creations.
+async fn churn(p: &Params, gate: Gate, live: Arc<Live>) -> anyhow::Result<ShardResult> {
+    let mut res = ShardResult::default();
+    let writers = p.writers.max(1);
+    let tokens: Vec<String> = (0..writers)
+        .map(|w| token(p, &user(p, "churn", w)))
+        .collect();
+    let clients = open_clients(
+        &p.url,
+        tokens,
+        p.concurrency,
+        Duration::ZERO,
+        &live,
+        &mut res,
+    )
+    .await;
+    anyhow::ensure!(clients.len() == writers, "churn agents failed to log in");
+    gate.pass().await?;
+    res.go_ns = now_ns();
+    let t0 = Instant::now();
+    let quota = Arc::new(AtomicU64::new(p.conversations as u64));
+    let payload = "x".repeat(p.message_bytes);
+    let window = p.window.max(1);
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(w, c)| {
+            let (quota, live, payload, ttl, prefix) = (
+                quota.clone(),
+                live.clone(),
+                payload.clone(),
+                p.ttl_secs,
+                user(p, "churn-visitor", w),
+            );
+            tokio::spawn(async move {
+                let (mut created, mut sent, mut failed, mut last) =
+                    (0u64, 0u64, 0u64, None::<(String, i64)>);
+                loop {
+                    // Take up to `window` from the shared quota, never below zero.
+                    let taken = quota.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                        (q > 0).then(|| q.saturating_sub(window as u64))
+                    });
+                    let n = match taken {
+                        Ok(before) => before.min(window as u64),
+                        Err(_) => break,
+                    };
+                    let creates = (0..n).map(|k| {
+                        let (c, visitor) = (&c, format!("{prefix}-{created}-{k}"));
+                        async move { c.create_temporary(&[visitor.as_str()], ttl, false).await }
+                    });
+                    let convs: Vec<_> = futures_util::future::join_all(creates).await;
+                    let sends = convs
+                        .iter()
+                        .filter_map(|r| r.as_ref().ok())
+                        .map(|t| c.send_text(&t.id, &payload));
+                    for r in futures_util::future::join_all(sends).await {
+                        match r {
+                            Ok(_) => {
+                                sent += 1;
+                                live.acked.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(_) => failed += 1,
+                        }
+                    }
+                    for t in convs {
+                        match t {
+                            Ok(t) => {
+                                created += 1;
+                                if last.as_ref().is_none_or(|l| t.expires_at > l.1) {
+                                    last = Some((t.id, t.expires_at));
+                                }
+                            }
+                            Err(_) => failed += 1,
+                        }
+                    }
+                }
+                (c, created, sent, failed, last)
+            })
+        })
+        .collect();
+    let mut probes = Vec::new();
+    for t in tasks {
+        let (c, created, sent, failed, last) = t.await?;
+        res.populated += created;
+        res.sent += created + sent;
+        res.acked += sent;
+        res.failed += failed;
+        if let Some((id, _)) = last {
+            probes.push((c, id));
+        }
+    }
+    res.populate_secs = t0.elapsed().as_secs_f64();
+    // Each agent's newest conversation expires last: poll those until the server says expired.
+    let deadline = Instant::now() + secs(f64::from(p.ttl_secs) + p.drain_secs + 30.0);
+    for (c, id) in &probes {
+        loop {
+            match c.get_conversation(id).await {
+                Err(e) if e.code() == Some(pb::ErrorCode::ErrorTemporaryConversationExpired) => {
+                    break;
+                }
+                _ if Instant::now() >= deadline => {
+                    res.failed += 1;
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
     }
     res.end_ns = now_ns();
     Ok(res)

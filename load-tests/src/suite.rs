@@ -32,6 +32,12 @@ pub struct SuiteArgs {
     /// Show the progress line (when stderr is a terminal).
     #[arg(long)]
     pub progress: bool,
+    /// The server's store_engine (redb or sled).
+    #[arg(long, default_value = "redb")]
+    pub store_engine: String,
+    /// churn: temporary conversations to create and let expire.
+    #[arg(long, default_value_t = 100_000)]
+    pub churn_conversations: u64,
 }
 
 /// A server process the suite started.
@@ -39,12 +45,17 @@ pub struct Spawned {
     child: Child,
     pub addr: std::net::SocketAddr,
     pub pid: u32,
-    _dir: Option<tempfile::TempDir>,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Spawned {
     pub fn url(&self) -> String {
         format!("ws://{}/ws", self.addr)
+    }
+
+    /// The server's data directory (tidings servers only).
+    pub fn data_dir(&self) -> Option<std::path::PathBuf> {
+        self.dir.as_ref().map(|d| d.path().join("data"))
     }
 
     pub async fn stop(mut self) {
@@ -87,16 +98,21 @@ pub async fn spawn(mut cmd: Command, dir: Option<tempfile::TempDir>) -> anyhow::
         child,
         addr,
         pid,
-        _dir: dir,
+        dir,
     })
 }
 
 /// A fresh tidings server: release binary, temp data directory, HS256 secret.
-pub async fn spawn_tidings(bin: &std::path::Path, secret: &str) -> anyhow::Result<Spawned> {
+pub async fn spawn_tidings(
+    bin: &std::path::Path,
+    secret: &str,
+    engine: &str,
+) -> anyhow::Result<Spawned> {
     let dir = tempfile::Builder::new().prefix("tidings-load-").tempdir()?;
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
+        .args(["--set", &format!("store_engine={engine}")])
         .env("TIDINGS_JWT_HS256_SECRET", secret)
         .env("TIDINGS_LOG", "info");
     spawn(cmd, Some(dir)).await
@@ -208,7 +224,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
             max_bytes_per_session: Some(8192.0),
             ..Default::default()
         };
-        let s = spawn_tidings(&bin, &cx.secret).await?;
+        let s = spawn_tidings(&bin, &cx.secret, &args.store_engine).await?;
         let tid = cx.run(Scenario::Idle, &s, "tidings", p.clone(), t).await;
         s.stop().await;
         let r = spawn_reference().await?;
@@ -230,7 +246,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
     }
 
     if cx.wants(Scenario::Chat) {
-        let s = spawn_tidings(&bin, &cx.secret).await?;
+        let s = spawn_tidings(&bin, &cx.secret, &args.store_engine).await?;
         let pairs = n(2000, 50);
         let dur = n(20, 3);
         let p = params(&[
@@ -301,7 +317,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
             "--ramp-secs",
             "1",
         ]);
-        let s = spawn_tidings(&bin, &cx.secret).await?;
+        let s = spawn_tidings(&bin, &cx.secret, &args.store_engine).await?;
         let tid = cx
             .run(
                 Scenario::Fanout,
@@ -334,7 +350,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
     if cx.wants(Scenario::Storm) {
         let sessions = n(10_000, 500);
         let p = params(&["--sessions", &sessions, "--concurrency", "256"]);
-        let s = spawn_tidings(&bin, &cx.secret).await?;
+        let s = spawn_tidings(&bin, &cx.secret, &args.store_engine).await?;
         if let Some(r) = cx
             .run(Scenario::Storm, &s, "tidings", p, Thresholds::default())
             .await
@@ -378,7 +394,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
             max_p99_ms: Some(2.0),
             ..Default::default()
         };
-        let s = spawn_tidings(&bin, &cx.secret).await?;
+        let s = spawn_tidings(&bin, &cx.secret, &args.store_engine).await?;
         if let Some(r) = cx.run(Scenario::History, &s, "tidings", p, t).await {
             let v = r.main_latency().map_or(f64::INFINITY, |l| l.p99_ms);
             targets.push(Target {
@@ -391,6 +407,47 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
                     r.populate_secs.unwrap_or(0.0)
                 ),
                 met: v <= 2.0,
+                reference_ratio: None,
+            });
+        }
+        s.stop().await;
+    }
+
+    if cx.wants(Scenario::Churn) {
+        let convs = if q { 2_000 } else { args.churn_conversations }.to_string();
+        let mut p = params(&[
+            "--conversations",
+            &convs,
+            "--writers",
+            "32",
+            "--window",
+            "16",
+            "--ttl-secs",
+            &n(60, 5),
+            "--setup-secs",
+            "600",
+        ]);
+        let s = spawn_tidings(&bin, &cx.secret, &args.store_engine).await?;
+        p.data_dir = s.data_dir();
+        let run = cx
+            .run(Scenario::Churn, &s, "tidings", p, Thresholds::default())
+            .await;
+        if let Some((r, sv)) = run.as_ref().and_then(|r| Some((r, r.server.as_ref()?))) {
+            let (a, b) = (
+                sv.disk_start_bytes.unwrap_or(0),
+                sv.disk_end_bytes.unwrap_or(0),
+            );
+            targets.push(Target {
+                scenario: "churn",
+                figure: "data dir bytes at the end",
+                value: b as f64,
+                target: format!(
+                    "report: {a} bytes at the start; rss {} KiB at the start, {} KiB at the end; {} created",
+                    sv.rss_baseline_bytes / 1024,
+                    sv.rss_end_bytes / 1024,
+                    r.counts.get("populated").copied().unwrap_or(0)
+                ),
+                met: r.ok,
                 reference_ratio: None,
             });
         }

@@ -294,18 +294,39 @@ async fn cli_writes_json_and_thresholds_set_the_exit_code() {
     s.stop().await.unwrap();
 }
 
-#[test]
-fn churn_is_rejected_until_temporary_conversations_exist() {
-    let o = bin()
-        .args(["churn", "--url", "ws://127.0.0.1:9/ws"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("not available yet: needs temporary conversations"),
-        "{err}"
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_creates_temporary_conversations_and_sees_them_expire() {
+    let (s, dir) = server().await;
+    let mut p = params(
+        &s,
+        &[
+            "--conversations",
+            "40",
+            "--writers",
+            "2",
+            "--window",
+            "4",
+            "--ttl-secs",
+            "1",
+        ],
     );
+    p.data_dir = Some(dir.path().join("data"));
+    let r = run(Scenario::Churn, p).await;
+    assert_eq!(r.counts["populated"], 40, "{r:?}");
+    assert_eq!(r.counts["acked"], 40, "a message in each");
+    assert_eq!(
+        r.counts["failed"], 0,
+        "every probe saw its conversation expire"
+    );
+    let sv = r.server.as_ref().unwrap();
+    assert!(sv.disk_start_bytes.is_some() && sv.disk_end_bytes.unwrap() > 0);
+    assert!(r.ok);
+    assert_eq!(
+        s.app.stats.conversations_expired.get(),
+        40,
+        "the server expired them all"
+    );
+    s.stop().await.unwrap();
 }
 
 #[test]
