@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     /// Address to listen on (WebSocket at `/` and `/ws`, health at `/healthz`).
     pub listen: String,
+    /// Accept queue length asked of the kernel (capped by `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
     /// Embedded storage engine: `redb` or `sled`.
@@ -103,6 +105,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:7400".into(),
+            listen_backlog: 4096,
             data_dir: PathBuf::from("tidings-data"),
             store_engine: "redb".into(),
             store_cache_bytes: 64 << 20,

@@ -65,7 +65,7 @@ pub async fn start_with(
     clock: SharedClock,
     store: Option<Arc<dyn crate::store::Store>>,
 ) -> anyhow::Result<RunningServer> {
-    let listener = TcpListener::bind(&config.listen).await?;
+    let listener = bind(&config.listen, config.listen_backlog)?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let (app, writer_thread) = App::open_with(config, clock, shutdown.clone(), store)?;
@@ -82,6 +82,26 @@ pub async fn start_with(
         shutdown,
         task,
     })
+}
+
+/// Binds with an explicit accept backlog: tokio's `TcpListener::bind` asks for 1024, and a
+/// login storm overflows that (the kernel drops the SYNs and clients retry a second later).
+fn bind(listen: &str, backlog: u32) -> anyhow::Result<TcpListener> {
+    use anyhow::Context;
+    let addr: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(listen)
+        .with_context(|| format!("listen address {listen:?}"))?
+        .next()
+        .with_context(|| format!("listen address {listen:?} resolves to nothing"))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("binding {addr}"))?;
+    Ok(socket.listen(backlog)?)
 }
 
 /// Serves connections from `listener` until `shutdown` is cancelled, then drains.
