@@ -167,7 +167,7 @@ pub async fn run(
     tracker.close();
     tracker.wait().await;
     app.writer.stop();
-    tokio::task::spawn_blocking(move || writer_thread.join()).await?;
+    writer_thread.join().await;
     if app.writer.has_failed() {
         anyhow::bail!("stopped because a store write failed (see the error above)");
     }

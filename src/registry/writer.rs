@@ -65,12 +65,71 @@ pub struct Writer {
 }
 
 /// Joins the writer thread on shutdown (after every `Writer` handle is dropped).
-pub struct WriterThread(std::thread::JoinHandle<()>);
+pub struct WriterThread {
+    thread: std::thread::JoinHandle<()>,
+    dispatcher: Option<tokio::task::JoinHandle<()>>,
+}
 
 impl WriterThread {
-    /// Waits for the writer to drain its queue, flush, and stop.
-    pub fn join(self) {
-        let _ = self.0.join();
+    /// Waits for the writer to drain its queue, flush and stop, and for the last deliveries
+    /// and acks to go out.
+    pub async fn join(self) {
+        let thread = self.thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        if let Some(d) = self.dispatcher {
+            let _ = d.await;
+        }
+    }
+}
+
+/// Committed jobs on their way to the dispatcher: deliveries, then acks, in commit order.
+struct Committed {
+    jobs: Vec<Job>,
+    ok: bool,
+}
+
+/// Hands out deliveries and completes acks of committed jobs, in order. Runs as a runtime task
+/// (so waking a thousand sessions is a local-queue push each, not a cross-thread wake each),
+/// while the writer thread goes on to the next commit.
+async fn dispatch(mut rx: mpsc::UnboundedReceiver<Committed>, hub: Arc<Hub>) {
+    while let Some(c) = rx.recv().await {
+        complete(c, &hub);
+    }
+}
+
+/// Where committed jobs go: the dispatcher task when there is one, else straight to the hub.
+struct Handout {
+    hub: Arc<Hub>,
+    dispatcher: Option<mpsc::UnboundedSender<Committed>>,
+}
+
+impl Handout {
+    fn give(&self, c: Committed) {
+        match &self.dispatcher {
+            Some(tx) => {
+                if let Err(mpsc::error::SendError(c)) = tx.send(c) {
+                    complete(c, &self.hub);
+                }
+            }
+            None => complete(c, &self.hub),
+        }
+    }
+}
+
+fn complete(Committed { jobs, ok }: Committed, hub: &Hub) {
+    for mut job in jobs {
+        if ok {
+            for d in &job.deliveries {
+                hub.deliver(d);
+            }
+        }
+        if let Some(done) = job.done.take() {
+            let _ = done.send(if ok {
+                Ok(())
+            } else {
+                Err(WriteError::Unavailable)
+            });
+        }
     }
 }
 
@@ -86,9 +145,24 @@ impl Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let failed = Arc::new(AtomicBool::new(false));
         let f = failed.clone();
+        // Inside a runtime, deliveries go through a dispatcher task; otherwise the writer
+        // thread hands them out itself.
+        let (dispatch_tx, dispatcher) = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let (dtx, drx) = mpsc::unbounded_channel();
+                (Some(dtx), Some(rt.spawn(dispatch(drx, hub.clone()))))
+            }
+            Err(_) => (None, None),
+        };
         let thread = std::thread::Builder::new()
             .name("tidings-writer".into())
-            .spawn(move || run(rx, store, hub, stats, settings, f, on_failure))
+            .spawn(move || {
+                let handout = Handout {
+                    hub,
+                    dispatcher: dispatch_tx,
+                };
+                run(rx, store, handout, stats, settings, f, on_failure)
+            })
             .expect("spawn writer thread");
         let permits = Arc::new(Semaphore::new(settings.max_pending));
         (
@@ -97,7 +171,7 @@ impl Writer {
                 permits,
                 failed,
             },
-            WriterThread(thread),
+            WriterThread { thread, dispatcher },
         )
     }
 
@@ -163,7 +237,7 @@ pub async fn wait(rx: oneshot::Receiver<Result<(), WriteError>>) -> Result<(), W
 fn run(
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     store: Arc<dyn Store>,
-    hub: Arc<Hub>,
+    handout: Handout,
     stats: Arc<Stats>,
     settings: Settings,
     failed: Arc<AtomicBool>,
@@ -221,20 +295,11 @@ fn run(
                 .count();
             stats.messages_committed.add(messages as u64);
         }
-        for mut job in jobs.drain(..) {
-            if ok {
-                for d in &job.deliveries {
-                    hub.deliver(d);
-                }
-            }
-            if let Some(done) = job.done.take() {
-                let _ = done.send(if ok {
-                    Ok(())
-                } else {
-                    Err(WriteError::Unavailable)
-                });
-            }
-        }
+        let committed = Committed {
+            jobs: std::mem::replace(&mut jobs, Vec::with_capacity(max_batch)),
+            ok,
+        };
+        handout.give(committed);
     }
     rx.close();
     if let Err(e) = store.flush() {

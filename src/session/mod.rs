@@ -335,6 +335,10 @@ impl Actor {
         // Set once we stop reading: shutdown (1001) or logout (1000). Pending replies still go out.
         let mut draining: Option<(Close, Instant)> = None;
         let kick = self.kick.clone();
+        // Created once: a fresh `cancelled()` per turn registers with the token's Notify under
+        // its mutex every time, which showed in fan-out profiles.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
 
         loop {
             if let Some((close, deadline)) = draining {
@@ -346,7 +350,7 @@ impl Actor {
             let result = tokio::select! {
                 biased;
                 code = kick.kicked() => Err(Stop::Kicked(code)),
-                _ = shutdown.cancelled(), if draining.is_none() => {
+                _ = &mut cancelled, if draining.is_none() => {
                     draining = Some((GOING_AWAY, Instant::now() + Duration::from_millis(cfg.shutdown_grace_ms)));
                     Ok(())
                 }
