@@ -109,15 +109,15 @@ impl Authenticator {
         let claims = jsonwebtoken::decode::<Claims>(token, key, &v)
             .map_err(|e| AuthError::Invalid(e.to_string()))?
             .claims;
-        if let Some(iss) = &self.issuer {
-            if claims.iss.as_deref() != Some(iss.as_str()) {
-                return Err(AuthError::Invalid("issuer does not match".into()));
-            }
+        if let Some(iss) = &self.issuer
+            && claims.iss.as_deref() != Some(iss.as_str())
+        {
+            return Err(AuthError::Invalid("issuer does not match".into()));
         }
-        if let Some(aud) = &self.audience {
-            if claims.aud.as_deref() != Some(aud.as_str()) {
-                return Err(AuthError::Invalid("audience does not match".into()));
-            }
+        if let Some(aud) = &self.audience
+            && claims.aud.as_deref() != Some(aud.as_str())
+        {
+            return Err(AuthError::Invalid("audience does not match".into()));
         }
         if claims
             .exp

@@ -31,14 +31,14 @@ pub async fn run(registry: Arc<Registry>, shutdown: CancellationToken) {
                 return;
             }
         };
-        if let Some(at) = next {
-            if at <= registry.now() {
-                if let Err(e) = registry.sweep().await {
-                    tracing::error!(error = %e, "expiry sweep failed; sweep stopped");
-                    return;
-                }
-                continue;
+        if let Some(at) = next
+            && at <= registry.now()
+        {
+            if let Err(e) = registry.sweep().await {
+                tracing::error!(error = %e, "expiry sweep failed; sweep stopped");
+                return;
             }
+            continue;
         }
         let sleep = async {
             match next {

@@ -341,10 +341,10 @@ impl Actor {
         tokio::pin!(cancelled);
 
         loop {
-            if let Some((close, deadline)) = draining {
-                if self.pending.is_empty() || Instant::now() >= deadline {
-                    return Some(close);
-                }
+            if let Some((close, deadline)) = draining
+                && (self.pending.is_empty() || Instant::now() >= deadline)
+            {
+                return Some(close);
             }
             let reading = draining.is_none() && self.pending.len() < cfg.max_inflight_requests;
             let result = tokio::select! {

@@ -204,10 +204,8 @@ impl<E: OrderedKv> Store for KvStore<E> {
                 continue;
             }
             let w = write_of(op);
-            if purging {
-                if let (Some(conv), Write::Put(k, _)) = (conv_of(op), &w) {
-                    written.entry(conv).or_default().push(k.clone());
-                }
+            if purging && let (Some(conv), Write::Put(k, _)) = (conv_of(op), &w) {
+                written.entry(conv).or_default().push(k.clone());
             }
             writes.push(w);
         }
