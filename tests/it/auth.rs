@@ -201,3 +201,30 @@ fn a_server_without_any_login_method_refuses_to_start() {
     .expect("no auth configured must be an error");
     assert!(err.to_string().contains("jwt_hs256_secret"), "{err}");
 }
+
+#[tokio::test]
+async fn issuer_and_audience_are_enforced_when_configured() {
+    let server = TestServer::start_with(|c| {
+        c.jwt_issuer = Some("app-backend".into());
+        c.jwt_audience = Some("tidings".into());
+    })
+    .await;
+    // Minted from the same configuration: carries iss and aud.
+    server.login("alice").await;
+    // Same secret, but no or other iss/aud.
+    let mut plain = server.config.clone();
+    plain.jwt_issuer = None;
+    plain.jwt_audience = None;
+    let bare = tidings::auth::mint(&plain, "mallory", 600, server.clock_now(), false).unwrap();
+    assert_eq!(
+        refused(&server, &bare).await,
+        code(CloseCode::CloseAuthFailed)
+    );
+    let mut other = server.config.clone();
+    other.jwt_audience = Some("another-service".into());
+    let wrong_aud = tidings::auth::mint(&other, "mallory", 600, server.clock_now(), false).unwrap();
+    assert_eq!(
+        refused(&server, &wrong_aud).await,
+        code(CloseCode::CloseAuthFailed)
+    );
+}
