@@ -428,17 +428,184 @@ impl Client {
         }
     }
 
-    /// Messages before `before_seq` (0: newest), newest first.
+    /// The page of messages before `before_seq` (0: from the newest), ascending seq.
     pub async fn history(
         &self,
         id: &str,
         before_seq: u64,
         limit: u32,
     ) -> Result<pb::MessagePage, ClientError> {
-        self.page(Req::FetchHistory(pb::FetchHistory {
+        self.fetch_history(pb::FetchHistory {
             conversation_id: id.into(),
             before_seq,
             limit,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Any history query (see `FetchHistory`).
+    pub async fn fetch_history(
+        &self,
+        req: pb::FetchHistory,
+    ) -> Result<pb::MessagePage, ClientError> {
+        self.page(Req::FetchHistory(req)).await
+    }
+
+    /// Hides messages for this user only, by id.
+    pub async fn delete_messages(
+        &self,
+        id: &str,
+        message_ids: &[String],
+    ) -> Result<(), ClientError> {
+        self.ok(Req::DeleteMessages(pb::DeleteMessages {
+            conversation_id: id.into(),
+            message_ids: message_ids.to_vec(),
+            ..Default::default()
+        }))
+        .await
+    }
+
+    /// Hides every message before `before_time` (at it too when `inclusive`) for this user only.
+    pub async fn delete_messages_before(
+        &self,
+        id: &str,
+        before_time: i64,
+        inclusive: bool,
+    ) -> Result<(), ClientError> {
+        self.ok(Req::DeleteMessages(pb::DeleteMessages {
+            conversation_id: id.into(),
+            before_time,
+            inclusive,
+            ..Default::default()
+        }))
+        .await
+    }
+
+    async fn message_reply(&self, body: Req) -> Result<pb::Message, ClientError> {
+        match self.request(body).await? {
+            Rep::MessageReply(pb::MessageReply { message: Some(m) }) => Ok(m),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Recalls a message this user sent.
+    pub async fn recall(&self, id: &str, message_id: &str) -> Result<pb::Message, ClientError> {
+        self.message_reply(Req::RecallMessage(pb::RecallMessage {
+            conversation_id: id.into(),
+            message_id: message_id.into(),
+        }))
+        .await
+    }
+
+    /// Replaces the text of a message this user sent.
+    pub async fn edit_text(
+        &self,
+        id: &str,
+        message_id: &str,
+        text: &str,
+    ) -> Result<pb::Message, ClientError> {
+        self.message_reply(Req::EditMessage(pb::EditMessage {
+            conversation_id: id.into(),
+            message_id: message_id.into(),
+            content: Bytes::from(text.to_owned()),
+            ..Default::default()
+        }))
+        .await
+    }
+
+    /// Tells the server this device received everything up to `seq`.
+    pub async fn ack_delivered(&self, id: &str, seq: u64) -> Result<(), ClientError> {
+        self.ok(Req::AckDelivered(pb::AckDelivered {
+            conversation_id: id.into(),
+            seq,
+        }))
+        .await
+    }
+
+    /// A page of this user's conversation list.
+    pub async fn list_conversations(
+        &self,
+        req: pb::ListConversations,
+    ) -> Result<pb::ConversationList, ClientError> {
+        match self.request(Req::ListConversations(req)).await? {
+            Rep::ConversationList(l) => Ok(l),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Every entry of a listing, following the cursor.
+    pub async fn list_all(
+        &self,
+        mut req: pb::ListConversations,
+    ) -> Result<Vec<pb::ListEntry>, ClientError> {
+        let mut all = Vec::new();
+        loop {
+            let page = self.list_conversations(req.clone()).await?;
+            all.extend(page.entries);
+            if !page.has_more {
+                return Ok(all);
+            }
+            req.cursor = page.next_cursor;
+        }
+    }
+
+    async fn entry_reply(&self, body: Req) -> Result<pb::ListEntry, ClientError> {
+        match self.request(body).await? {
+            Rep::ListEntry(pb::ListEntryReply { entry: Some(e) }) => Ok(e),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// One entry of this user's list, by conversation id or NetEase-style key (`p2p|bob`).
+    pub async fn get_list_entry(&self, key: &str) -> Result<pb::ListEntry, ClientError> {
+        self.entry_reply(Req::GetListEntry(pb::GetListEntry {
+            conversation_id: key.into(),
+            omit_last_message: false,
+        }))
+        .await
+    }
+
+    /// Sets this user's private ext of an entry (creates the entry if it was deleted).
+    pub async fn set_entry_ext(&self, key: &str, ext: &str) -> Result<pb::ListEntry, ClientError> {
+        self.entry_reply(Req::SetEntryExt(pb::SetEntryExt {
+            conversation_id: key.into(),
+            ext: ext.into(),
+        }))
+        .await
+    }
+
+    /// Pins or unpins an entry.
+    pub async fn pin(&self, key: &str, pinned: bool) -> Result<pb::ListEntry, ClientError> {
+        self.entry_reply(Req::PinConversation(pb::PinConversation {
+            conversation_id: key.into(),
+            pinned,
+        }))
+        .await
+    }
+
+    /// Removes entries from this user's list (one-way).
+    pub async fn delete_list_entries(
+        &self,
+        keys: &[String],
+        clear_history: bool,
+    ) -> Result<(), ClientError> {
+        self.ok(Req::DeleteListEntries(pb::DeleteListEntries {
+            conversation_ids: keys.to_vec(),
+            clear_history,
+        }))
+        .await
+    }
+
+    /// Deletes a conversation for everyone.
+    pub async fn delete_conversation(
+        &self,
+        id: &str,
+        purge_messages: bool,
+    ) -> Result<(), ClientError> {
+        self.ok(Req::DeleteConversation(pb::DeleteConversation {
+            conversation_id: id.into(),
+            purge_messages,
         }))
         .await
     }

@@ -92,6 +92,35 @@ pub struct Config {
     /// Most logged events replayed on login; older pending ones are skipped (LoginOk says so).
     pub max_login_replay_events: u32,
 
+    /// How long a ListConversations cursor keeps its snapshot of the order, seconds. An older
+    /// cursor still works but falls back to the current order after its last entry.
+    pub list_snapshot_ttl_secs: u64,
+    /// Most list snapshots kept per user (the oldest is dropped first).
+    pub list_snapshots_per_user: usize,
+    /// List only entries active within this many seconds (0: no window).
+    pub list_max_age_secs: u64,
+    /// List at most this many entries, the most recently active (0: no cap).
+    pub list_max_entries: usize,
+    /// Most pinned entries per user.
+    pub max_pinned: usize,
+    /// Largest private ext of a list entry, bytes.
+    pub max_entry_ext_bytes: usize,
+    /// Most entries one DeleteListEntries may name.
+    pub max_delete_entries: usize,
+    /// Most message ids one DeleteMessages may name.
+    pub max_delete_message_ids: usize,
+    /// How long after sending the sender may recall a message, seconds.
+    pub recall_window_secs: u64,
+    /// How long after sending the sender may edit a message, seconds.
+    pub edit_window_secs: u64,
+    /// Most edits of one message.
+    pub max_edits: u32,
+    /// Receipts may be asked for in conversations of at most this many members.
+    pub receipt_max_members: usize,
+    /// Most messages one FetchHistory examines (type filters, one-way deletes); a page that
+    /// reaches it is returned short with `has_more` and a cursor.
+    pub history_scan_max: usize,
+
     /// Most writes queued for the store before senders wait.
     pub max_pending_writes: usize,
     /// Most writes committed in one group commit.
@@ -143,6 +172,19 @@ impl Default for Config {
             member_page_default: 100,
             member_page_max: 1000,
             max_login_replay_events: 1000,
+            list_snapshot_ttl_secs: 300,
+            list_snapshots_per_user: 4,
+            list_max_age_secs: 0,
+            list_max_entries: 0,
+            max_pinned: 50,
+            max_entry_ext_bytes: 1024,
+            max_delete_entries: 100,
+            max_delete_message_ids: 50,
+            recall_window_secs: 120,
+            edit_window_secs: 86_400,
+            max_edits: 10,
+            receipt_max_members: 50,
+            history_scan_max: 10_000,
             max_pending_writes: 8192,
             max_commit_batch: 1024,
             log_format: "text".into(),
@@ -226,6 +268,9 @@ impl Config {
         }
         if self.member_page_default == 0 || self.member_page_default > self.member_page_max {
             return bad("member_page_default must be 1..=member_page_max");
+        }
+        if self.list_snapshots_per_user == 0 || self.history_scan_max == 0 {
+            return bad("list_snapshots_per_user and history_scan_max must be at least 1");
         }
         if self.max_group_members < 2 {
             return bad("max_group_members must be at least 2");

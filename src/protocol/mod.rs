@@ -110,9 +110,28 @@ pub fn message_id(conv: u64, seq: u64) -> String {
     format!("{conv:016x}{seq:016x}")
 }
 
+/// The conversation number and seq of a stored message id (`None`: not one).
+pub fn parse_message_id(id: &str) -> Option<(u64, u64)> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let conv = u64::from_str_radix(&id[..16], 16).ok()?;
+    let seq = u64::from_str_radix(&id[16..], 16).ok()?;
+    (seq > 0).then_some((conv, seq))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_ids_round_trip() {
+        let id = message_id(TEMPORARY_BIT | 5, 42);
+        assert_eq!(parse_message_id(&id), Some((TEMPORARY_BIT | 5, 42)));
+        assert_eq!(parse_message_id("zz"), None);
+        assert_eq!(parse_message_id(&message_id(1, 0)), None);
+        assert_eq!(parse_message_id(&"g".repeat(32)), None);
+    }
 
     #[test]
     fn push_from_encoded_matches_prost() {

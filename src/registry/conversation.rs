@@ -98,6 +98,7 @@ impl Registry {
                         created_at: self.now(),
                         pair: Vec::new(),
                         expires_at: 0,
+                        deleted_at: 0,
                     };
                     let (cell, ops, events) = self.new_normal(&mut next, caller, record, &members);
                     (cell, self.writer.submit(permit, ops, Vec::new(), events))
@@ -162,6 +163,7 @@ impl Registry {
                         created_at: now,
                         pair: members.iter().map(|m| m.to_string()).collect(),
                         expires_at: now + i64::from(ttl) * 1000,
+                        deleted_at: 0,
                     };
                     let expires_at = record.expires_at;
                     let (cell, mut ops, events) =
@@ -240,6 +242,7 @@ impl Registry {
                         created_at: self.now(),
                         pair: vec![pair.0.to_string(), pair.1.to_string()],
                         expires_at: 0,
+                        deleted_at: 0,
                     };
                     let members = [pair.0.clone(), pair.1.clone()];
                     let (cell, mut ops, events) =
@@ -315,8 +318,10 @@ impl Registry {
                 user: u.clone(),
                 conv: num,
                 record: UserConversationRecord {
-                    muted: false,
                     joined_at: now,
+                    kind: record.kind,
+                    expires_at: record.expires_at,
+                    ..Default::default()
                 },
             });
             map.insert(u.clone(), m);
@@ -330,6 +335,10 @@ impl Registry {
             last_ts: now,
             next_join_order: members.len() as u64 + 1,
             expired: false,
+            deleted: false,
+            entries: HashMap::new(),
+            edited: HashMap::new(),
+            receipt_high: None,
         };
         state.rebuild_roster();
         let cell = Arc::new(ConvCell {
@@ -427,13 +436,15 @@ impl Registry {
                         user: u.clone(),
                         record: m,
                     });
-                    ops.push(Op::PutUserConversation {
+                    let rec = UserConversationRecord {
+                        joined_at: now,
+                        kind: st.record.kind,
+                        ..Default::default()
+                    };
+                    ops.push(Self::put_entry(&mut st, cell.num, u, rec));
+                    ops.push(Op::DeleteTombstone {
                         user: u.clone(),
                         conv: cell.num,
-                        record: UserConversationRecord {
-                            muted: false,
-                            joined_at: now,
-                        },
                     });
                     ops.push(Op::PutReadSeq {
                         user: u.clone(),
@@ -542,10 +553,17 @@ impl Registry {
         cell: &ConvCell,
         users: &BTreeSet<UserId>,
     ) -> Vec<Op> {
-        let mut ops = Vec::with_capacity(users.len() * 3);
+        let mut ops = Vec::with_capacity(users.len() * 4);
+        let now = self.now();
         for u in users {
             st.members.remove(u);
             st.reads.remove(u);
+            st.entries.remove(u);
+            ops.push(Op::PutTombstone {
+                user: u.clone(),
+                conv: cell.num,
+                at: now,
+            });
             ops.push(Op::DeleteMember {
                 conv: cell.num,
                 user: u.clone(),
@@ -654,19 +672,13 @@ impl Registry {
         let cell = self.cell(id)?;
         let permit = self.writer.reserve().await?;
         let rx = {
-            let st = cell.lock();
+            let mut st = cell.lock();
             st.require_member(&caller.user)?;
             Self::require_not_temporary(&st, "muting")?;
-            let mut rec = self
-                .store
-                .user_conversation(&caller.user, cell.num)?
-                .unwrap_or_default();
+            let mut rec = self.entry(&mut st, cell.num, &caller.user)?;
             rec.muted = muted;
-            let ops = vec![Op::PutUserConversation {
-                user: caller.user.clone(),
-                conv: cell.num,
-                record: rec,
-            }];
+            rec.changed_at = self.now();
+            let ops = vec![Self::put_entry(&mut st, cell.num, &caller.user, rec)];
             let view = Conversation {
                 muted,
                 ..st.view(&cell.id)

@@ -5,7 +5,7 @@ use super::{Caller, Error, Registry};
 use crate::hub::{Delivery, Recipients};
 use crate::protocol::pb::{self, Message, SendAck};
 use crate::protocol::{self, message_id};
-use crate::store::{Direction, Op, UserId};
+use crate::store::{Op, UserId};
 use bytes::Bytes;
 use dashmap::DashMap;
 use prost::Message as _;
@@ -21,6 +21,7 @@ pub struct SendRequest {
     pub attributes: BTreeMap<String, String>,
     pub mentions: Vec<String>,
     pub transient: bool,
+    pub want_receipts: bool,
 }
 
 type DedupKey = (u64, UserId, String);
@@ -196,6 +197,8 @@ impl Registry {
             server_time: now,
             client_message_id: req.client_message_id,
             transient: req.transient,
+            want_receipts: req.want_receipts,
+            ..Default::default()
         }
     }
 
@@ -207,11 +210,37 @@ impl Registry {
     ) -> Result<SendAck, Error> {
         let permit = self.writer.reserve().await?;
         let client_id = req.client_message_id.clone();
-        let (rx, ack) = {
+        let want_receipts = req.want_receipts;
+        let (rx, receipts, ack) = {
             let mut st = cell.lock();
             st.require_member(&caller.user)?;
+            if want_receipts && st.members.len() > self.config.receipt_max_members {
+                return Err(Error::LimitExceeded(format!(
+                    "receipts asked in a conversation of {} members; receipt_max_members is {}",
+                    st.members.len(),
+                    self.config.receipt_max_members
+                )));
+            }
             let seq = st.last_seq + 1;
             let now = self.now().max(st.last_ts);
+            // Sending reads everything before; senders of receipt-asking messages in between
+            // get a read receipt once this is durable.
+            let receipt_high = match st.receipt_high {
+                Some(h) => h,
+                None => {
+                    let h = self.store.last_receipt_wanted(cell.num)?;
+                    st.receipt_high = Some(h);
+                    h
+                }
+            };
+            let read_before = if receipt_high > 0 {
+                Some(self.read_seq(&mut st, cell.num, &caller.user)?)
+            } else {
+                None
+            };
+            if want_receipts {
+                st.receipt_high = Some(seq);
+            }
             let m = self.build(cell, caller, seq, now, req);
             let encoded = Bytes::from(m.encode_to_vec());
             let frame = protocol::message_push_from_encoded(&encoded);
@@ -226,6 +255,13 @@ impl Registry {
                 conv: cell.num,
                 seq,
             });
+            if want_receipts {
+                ops.push(Op::PutReceiptWanted {
+                    conv: cell.num,
+                    seq,
+                    sender: caller.user.clone(),
+                });
+            }
             if !client_id.is_empty() {
                 ops.push(Op::PutDedup {
                     conv: cell.num,
@@ -244,8 +280,10 @@ impl Registry {
                 except_session: caller.session,
             };
             let rx = self.writer.submit(permit, ops, vec![delivery], Vec::new());
+            let receipts = read_before.filter(|r| *r < receipt_high && *r + 1 < seq);
             (
                 rx,
+                receipts,
                 SendAck {
                     message_id: m.id,
                     seq,
@@ -255,99 +293,16 @@ impl Registry {
             )
         };
         wait(rx).await?;
-        Ok(ack)
-    }
-
-    /// Messages after `after_seq`, oldest first (catch-up).
-    pub fn sync(
-        &self,
-        caller: &Caller,
-        id: &str,
-        after_seq: u64,
-        limit: u32,
-    ) -> Result<(Vec<Message>, bool), Error> {
-        let limit = self.page_limit(
-            limit,
-            self.config.page_default,
-            self.config.page_max,
-            "page_max",
-        )?;
-        let cell = self.cell(id)?;
-        cell.lock().require_member(&caller.user)?;
-        let lo = after_seq.saturating_add(1);
-        let mut page =
-            self.store
-                .messages(cell.num, lo, u64::MAX, Direction::Ascending, limit + 1)?;
-        let has_more = page.len() > limit;
-        page.truncate(limit);
-        Ok((page, has_more))
-    }
-
-    /// Messages before `before_seq` (0: from the newest), newest first.
-    pub fn history(
-        &self,
-        caller: &Caller,
-        id: &str,
-        before_seq: u64,
-        limit: u32,
-    ) -> Result<(Vec<Message>, bool), Error> {
-        let limit = self.page_limit(
-            limit,
-            self.config.page_default,
-            self.config.page_max,
-            "page_max",
-        )?;
-        let cell = self.cell(id)?;
-        cell.lock().require_member(&caller.user)?;
-        let hi = if before_seq == 0 {
-            u64::MAX
-        } else {
-            before_seq
-        };
-        let mut page = self
-            .store
-            .messages(cell.num, 1, hi, Direction::Descending, limit + 1)?;
-        let has_more = page.len() > limit;
-        page.truncate(limit);
-        Ok((page, has_more))
-    }
-
-    /// Moves the caller's read position forward to `seq` (clamped to the newest message).
-    pub async fn mark_read(&self, caller: &Caller, id: &str, seq: u64) -> Result<(), Error> {
-        let cell = self.cell(id)?;
-        let permit = self.writer.reserve().await?;
-        let rx = {
-            let mut st = cell.lock();
-            st.require_member(&caller.user)?;
-            let target = seq.min(st.last_seq);
-            let current = self.read_seq(&mut st, cell.num, &caller.user)?;
-            if target <= current {
-                None
-            } else {
-                st.reads.insert(caller.user.clone(), target);
-                let ops = vec![Op::PutReadSeq {
-                    user: caller.user.clone(),
-                    conv: cell.num,
-                    seq: target,
-                }];
-                let push = pb::ReadPosition {
-                    conversation_id: cell.id.to_string(),
-                    read_seq: target,
-                    unread: (st.last_seq - target) as u32,
-                };
-                let frame = protocol::push(pb::server_frame::Body::ReadPosition(push));
-                let d = Delivery {
-                    to: Recipients::User(caller.user.clone()),
-                    frame,
-                    user_seq: 0,
-                    except_session: caller.session,
-                };
-                Some(self.writer.submit(permit, ops, vec![d], Vec::new()))
-            }
-        };
-        if let Some(rx) = rx {
-            wait(rx).await?;
+        if let Some(from) = receipts {
+            self.send_receipts(
+                caller,
+                cell,
+                from,
+                ack.seq - 1,
+                pb::ReceiptKind::Read,
+                ack.server_time,
+            )?;
         }
-        Ok(())
+        Ok(ack)
     }
 }

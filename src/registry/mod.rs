@@ -8,8 +8,11 @@
 
 pub mod conversation;
 pub mod expiry;
+mod history;
+mod inbox;
 mod messages;
 mod presence;
+mod receipts;
 pub mod writer;
 
 use crate::clock::SharedClock;
@@ -17,15 +20,17 @@ use crate::config::Config;
 use crate::hub::{Delivery, Hub, Recipients};
 use crate::protocol::pb::{
     self, Conversation, ConversationEvent, ConversationEventKind, ConversationKind,
-    ConversationRecord, ErrorCode, MemberRecord,
+    ConversationRecord, ErrorCode, MemberRecord, UserConversationRecord,
 };
 use crate::protocol::{self, conversation_id};
-use crate::store::{Store, StoreError, UserId};
+use crate::store::{Op, Store, StoreError, UserId};
 use dashmap::DashMap;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use writer::{WriteError, Writer};
 
+pub use history::{DeleteMessagesRequest, EditRequest, HistoryRequest};
+pub use inbox::ListRequest;
 pub use messages::SendRequest;
 
 /// A request failure that keeps the connection open. Each maps to one wire `ErrorCode`.
@@ -37,6 +42,15 @@ pub enum Error {
     /// The temporary conversation expired and was deleted.
     #[error("temporary conversation expired")]
     ConversationExpired,
+    /// The conversation is not in the caller's list (deleted from it, or never there).
+    #[error("not in your conversation list")]
+    NotInList,
+    /// No such message in this conversation (for the caller).
+    #[error("message not found")]
+    MessageNotFound,
+    /// The recall or edit window has passed.
+    #[error("{0}")]
+    WindowExpired(String),
     /// The caller is not a member.
     #[error("not a member of this conversation")]
     NotAMember,
@@ -78,6 +92,9 @@ impl Error {
         match self {
             Error::ConversationNotFound => ErrorCode::ErrorConversationNotFound,
             Error::ConversationExpired => ErrorCode::ErrorTemporaryConversationExpired,
+            Error::NotInList => ErrorCode::ErrorConversationNotFound,
+            Error::MessageNotFound => ErrorCode::ErrorMessageNotFound,
+            Error::WindowExpired(_) => ErrorCode::ErrorWindowExpired,
             Error::NotAMember => ErrorCode::ErrorNotAMember,
             Error::PermissionDenied(_) => ErrorCode::ErrorPermissionDenied,
             Error::NotAllowedForKind { .. } => ErrorCode::ErrorNotAllowedForKind,
@@ -131,6 +148,15 @@ pub(crate) struct ConvState {
     next_join_order: u64,
     /// Set (under this lock) when the expiry sweep deletes the conversation.
     expired: bool,
+    /// Set (under this lock) when the conversation is deleted for everyone.
+    deleted: bool,
+    /// Members' per-user records (list entries) read or written since load. Every change goes
+    /// through here under this lock, so a read-modify-write never starts from a stale store.
+    entries: HashMap<UserId, UserConversationRecord>,
+    /// Messages edited or recalled recently, newer than what the store may have committed.
+    edited: HashMap<u64, pb::Message>,
+    /// The newest seq that asked for receipts (loaded on first need).
+    receipt_high: Option<u64>,
 }
 
 impl ConvCell {
@@ -209,6 +235,8 @@ pub struct Registry {
     /// Woken when a temporary conversation is created (its deadline may be the next one).
     pub(crate) expiry_changed: tokio::sync::Notify,
     presence: presence::Subscriptions,
+    snapshots: inbox::Snapshots,
+    pin_locks: inbox::PinLocks,
 }
 
 /// The last numbers handed out, per kind of conversation.
@@ -244,6 +272,8 @@ impl Registry {
             temp_uniques: DashMap::new(),
             expiry_changed: tokio::sync::Notify::new(),
             presence: Default::default(),
+            snapshots: Default::default(),
+            pin_locks: Default::default(),
         })
     }
 
@@ -280,12 +310,14 @@ impl Registry {
             }
             other => other?,
         };
-        if temporary {
-            let st = cell.lock();
-            if st.expired || st.record.expires_at <= self.now() {
-                return Err(Error::ConversationExpired);
-            }
+        let st = cell.lock();
+        if st.deleted {
+            return Err(Error::ConversationNotFound);
         }
+        if temporary && (st.expired || st.record.expires_at <= self.now()) {
+            return Err(Error::ConversationExpired);
+        }
+        drop(st);
         Ok(cell)
     }
 
@@ -296,6 +328,7 @@ impl Registry {
         let record = self
             .store
             .conversation(num)?
+            .filter(|r| r.deleted_at == 0)
             .ok_or(Error::ConversationNotFound)?;
         let members: HashMap<UserId, MemberRecord> = self.store.members(num)?.into_iter().collect();
         let (last_seq, last_ts) = match self.store.last_message(num)? {
@@ -312,6 +345,10 @@ impl Registry {
             last_ts,
             next_join_order,
             expired: false,
+            deleted: false,
+            entries: HashMap::new(),
+            edited: HashMap::new(),
+            receipt_high: None,
         };
         state.rebuild_roster();
         let cell = Arc::new(ConvCell {
@@ -332,6 +369,36 @@ impl Registry {
         Ok(r)
     }
 
+    /// A member's per-user record (memory first, then the store; default when absent).
+    fn entry(
+        &self,
+        st: &mut ConvState,
+        num: u64,
+        user: &UserId,
+    ) -> Result<UserConversationRecord, Error> {
+        if let Some(r) = st.entries.get(user) {
+            return Ok(r.clone());
+        }
+        let r = self.store.user_conversation(user, num)?.unwrap_or_default();
+        st.entries.insert(user.clone(), r.clone());
+        Ok(r)
+    }
+
+    /// Records a member's new per-user record in memory and returns the op that stores it.
+    fn put_entry(
+        st: &mut ConvState,
+        num: u64,
+        user: &UserId,
+        record: UserConversationRecord,
+    ) -> Op {
+        st.entries.insert(user.clone(), record.clone());
+        Op::PutUserConversation {
+            user: user.clone(),
+            conv: num,
+            record,
+        }
+    }
+
     /// The conversation as `user` sees it.
     fn view_for(
         &self,
@@ -339,11 +406,8 @@ impl Registry {
         view: Conversation,
         user: &str,
     ) -> Result<Conversation, Error> {
-        let muted = self
-            .store
-            .user_conversation(user, cell.num)?
-            .map(|r| r.muted)
-            .unwrap_or(false);
+        let user = UserId::from(user);
+        let muted = self.entry(&mut cell.lock(), cell.num, &user)?.muted;
         Ok(Conversation { muted, ..view })
     }
 
@@ -377,25 +441,25 @@ impl Registry {
         }
     }
 
-    /// The unread summary pushed after login: every conversation of the user, from the store.
+    /// The unread summary pushed after login: every conversation in the user's list, with the
+    /// same unread counts and last messages the list shows.
     pub fn unread_summary(&self, user: &str) -> Result<pb::UnreadSummary, Error> {
+        let user = UserId::from(user);
         let mut entries = Vec::new();
-        for (num, rec) in self.store.user_conversations(user)? {
-            let Some(conv) = self.store.conversation(num)? else {
+        for (num, _) in self.store.user_conversations(&user)? {
+            let Some(e) = self.entry_view(&user, num, true)? else {
                 continue;
             };
-            let last = self.store.last_message(num)?;
-            let last_seq = last.as_ref().map_or(0, |m| m.seq);
-            let read_seq = self.store.read_seq(user, num)?.min(last_seq);
             entries.push(pb::UnreadEntry {
-                conversation_id: conversation_id(num),
-                kind: conv.kind,
-                unread: (last_seq - read_seq) as u32,
-                last_seq,
-                read_seq,
-                last_message: last,
-                muted: rec.muted,
-                expires_at: conv.expires_at,
+                conversation_id: e.conversation_id,
+                kind: e.kind,
+                unread: e.unread,
+                last_seq: e.last_seq,
+                read_seq: e.read_seq,
+                last_message: e.last_message,
+                muted: e.muted,
+                expires_at: e.expires_at,
+                pinned_at: e.pinned_at,
             });
         }
         Ok(pb::UnreadSummary { entries })

@@ -4,7 +4,9 @@ use crate::app::App;
 use crate::protocol::pb::{self, client_frame::Body as Req, server_frame::Body as Rep};
 use crate::protocol::{ServerFrame, reply};
 use crate::registry::conversation::{CreateRequest, UpdateRequest};
-use crate::registry::{Caller, Error, SendRequest};
+use crate::registry::{
+    Caller, DeleteMessagesRequest, EditRequest, Error, HistoryRequest, ListRequest, SendRequest,
+};
 use std::sync::Arc;
 
 /// Handles a request of a logged-in session. `Login`, `Logout` and `Ping` are handled by the
@@ -69,6 +71,7 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
                 attributes: r.attributes,
                 mentions: r.mentions,
                 transient: r.transient,
+                want_receipts: r.want_receipts,
             };
             reg.send(&caller, &r.conversation_id, req)
                 .await
@@ -76,12 +79,81 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
         }
         Req::SyncMessages(r) => reg
             .sync(&caller, &r.conversation_id, r.after_seq, r.limit)
-            .map(page),
-        Req::FetchHistory(r) => reg
-            .history(&caller, &r.conversation_id, r.before_seq, r.limit)
-            .map(page),
+            .map(|(messages, has_more)| page(messages, has_more, String::new())),
+        Req::FetchHistory(r) => {
+            let id = r.conversation_id.clone();
+            reg.history(&caller, &id, HistoryRequest::from_wire(r))
+                .map(|(messages, has_more, next)| page(messages, has_more, next))
+        }
         Req::MarkRead(r) => reg
             .mark_read(&caller, &r.conversation_id, r.seq)
+            .await
+            .map(ok),
+        Req::AckDelivered(r) => reg
+            .ack_delivered(&caller, &r.conversation_id, r.seq)
+            .await
+            .map(ok),
+        Req::DeleteMessages(r) => {
+            let req = DeleteMessagesRequest {
+                message_ids: r.message_ids,
+                before_time: r.before_time,
+                inclusive: r.inclusive,
+            };
+            reg.delete_messages(&caller, &r.conversation_id, req)
+                .await
+                .map(ok)
+        }
+        Req::RecallMessage(r) => reg
+            .recall(&caller, &r.conversation_id, &r.message_id)
+            .await
+            .map(message),
+        Req::EditMessage(r) => {
+            let req = EditRequest {
+                message_id: r.message_id,
+                content: r.content,
+                attributes: r.attributes,
+                replace_attributes: r.replace_attributes,
+            };
+            reg.edit(&caller, &r.conversation_id, req)
+                .await
+                .map(message)
+        }
+        Req::ListConversations(r) => {
+            let req = ListRequest {
+                cursor: r.cursor,
+                limit: r.limit,
+                updated_after: r.updated_after,
+                updated_before: r.updated_before,
+                pinned_only: r.pinned_only,
+                kind: r.kind,
+                omit_last_message: r.omit_last_message,
+            };
+            reg.list_conversations(&caller, req)
+                .map(|(entries, next_cursor, has_more)| {
+                    Rep::ConversationList(pb::ConversationList {
+                        entries,
+                        next_cursor,
+                        has_more,
+                    })
+                })
+        }
+        Req::GetListEntry(r) => reg
+            .get_list_entry(&caller, &r.conversation_id, !r.omit_last_message)
+            .map(entry),
+        Req::SetEntryExt(r) => reg
+            .set_entry_ext(&caller, &r.conversation_id, r.ext)
+            .await
+            .map(entry),
+        Req::PinConversation(r) => reg
+            .pin(&caller, &r.conversation_id, r.pinned)
+            .await
+            .map(entry),
+        Req::DeleteListEntries(r) => reg
+            .delete_list_entries(&caller, &r.conversation_ids, r.clear_history)
+            .await
+            .map(ok),
+        Req::DeleteConversation(r) => reg
+            .delete_conversation(&caller, &r.conversation_id, r.purge_messages)
             .await
             .map(ok),
         Req::QueryPresence(r) => reg
@@ -128,6 +200,18 @@ fn ok(_: ()) -> Rep {
     Rep::Ok(pb::Ok {})
 }
 
-fn page((messages, has_more): (Vec<pb::Message>, bool)) -> Rep {
-    Rep::MessagePage(pb::MessagePage { messages, has_more })
+fn page(messages: Vec<pb::Message>, has_more: bool, next_cursor: String) -> Rep {
+    Rep::MessagePage(pb::MessagePage {
+        messages,
+        has_more,
+        next_cursor,
+    })
+}
+
+fn message(m: pb::Message) -> Rep {
+    Rep::MessageReply(pb::MessageReply { message: Some(m) })
+}
+
+fn entry(e: pb::ListEntry) -> Rep {
+    Rep::ListEntry(pb::ListEntryReply { entry: Some(e) })
 }

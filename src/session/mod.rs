@@ -476,6 +476,7 @@ impl Actor {
                     attributes: r.attributes,
                     mentions: r.mentions,
                     transient: false,
+                    want_receipts: false,
                 };
                 let result = self
                     .app

@@ -20,6 +20,10 @@ pub fn run(open: Open<'_>) {
         ("user ids are length-prefixed", user_prefixes),
         ("user events paging", user_events),
         ("everything survives reopen", reopen),
+        (
+            "list state: tombstones, one-way deletes, receipts",
+            list_state,
+        ),
     ] {
         eprintln!("conformance: {name}");
         check(open);
@@ -78,6 +82,9 @@ fn records(open: Open<'_>) {
             record: UserConversationRecord {
                 muted: true,
                 joined_at: 5,
+                ext: "mine".into(),
+                pinned_at: 9,
+                ..Default::default()
             },
         },
         Op::PutUserConversation {
@@ -327,4 +334,90 @@ fn reopen(open: Open<'_>) {
     assert_eq!(s.last_message(3).unwrap().unwrap().seq, 1);
     assert_eq!(s.read_seq("x", 3).unwrap(), 1);
     assert_eq!(s.counter(Counter::Conversation).unwrap(), 3);
+}
+
+fn list_state(open: Open<'_>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.commit(&[
+        Op::PutConversation {
+            conv: 7,
+            record: ConversationRecord::default(),
+        },
+        Op::PutMember {
+            conv: 7,
+            user: u("al"),
+            record: MemberRecord::default(),
+        },
+        Op::PutDirect {
+            a: u("al"),
+            b: u("bo"),
+            conv: 7,
+        },
+        Op::PutTombstone {
+            user: u("al"),
+            conv: 3,
+            at: 1234,
+        },
+        Op::PutTombstone {
+            user: u("alice"),
+            conv: 4,
+            at: 99,
+        },
+        Op::PutHidden {
+            user: u("al"),
+            conv: 7,
+            seq: 2,
+        },
+        Op::PutHidden {
+            user: u("al"),
+            conv: 7,
+            seq: 5,
+        },
+        Op::PutHidden {
+            user: u("al"),
+            conv: 8,
+            seq: 1,
+        },
+        Op::PutReceiptWanted {
+            conv: 7,
+            seq: 3,
+            sender: u("bo"),
+        },
+        Op::PutReceiptWanted {
+            conv: 7,
+            seq: 9,
+            sender: u("al"),
+        },
+    ])
+    .unwrap();
+    assert_eq!(s.tombstones("al").unwrap(), vec![(3, 1234)]);
+    assert_eq!(s.hidden_seqs("al", 7, 1, 100).unwrap(), vec![2, 5]);
+    assert_eq!(s.hidden_seqs("al", 7, 3, 5).unwrap(), Vec::<u64>::new());
+    assert_eq!(
+        s.receipts_wanted(7, 1, 10).unwrap(),
+        vec![(3, u("bo")), (9, u("al"))]
+    );
+    assert_eq!(s.receipts_wanted(7, 4, 9).unwrap(), vec![]);
+    assert_eq!(s.last_receipt_wanted(7).unwrap(), 9);
+    assert_eq!(s.last_receipt_wanted(8).unwrap(), 0);
+    s.commit(&[
+        Op::DeleteTombstone {
+            user: u("al"),
+            conv: 3,
+        },
+        Op::DeleteDirect {
+            a: u("bo"),
+            b: u("al"),
+        },
+        Op::PurgeConversation { conv: 7 },
+    ])
+    .unwrap();
+    assert!(s.tombstones("al").unwrap().is_empty());
+    assert_eq!(s.tombstones("alice").unwrap(), vec![(4, 99)]);
+    assert_eq!(s.direct("al", "bo").unwrap(), None);
+    assert!(s.hidden_seqs("al", 7, 0, u64::MAX).unwrap().is_empty());
+    assert_eq!(s.hidden_seqs("al", 8, 0, u64::MAX).unwrap(), vec![1]);
+    assert!(s.receipts_wanted(7, 0, u64::MAX).unwrap().is_empty());
+    assert_eq!(s.last_receipt_wanted(7).unwrap(), 0);
 }

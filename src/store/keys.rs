@@ -16,6 +16,9 @@
 //! | `N`    | counter name                     | u64                            |
 //! | `X`    | expires_at ‖ conv                | ∅ (expiry index, time order)   |
 //! | `Q`    | sorted member ids                | conv (unique temporary lookup) |
+//! | `T`    | user ‖ conv                      | deleted at (i64): list tombstone |
+//! | `H`    | user ‖ conv ‖ seq                | ∅ (message deleted one-way)    |
+//! | `W`    | conv ‖ seq                       | sender: wants receipts         |
 
 pub const CONVERSATION: u8 = b'C';
 pub const MEMBER: u8 = b'M';
@@ -28,6 +31,9 @@ pub const USER_EVENT: u8 = b'E';
 pub const COUNTER: u8 = b'N';
 pub const EXPIRY: u8 = b'X';
 pub const UNIQUE_TEMPORARY: u8 = b'Q';
+pub const TOMBSTONE: u8 = b'T';
+pub const HIDDEN: u8 = b'H';
+pub const RECEIPT_WANTED: u8 = b'W';
 
 /// A key under construction.
 pub struct Key(Vec<u8>);
@@ -115,6 +121,24 @@ pub fn messages_of(conv: u64) -> Vec<u8> {
 }
 pub fn dedups_of(conv: u64) -> Vec<u8> {
     Key::new(DEDUP).u64(conv).build()
+}
+pub fn tombstone(user: &str, conv: u64) -> Vec<u8> {
+    Key::new(TOMBSTONE).user(user).u64(conv).build()
+}
+pub fn tombstones_of(user: &str) -> Vec<u8> {
+    Key::new(TOMBSTONE).user(user).build()
+}
+pub fn hidden(user: &str, conv: u64, seq: u64) -> Vec<u8> {
+    Key::new(HIDDEN).user(user).u64(conv).u64(seq).build()
+}
+pub fn hidden_of(user: &str, conv: u64) -> Vec<u8> {
+    Key::new(HIDDEN).user(user).u64(conv).build()
+}
+pub fn receipt_wanted(conv: u64, seq: u64) -> Vec<u8> {
+    Key::new(RECEIPT_WANTED).u64(conv).u64(seq).build()
+}
+pub fn receipts_wanted_of(conv: u64) -> Vec<u8> {
+    Key::new(RECEIPT_WANTED).u64(conv).build()
 }
 pub fn counter(name: &str) -> Vec<u8> {
     Key::new(COUNTER).tail(name.as_bytes()).build()

@@ -102,12 +102,18 @@ impl<E: OrderedKv> KvStore<E> {
                 }
             }
         }
+        let mut prefixes = vec![
+            keys::messages_of(conv),
+            keys::dedups_of(conv),
+            keys::receipts_wanted_of(conv),
+        ];
         for (user, _) in self.members(conv)? {
             out.push(keys::member(conv, &user));
             out.push(keys::user_conversation(&user, conv));
             out.push(keys::read_seq(&user, conv));
+            prefixes.push(keys::hidden_of(&user, conv));
         }
-        for prefix in [keys::messages_of(conv), keys::dedups_of(conv)] {
+        for prefix in prefixes {
             out.extend(
                 self.scan(&prefix, false, usize::MAX)?
                     .into_iter()
@@ -170,6 +176,19 @@ fn write_of(op: &Op) -> Write {
         Op::PutUniqueTemporary { members, conv } => {
             Write::Put(keys::unique_temporary(members), conv.to_be_bytes().to_vec())
         }
+        Op::DeleteDirect { a, b } => Write::Delete(keys::direct(a, b)),
+        Op::PutTombstone { user, conv, at } => Write::Put(
+            keys::tombstone(user, *conv),
+            (*at).max(0).to_be_bytes().to_vec(),
+        ),
+        Op::DeleteTombstone { user, conv } => Write::Delete(keys::tombstone(user, *conv)),
+        Op::PutHidden { user, conv, seq } => {
+            Write::Put(keys::hidden(user, *conv, *seq), Vec::new())
+        }
+        Op::PutReceiptWanted { conv, seq, sender } => Write::Put(
+            keys::receipt_wanted(*conv, *seq),
+            sender.as_bytes().to_vec(),
+        ),
         Op::PurgeConversation { .. } => unreachable!("purges are expanded by commit"),
     }
 }
@@ -184,6 +203,8 @@ fn conv_of(op: &Op) -> Option<u64> {
         | Op::PutReadSeq { conv, .. }
         | Op::PutDedup { conv, .. }
         | Op::PutExpiry { conv, .. }
+        | Op::PutHidden { conv, .. }
+        | Op::PutReceiptWanted { conv, .. }
         | Op::PutUniqueTemporary { conv, .. } => Some(*conv),
         _ => None,
     }
@@ -339,6 +360,70 @@ impl<E: OrderedKv> Store for KvStore<E> {
     fn counter(&self, counter: Counter) -> Result<u64, StoreError> {
         Ok(self
             .number(&keys::counter(counter_name(counter)))?
+            .unwrap_or(0))
+    }
+
+    fn tombstones(&self, user: &str) -> Result<Vec<(u64, i64)>, StoreError> {
+        let prefix = keys::tombstones_of(user);
+        self.scan(&prefix, false, usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| match (be_u64(&k, prefix.len()), be_u64(&v, 0)) {
+                (Some(conv), Some(at)) => Ok((conv, at as i64)),
+                _ => Err(StoreError::Corrupt {
+                    what: "tombstone",
+                    detail: format!("{k:?}"),
+                }),
+            })
+            .collect()
+    }
+
+    fn hidden_seqs(&self, user: &str, conv: u64, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError> {
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        let at = keys::hidden_of(user, conv).len();
+        let rows = self.engine.range(
+            &keys::hidden(user, conv, lo),
+            Some(&keys::hidden(user, conv, hi)),
+            false,
+            usize::MAX,
+        )?;
+        Ok(rows.iter().filter_map(|(k, _)| be_u64(k, at)).collect())
+    }
+
+    fn receipts_wanted(
+        &self,
+        conv: u64,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<(u64, UserId)>, StoreError> {
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        let at = keys::receipts_wanted_of(conv).len();
+        let rows = self.engine.range(
+            &keys::receipt_wanted(conv, lo),
+            Some(&keys::receipt_wanted(conv, hi)),
+            false,
+            usize::MAX,
+        )?;
+        rows.into_iter()
+            .map(|(k, v)| match (be_u64(&k, at), String::from_utf8(v)) {
+                (Some(seq), Ok(sender)) => Ok((seq, UserId::from(sender))),
+                _ => Err(StoreError::Corrupt {
+                    what: "receipt entry",
+                    detail: format!("{k:?}"),
+                }),
+            })
+            .collect()
+    }
+
+    fn last_receipt_wanted(&self, conv: u64) -> Result<u64, StoreError> {
+        let prefix = keys::receipts_wanted_of(conv);
+        Ok(self
+            .scan(&prefix, true, 1)?
+            .first()
+            .and_then(|(k, _)| be_u64(k, prefix.len()))
             .unwrap_or(0))
     }
 

@@ -119,9 +119,35 @@ pub enum Op {
         members: Vec<UserId>,
         conv: u64,
     },
-    /// Deletes everything about `conv`: record, members, their per-user entries and read
-    /// positions, messages, dedup entries, its expiry and unique-member-set entries, including
-    /// what earlier ops of the same commit wrote.
+    DeleteDirect {
+        a: UserId,
+        b: UserId,
+    },
+    /// The conversation left `user`'s list at `at` (ms), for incremental sync.
+    PutTombstone {
+        user: UserId,
+        conv: u64,
+        at: i64,
+    },
+    DeleteTombstone {
+        user: UserId,
+        conv: u64,
+    },
+    /// `user` deleted message `seq` one-way.
+    PutHidden {
+        user: UserId,
+        conv: u64,
+        seq: u64,
+    },
+    /// Message `seq` asked for receipts.
+    PutReceiptWanted {
+        conv: u64,
+        seq: u64,
+        sender: UserId,
+    },
+    /// Deletes everything about `conv`: record, members, their per-user entries, read
+    /// positions and one-way deletions, messages, dedup and receipt entries, its expiry and
+    /// unique-member-set entries, including what earlier ops of the same commit wrote.
     PurgeConversation {
         conv: u64,
     },
@@ -184,6 +210,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(Vec<ConversationEvent>, bool), StoreError>;
     fn last_user_event_seq(&self, user: &str) -> Result<u64, StoreError>;
     fn counter(&self, counter: Counter) -> Result<u64, StoreError>;
+
+    /// `user`'s list tombstones: (conversation, deleted at).
+    fn tombstones(&self, user: &str) -> Result<Vec<(u64, i64)>, StoreError>;
+    /// The seqs in `lo..hi` that `user` deleted one-way in `conv`, ascending.
+    fn hidden_seqs(&self, user: &str, conv: u64, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError>;
+    /// Messages in `lo..hi` of `conv` that asked for receipts: (seq, sender), ascending.
+    fn receipts_wanted(
+        &self,
+        conv: u64,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<(u64, UserId)>, StoreError>;
+
+    /// The newest seq of `conv` that asked for receipts (0: none).
+    fn last_receipt_wanted(&self, conv: u64) -> Result<u64, StoreError>;
 
     /// The earliest expiry index entries `(at, conv)`, ascending, at most `limit`.
     fn next_expiries(&self, limit: usize) -> Result<Vec<(i64, u64)>, StoreError>;

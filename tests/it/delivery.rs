@@ -118,17 +118,17 @@ async fn an_offline_member_catches_up_in_order_with_exact_unread_counts() {
     let page = within(bob_phone.sync(&g.id, 0, 7)).await.unwrap();
     assert_eq!((page.messages.len(), page.has_more), (7, true));
 
-    // History, newest first, with has_more.
+    // History: the newest page first, returned in ascending seq, with has_more.
     let h = within(bob_phone.history(&g.id, 0, 5)).await.unwrap();
     assert_eq!(
         h.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        vec![30, 29, 28, 27, 26]
+        vec![26, 27, 28, 29, 30]
     );
     assert!(h.has_more);
     let h = within(bob_phone.history(&g.id, 3, 5)).await.unwrap();
     assert_eq!(
         h.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        vec![2, 1]
+        vec![1, 2]
     );
     assert!(!h.has_more);
 

@@ -295,6 +295,29 @@ impl tidings::store::Store for FailingStore {
     fn counter(&self, c: tidings::store::Counter) -> Result<u64, tidings::store::StoreError> {
         self.inner.counter(c)
     }
+    fn tombstones(&self, u: &str) -> Result<Vec<(u64, i64)>, tidings::store::StoreError> {
+        self.inner.tombstones(u)
+    }
+    fn hidden_seqs(
+        &self,
+        u: &str,
+        c: u64,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<u64>, tidings::store::StoreError> {
+        self.inner.hidden_seqs(u, c, lo, hi)
+    }
+    fn receipts_wanted(
+        &self,
+        c: u64,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<(u64, tidings::store::UserId)>, tidings::store::StoreError> {
+        self.inner.receipts_wanted(c, lo, hi)
+    }
+    fn last_receipt_wanted(&self, c: u64) -> Result<u64, tidings::store::StoreError> {
+        self.inner.last_receipt_wanted(c)
+    }
     fn next_expiries(&self, l: usize) -> Result<Vec<(i64, u64)>, tidings::store::StoreError> {
         self.inner.next_expiries(l)
     }

@@ -1,0 +1,604 @@
+//! History as each member sees it: paged fetch by seq or time in either direction, one-way
+//! deletes, and recall/edit by the sender.
+//!
+//! A conversation's messages are numbered 1, 2, 3… and their `server_time` never decreases with
+//! seq (a send takes `max(now, previous time)`), so every time bound maps to a seq bound by a
+//! binary search over the stored messages, and every page is a walk over a seq range. What a
+//! member deleted one-way is a `cleared_seq` floor in their per-user record plus single seqs in
+//! the store's hidden set; both are applied on read, so nobody else's view changes.
+
+use super::writer::wait;
+use super::{Caller, ConvCell, Error, Registry};
+use crate::hub::{Delivery, Recipients};
+use crate::protocol::pb::{self, HistoryDirection, Message, MessageUpdateKind};
+use crate::protocol::{self, parse_message_id};
+use crate::store::{Direction, Op};
+use bytes::Bytes;
+use prost::Message as _;
+use std::collections::{BTreeMap, HashSet};
+
+/// What a FetchHistory asks for (see `frames.proto`).
+#[derive(Debug, Clone, Default)]
+pub struct HistoryRequest {
+    pub before_seq: u64,
+    pub limit: u32,
+    pub oldest_first: bool,
+    pub start_seq: u64,
+    pub start_time: i64,
+    pub start_message_id: String,
+    pub start_inclusive: bool,
+    pub end_seq: u64,
+    pub end_time: i64,
+    pub end_message_id: String,
+    pub end_inclusive: bool,
+    pub types: Vec<i32>,
+    pub cursor: String,
+}
+
+impl HistoryRequest {
+    /// Builds the request from its wire form.
+    pub fn from_wire(r: pb::FetchHistory) -> Self {
+        HistoryRequest {
+            before_seq: r.before_seq,
+            limit: r.limit,
+            oldest_first: r.direction == HistoryDirection::OldestFirst as i32,
+            start_seq: r.start_seq,
+            start_time: r.start_time,
+            start_message_id: r.start_message_id,
+            start_inclusive: r.start_inclusive,
+            end_seq: r.end_seq,
+            end_time: r.end_time,
+            end_message_id: r.end_message_id,
+            end_inclusive: r.end_inclusive,
+            types: r.types,
+            cursor: r.cursor,
+        }
+    }
+}
+
+/// A one-way delete: some message ids, or everything before a time.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteMessagesRequest {
+    pub message_ids: Vec<String>,
+    pub before_time: i64,
+    pub inclusive: bool,
+}
+
+/// An edit: new content, and optionally new attributes.
+#[derive(Debug, Clone, Default)]
+pub struct EditRequest {
+    pub message_id: String,
+    pub content: Bytes,
+    pub attributes: BTreeMap<String, String>,
+    pub replace_attributes: bool,
+}
+
+/// One viewer's visibility of one conversation.
+pub(super) struct View {
+    /// Messages with seq <= this are gone for the viewer.
+    pub cleared: u64,
+    /// The newest committed seq.
+    pub last: u64,
+}
+
+/// How many messages a walk reads from the store at a time.
+const CHUNK: usize = 128;
+
+impl Registry {
+    /// The newest committed seq of a conversation (0: none).
+    fn committed_last(&self, num: u64) -> Result<u64, Error> {
+        Ok(self.store.last_message(num)?.map_or(0, |m| m.seq))
+    }
+
+    /// The first seq in `1..=last` whose time is after `t` (`strict`) or at/after it; `last + 1`
+    /// when there is none. Binary search: times never decrease with seq.
+    fn seq_from_time(&self, num: u64, t: i64, strict: bool, last: u64) -> Result<u64, Error> {
+        let (mut lo, mut hi) = (1u64, last + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let time = self
+                .store
+                .message(num, mid)?
+                .ok_or(Error::Internal)?
+                .server_time;
+            let after = if strict { time > t } else { time >= t };
+            if after {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// The seq a message id names in this conversation.
+    fn seq_of(cell: &ConvCell, message_id: &str) -> Result<u64, Error> {
+        match parse_message_id(message_id) {
+            Some((conv, seq)) if conv == cell.num => Ok(seq),
+            _ => Err(Error::MessageNotFound),
+        }
+    }
+
+    /// The caller's view of a conversation they belong to.
+    fn view_of(&self, caller: &Caller, cell: &ConvCell) -> Result<View, Error> {
+        let cleared = {
+            let mut st = cell.lock();
+            st.require_member(&caller.user)?;
+            self.entry(&mut st, cell.num, &caller.user)?.cleared_seq
+        };
+        Ok(View {
+            cleared,
+            last: self.committed_last(cell.num)?,
+        })
+    }
+
+    /// A page of history for the caller, ascending seq, with `has_more` and the next cursor.
+    pub fn history(
+        &self,
+        caller: &Caller,
+        id: &str,
+        req: HistoryRequest,
+    ) -> Result<(Vec<Message>, bool, String), Error> {
+        let limit = self.page_limit(
+            req.limit,
+            self.config.page_default,
+            self.config.page_max,
+            "page_max",
+        )?;
+        let cell = self.cell(id)?;
+        let view = self.view_of(caller, &cell)?;
+        let last = view.last;
+        let num = cell.num;
+        let back = !req.oldest_first;
+        // The walk covers lo..=hi; it starts at hi (newest first) or lo (oldest first).
+        let (mut lo, mut hi) = (view.cleared + 1, last);
+        let start = if !req.cursor.is_empty() {
+            let (dir, pos) = req.cursor.split_at(1.min(req.cursor.len()));
+            let pos = u64::from_str_radix(pos, 16)
+                .ok()
+                .filter(|_| dir == if back { "n" } else { "o" })
+                .ok_or_else(|| Error::InvalidArgument("cursor is not from this walk".into()))?;
+            Some(pos)
+        } else if !req.start_message_id.is_empty() {
+            let s = Self::seq_of(&cell, &req.start_message_id)?;
+            Some(Self::step(s, req.start_inclusive, back))
+        } else if req.start_seq > 0 {
+            Some(Self::step(req.start_seq, req.start_inclusive, back))
+        } else if req.start_time > 0 {
+            // Newest first: the last message before (or at) the time; oldest first: the first
+            // one after (or at) it.
+            Some(if back {
+                self.seq_from_time(num, req.start_time, req.start_inclusive, last)?
+                    .saturating_sub(1)
+            } else {
+                self.seq_from_time(num, req.start_time, !req.start_inclusive, last)?
+            })
+        } else if req.before_seq > 0 {
+            Some(req.before_seq - 1)
+        } else {
+            None
+        };
+        let end = if !req.end_message_id.is_empty() {
+            let e = Self::seq_of(&cell, &req.end_message_id)?;
+            Some(Self::step(e, req.end_inclusive, !back))
+        } else if req.end_seq > 0 {
+            Some(Self::step(req.end_seq, req.end_inclusive, !back))
+        } else if req.end_time > 0 {
+            Some(if back {
+                self.seq_from_time(num, req.end_time, !req.end_inclusive, last)?
+            } else {
+                self.seq_from_time(num, req.end_time, req.end_inclusive, last)?
+                    .saturating_sub(1)
+            })
+        } else {
+            None
+        };
+        if back {
+            if let Some(s) = start {
+                hi = hi.min(s);
+            }
+            if let Some(e) = end {
+                lo = lo.max(e);
+            }
+        } else {
+            if let Some(s) = start {
+                lo = lo.max(s);
+            }
+            if let Some(e) = end {
+                hi = hi.min(e);
+            }
+        }
+        if lo > hi || hi == 0 {
+            return Ok((Vec::new(), false, String::new()));
+        }
+        let hidden: HashSet<u64> = self
+            .store
+            .hidden_seqs(&caller.user, num, lo, hi + 1)?
+            .into_iter()
+            .collect();
+        let wanted = |m: &Message| {
+            !hidden.contains(&m.seq) && (req.types.is_empty() || req.types.contains(&m.r#type))
+        };
+        let mut page = Vec::with_capacity(limit);
+        let mut scanned = 0usize;
+        // The next seq to examine, and whether the range is used up.
+        let mut pos = if back { hi } else { lo };
+        let mut more = None;
+        'walk: while (lo..=hi).contains(&pos) {
+            let chunk = if back {
+                self.store
+                    .messages(num, lo, pos + 1, Direction::Descending, CHUNK)?
+            } else {
+                self.store
+                    .messages(num, pos, hi + 1, Direction::Ascending, CHUNK)?
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            for m in chunk {
+                if scanned >= self.config.history_scan_max {
+                    more = Some(m.seq);
+                    break 'walk;
+                }
+                scanned += 1;
+                let next = if back {
+                    m.seq.checked_sub(1)
+                } else {
+                    m.seq.checked_add(1)
+                };
+                if wanted(&m) {
+                    if page.len() == limit {
+                        more = Some(m.seq);
+                        break 'walk;
+                    }
+                    page.push(m);
+                }
+                match next {
+                    Some(n) => pos = n,
+                    None => break 'walk,
+                }
+            }
+        }
+        if back {
+            page.reverse();
+        }
+        let (has_more, cursor) = match more {
+            Some(p) => (true, format!("{}{p:x}", if back { 'n' } else { 'o' })),
+            None => (false, String::new()),
+        };
+        Ok((page, has_more, cursor))
+    }
+
+    /// A seq bound from a position and an inclusive flag, moving away from it in the walk's
+    /// direction when exclusive (`down`: towards older messages).
+    fn step(seq: u64, inclusive: bool, down: bool) -> u64 {
+        match (inclusive, down) {
+            (true, _) => seq,
+            (false, true) => seq - 1,
+            (false, false) => seq.saturating_add(1),
+        }
+    }
+
+    /// The newest message `user` can see at or below `last` (skipping what they deleted).
+    pub(super) fn last_visible(
+        &self,
+        user: &str,
+        num: u64,
+        cleared: u64,
+        last: u64,
+    ) -> Result<Option<Message>, Error> {
+        if last <= cleared {
+            return Ok(None);
+        }
+        let hidden: HashSet<u64> = self
+            .store
+            .hidden_seqs(user, num, cleared + 1, last + 1)?
+            .into_iter()
+            .collect();
+        let mut hi = last + 1;
+        while hi > cleared + 1 {
+            let chunk = self
+                .store
+                .messages(num, cleared + 1, hi, Direction::Descending, 16)?;
+            let Some(oldest) = chunk.last().map(|m| m.seq) else {
+                break;
+            };
+            if let Some(m) = chunk.into_iter().find(|m| !hidden.contains(&m.seq)) {
+                return Ok(Some(m));
+            }
+            hi = oldest;
+        }
+        Ok(None)
+    }
+
+    /// Deletes messages for the caller only. If nothing the caller can see remains, the entry
+    /// also leaves the caller's list. The caller's other devices are told.
+    pub async fn delete_messages(
+        &self,
+        caller: &Caller,
+        id: &str,
+        req: DeleteMessagesRequest,
+    ) -> Result<(), Error> {
+        let max = self.config.max_delete_message_ids;
+        if req.message_ids.len() > max {
+            return Err(Error::LimitExceeded(format!(
+                "{} message ids; max_delete_message_ids is {max} (the limit can not be greater \
+                 than {max})",
+                req.message_ids.len()
+            )));
+        }
+        if req.message_ids.is_empty() == (req.before_time <= 0) {
+            return Err(Error::InvalidArgument(
+                "give either message_ids or before_time".into(),
+            ));
+        }
+        let cell = self.cell(id)?;
+        let view = self.view_of(caller, &cell)?;
+        let mut seqs = Vec::with_capacity(req.message_ids.len());
+        for m in &req.message_ids {
+            let s = Self::seq_of(&cell, m)?;
+            if s > view.last {
+                return Err(Error::MessageNotFound);
+            }
+            seqs.push(s);
+        }
+        seqs.sort_unstable();
+        seqs.dedup();
+        let before = if req.before_time > 0 {
+            self.seq_from_time(cell.num, req.before_time, req.inclusive, view.last)? - 1
+        } else {
+            0
+        };
+        let permit = self.writer.reserve().await?;
+        let (rx, left_list) = {
+            let mut st = cell.lock();
+            st.require_member(&caller.user)?;
+            let mut rec = self.entry(&mut st, cell.num, &caller.user)?;
+            let now = self.now();
+            let mut ops = Vec::with_capacity(seqs.len() + 1);
+            for &seq in &seqs {
+                ops.push(Op::PutHidden {
+                    user: caller.user.clone(),
+                    conv: cell.num,
+                    seq,
+                });
+            }
+            rec.cleared_seq = rec.cleared_seq.max(before);
+            // Whether anything the caller can see is left.
+            let last = st.last_seq;
+            let mut gone: HashSet<u64> = self
+                .store
+                .hidden_seqs(&caller.user, cell.num, rec.cleared_seq + 1, last + 1)?
+                .into_iter()
+                .collect();
+            gone.extend(seqs.iter().filter(|s| **s > rec.cleared_seq));
+            let left_list =
+                last > 0 && (last - rec.cleared_seq) as usize <= gone.len() && !rec.hidden;
+            if left_list {
+                rec.hidden = true;
+                rec.hidden_seq = last;
+                rec.hidden_at = now;
+                rec.pinned_at = 0;
+            }
+            rec.changed_at = now;
+            ops.push(Self::put_entry(&mut st, cell.num, &caller.user, rec));
+            (
+                self.writer.submit(permit, ops, Vec::new(), Vec::new()),
+                left_list,
+            )
+        };
+        wait(rx).await?;
+        let push = pb::MessagesDeleted {
+            conversation_id: cell.id.to_string(),
+            message_ids: req.message_ids,
+            before_time: req.before_time,
+            inclusive: req.inclusive,
+        };
+        self.tell_own_devices(caller, pb::server_frame::Body::MessagesDeleted(push));
+        if left_list {
+            let push = pb::ListEntriesDeleted {
+                conversation_ids: vec![cell.id.to_string()],
+                clear_history: false,
+            };
+            self.tell_own_devices(caller, pb::server_frame::Body::ListEntriesDeleted(push));
+        }
+        Ok(())
+    }
+
+    /// Pushes to the caller's other sessions.
+    pub(super) fn tell_own_devices(&self, caller: &Caller, body: pb::server_frame::Body) {
+        self.hub().deliver(&Delivery {
+            to: Recipients::User(caller.user.clone()),
+            frame: protocol::push(body),
+            user_seq: 0,
+            except_session: caller.session,
+        });
+    }
+
+    /// Withdraws a message the caller sent, within `recall_window_secs`. Recalling a recalled
+    /// message returns it again and tells nobody.
+    pub async fn recall(
+        &self,
+        caller: &Caller,
+        id: &str,
+        message_id: &str,
+    ) -> Result<Message, Error> {
+        let window = self.config.recall_window_secs;
+        self.rewrite(caller, id, message_id, |m, now| {
+            if m.recalled {
+                return Ok(None);
+            }
+            Self::check_window(m, now, window, "recall_window_secs")?;
+            m.recalled = true;
+            m.recalled_at = now;
+            m.content = Bytes::new();
+            m.attributes.clear();
+            m.mentions.clear();
+            Ok(Some(MessageUpdateKind::Recalled))
+        })
+        .await
+    }
+
+    /// Replaces the content of a message the caller sent, within `edit_window_secs`, at most
+    /// `max_edits` times.
+    pub async fn edit(
+        &self,
+        caller: &Caller,
+        id: &str,
+        req: EditRequest,
+    ) -> Result<Message, Error> {
+        let size = req.content.len()
+            + req
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if size > self.config.max_message_bytes {
+            return Err(Error::MessageTooLarge {
+                size,
+                limit: self.config.max_message_bytes,
+            });
+        }
+        let (window, max_edits) = (self.config.edit_window_secs, self.config.max_edits);
+        let EditRequest {
+            message_id,
+            content,
+            attributes,
+            replace_attributes,
+        } = req;
+        self.rewrite(caller, id, &message_id, move |m, now| {
+            if m.recalled {
+                return Err(Error::MessageNotFound);
+            }
+            Self::check_window(m, now, window, "edit_window_secs")?;
+            if m.edit_count >= max_edits {
+                return Err(Error::LimitExceeded(format!(
+                    "edited {} times; max_edits is {max_edits}",
+                    m.edit_count
+                )));
+            }
+            m.content = content;
+            if replace_attributes {
+                m.attributes = attributes;
+            }
+            m.edit_count += 1;
+            m.edited_at = now;
+            Ok(Some(MessageUpdateKind::Edited))
+        })
+        .await
+    }
+
+    fn check_window(m: &Message, now: i64, secs: u64, name: &str) -> Result<(), Error> {
+        if now.saturating_sub(m.server_time) > (secs as i64).saturating_mul(1000) {
+            return Err(Error::WindowExpired(format!(
+                "the message is older than {name} ({secs} s)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Applies `change` to one of the caller's messages under the conversation lock, stores the
+    /// result, and tells the members (and the caller's other devices) once it is durable.
+    async fn rewrite(
+        &self,
+        caller: &Caller,
+        id: &str,
+        message_id: &str,
+        change: impl FnOnce(&mut Message, i64) -> Result<Option<MessageUpdateKind>, Error>,
+    ) -> Result<Message, Error> {
+        let cell = self.cell(id)?;
+        let seq = Self::seq_of(&cell, message_id)?;
+        let permit = self.writer.reserve().await?;
+        let (rx, message) = {
+            let mut st = cell.lock();
+            st.require_member(&caller.user)?;
+            let current = match st.edited.get(&seq) {
+                Some(m) => Some(m.clone()),
+                None => self.store.message(cell.num, seq)?,
+            };
+            let mut m = current.ok_or(Error::MessageNotFound)?;
+            if *m.sender != *caller.user {
+                return Err(Error::PermissionDenied(
+                    "only the sender may recall or edit a message",
+                ));
+            }
+            let now = self.now();
+            let Some(kind) = change(&mut m, now)? else {
+                return Ok(m);
+            };
+            let encoded = Bytes::from(m.encode_to_vec());
+            let ops = vec![Op::PutMessage {
+                conv: cell.num,
+                seq,
+                message: encoded,
+            }];
+            if st.edited.len() >= 256 {
+                let horizon = self
+                    .config
+                    .recall_window_secs
+                    .max(self.config.edit_window_secs) as i64
+                    * 1000;
+                st.edited.retain(|_, e| now - e.server_time <= horizon);
+            }
+            st.edited.insert(seq, m.clone());
+            let push = pb::MessageUpdated {
+                kind: kind as i32,
+                message: Some(m.clone()),
+            };
+            let d = Delivery {
+                to: Recipients::Users(st.roster.clone()),
+                frame: protocol::push(pb::server_frame::Body::MessageUpdated(push)),
+                user_seq: 0,
+                except_session: caller.session,
+            };
+            (self.writer.submit(permit, ops, vec![d], Vec::new()), m)
+        };
+        wait(rx).await?;
+        Ok(message)
+    }
+
+    /// Messages after `after_seq` the caller can see, oldest first (catch-up).
+    pub fn sync(
+        &self,
+        caller: &Caller,
+        id: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<(Vec<Message>, bool), Error> {
+        let limit = self.page_limit(
+            limit,
+            self.config.page_default,
+            self.config.page_max,
+            "page_max",
+        )?;
+        let cell = self.cell(id)?;
+        let cleared = {
+            let mut st = cell.lock();
+            st.require_member(&caller.user)?;
+            self.entry(&mut st, cell.num, &caller.user)?.cleared_seq
+        };
+        let mut lo = after_seq.max(cleared).saturating_add(1);
+        loop {
+            let mut page =
+                self.store
+                    .messages(cell.num, lo, u64::MAX, Direction::Ascending, limit + 1)?;
+            let has_more = page.len() > limit;
+            page.truncate(limit);
+            let (Some(first), Some(last)) = (page.first(), page.last()) else {
+                return Ok((page, has_more));
+            };
+            let (first, last) = (first.seq, last.seq);
+            let hidden: HashSet<u64> = self
+                .store
+                .hidden_seqs(&caller.user, cell.num, first, last + 1)?
+                .into_iter()
+                .collect();
+            page.retain(|m| !hidden.contains(&m.seq));
+            if !page.is_empty() || !has_more {
+                return Ok((page, has_more));
+            }
+            // Everything on this page was deleted by the caller: go on after it.
+            lo = last + 1;
+        }
+    }
+}

@@ -1,0 +1,739 @@
+//! Each user's conversation list (the server-side session list): paging, single entries,
+//! private ext, pins, one-way removal from the list, and deleting a conversation for everyone.
+//!
+//! An entry is the user's per-user record (`U` user ‖ conv) joined with the conversation's
+//! activity, computed when the list is read. Sends therefore write nothing per member: a
+//! message to a group of 1,000 costs one stored message, not 1,000 list updates. Removing an
+//! entry from the list marks the record hidden at the conversation's current seq; any later
+//! message brings it back without a write. Leaving, removal and deletion leave a tombstone
+//! (`T` user ‖ conv) for incremental sync.
+//!
+//! Paging is over a snapshot: the first page of a listing orders every matching entry and,
+//! when more pages follow, keeps that order (conversation numbers and sort keys, 16 bytes an
+//! entry) for `list_snapshot_ttl_secs`. Later pages read that order, so an entry that moves to
+//! the top between pages is neither repeated nor skipped; its contents (unread, last message)
+//! are current. A cursor whose snapshot is gone (expired, or the server restarted) continues
+//! after its last entry in the current order.
+
+use super::writer::wait;
+use super::{Caller, ConvCell, Error, LoggedEvent, Registry};
+use crate::protocol::pb::{
+    self, ConversationEventKind, ConversationKind, ListEntry, UserConversationRecord,
+};
+use crate::protocol::{TEMPORARY_BIT, conversation_id, parse_conversation_id};
+use crate::store::{Op, UserId};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+/// What a ListConversations asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ListRequest {
+    pub cursor: String,
+    pub limit: u32,
+    pub updated_after: i64,
+    pub updated_before: i64,
+    pub pinned_only: bool,
+    pub kind: i32,
+    pub omit_last_message: bool,
+}
+
+/// One position of a listing: a conversation and its sort key (activity or pin time; for a
+/// tombstone, when it was deleted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Row {
+    num: u64,
+    sort: i64,
+    deleted: bool,
+}
+
+impl Row {
+    /// Newest first; ties by conversation number, newest first.
+    fn key(&self) -> (i64, u64) {
+        (self.sort, self.num)
+    }
+}
+
+struct Snapshot {
+    user: UserId,
+    created: i64,
+    rows: Arc<[Row]>,
+}
+
+/// Orders of listings that have more pages, by snapshot id.
+#[derive(Default)]
+pub(super) struct Snapshots(Mutex<SnapshotsInner>);
+
+#[derive(Default)]
+struct SnapshotsInner {
+    next: u64,
+    by_id: HashMap<u64, Snapshot>,
+    /// Ids in creation order (for expiry).
+    order: VecDeque<u64>,
+    per_user: HashMap<UserId, VecDeque<u64>>,
+}
+
+impl SnapshotsInner {
+    fn remove(&mut self, id: u64) {
+        if let Some(s) = self.by_id.remove(&id)
+            && let Some(q) = self.per_user.get_mut(&s.user)
+        {
+            q.retain(|i| *i != id);
+            if q.is_empty() {
+                self.per_user.remove(&s.user);
+            }
+        }
+    }
+}
+
+impl Snapshots {
+    fn insert(
+        &self,
+        user: &UserId,
+        rows: Arc<[Row]>,
+        now: i64,
+        ttl_ms: i64,
+        per_user: usize,
+    ) -> u64 {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(&id) = g.order.front() {
+            match g.by_id.get(&id) {
+                Some(s) if s.created + ttl_ms > now => break,
+                _ => {
+                    g.order.pop_front();
+                    g.remove(id);
+                }
+            }
+        }
+        while g.per_user.get(user).is_some_and(|q| q.len() >= per_user) {
+            let oldest = g.per_user[user][0];
+            g.remove(oldest);
+        }
+        g.next += 1;
+        let id = g.next;
+        g.by_id.insert(
+            id,
+            Snapshot {
+                user: user.clone(),
+                created: now,
+                rows,
+            },
+        );
+        g.order.push_back(id);
+        g.per_user.entry(user.clone()).or_default().push_back(id);
+        id
+    }
+
+    fn get(&self, id: u64, user: &str, now: i64, ttl_ms: i64) -> Option<Arc<[Row]>> {
+        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.by_id
+            .get(&id)
+            .filter(|s| *s.user == *user && s.created + ttl_ms > now)
+            .map(|s| s.rows.clone())
+    }
+}
+
+/// A list cursor: snapshot id, offset, and the last entry's key for when the snapshot is gone.
+struct Cursor {
+    snapshot: u64,
+    offset: usize,
+    last: (i64, u64),
+}
+
+impl Cursor {
+    fn encode(&self) -> String {
+        format!(
+            "{:x}.{:x}.{:x}.{:x}",
+            self.snapshot, self.offset, self.last.0 as u64, self.last.1
+        )
+    }
+    fn decode(s: &str) -> Option<Cursor> {
+        let mut it = s.split('.').map(|p| u64::from_str_radix(p, 16).ok());
+        let c = Cursor {
+            snapshot: it.next()??,
+            offset: usize::try_from(it.next()??).ok()?,
+            last: (it.next()?? as i64, it.next()??),
+        };
+        it.next().is_none().then_some(c)
+    }
+}
+
+/// What the list needs to know about a conversation.
+struct ConvInfo {
+    record: pb::ConversationRecord,
+    last_seq: u64,
+    /// The newest message's time (0: no message).
+    last_ts: i64,
+}
+
+impl Registry {
+    /// A live conversation's record and newest message, from memory when loaded.
+    fn conv_info(&self, num: u64) -> Result<Option<ConvInfo>, Error> {
+        let now = self.now();
+        let info = if let Some(cell) = self.convs.get(&num).map(|c| c.clone()) {
+            let st = cell.lock();
+            if st.deleted || st.expired {
+                return Ok(None);
+            }
+            ConvInfo {
+                record: st.record.clone(),
+                last_seq: st.last_seq,
+                last_ts: if st.last_seq > 0 { st.last_ts } else { 0 },
+            }
+        } else {
+            let Some(record) = self.store.conversation(num)? else {
+                return Ok(None);
+            };
+            let last = self.store.last_message(num)?;
+            ConvInfo {
+                record,
+                last_seq: last.as_ref().map_or(0, |m| m.seq),
+                last_ts: last.as_ref().map_or(0, |m| m.server_time),
+            }
+        };
+        let gone = info.record.deleted_at > 0
+            || (info.record.expires_at > 0 && info.record.expires_at <= now);
+        Ok((!gone).then_some(info))
+    }
+
+    /// The user's read position (memory when the conversation is loaded, else the store).
+    fn read_position(&self, user: &UserId, num: u64) -> Result<u64, Error> {
+        if let Some(cell) = self.convs.get(&num).map(|c| c.clone())
+            && let Some(r) = cell.lock().reads.get(user)
+        {
+            return Ok(*r);
+        }
+        Ok(self.store.read_seq(user, num)?)
+    }
+
+    /// Whether an entry is in the user's list: not removed, or a message came after removal.
+    fn listed(rec: &UserConversationRecord, last_seq: u64) -> bool {
+        !rec.hidden || last_seq > rec.hidden_seq
+    }
+
+    fn activity(rec: &UserConversationRecord, info: &ConvInfo) -> i64 {
+        info.last_ts.max(rec.joined_at).max(rec.listed_at)
+    }
+
+    /// Every row of `user`'s listing under `req`'s filters, in list order.
+    fn list_rows(&self, user: &UserId, req: &ListRequest) -> Result<Vec<Row>, Error> {
+        let now = self.now();
+        let floor = match self.config.list_max_age_secs {
+            0 => i64::MIN,
+            s => now - (s as i64).saturating_mul(1000),
+        };
+        let sync = req.updated_after > 0;
+        let in_window =
+            |t: i64| t > req.updated_after && (req.updated_before <= 0 || t < req.updated_before);
+        let kind_ok = |k: i32| req.kind == 0 || req.kind == k;
+        let mut rows = Vec::new();
+        let mut members = HashSet::new();
+        for (num, rec) in self.store.user_conversations(user)? {
+            members.insert(num);
+            let Some(info) = self.conv_info(num)? else {
+                continue;
+            };
+            if !kind_ok(info.record.kind) {
+                continue;
+            }
+            if Self::listed(&rec, info.last_seq) {
+                let activity = Self::activity(&rec, &info);
+                let updated = activity.max(rec.changed_at);
+                if activity < floor
+                    || !in_window(updated)
+                    || (req.pinned_only && rec.pinned_at == 0)
+                {
+                    continue;
+                }
+                let sort = if req.pinned_only {
+                    rec.pinned_at
+                } else {
+                    activity
+                };
+                rows.push(Row {
+                    num,
+                    sort,
+                    deleted: false,
+                });
+            } else if sync && !req.pinned_only && in_window(rec.hidden_at) {
+                rows.push(Row {
+                    num,
+                    sort: rec.hidden_at,
+                    deleted: true,
+                });
+            }
+        }
+        if sync && !req.pinned_only {
+            for (num, at) in self.store.tombstones(user)? {
+                if !members.contains(&num) && in_window(at) {
+                    rows.push(Row {
+                        num,
+                        sort: at,
+                        deleted: true,
+                    });
+                }
+            }
+        }
+        rows.sort_unstable_by(|a, b| b.key().cmp(&a.key()));
+        if self.config.list_max_entries > 0 {
+            let cap = self.config.list_max_entries;
+            let mut live = 0;
+            rows.retain(|r| {
+                live += usize::from(!r.deleted);
+                r.deleted || live <= cap
+            });
+        }
+        Ok(rows)
+    }
+
+    /// A page of the caller's conversation list.
+    pub fn list_conversations(
+        &self,
+        caller: &Caller,
+        req: ListRequest,
+    ) -> Result<(Vec<ListEntry>, String, bool), Error> {
+        let limit = self.page_limit(
+            req.limit,
+            self.config.page_default,
+            self.config.page_max,
+            "page_max",
+        )?;
+        let now = self.now();
+        let ttl_ms = (self.config.list_snapshot_ttl_secs as i64).saturating_mul(1000);
+        let user = &caller.user;
+        let (rows, offset, snapshot) = if req.cursor.is_empty() {
+            (Arc::from(self.list_rows(user, &req)?), 0, None)
+        } else {
+            let c = Cursor::decode(&req.cursor)
+                .ok_or_else(|| Error::InvalidArgument("malformed list cursor".into()))?;
+            match self.snapshots.get(c.snapshot, user, now, ttl_ms) {
+                Some(rows) => (rows, c.offset.min(usize::MAX), Some(c.snapshot)),
+                None => {
+                    let rows: Arc<[Row]> = Arc::from(self.list_rows(user, &req)?);
+                    let start = rows.partition_point(|r| r.key() > c.last);
+                    (rows, start, None)
+                }
+            }
+        };
+        let offset = offset.min(rows.len());
+        let end = (offset + limit).min(rows.len());
+        let page = &rows[offset..end];
+        let has_more = end < rows.len();
+        let next = match (has_more, page.last()) {
+            (true, Some(last)) => {
+                let snapshot = snapshot.unwrap_or_else(|| {
+                    self.snapshots.insert(
+                        user,
+                        rows.clone(),
+                        now,
+                        ttl_ms,
+                        self.config.list_snapshots_per_user,
+                    )
+                });
+                Cursor {
+                    snapshot,
+                    offset: end,
+                    last: last.key(),
+                }
+                .encode()
+            }
+            _ => String::new(),
+        };
+        let mut entries = Vec::with_capacity(page.len());
+        for row in page {
+            let entry = if row.deleted {
+                None
+            } else {
+                self.entry_view(user, row.num, !req.omit_last_message)?
+            };
+            // An entry deleted since the snapshot is returned as a tombstone, not skipped.
+            entries.push(entry.unwrap_or_else(|| Self::tombstone(row.num, row.sort, now)));
+        }
+        Ok((entries, next, has_more))
+    }
+
+    fn tombstone(num: u64, sort: i64, now: i64) -> ListEntry {
+        ListEntry {
+            conversation_id: conversation_id(num),
+            kind: if num & TEMPORARY_BIT != 0 {
+                ConversationKind::Temporary as i32
+            } else {
+                ConversationKind::Unspecified as i32
+            },
+            deleted: true,
+            updated_at: if sort > 0 { sort } else { now },
+            ..Default::default()
+        }
+    }
+
+    /// The user's entry of one conversation as it now is; `None` when it is not in their list.
+    pub(super) fn entry_view(
+        &self,
+        user: &UserId,
+        num: u64,
+        with_last: bool,
+    ) -> Result<Option<ListEntry>, Error> {
+        let cached = self
+            .convs
+            .get(&num)
+            .map(|c| c.clone())
+            .and_then(|c| c.lock().entries.get(user).cloned());
+        let rec = match cached {
+            Some(r) => Some(r),
+            None => self.store.user_conversation(user, num)?,
+        };
+        let (Some(rec), Some(info)) = (rec, self.conv_info(num)?) else {
+            return Ok(None);
+        };
+        if !Self::listed(&rec, info.last_seq) {
+            return Ok(None);
+        }
+        let read_seq = self.read_position(user, num)?.min(info.last_seq);
+        let seen = read_seq.max(rec.cleared_seq);
+        let last_message = if with_last {
+            self.last_visible(user, num, rec.cleared_seq, info.last_seq)?
+        } else {
+            None
+        };
+        let kind = info.record.kind;
+        let peer = if kind == ConversationKind::Direct as i32 {
+            info.record
+                .pair
+                .iter()
+                .find(|u| **u != **user)
+                .cloned()
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let activity = Self::activity(&rec, &info);
+        Ok(Some(ListEntry {
+            conversation_id: conversation_id(num),
+            kind,
+            peer,
+            name: info.record.name.clone(),
+            last_message,
+            last_activity: activity,
+            unread: info.last_seq.saturating_sub(seen) as u32,
+            last_seq: info.last_seq,
+            read_seq,
+            pinned: rec.pinned_at > 0,
+            pinned_at: rec.pinned_at,
+            ext: rec.ext,
+            expires_at: info.record.expires_at,
+            muted: rec.muted,
+            updated_at: activity.max(rec.changed_at),
+            deleted: false,
+        }))
+    }
+
+    /// The conversation id a list request names: an id, or a NetEase-style key (`p2p|user`,
+    /// `team|id`, `super_team|id`).
+    fn resolve(&self, caller: &Caller, key: &str) -> Result<String, Error> {
+        let Some((scene, target)) = key.split_once('|') else {
+            return Ok(key.to_owned());
+        };
+        match scene {
+            "p2p" => {
+                self.check_user_id(target)?;
+                let pair = if *caller.user <= *target {
+                    (caller.user.clone(), UserId::from(target))
+                } else {
+                    (UserId::from(target), caller.user.clone())
+                };
+                let num = match self.directs.get(&pair).map(|n| *n) {
+                    Some(n) => Some(n),
+                    None => self.store.direct(&pair.0, &pair.1)?,
+                };
+                num.map(conversation_id).ok_or(Error::ConversationNotFound)
+            }
+            "team" | "super_team" if parse_conversation_id(target).is_some() => {
+                Ok(target.to_owned())
+            }
+            "team" | "super_team" => Err(Error::ConversationNotFound),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown key scene {scene:?}; one of p2p, team, super_team"
+            ))),
+        }
+    }
+
+    /// One entry of the caller's list, by id or key.
+    pub fn get_list_entry(
+        &self,
+        caller: &Caller,
+        key: &str,
+        with_last: bool,
+    ) -> Result<ListEntry, Error> {
+        let id = self.resolve(caller, key)?;
+        let cell = self.cell(&id)?;
+        cell.lock().require_member(&caller.user)?;
+        self.entry_view(&caller.user, cell.num, with_last)?
+            .ok_or(Error::NotInList)
+    }
+
+    /// Changes the caller's own record of one conversation under its lock (creating the entry
+    /// in the list again when it was removed), then tells the caller's other devices.
+    async fn change_entry(
+        &self,
+        caller: &Caller,
+        cell: &ConvCell,
+        change: impl FnOnce(&mut UserConversationRecord, i64),
+    ) -> Result<ListEntry, Error> {
+        let permit = self.writer.reserve().await?;
+        let rx = {
+            let mut st = cell.lock();
+            st.require_member(&caller.user)?;
+            let mut rec = self.entry(&mut st, cell.num, &caller.user)?;
+            let now = self.now();
+            if rec.hidden {
+                rec.hidden = false;
+                if st.last_seq <= rec.hidden_seq {
+                    rec.listed_at = now;
+                }
+            }
+            change(&mut rec, now);
+            rec.changed_at = now;
+            let ops = vec![Self::put_entry(&mut st, cell.num, &caller.user, rec)];
+            self.writer.submit(permit, ops, Vec::new(), Vec::new())
+        };
+        wait(rx).await?;
+        let entry = self
+            .entry_view(&caller.user, cell.num, true)?
+            .ok_or(Error::NotInList)?;
+        let push = pb::ListEntryChanged {
+            entry: Some(entry.clone()),
+        };
+        self.tell_own_devices(caller, pb::server_frame::Body::ListEntryChanged(push));
+        Ok(entry)
+    }
+
+    /// Sets the caller's private ext of an entry (upsert).
+    pub async fn set_entry_ext(
+        &self,
+        caller: &Caller,
+        key: &str,
+        ext: String,
+    ) -> Result<ListEntry, Error> {
+        if ext.len() > self.config.max_entry_ext_bytes {
+            return Err(Error::LimitExceeded(format!(
+                "ext is {} bytes; max_entry_ext_bytes is {}",
+                ext.len(),
+                self.config.max_entry_ext_bytes
+            )));
+        }
+        let cell = self.cell(&self.resolve(caller, key)?)?;
+        self.change_entry(caller, &cell, move |rec, _| rec.ext = ext)
+            .await
+    }
+
+    /// Pins or unpins an entry for the caller (pinning keeps the first pin time).
+    pub async fn pin(&self, caller: &Caller, key: &str, pinned: bool) -> Result<ListEntry, Error> {
+        let cell = self.cell(&self.resolve(caller, key)?)?;
+        // One pin at a time per user, held until durable, so the cap cannot be raced past.
+        let _guard = self.pin_lock(&caller.user).lock().await;
+        if pinned {
+            let max = self.config.max_pinned;
+            let count = self
+                .store
+                .user_conversations(&caller.user)?
+                .iter()
+                .filter(|(n, r)| r.pinned_at > 0 && *n != cell.num)
+                .count();
+            if count >= max {
+                return Err(Error::LimitExceeded(format!(
+                    "{count} conversations pinned; max_pinned is {max}"
+                )));
+            }
+        }
+        self.change_entry(caller, &cell, move |rec, now| {
+            rec.pinned_at = match (pinned, rec.pinned_at) {
+                (false, _) => 0,
+                (true, 0) => now,
+                (true, at) => at,
+            };
+        })
+        .await
+    }
+
+    fn pin_lock(&self, user: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = self.pin_locks.hasher().build_hasher();
+        user.hash(&mut h);
+        let locks = &self.pin_locks.locks;
+        &locks[h.finish() as usize % locks.len()]
+    }
+
+    /// Removes entries from the caller's list (one-way), optionally clearing the caller's
+    /// history of them. Each comes back with its conversation's next message.
+    pub async fn delete_list_entries(
+        &self,
+        caller: &Caller,
+        keys: &[String],
+        clear_history: bool,
+    ) -> Result<(), Error> {
+        let max = self.config.max_delete_entries;
+        if keys.is_empty() {
+            return Err(Error::InvalidArgument("no conversation ids".into()));
+        }
+        if keys.len() > max {
+            return Err(Error::LimitExceeded(format!(
+                "{} conversations; max_delete_entries is {max}",
+                keys.len()
+            )));
+        }
+        let mut cells = Vec::with_capacity(keys.len());
+        for k in keys {
+            let cell = self.cell(&self.resolve(caller, k)?)?;
+            cell.lock().require_member(&caller.user)?;
+            if !cells.iter().any(|c: &Arc<ConvCell>| c.num == cell.num) {
+                cells.push(cell);
+            }
+        }
+        let mut pending = Vec::with_capacity(cells.len());
+        for cell in &cells {
+            let permit = self.writer.reserve().await?;
+            let mut st = cell.lock();
+            if st.require_member(&caller.user).is_err() {
+                continue;
+            }
+            let mut rec = self.entry(&mut st, cell.num, &caller.user)?;
+            let now = self.now();
+            rec.hidden = true;
+            rec.hidden_seq = st.last_seq;
+            rec.hidden_at = now;
+            rec.changed_at = now;
+            rec.pinned_at = 0;
+            if clear_history {
+                rec.cleared_seq = rec.cleared_seq.max(st.last_seq);
+            }
+            let ops = vec![Self::put_entry(&mut st, cell.num, &caller.user, rec)];
+            pending.push(self.writer.submit(permit, ops, Vec::new(), Vec::new()));
+        }
+        for rx in pending {
+            wait(rx).await?;
+        }
+        let push = pb::ListEntriesDeleted {
+            conversation_ids: cells.iter().map(|c| c.id.to_string()).collect(),
+            clear_history,
+        };
+        self.tell_own_devices(caller, pb::server_frame::Body::ListEntriesDeleted(push));
+        Ok(())
+    }
+
+    /// Deletes a conversation for everyone: the owner of a group, any member of a direct or
+    /// temporary one. With `purge`, its messages are deleted from the store too; without, they
+    /// stay stored (for export) but no request reaches them. Every member gets a logged
+    /// DELETED event and a list tombstone.
+    pub async fn delete_conversation(
+        &self,
+        caller: &Caller,
+        id: &str,
+        purge: bool,
+    ) -> Result<(), Error> {
+        let cell = self.cell(id)?;
+        let permit = self.writer.reserve().await?;
+        let rx = {
+            let mut st = cell.lock();
+            if st.deleted {
+                return Err(Error::ConversationNotFound);
+            }
+            st.require_member(&caller.user)?;
+            if st.kind() == ConversationKind::Group && *st.record.owner != *caller.user {
+                return Err(Error::PermissionDenied(
+                    "only the owner may delete a group for everyone",
+                ));
+            }
+            let now = self.now();
+            let roster = st.roster.clone();
+            let mut ops = Vec::with_capacity(roster.len() * 4 + 2);
+            if purge {
+                ops.push(Op::PurgeConversation { conv: cell.num });
+            } else {
+                let mut record = st.record.clone();
+                record.deleted_at = now;
+                ops.push(Op::PutConversation {
+                    conv: cell.num,
+                    record,
+                });
+                for u in roster.iter() {
+                    ops.push(Op::DeleteMember {
+                        conv: cell.num,
+                        user: u.clone(),
+                    });
+                    ops.push(Op::DeleteUserConversation {
+                        user: u.clone(),
+                        conv: cell.num,
+                    });
+                    ops.push(Op::DeleteReadSeq {
+                        user: u.clone(),
+                        conv: cell.num,
+                    });
+                }
+            }
+            for u in roster.iter() {
+                ops.push(Op::PutTombstone {
+                    user: u.clone(),
+                    conv: cell.num,
+                    at: now,
+                });
+            }
+            if st.kind() == ConversationKind::Direct && st.record.pair.len() == 2 {
+                let (a, b) = (
+                    UserId::from(st.record.pair[0].as_str()),
+                    UserId::from(st.record.pair[1].as_str()),
+                );
+                self.directs.remove(&(a.clone(), b.clone()));
+                ops.push(Op::DeleteDirect { a, b });
+            }
+            if st.kind() == ConversationKind::Temporary {
+                let members: Vec<UserId> = st
+                    .record
+                    .pair
+                    .iter()
+                    .map(|m| UserId::from(m.as_str()))
+                    .collect();
+                self.temp_uniques.remove_if(&members, |_, n| *n == cell.num);
+            }
+            let event = self.event(
+                ConversationEventKind::Deleted,
+                &cell,
+                &caller.user,
+                Vec::new(),
+                st.view(&cell.id),
+            );
+            let logged = roster
+                .iter()
+                .map(|u| LoggedEvent {
+                    user: u.clone(),
+                    event: event.clone(),
+                    except_session: caller.session,
+                })
+                .collect();
+            st.deleted = true;
+            st.entries.clear();
+            self.convs.remove(&cell.num);
+            self.writer.submit(permit, ops, Vec::new(), logged)
+        };
+        Ok(wait(rx).await?)
+    }
+}
+
+/// Striped locks that serialise pin changes per user.
+pub(super) struct PinLocks {
+    locks: Vec<tokio::sync::Mutex<()>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl PinLocks {
+    fn hasher(&self) -> &std::collections::hash_map::RandomState {
+        &self.hasher
+    }
+}
+
+impl Default for PinLocks {
+    fn default() -> Self {
+        PinLocks {
+            locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: Default::default(),
+        }
+    }
+}
