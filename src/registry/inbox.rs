@@ -309,7 +309,7 @@ impl Registry {
                 Some(rows) => (rows, c.offset.min(usize::MAX), Some(c.snapshot)),
                 None => {
                     let rows: Arc<[Row]> = Arc::from(self.list_rows(user, &req)?);
-                    let start = rows.partition_point(|r| r.key() > c.last);
+                    let start = rows.partition_point(|r| r.key() >= c.last);
                     (rows, start, None)
                 }
             }
