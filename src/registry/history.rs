@@ -375,6 +375,9 @@ impl Registry {
             let left_list =
                 last > 0 && (last - rec.cleared_seq) as usize <= gone.len() && !rec.hidden;
             if left_list {
+                // Nothing visible is left: clear up to the end, so unread counts start afresh
+                // when the next message brings the entry back.
+                rec.cleared_seq = last;
                 rec.hidden = true;
                 rec.hidden_seq = last;
                 rec.hidden_at = now;

@@ -8,6 +8,7 @@ mod delivery;
 mod durability;
 mod list;
 mod presence;
+mod roaming;
 mod robustness;
 mod storage;
 mod temporary;
