@@ -273,7 +273,7 @@ impl Registry {
                 }
             }
         }
-        rows.sort_unstable_by(|a, b| b.key().cmp(&a.key()));
+        rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.key()));
         if self.config.list_max_entries > 0 {
             let cap = self.config.list_max_entries;
             let mut live = 0;
@@ -306,7 +306,7 @@ impl Registry {
             let c = Cursor::decode(&req.cursor)
                 .ok_or_else(|| Error::InvalidArgument("malformed list cursor".into()))?;
             match self.snapshots.get(c.snapshot, user, now, ttl_ms) {
-                Some(rows) => (rows, c.offset.min(usize::MAX), Some(c.snapshot)),
+                Some(rows) => (rows, c.offset, Some(c.snapshot)),
                 None => {
                     let rows: Arc<[Row]> = Arc::from(self.list_rows(user, &req)?);
                     let start = rows.partition_point(|r| r.key() >= c.last);
@@ -555,11 +555,9 @@ impl Registry {
     }
 
     fn pin_lock(&self, user: &str) -> &tokio::sync::Mutex<()> {
-        use std::hash::{BuildHasher, Hash, Hasher};
-        let mut h = self.pin_locks.hasher().build_hasher();
-        user.hash(&mut h);
+        use std::hash::BuildHasher;
         let locks = &self.pin_locks.locks;
-        &locks[h.finish() as usize % locks.len()]
+        &locks[self.pin_locks.hasher.hash_one(user) as usize % locks.len()]
     }
 
     /// Removes entries from the caller's list (one-way), optionally clearing the caller's
@@ -721,12 +719,6 @@ impl Registry {
 pub(super) struct PinLocks {
     locks: Vec<tokio::sync::Mutex<()>>,
     hasher: std::collections::hash_map::RandomState,
-}
-
-impl PinLocks {
-    fn hasher(&self) -> &std::collections::hash_map::RandomState {
-        &self.hasher
-    }
 }
 
 impl Default for PinLocks {

@@ -264,7 +264,7 @@ async fn incremental_sync_returns_changes_and_tombstones() {
 
     within(bob.send_text(&a.id, "new")).await.unwrap();
     within(alice.pin(&c.id, true)).await.unwrap();
-    within(alice.delete_list_entries(&[b.id.clone()], false))
+    within(alice.delete_list_entries(std::slice::from_ref(&b.id), false))
         .await
         .unwrap();
     within(bob.remove_members(&d.id, &["alice"])).await.unwrap();
@@ -371,7 +371,7 @@ async fn private_ext_is_the_owners_upsert_and_reaches_their_devices() {
     assert_eq!(within(bob.get_list_entry(&d.id)).await.unwrap().ext, "");
 
     // Upsert: an entry removed from the list comes back with its ext, and no last message.
-    within(alice.delete_list_entries(&[d.id.clone()], false))
+    within(alice.delete_list_entries(std::slice::from_ref(&d.id), false))
         .await
         .unwrap();
     assert!(all(&alice, list(0)).await.is_empty());
@@ -516,7 +516,7 @@ async fn deleting_from_my_list_is_one_way_and_undone_by_the_next_message() {
     assert_eq!(back[0].unread, 4);
 
     // With clear_history the caller's history is gone too; bob's is not.
-    within(alice.delete_list_entries(&[d.id.clone()], true))
+    within(alice.delete_list_entries(std::slice::from_ref(&d.id), true))
         .await
         .unwrap();
     within(bob.send_text(&d.id, "fresh")).await.unwrap();
