@@ -9,7 +9,7 @@
 //! (`T` user ‖ conv) for incremental sync.
 //!
 //! Paging is over a snapshot: the first page of a listing orders every matching entry and,
-//! when more pages follow, keeps that order (conversation numbers and sort keys, 16 bytes an
+//! when more pages follow, keeps that order (conversation numbers and sort keys, 24 bytes an
 //! entry) for `list_snapshot_ttl_secs`. Later pages read that order, so an entry that moves to
 //! the top between pages is neither repeated nor skipped; its contents (unread, last message)
 //! are current. A cursor whose snapshot is gone (expired, or the server restarted) continues
@@ -346,7 +346,8 @@ impl Registry {
                 self.entry_view(user, row.num, !req.omit_last_message)?
             };
             // An entry deleted since the snapshot is returned as a tombstone, not skipped.
-            entries.push(entry.unwrap_or_else(|| Self::tombstone(row.num, row.sort, now)));
+            let at = if row.deleted { row.sort } else { now };
+            entries.push(entry.unwrap_or_else(|| Self::tombstone(row.num, at, now)));
         }
         Ok((entries, next, has_more))
     }
@@ -476,6 +477,7 @@ impl Registry {
         &self,
         caller: &Caller,
         cell: &ConvCell,
+        unhide: bool,
         change: impl FnOnce(&mut UserConversationRecord, i64),
     ) -> Result<ListEntry, Error> {
         let permit = self.writer.reserve().await?;
@@ -484,7 +486,7 @@ impl Registry {
             st.require_member(&caller.user)?;
             let mut rec = self.entry(&mut st, cell.num, &caller.user)?;
             let now = self.now();
-            if rec.hidden {
+            if rec.hidden && unhide {
                 rec.hidden = false;
                 if st.last_seq <= rec.hidden_seq {
                     rec.listed_at = now;
@@ -521,7 +523,7 @@ impl Registry {
             )));
         }
         let cell = self.cell(&self.resolve(caller, key)?)?;
-        self.change_entry(caller, &cell, move |rec, _| rec.ext = ext)
+        self.change_entry(caller, &cell, true, move |rec, _| rec.ext = ext)
             .await
     }
 
@@ -544,7 +546,8 @@ impl Registry {
                 )));
             }
         }
-        self.change_entry(caller, &cell, move |rec, now| {
+        // Pinning puts a removed entry back in the list; unpinning leaves it removed.
+        self.change_entry(caller, &cell, pinned, move |rec, now| {
             rec.pinned_at = match (pinned, rec.pinned_at) {
                 (false, _) => 0,
                 (true, 0) => now,

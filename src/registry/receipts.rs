@@ -34,6 +34,7 @@ impl Registry {
                 rec.changed_at = now;
                 let delivered_from = rec.delivered_seq;
                 rec.delivered_seq = rec.delivered_seq.max(target);
+                let cleared = rec.cleared_seq;
                 let ops = vec![
                     Op::PutReadSeq {
                         user: caller.user.clone(),
@@ -42,10 +43,11 @@ impl Registry {
                     },
                     Self::put_entry(&mut st, cell.num, &caller.user, rec),
                 ];
+                // The same count the list shows: nothing cleared one-way is unread.
                 let push = pb::ReadPosition {
                     conversation_id: cell.id.to_string(),
                     read_seq: target,
-                    unread: (st.last_seq - target) as u32,
+                    unread: st.last_seq.saturating_sub(target.max(cleared)) as u32,
                 };
                 let frame = protocol::push(pb::server_frame::Body::ReadPosition(push));
                 let d = Delivery {

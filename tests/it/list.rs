@@ -477,6 +477,10 @@ async fn deleting_from_my_list_is_one_way_and_undone_by_the_next_message() {
     assert!(all(&alice, list(0)).await.is_empty());
     let e = within(alice.get_list_entry(&d.id)).await.unwrap_err();
     assert_eq!(code(e), ErrorCode::ErrorConversationNotFound);
+    // Unpinning a removed entry leaves it removed.
+    let e = within(alice.pin(&d.id, false)).await.unwrap_err();
+    assert_eq!(code(e), ErrorCode::ErrorConversationNotFound);
+    assert!(all(&alice, list(0)).await.is_empty());
     assert_eq!(all(&bob, list(0)).await.len(), 2, "bob's list is untouched");
     assert_eq!(
         within(alice.history(&d.id, 0, 10))
