@@ -547,7 +547,7 @@ impl Registry {
     }
 
     /// Removes `users` from the state and returns the ops that remove them from the store.
-    fn drop_members(
+    pub(super) fn drop_members(
         &self,
         st: &mut ConvState,
         cell: &ConvCell,

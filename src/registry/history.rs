@@ -450,18 +450,7 @@ impl Registry {
         id: &str,
         req: EditRequest,
     ) -> Result<Message, Error> {
-        let size = req.content.len()
-            + req
-                .attributes
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>();
-        if size > self.config.max_message_bytes {
-            return Err(Error::MessageTooLarge {
-                size,
-                limit: self.config.max_message_bytes,
-            });
-        }
+        self.check_size(&req.content, &req.attributes)?;
         let (window, max_edits) = (self.config.edit_window_secs, self.config.max_edits);
         let EditRequest {
             message_id,

@@ -22,7 +22,7 @@ use crate::protocol::pb::{
 };
 use crate::protocol::{TEMPORARY_BIT, conversation_id, parse_conversation_id};
 use crate::store::{Op, UserId};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 /// What a ListConversations asks for.
@@ -645,8 +645,17 @@ impl Registry {
             }
             let now = self.now();
             let roster = st.roster.clone();
-            let mut ops = Vec::with_capacity(roster.len() * 4 + 2);
+            // The event shows the conversation as it was, members included.
+            let event = self.event(
+                ConversationEventKind::Deleted,
+                &cell,
+                &caller.user,
+                Vec::new(),
+                st.view(&cell.id),
+            );
+            let mut ops = Vec::new();
             if purge {
+                // The purge runs first in the batch; the tombstones written after it stay.
                 ops.push(Op::PurgeConversation { conv: cell.num });
             } else {
                 let mut record = st.record.clone();
@@ -655,28 +664,10 @@ impl Registry {
                     conv: cell.num,
                     record,
                 });
-                for u in roster.iter() {
-                    ops.push(Op::DeleteMember {
-                        conv: cell.num,
-                        user: u.clone(),
-                    });
-                    ops.push(Op::DeleteUserConversation {
-                        user: u.clone(),
-                        conv: cell.num,
-                    });
-                    ops.push(Op::DeleteReadSeq {
-                        user: u.clone(),
-                        conv: cell.num,
-                    });
-                }
             }
-            for u in roster.iter() {
-                ops.push(Op::PutTombstone {
-                    user: u.clone(),
-                    conv: cell.num,
-                    at: now,
-                });
-            }
+            // Every member goes, each with a list tombstone.
+            let everyone: BTreeSet<UserId> = roster.iter().cloned().collect();
+            ops.extend(self.drop_members(&mut st, &cell, &everyone));
             if st.kind() == ConversationKind::Direct && st.record.pair.len() == 2 {
                 let (a, b) = (
                     UserId::from(st.record.pair[0].as_str()),
@@ -694,13 +685,6 @@ impl Registry {
                     .collect();
                 self.temp_uniques.remove_if(&members, |_, n| *n == cell.num);
             }
-            let event = self.event(
-                ConversationEventKind::Deleted,
-                &cell,
-                &caller.user,
-                Vec::new(),
-                st.view(&cell.id),
-            );
             let logged = roster
                 .iter()
                 .map(|u| LoggedEvent {

@@ -106,11 +106,14 @@ impl Registry {
         result
     }
 
-    /// Checks size limits and mentions of a message to be sent.
-    fn validate_send(&self, req: &SendRequest) -> Result<(), Error> {
-        let size = req.content.len()
-            + req
-                .attributes
+    /// Checks content plus attributes against `max_message_bytes`.
+    pub(super) fn check_size(
+        &self,
+        content: &[u8],
+        attributes: &BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        let size = content.len()
+            + attributes
                 .iter()
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>();
@@ -120,6 +123,12 @@ impl Registry {
                 limit: self.config.max_message_bytes,
             });
         }
+        Ok(())
+    }
+
+    /// Checks size limits and mentions of a message to be sent.
+    fn validate_send(&self, req: &SendRequest) -> Result<(), Error> {
+        self.check_size(&req.content, &req.attributes)?;
         if req.client_message_id.len() > self.config.max_client_message_id_bytes {
             return Err(Error::LimitExceeded(format!(
                 "client_message_id is {} bytes; max_client_message_id_bytes is {}",
