@@ -741,6 +741,16 @@ impl Registry {
         Ok(st.members.len() as u32)
     }
 
+    /// The size of a message or list page: `page_default` when 0, at most `page_max`.
+    pub(super) fn page_size(&self, asked: u32) -> Result<usize, Error> {
+        self.page_limit(
+            asked,
+            self.config.page_default,
+            self.config.page_max,
+            "page_max",
+        )
+    }
+
     /// Applies a page-size default and maximum (over the maximum is an error).
     pub(super) fn page_limit(
         &self,

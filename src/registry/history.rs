@@ -139,12 +139,7 @@ impl Registry {
         id: &str,
         req: HistoryRequest,
     ) -> Result<(Vec<Message>, bool, String), Error> {
-        let limit = self.page_limit(
-            req.limit,
-            self.config.page_default,
-            self.config.page_max,
-            "page_max",
-        )?;
+        let limit = self.page_size(req.limit)?;
         let cell = self.cell(id)?;
         let view = self.view_of(caller, &cell)?;
         let last = view.last;
@@ -557,12 +552,7 @@ impl Registry {
         after_seq: u64,
         limit: u32,
     ) -> Result<(Vec<Message>, bool), Error> {
-        let limit = self.page_limit(
-            limit,
-            self.config.page_default,
-            self.config.page_max,
-            "page_max",
-        )?;
+        let limit = self.page_size(limit)?;
         let cell = self.cell(id)?;
         let cleared = {
             let mut st = cell.lock();

@@ -291,12 +291,7 @@ impl Registry {
         caller: &Caller,
         req: ListRequest,
     ) -> Result<(Vec<ListEntry>, String, bool), Error> {
-        let limit = self.page_limit(
-            req.limit,
-            self.config.page_default,
-            self.config.page_max,
-            "page_max",
-        )?;
+        let limit = self.page_size(req.limit)?;
         let now = self.now();
         let ttl_ms = (self.config.list_snapshot_ttl_secs as i64).saturating_mul(1000);
         let user = &caller.user;
