@@ -183,9 +183,11 @@ impl Run {
     }
 
     /// When the n-th send (from 0) of a sender at `rate`/s should leave.
-    fn intended(&self, n: u64, rate: f64) -> Instant {
+    /// `phase` (0..1) shifts a sender's sends by that fraction of its interval, so the senders
+    /// of a run take turns instead of all sending at the same instants.
+    fn intended(&self, n: u64, phase: f64, rate: f64) -> Instant {
         let t = self.ramp.as_secs_f64();
-        let n = n as f64;
+        let n = n as f64 + phase;
         let secs = if t > 0.0 && n < rate * t / 2.0 {
             (2.0 * t * n / rate).sqrt()
         } else if t > 0.0 {
@@ -264,6 +266,11 @@ pub async fn drive(raw: Raw, plan: Plan, run: Arc<Run>) -> ConnStats {
         }
         _ => run.go,
     };
+    // Fixed-rate senders send at evenly shifted instants (see `Run::intended`).
+    let phase = match &plan.send {
+        Some((_, i, _)) if !run.acked.is_empty() => *i as f64 / run.acked.len() as f64,
+        _ => 0.0,
+    };
     loop {
         let now = Instant::now();
         let mut wake = run.hard_stop;
@@ -286,7 +293,7 @@ pub async fn drive(raw: Raw, plan: Plan, run: Arc<Run>) -> ConnStats {
                         now_ns()
                     }
                     Sched::Rate { rate } => {
-                        let at = run.intended(st.sent, rate);
+                        let at = run.intended(st.sent, phase, rate);
                         if at >= run.send_until {
                             sending = false;
                             break;
