@@ -98,11 +98,29 @@ async fn read<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut Stream<S>) -> Inbo
 }
 
 /// Runs one connection to the end.
-pub async fn run<S>(ws: WebSocketStream<S>, app: Arc<App>, shutdown: CancellationToken)
+///
+/// Not an `async fn`: an async fn's future keeps room for its arguments for its whole life, and
+/// the unsplit stream is 300 bytes every connection would carry.
+pub fn run<S>(
+    ws: WebSocketStream<S>,
+    app: Arc<App>,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sink, mut stream) = ws.split();
+    let (sink, stream) = ws.split();
+    run_split(sink, stream, app, shutdown)
+}
+
+async fn run_split<S>(
+    mut sink: Sink<S>,
+    mut stream: Stream<S>,
+    app: Arc<App>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let first = tokio::select! {
         r = timeout(Duration::from_millis(app.config.login_timeout_ms), read_login(&mut stream)) => r,
         _ = shutdown.cancelled() => Ok(Err(Some(GOING_AWAY))),
@@ -196,10 +214,11 @@ where
     if app.hub.unregister(&user, session) {
         app.registry.presence_changed(&user);
     }
-    if abnormal {
-        send_wills(&app, &caller, wills).await;
+    if abnormal && !wills.is_empty() {
+        // Boxed: a rare path, and its future is larger than the rest of this one.
+        Box::pin(send_wills(&app, &caller, wills)).await;
     }
-    finish(sink, stream, &app, close).await;
+    Box::pin(finish(sink, stream, &app, close)).await;
 }
 
 /// Sends the will messages of a session that ended abnormally, as if the user had sent them.
@@ -311,6 +330,13 @@ struct Actor {
     abnormal: bool,
 }
 
+/// What one turn of the serve loop does after its `select!`.
+enum Step {
+    Continue,
+    Write(Vec<WsMessage>),
+    Stop(Stop),
+}
+
 /// Why a write stopped.
 enum Stop {
     Kicked(u16),
@@ -347,35 +373,35 @@ impl Actor {
                 return Some(close);
             }
             let reading = draining.is_none() && self.pending.len() < cfg.max_inflight_requests;
-            let result = tokio::select! {
+            // The arms only decide; the one write below is the loop's only other await. Keeping
+            // frames and writes out of the arms keeps this future (which every connection
+            // holds for its whole life) small.
+            let step = tokio::select! {
                 biased;
-                code = kick.kicked() => Err(Stop::Kicked(code)),
+                code = kick.kicked() => Step::Stop(Stop::Kicked(code)),
                 _ = &mut cancelled, if draining.is_none() => {
                     draining = Some((GOING_AWAY, Instant::now() + Duration::from_millis(cfg.shutdown_grace_ms)));
-                    Ok(())
+                    Step::Continue
                 }
                 Some(reply) = self.pending.next(), if !self.pending.is_empty() => {
-                    write(&kick, sink, vec![protocol::encode(&reply)]).await
+                    Step::Write(vec![binary(protocol::encode(&reply))])
                 }
-                Some(first) = self.outbox.recv() => {
-                    let frames = self.burst(first);
-                    write(&kick, sink, frames).await
-                }
+                Some(first) = self.outbox.recv() => Step::Write(self.burst(first)),
                 inbound = read(stream), if reading => match inbound {
                     Inbound::Frame(f) => {
                         idle_timer.as_mut().reset(Instant::now() + idle);
                         match self.request(f) {
-                            Some(Immediate::Reply(r)) => write(&kick, sink, vec![protocol::encode(&r)]).await,
+                            Some(Immediate::Reply(r)) => Step::Write(vec![binary(protocol::encode(&r))]),
                             Some(Immediate::Logout(r)) => {
                                 draining = Some((NORMAL, Instant::now() + Duration::from_millis(cfg.shutdown_grace_ms)));
-                                write(&kick, sink, vec![protocol::encode(&r)]).await
+                                Step::Write(vec![binary(protocol::encode(&r))])
                             }
-                            None => Ok(()),
+                            None => Step::Continue,
                         }
                     }
                     Inbound::Activity => {
                         idle_timer.as_mut().reset(Instant::now() + idle);
-                        Ok(())
+                        Step::Continue
                     }
                     Inbound::Closed => return None,
                     Inbound::Dropped => {
@@ -387,7 +413,7 @@ impl Actor {
                         return Some(c);
                     }
                 },
-                _ = ping.tick() => guarded(&kick, sink.send(WsMessage::Ping(Bytes::new()))).await,
+                _ = ping.tick() => Step::Write(vec![WsMessage::Ping(Bytes::new())]),
                 _ = &mut idle_timer => {
                     self.abnormal = true;
                     return Some(close_of(CloseCode::CloseIdleTimeout));
@@ -395,6 +421,11 @@ impl Actor {
                 _ = sleep_until(draining.map_or_else(Instant::now, |d| d.1)), if draining.is_some() => {
                     return draining.map(|d| d.0);
                 }
+            };
+            let result = match step {
+                Step::Continue => Ok(()),
+                Step::Write(frames) => write(&kick, sink, frames).await,
+                Step::Stop(stop) => Err(stop),
             };
             match result {
                 Ok(()) => {}
@@ -415,12 +446,12 @@ impl Actor {
     }
 
     /// Takes `first` and whatever else is queued (up to a burst), skipping replayed events.
-    fn burst(&mut self, first: Outgoing) -> Vec<Bytes> {
+    fn burst(&mut self, first: Outgoing) -> Vec<WsMessage> {
         let mut frames = Vec::with_capacity(8);
         let mut next = Some(first);
         while let Some(o) = next {
             if o.user_seq == 0 || o.user_seq > self.replayed_to {
-                frames.push(o.frame);
+                frames.push(binary(o.frame));
             }
             next = if frames.len() < BURST {
                 self.outbox.try_recv().ok()
@@ -507,31 +538,42 @@ impl Actor {
 }
 
 /// Writes frames and flushes once, giving up if the session is kicked meanwhile.
+///
+/// A hand-written poll loop rather than `feed`s and a `select!`: every connection's task keeps
+/// room for this future, and this form is a tenth of the size.
 async fn write<S: AsyncRead + AsyncWrite + Unpin>(
     kick: &Kick,
     sink: &mut Sink<S>,
-    frames: Vec<Bytes>,
+    frames: Vec<WsMessage>,
 ) -> Result<(), Stop> {
+    use futures_util::Sink as _;
+    use std::pin::Pin;
+    use std::task::Poll;
     if frames.is_empty() {
         return Ok(());
     }
-    guarded(kick, async {
-        for f in frames {
-            sink.feed(binary(f)).await?;
+    let mut frames = frames.into_iter();
+    let mut kicked = std::pin::pin!(kick.kicked());
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(code) = kicked.as_mut().poll(cx) {
+            return Poll::Ready(Err(Stop::Kicked(code)));
         }
-        sink.flush().await
+        while !frames.as_slice().is_empty() {
+            match Pin::new(&mut *sink).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(Stop::Gone)),
+                Poll::Pending => return Poll::Pending,
+            }
+            let frame = frames.next().expect("not empty");
+            if Pin::new(&mut *sink).start_send(frame).is_err() {
+                return Poll::Ready(Err(Stop::Gone));
+            }
+        }
+        Pin::new(&mut *sink)
+            .poll_flush(cx)
+            .map(|r| r.map_err(|_| Stop::Gone))
     })
     .await
-}
-
-async fn guarded(
-    kick: &Kick,
-    io: impl Future<Output = Result<(), tungstenite::Error>>,
-) -> Result<(), Stop> {
-    tokio::select! {
-        r = io => r.map_err(|_| Stop::Gone),
-        code = kick.kicked() => Err(Stop::Kicked(code)),
-    }
 }
 
 /// The reply to a session-level request.
