@@ -138,7 +138,13 @@ async fn run_split<S>(
         Ok(Err(close)) => return finish(sink, stream, &app, close).await,
         Ok(Ok(v)) => v,
     };
-    let user = match app.auth.verify(&login.token) {
+    // Only what the session needs lives on: the token (a few hundred bytes) is dropped here.
+    let pb::Login {
+        token,
+        device,
+        event_cursor,
+    } = login;
+    let user = match app.auth.verify(&token) {
         Ok(u) => UserId::from(u),
         Err(e) => {
             tracing::info!(error = %e, "login refused");
@@ -149,7 +155,8 @@ async fn run_split<S>(
             return finish(sink, stream, &app, Some(close_of(code))).await;
         }
     };
-    if login.device.len() > 64 {
+    drop(token);
+    if device.len() > 64 {
         return finish(
             sink,
             stream,
@@ -162,7 +169,7 @@ async fn run_split<S>(
     let session = app.next_session_id();
     let (tx, outbox) = mpsc::channel(app.config.outbox_frames);
     let kick = Arc::new(Kick::default());
-    let device = (!login.device.is_empty()).then(|| Arc::<str>::from(login.device.as_str()));
+    let device = (!device.is_empty()).then(|| Arc::<str>::from(device));
     let handle = SessionHandle {
         id: session,
         device,
@@ -177,7 +184,7 @@ async fn run_split<S>(
         app.registry.presence_changed(&user);
     }
     app.stats.sessions_logged_in.inc();
-    tracing::debug!(user = %user, session, device = %login.device, "logged in");
+    tracing::debug!(user = %user, session, device = handle.device.as_deref().unwrap_or(""), "logged in");
 
     let caller = Caller {
         user: user.clone(),
@@ -195,7 +202,7 @@ async fn run_split<S>(
         subscriptions: HashSet::new(),
         abnormal: false,
     };
-    let close = match welcome(&mut sink, &app, &caller, id, login.event_cursor).await {
+    let close = match welcome(&mut sink, &app, &caller, id, event_cursor).await {
         Ok(replayed_to) => {
             actor.replayed_to = replayed_to;
             actor.serve(&mut sink, &mut stream, shutdown).await
