@@ -38,6 +38,10 @@ pub struct SuiteArgs {
     /// churn: temporary conversations to create and let expire.
     #[arg(long, default_value_t = 100_000)]
     pub churn_conversations: u64,
+    /// More server configuration for every tidings the suite starts: FIELD=VALUE, repeatable
+    /// (for example `--set store_cache_bytes=6442450944` to hold a large history in memory).
+    #[arg(long = "set", value_name = "FIELD=VALUE")]
+    pub sets: Vec<String>,
 }
 
 /// A server process the suite started.
@@ -107,12 +111,14 @@ pub async fn spawn_tidings(
     bin: &std::path::Path,
     secret: &str,
     engine: &str,
+    sets: &[String],
 ) -> anyhow::Result<Spawned> {
     let dir = tempfile::Builder::new().prefix("tidings-load-").tempdir()?;
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .args(["--set", &format!("store_engine={engine}")])
+        .args(sets.iter().flat_map(|kv| ["--set", kv.as_str()]))
         .env("TIDINGS_JWT_HS256_SECRET", secret)
         .env("TIDINGS_LOG", "info");
     spawn(cmd, Some(dir)).await
@@ -145,6 +151,9 @@ struct SuiteResult {
     note: &'static str,
     cpus: usize,
     tidings_bin: String,
+    store_engine: String,
+    /// The `--set FIELD=VALUE` settings every tidings server of the run had.
+    server_settings: Vec<String>,
     quick: bool,
     targets: Vec<Target>,
     runs: Vec<RunResult>,
@@ -224,7 +233,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
             max_bytes_per_session: Some(8192.0),
             ..Default::default()
         };
-        let s = spawn_tidings(&bin, &cx.secret, &args.store_engine).await?;
+        let s = spawn_tidings(&bin, &cx.secret, &args.store_engine, &args.sets).await?;
         let tid = cx.run(Scenario::Idle, &s, "tidings", p.clone(), t).await;
         s.stop().await;
         let r = spawn_reference().await?;
@@ -246,7 +255,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
     }
 
     if cx.wants(Scenario::Chat) {
-        let s = spawn_tidings(&bin, &cx.secret, &args.store_engine).await?;
+        let s = spawn_tidings(&bin, &cx.secret, &args.store_engine, &args.sets).await?;
         let pairs = n(2000, 50);
         let dur = n(20, 3);
         let p = params(&[
@@ -317,7 +326,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
             "--ramp-secs",
             "1",
         ]);
-        let s = spawn_tidings(&bin, &cx.secret, &args.store_engine).await?;
+        let s = spawn_tidings(&bin, &cx.secret, &args.store_engine, &args.sets).await?;
         let tid = cx
             .run(
                 Scenario::Fanout,
@@ -350,7 +359,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
     if cx.wants(Scenario::Storm) {
         let sessions = n(10_000, 500);
         let p = params(&["--sessions", &sessions, "--concurrency", "256"]);
-        let s = spawn_tidings(&bin, &cx.secret, &args.store_engine).await?;
+        let s = spawn_tidings(&bin, &cx.secret, &args.store_engine, &args.sets).await?;
         if let Some(r) = cx
             .run(Scenario::Storm, &s, "tidings", p, Thresholds::default())
             .await
@@ -394,7 +403,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
             max_p99_ms: Some(2.0),
             ..Default::default()
         };
-        let s = spawn_tidings(&bin, &cx.secret, &args.store_engine).await?;
+        let s = spawn_tidings(&bin, &cx.secret, &args.store_engine, &args.sets).await?;
         if let Some(r) = cx.run(Scenario::History, &s, "tidings", p, t).await {
             let v = r.main_latency().map_or(f64::INFINITY, |l| l.p99_ms);
             targets.push(Target {
@@ -427,7 +436,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
             "--setup-secs",
             "600",
         ]);
-        let s = spawn_tidings(&bin, &cx.secret, &args.store_engine).await?;
+        let s = spawn_tidings(&bin, &cx.secret, &args.store_engine, &args.sets).await?;
         p.data_dir = s.data_dir();
         let run = cx
             .run(Scenario::Churn, &s, "tidings", p, Thresholds::default())
@@ -472,6 +481,8 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
         note: NOTE,
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         tidings_bin: args.tidings_bin.display().to_string(),
+        store_engine: args.store_engine.clone(),
+        server_settings: args.sets.clone(),
         quick: q,
         targets,
         runs: cx.runs,
