@@ -197,7 +197,7 @@ async fn run_split<S>(
         kick,
         outbox,
         replayed_to: 0,
-        pending: FuturesUnordered::new(),
+        pending: None,
         wills: BTreeMap::new(),
         subscriptions: HashSet::new(),
         abnormal: false,
@@ -328,7 +328,9 @@ struct Actor {
     kick: Arc<Kick>,
     outbox: mpsc::Receiver<Outgoing>,
     replayed_to: u64,
-    pending: FuturesUnordered<BoxFuture<'static, ServerFrame>>,
+    /// Requests in progress; created with the first request, so a session that only listens
+    /// does not carry the set's allocation.
+    pending: Option<FuturesUnordered<BoxFuture<'static, ServerFrame>>>,
     /// Will messages by conversation id (the last one set wins).
     wills: BTreeMap<String, SendRequest>,
     /// Conversations whose presence this session subscribed to.
@@ -361,10 +363,14 @@ impl Actor {
         let cfg = self.app.config.clone();
         let idle = Duration::from_millis(cfg.idle_timeout_ms);
         let ping_every = Duration::from_millis(cfg.ping_interval_ms);
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let idle_timer = sleep_until(Instant::now() + idle);
-        tokio::pin!(idle_timer);
+        let grace = Duration::from_millis(cfg.shutdown_grace_ms);
+        // One timer for the ping, the idle deadline and the drain deadline: it is set for the
+        // earliest, and on firing the loop sees which are due and sets it again. Activity only
+        // moves `idle_at` (later), so the timer may fire once early; that is all it costs.
+        let mut ping_at = Instant::now() + ping_every;
+        let mut idle_at = Instant::now() + idle;
+        let timer = sleep_until(ping_at.min(idle_at));
+        tokio::pin!(timer);
         // Set once we stop reading: shutdown (1001) or logout (1000). Pending replies still go out.
         let mut draining: Option<(Close, Instant)> = None;
         let kick = self.kick.clone();
@@ -375,11 +381,12 @@ impl Actor {
 
         loop {
             if let Some((close, deadline)) = draining
-                && (self.pending.is_empty() || Instant::now() >= deadline)
+                && (self.pending_len() == 0 || Instant::now() >= deadline)
             {
                 return Some(close);
             }
-            let reading = draining.is_none() && self.pending.len() < cfg.max_inflight_requests;
+            let reading = draining.is_none() && self.pending_len() < cfg.max_inflight_requests;
+            let waiting = self.pending_len() > 0;
             // The arms only decide; the one write below is the loop's only other await. Keeping
             // frames and writes out of the arms keeps this future (which every connection
             // holds for its whole life) small.
@@ -387,27 +394,31 @@ impl Actor {
                 biased;
                 code = kick.kicked() => Step::Stop(Stop::Kicked(code)),
                 _ = &mut cancelled, if draining.is_none() => {
-                    draining = Some((GOING_AWAY, Instant::now() + Duration::from_millis(cfg.shutdown_grace_ms)));
+                    let until = Instant::now() + grace;
+                    draining = Some((GOING_AWAY, until));
+                    timer.as_mut().reset(ping_at.min(idle_at).min(until));
                     Step::Continue
                 }
-                Some(reply) = self.pending.next(), if !self.pending.is_empty() => {
+                Some(reply) = next_reply(&mut self.pending), if waiting => {
                     Step::Write(vec![binary(protocol::encode(&reply))])
                 }
                 Some(first) = self.outbox.recv() => Step::Write(self.burst(first)),
                 inbound = read(stream), if reading => match inbound {
                     Inbound::Frame(f) => {
-                        idle_timer.as_mut().reset(Instant::now() + idle);
+                        idle_at = Instant::now() + idle;
                         match self.request(f) {
                             Some(Immediate::Reply(r)) => Step::Write(vec![binary(protocol::encode(&r))]),
                             Some(Immediate::Logout(r)) => {
-                                draining = Some((NORMAL, Instant::now() + Duration::from_millis(cfg.shutdown_grace_ms)));
+                                let until = Instant::now() + grace;
+                                draining = Some((NORMAL, until));
+                                timer.as_mut().reset(ping_at.min(idle_at).min(until));
                                 Step::Write(vec![binary(protocol::encode(&r))])
                             }
                             None => Step::Continue,
                         }
                     }
                     Inbound::Activity => {
-                        idle_timer.as_mut().reset(Instant::now() + idle);
+                        idle_at = Instant::now() + idle;
                         Step::Continue
                     }
                     Inbound::Closed => return None,
@@ -420,13 +431,28 @@ impl Actor {
                         return Some(c);
                     }
                 },
-                _ = ping.tick() => Step::Write(vec![WsMessage::Ping(Bytes::new())]),
-                _ = &mut idle_timer => {
-                    self.abnormal = true;
-                    return Some(close_of(CloseCode::CloseIdleTimeout));
-                }
-                _ = sleep_until(draining.map_or_else(Instant::now, |d| d.1)), if draining.is_some() => {
-                    return draining.map(|d| d.0);
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if let Some((close, until)) = draining
+                        && now >= until
+                    {
+                        return Some(close);
+                    }
+                    if now >= idle_at {
+                        self.abnormal = true;
+                        return Some(close_of(CloseCode::CloseIdleTimeout));
+                    }
+                    let ping = now >= ping_at;
+                    if ping {
+                        ping_at = now + ping_every;
+                    }
+                    let next = ping_at.min(idle_at);
+                    timer.as_mut().reset(draining.map_or(next, |d| next.min(d.1)));
+                    if ping {
+                        Step::Write(vec![WsMessage::Ping(Bytes::new())])
+                    } else {
+                        Step::Continue
+                    }
                 }
             };
             let result = match step {
@@ -453,6 +479,11 @@ impl Actor {
     }
 
     /// Takes `first` and whatever else is queued (up to a burst), skipping replayed events.
+    /// Requests in progress.
+    fn pending_len(&self) -> usize {
+        self.pending.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
     fn burst(&mut self, first: Outgoing) -> Vec<WsMessage> {
         let mut frames = Vec::with_capacity(8);
         let mut next = Some(first);
@@ -532,15 +563,27 @@ impl Actor {
                 Some(answer(id, Ok(())))
             }
             Some(body) => {
-                self.pending.push(Box::pin(dispatch::handle(
-                    self.app.clone(),
-                    self.caller.clone(),
-                    id,
-                    body,
-                )));
+                self.pending
+                    .get_or_insert_with(FuturesUnordered::new)
+                    .push(Box::pin(dispatch::handle(
+                        self.app.clone(),
+                        self.caller.clone(),
+                        id,
+                        body,
+                    )));
                 None
             }
         }
+    }
+}
+
+/// The next finished request, if any are in progress.
+async fn next_reply(
+    pending: &mut Option<FuturesUnordered<BoxFuture<'static, ServerFrame>>>,
+) -> Option<ServerFrame> {
+    match pending {
+        Some(p) => p.next().await,
+        None => None,
     }
 }
 
