@@ -222,10 +222,11 @@ async fn run_split<S>(
         app.registry.presence_changed(&user);
     }
     if abnormal && !wills.is_empty() {
-        // Boxed: a rare path, and its future is larger than the rest of this one.
+        // Boxed: a rare path, whose future (about 1.1 KB) would otherwise be part of every
+        // connection's task.
         Box::pin(send_wills(&app, &caller, wills)).await;
     }
-    Box::pin(finish(sink, stream, &app, close)).await;
+    finish(sink, stream, &app, close).await;
 }
 
 /// Sends the will messages of a session that ended abnormally, as if the user had sent them.
@@ -478,12 +479,12 @@ impl Actor {
         }
     }
 
-    /// Takes `first` and whatever else is queued (up to a burst), skipping replayed events.
     /// Requests in progress.
     fn pending_len(&self) -> usize {
         self.pending.as_ref().map_or(0, FuturesUnordered::len)
     }
 
+    /// Takes `first` and whatever else is queued (up to a burst), skipping replayed events.
     fn burst(&mut self, first: Outgoing) -> Vec<WsMessage> {
         let mut frames = Vec::with_capacity(8);
         let mut next = Some(first);
@@ -590,7 +591,7 @@ async fn next_reply(
 /// Writes frames and flushes once, giving up if the session is kicked meanwhile.
 ///
 /// A hand-written poll loop rather than `feed`s and a `select!`: every connection's task keeps
-/// room for this future, and this form is a tenth of the size.
+/// room for this future, and this form is under a third of the size (128 bytes against 448).
 async fn write<S: AsyncRead + AsyncWrite + Unpin>(
     kick: &Kick,
     sink: &mut Sink<S>,
