@@ -487,3 +487,56 @@ pub async fn populate(
     let _ = ws.close(None).await;
     (acked, failed, last_seq)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(ramp_secs: u64) -> Arc<Run> {
+        Run::new(
+            4,
+            Duration::from_secs(ramp_secs),
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+            100,
+            0,
+            Arc::new(Live::default()),
+        )
+    }
+
+    /// Four senders at 1 msg/s each take turns: their n-th sends are a quarter second apart,
+    /// not at one instant, and each keeps its own 1 s interval.
+    #[test]
+    fn fixed_rate_senders_take_turns() {
+        let r = run(0);
+        for n in 0..3 {
+            let at: Vec<Duration> = (0..4)
+                .map(|i| r.intended(n, i as f64 / 4.0, 1.0) - r.go)
+                .collect();
+            for (i, d) in at.iter().enumerate() {
+                let want = Duration::from_millis(n * 1000 + i as u64 * 250);
+                assert!(
+                    d.abs_diff(want) < Duration::from_micros(1),
+                    "sender {i}, send {n}: {d:?}"
+                );
+            }
+        }
+    }
+
+    /// During a ramp the schedule still rises (sends get closer together) and the shifted
+    /// senders stay in order within each interval.
+    #[test]
+    fn the_ramp_keeps_senders_apart_and_speeds_up() {
+        let r = run(4);
+        let at = |n: u64, i: usize| r.intended(n, i as f64 / 4.0, 2.0);
+        for n in 0..20 {
+            for i in 0..3 {
+                assert!(at(n, i) < at(n, i + 1));
+            }
+            assert!(at(n, 3) < at(n + 1, 0));
+        }
+        let first = at(1, 0) - at(0, 0);
+        let later = at(11, 0) - at(10, 0);
+        assert!(later < first, "{later:?} !< {first:?}");
+    }
+}
