@@ -141,6 +141,14 @@ impl Authenticator {
     }
 }
 
+/// A new HS256 secret: 32 bytes from the kernel's random source, as 64 hex digits.
+pub fn new_secret() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Mints a token for `user` valid for `ttl_secs` from `now_ms`, with RS256 when a private key
 /// is configured and `rs256` is asked for, HS256 otherwise.
 pub fn mint(

@@ -7,6 +7,10 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Shortest accepted `jwt_hs256_secret`, bytes. HS256 is as strong as its key: anyone holding
+/// one token can guess a short secret offline and then mint tokens for every user.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
 /// Server configuration. Field docs name the unit; the default is in `Default`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -22,7 +26,8 @@ pub struct Config {
     /// Embedded store cache, bytes.
     pub store_cache_bytes: u64,
 
-    /// HS256 shared secret. One of the auth settings (or `insecure_dev`) is required.
+    /// HS256 shared secret, at least [`MIN_HS256_SECRET_BYTES`] bytes. One of the auth
+    /// settings (or `insecure_dev`) is required.
     pub jwt_hs256_secret: Option<String>,
     /// RS256 public key (PEM file) that verifies tokens.
     pub jwt_rs256_public_key: Option<PathBuf>,
@@ -257,6 +262,16 @@ impl Config {
     /// Checks the combinations serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if let Some(secret) = &self.jwt_hs256_secret
+            && secret.len() < MIN_HS256_SECRET_BYTES
+        {
+            return Err(ConfigError::Invalid(format!(
+                "jwt_hs256_secret is {} bytes; at least {MIN_HS256_SECRET_BYTES} are required, \
+                 since a short secret can be guessed from any one token and then used to log in \
+                 as anyone. Generate one with `tidings secret`",
+                secret.len()
+            )));
+        }
         if self.max_user_id_bytes == 0 || self.max_user_id_bytes > 255 {
             return bad("max_user_id_bytes must be 1..=255");
         }
@@ -339,6 +354,25 @@ mod tests {
         assert_eq!(c.outbox_frames, 9);
         assert_eq!(c.page_max, 60);
         assert_eq!(c.page_default, 20);
+    }
+
+    #[test]
+    fn short_hs256_secrets_are_refused() {
+        let env = |v: &str| vec![("TIDINGS_JWT_HS256_SECRET".to_owned(), v.to_owned())];
+        for short in [
+            "",
+            "x",
+            "change-me",
+            &"s".repeat(MIN_HS256_SECRET_BYTES - 1),
+        ] {
+            let err = Config::load(None, env(short), &[]).unwrap_err().to_string();
+            assert!(err.contains("tidings secret"), "{short:?}: {err}");
+        }
+        let long = "s".repeat(MIN_HS256_SECRET_BYTES);
+        let c = Config::load(None, env(&long), &[]).unwrap();
+        assert_eq!(c.jwt_hs256_secret.as_deref(), Some(long.as_str()));
+        // A file or --set cannot slip one in either.
+        assert!(Config::load(None, vec![], &["jwt_hs256_secret=short".into()]).is_err());
     }
 
     #[test]

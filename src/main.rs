@@ -50,6 +50,8 @@ enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// Print a new random HS256 secret (32 random bytes as hex) for jwt_hs256_secret.
+    Secret,
     /// Mint a login token from the configured key (for trying things out and load tests).
     Token {
         /// The user id (`sub`).
@@ -80,6 +82,11 @@ enum StoreAction {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Secret = cli.command {
+        // Needs no configuration: it is how the configuration gets its secret.
+        println!("{}", tidings::auth::new_secret()?);
+        return Ok(());
+    }
     let mut sets = cli.sets.clone();
     if let Command::Serve {
         listen,
@@ -110,6 +117,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { .. } => serve(config),
+        Command::Secret => unreachable!("handled before loading the configuration"),
         Command::Store { action } => store(&config, action),
     }
 }

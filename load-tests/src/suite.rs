@@ -207,7 +207,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
         "{} not found: build it with cargo build --release --workspace",
         args.tidings_bin.display()
     );
-    let secret = format!("suite-{:x}", crate::raw::now_ns());
+    let secret = format!("suite-secret-{:032x}", crate::raw::now_ns());
     let q = args.quick;
     let mut cx = Ctx {
         args: args.clone(),

@@ -9,7 +9,7 @@ use tidings::server::{self, RunningServer};
 use tidings_load::params::{Params, Scenario, Thresholds};
 use tidings_load::runner::{self, RunResult};
 
-const SECRET: &str = "load-smoke-secret";
+const SECRET: &str = "load-smoke-secret-of-at-least-32-bytes";
 
 async fn server() -> (RunningServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();

@@ -51,7 +51,7 @@ async fn rs256_login_is_accepted_and_hs256_still_works() {
 async fn bad_tokens_are_closed_with_auth_failed() {
     let server = TestServer::start().await;
     let mut other = server.config.clone();
-    other.jwt_hs256_secret = Some("some other secret".into());
+    other.jwt_hs256_secret = Some("some other secret of at least 32 bytes".into());
     let forged = tidings::auth::mint(&other, "mallory", 600, server.clock_now(), false).unwrap();
     let empty_sub =
         tidings::auth::mint(&server.config, "", 600, server.clock_now(), false).unwrap();
@@ -227,4 +227,97 @@ async fn issuer_and_audience_are_enforced_when_configured() {
         refused(&server, &wrong_aud).await,
         code(CloseCode::CloseAuthFailed)
     );
+}
+
+/// Runs the real binary with `args` and the given environment, expecting it to exit by itself
+/// (within the harness deadline); returns its status, stdout and stderr.
+async fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"));
+    cmd.args(args).env_remove("TIDINGS_JWT_HS256_SECRET");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = within(tokio::task::spawn_blocking(move || cmd.output()))
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn serve_refuses_an_empty_or_short_hs256_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let serve = ["serve", "--listen", "127.0.0.1:0", "--data-dir", data];
+    for secret in ["", "x", "change-me", "0123456789abcdef0123456789abcde"] {
+        let (ok, _, err) = run_binary(&serve, &[("TIDINGS_JWT_HS256_SECRET", secret)]).await;
+        assert!(!ok, "started with the secret {secret:?}");
+        assert!(err.contains("at least 32"), "{secret:?}: {err}");
+        assert!(err.contains("tidings secret"), "{secret:?}: {err}");
+    }
+    // Minting with a short secret is refused as well.
+    let (ok, _, err) = run_binary(
+        &["token", "--user", "alice"],
+        &[("TIDINGS_JWT_HS256_SECRET", "")],
+    )
+    .await;
+    assert!(!ok && err.contains("at least 32"), "{err}");
+}
+
+#[tokio::test]
+async fn tidings_secret_prints_a_fresh_usable_secret() {
+    let (ok, first, _) = run_binary(&["secret"], &[]).await;
+    assert!(ok);
+    let (_, second, _) = run_binary(&["secret"], &[]).await;
+    let secret = first.trim();
+    assert_eq!(secret.len(), 64, "{secret:?}");
+    assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_ne!(secret, second.trim(), "two secrets must differ");
+    // It is accepted, and tokens minted with it log in.
+    let server = TestServer::start_with(|c| c.jwt_hs256_secret = Some(secret.to_owned())).await;
+    let (ok, token, err) = run_binary(
+        &["token", "--user", "alice"],
+        &[("TIDINGS_JWT_HS256_SECRET", secret)],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let c = within(Client::connect(&server.url())).await.unwrap();
+    let welcome = within(c.login(token.trim(), "", 0)).await.unwrap();
+    assert_eq!(welcome.user_id, "alice");
+}
+
+#[tokio::test]
+async fn serve_refuses_an_rs256_key_that_does_not_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let not_pem = dir.path().join("not-a-key.pem");
+    std::fs::write(&not_pem, "not a key at all\n").unwrap();
+    let bad_body = dir.path().join("bad-body.pem");
+    std::fs::write(
+        &bad_body,
+        "-----BEGIN PUBLIC KEY-----\nAAAAB3NzaC1yc2EAAAADAQABAAABAQ==\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    for key in [&not_pem, &bad_body] {
+        let (ok, _, err) = run_binary(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--set",
+                &format!("jwt_rs256_public_key={}", key.display()),
+            ],
+            &[],
+        )
+        .await;
+        assert!(!ok, "started with {}", key.display());
+        assert!(err.contains("bad key"), "{err}");
+    }
 }

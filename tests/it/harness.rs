@@ -9,7 +9,7 @@ use tidings::config::Config;
 use tidings::protocol::pb::{self, server_frame::Body as Rep};
 use tidings::server::{self, RunningServer};
 
-pub const SECRET: &str = "integration-test-secret";
+pub const SECRET: &str = "integration-test-secret-of-at-least-32-bytes";
 
 /// Fails the test if `f` does not finish within 20 s (no sleeps: every wait is on an event).
 pub async fn within<T>(f: impl Future<Output = T>) -> T {
@@ -33,6 +33,15 @@ impl TestServer {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_on(tweak, |_| None).await
+    }
+
+    /// Like [`TestServer::start_with`], on the store `store` makes from the configuration
+    /// (`None`: the configured engine). A restart opens the configured engine again.
+    pub async fn start_on(
+        tweak: impl FnOnce(&mut Config),
+        store: impl FnOnce(&Config) -> Option<Arc<dyn tidings::store::Store>>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
             listen: "127.0.0.1:0".into(),
@@ -43,7 +52,7 @@ impl TestServer {
         };
         tweak(&mut config);
         let clock = ManualClock::new(SystemClock.now_ms());
-        let server = server::start(config.clone(), Arc::new(clock.clone()))
+        let server = server::start_with(config.clone(), Arc::new(clock.clone()), store(&config))
             .await
             .expect("server starts");
         TestServer {
