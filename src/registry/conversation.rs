@@ -75,7 +75,12 @@ impl Registry {
                     ));
                 }
                 let peer = others.into_iter().next().expect("one");
-                self.create_direct(caller, peer, req).await
+                // The pair's previous conversation may be committing its deletion right now;
+                // once that is done the pair is free and a second try creates a new one.
+                match self.create_direct(caller, peer.clone(), req.clone()).await {
+                    Err(Error::ConversationNotFound) => self.create_direct(caller, peer, req).await,
+                    other => other,
+                }
             }
             ConversationKind::Group => {
                 if others.len() + 1 > self.config.max_group_members {

@@ -110,17 +110,18 @@ impl Registry {
                 .iter()
                 .map(|m| crate::store::UserId::from(m.as_str()))
                 .collect();
-            self.temp_uniques.remove_if(&members, |_, n| *n == conv);
             let event = self.event(Ev::Expired, &cell, "", Vec::new(), view);
             let live = Self::live(&event, Recipients::Users(st.roster.clone()), 0);
-            self.writer.submit(
+            // The cell stays (marked expired) until the purge has committed.
+            let forget = self.forget_after_commit(&cell, None, Some(members));
+            self.writer.submit_then(
                 permit,
                 vec![Op::PurgeConversation { conv }],
                 vec![live],
                 vec![],
+                Some(forget),
             )
         };
-        self.convs.remove(&conv);
         Ok(rx)
     }
 }

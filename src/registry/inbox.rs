@@ -629,9 +629,6 @@ impl Registry {
         let permit = self.writer.reserve().await?;
         let rx = {
             let mut st = cell.lock();
-            if st.deleted {
-                return Err(Error::ConversationNotFound);
-            }
             st.require_member(&caller.user)?;
             if st.kind() == ConversationKind::Group && *st.record.owner != *caller.user {
                 return Err(Error::PermissionDenied(
@@ -663,23 +660,22 @@ impl Registry {
             // Every member goes, each with a list tombstone.
             let everyone: BTreeSet<UserId> = roster.iter().cloned().collect();
             ops.extend(self.drop_members(&mut st, &cell, &everyone));
+            let mut direct = None;
             if st.kind() == ConversationKind::Direct && st.record.pair.len() == 2 {
                 let (a, b) = (
                     UserId::from(st.record.pair[0].as_str()),
                     UserId::from(st.record.pair[1].as_str()),
                 );
-                self.directs.remove(&(a.clone(), b.clone()));
+                direct = Some((a.clone(), b.clone()));
                 ops.push(Op::DeleteDirect { a, b });
             }
-            if st.kind() == ConversationKind::Temporary {
-                let members: Vec<UserId> = st
-                    .record
+            let unique = (st.kind() == ConversationKind::Temporary).then(|| {
+                st.record
                     .pair
                     .iter()
                     .map(|m| UserId::from(m.as_str()))
-                    .collect();
-                self.temp_uniques.remove_if(&members, |_, n| *n == cell.num);
-            }
+                    .collect()
+            });
             let logged = roster
                 .iter()
                 .map(|u| LoggedEvent {
@@ -690,8 +686,9 @@ impl Registry {
                 .collect();
             st.deleted = true;
             st.entries.clear();
-            self.convs.remove(&cell.num);
-            self.writer.submit(permit, ops, Vec::new(), logged)
+            let forget = self.forget_after_commit(&cell, direct, unique);
+            self.writer
+                .submit_then(permit, ops, Vec::new(), logged, Some(forget))
         };
         Ok(wait(rx).await?)
     }

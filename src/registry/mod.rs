@@ -175,7 +175,21 @@ impl ConvState {
         v.sort();
         self.roster = v.into();
     }
+    /// Refuses a conversation whose deletion or expiry is queued (its cell may still be in
+    /// memory until that commits, and a caller may hold it from before).
+    /// A deleted temporary conversation answers as an expired one: after a restart its id
+    /// cannot be told from one that expired.
+    fn require_live(&self) -> Result<(), Error> {
+        if self.expired || (self.deleted && self.kind() == ConversationKind::Temporary) {
+            Err(Error::ConversationExpired)
+        } else if self.deleted {
+            Err(Error::ConversationNotFound)
+        } else {
+            Ok(())
+        }
+    }
     fn require_member(&self, user: &str) -> Result<(), Error> {
+        self.require_live()?;
         if self.members.contains_key(user) {
             Ok(())
         } else {
@@ -224,14 +238,18 @@ pub struct Registry {
     stats: Arc<crate::stats::Stats>,
     writer: Writer,
     transient_ids: std::sync::atomic::AtomicU64,
-    convs: DashMap<u64, Arc<ConvCell>>,
+    convs: Arc<DashMap<u64, Arc<ConvCell>>>,
+    /// Bumped each time a deleted or expired cell leaves `convs`: a load that read the store
+    /// before the bump may have read the conversation as it was before its removal committed,
+    /// and must not put it back.
+    removals: Arc<std::sync::atomic::AtomicU64>,
     /// Direct pairs known in memory (sorted pair → conversation), also guarding creation.
-    directs: DashMap<(UserId, UserId), u64>,
+    directs: Arc<DashMap<(UserId, UserId), u64>>,
     /// The last conversation numbers handed out; held while a create is enqueued.
     next_conv: Mutex<Numbers>,
     inflight: messages::Inflight,
     /// Temporary conversations by sorted member set (cache of the store's index).
-    temp_uniques: DashMap<Vec<UserId>, u64>,
+    temp_uniques: Arc<DashMap<Vec<UserId>, u64>>,
     /// Woken when a temporary conversation is created (its deadline may be the next one).
     pub(crate) expiry_changed: tokio::sync::Notify,
     presence: presence::Subscriptions,
@@ -265,11 +283,12 @@ impl Registry {
             stats,
             writer,
             transient_ids: Default::default(),
-            convs: DashMap::new(),
-            directs: DashMap::new(),
+            convs: Default::default(),
+            removals: Default::default(),
+            directs: Default::default(),
             next_conv: Mutex::new(Numbers { normal, temporary }),
             inflight: Default::default(),
-            temp_uniques: DashMap::new(),
+            temp_uniques: Default::default(),
             expiry_changed: tokio::sync::Notify::new(),
             presence: Default::default(),
             snapshots: Default::default(),
@@ -311,10 +330,8 @@ impl Registry {
             other => other?,
         };
         let st = cell.lock();
-        if st.deleted {
-            return Err(Error::ConversationNotFound);
-        }
-        if temporary && (st.expired || st.record.expires_at <= self.now()) {
+        st.require_live()?;
+        if temporary && st.record.expires_at <= self.now() {
             return Err(Error::ConversationExpired);
         }
         drop(st);
@@ -322,9 +339,27 @@ impl Registry {
     }
 
     fn cell_by_num(&self, num: u64) -> Result<Arc<ConvCell>, Error> {
-        if let Some(c) = self.convs.get(&num) {
-            return Ok(c.clone());
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            if let Some(c) = self.convs.get(&num) {
+                return Ok(c.clone());
+            }
+            let removals = self.removals.load(SeqCst);
+            let cell = self.load_cell(num)?;
+            match self.convs.entry(num) {
+                dashmap::Entry::Occupied(e) => return Ok(e.get().clone()),
+                // No removal since the read: what the store said is still the truth.
+                dashmap::Entry::Vacant(v) if self.removals.load(SeqCst) == removals => {
+                    return Ok(v.insert(cell).clone());
+                }
+                // A deletion committed meanwhile; read again.
+                dashmap::Entry::Vacant(_) => continue,
+            }
         }
+    }
+
+    /// Reads a conversation's cell from the store.
+    fn load_cell(&self, num: u64) -> Result<Arc<ConvCell>, Error> {
         let record = self
             .store
             .conversation(num)?
@@ -351,12 +386,42 @@ impl Registry {
             receipt_high: None,
         };
         state.rebuild_roster();
-        let cell = Arc::new(ConvCell {
+        Ok(Arc::new(ConvCell {
             num,
             id: Arc::from(conversation_id(num)),
             state: Mutex::new(state),
-        });
-        Ok(self.convs.entry(num).or_insert(cell).clone())
+        }))
+    }
+
+    /// What to do once the deletion or expiry of `cell` has committed: drop it and the indexes
+    /// that lead to it from memory. Until then the cell stays, marked, so no request reloads
+    /// the conversation from a store that does not know yet that it is gone. Runs in commit
+    /// order, before any later write is acked, so a caller that waits for a later write (or a
+    /// barrier) finds memory and store agreeing.
+    fn forget_after_commit(
+        &self,
+        cell: &Arc<ConvCell>,
+        direct: Option<(UserId, UserId)>,
+        unique: Option<Vec<UserId>>,
+    ) -> writer::AfterCommit {
+        let (convs, removals, directs, uniques) = (
+            self.convs.clone(),
+            self.removals.clone(),
+            self.directs.clone(),
+            self.temp_uniques.clone(),
+        );
+        let cell = cell.clone();
+        Box::new(move || {
+            let num = cell.num;
+            removals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            convs.remove_if(&num, |_, c| Arc::ptr_eq(c, &cell));
+            if let Some(pair) = direct {
+                directs.remove_if(&pair, |_, n| *n == num);
+            }
+            if let Some(members) = unique {
+                uniques.remove_if(&members, |_, n| *n == num);
+            }
+        })
     }
 
     /// A member's read position (memory first, then the store).

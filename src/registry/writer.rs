@@ -29,9 +29,14 @@ pub enum WriteError {
     Unavailable,
 }
 
+/// Work to do in memory once a job has committed, before its deliveries and its ack.
+pub type AfterCommit = Box<dyn FnOnce() + Send>;
+
 /// A unit of work for the writer.
 pub struct Job {
     pub ops: Vec<Op>,
+    /// Runs once the ops are durable (not at all if the commit fails).
+    pub after_commit: Option<AfterCommit>,
     pub deliveries: Vec<Delivery>,
     /// Events to append to users' event logs; the writer numbers them in commit order.
     pub events: Vec<LoggedEvent>,
@@ -119,6 +124,9 @@ impl Handout {
 fn complete(Committed { jobs, ok }: Committed, hub: &Hub) {
     for mut job in jobs {
         if ok {
+            if let Some(f) = job.after_commit.take() {
+                f();
+            }
             for d in &job.deliveries {
                 hub.deliver(d);
             }
@@ -196,9 +204,22 @@ impl Writer {
         deliveries: Vec<Delivery>,
         events: Vec<LoggedEvent>,
     ) -> oneshot::Receiver<Result<(), WriteError>> {
+        self.submit_then(permit, ops, deliveries, events, None)
+    }
+
+    /// [`Writer::submit`], with work to do in memory once the ops have committed.
+    pub fn submit_then(
+        &self,
+        permit: OwnedSemaphorePermit,
+        ops: Vec<Op>,
+        deliveries: Vec<Delivery>,
+        events: Vec<LoggedEvent>,
+        after_commit: Option<AfterCommit>,
+    ) -> oneshot::Receiver<Result<(), WriteError>> {
         let (done, rx) = oneshot::channel();
         let job = Job {
             ops,
+            after_commit,
             deliveries,
             events,
             done: Some(done),

@@ -8,6 +8,7 @@ mod delivery;
 mod durability;
 mod list;
 mod presence;
+mod races;
 mod roaming;
 mod robustness;
 mod storage;
