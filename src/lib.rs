@@ -22,6 +22,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod hub;
+pub mod leancloud;
 pub mod protocol;
 pub mod registry;
 pub mod server;
