@@ -551,7 +551,8 @@ impl Registry {
         self.view_for(&cell, view, &caller.user)
     }
 
-    /// Removes `users` from the state and returns the ops that remove them from the store.
+    /// Removes `users` from the state (and their presence subscriptions) and returns the ops
+    /// that remove them from the store.
     pub(super) fn drop_members(
         &self,
         st: &mut ConvState,
@@ -583,6 +584,7 @@ impl Registry {
             });
         }
         st.rebuild_roster();
+        self.presence.drop_users(cell.num, Some(users));
         ops
     }
 

@@ -103,6 +103,7 @@ impl Registry {
         let rx = {
             let mut st = cell.lock();
             st.expired = true;
+            self.presence.drop_users(cell.num, None);
             let view = st.view(&cell.id);
             let members: Vec<_> = st
                 .record

@@ -686,6 +686,7 @@ impl Registry {
                 .collect();
             st.deleted = true;
             st.entries.clear();
+            self.presence.drop_users(cell.num, None);
             let forget = self.forget_after_commit(&cell, direct, unique);
             self.writer
                 .submit_then(permit, ops, Vec::new(), logged, Some(forget))

@@ -2,18 +2,36 @@
 //!
 //! A user is online while any of their sessions is live; the hub reports the transitions
 //! (first session in, last session out). Subscriptions are per session and per conversation;
-//! a transition is pushed to the subscribers of every conversation the user is a member of.
-//! The cost of a transition is proportional to the number of conversations with subscribers.
+//! a transition is pushed to the subscribers of every conversation the user is a member of,
+//! who are members themselves at that moment. Leaving, removal, deletion and expiry drop the
+//! subscriptions they end. The cost of a transition is proportional to the number of
+//! conversations with subscribers.
 
 use super::{Caller, Error, Registry};
 use crate::hub::SessionHandle;
 use crate::protocol::{self, pb};
 use crate::store::UserId;
 use dashmap::DashMap;
+use std::collections::BTreeSet;
 
-/// Subscribers per conversation number.
+/// Subscribers per conversation number: each session with its user.
 #[derive(Default)]
-pub(super) struct Subscriptions(DashMap<u64, Vec<SessionHandle>>);
+pub(super) struct Subscriptions(DashMap<u64, Vec<(UserId, SessionHandle)>>);
+
+impl Subscriptions {
+    /// Drops the subscriptions of `users` to conversation `num` (all of them with `None`).
+    /// Called under the conversation's lock, like every change of its membership.
+    pub(super) fn drop_users(&self, num: u64, users: Option<&BTreeSet<UserId>>) {
+        self.0.remove_if_mut(&num, |_, v| {
+            if let Some(users) = users {
+                v.retain(|(u, _)| !users.contains(u));
+            } else {
+                v.clear();
+            }
+            v.is_empty()
+        });
+    }
+}
 
 impl Registry {
     /// The online members of a conversation, sorted.
@@ -40,10 +58,12 @@ impl Registry {
         id: &str,
     ) -> Result<u64, Error> {
         let cell = self.cell(id)?;
-        cell.lock().require_member(&caller.user)?;
+        // Under the lock, so a removal cannot come between the check and the subscription.
+        let st = cell.lock();
+        st.require_member(&caller.user)?;
         let mut subs = self.presence.0.entry(cell.num).or_default();
-        if !subs.iter().any(|h| h.id == handle.id) {
-            subs.push(handle.clone());
+        if !subs.iter().any(|(_, h)| h.id == handle.id) {
+            subs.push((caller.user.clone(), handle.clone()));
         }
         Ok(cell.num)
     }
@@ -58,7 +78,7 @@ impl Registry {
     /// Removes one subscription by conversation number.
     pub fn drop_subscription(&self, session: u64, num: u64) {
         self.presence.0.remove_if_mut(&num, |_, v| {
-            v.retain(|h| h.id != session);
+            v.retain(|(_, h)| h.id != session);
             v.is_empty()
         });
     }
@@ -74,11 +94,21 @@ impl Registry {
             let Some(cell) = self.convs.get(&num).map(|c| c.clone()) else {
                 continue;
             };
-            let is_member = {
+            // Subscribers are told only while both they and `user` are members.
+            let to: Vec<SessionHandle> = {
                 let st = cell.lock();
-                !st.expired && st.members.contains_key(user)
+                if st.require_member(user).is_err() {
+                    continue;
+                }
+                let Some(subs) = self.presence.0.get(&num) else {
+                    continue;
+                };
+                subs.iter()
+                    .filter(|(u, _)| st.members.contains_key(u))
+                    .map(|(_, h)| h.clone())
+                    .collect()
             };
-            if !is_member {
+            if to.is_empty() {
                 continue;
             }
             let change = pb::PresenceChange {
@@ -87,10 +117,8 @@ impl Registry {
                 online: self.hub.is_online(user),
             };
             let frame = protocol::push(pb::server_frame::Body::PresenceChange(change));
-            if let Some(subs) = self.presence.0.get(&num) {
-                for h in subs.iter() {
-                    self.hub.send_to(h, frame.clone());
-                }
+            for h in &to {
+                self.hub.send_to(h, frame.clone());
             }
         }
     }

@@ -175,3 +175,35 @@ async fn a_will_for_a_conversation_you_are_not_in_is_refused() {
     let err = within(eve.set_will_text(&g.id, "x")).await.unwrap_err();
     assert_eq!(err.code(), Some(pb::ErrorCode::ErrorNotAMember));
 }
+
+/// A subscriber who is removed or leaves hears nothing more of the conversation's members,
+/// not even of members added after he went; the members still in do.
+#[tokio::test]
+async fn presence_subscriptions_end_with_membership() {
+    for leaves in [false, true] {
+        let server = TestServer::start().await;
+        let alice = server.client("alice").await;
+        let g = within(alice.create_group("g", &["bob", "dave"]))
+            .await
+            .unwrap();
+        let mut bob = server.client("bob").await;
+        let mut dave = server.client("dave").await;
+        within(bob.subscribe_presence(&g.id)).await.unwrap();
+        within(dave.subscribe_presence(&g.id)).await.unwrap();
+
+        if leaves {
+            within(bob.leave(&g.id)).await.unwrap();
+        } else {
+            within(alice.remove_members(&g.id, &["bob"])).await.unwrap();
+            event(&mut bob).await;
+        }
+        event(&mut dave).await;
+        within(alice.add_members(&g.id, &["carol"])).await.unwrap();
+        event(&mut dave).await;
+
+        // Presence changes are queued before the login reply, so this login is the event.
+        let _carol = server.client("carol").await;
+        assert_eq!(presence_change(&mut dave).await, ("carol".into(), true));
+        assert_no_push(&mut bob).await;
+    }
+}
