@@ -1,13 +1,14 @@
-//! Online routing: user → live sessions, and fan-out of pre-encoded frames into their outboxes.
+//! Online routing: user → live sessions, and fan-out of pushes into their outboxes. A push is
+//! shared by all its recipients and encoded once per dialect (see [`Push`]).
 //!
 //! The hub never waits: a frame goes into a session's bounded outbox with `try_send`; a full
 //! outbox marks that session for closing as a slow consumer (it reconnects and catches up by
 //! seq). Nothing here is held across an `.await`.
 
+use crate::protocol::Push;
 use crate::protocol::pb::CloseCode;
 use crate::stats::Stats;
 use crate::store::UserId;
-use bytes::Bytes;
 use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
 use std::sync::Arc;
@@ -15,11 +16,12 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::task::Poll;
 use tokio::sync::mpsc;
 
-/// One frame queued for a session.
+/// One push queued for a session.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
-    /// The encoded `ServerFrame`.
-    pub frame: Bytes,
+    pub push: Arc<Push>,
+    /// The session it is for (a connection may carry several).
+    pub session: u64,
     /// For logged conversation events: their user-event seq (lets a session that is replaying
     /// the log skip live copies of events it already sent). 0 otherwise.
     pub user_seq: u64,
@@ -86,7 +88,7 @@ pub enum Recipients {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub to: Recipients,
-    pub frame: Bytes,
+    pub frame: Arc<Push>,
     pub user_seq: u64,
     /// A session that must not get it (the one that sent it, which gets a reply instead).
     pub except_session: u64,
@@ -138,8 +140,15 @@ impl Hub {
     }
 
     /// Queues a frame for one session, closing it as a slow consumer if its outbox is full.
-    pub fn send_to(&self, h: &SessionHandle, frame: Bytes) {
-        self.queue(h, Outgoing { frame, user_seq: 0 });
+    pub fn send_to(&self, h: &SessionHandle, push: Arc<Push>) {
+        self.queue(
+            h,
+            Outgoing {
+                push,
+                session: h.id,
+                user_seq: 0,
+            },
+        );
     }
 
     /// Whether any session of `user` is live.
@@ -172,7 +181,8 @@ impl Hub {
             self.queue(
                 h,
                 Outgoing {
-                    frame: d.frame.clone(),
+                    push: d.frame.clone(),
+                    session: h.id,
                     user_seq: d.user_seq,
                 },
             );

@@ -107,6 +107,8 @@ async fn serve(
                             ))))
                             .await?;
                             protocol::push(Rep::UnreadSummary(pb::UnreadSummary::default()))
+                                .native()
+                                .clone()
                         }
                         Some(Req::CreateConversation(_)) => protocol::encode(&protocol::reply(
                             f.id,
@@ -125,7 +127,9 @@ async fn serve(
                                 r#type: s.r#type,
                                 content: s.content,
                                 ..Default::default()
-                            }));
+                            }))
+                            .native()
+                            .clone();
                             let mut slow = Vec::new();
                             for (id, out) in hub.conns.lock().unwrap().iter() {
                                 if *id != me && out.try_send(push.clone()).is_err() {

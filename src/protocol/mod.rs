@@ -5,6 +5,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message as _;
+use std::sync::{Arc, OnceLock};
 
 /// Types generated from `proto/tidings/v1/*.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -48,17 +49,78 @@ pub fn reply(id: u64, body: pb::server_frame::Body) -> ServerFrame {
     }
 }
 
-/// Builds a push frame (id 0).
-pub fn push(body: pb::server_frame::Body) -> Bytes {
-    encode(&ServerFrame {
-        id: 0,
-        body: Some(body),
+/// A push on its way to sessions of any dialect: the typed event (the native protocol's types
+/// are the domain model), encoded at most once per dialect that receives it. Sessions share one
+/// `Arc<Push>`; the first session of a dialect to write it fills that dialect's encoding.
+#[derive(Debug)]
+pub struct Push {
+    event: PushEvent,
+    native: OnceLock<Bytes>,
+    /// The LeanCloud dialect's encoding where it does not depend on the recipient (`None`
+    /// inside: no LeanCloud form).
+    pub leancloud: OnceLock<Option<Bytes>>,
+}
+
+/// What a push carries.
+#[derive(Debug)]
+pub enum PushEvent {
+    /// A message, as its encoded `pb::Message` (the bytes that are stored).
+    Message(Bytes),
+    /// Any other server push (boxed: most pushes are messages, and the body is large).
+    Other(Box<pb::server_frame::Body>),
+}
+
+impl Push {
+    /// The event.
+    pub fn event(&self) -> &PushEvent {
+        &self.event
+    }
+
+    /// The encoded native `ServerFrame` (id 0).
+    pub fn native(&self) -> &Bytes {
+        self.native.get_or_init(|| match &self.event {
+            PushEvent::Message(m) => message_frame_from_encoded(m),
+            PushEvent::Other(body) => {
+                let mut buf = BytesMut::with_capacity(body.encoded_len());
+                body.encode(&mut buf);
+                buf.freeze()
+            }
+        })
+    }
+
+    /// The message this push carries, decoded (`None`: not a message push, or undecodable).
+    pub fn message(&self) -> Option<pb::Message> {
+        match &self.event {
+            PushEvent::Message(m) => pb::Message::decode(m.as_ref()).ok(),
+            PushEvent::Other(body) => match body.as_ref() {
+                pb::server_frame::Body::Message(m) => Some(m.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Builds a push (a frame with id 0) from its body.
+pub fn push(body: pb::server_frame::Body) -> Arc<Push> {
+    Arc::new(Push {
+        event: PushEvent::Other(Box::new(body)),
+        native: OnceLock::new(),
+        leancloud: OnceLock::new(),
     })
 }
 
-/// Wraps an already encoded `Message` into a `ServerFrame { message }` push without decoding or
-/// re-encoding it: the stored bytes and the pushed bytes share one encoding.
-pub fn message_push_from_encoded(encoded_message: &[u8]) -> Bytes {
+/// A message push from the message's stored encoding: the native frame wraps those bytes
+/// without decoding or re-encoding them.
+pub fn message_push_from_encoded(encoded_message: &[u8]) -> Arc<Push> {
+    Arc::new(Push {
+        event: PushEvent::Message(Bytes::copy_from_slice(encoded_message)),
+        native: OnceLock::new(),
+        leancloud: OnceLock::new(),
+    })
+}
+
+/// Wraps an already encoded `Message` into a `ServerFrame { message }`.
+fn message_frame_from_encoded(encoded_message: &[u8]) -> Bytes {
     let mut buf = BytesMut::with_capacity(encoded_message.len() + 8);
     prost::encoding::encode_key(
         SERVER_FRAME_MESSAGE_FIELD,
@@ -145,7 +207,11 @@ mod tests {
             id: 0,
             body: Some(pb::server_frame::Body::Message(m.clone())),
         });
-        assert_eq!(message_push_from_encoded(&m.encode_to_vec()), via_prost);
+        let from_encoded = message_push_from_encoded(&m.encode_to_vec());
+        assert_eq!(from_encoded.native(), &via_prost);
+        assert_eq!(from_encoded.message(), Some(m.clone()));
+        let other = push(pb::server_frame::Body::Message(m));
+        assert_eq!(other.native(), &via_prost);
     }
 
     #[test]

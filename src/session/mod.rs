@@ -307,11 +307,11 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin>(
     .await
     .map_err(gone)?;
     for e in events {
-        sink.feed(binary(protocol::push(Rep::ConversationEvent(e))))
+        sink.feed(binary(protocol::push(Rep::ConversationEvent(e)).native().clone()))
             .await
             .map_err(gone)?;
     }
-    sink.feed(binary(protocol::push(Rep::UnreadSummary(summary))))
+    sink.feed(binary(protocol::push(Rep::UnreadSummary(summary)).native().clone()))
         .await
         .map_err(gone)?;
     sink.flush().await.map_err(gone)?;
@@ -490,7 +490,7 @@ impl Actor {
         let mut next = Some(first);
         while let Some(o) = next {
             if o.user_seq == 0 || o.user_seq > self.replayed_to {
-                frames.push(binary(o.frame));
+                frames.push(binary(o.push.native().clone()));
             }
             next = if frames.len() < BURST {
                 self.outbox.try_recv().ok()
