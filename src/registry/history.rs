@@ -445,7 +445,6 @@ impl Registry {
         id: &str,
         req: EditRequest,
     ) -> Result<Message, Error> {
-        self.check_size(&req.content, &req.attributes)?;
         let (window, max_edits) = (self.config.edit_window_secs, self.config.max_edits);
         let EditRequest {
             message_id,
@@ -468,6 +467,8 @@ impl Registry {
             if replace_attributes {
                 m.attributes = attributes;
             }
+            // The message as edited, attributes it keeps included, is held to a send's limit.
+            self.check_size(&m.content, &m.attributes)?;
             m.edit_count += 1;
             m.edited_at = now;
             Ok(Some(MessageUpdateKind::Edited))

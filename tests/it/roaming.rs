@@ -658,3 +658,48 @@ async fn receipts_and_exact_unread_counts_on_two_devices() {
     within(bob.mark_read(&d.id, last)).await.unwrap();
     assert_eq!(within(bob.get_list_entry(&d.id)).await.unwrap().unread, 0);
 }
+
+/// An edit is held to the limit of a send: content plus the attributes the message keeps.
+#[tokio::test]
+async fn an_edit_cannot_grow_a_message_past_max_message_bytes() {
+    let server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    let d = within(alice.create_direct("bob")).await.unwrap();
+    let limit = server.config.max_message_bytes;
+    assert_eq!(limit, 65_536);
+    let attributes = [("k".to_string(), "v".repeat(99))].into_iter().collect(); // 100 bytes
+    let sent = within(alice.send(pb::SendMessage {
+        conversation_id: d.id.clone(),
+        r#type: 1,
+        content: vec![b'a'; limit - 100].into(),
+        attributes,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let edit = |len: usize| {
+        alice.request(pb::client_frame::Body::EditMessage(pb::EditMessage {
+            conversation_id: d.id.clone(),
+            message_id: sent.message_id.clone(),
+            content: vec![b'b'; len].into(),
+            ..Default::default()
+        }))
+    };
+
+    match within(edit(limit)).await {
+        Ok(_) => panic!("an edit to {limit} bytes plus 100 of attributes was accepted"),
+        Err(e) => assert_eq!(code(e), ErrorCode::ErrorMessageTooLarge),
+    }
+    let kept = within(alice.sync_all(&d.id, 0)).await.unwrap();
+    assert_eq!((kept[0].content[0], kept[0].edit_count), (b'a', 0));
+
+    // Exactly the limit, attributes included, is fine.
+    let Rep::MessageReply(r) = within(edit(limit - 100)).await.unwrap() else {
+        panic!("expected a message reply");
+    };
+    let m = r.message.unwrap();
+    assert_eq!(
+        (m.content.len(), m.attributes["k"].len()),
+        (limit - 100, 99)
+    );
+}
