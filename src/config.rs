@@ -133,6 +133,17 @@ pub struct Config {
 
     /// Log format: `text` or `json`.
     pub log_format: String,
+
+    /// LeanCloud dialect: the app id its SDKs send (`appId`). The dialect is off unless set.
+    pub leancloud_app_id: Option<String>,
+    /// LeanCloud dialect: the key that signs and verifies login and conversation signatures
+    /// (HMAC-SHA1, as LeanCloud's master key did) and session tokens. Required with
+    /// `leancloud_app_id` unless `insecure_dev`.
+    pub leancloud_master_key: Option<String>,
+    /// LeanCloud dialect: lifetime of a session token (`st`), seconds.
+    pub leancloud_session_token_ttl_secs: u64,
+    /// LeanCloud dialect: how old a signature's timestamp may be, seconds.
+    pub leancloud_signature_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -193,6 +204,10 @@ impl Default for Config {
             max_pending_writes: 8192,
             max_commit_batch: 1024,
             log_format: "text".into(),
+            leancloud_app_id: None,
+            leancloud_master_key: None,
+            leancloud_session_token_ttl_secs: 172_800,
+            leancloud_signature_ttl_secs: 21_600,
         }
     }
 }
@@ -217,14 +232,24 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// A loaded configuration and the environment variables it ignored.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// `TIDINGS_*` variables that name no field (a Kubernetes Service named `tidings`
+    /// injects `TIDINGS_PORT`, for one); the caller logs them once logging is set up.
+    pub ignored_env: Vec<String>,
+}
+
 impl Config {
     /// Loads defaults, then `file`, then `TIDINGS_*` variables from `env`, then `sets`
-    /// (`field=value` strings).
+    /// (`field=value` strings). Unknown fields in the file or in `sets` are errors; unknown
+    /// variables are returned in [`Loaded::ignored_env`].
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
         sets: &[String],
-    ) -> Result<Config, ConfigError> {
+    ) -> Result<Loaded, ConfigError> {
         let mut table = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -236,16 +261,20 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        let fields = Self::fields();
+        let mut ignored_env = Vec::new();
         for (key, value) in env {
-            if let Some(field) = key.strip_prefix("TIDINGS_") {
-                // Variables that are not fields (TIDINGS_LOG etc.) are reported by serde below
-                // only if they look like fields; keep the known non-field ones out.
-                if field == "LOG" {
-                    continue;
-                }
-                table.insert(field.to_ascii_lowercase(), scalar(&value));
+            let Some(field) = key.strip_prefix("TIDINGS_") else {
+                continue;
+            };
+            let field = field.to_ascii_lowercase();
+            if fields.contains(&field) {
+                table.insert(field, scalar(&value));
+            } else if field != "log" {
+                ignored_env.push(key);
             }
         }
+        ignored_env.sort();
         for set in sets {
             let (k, v) = set
                 .split_once('=')
@@ -256,7 +285,18 @@ impl Config {
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
         config.validate()?;
-        Ok(config)
+        Ok(Loaded {
+            config,
+            ignored_env,
+        })
+    }
+
+    /// The field names, as serde sees them.
+    fn fields() -> Vec<String> {
+        match serde_json::to_value(Config::default()) {
+            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            _ => unreachable!("Config serializes to an object"),
+        }
     }
 
     /// Checks the combinations serde cannot.
@@ -313,6 +353,16 @@ impl Config {
         if !crate::store::ENGINES.contains(&self.store_engine.as_str()) {
             return bad("store_engine must be redb or sled");
         }
+        if self.leancloud_app_id.is_some()
+            && self.leancloud_master_key.is_none()
+            && !self.insecure_dev
+        {
+            return bad(
+                "leancloud_app_id needs leancloud_master_key (signatures are how LeanCloud apps \
+                 prove who logs in; the app key ships inside every app and proves nothing), or \
+                 insecure_dev for development",
+            );
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be text or json");
         }
@@ -349,7 +399,9 @@ mod tests {
             ("TIDINGS_LOG".to_owned(), "debug".to_owned()),
             ("PATH".to_owned(), "/bin".to_owned()),
         ];
-        let c = Config::load(Some(&file), env, &["page_max=60".into()]).unwrap();
+        let loaded = Config::load(Some(&file), env, &["page_max=60".into()]).unwrap();
+        assert!(loaded.ignored_env.is_empty(), "{:?}", loaded.ignored_env);
+        let c = loaded.config;
         assert_eq!(c.listen, "0.0.0.0:1");
         assert_eq!(c.outbox_frames, 9);
         assert_eq!(c.page_max, 60);
@@ -369,18 +421,54 @@ mod tests {
             assert!(err.contains("tidings secret"), "{short:?}: {err}");
         }
         let long = "s".repeat(MIN_HS256_SECRET_BYTES);
-        let c = Config::load(None, env(&long), &[]).unwrap();
+        let c = Config::load(None, env(&long), &[]).unwrap().config;
         assert_eq!(c.jwt_hs256_secret.as_deref(), Some(long.as_str()));
         // A file or --set cannot slip one in either.
         assert!(Config::load(None, vec![], &["jwt_hs256_secret=short".into()]).is_err());
     }
 
     #[test]
+    fn unknown_environment_variables_are_returned_not_errors() {
+        let env = vec![
+            ("TIDINGS_PORT".to_owned(), "tcp://10.0.0.1:7400".to_owned()),
+            ("TIDINGS_BIN".to_owned(), "/usr/bin/tidings".to_owned()),
+            ("TIDINGS_SERVICE_HOST".to_owned(), "10.0.0.1".to_owned()),
+            ("TIDINGS_LOG".to_owned(), "debug".to_owned()),
+            ("TIDINGS_PAGE_MAX".to_owned(), "60".to_owned()),
+        ];
+        let loaded = Config::load(None, env, &[]).unwrap();
+        assert_eq!(
+            loaded.ignored_env,
+            ["TIDINGS_BIN", "TIDINGS_PORT", "TIDINGS_SERVICE_HOST"]
+        );
+        assert_eq!(loaded.config.page_max, 60);
+        assert_eq!(loaded.config.listen, Config::default().listen);
+        // Every field, optional ones included, is known.
+        for field in ["listen", "jwt_hs256_secret", "jwt_audience", "log_format"] {
+            assert!(Config::fields().iter().any(|f| f == field), "{field}");
+        }
+    }
+
+    #[test]
     fn unknown_fields_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "no_such = 1\n").unwrap();
         assert!(matches!(
-            Config::load(None, vec![("TIDINGS_NO_SUCH".into(), "1".into())], &[]),
+            Config::load(Some(&file), vec![], &[]),
             Err(ConfigError::Parse(_))
         ));
+        assert!(matches!(
+            Config::load(None, vec![], &["no_such=1".into()]),
+            Err(ConfigError::Parse(_))
+        ));
+        // A known field from the environment with a bad value is still an error.
+        for (key, value) in [("TIDINGS_PAGE_MAX", "many"), ("TIDINGS_PAGE_DEFAULT", "0")] {
+            assert!(
+                Config::load(None, vec![(key.into(), value.into())], &[]).is_err(),
+                "{key}={value}"
+            );
+        }
         assert!(matches!(
             Config::load(None, vec![], &["page_default=0".into()]),
             Err(ConfigError::Invalid(_))

@@ -104,7 +104,16 @@ fn main() -> anyhow::Result<()> {
             sets.push("insecure_dev=true".into());
         }
     }
-    let config = Config::load(cli.config.as_deref(), std::env::vars(), &sets)?;
+    let tidings::config::Loaded {
+        config,
+        ignored_env,
+    } = Config::load(cli.config.as_deref(), std::env::vars(), &sets)?;
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // Only `serve` sets up logging (and logs these there).
+        for name in &ignored_env {
+            eprintln!("warning: ignoring {name}: {IGNORED}");
+        }
+    }
     match cli.command {
         Command::Token {
             user,
@@ -116,7 +125,7 @@ fn main() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Serve { .. } => serve(config),
+        Command::Serve { .. } => serve(config, &ignored_env),
         Command::Secret => unreachable!("handled before loading the configuration"),
         Command::Store { action } => store(&config, action),
     }
@@ -172,7 +181,10 @@ fn store(config: &Config, action: StoreAction) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+/// Why an environment variable was ignored.
+const IGNORED: &str = "a TIDINGS_ variable that names no configuration field";
+
+fn serve(config: Config, ignored_env: &[String]) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TIDINGS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
@@ -184,6 +196,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         builder.json().init();
     } else {
         builder.init();
+    }
+    for name in ignored_env {
+        tracing::warn!(variable = %name, "ignoring {IGNORED}");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -394,3 +394,26 @@ async fn a_failing_store_refuses_writes_and_stops_the_server_with_an_error() {
         "a store failure must not look like a clean stop"
     );
 }
+
+/// A Kubernetes Service named `tidings` puts `TIDINGS_PORT=tcp://…` into every pod: a variable
+/// that names no setting is logged as a warning, and the server starts.
+#[tokio::test]
+async fn the_binary_starts_with_unknown_tidings_variables_and_warns_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::serve_env(
+        &dir.path().join("data"),
+        &[],
+        &[("TIDINGS_PORT", "tcp://10.0.0.1:7400")],
+    );
+    let client = server.client("alice").await;
+    within(client.ping()).await.unwrap();
+
+    server.signal(libc::SIGTERM);
+    let (status, log) = server.wait().await;
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("WARN") && l.contains("TIDINGS_PORT")),
+        "{log:?}"
+    );
+}

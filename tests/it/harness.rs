@@ -274,6 +274,11 @@ pub struct Binary {
 
 impl Binary {
     pub fn serve(data_dir: &std::path::Path, sets: &[&str]) -> Binary {
+        Self::serve_env(data_dir, sets, &[])
+    }
+
+    /// Like [`Binary::serve`], with more environment variables set.
+    pub fn serve_env(data_dir: &std::path::Path, sets: &[&str], env: &[(&str, &str)]) -> Binary {
         use std::io::{BufRead, BufReader};
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -281,6 +286,7 @@ impl Binary {
         for s in sets {
             cmd.args(["--set", s]);
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd
             .env("TIDINGS_JWT_HS256_SECRET", SECRET)
             .env("TIDINGS_LOG", "info")
