@@ -72,7 +72,10 @@ pub struct SessionHandle {
     pub id: u64,
     pub device: Option<Arc<str>>,
     pub outbox: mpsc::Sender<Outgoing>,
+    /// Closes the session's whole connection.
     pub kick: Arc<Kick>,
+    /// The connection may carry other sessions (LeanCloud): replacing this one closes only it.
+    pub shared: bool,
 }
 
 /// Who receives a delivery.
@@ -126,6 +129,16 @@ impl Hub {
         }
         entry.push(handle);
         (replaced, came_online)
+    }
+
+    /// Ends a session that a newer one on the same device replaced: its connection is closed,
+    /// or, when the connection carries other sessions too, only this session.
+    pub fn replace(&self, old: &SessionHandle) {
+        if old.shared {
+            self.send_to(old, crate::protocol::replaced());
+        } else {
+            old.kick.kick(CloseCode::CloseReplaced);
+        }
     }
 
     /// Removes a session (no-op when it is already gone). Returns whether the user went

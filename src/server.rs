@@ -232,6 +232,26 @@ pub fn ws_config(config: &Config) -> WebSocketConfig {
         .max_frame_size(Some(config.max_frame_bytes))
 }
 
+/// The dialect an upgrade asks for, and the subprotocol to answer with: the native one when
+/// offered, else a LeanCloud one when that dialect is configured (by header, or by the
+/// `?subprotocol=` query some SDKs use instead, which gets no header back).
+fn dialect_of(
+    req: &Request<Incoming>,
+    config: &Config,
+) -> Option<(session::Dialect, Option<&'static str>)> {
+    if header_has(req, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL) {
+        return Some((session::Dialect::Native, Some(SUBPROTOCOL)));
+    }
+    config.leancloud_app_id.as_ref()?;
+    let offered = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let n = crate::leancloud::negotiate(offered, req.uri().query())?;
+    Some((session::Dialect::LeanCloud(n.protocol), n.echo))
+}
+
 fn upgrade(
     mut req: Request<Incoming>,
     app: &Arc<App>,
@@ -254,12 +274,17 @@ fn upgrade(
             "expected a WebSocket upgrade (version 13)\n",
         );
     };
-    if !header_has(&req, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL) {
+    let Some((dialect, echo)) = dialect_of(&req, &app.config) else {
+        let also = if app.config.leancloud_app_id.is_some() {
+            " (or a LeanCloud one: lc.protobuf2.3, lc.proto2base64.3, lc.protobuf2.1)"
+        } else {
+            ""
+        };
         return text(
             StatusCode::BAD_REQUEST,
-            format!("subprotocol {SUBPROTOCOL} required\n"),
+            format!("subprotocol {SUBPROTOCOL} required{also}\n"),
         );
-    }
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (app, shutdown) = (app.clone(), shutdown.clone());
     tracker.spawn(async move {
@@ -272,7 +297,7 @@ fn upgrade(
                     Some(cfg),
                 )
                 .await;
-                session::run(ws, app, shutdown).await;
+                session::run(ws, app, shutdown, dialect).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
@@ -281,10 +306,12 @@ fn upgrade(
     let h = r.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(SUBPROTOCOL),
-    );
+    if let Some(echo) = echo {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(echo),
+        );
+    }
     if let Ok(v) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }

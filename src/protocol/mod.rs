@@ -68,6 +68,9 @@ pub enum PushEvent {
     Message(Bytes),
     /// Any other server push (boxed: most pushes are messages, and the body is large).
     Other(Box<pb::server_frame::Body>),
+    /// To a session on a shared connection: a newer login on the same device replaced it.
+    /// Native sessions are closed by their kick instead and never see it.
+    Replaced,
 }
 
 impl Push {
@@ -85,6 +88,7 @@ impl Push {
                 body.encode(&mut buf);
                 buf.freeze()
             }
+            PushEvent::Replaced => Bytes::new(),
         })
     }
 
@@ -96,8 +100,18 @@ impl Push {
                 pb::server_frame::Body::Message(m) => Some(m.clone()),
                 _ => None,
             },
+            PushEvent::Replaced => None,
         }
     }
+}
+
+/// The notice to a session on a shared connection that it was replaced.
+pub fn replaced() -> Arc<Push> {
+    Arc::new(Push {
+        event: PushEvent::Replaced,
+        native: OnceLock::new(),
+        leancloud: OnceLock::new(),
+    })
 }
 
 /// Builds a push (a frame with id 0) from its body.

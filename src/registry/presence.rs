@@ -49,6 +49,16 @@ impl Registry {
             .collect())
     }
 
+    /// Which of `users` are online (LeanCloud's `session/query`, which any logged-in client may
+    /// ask about anyone, as LeanCloud allowed). The caller bounds how many are asked.
+    pub fn online_users(&self, users: &[String]) -> Vec<String> {
+        users
+            .iter()
+            .filter(|u| self.hub.is_online(u))
+            .cloned()
+            .collect()
+    }
+
     /// Subscribes a session to the presence changes of a conversation's members. Returns the
     /// conversation number (the session remembers it to unsubscribe when it ends).
     pub fn subscribe_presence(

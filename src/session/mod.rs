@@ -1,20 +1,26 @@
-//! The connection actor: one task per WebSocket, owning the socket.
+//! The connection actor: one task per WebSocket, owning the socket, in one of a closed set of
+//! dialects ([`Dialect`]). Only the codec and the translation into registry calls differ.
 //!
-//! It logs the client in, then multiplexes: frames from the client (each request becomes a
-//! future polled here, at most `max_inflight_requests` at once, so a busy client is slowed by
-//! TCP, not by memory), frames from its bounded outbox (pushes the hub queued), replies of
-//! finished requests, a ping timer, the idle deadline, a kick (slow consumer, replaced device)
-//! and server shutdown. Outbox frames are written in bursts and flushed once per burst.
+//! A native connection logs one session in with its first frame. A LeanCloud connection carries
+//! any number of sessions (one per `peerId`), opened and closed by commands on the way. Then
+//! the actor multiplexes: frames from the client (each request becomes a future polled here,
+//! at most `max_inflight_requests` at once, so a busy client is slowed by TCP, not by memory),
+//! pushes from the connection's one bounded outbox (shared by its sessions; each push names the
+//! session it is for), replies of finished requests, a ping timer, the idle deadline, a kick
+//! (slow consumer, replaced device) and server shutdown. Outbox frames are written in bursts and
+//! flushed once per burst.
 //!
 //! Every way out ends with a WebSocket close frame carrying a documented code.
 
 pub mod dispatch;
+pub mod leancloud;
 
 use crate::app::App;
 use crate::auth::AuthError;
 use crate::hub::{Kick, Outgoing, SessionHandle};
+use crate::leancloud::LcProtocol;
 use crate::protocol::pb::{self, CloseCode, client_frame::Body as Req, server_frame::Body as Rep};
-use crate::protocol::{self, ClientFrame, ServerFrame};
+use crate::protocol::{self, ClientFrame, PushEvent};
 use crate::registry::{Caller, Error, SendRequest};
 use crate::store::UserId;
 use bytes::Bytes;
@@ -39,6 +45,15 @@ const BURST: usize = 64;
 type Sink<S> = SplitSink<WebSocketStream<S>, WsMessage>;
 type Stream<S> = SplitStream<WebSocketStream<S>>;
 
+/// The wire a connection speaks, chosen by its subprotocol at the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `tidings.v1`: protobuf `ClientFrame`/`ServerFrame`.
+    Native,
+    /// LeanCloud's realtime protocol, in one of its subprotocols.
+    LeanCloud(LcProtocol),
+}
+
 /// How a session ends: a WebSocket close code and reason.
 #[derive(Debug, Clone, Copy)]
 struct Close(u16, &'static str);
@@ -62,9 +77,21 @@ fn close_of(code: CloseCode) -> Close {
     Close(code as i32 as u16, reason)
 }
 
+impl Dialect {
+    /// The close a connection of this dialect gets for `code`: LeanCloud's SDKs know their
+    /// own numbers for the idle, login and size limits.
+    fn close(self, code: CloseCode) -> Close {
+        match self {
+            Dialect::Native => close_of(code),
+            Dialect::LeanCloud(_) => leancloud::close_of(code),
+        }
+    }
+}
+
 /// What reading the socket produced.
 enum Inbound {
-    Frame(ClientFrame),
+    /// A data frame (binary or text), for the dialect to decode.
+    Frame(WsMessage),
     /// A ping or pong: the peer is alive.
     Activity,
     /// The peer sent a close frame.
@@ -72,28 +99,28 @@ enum Inbound {
     /// The connection dropped without a close frame.
     Dropped,
     /// The peer broke the protocol; close with this.
-    Bad(Close),
+    Bad(CloseCode),
 }
 
 async fn read<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut Stream<S>) -> Inbound {
     match stream.next().await {
-        Some(Ok(WsMessage::Binary(b))) => match protocol::decode_client(&b) {
-            Ok(f) => Inbound::Frame(f),
-            Err(_) => Inbound::Bad(close_of(CloseCode::CloseBadFrame)),
-        },
-        Some(Ok(WsMessage::Text(_))) => Inbound::Bad(close_of(CloseCode::CloseBadFrame)),
+        Some(Ok(m @ (WsMessage::Binary(_) | WsMessage::Text(_)))) => Inbound::Frame(m),
         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
             Inbound::Activity
         }
         Some(Ok(WsMessage::Close(_))) => Inbound::Closed,
         None => Inbound::Dropped,
-        Some(Err(tungstenite::Error::Capacity(_))) => {
-            Inbound::Bad(close_of(CloseCode::CloseFrameTooLarge))
-        }
-        Some(Err(tungstenite::Error::Protocol(_))) => {
-            Inbound::Bad(close_of(CloseCode::CloseBadFrame))
-        }
+        Some(Err(tungstenite::Error::Capacity(_))) => Inbound::Bad(CloseCode::CloseFrameTooLarge),
+        Some(Err(tungstenite::Error::Protocol(_))) => Inbound::Bad(CloseCode::CloseBadFrame),
         Some(Err(_)) => Inbound::Dropped,
+    }
+}
+
+/// Decodes a native frame.
+fn decode_native(m: &WsMessage) -> Result<ClientFrame, CloseCode> {
+    match m {
+        WsMessage::Binary(b) => protocol::decode_client(b).map_err(|_| CloseCode::CloseBadFrame),
+        _ => Err(CloseCode::CloseBadFrame),
     }
 }
 
@@ -105,12 +132,13 @@ pub fn run<S>(
     ws: WebSocketStream<S>,
     app: Arc<App>,
     shutdown: CancellationToken,
+    dialect: Dialect,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (sink, stream) = ws.split();
-    run_split(sink, stream, app, shutdown)
+    run_split(sink, stream, app, shutdown, dialect)
 }
 
 async fn run_split<S>(
@@ -118,113 +146,39 @@ async fn run_split<S>(
     mut stream: Stream<S>,
     app: Arc<App>,
     shutdown: CancellationToken,
+    dialect: Dialect,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let first = tokio::select! {
-        r = timeout(Duration::from_millis(app.config.login_timeout_ms), read_login(&mut stream)) => r,
-        _ = shutdown.cancelled() => Ok(Err(Some(GOING_AWAY))),
-    };
-    let (id, login) = match first {
-        Err(_) => {
-            return finish(
-                sink,
-                stream,
-                &app,
-                Some(close_of(CloseCode::CloseLoginTimeout)),
-            )
-            .await;
-        }
-        Ok(Err(close)) => return finish(sink, stream, &app, close).await,
-        Ok(Ok(v)) => v,
-    };
-    // Only what the session needs lives on: the token (a few hundred bytes) is dropped here.
-    let pb::Login {
-        token,
-        device,
-        event_cursor,
-    } = login;
-    let user = match app.auth.verify(&token) {
-        Ok(u) => UserId::from(u),
-        Err(e) => {
-            tracing::info!(error = %e, "login refused");
-            let code = match e {
-                AuthError::Expired => CloseCode::CloseTokenExpired,
-                AuthError::Invalid(_) => CloseCode::CloseAuthFailed,
-            };
-            return finish(sink, stream, &app, Some(close_of(code))).await;
-        }
-    };
-    drop(token);
-    if device.len() > 64 {
-        return finish(
-            sink,
-            stream,
-            &app,
-            Some(close_of(CloseCode::CloseProtocolViolation)),
-        )
-        .await;
-    }
-
-    let session = app.next_session_id();
     let (tx, outbox) = mpsc::channel(app.config.outbox_frames);
-    let kick = Arc::new(Kick::default());
-    let device = (!device.is_empty()).then(|| Arc::<str>::from(device));
-    let handle = SessionHandle {
-        id: session,
-        device,
-        outbox: tx,
-        kick: kick.clone(),
-    };
-    let (replaced, came_online) = app.hub.register(&user, handle.clone());
-    for old in replaced {
-        old.kick.kick(CloseCode::CloseReplaced);
-    }
-    if came_online {
-        app.registry.presence_changed(&user);
-    }
-    app.stats.sessions_logged_in.inc();
-    tracing::debug!(user = %user, session, device = handle.device.as_deref().unwrap_or(""), "logged in");
-
-    let caller = Caller {
-        user: user.clone(),
-        session,
-    };
     let mut actor = Actor {
         app: app.clone(),
-        caller: caller.clone(),
-        handle,
-        kick,
+        dialect,
+        kick: Arc::new(Kick::default()),
         outbox,
-        replayed_to: 0,
+        outbox_tx: tx,
+        peers: Vec::with_capacity(1),
         pending: None,
-        wills: BTreeMap::new(),
-        subscriptions: HashSet::new(),
         abnormal: false,
+        login_by: None,
     };
-    let close = match welcome(&mut sink, &app, &caller, id, event_cursor).await {
-        Ok(replayed_to) => {
-            actor.replayed_to = replayed_to;
+    let close = match dialect {
+        Dialect::Native => match actor.log_in_native(&mut sink, &mut stream, &shutdown).await {
+            Ok(()) => actor.serve(&mut sink, &mut stream, shutdown).await,
+            Err(close) => close,
+        },
+        Dialect::LeanCloud(_) => {
+            // Sessions open by command; the first must come within the login timeout.
+            actor.login_by =
+                Some(Instant::now() + Duration::from_millis(app.config.login_timeout_ms));
             actor.serve(&mut sink, &mut stream, shutdown).await
         }
-        Err(close) => Some(close),
     };
     let Actor {
-        wills,
-        subscriptions,
-        abnormal,
-        ..
+        peers, abnormal, ..
     } = actor;
-    for num in subscriptions {
-        app.registry.drop_subscription(session, num);
-    }
-    if app.hub.unregister(&user, session) {
-        app.registry.presence_changed(&user);
-    }
-    if abnormal && !wills.is_empty() {
-        // Boxed: a rare path, whose future (about 1.1 KB) would otherwise be part of every
-        // connection's task.
-        Box::pin(send_wills(&app, &caller, wills)).await;
+    for peer in peers {
+        end_peer(&app, peer, abnormal).await;
     }
     finish(sink, stream, &app, close).await;
 }
@@ -250,14 +204,19 @@ async fn read_login<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(u64, pb::Login), Option<Close>> {
     loop {
         match read(stream).await {
-            Inbound::Frame(ClientFrame {
-                id,
-                body: Some(Req::Login(l)),
-            }) => return Ok((id, l)),
-            Inbound::Frame(_) => return Err(Some(close_of(CloseCode::CloseProtocolViolation))),
+            Inbound::Frame(m) => {
+                return match decode_native(&m) {
+                    Ok(ClientFrame {
+                        id,
+                        body: Some(Req::Login(l)),
+                    }) => Ok((id, l)),
+                    Ok(_) => Err(Some(close_of(CloseCode::CloseProtocolViolation))),
+                    Err(code) => Err(Some(close_of(code))),
+                };
+            }
             Inbound::Activity => continue,
             Inbound::Closed | Inbound::Dropped => return Err(None),
-            Inbound::Bad(c) => return Err(Some(c)),
+            Inbound::Bad(c) => return Err(Some(close_of(c))),
         }
     }
 }
@@ -307,13 +266,17 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin>(
     .await
     .map_err(gone)?;
     for e in events {
-        sink.feed(binary(protocol::push(Rep::ConversationEvent(e)).native().clone()))
-            .await
-            .map_err(gone)?;
-    }
-    sink.feed(binary(protocol::push(Rep::UnreadSummary(summary)).native().clone()))
+        sink.feed(binary(
+            protocol::push(Rep::ConversationEvent(e)).native().clone(),
+        ))
         .await
         .map_err(gone)?;
+    }
+    sink.feed(binary(
+        protocol::push(Rep::UnreadSummary(summary)).native().clone(),
+    ))
+    .await
+    .map_err(gone)?;
     sink.flush().await.map_err(gone)?;
     Ok(head)
 }
@@ -322,22 +285,35 @@ fn binary(b: Bytes) -> WsMessage {
     WsMessage::Binary(b)
 }
 
-struct Actor {
-    app: Arc<App>,
+/// One logged-in session on a connection.
+struct Peer {
     caller: Caller,
     handle: SessionHandle,
-    kick: Arc<Kick>,
-    outbox: mpsc::Receiver<Outgoing>,
+    /// Logged events up to here were replayed at login; live copies of them are skipped.
     replayed_to: u64,
-    /// Requests in progress; created with the first request, so a session that only listens
-    /// does not carry the set's allocation.
-    pending: Option<FuturesUnordered<BoxFuture<'static, ServerFrame>>>,
     /// Will messages by conversation id (the last one set wins).
     wills: BTreeMap<String, SendRequest>,
     /// Conversations whose presence this session subscribed to.
     subscriptions: HashSet<u64>,
+}
+
+struct Actor {
+    app: Arc<App>,
+    dialect: Dialect,
+    /// Closes the whole connection (slow consumer, a replaced native session).
+    kick: Arc<Kick>,
+    outbox: mpsc::Receiver<Outgoing>,
+    /// Cloned into the hub handle of every session opened on this connection.
+    outbox_tx: mpsc::Sender<Outgoing>,
+    /// The sessions on this connection, in the order they opened (native: exactly one).
+    peers: Vec<Peer>,
+    /// Requests in progress, each ending in its encoded reply (if it has one); created with the
+    /// first request, so a session that only listens does not carry the set's allocation.
+    pending: Option<FuturesUnordered<BoxFuture<'static, Option<WsMessage>>>>,
     /// The connection ended without a clean close (dropped, idle, slow, bad input).
     abnormal: bool,
+    /// LeanCloud: a session must open before this, or the connection closes.
+    login_by: Option<Instant>,
 }
 
 /// What one turn of the serve loop does after its `select!`.
@@ -353,6 +329,121 @@ enum Stop {
     Gone,
 }
 
+/// What a frame from the client asks of the loop at once.
+enum Immediate {
+    /// Write these.
+    Reply(Vec<WsMessage>),
+    /// Write these, then stop reading and close normally once replies are out.
+    Logout(Vec<WsMessage>),
+    /// Close now.
+    Close(Close),
+}
+
+impl Actor {
+    /// Reads and verifies the native `Login`, registers the session and sends the welcome.
+    async fn log_in_native<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        sink: &mut Sink<S>,
+        stream: &mut Stream<S>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Option<Close>> {
+        let app = self.app.clone();
+        let first = tokio::select! {
+            r = timeout(Duration::from_millis(app.config.login_timeout_ms), read_login(stream)) => r,
+            _ = shutdown.cancelled() => Ok(Err(Some(GOING_AWAY))),
+        };
+        let (id, login) = match first {
+            Err(_) => return Err(Some(close_of(CloseCode::CloseLoginTimeout))),
+            Ok(r) => r?,
+        };
+        // Only what the session needs lives on: the token (a few hundred bytes) is dropped here.
+        let pb::Login {
+            token,
+            device,
+            event_cursor,
+        } = login;
+        let user = match app.auth.verify(&token) {
+            Ok(u) => UserId::from(u),
+            Err(e) => {
+                tracing::info!(error = %e, "login refused");
+                let code = match e {
+                    AuthError::Expired => CloseCode::CloseTokenExpired,
+                    AuthError::Invalid(_) => CloseCode::CloseAuthFailed,
+                };
+                return Err(Some(close_of(code)));
+            }
+        };
+        drop(token);
+        if device.len() > 64 {
+            return Err(Some(close_of(CloseCode::CloseProtocolViolation)));
+        }
+        let device = (!device.is_empty()).then(|| Arc::<str>::from(device));
+        let caller = self.open_peer(user, device, false);
+        let replayed_to = welcome(sink, &app, &caller, id, event_cursor)
+            .await
+            .map_err(Some)?;
+        self.peers[0].replayed_to = replayed_to;
+        Ok(())
+    }
+
+    /// Registers a new session of `user` on this connection and returns who it is. `shared`:
+    /// the connection may carry other sessions, so replacing this one closes only it.
+    fn open_peer(&mut self, user: UserId, device: Option<Arc<str>>, shared: bool) -> Caller {
+        let app = &self.app;
+        let session = app.next_session_id();
+        let handle = SessionHandle {
+            id: session,
+            device,
+            outbox: self.outbox_tx.clone(),
+            kick: self.kick.clone(),
+            shared,
+        };
+        let (replaced, came_online) = app.hub.register(&user, handle.clone());
+        for old in replaced {
+            app.hub.replace(&old);
+        }
+        if came_online {
+            app.registry.presence_changed(&user);
+        }
+        app.stats.sessions_logged_in.inc();
+        tracing::debug!(user = %user, session, device = handle.device.as_deref().unwrap_or(""), "logged in");
+        let caller = Caller { user, session };
+        self.peers.push(Peer {
+            caller: caller.clone(),
+            handle,
+            replayed_to: 0,
+            wills: BTreeMap::new(),
+            subscriptions: HashSet::new(),
+        });
+        self.login_by = None;
+        caller
+    }
+}
+
+/// Ends a session: out of the hub and its subscriptions; its wills go out if it ended
+/// abnormally.
+async fn end_peer(app: &App, peer: Peer, abnormal: bool) {
+    {
+        let Peer {
+            caller,
+            wills,
+            subscriptions,
+            ..
+        } = peer;
+        for num in subscriptions {
+            app.registry.drop_subscription(caller.session, num);
+        }
+        if app.hub.unregister(&caller.user, caller.session) {
+            app.registry.presence_changed(&caller.user);
+        }
+        if abnormal && !wills.is_empty() {
+            // Boxed: a rare path, whose future (about 1.1 KB) would otherwise be part of every
+            // connection's task.
+            Box::pin(send_wills(app, &caller, wills)).await;
+        }
+    }
+}
+
 impl Actor {
     /// The main loop. Returns the close to send (None: the peer is already gone).
     async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
@@ -365,12 +456,17 @@ impl Actor {
         let idle = Duration::from_millis(cfg.idle_timeout_ms);
         let ping_every = Duration::from_millis(cfg.ping_interval_ms);
         let grace = Duration::from_millis(cfg.shutdown_grace_ms);
-        // One timer for the ping, the idle deadline and the drain deadline: it is set for the
+        let dialect = self.dialect;
+        // One timer for the ping, the idle, login and drain deadlines: it is set for the
         // earliest, and on firing the loop sees which are due and sets it again. Activity only
         // moves `idle_at` (later), so the timer may fire once early; that is all it costs.
         let mut ping_at = Instant::now() + ping_every;
         let mut idle_at = Instant::now() + idle;
-        let timer = sleep_until(ping_at.min(idle_at));
+        let first_deadline = |ping_at: Instant, idle_at: Instant, login_by: Option<Instant>| {
+            let t = ping_at.min(idle_at);
+            login_by.map_or(t, |l| t.min(l))
+        };
+        let timer = sleep_until(first_deadline(ping_at, idle_at, self.login_by));
         tokio::pin!(timer);
         // Set once we stop reading: shutdown (1001) or logout (1000). Pending replies still go out.
         let mut draining: Option<(Close, Instant)> = None;
@@ -397,23 +493,38 @@ impl Actor {
                 _ = &mut cancelled, if draining.is_none() => {
                     let until = Instant::now() + grace;
                     draining = Some((GOING_AWAY, until));
-                    timer.as_mut().reset(ping_at.min(idle_at).min(until));
-                    Step::Continue
+                    timer.as_mut().reset(first_deadline(ping_at, idle_at, None).min(until));
+                    match dialect {
+                        // LeanCloud's SDKs reconnect elsewhere at once when told to go away.
+                        Dialect::LeanCloud(p) => Step::Write(vec![leancloud::goaway(p)]),
+                        Dialect::Native => Step::Continue,
+                    }
                 }
                 Some(reply) = next_reply(&mut self.pending), if waiting => {
-                    Step::Write(vec![binary(protocol::encode(&reply))])
+                    Step::Write(reply.into_iter().collect())
                 }
                 Some(first) = self.outbox.recv() => Step::Write(self.burst(first)),
                 inbound = read(stream), if reading => match inbound {
-                    Inbound::Frame(f) => {
+                    Inbound::Frame(m) => {
                         idle_at = Instant::now() + idle;
-                        match self.request(f) {
-                            Some(Immediate::Reply(r)) => Step::Write(vec![binary(protocol::encode(&r))]),
+                        let immediate = match dialect {
+                            Dialect::Native => match decode_native(&m) {
+                                Ok(f) => self.request(f),
+                                Err(code) => Some(Immediate::Close(close_of(code))),
+                            },
+                            Dialect::LeanCloud(p) => leancloud::on_frame(self, p, m),
+                        };
+                        match immediate {
+                            Some(Immediate::Reply(r)) => Step::Write(r),
                             Some(Immediate::Logout(r)) => {
                                 let until = Instant::now() + grace;
                                 draining = Some((NORMAL, until));
-                                timer.as_mut().reset(ping_at.min(idle_at).min(until));
-                                Step::Write(vec![binary(protocol::encode(&r))])
+                                timer.as_mut().reset(first_deadline(ping_at, idle_at, None).min(until));
+                                Step::Write(r)
+                            }
+                            Some(Immediate::Close(close)) => {
+                                self.abnormal = true;
+                                return Some(close);
                             }
                             None => Step::Continue,
                         }
@@ -429,7 +540,7 @@ impl Actor {
                     }
                     Inbound::Bad(c) => {
                         self.abnormal = true;
-                        return Some(c);
+                        return Some(dialect.close(c));
                     }
                 },
                 _ = &mut timer => {
@@ -439,15 +550,18 @@ impl Actor {
                     {
                         return Some(close);
                     }
+                    if self.login_by.is_some_and(|l| now >= l) {
+                        return Some(dialect.close(CloseCode::CloseLoginTimeout));
+                    }
                     if now >= idle_at {
                         self.abnormal = true;
-                        return Some(close_of(CloseCode::CloseIdleTimeout));
+                        return Some(dialect.close(CloseCode::CloseIdleTimeout));
                     }
                     let ping = now >= ping_at;
                     if ping {
                         ping_at = now + ping_every;
                     }
-                    let next = ping_at.min(idle_at);
+                    let next = first_deadline(ping_at, idle_at, self.login_by);
                     timer.as_mut().reset(draining.map_or(next, |d| next.min(d.1)));
                     if ping {
                         Step::Write(vec![WsMessage::Ping(Bytes::new())])
@@ -471,9 +585,9 @@ impl Actor {
                     let code = CloseCode::try_from(code as i32).unwrap_or(CloseCode::CloseInternal);
                     if code == CloseCode::CloseSlowConsumer {
                         self.abnormal = true;
-                        tracing::info!(user = %self.caller.user, session = self.caller.session, "closing slow consumer");
+                        tracing::info!(sessions = ?self.peers.iter().map(|p| p.caller.session).collect::<Vec<_>>(), "closing slow consumer");
                     }
-                    return Some(close_of(code));
+                    return Some(dialect.close(code));
                 }
             }
         }
@@ -484,14 +598,20 @@ impl Actor {
         self.pending.as_ref().map_or(0, FuturesUnordered::len)
     }
 
-    /// Takes `first` and whatever else is queued (up to a burst), skipping replayed events.
+    /// Queues a request's work; its future ends in the encoded reply, if any.
+    fn start(&mut self, work: BoxFuture<'static, Option<WsMessage>>) {
+        self.pending
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(work);
+    }
+
+    /// Takes `first` and whatever else is queued (up to a burst), in this connection's
+    /// encoding, skipping replayed events and pushes for sessions that have closed.
     fn burst(&mut self, first: Outgoing) -> Vec<WsMessage> {
         let mut frames = Vec::with_capacity(8);
         let mut next = Some(first);
         while let Some(o) = next {
-            if o.user_seq == 0 || o.user_seq > self.replayed_to {
-                frames.push(binary(o.push.native().clone()));
-            }
+            self.take(o, &mut frames);
             next = if frames.len() < BURST {
                 self.outbox.try_recv().ok()
             } else {
@@ -501,30 +621,47 @@ impl Actor {
         frames
     }
 
-    /// Starts a request. Returns what must be written at once (answers that need no work).
+    fn take(&mut self, o: Outgoing, frames: &mut Vec<WsMessage>) {
+        match self.dialect {
+            Dialect::Native => {
+                let Some(peer) = self.peers.first() else {
+                    return;
+                };
+                if (o.user_seq == 0 || o.user_seq > peer.replayed_to)
+                    && !matches!(o.push.event(), PushEvent::Replaced)
+                {
+                    frames.push(binary(o.push.native().clone()));
+                }
+            }
+            Dialect::LeanCloud(p) => leancloud::take(self, p, o, frames),
+        }
+    }
+
+    /// Starts a native request. Returns what must be written at once (answers that need no
+    /// work).
     fn request(&mut self, frame: ClientFrame) -> Option<Immediate> {
         let id = frame.id;
+        let reply =
+            |f: protocol::ServerFrame| Some(Immediate::Reply(vec![binary(protocol::encode(&f))]));
+        let peer = self.peers.first_mut()?;
         match frame.body {
-            None => Some(Immediate::Reply(dispatch::error_reply(
-                id,
-                &Error::UnknownRequest,
-            ))),
-            Some(Req::Ping(_)) => Some(Immediate::Reply(protocol::reply(
+            None => reply(dispatch::error_reply(id, &Error::UnknownRequest)),
+            Some(Req::Ping(_)) => reply(protocol::reply(
                 id,
                 Rep::Pong(pb::Pong {
                     server_time: self.app.clock.now_ms(),
                 }),
-            ))),
-            Some(Req::Logout(_)) => {
-                Some(Immediate::Logout(protocol::reply(id, Rep::Ok(pb::Ok {}))))
-            }
+            )),
+            Some(Req::Logout(_)) => Some(Immediate::Logout(vec![binary(protocol::encode(
+                &protocol::reply(id, Rep::Ok(pb::Ok {})),
+            ))])),
             Some(Req::SubscribePresence(r)) => {
                 let reg = &self.app.registry;
-                let result = reg.subscribe_presence(&self.caller, &self.handle, &r.conversation_id);
-                Some(answer(
+                let result = reg.subscribe_presence(&peer.caller, &peer.handle, &r.conversation_id);
+                reply(answer(
                     id,
                     result.map(|num| {
-                        self.subscriptions.insert(num);
+                        peer.subscriptions.insert(num);
                     }),
                 ))
             }
@@ -532,11 +669,11 @@ impl Actor {
                 if let Some(num) = self
                     .app
                     .registry
-                    .unsubscribe_presence(self.caller.session, &r.conversation_id)
+                    .unsubscribe_presence(peer.caller.session, &r.conversation_id)
                 {
-                    self.subscriptions.remove(&num);
+                    peer.subscriptions.remove(&num);
                 }
-                Some(answer(id, Ok(())))
+                reply(answer(id, Ok(())))
             }
             Some(Req::SetWill(r)) => {
                 let will = SendRequest {
@@ -551,27 +688,23 @@ impl Actor {
                 let result = self
                     .app
                     .registry
-                    .check_will(&self.caller, &r.conversation_id, &will);
-                Some(answer(
+                    .check_will(&peer.caller, &r.conversation_id, &will);
+                reply(answer(
                     id,
                     result.map(|()| {
-                        self.wills.insert(r.conversation_id, will);
+                        peer.wills.insert(r.conversation_id, will);
                     }),
                 ))
             }
             Some(Req::ClearWill(r)) => {
-                self.wills.remove(&r.conversation_id);
-                Some(answer(id, Ok(())))
+                peer.wills.remove(&r.conversation_id);
+                reply(answer(id, Ok(())))
             }
             Some(body) => {
-                self.pending
-                    .get_or_insert_with(FuturesUnordered::new)
-                    .push(Box::pin(dispatch::handle(
-                        self.app.clone(),
-                        self.caller.clone(),
-                        id,
-                        body,
-                    )));
+                let work = dispatch::handle(self.app.clone(), peer.caller.clone(), id, body);
+                self.start(Box::pin(async move {
+                    Some(binary(protocol::encode(&work.await)))
+                }));
                 None
             }
         }
@@ -580,8 +713,8 @@ impl Actor {
 
 /// The next finished request, if any are in progress.
 async fn next_reply(
-    pending: &mut Option<FuturesUnordered<BoxFuture<'static, ServerFrame>>>,
-) -> Option<ServerFrame> {
+    pending: &mut Option<FuturesUnordered<BoxFuture<'static, Option<WsMessage>>>>,
+) -> Option<Option<WsMessage>> {
     match pending {
         Some(p) => p.next().await,
         None => None,
@@ -628,16 +761,11 @@ async fn write<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The reply to a session-level request.
-fn answer(id: u64, result: Result<(), Error>) -> Immediate {
-    Immediate::Reply(match result {
+fn answer(id: u64, result: Result<(), Error>) -> protocol::ServerFrame {
+    match result {
         Ok(()) => protocol::reply(id, Rep::Ok(pb::Ok {})),
         Err(e) => dispatch::error_reply(id, &e),
-    })
-}
-
-enum Immediate {
-    Reply(ServerFrame),
-    Logout(ServerFrame),
+    }
 }
 
 /// Sends the close frame (if any), waits briefly for the peer's close, and drops the socket.

@@ -1,0 +1,1111 @@
+//! The LeanCloud dialect on a connection: commands in, registry calls, replies and pushes out.
+//!
+//! A LeanCloud socket carries several client sessions (one per `peerId`); a command without
+//! `peerId` is for the first one opened. Opening checks the login signature (HMAC-SHA1 over
+//! `appid:peerid::timestamp:nonce` with `leancloud_master_key`, as LeanCloud's servers did) or
+//! a session token (`st`) this server issued. Everything a command asks is a registry call made
+//! for that session's [`Caller`]: no rule lives here, only the translation of shapes.
+//!
+//! Messages: what a LeanCloud client sends is stored byte for byte (`msg` as the content, its
+//! `_lctype` as the type), so other LeanCloud clients get exactly what was sent. A message from
+//! a native client becomes a typed message on the way out: type 1 with UTF-8 content is a text
+//! message (`_lctype` −1), other types keep their number as `_lctype`, non-UTF-8 content goes
+//! as `binaryMsg`, and a recalled message is `{"_lctype":-127}`.
+
+use super::{Actor, Close, Immediate, Peer};
+use crate::app::App;
+use crate::hub::Outgoing;
+use crate::leancloud::pb::{
+    self as lc, CommandType as Cmd, GenericCommand, OpType as Op, logs_command::QueryDirection,
+};
+use crate::leancloud::{self as codec, ErrorCode, FrameRef, LcProtocol, WireFrame};
+use crate::protocol::pb::{self, CloseCode, ConversationEventKind as Ev, ConversationKind};
+use crate::protocol::{self, PushEvent};
+use crate::registry::conversation::CreateRequest;
+use crate::registry::{Caller, Error, HistoryRequest, SendRequest};
+use crate::store::UserId;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// IM pushes carry `service = 2`; Swift drops pushes without it.
+const SERVICE_IM: i32 = 2;
+/// Longest client id LeanCloud accepted.
+const MAX_PEER_ID_CHARS: usize = 64;
+/// Most ids one `session/query` may ask about (the JS API's documented cap).
+const MAX_QUERY_PEERS: usize = 20;
+/// Attribute marking a message a LeanCloud client sent as `binaryMsg`.
+const BINARY_ATTRIBUTE: &str = "lc.binary";
+
+/// The close a LeanCloud connection gets for a native close reason: the SDKs know 4107, 4108
+/// and 4109 by name; the rest keep tidings' codes (the SDKs reconnect after any of them).
+pub(super) fn close_of(code: CloseCode) -> Close {
+    let lc = match code {
+        CloseCode::CloseLoginTimeout => codec::CloseCode::LoginTimeout,
+        CloseCode::CloseIdleTimeout => codec::CloseCode::ReadTimeout,
+        CloseCode::CloseFrameTooLarge => codec::CloseCode::FrameTooLong,
+        other => return super::close_of(other),
+    };
+    Close(lc.code(), lc.reason())
+}
+
+fn wire(p: LcProtocol, command: &GenericCommand) -> WsMessage {
+    match codec::encode(p, command) {
+        WireFrame::Binary(b) => WsMessage::Binary(b),
+        WireFrame::Text(t) => WsMessage::Text(t.into()),
+    }
+}
+
+fn command(cmd: Cmd, op: Option<Op>) -> GenericCommand {
+    GenericCommand {
+        cmd: Some(cmd as i32),
+        op: op.map(|o| o as i32),
+        ..Default::default()
+    }
+}
+
+/// The push that tells a LeanCloud client to reconnect elsewhere (sent when draining).
+pub(super) fn goaway(p: LcProtocol) -> WsMessage {
+    wire(p, &command(Cmd::Goaway, None))
+}
+
+fn error_command(i: Option<i32>, code: ErrorCode, detail: Option<String>) -> GenericCommand {
+    GenericCommand {
+        i,
+        error_message: Some(lc::ErrorCommand {
+            code: code.code(),
+            reason: code.reason().to_owned(),
+            detail,
+            ..Default::default()
+        }),
+        ..command(Cmd::Error, None)
+    }
+}
+
+/// The LeanCloud error for a registry error, and whether the reason is left out (an expired
+/// temporary conversation answers 4303 with no reason, which the JS SDK turns into its own
+/// "expired" error).
+fn error_code(e: &Error, sending: bool) -> (ErrorCode, bool) {
+    let code = match e {
+        Error::ConversationNotFound | Error::NotInList => ErrorCode::ConversationNotFound,
+        Error::ConversationExpired => return (ErrorCode::ConversationNotFound, true),
+        Error::NotAMember if sending => ErrorCode::InvalidMessagingTarget,
+        Error::NotAMember => ErrorCode::ConversationMembershipRequired,
+        Error::PermissionDenied(_) => ErrorCode::ConversationOperationUnauthorized,
+        Error::NotAllowedForKind { .. } => ErrorCode::ConversationReadOnly,
+        Error::MessageNotFound => ErrorCode::MessageNotFound,
+        Error::LimitExceeded(_) | Error::MessageTooLarge { .. } | Error::InvalidArgument(_) => {
+            ErrorCode::ConversationApiFailed
+        }
+        Error::WindowExpired(_) => ErrorCode::MessageRecallDisabled,
+        Error::AlreadyLoggedIn | Error::UnknownRequest => ErrorCode::ConversationApiFailed,
+        Error::Unavailable | Error::Internal => ErrorCode::InternalError,
+    };
+    (code, false)
+}
+
+fn failure(i: Option<i32>, e: &Error) -> GenericCommand {
+    let (code, silent) = error_code(e, false);
+    let mut c = error_command(i, code, (!silent).then(|| e.to_string()));
+    if silent && let Some(m) = c.error_message.as_mut() {
+        m.reason = String::new();
+    }
+    c
+}
+
+/// Handles one frame from the client.
+pub(super) fn on_frame(actor: &mut Actor, p: LcProtocol, m: WsMessage) -> Option<Immediate> {
+    let frame = match &m {
+        WsMessage::Binary(b) => FrameRef::Binary(b),
+        WsMessage::Text(t) => FrameRef::Text(t.as_str()),
+        _ => return None,
+    };
+    let cmd = match codec::decode(p, frame) {
+        Ok(cmd) => cmd,
+        // The envelope decoded but names nothing known: answer that request, keep going.
+        Err(e) if e.request_id().is_some() => {
+            let reply = error_command(e.request_id(), ErrorCode::ConversationApiFailed, None);
+            return Some(Immediate::Reply(vec![wire(p, &reply)]));
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "malformed LeanCloud frame");
+            let code = e.close_code();
+            let reason = if code == codec::CloseCode::FrameTooLong.code() {
+                codec::CloseCode::FrameTooLong.reason()
+            } else {
+                "malformed command"
+            };
+            return Some(Immediate::Close(Close(code, reason)));
+        }
+    };
+    let kind = cmd.cmd.and_then(|c| Cmd::try_from(c).ok())?;
+    let op = cmd.op.and_then(|o| Op::try_from(o).ok());
+    let reply = |c: GenericCommand| Some(Immediate::Reply(vec![wire(p, &c)]));
+    match (kind, op) {
+        (Cmd::Echo, _) => reply(GenericCommand {
+            i: cmd.i,
+            ..command(Cmd::Echo, None)
+        }),
+        (Cmd::Session, Some(Op::Open)) => open(actor, p, cmd),
+        // LeanCloud Push's login on a shared socket (Android): not an IM session.
+        (Cmd::Login | Cmd::Loggedin | Cmd::Data, _) => None,
+        _ => {
+            let Some(at) = peer_index(actor, cmd.peer_id.as_deref()) else {
+                return cmd
+                    .i
+                    .and_then(|i| reply(error_command(Some(i), ErrorCode::SessionRequired, None)));
+            };
+            on_session_command(actor, p, at, kind, op, cmd)
+        }
+    }
+}
+
+/// The session a command is for: the one named by `peerId`, else the first opened.
+fn peer_index(actor: &Actor, peer_id: Option<&str>) -> Option<usize> {
+    match peer_id {
+        Some(id) => actor.peers.iter().position(|p| *p.caller.user == *id),
+        None if actor.peers.is_empty() => None,
+        None => Some(0),
+    }
+}
+
+fn on_session_command(
+    actor: &mut Actor,
+    p: LcProtocol,
+    at: usize,
+    kind: Cmd,
+    op: Option<Op>,
+    cmd: GenericCommand,
+) -> Option<Immediate> {
+    let reply = |c: GenericCommand| Some(Immediate::Reply(vec![wire(p, &c)]));
+    let i = cmd.i;
+    match (kind, op) {
+        (Cmd::Session, Some(Op::Close)) => {
+            let peer = actor.peers.remove(at);
+            release(&actor.app, peer);
+            reply(GenericCommand {
+                i,
+                peer_id: cmd.peer_id,
+                ..command(Cmd::Session, Some(Op::Closed))
+            })
+        }
+        (Cmd::Session, Some(Op::Refresh)) => {
+            let peer = &actor.peers[at];
+            let (st, st_ttl) = session_token(&actor.app, &peer.caller.user, &peer.handle.device);
+            reply(GenericCommand {
+                i,
+                session_message: Some(lc::SessionCommand {
+                    st: Some(st),
+                    st_ttl: Some(st_ttl),
+                    ..Default::default()
+                }),
+                ..command(Cmd::Session, Some(Op::Refreshed))
+            })
+        }
+        (Cmd::Session, Some(Op::Query)) => {
+            let asked = cmd
+                .session_message
+                .map(|s| s.session_peer_ids)
+                .unwrap_or_default();
+            if asked.len() > MAX_QUERY_PEERS {
+                return reply(error_command(
+                    i,
+                    ErrorCode::ConversationApiFailed,
+                    Some(format!("at most {MAX_QUERY_PEERS} ids per query")),
+                ));
+            }
+            let online = actor.app.registry.online_users(&asked);
+            reply(GenericCommand {
+                i,
+                session_message: Some(lc::SessionCommand {
+                    online_session_peer_ids: online,
+                    ..Default::default()
+                }),
+                ..command(Cmd::Session, Some(Op::QueryResult))
+            })
+        }
+        (Cmd::Direct, _) if cmd.direct_message.as_ref().and_then(|d| d.will) == Some(true) => {
+            // A will: kept by the session (one per client), sent only if it drops.
+            let d = cmd.direct_message.unwrap_or_default();
+            let conv = d.cid.clone().unwrap_or_default();
+            let req = send_request(d);
+            let peer = &mut actor.peers[at];
+            let result = actor.app.registry.check_will(&peer.caller, &conv, &req);
+            let ack = match result {
+                Ok(()) => {
+                    peer.wills.clear();
+                    peer.wills.insert(conv, req);
+                    lc::AckCommand {
+                        t: Some(actor.app.clock.now_ms()),
+                        ..Default::default()
+                    }
+                }
+                Err(e) => failed_ack(&e),
+            };
+            reply(GenericCommand {
+                i,
+                ack_message: Some(ack),
+                ..command(Cmd::Ack, None)
+            })
+        }
+        _ => {
+            let app = actor.app.clone();
+            let caller = actor.peers[at].caller.clone();
+            actor.start(Box::pin(async move {
+                let answer = handle(&app, &caller, kind, op, cmd).await?;
+                Some(wire(p, &answer))
+            }));
+            None
+        }
+    }
+}
+
+/// Takes a session out of the hub (a clean close: its will is dropped).
+fn release(app: &App, peer: Peer) {
+    for num in peer.subscriptions {
+        app.registry.drop_subscription(peer.caller.session, num);
+    }
+    if app.hub.unregister(&peer.caller.user, peer.caller.session) {
+        app.registry.presence_changed(&peer.caller.user);
+    }
+}
+
+/// `session/open`: a signed login or a resume with a session token.
+fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immediate> {
+    let app = actor.app.clone();
+    let i = cmd.i;
+    let fail = |code: ErrorCode| {
+        Some(Immediate::Reply(vec![wire(
+            p,
+            &GenericCommand {
+                i,
+                peer_id: cmd.peer_id.clone(),
+                session_message: Some(lc::SessionCommand {
+                    code: Some(code.code()),
+                    reason: Some(code.reason().to_owned()),
+                    ..Default::default()
+                }),
+                ..command(Cmd::Session, Some(Op::Closed))
+            },
+        )]))
+    };
+    if app.config.leancloud_app_id.as_deref() != cmd.app_id.as_deref() {
+        return fail(ErrorCode::AppNotAvailable);
+    }
+    let Some(peer_id) = cmd.peer_id.clone().filter(|id| valid_peer_id(&app, id)) else {
+        return fail(ErrorCode::InvalidLogin);
+    };
+    let s = cmd.session_message.clone().unwrap_or_default();
+    let now = app.clock.now_ms();
+    let tag = match &s.st {
+        Some(st) if s.r == Some(true) => match verify_session_token(&app, &peer_id, st, now) {
+            Some(tag) => tag,
+            None => return fail(ErrorCode::SessionTokenExpired),
+        },
+        _ => {
+            if !login_signature_ok(&app, &peer_id, &s, now) {
+                return fail(ErrorCode::SignatureFailed);
+            }
+            s.tag.clone().filter(|t| !t.is_empty() && t != "default")
+        }
+    };
+    // Opening a client that is already open on this socket starts it afresh.
+    if let Some(at) = peer_index(actor, Some(&peer_id)) {
+        let old = actor.peers.remove(at);
+        release(&app, old);
+    }
+    let device = tag.map(Arc::<str>::from);
+    let caller = actor.open_peer(UserId::from(peer_id.as_str()), device.clone(), true);
+    let (st, st_ttl) = session_token(&app, &caller.user, &device);
+    let opened = GenericCommand {
+        i,
+        peer_id: Some(peer_id.clone()),
+        server_ts: Some(now),
+        session_message: Some(lc::SessionCommand {
+            st: Some(st),
+            st_ttl: Some(st_ttl),
+            ..Default::default()
+        }),
+        ..command(Cmd::Session, Some(Op::Opened))
+    };
+    let mut frames = vec![wire(p, &opened)];
+    // `.3` clients get unread counts after opening; `.1` clients would get their offline
+    // messages replayed instead, which this server does not do yet: they get the counts too.
+    match unread(&app, &caller, now) {
+        Ok(Some(u)) => frames.push(wire(p, &envelope(u, &peer_id))),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, user = %caller.user, "unread summary failed"),
+    }
+    Some(Immediate::Reply(frames))
+}
+
+fn valid_peer_id(app: &App, id: &str) -> bool {
+    !id.is_empty()
+        && id.chars().count() <= MAX_PEER_ID_CHARS
+        && id.len() <= app.config.max_user_id_bytes
+        && !id.contains('|')
+        && !id.chars().any(char::is_control)
+}
+
+/// The `unread` push after opening: every conversation with unread messages.
+fn unread(app: &App, caller: &Caller, now: i64) -> Result<Option<GenericCommand>, Error> {
+    let summary = app.registry.unread_summary(&caller.user)?;
+    let convs: Vec<lc::UnreadTuple> = summary
+        .entries
+        .into_iter()
+        .filter(|e| e.unread > 0)
+        .map(|e| {
+            let mut t = lc::UnreadTuple {
+                cid: e.conversation_id,
+                unread: e.unread as i32,
+                conv_type: Some(conv_type(e.kind)),
+                ..Default::default()
+            };
+            if let Some(m) = e.last_message {
+                t.mid = Some(m.id.clone());
+                t.timestamp = Some(m.server_time);
+                t.from = Some(m.sender.clone());
+                t.mentioned = Some(m.mentions.iter().any(|u| **u == *caller.user));
+                match content(&m) {
+                    Content::Text(s) => t.data = Some(s),
+                    Content::Binary(b) => t.binary_msg = Some(b),
+                }
+            }
+            t
+        })
+        .collect();
+    Ok((!convs.is_empty()).then(|| GenericCommand {
+        unread_message: Some(lc::UnreadCommand {
+            convs,
+            notif_time: Some(now),
+        }),
+        ..command(Cmd::Unread, None)
+    }))
+}
+
+/// Adds the per-recipient envelope of a push.
+fn envelope(mut c: GenericCommand, peer_id: &str) -> GenericCommand {
+    c.peer_id = Some(peer_id.to_owned());
+    c.service = Some(SERVICE_IM);
+    c
+}
+
+// ---- signatures and session tokens ----
+
+/// HMAC-SHA1 (RFC 2104) over the one SHA-1 in the dependency tree.
+fn hmac_sha1(key: &[u8], message: &[u8]) -> [u8; 20] {
+    use sha1::{Digest, Sha1};
+    const BLOCK: usize = 64;
+    let mut k = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        k[..20].copy_from_slice(&Sha1::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha1::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(message);
+    let mut outer = Sha1::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The login signature of `session/open`: `hex(HMAC-SHA1(master key,
+/// "appid:peerid::timestamp:nonce"))`, with a timestamp within `leancloud_signature_ttl_secs`.
+/// Without a master key (only allowed with `insecure_dev`) every open passes.
+fn login_signature_ok(app: &App, peer_id: &str, s: &lc::SessionCommand, now: i64) -> bool {
+    let Some(key) = &app.config.leancloud_master_key else {
+        return app.config.insecure_dev;
+    };
+    let (Some(sig), Some(t), Some(n)) = (&s.s, s.t, &s.n) else {
+        return false;
+    };
+    let app_id = app.config.leancloud_app_id.as_deref().unwrap_or_default();
+    signature_ok(
+        app,
+        key,
+        &format!("{app_id}:{peer_id}::{t}:{n}"),
+        sig,
+        t,
+        now,
+    )
+}
+
+fn signature_ok(app: &App, key: &str, message: &str, sig: &str, t: i64, now: i64) -> bool {
+    let ttl_ms = app.config.leancloud_signature_ttl_secs as i64 * 1000;
+    if (now - t).abs() > ttl_ms {
+        return false;
+    }
+    let expected = hex(&hmac_sha1(key.as_bytes(), message.as_bytes()));
+    same(expected.as_bytes(), sig.to_ascii_lowercase().as_bytes())
+}
+
+/// The key session tokens are signed with: the master key, or (development without one) a key
+/// made at start, so tokens end with the process.
+fn token_key(app: &App) -> Vec<u8> {
+    static DEV_KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    match &app.config.leancloud_master_key {
+        Some(k) => format!("st\0{k}").into_bytes(),
+        None => DEV_KEY
+            .get_or_init(|| crate::auth::new_secret().unwrap_or_else(|_| "dev".into()))
+            .clone()
+            .into_bytes(),
+    }
+}
+
+/// A session token for `peer` (and its device tag, which a resume does not send again):
+/// `expiry.signature.tag`. Stateless: it is valid wherever the key is the same.
+fn session_token(app: &App, peer: &str, tag: &Option<Arc<str>>) -> (String, i32) {
+    let ttl = app.config.leancloud_session_token_ttl_secs;
+    let exp = app.clock.now_ms() + ttl as i64 * 1000;
+    let tag = tag.as_deref().unwrap_or("");
+    let sig = token_signature(app, peer, exp, tag);
+    (
+        format!("{exp}.{sig}.{tag}"),
+        i32::try_from(ttl).unwrap_or(i32::MAX),
+    )
+}
+
+fn token_signature(app: &App, peer: &str, exp: i64, tag: &str) -> String {
+    let app_id = app.config.leancloud_app_id.as_deref().unwrap_or_default();
+    let message = format!("{app_id}\0{peer}\0{exp}\0{tag}");
+    hex(&hmac_sha1(&token_key(app), message.as_bytes()))
+}
+
+/// The device tag a valid, unexpired token of `peer` carries (`None` inside: no tag).
+fn verify_session_token(app: &App, peer: &str, st: &str, now: i64) -> Option<Option<String>> {
+    let mut parts = st.splitn(3, '.');
+    let exp: i64 = parts.next()?.parse().ok()?;
+    let sig = parts.next()?;
+    let tag = parts.next()?;
+    if exp <= now
+        || !same(
+            token_signature(app, peer, exp, tag).as_bytes(),
+            sig.as_bytes(),
+        )
+    {
+        return None;
+    }
+    Some((!tag.is_empty()).then(|| tag.to_owned()))
+}
+
+// ---- requests ----
+
+/// Runs a command of an open session; returns the reply (None: the command expects none).
+async fn handle(
+    app: &App,
+    caller: &Caller,
+    kind: Cmd,
+    op: Option<Op>,
+    cmd: GenericCommand,
+) -> Option<GenericCommand> {
+    let i = cmd.i;
+    let reg = &app.registry;
+    let answer = |mut c: GenericCommand| {
+        c.i = i;
+        c
+    };
+    let result: Result<GenericCommand, Error> = match (kind, op) {
+        (Cmd::Direct, _) => {
+            let d = cmd.direct_message.unwrap_or_default();
+            let conv = d.cid.clone().unwrap_or_default();
+            let ack = match reg.send(caller, &conv, send_request(d)).await {
+                Ok(a) => lc::AckCommand {
+                    uid: Some(a.message_id),
+                    t: Some(a.server_time),
+                    ..Default::default()
+                },
+                Err(e) => failed_ack(&e),
+            };
+            Ok(GenericCommand {
+                ack_message: Some(ack),
+                ..command(Cmd::Ack, None)
+            })
+        }
+        (Cmd::Ack, _) => {
+            // Delivery acks carry no `i` and get no reply.
+            let a = cmd.ack_message.unwrap_or_default();
+            if let (Some(conv), Some(seq)) = (&a.cid, a.mid.as_deref().and_then(seq_of)) {
+                let _ = reg.ack_delivered(caller, conv, seq).await;
+            }
+            return None;
+        }
+        (Cmd::Read, _) => {
+            let r = cmd.read_message.unwrap_or_default();
+            for t in r.convs {
+                // Up to the message named, or everything there is.
+                let seq = t.mid.as_deref().and_then(seq_of).unwrap_or(u64::MAX);
+                let _ = reg.mark_read(caller, &t.cid, seq).await;
+            }
+            return None;
+        }
+        (Cmd::Logs, _) => logs(app, caller, cmd.logs_message.unwrap_or_default()),
+        (Cmd::Conv, Some(Op::Start)) => {
+            start(app, caller, cmd.conv_message.unwrap_or_default()).await
+        }
+        (Cmd::Conv, Some(Op::Query)) => query(app, caller, cmd.conv_message.unwrap_or_default()),
+        (Cmd::Conv, Some(Op::Count)) => {
+            let c = cmd.conv_message.unwrap_or_default();
+            reg.count_members(caller, c.cid.as_deref().unwrap_or_default())
+                .map(|n| GenericCommand {
+                    conv_message: Some(lc::ConvCommand {
+                        count: Some(n as i32),
+                        ..Default::default()
+                    }),
+                    ..command(Cmd::Conv, Some(Op::Result))
+                })
+        }
+        _ => {
+            return i.map(|i| {
+                error_command(
+                    Some(i),
+                    ErrorCode::ConversationApiFailed,
+                    Some(format!("not supported: {kind:?} {op:?}")),
+                )
+            });
+        }
+    };
+    let reply = match result {
+        Ok(c) => answer(c),
+        Err(e) => failure(i, &e),
+    };
+    i.map(|_| reply)
+}
+
+fn failed_ack(e: &Error) -> lc::AckCommand {
+    let (code, silent) = error_code(e, true);
+    lc::AckCommand {
+        code: Some(code.code()),
+        reason: (!silent).then(|| code.reason().to_owned()),
+        ..Default::default()
+    }
+}
+
+fn seq_of(message_id: &str) -> Option<u64> {
+    protocol::parse_message_id(message_id).map(|(_, seq)| seq)
+}
+
+/// A `direct` as a send: the content stored as sent (see the module docs).
+fn send_request(d: lc::DirectCommand) -> SendRequest {
+    let mut attributes = BTreeMap::new();
+    let (kind, content) = match (d.binary_msg, d.msg) {
+        (Some(b), _) => {
+            attributes.insert(BINARY_ATTRIBUTE.to_owned(), "1".to_owned());
+            (0, b)
+        }
+        (None, msg) => {
+            let msg = msg.unwrap_or_default();
+            (lctype(&msg).unwrap_or(0), Bytes::from(msg))
+        }
+    };
+    SendRequest {
+        client_message_id: d.dt.unwrap_or_default(),
+        kind,
+        content,
+        attributes,
+        mentions: d.mention_pids,
+        transient: d.transient.unwrap_or(false),
+        want_receipts: d.r.unwrap_or(false),
+    }
+}
+
+/// The `_lctype` of a typed message (a JSON object with an integer `_lctype`).
+fn lctype(msg: &str) -> Option<i32> {
+    if !msg.trim_start().starts_with('{') {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(msg).ok()?;
+    v.get("_lctype")?.as_i64()?.try_into().ok()
+}
+
+/// A message's content as LeanCloud clients read it.
+enum Content {
+    Text(String),
+    Binary(Bytes),
+}
+
+fn content(m: &pb::Message) -> Content {
+    if m.recalled {
+        return Content::Text(r#"{"_lctype":-127}"#.to_owned());
+    }
+    if m.attributes.contains_key(BINARY_ATTRIBUTE) {
+        return Content::Binary(m.content.clone());
+    }
+    let Ok(text) = std::str::from_utf8(&m.content) else {
+        return Content::Binary(m.content.clone());
+    };
+    if m.r#type == 0 || lctype(text).is_some() {
+        return Content::Text(text.to_owned());
+    }
+    // A native message: typed on the way out.
+    let lctype = if m.r#type == 1 { -1 } else { m.r#type };
+    let mut typed = serde_json::json!({ "_lctype": lctype, "_lctext": text });
+    if !m.attributes.is_empty() {
+        typed["_lcattrs"] = serde_json::json!(m.attributes);
+    }
+    Content::Text(typed.to_string())
+}
+
+fn conv_type(kind: i32) -> i32 {
+    match ConversationKind::try_from(kind) {
+        Ok(ConversationKind::Temporary) => 4,
+        _ => 1,
+    }
+}
+
+fn conv_type_of(id: &str) -> i32 {
+    if id.starts_with(protocol::TEMPORARY_PREFIX) {
+        4
+    } else {
+        1
+    }
+}
+
+/// `logs`: history, always ascending.
+fn logs(app: &App, caller: &Caller, l: lc::LogsCommand) -> Result<GenericCommand, Error> {
+    let conv = l.cid.clone().unwrap_or_default();
+    // JS sends `l`, Swift and Java `limit`; an explicit 0 asks for nothing.
+    let limit = l.l.or(l.limit);
+    let messages = if limit == Some(0) {
+        // Still answers for a conversation the caller may not read.
+        app.registry.count_members(caller, &conv)?;
+        Vec::new()
+    } else {
+        let req = HistoryRequest {
+            limit: limit.map_or(0, |n| n.max(0) as u32),
+            oldest_first: l.direction == Some(QueryDirection::New as i32),
+            start_time: l.t.unwrap_or(0),
+            start_message_id: l.mid.clone().unwrap_or_default(),
+            start_inclusive: l.t_included.unwrap_or(false),
+            end_time: l.tt.unwrap_or(0),
+            end_message_id: l.tmid.clone().unwrap_or_default(),
+            end_inclusive: l.tt_included.unwrap_or(false),
+            types: l.lctype.into_iter().collect(),
+            ..Default::default()
+        };
+        app.registry.history(caller, &conv, req)?.0
+    };
+    let convtype = conv_type_of(&conv);
+    let logs = messages
+        .iter()
+        .map(|m| {
+            let mut item = lc::LogItem {
+                from: Some(m.sender.clone()),
+                timestamp: Some(m.server_time),
+                msg_id: Some(m.id.clone()),
+                mention_pids: m.mentions.clone(),
+                conv_type: Some(convtype),
+                patch_timestamp: (m.edited_at > 0 || m.recalled_at > 0)
+                    .then(|| m.edited_at.max(m.recalled_at)),
+                ..Default::default()
+            };
+            match content(m) {
+                Content::Text(s) => item.data = Some(s),
+                Content::Binary(b) => {
+                    use base64::Engine;
+                    item.bin = Some(true);
+                    item.data = Some(base64::engine::general_purpose::STANDARD.encode(b));
+                }
+            }
+            item
+        })
+        .collect();
+    Ok(GenericCommand {
+        logs_message: Some(lc::LogsCommand {
+            logs,
+            ..Default::default()
+        }),
+        ..command(Cmd::Logs, None)
+    })
+}
+
+/// `conv/start`: a temporary conversation, a unique two-person one (a direct conversation), or
+/// a group. Attributes are kept as JSON text per key.
+async fn start(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<GenericCommand, Error> {
+    if c.transient == Some(true) {
+        return Err(Error::InvalidArgument(
+            "chat rooms are not supported".into(),
+        ));
+    }
+    let mut attributes = BTreeMap::new();
+    let mut name = String::new();
+    if let Some(attr) = &c.attr {
+        let v: serde_json::Value = serde_json::from_str(&attr.data)
+            .map_err(|e| Error::InvalidArgument(format!("attr is not JSON: {e}")))?;
+        let serde_json::Value::Object(map) = v else {
+            return Err(Error::InvalidArgument("attr must be a JSON object".into()));
+        };
+        for (k, v) in map {
+            match (k.as_str(), v) {
+                ("name", serde_json::Value::String(s)) => name = s,
+                (_, v) => {
+                    attributes.insert(k, v.to_string());
+                }
+            }
+        }
+    }
+    let members: Vec<String> = c.m.into_iter().filter(|m| **m != *caller.user).collect();
+    let temporary = c.temp_conv == Some(true);
+    let kind = if temporary {
+        ConversationKind::Temporary
+    } else if members.len() == 1 && c.unique == Some(true) {
+        ConversationKind::Direct
+    } else {
+        ConversationKind::Group
+    };
+    let req = CreateRequest {
+        kind,
+        members,
+        name,
+        attributes,
+        ttl_secs: c.temp_conv_ttl.map_or(0, |t| t.max(0) as u32),
+        unique: temporary && c.unique == Some(true),
+    };
+    let conv = app.registry.create(caller, req).await?;
+    let now = app.clock.now_ms();
+    Ok(GenericCommand {
+        conv_message: Some(lc::ConvCommand {
+            cid: Some(conv.id.clone()),
+            cdate: Some(iso(conv.created_at)),
+            temp_conv_ttl: temporary.then(|| ((conv.expires_at - now).max(0) / 1000) as i32),
+            ..Default::default()
+        }),
+        ..command(Cmd::Conv, Some(Op::Started))
+    })
+}
+
+/// `conv/query` by `objectId` (equal or `$in`) or `tempConvIds`: the conversations the caller
+/// is a member of, as `_Conversation` rows. Other conditions are refused, not guessed at.
+fn query(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<GenericCommand, Error> {
+    let mut ids: Vec<String> = c.temp_conv_ids.clone();
+    if let Some(w) = &c.r#where {
+        let v: serde_json::Value = serde_json::from_str(&w.data)
+            .map_err(|e| Error::InvalidArgument(format!("where is not JSON: {e}")))?;
+        match v.get("objectId") {
+            Some(serde_json::Value::String(id)) => ids.push(id.clone()),
+            Some(serde_json::Value::Object(o)) if o.len() == 1 && o.contains_key("$in") => {
+                for id in o["$in"].as_array().into_iter().flatten() {
+                    if let Some(id) = id.as_str() {
+                        ids.push(id.to_owned());
+                    }
+                }
+            }
+            _ if v.as_object().is_some_and(|o| o.is_empty()) => {}
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "this server answers conv/query by objectId only, not {}",
+                    w.data
+                )));
+            }
+        }
+    }
+    let compact = c.flag.unwrap_or(0) & 1 != 0;
+    let now = app.clock.now_ms();
+    let mut rows = Vec::new();
+    for id in ids.iter().take(app.config.member_page_max as usize) {
+        match row(app, caller, id, compact, now) {
+            Ok(r) => rows.push(r),
+            // What the caller may not see, or what is gone, is simply not in the result.
+            Err(Error::ConversationNotFound | Error::ConversationExpired | Error::NotAMember) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(GenericCommand {
+        conv_message: Some(lc::ConvCommand {
+            results: Some(lc::JsonObjectMessage {
+                data: serde_json::Value::Array(rows).to_string(),
+            }),
+            ..Default::default()
+        }),
+        ..command(Cmd::Conv, Some(Op::Results))
+    })
+}
+
+/// One conversation as a LeanCloud `_Conversation` row.
+fn row(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+    compact: bool,
+    now: i64,
+) -> Result<serde_json::Value, Error> {
+    let conv = app.registry.get(caller, id)?;
+    let mut row = serde_json::Map::new();
+    for (k, v) in &conv.attributes {
+        let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.clone()));
+        row.insert(k.clone(), v);
+    }
+    row.insert("objectId".into(), conv.id.clone().into());
+    row.insert("name".into(), conv.name.clone().into());
+    row.insert("c".into(), conv.owner.clone().into());
+    row.insert("createdAt".into(), iso(conv.created_at).into());
+    row.insert("updatedAt".into(), iso(conv.created_at).into());
+    row.insert("tr".into(), false.into());
+    row.insert("sys".into(), false.into());
+    let kind = ConversationKind::try_from(conv.kind).unwrap_or(ConversationKind::Group);
+    row.insert("unique".into(), (kind == ConversationKind::Direct).into());
+    if kind == ConversationKind::Temporary {
+        row.insert("temp".into(), true.into());
+        row.insert("ttl".into(), ((conv.expires_at - now).max(0) / 1000).into());
+    }
+    if conv.muted {
+        row.insert("mu".into(), serde_json::json!([caller.user.to_string()]));
+    }
+    if !compact {
+        let members = if conv.members.is_empty() {
+            app.registry
+                .list_members(caller, id, "", app.config.member_page_max)?
+                .0
+        } else {
+            conv.members.clone()
+        };
+        row.insert("m".into(), members.into());
+    }
+    Ok(serde_json::Value::Object(row))
+}
+
+/// Milliseconds since the epoch as the ISO-8601 UTC string LeanCloud rows carry.
+fn iso(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+// ---- pushes ----
+
+/// Adds a queued push to `frames` in this connection's encoding, for the session it names.
+pub(super) fn take(actor: &mut Actor, p: LcProtocol, o: Outgoing, frames: &mut Vec<WsMessage>) {
+    let Some(at) = actor
+        .peers
+        .iter()
+        .position(|x| x.caller.session == o.session)
+    else {
+        return;
+    };
+    if matches!(o.push.event(), PushEvent::Replaced) {
+        // Another login with the same device tag: this client is closed, the socket stays.
+        let peer = actor.peers.remove(at);
+        let peer_id = peer.caller.user.to_string();
+        release(&actor.app, peer);
+        let code = ErrorCode::SessionConflict;
+        let closed = GenericCommand {
+            session_message: Some(lc::SessionCommand {
+                code: Some(code.code()),
+                reason: Some(code.reason().to_owned()),
+                ..Default::default()
+            }),
+            ..command(Cmd::Session, Some(Op::Closed))
+        };
+        frames.push(wire(p, &envelope(closed, &peer_id)));
+        return;
+    }
+    let peer = &actor.peers[at];
+    if o.user_seq != 0 && o.user_seq <= peer.replayed_to {
+        return;
+    }
+    let peer_id = peer.caller.user.to_string();
+    // The body is encoded once per push for every LeanCloud connection; only the envelope is
+    // per recipient (protobuf fields may come in any order, so it is appended).
+    let body = o.push.leancloud.get_or_init(|| push_body(&o.push));
+    let body = match body {
+        Some(b) => b.clone(),
+        // Events whose form depends on the recipient.
+        None => match recipient_push(&o.push, &peer_id) {
+            Some(c) => Bytes::from(prost::Message::encode_to_vec(&c)),
+            None => return,
+        },
+    };
+    let env = GenericCommand {
+        peer_id: Some(peer_id),
+        service: Some(SERVICE_IM),
+        ..Default::default()
+    };
+    let mut bytes = Vec::with_capacity(body.len() + 32);
+    bytes.extend_from_slice(&body);
+    prost::Message::encode_raw(&env, &mut bytes);
+    let frame = match codec::frame_encoded(p, Bytes::from(bytes)) {
+        WireFrame::Binary(b) => WsMessage::Binary(b),
+        WireFrame::Text(t) => WsMessage::Text(t.into()),
+    };
+    frames.push(frame);
+}
+
+/// The recipient-independent LeanCloud form of a push, encoded (`None`: none such).
+fn push_body(push: &protocol::Push) -> Option<Bytes> {
+    let c = match push.event() {
+        PushEvent::Message(_) => {
+            let m = push.message()?;
+            let mut d = lc::DirectCommand {
+                cid: Some(m.conversation_id.clone()),
+                id: Some(m.id.clone()),
+                from_peer_id: Some(m.sender.clone()),
+                timestamp: Some(m.server_time),
+                mention_pids: m.mentions.clone(),
+                transient: m.transient.then_some(true),
+                conv_type: Some(conv_type_of(&m.conversation_id)),
+                ..Default::default()
+            };
+            match content(&m) {
+                Content::Text(s) => d.msg = Some(s),
+                Content::Binary(b) => d.binary_msg = Some(b),
+            }
+            GenericCommand {
+                direct_message: Some(d),
+                ..command(Cmd::Direct, None)
+            }
+        }
+        PushEvent::Other(body) => match body.as_ref() {
+            pb::server_frame::Body::Receipt(r) => GenericCommand {
+                rcp_message: Some(lc::RcpCommand {
+                    id: Some(protocol::message_id(
+                        protocol::parse_conversation_id(&r.conversation_id)?,
+                        r.seq,
+                    )),
+                    cid: Some(r.conversation_id.clone()),
+                    t: Some(r.at),
+                    // Present only on read receipts: Java reads presence, not the value.
+                    read: (r.kind == pb::ReceiptKind::Read as i32).then_some(true),
+                    from: Some(r.user_id.clone()),
+                }),
+                ..command(Cmd::Rcp, None)
+            },
+            pb::server_frame::Body::ReadPosition(r) => GenericCommand {
+                unread_message: Some(lc::UnreadCommand {
+                    convs: vec![lc::UnreadTuple {
+                        cid: r.conversation_id.clone(),
+                        unread: r.unread as i32,
+                        ..Default::default()
+                    }],
+                    notif_time: None,
+                }),
+                ..command(Cmd::Unread, None)
+            },
+            pb::server_frame::Body::ConversationEvent(_) => return None,
+            _ => return None,
+        },
+        PushEvent::Replaced => return None,
+    };
+    Some(Bytes::from(prost::Message::encode_to_vec(&c)))
+}
+
+/// Pushes whose LeanCloud form depends on who gets them: membership events (`joined` for
+/// whoever was added, `members_joined` for the rest, …).
+fn recipient_push(push: &protocol::Push, peer_id: &str) -> Option<GenericCommand> {
+    let PushEvent::Other(body) = push.event() else {
+        return None;
+    };
+    let pb::server_frame::Body::ConversationEvent(e) = body.as_ref() else {
+        return None;
+    };
+    let me = e.members.iter().any(|m| m == peer_id);
+    let op = match Ev::try_from(e.kind).ok()? {
+        Ev::Created => Op::Joined,
+        Ev::MembersAdded if me => Op::Joined,
+        Ev::MembersAdded => Op::MembersJoined,
+        Ev::MembersRemoved | Ev::Left if me => Op::Left,
+        Ev::MembersRemoved | Ev::Left => Op::MembersLeft,
+        Ev::Deleted | Ev::Expired => Op::Left,
+        Ev::Updated => Op::Updated,
+        _ => return None,
+    };
+    let m = if matches!(op, Op::MembersJoined | Op::MembersLeft) {
+        e.members.clone()
+    } else {
+        Vec::new()
+    };
+    Some(GenericCommand {
+        server_ts: Some(e.server_time),
+        conv_message: Some(lc::ConvCommand {
+            cid: Some(e.conversation_id.clone()),
+            init_by: Some(e.by.clone()),
+            m,
+            ..Default::default()
+        }),
+        ..command(Cmd::Conv, Some(op))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_sha1_matches_rfc_2202() {
+        // Test cases 1 and 6 of RFC 2202 (short key; key longer than a block).
+        assert_eq!(
+            hex(&hmac_sha1(&[0x0b; 20], b"Hi There")),
+            "b617318655057264e28bc0b6fb378c8ef146be00"
+        );
+        assert_eq!(
+            hex(&hmac_sha1(
+                &[0xaa; 80],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "aa4ae5e15272d00e95705637ce8a3b55ed402112"
+        );
+    }
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso(1_764_460_800_123), "2025-11-30T00:00:00.123Z");
+        assert_eq!(iso(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn native_messages_become_typed_messages() {
+        let mut m = pb::Message {
+            r#type: 1,
+            content: Bytes::from_static(b"hi \"you\""),
+            ..Default::default()
+        };
+        let Content::Text(t) = content(&m) else {
+            panic!("text")
+        };
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(v["_lctype"], -1);
+        assert_eq!(v["_lctext"], "hi \"you\"");
+        m.recalled = true;
+        assert!(matches!(content(&m), Content::Text(t) if t == r#"{"_lctype":-127}"#));
+        let lc_file = r#"{"_lctype":-6,"_lcfile":{"url":"https://x/y"},"_lctext":""}"#;
+        let m = pb::Message {
+            r#type: -6,
+            content: Bytes::from(lc_file),
+            ..Default::default()
+        };
+        assert!(matches!(content(&m), Content::Text(t) if t == lc_file));
+        let m = pb::Message {
+            content: Bytes::from_static(&[0xff, 0x00]),
+            ..Default::default()
+        };
+        assert!(matches!(content(&m), Content::Binary(_)));
+    }
+}
