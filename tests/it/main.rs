@@ -6,6 +6,7 @@ mod auth;
 mod conversations;
 mod delivery;
 mod durability;
+mod leancloud;
 mod list;
 mod presence;
 mod races;

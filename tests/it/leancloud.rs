@@ -1,0 +1,84 @@
+//! The LeanCloud dialect, driven by LeanCloud's own unmodified JS SDK (npm `leancloud-realtime`,
+//! installed from `tests/leancloud/package-lock.json`) in Node, against a real server.
+
+use crate::harness::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const APP_ID: &str = "tidings-test-app";
+pub const MASTER_KEY: &str = "leancloud-master-key-for-tests";
+
+fn sdk_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/leancloud")
+}
+
+/// Installs the SDK from the lock file once (`npm ci`), if it is not there yet.
+fn install_sdk() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dir = sdk_dir();
+        if dir.join("node_modules/leancloud-realtime/package.json").exists() {
+            return;
+        }
+        let out = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .output()
+            .expect("npm must be installed to run the LeanCloud SDK tests (apt-get install npm)");
+        assert!(
+            out.status.success(),
+            "npm ci failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// A server with the LeanCloud dialect on.
+pub async fn leancloud_server() -> TestServer {
+    TestServer::start_with(|c| {
+        c.leancloud_app_id = Some(APP_ID.into());
+        c.leancloud_master_key = Some(MASTER_KEY.into());
+    })
+    .await
+}
+
+/// Runs one SDK script against `server`; fails the test with its output unless it passes.
+pub async fn run_sdk(server: &TestServer, script: &str, mode: &str) -> String {
+    install_sdk();
+    let addr = server.running().addr;
+    let mut cmd = Command::new("node");
+    cmd.arg(script)
+        .args([
+            &format!("ws://{addr}/"),
+            &format!("http://{addr}"),
+            APP_ID,
+            MASTER_KEY,
+            mode,
+        ])
+        .current_dir(sdk_dir());
+    let out = within(tokio::task::spawn_blocking(move || cmd.output()))
+        .await
+        .unwrap()
+        .expect("node must be installed to run the LeanCloud SDK tests");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} ({mode}) failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all passed"), "{stdout}");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leancloud_sdk_opens_creates_sends_and_reads_history_in_binary_mode() {
+    let server = leancloud_server().await;
+    run_sdk(&server, "basic.mjs", "binary").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leancloud_sdk_does_the_same_in_base64_mode() {
+    let server = leancloud_server().await;
+    run_sdk(&server, "basic.mjs", "base64").await;
+}

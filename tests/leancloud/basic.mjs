@@ -1,0 +1,169 @@
+// Drives LeanCloud's unmodified JS realtime SDK against a tidings server.
+//
+// Usage: node basic.mjs <ws-url> <http-base> <app-id> <master-key> <binary|base64>
+// Prints one line per check that passed and exits 0, or prints the failure and exits 1.
+// Every wait is on an SDK event or a reply, each with a deadline.
+
+import crypto from 'node:crypto';
+import sdk from 'leancloud-realtime';
+
+const { Realtime, TextMessage, Event } = sdk;
+const [url, server, appId, masterKey, mode] = process.argv.slice(2);
+
+const DEADLINE_MS = 15000;
+
+function within(promise, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out: ${what}`)), DEADLINE_MS);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+function check(cond, what) {
+  if (!cond) throw new Error(`check failed: ${what}`);
+  console.log(`ok - ${what}`);
+}
+
+function equal(actual, expected, what) {
+  const a = JSON.stringify(actual);
+  const e = JSON.stringify(expected);
+  if (a !== e) throw new Error(`check failed: ${what}: expected ${e}, got ${a}`);
+  console.log(`ok - ${what}`);
+}
+
+/** The next `event` an emitter fires (with its arguments). */
+function next(emitter, event, what) {
+  return within(new Promise((resolve) => emitter.once(event, (...args) => resolve(args))), what);
+}
+
+/** A login signature as an app's backend makes it: HMAC-SHA1 over appid:clientid::t:nonce. */
+function sign(key) {
+  return (clientId) => {
+    const timestamp = Date.now();
+    const nonce = crypto.randomBytes(8).toString('hex');
+    const signature = crypto
+      .createHmac('sha1', key)
+      .update(`${appId}:${clientId}::${timestamp}:${nonce}`)
+      .digest('hex');
+    return { signature, timestamp, nonce };
+  };
+}
+
+function realtime() {
+  return new Realtime({
+    appId,
+    appKey: 'the-app-key-proves-nothing',
+    server,
+    RTMServers: url,
+    noBinary: mode === 'base64',
+  });
+}
+
+async function main() {
+  // One Realtime per app and process (the SDK refuses a second): every client shares its
+  // socket, as apps' clients do.
+  const shared = realtime();
+  const alice = await within(
+    shared.createIMClient('alice', { signatureFactory: sign(masterKey) }),
+    'alice opens',
+  );
+  const bob = await within(
+    shared.createIMClient('bob', { signatureFactory: sign(masterKey) }),
+    'bob opens',
+  );
+  check(alice.id === 'alice' && bob.id === 'bob', 'two clients open on one socket');
+
+  // A conversation: the invitee gets the create event.
+  const invited = next(bob, Event.INVITED, 'bob is invited');
+  const conv = await within(
+    alice.createConversation({ members: ['bob'], name: 'demo', unique: true, color: 'red' }),
+    'create',
+  );
+  const [payload, invitedConv] = await invited;
+  equal(payload.invitedBy, 'alice', 'the create event names who invited');
+  equal(invitedConv.id, conv.id, 'the create event names the conversation');
+  equal(invitedConv.name, 'demo', 'the invitee fetches the name');
+  equal(invitedConv.get('color'), 'red', 'and the custom attribute');
+  check([...invitedConv.members].sort().join() === 'alice,bob', 'and the members');
+
+  // unique: the same pair gets the same conversation.
+  const again = await within(
+    bob.createConversation({ members: ['alice'], unique: true }),
+    'create again',
+  );
+  equal(again.id, conv.id, 'a unique conversation of the same members is the same one');
+
+  // A typed text message, acked and pushed.
+  const received = next(bob, Event.MESSAGE, 'bob receives');
+  const sent = await within(conv.send(new TextMessage('hello 1')), 'send');
+  check(typeof sent.id === 'string' && sent.id.length > 0, 'a sent message gets its id');
+  check(sent.timestamp instanceof Date, 'and its time');
+  const [message] = await received;
+  check(message instanceof TextMessage, 'the push is a typed text message');
+  equal(message.getText(), 'hello 1', 'with its text');
+  equal(message.id, sent.id, 'and the same id');
+  equal(message.from, 'alice', 'and its sender');
+
+  await within(conv.send(new TextMessage('hello 2')), 'send 2');
+  await within(conv.send(new TextMessage('hello 3')), 'send 3');
+
+  // History, both ways and with bounds.
+  const bobConv = await within(bob.getConversation(conv.id), 'bob gets the conversation');
+  const newest = await within(bobConv.queryMessages({ limit: 2 }), 'history');
+  equal(newest.map((m) => m.getText()), ['hello 2', 'hello 3'], 'history: the newest, ascending');
+  const older = await within(
+    bobConv.queryMessages({ limit: 10, beforeTime: newest[0].timestamp, beforeMessageId: newest[0].id }),
+    'older page',
+  );
+  equal(older.map((m) => m.getText()), ['hello 1'], 'history: the page before, by time and id');
+  const forward = await within(
+    bobConv.queryMessages({ limit: 10, startClosed: true, direction: sdk.MessageQueryDirection.OLD_TO_NEW, startTime: newest[0].timestamp, startMessageId: newest[0].id }),
+    'forward page',
+  );
+  equal(forward.map((m) => m.getText()), ['hello 2', 'hello 3'], 'history: forward from an inclusive start');
+
+  // Temporary conversations.
+  const tempInvited = next(bob, Event.INVITED, 'bob is invited to the temporary one');
+  const temp = await within(
+    alice.createTemporaryConversation({ members: ['bob'], ttl: 3600 }),
+    'create temporary',
+  );
+  check(temp.id.startsWith('_tmp:'), 'a temporary conversation id starts with _tmp:');
+  check(temp.expiredAt instanceof Date && temp.expiredAt > new Date(), 'and expires later');
+  const [, tempConv] = await tempInvited;
+  equal(tempConv.id, temp.id, 'the invitee learns of the temporary conversation');
+  const tempReceived = next(bob, Event.MESSAGE, 'bob receives in the temporary one');
+  await within(temp.send(new TextMessage('temp hi')), 'temporary send');
+  equal((await tempReceived)[0].getText(), 'temp hi', 'a message in the temporary conversation arrives');
+
+  // Presence and counts.
+  const carol = await within(
+    shared.createIMClient('carol', { signatureFactory: sign(masterKey) }),
+    'carol opens',
+  );
+  equal((await within(carol.ping(['alice', 'bob', 'nobody']), 'ping')).sort(), ['alice', 'bob'], 'online status');
+  equal(await within(conv.count(), 'count'), 2, 'member count');
+
+  // A wrong signature is refused.
+  let refused = null;
+  try {
+    await within(shared.createIMClient('mallory', { signatureFactory: sign('wrong-key') }), 'mallory');
+  } catch (e) {
+    refused = e;
+  }
+  check(refused && refused.code === 4102, `a wrong signature is refused with 4102 (${refused && refused.code})`);
+
+  await within(carol.close(), 'carol closes');
+  await within(alice.close(), 'alice closes');
+  await within(bob.close(), 'bob closes');
+  console.log('all passed');
+}
+
+main().then(
+  () => process.exit(0),
+  (e) => {
+    console.error(`FAILED: ${e && e.stack ? e.stack : e}`);
+    process.exit(1);
+  },
+);
