@@ -1,5 +1,6 @@
 //! Login tokens: JWTs minted by the application's backend (HS256 or RS256), `sub` = user id,
-//! `exp` required and checked against the injected clock. Also mints tokens for `tidings token`.
+//! `exp` required and `nbf` honoured, both checked against the injected clock. Also the one
+//! rule for user ids, and minting for `tidings token`.
 
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -30,12 +31,82 @@ pub enum KeyError {
     Bad(String, jsonwebtoken::errors::Error),
     #[error("minting: {0}")]
     Mint(jsonwebtoken::errors::Error),
+    #[error("no token minted for this user id: {0}")]
+    User(UserIdError),
+}
+
+/// Why a user id is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserIdError {
+    #[error("a user id must be 1..={max} bytes; this one is {len}")]
+    Length { len: usize, max: usize },
+    #[error("a user id may not begin or end with white space")]
+    Whitespace,
+    #[error("a user id may not contain U+{:04X} (control and format characters are refused)", *.0 as u32)]
+    Character(char),
+    #[error("a user id may not contain '|' (it separates the parts of keys like p2p|user)")]
+    Pipe,
+}
+
+/// The one rule for user ids, applied at login and wherever a request names a user: 1 to
+/// `max_bytes` bytes of any characters except control characters (Unicode Cc), format
+/// characters (Cf: bidi overrides and isolates, zero-width characters) and `|`, with no white
+/// space at either end. Every id Easemob, NetEase Yunxin and LeanCloud accept passes (README,
+/// "User ids").
+pub fn check_user_id(id: &str, max_bytes: usize) -> Result<(), UserIdError> {
+    if id.is_empty() || id.len() > max_bytes {
+        return Err(UserIdError::Length {
+            len: id.len(),
+            max: max_bytes,
+        });
+    }
+    if id.starts_with(char::is_whitespace) || id.ends_with(char::is_whitespace) {
+        return Err(UserIdError::Whitespace);
+    }
+    match id
+        .chars()
+        .find(|&c| c == '|' || c.is_control() || is_format(c))
+    {
+        Some('|') => Err(UserIdError::Pipe),
+        Some(c) => Err(UserIdError::Character(c)),
+        None => Ok(()),
+    }
+}
+
+/// Unicode general category Cf (format characters), as of Unicode 15.1.
+fn is_format(c: char) -> bool {
+    matches!(
+        c as u32,
+        0xAD | 0x600..=0x605
+            | 0x61C
+            | 0x6DD
+            | 0x70F
+            | 0x890..=0x891
+            | 0x8E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
     exp: i64,
+    /// Not before (seconds); checked with the leeway, like `exp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,6 +166,13 @@ impl Authenticator {
             return self.check_user(token.to_owned());
         }
         let header = header.map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if header.crit.is_some() {
+            // RFC 7515 4.1.11: a recipient must refuse extensions it does not understand, and
+            // this server understands none.
+            return Err(AuthError::Invalid(
+                "the crit header is not supported".into(),
+            ));
+        }
         let key = match header.alg {
             Algorithm::HS256 => self.hs256.as_ref(),
             Algorithm::RS256 => self.rs256.as_ref(),
@@ -119,24 +197,26 @@ impl Authenticator {
         {
             return Err(AuthError::Invalid("audience does not match".into()));
         }
+        let now = self.clock.now_ms();
         if claims
             .exp
             .saturating_mul(1000)
             .saturating_add(self.leeway_ms)
-            <= self.clock.now_ms()
+            <= now
         {
             return Err(AuthError::Expired);
+        }
+        if let Some(nbf) = claims.nbf
+            && nbf.saturating_mul(1000).saturating_sub(self.leeway_ms) > now
+        {
+            return Err(AuthError::Invalid("token not valid yet (nbf)".into()));
         }
         self.check_user(claims.sub)
     }
 
     fn check_user(&self, sub: String) -> Result<String, AuthError> {
-        if sub.is_empty() || sub.len() > self.max_user_id_bytes {
-            return Err(AuthError::Invalid(format!(
-                "sub must be 1..={} bytes",
-                self.max_user_id_bytes
-            )));
-        }
+        check_user_id(&sub, self.max_user_id_bytes)
+            .map_err(|e| AuthError::Invalid(format!("sub: {e}")))?;
         Ok(sub)
     }
 }
@@ -150,7 +230,8 @@ pub fn new_secret() -> std::io::Result<String> {
 }
 
 /// Mints a token for `user` valid for `ttl_secs` from `now_ms`, with RS256 when a private key
-/// is configured and `rs256` is asked for, HS256 otherwise.
+/// is configured and `rs256` is asked for, HS256 otherwise. A user id that could not log in
+/// is refused.
 pub fn mint(
     config: &Config,
     user: &str,
@@ -158,9 +239,11 @@ pub fn mint(
     now_ms: i64,
     rs256: bool,
 ) -> Result<String, KeyError> {
+    check_user_id(user, config.max_user_id_bytes).map_err(KeyError::User)?;
     let claims = Claims {
         sub: user.to_owned(),
         exp: now_ms / 1000 + ttl_secs,
+        nbf: None,
         iss: config.jwt_issuer.clone(),
         aud: config.jwt_audience.clone(),
     };

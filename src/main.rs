@@ -121,7 +121,12 @@ fn main() -> anyhow::Result<()> {
             rs256,
         } => {
             let token = tidings::auth::mint(&config, &user, ttl_secs, SystemClock.now_ms(), rs256)
-                .context("minting a token needs jwt_hs256_secret (or jwt_rs256_private_key with --rs256)")?;
+                .map_err(|e| match e {
+                    tidings::auth::KeyError::NoMethod => anyhow::anyhow!(
+                        "minting a token needs jwt_hs256_secret (or jwt_rs256_private_key with --rs256)"
+                    ),
+                    e => e.into(),
+                })?;
             println!("{token}");
             Ok(())
         }

@@ -549,14 +549,10 @@ impl Registry {
         Ok(self.store.last_user_event_seq(user)?)
     }
 
+    /// A user id named in a request, by the rule logins follow ([`crate::auth::check_user_id`]).
     fn check_user_id(&self, u: &str) -> Result<(), Error> {
-        if u.is_empty() || u.len() > self.config.max_user_id_bytes {
-            return Err(Error::InvalidArgument(format!(
-                "user id must be 1..={} bytes: {u:?}",
-                self.config.max_user_id_bytes
-            )));
-        }
-        Ok(())
+        crate::auth::check_user_id(u, self.config.max_user_id_bytes)
+            .map_err(|e| Error::InvalidArgument(format!("{e}: {u:?}")))
     }
 
     fn check_attributes(

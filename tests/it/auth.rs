@@ -2,6 +2,7 @@
 
 use crate::harness::*;
 use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{EncodingKey, Header};
 use std::path::PathBuf;
 use tidings::client::{Client, connect_raw};
 use tidings::protocol::pb::{self, CloseCode, ErrorCode};
@@ -9,6 +10,21 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 fn code(c: CloseCode) -> Option<u16> {
     Some(c as i32 as u16)
+}
+
+/// A token signed with the test secret, with any header and claims.
+fn signed(header: Header, claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// `sub` and an `exp` an hour from the server's clock.
+fn claims(server: &TestServer, sub: &str) -> serde_json::Value {
+    serde_json::json!({ "sub": sub, "exp": server.clock_now() / 1000 + 3600 })
 }
 
 async fn refused(server: &TestServer, token: &str) -> Option<u16> {
@@ -53,8 +69,7 @@ async fn bad_tokens_are_closed_with_auth_failed() {
     let mut other = server.config.clone();
     other.jwt_hs256_secret = Some("some other secret of at least 32 bytes".into());
     let forged = tidings::auth::mint(&other, "mallory", 600, server.clock_now(), false).unwrap();
-    let empty_sub =
-        tidings::auth::mint(&server.config, "", 600, server.clock_now(), false).unwrap();
+    let empty_sub = signed(Header::default(), claims(&server, ""));
     for token in [forged.as_str(), "not-a-jwt", "", empty_sub.as_str()] {
         assert_eq!(
             refused(&server, token).await,
@@ -320,4 +335,170 @@ async fn serve_refuses_an_rs256_key_that_does_not_parse() {
         assert!(!ok, "started with {}", key.display());
         assert!(err.contains("bad key"), "{err}");
     }
+}
+
+/// Ids that could spoof another user on screen (bidi overrides, zero-width characters, edge
+/// spaces), break logs (NUL, CR/LF, ESC) or collide with `p2p|user` keys.
+const BAD_USER_IDS: &[&str] = &[
+    "",
+    "a\0b",
+    "a\r\nb",
+    "line\n",
+    "\u{1b}[31mred",
+    "\u{7f}del",
+    "evil\u{202e}gnp.exe",
+    "a\u{2066}b\u{2069}",
+    "zero\u{200b}width",
+    "\u{feff}bom",
+    "soft\u{ad}hyphen",
+    " alice",
+    "alice ",
+    "\talice",
+    "alice\u{3000}",
+    "p2p|bob",
+    "|",
+];
+
+/// Ids the vendors document as valid, or that migrated users have.
+const GOOD_USER_IDS: &[&str] = &[
+    "a.b@c-d_e",
+    "张三",
+    "用户_01@example.com",
+    "Ünïcødé-Name",
+    "John Smith",
+    "0",
+];
+
+#[tokio::test]
+async fn a_sub_outside_the_user_id_alphabet_is_refused_with_auth_failed() {
+    let server = TestServer::start().await;
+    let too_long = "x".repeat(server.config.max_user_id_bytes + 1);
+    for sub in BAD_USER_IDS.iter().copied().chain([too_long.as_str()]) {
+        let token = signed(Header::default(), claims(&server, sub));
+        assert_eq!(
+            refused(&server, &token).await,
+            code(CloseCode::CloseAuthFailed),
+            "sub {sub:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn vendor_style_user_ids_log_in_and_talk() {
+    let server = TestServer::start().await;
+    let longest = "x".repeat(server.config.max_user_id_bytes);
+    for sub in GOOD_USER_IDS.iter().copied().chain([longest.as_str()]) {
+        let token = signed(Header::default(), claims(&server, sub));
+        let c = within(Client::connect(&server.url())).await.unwrap();
+        let ok = within(c.login(&token, "", 0)).await;
+        assert_eq!(ok.map(|ok| ok.user_id).ok().as_deref(), Some(sub));
+    }
+    let (zhang, _) = server.login("张三").await;
+    let d = within(zhang.create_direct("a.b@c-d_e")).await.unwrap();
+    within(zhang.send_text(&d.id, "你好")).await.unwrap();
+    let e = within(zhang.get_list_entry("p2p|a.b@c-d_e")).await.unwrap();
+    assert_eq!((e.conversation_id, e.unread), (d.id, 0));
+}
+
+#[tokio::test]
+async fn a_request_naming_a_bad_user_id_is_invalid_argument() {
+    let server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    let g = within(alice.create_group("g", &["bob"])).await.unwrap();
+    let invalid = |r: Result<_, tidings::client::ClientError>, what: &str| match r {
+        Ok(_) => panic!("{what} was accepted"),
+        Err(e) => assert_eq!(
+            e.code(),
+            Some(ErrorCode::ErrorInvalidArgument),
+            "{what}: {e}"
+        ),
+    };
+    for bad in BAD_USER_IDS.iter().copied() {
+        let r = within(alice.create_group("h", &["bob", bad])).await;
+        invalid(r.map(drop), &format!("create naming {bad:?}"));
+        let r = within(alice.add_members(&g.id, &[bad])).await;
+        invalid(r.map(drop), &format!("add {bad:?}"));
+        let r = within(alice.remove_members(&g.id, &[bad])).await;
+        invalid(r.map(drop), &format!("remove {bad:?}"));
+        let r = within(alice.send(pb::SendMessage {
+            conversation_id: g.id.clone(),
+            r#type: 1,
+            content: "hi".into(),
+            mentions: vec![bad.to_owned()],
+            ..Default::default()
+        }))
+        .await;
+        invalid(r.map(drop), &format!("mention of {bad:?}"));
+    }
+    // A key naming a user follows the same rule ("p2p|" alone names the empty id).
+    for key in ["p2p|", "p2p|evil\u{202e}", "p2p|a|b"] {
+        let r = within(alice.get_list_entry(key)).await;
+        invalid(r.map(drop), key);
+    }
+    // Nothing of it was stored: the group still has its two members, and no other came in.
+    let members = within(alice.list_members(&g.id, "", 0)).await.unwrap();
+    assert_eq!(members.members, vec!["alice", "bob"]);
+}
+
+#[tokio::test]
+async fn nbf_is_enforced_with_the_leeway_by_the_injected_clock() {
+    let server = TestServer::start().await;
+    let leeway = server.config.jwt_leeway_secs as i64;
+    let now = server.clock_now() / 1000;
+    let with_nbf = |nbf: i64| {
+        let mut c = claims(&server, "alice");
+        c["nbf"] = nbf.into();
+        signed(Header::default(), c)
+    };
+    let later = with_nbf(now + leeway + 60);
+    assert_eq!(
+        refused(&server, &later).await,
+        code(CloseCode::CloseAuthFailed)
+    );
+    // Inside the leeway, or in the past: fine.
+    for nbf in [now + leeway - 1, now - 60] {
+        let c = within(Client::connect(&server.url())).await.unwrap();
+        within(c.login(&with_nbf(nbf), "", 0))
+            .await
+            .unwrap_or_else(|e| panic!("nbf now{:+}: {e}", nbf - now));
+    }
+    // Once the injected clock reaches it, the first token is valid.
+    server.clock.advance(61 * 1000);
+    let c = within(Client::connect(&server.url())).await.unwrap();
+    within(c.login(&later, "", 0)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_token_with_a_crit_header_is_refused() {
+    let server = TestServer::start().await;
+    let header = Header {
+        crit: Some(vec!["exp".into()]),
+        ..Default::default()
+    };
+    let token = signed(header, claims(&server, "alice"));
+    assert_eq!(
+        refused(&server, &token).await,
+        code(CloseCode::CloseAuthFailed)
+    );
+    // The same claims without it log in.
+    let token = signed(Header::default(), claims(&server, "alice"));
+    let c = within(Client::connect(&server.url())).await.unwrap();
+    within(c.login(&token, "", 0)).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_token_command_refuses_a_user_id_that_could_not_log_in() {
+    let env = [("TIDINGS_JWT_HS256_SECRET", SECRET)];
+    for bad in ["", " alice", "a|b", "evil\u{202e}"] {
+        let (ok, out, err) = run_binary(&["token", "--user", bad], &env).await;
+        assert!(!ok, "minted a token for {bad:?}: {out}");
+        assert!(out.is_empty(), "{out}");
+        assert!(err.contains("user id"), "{bad:?}: {err}");
+    }
+    let (ok, token, err) = run_binary(&["token", "--user", "a.b@c-d_e"], &env).await;
+    assert!(ok, "{err}");
+    let server = TestServer::start().await;
+    let c = within(Client::connect(&server.url())).await.unwrap();
+    let welcome = within(c.login(token.trim(), "", 0)).await.unwrap();
+    assert_eq!(welcome.user_id, "a.b@c-d_e");
 }
