@@ -10,6 +10,7 @@ mod leancloud;
 mod list;
 mod presence;
 mod races;
+mod readme;
 mod roaming;
 mod robustness;
 mod storage;
