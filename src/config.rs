@@ -144,6 +144,11 @@ pub struct Config {
     pub leancloud_session_token_ttl_secs: u64,
     /// LeanCloud dialect: how old a signature's timestamp may be, seconds.
     pub leancloud_signature_ttl_secs: u64,
+    /// The WebSocket URL clients reach this server at (`ws://` or `wss://`, e.g.
+    /// `wss://chat.example.com`), which the LeanCloud router `/v1/route` hands out; a URL
+    /// without a path gets `/`. Unset: `ws://` and the request's `Host` header, which is wrong
+    /// behind a TLS proxy, so production should set it.
+    pub public_url: Option<String>,
 }
 
 impl Default for Config {
@@ -208,6 +213,7 @@ impl Default for Config {
             leancloud_master_key: None,
             leancloud_session_token_ttl_secs: 172_800,
             leancloud_signature_ttl_secs: 21_600,
+            public_url: None,
         }
     }
 }
@@ -363,6 +369,20 @@ impl Config {
                  insecure_dev for development",
             );
         }
+        if let Some(url) = &self.public_url {
+            let host = url
+                .strip_prefix("wss://")
+                .or_else(|| url.strip_prefix("ws://"))
+                .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or(""));
+            if host.is_none_or(str::is_empty)
+                || url.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "public_url must be a WebSocket URL, ws://host[:port][/path] or \
+                     wss://host[:port][/path] (the address clients connect to), got {url:?}"
+                )));
+            }
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be text or json");
         }
@@ -446,6 +466,32 @@ mod tests {
         // Every field, optional ones included, is known.
         for field in ["listen", "jwt_hs256_secret", "jwt_audience", "log_format"] {
             assert!(Config::fields().iter().any(|f| f == field), "{field}");
+        }
+    }
+
+    #[test]
+    fn public_url_must_be_a_websocket_url() {
+        let set = |v: &str| Config::load(None, vec![], &[format!("public_url={v}")]);
+        for good in [
+            "wss://chat.example.com",
+            "ws://127.0.0.1:7400/ws",
+            "wss://[::1]:443/",
+        ] {
+            let c = set(good).unwrap().config;
+            assert_eq!(c.public_url.as_deref(), Some(good));
+        }
+        for bad in [
+            "",
+            "chat.example.com",
+            "https://chat.example.com",
+            "wss://",
+            "wss:///ws",
+            "wss://chat example.com",
+        ] {
+            assert!(
+                matches!(set(bad), Err(ConfigError::Invalid(_))),
+                "{bad:?} was accepted"
+            );
         }
     }
 

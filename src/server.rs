@@ -1,4 +1,5 @@
-//! Accept loop, HTTP routing (`/healthz`, WebSocket upgrade at `/` and `/ws`) and shutdown.
+//! Accept loop, HTTP routing (`/healthz`, WebSocket upgrade at `/` and `/ws`, and with the
+//! LeanCloud dialect on its router `/v1/route`) and shutdown.
 //!
 //! Shutdown order: stop accepting; every session stops reading, finishes its in-flight
 //! requests (up to `shutdown_grace_ms`) and closes with 1001; then the writer drains its queue
@@ -12,7 +13,7 @@ use crate::session;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
@@ -187,6 +188,9 @@ fn route(
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> Response<Full<Bytes>> {
+    if app.config.leancloud_app_id.is_some() && is_leancloud_http(req.uri().path()) {
+        return leancloud_http(&req, &app.config);
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => {
             let draining = shutdown.is_cancelled();
@@ -210,6 +214,185 @@ fn route(
         (&Method::GET, "/" | "/ws") => upgrade(req, app, shutdown, tracker),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// The LeanCloud router: where LeanCloud's SDKs, given only a `server` base URL (no direct
+/// WebSocket URL), look up the WebSocket to connect to.
+const LC_ROUTE_PATH: &str = "/v1/route";
+
+/// Seconds an SDK caches a `/v1/route` answer before asking again (LeanCloud's own value).
+pub const LC_ROUTE_TTL_SECS: u64 = 3600;
+
+/// Request headers LeanCloud's SDKs send to its HTTP endpoints; a preflight that does not
+/// list the ones it wants is allowed these.
+const LC_CORS_HEADERS: &str = "X-LC-Id, X-LC-Key, X-LC-IM-Session-Token, X-LC-UA, Content-Type";
+
+/// Whether `path` is one of the LeanCloud dialect's HTTP endpoints (served, with CORS, only
+/// while the dialect is configured; otherwise 404 like any unknown path).
+fn is_leancloud_http(path: &str) -> bool {
+    path == LC_ROUTE_PATH
+}
+
+/// A LeanCloud HTTP endpoint: preflights, then the endpoint itself, every answer with CORS.
+fn leancloud_http(req: &Request<Incoming>, config: &Config) -> Response<Full<Bytes>> {
+    let mut r = match (req.method(), req.uri().path()) {
+        (&Method::OPTIONS, _) => return cors_preflight(req.headers()),
+        (&Method::GET, LC_ROUTE_PATH) => leancloud_route(req, config),
+        _ => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, OPTIONS"));
+            r
+        }
+    };
+    cors_allow_origin(req.headers(), r.headers_mut());
+    r
+}
+
+/// `GET /v1/route?appId=…&secure=…&_t=…`: the WebSocket URL, `public_url` when set, else
+/// `ws://` and the request's `Host`. `secure` does not change the answer: without
+/// `public_url` the server cannot know whether a TLS proxy is in front of it.
+fn leancloud_route(req: &Request<Incoming>, config: &Config) -> Response<Full<Bytes>> {
+    let query = req.uri().query();
+    if query_param(query, "appId").as_deref() != config.leancloud_app_id.as_deref() {
+        return json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"code": 4100, "error": "APP_NOT_AVAILABLE"}),
+        );
+    }
+    let url = match &config.public_url {
+        Some(public) => with_root_path(public),
+        None => {
+            let Some(host) = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .filter(|h| is_host(h))
+            else {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({
+                        "error": "no valid Host header to derive the WebSocket URL from; set public_url"
+                    }),
+                );
+            };
+            if matches!(query_param(query, "secure").as_deref(), Some("true" | "1")) {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        "a client asked /v1/route for a secure (wss://) server, but public_url is \
+                         not set: answering ws:// and the Host header; set public_url"
+                    );
+                });
+            }
+            format!("ws://{host}/")
+        }
+    };
+    let mut r = json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "groupId": "g0",
+            "server": url,
+            "secondary": url,
+            "ttl": LC_ROUTE_TTL_SECS,
+        }),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = text(status, body.to_string());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `url` with path `/` when it has no path (`wss://chat.example.com` → `wss://chat.example.com/`).
+fn with_root_path(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    if rest.contains(['/', '?', '#']) {
+        url.to_owned()
+    } else {
+        format!("{url}/")
+    }
+}
+
+/// A plausible `Host` header: a name or address and an optional port, nothing that could
+/// turn the URL built from it into something else.
+fn is_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b))
+}
+
+/// The first value of `name` in a query string, `%XX`- and `+`-decoded; `None` when absent or
+/// malformed.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    let (_, value) = query?
+        .split('&')
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(key, _)| *key == name)?;
+    let mut out = Vec::with_capacity(value.len());
+    let mut bytes = value.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hi = (bytes.next()? as char).to_digit(16)?;
+                let lo = (bytes.next()? as char).to_digit(16)?;
+                out.push((hi * 16 + lo) as u8);
+            }
+            b'+' => out.push(b' '),
+            _ => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Lets browser apps on other origins read an answer: adds `Access-Control-Allow-Origin`
+/// (the request's `Origin`, else `*`) to `resp`. For every LeanCloud HTTP endpoint's answers.
+pub(crate) fn cors_allow_origin(req: &HeaderMap, resp: &mut HeaderMap) {
+    match req.get(header::ORIGIN) {
+        Some(origin) => {
+            resp.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            resp.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        None => {
+            resp.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+        }
+    }
+}
+
+/// The answer to a CORS preflight (`OPTIONS`) for a LeanCloud HTTP endpoint: 204 allowing
+/// GET and POST from any origin with the headers asked for (else LeanCloud's), cached a day.
+pub(crate) fn cors_preflight(req: &HeaderMap) -> Response<Full<Bytes>> {
+    let mut r = text(StatusCode::NO_CONTENT, Bytes::new());
+    let h = r.headers_mut();
+    cors_allow_origin(req, h);
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    let allow_headers = req
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static(LC_CORS_HEADERS));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    h.append(
+        header::VARY,
+        HeaderValue::from_static("Access-Control-Request-Headers"),
+    );
+    r
 }
 
 fn header_has(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {

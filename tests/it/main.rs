@@ -7,6 +7,7 @@ mod conversations;
 mod delivery;
 mod durability;
 mod leancloud;
+mod leancloud_http;
 mod list;
 mod presence;
 mod races;
