@@ -21,7 +21,8 @@ pub struct CreateRequest {
     pub attributes: BTreeMap<String, String>,
     /// Temporary only: lifetime in seconds (0: the default).
     pub ttl_secs: u32,
-    /// Temporary only: return the live one with the same member set.
+    /// Temporary and group: return the live one with the same member set (for groups, one
+    /// that was created with `unique` too).
     pub unique: bool,
 }
 
@@ -90,6 +91,16 @@ impl Registry {
                         self.config.max_group_members
                     )));
                 }
+                let _unique = if req.unique {
+                    let guard = self.unique_groups.lock().await;
+                    if let Some(cell) = self.unique_group(&caller.user, &others)? {
+                        let view = cell.lock().view(&cell.id);
+                        return self.view_for(&cell, view, &caller.user);
+                    }
+                    Some(guard)
+                } else {
+                    None
+                };
                 let permit = self.writer.reserve().await?;
                 let (cell, rx) = {
                     let mut next = self.next_conv.lock().unwrap_or_else(|p| p.into_inner());
@@ -104,6 +115,7 @@ impl Registry {
                         pair: Vec::new(),
                         expires_at: 0,
                         deleted_at: 0,
+                        unique: req.unique,
                     };
                     let (cell, ops, events) = self.new_normal(&mut next, caller, record, &members);
                     (cell, self.writer.submit(permit, ops, Vec::new(), events))
@@ -169,6 +181,7 @@ impl Registry {
                         pair: members.iter().map(|m| m.to_string()).collect(),
                         expires_at: now + i64::from(ttl) * 1000,
                         deleted_at: 0,
+                        unique: false,
                     };
                     let expires_at = record.expires_at;
                     let (cell, mut ops, events) =
@@ -203,6 +216,42 @@ impl Registry {
         }
         let view = cell.lock().view(&cell.id);
         self.view_for(&cell, view, &caller.user)
+    }
+
+    /// The live group created with `unique` whose members are exactly `creator` and `others`.
+    /// Looks through the creator's conversations, reading from the store only the records of
+    /// those not in memory, so its cost grows with how many conversations the creator is in.
+    fn unique_group(
+        &self,
+        creator: &UserId,
+        others: &BTreeSet<UserId>,
+    ) -> Result<Option<Arc<ConvCell>>, Error> {
+        for (num, _) in self.store.user_conversations(creator)? {
+            if num & protocol::TEMPORARY_BIT != 0 {
+                continue;
+            }
+            if !self.convs.contains_key(&num) {
+                match self.store.conversation(num)? {
+                    Some(r) if r.unique && r.deleted_at == 0 => {}
+                    _ => continue,
+                }
+            }
+            let Ok(cell) = self.cell_by_num(num) else {
+                continue;
+            };
+            let st = cell.lock();
+            let same = st.require_live().is_ok()
+                && st.record.unique
+                && st.kind() == ConversationKind::Group
+                && st.members.len() == others.len() + 1
+                && st.members.contains_key(creator)
+                && others.iter().all(|u| st.members.contains_key(u));
+            drop(st);
+            if same {
+                return Ok(Some(cell));
+            }
+        }
+        Ok(None)
     }
 
     /// The live temporary conversation of exactly this sorted member set, if any.
@@ -248,6 +297,7 @@ impl Registry {
                         pair: vec![pair.0.to_string(), pair.1.to_string()],
                         expires_at: 0,
                         deleted_at: 0,
+                        unique: false,
                     };
                     let members = [pair.0.clone(), pair.1.clone()];
                     let (cell, mut ops, events) =

@@ -218,6 +218,7 @@ impl ConvState {
             last_seq: self.last_seq,
             muted: false,
             expires_at: self.record.expires_at,
+            unique: self.record.unique,
         }
     }
 }
@@ -250,6 +251,9 @@ pub struct Registry {
     inflight: messages::Inflight,
     /// Temporary conversations by sorted member set (cache of the store's index).
     temp_uniques: Arc<DashMap<Vec<UserId>, u64>>,
+    /// Held while a unique group is looked for and created, so two such creates of one member
+    /// set make one group.
+    unique_groups: tokio::sync::Mutex<()>,
     /// Woken when a temporary conversation is created (its deadline may be the next one).
     pub(crate) expiry_changed: tokio::sync::Notify,
     presence: presence::Subscriptions,
@@ -289,6 +293,7 @@ impl Registry {
             next_conv: Mutex::new(Numbers { normal, temporary }),
             inflight: Default::default(),
             temp_uniques: Default::default(),
+            unique_groups: tokio::sync::Mutex::new(()),
             expiry_changed: tokio::sync::Notify::new(),
             presence: Default::default(),
             snapshots: Default::default(),

@@ -328,3 +328,49 @@ async fn limits_are_errors_that_name_the_limit() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_unique_group_of_the_same_members_is_found_again_also_after_a_restart() {
+    let mut server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    let unique = |members: &[&str]| pb::CreateConversation {
+        kind: ConversationKind::Group as i32,
+        members: members.iter().map(|m| m.to_string()).collect(),
+        name: "team".into(),
+        unique: true,
+        ..Default::default()
+    };
+    let first = within(alice.create(unique(&["bob", "carol"])))
+        .await
+        .unwrap();
+    assert!(first.unique);
+    // Same members (order and the creator named or not do not matter): the same group.
+    let again = within(alice.create(unique(&["carol", "bob", "alice"])))
+        .await
+        .unwrap();
+    assert_eq!(again.id, first.id);
+    // A plain create, or another member set, makes a new group.
+    let plain = within(alice.create_group("team", &["bob", "carol"]))
+        .await
+        .unwrap();
+    assert_ne!(plain.id, first.id);
+    assert!(!plain.unique);
+    let other = within(alice.create(unique(&["bob"]))).await.unwrap();
+    assert_ne!(other.id, first.id);
+
+    // Another member asking for the same set finds it too, after a restart.
+    server.restart().await;
+    let bob = server.client("bob").await;
+    let from_bob = within(bob.create(unique(&["alice", "carol"])))
+        .await
+        .unwrap();
+    assert_eq!(from_bob.id, first.id);
+    // Once a member left, the set differs: a new unique group.
+    let carol = server.client("carol").await;
+    within(carol.leave(&first.id)).await.unwrap();
+    let alice = server.client("alice").await;
+    let after = within(alice.create(unique(&["bob", "carol"])))
+        .await
+        .unwrap();
+    assert_ne!(after.id, first.id);
+}
