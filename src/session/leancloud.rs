@@ -340,12 +340,11 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
     Some(Immediate::Reply(frames))
 }
 
+/// A client id is a user id (the rule logins follow) of at most 64 characters, LeanCloud's own
+/// limit.
 fn valid_peer_id(app: &App, id: &str) -> bool {
-    !id.is_empty()
-        && id.chars().count() <= MAX_PEER_ID_CHARS
-        && id.len() <= app.config.max_user_id_bytes
-        && !id.contains('|')
-        && !id.chars().any(char::is_control)
+    id.chars().count() <= MAX_PEER_ID_CHARS
+        && crate::auth::check_user_id(id, app.config.max_user_id_bytes).is_ok()
 }
 
 /// The `unread` push after opening: every conversation with unread messages.
@@ -535,9 +534,16 @@ async fn handle(
         }
         (Cmd::Ack, _) => {
             // Delivery acks carry no `i` and get no reply.
+            // By message id (Swift, Java) or up to a time (JS acks ranges `fromts..=tots`).
             let a = cmd.ack_message.unwrap_or_default();
-            if let (Some(conv), Some(seq)) = (&a.cid, a.mid.as_deref().and_then(seq_of)) {
-                let _ = reg.ack_delivered(caller, conv, seq).await;
+            let conv = a.cid.clone().unwrap_or_default();
+            let seq = match (a.mid.as_deref().and_then(seq_of), a.tots) {
+                (Some(seq), _) => Some(seq),
+                (None, Some(tots)) => newest_at_or_before(app, caller, &conv, tots),
+                (None, None) => None,
+            };
+            if let Some(seq) = seq {
+                let _ = reg.ack_delivered(caller, &conv, seq).await;
             }
             return None;
         }
@@ -555,6 +561,91 @@ async fn handle(
             start(app, caller, cmd.conv_message.unwrap_or_default()).await
         }
         (Cmd::Conv, Some(Op::Query)) => query(app, caller, cmd.conv_message.unwrap_or_default()),
+        (Cmd::Conv, Some(Op::Update)) => {
+            update(app, caller, cmd.conv_message.unwrap_or_default()).await
+        }
+        (Cmd::Conv, Some(op @ (Op::Mute | Op::Unmute))) => {
+            let c = cmd.conv_message.unwrap_or_default();
+            let id = c.cid.unwrap_or_default();
+            reg.set_muted(caller, &id, op == Op::Mute)
+                .await
+                .map(|()| GenericCommand {
+                    conv_message: Some(lc::ConvCommand {
+                        udate: Some(iso(app.clock.now_ms())),
+                        ..Default::default()
+                    }),
+                    ..command(Cmd::Conv, Some(Op::Updated))
+                })
+        }
+        (Cmd::Conv, Some(op @ (Op::Add | Op::Remove))) => {
+            let c = cmd.conv_message.unwrap_or_default();
+            let id = c.cid.unwrap_or_default();
+            let result = if op == Op::Add {
+                reg.add_members(caller, &id, &c.m).await
+            } else {
+                reg.remove_members(caller, &id, &c.m).await
+            };
+            // All or none here: the failure names every id asked for.
+            let (allowed, failed) = match result {
+                Ok(_) => (c.m, Vec::new()),
+                Err(e) => {
+                    let (code, _) = error_code(&e, false);
+                    let failed = lc::ErrorCommand {
+                        code: code.code(),
+                        reason: code.reason().to_owned(),
+                        detail: Some(e.to_string()),
+                        pids: c.m,
+                        ..Default::default()
+                    };
+                    (Vec::new(), vec![failed])
+                }
+            };
+            Ok(GenericCommand {
+                conv_message: Some(lc::ConvCommand {
+                    allowed_pids: allowed,
+                    failed_pids: failed,
+                    ..Default::default()
+                }),
+                ..command(
+                    Cmd::Conv,
+                    Some(if op == Op::Add {
+                        Op::Added
+                    } else {
+                        Op::Removed
+                    }),
+                )
+            })
+        }
+        (Cmd::Conv, Some(Op::Members)) => {
+            let c = cmd.conv_message.unwrap_or_default();
+            reg.online_members(caller, c.cid.as_deref().unwrap_or_default())
+                .map(|m| GenericCommand {
+                    conv_message: Some(lc::ConvCommand {
+                        m,
+                        ..Default::default()
+                    }),
+                    ..command(Cmd::Conv, Some(Op::Members))
+                })
+        }
+        (Cmd::Conv, Some(Op::IsMember)) => {
+            let c = cmd.conv_message.unwrap_or_default();
+            let mut answers = serde_json::Map::new();
+            for id in c.cids.iter().take(app.config.member_page_max as usize) {
+                answers.insert(id.clone(), reg.get(caller, id).is_ok().into());
+            }
+            Ok(GenericCommand {
+                conv_message: Some(lc::ConvCommand {
+                    results: Some(lc::JsonObjectMessage {
+                        data: serde_json::Value::Object(answers).to_string(),
+                    }),
+                    ..Default::default()
+                }),
+                ..command(Cmd::Conv, Some(Op::Results))
+            })
+        }
+        (Cmd::Patch, Some(Op::Modify)) => {
+            patch(app, caller, cmd.patch_message.unwrap_or_default()).await
+        }
         (Cmd::Conv, Some(Op::Count)) => {
             let c = cmd.conv_message.unwrap_or_default();
             reg.count_members(caller, c.cid.as_deref().unwrap_or_default())
@@ -581,6 +672,18 @@ async fn handle(
         Err(e) => failure(i, &e),
     };
     i.map(|_| reply)
+}
+
+/// The seq of the newest message sent at or before `t` that the caller can see.
+fn newest_at_or_before(app: &App, caller: &Caller, conv: &str, t: i64) -> Option<u64> {
+    let req = HistoryRequest {
+        limit: 1,
+        start_time: t,
+        start_inclusive: true,
+        ..Default::default()
+    };
+    let (messages, ..) = app.registry.history(caller, conv, req).ok()?;
+    messages.last().map(|m| m.seq)
 }
 
 fn failed_ack(e: &Error) -> lc::AckCommand {
@@ -730,8 +833,8 @@ fn logs(app: &App, caller: &Caller, l: lc::LogsCommand) -> Result<GenericCommand
     })
 }
 
-/// `conv/start`: a temporary conversation, a unique two-person one (a direct conversation), or
-/// a group. Attributes are kept as JSON text per key.
+/// `conv/start`: a temporary conversation or a group (`unique`: the existing one of the same
+/// members, as LeanCloud had it). Attributes are kept as JSON text per key.
 async fn start(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<GenericCommand, Error> {
     if c.transient == Some(true) {
         return Err(Error::InvalidArgument(
@@ -757,10 +860,9 @@ async fn start(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<Generic
     }
     let members: Vec<String> = c.m.into_iter().filter(|m| **m != *caller.user).collect();
     let temporary = c.temp_conv == Some(true);
+    // A LeanCloud conversation is a group whatever its size: members may be added later.
     let kind = if temporary {
         ConversationKind::Temporary
-    } else if members.len() == 1 && c.unique == Some(true) {
-        ConversationKind::Direct
     } else {
         ConversationKind::Group
     };
@@ -770,7 +872,7 @@ async fn start(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<Generic
         name,
         attributes,
         ttl_secs: c.temp_conv_ttl.map_or(0, |t| t.max(0) as u32),
-        unique: temporary && c.unique == Some(true),
+        unique: c.unique == Some(true),
     };
     let conv = app.registry.create(caller, req).await?;
     let now = app.clock.now_ms();
@@ -782,6 +884,128 @@ async fn start(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<Generic
             ..Default::default()
         }),
         ..command(Cmd::Conv, Some(Op::Started))
+    })
+}
+
+/// `conv/update`: `name` and attributes; a dotted key (`attr.lee`) sets a field inside an
+/// attribute's JSON object, and `{"__op":"Delete"}` removes a key.
+async fn update(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<GenericCommand, Error> {
+    let id = c.cid.unwrap_or_default();
+    let attr = c.attr.map(|a| a.data).unwrap_or_else(|| "{}".into());
+    let serde_json::Value::Object(changes) = serde_json::from_str(&attr)
+        .map_err(|e| Error::InvalidArgument(format!("attr is not JSON: {e}")))?
+    else {
+        return Err(Error::InvalidArgument("attr must be a JSON object".into()));
+    };
+    let current = app.registry.get(caller, &id)?;
+    let mut req = crate::registry::conversation::UpdateRequest::default();
+    for (key, value) in &changes {
+        let delete = value.get("__op").and_then(|o| o.as_str()) == Some("Delete");
+        let (top, path) = match key.split_once('.') {
+            Some((top, rest)) => (top, Some(rest)),
+            None => (key.as_str(), None),
+        };
+        if top == "name" && path.is_none() {
+            req.name = Some(value.as_str().unwrap_or_default().to_owned());
+            continue;
+        }
+        let Some(path) = path else {
+            if delete {
+                req.remove_attributes.push(top.to_owned());
+            } else {
+                req.set_attributes.insert(top.to_owned(), value.to_string());
+            }
+            continue;
+        };
+        // A field inside the attribute's object (from this request's earlier keys first).
+        let base = req
+            .set_attributes
+            .get(top)
+            .or_else(|| current.attributes.get(top))
+            .and_then(|v| serde_json::from_str(v).ok())
+            .filter(serde_json::Value::is_object)
+            .unwrap_or_else(|| serde_json::json!({}));
+        let mut obj = base;
+        let mut at = &mut obj;
+        let mut parts = path.split('.').peekable();
+        while let Some(part) = parts.next() {
+            if parts.peek().is_none() {
+                if let Some(o) = at.as_object_mut() {
+                    if delete {
+                        o.remove(part);
+                    } else {
+                        o.insert(part.to_owned(), value.clone());
+                    }
+                }
+                break;
+            }
+            let next = at
+                .as_object_mut()
+                .map(|o| o.entry(part).or_insert_with(|| serde_json::json!({})));
+            match next {
+                Some(n) if n.is_object() => at = n,
+                Some(n) => {
+                    *n = serde_json::json!({});
+                    at = n;
+                }
+                None => break,
+            }
+        }
+        req.set_attributes.insert(top.to_owned(), obj.to_string());
+    }
+    let conv = app.registry.update(caller, &id, req).await?;
+    let data = serde_json::Value::Object(changes).to_string();
+    let modified = serde_json::Value::Object(attributes_json(&conv)).to_string();
+    Ok(GenericCommand {
+        conv_message: Some(lc::ConvCommand {
+            udate: Some(iso(app.clock.now_ms())),
+            attr: Some(lc::JsonObjectMessage { data }),
+            attr_modified: Some(lc::JsonObjectMessage { data: modified }),
+            ..Default::default()
+        }),
+        ..command(Cmd::Conv, Some(Op::Updated))
+    })
+}
+
+/// A conversation's name and attributes as LeanCloud's JSON columns.
+fn attributes_json(conv: &pb::Conversation) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for (k, v) in &conv.attributes {
+        let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.clone()));
+        out.insert(k.clone(), v);
+    }
+    out.insert("name".into(), conv.name.clone().into());
+    out
+}
+
+/// `patch/modify`: recalls and edits of the caller's own messages.
+async fn patch(app: &App, caller: &Caller, p: lc::PatchCommand) -> Result<GenericCommand, Error> {
+    let mut last = 0;
+    for item in p.patches {
+        let conv = item.cid.unwrap_or_default();
+        let mid = item.mid.unwrap_or_default();
+        let m = if item.recall == Some(true) {
+            app.registry.recall(caller, &conv, &mid).await?
+        } else {
+            let content = match (item.binary_msg, item.data) {
+                (Some(b), _) => b,
+                (None, d) => Bytes::from(d.unwrap_or_default()),
+            };
+            let req = crate::registry::EditRequest {
+                message_id: mid,
+                content,
+                ..Default::default()
+            };
+            app.registry.edit(caller, &conv, req).await?
+        };
+        last = last.max(m.edited_at.max(m.recalled_at));
+    }
+    Ok(GenericCommand {
+        patch_message: Some(lc::PatchCommand {
+            last_patch_time: Some(last),
+            ..Default::default()
+        }),
+        ..command(Cmd::Patch, Some(Op::Modified))
     })
 }
 
@@ -841,20 +1065,15 @@ fn row(
     now: i64,
 ) -> Result<serde_json::Value, Error> {
     let conv = app.registry.get(caller, id)?;
-    let mut row = serde_json::Map::new();
-    for (k, v) in &conv.attributes {
-        let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.clone()));
-        row.insert(k.clone(), v);
-    }
+    let mut row = attributes_json(&conv);
     row.insert("objectId".into(), conv.id.clone().into());
-    row.insert("name".into(), conv.name.clone().into());
     row.insert("c".into(), conv.owner.clone().into());
     row.insert("createdAt".into(), iso(conv.created_at).into());
     row.insert("updatedAt".into(), iso(conv.created_at).into());
     row.insert("tr".into(), false.into());
     row.insert("sys".into(), false.into());
     let kind = ConversationKind::try_from(conv.kind).unwrap_or(ConversationKind::Group);
-    row.insert("unique".into(), (kind == ConversationKind::Direct).into());
+    row.insert("unique".into(), conv.unique.into());
     if kind == ConversationKind::Temporary {
         row.insert("temp".into(), true.into());
         row.insert("ttl".into(), ((conv.expires_at - now).max(0) / 1000).into());
@@ -1008,6 +1227,31 @@ fn push_body(push: &protocol::Push) -> Option<Bytes> {
                 }),
                 ..command(Cmd::Unread, None)
             },
+            pb::server_frame::Body::MessageUpdated(u) => {
+                let m = u.message.as_ref()?;
+                let at = m.edited_at.max(m.recalled_at);
+                let mut item = lc::PatchItem {
+                    cid: Some(m.conversation_id.clone()),
+                    mid: Some(m.id.clone()),
+                    timestamp: Some(m.server_time),
+                    recall: Some(m.recalled),
+                    patch_timestamp: Some(at),
+                    from: Some(m.sender.clone()),
+                    mention_pids: m.mentions.clone(),
+                    ..Default::default()
+                };
+                match content(m) {
+                    Content::Text(s) => item.data = Some(s),
+                    Content::Binary(b) => item.binary_msg = Some(b),
+                }
+                GenericCommand {
+                    patch_message: Some(lc::PatchCommand {
+                        patches: vec![item],
+                        last_patch_time: Some(at),
+                    }),
+                    ..command(Cmd::Patch, Some(Op::Modify))
+                }
+            }
             pb::server_frame::Body::ConversationEvent(_) => return None,
             _ => return None,
         },
@@ -1041,12 +1285,26 @@ fn recipient_push(push: &protocol::Push, peer_id: &str) -> Option<GenericCommand
     } else {
         Vec::new()
     };
+    // Swift needs both `attr` and `attrModified` on `updated`; the event carries the result.
+    let (attr, udate) = match (op, &e.conversation) {
+        (Op::Updated, Some(c)) => {
+            let data = serde_json::Value::Object(attributes_json(c)).to_string();
+            (
+                Some(lc::JsonObjectMessage { data }),
+                Some(iso(e.server_time)),
+            )
+        }
+        _ => (None, None),
+    };
     Some(GenericCommand {
         server_ts: Some(e.server_time),
         conv_message: Some(lc::ConvCommand {
             cid: Some(e.conversation_id.clone()),
             init_by: Some(e.by.clone()),
             m,
+            attr_modified: attr.clone(),
+            attr,
+            udate,
             ..Default::default()
         }),
         ..command(Cmd::Conv, Some(op))

@@ -17,7 +17,10 @@ fn install_sdk() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let dir = sdk_dir();
-        if dir.join("node_modules/leancloud-realtime/package.json").exists() {
+        if dir
+            .join("node_modules/leancloud-realtime/package.json")
+            .exists()
+        {
             return;
         }
         let out = Command::new("npm")
@@ -81,4 +84,10 @@ async fn the_leancloud_sdk_opens_creates_sends_and_reads_history_in_binary_mode(
 async fn the_leancloud_sdk_does_the_same_in_base64_mode() {
     let server = leancloud_server().await;
     run_sdk(&server, "basic.mjs", "base64").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leancloud_sdk_recalls_edits_reads_updates_and_manages_members() {
+    let server = leancloud_server().await;
+    run_sdk(&server, "conversations.mjs", "binary").await;
 }

@@ -1,0 +1,77 @@
+// Helpers shared by the SDK scenario scripts.
+//
+// Every script is run as: node <script> <ws-url> <http-base> <app-id> <master-key> <binary|base64>
+// and prints one `ok - …` line per check, then `all passed`; any failure exits non-zero.
+// Every wait is on an SDK event or a reply, each with a deadline.
+
+import crypto from 'node:crypto';
+import sdk from 'leancloud-realtime';
+
+export { sdk };
+export const [url, server, appId, masterKey, mode] = process.argv.slice(2);
+
+const DEADLINE_MS = 15000;
+
+export function within(promise, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out: ${what}`)), DEADLINE_MS);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+export function check(cond, what) {
+  if (!cond) throw new Error(`check failed: ${what}`);
+  console.log(`ok - ${what}`);
+}
+
+export function equal(actual, expected, what) {
+  const a = JSON.stringify(actual);
+  const e = JSON.stringify(expected);
+  if (a !== e) throw new Error(`check failed: ${what}: expected ${e}, got ${a}`);
+  console.log(`ok - ${what}`);
+}
+
+/** The next `event` an emitter fires (with its arguments). */
+export function next(emitter, event, what) {
+  return within(new Promise((resolve) => emitter.once(event, (...args) => resolve(args))), what);
+}
+
+/** A login signature as an app's backend makes it: HMAC-SHA1 over appid:clientid::t:nonce. */
+export function sign(key) {
+  return (clientId) => {
+    const timestamp = Date.now();
+    const nonce = crypto.randomBytes(8).toString('hex');
+    const signature = crypto
+      .createHmac('sha1', key)
+      .update(`${appId}:${clientId}::${timestamp}:${nonce}`)
+      .digest('hex');
+    return { signature, timestamp, nonce };
+  };
+}
+
+/** The app's one Realtime (the SDK allows one per app id and process). */
+export function realtime(options = {}) {
+  return new sdk.Realtime({
+    appId,
+    appKey: 'the-app-key-proves-nothing',
+    server,
+    RTMServers: url,
+    noBinary: mode === 'base64',
+    ...options,
+  });
+}
+
+/** Runs a scenario and exits with its outcome. */
+export function run(main) {
+  main().then(
+    () => {
+      console.log('all passed');
+      process.exit(0);
+    },
+    (e) => {
+      console.error(`FAILED: ${e && e.stack ? e.stack : e}`);
+      process.exit(1);
+    },
+  );
+}
