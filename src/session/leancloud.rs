@@ -392,33 +392,7 @@ fn envelope(mut c: GenericCommand, peer_id: &str) -> GenericCommand {
 
 // ---- signatures and session tokens ----
 
-/// HMAC-SHA1 (RFC 2104) over the one SHA-1 in the dependency tree.
-fn hmac_sha1(key: &[u8], message: &[u8]) -> [u8; 20] {
-    use sha1::{Digest, Sha1};
-    const BLOCK: usize = 64;
-    let mut k = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        k[..20].copy_from_slice(&Sha1::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha1::new();
-    inner.update(k.map(|b| b ^ 0x36));
-    inner.update(message);
-    let mut outer = Sha1::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Compares without stopping at the first difference.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use crate::leancloud::sign::{hex, hmac_sha1, same};
 
 /// The login signature of `session/open`: `hex(HMAC-SHA1(master key,
 /// "appid:peerid::timestamp:nonce"))`, with a timestamp within `leancloud_signature_ttl_secs`.
@@ -431,22 +405,11 @@ fn login_signature_ok(app: &App, peer_id: &str, s: &lc::SessionCommand, now: i64
         return false;
     };
     let app_id = app.config.leancloud_app_id.as_deref().unwrap_or_default();
-    signature_ok(
-        app,
-        key,
-        &format!("{app_id}:{peer_id}::{t}:{n}"),
-        sig,
-        t,
-        now,
-    )
-}
-
-fn signature_ok(app: &App, key: &str, message: &str, sig: &str, t: i64, now: i64) -> bool {
     let ttl_ms = app.config.leancloud_signature_ttl_secs as i64 * 1000;
     if (now - t).abs() > ttl_ms {
         return false;
     }
-    let expected = hex(&hmac_sha1(key.as_bytes(), message.as_bytes()));
+    let expected = crate::leancloud::sign::login_signature(key, app_id, peer_id, t, n);
     same(expected.as_bytes(), sig.to_ascii_lowercase().as_bytes())
 }
 
@@ -1314,22 +1277,6 @@ fn recipient_push(push: &protocol::Push, peer_id: &str) -> Option<GenericCommand
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hmac_sha1_matches_rfc_2202() {
-        // Test cases 1 and 6 of RFC 2202 (short key; key longer than a block).
-        assert_eq!(
-            hex(&hmac_sha1(&[0x0b; 20], b"Hi There")),
-            "b617318655057264e28bc0b6fb378c8ef146be00"
-        );
-        assert_eq!(
-            hex(&hmac_sha1(
-                &[0xaa; 80],
-                b"Test Using Larger Than Block-Size Key - Hash Key First"
-            )),
-            "aa4ae5e15272d00e95705637ce8a3b55ed402112"
-        );
-    }
 
     #[test]
     fn iso_dates() {

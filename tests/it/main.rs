@@ -8,6 +8,7 @@ mod delivery;
 mod durability;
 mod leancloud;
 mod leancloud_http;
+mod leancloud_wire;
 mod list;
 mod presence;
 mod races;

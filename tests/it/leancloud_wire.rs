@@ -1,0 +1,497 @@
+//! The LeanCloud dialect at the wire: a hand-driven LeanCloud client (this crate's codec over a
+//! real WebSocket) for what the SDK scripts cannot easily show: device-tag conflicts between
+//! sockets, session tokens, will messages, goaway, limits and malformed frames, and a native
+//! client and a LeanCloud client in one conversation.
+
+use crate::harness::*;
+use crate::leancloud::{APP_ID, MASTER_KEY, leancloud_server};
+use futures_util::{SinkExt, StreamExt};
+use tidings::leancloud::pb::{self as lc, CommandType as Cmd, GenericCommand, OpType as Op};
+use tidings::leancloud::{FrameRef, LcProtocol, WireFrame};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A LeanCloud socket driven by hand.
+struct Lc {
+    ws: Ws,
+    p: LcProtocol,
+    next_i: i32,
+    /// Pushes read while waiting for a reply.
+    pushes: Vec<GenericCommand>,
+}
+
+/// How a socket ended.
+#[derive(Debug)]
+enum End {
+    Closed(Option<u16>),
+}
+
+fn cmd(c: Cmd, op: Option<Op>) -> GenericCommand {
+    GenericCommand {
+        cmd: Some(c as i32),
+        op: op.map(|o| o as i32),
+        ..Default::default()
+    }
+}
+
+fn op_of(c: &GenericCommand) -> (Option<Cmd>, Option<Op>) {
+    (
+        c.cmd.and_then(|x| Cmd::try_from(x).ok()),
+        c.op.and_then(|x| Op::try_from(x).ok()),
+    )
+}
+
+impl Lc {
+    async fn connect(server: &TestServer, p: LcProtocol) -> Lc {
+        let mut req = format!("ws://{}/", server.running().addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", p.token().parse().unwrap());
+        let (ws, resp) = within(tokio_tungstenite::connect_async(req)).await.unwrap();
+        assert_eq!(
+            resp.headers().get("Sec-WebSocket-Protocol").unwrap(),
+            p.token()
+        );
+        Lc {
+            ws,
+            p,
+            next_i: 1,
+            pushes: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, c: &GenericCommand) {
+        let m = match tidings::leancloud::encode(self.p, c) {
+            WireFrame::Binary(b) => WsMessage::Binary(b),
+            WireFrame::Text(t) => WsMessage::Text(t.into()),
+        };
+        within(self.ws.send(m)).await.unwrap();
+    }
+
+    /// The next command, or how the socket ended.
+    async fn recv(&mut self) -> Result<GenericCommand, End> {
+        loop {
+            match within(self.ws.next()).await {
+                Some(Ok(WsMessage::Binary(b))) => {
+                    return Ok(tidings::leancloud::decode(self.p, FrameRef::Binary(&b)).unwrap());
+                }
+                Some(Ok(WsMessage::Text(t))) => {
+                    return Ok(
+                        tidings::leancloud::decode(self.p, FrameRef::Text(t.as_str())).unwrap(),
+                    );
+                }
+                Some(Ok(WsMessage::Close(f))) => {
+                    return Err(End::Closed(f.map(|f| u16::from(f.code))));
+                }
+                Some(Ok(_)) => continue,
+                None | Some(Err(_)) => return Err(End::Closed(None)),
+            }
+        }
+    }
+
+    /// Sends `c` with a fresh `i` and returns the reply (pushes meanwhile are kept).
+    async fn request(&mut self, mut c: GenericCommand) -> GenericCommand {
+        let i = self.next_i;
+        self.next_i += 1;
+        c.i = Some(i);
+        self.send(&c).await;
+        loop {
+            let got = self.recv().await.expect("open socket");
+            if got.i == Some(i) {
+                return got;
+            }
+            self.pushes.push(got);
+        }
+    }
+
+    /// The next push (kept ones first).
+    async fn push(&mut self) -> GenericCommand {
+        if !self.pushes.is_empty() {
+            return self.pushes.remove(0);
+        }
+        self.recv().await.expect("open socket")
+    }
+
+    /// A signed `session/open`; returns the reply.
+    async fn open(&mut self, peer: &str, tag: Option<&str>) -> GenericCommand {
+        let t = tidings::clock::Clock::now_ms(&tidings::clock::SystemClock);
+        let s = tidings::leancloud::sign::login_signature(MASTER_KEY, APP_ID, peer, t, "nonce");
+        self.request(GenericCommand {
+            app_id: Some(APP_ID.into()),
+            peer_id: Some(peer.into()),
+            session_message: Some(lc::SessionCommand {
+                t: Some(t),
+                n: Some("nonce".into()),
+                s: Some(s),
+                tag: tag.map(Into::into),
+                ua: Some("tidings-test".into()),
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Session, Some(Op::Open))
+        })
+        .await
+    }
+
+    async fn opened(&mut self, peer: &str, tag: Option<&str>) -> lc::SessionCommand {
+        let r = self.open(peer, tag).await;
+        assert_eq!(op_of(&r), (Some(Cmd::Session), Some(Op::Opened)), "{r:?}");
+        r.session_message.unwrap()
+    }
+
+    async fn start(&mut self, peer: &str, members: &[&str]) -> String {
+        let r = self
+            .request(GenericCommand {
+                peer_id: Some(peer.into()),
+                conv_message: Some(lc::ConvCommand {
+                    m: members.iter().map(|m| m.to_string()).collect(),
+                    ..Default::default()
+                }),
+                ..cmd(Cmd::Conv, Some(Op::Start))
+            })
+            .await;
+        r.conv_message.unwrap().cid.unwrap()
+    }
+
+    async fn direct(&mut self, peer: &str, cid: &str, msg: &str, will: bool) -> lc::AckCommand {
+        let r = self
+            .request(GenericCommand {
+                peer_id: Some(peer.into()),
+                direct_message: Some(lc::DirectCommand {
+                    cid: Some(cid.into()),
+                    msg: Some(msg.into()),
+                    will: will.then_some(true),
+                    ..Default::default()
+                }),
+                ..cmd(Cmd::Direct, None)
+            })
+            .await;
+        r.ack_message.unwrap()
+    }
+
+    /// Waits for the next push of this kind for `peer`, skipping others.
+    async fn push_of(&mut self, c: Cmd, op: Option<Op>, peer: &str) -> GenericCommand {
+        loop {
+            let p = self.push().await;
+            if op_of(&p) == (Some(c), op) && p.peer_id.as_deref() == Some(peer) {
+                assert_eq!(p.service, Some(2), "IM pushes carry service 2");
+                return p;
+            }
+        }
+    }
+
+    async fn closed(&mut self) -> Option<u16> {
+        loop {
+            match self.recv().await {
+                Ok(_) => continue,
+                Err(End::Closed(code)) => return code,
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_newer_login_with_the_same_tag_closes_only_that_client() {
+    let server = leancloud_server().await;
+    let mut first = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    first.opened("alice", Some("Mobile")).await;
+    first.opened("bob", None).await;
+    let mut second = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    second.opened("alice", Some("Mobile")).await;
+
+    let closed = first.push_of(Cmd::Session, Some(Op::Closed), "alice").await;
+    let s = closed.session_message.unwrap();
+    assert_eq!(s.code, Some(4111));
+    assert_eq!(s.reason.as_deref(), Some("SESSION_CONFLICT"));
+    // The socket and its other client live on.
+    let pong = first.request(cmd(Cmd::Echo, None)).await;
+    assert_eq!(op_of(&pong).0, Some(Cmd::Echo));
+    let cid = first.start("bob", &["bob", "carol"]).await;
+    assert!(
+        first
+            .direct("bob", &cid, "still here", false)
+            .await
+            .uid
+            .is_some()
+    );
+    // Alice is no longer open on the first socket: a command for her there is refused.
+    let refused = first
+        .request(GenericCommand {
+            peer_id: Some("alice".into()),
+            ..cmd(Cmd::Conv, Some(Op::Count))
+        })
+        .await;
+    assert_eq!(refused.error_message.unwrap().code, 4105);
+    // Another tag, or none, does not conflict.
+    let mut third = Lc::connect(&server, LcProtocol::Base64V3).await;
+    third.opened("alice", Some("Desktop")).await;
+    assert_no_lc_push(&mut second).await;
+}
+
+/// Proves no push is pending: an echo round trip follows anything already queued.
+async fn assert_no_lc_push(c: &mut Lc) {
+    c.request(cmd(Cmd::Echo, None)).await;
+    assert!(c.pushes.is_empty(), "unexpected pushes: {:?}", c.pushes);
+}
+
+#[tokio::test]
+async fn session_tokens_resume_and_bad_ones_get_4112() {
+    let server = leancloud_server().await;
+    let mut a = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let s = a.opened("alice", Some("Mobile")).await;
+    let st = s.st.expect("st");
+    assert!(s.st_ttl.unwrap() > 0);
+    drop(a);
+
+    let resume = |st: String| GenericCommand {
+        app_id: Some(APP_ID.into()),
+        peer_id: Some("alice".into()),
+        session_message: Some(lc::SessionCommand {
+            r: Some(true),
+            st: Some(st),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Session, Some(Op::Open))
+    };
+    let mut b = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let r = b.request(resume(st.clone())).await;
+    assert_eq!(op_of(&r), (Some(Cmd::Session), Some(Op::Opened)), "{r:?}");
+    // The token remembers the tag: a login with it replaces the resumed session.
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("alice", Some("Mobile")).await;
+    let closed = b.push_of(Cmd::Session, Some(Op::Closed), "alice").await;
+    assert_eq!(closed.session_message.unwrap().code, Some(4111));
+
+    // Tampered, for another client, or refreshed-then-reused by the wrong peer: 4112.
+    let mut d = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let tampered = st.replacen('.', "0.", 1);
+    let mut other = resume(st.clone());
+    other.peer_id = Some("mallory".into());
+    for bad in [resume(tampered), resume("garbage".into()), other] {
+        let r = d.request(bad).await;
+        assert_eq!(op_of(&r), (Some(Cmd::Session), Some(Op::Closed)));
+        assert_eq!(r.session_message.unwrap().code, Some(4112));
+    }
+    // Expired (the server's clock moves past the token's lifetime).
+    server
+        .clock
+        .advance(server.config.leancloud_session_token_ttl_secs as i64 * 1000 + 1);
+    let r = d.request(resume(st)).await;
+    assert_eq!(r.session_message.unwrap().code, Some(4112));
+}
+
+#[tokio::test]
+async fn open_refuses_other_apps_bad_signatures_and_bad_ids() {
+    let server = leancloud_server().await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    // Nothing but open and echo before a session exists.
+    let r = c.request(cmd(Cmd::Conv, Some(Op::Count))).await;
+    assert_eq!(r.error_message.unwrap().code, 4105);
+
+    let mut bad = GenericCommand {
+        app_id: Some("another-app".into()),
+        peer_id: Some("alice".into()),
+        ..cmd(Cmd::Session, Some(Op::Open))
+    };
+    let r = c.request(bad.clone()).await;
+    assert_eq!(r.session_message.unwrap().code, Some(4100));
+    bad.app_id = Some(APP_ID.into());
+    let r = c.request(bad.clone()).await;
+    assert_eq!(r.session_message.unwrap().code, Some(4102), "unsigned");
+    bad.session_message = Some(lc::SessionCommand {
+        t: Some(tidings::clock::Clock::now_ms(&server.clock)),
+        n: Some("n".into()),
+        s: Some("00".repeat(20)),
+        ..Default::default()
+    });
+    let r = c.request(bad).await;
+    assert_eq!(
+        r.session_message.unwrap().code,
+        Some(4102),
+        "wrong signature"
+    );
+    for id in ["", "a|b", "tab\there", &"x".repeat(65)] {
+        let r = c.open(id, None).await;
+        assert_eq!(r.session_message.unwrap().code, Some(4103), "{id:?}");
+    }
+    // An old signature is refused too.
+    server
+        .clock
+        .advance(server.config.leancloud_signature_ttl_secs as i64 * 1000 + 60_000);
+    let r = c.open("alice", None).await;
+    assert_eq!(
+        r.session_message.unwrap().code,
+        Some(4102),
+        "stale signature"
+    );
+}
+
+#[tokio::test]
+async fn a_will_is_sent_when_the_socket_drops_and_dropped_on_close() {
+    let server = leancloud_server().await;
+    let mut bob = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    bob.opened("bob", None).await;
+    let mut alice = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    alice.opened("alice", None).await;
+    let cid = alice.start("alice", &["alice", "bob"]).await;
+    bob.push_of(Cmd::Conv, Some(Op::Joined), "bob").await;
+
+    let ack = alice.direct("alice", &cid, "gone for now", true).await;
+    assert!(ack.code.is_none() && ack.t.is_some(), "{ack:?}");
+    assert_no_lc_push(&mut bob).await;
+    // An abrupt drop: the will goes out as alice's message.
+    drop(alice);
+    let will = bob.push_of(Cmd::Direct, None, "bob").await;
+    let d = will.direct_message.unwrap();
+    assert_eq!(d.msg.as_deref(), Some("gone for now"));
+    assert_eq!(d.from_peer_id.as_deref(), Some("alice"));
+
+    // A will then a clean session/close: nothing is sent.
+    let mut alice = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    alice.opened("alice", None).await;
+    alice.direct("alice", &cid, "never", true).await;
+    let r = alice
+        .request(GenericCommand {
+            peer_id: Some("alice".into()),
+            ..cmd(Cmd::Session, Some(Op::Close))
+        })
+        .await;
+    assert_eq!(op_of(&r), (Some(Cmd::Session), Some(Op::Closed)));
+    drop(alice);
+    assert_no_lc_push(&mut bob).await;
+}
+
+#[tokio::test]
+async fn limits_and_malformed_frames_close_only_their_socket() {
+    let server = leancloud_server().await;
+    let mut bystander = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    bystander.opened("bystander", None).await;
+
+    let mut big = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    within(big.ws.send(WsMessage::Binary(vec![0u8; 6000].into())))
+        .await
+        .unwrap();
+    assert_eq!(big.closed().await, Some(4109));
+
+    let mut garbage = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    within(garbage.ws.send(WsMessage::Binary(vec![0xff; 40].into())))
+        .await
+        .unwrap();
+    assert_eq!(garbage.closed().await, Some(1007));
+
+    let mut wrong_kind = Lc::connect(&server, LcProtocol::Base64V3).await;
+    within(wrong_kind.ws.send(WsMessage::Binary(vec![8, 14].into())))
+        .await
+        .unwrap();
+    assert_eq!(wrong_kind.closed().await, Some(1003));
+
+    // An unknown command with a serial is answered, and the socket stays.
+    let mut odd = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    within(odd.ws.send(WsMessage::Binary(vec![8, 99, 40, 7].into())))
+        .await
+        .unwrap();
+    let r = odd.recv().await.unwrap();
+    assert_eq!(r.i, Some(7));
+    assert_eq!(op_of(&r).0, Some(Cmd::Error));
+    odd.request(cmd(Cmd::Echo, None)).await;
+
+    assert_no_lc_push(&mut bystander).await;
+}
+
+#[tokio::test]
+async fn no_session_open_in_time_closes_with_4108() {
+    let server = TestServer::start_with(|c| {
+        c.leancloud_app_id = Some(APP_ID.into());
+        c.leancloud_master_key = Some(MASTER_KEY.into());
+        c.login_timeout_ms = 200;
+    })
+    .await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    // Echoes do not count as logging in.
+    c.request(cmd(Cmd::Echo, None)).await;
+    assert_eq!(c.closed().await, Some(4108));
+}
+
+#[tokio::test]
+async fn draining_sends_goaway_then_closes() {
+    let server = leancloud_server().await;
+    let mut c = Lc::connect(&server, LcProtocol::Base64V3).await;
+    c.opened("alice", None).await;
+    server.running().shutdown();
+    let goaway = c.recv().await.unwrap();
+    assert_eq!(op_of(&goaway).0, Some(Cmd::Goaway));
+    assert_eq!(c.closed().await, Some(1001));
+}
+
+#[tokio::test]
+async fn native_and_leancloud_clients_share_a_conversation() {
+    let server = leancloud_server().await;
+    let mut native = server.client("alice").await;
+    let mut bob = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    bob.opened("bob", None).await;
+    let team = within(native.create_group("team", &["bob"])).await.unwrap();
+    let joined = bob.push_of(Cmd::Conv, Some(Op::Joined), "bob").await;
+    assert_eq!(
+        joined.conv_message.unwrap().init_by.as_deref(),
+        Some("alice")
+    );
+
+    // A native text reaches LeanCloud as a typed text message.
+    let ack = within(native.send_text(&team.id, "hi from native"))
+        .await
+        .unwrap();
+    let d = bob
+        .push_of(Cmd::Direct, None, "bob")
+        .await
+        .direct_message
+        .unwrap();
+    let typed: serde_json::Value = serde_json::from_str(d.msg.as_deref().unwrap()).unwrap();
+    assert_eq!(typed["_lctype"], -1);
+    assert_eq!(typed["_lctext"], "hi from native");
+    assert_eq!(d.id.as_deref(), Some(ack.message_id.as_str()));
+
+    // A LeanCloud file message reaches the native client byte for byte.
+    let file = r#"{"_lctype":-6,"_lcfile":{"objId":"5f1","url":"https://files.example/a.pdf","metaData":{"size":1024}},"_lctext":"the report"}"#;
+    bob.direct("bob", &team.id, file, false).await;
+    let m = message(&mut native).await;
+    assert_eq!(m.r#type, -6);
+    assert_eq!(&m.content[..], file.as_bytes());
+    assert_eq!(m.sender, "bob");
+
+    // A native recall reaches LeanCloud as a -127 patch.
+    within(native.recall(&team.id, &ack.message_id))
+        .await
+        .unwrap();
+    let patch = bob
+        .push_of(Cmd::Patch, Some(Op::Modify), "bob")
+        .await
+        .patch_message
+        .unwrap();
+    let item = &patch.patches[0];
+    assert_eq!(item.mid.as_deref(), Some(ack.message_id.as_str()));
+    assert_eq!(item.recall, Some(true));
+    assert_eq!(item.data.as_deref(), Some(r#"{"_lctype":-127}"#));
+
+    // History from either side holds the same messages.
+    let logs = bob
+        .request(GenericCommand {
+            peer_id: Some("bob".into()),
+            logs_message: Some(lc::LogsCommand {
+                cid: Some(team.id.clone()),
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Logs, None)
+        })
+        .await
+        .logs_message
+        .unwrap()
+        .logs;
+    assert_eq!(logs.len(), 2);
+    assert_eq!(logs[1].data.as_deref(), Some(file));
+    let page = within(native.history(&team.id, 0, 10)).await.unwrap();
+    assert_eq!(page.messages.len(), 2);
+    assert!(page.messages[0].recalled);
+}
