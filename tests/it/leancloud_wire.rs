@@ -495,3 +495,71 @@ async fn native_and_leancloud_clients_share_a_conversation() {
     assert_eq!(page.messages.len(), 2);
     assert!(page.messages[0].recalled);
 }
+
+#[tokio::test]
+async fn an_expired_temporary_conversation_answers_4303_without_a_reason() {
+    let server = leancloud_server().await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("alice", None).await;
+    let r = c
+        .request(GenericCommand {
+            conv_message: Some(lc::ConvCommand {
+                m: vec!["alice".into(), "bob".into()],
+                temp_conv: Some(true),
+                temp_conv_ttl: Some(60),
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Conv, Some(Op::Start))
+        })
+        .await;
+    let started = r.conv_message.unwrap();
+    let cid = started.cid.unwrap();
+    assert!(cid.starts_with("_tmp:"));
+    assert_eq!(started.temp_conv_ttl, Some(60));
+    assert!(c.direct("alice", &cid, "hi", false).await.uid.is_some());
+
+    server.clock.advance(61_000);
+    let ack = c.direct("alice", &cid, "too late", false).await;
+    assert_eq!(ack.code, Some(4303));
+    assert_eq!(ack.reason, None, "no reason, so the SDK says TEMPORARY_CONVERSATION_EXPIRED");
+    let rows = c
+        .request(GenericCommand {
+            conv_message: Some(lc::ConvCommand {
+                temp_conv_ids: vec![cid.clone()],
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Conv, Some(Op::Query))
+        })
+        .await
+        .conv_message
+        .unwrap()
+        .results
+        .unwrap()
+        .data;
+    assert_eq!(rows, "[]", "an expired temporary conversation is simply absent");
+}
+
+#[tokio::test]
+async fn opening_pushes_the_unread_counts() {
+    let server = leancloud_server().await;
+    let mut alice = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    alice.opened("alice", None).await;
+    let cid = alice.start("alice", &["alice", "bob"]).await;
+    let first = alice.direct("alice", &cid, "one", false).await;
+    let second = alice.direct("alice", &cid, "two", false).await;
+    assert!(first.uid.is_some());
+
+    let mut bob = Lc::connect(&server, LcProtocol::Base64V3).await;
+    bob.opened("bob", None).await;
+    let unread = bob.push_of(Cmd::Unread, None, "bob").await;
+    let u = unread.unread_message.unwrap();
+    assert!(u.notif_time.is_some());
+    assert_eq!(u.convs.len(), 1);
+    let t = &u.convs[0];
+    assert_eq!(t.cid, cid);
+    assert_eq!(t.unread, 2);
+    assert_eq!(t.mid, second.uid);
+    assert_eq!(t.from.as_deref(), Some("alice"));
+    assert_eq!(t.data.as_deref(), Some("two"));
+    assert_eq!(t.conv_type, Some(1));
+}
