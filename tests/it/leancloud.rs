@@ -17,10 +17,13 @@ fn install_sdk() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let dir = sdk_dir();
-        if dir
-            .join("node_modules/leancloud-realtime/package.json")
-            .exists()
-        {
+        let installed = |pkg: &str| {
+            dir.join("node_modules")
+                .join(pkg)
+                .join("package.json")
+                .exists()
+        };
+        if installed("leancloud-realtime") && installed("leancloud-realtime-v4") {
             return;
         }
         let out = Command::new("npm")
@@ -46,8 +49,14 @@ pub async fn leancloud_server() -> TestServer {
     .await
 }
 
-/// Runs one SDK script against `server`; fails the test with its output unless it passes.
+/// Runs one SDK script against `server` with SDK 5; fails the test with its output unless it
+/// passes.
 pub async fn run_sdk(server: &TestServer, script: &str, mode: &str) -> String {
+    run_sdk_package(server, script, mode, "leancloud-realtime").await
+}
+
+/// The same with the SDK package named (`leancloud-realtime-v4` is 4.3.1, under an alias).
+pub async fn run_sdk_package(server: &TestServer, script: &str, mode: &str, sdk: &str) -> String {
     install_sdk();
     let addr = server.running().addr;
     let mut cmd = Command::new("node");
@@ -59,6 +68,7 @@ pub async fn run_sdk(server: &TestServer, script: &str, mode: &str) -> String {
             MASTER_KEY,
             mode,
         ])
+        .env("LC_SDK", sdk)
         .current_dir(sdk_dir());
     let out = within(tokio::task::spawn_blocking(move || cmd.output()))
         .await
@@ -67,7 +77,7 @@ pub async fn run_sdk(server: &TestServer, script: &str, mode: &str) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{script} ({mode}) failed:\n{stdout}{}",
+        "{script} ({mode}, {sdk}) failed:\n{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("all passed"), "{stdout}");
@@ -90,4 +100,18 @@ async fn the_leancloud_sdk_does_the_same_in_base64_mode() {
 async fn the_leancloud_sdk_recalls_edits_reads_updates_and_manages_members() {
     let server = leancloud_server().await;
     run_sdk(&server, "conversations.mjs", "binary").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leancloud_sdk_4_3_1_does_the_same() {
+    let server = leancloud_server().await;
+    run_sdk_package(&server, "basic.mjs", "binary", "leancloud-realtime-v4").await;
+    let server = leancloud_server().await;
+    run_sdk_package(
+        &server,
+        "conversations.mjs",
+        "base64",
+        "leancloud-realtime-v4",
+    )
+    .await;
 }

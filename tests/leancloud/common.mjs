@@ -5,9 +5,10 @@
 // Every wait is on an SDK event or a reply, each with a deadline.
 
 import crypto from 'node:crypto';
-import sdk from 'leancloud-realtime';
 
-export { sdk };
+// LC_SDK picks the SDK package: `leancloud-realtime` (5.0.0-rc.8) or `leancloud-realtime-v4`
+// (4.3.1, installed under that alias).
+export const sdk = (await import(process.env.LC_SDK || 'leancloud-realtime')).default;
 export const [url, server, appId, masterKey, mode] = process.argv.slice(2);
 
 const DEADLINE_MS = 15000;
