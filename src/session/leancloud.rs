@@ -330,12 +330,19 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
         ..command(Cmd::Session, Some(Op::Opened))
     };
     let mut frames = vec![wire(p, &opened)];
-    // `.3` clients get unread counts after opening; `.1` clients would get their offline
-    // messages replayed instead, which this server does not do yet: they get the counts too.
-    match unread(&app, &caller, now) {
-        Ok(Some(u)) => frames.push(wire(p, &envelope(u, &peer_id))),
-        Ok(None) => {}
-        Err(e) => tracing::error!(error = %e, user = %caller.user, "unread summary failed"),
+    // `.3` clients get unread counts after opening; `.1` clients get their unread messages.
+    let catch_up = if p.pushes_unread_counts() {
+        unread(&app, &caller, now).map(|u| u.into_iter().collect())
+    } else {
+        offline(&app, &caller)
+    };
+    match catch_up {
+        Ok(commands) => frames.extend(
+            commands
+                .into_iter()
+                .map(|c| wire(p, &envelope(c, &peer_id))),
+        ),
+        Err(e) => tracing::error!(error = %e, user = %caller.user, "catch-up after open failed"),
     }
     Some(Immediate::Reply(frames))
 }
@@ -381,6 +388,36 @@ fn unread(app: &App, caller: &Caller, now: i64) -> Result<Option<GenericCommand>
         }),
         ..command(Cmd::Unread, None)
     }))
+}
+
+/// The catch-up of `lc.protobuf2.1` clients: the unread messages of each conversation (at most
+/// `page_max` per conversation, the newest being the last), as `direct { offline: true }`,
+/// `hasMore` on all but the last one.
+fn offline(app: &App, caller: &Caller) -> Result<Vec<GenericCommand>, Error> {
+    let summary = app.registry.unread_summary(&caller.user)?;
+    let mut out = Vec::new();
+    for e in summary.entries.into_iter().filter(|e| e.unread > 0) {
+        let from = e
+            .last_seq
+            .saturating_sub(u64::from(app.config.page_max))
+            .max(e.read_seq);
+        let (messages, _) =
+            app.registry
+                .sync(caller, &e.conversation_id, from, app.config.page_max)?;
+        for m in messages {
+            let mut d = direct_of(&m);
+            d.offline = Some(true);
+            d.has_more = Some(true);
+            out.push(GenericCommand {
+                direct_message: Some(d),
+                ..command(Cmd::Direct, None)
+            });
+        }
+    }
+    if let Some(d) = out.last_mut().and_then(|c| c.direct_message.as_mut()) {
+        d.has_more = Some(false);
+    }
+    Ok(out)
 }
 
 /// Adds the per-recipient envelope of a push.
@@ -1140,30 +1177,34 @@ pub(super) fn take(actor: &mut Actor, p: LcProtocol, o: Outgoing, frames: &mut V
     frames.push(frame);
 }
 
+/// A message as a `direct` push.
+fn direct_of(m: &pb::Message) -> lc::DirectCommand {
+    let mut d = lc::DirectCommand {
+        cid: Some(m.conversation_id.clone()),
+        id: Some(m.id.clone()),
+        from_peer_id: Some(m.sender.clone()),
+        timestamp: Some(m.server_time),
+        mention_pids: m.mentions.clone(),
+        transient: m.transient.then_some(true),
+        conv_type: Some(conv_type_of(&m.conversation_id)),
+        patch_timestamp: (m.edited_at > 0 || m.recalled_at > 0)
+            .then(|| m.edited_at.max(m.recalled_at)),
+        ..Default::default()
+    };
+    match content(m) {
+        Content::Text(s) => d.msg = Some(s),
+        Content::Binary(b) => d.binary_msg = Some(b),
+    }
+    d
+}
+
 /// The recipient-independent LeanCloud form of a push, encoded (`None`: none such).
 fn push_body(push: &protocol::Push) -> Option<Bytes> {
     let c = match push.event() {
-        PushEvent::Message(_) => {
-            let m = push.message()?;
-            let mut d = lc::DirectCommand {
-                cid: Some(m.conversation_id.clone()),
-                id: Some(m.id.clone()),
-                from_peer_id: Some(m.sender.clone()),
-                timestamp: Some(m.server_time),
-                mention_pids: m.mentions.clone(),
-                transient: m.transient.then_some(true),
-                conv_type: Some(conv_type_of(&m.conversation_id)),
-                ..Default::default()
-            };
-            match content(&m) {
-                Content::Text(s) => d.msg = Some(s),
-                Content::Binary(b) => d.binary_msg = Some(b),
-            }
-            GenericCommand {
-                direct_message: Some(d),
-                ..command(Cmd::Direct, None)
-            }
-        }
+        PushEvent::Message(_) => GenericCommand {
+            direct_message: Some(direct_of(&push.message()?)),
+            ..command(Cmd::Direct, None)
+        },
         PushEvent::Other(body) => match body.as_ref() {
             pb::server_frame::Body::Receipt(r) => GenericCommand {
                 rcp_message: Some(lc::RcpCommand {

@@ -521,7 +521,10 @@ async fn an_expired_temporary_conversation_answers_4303_without_a_reason() {
     server.clock.advance(61_000);
     let ack = c.direct("alice", &cid, "too late", false).await;
     assert_eq!(ack.code, Some(4303));
-    assert_eq!(ack.reason, None, "no reason, so the SDK says TEMPORARY_CONVERSATION_EXPIRED");
+    assert_eq!(
+        ack.reason, None,
+        "no reason, so the SDK says TEMPORARY_CONVERSATION_EXPIRED"
+    );
     let rows = c
         .request(GenericCommand {
             conv_message: Some(lc::ConvCommand {
@@ -536,7 +539,10 @@ async fn an_expired_temporary_conversation_answers_4303_without_a_reason() {
         .results
         .unwrap()
         .data;
-    assert_eq!(rows, "[]", "an expired temporary conversation is simply absent");
+    assert_eq!(
+        rows, "[]",
+        "an expired temporary conversation is simply absent"
+    );
 }
 
 #[tokio::test]
@@ -562,4 +568,36 @@ async fn opening_pushes_the_unread_counts() {
     assert_eq!(t.from.as_deref(), Some("alice"));
     assert_eq!(t.data.as_deref(), Some("two"));
     assert_eq!(t.conv_type, Some(1));
+}
+
+#[tokio::test]
+async fn protocol_1_clients_get_their_offline_messages_instead_of_counts() {
+    let server = leancloud_server().await;
+    let mut alice = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    alice.opened("alice", None).await;
+    let cid = alice.start("alice", &["alice", "bob"]).await;
+    for text in ["one", "two", "three"] {
+        alice.direct("alice", &cid, text, false).await;
+    }
+    let mut bob = Lc::connect(&server, LcProtocol::ProtobufV1).await;
+    bob.opened("bob", None).await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let p = bob.push().await;
+        assert_ne!(op_of(&p).0, Some(Cmd::Unread), "{p:?}");
+        if op_of(&p).0 == Some(Cmd::Direct) {
+            let d = p.direct_message.unwrap();
+            assert_eq!(d.offline, Some(true));
+            got.push((d.msg.unwrap(), d.has_more));
+        }
+    }
+    assert_eq!(
+        got,
+        [
+            ("one".to_string(), Some(true)),
+            ("two".to_string(), Some(true)),
+            ("three".to_string(), Some(false))
+        ]
+    );
+    assert_no_lc_push(&mut bob).await;
 }
