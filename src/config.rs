@@ -163,6 +163,11 @@ impl Default for Config {
             jwt_rs256_public_key: None,
             jwt_rs256_private_key: None,
             jwt_issuer: None,
+    /// LeanCloud dialect: any client may read the metadata (name, attributes, members) of a
+    /// group and join it by itself, as LeanCloud allowed. Messages, temporary and direct
+    /// conversations stay members-only; the native protocol never exposes anything to
+    /// non-members.
+    pub leancloud_open_conversations: bool,
             jwt_audience: None,
             jwt_leeway_secs: 30,
             insecure_dev: false,
@@ -241,6 +246,7 @@ pub enum ConfigError {
 /// A loaded configuration and the environment variables it ignored.
 #[derive(Debug)]
 pub struct Loaded {
+            leancloud_open_conversations: true,
     pub config: Config,
     /// `TIDINGS_*` variables that name no field (a Kubernetes Service named `tidings`
     /// injects `TIDINGS_PORT`, for one); the caller logs them once logging is set up.

@@ -426,6 +426,49 @@ impl Registry {
         self.view_for(&cell, view, &caller.user)
     }
 
+    /// Whether `user` may see this conversation's metadata and join it without being invited:
+    /// members always; others only for groups, when `leancloud_open_conversations` is on
+    /// (LeanCloud let any client find normal conversations and `join()` them). Temporary and
+    /// direct conversations, and every message, stay members-only.
+    fn require_member_or_open(&self, st: &ConvState, user: &str) -> Result<(), Error> {
+        match st.require_member(user) {
+            Err(Error::NotAMember)
+                if self.config.leancloud_open_conversations
+                    && st.kind() == ConversationKind::Group =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// The conversation as LeanCloud's `conv/query` shows it: for members, and for anyone when
+    /// conversations are open (see [`Registry::require_member_or_open`]). With the members
+    /// (at most `member_page_max`).
+    pub fn peek(&self, caller: &Caller, id: &str) -> Result<(Conversation, Vec<String>), Error> {
+        let cell = self.cell(id)?;
+        let (view, roster, member) = {
+            let st = cell.lock();
+            self.require_member_or_open(&st, &caller.user)?;
+            (
+                st.view(&cell.id),
+                st.roster.clone(),
+                st.members.contains_key(&caller.user),
+            )
+        };
+        let members = roster
+            .iter()
+            .take(self.config.member_page_max as usize)
+            .map(|u| u.to_string())
+            .collect();
+        let view = if member {
+            self.view_for(&cell, view, &caller.user)?
+        } else {
+            view
+        };
+        Ok((view, members))
+    }
+
     fn require_not_temporary(st: &ConvState, what: &'static str) -> Result<(), Error> {
         match st.kind() {
             ConversationKind::Temporary => Err(Error::NotAllowedForKind {
@@ -453,12 +496,37 @@ impl Registry {
         id: &str,
         users: &[String],
     ) -> Result<Conversation, Error> {
+        self.add_members_or_join(caller, id, users, false).await
+    }
+
+    /// Joins a group by oneself, where conversations are open to that (LeanCloud's `join()`;
+    /// see [`Registry::require_member_or_open`]). A member joining again is a no-op.
+    pub async fn join(&self, caller: &Caller, id: &str) -> Result<Conversation, Error> {
+        self.add_members_or_join(caller, id, &[caller.user.to_string()], true)
+            .await
+    }
+
+    async fn add_members_or_join(
+        &self,
+        caller: &Caller,
+        id: &str,
+        users: &[String],
+        may_join: bool,
+    ) -> Result<Conversation, Error> {
         let cell = self.cell(id)?;
         let named = self.named_users(users, "")?;
         let permit = self.writer.reserve().await?;
         let rx = {
             let mut st = cell.lock();
-            st.require_member(&caller.user)?;
+            // Joining by oneself is allowed where the conversation is open.
+            let joining = named.len() == 1
+                && named.contains(&caller.user)
+                && !st.members.contains_key(&caller.user);
+            if joining && may_join {
+                self.require_member_or_open(&st, &caller.user)?;
+            } else {
+                st.require_member(&caller.user)?;
+            }
             Self::require_group(&st, "adding members")?;
             let new: Vec<UserId> = named
                 .into_iter()

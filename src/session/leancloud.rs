@@ -580,7 +580,10 @@ async fn handle(
         (Cmd::Conv, Some(op @ (Op::Add | Op::Remove))) => {
             let c = cmd.conv_message.unwrap_or_default();
             let id = c.cid.unwrap_or_default();
-            let result = if op == Op::Add {
+            let joining = c.m.len() == 1 && *c.m[0] == *caller.user;
+            let result = if op == Op::Add && joining {
+                reg.join(caller, &id).await
+            } else if op == Op::Add {
                 reg.add_members(caller, &id, &c.m).await
             } else {
                 reg.remove_members(caller, &id, &c.m).await
@@ -1064,7 +1067,7 @@ fn row(
     compact: bool,
     now: i64,
 ) -> Result<serde_json::Value, Error> {
-    let conv = app.registry.get(caller, id)?;
+    let (conv, members) = app.registry.peek(caller, id)?;
     let mut row = attributes_json(&conv);
     row.insert("objectId".into(), conv.id.clone().into());
     row.insert("c".into(), conv.owner.clone().into());
@@ -1082,13 +1085,6 @@ fn row(
         row.insert("mu".into(), serde_json::json!([caller.user.to_string()]));
     }
     if !compact {
-        let members = if conv.members.is_empty() {
-            app.registry
-                .list_members(caller, id, "", app.config.member_page_max)?
-                .0
-        } else {
-            conv.members.clone()
-        };
         row.insert("m".into(), members.into());
     }
     Ok(serde_json::Value::Object(row))

@@ -601,3 +601,91 @@ async fn protocol_1_clients_get_their_offline_messages_instead_of_counts() {
     );
     assert_no_lc_push(&mut bob).await;
 }
+
+async fn query_rows(c: &mut Lc, peer: &str, by_id: Option<&str>, temp: Option<&str>) -> String {
+    let conv_message = lc::ConvCommand {
+        r#where: by_id.map(|id| lc::JsonObjectMessage {
+            data: serde_json::json!({ "objectId": id }).to_string(),
+        }),
+        temp_conv_ids: temp.into_iter().map(Into::into).collect(),
+        ..Default::default()
+    };
+    c.request(GenericCommand {
+        peer_id: Some(peer.into()),
+        conv_message: Some(conv_message),
+        ..cmd(Cmd::Conv, Some(Op::Query))
+    })
+    .await
+    .conv_message
+    .unwrap()
+    .results
+    .unwrap()
+    .data
+}
+
+#[tokio::test]
+async fn open_groups_show_metadata_to_leancloud_clients_only() {
+    for open in [true, false] {
+        let server = TestServer::start_with(|c| {
+            c.leancloud_app_id = Some(APP_ID.into());
+            c.leancloud_master_key = Some(MASTER_KEY.into());
+            c.leancloud_open_conversations = open;
+        })
+        .await;
+        let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+        c.opened("alice", None).await;
+        c.opened("carol", None).await;
+        let group = c.start("alice", &["alice", "bob"]).await;
+        let temp = c
+            .request(GenericCommand {
+                peer_id: Some("alice".into()),
+                conv_message: Some(lc::ConvCommand {
+                    m: vec!["alice".into(), "bob".into()],
+                    temp_conv: Some(true),
+                    ..Default::default()
+                }),
+                ..cmd(Cmd::Conv, Some(Op::Start))
+            })
+            .await
+            .conv_message
+            .unwrap()
+            .cid
+            .unwrap();
+
+        let rows: serde_json::Value =
+            serde_json::from_str(&query_rows(&mut c, "carol", Some(&group), None).await).unwrap();
+        if open {
+            assert_eq!(rows[0]["objectId"], group);
+            assert_eq!(rows[0]["m"], serde_json::json!(["alice", "bob"]));
+        } else {
+            assert_eq!(rows, serde_json::json!([]));
+        }
+        // Temporary conversations and messages never.
+        assert_eq!(query_rows(&mut c, "carol", None, Some(&temp)).await, "[]");
+        let logs = c
+            .request(GenericCommand {
+                peer_id: Some("carol".into()),
+                logs_message: Some(lc::LogsCommand {
+                    cid: Some(group.clone()),
+                    ..Default::default()
+                }),
+                ..cmd(Cmd::Logs, None)
+            })
+            .await;
+        assert!(logs.error_message.is_some(), "{logs:?}");
+        // The native protocol shows non-members nothing, whatever the setting.
+        let native = server.client("carol").await;
+        let err = within(native.get_conversation(&group)).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(tidings::protocol::pb::ErrorCode::ErrorNotAMember)
+        );
+        let err = within(native.add_members(&group, &["carol"]))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(tidings::protocol::pb::ErrorCode::ErrorNotAMember)
+        );
+    }
+}

@@ -60,8 +60,24 @@ async function main() {
   await info;
   equal(bobConv.name, 'renamed', 'a rename reaches the other member');
   equal(bobConv.get('topic'), { lang: 'rust' }, 'and the new attribute');
-  const refetched = await within(carol.getConversation(conv.id), 'carol looks');
-  equal(refetched, null, 'a non-member does not see the conversation');
+  // Groups are open (leancloud_open_conversations): a non-member finds the metadata but
+  // neither reads nor sends.
+  const seen = await within(carol.getConversation(conv.id), 'carol looks');
+  equal(seen && seen.name, 'renamed', 'a non-member finds a group and its name');
+  let unread = null;
+  try {
+    await seen.queryMessages({ limit: 1 });
+  } catch (e) {
+    unread = e;
+  }
+  check(unread !== null, 'but cannot read its messages');
+  let unsent = null;
+  try {
+    await seen.send(new TextMessage('let me in'));
+  } catch (e) {
+    unsent = e;
+  }
+  equal(unsent && unsent.code, 4401, 'nor send to it (INVALID_MESSAGING_TARGET)');
 
   // Muting is per user.
   await within(conv.mute(), 'alice mutes');
@@ -85,6 +101,15 @@ async function main() {
   check(true, 'the removed member is told');
   const failed = await within(bobConv.remove(['alice']), 'bob tries to remove alice');
   check(failed.failures.length === 1, 'a member who may not remove gets a failure for each id');
+
+  // Anyone may join an open group by themselves.
+  const bobSeesCarolAgain = next(bobConv, Event.MEMBERS_JOINED, 'bob sees carol join by herself');
+  const carolConv = await within(carol.getConversation(conv.id), 'carol finds it again');
+  await within(carolConv.join(), 'carol joins');
+  await bobSeesCarolAgain;
+  check(carolConv.members.includes('carol'), 'joining makes her a member');
+  await within(carolConv.send(new TextMessage('hi all')), 'carol sends');
+  check(true, 'and she may send');
 
   await within(alice.close(), 'alice closes');
   await within(bob.close(), 'bob closes');
