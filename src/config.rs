@@ -168,6 +168,9 @@ impl Default for Config {
     /// conversations stay members-only; the native protocol never exposes anything to
     /// non-members.
     pub leancloud_open_conversations: bool,
+    /// LeanCloud dialect: most conversations one `conv/query` looks at (the ids it names, or
+    /// the conversations of the member it requires, or the caller's own).
+    pub leancloud_query_scan_max: usize,
             jwt_audience: None,
             jwt_leeway_secs: 30,
             insecure_dev: false,
@@ -247,6 +250,7 @@ pub enum ConfigError {
 #[derive(Debug)]
 pub struct Loaded {
             leancloud_open_conversations: true,
+            leancloud_query_scan_max: 1000,
     pub config: Config,
     /// `TIDINGS_*` variables that name no field (a Kubernetes Service named `tidings`
     /// injects `TIDINGS_PORT`, for one); the caller logs them once logging is set up.

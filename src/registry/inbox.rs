@@ -205,6 +205,18 @@ impl Registry {
         Ok(self.store.read_seq(user, num)?)
     }
 
+    /// The ids of the conversations `user` is a member of, at most `max`, in the order the
+    /// store keeps them (LeanCloud's `conv/query` scans them; it checks what the asker may see).
+    pub fn conversation_ids_of(&self, user: &str, max: usize) -> Result<Vec<String>, Error> {
+        Ok(self
+            .store
+            .user_conversations(user)?
+            .into_iter()
+            .take(max)
+            .map(|(num, _)| conversation_id(num))
+            .collect())
+    }
+
     /// Whether an entry is in the user's list: not removed, or a message came after removal.
     fn listed(rec: &UserConversationRecord, last_seq: u64) -> bool {
         !rec.hidden || last_seq > rec.hidden_seq

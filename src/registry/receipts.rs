@@ -77,6 +77,46 @@ impl Registry {
         Ok(())
     }
 
+    /// How far the other members have received and read: for each (at most `member_page_max`,
+    /// by user id), the times of the newest message they received and read (0: none). For
+    /// members only; what LeanCloud's `conv/max_read` answers.
+    pub fn receipt_times(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<Vec<(String, i64, i64)>, Error> {
+        let cell = self.cell(id)?;
+        let positions = {
+            let mut st = cell.lock();
+            st.require_member(&caller.user)?;
+            let roster = st.roster.clone();
+            let mut out = Vec::new();
+            for u in roster
+                .iter()
+                .filter(|u| **u != caller.user)
+                .take(self.config.member_page_max as usize)
+            {
+                let read = self.read_seq(&mut st, cell.num, u)?;
+                let delivered = self.entry(&mut st, cell.num, u)?.delivered_seq.max(read);
+                out.push((u.to_string(), delivered, read));
+            }
+            out
+        };
+        let time = |seq: u64| -> Result<i64, Error> {
+            Ok(match seq {
+                0 => 0,
+                s => self
+                    .store
+                    .message(cell.num, s)?
+                    .map_or(0, |m| m.server_time),
+            })
+        };
+        positions
+            .into_iter()
+            .map(|(u, d, r)| Ok((u, time(d)?, time(r)?)))
+            .collect()
+    }
+
     /// Records that a device of the caller received everything up to `seq`.
     pub async fn ack_delivered(&self, caller: &Caller, id: &str, seq: u64) -> Result<(), Error> {
         let cell = self.cell(id)?;

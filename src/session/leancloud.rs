@@ -231,7 +231,12 @@ fn on_session_command(
             let conv = d.cid.clone().unwrap_or_default();
             let req = send_request(d);
             let peer = &mut actor.peers[at];
-            let result = actor.app.registry.check_will(&peer.caller, &conv, &req);
+            // One will per client: the caps apply to it alone.
+            let result = actor
+                .app
+                .registry
+                .check_will(&peer.caller, &conv, &req)
+                .and_then(|()| super::will_fits(&actor.app.config, &BTreeMap::new(), &conv, &req));
             let ack = match result {
                 Ok(()) => {
                     peer.wills.clear();
@@ -649,6 +654,35 @@ async fn handle(
         (Cmd::Patch, Some(Op::Modify)) => {
             patch(app, caller, cmd.patch_message.unwrap_or_default()).await
         }
+        (Cmd::Conv, Some(Op::MaxRead)) => {
+            let c = cmd.conv_message.unwrap_or_default();
+            reg.receipt_times(caller, c.cid.as_deref().unwrap_or_default())
+                .map(|times| {
+                    let max_ack = times.iter().map(|t| t.1).max().unwrap_or(0);
+                    let max_read = times.iter().map(|t| t.2).max().unwrap_or(0);
+                    let tuples = if c.query_all_members == Some(true) {
+                        times
+                            .into_iter()
+                            .map(|(pid, ack, read)| lc::MaxReadTuple {
+                                pid: Some(pid),
+                                max_ack_timestamp: Some(ack),
+                                max_read_timestamp: Some(read),
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    GenericCommand {
+                        conv_message: Some(lc::ConvCommand {
+                            max_ack_timestamp: Some(max_ack),
+                            max_read_timestamp: Some(max_read),
+                            max_read_tuples: tuples,
+                            ..Default::default()
+                        }),
+                        ..command(Cmd::Conv, Some(Op::MaxRead))
+                    }
+                })
+        }
         (Cmd::Conv, Some(Op::Count)) => {
             let c = cmd.conv_message.unwrap_or_default();
             reg.count_members(caller, c.cid.as_deref().unwrap_or_default())
@@ -1012,42 +1046,58 @@ async fn patch(app: &App, caller: &Caller, p: lc::PatchCommand) -> Result<Generi
     })
 }
 
-/// `conv/query` by `objectId` (equal or `$in`) or `tempConvIds`: the conversations the caller
-/// is a member of, as `_Conversation` rows. Other conditions are refused, not guessed at.
+/// `conv/query`: `tempConvIds` (temporary conversations of which the caller is a member), or a
+/// `where` condition with sort, skip, limit and flag, evaluated over candidate rows: the ids
+/// the condition pins (`objectId`), else the conversations of a member it requires (`m`),
+/// else the caller's own conversations, at most `leancloud_query_scan_max` of them. Rows the
+/// caller may not see (see [`crate::registry::Registry::peek`]) are never candidates.
 fn query(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<GenericCommand, Error> {
-    let mut ids: Vec<String> = c.temp_conv_ids.clone();
-    if let Some(w) = &c.r#where {
-        let v: serde_json::Value = serde_json::from_str(&w.data)
-            .map_err(|e| Error::InvalidArgument(format!("where is not JSON: {e}")))?;
-        match v.get("objectId") {
-            Some(serde_json::Value::String(id)) => ids.push(id.clone()),
-            Some(serde_json::Value::Object(o)) if o.len() == 1 && o.contains_key("$in") => {
-                for id in o["$in"].as_array().into_iter().flatten() {
-                    if let Some(id) = id.as_str() {
-                        ids.push(id.to_owned());
-                    }
-                }
-            }
-            _ if v.as_object().is_some_and(|o| o.is_empty()) => {}
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "this server answers conv/query by objectId only, not {}",
-                    w.data
-                )));
-            }
-        }
-    }
-    let compact = c.flag.unwrap_or(0) & 1 != 0;
+    use crate::leancloud::query::Query;
     let now = app.clock.now_ms();
-    let mut rows = Vec::new();
-    for id in ids.iter().take(app.config.member_page_max as usize) {
-        match row(app, caller, id, compact, now) {
-            Ok(r) => rows.push(r),
-            // What the caller may not see, or what is gone, is simply not in the result.
-            Err(Error::ConversationNotFound | Error::ConversationExpired | Error::NotAMember) => {}
-            Err(e) => return Err(e),
+    let scan_max = app.config.leancloud_query_scan_max;
+    let rows: Vec<serde_json::Value> = if !c.temp_conv_ids.is_empty() && c.r#where.is_none() {
+        let compact = c.flag.unwrap_or(0) & crate::leancloud::query::FLAG_COMPACT != 0;
+        let mut rows = Vec::new();
+        for id in c.temp_conv_ids.iter().take(scan_max) {
+            if let Some(mut r) = visible_row(app, caller, id, now)? {
+                if compact {
+                    r.remove("m");
+                }
+                rows.push(serde_json::Value::Object(r));
+            }
         }
-    }
+        rows
+    } else {
+        let q = Query::parse(
+            c.r#where.as_ref().map(|w| w.data.as_str()),
+            c.sort.as_deref(),
+            c.skip,
+            c.limit,
+        )
+        .map_err(|e| Error::InvalidArgument(format!("conv/query: {e}")))?
+        .with_flag(c.flag);
+        let candidates = match (q.object_ids(), q.required_members()) {
+            (Some(ids), _) => ids,
+            (None, Some(members)) => {
+                let anchor = members
+                    .iter()
+                    .find(|m| **m == *caller.user)
+                    .unwrap_or(&members[0]);
+                app.registry.conversation_ids_of(anchor, scan_max)?
+            }
+            (None, None) => app.registry.conversation_ids_of(&caller.user, scan_max)?,
+        };
+        let mut rows = Vec::new();
+        for id in candidates.iter().take(scan_max) {
+            if let Some(r) = visible_row(app, caller, id, now)? {
+                rows.push(r);
+            }
+        }
+        q.apply(rows)
+            .into_iter()
+            .map(serde_json::Value::Object)
+            .collect()
+    };
     Ok(GenericCommand {
         conv_message: Some(lc::ConvCommand {
             results: Some(lc::JsonObjectMessage {
@@ -1059,14 +1109,29 @@ fn query(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<GenericComman
     })
 }
 
+/// The row of a conversation the caller may see; `None` for what is gone or not visible.
+fn visible_row(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+    now: i64,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, Error> {
+    match row(app, caller, id, now) {
+        Ok(r) => Ok(Some(r)),
+        Err(Error::ConversationNotFound | Error::ConversationExpired | Error::NotAMember) => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// One conversation as a LeanCloud `_Conversation` row.
 fn row(
     app: &App,
     caller: &Caller,
     id: &str,
-    compact: bool,
     now: i64,
-) -> Result<serde_json::Value, Error> {
+) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
     let (conv, members) = app.registry.peek(caller, id)?;
     let mut row = attributes_json(&conv);
     row.insert("objectId".into(), conv.id.clone().into());
@@ -1084,10 +1149,8 @@ fn row(
     if conv.muted {
         row.insert("mu".into(), serde_json::json!([caller.user.to_string()]));
     }
-    if !compact {
-        row.insert("m".into(), members.into());
-    }
-    Ok(serde_json::Value::Object(row))
+    row.insert("m".into(), members.into());
+    Ok(row)
 }
 
 /// Milliseconds since the epoch as the ISO-8601 UTC string LeanCloud rows carry.

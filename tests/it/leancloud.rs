@@ -115,3 +115,9 @@ async fn the_leancloud_sdk_4_3_1_does_the_same() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leancloud_sdk_queries_conversations_with_its_conditions() {
+    let server = leancloud_server().await;
+    run_sdk(&server, "query.mjs", "binary").await;
+}

@@ -29,6 +29,12 @@ async function main() {
   await read;
   check(conv.lastReadAt instanceof Date, 'a read receipt reaches the sender');
   equal(bobConv.unreadMessagesCount, 0, 'reading clears the unread count');
+  // Bob's side learns alice's positions only by asking (conv/max_read): a sender has read
+  // what it sent.
+  check(bobConv.lastReadAt === undefined, 'bob has not been told when alice read');
+  await within(bobConv.fetchReceiptTimestamps(), 'max_read');
+  equal(bobConv.lastReadAt && bobConv.lastReadAt.getTime(), sent.timestamp.getTime(), 'max_read answers when the peer read up to');
+  check(bobConv.lastDeliveredAt instanceof Date, 'and when it received up to');
 
   // Modify and recall reach the other member.
   const updated = next(bob, Event.MESSAGE_UPDATE, 'bob sees the edit');
