@@ -171,6 +171,8 @@ impl Default for Config {
     /// LeanCloud dialect: most conversations one `conv/query` looks at (the ids it names, or
     /// the conversations of the member it requires, or the caller's own).
     pub leancloud_query_scan_max: usize,
+    /// LeanCloud dialect: most clients (`peerId`s) one socket may have open at once.
+    pub leancloud_max_clients_per_socket: usize,
             jwt_audience: None,
             jwt_leeway_secs: 30,
             insecure_dev: false,
@@ -251,6 +253,7 @@ pub enum ConfigError {
 pub struct Loaded {
             leancloud_open_conversations: true,
             leancloud_query_scan_max: 1000,
+            leancloud_max_clients_per_socket: 16,
     pub config: Config,
     /// `TIDINGS_*` variables that name no field (a Kubernetes Service named `tidings`
     /// injects `TIDINGS_PORT`, for one); the caller logs them once logging is set up.

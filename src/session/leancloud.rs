@@ -319,6 +319,8 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
     if let Some(at) = peer_index(actor, Some(&peer_id)) {
         let old = actor.peers.remove(at);
         release(&app, old);
+    } else if actor.peers.len() >= app.config.leancloud_max_clients_per_socket {
+        return fail(ErrorCode::AppQuotaExceeded);
     }
     let device = tag.map(Arc::<str>::from);
     let caller = actor.open_peer(UserId::from(peer_id.as_str()), device.clone(), true);

@@ -689,3 +689,27 @@ async fn open_groups_show_metadata_to_leancloud_clients_only() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_socket_holds_at_most_leancloud_max_clients_per_socket_clients() {
+    let server = TestServer::start_with(|c| {
+        c.leancloud_app_id = Some(APP_ID.into());
+        c.leancloud_master_key = Some(MASTER_KEY.into());
+        c.leancloud_max_clients_per_socket = 3;
+    })
+    .await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    for peer in ["a", "b", "c"] {
+        c.opened(peer, None).await;
+    }
+    let r = c.open("d", None).await;
+    assert_eq!(r.session_message.unwrap().code, Some(4113));
+    // Reopening one already open is not a new client; closing one makes room.
+    c.opened("a", None).await;
+    c.request(GenericCommand {
+        peer_id: Some("b".into()),
+        ..cmd(Cmd::Session, Some(Op::Close))
+    })
+    .await;
+    c.opened("d", None).await;
+}
