@@ -182,7 +182,7 @@ fn on_session_command(
     let i = cmd.i;
     match (kind, op) {
         (Cmd::Session, Some(Op::Close)) => {
-            let peer = actor.peers.remove(at);
+            let peer = remove_peer(actor, at);
             release(&actor.app, peer);
             reply(GenericCommand {
                 i,
@@ -264,6 +264,18 @@ fn on_session_command(
             None
         }
     }
+}
+
+/// Takes a client off the socket. A socket left without clients must open one within the idle
+/// timeout (checked when the loop's timer next fires, at most a ping interval later), or it
+/// closes: answering pings alone does not keep it.
+fn remove_peer(actor: &mut Actor, at: usize) -> Peer {
+    let peer = actor.peers.remove(at);
+    if actor.peers.is_empty() {
+        let idle = std::time::Duration::from_millis(actor.app.config.idle_timeout_ms);
+        actor.login_by = Some(tokio::time::Instant::now() + idle);
+    }
+    peer
 }
 
 /// Takes a session out of the hub (a clean close: its will is dropped).
@@ -1192,7 +1204,7 @@ pub(super) fn take(actor: &mut Actor, p: LcProtocol, o: Outgoing, frames: &mut V
     };
     if matches!(o.push.event(), PushEvent::Replaced) {
         // Another login with the same device tag: this client is closed, the socket stays.
-        let peer = actor.peers.remove(at);
+        let peer = remove_peer(actor, at);
         let peer_id = peer.caller.user.to_string();
         release(&actor.app, peer);
         let code = ErrorCode::SessionConflict;

@@ -713,3 +713,23 @@ async fn a_socket_holds_at_most_leancloud_max_clients_per_socket_clients() {
     .await;
     c.opened("d", None).await;
 }
+
+#[tokio::test]
+async fn a_socket_whose_clients_all_closed_does_not_live_on() {
+    let server = TestServer::start_with(|c| {
+        c.leancloud_app_id = Some(APP_ID.into());
+        c.leancloud_master_key = Some(MASTER_KEY.into());
+        c.ping_interval_ms = 100;
+        c.idle_timeout_ms = 400;
+    })
+    .await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("alice", None).await;
+    c.request(GenericCommand {
+        peer_id: Some("alice".into()),
+        ..cmd(Cmd::Session, Some(Op::Close))
+    })
+    .await;
+    // tungstenite answers the server's pings while this reads, so only the rule above ends it.
+    assert_eq!(c.closed().await, Some(4108));
+}
