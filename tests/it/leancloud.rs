@@ -56,7 +56,12 @@ pub async fn run_sdk(server: &TestServer, script: &str, mode: &str) -> String {
 }
 
 /// The same with the SDK package named (`leancloud-realtime-v4` is 4.3.1, under an alias).
+///
+/// A script may ask for the server's clock to move: it prints `@@ advance <ms>` and waits for
+/// `ok` on its standard input, which comes once the clock has moved.
 pub async fn run_sdk_package(server: &TestServer, script: &str, mode: &str, sdk: &str) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::Stdio;
     install_sdk();
     let addr = server.running().addr;
     let mut cmd = Command::new("node");
@@ -69,17 +74,38 @@ pub async fn run_sdk_package(server: &TestServer, script: &str, mode: &str, sdk:
             mode,
         ])
         .env("LC_SDK", sdk)
-        .current_dir(sdk_dir());
-    let out = within(tokio::task::spawn_blocking(move || cmd.output()))
-        .await
-        .unwrap()
-        .expect("node must be installed to run the LeanCloud SDK tests");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{script} ({mode}, {sdk}) failed:\n{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .current_dir(sdk_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let clock = server.clock.clone();
+    let (ok, stdout, stderr) = within(tokio::task::spawn_blocking(move || {
+        let mut child = cmd
+            .spawn()
+            .expect("node must be installed to run the LeanCloud SDK tests");
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let errors = std::thread::spawn(move || {
+            let mut e = String::new();
+            let _ = stderr.read_to_string(&mut e);
+            e
+        });
+        let mut out = String::new();
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            if let Some(ms) = line.strip_prefix("@@ advance ") {
+                clock.advance(ms.trim().parse().expect("@@ advance <ms>"));
+                writeln!(stdin, "ok").unwrap();
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+        let status = child.wait().unwrap();
+        (status.success(), out, errors.join().unwrap_or_default())
+    }))
+    .await
+    .unwrap();
+    assert!(ok, "{script} ({mode}, {sdk}) failed:\n{stdout}{stderr}");
     assert!(stdout.contains("all passed"), "{stdout}");
     stdout
 }
@@ -120,4 +146,10 @@ async fn the_leancloud_sdk_4_3_1_does_the_same() {
 async fn the_leancloud_sdk_queries_conversations_with_its_conditions() {
     let server = leancloud_server().await;
     run_sdk(&server, "query.mjs", "binary").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leancloud_sdk_sees_a_temporary_conversation_expire() {
+    let server = leancloud_server().await;
+    run_sdk(&server, "expire.mjs", "binary").await;
 }

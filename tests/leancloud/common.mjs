@@ -5,6 +5,7 @@
 // Every wait is on an SDK event or a reply, each with a deadline.
 
 import crypto from 'node:crypto';
+import readline from 'node:readline';
 
 // LC_SDK picks the SDK package: `leancloud-realtime` (5.0.0-rc.8) or `leancloud-realtime-v4`
 // (4.3.1, installed under that alias).
@@ -75,4 +76,13 @@ export function run(main) {
       process.exit(1);
     },
   );
+}
+
+const answers = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+
+/** Asks the test driving this script to move the server's clock by `ms`. */
+export async function advanceServerClock(ms) {
+  console.log(`@@ advance ${ms}`);
+  const { value } = await within(answers.next(), 'the server clock moves');
+  if (value !== 'ok') throw new Error(`clock: unexpected answer ${value}`);
 }
