@@ -6,6 +6,7 @@
 //! storage; mapping commands onto the registry is a separate layer.
 
 pub mod codec;
+pub mod query;
 pub mod sign;
 
 /// Types generated from `proto/leancloud/messages2.proto` (package `push_server.messages2`).
