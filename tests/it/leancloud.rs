@@ -13,7 +13,7 @@ fn sdk_dir() -> PathBuf {
 }
 
 /// Installs the SDK from the lock file once (`npm ci`), if it is not there yet.
-fn install_sdk() {
+pub fn install_sdk() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let dir = sdk_dir();
@@ -23,7 +23,10 @@ fn install_sdk() {
                 .join("package.json")
                 .exists()
         };
-        if installed("leancloud-realtime") && installed("leancloud-realtime-v4") {
+        if installed("leancloud-realtime")
+            && installed("leancloud-realtime-v4")
+            && installed("playwright-core")
+        {
             return;
         }
         let out = Command::new("npm")
