@@ -1,9 +1,10 @@
 //! Load generator for tidings: scenarios over the real protocol, HDR latency histograms,
 //! server CPU and memory from /proc, worker processes past one process's descriptor limit,
-//! a reference broadcaster, and the whole suite.
+//! a reference broadcaster, and the whole suite; native or LeanCloud dialect.
 
 pub mod cli;
 pub mod hist;
+pub mod lc;
 pub mod live;
 pub mod params;
 pub mod procstat;

@@ -33,6 +33,28 @@ impl Scenario {
     }
 }
 
+/// Which of the server's protocols the generator speaks.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    /// tidings' own protocol (`tidings.v1`): JWT login, `SendMessage`, `Message` pushes.
+    #[default]
+    Native,
+    /// The LeanCloud-compatible dialect (`lc.protobuf2.3`, or `lc.proto2base64.3` with
+    /// `--lc-base64`): signed `session/open`, `conv/start`, `direct`/`ack`, `direct` pushes.
+    /// idle, chat, fanout and storm only.
+    Leancloud,
+}
+
+impl Dialect {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Native => "native",
+            Dialect::Leancloud => "leancloud",
+        }
+    }
+}
+
 /// Knobs shared by every scenario. Every run is bounded: by `--duration-secs` (and
 /// `--count`), plus `--drain-secs` for deliveries still in flight, plus `--setup-secs`.
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
@@ -44,6 +66,24 @@ pub struct Params {
     /// (servers in `--insecure-dev` mode, and the reference server).
     #[arg(long, env = "TIDINGS_JWT_HS256_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// Protocol to speak: native, or leancloud (idle, chat, fanout, storm; the server needs
+    /// `leancloud_app_id` and `leancloud_master_key`).
+    #[arg(long, value_enum, default_value_t = Dialect::Native)]
+    #[serde(default)]
+    pub dialect: Dialect,
+    /// leancloud: base64 text frames (`lc.proto2base64.3`) instead of binary (`lc.protobuf2.3`).
+    #[arg(long)]
+    #[serde(default)]
+    pub lc_base64: bool,
+    /// leancloud: the app id sessions open with (the server's `leancloud_app_id`).
+    #[arg(long, env = "TIDINGS_LEANCLOUD_APP_ID", default_value = "tidings-load")]
+    #[serde(default = "default_lc_app_id")]
+    pub lc_app_id: String,
+    /// leancloud: the server's `leancloud_master_key`, to sign each `session/open` as an app
+    /// backend would. Without it no signature is sent (servers in `insecure_dev` mode).
+    #[arg(long, env = "TIDINGS_LEANCLOUD_MASTER_KEY", hide_env_values = true)]
+    #[serde(default)]
+    pub lc_master_key: Option<String>,
     /// Pid of the server, to report its CPU time and memory.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -120,6 +160,10 @@ pub struct Params {
     /// Prefix of user ids (default: unique per run, so runs on one store do not collide).
     #[arg(long)]
     pub run_id: Option<String>,
+}
+
+fn default_lc_app_id() -> String {
+    "tidings-load".into()
 }
 
 /// Limits that set the exit code.

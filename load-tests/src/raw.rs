@@ -2,6 +2,10 @@
 //! (closed loop or on a fixed schedule) and reads its acks and pushes, without the typed
 //! client's per-request bookkeeping. Content carries the intended send time, so delivery
 //! latency is measured from when the message should have left (no coordinated omission).
+//!
+//! The loop ([`drive_with`]) is generic over a [`Codec`], the dialect's framing of a send and
+//! reading of what comes back: [`Native`] here, the LeanCloud one in [`crate::lc`]. Each is
+//! monomorphized, so the native loop does exactly the work it did before there were two.
 
 use crate::hist::Lat;
 use crate::live::Live;
@@ -19,7 +23,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Wall-clock nanoseconds (comparable across processes on one machine).
 pub fn now_ns() -> u64 {
@@ -247,12 +251,86 @@ fn content(stamp_ns: u64, size: usize) -> Bytes {
     b.freeze()
 }
 
-/// Drives one logged-in connection until its plan is done or the run's hard stop.
+/// What a received frame is to a sending or receiving connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// A message pushed to this connection, with the send time its content carries (if it
+    /// carries one).
+    Delivered(Option<u64>),
+    /// The ack of the send with this request id.
+    Acked(u64),
+    /// An error answering the request with this id.
+    Failed(u64),
+    /// Anything else (other pushes, replies to nothing in flight, undecodable frames).
+    Other,
+}
+
+/// A dialect's hot path: how a send is framed, and what a received frame means.
+pub trait Codec: Send + 'static {
+    /// The next send to `conv`, its content stamped with `stamp_ns` and `size` long (or the
+    /// dialect's minimum): its request id and frame.
+    fn send(&mut self, conv: &str, stamp_ns: u64, size: usize) -> (u64, WsMessage);
+    /// What a received data frame is.
+    fn seen(&self, m: &WsMessage) -> Seen;
+}
+
+/// tidings' own protocol: `SendMessage` (type 1, the stamp in the first 8 content bytes),
+/// `SendAck`, `Error`, `Message` pushes (id 0).
+pub struct Native {
+    next_id: u64,
+}
+
+impl Codec for Native {
+    #[inline]
+    fn send(&mut self, conv: &str, stamp_ns: u64, size: usize) -> (u64, WsMessage) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame = protocol::encode(&ClientFrame {
+            id,
+            body: Some(Req::SendMessage(pb::SendMessage {
+                conversation_id: conv.to_owned(),
+                r#type: 1,
+                content: content(stamp_ns, size),
+                ..Default::default()
+            })),
+        });
+        (id, WsMessage::Binary(frame))
+    }
+
+    #[inline]
+    fn seen(&self, m: &WsMessage) -> Seen {
+        let WsMessage::Binary(b) = m else {
+            return Seen::Other;
+        };
+        let Ok(f) = protocol::decode_server(b) else {
+            return Seen::Other;
+        };
+        match f.body {
+            Some(Rep::Message(m)) if f.id == 0 => Seen::Delivered(
+                (m.content.len() >= 8)
+                    .then(|| u64::from_le_bytes(m.content[..8].try_into().unwrap())),
+            ),
+            Some(Rep::SendAck(_)) => Seen::Acked(f.id),
+            Some(Rep::Error(_)) => Seen::Failed(f.id),
+            _ => Seen::Other,
+        }
+    }
+}
+
+/// Drives one logged-in native connection until its plan is done or the run's hard stop.
 pub async fn drive(raw: Raw, plan: Plan, run: Arc<Run>) -> ConnStats {
-    let Raw {
-        mut ws,
-        mut next_id,
-    } = raw;
+    let Raw { ws, next_id } = raw;
+    drive_with(ws, Native { next_id }, plan, run).await
+}
+
+/// Drives one logged-in connection of any dialect until its plan is done or the run's hard
+/// stop.
+pub async fn drive_with<C: Codec>(
+    mut ws: Ws,
+    mut codec: C,
+    plan: Plan,
+    run: Arc<Run>,
+) -> ConnStats {
     let mut st = ConnStats::default();
     let mut inflight: HashMap<u64, u64> = HashMap::new();
     let mut sending = plan.send.is_some();
@@ -308,18 +386,8 @@ pub async fn drive(raw: Raw, plan: Plan, run: Arc<Run>) -> ConnStats {
                         run.go_ns + (at - run.go).as_nanos() as u64
                     }
                 };
-                let id = next_id;
-                next_id += 1;
-                let frame = protocol::encode(&ClientFrame {
-                    id,
-                    body: Some(Req::SendMessage(pb::SendMessage {
-                        conversation_id: conv.clone(),
-                        r#type: 1,
-                        content: content(stamp, run.message_bytes),
-                        ..Default::default()
-                    })),
-                });
-                if ws.feed(WsMessage::Binary(frame)).await.is_err() {
+                let (id, frame) = codec.send(conv, stamp, run.message_bytes);
+                if ws.feed(frame).await.is_err() {
                     sending = false;
                     break;
                 }
@@ -352,27 +420,26 @@ pub async fn drive(raw: Raw, plan: Plan, run: Arc<Run>) -> ConnStats {
             _ = tokio::time::sleep_until(wake.into()) => {}
             _ = all_sent.changed(), if !all_sent_now => {}
             m = ws.next() => {
-                let b = match m {
-                    Some(Ok(WsMessage::Binary(b))) => b,
+                let m = match m {
                     Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => break,
-                    Some(Ok(_)) => continue,
+                    Some(Ok(m)) => m,
                 };
-                let Ok(f) = protocol::decode_server(&b) else { continue };
+                let seen = codec.seen(&m);
+                if seen == Seen::Other {
+                    continue;
+                }
                 let t = now_ns();
-                match f.body {
-                    Some(Rep::Message(m)) if f.id == 0 => {
+                match seen {
+                    Seen::Delivered(stamp) => {
                         st.delivered += 1;
                         st.last_delivery_ns = t;
                         run.live.delivered.fetch_add(1, Ordering::Relaxed);
-                        if m.content.len() >= 8 {
-                            let stamp = u64::from_le_bytes(m.content[..8].try_into().unwrap());
-                            if stamp >= warm {
-                                st.delivered_lat.record_ns(t.saturating_sub(stamp));
-                            }
+                        if let Some(stamp) = stamp.filter(|s| *s >= warm) {
+                            st.delivered_lat.record_ns(t.saturating_sub(stamp));
                         }
                     }
-                    Some(Rep::SendAck(_)) => {
-                        if let Some(stamp) = inflight.remove(&f.id) {
+                    Seen::Acked(id) => {
+                        if let Some(stamp) = inflight.remove(&id) {
                             st.acked += 1;
                             st.last_ack_ns = t;
                             run.live.acked.fetch_add(1, Ordering::Relaxed);
@@ -381,7 +448,7 @@ pub async fn drive(raw: Raw, plan: Plan, run: Arc<Run>) -> ConnStats {
                             }
                         }
                     }
-                    Some(Rep::Error(_)) if inflight.remove(&f.id).is_some() => {
+                    Seen::Failed(id) if inflight.remove(&id).is_some() => {
                         st.failed += 1;
                         run.live.errors.fetch_add(1, Ordering::Relaxed);
                     }

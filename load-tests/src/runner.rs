@@ -3,7 +3,7 @@
 
 use crate::hist::Summary;
 use crate::live::{Live, Progress};
-use crate::params::{Params, Scenario, Thresholds, connections};
+use crate::params::{Dialect, Params, Scenario, Thresholds, connections};
 use crate::procstat::{Monitor, Sample};
 use crate::scenario::{self, CONNECT, DELIVERED, Gate, PAGE, ShardResult};
 use serde::{Deserialize, Serialize};
@@ -128,6 +128,15 @@ pub async fn run(
         "load runs target loopback only (ws://127.0.0.1:PORT/...), got {}",
         params.url
     );
+    anyhow::ensure!(
+        params.dialect == Dialect::Native
+            || matches!(
+                scenario,
+                Scenario::Idle | Scenario::Chat | Scenario::Fanout | Scenario::Storm
+            ),
+        "{} runs over the native dialect only (--dialect leancloud: idle, chat, fanout, storm)",
+        scenario.name()
+    );
     if params.run_id.is_none() {
         params.run_id = Some(format!(
             "{:x}",
@@ -169,6 +178,7 @@ pub async fn run(
     let end = monitor.as_ref().map(|m| m.now());
     let mut params_out = params.clone();
     params_out.secret = None;
+    params_out.lc_master_key = None;
     let mut r = RunResult {
         scenario: scenario.name().into(),
         target: target.into(),
@@ -405,9 +415,20 @@ pub async fn worker() -> anyhow::Result<()> {
 pub fn table(r: &RunResult) -> String {
     use std::fmt::Write;
     let mut s = String::new();
+    let dialect = match r.params.dialect {
+        Dialect::Native => String::new(),
+        Dialect::Leancloud => format!(
+            ", leancloud dialect ({})",
+            if r.params.lc_base64 {
+                "lc.proto2base64.3"
+            } else {
+                "lc.protobuf2.3"
+            }
+        ),
+    };
     let _ = writeln!(
         s,
-        "== {} against {} ({} worker process(es), {:.1} s) — {}",
+        "== {} against {}{dialect} ({} worker process(es), {:.1} s) — {}",
         r.scenario, r.target, r.workers, r.run_secs, r.note
     );
     let counts: Vec<String> = r

@@ -2,9 +2,10 @@
 //! in-process, or several worker processes whose results the parent merges.
 
 use crate::hist::Lat;
+use crate::lc::{self, Lc};
 use crate::live::Live;
-use crate::params::{Params, Scenario};
-use crate::raw::{self, Expect, Plan, Raw, Run, Sched, now_ns};
+use crate::params::{Dialect, Params, Scenario};
+use crate::raw::{self, ConnStats, Expect, Plan, Raw, Run, Sched, now_ns};
 use futures_util::StreamExt;
 use futures_util::stream;
 use serde::{Deserialize, Serialize};
@@ -211,6 +212,143 @@ async fn open_raw(
     out.into_iter().map(|(_, r)| r).collect()
 }
 
+/// Opens LeanCloud sessions for `users` (`--concurrency` at a time, starts spread over
+/// `ramp`), each `session/open` signed before its clock starts. With `record`, the time from
+/// connecting to `session/opened` goes to the `connect_login` histogram. Failures are counted
+/// (the first one is printed: a server without the dialect configured refuses every one).
+async fn open_lc(
+    p: &Params,
+    users: &[String],
+    ramp: Duration,
+    record: bool,
+    live: &Live,
+    res: &mut ShardResult,
+) -> Vec<Option<Lc>> {
+    let setup = lc::Setup::from_params(p);
+    let opens: Vec<_> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| lc::open_command(&setup, u, &format!("n{i}")))
+        .collect();
+    let (url, proto) = (p.url.as_str(), setup.protocol);
+    let n = opens.len().max(1);
+    let start = Instant::now();
+    let mut s = stream::iter(opens.into_iter().enumerate())
+        .map(|(i, open)| async move {
+            tokio::time::sleep_until((start + ramp.mul_f64(i as f64 / n as f64)).into()).await;
+            let t0 = Instant::now();
+            let c = Lc::open(url, proto, open).await;
+            (i, c, t0.elapsed())
+        })
+        .buffer_unordered(p.concurrency.max(1));
+    let mut out: Vec<(usize, Option<Lc>)> = Vec::with_capacity(users.len());
+    let mut first_error = None;
+    while let Some((i, c, took)) = s.next().await {
+        match c {
+            Ok(c) => {
+                if record {
+                    res.hist(CONNECT).record_ns(took.as_nanos() as u64);
+                }
+                res.sessions += 1;
+                live.sessions.fetch_add(1, Ordering::Relaxed);
+                out.push((i, Some(c)));
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+                res.connect_failures += 1;
+                live.errors.fetch_add(1, Ordering::Relaxed);
+                out.push((i, None));
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        eprintln!("tidings-load: a LeanCloud session failed to open: {e:#}");
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, c)| c).collect()
+}
+
+/// A logged-in connection for the message hot path, in either dialect.
+enum Conn {
+    Native(Raw),
+    Lc(Lc),
+}
+
+impl Conn {
+    /// The conversation of a pair: native, a direct conversation; LeanCloud, `conv/start` with
+    /// the peer (`unique`, as the JS SDK defaults to), which tidings makes a group of two.
+    async fn pair(&mut self, peer: String) -> anyhow::Result<String> {
+        match self {
+            Conn::Native(r) => {
+                r.conversation(pb::CreateConversation {
+                    kind: pb::ConversationKind::Direct as i32,
+                    members: vec![peer],
+                    ..Default::default()
+                })
+                .await
+            }
+            Conn::Lc(c) => c.start(vec![peer], true).await,
+        }
+    }
+
+    /// A group of this member and `others`: native, created with 999 and added to 1000 per
+    /// request; LeanCloud, `conv/start` and `conv/add` in chunks under the 5,000-byte limit.
+    async fn group(&mut self, others: &[String]) -> anyhow::Result<String> {
+        match self {
+            Conn::Native(r) => {
+                let first = others.len().min(999);
+                let conv = r
+                    .conversation(pb::CreateConversation {
+                        kind: pb::ConversationKind::Group as i32,
+                        members: others[..first].to_vec(),
+                        name: "fanout".into(),
+                        ..Default::default()
+                    })
+                    .await?;
+                for chunk in others[first..].chunks(1000) {
+                    r.add_members(&conv, chunk.to_vec()).await?;
+                }
+                Ok(conv)
+            }
+            Conn::Lc(c) => c.group(others).await,
+        }
+    }
+
+    async fn drive(self, plan: Plan, run: Arc<Run>) -> ConnStats {
+        match self {
+            Conn::Native(r) => raw::drive(r, plan, run).await,
+            Conn::Lc(c) => {
+                let (ws, codec) = c.into_parts();
+                raw::drive_with(ws, codec, plan, run).await
+            }
+        }
+    }
+}
+
+/// Opens hot-path connections for `users` in the run's dialect. Failures are counted.
+async fn open_conns(
+    p: &Params,
+    users: Vec<String>,
+    live: &Live,
+    res: &mut ShardResult,
+) -> Vec<Option<Conn>> {
+    match p.dialect {
+        Dialect::Native => {
+            let tokens = users.iter().map(|u| token(p, u)).collect();
+            open_raw(p, tokens, live, res)
+                .await
+                .into_iter()
+                .map(|r| r.map(Conn::Native))
+                .collect()
+        }
+        Dialect::Leancloud => open_lc(p, &users, Duration::ZERO, false, live, res)
+            .await
+            .into_iter()
+            .map(|c| c.map(Conn::Lc))
+            .collect(),
+    }
+}
+
 /// Runs shard `shard` of `shards` of a scenario.
 pub async fn run_shard(
     scenario: Scenario,
@@ -244,6 +382,9 @@ async fn idle(
     gate: Gate,
     live: Arc<Live>,
 ) -> anyhow::Result<ShardResult> {
+    if p.dialect == Dialect::Leancloud {
+        return idle_lc(p, shard, shards, gate, live).await;
+    }
     let mut res = ShardResult::default();
     let tokens: Vec<String> = range(p.sessions, shard, shards)
         .map(|i| token(p, &user(p, "idle", i)))
@@ -280,6 +421,9 @@ async fn storm(
     gate: Gate,
     live: Arc<Live>,
 ) -> anyhow::Result<ShardResult> {
+    if p.dialect == Dialect::Leancloud {
+        return storm_lc(p, shard, shards, gate, live).await;
+    }
     let mut res = ShardResult::default();
     let tokens: Vec<String> = range(p.sessions, shard, shards)
         .map(|i| token(p, &user(p, "storm", i)))
@@ -297,6 +441,59 @@ async fn storm(
     .await;
     res.end_ns = now_ns();
     drop(clients);
+    Ok(res)
+}
+
+/// idle over LeanCloud: the sessions are held by a task each that reads (answering the
+/// server's pings, as the native typed clients do), then each must answer an `echo`.
+async fn idle_lc(
+    p: &Params,
+    shard: usize,
+    shards: usize,
+    gate: Gate,
+    live: Arc<Live>,
+) -> anyhow::Result<ShardResult> {
+    let mut res = ShardResult::default();
+    let users: Vec<String> = range(p.sessions, shard, shards)
+        .map(|i| user(p, "idle", i))
+        .collect();
+    let conns = open_lc(p, &users, secs(p.ramp_secs), true, &live, &mut res).await;
+    gate.pass().await?;
+    res.go_ns = now_ns();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let holders: Vec<_> = conns
+        .into_iter()
+        .flatten()
+        .map(|c| tokio::spawn(c.hold(stopped.clone())))
+        .collect();
+    // Hold the sessions for the duration: the bound of this scenario, not a wait for an event.
+    tokio::time::sleep(secs(p.duration_secs)).await;
+    stop.send_replace(true);
+    let mut alive = 0;
+    for h in holders {
+        alive += u64::from(h.await?);
+    }
+    res.failed = res.sessions - alive;
+    res.end_ns = now_ns();
+    Ok(res)
+}
+
+async fn storm_lc(
+    p: &Params,
+    shard: usize,
+    shards: usize,
+    gate: Gate,
+    live: Arc<Live>,
+) -> anyhow::Result<ShardResult> {
+    let mut res = ShardResult::default();
+    let users: Vec<String> = range(p.sessions, shard, shards)
+        .map(|i| user(p, "storm", i))
+        .collect();
+    gate.pass().await?;
+    res.go_ns = now_ns();
+    let conns = open_lc(p, &users, secs(p.ramp_secs), true, &live, &mut res).await;
+    res.end_ns = now_ns();
+    drop(conns);
     Ok(res)
 }
 
@@ -349,12 +546,11 @@ async fn chat(
 ) -> anyhow::Result<ShardResult> {
     let mut res = ShardResult::default();
     let pairs = range(p.pairs, shard, shards);
-    let tokens: Vec<String> = pairs
+    let users: Vec<String> = pairs
         .clone()
         .flat_map(|i| [user(p, "chat", 2 * i), user(p, "chat", 2 * i + 1)])
-        .map(|u| token(p, &u))
         .collect();
-    let mut conns = open_raw(p, tokens, &live, &mut res).await;
+    let mut conns = open_conns(p, users, &live, &mut res).await;
     // Each pair's first user creates the direct conversation.
     let mut jobs = Vec::new();
     for (k, i) in pairs.clone().enumerate() {
@@ -363,13 +559,7 @@ async fn chat(
         };
         let peer = user(p, "chat", 2 * i + 1);
         jobs.push(async move {
-            let conv = a
-                .conversation(pb::CreateConversation {
-                    kind: pb::ConversationKind::Direct as i32,
-                    members: vec![peer],
-                    ..Default::default()
-                })
-                .await;
+            let conv = a.pair(peer).await;
             conv.map(|c| (a, b, c))
         });
     }
@@ -398,8 +588,8 @@ async fn chat(
             send: Some((conv, ib, sched)),
             expect: Some(Expect::Peer(ia)),
         };
-        tasks.push(tokio::spawn(raw::drive(a, pa, run.clone())));
-        tasks.push(tokio::spawn(raw::drive(b, pb, run.clone())));
+        tasks.push(tokio::spawn(a.drive(pa, run.clone())));
+        tasks.push(tokio::spawn(b.drive(pb, run.clone())));
     }
     let mut stats = Vec::new();
     for t in tasks {
@@ -414,29 +604,16 @@ async fn fanout(p: &Params, gate: Gate, live: Arc<Live>) -> anyhow::Result<Shard
     anyhow::ensure!(p.group_size >= 2, "fanout needs --group-size of at least 2");
     let mut res = ShardResult::default();
     let members: Vec<String> = (0..p.group_size).map(|i| user(p, "fanout", i)).collect();
-    let tokens = members.iter().map(|u| token(p, u)).collect();
-    let conns = open_raw(p, tokens, &live, &mut res).await;
-    let mut conns: Vec<Raw> = conns.into_iter().flatten().collect();
+    let conns = open_conns(p, members.clone(), &live, &mut res).await;
+    let mut conns: Vec<Conn> = conns.into_iter().flatten().collect();
     anyhow::ensure!(
         conns.len() == members.len(),
         "{} of {} members failed to log in",
         members.len() - conns.len(),
         members.len()
     );
-    // The first member creates the group and adds the rest, 999 then 1000 per request.
-    let others = &members[1..];
-    let first = others.len().min(999);
-    let conv = conns[0]
-        .conversation(pb::CreateConversation {
-            kind: pb::ConversationKind::Group as i32,
-            members: others[..first].to_vec(),
-            name: "fanout".into(),
-            ..Default::default()
-        })
-        .await?;
-    for chunk in others[first..].chunks(1000) {
-        conns[0].add_members(&conv, chunk.to_vec()).await?;
-    }
+    // The first member creates the group and adds the rest.
+    let conv = conns[0].group(&members[1..]).await?;
     gate.pass().await?;
     let senders = p.senders.clamp(1, conns.len());
     let run = new_run(p, senders, live);
@@ -457,7 +634,7 @@ async fn fanout(p: &Params, gate: Gate, live: Arc<Live>) -> anyhow::Result<Shard
                     expect: Some(Expect::All { own: None }),
                 }
             };
-            tokio::spawn(raw::drive(c, plan, run.clone()))
+            tokio::spawn(c.drive(plan, run.clone()))
         })
         .collect();
     let mut stats = Vec::new();

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use tidings::clock::SystemClock;
 use tidings::config::Config;
 use tidings::server::{self, RunningServer};
-use tidings_load::params::{Params, Scenario, Thresholds};
+use tidings_load::params::{Dialect, Params, Scenario, Thresholds};
 use tidings_load::runner::{self, RunResult};
 
 const SECRET: &str = "load-smoke-secret-of-at-least-32-bytes";
+const LC_APP_ID: &str = "load-smoke-app";
+const LC_MASTER_KEY: &str = "load-smoke-leancloud-master-key";
 
 async fn server() -> (RunningServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -18,6 +20,9 @@ async fn server() -> (RunningServer, tempfile::TempDir) {
         data_dir: dir.path().join("data"),
         jwt_hs256_secret: Some(SECRET.into()),
         store_cache_bytes: 8 << 20,
+        // The LeanCloud dialect on (it changes nothing for native clients).
+        leancloud_app_id: Some(LC_APP_ID.into()),
+        leancloud_master_key: Some(LC_MASTER_KEY.into()),
         ..Config::default()
     };
     (
@@ -41,6 +46,27 @@ fn params(s: &RunningServer, extra: &[&str]) -> Params {
     p.url = format!("ws://{}/ws", s.addr);
     p.secret = Some(SECRET.into());
     p.server_pid = Some(std::process::id());
+    p
+}
+
+/// `params` for the LeanCloud dialect, from the command-line flags (binary frames; base64
+/// with `base64`).
+fn lc_params(s: &RunningServer, extra: &[&str], base64: bool) -> Params {
+    let mut args = extra.to_vec();
+    args.extend([
+        "--dialect",
+        "leancloud",
+        "--lc-app-id",
+        LC_APP_ID,
+        "--lc-master-key",
+        LC_MASTER_KEY,
+    ]);
+    if base64 {
+        args.push("--lc-base64");
+    }
+    let p = params(s, &args);
+    assert_eq!(p.dialect, Dialect::Leancloud);
+    assert_eq!(p.lc_base64, base64);
     p
 }
 
@@ -337,4 +363,157 @@ fn only_loopback_targets_are_accepted() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("loopback"));
+}
+
+// ---- the LeanCloud dialect ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leancloud_idle_holds_every_session() {
+    let (s, _dir) = server().await;
+    let r = run(Scenario::Idle, lc_params(&s, &["--sessions", "20"], false)).await;
+    assert_eq!(r.counts["sessions"], 20, "{r:?}");
+    assert_eq!(r.errors(), 0, "every session answered its echo: {r:?}");
+    assert_eq!(r.latency["connect_login"].count, 20);
+    assert!(r.server.as_ref().unwrap().bytes_per_session.is_some());
+    assert_eq!(r.params.dialect, Dialect::Leancloud);
+    assert!(
+        r.params.lc_master_key.is_none(),
+        "the key stays out of results"
+    );
+    assert!(r.ok);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leancloud_chat_delivers_every_message_closed_loop_and_fixed_rate() {
+    let (s, _dir) = server().await;
+    let r = run(
+        Scenario::Chat,
+        lc_params(
+            &s,
+            &["--pairs", "3", "--window", "2", "--count", "20"],
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(r.counts["sent"], 120, "{r:?}");
+    assert_eq!(r.counts["acked"], 120);
+    assert_eq!(r.counts["delivered"], 120);
+    assert_eq!(r.counts["lost"], 0);
+    assert_eq!(
+        r.latency["send_to_delivered"].count, 120,
+        "every push carried its stamp"
+    );
+    assert_eq!(r.latency["send_to_ack"].count, 120);
+    assert!(r.server.as_ref().unwrap().cpu_us_per_delivered.is_some());
+    assert!(r.ok);
+    // Fixed rate over base64 text frames: 2 pairs × 2 senders × 5 messages.
+    let r = run(
+        Scenario::Chat,
+        lc_params(
+            &s,
+            &[
+                "--pairs",
+                "2",
+                "--rate",
+                "200",
+                "--count",
+                "5",
+                "--duration-secs",
+                "30",
+            ],
+            true,
+        ),
+    )
+    .await;
+    assert_eq!(r.counts["acked"], 20, "{r:?}");
+    assert_eq!(r.counts["delivered"], 20);
+    assert_eq!(r.latency["send_to_delivered"].count, 20);
+    assert!(r.ok);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leancloud_fanout_reaches_every_member() {
+    let (s, _dir) = server().await;
+    // 260 members: more than one conv/add fits in a command, so the group is built in chunks.
+    let r = run(
+        Scenario::Fanout,
+        lc_params(
+            &s,
+            &[
+                "--group-size",
+                "260",
+                "--senders",
+                "2",
+                "--window",
+                "4",
+                "--count",
+                "3",
+            ],
+            false,
+        ),
+    )
+    .await;
+    assert_eq!(r.counts["acked"], 6, "{r:?}");
+    // Each message reaches the 259 other members, and never its sender.
+    assert_eq!(r.counts["delivered"], 6 * 259);
+    assert_eq!(r.counts["lost"], 0);
+    assert_eq!(r.latency["send_to_delivered"].count, 6 * 259);
+    assert!(r.ok);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leancloud_storm_opens_every_session() {
+    let (s, _dir) = server().await;
+    let r = run(
+        Scenario::Storm,
+        lc_params(&s, &["--sessions", "30", "--concurrency", "8"], true),
+    )
+    .await;
+    assert_eq!(r.counts["sessions"], 30, "{r:?}");
+    assert_eq!(r.latency["connect_login"].count, 30);
+    assert!(r.throughput["sessions_per_s"] > 0.0);
+    assert!(r.ok);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leancloud_workers_split_a_chat_run() {
+    let (s, _dir) = server().await;
+    let mut p = lc_params(
+        &s,
+        &["--pairs", "4", "--per-process", "4", "--count", "5"],
+        false,
+    );
+    p.worker_exe = Some(env!("CARGO_BIN_EXE_tidings-load").into());
+    let r = run(Scenario::Chat, p).await;
+    assert_eq!(r.workers, 2);
+    assert_eq!(r.counts["sessions"], 8, "{r:?}");
+    assert_eq!(r.counts["delivered"], 40);
+    assert!(r.ok);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leancloud_refused_opens_are_connect_failures_and_history_is_native_only() {
+    let (s, _dir) = server().await;
+    let mut p = lc_params(&s, &["--sessions", "3"], false);
+    p.lc_master_key = Some("not-the-servers-key".into());
+    let r = run(Scenario::Storm, p).await;
+    assert_eq!(r.counts["sessions"], 0, "{r:?}");
+    assert_eq!(r.counts["connect_failures"], 3);
+    assert!(!r.ok);
+    let e = runner::run(
+        Scenario::History,
+        lc_params(&s, &[], false),
+        &Thresholds::default(),
+        "tidings",
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("native dialect only"), "{e}");
+    s.stop().await.unwrap();
 }
