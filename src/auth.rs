@@ -74,7 +74,7 @@ pub fn check_user_id(id: &str, max_bytes: usize) -> Result<(), UserIdError> {
 }
 
 /// Unicode general category Cf (format characters), as of Unicode 15.1.
-fn is_format(c: char) -> bool {
+pub(crate) fn is_format(c: char) -> bool {
     matches!(
         c as u32,
         0xAD | 0x600..=0x605

@@ -133,6 +133,12 @@ pub struct Config {
 
     /// Log format: `text` or `json`.
     pub log_format: String,
+    /// Longest client-supplied string (token errors, device tags, ids) written into a log
+    /// line, characters; the rest is cut and counted.
+    pub log_value_max_chars: usize,
+    /// Lines of one kind a client can cause (a refused login) written per second; the rest
+    /// are counted and reported in one line per second.
+    pub log_kind_lines_per_sec: u32,
 
     /// LeanCloud dialect: the app id its SDKs send (`appId`). The dialect is off unless set.
     pub leancloud_app_id: Option<String>,
@@ -219,6 +225,8 @@ impl Default for Config {
             max_pending_writes: 8192,
             max_commit_batch: 1024,
             log_format: "text".into(),
+            log_value_max_chars: 128,
+            log_kind_lines_per_sec: 10,
             leancloud_app_id: None,
             leancloud_master_key: None,
             leancloud_session_token_ttl_secs: 172_800,
@@ -395,6 +403,9 @@ impl Config {
                      wss://host[:port][/path] (the address clients connect to), got {url:?}"
                 )));
             }
+        }
+        if self.log_kind_lines_per_sec == 0 {
+            return bad("log_kind_lines_per_sec must be at least 1");
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be text or json");

@@ -23,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod hub;
 pub mod leancloud;
+pub mod logsafe;
 pub mod protocol;
 pub mod registry;
 pub mod server;

@@ -19,6 +19,7 @@ use crate::app::App;
 use crate::auth::AuthError;
 use crate::hub::{Kick, Outgoing, SessionHandle};
 use crate::leancloud::LcProtocol;
+use crate::logsafe::{Throttle, clean};
 use crate::protocol::pb::{self, CloseCode, client_frame::Body as Req, server_frame::Body as Rep};
 use crate::protocol::{self, ClientFrame, PushEvent};
 use crate::registry::{Caller, Error, SendRequest};
@@ -185,14 +186,16 @@ async fn run_split<S>(
 
 /// Sends the will messages of a session that ended abnormally, as if the user had sent them.
 async fn send_wills(app: &App, caller: &Caller, wills: BTreeMap<String, SendRequest>) {
+    let max = app.config.log_value_max_chars;
+    let user = clean(&caller.user, max);
     for (conv, req) in wills {
         match app.registry.send(caller, &conv, req).await {
             Ok(ack) => {
                 app.stats.wills_sent.inc();
-                tracing::debug!(user = %caller.user, conversation = %conv, seq = ack.seq, "will message sent");
+                tracing::debug!(%user, conversation = %clean(&conv, max), seq = ack.seq, "will message sent");
             }
             Err(e) => {
-                tracing::debug!(user = %caller.user, conversation = %conv, error = %e, "will message not sent")
+                tracing::debug!(%user, conversation = %clean(&conv, max), error = %clean(&e, max), "will message not sent")
             }
         }
     }
@@ -231,7 +234,8 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin>(
     cursor: u64,
 ) -> Result<u64, Close> {
     let internal = |e: Error| {
-        tracing::error!(error = %e, user = %caller.user, "login failed");
+        let user = clean(&caller.user, app.config.log_value_max_chars);
+        tracing::error!(error = %e, %user, "login failed");
         close_of(CloseCode::CloseInternal)
     };
     let (events, truncated) = app
@@ -365,7 +369,12 @@ impl Actor {
         let user = match app.auth.verify(&token) {
             Ok(u) => UserId::from(u),
             Err(e) => {
-                tracing::info!(error = %e, "login refused");
+                // Anyone can cause this line, with any text in it: escaped, cut, rate-limited.
+                static REFUSED: Throttle = Throttle::new("login refused");
+                if REFUSED.allow(app.config.log_kind_lines_per_sec) {
+                    let max = app.config.log_value_max_chars;
+                    tracing::info!(error = %clean(&e, max), "login refused");
+                }
                 let code = match e {
                     AuthError::Expired => CloseCode::CloseTokenExpired,
                     AuthError::Invalid(_) => CloseCode::CloseAuthFailed,
@@ -406,7 +415,9 @@ impl Actor {
             app.registry.presence_changed(&user);
         }
         app.stats.sessions_logged_in.inc();
-        tracing::debug!(user = %user, session, device = handle.device.as_deref().unwrap_or(""), "logged in");
+        let max = app.config.log_value_max_chars;
+        let device = handle.device.as_deref().unwrap_or("");
+        tracing::debug!(user = %clean(&user, max), session, device = %clean(device, max), "logged in");
         let caller = Caller { user, session };
         self.peers.push(Peer {
             caller: caller.clone(),

@@ -10,6 +10,7 @@ mod leancloud;
 mod leancloud_http;
 mod leancloud_wire;
 mod list;
+mod log_safety;
 mod presence;
 mod races;
 mod readme;
