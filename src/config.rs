@@ -125,6 +125,14 @@ pub struct Config {
     /// Most messages one FetchHistory examines (type filters, one-way deletes); a page that
     /// reaches it is returned short with `has_more` and a cursor.
     pub history_scan_max: usize,
+    /// Most live sessions one user may have (LeanCloud clients included); a login beyond it
+    /// closes that user's oldest session.
+    pub max_sessions_per_user: usize,
+    /// Most will messages one session may hold at once.
+    pub max_wills_per_session: usize,
+    /// Most bytes the will messages of one session may hold at once (conversation ids,
+    /// content, attributes and mentions).
+    pub max_will_bytes_per_session: usize,
 
     /// Most writes queued for the store before senders wait.
     pub max_pending_writes: usize,
@@ -222,6 +230,9 @@ impl Default for Config {
             max_edits: 10,
             receipt_max_members: 50,
             history_scan_max: 10_000,
+            max_sessions_per_user: 16,
+            max_wills_per_session: 16,
+            max_will_bytes_per_session: 256 << 10,
             max_pending_writes: 8192,
             max_commit_batch: 1024,
             log_format: "text".into(),
@@ -404,8 +415,8 @@ impl Config {
                 )));
             }
         }
-        if self.log_kind_lines_per_sec == 0 {
-            return bad("log_kind_lines_per_sec must be at least 1");
+        if self.max_sessions_per_user == 0 || self.log_kind_lines_per_sec == 0 {
+            return bad("max_sessions_per_user and log_kind_lines_per_sec must be at least 1");
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be text or json");

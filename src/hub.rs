@@ -78,6 +78,17 @@ pub struct SessionHandle {
     pub shared: bool,
 }
 
+/// What [`Hub::register`] did.
+#[derive(Debug)]
+pub struct Registered {
+    /// Sessions of the same user and device tag, replaced by the new one.
+    pub replaced: Vec<SessionHandle>,
+    /// The user's oldest sessions, beyond `max_sessions_per_user` with the new one.
+    pub evicted: Vec<SessionHandle>,
+    /// The user had no live session before.
+    pub came_online: bool,
+}
+
 /// Who receives a delivery.
 #[derive(Debug, Clone)]
 pub enum Recipients {
@@ -112,9 +123,17 @@ impl Hub {
         }
     }
 
-    /// Adds a session. Returns the sessions it replaces (same user and device tag), which the
-    /// caller closes, and whether the user just came online (had no live session).
-    pub fn register(&self, user: &UserId, handle: SessionHandle) -> (Vec<SessionHandle>, bool) {
+    /// Adds a session, keeping the user within `max_sessions` live sessions. Returns what the
+    /// caller must close: the sessions it replaces (same user and device tag; close them with
+    /// [`Hub::replace`]) and the user's oldest sessions beyond `max_sessions` (close them with
+    /// [`Hub::evict`]). Both are out of the hub already, so the count is exact even when logins
+    /// race.
+    pub fn register(
+        &self,
+        user: &UserId,
+        handle: SessionHandle,
+        max_sessions: usize,
+    ) -> Registered {
         let mut entry = self.users.entry(user.clone()).or_default();
         let came_online = entry.is_empty();
         let mut replaced = Vec::new();
@@ -127,8 +146,26 @@ impl Hub {
                 !same
             });
         }
+        // Sessions are in login order: the oldest go first.
+        let over = (entry.len() + 1).saturating_sub(max_sessions.max(1));
+        let evicted = entry.drain(..over).collect();
         entry.push(handle);
-        (replaced, came_online)
+        Registered {
+            replaced,
+            evicted,
+            came_online,
+        }
+    }
+
+    /// Ends a session closed to make room under `max_sessions_per_user`: its connection is
+    /// closed with `CLOSE_SESSION_LIMIT`, or, when the connection carries other sessions too
+    /// (LeanCloud), only this session is closed, as a replaced one is.
+    pub fn evict(&self, old: &SessionHandle) {
+        if old.shared {
+            self.send_to(old, crate::protocol::replaced());
+        } else {
+            old.kick.kick(CloseCode::CloseSessionLimit);
+        }
     }
 
     /// Ends a session that a newer one on the same device replaced: its connection is closed,

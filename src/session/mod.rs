@@ -73,6 +73,7 @@ fn close_of(code: CloseCode) -> Close {
         CloseCode::CloseSlowConsumer => "slow consumer",
         CloseCode::CloseIdleTimeout => "idle timeout",
         CloseCode::CloseFrameTooLarge => "frame too large",
+        CloseCode::CloseSessionLimit => "too many sessions of this user (max_sessions_per_user)",
         CloseCode::CloseInternal | CloseCode::CloseUnspecified => "internal error",
     };
     Close(code as i32 as u16, reason)
@@ -301,6 +302,50 @@ struct Peer {
     subscriptions: HashSet<u64>,
 }
 
+/// The bytes a will holds in memory (roughly: the variable parts).
+fn will_bytes(conv: &str, will: &SendRequest) -> usize {
+    conv.len()
+        + will.client_message_id.len()
+        + will.content.len()
+        + will
+            .attributes
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+        + will.mentions.iter().map(String::len).sum::<usize>()
+}
+
+/// Whether a session holding `wills` may also hold `will` for `conv` (replacing its will there,
+/// if any): at most `max_wills_per_session` wills of at most `max_will_bytes_per_session`
+/// bytes together. Wills live in the session's memory until it ends, so without these one user
+/// could hold a will in every conversation they belong to, on every session.
+fn will_fits(
+    config: &crate::config::Config,
+    wills: &BTreeMap<String, SendRequest>,
+    conv: &str,
+    will: &SendRequest,
+) -> Result<(), Error> {
+    let replaced = wills.get(conv);
+    let count = wills.len() + usize::from(replaced.is_none());
+    if count > config.max_wills_per_session {
+        return Err(Error::LimitExceeded(format!(
+            "this session holds {} will messages; max_wills_per_session is {} (ClearWill one first)",
+            wills.len(),
+            config.max_wills_per_session
+        )));
+    }
+    let held: usize = wills.iter().map(|(c, w)| will_bytes(c, w)).sum();
+    let bytes = held - replaced.map_or(0, |w| will_bytes(conv, w)) + will_bytes(conv, will);
+    if bytes > config.max_will_bytes_per_session {
+        return Err(Error::LimitExceeded(format!(
+            "the will messages of this session would hold {bytes} bytes; \
+             max_will_bytes_per_session is {}",
+            config.max_will_bytes_per_session
+        )));
+    }
+    Ok(())
+}
+
 struct Actor {
     app: Arc<App>,
     dialect: Dialect,
@@ -407,11 +452,24 @@ impl Actor {
             kick: self.kick.clone(),
             shared,
         };
-        let (replaced, came_online) = app.hub.register(&user, handle.clone());
-        for old in replaced {
-            app.hub.replace(&old);
+        let registered = app
+            .hub
+            .register(&user, handle.clone(), app.config.max_sessions_per_user);
+        for old in &registered.replaced {
+            app.hub.replace(old);
         }
-        if came_online {
+        for old in &registered.evicted {
+            app.hub.evict(old);
+        }
+        static EVICTED: Throttle = Throttle::new("sessions over the limit closed");
+        if !registered.evicted.is_empty() && EVICTED.allow(app.config.log_kind_lines_per_sec) {
+            tracing::info!(
+                user = %clean(&user, app.config.log_value_max_chars),
+                closed = registered.evicted.len(),
+                "oldest sessions closed: max_sessions_per_user reached"
+            );
+        }
+        if registered.came_online {
             app.registry.presence_changed(&user);
         }
         app.stats.sessions_logged_in.inc();
@@ -699,7 +757,10 @@ impl Actor {
                 let result = self
                     .app
                     .registry
-                    .check_will(&peer.caller, &r.conversation_id, &will);
+                    .check_will(&peer.caller, &r.conversation_id, &will)
+                    .and_then(|()| {
+                        will_fits(&self.app.config, &peer.wills, &r.conversation_id, &will)
+                    });
                 reply(answer(
                     id,
                     result.map(|()| {

@@ -16,5 +16,6 @@ mod races;
 mod readme;
 mod roaming;
 mod robustness;
+mod session_limits;
 mod storage;
 mod temporary;
