@@ -154,6 +154,16 @@ pub struct Config {
     /// (HMAC-SHA1, as LeanCloud's master key did) and session tokens. Required with
     /// `leancloud_app_id` unless `insecure_dev`.
     pub leancloud_master_key: Option<String>,
+    /// LeanCloud dialect: any client may read the metadata (name, attributes, members) of a
+    /// group and join it by itself, as LeanCloud allowed. Messages, temporary and direct
+    /// conversations stay members-only; the native protocol never exposes anything to
+    /// non-members.
+    pub leancloud_open_conversations: bool,
+    /// LeanCloud dialect: most conversations one `conv/query` looks at (the ids it names, or
+    /// the conversations of the member it requires, or the caller's own).
+    pub leancloud_query_scan_max: usize,
+    /// LeanCloud dialect: most clients (`peerId`s) one socket may have open at once.
+    pub leancloud_max_clients_per_socket: usize,
     /// LeanCloud dialect: lifetime of a session token (`st`), seconds.
     pub leancloud_session_token_ttl_secs: u64,
     /// LeanCloud dialect: how old a signature's timestamp may be, seconds.
@@ -177,16 +187,6 @@ impl Default for Config {
             jwt_rs256_public_key: None,
             jwt_rs256_private_key: None,
             jwt_issuer: None,
-    /// LeanCloud dialect: any client may read the metadata (name, attributes, members) of a
-    /// group and join it by itself, as LeanCloud allowed. Messages, temporary and direct
-    /// conversations stay members-only; the native protocol never exposes anything to
-    /// non-members.
-    pub leancloud_open_conversations: bool,
-    /// LeanCloud dialect: most conversations one `conv/query` looks at (the ids it names, or
-    /// the conversations of the member it requires, or the caller's own).
-    pub leancloud_query_scan_max: usize,
-    /// LeanCloud dialect: most clients (`peerId`s) one socket may have open at once.
-    pub leancloud_max_clients_per_socket: usize,
             jwt_audience: None,
             jwt_leeway_secs: 30,
             insecure_dev: false,
@@ -240,6 +240,9 @@ impl Default for Config {
             log_kind_lines_per_sec: 10,
             leancloud_app_id: None,
             leancloud_master_key: None,
+            leancloud_open_conversations: true,
+            leancloud_query_scan_max: 1000,
+            leancloud_max_clients_per_socket: 16,
             leancloud_session_token_ttl_secs: 172_800,
             leancloud_signature_ttl_secs: 21_600,
             public_url: None,
@@ -270,9 +273,6 @@ pub enum ConfigError {
 /// A loaded configuration and the environment variables it ignored.
 #[derive(Debug)]
 pub struct Loaded {
-            leancloud_open_conversations: true,
-            leancloud_query_scan_max: 1000,
-            leancloud_max_clients_per_socket: 16,
     pub config: Config,
     /// `TIDINGS_*` variables that name no field (a Kubernetes Service named `tidings`
     /// injects `TIDINGS_PORT`, for one); the caller logs them once logging is set up.
