@@ -257,6 +257,24 @@ fn on_session_command(
         _ => {
             let app = actor.app.clone();
             let caller = actor.peers[at].caller.clone();
+            if kind == Cmd::Direct {
+                // The hot path: the future keeps the send request only, not the whole command
+                // (every request in flight holds its future).
+                let d = cmd.direct_message.unwrap_or_default();
+                let conv = d.cid.clone().unwrap_or_default();
+                let req = send_request(d);
+                let i = cmd.i;
+                actor.start(Box::pin(async move {
+                    let ack = send(&app, &caller, &conv, req).await;
+                    let reply = GenericCommand {
+                        i,
+                        ack_message: Some(ack),
+                        ..command(Cmd::Ack, None)
+                    };
+                    i.map(|_| wire(p, &reply))
+                }));
+                return None;
+            }
             actor.start(Box::pin(async move {
                 let answer = handle(&app, &caller, kind, op, cmd).await?;
                 Some(wire(p, &answer))
@@ -535,22 +553,6 @@ async fn handle(
         c
     };
     let result: Result<GenericCommand, Error> = match (kind, op) {
-        (Cmd::Direct, _) => {
-            let d = cmd.direct_message.unwrap_or_default();
-            let conv = d.cid.clone().unwrap_or_default();
-            let ack = match reg.send(caller, &conv, send_request(d)).await {
-                Ok(a) => lc::AckCommand {
-                    uid: Some(a.message_id),
-                    t: Some(a.server_time),
-                    ..Default::default()
-                },
-                Err(e) => failed_ack(&e),
-            };
-            Ok(GenericCommand {
-                ack_message: Some(ack),
-                ..command(Cmd::Ack, None)
-            })
-        }
         (Cmd::Ack, _) => {
             // Delivery acks carry no `i` and get no reply.
             // By message id (Swift, Java) or up to a time (JS acks ranges `fromts..=tots`).
@@ -735,6 +737,18 @@ fn newest_at_or_before(app: &App, caller: &Caller, conv: &str, t: i64) -> Option
     };
     let (messages, ..) = app.registry.history(caller, conv, req).ok()?;
     messages.last().map(|m| m.seq)
+}
+
+/// Sends a message; the ack to answer with.
+async fn send(app: &App, caller: &Caller, conv: &str, req: SendRequest) -> lc::AckCommand {
+    match app.registry.send(caller, conv, req).await {
+        Ok(a) => lc::AckCommand {
+            uid: Some(a.message_id),
+            t: Some(a.server_time),
+            ..Default::default()
+        },
+        Err(e) => failed_ack(&e),
+    }
 }
 
 fn failed_ack(e: &Error) -> lc::AckCommand {
