@@ -52,6 +52,9 @@ pub struct Config {
     pub close_timeout_ms: u64,
     /// On shutdown, how long sessions get to finish in-flight requests, ms.
     pub shutdown_grace_ms: u64,
+    /// A write to a client (replies, pushes, pings, the close frame) must make progress within
+    /// this, or the connection is dropped as a slow consumer, ms.
+    pub write_timeout_ms: u64,
 
     /// Frames queued for one connection before it is closed as a slow consumer.
     pub outbox_frames: usize,
@@ -195,6 +198,7 @@ impl Default for Config {
             idle_timeout_ms: 60_000,
             close_timeout_ms: 5_000,
             shutdown_grace_ms: 10_000,
+            write_timeout_ms: 10_000,
             outbox_frames: 1024,
             max_inflight_requests: 64,
             max_frame_bytes: 128 << 10,
@@ -414,6 +418,9 @@ impl Config {
                      wss://host[:port][/path] (the address clients connect to), got {url:?}"
                 )));
             }
+        }
+        if self.write_timeout_ms == 0 {
+            return bad("write_timeout_ms must be at least 1");
         }
         if self.max_sessions_per_user == 0 || self.log_kind_lines_per_sec == 0 {
             return bad("max_sessions_per_user and log_kind_lines_per_sec must be at least 1");

@@ -1,9 +1,12 @@
 //! Accept loop, HTTP routing (`/healthz`, WebSocket upgrade at `/` and `/ws`, and with the
 //! LeanCloud dialect on its router `/v1/route`) and shutdown.
 //!
-//! Shutdown order: stop accepting; every session stops reading, finishes its in-flight
-//! requests (up to `shutdown_grace_ms`) and closes with 1001; then the writer drains its queue
-//! and flushes the store. Only then does [`run`] return.
+//! Shutdown order: every session stops reading, finishes its in-flight requests (up to
+//! `shutdown_grace_ms`, one deadline for all, the writes of their replies included) and closes
+//! with 1001 (at most `close_timeout_ms` more). Meanwhile the listener stays open for health
+//! checks (`/healthz` answers 503 `draining`) and refuses new WebSocket upgrades with 503. Then
+//! the listener closes, the remaining HTTP connections are dropped, and the writer drains its
+//! queue and flushes the store. Only then does [`run`] return.
 
 use crate::app::App;
 use crate::clock::SharedClock;
@@ -75,7 +78,24 @@ pub async fn start_with(
             "INSECURE DEVELOPMENT MODE: any client can log in as any user by sending the user id as token"
         );
     }
-    tracing::info!(%addr, data_dir = %app.config.data_dir.display(), "listening");
+    let c = &app.config;
+    let auth: Vec<&str> = [
+        (c.jwt_hs256_secret.is_some(), "jwt-hs256"),
+        (c.jwt_rs256_public_key.is_some(), "jwt-rs256"),
+        (c.insecure_dev, "insecure-dev"),
+        (c.leancloud_app_id.is_some(), "leancloud-signature"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    tracing::info!(
+        %addr,
+        version = env!("CARGO_PKG_VERSION"),
+        auth = %auth.join(","),
+        store_engine = %c.store_engine,
+        data_dir = %c.data_dir.display(),
+        "listening"
+    );
     let task = tokio::spawn(run(listener, app.clone(), shutdown.clone(), writer_thread));
     Ok(RunningServer {
         addr,
@@ -105,6 +125,14 @@ fn bind(listen: &str, backlog: u32) -> anyhow::Result<TcpListener> {
     Ok(socket.listen(backlog)?)
 }
 
+/// What every HTTP connection's service needs.
+struct Shared {
+    app: Arc<App>,
+    drain: session::Drain,
+    /// Upgraded connections and the expiry task: what the drain waits for.
+    sessions: TaskTracker,
+}
+
 /// Serves connections from `listener` until `shutdown` is cancelled, then drains.
 pub async fn run(
     listener: TcpListener,
@@ -112,61 +140,61 @@ pub async fn run(
     shutdown: CancellationToken,
     writer_thread: crate::registry::writer::WriterThread,
 ) -> anyhow::Result<()> {
-    let tracker = TaskTracker::new();
-    tracker.spawn(crate::registry::expiry::run(
+    let shared = Arc::new(Shared {
+        app: app.clone(),
+        drain: session::Drain::new(),
+        sessions: TaskTracker::new(),
+    });
+    // HTTP connections until they upgrade or end; dropped once the sessions have drained.
+    let http = TaskTracker::new();
+    let stop_http = CancellationToken::new();
+    shared.sessions.spawn(crate::registry::expiry::run(
         app.registry.clone(),
         shutdown.clone(),
     ));
     loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(v) => v,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
-                        _ = shutdown.cancelled() => break,
-                    }
-                }
+        tokio::select! {
+            r = accept(&listener) => if let Some((stream, peer)) = r {
+                serve_http(stream, peer, &shared, &http, &stop_http);
             },
             _ = shutdown.cancelled() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        app.stats.connections_accepted.inc();
-        let (app2, shutdown2, tracker2) = (app.clone(), shutdown.clone(), tracker.clone());
-        let shutdown3 = shutdown.clone();
-        tracker.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let resp = route(req, &app2, &shutdown2, &tracker2);
-                async move { Ok::<_, std::convert::Infallible>(resp) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            let mut conn = std::pin::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown3.cancelled() => {
-                    // Idle keep-alive connections end now; a request in progress finishes.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "http connection ended with an error");
-            }
-        });
+        }
     }
-    drop(listener);
+    // Counted before the sessions hear of it, so the line says what was open.
     tracing::info!(
         sessions = app.hub.session_count(),
+        connections = app.stats.connections_open.get(),
+        grace_ms = app.config.shutdown_grace_ms,
         "shutting down: draining sessions"
     );
-    tracker.close();
-    tracker.wait().await;
+    let started = std::time::Instant::now();
+    shared
+        .drain
+        .start(Duration::from_millis(app.config.shutdown_grace_ms));
+    shared.sessions.close();
+    // Health checks keep getting answers (503, draining) until the sessions are gone.
+    {
+        let drained = shared.sessions.wait();
+        tokio::pin!(drained);
+        loop {
+            tokio::select! {
+                _ = &mut drained => break,
+                r = accept(&listener) => if let Some((stream, peer)) = r {
+                    serve_http(stream, peer, &shared, &http, &stop_http);
+                },
+            }
+        }
+    }
+    drop(listener);
+    stop_http.cancel();
+    http.close();
+    http.wait().await;
+    // An upgrade that raced the start of the drain.
+    shared.sessions.wait().await;
+    tracing::info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "sessions drained; flushing the store"
+    );
     app.writer.stop();
     writer_thread.join().await;
     if app.writer.has_failed() {
@@ -176,28 +204,102 @@ pub async fn run(
     Ok(())
 }
 
+/// The next connection, or `None` after a failed accept (out of file descriptors and the
+/// like), having backed off briefly.
+async fn accept(listener: &TcpListener) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    match listener.accept().await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
+/// Where an HTTP connection comes from.
+#[derive(Clone, Copy)]
+struct Remote {
+    peer: SocketAddr,
+    /// Its socket, for the session to see how much of what it wrote the client received.
+    #[cfg(target_os = "linux")]
+    fd: std::os::fd::RawFd,
+}
+
+/// Serves one HTTP connection: health checks and WebSocket upgrades (see [`route`]). During the
+/// drain, one request per connection; dropped once the drain is over.
+fn serve_http(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    http: &TaskTracker,
+    stop: &CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    shared.app.stats.connections_accepted.inc();
+    let draining = shared.drain.is_draining();
+    let remote = Remote {
+        peer,
+        #[cfg(target_os = "linux")]
+        fd: std::os::fd::AsRawFd::as_raw_fd(&stream),
+    };
+    let (shared, stop) = (shared.clone(), stop.clone());
+    http.spawn(async move {
+        let service = {
+            let shared = shared.clone();
+            hyper::service::service_fn(move |req| {
+                let resp = route(req, &shared, remote);
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            })
+        };
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .keep_alive(!draining);
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut conn = std::pin::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = shared.drain.cancelled(), if !draining => {
+                // Idle keep-alive connections end now; a request in progress finishes.
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = stop.cancelled() => Ok(()),
+                }
+            }
+            _ = stop.cancelled() => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "http connection ended with an error");
+        }
+    });
+}
+
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r
 }
 
-fn route(
-    req: Request<Incoming>,
-    app: &Arc<App>,
-    shutdown: &CancellationToken,
-    tracker: &TaskTracker,
-) -> Response<Full<Bytes>> {
+fn route(req: Request<Incoming>, shared: &Arc<Shared>, remote: Remote) -> Response<Full<Bytes>> {
+    let app = &shared.app;
     if app.config.leancloud_app_id.is_some() && is_leancloud_http(req.uri().path()) {
         return leancloud_http(&req, &app.config);
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => {
-            let draining = shutdown.is_cancelled();
+            let draining = shared.drain.is_draining();
             let body = serde_json::json!({
                 "status": if draining { "draining" } else { "ok" },
                 "sessions": app.hub.session_count(),
+                "connections": app.stats.connections_open.get(),
                 "messages_committed": app.stats.messages_committed.get(),
+                "malformed_frames": app.stats.malformed_frames.get(),
+                "write_timeouts": app.stats.write_timeouts.get(),
             });
             let status = if draining {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -211,7 +313,7 @@ fn route(
             );
             r
         }
-        (&Method::GET, "/" | "/ws") => upgrade(req, app, shutdown, tracker),
+        (&Method::GET, "/" | "/ws") => upgrade(req, shared, remote),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -437,11 +539,11 @@ fn dialect_of(
 
 fn upgrade(
     mut req: Request<Incoming>,
-    app: &Arc<App>,
-    shutdown: &CancellationToken,
-    tracker: &TaskTracker,
+    shared: &Arc<Shared>,
+    remote: Remote,
 ) -> Response<Full<Bytes>> {
-    if shutdown.is_cancelled() {
+    let app = &shared.app;
+    if shared.drain.is_draining() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
@@ -469,18 +571,18 @@ fn upgrade(
         );
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let (app, shutdown) = (app.clone(), shutdown.clone());
-    tracker.spawn(async move {
+    let (app, drain) = (app.clone(), shared.drain.clone());
+    shared.sessions.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let cfg = ws_config(&app.config);
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(cfg),
-                )
-                .await;
-                session::run(ws, app, shutdown, dialect).await;
+                let io = TokioIo::new(upgraded);
+                #[cfg(target_os = "linux")]
+                let io = session::Metered::with_socket(io, remote.fd);
+                #[cfg(not(target_os = "linux"))]
+                let io = session::Metered::new(io);
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(cfg)).await;
+                session::run(ws, app, drain, dialect, remote.peer).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }

@@ -30,6 +30,47 @@ impl Counter {
     }
 }
 
+/// A value that goes up and down (open connections), and can be waited on.
+#[derive(Debug, Default)]
+pub struct Gauge {
+    value: AtomicU64,
+    changed: Notify,
+}
+
+impl Gauge {
+    pub fn inc(&self) {
+        self.value.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+    pub fn dec(&self) {
+        self.value.fetch_sub(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+    /// Waits until the value is at least `n`.
+    pub async fn wait_for(&self, n: u64) {
+        loop {
+            let notified = self.changed.notified();
+            if self.get() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+    /// Waits until the value is at most `n`.
+    pub async fn wait_for_at_most(&self, n: u64) {
+        loop {
+            let notified = self.changed.notified();
+            if self.get() <= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// A plain counter for hot paths (nobody waits on it).
 #[derive(Debug, Default)]
 pub struct Count(AtomicU64);
@@ -50,10 +91,16 @@ impl Count {
 #[derive(Debug, Default)]
 pub struct Stats {
     pub connections_accepted: Counter,
+    /// WebSocket connections from the upgrade until their socket is dropped (logged in or not).
+    pub connections_open: Gauge,
     pub sessions_logged_in: Counter,
     pub sessions_closed: Counter,
     pub frames_queued: Count,
     pub slow_consumer_closes: Counter,
+    /// Connections dropped because a write made no progress for `write_timeout_ms`.
+    pub write_timeouts: Counter,
+    /// Frames that could not be decoded, broke the WebSocket protocol or were too large.
+    pub malformed_frames: Counter,
     pub conversations_expired: Counter,
     pub wills_sent: Counter,
     pub messages_committed: Count,

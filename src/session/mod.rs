@@ -10,7 +10,12 @@
 //! (slow consumer, replaced device) and server shutdown. Outbox frames are written in bursts and
 //! flushed once per burst.
 //!
-//! Every way out ends with a WebSocket close frame carrying a documented code.
+//! Every way out ends with a WebSocket close frame carrying a documented code, except a client
+//! that stopped reading: every write (the welcome, replies, pushes, pings, the close frame) must
+//! make progress within `write_timeout_ms`, or the socket is dropped without one, since a close
+//! frame would only queue behind what the client does not read. Shutdown is bounded the same
+//! way: requests, and the writes of their replies, end at the one drain deadline
+//! (`shutdown_grace_ms` after it began), and the close takes at most `close_timeout_ms`.
 
 pub mod dispatch;
 pub mod leancloud;
@@ -29,19 +34,160 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCode;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// Frames written per burst before a flush.
 const BURST: usize = 64;
+
+/// The socket under a connection's WebSocket. It counts the bytes written, so a write that has
+/// to wait can tell a client that reads slowly (bytes still go out) from one that stopped
+/// reading.
+pub struct Metered<S> {
+    io: S,
+    progress: Arc<Progress>,
+}
+
+impl<S> Metered<S> {
+    pub fn new(io: S) -> Self {
+        Metered {
+            io,
+            progress: Arc::default(),
+        }
+    }
+
+    /// Like [`Metered::new`], knowing the kernel socket `io` writes to. On Linux progress is then
+    /// what the client received (acknowledged), not what went into the socket's send buffer,
+    /// which can hold megabytes and so go quiet for long while a slow client reads steadily.
+    #[cfg(target_os = "linux")]
+    pub fn with_socket(io: S, fd: std::os::fd::RawFd) -> Self {
+        Metered {
+            io,
+            progress: Arc::new(Progress {
+                written: AtomicU64::new(0),
+                fd: Some(fd),
+            }),
+        }
+    }
+}
+
+/// How far a connection's writes got.
+#[derive(Default)]
+struct Progress {
+    /// Bytes written into the socket.
+    written: AtomicU64,
+    #[cfg(target_os = "linux")]
+    fd: Option<std::os::fd::RawFd>,
+}
+
+impl Progress {
+    /// Bytes the client has acknowledged (Linux), else bytes written into the socket.
+    fn delivered(&self) -> u64 {
+        let written = self.written.load(Ordering::Relaxed);
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = self.fd {
+            let mut unacked: libc::c_int = 0;
+            // SAFETY: on a TCP socket, SIOCOUTQ (the same number as TIOCOUTQ) stores one int,
+            // the bytes sent but not yet acknowledged plus those not sent, through the pointer,
+            // which points at a live c_int. On any other descriptor the call fails or stores
+            // some other int, which only makes the count wrong.
+            if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut unacked) } == 0 && unacked >= 0 {
+                return written.saturating_sub(unacked as u64);
+            }
+        }
+        written
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            this.progress.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            this.progress.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Server shutdown as connections see it: one token, and one deadline by which every
+/// connection's requests (and the writes of their replies) must be done.
+#[derive(Clone, Default)]
+pub struct Drain(Arc<DrainState>);
+
+#[derive(Default)]
+struct DrainState {
+    token: CancellationToken,
+    deadline: OnceLock<Instant>,
+}
+
+impl Drain {
+    pub fn new() -> Drain {
+        Drain::default()
+    }
+    /// Starts draining: requests in flight get `grace` from now.
+    pub fn start(&self, grace: Duration) {
+        self.0.deadline.get_or_init(|| Instant::now() + grace);
+        self.0.token.cancel();
+    }
+    pub fn is_draining(&self) -> bool {
+        self.0.token.is_cancelled()
+    }
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.0.token.cancelled()
+    }
+    /// When draining connections stop waiting for their requests (set before draining starts).
+    fn deadline(&self) -> Instant {
+        self.0.deadline.get().copied().unwrap_or_else(Instant::now)
+    }
+}
 
 type Sink<S> = SplitSink<WebSocketStream<S>, WsMessage>;
 type Stream<S> = SplitStream<WebSocketStream<S>>;
@@ -80,6 +226,14 @@ fn close_of(code: CloseCode) -> Close {
 }
 
 impl Dialect {
+    /// The subprotocol, for logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Native => protocol::SUBPROTOCOL,
+            Dialect::LeanCloud(p) => p.token(),
+        }
+    }
+
     /// The close a connection of this dialect gets for `code`: LeanCloud's SDKs know their
     /// own numbers for the idle, login and size limits.
     fn close(self, code: CloseCode) -> Close {
@@ -131,27 +285,46 @@ fn decode_native(m: &WsMessage) -> Result<ClientFrame, CloseCode> {
 /// Not an `async fn`: an async fn's future keeps room for its arguments for its whole life, and
 /// the unsplit stream is 300 bytes every connection would carry.
 pub fn run<S>(
-    ws: WebSocketStream<S>,
+    ws: WebSocketStream<Metered<S>>,
     app: Arc<App>,
-    shutdown: CancellationToken,
+    drain: Drain,
     dialect: Dialect,
+    peer: SocketAddr,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let conn = Conn {
+        peer,
+        progress: ws.get_ref().progress.clone(),
+        stall: stall_limit(&app),
+    };
     let (sink, stream) = ws.split();
-    run_split(sink, stream, app, shutdown, dialect)
+    run_split(sink, stream, app, drain, dialect, conn)
+}
+
+/// What a connection knows about its socket.
+struct Conn {
+    peer: SocketAddr,
+    /// How far its writes got (see [`Metered`]).
+    progress: Arc<Progress>,
+    /// How long a write may wait with the client receiving nothing.
+    stall: Duration,
 }
 
 async fn run_split<S>(
     mut sink: Sink<S>,
     mut stream: Stream<S>,
     app: Arc<App>,
-    shutdown: CancellationToken,
+    drain: Drain,
     dialect: Dialect,
+    conn: Conn,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let opened = Instant::now();
+    app.stats.connections_open.inc();
+    tracing::info!(peer = %conn.peer, dialect = dialect.name(), "connection opened");
     let (tx, outbox) = mpsc::channel(app.config.outbox_frames);
     let mut actor = Actor {
         app: app.clone(),
@@ -162,27 +335,89 @@ async fn run_split<S>(
         peers: Vec::with_capacity(1),
         pending: None,
         abnormal: false,
+        stalled: false,
         login_by: None,
+        conn,
     };
     let close = match dialect {
-        Dialect::Native => match actor.log_in_native(&mut sink, &mut stream, &shutdown).await {
-            Ok(()) => actor.serve(&mut sink, &mut stream, shutdown).await,
+        Dialect::Native => match actor.log_in_native(&mut stream, &drain).await {
+            Ok(welcome) => actor.serve(&mut sink, &mut stream, &drain, welcome).await,
             Err(close) => close,
         },
         Dialect::LeanCloud(_) => {
             // Sessions open by command; the first must come within the login timeout.
             actor.login_by =
                 Some(Instant::now() + Duration::from_millis(app.config.login_timeout_ms));
-            actor.serve(&mut sink, &mut stream, shutdown).await
+            actor
+                .serve(&mut sink, &mut stream, &drain, Vec::new())
+                .await
         }
     };
     let Actor {
-        peers, abnormal, ..
+        peers,
+        abnormal,
+        stalled,
+        conn,
+        ..
     } = actor;
+    let max = app.config.log_value_max_chars;
+    let users = peers
+        .iter()
+        .map(|p| clean(&p.caller.user, max).to_string())
+        .collect::<Vec<_>>();
+    let devices = peers
+        .iter()
+        .map(|p| clean(p.handle.device.as_deref().unwrap_or(""), max).to_string())
+        .collect::<Vec<_>>();
     for peer in peers {
         end_peer(&app, peer, abnormal).await;
     }
-    finish(sink, stream, &app, close).await;
+    let close_sent = finish(sink, stream, &app, close, &conn, stalled).await;
+    app.stats.connections_open.dec();
+    let (code, reason) = match close {
+        _ if stalled => (Some(CloseCode::CloseSlowConsumer as u16), "write timeout"),
+        Some(Close(code, reason)) => (Some(code), reason),
+        None => (None, "closed by the client"),
+    };
+    tracing::info!(
+        peer = %conn.peer,
+        dialect = dialect.name(),
+        users = ?users,
+        devices = ?devices,
+        close = code,
+        reason,
+        close_sent,
+        duration_ms = opened.elapsed().as_millis() as u64,
+        "connection closed"
+    );
+}
+
+/// How long a write may wait with the client receiving nothing: `write_timeout_ms`, or
+/// `idle_timeout_ms`
+/// when that is shorter (a connection with no progress either way is idle).
+fn stall_limit(app: &App) -> Duration {
+    Duration::from_millis(app.config.write_timeout_ms.min(app.config.idle_timeout_ms))
+}
+
+/// Counts a frame that could not be decoded, broke the WebSocket protocol or was too large, and
+/// logs it (rate-limited: any client can send these at will).
+fn malformed(app: &App, conn: &Conn, dialect: Dialect, peers: &[Peer], close: Close) {
+    app.stats.malformed_frames.inc();
+    static MALFORMED: Throttle = Throttle::new("malformed frame");
+    if MALFORMED.allow(app.config.log_kind_lines_per_sec) {
+        let max = app.config.log_value_max_chars;
+        let user = peers
+            .first()
+            .map(|p| clean(&p.caller.user, max).to_string());
+        tracing::info!(
+            peer = %conn.peer,
+            dialect = dialect.name(),
+            user = user.as_deref().unwrap_or(""),
+            close = close.0,
+            reason = close.1,
+            "malformed frame; closing"
+        );
+    }
 }
 
 /// Sends the will messages of a session that ended abnormally, as if the user had sent them.
@@ -225,15 +460,14 @@ async fn read_login<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Sends LoginOk, the missed logged events and the unread summary. Returns the last event seq
-/// sent, below which live copies are skipped.
-async fn welcome<S: AsyncRead + AsyncWrite + Unpin>(
-    sink: &mut Sink<S>,
+/// LoginOk, the missed logged events and the unread summary, for the serve loop to write first;
+/// and the last event seq among them, below which live copies are skipped.
+fn welcome(
     app: &App,
     caller: &Caller,
     id: u64,
     cursor: u64,
-) -> Result<u64, Close> {
+) -> Result<(u64, Vec<WsMessage>), Close> {
     let internal = |e: Error| {
         let user = clean(&caller.user, app.config.log_value_max_chars);
         tracing::error!(error = %e, %user, "login failed");
@@ -263,27 +497,20 @@ async fn welcome<S: AsyncRead + AsyncWrite + Unpin>(
         ping_interval_ms: app.config.ping_interval_ms as u32,
         idle_timeout_ms: app.config.idle_timeout_ms as u32,
     };
-    let gone = |_| close_of(CloseCode::CloseInternal);
-    sink.feed(binary(protocol::encode(&protocol::reply(
+    let mut frames = Vec::with_capacity(events.len() + 2);
+    frames.push(binary(protocol::encode(&protocol::reply(
         id,
         Rep::LoginOk(ok),
-    ))))
-    .await
-    .map_err(gone)?;
+    ))));
     for e in events {
-        sink.feed(binary(
+        frames.push(binary(
             protocol::push(Rep::ConversationEvent(e)).native().clone(),
-        ))
-        .await
-        .map_err(gone)?;
+        ));
     }
-    sink.feed(binary(
+    frames.push(binary(
         protocol::push(Rep::UnreadSummary(summary)).native().clone(),
-    ))
-    .await
-    .map_err(gone)?;
-    sink.flush().await.map_err(gone)?;
-    Ok(head)
+    ));
+    Ok((head, frames))
 }
 
 fn binary(b: Bytes) -> WsMessage {
@@ -361,8 +588,11 @@ struct Actor {
     pending: Option<FuturesUnordered<BoxFuture<'static, Option<WsMessage>>>>,
     /// The connection ended without a clean close (dropped, idle, slow, bad input).
     abnormal: bool,
+    /// A write made no progress for the stall limit: drop the socket without a close frame.
+    stalled: bool,
     /// LeanCloud: a session must open before this, or the connection closes.
     login_by: Option<Instant>,
+    conn: Conn,
 }
 
 /// What one turn of the serve loop does after its `select!`.
@@ -376,6 +606,10 @@ enum Step {
 enum Stop {
     Kicked(u16),
     Gone,
+    /// It waited the stall limit with the client receiving nothing.
+    Stalled,
+    /// The drain deadline passed.
+    Deadline,
 }
 
 /// What a frame from the client asks of the loop at once.
@@ -392,17 +626,20 @@ impl Actor {
     /// Reads and verifies the native `Login`, registers the session and sends the welcome.
     async fn log_in_native<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        sink: &mut Sink<S>,
         stream: &mut Stream<S>,
-        shutdown: &CancellationToken,
-    ) -> Result<(), Option<Close>> {
+        drain: &Drain,
+    ) -> Result<Vec<WsMessage>, Option<Close>> {
         let app = self.app.clone();
         let first = tokio::select! {
             r = timeout(Duration::from_millis(app.config.login_timeout_ms), read_login(stream)) => r,
-            _ = shutdown.cancelled() => Ok(Err(Some(GOING_AWAY))),
+            _ = drain.cancelled() => Ok(Err(Some(GOING_AWAY))),
         };
         let (id, login) = match first {
             Err(_) => return Err(Some(close_of(CloseCode::CloseLoginTimeout))),
+            Ok(Err(Some(close))) if close.0 != CloseCode::CloseProtocolViolation as u16 => {
+                malformed(&app, &self.conn, self.dialect, &[], close);
+                return Err(Some(close));
+            }
             Ok(r) => r?,
         };
         // Only what the session needs lives on: the token (a few hundred bytes) is dropped here.
@@ -433,11 +670,9 @@ impl Actor {
         }
         let device = (!device.is_empty()).then(|| Arc::<str>::from(device));
         let caller = self.open_peer(user, device, false);
-        let replayed_to = welcome(sink, &app, &caller, id, event_cursor)
-            .await
-            .map_err(Some)?;
+        let (replayed_to, frames) = welcome(&app, &caller, id, event_cursor).map_err(Some)?;
         self.peers[0].replayed_to = replayed_to;
-        Ok(())
+        Ok(frames)
     }
 
     /// Registers a new session of `user` on this connection and returns who it is. `shared`:
@@ -514,12 +749,14 @@ async fn end_peer(app: &App, peer: Peer, abnormal: bool) {
 }
 
 impl Actor {
-    /// The main loop. Returns the close to send (None: the peer is already gone).
+    /// The main loop, which first writes `welcome`. Returns the close to send (None: the peer
+    /// is already gone).
     async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         sink: &mut Sink<S>,
         stream: &mut Stream<S>,
-        shutdown: CancellationToken,
+        drain: &Drain,
+        welcome: Vec<WsMessage>,
     ) -> Option<Close> {
         let cfg = self.app.config.clone();
         let idle = Duration::from_millis(cfg.idle_timeout_ms);
@@ -542,9 +779,15 @@ impl Actor {
         let kick = self.kick.clone();
         // Created once: a fresh `cancelled()` per turn registers with the token's Notify under
         // its mutex every time, which showed in fan-out profiles.
-        let cancelled = shutdown.cancelled();
+        let cancelled = drain.cancelled();
         tokio::pin!(cancelled);
 
+        let result = write(&kick, sink, welcome, &self.conn, drain).await;
+        match self.wrote(result, None, drain) {
+            Ok(true) => idle_at = Instant::now() + idle,
+            Ok(false) => {}
+            Err(close) => return close,
+        }
         loop {
             if let Some((close, deadline)) = draining
                 && (self.pending_len() == 0 || Instant::now() >= deadline)
@@ -560,7 +803,7 @@ impl Actor {
                 biased;
                 code = kick.kicked() => Step::Stop(Stop::Kicked(code)),
                 _ = &mut cancelled, if draining.is_none() => {
-                    let until = Instant::now() + grace;
+                    let until = drain.deadline();
                     draining = Some((GOING_AWAY, until));
                     timer.as_mut().reset(first_deadline(ping_at, idle_at, None).min(until));
                     match dialect {
@@ -593,6 +836,7 @@ impl Actor {
                             }
                             Some(Immediate::Close(close)) => {
                                 self.abnormal = true;
+                                malformed(&self.app, &self.conn, dialect, &self.peers, close);
                                 return Some(close);
                             }
                             None => Step::Continue,
@@ -609,7 +853,9 @@ impl Actor {
                     }
                     Inbound::Bad(c) => {
                         self.abnormal = true;
-                        return Some(dialect.close(c));
+                        let close = dialect.close(c);
+                        malformed(&self.app, &self.conn, dialect, &self.peers, close);
+                        return Some(close);
                     }
                 },
                 _ = &mut timer => {
@@ -640,24 +886,48 @@ impl Actor {
                 }
             };
             let result = match step {
-                Step::Continue => Ok(()),
-                Step::Write(frames) => write(&kick, sink, frames).await,
+                Step::Continue => Ok(false),
+                Step::Write(frames) => write(&kick, sink, frames, &self.conn, drain).await,
                 Step::Stop(stop) => Err(stop),
             };
-            match result {
-                Ok(()) => {}
-                Err(Stop::Gone) => {
+            match self.wrote(result, draining, drain) {
+                Ok(true) => idle_at = Instant::now() + idle,
+                Ok(false) => {}
+                Err(close) => return close,
+            }
+        }
+    }
+
+    /// What a write's outcome means for the loop: `Ok(true)` when it had to wait and then
+    /// finished (the client is reading: not idle), `Err` with the close to end with.
+    fn wrote(
+        &mut self,
+        result: Result<bool, Stop>,
+        draining: Option<(Close, Instant)>,
+        drain: &Drain,
+    ) -> Result<bool, Option<Close>> {
+        let dialect = self.dialect;
+        match result {
+            Ok(waited) => Ok(waited),
+            Err(Stop::Gone) => {
+                self.abnormal = true;
+                Err(None)
+            }
+            Err(Stop::Stalled) => {
+                self.stalled = true;
+                // Slow consumers leave their wills; a shutdown discards them.
+                self.abnormal = !drain.is_draining();
+                self.app.stats.write_timeouts.inc();
+                Err(Some(dialect.close(CloseCode::CloseSlowConsumer)))
+            }
+            Err(Stop::Deadline) => Err(Some(draining.map_or(GOING_AWAY, |d| d.0))),
+            Err(Stop::Kicked(code)) => {
+                let code = CloseCode::try_from(code as i32).unwrap_or(CloseCode::CloseInternal);
+                if code == CloseCode::CloseSlowConsumer {
                     self.abnormal = true;
-                    return None;
+                    tracing::info!(sessions = ?self.peers.iter().map(|p| p.caller.session).collect::<Vec<_>>(), "closing slow consumer");
                 }
-                Err(Stop::Kicked(code)) => {
-                    let code = CloseCode::try_from(code as i32).unwrap_or(CloseCode::CloseInternal);
-                    if code == CloseCode::CloseSlowConsumer {
-                        self.abnormal = true;
-                        tracing::info!(sessions = ?self.peers.iter().map(|p| p.caller.session).collect::<Vec<_>>(), "closing slow consumer");
-                    }
-                    return Some(dialect.close(code));
-                }
+                Err(Some(dialect.close(code)))
             }
         }
     }
@@ -793,43 +1063,157 @@ async fn next_reply(
     }
 }
 
-/// Writes frames and flushes once, giving up if the session is kicked meanwhile.
+/// A write that is waiting: how far the client had got when last looked at and when it last
+/// moved, and the timer for these checks (created only when a write has to wait, which most
+/// never do).
+///
+/// It also watches the server's drain: a write still waiting at the drain deadline ends there.
+struct Waiting<'a> {
+    seen: u64,
+    last: Instant,
+    timer: Pin<Box<Sleep>>,
+    /// The drain starting, while it has not.
+    drain: Option<(&'a Drain, Pin<Box<WaitForCancellationFuture<'a>>>)>,
+}
+
+/// The drain deadline, once the drain has begun.
+fn drain_deadline(drain: Option<&Drain>) -> Option<Instant> {
+    drain.filter(|d| d.is_draining()).map(Drain::deadline)
+}
+
+impl<'a> Waiting<'a> {
+    fn new(progress: &Progress, stall: Duration, drain: Option<&'a Drain>) -> Waiting<'a> {
+        let last = Instant::now();
+        let mut w = Waiting {
+            seen: progress.delivered(),
+            last,
+            timer: Box::pin(sleep_until(last)),
+            drain: drain
+                .filter(|d| !d.is_draining())
+                .map(|d| (d, Box::pin(d.cancelled()))),
+        };
+        w.rearm(last, stall, drain_deadline(drain));
+        w
+    }
+
+    /// Looks again in a quarter of the limit (so a stall is seen at most a quarter late), or at
+    /// the deadline.
+    fn rearm(&mut self, now: Instant, stall: Duration, deadline: Option<Instant>) {
+        let next = (now + stall / 4).min(self.last + stall);
+        let next = deadline.map_or(next, |d| next.min(d));
+        self.timer.as_mut().reset(next);
+    }
+
+    /// Ready when the write must give up: the client received nothing for `stall`, or the
+    /// drain deadline passed.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        progress: &Progress,
+        stall: Duration,
+        drain: Option<&Drain>,
+    ) -> Poll<Stop> {
+        if let Some((d, cancelled)) = &mut self.drain
+            && cancelled.as_mut().poll(cx).is_ready()
+        {
+            let deadline = d.deadline();
+            self.drain = None;
+            if deadline < self.timer.deadline() {
+                self.timer.as_mut().reset(deadline);
+            }
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let deadline = drain_deadline(drain);
+            if deadline.is_some_and(|d| now >= d) {
+                return Poll::Ready(Stop::Deadline);
+            }
+            let delivered = progress.delivered();
+            if delivered != self.seen {
+                self.seen = delivered;
+                self.last = now;
+            }
+            if now >= self.last + stall {
+                return Poll::Ready(Stop::Stalled);
+            }
+            self.rearm(now, stall, deadline);
+        }
+        Poll::Pending
+    }
+}
+
+/// Writes frames and flushes once, giving up if the session is kicked meanwhile, if it waits
+/// the stall limit with the client receiving nothing, or at the drain deadline (see
+/// [`Waiting`]). `Ok(true)`: it had to wait for the client to read.
 ///
 /// A hand-written poll loop rather than `feed`s and a `select!`: every connection's task keeps
-/// room for this future, and this form is under a third of the size (128 bytes against 448).
+/// room for this future, and this form is under a third of the size.
 async fn write<S: AsyncRead + AsyncWrite + Unpin>(
     kick: &Kick,
     sink: &mut Sink<S>,
     frames: Vec<WsMessage>,
-) -> Result<(), Stop> {
+    conn: &Conn,
+    drain: &Drain,
+) -> Result<bool, Stop> {
     use futures_util::Sink as _;
-    use std::pin::Pin;
-    use std::task::Poll;
     if frames.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let mut frames = frames.into_iter();
     let mut kicked = std::pin::pin!(kick.kicked());
+    // Boxed: most writes never wait, and every connection's task keeps room for this future.
+    let mut waiting: Option<Box<Waiting>> = None;
     std::future::poll_fn(move |cx| {
         if let Poll::Ready(code) = kicked.as_mut().poll(cx) {
             return Poll::Ready(Err(Stop::Kicked(code)));
         }
-        while !frames.as_slice().is_empty() {
-            match Pin::new(&mut *sink).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(_)) => return Poll::Ready(Err(Stop::Gone)),
-                Poll::Pending => return Poll::Pending,
+        let done = 'send: {
+            while !frames.as_slice().is_empty() {
+                match Pin::new(&mut *sink).poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => break 'send Poll::Ready(Err(Stop::Gone)),
+                    Poll::Pending => break 'send Poll::Pending,
+                }
+                let frame = frames.next().expect("not empty");
+                if Pin::new(&mut *sink).start_send(frame).is_err() {
+                    break 'send Poll::Ready(Err(Stop::Gone));
+                }
             }
-            let frame = frames.next().expect("not empty");
-            if Pin::new(&mut *sink).start_send(frame).is_err() {
-                return Poll::Ready(Err(Stop::Gone));
-            }
+            Pin::new(&mut *sink)
+                .poll_flush(cx)
+                .map(|r| r.map_err(|_| Stop::Gone))
+        };
+        if let Poll::Ready(r) = done {
+            return Poll::Ready(r.map(|()| waiting.is_some()));
         }
-        Pin::new(&mut *sink)
-            .poll_flush(cx)
-            .map(|r| r.map_err(|_| Stop::Gone))
+        let (progress, stall) = (&*conn.progress, conn.stall);
+        waiting
+            .get_or_insert_with(|| Box::new(Waiting::new(progress, stall, Some(drain))))
+            .poll(cx, progress, stall, Some(drain))
+            .map(Err)
     })
     .await
+}
+
+/// Runs `write`, giving up (`None`) when it waits the stall limit with the client receiving
+/// nothing.
+///
+/// Not an `async fn`, whose future would hold `write` twice (the argument and its pinned copy):
+/// `write` is boxed instead (once per connection, at its close).
+fn unstalled<'a, F: Future + 'a>(
+    conn: &'a Conn,
+    write: F,
+) -> impl Future<Output = Option<F::Output>> + 'a {
+    let (progress, stall) = (&*conn.progress, conn.stall);
+    let mut write = Box::pin(write);
+    let mut waiting: Option<Waiting> = None;
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(v) = write.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        let w = waiting.get_or_insert_with(|| Waiting::new(progress, stall, None));
+        w.poll(cx, progress, stall, None).map(|_| None)
+    })
 }
 
 /// The reply to a session-level request.
@@ -840,26 +1224,37 @@ fn answer(id: u64, result: Result<(), Error>) -> protocol::ServerFrame {
     }
 }
 
-/// Sends the close frame (if any), waits briefly for the peer's close, and drops the socket.
+/// Sends the close frame (if any), waits briefly for the peer's close, and drops the socket,
+/// all within `close_timeout_ms`, and the close frame's write within the stall limit; after a
+/// stalled write it drops the socket at once (a close frame would queue behind the rest).
+/// Returns whether the close frame went out.
 async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     mut sink: Sink<S>,
     mut stream: Stream<S>,
     app: &App,
     close: Option<Close>,
-) {
+    conn: &Conn,
+    stalled: bool,
+) -> bool {
     app.stats.sessions_closed.inc();
+    if stalled {
+        return false;
+    }
     let wait = Duration::from_millis(app.config.close_timeout_ms);
     let Some(Close(code, reason)) = close else {
         // The peer closed (or vanished): send the close reply tungstenite queued, if any.
-        let _ = timeout(wait, sink.close()).await;
-        return;
+        let _ = timeout(wait, unstalled(conn, sink.close())).await;
+        return false;
     };
     let frame = CloseFrame {
         code: WsCode::from(code),
         reason: reason.into(),
     };
+    let mut sent = false;
     let _ = timeout(wait, async {
-        if sink.send(WsMessage::Close(Some(frame))).await.is_ok() {
+        let out = unstalled(conn, sink.send(WsMessage::Close(Some(frame)))).await;
+        if let Some(Ok(())) = out {
+            sent = true;
             // Read until the peer's close (or EOF) so our close frame is not lost to a reset.
             while let Some(Ok(m)) = stream.next().await {
                 if matches!(m, WsMessage::Close(_)) {
@@ -869,4 +1264,5 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
         }
     })
     .await;
+    sent
 }
