@@ -19,6 +19,12 @@ pub struct Config {
     pub listen: String,
     /// Accept queue length asked of the kernel (capped by `net.core.somaxconn`).
     pub listen_backlog: u32,
+    /// Browser origins allowed to open a WebSocket besides the server's own host:
+    /// `scheme://host[:port]`, `scheme://*.domain` (any subdomain), `null` or `*` (any).
+    /// Connections without an `Origin` header are always allowed. A TOML list, or one string
+    /// separated by commas or spaces (environment, `--set`).
+    #[serde(deserialize_with = "list_or_string")]
+    pub allowed_origins: Vec<String>,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
     /// Embedded storage engine: `redb` or `sled`.
@@ -183,6 +189,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:7400".into(),
             listen_backlog: 4096,
+            allowed_origins: Vec::new(),
             data_dir: PathBuf::from("tidings-data"),
             store_engine: "redb".into(),
             store_cache_bytes: 64 << 20,
@@ -422,6 +429,11 @@ impl Config {
         if self.write_timeout_ms == 0 {
             return bad("write_timeout_ms must be at least 1");
         }
+        for entry in &self.allowed_origins {
+            crate::origin::Pattern::parse(entry).map_err(|e| {
+                ConfigError::Invalid(format!("allowed_origins entry {entry:?}: {e}"))
+            })?;
+        }
         if self.max_sessions_per_user == 0 || self.log_kind_lines_per_sec == 0 {
             return bad("max_sessions_per_user and log_kind_lines_per_sec must be at least 1");
         }
@@ -430,6 +442,25 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A list setting given either as a list (TOML) or as one string of items separated by commas
+/// or white space (environment variables, `--set`).
+fn list_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<String>),
+        String(String),
+    }
+    Ok(match ListOrString::deserialize(d)? {
+        ListOrString::List(l) => l,
+        ListOrString::String(s) => s
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 /// Reads an environment or `--set` value as the TOML scalar it looks like.

@@ -24,6 +24,7 @@ pub mod config;
 pub mod hub;
 pub mod leancloud;
 pub mod logsafe;
+pub mod origin;
 pub mod protocol;
 pub mod registry;
 pub mod server;

@@ -11,6 +11,7 @@
 use crate::app::App;
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::logsafe::{Throttle, clean};
 use crate::protocol::SUBPROTOCOL;
 use crate::session;
 use bytes::Bytes;
@@ -94,6 +95,7 @@ pub async fn start_with(
         auth = %auth.join(","),
         store_engine = %c.store_engine,
         data_dir = %c.data_dir.display(),
+        allowed_origins = ?c.allowed_origins,
         "listening"
     );
     let task = tokio::spawn(run(listener, app.clone(), shutdown.clone(), writer_thread));
@@ -131,6 +133,7 @@ struct Shared {
     drain: session::Drain,
     /// Upgraded connections and the expiry task: what the drain waits for.
     sessions: TaskTracker,
+    origins: Vec<crate::origin::Pattern>,
 }
 
 /// Serves connections from `listener` until `shutdown` is cancelled, then drains.
@@ -140,10 +143,17 @@ pub async fn run(
     shutdown: CancellationToken,
     writer_thread: crate::registry::writer::WriterThread,
 ) -> anyhow::Result<()> {
+    let origins = app
+        .config
+        .allowed_origins
+        .iter()
+        .map(|o| crate::origin::Pattern::parse(o))
+        .collect::<Result<_, _>>()?;
     let shared = Arc::new(Shared {
         app: app.clone(),
         drain: session::Drain::new(),
         sessions: TaskTracker::new(),
+        origins,
     });
     // HTTP connections until they upgrade or end; dropped once the sessions have drained.
     let http = TaskTracker::new();
@@ -559,6 +569,23 @@ fn upgrade(
             "expected a WebSocket upgrade (version 13)\n",
         );
     };
+    // A page on another site may not open a WebSocket here (see `crate::origin`), whichever
+    // dialect it asks for.
+    let headers = req.headers();
+    let origin = headers.get(header::ORIGIN).map(HeaderValue::as_bytes);
+    let host = headers.get(header::HOST).map(HeaderValue::as_bytes);
+    if !crate::origin::allowed(origin, host, &shared.origins) {
+        static REFUSED: Throttle = Throttle::new("origin refused");
+        if REFUSED.allow(app.config.log_kind_lines_per_sec) {
+            let origin = String::from_utf8_lossy(origin.unwrap_or_default());
+            let origin = clean(&origin, app.config.log_value_max_chars);
+            tracing::info!(peer = %remote.peer, %origin, "WebSocket origin refused");
+        }
+        return text(
+            StatusCode::FORBIDDEN,
+            "origin not allowed (see allowed_origins)\n",
+        );
+    }
     let Some((dialect, echo)) = dialect_of(&req, &app.config) else {
         let also = if app.config.leancloud_app_id.is_some() {
             " (or a LeanCloud one: lc.protobuf2.3, lc.proto2base64.3, lc.protobuf2.1)"

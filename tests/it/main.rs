@@ -12,6 +12,7 @@ mod leancloud_http;
 mod leancloud_wire;
 mod list;
 mod log_safety;
+mod origin;
 mod presence;
 mod races;
 mod readme;
