@@ -8,6 +8,7 @@ mod delivery;
 mod drain;
 mod durability;
 mod leancloud;
+mod leancloud_browser;
 mod leancloud_http;
 mod leancloud_wire;
 mod list;
