@@ -2,55 +2,11 @@
 // its HTTP base (`server`, no `RTMServers`): the SDK must find the WebSocket through the
 // router `GET {server}/v1/route`, as apps configured that way do.
 //
-// Usage: node route.mjs <ws-url> <http-base> <app-id> <master-key> <binary|base64>
-// Prints one line per check that passed and exits 0, or prints the failure and exits 1.
-// Every wait is on an SDK event or a reply, each with a deadline.
+// See common.mjs for how it is run.
 
-import crypto from 'node:crypto';
-import sdk from 'leancloud-realtime';
+import { sdk, within, check, equal, next, sign, run, url, server, appId, masterKey, mode } from './common.mjs';
 
 const { Realtime, TextMessage, Event } = sdk;
-const [url, server, appId, masterKey, mode] = process.argv.slice(2);
-
-const DEADLINE_MS = 15000;
-
-function within(promise, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out: ${what}`)), DEADLINE_MS);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-function check(cond, what) {
-  if (!cond) throw new Error(`check failed: ${what}`);
-  console.log(`ok - ${what}`);
-}
-
-function equal(actual, expected, what) {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) throw new Error(`check failed: ${what}: expected ${e}, got ${a}`);
-  console.log(`ok - ${what}`);
-}
-
-/** The next `event` an emitter fires (with its arguments). */
-function next(emitter, event, what) {
-  return within(new Promise((resolve) => emitter.once(event, (...args) => resolve(args))), what);
-}
-
-/** A login signature as an app's backend makes it: HMAC-SHA1 over appid:clientid::t:nonce. */
-function sign(key) {
-  return (clientId) => {
-    const timestamp = Date.now();
-    const nonce = crypto.randomBytes(8).toString('hex');
-    const signature = crypto
-      .createHmac('sha1', key)
-      .update(`${appId}:${clientId}::${timestamp}:${nonce}`)
-      .digest('hex');
-    return { signature, timestamp, nonce };
-  };
-}
 
 async function main() {
   // The router's answer, as the SDK asks for it (secure=true is its default).
@@ -113,13 +69,6 @@ async function main() {
 
   await within(alice.close(), 'alice closes');
   await within(bob.close(), 'bob closes');
-  console.log('all passed');
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    console.error(`FAILED: ${e && e.stack ? e.stack : e}`);
-    process.exit(1);
-  },
-);
+run(main);
