@@ -213,8 +213,10 @@ fn serve(config: Config, ignored_env: &[String]) -> anyhow::Result<()> {
         let token = server.shutdown_token();
         tokio::spawn(async move {
             wait_for_signal().await;
-            tracing::info!("signal received; draining");
+            // Drain first: if the log's reader is gone, logging may fail, and the signal must
+            // still stop the server.
             token.cancel();
+            tracing::info!("signal received; draining");
         });
         server.wait().await
     })
