@@ -511,15 +511,29 @@ impl Registry {
                 ));
             }
             let now = self.now();
+            let patched_before = m.edited_at.max(m.recalled_at);
             let Some(kind) = change(&mut m, now)? else {
                 return Ok(m);
             };
             let encoded = Bytes::from(m.encode_to_vec());
-            let ops = vec![Op::PutMessage {
+            let mut ops = Vec::with_capacity(3);
+            if patched_before > 0 {
+                ops.push(Op::DeletePatch {
+                    conv: cell.num,
+                    at: patched_before,
+                    seq,
+                });
+            }
+            ops.push(Op::PutPatch {
+                conv: cell.num,
+                at: now,
+                seq,
+            });
+            ops.push(Op::PutMessage {
                 conv: cell.num,
                 seq,
                 message: encoded,
-            }];
+            });
             if st.edited.len() >= 256 {
                 let horizon = self
                     .config
@@ -583,5 +597,33 @@ impl Registry {
             // Everything on this page was deleted by the caller: go on after it.
             lo = last + 1;
         }
+    }
+
+    /// The messages of `user`'s conversations last edited or recalled after `after` (ms) that
+    /// the user can still see, oldest change first, at most `max` (catch-up of clients that
+    /// missed the pushes).
+    pub fn patched_since(&self, user: &str, after: i64, max: usize) -> Result<Vec<Message>, Error> {
+        let mut found: Vec<(i64, u64, u64)> = Vec::new();
+        for (num, rec) in self.store.user_conversations(user)? {
+            for (at, seq) in self.store.patches_after(num, after, max)? {
+                if seq > rec.cleared_seq {
+                    found.push((at, num, seq));
+                }
+            }
+        }
+        found.sort_unstable();
+        let mut out = Vec::with_capacity(found.len().min(max));
+        for (_, num, seq) in found {
+            if out.len() == max {
+                break;
+            }
+            if !self.store.hidden_seqs(user, num, seq, seq + 1)?.is_empty() {
+                continue;
+            }
+            if let Some(m) = self.store.message(num, seq)? {
+                out.push(m);
+            }
+        }
+        Ok(out)
     }
 }

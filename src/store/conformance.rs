@@ -19,6 +19,7 @@ pub fn run(open: Open<'_>) {
         ("message ranges", message_ranges),
         ("user ids are length-prefixed", user_prefixes),
         ("user events paging", user_events),
+        ("patch index: time order, moves, purge", patch_index),
         ("everything survives reopen", reopen),
         (
             "list state: tombstones, one-way deletes, receipts",
@@ -420,4 +421,43 @@ fn list_state(open: Open<'_>) {
     assert_eq!(s.hidden_seqs("al", 8, 0, u64::MAX).unwrap(), vec![1]);
     assert!(s.receipts_wanted(7, 0, u64::MAX).unwrap().is_empty());
     assert_eq!(s.last_receipt_wanted(7).unwrap(), 0);
+}
+
+fn patch_index(open: Open<'_>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let put = |conv, at, seq| Op::PutPatch { conv, at, seq };
+    s.commit(&[
+        put(1, 300, 2),
+        put(1, 100, 5),
+        put(1, 200, 1),
+        put(2, 150, 1),
+    ])
+    .unwrap();
+    assert_eq!(
+        s.patches_after(1, 0, 10).unwrap(),
+        vec![(100, 5), (200, 1), (300, 2)]
+    );
+    assert_eq!(
+        s.patches_after(1, 100, 10).unwrap(),
+        vec![(200, 1), (300, 2)]
+    );
+    assert_eq!(s.patches_after(1, 0, 1).unwrap(), vec![(100, 5)]);
+    // A message patched again moves to its new time.
+    s.commit(&[
+        Op::DeletePatch {
+            conv: 1,
+            at: 100,
+            seq: 5,
+        },
+        put(1, 400, 5),
+    ])
+    .unwrap();
+    assert_eq!(
+        s.patches_after(1, 0, 10).unwrap(),
+        vec![(200, 1), (300, 2), (400, 5)]
+    );
+    s.commit(&[Op::PurgeConversation { conv: 1 }]).unwrap();
+    assert_eq!(s.patches_after(1, 0, 10).unwrap(), vec![]);
+    assert_eq!(s.patches_after(2, 0, 10).unwrap(), vec![(150, 1)]);
 }

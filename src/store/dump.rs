@@ -126,8 +126,11 @@ pub fn import(store: &dyn Store, input: &mut impl Read) -> Result<u64, DumpError
     hash.update(&magic);
     let mut batch = Vec::with_capacity(BATCH);
     let mut count = 0u64;
+    let version_key = crate::store::keys::format_version();
+    let mut versioned = false;
     while let Some(key) = read_field(input, &mut hash, true)? {
         let value = read_field(input, &mut hash, false)?.expect("values have no end marker");
+        versioned |= key == version_key;
         batch.push((key, value));
         count += 1;
         if batch.len() == BATCH {
@@ -149,6 +152,10 @@ pub fn import(store: &dyn Store, input: &mut impl Read) -> Result<u64, DumpError
         )));
     }
     store.load(batch)?;
+    if !versioned {
+        // Data from before the version key: the next start upgrades it.
+        store.mark_format(None)?;
+    }
     store.flush()?;
     Ok(count)
 }
@@ -192,10 +199,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sled = filled(&dir.path().join("a"), "sled");
         let mut file = Vec::new();
-        assert_eq!(export(sled.as_ref(), &mut file).unwrap(), 25_001);
+        // 25,000 messages, a read position and the format version.
+        assert_eq!(export(sled.as_ref(), &mut file).unwrap(), 25_002);
 
         let redb = crate::store::open("redb", &dir.path().join("b"), 8 << 20).unwrap();
-        assert_eq!(import(redb.as_ref(), &mut file.as_slice()).unwrap(), 25_001);
+        assert_eq!(import(redb.as_ref(), &mut file.as_slice()).unwrap(), 25_002);
         assert_eq!(all(redb.as_ref()), all(sled.as_ref()));
         assert_eq!(redb.read_seq("u", 1).unwrap(), 7);
 
@@ -221,5 +229,52 @@ mod tests {
             import(fresh("e").as_ref(), &mut flipped.as_slice()),
             Err(DumpError::Corrupt(_))
         ));
+    }
+
+    /// A dump of format-1 data (no version key) loads as format 1, and the next open upgrades
+    /// it: on both engines the patch index then holds the fixture's edit and recall.
+    #[test]
+    fn a_format_1_dump_is_upgraded_when_the_store_next_opens() {
+        let fixture: &[u8] = include_bytes!("../../tests/fixtures/store-v1.dump");
+        for engine in crate::store::ENGINES {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let s = crate::store::open(engine, dir.path(), 8 << 20).unwrap();
+                import(s.as_ref(), &mut &fixture[..]).unwrap();
+                assert_eq!(s.patches_after(1, 0, 10).unwrap(), vec![], "{engine}");
+            }
+            let s = crate::store::open(engine, dir.path(), 8 << 20).unwrap();
+            let seqs: Vec<u64> = s
+                .patches_after(1, 0, 10)
+                .unwrap()
+                .into_iter()
+                .map(|(_, seq)| seq)
+                .collect();
+            assert_eq!(seqs, vec![2, 3], "{engine}");
+            // Upgraded once: the version is stored, and the dump now carries it.
+            let mut again = Vec::new();
+            export(s.as_ref(), &mut again).unwrap();
+            let other = tempfile::tempdir().unwrap();
+            let t = crate::store::open(engine, other.path(), 8 << 20).unwrap();
+            import(t.as_ref(), &mut again.as_slice()).unwrap();
+            assert_eq!(all(t.as_ref()), all(s.as_ref()), "{engine}");
+        }
+    }
+
+    /// Data of a newer format is refused with a message that says what to do.
+    #[test]
+    fn a_store_of_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = crate::store::open("redb", dir.path(), 8 << 20).unwrap();
+            s.mark_format(Some(crate::store::keys::FORMAT_VERSION + 1))
+                .unwrap();
+            s.flush().unwrap();
+        }
+        let e = crate::store::open("redb", dir.path(), 8 << 20)
+            .err()
+            .expect("refused");
+        let text = e.to_string();
+        assert!(text.contains("newer tidings"), "{text}");
     }
 }

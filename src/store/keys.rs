@@ -19,6 +19,11 @@
 //! | `T`    | user ‖ conv                      | deleted at (i64): list tombstone |
 //! | `H`    | user ‖ conv ‖ seq                | ∅ (message deleted one-way)    |
 //! | `W`    | conv ‖ seq                       | sender: wants receipts         |
+//! | `P`    | conv ‖ patched at ‖ seq          | ∅ (last edit or recall, time order) |
+//! | `V`    | (the key is the prefix alone)    | format version (u64)           |
+//!
+//! Format versions ([`FORMAT_VERSION`]): 1, the layout without `P` and `V` (a store without a
+//! `V` key that holds data is version 1); 2 adds the patch index `P` and the version key.
 
 pub const CONVERSATION: u8 = b'C';
 pub const MEMBER: u8 = b'M';
@@ -34,6 +39,11 @@ pub const UNIQUE_TEMPORARY: u8 = b'Q';
 pub const TOMBSTONE: u8 = b'T';
 pub const HIDDEN: u8 = b'H';
 pub const RECEIPT_WANTED: u8 = b'W';
+pub const PATCH: u8 = b'P';
+pub const FORMAT: u8 = b'V';
+
+/// The key layout this build reads and writes.
+pub const FORMAT_VERSION: u64 = 2;
 
 /// A key under construction.
 pub struct Key(Vec<u8>);
@@ -139,6 +149,20 @@ pub fn receipt_wanted(conv: u64, seq: u64) -> Vec<u8> {
 }
 pub fn receipts_wanted_of(conv: u64) -> Vec<u8> {
     Key::new(RECEIPT_WANTED).u64(conv).build()
+}
+/// Times are never negative here; the cast keeps byte order = time order.
+pub fn patch(conv: u64, at: i64, seq: u64) -> Vec<u8> {
+    Key::new(PATCH)
+        .u64(conv)
+        .u64(at.max(0) as u64)
+        .u64(seq)
+        .build()
+}
+pub fn patches_of(conv: u64) -> Vec<u8> {
+    Key::new(PATCH).u64(conv).build()
+}
+pub fn format_version() -> Vec<u8> {
+    vec![FORMAT]
 }
 pub fn counter(name: &str) -> Vec<u8> {
     Key::new(COUNTER).tail(name.as_bytes()).build()

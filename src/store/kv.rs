@@ -106,6 +106,7 @@ impl<E: OrderedKv> KvStore<E> {
             keys::messages_of(conv),
             keys::dedups_of(conv),
             keys::receipts_wanted_of(conv),
+            keys::patches_of(conv),
         ];
         for (user, _) in self.members(conv)? {
             out.push(keys::member(conv, &user));
@@ -121,6 +122,94 @@ impl<E: OrderedKv> KvStore<E> {
             );
         }
         Ok(out)
+    }
+}
+
+/// Messages read per step of a migration.
+const MIGRATION_BATCH: usize = 10_000;
+
+impl<E: OrderedKv> KvStore<E> {
+    /// The stored format version: the `V` key, or 1 for data written before it existed (`None`:
+    /// the store is empty).
+    fn stored_format(&self) -> Result<Option<u64>, StoreError> {
+        if let Some(v) = self.engine.get(&keys::format_version())? {
+            return be_u64(&v, 0).map(Some).ok_or_else(|| StoreError::Corrupt {
+                what: "format version",
+                detail: format!("{v:?}"),
+            });
+        }
+        Ok((!self.is_empty()?).then_some(1))
+    }
+
+    /// Brings the stored data to [`keys::FORMAT_VERSION`], one version at a time, or refuses
+    /// data written by a newer build. Each step is idempotent and the version is written last,
+    /// so a step cut short by a crash runs again at the next start. Returns the version found.
+    pub fn upgrade(&self) -> Result<u64, StoreError> {
+        let found = self.stored_format()?;
+        let Some(mut version) = found else {
+            self.mark_format(Some(keys::FORMAT_VERSION))?;
+            self.engine.flush()?;
+            return Ok(keys::FORMAT_VERSION);
+        };
+        if version > keys::FORMAT_VERSION {
+            return Err(StoreError::Format(format!(
+                "the store is in format {version}, written by a newer tidings; this build reads \
+                 formats up to {}. Run the newer version, or restore a backup made by this one",
+                keys::FORMAT_VERSION
+            )));
+        }
+        if version == 0 {
+            return Err(StoreError::Format("the store claims format 0".into()));
+        }
+        let from = version;
+        while version < keys::FORMAT_VERSION {
+            let started = std::time::Instant::now();
+            let entries = match version {
+                1 => self.index_patches()?,
+                _ => unreachable!("every version below the current one has a step"),
+            };
+            version += 1;
+            self.mark_format(Some(version))?;
+            self.engine.flush()?;
+            tracing::info!(
+                from = version - 1,
+                to = version,
+                entries,
+                took_ms = started.elapsed().as_millis() as u64,
+                "store format upgraded"
+            );
+        }
+        Ok(from)
+    }
+
+    /// 1 → 2: the patch index, from every edited or recalled message.
+    fn index_patches(&self) -> Result<u64, StoreError> {
+        let end = prefix_end(&[keys::MESSAGE]);
+        let mut lo = vec![keys::MESSAGE];
+        let mut entries = 0;
+        loop {
+            let rows = self
+                .engine
+                .range(&lo, end.as_deref(), false, MIGRATION_BATCH)?;
+            let Some((last, _)) = rows.last() else {
+                return Ok(entries);
+            };
+            lo = last.clone();
+            lo.push(0);
+            let mut writes = Vec::new();
+            for (k, v) in &rows {
+                let m: Message = decode("message", v)?;
+                let at = m.edited_at.max(m.recalled_at);
+                if let (Some(conv), Some(seq), true) = (be_u64(k, 1), be_u64(k, 9), at > 0) {
+                    writes.push(Write::Put(keys::patch(conv, at, seq), Vec::new()));
+                }
+            }
+            entries += writes.len() as u64;
+            self.engine.apply(writes)?;
+            if rows.len() < MIGRATION_BATCH {
+                return Ok(entries);
+            }
+        }
     }
 }
 
@@ -189,6 +278,8 @@ fn write_of(op: &Op) -> Write {
             keys::receipt_wanted(*conv, *seq),
             sender.as_bytes().to_vec(),
         ),
+        Op::PutPatch { conv, at, seq } => Write::Put(keys::patch(*conv, *at, *seq), Vec::new()),
+        Op::DeletePatch { conv, at, seq } => Write::Delete(keys::patch(*conv, *at, *seq)),
         Op::PurgeConversation { .. } => unreachable!("purges are expanded by commit"),
     }
 }
@@ -205,6 +296,7 @@ fn conv_of(op: &Op) -> Option<u64> {
         | Op::PutExpiry { conv, .. }
         | Op::PutHidden { conv, .. }
         | Op::PutReceiptWanted { conv, .. }
+        | Op::PutPatch { conv, .. }
         | Op::PutUniqueTemporary { conv, .. } => Some(*conv),
         _ => None,
     }
@@ -427,6 +519,30 @@ impl<E: OrderedKv> Store for KvStore<E> {
             .unwrap_or(0))
     }
 
+    fn patches_after(
+        &self,
+        conv: u64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, u64)>, StoreError> {
+        let prefix = keys::patches_of(conv);
+        let lo = keys::patch(conv, after.saturating_add(1), 0);
+        let rows = self
+            .engine
+            .range(&lo, prefix_end(&prefix).as_deref(), false, limit)?;
+        rows.iter()
+            .map(
+                |(k, _)| match (be_u64(k, prefix.len()), be_u64(k, prefix.len() + 8)) {
+                    (Some(at), Some(seq)) => Ok((at as i64, seq)),
+                    _ => Err(StoreError::Corrupt {
+                        what: "patch key",
+                        detail: format!("{k:?}"),
+                    }),
+                },
+            )
+            .collect()
+    }
+
     fn next_expiries(&self, limit: usize) -> Result<Vec<(i64, u64)>, StoreError> {
         let mut out = Vec::new();
         for (k, _) in self.scan(&keys::expiries(), false, limit)? {
@@ -456,7 +572,20 @@ impl<E: OrderedKv> Store for KvStore<E> {
     }
 
     fn is_empty(&self) -> Result<bool, StoreError> {
-        Ok(self.engine.range(&[], None, false, 1)?.is_empty())
+        let version = keys::format_version();
+        Ok(self
+            .engine
+            .range(&[], None, false, 2)?
+            .iter()
+            .all(|(k, _)| *k == version))
+    }
+
+    fn mark_format(&self, version: Option<u64>) -> Result<(), StoreError> {
+        let key = keys::format_version();
+        self.engine.apply(vec![match version {
+            Some(v) => Write::Put(key, v.to_be_bytes().to_vec()),
+            None => Write::Delete(key),
+        }])
     }
 
     fn load(&self, rows: Rows) -> Result<(), StoreError> {

@@ -31,6 +31,9 @@ pub enum StoreError {
     /// The engine reported an error (I/O, corruption it detected, ...).
     #[error("storage engine: {0}")]
     Engine(String),
+    /// The data is in a format this build cannot read.
+    #[error("{0}")]
+    Format(String),
     /// A stored value could not be decoded.
     #[error("corrupt record under {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
@@ -145,9 +148,20 @@ pub enum Op {
         seq: u64,
         sender: UserId,
     },
+    /// Index entry: message `seq` was last edited or recalled at `at` (ms).
+    PutPatch {
+        conv: u64,
+        at: i64,
+        seq: u64,
+    },
+    DeletePatch {
+        conv: u64,
+        at: i64,
+        seq: u64,
+    },
     /// Deletes everything about `conv`: record, members, their per-user entries, read
     /// positions and one-way deletions, messages, dedup and receipt entries, its expiry and
-    /// unique-member-set entries, including what earlier ops of the same commit wrote.
+    /// unique-member-set entries, patch index, including what earlier ops of the same commit wrote.
     PurgeConversation {
         conv: u64,
     },
@@ -227,6 +241,14 @@ pub trait Store: Send + Sync + 'static {
     fn last_receipt_wanted(&self, conv: u64) -> Result<u64, StoreError>;
 
     /// The earliest expiry index entries `(at, conv)`, ascending, at most `limit`.
+    /// Messages of `conv` last edited or recalled after `after` (ms), oldest patch first, at
+    /// most `limit`: `(patched at, seq)`.
+    fn patches_after(
+        &self,
+        conv: u64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, u64)>, StoreError>;
     fn next_expiries(&self, limit: usize) -> Result<Vec<(i64, u64)>, StoreError>;
     /// The temporary conversation registered for this sorted member set, if any.
     fn unique_temporary(&self, members: &[UserId]) -> Result<Option<u64>, StoreError>;
@@ -238,8 +260,11 @@ pub trait Store: Send + Sync + 'static {
     /// values are the layout of [`keys`] and the records of `store.proto`, which every engine
     /// shares, so a dump is engine-neutral.
     fn dump(&self, f: &mut EntrySink<'_>) -> Result<(), StoreError>;
-    /// Whether nothing is stored.
+    /// Whether nothing is stored (the format version aside).
     fn is_empty(&self) -> Result<bool, StoreError>;
+    /// Sets the stored format version, or removes it (the data then reads as version 1): for
+    /// a dump's import, which copies the version of the data it loads.
+    fn mark_format(&self, version: Option<u64>) -> Result<(), StoreError>;
     /// Writes raw entries of a dump (atomically per call; `flush` makes them durable).
     fn load(&self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError>;
 }
@@ -272,8 +297,16 @@ pub fn open(
         )));
     }
     match engine {
-        "redb" => Ok(Arc::new(redb::open(dir, cache_bytes)?)),
-        "sled" => Ok(Arc::new(sled::open(dir, cache_bytes)?)),
+        "redb" => {
+            let s = redb::open(dir, cache_bytes)?;
+            s.upgrade()?;
+            Ok(Arc::new(s))
+        }
+        "sled" => {
+            let s = sled::open(dir, cache_bytes)?;
+            s.upgrade()?;
+            Ok(Arc::new(s))
+        }
         other => Err(StoreError::Engine(format!(
             "unknown store_engine {other:?}; one of {ENGINES:?}"
         ))),

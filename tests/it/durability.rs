@@ -339,6 +339,17 @@ impl tidings::store::Store for FailingStore {
     fn is_empty(&self) -> Result<bool, tidings::store::StoreError> {
         self.inner.is_empty()
     }
+    fn mark_format(&self, version: Option<u64>) -> Result<(), tidings::store::StoreError> {
+        self.inner.mark_format(version)
+    }
+    fn patches_after(
+        &self,
+        conv: u64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, u64)>, tidings::store::StoreError> {
+        self.inner.patches_after(conv, after, limit)
+    }
     fn load(&self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), tidings::store::StoreError> {
         self.inner.load(rows)
     }

@@ -174,6 +174,17 @@ impl Store for Gated {
     fn is_empty(&self) -> Result<bool, StoreError> {
         self.inner.is_empty()
     }
+    fn mark_format(&self, version: Option<u64>) -> Result<(), StoreError> {
+        self.inner.mark_format(version)
+    }
+    fn patches_after(
+        &self,
+        conv: u64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, u64)>, StoreError> {
+        self.inner.patches_after(conv, after, limit)
+    }
     fn load(&self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
         self.inner.load(rows)
     }
