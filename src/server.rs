@@ -298,7 +298,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 fn route(req: Request<Incoming>, shared: &Arc<Shared>, remote: Remote) -> Response<Full<Bytes>> {
     let app = &shared.app;
     if app.config.leancloud_app_id.is_some() && is_leancloud_http(req.uri().path()) {
-        return leancloud_http(&req, &app.config);
+        return leancloud_http(&req, app);
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => {
@@ -342,14 +342,18 @@ const LC_CORS_HEADERS: &str = "X-LC-Id, X-LC-Key, X-LC-IM-Session-Token, X-LC-UA
 /// Whether `path` is one of the LeanCloud dialect's HTTP endpoints (served, with CORS, only
 /// while the dialect is configured; otherwise 404 like any unknown path).
 fn is_leancloud_http(path: &str) -> bool {
-    path == LC_ROUTE_PATH
+    path == LC_ROUTE_PATH || path == LC_NOTIFICATIONS_PATH
 }
 
+/// Conversation events a client missed while offline (the SDKs ask after reconnecting).
+const LC_NOTIFICATIONS_PATH: &str = "/1.1/rtm/notifications";
+
 /// A LeanCloud HTTP endpoint: preflights, then the endpoint itself, every answer with CORS.
-fn leancloud_http(req: &Request<Incoming>, config: &Config) -> Response<Full<Bytes>> {
+fn leancloud_http(req: &Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
     let mut r = match (req.method(), req.uri().path()) {
         (&Method::OPTIONS, _) => return cors_preflight(req.headers()),
-        (&Method::GET, LC_ROUTE_PATH) => leancloud_route(req, config),
+        (&Method::GET, LC_ROUTE_PATH) => leancloud_route(req, &app.config),
+        (&Method::GET, LC_NOTIFICATIONS_PATH) => leancloud_notifications(req, app),
         _ => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             r.headers_mut()
@@ -408,6 +412,34 @@ fn leancloud_route(req: &Request<Incoming>, config: &Config) -> Response<Full<By
             "secondary": url,
             "ttl": LC_ROUTE_TTL_SECS,
         }),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// `GET /1.1/rtm/notifications?client_id=…&start_ts=…` with the client's session token in
+/// `X-LC-IM-Session-Token` (and the app id in `X-LC-Id`, when sent).
+fn leancloud_notifications(req: &Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if let Some(id) = header("x-lc-id")
+        && Some(id) != app.config.leancloud_app_id.as_deref()
+    {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({"code": 4100, "error": "APP_NOT_AVAILABLE"}),
+        );
+    }
+    let query = req.uri().query();
+    let (status, body) = crate::session::leancloud::notifications(
+        app,
+        query_param(query, "client_id").as_deref(),
+        query_param(query, "start_ts").as_deref(),
+        header("x-lc-im-session-token"),
+    );
+    let mut r = json(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &body,
     );
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

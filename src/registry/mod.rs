@@ -549,6 +549,16 @@ impl Registry {
         )?)
     }
 
+    /// The logged events of `user` after time `after` (ms), oldest first (as far back as
+    /// `event_log_retention` keeps them).
+    pub fn events_since(&self, user: &str, after: i64) -> Result<Vec<ConversationEvent>, Error> {
+        let (mut events, _) =
+            self.store
+                .user_events_after(user, 0, self.config.event_log_retention as usize)?;
+        events.retain(|e| e.server_time > after);
+        Ok(events)
+    }
+
     /// The newest logged event seq of `user`.
     pub fn last_event_seq(&self, user: &str) -> Result<u64, Error> {
         Ok(self.store.last_user_event_seq(user)?)

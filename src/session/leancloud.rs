@@ -37,6 +37,11 @@ const MAX_PEER_ID_CHARS: usize = 64;
 const MAX_QUERY_PEERS: usize = 20;
 /// Attribute marking a message a LeanCloud client sent as `binaryMsg`.
 const BINARY_ATTRIBUTE: &str = "lc.binary";
+/// Edits and recalls replayed after `session/open` (the oldest first; a client that missed
+/// more gets the rest at its next open, from the newest `patchTimestamp` it saw).
+pub(crate) const PATCH_REPLAY_MAX: usize = 1000;
+/// Patches per replayed `patch/modify` push.
+const PATCHES_PER_PUSH: usize = 50;
 
 /// The close a LeanCloud connection gets for a native close reason: the SDKs know 4107, 4108
 /// and 4109 by name; the rest keep tidings' codes (the SDKs reconnect after any of them).
@@ -373,6 +378,17 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
     } else {
         offline(&app, &caller)
     };
+    // Then the edits and recalls made since the client's `lastPatchTime`.
+    let catch_up = catch_up.and_then(|mut commands| {
+        if let Some(after) = s.last_patch_time.filter(|t| *t > 0) {
+            let changed = app
+                .registry
+                .patched_since(&caller.user, after, PATCH_REPLAY_MAX)?;
+            let changed: Vec<&pb::Message> = changed.iter().collect();
+            commands.extend(changed.chunks(PATCHES_PER_PUSH).map(patches));
+        }
+        Ok(commands)
+    });
     match catch_up {
         Ok(commands) => frames.extend(
             commands
@@ -1178,6 +1194,38 @@ fn row(
         row.insert("mu".into(), serde_json::json!([caller.user.to_string()]));
     }
     row.insert("m".into(), members.into());
+    // The newest message the caller can see (members only): the SDKs show it in the
+    // conversation list, and 4.x needs it to edit a message of a conversation it queried.
+    let last = match app.registry.get_list_entry(caller, id, true) {
+        Ok(entry) => entry.last_message,
+        Err(Error::NotAMember | Error::NotInList) => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(m) = last {
+        row.insert(
+            "lm".into(),
+            serde_json::json!({"__type": "Date", "iso": iso(m.server_time)}),
+        );
+        let (msg, bin) = match content(&m) {
+            Content::Text(s) => (s, false),
+            Content::Binary(b) => {
+                use base64::Engine;
+                (base64::engine::general_purpose::STANDARD.encode(b), true)
+            }
+        };
+        row.insert("msg".into(), msg.into());
+        row.insert("bin".into(), bin.into());
+        row.insert("msg_from".into(), m.sender.to_string().into());
+        row.insert("msg_mid".into(), m.id.clone().into());
+        row.insert("msg_timestamp".into(), m.server_time.into());
+        let patched = m.edited_at.max(m.recalled_at);
+        if patched > 0 {
+            row.insert("patch_timestamp".into(), patched.into());
+        }
+        if !m.mentions.is_empty() {
+            row.insert("mention_pids".into(), m.mentions.clone().into());
+        }
+    }
     Ok(row)
 }
 
@@ -1203,6 +1251,104 @@ fn iso(ms: i64) -> String {
         rem % 60,
         ms.rem_euclid(1000)
     )
+}
+
+// ---- missed notifications (HTTP) ----
+
+/// Notifications per `/1.1/rtm/notifications` answer (more: `hasMore`, and the SDK asks again
+/// from the newest `serverTs` it got).
+const NOTIFICATIONS_PER_PAGE: usize = 100;
+
+/// `GET /1.1/rtm/notifications?client_id=…&start_ts=…`, `X-LC-IM-Session-Token: st`: the
+/// conversation events of the client's event log after `start_ts` (ms), oldest first, in the
+/// form the live pushes had. Answers the JS SDK's shape (`notifications`, `hasMore`) and the
+/// Swift SDK's (`permanent.notifications`, `droppable`) at once.
+pub(crate) fn notifications(
+    app: &App,
+    client_id: Option<&str>,
+    start_ts: Option<&str>,
+    session_token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    use serde_json::json;
+    let now = app.clock.now_ms();
+    let (Some(peer), Some(st)) = (client_id, session_token) else {
+        let code = ErrorCode::InvalidLogin;
+        return (
+            400,
+            json!({"code": code.code(), "error": "client_id and X-LC-IM-Session-Token are required"}),
+        );
+    };
+    if verify_session_token(app, peer, st, now).is_none() {
+        let code = ErrorCode::SessionTokenExpired;
+        return (401, json!({"code": code.code(), "error": code.reason()}));
+    }
+    let Ok(after) = start_ts.unwrap_or("0").parse::<i64>() else {
+        return (
+            400,
+            json!({"code": 1, "error": "start_ts must be a time in ms"}),
+        );
+    };
+    let events = match app.registry.events_since(peer, after) {
+        Ok(events) => events,
+        Err(e) => {
+            tracing::error!(error = %e, user = %peer, "reading missed notifications failed");
+            return (500, json!({"code": 1, "error": "internal error"}));
+        }
+    };
+    // A page ends between two times, so asking again from its last `serverTs` misses nothing.
+    let mut end = events.len().min(NOTIFICATIONS_PER_PAGE);
+    while end > 0 && end < events.len() && events[end].server_time == events[end - 1].server_time {
+        end += 1;
+    }
+    let has_more = end < events.len();
+    let list: Vec<serde_json::Value> = events[..end]
+        .iter()
+        .filter_map(|e| conv_notification(e, peer, true))
+        .map(|c| notification_json(&c))
+        .collect();
+    (
+        200,
+        json!({
+            "notifications": list,
+            "hasMore": has_more,
+            "permanent": {"notifications": list, "hasMore": has_more},
+            "droppable": {"notifications": []},
+        }),
+    )
+}
+
+/// A `conv` notification as JSON: `cmd`, `op`, `serverTs`, `notificationType`, then the
+/// fields of its `convMessage`.
+fn notification_json(c: &GenericCommand) -> serde_json::Value {
+    let mut o = serde_json::Map::new();
+    o.insert("cmd".into(), "conv".into());
+    if let Some(op) = c.op.and_then(|op| Op::try_from(op).ok()) {
+        o.insert("op".into(), op.as_str_name().into());
+    }
+    if let Some(t) = c.server_ts {
+        o.insert("serverTs".into(), t.into());
+    }
+    o.insert("notificationType".into(), 1.into());
+    if let Some(conv) = &c.conv_message {
+        if let Some(cid) = &conv.cid {
+            o.insert("cid".into(), cid.clone().into());
+        }
+        if let Some(by) = &conv.init_by {
+            o.insert("initBy".into(), by.clone().into());
+        }
+        if !conv.m.is_empty() {
+            o.insert("m".into(), conv.m.clone().into());
+        }
+        for (name, attr) in [("attr", &conv.attr), ("attrModified", &conv.attr_modified)] {
+            if let Some(a) = attr {
+                o.insert(name.into(), serde_json::json!({"data": a.data}));
+            }
+        }
+        if let Some(u) = &conv.udate {
+            o.insert("udate".into(), u.clone().into());
+        }
+    }
+    serde_json::Value::Object(o)
 }
 
 // ---- pushes ----
@@ -1244,7 +1390,7 @@ pub(super) fn take(actor: &mut Actor, p: LcProtocol, o: Outgoing, frames: &mut V
     let body = match body {
         Some(b) => b.clone(),
         // Events whose form depends on the recipient.
-        None => match recipient_push(&o.push, &peer_id) {
+        None => match recipient_push(&o.push, &peer_id, o.user_seq != 0) {
             Some(c) => Bytes::from(prost::Message::encode_to_vec(&c)),
             None => return,
         },
@@ -1285,6 +1431,37 @@ fn direct_of(m: &pb::Message) -> lc::DirectCommand {
     d
 }
 
+/// Edited or recalled messages as one `patch/modify` push (`lastPatchTime`: the newest).
+fn patches(messages: &[&pb::Message]) -> GenericCommand {
+    let items: Vec<lc::PatchItem> = messages
+        .iter()
+        .map(|m| {
+            let mut item = lc::PatchItem {
+                cid: Some(m.conversation_id.clone()),
+                mid: Some(m.id.clone()),
+                timestamp: Some(m.server_time),
+                recall: Some(m.recalled),
+                patch_timestamp: Some(m.edited_at.max(m.recalled_at)),
+                from: Some(m.sender.clone()),
+                mention_pids: m.mentions.clone(),
+                ..Default::default()
+            };
+            match content(m) {
+                Content::Text(s) => item.data = Some(s),
+                Content::Binary(b) => item.binary_msg = Some(b),
+            }
+            item
+        })
+        .collect();
+    GenericCommand {
+        patch_message: Some(lc::PatchCommand {
+            last_patch_time: items.iter().filter_map(|i| i.patch_timestamp).max(),
+            patches: items,
+        }),
+        ..command(Cmd::Patch, Some(Op::Modify))
+    }
+}
+
 /// The recipient-independent LeanCloud form of a push, encoded (`None`: none such).
 fn push_body(push: &protocol::Push) -> Option<Bytes> {
     let c = match push.event() {
@@ -1318,31 +1495,7 @@ fn push_body(push: &protocol::Push) -> Option<Bytes> {
                 }),
                 ..command(Cmd::Unread, None)
             },
-            pb::server_frame::Body::MessageUpdated(u) => {
-                let m = u.message.as_ref()?;
-                let at = m.edited_at.max(m.recalled_at);
-                let mut item = lc::PatchItem {
-                    cid: Some(m.conversation_id.clone()),
-                    mid: Some(m.id.clone()),
-                    timestamp: Some(m.server_time),
-                    recall: Some(m.recalled),
-                    patch_timestamp: Some(at),
-                    from: Some(m.sender.clone()),
-                    mention_pids: m.mentions.clone(),
-                    ..Default::default()
-                };
-                match content(m) {
-                    Content::Text(s) => item.data = Some(s),
-                    Content::Binary(b) => item.binary_msg = Some(b),
-                }
-                GenericCommand {
-                    patch_message: Some(lc::PatchCommand {
-                        patches: vec![item],
-                        last_patch_time: Some(at),
-                    }),
-                    ..command(Cmd::Patch, Some(Op::Modify))
-                }
-            }
+            pb::server_frame::Body::MessageUpdated(u) => patches(&[u.message.as_ref()?]),
             pb::server_frame::Body::ConversationEvent(_) => return None,
             _ => return None,
         },
@@ -1352,14 +1505,27 @@ fn push_body(push: &protocol::Push) -> Option<Bytes> {
 }
 
 /// Pushes whose LeanCloud form depends on who gets them: membership events (`joined` for
-/// whoever was added, `members_joined` for the rest, …).
-fn recipient_push(push: &protocol::Push, peer_id: &str) -> Option<GenericCommand> {
+/// whoever was added, `members_joined` for the rest, …). `logged`: the event is in the
+/// recipient's event log, so it is a "reliable notification" that `/1.1/rtm/notifications`
+/// can replay.
+fn recipient_push(push: &protocol::Push, peer_id: &str, logged: bool) -> Option<GenericCommand> {
     let PushEvent::Other(body) = push.event() else {
         return None;
     };
     let pb::server_frame::Body::ConversationEvent(e) = body.as_ref() else {
         return None;
     };
+    conv_notification(e, peer_id, logged)
+}
+
+/// A conversation event as the `conv` command `peer_id` gets. A logged event carries
+/// `notificationType = 1` and its `serverTs`: the SDK keeps the newest as the time to fetch
+/// missed notifications from after a reconnect.
+fn conv_notification(
+    e: &pb::ConversationEvent,
+    peer_id: &str,
+    logged: bool,
+) -> Option<GenericCommand> {
     let me = e.members.iter().any(|m| m == peer_id);
     let op = match Ev::try_from(e.kind).ok()? {
         Ev::Created => Op::Joined,
@@ -1389,6 +1555,7 @@ fn recipient_push(push: &protocol::Push, peer_id: &str) -> Option<GenericCommand
     };
     Some(GenericCommand {
         server_ts: Some(e.server_time),
+        notification_type: logged.then_some(1),
         conv_message: Some(lc::ConvCommand {
             cid: Some(e.conversation_id.clone()),
             init_by: Some(e.by.clone()),

@@ -156,3 +156,11 @@ async fn the_leancloud_sdk_sees_a_temporary_conversation_expire() {
     let server = leancloud_server().await;
     run_sdk(&server, "expire.mjs", "binary").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leancloud_client_catches_up_on_edits_recalls_and_events_it_missed_while_offline() {
+    let server = leancloud_server().await;
+    run_sdk(&server, "offline.mjs", "binary").await;
+    let server = leancloud_server().await;
+    run_sdk_package(&server, "offline.mjs", "base64", "leancloud-realtime-v4").await;
+}

@@ -733,3 +733,78 @@ async fn a_socket_whose_clients_all_closed_does_not_live_on() {
     // tungstenite answers the server's pings while this reads, so only the rule above ends it.
     assert_eq!(c.closed().await, Some(4108));
 }
+
+/// A store written by format 1 (before the version key) is upgraded when the server starts:
+/// its data reads as before, and the edits and recalls it holds are in the new patch index, so
+/// a client whose `lastPatchTime` is older gets them replayed.
+#[tokio::test]
+async fn a_format_1_store_is_upgraded_at_start_and_its_old_edits_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/store-v1/tidings.redb");
+    std::fs::copy(fixture, dir.path().join("tidings.redb")).unwrap();
+    let data_dir = dir.path().to_path_buf();
+    let server = TestServer::start_with(|c| {
+        c.data_dir = data_dir;
+        c.leancloud_app_id = Some(APP_ID.into());
+        c.leancloud_master_key = Some(MASTER_KEY.into());
+    })
+    .await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let t = tidings::clock::Clock::now_ms(&tidings::clock::SystemClock);
+    let s = tidings::leancloud::sign::login_signature(MASTER_KEY, APP_ID, "bob", t, "nonce");
+    let r = c
+        .request(GenericCommand {
+            app_id: Some(APP_ID.into()),
+            peer_id: Some("bob".into()),
+            session_message: Some(lc::SessionCommand {
+                t: Some(t),
+                n: Some("nonce".into()),
+                s: Some(s),
+                last_patch_time: Some(1),
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Session, Some(Op::Open))
+        })
+        .await;
+    assert_eq!(op_of(&r), (Some(Cmd::Session), Some(Op::Opened)), "{r:?}");
+    let p = c.push_of(Cmd::Patch, Some(Op::Modify), "bob").await;
+    let patches = p.patch_message.unwrap().patches;
+    let got: Vec<(String, Option<bool>, Option<String>)> = patches
+        .into_iter()
+        .map(|p| (p.mid.unwrap(), p.recall, p.data))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "00000000000000010000000000000002".into(),
+                Some(false),
+                Some(r#"{"_lctext":"two, edited","_lctype":-1}"#.into())
+            ),
+            (
+                "00000000000000010000000000000003".into(),
+                Some(true),
+                Some(r#"{"_lctype":-127}"#.into())
+            ),
+        ]
+    );
+    // The history is what format 1 stored.
+    let r = c
+        .request(GenericCommand {
+            peer_id: Some("bob".into()),
+            logs_message: Some(lc::LogsCommand {
+                cid: Some("0000000000000001".into()),
+                l: Some(10),
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Logs, None)
+        })
+        .await;
+    let logs = r.logs_message.unwrap().logs;
+    assert_eq!(logs.len(), 4, "{logs:?}");
+    assert_eq!(
+        logs[3].data.as_deref(),
+        Some(r#"{"_lctext":"four","_lctype":-1}"#)
+    );
+}
