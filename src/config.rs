@@ -177,6 +177,10 @@ pub struct Config {
     pub leancloud_session_token_ttl_secs: u64,
     /// LeanCloud dialect: how old a signature's timestamp may be, seconds.
     pub leancloud_signature_ttl_secs: u64,
+    /// LeanCloud dialect: `conv/start` (not of temporary conversations), `conv/add` and
+    /// `conv/remove` must carry a conversation signature (LeanCloud's console option of the
+    /// same meaning). Off: they are not checked, and tidings' membership rules alone apply.
+    pub leancloud_conversation_signatures: bool,
     /// The WebSocket URL clients reach this server at (`ws://` or `wss://`, e.g.
     /// `wss://chat.example.com`), which the LeanCloud router `/v1/route` hands out; a URL
     /// without a path gets `/`. Unset: `ws://` and the request's `Host` header, which is wrong
@@ -256,6 +260,7 @@ impl Default for Config {
             leancloud_max_clients_per_socket: 16,
             leancloud_session_token_ttl_secs: 172_800,
             leancloud_signature_ttl_secs: 21_600,
+            leancloud_conversation_signatures: false,
             public_url: None,
         }
     }

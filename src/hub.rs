@@ -76,6 +76,9 @@ pub struct SessionHandle {
     pub kick: Arc<Kick>,
     /// The connection may carry other sessions (LeanCloud): replacing this one closes only it.
     pub shared: bool,
+    /// When the login this session continues happened (ms): its own start, or for a resumed
+    /// session (LeanCloud `st`) the original login's.
+    pub login_at: i64,
 }
 
 /// What [`Hub::register`] did.
@@ -134,7 +137,38 @@ impl Hub {
         handle: SessionHandle,
         max_sessions: usize,
     ) -> Registered {
+        self.register_with(user, handle, max_sessions, false)
+            .expect("a login is never refused")
+    }
+
+    /// Like [`Hub::register`] for a session that resumes an earlier login: refused (`None`,
+    /// nothing changed) when a live session of the same device tag comes from a later login,
+    /// which replaced the one being resumed.
+    pub fn register_resumed(
+        &self,
+        user: &UserId,
+        handle: SessionHandle,
+        max_sessions: usize,
+    ) -> Option<Registered> {
+        self.register_with(user, handle, max_sessions, true)
+    }
+
+    fn register_with(
+        &self,
+        user: &UserId,
+        handle: SessionHandle,
+        max_sessions: usize,
+        resumed: bool,
+    ) -> Option<Registered> {
         let mut entry = self.users.entry(user.clone()).or_default();
+        if resumed
+            && let Some(dev) = &handle.device
+            && entry
+                .iter()
+                .any(|h| h.device.as_deref() == Some(dev) && h.login_at > handle.login_at)
+        {
+            return None;
+        }
         let came_online = entry.is_empty();
         let mut replaced = Vec::new();
         if let Some(dev) = &handle.device {
@@ -150,11 +184,11 @@ impl Hub {
         let over = (entry.len() + 1).saturating_sub(max_sessions.max(1));
         let evicted = entry.drain(..over).collect();
         entry.push(handle);
-        Registered {
+        Some(Registered {
             replaced,
             evicted,
             came_online,
-        }
+        })
     }
 
     /// Ends a session closed to make room under `max_sessions_per_user`: its connection is

@@ -32,6 +32,31 @@ pub fn login_signature(key: &str, app_id: &str, client_id: &str, t: i64, nonce: 
     hex(&hmac_sha1(key.as_bytes(), message.as_bytes()))
 }
 
+/// The signature of `conv/start` (`action` `None`: over
+/// `appid:clientid:sorted_member_ids:timestamp:nonce`) and of `conv/add`/`conv/remove`
+/// (`invite`/`kick`: over `appid:clientid:convid:sorted_member_ids:timestamp:nonce:action`).
+/// `members` are sorted here and joined with `:`.
+pub fn conversation_signature(
+    key: &str,
+    app_id: &str,
+    client_id: &str,
+    conv_and_action: Option<(&str, &str)>,
+    members: &[&str],
+    t: i64,
+    nonce: &str,
+) -> String {
+    let mut sorted = members.to_vec();
+    sorted.sort_unstable();
+    let members = sorted.join(":");
+    let message = match conv_and_action {
+        None => format!("{app_id}:{client_id}:{members}:{t}:{nonce}"),
+        Some((conv, action)) => {
+            format!("{app_id}:{client_id}:{conv}:{members}:{t}:{nonce}:{action}")
+        }
+    };
+    hex(&hmac_sha1(key.as_bytes(), message.as_bytes()))
+}
+
 /// Compares without stopping at the first difference.
 pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

@@ -197,7 +197,12 @@ fn on_session_command(
         }
         (Cmd::Session, Some(Op::Refresh)) => {
             let peer = &actor.peers[at];
-            let (st, st_ttl) = session_token(&actor.app, &peer.caller.user, &peer.handle.device);
+            let (st, st_ttl) = session_token(
+                &actor.app,
+                &peer.caller.user,
+                &peer.handle.device,
+                peer.handle.login_at,
+            );
             reply(GenericCommand {
                 i,
                 session_message: Some(lc::SessionCommand {
@@ -338,16 +343,19 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
     };
     let s = cmd.session_message.clone().unwrap_or_default();
     let now = app.clock.now_ms();
-    let tag = match &s.st {
+    let (tag, resumed) = match &s.st {
         Some(st) if s.r == Some(true) => match verify_session_token(&app, &peer_id, st, now) {
-            Some(tag) => tag,
+            Some((tag, login_at)) => (tag, Some(login_at)),
             None => return fail(ErrorCode::SessionTokenExpired),
         },
         _ => {
             if !login_signature_ok(&app, &peer_id, &s, now) {
                 return fail(ErrorCode::SignatureFailed);
             }
-            s.tag.clone().filter(|t| !t.is_empty() && t != "default")
+            (
+                s.tag.clone().filter(|t| !t.is_empty() && t != "default"),
+                None,
+            )
         }
     };
     // Opening a client that is already open on this socket starts it afresh.
@@ -358,8 +366,16 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
         return fail(ErrorCode::AppQuotaExceeded);
     }
     let device = tag.map(Arc::<str>::from);
-    let caller = actor.open_peer(UserId::from(peer_id.as_str()), device.clone(), true);
-    let (st, st_ttl) = session_token(&app, &caller.user, &device);
+    // A resume whose device was taken over by a later login is refused; that login stays.
+    let Some(caller) = actor.open_peer(
+        UserId::from(peer_id.as_str()),
+        device.clone(),
+        true,
+        resumed,
+    ) else {
+        return fail(ErrorCode::SessionConflict);
+    };
+    let (st, st_ttl) = session_token(&app, &caller.user, &device, resumed.unwrap_or(now));
     let opened = GenericCommand {
         i,
         peer_id: Some(peer_id.clone()),
@@ -503,6 +519,43 @@ fn login_signature_ok(app: &App, peer_id: &str, s: &lc::SessionCommand, now: i64
     same(expected.as_bytes(), sig.to_ascii_lowercase().as_bytes())
 }
 
+/// With `leancloud_conversation_signatures`, whether a `conv/start` (`action` `None`) or a
+/// `conv/add`/`conv/remove` (`invite`/`kick`) carries a valid, fresh conversation signature
+/// over its members (`m`, as sent) and, for add and remove, its `cid`.
+fn conversation_signature_ok(
+    app: &App,
+    caller: &Caller,
+    c: &lc::ConvCommand,
+    action: Option<&str>,
+) -> bool {
+    if !app.config.leancloud_conversation_signatures {
+        return true;
+    }
+    let Some(key) = &app.config.leancloud_master_key else {
+        return app.config.insecure_dev;
+    };
+    let (Some(sig), Some(t), Some(n)) = (&c.s, c.t, &c.n) else {
+        return false;
+    };
+    let ttl_ms = app.config.leancloud_signature_ttl_secs as i64 * 1000;
+    if (app.clock.now_ms() - t).abs() > ttl_ms {
+        return false;
+    }
+    let app_id = app.config.leancloud_app_id.as_deref().unwrap_or_default();
+    let members: Vec<&str> = c.m.iter().map(String::as_str).collect();
+    let conv = c.cid.as_deref().unwrap_or_default();
+    let expected = crate::leancloud::sign::conversation_signature(
+        key,
+        app_id,
+        &caller.user,
+        action.map(|a| (conv, a)),
+        &members,
+        t,
+        n,
+    );
+    same(expected.as_bytes(), sig.to_ascii_lowercase().as_bytes())
+}
+
 /// The key session tokens are signed with: the master key, or (development without one) a key
 /// made at start, so tokens end with the process.
 fn token_key(app: &App) -> Vec<u8> {
@@ -516,40 +569,48 @@ fn token_key(app: &App) -> Vec<u8> {
     }
 }
 
-/// A session token for `peer` (and its device tag, which a resume does not send again):
-/// `expiry.signature.tag`. Stateless: it is valid wherever the key is the same.
-fn session_token(app: &App, peer: &str, tag: &Option<Arc<str>>) -> (String, i32) {
+/// A session token for `peer` (and its device tag, which a resume does not send again), of
+/// the login made at `login_at` (ms; a resume continues it): `expiry.login_at.signature.tag`.
+/// Stateless: it is valid wherever the key is the same.
+fn session_token(app: &App, peer: &str, tag: &Option<Arc<str>>, login_at: i64) -> (String, i32) {
     let ttl = app.config.leancloud_session_token_ttl_secs;
     let exp = app.clock.now_ms() + ttl as i64 * 1000;
     let tag = tag.as_deref().unwrap_or("");
-    let sig = token_signature(app, peer, exp, tag);
+    let sig = token_signature(app, peer, exp, login_at, tag);
     (
-        format!("{exp}.{sig}.{tag}"),
+        format!("{exp}.{login_at}.{sig}.{tag}"),
         i32::try_from(ttl).unwrap_or(i32::MAX),
     )
 }
 
-fn token_signature(app: &App, peer: &str, exp: i64, tag: &str) -> String {
+fn token_signature(app: &App, peer: &str, exp: i64, login_at: i64, tag: &str) -> String {
     let app_id = app.config.leancloud_app_id.as_deref().unwrap_or_default();
-    let message = format!("{app_id}\0{peer}\0{exp}\0{tag}");
+    let message = format!("{app_id}\0{peer}\0{exp}\0{login_at}\0{tag}");
     hex(&hmac_sha1(&token_key(app), message.as_bytes()))
 }
 
-/// The device tag a valid, unexpired token of `peer` carries (`None` inside: no tag).
-fn verify_session_token(app: &App, peer: &str, st: &str, now: i64) -> Option<Option<String>> {
-    let mut parts = st.splitn(3, '.');
+/// The device tag (`None` inside: no tag) and the login time a valid, unexpired token of
+/// `peer` carries.
+fn verify_session_token(
+    app: &App,
+    peer: &str,
+    st: &str,
+    now: i64,
+) -> Option<(Option<String>, i64)> {
+    let mut parts = st.splitn(4, '.');
     let exp: i64 = parts.next()?.parse().ok()?;
+    let login_at: i64 = parts.next()?.parse().ok()?;
     let sig = parts.next()?;
     let tag = parts.next()?;
     if exp <= now
         || !same(
-            token_signature(app, peer, exp, tag).as_bytes(),
+            token_signature(app, peer, exp, login_at, tag).as_bytes(),
             sig.as_bytes(),
         )
     {
         return None;
     }
-    Some((!tag.is_empty()).then(|| tag.to_owned()))
+    Some(((!tag.is_empty()).then(|| tag.to_owned()), login_at))
 }
 
 // ---- requests ----
@@ -595,7 +656,12 @@ async fn handle(
         }
         (Cmd::Logs, _) => logs(app, caller, cmd.logs_message.unwrap_or_default()),
         (Cmd::Conv, Some(Op::Start)) => {
-            start(app, caller, cmd.conv_message.unwrap_or_default()).await
+            let c = cmd.conv_message.unwrap_or_default();
+            if c.temp_conv != Some(true) && !conversation_signature_ok(app, caller, &c, None) {
+                return i
+                    .map(|i| error_command(Some(i), ErrorCode::ConversationSignatureFailed, None));
+            }
+            start(app, caller, c).await
         }
         (Cmd::Conv, Some(Op::Query)) => query(app, caller, cmd.conv_message.unwrap_or_default()),
         (Cmd::Conv, Some(Op::Update)) => {
@@ -616,6 +682,11 @@ async fn handle(
         }
         (Cmd::Conv, Some(op @ (Op::Add | Op::Remove))) => {
             let c = cmd.conv_message.unwrap_or_default();
+            let action = if op == Op::Add { "invite" } else { "kick" };
+            if !conversation_signature_ok(app, caller, &c, Some(action)) {
+                return i
+                    .map(|i| error_command(Some(i), ErrorCode::ConversationSignatureFailed, None));
+            }
             let id = c.cid.unwrap_or_default();
             let joining = c.m.len() == 1 && *c.m[0] == *caller.user;
             let result = if op == Op::Add && joining {
@@ -947,15 +1018,26 @@ async fn start(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<Generic
     } else {
         ConversationKind::Group
     };
+    let unique = c.unique == Some(true);
     let req = CreateRequest {
         kind,
         members,
-        name,
+        name: name.clone(),
         attributes,
         ttl_secs: c.temp_conv_ttl.map_or(0, |t| t.max(0) as u32),
-        unique: c.unique == Some(true),
+        unique,
     };
-    let conv = app.registry.create(caller, req).await?;
+    let mut conv = app.registry.create(caller, req).await?;
+    // `unique` found the existing group of these members: a new name renames it (LeanCloud's
+    // behaviour; the SDK's tests expect it). Other attributes of the request are not applied.
+    if unique && !temporary && !name.is_empty() && conv.name != name {
+        let rename = crate::registry::conversation::UpdateRequest {
+            name: Some(name),
+            set_attributes: BTreeMap::new(),
+            remove_attributes: Vec::new(),
+        };
+        conv = app.registry.update(caller, &conv.id, rename).await?;
+    }
     let now = app.clock.now_ms();
     Ok(GenericCommand {
         conv_message: Some(lc::ConvCommand {

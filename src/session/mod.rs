@@ -669,7 +669,9 @@ impl Actor {
             return Err(Some(close_of(CloseCode::CloseProtocolViolation)));
         }
         let device = (!device.is_empty()).then(|| Arc::<str>::from(device));
-        let caller = self.open_peer(user, device, false);
+        let caller = self
+            .open_peer(user, device, false, None)
+            .expect("a login is never refused");
         let (replayed_to, frames) = welcome(&app, &caller, id, event_cursor).map_err(Some)?;
         self.peers[0].replayed_to = replayed_to;
         Ok(frames)
@@ -677,7 +679,15 @@ impl Actor {
 
     /// Registers a new session of `user` on this connection and returns who it is. `shared`:
     /// the connection may carry other sessions, so replacing this one closes only it.
-    fn open_peer(&mut self, user: UserId, device: Option<Arc<str>>, shared: bool) -> Caller {
+    /// `resumed`: the session continues a login made then (ms), and is refused (`None`) when a
+    /// later login of the same device tag is live.
+    fn open_peer(
+        &mut self,
+        user: UserId,
+        device: Option<Arc<str>>,
+        shared: bool,
+        resumed: Option<i64>,
+    ) -> Option<Caller> {
         let app = &self.app;
         let session = app.next_session_id();
         let handle = SessionHandle {
@@ -686,10 +696,13 @@ impl Actor {
             outbox: self.outbox_tx.clone(),
             kick: self.kick.clone(),
             shared,
+            login_at: resumed.unwrap_or_else(|| app.clock.now_ms()),
         };
-        let registered = app
-            .hub
-            .register(&user, handle.clone(), app.config.max_sessions_per_user);
+        let max = app.config.max_sessions_per_user;
+        let registered = match resumed {
+            None => app.hub.register(&user, handle.clone(), max),
+            Some(_) => app.hub.register_resumed(&user, handle.clone(), max)?,
+        };
         for old in &registered.replaced {
             app.hub.replace(old);
         }
@@ -720,7 +733,7 @@ impl Actor {
             subscriptions: HashSet::new(),
         });
         self.login_by = None;
-        caller
+        Some(caller)
     }
 }
 

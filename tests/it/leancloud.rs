@@ -164,3 +164,14 @@ async fn a_leancloud_client_catches_up_on_edits_recalls_and_events_it_missed_whi
     let server = leancloud_server().await;
     run_sdk_package(&server, "offline.mjs", "base64", "leancloud-realtime-v4").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversation_signatures_are_required_when_configured() {
+    let server = TestServer::start_with(|c| {
+        c.leancloud_app_id = Some(APP_ID.into());
+        c.leancloud_master_key = Some(MASTER_KEY.into());
+        c.leancloud_conversation_signatures = true;
+    })
+    .await;
+    run_sdk(&server, "signatures.mjs", "binary").await;
+}

@@ -283,6 +283,61 @@ async fn session_tokens_resume_and_bad_ones_get_4112() {
     assert_eq!(r.session_message.unwrap().code, Some(4112));
 }
 
+/// A resume (`r: true` with `st`) continues its login: it replaces a stale session of the same
+/// device, but when a later login took the device tag over, the resume is refused with 4111
+/// and the later login stays.
+#[tokio::test]
+async fn a_resume_whose_device_was_taken_over_gets_4111_and_the_later_login_stays() {
+    let server = leancloud_server().await;
+    let resume = |st: String| GenericCommand {
+        app_id: Some(APP_ID.into()),
+        peer_id: Some("alice".into()),
+        session_message: Some(lc::SessionCommand {
+            r: Some(true),
+            st: Some(st),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Session, Some(Op::Open))
+    };
+    let mut phone = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let first = phone.opened("alice", Some("Mobile")).await.st.unwrap();
+    // A later login on another phone with the same tag takes over.
+    server.clock.advance(1000);
+    let mut other = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let second = other.opened("alice", Some("Mobile")).await.st.unwrap();
+    let closed = phone.push_of(Cmd::Session, Some(Op::Closed), "alice").await;
+    assert_eq!(closed.session_message.unwrap().code, Some(4111));
+    // The first phone reconnects with its token: refused, and the other phone stays.
+    server.clock.advance(1000);
+    let mut back = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let r = back.request(resume(first)).await;
+    assert_eq!(op_of(&r), (Some(Cmd::Session), Some(Op::Closed)), "{r:?}");
+    assert_eq!(r.session_message.unwrap().code, Some(4111));
+    assert_no_lc_push(&mut other).await;
+    // The other phone's own token (its connection dropped uncleanly, say) resumes and
+    // replaces the stale session.
+    let mut again = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let r = again.request(resume(second.clone())).await;
+    assert_eq!(op_of(&r), (Some(Cmd::Session), Some(Op::Opened)), "{r:?}");
+    let closed = other.push_of(Cmd::Session, Some(Op::Closed), "alice").await;
+    assert_eq!(closed.session_message.unwrap().code, Some(4111));
+    // A refreshed token continues the same login.
+    let refreshed = again
+        .request(GenericCommand {
+            peer_id: Some("alice".into()),
+            ..cmd(Cmd::Session, Some(Op::Refresh))
+        })
+        .await
+        .session_message
+        .unwrap()
+        .st
+        .unwrap();
+    assert_ne!(refreshed, second);
+    let mut last = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let r = last.request(resume(refreshed)).await;
+    assert_eq!(op_of(&r), (Some(Cmd::Session), Some(Op::Opened)), "{r:?}");
+}
+
 #[tokio::test]
 async fn open_refuses_other_apps_bad_signatures_and_bad_ids() {
     let server = leancloud_server().await;

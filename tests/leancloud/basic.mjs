@@ -40,6 +40,14 @@ async function main() {
     'create again',
   );
   equal(again.id, conv.id, 'a unique conversation of the same members is the same one');
+  const renamed = await within(
+    bob.createConversation({ members: ['alice'], unique: true, name: 'demo, renamed' }),
+    'create again with a new name',
+  );
+  equal(renamed.id, conv.id, 'with a new name it is still the same one');
+  const refetched = await within(alice.getConversation(conv.id, true), 'alice refetches it');
+  equal(refetched.name, 'demo, renamed', 'and the new name renames it');
+  equal(refetched.get('color'), 'red', 'keeping its attributes');
 
   // A typed text message, acked and pushed.
   const received = next(bob, Event.MESSAGE, 'bob receives');

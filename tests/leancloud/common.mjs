@@ -52,6 +52,23 @@ export function sign(key) {
   };
 }
 
+/**
+ * A conversation signature as an app's backend makes it: HMAC-SHA1 over
+ * appid:clientid:sorted_ids:t:nonce (create) or appid:clientid:convid:sorted_ids:t:nonce:action.
+ */
+export function signConversation(key) {
+  return (conversationId, clientId, targetIds, action) => {
+    const timestamp = Date.now();
+    const nonce = crypto.randomBytes(8).toString('hex');
+    const ids = [...targetIds].sort().join(':');
+    const message = action === 'create'
+      ? `${appId}:${clientId}:${ids}:${timestamp}:${nonce}`
+      : `${appId}:${clientId}:${conversationId}:${ids}:${timestamp}:${nonce}:${action}`;
+    const signature = crypto.createHmac('sha1', key).update(message).digest('hex');
+    return { signature, timestamp, nonce };
+  };
+}
+
 /** The app's one Realtime (the SDK allows one per app id and process). */
 export function realtime(options = {}) {
   return new sdk.Realtime({
