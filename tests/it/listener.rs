@@ -64,7 +64,7 @@ async fn two_thousand_slow_handshakes_from_one_address_do_not_keep_others_out() 
     let stats = server.running().app.stats.clone();
     let addr = server.running().addr;
     let per_ip = server.config.max_pending_handshakes_per_ip;
-    assert_eq!(per_ip, 64, "the documented default");
+    assert_eq!(per_ip, 256, "the documented default");
 
     // The probe: 1,000 slowloris heads that never end and 1,000 silent connections.
     let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -103,7 +103,7 @@ async fn two_thousand_slow_handshakes_from_one_address_do_not_keep_others_out() 
     );
     assert_eq!(h["refused_handshakes"], refused, "{h}");
 
-    // Upgraded connections that do not log in: capped per address too (128 by default).
+    // Upgraded connections that do not log in: capped per address too (256 by default).
     let per_ip_logins = server.config.max_pending_logins_per_ip;
     let mut silent = Vec::new();
     for _ in 0..per_ip_logins {
