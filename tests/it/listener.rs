@@ -26,7 +26,16 @@ pub async fn upgrade_on<S: AsyncRead + AsyncWrite + Unpin>(
     io: S,
     forwarded_for: Option<&str>,
 ) -> Result<WebSocketStream<S>, u16> {
-    let mut req = server.url().into_client_request().unwrap();
+    upgrade_url(&server.url(), io, forwarded_for).await
+}
+
+/// [`upgrade_on`] for the server at `url`.
+pub async fn upgrade_url<S: AsyncRead + AsyncWrite + Unpin>(
+    url: &str,
+    io: S,
+    forwarded_for: Option<&str>,
+) -> Result<WebSocketStream<S>, u16> {
+    let mut req = url.into_client_request().unwrap();
     let h = req.headers_mut();
     h.insert(
         "Sec-WebSocket-Protocol",
@@ -450,4 +459,48 @@ async fn try_health(addr: SocketAddr) -> Option<(u16, serde_json::Value)> {
     let (head, body) = raw.split_once("\r\n\r\n")?;
     let status = head.get(9..12)?.parse().ok()?;
     Some((status, serde_json::from_str(body).ok()?))
+}
+
+#[tokio::test]
+async fn silent_and_slow_handshakes_end_at_the_handshake_timeout() {
+    let server = TestServer::start_with(|c| c.handshake_timeout_ms = 300).await;
+    let stats = server.running().app.stats.clone();
+    let addr = server.running().addr;
+    let silent = connect_from("127.0.0.1", addr).await;
+    let mut slow = connect_from("127.0.0.1", addr).await;
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    within(stats.pending_handshakes.wait_for(2)).await;
+    let started = Instant::now();
+    within(answer(silent)).await;
+    within(answer(slow)).await;
+    within(stats.pending_handshakes.wait_for_at_most(0)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn the_connection_log_names_the_client_a_trusted_proxy_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::serve(&dir.path().join("data"), &["trusted_proxies=127.0.0.1"]);
+    let addr: SocketAddr = server.addr.parse().unwrap();
+    let tcp = connect_from("127.0.0.1", addr).await;
+    let _ws = upgrade_url(&server.url(), tcp, Some("198.51.100.1, 203.0.113.7"))
+        .await
+        .unwrap();
+    let line = server.wait_log("connection opened");
+    assert!(line.contains("peer=203.0.113.7"), "{line}");
+    // An untrusted peer's header is not believed, in the log either.
+    let tcp = connect_from("127.0.0.2", addr).await;
+    let _ws2 = upgrade_url(&server.url(), tcp, Some("203.0.113.8"))
+        .await
+        .unwrap();
+    let line = server.wait_log("connection opened");
+    assert!(line.contains("peer=127.0.0.2:"), "{line}");
+    server.signal(libc::SIGTERM);
+    assert!(server.wait().await.0.success());
 }

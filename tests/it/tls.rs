@@ -239,3 +239,26 @@ async fn sighup_reloads_the_certificate_and_a_bad_one_keeps_the_old() {
     let (status, _) = server.wait().await;
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_the_tls_handshake_is_cut_at_the_handshake_timeout() {
+    let pki = TestPki::new("tidings");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = files(dir.path());
+    pki.write(&cert, &key);
+    let server = TestServer::start_with(|c| {
+        c.tls_cert = Some(cert.clone());
+        c.tls_key = Some(key.clone());
+        c.handshake_timeout_ms = 300;
+    })
+    .await;
+    let stats = server.running().app.stats.clone();
+    let mut silent = tokio::net::TcpStream::connect(server.running().addr)
+        .await
+        .unwrap();
+    within(stats.pending_handshakes.wait_for(1)).await;
+    let mut buf = Vec::new();
+    let _ = within(silent.read_to_end(&mut buf)).await;
+    assert!(buf.is_empty());
+    within(stats.pending_handshakes.wait_for_at_most(0)).await;
+}
