@@ -342,9 +342,7 @@ fn refuse_handshake(
     why: Refused,
 ) {
     shared.app.stats.refused_handshakes.inc();
-    let answer: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
-connection: close\r\ncontent-length: 35\r\n\r\ntoo many pending connections; retry\n";
-    let answer = shared.tls.is_none().then_some(answer);
+    let answer = shared.tls.is_none().then_some(listener::accept::BUSY);
     listener::accept::refuse_now(stream, answer);
     refused_log(shared, peer, why);
 }

@@ -29,6 +29,11 @@ pub const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 content-type: application/json\r\nconnection: close\r\ncontent-length: 59\r\n\r\n\
 {\"status\":\"overloaded\",\"reason\":\"out of file descriptors\"}\n";
 
+/// The answer over a pending-handshake cap.
+pub const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: text/plain\r\nconnection: close\r\ncontent-length: 36\r\n\r\n\
+too many pending connections; retry\n";
+
 /// A listener with a descriptor reserve and backoff.
 pub struct Acceptor {
     listener: TcpListener,
@@ -184,10 +189,18 @@ pub fn refuse_now(stream: &TcpStream, response: Option<&[u8]>) {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_overloaded_answer_has_the_right_length() {
-        let text = std::str::from_utf8(super::OVERLOADED).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(&format!("content-length: {}", body.len())));
+    fn the_canned_answers_have_the_right_length() {
+        for answer in [super::OVERLOADED, super::BUSY] {
+            let text = std::str::from_utf8(answer).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+            assert!(
+                head.contains(&format!("content-length: {}", body.len())),
+                "{text}"
+            );
+        }
+        let overloaded = std::str::from_utf8(super::OVERLOADED).unwrap();
+        let body = overloaded.split_once("\r\n\r\n").unwrap().1;
         serde_json::from_str::<serde_json::Value>(body).unwrap();
     }
 }

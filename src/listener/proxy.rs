@@ -270,8 +270,9 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, ProxyError> {
                     source: SocketAddr::new(ip.into(), u16::from_be_bytes([a[32], a[33]])),
                 }
             }
-            // UNSPEC (and unix sockets, UDP): no usable address; the peer's stands.
-            0x00 => Header::Local,
+            // UNSPEC, UDP, unix sockets: no address for a TCP client; the peer's stands (as
+            // the specification asks of a receiver that does not use a family).
+            f if f >> 4 <= 3 && f & 0x0f <= 2 => Header::Local,
             _ => return Err(ProxyError::V2BadFamily),
         },
         _ => return Err(ProxyError::V2BadVersion),
@@ -408,6 +409,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn any_bytes_parse_to_an_answer_without_panicking() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let prefixes: [&[u8]; 3] = [b"PROXY ", &V2_SIGNATURE, b""];
+        for round in 0..20_000 {
+            let mut buf = prefixes[round % 3].to_vec();
+            let len = (next() % 300) as usize;
+            // Mostly header-like bytes, so the parser gets deep.
+            let alphabet = b"PROXY TCP46UNKNOWN0123456789.:abcdef \r\n";
+            for _ in 0..len {
+                let r = next();
+                buf.push(if r % 4 == 0 {
+                    r as u8
+                } else {
+                    alphabet[(r >> 8) as usize % alphabet.len()]
+                });
+            }
+            if let Ok(Parsed::Done(_, n)) = parse(&buf) {
+                assert!(n <= buf.len());
+            }
+        }
+    }
+
     fn v2(cmd: u8, fam: u8, payload: &[u8]) -> Vec<u8> {
         let mut h = V2_SIGNATURE.to_vec();
         h.push(0x20 | cmd);
@@ -462,7 +492,13 @@ mod tests {
             Parsed::Done(Header::Local, 16)
         );
         assert_eq!(parse(&v2(1, 0x11, &[1, 2, 3])), Err(ProxyError::V2Short));
-        assert_eq!(parse(&v2(1, 0x31, &[0; 216])), Err(ProxyError::V2BadFamily));
+        assert_eq!(
+            parse(&v2(1, 0x31, &[0; 216])).unwrap(),
+            Parsed::Done(Header::Local, 16 + 216),
+            "a unix socket's addresses are not used"
+        );
+        assert_eq!(parse(&v2(1, 0x55, &[0; 16])), Err(ProxyError::V2BadFamily));
+        assert_eq!(parse(&v2(1, 0x13, &[0; 16])), Err(ProxyError::V2BadFamily));
         assert_eq!(parse(&v2(2, 0x11, &p4)), Err(ProxyError::V2BadVersion));
         let mut bad_ver = v2(1, 0x11, &p4);
         bad_ver[12] = 0x11;
