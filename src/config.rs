@@ -25,6 +25,31 @@ pub struct Config {
     /// separated by commas or spaces (environment, `--set`).
     #[serde(deserialize_with = "list_or_string")]
     pub allowed_origins: Vec<String>,
+    /// Peers (addresses or CIDR networks) whose word on the client's address is taken: their
+    /// `X-Forwarded-For` (rightmost untrusted entry) and, with `proxy_protocol`, their PROXY
+    /// header. A TOML list, or one string separated by commas or spaces.
+    #[serde(deserialize_with = "list_or_string")]
+    pub trusted_proxies: Vec<String>,
+    /// Connections from `trusted_proxies` must start with a PROXY protocol header (v1 or v2);
+    /// one from any other peer that starts with one is closed.
+    pub proxy_protocol: bool,
+    /// TLS certificate chain (PEM file, leaf first) for the listener; with `tls_key`. Reloaded
+    /// on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM file: PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// From the TCP accept to the WebSocket upgrade (PROXY header, TLS handshake and HTTP
+    /// request headers), and between requests of an HTTP connection, at most this, ms.
+    pub handshake_timeout_ms: u64,
+    /// Connections accepted whose WebSocket upgrade is not done (health checks included), at
+    /// most; more are refused at once.
+    pub max_pending_handshakes: usize,
+    /// The same, per client address (IPv6: per /64).
+    pub max_pending_handshakes_per_ip: usize,
+    /// Upgraded connections that have not logged in yet, at most; more upgrades get 503.
+    pub max_pending_logins: usize,
+    /// The same, per client address (IPv6: per /64).
+    pub max_pending_logins_per_ip: usize,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
     /// Embedded storage engine: `redb` or `sled`.
@@ -194,6 +219,15 @@ impl Default for Config {
             listen: "127.0.0.1:7400".into(),
             listen_backlog: 4096,
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            tls_cert: None,
+            tls_key: None,
+            handshake_timeout_ms: 5_000,
+            max_pending_handshakes: 2048,
+            max_pending_handshakes_per_ip: 256,
+            max_pending_logins: 4096,
+            max_pending_logins_per_ip: 256,
             data_dir: PathBuf::from("tidings-data"),
             store_engine: "redb".into(),
             store_cache_bytes: 64 << 20,
@@ -439,6 +473,29 @@ impl Config {
                 ConfigError::Invalid(format!("allowed_origins entry {entry:?}: {e}"))
             })?;
         }
+        if self.handshake_timeout_ms == 0 {
+            return bad("handshake_timeout_ms must be at least 1");
+        }
+        if self.max_pending_handshakes == 0
+            || self.max_pending_handshakes_per_ip == 0
+            || self.max_pending_logins == 0
+            || self.max_pending_logins_per_ip == 0
+        {
+            return bad(
+                "max_pending_handshakes, max_pending_handshakes_per_ip, max_pending_logins and \
+                 max_pending_logins_per_ip must be at least 1",
+            );
+        }
+        crate::listener::proxy::Trusted::parse(&self.trusted_proxies)
+            .map_err(ConfigError::Invalid)?;
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return bad(
+                "proxy_protocol needs trusted_proxies: the PROXY header is taken only from them",
+            );
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert and tls_key go together: set both or neither");
+        }
         if self.max_sessions_per_user == 0 || self.log_kind_lines_per_sec == 0 {
             return bad("max_sessions_per_user and log_kind_lines_per_sec must be at least 1");
         }
@@ -544,6 +601,36 @@ mod tests {
         // Every field, optional ones included, is known.
         for field in ["listen", "jwt_hs256_secret", "jwt_audience", "log_format"] {
             assert!(Config::fields().iter().any(|f| f == field), "{field}");
+        }
+    }
+
+    #[test]
+    fn listener_settings_are_checked() {
+        let set = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Config::load(None, vec![], &sets)
+        };
+        let c = set(&[
+            "trusted_proxies=10.0.0.0/8, 192.0.2.1",
+            "proxy_protocol=true",
+        ])
+        .unwrap()
+        .config;
+        assert_eq!(c.trusted_proxies, ["10.0.0.0/8", "192.0.2.1"]);
+        for bad in [
+            &["trusted_proxies=10.0.0.0/40"][..],
+            &["trusted_proxies=proxy.local"],
+            &["proxy_protocol=true"],
+            &["tls_cert=/x.pem"],
+            &["tls_key=/x.pem"],
+            &["handshake_timeout_ms=0"],
+            &["max_pending_handshakes=0"],
+            &["max_pending_logins_per_ip=0"],
+        ] {
+            assert!(
+                matches!(set(bad), Err(ConfigError::Invalid(_))),
+                "{bad:?} was accepted"
+            );
         }
     }
 

@@ -23,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod hub;
 pub mod leancloud;
+pub mod listener;
 pub mod logsafe;
 pub mod origin;
 pub mod protocol;

@@ -210,6 +210,24 @@ fn serve(config: Config, ignored_env: &[String]) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let server = tidings::server::start(config, Arc::new(SystemClock)).await?;
+        // SIGHUP reloads the TLS certificate (and never stops the server).
+        #[cfg(unix)]
+        {
+            let tls = server.tls();
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    match tls.as_ref().map(|t| t.reload()) {
+                        None => tracing::info!("SIGHUP: TLS is off, nothing to reload"),
+                        Some(Ok(())) => tracing::info!("TLS certificate reloaded"),
+                        Some(Err(e)) => tracing::error!(
+                            error = %e,
+                            "TLS certificate not reloaded; keeping the previous one"
+                        ),
+                    }
+                }
+            });
+        }
         let token = server.shutdown_token();
         tokio::spawn(async move {
             wait_for_signal().await;

@@ -1,6 +1,11 @@
 //! Accept loop, HTTP routing (`/healthz`, WebSocket upgrade at `/` and `/ws`, and with the
 //! LeanCloud dialect on its router `/v1/route`) and shutdown.
 //!
+//! Before HTTP (see [`crate::listener`]): the accept, with a descriptor reserve for the
+//! file-descriptor limit; the caps on pending handshakes and, at the upgrade, on connections
+//! not logged in; a trusted proxy's PROXY header; TLS. The client's address is the TCP peer's,
+//! or what a trusted proxy says (PROXY header, `X-Forwarded-For`).
+//!
 //! Shutdown order: every session stops reading, finishes its in-flight requests (up to
 //! `shutdown_grace_ms`, one deadline for all, the writes of their replies included) and closes
 //! with 1001 (at most `close_timeout_ms` more). Meanwhile the listener stays open for health
@@ -11,6 +16,8 @@
 use crate::app::App;
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::listener::admission::{Limiter, Refused, Slot};
+use crate::listener::{self, Io, proxy, tls};
 use crate::logsafe::{Throttle, clean};
 use crate::protocol::SUBPROTOCOL;
 use crate::session;
@@ -37,6 +44,7 @@ pub struct RunningServer {
     pub app: Arc<App>,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
+    tls: Option<tls::Acceptor>,
 }
 
 impl RunningServer {
@@ -47,6 +55,18 @@ impl RunningServer {
     /// A token that shuts the server down when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+    /// Loads the TLS certificate and key again (SIGHUP): new connections get them. On error
+    /// the old ones stay. `Ok(false)` when TLS is off.
+    pub fn reload_tls(&self) -> Result<bool, tls::TlsError> {
+        match &self.tls {
+            Some(t) => t.reload().map(|()| true),
+            None => Ok(false),
+        }
+    }
+    /// The listener's TLS side (reloadable from elsewhere), when TLS is on.
+    pub fn tls(&self) -> Option<tls::Acceptor> {
+        self.tls.clone()
     }
     /// Waits until the server has drained and flushed.
     pub async fn wait(self) -> anyhow::Result<()> {
@@ -70,6 +90,10 @@ pub async fn start_with(
     clock: SharedClock,
     store: Option<Arc<dyn crate::store::Store>>,
 ) -> anyhow::Result<RunningServer> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::Acceptor::load(cert, key)?),
+        _ => None,
+    };
     let listener = bind(&config.listen, config.listen_backlog)?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
@@ -96,14 +120,24 @@ pub async fn start_with(
         store_engine = %c.store_engine,
         data_dir = %c.data_dir.display(),
         allowed_origins = ?c.allowed_origins,
+        tls = tls.is_some(),
+        trusted_proxies = ?c.trusted_proxies,
+        proxy_protocol = c.proxy_protocol,
         "listening"
     );
-    let task = tokio::spawn(run(listener, app.clone(), shutdown.clone(), writer_thread));
+    let task = tokio::spawn(run(
+        listener,
+        app.clone(),
+        shutdown.clone(),
+        writer_thread,
+        tls.clone(),
+    ));
     Ok(RunningServer {
         addr,
         app,
         shutdown,
         task,
+        tls,
     })
 }
 
@@ -134,6 +168,33 @@ struct Shared {
     /// Upgraded connections and the expiry task: what the drain waits for.
     sessions: TaskTracker,
     origins: Vec<crate::origin::Pattern>,
+    /// Connections accepted and not yet upgraded.
+    handshakes: Arc<Limiter>,
+    /// Upgraded connections not yet logged in.
+    logins: Arc<Limiter>,
+    trusted: proxy::Trusted,
+    tls: Option<tls::Acceptor>,
+}
+
+impl Shared {
+    /// The client's address for a request on a connection from `remote`: what a trusted
+    /// proxy's `X-Forwarded-For` says, else the connection's.
+    fn client(&self, req: &Request<Incoming>, remote: Remote) -> SocketAddr {
+        if self.trusted.is_empty() {
+            return remote.peer;
+        }
+        let values = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        let ip = self.trusted.client_from_forwarded(remote.peer.ip(), values);
+        if ip == remote.peer.ip() {
+            remote.peer
+        } else {
+            SocketAddr::new(ip, 0)
+        }
+    }
 }
 
 /// Serves connections from `listener` until `shutdown` is cancelled, then drains.
@@ -142,19 +203,34 @@ pub async fn run(
     app: Arc<App>,
     shutdown: CancellationToken,
     writer_thread: crate::registry::writer::WriterThread,
+    tls: Option<tls::Acceptor>,
 ) -> anyhow::Result<()> {
-    let origins = app
-        .config
+    let c = &app.config;
+    let origins = c
         .allowed_origins
         .iter()
         .map(|o| crate::origin::Pattern::parse(o))
         .collect::<Result<_, _>>()?;
+    let trusted = proxy::Trusted::parse(&c.trusted_proxies).map_err(anyhow::Error::msg)?;
     let shared = Arc::new(Shared {
         app: app.clone(),
         drain: session::Drain::new(),
         sessions: TaskTracker::new(),
         origins,
+        handshakes: Limiter::new(
+            c.max_pending_handshakes,
+            c.max_pending_handshakes_per_ip,
+            app.stats.pending_handshakes.clone(),
+        ),
+        logins: Limiter::new(
+            c.max_pending_logins,
+            c.max_pending_logins_per_ip,
+            app.stats.pending_logins.clone(),
+        ),
+        trusted,
+        tls,
     });
+    let mut listener = listener::accept::Acceptor::new(listener, app.stats.clone());
     // HTTP connections until they upgrade or end; dropped once the sessions have drained.
     let http = TaskTracker::new();
     let stop_http = CancellationToken::new();
@@ -164,9 +240,7 @@ pub async fn run(
     ));
     loop {
         tokio::select! {
-            r = accept(&listener) => if let Some((stream, peer)) = r {
-                serve_http(stream, peer, &shared, &http, &stop_http);
-            },
+            (stream, peer) = listener.next() => admit(stream, peer, &shared, &http, &stop_http),
             _ = shutdown.cancelled() => break,
         }
     }
@@ -189,9 +263,9 @@ pub async fn run(
         loop {
             tokio::select! {
                 _ = &mut drained => break,
-                r = accept(&listener) => if let Some((stream, peer)) = r {
-                    serve_http(stream, peer, &shared, &http, &stop_http);
-                },
+                (stream, peer) = listener.next() => {
+                    admit(stream, peer, &shared, &http, &stop_http);
+                }
             }
         }
     }
@@ -214,31 +288,19 @@ pub async fn run(
     Ok(())
 }
 
-/// The next connection, or `None` after a failed accept (out of file descriptors and the
-/// like), having backed off briefly.
-async fn accept(listener: &TcpListener) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-    match listener.accept().await {
-        Ok(v) => Some(v),
-        Err(e) => {
-            tracing::warn!(error = %e, "accept failed");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            None
-        }
-    }
-}
-
 /// Where an HTTP connection comes from.
 #[derive(Clone, Copy)]
 struct Remote {
+    /// The client: the TCP peer, or the source a trusted proxy's PROXY header named.
     peer: SocketAddr,
     /// Its socket, for the session to see how much of what it wrote the client received.
     #[cfg(target_os = "linux")]
     fd: std::os::fd::RawFd,
 }
 
-/// Serves one HTTP connection: health checks and WebSocket upgrades (see [`route`]). During the
-/// drain, one request per connection; dropped once the drain is over.
-fn serve_http(
+/// Takes a new connection under the pending-handshake caps (refusing it at once beyond them)
+/// and serves it: PROXY header, TLS, then HTTP (see [`serve_http`]).
+fn admit(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     shared: &Arc<Shared>,
@@ -247,46 +309,150 @@ fn serve_http(
 ) {
     let _ = stream.set_nodelay(true);
     shared.app.stats.connections_accepted.inc();
-    let draining = shared.drain.is_draining();
-    let remote = Remote {
-        peer,
-        #[cfg(target_os = "linux")]
-        fd: std::os::fd::AsRawFd::as_raw_fd(&stream),
+    let peer = SocketAddr::new(proxy::canonical(peer.ip()), peer.port());
+    let trusted = shared.trusted.contains(peer.ip());
+    let mut slot = match shared.handshakes.acquire_total() {
+        Ok(slot) => slot,
+        Err(why) => return refuse_handshake(shared, &stream, peer, why),
     };
+    // A trusted proxy's connections count for the client its PROXY header names; with
+    // X-Forwarded-For the client is known only at the request, and its per-address cap is
+    // the one at the upgrade.
+    if !trusted && let Err(why) = slot.attach(peer.ip()) {
+        return refuse_handshake(shared, &stream, peer, why);
+    }
     let (shared, stop) = (shared.clone(), stop.clone());
     http.spawn(async move {
-        let service = {
-            let shared = shared.clone();
-            hyper::service::service_fn(move |req| {
-                let resp = route(req, &shared, remote);
-                async move { Ok::<_, std::convert::Infallible>(resp) }
-            })
+        let limit = Duration::from_millis(shared.app.config.handshake_timeout_ms);
+        let prepared =
+            tokio::time::timeout(limit, prepare(stream, peer, trusted, &shared, &mut slot));
+        let Ok(Some((io, remote))) = prepared.await else {
+            return;
         };
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
-            .keep_alive(!draining);
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let mut conn = std::pin::pin!(conn);
-        let result = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = shared.drain.cancelled(), if !draining => {
-                // Idle keep-alive connections end now; a request in progress finishes.
-                conn.as_mut().graceful_shutdown();
-                tokio::select! {
-                    r = conn.as_mut() => r,
-                    _ = stop.cancelled() => Ok(()),
+        serve_http(io, remote, &shared, &stop, slot).await;
+    });
+}
+
+/// Closes a connection over a pending-handshake cap at once: with a 503 on plain HTTP (cheap:
+/// one write into an empty socket buffer), silently under TLS.
+fn refuse_handshake(
+    shared: &Shared,
+    stream: &tokio::net::TcpStream,
+    peer: SocketAddr,
+    why: Refused,
+) {
+    shared.app.stats.refused_handshakes.inc();
+    let answer = shared.tls.is_none().then_some(listener::accept::BUSY);
+    listener::accept::refuse_now(stream, answer);
+    refused_log(shared, peer, why);
+}
+
+fn refused_log(shared: &Shared, peer: SocketAddr, why: impl std::fmt::Debug) {
+    static REFUSED: Throttle = Throttle::new("connection refused");
+    if REFUSED.allow(shared.app.config.log_kind_lines_per_sec) {
+        tracing::info!(%peer, reason = ?why, "connection refused");
+    }
+}
+
+/// What comes before HTTP: a trusted proxy's PROXY header (with `proxy_protocol`), which names
+/// the client, then the TLS handshake (with `tls_cert`). `None`: the connection is refused.
+async fn prepare(
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    trusted: bool,
+    shared: &Shared,
+    slot: &mut Slot,
+) -> Option<(Box<dyn Io>, Remote)> {
+    #[cfg(target_os = "linux")]
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    let mut client = peer;
+    let mut prefix = Bytes::new();
+    if shared.app.config.proxy_protocol {
+        match listener::read_proxy_header(&mut stream, trusted).await {
+            Ok((header, rest)) => {
+                prefix = rest;
+                if let Some(proxy::Header::Proxied { source }) = header {
+                    client = SocketAddr::new(proxy::canonical(source.ip()), source.port());
                 }
             }
-            _ = stop.cancelled() => Ok(()),
-        };
-        if let Err(e) = result {
-            tracing::debug!(%peer, error = %e, "http connection ended with an error");
+            Err(listener::FirstBytes::Closed | listener::FirstBytes::Io(_)) => return None,
+            Err(e) => {
+                shared.app.stats.refused_handshakes.inc();
+                refused_log(shared, peer, e.to_string());
+                return None;
+            }
         }
-    });
+        if trusted && let Err(why) = slot.attach(client.ip()) {
+            shared.app.stats.refused_handshakes.inc();
+            refused_log(shared, client, why);
+            return None;
+        }
+    }
+    let io = listener::Prefixed::new(prefix, stream);
+    let io: Box<dyn Io> = match &shared.tls {
+        Some(tls) => match tls.get().accept(io).await {
+            Ok(s) => Box::new(s),
+            Err(e) => {
+                tracing::debug!(peer = %client, error = %e, "TLS handshake failed");
+                return None;
+            }
+        },
+        None => Box::new(io),
+    };
+    let remote = Remote {
+        peer: client,
+        #[cfg(target_os = "linux")]
+        fd,
+    };
+    Some((io, remote))
+}
+
+/// Serves one HTTP connection: health checks and WebSocket upgrades (see [`route`]). During the
+/// drain, one request per connection; dropped once the drain is over. `slot` is its place
+/// under the pending-handshake caps, given back when it ends (an upgraded connection ends
+/// here once the upgrade is handed over).
+async fn serve_http(
+    io: Box<dyn Io>,
+    remote: Remote,
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+    slot: Slot,
+) {
+    let draining = shared.drain.is_draining();
+    let service = {
+        let shared = shared.clone();
+        hyper::service::service_fn(move |req| {
+            let resp = route(req, &shared, remote);
+            async move { Ok::<_, std::convert::Infallible>(resp) }
+        })
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(
+            shared.app.config.handshake_timeout_ms,
+        ))
+        .keep_alive(!draining);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shared.drain.cancelled(), if !draining => {
+            // Idle keep-alive connections end now; a request in progress finishes.
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => Ok(()),
+            }
+        }
+        _ = stop.cancelled() => Ok(()),
+    };
+    drop(slot);
+    if let Err(e) = result {
+        tracing::debug!(peer = %remote.peer, error = %e, "http connection ended with an error");
+    }
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -298,7 +464,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 fn route(req: Request<Incoming>, shared: &Arc<Shared>, remote: Remote) -> Response<Full<Bytes>> {
     let app = &shared.app;
     if app.config.leancloud_app_id.is_some() && is_leancloud_http(req.uri().path()) {
-        return leancloud_http(&req, app);
+        return leancloud_http(&req, app, shared.tls.is_some());
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => {
@@ -310,6 +476,12 @@ fn route(req: Request<Incoming>, shared: &Arc<Shared>, remote: Remote) -> Respon
                 "messages_committed": app.stats.messages_committed.get(),
                 "malformed_frames": app.stats.malformed_frames.get(),
                 "write_timeouts": app.stats.write_timeouts.get(),
+                "pending_handshakes": app.stats.pending_handshakes.get(),
+                "pending_logins": app.stats.pending_logins.get(),
+                "refused_handshakes": app.stats.refused_handshakes.get(),
+                "refused_logins": app.stats.refused_logins.get(),
+                "accept_failures": app.stats.accept_failures.get(),
+                "refused_overloaded": app.stats.refused_overloaded.get(),
             });
             let status = if draining {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -349,10 +521,10 @@ fn is_leancloud_http(path: &str) -> bool {
 const LC_NOTIFICATIONS_PATH: &str = "/1.1/rtm/notifications";
 
 /// A LeanCloud HTTP endpoint: preflights, then the endpoint itself, every answer with CORS.
-fn leancloud_http(req: &Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
+fn leancloud_http(req: &Request<Incoming>, app: &App, tls: bool) -> Response<Full<Bytes>> {
     let mut r = match (req.method(), req.uri().path()) {
         (&Method::OPTIONS, _) => return cors_preflight(req.headers()),
-        (&Method::GET, LC_ROUTE_PATH) => leancloud_route(req, &app.config),
+        (&Method::GET, LC_ROUTE_PATH) => leancloud_route(req, &app.config, tls),
         (&Method::GET, LC_NOTIFICATIONS_PATH) => leancloud_notifications(req, app),
         _ => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -366,9 +538,10 @@ fn leancloud_http(req: &Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
 }
 
 /// `GET /v1/route?appId=…&secure=…&_t=…`: the WebSocket URL, `public_url` when set, else
-/// `ws://` and the request's `Host`. `secure` does not change the answer: without
-/// `public_url` the server cannot know whether a TLS proxy is in front of it.
-fn leancloud_route(req: &Request<Incoming>, config: &Config) -> Response<Full<Bytes>> {
+/// `ws://` (`wss://` when the server does TLS itself) and the request's `Host`. `secure` does
+/// not change the answer: without `public_url` the server cannot know whether a TLS proxy is
+/// in front of it.
+fn leancloud_route(req: &Request<Incoming>, config: &Config, tls: bool) -> Response<Full<Bytes>> {
     let query = req.uri().query();
     if query_param(query, "appId").as_deref() != config.leancloud_app_id.as_deref() {
         return json(
@@ -392,7 +565,7 @@ fn leancloud_route(req: &Request<Incoming>, config: &Config) -> Response<Full<By
                     }),
                 );
             };
-            if matches!(query_param(query, "secure").as_deref(), Some("true" | "1")) {
+            if !tls && matches!(query_param(query, "secure").as_deref(), Some("true" | "1")) {
                 static WARNED: std::sync::Once = std::sync::Once::new();
                 WARNED.call_once(|| {
                     tracing::warn!(
@@ -401,7 +574,8 @@ fn leancloud_route(req: &Request<Incoming>, config: &Config) -> Response<Full<By
                     );
                 });
             }
-            format!("ws://{host}/")
+            let scheme = if tls { "wss" } else { "ws" };
+            format!("{scheme}://{host}/")
         }
     };
     let mut r = json(
@@ -588,6 +762,7 @@ fn upgrade(
     if shared.drain.is_draining() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
+    let client = shared.client(&req, remote);
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
     let is_ws = header_has(&req, header::UPGRADE, "websocket")
         && header_has(&req, header::CONNECTION, "upgrade")
@@ -611,7 +786,7 @@ fn upgrade(
         if REFUSED.allow(app.config.log_kind_lines_per_sec) {
             let origin = String::from_utf8_lossy(origin.unwrap_or_default());
             let origin = clean(&origin, app.config.log_value_max_chars);
-            tracing::info!(peer = %remote.peer, %origin, "WebSocket origin refused");
+            tracing::info!(peer = %client, %origin, "WebSocket origin refused");
         }
         return text(
             StatusCode::FORBIDDEN,
@@ -629,6 +804,17 @@ fn upgrade(
             format!("subprotocol {SUBPROTOCOL} required{also}\n"),
         );
     };
+    let login_slot = match shared.logins.acquire(client.ip()) {
+        Ok(slot) => slot,
+        Err(why) => {
+            app.stats.refused_logins.inc();
+            refused_log(shared, client, why);
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections waiting to log in; retry\n",
+            );
+        }
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (app, drain) = (app.clone(), shared.drain.clone());
     shared.sessions.spawn(async move {
@@ -641,7 +827,7 @@ fn upgrade(
                 #[cfg(not(target_os = "linux"))]
                 let io = session::Metered::new(io);
                 let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(cfg)).await;
-                session::run(ws, app, drain, dialect, remote.peer).await;
+                session::run(ws, app, drain, dialect, client, Some(login_slot)).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }

@@ -1,5 +1,6 @@
 //! Counters the server keeps about itself (exposed on `/healthz`; tests wait on them).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Notify;
 
@@ -91,6 +92,20 @@ impl Count {
 #[derive(Debug, Default)]
 pub struct Stats {
     pub connections_accepted: Counter,
+    /// Connections accepted whose WebSocket upgrade is not done (health checks included).
+    pub pending_handshakes: Arc<Gauge>,
+    /// Upgraded connections that have not logged in.
+    pub pending_logins: Arc<Gauge>,
+    /// Connections closed at once because `max_pending_handshakes` (or its per-address cap)
+    /// was reached, or whose PROXY header was missing, malformed or from an untrusted peer.
+    pub refused_handshakes: Counter,
+    /// Upgrades refused with 503 because `max_pending_logins` (or its per-address cap) was
+    /// reached.
+    pub refused_logins: Counter,
+    /// Failed accepts (out of file descriptors and the like).
+    pub accept_failures: Counter,
+    /// Connections answered 503 and closed at once at the file-descriptor limit.
+    pub refused_overloaded: Counter,
     /// WebSocket connections from the upgrade until their socket is dropped (logged in or not).
     pub connections_open: Gauge,
     pub sessions_logged_in: Counter,

@@ -233,8 +233,17 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
     let q = args.quick;
     let lean = args.dialect == Dialect::Leancloud;
     // The servers' settings: the given ones, plus the dialect's when the generator speaks it.
-    let mut server_sets = args.sets.clone();
-    let mut shown_sets = args.sets.clone();
+    // Every client of a run comes from this one address: the caps on connections not yet
+    // logged in per address (and in total) would refuse a login storm. Given sets win.
+    let one_address = [
+        "max_pending_handshakes=1000000",
+        "max_pending_handshakes_per_ip=1000000",
+        "max_pending_logins=1000000",
+        "max_pending_logins_per_ip=1000000",
+    ]
+    .map(String::from);
+    let mut server_sets: Vec<String> = one_address.iter().chain(&args.sets).cloned().collect();
+    let mut shown_sets = server_sets.clone();
     if lean {
         server_sets.push(format!("leancloud_app_id={LC_APP_ID}"));
         server_sets.push(format!("leancloud_master_key={lc_key}"));

@@ -23,6 +23,9 @@ async fn server() -> (RunningServer, tempfile::TempDir) {
         // The LeanCloud dialect on (it changes nothing for native clients).
         leancloud_app_id: Some(LC_APP_ID.into()),
         leancloud_master_key: Some(LC_MASTER_KEY.into()),
+        // Every client comes from 127.0.0.1.
+        max_pending_handshakes_per_ip: 1 << 20,
+        max_pending_logins_per_ip: 1 << 20,
         ..Config::default()
     };
     (

@@ -24,6 +24,7 @@ use crate::app::App;
 use crate::auth::AuthError;
 use crate::hub::{Kick, Outgoing, SessionHandle};
 use crate::leancloud::LcProtocol;
+use crate::listener::admission::Slot;
 use crate::logsafe::{Throttle, clean};
 use crate::protocol::pb::{self, CloseCode, client_frame::Body as Req, server_frame::Body as Rep};
 use crate::protocol::{self, ClientFrame, PushEvent};
@@ -207,6 +208,9 @@ struct Close(u16, &'static str);
 
 const NORMAL: Close = Close(1000, "logout");
 const GOING_AWAY: Close = Close(1001, "server shutting down");
+/// How long the close frame of a connection that never logged in may take when the server
+/// stops.
+const BRIEF_CLOSE: Duration = Duration::from_millis(100);
 
 fn close_of(code: CloseCode) -> Close {
     let reason = match code {
@@ -290,6 +294,7 @@ pub fn run<S>(
     drain: Drain,
     dialect: Dialect,
     peer: SocketAddr,
+    login_slot: Option<Slot>,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -298,6 +303,7 @@ where
         peer,
         progress: ws.get_ref().progress.clone(),
         stall: stall_limit(&app),
+        login_slot,
     };
     let (sink, stream) = ws.split();
     run_split(sink, stream, app, drain, dialect, conn)
@@ -310,6 +316,8 @@ struct Conn {
     progress: Arc<Progress>,
     /// How long a write may wait with the client receiving nothing.
     stall: Duration,
+    /// Its place under `max_pending_logins` until a session opens on it.
+    login_slot: Option<Slot>,
 }
 
 async fn run_split<S>(
@@ -372,7 +380,10 @@ async fn run_split<S>(
     for peer in peers {
         end_peer(&app, peer, abnormal).await;
     }
-    let close_sent = finish(sink, stream, &app, close, &conn, stalled).await;
+    // A connection that never logged in is not worth waiting for when the server stops: its
+    // close frame goes out, its answer is not awaited.
+    let brief = users.is_empty() && matches!(close, Some(Close(1001, _)));
+    let close_sent = finish(sink, stream, &app, close, &conn, stalled, brief).await;
     app.stats.connections_open.dec();
     let (code, reason) = match close {
         _ if stalled => (Some(CloseCode::CloseSlowConsumer as u16), "write timeout"),
@@ -733,6 +744,7 @@ impl Actor {
             subscriptions: HashSet::new(),
         });
         self.login_by = None;
+        self.conn.login_slot = None;
         Some(caller)
     }
 }
@@ -1248,12 +1260,14 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     close: Option<Close>,
     conn: &Conn,
     stalled: bool,
+    brief: bool,
 ) -> bool {
     app.stats.sessions_closed.inc();
     if stalled {
         return false;
     }
     let wait = Duration::from_millis(app.config.close_timeout_ms);
+    let wait = if brief { wait.min(BRIEF_CLOSE) } else { wait };
     let Some(Close(code, reason)) = close else {
         // The peer closed (or vanished): send the close reply tungstenite queued, if any.
         let _ = timeout(wait, unstalled(conn, sink.close())).await;
@@ -1268,6 +1282,9 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
         let out = unstalled(conn, sink.send(WsMessage::Close(Some(frame)))).await;
         if let Some(Ok(())) = out {
             sent = true;
+            if brief {
+                return;
+            }
             // Read until the peer's close (or EOF) so our close frame is not lost to a reset.
             while let Some(Ok(m)) = stream.next().await {
                 if matches!(m, WsMessage::Close(_)) {

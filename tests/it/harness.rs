@@ -270,6 +270,8 @@ pub struct Binary {
     pub child: std::process::Child,
     pub addr: String,
     log: Option<std::thread::JoinHandle<Vec<String>>>,
+    /// The log's lines after the listening line, as they come.
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Binary {
@@ -279,8 +281,19 @@ impl Binary {
 
     /// Like [`Binary::serve`], with more environment variables set.
     pub fn serve_env(data_dir: &std::path::Path, sets: &[&str], env: &[(&str, &str)]) -> Binary {
+        Self::serve_with(data_dir, sets, env, |_| {})
+    }
+
+    /// Like [`Binary::serve_env`], with `tweak` applied to the command before it starts.
+    pub fn serve_with(
+        data_dir: &std::path::Path,
+        sets: &[&str],
+        env: &[(&str, &str)],
+        tweak: impl FnOnce(&mut std::process::Command),
+    ) -> Binary {
         use std::io::{BufRead, BufReader};
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"));
+        tweak(&mut cmd);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir);
         for s in sets {
@@ -314,6 +327,7 @@ impl Binary {
                             child,
                             addr,
                             log: Some(log),
+                            lines: line_rx,
                         };
                     }
                 }
@@ -329,6 +343,19 @@ impl Binary {
 
     pub fn url(&self) -> String {
         format!("ws://{}/ws", self.addr)
+    }
+
+    /// Waits (up to 20 s) for a log line containing `needle` and returns it.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line with {needle:?} ({e})"),
+            }
+        }
     }
 
     /// Sends a signal to the server process.

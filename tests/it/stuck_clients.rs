@@ -61,7 +61,7 @@ pub async fn stuck_client(server: &TestServer, user: &str) -> Stuck {
 }
 
 /// Logs `user` in by hand over `io`, reading up to the summary.
-async fn log_in_on<S: AsyncRead + AsyncWrite + Unpin>(
+pub async fn log_in_on<S: AsyncRead + AsyncWrite + Unpin>(
     server: &TestServer,
     user: &str,
     io: S,
