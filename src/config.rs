@@ -200,6 +200,15 @@ pub struct Config {
     pub leancloud_max_clients_per_socket: usize,
     /// LeanCloud dialect: lifetime of a session token (`st`), seconds.
     pub leancloud_session_token_ttl_secs: u64,
+    /// Request rate limit of one connection: tokens gained a second (0: no limit); requests
+    /// cost by kind (`registry::limits::Work`).
+    pub rate_limit_connection_per_sec: u32,
+    /// Most tokens one connection's bucket holds (its burst).
+    pub rate_limit_connection_burst: u32,
+    /// Request rate limit of one user over all their connections: tokens a second (0: none).
+    pub rate_limit_user_per_sec: u32,
+    /// Most tokens one user's bucket holds.
+    pub rate_limit_user_burst: u32,
     /// LeanCloud dialect: how old a signature's timestamp may be, seconds.
     pub leancloud_signature_ttl_secs: u64,
     /// LeanCloud dialect: `conv/start` (not of temporary conversations), `conv/add` and
@@ -295,6 +304,10 @@ impl Default for Config {
             leancloud_session_token_ttl_secs: 172_800,
             leancloud_signature_ttl_secs: 21_600,
             leancloud_conversation_signatures: false,
+            rate_limit_connection_per_sec: 100,
+            rate_limit_connection_burst: 200,
+            rate_limit_user_per_sec: 200,
+            rate_limit_user_burst: 400,
             public_url: None,
         }
     }

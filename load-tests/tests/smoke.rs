@@ -26,6 +26,11 @@ async fn server() -> (RunningServer, tempfile::TempDir) {
         // Every client comes from 127.0.0.1.
         max_pending_handshakes_per_ip: 1 << 20,
         max_pending_logins_per_ip: 1 << 20,
+        // Generators send faster than a person: limits raised, still on.
+        rate_limit_connection_per_sec: 1 << 20,
+        rate_limit_connection_burst: 1 << 20,
+        rate_limit_user_per_sec: 1 << 20,
+        rate_limit_user_burst: 1 << 20,
         ..Config::default()
     };
     (

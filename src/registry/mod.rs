@@ -10,6 +10,7 @@ pub mod conversation;
 pub mod expiry;
 mod history;
 mod inbox;
+pub mod limits;
 mod messages;
 mod presence;
 mod receipts;
@@ -84,6 +85,9 @@ pub enum Error {
     /// A bug or corrupt data; logged.
     #[error("internal error")]
     Internal,
+    /// Over a request rate limit; the same request fits after `retry_after_ms`.
+    #[error("rate limited: retry after {retry_after_ms} ms")]
+    RateLimited { retry_after_ms: u64 },
 }
 
 impl Error {
@@ -105,6 +109,7 @@ impl Error {
             Error::UnknownRequest => ErrorCode::ErrorUnknownRequest,
             Error::Unavailable => ErrorCode::ErrorUnavailable,
             Error::Internal => ErrorCode::ErrorInternal,
+            Error::RateLimited { .. } => ErrorCode::ErrorRateLimited,
         }
     }
 }
@@ -258,6 +263,8 @@ pub struct Registry {
     pub(crate) expiry_changed: tokio::sync::Notify,
     presence: presence::Subscriptions,
     snapshots: inbox::Snapshots,
+    /// Request rate buckets of users with a live session ([`limits`]).
+    rates: DashMap<UserId, limits::Bucket>,
     pin_locks: inbox::PinLocks,
 }
 
@@ -297,6 +304,7 @@ impl Registry {
             expiry_changed: tokio::sync::Notify::new(),
             presence: Default::default(),
             snapshots: Default::default(),
+            rates: DashMap::new(),
             pin_locks: Default::default(),
         })
     }

@@ -4,6 +4,7 @@ use crate::app::App;
 use crate::protocol::pb::{self, client_frame::Body as Req, server_frame::Body as Rep};
 use crate::protocol::{ServerFrame, reply};
 use crate::registry::conversation::{CreateRequest, UpdateRequest};
+use crate::registry::limits::Work;
 use crate::registry::{
     Caller, DeleteMessagesRequest, EditRequest, Error, HistoryRequest, ListRequest, SendRequest,
 };
@@ -179,6 +180,39 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
     }
 }
 
+/// What a request costs under the rate limits (`None`: not charged: login, logout, ping).
+pub fn work_of(body: &Req) -> Option<Work> {
+    Some(match body {
+        Req::Login(_) | Req::Logout(_) | Req::Ping(_) => return None,
+        Req::SendMessage(_) | Req::RecallMessage(_) | Req::EditMessage(_) => Work::Send,
+        Req::ListConversations(_) => Work::List,
+        Req::SyncMessages(_)
+        | Req::FetchHistory(_)
+        | Req::ListMembers(_)
+        | Req::GetListEntry(_)
+        | Req::QueryPresence(_) => Work::Page,
+        Req::CreateConversation(_)
+        | Req::AddMembers(_)
+        | Req::RemoveMembers(_)
+        | Req::LeaveConversation(_)
+        | Req::UpdateConversation(_)
+        | Req::DeleteListEntries(_)
+        | Req::DeleteConversation(_)
+        | Req::DeleteMessages(_) => Work::Change,
+        Req::GetConversation(_)
+        | Req::SetMuted(_)
+        | Req::CountMembers(_)
+        | Req::MarkRead(_)
+        | Req::AckDelivered(_)
+        | Req::SubscribePresence(_)
+        | Req::UnsubscribePresence(_)
+        | Req::SetWill(_)
+        | Req::ClearWill(_)
+        | Req::SetEntryExt(_)
+        | Req::PinConversation(_) => Work::Light,
+    })
+}
+
 /// The reply for a failed request.
 pub fn error_reply(id: u64, e: &Error) -> ServerFrame {
     reply(
@@ -186,6 +220,10 @@ pub fn error_reply(id: u64, e: &Error) -> ServerFrame {
         Rep::Error(pb::Error {
             code: e.code() as i32,
             message: e.to_string(),
+            retry_after_ms: match e {
+                Error::RateLimited { retry_after_ms } => *retry_after_ms,
+                _ => 0,
+            },
         }),
     )
 }

@@ -22,6 +22,7 @@ use crate::leancloud::{self as codec, ErrorCode, FrameRef, LcProtocol, WireFrame
 use crate::protocol::pb::{self, CloseCode, ConversationEventKind as Ev, ConversationKind};
 use crate::protocol::{self, PushEvent};
 use crate::registry::conversation::CreateRequest;
+use crate::registry::limits::Work;
 use crate::registry::{Caller, Error, HistoryRequest, SendRequest};
 use crate::store::UserId;
 use bytes::Bytes;
@@ -106,6 +107,8 @@ fn error_code(e: &Error, sending: bool) -> (ErrorCode, bool) {
         Error::WindowExpired(_) => ErrorCode::MessageRecallDisabled,
         Error::AlreadyLoggedIn | Error::UnknownRequest => ErrorCode::ConversationApiFailed,
         Error::Unavailable | Error::Internal => ErrorCode::InternalError,
+        Error::RateLimited { .. } if sending => ErrorCode::MessageSentQuotaExceeded,
+        Error::RateLimited { .. } => ErrorCode::AppQuotaExceeded,
     };
     (code, false)
 }
@@ -161,9 +164,36 @@ pub(super) fn on_frame(actor: &mut Actor, p: LcProtocol, m: WsMessage) -> Option
                     .i
                     .and_then(|i| reply(error_command(Some(i), ErrorCode::SessionRequired, None)));
             };
+            if let Some(work) = work_of(kind, op) {
+                let user = actor.peers[at].caller.user.clone();
+                if let Err(e) = actor.app.registry.admit(&user, &mut actor.bucket, work) {
+                    let answer = if kind == Cmd::Direct {
+                        GenericCommand {
+                            i: cmd.i,
+                            ack_message: Some(failed_ack(&e)),
+                            ..command(Cmd::Ack, None)
+                        }
+                    } else {
+                        failure(cmd.i, &e)
+                    };
+                    return cmd.i.and_then(|_| reply(answer));
+                }
+            }
             on_session_command(actor, p, at, kind, op, cmd)
         }
     }
+}
+
+/// What a command of an open client costs under the rate limits (`None`: not charged:
+/// closing, and delivery acks, which have no reply to refuse them with).
+fn work_of(kind: Cmd, op: Option<Op>) -> Option<Work> {
+    Some(match (kind, op) {
+        (Cmd::Session, Some(Op::Close)) | (Cmd::Ack, _) => return None,
+        (Cmd::Direct | Cmd::Patch, _) => Work::Send,
+        (Cmd::Logs, _) | (Cmd::Conv, Some(Op::Query | Op::Members)) => Work::Page,
+        (Cmd::Conv, Some(Op::Start | Op::Add | Op::Remove | Op::Update)) => Work::Change,
+        _ => Work::Light,
+    })
 }
 
 /// The session a command is for: the one named by `peerId`, else the first opened.
@@ -311,9 +341,7 @@ fn release(app: &App, peer: Peer) {
     for num in peer.subscriptions {
         app.registry.drop_subscription(peer.caller.session, num);
     }
-    if app.hub.unregister(&peer.caller.user, peer.caller.session) {
-        app.registry.presence_changed(&peer.caller.user);
-    }
+    super::unregister(app, &peer.caller);
 }
 
 /// `session/open`: a signed login or a resume with a session token.

@@ -346,6 +346,7 @@ async fn run_split<S>(
         stalled: false,
         login_by: None,
         conn,
+        bucket: app.registry.connection_bucket(),
     };
     let close = match dialect {
         Dialect::Native => match actor.log_in_native(&mut stream, &drain).await {
@@ -604,6 +605,8 @@ struct Actor {
     /// LeanCloud: a session must open before this, or the connection closes.
     login_by: Option<Instant>,
     conn: Conn,
+    /// The connection's request rate bucket.
+    bucket: crate::registry::limits::Bucket,
 }
 
 /// What one turn of the serve loop does after its `select!`.
@@ -749,6 +752,15 @@ impl Actor {
     }
 }
 
+/// Takes a session out of the hub; when it was the user's last, their presence subscribers
+/// hear it and their rate bucket may go.
+fn unregister(app: &App, caller: &Caller) {
+    if app.hub.unregister(&caller.user, caller.session) {
+        app.registry.presence_changed(&caller.user);
+        app.registry.forget_rate(&caller.user);
+    }
+}
+
 /// Ends a session: out of the hub and its subscriptions; its wills go out if it ended
 /// abnormally.
 async fn end_peer(app: &App, peer: Peer, abnormal: bool) {
@@ -762,9 +774,7 @@ async fn end_peer(app: &App, peer: Peer, abnormal: bool) {
         for num in subscriptions {
             app.registry.drop_subscription(caller.session, num);
         }
-        if app.hub.unregister(&caller.user, caller.session) {
-            app.registry.presence_changed(&caller.user);
-        }
+        unregister(app, &caller);
         if abnormal && !wills.is_empty() {
             // Boxed: a rare path, whose future (about 1.1 KB) would otherwise be part of every
             // connection's task.
@@ -1008,6 +1018,14 @@ impl Actor {
         let reply =
             |f: protocol::ServerFrame| Some(Immediate::Reply(vec![binary(protocol::encode(&f))]));
         let peer = self.peers.first_mut()?;
+        if let Some(work) = frame.body.as_ref().and_then(dispatch::work_of)
+            && let Err(e) = self
+                .app
+                .registry
+                .admit(&peer.caller.user, &mut self.bucket, work)
+        {
+            return reply(dispatch::error_reply(id, &e));
+        }
         match frame.body {
             None => reply(dispatch::error_reply(id, &Error::UnknownRequest)),
             Some(Req::Ping(_)) => reply(protocol::reply(

@@ -48,6 +48,10 @@ impl TestServer {
             data_dir: dir.path().join("data"),
             jwt_hs256_secret: Some(SECRET.into()),
             store_cache_bytes: 8 << 20,
+            // Tests send far faster than people do; the limits have their own tests
+            // (rate_limits.rs), which set them.
+            rate_limit_connection_per_sec: 0,
+            rate_limit_user_per_sec: 0,
             ..Config::default()
         };
         tweak(&mut config);

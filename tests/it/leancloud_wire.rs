@@ -863,3 +863,47 @@ async fn a_format_1_store_is_upgraded_at_start_and_its_old_edits_replay() {
         Some(r#"{"_lctext":"four","_lctype":-1}"#)
     );
 }
+
+/// LeanCloud clients are charged to the same buckets: a send over the limit is acked with 4116
+/// `MESSAGE_SENT_QUOTA_EXCEEDED`, another command answered 4113 `APP_QUOTA_EXCEEDED`, both
+/// saying when to retry; the server's clock moving on lets them through again.
+#[tokio::test]
+async fn leancloud_commands_over_the_rate_limit_are_refused_with_4116_and_4113() {
+    let server = TestServer::start_with(|c| {
+        c.leancloud_app_id = Some(APP_ID.into());
+        c.leancloud_master_key = Some(MASTER_KEY.into());
+        c.rate_limit_connection_per_sec = 10;
+        c.rate_limit_connection_burst = 10;
+    })
+    .await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("alice", None).await;
+    let cid = c.start("alice", &["alice", "bob"]).await; // 5 tokens
+    for n in 0..5 {
+        let ack = c.direct("alice", &cid, "hi", false).await;
+        assert!(ack.uid.is_some(), "send {n}: {ack:?}");
+    }
+    let ack = c.direct("alice", &cid, "one too many", false).await;
+    assert_eq!(ack.code, Some(4116), "{ack:?}");
+    let count = GenericCommand {
+        peer_id: Some("alice".into()),
+        conv_message: Some(lc::ConvCommand {
+            cid: Some(cid.clone()),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Conv, Some(Op::Count))
+    };
+    let e = c.request(count.clone()).await.error_message.unwrap();
+    assert_eq!(e.code, 4113, "{e:?}");
+    assert!(e.detail.unwrap_or_default().contains("retry after 100 ms"));
+    // Echo (the SDK's heartbeat) is never charged.
+    for _ in 0..20 {
+        assert_eq!(
+            op_of(&c.request(cmd(Cmd::Echo, None)).await).0,
+            Some(Cmd::Echo)
+        );
+    }
+    server.clock.advance(100);
+    let r = c.request(count).await;
+    assert!(r.error_message.is_none(), "{r:?}");
+}

@@ -17,6 +17,7 @@ mod log_safety;
 mod origin;
 mod presence;
 mod races;
+mod rate_limits;
 mod readme;
 mod roaming;
 mod robustness;

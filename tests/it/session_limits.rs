@@ -60,7 +60,15 @@ fn limit_refusal(e: &ClientError, setting: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_cannot_fill_the_server_with_wills_or_sessions() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Binary::serve(&dir.path().join("data"), &[]);
+    // The memory caps are what is tested: the request rate limits (which would also slow
+    // this probe down) are off.
+    let server = Binary::serve(
+        &dir.path().join("data"),
+        &[
+            "rate_limit_connection_per_sec=0",
+            "rate_limit_user_per_sec=0",
+        ],
+    );
     let pid = server.child.id();
     let guard = KillOnDrop(pid);
 

@@ -1,0 +1,166 @@
+//! Request rate limits: token buckets per connection and per user, charged by what a request
+//! costs the server. One table of costs for every front door; a front door only says which
+//! kind of work a request is ([`Work`]). Requests made by the server itself (expiry, wills) and
+//! by a backend through the registry directly are not charged.
+//!
+//! A bucket holds up to `burst` tokens and gains `per_sec` tokens a second; a request takes
+//! its cost or is refused with how long until it would fit. Refused requests cost nothing, so
+//! a client that retries after the given time gets through.
+
+use super::{Error, Registry};
+use crate::store::UserId;
+
+/// What a request asks of the server, by cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// A small read or a change to one record: get a conversation, receipts, mute, read
+    /// positions, presence subscriptions, wills.
+    Light,
+    /// A message (send, edit, recall).
+    Send,
+    /// A page of stored data: history, catch-up, members, one list entry, a LeanCloud query.
+    Page,
+    /// A page of the conversation list (its first page orders the whole list).
+    List,
+    /// Creating, changing the members of, or deleting a conversation.
+    Change,
+}
+
+impl Work {
+    /// Tokens it takes.
+    pub fn cost(self) -> u32 {
+        match self {
+            Work::Light | Work::Send => 1,
+            Work::Page | Work::Change => 5,
+            Work::List => 20,
+        }
+    }
+}
+
+/// A token bucket on the server's clock, counted in thousandths of a token (a bucket gaining
+/// `per_sec` tokens a second gains `per_sec` thousandths a millisecond, exactly).
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    milli: u64,
+    at: i64,
+}
+
+impl Bucket {
+    pub fn full(burst: u32, now: i64) -> Self {
+        Bucket {
+            milli: u64::from(burst) * 1000,
+            at: now,
+        }
+    }
+
+    fn refilled(&self, per_sec: u32, burst: u32, now: i64) -> u64 {
+        let elapsed = now.saturating_sub(self.at).max(0) as u64;
+        self.milli
+            .saturating_add(elapsed.saturating_mul(u64::from(per_sec)))
+            .min(u64::from(burst) * 1000)
+    }
+
+    /// Whether it has refilled to `burst` by `now` (forgetting it then loses nothing).
+    fn full_at(&self, per_sec: u32, burst: u32, now: i64) -> bool {
+        self.refilled(per_sec, burst, now) >= u64::from(burst) * 1000
+    }
+
+    /// Takes `cost` tokens, or says in how many ms they will be there (`per_sec` 0: no limit).
+    /// A cost above the burst could never fit, so it is charged as the whole burst.
+    pub fn take(&mut self, cost: u32, per_sec: u32, burst: u32, now: i64) -> Result<(), u64> {
+        if per_sec == 0 {
+            return Ok(());
+        }
+        self.milli = self.refilled(per_sec, burst, now);
+        self.at = self.at.max(now);
+        let cost = u64::from(cost.min(burst)) * 1000;
+        match cost.checked_sub(self.milli) {
+            None | Some(0) => {
+                self.milli -= cost;
+                Ok(())
+            }
+            Some(short) => Err(short.div_ceil(u64::from(per_sec))),
+        }
+    }
+}
+
+impl Registry {
+    /// Charges `work` to the connection's bucket and then to the user's: refused with
+    /// [`Error::RateLimited`] when either is short (and then neither is charged).
+    pub fn admit(&self, user: &UserId, connection: &mut Bucket, work: Work) -> Result<(), Error> {
+        let c = &self.config;
+        let now = self.now();
+        let cost = work.cost();
+        let mut probe = connection.clone();
+        probe
+            .take(
+                cost,
+                c.rate_limit_connection_per_sec,
+                c.rate_limit_connection_burst,
+                now,
+            )
+            .map_err(|ms| Error::RateLimited { retry_after_ms: ms })?;
+        if c.rate_limit_user_per_sec > 0 {
+            // Buckets of users who left while short stay until refilled; sweep them when they
+            // pile up, so the map stays about the size of the online users.
+            if self.rates.len() > 2 * self.hub().session_count() + 1024 {
+                let (rate, burst) = (c.rate_limit_user_per_sec, c.rate_limit_user_burst);
+                self.rates.retain(|_, b| !b.full_at(rate, burst, now));
+            }
+            let mut bucket = self
+                .rates
+                .entry(user.clone())
+                .or_insert_with(|| Bucket::full(c.rate_limit_user_burst, now));
+            bucket
+                .take(
+                    cost,
+                    c.rate_limit_user_per_sec,
+                    c.rate_limit_user_burst,
+                    now,
+                )
+                .map_err(|ms| Error::RateLimited { retry_after_ms: ms })?;
+        }
+        *connection = probe;
+        Ok(())
+    }
+
+    /// A new connection's bucket, full.
+    pub fn connection_bucket(&self) -> Bucket {
+        Bucket::full(self.config.rate_limit_connection_burst, self.now())
+    }
+
+    /// The user's last session ended: forgets their bucket unless it is still short (then a
+    /// reconnect does not start with a full one).
+    pub fn forget_rate(&self, user: &str) {
+        let c = &self.config;
+        let now = self.now();
+        self.rates.remove_if(user, |_, b| {
+            b.full_at(c.rate_limit_user_per_sec, c.rate_limit_user_burst, now)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_refill_at_their_rate_and_say_when_to_retry() {
+        let mut b = Bucket::full(10, 0);
+        for _ in 0..10 {
+            b.take(1, 5, 10, 0).unwrap();
+        }
+        // Empty: one token comes every 200 ms.
+        assert_eq!(b.take(1, 5, 10, 0), Err(200));
+        assert_eq!(b.take(1, 5, 10, 199), Err(1));
+        b.take(1, 5, 10, 200).unwrap();
+        // Refill stops at the burst.
+        b.take(10, 5, 10, 1_000_000).unwrap();
+        assert!(b.take(1, 5, 10, 1_000_000).is_err());
+        // A cost above the burst is charged as the burst, so it can pass once full.
+        let mut b = Bucket::full(10, 0);
+        b.take(50, 5, 10, 0).unwrap();
+        // No limit.
+        assert_eq!(b.take(u32::MAX, 0, 0, 0), Ok(()));
+    }
+}
