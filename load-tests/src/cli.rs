@@ -45,6 +45,9 @@ pub enum Command {
     History(RunArgs),
     /// Create --conversations temporary conversations (a message in each), let them expire.
     Churn(RunArgs),
+    /// One user in --conversations groups; --readers connections of theirs read the first
+    /// --page of their conversation list, closed loop.
+    List(RunArgs),
     /// Run every scenario against a fresh release server and the reference server.
     Suite(suite::SuiteArgs),
     /// Run the reference broadcaster (prints `listening addr=...` on stderr).
@@ -77,6 +80,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
         Command::Storm(a) => (Scenario::Storm, a),
         Command::History(a) => (Scenario::History, a),
         Command::Churn(a) => (Scenario::Churn, a),
+        Command::List(a) => (Scenario::List, a),
         Command::Suite(a) => return suite::run(a).await,
         Command::RefServe { listen } => {
             let addr = refserver::start(&listen).await?;

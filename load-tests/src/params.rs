@@ -18,6 +18,8 @@ pub enum Scenario {
     History,
     /// Create temporary conversations, chat in them, let them expire.
     Churn,
+    /// One user in many conversations reads the first page of their conversation list.
+    List,
 }
 
 impl Scenario {
@@ -29,6 +31,7 @@ impl Scenario {
             Scenario::Storm => "storm",
             Scenario::History => "history",
             Scenario::Churn => "churn",
+            Scenario::List => "list",
         }
     }
 }
@@ -193,6 +196,7 @@ pub fn connections(scenario: Scenario, p: &Params) -> usize {
         Scenario::Fanout => p.group_size,
         Scenario::History => p.writers.max(p.readers),
         Scenario::Churn => p.writers,
+        Scenario::List => p.writers.max(p.readers),
     }
 }
 

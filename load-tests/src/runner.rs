@@ -32,6 +32,9 @@ pub struct ServerFigures {
     pub rss_end_bytes: u64,
     /// Server CPU from go to the end, per delivered message (fanout: per delivery).
     pub cpu_us_per_delivered: Option<f64>,
+    /// list: server CPU from go to the end, per page of the conversation list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_page: Option<f64>,
     /// Server RSS growth from before the sessions to all of them logged in, per session.
     pub bytes_per_session: Option<f64>,
     /// Bytes in the data directory (`--data-dir`) before and after the run.
@@ -80,7 +83,7 @@ impl RunResult {
             "chat" => "acked_per_s",
             "fanout" => "deliveries_per_s",
             "storm" => "sessions_per_s",
-            "history" => "pages_per_s",
+            "history" | "list" => "pages_per_s",
             _ => return None,
         };
         self.throughput.get(key).copied()
@@ -90,7 +93,7 @@ impl RunResult {
     pub fn main_latency(&self) -> Option<&Summary> {
         let key = match self.scenario.as_str() {
             "chat" | "fanout" => DELIVERED,
-            "history" => PAGE,
+            "history" | "list" => PAGE,
             _ => CONNECT,
         };
         self.latency.get(key)
@@ -191,7 +194,7 @@ pub async fn run(
         workers: shards,
         run_secs,
         counts: BTreeMap::new(),
-        populate_secs: matches!(scenario, Scenario::History | Scenario::Churn)
+        populate_secs: matches!(scenario, Scenario::History | Scenario::Churn | Scenario::List)
             .then_some(res.populate_secs),
         throughput: BTreeMap::new(),
         latency: res
@@ -237,7 +240,7 @@ pub async fn run(
             r.throughput
                 .insert("sessions_per_s".into(), per_s(res.sessions, res.end_ns));
         }
-        Scenario::History => {
+        Scenario::History | Scenario::List => {
             r.throughput
                 .insert("pages_per_s".into(), per_s(res.pages, res.end_ns));
             if res.populate_secs > 0.0 {
@@ -268,6 +271,8 @@ pub async fn run(
             rss_peak_bytes: m.peak_rss(),
             rss_end_bytes: end.rss_bytes,
             cpu_us_per_delivered: (res.delivered > 0).then(|| cpu * 1e6 / res.delivered as f64),
+            cpu_us_per_page: (matches!(scenario, Scenario::List) && res.pages > 0)
+                .then(|| cpu * 1e6 / res.pages as f64),
             bytes_per_session: (matches!(scenario, Scenario::Idle) && res.sessions > 0)
                 .then(|| (ready.rss_bytes as f64 - base.rss_bytes as f64) / res.sessions as f64),
             disk_start_bytes: disk_start,
@@ -479,6 +484,9 @@ pub fn table(r: &RunResult) -> String {
         }
         if let Some(c) = sv.cpu_us_per_delivered {
             let _ = writeln!(s, "   server cpu per delivered message: {c:.2} µs");
+        }
+        if let Some(c) = sv.cpu_us_per_page {
+            let _ = writeln!(s, "   server cpu per list page: {c:.1} µs");
         }
         if let Some(b) = sv.bytes_per_session {
             let _ = writeln!(

@@ -368,6 +368,7 @@ pub async fn run_shard(
             Scenario::Fanout => fanout(p, gate, live).await,
             Scenario::History => history(p, gate, live).await,
             Scenario::Churn => churn(p, gate, live).await,
+            Scenario::List => list(p, gate, live).await,
         }
     };
     tokio::time::timeout(limit, work)
@@ -753,6 +754,104 @@ async fn history(p: &Params, gate: Gate, live: Arc<Live>) -> anyhow::Result<Shar
                     let t = Instant::now();
                     match c.history(conv, before, page).await {
                         Ok(pg) if pg.messages.len() as u64 == (before - 1).min(page as u64) => {
+                            lat.record_ns(t.elapsed().as_nanos() as u64);
+                            pages += 1;
+                            live.pages.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            errors += 1;
+                            live.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                (lat, pages, errors)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (lat, pages, errors) = t.await?;
+        res.hist(PAGE).merge(&lat);
+        res.pages += pages;
+        res.page_errors += errors;
+    }
+    res.end_ns = now_ns();
+    Ok(res)
+}
+
+/// One user, `list-0`, in `--conversations` groups (created by `--writers` connections of
+/// theirs, a message in every tenth so the order is not only creation order), then
+/// `--readers` connections of the same user ask for the first `--page` entries of the list,
+/// closed loop, for `--duration-secs` or `--count` pages each. `populated` counts the groups.
+async fn list(p: &Params, gate: Gate, live: Arc<Live>) -> anyhow::Result<ShardResult> {
+    let mut res = ShardResult::default();
+    let owner = user(p, "list", 0);
+    let writers = p.writers.clamp(1, p.conversations.max(1));
+    let wtokens: Vec<String> = (0..writers).map(|_| token(p, &owner)).collect();
+    let clients = open_clients(&p.url, wtokens, p.concurrency, Duration::ZERO, &live, &mut res)
+        .await;
+    anyhow::ensure!(clients.len() == writers, "list writers failed to log in");
+    let t0 = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let total = p.conversations as u64;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|c| {
+            let next = next.clone();
+            tokio::spawn(async move {
+                let (mut made, mut failed) = (0u64, 0u64);
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= total {
+                        break;
+                    }
+                    let created = c.create_group(&format!("list group {k}"), &[]).await;
+                    match created {
+                        Ok(conv) if k % 10 == 0 => match c.send_text(&conv.id, "hello").await {
+                            Ok(_) => made += 1,
+                            Err(_) => failed += 1,
+                        },
+                        Ok(_) => made += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+                (c, made, failed)
+            })
+        })
+        .collect();
+    let mut writers_done = Vec::new();
+    for t in tasks {
+        let (c, made, failed) = t.await?;
+        res.populated += made;
+        res.failed += failed;
+        writers_done.push(c);
+    }
+    res.populate_secs = t0.elapsed().as_secs_f64();
+    drop(writers_done);
+    let readers = p.readers.max(1);
+    let rtokens: Vec<String> = (0..readers).map(|_| token(p, &owner)).collect();
+    let clients = open_clients(&p.url, rtokens, p.concurrency, Duration::ZERO, &live, &mut res)
+        .await;
+    anyhow::ensure!(clients.len() == readers, "list readers failed to log in");
+    gate.pass().await?;
+    res.go_ns = now_ns();
+    let until = Instant::now() + secs(p.duration_secs);
+    let page = p.page.max(1);
+    let expect = (page as u64).min(res.populated);
+    let max_pages = if p.count == 0 { u64::MAX } else { p.count };
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|c| {
+            let live = live.clone();
+            tokio::spawn(async move {
+                let (mut lat, mut pages, mut errors) = (Lat::default(), 0u64, 0u64);
+                while Instant::now() < until && pages + errors < max_pages {
+                    let t = Instant::now();
+                    let req = pb::ListConversations {
+                        limit: page,
+                        ..Default::default()
+                    };
+                    match c.list_conversations(req).await {
+                        Ok(l) if l.entries.len() as u64 == expect => {
                             lat.record_ns(t.elapsed().as_nanos() as u64);
                             pages += 1;
                             live.pages.fetch_add(1, Ordering::Relaxed);
