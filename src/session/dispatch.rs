@@ -9,8 +9,8 @@ use crate::registry::{
 };
 use std::sync::Arc;
 
-/// Handles a request of a logged-in session. `Login`, `Logout` and `Ping` are handled by the
-/// session itself and never reach here.
+/// Handles a request of a logged-in session. `Login`, `Logout`, `Ping`, `RefreshToken` and the
+/// presence and will requests are handled by the session itself and never reach here.
 pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> ServerFrame {
     let reg = &app.registry;
     let result: Result<Rep, Error> = match body {
@@ -163,6 +163,7 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
         // Session-level requests, answered by the session itself.
         Req::Logout(_)
         | Req::Ping(_)
+        | Req::RefreshToken(_)
         | Req::SubscribePresence(_)
         | Req::UnsubscribePresence(_)
         | Req::SetWill(_)

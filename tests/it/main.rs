@@ -23,3 +23,4 @@ mod session_limits;
 mod storage;
 mod stuck_clients;
 mod temporary;
+mod token_expiry;
