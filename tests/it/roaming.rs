@@ -703,3 +703,25 @@ async fn an_edit_cannot_grow_a_message_past_max_message_bytes() {
         (limit - 100, 99)
     );
 }
+
+/// Found while adding the fuzz targets: a cursor whose first character is more than one
+/// byte long made the server split it inside that character and panic, which ended the
+/// connection's task without a close frame (and without leaving the hub).
+#[tokio::test]
+async fn a_history_cursor_starting_with_a_multibyte_character_is_an_invalid_argument() {
+    let server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    let g = within(alice.create_group("g", &["bob"])).await.unwrap();
+    within(alice.send_text(&g.id, "one")).await.unwrap();
+    for cursor in ["é", "é1", "€", "n€", "\u{10348}"] {
+        let req = pb::FetchHistory {
+            conversation_id: g.id.clone(),
+            cursor: cursor.into(),
+            ..Default::default()
+        };
+        let e = within(alice.fetch_history(req)).await.unwrap_err();
+        assert_eq!(code(e), ErrorCode::ErrorInvalidArgument, "{cursor:?}");
+    }
+    // The session is still there.
+    within(alice.ping()).await.unwrap();
+}
