@@ -113,6 +113,17 @@ struct Claims {
     aud: Option<String>,
 }
 
+/// Whom a verified token names, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user id (`sub`).
+    pub user: String,
+    /// The first millisecond (on the server's clock) at which this token counts as expired:
+    /// `exp` plus `jwt_leeway_secs`. `None` only for a bare user id in `insecure_dev` mode,
+    /// which never expires.
+    pub expires_at_ms: Option<i64>,
+}
+
 /// Verifies login tokens.
 pub struct Authenticator {
     hs256: Option<DecodingKey>,
@@ -160,10 +171,19 @@ impl Authenticator {
 
     /// Returns the user id the token names.
     pub fn verify(&self, token: &str) -> Result<String, AuthError> {
+        self.identify(token).map(|i| i.user)
+    }
+
+    /// Verifies a token (signature, algorithm, `crit`, `iss`/`aud`, `exp`, `nbf`, `sub`) and
+    /// returns whom it names and until when. The one check for logins and token refreshes.
+    pub fn identify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token);
         if self.insecure_dev && header.is_err() {
-            // Development mode: a bare user id logs in as that user.
-            return self.check_user(token.to_owned());
+            // Development mode: a bare user id logs in as that user, with no deadline.
+            return Ok(Identity {
+                user: self.check_user(token.to_owned())?,
+                expires_at_ms: None,
+            });
         }
         let header = header.map_err(|e| AuthError::Invalid(e.to_string()))?;
         if header.crit.is_some() {
@@ -198,12 +218,11 @@ impl Authenticator {
             return Err(AuthError::Invalid("audience does not match".into()));
         }
         let now = self.clock.now_ms();
-        if claims
+        let expires_at_ms = claims
             .exp
             .saturating_mul(1000)
-            .saturating_add(self.leeway_ms)
-            <= now
-        {
+            .saturating_add(self.leeway_ms);
+        if expires_at_ms <= now {
             return Err(AuthError::Expired);
         }
         if let Some(nbf) = claims.nbf
@@ -211,7 +230,10 @@ impl Authenticator {
         {
             return Err(AuthError::Invalid("token not valid yet (nbf)".into()));
         }
-        self.check_user(claims.sub)
+        Ok(Identity {
+            user: self.check_user(claims.sub)?,
+            expires_at_ms: Some(expires_at_ms),
+        })
     }
 
     fn check_user(&self, sub: String) -> Result<String, AuthError> {

@@ -230,6 +230,16 @@ impl Client {
         }
     }
 
+    /// Replaces the session's token with a newer one of the same user; the session then lives
+    /// until the new token's `exp`.
+    pub async fn refresh_token(&self, token: &str) -> Result<(), ClientError> {
+        self.request(Req::RefreshToken(pb::RefreshToken {
+            token: token.into(),
+        }))
+        .await
+        .map(|_| ())
+    }
+
     /// Logs out; the server then closes with 1000.
     pub async fn logout(&self) -> Result<(), ClientError> {
         self.request(Req::Logout(pb::Logout {})).await.map(|_| ())

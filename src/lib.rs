@@ -21,6 +21,8 @@ pub mod auth;
 pub mod client;
 pub mod clock;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod leancloud;
 pub mod listener;

@@ -194,8 +194,11 @@ pub async fn run(
         workers: shards,
         run_secs,
         counts: BTreeMap::new(),
-        populate_secs: matches!(scenario, Scenario::History | Scenario::Churn | Scenario::List)
-            .then_some(res.populate_secs),
+        populate_secs: matches!(
+            scenario,
+            Scenario::History | Scenario::Churn | Scenario::List
+        )
+        .then_some(res.populate_secs),
         throughput: BTreeMap::new(),
         latency: res
             .hist

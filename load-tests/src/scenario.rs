@@ -787,8 +787,15 @@ async fn list(p: &Params, gate: Gate, live: Arc<Live>) -> anyhow::Result<ShardRe
     let owner = user(p, "list", 0);
     let writers = p.writers.clamp(1, p.conversations.max(1));
     let wtokens: Vec<String> = (0..writers).map(|_| token(p, &owner)).collect();
-    let clients = open_clients(&p.url, wtokens, p.concurrency, Duration::ZERO, &live, &mut res)
-        .await;
+    let clients = open_clients(
+        &p.url,
+        wtokens,
+        p.concurrency,
+        Duration::ZERO,
+        &live,
+        &mut res,
+    )
+    .await;
     anyhow::ensure!(clients.len() == writers, "list writers failed to log in");
     let t0 = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
@@ -806,10 +813,12 @@ async fn list(p: &Params, gate: Gate, live: Arc<Live>) -> anyhow::Result<ShardRe
                     }
                     let created = c.create_group(&format!("list group {k}"), &[]).await;
                     match created {
-                        Ok(conv) if k % 10 == 0 => match c.send_text(&conv.id, "hello").await {
-                            Ok(_) => made += 1,
-                            Err(_) => failed += 1,
-                        },
+                        Ok(conv) if k.is_multiple_of(10) => {
+                            match c.send_text(&conv.id, "hello").await {
+                                Ok(_) => made += 1,
+                                Err(_) => failed += 1,
+                            }
+                        }
                         Ok(_) => made += 1,
                         Err(_) => failed += 1,
                     }
@@ -829,8 +838,15 @@ async fn list(p: &Params, gate: Gate, live: Arc<Live>) -> anyhow::Result<ShardRe
     drop(writers_done);
     let readers = p.readers.max(1);
     let rtokens: Vec<String> = (0..readers).map(|_| token(p, &owner)).collect();
-    let clients = open_clients(&p.url, rtokens, p.concurrency, Duration::ZERO, &live, &mut res)
-        .await;
+    let clients = open_clients(
+        &p.url,
+        rtokens,
+        p.concurrency,
+        Duration::ZERO,
+        &live,
+        &mut res,
+    )
+    .await;
     anyhow::ensure!(clients.len() == readers, "list readers failed to log in");
     gate.pass().await?;
     res.go_ns = now_ns();

@@ -148,10 +148,7 @@ impl Registry {
         // The walk covers lo..=hi; it starts at hi (newest first) or lo (oldest first).
         let (mut lo, mut hi) = (view.cleared + 1, last);
         let start = if !req.cursor.is_empty() {
-            let (dir, pos) = req.cursor.split_at(1.min(req.cursor.len()));
-            let pos = u64::from_str_radix(pos, 16)
-                .ok()
-                .filter(|_| dir == if back { "n" } else { "o" })
+            let pos = parse_cursor(&req.cursor, back)
                 .ok_or_else(|| Error::InvalidArgument("cursor is not from this walk".into()))?;
             Some(pos)
         } else if !req.start_message_id.is_empty() {
@@ -626,4 +623,11 @@ impl Registry {
         }
         Ok(out)
     }
+}
+
+/// The seq a history cursor holds, if it is one of this walk's: `n` (newest first) or `o`
+/// (oldest first), then hex digits. Any text a client sends is an answer, never a panic.
+pub(crate) fn parse_cursor(cursor: &str, back: bool) -> Option<u64> {
+    let pos = cursor.strip_prefix(if back { 'n' } else { 'o' })?;
+    u64::from_str_radix(pos, 16).ok()
 }

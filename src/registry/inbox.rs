@@ -721,3 +721,8 @@ impl Default for PinLocks {
         }
     }
 }
+
+/// Whether a conversation list cursor parses (for the fuzz targets).
+pub(crate) fn parse_cursor(s: &str) -> bool {
+    Cursor::decode(s).is_some()
+}

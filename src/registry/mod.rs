@@ -8,8 +8,8 @@
 
 pub mod conversation;
 pub mod expiry;
-mod history;
-mod inbox;
+pub(crate) mod history;
+pub(crate) mod inbox;
 pub mod limits;
 mod messages;
 mod presence;

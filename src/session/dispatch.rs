@@ -10,8 +10,8 @@ use crate::registry::{
 };
 use std::sync::Arc;
 
-/// Handles a request of a logged-in session. `Login`, `Logout` and `Ping` are handled by the
-/// session itself and never reach here.
+/// Handles a request of a logged-in session. `Login`, `Logout`, `Ping`, `RefreshToken` and the
+/// presence and will requests are handled by the session itself and never reach here.
 pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> ServerFrame {
     let reg = &app.registry;
     let result: Result<Rep, Error> = match body {
@@ -164,6 +164,7 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
         // Session-level requests, answered by the session itself.
         Req::Logout(_)
         | Req::Ping(_)
+        | Req::RefreshToken(_)
         | Req::SubscribePresence(_)
         | Req::UnsubscribePresence(_)
         | Req::SetWill(_)
@@ -183,7 +184,7 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
 /// What a request costs under the rate limits (`None`: not charged: login, logout, ping).
 pub fn work_of(body: &Req) -> Option<Work> {
     Some(match body {
-        Req::Login(_) | Req::Logout(_) | Req::Ping(_) => return None,
+        Req::Login(_) | Req::Logout(_) | Req::Ping(_) | Req::RefreshToken(_) => return None,
         Req::SendMessage(_) | Req::RecallMessage(_) | Req::EditMessage(_) => Work::Send,
         Req::ListConversations(_) => Work::List,
         Req::SyncMessages(_)

@@ -539,7 +539,14 @@ struct Peer {
     wills: BTreeMap<String, SendRequest>,
     /// Conversations whose presence this session subscribed to.
     subscriptions: HashSet<u64>,
+    /// Native: the session ends when the server's clock reaches this (its token's `exp` plus the
+    /// leeway; moved by `RefreshToken`). [`NO_DEADLINE`] for LeanCloud sessions, which live by
+    /// their own session tokens, and for `insecure_dev` logins by bare user id.
+    expires_at_ms: i64,
 }
+
+/// A session that never expires.
+const NO_DEADLINE: i64 = i64::MAX;
 
 /// The bytes a will holds in memory (roughly: the variable parts).
 fn will_bytes(conv: &str, will: &SendRequest) -> usize {
@@ -630,8 +637,11 @@ enum Stop {
 enum Immediate {
     /// Write these.
     Reply(Vec<WsMessage>),
-    /// Write these, then stop reading and close normally once replies are out.
-    Logout(Vec<WsMessage>),
+    /// Write these, then stop reading and close with this once replies are out (logout; a
+    /// request read after the token expired).
+    End(Close, Vec<WsMessage>),
+    /// The session's token was replaced: write these and set the timer again.
+    Refreshed(Vec<WsMessage>),
     /// Close now.
     Close(Close),
 }
@@ -662,8 +672,8 @@ impl Actor {
             device,
             event_cursor,
         } = login;
-        let user = match app.auth.verify(&token) {
-            Ok(u) => UserId::from(u),
+        let (user, expires_at_ms) = match app.auth.identify(&token) {
+            Ok(i) => (UserId::from(i.user), i.expires_at_ms.unwrap_or(NO_DEADLINE)),
             Err(e) => {
                 // Anyone can cause this line, with any text in it: escaped, cut, rate-limited.
                 static REFUSED: Throttle = Throttle::new("login refused");
@@ -688,6 +698,7 @@ impl Actor {
             .expect("a login is never refused");
         let (replayed_to, frames) = welcome(&app, &caller, id, event_cursor).map_err(Some)?;
         self.peers[0].replayed_to = replayed_to;
+        self.peers[0].expires_at_ms = expires_at_ms;
         Ok(frames)
     }
 
@@ -745,6 +756,7 @@ impl Actor {
             replayed_to: 0,
             wills: BTreeMap::new(),
             subscriptions: HashSet::new(),
+            expires_at_ms: NO_DEADLINE,
         });
         self.login_by = None;
         self.conn.login_slot = None;
@@ -807,7 +819,7 @@ impl Actor {
             let t = ping_at.min(idle_at);
             login_by.map_or(t, |l| t.min(l))
         };
-        let timer = sleep_until(first_deadline(ping_at, idle_at, self.login_by));
+        let timer = sleep_until(self.until_token(first_deadline(ping_at, idle_at, self.login_by)));
         tokio::pin!(timer);
         // Set once we stop reading: shutdown (1001) or logout (1000). Pending replies still go out.
         let mut draining: Option<(Close, Instant)> = None;
@@ -856,6 +868,12 @@ impl Actor {
                         idle_at = Instant::now() + idle;
                         let immediate = match dialect {
                             Dialect::Native => match decode_native(&m) {
+                                // Nothing is served past the token's deadline, even when the
+                                // timer has not turned yet.
+                                Ok(_) if self.token_expired() => Some(Immediate::End(
+                                    close_of(CloseCode::CloseTokenExpired),
+                                    Vec::new(),
+                                )),
                                 Ok(f) => self.request(f),
                                 Err(code) => Some(Immediate::Close(close_of(code))),
                             },
@@ -863,10 +881,15 @@ impl Actor {
                         };
                         match immediate {
                             Some(Immediate::Reply(r)) => Step::Write(r),
-                            Some(Immediate::Logout(r)) => {
+                            Some(Immediate::End(close, r)) => {
                                 let until = Instant::now() + grace;
-                                draining = Some((NORMAL, until));
+                                draining = Some((close, until));
                                 timer.as_mut().reset(first_deadline(ping_at, idle_at, None).min(until));
+                                Step::Write(r)
+                            }
+                            Some(Immediate::Refreshed(r)) => {
+                                let next = first_deadline(ping_at, idle_at, self.login_by);
+                                timer.as_mut().reset(self.until_token(next));
                                 Step::Write(r)
                             }
                             Some(Immediate::Close(close)) => {
@@ -907,11 +930,20 @@ impl Actor {
                         self.abnormal = true;
                         return Some(dialect.close(CloseCode::CloseIdleTimeout));
                     }
+                    if draining.is_none() && self.token_expired() {
+                        // Like a logout: nothing more is read, the replies of requests already
+                        // read go out (within the grace), then the close. Wills are dropped: the
+                        // server does not speak for a user whose token has lapsed.
+                        let until = now + grace;
+                        draining = Some((close_of(CloseCode::CloseTokenExpired), until));
+                        timer.as_mut().reset(first_deadline(ping_at, idle_at, None).min(until));
+                        continue;
+                    }
                     let ping = now >= ping_at;
                     if ping {
                         ping_at = now + ping_every;
                     }
-                    let next = first_deadline(ping_at, idle_at, self.login_by);
+                    let next = self.until_token(first_deadline(ping_at, idle_at, self.login_by));
                     timer.as_mut().reset(draining.map_or(next, |d| next.min(d.1)));
                     if ping {
                         Step::Write(vec![WsMessage::Ping(Bytes::new())])
@@ -965,6 +997,27 @@ impl Actor {
                 Err(Some(dialect.close(code)))
             }
         }
+    }
+
+    /// `t`, or when the native session's token expires if that comes first. The server's clock
+    /// (which tests move by hand) is read again at every turn of the timer, so a clock that moved
+    /// faster than the timer is noticed at the next turn (at most `ping_interval_ms` later).
+    fn until_token(&self, t: Instant) -> Instant {
+        const DAY_MS: i64 = 86_400_000;
+        match self.peers.first() {
+            Some(p) if p.expires_at_ms != NO_DEADLINE => {
+                let left = p.expires_at_ms.saturating_sub(self.app.clock.now_ms());
+                t.min(Instant::now() + Duration::from_millis(left.clamp(0, DAY_MS) as u64))
+            }
+            _ => t,
+        }
+    }
+
+    /// Whether the native session's token has expired (by the server's clock).
+    fn token_expired(&self) -> bool {
+        self.peers.first().is_some_and(|p| {
+            p.expires_at_ms != NO_DEADLINE && self.app.clock.now_ms() >= p.expires_at_ms
+        })
     }
 
     /// Requests in progress.
@@ -1034,9 +1087,40 @@ impl Actor {
                     server_time: self.app.clock.now_ms(),
                 }),
             )),
-            Some(Req::Logout(_)) => Some(Immediate::Logout(vec![binary(protocol::encode(
-                &protocol::reply(id, Rep::Ok(pb::Ok {})),
-            ))])),
+            Some(Req::Logout(_)) => Some(Immediate::End(
+                NORMAL,
+                vec![binary(protocol::encode(&protocol::reply(
+                    id,
+                    Rep::Ok(pb::Ok {}),
+                )))],
+            )),
+            Some(Req::RefreshToken(r)) => {
+                let refused = |code: pb::ErrorCode, message: String| {
+                    let error = pb::Error {
+                        code: code as i32,
+                        message,
+                        retry_after_ms: 0,
+                    };
+                    reply(protocol::reply(id, Rep::Error(error)))
+                };
+                match self.app.auth.identify(&r.token) {
+                    Ok(i) if *i.user == *peer.caller.user => {
+                        peer.expires_at_ms = i.expires_at_ms.unwrap_or(NO_DEADLINE);
+                        let ok = protocol::reply(id, Rep::Ok(pb::Ok {}));
+                        Some(Immediate::Refreshed(vec![binary(protocol::encode(&ok))]))
+                    }
+                    Ok(_) => refused(
+                        pb::ErrorCode::ErrorTokenWrongUser,
+                        "the token names another user; a session keeps its user".into(),
+                    ),
+                    Err(e @ AuthError::Expired) => {
+                        refused(pb::ErrorCode::ErrorTokenExpired, e.to_string())
+                    }
+                    Err(e @ AuthError::Invalid(_)) => {
+                        refused(pb::ErrorCode::ErrorTokenInvalid, e.to_string())
+                    }
+                }
+            }
             Some(Req::SubscribePresence(r)) => {
                 let reg = &self.app.registry;
                 let result = reg.subscribe_presence(&peer.caller, &peer.handle, &r.conversation_id);

@@ -97,6 +97,12 @@ impl TestServer {
         tidings::auth::mint(&self.config, user, 3600, self.clock.now_ms(), false).unwrap()
     }
 
+    /// A token valid for a year: for sessions of tests that move the clock by days (a session
+    /// ends when its token expires).
+    pub fn long_token(&self, user: &str) -> String {
+        tidings::auth::mint(&self.config, user, 365 * 86_400, self.clock.now_ms(), false).unwrap()
+    }
+
     /// A logged-in client; the login replay and summary are consumed.
     pub async fn login(&self, user: &str) -> (Client, Welcome) {
         self.login_device(user, "", 0).await

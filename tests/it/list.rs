@@ -231,6 +231,10 @@ async fn a_time_window_and_an_entry_cap_apply_only_when_configured() {
     })
     .await;
     let alice = server.client("alice").await;
+    // The clock moves by days: a token that outlives them.
+    within(alice.refresh_token(&server.long_token("alice")))
+        .await
+        .unwrap();
     let old = within(alice.create_group("old", &["bob"])).await.unwrap();
     server.clock.advance(8 * 86_400_000);
     let mut fresh = Vec::new();

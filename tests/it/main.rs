@@ -26,3 +26,4 @@ mod storage;
 mod stuck_clients;
 mod temporary;
 mod tls;
+mod token_expiry;

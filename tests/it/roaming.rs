@@ -436,6 +436,12 @@ async fn recall_and_edit_within_their_windows() {
     let (alice, _) = server.login("alice").await;
     let (mut alice_pc, _) = server.login("alice").await;
     let (mut bob, _) = server.login("bob").await;
+    // The clock moves by a day: tokens that outlive it.
+    for (c, user) in [(&alice, "alice"), (&alice_pc, "alice"), (&bob, "bob")] {
+        within(c.refresh_token(&server.long_token(user)))
+            .await
+            .unwrap();
+    }
     let g = within(alice.create_group("g", &["bob"])).await.unwrap();
     event(&mut alice_pc).await;
     event(&mut bob).await;
@@ -702,4 +708,26 @@ async fn an_edit_cannot_grow_a_message_past_max_message_bytes() {
         (m.content.len(), m.attributes["k"].len()),
         (limit - 100, 99)
     );
+}
+
+/// Found while adding the fuzz targets: a cursor whose first character is more than one
+/// byte long made the server split it inside that character and panic, which ended the
+/// connection's task without a close frame (and without leaving the hub).
+#[tokio::test]
+async fn a_history_cursor_starting_with_a_multibyte_character_is_an_invalid_argument() {
+    let server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    let g = within(alice.create_group("g", &["bob"])).await.unwrap();
+    within(alice.send_text(&g.id, "one")).await.unwrap();
+    for cursor in ["é", "é1", "€", "n€", "\u{10348}"] {
+        let req = pb::FetchHistory {
+            conversation_id: g.id.clone(),
+            cursor: cursor.into(),
+            ..Default::default()
+        };
+        let e = within(alice.fetch_history(req)).await.unwrap_err();
+        assert_eq!(code(e), ErrorCode::ErrorInvalidArgument, "{cursor:?}");
+    }
+    // The session is still there.
+    within(alice.ping()).await.unwrap();
 }
