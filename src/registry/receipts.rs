@@ -164,12 +164,18 @@ impl Registry {
         if senders.is_empty() {
             return Ok(());
         }
+        // Imported messages keep the ids they were imported with.
+        let message_id = match self.store.message(cell.num, to)? {
+            Some(m) => m.id,
+            None => protocol::message_id(cell.num, to),
+        };
         let receipt = pb::Receipt {
             conversation_id: cell.id.to_string(),
             user_id: caller.user.to_string(),
             kind: kind as i32,
             seq: to,
             at,
+            message_id,
         };
         let frame = protocol::push(pb::server_frame::Body::Receipt(receipt));
         self.hub().deliver(&Delivery {

@@ -739,9 +739,22 @@ async fn a_socket_whose_clients_all_closed_does_not_live_on() {
 /// a client whose `lastPatchTime` is older gets them replayed.
 #[tokio::test]
 async fn a_format_1_store_is_upgraded_at_start_and_its_old_edits_replay() {
+    old_store_upgrades_and_replays("store-v1").await;
+}
+
+/// The same for a store written by format 2 (before aliases): it opens as format 3 with its
+/// data, patch index included, as format 2 wrote it.
+#[tokio::test]
+async fn a_format_2_store_is_upgraded_at_start_and_its_old_edits_replay() {
+    old_store_upgrades_and_replays("store-v2").await;
+}
+
+async fn old_store_upgrades_and_replays(fixture: &str) {
     let dir = tempfile::tempdir().unwrap();
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/store-v1/tidings.redb");
+        .join("tests/fixtures")
+        .join(fixture)
+        .join("tidings.redb");
     std::fs::copy(fixture, dir.path().join("tidings.redb")).unwrap();
     let data_dir = dir.path().to_path_buf();
     let server = TestServer::start_with(|c| {
