@@ -22,6 +22,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod hub;
+pub mod import;
 pub mod leancloud;
 pub mod logsafe;
 pub mod origin;

@@ -10,8 +10,8 @@
 use super::writer::wait;
 use super::{Caller, ConvCell, Error, Registry};
 use crate::hub::{Delivery, Recipients};
-use crate::protocol::pb::{self, HistoryDirection, Message, MessageUpdateKind};
 use crate::protocol;
+use crate::protocol::pb::{self, HistoryDirection, Message, MessageUpdateKind};
 use crate::store::{Direction, Op};
 use bytes::Bytes;
 use prost::Message as _;
@@ -92,7 +92,13 @@ impl Registry {
 
     /// The first seq in `1..=last` whose time is after `t` (`strict`) or at/after it; `last + 1`
     /// when there is none. Binary search: times never decrease with seq.
-    pub(super) fn seq_from_time(&self, num: u64, t: i64, strict: bool, last: u64) -> Result<u64, Error> {
+    pub(super) fn seq_from_time(
+        &self,
+        num: u64,
+        t: i64,
+        strict: bool,
+        last: u64,
+    ) -> Result<u64, Error> {
         let (mut lo, mut hi) = (1u64, last + 1);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;

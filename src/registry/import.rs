@@ -139,7 +139,10 @@ impl Registry {
                 alias: req.alias,
                 conv: cell.num,
             });
-            (cell, self.writer.submit(permit, ops, Vec::new(), Vec::new()))
+            (
+                cell,
+                self.writer.submit(permit, ops, Vec::new(), Vec::new()),
+            )
         };
         wait(rx).await?;
         Ok((cell.id.to_string(), true))
@@ -170,7 +173,9 @@ impl Registry {
             let check = check_alias(&m.alias, "message")
                 .and_then(|()| {
                     if protocol::parse_message_id(&m.alias).is_some() {
-                        Err(Error::InvalidArgument("looks like a tidings message id".into()))
+                        Err(Error::InvalidArgument(
+                            "looks like a tidings message id".into(),
+                        ))
                     } else {
                         Ok(())
                     }

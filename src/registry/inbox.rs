@@ -457,9 +457,7 @@ impl Registry {
                 };
                 num.map(conversation_id).ok_or(Error::ConversationNotFound)
             }
-            "team" | "super_team" if self.number_of(target)?.is_some() => {
-                Ok(target.to_owned())
-            }
+            "team" | "super_team" if self.number_of(target)?.is_some() => Ok(target.to_owned()),
             "team" | "super_team" => Err(Error::ConversationNotFound),
             _ => Err(Error::InvalidArgument(format!(
                 "unknown key scene {scene:?}; one of p2p, team, super_team"

@@ -574,7 +574,10 @@ async fn handle(
             // By message id (Swift, Java) or up to a time (JS acks ranges `fromts..=tots`).
             let a = cmd.ack_message.unwrap_or_default();
             let conv = a.cid.clone().unwrap_or_default();
-            let seq = match (a.mid.as_deref().and_then(|m| reg.message_seq(&conv, m)), a.tots) {
+            let seq = match (
+                a.mid.as_deref().and_then(|m| reg.message_seq(&conv, m)),
+                a.tots,
+            ) {
                 (Some(seq), _) => Some(seq),
                 (None, Some(tots)) => newest_at_or_before(app, caller, &conv, tots),
                 (None, None) => None,

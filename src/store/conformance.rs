@@ -510,14 +510,23 @@ fn aliases(open: Open<'_>) {
     assert_eq!(s.conversation_alias(lc).unwrap(), Some(1));
     assert_eq!(s.conversation_alias(other).unwrap(), Some(2));
     assert_eq!(s.conversation_alias("5a5d7432").unwrap(), None);
-    assert_eq!(s.message_alias(1, "vdkGm4dtRNmhQ5gqUTFBiB").unwrap(), Some(2));
-    assert_eq!(s.message_alias(2, "vdkGm4dtRNmhQ5gqUTFBiA").unwrap(), Some(7));
+    assert_eq!(
+        s.message_alias(1, "vdkGm4dtRNmhQ5gqUTFBiB").unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        s.message_alias(2, "vdkGm4dtRNmhQ5gqUTFBiA").unwrap(),
+        Some(7)
+    );
     assert_eq!(s.message_alias(1, "vdkGm4dtRNmhQ5gqUTFBi").unwrap(), None);
     s.commit(&[Op::PurgeConversation { conv: 1 }]).unwrap();
     assert_eq!(s.conversation_alias(lc).unwrap(), None);
     assert_eq!(s.message_alias(1, "vdkGm4dtRNmhQ5gqUTFBiA").unwrap(), None);
     assert_eq!(s.conversation_alias(other).unwrap(), Some(2));
-    assert_eq!(s.message_alias(2, "vdkGm4dtRNmhQ5gqUTFBiA").unwrap(), Some(7));
+    assert_eq!(
+        s.message_alias(2, "vdkGm4dtRNmhQ5gqUTFBiA").unwrap(),
+        Some(7)
+    );
     // Written and purged in one commit: nothing is left.
     s.commit(&[
         Op::PutConversation {
@@ -536,6 +545,9 @@ fn aliases(open: Open<'_>) {
         Op::PurgeConversation { conv: 3 },
     ])
     .unwrap();
-    assert_eq!(s.conversation_alias("5a5d7432c3422b31ed845e77").unwrap(), None);
+    assert_eq!(
+        s.conversation_alias("5a5d7432c3422b31ed845e77").unwrap(),
+        None
+    );
     assert_eq!(s.message_alias(3, "m").unwrap(), None);
 }

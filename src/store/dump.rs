@@ -279,7 +279,9 @@ mod tests {
             let after = all(s.as_ref());
             assert!(after.contains(&(version.clone(), 3u64.to_be_bytes().to_vec())));
             let data = |v: Vec<(Vec<u8>, Vec<u8>)>| {
-                v.into_iter().filter(|(k, _)| *k != version).collect::<Vec<_>>()
+                v.into_iter()
+                    .filter(|(k, _)| *k != version)
+                    .collect::<Vec<_>>()
             };
             assert_eq!(data(after), data(before), "{engine}");
             // The fixture's edit and recall are in the patch index format 2 built.

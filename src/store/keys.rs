@@ -171,7 +171,10 @@ pub fn conversation_alias(alias: &str) -> Vec<u8> {
     Key::new(CONVERSATION_ALIAS).tail(alias.as_bytes()).build()
 }
 pub fn message_alias(conv: u64, alias: &str) -> Vec<u8> {
-    Key::new(MESSAGE_ALIAS).u64(conv).tail(alias.as_bytes()).build()
+    Key::new(MESSAGE_ALIAS)
+        .u64(conv)
+        .tail(alias.as_bytes())
+        .build()
 }
 pub fn message_aliases_of(conv: u64) -> Vec<u8> {
     Key::new(MESSAGE_ALIAS).u64(conv).build()

@@ -289,10 +289,9 @@ fn write_of(op: &Op) -> Write {
         ),
         Op::PutPatch { conv, at, seq } => Write::Put(keys::patch(*conv, *at, *seq), Vec::new()),
         Op::DeletePatch { conv, at, seq } => Write::Delete(keys::patch(*conv, *at, *seq)),
-        Op::PutConversationAlias { alias, conv } => Write::Put(
-            keys::conversation_alias(alias),
-            conv.to_be_bytes().to_vec(),
-        ),
+        Op::PutConversationAlias { alias, conv } => {
+            Write::Put(keys::conversation_alias(alias), conv.to_be_bytes().to_vec())
+        }
         Op::PutMessageAlias { conv, alias, seq } => Write::Put(
             keys::message_alias(*conv, alias),
             seq.to_be_bytes().to_vec(),

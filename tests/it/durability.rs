@@ -330,11 +330,7 @@ impl tidings::store::Store for FailingStore {
     fn conversation_alias(&self, a: &str) -> Result<Option<u64>, tidings::store::StoreError> {
         self.inner.conversation_alias(a)
     }
-    fn message_alias(
-        &self,
-        conv: u64,
-        a: &str,
-    ) -> Result<Option<u64>, tidings::store::StoreError> {
+    fn message_alias(&self, conv: u64, a: &str) -> Result<Option<u64>, tidings::store::StoreError> {
         self.inner.message_alias(conv, a)
     }
     fn size_on_disk(&self) -> Result<u64, tidings::store::StoreError> {
