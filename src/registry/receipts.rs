@@ -164,11 +164,13 @@ impl Registry {
         if senders.is_empty() {
             return Ok(());
         }
-        // Imported messages keep the ids they were imported with.
-        let message_id = match self.store.message(cell.num, to)? {
-            Some(m) => m.id,
-            None => protocol::message_id(cell.num, to),
-        };
+        // Imported conversations (whose id is an alias) hold messages that kept the ids they
+        // were imported with.
+        let message_id = match protocol::parse_conversation_id(&cell.id) {
+            Some(_) => None,
+            None => self.store.message(cell.num, to)?.map(|m| m.id),
+        }
+        .unwrap_or_else(|| protocol::message_id(cell.num, to));
         let receipt = pb::Receipt {
             conversation_id: cell.id.to_string(),
             user_id: caller.user.to_string(),

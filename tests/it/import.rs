@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tidings::leancloud::LcProtocol;
 use tidings::leancloud::pb::{self as lc, CommandType as Cmd};
+use tidings::protocol::pb;
 
 const GROUP: &str = "5a5d7432c3422b31ed845e75";
 const LONG: &str = "5a5d7432c3422b31ed845e76";
@@ -391,6 +392,32 @@ async fn import_from_the_rest_api_keeps_leancloud_ids_and_marks_everything_read(
     // A LeanCloud client: the same ids; history paged from a LeanCloud message id.
     let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
     c.opened("bob", None).await;
+
+    // Receipts in an imported conversation reach LeanCloud clients, with the message's id.
+    let mut alice_lc = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    alice_lc.opened("alice", None).await;
+    let ack = alice
+        .send(pb::SendMessage {
+            conversation_id: LONG.into(),
+            r#type: 1,
+            content: Bytes::from_static(b"tell me"),
+            want_receipts: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    c.send_read("bob", LONG, &ack.message_id).await;
+    // Reading implies delivery: a delivery receipt, then the read one.
+    for read in [None, Some(true)] {
+        let rcp = alice_lc
+            .push_of(Cmd::Rcp, None, "alice")
+            .await
+            .rcp_message
+            .unwrap();
+        assert_eq!(rcp.cid.as_deref(), Some(LONG));
+        assert_eq!(rcp.id.as_deref(), Some(ack.message_id.as_str()));
+        assert_eq!(rcp.read, read);
+    }
     let logs = |t: Option<i64>, mid: Option<String>| GenericCommand {
         peer_id: Some("bob".into()),
         logs_message: Some(lc::LogsCommand {

@@ -201,7 +201,7 @@ impl Lc {
     }
 
     /// Waits for the next push of this kind for `peer`, skipping others.
-    async fn push_of(&mut self, c: Cmd, op: Option<Op>, peer: &str) -> GenericCommand {
+    pub(crate) async fn push_of(&mut self, c: Cmd, op: Option<Op>, peer: &str) -> GenericCommand {
         loop {
             let p = self.push().await;
             if op_of(&p) == (Some(c), op) && p.peer_id.as_deref() == Some(peer) {
