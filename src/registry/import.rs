@@ -21,8 +21,9 @@ pub struct ImportConversation {
     pub alias: String,
     pub name: String,
     pub attributes: BTreeMap<String, String>,
-    /// The creator (a member).
+    /// The creator: the owner while a member (else the first member is).
     pub owner: String,
+    /// In join order.
     pub members: Vec<String>,
     /// When it was created there (ms).
     pub created_at: i64,
@@ -90,13 +91,14 @@ impl Registry {
         if let Some(num) = self.store.conversation_alias(&req.alias)? {
             return Ok((self.public_id(num)?, false));
         }
-        let mut members = BTreeSet::new();
-        for m in req.members.iter().chain(std::iter::once(&req.owner)) {
-            if m.is_empty() {
-                continue;
-            }
+        // In the order given (join order), without repeats.
+        let mut seen = BTreeSet::new();
+        let mut members: Vec<UserId> = Vec::with_capacity(req.members.len());
+        for m in &req.members {
             self.check_user_id(m)?;
-            members.insert(UserId::from(m.as_str()));
+            if seen.insert(m.as_str()) {
+                members.push(UserId::from(m.as_str()));
+            }
         }
         if members.is_empty() {
             return Err(Error::InvalidArgument("no members".into()));
@@ -108,14 +110,15 @@ impl Registry {
                 self.config.max_group_members
             )));
         }
-        // The creator first: join order decides who inherits ownership.
-        let owner = if req.owner.is_empty() || !members.contains(req.owner.as_str()) {
-            members.iter().next().cloned().expect("not empty")
-        } else {
+        // The creator owns it while a member (first in join order, as when created here);
+        // otherwise the longest member, as when an owner leaves.
+        let owner = if seen.contains(req.owner.as_str()) {
             UserId::from(req.owner.as_str())
+        } else {
+            members[0].clone()
         };
         let mut ordered = vec![owner.clone()];
-        ordered.extend(members.into_iter().filter(|m| *m != owner));
+        ordered.extend(members.iter().filter(|m| **m != owner).cloned());
         let caller = Caller {
             user: owner.clone(),
             session: 0,

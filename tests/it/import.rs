@@ -332,6 +332,8 @@ async fn import_from_the_rest_api_keeps_leancloud_ids_and_marks_everything_read(
     assert_eq!(g.created_at, 1_600_000_000_000);
     let by_number = alice.get_conversation("0000000000000001").await.unwrap();
     assert_eq!(by_number.id, GROUP);
+    let long = alice.get_conversation(LONG).await.unwrap();
+    assert_eq!((long.owner.as_str(), long.unique), ("bob", true));
 
     // History in order, with LeanCloud ids, times and content as stored there.
     let page = alice.history(GROUP, 0, 10).await.unwrap();
