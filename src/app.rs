@@ -55,27 +55,13 @@ impl App {
                 config.store_cache_bytes,
             )?,
         };
-        let stats = Arc::new(Stats::default());
-        let hub = Arc::new(Hub::new(stats.clone()));
-        let (writer, thread) = Writer::start(
-            store.clone(),
-            hub.clone(),
-            stats.clone(),
-            crate::registry::writer::Settings {
-                max_pending: config.max_pending_writes,
-                max_batch: config.max_commit_batch,
-                event_retention: u64::from(config.event_log_retention),
-            },
-            fatal,
-        );
-        let registry = Arc::new(Registry::new(
-            config.clone(),
-            clock.clone(),
-            store.clone(),
-            hub.clone(),
-            stats.clone(),
-            writer.clone(),
-        )?);
+        let Core {
+            registry,
+            hub,
+            stats,
+            writer,
+            thread,
+        } = Core::open(config.clone(), clock.clone(), store.clone(), fatal)?;
         let app = App {
             config,
             clock,
@@ -93,5 +79,65 @@ impl App {
     /// A new session id, unique while the server runs.
     pub fn next_session_id(&self) -> u64 {
         self.session_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The registry over an open store, with its writer: what a server runs on, and what a
+/// command that works on the store with the server stopped (an import) needs.
+pub struct Core {
+    pub registry: Arc<Registry>,
+    pub hub: Arc<Hub>,
+    pub stats: Arc<Stats>,
+    pub writer: Writer,
+    pub thread: WriterThread,
+}
+
+impl Core {
+    /// Starts the writer on `store` and builds the registry. `fatal` is cancelled if the store
+    /// fails.
+    pub fn open(
+        config: Arc<Config>,
+        clock: SharedClock,
+        store: Arc<dyn Store>,
+        fatal: CancellationToken,
+    ) -> anyhow::Result<Core> {
+        let stats = Arc::new(Stats::default());
+        let hub = Arc::new(Hub::new(stats.clone()));
+        let (writer, thread) = Writer::start(
+            store.clone(),
+            hub.clone(),
+            stats.clone(),
+            crate::registry::writer::Settings {
+                max_pending: config.max_pending_writes,
+                max_batch: config.max_commit_batch,
+                event_retention: u64::from(config.event_log_retention),
+            },
+            fatal,
+        );
+        let registry = Arc::new(Registry::new(
+            config,
+            clock,
+            store,
+            hub.clone(),
+            stats.clone(),
+            writer.clone(),
+        )?);
+        Ok(Core {
+            registry,
+            hub,
+            stats,
+            writer,
+            thread,
+        })
+    }
+
+    /// Lets every queued write commit and be flushed, then stops the writer.
+    pub async fn close(self) -> anyhow::Result<()> {
+        self.writer.stop();
+        self.thread.join().await;
+        if self.writer.has_failed() {
+            anyhow::bail!("a store write failed (see the error above)");
+        }
+        Ok(())
     }
 }

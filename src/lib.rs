@@ -24,6 +24,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hub;
+pub mod import;
 pub mod leancloud;
 pub mod listener;
 pub mod logsafe;

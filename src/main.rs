@@ -50,6 +50,12 @@ enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// Import conversations and history from another platform into the store in data_dir (the
+    /// server must not be running on it).
+    Import {
+        #[command(subcommand)]
+        from: ImportFrom,
+    },
     /// Print a new random HS256 secret (32 random bytes as hex) for jwt_hs256_secret.
     Secret,
     /// Mint a login token from the configured key (for trying things out and load tests).
@@ -77,6 +83,33 @@ enum StoreAction {
     Import {
         #[arg(long = "in")]
         input: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportFrom {
+    /// LeanCloud: through its REST API (--url), or from exported files (--conversations and
+    /// --messages). Conversations keep their LeanCloud ids; see docs/leancloud.md, Import.
+    Leancloud {
+        /// The app's REST API base URL (http:// only for now).
+        #[arg(long, conflicts_with_all = ["conversations", "messages", "reads"])]
+        url: Option<String>,
+        /// The app id (default: config leancloud_app_id).
+        #[arg(long)]
+        app_id: Option<String>,
+        /// The master key (default: config leancloud_master_key, which keeps it off the
+        /// command line).
+        #[arg(long)]
+        master_key: Option<String>,
+        /// `_Conversation` rows: JSON lines, a JSON array, or a REST answer.
+        #[arg(long, requires = "messages")]
+        conversations: Option<PathBuf>,
+        /// Messages as the history API returns them (with `conv-id`), in the same formats.
+        #[arg(long, requires = "conversations")]
+        messages: Option<PathBuf>,
+        /// Read positions: rows of `cid`, `client_id`, `timestamp` (read up to that time).
+        #[arg(long, requires = "conversations")]
+        reads: Option<PathBuf>,
     },
 }
 
@@ -133,6 +166,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { .. } => serve(config, &ignored_env),
         Command::Secret => unreachable!("handled before loading the configuration"),
         Command::Store { action } => store(&config, action),
+        Command::Import { from } => import(config, from),
     }
 }
 
@@ -187,6 +221,73 @@ fn store(config: &Config, action: StoreAction) -> anyhow::Result<()> {
 }
 
 /// Why an environment variable was ignored.
+fn import(config: Config, from: ImportFrom) -> anyhow::Result<()> {
+    use tidings::import::leancloud::{self, Source};
+    let ImportFrom::Leancloud {
+        url,
+        app_id,
+        master_key,
+        conversations,
+        messages,
+        reads,
+    } = from;
+    let source = match (url, conversations, messages) {
+        (Some(base), None, None) => Source::Rest {
+            base,
+            app_id: app_id
+                .or(config.leancloud_app_id.clone())
+                .context("--app-id (or leancloud_app_id) is needed with --url")?,
+            master_key: master_key
+                .or(config.leancloud_master_key.clone())
+                .context("--master-key (or leancloud_master_key) is needed with --url")?,
+        },
+        (None, Some(conversations), Some(messages)) => Source::Files {
+            conversations,
+            messages,
+            reads,
+        },
+        _ => anyhow::bail!("give --url, or --conversations and --messages"),
+    };
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let store = tidings::store::open(
+        &config.store_engine,
+        &config.data_dir,
+        config.store_cache_bytes,
+    )
+    .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let started = std::time::Instant::now();
+        let core = tidings::app::Core::open(
+            Arc::new(config),
+            Arc::new(SystemClock),
+            store,
+            tokio_util::sync::CancellationToken::new(),
+        )?;
+        let result = leancloud::run(&core.registry, &source, &mut |line| eprintln!("{line}")).await;
+        core.close().await?;
+        let s = result?;
+        for (id, why) in &s.failed {
+            eprintln!("not imported: {id}: {why}");
+        }
+        eprintln!(
+            "imported {} conversations ({} were there already), {} messages ({} were there \
+             already), {} read positions; {} not imported; took {} ms",
+            s.conversations,
+            s.existing,
+            s.messages,
+            s.skipped_messages,
+            s.reads,
+            s.failed.len(),
+            started.elapsed().as_millis()
+        );
+        Ok(())
+    })
+}
+
 const IGNORED: &str = "a TIDINGS_ variable that names no configuration field";
 
 fn serve(config: Config, ignored_env: &[String]) -> anyhow::Result<()> {

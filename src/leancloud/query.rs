@@ -459,6 +459,11 @@ fn time_of(v: &Value) -> Option<Instant> {
     }
 }
 
+/// The time (ms since the epoch) a Date object or an ISO-8601 string stands for.
+pub fn time_ms(v: &Value) -> Option<i64> {
+    time_of(v).map(|ns| ns.div_euclid(1_000_000) as i64)
+}
+
 fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",

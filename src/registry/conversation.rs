@@ -116,6 +116,7 @@ impl Registry {
                         expires_at: 0,
                         deleted_at: 0,
                         unique: req.unique,
+                        alias: String::new(),
                     };
                     let (cell, ops, events) = self.new_normal(&mut next, caller, record, &members);
                     (cell, self.writer.submit(permit, ops, Vec::new(), events))
@@ -182,6 +183,7 @@ impl Registry {
                         expires_at: now + i64::from(ttl) * 1000,
                         deleted_at: 0,
                         unique: false,
+                        alias: String::new(),
                     };
                     let expires_at = record.expires_at;
                     let (cell, mut ops, events) =
@@ -298,6 +300,7 @@ impl Registry {
                         expires_at: 0,
                         deleted_at: 0,
                         unique: false,
+                        alias: String::new(),
                     };
                     let members = [pair.0.clone(), pair.1.clone()];
                     let (cell, mut ops, events) =
@@ -326,7 +329,7 @@ impl Registry {
     }
 
     /// Allocates the next normal conversation number and registers the conversation.
-    fn new_normal(
+    pub(super) fn new_normal(
         &self,
         next: &mut super::Numbers,
         caller: &Caller,
@@ -395,10 +398,11 @@ impl Registry {
             edited: HashMap::new(),
             receipt_high: None,
         };
+        let id = Arc::from(Self::id_of(num, &state.record));
         state.rebuild_roster();
         let cell = Arc::new(ConvCell {
             num,
-            id: Arc::from(conversation_id(num)),
+            id,
             state: Mutex::new(state),
         });
         let view = cell.lock().view(&cell.id);

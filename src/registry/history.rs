@@ -10,8 +10,8 @@
 use super::writer::wait;
 use super::{Caller, ConvCell, Error, Registry};
 use crate::hub::{Delivery, Recipients};
+use crate::protocol;
 use crate::protocol::pb::{self, HistoryDirection, Message, MessageUpdateKind};
-use crate::protocol::{self, parse_message_id};
 use crate::store::{Direction, Op};
 use bytes::Bytes;
 use prost::Message as _;
@@ -86,13 +86,19 @@ const CHUNK: usize = 128;
 
 impl Registry {
     /// The newest committed seq of a conversation (0: none).
-    fn committed_last(&self, num: u64) -> Result<u64, Error> {
+    pub(super) fn committed_last(&self, num: u64) -> Result<u64, Error> {
         Ok(self.store.last_message(num)?.map_or(0, |m| m.seq))
     }
 
     /// The first seq in `1..=last` whose time is after `t` (`strict`) or at/after it; `last + 1`
     /// when there is none. Binary search: times never decrease with seq.
-    fn seq_from_time(&self, num: u64, t: i64, strict: bool, last: u64) -> Result<u64, Error> {
+    pub(super) fn seq_from_time(
+        &self,
+        num: u64,
+        t: i64,
+        strict: bool,
+        last: u64,
+    ) -> Result<u64, Error> {
         let (mut lo, mut hi) = (1u64, last + 1);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -112,11 +118,8 @@ impl Registry {
     }
 
     /// The seq a message id names in this conversation.
-    fn seq_of(cell: &ConvCell, message_id: &str) -> Result<u64, Error> {
-        match parse_message_id(message_id) {
-            Some((conv, seq)) if conv == cell.num => Ok(seq),
-            _ => Err(Error::MessageNotFound),
-        }
+    fn seq_of(&self, cell: &ConvCell, message_id: &str) -> Result<u64, Error> {
+        Self::seq_in(&*self.store, cell.num, message_id)
     }
 
     /// The caller's view of a conversation they belong to.
@@ -152,7 +155,7 @@ impl Registry {
                 .ok_or_else(|| Error::InvalidArgument("cursor is not from this walk".into()))?;
             Some(pos)
         } else if !req.start_message_id.is_empty() {
-            let s = Self::seq_of(&cell, &req.start_message_id)?;
+            let s = self.seq_of(&cell, &req.start_message_id)?;
             Some(Self::step(s, req.start_inclusive, back))
         } else if req.start_seq > 0 {
             Some(Self::step(req.start_seq, req.start_inclusive, back))
@@ -171,7 +174,7 @@ impl Registry {
             None
         };
         let end = if !req.end_message_id.is_empty() {
-            let e = Self::seq_of(&cell, &req.end_message_id)?;
+            let e = self.seq_of(&cell, &req.end_message_id)?;
             Some(Self::step(e, req.end_inclusive, !back))
         } else if req.end_seq > 0 {
             Some(Self::step(req.end_seq, req.end_inclusive, !back))
@@ -328,7 +331,7 @@ impl Registry {
         let view = self.view_of(caller, &cell)?;
         let mut seqs = Vec::with_capacity(req.message_ids.len());
         for m in &req.message_ids {
-            let s = Self::seq_of(&cell, m)?;
+            let s = self.seq_of(&cell, m)?;
             if s > view.last {
                 return Err(Error::MessageNotFound);
             }
@@ -492,7 +495,7 @@ impl Registry {
         change: impl FnOnce(&mut Message, i64) -> Result<Option<MessageUpdateKind>, Error>,
     ) -> Result<Message, Error> {
         let cell = self.cell(id)?;
-        let seq = Self::seq_of(&cell, message_id)?;
+        let seq = self.seq_of(&cell, message_id)?;
         let permit = self.writer.reserve().await?;
         let (rx, message) = {
             let mut st = cell.lock();

@@ -20,7 +20,7 @@ use super::{Caller, ConvCell, Error, LoggedEvent, Registry};
 use crate::protocol::pb::{
     self, ConversationEventKind, ConversationKind, ListEntry, UserConversationRecord,
 };
-use crate::protocol::{TEMPORARY_BIT, conversation_id, parse_conversation_id};
+use crate::protocol::{TEMPORARY_BIT, conversation_id};
 use crate::store::{Op, UserId};
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -208,13 +208,12 @@ impl Registry {
     /// The ids of the conversations `user` is a member of, at most `max`, in the order the
     /// store keeps them (LeanCloud's `conv/query` scans them; it checks what the asker may see).
     pub fn conversation_ids_of(&self, user: &str, max: usize) -> Result<Vec<String>, Error> {
-        Ok(self
-            .store
+        self.store
             .user_conversations(user)?
             .into_iter()
             .take(max)
-            .map(|(num, _)| conversation_id(num))
-            .collect())
+            .map(|(num, _)| self.public_id(num))
+            .collect()
     }
 
     /// Whether an entry is in the user's list: not removed, or a message came after removal.
@@ -354,14 +353,18 @@ impl Registry {
             };
             // An entry deleted since the snapshot is returned as a tombstone, not skipped.
             let at = if row.deleted { row.sort } else { now };
-            entries.push(entry.unwrap_or_else(|| Self::tombstone(row.num, at, now)));
+            let entry = match entry {
+                Some(e) => e,
+                None => Self::tombstone(row.num, self.public_id(row.num)?, at, now),
+            };
+            entries.push(entry);
         }
         Ok((entries, next, has_more))
     }
 
-    fn tombstone(num: u64, sort: i64, now: i64) -> ListEntry {
+    fn tombstone(num: u64, id: String, sort: i64, now: i64) -> ListEntry {
         ListEntry {
-            conversation_id: conversation_id(num),
+            conversation_id: id,
             kind: if num & TEMPORARY_BIT != 0 {
                 ConversationKind::Temporary as i32
             } else {
@@ -415,7 +418,7 @@ impl Registry {
         };
         let activity = Self::activity(&rec, &info);
         Ok(Some(ListEntry {
-            conversation_id: conversation_id(num),
+            conversation_id: Self::id_of(num, &info.record),
             kind,
             peer,
             name: info.record.name.clone(),
@@ -454,9 +457,7 @@ impl Registry {
                 };
                 num.map(conversation_id).ok_or(Error::ConversationNotFound)
             }
-            "team" | "super_team" if parse_conversation_id(target).is_some() => {
-                Ok(target.to_owned())
-            }
+            "team" | "super_team" if self.number_of(target)?.is_some() => Ok(target.to_owned()),
             "team" | "super_team" => Err(Error::ConversationNotFound),
             _ => Err(Error::InvalidArgument(format!(
                 "unknown key scene {scene:?}; one of p2p, team, super_team"

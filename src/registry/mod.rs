@@ -9,6 +9,7 @@
 pub mod conversation;
 pub mod expiry;
 pub(crate) mod history;
+pub mod import;
 pub(crate) mod inbox;
 pub mod limits;
 mod messages;
@@ -133,6 +134,9 @@ pub struct Caller {
     pub user: UserId,
     pub session: u64,
 }
+
+/// The longest alias (of a conversation or a message) an import may give.
+pub const MAX_ALIAS_BYTES: usize = 128;
 
 /// One conversation's in-memory state.
 pub(crate) struct ConvCell {
@@ -259,6 +263,8 @@ pub struct Registry {
     /// Held while a unique group is looked for and created, so two such creates of one member
     /// set make one group.
     unique_groups: tokio::sync::Mutex<()>,
+    /// Held by an import step, so two imports never write one conversation at once.
+    imports: tokio::sync::Mutex<()>,
     /// Woken when a temporary conversation is created (its deadline may be the next one).
     pub(crate) expiry_changed: tokio::sync::Notify,
     presence: presence::Subscriptions,
@@ -301,12 +307,22 @@ impl Registry {
             inflight: Default::default(),
             temp_uniques: Default::default(),
             unique_groups: tokio::sync::Mutex::new(()),
+            imports: tokio::sync::Mutex::new(()),
             expiry_changed: tokio::sync::Notify::new(),
             presence: Default::default(),
             snapshots: Default::default(),
             rates: DashMap::new(),
             pin_locks: Default::default(),
         })
+    }
+
+    /// A conversation's public id: its alias when it was imported, else its number id.
+    fn id_of(num: u64, record: &ConversationRecord) -> String {
+        if record.alias.is_empty() {
+            conversation_id(num)
+        } else {
+            record.alias.clone()
+        }
     }
 
     fn hub(&self) -> &Hub {
@@ -325,7 +341,7 @@ impl Registry {
     /// The cell of a live conversation, loading it from the store on first use. An issued
     /// temporary id that is past its deadline or gone is `ConversationExpired`.
     fn cell(&self, id: &str) -> Result<Arc<ConvCell>, Error> {
-        let num = protocol::parse_conversation_id(id).ok_or(Error::ConversationNotFound)?;
+        let num = self.number_of(id)?.ok_or(Error::ConversationNotFound)?;
         let temporary = num & protocol::TEMPORARY_BIT != 0;
         let cell = match self.cell_by_num(num) {
             Err(Error::ConversationNotFound) if temporary => {
@@ -349,6 +365,50 @@ impl Registry {
         }
         drop(st);
         Ok(cell)
+    }
+
+    /// The number a conversation id names: a number id, or the alias of an imported
+    /// conversation (`None`: neither).
+    pub(crate) fn number_of(&self, id: &str) -> Result<Option<u64>, Error> {
+        if let Some(num) = protocol::parse_conversation_id(id) {
+            return Ok(Some(num));
+        }
+        if id.is_empty() || id.len() > MAX_ALIAS_BYTES {
+            return Ok(None);
+        }
+        Ok(self.store.conversation_alias(id)?)
+    }
+
+    /// The public id of conversation `num`: its alias when it was imported, else its number id.
+    pub(crate) fn public_id(&self, num: u64) -> Result<String, Error> {
+        if let Some(c) = self.convs.get(&num) {
+            return Ok(c.id.to_string());
+        }
+        Ok(match self.store.conversation(num)? {
+            Some(r) if !r.alias.is_empty() => r.alias,
+            _ => conversation_id(num),
+        })
+    }
+
+    /// The seq a message id names in conversation `id` (a number id, or the alias of an
+    /// imported message); `None`: no such message id there.
+    pub fn message_seq(&self, id: &str, message_id: &str) -> Option<u64> {
+        let num = self.number_of(id).ok()??;
+        Self::seq_in(&*self.store, num, message_id).ok()
+    }
+
+    /// The seq a message id names in conversation `num`.
+    pub(crate) fn seq_in(store: &dyn Store, num: u64, message_id: &str) -> Result<u64, Error> {
+        match protocol::parse_message_id(message_id) {
+            Some((conv, seq)) if conv == num => Ok(seq),
+            Some(_) => Err(Error::MessageNotFound),
+            None if message_id.is_empty() || message_id.len() > MAX_ALIAS_BYTES => {
+                Err(Error::MessageNotFound)
+            }
+            None => store
+                .message_alias(num, message_id)?
+                .ok_or(Error::MessageNotFound),
+        }
     }
 
     fn cell_by_num(&self, num: u64) -> Result<Arc<ConvCell>, Error> {
@@ -398,10 +458,11 @@ impl Registry {
             edited: HashMap::new(),
             receipt_high: None,
         };
+        let id = Arc::from(Self::id_of(num, &state.record));
         state.rebuild_roster();
         Ok(Arc::new(ConvCell {
             num,
-            id: Arc::from(conversation_id(num)),
+            id,
             state: Mutex::new(state),
         }))
     }

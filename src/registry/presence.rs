@@ -80,7 +80,7 @@ impl Registry {
 
     /// Removes a session's subscription (no-op when absent). Returns the conversation number.
     pub fn unsubscribe_presence(&self, session: u64, id: &str) -> Option<u64> {
-        let num = protocol::parse_conversation_id(id)?;
+        let num = self.number_of(id).ok()??;
         self.drop_subscription(session, num);
         Some(num)
     }

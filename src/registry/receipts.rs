@@ -164,12 +164,20 @@ impl Registry {
         if senders.is_empty() {
             return Ok(());
         }
+        // Imported conversations (whose id is an alias) hold messages that kept the ids they
+        // were imported with.
+        let message_id = match protocol::parse_conversation_id(&cell.id) {
+            Some(_) => None,
+            None => self.store.message(cell.num, to)?.map(|m| m.id),
+        }
+        .unwrap_or_else(|| protocol::message_id(cell.num, to));
         let receipt = pb::Receipt {
             conversation_id: cell.id.to_string(),
             user_id: caller.user.to_string(),
             kind: kind as i32,
             seq: to,
             at,
+            message_id,
         };
         let frame = protocol::push(pb::server_frame::Body::Receipt(receipt));
         self.hub().deliver(&Delivery {

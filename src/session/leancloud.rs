@@ -663,7 +663,10 @@ async fn handle(
             // By message id (Swift, Java) or up to a time (JS acks ranges `fromts..=tots`).
             let a = cmd.ack_message.unwrap_or_default();
             let conv = a.cid.clone().unwrap_or_default();
-            let seq = match (a.mid.as_deref().and_then(seq_of), a.tots) {
+            let seq = match (
+                a.mid.as_deref().and_then(|m| reg.message_seq(&conv, m)),
+                a.tots,
+            ) {
                 (Some(seq), _) => Some(seq),
                 (None, Some(tots)) => newest_at_or_before(app, caller, &conv, tots),
                 (None, None) => None,
@@ -677,7 +680,11 @@ async fn handle(
             let r = cmd.read_message.unwrap_or_default();
             for t in r.convs {
                 // Up to the message named, or everything there is.
-                let seq = t.mid.as_deref().and_then(seq_of).unwrap_or(u64::MAX);
+                let seq = t
+                    .mid
+                    .as_deref()
+                    .and_then(|m| reg.message_seq(&t.cid, m))
+                    .unwrap_or(u64::MAX);
                 let _ = reg.mark_read(caller, &t.cid, seq).await;
             }
             return None;
@@ -875,23 +882,9 @@ fn failed_ack(e: &Error) -> lc::AckCommand {
     }
 }
 
-fn seq_of(message_id: &str) -> Option<u64> {
-    protocol::parse_message_id(message_id).map(|(_, seq)| seq)
-}
-
 /// A `direct` as a send: the content stored as sent (see the module docs).
 fn send_request(d: lc::DirectCommand) -> SendRequest {
-    let mut attributes = BTreeMap::new();
-    let (kind, content) = match (d.binary_msg, d.msg) {
-        (Some(b), _) => {
-            attributes.insert(BINARY_ATTRIBUTE.to_owned(), "1".to_owned());
-            (0, b)
-        }
-        (None, msg) => {
-            let msg = msg.unwrap_or_default();
-            (lctype(&msg).unwrap_or(0), Bytes::from(msg))
-        }
-    };
+    let (kind, content, attributes) = stored_body(d.binary_msg, d.msg);
     SendRequest {
         client_message_id: d.dt.unwrap_or_default(),
         kind,
@@ -900,6 +893,26 @@ fn send_request(d: lc::DirectCommand) -> SendRequest {
         mentions: d.mention_pids,
         transient: d.transient.unwrap_or(false),
         want_receipts: d.r.unwrap_or(false),
+    }
+}
+
+/// How a LeanCloud message body is stored: binary content (`bin`) as is, marked binary; text
+/// byte for byte, typed by its `_lctype` (0 when it has none). Returns (type, content,
+/// attributes). Shared by sends and by imports, so both store a message the same way.
+pub fn stored_body(
+    binary: Option<Bytes>,
+    text: Option<String>,
+) -> (i32, Bytes, BTreeMap<String, String>) {
+    let mut attributes = BTreeMap::new();
+    match (binary, text) {
+        (Some(b), _) => {
+            attributes.insert(BINARY_ATTRIBUTE.to_owned(), "1".to_owned());
+            (0, b, attributes)
+        }
+        (None, msg) => {
+            let msg = msg.unwrap_or_default();
+            (lctype(&msg).unwrap_or(0), Bytes::from(msg), attributes)
+        }
     }
 }
 
@@ -1582,10 +1595,14 @@ fn push_body(push: &protocol::Push) -> Option<Bytes> {
         PushEvent::Other(body) => match body.as_ref() {
             pb::server_frame::Body::Receipt(r) => GenericCommand {
                 rcp_message: Some(lc::RcpCommand {
-                    id: Some(protocol::message_id(
-                        protocol::parse_conversation_id(&r.conversation_id)?,
-                        r.seq,
-                    )),
+                    id: Some(if r.message_id.is_empty() {
+                        protocol::message_id(
+                            protocol::parse_conversation_id(&r.conversation_id)?,
+                            r.seq,
+                        )
+                    } else {
+                        r.message_id.clone()
+                    }),
                     cid: Some(r.conversation_id.clone()),
                     t: Some(r.at),
                     // Present only on read receipts: Java reads presence, not the value.

@@ -20,6 +20,7 @@ pub fn run(open: Open<'_>) {
         ("user ids are length-prefixed", user_prefixes),
         ("user events paging", user_events),
         ("patch index: time order, moves, purge", patch_index),
+        ("aliases: lookup, purge", aliases),
         ("everything survives reopen", reopen),
         (
             "list state: tombstones, one-way deletes, receipts",
@@ -460,4 +461,93 @@ fn patch_index(open: Open<'_>) {
     s.commit(&[Op::PurgeConversation { conv: 1 }]).unwrap();
     assert_eq!(s.patches_after(1, 0, 10).unwrap(), vec![]);
     assert_eq!(s.patches_after(2, 0, 10).unwrap(), vec![(150, 1)]);
+}
+
+fn aliases(open: Open<'_>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let record = |alias: &str| ConversationRecord {
+        kind: ConversationKind::Group as i32,
+        alias: alias.into(),
+        ..Default::default()
+    };
+    let lc = "5a5d7432c3422b31ed845e75";
+    let other = "5a5d7432c3422b31ed845e76";
+    s.commit(&[
+        Op::PutConversation {
+            conv: 1,
+            record: record(lc),
+        },
+        Op::PutConversationAlias {
+            alias: lc.into(),
+            conv: 1,
+        },
+        Op::PutMessageAlias {
+            conv: 1,
+            alias: "vdkGm4dtRNmhQ5gqUTFBiA".into(),
+            seq: 1,
+        },
+        Op::PutMessageAlias {
+            conv: 1,
+            alias: "vdkGm4dtRNmhQ5gqUTFBiB".into(),
+            seq: 2,
+        },
+        Op::PutConversation {
+            conv: 2,
+            record: record(other),
+        },
+        Op::PutConversationAlias {
+            alias: other.into(),
+            conv: 2,
+        },
+        Op::PutMessageAlias {
+            conv: 2,
+            alias: "vdkGm4dtRNmhQ5gqUTFBiA".into(),
+            seq: 7,
+        },
+    ])
+    .unwrap();
+    assert_eq!(s.conversation_alias(lc).unwrap(), Some(1));
+    assert_eq!(s.conversation_alias(other).unwrap(), Some(2));
+    assert_eq!(s.conversation_alias("5a5d7432").unwrap(), None);
+    assert_eq!(
+        s.message_alias(1, "vdkGm4dtRNmhQ5gqUTFBiB").unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        s.message_alias(2, "vdkGm4dtRNmhQ5gqUTFBiA").unwrap(),
+        Some(7)
+    );
+    assert_eq!(s.message_alias(1, "vdkGm4dtRNmhQ5gqUTFBi").unwrap(), None);
+    s.commit(&[Op::PurgeConversation { conv: 1 }]).unwrap();
+    assert_eq!(s.conversation_alias(lc).unwrap(), None);
+    assert_eq!(s.message_alias(1, "vdkGm4dtRNmhQ5gqUTFBiA").unwrap(), None);
+    assert_eq!(s.conversation_alias(other).unwrap(), Some(2));
+    assert_eq!(
+        s.message_alias(2, "vdkGm4dtRNmhQ5gqUTFBiA").unwrap(),
+        Some(7)
+    );
+    // Written and purged in one commit: nothing is left.
+    s.commit(&[
+        Op::PutConversation {
+            conv: 3,
+            record: record("5a5d7432c3422b31ed845e77"),
+        },
+        Op::PutConversationAlias {
+            alias: "5a5d7432c3422b31ed845e77".into(),
+            conv: 3,
+        },
+        Op::PutMessageAlias {
+            conv: 3,
+            alias: "m".into(),
+            seq: 1,
+        },
+        Op::PurgeConversation { conv: 3 },
+    ])
+    .unwrap();
+    assert_eq!(
+        s.conversation_alias("5a5d7432c3422b31ed845e77").unwrap(),
+        None
+    );
+    assert_eq!(s.message_alias(3, "m").unwrap(), None);
 }

@@ -21,9 +21,13 @@
 //! | `W`    | conv ‖ seq                       | sender: wants receipts         |
 //! | `P`    | conv ‖ patched at ‖ seq          | ∅ (last edit or recall, time order) |
 //! | `V`    | (the key is the prefix alone)    | format version (u64)           |
+//! | `A`    | conversation alias               | conv (u64)                     |
+//! | `B`    | conv ‖ message alias             | seq (u64)                      |
 //!
 //! Format versions ([`FORMAT_VERSION`]): 1, the layout without `P` and `V` (a store without a
-//! `V` key that holds data is version 1); 2 adds the patch index `P` and the version key.
+//! `V` key that holds data is version 1); 2 adds the patch index `P` and the version key; 3 adds
+//! the aliases `A` and `B` of imported conversations and messages (the ids they had on the
+//! platform they came from; nothing to convert from 2).
 
 pub const CONVERSATION: u8 = b'C';
 pub const MEMBER: u8 = b'M';
@@ -41,9 +45,11 @@ pub const HIDDEN: u8 = b'H';
 pub const RECEIPT_WANTED: u8 = b'W';
 pub const PATCH: u8 = b'P';
 pub const FORMAT: u8 = b'V';
+pub const CONVERSATION_ALIAS: u8 = b'A';
+pub const MESSAGE_ALIAS: u8 = b'B';
 
 /// The key layout this build reads and writes.
-pub const FORMAT_VERSION: u64 = 2;
+pub const FORMAT_VERSION: u64 = 3;
 
 /// A key under construction.
 pub struct Key(Vec<u8>);
@@ -160,6 +166,18 @@ pub fn patch(conv: u64, at: i64, seq: u64) -> Vec<u8> {
 }
 pub fn patches_of(conv: u64) -> Vec<u8> {
     Key::new(PATCH).u64(conv).build()
+}
+pub fn conversation_alias(alias: &str) -> Vec<u8> {
+    Key::new(CONVERSATION_ALIAS).tail(alias.as_bytes()).build()
+}
+pub fn message_alias(conv: u64, alias: &str) -> Vec<u8> {
+    Key::new(MESSAGE_ALIAS)
+        .u64(conv)
+        .tail(alias.as_bytes())
+        .build()
+}
+pub fn message_aliases_of(conv: u64) -> Vec<u8> {
+    Key::new(MESSAGE_ALIAS).u64(conv).build()
 }
 pub fn format_version() -> Vec<u8> {
     vec![FORMAT]

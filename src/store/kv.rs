@@ -95,6 +95,12 @@ impl<E: OrderedKv> KvStore<E> {
             if record.expires_at > 0 {
                 out.push(keys::expiry(record.expires_at, conv));
             }
+            if !record.alias.is_empty() {
+                let alias = keys::conversation_alias(&record.alias);
+                if self.number(&alias)? == Some(conv) {
+                    out.push(alias);
+                }
+            }
             if !record.pair.is_empty() {
                 let unique = keys::unique_temporary(&record.pair);
                 if self.number(&unique)? == Some(conv) {
@@ -107,6 +113,7 @@ impl<E: OrderedKv> KvStore<E> {
             keys::dedups_of(conv),
             keys::receipts_wanted_of(conv),
             keys::patches_of(conv),
+            keys::message_aliases_of(conv),
         ];
         for (user, _) in self.members(conv)? {
             out.push(keys::member(conv, &user));
@@ -166,6 +173,8 @@ impl<E: OrderedKv> KvStore<E> {
             let started = std::time::Instant::now();
             let entries = match version {
                 1 => self.index_patches()?,
+                // 2 → 3 adds key kinds that only new imports write: nothing to convert.
+                2 => 0,
                 _ => unreachable!("every version below the current one has a step"),
             };
             version += 1;
@@ -280,6 +289,13 @@ fn write_of(op: &Op) -> Write {
         ),
         Op::PutPatch { conv, at, seq } => Write::Put(keys::patch(*conv, *at, *seq), Vec::new()),
         Op::DeletePatch { conv, at, seq } => Write::Delete(keys::patch(*conv, *at, *seq)),
+        Op::PutConversationAlias { alias, conv } => {
+            Write::Put(keys::conversation_alias(alias), conv.to_be_bytes().to_vec())
+        }
+        Op::PutMessageAlias { conv, alias, seq } => Write::Put(
+            keys::message_alias(*conv, alias),
+            seq.to_be_bytes().to_vec(),
+        ),
         Op::PurgeConversation { .. } => unreachable!("purges are expanded by commit"),
     }
 }
@@ -297,6 +313,8 @@ fn conv_of(op: &Op) -> Option<u64> {
         | Op::PutHidden { conv, .. }
         | Op::PutReceiptWanted { conv, .. }
         | Op::PutPatch { conv, .. }
+        | Op::PutConversationAlias { conv, .. }
+        | Op::PutMessageAlias { conv, .. }
         | Op::PutUniqueTemporary { conv, .. } => Some(*conv),
         _ => None,
     }
@@ -561,6 +579,14 @@ impl<E: OrderedKv> Store for KvStore<E> {
 
     fn unique_temporary(&self, members: &[UserId]) -> Result<Option<u64>, StoreError> {
         self.number(&keys::unique_temporary(members))
+    }
+
+    fn conversation_alias(&self, alias: &str) -> Result<Option<u64>, StoreError> {
+        self.number(&keys::conversation_alias(alias))
+    }
+
+    fn message_alias(&self, conv: u64, alias: &str) -> Result<Option<u64>, StoreError> {
+        self.number(&keys::message_alias(conv, alias))
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {

@@ -159,9 +159,21 @@ pub enum Op {
         at: i64,
         seq: u64,
     },
+    /// Index entry: the conversation imported under `alias` (its id on the platform it came
+    /// from).
+    PutConversationAlias {
+        alias: String,
+        conv: u64,
+    },
+    /// Index entry: message `seq` of `conv` was imported under `alias`.
+    PutMessageAlias {
+        conv: u64,
+        alias: String,
+        seq: u64,
+    },
     /// Deletes everything about `conv`: record, members, their per-user entries, read
     /// positions and one-way deletions, messages, dedup and receipt entries, its expiry and
-    /// unique-member-set entries, patch index, including what earlier ops of the same commit wrote.
+    /// unique-member-set entries, patch index, aliases, including what earlier ops of the same commit wrote.
     PurgeConversation {
         conv: u64,
     },
@@ -252,6 +264,10 @@ pub trait Store: Send + Sync + 'static {
     fn next_expiries(&self, limit: usize) -> Result<Vec<(i64, u64)>, StoreError>;
     /// The temporary conversation registered for this sorted member set, if any.
     fn unique_temporary(&self, members: &[UserId]) -> Result<Option<u64>, StoreError>;
+    /// The conversation imported under `alias`, if any.
+    fn conversation_alias(&self, alias: &str) -> Result<Option<u64>, StoreError>;
+    /// The seq of the message of `conv` imported under `alias`, if any.
+    fn message_alias(&self, conv: u64, alias: &str) -> Result<Option<u64>, StoreError>;
 
     /// Bytes the engine occupies on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;

@@ -327,6 +327,12 @@ impl tidings::store::Store for FailingStore {
     ) -> Result<Option<u64>, tidings::store::StoreError> {
         self.inner.unique_temporary(m)
     }
+    fn conversation_alias(&self, a: &str) -> Result<Option<u64>, tidings::store::StoreError> {
+        self.inner.conversation_alias(a)
+    }
+    fn message_alias(&self, conv: u64, a: &str) -> Result<Option<u64>, tidings::store::StoreError> {
+        self.inner.message_alias(conv, a)
+    }
     fn size_on_disk(&self) -> Result<u64, tidings::store::StoreError> {
         self.inner.size_on_disk()
     }

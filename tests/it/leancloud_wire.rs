@@ -15,7 +15,7 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A LeanCloud socket driven by hand.
-struct Lc {
+pub(crate) struct Lc {
     ws: Ws,
     p: LcProtocol,
     next_i: i32,
@@ -29,7 +29,7 @@ enum End {
     Closed(Option<u16>),
 }
 
-fn cmd(c: Cmd, op: Option<Op>) -> GenericCommand {
+pub(crate) fn cmd(c: Cmd, op: Option<Op>) -> GenericCommand {
     GenericCommand {
         cmd: Some(c as i32),
         op: op.map(|o| o as i32),
@@ -37,7 +37,7 @@ fn cmd(c: Cmd, op: Option<Op>) -> GenericCommand {
     }
 }
 
-fn op_of(c: &GenericCommand) -> (Option<Cmd>, Option<Op>) {
+pub(crate) fn op_of(c: &GenericCommand) -> (Option<Cmd>, Option<Op>) {
     (
         c.cmd.and_then(|x| Cmd::try_from(x).ok()),
         c.op.and_then(|x| Op::try_from(x).ok()),
@@ -45,7 +45,7 @@ fn op_of(c: &GenericCommand) -> (Option<Cmd>, Option<Op>) {
 }
 
 impl Lc {
-    async fn connect(server: &TestServer, p: LcProtocol) -> Lc {
+    pub(crate) async fn connect(server: &TestServer, p: LcProtocol) -> Lc {
         let mut req = format!("ws://{}/", server.running().addr)
             .into_client_request()
             .unwrap();
@@ -94,7 +94,7 @@ impl Lc {
     }
 
     /// Sends `c` with a fresh `i` and returns the reply (pushes meanwhile are kept).
-    async fn request(&mut self, mut c: GenericCommand) -> GenericCommand {
+    pub(crate) async fn request(&mut self, mut c: GenericCommand) -> GenericCommand {
         let i = self.next_i;
         self.next_i += 1;
         c.i = Some(i);
@@ -136,7 +136,35 @@ impl Lc {
         .await
     }
 
-    async fn opened(&mut self, peer: &str, tag: Option<&str>) -> lc::SessionCommand {
+    /// A `read` up to message `mid` of `cid` (no reply), then a request behind it, so the read
+    /// has been handled when this returns.
+    pub(crate) async fn send_read(&mut self, peer: &str, cid: &str, mid: &str) {
+        self.send(&GenericCommand {
+            peer_id: Some(peer.into()),
+            read_message: Some(lc::ReadCommand {
+                convs: vec![lc::ReadTuple {
+                    cid: cid.into(),
+                    mid: Some(mid.into()),
+                    timestamp: None,
+                }],
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Read, None)
+        })
+        .await;
+        self.request(GenericCommand {
+            peer_id: Some(peer.into()),
+            logs_message: Some(lc::LogsCommand {
+                cid: Some(cid.into()),
+                l: Some(1),
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Logs, None)
+        })
+        .await;
+    }
+
+    pub(crate) async fn opened(&mut self, peer: &str, tag: Option<&str>) -> lc::SessionCommand {
         let r = self.open(peer, tag).await;
         assert_eq!(op_of(&r), (Some(Cmd::Session), Some(Op::Opened)), "{r:?}");
         r.session_message.unwrap()
@@ -173,7 +201,7 @@ impl Lc {
     }
 
     /// Waits for the next push of this kind for `peer`, skipping others.
-    async fn push_of(&mut self, c: Cmd, op: Option<Op>, peer: &str) -> GenericCommand {
+    pub(crate) async fn push_of(&mut self, c: Cmd, op: Option<Op>, peer: &str) -> GenericCommand {
         loop {
             let p = self.push().await;
             if op_of(&p) == (Some(c), op) && p.peer_id.as_deref() == Some(peer) {
@@ -794,9 +822,22 @@ async fn a_socket_whose_clients_all_closed_does_not_live_on() {
 /// a client whose `lastPatchTime` is older gets them replayed.
 #[tokio::test]
 async fn a_format_1_store_is_upgraded_at_start_and_its_old_edits_replay() {
+    old_store_upgrades_and_replays("store-v1").await;
+}
+
+/// The same for a store written by format 2 (before aliases): it opens as format 3 with its
+/// data, patch index included, as format 2 wrote it.
+#[tokio::test]
+async fn a_format_2_store_is_upgraded_at_start_and_its_old_edits_replay() {
+    old_store_upgrades_and_replays("store-v2").await;
+}
+
+async fn old_store_upgrades_and_replays(fixture: &str) {
     let dir = tempfile::tempdir().unwrap();
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/store-v1/tidings.redb");
+        .join("tests/fixtures")
+        .join(fixture)
+        .join("tidings.redb");
     std::fs::copy(fixture, dir.path().join("tidings.redb")).unwrap();
     let data_dir = dir.path().to_path_buf();
     let server = TestServer::start_with(|c| {

@@ -7,6 +7,7 @@ mod conversations;
 mod delivery;
 mod drain;
 mod durability;
+mod import;
 mod leancloud;
 mod leancloud_browser;
 mod leancloud_http;

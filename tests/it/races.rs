@@ -165,6 +165,12 @@ impl Store for Gated {
     fn unique_temporary(&self, members: &[UserId]) -> Result<Option<u64>, StoreError> {
         self.inner.unique_temporary(members)
     }
+    fn conversation_alias(&self, alias: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.conversation_alias(alias)
+    }
+    fn message_alias(&self, conv: u64, alias: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.message_alias(conv, alias)
+    }
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.inner.size_on_disk()
     }
