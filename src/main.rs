@@ -91,9 +91,12 @@ enum ImportFrom {
     /// LeanCloud: through its REST API (--url), or from exported files (--conversations and
     /// --messages). Conversations keep their LeanCloud ids; see docs/leancloud.md, Import.
     Leancloud {
-        /// The app's REST API base URL (http:// only for now).
+        /// The app's REST API base URL (https://, or http:// through a proxy).
         #[arg(long, conflicts_with_all = ["conversations", "messages", "reads"])]
         url: Option<String>,
+        /// CA certificates (PEM) to trust for an https:// --url besides Mozilla's roots.
+        #[arg(long, requires = "url")]
+        ca_cert: Option<PathBuf>,
         /// The app id (default: config leancloud_app_id).
         #[arg(long)]
         app_id: Option<String>,
@@ -225,6 +228,7 @@ fn import(config: Config, from: ImportFrom) -> anyhow::Result<()> {
     use tidings::import::leancloud::{self, Source};
     let ImportFrom::Leancloud {
         url,
+        ca_cert,
         app_id,
         master_key,
         conversations,
@@ -234,6 +238,7 @@ fn import(config: Config, from: ImportFrom) -> anyhow::Result<()> {
     let source = match (url, conversations, messages) {
         (Some(base), None, None) => Source::Rest {
             base,
+            ca_cert,
             app_id: app_id
                 .or(config.leancloud_app_id.clone())
                 .context("--app-id (or leancloud_app_id) is needed with --url")?,

@@ -1,29 +1,65 @@
 //! A minimal HTTP/1.1 JSON client for imports (GET only), on the hyper the server already
-//! uses. Plain `http://` only: no TLS stack is built in yet (see docs/leancloud.md, Import).
+//! uses, with `https://` through the rustls the server's TLS uses (Mozilla's roots from
+//! `webpki-roots`, plus any CA certificates given).
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 
-/// A base URL: `http://host[:port][/prefix]`.
-#[derive(Debug, Clone)]
+/// TLS client settings: Mozilla's roots, and the certificates of `extra_ca_pem`.
+fn client_config(extra_ca_pem: Option<&[u8]>) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(pem) = extra_ca_pem {
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            roots
+                .add(cert.context("a CA certificate does not parse")?)
+                .context("a CA certificate is not usable")?;
+            added += 1;
+        }
+        if added == 0 {
+            bail!("the CA file holds no PEM certificate");
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A base URL: `http[s]://host[:port][/prefix]`.
+#[derive(Clone)]
 pub struct Base {
     host: String,
     port: u16,
     prefix: String,
+    /// `https://`: how to make the TLS connection.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Base {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.authority(), self.prefix)
+    }
 }
 
 impl Base {
-    pub fn parse(url: &str) -> anyhow::Result<Base> {
-        if url.starts_with("https://") {
-            bail!(
-                "{url}: https is not built in yet; reach the API through a local TLS proxy \
-                 (an http:// URL), or import the console's exported files"
-            );
-        }
-        let Some(rest) = url.strip_prefix("http://") else {
-            bail!("{url}: expected an http:// URL");
+    /// Parses `url`; an `https://` one trusts Mozilla's roots and the certificates of
+    /// `extra_ca_pem` (PEM, e.g. a company proxy's CA).
+    pub fn parse(url: &str, extra_ca_pem: Option<&[u8]>) -> anyhow::Result<Base> {
+        let (rest, https) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+            (Some(rest), _) => (rest, true),
+            (None, Some(rest)) => (rest, false),
+            _ => bail!("{url}: expected an http:// or https:// URL"),
         };
         let (authority, prefix) = match rest.find('/') {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
@@ -34,15 +70,21 @@ impl Base {
                 h.trim_start_matches('[').trim_end_matches(']'),
                 p.parse().with_context(|| format!("{url}: bad port"))?,
             ),
-            _ => (authority, 80),
+            _ => (authority, if https { 443 } else { 80 }),
         };
         if host.is_empty() {
             bail!("{url}: no host");
         }
+        let tls = if https {
+            Some(Arc::new(client_config(extra_ca_pem)?))
+        } else {
+            None
+        };
         Ok(Base {
             host: host.to_owned(),
             port,
             prefix: prefix.to_owned(),
+            tls,
         })
     }
 
@@ -67,6 +109,11 @@ pub fn encode(s: &str) -> String {
     }
     out
 }
+
+/// The TLS handshake failed (the certificate did not verify, no common protocol): not retried.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TlsFailed(String);
 
 /// Attempts per request; 429 (rate limited) and connection failures are retried.
 const ATTEMPTS: u32 = 6;
@@ -100,6 +147,8 @@ pub async fn get_json(
                 let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
                 bail!("GET {path}: {status}: {text}");
             }
+            // A certificate that does not verify will not verify on a retry either.
+            Err(e) if e.downcast_ref::<TlsFailed>().is_some() => return Err(e),
             Err(e) if attempt < ATTEMPTS => {
                 eprintln!("GET {path}: {e:#}; retrying");
             }
@@ -119,11 +168,18 @@ async fn get_once(
     let stream = tokio::net::TcpStream::connect((base.host.as_str(), base.port))
         .await
         .with_context(|| format!("connecting to {}", base.authority()))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let mut sender = match &base.tls {
+        None => handshake(stream).await?,
+        Some(config) => {
+            let name = ServerName::try_from(base.host.clone())
+                .with_context(|| format!("{}: not a server name", base.host))?;
+            let tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| TlsFailed(format!("TLS with {}: {e}", base.authority())))?;
+            handshake(tls).await?
+        }
+    };
     let mut req = hyper::Request::get(uri)
         .header(hyper::header::HOST, base.authority())
         .header(hyper::header::ACCEPT, "application/json");
@@ -138,21 +194,38 @@ async fn get_once(
     Ok((status, body))
 }
 
+/// An HTTP/1.1 connection over `io`, driven by its own task.
+async fn handshake<T>(
+    io: T,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn parses_bases_and_encodes() {
-        let b = Base::parse("http://127.0.0.1:8080/api/").unwrap();
+        let b = Base::parse("http://127.0.0.1:8080/api/", None).unwrap();
         assert_eq!(
             (b.host.as_str(), b.port, b.prefix.as_str()),
             ("127.0.0.1", 8080, "/api")
         );
-        let b = Base::parse("http://example.com").unwrap();
+        let b = Base::parse("http://example.com", None).unwrap();
         assert_eq!((b.port, b.prefix.as_str()), (80, ""));
-        assert!(Base::parse("https://example.com").is_err());
-        assert!(Base::parse("ftp://x").is_err());
+        let b = Base::parse("https://example.com/1.1", None).unwrap();
+        assert_eq!((b.port, b.tls.is_some()), (443, true));
+        assert!(Base::parse("https://example.com", Some(b"not pem")).is_err());
+        assert!(Base::parse("ftp://x", None).is_err());
         assert_eq!(encode(r#"{"a":1} x"#), "%7B%22a%22%3A1%7D%20x");
     }
 }

@@ -19,11 +19,13 @@ use std::path::PathBuf;
 /// Where the data comes from.
 #[derive(Debug, Clone)]
 pub enum Source {
-    /// LeanCloud's REST API: base URL, app id, master key.
+    /// LeanCloud's REST API: base URL, app id, master key, and CA certificates (PEM) to trust
+    /// besides Mozilla's roots for an `https://` base.
     Rest {
         base: String,
         app_id: String,
         master_key: String,
+        ca_cert: Option<PathBuf>,
     },
     /// Exported files: `_Conversation` rows, messages, and optionally read positions.
     Files {
@@ -311,9 +313,16 @@ pub async fn run(
             base,
             app_id,
             master_key,
+            ca_cert,
         } => {
+            let pem = match ca_cert {
+                Some(path) => Some(
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+                ),
+                None => None,
+            };
             let rest = Rest {
-                base: Base::parse(base)?,
+                base: Base::parse(base, pem.as_deref())?,
                 headers: vec![
                     ("X-LC-Id", app_id.clone()),
                     ("X-LC-Key", format!("{master_key},master")),

@@ -184,12 +184,22 @@ fn answer(f: &Fixture, req: &hyper::Request<hyper::body::Incoming>) -> (u16, Val
 
 /// Serves the fixture on 127.0.0.1:0; returns its base URL.
 async fn serve(f: Arc<Fixture>) -> String {
+    serve_with(f, None).await
+}
+
+/// The fixture server, over TLS when `tls` is given (then `https://localhost:…`).
+async fn serve_with(f: Arc<Fixture>, tls: Option<tokio_rustls::TlsAcceptor>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let url = match &tls {
+        Some(_) => format!("https://localhost:{}", addr.port()),
+        None => format!("http://{addr}"),
+    };
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             let f = f.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let (status, body) = answer(&f, &req);
@@ -203,13 +213,25 @@ async fn serve(f: Arc<Fixture>) -> String {
                         )
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                let _ = match tls {
+                    None => {
+                        http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await
+                    }
+                    Some(acceptor) => {
+                        // A client that refuses the certificate ends here.
+                        let Ok(stream) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await
+                    }
+                };
             });
         }
     });
-    format!("http://{addr}")
+    url
 }
 
 /// Runs `tidings` with `args` on `data_dir`; returns (success, stderr).
@@ -545,4 +567,58 @@ async fn import_from_exported_files_sets_read_positions_from_the_read_data() {
     c.send_read("bob", id, "Xq1Zr5bZR0CKm1JdCZ1ytx").await;
     let (_, welcome) = server.login("bob").await;
     assert_eq!(welcome.unread(id).unwrap().unread, 1);
+}
+
+/// LeanCloud's API is HTTPS: the importer speaks it, trusting Mozilla's roots and the CA
+/// certificates given with `--ca-cert`; a server whose certificate it cannot verify is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_over_https_verifies_the_server_certificate() {
+    use base64::Engine;
+    let pki = crate::tls::TestPki::new("leancloud fixture");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    pki.write(&cert, &key);
+    let acceptor = tidings::listener::tls::Acceptor::load(&cert, &key)
+        .unwrap()
+        .get();
+    let f = Arc::new(fixture());
+    let url = serve_with(f.clone(), Some(acceptor)).await;
+    let ca = dir.path().join("ca.pem");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&pki.ca);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    std::fs::write(
+        &ca,
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let base = [
+        "import",
+        "leancloud",
+        "--url",
+        &url,
+        "--app-id",
+        APP_ID,
+        "--master-key",
+        MASTER_KEY,
+    ];
+    // The test CA is not among Mozilla's roots.
+    let (ok, err) = tidings(&data, &base).await;
+    assert!(!ok && err.contains("TLS"), "{err}");
+    assert_eq!(f.requests.load(Ordering::SeqCst), 0);
+    let ca_arg = ca.to_str().unwrap();
+    let with_ca: Vec<&str> = base.iter().copied().chain(["--ca-cert", ca_arg]).collect();
+    let (ok, err) = tidings(&data, &with_ca).await;
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("imported 2 conversations (0 were there already)"),
+        "{err}"
+    );
 }
