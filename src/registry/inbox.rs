@@ -165,7 +165,41 @@ struct ConvInfo {
     last_ts: i64,
 }
 
+/// What ordering a list needs of a conversation (no copy of its record).
+struct Activity {
+    kind: i32,
+    last_seq: u64,
+    last_ts: i64,
+}
+
 impl Registry {
+    /// A live conversation's kind and newest message: from memory when it is loaded (most
+    /// are, once listed), without copying its record; else [`Registry::conv_info`].
+    fn conv_activity(&self, num: u64) -> Result<Option<Activity>, Error> {
+        if let Some(cell) = self.convs.get(&num).map(|c| c.clone()) {
+            let now = self.now();
+            let st = cell.lock();
+            let r = &st.record;
+            if st.deleted
+                || st.expired
+                || r.deleted_at > 0
+                || (r.expires_at > 0 && r.expires_at <= now)
+            {
+                return Ok(None);
+            }
+            return Ok(Some(Activity {
+                kind: r.kind,
+                last_seq: st.last_seq,
+                last_ts: if st.last_seq > 0 { st.last_ts } else { 0 },
+            }));
+        }
+        Ok(self.conv_info(num)?.map(|i| Activity {
+            kind: i.record.kind,
+            last_seq: i.last_seq,
+            last_ts: i.last_ts,
+        }))
+    }
+
     /// A live conversation's record and newest message, from memory when loaded.
     fn conv_info(&self, num: u64) -> Result<Option<ConvInfo>, Error> {
         let now = self.now();
@@ -240,14 +274,14 @@ impl Registry {
         let mut members = HashSet::new();
         for (num, rec) in self.store.user_conversations(user)? {
             members.insert(num);
-            let Some(info) = self.conv_info(num)? else {
+            let Some(info) = self.conv_activity(num)? else {
                 continue;
             };
-            if !kind_ok(info.record.kind) {
+            if !kind_ok(info.kind) {
                 continue;
             }
             if Self::listed(&rec, info.last_seq) {
-                let activity = Self::activity(&rec, &info);
+                let activity = info.last_ts.max(rec.joined_at).max(rec.listed_at);
                 let updated = activity.max(rec.changed_at);
                 if activity < floor
                     || !in_window(updated)
