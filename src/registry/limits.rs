@@ -101,16 +101,22 @@ impl Registry {
             )
             .map_err(|ms| Error::RateLimited { retry_after_ms: ms })?;
         if c.rate_limit_user_per_sec > 0 {
-            // Buckets of users who left while short stay until refilled; sweep them when they
-            // pile up, so the map stays about the size of the online users.
-            if self.rates.len() > 2 * self.hub().session_count() + 1024 {
-                let (rate, burst) = (c.rate_limit_user_per_sec, c.rate_limit_user_burst);
-                self.rates.retain(|_, b| !b.full_at(rate, burst, now));
-            }
-            let mut bucket = self
-                .rates
-                .entry(user.clone())
-                .or_insert_with(|| Bucket::full(c.rate_limit_user_burst, now));
+            let mut bucket = match self.rates.get_mut(user) {
+                Some(b) => b,
+                None => {
+                    // A user's first request since their bucket went. Buckets of users who
+                    // left while short stay until refilled; sweep them when they pile up, so
+                    // the map stays about the size of the online users (counting is not free:
+                    // only here, never on the way of an ordinary request).
+                    if self.rates.len() > 2 * self.hub().session_count() + 1024 {
+                        let (rate, burst) = (c.rate_limit_user_per_sec, c.rate_limit_user_burst);
+                        self.rates.retain(|_, b| !b.full_at(rate, burst, now));
+                    }
+                    self.rates
+                        .entry(user.clone())
+                        .or_insert_with(|| Bucket::full(c.rate_limit_user_burst, now))
+                }
+            };
             bucket
                 .take(
                     cost,
