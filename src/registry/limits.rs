@@ -130,6 +130,14 @@ impl Registry {
         Ok(())
     }
 
+    /// Charges `work` to the user's bucket alone: for requests that come without a connection
+    /// of their own (LeanCloud's HTTP endpoints).
+    pub fn admit_user(&self, user: &UserId, work: Work) -> Result<(), Error> {
+        // A fresh connection bucket always holds one request: only the user's decides.
+        let mut fresh = self.connection_bucket();
+        self.admit(user, &mut fresh, work)
+    }
+
     /// A new connection's bucket, full.
     pub fn connection_bucket(&self) -> Bucket {
         Bucket::full(self.config.rate_limit_connection_burst, self.now())

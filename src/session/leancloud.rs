@@ -1411,6 +1411,11 @@ pub(crate) fn notifications(
             json!({"code": 1, "error": "start_ts must be a time in ms"}),
         );
     };
+    // Each answer reads the client's event log: charged to the user like a page of history.
+    if let Err(e) = app.registry.admit_user(&UserId::from(peer), Work::Page) {
+        let code = ErrorCode::AppQuotaExceeded;
+        return (429, json!({"code": code.code(), "error": e.to_string()}));
+    }
     let events = match app.registry.events_since(peer, after) {
         Ok(events) => events,
         Err(e) => {

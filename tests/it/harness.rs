@@ -306,7 +306,15 @@ impl Binary {
         tweak(&mut cmd);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir);
-        for s in sets {
+        // Tests drive bulk traffic from one connection (thousands of sends, whole histories);
+        // the request rate limits have their own tests, which set them (a later --set wins).
+        for s in [
+            "rate_limit_connection_per_sec=0",
+            "rate_limit_user_per_sec=0",
+        ]
+        .iter()
+        .chain(sets)
+        {
             cmd.args(["--set", s]);
         }
         cmd.envs(env.iter().copied());

@@ -12,10 +12,10 @@ use tokio::net::TcpStream;
 /// One HTTP/1.1 answer: status, headers (names lower-case; repeated ones joined with ", ")
 /// and body.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
+pub struct Answer {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: String,
 }
 
 impl Answer {
@@ -23,7 +23,7 @@ impl Answer {
         self.headers.get(name).map(String::as_str)
     }
 
-    fn json(&self) -> serde_json::Value {
+    pub fn json(&self) -> serde_json::Value {
         assert_eq!(
             self.header("content-type"),
             Some("application/json"),
@@ -35,7 +35,12 @@ impl Answer {
 
 /// Sends `method target` with `headers` (a `Host` of its own or the server's address) on a
 /// fresh connection and reads the whole answer.
-async fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Answer {
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
     let mut text = format!("{method} {target} HTTP/1.1\r\nConnection: close\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         text.push_str(&format!("Host: {addr}\r\n"));

@@ -948,3 +948,31 @@ async fn leancloud_commands_over_the_rate_limit_are_refused_with_4116_and_4113()
     let r = c.request(count).await;
     assert!(r.error_message.is_none(), "{r:?}");
 }
+
+/// `/1.1/rtm/notifications` reads the client's event log: each answer is charged to the user's
+/// request bucket like a page of history; over it, 429 with 4113 `APP_QUOTA_EXCEEDED`.
+#[tokio::test]
+async fn missed_notifications_are_charged_to_the_users_rate_limit() {
+    let server = TestServer::start_with(|c| {
+        c.leancloud_app_id = Some(APP_ID.into());
+        c.leancloud_master_key = Some(MASTER_KEY.into());
+        c.rate_limit_user_per_sec = 5;
+        c.rate_limit_user_burst = 10;
+    })
+    .await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let st = c.opened("alice", None).await.st.unwrap();
+    let addr = server.running().addr;
+    let target = "/1.1/rtm/notifications?client_id=alice&start_ts=0";
+    let headers = [("X-LC-Id", APP_ID), ("X-LC-IM-Session-Token", st.as_str())];
+    for n in 0..2 {
+        let a = crate::leancloud_http::request(addr, "GET", target, &headers).await;
+        assert_eq!(a.status, 200, "answer {n}: {a:?}");
+    }
+    let a = crate::leancloud_http::request(addr, "GET", target, &headers).await;
+    assert_eq!(a.status, 429, "{a:?}");
+    assert_eq!(a.json()["code"], 4113);
+    server.clock.advance(1_000);
+    let a = crate::leancloud_http::request(addr, "GET", target, &headers).await;
+    assert_eq!(a.status, 200, "{a:?}");
+}
