@@ -271,6 +271,11 @@ async fn read<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut Stream<S>) -> Inbo
         Some(Ok(WsMessage::Close(_))) => Inbound::Closed,
         None => Inbound::Dropped,
         Some(Err(tungstenite::Error::Capacity(_))) => Inbound::Bad(CloseCode::CloseFrameTooLarge),
+        // The client closed its socket without a close frame (a dropped mobile connection):
+        // not malformed input.
+        Some(Err(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ))) => Inbound::Dropped,
         Some(Err(tungstenite::Error::Protocol(_))) => Inbound::Bad(CloseCode::CloseBadFrame),
         Some(Err(_)) => Inbound::Dropped,
     }

@@ -208,3 +208,34 @@ async fn a_silent_connection_is_closed_after_the_idle_timeout() {
         .await
         .expect("a reading client is not idle");
 }
+
+/// A client that upgrades and then closes its socket without a close frame (a dropped mobile
+/// connection) before logging in is a dropped connection, not malformed input.
+#[tokio::test]
+async fn a_socket_closed_without_a_close_frame_before_login_is_not_a_malformed_frame() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start().await;
+    let addr = server.running().addr;
+    for _ in 0..3 {
+        let mut ws = within(tidings::client::connect_raw(&server.url()))
+            .await
+            .unwrap();
+        match ws.get_mut() {
+            tokio_tungstenite::MaybeTlsStream::Plain(s) => s.shutdown().await.unwrap(),
+            _ => unreachable!("plain ws://"),
+        }
+        drop(ws);
+    }
+    // Wait until the server has seen all three go.
+    let health = within(async {
+        loop {
+            let (_, h) = crate::stuck_clients::health(addr).await;
+            if h["connections"] == 0 {
+                return h;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(health["malformed_frames"], 0, "{health}");
+}
