@@ -42,7 +42,7 @@ pub enum UserIdError {
     Length { len: usize, max: usize },
     #[error("a user id may not begin or end with white space")]
     Whitespace,
-    #[error("a user id may not contain U+{:04X} (control and format characters are refused)", *.0 as u32)]
+    #[error("a user id may not contain U+{:04X} (control, format and line or paragraph separator characters are refused)", *.0 as u32)]
     Character(char),
     #[error("a user id may not contain '|' (it separates the parts of keys like p2p|user)")]
     Pipe,
@@ -50,7 +50,8 @@ pub enum UserIdError {
 
 /// The one rule for user ids, applied at login and wherever a request names a user: 1 to
 /// `max_bytes` bytes of any characters except control characters (Unicode Cc), format
-/// characters (Cf: bidi overrides and isolates, zero-width characters) and `|`, with no white
+/// characters (Cf: bidi overrides and isolates, zero-width characters), the line and paragraph
+/// separators (Zl, Zp: U+2028, U+2029) and `|`, with no white
 /// space at either end. Every id Easemob, NetEase Yunxin and LeanCloud accept passes (README,
 /// "User ids").
 pub fn check_user_id(id: &str, max_bytes: usize) -> Result<(), UserIdError> {
@@ -65,12 +66,18 @@ pub fn check_user_id(id: &str, max_bytes: usize) -> Result<(), UserIdError> {
     }
     match id
         .chars()
-        .find(|&c| c == '|' || c.is_control() || is_format(c))
+        .find(|&c| c == '|' || c.is_control() || is_format(c) || is_separator(c))
     {
         Some('|') => Err(UserIdError::Pipe),
         Some(c) => Err(UserIdError::Character(c)),
         None => Ok(()),
     }
+}
+
+/// Unicode general categories Zl and Zp: the line and paragraph separators U+2028 and U+2029,
+/// which break lines in JavaScript and in some log viewers.
+fn is_separator(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 /// Unicode general category Cf (format characters), as of Unicode 15.1.

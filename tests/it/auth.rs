@@ -351,6 +351,8 @@ const BAD_USER_IDS: &[&str] = &[
     "zero\u{200b}width",
     "\u{feff}bom",
     "soft\u{ad}hyphen",
+    "line\u{2028}separator",
+    "para\u{2029}graph",
     " alice",
     "alice ",
     "\talice",
