@@ -502,5 +502,10 @@ async fn the_connection_log_names_the_client_a_trusted_proxy_forwarded() {
     let line = server.wait_log("connection opened");
     assert!(line.contains("peer=127.0.0.2:"), "{line}");
     server.signal(libc::SIGTERM);
-    assert!(server.wait().await.0.success());
+    let (status, log) = server.wait().await;
+    assert!(
+        status.success(),
+        "{status:?}; the server's log:\n{}",
+        log.join("\n")
+    );
 }
