@@ -7,6 +7,7 @@
 use super::StoreError;
 use super::kv::{KvStore, OrderedKv, Rows, Write};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// A sled database holding one tidings keyspace.
 pub struct Sled {
@@ -18,13 +19,36 @@ fn engine(e: sled::Error) -> StoreError {
     StoreError::Engine(e.to_string())
 }
 
+/// How long `open` waits for the store's file lock. sled 0.34 releases the lock from a
+/// background thread after the `Db` is dropped, so a store closed and reopened in one process
+/// (a restart in place, a dump loaded and then opened) can find it still held for a moment on a
+/// loaded machine. A lock held by another process is still refused, after this wait.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// Opens (or creates) a sled store in `dir`.
 pub fn open(dir: &Path, cache_bytes: u64) -> Result<KvStore<Sled>, StoreError> {
-    let db = sled::Config::new()
-        .path(dir)
-        .cache_capacity(cache_bytes)
-        .open()
-        .map_err(engine)?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    let db = loop {
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .open()
+        {
+            Ok(db) => break db,
+            // sled reports a held lock as an `Other` I/O error with this text.
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                return Err(StoreError::Engine(format!(
+                    "{} is in use by another process (its lock is held): {e}",
+                    dir.display()
+                )));
+            }
+            Err(e) => return Err(engine(e)),
+        }
+    };
     let tree = db.open_tree("tidings").map_err(engine)?;
     Ok(KvStore::new(Sled { db, tree }))
 }
@@ -99,27 +123,8 @@ impl OrderedKv for Sled {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
-
     #[test]
     fn conformance() {
-        super::super::conformance::run(&|dir| {
-            // sled 0.34 releases its file lock from a background thread after the `Db` is
-            // dropped, so reopening at once (the reopen case) can find it still held for a
-            // moment on a loaded machine. Wait for the lock, nothing else.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match super::open(dir, 8 << 20) {
-                    Ok(s) => return Box::new(s),
-                    Err(e)
-                        if Instant::now() < deadline
-                            && e.to_string().contains("could not acquire lock") =>
-                    {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => panic!("open sled: {e}"),
-                }
-            }
-        });
+        super::super::conformance::run(&|dir| Box::new(super::open(dir, 8 << 20).unwrap()));
     }
 }
