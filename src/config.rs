@@ -50,6 +50,18 @@ pub struct Config {
     pub max_pending_logins: usize,
     /// The same, per client address (IPv6: per /64).
     pub max_pending_logins_per_ip: usize,
+    /// Address of the admin HTTP API (the app backend's door; health and `/metrics` too).
+    /// Served only when `admin_api_keys` holds a key. Empty: never served.
+    pub admin_listen: String,
+    /// API keys a backend presents as `Authorization: Bearer <key>`, each at least
+    /// [`MIN_HS256_SECRET_BYTES`] bytes (`tidings secret` makes one). Several, so one can be
+    /// rotated. A TOML list, or one string separated by commas or spaces.
+    #[serde(deserialize_with = "list_or_string")]
+    pub admin_api_keys: Vec<String>,
+    /// Admin connections open at once, at most; more wait in the kernel's accept queue.
+    pub admin_max_connections: usize,
+    /// Largest admin request body, bytes (larger: 413).
+    pub admin_max_body_bytes: usize,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
     /// Embedded storage engine: `redb` or `sled`.
@@ -237,6 +249,10 @@ impl Default for Config {
             max_pending_handshakes_per_ip: 256,
             max_pending_logins: 4096,
             max_pending_logins_per_ip: 256,
+            admin_listen: "127.0.0.1:7401".into(),
+            admin_api_keys: Vec::new(),
+            admin_max_connections: 64,
+            admin_max_body_bytes: 1 << 20,
             data_dir: PathBuf::from("tidings-data"),
             store_engine: "redb".into(),
             store_cache_bytes: 64 << 20,
@@ -412,6 +428,21 @@ impl Config {
                  as anyone. Generate one with `tidings secret`",
                 secret.len()
             )));
+        }
+        if let Some(key) = self
+            .admin_api_keys
+            .iter()
+            .find(|k| k.len() < MIN_HS256_SECRET_BYTES)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "an admin_api_keys entry is {} bytes; at least {MIN_HS256_SECRET_BYTES} are \
+                 required (a key is all it takes to act as any user). Generate one with \
+                 `tidings secret`",
+                key.len()
+            )));
+        }
+        if self.admin_max_connections == 0 || self.admin_max_body_bytes == 0 {
+            return bad("admin_max_connections and admin_max_body_bytes must be at least 1");
         }
         if self.max_user_id_bytes == 0 || self.max_user_id_bytes > 255 {
             return bad("max_user_id_bytes must be 1..=255");

@@ -240,6 +240,33 @@ impl Hub {
         self.users.contains_key(user)
     }
 
+    /// Number of live sessions of `user`.
+    pub fn sessions_of(&self, user: &str) -> usize {
+        self.users.get(user).map_or(0, |v| v.len())
+    }
+
+    /// Closes `user`'s sessions (those with device tag `device` only, when given) with `code`.
+    /// Returns how many were asked to close. A session on a shared connection (LeanCloud) is
+    /// closed alone, the connection stays.
+    pub fn kick_user(&self, user: &str, device: Option<&str>, code: CloseCode) -> usize {
+        let Some(sessions) = self.users.get(user) else {
+            return 0;
+        };
+        let mut n = 0;
+        for h in sessions
+            .iter()
+            .filter(|h| device.is_none_or(|d| h.device.as_deref() == Some(d)))
+        {
+            if h.shared {
+                self.send_to(h, crate::protocol::kicked());
+            } else {
+                h.kick.kick(code);
+            }
+            n += 1;
+        }
+        n
+    }
+
     /// Number of live sessions.
     pub fn session_count(&self) -> usize {
         self.users.iter().map(|e| e.value().len()).sum()

@@ -16,6 +16,7 @@
 //! writer makes it durable, then gives the pre-encoded push to the hub, then completes the
 //! reply.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod client;

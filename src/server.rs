@@ -41,6 +41,8 @@ use tokio_util::task::TaskTracker;
 /// A server running in this process (what `main` and the tests use).
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// The admin API's address, when it is served.
+    pub admin_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
@@ -96,6 +98,8 @@ pub async fn start_with(
     };
     let listener = bind(&config.listen, config.listen_backlog)?;
     let addr = listener.local_addr()?;
+    let admin = crate::admin::bind(&config)?;
+    let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
     let shutdown = CancellationToken::new();
     let (app, writer_thread) = App::open_with(config, clock, shutdown.clone(), store)?;
     if app.config.insecure_dev {
@@ -123,17 +127,30 @@ pub async fn start_with(
         tls = tls.is_some(),
         trusted_proxies = ?c.trusted_proxies,
         proxy_protocol = c.proxy_protocol,
+        admin = ?admin_addr,
         "listening"
     );
+    let admin = admin.map(|l| {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(crate::admin::run(
+            l,
+            app.clone(),
+            shutdown.clone(),
+            stop.clone(),
+        ));
+        (stop, task)
+    });
     let task = tokio::spawn(run(
         listener,
         app.clone(),
         shutdown.clone(),
         writer_thread,
         tls.clone(),
+        admin,
     ));
     Ok(RunningServer {
         addr,
+        admin_addr,
         app,
         shutdown,
         task,
@@ -204,6 +221,7 @@ pub async fn run(
     shutdown: CancellationToken,
     writer_thread: crate::registry::writer::WriterThread,
     tls: Option<tls::Acceptor>,
+    admin: Option<(CancellationToken, JoinHandle<()>)>,
 ) -> anyhow::Result<()> {
     let c = &app.config;
     let origins = c
@@ -275,6 +293,12 @@ pub async fn run(
     http.wait().await;
     // An upgrade that raced the start of the drain.
     shared.sessions.wait().await;
+    // The admin API serves until the sessions are gone (a backend may still be reading or
+    // sending), then its requests in progress finish before the store closes.
+    if let Some((stop, task)) = admin {
+        stop.cancel();
+        let _ = task.await;
+    }
     tracing::info!(
         took_ms = started.elapsed().as_millis() as u64,
         "sessions drained; flushing the store"
@@ -495,9 +519,24 @@ fn route(req: Request<Incoming>, shared: &Arc<Shared>, remote: Remote) -> Respon
             );
             r
         }
+        (&Method::GET, "/livez") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => readyz(app, shared.drain.is_draining()),
         (&Method::GET, "/" | "/ws") => upgrade(req, shared, remote),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `/readyz` on both listeners: 200 while the server takes work (store open and writable,
+/// listeners bound, not draining), 503 otherwise.
+pub(crate) fn readyz(app: &App, draining: bool) -> Response<Full<Bytes>> {
+    let (status, why) = if draining {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if app.writer.has_failed() {
+        (StatusCode::SERVICE_UNAVAILABLE, "store write failed")
+    } else {
+        (StatusCode::OK, "ok")
+    };
+    json(status, &serde_json::json!({ "status": why }))
 }
 
 /// The LeanCloud router: where LeanCloud's SDKs, given only a `server` base URL (no direct
@@ -649,7 +688,7 @@ fn is_host(h: &str) -> bool {
 
 /// The first value of `name` in a query string, `%XX`- and `+`-decoded; `None` when absent or
 /// malformed.
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     let (_, value) = query?
         .split('&')
         .map(|pair| pair.split_once('=').unwrap_or((pair, "")))

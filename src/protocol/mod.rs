@@ -71,6 +71,9 @@ pub enum PushEvent {
     /// To a session on a shared connection: a newer login on the same device replaced it.
     /// Native sessions are closed by their kick instead and never see it.
     Replaced,
+    /// To a session on a shared connection: the app's backend disconnected it (native
+    /// sessions are closed with `CLOSE_KICKED` instead and never see it).
+    Kicked,
 }
 
 impl Push {
@@ -88,7 +91,7 @@ impl Push {
                 body.encode(&mut buf);
                 buf.freeze()
             }
-            PushEvent::Replaced => Bytes::new(),
+            PushEvent::Replaced | PushEvent::Kicked => Bytes::new(),
         })
     }
 
@@ -100,7 +103,7 @@ impl Push {
                 pb::server_frame::Body::Message(m) => Some(m.clone()),
                 _ => None,
             },
-            PushEvent::Replaced => None,
+            PushEvent::Replaced | PushEvent::Kicked => None,
         }
     }
 }
@@ -109,6 +112,15 @@ impl Push {
 pub fn replaced() -> Arc<Push> {
     Arc::new(Push {
         event: PushEvent::Replaced,
+        native: OnceLock::new(),
+        leancloud: OnceLock::new(),
+    })
+}
+
+/// The notice to a session on a shared connection that the app's backend disconnected it.
+pub fn kicked() -> Arc<Push> {
+    Arc::new(Push {
+        event: PushEvent::Kicked,
         native: OnceLock::new(),
         leancloud: OnceLock::new(),
     })

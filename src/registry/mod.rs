@@ -634,7 +634,7 @@ impl Registry {
     }
 
     /// A user id named in a request, by the rule logins follow ([`crate::auth::check_user_id`]).
-    fn check_user_id(&self, u: &str) -> Result<(), Error> {
+    pub fn check_user_id(&self, u: &str) -> Result<(), Error> {
         crate::auth::check_user_id(u, self.config.max_user_id_bytes)
             .map_err(|e| Error::InvalidArgument(format!("{e}: {u:?}")))
     }

@@ -59,6 +59,22 @@ impl Registry {
             .collect()
     }
 
+    /// How many live sessions each of `users` has (0: offline). The caller bounds how many are
+    /// asked.
+    pub fn sessions_of(&self, users: &[String]) -> Vec<(String, usize)> {
+        users
+            .iter()
+            .map(|u| (u.clone(), self.hub.sessions_of(u)))
+            .collect()
+    }
+
+    /// Closes a user's sessions (on one device tag, when given) with `CLOSE_KICKED`, as the
+    /// app's backend asks. Returns how many sessions were closed.
+    pub fn disconnect(&self, user: &str, device: Option<&str>) -> Result<usize, Error> {
+        self.check_user_id(user)?;
+        Ok(self.hub.kick_user(user, device, pb::CloseCode::CloseKicked))
+    }
+
     /// Subscribes a session to the presence changes of a conversation's members. Returns the
     /// conversation number (the session remembers it to unsubscribe when it ends).
     pub fn subscribe_presence(

@@ -1490,12 +1490,16 @@ pub(super) fn take(actor: &mut Actor, p: LcProtocol, o: Outgoing, frames: &mut V
     else {
         return;
     };
-    if matches!(o.push.event(), PushEvent::Replaced) {
-        // Another login with the same device tag: this client is closed, the socket stays.
+    if let PushEvent::Replaced | PushEvent::Kicked = o.push.event() {
+        // Another login with the same device tag, or the app's backend: this client is
+        // closed, the socket stays.
+        let code = match o.push.event() {
+            PushEvent::Kicked => ErrorCode::KickedByApp,
+            _ => ErrorCode::SessionConflict,
+        };
         let peer = remove_peer(actor, at);
         let peer_id = peer.caller.user.to_string();
         release(&actor.app, peer);
-        let code = ErrorCode::SessionConflict;
         let closed = GenericCommand {
             session_message: Some(lc::SessionCommand {
                 code: Some(code.code()),
@@ -1631,7 +1635,7 @@ fn push_body(push: &protocol::Push) -> Option<Bytes> {
             pb::server_frame::Body::ConversationEvent(_) => return None,
             _ => return None,
         },
-        PushEvent::Replaced => return None,
+        PushEvent::Replaced | PushEvent::Kicked => return None,
     };
     Some(Bytes::from(prost::Message::encode_to_vec(&c)))
 }

@@ -224,6 +224,7 @@ fn close_of(code: CloseCode) -> Close {
         CloseCode::CloseIdleTimeout => "idle timeout",
         CloseCode::CloseFrameTooLarge => "frame too large",
         CloseCode::CloseSessionLimit => "too many sessions of this user (max_sessions_per_user)",
+        CloseCode::CloseKicked => "disconnected by the application",
         CloseCode::CloseInternal | CloseCode::CloseUnspecified => "internal error",
     };
     Close(code as i32 as u16, reason)
@@ -1060,7 +1061,7 @@ impl Actor {
                     return;
                 };
                 if (o.user_seq == 0 || o.user_seq > peer.replayed_to)
-                    && !matches!(o.push.event(), PushEvent::Replaced)
+                    && !matches!(o.push.event(), PushEvent::Replaced | PushEvent::Kicked)
                 {
                     frames.push(binary(o.push.native().clone()));
                 }

@@ -976,3 +976,31 @@ async fn missed_notifications_are_charged_to_the_users_rate_limit() {
     let a = crate::leancloud_http::request(addr, "GET", target, &headers).await;
     assert_eq!(a.status, 200, "{a:?}");
 }
+
+#[tokio::test]
+async fn a_backend_disconnecting_a_user_closes_only_their_client_with_4115() {
+    let server = TestServer::start_with(|c| {
+        c.leancloud_app_id = Some(crate::leancloud::APP_ID.into());
+        c.leancloud_master_key = Some(crate::leancloud::MASTER_KEY.into());
+        c.admin_listen = "127.0.0.1:0".into();
+        c.admin_api_keys = vec![crate::admin::KEY.into()];
+    })
+    .await;
+    let mut socket = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    socket.opened("alice", None).await;
+    socket.opened("bob", None).await;
+    let r = crate::admin::ok(&server, "POST", "/v1/users/alice/disconnect", None).await;
+    assert_eq!(r["closed"], 1);
+    let closed = socket
+        .push_of(Cmd::Session, Some(Op::Closed), "alice")
+        .await;
+    let s = closed.session_message.unwrap();
+    assert_eq!(
+        (s.code, s.reason.as_deref()),
+        (Some(4115), Some("KICKED_BY_APP"))
+    );
+    // Bob's client on the same socket lives on.
+    let pong = socket.request(cmd(Cmd::Echo, None)).await;
+    assert_eq!(op_of(&pong).0, Some(Cmd::Echo));
+    assert_no_lc_push(&mut socket).await;
+}

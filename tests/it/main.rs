@@ -1,5 +1,6 @@
 //! The integration tests: a real server on port 0, real WebSocket clients, a real store on disk.
 
+mod admin;
 mod harness;
 
 mod auth;

@@ -1,0 +1,299 @@
+//! The admin API's JSON shapes: requests it reads and the records it answers with.
+//!
+//! Ids are strings, times are milliseconds since the Unix epoch, and message content is given
+//! as `text` (UTF-8) or `content` (base64, any bytes); answers carry both when the content is
+//! UTF-8.
+
+use crate::protocol::pb::{self, ConversationKind};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+fn kind_name(kind: i32) -> &'static str {
+    match ConversationKind::try_from(kind) {
+        Ok(ConversationKind::Direct) => "direct",
+        Ok(ConversationKind::Group) => "group",
+        Ok(ConversationKind::Temporary) => "temporary",
+        _ => "unspecified",
+    }
+}
+
+/// A conversation kind named in a request.
+pub fn parse_kind(name: &str) -> Option<ConversationKind> {
+    match name {
+        "direct" => Some(ConversationKind::Direct),
+        "group" => Some(ConversationKind::Group),
+        "temporary" => Some(ConversationKind::Temporary),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Conversation {
+    pub id: String,
+    pub kind: &'static str,
+    pub name: String,
+    pub attributes: BTreeMap<String, String>,
+    pub owner: String,
+    pub created_at: i64,
+    pub member_count: u32,
+    /// The two members of a direct or temporary conversation; empty for groups (page through
+    /// `GET /v1/conversations/{id}/members`).
+    pub members: Vec<String>,
+    pub last_seq: u64,
+    /// Muted by the acting user.
+    pub muted: bool,
+    /// Temporary conversations: when it expires (ms); 0 otherwise.
+    pub expires_at: i64,
+    pub unique: bool,
+}
+
+impl From<pb::Conversation> for Conversation {
+    fn from(c: pb::Conversation) -> Self {
+        Conversation {
+            kind: kind_name(c.kind),
+            id: c.id,
+            name: c.name,
+            attributes: c.attributes.into_iter().collect(),
+            owner: c.owner,
+            created_at: c.created_at,
+            member_count: c.member_count,
+            members: c.members,
+            last_seq: c.last_seq,
+            muted: c.muted,
+            expires_at: c.expires_at,
+            unique: c.unique,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Message {
+    pub id: String,
+    pub conversation_id: String,
+    pub seq: u64,
+    pub sender: String,
+    #[serde(rename = "type")]
+    pub kind: i32,
+    /// The content as text, when it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The content, base64 (standard alphabet, padded).
+    pub content: String,
+    pub attributes: BTreeMap<String, String>,
+    pub mentions: Vec<String>,
+    pub server_time: i64,
+    pub client_message_id: String,
+    pub want_receipts: bool,
+    pub edited_at: i64,
+    pub edit_count: u32,
+    pub recalled: bool,
+    pub recalled_at: i64,
+}
+
+impl From<pb::Message> for Message {
+    fn from(m: pb::Message) -> Self {
+        Message {
+            text: std::str::from_utf8(&m.content).ok().map(str::to_owned),
+            content: base64::engine::general_purpose::STANDARD.encode(&m.content),
+            id: m.id,
+            conversation_id: m.conversation_id,
+            seq: m.seq,
+            sender: m.sender,
+            kind: m.r#type,
+            attributes: m.attributes.into_iter().collect(),
+            mentions: m.mentions,
+            server_time: m.server_time,
+            client_message_id: m.client_message_id,
+            want_receipts: m.want_receipts,
+            edited_at: m.edited_at,
+            edit_count: m.edit_count,
+            recalled: m.recalled,
+            recalled_at: m.recalled_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListEntry {
+    pub conversation_id: String,
+    pub kind: &'static str,
+    /// Direct conversations: the other member.
+    pub peer: String,
+    pub name: String,
+    pub last_message: Option<Message>,
+    pub last_activity: i64,
+    pub unread: u32,
+    pub last_seq: u64,
+    pub read_seq: u64,
+    pub pinned: bool,
+    pub pinned_at: i64,
+    pub ext: String,
+    pub expires_at: i64,
+    pub muted: bool,
+    pub updated_at: i64,
+    pub deleted: bool,
+}
+
+impl From<pb::ListEntry> for ListEntry {
+    fn from(e: pb::ListEntry) -> Self {
+        ListEntry {
+            kind: kind_name(e.kind),
+            conversation_id: e.conversation_id,
+            peer: e.peer,
+            name: e.name,
+            last_message: e.last_message.map(Message::from),
+            last_activity: e.last_activity,
+            unread: e.unread,
+            last_seq: e.last_seq,
+            read_seq: e.read_seq,
+            pinned: e.pinned,
+            pinned_at: e.pinned_at,
+            ext: e.ext,
+            expires_at: e.expires_at,
+            muted: e.muted,
+            updated_at: e.updated_at,
+            deleted: e.deleted,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Unread {
+    pub conversation_id: String,
+    pub kind: &'static str,
+    pub unread: u32,
+    pub last_seq: u64,
+    pub read_seq: u64,
+    pub last_message: Option<Message>,
+    pub muted: bool,
+    pub expires_at: i64,
+}
+
+impl From<pb::UnreadEntry> for Unread {
+    fn from(e: pb::UnreadEntry) -> Self {
+        Unread {
+            kind: kind_name(e.kind),
+            conversation_id: e.conversation_id,
+            unread: e.unread,
+            last_seq: e.last_seq,
+            read_seq: e.read_seq,
+            last_message: e.last_message.map(Message::from),
+            muted: e.muted,
+            expires_at: e.expires_at,
+        }
+    }
+}
+
+/// `POST /v1/conversations`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConversation {
+    /// `direct`, `group` or `temporary`.
+    pub kind: String,
+    /// The other members (the acting user is always one).
+    #[serde(default)]
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// Temporary only: lifetime in seconds (0: `temporary_ttl_default_secs`).
+    #[serde(default)]
+    pub ttl_secs: u32,
+    #[serde(default)]
+    pub unique: bool,
+}
+
+/// `PATCH /v1/conversations/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConversation {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub set_attributes: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove_attributes: Vec<String>,
+}
+
+/// `POST /v1/conversations/{id}/members` and `…/members/remove`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Members {
+    pub members: Vec<String>,
+}
+
+/// Content given either as text or as base64 bytes.
+pub fn content_bytes(
+    text: Option<String>,
+    content: Option<String>,
+) -> Result<bytes::Bytes, String> {
+    match (text, content) {
+        (Some(t), None) => Ok(t.into()),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map(Into::into)
+            .map_err(|e| format!("content is not base64: {e}")),
+        (None, None) => Err("give the content as text or content (base64)".into()),
+        (Some(_), Some(_)) => Err("give either text or content, not both".into()),
+    }
+}
+
+/// `POST /v1/conversations/{id}/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessage {
+    /// The content as text…
+    pub text: Option<String>,
+    /// …or as base64 bytes.
+    pub content: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: i32,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    #[serde(default)]
+    pub mentions: Vec<String>,
+    /// Idempotency: a retry with the same id returns the first send's answer.
+    #[serde(default)]
+    pub client_message_id: String,
+    /// Delivered to the members online, not stored.
+    #[serde(default)]
+    pub transient: bool,
+    #[serde(default)]
+    pub want_receipts: bool,
+}
+
+/// `PATCH /v1/conversations/{id}/messages/{message_id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditMessage {
+    pub text: Option<String>,
+    pub content: Option<String>,
+    /// New attributes; replace the old ones when given.
+    pub attributes: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SendAck {
+    pub message_id: String,
+    pub seq: u64,
+    pub server_time: i64,
+    pub duplicate: bool,
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintToken {
+    pub user: String,
+    /// Lifetime, seconds (default 3,600; at most 2,592,000, 30 days).
+    pub ttl_secs: Option<i64>,
+}
+
+/// `POST /v1/users/{user}/disconnect`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disconnect {
+    /// Only the sessions with this device tag.
+    pub device: Option<String>,
+}
