@@ -22,6 +22,8 @@ pub struct App {
     pub auth: Authenticator,
     pub stats: Arc<Stats>,
     pub writer: Writer,
+    /// What `/metrics` serves.
+    pub metrics: crate::metrics::Metrics,
     session_ids: AtomicU64,
 }
 
@@ -62,6 +64,12 @@ impl App {
             writer,
             thread,
         } = Core::open(config.clone(), clock.clone(), store.clone(), fatal)?;
+        let metrics = crate::metrics::Metrics::new(
+            stats.clone(),
+            hub.clone(),
+            writer.clone(),
+            config.max_pending_writes,
+        );
         let app = App {
             config,
             clock,
@@ -71,6 +79,7 @@ impl App {
             auth,
             stats,
             writer,
+            metrics,
             session_ids: AtomicU64::new(1),
         };
         Ok((Arc::new(app), thread))

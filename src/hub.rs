@@ -276,6 +276,10 @@ impl Hub {
     pub fn deliver(&self, d: &Delivery) {
         match &d.to {
             Recipients::Users(users) => {
+                self.stats
+                    .histograms
+                    .fanout_users
+                    .observe(users.len() as f64);
                 for u in users.iter() {
                     self.deliver_to(u, d);
                 }

@@ -29,6 +29,7 @@ pub mod import;
 pub mod leancloud;
 pub mod listener;
 pub mod logsafe;
+pub mod metrics;
 pub mod origin;
 pub mod protocol;
 pub mod registry;

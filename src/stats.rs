@@ -120,4 +120,33 @@ pub struct Stats {
     pub wills_sent: Counter,
     pub messages_committed: Count,
     pub commits: Count,
+    /// Distributions for `/metrics`.
+    pub histograms: Histograms,
+}
+
+/// Distributions kept for `/metrics` (each observation is a few atomic adds).
+#[derive(Debug)]
+pub struct Histograms {
+    /// Seconds one group commit (write and flush) took.
+    pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Writes (messages, read positions, events…) in one group commit.
+    pub commit_ops: prometheus_client::metrics::histogram::Histogram,
+    /// Seconds from a stored send's arrival at the registry to its ack (durable).
+    pub send_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Users one delivery was addressed to (conversation members).
+    pub fanout_users: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+        // 50 µs to about 3 s.
+        let seconds = || Histogram::new(exponential_buckets(0.000_05, 3.0, 11));
+        Histograms {
+            commit_seconds: seconds(),
+            commit_ops: Histogram::new(exponential_buckets(1.0, 4.0, 8)),
+            send_seconds: seconds(),
+            fanout_users: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
+        }
+    }
 }

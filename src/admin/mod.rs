@@ -283,6 +283,16 @@ async fn handle(
             return respond(StatusCode::OK, &serde_json::json!({"status": "ok"}));
         }
         (&Method::GET, "/readyz") => return crate::server::readyz(app, draining.is_cancelled()),
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(app.metrics.encode())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            return r;
+        }
         _ => {}
     }
     if !path.starts_with("/v1/") {

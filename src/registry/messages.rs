@@ -67,8 +67,16 @@ impl Registry {
         if req.transient {
             return self.send_transient(caller, &cell, req);
         }
+        let started = std::time::Instant::now();
+        let observe = |r: Result<SendAck, Error>| {
+            if r.is_ok() {
+                let h = &self.stats.histograms;
+                h.send_seconds.observe(started.elapsed().as_secs_f64());
+            }
+            r
+        };
         if req.client_message_id.is_empty() {
-            return self.send_stored(caller, &cell, req).await;
+            return observe(self.send_stored(caller, &cell, req).await);
         }
         let key: DedupKey = (cell.num, caller.user.clone(), req.client_message_id.clone());
         match self.inflight.0.entry(key.clone()) {
@@ -103,7 +111,7 @@ impl Registry {
             None => self.send_stored(caller, &cell, req).await,
         };
         guard.result = Some(result.clone());
-        result
+        observe(result)
     }
 
     /// Checks content plus attributes against `max_message_bytes`.

@@ -141,6 +141,14 @@ fn complete(Committed { jobs, ok }: Committed, hub: &Hub) {
     }
 }
 
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("available", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Writer {
     /// Starts the writer thread.
     pub fn start(
@@ -181,6 +189,11 @@ impl Writer {
             },
             WriterThread { thread, dispatcher },
         )
+    }
+
+    /// Writes queued and not yet committed (of at most `max_pending_writes`).
+    pub fn queued(&self, max_pending: usize) -> usize {
+        max_pending.saturating_sub(self.permits.available_permits())
     }
 
     /// Waits for room in the queue. Take the permit *before* taking the lock that orders the
@@ -283,6 +296,7 @@ fn run(
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let ok = !failed.load(Ordering::Acquire) && {
             ops.clear();
             let result = gather(
@@ -309,6 +323,11 @@ fn run(
             }
         };
         if ok {
+            if !ops.is_empty() {
+                let h = &stats.histograms;
+                h.commit_seconds.observe(started.elapsed().as_secs_f64());
+                h.commit_ops.observe(ops.len() as f64);
+            }
             stats.commits.inc();
             let messages = ops
                 .iter()

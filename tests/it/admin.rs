@@ -518,3 +518,95 @@ async fn without_keys_the_api_is_not_served_and_short_keys_are_refused() {
         "{e}"
     );
 }
+
+/// The samples of a Prometheus text exposition: `name{labels}` → value. Fails on a line that
+/// is neither a comment nor a sample.
+fn samples(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut out = std::collections::HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (key, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let name = key.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line:?}"
+        );
+        let v: f64 = value.parse().unwrap_or_else(|_| panic!("{line:?}"));
+        out.insert(key.to_owned(), v);
+    }
+    out
+}
+
+async fn metrics(server: &TestServer) -> std::collections::HashMap<String, f64> {
+    let addr = admin_addr(server);
+    let text = within(async {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/metrics")
+            .header("host", addr.to_string())
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    })
+    .await;
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(
+        !text.contains("secret-user"),
+        "no user id in metrics: {text}"
+    );
+    samples(&text)
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_and_move_with_the_work() {
+    let server = admin_server().await;
+    let before = metrics(&server).await;
+    assert_eq!(before["tidings_messages_committed_total"], 0.0);
+    assert_eq!(before["tidings_sessions"], 0.0);
+    assert!(before["tidings_process_resident_memory_bytes"] > 0.0);
+    assert!(before["tidings_process_open_fds"] > 0.0);
+
+    let (mut peer, _) = server.login("secret-user").await;
+    let g = ok(
+        &server,
+        "POST",
+        "/v1/conversations?as=sender",
+        Some(json!({"kind": "group", "members": ["secret-user"]})),
+    )
+    .await;
+    event(&mut peer).await;
+    let path = format!(
+        "/v1/conversations/{}/messages?as=sender",
+        g["id"].as_str().unwrap()
+    );
+    for i in 0..3 {
+        ok(
+            &server,
+            "POST",
+            &path,
+            Some(json!({"text": format!("m{i}")})),
+        )
+        .await;
+        message(&mut peer).await;
+    }
+    let after = metrics(&server).await;
+    assert_eq!(after["tidings_messages_committed_total"], 3.0);
+    assert_eq!(after["tidings_send_ack_seconds_count"], 3.0);
+    assert_eq!(after["tidings_sessions"], 1.0);
+    assert_eq!(after["tidings_sessions_logged_in_total"], 1.0);
+    // Three messages, each to the group's two members.
+    assert_eq!(after["tidings_fanout_users_count"], 3.0);
+    assert_eq!(after["tidings_fanout_users_sum"], 6.0);
+    assert!(after["tidings_store_commits_total"] >= 4.0);
+    assert!(after["tidings_store_commit_seconds_count"] >= 4.0);
+    assert!(after[r#"tidings_send_ack_seconds_bucket{le="+Inf"}"#] == 3.0);
+}
