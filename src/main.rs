@@ -58,6 +58,8 @@ enum Command {
     },
     /// Print a new random HS256 secret (32 random bytes as hex) for jwt_hs256_secret.
     Secret,
+    /// Print the admin API's OpenAPI 3.1 document (also served at /openapi.json).
+    Openapi,
     /// Mint a login token from the configured key (for trying things out and load tests).
     Token {
         /// The user id (`sub`).
@@ -118,6 +120,10 @@ enum ImportFrom {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        print!("{}", tidings::admin::openapi::document());
+        return Ok(());
+    }
     if let Command::Secret = cli.command {
         // Needs no configuration: it is how the configuration gets its secret.
         println!("{}", tidings::auth::new_secret()?);
@@ -167,7 +173,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { .. } => serve(config, &ignored_env),
-        Command::Secret => unreachable!("handled before loading the configuration"),
+        Command::Secret | Command::Openapi => {
+            unreachable!("handled before loading the configuration")
+        }
         Command::Store { action } => store(&config, action),
         Command::Import { from } => import(config, from),
     }

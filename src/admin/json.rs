@@ -8,6 +8,7 @@ use crate::protocol::pb::{self, ConversationKind};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
 fn kind_name(kind: i32) -> &'static str {
     match ConversationKind::try_from(kind) {
@@ -28,7 +29,7 @@ pub fn parse_kind(name: &str) -> Option<ConversationKind> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Conversation {
     pub id: String,
     pub kind: &'static str,
@@ -67,7 +68,7 @@ impl From<pb::Conversation> for Conversation {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Message {
     pub id: String,
     pub conversation_id: String,
@@ -114,7 +115,7 @@ impl From<pb::Message> for Message {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ListEntry {
     pub conversation_id: String,
     pub kind: &'static str,
@@ -158,7 +159,7 @@ impl From<pb::ListEntry> for ListEntry {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Unread {
     pub conversation_id: String,
     pub kind: &'static str,
@@ -186,7 +187,7 @@ impl From<pb::UnreadEntry> for Unread {
 }
 
 /// `POST /v1/conversations`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateConversation {
     /// `direct`, `group` or `temporary`.
@@ -206,7 +207,7 @@ pub struct CreateConversation {
 }
 
 /// `PATCH /v1/conversations/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateConversation {
     pub name: Option<String>,
@@ -217,7 +218,7 @@ pub struct UpdateConversation {
 }
 
 /// `POST /v1/conversations/{id}/members` and `…/members/remove`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Members {
     pub members: Vec<String>,
@@ -240,7 +241,7 @@ pub fn content_bytes(
 }
 
 /// `POST /v1/conversations/{id}/messages`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
     /// The content as text…
@@ -264,7 +265,7 @@ pub struct SendMessage {
 }
 
 /// `PATCH /v1/conversations/{id}/messages/{message_id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EditMessage {
     pub text: Option<String>,
@@ -273,7 +274,7 @@ pub struct EditMessage {
     pub attributes: Option<BTreeMap<String, String>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SendAck {
     pub message_id: String,
     pub seq: u64,
@@ -282,7 +283,7 @@ pub struct SendAck {
 }
 
 /// `POST /v1/tokens`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintToken {
     pub user: String,
@@ -291,9 +292,65 @@ pub struct MintToken {
 }
 
 /// `POST /v1/users/{user}/disconnect`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Disconnect {
     /// Only the sessions with this device tag.
     pub device: Option<String>,
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Token {
+    pub token: String,
+    /// When it expires (ms).
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Presence {
+    pub users: Vec<UserPresence>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserPresence {
+    pub user: String,
+    pub online: bool,
+    /// Live sessions (devices).
+    pub sessions: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Disconnected {
+    /// Sessions closed.
+    pub closed: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberPage {
+    pub members: Vec<String>,
+    pub next_cursor: String,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessagePage {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+    pub next_cursor: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListPage {
+    pub entries: Vec<ListEntry>,
+    pub next_cursor: String,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UnreadCounts {
+    pub entries: Vec<Unread>,
+}
+
+/// An empty answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Empty {}

@@ -10,12 +10,13 @@
 //! are checked exactly as that user's own request would be; their pushes reach all of that
 //! user's sessions.
 
+mod api;
 pub mod json;
+pub mod openapi;
 
 use crate::app::App;
 use crate::protocol::pb::ErrorCode;
-use crate::registry::conversation::{CreateRequest, UpdateRequest};
-use crate::registry::{Caller, EditRequest, Error, HistoryRequest, ListRequest, SendRequest};
+use crate::registry::{Caller, Error};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -208,6 +209,17 @@ impl From<Error> for Failure {
 
 type Answer = Result<(StatusCode, serde_json::Value), Failure>;
 
+/// The JSON error body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The WebSocket protocol's `ErrorCode` number.
+    pub code: i32,
+    pub message: String,
+    /// Over a rate limit: when the same request fits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
 fn ok(value: impl Serialize) -> Answer {
     Ok((
         StatusCode::OK,
@@ -228,10 +240,12 @@ fn respond(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>
 }
 
 fn failure(f: Failure) -> Response<Full<Bytes>> {
-    let mut body = serde_json::json!({"code": f.code as i32, "message": f.message});
-    if f.retry_after_ms > 0 {
-        body["retry_after_ms"] = f.retry_after_ms.into();
-    }
+    let body = ErrorBody {
+        code: f.code as i32,
+        message: f.message,
+        retry_after_ms: (f.retry_after_ms > 0).then_some(f.retry_after_ms),
+    };
+    let body = serde_json::to_value(body).unwrap_or_default();
     let mut r = respond(f.status, &body);
     if f.status == StatusCode::UNAUTHORIZED {
         r.headers_mut()
@@ -283,6 +297,14 @@ async fn handle(
             return respond(StatusCode::OK, &serde_json::json!({"status": "ok"}));
         }
         (&Method::GET, "/readyz") => return crate::server::readyz(app, draining.is_cancelled()),
+        (&Method::GET, "/openapi.json") => {
+            let mut r = Response::new(Full::new(Bytes::from(openapi::document())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return r;
+        }
         (&Method::GET, "/metrics") => {
             let mut r = Response::new(Full::new(Bytes::from(app.metrics.encode())));
             r.headers_mut().insert(
@@ -330,7 +352,7 @@ async fn handle(
         query: query.as_deref(),
         body: &body,
     };
-    match route(&call, &method, &segments).await {
+    match api::route(&call, &method, &segments).await {
         Ok((status, value)) => respond(status, &value),
         Err(f) => failure(f),
     }
@@ -385,236 +407,4 @@ impl Call<'_> {
         }
         serde_json::from_slice(self.body).map_err(|e| Failure::invalid(format!("bad JSON: {e}")))
     }
-}
-
-async fn route(call: &Call<'_>, method: &Method, path: &[&str]) -> Answer {
-    let reg = &call.app.registry;
-    match (method, path) {
-        (&Method::POST, ["tokens"]) => mint_token(call),
-        (&Method::GET, ["presence"]) => presence(call),
-        (&Method::POST, ["users", user, "disconnect"]) => {
-            let body: json::Disconnect = call.json()?;
-            let closed = reg.disconnect(user, body.device.as_deref())?;
-            ok(serde_json::json!({ "closed": closed }))
-        }
-        (&Method::GET, ["users", user, "conversations"]) => list(call, user),
-        (&Method::GET, ["users", user, "unread"]) => {
-            reg.check_user_id(user)?;
-            let summary = reg.unread_summary(user)?;
-            ok(serde_json::json!({
-                "entries": summary.entries.into_iter().map(json::Unread::from).collect::<Vec<_>>()
-            }))
-        }
-        (&Method::POST, ["conversations"]) => create(call).await,
-        (&Method::GET, ["conversations", id]) => {
-            ok(json::Conversation::from(reg.get(&call.caller()?, id)?))
-        }
-        (&Method::PATCH, ["conversations", id]) => {
-            let body: json::UpdateConversation = call.json()?;
-            let req = UpdateRequest {
-                name: body.name,
-                set_attributes: body.set_attributes,
-                remove_attributes: body.remove_attributes,
-            };
-            ok(json::Conversation::from(
-                reg.update(&call.caller()?, id, req).await?,
-            ))
-        }
-        (&Method::DELETE, ["conversations", id]) => {
-            reg.delete_conversation(&call.caller()?, id, call.flag("purge")?)
-                .await?;
-            ok(serde_json::json!({}))
-        }
-        (&Method::GET, ["conversations", id, "members"]) => {
-            let (members, cursor, has_more) = reg.list_members(
-                &call.caller()?,
-                id,
-                &call.param("cursor").unwrap_or_default(),
-                call.number("limit", 0)?,
-            )?;
-            ok(serde_json::json!({
-                "members": members, "next_cursor": cursor, "has_more": has_more
-            }))
-        }
-        (&Method::POST, ["conversations", id, "members"]) => {
-            let body: json::Members = call.json()?;
-            ok(json::Conversation::from(
-                reg.add_members(&call.caller()?, id, &body.members).await?,
-            ))
-        }
-        (&Method::POST, ["conversations", id, "members", "remove"]) => {
-            let body: json::Members = call.json()?;
-            ok(json::Conversation::from(
-                reg.remove_members(&call.caller()?, id, &body.members)
-                    .await?,
-            ))
-        }
-        (&Method::POST, ["conversations", id, "messages"]) => send(call, id).await,
-        (&Method::GET, ["conversations", id, "messages"]) => history(call, id),
-        (&Method::POST, ["conversations", id, "messages", mid, "recall"]) => ok(
-            json::Message::from(reg.recall(&call.caller()?, id, mid).await?),
-        ),
-        (&Method::PATCH, ["conversations", id, "messages", mid]) => {
-            let body: json::EditMessage = call.json()?;
-            let req = EditRequest {
-                message_id: (*mid).to_owned(),
-                content: json::content_bytes(body.text, body.content).map_err(Failure::invalid)?,
-                replace_attributes: body.attributes.is_some(),
-                attributes: body.attributes.unwrap_or_default(),
-            };
-            ok(json::Message::from(
-                reg.edit(&call.caller()?, id, req).await?,
-            ))
-        }
-        _ => Err(Failure::not_found()),
-    }
-}
-
-fn mint_token(call: &Call<'_>) -> Answer {
-    let body: json::MintToken = call.json()?;
-    let ttl = body.ttl_secs.unwrap_or(TOKEN_TTL_DEFAULT_SECS);
-    if !(1..=TOKEN_TTL_MAX_SECS).contains(&ttl) {
-        return Err(Failure::invalid(format!(
-            "ttl_secs must be 1..={TOKEN_TTL_MAX_SECS}"
-        )));
-    }
-    call.app.registry.check_user_id(&body.user)?;
-    let now = call.app.clock.now_ms();
-    let config = &call.app.config;
-    // RS256 when this server can sign with it, else HS256.
-    let rs256 = config.jwt_rs256_private_key.is_some();
-    match crate::auth::mint(config, &body.user, ttl, now, rs256) {
-        Ok(token) => ok(serde_json::json!({
-            "token": token,
-            "expires_at": (now / 1000 + ttl) * 1000,
-        })),
-        Err(crate::auth::KeyError::NoMethod) => Err(Failure::new(
-            StatusCode::CONFLICT,
-            ErrorCode::ErrorNotAllowedForKind,
-            "this server has no signing key (jwt_hs256_secret or jwt_rs256_private_key)",
-        )),
-        Err(e) => {
-            tracing::error!(error = %e, "minting a token failed");
-            Err(Error::Internal.into())
-        }
-    }
-}
-
-fn presence(call: &Call<'_>) -> Answer {
-    let users: Vec<String> = call
-        .param("users")
-        .unwrap_or_default()
-        .split(',')
-        .filter(|u| !u.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if users.is_empty() {
-        return Err(Failure::invalid("name the users: ?users=a,b,c"));
-    }
-    if users.len() > MAX_PRESENCE_USERS {
-        return Err(Error::LimitExceeded(format!(
-            "{} users named; at most {MAX_PRESENCE_USERS}",
-            users.len()
-        ))
-        .into());
-    }
-    for u in &users {
-        call.app.registry.check_user_id(u)?;
-    }
-    let rows: Vec<_> = call
-        .app
-        .registry
-        .sessions_of(&users)
-        .into_iter()
-        .map(|(user, sessions)| {
-            serde_json::json!({"user": user, "online": sessions > 0, "sessions": sessions})
-        })
-        .collect();
-    ok(serde_json::json!({ "users": rows }))
-}
-
-fn list(call: &Call<'_>, user: &str) -> Answer {
-    call.app.registry.check_user_id(user)?;
-    let caller = Caller {
-        user: user.into(),
-        session: NO_SESSION,
-    };
-    let kind = match call.param("kind") {
-        None => 0,
-        Some(k) => json::parse_kind(&k)
-            .ok_or_else(|| Failure::invalid("kind must be direct, group or temporary"))?
-            as i32,
-    };
-    let req = ListRequest {
-        cursor: call.param("cursor").unwrap_or_default(),
-        limit: call.number("limit", 0)?,
-        updated_after: call.number("updated_after", 0)?,
-        updated_before: call.number("updated_before", 0)?,
-        pinned_only: call.flag("pinned_only")?,
-        kind,
-        omit_last_message: call.flag("omit_last_message")?,
-    };
-    let (entries, cursor, has_more) = call.app.registry.list_conversations(&caller, req)?;
-    ok(serde_json::json!({
-        "entries": entries.into_iter().map(json::ListEntry::from).collect::<Vec<_>>(),
-        "next_cursor": cursor,
-        "has_more": has_more,
-    }))
-}
-
-async fn create(call: &Call<'_>) -> Answer {
-    let body: json::CreateConversation = call.json()?;
-    let kind = json::parse_kind(&body.kind)
-        .ok_or_else(|| Failure::invalid("kind must be direct, group or temporary"))?;
-    let req = CreateRequest {
-        kind,
-        members: body.members,
-        name: body.name,
-        attributes: body.attributes,
-        ttl_secs: body.ttl_secs,
-        unique: body.unique,
-    };
-    let c = call.app.registry.create(&call.caller()?, req).await?;
-    let (_, value) = ok(json::Conversation::from(c))?;
-    Ok((StatusCode::CREATED, value))
-}
-
-async fn send(call: &Call<'_>, id: &str) -> Answer {
-    let body: json::SendMessage = call.json()?;
-    let req = SendRequest {
-        client_message_id: body.client_message_id,
-        kind: body.kind,
-        content: json::content_bytes(body.text, body.content).map_err(Failure::invalid)?,
-        attributes: body.attributes,
-        mentions: body.mentions,
-        transient: body.transient,
-        want_receipts: body.want_receipts,
-    };
-    let ack = call.app.registry.send(&call.caller()?, id, req).await?;
-    ok(json::SendAck {
-        message_id: ack.message_id,
-        seq: ack.seq,
-        server_time: ack.server_time,
-        duplicate: ack.duplicate,
-    })
-}
-
-fn history(call: &Call<'_>, id: &str) -> Answer {
-    let req = HistoryRequest {
-        before_seq: call.number("before_seq", 0)?,
-        limit: call.number("limit", 0)?,
-        oldest_first: call.flag("oldest_first")?,
-        start_seq: call.number("start_seq", 0)?,
-        start_time: call.number("start_time", 0)?,
-        end_seq: call.number("end_seq", 0)?,
-        end_time: call.number("end_time", 0)?,
-        cursor: call.param("cursor").unwrap_or_default(),
-        ..Default::default()
-    };
-    let (messages, has_more, cursor) = call.app.registry.history(&call.caller()?, id, req)?;
-    ok(serde_json::json!({
-        "messages": messages.into_iter().map(json::Message::from).collect::<Vec<_>>(),
-        "has_more": has_more,
-        "next_cursor": cursor,
-    }))
 }

@@ -610,3 +610,27 @@ async fn metrics_are_prometheus_text_and_move_with_the_work() {
     assert!(after["tidings_store_commit_seconds_count"] >= 4.0);
     assert!(after[r#"tidings_send_ack_seconds_bucket{le="+Inf"}"#] == 3.0);
 }
+
+#[tokio::test]
+async fn the_checked_in_openapi_document_is_what_the_code_generates() {
+    let server = admin_server().await;
+    let r = http(admin_addr(&server), "GET", "/openapi.json", None, None).await;
+    assert_eq!(r.status, 200);
+    let checked_in = include_str!("../../docs/openapi.json");
+    assert!(
+        tidings::admin::openapi::document() == checked_in
+            && r.body == serde_json::from_str::<Value>(checked_in).unwrap(),
+        "docs/openapi.json is stale: regenerate it with `cargo run -- openapi > docs/openapi.json`"
+    );
+    assert_eq!(r.body["openapi"], "3.1.0");
+    // Every endpoint the admin tests call is in it.
+    for path in [
+        "/v1/tokens",
+        "/v1/presence",
+        "/v1/conversations",
+        "/v1/conversations/{id}/messages",
+        "/v1/users/{user}/disconnect",
+    ] {
+        assert!(r.body["paths"].get(path).is_some(), "{path}");
+    }
+}

@@ -1,0 +1,367 @@
+//! The admin API's endpoints: each a thin call into the registry. The `utoipa::path`
+//! attributes are what `/openapi.json` is generated from.
+
+use super::json;
+use super::{
+    Answer, Call, ErrorBody, Failure, MAX_PRESENCE_USERS, NO_SESSION, TOKEN_TTL_DEFAULT_SECS,
+    TOKEN_TTL_MAX_SECS, ok,
+};
+use crate::protocol::pb::ErrorCode;
+use crate::registry::conversation::{CreateRequest, UpdateRequest};
+use crate::registry::{Caller, EditRequest, Error, HistoryRequest, ListRequest, SendRequest};
+use hyper::{Method, StatusCode};
+
+pub(super) async fn route(call: &Call<'_>, method: &Method, path: &[&str]) -> Answer {
+    match (method, path) {
+        (&Method::POST, ["tokens"]) => mint_token(call),
+        (&Method::GET, ["presence"]) => presence(call),
+        (&Method::POST, ["users", user, "disconnect"]) => disconnect(call, user),
+        (&Method::GET, ["users", user, "conversations"]) => list(call, user),
+        (&Method::GET, ["users", user, "unread"]) => unread(call, user),
+        (&Method::POST, ["conversations"]) => create(call).await,
+        (&Method::GET, ["conversations", id]) => get(call, id),
+        (&Method::PATCH, ["conversations", id]) => update(call, id).await,
+        (&Method::DELETE, ["conversations", id]) => delete(call, id).await,
+        (&Method::GET, ["conversations", id, "members"]) => members(call, id),
+        (&Method::POST, ["conversations", id, "members"]) => add_members(call, id).await,
+        (&Method::POST, ["conversations", id, "members", "remove"]) => {
+            remove_members(call, id).await
+        }
+        (&Method::POST, ["conversations", id, "messages"]) => send(call, id).await,
+        (&Method::GET, ["conversations", id, "messages"]) => history(call, id),
+        (&Method::PATCH, ["conversations", id, "messages", mid]) => edit(call, id, mid).await,
+        (&Method::POST, ["conversations", id, "messages", mid, "recall"]) => {
+            recall(call, id, mid).await
+        }
+        _ => Err(Failure::not_found()),
+    }
+}
+
+/// Mints a client token for a user.
+///
+/// RS256 when `jwt_rs256_private_key` is set, else HS256: for backends in languages without
+/// a JWT library.
+#[utoipa::path(post, path = "/v1/tokens", request_body = json::MintToken,
+    responses((status = 200, body = json::Token), (status = 400, body = ErrorBody)))]
+pub(super) fn mint_token(call: &Call<'_>) -> Answer {
+    let body: json::MintToken = call.json()?;
+    let ttl = body.ttl_secs.unwrap_or(TOKEN_TTL_DEFAULT_SECS);
+    if !(1..=TOKEN_TTL_MAX_SECS).contains(&ttl) {
+        return Err(Failure::invalid(format!(
+            "ttl_secs must be 1..={TOKEN_TTL_MAX_SECS}"
+        )));
+    }
+    call.app.registry.check_user_id(&body.user)?;
+    let now = call.app.clock.now_ms();
+    let config = &call.app.config;
+    let rs256 = config.jwt_rs256_private_key.is_some();
+    match crate::auth::mint(config, &body.user, ttl, now, rs256) {
+        Ok(token) => ok(json::Token {
+            token,
+            expires_at: (now / 1000 + ttl) * 1000,
+        }),
+        Err(crate::auth::KeyError::NoMethod) => Err(Failure::new(
+            StatusCode::CONFLICT,
+            ErrorCode::ErrorNotAllowedForKind,
+            "this server has no signing key (jwt_hs256_secret or jwt_rs256_private_key)",
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "minting a token failed");
+            Err(Error::Internal.into())
+        }
+    }
+}
+
+/// Which users are online, and on how many sessions.
+#[utoipa::path(get, path = "/v1/presence",
+    params(("users" = String, Query, description = "up to 100 user ids, comma-separated")),
+    responses((status = 200, body = json::Presence), (status = 422, body = ErrorBody)))]
+pub(super) fn presence(call: &Call<'_>) -> Answer {
+    let users: Vec<String> = call
+        .param("users")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if users.is_empty() {
+        return Err(Failure::invalid("name the users: ?users=a,b,c"));
+    }
+    if users.len() > MAX_PRESENCE_USERS {
+        return Err(Error::LimitExceeded(format!(
+            "{} users named; at most {MAX_PRESENCE_USERS}",
+            users.len()
+        ))
+        .into());
+    }
+    for u in &users {
+        call.app.registry.check_user_id(u)?;
+    }
+    let users = call
+        .app
+        .registry
+        .sessions_of(&users)
+        .into_iter()
+        .map(|(user, sessions)| json::UserPresence {
+            user,
+            online: sessions > 0,
+            sessions,
+        })
+        .collect();
+    ok(json::Presence { users })
+}
+
+/// Closes a user's sessions (on one device tag, when given).
+///
+/// Native sessions get close code 4012; LeanCloud clients `session/closed` 4115.
+#[utoipa::path(post, path = "/v1/users/{user}/disconnect", request_body = json::Disconnect,
+    params(("user" = String, Path)),
+    responses((status = 200, body = json::Disconnected)))]
+pub(super) fn disconnect(call: &Call<'_>, user: &str) -> Answer {
+    let body: json::Disconnect = call.json()?;
+    let closed = call.app.registry.disconnect(user, body.device.as_deref())?;
+    ok(json::Disconnected { closed })
+}
+
+/// A user's conversation list, as `ListConversations`.
+#[utoipa::path(get, path = "/v1/users/{user}/conversations",
+    params(("user" = String, Path), ("cursor" = Option<String>, Query),
+        ("limit" = Option<u32>, Query), ("kind" = Option<String>, Query),
+        ("pinned_only" = Option<bool>, Query), ("updated_after" = Option<i64>, Query),
+        ("updated_before" = Option<i64>, Query), ("omit_last_message" = Option<bool>, Query)),
+    responses((status = 200, body = json::ListPage)))]
+pub(super) fn list(call: &Call<'_>, user: &str) -> Answer {
+    call.app.registry.check_user_id(user)?;
+    let caller = Caller {
+        user: user.into(),
+        session: NO_SESSION,
+    };
+    let kind = match call.param("kind") {
+        None => 0,
+        Some(k) => json::parse_kind(&k)
+            .ok_or_else(|| Failure::invalid("kind must be direct, group or temporary"))?
+            as i32,
+    };
+    let req = ListRequest {
+        cursor: call.param("cursor").unwrap_or_default(),
+        limit: call.number("limit", 0)?,
+        updated_after: call.number("updated_after", 0)?,
+        updated_before: call.number("updated_before", 0)?,
+        pinned_only: call.flag("pinned_only")?,
+        kind,
+        omit_last_message: call.flag("omit_last_message")?,
+    };
+    let (entries, next_cursor, has_more) = call.app.registry.list_conversations(&caller, req)?;
+    ok(json::ListPage {
+        entries: entries.into_iter().map(json::ListEntry::from).collect(),
+        next_cursor,
+        has_more,
+    })
+}
+
+/// A user's unread counts, as sent at login.
+#[utoipa::path(get, path = "/v1/users/{user}/unread", params(("user" = String, Path)),
+    responses((status = 200, body = json::UnreadCounts)))]
+pub(super) fn unread(call: &Call<'_>, user: &str) -> Answer {
+    call.app.registry.check_user_id(user)?;
+    let summary = call.app.registry.unread_summary(user)?;
+    ok(json::UnreadCounts {
+        entries: summary
+            .entries
+            .into_iter()
+            .map(json::Unread::from)
+            .collect(),
+    })
+}
+
+/// Creates a conversation with the acting user as creator.
+///
+/// Direct conversations are idempotent on the pair; `unique` temporary and group ones on the
+/// member set.
+#[utoipa::path(post, path = "/v1/conversations", request_body = json::CreateConversation,
+    params(("as" = String, Query, description = "the acting user")),
+    responses((status = 201, body = json::Conversation), (status = 422, body = ErrorBody)))]
+pub(super) async fn create(call: &Call<'_>) -> Answer {
+    let body: json::CreateConversation = call.json()?;
+    let kind = json::parse_kind(&body.kind)
+        .ok_or_else(|| Failure::invalid("kind must be direct, group or temporary"))?;
+    let req = CreateRequest {
+        kind,
+        members: body.members,
+        name: body.name,
+        attributes: body.attributes,
+        ttl_secs: body.ttl_secs,
+        unique: body.unique,
+    };
+    let c = call.app.registry.create(&call.caller()?, req).await?;
+    let (_, value) = ok(json::Conversation::from(c))?;
+    Ok((StatusCode::CREATED, value))
+}
+
+/// One conversation, as the acting user sees it.
+#[utoipa::path(get, path = "/v1/conversations/{id}",
+    params(("id" = String, Path), ("as" = String, Query)),
+    responses((status = 200, body = json::Conversation), (status = 404, body = ErrorBody)))]
+pub(super) fn get(call: &Call<'_>, id: &str) -> Answer {
+    ok(json::Conversation::from(
+        call.app.registry.get(&call.caller()?, id)?,
+    ))
+}
+
+/// Changes a conversation's name and attributes.
+#[utoipa::path(patch, path = "/v1/conversations/{id}", request_body = json::UpdateConversation,
+    params(("id" = String, Path), ("as" = String, Query)),
+    responses((status = 200, body = json::Conversation)))]
+pub(super) async fn update(call: &Call<'_>, id: &str) -> Answer {
+    let body: json::UpdateConversation = call.json()?;
+    let req = UpdateRequest {
+        name: body.name,
+        set_attributes: body.set_attributes,
+        remove_attributes: body.remove_attributes,
+    };
+    ok(json::Conversation::from(
+        call.app.registry.update(&call.caller()?, id, req).await?,
+    ))
+}
+
+/// Deletes a conversation for everyone; `purge` drops its messages too.
+#[utoipa::path(delete, path = "/v1/conversations/{id}",
+    params(("id" = String, Path), ("as" = String, Query), ("purge" = Option<bool>, Query)),
+    responses((status = 200, body = json::Empty)))]
+pub(super) async fn delete(call: &Call<'_>, id: &str) -> Answer {
+    call.app
+        .registry
+        .delete_conversation(&call.caller()?, id, call.flag("purge")?)
+        .await?;
+    ok(json::Empty {})
+}
+
+/// A conversation's members, sorted, a page at a time.
+#[utoipa::path(get, path = "/v1/conversations/{id}/members",
+    params(("id" = String, Path), ("as" = String, Query), ("cursor" = Option<String>, Query),
+        ("limit" = Option<u32>, Query)),
+    responses((status = 200, body = json::MemberPage)))]
+pub(super) fn members(call: &Call<'_>, id: &str) -> Answer {
+    let (members, next_cursor, has_more) = call.app.registry.list_members(
+        &call.caller()?,
+        id,
+        &call.param("cursor").unwrap_or_default(),
+        call.number("limit", 0)?,
+    )?;
+    ok(json::MemberPage {
+        members,
+        next_cursor,
+        has_more,
+    })
+}
+
+/// Adds members.
+#[utoipa::path(post, path = "/v1/conversations/{id}/members", request_body = json::Members,
+    params(("id" = String, Path), ("as" = String, Query)),
+    responses((status = 200, body = json::Conversation)))]
+pub(super) async fn add_members(call: &Call<'_>, id: &str) -> Answer {
+    let body: json::Members = call.json()?;
+    ok(json::Conversation::from(
+        call.app
+            .registry
+            .add_members(&call.caller()?, id, &body.members)
+            .await?,
+    ))
+}
+
+/// Removes members.
+#[utoipa::path(post, path = "/v1/conversations/{id}/members/remove",
+    request_body = json::Members, params(("id" = String, Path), ("as" = String, Query)),
+    responses((status = 200, body = json::Conversation), (status = 403, body = ErrorBody)))]
+pub(super) async fn remove_members(call: &Call<'_>, id: &str) -> Answer {
+    let body: json::Members = call.json()?;
+    ok(json::Conversation::from(
+        call.app
+            .registry
+            .remove_members(&call.caller()?, id, &body.members)
+            .await?,
+    ))
+}
+
+/// Sends a message as the acting user; answered once durable.
+#[utoipa::path(post, path = "/v1/conversations/{id}/messages", request_body = json::SendMessage,
+    params(("id" = String, Path), ("as" = String, Query)),
+    responses((status = 200, body = json::SendAck), (status = 403, body = ErrorBody)))]
+pub(super) async fn send(call: &Call<'_>, id: &str) -> Answer {
+    let body: json::SendMessage = call.json()?;
+    let req = SendRequest {
+        client_message_id: body.client_message_id,
+        kind: body.kind,
+        content: json::content_bytes(body.text, body.content).map_err(Failure::invalid)?,
+        attributes: body.attributes,
+        mentions: body.mentions,
+        transient: body.transient,
+        want_receipts: body.want_receipts,
+    };
+    let ack = call.app.registry.send(&call.caller()?, id, req).await?;
+    ok(json::SendAck {
+        message_id: ack.message_id,
+        seq: ack.seq,
+        server_time: ack.server_time,
+        duplicate: ack.duplicate,
+    })
+}
+
+/// History as the acting user sees it, as `FetchHistory`.
+#[utoipa::path(get, path = "/v1/conversations/{id}/messages",
+    params(("id" = String, Path), ("as" = String, Query), ("before_seq" = Option<u64>, Query),
+        ("limit" = Option<u32>, Query), ("oldest_first" = Option<bool>, Query),
+        ("start_seq" = Option<u64>, Query), ("start_time" = Option<i64>, Query),
+        ("end_seq" = Option<u64>, Query), ("end_time" = Option<i64>, Query),
+        ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = json::MessagePage)))]
+pub(super) fn history(call: &Call<'_>, id: &str) -> Answer {
+    let req = HistoryRequest {
+        before_seq: call.number("before_seq", 0)?,
+        limit: call.number("limit", 0)?,
+        oldest_first: call.flag("oldest_first")?,
+        start_seq: call.number("start_seq", 0)?,
+        start_time: call.number("start_time", 0)?,
+        end_seq: call.number("end_seq", 0)?,
+        end_time: call.number("end_time", 0)?,
+        cursor: call.param("cursor").unwrap_or_default(),
+        ..Default::default()
+    };
+    let (messages, has_more, next_cursor) = call.app.registry.history(&call.caller()?, id, req)?;
+    ok(json::MessagePage {
+        messages: messages.into_iter().map(json::Message::from).collect(),
+        has_more,
+        next_cursor,
+    })
+}
+
+/// Edits the acting user's message (within `edit_window_secs`).
+#[utoipa::path(patch, path = "/v1/conversations/{id}/messages/{message_id}",
+    request_body = json::EditMessage,
+    params(("id" = String, Path), ("message_id" = String, Path), ("as" = String, Query)),
+    responses((status = 200, body = json::Message), (status = 409, body = ErrorBody)))]
+pub(super) async fn edit(call: &Call<'_>, id: &str, message_id: &str) -> Answer {
+    let body: json::EditMessage = call.json()?;
+    let req = EditRequest {
+        message_id: message_id.to_owned(),
+        content: json::content_bytes(body.text, body.content).map_err(Failure::invalid)?,
+        replace_attributes: body.attributes.is_some(),
+        attributes: body.attributes.unwrap_or_default(),
+    };
+    ok(json::Message::from(
+        call.app.registry.edit(&call.caller()?, id, req).await?,
+    ))
+}
+
+/// Recalls the acting user's message (within `recall_window_secs`).
+#[utoipa::path(post, path = "/v1/conversations/{id}/messages/{message_id}/recall",
+    params(("id" = String, Path), ("message_id" = String, Path), ("as" = String, Query)),
+    responses((status = 200, body = json::Message), (status = 409, body = ErrorBody)))]
+pub(super) async fn recall(call: &Call<'_>, id: &str, message_id: &str) -> Answer {
+    ok(json::Message::from(
+        call.app
+            .registry
+            .recall(&call.caller()?, id, message_id)
+            .await?,
+    ))
+}
