@@ -21,6 +21,7 @@ pub fn run(open: Open<'_>) {
         ("user events paging", user_events),
         ("patch index: time order, moves, purge", patch_index),
         ("aliases: lookup, purge", aliases),
+        ("webhook outbox, cursors, dead letters", outbox),
         ("everything survives reopen", reopen),
         (
             "list state: tombstones, one-way deletes, receipts",
@@ -550,4 +551,69 @@ fn aliases(open: Open<'_>) {
         None
     );
     assert_eq!(s.message_alias(3, "m").unwrap(), None);
+}
+
+fn outbox(open: Open<'_>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    assert_eq!(s.last_outbox_seq().unwrap(), 0);
+    assert_eq!(s.webhook_cursor("crm").unwrap(), 0);
+    let rec = |n: u8| bytes::Bytes::from(vec![n; 3]);
+    s.commit(&[
+        Op::PutOutbox {
+            seq: 1,
+            record: rec(1),
+        },
+        Op::PutOutbox {
+            seq: 2,
+            record: rec(2),
+        },
+        Op::PutOutbox {
+            seq: 300,
+            record: rec(3),
+        },
+        Op::PutWebhookCursor {
+            endpoint: "crm".into(),
+            seq: 1,
+        },
+        Op::PutDeadLetter {
+            endpoint: "crm".into(),
+            seq: 2,
+            record: rec(2),
+        },
+        Op::PutDeadLetter {
+            endpoint: "crmx".into(),
+            seq: 1,
+            record: rec(9),
+        },
+    ])
+    .unwrap();
+    assert_eq!(s.last_outbox_seq().unwrap(), 300);
+    let after = |a: u64, l: usize| s.outbox_after(a, l).unwrap();
+    assert_eq!(
+        after(0, 10),
+        vec![(1, vec![1; 3]), (2, vec![2; 3]), (300, vec![3; 3])]
+    );
+    assert_eq!(after(1, 1), vec![(2, vec![2; 3])]);
+    assert_eq!(after(300, 10), vec![]);
+    assert_eq!(s.webhook_cursor("crm").unwrap(), 1);
+    assert_eq!(s.webhook_cursor("cr").unwrap(), 0);
+    // One endpoint's dead letters never run into another's with a longer name.
+    assert_eq!(s.dead_letters("crm", 0, 10).unwrap(), vec![(2, vec![2; 3])]);
+    assert_eq!(
+        s.dead_letters("crmx", 0, 10).unwrap(),
+        vec![(1, vec![9; 3])]
+    );
+    assert_eq!(s.dead_letters("crm", 2, 10).unwrap(), vec![]);
+    s.commit(&[
+        Op::DeleteOutbox { seq: 1 },
+        Op::DeleteDeadLetter {
+            endpoint: "crm".into(),
+            seq: 2,
+        },
+    ])
+    .unwrap();
+    assert_eq!(after(0, 10).len(), 2);
+    assert_eq!(s.dead_letters("crm", 0, 10).unwrap(), vec![]);
+    assert_eq!(s.last_outbox_seq().unwrap(), 300);
 }

@@ -261,29 +261,37 @@ mod tests {
         }
     }
 
-    /// A dump of format-2 data loads as format 2; the next open upgrades it to 3, which only
-    /// changes the version: every other entry stays as format 2 wrote it.
+    /// Dumps of format-2 and format-3 data load as their format; the next open upgrades them
+    /// to the current one, which (from 2 on) only changes the version: every other entry
+    /// stays as the old format wrote it.
     #[test]
-    fn a_format_2_dump_is_upgraded_when_the_store_next_opens() {
-        let fixture: &[u8] = include_bytes!("../../tests/fixtures/store-v2.dump");
+    fn format_2_and_3_dumps_are_upgraded_when_the_store_next_opens() {
+        let fixtures: [(u64, &[u8]); 2] = [
+            (2, include_bytes!("../../tests/fixtures/store-v2.dump")),
+            (3, include_bytes!("../../tests/fixtures/store-v3.dump")),
+        ];
         let version = crate::store::keys::format_version();
-        for engine in crate::store::ENGINES {
+        let current = crate::store::keys::FORMAT_VERSION;
+        for ((old, fixture), engine) in fixtures
+            .into_iter()
+            .flat_map(|f| crate::store::ENGINES.map(|e| (f, e)))
+        {
             let dir = tempfile::tempdir().unwrap();
             let before = {
                 let s = crate::store::open(engine, dir.path(), 8 << 20).unwrap();
                 import(s.as_ref(), &mut &fixture[..]).unwrap();
                 all(s.as_ref())
             };
-            assert!(before.contains(&(version.clone(), 2u64.to_be_bytes().to_vec())));
+            assert!(before.contains(&(version.clone(), old.to_be_bytes().to_vec())));
             let s = crate::store::open(engine, dir.path(), 8 << 20).unwrap();
             let after = all(s.as_ref());
-            assert!(after.contains(&(version.clone(), 3u64.to_be_bytes().to_vec())));
+            assert!(after.contains(&(version.clone(), current.to_be_bytes().to_vec())));
             let data = |v: Vec<(Vec<u8>, Vec<u8>)>| {
                 v.into_iter()
                     .filter(|(k, _)| *k != version)
                     .collect::<Vec<_>>()
             };
-            assert_eq!(data(after), data(before), "{engine}");
+            assert_eq!(data(after), data(before), "format {old}, {engine}");
             // The fixture's edit and recall are in the patch index format 2 built.
             let seqs: Vec<u64> = s
                 .patches_after(1, 0, 10)
@@ -291,7 +299,7 @@ mod tests {
                 .into_iter()
                 .map(|(_, seq)| seq)
                 .collect();
-            assert_eq!(seqs, vec![2, 3], "{engine}");
+            assert_eq!(seqs, vec![2, 3], "format {old}, {engine}");
         }
     }
 

@@ -23,11 +23,15 @@
 //! | `V`    | (the key is the prefix alone)    | format version (u64)           |
 //! | `A`    | conversation alias               | conv (u64)                     |
 //! | `B`    | conv ‖ message alias             | seq (u64)                      |
+//! | `O`    | outbox seq                       | OutboxRecord (webhook event)   |
+//! | `Y`    | endpoint name                    | last outbox seq it was given (u64) |
+//! | `Z`    | endpoint name ‖ outbox seq       | OutboxRecord (dead letter)     |
 //!
 //! Format versions ([`FORMAT_VERSION`]): 1, the layout without `P` and `V` (a store without a
 //! `V` key that holds data is version 1); 2 adds the patch index `P` and the version key; 3 adds
 //! the aliases `A` and `B` of imported conversations and messages (the ids they had on the
-//! platform they came from; nothing to convert from 2).
+//! platform they came from; nothing to convert from 2); 4 adds the webhook outbox `O`, the
+//! endpoints' positions in it `Y` and their dead letters `Z` (nothing to convert from 3).
 
 pub const CONVERSATION: u8 = b'C';
 pub const MEMBER: u8 = b'M';
@@ -47,9 +51,12 @@ pub const PATCH: u8 = b'P';
 pub const FORMAT: u8 = b'V';
 pub const CONVERSATION_ALIAS: u8 = b'A';
 pub const MESSAGE_ALIAS: u8 = b'B';
+pub const OUTBOX: u8 = b'O';
+pub const WEBHOOK_CURSOR: u8 = b'Y';
+pub const DEAD_LETTER: u8 = b'Z';
 
 /// The key layout this build reads and writes.
-pub const FORMAT_VERSION: u64 = 3;
+pub const FORMAT_VERSION: u64 = 4;
 
 /// A key under construction.
 pub struct Key(Vec<u8>);
@@ -178,6 +185,19 @@ pub fn message_alias(conv: u64, alias: &str) -> Vec<u8> {
 }
 pub fn message_aliases_of(conv: u64) -> Vec<u8> {
     Key::new(MESSAGE_ALIAS).u64(conv).build()
+}
+pub fn outbox(seq: u64) -> Vec<u8> {
+    Key::new(OUTBOX).u64(seq).build()
+}
+/// Endpoint names are at most 255 bytes (checked by the configuration).
+pub fn webhook_cursor(endpoint: &str) -> Vec<u8> {
+    Key::new(WEBHOOK_CURSOR).tail(endpoint.as_bytes()).build()
+}
+pub fn dead_letter(endpoint: &str, seq: u64) -> Vec<u8> {
+    Key::new(DEAD_LETTER).user(endpoint).u64(seq).build()
+}
+pub fn dead_letters_of(endpoint: &str) -> Vec<u8> {
+    Key::new(DEAD_LETTER).user(endpoint).build()
 }
 pub fn format_version() -> Vec<u8> {
     vec![FORMAT]

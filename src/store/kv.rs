@@ -175,6 +175,8 @@ impl<E: OrderedKv> KvStore<E> {
                 1 => self.index_patches()?,
                 // 2 → 3 adds key kinds that only new imports write: nothing to convert.
                 2 => 0,
+                // 3 → 4 adds the webhook outbox, which only new events fill.
+                3 => 0,
                 _ => unreachable!("every version below the current one has a step"),
             };
             version += 1;
@@ -296,6 +298,17 @@ fn write_of(op: &Op) -> Write {
             keys::message_alias(*conv, alias),
             seq.to_be_bytes().to_vec(),
         ),
+        Op::PutOutbox { seq, record } => Write::Put(keys::outbox(*seq), record.to_vec()),
+        Op::DeleteOutbox { seq } => Write::Delete(keys::outbox(*seq)),
+        Op::PutWebhookCursor { endpoint, seq } => {
+            Write::Put(keys::webhook_cursor(endpoint), seq.to_be_bytes().to_vec())
+        }
+        Op::PutDeadLetter {
+            endpoint,
+            seq,
+            record,
+        } => Write::Put(keys::dead_letter(endpoint, *seq), record.to_vec()),
+        Op::DeleteDeadLetter { endpoint, seq } => Write::Delete(keys::dead_letter(endpoint, *seq)),
         Op::PurgeConversation { .. } => unreachable!("purges are expanded by commit"),
     }
 }
@@ -465,6 +478,46 @@ impl<E: OrderedKv> Store for KvStore<E> {
             .first()
             .and_then(|(k, _)| be_u64(k, prefix.len()))
             .unwrap_or(0))
+    }
+
+    fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let lo = keys::outbox(after.saturating_add(1));
+        let hi = prefix_end(&[keys::OUTBOX]);
+        Ok(self
+            .engine
+            .range(&lo, hi.as_deref(), false, limit)?
+            .into_iter()
+            .filter_map(|(k, v)| Some((be_u64(&k, 1)?, v)))
+            .collect())
+    }
+
+    fn last_outbox_seq(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .scan(&[keys::OUTBOX], true, 1)?
+            .first()
+            .and_then(|(k, _)| be_u64(k, 1))
+            .unwrap_or(0))
+    }
+
+    fn webhook_cursor(&self, endpoint: &str) -> Result<u64, StoreError> {
+        Ok(self.number(&keys::webhook_cursor(endpoint))?.unwrap_or(0))
+    }
+
+    fn dead_letters(
+        &self,
+        endpoint: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let prefix = keys::dead_letters_of(endpoint);
+        let lo = keys::dead_letter(endpoint, after.saturating_add(1));
+        let hi = prefix_end(&prefix);
+        Ok(self
+            .engine
+            .range(&lo, hi.as_deref(), false, limit)?
+            .into_iter()
+            .filter_map(|(k, v)| Some((be_u64(&k, prefix.len())?, v)))
+            .collect())
     }
 
     fn counter(&self, counter: Counter) -> Result<u64, StoreError> {

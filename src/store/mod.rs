@@ -171,6 +171,29 @@ pub enum Op {
         alias: String,
         seq: u64,
     },
+    /// A webhook event, at `seq` of the outbox (committed with the change it reports).
+    PutOutbox {
+        seq: u64,
+        record: bytes::Bytes,
+    },
+    DeleteOutbox {
+        seq: u64,
+    },
+    /// Webhook endpoint `endpoint` has been given (or has dead-lettered) everything up to `seq`.
+    PutWebhookCursor {
+        endpoint: String,
+        seq: u64,
+    },
+    /// An event `endpoint` could not take, kept for a replay.
+    PutDeadLetter {
+        endpoint: String,
+        seq: u64,
+        record: bytes::Bytes,
+    },
+    DeleteDeadLetter {
+        endpoint: String,
+        seq: u64,
+    },
     /// Deletes everything about `conv`: record, members, their per-user entries, read
     /// positions and one-way deletions, messages, dedup and receipt entries, its expiry and
     /// unique-member-set entries, patch index, aliases, including what earlier ops of the same commit wrote.
@@ -268,6 +291,20 @@ pub trait Store: Send + Sync + 'static {
     fn conversation_alias(&self, alias: &str) -> Result<Option<u64>, StoreError>;
     /// The seq of the message of `conv` imported under `alias`, if any.
     fn message_alias(&self, conv: u64, alias: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Webhook outbox records after `after`, oldest first, at most `limit`: `(seq, record)`.
+    fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// The newest outbox seq (0: none stored).
+    fn last_outbox_seq(&self) -> Result<u64, StoreError>;
+    /// How far webhook endpoint `endpoint` has got in the outbox (0: nowhere).
+    fn webhook_cursor(&self, endpoint: &str) -> Result<u64, StoreError>;
+    /// Dead letters of `endpoint` after `after`, oldest first, at most `limit`.
+    fn dead_letters(
+        &self,
+        endpoint: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 
     /// Bytes the engine occupies on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;

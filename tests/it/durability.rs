@@ -333,6 +333,27 @@ impl tidings::store::Store for FailingStore {
     fn message_alias(&self, conv: u64, a: &str) -> Result<Option<u64>, tidings::store::StoreError> {
         self.inner.message_alias(conv, a)
     }
+    fn outbox_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, tidings::store::StoreError> {
+        self.inner.outbox_after(after, limit)
+    }
+    fn last_outbox_seq(&self) -> Result<u64, tidings::store::StoreError> {
+        self.inner.last_outbox_seq()
+    }
+    fn webhook_cursor(&self, endpoint: &str) -> Result<u64, tidings::store::StoreError> {
+        self.inner.webhook_cursor(endpoint)
+    }
+    fn dead_letters(
+        &self,
+        endpoint: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, tidings::store::StoreError> {
+        self.inner.dead_letters(endpoint, after, limit)
+    }
     fn size_on_disk(&self) -> Result<u64, tidings::store::StoreError> {
         self.inner.size_on_disk()
     }

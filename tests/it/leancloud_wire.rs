@@ -832,6 +832,12 @@ async fn a_format_2_store_is_upgraded_at_start_and_its_old_edits_replay() {
     old_store_upgrades_and_replays("store-v2").await;
 }
 
+/// The same for a store written by format 3 (before the webhook outbox).
+#[tokio::test]
+async fn a_format_3_store_is_upgraded_at_start_and_its_old_edits_replay() {
+    old_store_upgrades_and_replays("store-v3").await;
+}
+
 async fn old_store_upgrades_and_replays(fixture: &str) {
     let dir = tempfile::tempdir().unwrap();
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -171,6 +171,23 @@ impl Store for Gated {
     fn message_alias(&self, conv: u64, alias: &str) -> Result<Option<u64>, StoreError> {
         self.inner.message_alias(conv, alias)
     }
+    fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.inner.outbox_after(after, limit)
+    }
+    fn last_outbox_seq(&self) -> Result<u64, StoreError> {
+        self.inner.last_outbox_seq()
+    }
+    fn webhook_cursor(&self, endpoint: &str) -> Result<u64, StoreError> {
+        self.inner.webhook_cursor(endpoint)
+    }
+    fn dead_letters(
+        &self,
+        endpoint: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.inner.dead_letters(endpoint, after, limit)
+    }
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.inner.size_on_disk()
     }
