@@ -24,6 +24,7 @@ pub mod clock;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod http_client;
 pub mod hub;
 pub mod import;
 pub mod leancloud;

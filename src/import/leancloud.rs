@@ -6,7 +6,7 @@
 //! imported counts as read. Running it again imports only what is new (by id) and changes
 //! nothing else. See docs/leancloud.md, Import.
 
-use super::http::{self, Base};
+use crate::http_client::{self as http, Base};
 use crate::leancloud::query::time_ms;
 use crate::registry::import::{ImportConversation, ImportMessage};
 use crate::registry::{Error, Registry};

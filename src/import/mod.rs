@@ -2,5 +2,4 @@
 //! ([`crate::registry::import`]): `tidings import leancloud` runs them on a store it opens
 //! itself, with the server stopped; the same code can serve a live server's admin API.
 
-pub mod http;
 pub mod leancloud;

@@ -1,10 +1,10 @@
-//! A minimal HTTP/1.1 JSON client for imports (GET only), on the hyper the server already
-//! uses, with `https://` through the rustls the server's TLS uses (Mozilla's roots from
-//! `webpki-roots`, plus any CA certificates given).
+//! A minimal HTTP/1.1 client for imports (GET JSON) and webhooks (POST), on the hyper the
+//! server already uses, with `https://` through the rustls the server's TLS uses (Mozilla's
+//! roots from `webpki-roots`, plus any CA certificates given).
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_rustls::rustls;
@@ -115,6 +115,9 @@ pub fn encode(s: &str) -> String {
 #[error("{0}")]
 struct TlsFailed(String);
 
+/// The largest JSON answer an import reads (a page of history).
+const MAX_JSON_ANSWER: usize = 256 << 20;
+
 /// Attempts per request; 429 (rate limited) and connection failures are retried.
 const ATTEMPTS: u32 = 6;
 
@@ -137,7 +140,16 @@ pub async fn get_json(
     let mut wait = Duration::from_millis(500);
     let mut attempt = 1;
     loop {
-        match get_once(base, &uri, headers).await {
+        match send_once(
+            base,
+            hyper::Method::GET,
+            &uri,
+            headers,
+            Bytes::new(),
+            MAX_JSON_ANSWER,
+        )
+        .await
+        {
             Ok((status, body)) if status.is_success() => {
                 return serde_json::from_slice(&body)
                     .with_context(|| format!("GET {path}: the answer is not JSON"));
@@ -160,10 +172,34 @@ pub async fn get_json(
     }
 }
 
-async fn get_once(
+/// POSTs `body` to `path` (under the base's prefix) once, within `timeout`; returns the status
+/// and at most the first 64 KiB of the answer. For webhooks, which retry on their own terms.
+pub async fn post(
     base: &Base,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Bytes,
+    timeout: Duration,
+) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+    let uri = format!("{}{path}", base.prefix);
+    match tokio::time::timeout(
+        timeout,
+        send_once(base, hyper::Method::POST, &uri, headers, body, 64 << 10),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => bail!("no answer within {} ms", timeout.as_millis()),
+    }
+}
+
+async fn send_once(
+    base: &Base,
+    method: hyper::Method,
     uri: &str,
     headers: &[(&str, String)],
+    body: Bytes,
+    max_answer: usize,
 ) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
     let stream = tokio::net::TcpStream::connect((base.host.as_str(), base.port))
         .await
@@ -180,24 +216,26 @@ async fn get_once(
             handshake(tls).await?
         }
     };
-    let mut req = hyper::Request::get(uri)
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(uri)
         .header(hyper::header::HOST, base.authority())
         .header(hyper::header::ACCEPT, "application/json");
     for (k, v) in headers {
         req = req.header(*k, v);
     }
-    let res = sender
-        .send_request(req.body(Empty::<Bytes>::new())?)
-        .await?;
+    let res = sender.send_request(req.body(Full::new(body))?).await?;
     let status = res.status();
-    let body = res.into_body().collect().await?.to_bytes();
+    let body = http_body_util::Limited::new(res.into_body(), max_answer)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
+        .to_bytes();
     Ok((status, body))
 }
 
 /// An HTTP/1.1 connection over `io`, driven by its own task.
-async fn handshake<T>(
-    io: T,
-) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>
+async fn handshake<T>(io: T) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
