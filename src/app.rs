@@ -24,6 +24,8 @@ pub struct App {
     pub writer: Writer,
     /// What `/metrics` serves.
     pub metrics: crate::metrics::Metrics,
+    /// The newest webhook outbox seq, when webhooks are on.
+    pub outbox: Option<tokio::sync::watch::Receiver<u64>>,
     session_ids: AtomicU64,
 }
 
@@ -63,6 +65,7 @@ impl App {
             stats,
             writer,
             thread,
+            outbox,
         } = Core::open(config.clone(), clock.clone(), store.clone(), fatal)?;
         let metrics = crate::metrics::Metrics::new(
             stats.clone(),
@@ -80,6 +83,7 @@ impl App {
             stats,
             writer,
             metrics,
+            outbox,
             session_ids: AtomicU64::new(1),
         };
         Ok((Arc::new(app), thread))
@@ -99,6 +103,8 @@ pub struct Core {
     pub stats: Arc<Stats>,
     pub writer: Writer,
     pub thread: WriterThread,
+    /// The newest webhook outbox seq, when webhooks are on.
+    pub outbox: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl Core {
@@ -112,6 +118,13 @@ impl Core {
     ) -> anyhow::Result<Core> {
         let stats = Arc::new(Stats::default());
         let hub = Arc::new(Hub::new(stats.clone()));
+        // The webhook outbox is written only while some endpoint is configured.
+        let (outbox, outbox_seqs) = if config.webhooks.is_empty() {
+            (None, None)
+        } else {
+            let (o, rx) = crate::registry::writer::Outbox::new(store.last_outbox_seq()?);
+            (Some(o), Some(rx))
+        };
         let (writer, thread) = Writer::start(
             store.clone(),
             hub.clone(),
@@ -121,6 +134,7 @@ impl Core {
                 max_batch: config.max_commit_batch,
                 event_retention: u64::from(config.event_log_retention),
             },
+            outbox,
             fatal,
         );
         let registry = Arc::new(Registry::new(
@@ -132,6 +146,7 @@ impl Core {
             writer.clone(),
         )?);
         Ok(Core {
+            outbox: outbox_seqs,
             registry,
             hub,
             stats,

@@ -11,6 +11,25 @@ use std::path::{Path, PathBuf};
 /// one token can guess a short secret offline and then mint tokens for every user.
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
 
+/// One webhook endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEndpoint {
+    /// A stable name (1 to 64 letters, digits, `-`, `_`): its position in the outbox is kept
+    /// under it, so renaming it starts it from the end of the outbox.
+    pub name: String,
+    /// `http://` or `https://` URL events are POSTed to.
+    pub url: String,
+    /// Signing secret, `whsec_` then base64 (Standard Webhooks).
+    pub secret: String,
+    /// During a rotation: the old secret, whose signature is sent too.
+    #[serde(default)]
+    pub previous_secret: Option<String>,
+    /// Event types to send (`message.created`, `conversation.*`…); empty: all.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
 /// Server configuration. Field docs name the unit; the default is in `Default`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -194,6 +213,28 @@ pub struct Config {
     /// are counted and reported in one line per second.
     pub log_kind_lines_per_sec: u32,
 
+    /// Webhook endpoints (TOML `[[webhooks]]` tables only): where events are POSTed.
+    pub webhooks: Vec<WebhookEndpoint>,
+    /// Events per webhook POST, at most.
+    pub webhook_batch_max: usize,
+    /// How long a webhook endpoint waits for more events before POSTing a batch that is not
+    /// full, ms.
+    pub webhook_batch_wait_ms: u64,
+    /// A webhook POST must be answered within this, ms.
+    pub webhook_timeout_ms: u64,
+    /// First retry delay of a failed webhook POST, ms; doubled per attempt (with jitter).
+    pub webhook_retry_base_ms: u64,
+    /// Longest delay between webhook attempts, ms.
+    pub webhook_retry_max_ms: u64,
+    /// Attempts at one batch before its events are dead-lettered and later ones proceed.
+    pub webhook_max_attempts: u32,
+    /// A batch whose first attempt is older than this is dead-lettered at its next failure, s.
+    pub webhook_max_age_secs: u64,
+    /// Bytes of webhook events kept undelivered; past it the oldest are dropped (counted in
+    /// `tidings_webhook_events_dropped_total` and logged) so a dead endpoint never fills the
+    /// disk.
+    pub webhook_outbox_max_bytes: u64,
+
     /// LeanCloud dialect: the app id its SDKs send (`appId`). The dialect is off unless set.
     pub leancloud_app_id: Option<String>,
     /// LeanCloud dialect: the key that signs and verifies login and conversation signatures
@@ -312,6 +353,15 @@ impl Default for Config {
             log_format: "text".into(),
             log_value_max_chars: 128,
             log_kind_lines_per_sec: 10,
+            webhooks: Vec::new(),
+            webhook_batch_max: 100,
+            webhook_batch_wait_ms: 50,
+            webhook_timeout_ms: 5_000,
+            webhook_retry_base_ms: 500,
+            webhook_retry_max_ms: 300_000,
+            webhook_max_attempts: 12,
+            webhook_max_age_secs: 86_400,
+            webhook_outbox_max_bytes: 256 << 20,
             leancloud_app_id: None,
             leancloud_master_key: None,
             leancloud_open_conversations: true,
@@ -440,6 +490,55 @@ impl Config {
                  `tidings secret`",
                 key.len()
             )));
+        }
+        let mut names = std::collections::HashSet::new();
+        for w in &self.webhooks {
+            if w.name.is_empty()
+                || w.name.len() > 64
+                || !w
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "webhook name {:?}: 1 to 64 letters, digits, - or _",
+                    w.name
+                )));
+            }
+            if !names.insert(w.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "two webhooks are named {:?}",
+                    w.name
+                )));
+            }
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "webhook {:?}: url must be http:// or https://",
+                    w.name
+                )));
+            }
+            for s in std::iter::once(&w.secret).chain(&w.previous_secret) {
+                if crate::webhooks::secret_bytes(s).is_none() {
+                    return Err(ConfigError::Invalid(format!(
+                        "webhook {:?}: a secret is `whsec_` then base64 of at least 24 bytes \
+                         (generate one with `tidings secret --webhook`)",
+                        w.name
+                    )));
+                }
+            }
+            if let Some(e) = w
+                .events
+                .iter()
+                .find(|e| !crate::webhooks::is_event_filter(e))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "webhook {:?}: unknown event {e:?}",
+                    w.name
+                )));
+            }
+        }
+        if self.webhook_batch_max == 0 || self.webhook_max_attempts == 0 {
+            return bad("webhook_batch_max and webhook_max_attempts must be at least 1");
         }
         if self.admin_max_connections == 0 || self.admin_max_body_bytes == 0 {
             return bad("admin_max_connections and admin_max_body_bytes must be at least 1");
@@ -732,5 +831,33 @@ mod tests {
             Config::load(None, vec![], &["nonsense".into()]),
             Err(ConfigError::BadSet(_))
         ));
+    }
+
+    #[test]
+    fn webhook_endpoints_are_checked() {
+        let file = |body: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t.toml");
+            std::fs::write(&path, format!("insecure_dev = true\n{body}")).unwrap();
+            Config::load(Some(&path), vec![], &[])
+                .and_then(|l| l.config.validate().map(|()| l.config))
+        };
+        let good = "[[webhooks]]\nname = \"crm\"\nurl = \"https://example.com/hook\"\n\
+                    secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n\
+                    events = [\"message.*\", \"conversation.created\"]\n";
+        let c = file(good).unwrap();
+        assert_eq!(c.webhooks[0].events.len(), 2);
+        for (from, to) in [
+            ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_c2hvcnQ="),
+            ("https://example.com/hook", "ftp://example.com"),
+            ("message.*", "message.sent"),
+            ("name = \"crm\"", "name = \"c r m\""),
+        ] {
+            let e = file(&good.replace(from, to)).unwrap_err().to_string();
+            assert!(e.contains("webhook"), "{to}: {e}");
+        }
+        let twice = format!("{good}{}", good);
+        assert!(file(&twice).unwrap_err().to_string().contains("two webhooks"));
     }
 }

@@ -181,7 +181,10 @@ pub async fn post(
     body: Bytes,
     timeout: Duration,
 ) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
-    let uri = format!("{}{path}", base.prefix);
+    let uri = match format!("{}{path}", base.prefix) {
+        u if u.is_empty() => "/".to_owned(),
+        u => u,
+    };
     match tokio::time::timeout(
         timeout,
         send_once(base, hyper::Method::POST, &uri, headers, body, 64 << 10),

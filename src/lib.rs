@@ -38,3 +38,4 @@ pub mod server;
 pub mod session;
 pub mod stats;
 pub mod store;
+pub mod webhooks;

@@ -56,8 +56,13 @@ enum Command {
         #[command(subcommand)]
         from: ImportFrom,
     },
-    /// Print a new random HS256 secret (32 random bytes as hex) for jwt_hs256_secret.
-    Secret,
+    /// Print a new random secret: 32 random bytes as hex, for jwt_hs256_secret and
+    /// admin_api_keys, or with --webhook a `whsec_` signing secret for a webhook endpoint.
+    Secret {
+        /// A webhook signing secret (`whsec_` and base64).
+        #[arg(long)]
+        webhook: bool,
+    },
     /// Print the admin API's OpenAPI 3.1 document (also served at /openapi.json).
     Openapi,
     /// Mint a login token from the configured key (for trying things out and load tests).
@@ -124,9 +129,13 @@ fn main() -> anyhow::Result<()> {
         print!("{}", tidings::admin::openapi::document());
         return Ok(());
     }
-    if let Command::Secret = cli.command {
+    if let Command::Secret { webhook } = cli.command {
         // Needs no configuration: it is how the configuration gets its secret.
-        println!("{}", tidings::auth::new_secret()?);
+        if webhook {
+            println!("{}", tidings::webhooks::new_secret()?);
+        } else {
+            println!("{}", tidings::auth::new_secret()?);
+        }
         return Ok(());
     }
     let mut sets = cli.sets.clone();
@@ -173,7 +182,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { .. } => serve(config, &ignored_env),
-        Command::Secret | Command::Openapi => {
+        Command::Secret { .. } | Command::Openapi => {
             unreachable!("handled before loading the configuration")
         }
         Command::Store { action } => store(&config, action),
@@ -232,7 +241,7 @@ fn store(config: &Config, action: StoreAction) -> anyhow::Result<()> {
 }
 
 /// Why an environment variable was ignored.
-fn import(config: Config, from: ImportFrom) -> anyhow::Result<()> {
+fn import(mut config: Config, from: ImportFrom) -> anyhow::Result<()> {
     use tidings::import::leancloud::{self, Source};
     let ImportFrom::Leancloud {
         url,
@@ -262,6 +271,8 @@ fn import(config: Config, from: ImportFrom) -> anyhow::Result<()> {
         _ => anyhow::bail!("give --url, or --conversations and --messages"),
     };
     config.validate()?;
+    // Imported history is not news: it reaches no webhook.
+    config.webhooks.clear();
     std::fs::create_dir_all(&config.data_dir)?;
     let store = tidings::store::open(
         &config.store_engine,

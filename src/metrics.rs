@@ -149,6 +149,31 @@ impl Collector for Counts {
                 s.messages_committed.get(),
             ),
             ("store_commits", "Group commits", s.commits.get()),
+            (
+                "webhook_events_written",
+                "Webhook events written to the outbox",
+                s.webhook_events_written.get(),
+            ),
+            (
+                "webhook_events_delivered",
+                "Webhook events an endpoint took (2xx)",
+                s.webhook_events_delivered.get(),
+            ),
+            (
+                "webhook_attempts_failed",
+                "Webhook POSTs that failed",
+                s.webhook_attempts_failed.get(),
+            ),
+            (
+                "webhook_dead_letters",
+                "Webhook events dead-lettered",
+                s.webhook_dead_letters.get(),
+            ),
+            (
+                "webhook_events_dropped",
+                "Webhook events dropped over webhook_outbox_max_bytes",
+                s.webhook_events_dropped.get(),
+            ),
         ];
         for (name, help, v) in counters {
             counter(&mut e, name, help, v)?;
@@ -169,6 +194,12 @@ impl Collector for Counts {
                 "pending_logins",
                 "Upgraded connections not logged in yet",
                 s.pending_logins.get(),
+            ),
+            (
+                "webhook_outbox_bytes",
+                "Bytes of webhook events not yet delivered to every endpoint",
+                s.webhook_outbox_bytes
+                    .load(std::sync::atomic::Ordering::Relaxed),
             ),
             (
                 "writer_queue",

@@ -130,23 +130,27 @@ pub async fn start_with(
         admin = ?admin_addr,
         "listening"
     );
-    let admin = admin.map(|l| {
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(crate::admin::run(
+    // The admin API and webhook deliveries: stopped once the sessions have drained.
+    let services = CancellationToken::new();
+    let mut tasks = Vec::new();
+    if let Some(l) = admin {
+        tasks.push(tokio::spawn(crate::admin::run(
             l,
             app.clone(),
             shutdown.clone(),
-            stop.clone(),
-        ));
-        (stop, task)
-    });
+            services.clone(),
+        )));
+    }
+    if let Some(seqs) = app.outbox.clone() {
+        tasks.extend(crate::webhooks::spawn(app.clone(), seqs, services.clone())?);
+    }
     let task = tokio::spawn(run(
         listener,
         app.clone(),
         shutdown.clone(),
         writer_thread,
         tls.clone(),
-        admin,
+        (services, tasks),
     ));
     Ok(RunningServer {
         addr,
@@ -221,7 +225,7 @@ pub async fn run(
     shutdown: CancellationToken,
     writer_thread: crate::registry::writer::WriterThread,
     tls: Option<tls::Acceptor>,
-    admin: Option<(CancellationToken, JoinHandle<()>)>,
+    services: (CancellationToken, Vec<JoinHandle<()>>),
 ) -> anyhow::Result<()> {
     let c = &app.config;
     let origins = c
@@ -294,10 +298,12 @@ pub async fn run(
     // An upgrade that raced the start of the drain.
     shared.sessions.wait().await;
     // The admin API serves until the sessions are gone (a backend may still be reading or
-    // sending), then its requests in progress finish before the store closes.
-    if let Some((stop, task)) = admin {
-        stop.cancel();
-        let _ = task.await;
+    // sending), then its requests in progress finish before the store closes. Webhook
+    // deliveries stop with it; what they had not delivered stays in the outbox.
+    let (stop_services, tasks) = services;
+    stop_services.cancel();
+    for t in tasks {
+        let _ = t.await;
     }
     tracing::info!(
         took_ms = started.elapsed().as_millis() as u64,

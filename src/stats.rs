@@ -13,7 +13,10 @@ pub struct Counter {
 
 impl Counter {
     pub fn inc(&self) {
-        self.value.fetch_add(1, Ordering::Relaxed);
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
         self.changed.notify_waiters();
     }
     pub fn get(&self) -> u64 {
@@ -120,6 +123,18 @@ pub struct Stats {
     pub wills_sent: Counter,
     pub messages_committed: Count,
     pub commits: Count,
+    /// Webhook events written to the outbox.
+    pub webhook_events_written: Count,
+    /// Webhook events an endpoint answered 2xx for.
+    pub webhook_events_delivered: Counter,
+    /// Webhook POSTs that failed (not answered 2xx in time).
+    pub webhook_attempts_failed: Counter,
+    /// Webhook events dead-lettered after their batch's last attempt.
+    pub webhook_dead_letters: Counter,
+    /// Webhook events dropped undelivered because the outbox was over its byte cap.
+    pub webhook_events_dropped: Counter,
+    /// Bytes of webhook events in the outbox.
+    pub webhook_outbox_bytes: AtomicU64,
     /// Distributions for `/metrics`.
     pub histograms: Histograms,
 }

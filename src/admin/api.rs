@@ -33,7 +33,55 @@ pub(super) async fn route(call: &Call<'_>, method: &Method, path: &[&str]) -> An
         (&Method::POST, ["conversations", id, "messages", mid, "recall"]) => {
             recall(call, id, mid).await
         }
+        (&Method::GET, ["webhooks", name, "dead-letters"]) => dead_letters(call, name),
+        (&Method::POST, ["webhooks", name, "dead-letters", "replay"]) => replay(call, name).await,
         _ => Err(Failure::not_found()),
+    }
+}
+
+fn endpoint_named(call: &Call<'_>, name: &str) -> Result<(), Failure> {
+    if call.app.config.webhooks.iter().any(|w| w.name == name) {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::ErrorInvalidArgument,
+            format!("no webhook endpoint named {name:?}"),
+        ))
+    }
+}
+
+/// An endpoint's dead letters (events whose batch ran out of attempts), oldest first.
+#[utoipa::path(get, path = "/v1/webhooks/{name}/dead-letters",
+    params(("name" = String, Path), ("after" = Option<u64>, Query, description = "outbox seq"),
+        ("limit" = Option<u32>, Query, description = "at most 1000, default 100")),
+    responses((status = 200, body = json::DeadLetters), (status = 404, body = ErrorBody)))]
+pub(super) fn dead_letters(call: &Call<'_>, name: &str) -> Answer {
+    endpoint_named(call, name)?;
+    let limit = call.number("limit", 100usize)?.clamp(1, 1000);
+    let rows = crate::webhooks::dead_letters(call.app, name, call.number("after", 0u64)?, limit)
+        .map_err(Error::from)?;
+    ok(json::DeadLetters {
+        next_after: rows.last().map_or(0, |(seq, _)| *seq),
+        events: rows.into_iter().map(|(_, e)| e).collect(),
+    })
+}
+
+/// Sends an endpoint's oldest dead letters to it again, as one batch (up to `limit`, default
+/// 100); the ones it takes are deleted.
+#[utoipa::path(post, path = "/v1/webhooks/{name}/dead-letters/replay",
+    params(("name" = String, Path), ("limit" = Option<u32>, Query)),
+    responses((status = 200, body = json::Replayed), (status = 502, body = ErrorBody)))]
+pub(super) async fn replay(call: &Call<'_>, name: &str) -> Answer {
+    endpoint_named(call, name)?;
+    let limit = call.number("limit", 100usize)?.clamp(1, 1000);
+    match crate::webhooks::replay(call.app, name, limit).await {
+        Ok(replayed) => ok(json::Replayed { replayed }),
+        Err(why) => Err(Failure::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::ErrorUnavailable,
+            format!("the endpoint did not take them: {why}"),
+        )),
     }
 }
 

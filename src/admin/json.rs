@@ -354,3 +354,17 @@ pub struct UnreadCounts {
 /// An empty answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Empty {}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetters {
+    /// The events, as they would have been sent (`id` is their outbox seq).
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<serde_json::Value>,
+    /// Pass as `after` for the next page (0: none).
+    pub next_after: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Replayed {
+    pub replayed: usize,
+}

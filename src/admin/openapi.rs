@@ -29,6 +29,8 @@ use utoipa::OpenApi;
         api::history,
         api::edit,
         api::recall,
+        api::dead_letters,
+        api::replay,
     ),
     components(schemas(ErrorBody, json::Conversation, json::Message, json::ListEntry, json::Unread)),
     modifiers(&Security),

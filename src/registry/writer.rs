@@ -61,6 +61,26 @@ pub struct Settings {
     pub event_retention: u64,
 }
 
+/// Where the writer puts webhook events: the outbox's next seq, and who hears of new ones.
+pub struct Outbox {
+    next: u64,
+    newest: tokio::sync::watch::Sender<u64>,
+}
+
+impl Outbox {
+    /// An outbox continuing after `last` (the newest seq stored).
+    pub fn new(last: u64) -> (Outbox, tokio::sync::watch::Receiver<u64>) {
+        let (newest, rx) = tokio::sync::watch::channel(last);
+        (
+            Outbox {
+                next: last + 1,
+                newest,
+            },
+            rx,
+        )
+    }
+}
+
 /// Cheap handle to the writer thread.
 #[derive(Clone)]
 pub struct Writer {
@@ -156,6 +176,7 @@ impl Writer {
         hub: Arc<Hub>,
         stats: Arc<Stats>,
         settings: Settings,
+        outbox: Option<Outbox>,
         on_failure: CancellationToken,
     ) -> (Writer, WriterThread) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -177,7 +198,7 @@ impl Writer {
                     hub,
                     dispatcher: dispatch_tx,
                 };
-                run(rx, store, handout, stats, settings, f, on_failure)
+                run(rx, store, handout, stats, settings, outbox, (f, on_failure))
             })
             .expect("spawn writer thread");
         let permits = Arc::new(Semaphore::new(settings.max_pending));
@@ -274,8 +295,9 @@ fn run(
     handout: Handout,
     stats: Arc<Stats>,
     settings: Settings,
-    failed: Arc<AtomicBool>,
-    on_failure: CancellationToken,
+    mut outbox: Option<Outbox>,
+    // Set, and cancelled, when a commit fails.
+    (failed, on_failure): (Arc<AtomicBool>, CancellationToken),
 ) {
     let max_batch = settings.max_batch;
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
@@ -304,6 +326,8 @@ fn run(
                 &mut ops,
                 store.as_ref(),
                 settings.event_retention,
+                outbox.as_mut().map(|o| &mut o.next),
+                &stats,
             )
             .and_then(|()| {
                 if ops.is_empty() {
@@ -329,6 +353,11 @@ fn run(
                 h.commit_ops.observe(ops.len() as f64);
             }
             stats.commits.inc();
+            if let Some(o) = &outbox
+                && o.next - 1 > *o.newest.borrow()
+            {
+                o.newest.send_replace(o.next - 1);
+            }
             let messages = ops
                 .iter()
                 .filter(|o| matches!(o, Op::PutMessage { .. }))
@@ -355,10 +384,23 @@ fn gather(
     ops: &mut Vec<Op>,
     store: &dyn Store,
     retention: u64,
+    mut outbox: Option<&mut u64>,
+    stats: &Stats,
 ) -> Result<(), crate::store::StoreError> {
     let mut last: std::collections::HashMap<crate::store::UserId, u64> = Default::default();
     for job in jobs.iter_mut() {
         ops.append(&mut job.ops);
+        // Webhook events, in the same commit as the change they report.
+        if let Some(next) = outbox.as_deref_mut() {
+            for record in crate::webhooks::records_of(&job.events, &job.deliveries) {
+                stats
+                    .webhook_outbox_bytes
+                    .fetch_add(record.len() as u64, Ordering::Relaxed);
+                stats.webhook_events_written.add(1);
+                ops.push(Op::PutOutbox { seq: *next, record });
+                *next += 1;
+            }
+        }
         for LoggedEvent {
             user,
             mut event,

@@ -539,7 +539,7 @@ fn samples(text: &str) -> std::collections::HashMap<String, f64> {
     out
 }
 
-async fn metrics(server: &TestServer) -> std::collections::HashMap<String, f64> {
+pub async fn metrics_of(server: &TestServer) -> std::collections::HashMap<String, f64> {
     let addr = admin_addr(server);
     let text = within(async {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -569,7 +569,7 @@ async fn metrics(server: &TestServer) -> std::collections::HashMap<String, f64> 
 #[tokio::test]
 async fn metrics_are_prometheus_text_and_move_with_the_work() {
     let server = admin_server().await;
-    let before = metrics(&server).await;
+    let before = metrics_of(&server).await;
     assert_eq!(before["tidings_messages_committed_total"], 0.0);
     assert_eq!(before["tidings_sessions"], 0.0);
     assert!(before["tidings_process_resident_memory_bytes"] > 0.0);
@@ -598,7 +598,7 @@ async fn metrics_are_prometheus_text_and_move_with_the_work() {
         .await;
         message(&mut peer).await;
     }
-    let after = metrics(&server).await;
+    let after = metrics_of(&server).await;
     assert_eq!(after["tidings_messages_committed_total"], 3.0);
     assert_eq!(after["tidings_send_ack_seconds_count"], 3.0);
     assert_eq!(after["tidings_sessions"], 1.0);

@@ -29,3 +29,4 @@ mod stuck_clients;
 mod temporary;
 mod tls;
 mod token_expiry;
+mod webhooks;

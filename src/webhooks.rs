@@ -1,0 +1,603 @@
+//! Webhooks: events POSTed to the app's backend, signed as Standard Webhooks 1.0 says.
+//!
+//! **Outbox.** The writer derives the events from what a committed job pushes (messages,
+//! updates, conversation events) and stores them under `O` in the same commit as the change,
+//! so a crash can neither lose an event nor report a change that did not commit. Each endpoint
+//! keeps its position in the outbox (`Y`), moved only after its endpoint answered 2xx: delivery
+//! is at least once, in outbox order (which is commit order, so in order per conversation).
+//! Records every endpoint has passed are deleted.
+//!
+//! **Delivery.** One task per endpoint POSTs `{"events": [...]}` batches (up to
+//! `webhook_batch_max`, after waiting `webhook_batch_wait_ms` for more) with `webhook-id`
+//! (stable across retries of a batch), `webhook-timestamp`, `webhook-signature` (`v1,` then the
+//! base64 HMAC-SHA256 of `id.timestamp.body`, with a second signature during a secret rotation)
+//! and `webhook-attempt`. A failure is retried with exponential backoff and jitter; after
+//! `webhook_max_attempts` attempts or `webhook_max_age_secs` the batch is dead-lettered (`Z`)
+//! and later events proceed. While the outbox holds more than `webhook_outbox_max_bytes`, a
+//! failed batch of the endpoint furthest behind is dropped (counted and logged) instead of
+//! retried, so a dead endpoint never fills the disk or slows a send.
+
+use crate::admin::json;
+use crate::app::App;
+use crate::config::WebhookEndpoint;
+use crate::hub::Delivery;
+use crate::protocol::PushEvent;
+use crate::protocol::pb::{self, ConversationEventKind, server_frame::Body};
+use crate::registry::LoggedEvent;
+use crate::store::Op;
+use base64::Engine as _;
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use prost::Message as _;
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The event types, as endpoints filter them.
+pub const EVENT_TYPES: [&str; 9] = [
+    "message.created",
+    "message.edited",
+    "message.recalled",
+    "conversation.created",
+    "conversation.members_added",
+    "conversation.members_removed",
+    "conversation.updated",
+    "conversation.deleted",
+    "conversation.expired",
+];
+
+/// Whether `f` names an event type, or a group of them (`message.*`, `*`).
+pub fn is_event_filter(f: &str) -> bool {
+    f == "*"
+        || EVENT_TYPES.contains(&f)
+        || f.strip_suffix(".*")
+            .is_some_and(|g| EVENT_TYPES.iter().any(|t| t.split('.').next() == Some(g)))
+}
+
+fn wants(filter: &[String], kind: &str) -> bool {
+    filter.is_empty()
+        || filter.iter().any(|f| {
+            f == "*"
+                || f == kind
+                || f.strip_suffix(".*")
+                    .is_some_and(|g| kind.split('.').next() == Some(g))
+        })
+}
+
+/// The key bytes of a `whsec_` secret (at least 24 of them).
+pub fn secret_bytes(s: &str) -> Option<Vec<u8>> {
+    let b = base64::engine::general_purpose::STANDARD
+        .decode(s.strip_prefix("whsec_")?)
+        .ok()?;
+    (b.len() >= 24).then_some(b)
+}
+
+/// A new signing secret: `whsec_` and 32 random bytes, base64.
+pub fn new_secret() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    ))
+}
+
+/// `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`.
+pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// The outbox records of one job: the encoded push of each distinct change it reports (a
+/// conversation event is pushed to each member; it is one record).
+pub(crate) fn records_of(events: &[LoggedEvent], deliveries: &[Delivery]) -> Vec<Bytes> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut add = |key: String, frame: Bytes| {
+        if seen.insert(key) {
+            out.push(frame);
+        }
+    };
+    for e in events {
+        if let Some(key) = event_key(&e.event) {
+            let body = Body::ConversationEvent(pb::ConversationEvent {
+                user_seq: 0,
+                ..e.event.clone()
+            });
+            add(key, Bytes::from(frame_of(body)));
+        }
+    }
+    for d in deliveries {
+        match d.frame.event() {
+            PushEvent::Message(m) => {
+                if let Ok(msg) = pb::Message::decode(m.as_ref()) {
+                    add(format!("m {}", msg.id), d.frame.native().clone());
+                }
+            }
+            PushEvent::Other(body) => match body.as_ref() {
+                Body::ConversationEvent(e) => {
+                    if let Some(key) = event_key(e) {
+                        let body = Body::ConversationEvent(pb::ConversationEvent {
+                            user_seq: 0,
+                            ..e.clone()
+                        });
+                        add(key, Bytes::from(frame_of(body)));
+                    }
+                }
+                Body::MessageUpdated(u) => {
+                    if let Some(m) = &u.message {
+                        let key = format!("u {} {} {}", m.id, m.edit_count, m.recalled);
+                        add(key, d.frame.native().clone());
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    out
+}
+
+fn frame_of(body: Body) -> Vec<u8> {
+    pb::ServerFrame {
+        id: 0,
+        body: Some(body),
+    }
+    .encode_to_vec()
+}
+
+/// One change, one key; `None` for events no webhook reports (a member's own mute).
+fn event_key(e: &pb::ConversationEvent) -> Option<String> {
+    let kind = ConversationEventKind::try_from(e.kind).ok()?;
+    if matches!(
+        kind,
+        ConversationEventKind::Muted | ConversationEventKind::Unspecified
+    ) {
+        return None;
+    }
+    Some(format!(
+        "e {} {} {} {}",
+        e.kind, e.conversation_id, e.server_time, e.by
+    ))
+}
+
+/// The webhook event of an outbox record: type, time (ms) and data.
+fn render(seq: u64, record: &[u8]) -> Option<(&'static str, Value)> {
+    let frame = pb::ServerFrame::decode(record).ok()?;
+    let (kind, at, data) = match frame.body? {
+        Body::Message(m) => (
+            "message.created",
+            m.server_time,
+            json!({ "message": json::Message::from(m) }),
+        ),
+        Body::MessageUpdated(u) => {
+            let m = u.message?;
+            let (kind, at) = if m.recalled {
+                ("message.recalled", m.recalled_at)
+            } else {
+                ("message.edited", m.edited_at)
+            };
+            (kind, at, json!({ "message": json::Message::from(m) }))
+        }
+        Body::ConversationEvent(e) => {
+            let kind = match ConversationEventKind::try_from(e.kind).ok()? {
+                ConversationEventKind::Created => "conversation.created",
+                ConversationEventKind::MembersAdded => "conversation.members_added",
+                ConversationEventKind::MembersRemoved | ConversationEventKind::Left => {
+                    "conversation.members_removed"
+                }
+                ConversationEventKind::Updated => "conversation.updated",
+                ConversationEventKind::Deleted => "conversation.deleted",
+                ConversationEventKind::Expired => "conversation.expired",
+                _ => return None,
+            };
+            let left = e.kind == ConversationEventKind::Left as i32;
+            (
+                kind,
+                e.server_time,
+                json!({
+                    "conversation_id": e.conversation_id,
+                    "by": e.by,
+                    "members": e.members,
+                    "left": left,
+                    "conversation": e.conversation.map(json::Conversation::from),
+                }),
+            )
+        }
+        _ => return None,
+    };
+    Some((
+        kind,
+        json!({ "id": seq.to_string(), "type": kind, "timestamp": at, "data": data }),
+    ))
+}
+
+/// What the endpoint tasks share.
+struct Shared {
+    app: Arc<App>,
+    /// Each endpoint's position in the outbox.
+    cursors: Mutex<HashMap<String, u64>>,
+    /// Records up to here are deleted.
+    pruned: Mutex<u64>,
+    /// Serializes pruning.
+    pruning: tokio::sync::Mutex<()>,
+}
+
+/// Starts one delivery task per configured endpoint; they stop when `stop` is cancelled (an
+/// attempt in flight is abandoned: its batch is sent again at the next start).
+pub fn spawn(
+    app: Arc<App>,
+    seqs: watch::Receiver<u64>,
+    stop: CancellationToken,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let store = &app.store;
+    let mut cursors = HashMap::new();
+    for e in &app.config.webhooks {
+        cursors.insert(e.name.clone(), store.webhook_cursor(&e.name)?);
+    }
+    // What is kept undelivered now (the writer adds what it writes from here on).
+    let low = cursors.values().copied().min().unwrap_or(0);
+    let mut bytes = 0u64;
+    let mut after = low;
+    loop {
+        let rows = store.outbox_after(after, 1024)?;
+        let Some(&(last, _)) = rows.last() else {
+            break;
+        };
+        bytes += rows.iter().map(|(_, r)| r.len() as u64).sum::<u64>();
+        after = last;
+    }
+    app.stats
+        .webhook_outbox_bytes
+        .fetch_add(bytes, Ordering::Relaxed);
+    let shared = Arc::new(Shared {
+        app: app.clone(),
+        cursors: Mutex::new(cursors.clone()),
+        pruned: Mutex::new(0),
+        pruning: tokio::sync::Mutex::new(()),
+    });
+    let mut tasks = Vec::new();
+    for e in &app.config.webhooks {
+        let target = crate::http_client::Base::parse(&e.url, None)?;
+        let ep = Endpoint {
+            keys: std::iter::once(&e.secret)
+                .chain(&e.previous_secret)
+                .filter_map(|s| secret_bytes(s))
+                .collect(),
+            config: e.clone(),
+            target,
+        };
+        tasks.push(tokio::spawn(run_endpoint(
+            shared.clone(),
+            ep,
+            cursors[&e.name],
+            seqs.clone(),
+            stop.clone(),
+        )));
+    }
+    Ok(tasks)
+}
+
+struct Endpoint {
+    config: WebhookEndpoint,
+    keys: Vec<Vec<u8>>,
+    target: crate::http_client::Base,
+}
+
+impl Endpoint {
+    /// POSTs `body` as batch `id`; `Ok` on a 2xx answer.
+    async fn post(&self, app: &App, id: &str, body: &Bytes, attempt: u32) -> Result<(), String> {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let signatures: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| signature(k, id, ts, body))
+            .collect();
+        let headers = [
+            ("content-type", "application/json".to_owned()),
+            ("webhook-id", id.to_owned()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", signatures.join(" ")),
+            ("webhook-attempt", attempt.to_string()),
+            (
+                "user-agent",
+                concat!("tidings/", env!("CARGO_PKG_VERSION")).to_owned(),
+            ),
+        ];
+        let timeout = Duration::from_millis(app.config.webhook_timeout_ms);
+        // The base keeps the URL's path as its prefix: post to it as it is.
+        match crate::http_client::post(&self.target, "", &headers, body.clone(), timeout).await {
+            Ok((status, _)) if status.is_success() => Ok(()),
+            Ok((status, _)) => Err(format!("answered {status}")),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+}
+
+async fn run_endpoint(
+    shared: Arc<Shared>,
+    ep: Endpoint,
+    mut cursor: u64,
+    mut seqs: watch::Receiver<u64>,
+    stop: CancellationToken,
+) {
+    let app = shared.app.clone();
+    let c = &app.config;
+    let name = ep.config.name.clone();
+    loop {
+        let newest = *seqs.borrow_and_update();
+        if newest <= cursor {
+            tokio::select! {
+                r = seqs.changed() => if r.is_err() { return },
+                _ = stop.cancelled() => return,
+            }
+            continue;
+        }
+        if newest - cursor < c.webhook_batch_max as u64 && c.webhook_batch_wait_ms > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(c.webhook_batch_wait_ms)) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+        let rows = match app.store.outbox_after(cursor, c.webhook_batch_max) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(endpoint = %name, error = %e, "reading the webhook outbox failed");
+                return;
+            }
+        };
+        let Some(&(upto, _)) = rows.last() else {
+            // Everything up to `newest` was pruned (dropped over the cap).
+            cursor = newest;
+            continue;
+        };
+        // The events this endpoint takes, and their records (what a dead letter keeps).
+        let (kept, events): (Vec<(u64, &Vec<u8>)>, Vec<Value>) = rows
+            .iter()
+            .filter_map(|(seq, r)| {
+                let (kind, v) = render(*seq, r)?;
+                wants(&ep.config.events, kind).then_some(((*seq, r), v))
+            })
+            .unzip();
+        if events.is_empty() {
+            if advance(&shared, &name, upto, Vec::new()).await.is_err() {
+                return;
+            }
+            cursor = upto;
+            continue;
+        }
+        let first = kept[0].0;
+        let id = format!("msg_{name}_{first}_{upto}");
+        let body = Bytes::from(json!({ "events": events }).to_string());
+        let started = Instant::now();
+        let mut attempt = 1u32;
+        loop {
+            let result = tokio::select! {
+                r = ep.post(&app, &id, &body, attempt) => r,
+                // Abandoned: sent again at the next start.
+                _ = stop.cancelled() => return,
+            };
+            match result {
+                Ok(()) => {
+                    app.stats.webhook_events_delivered.add(events.len() as u64);
+                    if advance(&shared, &name, upto, Vec::new()).await.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                Err(why) => {
+                    app.stats.webhook_attempts_failed.inc();
+                    let give_up = attempt >= c.webhook_max_attempts
+                        || started.elapsed() >= Duration::from_secs(c.webhook_max_age_secs);
+                    tracing::warn!(endpoint = %name, batch = %id, attempt, error = %why, dead_letter = give_up, "webhook delivery failed");
+                    if give_up || (over_cap(&app) && holds_oldest(&shared, &name, cursor)) {
+                        let ops = if give_up {
+                            app.stats.webhook_dead_letters.add(kept.len() as u64);
+                            kept.iter()
+                                .map(|(seq, r)| Op::PutDeadLetter {
+                                    endpoint: name.clone(),
+                                    seq: *seq,
+                                    record: Bytes::from((*r).clone()),
+                                })
+                                .collect()
+                        } else {
+                            app.stats.webhook_events_dropped.add(kept.len() as u64);
+                            tracing::warn!(endpoint = %name, events = kept.len(), "webhook outbox over webhook_outbox_max_bytes: the oldest events are dropped");
+                            Vec::new()
+                        };
+                        if advance(&shared, &name, upto, ops).await.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                    let base = c.webhook_retry_base_ms.max(1);
+                    let delay = base
+                        .saturating_mul(1u64 << (attempt - 1).min(30))
+                        .min(c.webhook_retry_max_ms.max(base));
+                    // Jitter: a random point in the upper half of the delay.
+                    let delay = delay / 2 + jitter(delay / 2 + 1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+        cursor = upto;
+    }
+}
+
+/// A pseudo-random number below `n` (for retry jitter; not for secrets).
+fn jitter(n: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(n);
+    h.finish() % n.max(1)
+}
+
+fn over_cap(app: &App) -> bool {
+    app.stats.webhook_outbox_bytes.load(Ordering::Relaxed) > app.config.webhook_outbox_max_bytes
+}
+
+/// Whether `name` is (one of) the endpoints furthest behind: its events are what keeps the
+/// oldest records.
+fn holds_oldest(shared: &Shared, name: &str, cursor: u64) -> bool {
+    let cursors = shared.cursors.lock().unwrap_or_else(|p| p.into_inner());
+    cursors.get(name).copied().unwrap_or(cursor) <= cursors.values().copied().min().unwrap_or(0)
+}
+
+/// Stores the endpoint's new position (with `ops`, its dead letters), then deletes the records
+/// every endpoint has passed.
+async fn advance(shared: &Shared, name: &str, upto: u64, mut ops: Vec<Op>) -> Result<(), ()> {
+    let app = &shared.app;
+    ops.push(Op::PutWebhookCursor {
+        endpoint: name.to_owned(),
+        seq: upto,
+    });
+    commit(app, ops).await?;
+    let low = {
+        let mut cursors = shared.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        cursors.insert(name.to_owned(), upto);
+        cursors.values().copied().min().unwrap_or(0)
+    };
+    let _guard = shared.pruning.lock().await;
+    let from = *shared.pruned.lock().unwrap_or_else(|p| p.into_inner());
+    let mut after = from;
+    while after < low {
+        let rows = app
+            .store
+            .outbox_after(after, 512)
+            .map_err(|e| tracing::error!(error = %e, "reading the webhook outbox failed"))?;
+        let rows: Vec<_> = rows.into_iter().filter(|(s, _)| *s <= low).collect();
+        let Some(&(last, _)) = rows.last() else {
+            break;
+        };
+        let bytes: u64 = rows.iter().map(|(_, r)| r.len() as u64).sum();
+        commit(
+            app,
+            rows.iter()
+                .map(|(seq, _)| Op::DeleteOutbox { seq: *seq })
+                .collect(),
+        )
+        .await?;
+        app.stats
+            .webhook_outbox_bytes
+            .fetch_sub(bytes, Ordering::Relaxed);
+        after = last;
+    }
+    *shared.pruned.lock().unwrap_or_else(|p| p.into_inner()) = low.max(from);
+    Ok(())
+}
+
+async fn commit(app: &App, ops: Vec<Op>) -> Result<(), ()> {
+    let permit = app.writer.reserve().await.map_err(|_| ())?;
+    let rx = app.writer.submit(permit, ops, Vec::new(), Vec::new());
+    crate::registry::writer::wait(rx).await.map_err(|_| ())
+}
+
+/// Dead letters of an endpoint, rendered, after `after`: `(seq, event)`.
+pub fn dead_letters(
+    app: &App,
+    endpoint: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(u64, Value)>, crate::store::StoreError> {
+    Ok(app
+        .store
+        .dead_letters(endpoint, after, limit)?
+        .into_iter()
+        .filter_map(|(seq, r)| Some((seq, render(seq, &r)?.1)))
+        .collect())
+}
+
+/// Sends an endpoint's dead letters (up to `limit`, oldest first) to it again, as one batch;
+/// the ones sent are deleted. Returns how many were sent.
+pub async fn replay(app: &App, endpoint: &str, limit: usize) -> Result<usize, String> {
+    let Some(config) = app.config.webhooks.iter().find(|w| w.name == endpoint) else {
+        return Err(format!("no webhook endpoint named {endpoint:?}"));
+    };
+    let rows = app
+        .store
+        .dead_letters(endpoint, 0, limit)
+        .map_err(|e| e.to_string())?;
+    let Some(&(last, _)) = rows.last() else {
+        return Ok(0);
+    };
+    let events: Vec<Value> = rows
+        .iter()
+        .filter_map(|(seq, r)| render(*seq, r))
+        .map(|(_, v)| v)
+        .collect();
+    let ep = Endpoint {
+        keys: std::iter::once(&config.secret)
+            .chain(&config.previous_secret)
+            .filter_map(|s| secret_bytes(s))
+            .collect(),
+        target: crate::http_client::Base::parse(&config.url, None).map_err(|e| e.to_string())?,
+        config: config.clone(),
+    };
+    let id = format!("replay_{endpoint}_{}_{last}", rows[0].0);
+    let body = Bytes::from(json!({ "events": events }).to_string());
+    ep.post(app, &id, &body, 1).await?;
+    let ops = rows
+        .iter()
+        .map(|(seq, _)| Op::DeleteDeadLetter {
+            endpoint: endpoint.to_owned(),
+            seq: *seq,
+        })
+        .collect();
+    commit(app, ops)
+        .await
+        .map_err(|()| "the store is unavailable".to_owned())?;
+    Ok(rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_and_secrets() {
+        assert!(is_event_filter("message.created"));
+        assert!(is_event_filter("conversation.*"));
+        assert!(is_event_filter("*"));
+        assert!(!is_event_filter("message.sent"));
+        assert!(!is_event_filter("user.*"));
+        let f = vec!["message.*".to_owned()];
+        assert!(wants(&f, "message.recalled"));
+        assert!(!wants(&f, "conversation.created"));
+        assert!(wants(&[], "conversation.created"));
+        assert!(secret_bytes("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_some());
+        assert!(secret_bytes("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_none());
+        assert!(secret_bytes("whsec_c2hvcnQ=").is_none());
+        assert!(secret_bytes(&new_secret().unwrap()).is_some());
+    }
+
+    /// The example of the Standard Webhooks specification.
+    #[test]
+    fn signs_as_the_specification_does() {
+        let key = secret_bytes("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            signature(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+}

@@ -1,0 +1,451 @@
+//! Webhooks: a real receiver (HTTP on port 0) that answers as a test tells it, deliveries
+//! checked against the specification with an independent implementation (`standardwebhooks`,
+//! from npm), retries, dead letters and their replay, the byte cap, and a SIGKILL between
+//! commit and delivery.
+
+use crate::admin::{KEY, ok};
+use crate::harness::*;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use tidings::config::WebhookEndpoint;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const OLD_SECRET: &str = "whsec_dGhlIG9sZCBzZWNyZXQsIGJlaW5nIHJvdGF0ZWQgb3V0";
+
+/// One POST the receiver got, and what it answered.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub headers: HashMap<String, String>,
+    pub body: String,
+    pub status: u16,
+}
+
+impl Hit {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
+    pub fn events(&self) -> Vec<Value> {
+        let v: Value = serde_json::from_str(&self.body).unwrap();
+        v["events"].as_array().unwrap().clone()
+    }
+}
+
+/// A webhook receiver: answers each POST with the next queued status, else the default.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    hits: tokio::sync::mpsc::UnboundedReceiver<Hit>,
+    queued: Arc<Mutex<VecDeque<u16>>>,
+    default: Arc<AtomicU16>,
+}
+
+impl Receiver {
+    pub async fn start(default: u16) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, hits) = tokio::sync::mpsc::unbounded_channel();
+        let queued = Arc::new(Mutex::new(VecDeque::new()));
+        let default = Arc::new(AtomicU16::new(default));
+        let (q, d) = (queued.clone(), default.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (tx, q, d) = (tx.clone(), q.clone(), d.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                        let (tx, q, d) = (tx.clone(), q.clone(), d.clone());
+                        async move {
+                            let headers = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+                                .collect();
+                            let body: hyper::body::Incoming = req.into_body();
+                            let body = body.collect().await.unwrap().to_bytes();
+                            let status = q
+                                .lock()
+                                .unwrap()
+                                .pop_front()
+                                .unwrap_or(d.load(Ordering::SeqCst));
+                            let _ = tx.send(Hit {
+                                headers,
+                                body: String::from_utf8(body.to_vec()).unwrap(),
+                                status,
+                            });
+                            let mut r = hyper::Response::new(Full::new(bytes::Bytes::new()));
+                            *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Receiver {
+            addr,
+            hits,
+            queued,
+            default,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hooks/tidings", self.addr)
+    }
+
+    pub fn answer_next(&self, statuses: &[u16]) {
+        self.queued.lock().unwrap().extend(statuses);
+    }
+
+    pub fn answer(&self, status: u16) {
+        self.default.store(status, Ordering::SeqCst);
+    }
+
+    pub async fn next(&mut self) -> Hit {
+        within(self.hits.recv()).await.expect("the receiver runs")
+    }
+
+    /// Hits until the 2xx-answered ones hold `n` events; returns every hit.
+    pub async fn until_events(&mut self, n: usize) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        let mut got = 0;
+        while got < n {
+            let h = self.next().await;
+            if h.status < 300 {
+                got += h.events().len();
+            }
+            hits.push(h);
+        }
+        hits
+    }
+}
+
+fn endpoint(url: String, events: &[&str]) -> WebhookEndpoint {
+    WebhookEndpoint {
+        name: "crm".into(),
+        url,
+        secret: SECRET.into(),
+        previous_secret: None,
+        events: events.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+async fn webhook_server(
+    receiver: &Receiver,
+    events: &[&str],
+    tweak: impl FnOnce(&mut tidings::config::Config),
+) -> TestServer {
+    let url = receiver.url();
+    let events: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+    TestServer::start_with(move |c| {
+        let events: Vec<&str> = events.iter().map(String::as_str).collect();
+        c.webhooks = vec![endpoint(url, &events)];
+        c.webhook_batch_wait_ms = 0;
+        c.webhook_retry_base_ms = 5;
+        c.webhook_retry_max_ms = 20;
+        c.admin_listen = "127.0.0.1:0".into();
+        c.admin_api_keys = vec![KEY.into()];
+        tweak(c);
+    })
+    .await
+}
+
+/// Checks each hit's signature with the `standardwebhooks` npm package; returns its verdicts.
+fn verify_with_library(secret: &str, hits: &[Hit]) -> Vec<String> {
+    use std::io::Write;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhooks");
+    let mut child = std::process::Command::new("node")
+        .arg("verify.mjs")
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node runs (npm ci in tests/webhooks)");
+    let mut stdin = child.stdin.take().unwrap();
+    for h in hits {
+        let line = json!({
+            "secret": secret,
+            "headers": {
+                "webhook-id": h.header("webhook-id"),
+                "webhook-timestamp": h.header("webhook-timestamp"),
+                "webhook-signature": h.header("webhook-signature"),
+            },
+            "body": h.body,
+        });
+        writeln!(stdin, "{line}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn changes_reach_the_endpoint_in_order_signed_as_the_specification_says() {
+    let mut rx = Receiver::start(200).await;
+    let server = webhook_server(&rx, &[], |_| {}).await;
+    let (alice, _) = server.login("alice").await;
+    let g = within(alice.create_group("team", &["bob"])).await.unwrap();
+    let one = within(alice.send_text(&g.id, "one")).await.unwrap();
+    within(alice.edit_text(&g.id, &one.message_id, "one!"))
+        .await
+        .unwrap();
+    within(alice.recall(&g.id, &one.message_id)).await.unwrap();
+    within(alice.add_members(&g.id, &["carol"])).await.unwrap();
+    let hits = rx.until_events(5).await;
+    let events: Vec<Value> = hits.iter().flat_map(Hit::events).collect();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "conversation.created",
+            "message.created",
+            "message.edited",
+            "message.recalled",
+            "conversation.members_added"
+        ]
+    );
+    let created = &events[0]["data"];
+    assert_eq!(created["conversation_id"], g.id.as_str());
+    assert_eq!(created["by"], "alice");
+    assert_eq!(created["conversation"]["member_count"], 2);
+    let sent = &events[1]["data"]["message"];
+    assert_eq!(
+        (sent["text"].as_str(), sent["seq"].as_u64()),
+        (Some("one"), Some(1))
+    );
+    assert_eq!(sent["id"], one.message_id.as_str());
+    assert_eq!(events[2]["data"]["message"]["text"], "one!");
+    assert_eq!(events[3]["data"]["message"]["recalled"], true);
+    assert_eq!(events[4]["data"]["members"], json!(["carol"]));
+    // Ids are outbox positions, increasing.
+    let ids: Vec<u64> = events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    for h in &hits {
+        assert!(h.header("webhook-id").starts_with("msg_crm_"), "{h:?}");
+        assert_eq!(h.header("webhook-attempt"), "1");
+        assert_eq!(h.header("content-type"), "application/json");
+        let key = tidings::webhooks::secret_bytes(SECRET).unwrap();
+        let ts: i64 = h.header("webhook-timestamp").parse().unwrap();
+        assert_eq!(
+            h.header("webhook-signature"),
+            tidings::webhooks::signature(&key, h.header("webhook-id"), ts, h.body.as_bytes())
+        );
+    }
+    // The independent implementation agrees, and refuses a changed body or another secret.
+    assert!(verify_with_library(SECRET, &hits).iter().all(|v| v == "ok"));
+    let mut forged = hits[0].clone();
+    forged.body = forged.body.replace("alice", "mallory");
+    assert_ne!(verify_with_library(SECRET, &[forged]), ["ok"]);
+    assert_ne!(verify_with_library(OLD_SECRET, &hits[..1]), ["ok"]);
+    let m = crate::admin::metrics_of(&server).await;
+    assert_eq!(m["tidings_webhook_events_delivered_total"], 5.0);
+}
+
+#[tokio::test]
+async fn during_a_secret_rotation_both_signatures_are_sent_and_filters_hold() {
+    let mut rx = Receiver::start(200).await;
+    let server = webhook_server(&rx, &["conversation.*"], |c| {
+        c.webhooks[0].previous_secret = Some(OLD_SECRET.into());
+    })
+    .await;
+    let (alice, _) = server.login("alice").await;
+    let g = within(alice.create_group("team", &["bob"])).await.unwrap();
+    within(alice.send_text(&g.id, "not for this endpoint"))
+        .await
+        .unwrap();
+    within(alice.update(tidings::protocol::pb::UpdateConversation {
+        conversation_id: g.id.clone(),
+        name: Some("renamed".into()),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let hits = rx.until_events(2).await;
+    let types: Vec<String> = hits
+        .iter()
+        .flat_map(Hit::events)
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(types, ["conversation.created", "conversation.updated"]);
+    assert_eq!(hits[0].header("webhook-signature").split(' ').count(), 2);
+    // Receivers holding either secret accept it.
+    assert!(verify_with_library(SECRET, &hits).iter().all(|v| v == "ok"));
+    assert!(
+        verify_with_library(OLD_SECRET, &hits)
+            .iter()
+            .all(|v| v == "ok")
+    );
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_is_retried_then_dead_lettered_and_later_events_go_on() {
+    let mut rx = Receiver::start(200).await;
+    let server = webhook_server(&rx, &["message.*"], |c| c.webhook_max_attempts = 3).await;
+    let (alice, _) = server.login("alice").await;
+    let g = within(alice.create_group("team", &["bob"])).await.unwrap();
+
+    // Two failures, then taken: the same batch id each time, the attempt counted.
+    rx.answer_next(&[500, 503]);
+    within(alice.send_text(&g.id, "retried")).await.unwrap();
+    let hits = rx.until_events(1).await;
+    assert_eq!(
+        hits.iter().map(|h| h.status).collect::<Vec<_>>(),
+        [500, 503, 200]
+    );
+    assert!(
+        hits.iter()
+            .all(|h| h.header("webhook-id") == hits[0].header("webhook-id"))
+    );
+    let attempts: Vec<&str> = hits.iter().map(|h| h.header("webhook-attempt")).collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+
+    // Never taken: dead-lettered after three attempts; the next event is delivered.
+    rx.answer_next(&[500, 500, 500]);
+    within(alice.send_text(&g.id, "dead")).await.unwrap();
+    within(server.running().app.stats.webhook_dead_letters.wait_for(1)).await;
+    within(alice.send_text(&g.id, "after")).await.unwrap();
+    let hits = rx.until_events(1).await;
+    let last = hits.last().unwrap().events();
+    assert_eq!(last[0]["data"]["message"]["text"], "after");
+
+    let dead = ok(&server, "GET", "/v1/webhooks/crm/dead-letters", None).await;
+    let events = dead["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["data"]["message"]["text"], "dead");
+    let r = crate::admin::api(&server, "GET", "/v1/webhooks/nope/dead-letters", None).await;
+    assert_eq!(r.status, 404);
+
+    // A replay that fails keeps them; one that is taken sends them, signed, and removes them.
+    rx.answer_next(&[500]);
+    let r = crate::admin::api(
+        &server,
+        "POST",
+        "/v1/webhooks/crm/dead-letters/replay",
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.body["code"].as_i64()), (502, Some(10)));
+    rx.next().await;
+    let r = ok(
+        &server,
+        "POST",
+        "/v1/webhooks/crm/dead-letters/replay",
+        None,
+    )
+    .await;
+    assert_eq!(r["replayed"], 1);
+    let hit = rx.next().await;
+    assert!(hit.header("webhook-id").starts_with("replay_crm_"));
+    assert_eq!(hit.events()[0]["data"]["message"]["text"], "dead");
+    assert_eq!(verify_with_library(SECRET, &[hit]), ["ok"]);
+    let dead = ok(&server, "GET", "/v1/webhooks/crm/dead-letters", None).await;
+    assert_eq!(dead["events"], json!([]));
+}
+
+#[tokio::test]
+async fn over_the_byte_cap_the_oldest_events_are_dropped_and_sends_go_on() {
+    let mut rx = Receiver::start(500).await;
+    let server = webhook_server(&rx, &[], |c| {
+        c.webhook_outbox_max_bytes = 1;
+        c.webhook_max_attempts = 1_000;
+    })
+    .await;
+    let (alice, _) = server.login("alice").await;
+    let g = within(alice.create_group("team", &["bob"])).await.unwrap();
+    for i in 0..20 {
+        within(alice.send_text(&g.id, &format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    let stats = &server.running().app.stats;
+    // Everything written is dropped: the endpoint never takes anything.
+    within(stats.webhook_events_dropped.wait_for(21)).await;
+    assert_eq!(stats.webhook_events_delivered.get(), 0);
+    rx.next().await;
+    // Once the endpoint recovers, new events are delivered.
+    rx.answer(200);
+    within(alice.send_text(&g.id, "back")).await.unwrap();
+    loop {
+        let h = rx.next().await;
+        if h.status == 200
+            && h.events()
+                .iter()
+                .any(|e| e["data"]["message"]["text"] == "back")
+        {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_committed_before_a_kill_are_delivered_after_the_restart() {
+    let mut rx = Receiver::start(503).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tidings.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "webhook_batch_wait_ms = 0\nwebhook_retry_base_ms = 5\nwebhook_retry_max_ms = 20\n\
+             webhook_max_attempts = 100000\n\n[[webhooks]]\nname = \"crm\"\nurl = \"{}\"\n\
+             secret = \"{SECRET}\"\nevents = [\"message.created\"]\n",
+            rx.url()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let serve = |config: std::path::PathBuf| {
+        Binary::serve_with(&data, &[], &[], move |cmd| {
+            cmd.arg("--config").arg(config);
+        })
+    };
+    let server = serve(config.clone());
+    let alice = server.client("alice").await;
+    let g = within(alice.create_group("team", &["bob"])).await.unwrap();
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let ack = within(alice.send_text(&g.id, &format!("m{i}")))
+            .await
+            .unwrap();
+        sent.push(ack.message_id);
+    }
+    // The endpoint was asked and refused; then the server dies without a chance to retry.
+    assert_eq!(rx.next().await.status, 503);
+    server.signal(libc::SIGKILL);
+    server.wait().await;
+
+    rx.answer(200);
+    let server = serve(config);
+    let hits = rx.until_events(10).await;
+    let mut delivered: Vec<String> = Vec::new();
+    let mut ids = std::collections::HashMap::new();
+    for h in hits.iter().filter(|h| h.status == 200) {
+        for e in h.events() {
+            let id = e["data"]["message"]["id"].as_str().unwrap().to_owned();
+            // A duplicate only ever comes with the same event id.
+            if let Some(prev) = ids.insert(id.clone(), e["id"].clone()) {
+                assert_eq!(prev, e["id"]);
+            } else {
+                delivered.push(id);
+            }
+        }
+    }
+    assert_eq!(delivered, sent);
+    server.signal(libc::SIGTERM);
+    let (status, _) = server.wait().await;
+    assert!(status.success());
+}
