@@ -848,7 +848,10 @@ mod tests {
         let c = file(good).unwrap();
         assert_eq!(c.webhooks[0].events.len(), 2);
         for (from, to) in [
-            ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            (
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            ),
             ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_c2hvcnQ="),
             ("https://example.com/hook", "ftp://example.com"),
             ("message.*", "message.sent"),
@@ -858,6 +861,11 @@ mod tests {
             assert!(e.contains("webhook"), "{to}: {e}");
         }
         let twice = format!("{good}{}", good);
-        assert!(file(&twice).unwrap_err().to_string().contains("two webhooks"));
+        assert!(
+            file(&twice)
+                .unwrap_err()
+                .to_string()
+                .contains("two webhooks")
+        );
     }
 }

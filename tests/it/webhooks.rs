@@ -449,3 +449,30 @@ async fn events_committed_before_a_kill_are_delivered_after_the_restart() {
     let (status, _) = server.wait().await;
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn an_expired_customer_service_chat_and_a_deletion_are_reported() {
+    let mut rx = Receiver::start(200).await;
+    let server = webhook_server(
+        &rx,
+        &["conversation.expired", "conversation.deleted"],
+        |_| {},
+    )
+    .await;
+    let (agent, _) = server.login("agent").await;
+    let t = within(agent.create_temporary(&["visitor"], 60, false))
+        .await
+        .unwrap();
+    let d = within(agent.create_direct("boss")).await.unwrap();
+    within(agent.delete_conversation(&d.id, true))
+        .await
+        .unwrap();
+    server.clock.advance(61_000);
+    within(server.running().app.stats.conversations_expired.wait_for(1)).await;
+    let hits = rx.until_events(2).await;
+    let events: Vec<Value> = hits.iter().flat_map(Hit::events).collect();
+    assert_eq!(events[0]["type"], "conversation.deleted");
+    assert_eq!(events[0]["data"]["conversation_id"], d.id.as_str());
+    assert_eq!(events[1]["type"], "conversation.expired");
+    assert_eq!(events[1]["data"]["conversation_id"], t.id.as_str());
+}
