@@ -634,3 +634,29 @@ async fn the_checked_in_openapi_document_is_what_the_code_generates() {
         assert!(r.body["paths"].get(path).is_some(), "{path}");
     }
 }
+
+/// The Grafana dashboard in deploy/ charts only metrics the server exports.
+#[tokio::test]
+async fn the_dashboard_charts_only_exported_metrics() {
+    let server = admin_server().await;
+    let exported = metrics_of(&server).await;
+    let base = |sample: &str| sample.split('{').next().unwrap().to_owned();
+    let names: std::collections::HashSet<String> = exported.keys().map(|k| base(k)).collect();
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../deploy/grafana-dashboard.json")).unwrap();
+    let mut charted = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("tidings_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(names.contains(&name), "{name} is not exported");
+                charted += 1;
+            }
+        }
+    }
+    assert!(charted >= 20, "{charted}");
+}
