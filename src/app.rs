@@ -137,14 +137,16 @@ impl Core {
             outbox,
             fatal,
         );
-        let registry = Arc::new(Registry::new(
+        let mut registry = Registry::new(
             config,
             clock,
             store,
             hub.clone(),
             stats.clone(),
             writer.clone(),
-        )?);
+        )?;
+        registry.set_pre_send_hook()?;
+        let registry = Arc::new(registry);
         Ok(Core {
             outbox: outbox_seqs,
             registry,

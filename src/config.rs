@@ -213,6 +213,18 @@ pub struct Config {
     /// are counted and reported in one line per second.
     pub log_kind_lines_per_sec: u32,
 
+    /// The pre-send hook: an `http://` or `https://` URL asked before user-authored content
+    /// is stored (sends, edits, conversation names and attributes). Unset: no hook.
+    pub pre_send_hook_url: Option<String>,
+    /// Signing secret of the hook's requests (`whsec_`, as for webhooks); required with the URL.
+    pub pre_send_hook_secret: Option<String>,
+    /// The hook must answer within this (waiting for a free slot included), ms.
+    pub pre_send_hook_timeout_ms: u64,
+    /// When the hook fails (no answer in time, not 2xx, a bad answer): refuse the content
+    /// with `ERROR_UNAVAILABLE` (true) or allow it (false).
+    pub pre_send_hook_fail_closed: bool,
+    /// Hook calls in flight at once, at most; more wait (within the timeout).
+    pub pre_send_hook_max_concurrency: usize,
     /// Webhook endpoints (TOML `[[webhooks]]` tables only): where events are POSTed.
     pub webhooks: Vec<WebhookEndpoint>,
     /// Events per webhook POST, at most.
@@ -353,6 +365,11 @@ impl Default for Config {
             log_format: "text".into(),
             log_value_max_chars: 128,
             log_kind_lines_per_sec: 10,
+            pre_send_hook_url: None,
+            pre_send_hook_secret: None,
+            pre_send_hook_timeout_ms: 500,
+            pre_send_hook_fail_closed: false,
+            pre_send_hook_max_concurrency: 256,
             webhooks: Vec::new(),
             webhook_batch_max: 100,
             webhook_batch_wait_ms: 50,
@@ -535,6 +552,22 @@ impl Config {
                     "webhook {:?}: unknown event {e:?}",
                     w.name
                 )));
+            }
+        }
+        if let Some(url) = &self.pre_send_hook_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad("pre_send_hook_url must be http:// or https://");
+            }
+            if self
+                .pre_send_hook_secret
+                .as_deref()
+                .and_then(crate::webhooks::secret_bytes)
+                .is_none()
+            {
+                return bad(
+                    "pre_send_hook_url needs pre_send_hook_secret: `whsec_` then base64 of at \
+                     least 24 bytes (`tidings secret --webhook`)",
+                );
             }
         }
         if self.webhook_batch_max == 0 || self.webhook_max_attempts == 0 {

@@ -188,7 +188,7 @@ impl From<Error> for Failure {
             Error::InvalidArgument(_) | Error::UnknownRequest | Error::AlreadyLoggedIn => {
                 StatusCode::BAD_REQUEST
             }
-            Error::LimitExceeded(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::LimitExceeded(_) | Error::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -65,7 +65,22 @@ impl Registry {
     }
 
     /// Creates a conversation; for a direct pair that already exists, returns the existing one.
-    pub async fn create(&self, caller: &Caller, req: CreateRequest) -> Result<Conversation, Error> {
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        mut req: CreateRequest,
+    ) -> Result<Conversation, Error> {
+        self.check_attributes(&req.name, &req.attributes)?;
+        let mut name = Some(std::mem::take(&mut req.name));
+        self.moderate_conversation(
+            caller,
+            "conversation.create",
+            "",
+            &mut name,
+            &mut req.attributes,
+        )
+        .await?;
+        req.name = name.unwrap_or_default();
         self.check_attributes(&req.name, &req.attributes)?;
         let others = self.named_users(&req.members, &caller.user)?;
         match req.kind {
@@ -755,9 +770,17 @@ impl Registry {
         &self,
         caller: &Caller,
         id: &str,
-        req: UpdateRequest,
+        mut req: UpdateRequest,
     ) -> Result<Conversation, Error> {
         let cell = self.cell(id)?;
+        self.moderate_conversation(
+            caller,
+            "conversation.update",
+            id,
+            &mut req.name,
+            &mut req.set_attributes,
+        )
+        .await?;
         let permit = self.writer.reserve().await?;
         let rx = {
             let mut st = cell.lock();

@@ -445,6 +445,8 @@ impl Registry {
         id: &str,
         req: EditRequest,
     ) -> Result<Message, Error> {
+        let mut req = req;
+        self.moderate_edit(caller, id, &mut req).await?;
         let (window, max_edits) = (self.config.edit_window_secs, self.config.max_edits);
         let EditRequest {
             message_id,

@@ -76,6 +76,7 @@ impl Registry {
             r
         };
         if req.client_message_id.is_empty() {
+            let req = self.moderate_send(caller, cell.num, id, req).await?;
             return observe(self.send_stored(caller, &cell, req).await);
         }
         let key: DedupKey = (cell.num, caller.user.clone(), req.client_message_id.clone());
@@ -108,7 +109,12 @@ impl Registry {
                 }),
                 None => Err(Error::Internal),
             },
-            None => self.send_stored(caller, &cell, req).await,
+            // The hook is asked once per client message id: a retry of an accepted send is
+            // answered from the store above, of a refused one from the hook's memory.
+            None => match self.moderate_send(caller, cell.num, id, req).await {
+                Ok(req) => self.send_stored(caller, &cell, req).await,
+                Err(e) => Err(e),
+            },
         };
         guard.result = Some(result.clone());
         observe(result)

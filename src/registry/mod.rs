@@ -9,6 +9,7 @@
 pub mod conversation;
 pub mod expiry;
 pub(crate) mod history;
+mod hook;
 pub mod import;
 pub(crate) mod inbox;
 pub mod limits;
@@ -86,6 +87,9 @@ pub enum Error {
     /// A bug or corrupt data; logged.
     #[error("internal error")]
     Internal,
+    /// The app's pre-send hook refused the content; the reason is its own.
+    #[error("rejected: {0}")]
+    Rejected(String),
     /// Over a request rate limit; the same request fits after `retry_after_ms`.
     #[error("rate limited: retry after {retry_after_ms} ms")]
     RateLimited { retry_after_ms: u64 },
@@ -111,6 +115,7 @@ impl Error {
             Error::Unavailable => ErrorCode::ErrorUnavailable,
             Error::Internal => ErrorCode::ErrorInternal,
             Error::RateLimited { .. } => ErrorCode::ErrorRateLimited,
+            Error::Rejected(_) => ErrorCode::ErrorRejected,
         }
     }
 }
@@ -272,6 +277,8 @@ pub struct Registry {
     /// Request rate buckets of users with a live session ([`limits`]).
     rates: DashMap<UserId, limits::Bucket>,
     pin_locks: inbox::PinLocks,
+    /// The pre-send hook, when configured.
+    hook: Option<hook::PreSend>,
 }
 
 /// The last numbers handed out, per kind of conversation.
@@ -313,7 +320,14 @@ impl Registry {
             snapshots: Default::default(),
             rates: DashMap::new(),
             pin_locks: Default::default(),
+            hook: None,
         })
+    }
+
+    /// Sets up the pre-send hook the configuration names, if any.
+    pub fn set_pre_send_hook(&mut self) -> anyhow::Result<()> {
+        self.hook = hook::PreSend::from_config(&self.config)?;
+        Ok(())
     }
 
     /// A conversation's public id: its alias when it was imported, else its number id.

@@ -109,6 +109,8 @@ fn error_code(e: &Error, sending: bool) -> (ErrorCode, bool) {
         Error::Unavailable | Error::Internal => ErrorCode::InternalError,
         Error::RateLimited { .. } if sending => ErrorCode::MessageSentQuotaExceeded,
         Error::RateLimited { .. } => ErrorCode::AppQuotaExceeded,
+        Error::Rejected(_) if sending => ErrorCode::MessageRejectedByApp,
+        Error::Rejected(_) => ErrorCode::ConversationRejectedByApp,
     };
     (code, false)
 }
@@ -118,6 +120,9 @@ fn failure(i: Option<i32>, e: &Error) -> GenericCommand {
     let mut c = error_command(i, code, (!silent).then(|| e.to_string()));
     if silent && let Some(m) = c.error_message.as_mut() {
         m.reason = String::new();
+    }
+    if let (Error::Rejected(why), Some(m)) = (e, c.error_message.as_mut()) {
+        m.app_msg = Some(why.clone());
     }
     c
 }
@@ -878,6 +883,11 @@ fn failed_ack(e: &Error) -> lc::AckCommand {
     lc::AckCommand {
         code: Some(code.code()),
         reason: (!silent).then(|| code.reason().to_owned()),
+        // The pre-send hook's own reason, where LeanCloud put its hooks' messages.
+        app_msg: match e {
+            Error::Rejected(why) => Some(why.clone()),
+            _ => None,
+        },
         ..Default::default()
     }
 }

@@ -170,7 +170,7 @@ impl Lc {
         r.session_message.unwrap()
     }
 
-    async fn start(&mut self, peer: &str, members: &[&str]) -> String {
+    pub(crate) async fn start(&mut self, peer: &str, members: &[&str]) -> String {
         let r = self
             .request(GenericCommand {
                 peer_id: Some(peer.into()),
@@ -184,7 +184,13 @@ impl Lc {
         r.conv_message.unwrap().cid.unwrap()
     }
 
-    async fn direct(&mut self, peer: &str, cid: &str, msg: &str, will: bool) -> lc::AckCommand {
+    pub(crate) async fn direct(
+        &mut self,
+        peer: &str,
+        cid: &str,
+        msg: &str,
+        will: bool,
+    ) -> lc::AckCommand {
         let r = self
             .request(GenericCommand {
                 peer_id: Some(peer.into()),

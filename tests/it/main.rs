@@ -17,6 +17,7 @@ mod list;
 mod listener;
 mod log_safety;
 mod origin;
+mod pre_send_hook;
 mod presence;
 mod races;
 mod rate_limits;

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use tidings::config::WebhookEndpoint;
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const OLD_SECRET: &str = "whsec_dGhlIG9sZCBzZWNyZXQsIGJlaW5nIHJvdGF0ZWQgb3V0";
 
 /// One POST the receiver got, and what it answered.
@@ -34,11 +34,20 @@ impl Hit {
     }
 }
 
-/// A webhook receiver: answers each POST with the next queued status, else the default.
+/// How the receiver answers one POST.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    /// Waits this long before answering, ms.
+    pub delay_ms: u64,
+}
+
+/// A webhook receiver: answers each POST with the next queued answer, else the default status.
 pub struct Receiver {
     pub addr: SocketAddr,
     hits: tokio::sync::mpsc::UnboundedReceiver<Hit>,
-    queued: Arc<Mutex<VecDeque<u16>>>,
+    queued: Arc<Mutex<VecDeque<Answer>>>,
     default: Arc<AtomicU16>,
 }
 
@@ -67,17 +76,25 @@ impl Receiver {
                                 .collect();
                             let body: hyper::body::Incoming = req.into_body();
                             let body = body.collect().await.unwrap().to_bytes();
-                            let status = q
-                                .lock()
-                                .unwrap()
-                                .pop_front()
-                                .unwrap_or(d.load(Ordering::SeqCst));
+                            let answer = q.lock().unwrap().pop_front().unwrap_or(Answer {
+                                status: d.load(Ordering::SeqCst),
+                                ..Default::default()
+                            });
+                            let status = answer.status;
                             let _ = tx.send(Hit {
                                 headers,
                                 body: String::from_utf8(body.to_vec()).unwrap(),
                                 status,
                             });
-                            let mut r = hyper::Response::new(Full::new(bytes::Bytes::new()));
+                            if answer.delay_ms > 0 {
+                                // The slow endpoint being simulated.
+                                tokio::time::sleep(std::time::Duration::from_millis(
+                                    answer.delay_ms,
+                                ))
+                                .await;
+                            }
+                            let mut r =
+                                hyper::Response::new(Full::new(bytes::Bytes::from(answer.body)));
                             *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
                             Ok::<_, std::convert::Infallible>(r)
                         }
@@ -101,7 +118,17 @@ impl Receiver {
     }
 
     pub fn answer_next(&self, statuses: &[u16]) {
-        self.queued.lock().unwrap().extend(statuses);
+        self.queued
+            .lock()
+            .unwrap()
+            .extend(statuses.iter().map(|&status| Answer {
+                status,
+                ..Default::default()
+            }));
+    }
+
+    pub fn answer_next_with(&self, answers: &[Answer]) {
+        self.queued.lock().unwrap().extend(answers.iter().cloned());
     }
 
     pub fn answer(&self, status: u16) {
