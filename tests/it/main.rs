@@ -8,6 +8,7 @@ mod delivery;
 mod drain;
 mod durability;
 mod import;
+mod json_form;
 mod leancloud;
 mod leancloud_browser;
 mod leancloud_http;
