@@ -22,6 +22,7 @@ mod races;
 mod rate_limits;
 mod readme;
 mod roaming;
+mod sdk_typescript;
 mod robustness;
 mod session_limits;
 mod storage;
