@@ -76,7 +76,7 @@ fn the_sdks_generated_code_is_current_and_it_type_checks() {
     let fresh = files(&tmp.path().join("src/gen"));
     let committed = files(&sdk_dir().join("src/gen"));
     assert!(!fresh.is_empty());
-    let stale: Vec<_> = fresh
+    let stale: std::collections::BTreeSet<_> = fresh
         .keys()
         .chain(committed.keys())
         .filter(|k| fresh.get(*k) != committed.get(*k))
