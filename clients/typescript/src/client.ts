@@ -1,6 +1,7 @@
 import { create, fromBinary, fromJsonString, toBinary, toJsonString } from "@bufbuild/protobuf";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import {
+  ErrorCode,
   AckDeliveredSchema,
   AddMembersSchema,
   ClearWillSchema,
@@ -96,6 +97,8 @@ export interface ClientOptions {
   catchUp?: boolean;
   /** Page size of catch-up requests (default 100). */
   syncPageSize?: number;
+  /** Conversations caught up at once after a login (default 4). */
+  catchUpConcurrency?: number;
   /** With a token callback: refresh the session's token this long before it expires (ms). Default 60 000. */
   refreshBeforeExpiryMs?: number;
   /** Speak the JSON form (`tidings.v1.json`): readable frames in the browser's devtools. */
@@ -190,7 +193,12 @@ export class TidingsClient extends Emitter<ClientEvents> {
   #retryTimer: ReturnType<typeof setTimeout> | undefined;
   #refreshTimer: ReturnType<typeof setTimeout> | undefined;
   #token: string | undefined;
+  /** Closed by the app (close, logout): for good. */
   #closedForGood = false;
+  /** Stopped by the close policy (auth failure, replaced…): until the app calls connect() again. */
+  #stopped = false;
+  /** The server's clock minus ours (ms), from the last login. */
+  #skew = 0;
   #loginOk: LoginOk | undefined;
   #loginId = 0n;
 
@@ -248,6 +256,7 @@ export class TidingsClient extends Emitter<ClientEvents> {
   async connect(): Promise<LoginOk> {
     if (this.#closedForGood) throw new ConnectionClosedError("connect");
     if (this.#state === "connected" && this.#loginOk) return this.#loginOk;
+    this.#stopped = false;
     const connected = this.once("connected");
     const failed = new Promise<never>((_, reject) => {
       const off = this.on("disconnected", (info) => {
@@ -393,8 +402,8 @@ export class TidingsClient extends Emitter<ClientEvents> {
   #scheduleRetry(code: number, reason: string, action: CloseAction): void {
     this.#setState("disconnected");
     if (action === "stop") {
+      this.#stopped = true;
       this.emit("disconnected", { code, reason, willRetry: false });
-      this.#closedForGood = true;
       for (const w of this.#sendWaiters.values()) {
         clearTimeout(w.timer);
         w.reject(new ConnectionClosedError("sendMessage", code));
@@ -476,14 +485,28 @@ export class TidingsClient extends Emitter<ClientEvents> {
 
   #onLogin(ok: LoginOk): void {
     this.#loginOk = ok;
+    this.#skew = Number(ok.serverTime) - Date.now();
     if (ok.userId !== this.#userId) {
-      // Another user's state (or none): start afresh.
+      // Another user's state (or none): start afresh. Sends queued before the first login are
+      // this user's; sends left by another user are not sent as this one.
+      const previous = this.#userId;
       this.#userId = ok.userId;
       this.#eventCursor = 0n;
       this.#lastSeq.clear();
       this.#own.clear();
       this.#persist({ reset: { userId: ok.userId } });
-      for (const p of this.#pending.values()) this.#persist({ putPending: [p] });
+      for (const p of [...this.#pending.values()]) {
+        if (previous === "") {
+          this.#persist({ putPending: [p] });
+          continue;
+        }
+        this.#pending.delete(p.clientMessageId);
+        this.emit("sendFailed", {
+          clientMessageId: p.clientMessageId,
+          conversationId: p.conversationId,
+          error: new Error(`queued by ${previous}, not sent as ${ok.userId}`),
+        });
+      }
     }
     if (ok.eventsTruncated) this.emit("eventsTruncated");
     this.#attempt = 0;
@@ -510,6 +533,7 @@ export class TidingsClient extends Emitter<ClientEvents> {
     for (const p of this.#pending.values()) restore.push(this.#resend(p));
     if (this.#o.catchUp ?? true) {
       const seqs: Record<string, string> = {};
+      const changed: [string, bigint][] = [];
       for (const e of summary.entries) {
         const last = this.#lastSeq.get(e.conversationId);
         if (last === undefined) {
@@ -518,10 +542,22 @@ export class TidingsClient extends Emitter<ClientEvents> {
           seqs[e.conversationId] = e.lastSeq.toString();
         } else if (e.lastSeq > last) {
           // Only what changed is fetched.
-          restore.push(this.#sync(e.conversationId));
+          changed.push([e.conversationId, e.lastSeq]);
         }
       }
       if (Object.keys(seqs).length) this.#persist({ seqs });
+      // A few conversations at a time, so a long absence does not flood the connection.
+      const workers = Math.min(changed.length, this.#o.catchUpConcurrency ?? 4);
+      for (let w = 0; w < workers; w++) {
+        restore.push(
+          (async () => {
+            for (let next = changed.shift(); next; next = changed.shift()) {
+              if (this.#state !== "connected") return;
+              await this.#sync(next[0], next[1]);
+            }
+          })(),
+        );
+      }
     }
     for (const r of await Promise.allSettled(restore)) {
       if (r.status === "rejected" && !(r.reason instanceof ConnectionClosedError)) this.emit("error", r.reason);
@@ -534,8 +570,7 @@ export class TidingsClient extends Emitter<ClientEvents> {
     const exp = jwtExpiry(this.#token);
     if (exp === undefined) return;
     const margin = this.#o.refreshBeforeExpiryMs ?? 60_000;
-    const serverNow = this.#loginOk ? Number(this.#loginOk.serverTime) : Date.now();
-    const wait = Math.max(0, exp - serverNow - margin);
+    const wait = Math.max(0, exp - (Date.now() + this.#skew) - margin);
     // Timers longer than 2^31 ms fire at once; a day is plenty (then it looks again).
     this.#refreshTimer = setTimeout(() => {
       void this.refreshToken().catch((e) => this.emit("error", e));
@@ -621,14 +656,27 @@ export class TidingsClient extends Emitter<ClientEvents> {
     this.emit("message", m);
   }
 
-  /** Fetches and delivers a conversation's messages after the last delivered one, then the held live ones. */
-  async #sync(conv: string): Promise<void> {
+  /**
+   * Fetches and delivers a conversation's messages after the last delivered one, then the held
+   * live ones. `head`: the conversation's last seq by the unread summary; messages up to it that
+   * the server no longer returns (deleted one-way by this user, or gone) are not asked for again.
+   */
+  async #sync(conv: string, head = 0n): Promise<void> {
     if (this.#syncing.has(conv)) return;
     this.#syncing.add(conv);
     try {
-      for (let rounds = 0; rounds < 1000; rounds++) {
+      for (let rounds = 0, limited = 0; rounds < 1000; rounds++) {
         let last = this.#skipOwn(conv, this.#lastSeq.get(conv) ?? 0n);
-        const page = await this.syncMessages(conv, last, this.#o.syncPageSize ?? 100);
+        let page: MessagePage;
+        try {
+          page = await this.syncMessages(conv, last, this.#o.syncPageSize ?? 100);
+        } catch (e) {
+          if (e instanceof TidingsError && e.code === ErrorCode.ERROR_RATE_LIMITED && limited++ < 5) {
+            await new Promise((r) => setTimeout(r, Math.max(100, e.retryAfterMs)));
+            continue;
+          }
+          throw e;
+        }
         for (const m of page.messages) {
           last = this.#skipOwn(conv, last);
           if (m.seq <= last) continue;
@@ -637,6 +685,11 @@ export class TidingsClient extends Emitter<ClientEvents> {
           last = m.seq;
         }
         if (page.hasMore) continue;
+        if (head > last) {
+          last = head;
+          this.#lastSeq.set(conv, last);
+          this.#persist({ seqs: { [conv]: last.toString() } });
+        }
         // Caught up to the server's head when it answered: what was held is newer or known.
         const held = (this.#held.get(conv) ?? []).sort((a, b) => (a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0));
         this.#held.delete(conv);
@@ -698,12 +751,20 @@ export class TidingsClient extends Emitter<ClientEvents> {
 
   // --- requests -----------------------------------------------------------------------------
 
-  /** Resolves when logged in (at once if connected); rejects when the client stopped for good. */
-  #whenConnected(): Promise<void> {
-    if (this.#state === "connected") return Promise.resolve();
-    if (this.#closedForGood) return Promise.reject(new ConnectionClosedError("request"));
+  /** Resolves when logged in (at once if connected); rejects when the client stopped. `cancel` stops waiting. */
+  #whenConnected(): { promise: Promise<void>; cancel: () => void } {
+    const none = () => {};
+    if (this.#state === "connected") return { promise: Promise.resolve(), cancel: none };
+    if (this.#closedForGood || this.#stopped) {
+      return { promise: Promise.reject(new ConnectionClosedError("request")), cancel: none };
+    }
     if (this.#state === "idle") this.#open();
-    return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+    let waiter: { resolve: () => void; reject: (e: unknown) => void } | undefined;
+    const promise = new Promise<void>((resolve, reject) => {
+      waiter = { resolve, reject };
+      this.#waiters.push(waiter);
+    });
+    return { promise, cancel: () => (this.#waiters = this.#waiters.filter((w) => w !== waiter)) };
   }
 
   async #call<K extends ReqCase, R extends RepCase>(
@@ -717,10 +778,12 @@ export class TidingsClient extends Emitter<ClientEvents> {
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new TimeoutError(req, timeoutMs)), timeoutMs);
     });
+    const waiting = this.#whenConnected();
     try {
-      await Promise.race([this.#whenConnected(), timeout]);
+      await Promise.race([waiting.promise, timeout]);
     } finally {
       clearTimeout(timer);
+      waiting.cancel();
     }
     const left = Math.max(0, timeoutMs - (Date.now() - started));
     const id = this.#nextId++;

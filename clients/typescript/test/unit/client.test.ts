@@ -346,3 +346,91 @@ describe("sends and persisted state", () => {
     expect(await store.load("d1")).toMatchObject({ userId: "bob", lastSeq: {}, eventCursor: "0" });
   });
 });
+
+describe("more policy", () => {
+  it("connects again when the app asks after a stop by policy", async () => {
+    const c = client();
+    const p = c.connect();
+    const s0 = await socket(0);
+    s0.login();
+    await p;
+    s0.serverClose(CloseCode.CLOSE_REPLACED);
+    await expect(c.ping()).rejects.toBeInstanceOf(ConnectionClosedError);
+    const again = c.connect();
+    const s1 = await socket(1);
+    s1.login();
+    expect((await again).userId).toBe("alice");
+  });
+
+  it("refreshes the token before it expires, by the server's clock", async () => {
+    const jwt = (expMs: number) => `h.${Buffer.from(JSON.stringify({ exp: expMs / 1000 })).toString("base64url")}.s`;
+    // The server's clock is 10 minutes ahead of ours; tokens live 2 minutes.
+    const serverNow = () => Date.now() + 600_000;
+    const c = client({ token: () => jwt(serverNow() + 120_000), refreshBeforeExpiryMs: 60_000 });
+    const p = c.connect();
+    const s = await socket(0);
+    s.open();
+    s.frame({ id: s.lastRequest("login").id, body: { case: "loginOk", value: { userId: "alice", serverTime: BigInt(serverNow()) } } });
+    s.frame({ id: 0n, body: { case: "unreadSummary", value: {} } });
+    await p;
+    await vi.advanceTimersByTimeAsync(59_000);
+    expect(s.requests("refreshToken")).toEqual([]);
+    await vi.advanceTimersByTimeAsync(1_000);
+    const r = s.lastRequest("refreshToken");
+    s.frame({ id: r.id, body: { case: "ok", value: {} } });
+    await settle();
+    // The next refresh is a minute later again, not at once and not after the new token's expiry.
+    await vi.advanceTimersByTimeAsync(59_000);
+    expect(s.requests("refreshToken").length).toBe(1);
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(s.requests("refreshToken").length).toBe(2);
+  });
+
+  it("catches up a few conversations at a time", async () => {
+    const store = new MemoryStore();
+    const seqs: Record<string, string> = {};
+    const entries = [];
+    for (let i = 0; i < 10; i++) {
+      seqs[`c${i}`] = "1";
+      entries.push({ conversationId: `c${i}`, lastSeq: 2n });
+    }
+    await store.update("d1", { reset: { userId: "alice" }, seqs });
+    const c = client({ store });
+    const got: string[] = [];
+    c.on("message", (m) => got.push(m.conversationId));
+    const p = c.connect();
+    const s = await socket(0);
+    s.login("alice", { case: "unreadSummary", value: { entries } });
+    await p;
+    await settle();
+    expect(s.requests("syncMessages").length).toBe(4);
+    for (let answered = 0; answered < 10; answered++) {
+      const req = s.requests("syncMessages")[answered]!;
+      const conv = (req.body.value as { conversationId: string }).conversationId;
+      s.frame({ id: req.id, body: { case: "messagePage", value: { messages: [msg(conv, 2)] } } });
+      await settle();
+      expect(s.requests("syncMessages").length).toBe(Math.min(10, answered + 5));
+    }
+    expect(got.sort()).toEqual(entries.map((e) => e.conversationId).sort());
+  });
+
+  it("does not send another user's queued sends", async () => {
+    const store = new MemoryStore();
+    await store.update("d1", {
+      reset: { userId: "alice" },
+      putPending: [{ clientMessageId: "q", conversationId: "x", type: 0, content: new Uint8Array(), attributes: {}, mentions: [], wantReceipts: false, createdAt: 0 }],
+    });
+    const c = client({ store });
+    const failed: string[] = [];
+    c.on("sendFailed", (f) => failed.push(f.clientMessageId));
+    const p = c.connect();
+    const s = await socket(0);
+    s.login("bob");
+    await p;
+    await settle();
+    expect(s.requests("sendMessage")).toEqual([]);
+    expect(failed).toEqual(["q"]);
+    await c.flush();
+    expect((await store.load("d1"))!.pending).toEqual([]);
+  });
+});
