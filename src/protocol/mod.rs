@@ -287,8 +287,19 @@ mod tests {
         let from_encoded = message_push_from_encoded(&m.encode_to_vec());
         assert_eq!(from_encoded.native(), &via_prost);
         assert_eq!(from_encoded.message(), Some(m.clone()));
-        let other = push(pb::server_frame::Body::Message(m));
+        let other = push(pb::server_frame::Body::Message(m.clone()));
         assert_eq!(other.native(), &via_prost);
+        // The JSON form of either is the frame's, decoding back to the same frame.
+        let frame = ServerFrame {
+            id: 0,
+            body: Some(pb::server_frame::Body::Message(m)),
+        };
+        let json = encode_json(&frame);
+        assert_eq!(from_encoded.json(), &json);
+        assert_eq!(other.json(), &json);
+        assert_eq!(decode_server_json(&json).unwrap(), frame);
+        assert!(json.as_str().contains(r#""seq":"7""#), "{}", json.as_str());
+        assert!(json.as_str().contains(r#""content":"aGVsbG8=""#));
     }
 
     #[test]
