@@ -321,6 +321,15 @@ export class TidingsClient extends Emitter<ClientEvents> {
   }
 
   #open(): void {
+    // One connection at a time: a scheduled retry is now, and a socket still open goes.
+    clearTimeout(this.#retryTimer);
+    const old = this.#ws;
+    if (old) {
+      this.#ws = undefined;
+      old.onopen = old.onmessage = old.onclose = old.onerror = null;
+      old.close(1000, "reconnecting");
+      this.#dropConnection(1000);
+    }
     this.#setState("connecting");
     this.emit("connecting", { attempt: this.#attempt });
     void this.#openAsync().catch((e) => {

@@ -362,6 +362,21 @@ describe("more policy", () => {
     expect((await again).userId).toBe("alice");
   });
 
+  it("connect() during a scheduled retry opens one connection, not two", async () => {
+    const c = client();
+    const p = c.connect();
+    (await socket(0)).login();
+    await p;
+    (await socket(0)).serverClose(1006);
+    const again = c.connect();
+    const s1 = await socket(1);
+    s1.login();
+    await again;
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(FakeSocket.instances.length).toBe(2);
+    expect(c.state).toBe("connected");
+  });
+
   it("refreshes the token before it expires, by the server's clock", async () => {
     const jwt = (expMs: number) => `h.${Buffer.from(JSON.stringify({ exp: expMs / 1000 })).toString("base64url")}.s`;
     // The server's clock is 10 minutes ahead of ours; tokens live 2 minutes.
