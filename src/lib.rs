@@ -3,7 +3,7 @@
 //! The data path, in the order bytes travel (and the modules below are listed):
 //!
 //! ```text
-//! client ─ws─▶ server    accept, upgrade (subprotocol tidings.v1), size limits, shutdown tree
+//! client ─ws─▶ server    accept, upgrade (subprotocol tidings.v1 or .json), size limits, shutdown tree
 //!             └▶ session one actor per connection: login, heartbeats, bounded outbox
 //!                 ├▶ protocol  bytes ⇄ typed frames (the only place that touches bytes)
 //!                 └▶ registry  conversations, membership, messages, read positions

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::listener::admission::{Limiter, Refused, Slot};
 use crate::listener::{self, Io, proxy, tls};
 use crate::logsafe::{Throttle, clean};
-use crate::protocol::SUBPROTOCOL;
+use crate::protocol::{JSON_SUBPROTOCOL, SUBPROTOCOL, Wire};
 use crate::session;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -779,14 +779,16 @@ pub fn ws_config(config: &Config) -> WebSocketConfig {
 }
 
 /// The dialect an upgrade asks for, and the subprotocol to answer with: the native one when
-/// offered, else a LeanCloud one when that dialect is configured (by header, or by the
+/// offered (binary before JSON when a client offers both), else a LeanCloud one when that dialect is configured (by header, or by the
 /// `?subprotocol=` query some SDKs use instead, which gets no header back).
 fn dialect_of(
     req: &Request<Incoming>,
     config: &Config,
 ) -> Option<(session::Dialect, Option<&'static str>)> {
-    if header_has(req, header::SEC_WEBSOCKET_PROTOCOL, SUBPROTOCOL) {
-        return Some((session::Dialect::Native, Some(SUBPROTOCOL)));
+    for wire in [Wire::Binary, Wire::Json] {
+        if header_has(req, header::SEC_WEBSOCKET_PROTOCOL, wire.subprotocol()) {
+            return Some((session::Dialect::Native(wire), Some(wire.subprotocol())));
+        }
     }
     config.leancloud_app_id.as_ref()?;
     let offered = req
@@ -846,7 +848,7 @@ fn upgrade(
         };
         return text(
             StatusCode::BAD_REQUEST,
-            format!("subprotocol {SUBPROTOCOL} required{also}\n"),
+            format!("subprotocol {SUBPROTOCOL} (or {JSON_SUBPROTOCOL}) required{also}\n"),
         );
     };
     let login_slot = match shared.logins.acquire(client.ip()) {

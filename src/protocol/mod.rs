@@ -6,17 +6,42 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message as _;
 use std::sync::{Arc, OnceLock};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Types generated from `proto/tidings/v1/*.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/tidings.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/tidings.v1.serde.rs"));
 }
 
 pub use pb::{ClientFrame, ServerFrame};
 
 /// The WebSocket subprotocol of this dialect.
 pub const SUBPROTOCOL: &str = "tidings.v1";
+
+/// The subprotocol of its JSON form: the same frames in the proto3 JSON mapping, one per text
+/// message.
+pub const JSON_SUBPROTOCOL: &str = "tidings.v1.json";
+
+/// How a native connection encodes its frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// Protobuf, one frame per binary message (`tidings.v1`).
+    Binary,
+    /// The proto3 JSON mapping, one frame per text message (`tidings.v1.json`).
+    Json,
+}
+
+impl Wire {
+    /// Its subprotocol.
+    pub fn subprotocol(self) -> &'static str {
+        match self {
+            Wire::Binary => SUBPROTOCOL,
+            Wire::Json => JSON_SUBPROTOCOL,
+        }
+    }
+}
 
 /// Field number of `ServerFrame.message` (see frames.proto).
 const SERVER_FRAME_MESSAGE_FIELD: u32 = 100;
@@ -29,6 +54,27 @@ pub struct DecodeError(#[from] prost::DecodeError);
 /// Decodes one client frame.
 pub fn decode_client(bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
     Ok(ClientFrame::decode(bytes)?)
+}
+
+/// A JSON frame that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed JSON frame: {0}")]
+pub struct JsonError(#[from] serde_json::Error);
+
+/// Decodes one client frame in the JSON form.
+pub fn decode_client_json(text: &str) -> Result<ClientFrame, JsonError> {
+    Ok(serde_json::from_str(text)?)
+}
+
+/// Decodes one server frame in the JSON form.
+pub fn decode_server_json(text: &str) -> Result<ServerFrame, JsonError> {
+    Ok(serde_json::from_str(text)?)
+}
+
+/// Encodes a frame in the JSON form.
+pub fn encode_json<M: serde::Serialize>(m: &M) -> Utf8Bytes {
+    // The generated impls only fail on maps with non-string keys, which the protocol has not.
+    Utf8Bytes::from(serde_json::to_string(m).expect("protocol types serialize to JSON"))
 }
 
 /// Decodes one server frame.
@@ -56,6 +102,8 @@ pub fn reply(id: u64, body: pb::server_frame::Body) -> ServerFrame {
 pub struct Push {
     event: PushEvent,
     native: OnceLock<Bytes>,
+    /// The JSON form's `ServerFrame` (id 0).
+    json: OnceLock<Utf8Bytes>,
     /// The LeanCloud dialect's encoding where it does not depend on the recipient (`None`
     /// inside: no LeanCloud form).
     pub leancloud: OnceLock<Option<Bytes>>,
@@ -95,6 +143,18 @@ impl Push {
         })
     }
 
+    /// The `ServerFrame` (id 0) in the JSON form.
+    pub fn json(&self) -> &Utf8Bytes {
+        self.json.get_or_init(|| {
+            let body = match &self.event {
+                PushEvent::Message(_) => self.message().map(pb::server_frame::Body::Message),
+                PushEvent::Other(body) => Some(body.as_ref().clone()),
+                PushEvent::Replaced | PushEvent::Kicked => return Utf8Bytes::default(),
+            };
+            encode_json(&ServerFrame { id: 0, body })
+        })
+    }
+
     /// The message this push carries, decoded (`None`: not a message push, or undecodable).
     pub fn message(&self) -> Option<pb::Message> {
         match &self.event {
@@ -113,6 +173,7 @@ pub fn replaced() -> Arc<Push> {
     Arc::new(Push {
         event: PushEvent::Replaced,
         native: OnceLock::new(),
+        json: OnceLock::new(),
         leancloud: OnceLock::new(),
     })
 }
@@ -122,6 +183,7 @@ pub fn kicked() -> Arc<Push> {
     Arc::new(Push {
         event: PushEvent::Kicked,
         native: OnceLock::new(),
+        json: OnceLock::new(),
         leancloud: OnceLock::new(),
     })
 }
@@ -131,6 +193,7 @@ pub fn push(body: pb::server_frame::Body) -> Arc<Push> {
     Arc::new(Push {
         event: PushEvent::Other(Box::new(body)),
         native: OnceLock::new(),
+        json: OnceLock::new(),
         leancloud: OnceLock::new(),
     })
 }
@@ -141,6 +204,7 @@ pub fn message_push_from_encoded(encoded_message: &[u8]) -> Arc<Push> {
     Arc::new(Push {
         event: PushEvent::Message(Bytes::copy_from_slice(encoded_message)),
         native: OnceLock::new(),
+        json: OnceLock::new(),
         leancloud: OnceLock::new(),
     })
 }
@@ -236,8 +300,19 @@ mod tests {
         let from_encoded = message_push_from_encoded(&m.encode_to_vec());
         assert_eq!(from_encoded.native(), &via_prost);
         assert_eq!(from_encoded.message(), Some(m.clone()));
-        let other = push(pb::server_frame::Body::Message(m));
+        let other = push(pb::server_frame::Body::Message(m.clone()));
         assert_eq!(other.native(), &via_prost);
+        // The JSON form of either is the frame's, decoding back to the same frame.
+        let frame = ServerFrame {
+            id: 0,
+            body: Some(pb::server_frame::Body::Message(m)),
+        };
+        let json = encode_json(&frame);
+        assert_eq!(from_encoded.json(), &json);
+        assert_eq!(other.json(), &json);
+        assert_eq!(decode_server_json(&json).unwrap(), frame);
+        assert!(json.as_str().contains(r#""seq":"7""#), "{}", json.as_str());
+        assert!(json.as_str().contains(r#""content":"aGVsbG8=""#));
     }
 
     #[test]

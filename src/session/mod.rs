@@ -27,7 +27,7 @@ use crate::leancloud::LcProtocol;
 use crate::listener::admission::Slot;
 use crate::logsafe::{Throttle, clean};
 use crate::protocol::pb::{self, CloseCode, client_frame::Body as Req, server_frame::Body as Rep};
-use crate::protocol::{self, ClientFrame, PushEvent};
+use crate::protocol::{self, ClientFrame, Push, PushEvent, Wire};
 use crate::registry::{Caller, Error, SendRequest};
 use crate::store::UserId;
 use bytes::Bytes;
@@ -196,8 +196,9 @@ type Stream<S> = SplitStream<WebSocketStream<S>>;
 /// The wire a connection speaks, chosen by its subprotocol at the upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
-    /// `tidings.v1`: protobuf `ClientFrame`/`ServerFrame`.
-    Native,
+    /// `ClientFrame`/`ServerFrame`: protobuf (`tidings.v1`) or their JSON form
+    /// (`tidings.v1.json`). Only the codec differs.
+    Native(Wire),
     /// LeanCloud's realtime protocol, in one of its subprotocols.
     LeanCloud(LcProtocol),
 }
@@ -234,7 +235,7 @@ impl Dialect {
     /// The subprotocol, for logs.
     pub fn name(self) -> &'static str {
         match self {
-            Dialect::Native => protocol::SUBPROTOCOL,
+            Dialect::Native(wire) => wire.subprotocol(),
             Dialect::LeanCloud(p) => p.token(),
         }
     }
@@ -243,7 +244,7 @@ impl Dialect {
     /// own numbers for the idle, login and size limits.
     fn close(self, code: CloseCode) -> Close {
         match self {
-            Dialect::Native => close_of(code),
+            Dialect::Native(_) => close_of(code),
             Dialect::LeanCloud(_) => leancloud::close_of(code),
         }
     }
@@ -282,11 +283,36 @@ async fn read<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut Stream<S>) -> Inbo
     }
 }
 
-/// Decodes a native frame.
-fn decode_native(m: &WsMessage) -> Result<ClientFrame, CloseCode> {
-    match m {
-        WsMessage::Binary(b) => protocol::decode_client(b).map_err(|_| CloseCode::CloseBadFrame),
-        _ => Err(CloseCode::CloseBadFrame),
+/// The native codec: binary messages of protobuf, or text messages of JSON.
+impl Wire {
+    /// Decodes a client frame; a message of the other kind, or one that does not decode, is a
+    /// malformed frame.
+    fn decode(self, m: &WsMessage) -> Result<ClientFrame, CloseCode> {
+        match (self, m) {
+            (Wire::Binary, WsMessage::Binary(b)) => {
+                protocol::decode_client(b).map_err(|_| CloseCode::CloseBadFrame)
+            }
+            (Wire::Json, WsMessage::Text(t)) => {
+                protocol::decode_client_json(t).map_err(|_| CloseCode::CloseBadFrame)
+            }
+            _ => Err(CloseCode::CloseBadFrame),
+        }
+    }
+
+    /// Encodes a reply.
+    fn frame(self, f: &protocol::ServerFrame) -> WsMessage {
+        match self {
+            Wire::Binary => WsMessage::Binary(protocol::encode(f)),
+            Wire::Json => WsMessage::Text(protocol::encode_json(f)),
+        }
+    }
+
+    /// A push, encoded once per event for all sessions of this form.
+    fn push(self, p: &Push) -> WsMessage {
+        match self {
+            Wire::Binary => WsMessage::Binary(p.native().clone()),
+            Wire::Json => WsMessage::Text(p.json().clone()),
+        }
     }
 }
 
@@ -355,7 +381,7 @@ async fn run_split<S>(
         bucket: app.registry.connection_bucket(),
     };
     let close = match dialect {
-        Dialect::Native => match actor.log_in_native(&mut stream, &drain).await {
+        Dialect::Native(wire) => match actor.log_in_native(&mut stream, &drain, wire).await {
             Ok(welcome) => actor.serve(&mut sink, &mut stream, &drain, welcome).await,
             Err(close) => close,
         },
@@ -458,11 +484,12 @@ async fn send_wills(app: &App, caller: &Caller, wills: BTreeMap<String, SendRequ
 /// Waits for the first frame, which must be `Login`.
 async fn read_login<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut Stream<S>,
+    wire: Wire,
 ) -> Result<(u64, pb::Login), Option<Close>> {
     loop {
         match read(stream).await {
             Inbound::Frame(m) => {
-                return match decode_native(&m) {
+                return match wire.decode(&m) {
                     Ok(ClientFrame {
                         id,
                         body: Some(Req::Login(l)),
@@ -482,6 +509,7 @@ async fn read_login<S: AsyncRead + AsyncWrite + Unpin>(
 /// and the last event seq among them, below which live copies are skipped.
 fn welcome(
     app: &App,
+    wire: Wire,
     caller: &Caller,
     id: u64,
     cursor: u64,
@@ -516,23 +544,12 @@ fn welcome(
         idle_timeout_ms: app.config.idle_timeout_ms as u32,
     };
     let mut frames = Vec::with_capacity(events.len() + 2);
-    frames.push(binary(protocol::encode(&protocol::reply(
-        id,
-        Rep::LoginOk(ok),
-    ))));
+    frames.push(wire.frame(&protocol::reply(id, Rep::LoginOk(ok))));
     for e in events {
-        frames.push(binary(
-            protocol::push(Rep::ConversationEvent(e)).native().clone(),
-        ));
+        frames.push(wire.push(&protocol::push(Rep::ConversationEvent(e))));
     }
-    frames.push(binary(
-        protocol::push(Rep::UnreadSummary(summary)).native().clone(),
-    ));
+    frames.push(wire.push(&protocol::push(Rep::UnreadSummary(summary))));
     Ok((head, frames))
-}
-
-fn binary(b: Bytes) -> WsMessage {
-    WsMessage::Binary(b)
 }
 
 /// One logged-in session on a connection.
@@ -658,10 +675,11 @@ impl Actor {
         &mut self,
         stream: &mut Stream<S>,
         drain: &Drain,
+        wire: Wire,
     ) -> Result<Vec<WsMessage>, Option<Close>> {
         let app = self.app.clone();
         let first = tokio::select! {
-            r = timeout(Duration::from_millis(app.config.login_timeout_ms), read_login(stream)) => r,
+            r = timeout(Duration::from_millis(app.config.login_timeout_ms), read_login(stream, wire)) => r,
             _ = drain.cancelled() => Ok(Err(Some(GOING_AWAY))),
         };
         let (id, login) = match first {
@@ -702,7 +720,7 @@ impl Actor {
         let caller = self
             .open_peer(user, device, false, None)
             .expect("a login is never refused");
-        let (replayed_to, frames) = welcome(&app, &caller, id, event_cursor).map_err(Some)?;
+        let (replayed_to, frames) = welcome(&app, wire, &caller, id, event_cursor).map_err(Some)?;
         self.peers[0].replayed_to = replayed_to;
         self.peers[0].expires_at_ms = expires_at_ms;
         Ok(frames)
@@ -862,7 +880,7 @@ impl Actor {
                     match dialect {
                         // LeanCloud's SDKs reconnect elsewhere at once when told to go away.
                         Dialect::LeanCloud(p) => Step::Write(vec![leancloud::goaway(p)]),
-                        Dialect::Native => Step::Continue,
+                        Dialect::Native(_) => Step::Continue,
                     }
                 }
                 Some(reply) = next_reply(&mut self.pending), if waiting => {
@@ -873,14 +891,14 @@ impl Actor {
                     Inbound::Frame(m) => {
                         idle_at = Instant::now() + idle;
                         let immediate = match dialect {
-                            Dialect::Native => match decode_native(&m) {
+                            Dialect::Native(wire) => match wire.decode(&m) {
                                 // Nothing is served past the token's deadline, even when the
                                 // timer has not turned yet.
                                 Ok(_) if self.token_expired() => Some(Immediate::End(
                                     close_of(CloseCode::CloseTokenExpired),
                                     Vec::new(),
                                 )),
-                                Ok(f) => self.request(f),
+                                Ok(f) => self.request(wire, f),
                                 Err(code) => Some(Immediate::Close(close_of(code))),
                             },
                             Dialect::LeanCloud(p) => leancloud::on_frame(self, p, m),
@@ -1056,14 +1074,14 @@ impl Actor {
 
     fn take(&mut self, o: Outgoing, frames: &mut Vec<WsMessage>) {
         match self.dialect {
-            Dialect::Native => {
+            Dialect::Native(wire) => {
                 let Some(peer) = self.peers.first() else {
                     return;
                 };
                 if (o.user_seq == 0 || o.user_seq > peer.replayed_to)
                     && !matches!(o.push.event(), PushEvent::Replaced | PushEvent::Kicked)
                 {
-                    frames.push(binary(o.push.native().clone()));
+                    frames.push(wire.push(&o.push));
                 }
             }
             Dialect::LeanCloud(p) => leancloud::take(self, p, o, frames),
@@ -1072,10 +1090,9 @@ impl Actor {
 
     /// Starts a native request. Returns what must be written at once (answers that need no
     /// work).
-    fn request(&mut self, frame: ClientFrame) -> Option<Immediate> {
+    fn request(&mut self, wire: Wire, frame: ClientFrame) -> Option<Immediate> {
         let id = frame.id;
-        let reply =
-            |f: protocol::ServerFrame| Some(Immediate::Reply(vec![binary(protocol::encode(&f))]));
+        let reply = |f: protocol::ServerFrame| Some(Immediate::Reply(vec![wire.frame(&f)]));
         let peer = self.peers.first_mut()?;
         if let Some(work) = frame.body.as_ref().and_then(dispatch::work_of)
             && let Err(e) = self
@@ -1095,10 +1112,7 @@ impl Actor {
             )),
             Some(Req::Logout(_)) => Some(Immediate::End(
                 NORMAL,
-                vec![binary(protocol::encode(&protocol::reply(
-                    id,
-                    Rep::Ok(pb::Ok {}),
-                )))],
+                vec![wire.frame(&protocol::reply(id, Rep::Ok(pb::Ok {})))],
             )),
             Some(Req::RefreshToken(r)) => {
                 let refused = |code: pb::ErrorCode, message: String| {
@@ -1113,7 +1127,7 @@ impl Actor {
                     Ok(i) if *i.user == *peer.caller.user => {
                         peer.expires_at_ms = i.expires_at_ms.unwrap_or(NO_DEADLINE);
                         let ok = protocol::reply(id, Rep::Ok(pb::Ok {}));
-                        Some(Immediate::Refreshed(vec![binary(protocol::encode(&ok))]))
+                        Some(Immediate::Refreshed(vec![wire.frame(&ok)]))
                     }
                     Ok(_) => refused(
                         pb::ErrorCode::ErrorTokenWrongUser,
@@ -1177,9 +1191,7 @@ impl Actor {
             }
             Some(body) => {
                 let work = dispatch::handle(self.app.clone(), peer.caller.clone(), id, body);
-                self.start(Box::pin(async move {
-                    Some(binary(protocol::encode(&work.await)))
-                }));
+                self.start(Box::pin(async move { Some(wire.frame(&work.await)) }));
                 None
             }
         }

@@ -1,0 +1,11 @@
+export { TidingsClient, jwtExpiry, randomId } from "./client.js";
+export type { ClientEvents, ClientOptions, ConnectionState, Gap, SendOptions, TokenSource } from "./client.js";
+export { TidingsError, TimeoutError, ConnectionClosedError } from "./errors.js";
+export { backoffDelay, closeAction } from "./backoff.js";
+export type { BackoffOptions, CloseAction } from "./backoff.js";
+export { MemoryStore, applyChange } from "./store.js";
+export type { CatchUpState, CatchUpStore, PendingSend, StateChange } from "./store.js";
+export { IndexedDbStore } from "./indexeddb.js";
+export type { SocketFactory, SocketLike } from "./socket.js";
+export * from "./gen/tidings/v1/frames_pb.js";
+export * from "./gen/tidings/v1/model_pb.js";

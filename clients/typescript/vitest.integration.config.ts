@@ -1,0 +1,12 @@
+import { defineConfig } from "vitest/config";
+
+// Run by tests/it/sdk_typescript.rs against a real server (TIDINGS_URL, TIDINGS_SECRET), after
+// the package is built (dist/).
+export default defineConfig({
+  test: {
+    include: ["test/integration/**/*.test.ts"],
+    environment: "node",
+    testTimeout: 30_000,
+    fileParallelism: false,
+  },
+});
