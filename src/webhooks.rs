@@ -13,9 +13,9 @@
 //! base64 HMAC-SHA256 of `id.timestamp.body`, with a second signature during a secret rotation)
 //! and `webhook-attempt`. A failure is retried with exponential backoff and jitter; after
 //! `webhook_max_attempts` attempts or `webhook_max_age_secs` the batch is dead-lettered (`Z`)
-//! and later events proceed. While the outbox holds more than `webhook_outbox_max_bytes`, a
-//! failed batch of the endpoint furthest behind is dropped (counted and logged) instead of
-//! retried, so a dead endpoint never fills the disk or slows a send.
+//! and later events proceed. While the outbox holds more than `webhook_outbox_max_bytes` and
+//! the endpoint furthest behind is failing, its oldest events are dropped (counted and logged)
+//! as fast as they are read, so a dead endpoint never fills the disk or slows a send.
 
 use crate::admin::json;
 use crate::app::App;
@@ -123,10 +123,11 @@ pub(crate) fn records_of(events: &[LoggedEvent], deliveries: &[Delivery]) -> Vec
     }
     for d in deliveries {
         match d.frame.event() {
-            PushEvent::Message(m) => {
-                if let Ok(msg) = pb::Message::decode(m.as_ref()) {
-                    add(format!("m {}", msg.id), d.frame.native().clone());
-                }
+            // One push per message (its copies share it): no need to decode it here, on the
+            // writer's thread.
+            PushEvent::Message(_) => {
+                let key = format!("m {:p}", Arc::as_ptr(&d.frame));
+                add(key, d.frame.native().clone());
             }
             PushEvent::Other(body) => match body.as_ref() {
                 Body::ConversationEvent(e) => {
@@ -340,6 +341,11 @@ async fn run_endpoint(
     let app = shared.app.clone();
     let c = &app.config;
     let name = ep.config.name.clone();
+    // Whether the last attempt failed: while it does and the outbox is over its cap, this
+    // endpoint's oldest events are dropped as fast as they can be read, not retried.
+    let mut failing = false;
+    // Events dropped since the endpoint last took a batch (for one log line when it recovers).
+    let mut dropped = 0u64;
     loop {
         let newest = *seqs.borrow_and_update();
         if newest <= cursor {
@@ -367,6 +373,18 @@ async fn run_endpoint(
             cursor = newest;
             continue;
         };
+        if failing && over_cap(&app) && holds_oldest(&shared, &name, cursor) {
+            app.stats.webhook_events_dropped.add(rows.len() as u64);
+            if dropped == 0 {
+                tracing::warn!(endpoint = %name, "webhook outbox over webhook_outbox_max_bytes while the endpoint fails: dropping its oldest events (tidings_webhook_events_dropped_total counts them)");
+            }
+            dropped += rows.len() as u64;
+            if advance(&shared, &name, upto, Vec::new()).await.is_err() {
+                return;
+            }
+            cursor = upto;
+            continue;
+        }
         // The events this endpoint takes, and their records (what a dead letter keeps).
         let (kept, events): (Vec<(u64, &Vec<u8>)>, Vec<Value>) = rows
             .iter()
@@ -395,6 +413,11 @@ async fn run_endpoint(
             };
             match result {
                 Ok(()) => {
+                    failing = false;
+                    if dropped > 0 {
+                        tracing::warn!(endpoint = %name, dropped, "webhook endpoint takes events again; events dropped while it failed");
+                        dropped = 0;
+                    }
                     app.stats.webhook_events_delivered.add(events.len() as u64);
                     if advance(&shared, &name, upto, Vec::new()).await.is_err() {
                         return;
@@ -402,6 +425,7 @@ async fn run_endpoint(
                     break;
                 }
                 Err(why) => {
+                    failing = true;
                     app.stats.webhook_attempts_failed.inc();
                     let give_up = attempt >= c.webhook_max_attempts
                         || started.elapsed() >= Duration::from_secs(c.webhook_max_age_secs);
@@ -418,7 +442,10 @@ async fn run_endpoint(
                                 .collect()
                         } else {
                             app.stats.webhook_events_dropped.add(kept.len() as u64);
-                            tracing::warn!(endpoint = %name, events = kept.len(), "webhook outbox over webhook_outbox_max_bytes: the oldest events are dropped");
+                            if dropped == 0 {
+                                tracing::warn!(endpoint = %name, "webhook outbox over webhook_outbox_max_bytes while the endpoint fails: dropping its oldest events (tidings_webhook_events_dropped_total counts them)");
+                            }
+                            dropped += kept.len() as u64;
                             Vec::new()
                         };
                         if advance(&shared, &name, upto, ops).await.is_err() {

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod hist;
+pub mod hookrecv;
 pub mod lc;
 pub mod live;
 pub mod params;

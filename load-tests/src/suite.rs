@@ -50,6 +50,10 @@ pub struct SuiteArgs {
     /// leancloud: base64 text frames (`lc.proto2base64.3`) instead of binary.
     #[arg(long)]
     pub lc_base64: bool,
+    /// chat: also run the closed loop on fresh servers without webhooks, with one webhook
+    /// endpoint (a receiver here that takes everything), and with that endpoint down.
+    #[arg(long)]
+    pub webhooks: bool,
 }
 
 /// The app id of the LeanCloud dialect in suite runs.
@@ -127,6 +131,30 @@ pub async fn spawn_tidings(
     let dir = tempfile::Builder::new().prefix("tidings-load-").tempdir()?;
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--set", &format!("store_engine={engine}")])
+        .args(sets.iter().flat_map(|kv| ["--set", kv.as_str()]))
+        .env("TIDINGS_JWT_HS256_SECRET", secret)
+        .env("TIDINGS_LOG", "info");
+    spawn(cmd, Some(dir)).await
+}
+
+/// A fresh tidings server with a configuration file holding `toml` (for settings `--set`
+/// cannot give, like webhook endpoints).
+pub async fn spawn_tidings_with(
+    bin: &std::path::Path,
+    secret: &str,
+    engine: &str,
+    sets: &[String],
+    toml: &str,
+) -> anyhow::Result<Spawned> {
+    let dir = tempfile::Builder::new().prefix("tidings-load-").tempdir()?;
+    let config = dir.path().join("tidings.toml");
+    std::fs::write(&config, toml)?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .args(["--set", &format!("store_engine={engine}")])
         .args(sets.iter().flat_map(|kv| ["--set", kv.as_str()]))
@@ -395,6 +423,9 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
             });
         }
         s.stop().await;
+        if cx.args.webhooks {
+            webhook_runs(&mut cx, &bin, &args, &pairs, &dur, &mut targets).await?;
+        }
     }
 
     if cx.wants(Scenario::Fanout) {
@@ -593,4 +624,77 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
     std::fs::write(&args.out, serde_json::to_string_pretty(&out)?)?;
     println!("results written to {}", args.out.display());
     Ok(!cx.failed)
+}
+
+/// The closed-loop chat on three fresh servers: without webhooks, with one endpoint that takes
+/// everything, and with that endpoint down (its outbox capped at 64 MiB). Sends must not be
+/// slowed by more than 15% by either.
+async fn webhook_runs(
+    cx: &mut Ctx,
+    bin: &std::path::Path,
+    args: &SuiteArgs,
+    pairs: &str,
+    dur: &str,
+    targets: &mut Vec<Target>,
+) -> anyhow::Result<()> {
+    let p = params(&[
+        "--pairs",
+        pairs,
+        "--window",
+        "4",
+        "--duration-secs",
+        dur,
+        "--ramp-secs",
+        "2",
+    ]);
+    let receiver = crate::hookrecv::Receiver::start().await?;
+    let dead = crate::hookrecv::dead_address()?;
+    let endpoint = |addr: std::net::SocketAddr| {
+        format!(
+            "webhook_outbox_max_bytes = 67108864\n\n[[webhooks]]\nname = \"load\"\n\
+             url = \"http://{addr}/hook\"\n\
+             secret = \"whsec_bG9hZC10ZXN0LXNlY3JldC0wMTIzNDU2Nzg5YWJjZGVm\"\n"
+        )
+    };
+    let mut figures = Vec::new();
+    for (label, toml) in [
+        ("without webhooks", String::new()),
+        ("one webhook endpoint", endpoint(receiver.addr)),
+        ("the endpoint down", endpoint(dead)),
+    ] {
+        let s = spawn_tidings_with(bin, &cx.secret, &args.store_engine, &args.sets, &toml).await?;
+        let before = receiver.events.load(std::sync::atomic::Ordering::Relaxed);
+        println!("chat, {label}:");
+        let r = cx
+            .run(
+                Scenario::Chat,
+                &s,
+                "tidings",
+                p.clone(),
+                Thresholds::default(),
+            )
+            .await;
+        let got = receiver.events.load(std::sync::atomic::Ordering::Relaxed) - before;
+        if label == "one webhook endpoint" {
+            println!("webhook events received during the run: {got}");
+        }
+        s.stop().await;
+        figures.push((label, r.and_then(|r| r.main_throughput()).unwrap_or(0.0)));
+    }
+    let base = figures[0].1;
+    for (label, v) in &figures[1..] {
+        targets.push(Target {
+            scenario: "chat",
+            figure: if *label == "one webhook endpoint" {
+                "closed-loop acked msg/s with one webhook endpoint"
+            } else {
+                "closed-loop acked msg/s with the webhook endpoint down"
+            },
+            value: *v,
+            target: format!(">= 85% of {base:.0} (the same run without webhooks)"),
+            met: *v >= 0.85 * base,
+            reference_ratio: None,
+        });
+    }
+    Ok(())
 }

@@ -1,0 +1,86 @@
+//! A minimal webhook receiver for the suite's webhook runs: HTTP/1.1 on loopback, keep-alive,
+//! answers every POST `204` at once and counts the events it was given. The server's cost of
+//! webhooks is what is measured, so the receiver does as little as it can.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A running receiver.
+pub struct Receiver {
+    pub addr: std::net::SocketAddr,
+    /// Events received (their `"timestamp"` keys counted in the bodies).
+    pub events: Arc<AtomicU64>,
+    /// POSTs received.
+    pub posts: Arc<AtomicU64>,
+}
+
+impl Receiver {
+    pub async fn start() -> anyhow::Result<Receiver> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let events = Arc::new(AtomicU64::new(0));
+        let posts = Arc::new(AtomicU64::new(0));
+        let (e, p) = (events.clone(), posts.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (e, p) = (e.clone(), p.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::with_capacity(64 << 10);
+                    let mut chunk = vec![0u8; 64 << 10];
+                    loop {
+                        // Headers, then a body of content-length bytes.
+                        let head_end = loop {
+                            if let Some(i) = find(&buf, b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < head_end + len {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body = &buf[head_end..head_end + len];
+                        let n = body.windows(12).filter(|w| w == b"\"timestamp\":").count();
+                        e.fetch_add(n as u64, Ordering::Relaxed);
+                        p.fetch_add(1, Ordering::Relaxed);
+                        buf.drain(..head_end + len);
+                        if s.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Receiver {
+            addr,
+            events,
+            posts,
+        })
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// An address on loopback where nothing listens (a dead endpoint).
+pub fn dead_address() -> anyhow::Result<std::net::SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
