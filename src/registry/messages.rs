@@ -160,7 +160,9 @@ impl Registry {
     /// Checks that `req` could be sent to `id` by the caller now (for will messages).
     pub fn check_will(&self, caller: &Caller, id: &str, req: &SendRequest) -> Result<(), Error> {
         self.validate_send(req)?;
-        self.cell(id)?.lock().require_member(&caller.user)
+        self.cell(id)?
+            .lock()
+            .require_sender(&caller.user, self.now())
     }
 
     fn send_transient(
@@ -171,7 +173,7 @@ impl Registry {
     ) -> Result<SendAck, Error> {
         let (roster, now) = {
             let st = cell.lock();
-            st.require_member(&caller.user)?;
+            st.require_sender(&caller.user, self.now())?;
             (st.roster.clone(), self.now())
         };
         let m = self.build(cell, caller, 0, now, req);
@@ -230,7 +232,7 @@ impl Registry {
         let want_receipts = req.want_receipts;
         let (rx, receipts, ack) = {
             let mut st = cell.lock();
-            st.require_member(&caller.user)?;
+            st.require_sender(&caller.user, self.now())?;
             if want_receipts && st.members.len() > self.config.receipt_max_members {
                 return Err(Error::LimitExceeded(format!(
                     "receipts asked in a conversation of {} members; receipt_max_members is {}",

@@ -8,6 +8,7 @@
 
 pub mod conversation;
 pub mod expiry;
+pub mod groups;
 pub(crate) mod history;
 pub mod import;
 pub(crate) mod inbox;
@@ -89,6 +90,15 @@ pub enum Error {
     /// Over a request rate limit; the same request fits after `retry_after_ms`.
     #[error("rate limited: retry after {retry_after_ms} ms")]
     RateLimited { retry_after_ms: u64 },
+    /// The sender is muted in the group, or mute-all is on and they rank below manager.
+    #[error("muted: {0}")]
+    Muted(&'static str),
+    /// The user is on the group's blacklist.
+    #[error("{0:?} is on this conversation's blacklist")]
+    Blacklisted(String),
+    /// The owner must hand the group over before leaving (front doors that require it).
+    #[error("the owner must transfer ownership before leaving")]
+    OwnerMustTransfer,
 }
 
 impl Error {
@@ -111,6 +121,9 @@ impl Error {
             Error::Unavailable => ErrorCode::ErrorUnavailable,
             Error::Internal => ErrorCode::ErrorInternal,
             Error::RateLimited { .. } => ErrorCode::ErrorRateLimited,
+            Error::Muted(_) => ErrorCode::ErrorMuted,
+            Error::Blacklisted(_) => ErrorCode::ErrorBlacklisted,
+            Error::OwnerMustTransfer => ErrorCode::ErrorOwnerMustTransfer,
         }
     }
 }
@@ -128,11 +141,34 @@ impl From<WriteError> for Error {
     }
 }
 
-/// Who is asking: an authenticated user on one session.
+/// Who is asking: an authenticated user on one session, or the app's backend.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub user: UserId,
     pub session: u64,
+    /// The app's backend acting (the admin API): it outranks every role, need not be a member,
+    /// and `user` only names it in events (`by`). Never set for a client session.
+    pub admin: bool,
+}
+
+impl Caller {
+    /// A user on one of their sessions.
+    pub fn user(user: UserId, session: u64) -> Self {
+        Caller {
+            user,
+            session,
+            admin: false,
+        }
+    }
+
+    /// The app's backend, named `by` in the events it causes.
+    pub fn admin(by: &str) -> Self {
+        Caller {
+            user: UserId::from(by),
+            session: 0,
+            admin: true,
+        }
+    }
 }
 
 /// The longest alias (of a conversation or a message) an import may give.
@@ -228,6 +264,7 @@ impl ConvState {
             muted: false,
             expires_at: self.record.expires_at,
             unique: self.record.unique,
+            mute_all: self.record.mute_all,
         }
     }
 }
@@ -567,6 +604,8 @@ impl Registry {
             conversation: Some(conversation),
             server_time: self.now(),
             user_seq: 0,
+            role: 0,
+            muted_until: 0,
         }
     }
 

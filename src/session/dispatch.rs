@@ -53,10 +53,70 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
             .await
             .map(ok),
         Req::ListMembers(r) => reg
-            .list_members(&caller, &r.conversation_id, &r.cursor, r.limit)
-            .map(|(members, next_cursor, has_more)| {
+            .list_member_infos(&caller, &r.conversation_id, &r.cursor, r.limit)
+            .map(|(members, infos, next_cursor, has_more)| {
                 Rep::MemberList(pb::MemberList {
                     members,
+                    next_cursor,
+                    has_more,
+                    infos,
+                })
+            }),
+        Req::SetMemberRole(r) => {
+            let role = pb::MemberRole::try_from(r.role)
+                .map_err(|_| Error::InvalidArgument(format!("unknown role {}", r.role)));
+            match role {
+                Ok(role) => reg
+                    .set_member_role(&caller, &r.conversation_id, &r.members, role)
+                    .await
+                    .map(|_| ok(())),
+                Err(e) => Err(e),
+            }
+        }
+        Req::TransferOwnership(r) => reg
+            .transfer_ownership(&caller, &r.conversation_id, &r.new_owner)
+            .await
+            .map(conversation),
+        Req::MuteMembers(r) => reg
+            .mute_members(
+                &caller,
+                &r.conversation_id,
+                &r.members,
+                r.duration_secs,
+                false,
+            )
+            .await
+            .map(|_| ok(())),
+        Req::UnmuteMembers(r) => reg
+            .unmute_members(&caller, &r.conversation_id, &r.members, false)
+            .await
+            .map(|_| ok(())),
+        Req::SetMuteAll(r) => reg
+            .set_mute_all(&caller, &r.conversation_id, r.muted)
+            .await
+            .map(conversation),
+        Req::ListMutedMembers(r) => reg
+            .list_muted_members(&caller, &r.conversation_id, &r.cursor, r.limit)
+            .map(|(members, next_cursor, has_more)| {
+                Rep::MutedMemberList(pb::MutedMemberList {
+                    members,
+                    next_cursor,
+                    has_more,
+                })
+            }),
+        Req::BlockMembers(r) => reg
+            .block_members(&caller, &r.conversation_id, &r.members, false)
+            .await
+            .map(|o| conversation(o.conversation)),
+        Req::UnblockMembers(r) => reg
+            .unblock_members(&caller, &r.conversation_id, &r.members)
+            .await
+            .map(|_| ok(())),
+        Req::ListBlockedMembers(r) => reg
+            .list_blocked_members(&caller, &r.conversation_id, &r.cursor, r.limit)
+            .map(|(users, next_cursor, has_more)| {
+                Rep::BlockedMemberList(pb::BlockedMemberList {
+                    users,
                     next_cursor,
                     has_more,
                 })
@@ -190,6 +250,8 @@ pub fn work_of(body: &Req) -> Option<Work> {
         Req::SyncMessages(_)
         | Req::FetchHistory(_)
         | Req::ListMembers(_)
+        | Req::ListMutedMembers(_)
+        | Req::ListBlockedMembers(_)
         | Req::GetListEntry(_)
         | Req::QueryPresence(_) => Work::Page,
         Req::CreateConversation(_)
@@ -199,7 +261,14 @@ pub fn work_of(body: &Req) -> Option<Work> {
         | Req::UpdateConversation(_)
         | Req::DeleteListEntries(_)
         | Req::DeleteConversation(_)
-        | Req::DeleteMessages(_) => Work::Change,
+        | Req::DeleteMessages(_)
+        | Req::SetMemberRole(_)
+        | Req::TransferOwnership(_)
+        | Req::MuteMembers(_)
+        | Req::UnmuteMembers(_)
+        | Req::SetMuteAll(_)
+        | Req::BlockMembers(_)
+        | Req::UnblockMembers(_) => Work::Change,
         Req::GetConversation(_)
         | Req::SetMuted(_)
         | Req::CountMembers(_)

@@ -8,6 +8,7 @@ mod conversations;
 mod delivery;
 mod drain;
 mod durability;
+mod groups;
 mod import;
 mod leancloud;
 mod leancloud_browser;
