@@ -498,6 +498,57 @@ impl Client {
         }
     }
 
+    pub async fn block_user(&self, user: &str) -> Result<(), ClientError> {
+        self.ok(Req::BlockUser(pb::BlockUser {
+            user_id: user.into(),
+        }))
+        .await
+    }
+
+    pub async fn unblock_user(&self, user: &str) -> Result<(), ClientError> {
+        self.ok(Req::UnblockUser(pb::UnblockUser {
+            user_id: user.into(),
+        }))
+        .await
+    }
+
+    pub async fn list_blocked_users(
+        &self,
+        cursor: &str,
+        limit: u32,
+    ) -> Result<pb::BlockedUserList, ClientError> {
+        match self
+            .request(Req::ListBlockedUsers(pb::ListBlockedUsers {
+                cursor: cursor.into(),
+                limit,
+            }))
+            .await?
+        {
+            Rep::BlockedUserList(l) => Ok(l),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Changes the caller's profile.
+    pub async fn set_profile(&self, req: pb::SetProfile) -> Result<pb::Profile, ClientError> {
+        match self.request(Req::SetProfile(req)).await? {
+            Rep::Profile(p) => Ok(p),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn get_profiles(&self, users: &[&str]) -> Result<Vec<pb::Profile>, ClientError> {
+        match self
+            .request(Req::GetProfiles(pb::GetProfiles {
+                user_ids: strings(users),
+            }))
+            .await?
+        {
+            Rep::ProfileList(l) => Ok(l.profiles),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Sends any message.
     pub async fn send(&self, req: pb::SendMessage) -> Result<pb::SendAck, ClientError> {
         match self.request(Req::SendMessage(req)).await? {

@@ -296,6 +296,12 @@ impl Registry {
             dashmap::Entry::Vacant(v) => match self.store.direct(&pair.0, &pair.1)? {
                 Some(num) => (*v.insert(num), None),
                 None => {
+                    let peer = if pair.0 == caller.user {
+                        &pair.1
+                    } else {
+                        &pair.0
+                    };
+                    self.require_not_blocked_by(peer, &caller.user)?;
                     let mut next = self.next_conv.lock().unwrap_or_else(|p| p.into_inner());
                     let record = ConversationRecord {
                         kind: ConversationKind::Direct as i32,
@@ -912,7 +918,7 @@ impl Registry {
         limit: u32,
     ) -> Result<(Vec<String>, Vec<MemberInfo>, String, bool), Error> {
         let (page, next, more) = self.list_members(caller, id, cursor, limit)?;
-        let infos = self.infos_of(&self.cell(id)?, &page);
+        let infos = self.infos_of(&self.cell(id)?, &page)?;
         Ok((page, infos, next, more))
     }
 

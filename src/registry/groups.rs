@@ -192,6 +192,7 @@ impl ConvState {
             user_id: user.to_owned(),
             role: role_of(self.rank_of(user)) as i32,
             muted_until,
+            profile: None,
         }
     }
 }
@@ -820,10 +821,20 @@ impl Registry {
         Ok((cell.id.to_string(), out))
     }
 
-    /// Members with their roles and mutes, in the order of `users`.
-    pub(super) fn infos_of(&self, cell: &Arc<ConvCell>, users: &[String]) -> Vec<MemberInfo> {
+    /// Members with their roles, mutes and profiles, in the order of `users`.
+    pub(super) fn infos_of(
+        &self,
+        cell: &Arc<ConvCell>,
+        users: &[String],
+    ) -> Result<Vec<MemberInfo>, Error> {
         let now = self.now();
-        let st = cell.lock();
-        users.iter().map(|u| st.member_info(u, now)).collect()
+        let mut infos: Vec<MemberInfo> = {
+            let st = cell.lock();
+            users.iter().map(|u| st.member_info(u, now)).collect()
+        };
+        for i in &mut infos {
+            i.profile = Some(self.profile_of(&i.user_id)?);
+        }
+        Ok(infos)
     }
 }

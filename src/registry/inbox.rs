@@ -444,7 +444,7 @@ impl Registry {
             None
         };
         let kind = info.record.kind;
-        let peer = if kind == ConversationKind::Direct as i32 {
+        let peer: String = if kind == ConversationKind::Direct as i32 {
             info.record
                 .pair
                 .iter()
@@ -458,7 +458,7 @@ impl Registry {
         Ok(Some(ListEntry {
             conversation_id: Self::id_of(num, &info.record),
             kind,
-            peer,
+            peer: peer.clone(),
             name: info.record.name.clone(),
             last_message,
             last_activity: activity,
@@ -483,6 +483,11 @@ impl Registry {
                 0
             },
             mute_all: info.record.mute_all,
+            peer_profile: if peer.is_empty() {
+                None
+            } else {
+                Some(self.profile_of(&peer)?)
+            },
         }))
     }
 

@@ -160,9 +160,9 @@ impl Registry {
     /// Checks that `req` could be sent to `id` by the caller now (for will messages).
     pub fn check_will(&self, caller: &Caller, id: &str, req: &SendRequest) -> Result<(), Error> {
         self.validate_send(req)?;
-        self.cell(id)?
-            .lock()
-            .require_sender(&caller.user, self.now())
+        let cell = self.cell(id)?;
+        cell.lock().require_sender(&caller.user, self.now())?;
+        self.require_not_blocked(&cell, &caller.user)
     }
 
     fn send_transient(
@@ -171,6 +171,7 @@ impl Registry {
         cell: &super::ConvCell,
         req: SendRequest,
     ) -> Result<SendAck, Error> {
+        self.require_not_blocked(cell, &caller.user)?;
         let (roster, now) = {
             let st = cell.lock();
             st.require_sender(&caller.user, self.now())?;
@@ -227,6 +228,7 @@ impl Registry {
         cell: &super::ConvCell,
         req: SendRequest,
     ) -> Result<SendAck, Error> {
+        self.require_not_blocked(cell, &caller.user)?;
         let permit = self.writer.reserve().await?;
         let client_id = req.client_message_id.clone();
         let want_receipts = req.want_receipts;

@@ -16,6 +16,7 @@ pub mod limits;
 mod messages;
 mod presence;
 mod receipts;
+pub mod users;
 pub mod writer;
 
 use crate::clock::SharedClock;
@@ -96,6 +97,9 @@ pub enum Error {
     /// The user is on the group's blacklist.
     #[error("{0:?} is on this conversation's blacklist")]
     Blacklisted(String),
+    /// The other member of the direct conversation blocked the caller.
+    #[error("the other user blocked you")]
+    Blocked,
     /// The owner must hand the group over before leaving (front doors that require it).
     #[error("the owner must transfer ownership before leaving")]
     OwnerMustTransfer,
@@ -124,6 +128,7 @@ impl Error {
             Error::Muted(_) => ErrorCode::ErrorMuted,
             Error::Blacklisted(_) => ErrorCode::ErrorBlacklisted,
             Error::OwnerMustTransfer => ErrorCode::ErrorOwnerMustTransfer,
+            Error::Blocked => ErrorCode::ErrorBlocked,
         }
     }
 }
@@ -309,6 +314,7 @@ pub struct Registry {
     /// Request rate buckets of users with a live session ([`limits`]).
     rates: DashMap<UserId, limits::Bucket>,
     pin_locks: inbox::PinLocks,
+    user_locks: users::UserLocks,
 }
 
 /// The last numbers handed out, per kind of conversation.
@@ -350,6 +356,7 @@ impl Registry {
             snapshots: Default::default(),
             rates: DashMap::new(),
             pin_locks: Default::default(),
+            user_locks: Default::default(),
         })
     }
 

@@ -5,6 +5,7 @@ use crate::protocol::pb::{self, client_frame::Body as Req, server_frame::Body as
 use crate::protocol::{ServerFrame, reply};
 use crate::registry::conversation::{CreateRequest, UpdateRequest};
 use crate::registry::limits::Work;
+use crate::registry::users::ProfileUpdate;
 use crate::registry::{
     Caller, DeleteMessagesRequest, EditRequest, Error, HistoryRequest, ListRequest, SendRequest,
 };
@@ -217,9 +218,39 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
             .delete_conversation(&caller, &r.conversation_id, r.purge_messages)
             .await
             .map(ok),
-        Req::QueryPresence(r) => reg
-            .online_members(&caller, &r.conversation_id)
-            .map(|online| Rep::Presence(pb::PresenceReply { online })),
+        Req::QueryPresence(r) => {
+            reg.online_members(&caller, &r.conversation_id)
+                .and_then(|online| {
+                    let profiles = reg.profiles(&online)?;
+                    Ok(Rep::Presence(pb::PresenceReply { online, profiles }))
+                })
+        }
+        Req::BlockUser(r) => reg.block_user(&caller, &r.user_id).await.map(ok),
+        Req::UnblockUser(r) => reg.unblock_user(&caller, &r.user_id).await.map(ok),
+        Req::ListBlockedUsers(r) => reg.list_blocked_users(&caller, &r.cursor, r.limit).map(
+            |(users, next_cursor, has_more)| {
+                Rep::BlockedUserList(pb::BlockedUserList {
+                    users,
+                    next_cursor,
+                    has_more,
+                })
+            },
+        ),
+        Req::SetProfile(r) => {
+            let update = ProfileUpdate {
+                display_name: r.display_name,
+                avatar_url: r.avatar_url,
+                set_fields: r.set_fields,
+                remove_fields: r.remove_fields,
+            };
+            let user = caller.user.clone();
+            reg.set_profile(&caller, &user, update)
+                .await
+                .map(Rep::Profile)
+        }
+        Req::GetProfiles(r) => reg
+            .profiles(&r.user_ids)
+            .map(|profiles| Rep::ProfileList(pb::ProfileList { profiles })),
         Req::Login(_) => Err(Error::AlreadyLoggedIn),
         // Session-level requests, answered by the session itself.
         Req::Logout(_)
@@ -252,6 +283,8 @@ pub fn work_of(body: &Req) -> Option<Work> {
         | Req::ListMembers(_)
         | Req::ListMutedMembers(_)
         | Req::ListBlockedMembers(_)
+        | Req::ListBlockedUsers(_)
+        | Req::GetProfiles(_)
         | Req::GetListEntry(_)
         | Req::QueryPresence(_) => Work::Page,
         Req::CreateConversation(_)
@@ -268,7 +301,10 @@ pub fn work_of(body: &Req) -> Option<Work> {
         | Req::UnmuteMembers(_)
         | Req::SetMuteAll(_)
         | Req::BlockMembers(_)
-        | Req::UnblockMembers(_) => Work::Change,
+        | Req::UnblockMembers(_)
+        | Req::BlockUser(_)
+        | Req::UnblockUser(_)
+        | Req::SetProfile(_) => Work::Change,
         Req::GetConversation(_)
         | Req::SetMuted(_)
         | Req::CountMembers(_)

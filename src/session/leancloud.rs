@@ -114,7 +114,7 @@ pub(super) fn error_code(e: &Error, sending: bool) -> (ErrorCode, bool) {
         Error::RateLimited { .. } if sending => ErrorCode::MessageSentQuotaExceeded,
         Error::RateLimited { .. } => ErrorCode::AppQuotaExceeded,
         Error::Muted(_) => ErrorCode::Silienced,
-        Error::Blacklisted(_) => ErrorCode::BlockedByConv,
+        Error::Blacklisted(_) | Error::Blocked => ErrorCode::BlockedByConv,
         Error::OwnerMustTransfer => ErrorCode::ConversationNeedOwner,
     };
     (code, false)

@@ -30,4 +30,5 @@ mod stuck_clients;
 mod temporary;
 mod tls;
 mod token_expiry;
+mod users;
 mod webhooks;
