@@ -378,6 +378,177 @@ impl Client {
         }
     }
 
+    /// Makes members managers or plain members.
+    pub async fn set_member_role(
+        &self,
+        id: &str,
+        members: &[&str],
+        role: pb::MemberRole,
+    ) -> Result<(), ClientError> {
+        self.ok(Req::SetMemberRole(pb::SetMemberRole {
+            conversation_id: id.into(),
+            members: strings(members),
+            role: role as i32,
+        }))
+        .await
+    }
+
+    pub async fn transfer_ownership(
+        &self,
+        id: &str,
+        new_owner: &str,
+    ) -> Result<pb::Conversation, ClientError> {
+        self.conversation(Req::TransferOwnership(pb::TransferOwnership {
+            conversation_id: id.into(),
+            new_owner: new_owner.into(),
+        }))
+        .await
+    }
+
+    /// Mutes members for `duration_secs` (0: until lifted).
+    pub async fn mute_members(
+        &self,
+        id: &str,
+        members: &[&str],
+        duration_secs: u64,
+    ) -> Result<(), ClientError> {
+        self.ok(Req::MuteMembers(pb::MuteMembers {
+            conversation_id: id.into(),
+            members: strings(members),
+            duration_secs,
+        }))
+        .await
+    }
+
+    pub async fn unmute_members(&self, id: &str, members: &[&str]) -> Result<(), ClientError> {
+        self.ok(Req::UnmuteMembers(pb::UnmuteMembers {
+            conversation_id: id.into(),
+            members: strings(members),
+        }))
+        .await
+    }
+
+    pub async fn set_mute_all(
+        &self,
+        id: &str,
+        muted: bool,
+    ) -> Result<pb::Conversation, ClientError> {
+        self.conversation(Req::SetMuteAll(pb::SetMuteAll {
+            conversation_id: id.into(),
+            muted,
+        }))
+        .await
+    }
+
+    pub async fn list_muted_members(
+        &self,
+        id: &str,
+        cursor: &str,
+        limit: u32,
+    ) -> Result<pb::MutedMemberList, ClientError> {
+        match self
+            .request(Req::ListMutedMembers(pb::ListMutedMembers {
+                conversation_id: id.into(),
+                cursor: cursor.into(),
+                limit,
+            }))
+            .await?
+        {
+            Rep::MutedMemberList(l) => Ok(l),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn block_members(
+        &self,
+        id: &str,
+        members: &[&str],
+    ) -> Result<pb::Conversation, ClientError> {
+        self.conversation(Req::BlockMembers(pb::BlockMembers {
+            conversation_id: id.into(),
+            members: strings(members),
+        }))
+        .await
+    }
+
+    pub async fn unblock_members(&self, id: &str, members: &[&str]) -> Result<(), ClientError> {
+        self.ok(Req::UnblockMembers(pb::UnblockMembers {
+            conversation_id: id.into(),
+            members: strings(members),
+        }))
+        .await
+    }
+
+    pub async fn list_blocked_members(
+        &self,
+        id: &str,
+        cursor: &str,
+        limit: u32,
+    ) -> Result<pb::BlockedMemberList, ClientError> {
+        match self
+            .request(Req::ListBlockedMembers(pb::ListBlockedMembers {
+                conversation_id: id.into(),
+                cursor: cursor.into(),
+                limit,
+            }))
+            .await?
+        {
+            Rep::BlockedMemberList(l) => Ok(l),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn block_user(&self, user: &str) -> Result<(), ClientError> {
+        self.ok(Req::BlockUser(pb::BlockUser {
+            user_id: user.into(),
+        }))
+        .await
+    }
+
+    pub async fn unblock_user(&self, user: &str) -> Result<(), ClientError> {
+        self.ok(Req::UnblockUser(pb::UnblockUser {
+            user_id: user.into(),
+        }))
+        .await
+    }
+
+    pub async fn list_blocked_users(
+        &self,
+        cursor: &str,
+        limit: u32,
+    ) -> Result<pb::BlockedUserList, ClientError> {
+        match self
+            .request(Req::ListBlockedUsers(pb::ListBlockedUsers {
+                cursor: cursor.into(),
+                limit,
+            }))
+            .await?
+        {
+            Rep::BlockedUserList(l) => Ok(l),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Changes the caller's profile.
+    pub async fn set_profile(&self, req: pb::SetProfile) -> Result<pb::Profile, ClientError> {
+        match self.request(Req::SetProfile(req)).await? {
+            Rep::Profile(p) => Ok(p),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn get_profiles(&self, users: &[&str]) -> Result<Vec<pb::Profile>, ClientError> {
+        match self
+            .request(Req::GetProfiles(pb::GetProfiles {
+                user_ids: strings(users),
+            }))
+            .await?
+        {
+            Rep::ProfileList(l) => Ok(l.profiles),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Sends any message.
     pub async fn send(&self, req: pb::SendMessage) -> Result<pb::SendAck, ClientError> {
         match self.request(Req::SendMessage(req)).await? {
@@ -692,4 +863,8 @@ impl Client {
     pub async fn ping(&self) -> Result<(), ClientError> {
         self.request(Req::Ping(pb::Ping {})).await.map(|_| ())
     }
+}
+
+fn strings(users: &[&str]) -> Vec<String> {
+    users.iter().map(|u| u.to_string()).collect()
 }

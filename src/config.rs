@@ -141,6 +141,20 @@ pub struct Config {
     pub max_attributes_bytes: usize,
     /// Most members a group may have (creator included).
     pub max_group_members: usize,
+    /// Most managers a group may have (the owner not counted).
+    pub max_managers: usize,
+    /// Longest timed mute (MuteMembers `duration_secs`), seconds; 0 asks for "until lifted".
+    pub max_mute_secs: u64,
+    /// Most users on one group's blacklist.
+    pub max_blacklist: usize,
+    /// Most users one user may block.
+    pub max_blocked_users: usize,
+    /// Longest profile display name, bytes.
+    pub max_display_name_bytes: usize,
+    /// Longest profile avatar URL, bytes.
+    pub max_avatar_url_bytes: usize,
+    /// Largest profile custom fields (keys plus values), bytes.
+    pub max_profile_fields_bytes: usize,
     /// Most members a temporary conversation may have (creator included).
     pub max_temporary_members: usize,
     /// Lifetime of a temporary conversation when the request gives none, seconds.
@@ -333,6 +347,13 @@ impl Default for Config {
             max_name_bytes: 256,
             max_attributes_bytes: 8 << 10,
             max_group_members: 10_000,
+            max_managers: 20,
+            max_mute_secs: 30 * 86_400,
+            max_blacklist: 1000,
+            max_blocked_users: 1000,
+            max_display_name_bytes: 128,
+            max_avatar_url_bytes: 1024,
+            max_profile_fields_bytes: 1024,
             max_temporary_members: 10,
             temporary_ttl_default_secs: 86_400,
             temporary_ttl_max_secs: 2_592_000,

@@ -87,10 +87,7 @@ fn native() -> &'static Mutex<Native> {
         // writer stops with the process.
         let _ = std::fs::remove_dir_all(&dir);
         std::mem::forget(writer);
-        let caller = Caller {
-            user: UserId::from(USER),
-            session: app.next_session_id(),
-        };
+        let caller = Caller::user(UserId::from(USER), app.next_session_id());
         // Something to find: a group, a direct conversation and a temporary one with
         // messages (their ids are the first the server issues: 0000000000000001, ...).
         rt.block_on(async {

@@ -559,8 +559,11 @@ const LC_CORS_HEADERS: &str = "X-LC-Id, X-LC-Key, X-LC-IM-Session-Token, X-LC-UA
 /// Whether `path` is one of the LeanCloud dialect's HTTP endpoints (served, with CORS, only
 /// while the dialect is configured; otherwise 404 like any unknown path).
 fn is_leancloud_http(path: &str) -> bool {
-    path == LC_ROUTE_PATH || path == LC_NOTIFICATIONS_PATH
+    path == LC_ROUTE_PATH || path == LC_NOTIFICATIONS_PATH || path == LC_MEMBER_INFO_PATH
 }
+
+/// Member roles of a conversation (the SDKs' `getAllMemberInfo()`).
+const LC_MEMBER_INFO_PATH: &str = "/1.1/classes/_ConversationMemberInfo";
 
 /// Conversation events a client missed while offline (the SDKs ask after reconnecting).
 const LC_NOTIFICATIONS_PATH: &str = "/1.1/rtm/notifications";
@@ -571,6 +574,7 @@ fn leancloud_http(req: &Request<Incoming>, app: &App, tls: bool) -> Response<Ful
         (&Method::OPTIONS, _) => return cors_preflight(req.headers()),
         (&Method::GET, LC_ROUTE_PATH) => leancloud_route(req, &app.config, tls),
         (&Method::GET, LC_NOTIFICATIONS_PATH) => leancloud_notifications(req, app),
+        (&Method::GET, LC_MEMBER_INFO_PATH) => leancloud_member_info(req, app),
         _ => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             r.headers_mut()
@@ -654,6 +658,34 @@ fn leancloud_notifications(req: &Request<Incoming>, app: &App) -> Response<Full<
         app,
         query_param(query, "client_id").as_deref(),
         query_param(query, "start_ts").as_deref(),
+        header("x-lc-im-session-token"),
+    );
+    let mut r = json(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &body,
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// `GET /1.1/classes/_ConversationMemberInfo?where={"cid":…}&client_id=…` with the client's
+/// session token in `X-LC-IM-Session-Token`.
+fn leancloud_member_info(req: &Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if let Some(id) = header("x-lc-id")
+        && Some(id) != app.config.leancloud_app_id.as_deref()
+    {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({"code": 4100, "error": "APP_NOT_AVAILABLE"}),
+        );
+    }
+    let query = req.uri().query();
+    let (status, body) = crate::session::leancloud::member_info(
+        app,
+        query_param(query, "client_id").as_deref(),
+        query_param(query, "where").as_deref(),
         header("x-lc-im-session-token"),
     );
     let mut r = json(

@@ -204,20 +204,35 @@ fn render(seq: u64, record: &[u8]) -> Option<(&'static str, Value)> {
                 ConversationEventKind::Updated => "conversation.updated",
                 ConversationEventKind::Deleted => "conversation.deleted",
                 ConversationEventKind::Expired => "conversation.expired",
+                ConversationEventKind::RoleChanged => "conversation.role_changed",
+                ConversationEventKind::OwnerChanged => "conversation.owner_changed",
+                ConversationEventKind::MembersMuted => "conversation.members_muted",
+                ConversationEventKind::MembersUnmuted => "conversation.members_unmuted",
+                ConversationEventKind::MuteAllChanged => "conversation.mute_all_changed",
+                ConversationEventKind::MembersBlocked => "conversation.members_blocked",
+                ConversationEventKind::MembersUnblocked => "conversation.members_unblocked",
                 _ => return None,
             };
             let left = e.kind == ConversationEventKind::Left as i32;
-            (
-                kind,
-                e.server_time,
-                json!({
-                    "conversation_id": e.conversation_id,
-                    "by": e.by,
-                    "members": e.members,
-                    "left": left,
-                    "conversation": e.conversation.map(json::Conversation::from),
-                }),
-            )
+            let mut data = json!({
+                "conversation_id": e.conversation_id,
+                "by": e.by,
+                "members": e.members,
+                "left": left,
+                "conversation": e.conversation.map(json::Conversation::from),
+            });
+            // Group control: the role given, and until when the members are muted.
+            match ConversationEventKind::try_from(e.kind).ok()? {
+                ConversationEventKind::RoleChanged => {
+                    let role = pb::MemberRole::try_from(e.role).unwrap_or_default();
+                    data["role"] = role.as_str_name().into();
+                }
+                ConversationEventKind::MembersMuted => {
+                    data["muted_until"] = e.muted_until.into();
+                }
+                _ => {}
+            }
+            (kind, e.server_time, data)
         }
         _ => return None,
     };

@@ -180,10 +180,7 @@ pub(super) fn disconnect(call: &Call<'_>, user: &str) -> Answer {
     responses((status = 200, body = json::ListPage)))]
 pub(super) fn list(call: &Call<'_>, user: &str) -> Answer {
     call.app.registry.check_user_id(user)?;
-    let caller = Caller {
-        user: user.into(),
-        session: NO_SESSION,
-    };
+    let caller = Caller::user(user.into(), NO_SESSION);
     let kind = match call.param("kind") {
         None => 0,
         Some(k) => json::parse_kind(&k)

@@ -183,7 +183,12 @@ impl From<Error> for Failure {
                 StatusCode::NOT_FOUND
             }
             Error::ConversationExpired => StatusCode::GONE,
-            Error::NotAMember | Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            Error::NotAMember
+            | Error::PermissionDenied(_)
+            | Error::Muted(_)
+            | Error::Blacklisted(_)
+            | Error::Blocked => StatusCode::FORBIDDEN,
+            Error::OwnerMustTransfer => StatusCode::CONFLICT,
             Error::NotAllowedForKind { .. } | Error::WindowExpired(_) => StatusCode::CONFLICT,
             Error::InvalidArgument(_) | Error::UnknownRequest | Error::AlreadyLoggedIn => {
                 StatusCode::BAD_REQUEST
@@ -394,10 +399,7 @@ impl Call<'_> {
             .param("as")
             .ok_or_else(|| Failure::invalid("name the acting user with ?as=<user id>"))?;
         self.app.registry.check_user_id(&user)?;
-        Ok(Caller {
-            user: user.as_str().into(),
-            session: NO_SESSION,
-        })
+        Ok(Caller::user(user.as_str().into(), NO_SESSION))
     }
 
     fn json<T: DeserializeOwned>(&self) -> Result<T, Failure> {

@@ -1,11 +1,12 @@
 //! Creating conversations and changing who is in them.
 
+use super::groups::{Action, MemberOutcome};
 use super::writer::wait;
 use super::{Caller, ConvCell, ConvState, Error, LoggedEvent, Registry};
 use crate::hub::Recipients;
 use crate::protocol::pb::{
-    Conversation, ConversationEventKind as Ev, ConversationKind, ConversationRecord, MemberRecord,
-    UserConversationRecord,
+    Conversation, ConversationEventKind as Ev, ConversationKind, ConversationRecord, MemberInfo,
+    MemberRecord, UserConversationRecord,
 };
 use crate::protocol::{self, conversation_id};
 use crate::store::{Counter, Op, UserId};
@@ -46,7 +47,11 @@ fn kind_name(k: ConversationKind) -> &'static str {
 impl Registry {
     /// Validates a list of users named by a request: ids well-formed, no duplicates, within the
     /// per-request limit. Returns them sorted, without `except`.
-    fn named_users(&self, users: &[String], except: &str) -> Result<BTreeSet<UserId>, Error> {
+    pub(super) fn named_users(
+        &self,
+        users: &[String],
+        except: &str,
+    ) -> Result<BTreeSet<UserId>, Error> {
         if users.len() > self.config.max_members_per_request {
             return Err(Error::LimitExceeded(format!(
                 "{} users named; max_members_per_request is {}",
@@ -132,6 +137,7 @@ impl Registry {
                         deleted_at: 0,
                         unique: req.unique,
                         alias: String::new(),
+                        ..Default::default()
                     };
                     let (cell, ops, events) = self.new_normal(&mut next, caller, record, &members);
                     (cell, self.writer.submit(permit, ops, Vec::new(), events))
@@ -199,6 +205,7 @@ impl Registry {
                         deleted_at: 0,
                         unique: false,
                         alias: String::new(),
+                        ..Default::default()
                     };
                     let expires_at = record.expires_at;
                     let (cell, mut ops, events) =
@@ -304,6 +311,12 @@ impl Registry {
             dashmap::Entry::Vacant(v) => match self.store.direct(&pair.0, &pair.1)? {
                 Some(num) => (*v.insert(num), None),
                 None => {
+                    let peer = if pair.0 == caller.user {
+                        &pair.1
+                    } else {
+                        &pair.0
+                    };
+                    self.require_not_blocked_by(peer, &caller.user)?;
                     let mut next = self.next_conv.lock().unwrap_or_else(|p| p.into_inner());
                     let record = ConversationRecord {
                         kind: ConversationKind::Direct as i32,
@@ -316,6 +329,7 @@ impl Registry {
                         deleted_at: 0,
                         unique: false,
                         alias: String::new(),
+                        ..Default::default()
                     };
                     let members = [pair.0.clone(), pair.1.clone()];
                     let (cell, mut ops, events) =
@@ -381,6 +395,7 @@ impl Registry {
             let m = MemberRecord {
                 joined_at: now,
                 join_order: i as u64 + 1,
+                ..Default::default()
             };
             ops.push(Op::PutMember {
                 conv: num,
@@ -449,7 +464,7 @@ impl Registry {
     /// members always; others only for groups, when `leancloud_open_conversations` is on
     /// (LeanCloud let any client find normal conversations and `join()` them). Temporary and
     /// direct conversations, and every message, stay members-only.
-    fn require_member_or_open(&self, st: &ConvState, user: &str) -> Result<(), Error> {
+    pub(super) fn require_member_or_open(&self, st: &ConvState, user: &str) -> Result<(), Error> {
         match st.require_member(user) {
             Err(Error::NotAMember)
                 if self.config.leancloud_open_conversations
@@ -508,33 +523,44 @@ impl Registry {
         }
     }
 
-    /// Adds members to a group. Any member may add; users already in are skipped.
+    /// Adds members to a group. Any member may add; users already in are skipped; a user on
+    /// the blacklist fails the request.
     pub async fn add_members(
         &self,
         caller: &Caller,
         id: &str,
         users: &[String],
     ) -> Result<Conversation, Error> {
-        self.add_members_or_join(caller, id, users, false).await
+        Ok(self
+            .add_members_each(caller, id, users, false, false)
+            .await?
+            .conversation)
     }
 
     /// Joins a group by oneself, where conversations are open to that (LeanCloud's `join()`;
     /// see [`Registry::require_member_or_open`]). A member joining again is a no-op.
     pub async fn join(&self, caller: &Caller, id: &str) -> Result<Conversation, Error> {
-        self.add_members_or_join(caller, id, &[caller.user.to_string()], true)
-            .await
+        Ok(self
+            .add_members_each(caller, id, &[caller.user.to_string()], true, false)
+            .await?
+            .conversation)
     }
 
-    async fn add_members_or_join(
+    /// Adds members (or, with `may_join`, joins by oneself). With `partial`, users who may not
+    /// be added (the blacklisted) are reported in `failed` and the rest are added.
+    pub async fn add_members_each(
         &self,
         caller: &Caller,
         id: &str,
         users: &[String],
         may_join: bool,
-    ) -> Result<Conversation, Error> {
+        partial: bool,
+    ) -> Result<MemberOutcome, Error> {
         let cell = self.cell(id)?;
         let named = self.named_users(users, "")?;
         let permit = self.writer.reserve().await?;
+        let mut failed = Vec::new();
+        let mut done = Vec::new();
         let rx = {
             let mut st = cell.lock();
             // Joining by oneself is allowed where the conversation is open.
@@ -544,13 +570,24 @@ impl Registry {
             if joining && may_join {
                 self.require_member_or_open(&st, &caller.user)?;
             } else {
-                st.require_member(&caller.user)?;
+                st.authorize(caller, Action::AddMembers)?;
             }
             Self::require_group(&st, "adding members")?;
-            let new: Vec<UserId> = named
-                .into_iter()
-                .filter(|u| !st.members.contains_key(u))
-                .collect();
+            let mut new: Vec<UserId> = Vec::new();
+            for u in named {
+                if st.record.blacklist.contains_key(&*u) {
+                    let e = Error::Blacklisted(u.to_string());
+                    if !partial {
+                        return Err(e);
+                    }
+                    failed.push((u.to_string(), e));
+                } else {
+                    done.push(u.to_string());
+                    if !st.members.contains_key(&u) {
+                        new.push(u);
+                    }
+                }
+            }
             if new.is_empty() {
                 None
             } else {
@@ -568,6 +605,7 @@ impl Registry {
                     let m = MemberRecord {
                         joined_at: now,
                         join_order: st.next_join_order,
+                        ..Default::default()
                     };
                     st.next_join_order += 1;
                     st.members.insert(u.clone(), m);
@@ -595,7 +633,7 @@ impl Registry {
                     });
                 }
                 st.rebuild_roster();
-                let names = new.iter().map(|u| u.to_string()).collect();
+                let names: Vec<String> = new.iter().map(|u| u.to_string()).collect();
                 let event = self.event(
                     Ev::MembersAdded,
                     &cell,
@@ -619,37 +657,67 @@ impl Registry {
                 Some(self.writer.submit(permit, ops, live, logged))
             }
         };
-        if let Some(rx) = rx {
-            wait(rx).await?;
-        }
-        let view = cell.lock().view(&cell.id);
-        self.view_for(&cell, view, &caller.user)
+        let conversation = self.finish(&cell, caller, rx).await?;
+        Ok(MemberOutcome {
+            conversation,
+            done,
+            failed,
+        })
     }
 
-    /// Removes members from a group. Only the owner may remove others.
+    /// Removes members from a group: the owner removes anyone, managers remove members (see
+    /// the role table, [`super::groups::Action`]).
     pub async fn remove_members(
         &self,
         caller: &Caller,
         id: &str,
         users: &[String],
     ) -> Result<Conversation, Error> {
+        Ok(self
+            .remove_members_each(caller, id, users, false)
+            .await?
+            .conversation)
+    }
+
+    /// [`Registry::remove_members`]; with `partial`, the users who may not be removed (not
+    /// members, or ranking too high) are reported in `failed` and the rest are removed.
+    pub async fn remove_members_each(
+        &self,
+        caller: &Caller,
+        id: &str,
+        users: &[String],
+        partial: bool,
+    ) -> Result<MemberOutcome, Error> {
         let cell = self.cell(id)?;
-        let named = self.named_users(users, "")?;
-        if named.contains(&caller.user) {
+        let mut named = self.named_users(users, "")?;
+        if !caller.admin && named.contains(&caller.user) {
             return Err(Error::InvalidArgument(
                 "to remove yourself, leave the conversation".into(),
             ));
         }
         let permit = self.writer.reserve().await?;
+        let mut failed = Vec::new();
         let rx = {
             let mut st = cell.lock();
-            st.require_member(&caller.user)?;
+            let rank = st.authorize(caller, Action::RemoveMembers)?;
             Self::require_group(&st, "removing members")?;
-            if *st.record.owner != *caller.user {
-                return Err(Error::PermissionDenied("only the owner may remove members"));
+            let mut refused = Vec::new();
+            for u in &named {
+                let verdict = if !st.members.contains_key(u) {
+                    Err(Error::InvalidArgument(format!("{u:?} is not a member")))
+                } else {
+                    st.authorize_over(rank, Action::RemoveMembers, u)
+                };
+                if let Err(e) = verdict {
+                    if !partial {
+                        return Err(e);
+                    }
+                    refused.push(u.clone());
+                    failed.push((u.to_string(), e));
+                }
             }
-            if let Some(u) = named.iter().find(|u| !st.members.contains_key(*u)) {
-                return Err(Error::InvalidArgument(format!("{u:?} is not a member")));
+            for u in refused {
+                named.remove(&u);
             }
             if named.is_empty() {
                 None
@@ -671,9 +739,9 @@ impl Registry {
                     caller.session,
                 )];
                 let logged = named
-                    .into_iter()
+                    .iter()
                     .map(|user| LoggedEvent {
-                        user,
+                        user: user.clone(),
                         event: to_removed.clone(),
                         except_session: 0,
                     })
@@ -681,11 +749,12 @@ impl Registry {
                 Some(self.writer.submit(permit, ops, live, logged))
             }
         };
-        if let Some(rx) = rx {
-            wait(rx).await?;
-        }
-        let view = cell.lock().view(&cell.id);
-        self.view_for(&cell, view, &caller.user)
+        let conversation = self.finish(&cell, caller, rx).await?;
+        Ok(MemberOutcome {
+            conversation,
+            done: named.iter().map(|u| u.to_string()).collect(),
+            failed,
+        })
     }
 
     /// Removes `users` from the state (and their presence subscriptions) and returns the ops
@@ -727,25 +796,44 @@ impl Registry {
 
     /// Leaves a group. An owner who leaves hands ownership to the longest-standing member.
     pub async fn leave(&self, caller: &Caller, id: &str) -> Result<(), Error> {
+        self.leave_with(caller, id, true).await
+    }
+
+    /// Leaves a group; the owner may not (ERROR_OWNER_MUST_TRANSFER) and must first transfer
+    /// ownership. For front doors whose vendor works so (LeanCloud's `quit()`).
+    pub async fn quit(&self, caller: &Caller, id: &str) -> Result<(), Error> {
+        self.leave_with(caller, id, false).await
+    }
+
+    async fn leave_with(&self, caller: &Caller, id: &str, hand_over: bool) -> Result<(), Error> {
         let cell = self.cell(id)?;
         let permit = self.writer.reserve().await?;
         let rx = {
             let mut st = cell.lock();
             st.require_member(&caller.user)?;
             Self::require_group(&st, "leaving")?;
+            let owner = *st.record.owner == *caller.user;
+            if owner && !hand_over && st.members.len() > 1 {
+                return Err(Error::OwnerMustTransfer);
+            }
             let me: BTreeSet<UserId> = [caller.user.clone()].into();
             let mut ops = self.drop_members(&mut st, &cell, &me);
-            if *st.record.owner == *caller.user {
+            if owner {
                 let heir = st
                     .members
                     .iter()
                     .min_by_key(|(u, m)| (m.join_order, (*u).clone()))
-                    .map(|(u, _)| u.to_string());
-                st.record.owner = heir.unwrap_or_default();
-                ops.push(Op::PutConversation {
-                    conv: cell.num,
-                    record: st.record.clone(),
-                });
+                    .map(|(u, _)| u.clone());
+                match heir {
+                    Some(heir) => self.make_owner(&mut st, &cell, &heir, &mut ops)?,
+                    None => {
+                        st.record.owner = String::new();
+                        ops.push(Op::PutConversation {
+                            conv: cell.num,
+                            record: st.record.clone(),
+                        });
+                    }
+                }
             }
             let event = self.event(
                 Ev::Left,
@@ -784,7 +872,7 @@ impl Registry {
         let permit = self.writer.reserve().await?;
         let rx = {
             let mut st = cell.lock();
-            st.require_member(&caller.user)?;
+            st.authorize(caller, Action::Update)?;
             Self::require_not_temporary(&st, "updating name or attributes")?;
             let mut record = st.record.clone();
             if let Some(name) = req.name {
@@ -814,9 +902,7 @@ impl Registry {
             )];
             self.writer.submit(permit, ops, live, Vec::new())
         };
-        wait(rx).await?;
-        let view = cell.lock().view(&cell.id);
-        self.view_for(&cell, view, &caller.user)
+        self.finish(&cell, caller, Some(rx)).await
     }
 
     /// Mutes or unmutes the conversation for the caller only; their other devices are told.
@@ -846,6 +932,19 @@ impl Registry {
         Ok(wait(rx).await?)
     }
 
+    /// A page of members, sorted by user id, with their roles and mutes.
+    pub fn list_member_infos(
+        &self,
+        caller: &Caller,
+        id: &str,
+        cursor: &str,
+        limit: u32,
+    ) -> Result<(Vec<String>, Vec<MemberInfo>, String, bool), Error> {
+        let (page, next, more) = self.list_members(caller, id, cursor, limit)?;
+        let infos = self.infos_of(&self.cell(id)?, &page)?;
+        Ok((page, infos, next, more))
+    }
+
     /// A page of members, sorted by user id.
     pub fn list_members(
         &self,
@@ -863,7 +962,7 @@ impl Registry {
         let cell = self.cell(id)?;
         let roster = {
             let st = cell.lock();
-            st.require_member(&caller.user)?;
+            st.authorize(caller, Action::AddMembers)?;
             st.roster.clone()
         };
         let start = if cursor.is_empty() {

@@ -11,7 +11,7 @@ use super::writer::wait;
 use super::{Caller, ConvCell, Error, Registry};
 use crate::hub::{Delivery, Recipients};
 use crate::protocol;
-use crate::protocol::pb::{self, HistoryDirection, Message, MessageUpdateKind};
+use crate::protocol::pb::{self, ConversationKind, HistoryDirection, Message, MessageUpdateKind};
 use crate::store::{Direction, Op};
 use bytes::Bytes;
 use prost::Message as _;
@@ -413,8 +413,9 @@ impl Registry {
         });
     }
 
-    /// Withdraws a message the caller sent, within `recall_window_secs`. Recalling a recalled
-    /// message returns it again and tells nobody.
+    /// Withdraws a message within `recall_window_secs`: the caller's own, or in a group one of
+    /// a member the caller outranks, by the owner or a manager (the role table). Recalling a
+    /// recalled message returns it again and tells nobody.
     pub async fn recall(
         &self,
         caller: &Caller,
@@ -422,7 +423,7 @@ impl Registry {
         message_id: &str,
     ) -> Result<Message, Error> {
         let window = self.config.recall_window_secs;
-        self.rewrite(caller, id, message_id, |m, now| {
+        self.rewrite(caller, id, message_id, true, |m, now| {
             if m.recalled {
                 return Ok(None);
             }
@@ -454,7 +455,7 @@ impl Registry {
             attributes,
             replace_attributes,
         } = req;
-        self.rewrite(caller, id, &message_id, move |m, now| {
+        self.rewrite(caller, id, &message_id, false, move |m, now| {
             if m.recalled {
                 return Err(Error::MessageNotFound);
             }
@@ -494,6 +495,7 @@ impl Registry {
         caller: &Caller,
         id: &str,
         message_id: &str,
+        recall: bool,
         change: impl FnOnce(&mut Message, i64) -> Result<Option<MessageUpdateKind>, Error>,
     ) -> Result<Message, Error> {
         let cell = self.cell(id)?;
@@ -501,16 +503,25 @@ impl Registry {
         let permit = self.writer.reserve().await?;
         let (rx, message) = {
             let mut st = cell.lock();
-            st.require_member(&caller.user)?;
+            let rank = if caller.admin {
+                st.authorize(caller, super::groups::Action::RecallOthers)?
+            } else {
+                st.require_member(&caller.user)?;
+                st.rank_of(&caller.user)
+            };
             let current = match st.edited.get(&seq) {
                 Some(m) => Some(m.clone()),
                 None => self.store.message(cell.num, seq)?,
             };
             let mut m = current.ok_or(Error::MessageNotFound)?;
             if *m.sender != *caller.user {
-                return Err(Error::PermissionDenied(
-                    "only the sender may recall or edit a message",
-                ));
+                let others = super::groups::Action::RecallOthers;
+                if !recall || st.kind() != ConversationKind::Group || rank < others.least() {
+                    return Err(Error::PermissionDenied(
+                        "only the sender may edit a message; only the sender, the owner and managers may recall one",
+                    ));
+                }
+                st.authorize_over(rank, others, &m.sender)?;
             }
             let now = self.now();
             let patched_before = m.edited_at.max(m.recalled_at);

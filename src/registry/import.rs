@@ -119,10 +119,7 @@ impl Registry {
         };
         let mut ordered = vec![owner.clone()];
         ordered.extend(members.iter().filter(|m| **m != owner).cloned());
-        let caller = Caller {
-            user: owner.clone(),
-            session: 0,
-        };
+        let caller = Caller::user(owner.clone(), 0);
         let permit = self.writer.reserve().await?;
         let (cell, rx) = {
             let mut next = self.next_conv.lock().unwrap_or_else(|p| p.into_inner());

@@ -170,6 +170,8 @@ struct Activity {
     kind: i32,
     last_seq: u64,
     last_ts: i64,
+    /// The conversation's last change shown in every entry (mute-all, owner).
+    changed_at: i64,
 }
 
 impl Registry {
@@ -191,12 +193,14 @@ impl Registry {
                 kind: r.kind,
                 last_seq: st.last_seq,
                 last_ts: if st.last_seq > 0 { st.last_ts } else { 0 },
+                changed_at: r.changed_at,
             }));
         }
         Ok(self.conv_info(num)?.map(|i| Activity {
             kind: i.record.kind,
             last_seq: i.last_seq,
             last_ts: i.last_ts,
+            changed_at: i.record.changed_at,
         }))
     }
 
@@ -282,7 +286,7 @@ impl Registry {
             }
             if Self::listed(&rec, info.last_seq) {
                 let activity = info.last_ts.max(rec.joined_at).max(rec.listed_at);
-                let updated = activity.max(rec.changed_at);
+                let updated = activity.max(rec.changed_at).max(info.changed_at);
                 if activity < floor
                     || !in_window(updated)
                     || (req.pinned_only && rec.pinned_at == 0)
@@ -440,7 +444,7 @@ impl Registry {
             None
         };
         let kind = info.record.kind;
-        let peer = if kind == ConversationKind::Direct as i32 {
+        let peer: String = if kind == ConversationKind::Direct as i32 {
             info.record
                 .pair
                 .iter()
@@ -454,7 +458,7 @@ impl Registry {
         Ok(Some(ListEntry {
             conversation_id: Self::id_of(num, &info.record),
             kind,
-            peer,
+            peer: peer.clone(),
             name: info.record.name.clone(),
             last_message,
             last_activity: activity,
@@ -466,8 +470,24 @@ impl Registry {
             ext: rec.ext,
             expires_at: info.record.expires_at,
             muted: rec.muted,
-            updated_at: activity.max(rec.changed_at),
+            updated_at: activity.max(rec.changed_at).max(info.record.changed_at),
             deleted: false,
+            role: if info.record.owner == **user {
+                pb::MemberRole::Owner as i32
+            } else {
+                rec.role
+            },
+            muted_until: if rec.muted_until > self.now() {
+                rec.muted_until
+            } else {
+                0
+            },
+            mute_all: info.record.mute_all,
+            peer_profile: if peer.is_empty() {
+                None
+            } else {
+                Some(self.profile_of(&peer)?)
+            },
         }))
     }
 
@@ -676,12 +696,7 @@ impl Registry {
         let permit = self.writer.reserve().await?;
         let rx = {
             let mut st = cell.lock();
-            st.require_member(&caller.user)?;
-            if st.kind() == ConversationKind::Group && *st.record.owner != *caller.user {
-                return Err(Error::PermissionDenied(
-                    "only the owner may delete a group for everyone",
-                ));
-            }
+            st.authorize(caller, super::groups::Action::DeleteForEveryone)?;
             let now = self.now();
             let roster = st.roster.clone();
             // The event shows the conversation as it was, members included.

@@ -166,7 +166,9 @@ impl Registry {
     /// Checks that `req` could be sent to `id` by the caller now (for will messages).
     pub fn check_will(&self, caller: &Caller, id: &str, req: &SendRequest) -> Result<(), Error> {
         self.validate_send(req)?;
-        self.cell(id)?.lock().require_member(&caller.user)
+        let cell = self.cell(id)?;
+        cell.lock().require_sender(&caller.user, self.now())?;
+        self.require_not_blocked(&cell, &caller.user)
     }
 
     fn send_transient(
@@ -175,9 +177,10 @@ impl Registry {
         cell: &super::ConvCell,
         req: SendRequest,
     ) -> Result<SendAck, Error> {
+        self.require_not_blocked(cell, &caller.user)?;
         let (roster, now) = {
             let st = cell.lock();
-            st.require_member(&caller.user)?;
+            st.require_sender(&caller.user, self.now())?;
             (st.roster.clone(), self.now())
         };
         let m = self.build(cell, caller, 0, now, req);
@@ -231,12 +234,13 @@ impl Registry {
         cell: &super::ConvCell,
         req: SendRequest,
     ) -> Result<SendAck, Error> {
+        self.require_not_blocked(cell, &caller.user)?;
         let permit = self.writer.reserve().await?;
         let client_id = req.client_message_id.clone();
         let want_receipts = req.want_receipts;
         let (rx, receipts, ack) = {
             let mut st = cell.lock();
-            st.require_member(&caller.user)?;
+            st.require_sender(&caller.user, self.now())?;
             if want_receipts && st.members.len() > self.config.receipt_max_members {
                 return Err(Error::LimitExceeded(format!(
                     "receipts asked in a conversation of {} members; receipt_max_members is {}",

@@ -8,6 +8,7 @@
 
 pub mod conversation;
 pub mod expiry;
+pub mod groups;
 pub(crate) mod history;
 mod hook;
 pub mod import;
@@ -16,6 +17,7 @@ pub mod limits;
 mod messages;
 mod presence;
 mod receipts;
+pub mod users;
 pub mod writer;
 
 use crate::clock::SharedClock;
@@ -93,6 +95,18 @@ pub enum Error {
     /// Over a request rate limit; the same request fits after `retry_after_ms`.
     #[error("rate limited: retry after {retry_after_ms} ms")]
     RateLimited { retry_after_ms: u64 },
+    /// The sender is muted in the group, or mute-all is on and they rank below manager.
+    #[error("muted: {0}")]
+    Muted(&'static str),
+    /// The user is on the group's blacklist.
+    #[error("{0:?} is on this conversation's blacklist")]
+    Blacklisted(String),
+    /// The other member of the direct conversation blocked the caller.
+    #[error("the other user blocked you")]
+    Blocked,
+    /// The owner must hand the group over before leaving (front doors that require it).
+    #[error("the owner must transfer ownership before leaving")]
+    OwnerMustTransfer,
 }
 
 impl Error {
@@ -116,6 +130,10 @@ impl Error {
             Error::Internal => ErrorCode::ErrorInternal,
             Error::RateLimited { .. } => ErrorCode::ErrorRateLimited,
             Error::Rejected(_) => ErrorCode::ErrorRejected,
+            Error::Muted(_) => ErrorCode::ErrorMuted,
+            Error::Blacklisted(_) => ErrorCode::ErrorBlacklisted,
+            Error::OwnerMustTransfer => ErrorCode::ErrorOwnerMustTransfer,
+            Error::Blocked => ErrorCode::ErrorBlocked,
         }
     }
 }
@@ -133,11 +151,34 @@ impl From<WriteError> for Error {
     }
 }
 
-/// Who is asking: an authenticated user on one session.
+/// Who is asking: an authenticated user on one session, or the app's backend.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub user: UserId,
     pub session: u64,
+    /// The app's backend acting (the admin API): it outranks every role, need not be a member,
+    /// and `user` only names it in events (`by`). Never set for a client session.
+    pub admin: bool,
+}
+
+impl Caller {
+    /// A user on one of their sessions.
+    pub fn user(user: UserId, session: u64) -> Self {
+        Caller {
+            user,
+            session,
+            admin: false,
+        }
+    }
+
+    /// The app's backend, named `by` in the events it causes.
+    pub fn admin(by: &str) -> Self {
+        Caller {
+            user: UserId::from(by),
+            session: 0,
+            admin: true,
+        }
+    }
 }
 
 /// The longest alias (of a conversation or a message) an import may give.
@@ -233,6 +274,7 @@ impl ConvState {
             muted: false,
             expires_at: self.record.expires_at,
             unique: self.record.unique,
+            mute_all: self.record.mute_all,
         }
     }
 }
@@ -279,6 +321,7 @@ pub struct Registry {
     pin_locks: inbox::PinLocks,
     /// The pre-send hook, when configured.
     hook: Option<hook::PreSend>,
+    user_locks: users::UserLocks,
 }
 
 /// The last numbers handed out, per kind of conversation.
@@ -321,6 +364,7 @@ impl Registry {
             rates: DashMap::new(),
             pin_locks: Default::default(),
             hook: None,
+            user_locks: Default::default(),
         })
     }
 
@@ -581,6 +625,8 @@ impl Registry {
             conversation: Some(conversation),
             server_time: self.now(),
             user_seq: 0,
+            role: 0,
+            muted_until: 0,
         }
     }
 

@@ -141,6 +141,7 @@ impl Registry {
                 conversation_id: cell.id.to_string(),
                 user_id: user.to_string(),
                 online: self.hub.is_online(user),
+                profile: self.profile_of(user).ok(),
             };
             let frame = protocol::push(pb::server_frame::Body::PresenceChange(change));
             for h in &to {

@@ -5,6 +5,7 @@ use crate::protocol::pb::{self, client_frame::Body as Req, server_frame::Body as
 use crate::protocol::{ServerFrame, reply};
 use crate::registry::conversation::{CreateRequest, UpdateRequest};
 use crate::registry::limits::Work;
+use crate::registry::users::ProfileUpdate;
 use crate::registry::{
     Caller, DeleteMessagesRequest, EditRequest, Error, HistoryRequest, ListRequest, SendRequest,
 };
@@ -53,10 +54,70 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
             .await
             .map(ok),
         Req::ListMembers(r) => reg
-            .list_members(&caller, &r.conversation_id, &r.cursor, r.limit)
-            .map(|(members, next_cursor, has_more)| {
+            .list_member_infos(&caller, &r.conversation_id, &r.cursor, r.limit)
+            .map(|(members, infos, next_cursor, has_more)| {
                 Rep::MemberList(pb::MemberList {
                     members,
+                    next_cursor,
+                    has_more,
+                    infos,
+                })
+            }),
+        Req::SetMemberRole(r) => {
+            let role = pb::MemberRole::try_from(r.role)
+                .map_err(|_| Error::InvalidArgument(format!("unknown role {}", r.role)));
+            match role {
+                Ok(role) => reg
+                    .set_member_role(&caller, &r.conversation_id, &r.members, role)
+                    .await
+                    .map(|_| ok(())),
+                Err(e) => Err(e),
+            }
+        }
+        Req::TransferOwnership(r) => reg
+            .transfer_ownership(&caller, &r.conversation_id, &r.new_owner)
+            .await
+            .map(conversation),
+        Req::MuteMembers(r) => reg
+            .mute_members(
+                &caller,
+                &r.conversation_id,
+                &r.members,
+                r.duration_secs,
+                false,
+            )
+            .await
+            .map(|_| ok(())),
+        Req::UnmuteMembers(r) => reg
+            .unmute_members(&caller, &r.conversation_id, &r.members, false)
+            .await
+            .map(|_| ok(())),
+        Req::SetMuteAll(r) => reg
+            .set_mute_all(&caller, &r.conversation_id, r.muted)
+            .await
+            .map(conversation),
+        Req::ListMutedMembers(r) => reg
+            .list_muted_members(&caller, &r.conversation_id, &r.cursor, r.limit)
+            .map(|(members, next_cursor, has_more)| {
+                Rep::MutedMemberList(pb::MutedMemberList {
+                    members,
+                    next_cursor,
+                    has_more,
+                })
+            }),
+        Req::BlockMembers(r) => reg
+            .block_members(&caller, &r.conversation_id, &r.members, false)
+            .await
+            .map(|o| conversation(o.conversation)),
+        Req::UnblockMembers(r) => reg
+            .unblock_members(&caller, &r.conversation_id, &r.members)
+            .await
+            .map(|_| ok(())),
+        Req::ListBlockedMembers(r) => reg
+            .list_blocked_members(&caller, &r.conversation_id, &r.cursor, r.limit)
+            .map(|(users, next_cursor, has_more)| {
+                Rep::BlockedMemberList(pb::BlockedMemberList {
+                    users,
                     next_cursor,
                     has_more,
                 })
@@ -157,9 +218,39 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
             .delete_conversation(&caller, &r.conversation_id, r.purge_messages)
             .await
             .map(ok),
-        Req::QueryPresence(r) => reg
-            .online_members(&caller, &r.conversation_id)
-            .map(|online| Rep::Presence(pb::PresenceReply { online })),
+        Req::QueryPresence(r) => {
+            reg.online_members(&caller, &r.conversation_id)
+                .and_then(|online| {
+                    let profiles = reg.profiles(&online)?;
+                    Ok(Rep::Presence(pb::PresenceReply { online, profiles }))
+                })
+        }
+        Req::BlockUser(r) => reg.block_user(&caller, &r.user_id).await.map(ok),
+        Req::UnblockUser(r) => reg.unblock_user(&caller, &r.user_id).await.map(ok),
+        Req::ListBlockedUsers(r) => reg.list_blocked_users(&caller, &r.cursor, r.limit).map(
+            |(users, next_cursor, has_more)| {
+                Rep::BlockedUserList(pb::BlockedUserList {
+                    users,
+                    next_cursor,
+                    has_more,
+                })
+            },
+        ),
+        Req::SetProfile(r) => {
+            let update = ProfileUpdate {
+                display_name: r.display_name,
+                avatar_url: r.avatar_url,
+                set_fields: r.set_fields,
+                remove_fields: r.remove_fields,
+            };
+            let user = caller.user.clone();
+            reg.set_profile(&caller, &user, update)
+                .await
+                .map(Rep::Profile)
+        }
+        Req::GetProfiles(r) => reg
+            .profiles(&r.user_ids)
+            .map(|profiles| Rep::ProfileList(pb::ProfileList { profiles })),
         Req::Login(_) => Err(Error::AlreadyLoggedIn),
         // Session-level requests, answered by the session itself.
         Req::Logout(_)
@@ -190,6 +281,10 @@ pub fn work_of(body: &Req) -> Option<Work> {
         Req::SyncMessages(_)
         | Req::FetchHistory(_)
         | Req::ListMembers(_)
+        | Req::ListMutedMembers(_)
+        | Req::ListBlockedMembers(_)
+        | Req::ListBlockedUsers(_)
+        | Req::GetProfiles(_)
         | Req::GetListEntry(_)
         | Req::QueryPresence(_) => Work::Page,
         Req::CreateConversation(_)
@@ -199,7 +294,17 @@ pub fn work_of(body: &Req) -> Option<Work> {
         | Req::UpdateConversation(_)
         | Req::DeleteListEntries(_)
         | Req::DeleteConversation(_)
-        | Req::DeleteMessages(_) => Work::Change,
+        | Req::DeleteMessages(_)
+        | Req::SetMemberRole(_)
+        | Req::TransferOwnership(_)
+        | Req::MuteMembers(_)
+        | Req::UnmuteMembers(_)
+        | Req::SetMuteAll(_)
+        | Req::BlockMembers(_)
+        | Req::UnblockMembers(_)
+        | Req::BlockUser(_)
+        | Req::UnblockUser(_)
+        | Req::SetProfile(_) => Work::Change,
         Req::GetConversation(_)
         | Req::SetMuted(_)
         | Req::CountMembers(_)

@@ -63,7 +63,7 @@ fn wire(p: LcProtocol, command: &GenericCommand) -> WsMessage {
     }
 }
 
-fn command(cmd: Cmd, op: Option<Op>) -> GenericCommand {
+pub(super) fn command(cmd: Cmd, op: Option<Op>) -> GenericCommand {
     GenericCommand {
         cmd: Some(cmd as i32),
         op: op.map(|o| o as i32),
@@ -76,7 +76,11 @@ pub(super) fn goaway(p: LcProtocol) -> WsMessage {
     wire(p, &command(Cmd::Goaway, None))
 }
 
-fn error_command(i: Option<i32>, code: ErrorCode, detail: Option<String>) -> GenericCommand {
+pub(super) fn error_command(
+    i: Option<i32>,
+    code: ErrorCode,
+    detail: Option<String>,
+) -> GenericCommand {
     GenericCommand {
         i,
         error_message: Some(lc::ErrorCommand {
@@ -92,7 +96,7 @@ fn error_command(i: Option<i32>, code: ErrorCode, detail: Option<String>) -> Gen
 /// The LeanCloud error for a registry error, and whether the reason is left out (an expired
 /// temporary conversation answers 4303 with no reason, which the JS SDK turns into its own
 /// "expired" error).
-fn error_code(e: &Error, sending: bool) -> (ErrorCode, bool) {
+pub(super) fn error_code(e: &Error, sending: bool) -> (ErrorCode, bool) {
     let code = match e {
         Error::ConversationNotFound | Error::NotInList => ErrorCode::ConversationNotFound,
         Error::ConversationExpired => return (ErrorCode::ConversationNotFound, true),
@@ -111,11 +115,14 @@ fn error_code(e: &Error, sending: bool) -> (ErrorCode, bool) {
         Error::RateLimited { .. } => ErrorCode::AppQuotaExceeded,
         Error::Rejected(_) if sending => ErrorCode::MessageRejectedByApp,
         Error::Rejected(_) => ErrorCode::ConversationRejectedByApp,
+        Error::Muted(_) => ErrorCode::Silienced,
+        Error::Blacklisted(_) | Error::Blocked => ErrorCode::BlockedByConv,
+        Error::OwnerMustTransfer => ErrorCode::ConversationNeedOwner,
     };
     (code, false)
 }
 
-fn failure(i: Option<i32>, e: &Error) -> GenericCommand {
+pub(super) fn failure(i: Option<i32>, e: &Error) -> GenericCommand {
     let (code, silent) = error_code(e, false);
     let mut c = error_command(i, code, (!silent).then(|| e.to_string()));
     if silent && let Some(m) = c.error_message.as_mut() {
@@ -197,6 +204,9 @@ fn work_of(kind: Cmd, op: Option<Op>) -> Option<Work> {
         (Cmd::Direct | Cmd::Patch, _) => Work::Send,
         (Cmd::Logs, _) | (Cmd::Conv, Some(Op::Query | Op::Members)) => Work::Page,
         (Cmd::Conv, Some(Op::Start | Op::Add | Op::Remove | Op::Update)) => Work::Change,
+        (k, op) if super::leancloud_groups::is_group_command(k, op) => {
+            super::leancloud_groups::work_of(op)
+        }
         _ => Work::Light,
     })
 }
@@ -561,13 +571,33 @@ fn conversation_signature_ok(
     c: &lc::ConvCommand,
     action: Option<&str>,
 ) -> bool {
+    signature_ok(
+        app,
+        caller,
+        c.cid.as_deref().unwrap_or_default(),
+        &c.m,
+        (c.s.as_deref(), c.t, c.n.as_deref()),
+        action,
+    )
+}
+
+/// Whether a conversation or blacklist command's signature `(s, t, n)` over `conv`, the
+/// `members` named and `action` is valid and fresh (when signatures are required).
+pub(super) fn signature_ok(
+    app: &App,
+    caller: &Caller,
+    conv: &str,
+    members: &[String],
+    (s, t, n): (Option<&str>, Option<i64>, Option<&str>),
+    action: Option<&str>,
+) -> bool {
     if !app.config.leancloud_conversation_signatures {
         return true;
     }
     let Some(key) = &app.config.leancloud_master_key else {
         return app.config.insecure_dev;
     };
-    let (Some(sig), Some(t), Some(n)) = (&c.s, c.t, &c.n) else {
+    let (Some(sig), Some(t), Some(n)) = (s, t, n) else {
         return false;
     };
     let ttl_ms = app.config.leancloud_signature_ttl_secs as i64 * 1000;
@@ -575,8 +605,7 @@ fn conversation_signature_ok(
         return false;
     }
     let app_id = app.config.leancloud_app_id.as_deref().unwrap_or_default();
-    let members: Vec<&str> = c.m.iter().map(String::as_str).collect();
-    let conv = c.cid.as_deref().unwrap_or_default();
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
     let expected = crate::leancloud::sign::conversation_signature(
         key,
         app_id,
@@ -624,7 +653,7 @@ fn token_signature(app: &App, peer: &str, exp: i64, login_at: i64, tag: &str) ->
 
 /// The device tag (`None` inside: no tag) and the login time a valid, unexpired token of
 /// `peer` carries.
-fn verify_session_token(
+pub(super) fn verify_session_token(
     app: &App,
     peer: &str,
     st: &str,
@@ -727,45 +756,10 @@ async fn handle(
                 return i
                     .map(|i| error_command(Some(i), ErrorCode::ConversationSignatureFailed, None));
             }
-            let id = c.cid.unwrap_or_default();
-            let joining = c.m.len() == 1 && *c.m[0] == *caller.user;
-            let result = if op == Op::Add && joining {
-                reg.join(caller, &id).await
-            } else if op == Op::Add {
-                reg.add_members(caller, &id, &c.m).await
-            } else {
-                reg.remove_members(caller, &id, &c.m).await
-            };
-            // All or none here: the failure names every id asked for.
-            let (allowed, failed) = match result {
-                Ok(_) => (c.m, Vec::new()),
-                Err(e) => {
-                    let (code, _) = error_code(&e, false);
-                    let failed = lc::ErrorCommand {
-                        code: code.code(),
-                        reason: code.reason().to_owned(),
-                        detail: Some(e.to_string()),
-                        pids: c.m,
-                        ..Default::default()
-                    };
-                    (Vec::new(), vec![failed])
-                }
-            };
-            Ok(GenericCommand {
-                conv_message: Some(lc::ConvCommand {
-                    allowed_pids: allowed,
-                    failed_pids: failed,
-                    ..Default::default()
-                }),
-                ..command(
-                    Cmd::Conv,
-                    Some(if op == Op::Add {
-                        Op::Added
-                    } else {
-                        Op::Removed
-                    }),
-                )
-            })
+            super::leancloud_groups::add_or_remove(app, caller, op, c).await
+        }
+        (k, op) if super::leancloud_groups::is_group_command(k, op) => {
+            return super::leancloud_groups::handle(app, caller, k, op, cmd).await;
         }
         (Cmd::Conv, Some(Op::Members)) => {
             let c = cmd.conv_message.unwrap_or_default();
@@ -1363,7 +1357,7 @@ fn row(
 }
 
 /// Milliseconds since the epoch as the ISO-8601 UTC string LeanCloud rows carry.
-fn iso(ms: i64) -> String {
+pub(super) fn iso(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
@@ -1477,6 +1471,12 @@ fn notification_json(c: &GenericCommand) -> serde_json::Value {
         if !conv.m.is_empty() {
             o.insert("m".into(), conv.m.clone().into());
         }
+        if let Some(info) = &conv.info {
+            o.insert(
+                "info".into(),
+                serde_json::json!({"pid": info.pid, "role": info.role}),
+            );
+        }
         for (name, attr) in [("attr", &conv.attr), ("attrModified", &conv.attr_modified)] {
             if let Some(a) = attr {
                 o.insert(name.into(), serde_json::json!({"data": a.data}));
@@ -1488,6 +1488,8 @@ fn notification_json(c: &GenericCommand) -> serde_json::Value {
     }
     serde_json::Value::Object(o)
 }
+
+pub(crate) use super::leancloud_groups::member_info;
 
 // ---- pushes ----
 
@@ -1681,7 +1683,19 @@ fn conv_notification(
         Ev::MembersRemoved | Ev::Left => Op::MembersLeft,
         Ev::Deleted | Ev::Expired => Op::Left,
         Ev::Updated => Op::Updated,
-        _ => return None,
+        _ => {
+            let (op, c) = super::leancloud_groups::notification(e, peer_id)?;
+            return Some(GenericCommand {
+                server_ts: Some(e.server_time),
+                notification_type: logged.then_some(1),
+                conv_message: Some(lc::ConvCommand {
+                    cid: Some(e.conversation_id.clone()),
+                    init_by: Some(e.by.clone()),
+                    ..c
+                }),
+                ..command(Cmd::Conv, Some(op))
+            });
+        }
     };
     let m = if matches!(op, Op::MembersJoined | Op::MembersLeft) {
         e.members.clone()

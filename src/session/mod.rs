@@ -19,6 +19,7 @@
 
 pub mod dispatch;
 pub mod leancloud;
+mod leancloud_groups;
 
 use crate::app::App;
 use crate::auth::AuthError;
@@ -773,7 +774,7 @@ impl Actor {
         let max = app.config.log_value_max_chars;
         let device = handle.device.as_deref().unwrap_or("");
         tracing::debug!(user = %clean(&user, max), session, device = %clean(device, max), "logged in");
-        let caller = Caller { user, session };
+        let caller = Caller::user(user, session);
         self.peers.push(Peer {
             caller: caller.clone(),
             handle,

@@ -69,6 +69,7 @@ fn records(open: Open<'_>) {
             record: MemberRecord {
                 joined_at: 5,
                 join_order: 1,
+                ..Default::default()
             },
         },
         Op::PutMember {
@@ -77,6 +78,8 @@ fn records(open: Open<'_>) {
             record: MemberRecord {
                 joined_at: 6,
                 join_order: 2,
+                role: crate::protocol::pb::MemberRole::Manager as i32,
+                muted_until: 77,
             },
         },
         Op::PutUserConversation {
@@ -123,10 +126,13 @@ fn records(open: Open<'_>) {
         .members(1)
         .unwrap()
         .into_iter()
-        .map(|(u, r)| (u.to_string(), r.join_order))
+        .map(|(u, r)| (u.to_string(), r.join_order, r.role, r.muted_until))
         .collect();
     members.sort();
-    assert_eq!(members, vec![("alice".into(), 1), ("bob".into(), 2)]);
+    assert_eq!(
+        members,
+        vec![("alice".into(), 1, 0, 0), ("bob".into(), 2, 1, 77)]
+    );
     let convs = s.user_conversations("alice").unwrap();
     assert_eq!(convs.iter().map(|c| c.0).collect::<Vec<_>>(), vec![1, 2]);
     assert!(convs[0].1.muted);

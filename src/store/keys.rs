@@ -26,12 +26,15 @@
 //! | `O`    | outbox seq                       | OutboxRecord (webhook event)   |
 //! | `Y`    | endpoint name                    | last outbox seq it was given (u64) |
 //! | `Z`    | endpoint name ‖ outbox seq       | OutboxRecord (dead letter)     |
+//! | `G`    | user ‖ blocked user              | blocked at (i64)               |
+//! | `F`    | user                             | Profile                        |
 //!
 //! Format versions ([`FORMAT_VERSION`]): 1, the layout without `P` and `V` (a store without a
 //! `V` key that holds data is version 1); 2 adds the patch index `P` and the version key; 3 adds
 //! the aliases `A` and `B` of imported conversations and messages (the ids they had on the
 //! platform they came from; nothing to convert from 2); 4 adds the webhook outbox `O`, the
-//! endpoints' positions in it `Y` and their dead letters `Z` (nothing to convert from 3).
+//! endpoints' positions in it `Y` and their dead letters `Z` (nothing to convert from 3);
+//! 5 adds the user blocks `G` and the profiles `F` (nothing to convert from 4).
 
 pub const CONVERSATION: u8 = b'C';
 pub const MEMBER: u8 = b'M';
@@ -54,9 +57,11 @@ pub const MESSAGE_ALIAS: u8 = b'B';
 pub const OUTBOX: u8 = b'O';
 pub const WEBHOOK_CURSOR: u8 = b'Y';
 pub const DEAD_LETTER: u8 = b'Z';
+pub const USER_BLOCK: u8 = b'G';
+pub const PROFILE: u8 = b'F';
 
 /// The key layout this build reads and writes.
-pub const FORMAT_VERSION: u64 = 4;
+pub const FORMAT_VERSION: u64 = 5;
 
 /// A key under construction.
 pub struct Key(Vec<u8>);
@@ -198,6 +203,15 @@ pub fn dead_letter(endpoint: &str, seq: u64) -> Vec<u8> {
 }
 pub fn dead_letters_of(endpoint: &str) -> Vec<u8> {
     Key::new(DEAD_LETTER).user(endpoint).build()
+}
+pub fn user_block(user: &str, blocked: &str) -> Vec<u8> {
+    Key::new(USER_BLOCK).user(user).user(blocked).build()
+}
+pub fn user_blocks_of(user: &str) -> Vec<u8> {
+    Key::new(USER_BLOCK).user(user).build()
+}
+pub fn profile(user: &str) -> Vec<u8> {
+    Key::new(PROFILE).user(user).build()
 }
 pub fn format_version() -> Vec<u8> {
     vec![FORMAT]

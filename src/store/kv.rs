@@ -8,7 +8,7 @@
 use super::keys::{self, be_u64, user_at};
 use super::{Counter, Direction, Op, Store, StoreError, UserId, decode};
 use crate::protocol::pb::{
-    ConversationEvent, ConversationRecord, MemberRecord, Message, UserConversationRecord,
+    ConversationEvent, ConversationRecord, MemberRecord, Message, Profile, UserConversationRecord,
 };
 use prost::Message as _;
 use std::collections::HashMap;
@@ -177,6 +177,8 @@ impl<E: OrderedKv> KvStore<E> {
                 2 => 0,
                 // 3 → 4 adds the webhook outbox, which only new events fill.
                 3 => 0,
+                // 4 → 5 adds user blocks and profiles, which start empty: nothing to convert.
+                4 => 0,
                 _ => unreachable!("every version below the current one has a step"),
             };
             version += 1;
@@ -310,6 +312,13 @@ fn write_of(op: &Op) -> Write {
         } => Write::Put(keys::dead_letter(endpoint, *seq), record.to_vec()),
         Op::DeleteDeadLetter { endpoint, seq } => Write::Delete(keys::dead_letter(endpoint, *seq)),
         Op::PurgeConversation { .. } => unreachable!("purges are expanded by commit"),
+        Op::PutUserBlock { user, blocked, at } => {
+            Write::Put(keys::user_block(user, blocked), at.to_be_bytes().to_vec())
+        }
+        Op::DeleteUserBlock { user, blocked } => Write::Delete(keys::user_block(user, blocked)),
+        Op::PutProfile { user, profile } => {
+            Write::Put(keys::profile(user), profile.encode_to_vec())
+        }
     }
 }
 
@@ -640,6 +649,47 @@ impl<E: OrderedKv> Store for KvStore<E> {
 
     fn message_alias(&self, conv: u64, alias: &str) -> Result<Option<u64>, StoreError> {
         self.number(&keys::message_alias(conv, alias))
+    }
+
+    fn user_blocks(
+        &self,
+        user: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(UserId, i64)>, StoreError> {
+        let prefix = keys::user_blocks_of(user);
+        let mut lo = if after.is_empty() {
+            prefix.clone()
+        } else {
+            keys::user_block(user, after)
+        };
+        if !after.is_empty() {
+            lo.push(0);
+        }
+        let rows = self
+            .engine
+            .range(&lo, prefix_end(&prefix).as_deref(), false, limit)?;
+        rows.into_iter()
+            .map(
+                |(k, v)| match (keys::user_at(&k, prefix.len()), be_u64(&v, 0)) {
+                    (Some((blocked, _)), Some(at)) => Ok((UserId::from(blocked), at as i64)),
+                    _ => Err(StoreError::Corrupt {
+                        what: "user block",
+                        detail: format!("{k:?}"),
+                    }),
+                },
+            )
+            .collect()
+    }
+
+    fn user_block(&self, user: &str, other: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .number(&keys::user_block(user, other))?
+            .map(|at| at as i64))
+    }
+
+    fn profile(&self, user: &str) -> Result<Option<Profile>, StoreError> {
+        self.record("profile", &keys::profile(user))
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {

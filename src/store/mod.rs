@@ -17,7 +17,7 @@ pub mod sled;
 pub(crate) mod conformance;
 
 use crate::protocol::pb::{
-    ConversationEvent, ConversationRecord, MemberRecord, Message, UserConversationRecord,
+    ConversationEvent, ConversationRecord, MemberRecord, Message, Profile, UserConversationRecord,
 };
 use bytes::Bytes;
 use std::sync::Arc;
@@ -200,6 +200,20 @@ pub enum Op {
     PurgeConversation {
         conv: u64,
     },
+    /// `user` blocked `blocked` at `at` (ms).
+    PutUserBlock {
+        user: UserId,
+        blocked: UserId,
+        at: i64,
+    },
+    DeleteUserBlock {
+        user: UserId,
+        blocked: UserId,
+    },
+    PutProfile {
+        user: UserId,
+        profile: Profile,
+    },
 }
 
 /// Which way a message range is read.
@@ -305,6 +319,18 @@ pub trait Store: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// The users `user` blocked, after `after` by user id, ascending, at most `limit`:
+    /// (user, blocked at).
+    fn user_blocks(
+        &self,
+        user: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(UserId, i64)>, StoreError>;
+    /// When `user` blocked `other`, if they did.
+    fn user_block(&self, user: &str, other: &str) -> Result<Option<i64>, StoreError>;
+    /// A user's profile, if one was set.
+    fn profile(&self, user: &str) -> Result<Option<Profile>, StoreError>;
 
     /// Bytes the engine occupies on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;

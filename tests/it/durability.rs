@@ -354,6 +354,27 @@ impl tidings::store::Store for FailingStore {
     ) -> Result<Vec<(u64, Vec<u8>)>, tidings::store::StoreError> {
         self.inner.dead_letters(endpoint, after, limit)
     }
+    fn user_blocks(
+        &self,
+        user: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(tidings::store::UserId, i64)>, tidings::store::StoreError> {
+        self.inner.user_blocks(user, after, limit)
+    }
+    fn user_block(
+        &self,
+        user: &str,
+        other: &str,
+    ) -> Result<Option<i64>, tidings::store::StoreError> {
+        self.inner.user_block(user, other)
+    }
+    fn profile(
+        &self,
+        user: &str,
+    ) -> Result<Option<tidings::protocol::pb::Profile>, tidings::store::StoreError> {
+        self.inner.profile(user)
+    }
     fn size_on_disk(&self) -> Result<u64, tidings::store::StoreError> {
         self.inner.size_on_disk()
     }

@@ -175,3 +175,15 @@ async fn conversation_signatures_are_required_when_configured() {
     .await;
     run_sdk(&server, "signatures.mjs", "binary").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leancloud_sdk_manages_roles_muted_members_and_the_blacklist() {
+    let server = leancloud_server().await;
+    run_sdk(&server, "groups.mjs", "binary").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leancloud_sdk_4_3_1_manages_roles_muted_members_and_the_blacklist() {
+    let server = leancloud_server().await;
+    run_sdk_package(&server, "groups.mjs", "base64", "leancloud-realtime-v4").await;
+}

@@ -277,3 +277,25 @@ async fn the_leancloud_sdk_finds_the_websocket_through_v1_route() {
     let out = run_sdk(&server, "route.mjs", "binary").await;
     assert!(out.contains("ok - the SDK asked /v1/route"), "{out}");
 }
+
+#[tokio::test]
+async fn member_roles_need_the_clients_session_token() {
+    let server = leancloud_server().await;
+    let addr = server.running().addr;
+    let target = "/1.1/classes/_ConversationMemberInfo?where=%7B%22cid%22%3A%220000000000000001%22%7D&client_id=alice";
+    let r = request(addr, "GET", target, &[]).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(r.json()["code"], 4103);
+    let r = request(addr, "GET", target, &[("X-LC-IM-Session-Token", "forged")]).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.json()["code"], 4112);
+    let r = request(
+        addr,
+        "GET",
+        "/1.1/classes/_ConversationMemberInfo",
+        &[("X-LC-Id", "another-app")],
+    )
+    .await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.json()["code"], 4100);
+}

@@ -844,6 +844,12 @@ async fn a_format_3_store_is_upgraded_at_start_and_its_old_edits_replay() {
     old_store_upgrades_and_replays("store-v3").await;
 }
 
+/// The same for a store written by format 4 (before user blocks and profiles).
+#[tokio::test]
+async fn a_format_4_store_is_upgraded_at_start_and_its_old_edits_replay() {
+    old_store_upgrades_and_replays("store-v4").await;
+}
+
 async fn old_store_upgrades_and_replays(fixture: &str) {
     let dir = tempfile::tempdir().unwrap();
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -188,6 +188,20 @@ impl Store for Gated {
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         self.inner.dead_letters(endpoint, after, limit)
     }
+    fn user_blocks(
+        &self,
+        user: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(tidings::store::UserId, i64)>, StoreError> {
+        self.inner.user_blocks(user, after, limit)
+    }
+    fn user_block(&self, user: &str, other: &str) -> Result<Option<i64>, StoreError> {
+        self.inner.user_block(user, other)
+    }
+    fn profile(&self, user: &str) -> Result<Option<tidings::protocol::pb::Profile>, StoreError> {
+        self.inner.profile(user)
+    }
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.inner.size_on_disk()
     }

@@ -4,6 +4,20 @@ import {
   ErrorCode,
   AckDeliveredSchema,
   AddMembersSchema,
+  UnmuteMembersSchema,
+  UnblockUserSchema,
+  UnblockMembersSchema,
+  TransferOwnershipSchema,
+  SetProfileSchema,
+  SetMuteAllSchema,
+  SetMemberRoleSchema,
+  MuteMembersSchema,
+  ListMutedMembersSchema,
+  ListBlockedUsersSchema,
+  ListBlockedMembersSchema,
+  GetProfilesSchema,
+  BlockUserSchema,
+  BlockMembersSchema,
   ClearWillSchema,
   ClientFrameSchema,
   CountMembersSchema,
@@ -38,8 +52,12 @@ import {
   UpdateConversationSchema,
 } from "./gen/tidings/v1/frames_pb.js";
 import type {
+  BlockedMemberList,
+  BlockedUserList,
   ClientFrame,
   ConversationList,
+  MutedMemberList,
+  ProfileChanged,
   ListEntriesDeleted,
   ListEntryChanged,
   LoginOk,
@@ -54,7 +72,14 @@ import type {
   ServerFrame,
   UnreadSummary,
 } from "./gen/tidings/v1/frames_pb.js";
-import { ConversationEventKind, type Conversation, type ConversationEvent, type ListEntry, type Message } from "./gen/tidings/v1/model_pb.js";
+import {
+  ConversationEventKind,
+  type Conversation,
+  type ConversationEvent,
+  type ListEntry,
+  type Message,
+  type Profile,
+} from "./gen/tidings/v1/model_pb.js";
 import { backoffDelay, closeAction, type BackoffOptions, type CloseAction } from "./backoff.js";
 import { Emitter } from "./emitter.js";
 import { ConnectionClosedError, TidingsError, TimeoutError } from "./errors.js";
@@ -131,6 +156,8 @@ export interface ClientEvents {
   listEntryChanged: (e: ListEntryChanged) => void;
   listEntriesDeleted: (e: ListEntriesDeleted) => void;
   messagesDeleted: (e: MessagesDeleted) => void;
+  /** Someone who shares a conversation with this user (or this user, on another device) changed their profile. */
+  profileChanged: (p: ProfileChanged) => void;
   /** Messages the client could not catch up on. */
   gap: (g: Gap) => void;
   /** More events were pending at login than the server keeps: refetch what matters. */
@@ -486,6 +513,9 @@ export class TidingsClient extends Emitter<ClientEvents> {
         break;
       case "messagesDeleted":
         this.emit("messagesDeleted", body.value);
+        break;
+      case "profileChanged":
+        this.emit("profileChanged", body.value);
         break;
       default:
         break;
@@ -1071,6 +1101,72 @@ export class TidingsClient extends Emitter<ClientEvents> {
 
   async deleteConversation(conversationId: string, purgeMessages = false): Promise<void> {
     await this.#call("deleteConversation", create(DeleteConversationSchema, { conversationId, purgeMessages }), "ok");
+  }
+  // Groups: roles, muting and the blacklist (the role table is in the server's README).
+
+  async setMemberRole(init: MessageInitShape<typeof SetMemberRoleSchema>): Promise<void> {
+    await this.#call("setMemberRole", create(SetMemberRoleSchema, init), "ok");
+  }
+
+  async transferOwnership(conversationId: string, newOwner: string): Promise<Conversation> {
+    const body = create(TransferOwnershipSchema, { conversationId, newOwner });
+    return (await this.#call("transferOwnership", body, "conversation")).conversation!;
+  }
+
+  /** Mutes members for `durationSecs` (0: until lifted). */
+  async muteMembers(conversationId: string, members: string[], durationSecs = 0): Promise<void> {
+    const body = create(MuteMembersSchema, { conversationId, members, durationSecs: BigInt(durationSecs) });
+    await this.#call("muteMembers", body, "ok");
+  }
+
+  async unmuteMembers(conversationId: string, members: string[]): Promise<void> {
+    await this.#call("unmuteMembers", create(UnmuteMembersSchema, { conversationId, members }), "ok");
+  }
+
+  /** While on, only the owner and managers may send. */
+  async setMuteAll(conversationId: string, muted: boolean): Promise<Conversation> {
+    return (await this.#call("setMuteAll", create(SetMuteAllSchema, { conversationId, muted }), "conversation")).conversation!;
+  }
+
+  async listMutedMembers(conversationId: string, cursor = "", limit = 0): Promise<MutedMemberList> {
+    const body = create(ListMutedMembersSchema, { conversationId, cursor, limit });
+    return this.#call("listMutedMembers", body, "mutedMemberList");
+  }
+
+  /** Puts users on the group's blacklist; those who are members are removed. */
+  async blockMembers(conversationId: string, members: string[]): Promise<Conversation> {
+    return (await this.#call("blockMembers", create(BlockMembersSchema, { conversationId, members }), "conversation")).conversation!;
+  }
+
+  async unblockMembers(conversationId: string, members: string[]): Promise<void> {
+    await this.#call("unblockMembers", create(UnblockMembersSchema, { conversationId, members }), "ok");
+  }
+
+  async listBlockedMembers(conversationId: string, cursor = "", limit = 0): Promise<BlockedMemberList> {
+    const body = create(ListBlockedMembersSchema, { conversationId, cursor, limit });
+    return this.#call("listBlockedMembers", body, "blockedMemberList");
+  }
+
+  // Blocking between users, and profiles.
+
+  async blockUser(userId: string): Promise<void> {
+    await this.#call("blockUser", create(BlockUserSchema, { userId }), "ok");
+  }
+
+  async unblockUser(userId: string): Promise<void> {
+    await this.#call("unblockUser", create(UnblockUserSchema, { userId }), "ok");
+  }
+
+  async listBlockedUsers(cursor = "", limit = 0): Promise<BlockedUserList> {
+    return this.#call("listBlockedUsers", create(ListBlockedUsersSchema, { cursor, limit }), "blockedUserList");
+  }
+
+  async setProfile(init: MessageInitShape<typeof SetProfileSchema>): Promise<Profile> {
+    return this.#call("setProfile", create(SetProfileSchema, init), "profile");
+  }
+
+  async getProfiles(userIds: string[]): Promise<Profile[]> {
+    return (await this.#call("getProfiles", create(GetProfilesSchema, { userIds }), "profileList")).profiles;
   }
 }
 

@@ -6,6 +6,7 @@ import {
   ConversationKind,
   ErrorCode,
   HistoryDirection,
+  MemberRole,
   MessageUpdateKind,
   ReceiptKind,
   TidingsClient,
@@ -174,6 +175,43 @@ describe("every request", () => {
     expect(got).toEqual(["über JSON"]);
     const e = await cx.recallMessage(conv.id, "nope").catch((e: unknown) => e);
     expect(e).toBeInstanceOf(TidingsError);
+  });
+
+  it("groups: roles, muting, the blacklist; user blocks and profiles", async () => {
+    const [o, m, x] = [user("owner"), user("manager"), user("member")];
+    const co = make(o);
+    const cm = make(m);
+    const cx = make(x);
+    const profiles: string[] = [];
+    cx.on("profileChanged", (p) => profiles.push(p.profile!.displayName));
+    await co.connect();
+    await cm.connect();
+    await cx.connect();
+    const g = await co.createConversation({ kind: ConversationKind.GROUP, members: [m, x], name: "g" });
+    await co.setMemberRole({ conversationId: g.id, members: [m], role: MemberRole.MANAGER });
+    await cm.muteMembers(g.id, [x], 60);
+    const muted = await co.listMutedMembers(g.id);
+    expect(muted.members.map((i) => i.userId)).toEqual([x]);
+    const refused = await cx.send(g.id, "muted").catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(TidingsError);
+    expect((refused as TidingsError).code).toBe(ErrorCode.ERROR_MUTED);
+    await cm.unmuteMembers(g.id, [x]);
+    await co.setMuteAll(g.id, true);
+    await co.setMuteAll(g.id, false);
+    await cx.send(g.id, "free again");
+    await cm.blockMembers(g.id, [x]);
+    expect((await co.listBlockedMembers(g.id)).users).toEqual([x]);
+    await cm.unblockMembers(g.id, [x]);
+    const moved = await co.transferOwnership(g.id, m);
+    expect(moved.owner).toBe(m);
+
+    await cx.blockUser(o);
+    expect((await cx.listBlockedUsers()).users.map((u) => u.userId)).toEqual([o]);
+    await cx.unblockUser(o);
+    const p = await co.setProfile({ displayName: "The Owner", avatarUrl: "https://example.com/o.png" });
+    expect(p.displayName).toBe("The Owner");
+    expect((await cx.getProfiles([o]))[0]!.displayName).toBe("The Owner");
+    await until(cx, "profileChanged", () => profiles.includes("The Owner"), "the profile push");
   });
 
   it("exercised every request of frames.proto", () => {

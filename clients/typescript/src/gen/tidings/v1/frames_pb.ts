@@ -22,7 +22,7 @@
 
 import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Conversation, ConversationEvent, ConversationKind, ListEntry, Message as Message$1 } from "./model_pb.js";
+import type { Conversation, ConversationEvent, ConversationKind, ListEntry, MemberRole, Message as Message$1, Profile } from "./model_pb.js";
 import { file_tidings_v1_model } from "./model_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -30,7 +30,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tidings/v1/frames.proto.
  */
 export const file_tidings_v1_frames: GenFile = /*@__PURE__*/
-  fileDesc("Chd0aWRpbmdzL3YxL2ZyYW1lcy5wcm90bxIKdGlkaW5ncy52MSKbDQoLQ2xpZW50RnJhbWUSCgoCaWQYASABKAQSIgoFbG9naW4YCiABKAsyES50aWRpbmdzLnYxLkxvZ2luSAASJAoGbG9nb3V0GAsgASgLMhIudGlkaW5ncy52MS5Mb2dvdXRIABIgCgRwaW5nGAwgASgLMhAudGlkaW5ncy52MS5QaW5nSAASMQoNcmVmcmVzaF90b2tlbhgNIAEoCzIYLnRpZGluZ3MudjEuUmVmcmVzaFRva2VuSAASPQoTY3JlYXRlX2NvbnZlcnNhdGlvbhgUIAEoCzIeLnRpZGluZ3MudjEuQ3JlYXRlQ29udmVyc2F0aW9uSAASNwoQZ2V0X2NvbnZlcnNhdGlvbhgVIAEoCzIbLnRpZGluZ3MudjEuR2V0Q29udmVyc2F0aW9uSAASLQoLYWRkX21lbWJlcnMYFiABKAsyFi50aWRpbmdzLnYxLkFkZE1lbWJlcnNIABIzCg5yZW1vdmVfbWVtYmVycxgXIAEoCzIZLnRpZGluZ3MudjEuUmVtb3ZlTWVtYmVyc0gAEjsKEmxlYXZlX2NvbnZlcnNhdGlvbhgYIAEoCzIdLnRpZGluZ3MudjEuTGVhdmVDb252ZXJzYXRpb25IABI9ChN1cGRhdGVfY29udmVyc2F0aW9uGBkgASgLMh4udGlkaW5ncy52MS5VcGRhdGVDb252ZXJzYXRpb25IABIpCglzZXRfbXV0ZWQYGiABKAsyFC50aWRpbmdzLnYxLlNldE11dGVkSAASLwoMbGlzdF9tZW1iZXJzGBsgASgLMhcudGlkaW5ncy52MS5MaXN0TWVtYmVyc0gAEjEKDWNvdW50X21lbWJlcnMYHCABKAsyGC50aWRpbmdzLnYxLkNvdW50TWVtYmVyc0gAEi8KDHNlbmRfbWVzc2FnZRgeIAEoCzIXLnRpZGluZ3MudjEuU2VuZE1lc3NhZ2VIABIxCg1zeW5jX21lc3NhZ2VzGB8gASgLMhgudGlkaW5ncy52MS5TeW5jTWVzc2FnZXNIABIxCg1mZXRjaF9oaXN0b3J5GCAgASgLMhgudGlkaW5ncy52MS5GZXRjaEhpc3RvcnlIABIpCgltYXJrX3JlYWQYISABKAsyFC50aWRpbmdzLnYxLk1hcmtSZWFkSAASNQoPZGVsZXRlX21lc3NhZ2VzGCIgASgLMhoudGlkaW5ncy52MS5EZWxldGVNZXNzYWdlc0gAEjMKDnJlY2FsbF9tZXNzYWdlGCMgASgLMhkudGlkaW5ncy52MS5SZWNhbGxNZXNzYWdlSAASLwoMZWRpdF9tZXNzYWdlGCQgASgLMhcudGlkaW5ncy52MS5FZGl0TWVzc2FnZUgAEjEKDWFja19kZWxpdmVyZWQYJSABKAsyGC50aWRpbmdzLnYxLkFja0RlbGl2ZXJlZEgAEjMKDnF1ZXJ5X3ByZXNlbmNlGCggASgLMhkudGlkaW5ncy52MS5RdWVyeVByZXNlbmNlSAASOwoSc3Vic2NyaWJlX3ByZXNlbmNlGCkgASgLMh0udGlkaW5ncy52MS5TdWJzY3JpYmVQcmVzZW5jZUgAEj8KFHVuc3Vic2NyaWJlX3ByZXNlbmNlGCogASgLMh8udGlkaW5ncy52MS5VbnN1YnNjcmliZVByZXNlbmNlSAASJwoIc2V0X3dpbGwYKyABKAsyEy50aWRpbmdzLnYxLlNldFdpbGxIABIrCgpjbGVhcl93aWxsGCwgASgLMhUudGlkaW5ncy52MS5DbGVhcldpbGxIABI7ChJsaXN0X2NvbnZlcnNhdGlvbnMYMiABKAsyHS50aWRpbmdzLnYxLkxpc3RDb252ZXJzYXRpb25zSAASMgoOZ2V0X2xpc3RfZW50cnkYMyABKAsyGC50aWRpbmdzLnYxLkdldExpc3RFbnRyeUgAEjAKDXNldF9lbnRyeV9leHQYNCABKAsyFy50aWRpbmdzLnYxLlNldEVudHJ5RXh0SAASNwoQcGluX2NvbnZlcnNhdGlvbhg1IAEoCzIbLnRpZGluZ3MudjEuUGluQ29udmVyc2F0aW9uSAASPAoTZGVsZXRlX2xpc3RfZW50cmllcxg2IAEoCzIdLnRpZGluZ3MudjEuRGVsZXRlTGlzdEVudHJpZXNIABI9ChNkZWxldGVfY29udmVyc2F0aW9uGDcgASgLMh4udGlkaW5ncy52MS5EZWxldGVDb252ZXJzYXRpb25IAEIGCgRib2R5IoYJCgtTZXJ2ZXJGcmFtZRIKCgJpZBgBIAEoBBIiCgVlcnJvchgCIAEoCzIRLnRpZGluZ3MudjEuRXJyb3JIABIcCgJvaxgDIAEoCzIOLnRpZGluZ3MudjEuT2tIABInCghsb2dpbl9vaxgKIAEoCzITLnRpZGluZ3MudjEuTG9naW5Pa0gAEiAKBHBvbmcYDCABKAsyEC50aWRpbmdzLnYxLlBvbmdIABI1Cgxjb252ZXJzYXRpb24YFCABKAsyHS50aWRpbmdzLnYxLkNvbnZlcnNhdGlvblJlcGx5SAASLQoLbWVtYmVyX2xpc3QYGyABKAsyFi50aWRpbmdzLnYxLk1lbWJlckxpc3RIABIvCgxtZW1iZXJfY291bnQYHCABKAsyFy50aWRpbmdzLnYxLk1lbWJlckNvdW50SAASJwoIc2VuZF9hY2sYHiABKAsyEy50aWRpbmdzLnYxLlNlbmRBY2tIABIvCgxtZXNzYWdlX3BhZ2UYHyABKAsyFy50aWRpbmdzLnYxLk1lc3NhZ2VQYWdlSAASMQoNbWVzc2FnZV9yZXBseRghIAEoCzIYLnRpZGluZ3MudjEuTWVzc2FnZVJlcGx5SAASLQoIcHJlc2VuY2UYKCABKAsyGS50aWRpbmdzLnYxLlByZXNlbmNlUmVwbHlIABI5ChFjb252ZXJzYXRpb25fbGlzdBgyIAEoCzIcLnRpZGluZ3MudjEuQ29udmVyc2F0aW9uTGlzdEgAEjAKCmxpc3RfZW50cnkYMyABKAsyGi50aWRpbmdzLnYxLkxpc3RFbnRyeVJlcGx5SAASJgoHbWVzc2FnZRhkIAEoCzITLnRpZGluZ3MudjEuTWVzc2FnZUgAEjsKEmNvbnZlcnNhdGlvbl9ldmVudBhlIAEoCzIdLnRpZGluZ3MudjEuQ29udmVyc2F0aW9uRXZlbnRIABIzCg51bnJlYWRfc3VtbWFyeRhmIAEoCzIZLnRpZGluZ3MudjEuVW5yZWFkU3VtbWFyeUgAEjEKDXJlYWRfcG9zaXRpb24YZyABKAsyGC50aWRpbmdzLnYxLlJlYWRQb3NpdGlvbkgAEjUKD3ByZXNlbmNlX2NoYW5nZRhoIAEoCzIaLnRpZGluZ3MudjEuUHJlc2VuY2VDaGFuZ2VIABI1Cg9tZXNzYWdlX3VwZGF0ZWQYaSABKAsyGi50aWRpbmdzLnYxLk1lc3NhZ2VVcGRhdGVkSAASOgoSbGlzdF9lbnRyeV9jaGFuZ2VkGGogASgLMhwudGlkaW5ncy52MS5MaXN0RW50cnlDaGFuZ2VkSAASPgoUbGlzdF9lbnRyaWVzX2RlbGV0ZWQYayABKAsyHi50aWRpbmdzLnYxLkxpc3RFbnRyaWVzRGVsZXRlZEgAEjcKEG1lc3NhZ2VzX2RlbGV0ZWQYbCABKAsyGy50aWRpbmdzLnYxLk1lc3NhZ2VzRGVsZXRlZEgAEiYKB3JlY2VpcHQYbSABKAsyEy50aWRpbmdzLnYxLlJlY2VpcHRIAEIGCgRib2R5IlUKBUVycm9yEiMKBGNvZGUYASABKA4yFS50aWRpbmdzLnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAIgASgJEhYKDnJldHJ5X2FmdGVyX21zGAMgASgEIgQKAk9rIjwKBUxvZ2luEg0KBXRva2VuGAEgASgJEg4KBmRldmljZRgCIAEoCRIUCgxldmVudF9jdXJzb3IYAyABKAQiHQoMUmVmcmVzaFRva2VuEg0KBXRva2VuGAEgASgJIqYBCgdMb2dpbk9rEg8KB3VzZXJfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRITCgtzZXJ2ZXJfdGltZRgDIAEoAxIUCgxldmVudF9jdXJzb3IYBCABKAQSGAoQZXZlbnRzX3RydW5jYXRlZBgFIAEoCBIYChBwaW5nX2ludGVydmFsX21zGAYgASgNEhcKD2lkbGVfdGltZW91dF9tcxgHIAEoDSIICgZMb2dvdXQiBgoEUGluZyIbCgRQb25nEhMKC3NlcnZlcl90aW1lGAEgASgDIvgBChJDcmVhdGVDb252ZXJzYXRpb24SKgoEa2luZBgBIAEoDjIcLnRpZGluZ3MudjEuQ29udmVyc2F0aW9uS2luZBIPCgdtZW1iZXJzGAIgAygJEgwKBG5hbWUYAyABKAkSQgoKYXR0cmlidXRlcxgEIAMoCzIuLnRpZGluZ3MudjEuQ3JlYXRlQ29udmVyc2F0aW9uLkF0dHJpYnV0ZXNFbnRyeRIQCgh0dGxfc2VjcxgFIAEoDRIOCgZ1bmlxdWUYBiABKAgaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiKgoPR2V0Q29udmVyc2F0aW9uEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSI2CgpBZGRNZW1iZXJzEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgdtZW1iZXJzGAIgAygJIjkKDVJlbW92ZU1lbWJlcnMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB21lbWJlcnMYAiADKAkiLAoRTGVhdmVDb252ZXJzYXRpb24SFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIuUBChJVcGRhdGVDb252ZXJzYXRpb24SFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhEKBG5hbWUYAiABKAlIAIgBARJJCg5zZXRfYXR0cmlidXRlcxgDIAMoCzIxLnRpZGluZ3MudjEuVXBkYXRlQ29udmVyc2F0aW9uLlNldEF0dHJpYnV0ZXNFbnRyeRIZChFyZW1vdmVfYXR0cmlidXRlcxgEIAMoCRo0ChJTZXRBdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIHCgVfbmFtZSIyCghTZXRNdXRlZBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDQoFbXV0ZWQYAiABKAgiRQoLTGlzdE1lbWJlcnMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg4KBmN1cnNvchgCIAEoCRINCgVsaW1pdBgDIAEoDSInCgxDb3VudE1lbWJlcnMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIkMKEUNvbnZlcnNhdGlvblJlcGx5Ei4KDGNvbnZlcnNhdGlvbhgBIAEoCzIYLnRpZGluZ3MudjEuQ29udmVyc2F0aW9uIkQKCk1lbWJlckxpc3QSDwoHbWVtYmVycxgBIAMoCRITCgtuZXh0X2N1cnNvchgCIAEoCRIQCghoYXNfbW9yZRgDIAEoCCIcCgtNZW1iZXJDb3VudBINCgVjb3VudBgBIAEoDSKMAgoLU2VuZE1lc3NhZ2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhkKEWNsaWVudF9tZXNzYWdlX2lkGAIgASgJEgwKBHR5cGUYAyABKAUSDwoHY29udGVudBgEIAEoDBI7CgphdHRyaWJ1dGVzGAUgAygLMicudGlkaW5ncy52MS5TZW5kTWVzc2FnZS5BdHRyaWJ1dGVzRW50cnkSEAoIbWVudGlvbnMYBiADKAkSEQoJdHJhbnNpZW50GAcgASgIEhUKDXdhbnRfcmVjZWlwdHMYCCABKAgaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiUgoHU2VuZEFjaxISCgptZXNzYWdlX2lkGAEgASgJEgsKA3NlcRgCIAEoBBITCgtzZXJ2ZXJfdGltZRgDIAEoAxIRCglkdXBsaWNhdGUYBCABKAgiSQoMU3luY01lc3NhZ2VzEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIRCglhZnRlcl9zZXEYAiABKAQSDQoFbGltaXQYAyABKA0ixgIKDEZldGNoSGlzdG9yeRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEgoKYmVmb3JlX3NlcRgCIAEoBBINCgVsaW1pdBgDIAEoDRIvCglkaXJlY3Rpb24YBCABKA4yHC50aWRpbmdzLnYxLkhpc3RvcnlEaXJlY3Rpb24SEQoJc3RhcnRfc2VxGAUgASgEEhIKCnN0YXJ0X3RpbWUYBiABKAMSGAoQc3RhcnRfbWVzc2FnZV9pZBgHIAEoCRIXCg9zdGFydF9pbmNsdXNpdmUYCCABKAgSDwoHZW5kX3NlcRgJIAEoBBIQCghlbmRfdGltZRgKIAEoAxIWCg5lbmRfbWVzc2FnZV9pZBgLIAEoCRIVCg1lbmRfaW5jbHVzaXZlGAwgASgIEg0KBXR5cGVzGA0gAygFEg4KBmN1cnNvchgOIAEoCSJbCgtNZXNzYWdlUGFnZRIlCghtZXNzYWdlcxgBIAMoCzITLnRpZGluZ3MudjEuTWVzc2FnZRIQCghoYXNfbW9yZRgCIAEoCBITCgtuZXh0X2N1cnNvchgDIAEoCSJmCg5EZWxldGVNZXNzYWdlcxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEwoLbWVzc2FnZV9pZHMYAiADKAkSEwoLYmVmb3JlX3RpbWUYAyABKAMSEQoJaW5jbHVzaXZlGAQgASgIIjwKDVJlY2FsbE1lc3NhZ2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAki1wEKC0VkaXRNZXNzYWdlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRISCgptZXNzYWdlX2lkGAIgASgJEg8KB2NvbnRlbnQYAyABKAwSOwoKYXR0cmlidXRlcxgEIAMoCzInLnRpZGluZ3MudjEuRWRpdE1lc3NhZ2UuQXR0cmlidXRlc0VudHJ5EhoKEnJlcGxhY2VfYXR0cmlidXRlcxgFIAEoCBoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI0CgxNZXNzYWdlUmVwbHkSJAoHbWVzc2FnZRgBIAEoCzITLnRpZGluZ3MudjEuTWVzc2FnZSI0CgxBY2tEZWxpdmVyZWQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBCJjCg5NZXNzYWdlVXBkYXRlZBIrCgRraW5kGAEgASgOMh0udGlkaW5ncy52MS5NZXNzYWdlVXBkYXRlS2luZBIkCgdtZXNzYWdlGAIgASgLMhMudGlkaW5ncy52MS5NZXNzYWdlIocBCgdSZWNlaXB0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEiUKBGtpbmQYAyABKA4yFy50aWRpbmdzLnYxLlJlY2VpcHRLaW5kEgsKA3NlcRgEIAEoBBIKCgJhdBgFIAEoAxISCgptZXNzYWdlX2lkGAYgASgJIr0BChFMaXN0Q29udmVyc2F0aW9ucxIOCgZjdXJzb3IYASABKAkSDQoFbGltaXQYAiABKA0SFQoNdXBkYXRlZF9hZnRlchgDIAEoAxIWCg51cGRhdGVkX2JlZm9yZRgEIAEoAxITCgtwaW5uZWRfb25seRgFIAEoCBIqCgRraW5kGAYgASgOMhwudGlkaW5ncy52MS5Db252ZXJzYXRpb25LaW5kEhkKEW9taXRfbGFzdF9tZXNzYWdlGAcgASgIImEKEENvbnZlcnNhdGlvbkxpc3QSJgoHZW50cmllcxgBIAMoCzIVLnRpZGluZ3MudjEuTGlzdEVudHJ5EhMKC25leHRfY3Vyc29yGAIgASgJEhAKCGhhc19tb3JlGAMgASgIIkIKDEdldExpc3RFbnRyeRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSGQoRb21pdF9sYXN0X21lc3NhZ2UYAiABKAgiMwoLU2V0RW50cnlFeHQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA2V4dBgCIAEoCSI6Cg9QaW5Db252ZXJzYXRpb24SFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg4KBnBpbm5lZBgCIAEoCCI2Cg5MaXN0RW50cnlSZXBseRIkCgVlbnRyeRgBIAEoCzIVLnRpZGluZ3MudjEuTGlzdEVudHJ5IkQKEURlbGV0ZUxpc3RFbnRyaWVzEhgKEGNvbnZlcnNhdGlvbl9pZHMYASADKAkSFQoNY2xlYXJfaGlzdG9yeRgCIAEoCCJFChJEZWxldGVDb252ZXJzYXRpb24SFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhYKDnB1cmdlX21lc3NhZ2VzGAIgASgIIjgKEExpc3RFbnRyeUNoYW5nZWQSJAoFZW50cnkYASABKAsyFS50aWRpbmdzLnYxLkxpc3RFbnRyeSJFChJMaXN0RW50cmllc0RlbGV0ZWQSGAoQY29udmVyc2F0aW9uX2lkcxgBIAMoCRIVCg1jbGVhcl9oaXN0b3J5GAIgASgIImcKD01lc3NhZ2VzRGVsZXRlZBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEwoLbWVzc2FnZV9pZHMYAiADKAkSEwoLYmVmb3JlX3RpbWUYAyABKAMSEQoJaW5jbHVzaXZlGAQgASgIIjAKCE1hcmtSZWFkEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQiSQoMUmVhZFBvc2l0aW9uEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIQCghyZWFkX3NlcRgCIAEoBBIOCgZ1bnJlYWQYAyABKA0iOQoNVW5yZWFkU3VtbWFyeRIoCgdlbnRyaWVzGAEgAygLMhcudGlkaW5ncy52MS5VbnJlYWRFbnRyeSIoCg1RdWVyeVByZXNlbmNlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSIsChFTdWJzY3JpYmVQcmVzZW5jZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkiLgoTVW5zdWJzY3JpYmVQcmVzZW5jZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkiHwoNUHJlc2VuY2VSZXBseRIOCgZvbmxpbmUYASADKAkiSgoOUHJlc2VuY2VDaGFuZ2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSDgoGb25saW5lGAMgASgIIr8BCgdTZXRXaWxsEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIMCgR0eXBlGAIgASgFEg8KB2NvbnRlbnQYAyABKAwSNwoKYXR0cmlidXRlcxgEIAMoCzIjLnRpZGluZ3MudjEuU2V0V2lsbC5BdHRyaWJ1dGVzRW50cnkSEAoIbWVudGlvbnMYBSADKAkaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiJAoJQ2xlYXJXaWxsEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSLnAQoLVW5yZWFkRW50cnkSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEioKBGtpbmQYAiABKA4yHC50aWRpbmdzLnYxLkNvbnZlcnNhdGlvbktpbmQSDgoGdW5yZWFkGAMgASgNEhAKCGxhc3Rfc2VxGAQgASgEEhAKCHJlYWRfc2VxGAUgASgEEikKDGxhc3RfbWVzc2FnZRgGIAEoCzITLnRpZGluZ3MudjEuTWVzc2FnZRINCgVtdXRlZBgHIAEoCBISCgpleHBpcmVzX2F0GAggASgDEhEKCXBpbm5lZF9hdBgJIAEoAyqqBAoJRXJyb3JDb2RlEhUKEUVSUk9SX1VOU1BFQ0lGSUVEEAASGQoVRVJST1JfVU5LTk9XTl9SRVFVRVNUEAESGgoWRVJST1JfSU5WQUxJRF9BUkdVTUVOVBACEhgKFEVSUk9SX0xJTUlUX0VYQ0VFREVEEAMSGwoXRVJST1JfTUVTU0FHRV9UT09fTEFSR0UQBBIgChxFUlJPUl9DT05WRVJTQVRJT05fTk9UX0ZPVU5EEAUSFgoSRVJST1JfTk9UX0FfTUVNQkVSEAYSGwoXRVJST1JfUEVSTUlTU0lPTl9ERU5JRUQQBxIeChpFUlJPUl9OT1RfQUxMT1dFRF9GT1JfS0lORBAIEhsKF0VSUk9SX0FMUkVBRFlfTE9HR0VEX0lOEAkSFQoRRVJST1JfVU5BVkFJTEFCTEUQChISCg5FUlJPUl9JTlRFUk5BTBALEigKJEVSUk9SX1RFTVBPUkFSWV9DT05WRVJTQVRJT05fRVhQSVJFRBAMEhsKF0VSUk9SX01FU1NBR0VfTk9UX0ZPVU5EEA0SGAoURVJST1JfV0lORE9XX0VYUElSRUQQDhIXChNFUlJPUl9UT0tFTl9JTlZBTElEEA8SFwoTRVJST1JfVE9LRU5fRVhQSVJFRBAQEhoKFkVSUk9SX1RPS0VOX1dST05HX1VTRVIQERIWChJFUlJPUl9SQVRFX0xJTUlURUQQEhISCg5FUlJPUl9SRUpFQ1RFRBAoKskCCglDbG9zZUNvZGUSFQoRQ0xPU0VfVU5TUEVDSUZJRUQQABIYChNDTE9TRV9MT0dJTl9USU1FT1VUEKEfEhYKEUNMT1NFX0FVVEhfRkFJTEVEEKIfEhgKE0NMT1NFX1RPS0VOX0VYUElSRUQQox8SFAoPQ0xPU0VfQkFEX0ZSQU1FEKQfEh0KGENMT1NFX1BST1RPQ09MX1ZJT0xBVElPThClHxITCg5DTE9TRV9SRVBMQUNFRBCmHxIYChNDTE9TRV9TTE9XX0NPTlNVTUVSEKcfEhcKEkNMT1NFX0lETEVfVElNRU9VVBCoHxIaChVDTE9TRV9GUkFNRV9UT09fTEFSR0UQqR8SEwoOQ0xPU0VfSU5URVJOQUwQqh8SGAoTQ0xPU0VfU0VTU0lPTl9MSU1JVBCrHxIRCgxDTE9TRV9LSUNLRUQQrB8qWgoQSGlzdG9yeURpcmVjdGlvbhIiCh5ISVNUT1JZX0RJUkVDVElPTl9ORVdFU1RfRklSU1QQABIiCh5ISVNUT1JZX0RJUkVDVElPTl9PTERFU1RfRklSU1QQASp6ChFNZXNzYWdlVXBkYXRlS2luZBIjCh9NRVNTQUdFX1VQREFURV9LSU5EX1VOU1BFQ0lGSUVEEAASHgoaTUVTU0FHRV9VUERBVEVfS0lORF9FRElURUQQARIgChxNRVNTQUdFX1VQREFURV9LSU5EX1JFQ0FMTEVEEAIqXgoLUmVjZWlwdEtpbmQSHAoYUkVDRUlQVF9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWUkVDRUlQVF9LSU5EX0RFTElWRVJFRBABEhUKEVJFQ0VJUFRfS0lORF9SRUFEEAJiBnByb3RvMw", [file_tidings_v1_model]);
+  fileDesc("Chd0aWRpbmdzL3YxL2ZyYW1lcy5wcm90bxIKdGlkaW5ncy52MSKEEwoLQ2xpZW50RnJhbWUSCgoCaWQYASABKAQSIgoFbG9naW4YCiABKAsyES50aWRpbmdzLnYxLkxvZ2luSAASJAoGbG9nb3V0GAsgASgLMhIudGlkaW5ncy52MS5Mb2dvdXRIABIgCgRwaW5nGAwgASgLMhAudGlkaW5ncy52MS5QaW5nSAASMQoNcmVmcmVzaF90b2tlbhgNIAEoCzIYLnRpZGluZ3MudjEuUmVmcmVzaFRva2VuSAASPQoTY3JlYXRlX2NvbnZlcnNhdGlvbhgUIAEoCzIeLnRpZGluZ3MudjEuQ3JlYXRlQ29udmVyc2F0aW9uSAASNwoQZ2V0X2NvbnZlcnNhdGlvbhgVIAEoCzIbLnRpZGluZ3MudjEuR2V0Q29udmVyc2F0aW9uSAASLQoLYWRkX21lbWJlcnMYFiABKAsyFi50aWRpbmdzLnYxLkFkZE1lbWJlcnNIABIzCg5yZW1vdmVfbWVtYmVycxgXIAEoCzIZLnRpZGluZ3MudjEuUmVtb3ZlTWVtYmVyc0gAEjsKEmxlYXZlX2NvbnZlcnNhdGlvbhgYIAEoCzIdLnRpZGluZ3MudjEuTGVhdmVDb252ZXJzYXRpb25IABI9ChN1cGRhdGVfY29udmVyc2F0aW9uGBkgASgLMh4udGlkaW5ncy52MS5VcGRhdGVDb252ZXJzYXRpb25IABIpCglzZXRfbXV0ZWQYGiABKAsyFC50aWRpbmdzLnYxLlNldE11dGVkSAASLwoMbGlzdF9tZW1iZXJzGBsgASgLMhcudGlkaW5ncy52MS5MaXN0TWVtYmVyc0gAEjEKDWNvdW50X21lbWJlcnMYHCABKAsyGC50aWRpbmdzLnYxLkNvdW50TWVtYmVyc0gAEi8KDHNlbmRfbWVzc2FnZRgeIAEoCzIXLnRpZGluZ3MudjEuU2VuZE1lc3NhZ2VIABIxCg1zeW5jX21lc3NhZ2VzGB8gASgLMhgudGlkaW5ncy52MS5TeW5jTWVzc2FnZXNIABIxCg1mZXRjaF9oaXN0b3J5GCAgASgLMhgudGlkaW5ncy52MS5GZXRjaEhpc3RvcnlIABIpCgltYXJrX3JlYWQYISABKAsyFC50aWRpbmdzLnYxLk1hcmtSZWFkSAASNQoPZGVsZXRlX21lc3NhZ2VzGCIgASgLMhoudGlkaW5ncy52MS5EZWxldGVNZXNzYWdlc0gAEjMKDnJlY2FsbF9tZXNzYWdlGCMgASgLMhkudGlkaW5ncy52MS5SZWNhbGxNZXNzYWdlSAASLwoMZWRpdF9tZXNzYWdlGCQgASgLMhcudGlkaW5ncy52MS5FZGl0TWVzc2FnZUgAEjEKDWFja19kZWxpdmVyZWQYJSABKAsyGC50aWRpbmdzLnYxLkFja0RlbGl2ZXJlZEgAEjMKDnF1ZXJ5X3ByZXNlbmNlGCggASgLMhkudGlkaW5ncy52MS5RdWVyeVByZXNlbmNlSAASOwoSc3Vic2NyaWJlX3ByZXNlbmNlGCkgASgLMh0udGlkaW5ncy52MS5TdWJzY3JpYmVQcmVzZW5jZUgAEj8KFHVuc3Vic2NyaWJlX3ByZXNlbmNlGCogASgLMh8udGlkaW5ncy52MS5VbnN1YnNjcmliZVByZXNlbmNlSAASJwoIc2V0X3dpbGwYKyABKAsyEy50aWRpbmdzLnYxLlNldFdpbGxIABIrCgpjbGVhcl93aWxsGCwgASgLMhUudGlkaW5ncy52MS5DbGVhcldpbGxIABI7ChJsaXN0X2NvbnZlcnNhdGlvbnMYMiABKAsyHS50aWRpbmdzLnYxLkxpc3RDb252ZXJzYXRpb25zSAASMgoOZ2V0X2xpc3RfZW50cnkYMyABKAsyGC50aWRpbmdzLnYxLkdldExpc3RFbnRyeUgAEjAKDXNldF9lbnRyeV9leHQYNCABKAsyFy50aWRpbmdzLnYxLlNldEVudHJ5RXh0SAASNwoQcGluX2NvbnZlcnNhdGlvbhg1IAEoCzIbLnRpZGluZ3MudjEuUGluQ29udmVyc2F0aW9uSAASPAoTZGVsZXRlX2xpc3RfZW50cmllcxg2IAEoCzIdLnRpZGluZ3MudjEuRGVsZXRlTGlzdEVudHJpZXNIABI9ChNkZWxldGVfY29udmVyc2F0aW9uGDcgASgLMh4udGlkaW5ncy52MS5EZWxldGVDb252ZXJzYXRpb25IABI0Cg9zZXRfbWVtYmVyX3JvbGUYPCABKAsyGS50aWRpbmdzLnYxLlNldE1lbWJlclJvbGVIABI7ChJ0cmFuc2Zlcl9vd25lcnNoaXAYPSABKAsyHS50aWRpbmdzLnYxLlRyYW5zZmVyT3duZXJzaGlwSAASLwoMbXV0ZV9tZW1iZXJzGD4gASgLMhcudGlkaW5ncy52MS5NdXRlTWVtYmVyc0gAEjMKDnVubXV0ZV9tZW1iZXJzGD8gASgLMhkudGlkaW5ncy52MS5Vbm11dGVNZW1iZXJzSAASLgoMc2V0X211dGVfYWxsGEAgASgLMhYudGlkaW5ncy52MS5TZXRNdXRlQWxsSAASOgoSbGlzdF9tdXRlZF9tZW1iZXJzGEEgASgLMhwudGlkaW5ncy52MS5MaXN0TXV0ZWRNZW1iZXJzSAASMQoNYmxvY2tfbWVtYmVycxhCIAEoCzIYLnRpZGluZ3MudjEuQmxvY2tNZW1iZXJzSAASNQoPdW5ibG9ja19tZW1iZXJzGEMgASgLMhoudGlkaW5ncy52MS5VbmJsb2NrTWVtYmVyc0gAEj4KFGxpc3RfYmxvY2tlZF9tZW1iZXJzGEQgASgLMh4udGlkaW5ncy52MS5MaXN0QmxvY2tlZE1lbWJlcnNIABIrCgpibG9ja191c2VyGEUgASgLMhUudGlkaW5ncy52MS5CbG9ja1VzZXJIABIvCgx1bmJsb2NrX3VzZXIYRiABKAsyFy50aWRpbmdzLnYxLlVuYmxvY2tVc2VySAASOgoSbGlzdF9ibG9ja2VkX3VzZXJzGEcgASgLMhwudGlkaW5ncy52MS5MaXN0QmxvY2tlZFVzZXJzSAASLQoLc2V0X3Byb2ZpbGUYSCABKAsyFi50aWRpbmdzLnYxLlNldFByb2ZpbGVIABIvCgxnZXRfcHJvZmlsZXMYSSABKAsyFy50aWRpbmdzLnYxLkdldFByb2ZpbGVzSABCBgoEYm9keSLICwoLU2VydmVyRnJhbWUSCgoCaWQYASABKAQSIgoFZXJyb3IYAiABKAsyES50aWRpbmdzLnYxLkVycm9ySAASHAoCb2sYAyABKAsyDi50aWRpbmdzLnYxLk9rSAASJwoIbG9naW5fb2sYCiABKAsyEy50aWRpbmdzLnYxLkxvZ2luT2tIABIgCgRwb25nGAwgASgLMhAudGlkaW5ncy52MS5Qb25nSAASNQoMY29udmVyc2F0aW9uGBQgASgLMh0udGlkaW5ncy52MS5Db252ZXJzYXRpb25SZXBseUgAEi0KC21lbWJlcl9saXN0GBsgASgLMhYudGlkaW5ncy52MS5NZW1iZXJMaXN0SAASLwoMbWVtYmVyX2NvdW50GBwgASgLMhcudGlkaW5ncy52MS5NZW1iZXJDb3VudEgAEicKCHNlbmRfYWNrGB4gASgLMhMudGlkaW5ncy52MS5TZW5kQWNrSAASLwoMbWVzc2FnZV9wYWdlGB8gASgLMhcudGlkaW5ncy52MS5NZXNzYWdlUGFnZUgAEjEKDW1lc3NhZ2VfcmVwbHkYISABKAsyGC50aWRpbmdzLnYxLk1lc3NhZ2VSZXBseUgAEi0KCHByZXNlbmNlGCggASgLMhkudGlkaW5ncy52MS5QcmVzZW5jZVJlcGx5SAASOQoRY29udmVyc2F0aW9uX2xpc3QYMiABKAsyHC50aWRpbmdzLnYxLkNvbnZlcnNhdGlvbkxpc3RIABIwCgpsaXN0X2VudHJ5GDMgASgLMhoudGlkaW5ncy52MS5MaXN0RW50cnlSZXBseUgAEjgKEW11dGVkX21lbWJlcl9saXN0GEEgASgLMhsudGlkaW5ncy52MS5NdXRlZE1lbWJlckxpc3RIABI8ChNibG9ja2VkX21lbWJlcl9saXN0GEQgASgLMh0udGlkaW5ncy52MS5CbG9ja2VkTWVtYmVyTGlzdEgAEjgKEWJsb2NrZWRfdXNlcl9saXN0GEcgASgLMhsudGlkaW5ncy52MS5CbG9ja2VkVXNlckxpc3RIABImCgdwcm9maWxlGEggASgLMhMudGlkaW5ncy52MS5Qcm9maWxlSAASLwoMcHJvZmlsZV9saXN0GEkgASgLMhcudGlkaW5ncy52MS5Qcm9maWxlTGlzdEgAEiYKB21lc3NhZ2UYZCABKAsyEy50aWRpbmdzLnYxLk1lc3NhZ2VIABI7ChJjb252ZXJzYXRpb25fZXZlbnQYZSABKAsyHS50aWRpbmdzLnYxLkNvbnZlcnNhdGlvbkV2ZW50SAASMwoOdW5yZWFkX3N1bW1hcnkYZiABKAsyGS50aWRpbmdzLnYxLlVucmVhZFN1bW1hcnlIABIxCg1yZWFkX3Bvc2l0aW9uGGcgASgLMhgudGlkaW5ncy52MS5SZWFkUG9zaXRpb25IABI1Cg9wcmVzZW5jZV9jaGFuZ2UYaCABKAsyGi50aWRpbmdzLnYxLlByZXNlbmNlQ2hhbmdlSAASNQoPbWVzc2FnZV91cGRhdGVkGGkgASgLMhoudGlkaW5ncy52MS5NZXNzYWdlVXBkYXRlZEgAEjoKEmxpc3RfZW50cnlfY2hhbmdlZBhqIAEoCzIcLnRpZGluZ3MudjEuTGlzdEVudHJ5Q2hhbmdlZEgAEj4KFGxpc3RfZW50cmllc19kZWxldGVkGGsgASgLMh4udGlkaW5ncy52MS5MaXN0RW50cmllc0RlbGV0ZWRIABI3ChBtZXNzYWdlc19kZWxldGVkGGwgASgLMhsudGlkaW5ncy52MS5NZXNzYWdlc0RlbGV0ZWRIABImCgdyZWNlaXB0GG0gASgLMhMudGlkaW5ncy52MS5SZWNlaXB0SAASNQoPcHJvZmlsZV9jaGFuZ2VkGG4gASgLMhoudGlkaW5ncy52MS5Qcm9maWxlQ2hhbmdlZEgAQgYKBGJvZHkiVQoFRXJyb3ISIwoEY29kZRgBIAEoDjIVLnRpZGluZ3MudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSFgoOcmV0cnlfYWZ0ZXJfbXMYAyABKAQiBAoCT2siPAoFTG9naW4SDQoFdG9rZW4YASABKAkSDgoGZGV2aWNlGAIgASgJEhQKDGV2ZW50X2N1cnNvchgDIAEoBCIdCgxSZWZyZXNoVG9rZW4SDQoFdG9rZW4YASABKAkipgEKB0xvZ2luT2sSDwoHdXNlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhMKC3NlcnZlcl90aW1lGAMgASgDEhQKDGV2ZW50X2N1cnNvchgEIAEoBBIYChBldmVudHNfdHJ1bmNhdGVkGAUgASgIEhgKEHBpbmdfaW50ZXJ2YWxfbXMYBiABKA0SFwoPaWRsZV90aW1lb3V0X21zGAcgASgNIggKBkxvZ291dCIGCgRQaW5nIhsKBFBvbmcSEwoLc2VydmVyX3RpbWUYASABKAMi+AEKEkNyZWF0ZUNvbnZlcnNhdGlvbhIqCgRraW5kGAEgASgOMhwudGlkaW5ncy52MS5Db252ZXJzYXRpb25LaW5kEg8KB21lbWJlcnMYAiADKAkSDAoEbmFtZRgDIAEoCRJCCgphdHRyaWJ1dGVzGAQgAygLMi4udGlkaW5ncy52MS5DcmVhdGVDb252ZXJzYXRpb24uQXR0cmlidXRlc0VudHJ5EhAKCHR0bF9zZWNzGAUgASgNEg4KBnVuaXF1ZRgGIAEoCBoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIqCg9HZXRDb252ZXJzYXRpb24SFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIjYKCkFkZE1lbWJlcnMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB21lbWJlcnMYAiADKAkiOQoNUmVtb3ZlTWVtYmVycxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHbWVtYmVycxgCIAMoCSIsChFMZWF2ZUNvbnZlcnNhdGlvbhIXCg9jb252ZXJzYXRpb25faWQYASABKAki5QEKElVwZGF0ZUNvbnZlcnNhdGlvbhIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEQoEbmFtZRgCIAEoCUgAiAEBEkkKDnNldF9hdHRyaWJ1dGVzGAMgAygLMjEudGlkaW5ncy52MS5VcGRhdGVDb252ZXJzYXRpb24uU2V0QXR0cmlidXRlc0VudHJ5EhkKEXJlbW92ZV9hdHRyaWJ1dGVzGAQgAygJGjQKElNldEF0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgcKBV9uYW1lIjIKCFNldE11dGVkEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRINCgVtdXRlZBgCIAEoCCJFCgtMaXN0TWVtYmVycxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDgoGY3Vyc29yGAIgASgJEg0KBWxpbWl0GAMgASgNIicKDENvdW50TWVtYmVycxIXCg9jb252ZXJzYXRpb25faWQYASABKAkiQwoRQ29udmVyc2F0aW9uUmVwbHkSLgoMY29udmVyc2F0aW9uGAEgASgLMhgudGlkaW5ncy52MS5Db252ZXJzYXRpb24iawoKTWVtYmVyTGlzdBIPCgdtZW1iZXJzGAEgAygJEhMKC25leHRfY3Vyc29yGAIgASgJEhAKCGhhc19tb3JlGAMgASgIEiUKBWluZm9zGAQgAygLMhYudGlkaW5ncy52MS5NZW1iZXJJbmZvIn4KCk1lbWJlckluZm8SDwoHdXNlcl9pZBgBIAEoCRIkCgRyb2xlGAIgASgOMhYudGlkaW5ncy52MS5NZW1iZXJSb2xlEhMKC211dGVkX3VudGlsGAMgASgDEiQKB3Byb2ZpbGUYBCABKAsyEy50aWRpbmdzLnYxLlByb2ZpbGUiHAoJQmxvY2tVc2VyEg8KB3VzZXJfaWQYASABKAkiHgoLVW5ibG9ja1VzZXISDwoHdXNlcl9pZBgBIAEoCSIxChBMaXN0QmxvY2tlZFVzZXJzEg4KBmN1cnNvchgBIAEoCRINCgVsaW1pdBgCIAEoDSIyCgtCbG9ja2VkVXNlchIPCgd1c2VyX2lkGAEgASgJEhIKCmJsb2NrZWRfYXQYAiABKAMiYAoPQmxvY2tlZFVzZXJMaXN0EiYKBXVzZXJzGAEgAygLMhcudGlkaW5ncy52MS5CbG9ja2VkVXNlchITCgtuZXh0X2N1cnNvchgCIAEoCRIQCghoYXNfbW9yZRgDIAEoCCLkAQoKU2V0UHJvZmlsZRIZCgxkaXNwbGF5X25hbWUYASABKAlIAIgBARIXCgphdmF0YXJfdXJsGAIgASgJSAGIAQESOQoKc2V0X2ZpZWxkcxgDIAMoCzIlLnRpZGluZ3MudjEuU2V0UHJvZmlsZS5TZXRGaWVsZHNFbnRyeRIVCg1yZW1vdmVfZmllbGRzGAQgAygJGjAKDlNldEZpZWxkc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDwoNX2Rpc3BsYXlfbmFtZUINCgtfYXZhdGFyX3VybCIfCgtHZXRQcm9maWxlcxIQCgh1c2VyX2lkcxgBIAMoCSI0CgtQcm9maWxlTGlzdBIlCghwcm9maWxlcxgBIAMoCzITLnRpZGluZ3MudjEuUHJvZmlsZSI2Cg5Qcm9maWxlQ2hhbmdlZBIkCgdwcm9maWxlGAEgASgLMhMudGlkaW5ncy52MS5Qcm9maWxlIl8KDVNldE1lbWJlclJvbGUSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB21lbWJlcnMYAiADKAkSJAoEcm9sZRgDIAEoDjIWLnRpZGluZ3MudjEuTWVtYmVyUm9sZSI/ChFUcmFuc2Zlck93bmVyc2hpcBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEQoJbmV3X293bmVyGAIgASgJIk4KC011dGVNZW1iZXJzEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgdtZW1iZXJzGAIgAygJEhUKDWR1cmF0aW9uX3NlY3MYAyABKAQiOQoNVW5tdXRlTWVtYmVycxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHbWVtYmVycxgCIAMoCSI0CgpTZXRNdXRlQWxsEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRINCgVtdXRlZBgCIAEoCCJKChBMaXN0TXV0ZWRNZW1iZXJzEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIOCgZjdXJzb3IYAiABKAkSDQoFbGltaXQYAyABKA0iYQoPTXV0ZWRNZW1iZXJMaXN0EicKB21lbWJlcnMYASADKAsyFi50aWRpbmdzLnYxLk1lbWJlckluZm8SEwoLbmV4dF9jdXJzb3IYAiABKAkSEAoIaGFzX21vcmUYAyABKAgiOAoMQmxvY2tNZW1iZXJzEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgdtZW1iZXJzGAIgAygJIjoKDlVuYmxvY2tNZW1iZXJzEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgdtZW1iZXJzGAIgAygJIkwKEkxpc3RCbG9ja2VkTWVtYmVycxIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDgoGY3Vyc29yGAIgASgJEg0KBWxpbWl0GAMgASgNIkkKEUJsb2NrZWRNZW1iZXJMaXN0Eg0KBXVzZXJzGAEgAygJEhMKC25leHRfY3Vyc29yGAIgASgJEhAKCGhhc19tb3JlGAMgASgIIhwKC01lbWJlckNvdW50Eg0KBWNvdW50GAEgASgNIowCCgtTZW5kTWVzc2FnZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSGQoRY2xpZW50X21lc3NhZ2VfaWQYAiABKAkSDAoEdHlwZRgDIAEoBRIPCgdjb250ZW50GAQgASgMEjsKCmF0dHJpYnV0ZXMYBSADKAsyJy50aWRpbmdzLnYxLlNlbmRNZXNzYWdlLkF0dHJpYnV0ZXNFbnRyeRIQCghtZW50aW9ucxgGIAMoCRIRCgl0cmFuc2llbnQYByABKAgSFQoNd2FudF9yZWNlaXB0cxgIIAEoCBoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJSCgdTZW5kQWNrEhIKCm1lc3NhZ2VfaWQYASABKAkSCwoDc2VxGAIgASgEEhMKC3NlcnZlcl90aW1lGAMgASgDEhEKCWR1cGxpY2F0ZRgEIAEoCCJJCgxTeW5jTWVzc2FnZXMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoBBINCgVsaW1pdBgDIAEoDSLGAgoMRmV0Y2hIaXN0b3J5EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRISCgpiZWZvcmVfc2VxGAIgASgEEg0KBWxpbWl0GAMgASgNEi8KCWRpcmVjdGlvbhgEIAEoDjIcLnRpZGluZ3MudjEuSGlzdG9yeURpcmVjdGlvbhIRCglzdGFydF9zZXEYBSABKAQSEgoKc3RhcnRfdGltZRgGIAEoAxIYChBzdGFydF9tZXNzYWdlX2lkGAcgASgJEhcKD3N0YXJ0X2luY2x1c2l2ZRgIIAEoCBIPCgdlbmRfc2VxGAkgASgEEhAKCGVuZF90aW1lGAogASgDEhYKDmVuZF9tZXNzYWdlX2lkGAsgASgJEhUKDWVuZF9pbmNsdXNpdmUYDCABKAgSDQoFdHlwZXMYDSADKAUSDgoGY3Vyc29yGA4gASgJIlsKC01lc3NhZ2VQYWdlEiUKCG1lc3NhZ2VzGAEgAygLMhMudGlkaW5ncy52MS5NZXNzYWdlEhAKCGhhc19tb3JlGAIgASgIEhMKC25leHRfY3Vyc29yGAMgASgJImYKDkRlbGV0ZU1lc3NhZ2VzEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRITCgttZXNzYWdlX2lkcxgCIAMoCRITCgtiZWZvcmVfdGltZRgDIAEoAxIRCglpbmNsdXNpdmUYBCABKAgiPAoNUmVjYWxsTWVzc2FnZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEgoKbWVzc2FnZV9pZBgCIAEoCSLXAQoLRWRpdE1lc3NhZ2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkSDwoHY29udGVudBgDIAEoDBI7CgphdHRyaWJ1dGVzGAQgAygLMicudGlkaW5ncy52MS5FZGl0TWVzc2FnZS5BdHRyaWJ1dGVzRW50cnkSGgoScmVwbGFjZV9hdHRyaWJ1dGVzGAUgASgIGjEKD0F0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjQKDE1lc3NhZ2VSZXBseRIkCgdtZXNzYWdlGAEgASgLMhMudGlkaW5ncy52MS5NZXNzYWdlIjQKDEFja0RlbGl2ZXJlZBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEImMKDk1lc3NhZ2VVcGRhdGVkEisKBGtpbmQYASABKA4yHS50aWRpbmdzLnYxLk1lc3NhZ2VVcGRhdGVLaW5kEiQKB21lc3NhZ2UYAiABKAsyEy50aWRpbmdzLnYxLk1lc3NhZ2UihwEKB1JlY2VpcHQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSJQoEa2luZBgDIAEoDjIXLnRpZGluZ3MudjEuUmVjZWlwdEtpbmQSCwoDc2VxGAQgASgEEgoKAmF0GAUgASgDEhIKCm1lc3NhZ2VfaWQYBiABKAkivQEKEUxpc3RDb252ZXJzYXRpb25zEg4KBmN1cnNvchgBIAEoCRINCgVsaW1pdBgCIAEoDRIVCg11cGRhdGVkX2FmdGVyGAMgASgDEhYKDnVwZGF0ZWRfYmVmb3JlGAQgASgDEhMKC3Bpbm5lZF9vbmx5GAUgASgIEioKBGtpbmQYBiABKA4yHC50aWRpbmdzLnYxLkNvbnZlcnNhdGlvbktpbmQSGQoRb21pdF9sYXN0X21lc3NhZ2UYByABKAgiYQoQQ29udmVyc2F0aW9uTGlzdBImCgdlbnRyaWVzGAEgAygLMhUudGlkaW5ncy52MS5MaXN0RW50cnkSEwoLbmV4dF9jdXJzb3IYAiABKAkSEAoIaGFzX21vcmUYAyABKAgiQgoMR2V0TGlzdEVudHJ5EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIZChFvbWl0X2xhc3RfbWVzc2FnZRgCIAEoCCIzCgtTZXRFbnRyeUV4dBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDZXh0GAIgASgJIjoKD1BpbkNvbnZlcnNhdGlvbhIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDgoGcGlubmVkGAIgASgIIjYKDkxpc3RFbnRyeVJlcGx5EiQKBWVudHJ5GAEgASgLMhUudGlkaW5ncy52MS5MaXN0RW50cnkiRAoRRGVsZXRlTGlzdEVudHJpZXMSGAoQY29udmVyc2F0aW9uX2lkcxgBIAMoCRIVCg1jbGVhcl9oaXN0b3J5GAIgASgIIkUKEkRlbGV0ZUNvbnZlcnNhdGlvbhIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFgoOcHVyZ2VfbWVzc2FnZXMYAiABKAgiOAoQTGlzdEVudHJ5Q2hhbmdlZBIkCgVlbnRyeRgBIAEoCzIVLnRpZGluZ3MudjEuTGlzdEVudHJ5IkUKEkxpc3RFbnRyaWVzRGVsZXRlZBIYChBjb252ZXJzYXRpb25faWRzGAEgAygJEhUKDWNsZWFyX2hpc3RvcnkYAiABKAgiZwoPTWVzc2FnZXNEZWxldGVkEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRITCgttZXNzYWdlX2lkcxgCIAMoCRITCgtiZWZvcmVfdGltZRgDIAEoAxIRCglpbmNsdXNpdmUYBCABKAgiMAoITWFya1JlYWQSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBCJJCgxSZWFkUG9zaXRpb24SFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhAKCHJlYWRfc2VxGAIgASgEEg4KBnVucmVhZBgDIAEoDSI5Cg1VbnJlYWRTdW1tYXJ5EigKB2VudHJpZXMYASADKAsyFy50aWRpbmdzLnYxLlVucmVhZEVudHJ5IigKDVF1ZXJ5UHJlc2VuY2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIiwKEVN1YnNjcmliZVByZXNlbmNlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSIuChNVbnN1YnNjcmliZVByZXNlbmNlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSJGCg1QcmVzZW5jZVJlcGx5Eg4KBm9ubGluZRgBIAMoCRIlCghwcm9maWxlcxgCIAMoCzITLnRpZGluZ3MudjEuUHJvZmlsZSJwCg5QcmVzZW5jZUNoYW5nZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZvbmxpbmUYAyABKAgSJAoHcHJvZmlsZRgEIAEoCzITLnRpZGluZ3MudjEuUHJvZmlsZSK/AQoHU2V0V2lsbBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDAoEdHlwZRgCIAEoBRIPCgdjb250ZW50GAMgASgMEjcKCmF0dHJpYnV0ZXMYBCADKAsyIy50aWRpbmdzLnYxLlNldFdpbGwuQXR0cmlidXRlc0VudHJ5EhAKCG1lbnRpb25zGAUgAygJGjEKD0F0dHJpYnV0ZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIiQKCUNsZWFyV2lsbBIXCg9jb252ZXJzYXRpb25faWQYASABKAki5wEKC1VucmVhZEVudHJ5EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIqCgRraW5kGAIgASgOMhwudGlkaW5ncy52MS5Db252ZXJzYXRpb25LaW5kEg4KBnVucmVhZBgDIAEoDRIQCghsYXN0X3NlcRgEIAEoBBIQCghyZWFkX3NlcRgFIAEoBBIpCgxsYXN0X21lc3NhZ2UYBiABKAsyEy50aWRpbmdzLnYxLk1lc3NhZ2USDQoFbXV0ZWQYByABKAgSEgoKZXhwaXJlc19hdBgIIAEoAxIRCglwaW5uZWRfYXQYCSABKAMqhAUKCUVycm9yQ29kZRIVChFFUlJPUl9VTlNQRUNJRklFRBAAEhkKFUVSUk9SX1VOS05PV05fUkVRVUVTVBABEhoKFkVSUk9SX0lOVkFMSURfQVJHVU1FTlQQAhIYChRFUlJPUl9MSU1JVF9FWENFRURFRBADEhsKF0VSUk9SX01FU1NBR0VfVE9PX0xBUkdFEAQSIAocRVJST1JfQ09OVkVSU0FUSU9OX05PVF9GT1VORBAFEhYKEkVSUk9SX05PVF9BX01FTUJFUhAGEhsKF0VSUk9SX1BFUk1JU1NJT05fREVOSUVEEAcSHgoaRVJST1JfTk9UX0FMTE9XRURfRk9SX0tJTkQQCBIbChdFUlJPUl9BTFJFQURZX0xPR0dFRF9JThAJEhUKEUVSUk9SX1VOQVZBSUxBQkxFEAoSEgoORVJST1JfSU5URVJOQUwQCxIoCiRFUlJPUl9URU1QT1JBUllfQ09OVkVSU0FUSU9OX0VYUElSRUQQDBIbChdFUlJPUl9NRVNTQUdFX05PVF9GT1VORBANEhgKFEVSUk9SX1dJTkRPV19FWFBJUkVEEA4SFwoTRVJST1JfVE9LRU5fSU5WQUxJRBAPEhcKE0VSUk9SX1RPS0VOX0VYUElSRUQQEBIaChZFUlJPUl9UT0tFTl9XUk9OR19VU0VSEBESFgoSRVJST1JfUkFURV9MSU1JVEVEEBISDwoLRVJST1JfTVVURUQQGBIVChFFUlJPUl9CTEFDS0xJU1RFRBAZEhEKDUVSUk9SX0JMT0NLRUQQGhIdChlFUlJPUl9PV05FUl9NVVNUX1RSQU5TRkVSEBsSEgoORVJST1JfUkVKRUNURUQQKCrJAgoJQ2xvc2VDb2RlEhUKEUNMT1NFX1VOU1BFQ0lGSUVEEAASGAoTQ0xPU0VfTE9HSU5fVElNRU9VVBChHxIWChFDTE9TRV9BVVRIX0ZBSUxFRBCiHxIYChNDTE9TRV9UT0tFTl9FWFBJUkVEEKMfEhQKD0NMT1NFX0JBRF9GUkFNRRCkHxIdChhDTE9TRV9QUk9UT0NPTF9WSU9MQVRJT04QpR8SEwoOQ0xPU0VfUkVQTEFDRUQQph8SGAoTQ0xPU0VfU0xPV19DT05TVU1FUhCnHxIXChJDTE9TRV9JRExFX1RJTUVPVVQQqB8SGgoVQ0xPU0VfRlJBTUVfVE9PX0xBUkdFEKkfEhMKDkNMT1NFX0lOVEVSTkFMEKofEhgKE0NMT1NFX1NFU1NJT05fTElNSVQQqx8SEQoMQ0xPU0VfS0lDS0VEEKwfKloKEEhpc3RvcnlEaXJlY3Rpb24SIgoeSElTVE9SWV9ESVJFQ1RJT05fTkVXRVNUX0ZJUlNUEAASIgoeSElTVE9SWV9ESVJFQ1RJT05fT0xERVNUX0ZJUlNUEAEqegoRTWVzc2FnZVVwZGF0ZUtpbmQSIwofTUVTU0FHRV9VUERBVEVfS0lORF9VTlNQRUNJRklFRBAAEh4KGk1FU1NBR0VfVVBEQVRFX0tJTkRfRURJVEVEEAESIAocTUVTU0FHRV9VUERBVEVfS0lORF9SRUNBTExFRBACKl4KC1JlY2VpcHRLaW5kEhwKGFJFQ0VJUFRfS0lORF9VTlNQRUNJRklFRBAAEhoKFlJFQ0VJUFRfS0lORF9ERUxJVkVSRUQQARIVChFSRUNFSVBUX0tJTkRfUkVBRBACYgZwcm90bzM", [file_tidings_v1_model]);
 
 /**
  * Client → server.
@@ -320,6 +320,126 @@ export type ClientFrame = Message<"tidings.v1.ClientFrame"> & {
      */
     value: DeleteConversation;
     case: "deleteConversation";
+  } | {
+    /**
+     * Groups: roles, muting and the blacklist. Who may do what is the role table in the
+     * README; a caller whose role is too low gets ERROR_PERMISSION_DENIED, a direct or
+     * temporary conversation ERROR_NOT_ALLOWED_FOR_KIND.
+     * → Ok. Makes members managers or plain members (owner only; at most `max_managers`).
+     *
+     * @generated from field: tidings.v1.SetMemberRole set_member_role = 60;
+     */
+    value: SetMemberRole;
+    case: "setMemberRole";
+  } | {
+    /**
+     * → ConversationReply. The owner hands the group to another member and becomes a member.
+     *
+     * @generated from field: tidings.v1.TransferOwnership transfer_ownership = 61;
+     */
+    value: TransferOwnership;
+    case: "transferOwnership";
+  } | {
+    /**
+     * → Ok. Mutes members for a time or until lifted (owner, managers over members).
+     *
+     * @generated from field: tidings.v1.MuteMembers mute_members = 62;
+     */
+    value: MuteMembers;
+    case: "muteMembers";
+  } | {
+    /**
+     * → Ok.
+     *
+     * @generated from field: tidings.v1.UnmuteMembers unmute_members = 63;
+     */
+    value: UnmuteMembers;
+    case: "unmuteMembers";
+  } | {
+    /**
+     * → ConversationReply. Only the owner and managers may send while it is on.
+     *
+     * @generated from field: tidings.v1.SetMuteAll set_mute_all = 64;
+     */
+    value: SetMuteAll;
+    case: "setMuteAll";
+  } | {
+    /**
+     * → MutedMemberList: the members muted now, by user id.
+     *
+     * @generated from field: tidings.v1.ListMutedMembers list_muted_members = 65;
+     */
+    value: ListMutedMembers;
+    case: "listMutedMembers";
+  } | {
+    /**
+     * → ConversationReply. Puts users on the blacklist; those who are members are removed.
+     *
+     * @generated from field: tidings.v1.BlockMembers block_members = 66;
+     */
+    value: BlockMembers;
+    case: "blockMembers";
+  } | {
+    /**
+     * → Ok. Takes users off the blacklist (they may be added or join again).
+     *
+     * @generated from field: tidings.v1.UnblockMembers unblock_members = 67;
+     */
+    value: UnblockMembers;
+    case: "unblockMembers";
+  } | {
+    /**
+     * → BlockedMemberList.
+     *
+     * @generated from field: tidings.v1.ListBlockedMembers list_blocked_members = 68;
+     */
+    value: ListBlockedMembers;
+    case: "listBlockedMembers";
+  } | {
+    /**
+     * Blocking between users: the blocked user cannot start a direct conversation with the
+     * caller, and their messages in the existing one are refused (ERROR_BLOCKED). Groups are
+     * unaffected.
+     * → Ok. At most `max_blocked_users` blocked at once.
+     *
+     * @generated from field: tidings.v1.BlockUser block_user = 69;
+     */
+    value: BlockUser;
+    case: "blockUser";
+  } | {
+    /**
+     * → Ok.
+     *
+     * @generated from field: tidings.v1.UnblockUser unblock_user = 70;
+     */
+    value: UnblockUser;
+    case: "unblockUser";
+  } | {
+    /**
+     * → BlockedUserList: whom the caller blocks.
+     *
+     * @generated from field: tidings.v1.ListBlockedUsers list_blocked_users = 71;
+     */
+    value: ListBlockedUsers;
+    case: "listBlockedUsers";
+  } | {
+    /**
+     * → Profile: the caller's profile after the change. Co-members of the caller's
+     * conversations (and the caller's other devices) get ProfileChanged.
+     *
+     * @generated from field: tidings.v1.SetProfile set_profile = 72;
+     */
+    value: SetProfile;
+    case: "setProfile";
+  } | {
+    /**
+     * → ProfileList: at most `max_members_per_request` users; a user who set none has an
+     * empty profile (`updated_at` 0).
+     *
+     * @generated from field: tidings.v1.GetProfiles get_profiles = 73;
+     */
+    value: GetProfiles;
+    case: "getProfiles";
   } | { case: undefined; value?: undefined };
 };
 
@@ -430,6 +550,36 @@ export type ServerFrame = Message<"tidings.v1.ServerFrame"> & {
     case: "listEntry";
   } | {
     /**
+     * @generated from field: tidings.v1.MutedMemberList muted_member_list = 65;
+     */
+    value: MutedMemberList;
+    case: "mutedMemberList";
+  } | {
+    /**
+     * @generated from field: tidings.v1.BlockedMemberList blocked_member_list = 68;
+     */
+    value: BlockedMemberList;
+    case: "blockedMemberList";
+  } | {
+    /**
+     * @generated from field: tidings.v1.BlockedUserList blocked_user_list = 71;
+     */
+    value: BlockedUserList;
+    case: "blockedUserList";
+  } | {
+    /**
+     * @generated from field: tidings.v1.Profile profile = 72;
+     */
+    value: Profile;
+    case: "profile";
+  } | {
+    /**
+     * @generated from field: tidings.v1.ProfileList profile_list = 73;
+     */
+    value: ProfileList;
+    case: "profileList";
+  } | {
+    /**
      * Pushes (id = 0).
      * A message in one of the user's conversations (also the user's own, sent from another device).
      *
@@ -509,6 +659,16 @@ export type ServerFrame = Message<"tidings.v1.ServerFrame"> & {
      */
     value: Receipt;
     case: "receipt";
+  } | {
+    /**
+     * The profile of a user this one shares a conversation with (or this user's own, changed
+     * on another device) changed. Live only: current profiles come with member lists, list
+     * entries and presence.
+     *
+     * @generated from field: tidings.v1.ProfileChanged profile_changed = 110;
+     */
+    value: ProfileChanged;
+    case: "profileChanged";
   } | { case: undefined; value?: undefined };
 };
 
@@ -996,6 +1156,13 @@ export type MemberList = Message<"tidings.v1.MemberList"> & {
    * @generated from field: bool has_more = 3;
    */
   hasMore: boolean;
+
+  /**
+   * The same members with their roles (groups; direct and temporary: every member MEMBER).
+   *
+   * @generated from field: repeated tidings.v1.MemberInfo infos = 4;
+   */
+  infos: MemberInfo[];
 };
 
 /**
@@ -1004,6 +1171,529 @@ export type MemberList = Message<"tidings.v1.MemberList"> & {
  */
 export const MemberListSchema: GenMessage<MemberList> = /*@__PURE__*/
   messageDesc(file_tidings_v1_frames, 20);
+
+/**
+ * @generated from message tidings.v1.MemberInfo
+ */
+export type MemberInfo = Message<"tidings.v1.MemberInfo"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: tidings.v1.MemberRole role = 2;
+   */
+  role: MemberRole;
+
+  /**
+   * Muted until this time (ms); `i64::MAX`: until lifted; 0: not muted.
+   *
+   * @generated from field: int64 muted_until = 3;
+   */
+  mutedUntil: bigint;
+
+  /**
+   * @generated from field: tidings.v1.Profile profile = 4;
+   */
+  profile?: Profile | undefined;
+};
+
+/**
+ * Describes the message tidings.v1.MemberInfo.
+ * Use `create(MemberInfoSchema)` to create a new message.
+ */
+export const MemberInfoSchema: GenMessage<MemberInfo> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 21);
+
+/**
+ * @generated from message tidings.v1.BlockUser
+ */
+export type BlockUser = Message<"tidings.v1.BlockUser"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message tidings.v1.BlockUser.
+ * Use `create(BlockUserSchema)` to create a new message.
+ */
+export const BlockUserSchema: GenMessage<BlockUser> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 22);
+
+/**
+ * @generated from message tidings.v1.UnblockUser
+ */
+export type UnblockUser = Message<"tidings.v1.UnblockUser"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message tidings.v1.UnblockUser.
+ * Use `create(UnblockUserSchema)` to create a new message.
+ */
+export const UnblockUserSchema: GenMessage<UnblockUser> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 23);
+
+/**
+ * @generated from message tidings.v1.ListBlockedUsers
+ */
+export type ListBlockedUsers = Message<"tidings.v1.ListBlockedUsers"> & {
+  /**
+   * @generated from field: string cursor = 1;
+   */
+  cursor: string;
+
+  /**
+   * Default `member_page_default`, maximum `member_page_max`.
+   *
+   * @generated from field: uint32 limit = 2;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message tidings.v1.ListBlockedUsers.
+ * Use `create(ListBlockedUsersSchema)` to create a new message.
+ */
+export const ListBlockedUsersSchema: GenMessage<ListBlockedUsers> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 24);
+
+/**
+ * @generated from message tidings.v1.BlockedUser
+ */
+export type BlockedUser = Message<"tidings.v1.BlockedUser"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: int64 blocked_at = 2;
+   */
+  blockedAt: bigint;
+};
+
+/**
+ * Describes the message tidings.v1.BlockedUser.
+ * Use `create(BlockedUserSchema)` to create a new message.
+ */
+export const BlockedUserSchema: GenMessage<BlockedUser> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 25);
+
+/**
+ * @generated from message tidings.v1.BlockedUserList
+ */
+export type BlockedUserList = Message<"tidings.v1.BlockedUserList"> & {
+  /**
+   * @generated from field: repeated tidings.v1.BlockedUser users = 1;
+   */
+  users: BlockedUser[];
+
+  /**
+   * @generated from field: string next_cursor = 2;
+   */
+  nextCursor: string;
+
+  /**
+   * @generated from field: bool has_more = 3;
+   */
+  hasMore: boolean;
+};
+
+/**
+ * Describes the message tidings.v1.BlockedUserList.
+ * Use `create(BlockedUserListSchema)` to create a new message.
+ */
+export const BlockedUserListSchema: GenMessage<BlockedUserList> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 26);
+
+/**
+ * @generated from message tidings.v1.SetProfile
+ */
+export type SetProfile = Message<"tidings.v1.SetProfile"> & {
+  /**
+   * Absent: unchanged. Empty: cleared.
+   *
+   * @generated from field: optional string display_name = 1;
+   */
+  displayName?: string | undefined;
+
+  /**
+   * @generated from field: optional string avatar_url = 2;
+   */
+  avatarUrl?: string | undefined;
+
+  /**
+   * Merged into the fields.
+   *
+   * @generated from field: map<string, string> set_fields = 3;
+   */
+  setFields: { [key: string]: string };
+
+  /**
+   * @generated from field: repeated string remove_fields = 4;
+   */
+  removeFields: string[];
+};
+
+/**
+ * Describes the message tidings.v1.SetProfile.
+ * Use `create(SetProfileSchema)` to create a new message.
+ */
+export const SetProfileSchema: GenMessage<SetProfile> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 27);
+
+/**
+ * @generated from message tidings.v1.GetProfiles
+ */
+export type GetProfiles = Message<"tidings.v1.GetProfiles"> & {
+  /**
+   * @generated from field: repeated string user_ids = 1;
+   */
+  userIds: string[];
+};
+
+/**
+ * Describes the message tidings.v1.GetProfiles.
+ * Use `create(GetProfilesSchema)` to create a new message.
+ */
+export const GetProfilesSchema: GenMessage<GetProfiles> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 28);
+
+/**
+ * @generated from message tidings.v1.ProfileList
+ */
+export type ProfileList = Message<"tidings.v1.ProfileList"> & {
+  /**
+   * @generated from field: repeated tidings.v1.Profile profiles = 1;
+   */
+  profiles: Profile[];
+};
+
+/**
+ * Describes the message tidings.v1.ProfileList.
+ * Use `create(ProfileListSchema)` to create a new message.
+ */
+export const ProfileListSchema: GenMessage<ProfileList> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 29);
+
+/**
+ * @generated from message tidings.v1.ProfileChanged
+ */
+export type ProfileChanged = Message<"tidings.v1.ProfileChanged"> & {
+  /**
+   * @generated from field: tidings.v1.Profile profile = 1;
+   */
+  profile?: Profile | undefined;
+};
+
+/**
+ * Describes the message tidings.v1.ProfileChanged.
+ * Use `create(ProfileChangedSchema)` to create a new message.
+ */
+export const ProfileChangedSchema: GenMessage<ProfileChanged> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 30);
+
+/**
+ * @generated from message tidings.v1.SetMemberRole
+ */
+export type SetMemberRole = Message<"tidings.v1.SetMemberRole"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * At most `max_members_per_request`; the owner cannot be named.
+   *
+   * @generated from field: repeated string members = 2;
+   */
+  members: string[];
+
+  /**
+   * MEMBER_ROLE_MANAGER or MEMBER_ROLE_MEMBER (OWNER: use TransferOwnership).
+   *
+   * @generated from field: tidings.v1.MemberRole role = 3;
+   */
+  role: MemberRole;
+};
+
+/**
+ * Describes the message tidings.v1.SetMemberRole.
+ * Use `create(SetMemberRoleSchema)` to create a new message.
+ */
+export const SetMemberRoleSchema: GenMessage<SetMemberRole> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 31);
+
+/**
+ * @generated from message tidings.v1.TransferOwnership
+ */
+export type TransferOwnership = Message<"tidings.v1.TransferOwnership"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * A member; the caller (the owner) becomes a plain member.
+   *
+   * @generated from field: string new_owner = 2;
+   */
+  newOwner: string;
+};
+
+/**
+ * Describes the message tidings.v1.TransferOwnership.
+ * Use `create(TransferOwnershipSchema)` to create a new message.
+ */
+export const TransferOwnershipSchema: GenMessage<TransferOwnership> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 32);
+
+/**
+ * @generated from message tidings.v1.MuteMembers
+ */
+export type MuteMembers = Message<"tidings.v1.MuteMembers"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * At most `max_members_per_request`; each must be a member ranking below the caller.
+   *
+   * @generated from field: repeated string members = 2;
+   */
+  members: string[];
+
+  /**
+   * 0: until lifted; else at most `max_mute_secs`.
+   *
+   * @generated from field: uint64 duration_secs = 3;
+   */
+  durationSecs: bigint;
+};
+
+/**
+ * Describes the message tidings.v1.MuteMembers.
+ * Use `create(MuteMembersSchema)` to create a new message.
+ */
+export const MuteMembersSchema: GenMessage<MuteMembers> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 33);
+
+/**
+ * @generated from message tidings.v1.UnmuteMembers
+ */
+export type UnmuteMembers = Message<"tidings.v1.UnmuteMembers"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: repeated string members = 2;
+   */
+  members: string[];
+};
+
+/**
+ * Describes the message tidings.v1.UnmuteMembers.
+ * Use `create(UnmuteMembersSchema)` to create a new message.
+ */
+export const UnmuteMembersSchema: GenMessage<UnmuteMembers> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 34);
+
+/**
+ * @generated from message tidings.v1.SetMuteAll
+ */
+export type SetMuteAll = Message<"tidings.v1.SetMuteAll"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: bool muted = 2;
+   */
+  muted: boolean;
+};
+
+/**
+ * Describes the message tidings.v1.SetMuteAll.
+ * Use `create(SetMuteAllSchema)` to create a new message.
+ */
+export const SetMuteAllSchema: GenMessage<SetMuteAll> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 35);
+
+/**
+ * @generated from message tidings.v1.ListMutedMembers
+ */
+export type ListMutedMembers = Message<"tidings.v1.ListMutedMembers"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * `next_cursor` of the previous page; empty for the first.
+   *
+   * @generated from field: string cursor = 2;
+   */
+  cursor: string;
+
+  /**
+   * Default `member_page_default`, maximum `member_page_max`.
+   *
+   * @generated from field: uint32 limit = 3;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message tidings.v1.ListMutedMembers.
+ * Use `create(ListMutedMembersSchema)` to create a new message.
+ */
+export const ListMutedMembersSchema: GenMessage<ListMutedMembers> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 36);
+
+/**
+ * @generated from message tidings.v1.MutedMemberList
+ */
+export type MutedMemberList = Message<"tidings.v1.MutedMemberList"> & {
+  /**
+   * By user id.
+   *
+   * @generated from field: repeated tidings.v1.MemberInfo members = 1;
+   */
+  members: MemberInfo[];
+
+  /**
+   * @generated from field: string next_cursor = 2;
+   */
+  nextCursor: string;
+
+  /**
+   * @generated from field: bool has_more = 3;
+   */
+  hasMore: boolean;
+};
+
+/**
+ * Describes the message tidings.v1.MutedMemberList.
+ * Use `create(MutedMemberListSchema)` to create a new message.
+ */
+export const MutedMemberListSchema: GenMessage<MutedMemberList> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 37);
+
+/**
+ * @generated from message tidings.v1.BlockMembers
+ */
+export type BlockMembers = Message<"tidings.v1.BlockMembers"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * At most `max_members_per_request`; members among them must rank below the caller. The
+   * blacklist holds at most `max_blacklist` users.
+   *
+   * @generated from field: repeated string members = 2;
+   */
+  members: string[];
+};
+
+/**
+ * Describes the message tidings.v1.BlockMembers.
+ * Use `create(BlockMembersSchema)` to create a new message.
+ */
+export const BlockMembersSchema: GenMessage<BlockMembers> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 38);
+
+/**
+ * @generated from message tidings.v1.UnblockMembers
+ */
+export type UnblockMembers = Message<"tidings.v1.UnblockMembers"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: repeated string members = 2;
+   */
+  members: string[];
+};
+
+/**
+ * Describes the message tidings.v1.UnblockMembers.
+ * Use `create(UnblockMembersSchema)` to create a new message.
+ */
+export const UnblockMembersSchema: GenMessage<UnblockMembers> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 39);
+
+/**
+ * @generated from message tidings.v1.ListBlockedMembers
+ */
+export type ListBlockedMembers = Message<"tidings.v1.ListBlockedMembers"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: string cursor = 2;
+   */
+  cursor: string;
+
+  /**
+   * Default `member_page_default`, maximum `member_page_max`.
+   *
+   * @generated from field: uint32 limit = 3;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message tidings.v1.ListBlockedMembers.
+ * Use `create(ListBlockedMembersSchema)` to create a new message.
+ */
+export const ListBlockedMembersSchema: GenMessage<ListBlockedMembers> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 40);
+
+/**
+ * @generated from message tidings.v1.BlockedMemberList
+ */
+export type BlockedMemberList = Message<"tidings.v1.BlockedMemberList"> & {
+  /**
+   * By user id.
+   *
+   * @generated from field: repeated string users = 1;
+   */
+  users: string[];
+
+  /**
+   * @generated from field: string next_cursor = 2;
+   */
+  nextCursor: string;
+
+  /**
+   * @generated from field: bool has_more = 3;
+   */
+  hasMore: boolean;
+};
+
+/**
+ * Describes the message tidings.v1.BlockedMemberList.
+ * Use `create(BlockedMemberListSchema)` to create a new message.
+ */
+export const BlockedMemberListSchema: GenMessage<BlockedMemberList> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_frames, 41);
 
 /**
  * @generated from message tidings.v1.MemberCount
@@ -1020,7 +1710,7 @@ export type MemberCount = Message<"tidings.v1.MemberCount"> & {
  * Use `create(MemberCountSchema)` to create a new message.
  */
 export const MemberCountSchema: GenMessage<MemberCount> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 21);
+  messageDesc(file_tidings_v1_frames, 42);
 
 /**
  * @generated from message tidings.v1.SendMessage
@@ -1082,7 +1772,7 @@ export type SendMessage = Message<"tidings.v1.SendMessage"> & {
  * Use `create(SendMessageSchema)` to create a new message.
  */
 export const SendMessageSchema: GenMessage<SendMessage> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 22);
+  messageDesc(file_tidings_v1_frames, 43);
 
 /**
  * @generated from message tidings.v1.SendAck
@@ -1118,7 +1808,7 @@ export type SendAck = Message<"tidings.v1.SendAck"> & {
  * Use `create(SendAckSchema)` to create a new message.
  */
 export const SendAckSchema: GenMessage<SendAck> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 23);
+  messageDesc(file_tidings_v1_frames, 44);
 
 /**
  * @generated from message tidings.v1.SyncMessages
@@ -1149,7 +1839,7 @@ export type SyncMessages = Message<"tidings.v1.SyncMessages"> & {
  * Use `create(SyncMessagesSchema)` to create a new message.
  */
 export const SyncMessagesSchema: GenMessage<SyncMessages> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 24);
+  messageDesc(file_tidings_v1_frames, 45);
 
 /**
  * A page of history. The walk starts at a start point and goes in `direction` until an
@@ -1249,7 +1939,7 @@ export type FetchHistory = Message<"tidings.v1.FetchHistory"> & {
  * Use `create(FetchHistorySchema)` to create a new message.
  */
 export const FetchHistorySchema: GenMessage<FetchHistory> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 25);
+  messageDesc(file_tidings_v1_frames, 46);
 
 /**
  * @generated from message tidings.v1.MessagePage
@@ -1280,7 +1970,7 @@ export type MessagePage = Message<"tidings.v1.MessagePage"> & {
  * Use `create(MessagePageSchema)` to create a new message.
  */
 export const MessagePageSchema: GenMessage<MessagePage> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 26);
+  messageDesc(file_tidings_v1_frames, 47);
 
 /**
  * @generated from message tidings.v1.DeleteMessages
@@ -1317,7 +2007,7 @@ export type DeleteMessages = Message<"tidings.v1.DeleteMessages"> & {
  * Use `create(DeleteMessagesSchema)` to create a new message.
  */
 export const DeleteMessagesSchema: GenMessage<DeleteMessages> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 27);
+  messageDesc(file_tidings_v1_frames, 48);
 
 /**
  * @generated from message tidings.v1.RecallMessage
@@ -1339,7 +2029,7 @@ export type RecallMessage = Message<"tidings.v1.RecallMessage"> & {
  * Use `create(RecallMessageSchema)` to create a new message.
  */
 export const RecallMessageSchema: GenMessage<RecallMessage> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 28);
+  messageDesc(file_tidings_v1_frames, 49);
 
 /**
  * @generated from message tidings.v1.EditMessage
@@ -1380,7 +2070,7 @@ export type EditMessage = Message<"tidings.v1.EditMessage"> & {
  * Use `create(EditMessageSchema)` to create a new message.
  */
 export const EditMessageSchema: GenMessage<EditMessage> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 29);
+  messageDesc(file_tidings_v1_frames, 50);
 
 /**
  * @generated from message tidings.v1.MessageReply
@@ -1397,7 +2087,7 @@ export type MessageReply = Message<"tidings.v1.MessageReply"> & {
  * Use `create(MessageReplySchema)` to create a new message.
  */
 export const MessageReplySchema: GenMessage<MessageReply> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 30);
+  messageDesc(file_tidings_v1_frames, 51);
 
 /**
  * @generated from message tidings.v1.AckDelivered
@@ -1421,7 +2111,7 @@ export type AckDelivered = Message<"tidings.v1.AckDelivered"> & {
  * Use `create(AckDeliveredSchema)` to create a new message.
  */
 export const AckDeliveredSchema: GenMessage<AckDelivered> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 31);
+  messageDesc(file_tidings_v1_frames, 52);
 
 /**
  * @generated from message tidings.v1.MessageUpdated
@@ -1445,7 +2135,7 @@ export type MessageUpdated = Message<"tidings.v1.MessageUpdated"> & {
  * Use `create(MessageUpdatedSchema)` to create a new message.
  */
 export const MessageUpdatedSchema: GenMessage<MessageUpdated> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 32);
+  messageDesc(file_tidings_v1_frames, 53);
 
 /**
  * @generated from message tidings.v1.Receipt
@@ -1493,7 +2183,7 @@ export type Receipt = Message<"tidings.v1.Receipt"> & {
  * Use `create(ReceiptSchema)` to create a new message.
  */
 export const ReceiptSchema: GenMessage<Receipt> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 33);
+  messageDesc(file_tidings_v1_frames, 54);
 
 /**
  * @generated from message tidings.v1.ListConversations
@@ -1557,7 +2247,7 @@ export type ListConversations = Message<"tidings.v1.ListConversations"> & {
  * Use `create(ListConversationsSchema)` to create a new message.
  */
 export const ListConversationsSchema: GenMessage<ListConversations> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 34);
+  messageDesc(file_tidings_v1_frames, 55);
 
 /**
  * @generated from message tidings.v1.ConversationList
@@ -1587,7 +2277,7 @@ export type ConversationList = Message<"tidings.v1.ConversationList"> & {
  * Use `create(ConversationListSchema)` to create a new message.
  */
 export const ConversationListSchema: GenMessage<ConversationList> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 35);
+  messageDesc(file_tidings_v1_frames, 56);
 
 /**
  * An entry is named by `conversation_id`, which also accepts a NetEase-style key:
@@ -1612,7 +2302,7 @@ export type GetListEntry = Message<"tidings.v1.GetListEntry"> & {
  * Use `create(GetListEntrySchema)` to create a new message.
  */
 export const GetListEntrySchema: GenMessage<GetListEntry> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 36);
+  messageDesc(file_tidings_v1_frames, 57);
 
 /**
  * @generated from message tidings.v1.SetEntryExt
@@ -1636,7 +2326,7 @@ export type SetEntryExt = Message<"tidings.v1.SetEntryExt"> & {
  * Use `create(SetEntryExtSchema)` to create a new message.
  */
 export const SetEntryExtSchema: GenMessage<SetEntryExt> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 37);
+  messageDesc(file_tidings_v1_frames, 58);
 
 /**
  * @generated from message tidings.v1.PinConversation
@@ -1658,7 +2348,7 @@ export type PinConversation = Message<"tidings.v1.PinConversation"> & {
  * Use `create(PinConversationSchema)` to create a new message.
  */
 export const PinConversationSchema: GenMessage<PinConversation> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 38);
+  messageDesc(file_tidings_v1_frames, 59);
 
 /**
  * @generated from message tidings.v1.ListEntryReply
@@ -1675,7 +2365,7 @@ export type ListEntryReply = Message<"tidings.v1.ListEntryReply"> & {
  * Use `create(ListEntryReplySchema)` to create a new message.
  */
 export const ListEntryReplySchema: GenMessage<ListEntryReply> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 39);
+  messageDesc(file_tidings_v1_frames, 60);
 
 /**
  * @generated from message tidings.v1.DeleteListEntries
@@ -1701,7 +2391,7 @@ export type DeleteListEntries = Message<"tidings.v1.DeleteListEntries"> & {
  * Use `create(DeleteListEntriesSchema)` to create a new message.
  */
 export const DeleteListEntriesSchema: GenMessage<DeleteListEntries> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 40);
+  messageDesc(file_tidings_v1_frames, 61);
 
 /**
  * @generated from message tidings.v1.DeleteConversation
@@ -1725,7 +2415,7 @@ export type DeleteConversation = Message<"tidings.v1.DeleteConversation"> & {
  * Use `create(DeleteConversationSchema)` to create a new message.
  */
 export const DeleteConversationSchema: GenMessage<DeleteConversation> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 41);
+  messageDesc(file_tidings_v1_frames, 62);
 
 /**
  * @generated from message tidings.v1.ListEntryChanged
@@ -1742,7 +2432,7 @@ export type ListEntryChanged = Message<"tidings.v1.ListEntryChanged"> & {
  * Use `create(ListEntryChangedSchema)` to create a new message.
  */
 export const ListEntryChangedSchema: GenMessage<ListEntryChanged> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 42);
+  messageDesc(file_tidings_v1_frames, 63);
 
 /**
  * @generated from message tidings.v1.ListEntriesDeleted
@@ -1764,7 +2454,7 @@ export type ListEntriesDeleted = Message<"tidings.v1.ListEntriesDeleted"> & {
  * Use `create(ListEntriesDeletedSchema)` to create a new message.
  */
 export const ListEntriesDeletedSchema: GenMessage<ListEntriesDeleted> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 43);
+  messageDesc(file_tidings_v1_frames, 64);
 
 /**
  * @generated from message tidings.v1.MessagesDeleted
@@ -1798,7 +2488,7 @@ export type MessagesDeleted = Message<"tidings.v1.MessagesDeleted"> & {
  * Use `create(MessagesDeletedSchema)` to create a new message.
  */
 export const MessagesDeletedSchema: GenMessage<MessagesDeleted> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 44);
+  messageDesc(file_tidings_v1_frames, 65);
 
 /**
  * @generated from message tidings.v1.MarkRead
@@ -1823,7 +2513,7 @@ export type MarkRead = Message<"tidings.v1.MarkRead"> & {
  * Use `create(MarkReadSchema)` to create a new message.
  */
 export const MarkReadSchema: GenMessage<MarkRead> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 45);
+  messageDesc(file_tidings_v1_frames, 66);
 
 /**
  * @generated from message tidings.v1.ReadPosition
@@ -1850,7 +2540,7 @@ export type ReadPosition = Message<"tidings.v1.ReadPosition"> & {
  * Use `create(ReadPositionSchema)` to create a new message.
  */
 export const ReadPositionSchema: GenMessage<ReadPosition> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 46);
+  messageDesc(file_tidings_v1_frames, 67);
 
 /**
  * @generated from message tidings.v1.UnreadSummary
@@ -1867,7 +2557,7 @@ export type UnreadSummary = Message<"tidings.v1.UnreadSummary"> & {
  * Use `create(UnreadSummarySchema)` to create a new message.
  */
 export const UnreadSummarySchema: GenMessage<UnreadSummary> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 47);
+  messageDesc(file_tidings_v1_frames, 68);
 
 /**
  * @generated from message tidings.v1.QueryPresence
@@ -1884,7 +2574,7 @@ export type QueryPresence = Message<"tidings.v1.QueryPresence"> & {
  * Use `create(QueryPresenceSchema)` to create a new message.
  */
 export const QueryPresenceSchema: GenMessage<QueryPresence> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 48);
+  messageDesc(file_tidings_v1_frames, 69);
 
 /**
  * @generated from message tidings.v1.SubscribePresence
@@ -1901,7 +2591,7 @@ export type SubscribePresence = Message<"tidings.v1.SubscribePresence"> & {
  * Use `create(SubscribePresenceSchema)` to create a new message.
  */
 export const SubscribePresenceSchema: GenMessage<SubscribePresence> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 49);
+  messageDesc(file_tidings_v1_frames, 70);
 
 /**
  * @generated from message tidings.v1.UnsubscribePresence
@@ -1918,7 +2608,7 @@ export type UnsubscribePresence = Message<"tidings.v1.UnsubscribePresence"> & {
  * Use `create(UnsubscribePresenceSchema)` to create a new message.
  */
 export const UnsubscribePresenceSchema: GenMessage<UnsubscribePresence> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 50);
+  messageDesc(file_tidings_v1_frames, 71);
 
 /**
  * @generated from message tidings.v1.PresenceReply
@@ -1930,6 +2620,13 @@ export type PresenceReply = Message<"tidings.v1.PresenceReply"> & {
    * @generated from field: repeated string online = 1;
    */
   online: string[];
+
+  /**
+   * Their profiles, in the same order.
+   *
+   * @generated from field: repeated tidings.v1.Profile profiles = 2;
+   */
+  profiles: Profile[];
 };
 
 /**
@@ -1937,7 +2634,7 @@ export type PresenceReply = Message<"tidings.v1.PresenceReply"> & {
  * Use `create(PresenceReplySchema)` to create a new message.
  */
 export const PresenceReplySchema: GenMessage<PresenceReply> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 51);
+  messageDesc(file_tidings_v1_frames, 72);
 
 /**
  * @generated from message tidings.v1.PresenceChange
@@ -1959,6 +2656,11 @@ export type PresenceChange = Message<"tidings.v1.PresenceChange"> & {
    * @generated from field: bool online = 3;
    */
   online: boolean;
+
+  /**
+   * @generated from field: tidings.v1.Profile profile = 4;
+   */
+  profile?: Profile | undefined;
 };
 
 /**
@@ -1966,7 +2668,7 @@ export type PresenceChange = Message<"tidings.v1.PresenceChange"> & {
  * Use `create(PresenceChangeSchema)` to create a new message.
  */
 export const PresenceChangeSchema: GenMessage<PresenceChange> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 52);
+  messageDesc(file_tidings_v1_frames, 73);
 
 /**
  * @generated from message tidings.v1.SetWill
@@ -2003,7 +2705,7 @@ export type SetWill = Message<"tidings.v1.SetWill"> & {
  * Use `create(SetWillSchema)` to create a new message.
  */
 export const SetWillSchema: GenMessage<SetWill> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 53);
+  messageDesc(file_tidings_v1_frames, 74);
 
 /**
  * @generated from message tidings.v1.ClearWill
@@ -2020,7 +2722,7 @@ export type ClearWill = Message<"tidings.v1.ClearWill"> & {
  * Use `create(ClearWillSchema)` to create a new message.
  */
 export const ClearWillSchema: GenMessage<ClearWill> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 54);
+  messageDesc(file_tidings_v1_frames, 75);
 
 /**
  * @generated from message tidings.v1.UnreadEntry
@@ -2083,7 +2785,7 @@ export type UnreadEntry = Message<"tidings.v1.UnreadEntry"> & {
  * Use `create(UnreadEntrySchema)` to create a new message.
  */
 export const UnreadEntrySchema: GenMessage<UnreadEntry> = /*@__PURE__*/
-  messageDesc(file_tidings_v1_frames, 55);
+  messageDesc(file_tidings_v1_frames, 76);
 
 /**
  * Stable reply error codes. New codes may be added; clients should treat unknown codes as
@@ -2227,6 +2929,37 @@ export enum ErrorCode {
    * @generated from enum value: ERROR_RATE_LIMITED = 18;
    */
   ERROR_RATE_LIMITED = 18,
+
+  /**
+   * The sender is muted in this group (MuteMembers), or mute-all is on and the sender is
+   * neither the owner nor a manager. Nothing was sent.
+   *
+   * @generated from enum value: ERROR_MUTED = 24;
+   */
+  ERROR_MUTED = 24,
+
+  /**
+   * The user is on the group's blacklist: they cannot join or be added (BlockMembers).
+   *
+   * @generated from enum value: ERROR_BLACKLISTED = 25;
+   */
+  ERROR_BLACKLISTED = 25,
+
+  /**
+   * The other member of the direct conversation blocked the caller (BlockUser): no new direct
+   * conversation with them, no message in the existing one.
+   *
+   * @generated from enum value: ERROR_BLOCKED = 26;
+   */
+  ERROR_BLOCKED = 26,
+
+  /**
+   * The owner must hand the group over (TransferOwnership) before leaving. Only front doors
+   * whose vendor requires it (the LeanCloud dialect) refuse so; LeaveConversation hands over.
+   *
+   * @generated from enum value: ERROR_OWNER_MUST_TRANSFER = 27;
+   */
+  ERROR_OWNER_MUST_TRANSFER = 27,
 
   /**
    * The application's pre-send hook refused the content (a send, an edit, a conversation's

@@ -14,7 +14,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file tidings/v1/model.proto.
  */
 export const file_tidings_v1_model: GenFile = /*@__PURE__*/
-  fileDesc("ChZ0aWRpbmdzL3YxL21vZGVsLnByb3RvEgp0aWRpbmdzLnYxItQCCgxDb252ZXJzYXRpb24SCgoCaWQYASABKAkSKgoEa2luZBgCIAEoDjIcLnRpZGluZ3MudjEuQ29udmVyc2F0aW9uS2luZBIMCgRuYW1lGAMgASgJEjwKCmF0dHJpYnV0ZXMYBCADKAsyKC50aWRpbmdzLnYxLkNvbnZlcnNhdGlvbi5BdHRyaWJ1dGVzRW50cnkSDQoFb3duZXIYBSABKAkSEgoKY3JlYXRlZF9hdBgGIAEoAxIUCgxtZW1iZXJfY291bnQYByABKA0SDwoHbWVtYmVycxgIIAMoCRIQCghsYXN0X3NlcRgJIAEoBBINCgVtdXRlZBgKIAEoCBISCgpleHBpcmVzX2F0GAsgASgDEg4KBnVuaXF1ZRgMIAEoCBoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKQAwoHTWVzc2FnZRIKCgJpZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSCwoDc2VxGAMgASgEEg4KBnNlbmRlchgEIAEoCRIMCgR0eXBlGAUgASgFEg8KB2NvbnRlbnQYBiABKAwSNwoKYXR0cmlidXRlcxgHIAMoCzIjLnRpZGluZ3MudjEuTWVzc2FnZS5BdHRyaWJ1dGVzRW50cnkSEAoIbWVudGlvbnMYCCADKAkSEwoLc2VydmVyX3RpbWUYCSABKAMSGQoRY2xpZW50X21lc3NhZ2VfaWQYCiABKAkSEQoJdHJhbnNpZW50GAsgASgIEhUKDXdhbnRfcmVjZWlwdHMYDCABKAgSEQoJZWRpdGVkX2F0GA0gASgDEhIKCmVkaXRfY291bnQYDiABKA0SEAoIcmVjYWxsZWQYDyABKAgSEwoLcmVjYWxsZWRfYXQYECABKAMaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi2gIKCUxpc3RFbnRyeRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSKgoEa2luZBgCIAEoDjIcLnRpZGluZ3MudjEuQ29udmVyc2F0aW9uS2luZBIMCgRwZWVyGAMgASgJEgwKBG5hbWUYBCABKAkSKQoMbGFzdF9tZXNzYWdlGAUgASgLMhMudGlkaW5ncy52MS5NZXNzYWdlEhUKDWxhc3RfYWN0aXZpdHkYBiABKAMSDgoGdW5yZWFkGAcgASgNEhAKCGxhc3Rfc2VxGAggASgEEhAKCHJlYWRfc2VxGAkgASgEEg4KBnBpbm5lZBgKIAEoCBIRCglwaW5uZWRfYXQYCyABKAMSCwoDZXh0GAwgASgJEhIKCmV4cGlyZXNfYXQYDSABKAMSDQoFbXV0ZWQYDiABKAgSEgoKdXBkYXRlZF9hdBgPIAEoAxIPCgdkZWxldGVkGBAgASgIItEBChFDb252ZXJzYXRpb25FdmVudBIvCgRraW5kGAEgASgOMiEudGlkaW5ncy52MS5Db252ZXJzYXRpb25FdmVudEtpbmQSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEgoKAmJ5GAMgASgJEg8KB21lbWJlcnMYBCADKAkSLgoMY29udmVyc2F0aW9uGAUgASgLMhgudGlkaW5ncy52MS5Db252ZXJzYXRpb24SEwoLc2VydmVyX3RpbWUYBiABKAMSEAoIdXNlcl9zZXEYByABKAQqkQEKEENvbnZlcnNhdGlvbktpbmQSIQodQ09OVkVSU0FUSU9OX0tJTkRfVU5TUEVDSUZJRUQQABIcChhDT05WRVJTQVRJT05fS0lORF9ESVJFQ1QQARIbChdDT05WRVJTQVRJT05fS0lORF9HUk9VUBACEh8KG0NPTlZFUlNBVElPTl9LSU5EX1RFTVBPUkFSWRADKvECChVDb252ZXJzYXRpb25FdmVudEtpbmQSJwojQ09OVkVSU0FUSU9OX0VWRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIjCh9DT05WRVJTQVRJT05fRVZFTlRfS0lORF9DUkVBVEVEEAESKQolQ09OVkVSU0FUSU9OX0VWRU5UX0tJTkRfTUVNQkVSU19BRERFRBACEisKJ0NPTlZFUlNBVElPTl9FVkVOVF9LSU5EX01FTUJFUlNfUkVNT1ZFRBADEiAKHENPTlZFUlNBVElPTl9FVkVOVF9LSU5EX0xFRlQQBBIjCh9DT05WRVJTQVRJT05fRVZFTlRfS0lORF9VUERBVEVEEAUSIQodQ09OVkVSU0FUSU9OX0VWRU5UX0tJTkRfTVVURUQQBhIjCh9DT05WRVJTQVRJT05fRVZFTlRfS0lORF9FWFBJUkVEEAcSIwofQ09OVkVSU0FUSU9OX0VWRU5UX0tJTkRfREVMRVRFRBAIYgZwcm90bzM");
+  fileDesc("ChZ0aWRpbmdzL3YxL21vZGVsLnByb3RvEgp0aWRpbmdzLnYxIuYCCgxDb252ZXJzYXRpb24SCgoCaWQYASABKAkSKgoEa2luZBgCIAEoDjIcLnRpZGluZ3MudjEuQ29udmVyc2F0aW9uS2luZBIMCgRuYW1lGAMgASgJEjwKCmF0dHJpYnV0ZXMYBCADKAsyKC50aWRpbmdzLnYxLkNvbnZlcnNhdGlvbi5BdHRyaWJ1dGVzRW50cnkSDQoFb3duZXIYBSABKAkSEgoKY3JlYXRlZF9hdBgGIAEoAxIUCgxtZW1iZXJfY291bnQYByABKA0SDwoHbWVtYmVycxgIIAMoCRIQCghsYXN0X3NlcRgJIAEoBBINCgVtdXRlZBgKIAEoCBISCgpleHBpcmVzX2F0GAsgASgDEg4KBnVuaXF1ZRgMIAEoCBIQCghtdXRlX2FsbBgNIAEoCBoxCg9BdHRyaWJ1dGVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKQAwoHTWVzc2FnZRIKCgJpZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSCwoDc2VxGAMgASgEEg4KBnNlbmRlchgEIAEoCRIMCgR0eXBlGAUgASgFEg8KB2NvbnRlbnQYBiABKAwSNwoKYXR0cmlidXRlcxgHIAMoCzIjLnRpZGluZ3MudjEuTWVzc2FnZS5BdHRyaWJ1dGVzRW50cnkSEAoIbWVudGlvbnMYCCADKAkSEwoLc2VydmVyX3RpbWUYCSABKAMSGQoRY2xpZW50X21lc3NhZ2VfaWQYCiABKAkSEQoJdHJhbnNpZW50GAsgASgIEhUKDXdhbnRfcmVjZWlwdHMYDCABKAgSEQoJZWRpdGVkX2F0GA0gASgDEhIKCmVkaXRfY291bnQYDiABKA0SEAoIcmVjYWxsZWQYDyABKAgSEwoLcmVjYWxsZWRfYXQYECABKAMaMQoPQXR0cmlidXRlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi0gMKCUxpc3RFbnRyeRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSKgoEa2luZBgCIAEoDjIcLnRpZGluZ3MudjEuQ29udmVyc2F0aW9uS2luZBIMCgRwZWVyGAMgASgJEgwKBG5hbWUYBCABKAkSKQoMbGFzdF9tZXNzYWdlGAUgASgLMhMudGlkaW5ncy52MS5NZXNzYWdlEhUKDWxhc3RfYWN0aXZpdHkYBiABKAMSDgoGdW5yZWFkGAcgASgNEhAKCGxhc3Rfc2VxGAggASgEEhAKCHJlYWRfc2VxGAkgASgEEg4KBnBpbm5lZBgKIAEoCBIRCglwaW5uZWRfYXQYCyABKAMSCwoDZXh0GAwgASgJEhIKCmV4cGlyZXNfYXQYDSABKAMSDQoFbXV0ZWQYDiABKAgSEgoKdXBkYXRlZF9hdBgPIAEoAxIPCgdkZWxldGVkGBAgASgIEiQKBHJvbGUYESABKA4yFi50aWRpbmdzLnYxLk1lbWJlclJvbGUSEwoLbXV0ZWRfdW50aWwYEiABKAMSEAoIbXV0ZV9hbGwYEyABKAgSKQoMcGVlcl9wcm9maWxlGBQgASgLMhMudGlkaW5ncy52MS5Qcm9maWxlIowCChFDb252ZXJzYXRpb25FdmVudBIvCgRraW5kGAEgASgOMiEudGlkaW5ncy52MS5Db252ZXJzYXRpb25FdmVudEtpbmQSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEgoKAmJ5GAMgASgJEg8KB21lbWJlcnMYBCADKAkSLgoMY29udmVyc2F0aW9uGAUgASgLMhgudGlkaW5ncy52MS5Db252ZXJzYXRpb24SEwoLc2VydmVyX3RpbWUYBiABKAMSEAoIdXNlcl9zZXEYByABKAQSJAoEcm9sZRgIIAEoDjIWLnRpZGluZ3MudjEuTWVtYmVyUm9sZRITCgttdXRlZF91bnRpbBgJIAEoAyK4AQoHUHJvZmlsZRIPCgd1c2VyX2lkGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRISCgphdmF0YXJfdXJsGAMgASgJEi8KBmZpZWxkcxgEIAMoCzIfLnRpZGluZ3MudjEuUHJvZmlsZS5GaWVsZHNFbnRyeRISCgp1cGRhdGVkX2F0GAUgASgDGi0KC0ZpZWxkc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEqkQEKEENvbnZlcnNhdGlvbktpbmQSIQodQ09OVkVSU0FUSU9OX0tJTkRfVU5TUEVDSUZJRUQQABIcChhDT05WRVJTQVRJT05fS0lORF9ESVJFQ1QQARIbChdDT05WRVJTQVRJT05fS0lORF9HUk9VUBACEh8KG0NPTlZFUlNBVElPTl9LSU5EX1RFTVBPUkFSWRADKlQKCk1lbWJlclJvbGUSFgoSTUVNQkVSX1JPTEVfTUVNQkVSEAASFwoTTUVNQkVSX1JPTEVfTUFOQUdFUhABEhUKEU1FTUJFUl9ST0xFX09XTkVSEAIqqAUKFUNvbnZlcnNhdGlvbkV2ZW50S2luZBInCiNDT05WRVJTQVRJT05fRVZFTlRfS0lORF9VTlNQRUNJRklFRBAAEiMKH0NPTlZFUlNBVElPTl9FVkVOVF9LSU5EX0NSRUFURUQQARIpCiVDT05WRVJTQVRJT05fRVZFTlRfS0lORF9NRU1CRVJTX0FEREVEEAISKwonQ09OVkVSU0FUSU9OX0VWRU5UX0tJTkRfTUVNQkVSU19SRU1PVkVEEAMSIAocQ09OVkVSU0FUSU9OX0VWRU5UX0tJTkRfTEVGVBAEEiMKH0NPTlZFUlNBVElPTl9FVkVOVF9LSU5EX1VQREFURUQQBRIhCh1DT05WRVJTQVRJT05fRVZFTlRfS0lORF9NVVRFRBAGEiMKH0NPTlZFUlNBVElPTl9FVkVOVF9LSU5EX0VYUElSRUQQBxIjCh9DT05WRVJTQVRJT05fRVZFTlRfS0lORF9ERUxFVEVEEAgSKAokQ09OVkVSU0FUSU9OX0VWRU5UX0tJTkRfUk9MRV9DSEFOR0VEEAkSKQolQ09OVkVSU0FUSU9OX0VWRU5UX0tJTkRfT1dORVJfQ0hBTkdFRBAKEikKJUNPTlZFUlNBVElPTl9FVkVOVF9LSU5EX01FTUJFUlNfTVVURUQQCxIrCidDT05WRVJTQVRJT05fRVZFTlRfS0lORF9NRU1CRVJTX1VOTVVURUQQDBIsCihDT05WRVJTQVRJT05fRVZFTlRfS0lORF9NVVRFX0FMTF9DSEFOR0VEEA0SKwonQ09OVkVSU0FUSU9OX0VWRU5UX0tJTkRfTUVNQkVSU19CTE9DS0VEEA4SLQopQ09OVkVSU0FUSU9OX0VWRU5UX0tJTkRfTUVNQkVSU19VTkJMT0NLRUQQD2IGcHJvdG8z");
 
 /**
  * @generated from message tidings.v1.Conversation
@@ -94,6 +94,13 @@ export type Conversation = Message$1<"tidings.v1.Conversation"> & {
    * @generated from field: bool unique = 12;
    */
   unique: boolean;
+
+  /**
+   * Groups: only the owner and managers may send (SetMuteAll).
+   *
+   * @generated from field: bool mute_all = 13;
+   */
+  muteAll: boolean;
 };
 
 /**
@@ -315,6 +322,31 @@ export type ListEntry = Message$1<"tidings.v1.ListEntry"> & {
    * @generated from field: bool deleted = 16;
    */
   deleted: boolean;
+
+  /**
+   * Groups: the user's role, whether and until when the user is muted (0: not muted;
+   * `i64::MAX`: until lifted), and whether mute-all is on. Changes to them move `updated_at`.
+   *
+   * @generated from field: tidings.v1.MemberRole role = 17;
+   */
+  role: MemberRole;
+
+  /**
+   * @generated from field: int64 muted_until = 18;
+   */
+  mutedUntil: bigint;
+
+  /**
+   * @generated from field: bool mute_all = 19;
+   */
+  muteAll: boolean;
+
+  /**
+   * Direct conversations: the peer's profile.
+   *
+   * @generated from field: tidings.v1.Profile peer_profile = 20;
+   */
+  peerProfile?: Profile | undefined;
 };
 
 /**
@@ -379,6 +411,20 @@ export type ConversationEvent = Message$1<"tidings.v1.ConversationEvent"> & {
    * @generated from field: uint64 user_seq = 7;
    */
   userSeq: bigint;
+
+  /**
+   * ROLE_CHANGED: the role `members` now have.
+   *
+   * @generated from field: tidings.v1.MemberRole role = 8;
+   */
+  role: MemberRole;
+
+  /**
+   * MEMBERS_MUTED: muted until this time (ms); `i64::MAX` (9223372036854775807): until lifted.
+   *
+   * @generated from field: int64 muted_until = 9;
+   */
+  mutedUntil: bigint;
 };
 
 /**
@@ -387,6 +433,50 @@ export type ConversationEvent = Message$1<"tidings.v1.ConversationEvent"> & {
  */
 export const ConversationEventSchema: GenMessage<ConversationEvent> = /*@__PURE__*/
   messageDesc(file_tidings_v1_model, 3);
+
+/**
+ * What a user shows of themselves: set by the user (SetProfile) or by the app's backend.
+ * Limits: `max_display_name_bytes`, `max_avatar_url_bytes`, `max_profile_fields_bytes`.
+ *
+ * @generated from message tidings.v1.Profile
+ */
+export type Profile = Message$1<"tidings.v1.Profile"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string display_name = 2;
+   */
+  displayName: string;
+
+  /**
+   * @generated from field: string avatar_url = 3;
+   */
+  avatarUrl: string;
+
+  /**
+   * Small application-defined fields (keys plus values at most `max_profile_fields_bytes`).
+   *
+   * @generated from field: map<string, string> fields = 4;
+   */
+  fields: { [key: string]: string };
+
+  /**
+   * When it last changed (ms); 0: never set.
+   *
+   * @generated from field: int64 updated_at = 5;
+   */
+  updatedAt: bigint;
+};
+
+/**
+ * Describes the message tidings.v1.Profile.
+ * Use `create(ProfileSchema)` to create a new message.
+ */
+export const ProfileSchema: GenMessage<Profile> = /*@__PURE__*/
+  messageDesc(file_tidings_v1_model, 4);
 
 /**
  * @generated from enum tidings.v1.ConversationKind
@@ -426,6 +516,34 @@ export enum ConversationKind {
  */
 export const ConversationKindSchema: GenEnum<ConversationKind> = /*@__PURE__*/
   enumDesc(file_tidings_v1_model, 0);
+
+/**
+ * A member's role in a group (see the role table in the README).
+ *
+ * @generated from enum tidings.v1.MemberRole
+ */
+export enum MemberRole {
+  /**
+   * @generated from enum value: MEMBER_ROLE_MEMBER = 0;
+   */
+  MEMBER = 0,
+
+  /**
+   * @generated from enum value: MEMBER_ROLE_MANAGER = 1;
+   */
+  MANAGER = 1,
+
+  /**
+   * @generated from enum value: MEMBER_ROLE_OWNER = 2;
+   */
+  OWNER = 2,
+}
+
+/**
+ * Describes the enum tidings.v1.MemberRole.
+ */
+export const MemberRoleSchema: GenEnum<MemberRole> = /*@__PURE__*/
+  enumDesc(file_tidings_v1_model, 1);
 
 /**
  * @generated from enum tidings.v1.ConversationEventKind
@@ -481,11 +599,63 @@ export enum ConversationEventKind {
    * @generated from enum value: CONVERSATION_EVENT_KIND_DELETED = 8;
    */
   DELETED = 8,
+
+  /**
+   * The role of `members` changed to `role` (SetMemberRole). Logged for those members.
+   *
+   * @generated from enum value: CONVERSATION_EVENT_KIND_ROLE_CHANGED = 9;
+   */
+  ROLE_CHANGED = 9,
+
+  /**
+   * Ownership moved to `members[0]` (TransferOwnership); the former owner (`by`, or the
+   * admin's acting user) is now a member. Logged for the new and the former owner.
+   *
+   * @generated from enum value: CONVERSATION_EVENT_KIND_OWNER_CHANGED = 10;
+   */
+  OWNER_CHANGED = 10,
+
+  /**
+   * `members` may not send until `muted_until` (MuteMembers). Logged for those members.
+   *
+   * @generated from enum value: CONVERSATION_EVENT_KIND_MEMBERS_MUTED = 11;
+   */
+  MEMBERS_MUTED = 11,
+
+  /**
+   * `members` may send again (UnmuteMembers). Logged for those members. A timed mute that
+   * reaches its deadline ends without an event.
+   *
+   * @generated from enum value: CONVERSATION_EVENT_KIND_MEMBERS_UNMUTED = 12;
+   */
+  MEMBERS_UNMUTED = 12,
+
+  /**
+   * Mute-all was switched on or off (`conversation.mute_all` says which). Live only.
+   *
+   * @generated from enum value: CONVERSATION_EVENT_KIND_MUTE_ALL_CHANGED = 13;
+   */
+  MUTE_ALL_CHANGED = 13,
+
+  /**
+   * `members` were put on the blacklist; those who were members were removed by it
+   * (`conversation` is the state after). Logged for the blocked users who were members.
+   *
+   * @generated from enum value: CONVERSATION_EVENT_KIND_MEMBERS_BLOCKED = 14;
+   */
+  MEMBERS_BLOCKED = 14,
+
+  /**
+   * `members` were taken off the blacklist (they are not members again). Live only.
+   *
+   * @generated from enum value: CONVERSATION_EVENT_KIND_MEMBERS_UNBLOCKED = 15;
+   */
+  MEMBERS_UNBLOCKED = 15,
 }
 
 /**
  * Describes the enum tidings.v1.ConversationEventKind.
  */
 export const ConversationEventKindSchema: GenEnum<ConversationEventKind> = /*@__PURE__*/
-  enumDesc(file_tidings_v1_model, 1);
+  enumDesc(file_tidings_v1_model, 2);
 
