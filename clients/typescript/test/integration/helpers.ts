@@ -34,7 +34,7 @@ export function client(u: string, o: Partial<ClientOptions> = {}): TidingsClient
 }
 
 /** Resolves when `check` holds, re-checking on each `event` of the client; fails after 15 s. */
-export function until(c: TidingsClient, event: "message" | "conversationEvent" | "receipt" | "presence" | "messageUpdated" | "state" | "sent" | "readPosition" | "listEntryChanged" | "listEntriesDeleted" | "messagesDeleted", check: () => boolean, what = "condition"): Promise<void> {
+export function until(c: TidingsClient, event: "message" | "conversationEvent" | "receipt" | "presence" | "messageUpdated" | "state" | "sent" | "readPosition" | "listEntryChanged" | "listEntriesDeleted" | "messagesDeleted" | "profileChanged", check: () => boolean, what = "condition"): Promise<void> {
   return new Promise((resolve, reject) => {
     if (check()) return resolve();
     const timer = setTimeout(() => {
