@@ -80,7 +80,8 @@ pub struct Config {
     pub listen: String,
     /// Accept queue length asked of the kernel (capped by `net.core.somaxconn`).
     pub listen_backlog: u32,
-    /// Browser origins allowed to open a WebSocket besides the server's own host:
+    /// Browser origins allowed to open a WebSocket besides pages of the server's own host (an
+    /// IP literal, `localhost` or `public_url`'s host: see `crate::origin`):
     /// `scheme://host[:port]`, `scheme://*.domain` (any subdomain), `null` or `*` (any).
     /// Connections without an `Origin` header are always allowed. A TOML list, or one string
     /// separated by commas or spaces (environment, `--set`).
