@@ -282,6 +282,8 @@ pub async fn run(
         took_ms = started.elapsed().as_millis() as u64,
         "sessions drained; flushing the store"
     );
+    // The last second's count of log lines held back, before the process ends.
+    crate::logsafe::flush();
     app.writer.stop();
     writer_thread.join().await;
     if app.writer.has_failed() {

@@ -309,6 +309,8 @@ where
         progress: ws.get_ref().progress.clone(),
         stall: stall_limit(&app),
         login_slot,
+        opened: Instant::now(),
+        announced: false,
     };
     let (sink, stream) = ws.split();
     run_split(sink, stream, app, drain, dialect, conn)
@@ -323,6 +325,10 @@ struct Conn {
     stall: Duration,
     /// Its place under `max_pending_logins` until a session opens on it.
     login_slot: Option<Slot>,
+    /// When the upgrade was done.
+    opened: Instant,
+    /// Its `connection opened` line is written: a session logged in on it.
+    announced: bool,
 }
 
 async fn run_split<S>(
@@ -335,9 +341,7 @@ async fn run_split<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let opened = Instant::now();
     app.stats.connections_open.inc();
-    tracing::info!(peer = %conn.peer, dialect = dialect.name(), "connection opened");
     let (tx, outbox) = mpsc::channel(app.config.outbox_frames);
     let mut actor = Actor {
         app: app.clone(),
@@ -396,17 +400,23 @@ async fn run_split<S>(
         Some(Close(code, reason)) => (Some(code), reason),
         None => (None, "closed by the client"),
     };
-    tracing::info!(
-        peer = %conn.peer,
-        dialect = dialect.name(),
-        users = ?users,
-        devices = ?devices,
-        close = code,
-        reason,
-        close_sent,
-        duration_ms = opened.elapsed().as_millis() as u64,
-        "connection closed"
-    );
+    // Anyone can open and close connections without credentials, as fast as they like: the
+    // close lines of connections on which no session logged in are rate-limited like refused
+    // logins (and such connections never had an open line).
+    static UNANNOUNCED: Throttle = Throttle::new("connection closed before login");
+    if conn.announced || UNANNOUNCED.allow(app.config.log_kind_lines_per_sec) {
+        tracing::info!(
+            peer = %conn.peer,
+            dialect = dialect.name(),
+            users = ?users,
+            devices = ?devices,
+            close = code,
+            reason,
+            close_sent,
+            duration_ms = conn.opened.elapsed().as_millis() as u64,
+            "connection closed"
+        );
+    }
 }
 
 /// How long a write may wait with the client receiving nothing: `write_timeout_ms`, or
@@ -753,6 +763,19 @@ impl Actor {
         app.stats.sessions_logged_in.inc();
         let max = app.config.log_value_max_chars;
         let device = handle.device.as_deref().unwrap_or("");
+        if !self.conn.announced {
+            // The open line waits for the first login, so a client without credentials cannot
+            // write it at will (see the close line).
+            self.conn.announced = true;
+            tracing::info!(
+                peer = %self.conn.peer,
+                dialect = self.dialect.name(),
+                user = %clean(&user, max),
+                device = %clean(device, max),
+                login_ms = self.conn.opened.elapsed().as_millis() as u64,
+                "connection opened"
+            );
+        }
         tracing::debug!(user = %clean(&user, max), session, device = %clean(device, max), "logged in");
         let caller = Caller { user, session };
         self.peers.push(Peer {
