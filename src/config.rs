@@ -192,6 +192,9 @@ pub struct Config {
     pub member_page_max: u32,
     /// Most logged events replayed on login; older pending ones are skipped (LoginOk says so).
     pub max_login_replay_events: u32,
+    /// Most entries the unread summary pushed at login holds: the most recently active ones,
+    /// as the list's first page orders them; `UnreadSummary.list_cursor` pages on from there.
+    pub login_summary_max: usize,
 
     /// How long a ListConversations cursor keeps its snapshot of the order, seconds. An older
     /// cursor still works but falls back to the current order after its last entry.
@@ -337,6 +340,7 @@ impl Default for Config {
             member_page_default: 100,
             member_page_max: 1000,
             max_login_replay_events: 1000,
+            login_summary_max: 100,
             list_snapshot_ttl_secs: 300,
             list_snapshots_per_user: 4,
             list_max_age_secs: 0,
@@ -492,6 +496,9 @@ impl Config {
         }
         if self.member_page_default == 0 || self.member_page_default > self.member_page_max {
             return bad("member_page_default must be 1..=member_page_max");
+        }
+        if self.login_summary_max == 0 {
+            return bad("login_summary_max must be at least 1");
         }
         if self.list_snapshots_per_user == 0 || self.history_scan_max == 0 {
             return bad("list_snapshots_per_user and history_scan_max must be at least 1");

@@ -337,9 +337,18 @@ impl Registry {
         req: ListRequest,
     ) -> Result<(Vec<ListEntry>, String, bool), Error> {
         let limit = self.page_size(req.limit)?;
+        self.list_page(&caller.user, req, limit)
+    }
+
+    /// A page of `limit` entries of `user`'s list (the limit checked by the caller).
+    pub(super) fn list_page(
+        &self,
+        user: &UserId,
+        req: ListRequest,
+        limit: usize,
+    ) -> Result<(Vec<ListEntry>, String, bool), Error> {
         let now = self.now();
         let ttl_ms = (self.config.list_snapshot_ttl_secs as i64).saturating_mul(1000);
-        let user = &caller.user;
         let (rows, offset, snapshot) = if req.cursor.is_empty() {
             (Arc::from(self.list_rows(user, &req)?), 0, None)
         } else {

@@ -348,7 +348,7 @@ fn release(app: &App, peer: Peer) {
 fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immediate> {
     let app = actor.app.clone();
     let i = cmd.i;
-    let fail = |code: ErrorCode| {
+    let fail_because = |code: ErrorCode, detail: Option<String>| {
         Some(Immediate::Reply(vec![wire(
             p,
             &GenericCommand {
@@ -357,12 +357,14 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
                 session_message: Some(lc::SessionCommand {
                     code: Some(code.code()),
                     reason: Some(code.reason().to_owned()),
+                    detail,
                     ..Default::default()
                 }),
                 ..command(Cmd::Session, Some(Op::Closed))
             },
         )]))
     };
+    let fail = |code: ErrorCode| fail_because(code, None);
     if app.config.leancloud_app_id.as_deref() != cmd.app_id.as_deref() {
         return fail(ErrorCode::AppNotAvailable);
     }
@@ -386,6 +388,12 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
             )
         }
     };
+    // Charged to the user like a native login (its unread push is a page of the list);
+    // refused, nothing changes, the client already open under this id included.
+    let user = UserId::from(peer_id.as_str());
+    if let Err(e) = app.registry.admit_user(&user, Work::Login) {
+        return fail_because(ErrorCode::AppQuotaExceeded, Some(e.to_string()));
+    }
     // Opening a client that is already open on this socket starts it afresh.
     if let Some(at) = peer_index(actor, Some(&peer_id)) {
         let old = actor.peers.remove(at);
@@ -395,12 +403,7 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
     }
     let device = tag.map(Arc::<str>::from);
     // A resume whose device was taken over by a later login is refused; that login stays.
-    let Some(caller) = actor.open_peer(
-        UserId::from(peer_id.as_str()),
-        device.clone(),
-        true,
-        resumed,
-    ) else {
+    let Some(caller) = actor.open_peer(user, device.clone(), true, resumed) else {
         return fail(ErrorCode::SessionConflict);
     };
     let (st, st_ttl) = session_token(&app, &caller.user, &device, resumed.unwrap_or(now));

@@ -28,6 +28,7 @@ use crate::listener::admission::Slot;
 use crate::logsafe::{Throttle, clean};
 use crate::protocol::pb::{self, CloseCode, client_frame::Body as Req, server_frame::Body as Rep};
 use crate::protocol::{self, ClientFrame, PushEvent};
+use crate::registry::limits::Work;
 use crate::registry::{Caller, Error, SendRequest};
 use crate::store::UserId;
 use bytes::Bytes;
@@ -360,7 +361,13 @@ async fn run_split<S>(
     let close = match dialect {
         Dialect::Native => match actor.log_in_native(&mut stream, &drain).await {
             Ok(welcome) => actor.serve(&mut sink, &mut stream, &drain, welcome).await,
-            Err(close) => close,
+            Err(LoginFailed { close, reply }) => {
+                if let Some(reply) = reply {
+                    let r = write(&actor.kick, &mut sink, vec![reply], &actor.conn, &drain).await;
+                    actor.stalled = matches!(r, Err(Stop::Stalled));
+                }
+                close
+            }
         },
         Dialect::LeanCloud(_) => {
             // Sessions open by command; the first must come within the login timeout.
@@ -661,23 +668,40 @@ enum Immediate {
     Close(Close),
 }
 
+/// Why a native connection has no session: how it closes, and a reply to its `Login` to write
+/// first (a refusal the client may retry: over the user's request rate limit).
+struct LoginFailed {
+    close: Option<Close>,
+    reply: Option<WsMessage>,
+}
+
+impl From<Option<Close>> for LoginFailed {
+    fn from(close: Option<Close>) -> Self {
+        LoginFailed { close, reply: None }
+    }
+}
+
+/// The close after a login refused over the user's request rate limit: the standard "try
+/// again later" (the `Error` reply before it says when).
+const TRY_AGAIN_LATER: Close = Close(1013, "too many logins of this user; retry later");
+
 impl Actor {
     /// Reads and verifies the native `Login`, registers the session and sends the welcome.
     async fn log_in_native<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         stream: &mut Stream<S>,
         drain: &Drain,
-    ) -> Result<Vec<WsMessage>, Option<Close>> {
+    ) -> Result<Vec<WsMessage>, LoginFailed> {
         let app = self.app.clone();
         let first = tokio::select! {
             r = timeout(Duration::from_millis(app.config.login_timeout_ms), read_login(stream)) => r,
             _ = drain.cancelled() => Ok(Err(Some(GOING_AWAY))),
         };
         let (id, login) = match first {
-            Err(_) => return Err(Some(close_of(CloseCode::CloseLoginTimeout))),
+            Err(_) => return Err(Some(close_of(CloseCode::CloseLoginTimeout)).into()),
             Ok(Err(Some(close))) if close.0 != CloseCode::CloseProtocolViolation as u16 => {
                 malformed(&app, &self.conn, self.dialect, &[], close);
-                return Err(Some(close));
+                return Err(Some(close).into());
             }
             Ok(r) => r?,
         };
@@ -700,12 +724,23 @@ impl Actor {
                     AuthError::Expired => CloseCode::CloseTokenExpired,
                     AuthError::Invalid(_) => CloseCode::CloseAuthFailed,
                 };
-                return Err(Some(close_of(code)));
+                return Err(Some(close_of(code)).into());
             }
         };
         drop(token);
         if device.len() > 64 {
-            return Err(Some(close_of(CloseCode::CloseProtocolViolation)));
+            return Err(Some(close_of(CloseCode::CloseProtocolViolation)).into());
+        }
+        // A login costs what it sends (the unread summary is a list page), charged to the user
+        // like any request, so logging in and out in a loop is no way around the list's price.
+        // Refused: nothing happened, no session, no presence change, no other session closed.
+        // (The user's bucket alone: a connection's is new at its login.)
+        if let Err(e) = app.registry.admit_user(&user, Work::Login) {
+            let reply = protocol::encode(&dispatch::error_reply(id, &e));
+            return Err(LoginFailed {
+                close: Some(TRY_AGAIN_LATER),
+                reply: Some(binary(reply)),
+            });
         }
         let device = (!device.is_empty()).then(|| Arc::<str>::from(device));
         let caller = self

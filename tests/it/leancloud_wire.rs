@@ -962,6 +962,8 @@ async fn missed_notifications_are_charged_to_the_users_rate_limit() {
     .await;
     let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
     let st = c.opened("alice", None).await.st.unwrap();
+    // Opening costs a login (the whole burst of 10); two seconds refill it.
+    server.clock.advance(2_000);
     let addr = server.running().addr;
     let target = "/1.1/rtm/notifications?client_id=alice&start_ts=0";
     let headers = [("X-LC-Id", APP_ID), ("X-LC-IM-Session-Token", st.as_str())];
@@ -975,4 +977,46 @@ async fn missed_notifications_are_charged_to_the_users_rate_limit() {
     server.clock.advance(1_000);
     let a = crate::leancloud_http::request(addr, "GET", target, &headers).await;
     assert_eq!(a.status, 200, "{a:?}");
+}
+
+/// `session/open` is a login: charged to the user's bucket like a native one (its unread push is
+/// a page of the list); over it the client is not opened (`session/closed` 4113
+/// `APP_QUOTA_EXCEEDED`, when to retry in `detail`), and the socket and its other clients stay.
+#[tokio::test]
+async fn session_opens_over_the_users_rate_limit_are_refused_with_4113() {
+    let server = TestServer::start_with(|c| {
+        c.leancloud_app_id = Some(APP_ID.into());
+        c.leancloud_master_key = Some(MASTER_KEY.into());
+        c.rate_limit_user_per_sec = 200;
+        c.rate_limit_user_burst = 400;
+    })
+    .await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("bob", None).await;
+    // 400 tokens at 20 a login: 20 opens of alice pass (each open of an open client starts it
+    // afresh), the 21st is refused for the 100 ms 20 tokens take.
+    for n in 0..20 {
+        let r = c.open("alice", None).await;
+        assert_eq!(
+            op_of(&r),
+            (Some(Cmd::Session), Some(Op::Opened)),
+            "open {n}: {r:?}"
+        );
+    }
+    let r = c.open("alice", None).await;
+    assert_eq!(op_of(&r), (Some(Cmd::Session), Some(Op::Closed)), "{r:?}");
+    let s = r.session_message.unwrap();
+    assert_eq!(s.code, Some(4113), "{s:?}");
+    assert!(
+        s.detail.unwrap_or_default().contains("retry after 100 ms"),
+        "when to retry"
+    );
+    // Bob, another user on the same socket, is served.
+    let r = c.request(GenericCommand {
+        peer_id: Some("bob".into()),
+        ..cmd(Cmd::Echo, None)
+    });
+    assert_eq!(op_of(&r.await).0, Some(Cmd::Echo));
+    server.clock.advance(100);
+    c.opened("alice", None).await;
 }
