@@ -721,9 +721,10 @@ mod tests {
             let err = Config::load(None, env(short), &[]).unwrap_err().to_string();
             assert!(err.contains("tidings secret"), "{short:?}: {err}");
         }
-        let long = "s".repeat(MIN_HS256_SECRET_BYTES);
-        let c = Config::load(None, env(&long), &[]).unwrap().config;
-        assert_eq!(c.jwt_hs256_secret.as_deref(), Some(long.as_str()));
+        let long = "integration-test-secret-of-32-by";
+        assert_eq!(long.len(), MIN_HS256_SECRET_BYTES);
+        let c = Config::load(None, env(long), &[]).unwrap().config;
+        assert_eq!(c.jwt_hs256_secret.as_deref(), Some(long));
         // A file or --set cannot slip one in either.
         assert!(Config::load(None, vec![], &["jwt_hs256_secret=short".into()]).is_err());
     }
