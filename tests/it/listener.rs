@@ -503,7 +503,8 @@ async fn the_connection_log_names_the_client_a_trusted_proxy_forwarded() {
     log_in_raw(&mut ws2, "bob").await;
     let line = server.wait_log("connection opened");
     assert!(line.contains("peer=127.0.0.2:"), "{line}");
-    // And one that never logs in: its close line names it too.
+    drop((ws, ws2));
+    // And one that never logs in, still waiting at SIGTERM: its close line names it too.
     let tcp = connect_from("127.0.0.3", addr).await;
     let _ws3 = upgrade_url(&server.url(), tcp, Some("203.0.113.9"))
         .await
