@@ -337,15 +337,17 @@ impl Registry {
         req: ListRequest,
     ) -> Result<(Vec<ListEntry>, String, bool), Error> {
         let limit = self.page_size(req.limit)?;
-        self.list_page(&caller.user, req, limit)
+        self.list_page(&caller.user, req, limit, true)
     }
 
-    /// A page of `limit` entries of `user`'s list (the limit checked by the caller).
+    /// A page of `limit` entries of `user`'s list (the limit checked by the caller); without
+    /// `with_cursor`, no cursor (and no snapshot kept for one) when more follow.
     pub(super) fn list_page(
         &self,
         user: &UserId,
         req: ListRequest,
         limit: usize,
+        with_cursor: bool,
     ) -> Result<(Vec<ListEntry>, String, bool), Error> {
         let now = self.now();
         let ttl_ms = (self.config.list_snapshot_ttl_secs as i64).saturating_mul(1000);
@@ -368,7 +370,7 @@ impl Registry {
         let page = &rows[offset..end];
         let has_more = end < rows.len();
         let next = match (has_more, page.last()) {
-            (true, Some(last)) => {
+            (true, Some(last)) if with_cursor => {
                 let snapshot = snapshot.unwrap_or_else(|| {
                     self.snapshots.insert(
                         user,

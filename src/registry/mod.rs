@@ -582,13 +582,19 @@ impl Registry {
 
     /// The unread summary pushed after login: the first `login_summary_max` entries of the
     /// user's list, with the same unread counts and last messages the list shows, and the
-    /// cursor of the list's next page when there are more.
-    pub fn unread_summary(&self, user: &str) -> Result<pb::UnreadSummary, Error> {
+    /// cursor of the list's next page when there are more (`with_cursor`: for a client that
+    /// can page on; the cursor keeps a snapshot of the order).
+    pub fn unread_summary(
+        &self,
+        user: &str,
+        with_cursor: bool,
+    ) -> Result<pb::UnreadSummary, Error> {
         let user = UserId::from(user);
         let (page, list_cursor, _) = self.list_page(
             &user,
             inbox::ListRequest::default(),
             self.config.login_summary_max,
+            with_cursor,
         )?;
         let mut entries = Vec::with_capacity(page.len());
         for e in page.into_iter().filter(|e| !e.deleted) {

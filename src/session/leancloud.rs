@@ -454,9 +454,10 @@ fn valid_peer_id(app: &App, id: &str) -> bool {
         && crate::auth::check_user_id(id, app.config.max_user_id_bytes).is_ok()
 }
 
-/// The `unread` push after opening: every conversation with unread messages.
+/// The `unread` push after opening: every conversation with unread messages among the first
+/// `login_summary_max` of the list.
 fn unread(app: &App, caller: &Caller, now: i64) -> Result<Option<GenericCommand>, Error> {
-    let summary = app.registry.unread_summary(&caller.user)?;
+    let summary = app.registry.unread_summary(&caller.user, false)?;
     let convs: Vec<lc::UnreadTuple> = summary
         .entries
         .into_iter()
@@ -490,11 +491,12 @@ fn unread(app: &App, caller: &Caller, now: i64) -> Result<Option<GenericCommand>
     }))
 }
 
-/// The catch-up of `lc.protobuf2.1` clients: the unread messages of each conversation (at most
-/// `page_max` per conversation, the newest being the last), as `direct { offline: true }`,
+/// The catch-up of `lc.protobuf2.1` clients: the unread messages of each conversation among the
+/// first `login_summary_max` of the list (at most `page_max` per conversation, the newest being
+/// the last), as `direct { offline: true }`,
 /// `hasMore` on all but the last one.
 fn offline(app: &App, caller: &Caller) -> Result<Vec<GenericCommand>, Error> {
-    let summary = app.registry.unread_summary(&caller.user)?;
+    let summary = app.registry.unread_summary(&caller.user, false)?;
     let mut out = Vec::new();
     for e in summary.entries.into_iter().filter(|e| e.unread > 0) {
         let from = e

@@ -520,7 +520,7 @@ fn welcome(
     };
     let summary = app
         .registry
-        .unread_summary(&caller.user)
+        .unread_summary(&caller.user, true)
         .map_err(internal)?;
     let ok = pb::LoginOk {
         user_id: caller.user.to_string(),
