@@ -653,6 +653,39 @@ async fn opening_pushes_the_unread_counts() {
     assert_eq!(t.conv_type, Some(1));
 }
 
+/// The `unread` push is bounded like the native summary: conversations among the first
+/// `login_summary_max` of the list (the most recently active).
+#[tokio::test]
+async fn the_unread_push_covers_the_most_recent_login_summary_max_conversations() {
+    let server = TestServer::start_with(|c| {
+        c.leancloud_app_id = Some(APP_ID.into());
+        c.leancloud_master_key = Some(MASTER_KEY.into());
+        c.login_summary_max = 2;
+    })
+    .await;
+    let mut alice = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    alice.opened("alice", None).await;
+    let mut cids = Vec::new();
+    for _ in 0..3 {
+        let cid = alice.start("alice", &["alice", "bob"]).await;
+        assert!(alice.direct("alice", &cid, "hi", false).await.uid.is_some());
+        server.clock.advance(1_000);
+        cids.push(cid);
+    }
+    let mut bob = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    bob.opened("bob", None).await;
+    let u = bob
+        .push_of(Cmd::Unread, None, "bob")
+        .await
+        .unread_message
+        .unwrap();
+    let mut got: Vec<&str> = u.convs.iter().map(|t| t.cid.as_str()).collect();
+    got.sort();
+    let mut newest = vec![cids[1].as_str(), cids[2].as_str()];
+    newest.sort();
+    assert_eq!(got, newest);
+}
+
 #[tokio::test]
 async fn protocol_1_clients_get_their_offline_messages_instead_of_counts() {
     let server = leancloud_server().await;
