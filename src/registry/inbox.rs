@@ -22,7 +22,7 @@ use crate::protocol::pb::{
 };
 use crate::protocol::{TEMPORARY_BIT, conversation_id};
 use crate::store::{Op, UserId};
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 /// What a ListConversations asks for.
@@ -271,16 +271,17 @@ impl Registry {
             |t: i64| t > req.updated_after && (req.updated_before <= 0 || t < req.updated_before);
         let kind_ok = |k: i32| req.kind == 0 || req.kind == k;
         let mut rows = Vec::new();
-        let mut members = HashSet::new();
-        for (num, rec) in self.store.user_conversations(user)? {
-            members.insert(num);
+        // Sorted by conversation number (the store's order).
+        let records = self.store.list_rows(user)?;
+        for rec in records.iter() {
+            let num = rec.conv;
             let Some(info) = self.conv_activity(num)? else {
                 continue;
             };
             if !kind_ok(info.kind) {
                 continue;
             }
-            if Self::listed(&rec, info.last_seq) {
+            if !rec.hidden || info.last_seq > rec.hidden_seq {
                 let activity = info.last_ts.max(rec.joined_at).max(rec.listed_at);
                 let updated = activity.max(rec.changed_at);
                 if activity < floor
@@ -309,7 +310,8 @@ impl Registry {
         }
         if sync && !req.pinned_only {
             for (num, at) in self.store.tombstones(user)? {
-                if !members.contains(&num) && in_window(at) {
+                let member = records.binary_search_by_key(&num, |r| r.conv).is_ok();
+                if !member && in_window(at) {
                     rows.push(Row {
                         num,
                         sort: at,
