@@ -30,6 +30,67 @@ pub struct WebhookEndpoint {
     pub events: Vec<String>,
 }
 
+/// Secrets people paste from examples and tutorials, compared ignoring case, `-`, `_`, `.` and
+/// spaces: one of them anywhere in a `jwt_hs256_secret` is refused, however long the secret.
+const PLACEHOLDER_SECRETS: &[&str] = &[
+    "changeme",
+    "replaceme",
+    "yoursecret",
+    "your256bitsecret",
+    "astringsecretatleast256bitslong",
+];
+
+/// Least estimated strength of a `jwt_hs256_secret`, bits (see [`weak_secret`]).
+pub const MIN_HS256_SECRET_BITS: f64 = 64.0;
+
+/// Why `secret` is too easy to guess although long enough, if it is: it holds a well-known
+/// placeholder, repeats a shorter string (`change-me` four times, 32 times the same byte), is
+/// mostly a run of consecutive characters (`abcdef…`, `123456…`), or its bytes are so uneven
+/// that, counted as independent draws from their own histogram, they carry under
+/// [`MIN_HS256_SECRET_BITS`]. Random secrets (`tidings secret`, 32 bytes of `/dev/urandom` in
+/// base64, even 32 random decimal digits) pass every rule by a wide margin.
+pub fn weak_secret(secret: &str) -> Option<String> {
+    let folded: String = secret
+        .chars()
+        .filter(|c| !matches!(c, '-' | '_' | '.' | ' '))
+        .flat_map(char::to_lowercase)
+        .collect();
+    if let Some(p) = PLACEHOLDER_SECRETS.iter().find(|p| folded.contains(**p)) {
+        return Some(format!("it contains the well-known placeholder {p:?}"));
+    }
+    let b = secret.as_bytes();
+    if let Some(period) = (1..=b.len() / 2).find(|&p| (p..b.len()).all(|i| b[i] == b[i - p])) {
+        return Some(format!(
+            "it is the same {period} byte(s) repeated ({:?}…)",
+            String::from_utf8_lossy(&b[..period])
+        ));
+    }
+    let steps = b.windows(2).filter(|w| w[0].abs_diff(w[1]) == 1).count();
+    if b.len() > 1 && steps * 4 >= (b.len() - 1) * 3 {
+        return Some("it is mostly a run of consecutive characters".into());
+    }
+    let mut counts = [0u32; 256];
+    for &x in b {
+        counts[usize::from(x)] += 1;
+    }
+    let n = b.len() as f64;
+    let bits: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2() * n
+        })
+        .sum();
+    if bits < MIN_HS256_SECRET_BITS {
+        return Some(format!(
+            "its bytes are too uneven (about {bits:.0} bits; at least {MIN_HS256_SECRET_BITS} \
+             are required)"
+        ));
+    }
+    None
+}
+
 /// Server configuration. Field docs name the unit; the default is in `Default`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -38,7 +99,8 @@ pub struct Config {
     pub listen: String,
     /// Accept queue length asked of the kernel (capped by `net.core.somaxconn`).
     pub listen_backlog: u32,
-    /// Browser origins allowed to open a WebSocket besides the server's own host:
+    /// Browser origins allowed to open a WebSocket besides pages of the server's own host (an
+    /// IP literal, `localhost` or `public_url`'s host: see `crate::origin`):
     /// `scheme://host[:port]`, `scheme://*.domain` (any subdomain), `null` or `*` (any).
     /// Connections without an `Origin` header are always allowed. A TOML list, or one string
     /// separated by commas or spaces (environment, `--set`).
@@ -175,6 +237,9 @@ pub struct Config {
     pub member_page_max: u32,
     /// Most logged events replayed on login; older pending ones are skipped (LoginOk says so).
     pub max_login_replay_events: u32,
+    /// Most entries the unread summary pushed at login holds: the most recently active ones,
+    /// as the list's first page orders them; `UnreadSummary.list_cursor` pages on from there.
+    pub login_summary_max: usize,
 
     /// How long a ListConversations cursor keeps its snapshot of the order, seconds. An older
     /// cursor still works but falls back to the current order after its last entry.
@@ -365,6 +430,7 @@ impl Default for Config {
             member_page_default: 100,
             member_page_max: 1000,
             max_login_replay_events: 1000,
+            login_summary_max: 100,
             list_snapshot_ttl_secs: 300,
             list_snapshots_per_user: 4,
             list_max_age_secs: 0,
@@ -597,6 +663,12 @@ impl Config {
         if self.admin_max_connections == 0 || self.admin_max_body_bytes == 0 {
             return bad("admin_max_connections and admin_max_body_bytes must be at least 1");
         }
+        if let Some(why) = self.jwt_hs256_secret.as_deref().and_then(weak_secret) {
+            return Err(ConfigError::Invalid(format!(
+                "jwt_hs256_secret is too easy to guess: {why}. Anyone who guesses it can log in \
+                 as anyone. Generate one with `tidings secret`"
+            )));
+        }
         if self.max_user_id_bytes == 0 || self.max_user_id_bytes > 255 {
             return bad("max_user_id_bytes must be 1..=255");
         }
@@ -608,6 +680,9 @@ impl Config {
         }
         if self.member_page_default == 0 || self.member_page_default > self.member_page_max {
             return bad("member_page_default must be 1..=member_page_max");
+        }
+        if self.login_summary_max == 0 {
+            return bad("login_summary_max must be at least 1");
         }
         if self.list_snapshots_per_user == 0 || self.history_scan_max == 0 {
             return bad("list_snapshots_per_user and history_scan_max must be at least 1");
@@ -738,6 +813,64 @@ mod tests {
     use super::*;
 
     #[test]
+    fn guessable_hs256_secrets_are_named_and_random_ones_pass() {
+        for weak in [
+            "a".repeat(32),
+            "change-me".repeat(4),
+            "CHANGE_ME and some more text to be long".into(),
+            "abababababababababababababababab".into(),
+            "0123456789abcdef0123456789abcdef".into(),
+            "abcdefghijklmnopqrstuvwxyzABCDEF".into(),
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaabcdef".into(),
+            "a-string-secret-at-least-256-bits-long".into(),
+        ] {
+            assert!(weak_secret(&weak).is_some(), "{weak:?} passed");
+        }
+        // Random secrets of every usual shape (tidings secret: 64 hex digits; base64 of 32
+        // bytes; 32 hex digits; 32 decimal digits), and the shapes used in tests and examples.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |k: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % k
+        };
+        const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        for _ in 0..2000 {
+            let hex: String = (0..64)
+                .map(|_| char::from_digit(next(16) as u32, 16).unwrap())
+                .collect();
+            let hex32 = hex[..32].to_owned();
+            let b64: String = (0..43)
+                .map(|_| B64[next(64) as usize] as char)
+                .collect::<String>()
+                + "=";
+            let dec: String = (0..32)
+                .map(|_| char::from_digit(next(10) as u32, 10).unwrap())
+                .collect();
+            for s in [hex, hex32, b64, dec] {
+                assert_eq!(weak_secret(&s), None, "{s:?}");
+            }
+        }
+        for ok in [
+            "integration-test-secret-of-at-least-32-bytes",
+            "some other secret of at least 32 bytes",
+            "another-secret-that-is-32-bytes-long!!",
+            "load-smoke-secret-of-at-least-32-bytes",
+        ] {
+            assert_eq!(weak_secret(ok), None, "{ok:?}");
+        }
+        let err = Config {
+            jwt_hs256_secret: Some("change-me".repeat(4)),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tidings secret"), "{err}");
+    }
+
+    #[test]
     fn layers_override_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("t.toml");
@@ -772,9 +905,10 @@ mod tests {
             let err = Config::load(None, env(short), &[]).unwrap_err().to_string();
             assert!(err.contains("tidings secret"), "{short:?}: {err}");
         }
-        let long = "s".repeat(MIN_HS256_SECRET_BYTES);
-        let c = Config::load(None, env(&long), &[]).unwrap().config;
-        assert_eq!(c.jwt_hs256_secret.as_deref(), Some(long.as_str()));
+        let long = "integration-test-secret-of-32-by";
+        assert_eq!(long.len(), MIN_HS256_SECRET_BYTES);
+        let c = Config::load(None, env(long), &[]).unwrap().config;
+        assert_eq!(c.jwt_hs256_secret.as_deref(), Some(long));
         // A file or --set cannot slip one in either.
         assert!(Config::load(None, vec![], &["jwt_hs256_secret=short".into()]).is_err());
     }

@@ -91,6 +91,24 @@ pub struct Throttle {
     window: Mutex<Window>,
 }
 
+/// Throttles that have held lines back, for [`flush`].
+static HOLDING: Mutex<Vec<&'static Throttle>> = Mutex::new(Vec::new());
+
+/// Reports now what every throttle holds back, instead of at the end of its second: at
+/// shutdown, when the process may end before that second does.
+pub fn flush() {
+    let holding = std::mem::take(&mut *HOLDING.lock().unwrap_or_else(PoisonError::into_inner));
+    for t in holding {
+        let held = {
+            let mut w = t.window.lock().unwrap_or_else(PoisonError::into_inner);
+            std::mem::take(&mut w.suppressed)
+        };
+        if held > 0 {
+            t.report(held);
+        }
+    }
+}
+
 struct Window {
     start: Option<Instant>,
     written: u32,
@@ -133,6 +151,12 @@ impl Throttle {
             return true;
         }
         w.suppressed += 1;
+        if w.suppressed == 1 {
+            let mut holding = HOLDING.lock().unwrap_or_else(PoisonError::into_inner);
+            if !holding.iter().any(|t| std::ptr::eq(*t, self)) {
+                holding.push(self);
+            }
+        }
         if !w.report_due
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {

@@ -334,6 +334,11 @@ fn serve(config: Config, ignored_env: &[String]) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // The handlers go in before the server listens: a SIGTERM that comes as soon as the
+        // listening line is out (a supervisor, a test) must drain like any other, not find the
+        // default action (the process killed, exit by signal) because the task that installs
+        // them has not run yet.
+        let stop = StopSignals::install()?;
         let server = tidings::server::start(config, Arc::new(SystemClock)).await?;
         // SIGHUP reloads the TLS certificate (and never stops the server).
         #[cfg(unix)]
@@ -355,7 +360,7 @@ fn serve(config: Config, ignored_env: &[String]) -> anyhow::Result<()> {
         }
         let token = server.shutdown_token();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            stop.wait().await;
             // Drain first: if the log's reader is gone, logging may fail, and the signal must
             // still stop the server.
             token.cancel();
@@ -365,17 +370,36 @@ fn serve(config: Config, ignored_env: &[String]) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and SIGINT (Ctrl-C), caught from the moment they are installed.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(StopSignals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    /// The first of them.
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

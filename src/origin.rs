@@ -4,7 +4,17 @@
 //! CORS to it, so without this check any site a user visits could open a connection to the
 //! server from the user's browser. Allowed: upgrades without `Origin` (mobile apps, servers,
 //! command-line clients: whatever is not a browser), an `Origin` whose host and port are the
-//! request's `Host` (a page served by the same host), and the configured `allowed_origins`.
+//! request's `Host` (a page served by the same host) when that host is one of the server's own
+//! names, and the configured `allowed_origins`.
+//!
+//! The server's own names are IP literals, `localhost` (and `*.localhost`), and the host of
+//! `public_url`. Any other name in `Host` may be an attacker's: with DNS rebinding, a page on
+//! `evil.example` makes its own name resolve to this server, and then its requests carry
+//! `Origin: http://evil.example:7400` and `Host: evil.example:7400`, the same host. So for a name
+//! that is not known to be ours, same host proves nothing, and only `allowed_origins` decides.
+//!
+//! A request with more than one `Origin` (or `Host`) header is refused: which one a check, a
+//! proxy and a browser would each believe is anyone's guess.
 
 use std::fmt;
 
@@ -114,10 +124,44 @@ impl Pattern {
     }
 }
 
-/// Whether an upgrade with these `Origin` and `Host` header values may proceed.
-pub fn allowed(origin: Option<&[u8]>, host: Option<&[u8]>, patterns: &[Pattern]) -> bool {
-    let Some(origin) = origin else {
-        return true;
+/// The host name of `public_url` (`ws[s]://host[:port][/path]`), lower case: one of the
+/// server's own names for the same-host rule.
+pub fn own_name(public_url: Option<&str>) -> Option<String> {
+    let rest = public_url?.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    split_host_port(authority).map(|(h, _)| h)
+}
+
+/// Whether `host` (lower case, IPv6 in brackets) is a name no one else can make this server
+/// answer to: an IP literal, `localhost` or a `.localhost` name, or `own` (see [`own_name`]).
+fn ours(host: &str, own: Option<&str>) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse::<std::net::IpAddr>().is_ok()
+        || host == "localhost"
+        || host.ends_with(".localhost")
+        || own == Some(host)
+}
+
+/// Whether an upgrade with these `Origin` and `Host` header values (every occurrence of each)
+/// may proceed. `own`: the host of `public_url` ([`own_name`]).
+pub fn allowed(
+    origins: &[&[u8]],
+    hosts: &[&[u8]],
+    patterns: &[Pattern],
+    own: Option<&str>,
+) -> bool {
+    let origin = match origins {
+        [] => return true,
+        [one] => *one,
+        _ => return false,
+    };
+    let host = match hosts {
+        [] => None,
+        [one] => Some(*one),
+        _ => return false,
     };
     let Ok(origin) = std::str::from_utf8(origin) else {
         return false;
@@ -132,7 +176,7 @@ pub fn allowed(origin: Option<&[u8]>, host: Option<&[u8]>, patterns: &[Pattern])
     };
     if let Some(o) = &parsed
         && let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok())
-        && same_host(o, host)
+        && same_host(o, host, own)
     {
         return true;
     }
@@ -140,13 +184,16 @@ pub fn allowed(origin: Option<&[u8]>, host: Option<&[u8]>, patterns: &[Pattern])
 }
 
 /// The origin's host and port are the `Host` header's (a missing port being the origin
-/// scheme's default).
-fn same_host(o: &Origin, host: &str) -> bool {
+/// scheme's default), and that host is one of ours (see [`ours`]).
+fn same_host(o: &Origin, host: &str, own: Option<&str>) -> bool {
     let Some((h, port)) = split_host_port(host) else {
         return false;
     };
     let origin_port = o.port.or(default_port(&o.scheme));
-    h == o.host && origin_port.is_some() && port.or(default_port(&o.scheme)) == origin_port
+    h == o.host
+        && ours(&h, own)
+        && origin_port.is_some()
+        && port.or(default_port(&o.scheme)) == origin_port
 }
 
 fn parse_origin(s: &str) -> Option<Origin> {
@@ -211,12 +258,14 @@ fn default_port(scheme: &str) -> Option<u16> {
 mod tests {
     use super::*;
 
+    const OWN: Option<&str> = Some("chat.example.com");
+
     fn check(origin: &str, host: &str, patterns: &[&str]) -> bool {
         let patterns: Vec<_> = patterns
             .iter()
             .map(|p| Pattern::parse(p).unwrap())
             .collect();
-        allowed(Some(origin.as_bytes()), Some(host.as_bytes()), &patterns)
+        allowed(&[origin.as_bytes()], &[host.as_bytes()], &patterns, OWN)
     }
 
     #[test]
@@ -231,6 +280,25 @@ mod tests {
             "http://Chat.Example.com:8080",
             "chat.example.com:8080",
             &[]
+        ));
+        assert!(check("http://127.0.0.1:7400", "127.0.0.1:7400", &[]));
+        assert!(check("http://localhost:7400", "localhost:7400", &[]));
+        assert!(check(
+            "http://app.localhost:7400",
+            "app.localhost:7400",
+            &[]
+        ));
+        // A name that is not ours: DNS rebinding could point it here.
+        assert!(!check("http://evil.example:7400", "evil.example:7400", &[]));
+        assert!(!check(
+            "http://localhost.evil.example",
+            "localhost.evil.example",
+            &[]
+        ));
+        assert!(check(
+            "http://evil.example:7400",
+            "evil.example:7400",
+            &["http://evil.example:7400"]
         ));
         assert!(!check(
             "http://chat.example.com:8081",
@@ -270,6 +338,39 @@ mod tests {
         assert!(check("https://anything.example", "x", &["*"]));
         assert!(!check("https://app.example.com/", "x", &list));
         assert!(!check("garbage", "x", &list));
+    }
+
+    #[test]
+    fn one_origin_and_one_host_at_most() {
+        let (good, evil) = (
+            &b"https://chat.example.com"[..],
+            &b"https://evil.example"[..],
+        );
+        let host = &b"chat.example.com"[..];
+        let any = [Pattern::Any];
+        assert!(allowed(&[good], &[host], &[], OWN));
+        assert!(!allowed(&[good, good], &[host], &[], OWN));
+        assert!(!allowed(&[evil, good], &[host], &any, OWN));
+        assert!(!allowed(&[good, evil], &[host], &[], OWN));
+        assert!(!allowed(&[good], &[host, host], &[], OWN));
+        assert!(allowed(&[], &[host, host], &[], OWN));
+    }
+
+    #[test]
+    fn own_names() {
+        assert_eq!(
+            own_name(Some("wss://Chat.Example.com/ws")).as_deref(),
+            Some("chat.example.com")
+        );
+        assert_eq!(
+            own_name(Some("ws://chat.example.com:8080")).as_deref(),
+            Some("chat.example.com")
+        );
+        assert_eq!(
+            own_name(Some("wss://[::1]:8443/")).as_deref(),
+            Some("[::1]")
+        );
+        assert_eq!(own_name(None), None);
     }
 
     #[test]

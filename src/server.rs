@@ -189,6 +189,8 @@ struct Shared {
     /// Upgraded connections and the expiry task: what the drain waits for.
     sessions: TaskTracker,
     origins: Vec<crate::origin::Pattern>,
+    /// The host of `public_url`: a name of this server's for the same-host origin rule.
+    own_name: Option<String>,
     /// Connections accepted and not yet upgraded.
     handshakes: Arc<Limiter>,
     /// Upgraded connections not yet logged in.
@@ -239,6 +241,7 @@ pub async fn run(
         drain: session::Drain::new(),
         sessions: TaskTracker::new(),
         origins,
+        own_name: crate::origin::own_name(c.public_url.as_deref()),
         handshakes: Limiter::new(
             c.max_pending_handshakes,
             c.max_pending_handshakes_per_ip,
@@ -309,6 +312,8 @@ pub async fn run(
         took_ms = started.elapsed().as_millis() as u64,
         "sessions drained; flushing the store"
     );
+    // The last second's count of log lines held back, before the process ends.
+    crate::logsafe::flush();
     app.writer.stop();
     writer_thread.join().await;
     if app.writer.has_failed() {
@@ -858,12 +863,27 @@ fn upgrade(
     // A page on another site may not open a WebSocket here (see `crate::origin`), whichever
     // dialect it asks for.
     let headers = req.headers();
-    let origin = headers.get(header::ORIGIN).map(HeaderValue::as_bytes);
-    let host = headers.get(header::HOST).map(HeaderValue::as_bytes);
-    if !crate::origin::allowed(origin, host, &shared.origins) {
+    let all = |name| {
+        headers
+            .get_all(name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect::<Vec<_>>()
+    };
+    let (origins, hosts) = (all(header::ORIGIN), all(header::HOST));
+    if !crate::origin::allowed(
+        &origins,
+        &hosts,
+        &shared.origins,
+        shared.own_name.as_deref(),
+    ) {
         static REFUSED: Throttle = Throttle::new("origin refused");
         if REFUSED.allow(app.config.log_kind_lines_per_sec) {
-            let origin = String::from_utf8_lossy(origin.unwrap_or_default());
+            let origin = origins
+                .iter()
+                .map(|o| String::from_utf8_lossy(o))
+                .collect::<Vec<_>>()
+                .join(", ");
             let origin = clean(&origin, app.config.log_value_max_chars);
             tracing::info!(peer = %client, %origin, "WebSocket origin refused");
         }

@@ -209,7 +209,7 @@ pub(super) fn list(call: &Call<'_>, user: &str) -> Answer {
     responses((status = 200, body = json::UnreadCounts)))]
 pub(super) fn unread(call: &Call<'_>, user: &str) -> Answer {
     call.app.registry.check_user_id(user)?;
-    let summary = call.app.registry.unread_summary(user)?;
+    let summary = call.app.registry.unread_summary(user, false)?;
     ok(json::UnreadCounts {
         entries: summary
             .entries

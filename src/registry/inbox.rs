@@ -22,7 +22,7 @@ use crate::protocol::pb::{
 };
 use crate::protocol::{TEMPORARY_BIT, conversation_id};
 use crate::store::{Op, UserId};
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 /// What a ListConversations asks for.
@@ -275,16 +275,17 @@ impl Registry {
             |t: i64| t > req.updated_after && (req.updated_before <= 0 || t < req.updated_before);
         let kind_ok = |k: i32| req.kind == 0 || req.kind == k;
         let mut rows = Vec::new();
-        let mut members = HashSet::new();
-        for (num, rec) in self.store.user_conversations(user)? {
-            members.insert(num);
+        // Sorted by conversation number (the store's order).
+        let records = self.store.list_rows(user)?;
+        for rec in records.iter() {
+            let num = rec.conv;
             let Some(info) = self.conv_activity(num)? else {
                 continue;
             };
             if !kind_ok(info.kind) {
                 continue;
             }
-            if Self::listed(&rec, info.last_seq) {
+            if !rec.hidden || info.last_seq > rec.hidden_seq {
                 let activity = info.last_ts.max(rec.joined_at).max(rec.listed_at);
                 let updated = activity.max(rec.changed_at).max(info.changed_at);
                 if activity < floor
@@ -313,7 +314,8 @@ impl Registry {
         }
         if sync && !req.pinned_only {
             for (num, at) in self.store.tombstones(user)? {
-                if !members.contains(&num) && in_window(at) {
+                let member = records.binary_search_by_key(&num, |r| r.conv).is_ok();
+                if !member && in_window(at) {
                     rows.push(Row {
                         num,
                         sort: at,
@@ -341,9 +343,20 @@ impl Registry {
         req: ListRequest,
     ) -> Result<(Vec<ListEntry>, String, bool), Error> {
         let limit = self.page_size(req.limit)?;
+        self.list_page(&caller.user, req, limit, true)
+    }
+
+    /// A page of `limit` entries of `user`'s list (the limit checked by the caller); without
+    /// `with_cursor`, no cursor (and no snapshot kept for one) when more follow.
+    pub(super) fn list_page(
+        &self,
+        user: &UserId,
+        req: ListRequest,
+        limit: usize,
+        with_cursor: bool,
+    ) -> Result<(Vec<ListEntry>, String, bool), Error> {
         let now = self.now();
         let ttl_ms = (self.config.list_snapshot_ttl_secs as i64).saturating_mul(1000);
-        let user = &caller.user;
         let (rows, offset, snapshot) = if req.cursor.is_empty() {
             (Arc::from(self.list_rows(user, &req)?), 0, None)
         } else {
@@ -363,7 +376,7 @@ impl Registry {
         let page = &rows[offset..end];
         let has_more = end < rows.len();
         let next = match (has_more, page.last()) {
-            (true, Some(last)) => {
+            (true, Some(last)) if with_cursor => {
                 let snapshot = snapshot.unwrap_or_else(|| {
                     self.snapshots.insert(
                         user,

@@ -24,6 +24,9 @@ pub enum Work {
     List,
     /// Creating, changing the members of, or deleting a conversation.
     Change,
+    /// A login (native `Login`, LeanCloud `session/open`): its unread summary is a page of the
+    /// conversation list (at most `login_summary_max` entries, the list's first page's work).
+    Login,
 }
 
 impl Work {
@@ -32,7 +35,7 @@ impl Work {
         match self {
             Work::Light | Work::Send => 1,
             Work::Page | Work::Change => 5,
-            Work::List => 20,
+            Work::List | Work::Login => 20,
         }
     }
 }

@@ -640,15 +640,24 @@ impl Registry {
         }
     }
 
-    /// The unread summary pushed after login: every conversation in the user's list, with the
-    /// same unread counts and last messages the list shows.
-    pub fn unread_summary(&self, user: &str) -> Result<pb::UnreadSummary, Error> {
+    /// The unread summary pushed after login: the first `login_summary_max` entries of the
+    /// user's list, with the same unread counts and last messages the list shows, and the
+    /// cursor of the list's next page when there are more (`with_cursor`: for a client that
+    /// can page on; the cursor keeps a snapshot of the order).
+    pub fn unread_summary(
+        &self,
+        user: &str,
+        with_cursor: bool,
+    ) -> Result<pb::UnreadSummary, Error> {
         let user = UserId::from(user);
-        let mut entries = Vec::new();
-        for (num, _) in self.store.user_conversations(&user)? {
-            let Some(e) = self.entry_view(&user, num, true)? else {
-                continue;
-            };
+        let (page, list_cursor, _) = self.list_page(
+            &user,
+            inbox::ListRequest::default(),
+            self.config.login_summary_max,
+            with_cursor,
+        )?;
+        let mut entries = Vec::with_capacity(page.len());
+        for e in page.into_iter().filter(|e| !e.deleted) {
             entries.push(pb::UnreadEntry {
                 conversation_id: e.conversation_id,
                 kind: e.kind,
@@ -661,7 +670,10 @@ impl Registry {
                 pinned_at: e.pinned_at,
             });
         }
-        Ok(pb::UnreadSummary { entries })
+        Ok(pb::UnreadSummary {
+            entries,
+            list_cursor,
+        })
     }
 
     /// The newest logged events of `user` after `cursor`, oldest first, and whether older ones

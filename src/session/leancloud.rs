@@ -363,7 +363,7 @@ fn release(app: &App, peer: Peer) {
 fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immediate> {
     let app = actor.app.clone();
     let i = cmd.i;
-    let fail = |code: ErrorCode| {
+    let fail_because = |code: ErrorCode, detail: Option<String>| {
         Some(Immediate::Reply(vec![wire(
             p,
             &GenericCommand {
@@ -372,12 +372,14 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
                 session_message: Some(lc::SessionCommand {
                     code: Some(code.code()),
                     reason: Some(code.reason().to_owned()),
+                    detail,
                     ..Default::default()
                 }),
                 ..command(Cmd::Session, Some(Op::Closed))
             },
         )]))
     };
+    let fail = |code: ErrorCode| fail_because(code, None);
     if app.config.leancloud_app_id.as_deref() != cmd.app_id.as_deref() {
         return fail(ErrorCode::AppNotAvailable);
     }
@@ -401,6 +403,12 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
             )
         }
     };
+    // Charged to the user like a native login (its unread push is a page of the list);
+    // refused, nothing changes, the client already open under this id included.
+    let user = UserId::from(peer_id.as_str());
+    if let Err(e) = app.registry.admit_user(&user, Work::Login) {
+        return fail_because(ErrorCode::AppQuotaExceeded, Some(e.to_string()));
+    }
     // Opening a client that is already open on this socket starts it afresh.
     if let Some(at) = peer_index(actor, Some(&peer_id)) {
         let old = actor.peers.remove(at);
@@ -410,12 +418,7 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
     }
     let device = tag.map(Arc::<str>::from);
     // A resume whose device was taken over by a later login is refused; that login stays.
-    let Some(caller) = actor.open_peer(
-        UserId::from(peer_id.as_str()),
-        device.clone(),
-        true,
-        resumed,
-    ) else {
+    let Some(caller) = actor.open_peer(user, device.clone(), true, resumed) else {
         return fail(ErrorCode::SessionConflict);
     };
     let (st, st_ttl) = session_token(&app, &caller.user, &device, resumed.unwrap_or(now));
@@ -466,9 +469,10 @@ fn valid_peer_id(app: &App, id: &str) -> bool {
         && crate::auth::check_user_id(id, app.config.max_user_id_bytes).is_ok()
 }
 
-/// The `unread` push after opening: every conversation with unread messages.
+/// The `unread` push after opening: every conversation with unread messages among the first
+/// `login_summary_max` of the list.
 fn unread(app: &App, caller: &Caller, now: i64) -> Result<Option<GenericCommand>, Error> {
-    let summary = app.registry.unread_summary(&caller.user)?;
+    let summary = app.registry.unread_summary(&caller.user, false)?;
     let convs: Vec<lc::UnreadTuple> = summary
         .entries
         .into_iter()
@@ -502,11 +506,12 @@ fn unread(app: &App, caller: &Caller, now: i64) -> Result<Option<GenericCommand>
     }))
 }
 
-/// The catch-up of `lc.protobuf2.1` clients: the unread messages of each conversation (at most
-/// `page_max` per conversation, the newest being the last), as `direct { offline: true }`,
+/// The catch-up of `lc.protobuf2.1` clients: the unread messages of each conversation among the
+/// first `login_summary_max` of the list (at most `page_max` per conversation, the newest being
+/// the last), as `direct { offline: true }`,
 /// `hasMore` on all but the last one.
 fn offline(app: &App, caller: &Caller) -> Result<Vec<GenericCommand>, Error> {
-    let summary = app.registry.unread_summary(&caller.user)?;
+    let summary = app.registry.unread_summary(&caller.user, false)?;
     let mut out = Vec::new();
     for e in summary.entries.into_iter().filter(|e| e.unread > 0) {
         let from = e

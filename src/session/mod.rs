@@ -29,6 +29,7 @@ use crate::listener::admission::Slot;
 use crate::logsafe::{Throttle, clean};
 use crate::protocol::pb::{self, CloseCode, client_frame::Body as Req, server_frame::Body as Rep};
 use crate::protocol::{self, ClientFrame, Push, PushEvent, Wire};
+use crate::registry::limits::Work;
 use crate::registry::{Caller, Error, SendRequest};
 use crate::store::UserId;
 use bytes::Bytes;
@@ -337,6 +338,8 @@ where
         progress: ws.get_ref().progress.clone(),
         stall: stall_limit(&app),
         login_slot,
+        opened: Instant::now(),
+        announced: false,
     };
     let (sink, stream) = ws.split();
     run_split(sink, stream, app, drain, dialect, conn)
@@ -351,6 +354,10 @@ struct Conn {
     stall: Duration,
     /// Its place under `max_pending_logins` until a session opens on it.
     login_slot: Option<Slot>,
+    /// When the upgrade was done.
+    opened: Instant,
+    /// Its `connection opened` line is written: a session logged in on it.
+    announced: bool,
 }
 
 async fn run_split<S>(
@@ -363,9 +370,7 @@ async fn run_split<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let opened = Instant::now();
     app.stats.connections_open.inc();
-    tracing::info!(peer = %conn.peer, dialect = dialect.name(), "connection opened");
     let (tx, outbox) = mpsc::channel(app.config.outbox_frames);
     let mut actor = Actor {
         app: app.clone(),
@@ -384,7 +389,13 @@ async fn run_split<S>(
     let close = match dialect {
         Dialect::Native(wire) => match actor.log_in_native(&mut stream, &drain, wire).await {
             Ok(welcome) => actor.serve(&mut sink, &mut stream, &drain, welcome).await,
-            Err(close) => close,
+            Err(LoginFailed { close, reply }) => {
+                if let Some(reply) = reply {
+                    let r = write(&actor.kick, &mut sink, vec![reply], &actor.conn, &drain).await;
+                    actor.stalled = matches!(r, Err(Stop::Stalled));
+                }
+                close
+            }
         },
         Dialect::LeanCloud(_) => {
             // Sessions open by command; the first must come within the login timeout.
@@ -424,17 +435,23 @@ async fn run_split<S>(
         Some(Close(code, reason)) => (Some(code), reason),
         None => (None, "closed by the client"),
     };
-    tracing::info!(
-        peer = %conn.peer,
-        dialect = dialect.name(),
-        users = ?users,
-        devices = ?devices,
-        close = code,
-        reason,
-        close_sent,
-        duration_ms = opened.elapsed().as_millis() as u64,
-        "connection closed"
-    );
+    // Anyone can open and close connections without credentials, as fast as they like: the
+    // close lines of connections on which no session logged in are rate-limited like refused
+    // logins (and such connections never had an open line).
+    static UNANNOUNCED: Throttle = Throttle::new("connection closed before login");
+    if conn.announced || UNANNOUNCED.allow(app.config.log_kind_lines_per_sec) {
+        tracing::info!(
+            peer = %conn.peer,
+            dialect = dialect.name(),
+            users = ?users,
+            devices = ?devices,
+            close = code,
+            reason,
+            close_sent,
+            duration_ms = conn.opened.elapsed().as_millis() as u64,
+            "connection closed"
+        );
+    }
 }
 
 /// How long a write may wait with the client receiving nothing: `write_timeout_ms`, or
@@ -533,7 +550,7 @@ fn welcome(
     };
     let summary = app
         .registry
-        .unread_summary(&caller.user)
+        .unread_summary(&caller.user, true)
         .map_err(internal)?;
     let ok = pb::LoginOk {
         user_id: caller.user.to_string(),
@@ -670,6 +687,23 @@ enum Immediate {
     Close(Close),
 }
 
+/// Why a native connection has no session: how it closes, and a reply to its `Login` to write
+/// first (a refusal the client may retry: over the user's request rate limit).
+struct LoginFailed {
+    close: Option<Close>,
+    reply: Option<WsMessage>,
+}
+
+impl From<Option<Close>> for LoginFailed {
+    fn from(close: Option<Close>) -> Self {
+        LoginFailed { close, reply: None }
+    }
+}
+
+/// The close after a login refused over the user's request rate limit: the standard "try
+/// again later" (the `Error` reply before it says when).
+const TRY_AGAIN_LATER: Close = Close(1013, "too many logins of this user; retry later");
+
 impl Actor {
     /// Reads and verifies the native `Login`, registers the session and sends the welcome.
     async fn log_in_native<S: AsyncRead + AsyncWrite + Unpin>(
@@ -677,17 +711,17 @@ impl Actor {
         stream: &mut Stream<S>,
         drain: &Drain,
         wire: Wire,
-    ) -> Result<Vec<WsMessage>, Option<Close>> {
+    ) -> Result<Vec<WsMessage>, LoginFailed> {
         let app = self.app.clone();
         let first = tokio::select! {
             r = timeout(Duration::from_millis(app.config.login_timeout_ms), read_login(stream, wire)) => r,
             _ = drain.cancelled() => Ok(Err(Some(GOING_AWAY))),
         };
         let (id, login) = match first {
-            Err(_) => return Err(Some(close_of(CloseCode::CloseLoginTimeout))),
+            Err(_) => return Err(Some(close_of(CloseCode::CloseLoginTimeout)).into()),
             Ok(Err(Some(close))) if close.0 != CloseCode::CloseProtocolViolation as u16 => {
                 malformed(&app, &self.conn, self.dialect, &[], close);
-                return Err(Some(close));
+                return Err(Some(close).into());
             }
             Ok(r) => r?,
         };
@@ -710,12 +744,22 @@ impl Actor {
                     AuthError::Expired => CloseCode::CloseTokenExpired,
                     AuthError::Invalid(_) => CloseCode::CloseAuthFailed,
                 };
-                return Err(Some(close_of(code)));
+                return Err(Some(close_of(code)).into());
             }
         };
         drop(token);
         if device.len() > 64 {
-            return Err(Some(close_of(CloseCode::CloseProtocolViolation)));
+            return Err(Some(close_of(CloseCode::CloseProtocolViolation)).into());
+        }
+        // A login costs what it sends (the unread summary is a list page), charged to the user
+        // like any request, so logging in and out in a loop is no way around the list's price.
+        // Refused: nothing happened, no session, no presence change, no other session closed.
+        // (The user's bucket alone: a connection's is new at its login.)
+        if let Err(e) = app.registry.admit_user(&user, Work::Login) {
+            return Err(LoginFailed {
+                close: Some(TRY_AGAIN_LATER),
+                reply: Some(wire.frame(&dispatch::error_reply(id, &e))),
+            });
         }
         let device = (!device.is_empty()).then(|| Arc::<str>::from(device));
         let caller = self
@@ -773,6 +817,19 @@ impl Actor {
         app.stats.sessions_logged_in.inc();
         let max = app.config.log_value_max_chars;
         let device = handle.device.as_deref().unwrap_or("");
+        if !self.conn.announced {
+            // The open line waits for the first login, so a client without credentials cannot
+            // write it at will (see the close line).
+            self.conn.announced = true;
+            tracing::info!(
+                peer = %self.conn.peer,
+                dialect = self.dialect.name(),
+                user = %clean(&user, max),
+                device = %clean(device, max),
+                login_ms = self.conn.opened.elapsed().as_millis() as u64,
+                "connection opened"
+            );
+        }
         tracing::debug!(user = %clean(&user, max), session, device = %clean(device, max), "logged in");
         let caller = Caller::user(user, session);
         self.peers.push(Peer {

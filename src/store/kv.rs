@@ -6,7 +6,8 @@
 //! keys and passes the same conformance suite.
 
 use super::keys::{self, be_u64, user_at};
-use super::{Counter, Direction, Op, Store, StoreError, UserId, decode};
+use super::list_cache::ListCache;
+use super::{Counter, Direction, ListRow, Op, Store, StoreError, UserId, decode};
 use crate::protocol::pb::{
     ConversationEvent, ConversationRecord, MemberRecord, Message, Profile, UserConversationRecord,
 };
@@ -59,11 +60,16 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 /// The tidings store on an ordered key-value engine.
 pub struct KvStore<E: OrderedKv> {
     engine: E,
+    /// The list rows of users with long lists (see [`super::list_cache`]).
+    lists: ListCache,
 }
 
 impl<E: OrderedKv> KvStore<E> {
     pub fn new(engine: E) -> Self {
-        KvStore { engine }
+        KvStore {
+            engine,
+            lists: ListCache::default(),
+        }
     }
 
     fn record<M: prost::Message + Default>(
@@ -362,7 +368,9 @@ impl<E: OrderedKv> Store for KvStore<E> {
             }
             writes.push(w);
         }
-        self.engine.apply(writes)
+        self.engine.apply(writes)?;
+        self.lists.committed(ops);
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -408,6 +416,16 @@ impl<E: OrderedKv> Store for KvStore<E> {
         conv: u64,
     ) -> Result<Option<UserConversationRecord>, StoreError> {
         self.record("user conversation", &keys::user_conversation(user, conv))
+    }
+
+    fn list_rows(&self, user: &str) -> Result<std::sync::Arc<Vec<ListRow>>, StoreError> {
+        self.lists.get(user, || {
+            Ok(self
+                .user_conversations(user)?
+                .iter()
+                .map(|(conv, r)| ListRow::of(*conv, r))
+                .collect())
+        })
     }
 
     fn message(&self, conv: u64, seq: u64) -> Result<Option<Message>, StoreError> {
@@ -718,8 +736,11 @@ impl<E: OrderedKv> Store for KvStore<E> {
     }
 
     fn load(&self, rows: Rows) -> Result<(), StoreError> {
-        self.engine
-            .apply(rows.into_iter().map(|(k, v)| Write::Put(k, v)).collect())
+        let r = self
+            .engine
+            .apply(rows.into_iter().map(|(k, v)| Write::Put(k, v)).collect());
+        self.lists.clear();
+        r
     }
 }
 

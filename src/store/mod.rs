@@ -10,6 +10,7 @@
 pub mod dump;
 pub mod keys;
 pub mod kv;
+pub mod list_cache;
 pub mod redb;
 pub mod sled;
 
@@ -225,6 +226,35 @@ pub enum Direction {
     Descending,
 }
 
+/// What a listing of a user's conversation list needs of one of their per-user records
+/// ([`Store::list_rows`]): no private ext, no read or delivery positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListRow {
+    pub conv: u64,
+    pub joined_at: i64,
+    pub listed_at: i64,
+    pub changed_at: i64,
+    pub pinned_at: i64,
+    pub hidden_at: i64,
+    pub hidden_seq: u64,
+    pub hidden: bool,
+}
+
+impl ListRow {
+    pub fn of(conv: u64, r: &UserConversationRecord) -> ListRow {
+        ListRow {
+            conv,
+            joined_at: r.joined_at,
+            listed_at: r.listed_at,
+            changed_at: r.changed_at,
+            pinned_at: r.pinned_at,
+            hidden_at: r.hidden_at,
+            hidden_seq: r.hidden_seq,
+            hidden: r.hidden,
+        }
+    }
+}
+
 /// The storage contract. Reads see every committed write; `flush` makes them durable.
 pub trait Store: Send + Sync + 'static {
     /// Applies `ops` atomically: all or none become visible (and durable with the next flush).
@@ -240,6 +270,17 @@ pub trait Store: Send + Sync + 'static {
         &self,
         user: &str,
     ) -> Result<Vec<(u64, UserConversationRecord)>, StoreError>;
+
+    /// [`Store::user_conversations`] as list rows, in the same order; shared, since a store may
+    /// keep them in memory.
+    fn list_rows(&self, user: &str) -> Result<Arc<Vec<ListRow>>, StoreError> {
+        Ok(Arc::new(
+            self.user_conversations(user)?
+                .iter()
+                .map(|(conv, r)| ListRow::of(*conv, r))
+                .collect(),
+        ))
+    }
 
     fn user_conversation(
         &self,

@@ -285,6 +285,26 @@ async fn serve_refuses_an_empty_or_short_hs256_secret() {
 }
 
 #[tokio::test]
+async fn serve_refuses_a_long_but_guessable_hs256_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let serve = ["serve", "--listen", "127.0.0.1:0", "--data-dir", data];
+    let same_byte = "x".repeat(32);
+    let placeholder = "change-me".repeat(4);
+    for secret in [
+        same_byte.as_str(),
+        &placeholder,
+        "change-me-to-something-long-please",
+    ] {
+        let (ok, _, err) = run_binary(&serve, &[("TIDINGS_JWT_HS256_SECRET", secret)]).await;
+        assert!(!ok, "started with the secret {secret:?}");
+        assert!(err.contains("too easy to guess"), "{secret:?}: {err}");
+        assert!(err.contains("tidings secret"), "{secret:?}: {err}");
+    }
+}
+
+#[tokio::test]
 async fn tidings_secret_prints_a_fresh_usable_secret() {
     let (ok, first, _) = run_binary(&["secret"], &[]).await;
     assert!(ok);

@@ -218,6 +218,14 @@ impl Raw {
         }
     }
 
+    /// Connects without logging in.
+    pub async fn connect(server: &TestServer) -> Raw {
+        let ws = within(tidings::client::connect_raw(&server.url()))
+            .await
+            .unwrap();
+        Raw { ws, next_id: 1 }
+    }
+
     /// Sends a request without waiting.
     pub async fn send(&mut self, body: pb::client_frame::Body) -> u64 {
         use futures_util::SinkExt;

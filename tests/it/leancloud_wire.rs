@@ -659,6 +659,39 @@ async fn opening_pushes_the_unread_counts() {
     assert_eq!(t.conv_type, Some(1));
 }
 
+/// The `unread` push is bounded like the native summary: conversations among the first
+/// `login_summary_max` of the list (the most recently active).
+#[tokio::test]
+async fn the_unread_push_covers_the_most_recent_login_summary_max_conversations() {
+    let server = TestServer::start_with(|c| {
+        c.leancloud_app_id = Some(APP_ID.into());
+        c.leancloud_master_key = Some(MASTER_KEY.into());
+        c.login_summary_max = 2;
+    })
+    .await;
+    let mut alice = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    alice.opened("alice", None).await;
+    let mut cids = Vec::new();
+    for _ in 0..3 {
+        let cid = alice.start("alice", &["alice", "bob"]).await;
+        assert!(alice.direct("alice", &cid, "hi", false).await.uid.is_some());
+        server.clock.advance(1_000);
+        cids.push(cid);
+    }
+    let mut bob = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    bob.opened("bob", None).await;
+    let u = bob
+        .push_of(Cmd::Unread, None, "bob")
+        .await
+        .unread_message
+        .unwrap();
+    let mut got: Vec<&str> = u.convs.iter().map(|t| t.cid.as_str()).collect();
+    got.sort();
+    let mut newest = vec![cids[1].as_str(), cids[2].as_str()];
+    newest.sort();
+    assert_eq!(got, newest);
+}
+
 #[tokio::test]
 async fn protocol_1_clients_get_their_offline_messages_instead_of_counts() {
     let server = leancloud_server().await;
@@ -980,6 +1013,8 @@ async fn missed_notifications_are_charged_to_the_users_rate_limit() {
     .await;
     let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
     let st = c.opened("alice", None).await.st.unwrap();
+    // Opening costs a login (the whole burst of 10); two seconds refill it.
+    server.clock.advance(2_000);
     let addr = server.running().addr;
     let target = "/1.1/rtm/notifications?client_id=alice&start_ts=0";
     let headers = [("X-LC-Id", APP_ID), ("X-LC-IM-Session-Token", st.as_str())];
@@ -1021,4 +1056,46 @@ async fn a_backend_disconnecting_a_user_closes_only_their_client_with_4115() {
     let pong = socket.request(cmd(Cmd::Echo, None)).await;
     assert_eq!(op_of(&pong).0, Some(Cmd::Echo));
     assert_no_lc_push(&mut socket).await;
+}
+
+/// `session/open` is a login: charged to the user's bucket like a native one (its unread push is
+/// a page of the list); over it the client is not opened (`session/closed` 4113
+/// `APP_QUOTA_EXCEEDED`, when to retry in `detail`), and the socket and its other clients stay.
+#[tokio::test]
+async fn session_opens_over_the_users_rate_limit_are_refused_with_4113() {
+    let server = TestServer::start_with(|c| {
+        c.leancloud_app_id = Some(APP_ID.into());
+        c.leancloud_master_key = Some(MASTER_KEY.into());
+        c.rate_limit_user_per_sec = 200;
+        c.rate_limit_user_burst = 400;
+    })
+    .await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("bob", None).await;
+    // 400 tokens at 20 a login: 20 opens of alice pass (each open of an open client starts it
+    // afresh), the 21st is refused for the 100 ms 20 tokens take.
+    for n in 0..20 {
+        let r = c.open("alice", None).await;
+        assert_eq!(
+            op_of(&r),
+            (Some(Cmd::Session), Some(Op::Opened)),
+            "open {n}: {r:?}"
+        );
+    }
+    let r = c.open("alice", None).await;
+    assert_eq!(op_of(&r), (Some(Cmd::Session), Some(Op::Closed)), "{r:?}");
+    let s = r.session_message.unwrap();
+    assert_eq!(s.code, Some(4113), "{s:?}");
+    assert!(
+        s.detail.unwrap_or_default().contains("retry after 100 ms"),
+        "when to retry"
+    );
+    // Bob, another user on the same socket, is served.
+    let r = c.request(GenericCommand {
+        peer_id: Some("bob".into()),
+        ..cmd(Cmd::Echo, None)
+    });
+    assert_eq!(op_of(&r.await).0, Some(Cmd::Echo));
+    server.clock.advance(100);
+    c.opened("alice", None).await;
 }

@@ -622,3 +622,120 @@ async fn deleting_for_everyone_with_and_without_purge() {
     assert!(store.last_message(num(&d.id)).unwrap().is_none());
     assert!(store.last_message(num(&g2.id)).unwrap().is_none());
 }
+
+/// A list long enough to be kept in memory (`store::list_cache`, from 128 entries) follows
+/// every change to its entries: messages, pins, one-way removal and the message that brings an
+/// entry back, leaving, being added, deletion with and without purge, incremental sync's
+/// tombstones, and a restart.
+#[tokio::test]
+async fn a_long_list_kept_in_memory_follows_every_change() {
+    let mut server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    let bob = server.client("bob").await;
+    let n = tidings::store::list_cache::MIN_ROWS + 2;
+    // Newest first, as the list orders them (each created a millisecond after the last).
+    let mut expected: Vec<String> = Vec::new();
+    for i in 0..n {
+        let id = alice
+            .create_group(&format!("g{i}"), &["bob"])
+            .await
+            .unwrap()
+            .id;
+        expected.insert(0, id);
+        server.clock.advance(1);
+    }
+    let g: Vec<String> = expected.iter().rev().cloned().collect();
+    let check = |expected: &Vec<String>, entries: Vec<pb::ListEntry>, step: &str| {
+        assert_eq!(&ids(&entries), expected, "{step}");
+    };
+    check(&expected, all(&alice, list(100)).await, "created");
+
+    // A message moves an entry to the top (no per-user record is written for alice).
+    bob.send_text(&g[0], "hi").await.unwrap();
+    server.clock.advance(1);
+    expected.retain(|id| *id != g[0]);
+    expected.insert(0, g[0].clone());
+    check(&expected, all(&alice, list(100)).await, "message");
+
+    // A pin: in the pinned listing, and the full one keeps its order.
+    alice.pin(&g[5], true).await.unwrap();
+    server.clock.advance(1);
+    let pinned = all(
+        &alice,
+        pb::ListConversations {
+            limit: 100,
+            pinned_only: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&pinned), [g[5].clone()]);
+    check(&expected, all(&alice, list(100)).await, "pin");
+
+    // Removed from alice's list one-way; the next message brings it back on top.
+    alice
+        .delete_list_entries(std::slice::from_ref(&g[0]), false)
+        .await
+        .unwrap();
+    server.clock.advance(1);
+    expected.retain(|id| *id != g[0]);
+    check(
+        &expected,
+        all(&alice, list(100)).await,
+        "removed from the list",
+    );
+    bob.send_text(&g[0], "again").await.unwrap();
+    server.clock.advance(1);
+    expected.insert(0, g[0].clone());
+    check(
+        &expected,
+        all(&alice, list(100)).await,
+        "back with a message",
+    );
+
+    // Leaving; being added to a new group; deletion for everyone, with and without purge.
+    let before_leave = server.clock_now();
+    server.clock.advance(1);
+    alice.leave(&g[1]).await.unwrap();
+    server.clock.advance(1);
+    expected.retain(|id| *id != g[1]);
+    check(&expected, all(&alice, list(100)).await, "left");
+    let new = bob.create_group("new", &["alice"]).await.unwrap().id;
+    server.clock.advance(1);
+    expected.insert(0, new.clone());
+    check(&expected, all(&alice, list(100)).await, "added");
+    alice.delete_conversation(&g[3], true).await.unwrap();
+    server.clock.advance(1);
+    expected.retain(|id| *id != g[3]);
+    check(
+        &expected,
+        all(&alice, list(100)).await,
+        "deleted with purge",
+    );
+    alice.delete_conversation(&g[4], false).await.unwrap();
+    server.clock.advance(1);
+    expected.retain(|id| *id != g[4]);
+    check(&expected, all(&alice, list(100)).await, "deleted");
+
+    // Incremental sync sees the left conversation as a tombstone.
+    let changed = all(
+        &alice,
+        pb::ListConversations {
+            limit: 100,
+            updated_after: before_leave,
+            ..Default::default()
+        },
+    )
+    .await;
+    let left = changed
+        .iter()
+        .find(|e| e.conversation_id == g[1])
+        .expect("a tombstone for the left conversation");
+    assert!(left.deleted);
+
+    // The same after a restart, from the store.
+    drop((alice, bob));
+    server.restart().await;
+    let alice = server.client("alice").await;
+    check(&expected, all(&alice, list(100)).await, "after a restart");
+}

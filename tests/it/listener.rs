@@ -489,18 +489,26 @@ async fn the_connection_log_names_the_client_a_trusted_proxy_forwarded() {
     let server = Binary::serve(&dir.path().join("data"), &["trusted_proxies=127.0.0.1"]);
     let addr: SocketAddr = server.addr.parse().unwrap();
     let tcp = connect_from("127.0.0.1", addr).await;
-    let _ws = upgrade_url(&server.url(), tcp, Some("198.51.100.1, 203.0.113.7"))
+    let mut ws = upgrade_url(&server.url(), tcp, Some("198.51.100.1, 203.0.113.7"))
         .await
         .unwrap();
+    log_in_raw(&mut ws, "alice").await;
     let line = server.wait_log("connection opened");
     assert!(line.contains("peer=203.0.113.7"), "{line}");
     // An untrusted peer's header is not believed, in the log either.
     let tcp = connect_from("127.0.0.2", addr).await;
-    let _ws2 = upgrade_url(&server.url(), tcp, Some("203.0.113.8"))
+    let mut ws2 = upgrade_url(&server.url(), tcp, Some("203.0.113.8"))
         .await
         .unwrap();
+    log_in_raw(&mut ws2, "bob").await;
     let line = server.wait_log("connection opened");
     assert!(line.contains("peer=127.0.0.2:"), "{line}");
+    drop((ws, ws2));
+    // And one that never logs in, still waiting at SIGTERM: its close line names it too.
+    let tcp = connect_from("127.0.0.3", addr).await;
+    let _ws3 = upgrade_url(&server.url(), tcp, Some("203.0.113.9"))
+        .await
+        .unwrap();
     server.signal(libc::SIGTERM);
     let (status, log) = server.wait().await;
     assert!(
@@ -508,4 +516,57 @@ async fn the_connection_log_names_the_client_a_trusted_proxy_forwarded() {
         "{status:?}; the server's log:\n{}",
         log.join("\n")
     );
+    let closed = |peer: &str| {
+        log.iter()
+            .any(|l| l.contains("connection closed") && l.contains(&format!("peer={peer}")))
+    };
+    assert!(closed("203.0.113.7"), "{}", log.join("\n"));
+    assert!(closed("127.0.0.3:"), "{}", log.join("\n"));
+}
+
+/// Logs `user` in on a raw native connection to a [`Binary`] (tokens from the shared test
+/// secret) and reads up to the unread summary.
+async fn log_in_raw<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, user: &str) {
+    use tidings::protocol::pb::{client_frame::Body as Req, server_frame::Body as Rep};
+    let config = tidings::config::Config {
+        jwt_hs256_secret: Some(SECRET.into()),
+        ..Default::default()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let token = tidings::auth::mint(&config, user, 3600, now, false).unwrap();
+    let login = tidings::protocol::pb::Login {
+        token,
+        ..Default::default()
+    };
+    crate::stuck_clients::send(ws, 1, Req::Login(login)).await;
+    while !matches!(
+        within(crate::stuck_clients::read(ws)).await.body,
+        Some(Rep::UnreadSummary(_))
+    ) {}
+}
+
+#[tokio::test]
+async fn sigterm_as_soon_as_the_server_listens_drains_and_exits_cleanly() {
+    // The signal handlers are in place before the listening line: a SIGTERM right after it
+    // (a supervisor's health-gated restart, a test) stops the server as any SIGTERM does, not
+    // by the signal's default action.
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Binary::serve(&dir.path().join("data"), &[]);
+        server.signal(libc::SIGTERM);
+        let (status, log) = server.wait().await;
+        assert!(
+            status.success(),
+            "{status:?}; the server's log:\n{}",
+            log.join("\n")
+        );
+        assert!(
+            log.iter().any(|l| l.contains("store flushed; stopped")),
+            "{}",
+            log.join("\n")
+        );
+    }
 }

@@ -241,3 +241,70 @@ async fn a_flood_of_logins_with_a_huge_forging_alg_leaves_a_small_clean_log() {
         "every refusal is written or counted as suppressed"
     );
 }
+
+/// The probe's count of connections opened and closed without a login.
+const CONNECTIONS: u64 = 2_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_and_closing_connections_without_logging_in_is_rate_limited_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Logged::serve(&dir.path().join("data"));
+    // 2,000 connections upgraded and closed at once, 8 at a time, none logging in.
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (url, next) = (server.url(), next.clone());
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < CONNECTIONS {
+                let mut ws = tidings::client::connect_raw(&url).await.unwrap();
+                ws.close(None).await.unwrap();
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        }));
+    }
+    for w in workers {
+        tokio::time::timeout(Duration::from_secs(300), w)
+            .await
+            .expect("2,000 connections within 5 minutes")
+            .unwrap();
+    }
+    let flood = started.elapsed();
+    // Every close is accounted for: written, or counted in a "suppressed" line (the last one
+    // at the end of its second).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut opened, mut written, mut suppressed) = (0u64, 0u64, 0u64);
+    while written + suppressed < CONNECTIONS {
+        let Some(line) = server.next_line(deadline) else {
+            break;
+        };
+        if line.contains("connection opened") {
+            opened += 1;
+        } else if line.contains("log lines suppressed")
+            && line.contains("connection closed before login")
+            && let Some(n) = field(&line, "suppressed")
+        {
+            suppressed += n;
+        } else if line.contains("connection closed") {
+            written += 1;
+        }
+    }
+    let bytes = server.bytes.load(Ordering::Relaxed);
+    println!(
+        "{CONNECTIONS} connections in {flood:?}: log {bytes} bytes, {opened} open lines, \
+         {written} close lines, {suppressed} suppressed"
+    );
+    server.stop();
+    assert_eq!(opened, 0, "no one logged in");
+    assert_eq!(
+        written + suppressed,
+        CONNECTIONS,
+        "every close written or counted"
+    );
+    // At most 10 a second (the default), one more second for a boundary.
+    let seconds = flood.as_secs() + 2;
+    assert!(
+        written <= 10 * seconds,
+        "{written} close lines in {flood:?}"
+    );
+}

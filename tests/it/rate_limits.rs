@@ -3,7 +3,7 @@
 //! LeanCloud dialect. The server's clock is driven, so refills need no waiting.
 
 use crate::harness::*;
-use tidings::client::ClientError;
+use tidings::client::{Client, ClientError};
 use tidings::protocol::pb::{self, client_frame::Body as Req, server_frame::Body as Rep};
 
 fn get(id: &str) -> Req {
@@ -84,6 +84,7 @@ async fn one_user_listing_over_four_connections_shares_one_bucket() {
     // 5,000 groups of alice, created 80 at a time (400 tokens, the user's burst), the server's
     // clock moving on between batches so the bucket refills.
     let setup = server.client("alice").await;
+    server.clock.advance(2_000); // the login's 20 tokens
     let names: Vec<String> = (0..5_000).map(|n| format!("g{n}")).collect();
     for chunk in names.chunks(80) {
         for r in
@@ -99,6 +100,8 @@ async fn one_user_listing_over_four_connections_shares_one_bucket() {
     for _ in 0..4 {
         conns.push(Raw::login(&server, "alice").await);
     }
+    // The logins cost 80; two seconds refill the bucket.
+    server.clock.advance(2_000);
     // 400 tokens of burst at 20 a page: 20 pages pass, whichever connection asks.
     let mut served = 0;
     let mut refused = 0;
@@ -161,4 +164,117 @@ async fn the_client_library_surfaces_the_refusal_as_a_typed_error() {
         }
         other => panic!("expected a rate-limit refusal, got {other:?}"),
     }
+}
+
+/// A login costs like a list page (its unread summary is one), charged to the user: logging in
+/// and out in a loop is no way around the list's price. The refused login gets
+/// `ERROR_RATE_LIMITED` with when to retry, then the close 1013 (try again later); it opened no
+/// session. The summary holds at most `login_summary_max` entries, the most recent, with the
+/// list cursor for the rest.
+#[tokio::test]
+async fn logins_are_charged_to_the_user_and_push_a_bounded_summary() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit_connection_per_sec = 1_000;
+        c.rate_limit_connection_burst = 1_000;
+        c.rate_limit_user_per_sec = 200;
+        c.rate_limit_user_burst = 400;
+        c.login_summary_max = 100;
+    })
+    .await;
+    // 150 groups of alice, 50 at a time (250 tokens), the clock moving on in between.
+    let setup = server.client("alice").await;
+    let names: Vec<String> = (0..150).map(|n| format!("g{n:03}")).collect();
+    for chunk in names.chunks(50) {
+        for r in
+            futures_util::future::join_all(chunk.iter().map(|n| setup.create_group(n, &["bob"])))
+                .await
+        {
+            r.unwrap();
+        }
+        server.clock.advance(2_000);
+    }
+    drop(setup);
+    server.clock.advance(2_000);
+
+    // The summary: the 100 most recently active, newest first, and a cursor for the rest.
+    let (alice, welcome) = server.login("alice").await;
+    let summary = welcome.summary;
+    assert_eq!(summary.entries.len(), 100);
+    assert_eq!(summary.entries[0].conversation_id, newest_id(&alice).await);
+    assert!(!summary.list_cursor.is_empty());
+    let page = alice
+        .list_conversations(pb::ListConversations {
+            cursor: summary.list_cursor.clone(),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.entries.len(), 50);
+    assert!(!page.has_more);
+    let mut ids: Vec<String> = summary
+        .entries
+        .iter()
+        .map(|e| e.conversation_id.clone())
+        .chain(page.entries.iter().map(|e| e.conversation_id.clone()))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        150,
+        "summary and list together: every entry once"
+    );
+    drop(alice);
+    server.clock.advance(2_000);
+
+    // Log in and out in a loop: 400 tokens at 20 a login (the login above was refilled).
+    for n in 0..20 {
+        let c = within(Client::connect(&server.url())).await.unwrap();
+        let ok = within(c.login(&server.token("alice"), "", 0)).await;
+        assert!(ok.is_ok(), "login {n}: {ok:?}");
+        within(c.logout()).await.unwrap();
+        within(c.closed()).await;
+    }
+    let c = within(Client::connect(&server.url())).await.unwrap();
+    let rep = c.request(Req::Login(pb::Login {
+        token: server.token("alice"),
+        ..Default::default()
+    }));
+    match within(rep).await {
+        Err(e) => assert_eq!(e.code(), Some(pb::ErrorCode::ErrorRateLimited), "{e:?}"),
+        Ok(rep) => panic!("login {rep:?}"),
+    }
+    let closed = within(c.closed()).await;
+    assert_eq!(closed.code, Some(1013), "{closed:?}");
+    assert_eq!(
+        server.running().app.hub.session_count(),
+        0,
+        "no session was opened"
+    );
+    // With the retry time given (checked on a raw connection).
+    let mut raw = Raw::connect(&server).await;
+    let rep = raw
+        .request(Req::Login(pb::Login {
+            token: server.token("alice"),
+            ..Default::default()
+        }))
+        .await;
+    assert_eq!(limited(&rep), Some(100));
+    // Bob is not alice; and alice gets in when the time given has passed.
+    server.client("bob").await;
+    server.clock.advance(100);
+    server.client("alice").await;
+}
+
+/// The id of the first entry of the caller's list (the most recently active).
+async fn newest_id(c: &Client) -> String {
+    let page = c
+        .list_conversations(pb::ListConversations {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    page.entries[0].conversation_id.clone()
 }
