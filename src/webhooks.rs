@@ -357,8 +357,11 @@ async fn run_endpoint(
     let c = &app.config;
     let name = ep.config.name.clone();
     // Whether the last attempt failed: while it does and the outbox is over its cap, this
-    // endpoint's oldest events are dropped as fast as they can be read, not retried.
+    // endpoint's oldest events are dropped as fast as they can be read, not retried, except
+    // for one attempt (a probe) each time `probe_at` passes, backing off like retries.
     let mut failing = false;
+    let mut probe_at = Instant::now();
+    let mut probe_delay = Duration::from_millis(c.webhook_retry_base_ms.max(1));
     // Events dropped since the endpoint last took a batch (for one log line when it recovers).
     let mut dropped = 0u64;
     loop {
@@ -388,7 +391,11 @@ async fn run_endpoint(
             cursor = newest;
             continue;
         };
-        if failing && over_cap(&app) && holds_oldest(&shared, &name, cursor) {
+        if failing
+            && Instant::now() < probe_at
+            && over_cap(&app)
+            && holds_oldest(&shared, &name, cursor)
+        {
             app.stats.webhook_events_dropped.add(rows.len() as u64);
             if dropped == 0 {
                 tracing::warn!(endpoint = %name, "webhook outbox over webhook_outbox_max_bytes while the endpoint fails: dropping its oldest events (tidings_webhook_events_dropped_total counts them)");
@@ -429,6 +436,7 @@ async fn run_endpoint(
             match result {
                 Ok(()) => {
                     failing = false;
+                    probe_delay = Duration::from_millis(c.webhook_retry_base_ms.max(1));
                     if dropped > 0 {
                         tracing::warn!(endpoint = %name, dropped, "webhook endpoint takes events again; events dropped while it failed");
                         dropped = 0;
@@ -456,6 +464,9 @@ async fn run_endpoint(
                                 })
                                 .collect()
                         } else {
+                            probe_at = Instant::now() + probe_delay;
+                            probe_delay = (probe_delay * 2)
+                                .min(Duration::from_millis(c.webhook_retry_max_ms.max(1)));
                             app.stats.webhook_events_dropped.add(kept.len() as u64);
                             if dropped == 0 {
                                 tracing::warn!(endpoint = %name, "webhook outbox over webhook_outbox_max_bytes while the endpoint fails: dropping its oldest events (tidings_webhook_events_dropped_total counts them)");
