@@ -517,14 +517,17 @@ fn holds_oldest(shared: &Shared, name: &str, cursor: u64) -> bool {
 }
 
 /// Stores the endpoint's new position (with `ops`, its dead letters), then deletes the records
-/// every endpoint has passed.
+/// every endpoint has passed. Neither is waited for: the writer commits them in the order they
+/// are queued (a record is never deleted before the positions past it), and a position lost
+/// to a crash only means a batch is sent again, which at-least-once allows. Waiting would put
+/// every batch behind the sends' group commits.
 async fn advance(shared: &Shared, name: &str, upto: u64, mut ops: Vec<Op>) -> Result<(), ()> {
     let app = &shared.app;
     ops.push(Op::PutWebhookCursor {
         endpoint: name.to_owned(),
         seq: upto,
     });
-    commit(app, ops).await?;
+    enqueue(app, ops).await?;
     let low = {
         let mut cursors = shared.cursors.lock().unwrap_or_else(|p| p.into_inner());
         cursors.insert(name.to_owned(), upto);
@@ -543,7 +546,7 @@ async fn advance(shared: &Shared, name: &str, upto: u64, mut ops: Vec<Op>) -> Re
             break;
         };
         let bytes: u64 = rows.iter().map(|(_, r)| r.len() as u64).sum();
-        commit(
+        enqueue(
             app,
             rows.iter()
                 .map(|(seq, _)| Op::DeleteOutbox { seq: *seq })
@@ -556,6 +559,13 @@ async fn advance(shared: &Shared, name: &str, upto: u64, mut ops: Vec<Op>) -> Re
         after = last;
     }
     *shared.pruned.lock().unwrap_or_else(|p| p.into_inner()) = low.max(from);
+    Ok(())
+}
+
+/// Queues `ops` for the writer (waiting for room in its queue, not for the commit).
+async fn enqueue(app: &App, ops: Vec<Op>) -> Result<(), ()> {
+    let permit = app.writer.reserve().await.map_err(|_| ())?;
+    drop(app.writer.submit(permit, ops, Vec::new(), Vec::new()));
     Ok(())
 }
 
