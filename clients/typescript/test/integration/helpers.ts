@@ -33,14 +33,14 @@ export function client(u: string, o: Partial<ClientOptions> = {}): TidingsClient
   });
 }
 
-/** Resolves when `check` holds, re-checking on each `event` of the client; fails after 15 s. */
-export function until(c: TidingsClient, event: "message" | "conversationEvent" | "receipt" | "presence" | "messageUpdated" | "state" | "sent" | "readPosition" | "listEntryChanged" | "listEntriesDeleted" | "messagesDeleted" | "profileChanged", check: () => boolean, what = "condition"): Promise<void> {
+/** Resolves when `check` holds, re-checking on each `event` of the client; fails after 30 s (CI runs these beside the server's own tests on two cores). */
+export function until(c: TidingsClient, event: "message" | "conversationEvent" | "receipt" | "presence" | "messageUpdated" | "state" | "sent" | "readPosition" | "listEntryChanged" | "listEntriesDeleted" | "messagesDeleted" | "profileChanged", check: () => boolean, what: string | (() => string) = "condition"): Promise<void> {
   return new Promise((resolve, reject) => {
     if (check()) return resolve();
     const timer = setTimeout(() => {
       off();
-      reject(new Error(`timed out waiting for ${what}`));
-    }, 15_000);
+      reject(new Error(`timed out waiting for ${typeof what === "string" ? what : what()}`));
+    }, 30_000);
     const off = c.on(event, () => {
       if (check()) {
         clearTimeout(timer);

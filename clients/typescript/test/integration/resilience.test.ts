@@ -35,7 +35,7 @@ describe("resilience", () => {
       acks.push(...(await Promise.all(batch)).map((x) => x.seq));
     }
     expect([...acks].sort((x, y) => Number(x - y))).toEqual(Array.from({ length: total }, (_, i) => BigInt(i + 1)));
-    await until(b, "message", () => got.length >= total, `${total} messages`);
+    await until(b, "message", () => got.length >= total, () => `${total} messages (got seqs ${got.map((m) => m.seq).join(",")})`);
     expect(got.map((m) => m.seq)).toEqual(Array.from({ length: total }, (_, i) => BigInt(i + 1)));
     expect(new Set(got.map((m) => text(m.content))).size).toBe(total);
     expect(reconnects).toBe(2);
