@@ -578,8 +578,17 @@ fn leancloud_http(req: &Request<Incoming>, app: &App, tls: bool) -> Response<Ful
     let mut r = match (req.method(), req.uri().path()) {
         (&Method::OPTIONS, _) => return cors_preflight(req.headers()),
         (&Method::GET, LC_ROUTE_PATH) => leancloud_route(req, &app.config, tls),
-        (&Method::GET, LC_NOTIFICATIONS_PATH) => leancloud_notifications(req, app),
-        (&Method::GET, LC_MEMBER_INFO_PATH) => leancloud_member_info(req, app),
+        // `GET /1.1/rtm/notifications?client_id=…&start_ts=…`
+        (&Method::GET, LC_NOTIFICATIONS_PATH) => leancloud_client_endpoint(
+            req,
+            app,
+            "start_ts",
+            crate::session::leancloud::notifications,
+        ),
+        // `GET /1.1/classes/_ConversationMemberInfo?where={"cid":…}&client_id=…`
+        (&Method::GET, LC_MEMBER_INFO_PATH) => {
+            leancloud_client_endpoint(req, app, "where", crate::session::leancloud::member_info)
+        }
         _ => {
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             r.headers_mut()
@@ -646,37 +655,20 @@ fn leancloud_route(req: &Request<Incoming>, config: &Config, tls: bool) -> Respo
     r
 }
 
-/// `GET /1.1/rtm/notifications?client_id=…&start_ts=…` with the client's session token in
-/// `X-LC-IM-Session-Token` (and the app id in `X-LC-Id`, when sent).
-fn leancloud_notifications(req: &Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    if let Some(id) = header("x-lc-id")
-        && Some(id) != app.config.leancloud_app_id.as_deref()
-    {
-        return json(
-            StatusCode::UNAUTHORIZED,
-            &serde_json::json!({"code": 4100, "error": "APP_NOT_AVAILABLE"}),
-        );
-    }
-    let query = req.uri().query();
-    let (status, body) = crate::session::leancloud::notifications(
-        app,
-        query_param(query, "client_id").as_deref(),
-        query_param(query, "start_ts").as_deref(),
-        header("x-lc-im-session-token"),
-    );
-    let mut r = json(
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        &body,
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
+/// A LeanCloud client endpoint: (app, `client_id`, its other parameter, session token) →
+/// (HTTP status, JSON body).
+type ClientEndpoint =
+    fn(&App, Option<&str>, Option<&str>, Option<&str>) -> (u16, serde_json::Value);
 
-/// `GET /1.1/classes/_ConversationMemberInfo?where={"cid":…}&client_id=…` with the client's
-/// session token in `X-LC-IM-Session-Token`.
-fn leancloud_member_info(req: &Request<Incoming>, app: &App) -> Response<Full<Bytes>> {
+/// The answer of a LeanCloud HTTP endpoint that acts for a client: the app id checked (when
+/// sent in `X-LC-Id`), then `handler` given the `client_id` and `param` query values and the
+/// session token of `X-LC-IM-Session-Token`.
+fn leancloud_client_endpoint(
+    req: &Request<Incoming>,
+    app: &App,
+    param: &str,
+    handler: ClientEndpoint,
+) -> Response<Full<Bytes>> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     if let Some(id) = header("x-lc-id")
         && Some(id) != app.config.leancloud_app_id.as_deref()
@@ -687,10 +679,10 @@ fn leancloud_member_info(req: &Request<Incoming>, app: &App) -> Response<Full<By
         );
     }
     let query = req.uri().query();
-    let (status, body) = crate::session::leancloud::member_info(
+    let (status, body) = handler(
         app,
         query_param(query, "client_id").as_deref(),
-        query_param(query, "where").as_deref(),
+        query_param(query, param).as_deref(),
         header("x-lc-im-session-token"),
     );
     let mut r = json(

@@ -288,15 +288,7 @@ pub fn spawn(
     });
     let mut tasks = Vec::new();
     for e in &app.config.webhooks {
-        let target = crate::http_client::Base::parse(&e.url, None)?;
-        let ep = Endpoint {
-            keys: std::iter::once(&e.secret)
-                .chain(&e.previous_secret)
-                .filter_map(|s| secret_bytes(s))
-                .collect(),
-            config: e.clone(),
-            target,
-        };
+        let ep = Endpoint::new(e)?;
         tasks.push(tokio::spawn(run_endpoint(
             shared.clone(),
             ep,
@@ -315,6 +307,17 @@ struct Endpoint {
 }
 
 impl Endpoint {
+    fn new(config: &WebhookEndpoint) -> anyhow::Result<Endpoint> {
+        Ok(Endpoint {
+            keys: std::iter::once(&config.secret)
+                .chain(&config.previous_secret)
+                .filter_map(|s| secret_bytes(s))
+                .collect(),
+            target: crate::http_client::Base::parse(&config.url, None)?,
+            config: config.clone(),
+        })
+    }
+
     /// POSTs `body` as batch `id`; `Ok` on a 2xx answer.
     async fn post(&self, app: &App, id: &str, body: &Bytes, attempt: u32) -> Result<(), String> {
         let ts = std::time::SystemTime::now()
@@ -608,14 +611,7 @@ pub async fn replay(app: &App, endpoint: &str, limit: usize) -> Result<usize, St
         .filter_map(|(seq, r)| render(*seq, r))
         .map(|(_, v)| v)
         .collect();
-    let ep = Endpoint {
-        keys: std::iter::once(&config.secret)
-            .chain(&config.previous_secret)
-            .filter_map(|s| secret_bytes(s))
-            .collect(),
-        target: crate::http_client::Base::parse(&config.url, None).map_err(|e| e.to_string())?,
-        config: config.clone(),
-    };
+    let ep = Endpoint::new(config).map_err(|e| e.to_string())?;
     let id = format!("replay_{endpoint}_{}_{last}", rows[0].0);
     let body = Bytes::from(json!({ "events": events }).to_string());
     ep.post(app, &id, &body, 1).await?;
