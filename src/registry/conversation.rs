@@ -420,6 +420,7 @@ impl Registry {
             roster: Arc::from(Vec::new()),
             reads: HashMap::new(),
             last_seq: 0,
+            durable_seq: 0,
             last_ts: now,
             next_join_order: members.len() as u64 + 1,
             expired: false,

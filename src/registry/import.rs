@@ -244,7 +244,9 @@ impl Registry {
                     st.last_seq = seq;
                     st.last_ts = at;
                 }
-                self.writer.submit(permit, ops, Vec::new(), Vec::new())
+                let through = cell.committed_through(st.last_seq);
+                self.writer
+                    .submit_then(permit, ops, Vec::new(), Vec::new(), Some(through))
             };
             wait(rx).await?;
             out.imported += chunk.len();

@@ -191,8 +191,8 @@ impl Registry {
             }
             return Ok(Some(Activity {
                 kind: r.kind,
-                last_seq: st.last_seq,
-                last_ts: if st.last_seq > 0 { st.last_ts } else { 0 },
+                last_seq: st.durable_seq,
+                last_ts: if st.durable_seq > 0 { st.last_ts } else { 0 },
                 changed_at: r.changed_at,
             }));
         }
@@ -214,8 +214,8 @@ impl Registry {
             }
             ConvInfo {
                 record: st.record.clone(),
-                last_seq: st.last_seq,
-                last_ts: if st.last_seq > 0 { st.last_ts } else { 0 },
+                last_seq: st.durable_seq,
+                last_ts: if st.durable_seq > 0 { st.last_ts } else { 0 },
             }
         } else {
             let Some(record) = self.store.conversation(num)? else {

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use prost::Message as _;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// What a send request carries.
@@ -231,7 +232,7 @@ impl Registry {
     async fn send_stored(
         &self,
         caller: &Caller,
-        cell: &super::ConvCell,
+        cell: &Arc<super::ConvCell>,
         req: SendRequest,
     ) -> Result<SendAck, Error> {
         self.require_not_blocked(cell, &caller.user)?;
@@ -306,7 +307,13 @@ impl Registry {
                 user_seq: 0,
                 except_session: caller.session,
             };
-            let rx = self.writer.submit(permit, ops, vec![delivery], Vec::new());
+            let rx = self.writer.submit_then(
+                permit,
+                ops,
+                vec![delivery],
+                Vec::new(),
+                Some(cell.committed_through(seq)),
+            );
             let receipts = read_before.filter(|r| *r < receipt_high && *r + 1 < seq);
             (
                 rx,

@@ -17,6 +17,8 @@ pub mod limits;
 mod messages;
 mod presence;
 mod receipts;
+#[cfg(test)]
+mod tests;
 pub mod users;
 pub mod writer;
 
@@ -198,7 +200,11 @@ pub(crate) struct ConvState {
     roster: Arc<[UserId]>,
     /// Read positions of members, loaded on first use.
     reads: HashMap<UserId, u64>,
+    /// The newest seq handed out (its message may not be committed yet).
     last_seq: u64,
+    /// The newest seq committed: what readers are told is there (a client that fetches up to
+    /// it finds every message; one told of a seq still in flight could skip it).
+    durable_seq: u64,
     last_ts: i64,
     next_join_order: u64,
     /// Set (under this lock) when the expiry sweep deletes the conversation.
@@ -218,6 +224,15 @@ impl ConvCell {
     fn lock(&self) -> MutexGuard<'_, ConvState> {
         // A panic while holding this lock would be a bug; keep serving the other conversations.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Work for the writer to run once messages up to `seq` are committed.
+    fn committed_through(self: &Arc<Self>, seq: u64) -> writer::AfterCommit {
+        let cell = Arc::clone(self);
+        Box::new(move || {
+            let mut st = cell.lock();
+            st.durable_seq = st.durable_seq.max(seq);
+        })
     }
 }
 
@@ -270,7 +285,7 @@ impl ConvState {
             } else {
                 Vec::new()
             },
-            last_seq: self.last_seq,
+            last_seq: self.durable_seq,
             muted: false,
             expires_at: self.record.expires_at,
             unique: self.record.unique,
@@ -508,6 +523,7 @@ impl Registry {
             roster: Arc::from(Vec::new()),
             reads: HashMap::new(),
             last_seq,
+            durable_seq: last_seq,
             last_ts,
             next_join_order,
             expired: false,
