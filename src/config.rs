@@ -143,6 +143,9 @@ pub struct Config {
     pub admin_max_connections: usize,
     /// Largest admin request body, bytes (larger: 413).
     pub admin_max_body_bytes: usize,
+    /// Serve the admin API over TLS with `tls_cert`/`tls_key` (the public listener's
+    /// certificate, reloaded with it on SIGHUP). Requires them.
+    pub admin_tls: bool,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
     /// Embedded storage engine: `redb` or `sled`.
@@ -385,6 +388,7 @@ impl Default for Config {
             admin_api_keys: Vec::new(),
             admin_max_connections: 64,
             admin_max_body_bytes: 1 << 20,
+            admin_tls: false,
             data_dir: PathBuf::from("tidings-data"),
             store_engine: "redb".into(),
             store_cache_bytes: 64 << 20,
@@ -659,6 +663,9 @@ impl Config {
         }
         if self.webhook_batch_max == 0 || self.webhook_max_attempts == 0 {
             return bad("webhook_batch_max and webhook_max_attempts must be at least 1");
+        }
+        if self.admin_tls && self.tls_cert.is_none() {
+            return bad("admin_tls serves the admin API with tls_cert and tls_key: set them too");
         }
         if self.admin_max_connections == 0 || self.admin_max_body_bytes == 0 {
             return bad("admin_max_connections and admin_max_body_bytes must be at least 1");

@@ -128,14 +128,17 @@ pub async fn start_with(
         trusted_proxies = ?c.trusted_proxies,
         proxy_protocol = c.proxy_protocol,
         admin = ?admin_addr,
+        admin_tls = c.admin_tls,
         "listening"
     );
     // The admin API and webhook deliveries: stopped once the sessions have drained.
     let services = CancellationToken::new();
     let mut tasks = Vec::new();
     if let Some(l) = admin {
+        let admin_tls = tls.clone().filter(|_| app.config.admin_tls);
         tasks.push(tokio::spawn(crate::admin::run(
             l,
+            admin_tls,
             app.clone(),
             shutdown.clone(),
             services.clone(),

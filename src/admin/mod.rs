@@ -69,6 +69,7 @@ pub fn bind(config: &crate::config::Config) -> anyhow::Result<Option<TcpListener
 /// it is cancelled.
 pub async fn run(
     listener: TcpListener,
+    tls: Option<crate::listener::tls::Acceptor>,
     app: Arc<App>,
     draining: CancellationToken,
     stop: CancellationToken,
@@ -97,8 +98,9 @@ pub async fn run(
             _ = stop.cancelled() => break,
         };
         let (app, draining, ending) = (app.clone(), draining.clone(), ending.clone());
+        let tls = tls.as_ref().map(|t| t.get());
         conns.spawn(async move {
-            serve(stream, peer, app, draining, ending).await;
+            serve(stream, tls, peer, app, draining, ending).await;
             drop(permit);
         });
     }
@@ -113,13 +115,29 @@ pub async fn run(
 
 async fn serve(
     stream: tokio::net::TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     peer: SocketAddr,
     app: Arc<App>,
     draining: CancellationToken,
     ending: CancellationToken,
 ) {
-    // Request headers within the public listener's handshake bound.
+    // The TLS handshake, then request headers, each within the public listener's handshake
+    // bound.
     let header_timeout = Duration::from_millis(app.config.handshake_timeout_ms);
+    let stream: Box<dyn crate::listener::Io> = match tls {
+        None => Box::new(stream),
+        Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
+            Ok(Ok(s)) => Box::new(s),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "admin TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "admin TLS handshake timed out");
+                return;
+            }
+        },
+    };
     let service = hyper::service::service_fn(move |req| {
         let (app, draining) = (app.clone(), draining.clone());
         async move { Ok::<_, std::convert::Infallible>(handle(req, &app, &draining).await) }

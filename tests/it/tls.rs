@@ -262,3 +262,60 @@ async fn a_client_that_never_finishes_the_tls_handshake_is_cut_at_the_handshake_
     assert!(buf.is_empty());
     within(stats.pending_handshakes.wait_for_at_most(0)).await;
 }
+
+/// `GET path` with a bearer key over TLS: status and body.
+async fn https_get_with_key(s: &mut Tls, path: &str, key: &str) -> (u16, String) {
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    );
+    within(s.write_all(req.as_bytes())).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = within(s.read_to_end(&mut raw)).await;
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete answer");
+    (head[9..12].parse().unwrap(), body.to_owned())
+}
+
+#[tokio::test]
+async fn the_admin_api_is_served_over_tls_when_asked() {
+    let pki = TestPki::new("tidings");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = files(dir.path());
+    pki.write(&cert, &key);
+    let server = TestServer::start_with(|c| {
+        c.tls_cert = Some(cert.clone());
+        c.tls_key = Some(key.clone());
+        c.admin_listen = "127.0.0.1:0".into();
+        c.admin_api_keys = vec![crate::admin::KEY.into()];
+        c.admin_tls = true;
+    })
+    .await;
+    let addr = crate::admin::admin_addr(&server);
+    let tls = connector(&[&pki.ca]);
+    let mut s = tls_connect(addr, &tls).await;
+    assert_eq!(presented(&s), pki.leaf);
+    let (status, body) =
+        https_get_with_key(&mut s, "/v1/presence?users=alice", crate::admin::KEY).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("alice"), "{body}");
+
+    // Plain HTTP on the admin port gets no answer.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = within(plain.read_to_end(&mut raw)).await;
+    assert!(!raw.starts_with(b"HTTP/1.1"), "plain HTTP was served");
+
+    // Without tls_cert the setting is refused at start.
+    let err = tidings::config::Config {
+        admin_tls: true,
+        ..Default::default()
+    }
+    .validate()
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("admin_tls"), "{err}");
+}
