@@ -315,7 +315,6 @@ async fn the_admin_api_is_served_over_tls_when_asked() {
         ..Default::default()
     }
     .validate()
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     assert!(err.to_string().contains("admin_tls"), "{err}");
 }
