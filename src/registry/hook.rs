@@ -67,7 +67,13 @@ impl PreSend {
         }))
     }
 
-    async fn ask(&self, payload: Value) -> Result<Verdict, Error> {
+    /// Asks the hook. Boxed: the HTTP exchange's state is large, and a send's future would
+    /// otherwise carry it (and move it around) on every send, hook or not.
+    fn ask(&self, payload: Value) -> futures_util::future::BoxFuture<'_, Result<Verdict, Error>> {
+        Box::pin(self.ask_now(payload))
+    }
+
+    async fn ask_now(&self, payload: Value) -> Result<Verdict, Error> {
         let body = Bytes::from(payload.to_string());
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
         let id = format!("hook_{n}_{}", std::process::id());
