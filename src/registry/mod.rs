@@ -218,6 +218,9 @@ pub(crate) struct ConvState {
     edited: HashMap<u64, pb::Message>,
     /// The newest seq that asked for receipts (loaded on first need).
     receipt_high: Option<u64>,
+    /// Direct conversations: whether each of `record.pair` is blocked by the other, as of a
+    /// `block_gen` (loaded on first need, again when a block changed anywhere).
+    blocks: Option<(u64, [bool; 2])>,
 }
 
 impl ConvCell {
@@ -337,6 +340,9 @@ pub struct Registry {
     /// The pre-send hook, when configured.
     hook: Option<hook::PreSend>,
     user_locks: users::UserLocks,
+    /// Bumped after each user block or unblock commits: a direct conversation's cached block
+    /// state ([`ConvState::blocks`]) is good while this has not moved.
+    block_gen: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The last numbers handed out, per kind of conversation.
@@ -380,6 +386,7 @@ impl Registry {
             pin_locks: Default::default(),
             hook: None,
             user_locks: Default::default(),
+            block_gen: Default::default(),
         })
     }
 
@@ -531,6 +538,7 @@ impl Registry {
             entries: HashMap::new(),
             edited: HashMap::new(),
             receipt_high: None,
+            blocks: None,
         };
         let id = Arc::from(Self::id_of(num, &state.record));
         state.rebuild_roster();

@@ -48,7 +48,14 @@ impl Registry {
             blocked: UserId::from(other),
             at: self.now(),
         }];
-        Ok(wait(self.writer.submit(permit, ops, Vec::new(), Vec::new())).await?)
+        let rx = self.writer.submit_then(
+            permit,
+            ops,
+            Vec::new(),
+            Vec::new(),
+            Some(self.blocks_changed()),
+        );
+        Ok(wait(rx).await?)
     }
 
     pub async fn unblock_user(&self, caller: &Caller, other: &str) -> Result<(), Error> {
@@ -59,7 +66,22 @@ impl Registry {
             user: caller.user.clone(),
             blocked: UserId::from(other),
         }];
-        Ok(wait(self.writer.submit(permit, ops, Vec::new(), Vec::new())).await?)
+        let rx = self.writer.submit_then(
+            permit,
+            ops,
+            Vec::new(),
+            Vec::new(),
+            Some(self.blocks_changed()),
+        );
+        Ok(wait(rx).await?)
+    }
+
+    /// Work for the writer once a block or unblock commits: cached block states are stale.
+    fn blocks_changed(&self) -> super::writer::AfterCommit {
+        let generation = self.block_gen.clone();
+        Box::new(move || {
+            generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        })
     }
 
     /// A page of whom the caller blocks (in a stable order; `cursor`: the last id of the
@@ -98,17 +120,43 @@ impl Registry {
     }
 
     /// Refuses `sender` in a direct conversation whose other member blocked them.
+    /// The state is cached in the conversation until a block changes anywhere, so a send
+    /// reads the store only after one did.
     pub(super) fn require_not_blocked(&self, cell: &ConvCell, sender: &str) -> Result<(), Error> {
-        let peer = {
+        // Read before the store: a block committed after this is seen by the next send.
+        let generation = self.block_gen.load(std::sync::atomic::Ordering::Acquire);
+        let pair = {
             let st = cell.lock();
             if st.kind() != ConversationKind::Direct {
                 return Ok(());
             }
-            st.record.pair.iter().find(|u| **u != *sender).cloned()
+            let Some(i) = st.record.pair.iter().position(|u| **u == *sender) else {
+                return Ok(());
+            };
+            if let Some((g, blocked)) = st.blocks
+                && g == generation
+            {
+                return if blocked[i] {
+                    Err(Error::Blocked)
+                } else {
+                    Ok(())
+                };
+            }
+            st.record.pair.clone()
         };
-        match peer {
-            Some(peer) => self.require_not_blocked_by(&peer, sender),
-            None => Ok(()),
+        let [a, b] = &pair[..] else {
+            return Ok(());
+        };
+        let blocked = [
+            self.store.user_block(b, a)?.is_some(),
+            self.store.user_block(a, b)?.is_some(),
+        ];
+        let i = usize::from(**b == *sender);
+        cell.lock().blocks = Some((generation, blocked));
+        if blocked[i] {
+            Err(Error::Blocked)
+        } else {
+            Ok(())
         }
     }
 

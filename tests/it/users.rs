@@ -32,6 +32,7 @@ async fn a_blocked_user_cannot_open_or_write_a_direct_conversation_but_groups_go
     let mut bob = server.client("bob").await;
     let direct = within(alice.create_direct("bob")).await.unwrap();
     let group = within(alice.create_group("team", &["bob"])).await.unwrap();
+    within(alice.send_text(&direct.id, "before")).await.unwrap();
 
     within(bob.block_user("alice")).await.unwrap();
     // Alice's messages in the direct conversation are refused, stored or transient.
