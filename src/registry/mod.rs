@@ -15,8 +15,10 @@ pub mod import;
 pub(crate) mod inbox;
 pub mod limits;
 mod messages;
+pub mod mutes;
 mod presence;
 mod receipts;
+mod rooms;
 #[cfg(test)]
 mod tests;
 pub mod users;
@@ -329,6 +331,8 @@ pub struct Registry {
     imports: tokio::sync::Mutex<()>,
     /// Woken when a temporary conversation is created (its deadline may be the next one).
     pub(crate) expiry_changed: tokio::sync::Notify,
+    /// Woken when a timed mute is set (its deadline may be the next one).
+    pub(crate) mutes_changed: tokio::sync::Notify,
     presence: presence::Subscriptions,
     snapshots: inbox::Snapshots,
     /// Request rate buckets of users with a live session ([`limits`]).
@@ -337,6 +341,7 @@ pub struct Registry {
     /// The pre-send hook, when configured.
     hook: Option<hook::PreSend>,
     user_locks: users::UserLocks,
+    rooms: rooms::Rooms,
 }
 
 /// The last numbers handed out, per kind of conversation.
@@ -374,12 +379,14 @@ impl Registry {
             unique_groups: tokio::sync::Mutex::new(()),
             imports: tokio::sync::Mutex::new(()),
             expiry_changed: tokio::sync::Notify::new(),
+            mutes_changed: tokio::sync::Notify::new(),
             presence: Default::default(),
             snapshots: Default::default(),
             rates: DashMap::new(),
             pin_locks: Default::default(),
             hook: None,
             user_locks: Default::default(),
+            rooms: Default::default(),
         })
     }
 
