@@ -325,6 +325,14 @@ impl Client {
         .await
     }
 
+    /// Subscribes to a system conversation or joins a chat room (or an open group).
+    pub async fn join_conversation(&self, id: &str) -> Result<pb::Conversation, ClientError> {
+        self.conversation(Req::JoinConversation(pb::JoinConversation {
+            conversation_id: id.into(),
+        }))
+        .await
+    }
+
     pub async fn leave(&self, id: &str) -> Result<(), ClientError> {
         self.ok(Req::LeaveConversation(pb::LeaveConversation {
             conversation_id: id.into(),

@@ -220,6 +220,17 @@ pub struct Config {
     pub max_avatar_url_bytes: usize,
     /// Largest profile custom fields (keys plus values), bytes.
     pub max_profile_fields_bytes: usize,
+    /// A profile change is pushed live to the members of at most this many of the user's
+    /// conversations (the first in id order); the rest see it when they next read it.
+    pub profile_push_max_conversations: usize,
+    /// ...and to at most this many users in all.
+    pub profile_push_max_recipients: usize,
+    /// Most subscribers a system conversation may have.
+    pub max_system_subscribers: usize,
+    /// Most members a chat room may have.
+    pub max_chat_room_members: usize,
+    /// Messages per second one chat room passes on (all senders together; 0: unlimited).
+    pub chat_room_messages_per_sec: u32,
     /// Most members a temporary conversation may have (creator included).
     pub max_temporary_members: usize,
     /// Lifetime of a temporary conversation when the request gives none, seconds.
@@ -423,6 +434,11 @@ impl Default for Config {
             max_display_name_bytes: 128,
             max_avatar_url_bytes: 1024,
             max_profile_fields_bytes: 1024,
+            profile_push_max_conversations: 1000,
+            profile_push_max_recipients: 10_000,
+            max_system_subscribers: 100_000,
+            max_chat_room_members: 10_000,
+            chat_room_messages_per_sec: 100,
             max_temporary_members: 10,
             temporary_ttl_default_secs: 86_400,
             temporary_ttl_max_secs: 2_592_000,

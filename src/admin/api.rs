@@ -12,6 +12,9 @@ use crate::registry::{Caller, EditRequest, Error, HistoryRequest, ListRequest, S
 use hyper::{Method, StatusCode};
 
 pub(super) async fn route(call: &Call<'_>, method: &Method, path: &[&str]) -> Answer {
+    if let Some(answer) = super::groups::route(call, method, path).await {
+        return answer;
+    }
     match (method, path) {
         (&Method::POST, ["tokens"]) => mint_token(call),
         (&Method::GET, ["presence"]) => presence(call),

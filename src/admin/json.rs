@@ -15,6 +15,8 @@ fn kind_name(kind: i32) -> &'static str {
         Ok(ConversationKind::Direct) => "direct",
         Ok(ConversationKind::Group) => "group",
         Ok(ConversationKind::Temporary) => "temporary",
+        Ok(ConversationKind::System) => "system",
+        Ok(ConversationKind::ChatRoom) => "chat_room",
         _ => "unspecified",
     }
 }
@@ -25,6 +27,8 @@ pub fn parse_kind(name: &str) -> Option<ConversationKind> {
         "direct" => Some(ConversationKind::Direct),
         "group" => Some(ConversationKind::Group),
         "temporary" => Some(ConversationKind::Temporary),
+        "system" => Some(ConversationKind::System),
+        "chat_room" => Some(ConversationKind::ChatRoom),
         _ => None,
     }
 }

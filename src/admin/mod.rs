@@ -11,6 +11,7 @@
 //! user's sessions.
 
 mod api;
+mod groups;
 pub mod json;
 pub mod openapi;
 

@@ -2,7 +2,7 @@
 //! JSON shapes. Served at `/openapi.json`; `docs/openapi.json` is a checked-in copy that a test
 //! keeps equal to what this generates.
 
-use super::{ErrorBody, api, json};
+use super::{ErrorBody, api, groups, json};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -31,6 +31,22 @@ use utoipa::OpenApi;
         api::recall,
         api::dead_letters,
         api::replay,
+        groups::set_roles,
+        groups::transfer,
+        groups::mute,
+        groups::unmute,
+        groups::list_mutes,
+        groups::mute_all,
+        groups::block,
+        groups::unblock,
+        groups::list_blacklist,
+        groups::block_user,
+        groups::unblock_user,
+        groups::list_user_blocks,
+        groups::profile,
+        groups::set_profile,
+        groups::create_system,
+        groups::broadcast,
     ),
     components(schemas(ErrorBody, json::Conversation, json::Message, json::ListEntry, json::Unread)),
     modifiers(&Security),

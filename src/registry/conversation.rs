@@ -40,6 +40,8 @@ fn kind_name(k: ConversationKind) -> &'static str {
         ConversationKind::Direct => "direct",
         ConversationKind::Group => "group",
         ConversationKind::Temporary => "temporary",
+        ConversationKind::System => "system",
+        ConversationKind::ChatRoom => "chat room",
         ConversationKind::Unspecified => "unspecified",
     }
 }
@@ -147,6 +149,9 @@ impl Registry {
                 self.view_for(&cell, view, &caller.user)
             }
             ConversationKind::Temporary => self.create_temporary(caller, others, req).await,
+            ConversationKind::System | ConversationKind::ChatRoom => {
+                self.create_public(caller, req).await
+            }
             ConversationKind::Unspecified => Err(Error::InvalidArgument("kind is required".into())),
         }
     }
@@ -471,6 +476,15 @@ impl Registry {
             Err(Error::NotAMember)
                 if self.config.leancloud_open_conversations
                     && st.kind() == ConversationKind::Group =>
+            {
+                Ok(())
+            }
+            // Found and joined by anyone.
+            Err(Error::NotAMember)
+                if matches!(
+                    st.kind(),
+                    ConversationKind::System | ConversationKind::ChatRoom
+                ) =>
             {
                 Ok(())
             }
@@ -809,6 +823,12 @@ impl Registry {
 
     async fn leave_with(&self, caller: &Caller, id: &str, hand_over: bool) -> Result<(), Error> {
         let cell = self.cell(id)?;
+        let kind = cell.lock().kind();
+        match kind {
+            ConversationKind::ChatRoom => return self.leave_room(caller, &cell),
+            ConversationKind::System => return self.unsubscribe(caller, &cell).await,
+            _ => {}
+        }
         let permit = self.writer.reserve().await?;
         let rx = {
             let mut st = cell.lock();
@@ -915,6 +935,7 @@ impl Registry {
             let mut st = cell.lock();
             st.require_member(&caller.user)?;
             Self::require_not_temporary(&st, "muting")?;
+            st.require_stored("muting")?;
             let mut rec = self.entry(&mut st, cell.num, &caller.user)?;
             rec.muted = muted;
             rec.changed_at = self.now();
@@ -989,6 +1010,9 @@ impl Registry {
     /// How many members the conversation has.
     pub fn count_members(&self, caller: &Caller, id: &str) -> Result<u32, Error> {
         let cell = self.cell(id)?;
+        if cell.lock().kind() == ConversationKind::ChatRoom {
+            return self.room_online_count(&cell);
+        }
         let st = cell.lock();
         st.require_member(&caller.user)?;
         Ok(st.members.len() as u32)

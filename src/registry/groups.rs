@@ -136,8 +136,17 @@ impl ConvState {
             return Ok(Rank::Admin);
         }
         self.require_member(&caller.user)?;
+        if self.kind() == ConversationKind::System {
+            return Err(Error::PermissionDenied(
+                "only the app's backend manages a system conversation",
+            ));
+        }
         let rank = self.rank_of(&caller.user);
-        if self.kind() == ConversationKind::Group && rank < action.least() {
+        if matches!(
+            self.kind(),
+            ConversationKind::Group | ConversationKind::ChatRoom
+        ) && rank < action.least()
+        {
             return Err(Error::PermissionDenied(action.refusal()));
         }
         Ok(rank)
@@ -214,7 +223,7 @@ impl Registry {
 
     /// Writes a member's record and mirrors its role and mute into their list entry (moving
     /// the entry's `changed_at`, so incremental sync sees it).
-    fn put_member(
+    pub(super) fn put_member(
         &self,
         st: &mut ConvState,
         num: u64,
@@ -238,7 +247,7 @@ impl Registry {
     }
 
     /// An event logged for `targets` and pushed live to the other members.
-    fn tell(
+    pub(super) fn tell(
         &self,
         st: &ConvState,
         caller: &Caller,
@@ -468,8 +477,12 @@ impl Registry {
             0 => MUTED_FOREVER,
             s => self.now().saturating_add((s as i64).saturating_mul(1000)),
         };
-        self.set_members_muted(caller, id, users, until, partial)
-            .await
+        let outcome = self
+            .set_members_muted(caller, id, users, until, partial)
+            .await?;
+        // Its deadline may be the next one the sweep must wake for.
+        self.mutes_changed.notify_waiters();
+        Ok(outcome)
     }
 
     /// Lifts the mute of members.
@@ -517,9 +530,24 @@ impl Registry {
                 (None, done, failed)
             } else {
                 let mut ops = Vec::new();
+                let timed = |t: i64| t > 0 && t < MUTED_FOREVER;
                 for u in &change {
                     if let Some(m) = st.members.get_mut(u) {
+                        if timed(m.muted_until) {
+                            ops.push(Op::DeleteMuteDeadline {
+                                at: m.muted_until,
+                                conv: cell.num,
+                                user: u.clone(),
+                            });
+                        }
                         m.muted_until = until;
+                    }
+                    if timed(until) {
+                        ops.push(Op::PutMuteDeadline {
+                            at: until,
+                            conv: cell.num,
+                            user: u.clone(),
+                        });
                     }
                     self.put_member(&mut st, cell.num, u, &mut ops)?;
                 }

@@ -348,6 +348,7 @@ impl Registry {
         let (rx, left_list) = {
             let mut st = cell.lock();
             st.require_member(&caller.user)?;
+            st.require_stored("deleting messages")?;
             let mut rec = self.entry(&mut st, cell.num, &caller.user)?;
             let now = self.now();
             let mut ops = Vec::with_capacity(seqs.len() + 1);

@@ -559,6 +559,7 @@ impl Registry {
         let rx = {
             let mut st = cell.lock();
             st.require_member(&caller.user)?;
+            st.require_stored("list entries")?;
             let mut rec = self.entry(&mut st, cell.num, &caller.user)?;
             let now = self.now();
             if rec.hidden && unhide {
@@ -660,6 +661,7 @@ impl Registry {
         for k in keys {
             let cell = self.cell(&self.resolve(caller, k)?)?;
             cell.lock().require_member(&caller.user)?;
+            cell.lock().require_stored("list entries")?;
             if !cells.iter().any(|c: &Arc<ConvCell>| c.num == cell.num) {
                 cells.push(cell);
             }

@@ -15,8 +15,10 @@ pub mod import;
 pub(crate) mod inbox;
 pub mod limits;
 mod messages;
+pub mod mutes;
 mod presence;
 mod receipts;
+mod rooms;
 #[cfg(test)]
 mod tests;
 pub mod users;
@@ -332,6 +334,8 @@ pub struct Registry {
     imports: tokio::sync::Mutex<()>,
     /// Woken when a temporary conversation is created (its deadline may be the next one).
     pub(crate) expiry_changed: tokio::sync::Notify,
+    /// Woken when a timed mute is set (its deadline may be the next one).
+    pub(crate) mutes_changed: tokio::sync::Notify,
     presence: presence::Subscriptions,
     snapshots: inbox::Snapshots,
     /// Request rate buckets of users with a live session ([`limits`]).
@@ -343,6 +347,7 @@ pub struct Registry {
     /// Bumped after each user block or unblock commits: a direct conversation's cached block
     /// state ([`ConvState::blocks`]) is good while this has not moved.
     block_gen: Arc<std::sync::atomic::AtomicU64>,
+    rooms: rooms::Rooms,
 }
 
 /// The last numbers handed out, per kind of conversation.
@@ -380,6 +385,7 @@ impl Registry {
             unique_groups: tokio::sync::Mutex::new(()),
             imports: tokio::sync::Mutex::new(()),
             expiry_changed: tokio::sync::Notify::new(),
+            mutes_changed: tokio::sync::Notify::new(),
             presence: Default::default(),
             snapshots: Default::default(),
             rates: DashMap::new(),
@@ -387,6 +393,7 @@ impl Registry {
             hook: None,
             user_locks: Default::default(),
             block_gen: Default::default(),
+            rooms: Default::default(),
         })
     }
 

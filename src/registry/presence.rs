@@ -111,7 +111,16 @@ impl Registry {
 
     /// Tells the subscribers of `user`'s conversations that the user went online or offline.
     /// The pushed state is read now, so racing transitions end in the true state.
+    /// A user who went offline then leaves the chat rooms they were in (after their
+    /// subscribers there heard it).
     pub fn presence_changed(&self, user: &UserId) {
+        self.push_presence(user);
+        if !self.hub.is_online(user) {
+            self.leave_rooms(user);
+        }
+    }
+
+    fn push_presence(&self, user: &UserId) {
         if self.presence.0.is_empty() {
             return;
         }

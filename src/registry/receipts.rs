@@ -23,6 +23,7 @@ impl Registry {
         let moved = {
             let mut st = cell.lock();
             st.require_member(&caller.user)?;
+            st.require_stored("read positions")?;
             let target = seq.min(st.last_seq);
             let current = self.read_seq(&mut st, cell.num, &caller.user)?;
             if target <= current {
@@ -124,6 +125,7 @@ impl Registry {
         let moved = {
             let mut st = cell.lock();
             st.require_member(&caller.user)?;
+            st.require_stored("delivery positions")?;
             let target = seq.min(st.last_seq);
             let mut rec = self.entry(&mut st, cell.num, &caller.user)?;
             let from = rec.delivered_seq;

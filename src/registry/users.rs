@@ -248,16 +248,38 @@ impl Registry {
         Ok(p)
     }
 
-    /// Everyone who has `user` in a member list or a direct conversation, and the user.
+    /// Everyone who has `user` in a member list or a direct conversation, and the user: the
+    /// members of the user's first `profile_push_max_conversations` direct, group and
+    /// temporary conversations (by number), at most `profile_push_max_recipients` users.
+    /// System conversations and chat rooms are left out (their subscribers and members do
+    /// not list each other). The bounds keep a change by a user in thousands of large groups
+    /// from pushing to everyone at once; those left out see the new profile when they next
+    /// read member lists, list entries or presence.
     fn audience_of(&self, user: &UserId) -> Result<BTreeSet<UserId>, Error> {
+        let max_convs = self.config.profile_push_max_conversations;
+        let max_users = self.config.profile_push_max_recipients.max(1);
         let mut out: BTreeSet<UserId> = [user.clone()].into();
-        for (num, _) in self.store.user_conversations(user)? {
+        let mut convs = 0;
+        for (num, rec) in self.store.user_conversations(user)? {
+            if convs >= max_convs || out.len() >= max_users {
+                break;
+            }
+            if !matches!(
+                ConversationKind::try_from(rec.kind),
+                Ok(ConversationKind::Direct
+                    | ConversationKind::Group
+                    | ConversationKind::Temporary)
+            ) {
+                continue;
+            }
             let Ok(cell) = self.cell_by_num(num) else {
                 continue;
             };
+            convs += 1;
             let st = cell.lock();
             if st.require_member(user).is_ok() {
-                out.extend(st.roster.iter().cloned());
+                let room = max_users - out.len();
+                out.extend(st.roster.iter().take(room).cloned());
             }
         }
         Ok(out)

@@ -39,6 +39,10 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
             .await
             .map(conversation),
         Req::LeaveConversation(r) => reg.leave(&caller, &r.conversation_id).await.map(ok),
+        Req::JoinConversation(r) => reg
+            .join_conversation(&caller, &r.conversation_id)
+            .await
+            .map(conversation),
         Req::UpdateConversation(r) => {
             let req = UpdateRequest {
                 name: r.name,
@@ -291,6 +295,7 @@ pub fn work_of(body: &Req) -> Option<Work> {
         | Req::AddMembers(_)
         | Req::RemoveMembers(_)
         | Req::LeaveConversation(_)
+        | Req::JoinConversation(_)
         | Req::UpdateConversation(_)
         | Req::DeleteListEntries(_)
         | Req::DeleteConversation(_)

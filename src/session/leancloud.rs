@@ -965,6 +965,8 @@ fn content(m: &pb::Message) -> Content {
 fn conv_type(kind: i32) -> i32 {
     match ConversationKind::try_from(kind) {
         Ok(ConversationKind::Temporary) => 4,
+        Ok(ConversationKind::System) => 3,
+        Ok(ConversationKind::ChatRoom) => 2,
         _ => 1,
     }
 }
@@ -1038,11 +1040,7 @@ fn logs(app: &App, caller: &Caller, l: lc::LogsCommand) -> Result<GenericCommand
 /// `conv/start`: a temporary conversation or a group (`unique`: the existing one of the same
 /// members, as LeanCloud had it). Attributes are kept as JSON text per key.
 async fn start(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<GenericCommand, Error> {
-    if c.transient == Some(true) {
-        return Err(Error::InvalidArgument(
-            "chat rooms are not supported".into(),
-        ));
-    }
+    let room = c.transient == Some(true);
     let mut attributes = BTreeMap::new();
     let mut name = String::new();
     if let Some(attr) = &c.attr {
@@ -1063,12 +1061,16 @@ async fn start(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<Generic
     let members: Vec<String> = c.m.into_iter().filter(|m| **m != *caller.user).collect();
     let temporary = c.temp_conv == Some(true);
     // A LeanCloud conversation is a group whatever its size: members may be added later.
-    let kind = if temporary {
+    // A chat room (`transient`) is joined by its members, never created with them.
+    let kind = if room {
+        ConversationKind::ChatRoom
+    } else if temporary {
         ConversationKind::Temporary
     } else {
         ConversationKind::Group
     };
-    let unique = c.unique == Some(true);
+    let members = if room { Vec::new() } else { members };
+    let unique = c.unique == Some(true) && !room;
     let req = CreateRequest {
         kind,
         members,
@@ -1080,7 +1082,7 @@ async fn start(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<Generic
     let mut conv = app.registry.create(caller, req).await?;
     // `unique` found the existing group of these members: a new name renames it (LeanCloud's
     // behaviour; the SDK's tests expect it). Other attributes of the request are not applied.
-    if unique && !temporary && !name.is_empty() && conv.name != name {
+    if unique && !temporary && !room && !name.is_empty() && conv.name != name {
         let rename = crate::registry::conversation::UpdateRequest {
             name: Some(name),
             set_attributes: BTreeMap::new(),
@@ -1314,9 +1316,13 @@ fn row(
     row.insert("c".into(), conv.owner.clone().into());
     row.insert("createdAt".into(), iso(conv.created_at).into());
     row.insert("updatedAt".into(), iso(conv.created_at).into());
-    row.insert("tr".into(), false.into());
-    row.insert("sys".into(), false.into());
     let kind = ConversationKind::try_from(conv.kind).unwrap_or(ConversationKind::Group);
+    let (room, system) = (
+        kind == ConversationKind::ChatRoom,
+        kind == ConversationKind::System,
+    );
+    row.insert("tr".into(), room.into());
+    row.insert("sys".into(), system.into());
     row.insert("unique".into(), conv.unique.into());
     if kind == ConversationKind::Temporary {
         row.insert("temp".into(), true.into());
@@ -1325,6 +1331,8 @@ fn row(
     if conv.muted {
         row.insert("mu".into(), serde_json::json!([caller.user.to_string()]));
     }
+    // Chat rooms and system conversations keep no member list, as on LeanCloud.
+    let members = if room || system { Vec::new() } else { members };
     row.insert("m".into(), members.into());
     // The newest message the caller can see (members only): the SDKs show it in the
     // conversation list, and 4.x needs it to edit a message of a conversation it queried.

@@ -89,7 +89,16 @@ pub(super) async fn add_or_remove(
     let id = c.cid.unwrap_or_default();
     let me_only = c.m.len() == 1 && *c.m[0] == *caller.user;
     let outcome = match op {
-        Op::Add => reg.add_members_each(caller, &id, &c.m, me_only, true).await,
+        // `join()`: an open group, a chat room, a system conversation's `subscribe()`.
+        Op::Add if me_only => reg
+            .join_conversation(caller, &id)
+            .await
+            .map(|conversation| MemberOutcome {
+                conversation,
+                done: c.m.clone(),
+                failed: Vec::new(),
+            }),
+        Op::Add => reg.add_members_each(caller, &id, &c.m, false, true).await,
         _ if me_only => reg.quit(caller, &id).await.map(|()| MemberOutcome {
             conversation: pb::Conversation::default(),
             done: c.m.clone(),

@@ -28,13 +28,16 @@
 //! | `Z`    | endpoint name ‖ outbox seq       | OutboxRecord (dead letter)     |
 //! | `G`    | user ‖ blocked user              | blocked at (i64)               |
 //! | `F`    | user                             | Profile                        |
+//! | `u`    | muted until ‖ conv ‖ user        | ∅ (timed mutes, time order)    |
 //!
 //! Format versions ([`FORMAT_VERSION`]): 1, the layout without `P` and `V` (a store without a
 //! `V` key that holds data is version 1); 2 adds the patch index `P` and the version key; 3 adds
 //! the aliases `A` and `B` of imported conversations and messages (the ids they had on the
 //! platform they came from; nothing to convert from 2); 4 adds the webhook outbox `O`, the
 //! endpoints' positions in it `Y` and their dead letters `Z` (nothing to convert from 3);
-//! 5 adds the user blocks `G` and the profiles `F` (nothing to convert from 4).
+//! 5 adds the user blocks `G` and the profiles `F` (nothing to convert from 4). The timed-mute
+//! index `u` is written by this build; a timed mute set before it has no entry, ends at its
+//! deadline all the same, and gets no MEMBERS_UNMUTED event.
 
 pub const CONVERSATION: u8 = b'C';
 pub const MEMBER: u8 = b'M';
@@ -59,6 +62,7 @@ pub const WEBHOOK_CURSOR: u8 = b'Y';
 pub const DEAD_LETTER: u8 = b'Z';
 pub const USER_BLOCK: u8 = b'G';
 pub const PROFILE: u8 = b'F';
+pub const MUTE_DEADLINE: u8 = b'u';
 
 /// The key layout this build reads and writes.
 pub const FORMAT_VERSION: u64 = 5;
@@ -212,6 +216,17 @@ pub fn user_blocks_of(user: &str) -> Vec<u8> {
 }
 pub fn profile(user: &str) -> Vec<u8> {
     Key::new(PROFILE).user(user).build()
+}
+/// Times are never negative here; the cast keeps byte order = time order.
+pub fn mute_deadline(at: i64, conv: u64, user: &str) -> Vec<u8> {
+    Key::new(MUTE_DEADLINE)
+        .u64(at.max(0) as u64)
+        .u64(conv)
+        .user(user)
+        .build()
+}
+pub fn mute_deadlines() -> Vec<u8> {
+    vec![MUTE_DEADLINE]
 }
 pub fn format_version() -> Vec<u8> {
     vec![FORMAT]

@@ -281,6 +281,12 @@ fn write_of(op: &Op) -> Write {
             value.to_be_bytes().to_vec(),
         ),
         Op::PutExpiry { at, conv } => Write::Put(keys::expiry(*at, *conv), Vec::new()),
+        Op::PutMuteDeadline { at, conv, user } => {
+            Write::Put(keys::mute_deadline(*at, *conv, user), Vec::new())
+        }
+        Op::DeleteMuteDeadline { at, conv, user } => {
+            Write::Delete(keys::mute_deadline(*at, *conv, user))
+        }
         Op::PutUniqueTemporary { members, conv } => {
             Write::Put(keys::unique_temporary(members), conv.to_be_bytes().to_vec())
         }
@@ -649,6 +655,24 @@ impl<E: OrderedKv> Store for KvStore<E> {
                 _ => {
                     return Err(StoreError::Corrupt {
                         what: "expiry key",
+                        detail: format!("{k:?}"),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn next_mute_deadlines(&self, limit: usize) -> Result<Vec<(i64, u64, UserId)>, StoreError> {
+        let mut out = Vec::new();
+        for (k, _) in self.scan(&keys::mute_deadlines(), false, limit)? {
+            match (be_u64(&k, 1), be_u64(&k, 9), keys::user_at(&k, 17)) {
+                (Some(at), Some(conv), Some((user, _))) => {
+                    out.push((at as i64, conv, UserId::from(user)))
+                }
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        what: "mute deadline key",
                         detail: format!("{k:?}"),
                     });
                 }

@@ -118,6 +118,17 @@ pub enum Op {
         at: i64,
         conv: u64,
     },
+    /// Index entry: `user`'s mute in `conv` ends at `at` (ms).
+    PutMuteDeadline {
+        at: i64,
+        conv: u64,
+        user: UserId,
+    },
+    DeleteMuteDeadline {
+        at: i64,
+        conv: u64,
+        user: UserId,
+    },
     /// Index entry: the live temporary conversation of this sorted member set.
     PutUniqueTemporary {
         members: Vec<UserId>,
@@ -340,6 +351,8 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(i64, u64)>, StoreError>;
     fn next_expiries(&self, limit: usize) -> Result<Vec<(i64, u64)>, StoreError>;
+    /// The earliest timed-mute index entries `(until, conv, user)`, ascending, at most `limit`.
+    fn next_mute_deadlines(&self, limit: usize) -> Result<Vec<(i64, u64, UserId)>, StoreError>;
     /// The temporary conversation registered for this sorted member set, if any.
     fn unique_temporary(&self, members: &[UserId]) -> Result<Option<u64>, StoreError>;
     /// The conversation imported under `alias`, if any.

@@ -321,6 +321,12 @@ impl tidings::store::Store for FailingStore {
     fn next_expiries(&self, l: usize) -> Result<Vec<(i64, u64)>, tidings::store::StoreError> {
         self.inner.next_expiries(l)
     }
+    fn next_mute_deadlines(
+        &self,
+        l: usize,
+    ) -> Result<Vec<(i64, u64, tidings::store::UserId)>, tidings::store::StoreError> {
+        self.inner.next_mute_deadlines(l)
+    }
     fn unique_temporary(
         &self,
         m: &[tidings::store::UserId],

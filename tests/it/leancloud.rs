@@ -63,6 +63,17 @@ pub async fn run_sdk(server: &TestServer, script: &str, mode: &str) -> String {
 /// A script may ask for the server's clock to move: it prints `@@ advance <ms>` and waits for
 /// `ok` on its standard input, which comes once the clock has moved.
 pub async fn run_sdk_package(server: &TestServer, script: &str, mode: &str, sdk: &str) -> String {
+    run_sdk_env(server, script, mode, sdk, &[]).await
+}
+
+/// The same with environment variables for the script.
+pub async fn run_sdk_env(
+    server: &TestServer,
+    script: &str,
+    mode: &str,
+    sdk: &str,
+    env: &[(&str, String)],
+) -> String {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::process::Stdio;
     install_sdk();
@@ -77,6 +88,7 @@ pub async fn run_sdk_package(server: &TestServer, script: &str, mode: &str, sdk:
             mode,
         ])
         .env("LC_SDK", sdk)
+        .envs(env.iter().map(|(k, v)| (k, v.as_str())))
         .current_dir(sdk_dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -186,4 +198,42 @@ async fn the_leancloud_sdk_manages_roles_muted_members_and_the_blacklist() {
 async fn the_leancloud_sdk_4_3_1_manages_roles_muted_members_and_the_blacklist() {
     let server = leancloud_server().await;
     run_sdk_package(&server, "groups.mjs", "base64", "leancloud-realtime-v4").await;
+}
+
+/// A server with the LeanCloud dialect and the admin API on, and the script's admin settings.
+async fn leancloud_admin_server() -> (TestServer, Vec<(&'static str, String)>) {
+    let server = TestServer::start_with(|c| {
+        c.leancloud_app_id = Some(APP_ID.into());
+        c.leancloud_master_key = Some(MASTER_KEY.into());
+        c.admin_listen = "127.0.0.1:0".into();
+        c.admin_api_keys = vec![crate::admin::KEY.into()];
+    })
+    .await;
+    let env = vec![
+        (
+            "LC_ADMIN_URL",
+            format!("http://{}", crate::admin::admin_addr(&server)),
+        ),
+        ("LC_ADMIN_KEY", crate::admin::KEY.to_owned()),
+    ];
+    (server, env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leancloud_sdk_subscribes_to_system_conversations_and_joins_chat_rooms() {
+    let (server, env) = leancloud_admin_server().await;
+    run_sdk_env(&server, "rooms.mjs", "binary", "leancloud-realtime", &env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leancloud_sdk_4_3_1_subscribes_to_system_conversations_and_joins_chat_rooms() {
+    let (server, env) = leancloud_admin_server().await;
+    run_sdk_env(
+        &server,
+        "rooms.mjs",
+        "base64",
+        "leancloud-realtime-v4",
+        &env,
+    )
+    .await;
 }

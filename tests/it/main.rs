@@ -1,6 +1,7 @@
 //! The integration tests: a real server on port 0, real WebSocket clients, a real store on disk.
 
 mod admin;
+mod admin_groups;
 mod harness;
 
 mod auth;
@@ -26,6 +27,7 @@ mod rate_limits;
 mod readme;
 mod roaming;
 mod robustness;
+mod rooms;
 mod sdk_typescript;
 mod session_limits;
 mod storage;

@@ -162,6 +162,9 @@ impl Store for Gated {
     fn next_expiries(&self, limit: usize) -> Result<Vec<(i64, u64)>, StoreError> {
         self.inner.next_expiries(limit)
     }
+    fn next_mute_deadlines(&self, limit: usize) -> Result<Vec<(i64, u64, UserId)>, StoreError> {
+        self.inner.next_mute_deadlines(limit)
+    }
     fn unique_temporary(&self, members: &[UserId]) -> Result<Option<u64>, StoreError> {
         self.inner.unique_temporary(members)
     }

@@ -30,6 +30,7 @@ import {
   GetConversationSchema,
   GetListEntrySchema,
   LeaveConversationSchema,
+  JoinConversationSchema,
   ListConversationsSchema,
   ListMembersSchema,
   LoginSchema,
@@ -875,6 +876,13 @@ export class TidingsClient extends Emitter<ClientEvents> {
 
   async removeMembers(conversationId: string, members: string[]): Promise<Conversation> {
     return (await this.#call("removeMembers", create(RemoveMembersSchema, { conversationId, members }), "conversation")).conversation!;
+  }
+
+  /** Subscribes to a system conversation or joins a chat room (an open group too). */
+  async joinConversation(conversationId: string): Promise<Conversation> {
+    const c = (await this.#call("joinConversation", create(JoinConversationSchema, { conversationId }), "conversation")).conversation!;
+    this.#track(c);
+    return c;
   }
 
   async leaveConversation(conversationId: string): Promise<void> {

@@ -73,6 +73,12 @@ describe("every request", () => {
     expect(await a.countMembers(group.id)).toBe(2);
     const temp = await a.createConversation({ kind: ConversationKind.TEMPORARY, members: [bob], ttlSecs: 600 });
     expect(temp.id.startsWith("_tmp:")).toBe(true);
+    // Chat rooms: joined, counted (members online), left.
+    const room = await a.createConversation({ kind: ConversationKind.CHAT_ROOM, name: "lobby" });
+    expect((await b.joinConversation(room.id)).memberCount).toBe(2);
+    expect(await a.countMembers(room.id)).toBe(2);
+    await b.leaveConversation(room.id);
+    expect(await a.countMembers(room.id)).toBe(1);
 
     // Messages, in order, once.
     for (let i = 1; i <= 5; i++) await a.send(direct.id, `hello ${i}`, { attributes: { i: String(i) } });

@@ -1,0 +1,384 @@
+//! System conversations and chat rooms.
+//!
+//! A **system conversation** (a service account's channel) is created by the app's backend.
+//! Users subscribe and unsubscribe themselves; a subscriber is a member as in a group (a list
+//! entry, a read position, unread counts, logged events for their own devices), but
+//! subscribers never hear of each other and may not list each other. Only the backend sends;
+//! its broadcasts are stored and pushed to every subscriber.
+//!
+//! A **chat room** is a conversation whose record is stored (its id lives across restarts) but
+//! whose membership is kept in memory only: members join and leave freely, leave when their
+//! last session ends (or the server restarts), have no list entry and get no logged events.
+//! Messages go to the members online and are not stored; the room passes on at most
+//! `chat_room_messages_per_sec` of them.
+
+use super::conversation::CreateRequest;
+use super::limits::Bucket;
+use super::writer::wait;
+use super::{Caller, ConvCell, ConvState, Error, LoggedEvent, Registry};
+use crate::hub::{Delivery, Recipients};
+use crate::protocol;
+use crate::protocol::pb::{
+    self, Conversation, ConversationEventKind as Ev, ConversationKind, ConversationRecord,
+    MemberRecord, SendAck, UserConversationRecord,
+};
+use crate::store::{Op, UserId};
+use dashmap::DashMap;
+use prost::Message as _;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// The chat rooms each user is in, and each room's message bucket (memory only, like the
+/// rooms' membership).
+#[derive(Default)]
+pub(super) struct Rooms {
+    of_user: DashMap<UserId, BTreeSet<u64>>,
+    buckets: DashMap<u64, Bucket>,
+}
+
+impl ConvState {
+    /// Refuses in a chat room what only stored conversations have: list entries, read and
+    /// delivery positions, per-user state.
+    pub(super) fn require_stored(&self, what: &'static str) -> Result<(), Error> {
+        if self.kind() == ConversationKind::ChatRoom {
+            Err(Error::NotAllowedForKind {
+                kind: "chat room",
+                what,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether `caller` may send here now: in a system conversation only the backend, elsewhere
+    /// a member allowed to speak ([`ConvState::require_sender`]).
+    pub(super) fn authorize_send(&self, caller: &Caller, now: i64) -> Result<(), Error> {
+        if self.kind() != ConversationKind::System {
+            return self.require_sender(&caller.user, now);
+        }
+        if caller.admin {
+            return self.require_live();
+        }
+        self.require_member(&caller.user)?;
+        Err(Error::PermissionDenied(
+            "only the app's backend sends in a system conversation",
+        ))
+    }
+}
+
+impl Registry {
+    /// Creates a system conversation (the app's backend only) or a chat room (anyone; the
+    /// creator is its owner and its first member).
+    pub(super) async fn create_public(
+        &self,
+        caller: &Caller,
+        req: CreateRequest,
+    ) -> Result<Conversation, Error> {
+        let system = req.kind == ConversationKind::System;
+        if system && !caller.admin {
+            return Err(Error::PermissionDenied(
+                "only the app's backend creates system conversations",
+            ));
+        }
+        if !system && caller.admin {
+            return Err(Error::InvalidArgument(
+                "a chat room is created by its first member".into(),
+            ));
+        }
+        if !self.named_users(&req.members, &caller.user)?.is_empty() {
+            return Err(Error::InvalidArgument(
+                "system conversations and chat rooms are joined, not created with members".into(),
+            ));
+        }
+        let permit = self.writer.reserve().await?;
+        let (cell, rx) = {
+            let mut next = self.next_conv.lock().unwrap_or_else(|p| p.into_inner());
+            let record = ConversationRecord {
+                kind: req.kind as i32,
+                name: req.name,
+                attributes: req.attributes,
+                owner: if system {
+                    String::new()
+                } else {
+                    caller.user.to_string()
+                },
+                created_at: self.now(),
+                ..Default::default()
+            };
+            let (cell, ops, events) = self.new_normal(&mut next, caller, record, &[]);
+            (cell, self.writer.submit(permit, ops, Vec::new(), events))
+        };
+        wait(rx).await?;
+        if system {
+            return Ok(cell.lock().view(&cell.id));
+        }
+        self.join_room(caller, &cell)
+    }
+
+    /// Subscribes to a system conversation, joins a chat room, or joins an open group
+    /// ([`Registry::join`]). Joining again is no change.
+    pub async fn join_conversation(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<Conversation, Error> {
+        if caller.admin {
+            return Err(Error::InvalidArgument(
+                "the app's backend does not join conversations".into(),
+            ));
+        }
+        let cell = self.cell(id)?;
+        let kind = cell.lock().kind();
+        match kind {
+            ConversationKind::System => self.subscribe(caller, &cell).await,
+            ConversationKind::ChatRoom => self.join_room(caller, &cell),
+            ConversationKind::Group => self.join(caller, id).await,
+            ConversationKind::Direct => Err(Error::NotAllowedForKind {
+                kind: "direct",
+                what: "joining",
+            }),
+            _ => Err(Error::NotAllowedForKind {
+                kind: "temporary",
+                what: "joining",
+            }),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        caller: &Caller,
+        cell: &Arc<ConvCell>,
+    ) -> Result<Conversation, Error> {
+        let permit = self.writer.reserve().await?;
+        let rx = {
+            let mut st = cell.lock();
+            st.require_live()?;
+            let user = caller.user.clone();
+            if st.members.contains_key(&user) {
+                None
+            } else {
+                let max = self.config.max_system_subscribers;
+                if st.members.len() >= max {
+                    return Err(Error::LimitExceeded(format!(
+                        "{max} subscribers; max_system_subscribers is {max}"
+                    )));
+                }
+                let now = self.now();
+                let m = MemberRecord {
+                    joined_at: now,
+                    join_order: st.next_join_order,
+                    ..Default::default()
+                };
+                st.next_join_order += 1;
+                st.members.insert(user.clone(), m);
+                let read = st.last_seq;
+                st.reads.insert(user.clone(), read);
+                st.rebuild_roster();
+                let entry = UserConversationRecord {
+                    joined_at: now,
+                    kind: st.record.kind,
+                    ..Default::default()
+                };
+                let ops = vec![
+                    Op::PutMember {
+                        conv: cell.num,
+                        user: user.clone(),
+                        record: m,
+                    },
+                    Self::put_entry(&mut st, cell.num, &user, entry),
+                    Op::DeleteTombstone {
+                        user: user.clone(),
+                        conv: cell.num,
+                    },
+                    Op::PutReadSeq {
+                        user: user.clone(),
+                        conv: cell.num,
+                        seq: read,
+                    },
+                ];
+                // Only the subscriber's own devices hear of it.
+                let event = self.event(
+                    Ev::MembersAdded,
+                    cell,
+                    &user,
+                    vec![user.to_string()],
+                    st.view(&cell.id),
+                );
+                let logged = vec![LoggedEvent {
+                    user,
+                    event,
+                    except_session: caller.session,
+                }];
+                Some(self.writer.submit(permit, ops, Vec::new(), logged))
+            }
+        };
+        self.finish(cell, caller, rx).await
+    }
+
+    /// Ends a subscription: the entry leaves the subscriber's list (a tombstone for
+    /// incremental sync), and their other devices get LEFT.
+    pub(super) async fn unsubscribe(
+        &self,
+        caller: &Caller,
+        cell: &Arc<ConvCell>,
+    ) -> Result<(), Error> {
+        let permit = self.writer.reserve().await?;
+        let rx = {
+            let mut st = cell.lock();
+            st.require_member(&caller.user)?;
+            let me: BTreeSet<UserId> = [caller.user.clone()].into();
+            let ops = self.drop_members(&mut st, cell, &me);
+            let event = self.event(
+                Ev::Left,
+                cell,
+                &caller.user,
+                vec![caller.user.to_string()],
+                st.view(&cell.id),
+            );
+            let logged = vec![LoggedEvent {
+                user: caller.user.clone(),
+                event,
+                except_session: caller.session,
+            }];
+            self.writer.submit(permit, ops, Vec::new(), logged)
+        };
+        Ok(wait(rx).await?)
+    }
+
+    fn join_room(&self, caller: &Caller, cell: &Arc<ConvCell>) -> Result<Conversation, Error> {
+        let mut st = cell.lock();
+        st.require_live()?;
+        let user = caller.user.clone();
+        if st.record.blacklist.contains_key(&*user) {
+            return Err(Error::Blacklisted(user.to_string()));
+        }
+        if !st.members.contains_key(&user) {
+            let max = self.config.max_chat_room_members;
+            if st.members.len() >= max {
+                return Err(Error::LimitExceeded(format!(
+                    "{max} members; max_chat_room_members is {max}"
+                )));
+            }
+            let m = MemberRecord {
+                joined_at: self.now(),
+                join_order: st.next_join_order,
+                ..Default::default()
+            };
+            st.next_join_order += 1;
+            st.members.insert(user.clone(), m);
+            st.rebuild_roster();
+            self.rooms.of_user.entry(user).or_default().insert(cell.num);
+        }
+        Ok(st.view(&cell.id))
+    }
+
+    /// Leaves a chat room (nothing is stored, nobody is told).
+    pub(super) fn leave_room(&self, caller: &Caller, cell: &Arc<ConvCell>) -> Result<(), Error> {
+        let mut st = cell.lock();
+        st.require_member(&caller.user)?;
+        let me: BTreeSet<UserId> = [caller.user.clone()].into();
+        self.forget_room_members(&mut st, cell.num, &me);
+        Ok(())
+    }
+
+    fn forget_room_members(&self, st: &mut ConvState, num: u64, users: &BTreeSet<UserId>) {
+        for u in users {
+            st.members.remove(u);
+            self.rooms.of_user.remove_if_mut(u, |_, rooms| {
+                rooms.remove(&num);
+                rooms.is_empty()
+            });
+        }
+        st.rebuild_roster();
+        self.presence.drop_users(num, Some(users));
+        if st.members.is_empty() {
+            self.rooms.buckets.remove(&num);
+        }
+    }
+
+    /// Takes a user who went offline out of every chat room they were in.
+    pub(super) fn leave_rooms(&self, user: &UserId) {
+        let Some((_, rooms)) = self.rooms.of_user.remove(user) else {
+            return;
+        };
+        let me: BTreeSet<UserId> = [user.clone()].into();
+        for num in rooms {
+            if let Some(cell) = self.convs.get(&num).map(|c| c.clone()) {
+                let mut st = cell.lock();
+                if st.members.contains_key(user) {
+                    self.forget_room_members(&mut st, num, &me);
+                }
+            }
+        }
+    }
+
+    /// How many members of a chat room are online (anyone may ask).
+    pub(super) fn room_online_count(&self, cell: &ConvCell) -> Result<u32, Error> {
+        let roster = {
+            let st = cell.lock();
+            st.require_live()?;
+            st.roster.clone()
+        };
+        Ok(roster.iter().filter(|u| self.hub.is_online(u)).count() as u32)
+    }
+
+    /// Sends to the members of a chat room who are online; nothing is stored (seq 0).
+    pub(super) async fn send_to_room(
+        &self,
+        caller: &Caller,
+        cell: &Arc<ConvCell>,
+        mut req: super::SendRequest,
+    ) -> Result<SendAck, Error> {
+        cell.lock().authorize_send(caller, self.now())?;
+        if !req.transient {
+            req = self.moderate_send(caller, cell.num, &cell.id, req).await?;
+        }
+        let now = self.now();
+        let per_sec = self.config.chat_room_messages_per_sec;
+        let roster = {
+            let st = cell.lock();
+            st.authorize_send(caller, now)?;
+            let mut bucket = self
+                .rooms
+                .buckets
+                .entry(cell.num)
+                .or_insert_with(|| Bucket::full(per_sec, now));
+            bucket
+                .take(1, per_sec, per_sec, now)
+                .map_err(|retry_after_ms| Error::RateLimited { retry_after_ms })?;
+            st.roster.clone()
+        };
+        let m = pb::Message {
+            id: format!("{}t{:x}", cell.id, self.transient_id()),
+            conversation_id: cell.id.to_string(),
+            seq: 0,
+            sender: caller.user.to_string(),
+            r#type: req.kind,
+            content: req.content,
+            attributes: req.attributes,
+            mentions: req.mentions,
+            server_time: now,
+            client_message_id: req.client_message_id,
+            transient: req.transient,
+            ..Default::default()
+        };
+        let frame = protocol::message_push_from_encoded(&m.encode_to_vec());
+        self.hub().deliver(&Delivery {
+            to: Recipients::Users(roster),
+            frame,
+            user_seq: 0,
+            except_session: caller.session,
+        });
+        Ok(SendAck {
+            message_id: m.id,
+            seq: 0,
+            server_time: now,
+            duplicate: false,
+        })
+    }
+
+    /// The kind of a conversation (for front doors that present kinds differently).
+    pub fn kind_of(&self, id: &str) -> Result<ConversationKind, Error> {
+        Ok(self.cell(id)?.lock().kind())
+    }
+}

@@ -1,0 +1,91 @@
+// Drives LeanCloud's unmodified JS realtime SDK against a tidings server: a system conversation
+// (服务号) that the app's backend creates and broadcasts to over the admin API, found with
+// getConversation (a ServiceConversation: `sys`), subscribed to and unsubscribed from; and a
+// chat room (聊天室: `tr`) created with createChatRoom, joined and quit while messages are
+// sent, counted (members online), with nothing stored. LC_ADMIN_URL and LC_ADMIN_KEY name
+// the admin API. See common.mjs for how it is run.
+
+import { sdk, within, check, equal, next, sign, realtime, run, masterKey } from './common.mjs';
+
+const { TextMessage, Event } = sdk;
+
+async function admin(method, path, body) {
+  const r = await fetch(`${process.env.LC_ADMIN_URL}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${process.env.LC_ADMIN_KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  const json = await r.json();
+  if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${JSON.stringify(json)}`);
+  return json;
+}
+
+/** A typed text message as the backend writes it, so the SDK reads a TextMessage. */
+const broadcast = (id, text) => admin('POST', `/v1/system-conversations/${id}/messages?by=news`, {
+  text: JSON.stringify({ _lctype: -1, _lctext: text }),
+});
+
+/** Counts the messages a client receives in a conversation from now on. */
+function counter(client, cid) {
+  const got = [];
+  client.on(Event.MESSAGE, (m, c) => { if (c.id === cid) got.push(m.getText()); });
+  return got;
+}
+
+async function main() {
+  const rt = realtime();
+  const open = (id) => within(rt.createIMClient(id, { signatureFactory: sign(masterKey) }), `${id} opens`);
+  const alice = await open('alice');
+  const bob = await open('bob');
+  const carol = await open('carol');
+
+  // System conversation.
+  const created = await admin('POST', '/v1/system-conversations?by=news', { name: 'News' });
+  const sys = await within(alice.getConversation(created.id), 'alice finds the system conversation');
+  check(sys instanceof sdk.ServiceConversation, 'it is a ServiceConversation (sys)');
+  equal(sys.name, 'News', 'with its name');
+  await within(sys.subscribe(), 'alice subscribes');
+  const heard = next(alice, Event.MESSAGE, 'alice receives the broadcast');
+  await broadcast(created.id, 'v1.0 is out');
+  const [message, where] = await heard;
+  equal([message.getText(), message.from, where.id], ['v1.0 is out', 'news', created.id], 'the broadcast reaches the subscriber');
+  const history = await within(sys.queryMessages({ limit: 10 }), 'history');
+  equal(history.map((m) => m.getText()), ['v1.0 is out'], 'and is stored as history');
+  const refused = await sys.send(new TextMessage('hello?')).then(() => null, (e) => e);
+  check(refused && refused.code === 4320, `a subscriber may not send (${refused && refused.code})`);
+  await within(sys.unsubscribe(), 'alice unsubscribes');
+  const bobSys = await within(bob.getConversation(created.id), 'bob finds it');
+  await within(bobSys.subscribe(), 'bob subscribes');
+  const aliceGot = counter(alice, created.id);
+  const bobHeard = next(bob, Event.MESSAGE, 'bob receives the next broadcast');
+  await broadcast(created.id, 'v1.1 is out');
+  equal((await bobHeard)[0].getText(), 'v1.1 is out', 'a new subscriber gets broadcasts');
+  equal(aliceGot, [], 'one who unsubscribed does not');
+
+  // Chat room.
+  const room = await within(alice.createChatRoom({ name: 'lobby' }), 'alice creates a chat room');
+  check(room instanceof sdk.ChatRoom, 'it is a ChatRoom (tr)');
+  const bobRoom = await within(bob.getConversation(room.id), 'bob finds the room');
+  check(bobRoom instanceof sdk.ChatRoom, 'others see a ChatRoom too');
+  await within(bobRoom.join(), 'bob joins');
+  const carolRoom = await within(carol.getConversation(room.id), 'carol finds the room');
+  await within(carolRoom.join(), 'carol joins');
+  equal(await within(room.count(), 'count'), 3, 'count() is the members online');
+  const bobGot = counter(bob, room.id);
+  const carolHears = next(carol, Event.MESSAGE, 'carol receives');
+  await within(room.send(new TextMessage('one')), 'alice sends one');
+  equal((await carolHears)[0].getText(), 'one', 'a member receives');
+  // bob quits between two sends.
+  await within(bobRoom.quit(), 'bob quits');
+  const carolHearsTwo = next(carol, Event.MESSAGE, 'carol receives two');
+  await within(room.send(new TextMessage('two')), 'alice sends two');
+  equal((await carolHearsTwo)[0].getText(), 'two', 'the members still in receive');
+  equal(bobGot, ['one'], 'one who quit receives nothing after');
+  equal(await within(room.count(), 'count again'), 2, 'the count follows');
+  const stored = await within(room.queryMessages({ limit: 10 }), 'room history');
+  equal(stored.length, 0, 'chat room messages are not stored');
+
+  await Promise.all([alice.close(), bob.close(), carol.close()]);
+}
+
+run(main);
