@@ -162,6 +162,12 @@ async fn the_binary_serves_health_mints_tokens_and_drains_on_sigterm() {
     http.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains("\"status\":\"ok\""), "{resp}");
+    // Transparent huge pages are off for the process (see main.rs: they cost a tenth of the
+    // CPU in clearing pages the allocator takes back).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
 
     let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
         .args(["token", "--user", "alice"])
