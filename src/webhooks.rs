@@ -125,7 +125,7 @@ pub(crate) fn records_of(events: &[LoggedEvent], deliveries: &[Delivery]) -> Vec
         match d.frame.event() {
             // One push per message (its copies share it): no need to decode it here, on the
             // writer's thread.
-            PushEvent::Message(_) => {
+            PushEvent::Message(..) => {
                 let key = format!("m {:p}", Arc::as_ptr(&d.frame));
                 add(key, d.frame.native().clone());
             }

@@ -112,8 +112,9 @@ pub struct Push {
 /// What a push carries.
 #[derive(Debug)]
 pub enum PushEvent {
-    /// A message, as its encoded `pb::Message` (the bytes that are stored).
-    Message(Bytes),
+    /// A message, as its encoded `pb::Message` (the bytes that are stored), and the kind of
+    /// its conversation (`ConversationKind`; dialects that present kinds differently need it).
+    Message(Bytes, i32),
     /// Any other server push (boxed: most pushes are messages, and the body is large).
     Other(Box<pb::server_frame::Body>),
     /// To a session on a shared connection: a newer login on the same device replaced it.
@@ -133,7 +134,7 @@ impl Push {
     /// The encoded native `ServerFrame` (id 0).
     pub fn native(&self) -> &Bytes {
         self.native.get_or_init(|| match &self.event {
-            PushEvent::Message(m) => message_frame_from_encoded(m),
+            PushEvent::Message(m, _) => message_frame_from_encoded(m),
             PushEvent::Other(body) => {
                 let mut buf = BytesMut::with_capacity(body.encoded_len());
                 body.encode(&mut buf);
@@ -147,7 +148,7 @@ impl Push {
     pub fn json(&self) -> &Utf8Bytes {
         self.json.get_or_init(|| {
             let body = match &self.event {
-                PushEvent::Message(_) => self.message().map(pb::server_frame::Body::Message),
+                PushEvent::Message(..) => self.message().map(pb::server_frame::Body::Message),
                 PushEvent::Other(body) => Some(body.as_ref().clone()),
                 PushEvent::Replaced | PushEvent::Kicked => return Utf8Bytes::default(),
             };
@@ -158,7 +159,7 @@ impl Push {
     /// The message this push carries, decoded (`None`: not a message push, or undecodable).
     pub fn message(&self) -> Option<pb::Message> {
         match &self.event {
-            PushEvent::Message(m) => pb::Message::decode(m.as_ref()).ok(),
+            PushEvent::Message(m, _) => pb::Message::decode(m.as_ref()).ok(),
             PushEvent::Other(body) => match body.as_ref() {
                 pb::server_frame::Body::Message(m) => Some(m.clone()),
                 _ => None,
@@ -199,10 +200,10 @@ pub fn push(body: pb::server_frame::Body) -> Arc<Push> {
 }
 
 /// A message push from the message's stored encoding: the native frame wraps those bytes
-/// without decoding or re-encoding them.
-pub fn message_push_from_encoded(encoded_message: &[u8]) -> Arc<Push> {
+/// without decoding or re-encoding them. `kind`: its conversation's.
+pub fn message_push_from_encoded(encoded_message: &[u8], kind: pb::ConversationKind) -> Arc<Push> {
     Arc::new(Push {
-        event: PushEvent::Message(Bytes::copy_from_slice(encoded_message)),
+        event: PushEvent::Message(Bytes::copy_from_slice(encoded_message), kind as i32),
         native: OnceLock::new(),
         json: OnceLock::new(),
         leancloud: OnceLock::new(),

@@ -182,13 +182,13 @@ impl Registry {
         req: SendRequest,
     ) -> Result<SendAck, Error> {
         self.require_not_blocked(cell, &caller.user)?;
-        let (roster, now) = {
+        let (roster, now, kind) = {
             let st = cell.lock();
             st.authorize_send(caller, self.now())?;
-            (st.roster.clone(), self.now())
+            (st.roster.clone(), self.now(), st.kind())
         };
         let m = self.build(cell, caller, 0, now, req);
-        let frame = protocol::message_push_from_encoded(&m.encode_to_vec());
+        let frame = protocol::message_push_from_encoded(&m.encode_to_vec(), kind);
         self.hub().deliver(&Delivery {
             to: Recipients::Users(roster),
             frame,
@@ -275,7 +275,7 @@ impl Registry {
             }
             let m = self.build(cell, caller, seq, now, req);
             let encoded = Bytes::from(m.encode_to_vec());
-            let frame = protocol::message_push_from_encoded(&encoded);
+            let frame = protocol::message_push_from_encoded(&encoded, st.kind());
             let mut ops = Vec::with_capacity(3);
             ops.push(Op::PutMessage {
                 conv: cell.num,

@@ -362,7 +362,8 @@ impl Registry {
             transient: req.transient,
             ..Default::default()
         };
-        let frame = protocol::message_push_from_encoded(&m.encode_to_vec());
+        let frame =
+            protocol::message_push_from_encoded(&m.encode_to_vec(), ConversationKind::ChatRoom);
         self.hub().deliver(&Delivery {
             to: Recipients::Users(roster),
             frame,

@@ -522,7 +522,7 @@ fn offline(app: &App, caller: &Caller) -> Result<Vec<GenericCommand>, Error> {
             app.registry
                 .sync(caller, &e.conversation_id, from, app.config.page_max)?;
         for m in messages {
-            let mut d = direct_of(&m);
+            let mut d = direct_of(&m, e.kind);
             d.offline = Some(true);
             d.has_more = Some(true);
             out.push(GenericCommand {
@@ -971,14 +971,6 @@ fn conv_type(kind: i32) -> i32 {
     }
 }
 
-fn conv_type_of(id: &str) -> i32 {
-    if id.starts_with(protocol::TEMPORARY_PREFIX) {
-        4
-    } else {
-        1
-    }
-}
-
 /// `logs`: history, always ascending.
 fn logs(app: &App, caller: &Caller, l: lc::LogsCommand) -> Result<GenericCommand, Error> {
     let conv = l.cid.clone().unwrap_or_default();
@@ -1003,7 +995,7 @@ fn logs(app: &App, caller: &Caller, l: lc::LogsCommand) -> Result<GenericCommand
         };
         app.registry.history(caller, &conv, req)?.0
     };
-    let convtype = conv_type_of(&conv);
+    let convtype = conv_type(app.registry.kind_of(&conv)? as i32);
     let logs = messages
         .iter()
         .map(|m| {
@@ -1567,8 +1559,8 @@ pub(super) fn take(actor: &mut Actor, p: LcProtocol, o: Outgoing, frames: &mut V
     frames.push(frame);
 }
 
-/// A message as a `direct` push.
-fn direct_of(m: &pb::Message) -> lc::DirectCommand {
+/// A message as a `direct` push (`kind`: its conversation's).
+fn direct_of(m: &pb::Message, kind: i32) -> lc::DirectCommand {
     let mut d = lc::DirectCommand {
         cid: Some(m.conversation_id.clone()),
         id: Some(m.id.clone()),
@@ -1576,7 +1568,7 @@ fn direct_of(m: &pb::Message) -> lc::DirectCommand {
         timestamp: Some(m.server_time),
         mention_pids: m.mentions.clone(),
         transient: m.transient.then_some(true),
-        conv_type: Some(conv_type_of(&m.conversation_id)),
+        conv_type: Some(conv_type(kind)),
         patch_timestamp: (m.edited_at > 0 || m.recalled_at > 0)
             .then(|| m.edited_at.max(m.recalled_at)),
         ..Default::default()
@@ -1622,8 +1614,8 @@ fn patches(messages: &[&pb::Message]) -> GenericCommand {
 /// The recipient-independent LeanCloud form of a push, encoded (`None`: none such).
 fn push_body(push: &protocol::Push) -> Option<Bytes> {
     let c = match push.event() {
-        PushEvent::Message(_) => GenericCommand {
-            direct_message: Some(direct_of(&push.message()?)),
+        PushEvent::Message(_, kind) => GenericCommand {
+            direct_message: Some(direct_of(&push.message()?, *kind)),
             ..command(Cmd::Direct, None)
         },
         PushEvent::Other(body) => match body.as_ref() {

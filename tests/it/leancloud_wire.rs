@@ -541,6 +541,7 @@ async fn native_and_leancloud_clients_share_a_conversation() {
     assert_eq!(typed["_lctype"], -1);
     assert_eq!(typed["_lctext"], "hi from native");
     assert_eq!(d.id.as_deref(), Some(ack.message_id.as_str()));
+    assert_eq!(d.conv_type, Some(1), "a group's messages carry convType 1");
 
     // A LeanCloud file message reaches the native client byte for byte.
     let file = r#"{"_lctype":-6,"_lcfile":{"objId":"5f1","url":"https://files.example/a.pdf","metaData":{"size":1024}},"_lctext":"the report"}"#;
@@ -583,6 +584,74 @@ async fn native_and_leancloud_clients_share_a_conversation() {
     let page = within(native.history(&team.id, 0, 10)).await.unwrap();
     assert_eq!(page.messages.len(), 2);
     assert!(page.messages[0].recalled);
+}
+
+#[tokio::test]
+async fn pushed_messages_carry_their_conversations_conv_type() {
+    let server = leancloud_server().await;
+    let mut bob = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    bob.opened("bob", None).await;
+    let mut carol = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    carol.opened("carol", None).await;
+    // A chat room (`transient`), joined by carol: convType 2.
+    let room = bob
+        .request(GenericCommand {
+            peer_id: Some("bob".into()),
+            conv_message: Some(lc::ConvCommand {
+                transient: Some(true),
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Conv, Some(Op::Start))
+        })
+        .await
+        .conv_message
+        .unwrap()
+        .cid
+        .unwrap();
+    carol
+        .request(GenericCommand {
+            peer_id: Some("carol".into()),
+            conv_message: Some(lc::ConvCommand {
+                cid: Some(room.clone()),
+                m: vec!["carol".into()],
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Conv, Some(Op::Add))
+        })
+        .await;
+    bob.direct("bob", &room, "to the room", false).await;
+    let d = carol
+        .push_of(Cmd::Direct, None, "carol")
+        .await
+        .direct_message
+        .unwrap();
+    assert_eq!(d.conv_type, Some(2));
+    // A temporary conversation: convType 4.
+    let temp = bob
+        .request(GenericCommand {
+            peer_id: Some("bob".into()),
+            conv_message: Some(lc::ConvCommand {
+                m: vec!["carol".into()],
+                temp_conv: Some(true),
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Conv, Some(Op::Start))
+        })
+        .await
+        .conv_message
+        .unwrap()
+        .cid
+        .unwrap();
+    bob.direct("bob", &temp, "just us", false).await;
+    let d = carol
+        .push_of(Cmd::Direct, None, "carol")
+        .await
+        .direct_message
+        .unwrap();
+    assert_eq!(
+        (d.cid.as_deref(), d.conv_type),
+        (Some(temp.as_str()), Some(4))
+    );
 }
 
 #[tokio::test]
