@@ -298,7 +298,8 @@ mod tests {
             id: 0,
             body: Some(pb::server_frame::Body::Message(m.clone())),
         });
-        let from_encoded = message_push_from_encoded(&m.encode_to_vec());
+        let from_encoded =
+            message_push_from_encoded(&m.encode_to_vec(), pb::ConversationKind::Group);
         assert_eq!(from_encoded.native(), &via_prost);
         assert_eq!(from_encoded.message(), Some(m.clone()));
         let other = push(pb::server_frame::Body::Message(m.clone()));
