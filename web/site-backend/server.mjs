@@ -43,6 +43,8 @@ export function createSiteBackend(o) {
     seen: new Set(),
     events: [],
   };
+  /** Callers of `nextEvent` waiting for an event that matches. */
+  const waiters = new Set();
 
   async function admin(method, path, body) {
     const r = await fetch(`${o.adminUrl}${path}`, {
@@ -127,6 +129,8 @@ export function createSiteBackend(o) {
     if (state.seen.has(e.id)) return;
     state.seen.add(e.id);
     state.events.push(e);
+    if (state.events.length > 1000) state.events.shift();
+    for (const w of waiters) if (w.match(e)) w.resolve(e);
     const d = e.data ?? {};
     if (e.type === "conversation.expired" || e.type === "conversation.deleted") state.open.delete(d.conversation_id);
     if (e.type === "message.created") {
@@ -206,7 +210,16 @@ export function createSiteBackend(o) {
       return send(e.status && e.status < 500 ? e.status : 500, { error: e.message });
     }
   });
-  return { server, state };
+  /** The first webhook event (already received, or to come) that `match`es. */
+  function nextEvent(match) {
+    const seen = state.events.find(match);
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve) => {
+      const w = { match, resolve: (e) => (waiters.delete(w), resolve(e)) };
+      waiters.add(w);
+    });
+  }
+  return { server, state, nextEvent };
 }
 
 function readBody(req) {

@@ -14,6 +14,7 @@ import { randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createServer as createHttpServer } from "node:http";
 import { createServer as createTcpServer, connect as tcpConnect } from "node:net";
 import { createSiteBackend } from "../site-backend/server.mjs";
 
@@ -30,6 +31,7 @@ console.log(`screenshots: ${shots}`);
 
 const WAIT = 20_000;
 const TWO_TABS_MS = 60_000;
+const DEADLINE_MS = 360_000;
 
 // ---- The site backend, then tidings with its webhooks pointing at it ----
 
@@ -77,6 +79,16 @@ const { addr, admin } = await new Promise((resolve, reject) => {
   setTimeout(() => reject(new Error(`no listening line:\n${log.join("\n")}`)), 30_000);
 });
 const base = `http://${addr}`;
+process.on("exit", () => server.kill("SIGKILL"));
+// The whole stage has a deadline, so a hang fails instead of blocking CI.
+setTimeout(() => {
+  console.log(`FAIL: the browser scenarios took over ${DEADLINE_MS / 1000} s`);
+  process.exit(1);
+}, DEADLINE_MS).unref();
+let stopping = false;
+server.on("exit", (code, signal) => {
+  if (!stopping) console.log(`tidings exited early (${code ?? signal}); its last lines:\n${log.slice(-40).join("\n")}`);
+});
 
 // Visitors of the site reach tidings through a TCP proxy the test can cut, as a network (or a
 // tab killed without a word) would: the server then sees the connection end without a close
@@ -282,7 +294,10 @@ await scenario("a visitor chats through the widget with an agent in the console"
   await snap(agent.page, "agent-console");
 
   // The site backend heard about the chat through the signed webhooks.
-  await until(() => site.state.events.some((e) => e.type === "message.created" && e.data.message.text === "Where is my order?"), "the webhook");
+  await Promise.race([
+    site.nextEvent((e) => e.type === "message.created" && e.data.message.text === "Where is my order?"),
+    new Promise((_, reject) => setTimeout(() => reject(new Error("no webhook event")), WAIT).unref()),
+  ]);
 
   // Transfer to another agent: the visitor's widget follows the chat to its new conversation.
   const second = await newPage(`${base}/widget/agent.html`);
@@ -338,14 +353,12 @@ await scenario("a temporary conversation expiring shows its notice on both sides
   await agent.page.getByRole("button", { name: "Sign in" }).click();
   await agent.page.locator(".state[data-state=connected]").waitFor();
   // A host page on another origin, in demo mode (the chat opens itself, with a short TTL).
-  const visitor = await newPage("");
-  await visitor.page.route("http://localhost:9/shop", (route) =>
-    route.fulfill({
-      contentType: "text/html",
-      body: `<!doctype html><title>shop</title><h1>Shop</h1><script src="${base}/widget/widget.js" data-agent="agent-x" data-ttl="6"></script>`,
-    }),
-  );
-  await visitor.page.goto("http://localhost:9/shop");
+  const shop = createHttpServer((req, res) => {
+    res.writeHead(200, { "content-type": "text/html" });
+    res.end(`<!doctype html><title>shop</title><h1>Shop</h1><script src="${base}/widget/widget.js" data-agent="agent-x" data-ttl="6"></script>`);
+  });
+  await new Promise((r) => shop.listen(0, "127.0.0.1", r));
+  const visitor = await newPage(`http://127.0.0.1:${shop.address().port}/`);
   await visitor.page.getByRole("button", { name: "Chat with us" }).click();
   const chat = visitor.page.frameLocator("iframe#tidings-chat");
   await chat.getByLabel("Name").fill("Cy");
@@ -366,6 +379,7 @@ await scenario("a temporary conversation expiring shows its notice on both sides
   if ((await chat.getByLabel("Name").inputValue()) !== "Cy") throw new Error("the form forgot the name");
   await agent.context.close();
   await visitor.context.close();
+  shop.close();
 });
 
 await scenario("a reload in the middle of a conversation keeps every message once", async () => {
@@ -417,16 +431,9 @@ if (twoTabs) {
   });
 }
 
-async function until(check, what) {
-  const deadline = Date.now() + WAIT;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 await browser.close();
 proxy.close();
+stopping = true;
 server.kill("SIGTERM");
 site.server.close();
 site.server.closeAllConnections();
