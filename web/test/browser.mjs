@@ -260,6 +260,13 @@ await scenario("the two-pane page at phone width, with a group and live reorderi
   await right.getByRole("button", { name: "Pin team" }).click();
   await right.locator(".conversations li").first().filter({ hasText: "team" }).locator(".pin").waitFor();
   await snap(page, "two-panes-phone-width");
+  await page.setViewportSize({ width: 1280, height: 720 });
+  await right.locator(".conversations li", { hasText: "team" }).locator("button.open").click();
+  await right.locator(".msg.theirs .body", { hasText: "group hello" }).waitFor();
+  await say(right, "hello from erin");
+  await left.locator(".conversations li", { hasText: "team" }).locator("button.open").click();
+  await left.locator(".msg.theirs .body", { hasText: "hello from erin" }).waitFor();
+  await snap(page, "two-panes-desktop");
   await context.close();
 });
 
@@ -292,6 +299,19 @@ await scenario("a visitor chats through the widget with an agent in the console"
   await chat.locator(".msg.theirs .body", { hasText: "Let me check." }).waitFor();
   await snap(visitor.page, "widget-visitor");
   await snap(agent.page, "agent-console");
+
+  // The visitor's network drops; the agent writes meanwhile; the widget reconnects and shows
+  // the message once.
+  cutProxy();
+  await chat.locator(".state", { hasText: "Reconnecting" }).waitFor();
+  await panel.getByLabel("Message", { exact: true }).fill("Are you still there?");
+  await panel.getByLabel("Message", { exact: true }).press("Enter");
+  await panel.locator(".msg.mine:not(.pending) .body", { hasText: "Are you still there?" }).waitFor();
+  proxyCut = false;
+  await chat.locator(".msg.theirs .body", { hasText: "Are you still there?" }).waitFor();
+  await chat.locator(".state", { hasText: "Reconnecting" }).waitFor({ state: "hidden" });
+  const seen = (await bodies(chat)).filter((t) => t === "Are you still there?").length;
+  if (seen !== 1) throw new Error(`the message shown ${seen} times after the reconnect`);
 
   // The site backend heard about the chat through the signed webhooks.
   await Promise.race([

@@ -24,9 +24,13 @@ export interface ChatOptions {
   nameOf?: (user: string) => string;
   /** Called after every message shown (live or fetched), for previews and unread counts elsewhere. */
   onMessage?: (m: Message) => void;
+  /** Called when one of this view's sends is acknowledged (it is not delivered back as a message). */
+  onSent?: (text: string, serverTime: bigint) => void;
   /** Called when the server says the conversation is gone (expired, deleted). */
   onGone?: (code: ErrorCode) => void;
   pageSize?: number;
+  /** The highest seq another member is known to have read (receipts that came before this view). */
+  peerRead?: bigint;
 }
 
 const TYPING_SHOWN_MS = 4000;
@@ -58,6 +62,7 @@ export class ChatView {
   constructor(o: ChatOptions) {
     this.#o = o;
     this.id = o.conversationId;
+    this.#peerRead = o.peerRead ?? 0n;
     const inputId = `compose-${Math.random().toString(36).slice(2, 8)}`;
     this.#older = el("button", { type: "button", class: "older", hidden: true, onclick: () => void this.loadOlder() }, "Load older messages");
     this.#log = el("ol", { class: "log", role: "log", "aria-live": "polite", "aria-label": "Messages" });
@@ -209,6 +214,7 @@ export class ChatView {
       this.#fillParts(li, this.#o.me, text, ack.serverTime, "sent");
       this.#actionsFor(li, { conversationId: this.id, id: ack.messageId, sender: this.#o.me });
       this.#ticks();
+      this.#o.onSent?.(text, ack.serverTime);
     } catch (e) {
       li.classList.add("failed");
       this.#fillParts(li, this.#o.me, text, undefined, "failed");

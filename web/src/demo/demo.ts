@@ -8,6 +8,7 @@ import {
   ConversationEventKind,
   ConversationKind,
   IndexedDbStore,
+  ReceiptKind,
   TidingsClient,
   type ListEntry,
   type Message,
@@ -40,6 +41,8 @@ class Pane {
   #client: TidingsClient | undefined;
   #entries = new Map<string, Entry>();
   #online = new Set<string>();
+  /** Per conversation, the highest seq another member read (from receipts, while this page lives). */
+  #peerRead = new Map<string, bigint>();
   #subscribed = new Set<string>();
   #chat: ChatView | undefined;
   #list = el("ul", { class: "conversations", "aria-label": "Conversations" });
@@ -123,7 +126,12 @@ class Pane {
         this.#preview(u.message);
       }
     });
-    client.on("receipt", (r) => this.#chat?.receipt(r));
+    client.on("receipt", (r) => {
+      if (r.kind === ReceiptKind.READ && r.userId !== user && r.seq > (this.#peerRead.get(r.conversationId) ?? 0n)) {
+        this.#peerRead.set(r.conversationId, r.seq);
+      }
+      this.#chat?.receipt(r);
+    });
     client.on("readPosition", (r) => {
       const e = this.#entries.get(r.conversationId);
       if (e) {
@@ -345,7 +353,7 @@ class Pane {
         { type: "button", class: "open", "aria-current": open ? "true" : undefined, dataset: { focusKey: `open-${e.id}` } },
         dot,
         el("span", { class: "title" }, title),
-        e.pinnedAt > 0n ? el("span", { class: "pin", "aria-label": "pinned", role: "img" }, "📌") : null,
+        e.pinnedAt > 0n ? el("span", { class: "pin" }, "pinned") : null,
         e.unread > 0 ? el("span", { class: "badge", "aria-label": `${e.unread} unread` }, String(e.unread)) : null,
         el("span", { class: "preview" }, e.ended ? "(ended)" : e.lastText),
         el("span", { class: "time" }, e.lastActivity > 0n ? timeOf(e.lastActivity) : ""),
@@ -384,7 +392,20 @@ class Pane {
     const client = this.#client;
     if (!client) return;
     sessionStorage.setItem(this.#key("open"), id);
-    const chat = new ChatView({ client, me: this.#user, conversationId: id, actions: true });
+    const chat = new ChatView({
+      client,
+      me: this.#user,
+      conversationId: id,
+      actions: true,
+      peerRead: this.#peerRead.get(id),
+      onSent: (text, at) => {
+        const e = this.#entries.get(id);
+        if (!e) return;
+        e.lastText = `You: ${text}`;
+        if (at > e.lastActivity) e.lastActivity = at;
+        this.#render();
+      },
+    });
     this.#chat = chat;
     clear(this.#main);
     this.#main.append(this.#header, chat.root);

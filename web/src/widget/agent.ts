@@ -4,7 +4,8 @@
 // which visitor is the site's business (see web/site-backend/), not this page's.
 //
 // Sign-in: `#token=…` in the URL (a site's staff portal links here with a token it minted),
-// else the demo's token endpoint (demo mode).
+// else the demo's token endpoint (demo mode). `?ws=` names the WebSocket URL when the page is
+// hosted apart from tidings.
 
 import {
   ConversationEventKind,
@@ -76,7 +77,7 @@ function start(me: string, firstToken?: string): void {
   sessionStorage.setItem("agent.user", me);
   let given = firstToken;
   const client = new TidingsClient({
-    url: wsUrl(),
+    url: new URLSearchParams(location.search).get("ws") ?? wsUrl(),
     token: () => {
       const t = given;
       given = undefined;
@@ -183,6 +184,11 @@ function start(me: string, firstToken?: string): void {
       conversationId: c.id,
       actions: true,
       nameOf: (u) => (u === me ? "You" : u === c.visitor ? c.title : u),
+      onSent: (text, at) => {
+        c.lastText = `You: ${text}`;
+        if (at > c.lastActivity) c.lastActivity = at;
+        render();
+      },
       onGone: () => {
         c.ended = true;
         view.end("This chat has ended.");

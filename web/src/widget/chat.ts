@@ -39,6 +39,7 @@ const siteMode = q.get("mode") === "site";
 const demoAgent = q.get("agent") ?? "agent";
 const ttl = Number(q.get("ttl") ?? "0") || 0;
 const title = q.get("title") ?? "Chat with us";
+const socketUrl = q.get("ws") ?? wsUrl();
 const savedKey = `tidings.widget.${hostOrigin}`;
 const root = document.getElementById("app")!;
 
@@ -210,7 +211,7 @@ function newClient(s: Saved, first: string): TidingsClient {
   current?.close();
   let token: string | undefined = first;
   const client = new TidingsClient({
-    url: wsUrl(),
+    url: socketUrl,
     token: async () => {
       // The first connect uses the token that came with the session; later ones a fresh one.
       if (token) {

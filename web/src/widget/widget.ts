@@ -15,7 +15,9 @@
 //   data-ttl       demo mode: the chat's lifetime in seconds (default: the server's).
 //   data-title     the chat's title (default "Chat with us").
 //   data-position  "left" or "right" (default).
-//   data-server    the tidings origin (default: where this script came from).
+//   data-server    where the widget's pages are (default: where this script came from).
+//   data-ws        the tidings WebSocket URL (default: ws(s)://{data-server's host}/ws), for
+//                  pages hosted apart from tidings.
 
 interface Reply {
   [k: string]: unknown;
@@ -67,6 +69,7 @@ interface Reply {
     const q = new URLSearchParams({ host: location.origin, mode: backend ? "site" : "demo", title });
     if (d.agent) q.set("agent", d.agent);
     if (d.ttl) q.set("ttl", d.ttl);
+    if (d.ws) q.set("ws", d.ws);
     const f = document.createElement("iframe");
     f.src = `${server}/widget/chat.html?${q}`;
     f.title = title;
