@@ -402,7 +402,7 @@ await scenario("a temporary conversation expiring shows its notice on both sides
   shop.close();
 });
 
-await scenario("a reload in the middle of a conversation keeps every message once", async () => {
+await scenario("a reload in the middle of a conversation keeps every message once; history pages upwards", async () => {
   const a = await newPage(`${base}/demo/?user=frank`);
   const b = await newPage(`${base}/demo/?user=gina`);
   await startConversation(a.page, "gina");
@@ -424,6 +424,27 @@ await scenario("a reload in the middle of a conversation keeps every message onc
   const shown = await bodies(b.page);
   if (JSON.stringify(shown) !== JSON.stringify(sent)) throw new Error(`shown ${JSON.stringify(shown)}, sent ${JSON.stringify(sent)}`);
   await snap(b.page, "reload-keeps-every-message-once");
+
+  // History pages upwards: 31 more messages (through the admin API), a reload shows the newest
+  // 30, and "Load older messages" brings the rest, each once, in order.
+  const id = await b.page.locator(".chat").getAttribute("data-conversation");
+  for (let i = 10; i <= 40; i++) {
+    const r = await fetch(`http://${admin}/v1/conversations/${id}/messages?as=frank`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${adminKey}`, "content-type": "application/json" },
+      body: JSON.stringify({ text: `m${i}` }),
+    });
+    if (!r.ok) throw new Error(`admin send: ${r.status}`);
+    sent.push(`m${i}`);
+  }
+  await b.page.reload();
+  await b.page.locator(".msg.theirs .body", { hasText: "m40" }).waitFor();
+  if ((await bodies(b.page)).length !== 30) throw new Error(`first page: ${(await bodies(b.page)).length} messages`);
+  await b.page.getByRole("button", { name: "Load older messages" }).click();
+  await b.page.locator(".msg.theirs .body", { hasText: /^m1$/ }).waitFor();
+  const all = await bodies(b.page);
+  if (JSON.stringify(all) !== JSON.stringify(sent)) throw new Error(`after paging: ${JSON.stringify(all)}`);
+  if (await b.page.getByRole("button", { name: "Load older messages" }).isVisible()) throw new Error("more to load after the first message");
   await a.context.close();
   await b.context.close();
 });
