@@ -100,6 +100,18 @@ export function createSiteBackend(o) {
     if (!chat) throw Object.assign(new Error("no such open chat"), { status: 404 });
     const agent = to ?? chat.agent;
     const conv = await openChat(chat.visitor, agent, chat.info, supervisor ? [supervisor] : []);
+    // The new conversation starts with what was said so far, as one notice.
+    const { messages } = await admin("GET", `/v1/conversations/${conversationId}/messages?as=${encodeURIComponent(chat.agent)}&limit=50`);
+    const lines = messages
+      .filter((m) => m.type === 0 && !m.recalled && typeof m.text === "string")
+      .map((m) => `${m.sender === chat.visitor ? chat.info.name || "Visitor" : m.sender}: ${m.text}`);
+    if (lines.length > 0) {
+      await admin("POST", `/v1/conversations/${conv.id}/messages?as=${encodeURIComponent(agent)}`, {
+        text: `Earlier in this chat:\n${lines.join("\n")}`.slice(0, 8000),
+        type: TYPE_NOTICE,
+        client_message_id: `transcript-${conv.id}`,
+      });
+    }
     await admin("POST", `/v1/conversations/${conversationId}/messages?as=${encodeURIComponent(chat.agent)}`, {
       text: supervisor ? `${supervisor} (supervisor) is joining; the chat continues in a new window` : `You are now chatting with ${agent}`,
       type: TYPE_NOTICE,

@@ -332,6 +332,7 @@ await scenario("a visitor chats through the widget with an agent in the console"
   });
   if (!r.ok) throw new Error(`transfer: ${r.status} ${await r.text()}`);
   await chat.locator(".notice", { hasText: "agent-w2 joined the chat" }).waitFor();
+  await chat.locator(".notice", { hasText: "Ann: Where is my order?" }).waitFor();
   await say(chat, "Thanks!");
   await second.page.locator(".chats li", { hasText: "Ann" }).locator(".badge").waitFor();
   await panel.locator(".ended").waitFor();
