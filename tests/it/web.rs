@@ -185,15 +185,14 @@ fn run(dir: &Path, program: &str, args: &[&str], env: &[(&str, &str)]) -> String
     text
 }
 
-/// `npm ci` in `web/` and in the SDK (whose source the pages bundle), once, when missing.
+/// `npm ci` in `web/` and in the SDK (whose source the pages bundle; through the SDK tests'
+/// own install, so the two never run in one directory at once), once, when missing.
 fn install() {
+    crate::sdk_typescript::install();
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let sdk = web_dir().join("../clients/typescript");
-        for (dir, bin) in [(web_dir(), "esbuild"), (sdk, "tsc")] {
-            if !dir.join("node_modules/.bin").join(bin).exists() {
-                run(&dir, "npm", &["ci", "--no-audit", "--no-fund"], &[]);
-            }
+        if !web_dir().join("node_modules/.bin/esbuild").exists() {
+            run(&web_dir(), "npm", &["ci", "--no-audit", "--no-fund"], &[]);
         }
     });
 }
