@@ -16,6 +16,8 @@ RUN mkdir -p src load-tests/src \
  && rm -rf src load-tests/src
 COPY src src
 COPY load-tests/src load-tests/src
+# The demo pages (`serve --demo`), built and committed; embedded in the binary.
+COPY web/dist web/dist
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin tidings
 
 FROM debian:bookworm-slim

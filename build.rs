@@ -1,7 +1,9 @@
 //! Compiles `proto/tidings/v1/*.proto` and the LeanCloud dialect's
 //! `proto/leancloud/messages2.proto` with protox (pure Rust), so no system `protoc` is needed,
 //! and generates the proto3 JSON mapping of the `tidings.v1` types (serde impls, by pbjson-build)
-//! for the JSON form of the native protocol.
+//! for the JSON form of the native protocol. Also embeds the built browser pages of `web/dist/`
+//! (served in demo mode, see `src/demo.rs`): a table of their paths and bytes, so building the
+//! binary needs no node.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -33,5 +35,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ignore_unknown_fields()
         .ignore_unknown_enum_variants()
         .build(&[".tidings.v1"])?;
+    embed_web_pages()?;
+    Ok(())
+}
+
+/// Writes `$OUT_DIR/web_assets.rs`: `ASSETS`, every file under `web/dist/` as (path relative to
+/// it, with `/`; its bytes), sorted by path.
+fn embed_web_pages() -> Result<(), Box<dyn std::error::Error>> {
+    use std::path::{Path, PathBuf};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("web/dist");
+    println!("cargo:rerun-if-changed=web/dist");
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries {
+            let path = e?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(&root)?;
+                let rel: Vec<_> = rel.iter().map(|c| c.to_string_lossy()).collect();
+                files.push((rel.join("/"), path));
+            }
+        }
+    }
+    files.sort();
+    let mut out = String::from("pub static ASSETS: &[(&str, &[u8])] = &[\n");
+    for (rel, path) in &files {
+        out.push_str(&format!(
+            "    ({rel:?}, include_bytes!({:?})),\n",
+            path.display().to_string()
+        ));
+    }
+    out.push_str("];\n");
+    let dest = PathBuf::from(std::env::var("OUT_DIR")?).join("web_assets.rs");
+    std::fs::write(dest, out)?;
     Ok(())
 }

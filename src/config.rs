@@ -168,6 +168,14 @@ pub struct Config {
     pub jwt_leeway_secs: u64,
     /// Development only: accept an unsigned `Login.token` equal to the user id. Logs a warning.
     pub insecure_dev: bool,
+    /// Development only: serve the demo pages at `/demo/` and `/widget/` and mint a login token
+    /// for any user name at `POST /demo/token`. Without `jwt_hs256_secret` a random one is made
+    /// at start (tokens stop working at restart). Refused on a non-loopback `listen` address
+    /// unless `demo_public`. Logs a warning.
+    pub demo: bool,
+    /// With `demo`: allow a `listen` address other machines can reach (anyone who reaches it
+    /// can log in as anyone).
+    pub demo_public: bool,
 
     /// A new connection must log in within this time, ms.
     pub login_timeout_ms: u64,
@@ -410,6 +418,8 @@ impl Default for Config {
             jwt_audience: None,
             jwt_leeway_secs: 30,
             insecure_dev: false,
+            demo: false,
+            demo_public: false,
             login_timeout_ms: 10_000,
             ping_interval_ms: 25_000,
             idle_timeout_ms: 60_000,

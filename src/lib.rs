@@ -22,6 +22,7 @@ pub mod auth;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http_client;

@@ -44,6 +44,13 @@ enum Command {
         /// Development only: accept the user id itself as login token (config: insecure_dev).
         #[arg(long)]
         insecure_dev: bool,
+        /// Development only: serve the demo pages at /demo/ and /widget/ and mint tokens for
+        /// any user at POST /demo/token; a random secret unless one is configured (config: demo).
+        #[arg(long)]
+        demo: bool,
+        /// With --demo: allow a listen address other machines can reach (config: demo_public).
+        #[arg(long, requires = "demo")]
+        demo_public: bool,
     },
     /// Export or import the store (the server must not be running on the data directory).
     Store {
@@ -152,6 +159,8 @@ fn main() -> anyhow::Result<()> {
         listen,
         data_dir,
         insecure_dev,
+        demo,
+        demo_public,
     } = &cli.command
     {
         if let Some(l) = listen {
@@ -162,6 +171,12 @@ fn main() -> anyhow::Result<()> {
         }
         if *insecure_dev {
             sets.push("insecure_dev=true".into());
+        }
+        if *demo {
+            sets.push("demo=true".into());
+        }
+        if *demo_public {
+            sets.push("demo_public=true".into());
         }
     }
     let tidings::config::Loaded {

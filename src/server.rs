@@ -1,5 +1,6 @@
-//! Accept loop, HTTP routing (`/healthz`, WebSocket upgrade at `/` and `/ws`, and with the
-//! LeanCloud dialect on its router `/v1/route`) and shutdown.
+//! Accept loop, HTTP routing (`/healthz`, WebSocket upgrade at `/` and `/ws`, with the
+//! LeanCloud dialect on its router `/v1/route`, in demo mode the pages of [`crate::demo`]) and
+//! shutdown.
 //!
 //! Before HTTP (see [`crate::listener`]): the accept, with a descriptor reserve for the
 //! file-descriptor limit; the caps on pending handshakes and, at the upgrade, on connections
@@ -88,10 +89,11 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<Running
 
 /// Like [`start`], on the given store when there is one.
 pub async fn start_with(
-    config: Config,
+    mut config: Config,
     clock: SharedClock,
     store: Option<Arc<dyn crate::store::Store>>,
 ) -> anyhow::Result<RunningServer> {
+    crate::demo::prepare(&mut config)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls::Acceptor::load(cert, key)?),
         _ => None,
@@ -463,9 +465,18 @@ async fn serve_http(
     let draining = shared.drain.is_draining();
     let service = {
         let shared = shared.clone();
-        hyper::service::service_fn(move |req| {
-            let resp = route(req, &shared, remote);
-            async move { Ok::<_, std::convert::Infallible>(resp) }
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let shared = shared.clone();
+            async move {
+                // The demo's token endpoint reads a body; everything else answers from the
+                // request's head.
+                let resp = if shared.app.config.demo && crate::demo::is_token_request(&req) {
+                    crate::demo::token(req, &shared.app).await
+                } else {
+                    route(req, &shared, remote)
+                };
+                Ok::<_, std::convert::Infallible>(resp)
+            }
         })
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -540,6 +551,7 @@ fn route(req: Request<Incoming>, shared: &Arc<Shared>, remote: Remote) -> Respon
         (&Method::GET, "/livez") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readyz(app, shared.drain.is_draining()),
         (&Method::GET, "/" | "/ws") => upgrade(req, shared, remote),
+        (_, path) if app.config.demo && crate::demo::is_demo_path(path) => crate::demo::serve(&req),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -36,4 +36,5 @@ mod temporary;
 mod tls;
 mod token_expiry;
 mod users;
+mod web;
 mod webhooks;

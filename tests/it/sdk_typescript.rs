@@ -32,7 +32,7 @@ fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> String {
 }
 
 /// `npm ci` once, if the SDK's dependencies are not there yet.
-fn install() {
+pub fn install() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let bin = sdk_dir().join("node_modules/.bin");
