@@ -234,6 +234,8 @@ export class TidingsClient extends Emitter<ClientEvents> {
   #loaded: Promise<void> | undefined;
   #userId = "";
   #eventCursor = 0n;
+  /** See `CatchUpState.listSyncedAt`. */
+  #listSyncedAt = 0n;
   #lastSeq = new Map<string, bigint>();
   /** Seqs of this client's own sends, ahead of what was delivered: skipped, not delivered. */
   #own = new Map<string, Set<bigint>>();
@@ -532,6 +534,7 @@ export class TidingsClient extends Emitter<ClientEvents> {
       const previous = this.#userId;
       this.#userId = ok.userId;
       this.#eventCursor = 0n;
+      this.#listSyncedAt = 0n;
       this.#lastSeq.clear();
       this.#own.clear();
       this.#persist({ reset: { userId: ok.userId } });
@@ -571,10 +574,15 @@ export class TidingsClient extends Emitter<ClientEvents> {
       restore.push(this.#call("setWill", create(SetWillSchema, will), "ok"));
     }
     for (const p of this.#pending.values()) restore.push(this.#resend(p));
+    const login = this.#loginId;
+    let listed = false;
     if (this.#o.catchUp ?? true) {
       const seqs: Record<string, string> = {};
       const changed: [string, bigint][] = [];
-      for (const e of summary.entries) {
+      const seen = new Set<string>();
+      const consider = (e: { conversationId: string; lastSeq: bigint }) => {
+        if (seen.has(e.conversationId)) return;
+        seen.add(e.conversationId);
         const last = this.#lastSeq.get(e.conversationId);
         if (last === undefined) {
           // Not tracked yet: start at the conversation's head (its history is the app's to fetch).
@@ -584,6 +592,18 @@ export class TidingsClient extends Emitter<ClientEvents> {
           // Only what changed is fetched.
           changed.push([e.conversationId, e.lastSeq]);
         }
+      };
+      summary.entries.forEach(consider);
+      if (summary.listCursor && ok) {
+        // More conversations than the summary holds: page on, through those changed since the
+        // last catch-up that did (all of them the first time).
+        try {
+          listed = await this.#pageChanged(summary.listCursor, consider);
+        } catch (e) {
+          if (!(e instanceof ConnectionClosedError)) this.emit("error", e);
+        }
+      } else {
+        listed = true;
       }
       if (Object.keys(seqs).length) this.#persist({ seqs });
       // A few conversations at a time, so a long absence does not flood the connection.
@@ -602,6 +622,32 @@ export class TidingsClient extends Emitter<ClientEvents> {
     for (const r of await Promise.allSettled(restore)) {
       if (r.status === "rejected" && !(r.reason instanceof ConnectionClosedError)) this.emit("error", r.reason);
     }
+    // Every changed conversation was fetched on this same connection: the next catch-up need
+    // only look at what changes after this login.
+    if (listed && ok && this.#state === "connected" && this.#loginId === login) this.#listSynced(ok.serverTime);
+  }
+
+  #listSynced(at: bigint): void {
+    this.#listSyncedAt = at;
+    this.#persist({ listSyncedAt: at.toString() });
+  }
+
+  /**
+   * Pages through the list past the login summary, calling `consider` with each entry: from
+   * the summary's cursor the first time, else only entries changed since the last catch-up
+   * that went through (a minute of margin for clocks). Whether it went through to the end.
+   */
+  async #pageChanged(summaryCursor: string, consider: (e: ListEntry) => void): Promise<boolean> {
+    const since = this.#listSyncedAt > 60_000n ? this.#listSyncedAt - 60_000n : 0n;
+    let cursor = since > 0n ? "" : summaryCursor;
+    for (let pages = 0; pages < 10_000; pages++) {
+      if (this.#state !== "connected") return false;
+      const page = await this.listConversations({ cursor, updatedAfter: since, omitLastMessage: true });
+      for (const e of page.entries) if (!e.deleted) consider(e);
+      if (!page.hasMore || !page.nextCursor) return true;
+      cursor = page.nextCursor;
+    }
+    return false;
   }
 
   #scheduleRefresh(): void {
@@ -624,6 +670,7 @@ export class TidingsClient extends Emitter<ClientEvents> {
     if (!s) return;
     this.#userId = s.userId;
     this.#eventCursor = BigInt(s.eventCursor);
+    this.#listSyncedAt = BigInt(s.listSyncedAt ?? "0");
     for (const [c, seq] of Object.entries(s.lastSeq)) this.#lastSeq.set(c, BigInt(seq));
     for (const p of s.pending) this.#pending.set(p.clientMessageId, p);
   }

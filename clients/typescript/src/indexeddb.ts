@@ -34,7 +34,7 @@ export class IndexedDbStore implements CatchUpStore {
     const tx = db.transaction(["meta", "seqs", "pending"], "readonly");
     const range = prefixRange(key);
     const [meta, seqKeys, seqVals, pending] = await Promise.all([
-      request<{ userId: string; eventCursor: string } | undefined>(tx.objectStore("meta").get(key)),
+      request<Meta | undefined>(tx.objectStore("meta").get(key)),
       request<IDBValidKey[]>(tx.objectStore("seqs").getAllKeys(range)),
       request<string[]>(tx.objectStore("seqs").getAll(range)),
       request<PendingSend[]>(tx.objectStore("pending").getAll(range)),
@@ -45,7 +45,9 @@ export class IndexedDbStore implements CatchUpStore {
       lastSeq[(k as string[])[1]!] = seqVals[i]!;
     });
     pending.sort((a, b) => a.createdAt - b.createdAt);
-    return { userId: meta.userId, eventCursor: meta.eventCursor, lastSeq, pending };
+    const state: CatchUpState = { userId: meta.userId, eventCursor: meta.eventCursor, lastSeq, pending };
+    if (meta.listSyncedAt !== undefined) state.listSyncedAt = meta.listSyncedAt;
+    return state;
   }
 
   async update(key: string, change: StateChange): Promise<void> {
@@ -59,7 +61,7 @@ export class IndexedDbStore implements CatchUpStore {
       tx.onerror = () => reject(tx.error);
       tx.onabort = () => reject(tx.error);
     });
-    let current = await request<{ userId: string; eventCursor: string } | undefined>(meta.get(key));
+    let current = await request<Meta | undefined>(meta.get(key));
     if (change.reset) {
       seqs.delete(prefixRange(key));
       pending.delete(prefixRange(key));
@@ -67,6 +69,7 @@ export class IndexedDbStore implements CatchUpStore {
     }
     current ??= { userId: "", eventCursor: "0" };
     if (change.eventCursor !== undefined) current = { ...current, eventCursor: change.eventCursor };
+    if (change.listSyncedAt !== undefined) current = { ...current, listSyncedAt: change.listSyncedAt };
     meta.put(current, key);
     for (const [conv, seq] of Object.entries(change.seqs ?? {})) {
       if (seq === null) seqs.delete([key, conv]);
@@ -76,6 +79,13 @@ export class IndexedDbStore implements CatchUpStore {
     for (const p of change.putPending ?? []) pending.put(p, [key, p.clientMessageId]);
     await done;
   }
+}
+
+/** One client's scalar state. */
+interface Meta {
+  userId: string;
+  eventCursor: string;
+  listSyncedAt?: string;
 }
 
 /** Every [key, *] compound key. */

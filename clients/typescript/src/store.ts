@@ -29,6 +29,11 @@ export interface CatchUpState {
   /** The last seq delivered, per conversation id. */
   lastSeq: Record<string, string>;
   pending: PendingSend[];
+  /**
+   * The server time (ms) of the last login whose catch-up went through the whole list: the
+   * next one pages on past the unread summary only through entries changed after it.
+   */
+  listSyncedAt?: string;
 }
 
 /** One change to the state, applied atomically. */
@@ -36,6 +41,7 @@ export interface StateChange {
   /** Start afresh for this user (drops everything else first). */
   reset?: { userId: string };
   eventCursor?: string;
+  listSyncedAt?: string;
   /** New last seqs; `null` forgets a conversation. */
   seqs?: Record<string, string | null>;
   putPending?: PendingSend[];
@@ -56,6 +62,7 @@ export function applyChange(state: CatchUpState | undefined, change: StateChange
       ? { ...state, lastSeq: { ...state.lastSeq }, pending: [...state.pending] }
       : { userId: "", eventCursor: "0", lastSeq: {}, pending: [] };
   if (change.eventCursor !== undefined) s.eventCursor = change.eventCursor;
+  if (change.listSyncedAt !== undefined) s.listSyncedAt = change.listSyncedAt;
   for (const [conv, seq] of Object.entries(change.seqs ?? {})) {
     if (seq === null) delete s.lastSeq[conv];
     else s.lastSeq[conv] = seq;

@@ -429,6 +429,43 @@ describe("more policy", () => {
     expect(got.sort()).toEqual(entries.map((e) => e.conversationId).sort());
   });
 
+  it("pages on past the login summary, the next time only through what changed", async () => {
+    const store = new MemoryStore();
+    await store.update("d1", { reset: { userId: "alice" }, seqs: { c0: "1", c1: "1", c2: "1" } });
+    const c = client({ store });
+    const got: string[] = [];
+    c.on("message", (m) => got.push(`${m.conversationId}:${m.seq}`));
+    const p = c.connect();
+    const s0 = await socket(0);
+    s0.login("alice", { case: "unreadSummary", value: { entries: [{ conversationId: "c0", lastSeq: 1n }], listCursor: "cur" } });
+    const firstLogin = (await p).serverTime;
+    await settle();
+    // The first time: from the summary's cursor, the whole rest of the list.
+    const page = s0.lastRequest("listConversations");
+    expect(page.body.value).toMatchObject({ cursor: "cur", updatedAfter: 0n, omitLastMessage: true });
+    s0.frame({
+      id: page.id,
+      body: { case: "conversationList", value: { entries: [{ conversationId: "c1", lastSeq: 3n }, { conversationId: "c2", lastSeq: 1n }], hasMore: false } },
+    });
+    await settle();
+    // Only c1 changed.
+    const sync = s0.requests("syncMessages");
+    expect(sync.map((r) => (r.body.value as { conversationId: string }).conversationId)).toEqual(["c1"]);
+    s0.frame({ id: sync[0]!.id, body: { case: "messagePage", value: { messages: [msg("c1", 2), msg("c1", 3)] } } });
+    await settle();
+    expect(got).toEqual(["c1:2", "c1:3"]);
+    await c.flush();
+    expect((await store.load("d1"))!.listSyncedAt).toBe(firstLogin.toString());
+
+    // The next login asks only for entries changed since the last one (a minute of margin).
+    s0.serverClose(1006);
+    await vi.advanceTimersByTimeAsync(1_000);
+    const s1 = await socket(1);
+    s1.login("alice", { case: "unreadSummary", value: { entries: [{ conversationId: "c0", lastSeq: 1n }], listCursor: "cur2" } });
+    await settle();
+    expect(s1.lastRequest("listConversations").body.value).toMatchObject({ cursor: "", updatedAfter: firstLogin - 60_000n });
+  });
+
   it("does not send another user's queued sends", async () => {
     const store = new MemoryStore();
     await store.update("d1", {

@@ -15,9 +15,12 @@ describe("IndexedDbStore", () => {
     const again = new IndexedDbStore("t1");
     expect(await again.load("a")).toEqual({ userId: "alice", eventCursor: "12", lastSeq: { x: "5" }, pending: [p] });
     expect((await again.load("b"))!.lastSeq).toEqual({ z: "1" });
+    await again.update("a", { listSyncedAt: "1700000000000" });
+    expect((await store.load("a"))!.listSyncedAt).toBe("1700000000000");
     await again.update("a", { deletePending: ["c1"] });
     expect((await store.load("a"))!.pending).toEqual([]);
     await again.update("a", { reset: { userId: "carol" } });
+    // A reset forgets the list's sync time too.
     expect(await store.load("a")).toEqual({ userId: "carol", eventCursor: "0", lastSeq: {}, pending: [] });
   });
 });
