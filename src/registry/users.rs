@@ -42,46 +42,35 @@ impl Registry {
                 "{max} users blocked; max_blocked_users is {max}"
             )));
         }
-        let permit = self.writer.reserve().await?;
-        let ops = vec![Op::PutUserBlock {
+        self.change_block(Op::PutUserBlock {
             user: caller.user.clone(),
             blocked: UserId::from(other),
             at: self.now(),
-        }];
-        let rx = self.writer.submit_then(
-            permit,
-            ops,
-            Vec::new(),
-            Vec::new(),
-            Some(self.blocks_changed()),
-        );
-        Ok(wait(rx).await?)
+        })
+        .await
     }
 
     pub async fn unblock_user(&self, caller: &Caller, other: &str) -> Result<(), Error> {
         self.check_user_id(other)?;
         let _serial = self.user_locks.0.lock().await;
-        let permit = self.writer.reserve().await?;
-        let ops = vec![Op::DeleteUserBlock {
+        self.change_block(Op::DeleteUserBlock {
             user: caller.user.clone(),
             blocked: UserId::from(other),
-        }];
-        let rx = self.writer.submit_then(
-            permit,
-            ops,
-            Vec::new(),
-            Vec::new(),
-            Some(self.blocks_changed()),
-        );
-        Ok(wait(rx).await?)
+        })
+        .await
     }
 
-    /// Work for the writer once a block or unblock commits: cached block states are stale.
-    fn blocks_changed(&self) -> super::writer::AfterCommit {
+    /// Commits a block or an unblock; once it has, cached block states are stale.
+    async fn change_block(&self, op: Op) -> Result<(), Error> {
+        let permit = self.writer.reserve().await?;
         let generation = self.block_gen.clone();
-        Box::new(move || {
+        let stale: super::writer::AfterCommit = Box::new(move || {
             generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        })
+        });
+        let rx = self
+            .writer
+            .submit_then(permit, vec![op], Vec::new(), Vec::new(), Some(stale));
+        Ok(wait(rx).await?)
     }
 
     /// A page of whom the caller blocks (in a stable order; `cursor`: the last id of the

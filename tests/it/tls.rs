@@ -81,7 +81,13 @@ fn presented(s: &Tls) -> CertificateDer<'static> {
 
 /// `GET path` over TLS: status and body.
 async fn https_get(s: &mut Tls, path: &str) -> (u16, String) {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    https_get_with(s, path, "").await
+}
+
+/// `GET path` over TLS with more header lines (each ending in CRLF): status and body.
+async fn https_get_with(s: &mut Tls, path: &str, headers: &str) -> (u16, String) {
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n");
     within(s.write_all(req.as_bytes())).await.unwrap();
     let mut raw = Vec::new();
     let _ = within(s.read_to_end(&mut raw)).await;
@@ -263,19 +269,6 @@ async fn a_client_that_never_finishes_the_tls_handshake_is_cut_at_the_handshake_
     within(stats.pending_handshakes.wait_for_at_most(0)).await;
 }
 
-/// `GET path` with a bearer key over TLS: status and body.
-async fn https_get_with_key(s: &mut Tls, path: &str, key: &str) -> (u16, String) {
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
-    );
-    within(s.write_all(req.as_bytes())).await.unwrap();
-    let mut raw = Vec::new();
-    let _ = within(s.read_to_end(&mut raw)).await;
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete answer");
-    (head[9..12].parse().unwrap(), body.to_owned())
-}
-
 #[tokio::test]
 async fn the_admin_api_is_served_over_tls_when_asked() {
     let pki = TestPki::new("tidings");
@@ -294,8 +287,8 @@ async fn the_admin_api_is_served_over_tls_when_asked() {
     let tls = connector(&[&pki.ca]);
     let mut s = tls_connect(addr, &tls).await;
     assert_eq!(presented(&s), pki.leaf);
-    let (status, body) =
-        https_get_with_key(&mut s, "/v1/presence?users=alice", crate::admin::KEY).await;
+    let bearer = format!("Authorization: Bearer {}\r\n", crate::admin::KEY);
+    let (status, body) = https_get_with(&mut s, "/v1/presence?users=alice", &bearer).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("alice"), "{body}");
 
