@@ -187,6 +187,20 @@ impl Registry {
             st.authorize_send(caller, self.now())?;
             (st.roster.clone(), self.now(), st.kind())
         };
+        Ok(self.deliver_unstored(caller, cell, roster, kind, now, req))
+    }
+
+    /// Hands a message that is not stored (seq 0) to the live sessions of `roster` but the
+    /// sender's, and makes its ack.
+    pub(super) fn deliver_unstored(
+        &self,
+        caller: &Caller,
+        cell: &super::ConvCell,
+        roster: Arc<[UserId]>,
+        kind: pb::ConversationKind,
+        now: i64,
+        req: SendRequest,
+    ) -> SendAck {
         let m = self.build(cell, caller, 0, now, req);
         let frame = protocol::message_push_from_encoded(&m.encode_to_vec(), kind);
         self.hub().deliver(&Delivery {
@@ -195,12 +209,12 @@ impl Registry {
             user_seq: 0,
             except_session: caller.session,
         });
-        Ok(SendAck {
+        SendAck {
             message_id: m.id,
             seq: 0,
             server_time: now,
             duplicate: false,
-        })
+        }
     }
 
     fn build(

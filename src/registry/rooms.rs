@@ -16,15 +16,12 @@ use super::conversation::CreateRequest;
 use super::limits::Bucket;
 use super::writer::wait;
 use super::{Caller, ConvCell, ConvState, Error, LoggedEvent, Registry};
-use crate::hub::{Delivery, Recipients};
-use crate::protocol;
 use crate::protocol::pb::{
-    self, Conversation, ConversationEventKind as Ev, ConversationKind, ConversationRecord,
-    MemberRecord, SendAck, UserConversationRecord,
+    Conversation, ConversationEventKind as Ev, ConversationKind, ConversationRecord, MemberRecord,
+    SendAck, UserConversationRecord,
 };
 use crate::store::{Op, UserId};
 use dashmap::DashMap;
-use prost::Message as _;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -348,34 +345,9 @@ impl Registry {
                 .map_err(|retry_after_ms| Error::RateLimited { retry_after_ms })?;
             st.roster.clone()
         };
-        let m = pb::Message {
-            id: format!("{}t{:x}", cell.id, self.transient_id()),
-            conversation_id: cell.id.to_string(),
-            seq: 0,
-            sender: caller.user.to_string(),
-            r#type: req.kind,
-            content: req.content,
-            attributes: req.attributes,
-            mentions: req.mentions,
-            server_time: now,
-            client_message_id: req.client_message_id,
-            transient: req.transient,
-            ..Default::default()
-        };
-        let frame =
-            protocol::message_push_from_encoded(&m.encode_to_vec(), ConversationKind::ChatRoom);
-        self.hub().deliver(&Delivery {
-            to: Recipients::Users(roster),
-            frame,
-            user_seq: 0,
-            except_session: caller.session,
-        });
-        Ok(SendAck {
-            message_id: m.id,
-            seq: 0,
-            server_time: now,
-            duplicate: false,
-        })
+        // Receipts need stored seqs; room messages have none.
+        req.want_receipts = false;
+        Ok(self.deliver_unstored(caller, cell, roster, ConversationKind::ChatRoom, now, req))
     }
 
     /// The kind of a conversation (for front doors that present kinds differently).
