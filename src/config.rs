@@ -143,6 +143,13 @@ pub struct Config {
     pub admin_max_connections: usize,
     /// Largest admin request body, bytes (larger: 413).
     pub admin_max_body_bytes: usize,
+    /// The user id the app's backend acts as when an admin call names no `as`: the sender of
+    /// its system messages and broadcasts, `by` in the events it causes. No client should log
+    /// in under it.
+    pub system_sender: String,
+    /// Open temporary conversations one unfiltered listing (`GET /v1/temporary-conversations`
+    /// without `member`) may look at, at most; more: `ERROR_LIMIT_EXCEEDED` (filter by member).
+    pub admin_temporary_scan_max: usize,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
     /// Embedded storage engine: `redb` or `sled`.
@@ -385,6 +392,8 @@ impl Default for Config {
             admin_api_keys: Vec::new(),
             admin_max_connections: 64,
             admin_max_body_bytes: 1 << 20,
+            system_sender: "system".into(),
+            admin_temporary_scan_max: 100_000,
             data_dir: PathBuf::from("tidings-data"),
             store_engine: "redb".into(),
             store_cache_bytes: 64 << 20,
@@ -662,6 +671,9 @@ impl Config {
         }
         if self.admin_max_connections == 0 || self.admin_max_body_bytes == 0 {
             return bad("admin_max_connections and admin_max_body_bytes must be at least 1");
+        }
+        if let Err(e) = crate::auth::check_user_id(&self.system_sender, self.max_user_id_bytes) {
+            return Err(ConfigError::Invalid(format!("system_sender: {e}")));
         }
         if let Some(why) = self.jwt_hs256_secret.as_deref().and_then(weak_secret) {
             return Err(ConfigError::Invalid(format!(

@@ -22,6 +22,8 @@ pub(super) async fn route(call: &Call<'_>, method: &Method, path: &[&str]) -> An
         (&Method::GET, ["conversations", id]) => get(call, id),
         (&Method::PATCH, ["conversations", id]) => update(call, id).await,
         (&Method::DELETE, ["conversations", id]) => delete(call, id).await,
+        (&Method::POST, ["conversations", id, "end"]) => end(call, id).await,
+        (&Method::GET, ["temporary-conversations"]) => open_temporaries(call),
         (&Method::GET, ["conversations", id, "members"]) => members(call, id),
         (&Method::POST, ["conversations", id, "members"]) => add_members(call, id).await,
         (&Method::POST, ["conversations", id, "members", "remove"]) => {
@@ -243,19 +245,21 @@ pub(super) async fn create(call: &Call<'_>) -> Answer {
     Ok((StatusCode::CREATED, value))
 }
 
-/// One conversation, as the acting user sees it.
+/// One conversation, as the acting user sees it (without `as`: as the backend, for any
+/// conversation).
 #[utoipa::path(get, path = "/v1/conversations/{id}",
-    params(("id" = String, Path), ("as" = String, Query)),
+    params(("id" = String, Path), ("as" = Option<String>, Query)),
     responses((status = 200, body = json::Conversation), (status = 404, body = ErrorBody)))]
 pub(super) fn get(call: &Call<'_>, id: &str) -> Answer {
     ok(json::Conversation::from(
-        call.app.registry.get(&call.caller()?, id)?,
+        call.app.registry.get(&call.actor()?, id)?,
     ))
 }
 
-/// Changes a conversation's name and attributes.
+/// Changes a conversation's name and attributes; without `as`, the backend also changes a
+/// temporary conversation's attributes and lifetime (`ttl_secs`).
 #[utoipa::path(patch, path = "/v1/conversations/{id}", request_body = json::UpdateConversation,
-    params(("id" = String, Path), ("as" = String, Query)),
+    params(("id" = String, Path), ("as" = Option<String>, Query)),
     responses((status = 200, body = json::Conversation)))]
 pub(super) async fn update(call: &Call<'_>, id: &str) -> Answer {
     let body: json::UpdateConversation = call.json()?;
@@ -263,32 +267,33 @@ pub(super) async fn update(call: &Call<'_>, id: &str) -> Answer {
         name: body.name,
         set_attributes: body.set_attributes,
         remove_attributes: body.remove_attributes,
+        ttl_secs: body.ttl_secs,
     };
     ok(json::Conversation::from(
-        call.app.registry.update(&call.caller()?, id, req).await?,
+        call.app.registry.update(&call.actor()?, id, req).await?,
     ))
 }
 
 /// Deletes a conversation for everyone; `purge` drops its messages too.
 #[utoipa::path(delete, path = "/v1/conversations/{id}",
-    params(("id" = String, Path), ("as" = String, Query), ("purge" = Option<bool>, Query)),
+    params(("id" = String, Path), ("as" = Option<String>, Query), ("purge" = Option<bool>, Query)),
     responses((status = 200, body = json::Empty)))]
 pub(super) async fn delete(call: &Call<'_>, id: &str) -> Answer {
     call.app
         .registry
-        .delete_conversation(&call.caller()?, id, call.flag("purge")?)
+        .delete_conversation(&call.actor()?, id, call.flag("purge")?)
         .await?;
     ok(json::Empty {})
 }
 
 /// A conversation's members, sorted, a page at a time.
 #[utoipa::path(get, path = "/v1/conversations/{id}/members",
-    params(("id" = String, Path), ("as" = String, Query), ("cursor" = Option<String>, Query),
+    params(("id" = String, Path), ("as" = Option<String>, Query), ("cursor" = Option<String>, Query),
         ("limit" = Option<u32>, Query)),
     responses((status = 200, body = json::MemberPage)))]
 pub(super) fn members(call: &Call<'_>, id: &str) -> Answer {
     let (members, next_cursor, has_more) = call.app.registry.list_members(
-        &call.caller()?,
+        &call.actor()?,
         id,
         &call.param("cursor").unwrap_or_default(),
         call.number("limit", 0)?,
@@ -300,30 +305,32 @@ pub(super) fn members(call: &Call<'_>, id: &str) -> Answer {
     })
 }
 
-/// Adds members.
+/// Adds members (without `as`: as the backend, to a group or, within
+/// `max_temporary_members`, a temporary conversation).
 #[utoipa::path(post, path = "/v1/conversations/{id}/members", request_body = json::Members,
-    params(("id" = String, Path), ("as" = String, Query)),
+    params(("id" = String, Path), ("as" = Option<String>, Query)),
     responses((status = 200, body = json::Conversation)))]
 pub(super) async fn add_members(call: &Call<'_>, id: &str) -> Answer {
     let body: json::Members = call.json()?;
     ok(json::Conversation::from(
         call.app
             .registry
-            .add_members(&call.caller()?, id, &body.members)
+            .add_members(&call.actor()?, id, &body.members)
             .await?,
     ))
 }
 
-/// Removes members.
+/// Removes members (without `as`: as the backend, from a group or a temporary conversation,
+/// which keeps at least one).
 #[utoipa::path(post, path = "/v1/conversations/{id}/members/remove",
-    request_body = json::Members, params(("id" = String, Path), ("as" = String, Query)),
+    request_body = json::Members, params(("id" = String, Path), ("as" = Option<String>, Query)),
     responses((status = 200, body = json::Conversation), (status = 403, body = ErrorBody)))]
 pub(super) async fn remove_members(call: &Call<'_>, id: &str) -> Answer {
     let body: json::Members = call.json()?;
     ok(json::Conversation::from(
         call.app
             .registry
-            .remove_members(&call.caller()?, id, &body.members)
+            .remove_members(&call.actor()?, id, &body.members)
             .await?,
     ))
 }
@@ -409,4 +416,40 @@ pub(super) async fn recall(call: &Call<'_>, id: &str, message_id: &str) -> Answe
             .recall(&call.caller()?, id, message_id)
             .await?,
     ))
+}
+
+/// Ends a temporary conversation now (the backend only): members get the EXPIRED event, its
+/// messages are purged, webhooks get `conversation.expired`.
+#[utoipa::path(post, path = "/v1/conversations/{id}/end", params(("id" = String, Path)),
+    responses((status = 200, body = json::Empty), (status = 409, body = ErrorBody)))]
+pub(super) async fn end(call: &Call<'_>, id: &str) -> Answer {
+    call.app.registry.end_temporary(&call.actor()?, id).await?;
+    ok(json::Empty {})
+}
+
+/// The open temporary conversations, newest activity first, of one member when `member` is
+/// given: the waiting customer-service chats.
+#[utoipa::path(get, path = "/v1/temporary-conversations",
+    params(("member" = Option<String>, Query), ("cursor" = Option<String>, Query),
+        ("limit" = Option<u32>, Query)),
+    responses((status = 200, body = json::OpenTemporaries), (status = 422, body = ErrorBody)))]
+pub(super) fn open_temporaries(call: &Call<'_>) -> Answer {
+    let member = call.param("member");
+    let (page, next_cursor, has_more) = call.app.registry.open_temporaries(
+        member.as_deref(),
+        &call.param("cursor").unwrap_or_default(),
+        call.number("limit", 0)?,
+    )?;
+    ok(json::OpenTemporaries {
+        conversations: page
+            .into_iter()
+            .map(|t| json::OpenTemporary {
+                conversation: json::Conversation::from(t.conversation),
+                last_activity: t.last_activity,
+                last_message: t.last_message.map(json::Message::from),
+            })
+            .collect(),
+        next_cursor,
+        has_more,
+    })
 }

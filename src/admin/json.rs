@@ -215,6 +215,9 @@ pub struct UpdateConversation {
     pub set_attributes: BTreeMap<String, String>,
     #[serde(default)]
     pub remove_attributes: Vec<String>,
+    /// Temporary conversations, without `as` only: expire this many seconds from now (1 to
+    /// `temporary_ttl_max_secs`), sooner or later than before.
+    pub ttl_secs: Option<u32>,
 }
 
 /// `POST /v1/conversations/{id}/members` and `…/members/remove`.
@@ -367,4 +370,19 @@ pub struct DeadLetters {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Replayed {
     pub replayed: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenTemporary {
+    pub conversation: Conversation,
+    /// The newest message's time, or the creation's when there is none (ms).
+    pub last_activity: i64,
+    pub last_message: Option<Message>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenTemporaries {
+    pub conversations: Vec<OpenTemporary>,
+    pub next_cursor: String,
+    pub has_more: bool,
 }

@@ -402,6 +402,15 @@ impl Call<'_> {
         Ok(Caller::user(user.as_str().into(), NO_SESSION))
     }
 
+    /// The acting user (`as`) when one is named, else the app's backend itself: an admin
+    /// caller named `system_sender`, with the overrides docs/admin.md lists.
+    fn actor(&self) -> Result<Caller, Failure> {
+        match self.param("as") {
+            Some(_) => self.caller(),
+            None => Ok(Caller::admin(&self.app.config.system_sender)),
+        }
+    }
+
     fn json<T: DeserializeOwned>(&self) -> Result<T, Failure> {
         if self.body.is_empty() {
             return serde_json::from_slice(b"{}")

@@ -22,6 +22,8 @@ use utoipa::OpenApi;
         api::get,
         api::update,
         api::delete,
+        api::end,
+        api::open_temporaries,
         api::members,
         api::add_members,
         api::remove_members,

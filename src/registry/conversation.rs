@@ -33,6 +33,9 @@ pub struct UpdateRequest {
     pub name: Option<String>,
     pub set_attributes: BTreeMap<String, String>,
     pub remove_attributes: Vec<String>,
+    /// Temporary conversations, the app's backend only: the conversation now expires this
+    /// many seconds from now (longer or shorter than before).
+    pub ttl_secs: Option<u32>,
 }
 
 fn kind_name(k: ConversationKind) -> &'static str {
@@ -450,14 +453,17 @@ impl Registry {
         (cell, ops, events)
     }
 
-    /// The conversation, for a member.
+    /// The conversation, for a member or the app's backend.
     pub fn get(&self, caller: &Caller, id: &str) -> Result<Conversation, Error> {
         let cell = self.cell(id)?;
         let view = {
             let st = cell.lock();
-            st.require_member(&caller.user)?;
+            st.require_reader(caller)?;
             st.view(&cell.id)
         };
+        if caller.admin {
+            return Ok(view);
+        }
         self.view_for(&cell, view, &caller.user)
     }
 
@@ -512,6 +518,63 @@ impl Registry {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// Groups; and temporary conversations when the app's backend asks (customer service:
+    /// transferring a visitor, adding a supervisor). Returns whether it is temporary.
+    fn require_group_or_backend(
+        st: &ConvState,
+        caller: &Caller,
+        what: &'static str,
+    ) -> Result<bool, Error> {
+        if caller.admin && st.kind() == ConversationKind::Temporary {
+            return Ok(true);
+        }
+        Self::require_group(st, what)?;
+        Ok(false)
+    }
+
+    /// After the members of a temporary conversation changed (in `st.members`): its member
+    /// list in the record follows, and so does the unique-member-set index, unless another
+    /// conversation holds the new set. Adds the ops.
+    fn reindex_temporary(
+        &self,
+        st: &mut ConvState,
+        num: u64,
+        ops: &mut Vec<Op>,
+    ) -> Result<(), Error> {
+        let old: Vec<UserId> = st
+            .record
+            .pair
+            .iter()
+            .map(|m| UserId::from(m.as_str()))
+            .collect();
+        let new: Vec<UserId> = st.roster.to_vec();
+        let holder = |set: &Vec<UserId>| -> Result<Option<u64>, Error> {
+            match self.temp_uniques.get(set) {
+                Some(n) => Ok(Some(*n)),
+                None => Ok(self.store.unique_temporary(set)?),
+            }
+        };
+        if holder(&old)? == Some(num) {
+            ops.push(Op::DeleteUniqueTemporary {
+                members: old.clone(),
+            });
+            self.temp_uniques.remove_if(&old, |_, n| *n == num);
+        }
+        if holder(&new)?.is_none_or(|n| n == num) {
+            ops.push(Op::PutUniqueTemporary {
+                members: new.clone(),
+                conv: num,
+            });
+            self.temp_uniques.insert(new.clone(), num);
+        }
+        st.record.pair = new.iter().map(|m| m.to_string()).collect();
+        ops.push(Op::PutConversation {
+            conv: num,
+            record: st.record.clone(),
+        });
+        Ok(())
     }
 
     fn require_group(st: &ConvState, what: &'static str) -> Result<(), Error> {
@@ -573,7 +636,7 @@ impl Registry {
             } else {
                 st.authorize(caller, Action::AddMembers)?;
             }
-            Self::require_group(&st, "adding members")?;
+            let temporary = Self::require_group_or_backend(&st, caller, "adding members")?;
             let mut new: Vec<UserId> = Vec::new();
             for u in named {
                 if st.record.blacklist.contains_key(&*u) {
@@ -592,11 +655,15 @@ impl Registry {
             if new.is_empty() {
                 None
             } else {
-                if st.members.len() + new.len() > self.config.max_group_members {
+                let (max, name) = if temporary {
+                    (self.config.max_temporary_members, "max_temporary_members")
+                } else {
+                    (self.config.max_group_members, "max_group_members")
+                };
+                if st.members.len() + new.len() > max {
                     return Err(Error::LimitExceeded(format!(
-                        "{} members; max_group_members is {}",
+                        "{} members; {name} is {max}",
                         st.members.len() + new.len(),
-                        self.config.max_group_members
                     )));
                 }
                 let existing = st.roster.clone();
@@ -620,6 +687,7 @@ impl Registry {
                     let rec = UserConversationRecord {
                         joined_at: now,
                         kind: st.record.kind,
+                        expires_at: st.record.expires_at,
                         ..Default::default()
                     };
                     ops.push(Self::put_entry(&mut st, cell.num, u, rec));
@@ -634,6 +702,9 @@ impl Registry {
                     });
                 }
                 st.rebuild_roster();
+                if temporary {
+                    self.reindex_temporary(&mut st, cell.num, &mut ops)?;
+                }
                 let names: Vec<String> = new.iter().map(|u| u.to_string()).collect();
                 let event = self.event(
                     Ev::MembersAdded,
@@ -701,7 +772,7 @@ impl Registry {
         let rx = {
             let mut st = cell.lock();
             let rank = st.authorize(caller, Action::RemoveMembers)?;
-            Self::require_group(&st, "removing members")?;
+            let temporary = Self::require_group_or_backend(&st, caller, "removing members")?;
             let mut refused = Vec::new();
             for u in &named {
                 let verdict = if !st.members.contains_key(u) {
@@ -720,11 +791,19 @@ impl Registry {
             for u in refused {
                 named.remove(&u);
             }
+            if temporary && named.len() >= st.members.len() {
+                return Err(Error::InvalidArgument(
+                    "a temporary conversation keeps at least one member; end it instead".into(),
+                ));
+            }
             if named.is_empty() {
                 None
             } else {
                 let before = st.view(&cell.id);
-                let ops = self.drop_members(&mut st, &cell, &named);
+                let mut ops = self.drop_members(&mut st, &cell, &named);
+                if temporary {
+                    self.reindex_temporary(&mut st, cell.num, &mut ops)?;
+                }
                 let names: Vec<String> = named.iter().map(|u| u.to_string()).collect();
                 let event = self.event(
                     Ev::MembersRemoved,
@@ -870,11 +949,29 @@ impl Registry {
             &mut req.set_attributes,
         )
         .await?;
+        if let Some(ttl) = req.ttl_secs {
+            if !caller.admin {
+                return Err(Error::PermissionDenied(
+                    "only the app's backend may change a temporary conversation's lifetime",
+                ));
+            }
+            if ttl == 0 || ttl > self.config.temporary_ttl_max_secs {
+                return Err(Error::InvalidArgument(format!(
+                    "ttl_secs must be 1..={} (temporary_ttl_max_secs)",
+                    self.config.temporary_ttl_max_secs
+                )));
+            }
+        }
         let permit = self.writer.reserve().await?;
+        let mut moved_deadline = false;
         let rx = {
             let mut st = cell.lock();
             st.authorize(caller, Action::Update)?;
-            Self::require_not_temporary(&st, "updating name or attributes")?;
+            // The app's backend keeps a customer-service chat's status, assignee and tags in
+            // its attributes; clients may not change a temporary conversation.
+            if !caller.admin {
+                Self::require_not_temporary(&st, "updating name or attributes")?;
+            }
             let mut record = st.record.clone();
             if let Some(name) = req.name {
                 record.name = name;
@@ -884,11 +981,37 @@ impl Registry {
             }
             record.attributes.extend(req.set_attributes);
             self.check_attributes(&record.name, &record.attributes)?;
+            let mut ops = Vec::new();
+            if let Some(ttl) = req.ttl_secs {
+                if st.kind() != ConversationKind::Temporary {
+                    return Err(Error::NotAllowedForKind {
+                        kind: kind_name(st.kind()),
+                        what: "a lifetime (ttl_secs)",
+                    });
+                }
+                let at = self.now() + i64::from(ttl) * 1000;
+                ops.push(Op::DeleteExpiry {
+                    at: record.expires_at,
+                    conv: cell.num,
+                });
+                ops.push(Op::PutExpiry { at, conv: cell.num });
+                record.expires_at = at;
+                // Every member's list entry shows the deadline.
+                for u in st.roster.clone().iter() {
+                    let mut rec = self.entry(&mut st, cell.num, u)?;
+                    rec.expires_at = at;
+                    ops.push(Self::put_entry(&mut st, cell.num, u, rec));
+                }
+                moved_deadline = true;
+            }
             st.record = record.clone();
-            let ops = vec![Op::PutConversation {
-                conv: cell.num,
-                record,
-            }];
+            ops.insert(
+                0,
+                Op::PutConversation {
+                    conv: cell.num,
+                    record,
+                },
+            );
             let event = self.event(
                 Ev::Updated,
                 &cell,
@@ -903,7 +1026,12 @@ impl Registry {
             )];
             self.writer.submit(permit, ops, live, Vec::new())
         };
-        self.finish(&cell, caller, Some(rx)).await
+        let view = self.finish(&cell, caller, Some(rx)).await?;
+        if moved_deadline {
+            // The new deadline may be the next one the sweep must wake for.
+            self.expiry_changed.notify_waiters();
+        }
+        Ok(view)
     }
 
     /// Mutes or unmutes the conversation for the caller only; their other devices are told.

@@ -258,6 +258,14 @@ impl ConvState {
             Ok(())
         }
     }
+    /// Membership, or the app's backend (which reads and changes every conversation).
+    fn require_reader(&self, caller: &Caller) -> Result<(), Error> {
+        if caller.admin {
+            self.require_live()
+        } else {
+            self.require_member(&caller.user)
+        }
+    }
     fn require_member(&self, user: &str) -> Result<(), Error> {
         self.require_live()?;
         if self.members.contains_key(user) {

@@ -44,6 +44,7 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
                 name: r.name,
                 set_attributes: r.set_attributes,
                 remove_attributes: r.remove_attributes,
+                ttl_secs: None,
             };
             reg.update(&caller, &r.conversation_id, req)
                 .await

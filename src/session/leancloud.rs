@@ -1085,6 +1085,7 @@ async fn start(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<Generic
             name: Some(name),
             set_attributes: BTreeMap::new(),
             remove_attributes: Vec::new(),
+            ttl_secs: None,
         };
         conv = app.registry.update(caller, &conv.id, rename).await?;
     }

@@ -285,6 +285,8 @@ fn write_of(op: &Op) -> Write {
             Write::Put(keys::unique_temporary(members), conv.to_be_bytes().to_vec())
         }
         Op::DeleteDirect { a, b } => Write::Delete(keys::direct(a, b)),
+        Op::DeleteExpiry { at, conv } => Write::Delete(keys::expiry(*at, *conv)),
+        Op::DeleteUniqueTemporary { members } => Write::Delete(keys::unique_temporary(members)),
         Op::PutTombstone { user, conv, at } => Write::Put(
             keys::tombstone(user, *conv),
             (*at).max(0).to_be_bytes().to_vec(),

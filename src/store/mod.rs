@@ -127,6 +127,16 @@ pub enum Op {
         a: UserId,
         b: UserId,
     },
+    /// Removes an expiry index entry (the deadline of a temporary conversation moved).
+    DeleteExpiry {
+        at: i64,
+        conv: u64,
+    },
+    /// Removes the unique-member-set entry of `members` (the members of a temporary
+    /// conversation changed).
+    DeleteUniqueTemporary {
+        members: Vec<UserId>,
+    },
     /// The conversation left `user`'s list at `at` (ms), for incremental sync.
     PutTombstone {
         user: UserId,

@@ -165,8 +165,9 @@ async fn bad_requests_get_typed_errors() {
     assert_eq!((r.status, r.body["code"].as_i64()), (413, Some(3)));
     let r = call("GET", "/v1/nothing-here", b"").await;
     assert_eq!((r.status, r.body["code"].as_i64()), (404, Some(1)));
-    // An acting user is required where one acts, and must be a valid user id.
-    let r = call("GET", "/v1/conversations/x", b"").await;
+    // An acting user is required where only a user can act (a create), and must be a valid
+    // user id wherever one is named.
+    let r = call("POST", "/v1/conversations", br#"{"kind":"group"}"#).await;
     assert_eq!(r.status, 400);
     assert!(r.body["message"].as_str().unwrap().contains("?as="));
     let r = http(addr, "GET", "/v1/conversations/x?as=%0A", Some(KEY), None).await;
