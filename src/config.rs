@@ -150,6 +150,11 @@ pub struct Config {
     /// Open temporary conversations one unfiltered listing (`GET /v1/temporary-conversations`
     /// without `member`) may look at, at most; more: `ERROR_LIMIT_EXCEEDED` (filter by member).
     pub admin_temporary_scan_max: usize,
+    /// Keep every message's earlier versions when it is edited or recalled (the original
+    /// text of a recalled message included), readable by the app's backend only
+    /// (`GET /v1/conversations/{id}/messages/{message_id}/versions`): for deployments that
+    /// must keep what was said for audit. Off: an edit or recall overwrites the message.
+    pub keep_message_versions: bool,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
     /// Embedded storage engine: `redb` or `sled`.
@@ -394,6 +399,7 @@ impl Default for Config {
             admin_max_body_bytes: 1 << 20,
             system_sender: "system".into(),
             admin_temporary_scan_max: 100_000,
+            keep_message_versions: false,
             data_dir: PathBuf::from("tidings-data"),
             store_engine: "redb".into(),
             store_cache_bytes: 64 << 20,

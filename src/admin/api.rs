@@ -8,7 +8,9 @@ use super::{
 };
 use crate::protocol::pb::ErrorCode;
 use crate::registry::conversation::{CreateRequest, UpdateRequest};
-use crate::registry::{Caller, EditRequest, Error, HistoryRequest, ListRequest, SendRequest};
+use crate::registry::{
+    Caller, DeleteMessagesRequest, EditRequest, Error, HistoryRequest, ListRequest, SendRequest,
+};
 use hyper::{Method, StatusCode};
 
 pub(super) async fn route(call: &Call<'_>, method: &Method, path: &[&str]) -> Answer {
@@ -31,6 +33,12 @@ pub(super) async fn route(call: &Call<'_>, method: &Method, path: &[&str]) -> An
         }
         (&Method::POST, ["conversations", id, "messages"]) => send(call, id).await,
         (&Method::GET, ["conversations", id, "messages"]) => history(call, id),
+        (&Method::POST, ["conversations", id, "messages", "delete"]) => {
+            delete_messages(call, id).await
+        }
+        (&Method::GET, ["conversations", id, "messages", mid, "versions"]) => {
+            versions(call, id, mid)
+        }
         (&Method::PATCH, ["conversations", id, "messages", mid]) => edit(call, id, mid).await,
         (&Method::POST, ["conversations", id, "messages", mid, "recall"]) => {
             recall(call, id, mid).await
@@ -335,9 +343,11 @@ pub(super) async fn remove_members(call: &Call<'_>, id: &str) -> Answer {
     ))
 }
 
-/// Sends a message as the acting user; answered once durable.
+/// Sends a message as the acting user, or without `as` as the system (`system_sender`, in
+/// any conversation; `silent` moves no list entry and no unread count); answered once
+/// durable.
 #[utoipa::path(post, path = "/v1/conversations/{id}/messages", request_body = json::SendMessage,
-    params(("id" = String, Path), ("as" = String, Query)),
+    params(("id" = String, Path), ("as" = Option<String>, Query)),
     responses((status = 200, body = json::SendAck), (status = 403, body = ErrorBody)))]
 pub(super) async fn send(call: &Call<'_>, id: &str) -> Answer {
     let body: json::SendMessage = call.json()?;
@@ -349,8 +359,9 @@ pub(super) async fn send(call: &Call<'_>, id: &str) -> Answer {
         mentions: body.mentions,
         transient: body.transient,
         want_receipts: body.want_receipts,
+        silent: body.silent,
     };
-    let ack = call.app.registry.send(&call.caller()?, id, req).await?;
+    let ack = call.app.registry.send(&call.actor()?, id, req).await?;
     ok(json::SendAck {
         message_id: ack.message_id,
         seq: ack.seq,
@@ -359,9 +370,10 @@ pub(super) async fn send(call: &Call<'_>, id: &str) -> Answer {
     })
 }
 
-/// History as the acting user sees it, as `FetchHistory`.
+/// History as the acting user sees it, as `FetchHistory`; without `as`, unfiltered (for
+/// moderation: nobody's one-way deletes apply).
 #[utoipa::path(get, path = "/v1/conversations/{id}/messages",
-    params(("id" = String, Path), ("as" = String, Query), ("before_seq" = Option<u64>, Query),
+    params(("id" = String, Path), ("as" = Option<String>, Query), ("before_seq" = Option<u64>, Query),
         ("limit" = Option<u32>, Query), ("oldest_first" = Option<bool>, Query),
         ("start_seq" = Option<u64>, Query), ("start_time" = Option<i64>, Query),
         ("end_seq" = Option<u64>, Query), ("end_time" = Option<i64>, Query),
@@ -379,7 +391,7 @@ pub(super) fn history(call: &Call<'_>, id: &str) -> Answer {
         cursor: call.param("cursor").unwrap_or_default(),
         ..Default::default()
     };
-    let (messages, has_more, next_cursor) = call.app.registry.history(&call.caller()?, id, req)?;
+    let (messages, has_more, next_cursor) = call.app.registry.history(&call.actor()?, id, req)?;
     ok(json::MessagePage {
         messages: messages.into_iter().map(json::Message::from).collect(),
         has_more,
@@ -387,10 +399,11 @@ pub(super) fn history(call: &Call<'_>, id: &str) -> Answer {
     })
 }
 
-/// Edits the acting user's message (within `edit_window_secs`).
+/// Edits the acting user's message (within `edit_window_secs`); without `as`, any message,
+/// however old.
 #[utoipa::path(patch, path = "/v1/conversations/{id}/messages/{message_id}",
     request_body = json::EditMessage,
-    params(("id" = String, Path), ("message_id" = String, Path), ("as" = String, Query)),
+    params(("id" = String, Path), ("message_id" = String, Path), ("as" = Option<String>, Query)),
     responses((status = 200, body = json::Message), (status = 409, body = ErrorBody)))]
 pub(super) async fn edit(call: &Call<'_>, id: &str, message_id: &str) -> Answer {
     let body: json::EditMessage = call.json()?;
@@ -401,19 +414,20 @@ pub(super) async fn edit(call: &Call<'_>, id: &str, message_id: &str) -> Answer 
         attributes: body.attributes.unwrap_or_default(),
     };
     ok(json::Message::from(
-        call.app.registry.edit(&call.caller()?, id, req).await?,
+        call.app.registry.edit(&call.actor()?, id, req).await?,
     ))
 }
 
-/// Recalls the acting user's message (within `recall_window_secs`).
+/// Recalls the acting user's message (within `recall_window_secs`, or another's as the
+/// group's role table allows); without `as`, any message, however old.
 #[utoipa::path(post, path = "/v1/conversations/{id}/messages/{message_id}/recall",
-    params(("id" = String, Path), ("message_id" = String, Path), ("as" = String, Query)),
+    params(("id" = String, Path), ("message_id" = String, Path), ("as" = Option<String>, Query)),
     responses((status = 200, body = json::Message), (status = 409, body = ErrorBody)))]
 pub(super) async fn recall(call: &Call<'_>, id: &str, message_id: &str) -> Answer {
     ok(json::Message::from(
         call.app
             .registry
-            .recall(&call.caller()?, id, message_id)
+            .recall(&call.actor()?, id, message_id)
             .await?,
     ))
 }
@@ -451,5 +465,41 @@ pub(super) fn open_temporaries(call: &Call<'_>) -> Answer {
             .collect(),
         next_cursor,
         has_more,
+    })
+}
+
+/// Deletes messages one-way for the acting user (only their view changes), as
+/// `DeleteMessages`: some message ids, or everything before a time.
+#[utoipa::path(post, path = "/v1/conversations/{id}/messages/delete",
+    request_body = json::DeleteMessages,
+    params(("id" = String, Path), ("as" = String, Query, description = "the user")),
+    responses((status = 200, body = json::Empty), (status = 422, body = ErrorBody)))]
+pub(super) async fn delete_messages(call: &Call<'_>, id: &str) -> Answer {
+    let body: json::DeleteMessages = call.json()?;
+    let req = DeleteMessagesRequest {
+        message_ids: body.message_ids,
+        before_time: body.before_time,
+        inclusive: body.inclusive,
+    };
+    call.app
+        .registry
+        .delete_messages(&call.caller()?, id, req)
+        .await?;
+    ok(json::Empty {})
+}
+
+/// A message's kept versions, oldest first, and the message as it now is (the backend only;
+/// versions are kept while `keep_message_versions` is on).
+#[utoipa::path(get, path = "/v1/conversations/{id}/messages/{message_id}/versions",
+    params(("id" = String, Path), ("message_id" = String, Path)),
+    responses((status = 200, body = json::MessageVersions), (status = 404, body = ErrorBody)))]
+pub(super) fn versions(call: &Call<'_>, id: &str, message_id: &str) -> Answer {
+    let (versions, current) = call
+        .app
+        .registry
+        .message_versions(&call.actor()?, id, message_id)?;
+    ok(json::MessageVersions {
+        versions: versions.into_iter().map(json::Message::from).collect(),
+        current: json::Message::from(current),
     })
 }

@@ -265,6 +265,10 @@ pub struct SendMessage {
     pub transient: bool,
     #[serde(default)]
     pub want_receipts: bool,
+    /// Without `as` only: stored and delivered, but moving no member's list entry and no
+    /// unread count.
+    #[serde(default)]
+    pub silent: bool,
 }
 
 /// `PATCH /v1/conversations/{id}/messages/{message_id}`.
@@ -385,4 +389,25 @@ pub struct OpenTemporaries {
     pub conversations: Vec<OpenTemporary>,
     pub next_cursor: String,
     pub has_more: bool,
+}
+
+/// `POST /v1/conversations/{id}/messages/delete`: message ids, or everything before a time.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteMessages {
+    #[serde(default)]
+    pub message_ids: Vec<String>,
+    /// Messages sent before this time (ms)…
+    #[serde(default)]
+    pub before_time: i64,
+    /// …or at it too.
+    #[serde(default)]
+    pub inclusive: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageVersions {
+    /// As it was before each change, oldest first.
+    pub versions: Vec<Message>,
+    pub current: Message,
 }

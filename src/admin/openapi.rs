@@ -29,6 +29,8 @@ use utoipa::OpenApi;
         api::remove_members,
         api::send,
         api::history,
+        api::delete_messages,
+        api::versions,
         api::edit,
         api::recall,
         api::dead_letters,

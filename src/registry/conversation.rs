@@ -431,6 +431,7 @@ impl Registry {
             entries: HashMap::new(),
             edited: HashMap::new(),
             receipt_high: None,
+            silent: None,
         };
         let id = Arc::from(Self::id_of(num, &state.record));
         state.rebuild_roster();

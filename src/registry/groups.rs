@@ -156,6 +156,15 @@ impl ConvState {
         Ok(())
     }
 
+    /// [`ConvState::require_sender`] for a user; the app's backend speaks in any live
+    /// conversation, member or not, muted or not.
+    pub(super) fn require_sender_of(&self, caller: &Caller, now: i64) -> Result<(), Error> {
+        if caller.admin {
+            return self.require_live();
+        }
+        self.require_sender(&caller.user, now)
+    }
+
     /// Membership plus the right to speak now: not muted, and not a plain member while
     /// mute-all is on.
     pub(super) fn require_sender(&self, user: &str, now: i64) -> Result<(), Error> {

@@ -23,6 +23,9 @@ pub struct SendRequest {
     pub mentions: Vec<String>,
     pub transient: bool,
     pub want_receipts: bool,
+    /// The app's backend only: stored and delivered, but moving no member's list entry and
+    /// no unread count (a notice, not a message that asks for attention).
+    pub silent: bool,
 }
 
 type DedupKey = (u64, UserId, String);
@@ -64,6 +67,11 @@ impl Registry {
         req: SendRequest,
     ) -> Result<SendAck, Error> {
         self.validate_send(&req)?;
+        if req.silent && !caller.admin {
+            return Err(Error::PermissionDenied(
+                "only the app's backend sends silently",
+            ));
+        }
         let cell = self.cell(id)?;
         if req.transient {
             return self.send_transient(caller, &cell, req);
@@ -178,10 +186,12 @@ impl Registry {
         cell: &super::ConvCell,
         req: SendRequest,
     ) -> Result<SendAck, Error> {
-        self.require_not_blocked(cell, &caller.user)?;
+        if !caller.admin {
+            self.require_not_blocked(cell, &caller.user)?;
+        }
         let (roster, now) = {
             let st = cell.lock();
-            st.require_sender(&caller.user, self.now())?;
+            st.require_sender_of(caller, self.now())?;
             (st.roster.clone(), self.now())
         };
         let m = self.build(cell, caller, 0, now, req);
@@ -235,13 +245,16 @@ impl Registry {
         cell: &Arc<super::ConvCell>,
         req: SendRequest,
     ) -> Result<SendAck, Error> {
-        self.require_not_blocked(cell, &caller.user)?;
+        if !caller.admin {
+            self.require_not_blocked(cell, &caller.user)?;
+        }
         let permit = self.writer.reserve().await?;
         let client_id = req.client_message_id.clone();
         let want_receipts = req.want_receipts;
+        let silent = req.silent;
         let (rx, receipts, ack) = {
             let mut st = cell.lock();
-            st.require_sender(&caller.user, self.now())?;
+            st.require_sender_of(caller, self.now())?;
             if want_receipts && st.members.len() > self.config.receipt_max_members {
                 return Err(Error::LimitExceeded(format!(
                     "receipts asked in a conversation of {} members; receipt_max_members is {}",
@@ -261,7 +274,8 @@ impl Registry {
                     h
                 }
             };
-            let read_before = if receipt_high > 0 {
+            // The backend (not a member) reads nothing by sending.
+            let read_before = if receipt_high > 0 && !caller.admin {
                 Some(self.read_seq(&mut st, cell.num, &caller.user)?)
             } else {
                 None
@@ -278,11 +292,31 @@ impl Registry {
                 seq,
                 message: encoded,
             });
-            ops.push(Op::PutReadSeq {
-                user: caller.user.clone(),
-                conv: cell.num,
-                seq,
-            });
+            if !caller.admin {
+                ops.push(Op::PutReadSeq {
+                    user: caller.user.clone(),
+                    conv: cell.num,
+                    seq,
+                });
+                st.reads.insert(caller.user.clone(), seq);
+            }
+            if silent {
+                let mut seqs = self
+                    .silent_of(&mut st, cell.num)?
+                    .map(|s| (*s).clone())
+                    .unwrap_or_default();
+                seqs.push(seq);
+                st.silent = Some(Arc::new(seqs));
+                st.record.last_silent_seq = seq;
+                ops.push(Op::PutSilent {
+                    conv: cell.num,
+                    seq,
+                });
+                ops.push(Op::PutConversation {
+                    conv: cell.num,
+                    record: st.record.clone(),
+                });
+            }
             if want_receipts {
                 ops.push(Op::PutReceiptWanted {
                     conv: cell.num,
@@ -298,7 +332,6 @@ impl Registry {
                     seq,
                 });
             }
-            st.reads.insert(caller.user.clone(), seq);
             st.last_seq = seq;
             st.last_ts = now;
             let delivery = Delivery {

@@ -218,6 +218,9 @@ pub(crate) struct ConvState {
     edited: HashMap<u64, pb::Message>,
     /// The newest seq that asked for receipts (loaded on first need).
     receipt_high: Option<u64>,
+    /// The seqs sent silently, ascending (loaded on first need; never read from the store
+    /// for a conversation that has none, `record.last_silent_seq` being 0).
+    silent: Option<Arc<Vec<u64>>>,
 }
 
 impl ConvCell {
@@ -539,6 +542,7 @@ impl Registry {
             entries: HashMap::new(),
             edited: HashMap::new(),
             receipt_high: None,
+            silent: None,
         };
         let id = Arc::from(Self::id_of(num, &state.record));
         state.rebuild_roster();
@@ -755,5 +759,61 @@ impl Registry {
             )));
         }
         Ok(())
+    }
+}
+
+/// The newest seq at or below `last` that was not sent silently (0: none).
+pub(crate) fn loud_seq(silent: &[u64], last: u64) -> u64 {
+    let mut seq = last;
+    let mut i = silent.partition_point(|s| *s <= last);
+    while seq > 0 && i > 0 && silent[i - 1] == seq {
+        seq -= 1;
+        i -= 1;
+    }
+    seq
+}
+
+/// How many seqs in `seen+1..=last` were sent silently.
+pub(crate) fn silent_between(silent: &[u64], seen: u64, last: u64) -> u64 {
+    if seen >= last {
+        return 0;
+    }
+    (silent.partition_point(|s| *s <= last) - silent.partition_point(|s| *s <= seen)) as u64
+}
+
+impl Registry {
+    /// The silent seqs of a loaded conversation (`None`: it has none).
+    fn silent_of(&self, st: &mut ConvState, num: u64) -> Result<Option<Arc<Vec<u64>>>, Error> {
+        if st.record.last_silent_seq == 0 {
+            return Ok(None);
+        }
+        if st.silent.is_none() {
+            st.silent = Some(Arc::new(self.store.silent_seqs(num, 1, u64::MAX)?));
+        }
+        Ok(st.silent.clone())
+    }
+
+    /// What a list shows of a conversation's activity when some of its messages were sent
+    /// silently: the newest seq at or below `last` that was not, and its time (`last_ts`
+    /// when that is `last`).
+    fn loudness(
+        &self,
+        num: u64,
+        silent: Option<&[u64]>,
+        last: u64,
+        last_ts: i64,
+    ) -> Result<(u64, i64), Error> {
+        let Some(silent) = silent else {
+            return Ok((last, last_ts));
+        };
+        let loud = loud_seq(silent, last);
+        let ts = if loud == last {
+            last_ts
+        } else if loud == 0 {
+            0
+        } else {
+            self.store.message(num, loud)?.map_or(0, |m| m.server_time)
+        };
+        Ok((loud, ts))
     }
 }

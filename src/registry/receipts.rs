@@ -43,11 +43,16 @@ impl Registry {
                     },
                     Self::put_entry(&mut st, cell.num, &caller.user, rec),
                 ];
-                // The same count the list shows: nothing cleared one-way is unread.
+                // The same count the list shows: nothing cleared one-way or sent silently
+                // is unread.
+                let seen = target.max(cleared);
+                let silent = self
+                    .silent_of(&mut st, cell.num)?
+                    .map_or(0, |s| super::silent_between(&s, seen, st.last_seq));
                 let push = pb::ReadPosition {
                     conversation_id: cell.id.to_string(),
                     read_seq: target,
-                    unread: st.last_seq.saturating_sub(target.max(cleared)) as u32,
+                    unread: st.last_seq.saturating_sub(seen).saturating_sub(silent) as u32,
                 };
                 let frame = protocol::push(pb::server_frame::Body::ReadPosition(push));
                 let d = Delivery {

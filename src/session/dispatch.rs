@@ -135,6 +135,7 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
                 mentions: r.mentions,
                 transient: r.transient,
                 want_receipts: r.want_receipts,
+                silent: false,
             };
             reg.send(&caller, &r.conversation_id, req)
                 .await

@@ -902,6 +902,7 @@ fn send_request(d: lc::DirectCommand) -> SendRequest {
         mentions: d.mention_pids,
         transient: d.transient.unwrap_or(false),
         want_receipts: d.r.unwrap_or(false),
+        silent: false,
     }
 }
 

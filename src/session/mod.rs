@@ -1228,6 +1228,7 @@ impl Actor {
                     mentions: r.mentions,
                     transient: false,
                     want_receipts: false,
+                    silent: false,
                 };
                 let result = self
                     .app

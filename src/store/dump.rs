@@ -261,15 +261,16 @@ mod tests {
         }
     }
 
-    /// Dumps of format-2, -3 and -4 data load as their format; the next open upgrades them
-    /// to the current one, which (from 2 on) only changes the version: every other entry
-    /// stays as the old format wrote it.
+    /// Dumps of format-2 to -5 data load as their format; the next open upgrades them to
+    /// the current one, which (from 2 on) only changes the version: every other entry stays
+    /// as the old format wrote it.
     #[test]
-    fn format_2_3_and_4_dumps_are_upgraded_when_the_store_next_opens() {
-        let fixtures: [(u64, &[u8]); 3] = [
+    fn format_2_to_5_dumps_are_upgraded_when_the_store_next_opens() {
+        let fixtures: [(u64, &[u8]); 4] = [
             (2, include_bytes!("../../tests/fixtures/store-v2.dump")),
             (3, include_bytes!("../../tests/fixtures/store-v3.dump")),
             (4, include_bytes!("../../tests/fixtures/store-v4.dump")),
+            (5, include_bytes!("../../tests/fixtures/store-v5.dump")),
         ];
         let version = crate::store::keys::format_version();
         let current = crate::store::keys::FORMAT_VERSION;

@@ -28,13 +28,17 @@
 //! | `Z`    | endpoint name ‖ outbox seq       | OutboxRecord (dead letter)     |
 //! | `G`    | user ‖ blocked user              | blocked at (i64)               |
 //! | `F`    | user                             | Profile                        |
+//! | `a`    | conv ‖ seq ‖ version             | Message (as it was before an edit or recall, kept for audit) |
+//! | `l`    | conv ‖ seq                       | ∅ (message sent silently)      |
 //!
 //! Format versions ([`FORMAT_VERSION`]): 1, the layout without `P` and `V` (a store without a
 //! `V` key that holds data is version 1); 2 adds the patch index `P` and the version key; 3 adds
 //! the aliases `A` and `B` of imported conversations and messages (the ids they had on the
 //! platform they came from; nothing to convert from 2); 4 adds the webhook outbox `O`, the
 //! endpoints' positions in it `Y` and their dead letters `Z` (nothing to convert from 3);
-//! 5 adds the user blocks `G` and the profiles `F` (nothing to convert from 4).
+//! 5 adds the user blocks `G` and the profiles `F` (nothing to convert from 4); 6 adds the
+//! kept versions of edited and recalled messages `a` and the silent index `l` (nothing to
+//! convert from 5). Lowercase prefixes `a`–`m` are this format's additions.
 
 pub const CONVERSATION: u8 = b'C';
 pub const MEMBER: u8 = b'M';
@@ -59,9 +63,11 @@ pub const WEBHOOK_CURSOR: u8 = b'Y';
 pub const DEAD_LETTER: u8 = b'Z';
 pub const USER_BLOCK: u8 = b'G';
 pub const PROFILE: u8 = b'F';
+pub const MESSAGE_VERSION: u8 = b'a';
+pub const SILENT: u8 = b'l';
 
 /// The key layout this build reads and writes.
-pub const FORMAT_VERSION: u64 = 5;
+pub const FORMAT_VERSION: u64 = 6;
 
 /// A key under construction.
 pub struct Key(Vec<u8>);
@@ -212,6 +218,25 @@ pub fn user_blocks_of(user: &str) -> Vec<u8> {
 }
 pub fn profile(user: &str) -> Vec<u8> {
     Key::new(PROFILE).user(user).build()
+}
+pub fn message_version(conv: u64, seq: u64, version: u64) -> Vec<u8> {
+    Key::new(MESSAGE_VERSION)
+        .u64(conv)
+        .u64(seq)
+        .u64(version)
+        .build()
+}
+pub fn message_versions_of(conv: u64) -> Vec<u8> {
+    Key::new(MESSAGE_VERSION).u64(conv).build()
+}
+pub fn versions_of_message(conv: u64, seq: u64) -> Vec<u8> {
+    Key::new(MESSAGE_VERSION).u64(conv).u64(seq).build()
+}
+pub fn silent(conv: u64, seq: u64) -> Vec<u8> {
+    Key::new(SILENT).u64(conv).u64(seq).build()
+}
+pub fn silent_of(conv: u64) -> Vec<u8> {
+    Key::new(SILENT).u64(conv).build()
 }
 pub fn format_version() -> Vec<u8> {
     vec![FORMAT]

@@ -120,6 +120,8 @@ impl<E: OrderedKv> KvStore<E> {
             keys::receipts_wanted_of(conv),
             keys::patches_of(conv),
             keys::message_aliases_of(conv),
+            keys::message_versions_of(conv),
+            keys::silent_of(conv),
         ];
         for (user, _) in self.members(conv)? {
             out.push(keys::member(conv, &user));
@@ -185,6 +187,9 @@ impl<E: OrderedKv> KvStore<E> {
                 3 => 0,
                 // 4 → 5 adds user blocks and profiles, which start empty: nothing to convert.
                 4 => 0,
+                // 5 → 6 adds kept message versions and the silent index, which only new
+                // edits and sends fill.
+                5 => 0,
                 _ => unreachable!("every version below the current one has a step"),
             };
             version += 1;
@@ -327,6 +332,16 @@ fn write_of(op: &Op) -> Write {
         Op::PutProfile { user, profile } => {
             Write::Put(keys::profile(user), profile.encode_to_vec())
         }
+        Op::PutMessageVersion {
+            conv,
+            seq,
+            version,
+            message,
+        } => Write::Put(
+            keys::message_version(*conv, *seq, *version),
+            message.to_vec(),
+        ),
+        Op::PutSilent { conv, seq } => Write::Put(keys::silent(*conv, *seq), Vec::new()),
     }
 }
 
@@ -345,6 +360,8 @@ fn conv_of(op: &Op) -> Option<u64> {
         | Op::PutPatch { conv, .. }
         | Op::PutConversationAlias { conv, .. }
         | Op::PutMessageAlias { conv, .. }
+        | Op::PutMessageVersion { conv, .. }
+        | Op::PutSilent { conv, .. }
         | Op::PutUniqueTemporary { conv, .. } => Some(*conv),
         _ => None,
     }
@@ -710,6 +727,27 @@ impl<E: OrderedKv> Store for KvStore<E> {
 
     fn profile(&self, user: &str) -> Result<Option<Profile>, StoreError> {
         self.record("profile", &keys::profile(user))
+    }
+
+    fn message_versions(&self, conv: u64, seq: u64) -> Result<Vec<Message>, StoreError> {
+        self.scan(&keys::versions_of_message(conv, seq), false, usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| decode("message version", &v))
+            .collect()
+    }
+
+    fn silent_seqs(&self, conv: u64, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError> {
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        let at = keys::silent_of(conv).len();
+        let rows = self.engine.range(
+            &keys::silent(conv, lo),
+            Some(&keys::silent(conv, hi)),
+            false,
+            usize::MAX,
+        )?;
+        Ok(rows.iter().filter_map(|(k, _)| be_u64(k, at)).collect())
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {

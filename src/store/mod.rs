@@ -225,6 +225,19 @@ pub enum Op {
         user: UserId,
         profile: Profile,
     },
+    /// Message `seq` as it was before its `version`-th change (an encoded `Message`), kept
+    /// for audit (`keep_message_versions`).
+    PutMessageVersion {
+        conv: u64,
+        seq: u64,
+        version: u64,
+        message: Bytes,
+    },
+    /// Message `seq` was sent silently: it moves no list entry and no unread count.
+    PutSilent {
+        conv: u64,
+        seq: u64,
+    },
 }
 
 /// Which way a message range is read.
@@ -382,6 +395,10 @@ pub trait Store: Send + Sync + 'static {
     fn user_block(&self, user: &str, other: &str) -> Result<Option<i64>, StoreError>;
     /// A user's profile, if one was set.
     fn profile(&self, user: &str) -> Result<Option<Profile>, StoreError>;
+    /// The kept versions of message `seq` of `conv`, oldest first (`keep_message_versions`).
+    fn message_versions(&self, conv: u64, seq: u64) -> Result<Vec<Message>, StoreError>;
+    /// The seqs of `conv` in `lo..hi` sent silently, ascending.
+    fn silent_seqs(&self, conv: u64, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError>;
 
     /// Bytes the engine occupies on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;

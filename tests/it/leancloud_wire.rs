@@ -883,6 +883,13 @@ async fn a_format_4_store_is_upgraded_at_start_and_its_old_edits_replay() {
     old_store_upgrades_and_replays("store-v4").await;
 }
 
+/// The same for a store written by format 5 (before kept message versions and silent
+/// messages).
+#[tokio::test]
+async fn a_format_5_store_is_upgraded_at_start_and_its_old_edits_replay() {
+    old_store_upgrades_and_replays("store-v5").await;
+}
+
 async fn old_store_upgrades_and_replays(fixture: &str) {
     let dir = tempfile::tempdir().unwrap();
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -202,6 +202,16 @@ impl Store for Gated {
     fn profile(&self, user: &str) -> Result<Option<tidings::protocol::pb::Profile>, StoreError> {
         self.inner.profile(user)
     }
+    fn message_versions(
+        &self,
+        conv: u64,
+        seq: u64,
+    ) -> Result<Vec<tidings::protocol::pb::Message>, StoreError> {
+        self.inner.message_versions(conv, seq)
+    }
+    fn silent_seqs(&self, conv: u64, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError> {
+        self.inner.silent_seqs(conv, lo, hi)
+    }
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.inner.size_on_disk()
     }
