@@ -155,6 +155,9 @@ pub struct Config {
     /// (`GET /v1/conversations/{id}/messages/{message_id}/versions`): for deployments that
     /// must keep what was said for audit. Off: an edit or recall overwrites the message.
     pub keep_message_versions: bool,
+    /// Token ids (`jti`) revoked one by one and not expired yet, at most; more revocations
+    /// are refused with `ERROR_LIMIT_EXCEEDED` (revoke all of a user's tokens instead).
+    pub max_revoked_tokens: usize,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
     /// Embedded storage engine: `redb` or `sled`.
@@ -400,6 +403,7 @@ impl Default for Config {
             system_sender: "system".into(),
             admin_temporary_scan_max: 100_000,
             keep_message_versions: false,
+            max_revoked_tokens: 100_000,
             data_dir: PathBuf::from("tidings-data"),
             store_engine: "redb".into(),
             store_cache_bytes: 64 << 20,

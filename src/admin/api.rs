@@ -18,6 +18,10 @@ pub(super) async fn route(call: &Call<'_>, method: &Method, path: &[&str]) -> An
         (&Method::POST, ["tokens"]) => mint_token(call),
         (&Method::GET, ["presence"]) => presence(call),
         (&Method::POST, ["users", user, "disconnect"]) => disconnect(call, user),
+        (&Method::GET, ["users", user, "access"]) => access(call, user),
+        (&Method::POST, ["users", user, "ban"]) => ban(call, user).await,
+        (&Method::DELETE, ["users", user, "ban"]) => unban(call, user).await,
+        (&Method::POST, ["users", user, "revoke-tokens"]) => revoke(call, user).await,
         (&Method::GET, ["users", user, "conversations"]) => list(call, user),
         (&Method::GET, ["users", user, "unread"]) => unread(call, user),
         (&Method::POST, ["conversations"]) => create(call).await,
@@ -113,10 +117,11 @@ pub(super) fn mint_token(call: &Call<'_>) -> Answer {
     let now = call.app.clock.now_ms();
     let config = &call.app.config;
     let rs256 = config.jwt_rs256_private_key.is_some();
-    match crate::auth::mint(config, &body.user, ttl, now, rs256) {
-        Ok(token) => ok(json::Token {
+    match crate::auth::mint_with_id(config, &body.user, ttl, now, rs256) {
+        Ok((token, jti)) => ok(json::Token {
             token,
             expires_at: (now / 1000 + ttl) * 1000,
+            jti,
         }),
         Err(crate::auth::KeyError::NoMethod) => Err(Failure::new(
             StatusCode::CONFLICT,
@@ -502,4 +507,84 @@ pub(super) fn versions(call: &Call<'_>, id: &str, message_id: &str) -> Answer {
         versions: versions.into_iter().map(json::Message::from).collect(),
         current: json::Message::from(current),
     })
+}
+
+fn access_json(a: crate::protocol::pb::UserAccess) -> json::Access {
+    json::Access {
+        banned: a.banned_until > 0,
+        banned_until: a.banned_until,
+        ban_reason: a.ban_reason,
+        banned_at: a.banned_at,
+        tokens_revoked_before: a.tokens_revoked_before,
+    }
+}
+
+/// Whether a user is banned, and since when their tokens are revoked.
+#[utoipa::path(get, path = "/v1/users/{user}/access", params(("user" = String, Path)),
+    responses((status = 200, body = json::Access)))]
+pub(super) fn access(call: &Call<'_>, user: &str) -> Answer {
+    ok(access_json(call.app.registry.access_of(user)?))
+}
+
+/// Bans a user: their logins are refused (native: close 4045 `CLOSE_BANNED`; LeanCloud:
+/// 4115 with the reason) and their live sessions closed, until `until` (ms), for
+/// `duration_secs`, or (neither) until lifted.
+#[utoipa::path(post, path = "/v1/users/{user}/ban", request_body = json::Ban,
+    params(("user" = String, Path)),
+    responses((status = 200, body = json::Banned), (status = 400, body = ErrorBody)))]
+pub(super) async fn ban(call: &Call<'_>, user: &str) -> Answer {
+    let body: json::Ban = call.json()?;
+    let now = call.app.clock.now_ms();
+    let until = match (body.until, body.duration_secs) {
+        (Some(_), Some(_)) => {
+            return Err(Failure::invalid("give until or duration_secs, not both"));
+        }
+        (Some(t), None) => t,
+        (None, Some(d)) => {
+            now.saturating_add(i64::try_from(d).unwrap_or(i64::MAX).saturating_mul(1000))
+        }
+        (None, None) => crate::registry::access::BANNED_FOREVER,
+    };
+    let (a, closed) = call
+        .app
+        .registry
+        .set_ban(user, Some((until, body.reason)))
+        .await?;
+    ok(json::Banned {
+        access: access_json(a),
+        closed,
+    })
+}
+
+/// Lifts a user's ban.
+#[utoipa::path(delete, path = "/v1/users/{user}/ban", params(("user" = String, Path)),
+    responses((status = 200, body = json::Access)))]
+pub(super) async fn unban(call: &Call<'_>, user: &str) -> Answer {
+    let (a, _) = call.app.registry.set_ban(user, None).await?;
+    ok(access_json(a))
+}
+
+/// Revokes a user's tokens: every one issued before this second (`iat`; LeanCloud logins by
+/// their signature's or session token's time), or with `jti` only that one (kept until
+/// `expires_at`, ms; default 30 days from now). The sessions they logged in are closed
+/// (4046 `CLOSE_TOKEN_REVOKED`).
+#[utoipa::path(post, path = "/v1/users/{user}/revoke-tokens", request_body = json::Revoke,
+    params(("user" = String, Path)),
+    responses((status = 200, body = json::Disconnected), (status = 422, body = ErrorBody)))]
+pub(super) async fn revoke(call: &Call<'_>, user: &str) -> Answer {
+    let body: json::Revoke = call.json()?;
+    let reg = &call.app.registry;
+    let closed = match body.jti {
+        Some(jti) => {
+            let until = body
+                .expires_at
+                .unwrap_or_else(|| call.app.clock.now_ms() + TOKEN_TTL_MAX_SECS * 1000);
+            reg.revoke_token(user, &jti, until).await?
+        }
+        None if body.expires_at.is_some() => {
+            return Err(Failure::invalid("expires_at goes with jti"));
+        }
+        None => reg.revoke_tokens(user).await?,
+    };
+    ok(json::Disconnected { closed })
 }

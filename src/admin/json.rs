@@ -311,6 +311,8 @@ pub struct Token {
     pub token: String,
     /// When it expires (ms).
     pub expires_at: i64,
+    /// Its id (`jti`): `POST /v1/users/{user}/revoke-tokens` `{"jti": …}` revokes it alone.
+    pub jti: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -410,4 +412,46 @@ pub struct MessageVersions {
     /// As it was before each change, oldest first.
     pub versions: Vec<Message>,
     pub current: Message,
+}
+
+/// A user's access, as the backend decided it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Access {
+    pub banned: bool,
+    /// Until when (ms; 9223372036854775807: until lifted; 0: not banned).
+    pub banned_until: i64,
+    pub ban_reason: String,
+    pub banned_at: i64,
+    /// Tokens issued before this time (ms) are refused (0: none).
+    pub tokens_revoked_before: i64,
+}
+
+/// `POST /v1/users/{user}/ban`: until a time, for a while, or (neither) until lifted.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ban {
+    /// Until this time (ms)…
+    pub until: Option<i64>,
+    /// …or for this long.
+    pub duration_secs: Option<u64>,
+    /// Told to the user's refused logins (at most 512 bytes).
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Banned {
+    pub access: Access,
+    /// Live sessions closed.
+    pub closed: usize,
+}
+
+/// `POST /v1/users/{user}/revoke-tokens`: every token issued before now, or one by its id.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Revoke {
+    /// Only this token (its `jti`).
+    pub jti: Option<String>,
+    /// When that token expires (ms): it is refused until then (default: 30 days from now).
+    pub expires_at: Option<i64>,
 }

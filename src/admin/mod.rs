@@ -187,7 +187,9 @@ impl From<Error> for Failure {
             | Error::PermissionDenied(_)
             | Error::Muted(_)
             | Error::Blacklisted(_)
-            | Error::Blocked => StatusCode::FORBIDDEN,
+            | Error::Blocked
+            | Error::Banned(_)
+            | Error::TokenRevoked => StatusCode::FORBIDDEN,
             Error::OwnerMustTransfer => StatusCode::CONFLICT,
             Error::NotAllowedForKind { .. } | Error::WindowExpired(_) => StatusCode::CONFLICT,
             Error::InvalidArgument(_) | Error::UnknownRequest | Error::AlreadyLoggedIn => {

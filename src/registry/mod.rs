@@ -6,6 +6,7 @@
 //! awaits durability outside the lock. The store stays the truth: a restart rebuilds each cell
 //! from it on first use.
 
+pub mod access;
 pub mod conversation;
 pub mod expiry;
 pub mod groups;
@@ -109,6 +110,12 @@ pub enum Error {
     /// The owner must hand the group over before leaving (front doors that require it).
     #[error("the owner must transfer ownership before leaving")]
     OwnerMustTransfer,
+    /// The app's backend banned the user; the reason is its own.
+    #[error("banned: {0}")]
+    Banned(String),
+    /// The app's backend revoked the token (or every token of the user issued before it).
+    #[error("the token was revoked")]
+    TokenRevoked,
 }
 
 impl Error {
@@ -136,6 +143,8 @@ impl Error {
             Error::Blacklisted(_) => ErrorCode::ErrorBlacklisted,
             Error::OwnerMustTransfer => ErrorCode::ErrorOwnerMustTransfer,
             Error::Blocked => ErrorCode::ErrorBlocked,
+            Error::Banned(_) => ErrorCode::ErrorBanned,
+            Error::TokenRevoked => ErrorCode::ErrorTokenRevoked,
         }
     }
 }
@@ -348,6 +357,10 @@ pub struct Registry {
     /// The pre-send hook, when configured.
     hook: Option<hook::PreSend>,
     user_locks: users::UserLocks,
+    /// Bumped when a ban or a token revocation commits ([`access`]).
+    access_epoch: std::sync::atomic::AtomicU64,
+    /// How many revoked token ids are stored, once counted.
+    revoked: Mutex<Option<usize>>,
 }
 
 /// The last numbers handed out, per kind of conversation.
@@ -391,6 +404,8 @@ impl Registry {
             pin_locks: Default::default(),
             hook: None,
             user_locks: Default::default(),
+            access_epoch: Default::default(),
+            revoked: Mutex::new(None),
         })
     }
 

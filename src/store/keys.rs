@@ -30,6 +30,9 @@
 //! | `F`    | user                             | Profile                        |
 //! | `a`    | conv ‖ seq ‖ version             | Message (as it was before an edit or recall, kept for audit) |
 //! | `l`    | conv ‖ seq                       | ∅ (message sent silently)      |
+//! | `b`    | user                             | UserAccess (ban, revoked tokens) |
+//! | `j`    | token id (`jti`)                 | revoked until (i64 ms)         |
+//! | `k`    | revoked until ‖ token id         | ∅ (revoked tokens, time order) |
 //!
 //! Format versions ([`FORMAT_VERSION`]): 1, the layout without `P` and `V` (a store without a
 //! `V` key that holds data is version 1); 2 adds the patch index `P` and the version key; 3 adds
@@ -37,8 +40,8 @@
 //! platform they came from; nothing to convert from 2); 4 adds the webhook outbox `O`, the
 //! endpoints' positions in it `Y` and their dead letters `Z` (nothing to convert from 3);
 //! 5 adds the user blocks `G` and the profiles `F` (nothing to convert from 4); 6 adds the
-//! kept versions of edited and recalled messages `a` and the silent index `l` (nothing to
-//! convert from 5). Lowercase prefixes `a`–`m` are this format's additions.
+//! kept versions of edited and recalled messages `a`, the silent index `l`, users' access
+//! `b` and revoked token ids `j`, `k` (nothing to convert from 5). Lowercase prefixes `a`–`m` are this format's additions.
 
 pub const CONVERSATION: u8 = b'C';
 pub const MEMBER: u8 = b'M';
@@ -65,6 +68,9 @@ pub const USER_BLOCK: u8 = b'G';
 pub const PROFILE: u8 = b'F';
 pub const MESSAGE_VERSION: u8 = b'a';
 pub const SILENT: u8 = b'l';
+pub const USER_ACCESS: u8 = b'b';
+pub const REVOKED_TOKEN: u8 = b'j';
+pub const REVOKED_TOKEN_EXPIRY: u8 = b'k';
 
 /// The key layout this build reads and writes.
 pub const FORMAT_VERSION: u64 = 6;
@@ -237,6 +243,19 @@ pub fn silent(conv: u64, seq: u64) -> Vec<u8> {
 }
 pub fn silent_of(conv: u64) -> Vec<u8> {
     Key::new(SILENT).u64(conv).build()
+}
+pub fn user_access(user: &str) -> Vec<u8> {
+    Key::new(USER_ACCESS).user(user).build()
+}
+pub fn revoked_token(jti: &str) -> Vec<u8> {
+    Key::new(REVOKED_TOKEN).tail(jti.as_bytes()).build()
+}
+/// Times are never negative here; the cast keeps byte order = time order.
+pub fn revoked_token_expiry(until: i64, jti: &str) -> Vec<u8> {
+    Key::new(REVOKED_TOKEN_EXPIRY)
+        .u64(until.max(0) as u64)
+        .tail(jti.as_bytes())
+        .build()
 }
 pub fn format_version() -> Vec<u8> {
     vec![FORMAT]

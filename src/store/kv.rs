@@ -9,7 +9,8 @@ use super::keys::{self, be_u64, user_at};
 use super::list_cache::ListCache;
 use super::{Counter, Direction, ListRow, Op, Store, StoreError, UserId, decode};
 use crate::protocol::pb::{
-    ConversationEvent, ConversationRecord, MemberRecord, Message, Profile, UserConversationRecord,
+    ConversationEvent, ConversationRecord, MemberRecord, Message, Profile, UserAccess,
+    UserConversationRecord,
 };
 use prost::Message as _;
 use std::collections::HashMap;
@@ -342,6 +343,13 @@ fn write_of(op: &Op) -> Write {
             message.to_vec(),
         ),
         Op::PutSilent { conv, seq } => Write::Put(keys::silent(*conv, *seq), Vec::new()),
+        Op::PutUserAccess { user, access } => {
+            Write::Put(keys::user_access(user), access.encode_to_vec())
+        }
+        Op::DeleteUserAccess { user } => Write::Delete(keys::user_access(user)),
+        Op::PutRevokedToken { .. } | Op::DeleteRevokedToken { .. } => {
+            unreachable!("token revocations are expanded by commit")
+        }
     }
 }
 
@@ -380,6 +388,26 @@ impl<E: OrderedKv> Store for KvStore<E> {
                 let fresh = written.remove(conv).unwrap_or_default();
                 writes.extend(stored.into_iter().chain(fresh).map(Write::Delete));
                 continue;
+            }
+            // A revoked token is two entries: by id, and in time order.
+            match op {
+                Op::PutRevokedToken { jti, until } => {
+                    writes.push(Write::Put(
+                        keys::revoked_token(jti),
+                        until.to_be_bytes().to_vec(),
+                    ));
+                    writes.push(Write::Put(
+                        keys::revoked_token_expiry(*until, jti),
+                        Vec::new(),
+                    ));
+                    continue;
+                }
+                Op::DeleteRevokedToken { jti, until } => {
+                    writes.push(Write::Delete(keys::revoked_token(jti)));
+                    writes.push(Write::Delete(keys::revoked_token_expiry(*until, jti)));
+                    continue;
+                }
+                _ => {}
             }
             let w = write_of(op);
             if purging && let (Some(conv), Write::Put(k, _)) = (conv_of(op), &w) {
@@ -748,6 +776,27 @@ impl<E: OrderedKv> Store for KvStore<E> {
             usize::MAX,
         )?;
         Ok(rows.iter().filter_map(|(k, _)| be_u64(k, at)).collect())
+    }
+
+    fn user_access(&self, user: &str) -> Result<Option<UserAccess>, StoreError> {
+        self.record("user access", &keys::user_access(user))
+    }
+
+    fn revoked_token(&self, jti: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.number(&keys::revoked_token(jti))?.map(|t| t as i64))
+    }
+
+    fn revoked_tokens(&self, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = self.scan(&[keys::REVOKED_TOKEN_EXPIRY], false, limit)?;
+        rows.into_iter()
+            .map(|(k, _)| match (be_u64(&k, 1), k.get(9..)) {
+                (Some(until), Some(jti)) => Ok((until as i64, String::from_utf8_lossy(jti).into())),
+                _ => Err(StoreError::Corrupt {
+                    what: "revoked token key",
+                    detail: format!("{k:?}"),
+                }),
+            })
+            .collect()
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {

@@ -18,7 +18,8 @@ pub mod sled;
 pub(crate) mod conformance;
 
 use crate::protocol::pb::{
-    ConversationEvent, ConversationRecord, MemberRecord, Message, Profile, UserConversationRecord,
+    ConversationEvent, ConversationRecord, MemberRecord, Message, Profile, UserAccess,
+    UserConversationRecord,
 };
 use bytes::Bytes;
 use std::sync::Arc;
@@ -238,6 +239,22 @@ pub enum Op {
         conv: u64,
         seq: u64,
     },
+    PutUserAccess {
+        user: UserId,
+        access: UserAccess,
+    },
+    DeleteUserAccess {
+        user: UserId,
+    },
+    /// Token `jti` is refused until `until` (ms).
+    PutRevokedToken {
+        jti: String,
+        until: i64,
+    },
+    DeleteRevokedToken {
+        jti: String,
+        until: i64,
+    },
 }
 
 /// Which way a message range is read.
@@ -399,6 +416,12 @@ pub trait Store: Send + Sync + 'static {
     fn message_versions(&self, conv: u64, seq: u64) -> Result<Vec<Message>, StoreError>;
     /// The seqs of `conv` in `lo..hi` sent silently, ascending.
     fn silent_seqs(&self, conv: u64, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError>;
+    /// The backend's ban and token revocation of `user`, if any.
+    fn user_access(&self, user: &str) -> Result<Option<UserAccess>, StoreError>;
+    /// Until when token `jti` is revoked, if it is.
+    fn revoked_token(&self, jti: &str) -> Result<Option<i64>, StoreError>;
+    /// Revoked tokens, the soonest to lapse first, at most `limit`: `(until, jti)`.
+    fn revoked_tokens(&self, limit: usize) -> Result<Vec<(i64, String)>, StoreError>;
 
     /// Bytes the engine occupies on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;

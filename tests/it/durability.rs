@@ -390,6 +390,21 @@ impl tidings::store::Store for FailingStore {
     ) -> Result<Vec<u64>, tidings::store::StoreError> {
         self.inner.silent_seqs(conv, lo, hi)
     }
+    fn user_access(
+        &self,
+        user: &str,
+    ) -> Result<Option<tidings::protocol::pb::UserAccess>, tidings::store::StoreError> {
+        self.inner.user_access(user)
+    }
+    fn revoked_token(&self, jti: &str) -> Result<Option<i64>, tidings::store::StoreError> {
+        self.inner.revoked_token(jti)
+    }
+    fn revoked_tokens(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, tidings::store::StoreError> {
+        self.inner.revoked_tokens(limit)
+    }
     fn size_on_disk(&self) -> Result<u64, tidings::store::StoreError> {
         self.inner.size_on_disk()
     }

@@ -117,7 +117,7 @@ impl Lc {
     }
 
     /// A signed `session/open`; returns the reply.
-    async fn open(&mut self, peer: &str, tag: Option<&str>) -> GenericCommand {
+    pub(crate) async fn open(&mut self, peer: &str, tag: Option<&str>) -> GenericCommand {
         let t = tidings::clock::Clock::now_ms(&tidings::clock::SystemClock);
         let s = tidings::leancloud::sign::login_signature(MASTER_KEY, APP_ID, peer, t, "nonce");
         self.request(GenericCommand {

@@ -1,6 +1,7 @@
 //! The integration tests: a real server on port 0, real WebSocket clients, a real store on disk.
 
 mod admin;
+mod admin_access;
 mod admin_overrides;
 mod admin_temporary;
 mod harness;

@@ -212,6 +212,18 @@ impl Store for Gated {
     fn silent_seqs(&self, conv: u64, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError> {
         self.inner.silent_seqs(conv, lo, hi)
     }
+    fn user_access(
+        &self,
+        user: &str,
+    ) -> Result<Option<tidings::protocol::pb::UserAccess>, StoreError> {
+        self.inner.user_access(user)
+    }
+    fn revoked_token(&self, jti: &str) -> Result<Option<i64>, StoreError> {
+        self.inner.revoked_token(jti)
+    }
+    fn revoked_tokens(&self, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
+        self.inner.revoked_tokens(limit)
+    }
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.inner.size_on_disk()
     }
