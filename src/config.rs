@@ -158,6 +158,10 @@ pub struct Config {
     /// Token ids (`jti`) revoked one by one and not expired yet, at most; more revocations
     /// are refused with `ERROR_LIMIT_EXCEEDED` (revoke all of a user's tokens instead).
     pub max_revoked_tokens: usize,
+    /// Users plus conversations one broadcast (`POST /v1/broadcasts`) may name, at most.
+    pub broadcast_max_targets: usize,
+    /// How long an `Idempotency-Key` of an admin create is remembered, s.
+    pub idempotency_ttl_secs: u64,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
     /// Embedded storage engine: `redb` or `sled`.
@@ -404,6 +408,8 @@ impl Default for Config {
             admin_temporary_scan_max: 100_000,
             keep_message_versions: false,
             max_revoked_tokens: 100_000,
+            broadcast_max_targets: 10_000,
+            idempotency_ttl_secs: 86_400,
             data_dir: PathBuf::from("tidings-data"),
             store_engine: "redb".into(),
             store_cache_bytes: 64 << 20,

@@ -25,6 +25,7 @@ pub(super) async fn route(call: &Call<'_>, method: &Method, path: &[&str]) -> An
         (&Method::GET, ["users", user, "conversations"]) => list(call, user),
         (&Method::GET, ["users", user, "unread"]) => unread(call, user),
         (&Method::POST, ["conversations"]) => create(call).await,
+        (&Method::POST, ["broadcasts"]) => broadcast(call).await,
         (&Method::GET, ["conversations", id]) => get(call, id),
         (&Method::PATCH, ["conversations", id]) => update(call, id).await,
         (&Method::DELETE, ["conversations", id]) => delete(call, id).await,
@@ -237,9 +238,12 @@ pub(super) fn unread(call: &Call<'_>, user: &str) -> Answer {
 /// Creates a conversation with the acting user as creator.
 ///
 /// Direct conversations are idempotent on the pair; `unique` temporary and group ones on the
-/// member set.
+/// member set; any create with an `Idempotency-Key` header on the key (a retry with the same
+/// key and request gets the conversation it created; another request with the key, 400).
 #[utoipa::path(post, path = "/v1/conversations", request_body = json::CreateConversation,
-    params(("as" = String, Query, description = "the acting user")),
+    params(("as" = String, Query, description = "the acting user"),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "up to 255 printable ASCII characters, kept idempotency_ttl_secs")),
     responses((status = 201, body = json::Conversation), (status = 422, body = ErrorBody)))]
 pub(super) async fn create(call: &Call<'_>) -> Answer {
     let body: json::CreateConversation = call.json()?;
@@ -252,8 +256,24 @@ pub(super) async fn create(call: &Call<'_>) -> Answer {
         attributes: body.attributes,
         ttl_secs: body.ttl_secs,
         unique: body.unique,
+        idempotency: None,
     };
-    let c = call.app.registry.create(&call.caller()?, req).await?;
+    let caller = call.caller()?;
+    let reg = &call.app.registry;
+    let c = match call.idempotency_key {
+        Some(key) => {
+            // The same acting user and the same body make the same request.
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(caller.user.as_bytes());
+            h.update([0]);
+            h.update(call.body);
+            reg.create_once(&caller, req, key, h.finalize().to_vec())
+                .await?
+                .0
+        }
+        None => reg.create(&caller, req).await?,
+    };
     let (_, value) = ok(json::Conversation::from(c))?;
     Ok((StatusCode::CREATED, value))
 }
@@ -587,4 +607,44 @@ pub(super) async fn revoke(call: &Call<'_>, user: &str) -> Answer {
         None => reg.revoke_tokens(user).await?,
     };
     ok(json::Disconnected { closed })
+}
+
+/// Sends one system message (as `system_sender`) to many users, each in their direct
+/// conversation with the system, and to many conversations; batched, and idempotent by
+/// `broadcast_id`: sent again, it reaches only the targets it missed.
+#[utoipa::path(post, path = "/v1/broadcasts", request_body = json::Broadcast,
+    responses((status = 200, body = json::BroadcastResult), (status = 422, body = ErrorBody)))]
+pub(super) async fn broadcast(call: &Call<'_>) -> Answer {
+    let body: json::Broadcast = call.json()?;
+    let req = crate::registry::broadcast::BroadcastRequest {
+        id: body.broadcast_id.clone(),
+        users: body.users,
+        conversations: body.conversations,
+        message: SendRequest {
+            client_message_id: String::new(),
+            kind: body.kind,
+            content: json::content_bytes(body.text, body.content).map_err(Failure::invalid)?,
+            attributes: body.attributes,
+            mentions: Vec::new(),
+            transient: body.transient,
+            want_receipts: false,
+            silent: body.silent,
+        },
+    };
+    let caller = Caller::admin(&call.app.config.system_sender);
+    let out = call.app.registry.broadcast(&caller, req).await?;
+    ok(json::BroadcastResult {
+        broadcast_id: body.broadcast_id,
+        sent: out.sent,
+        duplicates: out.duplicates,
+        failed: out
+            .failed
+            .into_iter()
+            .map(|(target, e)| json::BroadcastFailure {
+                target,
+                code: e.code() as i32,
+                message: e.to_string(),
+            })
+            .collect(),
+    })
 }

@@ -455,3 +455,48 @@ pub struct Revoke {
     /// When that token expires (ms): it is refused until then (default: 30 days from now).
     pub expires_at: Option<i64>,
 }
+
+/// `POST /v1/broadcasts`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Broadcast {
+    /// Makes it idempotent: each target gets it once (at most `max_client_message_id_bytes`
+    /// minus 10 bytes).
+    pub broadcast_id: String,
+    /// Users, each reached in their direct conversation with `system_sender`.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Conversations, reached as the backend.
+    #[serde(default)]
+    pub conversations: Vec<String>,
+    pub text: Option<String>,
+    pub content: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: i32,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// Moves no list entry and no unread count.
+    #[serde(default)]
+    pub silent: bool,
+    /// Delivered to those online only, not stored (then not idempotent).
+    #[serde(default)]
+    pub transient: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BroadcastFailure {
+    /// `user:<id>` or `conversation:<id>`.
+    pub target: String,
+    pub code: i32,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BroadcastResult {
+    pub broadcast_id: String,
+    /// Targets that got it now.
+    pub sent: usize,
+    /// Targets that had it already (an earlier run of the same broadcast).
+    pub duplicates: usize,
+    pub failed: Vec<BroadcastFailure>,
+}

@@ -336,6 +336,15 @@ async fn handle(
     }
     let method = req.method().clone();
     let query = req.uri().query().map(str::to_owned);
+    let idempotency_key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) => Some(k.to_owned()),
+            Err(_) => {
+                return failure(Failure::invalid("Idempotency-Key must be printable ASCII"));
+            }
+        },
+    };
     let body = match Limited::new(req.into_body(), app.config.admin_max_body_bytes)
         .collect()
         .await
@@ -358,6 +367,7 @@ async fn handle(
         app,
         query: query.as_deref(),
         body: &body,
+        idempotency_key: idempotency_key.as_deref(),
     };
     match api::route(&call, &method, &segments).await {
         Ok((status, value)) => respond(status, &value),
@@ -370,6 +380,8 @@ struct Call<'a> {
     app: &'a Arc<App>,
     query: Option<&'a str>,
     body: &'a Bytes,
+    /// The `Idempotency-Key` header, when given.
+    idempotency_key: Option<&'a str>,
 }
 
 impl Call<'_> {

@@ -23,6 +23,7 @@ use utoipa::OpenApi;
         api::list,
         api::unread,
         api::create,
+        api::broadcast,
         api::get,
         api::update,
         api::delete,

@@ -25,6 +25,10 @@ pub struct CreateRequest {
     /// Temporary and group: return the live one with the same member set (for groups, one
     /// that was created with `unique` too).
     pub unique: bool,
+    /// The admin API's `Idempotency-Key` and the fingerprint of the request that came with
+    /// it: the conversation created is recorded under the key in the same commit (see
+    /// [`Registry::create_once`]).
+    pub idempotency: Option<(String, Vec<u8>)>,
 }
 
 /// What an update request changes.
@@ -117,6 +121,7 @@ impl Registry {
                 let _unique = if req.unique {
                     let guard = self.unique_groups.lock().await;
                     if let Some(cell) = self.unique_group(&caller.user, &others)? {
+                        self.record_idempotency(&req.idempotency, cell.num).await?;
                         let view = cell.lock().view(&cell.id);
                         return self.view_for(&cell, view, &caller.user);
                     }
@@ -142,7 +147,9 @@ impl Registry {
                         alias: String::new(),
                         ..Default::default()
                     };
-                    let (cell, ops, events) = self.new_normal(&mut next, caller, record, &members);
+                    let (cell, mut ops, events) =
+                        self.new_normal(&mut next, caller, record, &members);
+                    ops.extend(self.idempotency_op(&req.idempotency, cell.num));
                     (cell, self.writer.submit(permit, ops, Vec::new(), events))
                 };
                 wait(rx).await?;
@@ -183,6 +190,7 @@ impl Registry {
         let mut members: Vec<UserId> = others.into_iter().collect();
         members.push(caller.user.clone());
         members.sort();
+        let idempotency = req.idempotency.clone();
         let permit = self.writer.reserve().await?;
         let (cell, rx) = {
             let mut next = self.next_conv.lock().unwrap_or_else(|p| p.into_inner());
@@ -225,6 +233,7 @@ impl Registry {
                         members: members.clone(),
                         conv: num,
                     });
+                    ops.extend(self.idempotency_op(&idempotency, num));
                     self.temp_uniques.insert(members, num);
                     (
                         cell,
@@ -239,7 +248,10 @@ impl Registry {
                 // Its deadline may be the next one the sweep must wake for.
                 self.expiry_changed.notify_waiters();
             }
-            None => self.writer.barrier().await?,
+            None => {
+                self.writer.barrier().await?;
+                self.record_idempotency(&idempotency, cell.num).await?;
+            }
         }
         let view = cell.lock().view(&cell.id);
         self.view_for(&cell, view, &caller.user)
@@ -308,6 +320,7 @@ impl Registry {
         } else {
             (peer, caller.user.clone())
         };
+        let idempotency = req.idempotency.clone();
         let permit = self.writer.reserve().await?;
         let (num, rx) = match self.directs.entry(pair.clone()) {
             dashmap::Entry::Occupied(e) => (*e.get(), None),
@@ -342,6 +355,7 @@ impl Registry {
                         b: pair.1.clone(),
                         conv: cell.num,
                     });
+                    ops.extend(self.idempotency_op(&req.idempotency, cell.num));
                     v.insert(cell.num);
                     (
                         cell.num,
@@ -353,7 +367,10 @@ impl Registry {
         match rx {
             Some(rx) => wait(rx).await?,
             // Someone else created it: make sure their create is durable before answering.
-            None => self.writer.barrier().await?,
+            None => {
+                self.writer.barrier().await?;
+                self.record_idempotency(&idempotency, num).await?;
+            }
         }
         let cell = self.cell_by_num(num)?;
         let view = cell.lock().view(&cell.id);

@@ -150,7 +150,7 @@ impl Registry {
     }
 
     /// Checks size limits and mentions of a message to be sent.
-    fn validate_send(&self, req: &SendRequest) -> Result<(), Error> {
+    pub(super) fn validate_send(&self, req: &SendRequest) -> Result<(), Error> {
         self.check_size(&req.content, &req.attributes)?;
         if req.client_message_id.len() > self.config.max_client_message_id_bytes {
             return Err(Error::LimitExceeded(format!(

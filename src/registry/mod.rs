@@ -7,6 +7,7 @@
 //! from it on first use.
 
 pub mod access;
+pub mod broadcast;
 pub mod conversation;
 pub mod expiry;
 pub mod groups;
@@ -361,6 +362,8 @@ pub struct Registry {
     access_epoch: std::sync::atomic::AtomicU64,
     /// How many revoked token ids are stored, once counted.
     revoked: Mutex<Option<usize>>,
+    /// Held by a create made with an idempotency key ([`broadcast`]).
+    idempotent_creates: tokio::sync::Mutex<()>,
 }
 
 /// The last numbers handed out, per kind of conversation.
@@ -406,6 +409,7 @@ impl Registry {
             user_locks: Default::default(),
             access_epoch: Default::default(),
             revoked: Mutex::new(None),
+            idempotent_creates: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -26,6 +26,7 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
                 attributes: r.attributes,
                 ttl_secs: r.ttl_secs,
                 unique: r.unique,
+                idempotency: None,
             };
             reg.create(&caller, req).await.map(conversation)
         }

@@ -1103,6 +1103,7 @@ async fn start(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<Generic
         attributes,
         ttl_secs: c.temp_conv_ttl.map_or(0, |t| t.max(0) as u32),
         unique,
+        idempotency: None,
     };
     let mut conv = app.registry.create(caller, req).await?;
     // `unique` found the existing group of these members: a new name renames it (LeanCloud's

@@ -33,6 +33,8 @@
 //! | `b`    | user                             | UserAccess (ban, revoked tokens) |
 //! | `j`    | token id (`jti`)                 | revoked until (i64 ms)         |
 //! | `k`    | revoked until ‖ token id         | ∅ (revoked tokens, time order) |
+//! | `i`    | idempotency key                  | IdempotentCreate               |
+//! | `h`    | created at ‖ idempotency key     | ∅ (idempotency keys, time order) |
 //!
 //! Format versions ([`FORMAT_VERSION`]): 1, the layout without `P` and `V` (a store without a
 //! `V` key that holds data is version 1); 2 adds the patch index `P` and the version key; 3 adds
@@ -41,7 +43,7 @@
 //! endpoints' positions in it `Y` and their dead letters `Z` (nothing to convert from 3);
 //! 5 adds the user blocks `G` and the profiles `F` (nothing to convert from 4); 6 adds the
 //! kept versions of edited and recalled messages `a`, the silent index `l`, users' access
-//! `b` and revoked token ids `j`, `k` (nothing to convert from 5). Lowercase prefixes `a`–`m` are this format's additions.
+//! `b`, revoked token ids `j`, `k` and idempotency keys `i`, `h` (nothing to convert from 5). Lowercase prefixes `a`–`m` are this format's additions.
 
 pub const CONVERSATION: u8 = b'C';
 pub const MEMBER: u8 = b'M';
@@ -71,6 +73,8 @@ pub const SILENT: u8 = b'l';
 pub const USER_ACCESS: u8 = b'b';
 pub const REVOKED_TOKEN: u8 = b'j';
 pub const REVOKED_TOKEN_EXPIRY: u8 = b'k';
+pub const IDEMPOTENT_CREATE: u8 = b'i';
+pub const IDEMPOTENT_CREATE_AGE: u8 = b'h';
 
 /// The key layout this build reads and writes.
 pub const FORMAT_VERSION: u64 = 6;
@@ -255,6 +259,16 @@ pub fn revoked_token_expiry(until: i64, jti: &str) -> Vec<u8> {
     Key::new(REVOKED_TOKEN_EXPIRY)
         .u64(until.max(0) as u64)
         .tail(jti.as_bytes())
+        .build()
+}
+pub fn idempotent_create(key: &str) -> Vec<u8> {
+    Key::new(IDEMPOTENT_CREATE).tail(key.as_bytes()).build()
+}
+/// Times are never negative here; the cast keeps byte order = time order.
+pub fn idempotent_create_age(at: i64, key: &str) -> Vec<u8> {
+    Key::new(IDEMPOTENT_CREATE_AGE)
+        .u64(at.max(0) as u64)
+        .tail(key.as_bytes())
         .build()
 }
 pub fn format_version() -> Vec<u8> {

@@ -9,8 +9,8 @@ use super::keys::{self, be_u64, user_at};
 use super::list_cache::ListCache;
 use super::{Counter, Direction, ListRow, Op, Store, StoreError, UserId, decode};
 use crate::protocol::pb::{
-    ConversationEvent, ConversationRecord, MemberRecord, Message, Profile, UserAccess,
-    UserConversationRecord,
+    ConversationEvent, ConversationRecord, IdempotentCreate, MemberRecord, Message, Profile,
+    UserAccess, UserConversationRecord,
 };
 use prost::Message as _;
 use std::collections::HashMap;
@@ -347,8 +347,11 @@ fn write_of(op: &Op) -> Write {
             Write::Put(keys::user_access(user), access.encode_to_vec())
         }
         Op::DeleteUserAccess { user } => Write::Delete(keys::user_access(user)),
-        Op::PutRevokedToken { .. } | Op::DeleteRevokedToken { .. } => {
-            unreachable!("token revocations are expanded by commit")
+        Op::PutRevokedToken { .. }
+        | Op::DeleteRevokedToken { .. }
+        | Op::PutIdempotentCreate { .. }
+        | Op::DeleteIdempotentCreate { .. } => {
+            unreachable!("entries with a time index are expanded by commit")
         }
     }
 }
@@ -405,6 +408,22 @@ impl<E: OrderedKv> Store for KvStore<E> {
                 Op::DeleteRevokedToken { jti, until } => {
                     writes.push(Write::Delete(keys::revoked_token(jti)));
                     writes.push(Write::Delete(keys::revoked_token_expiry(*until, jti)));
+                    continue;
+                }
+                Op::PutIdempotentCreate { key, record } => {
+                    writes.push(Write::Put(
+                        keys::idempotent_create(key),
+                        record.encode_to_vec(),
+                    ));
+                    writes.push(Write::Put(
+                        keys::idempotent_create_age(record.at, key),
+                        Vec::new(),
+                    ));
+                    continue;
+                }
+                Op::DeleteIdempotentCreate { key, at } => {
+                    writes.push(Write::Delete(keys::idempotent_create(key)));
+                    writes.push(Write::Delete(keys::idempotent_create_age(*at, key)));
                     continue;
                 }
                 _ => {}
@@ -793,6 +812,23 @@ impl<E: OrderedKv> Store for KvStore<E> {
                 (Some(until), Some(jti)) => Ok((until as i64, String::from_utf8_lossy(jti).into())),
                 _ => Err(StoreError::Corrupt {
                     what: "revoked token key",
+                    detail: format!("{k:?}"),
+                }),
+            })
+            .collect()
+    }
+
+    fn idempotent_create(&self, key: &str) -> Result<Option<IdempotentCreate>, StoreError> {
+        self.record("idempotent create", &keys::idempotent_create(key))
+    }
+
+    fn idempotent_creates(&self, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = self.scan(&[keys::IDEMPOTENT_CREATE_AGE], false, limit)?;
+        rows.into_iter()
+            .map(|(k, _)| match (be_u64(&k, 1), k.get(9..)) {
+                (Some(at), Some(key)) => Ok((at as i64, String::from_utf8_lossy(key).into())),
+                _ => Err(StoreError::Corrupt {
+                    what: "idempotency key",
                     detail: format!("{k:?}"),
                 }),
             })

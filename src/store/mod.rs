@@ -18,8 +18,8 @@ pub mod sled;
 pub(crate) mod conformance;
 
 use crate::protocol::pb::{
-    ConversationEvent, ConversationRecord, MemberRecord, Message, Profile, UserAccess,
-    UserConversationRecord,
+    ConversationEvent, ConversationRecord, IdempotentCreate, MemberRecord, Message, Profile,
+    UserAccess, UserConversationRecord,
 };
 use bytes::Bytes;
 use std::sync::Arc;
@@ -255,6 +255,14 @@ pub enum Op {
         jti: String,
         until: i64,
     },
+    PutIdempotentCreate {
+        key: String,
+        record: IdempotentCreate,
+    },
+    DeleteIdempotentCreate {
+        key: String,
+        at: i64,
+    },
 }
 
 /// Which way a message range is read.
@@ -422,6 +430,10 @@ pub trait Store: Send + Sync + 'static {
     fn revoked_token(&self, jti: &str) -> Result<Option<i64>, StoreError>;
     /// Revoked tokens, the soonest to lapse first, at most `limit`: `(until, jti)`.
     fn revoked_tokens(&self, limit: usize) -> Result<Vec<(i64, String)>, StoreError>;
+    /// The create made under an idempotency key, if any.
+    fn idempotent_create(&self, key: &str) -> Result<Option<IdempotentCreate>, StoreError>;
+    /// Idempotency keys, the oldest first, at most `limit`: `(created at, key)`.
+    fn idempotent_creates(&self, limit: usize) -> Result<Vec<(i64, String)>, StoreError>;
 
     /// Bytes the engine occupies on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;

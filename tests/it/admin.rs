@@ -38,6 +38,18 @@ pub async fn http(
     key: Option<&str>,
     body: Option<Vec<u8>>,
 ) -> Reply {
+    http_with(addr, method, path, key, &[], body).await
+}
+
+/// [`http`] with more request headers.
+pub async fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Reply {
     within(async {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (mut send, conn) =
@@ -54,6 +66,9 @@ pub async fn http(
         }
         if body.is_some() {
             req = req.header("content-type", "application/json");
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         let req = req
             .body(Full::new(bytes::Bytes::from(body.unwrap_or_default())))

@@ -405,6 +405,18 @@ impl tidings::store::Store for FailingStore {
     ) -> Result<Vec<(i64, String)>, tidings::store::StoreError> {
         self.inner.revoked_tokens(limit)
     }
+    fn idempotent_create(
+        &self,
+        key: &str,
+    ) -> Result<Option<tidings::protocol::pb::IdempotentCreate>, tidings::store::StoreError> {
+        self.inner.idempotent_create(key)
+    }
+    fn idempotent_creates(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, tidings::store::StoreError> {
+        self.inner.idempotent_creates(limit)
+    }
     fn size_on_disk(&self) -> Result<u64, tidings::store::StoreError> {
         self.inner.size_on_disk()
     }

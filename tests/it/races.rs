@@ -224,6 +224,15 @@ impl Store for Gated {
     fn revoked_tokens(&self, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
         self.inner.revoked_tokens(limit)
     }
+    fn idempotent_create(
+        &self,
+        key: &str,
+    ) -> Result<Option<tidings::protocol::pb::IdempotentCreate>, StoreError> {
+        self.inner.idempotent_create(key)
+    }
+    fn idempotent_creates(&self, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
+        self.inner.idempotent_creates(limit)
+    }
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.inner.size_on_disk()
     }
