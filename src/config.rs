@@ -344,6 +344,12 @@ pub struct Config {
     /// `tidings_webhook_events_dropped_total` and logged) so a dead endpoint never fills the
     /// disk.
     pub webhook_outbox_max_bytes: u64,
+    /// `message.offline_recipients` lists the members (with their flags) in conversations of
+    /// at most this many members; in larger ones it carries their count only.
+    pub webhook_offline_recipients_max: usize,
+    /// Bytes of messages (encoded) a `conversation.expired` event carries as the transcript,
+    /// oldest first; a longer transcript is cut (`transcript_complete: false`).
+    pub webhook_transcript_max_bytes: usize,
 
     /// LeanCloud dialect: the app id its SDKs send (`appId`). The dialect is off unless set.
     pub leancloud_app_id: Option<String>,
@@ -491,6 +497,8 @@ impl Default for Config {
             webhook_max_attempts: 12,
             webhook_max_age_secs: 86_400,
             webhook_outbox_max_bytes: 256 << 20,
+            webhook_offline_recipients_max: 100,
+            webhook_transcript_max_bytes: 256 << 10,
             leancloud_app_id: None,
             leancloud_master_key: None,
             leancloud_open_conversations: true,

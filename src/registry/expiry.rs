@@ -111,11 +111,87 @@ impl Registry {
             }
             Err(e) => return Err(e),
         };
-        let mut st = cell.lock();
-        if st.expired || st.deleted || st.record.expires_at > self.now() {
-            return Ok(None);
+        self.expire_cell(permit, &cell, "").await
+    }
+
+    /// Expires a live cell: at once, or, when some webhook endpoint takes
+    /// `conversation.expired`, in two steps, so the event carries the transcript: the cell is
+    /// marked expired (nothing more can be sent), what was queued before commits, the
+    /// transcript is read, then the purge is queued with the event. A crash in between
+    /// leaves the conversation to the next sweep.
+    async fn expire_cell(
+        &self,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        cell: &Arc<ConvCell>,
+        by: &str,
+    ) -> Result<Option<tokio::sync::oneshot::Receiver<Result<(), super::writer::WriteError>>>, Error>
+    {
+        // The sweep (`by` empty) expires only what is due: a deadline may have moved since
+        // the index was read, and an ended conversation is already on its way out.
+        let skip = |st: &ConvState| {
+            by.is_empty() && (st.expired || st.deleted || st.record.expires_at > self.now())
+        };
+        if !self.webhook.expired {
+            let mut st = cell.lock();
+            if skip(&st) {
+                return Ok(None);
+            }
+            st.require_live()?;
+            return Ok(Some(self.expire_locked(permit, cell, &mut st, by, None)));
         }
-        Ok(Some(self.expire_locked(permit, &cell, &mut st, "")))
+        {
+            let mut st = cell.lock();
+            if skip(&st) {
+                return Ok(None);
+            }
+            st.require_live()?;
+            st.expired = true;
+        }
+        drop(permit);
+        self.writer.barrier().await?;
+        let transcript = self.transcript(cell.num)?;
+        let permit = self.writer.reserve().await?;
+        let mut st = cell.lock();
+        Ok(Some(self.expire_locked(
+            permit,
+            cell,
+            &mut st,
+            by,
+            Some(transcript),
+        )))
+    }
+
+    /// A conversation's messages, oldest first, up to `webhook_transcript_max_bytes`; whether
+    /// that is all of them, and how many there are.
+    fn transcript(
+        &self,
+        num: u64,
+    ) -> Result<(Vec<crate::protocol::pb::Message>, bool, u64), Error> {
+        use prost::Message as _;
+        let last = self.committed_last(num)?;
+        let budget = self.config.webhook_transcript_max_bytes;
+        let (mut out, mut used, mut next) = (Vec::new(), 0usize, 1u64);
+        while next <= last {
+            let chunk = self.store.messages(
+                num,
+                next,
+                last + 1,
+                crate::store::Direction::Ascending,
+                128,
+            )?;
+            let Some(end) = chunk.last().map(|m| m.seq) else {
+                break;
+            };
+            for m in chunk {
+                used += m.encoded_len();
+                if used > budget {
+                    return Ok((out, false, last));
+                }
+                out.push(m);
+            }
+            next = end + 1;
+        }
+        Ok((out, true, last))
     }
 
     /// Ends a temporary conversation now, as if its deadline had come: members get the
@@ -128,10 +204,8 @@ impl Registry {
             ));
         }
         let cell = self.cell(id)?;
-        let permit = self.writer.reserve().await?;
-        let rx = {
-            let mut st = cell.lock();
-            st.require_live()?;
+        {
+            let st = cell.lock();
             if st.kind() != ConversationKind::Temporary {
                 return Err(Error::NotAllowedForKind {
                     kind: if st.kind() == ConversationKind::Group {
@@ -142,21 +216,25 @@ impl Registry {
                     what: "ending (only temporary conversations end)",
                 });
             }
-            self.expire_locked(permit, &cell, &mut st, &caller.user)
-        };
-        wait(rx).await?;
+        }
+        let permit = self.writer.reserve().await?;
+        if let Some(rx) = self.expire_cell(permit, &cell, &caller.user).await? {
+            wait(rx).await?;
+        }
         self.stats.conversations_expired.inc();
         Ok(())
     }
 
     /// Under the conversation's lock: marks it expired, pushes EXPIRED to the members online
-    /// and queues the purge. `by`: who ended it (empty: its deadline).
+    /// and queues the purge, with the `conversation.expired` webhook record when `transcript`
+    /// is given. `by`: who ended it (empty: its deadline).
     fn expire_locked(
         &self,
         permit: tokio::sync::OwnedSemaphorePermit,
         cell: &Arc<ConvCell>,
         st: &mut ConvState,
         by: &str,
+        transcript: Option<(Vec<crate::protocol::pb::Message>, bool, u64)>,
     ) -> tokio::sync::oneshot::Receiver<Result<(), super::writer::WriteError>> {
         st.expired = true;
         self.presence.drop_users(cell.num, None);
@@ -169,14 +247,29 @@ impl Registry {
             .collect();
         let event = self.event(Ev::Expired, cell, by, Vec::new(), view);
         let live = Self::live(&event, Recipients::Users(st.roster.clone()), 0);
+        let records = match transcript {
+            Some((transcript, complete, message_count)) => {
+                let e = crate::protocol::pb::ExpiredEvent {
+                    event: Some(event),
+                    transcript,
+                    complete,
+                    message_count,
+                };
+                vec![crate::webhooks::record(
+                    crate::protocol::pb::outbox_event::Event::Expired(e),
+                )]
+            }
+            None => Vec::new(),
+        };
         // The cell stays (marked expired) until the purge has committed.
         let forget = self.forget_after_commit(cell, None, Some(members));
-        self.writer.submit_then(
+        self.writer.submit_with_records(
             permit,
             vec![Op::PurgeConversation { conv: cell.num }],
             vec![live],
             vec![],
             Some(forget),
+            records,
         )
     }
 }

@@ -210,6 +210,48 @@ impl Registry {
         })
     }
 
+    /// The `message.offline_recipients` record of message `m`: the members other than its
+    /// sender with no live session now, each with whether they muted the conversation and
+    /// whether `m` mentions them; in conversations over `webhook_offline_recipients_max`
+    /// members, only how many they are. One hub lookup per member (only while some endpoint
+    /// takes the event); mute flags come from the members' cached entries.
+    fn offline_recipients(
+        &self,
+        st: &mut super::ConvState,
+        num: u64,
+        m: &Message,
+    ) -> Result<Bytes, Error> {
+        let roster = st.roster.clone();
+        let offline: Vec<&UserId> = roster
+            .iter()
+            .filter(|u| ***u != *m.sender && !self.hub.is_online(u))
+            .collect();
+        let listed = roster.len() <= self.config.webhook_offline_recipients_max;
+        let mut recipients = Vec::new();
+        if listed {
+            for u in &offline {
+                recipients.push(pb::OfflineRecipient {
+                    user: u.to_string(),
+                    muted: self.entry(st, num, u)?.muted,
+                    mentioned: m.mentions.iter().any(|x| **x == ***u),
+                });
+            }
+        }
+        let e = pb::OfflineRecipients {
+            conversation_id: m.conversation_id.clone(),
+            message_id: m.id.clone(),
+            seq: m.seq,
+            sender: m.sender.clone(),
+            at: m.server_time,
+            recipients,
+            listed,
+            count: offline.len() as u32,
+        };
+        Ok(crate::webhooks::record(
+            pb::outbox_event::Event::OfflineRecipients(e),
+        ))
+    }
+
     fn build(
         &self,
         cell: &super::ConvCell,
@@ -284,6 +326,12 @@ impl Registry {
                 st.receipt_high = Some(seq);
             }
             let m = self.build(cell, caller, seq, now, req);
+            // Push notifications: who has no live session as this goes out (when wanted).
+            let records = if self.webhook.offline_recipients && !silent {
+                vec![self.offline_recipients(&mut st, cell.num, &m)?]
+            } else {
+                Vec::new()
+            };
             let encoded = Bytes::from(m.encode_to_vec());
             let frame = protocol::message_push_from_encoded(&encoded);
             let mut ops = Vec::with_capacity(3);
@@ -340,12 +388,13 @@ impl Registry {
                 user_seq: 0,
                 except_session: caller.session,
             };
-            let rx = self.writer.submit_then(
+            let rx = self.writer.submit_with_records(
                 permit,
                 ops,
                 vec![delivery],
                 Vec::new(),
                 Some(cell.committed_through(seq)),
+                records,
             );
             let receipts = read_before.filter(|r| *r < receipt_high && *r + 1 < seq);
             (

@@ -364,7 +364,22 @@ pub struct Registry {
     revoked: Mutex<Option<usize>>,
     /// Held by a create made with an idempotency key ([`broadcast`]).
     idempotent_creates: tokio::sync::Mutex<()>,
+    /// Which webhook events that cost work of their own some endpoint takes.
+    webhook: WebhookWants,
+    /// Presence changes on their way to the webhook outbox, in order (when wanted).
+    presence_events: Option<tokio::sync::mpsc::Sender<pb::PresenceEvent>>,
 }
+
+/// The webhook events that are computed only when some endpoint takes them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct WebhookWants {
+    pub read: bool,
+    pub offline_recipients: bool,
+    pub expired: bool,
+}
+
+/// Presence events queued for the outbox, at most; more are dropped (and counted).
+const PRESENCE_EVENTS_QUEUED: usize = 10_000;
 
 /// The last numbers handed out, per kind of conversation.
 pub(super) struct Numbers {
@@ -384,6 +399,15 @@ impl Registry {
     ) -> Result<Self, StoreError> {
         let normal = store.counter(crate::store::Counter::Conversation)?;
         let temporary = store.counter(crate::store::Counter::Temporary)?;
+        let presence_events = (crate::webhooks::wanted(&config, "user.online")
+            || crate::webhooks::wanted(&config, "user.offline"))
+        .then(|| presence_webhook(writer.clone()))
+        .flatten();
+        let webhook = WebhookWants {
+            read: crate::webhooks::wanted(&config, "message.read"),
+            offline_recipients: crate::webhooks::wanted(&config, "message.offline_recipients"),
+            expired: crate::webhooks::wanted(&config, "conversation.expired"),
+        };
         Ok(Registry {
             config,
             clock,
@@ -410,6 +434,8 @@ impl Registry {
             access_epoch: Default::default(),
             revoked: Mutex::new(None),
             idempotent_creates: tokio::sync::Mutex::new(()),
+            webhook,
+            presence_events,
         })
     }
 
@@ -834,5 +860,55 @@ impl Registry {
             self.store.message(num, loud)?.map_or(0, |m| m.server_time)
         };
         Ok((loud, ts))
+    }
+}
+
+/// Starts the task that writes presence changes to the webhook outbox one by one, in the
+/// order they happened (none without a runtime).
+fn presence_webhook(writer: Writer) -> Option<tokio::sync::mpsc::Sender<pb::PresenceEvent>> {
+    let rt = tokio::runtime::Handle::try_current().ok()?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<pb::PresenceEvent>(PRESENCE_EVENTS_QUEUED);
+    rt.spawn(async move {
+        while let Some(e) = rx.recv().await {
+            let Ok(permit) = writer.reserve().await else {
+                return;
+            };
+            let record = crate::webhooks::record(pb::outbox_event::Event::Presence(e));
+            drop(writer.submit_with_records(
+                permit,
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                None,
+                vec![record],
+            ));
+        }
+    });
+    Some(tx)
+}
+
+impl Registry {
+    /// Queues a `user.online` or `user.offline` webhook event for a presence change (when
+    /// some endpoint takes them). The state is read now, as the pushes read it.
+    pub(super) fn presence_webhook(&self, user: &UserId) {
+        let Some(tx) = &self.presence_events else {
+            return;
+        };
+        let e = pb::PresenceEvent {
+            user: user.to_string(),
+            online: self.hub.is_online(user),
+            at: self.now(),
+        };
+        if tx.try_send(e).is_err() {
+            self.stats.webhook_events_dropped.add(1);
+            static FULL: crate::logsafe::Throttle =
+                crate::logsafe::Throttle::new("presence webhook events dropped");
+            if FULL.allow(1) {
+                tracing::warn!(
+                    "presence webhook events dropped: {PRESENCE_EVENTS_QUEUED} are waiting for \
+                     the store (tidings_webhook_events_dropped_total counts them)"
+                );
+            }
+        }
     }
 }

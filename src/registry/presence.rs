@@ -112,6 +112,7 @@ impl Registry {
     /// Tells the subscribers of `user`'s conversations that the user went online or offline.
     /// The pushed state is read now, so racing transitions end in the true state.
     pub fn presence_changed(&self, user: &UserId) {
+        self.presence_webhook(user);
         if self.presence.0.is_empty() {
             return;
         }

@@ -61,7 +61,26 @@ impl Registry {
                     user_seq: 0,
                     except_session: caller.session,
                 };
-                let rx = self.writer.submit(permit, ops, vec![d], Vec::new());
+                let records = if self.webhook.read {
+                    let read = pb::ReadEvent {
+                        conversation_id: cell.id.to_string(),
+                        user: caller.user.to_string(),
+                        read_seq: target,
+                        message_id: self.message_id_at(&cell, target)?,
+                        at: now,
+                    };
+                    vec![crate::webhooks::record(pb::outbox_event::Event::Read(read))]
+                } else {
+                    Vec::new()
+                };
+                let rx = self.writer.submit_with_records(
+                    permit,
+                    ops,
+                    vec![d],
+                    Vec::new(),
+                    None,
+                    records,
+                );
                 Some((rx, current, delivered_from, target, now))
             }
         };
@@ -146,6 +165,15 @@ impl Registry {
             self.send_receipts(caller, &cell, from, target, ReceiptKind::Delivered, now)?;
         }
         Ok(())
+    }
+
+    /// The id of message `seq` of a conversation (imported ones keep the id they came with).
+    fn message_id_at(&self, cell: &ConvCell, seq: u64) -> Result<String, Error> {
+        Ok(match protocol::parse_conversation_id(&cell.id) {
+            Some(_) => None,
+            None => self.store.message(cell.num, seq)?.map(|m| m.id),
+        }
+        .unwrap_or_else(|| protocol::message_id(cell.num, seq)))
     }
 
     /// Tells the senders of receipt-asking messages in `from+1..=to` (other than the caller)

@@ -38,4 +38,5 @@ mod temporary;
 mod tls;
 mod token_expiry;
 mod users;
+mod webhook_events;
 mod webhooks;
