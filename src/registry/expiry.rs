@@ -19,6 +19,16 @@ use tokio_util::sync::CancellationToken;
 /// Conversations purged per round.
 const ROUND: usize = 256;
 
+/// How an expiry began.
+enum Begun {
+    /// The purge is queued.
+    Queued(tokio::sync::oneshot::Receiver<Result<(), super::writer::WriteError>>),
+    /// Marked expired; the purge waits for the transcript ([`Registry::finish_expiry`]).
+    Marked(Arc<ConvCell>),
+    /// Not due (any more).
+    NotDue,
+}
+
 /// Runs the sweep until `shutdown`.
 pub async fn run(registry: Arc<Registry>, shutdown: CancellationToken) {
     loop {
@@ -70,11 +80,20 @@ impl Registry {
                 return Ok(());
             }
             let mut pending = Vec::with_capacity(due.len());
+            let mut marked = Vec::new();
             let mut moved = false;
             for conv in due {
                 match self.expire(conv).await? {
-                    Some(rx) => pending.push(rx),
-                    None => moved = true,
+                    Begun::Queued(rx) => pending.push(rx),
+                    Begun::Marked(cell) => marked.push(cell),
+                    Begun::NotDue => moved = true,
+                }
+            }
+            // The transcripts of this round, after one wait for what was queued before.
+            if !marked.is_empty() {
+                self.writer.barrier().await?;
+                for cell in marked {
+                    pending.push(self.finish_expiry(&cell, "").await?);
                 }
             }
             for rx in pending {
@@ -90,19 +109,16 @@ impl Registry {
         }
     }
 
-    /// Marks one conversation expired and queues its purge; `None` when it is not due after
-    /// all (its deadline was moved since the index was read, or it already ended).
-    async fn expire(
-        &self,
-        conv: u64,
-    ) -> Result<Option<tokio::sync::oneshot::Receiver<Result<(), super::writer::WriteError>>>, Error>
-    {
+    /// Marks one conversation expired and queues its purge (or, for the transcript, only
+    /// marks it); not when it is not due after all (its deadline was moved since the index
+    /// was read, or it already ended).
+    async fn expire(&self, conv: u64) -> Result<Begun, Error> {
         let permit = self.writer.reserve().await?;
         let cell = match self.cell_by_num(conv) {
             Ok(c) => c,
             // Only the index entry is left: purge cleans it up.
             Err(Error::ConversationNotFound) => {
-                return Ok(Some(self.writer.submit(
+                return Ok(Begun::Queued(self.writer.submit(
                     permit,
                     vec![Op::PurgeConversation { conv }],
                     vec![],
@@ -111,54 +127,48 @@ impl Registry {
             }
             Err(e) => return Err(e),
         };
-        self.expire_cell(permit, &cell, "").await
+        self.begin_expiry(permit, cell, "")
     }
 
     /// Expires a live cell: at once, or, when some webhook endpoint takes
     /// `conversation.expired`, in two steps, so the event carries the transcript: the cell is
-    /// marked expired (nothing more can be sent), what was queued before commits, the
-    /// transcript is read, then the purge is queued with the event. A crash in between
-    /// leaves the conversation to the next sweep.
-    async fn expire_cell(
+    /// marked expired here (nothing more can be sent), and once what was queued before has
+    /// committed, [`Registry::finish_expiry`] reads the transcript and queues the purge with
+    /// the event. A crash in between leaves the conversation to the next sweep.
+    fn begin_expiry(
         &self,
         permit: tokio::sync::OwnedSemaphorePermit,
-        cell: &Arc<ConvCell>,
+        cell: Arc<ConvCell>,
         by: &str,
-    ) -> Result<Option<tokio::sync::oneshot::Receiver<Result<(), super::writer::WriteError>>>, Error>
-    {
+    ) -> Result<Begun, Error> {
+        let mut st = cell.lock();
         // The sweep (`by` empty) expires only what is due: a deadline may have moved since
         // the index was read, and an ended conversation is already on its way out.
-        let skip = |st: &ConvState| {
-            by.is_empty() && (st.expired || st.deleted || st.record.expires_at > self.now())
-        };
+        if by.is_empty() && (st.expired || st.deleted || st.record.expires_at > self.now()) {
+            return Ok(Begun::NotDue);
+        }
+        st.require_live()?;
         if !self.webhook.expired {
-            let mut st = cell.lock();
-            if skip(&st) {
-                return Ok(None);
-            }
-            st.require_live()?;
-            return Ok(Some(self.expire_locked(permit, cell, &mut st, by, None)));
+            return Ok(Begun::Queued(
+                self.expire_locked(permit, &cell, &mut st, by, None),
+            ));
         }
-        {
-            let mut st = cell.lock();
-            if skip(&st) {
-                return Ok(None);
-            }
-            st.require_live()?;
-            st.expired = true;
-        }
-        drop(permit);
-        self.writer.barrier().await?;
+        st.expired = true;
+        drop(st);
+        Ok(Begun::Marked(cell))
+    }
+
+    /// The second step of [`Registry::begin_expiry`], once what was queued before the mark
+    /// has committed.
+    async fn finish_expiry(
+        &self,
+        cell: &Arc<ConvCell>,
+        by: &str,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), super::writer::WriteError>>, Error> {
         let transcript = self.transcript(cell.num)?;
         let permit = self.writer.reserve().await?;
         let mut st = cell.lock();
-        Ok(Some(self.expire_locked(
-            permit,
-            cell,
-            &mut st,
-            by,
-            Some(transcript),
-        )))
+        Ok(self.expire_locked(permit, cell, &mut st, by, Some(transcript)))
     }
 
     /// A conversation's messages, oldest first, up to `webhook_transcript_max_bytes`; whether
@@ -218,9 +228,15 @@ impl Registry {
             }
         }
         let permit = self.writer.reserve().await?;
-        if let Some(rx) = self.expire_cell(permit, &cell, &caller.user).await? {
-            wait(rx).await?;
-        }
+        let rx = match self.begin_expiry(permit, cell.clone(), &caller.user)? {
+            Begun::Queued(rx) => rx,
+            Begun::Marked(cell) => {
+                self.writer.barrier().await?;
+                self.finish_expiry(&cell, &caller.user).await?
+            }
+            Begun::NotDue => return Err(Error::ConversationExpired),
+        };
+        wait(rx).await?;
         self.stats.conversations_expired.inc();
         Ok(())
     }
