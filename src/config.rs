@@ -162,6 +162,9 @@ pub struct Config {
     pub broadcast_max_targets: usize,
     /// How long an `Idempotency-Key` of an admin create is remembered, s.
     pub idempotency_ttl_secs: u64,
+    /// Directory online backups (`POST /v1/backups`) are written to. Unset: no online
+    /// backups.
+    pub backup_dir: Option<PathBuf>,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
     /// Embedded storage engine: `redb` or `sled`.
@@ -416,6 +419,7 @@ impl Default for Config {
             max_revoked_tokens: 100_000,
             broadcast_max_targets: 10_000,
             idempotency_ttl_secs: 86_400,
+            backup_dir: None,
             data_dir: PathBuf::from("tidings-data"),
             store_engine: "redb".into(),
             store_cache_bytes: 64 << 20,

@@ -26,6 +26,7 @@ pub(super) async fn route(call: &Call<'_>, method: &Method, path: &[&str]) -> An
         (&Method::GET, ["users", user, "unread"]) => unread(call, user),
         (&Method::POST, ["conversations"]) => create(call).await,
         (&Method::POST, ["broadcasts"]) => broadcast(call).await,
+        (&Method::POST, ["backups"]) => backup(call).await,
         (&Method::GET, ["conversations", id]) => get(call, id),
         (&Method::PATCH, ["conversations", id]) => update(call, id).await,
         (&Method::DELETE, ["conversations", id]) => delete(call, id).await,
@@ -647,4 +648,44 @@ pub(super) async fn broadcast(call: &Call<'_>) -> Answer {
             })
             .collect(),
     })
+}
+
+/// Backs up the running store: a consistent snapshot (everything acknowledged before the call)
+/// written as a dump into `backup_dir`, restorable with `tidings store import`. One at a time.
+#[utoipa::path(post, path = "/v1/backups",
+    responses((status = 200, body = json::Backup), (status = 409, body = ErrorBody)))]
+pub(super) async fn backup(call: &Call<'_>) -> Answer {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let Some(dir) = call.app.config.backup_dir.clone() else {
+        return Err(Failure::new(
+            StatusCode::CONFLICT,
+            ErrorCode::ErrorNotAllowedForKind,
+            "no backup_dir is configured",
+        ));
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let store = call.app.store.clone();
+    let now = call.app.clock.now_ms();
+    let done =
+        tokio::task::spawn_blocking(move || crate::store::dump::backup(store.as_ref(), &dir, now))
+            .await;
+    match done {
+        Ok(Ok((path, entries, bytes))) => {
+            tracing::info!(file = %path.display(), entries, bytes, "online backup written");
+            ok(json::Backup {
+                file: path.display().to_string(),
+                entries,
+                bytes,
+            })
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "online backup failed");
+            Err(Failure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::ErrorInternal,
+                format!("the backup failed: {e}"),
+            ))
+        }
+        Err(_) => Err(Error::Internal.into()),
+    }
 }

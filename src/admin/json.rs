@@ -500,3 +500,11 @@ pub struct BroadcastResult {
     pub duplicates: usize,
     pub failed: Vec<BroadcastFailure>,
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Backup {
+    /// The dump's path on the server.
+    pub file: String,
+    pub entries: u64,
+    pub bytes: u64,
+}

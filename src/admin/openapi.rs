@@ -24,6 +24,7 @@ use utoipa::OpenApi;
         api::unread,
         api::create,
         api::broadcast,
+        api::backup,
         api::get,
         api::update,
         api::delete,

@@ -2,6 +2,7 @@
 
 mod admin;
 mod admin_access;
+mod admin_backup;
 mod admin_broadcast;
 mod admin_overrides;
 mod admin_temporary;
