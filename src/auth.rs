@@ -118,6 +118,12 @@ struct Claims {
     iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     aud: Option<String>,
+    /// Issued at (seconds): what a revocation of the user's tokens compares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<i64>,
+    /// The token's id: what a revocation of one token names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jti: Option<String>,
 }
 
 /// Whom a verified token names, and until when.
@@ -129,6 +135,10 @@ pub struct Identity {
     /// `exp` plus `jwt_leeway_secs`. `None` only for a bare user id in `insecure_dev` mode,
     /// which never expires.
     pub expires_at_ms: Option<i64>,
+    /// When it was issued (`iat`, ms), if it says.
+    pub issued_at_ms: Option<i64>,
+    /// Its id (`jti`), if it has one.
+    pub jti: Option<String>,
 }
 
 /// Verifies login tokens.
@@ -190,6 +200,8 @@ impl Authenticator {
             return Ok(Identity {
                 user: self.check_user(token.to_owned())?,
                 expires_at_ms: None,
+                issued_at_ms: None,
+                jti: None,
             });
         }
         let header = header.map_err(|e| AuthError::Invalid(e.to_string()))?;
@@ -240,6 +252,8 @@ impl Authenticator {
         Ok(Identity {
             user: self.check_user(claims.sub)?,
             expires_at_ms: Some(expires_at_ms),
+            issued_at_ms: claims.iat.map(|t| t.saturating_mul(1000)),
+            jti: claims.jti,
         })
     }
 
@@ -268,13 +282,35 @@ pub fn mint(
     now_ms: i64,
     rs256: bool,
 ) -> Result<String, KeyError> {
+    mint_with_id(config, user, ttl_secs, now_ms, rs256).map(|(token, _)| token)
+}
+
+/// [`mint`], also returning the token's id (`jti`, 32 random hex digits), by which the
+/// token alone can be revoked. Minted tokens carry `iat` too.
+pub fn mint_with_id(
+    config: &Config,
+    user: &str,
+    ttl_secs: i64,
+    now_ms: i64,
+    rs256: bool,
+) -> Result<(String, String), KeyError> {
     check_user_id(user, config.max_user_id_bytes).map_err(KeyError::User)?;
+    let jti = {
+        use std::io::Read;
+        let mut bytes = [0u8; 16];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map_err(|e| KeyError::Read("/dev/urandom".into(), e))?;
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
     let claims = Claims {
         sub: user.to_owned(),
         exp: now_ms / 1000 + ttl_secs,
         nbf: None,
         iss: config.jwt_issuer.clone(),
         aud: config.jwt_audience.clone(),
+        iat: Some(now_ms / 1000),
+        jti: Some(jti.clone()),
     };
     let (alg, key) = if rs256 {
         let path = config
@@ -294,5 +330,6 @@ pub fn mint(
             EncodingKey::from_secret(secret.as_bytes()),
         )
     };
-    jsonwebtoken::encode(&Header::new(alg), &claims, &key).map_err(KeyError::Mint)
+    let token = jsonwebtoken::encode(&Header::new(alg), &claims, &key).map_err(KeyError::Mint)?;
+    Ok((token, jti))
 }

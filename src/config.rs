@@ -146,6 +146,28 @@ pub struct Config {
     /// Serve the admin API over TLS with `tls_cert`/`tls_key` (the public listener's
     /// certificate, reloaded with it on SIGHUP). Requires them.
     pub admin_tls: bool,
+    /// The user id the app's backend acts as when an admin call names no `as`: the sender of
+    /// its system messages and broadcasts, `by` in the events it causes. No client should log
+    /// in under it.
+    pub system_sender: String,
+    /// Open temporary conversations one unfiltered listing (`GET /v1/temporary-conversations`
+    /// without `member`) may look at, at most; more: `ERROR_LIMIT_EXCEEDED` (filter by member).
+    pub admin_temporary_scan_max: usize,
+    /// Keep every message's earlier versions when it is edited or recalled (the original
+    /// text of a recalled message included), readable by the app's backend only
+    /// (`GET /v1/conversations/{id}/messages/{message_id}/versions`): for deployments that
+    /// must keep what was said for audit. Off: an edit or recall overwrites the message.
+    pub keep_message_versions: bool,
+    /// Token ids (`jti`) revoked one by one and not expired yet, at most; more revocations
+    /// are refused with `ERROR_LIMIT_EXCEEDED` (revoke all of a user's tokens instead).
+    pub max_revoked_tokens: usize,
+    /// Users plus conversations one broadcast (`POST /v1/broadcasts`) may name, at most.
+    pub broadcast_max_targets: usize,
+    /// How long an `Idempotency-Key` of an admin create is remembered, s.
+    pub idempotency_ttl_secs: u64,
+    /// Directory online backups (`POST /v1/backups`) are written to. Unset: no online
+    /// backups.
+    pub backup_dir: Option<PathBuf>,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
     /// Embedded storage engine: `redb` or `sled`.
@@ -347,6 +369,12 @@ pub struct Config {
     /// `tidings_webhook_events_dropped_total` and logged) so a dead endpoint never fills the
     /// disk.
     pub webhook_outbox_max_bytes: u64,
+    /// `message.offline_recipients` lists the members (with their flags) in conversations of
+    /// at most this many members; in larger ones it carries their count only.
+    pub webhook_offline_recipients_max: usize,
+    /// Bytes of messages (encoded) a `conversation.expired` event carries as the transcript,
+    /// oldest first; a longer transcript is cut (`transcript_complete: false`).
+    pub webhook_transcript_max_bytes: usize,
 
     /// LeanCloud dialect: the app id its SDKs send (`appId`). The dialect is off unless set.
     pub leancloud_app_id: Option<String>,
@@ -408,6 +436,13 @@ impl Default for Config {
             admin_max_connections: 64,
             admin_max_body_bytes: 1 << 20,
             admin_tls: false,
+            system_sender: "system".into(),
+            admin_temporary_scan_max: 100_000,
+            keep_message_versions: false,
+            max_revoked_tokens: 100_000,
+            broadcast_max_targets: 10_000,
+            idempotency_ttl_secs: 86_400,
+            backup_dir: None,
             data_dir: PathBuf::from("tidings-data"),
             store_engine: "redb".into(),
             store_cache_bytes: 64 << 20,
@@ -496,6 +531,8 @@ impl Default for Config {
             webhook_max_attempts: 12,
             webhook_max_age_secs: 86_400,
             webhook_outbox_max_bytes: 256 << 20,
+            webhook_offline_recipients_max: 100,
+            webhook_transcript_max_bytes: 256 << 10,
             leancloud_app_id: None,
             leancloud_master_key: None,
             leancloud_open_conversations: true,
@@ -695,6 +732,9 @@ impl Config {
         }
         if self.admin_max_connections == 0 || self.admin_max_body_bytes == 0 {
             return bad("admin_max_connections and admin_max_body_bytes must be at least 1");
+        }
+        if let Err(e) = crate::auth::check_user_id(&self.system_sender, self.max_user_id_bytes) {
+            return Err(ConfigError::Invalid(format!("system_sender: {e}")));
         }
         if let Some(why) = self.jwt_hs256_secret.as_deref().and_then(weak_secret) {
             return Err(ConfigError::Invalid(format!(

@@ -79,6 +79,9 @@ pub struct SessionHandle {
     /// When the login this session continues happened (ms): its own start, or for a resumed
     /// session (LeanCloud `st`) the original login's.
     pub login_at: i64,
+    /// The id (`jti`) of the token the session logged in with, when it has one (a refresh
+    /// replaces it: [`Hub::set_token_id`]).
+    pub jti: Option<Arc<str>>,
 }
 
 /// What [`Hub::register`] did.
@@ -265,6 +268,28 @@ impl Hub {
             n += 1;
         }
         n
+    }
+
+    /// Closes `user`'s sessions logged in with token `jti` (with `code`). Returns how many.
+    pub fn kick_token(&self, user: &str, jti: &str, code: CloseCode) -> usize {
+        let Some(sessions) = self.users.get(user) else {
+            return 0;
+        };
+        let mut n = 0;
+        for h in sessions.iter().filter(|h| h.jti.as_deref() == Some(jti)) {
+            h.kick.kick(code);
+            n += 1;
+        }
+        n
+    }
+
+    /// Records that session `session` of `user` now holds token `jti` (after a refresh).
+    pub fn set_token_id(&self, user: &str, session: u64, jti: Option<Arc<str>>) {
+        if let Some(mut sessions) = self.users.get_mut(user)
+            && let Some(h) = sessions.iter_mut().find(|h| h.id == session)
+        {
+            h.jti = jti;
+        }
     }
 
     /// Number of live sessions.

@@ -39,17 +39,40 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The event types, as endpoints filter them.
-pub const EVENT_TYPES: [&str; 9] = [
+pub const EVENT_TYPES: [&str; 20] = [
     "message.created",
     "message.edited",
     "message.recalled",
+    "message.read",
+    "message.offline_recipients",
     "conversation.created",
     "conversation.members_added",
     "conversation.members_removed",
     "conversation.updated",
     "conversation.deleted",
     "conversation.expired",
+    "conversation.role_changed",
+    "conversation.owner_changed",
+    "conversation.members_muted",
+    "conversation.members_unmuted",
+    "conversation.mute_all_changed",
+    "conversation.members_blocked",
+    "conversation.members_unblocked",
+    "user.online",
+    "user.offline",
 ];
+
+/// Whether some configured endpoint takes events of type `kind`: events nobody takes are
+/// not computed (the ones that cost work of their own: reads, presence, offline recipients,
+/// transcripts).
+pub fn wanted(config: &crate::config::Config, kind: &str) -> bool {
+    config.webhooks.iter().any(|w| wants(&w.events, kind))
+}
+
+/// The outbox record of an event no push carries.
+pub fn record(event: pb::outbox_event::Event) -> Bytes {
+    Bytes::from(pb::OutboxEvent { event: Some(event) }.encode_to_vec())
+}
 
 /// Whether `f` names an event type, or a group of them (`message.*`, `*`).
 pub fn is_event_filter(f: &str) -> bool {
@@ -59,7 +82,22 @@ pub fn is_event_filter(f: &str) -> bool {
             .is_some_and(|g| EVENT_TYPES.iter().any(|t| t.split('.').next() == Some(g)))
 }
 
+/// Events sent only to endpoints that name them (`user.*` names both presence events): each
+/// costs work of its own per message, read or login, which an endpoint that takes "all"
+/// events should not make every deployment pay.
+pub const OPT_IN: [&str; 4] = [
+    "message.read",
+    "message.offline_recipients",
+    "user.online",
+    "user.offline",
+];
+
 fn wants(filter: &[String], kind: &str) -> bool {
+    if OPT_IN.contains(&kind) {
+        return filter
+            .iter()
+            .any(|f| f == kind || (f == "user.*" && kind.starts_with("user.")));
+    }
     filter.is_empty()
         || filter.iter().any(|f| {
             f == "*"
@@ -164,9 +202,12 @@ fn frame_of(body: Body) -> Vec<u8> {
 /// One change, one key; `None` for events no webhook reports (a member's own mute).
 fn event_key(e: &pb::ConversationEvent) -> Option<String> {
     let kind = ConversationEventKind::try_from(e.kind).ok()?;
+    // An expiry's record is written by the expiry itself, with the transcript.
     if matches!(
         kind,
-        ConversationEventKind::Muted | ConversationEventKind::Unspecified
+        ConversationEventKind::Muted
+            | ConversationEventKind::Unspecified
+            | ConversationEventKind::Expired
     ) {
         return None;
     }
@@ -176,10 +217,114 @@ fn event_key(e: &pb::ConversationEvent) -> Option<String> {
     ))
 }
 
+/// The data of a conversation event.
+fn conversation_data(e: pb::ConversationEvent) -> Option<(&'static str, i64, Value)> {
+    let kind = match ConversationEventKind::try_from(e.kind).ok()? {
+        ConversationEventKind::Created => "conversation.created",
+        ConversationEventKind::MembersAdded => "conversation.members_added",
+        ConversationEventKind::MembersRemoved | ConversationEventKind::Left => {
+            "conversation.members_removed"
+        }
+        ConversationEventKind::Updated => "conversation.updated",
+        ConversationEventKind::Deleted => "conversation.deleted",
+        ConversationEventKind::Expired => "conversation.expired",
+        ConversationEventKind::RoleChanged => "conversation.role_changed",
+        ConversationEventKind::OwnerChanged => "conversation.owner_changed",
+        ConversationEventKind::MembersMuted => "conversation.members_muted",
+        ConversationEventKind::MembersUnmuted => "conversation.members_unmuted",
+        ConversationEventKind::MuteAllChanged => "conversation.mute_all_changed",
+        ConversationEventKind::MembersBlocked => "conversation.members_blocked",
+        ConversationEventKind::MembersUnblocked => "conversation.members_unblocked",
+        _ => return None,
+    };
+    let left = e.kind == ConversationEventKind::Left as i32;
+    let mut data = json!({
+        "conversation_id": e.conversation_id,
+        "by": e.by,
+        "members": e.members,
+        "left": left,
+        "conversation": e.conversation.map(json::Conversation::from),
+    });
+    // Group control: the role given, and until when the members are muted.
+    match ConversationEventKind::try_from(e.kind).ok()? {
+        ConversationEventKind::RoleChanged => {
+            let role = pb::MemberRole::try_from(e.role).unwrap_or_default();
+            data["role"] = role.as_str_name().into();
+        }
+        ConversationEventKind::MembersMuted => {
+            data["muted_until"] = e.muted_until.into();
+        }
+        _ => {}
+    }
+    Some((kind, e.server_time, data))
+}
+
+/// The webhook event of a record no push carries.
+fn render_own(record: &[u8]) -> Option<(&'static str, i64, Value)> {
+    use pb::outbox_event::Event;
+    Some(match pb::OutboxEvent::decode(record).ok()?.event? {
+        Event::Read(r) => (
+            "message.read",
+            r.at,
+            json!({
+                "conversation_id": r.conversation_id,
+                "user": r.user,
+                "read_seq": r.read_seq,
+                "message_id": r.message_id,
+            }),
+        ),
+        Event::Presence(p) => (
+            if p.online {
+                "user.online"
+            } else {
+                "user.offline"
+            },
+            p.at,
+            json!({ "user": p.user }),
+        ),
+        Event::OfflineRecipients(o) => {
+            let mut data = json!({
+                "conversation_id": o.conversation_id,
+                "message_id": o.message_id,
+                "seq": o.seq,
+                "sender": o.sender,
+                "count": o.count,
+                "listed": o.listed,
+            });
+            if o.listed {
+                data["recipients"] = o
+                    .recipients
+                    .into_iter()
+                    .map(|r| json!({"user": r.user, "muted": r.muted, "mentioned": r.mentioned}))
+                    .collect();
+            }
+            ("message.offline_recipients", o.at, data)
+        }
+        Event::Expired(x) => {
+            let (kind, at, mut data) = conversation_data(x.event?)?;
+            data["transcript"] = x
+                .transcript
+                .into_iter()
+                .map(|m| serde_json::to_value(json::Message::from(m)).unwrap_or_default())
+                .collect();
+            data["transcript_complete"] = x.complete.into();
+            data["message_count"] = x.message_count.into();
+            (kind, at, data)
+        }
+    })
+}
+
 /// The webhook event of an outbox record: type, time (ms) and data.
 fn render(seq: u64, record: &[u8]) -> Option<(&'static str, Value)> {
     let frame = pb::ServerFrame::decode(record).ok()?;
-    let (kind, at, data) = match frame.body? {
+    let Some(body) = frame.body else {
+        let (kind, at, data) = render_own(record)?;
+        return Some((
+            kind,
+            json!({ "id": seq.to_string(), "type": kind, "timestamp": at, "data": data }),
+        ));
+    };
+    let (kind, at, data) = match body {
         Body::Message(m) => (
             "message.created",
             m.server_time,
@@ -194,46 +339,7 @@ fn render(seq: u64, record: &[u8]) -> Option<(&'static str, Value)> {
             };
             (kind, at, json!({ "message": json::Message::from(m) }))
         }
-        Body::ConversationEvent(e) => {
-            let kind = match ConversationEventKind::try_from(e.kind).ok()? {
-                ConversationEventKind::Created => "conversation.created",
-                ConversationEventKind::MembersAdded => "conversation.members_added",
-                ConversationEventKind::MembersRemoved | ConversationEventKind::Left => {
-                    "conversation.members_removed"
-                }
-                ConversationEventKind::Updated => "conversation.updated",
-                ConversationEventKind::Deleted => "conversation.deleted",
-                ConversationEventKind::Expired => "conversation.expired",
-                ConversationEventKind::RoleChanged => "conversation.role_changed",
-                ConversationEventKind::OwnerChanged => "conversation.owner_changed",
-                ConversationEventKind::MembersMuted => "conversation.members_muted",
-                ConversationEventKind::MembersUnmuted => "conversation.members_unmuted",
-                ConversationEventKind::MuteAllChanged => "conversation.mute_all_changed",
-                ConversationEventKind::MembersBlocked => "conversation.members_blocked",
-                ConversationEventKind::MembersUnblocked => "conversation.members_unblocked",
-                _ => return None,
-            };
-            let left = e.kind == ConversationEventKind::Left as i32;
-            let mut data = json!({
-                "conversation_id": e.conversation_id,
-                "by": e.by,
-                "members": e.members,
-                "left": left,
-                "conversation": e.conversation.map(json::Conversation::from),
-            });
-            // Group control: the role given, and until when the members are muted.
-            match ConversationEventKind::try_from(e.kind).ok()? {
-                ConversationEventKind::RoleChanged => {
-                    let role = pb::MemberRole::try_from(e.role).unwrap_or_default();
-                    data["role"] = role.as_str_name().into();
-                }
-                ConversationEventKind::MembersMuted => {
-                    data["muted_until"] = e.muted_until.into();
-                }
-                _ => {}
-            }
-            (kind, e.server_time, data)
-        }
+        Body::ConversationEvent(e) => conversation_data(e)?,
         _ => return None,
     };
     Some((
@@ -638,11 +744,18 @@ mod tests {
         assert!(is_event_filter("conversation.*"));
         assert!(is_event_filter("*"));
         assert!(!is_event_filter("message.sent"));
-        assert!(!is_event_filter("user.*"));
+        assert!(is_event_filter("user.*"));
+        assert!(!is_event_filter("room.*"));
         let f = vec!["message.*".to_owned()];
         assert!(wants(&f, "message.recalled"));
         assert!(!wants(&f, "conversation.created"));
         assert!(wants(&[], "conversation.created"));
+        // Events with a cost of their own go only to endpoints that name them.
+        assert!(!wants(&[], "message.offline_recipients"));
+        assert!(!wants(&f, "message.read"));
+        assert!(!wants(&["*".to_owned()], "user.online"));
+        assert!(wants(&["user.*".to_owned()], "user.offline"));
+        assert!(wants(&["message.read".to_owned()], "message.read"));
         assert!(secret_bytes("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_some());
         assert!(secret_bytes("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_none());
         assert!(secret_bytes("whsec_c2hvcnQ=").is_none());

@@ -8,16 +8,13 @@
 use super::json::{self, Conversation};
 use super::{Answer, Call, ErrorBody, Failure, NO_SESSION, ok};
 use crate::protocol::pb::{self, MemberRole};
+use crate::registry::Caller;
 use crate::registry::conversation::CreateRequest;
 use crate::registry::users::ProfileUpdate;
-use crate::registry::{Caller, SendRequest};
 use hyper::Method;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
-
-/// The name of the backend in events when a request gives no `by`.
-pub const DEFAULT_BY: &str = "admin";
 
 /// This module's endpoints; `None` when the path is not one of them.
 pub(super) async fn route(call: &Call<'_>, method: &Method, path: &[&str]) -> Option<Answer> {
@@ -44,9 +41,12 @@ pub(super) async fn route(call: &Call<'_>, method: &Method, path: &[&str]) -> Op
     })
 }
 
-/// The backend as the caller, named by `by`.
+/// The backend as the caller, named by `by` (default `system_sender`, as for the other calls
+/// the backend makes without `as`).
 fn backend(call: &Call<'_>) -> Result<Caller, Failure> {
-    let by = call.param("by").unwrap_or_else(|| DEFAULT_BY.to_owned());
+    let by = call
+        .param("by")
+        .unwrap_or_else(|| call.app.config.system_sender.clone());
     call.app.registry.check_user_id(&by)?;
     Ok(Caller::admin(&by))
 }
@@ -173,7 +173,7 @@ impl From<pb::Profile> for Profile {
 
 /// Makes members managers or plain members again (at most `max_managers`). All or nothing.
 #[utoipa::path(post, path = "/v1/conversations/{id}/roles", request_body = SetRoles,
-    params(("id" = String, Path), ("by" = Option<String>, Query, description = "who acts, in events (default admin)")),
+    params(("id" = String, Path), ("by" = Option<String>, Query, description = "who acts, in events (default system_sender)")),
     responses((status = 200, body = json::Conversation), (status = 400, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
 pub(super) async fn set_roles(call: &Call<'_>, id: &str) -> Answer {
@@ -443,21 +443,5 @@ pub(super) async fn create_system(call: &Call<'_>) -> Answer {
     request_body = json::SendMessage, params(("id" = String, Path), ("by" = Option<String>, Query)),
     responses((status = 200, body = json::SendAck), (status = 403, body = ErrorBody)))]
 pub(super) async fn broadcast(call: &Call<'_>, id: &str) -> Answer {
-    let body: json::SendMessage = call.json()?;
-    let req = SendRequest {
-        client_message_id: body.client_message_id,
-        kind: body.kind,
-        content: json::content_bytes(body.text, body.content).map_err(Failure::invalid)?,
-        attributes: body.attributes,
-        mentions: body.mentions,
-        transient: body.transient,
-        want_receipts: body.want_receipts,
-    };
-    let ack = call.app.registry.send(&backend(call)?, id, req).await?;
-    ok(json::SendAck {
-        message_id: ack.message_id,
-        seq: ack.seq,
-        server_time: ack.server_time,
-        duplicate: ack.duplicate,
-    })
+    super::api::send_as(call, id, backend(call)?).await
 }

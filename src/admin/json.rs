@@ -219,6 +219,9 @@ pub struct UpdateConversation {
     pub set_attributes: BTreeMap<String, String>,
     #[serde(default)]
     pub remove_attributes: Vec<String>,
+    /// Temporary conversations, without `as` only: expire this many seconds from now (1 to
+    /// `temporary_ttl_max_secs`), sooner or later than before.
+    pub ttl_secs: Option<u32>,
 }
 
 /// `POST /v1/conversations/{id}/members` and `…/members/remove`.
@@ -266,6 +269,10 @@ pub struct SendMessage {
     pub transient: bool,
     #[serde(default)]
     pub want_receipts: bool,
+    /// Without `as` only: stored and delivered, but moving no member's list entry and no
+    /// unread count.
+    #[serde(default)]
+    pub silent: bool,
 }
 
 /// `PATCH /v1/conversations/{id}/messages/{message_id}`.
@@ -308,6 +315,8 @@ pub struct Token {
     pub token: String,
     /// When it expires (ms).
     pub expires_at: i64,
+    /// Its id (`jti`): `POST /v1/users/{user}/revoke-tokens` `{"jti": …}` revokes it alone.
+    pub jti: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -371,4 +380,135 @@ pub struct DeadLetters {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Replayed {
     pub replayed: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenTemporary {
+    pub conversation: Conversation,
+    /// The newest message's time, or the creation's when there is none (ms).
+    pub last_activity: i64,
+    pub last_message: Option<Message>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenTemporaries {
+    pub conversations: Vec<OpenTemporary>,
+    pub next_cursor: String,
+    pub has_more: bool,
+}
+
+/// `POST /v1/conversations/{id}/messages/delete`: message ids, or everything before a time.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteMessages {
+    #[serde(default)]
+    pub message_ids: Vec<String>,
+    /// Messages sent before this time (ms)…
+    #[serde(default)]
+    pub before_time: i64,
+    /// …or at it too.
+    #[serde(default)]
+    pub inclusive: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageVersions {
+    /// As it was before each change, oldest first.
+    pub versions: Vec<Message>,
+    pub current: Message,
+}
+
+/// A user's access, as the backend decided it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Access {
+    pub banned: bool,
+    /// Until when (ms; 9223372036854775807: until lifted; 0: not banned).
+    pub banned_until: i64,
+    pub ban_reason: String,
+    pub banned_at: i64,
+    /// Tokens issued before this time (ms) are refused (0: none).
+    pub tokens_revoked_before: i64,
+}
+
+/// `POST /v1/users/{user}/ban`: until a time, for a while, or (neither) until lifted.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ban {
+    /// Until this time (ms)…
+    pub until: Option<i64>,
+    /// …or for this long.
+    pub duration_secs: Option<u64>,
+    /// Told to the user's refused logins (at most 512 bytes).
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Banned {
+    pub access: Access,
+    /// Live sessions closed.
+    pub closed: usize,
+}
+
+/// `POST /v1/users/{user}/revoke-tokens`: every token issued before now, or one by its id.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Revoke {
+    /// Only this token (its `jti`).
+    pub jti: Option<String>,
+    /// When that token expires (ms): it is refused until then (default: 30 days from now).
+    pub expires_at: Option<i64>,
+}
+
+/// `POST /v1/broadcasts`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Broadcast {
+    /// Makes it idempotent: each target gets it once (at most `max_client_message_id_bytes`
+    /// minus 10 bytes).
+    pub broadcast_id: String,
+    /// Users, each reached in their direct conversation with `system_sender`.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Conversations, reached as the backend.
+    #[serde(default)]
+    pub conversations: Vec<String>,
+    pub text: Option<String>,
+    pub content: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: i32,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// Moves no list entry and no unread count.
+    #[serde(default)]
+    pub silent: bool,
+    /// Delivered to those online only, not stored (then not idempotent).
+    #[serde(default)]
+    pub transient: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BroadcastFailure {
+    /// `user:<id>` or `conversation:<id>`.
+    pub target: String,
+    pub code: i32,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BroadcastResult {
+    pub broadcast_id: String,
+    /// Targets that got it now.
+    pub sent: usize,
+    /// Targets that had it already (an earlier run of the same broadcast).
+    pub duplicates: usize,
+    pub failed: Vec<BroadcastFailure>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Backup {
+    /// The dump's path on the server.
+    pub file: String,
+    pub entries: u64,
+    pub bytes: u64,
 }

@@ -206,7 +206,9 @@ impl From<Error> for Failure {
             | Error::PermissionDenied(_)
             | Error::Muted(_)
             | Error::Blacklisted(_)
-            | Error::Blocked => StatusCode::FORBIDDEN,
+            | Error::Blocked
+            | Error::Banned(_)
+            | Error::TokenRevoked => StatusCode::FORBIDDEN,
             Error::OwnerMustTransfer => StatusCode::CONFLICT,
             Error::NotAllowedForKind { .. } | Error::WindowExpired(_) => StatusCode::CONFLICT,
             Error::InvalidArgument(_) | Error::UnknownRequest | Error::AlreadyLoggedIn => {
@@ -353,6 +355,15 @@ async fn handle(
     }
     let method = req.method().clone();
     let query = req.uri().query().map(str::to_owned);
+    let idempotency_key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) => Some(k.to_owned()),
+            Err(_) => {
+                return failure(Failure::invalid("Idempotency-Key must be printable ASCII"));
+            }
+        },
+    };
     let body = match Limited::new(req.into_body(), app.config.admin_max_body_bytes)
         .collect()
         .await
@@ -375,6 +386,7 @@ async fn handle(
         app,
         query: query.as_deref(),
         body: &body,
+        idempotency_key: idempotency_key.as_deref(),
     };
     match api::route(&call, &method, &segments).await {
         Ok((status, value)) => respond(status, &value),
@@ -387,6 +399,8 @@ struct Call<'a> {
     app: &'a Arc<App>,
     query: Option<&'a str>,
     body: &'a Bytes,
+    /// The `Idempotency-Key` header, when given.
+    idempotency_key: Option<&'a str>,
 }
 
 impl Call<'_> {
@@ -419,6 +433,15 @@ impl Call<'_> {
             .ok_or_else(|| Failure::invalid("name the acting user with ?as=<user id>"))?;
         self.app.registry.check_user_id(&user)?;
         Ok(Caller::user(user.as_str().into(), NO_SESSION))
+    }
+
+    /// The acting user (`as`) when one is named, else the app's backend itself: an admin
+    /// caller named `system_sender`, with the overrides docs/admin.md lists.
+    fn actor(&self) -> Result<Caller, Failure> {
+        match self.param("as") {
+            Some(_) => self.caller(),
+            None => Ok(Caller::admin(&self.app.config.system_sender)),
+        }
     }
 
     fn json<T: DeserializeOwned>(&self) -> Result<T, Failure> {

@@ -25,6 +25,10 @@ pub struct CreateRequest {
     /// Temporary and group: return the live one with the same member set (for groups, one
     /// that was created with `unique` too).
     pub unique: bool,
+    /// The admin API's `Idempotency-Key` and the fingerprint of the request that came with
+    /// it: the conversation created is recorded under the key in the same commit (see
+    /// [`Registry::create_once`]).
+    pub idempotency: Option<(String, Vec<u8>)>,
 }
 
 /// What an update request changes.
@@ -33,6 +37,9 @@ pub struct UpdateRequest {
     pub name: Option<String>,
     pub set_attributes: BTreeMap<String, String>,
     pub remove_attributes: Vec<String>,
+    /// Temporary conversations, the app's backend only: the conversation now expires this
+    /// many seconds from now (longer or shorter than before).
+    pub ttl_secs: Option<u32>,
 }
 
 fn kind_name(k: ConversationKind) -> &'static str {
@@ -116,6 +123,7 @@ impl Registry {
                 let _unique = if req.unique {
                     let guard = self.unique_groups.lock().await;
                     if let Some(cell) = self.unique_group(&caller.user, &others)? {
+                        self.record_idempotency(&req.idempotency, cell.num).await?;
                         let view = cell.lock().view(&cell.id);
                         return self.view_for(&cell, view, &caller.user);
                     }
@@ -141,7 +149,9 @@ impl Registry {
                         alias: String::new(),
                         ..Default::default()
                     };
-                    let (cell, ops, events) = self.new_normal(&mut next, caller, record, &members);
+                    let (cell, mut ops, events) =
+                        self.new_normal(&mut next, caller, record, &members);
+                    ops.extend(self.idempotency_op(&req.idempotency, cell.num));
                     (cell, self.writer.submit(permit, ops, Vec::new(), events))
                 };
                 wait(rx).await?;
@@ -185,6 +195,7 @@ impl Registry {
         let mut members: Vec<UserId> = others.into_iter().collect();
         members.push(caller.user.clone());
         members.sort();
+        let idempotency = req.idempotency.clone();
         let permit = self.writer.reserve().await?;
         let (cell, rx) = {
             let mut next = self.next_conv.lock().unwrap_or_else(|p| p.into_inner());
@@ -227,6 +238,7 @@ impl Registry {
                         members: members.clone(),
                         conv: num,
                     });
+                    ops.extend(self.idempotency_op(&idempotency, num));
                     self.temp_uniques.insert(members, num);
                     (
                         cell,
@@ -241,7 +253,10 @@ impl Registry {
                 // Its deadline may be the next one the sweep must wake for.
                 self.expiry_changed.notify_waiters();
             }
-            None => self.writer.barrier().await?,
+            None => {
+                self.writer.barrier().await?;
+                self.record_idempotency(&idempotency, cell.num).await?;
+            }
         }
         let view = cell.lock().view(&cell.id);
         self.view_for(&cell, view, &caller.user)
@@ -310,6 +325,7 @@ impl Registry {
         } else {
             (peer, caller.user.clone())
         };
+        let idempotency = req.idempotency.clone();
         let permit = self.writer.reserve().await?;
         let (num, rx) = match self.directs.entry(pair.clone()) {
             dashmap::Entry::Occupied(e) => (*e.get(), None),
@@ -344,6 +360,7 @@ impl Registry {
                         b: pair.1.clone(),
                         conv: cell.num,
                     });
+                    ops.extend(self.idempotency_op(&req.idempotency, cell.num));
                     v.insert(cell.num);
                     (
                         cell.num,
@@ -355,7 +372,10 @@ impl Registry {
         match rx {
             Some(rx) => wait(rx).await?,
             // Someone else created it: make sure their create is durable before answering.
-            None => self.writer.barrier().await?,
+            None => {
+                self.writer.barrier().await?;
+                self.record_idempotency(&idempotency, num).await?;
+            }
         }
         let cell = self.cell_by_num(num)?;
         let view = cell.lock().view(&cell.id);
@@ -434,6 +454,7 @@ impl Registry {
             edited: HashMap::new(),
             receipt_high: None,
             blocks: None,
+            silent: None,
         };
         let id = Arc::from(Self::id_of(num, &state.record));
         state.rebuild_roster();
@@ -456,14 +477,17 @@ impl Registry {
         (cell, ops, events)
     }
 
-    /// The conversation, for a member.
+    /// The conversation, for a member or the app's backend.
     pub fn get(&self, caller: &Caller, id: &str) -> Result<Conversation, Error> {
         let cell = self.cell(id)?;
         let view = {
             let st = cell.lock();
-            st.require_member(&caller.user)?;
+            st.require_reader(caller)?;
             st.view(&cell.id)
         };
+        if caller.admin {
+            return Ok(view);
+        }
         self.view_for(&cell, view, &caller.user)
     }
 
@@ -529,6 +553,63 @@ impl Registry {
         }
     }
 
+    /// Groups; and temporary conversations when the app's backend asks (customer service:
+    /// transferring a visitor, adding a supervisor). Returns whether it is temporary.
+    fn require_group_or_backend(
+        st: &ConvState,
+        caller: &Caller,
+        what: &'static str,
+    ) -> Result<bool, Error> {
+        if caller.admin && st.kind() == ConversationKind::Temporary {
+            return Ok(true);
+        }
+        Self::require_group(st, what)?;
+        Ok(false)
+    }
+
+    /// After the members of a temporary conversation changed (in `st.members`): its member
+    /// list in the record follows, and so does the unique-member-set index, unless another
+    /// conversation holds the new set. Adds the ops.
+    fn reindex_temporary(
+        &self,
+        st: &mut ConvState,
+        num: u64,
+        ops: &mut Vec<Op>,
+    ) -> Result<(), Error> {
+        let old: Vec<UserId> = st
+            .record
+            .pair
+            .iter()
+            .map(|m| UserId::from(m.as_str()))
+            .collect();
+        let new: Vec<UserId> = st.roster.to_vec();
+        let holder = |set: &Vec<UserId>| -> Result<Option<u64>, Error> {
+            match self.temp_uniques.get(set) {
+                Some(n) => Ok(Some(*n)),
+                None => Ok(self.store.unique_temporary(set)?),
+            }
+        };
+        if holder(&old)? == Some(num) {
+            ops.push(Op::DeleteUniqueTemporary {
+                members: old.clone(),
+            });
+            self.temp_uniques.remove_if(&old, |_, n| *n == num);
+        }
+        if holder(&new)?.is_none_or(|n| n == num) {
+            ops.push(Op::PutUniqueTemporary {
+                members: new.clone(),
+                conv: num,
+            });
+            self.temp_uniques.insert(new.clone(), num);
+        }
+        st.record.pair = new.iter().map(|m| m.to_string()).collect();
+        ops.push(Op::PutConversation {
+            conv: num,
+            record: st.record.clone(),
+        });
+        Ok(())
+    }
+
     fn require_group(st: &ConvState, what: &'static str) -> Result<(), Error> {
         match st.kind() {
             ConversationKind::Group => Ok(()),
@@ -588,7 +669,7 @@ impl Registry {
             } else {
                 st.authorize(caller, Action::AddMembers)?;
             }
-            Self::require_group(&st, "adding members")?;
+            let temporary = Self::require_group_or_backend(&st, caller, "adding members")?;
             let mut new: Vec<UserId> = Vec::new();
             for u in named {
                 if st.record.blacklist.contains_key(&*u) {
@@ -607,11 +688,15 @@ impl Registry {
             if new.is_empty() {
                 None
             } else {
-                if st.members.len() + new.len() > self.config.max_group_members {
+                let (max, name) = if temporary {
+                    (self.config.max_temporary_members, "max_temporary_members")
+                } else {
+                    (self.config.max_group_members, "max_group_members")
+                };
+                if st.members.len() + new.len() > max {
                     return Err(Error::LimitExceeded(format!(
-                        "{} members; max_group_members is {}",
+                        "{} members; {name} is {max}",
                         st.members.len() + new.len(),
-                        self.config.max_group_members
                     )));
                 }
                 let existing = st.roster.clone();
@@ -635,6 +720,7 @@ impl Registry {
                     let rec = UserConversationRecord {
                         joined_at: now,
                         kind: st.record.kind,
+                        expires_at: st.record.expires_at,
                         ..Default::default()
                     };
                     ops.push(Self::put_entry(&mut st, cell.num, u, rec));
@@ -649,6 +735,9 @@ impl Registry {
                     });
                 }
                 st.rebuild_roster();
+                if temporary {
+                    self.reindex_temporary(&mut st, cell.num, &mut ops)?;
+                }
                 let names: Vec<String> = new.iter().map(|u| u.to_string()).collect();
                 let event = self.event(
                     Ev::MembersAdded,
@@ -716,7 +805,7 @@ impl Registry {
         let rx = {
             let mut st = cell.lock();
             let rank = st.authorize(caller, Action::RemoveMembers)?;
-            Self::require_group(&st, "removing members")?;
+            let temporary = Self::require_group_or_backend(&st, caller, "removing members")?;
             let mut refused = Vec::new();
             for u in &named {
                 let verdict = if !st.members.contains_key(u) {
@@ -735,11 +824,19 @@ impl Registry {
             for u in refused {
                 named.remove(&u);
             }
+            if temporary && named.len() >= st.members.len() {
+                return Err(Error::InvalidArgument(
+                    "a temporary conversation keeps at least one member; end it instead".into(),
+                ));
+            }
             if named.is_empty() {
                 None
             } else {
                 let before = st.view(&cell.id);
-                let ops = self.drop_members(&mut st, &cell, &named);
+                let mut ops = self.drop_members(&mut st, &cell, &named);
+                if temporary {
+                    self.reindex_temporary(&mut st, cell.num, &mut ops)?;
+                }
                 let names: Vec<String> = named.iter().map(|u| u.to_string()).collect();
                 let event = self.event(
                     Ev::MembersRemoved,
@@ -891,11 +988,29 @@ impl Registry {
             &mut req.set_attributes,
         )
         .await?;
+        if let Some(ttl) = req.ttl_secs {
+            if !caller.admin {
+                return Err(Error::PermissionDenied(
+                    "only the app's backend may change a temporary conversation's lifetime",
+                ));
+            }
+            if ttl == 0 || ttl > self.config.temporary_ttl_max_secs {
+                return Err(Error::InvalidArgument(format!(
+                    "ttl_secs must be 1..={} (temporary_ttl_max_secs)",
+                    self.config.temporary_ttl_max_secs
+                )));
+            }
+        }
         let permit = self.writer.reserve().await?;
+        let mut moved_deadline = false;
         let rx = {
             let mut st = cell.lock();
             st.authorize(caller, Action::Update)?;
-            Self::require_not_temporary(&st, "updating name or attributes")?;
+            // The app's backend keeps a customer-service chat's status, assignee and tags in
+            // its attributes; clients may not change a temporary conversation.
+            if !caller.admin {
+                Self::require_not_temporary(&st, "updating name or attributes")?;
+            }
             let mut record = st.record.clone();
             if let Some(name) = req.name {
                 record.name = name;
@@ -905,11 +1020,37 @@ impl Registry {
             }
             record.attributes.extend(req.set_attributes);
             self.check_attributes(&record.name, &record.attributes)?;
+            let mut ops = Vec::new();
+            if let Some(ttl) = req.ttl_secs {
+                if st.kind() != ConversationKind::Temporary {
+                    return Err(Error::NotAllowedForKind {
+                        kind: kind_name(st.kind()),
+                        what: "a lifetime (ttl_secs)",
+                    });
+                }
+                let at = self.now() + i64::from(ttl) * 1000;
+                ops.push(Op::DeleteExpiry {
+                    at: record.expires_at,
+                    conv: cell.num,
+                });
+                ops.push(Op::PutExpiry { at, conv: cell.num });
+                record.expires_at = at;
+                // Every member's list entry shows the deadline.
+                for u in st.roster.clone().iter() {
+                    let mut rec = self.entry(&mut st, cell.num, u)?;
+                    rec.expires_at = at;
+                    ops.push(Self::put_entry(&mut st, cell.num, u, rec));
+                }
+                moved_deadline = true;
+            }
             st.record = record.clone();
-            let ops = vec![Op::PutConversation {
-                conv: cell.num,
-                record,
-            }];
+            ops.insert(
+                0,
+                Op::PutConversation {
+                    conv: cell.num,
+                    record,
+                },
+            );
             let event = self.event(
                 Ev::Updated,
                 &cell,
@@ -924,7 +1065,12 @@ impl Registry {
             )];
             self.writer.submit(permit, ops, live, Vec::new())
         };
-        self.finish(&cell, caller, Some(rx)).await
+        let view = self.finish(&cell, caller, Some(rx)).await?;
+        if moved_deadline {
+            // The new deadline may be the next one the sweep must wake for.
+            self.expiry_changed.notify_waiters();
+        }
+        Ok(view)
     }
 
     /// Mutes or unmutes the conversation for the caller only; their other devices are told.

@@ -9,15 +9,25 @@
 //! On start the task runs at once, so what expired while the server was down goes first.
 
 use super::writer::wait;
-use super::{Error, Registry};
+use super::{Caller, ConvCell, ConvState, Error, Registry};
 use crate::hub::Recipients;
-use crate::protocol::pb::ConversationEventKind as Ev;
+use crate::protocol::pb::{ConversationEventKind as Ev, ConversationKind};
 use crate::store::Op;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Conversations purged per round.
 const ROUND: usize = 256;
+
+/// How an expiry began.
+enum Begun {
+    /// The purge is queued.
+    Queued(tokio::sync::oneshot::Receiver<Result<(), super::writer::WriteError>>),
+    /// Marked expired; the purge waits for the transcript ([`Registry::finish_expiry`]).
+    Marked(Arc<ConvCell>),
+    /// Not due (any more).
+    NotDue,
+}
 
 /// Runs the sweep until `shutdown`.
 pub async fn run(registry: Arc<Registry>, shutdown: CancellationToken) {
@@ -70,59 +80,335 @@ impl Registry {
                 return Ok(());
             }
             let mut pending = Vec::with_capacity(due.len());
+            let mut marked = Vec::new();
+            let mut moved = false;
             for conv in due {
-                pending.push(self.expire(conv).await?);
+                match self.expire(conv).await? {
+                    Begun::Queued(rx) => pending.push(rx),
+                    Begun::Marked(cell) => marked.push(cell),
+                    Begun::NotDue => moved = true,
+                }
+            }
+            // The transcripts of this round, after one wait for what was queued before.
+            if !marked.is_empty() {
+                self.writer.barrier().await?;
+                for cell in marked {
+                    pending.push(self.finish_expiry(&cell, "").await?);
+                }
             }
             for rx in pending {
                 wait(rx).await?;
                 // Counted once durable, so whoever waits on it sees the purge on disk.
                 self.stats.conversations_expired.inc();
             }
+            if moved {
+                // A moved deadline's old index entry goes with a write that may not have
+                // committed yet: let it, rather than read the same entry again at once.
+                self.writer.barrier().await?;
+            }
         }
     }
 
-    /// Marks one conversation expired and queues its purge.
-    async fn expire(
-        &self,
-        conv: u64,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), super::writer::WriteError>>, Error> {
+    /// Marks one conversation expired and queues its purge (or, for the transcript, only
+    /// marks it); not when it is not due after all (its deadline was moved since the index
+    /// was read, or it already ended).
+    async fn expire(&self, conv: u64) -> Result<Begun, Error> {
         let permit = self.writer.reserve().await?;
         let cell = match self.cell_by_num(conv) {
             Ok(c) => c,
             // Only the index entry is left: purge cleans it up.
             Err(Error::ConversationNotFound) => {
-                return Ok(self.writer.submit(
+                return Ok(Begun::Queued(self.writer.submit(
                     permit,
                     vec![Op::PurgeConversation { conv }],
                     vec![],
                     vec![],
-                ));
+                )));
             }
             Err(e) => return Err(e),
         };
-        let rx = {
-            let mut st = cell.lock();
-            st.expired = true;
-            self.presence.drop_users(cell.num, None);
-            let view = st.view(&cell.id);
-            let members: Vec<_> = st
-                .record
-                .pair
-                .iter()
-                .map(|m| crate::store::UserId::from(m.as_str()))
-                .collect();
-            let event = self.event(Ev::Expired, &cell, "", Vec::new(), view);
-            let live = Self::live(&event, Recipients::Users(st.roster.clone()), 0);
-            // The cell stays (marked expired) until the purge has committed.
-            let forget = self.forget_after_commit(&cell, None, Some(members));
-            self.writer.submit_then(
-                permit,
-                vec![Op::PurgeConversation { conv }],
-                vec![live],
-                vec![],
-                Some(forget),
-            )
+        self.begin_expiry(permit, cell, "")
+    }
+
+    /// Expires a live cell: at once, or, when some webhook endpoint takes
+    /// `conversation.expired`, in two steps, so the event carries the transcript: the cell is
+    /// marked expired here (nothing more can be sent), and once what was queued before has
+    /// committed, [`Registry::finish_expiry`] reads the transcript and queues the purge with
+    /// the event. A crash in between leaves the conversation to the next sweep.
+    fn begin_expiry(
+        &self,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        cell: Arc<ConvCell>,
+        by: &str,
+    ) -> Result<Begun, Error> {
+        let mut st = cell.lock();
+        // The sweep (`by` empty) expires only what is due: a deadline may have moved since
+        // the index was read, and an ended conversation is already on its way out.
+        if by.is_empty() && (st.expired || st.deleted || st.record.expires_at > self.now()) {
+            return Ok(Begun::NotDue);
+        }
+        st.require_live()?;
+        if !self.webhook.expired {
+            return Ok(Begun::Queued(
+                self.expire_locked(permit, &cell, &mut st, by, None),
+            ));
+        }
+        st.expired = true;
+        drop(st);
+        Ok(Begun::Marked(cell))
+    }
+
+    /// The second step of [`Registry::begin_expiry`], once what was queued before the mark
+    /// has committed.
+    async fn finish_expiry(
+        &self,
+        cell: &Arc<ConvCell>,
+        by: &str,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), super::writer::WriteError>>, Error> {
+        let transcript = self.transcript(cell.num)?;
+        let permit = self.writer.reserve().await?;
+        let mut st = cell.lock();
+        Ok(self.expire_locked(permit, cell, &mut st, by, Some(transcript)))
+    }
+
+    /// A conversation's messages, oldest first, up to `webhook_transcript_max_bytes`; whether
+    /// that is all of them, and how many there are.
+    fn transcript(
+        &self,
+        num: u64,
+    ) -> Result<(Vec<crate::protocol::pb::Message>, bool, u64), Error> {
+        use prost::Message as _;
+        let last = self.committed_last(num)?;
+        let budget = self.config.webhook_transcript_max_bytes;
+        let (mut out, mut used, mut next) = (Vec::new(), 0usize, 1u64);
+        while next <= last {
+            let chunk = self.store.messages(
+                num,
+                next,
+                last + 1,
+                crate::store::Direction::Ascending,
+                128,
+            )?;
+            let Some(end) = chunk.last().map(|m| m.seq) else {
+                break;
+            };
+            for m in chunk {
+                used += m.encoded_len();
+                if used > budget {
+                    return Ok((out, false, last));
+                }
+                out.push(m);
+            }
+            next = end + 1;
+        }
+        Ok((out, true, last))
+    }
+
+    /// Ends a temporary conversation now, as if its deadline had come: members get the
+    /// EXPIRED event, its messages are purged. The app's backend only (customer service
+    /// closing a chat).
+    pub async fn end_temporary(&self, caller: &Caller, id: &str) -> Result<(), Error> {
+        if !caller.admin {
+            return Err(Error::PermissionDenied(
+                "only the app's backend may end a temporary conversation",
+            ));
+        }
+        let cell = self.cell(id)?;
+        {
+            let st = cell.lock();
+            if st.kind() != ConversationKind::Temporary {
+                return Err(Error::NotAllowedForKind {
+                    kind: if st.kind() == ConversationKind::Group {
+                        "group"
+                    } else {
+                        "direct"
+                    },
+                    what: "ending (only temporary conversations end)",
+                });
+            }
+        }
+        let permit = self.writer.reserve().await?;
+        let rx = match self.begin_expiry(permit, cell.clone(), &caller.user)? {
+            Begun::Queued(rx) => rx,
+            Begun::Marked(cell) => {
+                self.writer.barrier().await?;
+                self.finish_expiry(&cell, &caller.user).await?
+            }
+            Begun::NotDue => return Err(Error::ConversationExpired),
         };
-        Ok(rx)
+        wait(rx).await?;
+        self.stats.conversations_expired.inc();
+        Ok(())
+    }
+
+    /// Under the conversation's lock: marks it expired, pushes EXPIRED to the members online
+    /// and queues the purge, with the `conversation.expired` webhook record when `transcript`
+    /// is given. `by`: who ended it (empty: its deadline).
+    fn expire_locked(
+        &self,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        cell: &Arc<ConvCell>,
+        st: &mut ConvState,
+        by: &str,
+        transcript: Option<(Vec<crate::protocol::pb::Message>, bool, u64)>,
+    ) -> tokio::sync::oneshot::Receiver<Result<(), super::writer::WriteError>> {
+        st.expired = true;
+        self.presence.drop_users(cell.num, None);
+        let view = st.view(&cell.id);
+        let members: Vec<_> = st
+            .record
+            .pair
+            .iter()
+            .map(|m| crate::store::UserId::from(m.as_str()))
+            .collect();
+        let event = self.event(Ev::Expired, cell, by, Vec::new(), view);
+        let live = Self::live(&event, Recipients::Users(st.roster.clone()), 0);
+        let records = match transcript {
+            Some((transcript, complete, message_count)) => {
+                let e = crate::protocol::pb::ExpiredEvent {
+                    event: Some(event),
+                    transcript,
+                    complete,
+                    message_count,
+                };
+                vec![crate::webhooks::record(
+                    crate::protocol::pb::outbox_event::Event::Expired(e),
+                )]
+            }
+            None => Vec::new(),
+        };
+        // The cell stays (marked expired) until the purge has committed.
+        let forget = self.forget_after_commit(cell, None, Some(members));
+        self.writer.submit_with_records(
+            permit,
+            vec![Op::PurgeConversation { conv: cell.num }],
+            vec![live],
+            vec![],
+            Some(forget),
+            records,
+        )
+    }
+}
+
+/// One open temporary conversation, as the app's backend lists them.
+#[derive(Debug, Clone)]
+pub struct OpenTemporary {
+    pub conversation: crate::protocol::pb::Conversation,
+    /// Its newest message's time, or its creation when it has none (ms).
+    pub last_activity: i64,
+    pub last_message: Option<crate::protocol::pb::Message>,
+}
+
+impl Registry {
+    /// The open temporary conversations, newest activity first (ties: newest first), of one
+    /// member when `member` is given: a page of `limit` after `cursor`. For the app's backend
+    /// (waiting customer-service chats). Without a member it looks at every open temporary
+    /// conversation, at most `admin_temporary_scan_max` of them.
+    pub fn open_temporaries(
+        &self,
+        member: Option<&str>,
+        cursor: &str,
+        limit: u32,
+    ) -> Result<(Vec<OpenTemporary>, String, bool), Error> {
+        let limit = self.page_size(limit)?;
+        let after = match cursor {
+            "" => None,
+            c => Some(
+                c.split_once('.')
+                    .and_then(|(a, n)| {
+                        Some((
+                            u64::from_str_radix(a, 16).ok()? as i64,
+                            u64::from_str_radix(n, 16).ok()?,
+                        ))
+                    })
+                    .ok_or_else(|| Error::InvalidArgument("malformed cursor".into()))?,
+            ),
+        };
+        let nums: Vec<u64> = match member {
+            Some(m) => {
+                self.check_user_id(m)?;
+                self.store
+                    .user_conversations(m)?
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .filter(|n| n & crate::protocol::TEMPORARY_BIT != 0)
+                    .collect()
+            }
+            None => {
+                let max = self.config.admin_temporary_scan_max;
+                let all = self.store.next_expiries(max.saturating_add(1))?;
+                if all.len() > max {
+                    return Err(Error::LimitExceeded(format!(
+                        "more than {max} open temporary conversations \
+                         (admin_temporary_scan_max); list one member's"
+                    )));
+                }
+                all.into_iter().map(|(_, n)| n).collect()
+            }
+        };
+        let now = self.now();
+        // (activity, number) of every open one, newest first.
+        let mut rows: Vec<(i64, u64)> = Vec::with_capacity(nums.len());
+        for num in nums {
+            let activity = match self.convs.get(&num).map(|c| c.clone()) {
+                Some(cell) => {
+                    let st = cell.lock();
+                    if st.require_live().is_err() || st.record.expires_at <= now {
+                        continue;
+                    }
+                    st.last_ts
+                }
+                None => {
+                    let Some(r) = self.store.conversation(num)? else {
+                        continue;
+                    };
+                    if r.deleted_at > 0 || r.expires_at <= now {
+                        continue;
+                    }
+                    self.store
+                        .last_message(num)?
+                        .map_or(r.created_at, |m| m.server_time)
+                }
+            };
+            rows.push((activity, num));
+        }
+        rows.sort_unstable_by(|a, b| b.cmp(a));
+        let start = match after {
+            Some(key) => rows.partition_point(|r| *r >= key),
+            None => 0,
+        };
+        let mut page = Vec::with_capacity(limit);
+        let mut next = String::new();
+        let mut more = false;
+        for &(activity, num) in &rows[start..] {
+            if page.len() == limit {
+                more = true;
+                break;
+            }
+            let Ok(cell) = self.cell_by_num(num) else {
+                continue;
+            };
+            let conversation = {
+                let st = cell.lock();
+                if st.require_live().is_err() {
+                    continue;
+                }
+                st.view(&cell.id)
+            };
+            let last_message = match conversation.last_seq {
+                0 => None,
+                seq => self.store.message(num, seq)?,
+            };
+            page.push(OpenTemporary {
+                conversation,
+                last_activity: activity,
+                last_message,
+            });
+            next = format!("{:x}.{num:x}", activity as u64);
+        }
+        if !more {
+            next.clear();
+        }
+        Ok((page, next, more))
     }
 }

@@ -122,12 +122,17 @@ impl Registry {
         Self::seq_in(&*self.store, cell.num, message_id)
     }
 
-    /// The caller's view of a conversation they belong to.
+    /// The caller's view of a conversation they belong to; the app's backend sees it whole
+    /// (for moderation: nobody's one-way deletes apply).
     fn view_of(&self, caller: &Caller, cell: &ConvCell) -> Result<View, Error> {
         let cleared = {
             let mut st = cell.lock();
-            st.require_member(&caller.user)?;
-            self.entry(&mut st, cell.num, &caller.user)?.cleared_seq
+            st.require_reader(caller)?;
+            if caller.admin {
+                0
+            } else {
+                self.entry(&mut st, cell.num, &caller.user)?.cleared_seq
+            }
         };
         Ok(View {
             cleared,
@@ -206,11 +211,14 @@ impl Registry {
         if lo > hi || hi == 0 {
             return Ok((Vec::new(), false, String::new()));
         }
-        let hidden: HashSet<u64> = self
-            .store
-            .hidden_seqs(&caller.user, num, lo, hi + 1)?
-            .into_iter()
-            .collect();
+        let hidden: HashSet<u64> = if caller.admin {
+            HashSet::new()
+        } else {
+            self.store
+                .hidden_seqs(&caller.user, num, lo, hi + 1)?
+                .into_iter()
+                .collect()
+        };
         let wanted = |m: &Message| {
             !hidden.contains(&m.seq) && (req.types.is_empty() || req.types.contains(&m.r#type))
         };
@@ -423,12 +431,15 @@ impl Registry {
         id: &str,
         message_id: &str,
     ) -> Result<Message, Error> {
-        let window = self.config.recall_window_secs;
+        // The app's backend recalls any message, however old.
+        let window = (!caller.admin).then_some(self.config.recall_window_secs);
         self.rewrite(caller, id, message_id, true, |m, now| {
             if m.recalled {
                 return Ok(None);
             }
-            Self::check_window(m, now, window, "recall_window_secs")?;
+            if let Some(window) = window {
+                Self::check_window(m, now, window, "recall_window_secs")?;
+            }
             m.recalled = true;
             m.recalled_at = now;
             m.content = Bytes::new();
@@ -449,7 +460,9 @@ impl Registry {
     ) -> Result<Message, Error> {
         let mut req = req;
         self.moderate_edit(caller, id, &mut req).await?;
-        let (window, max_edits) = (self.config.edit_window_secs, self.config.max_edits);
+        // The app's backend edits any message, however old (`max_edits` still holds).
+        let window = (!caller.admin).then_some(self.config.edit_window_secs);
+        let max_edits = self.config.max_edits;
         let EditRequest {
             message_id,
             content,
@@ -460,7 +473,9 @@ impl Registry {
             if m.recalled {
                 return Err(Error::MessageNotFound);
             }
-            Self::check_window(m, now, window, "edit_window_secs")?;
+            if let Some(window) = window {
+                Self::check_window(m, now, window, "edit_window_secs")?;
+            }
             if m.edit_count >= max_edits {
                 return Err(Error::LimitExceeded(format!(
                     "edited {} times; max_edits is {max_edits}",
@@ -515,7 +530,7 @@ impl Registry {
                 None => self.store.message(cell.num, seq)?,
             };
             let mut m = current.ok_or(Error::MessageNotFound)?;
-            if *m.sender != *caller.user {
+            if *m.sender != *caller.user && !caller.admin {
                 let others = super::groups::Action::RecallOthers;
                 if !recall || st.kind() != ConversationKind::Group || rank < others.least() {
                     return Err(Error::PermissionDenied(
@@ -526,11 +541,21 @@ impl Registry {
             }
             let now = self.now();
             let patched_before = m.edited_at.max(m.recalled_at);
+            let before = self.config.keep_message_versions.then(|| m.clone());
             let Some(kind) = change(&mut m, now)? else {
                 return Ok(m);
             };
             let encoded = Bytes::from(m.encode_to_vec());
-            let mut ops = Vec::with_capacity(3);
+            let mut ops = Vec::with_capacity(4);
+            if let Some(before) = before {
+                // Kept for audit: the n-th change keeps version n, the message as it was.
+                ops.push(Op::PutMessageVersion {
+                    conv: cell.num,
+                    seq,
+                    version: u64::from(before.edit_count),
+                    message: Bytes::from(before.encode_to_vec()),
+                });
+            }
             if patched_before > 0 {
                 ops.push(Op::DeletePatch {
                     conv: cell.num,
@@ -571,6 +596,40 @@ impl Registry {
         };
         wait(rx).await?;
         Ok(message)
+    }
+
+    /// A message's kept versions, oldest first (as it was before each edit or its recall,
+    /// when `keep_message_versions` was on), and the message as it now is. The app's
+    /// backend only (audit).
+    pub fn message_versions(
+        &self,
+        caller: &Caller,
+        id: &str,
+        message_id: &str,
+    ) -> Result<(Vec<Message>, Message), Error> {
+        if !caller.admin {
+            return Err(Error::PermissionDenied(
+                "only the app's backend reads kept versions",
+            ));
+        }
+        let cell = self.cell(id)?;
+        let seq = self.seq_of(&cell, message_id)?;
+        let current = {
+            let st = cell.lock();
+            st.require_live()?;
+            st.edited.get(&seq).cloned()
+        };
+        let current = match current {
+            Some(m) => m,
+            None => self
+                .store
+                .message(cell.num, seq)?
+                .ok_or(Error::MessageNotFound)?,
+        };
+        if seq > self.committed_last(cell.num)? {
+            return Err(Error::MessageNotFound);
+        }
+        Ok((self.store.message_versions(cell.num, seq)?, current))
     }
 
     /// Messages after `after_seq` the caller can see, oldest first (catch-up).

@@ -161,8 +161,12 @@ impl Cursor {
 struct ConvInfo {
     record: pb::ConversationRecord,
     last_seq: u64,
-    /// The newest message's time (0: no message).
+    /// The newest message's time (0: no message), not counting those sent silently.
     last_ts: i64,
+    /// The newest seq not sent silently (what brings an entry back to the list).
+    loud_seq: u64,
+    /// The seqs sent silently, when there are any (they count as no one's unread).
+    silent: Option<std::sync::Arc<Vec<u64>>>,
 }
 
 /// What ordering a list needs of a conversation (no copy of its record).
@@ -180,7 +184,7 @@ impl Registry {
     fn conv_activity(&self, num: u64) -> Result<Option<Activity>, Error> {
         if let Some(cell) = self.convs.get(&num).map(|c| c.clone()) {
             let now = self.now();
-            let st = cell.lock();
+            let mut st = cell.lock();
             let r = &st.record;
             if st.deleted
                 || st.expired
@@ -189,16 +193,24 @@ impl Registry {
             {
                 return Ok(None);
             }
+            let last_ts = if st.durable_seq > 0 { st.last_ts } else { 0 };
+            let silent = self.silent_of(&mut st, num)?;
+            let (loud, last_ts) = self.loudness(
+                num,
+                silent.as_deref().map(Vec::as_slice),
+                st.durable_seq,
+                last_ts,
+            )?;
             return Ok(Some(Activity {
-                kind: r.kind,
-                last_seq: st.durable_seq,
-                last_ts: if st.durable_seq > 0 { st.last_ts } else { 0 },
-                changed_at: r.changed_at,
+                kind: st.record.kind,
+                last_seq: loud,
+                last_ts,
+                changed_at: st.record.changed_at,
             }));
         }
         Ok(self.conv_info(num)?.map(|i| Activity {
             kind: i.record.kind,
-            last_seq: i.last_seq,
+            last_seq: i.loud_seq,
             last_ts: i.last_ts,
             changed_at: i.record.changed_at,
         }))
@@ -208,24 +220,52 @@ impl Registry {
     fn conv_info(&self, num: u64) -> Result<Option<ConvInfo>, Error> {
         let now = self.now();
         let info = if let Some(cell) = self.convs.get(&num).map(|c| c.clone()) {
-            let st = cell.lock();
+            let mut st = cell.lock();
             if st.deleted || st.expired {
                 return Ok(None);
             }
+            let last_ts = if st.durable_seq > 0 { st.last_ts } else { 0 };
+            let silent = self.silent_of(&mut st, num)?;
+            let (loud_seq, last_ts) = self.loudness(
+                num,
+                silent.as_deref().map(Vec::as_slice),
+                st.durable_seq,
+                last_ts,
+            )?;
             ConvInfo {
                 record: st.record.clone(),
                 last_seq: st.durable_seq,
-                last_ts: if st.durable_seq > 0 { st.last_ts } else { 0 },
+                last_ts,
+                loud_seq,
+                silent,
             }
         } else {
             let Some(record) = self.store.conversation(num)? else {
                 return Ok(None);
             };
             let last = self.store.last_message(num)?;
+            let last_seq = last.as_ref().map_or(0, |m| m.seq);
+            let silent = if record.last_silent_seq > 0 {
+                Some(std::sync::Arc::new(self.store.silent_seqs(
+                    num,
+                    1,
+                    u64::MAX,
+                )?))
+            } else {
+                None
+            };
+            let (loud_seq, last_ts) = self.loudness(
+                num,
+                silent.as_deref().map(Vec::as_slice),
+                last_seq,
+                last.as_ref().map_or(0, |m| m.server_time),
+            )?;
             ConvInfo {
                 record,
-                last_seq: last.as_ref().map_or(0, |m| m.seq),
-                last_ts: last.as_ref().map_or(0, |m| m.server_time),
+                last_seq,
+                last_ts,
+                loud_seq,
+                silent,
             }
         };
         let gone = info.record.deleted_at > 0
@@ -446,11 +486,15 @@ impl Registry {
         let (Some(rec), Some(info)) = (rec, self.conv_info(num)?) else {
             return Ok(None);
         };
-        if !Self::listed(&rec, info.last_seq) {
+        if !Self::listed(&rec, info.loud_seq) {
             return Ok(None);
         }
         let read_seq = self.read_position(user, num)?.min(info.last_seq);
         let seen = read_seq.max(rec.cleared_seq);
+        let silent = info
+            .silent
+            .as_deref()
+            .map_or(0, |s| super::silent_between(s, seen, info.last_seq));
         let last_message = if with_last {
             self.last_visible(user, num, rec.cleared_seq, info.last_seq)?
         } else {
@@ -475,7 +519,7 @@ impl Registry {
             name: info.record.name.clone(),
             last_message,
             last_activity: activity,
-            unread: info.last_seq.saturating_sub(seen) as u32,
+            unread: info.last_seq.saturating_sub(seen).saturating_sub(silent) as u32,
             last_seq: info.last_seq,
             read_seq,
             pinned: rec.pinned_at > 0,

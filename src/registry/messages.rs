@@ -23,6 +23,9 @@ pub struct SendRequest {
     pub mentions: Vec<String>,
     pub transient: bool,
     pub want_receipts: bool,
+    /// The app's backend only: stored and delivered, but moving no member's list entry and
+    /// no unread count (a notice, not a message that asks for attention).
+    pub silent: bool,
 }
 
 type DedupKey = (u64, UserId, String);
@@ -64,6 +67,11 @@ impl Registry {
         req: SendRequest,
     ) -> Result<SendAck, Error> {
         self.validate_send(&req)?;
+        if req.silent && !caller.admin {
+            return Err(Error::PermissionDenied(
+                "only the app's backend sends silently",
+            ));
+        }
         let cell = self.cell(id)?;
         if cell.lock().kind() == pb::ConversationKind::ChatRoom {
             return self.send_to_room(caller, &cell, req).await;
@@ -145,7 +153,7 @@ impl Registry {
     }
 
     /// Checks size limits and mentions of a message to be sent.
-    fn validate_send(&self, req: &SendRequest) -> Result<(), Error> {
+    pub(super) fn validate_send(&self, req: &SendRequest) -> Result<(), Error> {
         self.check_size(&req.content, &req.attributes)?;
         if req.client_message_id.len() > self.config.max_client_message_id_bytes {
             return Err(Error::LimitExceeded(format!(
@@ -181,7 +189,9 @@ impl Registry {
         cell: &super::ConvCell,
         req: SendRequest,
     ) -> Result<SendAck, Error> {
-        self.require_not_blocked(cell, &caller.user)?;
+        if !caller.admin {
+            self.require_not_blocked(cell, &caller.user)?;
+        }
         let (roster, now, kind) = {
             let st = cell.lock();
             st.authorize_send(caller, self.now())?;
@@ -215,6 +225,48 @@ impl Registry {
             server_time: now,
             duplicate: false,
         }
+    }
+
+    /// The `message.offline_recipients` record of message `m`: the members other than its
+    /// sender with no live session now, each with whether they muted the conversation and
+    /// whether `m` mentions them; in conversations over `webhook_offline_recipients_max`
+    /// members, only how many they are. One hub lookup per member (only while some endpoint
+    /// takes the event); mute flags come from the members' cached entries.
+    fn offline_recipients(
+        &self,
+        st: &mut super::ConvState,
+        num: u64,
+        m: &Message,
+    ) -> Result<Bytes, Error> {
+        let roster = st.roster.clone();
+        let offline: Vec<&UserId> = roster
+            .iter()
+            .filter(|u| ***u != *m.sender && !self.hub.is_online(u))
+            .collect();
+        let listed = roster.len() <= self.config.webhook_offline_recipients_max;
+        let mut recipients = Vec::new();
+        if listed {
+            for u in &offline {
+                recipients.push(pb::OfflineRecipient {
+                    user: u.to_string(),
+                    muted: self.entry(st, num, u)?.muted,
+                    mentioned: m.mentions.iter().any(|x| **x == ***u),
+                });
+            }
+        }
+        let e = pb::OfflineRecipients {
+            conversation_id: m.conversation_id.clone(),
+            message_id: m.id.clone(),
+            seq: m.seq,
+            sender: m.sender.clone(),
+            at: m.server_time,
+            recipients,
+            listed,
+            count: offline.len() as u32,
+        };
+        Ok(crate::webhooks::record(
+            pb::outbox_event::Event::OfflineRecipients(e),
+        ))
     }
 
     fn build(
@@ -252,10 +304,13 @@ impl Registry {
         cell: &Arc<super::ConvCell>,
         req: SendRequest,
     ) -> Result<SendAck, Error> {
-        self.require_not_blocked(cell, &caller.user)?;
+        if !caller.admin {
+            self.require_not_blocked(cell, &caller.user)?;
+        }
         let permit = self.writer.reserve().await?;
         let client_id = req.client_message_id.clone();
         let want_receipts = req.want_receipts;
+        let silent = req.silent;
         let (rx, receipts, ack) = {
             let mut st = cell.lock();
             st.authorize_send(caller, self.now())?;
@@ -278,7 +333,7 @@ impl Registry {
                     h
                 }
             };
-            // The backend has no read position.
+            // The backend (not a member) reads nothing by sending.
             let read_before = if receipt_high > 0 && !caller.admin {
                 Some(self.read_seq(&mut st, cell.num, &caller.user)?)
             } else {
@@ -288,6 +343,12 @@ impl Registry {
                 st.receipt_high = Some(seq);
             }
             let m = self.build(cell, caller, seq, now, req);
+            // Push notifications: who has no live session as this goes out (when wanted).
+            let records = if self.webhook.offline_recipients && !silent {
+                vec![self.offline_recipients(&mut st, cell.num, &m)?]
+            } else {
+                Vec::new()
+            };
             let encoded = Bytes::from(m.encode_to_vec());
             let frame = protocol::message_push_from_encoded(&encoded, st.kind());
             let mut ops = Vec::with_capacity(3);
@@ -301,6 +362,24 @@ impl Registry {
                     user: caller.user.clone(),
                     conv: cell.num,
                     seq,
+                });
+                st.reads.insert(caller.user.clone(), seq);
+            }
+            if silent {
+                let mut seqs = self
+                    .silent_of(&mut st, cell.num)?
+                    .map(|s| (*s).clone())
+                    .unwrap_or_default();
+                seqs.push(seq);
+                st.silent = Some(Arc::new(seqs));
+                st.record.last_silent_seq = seq;
+                ops.push(Op::PutSilent {
+                    conv: cell.num,
+                    seq,
+                });
+                ops.push(Op::PutConversation {
+                    conv: cell.num,
+                    record: st.record.clone(),
                 });
             }
             if want_receipts {
@@ -318,9 +397,6 @@ impl Registry {
                     seq,
                 });
             }
-            if !caller.admin {
-                st.reads.insert(caller.user.clone(), seq);
-            }
             st.last_seq = seq;
             st.last_ts = now;
             let delivery = Delivery {
@@ -329,12 +405,13 @@ impl Registry {
                 user_seq: 0,
                 except_session: caller.session,
             };
-            let rx = self.writer.submit_then(
+            let rx = self.writer.submit_with_records(
                 permit,
                 ops,
                 vec![delivery],
                 Vec::new(),
                 Some(cell.committed_through(seq)),
+                records,
             );
             let receipts = read_before.filter(|r| *r < receipt_high && *r + 1 < seq);
             (

@@ -6,6 +6,8 @@
 //! awaits durability outside the lock. The store stays the truth: a restart rebuilds each cell
 //! from it on first use.
 
+pub mod access;
+pub mod broadcast;
 pub mod conversation;
 pub mod expiry;
 pub mod groups;
@@ -111,6 +113,12 @@ pub enum Error {
     /// The owner must hand the group over before leaving (front doors that require it).
     #[error("the owner must transfer ownership before leaving")]
     OwnerMustTransfer,
+    /// The app's backend banned the user; the reason is its own.
+    #[error("banned: {0}")]
+    Banned(String),
+    /// The app's backend revoked the token (or every token of the user issued before it).
+    #[error("the token was revoked")]
+    TokenRevoked,
 }
 
 impl Error {
@@ -138,6 +146,8 @@ impl Error {
             Error::Blacklisted(_) => ErrorCode::ErrorBlacklisted,
             Error::OwnerMustTransfer => ErrorCode::ErrorOwnerMustTransfer,
             Error::Blocked => ErrorCode::ErrorBlocked,
+            Error::Banned(_) => ErrorCode::ErrorBanned,
+            Error::TokenRevoked => ErrorCode::ErrorTokenRevoked,
         }
     }
 }
@@ -223,6 +233,9 @@ pub(crate) struct ConvState {
     /// Direct conversations: whether each of `record.pair` is blocked by the other, as of a
     /// `block_gen` (loaded on first need, again when a block changed anywhere).
     blocks: Option<(u64, [bool; 2])>,
+    /// The seqs sent silently, ascending (loaded on first need; never read from the store
+    /// for a conversation that has none, `record.last_silent_seq` being 0).
+    silent: Option<Arc<Vec<u64>>>,
 }
 
 impl ConvCell {
@@ -261,6 +274,14 @@ impl ConvState {
             Err(Error::ConversationNotFound)
         } else {
             Ok(())
+        }
+    }
+    /// Membership, or the app's backend (which reads and changes every conversation).
+    fn require_reader(&self, caller: &Caller) -> Result<(), Error> {
+        if caller.admin {
+            self.require_live()
+        } else {
+            self.require_member(&caller.user)
         }
     }
     fn require_member(&self, user: &str) -> Result<(), Error> {
@@ -348,7 +369,28 @@ pub struct Registry {
     /// state ([`ConvState::blocks`]) is good while this has not moved.
     block_gen: Arc<std::sync::atomic::AtomicU64>,
     rooms: rooms::Rooms,
+    /// Bumped when a ban or a token revocation commits ([`access`]).
+    access_epoch: std::sync::atomic::AtomicU64,
+    /// How many revoked token ids are stored, once counted.
+    revoked: Mutex<Option<usize>>,
+    /// Held by a create made with an idempotency key ([`broadcast`]).
+    idempotent_creates: tokio::sync::Mutex<()>,
+    /// Which webhook events that cost work of their own some endpoint takes.
+    webhook: WebhookWants,
+    /// Presence changes on their way to the webhook outbox, in order (when wanted).
+    presence_events: Option<tokio::sync::mpsc::Sender<pb::PresenceEvent>>,
 }
+
+/// The webhook events that are computed only when some endpoint takes them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct WebhookWants {
+    pub read: bool,
+    pub offline_recipients: bool,
+    pub expired: bool,
+}
+
+/// Presence events queued for the outbox, at most; more are dropped (and counted).
+const PRESENCE_EVENTS_QUEUED: usize = 10_000;
 
 /// The last numbers handed out, per kind of conversation.
 pub(super) struct Numbers {
@@ -368,6 +410,15 @@ impl Registry {
     ) -> Result<Self, StoreError> {
         let normal = store.counter(crate::store::Counter::Conversation)?;
         let temporary = store.counter(crate::store::Counter::Temporary)?;
+        let presence_events = (crate::webhooks::wanted(&config, "user.online")
+            || crate::webhooks::wanted(&config, "user.offline"))
+        .then(|| presence_webhook(writer.clone()))
+        .flatten();
+        let webhook = WebhookWants {
+            read: crate::webhooks::wanted(&config, "message.read"),
+            offline_recipients: crate::webhooks::wanted(&config, "message.offline_recipients"),
+            expired: crate::webhooks::wanted(&config, "conversation.expired"),
+        };
         Ok(Registry {
             config,
             clock,
@@ -394,6 +445,11 @@ impl Registry {
             user_locks: Default::default(),
             block_gen: Default::default(),
             rooms: Default::default(),
+            access_epoch: Default::default(),
+            revoked: Mutex::new(None),
+            idempotent_creates: tokio::sync::Mutex::new(()),
+            webhook,
+            presence_events,
         })
     }
 
@@ -546,6 +602,7 @@ impl Registry {
             edited: HashMap::new(),
             receipt_high: None,
             blocks: None,
+            silent: None,
         };
         let id = Arc::from(Self::id_of(num, &state.record));
         state.rebuild_roster();
@@ -762,5 +819,111 @@ impl Registry {
             )));
         }
         Ok(())
+    }
+}
+
+/// The newest seq at or below `last` that was not sent silently (0: none).
+pub(crate) fn loud_seq(silent: &[u64], last: u64) -> u64 {
+    let mut seq = last;
+    let mut i = silent.partition_point(|s| *s <= last);
+    while seq > 0 && i > 0 && silent[i - 1] == seq {
+        seq -= 1;
+        i -= 1;
+    }
+    seq
+}
+
+/// How many seqs in `seen+1..=last` were sent silently.
+pub(crate) fn silent_between(silent: &[u64], seen: u64, last: u64) -> u64 {
+    if seen >= last {
+        return 0;
+    }
+    (silent.partition_point(|s| *s <= last) - silent.partition_point(|s| *s <= seen)) as u64
+}
+
+impl Registry {
+    /// The silent seqs of a loaded conversation (`None`: it has none).
+    fn silent_of(&self, st: &mut ConvState, num: u64) -> Result<Option<Arc<Vec<u64>>>, Error> {
+        if st.record.last_silent_seq == 0 {
+            return Ok(None);
+        }
+        if st.silent.is_none() {
+            st.silent = Some(Arc::new(self.store.silent_seqs(num, 1, u64::MAX)?));
+        }
+        Ok(st.silent.clone())
+    }
+
+    /// What a list shows of a conversation's activity when some of its messages were sent
+    /// silently: the newest seq at or below `last` that was not, and its time (`last_ts`
+    /// when that is `last`).
+    fn loudness(
+        &self,
+        num: u64,
+        silent: Option<&[u64]>,
+        last: u64,
+        last_ts: i64,
+    ) -> Result<(u64, i64), Error> {
+        let Some(silent) = silent else {
+            return Ok((last, last_ts));
+        };
+        let loud = loud_seq(silent, last);
+        let ts = if loud == last {
+            last_ts
+        } else if loud == 0 {
+            0
+        } else {
+            self.store.message(num, loud)?.map_or(0, |m| m.server_time)
+        };
+        Ok((loud, ts))
+    }
+}
+
+/// Starts the task that writes presence changes to the webhook outbox one by one, in the
+/// order they happened (none without a runtime).
+fn presence_webhook(writer: Writer) -> Option<tokio::sync::mpsc::Sender<pb::PresenceEvent>> {
+    let rt = tokio::runtime::Handle::try_current().ok()?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<pb::PresenceEvent>(PRESENCE_EVENTS_QUEUED);
+    rt.spawn(async move {
+        while let Some(e) = rx.recv().await {
+            let Ok(permit) = writer.reserve().await else {
+                return;
+            };
+            let record = crate::webhooks::record(pb::outbox_event::Event::Presence(e));
+            drop(writer.submit_with_records(
+                permit,
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                None,
+                vec![record],
+            ));
+        }
+    });
+    Some(tx)
+}
+
+impl Registry {
+    /// Queues a `user.online` or `user.offline` webhook event for a presence change (when
+    /// some endpoint takes them). The state is read now, as the pushes read it.
+    pub(super) fn presence_webhook(&self, user: &UserId) {
+        let Some(tx) = &self.presence_events else {
+            return;
+        };
+        let e = pb::PresenceEvent {
+            user: user.to_string(),
+            online: self.hub.is_online(user),
+            at: self.now(),
+        };
+        if tx.try_send(e).is_err() {
+            self.stats.webhook_events_dropped.add(1);
+            static FULL: crate::logsafe::Throttle =
+                crate::logsafe::Throttle::new("presence webhook events dropped");
+            if FULL.allow(1) {
+                tracing::warn!(
+                    "presence webhook events dropped: {PRESENCE_EVENTS_QUEUED} are waiting for \
+                     the store (tidings_webhook_events_dropped_total counts them)"
+                );
+            }
+        }
     }
 }

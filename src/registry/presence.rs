@@ -114,6 +114,7 @@ impl Registry {
     /// A user who went offline then leaves the chat rooms they were in (after their
     /// subscribers there heard it).
     pub fn presence_changed(&self, user: &UserId) {
+        self.presence_webhook(user);
         self.push_presence(user);
         if !self.hub.is_online(user) {
             self.leave_rooms(user);

@@ -44,11 +44,16 @@ impl Registry {
                     },
                     Self::put_entry(&mut st, cell.num, &caller.user, rec),
                 ];
-                // The same count the list shows: nothing cleared one-way is unread.
+                // The same count the list shows: nothing cleared one-way or sent silently
+                // is unread.
+                let seen = target.max(cleared);
+                let silent = self
+                    .silent_of(&mut st, cell.num)?
+                    .map_or(0, |s| super::silent_between(&s, seen, st.last_seq));
                 let push = pb::ReadPosition {
                     conversation_id: cell.id.to_string(),
                     read_seq: target,
-                    unread: st.last_seq.saturating_sub(target.max(cleared)) as u32,
+                    unread: st.last_seq.saturating_sub(seen).saturating_sub(silent) as u32,
                 };
                 let frame = protocol::push(pb::server_frame::Body::ReadPosition(push));
                 let d = Delivery {
@@ -57,7 +62,26 @@ impl Registry {
                     user_seq: 0,
                     except_session: caller.session,
                 };
-                let rx = self.writer.submit(permit, ops, vec![d], Vec::new());
+                let records = if self.webhook.read {
+                    let read = pb::ReadEvent {
+                        conversation_id: cell.id.to_string(),
+                        user: caller.user.to_string(),
+                        read_seq: target,
+                        message_id: self.message_id_at(&cell, target)?,
+                        at: now,
+                    };
+                    vec![crate::webhooks::record(pb::outbox_event::Event::Read(read))]
+                } else {
+                    Vec::new()
+                };
+                let rx = self.writer.submit_with_records(
+                    permit,
+                    ops,
+                    vec![d],
+                    Vec::new(),
+                    None,
+                    records,
+                );
                 Some((rx, current, delivered_from, target, now))
             }
         };
@@ -143,6 +167,15 @@ impl Registry {
             self.send_receipts(caller, &cell, from, target, ReceiptKind::Delivered, now)?;
         }
         Ok(())
+    }
+
+    /// The id of message `seq` of a conversation (imported ones keep the id they came with).
+    fn message_id_at(&self, cell: &ConvCell, seq: u64) -> Result<String, Error> {
+        Ok(match protocol::parse_conversation_id(&cell.id) {
+            Some(_) => None,
+            None => self.store.message(cell.num, seq)?.map(|m| m.id),
+        }
+        .unwrap_or_else(|| protocol::message_id(cell.num, seq)))
     }
 
     /// Tells the senders of receipt-asking messages in `from+1..=to` (other than the caller)

@@ -47,14 +47,16 @@ impl ConvState {
         }
     }
 
-    /// Whether `caller` may send here now: in a system conversation only the backend, elsewhere
-    /// a member allowed to speak ([`ConvState::require_sender`]).
+    /// Whether `caller` may send here now: the app's backend into any live conversation; in a
+    /// system conversation nobody else; elsewhere a member allowed to speak
+    /// ([`ConvState::require_sender`]).
     pub(super) fn authorize_send(&self, caller: &Caller, now: i64) -> Result<(), Error> {
+        if caller.admin {
+            // The app's backend sends into any live conversation (muted or not a member).
+            return self.require_live();
+        }
         if self.kind() != ConversationKind::System {
             return self.require_sender(&caller.user, now);
-        }
-        if caller.admin {
-            return self.require_live();
         }
         self.require_member(&caller.user)?;
         Err(Error::PermissionDenied(

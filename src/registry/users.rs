@@ -22,7 +22,7 @@ pub struct ProfileUpdate {
 
 /// Serializes profile changes (read, change, write) and user blocks (count, write).
 #[derive(Default)]
-pub(crate) struct UserLocks(tokio::sync::Mutex<()>);
+pub(crate) struct UserLocks(pub(super) tokio::sync::Mutex<()>);
 
 impl Registry {
     /// `caller` blocks `other`: no new direct conversation from them, and their messages in

@@ -40,6 +40,9 @@ pub struct Job {
     pub deliveries: Vec<Delivery>,
     /// Events to append to users' event logs; the writer numbers them in commit order.
     pub events: Vec<LoggedEvent>,
+    /// Webhook outbox records no delivery carries (see [`crate::webhooks`]), written after
+    /// the ones derived from the deliveries and events (dropped when webhooks are off).
+    pub records: Vec<bytes::Bytes>,
     pub done: Option<oneshot::Sender<Result<(), WriteError>>>,
     pub permit: Option<OwnedSemaphorePermit>,
 }
@@ -250,12 +253,26 @@ impl Writer {
         events: Vec<LoggedEvent>,
         after_commit: Option<AfterCommit>,
     ) -> oneshot::Receiver<Result<(), WriteError>> {
+        self.submit_with_records(permit, ops, deliveries, events, after_commit, Vec::new())
+    }
+
+    /// [`Writer::submit_then`], with webhook outbox records of its own.
+    pub fn submit_with_records(
+        &self,
+        permit: OwnedSemaphorePermit,
+        ops: Vec<Op>,
+        deliveries: Vec<Delivery>,
+        events: Vec<LoggedEvent>,
+        after_commit: Option<AfterCommit>,
+        records: Vec<bytes::Bytes>,
+    ) -> oneshot::Receiver<Result<(), WriteError>> {
         let (done, rx) = oneshot::channel();
         let job = Job {
             ops,
             after_commit,
             deliveries,
             events,
+            records,
             done: Some(done),
             permit: Some(permit),
         };
@@ -392,7 +409,11 @@ fn gather(
         ops.append(&mut job.ops);
         // Webhook events, in the same commit as the change they report.
         if let Some(next) = outbox.as_deref_mut() {
-            for record in crate::webhooks::records_of(&job.events, &job.deliveries) {
+            let own = std::mem::take(&mut job.records);
+            for record in crate::webhooks::records_of(&job.events, &job.deliveries)
+                .into_iter()
+                .chain(own)
+            {
                 stats
                     .webhook_outbox_bytes
                     .fetch_add(record.len() as u64, Ordering::Relaxed);

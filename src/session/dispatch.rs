@@ -26,6 +26,7 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
                 attributes: r.attributes,
                 ttl_secs: r.ttl_secs,
                 unique: r.unique,
+                idempotency: None,
             };
             reg.create(&caller, req).await.map(conversation)
         }
@@ -48,6 +49,7 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
                 name: r.name,
                 set_attributes: r.set_attributes,
                 remove_attributes: r.remove_attributes,
+                ttl_secs: None,
             };
             reg.update(&caller, &r.conversation_id, req)
                 .await
@@ -138,6 +140,7 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
                 mentions: r.mentions,
                 transient: r.transient,
                 want_receipts: r.want_receipts,
+                silent: false,
             };
             reg.send(&caller, &r.conversation_id, req)
                 .await

@@ -118,6 +118,8 @@ pub(super) fn error_code(e: &Error, sending: bool) -> (ErrorCode, bool) {
         Error::Muted(_) => ErrorCode::Silienced,
         Error::Blacklisted(_) | Error::Blocked => ErrorCode::BlockedByConv,
         Error::OwnerMustTransfer => ErrorCode::ConversationNeedOwner,
+        Error::Banned(_) => ErrorCode::KickedByApp,
+        Error::TokenRevoked => ErrorCode::SessionTokenExpired,
     };
     (code, false)
 }
@@ -403,9 +405,24 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
             )
         }
     };
+    // The app's backend's bans and revocations: a signature counts as issued at its time, a
+    // session token at its login's.
+    let user = UserId::from(peer_id.as_str());
+    let issued_at = resumed.or(s.t);
+    let epoch = app.registry.access_epoch();
+    let refused = |e: Error| match e {
+        Error::Banned(reason) => {
+            fail_because(ErrorCode::KickedByApp, Some(format!("banned: {reason}")))
+        }
+        Error::TokenRevoked if resumed.is_some() => fail(ErrorCode::SessionTokenExpired),
+        Error::TokenRevoked => fail(ErrorCode::SignatureFailed),
+        _ => fail(ErrorCode::InternalError),
+    };
+    if let Err(e) = app.registry.check_access(&user, issued_at, None) {
+        return refused(e);
+    }
     // Charged to the user like a native login (its unread push is a page of the list);
     // refused, nothing changes, the client already open under this id included.
-    let user = UserId::from(peer_id.as_str());
     if let Err(e) = app.registry.admit_user(&user, Work::Login) {
         return fail_because(ErrorCode::AppQuotaExceeded, Some(e.to_string()));
     }
@@ -418,9 +435,18 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
     }
     let device = tag.map(Arc::<str>::from);
     // A resume whose device was taken over by a later login is refused; that login stays.
-    let Some(caller) = actor.open_peer(user, device.clone(), true, resumed) else {
+    let Some(caller) = actor.open_peer(user, device.clone(), true, resumed, None) else {
         return fail(ErrorCode::SessionConflict);
     };
+    if app.registry.access_epoch() != epoch
+        && let Err(e) = app.registry.check_access(&caller.user, issued_at, None)
+    {
+        if let Some(at) = peer_index(actor, Some(&peer_id)) {
+            let peer = remove_peer(actor, at);
+            release(&app, peer);
+        }
+        return refused(e);
+    }
     let (st, st_ttl) = session_token(&app, &caller.user, &device, resumed.unwrap_or(now));
     let opened = GenericCommand {
         i,
@@ -902,6 +928,7 @@ fn send_request(d: lc::DirectCommand) -> SendRequest {
         mentions: d.mention_pids,
         transient: d.transient.unwrap_or(false),
         want_receipts: d.r.unwrap_or(false),
+        silent: false,
     }
 }
 
@@ -1070,6 +1097,7 @@ async fn start(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<Generic
         attributes,
         ttl_secs: c.temp_conv_ttl.map_or(0, |t| t.max(0) as u32),
         unique,
+        idempotency: None,
     };
     let mut conv = app.registry.create(caller, req).await?;
     // `unique` found the existing group of these members: a new name renames it (LeanCloud's
@@ -1079,6 +1107,7 @@ async fn start(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<Generic
             name: Some(name),
             set_attributes: BTreeMap::new(),
             remove_attributes: Vec::new(),
+            ttl_secs: None,
         };
         conv = app.registry.update(caller, &conv.id, rename).await?;
     }

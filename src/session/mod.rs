@@ -228,6 +228,8 @@ fn close_of(code: CloseCode) -> Close {
         CloseCode::CloseFrameTooLarge => "frame too large",
         CloseCode::CloseSessionLimit => "too many sessions of this user (max_sessions_per_user)",
         CloseCode::CloseKicked => "disconnected by the application",
+        CloseCode::CloseBanned => "banned by the application",
+        CloseCode::CloseTokenRevoked => "token revoked",
         CloseCode::CloseInternal | CloseCode::CloseUnspecified => "internal error",
     };
     Close(code as i32 as u16, reason)
@@ -700,6 +702,16 @@ impl From<Option<Close>> for LoginFailed {
     }
 }
 
+/// The close of a login the app's backend refuses: a ban, a revoked token (or the store
+/// failing to say).
+fn access_close(e: &Error) -> Close {
+    close_of(match e {
+        Error::Banned(_) => CloseCode::CloseBanned,
+        Error::TokenRevoked => CloseCode::CloseTokenRevoked,
+        _ => CloseCode::CloseInternal,
+    })
+}
+
 /// The close after a login refused over the user's request rate limit: the standard "try
 /// again later" (the `Error` reply before it says when).
 const TRY_AGAIN_LATER: Close = Close(1013, "too many logins of this user; retry later");
@@ -731,8 +743,13 @@ impl Actor {
             device,
             event_cursor,
         } = login;
-        let (user, expires_at_ms) = match app.auth.identify(&token) {
-            Ok(i) => (UserId::from(i.user), i.expires_at_ms.unwrap_or(NO_DEADLINE)),
+        let (user, expires_at_ms, issued_at, jti) = match app.auth.identify(&token) {
+            Ok(i) => (
+                UserId::from(i.user),
+                i.expires_at_ms.unwrap_or(NO_DEADLINE),
+                i.issued_at_ms,
+                i.jti,
+            ),
             Err(e) => {
                 // Anyone can cause this line, with any text in it: escaped, cut, rate-limited.
                 static REFUSED: Throttle = Throttle::new("login refused");
@@ -751,6 +768,12 @@ impl Actor {
         if device.len() > 64 {
             return Err(Some(close_of(CloseCode::CloseProtocolViolation)).into());
         }
+        // Banned users and revoked tokens are refused (checked again below if a ban or a
+        // revocation commits while this login registers).
+        let epoch = app.registry.access_epoch();
+        app.registry
+            .check_access(&user, issued_at, jti.as_deref())
+            .map_err(|e| LoginFailed::from(Some(access_close(&e))))?;
         // A login costs what it sends (the unread summary is a list page), charged to the user
         // like any request, so logging in and out in a loop is no way around the list's price.
         // Refused: nothing happened, no session, no presence change, no other session closed.
@@ -763,8 +786,13 @@ impl Actor {
         }
         let device = (!device.is_empty()).then(|| Arc::<str>::from(device));
         let caller = self
-            .open_peer(user, device, false, None)
+            .open_peer(user, device, false, None, jti.as_deref().map(Arc::from))
             .expect("a login is never refused");
+        if app.registry.access_epoch() != epoch {
+            app.registry
+                .check_access(&caller.user, issued_at, jti.as_deref())
+                .map_err(|e| LoginFailed::from(Some(access_close(&e))))?;
+        }
         let (replayed_to, frames) = welcome(&app, wire, &caller, id, event_cursor).map_err(Some)?;
         self.peers[0].replayed_to = replayed_to;
         self.peers[0].expires_at_ms = expires_at_ms;
@@ -781,6 +809,7 @@ impl Actor {
         device: Option<Arc<str>>,
         shared: bool,
         resumed: Option<i64>,
+        jti: Option<Arc<str>>,
     ) -> Option<Caller> {
         let app = &self.app;
         let session = app.next_session_id();
@@ -791,6 +820,7 @@ impl Actor {
             kick: self.kick.clone(),
             shared,
             login_at: resumed.unwrap_or_else(|| app.clock.now_ms()),
+            jti,
         };
         let max = app.config.max_sessions_per_user;
         let registered = match resumed {
@@ -1183,9 +1213,18 @@ impl Actor {
                 };
                 match self.app.auth.identify(&r.token) {
                     Ok(i) if *i.user == *peer.caller.user => {
-                        peer.expires_at_ms = i.expires_at_ms.unwrap_or(NO_DEADLINE);
-                        let ok = protocol::reply(id, Rep::Ok(pb::Ok {}));
-                        Some(Immediate::Refreshed(vec![wire.frame(&ok)]))
+                        let reg = &self.app.registry;
+                        match reg.check_access(&i.user, i.issued_at_ms, i.jti.as_deref()) {
+                            Ok(()) => {
+                                peer.expires_at_ms = i.expires_at_ms.unwrap_or(NO_DEADLINE);
+                                let jti = i.jti.as_deref().map(Arc::from);
+                                let caller = &peer.caller;
+                                self.app.hub.set_token_id(&caller.user, caller.session, jti);
+                                let ok = protocol::reply(id, Rep::Ok(pb::Ok {}));
+                                Some(Immediate::Refreshed(vec![wire.frame(&ok)]))
+                            }
+                            Err(e) => refused(e.code(), e.to_string()),
+                        }
                     }
                     Ok(_) => refused(
                         pb::ErrorCode::ErrorTokenWrongUser,
@@ -1228,6 +1267,7 @@ impl Actor {
                     mentions: r.mentions,
                     transient: false,
                     want_receipts: false,
+                    silent: false,
                 };
                 let result = self
                     .app

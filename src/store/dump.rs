@@ -84,6 +84,41 @@ pub fn export(store: &dyn Store, out: &mut impl Write) -> Result<u64, DumpError>
     Ok(count)
 }
 
+/// A backup of a running store: a dump of one consistent view (everything committed when it
+/// starts; writes go on meanwhile) into `dir`, named after `now_ms`, written to a temporary
+/// name, flushed to disk, then renamed, so a file with the final name is always whole.
+/// Returns the file, its entries and its size. `tidings store import` restores it.
+pub fn backup(
+    store: &dyn Store,
+    dir: &std::path::Path,
+    now_ms: i64,
+) -> Result<(std::path::PathBuf, u64, u64), DumpError> {
+    std::fs::create_dir_all(dir)?;
+    let name = format!("tidings-{now_ms}.dump");
+    let path = dir.join(&name);
+    let partial = dir.join(format!(".{name}.partial"));
+    let file = std::fs::File::create(&partial)?;
+    let mut w = std::io::BufWriter::new(file);
+    let written = export(store, &mut w).and_then(|n| {
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok((n, file.metadata()?.len()))
+    });
+    let (entries, bytes) = match written {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&partial, &path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        // The rename itself is durable once the directory is.
+        let _ = d.sync_all();
+    }
+    Ok((path, entries, bytes))
+}
+
 fn truncated(e: std::io::Error) -> DumpError {
     DumpError::Corrupt(e.to_string())
 }
@@ -261,15 +296,16 @@ mod tests {
         }
     }
 
-    /// Dumps of format-2, -3 and -4 data load as their format; the next open upgrades them
-    /// to the current one, which (from 2 on) only changes the version: every other entry
-    /// stays as the old format wrote it.
+    /// Dumps of format-2 to -5 data load as their format; the next open upgrades them to
+    /// the current one, which (from 2 on) only changes the version: every other entry stays
+    /// as the old format wrote it.
     #[test]
-    fn format_2_3_and_4_dumps_are_upgraded_when_the_store_next_opens() {
-        let fixtures: [(u64, &[u8]); 3] = [
+    fn format_2_to_5_dumps_are_upgraded_when_the_store_next_opens() {
+        let fixtures: [(u64, &[u8]); 4] = [
             (2, include_bytes!("../../tests/fixtures/store-v2.dump")),
             (3, include_bytes!("../../tests/fixtures/store-v3.dump")),
             (4, include_bytes!("../../tests/fixtures/store-v4.dump")),
+            (5, include_bytes!("../../tests/fixtures/store-v5.dump")),
         ];
         let version = crate::store::keys::format_version();
         let current = crate::store::keys::FORMAT_VERSION;

@@ -29,15 +29,24 @@
 //! | `G`    | user ‖ blocked user              | blocked at (i64)               |
 //! | `F`    | user                             | Profile                        |
 //! | `u`    | muted until ‖ conv ‖ user        | ∅ (timed mutes, time order)    |
+//! | `a`    | conv ‖ seq ‖ version             | Message (as it was before an edit or recall, kept for audit) |
+//! | `l`    | conv ‖ seq                       | ∅ (message sent silently)      |
+//! | `b`    | user                             | UserAccess (ban, revoked tokens) |
+//! | `j`    | token id (`jti`)                 | revoked until (i64 ms)         |
+//! | `k`    | revoked until ‖ token id         | ∅ (revoked tokens, time order) |
+//! | `i`    | idempotency key                  | IdempotentCreate               |
+//! | `h`    | created at ‖ idempotency key     | ∅ (idempotency keys, time order) |
 //!
 //! Format versions ([`FORMAT_VERSION`]): 1, the layout without `P` and `V` (a store without a
 //! `V` key that holds data is version 1); 2 adds the patch index `P` and the version key; 3 adds
 //! the aliases `A` and `B` of imported conversations and messages (the ids they had on the
 //! platform they came from; nothing to convert from 2); 4 adds the webhook outbox `O`, the
 //! endpoints' positions in it `Y` and their dead letters `Z` (nothing to convert from 3);
-//! 5 adds the user blocks `G` and the profiles `F` (nothing to convert from 4). The timed-mute
-//! index `u` is written by this build; a timed mute set before it has no entry, ends at its
-//! deadline all the same, and gets no MEMBERS_UNMUTED event.
+//! 5 adds the user blocks `G` and the profiles `F` (nothing to convert from 4); 6 adds the
+//! kept versions of edited and recalled messages `a`, the silent index `l`, users' access
+//! `b`, revoked token ids `j`, `k` and idempotency keys `i`, `h`, and the timed-mute index `u`
+//! (nothing to convert from 5; a timed mute set before 6 has no `u` entry: it ends at its
+//! deadline all the same, without a MEMBERS_UNMUTED event).
 
 pub const CONVERSATION: u8 = b'C';
 pub const MEMBER: u8 = b'M';
@@ -63,9 +72,16 @@ pub const DEAD_LETTER: u8 = b'Z';
 pub const USER_BLOCK: u8 = b'G';
 pub const PROFILE: u8 = b'F';
 pub const MUTE_DEADLINE: u8 = b'u';
+pub const MESSAGE_VERSION: u8 = b'a';
+pub const SILENT: u8 = b'l';
+pub const USER_ACCESS: u8 = b'b';
+pub const REVOKED_TOKEN: u8 = b'j';
+pub const REVOKED_TOKEN_EXPIRY: u8 = b'k';
+pub const IDEMPOTENT_CREATE: u8 = b'i';
+pub const IDEMPOTENT_CREATE_AGE: u8 = b'h';
 
 /// The key layout this build reads and writes.
-pub const FORMAT_VERSION: u64 = 5;
+pub const FORMAT_VERSION: u64 = 6;
 
 /// A key under construction.
 pub struct Key(Vec<u8>);
@@ -227,6 +243,48 @@ pub fn mute_deadline(at: i64, conv: u64, user: &str) -> Vec<u8> {
 }
 pub fn mute_deadlines() -> Vec<u8> {
     vec![MUTE_DEADLINE]
+}
+pub fn message_version(conv: u64, seq: u64, version: u64) -> Vec<u8> {
+    Key::new(MESSAGE_VERSION)
+        .u64(conv)
+        .u64(seq)
+        .u64(version)
+        .build()
+}
+pub fn message_versions_of(conv: u64) -> Vec<u8> {
+    Key::new(MESSAGE_VERSION).u64(conv).build()
+}
+pub fn versions_of_message(conv: u64, seq: u64) -> Vec<u8> {
+    Key::new(MESSAGE_VERSION).u64(conv).u64(seq).build()
+}
+pub fn silent(conv: u64, seq: u64) -> Vec<u8> {
+    Key::new(SILENT).u64(conv).u64(seq).build()
+}
+pub fn silent_of(conv: u64) -> Vec<u8> {
+    Key::new(SILENT).u64(conv).build()
+}
+pub fn user_access(user: &str) -> Vec<u8> {
+    Key::new(USER_ACCESS).user(user).build()
+}
+pub fn revoked_token(jti: &str) -> Vec<u8> {
+    Key::new(REVOKED_TOKEN).tail(jti.as_bytes()).build()
+}
+/// Times are never negative here; the cast keeps byte order = time order.
+pub fn revoked_token_expiry(until: i64, jti: &str) -> Vec<u8> {
+    Key::new(REVOKED_TOKEN_EXPIRY)
+        .u64(until.max(0) as u64)
+        .tail(jti.as_bytes())
+        .build()
+}
+pub fn idempotent_create(key: &str) -> Vec<u8> {
+    Key::new(IDEMPOTENT_CREATE).tail(key.as_bytes()).build()
+}
+/// Times are never negative here; the cast keeps byte order = time order.
+pub fn idempotent_create_age(at: i64, key: &str) -> Vec<u8> {
+    Key::new(IDEMPOTENT_CREATE_AGE)
+        .u64(at.max(0) as u64)
+        .tail(key.as_bytes())
+        .build()
 }
 pub fn format_version() -> Vec<u8> {
     vec![FORMAT]

@@ -9,7 +9,8 @@ use super::keys::{self, be_u64, user_at};
 use super::list_cache::ListCache;
 use super::{Counter, Direction, ListRow, Op, Store, StoreError, UserId, decode};
 use crate::protocol::pb::{
-    ConversationEvent, ConversationRecord, MemberRecord, Message, Profile, UserConversationRecord,
+    ConversationEvent, ConversationRecord, IdempotentCreate, MemberRecord, Message, Profile,
+    UserAccess, UserConversationRecord,
 };
 use prost::Message as _;
 use std::collections::HashMap;
@@ -120,6 +121,8 @@ impl<E: OrderedKv> KvStore<E> {
             keys::receipts_wanted_of(conv),
             keys::patches_of(conv),
             keys::message_aliases_of(conv),
+            keys::message_versions_of(conv),
+            keys::silent_of(conv),
         ];
         for (user, _) in self.members(conv)? {
             out.push(keys::member(conv, &user));
@@ -185,6 +188,9 @@ impl<E: OrderedKv> KvStore<E> {
                 3 => 0,
                 // 4 → 5 adds user blocks and profiles, which start empty: nothing to convert.
                 4 => 0,
+                // 5 → 6 adds kept message versions and the silent index, which only new
+                // edits and sends fill.
+                5 => 0,
                 _ => unreachable!("every version below the current one has a step"),
             };
             version += 1;
@@ -291,6 +297,8 @@ fn write_of(op: &Op) -> Write {
             Write::Put(keys::unique_temporary(members), conv.to_be_bytes().to_vec())
         }
         Op::DeleteDirect { a, b } => Write::Delete(keys::direct(a, b)),
+        Op::DeleteExpiry { at, conv } => Write::Delete(keys::expiry(*at, *conv)),
+        Op::DeleteUniqueTemporary { members } => Write::Delete(keys::unique_temporary(members)),
         Op::PutTombstone { user, conv, at } => Write::Put(
             keys::tombstone(user, *conv),
             (*at).max(0).to_be_bytes().to_vec(),
@@ -331,6 +339,26 @@ fn write_of(op: &Op) -> Write {
         Op::PutProfile { user, profile } => {
             Write::Put(keys::profile(user), profile.encode_to_vec())
         }
+        Op::PutMessageVersion {
+            conv,
+            seq,
+            version,
+            message,
+        } => Write::Put(
+            keys::message_version(*conv, *seq, *version),
+            message.to_vec(),
+        ),
+        Op::PutSilent { conv, seq } => Write::Put(keys::silent(*conv, *seq), Vec::new()),
+        Op::PutUserAccess { user, access } => {
+            Write::Put(keys::user_access(user), access.encode_to_vec())
+        }
+        Op::DeleteUserAccess { user } => Write::Delete(keys::user_access(user)),
+        Op::PutRevokedToken { .. }
+        | Op::DeleteRevokedToken { .. }
+        | Op::PutIdempotentCreate { .. }
+        | Op::DeleteIdempotentCreate { .. } => {
+            unreachable!("entries with a time index are expanded by commit")
+        }
     }
 }
 
@@ -349,6 +377,8 @@ fn conv_of(op: &Op) -> Option<u64> {
         | Op::PutPatch { conv, .. }
         | Op::PutConversationAlias { conv, .. }
         | Op::PutMessageAlias { conv, .. }
+        | Op::PutMessageVersion { conv, .. }
+        | Op::PutSilent { conv, .. }
         | Op::PutUniqueTemporary { conv, .. } => Some(*conv),
         _ => None,
     }
@@ -367,6 +397,42 @@ impl<E: OrderedKv> Store for KvStore<E> {
                 let fresh = written.remove(conv).unwrap_or_default();
                 writes.extend(stored.into_iter().chain(fresh).map(Write::Delete));
                 continue;
+            }
+            // A revoked token is two entries: by id, and in time order.
+            match op {
+                Op::PutRevokedToken { jti, until } => {
+                    writes.push(Write::Put(
+                        keys::revoked_token(jti),
+                        until.to_be_bytes().to_vec(),
+                    ));
+                    writes.push(Write::Put(
+                        keys::revoked_token_expiry(*until, jti),
+                        Vec::new(),
+                    ));
+                    continue;
+                }
+                Op::DeleteRevokedToken { jti, until } => {
+                    writes.push(Write::Delete(keys::revoked_token(jti)));
+                    writes.push(Write::Delete(keys::revoked_token_expiry(*until, jti)));
+                    continue;
+                }
+                Op::PutIdempotentCreate { key, record } => {
+                    writes.push(Write::Put(
+                        keys::idempotent_create(key),
+                        record.encode_to_vec(),
+                    ));
+                    writes.push(Write::Put(
+                        keys::idempotent_create_age(record.at, key),
+                        Vec::new(),
+                    ));
+                    continue;
+                }
+                Op::DeleteIdempotentCreate { key, at } => {
+                    writes.push(Write::Delete(keys::idempotent_create(key)));
+                    writes.push(Write::Delete(keys::idempotent_create_age(*at, key)));
+                    continue;
+                }
+                _ => {}
             }
             let w = write_of(op);
             if purging && let (Some(conv), Write::Put(k, _)) = (conv_of(op), &w) {
@@ -732,6 +798,65 @@ impl<E: OrderedKv> Store for KvStore<E> {
 
     fn profile(&self, user: &str) -> Result<Option<Profile>, StoreError> {
         self.record("profile", &keys::profile(user))
+    }
+
+    fn message_versions(&self, conv: u64, seq: u64) -> Result<Vec<Message>, StoreError> {
+        self.scan(&keys::versions_of_message(conv, seq), false, usize::MAX)?
+            .into_iter()
+            .map(|(_, v)| decode("message version", &v))
+            .collect()
+    }
+
+    fn silent_seqs(&self, conv: u64, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError> {
+        if lo >= hi {
+            return Ok(Vec::new());
+        }
+        let at = keys::silent_of(conv).len();
+        let rows = self.engine.range(
+            &keys::silent(conv, lo),
+            Some(&keys::silent(conv, hi)),
+            false,
+            usize::MAX,
+        )?;
+        Ok(rows.iter().filter_map(|(k, _)| be_u64(k, at)).collect())
+    }
+
+    fn user_access(&self, user: &str) -> Result<Option<UserAccess>, StoreError> {
+        self.record("user access", &keys::user_access(user))
+    }
+
+    fn revoked_token(&self, jti: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.number(&keys::revoked_token(jti))?.map(|t| t as i64))
+    }
+
+    fn revoked_tokens(&self, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = self.scan(&[keys::REVOKED_TOKEN_EXPIRY], false, limit)?;
+        rows.into_iter()
+            .map(|(k, _)| match (be_u64(&k, 1), k.get(9..)) {
+                (Some(until), Some(jti)) => Ok((until as i64, String::from_utf8_lossy(jti).into())),
+                _ => Err(StoreError::Corrupt {
+                    what: "revoked token key",
+                    detail: format!("{k:?}"),
+                }),
+            })
+            .collect()
+    }
+
+    fn idempotent_create(&self, key: &str) -> Result<Option<IdempotentCreate>, StoreError> {
+        self.record("idempotent create", &keys::idempotent_create(key))
+    }
+
+    fn idempotent_creates(&self, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
+        let rows = self.scan(&[keys::IDEMPOTENT_CREATE_AGE], false, limit)?;
+        rows.into_iter()
+            .map(|(k, _)| match (be_u64(&k, 1), k.get(9..)) {
+                (Some(at), Some(key)) => Ok((at as i64, String::from_utf8_lossy(key).into())),
+                _ => Err(StoreError::Corrupt {
+                    what: "idempotency key",
+                    detail: format!("{k:?}"),
+                }),
+            })
+            .collect()
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {

@@ -18,7 +18,8 @@ pub mod sled;
 pub(crate) mod conformance;
 
 use crate::protocol::pb::{
-    ConversationEvent, ConversationRecord, MemberRecord, Message, Profile, UserConversationRecord,
+    ConversationEvent, ConversationRecord, IdempotentCreate, MemberRecord, Message, Profile,
+    UserAccess, UserConversationRecord,
 };
 use bytes::Bytes;
 use std::sync::Arc;
@@ -138,6 +139,16 @@ pub enum Op {
         a: UserId,
         b: UserId,
     },
+    /// Removes an expiry index entry (the deadline of a temporary conversation moved).
+    DeleteExpiry {
+        at: i64,
+        conv: u64,
+    },
+    /// Removes the unique-member-set entry of `members` (the members of a temporary
+    /// conversation changed).
+    DeleteUniqueTemporary {
+        members: Vec<UserId>,
+    },
     /// The conversation left `user`'s list at `at` (ms), for incremental sync.
     PutTombstone {
         user: UserId,
@@ -225,6 +236,43 @@ pub enum Op {
     PutProfile {
         user: UserId,
         profile: Profile,
+    },
+    /// Message `seq` as it was before its `version`-th change (an encoded `Message`), kept
+    /// for audit (`keep_message_versions`).
+    PutMessageVersion {
+        conv: u64,
+        seq: u64,
+        version: u64,
+        message: Bytes,
+    },
+    /// Message `seq` was sent silently: it moves no list entry and no unread count.
+    PutSilent {
+        conv: u64,
+        seq: u64,
+    },
+    PutUserAccess {
+        user: UserId,
+        access: UserAccess,
+    },
+    DeleteUserAccess {
+        user: UserId,
+    },
+    /// Token `jti` is refused until `until` (ms).
+    PutRevokedToken {
+        jti: String,
+        until: i64,
+    },
+    DeleteRevokedToken {
+        jti: String,
+        until: i64,
+    },
+    PutIdempotentCreate {
+        key: String,
+        record: IdempotentCreate,
+    },
+    DeleteIdempotentCreate {
+        key: String,
+        at: i64,
     },
 }
 
@@ -385,6 +433,20 @@ pub trait Store: Send + Sync + 'static {
     fn user_block(&self, user: &str, other: &str) -> Result<Option<i64>, StoreError>;
     /// A user's profile, if one was set.
     fn profile(&self, user: &str) -> Result<Option<Profile>, StoreError>;
+    /// The kept versions of message `seq` of `conv`, oldest first (`keep_message_versions`).
+    fn message_versions(&self, conv: u64, seq: u64) -> Result<Vec<Message>, StoreError>;
+    /// The seqs of `conv` in `lo..hi` sent silently, ascending.
+    fn silent_seqs(&self, conv: u64, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError>;
+    /// The backend's ban and token revocation of `user`, if any.
+    fn user_access(&self, user: &str) -> Result<Option<UserAccess>, StoreError>;
+    /// Until when token `jti` is revoked, if it is.
+    fn revoked_token(&self, jti: &str) -> Result<Option<i64>, StoreError>;
+    /// Revoked tokens, the soonest to lapse first, at most `limit`: `(until, jti)`.
+    fn revoked_tokens(&self, limit: usize) -> Result<Vec<(i64, String)>, StoreError>;
+    /// The create made under an idempotency key, if any.
+    fn idempotent_create(&self, key: &str) -> Result<Option<IdempotentCreate>, StoreError>;
+    /// Idempotency keys, the oldest first, at most `limit`: `(created at, key)`.
+    fn idempotent_creates(&self, limit: usize) -> Result<Vec<(i64, String)>, StoreError>;
 
     /// Bytes the engine occupies on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;

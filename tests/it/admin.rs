@@ -38,6 +38,18 @@ pub async fn http(
     key: Option<&str>,
     body: Option<Vec<u8>>,
 ) -> Reply {
+    http_with(addr, method, path, key, &[], body).await
+}
+
+/// [`http`] with more request headers.
+pub async fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Reply {
     within(async {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (mut send, conn) =
@@ -54,6 +66,9 @@ pub async fn http(
         }
         if body.is_some() {
             req = req.header("content-type", "application/json");
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         let req = req
             .body(Full::new(bytes::Bytes::from(body.unwrap_or_default())))
@@ -165,8 +180,9 @@ async fn bad_requests_get_typed_errors() {
     assert_eq!((r.status, r.body["code"].as_i64()), (413, Some(3)));
     let r = call("GET", "/v1/nothing-here", b"").await;
     assert_eq!((r.status, r.body["code"].as_i64()), (404, Some(1)));
-    // An acting user is required where one acts, and must be a valid user id.
-    let r = call("GET", "/v1/conversations/x", b"").await;
+    // An acting user is required where only a user can act (a create), and must be a valid
+    // user id wherever one is named.
+    let r = call("POST", "/v1/conversations", br#"{"kind":"group"}"#).await;
     assert_eq!(r.status, 400);
     assert!(r.body["message"].as_str().unwrap().contains("?as="));
     let r = http(addr, "GET", "/v1/conversations/x?as=%0A", Some(KEY), None).await;

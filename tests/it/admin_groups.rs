@@ -69,7 +69,10 @@ async fn the_backend_promotes_transfers_mutes_and_blocks_without_being_a_member(
     .await;
     assert_eq!(c["owner"], "carol");
     let e = event_of(&mut carol, Ev::OwnerChanged).await;
-    assert_eq!(e.by, "admin", "the default name of the backend");
+    assert_eq!(
+        e.by, "system",
+        "the default name of the backend: system_sender"
+    );
 
     // Timed mute: the member's send is refused; the list shows the deadline.
     ok(

@@ -117,7 +117,7 @@ impl Lc {
     }
 
     /// A signed `session/open`; returns the reply.
-    async fn open(&mut self, peer: &str, tag: Option<&str>) -> GenericCommand {
+    pub(crate) async fn open(&mut self, peer: &str, tag: Option<&str>) -> GenericCommand {
         let t = tidings::clock::Clock::now_ms(&tidings::clock::SystemClock);
         let s = tidings::leancloud::sign::login_signature(MASTER_KEY, APP_ID, peer, t, "nonce");
         self.request(GenericCommand {
@@ -950,6 +950,13 @@ async fn a_format_3_store_is_upgraded_at_start_and_its_old_edits_replay() {
 #[tokio::test]
 async fn a_format_4_store_is_upgraded_at_start_and_its_old_edits_replay() {
     old_store_upgrades_and_replays("store-v4").await;
+}
+
+/// The same for a store written by format 5 (before kept message versions and silent
+/// messages).
+#[tokio::test]
+async fn a_format_5_store_is_upgraded_at_start_and_its_old_edits_replay() {
+    old_store_upgrades_and_replays("store-v5").await;
 }
 
 async fn old_store_upgrades_and_replays(fixture: &str) {

@@ -1,7 +1,12 @@
 //! The integration tests: a real server on port 0, real WebSocket clients, a real store on disk.
 
 mod admin;
+mod admin_access;
+mod admin_backup;
+mod admin_broadcast;
 mod admin_groups;
+mod admin_overrides;
+mod admin_temporary;
 mod harness;
 
 mod auth;
@@ -37,4 +42,5 @@ mod tls;
 mod token_expiry;
 mod users;
 mod web;
+mod webhook_events;
 mod webhooks;

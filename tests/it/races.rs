@@ -205,6 +205,37 @@ impl Store for Gated {
     fn profile(&self, user: &str) -> Result<Option<tidings::protocol::pb::Profile>, StoreError> {
         self.inner.profile(user)
     }
+    fn message_versions(
+        &self,
+        conv: u64,
+        seq: u64,
+    ) -> Result<Vec<tidings::protocol::pb::Message>, StoreError> {
+        self.inner.message_versions(conv, seq)
+    }
+    fn silent_seqs(&self, conv: u64, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError> {
+        self.inner.silent_seqs(conv, lo, hi)
+    }
+    fn user_access(
+        &self,
+        user: &str,
+    ) -> Result<Option<tidings::protocol::pb::UserAccess>, StoreError> {
+        self.inner.user_access(user)
+    }
+    fn revoked_token(&self, jti: &str) -> Result<Option<i64>, StoreError> {
+        self.inner.revoked_token(jti)
+    }
+    fn revoked_tokens(&self, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
+        self.inner.revoked_tokens(limit)
+    }
+    fn idempotent_create(
+        &self,
+        key: &str,
+    ) -> Result<Option<tidings::protocol::pb::IdempotentCreate>, StoreError> {
+        self.inner.idempotent_create(key)
+    }
+    fn idempotent_creates(&self, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
+        self.inner.idempotent_creates(limit)
+    }
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.inner.size_on_disk()
     }

@@ -164,7 +164,7 @@ fn endpoint(url: String, events: &[&str]) -> WebhookEndpoint {
     }
 }
 
-async fn webhook_server(
+pub(crate) async fn webhook_server(
     receiver: &Receiver,
     events: &[&str],
     tweak: impl FnOnce(&mut tidings::config::Config),

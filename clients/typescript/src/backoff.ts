@@ -36,10 +36,11 @@ export type CloseAction =
  * a logout (1000), an auth failure (4002), a malformed frame or protocol violation (4004, 4005:
  * a bug that a retry would repeat), replacement by a newer session with the same device tag
  * (4006: retrying would replace it back, in a loop), an oversized frame (4009) and the session
- * limit (4011: retrying would close another session of the user) and a disconnect by the app's
- * backend (4012: whether to come back is the app's decision). Token expiry (4003) is
- * retried only with a token callback, which is asked for a new token. Everything else (network
- * drops, 1001 shutdown, slow consumer, idle and login timeouts, internal errors) is retried.
+ * limit (4011: retrying would close another session of the user), a disconnect by the app's
+ * backend (4012: whether to come back is the app's decision) and a ban (4045). Token expiry
+ * (4003) and revocation (4046) are retried only with a token callback, which is asked for a new
+ * token. Everything else (network drops, 1001 shutdown, slow consumer, idle and login timeouts,
+ * internal errors) is retried.
  */
 export function closeAction(code: number): CloseAction {
   switch (code) {
@@ -51,8 +52,10 @@ export function closeAction(code: number): CloseAction {
     case CloseCode.CLOSE_FRAME_TOO_LARGE:
     case CloseCode.CLOSE_SESSION_LIMIT:
     case CloseCode.CLOSE_KICKED:
+    case CloseCode.CLOSE_BANNED:
       return "stop";
     case CloseCode.CLOSE_TOKEN_EXPIRED:
+    case CloseCode.CLOSE_TOKEN_REVOKED:
       return "refresh";
     default:
       return "retry";
