@@ -45,8 +45,7 @@
 //! 5 adds the user blocks `G` and the profiles `F` (nothing to convert from 4); 6 adds the
 //! kept versions of edited and recalled messages `a`, the silent index `l`, users' access
 //! `b`, revoked token ids `j`, `k` and idempotency keys `i`, `h`, and the timed-mute index `u`
-//! (nothing to convert from 5; a timed mute set before 6 has no `u` entry: it ends at its
-//! deadline all the same, without a MEMBERS_UNMUTED event).
+//! (built from the members' records when a format-5 store is upgraded).
 
 pub const CONVERSATION: u8 = b'C';
 pub const MEMBER: u8 = b'M';

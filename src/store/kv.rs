@@ -189,8 +189,8 @@ impl<E: OrderedKv> KvStore<E> {
                 // 4 → 5 adds user blocks and profiles, which start empty: nothing to convert.
                 4 => 0,
                 // 5 → 6 adds kept message versions and the silent index, which only new
-                // edits and sends fill.
-                5 => 0,
+                // edits and sends fill, and the timed-mute index, from the members' records.
+                5 => self.index_mute_deadlines()?,
                 _ => unreachable!("every version below the current one has a step"),
             };
             version += 1;
@@ -205,6 +205,40 @@ impl<E: OrderedKv> KvStore<E> {
             );
         }
         Ok(from)
+    }
+
+    /// 5 → 6: the timed-mute index, from every member muted until a time (not until lifted),
+    /// so those mutes end with their event like new ones.
+    fn index_mute_deadlines(&self) -> Result<u64, StoreError> {
+        let end = prefix_end(&[keys::MEMBER]);
+        let mut lo = vec![keys::MEMBER];
+        let mut entries = 0;
+        loop {
+            let rows = self
+                .engine
+                .range(&lo, end.as_deref(), false, MIGRATION_BATCH)?;
+            let Some((last, _)) = rows.last() else {
+                return Ok(entries);
+            };
+            lo = last.clone();
+            lo.push(0);
+            let mut writes = Vec::new();
+            for (k, v) in &rows {
+                let m: MemberRecord = decode("member", v)?;
+                let timed = m.muted_until > 0 && m.muted_until < i64::MAX;
+                if let (Some(conv), Some((user, _)), true) = (be_u64(k, 1), user_at(k, 9), timed) {
+                    writes.push(Write::Put(
+                        keys::mute_deadline(m.muted_until, conv, user),
+                        Vec::new(),
+                    ));
+                }
+            }
+            entries += writes.len() as u64;
+            self.engine.apply(writes)?;
+            if rows.len() < MIGRATION_BATCH {
+                return Ok(entries);
+            }
+        }
     }
 
     /// 1 → 2: the patch index, from every edited or recalled message.
@@ -895,7 +929,47 @@ impl<E: OrderedKv> Store for KvStore<E> {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::{KvStore, OrderedKv, Write, keys, prefix_end};
+    use crate::fuzzing::MemKv;
+    use crate::protocol::pb::MemberRecord;
+    use crate::store::Store;
+    use prost::Message as _;
+
+    #[test]
+    fn a_format_5_store_gets_its_timed_mutes_indexed() {
+        let engine = MemKv::default();
+        let member = |muted_until| {
+            MemberRecord {
+                muted_until,
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        engine
+            .apply(vec![
+                Write::Put(keys::format_version(), 5u64.to_be_bytes().to_vec()),
+                Write::Put(keys::member(7, "timed"), member(1_000)),
+                Write::Put(keys::member(7, "forever"), member(i64::MAX)),
+                Write::Put(keys::member(7, "free"), member(0)),
+                Write::Put(keys::member(9, "later"), member(2_000)),
+            ])
+            .unwrap();
+        let store = KvStore::new(engine);
+        assert_eq!(store.upgrade().unwrap(), 5);
+        let due: Vec<_> = store
+            .next_mute_deadlines(10)
+            .unwrap()
+            .into_iter()
+            .map(|(at, conv, user)| (at, conv, user.to_string()))
+            .collect();
+        assert_eq!(
+            due,
+            vec![
+                (1_000, 7, "timed".to_owned()),
+                (2_000, 9, "later".to_owned())
+            ]
+        );
+    }
 
     #[test]
     fn prefix_ends() {
