@@ -379,13 +379,18 @@ pub(super) async fn remove_members(call: &Call<'_>, id: &str) -> Answer {
     params(("id" = String, Path), ("as" = Option<String>, Query)),
     responses((status = 200, body = json::SendAck), (status = 403, body = ErrorBody)))]
 pub(super) async fn send(call: &Call<'_>, id: &str) -> Answer {
-    send_as(call, id, call.actor()?).await
+    let ack = call
+        .app
+        .registry
+        .send(&call.actor()?, id, send_request(call)?)
+        .await?;
+    ack_json(ack)
 }
 
-/// Sends the request's message into `id` as `caller`.
-pub(super) async fn send_as(call: &Call<'_>, id: &str, caller: Caller) -> Answer {
+/// The message a send request's body describes.
+pub(super) fn send_request(call: &Call<'_>) -> Result<SendRequest, Failure> {
     let body: json::SendMessage = call.json()?;
-    let req = SendRequest {
+    Ok(SendRequest {
         client_message_id: body.client_message_id,
         kind: body.kind,
         content: json::content_bytes(body.text, body.content).map_err(Failure::invalid)?,
@@ -394,8 +399,11 @@ pub(super) async fn send_as(call: &Call<'_>, id: &str, caller: Caller) -> Answer
         transient: body.transient,
         want_receipts: body.want_receipts,
         silent: body.silent,
-    };
-    let ack = call.app.registry.send(&caller, id, req).await?;
+    })
+}
+
+/// A send's answer.
+pub(super) fn ack_json(ack: crate::protocol::pb::SendAck) -> Answer {
     ok(json::SendAck {
         message_id: ack.message_id,
         seq: ack.seq,

@@ -41,16 +41,6 @@ pub(super) async fn route(call: &Call<'_>, method: &Method, path: &[&str]) -> Op
     })
 }
 
-/// The backend as the caller, named by `by` (default `system_sender`, as for the other calls
-/// the backend makes without `as`).
-fn backend(call: &Call<'_>) -> Result<Caller, Failure> {
-    let by = call
-        .param("by")
-        .unwrap_or_else(|| call.app.config.system_sender.clone());
-    call.app.registry.check_user_id(&by)?;
-    Ok(Caller::admin(&by))
-}
-
 fn role_name(role: MemberRole) -> &'static str {
     match role {
         MemberRole::Owner => "owner",
@@ -186,7 +176,7 @@ pub(super) async fn set_roles(call: &Call<'_>, id: &str) -> Answer {
     let o = call
         .app
         .registry
-        .set_member_role(&backend(call)?, id, &body.members, role)
+        .set_member_role(&call.backend()?, id, &body.members, role)
         .await?;
     ok(Conversation::from(o.conversation))
 }
@@ -200,7 +190,7 @@ pub(super) async fn transfer(call: &Call<'_>, id: &str) -> Answer {
     ok(Conversation::from(
         call.app
             .registry
-            .transfer_ownership(&backend(call)?, id, &body.new_owner)
+            .transfer_ownership(&call.backend()?, id, &body.new_owner)
             .await?,
     ))
 }
@@ -215,7 +205,7 @@ pub(super) async fn mute(call: &Call<'_>, id: &str) -> Answer {
         .app
         .registry
         .mute_members(
-            &backend(call)?,
+            &call.backend()?,
             id,
             &body.members,
             body.duration_secs,
@@ -234,7 +224,7 @@ pub(super) async fn unmute(call: &Call<'_>, id: &str) -> Answer {
     let o = call
         .app
         .registry
-        .unmute_members(&backend(call)?, id, &body.members, false)
+        .unmute_members(&call.backend()?, id, &body.members, false)
         .await?;
     ok(Conversation::from(o.conversation))
 }
@@ -246,7 +236,7 @@ pub(super) async fn unmute(call: &Call<'_>, id: &str) -> Answer {
     responses((status = 200, body = MutedPage)))]
 pub(super) fn list_mutes(call: &Call<'_>, id: &str) -> Answer {
     let (members, next_cursor, has_more) = call.app.registry.list_muted_members(
-        &backend(call)?,
+        &call.backend()?,
         id,
         &call.param("cursor").unwrap_or_default(),
         call.number("limit", 0)?,
@@ -274,7 +264,7 @@ pub(super) async fn mute_all(call: &Call<'_>, id: &str) -> Answer {
     ok(Conversation::from(
         call.app
             .registry
-            .set_mute_all(&backend(call)?, id, body.muted)
+            .set_mute_all(&call.backend()?, id, body.muted)
             .await?,
     ))
 }
@@ -288,7 +278,7 @@ pub(super) async fn block(call: &Call<'_>, id: &str) -> Answer {
     let o = call
         .app
         .registry
-        .block_members(&backend(call)?, id, &body.members, false)
+        .block_members(&call.backend()?, id, &body.members, false)
         .await?;
     ok(Conversation::from(o.conversation))
 }
@@ -302,7 +292,7 @@ pub(super) async fn unblock(call: &Call<'_>, id: &str) -> Answer {
     let o = call
         .app
         .registry
-        .unblock_members(&backend(call)?, id, &body.members)
+        .unblock_members(&call.backend()?, id, &body.members)
         .await?;
     ok(Conversation::from(o.conversation))
 }
@@ -314,7 +304,7 @@ pub(super) async fn unblock(call: &Call<'_>, id: &str) -> Answer {
     responses((status = 200, body = BlacklistPage)))]
 pub(super) fn list_blacklist(call: &Call<'_>, id: &str) -> Answer {
     let (users, next_cursor, has_more) = call.app.registry.list_blocked_members(
-        &backend(call)?,
+        &call.backend()?,
         id,
         &call.param("cursor").unwrap_or_default(),
         call.number("limit", 0)?,
@@ -404,7 +394,7 @@ pub(super) async fn set_profile(call: &Call<'_>, user: &str) -> Answer {
     ok(Profile::from(
         call.app
             .registry
-            .set_profile(&backend(call)?, user, update)
+            .set_profile(&call.backend()?, user, update)
             .await?,
     ))
 }
@@ -432,7 +422,7 @@ pub(super) async fn create_system(call: &Call<'_>) -> Answer {
         attributes: body.attributes,
         ..Default::default()
     };
-    let c = call.app.registry.create(&backend(call)?, req).await?;
+    let c = call.app.registry.create(&call.backend()?, req).await?;
     let (_, value) = ok(Conversation::from(c))?;
     Ok((hyper::StatusCode::CREATED, value))
 }
@@ -443,5 +433,11 @@ pub(super) async fn create_system(call: &Call<'_>) -> Answer {
     request_body = json::SendMessage, params(("id" = String, Path), ("by" = Option<String>, Query)),
     responses((status = 200, body = json::SendAck), (status = 403, body = ErrorBody)))]
 pub(super) async fn broadcast(call: &Call<'_>, id: &str) -> Answer {
-    super::api::send_as(call, id, backend(call)?).await
+    let req = super::api::send_request(call)?;
+    let ack = call
+        .app
+        .registry
+        .send_to_system(&call.backend()?, id, req)
+        .await?;
+    super::api::ack_json(ack)
 }

@@ -440,8 +440,18 @@ impl Call<'_> {
     fn actor(&self) -> Result<Caller, Failure> {
         match self.param("as") {
             Some(_) => self.caller(),
-            None => Ok(Caller::admin(&self.app.config.system_sender)),
+            None => self.backend(),
         }
+    }
+
+    /// The app's backend as the caller (an admin caller), named in events and as the sender of
+    /// its messages by `by`, or `system_sender` when the request gives none.
+    fn backend(&self) -> Result<Caller, Failure> {
+        let by = self
+            .param("by")
+            .unwrap_or_else(|| self.app.config.system_sender.clone());
+        self.app.registry.check_user_id(&by)?;
+        Ok(Caller::admin(&by))
     }
 
     fn json<T: DeserializeOwned>(&self) -> Result<T, Failure> {

@@ -66,6 +66,20 @@ impl ConvState {
 }
 
 impl Registry {
+    /// Broadcasts into a system conversation as the app's backend: a send that refuses any
+    /// other kind of conversation (the backend may speak in those too, but not through this).
+    pub async fn send_to_system(
+        &self,
+        caller: &Caller,
+        id: &str,
+        req: super::SendRequest,
+    ) -> Result<SendAck, Error> {
+        if self.cell(id)?.lock().kind() != ConversationKind::System {
+            return Err(Error::PermissionDenied("not a system conversation"));
+        }
+        self.send(caller, id, req).await
+    }
+
     /// Creates a system conversation (the app's backend only) or a chat room (anyone; the
     /// creator is its owner and its first member).
     pub(super) async fn create_public(
