@@ -31,21 +31,46 @@ enum Begun {
 
 /// Runs the sweep until `shutdown`.
 pub async fn run(registry: Arc<Registry>, shutdown: CancellationToken) {
+    deadlines(
+        &registry,
+        &shutdown,
+        "expiry",
+        |r| &r.expiry_changed,
+        |r| Ok(r.store.next_expiries(1)?.first().map(|e| e.0)),
+        |r| r.sweep(),
+    )
+    .await;
+}
+
+/// The loop of a task that acts on an index of deadlines: sleeps (on the injected clock)
+/// until the earliest one (`next`) or a wake-up (`changed`, for a new deadline that may come
+/// first), runs `due` while the earliest has passed, until `shutdown`. A failure is logged and
+/// ends the task.
+pub(super) async fn deadlines<'a, F>(
+    registry: &'a Registry,
+    shutdown: &CancellationToken,
+    what: &str,
+    changed: impl Fn(&'a Registry) -> &'a tokio::sync::Notify,
+    next: impl Fn(&Registry) -> Result<Option<i64>, Error>,
+    due: impl Fn(&'a Registry) -> F,
+) where
+    F: std::future::Future<Output = Result<(), Error>>,
+{
     loop {
-        // Register for wake-ups before reading the index, so a create in between is not missed.
-        let changed = registry.expiry_changed.notified();
-        let next = match registry.store.next_expiries(1) {
-            Ok(v) => v.first().map(|e| e.0),
+        // Register for wake-ups before reading the index, so a change in between is not missed.
+        let woken = changed(registry).notified();
+        let next = match next(registry) {
+            Ok(at) => at,
             Err(e) => {
-                tracing::error!(error = %e, "reading the expiry index failed; sweep stopped");
+                tracing::error!(error = %e, what, "reading a deadline index failed; sweep stopped");
                 return;
             }
         };
         if let Some(at) = next
             && at <= registry.now()
         {
-            if let Err(e) = registry.sweep().await {
-                tracing::error!(error = %e, "expiry sweep failed; sweep stopped");
+            if let Err(e) = due(registry).await {
+                tracing::error!(error = %e, what, "sweep failed; sweep stopped");
                 return;
             }
             continue;
@@ -58,7 +83,7 @@ pub async fn run(registry: Arc<Registry>, shutdown: CancellationToken) {
         };
         tokio::select! {
             _ = sleep => {}
-            _ = changed => {}
+            _ = woken => {}
             _ = shutdown.cancelled() => return,
         }
     }

@@ -20,37 +20,15 @@ const ROUND: usize = 256;
 
 /// Runs the sweep until `shutdown`.
 pub async fn run(registry: Arc<Registry>, shutdown: CancellationToken) {
-    loop {
-        // Register for wake-ups before reading the index, so a mute in between is not missed.
-        let changed = registry.mutes_changed.notified();
-        let next = match registry.store.next_mute_deadlines(1) {
-            Ok(v) => v.first().map(|e| e.0),
-            Err(e) => {
-                tracing::error!(error = %e, "reading the mute index failed; sweep stopped");
-                return;
-            }
-        };
-        if let Some(at) = next
-            && at <= registry.now()
-        {
-            if let Err(e) = registry.end_mutes().await {
-                tracing::error!(error = %e, "mute sweep failed; sweep stopped");
-                return;
-            }
-            continue;
-        }
-        let sleep = async {
-            match next {
-                Some(at) => registry.clock.sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = sleep => {}
-            _ = changed => {}
-            _ = shutdown.cancelled() => return,
-        }
-    }
+    super::expiry::deadlines(
+        &registry,
+        &shutdown,
+        "mutes",
+        |r| &r.mutes_changed,
+        |r| Ok(r.store.next_mute_deadlines(1)?.first().map(|e| e.0)),
+        |r| r.end_mutes(),
+    )
+    .await;
 }
 
 impl Registry {
