@@ -210,41 +210,39 @@ impl<E: OrderedKv> KvStore<E> {
     /// 5 → 6: the timed-mute index, from every member muted until a time (not until lifted),
     /// so those mutes end with their event like new ones.
     fn index_mute_deadlines(&self) -> Result<u64, StoreError> {
-        let end = prefix_end(&[keys::MEMBER]);
-        let mut lo = vec![keys::MEMBER];
-        let mut entries = 0;
-        loop {
-            let rows = self
-                .engine
-                .range(&lo, end.as_deref(), false, MIGRATION_BATCH)?;
-            let Some((last, _)) = rows.last() else {
-                return Ok(entries);
-            };
-            lo = last.clone();
-            lo.push(0);
-            let mut writes = Vec::new();
-            for (k, v) in &rows {
-                let m: MemberRecord = decode("member", v)?;
-                let timed = m.muted_until > 0 && m.muted_until < i64::MAX;
-                if let (Some(conv), Some((user, _)), true) = (be_u64(k, 1), user_at(k, 9), timed) {
-                    writes.push(Write::Put(
-                        keys::mute_deadline(m.muted_until, conv, user),
-                        Vec::new(),
-                    ));
+        self.index_from(keys::MEMBER, |k, v| {
+            let m: MemberRecord = decode("member", v)?;
+            let timed = m.muted_until > 0 && m.muted_until < i64::MAX;
+            Ok(match (be_u64(k, 1), user_at(k, 9), timed) {
+                (Some(conv), Some((user, _)), true) => {
+                    Some(keys::mute_deadline(m.muted_until, conv, user))
                 }
-            }
-            entries += writes.len() as u64;
-            self.engine.apply(writes)?;
-            if rows.len() < MIGRATION_BATCH {
-                return Ok(entries);
-            }
-        }
+                _ => None,
+            })
+        })
     }
 
     /// 1 → 2: the patch index, from every edited or recalled message.
     fn index_patches(&self) -> Result<u64, StoreError> {
-        let end = prefix_end(&[keys::MESSAGE]);
-        let mut lo = vec![keys::MESSAGE];
+        self.index_from(keys::MESSAGE, |k, v| {
+            let m: Message = decode("message", v)?;
+            let at = m.edited_at.max(m.recalled_at);
+            Ok(match (be_u64(k, 1), be_u64(k, 9), at > 0) {
+                (Some(conv), Some(seq), true) => Some(keys::patch(conv, at, seq)),
+                _ => None,
+            })
+        })
+    }
+
+    /// Builds an index from every entry under `prefix`, a batch at a time: `key_of` gives the
+    /// (empty-valued) index key of an entry, if it has one. Returns how many were written.
+    fn index_from(
+        &self,
+        prefix: u8,
+        key_of: impl Fn(&[u8], &[u8]) -> Result<Option<Vec<u8>>, StoreError>,
+    ) -> Result<u64, StoreError> {
+        let end = prefix_end(&[prefix]);
+        let mut lo = vec![prefix];
         let mut entries = 0;
         loop {
             let rows = self
@@ -257,10 +255,8 @@ impl<E: OrderedKv> KvStore<E> {
             lo.push(0);
             let mut writes = Vec::new();
             for (k, v) in &rows {
-                let m: Message = decode("message", v)?;
-                let at = m.edited_at.max(m.recalled_at);
-                if let (Some(conv), Some(seq), true) = (be_u64(k, 1), be_u64(k, 9), at > 0) {
-                    writes.push(Write::Put(keys::patch(conv, at, seq), Vec::new()));
+                if let Some(key) = key_of(k, v)? {
+                    writes.push(Write::Put(key, Vec::new()));
                 }
             }
             entries += writes.len() as u64;
