@@ -416,3 +416,34 @@ impl Binary {
         c
     }
 }
+
+/// Installs `dir`'s npm dependencies from its lock file (`npm ci`) unless each of `packages`
+/// is there already; once per directory per test run, so `cargo test` works on a fresh clone.
+pub fn npm_ci_once(dir: &std::path::Path, packages: &[&str]) {
+    static DONE: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap_or_else(|p| p.into_inner());
+    if done.iter().any(|d| d == dir) {
+        return;
+    }
+    let installed = |pkg: &str| {
+        dir.join("node_modules")
+            .join(pkg)
+            .join("package.json")
+            .exists()
+    };
+    if !packages.iter().all(|p| installed(p)) {
+        let out = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(dir)
+            .output()
+            .expect("npm must be installed to run these tests (apt-get install npm)");
+        assert!(
+            out.status.success(),
+            "npm ci in {} failed:\n{}{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    done.push(dir.to_owned());
+}

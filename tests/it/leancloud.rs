@@ -14,33 +14,14 @@ fn sdk_dir() -> PathBuf {
 
 /// Installs the SDK from the lock file once (`npm ci`), if it is not there yet.
 pub fn install_sdk() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let dir = sdk_dir();
-        let installed = |pkg: &str| {
-            dir.join("node_modules")
-                .join(pkg)
-                .join("package.json")
-                .exists()
-        };
-        if installed("leancloud-realtime")
-            && installed("leancloud-realtime-v4")
-            && installed("playwright-core")
-        {
-            return;
-        }
-        let out = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .output()
-            .expect("npm must be installed to run the LeanCloud SDK tests (apt-get install npm)");
-        assert!(
-            out.status.success(),
-            "npm ci failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
+    npm_ci_once(
+        &sdk_dir(),
+        &[
+            "leancloud-realtime",
+            "leancloud-realtime-v4",
+            "playwright-core",
+        ],
+    );
 }
 
 /// A server with the LeanCloud dialect on.

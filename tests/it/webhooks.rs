@@ -188,13 +188,14 @@ pub(crate) async fn webhook_server(
 fn verify_with_library(secret: &str, hits: &[Hit]) -> Vec<String> {
     use std::io::Write;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhooks");
+    npm_ci_once(&dir, &["standardwebhooks"]);
     let mut child = std::process::Command::new("node")
         .arg("verify.mjs")
         .current_dir(&dir)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .expect("node runs (npm ci in tests/webhooks)");
+        .expect("node runs");
     let mut stdin = child.stdin.take().unwrap();
     for h in hits {
         let line = json!({
