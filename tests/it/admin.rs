@@ -31,6 +31,13 @@ pub struct Reply {
     pub body: Value,
 }
 
+impl Reply {
+    /// The HTTP status and the error body's `code` (`None` when there is none).
+    pub fn status_code(&self) -> (u16, Option<i64>) {
+        (self.status, self.body["code"].as_i64())
+    }
+}
+
 pub async fn http(
     addr: SocketAddr,
     method: &str,
@@ -160,12 +167,12 @@ async fn bad_requests_get_typed_errors() {
         http(addr, m, p, Some(KEY), Some(b.to_vec())).await
     };
     let r = call("POST", "/v1/tokens", b"{not json").await;
-    assert_eq!((r.status, r.body["code"].as_i64()), (400, Some(2)));
+    assert_eq!(r.status_code(), (400, Some(2)));
     assert!(r.body["message"].as_str().unwrap().starts_with("bad JSON"));
     let r = call("POST", "/v1/tokens", br#"{"user":"a","extra":1}"#).await;
     assert_eq!(r.status, 400, "unknown fields are refused: {}", r.body);
     let r = call("POST", "/v1/tokens", br#"{"user":""}"#).await;
-    assert_eq!((r.status, r.body["code"].as_i64()), (400, Some(2)));
+    assert_eq!(r.status_code(), (400, Some(2)));
     let r = call("POST", "/v1/tokens", br#"{"user":"a","ttl_secs":2592001}"#).await;
     assert_eq!(r.status, 400);
     let big = format!(r#"{{"user":"{}"}}"#, "a".repeat(2000));
@@ -177,9 +184,9 @@ async fn bad_requests_get_typed_errors() {
         Some(big.into_bytes()),
     )
     .await;
-    assert_eq!((r.status, r.body["code"].as_i64()), (413, Some(3)));
+    assert_eq!(r.status_code(), (413, Some(3)));
     let r = call("GET", "/v1/nothing-here", b"").await;
-    assert_eq!((r.status, r.body["code"].as_i64()), (404, Some(1)));
+    assert_eq!(r.status_code(), (404, Some(1)));
     // An acting user is required where only a user can act (a create), and must be a valid
     // user id wherever one is named.
     let r = call("POST", "/v1/conversations", br#"{"kind":"group"}"#).await;
@@ -195,12 +202,12 @@ async fn bad_requests_get_typed_errors() {
         None,
     )
     .await;
-    assert_eq!((r.status, r.body["code"].as_i64()), (404, Some(5)));
+    assert_eq!(r.status_code(), (404, Some(5)));
     // Presence: at most 100 users.
     let many: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
     let path = format!("/v1/presence?users={}", many.join(","));
     let r = http(addr, "GET", &path, Some(KEY), None).await;
-    assert_eq!((r.status, r.body["code"].as_i64()), (422, Some(3)));
+    assert_eq!(r.status_code(), (422, Some(3)));
 }
 
 #[tokio::test]
@@ -297,7 +304,7 @@ async fn a_backend_opens_a_customer_service_chat_and_speaks_as_the_agent() {
         None,
     )
     .await;
-    assert_eq!((r.status, r.body["code"].as_i64()), (403, Some(6)));
+    assert_eq!(r.status_code(), (403, Some(6)));
 
     // The agent's list and unread counts, as the backend sees them.
     let list = ok(
@@ -410,7 +417,7 @@ async fn groups_are_created_changed_and_paged_as_their_members_would() {
         Some(json!({"members": ["b"]})),
     )
     .await;
-    assert_eq!((r.status, r.body["code"].as_i64()), (403, Some(7)));
+    assert_eq!(r.status_code(), (403, Some(7)));
     let removed = ok(
         &server,
         "POST",

@@ -80,7 +80,7 @@ async fn the_backend_sends_as_the_system_and_silently_moves_no_list() {
         Some(json!({"text": "x", "silent": true})),
     )
     .await;
-    assert_eq!((r.status, r.body["code"].as_i64()), (403, Some(7)));
+    assert_eq!(r.status_code(), (403, Some(7)));
 
     // Bob reads it; then `newer` gets activity, and a silent notice goes into `older`.
     ok(
@@ -162,7 +162,7 @@ async fn the_backend_recalls_and_edits_any_message_and_keeps_earlier_versions() 
         Some(json!({"text": "redacted"})),
     )
     .await;
-    assert_eq!((r.status, r.body["code"].as_i64()), (409, Some(14)));
+    assert_eq!(r.status_code(), (409, Some(14)));
     let edited = ok(
         &server,
         "PATCH",
@@ -195,7 +195,7 @@ async fn the_backend_recalls_and_edits_any_message_and_keeps_earlier_versions() 
     // Every earlier version is kept, for the backend's eyes only, across a restart.
     let versions_path = format!("/v1/conversations/{id}/messages/{mid}/versions");
     let r = api(&server, "GET", &format!("{versions_path}?as=alice"), None).await;
-    assert_eq!((r.status, r.body["code"].as_i64()), (403, Some(7)));
+    assert_eq!(r.status_code(), (403, Some(7)));
     server.restart().await;
     let v = ok(&server, "GET", &versions_path, None).await;
     let texts: Vec<&str> = v["versions"]
@@ -328,7 +328,7 @@ async fn moderation_reads_every_message_and_one_way_deletes_stay_the_users() {
         Some(json!({})),
     )
     .await;
-    assert_eq!((r.status, r.body["code"].as_i64()), (400, Some(2)));
+    assert_eq!(r.status_code(), (400, Some(2)));
     // Outsiders read nothing; the backend reads any conversation's details.
     let r = api(&server, "GET", &format!("{path}?as=mallory"), None).await;
     assert_eq!(r.status, 403);

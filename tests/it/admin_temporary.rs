@@ -36,12 +36,7 @@ async fn the_backend_transfers_a_visitor_and_keeps_the_chats_attributes() {
         Some(json!({"members": ["agent-2"]})),
     )
     .await;
-    assert_eq!(
-        (r.status, r.body["code"].as_i64()),
-        (409, Some(8)),
-        "{}",
-        r.body
-    );
+    assert_eq!(r.status_code(), (409, Some(8)), "{}", r.body);
     let c = ok(
         &server,
         "POST",
@@ -93,7 +88,7 @@ async fn the_backend_transfers_a_visitor_and_keeps_the_chats_attributes() {
         None,
     )
     .await;
-    assert_eq!((r.status, r.body["code"].as_i64()), (403, Some(6)));
+    assert_eq!(r.status_code(), (403, Some(6)));
     // `unique` follows the members: the new pair's chat is this one.
     let again = ok(
         &server,
@@ -113,12 +108,7 @@ async fn the_backend_transfers_a_visitor_and_keeps_the_chats_attributes() {
         Some(json!({ "members": many })),
     )
     .await;
-    assert_eq!(
-        (r.status, r.body["code"].as_i64()),
-        (422, Some(3)),
-        "{}",
-        r.body
-    );
+    assert_eq!(r.status_code(), (422, Some(3)), "{}", r.body);
     assert!(
         r.body["message"]
             .as_str()
@@ -142,7 +132,7 @@ async fn the_backend_transfers_a_visitor_and_keeps_the_chats_attributes() {
         Some(json!({"set_attributes": {"status": "solved"}})),
     )
     .await;
-    assert_eq!((r.status, r.body["code"].as_i64()), (409, Some(8)));
+    assert_eq!(r.status_code(), (409, Some(8)));
     let c = ok(
         &server,
         "PATCH",
@@ -179,7 +169,7 @@ async fn the_backend_moves_a_chats_deadline_and_ends_it() {
         Some(json!({"ttl_secs": 60})),
     )
     .await;
-    assert_eq!((r.status, r.body["code"].as_i64()), (403, Some(7)));
+    assert_eq!(r.status_code(), (403, Some(7)));
     let r = api(
         &server,
         "PATCH",
@@ -242,7 +232,7 @@ async fn the_backend_moves_a_chats_deadline_and_ends_it() {
         None,
     )
     .await;
-    assert_eq!((r.status, r.body["code"].as_i64()), (403, Some(7)));
+    assert_eq!(r.status_code(), (403, Some(7)));
     ok(
         &server,
         "POST",
@@ -256,7 +246,7 @@ async fn the_backend_moves_a_chats_deadline_and_ends_it() {
         (Ev::Expired as i32, "system", other.as_str())
     );
     let r = api(&server, "GET", &format!("/v1/conversations/{other}"), None).await;
-    assert_eq!((r.status, r.body["code"].as_i64()), (410, Some(12)));
+    assert_eq!(r.status_code(), (410, Some(12)));
     // A group does not end.
     let g = ok(
         &server,
@@ -272,7 +262,7 @@ async fn the_backend_moves_a_chats_deadline_and_ends_it() {
         None,
     )
     .await;
-    assert_eq!((r.status, r.body["code"].as_i64()), (409, Some(8)));
+    assert_eq!(r.status_code(), (409, Some(8)));
 }
 
 fn ids(page: &Value) -> Vec<String> {
@@ -347,12 +337,7 @@ async fn the_backend_lists_open_chats_newest_activity_first() {
     open_chat(&small, "agent", "v1").await;
     open_chat(&small, "agent", "v2").await;
     let r = api(&small, "GET", "/v1/temporary-conversations", None).await;
-    assert_eq!(
-        (r.status, r.body["code"].as_i64()),
-        (422, Some(3)),
-        "{}",
-        r.body
-    );
+    assert_eq!(r.status_code(), (422, Some(3)), "{}", r.body);
     let r = api(&small, "GET", "/v1/temporary-conversations?cursor=zz", None).await;
     assert_eq!(r.status, 400);
 }

@@ -417,6 +417,28 @@ impl Binary {
     }
 }
 
+/// Runs `program` in `dir`; fails the test with its output unless it succeeds. Its output.
+pub fn run_in(dir: &std::path::Path, program: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} must be installed to run these tests: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {} failed ({}):\n{text}",
+        dir.display(),
+        out.status
+    );
+    text
+}
+
 /// Installs `dir`'s npm dependencies from its lock file (`npm ci`) unless each of `packages`
 /// is there already; once per directory per test run, so `cargo test` works on a fresh clone.
 pub fn npm_ci_once(dir: &std::path::Path, packages: &[&str]) {
@@ -432,18 +454,27 @@ pub fn npm_ci_once(dir: &std::path::Path, packages: &[&str]) {
             .exists()
     };
     if !packages.iter().all(|p| installed(p)) {
-        let out = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(dir)
-            .output()
-            .expect("npm must be installed to run these tests (apt-get install npm)");
-        assert!(
-            out.status.success(),
-            "npm ci in {} failed:\n{}{}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_in(dir, "npm", &["ci", "--no-audit", "--no-fund"], &[]);
     }
     done.push(dir.to_owned());
+}
+
+/// Every file under `dir`, by path relative to it.
+pub fn files_under(
+    dir: &std::path::Path,
+) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_path_buf();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
 }

@@ -171,13 +171,22 @@ impl Lc {
     }
 
     pub(crate) async fn start(&mut self, peer: &str, members: &[&str]) -> String {
+        self.start_conv(
+            peer,
+            lc::ConvCommand {
+                m: members.iter().map(|m| m.to_string()).collect(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// `conv/start` as `peer`; the new conversation's id.
+    pub(crate) async fn start_conv(&mut self, peer: &str, conv: lc::ConvCommand) -> String {
         let r = self
             .request(GenericCommand {
                 peer_id: Some(peer.into()),
-                conv_message: Some(lc::ConvCommand {
-                    m: members.iter().map(|m| m.to_string()).collect(),
-                    ..Default::default()
-                }),
+                conv_message: Some(conv),
                 ..cmd(Cmd::Conv, Some(Op::Start))
             })
             .await;
@@ -595,19 +604,14 @@ async fn pushed_messages_carry_their_conversations_conv_type() {
     carol.opened("carol", None).await;
     // A chat room (`transient`), joined by carol: convType 2.
     let room = bob
-        .request(GenericCommand {
-            peer_id: Some("bob".into()),
-            conv_message: Some(lc::ConvCommand {
+        .start_conv(
+            "bob",
+            lc::ConvCommand {
                 transient: Some(true),
                 ..Default::default()
-            }),
-            ..cmd(Cmd::Conv, Some(Op::Start))
-        })
-        .await
-        .conv_message
-        .unwrap()
-        .cid
-        .unwrap();
+            },
+        )
+        .await;
     carol
         .request(GenericCommand {
             peer_id: Some("carol".into()),
@@ -628,20 +632,15 @@ async fn pushed_messages_carry_their_conversations_conv_type() {
     assert_eq!(d.conv_type, Some(2));
     // A temporary conversation: convType 4.
     let temp = bob
-        .request(GenericCommand {
-            peer_id: Some("bob".into()),
-            conv_message: Some(lc::ConvCommand {
+        .start_conv(
+            "bob",
+            lc::ConvCommand {
                 m: vec!["carol".into()],
                 temp_conv: Some(true),
                 ..Default::default()
-            }),
-            ..cmd(Cmd::Conv, Some(Op::Start))
-        })
-        .await
-        .conv_message
-        .unwrap()
-        .cid
-        .unwrap();
+            },
+        )
+        .await;
     bob.direct("bob", &temp, "just us", false).await;
     let d = carol
         .push_of(Cmd::Direct, None, "carol")

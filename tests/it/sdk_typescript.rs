@@ -4,46 +4,14 @@
 
 use crate::harness::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn sdk_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/typescript")
 }
 
-/// Runs a command in the SDK's directory; fails the test with its output unless it succeeds.
-fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(sdk_dir())
-        .output()
-        .unwrap_or_else(|e| panic!("{program} must be installed to test the TypeScript SDK: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed ({}):\n{text}",
-        out.status
-    );
-    text
-}
-
 /// `npm ci` once, if the SDK's dependencies are not there yet.
 pub fn install() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let bin = sdk_dir().join("node_modules/.bin");
-        if ["buf", "tsc", "vitest"]
-            .iter()
-            .all(|b| bin.join(b).exists())
-        {
-            return;
-        }
-        run("npm", &["ci", "--no-audit", "--no-fund"], &[]);
-    });
+    npm_ci_once(&sdk_dir(), &["@bufbuild/buf", "typescript", "vitest"]);
 }
 
 /// Builds the package into `dist/` once: the integration tests (and the process they kill and
@@ -51,39 +19,27 @@ pub fn install() {
 fn build() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        run("npx", &["tsc", "-p", "tsconfig.build.json"], &[]);
+        run_in(
+            &sdk_dir(),
+            "npx",
+            &["tsc", "-p", "tsconfig.build.json"],
+            &[],
+        );
     });
-}
-
-/// Every file under `dir`, by path relative to it.
-fn files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().to_path_buf();
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
 }
 
 #[test]
 fn the_sdks_generated_code_is_current_and_it_type_checks() {
     install();
     let tmp = tempfile::tempdir().unwrap();
-    run(
+    run_in(
+        &sdk_dir(),
         "npx",
         &["buf", "generate", "-o", tmp.path().to_str().unwrap()],
         &[],
     );
-    let fresh = files(&tmp.path().join("src/gen"));
-    let committed = files(&sdk_dir().join("src/gen"));
+    let fresh = files_under(&tmp.path().join("src/gen"));
+    let committed = files_under(&sdk_dir().join("src/gen"));
     assert!(!fresh.is_empty());
     let stale: std::collections::BTreeSet<_> = fresh
         .keys()
@@ -97,13 +53,13 @@ fn the_sdks_generated_code_is_current_and_it_type_checks() {
     );
     // The integration tests type-check against the built package.
     build();
-    run("npx", &["tsc", "--noEmit"], &[]);
+    run_in(&sdk_dir(), "npx", &["tsc", "--noEmit"], &[]);
 }
 
 #[test]
 fn the_sdks_unit_tests_pass() {
     install();
-    let out = run("npx", &["vitest", "run"], &[]);
+    let out = run_in(&sdk_dir(), "npx", &["vitest", "run"], &[]);
     assert!(out.contains("passed"), "{out}");
 }
 
@@ -116,7 +72,8 @@ fn the_sdk_works_against_the_real_server() {
     let mut server = Binary::serve(&dir.path().join("data"), &["jwt_leeway_secs=0"]);
     let url = server.url();
     let result = std::panic::catch_unwind(|| {
-        run(
+        run_in(
+            &sdk_dir(),
             "npx",
             &["vitest", "run", "--config", "vitest.integration.config.ts"],
             &[("TIDINGS_URL", &url), ("TIDINGS_SECRET", SECRET)],

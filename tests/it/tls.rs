@@ -100,15 +100,27 @@ fn files(dir: &Path) -> (PathBuf, PathBuf) {
     (dir.join("cert.pem"), dir.join("key.pem"))
 }
 
-#[tokio::test]
-async fn clients_log_in_and_talk_over_tls() {
+/// A server doing TLS with a fresh test certificate (kept in the returned directory), with
+/// `tweak` applied to its configuration.
+async fn tls_server(
+    tweak: impl FnOnce(&mut tidings::config::Config),
+) -> (TestServer, TestPki, tempfile::TempDir) {
     let pki = TestPki::new("tidings");
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = files(dir.path());
     pki.write(&cert, &key);
     let server = TestServer::start_with(|c| {
-        c.tls_cert = Some(cert.clone());
-        c.tls_key = Some(key.clone());
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+        tweak(c);
+    })
+    .await;
+    (server, pki, dir)
+}
+
+#[tokio::test]
+async fn clients_log_in_and_talk_over_tls() {
+    let (server, pki, _dir) = tls_server(|c| {
         c.leancloud_app_id = Some(crate::leancloud::APP_ID.into());
         c.leancloud_master_key = Some(crate::leancloud::MASTER_KEY.into());
     })
@@ -248,13 +260,7 @@ async fn sighup_reloads_the_certificate_and_a_bad_one_keeps_the_old() {
 
 #[tokio::test]
 async fn a_client_that_never_finishes_the_tls_handshake_is_cut_at_the_handshake_timeout() {
-    let pki = TestPki::new("tidings");
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = files(dir.path());
-    pki.write(&cert, &key);
-    let server = TestServer::start_with(|c| {
-        c.tls_cert = Some(cert.clone());
-        c.tls_key = Some(key.clone());
+    let (server, _pki, _dir) = tls_server(|c| {
         c.handshake_timeout_ms = 300;
     })
     .await;
@@ -271,13 +277,7 @@ async fn a_client_that_never_finishes_the_tls_handshake_is_cut_at_the_handshake_
 
 #[tokio::test]
 async fn the_admin_api_is_served_over_tls_when_asked() {
-    let pki = TestPki::new("tidings");
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = files(dir.path());
-    pki.write(&cert, &key);
-    let server = TestServer::start_with(|c| {
-        c.tls_cert = Some(cert.clone());
-        c.tls_key = Some(key.clone());
+    let (server, pki, _dir) = tls_server(|c| {
         c.admin_listen = "127.0.0.1:0".into();
         c.admin_api_keys = vec![crate::admin::KEY.into()];
         c.admin_tls = true;

@@ -164,57 +164,11 @@ async fn demo_mode_refuses_an_address_other_machines_reach_unless_told() {
     assert!(!out.status.success());
 }
 
-/// Runs a command in `web/`; fails the test with its output unless it succeeds.
-fn run(dir: &Path, program: &str, args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} must be installed to build and test web/: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed ({}):\n{text}",
-        out.status
-    );
-    text
-}
-
 /// `npm ci` in `web/` and in the SDK (whose source the pages bundle; through the SDK tests'
 /// own install, so the two never run in one directory at once), once, when missing.
 fn install() {
     crate::sdk_typescript::install();
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if !web_dir().join("node_modules/.bin/esbuild").exists() {
-            run(&web_dir(), "npm", &["ci", "--no-audit", "--no-fund"], &[]);
-        }
-    });
-}
-
-/// Every file under `dir`, by path relative to it.
-fn files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(
-                    p.strip_prefix(dir).unwrap().to_path_buf(),
-                    std::fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    out
+    npm_ci_once(&web_dir(), &["esbuild"]);
 }
 
 #[test]
@@ -222,14 +176,14 @@ fn the_committed_pages_are_what_their_sources_build_to_and_they_type_check() {
     install();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("dist");
-    run(
+    run_in(
         &web_dir(),
         "node",
         &["build.mjs", "--outdir", out.to_str().unwrap()],
         &[],
     );
-    let fresh = files(&out);
-    let committed = files(&web_dir().join("dist"));
+    let fresh = files_under(&out);
+    let committed = files_under(&web_dir().join("dist"));
     assert!(!fresh.is_empty());
     let stale: Vec<_> = fresh
         .keys()
@@ -244,7 +198,7 @@ fn the_committed_pages_are_what_their_sources_build_to_and_they_type_check() {
     // What the binary embeds is that directory, file for file.
     let embedded: Vec<_> = tidings::demo::asset_paths().map(PathBuf::from).collect();
     assert_eq!(embedded, committed.keys().cloned().collect::<Vec<_>>());
-    run(&web_dir(), "npx", &["tsc", "--noEmit"], &[]);
+    run_in(&web_dir(), "npx", &["tsc", "--noEmit"], &[]);
 }
 
 #[test]
