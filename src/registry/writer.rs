@@ -4,7 +4,7 @@
 //! must land atomically, the deliveries that may go out once they are durable, and a reply
 //! channel) while holding whatever lock orders them, so the queue order *is* the commit order.
 //! A dedicated thread takes all queued jobs (up to `max_commit_batch`), commits them as one
-//! batch, flushes once, then hands out the deliveries in queue order and completes the replies.
+//! batch, flushes once, then completes the replies and hands out the deliveries, in queue order.
 //! Acked therefore means durable, and pushes of one conversation leave in seq order.
 //!
 //! Memory is bounded by a semaphore of `max_pending_writes` permits taken before enqueueing.
@@ -110,56 +110,81 @@ impl WriterThread {
     }
 }
 
-/// Committed jobs on their way to the dispatcher: deliveries, then acks, in commit order.
+/// The deliveries of committed jobs, on their way to the dispatcher in commit order.
 struct Committed {
-    jobs: Vec<Job>,
-    ok: bool,
+    deliveries: Vec<Delivery>,
+    /// The jobs' places under `max_pending_writes`, held until their pushes are queued.
+    _permits: Vec<OwnedSemaphorePermit>,
 }
 
-/// Hands out deliveries and completes acks of committed jobs, in order. Runs as a runtime task
-/// (so waking a thousand sessions is a local-queue push each, not a cross-thread wake each),
-/// while the writer thread goes on to the next commit.
+/// Hands out the deliveries of committed jobs, in order. Runs as a runtime task (so waking a
+/// thousand sessions is a local-queue push each, not a cross-thread wake each), while the
+/// writer thread goes on to the next commit.
 async fn dispatch(mut rx: mpsc::UnboundedReceiver<Committed>, hub: Arc<Hub>) {
     while let Some(c) = rx.recv().await {
-        complete(c, &hub);
+        deliver(c, &hub);
     }
 }
 
-/// Where committed jobs go: the dispatcher task when there is one, else straight to the hub.
+fn deliver(c: Committed, hub: &Hub) {
+    for d in &c.deliveries {
+        hub.deliver(d);
+    }
+}
+
+/// Where committed jobs go: their in-memory work and their acks are done at once, on the
+/// writer thread; their deliveries go to the dispatcher task when there is one, else straight
+/// to the hub.
+///
+/// The acks go first so that a connection always gets the ack of its send before the push of
+/// any later message of the same conversation (it writes finished replies before pushes). And
+/// a sender woken from this thread is scheduled ahead of the sessions the dispatcher wakes
+/// (the runtime takes tasks woken from outside it within a few dozen polls), so it sends its
+/// next messages while the recipients' sessions are still writing: those then carry more
+/// frames per socket write.
 struct Handout {
     hub: Arc<Hub>,
     dispatcher: Option<mpsc::UnboundedSender<Committed>>,
 }
 
 impl Handout {
-    fn give(&self, c: Committed) {
+    fn give(&self, jobs: &mut Vec<Job>, ok: bool) {
+        let mut deliveries = Vec::new();
+        let mut permits = Vec::new();
+        for mut job in jobs.drain(..) {
+            if ok && let Some(f) = job.after_commit.take() {
+                f();
+            }
+            if let Some(done) = job.done.take() {
+                let _ = done.send(if ok {
+                    Ok(())
+                } else {
+                    Err(WriteError::Unavailable)
+                });
+            }
+            if ok {
+                if deliveries.is_empty() {
+                    deliveries = std::mem::take(&mut job.deliveries);
+                } else {
+                    deliveries.append(&mut job.deliveries);
+                }
+                permits.extend(job.permit.take());
+            }
+        }
+        if deliveries.is_empty() {
+            return;
+        }
+        let c = Committed {
+            deliveries,
+            _permits: permits,
+        };
         match &self.dispatcher {
             Some(tx) => {
                 if let Err(mpsc::error::SendError(c)) = tx.send(c) {
-                    complete(c, &self.hub);
+                    deliver(c, &self.hub);
                 }
             }
-            None => complete(c, &self.hub),
-        }
-    }
-}
-
-fn complete(Committed { jobs, ok }: Committed, hub: &Hub) {
-    for mut job in jobs {
-        if ok {
-            if let Some(f) = job.after_commit.take() {
-                f();
-            }
-            for d in &job.deliveries {
-                hub.deliver(d);
-            }
-        }
-        if let Some(done) = job.done.take() {
-            let _ = done.send(if ok {
-                Ok(())
-            } else {
-                Err(WriteError::Unavailable)
-            });
+            None => deliver(c, &self.hub),
         }
     }
 }
@@ -381,11 +406,7 @@ fn run(
                 .count();
             stats.messages_committed.add(messages as u64);
         }
-        let committed = Committed {
-            jobs: std::mem::replace(&mut jobs, Vec::with_capacity(max_batch)),
-            ok,
-        };
-        handout.give(committed);
+        handout.give(&mut jobs, ok);
     }
     rx.close();
     if let Err(e) = store.flush() {

@@ -34,7 +34,7 @@ use crate::registry::{Caller, Error, SendRequest};
 use crate::store::UserId;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
+use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -192,8 +192,9 @@ impl Drain {
     }
 }
 
-type Sink<S> = SplitSink<WebSocketStream<S>, WsMessage>;
-type Stream<S> = SplitStream<WebSocketStream<S>>;
+/// A connection's WebSocket, read and written by its one task (not split: a split stream
+/// locks on every read and write). Boxed so the task's future keeps a pointer to it.
+type Ws<S> = Box<WebSocketStream<S>>;
 
 /// The wire a connection speaks, chosen by its subprotocol at the upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,8 +269,8 @@ enum Inbound {
     Bad(CloseCode),
 }
 
-async fn read<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut Stream<S>) -> Inbound {
-    match stream.next().await {
+async fn read<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>) -> Inbound {
+    match ws.next().await {
         Some(Ok(m @ (WsMessage::Binary(_) | WsMessage::Text(_)))) => Inbound::Frame(m),
         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {
             Inbound::Activity
@@ -323,7 +324,7 @@ impl Wire {
 /// Runs one connection to the end.
 ///
 /// Not an `async fn`: an async fn's future keeps room for its arguments for its whole life, and
-/// the unsplit stream is 300 bytes every connection would carry.
+/// the WebSocket stream is 300 bytes every connection would carry (it is boxed instead).
 pub fn run<S>(
     ws: WebSocketStream<Metered<S>>,
     app: Arc<App>,
@@ -343,8 +344,7 @@ where
         opened: Instant::now(),
         announced: false,
     };
-    let (sink, stream) = ws.split();
-    run_split(sink, stream, app, drain, dialect, conn)
+    run_boxed(Box::new(ws), app, drain, dialect, conn)
 }
 
 /// What a connection knows about its socket.
@@ -362,14 +362,8 @@ struct Conn {
     announced: bool,
 }
 
-async fn run_split<S>(
-    mut sink: Sink<S>,
-    mut stream: Stream<S>,
-    app: Arc<App>,
-    drain: Drain,
-    dialect: Dialect,
-    conn: Conn,
-) where
+async fn run_boxed<S>(mut ws: Ws<S>, app: Arc<App>, drain: Drain, dialect: Dialect, conn: Conn)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     app.stats.connections_open.inc();
@@ -389,11 +383,11 @@ async fn run_split<S>(
         bucket: app.registry.connection_bucket(),
     };
     let close = match dialect {
-        Dialect::Native(wire) => match actor.log_in_native(&mut stream, &drain, wire).await {
-            Ok(welcome) => actor.serve(&mut sink, &mut stream, &drain, welcome).await,
+        Dialect::Native(wire) => match actor.log_in_native(&mut ws, &drain, wire).await {
+            Ok(welcome) => actor.serve(&mut ws, &drain, welcome).await,
             Err(LoginFailed { close, reply }) => {
                 if let Some(reply) = reply {
-                    let r = write(&actor.kick, &mut sink, vec![reply], &actor.conn, &drain).await;
+                    let r = write(&actor.kick, &mut ws, vec![reply], &actor.conn, &drain).await;
                     actor.stalled = matches!(r, Err(Stop::Stalled));
                 }
                 close
@@ -403,9 +397,7 @@ async fn run_split<S>(
             // Sessions open by command; the first must come within the login timeout.
             actor.login_by =
                 Some(Instant::now() + Duration::from_millis(app.config.login_timeout_ms));
-            actor
-                .serve(&mut sink, &mut stream, &drain, Vec::new())
-                .await
+            actor.serve(&mut ws, &drain, Vec::new()).await
         }
     };
     let Actor {
@@ -430,7 +422,7 @@ async fn run_split<S>(
     // A connection that never logged in is not worth waiting for when the server stops: its
     // close frame goes out, its answer is not awaited.
     let brief = users.is_empty() && matches!(close, Some(Close(1001, _)));
-    let close_sent = finish(sink, stream, &app, close, &conn, stalled, brief).await;
+    let close_sent = finish(ws, &app, close, &conn, stalled, brief).await;
     app.stats.connections_open.dec();
     let (code, reason) = match close {
         _ if stalled => (Some(CloseCode::CloseSlowConsumer as u16), "write timeout"),
@@ -503,11 +495,11 @@ async fn send_wills(app: &App, caller: &Caller, wills: BTreeMap<String, SendRequ
 
 /// Waits for the first frame, which must be `Login`.
 async fn read_login<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut Stream<S>,
+    ws: &mut Ws<S>,
     wire: Wire,
 ) -> Result<(u64, pb::Login), Option<Close>> {
     loop {
-        match read(stream).await {
+        match read(ws).await {
             Inbound::Frame(m) => {
                 return match wire.decode(&m) {
                     Ok(ClientFrame {
@@ -720,13 +712,13 @@ impl Actor {
     /// Reads and verifies the native `Login`, registers the session and sends the welcome.
     async fn log_in_native<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        stream: &mut Stream<S>,
+        ws: &mut Ws<S>,
         drain: &Drain,
         wire: Wire,
     ) -> Result<Vec<WsMessage>, LoginFailed> {
         let app = self.app.clone();
         let first = tokio::select! {
-            r = timeout(Duration::from_millis(app.config.login_timeout_ms), read_login(stream, wire)) => r,
+            r = timeout(Duration::from_millis(app.config.login_timeout_ms), read_login(ws, wire)) => r,
             _ = drain.cancelled() => Ok(Err(Some(GOING_AWAY))),
         };
         let (id, login) = match first {
@@ -912,8 +904,7 @@ impl Actor {
     /// is already gone).
     async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        sink: &mut Sink<S>,
-        stream: &mut Stream<S>,
+        ws: &mut Ws<S>,
         drain: &Drain,
         welcome: Vec<WsMessage>,
     ) -> Option<Close> {
@@ -941,7 +932,7 @@ impl Actor {
         let cancelled = drain.cancelled();
         tokio::pin!(cancelled);
 
-        let result = write(&kick, sink, welcome, &self.conn, drain).await;
+        let result = write(&kick, ws, welcome, &self.conn, drain).await;
         match self.wrote(result, None, drain) {
             Ok(true) => idle_at = Instant::now() + idle,
             Ok(false) => {}
@@ -972,10 +963,20 @@ impl Actor {
                     }
                 }
                 Some(reply) = next_reply(&mut self.pending), if waiting => {
-                    Step::Write(reply.into_iter().collect())
+                    let mut frames: Vec<WsMessage> = reply.into_iter().collect();
+                    self.finished_replies(&mut frames);
+                    if let Ok(first) = self.outbox.try_recv() {
+                        self.burst(first, &mut frames);
+                    }
+                    Step::Write(frames)
                 }
-                Some(first) = self.outbox.recv() => Step::Write(self.burst(first)),
-                inbound = read(stream), if reading => match inbound {
+                Some(first) = self.outbox.recv() => {
+                    let mut frames = Vec::with_capacity(8);
+                    self.finished_replies(&mut frames);
+                    self.burst(first, &mut frames);
+                    Step::Write(frames)
+                }
+                inbound = read(ws), if reading => match inbound {
                     Inbound::Frame(m) => {
                         idle_at = Instant::now() + idle;
                         let immediate = match dialect {
@@ -1066,7 +1067,7 @@ impl Actor {
             };
             let result = match step {
                 Step::Continue => Ok(false),
-                Step::Write(frames) => write(&kick, sink, frames, &self.conn, drain).await,
+                Step::Write(frames) => write(&kick, ws, frames, &self.conn, drain).await,
                 Step::Stop(stop) => Err(stop),
             };
             match self.wrote(result, draining, drain) {
@@ -1144,20 +1145,36 @@ impl Actor {
             .push(work);
     }
 
-    /// Takes `first` and whatever else is queued (up to a burst), in this connection's
+    /// Appends `first` and whatever else is queued (up to a burst), in this connection's
     /// encoding, skipping replayed events and pushes for sessions that have closed.
-    fn burst(&mut self, first: Outgoing) -> Vec<WsMessage> {
-        let mut frames = Vec::with_capacity(8);
+    fn burst(&mut self, first: Outgoing, frames: &mut Vec<WsMessage>) {
         let mut next = Some(first);
         while let Some(o) = next {
-            self.take(o, &mut frames);
+            self.take(o, frames);
             next = if frames.len() < BURST {
                 self.outbox.try_recv().ok()
             } else {
                 None
             };
         }
-        frames
+    }
+
+    /// Appends the replies of requests that have finished, without waiting for the others.
+    ///
+    /// A write takes these before the pushes it carries: the writer completes a commit's acks
+    /// before it hands out the commit's pushes, so a `SendAck` always goes out before the push
+    /// of any later message of the conversation (see [`crate::registry::writer`]). And a reply
+    /// and the pushes that are ready go out in one socket write.
+    fn finished_replies(&mut self, frames: &mut Vec<WsMessage>) {
+        use futures_util::FutureExt;
+        let Some(pending) = self.pending.as_mut() else {
+            return;
+        };
+        // Polled without a waker: the loop's next turn polls them again with one before it
+        // sleeps, so no wake-up is lost.
+        while let Some(Some(reply)) = pending.next().now_or_never() {
+            frames.extend(reply);
+        }
     }
 
     fn take(&mut self, o: Outgoing, frames: &mut Vec<WsMessage>) {
@@ -1393,7 +1410,7 @@ impl<'a> Waiting<'a> {
 /// room for this future, and this form is under a third of the size.
 async fn write<S: AsyncRead + AsyncWrite + Unpin>(
     kick: &Kick,
-    sink: &mut Sink<S>,
+    ws: &mut Ws<S>,
     frames: Vec<WsMessage>,
     conn: &Conn,
     drain: &Drain,
@@ -1412,17 +1429,17 @@ async fn write<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let done = 'send: {
             while !frames.as_slice().is_empty() {
-                match Pin::new(&mut *sink).poll_ready(cx) {
+                match Pin::new(&mut **ws).poll_ready(cx) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(_)) => break 'send Poll::Ready(Err(Stop::Gone)),
                     Poll::Pending => break 'send Poll::Pending,
                 }
                 let frame = frames.next().expect("not empty");
-                if Pin::new(&mut *sink).start_send(frame).is_err() {
+                if Pin::new(&mut **ws).start_send(frame).is_err() {
                     break 'send Poll::Ready(Err(Stop::Gone));
                 }
             }
-            Pin::new(&mut *sink)
+            Pin::new(&mut **ws)
                 .poll_flush(cx)
                 .map(|r| r.map_err(|_| Stop::Gone))
         };
@@ -1472,8 +1489,7 @@ fn answer(id: u64, result: Result<(), Error>) -> protocol::ServerFrame {
 /// stalled write it drops the socket at once (a close frame would queue behind the rest).
 /// Returns whether the close frame went out.
 async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
-    mut sink: Sink<S>,
-    mut stream: Stream<S>,
+    mut ws: Ws<S>,
     app: &App,
     close: Option<Close>,
     conn: &Conn,
@@ -1488,7 +1504,7 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     let wait = if brief { wait.min(BRIEF_CLOSE) } else { wait };
     let Some(Close(code, reason)) = close else {
         // The peer closed (or vanished): send the close reply tungstenite queued, if any.
-        let _ = timeout(wait, unstalled(conn, sink.close())).await;
+        let _ = timeout(wait, unstalled(conn, ws.close())).await;
         return false;
     };
     let frame = CloseFrame {
@@ -1497,14 +1513,14 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let mut sent = false;
     let _ = timeout(wait, async {
-        let out = unstalled(conn, sink.send(WsMessage::Close(Some(frame)))).await;
+        let out = unstalled(conn, ws.send(WsMessage::Close(Some(frame)))).await;
         if let Some(Ok(())) = out {
             sent = true;
             if brief {
                 return;
             }
             // Read until the peer's close (or EOF) so our close frame is not lost to a reset.
-            while let Some(Ok(m)) = stream.next().await {
+            while let Some(Ok(m)) = ws.next().await {
                 if matches!(m, WsMessage::Close(_)) {
                     break;
                 }

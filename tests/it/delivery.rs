@@ -300,3 +300,73 @@ async fn transient_messages_reach_online_members_only_and_are_not_stored() {
         1
     );
 }
+
+/// On one connection, the ack of a send goes out before the push of any later message of the
+/// conversation: a client never sees seq n+1 arrive while its own n is still unacknowledged
+/// (which would look like a gap). Two members send into one group at once, many messages in
+/// flight each; the raw frame order on one of them is checked.
+#[tokio::test]
+async fn a_send_is_acked_before_any_later_message_of_the_conversation_is_pushed() {
+    const EACH: usize = 300;
+    const WINDOW: usize = 16;
+    let server = TestServer::start().await;
+    let bob = server.client("bob").await;
+    let g = within(bob.create_group("race", &["alice"])).await.unwrap();
+    let mut alice = Raw::login(&server, "alice").await;
+
+    let id = g.id.clone();
+    let other = tokio::spawn(async move {
+        let texts: Vec<String> = (0..EACH).map(|i| format!("b{i}")).collect();
+        for chunk in texts.chunks(WINDOW) {
+            let sends = chunk.iter().map(|t| bob.send_text(&id, t));
+            for r in futures_util::future::join_all(sends).await {
+                r.unwrap();
+            }
+        }
+    });
+
+    let send = |i: usize| {
+        pb::client_frame::Body::SendMessage(pb::SendMessage {
+            conversation_id: g.id.clone(),
+            client_message_id: format!("a{i}"),
+            r#type: 1,
+            content: Bytes::from(format!("a{i}")),
+            ..Default::default()
+        })
+    };
+    let (mut sent, mut acked) = (0, 0);
+    let mut pushed = 0;
+    // The highest seq pushed so far, and every ack's seq with the highest push seen before it.
+    let mut highest_push = 0;
+    let mut acks = Vec::new();
+    while sent < WINDOW {
+        alice.send(send(sent)).await;
+        sent += 1;
+    }
+    while acked < EACH || pushed < EACH {
+        let f = alice.read().await;
+        match f.body {
+            Some(Rep::SendAck(a)) => {
+                acks.push((a.seq, highest_push));
+                acked += 1;
+                if sent < EACH {
+                    alice.send(send(sent)).await;
+                    sent += 1;
+                }
+            }
+            Some(Rep::Message(m)) => {
+                highest_push = highest_push.max(m.seq);
+                pushed += 1;
+            }
+            Some(Rep::Error(e)) => panic!("send refused: {e:?}"),
+            _ => {}
+        }
+    }
+    within(other).await.unwrap();
+    let late: Vec<_> = acks.iter().filter(|(seq, seen)| seen > seq).collect();
+    assert!(
+        late.is_empty(),
+        "acks that came after a push of a later message (seq, highest push before it): {late:?}"
+    );
+    assert_eq!(acks.len(), EACH);
+}
