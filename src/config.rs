@@ -388,7 +388,8 @@ pub struct Config {
     /// non-members.
     pub leancloud_open_conversations: bool,
     /// LeanCloud dialect: most conversations one `conv/query` looks at (the ids it names, or
-    /// the conversations of the member it requires, or the caller's own).
+    /// the newest conversations of the member it requires, or the newest of those anyone may
+    /// find).
     pub leancloud_query_scan_max: usize,
     /// LeanCloud dialect: most clients (`peerId`s) one socket may have open at once.
     pub leancloud_max_clients_per_socket: usize,

@@ -1248,8 +1248,11 @@ async fn patch(app: &App, caller: &Caller, p: lc::PatchCommand) -> Result<Generi
 /// `conv/query`: `tempConvIds` (temporary conversations of which the caller is a member), or a
 /// `where` condition with sort, skip, limit and flag, evaluated over candidate rows: the ids
 /// the condition pins (`objectId`), else the conversations of a member it requires (`m`),
-/// else the caller's own conversations, at most `leancloud_query_scan_max` of them. Rows the
-/// caller may not see (see [`crate::registry::Registry::peek`]) are never candidates.
+/// else the conversations anyone may find (chat rooms alone for `tr: true`, system
+/// conversations alone for `sys: true`; see
+/// [`crate::registry::Registry::findable_conversation_ids`]), the newest
+/// `leancloud_query_scan_max` of them. Rows the caller may not see (see
+/// [`crate::registry::Registry::peek`]) are never candidates.
 fn query(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<GenericCommand, Error> {
     use crate::leancloud::query::Query;
     let now = app.clock.now_ms();
@@ -1284,7 +1287,17 @@ fn query(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<GenericComman
                     .unwrap_or(&members[0]);
                 app.registry.conversation_ids_of(anchor, scan_max)?
             }
-            (None, None) => app.registry.conversation_ids_of(&caller.user, scan_max)?,
+            (None, None) => {
+                let only = if q.requires_true("tr") {
+                    Some(ConversationKind::ChatRoom)
+                } else if q.requires_true("sys") {
+                    Some(ConversationKind::System)
+                } else {
+                    None
+                };
+                app.registry
+                    .findable_conversation_ids(&caller.user, only, scan_max)?
+            }
         };
         let mut rows = Vec::new();
         for id in candidates.iter().take(scan_max) {
@@ -1331,7 +1344,12 @@ fn row(
     id: &str,
     now: i64,
 ) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
-    let (conv, members) = app.registry.peek(caller, id)?;
+    let crate::registry::conversation::Peek {
+        conversation: conv,
+        members,
+        member,
+        last_message_at,
+    } = app.registry.peek(caller, id)?;
     let mut row = attributes_json(&conv);
     row.insert("objectId".into(), conv.id.clone().into());
     row.insert("c".into(), conv.owner.clone().into());
@@ -1357,10 +1375,21 @@ fn row(
     row.insert("m".into(), members.into());
     // The newest message the caller can see (members only): the SDKs show it in the
     // conversation list, and 4.x needs it to edit a message of a conversation it queried.
-    let last = match app.registry.get_list_entry(caller, id, true) {
-        Ok(entry) => entry.last_message,
-        Err(Error::NotAMember | Error::NotInList) => None,
-        Err(e) => return Err(e),
+    // Others see when it was sent (`lm`, so `sort: "-lm"` orders what they find), not what.
+    if !member && last_message_at > 0 {
+        row.insert(
+            "lm".into(),
+            serde_json::json!({"__type": "Date", "iso": iso(last_message_at)}),
+        );
+    }
+    let last = if member {
+        match app.registry.get_list_entry(caller, id, true) {
+            Ok(entry) => entry.last_message,
+            Err(Error::NotAMember | Error::NotInList) => None,
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
     };
     if let Some(m) = last {
         row.insert(
