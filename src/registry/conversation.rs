@@ -469,6 +469,7 @@ impl Registry {
             receipt_high: None,
             blocks: None,
             silent: None,
+            log_seq: None,
         };
         let id = Arc::from(Self::id_of(num, &state.record));
         state.rebuild_roster();
@@ -766,6 +767,7 @@ impl Registry {
                     names,
                     st.view(&cell.id),
                 );
+                self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
                 let live = vec![Self::live(
                     &event,
                     Recipients::Users(existing),
@@ -866,6 +868,7 @@ impl Registry {
                     st.view(&cell.id),
                 );
                 let to_removed = self.event(Ev::MembersRemoved, &cell, &caller.user, names, before);
+                self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
                 let live = vec![Self::live(
                     &event,
                     Recipients::Users(st.roster.clone()),
@@ -981,6 +984,7 @@ impl Registry {
                 vec![caller.user.to_string()],
                 st.view(&cell.id),
             );
+            self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
             let live = vec![Self::live(&event, Recipients::Users(st.roster.clone()), 0)];
             let logged = vec![LoggedEvent {
                 user: caller.user.clone(),
@@ -1078,6 +1082,7 @@ impl Registry {
                 Vec::new(),
                 st.view(&cell.id),
             );
+            self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
             let live = vec![Self::live(
                 &event,
                 Recipients::Users(st.roster.clone()),

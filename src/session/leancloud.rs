@@ -1483,20 +1483,18 @@ pub(crate) fn notifications(
         let code = ErrorCode::AppQuotaExceeded;
         return (429, json!({"code": code.code(), "error": e.to_string()}));
     }
-    let events = match app.registry.events_since(peer, after) {
-        Ok(events) => events,
+    // A page ends between two times, so asking again from its last `serverTs` misses nothing.
+    let (events, has_more) = match app
+        .registry
+        .missed_events(peer, after, NOTIFICATIONS_PER_PAGE)
+    {
+        Ok(page) => page,
         Err(e) => {
             tracing::error!(error = %e, user = %peer, "reading missed notifications failed");
             return (500, json!({"code": 1, "error": "internal error"}));
         }
     };
-    // A page ends between two times, so asking again from its last `serverTs` misses nothing.
-    let mut end = events.len().min(NOTIFICATIONS_PER_PAGE);
-    while end > 0 && end < events.len() && events[end].server_time == events[end - 1].server_time {
-        end += 1;
-    }
-    let has_more = end < events.len();
-    let list: Vec<serde_json::Value> = events[..end]
+    let list: Vec<serde_json::Value> = events
         .iter()
         .filter_map(|e| conv_notification(e, peer, true))
         .map(|c| notification_json(&c))
@@ -1597,7 +1595,7 @@ pub(super) fn take(actor: &mut Actor, p: LcProtocol, o: Outgoing, frames: &mut V
     let body = match body {
         Some(b) => b.clone(),
         // Events whose form depends on the recipient.
-        None => match recipient_push(&o.push, &peer_id, o.user_seq != 0) {
+        None => match recipient_push(&actor.app.registry, &o.push, &peer_id, o.user_seq != 0) {
             Some(c) => Bytes::from(prost::Message::encode_to_vec(&c)),
             None => return,
         },
@@ -1717,15 +1715,22 @@ fn push_body(push: &protocol::Push) -> Option<Bytes> {
 
 /// Pushes whose LeanCloud form depends on who gets them: membership events (`joined` for
 /// whoever was added, `members_joined` for the rest, …). `logged`: the event is in the
-/// recipient's event log, so it is a "reliable notification" that `/1.1/rtm/notifications`
-/// can replay.
-fn recipient_push(push: &protocol::Push, peer_id: &str, logged: bool) -> Option<GenericCommand> {
+/// recipient's event log (or, for what the other members are told, in the conversation's),
+/// so it is a "reliable notification" that `/1.1/rtm/notifications` can replay.
+fn recipient_push(
+    registry: &crate::registry::Registry,
+    push: &protocol::Push,
+    peer_id: &str,
+    logged: bool,
+) -> Option<GenericCommand> {
     let PushEvent::Other(body) = push.event() else {
         return None;
     };
     let pb::server_frame::Body::ConversationEvent(e) = body.as_ref() else {
         return None;
     };
+    // What the other members are told is in the conversation's own log.
+    let logged = logged || registry.in_conversation_log(e);
     conv_notification(e, peer_id, logged)
 }
 

@@ -1429,3 +1429,124 @@ async fn a_query_over_100000_groups_looks_at_the_newest_scan_max() {
         }
     }
 }
+
+/// What the other members of a client's groups went through reaches it through
+/// `/1.1/rtm/notifications` from each conversation's own log, merged with the client's own
+/// log, oldest first: others joining (`members_joined`), leaving or removed (`members_left`),
+/// updates; never its own joining again, nothing from before it joined. A conversation keeps
+/// its newest `conversation_event_log_retention` events, answered back to
+/// `conversation_event_log_max_age_secs`.
+#[tokio::test]
+async fn missed_notifications_carry_what_others_did_from_the_conversations_logs() {
+    use tidings::clock::Clock;
+    let server = TestServer::start_with(|c| {
+        c.leancloud_app_id = Some(APP_ID.into());
+        c.leancloud_master_key = Some(MASTER_KEY.into());
+        c.conversation_event_log_retention = 3;
+        c.conversation_event_log_max_age_secs = 3600;
+    })
+    .await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("alice", None).await;
+    let st = c.opened("bob", None).await.st.unwrap();
+    let group = c.start("alice", &["alice", "carol"]).await;
+    let rename = |name: &str| GenericCommand {
+        peer_id: Some("alice".into()),
+        conv_message: Some(lc::ConvCommand {
+            cid: Some(group.clone()),
+            attr: Some(lc::JsonObjectMessage {
+                data: serde_json::json!({ "name": name }).to_string(),
+            }),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Conv, Some(Op::Update))
+    };
+    let members = |op: Op, who: &[&str]| GenericCommand {
+        peer_id: Some("alice".into()),
+        conv_message: Some(lc::ConvCommand {
+            cid: Some(group.clone()),
+            m: who.iter().map(|m| m.to_string()).collect(),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Conv, Some(op))
+    };
+    // Before bob is in: not his to hear.
+    server.clock.advance(10);
+    c.request(rename("before bob")).await;
+    server.clock.advance(10);
+    c.request(members(Op::Add, &["bob"])).await;
+    let since = server.clock.now_ms();
+    for (n, step) in [
+        members(Op::Add, &["dave", "erin"]),
+        rename("one"),
+        rename("two"),
+        members(Op::Remove, &["erin"]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        server.clock.advance(10);
+        let r = c.request(step).await;
+        assert!(r.error_message.is_none(), "step {n}: {r:?}");
+    }
+    let addr = server.running().addr;
+    let headers = [("X-LC-Id", APP_ID), ("X-LC-IM-Session-Token", st.as_str())];
+    let fetch = |after: i64| {
+        let target = format!("/1.1/rtm/notifications?client_id=bob&start_ts={after}");
+        async move {
+            let a = crate::leancloud_http::request(addr, "GET", &target, &headers).await;
+            assert_eq!(a.status, 200, "{a:?}");
+            let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+            v["notifications"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| {
+                    let name = n["attr"]["data"]
+                        .as_str()
+                        .and_then(|a| serde_json::from_str::<serde_json::Value>(a).ok())
+                        .map(|a| a["name"].as_str().unwrap_or_default().to_owned());
+                    (
+                        n["op"].as_str().unwrap().to_owned(),
+                        n["m"].clone(),
+                        name.unwrap_or_default(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let none = serde_json::Value::Null;
+    // The log kept the newest three: dave and erin joining is gone.
+    assert_eq!(
+        fetch(since).await,
+        vec![
+            ("updated".into(), none.clone(), "one".into()),
+            ("updated".into(), none.clone(), "two".into()),
+            (
+                "members_left".into(),
+                serde_json::json!(["erin"]),
+                String::new()
+            ),
+        ],
+        "from the time bob joined"
+    );
+    // From the start: bob's own joining comes from his own log, once; dave and erin joining
+    // is out of the conversation's log by now (three newer events), the rename before bob
+    // joined was never his.
+    let all = fetch(0).await;
+    assert_eq!(
+        all.iter().map(|(op, ..)| op.as_str()).collect::<Vec<_>>(),
+        vec!["joined", "updated", "updated", "members_left"],
+        "{all:?}"
+    );
+    // Older than conversation_event_log_max_age_secs: no longer answered.
+    server.clock.advance(3_600_000);
+    assert_eq!(
+        fetch(since)
+            .await
+            .iter()
+            .map(|(op, ..)| op.as_str())
+            .collect::<Vec<_>>(),
+        Vec::<&str>::new()
+    );
+}
