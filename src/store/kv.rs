@@ -1069,6 +1069,39 @@ mod tests {
     }
 
     #[test]
+    fn a_format_6_store_gets_its_conversations_indexed_by_kind() {
+        use crate::protocol::pb::{ConversationKind, ConversationRecord};
+        let engine = MemKv::default();
+        let record = |kind: ConversationKind, deleted_at| {
+            ConversationRecord {
+                kind: kind as i32,
+                deleted_at,
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        engine
+            .apply(vec![
+                Write::Put(keys::format_version(), 6u64.to_be_bytes().to_vec()),
+                Write::Put(keys::conversation(1), record(ConversationKind::Group, 0)),
+                Write::Put(keys::conversation(2), record(ConversationKind::Group, 5)),
+                Write::Put(keys::conversation(3), record(ConversationKind::Direct, 0)),
+                Write::Put(keys::conversation(4), record(ConversationKind::Group, 0)),
+            ])
+            .unwrap();
+        let store = KvStore::new(engine);
+        assert_eq!(store.upgrade().unwrap(), 6);
+        let of = |kind: ConversationKind| {
+            store
+                .conversations_of_kind(kind as i32, u64::MAX, 10)
+                .unwrap()
+        };
+        assert_eq!(of(ConversationKind::Group), vec![4, 1]);
+        assert_eq!(of(ConversationKind::Direct), vec![3]);
+        assert!(of(ConversationKind::ChatRoom).is_empty());
+    }
+
+    #[test]
     fn prefix_ends() {
         assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
         assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
