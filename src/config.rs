@@ -269,6 +269,13 @@ pub struct Config {
     pub temporary_ttl_max_secs: u32,
     /// Logged events kept per user (older ones are deleted as new ones arrive).
     pub event_log_retention: u32,
+    /// Events kept in each conversation's own log of what its members heard of one another
+    /// (others joining, leaving, being removed; name and attribute changes), for clients that
+    /// catch up after being offline; older ones are deleted as new ones arrive. 0: no log.
+    pub conversation_event_log_retention: u32,
+    /// How far back a conversation's own log is answered, seconds (older entries are left
+    /// out, and deleted as newer ones push them out).
+    pub conversation_event_log_max_age_secs: u32,
     /// Most users one create/add/remove request may name.
     pub max_members_per_request: usize,
     /// Most mentions one message may carry.
@@ -388,7 +395,8 @@ pub struct Config {
     /// non-members.
     pub leancloud_open_conversations: bool,
     /// LeanCloud dialect: most conversations one `conv/query` looks at (the ids it names, or
-    /// the conversations of the member it requires, or the caller's own).
+    /// the newest conversations of the member it requires, or the newest of those anyone may
+    /// find).
     pub leancloud_query_scan_max: usize,
     /// LeanCloud dialect: most clients (`peerId`s) one socket may have open at once.
     pub leancloud_max_clients_per_socket: usize,
@@ -488,6 +496,8 @@ impl Default for Config {
             temporary_ttl_default_secs: 86_400,
             temporary_ttl_max_secs: 2_592_000,
             event_log_retention: 1000,
+            conversation_event_log_retention: 100,
+            conversation_event_log_max_age_secs: 604_800,
             max_members_per_request: 1000,
             max_mentions: 100,
             page_default: 20,

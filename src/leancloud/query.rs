@@ -247,6 +247,13 @@ impl Query {
         pinned_ids(&self.cond)
     }
 
+    /// Whether every matching row's `column` must be `true` (the SDK's `getChatRoomQuery()`
+    /// asks for `tr`, `getServiceConversationQuery()` for `sys`): equality with `true` at the
+    /// top level, inside `$and`, or in every branch of an `$or`.
+    pub fn requires_true(&self, column: &str) -> bool {
+        requires_true(&self.cond, column)
+    }
+
     /// Member ids every matching row's `m` must contain: `m` equal to a string (or to an array
     /// of strings), `$all`, or `$in` with a single string, at the top level or inside `$and`
     /// (requirements add up) or in every branch of an `$or` (only the shared ones count).
@@ -618,6 +625,17 @@ fn pinned_ids(cond: &Cond) -> Option<Vec<String>> {
             }
             Some(union)
         }
+    }
+}
+
+fn requires_true(cond: &Cond, column: &str) -> bool {
+    match cond {
+        Cond::Field { key, tests, .. } if key == column => tests
+            .iter()
+            .any(|t| matches!(t, Test::Eq(Value::Bool(true)))),
+        Cond::Field { .. } => false,
+        Cond::And(all) => all.iter().any(|c| requires_true(c, column)),
+        Cond::Or(any) => any.iter().all(|c| requires_true(c, column)),
     }
 }
 
@@ -2331,6 +2349,20 @@ mod tests {
         );
         assert_eq!(req(r#"{"$or":[{"m":"a"},{"name":"x"}]}"#), None);
         assert_eq!(req(r#"{"c":"a"}"#), None);
+    }
+
+    #[test]
+    fn columns_required_true() {
+        let t = |w: &str| q(w).requires_true("tr");
+        assert!(t(r#"{"tr":true}"#));
+        assert!(t(r#"{"tr":true,"name":"x"}"#));
+        assert!(t(r#"{"$and":[{"name":"x"},{"tr":true}]}"#));
+        assert!(t(r#"{"$or":[{"tr":true},{"tr":true,"name":"y"}]}"#));
+        assert!(!t(r#"{"$or":[{"tr":true},{"name":"y"}]}"#));
+        assert!(!t(r#"{"tr":false}"#));
+        assert!(!t(r#"{"tr":{"$ne":false}}"#));
+        assert!(!t(r#"{"sys":true}"#));
+        assert!(!t("{}"));
     }
 
     // -- errors ---------------------------------------------------------------------------------

@@ -13,6 +13,20 @@ use crate::store::{Counter, Op, UserId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
+/// A conversation as someone who may find it sees it ([`Registry::peek`]).
+#[derive(Debug, Clone)]
+pub struct Peek {
+    /// As the caller sees it (their mute flag when they are a member).
+    pub conversation: Conversation,
+    /// The first members (at most `member_page_max`).
+    pub members: Vec<String>,
+    /// Whether the caller is a member (and may read its messages).
+    pub member: bool,
+    /// For a caller who is not a member: when the newest message was sent (ms; 0: none, or
+    /// the caller is a member and reads it from their list entry).
+    pub last_message_at: i64,
+}
+
 /// What a create request asks for.
 #[derive(Debug, Clone, Default)]
 pub struct CreateRequest {
@@ -455,6 +469,7 @@ impl Registry {
             receipt_high: None,
             blocks: None,
             silent: None,
+            log_seq: None,
         };
         let id = Arc::from(Self::id_of(num, &state.record));
         state.rebuild_roster();
@@ -518,8 +533,9 @@ impl Registry {
 
     /// The conversation as LeanCloud's `conv/query` shows it: for members, and for anyone when
     /// conversations are open (see [`Registry::require_member_or_open`]). With the members
-    /// (at most `member_page_max`).
-    pub fn peek(&self, caller: &Caller, id: &str) -> Result<(Conversation, Vec<String>), Error> {
+    /// (at most `member_page_max`) and, for those who may see it but are not members, when
+    /// its newest message was sent (not the message: messages are members-only).
+    pub fn peek(&self, caller: &Caller, id: &str) -> Result<Peek, Error> {
         let cell = self.cell(id)?;
         let (view, roster, member) = {
             let st = cell.lock();
@@ -535,12 +551,17 @@ impl Registry {
             .take(self.config.member_page_max as usize)
             .map(|u| u.to_string())
             .collect();
-        let view = if member {
-            self.view_for(&cell, view, &caller.user)?
+        let (conversation, last_message_at) = if member {
+            (self.view_for(&cell, view, &caller.user)?, 0)
         } else {
-            view
+            (view, self.last_message_at(cell.num)?)
         };
-        Ok((view, members))
+        Ok(Peek {
+            conversation,
+            members,
+            member,
+            last_message_at,
+        })
     }
 
     fn require_not_temporary(st: &ConvState, what: &'static str) -> Result<(), Error> {
@@ -746,6 +767,7 @@ impl Registry {
                     names,
                     st.view(&cell.id),
                 );
+                self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
                 let live = vec![Self::live(
                     &event,
                     Recipients::Users(existing),
@@ -846,6 +868,7 @@ impl Registry {
                     st.view(&cell.id),
                 );
                 let to_removed = self.event(Ev::MembersRemoved, &cell, &caller.user, names, before);
+                self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
                 let live = vec![Self::live(
                     &event,
                     Recipients::Users(st.roster.clone()),
@@ -961,6 +984,7 @@ impl Registry {
                 vec![caller.user.to_string()],
                 st.view(&cell.id),
             );
+            self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
             let live = vec![Self::live(&event, Recipients::Users(st.roster.clone()), 0)];
             let logged = vec![LoggedEvent {
                 user: caller.user.clone(),
@@ -1058,6 +1082,7 @@ impl Registry {
                 Vec::new(),
                 st.view(&cell.id),
             );
+            self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
             let live = vec![Self::live(
                 &event,
                 Recipients::Users(st.roster.clone()),

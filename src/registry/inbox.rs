@@ -283,15 +283,68 @@ impl Registry {
         Ok(self.store.read_seq(user, num)?)
     }
 
-    /// The ids of the conversations `user` is a member of, at most `max`, in the order the
-    /// store keeps them (LeanCloud's `conv/query` scans them; it checks what the asker may see).
+    /// The ids of the conversations `user` is a member of, the newest first, at most `max`
+    /// (LeanCloud's `conv/query` scans them; it checks what the asker may see).
     pub fn conversation_ids_of(&self, user: &str, max: usize) -> Result<Vec<String>, Error> {
         self.store
             .user_conversations(user)?
             .into_iter()
+            .rev()
             .take(max)
             .map(|(num, _)| self.public_id(num))
             .collect()
+    }
+
+    /// The ids of the conversations anyone may find without naming them, newest first, at
+    /// most `max` (LeanCloud's `conv/query` over its whole `_Conversation` table): groups
+    /// while conversations are open to that (`leancloud_open_conversations`), chat rooms
+    /// and system conversations; never direct or temporary ones, whose members alone know of
+    /// them. `only`: of that kind alone. While groups are not open, `user`'s own
+    /// conversations are walked instead (newest first), with the rooms and system
+    /// conversations.
+    pub fn findable_conversation_ids(
+        &self,
+        user: &str,
+        only: Option<ConversationKind>,
+        max: usize,
+    ) -> Result<Vec<String>, Error> {
+        let open = self.config.leancloud_open_conversations;
+        let kinds: Vec<ConversationKind> = [
+            ConversationKind::Group,
+            ConversationKind::ChatRoom,
+            ConversationKind::System,
+        ]
+        .into_iter()
+        .filter(|k| only.is_none_or(|o| o == *k))
+        .filter(|k| open || *k != ConversationKind::Group)
+        .collect();
+        let mut nums: Vec<u64> = Vec::new();
+        for kind in kinds {
+            nums.extend(
+                self.store
+                    .conversations_of_kind(kind as i32, TEMPORARY_BIT, max)?,
+            );
+        }
+        if !open && only.is_none_or(|o| o == ConversationKind::Group) {
+            nums.extend(
+                self.store
+                    .user_conversations(user)?
+                    .iter()
+                    .rev()
+                    .take(max)
+                    .map(|(num, _)| *num),
+            );
+        }
+        nums.sort_unstable_by(|a, b| b.cmp(a));
+        nums.dedup();
+        nums.truncate(max);
+        nums.into_iter().map(|num| self.public_id(num)).collect()
+    }
+
+    /// When a live conversation's newest message was sent, not counting those sent silently
+    /// (ms; 0: none yet).
+    pub(super) fn last_message_at(&self, num: u64) -> Result<i64, Error> {
+        Ok(self.conv_activity(num)?.map_or(0, |a| a.last_ts))
     }
 
     /// Whether an entry is in the user's list: not removed, or a message came after removal.

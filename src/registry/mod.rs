@@ -9,6 +9,7 @@
 pub mod access;
 pub mod broadcast;
 pub mod conversation;
+mod conversation_log;
 pub mod expiry;
 pub mod groups;
 pub(crate) mod history;
@@ -236,6 +237,8 @@ pub(crate) struct ConvState {
     /// The seqs sent silently, ascending (loaded on first need; never read from the store
     /// for a conversation that has none, `record.last_silent_seq` being 0).
     silent: Option<Arc<Vec<u64>>>,
+    /// The newest seq of the conversation's own event log (loaded on first need).
+    log_seq: Option<u64>,
 }
 
 impl ConvCell {
@@ -603,6 +606,7 @@ impl Registry {
             receipt_high: None,
             blocks: None,
             silent: None,
+            log_seq: None,
         };
         let id = Arc::from(Self::id_of(num, &state.record));
         state.rebuild_roster();

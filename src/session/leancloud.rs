@@ -1248,8 +1248,11 @@ async fn patch(app: &App, caller: &Caller, p: lc::PatchCommand) -> Result<Generi
 /// `conv/query`: `tempConvIds` (temporary conversations of which the caller is a member), or a
 /// `where` condition with sort, skip, limit and flag, evaluated over candidate rows: the ids
 /// the condition pins (`objectId`), else the conversations of a member it requires (`m`),
-/// else the caller's own conversations, at most `leancloud_query_scan_max` of them. Rows the
-/// caller may not see (see [`crate::registry::Registry::peek`]) are never candidates.
+/// else the conversations anyone may find (chat rooms alone for `tr: true`, system
+/// conversations alone for `sys: true`; see
+/// [`crate::registry::Registry::findable_conversation_ids`]), the newest
+/// `leancloud_query_scan_max` of them. Rows the caller may not see (see
+/// [`crate::registry::Registry::peek`]) are never candidates.
 fn query(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<GenericCommand, Error> {
     use crate::leancloud::query::Query;
     let now = app.clock.now_ms();
@@ -1284,7 +1287,17 @@ fn query(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<GenericComman
                     .unwrap_or(&members[0]);
                 app.registry.conversation_ids_of(anchor, scan_max)?
             }
-            (None, None) => app.registry.conversation_ids_of(&caller.user, scan_max)?,
+            (None, None) => {
+                let only = if q.requires_true("tr") {
+                    Some(ConversationKind::ChatRoom)
+                } else if q.requires_true("sys") {
+                    Some(ConversationKind::System)
+                } else {
+                    None
+                };
+                app.registry
+                    .findable_conversation_ids(&caller.user, only, scan_max)?
+            }
         };
         let mut rows = Vec::new();
         for id in candidates.iter().take(scan_max) {
@@ -1331,7 +1344,12 @@ fn row(
     id: &str,
     now: i64,
 ) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
-    let (conv, members) = app.registry.peek(caller, id)?;
+    let crate::registry::conversation::Peek {
+        conversation: conv,
+        members,
+        member,
+        last_message_at,
+    } = app.registry.peek(caller, id)?;
     let mut row = attributes_json(&conv);
     row.insert("objectId".into(), conv.id.clone().into());
     row.insert("c".into(), conv.owner.clone().into());
@@ -1357,10 +1375,21 @@ fn row(
     row.insert("m".into(), members.into());
     // The newest message the caller can see (members only): the SDKs show it in the
     // conversation list, and 4.x needs it to edit a message of a conversation it queried.
-    let last = match app.registry.get_list_entry(caller, id, true) {
-        Ok(entry) => entry.last_message,
-        Err(Error::NotAMember | Error::NotInList) => None,
-        Err(e) => return Err(e),
+    // Others see when it was sent (`lm`, so `sort: "-lm"` orders what they find), not what.
+    if !member && last_message_at > 0 {
+        row.insert(
+            "lm".into(),
+            serde_json::json!({"__type": "Date", "iso": iso(last_message_at)}),
+        );
+    }
+    let last = if member {
+        match app.registry.get_list_entry(caller, id, true) {
+            Ok(entry) => entry.last_message,
+            Err(Error::NotAMember | Error::NotInList) => None,
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
     };
     if let Some(m) = last {
         row.insert(
@@ -1454,20 +1483,18 @@ pub(crate) fn notifications(
         let code = ErrorCode::AppQuotaExceeded;
         return (429, json!({"code": code.code(), "error": e.to_string()}));
     }
-    let events = match app.registry.events_since(peer, after) {
-        Ok(events) => events,
+    // A page ends between two times, so asking again from its last `serverTs` misses nothing.
+    let (events, has_more) = match app
+        .registry
+        .missed_events(peer, after, NOTIFICATIONS_PER_PAGE)
+    {
+        Ok(page) => page,
         Err(e) => {
             tracing::error!(error = %e, user = %peer, "reading missed notifications failed");
             return (500, json!({"code": 1, "error": "internal error"}));
         }
     };
-    // A page ends between two times, so asking again from its last `serverTs` misses nothing.
-    let mut end = events.len().min(NOTIFICATIONS_PER_PAGE);
-    while end > 0 && end < events.len() && events[end].server_time == events[end - 1].server_time {
-        end += 1;
-    }
-    let has_more = end < events.len();
-    let list: Vec<serde_json::Value> = events[..end]
+    let list: Vec<serde_json::Value> = events
         .iter()
         .filter_map(|e| conv_notification(e, peer, true))
         .map(|c| notification_json(&c))
@@ -1568,7 +1595,7 @@ pub(super) fn take(actor: &mut Actor, p: LcProtocol, o: Outgoing, frames: &mut V
     let body = match body {
         Some(b) => b.clone(),
         // Events whose form depends on the recipient.
-        None => match recipient_push(&o.push, &peer_id, o.user_seq != 0) {
+        None => match recipient_push(&actor.app.registry, &o.push, &peer_id, o.user_seq != 0) {
             Some(c) => Bytes::from(prost::Message::encode_to_vec(&c)),
             None => return,
         },
@@ -1688,15 +1715,22 @@ fn push_body(push: &protocol::Push) -> Option<Bytes> {
 
 /// Pushes whose LeanCloud form depends on who gets them: membership events (`joined` for
 /// whoever was added, `members_joined` for the rest, …). `logged`: the event is in the
-/// recipient's event log, so it is a "reliable notification" that `/1.1/rtm/notifications`
-/// can replay.
-fn recipient_push(push: &protocol::Push, peer_id: &str, logged: bool) -> Option<GenericCommand> {
+/// recipient's event log (or, for what the other members are told, in the conversation's),
+/// so it is a "reliable notification" that `/1.1/rtm/notifications` can replay.
+fn recipient_push(
+    registry: &crate::registry::Registry,
+    push: &protocol::Push,
+    peer_id: &str,
+    logged: bool,
+) -> Option<GenericCommand> {
     let PushEvent::Other(body) = push.event() else {
         return None;
     };
     let pb::server_frame::Body::ConversationEvent(e) = body.as_ref() else {
         return None;
     };
+    // What the other members are told is in the conversation's own log.
+    let logged = logged || registry.in_conversation_log(e);
     conv_notification(e, peer_id, logged)
 }
 

@@ -22,6 +22,7 @@ pub fn run(open: Open<'_>) {
         ("patch index: time order, moves, purge", patch_index),
         ("aliases: lookup, purge", aliases),
         ("webhook outbox, cursors, dead letters", outbox),
+        ("by-kind index and conversation event logs", kinds_and_logs),
         ("everything survives reopen", reopen),
         (
             "list state: tombstones, one-way deletes, receipts",
@@ -622,4 +623,107 @@ fn outbox(open: Open<'_>) {
     assert_eq!(after(0, 10).len(), 2);
     assert_eq!(s.dead_letters("crm", 0, 10).unwrap(), vec![]);
     assert_eq!(s.last_outbox_seq().unwrap(), 300);
+}
+
+fn kinds_and_logs(open: Open<'_>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let put = |conv, kind: ConversationKind, deleted_at| Op::PutConversation {
+        conv,
+        record: ConversationRecord {
+            kind: kind as i32,
+            deleted_at,
+            ..Default::default()
+        },
+    };
+    let group = ConversationKind::Group as i32;
+    s.commit(&[
+        put(1, ConversationKind::Group, 0),
+        put(2, ConversationKind::Direct, 0),
+        put(3, ConversationKind::Group, 0),
+        put(4, ConversationKind::ChatRoom, 0),
+        put(5, ConversationKind::Group, 0),
+    ])
+    .unwrap();
+    assert_eq!(
+        s.conversations_of_kind(group, u64::MAX, 10).unwrap(),
+        vec![5, 3, 1]
+    );
+    assert_eq!(s.conversations_of_kind(group, 5, 10).unwrap(), vec![3, 1]);
+    assert_eq!(
+        s.conversations_of_kind(group, u64::MAX, 2).unwrap(),
+        vec![5, 3]
+    );
+    assert_eq!(
+        s.conversations_of_kind(ConversationKind::ChatRoom as i32, u64::MAX, 10)
+            .unwrap(),
+        vec![4]
+    );
+    assert!(
+        s.conversations_of_kind(-1, u64::MAX, 10)
+            .unwrap()
+            .is_empty()
+    );
+    // Marked deleted, or purged (also when written in the same commit): out of the index.
+    s.commit(&[put(3, ConversationKind::Group, 77)]).unwrap();
+    s.commit(&[
+        put(6, ConversationKind::Group, 0),
+        Op::PurgeConversation { conv: 6 },
+        Op::PurgeConversation { conv: 5 },
+    ])
+    .unwrap();
+    assert_eq!(
+        s.conversations_of_kind(group, u64::MAX, 10).unwrap(),
+        vec![1]
+    );
+
+    let event = |t| ConversationEvent {
+        server_time: t,
+        ..Default::default()
+    };
+    assert!(s.conversation_events_after(1, 0, 10).unwrap().is_empty());
+    assert_eq!(s.last_conversation_event_seq(1).unwrap(), 0);
+    s.commit(&[
+        Op::PutConversationEvent {
+            conv: 1,
+            seq: 1,
+            event: event(10),
+        },
+        Op::PutConversationEvent {
+            conv: 1,
+            seq: 2,
+            event: event(20),
+        },
+        Op::PutConversationEvent {
+            conv: 1,
+            seq: 3,
+            event: event(30),
+        },
+        Op::PutConversationEvent {
+            conv: 2,
+            seq: 1,
+            event: event(15),
+        },
+    ])
+    .unwrap();
+    let times = |conv, after, limit| -> Vec<i64> {
+        s.conversation_events_after(conv, after, limit)
+            .unwrap()
+            .iter()
+            .map(|e| e.server_time)
+            .collect()
+    };
+    assert_eq!(times(1, 0, 10), vec![10, 20, 30]);
+    assert_eq!(times(1, 10, 10), vec![20, 30]);
+    assert_eq!(times(1, 30, 10), Vec::<i64>::new());
+    assert_eq!(times(1, 0, 2), vec![20, 30]);
+    assert_eq!(times(1, 0, 0), Vec::<i64>::new());
+    assert_eq!(times(2, 0, 10), vec![15]);
+    assert_eq!(s.last_conversation_event_seq(1).unwrap(), 3);
+    s.commit(&[Op::DeleteConversationEvent { conv: 1, seq: 1 }])
+        .unwrap();
+    assert_eq!(times(1, 0, 10), vec![20, 30]);
+    s.commit(&[Op::PurgeConversation { conv: 1 }]).unwrap();
+    assert!(times(1, 0, 10).is_empty());
+    assert_eq!(times(2, 0, 10), vec![15]);
 }

@@ -296,16 +296,17 @@ mod tests {
         }
     }
 
-    /// Dumps of format-2 to -5 data load as their format; the next open upgrades them to
-    /// the current one, which (from 2 on) only changes the version: every other entry stays
-    /// as the old format wrote it.
+    /// Dumps of format-2 to -6 data load as their format; the next open upgrades them to
+    /// the current one, which (from 2 on) changes the version and adds the by-kind index of
+    /// the conversations (format 7): every other entry stays as the old format wrote it.
     #[test]
-    fn format_2_to_5_dumps_are_upgraded_when_the_store_next_opens() {
-        let fixtures: [(u64, &[u8]); 4] = [
+    fn format_2_to_6_dumps_are_upgraded_when_the_store_next_opens() {
+        let fixtures: [(u64, &[u8]); 5] = [
             (2, include_bytes!("../../tests/fixtures/store-v2.dump")),
             (3, include_bytes!("../../tests/fixtures/store-v3.dump")),
             (4, include_bytes!("../../tests/fixtures/store-v4.dump")),
             (5, include_bytes!("../../tests/fixtures/store-v5.dump")),
+            (6, include_bytes!("../../tests/fixtures/store-v6.dump")),
         ];
         let version = crate::store::keys::format_version();
         let current = crate::store::keys::FORMAT_VERSION;
@@ -323,12 +324,20 @@ mod tests {
             let s = crate::store::open(engine, dir.path(), 8 << 20).unwrap();
             let after = all(s.as_ref());
             assert!(after.contains(&(version.clone(), current.to_be_bytes().to_vec())));
+            let by_kind = crate::store::keys::CONVERSATION_BY_KIND;
             let data = |v: Vec<(Vec<u8>, Vec<u8>)>| {
                 v.into_iter()
-                    .filter(|(k, _)| *k != version)
+                    .filter(|(k, _)| *k != version && k.first() != Some(&by_kind))
                     .collect::<Vec<_>>()
             };
             assert_eq!(data(after), data(before), "format {old}, {engine}");
+            // The fixture's group is in the by-kind index format 7 built.
+            let group = crate::protocol::pb::ConversationKind::Group as i32;
+            assert_eq!(
+                s.conversations_of_kind(group, u64::MAX, 10).unwrap(),
+                vec![1],
+                "format {old}, {engine}"
+            );
             // The fixture's edit and recall are in the patch index format 2 built.
             let seqs: Vec<u64> = s
                 .patches_after(1, 0, 10)

@@ -36,6 +36,8 @@
 //! | `k`    | revoked until ‖ token id         | ∅ (revoked tokens, time order) |
 //! | `i`    | idempotency key                  | IdempotentCreate               |
 //! | `h`    | created at ‖ idempotency key     | ∅ (idempotency keys, time order) |
+//! | `v`    | kind (u8) ‖ conv                 | ∅ (live conversations by kind, number order) |
+//! | `w`    | conv ‖ event seq                 | ConversationEvent (what members heard of one another) |
 //!
 //! Format versions ([`FORMAT_VERSION`]): 1, the layout without `P` and `V` (a store without a
 //! `V` key that holds data is version 1); 2 adds the patch index `P` and the version key; 3 adds
@@ -45,7 +47,10 @@
 //! 5 adds the user blocks `G` and the profiles `F` (nothing to convert from 4); 6 adds the
 //! kept versions of edited and recalled messages `a`, the silent index `l`, users' access
 //! `b`, revoked token ids `j`, `k` and idempotency keys `i`, `h`, and the timed-mute index `u`
-//! (built from the members' records when a format-5 store is upgraded).
+//! (built from the members' records when a format-5 store is upgraded); 7 adds the index of
+//! live conversations by kind `v` (built from the conversation records when a format-6
+//! store is upgraded, then kept by the store itself with every conversation record it writes)
+//! and the conversations' own event logs `w` (which only new events fill).
 
 pub const CONVERSATION: u8 = b'C';
 pub const MEMBER: u8 = b'M';
@@ -78,9 +83,11 @@ pub const REVOKED_TOKEN: u8 = b'j';
 pub const REVOKED_TOKEN_EXPIRY: u8 = b'k';
 pub const IDEMPOTENT_CREATE: u8 = b'i';
 pub const IDEMPOTENT_CREATE_AGE: u8 = b'h';
+pub const CONVERSATION_BY_KIND: u8 = b'v';
+pub const CONVERSATION_EVENT: u8 = b'w';
 
 /// The key layout this build reads and writes.
-pub const FORMAT_VERSION: u64 = 6;
+pub const FORMAT_VERSION: u64 = 7;
 
 /// A key under construction.
 pub struct Key(Vec<u8>);
@@ -284,6 +291,21 @@ pub fn idempotent_create_age(at: i64, key: &str) -> Vec<u8> {
         .u64(at.max(0) as u64)
         .tail(key.as_bytes())
         .build()
+}
+pub fn conversation_by_kind(kind: u8, conv: u64) -> Vec<u8> {
+    Key::new(CONVERSATION_BY_KIND)
+        .tail(&[kind])
+        .u64(conv)
+        .build()
+}
+pub fn conversations_of_kind(kind: u8) -> Vec<u8> {
+    Key::new(CONVERSATION_BY_KIND).tail(&[kind]).build()
+}
+pub fn conversation_event(conv: u64, seq: u64) -> Vec<u8> {
+    Key::new(CONVERSATION_EVENT).u64(conv).u64(seq).build()
+}
+pub fn conversation_events_of(conv: u64) -> Vec<u8> {
+    Key::new(CONVERSATION_EVENT).u64(conv).build()
 }
 pub fn format_version() -> Vec<u8> {
     vec![FORMAT]

@@ -99,6 +99,7 @@ impl<E: OrderedKv> KvStore<E> {
         if let Some(record) =
             self.record::<ConversationRecord>("conversation", &keys::conversation(conv))?
         {
+            out.push(kind_key(&record, conv));
             if record.expires_at > 0 {
                 out.push(keys::expiry(record.expires_at, conv));
             }
@@ -123,6 +124,7 @@ impl<E: OrderedKv> KvStore<E> {
             keys::message_aliases_of(conv),
             keys::message_versions_of(conv),
             keys::silent_of(conv),
+            keys::conversation_events_of(conv),
         ];
         for (user, _) in self.members(conv)? {
             out.push(keys::member(conv, &user));
@@ -139,6 +141,11 @@ impl<E: OrderedKv> KvStore<E> {
         }
         Ok(out)
     }
+}
+
+/// The entry of the by-kind index of a conversation record.
+fn kind_key(record: &ConversationRecord, conv: u64) -> Vec<u8> {
+    keys::conversation_by_kind(u8::try_from(record.kind).unwrap_or(0), conv)
 }
 
 /// Messages read per step of a migration.
@@ -191,6 +198,9 @@ impl<E: OrderedKv> KvStore<E> {
                 // 5 → 6 adds kept message versions and the silent index, which only new
                 // edits and sends fill, and the timed-mute index, from the members' records.
                 5 => self.index_mute_deadlines()?,
+                // 6 → 7 adds the by-kind index, from the conversation records, and the
+                // conversations' event logs, which only new events fill.
+                6 => self.index_kinds()?,
                 _ => unreachable!("every version below the current one has a step"),
             };
             version += 1;
@@ -217,6 +227,17 @@ impl<E: OrderedKv> KvStore<E> {
                 (Some(conv), Some((user, _)), true) => {
                     Some(keys::mute_deadline(m.muted_until, conv, user))
                 }
+                _ => None,
+            })
+        })
+    }
+
+    /// 6 → 7: the by-kind index, from every conversation record not marked deleted.
+    fn index_kinds(&self) -> Result<u64, StoreError> {
+        self.index_from(keys::CONVERSATION, |k, v| {
+            let record: ConversationRecord = decode("conversation", v)?;
+            Ok(match be_u64(k, 1) {
+                Some(conv) if record.deleted_at == 0 => Some(kind_key(&record, conv)),
                 _ => None,
             })
         })
@@ -362,6 +383,12 @@ fn write_of(op: &Op) -> Write {
         } => Write::Put(keys::dead_letter(endpoint, *seq), record.to_vec()),
         Op::DeleteDeadLetter { endpoint, seq } => Write::Delete(keys::dead_letter(endpoint, *seq)),
         Op::PurgeConversation { .. } => unreachable!("purges are expanded by commit"),
+        Op::PutConversationEvent { conv, seq, event } => {
+            Write::Put(keys::conversation_event(*conv, *seq), event.encode_to_vec())
+        }
+        Op::DeleteConversationEvent { conv, seq } => {
+            Write::Delete(keys::conversation_event(*conv, *seq))
+        }
         Op::PutUserBlock { user, blocked, at } => {
             Write::Put(keys::user_block(user, blocked), at.to_be_bytes().to_vec())
         }
@@ -409,6 +436,7 @@ fn conv_of(op: &Op) -> Option<u64> {
         | Op::PutMessageAlias { conv, .. }
         | Op::PutMessageVersion { conv, .. }
         | Op::PutSilent { conv, .. }
+        | Op::PutConversationEvent { conv, .. }
         | Op::PutUniqueTemporary { conv, .. } => Some(*conv),
         _ => None,
     }
@@ -461,6 +489,18 @@ impl<E: OrderedKv> Store for KvStore<E> {
                     writes.push(Write::Delete(keys::idempotent_create(key)));
                     writes.push(Write::Delete(keys::idempotent_create_age(*at, key)));
                     continue;
+                }
+                // A conversation record keeps its entry in the by-kind index while it is live.
+                Op::PutConversation { conv, record } => {
+                    let index = kind_key(record, *conv);
+                    if purging {
+                        written.entry(*conv).or_default().push(index.clone());
+                    }
+                    writes.push(if record.deleted_at == 0 {
+                        Write::Put(index, Vec::new())
+                    } else {
+                        Write::Delete(index)
+                    });
                 }
                 _ => {}
             }
@@ -602,6 +642,67 @@ impl<E: OrderedKv> Store for KvStore<E> {
 
     fn last_user_event_seq(&self, user: &str) -> Result<u64, StoreError> {
         let prefix = keys::user_events_of(user);
+        Ok(self
+            .scan(&prefix, true, 1)?
+            .first()
+            .and_then(|(k, _)| be_u64(k, prefix.len()))
+            .unwrap_or(0))
+    }
+
+    fn conversations_of_kind(
+        &self,
+        kind: i32,
+        below: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let Ok(kind) = u8::try_from(kind) else {
+            return Ok(Vec::new());
+        };
+        let prefix = keys::conversations_of_kind(kind);
+        let hi = keys::conversation_by_kind(kind, below);
+        self.engine
+            .range(&prefix, Some(&hi), true, limit)?
+            .iter()
+            .map(|(k, _)| {
+                be_u64(k, prefix.len()).ok_or_else(|| StoreError::Corrupt {
+                    what: "conversation kind key",
+                    detail: format!("{k:?}"),
+                })
+            })
+            .collect()
+    }
+
+    fn conversation_events_after(
+        &self,
+        conv: u64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<ConversationEvent>, StoreError> {
+        let prefix = keys::conversation_events_of(conv);
+        // Most logs have nothing new: one entry read says so.
+        let mut out = Vec::new();
+        for chunk in [1, limit] {
+            out.clear();
+            let rows = self.scan(&prefix, true, chunk.min(limit))?;
+            let all = rows.len() < chunk.min(limit);
+            for (_, v) in &rows {
+                let e: ConversationEvent = decode("conversation event", v)?;
+                if e.server_time <= after {
+                    out.reverse();
+                    return Ok(out);
+                }
+                out.push(e);
+            }
+            if all || chunk >= limit {
+                break;
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn last_conversation_event_seq(&self, conv: u64) -> Result<u64, StoreError> {
+        let prefix = keys::conversation_events_of(conv);
         Ok(self
             .scan(&prefix, true, 1)?
             .first()
@@ -965,6 +1066,39 @@ mod tests {
                 (2_000, 9, "later".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn a_format_6_store_gets_its_conversations_indexed_by_kind() {
+        use crate::protocol::pb::{ConversationKind, ConversationRecord};
+        let engine = MemKv::default();
+        let record = |kind: ConversationKind, deleted_at| {
+            ConversationRecord {
+                kind: kind as i32,
+                deleted_at,
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        engine
+            .apply(vec![
+                Write::Put(keys::format_version(), 6u64.to_be_bytes().to_vec()),
+                Write::Put(keys::conversation(1), record(ConversationKind::Group, 0)),
+                Write::Put(keys::conversation(2), record(ConversationKind::Group, 5)),
+                Write::Put(keys::conversation(3), record(ConversationKind::Direct, 0)),
+                Write::Put(keys::conversation(4), record(ConversationKind::Group, 0)),
+            ])
+            .unwrap();
+        let store = KvStore::new(engine);
+        assert_eq!(store.upgrade().unwrap(), 6);
+        let of = |kind: ConversationKind| {
+            store
+                .conversations_of_kind(kind as i32, u64::MAX, 10)
+                .unwrap()
+        };
+        assert_eq!(of(ConversationKind::Group), vec![4, 1]);
+        assert_eq!(of(ConversationKind::Direct), vec![3]);
+        assert!(of(ConversationKind::ChatRoom).is_empty());
     }
 
     #[test]

@@ -274,6 +274,16 @@ pub enum Op {
         key: String,
         at: i64,
     },
+    /// `event` at `seq` of `conv`'s own event log (what its members heard of one another).
+    PutConversationEvent {
+        conv: u64,
+        seq: u64,
+        event: ConversationEvent,
+    },
+    DeleteConversationEvent {
+        conv: u64,
+        seq: u64,
+    },
 }
 
 /// Which way a message range is read.
@@ -447,6 +457,26 @@ pub trait Store: Send + Sync + 'static {
     fn idempotent_create(&self, key: &str) -> Result<Option<IdempotentCreate>, StoreError>;
     /// Idempotency keys, the oldest first, at most `limit`: `(created at, key)`.
     fn idempotent_creates(&self, limit: usize) -> Result<Vec<(i64, String)>, StoreError>;
+
+    /// Live conversations of `kind` (a `ConversationKind`) numbered below `below`, the highest
+    /// (newest) first, at most `limit`. Kept by the store with every conversation record it
+    /// writes: a record marked deleted leaves it, and so does a purged conversation.
+    fn conversations_of_kind(
+        &self,
+        kind: i32,
+        below: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError>;
+    /// The newest `limit` events of `conv`'s own log whose `server_time` is after `after`
+    /// (ms), oldest first.
+    fn conversation_events_after(
+        &self,
+        conv: u64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<ConversationEvent>, StoreError>;
+    /// The newest seq of `conv`'s own event log (0: none).
+    fn last_conversation_event_seq(&self, conv: u64) -> Result<u64, StoreError>;
 
     /// Bytes the engine occupies on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;

@@ -429,6 +429,25 @@ impl tidings::store::Store for FailingStore {
     ) -> Result<Vec<(i64, String)>, tidings::store::StoreError> {
         self.inner.idempotent_creates(limit)
     }
+    fn conversations_of_kind(
+        &self,
+        kind: i32,
+        below: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, tidings::store::StoreError> {
+        self.inner.conversations_of_kind(kind, below, limit)
+    }
+    fn conversation_events_after(
+        &self,
+        conv: u64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<tidings::protocol::pb::ConversationEvent>, tidings::store::StoreError> {
+        self.inner.conversation_events_after(conv, after, limit)
+    }
+    fn last_conversation_event_seq(&self, conv: u64) -> Result<u64, tidings::store::StoreError> {
+        self.inner.last_conversation_event_seq(conv)
+    }
     fn size_on_disk(&self) -> Result<u64, tidings::store::StoreError> {
         self.inner.size_on_disk()
     }

@@ -880,6 +880,153 @@ async fn open_groups_show_metadata_to_leancloud_clients_only() {
     }
 }
 
+/// `conv/query` as `peer` with a `where` condition; the rows answered (at most 100).
+async fn query_where(c: &mut Lc, peer: &str, condition: serde_json::Value) -> serde_json::Value {
+    query_limited(c, peer, condition, 100).await
+}
+
+/// `conv/query` as `peer` with a `where` condition and a `limit`; the rows answered.
+async fn query_limited(
+    c: &mut Lc,
+    peer: &str,
+    condition: serde_json::Value,
+    limit: i32,
+) -> serde_json::Value {
+    let r = c
+        .request(GenericCommand {
+            peer_id: Some(peer.into()),
+            conv_message: Some(lc::ConvCommand {
+                r#where: Some(lc::JsonObjectMessage {
+                    data: condition.to_string(),
+                }),
+                limit: Some(limit),
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Conv, Some(Op::Query))
+        })
+        .await;
+    serde_json::from_str(&r.conv_message.unwrap().results.unwrap().data).unwrap()
+}
+
+fn ids(rows: &serde_json::Value) -> Vec<String> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["objectId"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A condition that names neither ids nor members walks the conversations anyone may find,
+/// newest first, at most `leancloud_query_scan_max` of them: open groups, chat rooms (alone
+/// for `tr: true`), never direct or temporary conversations. A non-member's row says when the
+/// last message was sent (`lm`), not what it was. With groups not open, the client's own.
+#[tokio::test]
+async fn a_query_without_members_walks_what_anyone_may_find_newest_first() {
+    for open in [true, false] {
+        let server = TestServer::start_with(|c| {
+            c.leancloud_app_id = Some(APP_ID.into());
+            c.leancloud_master_key = Some(MASTER_KEY.into());
+            c.leancloud_query_scan_max = 3;
+            c.leancloud_open_conversations = open;
+        })
+        .await;
+        let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+        c.opened("alice", None).await;
+        c.opened("carol", None).await;
+        let room = c
+            .start_conv(
+                "alice",
+                lc::ConvCommand {
+                    transient: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let mut groups = Vec::new();
+        for _ in 0..4 {
+            groups.push(c.start("alice", &["alice", "bob"]).await);
+        }
+        // Newer still: a direct conversation (native) and a temporary one.
+        let native = server.client("alice").await;
+        within(native.create_direct("bob")).await.unwrap();
+        c.start_conv(
+            "alice",
+            lc::ConvCommand {
+                m: vec!["alice".into(), "carol".into()],
+                temp_conv: Some(true),
+                ..Default::default()
+            },
+        )
+        .await;
+        let ack = c.direct("alice", &groups[3], "hello", false).await;
+        assert!(ack.uid.is_some(), "{ack:?}");
+
+        let everything = serde_json::json!({});
+        let rows = query_where(&mut c, "carol", everything.clone()).await;
+        let rooms = query_where(&mut c, "carol", serde_json::json!({"tr": true})).await;
+        assert_eq!(ids(&rooms), vec![room.clone()], "open: {open}");
+        if !open {
+            // Groups are not open: what carol is in (the temporary conversation), and rooms.
+            assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
+            assert_eq!(rows[0]["temp"], true, "{rows}");
+            assert_eq!(rows[1]["objectId"], room.as_str(), "{rows}");
+            continue;
+        }
+        // The newest three groups; the room is older than them, the others never listed.
+        assert_eq!(
+            ids(&rows),
+            vec![groups[3].clone(), groups[2].clone(), groups[1].clone()]
+        );
+        // Carol is no member: when the last message was sent, not what it was.
+        assert_eq!(rows[0]["lm"]["__type"], "Date", "{rows}");
+        assert!(rows[0].get("msg").is_none(), "{rows}");
+        assert!(rows[1].get("lm").is_none(), "{rows}");
+        // A member sees the message.
+        let mine = query_where(&mut c, "alice", serde_json::json!({"objectId": groups[3]})).await;
+        assert_eq!(mine[0]["msg_from"], "alice", "{mine}");
+        assert_eq!(mine[0]["lm"], rows[0]["lm"], "{mine}");
+        // Ids are looked at up to the cap too.
+        let pinned = query_where(
+            &mut c,
+            "carol",
+            serde_json::json!({"objectId": {"$in": groups}}),
+        )
+        .await;
+        assert_eq!(
+            ids(&pinned),
+            vec![groups[0].clone(), groups[1].clone(), groups[2].clone()]
+        );
+        // Sorted by `lm`, the active group comes first even for a non-member.
+        let newest = [groups[1].clone(), groups[2].clone(), groups[3].clone()];
+        let q: serde_json::Value = {
+            let r = c
+                .request(GenericCommand {
+                    peer_id: Some("carol".into()),
+                    conv_message: Some(lc::ConvCommand {
+                        r#where: Some(lc::JsonObjectMessage {
+                            data: serde_json::json!({"objectId": {"$in": newest}}).to_string(),
+                        }),
+                        sort: Some("-lm".into()),
+                        limit: Some(1),
+                        ..Default::default()
+                    }),
+                    ..cmd(Cmd::Conv, Some(Op::Query))
+                })
+                .await;
+            serde_json::from_str(&r.conv_message.unwrap().results.unwrap().data).unwrap()
+        };
+        assert_eq!(ids(&q), vec![groups[3].clone()]);
+        // A deleted group leaves the walk at once.
+        let admin = within(native.delete_conversation(&groups[3], false)).await;
+        assert!(admin.is_ok(), "{admin:?}");
+        let rows = query_where(&mut c, "carol", everything).await;
+        assert_eq!(
+            ids(&rows),
+            vec![groups[2].clone(), groups[1].clone(), groups[0].clone()]
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_socket_holds_at_most_leancloud_max_clients_per_socket_clients() {
     let server = TestServer::start_with(|c| {
@@ -958,6 +1105,13 @@ async fn a_format_5_store_is_upgraded_at_start_and_its_old_edits_replay() {
     old_store_upgrades_and_replays("store-v5").await;
 }
 
+/// The same for a store written by format 6 (before the by-kind index and the conversations'
+/// event logs).
+#[tokio::test]
+async fn a_format_6_store_is_upgraded_at_start_and_its_old_edits_replay() {
+    old_store_upgrades_and_replays("store-v6").await;
+}
+
 async fn old_store_upgrades_and_replays(fixture: &str) {
     let dir = tempfile::tempdir().unwrap();
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1029,6 +1183,10 @@ async fn old_store_upgrades_and_replays(fixture: &str) {
         logs[3].data.as_deref(),
         Some(r#"{"_lctext":"four","_lctype":-1}"#)
     );
+    // The upgrade indexed the old group: a client in none finds it without naming it.
+    c.opened("dave", None).await;
+    let rows = query_where(&mut c, "dave", serde_json::json!({})).await;
+    assert_eq!(ids(&rows), vec!["0000000000000001".to_owned()], "{rows}");
 }
 
 /// LeanCloud clients are charged to the same buckets: a send over the limit is acked with 4116
@@ -1173,4 +1331,222 @@ async fn session_opens_over_the_users_rate_limit_are_refused_with_4113() {
     assert_eq!(op_of(&r.await).0, Some(Cmd::Echo));
     server.clock.advance(100);
     c.opened("alice", None).await;
+}
+
+/// `conv/query` over 100,000 groups: a condition that names neither ids nor members looks at
+/// the newest `leancloud_query_scan_max` (1000) and no further, whatever it asks; ids reach
+/// any of them. Prints how long each query took, cold (conversations read from the store)
+/// and again (in memory): docs/leancloud.md quotes a run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_over_100000_groups_looks_at_the_newest_scan_max() {
+    use tidings::protocol::pb::{ConversationKind, ConversationRecord, MemberRecord};
+    use tidings::store::{Counter, Op, UserId};
+    const GROUPS: u64 = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let seeding = std::time::Instant::now();
+    {
+        let store = tidings::store::open("redb", dir.path(), 64 << 20).unwrap();
+        let all: Vec<u64> = (1..=GROUPS).collect();
+        for chunk in all.chunks(10_000) {
+            let ops: Vec<Op> = chunk
+                .iter()
+                .flat_map(|&n| {
+                    [
+                        Op::PutConversation {
+                            conv: n,
+                            record: ConversationRecord {
+                                kind: ConversationKind::Group as i32,
+                                name: format!("g{n}"),
+                                owner: format!("u{n}"),
+                                created_at: n as i64,
+                                ..Default::default()
+                            },
+                        },
+                        Op::PutMember {
+                            conv: n,
+                            user: UserId::from(format!("u{n}")),
+                            record: MemberRecord {
+                                joined_at: n as i64,
+                                join_order: 1,
+                                ..Default::default()
+                            },
+                        },
+                    ]
+                })
+                .collect();
+            store.commit(&ops).unwrap();
+        }
+        store
+            .commit(&[Op::SetCounter {
+                counter: Counter::Conversation,
+                value: GROUPS,
+            }])
+            .unwrap();
+        store.flush().unwrap();
+    }
+    eprintln!("seeded {GROUPS} groups in {:?}", seeding.elapsed());
+    let data_dir = dir.path().to_path_buf();
+    let server = TestServer::start_with(|c| {
+        c.data_dir = data_dir;
+        c.leancloud_app_id = Some(APP_ID.into());
+        c.leancloud_master_key = Some(MASTER_KEY.into());
+    })
+    .await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("dave", None).await;
+    let id = |n: u64| format!("{n:016x}");
+    let newest: Vec<String> = (0..10).map(|k| id(GROUPS - k)).collect();
+    let cases = [
+        ("everything (the first 10)", serde_json::json!({}), newest),
+        (
+            "a name among the newest 1000",
+            serde_json::json!({"name": format!("g{}", GROUPS - 500)}),
+            vec![id(GROUPS - 500)],
+        ),
+        (
+            "a name older than the newest 1000",
+            serde_json::json!({"name": "g1"}),
+            vec![],
+        ),
+        (
+            "a regex nothing matches",
+            serde_json::json!({"name": {"$regex": "^nothing"}}),
+            vec![],
+        ),
+        (
+            "the oldest by id",
+            serde_json::json!({"objectId": id(1)}),
+            vec![id(1)],
+        ),
+    ];
+    for round in ["cold", "warm"] {
+        for (what, condition, want) in &cases {
+            let started = std::time::Instant::now();
+            let rows = query_limited(&mut c, "dave", condition.clone(), 10).await;
+            let took = started.elapsed();
+            assert_eq!(&ids(&rows), want, "{what}");
+            eprintln!("conv/query over {GROUPS} groups, {what}, {round}: {took:?}");
+        }
+    }
+}
+
+/// What the other members of a client's groups went through reaches it through
+/// `/1.1/rtm/notifications` from each conversation's own log, merged with the client's own
+/// log, oldest first: others joining (`members_joined`), leaving or removed (`members_left`),
+/// updates; never its own joining again, nothing from before it joined. A conversation keeps
+/// its newest `conversation_event_log_retention` events, answered back to
+/// `conversation_event_log_max_age_secs`.
+#[tokio::test]
+async fn missed_notifications_carry_what_others_did_from_the_conversations_logs() {
+    use tidings::clock::Clock;
+    let server = TestServer::start_with(|c| {
+        c.leancloud_app_id = Some(APP_ID.into());
+        c.leancloud_master_key = Some(MASTER_KEY.into());
+        c.conversation_event_log_retention = 3;
+        c.conversation_event_log_max_age_secs = 3600;
+    })
+    .await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("alice", None).await;
+    let st = c.opened("bob", None).await.st.unwrap();
+    let group = c.start("alice", &["alice", "carol"]).await;
+    let rename = |name: &str| GenericCommand {
+        peer_id: Some("alice".into()),
+        conv_message: Some(lc::ConvCommand {
+            cid: Some(group.clone()),
+            attr: Some(lc::JsonObjectMessage {
+                data: serde_json::json!({ "name": name }).to_string(),
+            }),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Conv, Some(Op::Update))
+    };
+    let members = |op: Op, who: &[&str]| GenericCommand {
+        peer_id: Some("alice".into()),
+        conv_message: Some(lc::ConvCommand {
+            cid: Some(group.clone()),
+            m: who.iter().map(|m| m.to_string()).collect(),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Conv, Some(op))
+    };
+    // Before bob is in: not his to hear.
+    server.clock.advance(10);
+    c.request(rename("before bob")).await;
+    server.clock.advance(10);
+    c.request(members(Op::Add, &["bob"])).await;
+    let since = server.clock.now_ms();
+    for (n, step) in [
+        members(Op::Add, &["dave", "erin"]),
+        rename("one"),
+        rename("two"),
+        members(Op::Remove, &["erin"]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        server.clock.advance(10);
+        let r = c.request(step).await;
+        assert!(r.error_message.is_none(), "step {n}: {r:?}");
+    }
+    let addr = server.running().addr;
+    let headers = [("X-LC-Id", APP_ID), ("X-LC-IM-Session-Token", st.as_str())];
+    let fetch = |after: i64| {
+        let target = format!("/1.1/rtm/notifications?client_id=bob&start_ts={after}");
+        async move {
+            let a = crate::leancloud_http::request(addr, "GET", &target, &headers).await;
+            assert_eq!(a.status, 200, "{a:?}");
+            let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+            v["notifications"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| {
+                    let name = n["attr"]["data"]
+                        .as_str()
+                        .and_then(|a| serde_json::from_str::<serde_json::Value>(a).ok())
+                        .map(|a| a["name"].as_str().unwrap_or_default().to_owned());
+                    (
+                        n["op"].as_str().unwrap().to_owned(),
+                        n["m"].clone(),
+                        name.unwrap_or_default(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let none = serde_json::Value::Null;
+    // The log kept the newest three: dave and erin joining is gone.
+    assert_eq!(
+        fetch(since).await,
+        vec![
+            ("updated".into(), none.clone(), "one".into()),
+            ("updated".into(), none.clone(), "two".into()),
+            (
+                "members_left".into(),
+                serde_json::json!(["erin"]),
+                String::new()
+            ),
+        ],
+        "from the time bob joined"
+    );
+    // From the start: bob's own joining comes from his own log, once; dave and erin joining
+    // is out of the conversation's log by now (three newer events), the rename before bob
+    // joined was never his.
+    let all = fetch(0).await;
+    assert_eq!(
+        all.iter().map(|(op, ..)| op.as_str()).collect::<Vec<_>>(),
+        vec!["joined", "updated", "updated", "members_left"],
+        "{all:?}"
+    );
+    // Older than conversation_event_log_max_age_secs: no longer answered.
+    server.clock.advance(3_600_000);
+    assert_eq!(
+        fetch(since)
+            .await
+            .iter()
+            .map(|(op, ..)| op.as_str())
+            .collect::<Vec<_>>(),
+        Vec::<&str>::new()
+    );
 }

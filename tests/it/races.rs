@@ -236,6 +236,25 @@ impl Store for Gated {
     fn idempotent_creates(&self, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
         self.inner.idempotent_creates(limit)
     }
+    fn conversations_of_kind(
+        &self,
+        kind: i32,
+        below: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.inner.conversations_of_kind(kind, below, limit)
+    }
+    fn conversation_events_after(
+        &self,
+        conv: u64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<tidings::protocol::pb::ConversationEvent>, StoreError> {
+        self.inner.conversation_events_after(conv, after, limit)
+    }
+    fn last_conversation_event_seq(&self, conv: u64) -> Result<u64, StoreError> {
+        self.inner.last_conversation_event_seq(conv)
+    }
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.inner.size_on_disk()
     }

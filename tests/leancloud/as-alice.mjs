@@ -21,6 +21,11 @@ async function main() {
     );
     const later = await within(alice.createConversation({ members: ['carol'], name: 'later' }), 'create');
     out = { team: team.id, one: one.id, two: two.id, leaving: leaving.id, later: later.id };
+  } else if (step === 'add-dave') {
+    const [team] = args;
+    const conv = await within(alice.getConversation(team), 'alice gets the group');
+    await within(conv.add(['dave']), 'add dave to the team');
+    out = {};
   } else if (step === 'while-bob-is-away') {
     const [team, one, two, later, leaving] = args;
     const conv = await within(alice.getConversation(team), 'alice gets the group');
@@ -36,6 +41,12 @@ async function main() {
     await within(laterConv.add(['bob']), 'add bob');
     const leavingConv = await within(alice.getConversation(leaving), 'alice gets a third group');
     await within(leavingConv.remove(['bob']), 'remove bob');
+    // What the other members are told: carol joins the team, erin joins and leaves it, and
+    // alice renames it.
+    await within(conv.add(['carol', 'erin']), 'add carol and erin to the team');
+    await within(conv.remove(['erin']), 'remove erin from the team');
+    conv.name = 'team, renamed';
+    await within(conv.save(), 'rename the team');
     out = {};
   } else {
     throw new Error(`unknown step ${step}`);

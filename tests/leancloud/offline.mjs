@@ -1,7 +1,8 @@
 // What a LeanCloud client missed while its socket was down reaches it after it reconnects:
 // edits and recalls as patch pushes after `session/open` (from its `lastPatchTime`), and
-// changes of its own membership through `GET /1.1/rtm/notifications` (from its
-// `lastNotificationTime`), all through the unmodified SDK. Alice acts from another process
+// changes of its own membership and of its groups (others joining and leaving, a rename)
+// through `GET /1.1/rtm/notifications` (from its `lastNotificationTime`), all through the
+// unmodified SDK; what it heard live is not told again. Alice acts from another process
 // (the SDK allows one Realtime per app and process). See common.mjs for how it is run.
 
 import { execFile } from 'node:child_process';
@@ -28,6 +29,13 @@ async function main() {
   const setup = await alice('setup');
   const [, conv] = await invited;
   equal(conv.id, setup.team, 'bob is in the group alice made');
+  // Bob hears this one live, later than his invitation: it must not come back when he
+  // catches up.
+  await advanceServerClock(1000);
+  const daveJoins = next(bob, Event.MEMBERS_JOINED, 'bob hears dave join');
+  await alice('add-dave', setup.team);
+  const [{ members: dave }] = await daveJoins;
+  equal(dave, ['dave'], 'live, as dave joins');
   const first = await within(conv.queryMessages({ limit: 10 }), 'bob reads the history');
   equal(first.map((m) => m.getText()), ['one', 'two'], 'with its two messages');
   const leaving = await within(bob.getConversation(setup.leaving), 'bob has the other group');
@@ -48,6 +56,10 @@ async function main() {
   const notified = !process.env.LC_SDK?.endsWith('-v4');
   const added = notified && next(bob, Event.INVITED, 'the missed invitation arrives');
   const kicked = notified && next(leaving, Event.KICKED, 'the missed removal arrives');
+  const joins = [];
+  conv.on(Event.MEMBERS_JOINED, ({ members, invitedBy }) => joins.push([members, invitedBy]));
+  const left = notified && next(conv, Event.MEMBERS_LEFT, 'the missed leave arrives');
+  const renamed = notified && next(conv, Event.INFO_UPDATED, 'the missed rename arrives');
   rt.resume();
   const [edited] = await edit;
   equal(edited.id, setup.one, 'an edit made while offline is replayed');
@@ -60,6 +72,15 @@ async function main() {
   equal([invitedBy, later.id], ['alice', setup.later], 'being added while offline is notified');
   const [{ kickedBy }] = await kicked;
   equal(kickedBy, 'alice', 'and being removed');
+  // Others joining and leaving the group while bob was away, and its new name.
+  const [{ members: gone, kickedBy: remover }] = await left;
+  equal([gone, remover], [['erin'], 'alice'], 'another member leaving while offline is notified');
+  const [{ attributes, updatedBy }] = await renamed;
+  equal([attributes.name, updatedBy], ['team, renamed', 'alice'], 'and the group being renamed');
+  equal(conv.name, 'team, renamed', 'which the cached conversation takes');
+  // One more round trip: anything else the catch-up carried has been handed out by now.
+  await within(conv.count(), 'count the members');
+  equal(joins, [[['carol', 'erin'], 'alice']], 'others joining while offline, once; not dave again');
 }
 
 run(main);

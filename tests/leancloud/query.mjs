@@ -1,8 +1,9 @@
 // Drives LeanCloud's unmodified JS realtime SDK's ConversationQuery against a tidings server:
 // equality, members, comparisons, contains/startsWith/endsWith, sizes, sort, skip, limit,
-// compact, and what a non-member finds. See common.mjs for how it is run.
+// compact, the last message in rows, and what a non-member finds (any open group, not
+// temporary conversations). See common.mjs for how it is run.
 
-import { within, check, equal, sign, realtime, run, masterKey } from './common.mjs';
+import { sdk, within, check, equal, sign, realtime, run, masterKey } from './common.mjs';
 
 const names = (convs) => convs.map((c) => c.name);
 
@@ -48,6 +49,24 @@ async function main() {
   equal(compact.length, 1, 'compact finds the row');
   equal(compact[0].members, [], 'compact leaves the members out');
 
+  // Rows carry the last message (lastMessage, lastMessageAt) for members.
+  const [alicesBeta] = await within(q().equalTo('name', 'beta').find(), 'alice finds beta');
+  const sent = await within(alicesBeta.send(new sdk.TextMessage('latest')), 'alice sends into beta');
+  const [beta] = await within(carol.getQuery().equalTo('name', 'beta').withLastMessagesRefreshed(true).find(), 'carol finds beta');
+  equal(beta.lastMessage && beta.lastMessage.getText(), 'latest', 'a member\'s row carries the last message');
+  equal(beta.lastMessage.id, sent.id, 'with its id');
+  check(beta.lastMessageAt instanceof Date, 'and lastMessageAt');
+  // Anyone finds open groups without naming a member or an id (newest first); a
+  // non-member's row says when the last message was sent, not what it was.
+  const dave = await open('dave');
+  const all = await within(dave.getQuery().limit(100).find(), 'dave asks for everything');
+  equal(names(all), ['gamma', 'beta', 'alpha'], 'a client in no conversation finds every open group, newest first');
+  const [seen] = await within(dave.getQuery().equalTo('name', 'beta').find(), 'dave finds beta');
+  check(seen.lastMessageAt instanceof Date, 'a non-member sees when the last message was sent');
+  check(!seen.lastMessage, 'but not the message');
+  const active = await within(dave.getQuery().addDescending('lm').limit(1).find(), 'dave sorts by activity');
+  equal(names(active), ['beta'], 'so sort by lm works for non-members too');
+
   // A non-member finds open groups through a member they name, but only groups.
   const byBob = await within(carol.getQuery().containsMembers(['bob']).addAscending('name').find(), 'carol asks');
   equal(names(byBob), ['alpha', 'gamma'], 'a non-member finds open groups by their members');
@@ -64,6 +83,7 @@ async function main() {
   check(bad !== null, 'an unsupported regex is refused, not answered wrongly');
   await within(alice.close(), 'alice closes');
   await within(carol.close(), 'carol closes');
+  await within(dave.close(), 'dave closes');
 }
 
 run(main);

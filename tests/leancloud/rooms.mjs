@@ -2,7 +2,8 @@
 // (服务号) that the app's backend creates and broadcasts to over the admin API, found with
 // getConversation (a ServiceConversation: `sys`), subscribed to and unsubscribed from; and a
 // chat room (聊天室: `tr`) created with createChatRoom, joined and quit while messages are
-// sent, counted (members online), with nothing stored. LC_ADMIN_URL and LC_ADMIN_KEY name
+// sent, counted (members online), with nothing stored; both found by anyone through the SDK's
+// getServiceConversationQuery() and getChatRoomQuery(). LC_ADMIN_URL and LC_ADMIN_KEY name
 // the admin API. See common.mjs for how it is run.
 
 import { sdk, within, check, equal, next, sign, realtime, run, masterKey } from './common.mjs';
@@ -41,6 +42,9 @@ async function main() {
 
   // System conversation.
   const created = await admin('POST', '/v1/system-conversations?by=news', { name: 'News' });
+  const listed = await within(carol.getServiceConversationQuery().find(), 'carol looks for system conversations');
+  equal(listed.map((c) => c.id), [created.id], 'getServiceConversationQuery() finds it without its id');
+  check(listed[0] instanceof sdk.ServiceConversation, 'as a ServiceConversation');
   const sys = await within(alice.getConversation(created.id), 'alice finds the system conversation');
   check(sys instanceof sdk.ServiceConversation, 'it is a ServiceConversation (sys)');
   equal(sys.name, 'News', 'with its name');
@@ -65,6 +69,9 @@ async function main() {
   // Chat room.
   const room = await within(alice.createChatRoom({ name: 'lobby' }), 'alice creates a chat room');
   check(room instanceof sdk.ChatRoom, 'it is a ChatRoom (tr)');
+  const rooms = await within(carol.getChatRoomQuery().find(), 'carol looks for chat rooms');
+  equal(rooms.map((c) => c.id), [room.id], 'getChatRoomQuery() finds it without its id, and only rooms');
+  check(rooms[0] instanceof sdk.ChatRoom, 'as a ChatRoom');
   const bobRoom = await within(bob.getConversation(room.id), 'bob finds the room');
   check(bobRoom instanceof sdk.ChatRoom, 'others see a ChatRoom too');
   await within(bobRoom.join(), 'bob joins');
