@@ -29,6 +29,17 @@ enum End {
     Closed(Option<u16>),
 }
 
+/// A server with the LeanCloud dialect on (this file's app id and master key), changed by
+/// `tweak`.
+async fn lc_server_with(tweak: impl FnOnce(&mut tidings::config::Config)) -> TestServer {
+    TestServer::start_with(|c| {
+        c.leancloud_app_id = Some(APP_ID.into());
+        c.leancloud_master_key = Some(MASTER_KEY.into());
+        tweak(c);
+    })
+    .await
+}
+
 pub(crate) fn cmd(c: Cmd, op: Option<Op>) -> GenericCommand {
     GenericCommand {
         cmd: Some(c as i32),
@@ -501,9 +512,7 @@ async fn limits_and_malformed_frames_close_only_their_socket() {
 
 #[tokio::test]
 async fn no_session_open_in_time_closes_with_4108() {
-    let server = TestServer::start_with(|c| {
-        c.leancloud_app_id = Some(APP_ID.into());
-        c.leancloud_master_key = Some(MASTER_KEY.into());
+    let server = lc_server_with(|c| {
         c.login_timeout_ms = 200;
     })
     .await;
@@ -731,9 +740,7 @@ async fn opening_pushes_the_unread_counts() {
 /// `login_summary_max` of the list (the most recently active).
 #[tokio::test]
 async fn the_unread_push_covers_the_most_recent_login_summary_max_conversations() {
-    let server = TestServer::start_with(|c| {
-        c.leancloud_app_id = Some(APP_ID.into());
-        c.leancloud_master_key = Some(MASTER_KEY.into());
+    let server = lc_server_with(|c| {
         c.login_summary_max = 2;
     })
     .await;
@@ -816,9 +823,7 @@ async fn query_rows(c: &mut Lc, peer: &str, by_id: Option<&str>, temp: Option<&s
 #[tokio::test]
 async fn open_groups_show_metadata_to_leancloud_clients_only() {
     for open in [true, false] {
-        let server = TestServer::start_with(|c| {
-            c.leancloud_app_id = Some(APP_ID.into());
-            c.leancloud_master_key = Some(MASTER_KEY.into());
+        let server = lc_server_with(|c| {
             c.leancloud_open_conversations = open;
         })
         .await;
@@ -923,9 +928,7 @@ fn ids(rows: &serde_json::Value) -> Vec<String> {
 #[tokio::test]
 async fn a_query_without_members_walks_what_anyone_may_find_newest_first() {
     for open in [true, false] {
-        let server = TestServer::start_with(|c| {
-            c.leancloud_app_id = Some(APP_ID.into());
-            c.leancloud_master_key = Some(MASTER_KEY.into());
+        let server = lc_server_with(|c| {
             c.leancloud_query_scan_max = 3;
             c.leancloud_open_conversations = open;
         })
@@ -1029,9 +1032,7 @@ async fn a_query_without_members_walks_what_anyone_may_find_newest_first() {
 
 #[tokio::test]
 async fn a_socket_holds_at_most_leancloud_max_clients_per_socket_clients() {
-    let server = TestServer::start_with(|c| {
-        c.leancloud_app_id = Some(APP_ID.into());
-        c.leancloud_master_key = Some(MASTER_KEY.into());
+    let server = lc_server_with(|c| {
         c.leancloud_max_clients_per_socket = 3;
     })
     .await;
@@ -1053,9 +1054,7 @@ async fn a_socket_holds_at_most_leancloud_max_clients_per_socket_clients() {
 
 #[tokio::test]
 async fn a_socket_whose_clients_all_closed_does_not_live_on() {
-    let server = TestServer::start_with(|c| {
-        c.leancloud_app_id = Some(APP_ID.into());
-        c.leancloud_master_key = Some(MASTER_KEY.into());
+    let server = lc_server_with(|c| {
         c.ping_interval_ms = 100;
         c.idle_timeout_ms = 400;
     })
@@ -1194,9 +1193,7 @@ async fn old_store_upgrades_and_replays(fixture: &str) {
 /// saying when to retry; the server's clock moving on lets them through again.
 #[tokio::test]
 async fn leancloud_commands_over_the_rate_limit_are_refused_with_4116_and_4113() {
-    let server = TestServer::start_with(|c| {
-        c.leancloud_app_id = Some(APP_ID.into());
-        c.leancloud_master_key = Some(MASTER_KEY.into());
+    let server = lc_server_with(|c| {
         c.rate_limit_connection_per_sec = 10;
         c.rate_limit_connection_burst = 10;
     })
@@ -1237,9 +1234,7 @@ async fn leancloud_commands_over_the_rate_limit_are_refused_with_4116_and_4113()
 /// request bucket like a page of history; over it, 429 with 4113 `APP_QUOTA_EXCEEDED`.
 #[tokio::test]
 async fn missed_notifications_are_charged_to_the_users_rate_limit() {
-    let server = TestServer::start_with(|c| {
-        c.leancloud_app_id = Some(APP_ID.into());
-        c.leancloud_master_key = Some(MASTER_KEY.into());
+    let server = lc_server_with(|c| {
         c.rate_limit_user_per_sec = 5;
         c.rate_limit_user_burst = 10;
     })
@@ -1296,9 +1291,7 @@ async fn a_backend_disconnecting_a_user_closes_only_their_client_with_4115() {
 /// `APP_QUOTA_EXCEEDED`, when to retry in `detail`), and the socket and its other clients stay.
 #[tokio::test]
 async fn session_opens_over_the_users_rate_limit_are_refused_with_4113() {
-    let server = TestServer::start_with(|c| {
-        c.leancloud_app_id = Some(APP_ID.into());
-        c.leancloud_master_key = Some(MASTER_KEY.into());
+    let server = lc_server_with(|c| {
         c.rate_limit_user_per_sec = 200;
         c.rate_limit_user_burst = 400;
     })
@@ -1439,9 +1432,7 @@ async fn a_query_over_100000_groups_looks_at_the_newest_scan_max() {
 #[tokio::test]
 async fn missed_notifications_carry_what_others_did_from_the_conversations_logs() {
     use tidings::clock::Clock;
-    let server = TestServer::start_with(|c| {
-        c.leancloud_app_id = Some(APP_ID.into());
-        c.leancloud_master_key = Some(MASTER_KEY.into());
+    let server = lc_server_with(|c| {
         c.conversation_event_log_retention = 3;
         c.conversation_event_log_max_age_secs = 3600;
     })
