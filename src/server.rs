@@ -747,20 +747,7 @@ pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .split('&')
         .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
         .find(|(key, _)| *key == name)?;
-    let mut out = Vec::with_capacity(value.len());
-    let mut bytes = value.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'%' => {
-                let hi = (bytes.next()? as char).to_digit(16)?;
-                let lo = (bytes.next()? as char).to_digit(16)?;
-                out.push((hi * 16 + lo) as u8);
-            }
-            b'+' => out.push(b' '),
-            _ => out.push(b),
-        }
-    }
-    String::from_utf8(out).ok()
+    crate::percent::decode(value, true)
 }
 
 /// Lets browser apps on other origins read an answer: adds `Access-Control-Allow-Origin`

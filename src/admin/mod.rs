@@ -381,7 +381,15 @@ async fn handle(
         }
         Err(_) => return failure(Failure::invalid("the request body could not be read")),
     };
-    let segments: Vec<&str> = path["/v1/".len()..].split('/').collect();
+    // Ids may hold characters a client escapes (a temporary conversation's `_tmp:`).
+    let Some(segments) = path["/v1/".len()..]
+        .split('/')
+        .map(|s| crate::percent::decode(s, false))
+        .collect::<Option<Vec<String>>>()
+    else {
+        return failure(Failure::invalid("the path holds a malformed %-escape"));
+    };
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let call = Call {
         app,
         query: query.as_deref(),

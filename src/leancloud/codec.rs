@@ -144,23 +144,7 @@ fn query_subprotocol(query: &str) -> Option<LcProtocol> {
         .split('&')
         .filter_map(|pair| pair.split_once('='))
         .filter(|(key, _)| *key == "subprotocol")
-        .find_map(|(_, value)| LcProtocol::from_token(&percent_decode(value)?))
-}
-
-/// `%XX` decoding; `None` on a malformed escape or a result that is not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hi = (bytes.next()? as char).to_digit(16)?;
-            let lo = (bytes.next()? as char).to_digit(16)?;
-            out.push((hi * 16 + lo) as u8);
-        } else {
-            out.push(b);
-        }
-    }
-    String::from_utf8(out).ok()
+        .find_map(|(_, value)| LcProtocol::from_token(&crate::percent::decode(value, false)?))
 }
 
 /// An encoded command, ready to be sent as one WebSocket message.

@@ -341,3 +341,23 @@ async fn the_backend_lists_open_chats_newest_activity_first() {
     let r = api(&small, "GET", "/v1/temporary-conversations?cursor=zz", None).await;
     assert_eq!(r.status, 400);
 }
+
+/// A temporary conversation's id holds a `:`, which HTTP clients often escape: the API decodes
+/// `%XX` in path segments, and answers a malformed escape with 400.
+#[tokio::test]
+async fn a_temporary_conversations_id_may_be_percent_escaped_in_the_path() {
+    let server = admin_server().await;
+    let id = open_chat(&server, "agent-1", "visitor").await;
+    assert!(id.starts_with("_tmp:"), "{id}");
+    let escaped = id.replace(':', "%3A");
+    let c = ok(
+        &server,
+        "GET",
+        &format!("/v1/conversations/{escaped}"),
+        None,
+    )
+    .await;
+    assert_eq!(c["id"], id.as_str());
+    let r = api(&server, "GET", "/v1/conversations/_tmp%3", None).await;
+    assert_eq!(r.status_code(), (400, Some(2)), "{}", r.body);
+}
