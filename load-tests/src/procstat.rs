@@ -1,4 +1,5 @@
-//! The server's CPU time and memory, read from `/proc/<pid>/stat` and `/proc/<pid>/status`.
+//! The server's CPU time, memory and context switches, read from `/proc/<pid>/stat`,
+//! `/proc/<pid>/status` and its threads' `/proc/<pid>/task/<tid>/status`.
 
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,10 @@ pub struct Sample {
     pub cpu_secs: f64,
     /// Resident set size, bytes.
     pub rss_bytes: u64,
+    /// Context switches of all the process's threads since they started (voluntary: a thread
+    /// waited; involuntary: it was preempted).
+    #[serde(default)]
+    pub ctx_switches: u64,
 }
 
 /// Reads one sample of process `pid`.
@@ -43,7 +48,30 @@ pub fn sample(pid: u32) -> anyhow::Result<Sample> {
     Ok(Sample {
         cpu_secs,
         rss_bytes: rss_kb * 1024,
+        ctx_switches: ctx_switches(pid),
     })
+}
+
+/// Voluntary and involuntary context switches summed over the threads of `pid` (threads that
+/// have ended are not counted).
+fn ctx_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                })
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 /// Samples a process in the background (every 200 ms) and keeps the peak RSS.

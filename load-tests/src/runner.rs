@@ -32,6 +32,9 @@ pub struct ServerFigures {
     pub rss_end_bytes: u64,
     /// Server CPU from go to the end, per delivered message (fanout: per delivery).
     pub cpu_us_per_delivered: Option<f64>,
+    /// The server's context switches from go to the end, per delivered message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctx_switches_per_delivered: Option<f64>,
     /// list: server CPU from go to the end, per page of the conversation list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_us_per_page: Option<f64>,
@@ -274,6 +277,9 @@ pub async fn run(
             rss_peak_bytes: m.peak_rss(),
             rss_end_bytes: end.rss_bytes,
             cpu_us_per_delivered: (res.delivered > 0).then(|| cpu * 1e6 / res.delivered as f64),
+            ctx_switches_per_delivered: (res.delivered > 0).then(|| {
+                end.ctx_switches.saturating_sub(ready.ctx_switches) as f64 / res.delivered as f64
+            }),
             cpu_us_per_page: (matches!(scenario, Scenario::List) && res.pages > 0)
                 .then(|| cpu * 1e6 / res.pages as f64),
             bytes_per_session: (matches!(scenario, Scenario::Idle) && res.sessions > 0)
@@ -487,6 +493,12 @@ pub fn table(r: &RunResult) -> String {
         }
         if let Some(c) = sv.cpu_us_per_delivered {
             let _ = writeln!(s, "   server cpu per delivered message: {c:.2} µs");
+        }
+        if let Some(c) = sv.ctx_switches_per_delivered {
+            let _ = writeln!(
+                s,
+                "   server context switches per delivered message: {c:.4}"
+            );
         }
         if let Some(c) = sv.cpu_us_per_page {
             let _ = writeln!(s, "   server cpu per list page: {c:.1} µs");
