@@ -472,3 +472,80 @@ fn gather(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{Kick, SessionHandle};
+    use crate::store::UserId;
+    use std::sync::Mutex;
+
+    fn job(after_commit: Option<AfterCommit>, deliveries: Vec<Delivery>) -> Job {
+        Job {
+            ops: Vec::new(),
+            after_commit,
+            deliveries,
+            events: Vec::new(),
+            records: Vec::new(),
+            done: None,
+            permit: None,
+        }
+    }
+
+    /// A commit's acks are all completed before any of its pushes is queued: the rule that puts
+    /// a `SendAck` before the push of any later message of its conversation on one connection
+    /// (a connection writes the replies that are ready before the pushes). A second job's
+    /// after-commit work looks, while the commit is handed out, at what the recipient's outbox
+    /// and the first job's ack channel hold.
+    #[test]
+    fn a_commits_acks_are_completed_before_its_pushes_are_queued() {
+        let hub = Arc::new(Hub::new(Arc::new(Stats::default())));
+        let (outbox, session) = mpsc::channel(8);
+        let bob = UserId::from("bob");
+        let handle = SessionHandle {
+            id: 1,
+            device: None,
+            outbox,
+            kick: Arc::new(Kick::default()),
+            shared: false,
+            login_at: 0,
+            jti: None,
+        };
+        hub.register(&bob, handle, 8);
+        let (done, acked) = oneshot::channel();
+        let push = Delivery {
+            to: Recipients::User(bob),
+            frame: protocol::replaced(),
+            user_seq: 0,
+            except_session: 0,
+        };
+        let mut message = job(None, vec![push]);
+        message.done = Some(done);
+
+        let watched = Arc::new(Mutex::new((session, acked)));
+        let seen = Arc::new(Mutex::new(None));
+        let (w, s) = (watched.clone(), seen.clone());
+        let probe = job(
+            Some(Box::new(move || {
+                let (session, acked) = &mut *w.lock().unwrap();
+                let queued = !session.is_empty();
+                let answered = acked.try_recv().is_ok();
+                *s.lock().unwrap() = Some((answered, queued));
+            })),
+            Vec::new(),
+        );
+        let handout = Handout {
+            hub,
+            dispatcher: None,
+        };
+        handout.give(&mut vec![message, probe], true);
+
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some((true, false)),
+            "(the first job was answered, its push was queued) while the commit was handed out"
+        );
+        let (session, _) = &mut *watched.lock().unwrap();
+        assert!(session.try_recv().is_ok(), "the push is queued in the end");
+    }
+}
