@@ -26,9 +26,16 @@ pub fn install_sdk() {
 
 /// A server with the LeanCloud dialect on.
 pub async fn leancloud_server() -> TestServer {
+    lc_server_with(|_| {}).await
+}
+
+/// A server with the LeanCloud dialect on (the tests' app id and master key), changed by
+/// `tweak`.
+pub async fn lc_server_with(tweak: impl FnOnce(&mut tidings::config::Config)) -> TestServer {
     TestServer::start_with(|c| {
         c.leancloud_app_id = Some(APP_ID.into());
         c.leancloud_master_key = Some(MASTER_KEY.into());
+        tweak(c);
     })
     .await
 }

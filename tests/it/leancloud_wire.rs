@@ -4,7 +4,7 @@
 //! client and a LeanCloud client in one conversation.
 
 use crate::harness::*;
-use crate::leancloud::{APP_ID, MASTER_KEY, leancloud_server};
+use crate::leancloud::{APP_ID, MASTER_KEY, lc_server_with, leancloud_server};
 use futures_util::{SinkExt, StreamExt};
 use tidings::leancloud::pb::{self as lc, CommandType as Cmd, GenericCommand, OpType as Op};
 use tidings::leancloud::{FrameRef, LcProtocol, WireFrame};
@@ -27,17 +27,6 @@ pub(crate) struct Lc {
 #[derive(Debug)]
 enum End {
     Closed(Option<u16>),
-}
-
-/// A server with the LeanCloud dialect on (this file's app id and master key), changed by
-/// `tweak`.
-async fn lc_server_with(tweak: impl FnOnce(&mut tidings::config::Config)) -> TestServer {
-    TestServer::start_with(|c| {
-        c.leancloud_app_id = Some(APP_ID.into());
-        c.leancloud_master_key = Some(MASTER_KEY.into());
-        tweak(c);
-    })
-    .await
 }
 
 pub(crate) fn cmd(c: Cmd, op: Option<Op>) -> GenericCommand {
