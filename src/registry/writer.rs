@@ -110,38 +110,22 @@ impl WriterThread {
     }
 }
 
-/// The deliveries of committed jobs, on their way to the dispatcher in commit order.
+/// Committed jobs on their way to the dispatcher: acks, then deliveries, in commit order.
 struct Committed {
-    deliveries: Vec<Delivery>,
-    /// The jobs' places under `max_pending_writes`, held until their pushes are queued.
-    _permits: Vec<OwnedSemaphorePermit>,
+    jobs: Vec<Job>,
+    ok: bool,
 }
 
-/// Hands out the deliveries of committed jobs, in order. Runs as a runtime task (so waking a
-/// thousand sessions is a local-queue push each, not a cross-thread wake each), while the
-/// writer thread goes on to the next commit.
+/// Hands out deliveries and completes acks of committed jobs, in order. Runs as a runtime task
+/// (so waking a thousand sessions is a local-queue push each, not a cross-thread wake each),
+/// while the writer thread goes on to the next commit.
 async fn dispatch(mut rx: mpsc::UnboundedReceiver<Committed>, hub: Arc<Hub>) {
     while let Some(c) = rx.recv().await {
-        deliver(c, &hub);
+        complete(c, &hub);
     }
 }
 
-fn deliver(c: Committed, hub: &Hub) {
-    for d in &c.deliveries {
-        hub.deliver(d);
-    }
-}
-
-/// Where committed jobs go: their in-memory work and their acks are done at once, on the
-/// writer thread; their deliveries go to the dispatcher task when there is one, else straight
-/// to the hub.
-///
-/// The acks go first so that a connection always gets the ack of its send before the push of
-/// any later message of the same conversation (it writes finished replies before pushes). And
-/// a sender woken from this thread is scheduled ahead of the sessions the dispatcher wakes
-/// (the runtime takes tasks woken from outside it within a few dozen polls), so it sends its
-/// next messages while the recipients' sessions are still writing: those then carry more
-/// frames per socket write.
+/// Where committed jobs go: the dispatcher task when there is one, else straight to the hub.
 struct Handout {
     hub: Arc<Hub>,
     dispatcher: Option<mpsc::UnboundedSender<Committed>>,
@@ -149,42 +133,44 @@ struct Handout {
 
 impl Handout {
     fn give(&self, jobs: &mut Vec<Job>, ok: bool) {
-        let mut deliveries = Vec::new();
-        let mut permits = Vec::new();
-        for mut job in jobs.drain(..) {
-            if ok && let Some(f) = job.after_commit.take() {
-                f();
-            }
-            if let Some(done) = job.done.take() {
-                let _ = done.send(if ok {
-                    Ok(())
-                } else {
-                    Err(WriteError::Unavailable)
-                });
-            }
-            if ok {
-                if deliveries.is_empty() {
-                    deliveries = std::mem::take(&mut job.deliveries);
-                } else {
-                    deliveries.append(&mut job.deliveries);
-                }
-                permits.extend(job.permit.take());
-            }
-        }
-        if deliveries.is_empty() {
-            return;
-        }
         let c = Committed {
-            deliveries,
-            _permits: permits,
+            jobs: std::mem::take(jobs),
+            ok,
         };
         match &self.dispatcher {
             Some(tx) => {
                 if let Err(mpsc::error::SendError(c)) = tx.send(c) {
-                    deliver(c, &self.hub);
+                    complete(c, &self.hub);
                 }
             }
-            None => deliver(c, &self.hub),
+            None => complete(c, &self.hub),
+        }
+    }
+}
+
+/// Finishes a commit's jobs: their in-memory work and their acks, then their deliveries, in one
+/// step of the dispatcher.
+///
+/// The acks go first so that a connection always gets the ack of its send before the push of
+/// any later message of the same conversation (it writes the replies that are ready before the
+/// pushes). Both happen in this one synchronous step, so a client that has seen an ack and then
+/// logs in does not also get the push of what its login's catch-up covers.
+fn complete(Committed { mut jobs, ok }: Committed, hub: &Hub) {
+    for job in &mut jobs {
+        if ok && let Some(f) = job.after_commit.take() {
+            f();
+        }
+        if let Some(done) = job.done.take() {
+            let _ = done.send(if ok {
+                Ok(())
+            } else {
+                Err(WriteError::Unavailable)
+            });
+        }
+    }
+    if ok {
+        for d in jobs.iter().flat_map(|job| &job.deliveries) {
+            hub.deliver(d);
         }
     }
 }
