@@ -132,11 +132,7 @@ struct Handout {
 }
 
 impl Handout {
-    fn give(&self, jobs: &mut Vec<Job>, ok: bool) {
-        let c = Committed {
-            jobs: std::mem::take(jobs),
-            ok,
-        };
+    fn give(&self, c: Committed) {
         match &self.dispatcher {
             Some(tx) => {
                 if let Err(mpsc::error::SendError(c)) = tx.send(c) {
@@ -392,7 +388,11 @@ fn run(
                 .count();
             stats.messages_committed.add(messages as u64);
         }
-        handout.give(&mut jobs, ok);
+        let committed = Committed {
+            jobs: std::mem::replace(&mut jobs, Vec::with_capacity(max_batch)),
+            ok,
+        };
+        handout.give(committed);
     }
     rx.close();
     if let Err(e) = store.flush() {
@@ -520,11 +520,11 @@ mod tests {
             })),
             Vec::new(),
         );
-        let handout = Handout {
-            hub,
-            dispatcher: None,
+        let committed = Committed {
+            jobs: vec![message, probe],
+            ok: true,
         };
-        handout.give(&mut vec![message, probe], true);
+        complete(committed, &hub);
 
         assert_eq!(
             *seen.lock().unwrap(),
