@@ -396,6 +396,7 @@ pub(super) fn send_request(call: &Call<'_>) -> Result<SendRequest, Failure> {
         content: json::content_bytes(body.text, body.content).map_err(Failure::invalid)?,
         attributes: body.attributes,
         mentions: body.mentions,
+        mention_all: body.mention_all,
         transient: body.transient,
         want_receipts: body.want_receipts,
         silent: body.silent,
@@ -642,10 +643,9 @@ pub(super) async fn broadcast(call: &Call<'_>) -> Answer {
             kind: body.kind,
             content: json::content_bytes(body.text, body.content).map_err(Failure::invalid)?,
             attributes: body.attributes,
-            mentions: Vec::new(),
             transient: body.transient,
-            want_receipts: false,
             silent: body.silent,
+            ..SendRequest::default()
         },
     };
     let caller = Caller::admin(&call.app.config.system_sender);

@@ -87,6 +87,8 @@ pub struct Message {
     pub content: String,
     pub attributes: BTreeMap<String, String>,
     pub mentions: Vec<String>,
+    /// It mentions every member (@all).
+    pub mention_all: bool,
     pub server_time: i64,
     pub client_message_id: String,
     pub want_receipts: bool,
@@ -108,6 +110,7 @@ impl From<pb::Message> for Message {
             kind: m.r#type,
             attributes: m.attributes.into_iter().collect(),
             mentions: m.mentions,
+            mention_all: m.mention_all,
             server_time: m.server_time,
             client_message_id: m.client_message_id,
             want_receipts: m.want_receipts,
@@ -261,6 +264,9 @@ pub struct SendMessage {
     pub attributes: BTreeMap<String, String>,
     #[serde(default)]
     pub mentions: Vec<String>,
+    /// Mention every member (@all).
+    #[serde(default)]
+    pub mention_all: bool,
     /// Idempotency: a retry with the same id returns the first send's answer.
     #[serde(default)]
     pub client_message_id: String,

@@ -258,6 +258,12 @@ pub fn parse_conversation_id(id: &str) -> Option<u64> {
     (n & TEMPORARY_BIT == 0).then_some(n | bit)
 }
 
+/// Whether message `m` mentions `user`: named in its mentions, or any member but the sender
+/// when it mentions everyone.
+pub fn mentions(m: &pb::Message, user: &str) -> bool {
+    (m.mention_all && m.sender != user) || m.mentions.iter().any(|u| u == user)
+}
+
 /// Message ids: the conversation and seq, so a message id alone locates the message.
 pub fn message_id(conv: u64, seq: u64) -> String {
     format!("{conv:016x}{seq:016x}")
@@ -284,6 +290,21 @@ mod tests {
         assert_eq!(parse_message_id("zz"), None);
         assert_eq!(parse_message_id(&message_id(1, 0)), None);
         assert_eq!(parse_message_id(&"g".repeat(32)), None);
+    }
+
+    #[test]
+    fn a_mention_of_all_mentions_everyone_but_the_sender() {
+        let m = pb::Message {
+            sender: "alice".into(),
+            mentions: vec!["carol".into()],
+            ..Default::default()
+        };
+        assert!(mentions(&m, "carol") && !mentions(&m, "bob"));
+        let all = pb::Message {
+            mention_all: true,
+            ..m
+        };
+        assert!(mentions(&all, "bob") && mentions(&all, "carol") && !mentions(&all, "alice"));
     }
 
     #[test]

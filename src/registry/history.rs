@@ -445,6 +445,7 @@ impl Registry {
             m.content = Bytes::new();
             m.attributes.clear();
             m.mentions.clear();
+            m.mention_all = false;
             Ok(Some(MessageUpdateKind::Recalled))
         })
         .await

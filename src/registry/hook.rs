@@ -211,6 +211,7 @@ impl Registry {
         }
         let mut message = message_json(&req.content, req.kind, &req.attributes);
         message["mentions"] = json!(req.mentions);
+        message["mention_all"] = json!(req.mention_all);
         message["client_message_id"] = json!(req.client_message_id);
         let payload = json!({
             "type": "message.send",

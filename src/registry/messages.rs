@@ -21,6 +21,8 @@ pub struct SendRequest {
     pub content: Bytes,
     pub attributes: BTreeMap<String, String>,
     pub mentions: Vec<String>,
+    /// Mentions every member (@all).
+    pub mention_all: bool,
     pub transient: bool,
     pub want_receipts: bool,
     /// The app's backend only: stored and delivered, but moving no member's list entry and
@@ -250,7 +252,7 @@ impl Registry {
                 recipients.push(pb::OfflineRecipient {
                     user: u.to_string(),
                     muted: self.entry(st, num, u)?.muted,
-                    mentioned: m.mentions.iter().any(|x| **x == ***u),
+                    mentioned: protocol::mentions(m, u),
                 });
             }
         }
@@ -290,6 +292,7 @@ impl Registry {
             content: req.content,
             attributes: req.attributes,
             mentions: req.mentions,
+            mention_all: req.mention_all,
             server_time: now,
             client_message_id: req.client_message_id,
             transient: req.transient,

@@ -138,6 +138,7 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
                 content: r.content,
                 attributes: r.attributes,
                 mentions: r.mentions,
+                mention_all: r.mention_all,
                 transient: r.transient,
                 want_receipts: r.want_receipts,
                 silent: false,

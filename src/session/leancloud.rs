@@ -514,7 +514,7 @@ fn unread(app: &App, caller: &Caller, now: i64) -> Result<Option<GenericCommand>
                 t.mid = Some(m.id.clone());
                 t.timestamp = Some(m.server_time);
                 t.from = Some(m.sender.clone());
-                t.mentioned = Some(m.mentions.iter().any(|u| **u == *caller.user));
+                t.mentioned = Some(crate::protocol::mentions(&m, &caller.user));
                 match content(&m) {
                     Content::Text(s) => t.data = Some(s),
                     Content::Binary(b) => t.binary_msg = Some(b),
@@ -926,6 +926,7 @@ fn send_request(d: lc::DirectCommand) -> SendRequest {
         content,
         attributes,
         mentions: d.mention_pids,
+        mention_all: d.mention_all.unwrap_or(false),
         transient: d.transient.unwrap_or(false),
         want_receipts: d.r.unwrap_or(false),
         silent: false,
@@ -1031,6 +1032,7 @@ fn logs(app: &App, caller: &Caller, l: lc::LogsCommand) -> Result<GenericCommand
                 timestamp: Some(m.server_time),
                 msg_id: Some(m.id.clone()),
                 mention_pids: m.mentions.clone(),
+                mention_all: m.mention_all.then_some(true),
                 conv_type: Some(convtype),
                 patch_timestamp: (m.edited_at > 0 || m.recalled_at > 0)
                     .then(|| m.edited_at.max(m.recalled_at)),
@@ -1415,6 +1417,9 @@ fn row(
         if !m.mentions.is_empty() {
             row.insert("mention_pids".into(), m.mentions.clone().into());
         }
+        if m.mention_all {
+            row.insert("mention_all".into(), true.into());
+        }
     }
     Ok(row)
 }
@@ -1623,6 +1628,7 @@ fn direct_of(m: &pb::Message, kind: i32) -> lc::DirectCommand {
         from_peer_id: Some(m.sender.clone()),
         timestamp: Some(m.server_time),
         mention_pids: m.mentions.clone(),
+        mention_all: m.mention_all.then_some(true),
         transient: m.transient.then_some(true),
         conv_type: Some(conv_type(kind)),
         patch_timestamp: (m.edited_at > 0 || m.recalled_at > 0)
@@ -1649,6 +1655,7 @@ fn patches(messages: &[&pb::Message]) -> GenericCommand {
                 patch_timestamp: Some(m.edited_at.max(m.recalled_at)),
                 from: Some(m.sender.clone()),
                 mention_pids: m.mentions.clone(),
+                mention_all: m.mention_all.then_some(true),
                 ..Default::default()
             };
             match content(m) {

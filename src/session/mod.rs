@@ -1282,6 +1282,7 @@ impl Actor {
                     content: r.content,
                     attributes: r.attributes,
                     mentions: r.mentions,
+                    mention_all: r.mention_all,
                     transient: false,
                     want_receipts: false,
                     silent: false,

@@ -593,6 +593,87 @@ async fn native_and_leancloud_clients_share_a_conversation() {
     assert!(page.messages[0].recalled);
 }
 
+/// `mentionAll` (@all) is kept in both directions, and marks the members' unread entries as
+/// mentioned.
+#[tokio::test]
+async fn mention_all_crosses_dialects_and_marks_the_unread_entries() {
+    let server = leancloud_server().await;
+    let mut native = server.client("alice").await;
+    let mut bob = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    bob.opened("bob", None).await;
+    let team = within(native.create_group("team", &["bob", "carol"]))
+        .await
+        .unwrap();
+    bob.push_of(Cmd::Conv, Some(Op::Joined), "bob").await;
+
+    within(native.send(tidings::protocol::pb::SendMessage {
+        conversation_id: team.id.clone(),
+        content: "@all hi".into(),
+        mention_all: true,
+        mentions: vec!["bob".into()],
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let d = bob
+        .push_of(Cmd::Direct, None, "bob")
+        .await
+        .direct_message
+        .unwrap();
+    assert_eq!(d.mention_all, Some(true));
+    assert_eq!(d.mention_pids, ["bob"]);
+
+    // Carol was away: her unread entry says she was mentioned.
+    let mut carol = Lc::connect(&server, LcProtocol::Base64V3).await;
+    carol.opened("carol", None).await;
+    let unread = carol.push_of(Cmd::Unread, None, "carol").await;
+    let t = &unread.unread_message.unwrap().convs[0];
+    assert_eq!((t.unread, t.mentioned), (1, Some(true)));
+
+    // From LeanCloud to native, and into history on both sides.
+    let r = bob
+        .request(GenericCommand {
+            peer_id: Some("bob".into()),
+            direct_message: Some(lc::DirectCommand {
+                cid: Some(team.id.clone()),
+                msg: Some("everyone, look".into()),
+                mention_all: Some(true),
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Direct, None)
+        })
+        .await;
+    assert!(r.ack_message.unwrap().uid.is_some());
+    let m = message(&mut native).await;
+    assert!(m.mention_all);
+    assert!(m.mentions.is_empty());
+    let page = within(native.history(&team.id, 0, 10)).await.unwrap();
+    assert_eq!(
+        page.messages
+            .iter()
+            .map(|m| m.mention_all)
+            .collect::<Vec<_>>(),
+        [true, true]
+    );
+    let logs = carol
+        .request(GenericCommand {
+            peer_id: Some("carol".into()),
+            logs_message: Some(lc::LogsCommand {
+                cid: Some(team.id.clone()),
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Logs, None)
+        })
+        .await
+        .logs_message
+        .unwrap()
+        .logs;
+    assert_eq!(
+        logs.iter().map(|l| l.mention_all).collect::<Vec<_>>(),
+        [Some(true), Some(true)]
+    );
+}
+
 #[tokio::test]
 async fn pushed_messages_carry_their_conversations_conv_type() {
     let server = leancloud_server().await;

@@ -1,7 +1,7 @@
 // Drives LeanCloud's unmodified JS realtime SDK against a tidings server.
 //
-// Opening clients, creating conversations, typed messages, history, temporary conversations,
-// online status and counts, a refused signature. See common.mjs for how it is run.
+// Opening clients, creating conversations, typed messages, mentions, history, temporary
+// conversations, online status and counts, a refused signature. See common.mjs for how it is run.
 
 import { sdk, within, check, equal, next, sign, realtime, run, masterKey } from './common.mjs';
 
@@ -92,11 +92,28 @@ async function main() {
   await within(temp.send(new TextMessage('temp hi')), 'temporary send');
   equal((await tempReceived)[0].getText(), 'temp hi', 'a message in the temporary conversation arrives');
 
+  // Mentions: a list and @all reach the other members, stay in history, and mark the unread
+  // count of a member who was away.
+  const group = await within(alice.createConversation({ members: ['bob', 'carol'], name: 'all' }), 'create a group');
+  const mentionedBob = next(bob, Event.MESSAGE, 'bob receives the mention');
+  await within(group.send(new TextMessage('@all @bob').setMentionList(['bob']).mentionAll()), 'send @all');
+  const [mention] = await mentionedBob;
+  equal(mention.mentionList, ['bob'], 'the mention list arrives');
+  equal(mention.mentionedAll, true, 'and @all');
+  equal(mention.mentioned, true, 'so bob is mentioned');
+  const [kept] = await within((await bob.getConversation(group.id)).queryMessages({ limit: 1 }), 'mention history');
+  equal([kept.mentionList, kept.mentionedAll], [['bob'], true], 'history keeps both');
+
   // Presence and counts.
   const carol = await within(
     shared.createIMClient('carol', { signatureFactory: sign(masterKey) }),
     'carol opens',
   );
+  // (The SDK emits the counts after fetching their conversations, a round trip after the
+  // open resolves, so the listener is in place.)
+  const [counted] = await next(carol, Event.UNREAD_MESSAGES_COUNT_UPDATE, 'carol hears her unread counts');
+  const carolsGroup = counted.find((c) => c.id === group.id);
+  equal(carolsGroup && [carolsGroup.unreadMessagesCount, carolsGroup.unreadMessagesMentioned], [1, true], 'an unread @all counts as a mention');
   equal((await within(carol.ping(['alice', 'bob', 'nobody']), 'ping')).sort(), ['alice', 'bob'], 'online status');
   equal(await within(conv.count(), 'count'), 2, 'member count');
 

@@ -180,6 +180,8 @@ export interface SendOptions {
   type?: number;
   attributes?: Record<string, string>;
   mentions?: string[];
+  /** Mention every member (@all). */
+  mentionAll?: boolean;
   wantReceipts?: boolean;
   /** Delivered to online members only, never stored (no retry after a reconnect). */
   transient?: boolean;
@@ -980,6 +982,7 @@ export class TidingsClient extends Emitter<ClientEvents> {
       content: bytes,
       attributes: opts.attributes ?? {},
       mentions: opts.mentions ?? [],
+      mentionAll: opts.mentionAll ?? false,
       wantReceipts: opts.wantReceipts ?? false,
       createdAt: Date.now(),
     };
@@ -1233,6 +1236,7 @@ function sendInit(p: PendingSend): MessageInitShape<typeof SendMessageSchema> {
     content: p.content,
     attributes: p.attributes,
     mentions: p.mentions,
+    mentionAll: p.mentionAll ?? false,
     wantReceipts: p.wantReceipts,
   };
 }

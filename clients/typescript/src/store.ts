@@ -16,6 +16,8 @@ export interface PendingSend {
   content: Uint8Array;
   attributes: Record<string, string>;
   mentions: string[];
+  /** Mentions every member (absent in sends stored by older versions: false). */
+  mentionAll?: boolean;
   wantReceipts: boolean;
   /** When it was first sent (ms, local clock). */
   createdAt: number;
