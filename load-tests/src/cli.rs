@@ -48,6 +48,9 @@ pub enum Command {
     /// One user in --conversations groups; --readers connections of theirs read the first
     /// --page of their conversation list, closed loop.
     List(RunArgs),
+    /// A mixed load (chat, fan-out, logins, reads, misbehaving clients) on fixed schedules
+    /// for --duration-secs: server RSS and disk slopes, losses, errors.
+    Soak(RunArgs),
     /// Run every scenario against a fresh release server and the reference server.
     Suite(suite::SuiteArgs),
     /// Run the reference broadcaster (prints `listening addr=...` on stderr).
@@ -81,6 +84,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<bool> {
         Command::History(a) => (Scenario::History, a),
         Command::Churn(a) => (Scenario::Churn, a),
         Command::List(a) => (Scenario::List, a),
+        Command::Soak(a) => (Scenario::Soak, a),
         Command::Suite(a) => return suite::run(a).await,
         Command::RefServe { listen } => {
             let addr = refserver::start(&listen).await?;

@@ -13,4 +13,5 @@ pub mod raw;
 pub mod refserver;
 pub mod runner;
 pub mod scenario;
+pub mod soak;
 pub mod suite;

@@ -20,6 +20,8 @@ pub enum Scenario {
     Churn,
     /// One user in many conversations reads the first page of their conversation list.
     List,
+    /// A mixed load for a long time: RSS and disk over time, losses, errors.
+    Soak,
 }
 
 impl Scenario {
@@ -32,6 +34,7 @@ impl Scenario {
             Scenario::History => "history",
             Scenario::Churn => "churn",
             Scenario::List => "list",
+            Scenario::Soak => "soak",
         }
     }
 }
@@ -157,6 +160,28 @@ pub struct Params {
     pub data_dir: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 19_000)]
     pub per_process: usize,
+    /// soak: messages per second the group's sender sends (chat: `--rate` in all).
+    #[arg(long, default_value_t = 20.0)]
+    #[serde(default)]
+    pub fanout_rate: f64,
+    /// soak: sessions that connect, log in and leave, per second.
+    #[arg(long, default_value_t = 10.0)]
+    #[serde(default)]
+    pub logins_per_sec: f64,
+    /// soak: list and history pages read per second (by one device, alternating; at the
+    /// shipped request rate limits one connection affords about 8).
+    #[arg(long, default_value_t = 6.0)]
+    #[serde(default)]
+    pub reads_per_sec: f64,
+    /// soak: misbehaving clients per second (garbage, never reading, a stalled handshake, in
+    /// turn).
+    #[arg(long, default_value_t = 1.0)]
+    #[serde(default)]
+    pub misbehaving_per_sec: f64,
+    /// soak: seconds between samples of the server's RSS and data directory.
+    #[arg(long, default_value_t = 10.0)]
+    #[serde(default)]
+    pub sample_secs: f64,
     /// Program to run as worker process (default: this program).
     #[arg(long, hide = true)]
     pub worker_exe: Option<std::path::PathBuf>,
@@ -183,6 +208,11 @@ pub struct Thresholds {
     /// Fail when server RSS growth per session exceeds this (needs --server-pid), bytes.
     #[arg(long)]
     pub max_bytes_per_session: Option<f64>,
+    /// soak: fail when the server's RSS grows faster than this after the warm-up, MiB per
+    /// 10 minutes (needs --server-pid).
+    #[arg(long)]
+    #[serde(default)]
+    pub max_rss_slope_mib_per_10min: Option<f64>,
     /// Fail when more messages than this were lost or requests failed.
     #[arg(long, default_value_t = 0)]
     pub max_errors: u64,
@@ -197,6 +227,7 @@ pub fn connections(scenario: Scenario, p: &Params) -> usize {
         Scenario::History => p.writers.max(p.readers),
         Scenario::Churn => p.writers,
         Scenario::List => p.writers.max(p.readers),
+        Scenario::Soak => 2 * p.pairs + p.group_size + 1,
     }
 }
 

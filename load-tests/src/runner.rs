@@ -75,6 +75,9 @@ pub struct RunResult {
     pub throughput: BTreeMap<String, f64>,
     pub latency: BTreeMap<String, Summary>,
     pub server: Option<ServerFigures>,
+    /// soak: the server over time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<SoakFigures>,
     pub checks: Vec<Check>,
     pub ok: bool,
 }
@@ -84,7 +87,7 @@ impl RunResult {
     pub fn main_throughput(&self) -> Option<f64> {
         let key = match self.scenario.as_str() {
             "chat" => "acked_per_s",
-            "fanout" => "deliveries_per_s",
+            "fanout" | "soak" => "deliveries_per_s",
             "storm" => "sessions_per_s",
             "history" | "list" => "pages_per_s",
             _ => return None,
@@ -95,7 +98,7 @@ impl RunResult {
     /// The scenario's main latency histogram.
     pub fn main_latency(&self) -> Option<&Summary> {
         let key = match self.scenario.as_str() {
-            "chat" | "fanout" => DELIVERED,
+            "chat" | "fanout" | "soak" => DELIVERED,
             "history" | "list" => PAGE,
             _ => CONNECT,
         };
@@ -108,6 +111,15 @@ impl RunResult {
             .map(|k| self.counts.get(*k).copied().unwrap_or(0))
             .sum()
     }
+}
+
+/// The server over a soak: its samples and the slopes fitted through them after the warm-up
+/// (the first fifth of the run).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SoakFigures {
+    pub samples: Vec<crate::soak::SoakSample>,
+    pub rss_slope_mib_per_10min: Option<f64>,
+    pub disk_slope_mib_per_10min: Option<f64>,
 }
 
 /// What a worker process is asked to do (one JSON line on its stdin).
@@ -210,6 +222,7 @@ pub async fn run(
             .map(|(k, h)| (k.clone(), h.summary()))
             .collect(),
         server: None,
+        soak: None,
         checks: Vec::new(),
         ok: true,
     };
@@ -234,7 +247,11 @@ pub async fn run(
         if s > 0.0 { n as f64 / s } else { 0.0 }
     };
     match scenario {
-        Scenario::Chat | Scenario::Fanout => {
+        Scenario::Chat | Scenario::Fanout | Scenario::Soak => {
+            if scenario == Scenario::Soak {
+                r.throughput
+                    .insert("pages_per_s".into(), per_s(res.pages, res.end_ns));
+            }
             r.throughput
                 .insert("acked_per_s".into(), per_s(res.acked, res.last_ack_ns));
             r.throughput.insert(
@@ -288,6 +305,30 @@ pub async fn run(
             disk_end_bytes: params.data_dir.as_deref().map(dir_bytes),
         });
     }
+    if let Some(c) = &res.soak {
+        for (k, v) in [
+            ("logins", c.logins),
+            ("login_failures", c.login_failures),
+            ("garbage", c.garbage),
+            ("garbage_closed", c.garbage_closed),
+            ("slow", c.slow),
+            ("slow_login_failures", c.slow_login_failures),
+            ("stalled", c.stalled),
+            ("stalled_closed", c.stalled_closed),
+            ("skipped_ticks", c.skipped),
+        ] {
+            r.counts.insert(k.into(), v);
+        }
+        let secs = params.ramp_secs + params.duration_secs;
+        let mib = |f: fn(&crate::soak::SoakSample) -> u64| {
+            crate::soak::slope_per_10_min(&res.samples, secs, f).map(|b| b / (1 << 20) as f64)
+        };
+        r.soak = Some(SoakFigures {
+            rss_slope_mib_per_10min: mib(|s| s.rss_bytes),
+            disk_slope_mib_per_10min: mib(|s| s.disk_bytes),
+            samples: res.samples.clone(),
+        });
+    }
     evaluate(&mut r, thresholds);
     Ok(r)
 }
@@ -327,6 +368,19 @@ pub fn evaluate(r: &mut RunResult, t: &Thresholds) {
             .unwrap_or(f64::INFINITY);
         checks.push(Check {
             name: "max server bytes/session".into(),
+            limit,
+            value,
+            ok: value <= limit,
+        });
+    }
+    if let Some(limit) = t.max_rss_slope_mib_per_10min {
+        let value = r
+            .soak
+            .as_ref()
+            .and_then(|s| s.rss_slope_mib_per_10min)
+            .unwrap_or(f64::INFINITY);
+        checks.push(Check {
+            name: "max server rss slope MiB/10 min".into(),
             limit,
             value,
             ok: value <= limit,
@@ -510,6 +564,16 @@ pub fn table(r: &RunResult) -> String {
                 b / 1024.0
             );
         }
+    }
+    if let Some(sk) = &r.soak {
+        let f = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:+.3} MiB/10 min"));
+        let _ = writeln!(
+            s,
+            "   soak: {} samples; after the warm-up rss {}, data dir {}",
+            sk.samples.len(),
+            f(sk.rss_slope_mib_per_10min),
+            f(sk.disk_slope_mib_per_10min)
+        );
     }
     for c in &r.checks {
         let _ = writeln!(

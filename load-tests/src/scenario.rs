@@ -42,6 +42,11 @@ pub struct ShardResult {
     pub last_ack_ns: u64,
     pub last_delivery_ns: u64,
     pub hist: BTreeMap<String, Lat>,
+    /// soak: the server sampled over time, and what the side loads did.
+    #[serde(default)]
+    pub samples: Vec<crate::soak::SoakSample>,
+    #[serde(default)]
+    pub soak: Option<crate::soak::SoakCounts>,
 }
 
 impl ShardResult {
@@ -68,9 +73,13 @@ impl ShardResult {
         for (k, v) in o.hist {
             self.hist.entry(k).or_default().merge(&v);
         }
+        self.samples.extend(o.samples);
+        if self.soak.is_none() {
+            self.soak = o.soak;
+        }
     }
 
-    fn hist(&mut self, name: &str) -> &mut Lat {
+    pub(crate) fn hist_mut(&mut self, name: &str) -> &mut Lat {
         self.hist.entry(name.to_owned()).or_default()
     }
 }
@@ -84,7 +93,7 @@ pub enum Gate {
 }
 
 impl Gate {
-    async fn pass(&self) -> anyhow::Result<()> {
+    pub(crate) async fn pass(&self) -> anyhow::Result<()> {
         match self {
             Gate::InProcess(f) => {
                 f();
@@ -119,11 +128,11 @@ pub fn token(p: &Params, user: &str) -> String {
     }
 }
 
-fn user(p: &Params, scenario: &str, i: usize) -> String {
+pub(crate) fn user(p: &Params, scenario: &str, i: usize) -> String {
     format!("{}-{scenario}-{i}", p.run_id.as_deref().unwrap_or("load"))
 }
 
-fn secs(s: f64) -> Duration {
+pub(crate) fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
 
@@ -132,7 +141,7 @@ fn range(total: usize, shard: usize, shards: usize) -> std::ops::Range<usize> {
 }
 
 /// Connects and logs in one typed client; waits for the `UnreadSummary` that ends login.
-async fn client_login(url: &str, token: &str) -> anyhow::Result<Client> {
+pub(crate) async fn client_login(url: &str, token: &str) -> anyhow::Result<Client> {
     let mut c = Client::connect(url).await?;
     c.login(token, "", 0).await?;
     loop {
@@ -171,7 +180,7 @@ async fn open_clients(
     while let Some((i, c, took)) = s.next().await {
         match c {
             Ok(c) => {
-                res.hist(CONNECT).record_ns(took.as_nanos() as u64);
+                res.hist_mut(CONNECT).record_ns(took.as_nanos() as u64);
                 res.sessions += 1;
                 live.sessions.fetch_add(1, Ordering::Relaxed);
                 out.push((i, c));
@@ -247,7 +256,7 @@ async fn open_lc(
         match c {
             Ok(c) => {
                 if record {
-                    res.hist(CONNECT).record_ns(took.as_nanos() as u64);
+                    res.hist_mut(CONNECT).record_ns(took.as_nanos() as u64);
                 }
                 res.sessions += 1;
                 live.sessions.fetch_add(1, Ordering::Relaxed);
@@ -269,7 +278,7 @@ async fn open_lc(
 }
 
 /// A logged-in connection for the message hot path, in either dialect.
-enum Conn {
+pub(crate) enum Conn {
     Native(Raw),
     Lc(Lc),
 }
@@ -277,7 +286,7 @@ enum Conn {
 impl Conn {
     /// The conversation of a pair: native, a direct conversation; LeanCloud, `conv/start` with
     /// the peer (`unique`, as the JS SDK defaults to), which tidings makes a group of two.
-    async fn pair(&mut self, peer: String) -> anyhow::Result<String> {
+    pub(crate) async fn pair(&mut self, peer: String) -> anyhow::Result<String> {
         match self {
             Conn::Native(r) => {
                 r.conversation(pb::CreateConversation {
@@ -293,7 +302,7 @@ impl Conn {
 
     /// A group of this member and `others`: native, created with 999 and added to 1000 per
     /// request; LeanCloud, `conv/start` and `conv/add` in chunks under the 5,000-byte limit.
-    async fn group(&mut self, others: &[String]) -> anyhow::Result<String> {
+    pub(crate) async fn group(&mut self, others: &[String]) -> anyhow::Result<String> {
         match self {
             Conn::Native(r) => {
                 let first = others.len().min(999);
@@ -314,7 +323,7 @@ impl Conn {
         }
     }
 
-    async fn drive(self, plan: Plan, run: Arc<Run>) -> ConnStats {
+    pub(crate) async fn drive(self, plan: Plan, run: Arc<Run>) -> ConnStats {
         match self {
             Conn::Native(r) => raw::drive(r, plan, run).await,
             Conn::Lc(c) => {
@@ -326,7 +335,7 @@ impl Conn {
 }
 
 /// Opens hot-path connections for `users` in the run's dialect. Failures are counted.
-async fn open_conns(
+pub(crate) async fn open_conns(
     p: &Params,
     users: Vec<String>,
     live: &Live,
@@ -369,6 +378,7 @@ pub async fn run_shard(
             Scenario::History => history(p, gate, live).await,
             Scenario::Churn => churn(p, gate, live).await,
             Scenario::List => list(p, gate, live).await,
+            Scenario::Soak => crate::soak::soak(p, gate, live).await,
         }
     };
     tokio::time::timeout(limit, work)
@@ -500,7 +510,7 @@ async fn storm_lc(
 
 /// Adds up the connections' figures once all of them are done, so every sender's acked count
 /// is final when the expected deliveries are computed.
-fn collect(res: &mut ShardResult, run: &Run, stats: Vec<raw::ConnStats>) {
+pub(crate) fn collect(res: &mut ShardResult, run: &Run, stats: Vec<raw::ConnStats>) {
     for s in stats {
         res.expected += s.expect.as_ref().map_or(0, |e| run.expected(e));
         res.sent += s.sent;
@@ -509,8 +519,8 @@ fn collect(res: &mut ShardResult, run: &Run, stats: Vec<raw::ConnStats>) {
         res.delivered += s.delivered;
         res.last_ack_ns = res.last_ack_ns.max(s.last_ack_ns);
         res.last_delivery_ns = res.last_delivery_ns.max(s.last_delivery_ns);
-        res.hist(DELIVERED).merge(&s.delivered_lat);
-        res.hist(ACK).merge(&s.ack_lat);
+        res.hist_mut(DELIVERED).merge(&s.delivered_lat);
+        res.hist_mut(ACK).merge(&s.ack_lat);
     }
 }
 
@@ -526,7 +536,7 @@ fn sched(p: &Params, senders_total: usize) -> Sched {
     }
 }
 
-fn new_run(p: &Params, senders: usize, live: Arc<Live>) -> Arc<Run> {
+pub(crate) fn new_run(p: &Params, senders: usize, live: Arc<Live>) -> Arc<Run> {
     Run::new(
         senders,
         secs(p.ramp_secs),
@@ -770,7 +780,7 @@ async fn history(p: &Params, gate: Gate, live: Arc<Live>) -> anyhow::Result<Shar
         .collect();
     for t in tasks {
         let (lat, pages, errors) = t.await?;
-        res.hist(PAGE).merge(&lat);
+        res.hist_mut(PAGE).merge(&lat);
         res.pages += pages;
         res.page_errors += errors;
     }
@@ -884,7 +894,7 @@ async fn list(p: &Params, gate: Gate, live: Arc<Live>) -> anyhow::Result<ShardRe
         .collect();
     for t in tasks {
         let (lat, pages, errors) = t.await?;
-        res.hist(PAGE).merge(&lat);
+        res.hist_mut(PAGE).merge(&lat);
         res.pages += pages;
         res.page_errors += errors;
     }

@@ -528,3 +528,54 @@ async fn leancloud_refused_opens_are_connect_failures_and_history_is_native_only
     assert!(e.to_string().contains("native dialect only"), "{e}");
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_mixes_every_load_and_samples_the_server() {
+    let (s, dir) = server().await;
+    let mut p = params(
+        &s,
+        &[
+            "--pairs",
+            "2",
+            "--rate",
+            "40",
+            "--group-size",
+            "5",
+            "--fanout-rate",
+            "20",
+            "--logins-per-sec",
+            "10",
+            "--reads-per-sec",
+            "10",
+            "--misbehaving-per-sec",
+            "6",
+            "--sample-secs",
+            "0.25",
+            "--duration-secs",
+            "2",
+        ],
+    );
+    p.data_dir = Some(dir.path().join("data"));
+    let r = run(Scenario::Soak, p).await;
+    let c = &r.counts;
+    assert_eq!((c["lost"], r.errors()), (0, 0), "{r:?}");
+    assert!(c["acked"] > 0 && c["delivered"] >= c["acked"], "{r:?}");
+    assert!(c["logins"] > 0 && c["pages"] > 0, "{r:?}");
+    // Each kind of misbehaving client came, and the server closed every garbage sender.
+    assert!(
+        c["garbage"] > 0 && c["slow"] > 0 && c["stalled"] > 0,
+        "{r:?}"
+    );
+    assert_eq!(c["garbage_closed"], c["garbage"], "{r:?}");
+    assert_eq!(c["stalled_closed"], c["stalled"], "{r:?}");
+    let soak = r.soak.as_ref().expect("soak figures");
+    assert!(soak.samples.len() >= 3, "{soak:?}");
+    assert!(
+        soak.samples
+            .iter()
+            .all(|x| x.rss_bytes > 0 && x.disk_bytes > 0)
+    );
+    assert!(soak.rss_slope_mib_per_10min.is_some());
+    assert!(r.ok);
+    s.stop().await.unwrap();
+}
