@@ -77,7 +77,7 @@ export function createSiteBackend(o) {
       kind: "temporary",
       members: [visitor, ...extra],
       name: `${info.name} <${info.email}>`,
-      attributes: { visitor_name: info.name, visitor_email: info.email },
+      attributes: { visitor, visitor_name: info.name, visitor_email: info.email },
       ttl_secs: o.ttlSecs ?? 0,
       unique: extra.length === 0,
     });
@@ -91,36 +91,31 @@ export function createSiteBackend(o) {
   }
 
   /**
-   * Hands a chat to another agent (`to`), or brings a supervisor in (`supervisor`). Temporary
-   * conversations keep the members they were created with, so the chat moves to a new one: a
-   * notice in the old one names it (`moved_to`, which the widget follows), then the old one ends.
+   * Hands a chat to another agent (`to`), or brings a supervisor in (`supervisor`), in the same
+   * temporary conversation: the backend changes its members (the admin API may, within
+   * tidings' `max_temporary_members`), so the visitor keeps the chat and its history, and the
+   * new agent reads what was said before. A notice carrying `agent` tells the widget whom it
+   * talks to now.
    */
   async function move(conversationId, { to, supervisor }) {
     const chat = state.open.get(conversationId);
     if (!chat) throw Object.assign(new Error("no such open chat"), { status: 404 });
-    const agent = to ?? chat.agent;
-    const conv = await openChat(chat.visitor, agent, chat.info, supervisor ? [supervisor] : []);
-    // The new conversation starts with what was said so far, as one notice.
-    const { messages } = await admin("GET", `/v1/conversations/${conversationId}/messages?as=${encodeURIComponent(chat.agent)}&limit=50`);
-    const lines = messages
-      .filter((m) => m.type === 0 && !m.recalled && typeof m.text === "string")
-      .map((m) => `${m.sender === chat.visitor ? chat.info.name || "Visitor" : m.sender}: ${m.text}`);
-    if (lines.length > 0) {
-      await admin("POST", `/v1/conversations/${conv.id}/messages?as=${encodeURIComponent(agent)}`, {
-        text: `Earlier in this chat:\n${lines.join("\n")}`.slice(0, 8000),
-        type: TYPE_NOTICE,
-        client_message_id: `transcript-${conv.id}`,
-      });
+    const path = `/v1/conversations/${encodeURIComponent(conversationId)}`;
+    if (supervisor) {
+      await admin("POST", `${path}/members`, { members: [supervisor] });
+      return { conversationId, agent: chat.agent };
     }
-    await admin("POST", `/v1/conversations/${conversationId}/messages?as=${encodeURIComponent(chat.agent)}`, {
-      text: supervisor ? `${supervisor} (supervisor) is joining; the chat continues in a new window` : `You are now chatting with ${agent}`,
+    if (to === chat.agent) return { conversationId, agent: to };
+    await admin("POST", `${path}/members`, { members: [to] });
+    await admin("POST", `${path}/members/remove`, { members: [chat.agent] });
+    chat.agent = to;
+    await admin("POST", `${path}/messages?as=${encodeURIComponent(to)}`, {
+      text: `You are now chatting with ${to}`,
       type: TYPE_NOTICE,
-      attributes: { moved_to: conv.id, agent },
-      client_message_id: `moved-${conversationId}`,
+      attributes: { agent: to },
+      client_message_id: `agent-${randomUUID()}`,
     });
-    await admin("DELETE", `/v1/conversations/${conversationId}?as=${encodeURIComponent(chat.agent)}`);
-    state.open.delete(conversationId);
-    return { conversationId: conv.id, agent };
+    return { conversationId, agent: to };
   }
 
   function verifyWebhook(raw, headers) {

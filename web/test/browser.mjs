@@ -319,7 +319,8 @@ await scenario("a visitor chats through the widget with an agent in the console"
     new Promise((_, reject) => setTimeout(() => reject(new Error("no webhook event")), WAIT).unref()),
   ]);
 
-  // Transfer to another agent: the visitor's widget follows the chat to its new conversation.
+  // Transfer to another agent in the same conversation: the visitor keeps the chat, and the
+  // new agent reads what was said before.
   const second = await newPage(`${base}/widget/agent.html`);
   await second.page.getByLabel("Agent name").fill("agent-w2");
   await second.page.getByRole("button", { name: "Sign in" }).click();
@@ -332,20 +333,33 @@ await scenario("a visitor chats through the widget with an agent in the console"
   });
   if (!r.ok) throw new Error(`transfer: ${r.status} ${await r.text()}`);
   await chat.locator(".notice", { hasText: "agent-w2 joined the chat" }).waitFor();
-  await chat.locator(".notice", { hasText: "Ann: Where is my order?" }).waitFor();
+  await chat.locator(".agent", { hasText: "You are chatting with agent-w2" }).waitFor();
+  if ((await chat.locator(".chat").getAttribute("data-conversation")) !== conversationId) throw new Error("the transfer moved the chat");
   await say(chat, "Thanks!");
   await second.page.locator(".chats li", { hasText: "Ann" }).locator(".badge").waitFor();
   await panel.locator(".ended").waitFor();
+  // A supervisor joins the same conversation.
+  const supervised = await fetch(`${siteUrl}/agent/supervise`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${agentKey}`, "content-type": "application/json" },
+    body: JSON.stringify({ conversationId, supervisor: "supervisor-w" }),
+  });
+  if (!supervised.ok) throw new Error(`supervise: ${supervised.status} ${await supervised.text()}`);
+  await chat.locator(".notice", { hasText: "supervisor-w joined the chat" }).waitFor();
   await snap(visitor.page, "widget-after-transfer");
 
   // The visitor's tab goes away abruptly (its connection drops without a close frame): the
   // agent sees the will message and the offline state.
   await second.page.locator(".chats li", { hasText: "Ann" }).locator("button.open").click();
   const panel2 = second.page.locator(".panel", { hasText: "Ann" });
+  await panel2.locator(".msg.theirs .body", { hasText: "Where is my order?" }).waitFor();
   await panel2.locator(".presence.online").waitFor();
+  // (The network drop above left one will message in this conversation already.)
+  const wills = panel2.locator(".notice", { hasText: "left the page" });
+  const before = await wills.count();
   cutProxy();
   await visitor.page.close();
-  await panel2.locator(".notice", { hasText: "left the page" }).waitFor();
+  await wills.nth(before).waitFor();
   await panel2.locator("header .presence.offline").waitFor();
   await snap(second.page, "agent-sees-visitor-gone");
   results.push(["the visitor's tab closed abruptly: the agent sees the will message and offline", true]);

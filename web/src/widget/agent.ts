@@ -146,7 +146,8 @@ function start(me: string, firstToken?: string): void {
   async function add(e: ListEntry): Promise<void> {
     if (e.kind !== ConversationKind.TEMPORARY) return;
     const conv = await client.getConversation(e.conversationId);
-    const visitor = conv.members.find((u) => u !== me) ?? "";
+    // The site backend names the visitor; otherwise the member who is not this agent.
+    const visitor = conv.attributes.visitor ?? conv.members.find((u) => u !== me) ?? "";
     const old = chats.get(e.conversationId);
     const c: Chat = {
       id: e.conversationId,
@@ -255,11 +256,21 @@ function start(me: string, firstToken?: string): void {
   });
   client.on("conversationEvent", (e) => {
     if (e.kind === ConversationEventKind.CREATED || e.kind === ConversationEventKind.MEMBERS_ADDED) {
-      void client.getListEntry(e.conversationId).then(async (entry) => {
-        const isNew = !chats.has(e.conversationId);
-        await add(entry);
-        if (isNew) announce(`New chat: ${chats.get(e.conversationId)?.title ?? ""}`);
-      }, () => undefined);
+      // Someone else joined a chat this agent has (a new agent or a supervisor): say so.
+      const known = chats.get(e.conversationId);
+      if (known && e.kind === ConversationEventKind.MEMBERS_ADDED && !e.members.includes(me)) {
+        known.panel?.view.notice(`${e.members.join(", ")} joined the chat`);
+        return;
+      }
+      void client
+        .getListEntry(e.conversationId)
+        .then(async (entry) => {
+          const isNew = !chats.has(e.conversationId);
+          await add(entry);
+          if (isNew) announce(`New chat: ${chats.get(e.conversationId)?.title ?? ""}`);
+        })
+        // The agent may have been removed meanwhile (a transfer): nothing to show.
+        .catch(() => undefined);
       return;
     }
     const c = chats.get(e.conversationId);

@@ -262,7 +262,8 @@ function show(client: TidingsClient, s: Saved, fresh: boolean): void {
     save(next);
     prechat(next);
   });
-  frame(el("div", { class: "agent" }, el("span", {}, `You are chatting with ${agent} `), agentState), state, view.root, again);
+  const agentName = el("span", {}, `You are chatting with ${agent} `);
+  frame(el("div", { class: "agent" }, agentName, agentState), state, view.root, again);
 
   function ended(why: string): void {
     if (view.ended) return;
@@ -284,9 +285,22 @@ function show(client: TidingsClient, s: Saved, fresh: boolean): void {
   });
   on("message", (m) => {
     view.add(m);
-    // The site handed the chat to another agent (or brought a supervisor in): follow it.
+    if (m.conversationId !== conversationId || m.type !== TYPE_NOTICE) return;
+    // The site handed the chat to another agent in this conversation: talk to them now.
+    const now = m.attributes.agent;
+    if (now && now !== s.agent && !m.attributes.moved_to) {
+      s.agent = now;
+      save({ ...s });
+      agentName.textContent = `You are chatting with ${now} `;
+      void client.queryPresence(conversationId).then((online) => {
+        const on = online.includes(now);
+        agentState.textContent = on ? "online" : "offline";
+        agentState.className = `presence ${on ? "online" : "offline"}`;
+      }, () => undefined);
+    }
+    // A site backend that moves the chat to another conversation names it: follow it.
     const next = m.attributes.moved_to;
-    if (m.conversationId === conversationId && m.type === TYPE_NOTICE && next) {
+    if (next) {
       for (const off of offs) off();
       void client.clearWill(conversationId).catch(() => undefined);
       const moved: Saved = { ...s, conversationId: next, agent: m.attributes.agent ?? s.agent };
