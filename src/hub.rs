@@ -119,6 +119,8 @@ pub struct Delivery {
 pub struct Hub {
     users: DashMap<UserId, Vec<SessionHandle>>,
     stats: Arc<Stats>,
+    /// Delivery steps begun plus ended: odd while one is under way (see [`Hub::steps`]).
+    steps: std::sync::atomic::AtomicU64,
 }
 
 impl Hub {
@@ -126,7 +128,26 @@ impl Hub {
         Hub {
             users: DashMap::new(),
             stats,
+            steps: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Marks the start and the end of a delivery step: a commit's conversation state moved
+    /// forward and its deliveries handed out.
+    pub fn step_begins(&self) {
+        self.steps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// See [`Hub::step_begins`].
+    pub fn step_ends(&self) {
+        self.steps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Delivery steps begun plus ended. Read before a session registers and again after its
+    /// catch-up was read: the same even number both times means no delivery step overlapped,
+    /// so no push the session gets repeats what its catch-up said.
+    pub fn steps(&self) -> u64 {
+        self.steps.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Adds a session, keeping the user within `max_sessions` live sessions. Returns what the

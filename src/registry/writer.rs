@@ -150,8 +150,10 @@ impl Handout {
 /// The acks go first so that a connection always gets the ack of its send before the push of
 /// any later message of the same conversation (it writes the replies that are ready before the
 /// pushes). Both happen in this one synchronous step, so a client that has seen an ack and then
-/// logs in does not also get the push of what its login's catch-up covers.
+/// logs in does not also get the push of what its login's catch-up covers. The hub counts the
+/// steps, so a login that overlapped one knows its catch-up may repeat a push.
 fn complete(Committed { mut jobs, ok }: Committed, hub: &Hub) {
+    hub.step_begins();
     for job in &mut jobs {
         if ok && let Some(f) = job.after_commit.take() {
             f();
@@ -169,6 +171,7 @@ fn complete(Committed { mut jobs, ok }: Committed, hub: &Hub) {
             hub.deliver(d);
         }
     }
+    hub.step_ends();
 }
 
 impl std::fmt::Debug for Writer {

@@ -434,6 +434,7 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
         return fail(ErrorCode::AppQuotaExceeded);
     }
     let device = tag.map(Arc::<str>::from);
+    let steps_before = app.hub.steps();
     // A resume whose device was taken over by a later login is refused; that login stays.
     let Some(caller) = actor.open_peer(user, device.clone(), true, resumed, None) else {
         return fail(ErrorCode::SessionConflict);
@@ -461,11 +462,28 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
     };
     let mut frames = vec![wire(p, &opened)];
     // `.3` clients get unread counts after opening; `.1` clients get their unread messages.
-    let catch_up = if p.pushes_unread_counts() {
-        unread(&app, &caller, now).map(|u| u.into_iter().collect())
-    } else {
-        offline(&app, &caller)
-    };
+    let summary = app.registry.unread_summary(&caller.user, false);
+    // A delivery step that overlapped the open may push what the catch-up tells of: remember
+    // what it told, so those pushes are skipped.
+    let steps_after = app.hub.steps();
+    if let Ok(s) = &summary
+        && (steps_before != steps_after || steps_after % 2 == 1)
+        && let Some(at) = peer_index(actor, Some(&peer_id))
+    {
+        actor.peers[at].told = s
+            .entries
+            .iter()
+            .filter(|e| e.unread > 0)
+            .map(|e| (e.conversation_id.clone(), e.last_seq))
+            .collect();
+    }
+    let catch_up = summary.and_then(|summary| {
+        if p.pushes_unread_counts() {
+            Ok(unread(&caller, summary, now).into_iter().collect())
+        } else {
+            offline(&app, &caller, summary)
+        }
+    });
     // Then the edits and recalls made since the client's `lastPatchTime`.
     let catch_up = catch_up.and_then(|mut commands| {
         if let Some(after) = s.last_patch_time.filter(|t| *t > 0) {
@@ -497,8 +515,7 @@ fn valid_peer_id(app: &App, id: &str) -> bool {
 
 /// The `unread` push after opening: every conversation with unread messages among the first
 /// `login_summary_max` of the list.
-fn unread(app: &App, caller: &Caller, now: i64) -> Result<Option<GenericCommand>, Error> {
-    let summary = app.registry.unread_summary(&caller.user, false)?;
+fn unread(caller: &Caller, summary: pb::UnreadSummary, now: i64) -> Option<GenericCommand> {
     let convs: Vec<lc::UnreadTuple> = summary
         .entries
         .into_iter()
@@ -523,21 +540,24 @@ fn unread(app: &App, caller: &Caller, now: i64) -> Result<Option<GenericCommand>
             t
         })
         .collect();
-    Ok((!convs.is_empty()).then(|| GenericCommand {
+    (!convs.is_empty()).then(|| GenericCommand {
         unread_message: Some(lc::UnreadCommand {
             convs,
             notif_time: Some(now),
         }),
         ..command(Cmd::Unread, None)
-    }))
+    })
 }
 
 /// The catch-up of `lc.protobuf2.1` clients: the unread messages of each conversation among the
 /// first `login_summary_max` of the list (at most `page_max` per conversation, the newest being
 /// the last), as `direct { offline: true }`,
 /// `hasMore` on all but the last one.
-fn offline(app: &App, caller: &Caller) -> Result<Vec<GenericCommand>, Error> {
-    let summary = app.registry.unread_summary(&caller.user, false)?;
+fn offline(
+    app: &App,
+    caller: &Caller,
+    summary: pb::UnreadSummary,
+) -> Result<Vec<GenericCommand>, Error> {
     let mut out = Vec::new();
     for e in summary.entries.into_iter().filter(|e| e.unread > 0) {
         let from = e
@@ -1589,10 +1609,21 @@ pub(super) fn take(actor: &mut Actor, p: LcProtocol, o: Outgoing, frames: &mut V
         frames.push(wire(p, &envelope(closed, &peer_id)));
         return;
     }
-    let peer = &actor.peers[at];
+    let peer = &mut actor.peers[at];
     if o.user_seq != 0 && o.user_seq <= peer.replayed_to {
         return;
     }
+    if !peer.told.is_empty()
+        && let PushEvent::Message(..) = o.push.event()
+        && let Some(m) = o.push.message()
+        && let Some(&told) = peer.told.get(&m.conversation_id)
+    {
+        if m.seq != 0 && m.seq <= told {
+            return;
+        }
+        peer.told.remove(&m.conversation_id);
+    }
+    let peer = &actor.peers[at];
     let peer_id = peer.caller.user.to_string();
     // The body is encoded once per push for every LeanCloud connection; only the envelope is
     // per recipient (protobuf fields may come in any order, so it is appended).

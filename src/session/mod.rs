@@ -36,7 +36,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -570,6 +570,11 @@ struct Peer {
     handle: SessionHandle,
     /// Logged events up to here were replayed at login; live copies of them are skipped.
     replayed_to: u64,
+    /// LeanCloud: the newest seq the open's catch-up told of, per conversation, kept only when
+    /// a delivery step overlapped the open (so a push may repeat it): message pushes at or
+    /// below it are skipped, and an entry goes with the first newer push. At most
+    /// `login_summary_max` entries.
+    told: HashMap<String, u64>,
     /// Will messages by conversation id (the last one set wins).
     wills: BTreeMap<String, SendRequest>,
     /// Conversations whose presence this session subscribed to.
@@ -858,6 +863,7 @@ impl Actor {
             caller: caller.clone(),
             handle,
             replayed_to: 0,
+            told: HashMap::new(),
             wills: BTreeMap::new(),
             subscriptions: HashSet::new(),
             expires_at_ms: NO_DEADLINE,

@@ -674,6 +674,48 @@ async fn mention_all_crosses_dialects_and_marks_the_unread_entries() {
     );
 }
 
+/// A delivery step that overlaps a LeanCloud client's open may push a message its catch-up
+/// already counted: the client gets it once.
+#[tokio::test]
+async fn a_push_repeating_what_the_open_counted_is_skipped() {
+    use tidings::hub::{Delivery, Recipients};
+    let server = leancloud_server().await;
+    let mut alice = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    alice.opened("alice", None).await;
+    let cid = alice.start("alice", &["alice", "bob"]).await;
+    alice.direct("alice", &cid, "one", false).await;
+    let native = server.client("alice").await;
+    let one = within(native.history(&cid, 0, 10)).await.unwrap().messages[0].clone();
+
+    // Bob opens while a delivery step is under way; the step then hands out the message his
+    // unread count covers.
+    let hub = &server.running().app.hub;
+    hub.step_begins();
+    let mut bob = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    bob.opened("bob", None).await;
+    let unread = bob.push_of(Cmd::Unread, None, "bob").await;
+    assert_eq!(unread.unread_message.unwrap().convs[0].unread, 1);
+    hub.deliver(&Delivery {
+        to: Recipients::User("bob".into()),
+        frame: tidings::protocol::message_push_from_encoded(
+            &prost::Message::encode_to_vec(&one),
+            tidings::protocol::pb::ConversationKind::Group,
+        ),
+        user_seq: 0,
+        except_session: 0,
+    });
+    hub.step_ends();
+
+    // What bob gets next is the next message, not the repeat.
+    alice.direct("alice", &cid, "two", false).await;
+    let d = bob
+        .push_of(Cmd::Direct, None, "bob")
+        .await
+        .direct_message
+        .unwrap();
+    assert_eq!(d.msg.as_deref(), Some("two"));
+}
+
 #[tokio::test]
 async fn pushed_messages_carry_their_conversations_conv_type() {
     let server = leancloud_server().await;
