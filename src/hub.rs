@@ -12,7 +12,7 @@ use crate::store::UserId;
 use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::task::Poll;
 use tokio::sync::mpsc;
 
@@ -119,8 +119,16 @@ pub struct Delivery {
 pub struct Hub {
     users: DashMap<UserId, Vec<SessionHandle>>,
     stats: Arc<Stats>,
-    /// Delivery steps begun plus ended: odd while one is under way (see [`Hub::steps`]).
-    steps: std::sync::atomic::AtomicU64,
+    /// Delivery steps begun and ended (see [`Hub::steps`]).
+    begun: AtomicU64,
+    ended: AtomicU64,
+}
+
+/// Where the hub's delivery steps stood (see [`Hub::steps`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Steps {
+    begun: u64,
+    idle: bool,
 }
 
 impl Hub {
@@ -128,26 +136,35 @@ impl Hub {
         Hub {
             users: DashMap::new(),
             stats,
-            steps: std::sync::atomic::AtomicU64::new(0),
+            begun: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
         }
     }
 
-    /// Marks the start and the end of a delivery step: a commit's conversation state moved
-    /// forward and its deliveries handed out.
+    /// Marks the start of a delivery step: a commit's conversation state moves forward (its
+    /// senders are answered), then its deliveries are handed out, the step's end.
     pub fn step_begins(&self) {
-        self.steps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.begun.fetch_add(1, Ordering::SeqCst);
     }
 
     /// See [`Hub::step_begins`].
     pub fn step_ends(&self) {
-        self.steps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.ended.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Delivery steps begun plus ended. Read before a session registers and again after its
-    /// catch-up was read: the same even number both times means no delivery step overlapped,
-    /// so no push the session gets repeats what its catch-up said.
-    pub fn steps(&self) -> u64 {
-        self.steps.load(std::sync::atomic::Ordering::SeqCst)
+    /// Where the delivery steps stand. Taken before a session registers and compared (with
+    /// [`Hub::overlapped`]) after its catch-up was read: when no step was under way then and
+    /// none began since, no push the session gets repeats what its catch-up said.
+    pub fn steps(&self) -> Steps {
+        let begun = self.begun.load(Ordering::SeqCst);
+        let idle = self.ended.load(Ordering::SeqCst) == begun;
+        Steps { begun, idle }
+    }
+
+    /// Whether a delivery step may have overlapped the time since `before` (see
+    /// [`Hub::steps`]).
+    pub fn overlapped(&self, before: Steps) -> bool {
+        !before.idle || self.begun.load(Ordering::SeqCst) != before.begun
     }
 
     /// Adds a session, keeping the user within `max_sessions` live sessions. Returns what the

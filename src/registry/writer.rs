@@ -110,64 +110,81 @@ impl WriterThread {
     }
 }
 
-/// Committed jobs on their way to the dispatcher: acks, then deliveries, in commit order.
+/// Committed jobs, answered, on their way to the dispatcher for their deliveries.
 struct Committed {
     jobs: Vec<Job>,
     ok: bool,
 }
 
-/// Hands out deliveries and completes acks of committed jobs, in order. Runs as a runtime task
-/// (so waking a thousand sessions is a local-queue push each, not a cross-thread wake each),
-/// while the writer thread goes on to the next commit.
+/// Hands out the deliveries of committed jobs, in order. Runs as a runtime task (so waking a
+/// thousand sessions is a local-queue push each, not a cross-thread wake each), while the
+/// writer thread goes on to the next commit.
 async fn dispatch(mut rx: mpsc::UnboundedReceiver<Committed>, hub: Arc<Hub>) {
     while let Some(c) = rx.recv().await {
-        complete(c, &hub);
+        deliver(c, &hub);
     }
 }
 
-/// Where committed jobs go: the dispatcher task when there is one, else straight to the hub.
+/// Where committed jobs go: their in-memory work and their acks are done at once, on the
+/// writer thread; their deliveries go to the dispatcher task when there is one, else straight
+/// to the hub.
+///
+/// The acks go first so that a connection always gets the ack of its send before the push of
+/// any later message of the same conversation (it writes finished replies before pushes). And
+/// a sender woken from this thread is scheduled ahead of the sessions the dispatcher wakes (the
+/// runtime takes tasks woken from outside it within a few dozen polls), so it sends its next
+/// messages while the recipients' sessions are still writing: those then carry more frames per
+/// socket write.
+///
+/// From the after-commit work to the last delivery is one delivery step of the hub: a login
+/// that overlaps one may be told in its catch-up of a message whose push then reaches it too,
+/// and skips that push (see [`Hub::steps`]).
 struct Handout {
     hub: Arc<Hub>,
     dispatcher: Option<mpsc::UnboundedSender<Committed>>,
 }
 
 impl Handout {
-    fn give(&self, c: Committed) {
+    fn give(&self, mut c: Committed) {
+        self.hub.step_begins();
+        answer(&mut c);
+        if !c.ok || c.jobs.iter().all(|j| j.deliveries.is_empty()) {
+            self.hub.step_ends();
+            return;
+        }
         match &self.dispatcher {
             Some(tx) => {
                 if let Err(mpsc::error::SendError(c)) = tx.send(c) {
-                    complete(c, &self.hub);
+                    deliver(c, &self.hub);
                 }
             }
-            None => complete(c, &self.hub),
+            None => deliver(c, &self.hub),
         }
     }
 }
 
-/// Finishes a commit's jobs: their in-memory work and their acks, then their deliveries, in one
-/// step of the dispatcher.
-///
-/// The acks go first so that a connection always gets the ack of its send before the push of
-/// any later message of the same conversation (it writes the replies that are ready before the
-/// pushes). Both happen in this one synchronous step, so a client that has seen an ack and then
-/// logs in does not also get the push of what its login's catch-up covers. The hub counts the
-/// steps, so a login that overlapped one knows its catch-up may repeat a push.
-fn complete(Committed { mut jobs, ok }: Committed, hub: &Hub) {
-    hub.step_begins();
-    for job in &mut jobs {
-        if ok && let Some(f) = job.after_commit.take() {
+/// A commit's in-memory work and acks, in queue order.
+fn answer(c: &mut Committed) {
+    for job in &mut c.jobs {
+        if c.ok
+            && let Some(f) = job.after_commit.take()
+        {
             f();
         }
         if let Some(done) = job.done.take() {
-            let _ = done.send(if ok {
+            let _ = done.send(if c.ok {
                 Ok(())
             } else {
                 Err(WriteError::Unavailable)
             });
         }
     }
-    if ok {
-        for d in jobs.iter().flat_map(|job| &job.deliveries) {
+}
+
+/// A commit's deliveries, in queue order; the end of its delivery step.
+fn deliver(c: Committed, hub: &Hub) {
+    if c.ok {
+        for d in c.jobs.iter().flat_map(|job| &job.deliveries) {
             hub.deliver(d);
         }
     }
@@ -527,7 +544,11 @@ mod tests {
             jobs: vec![message, probe],
             ok: true,
         };
-        complete(committed, &hub);
+        let handout = Handout {
+            hub: hub.clone(),
+            dispatcher: None,
+        };
+        handout.give(committed);
 
         assert_eq!(
             *seen.lock().unwrap(),

@@ -12,7 +12,7 @@
 //! message (`_lctype` −1), other types keep their number as `_lctype`, non-UTF-8 content goes
 //! as `binaryMsg`, and a recalled message is `{"_lctype":-127}`.
 
-use super::{Actor, Close, Immediate, Peer};
+use super::{Actor, Close, Immediate, Peer, told};
 use crate::app::App;
 use crate::hub::Outgoing;
 use crate::leancloud::pb::{
@@ -465,17 +465,11 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
     let summary = app.registry.unread_summary(&caller.user, false);
     // A delivery step that overlapped the open may push what the catch-up tells of: remember
     // what it told, so those pushes are skipped.
-    let steps_after = app.hub.steps();
     if let Ok(s) = &summary
-        && (steps_before != steps_after || steps_after % 2 == 1)
+        && app.hub.overlapped(steps_before)
         && let Some(at) = peer_index(actor, Some(&peer_id))
     {
-        actor.peers[at].told = s
-            .entries
-            .iter()
-            .filter(|e| e.unread > 0)
-            .map(|e| (e.conversation_id.clone(), e.last_seq))
-            .collect();
+        actor.peers[at].told = told(s, |e| e.unread > 0);
     }
     let catch_up = summary.and_then(|summary| {
         if p.pushes_unread_counts() {
@@ -1613,15 +1607,8 @@ pub(super) fn take(actor: &mut Actor, p: LcProtocol, o: Outgoing, frames: &mut V
     if o.user_seq != 0 && o.user_seq <= peer.replayed_to {
         return;
     }
-    if !peer.told.is_empty()
-        && let PushEvent::Message(..) = o.push.event()
-        && let Some(m) = o.push.message()
-        && let Some(&told) = peer.told.get(&m.conversation_id)
-    {
-        if m.seq != 0 && m.seq <= told {
-            return;
-        }
-        peer.told.remove(&m.conversation_id);
+    if peer.repeats_catch_up(&o.push) {
+        return;
     }
     let peer = &actor.peers[at];
     let peer_id = peer.caller.user.to_string();

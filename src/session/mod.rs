@@ -525,7 +525,8 @@ fn welcome(
     caller: &Caller,
     id: u64,
     cursor: u64,
-) -> Result<(u64, Vec<WsMessage>), Close> {
+    steps: crate::hub::Steps,
+) -> Result<(u64, HashMap<String, u64>, Vec<WsMessage>), Close> {
     let internal = |e: Error| {
         let user = clean(&caller.user, app.config.log_value_max_chars);
         tracing::error!(error = %e, %user, "login failed");
@@ -546,6 +547,13 @@ fn welcome(
         .registry
         .unread_summary(&caller.user, true)
         .map_err(internal)?;
+    // The summary tells where each of its conversations stands; a delivery step that
+    // overlapped the login may push what it counts.
+    let told = if app.hub.overlapped(steps) {
+        told(&summary, |_| true)
+    } else {
+        HashMap::new()
+    };
     let ok = pb::LoginOk {
         user_id: caller.user.to_string(),
         session_id: format!("{:x}", caller.session),
@@ -561,7 +569,7 @@ fn welcome(
         frames.push(wire.push(&protocol::push(Rep::ConversationEvent(e))));
     }
     frames.push(wire.push(&protocol::push(Rep::UnreadSummary(summary))));
-    Ok((head, frames))
+    Ok((head, told, frames))
 }
 
 /// One logged-in session on a connection.
@@ -570,8 +578,8 @@ struct Peer {
     handle: SessionHandle,
     /// Logged events up to here were replayed at login; live copies of them are skipped.
     replayed_to: u64,
-    /// LeanCloud: the newest seq the open's catch-up told of, per conversation, kept only when
-    /// a delivery step overlapped the open (so a push may repeat it): message pushes at or
+    /// The newest seq the login's catch-up told of, per conversation, kept only when a
+    /// delivery step overlapped the login (so a push may repeat it): message pushes at or
     /// below it are skipped, and an entry goes with the first newer push. At most
     /// `login_summary_max` entries.
     told: HashMap<String, u64>,
@@ -583,6 +591,40 @@ struct Peer {
     /// leeway; moved by `RefreshToken`). [`NO_DEADLINE`] for LeanCloud sessions, which live by
     /// their own session tokens, and for `insecure_dev` logins by bare user id.
     expires_at_ms: i64,
+}
+
+impl Peer {
+    /// Whether `push` is a message its login's catch-up already told of (see `told`); the
+    /// first newer message of a conversation ends the check there.
+    fn repeats_catch_up(&mut self, push: &protocol::Push) -> bool {
+        if self.told.is_empty() || !matches!(push.event(), PushEvent::Message(..)) {
+            return false;
+        }
+        let Some(m) = push.message() else {
+            return false;
+        };
+        match self.told.get(&m.conversation_id) {
+            Some(&told) if m.seq != 0 && m.seq <= told => true,
+            Some(_) => {
+                self.told.remove(&m.conversation_id);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+/// What a login's unread summary told of: the newest seq of each entry `which` picks.
+fn told(
+    summary: &pb::UnreadSummary,
+    which: impl Fn(&pb::UnreadEntry) -> bool,
+) -> HashMap<String, u64> {
+    summary
+        .entries
+        .iter()
+        .filter(|e| which(e))
+        .map(|e| (e.conversation_id.clone(), e.last_seq))
+        .collect()
 }
 
 /// A session that never expires.
@@ -782,6 +824,7 @@ impl Actor {
             });
         }
         let device = (!device.is_empty()).then(|| Arc::<str>::from(device));
+        let steps = app.hub.steps();
         let caller = self
             .open_peer(user, device, false, None, jti.as_deref().map(Arc::from))
             .expect("a login is never refused");
@@ -790,8 +833,10 @@ impl Actor {
                 .check_access(&caller.user, issued_at, jti.as_deref())
                 .map_err(|e| LoginFailed::from(Some(access_close(&e))))?;
         }
-        let (replayed_to, frames) = welcome(&app, wire, &caller, id, event_cursor).map_err(Some)?;
+        let (replayed_to, told, frames) =
+            welcome(&app, wire, &caller, id, event_cursor, steps).map_err(Some)?;
         self.peers[0].replayed_to = replayed_to;
+        self.peers[0].told = told;
         self.peers[0].expires_at_ms = expires_at_ms;
         Ok(frames)
     }
@@ -1186,9 +1231,12 @@ impl Actor {
     fn take(&mut self, o: Outgoing, frames: &mut Vec<WsMessage>) {
         match self.dialect {
             Dialect::Native(wire) => {
-                let Some(peer) = self.peers.first() else {
+                let Some(peer) = self.peers.first_mut() else {
                     return;
                 };
+                if peer.repeats_catch_up(&o.push) {
+                    return;
+                }
                 if (o.user_seq == 0 || o.user_seq > peer.replayed_to)
                     && !matches!(o.push.event(), PushEvent::Replaced | PushEvent::Kicked)
                 {

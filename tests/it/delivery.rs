@@ -370,3 +370,37 @@ async fn a_send_is_acked_before_any_later_message_of_the_conversation_is_pushed(
     );
     assert_eq!(acks.len(), EACH);
 }
+
+/// A delivery step that overlaps a login may push a message the login's unread summary
+/// already counted: the session does not get it again.
+#[tokio::test]
+async fn a_push_repeating_what_the_login_summary_counted_is_skipped() {
+    use tidings::hub::{Delivery, Recipients};
+    let server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    let g = within(alice.create_group("g", &["bob"])).await.unwrap();
+    within(alice.send_text(&g.id, "one")).await.unwrap();
+    let one = within(alice.history(&g.id, 0, 10)).await.unwrap().messages[0].clone();
+
+    // Bob logs in while a delivery step is under way; the step then hands out the message his
+    // summary counts.
+    let hub = &server.running().app.hub;
+    hub.step_begins();
+    let (mut bob, welcome) = server.login("bob").await;
+    assert_eq!(welcome.unread(&g.id).map(|e| e.last_seq), Some(1));
+    hub.deliver(&Delivery {
+        to: Recipients::User("bob".into()),
+        frame: tidings::protocol::message_push_from_encoded(
+            &prost::Message::encode_to_vec(&one),
+            pb::ConversationKind::Group,
+        ),
+        user_seq: 0,
+        except_session: 0,
+    });
+    hub.step_ends();
+
+    // What bob gets next is the next message, not the repeat.
+    within(alice.send_text(&g.id, "two")).await.unwrap();
+    let m = message(&mut bob).await;
+    assert_eq!((text(&m), m.seq), ("two".to_owned(), 2));
+}
