@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The event types, as endpoints filter them.
-pub const EVENT_TYPES: [&str; 20] = [
+pub const EVENT_TYPES: [&str; 21] = [
     "message.created",
     "message.edited",
     "message.recalled",
@@ -58,6 +58,7 @@ pub const EVENT_TYPES: [&str; 20] = [
     "conversation.mute_all_changed",
     "conversation.members_blocked",
     "conversation.members_unblocked",
+    "system.message_received",
     "user.online",
     "user.offline",
 ];
@@ -299,6 +300,14 @@ fn render_own(record: &[u8]) -> Option<(&'static str, i64, Value)> {
                     .collect();
             }
             ("message.offline_recipients", o.at, data)
+        }
+        Event::SystemMessage(s) => {
+            let m = s.message?;
+            (
+                "system.message_received",
+                m.server_time,
+                json!({ "message": json::Message::from(m) }),
+            )
         }
         Event::Expired(x) => {
             let (kind, at, mut data) = conversation_data(x.event?)?;
