@@ -351,7 +351,13 @@ impl Registry {
                     .entry(user.clone())
                     .or_default()
                     .insert(cell.num);
-                told = self.room_event(&st, cell, Ev::MembersAdded, &user, &[user.clone()]);
+                told = self.room_event(
+                    &st,
+                    cell,
+                    Ev::MembersAdded,
+                    &user,
+                    std::slice::from_ref(&user),
+                );
             }
             (st.view(&cell.id), told)
         };
