@@ -169,22 +169,20 @@ impl ConvState {
     /// mute-all is on.
     pub(super) fn require_sender(&self, user: &str, now: i64) -> Result<(), Error> {
         self.require_member(user)?;
-        if self.kind() != ConversationKind::Group {
+        if !self.silenced(user, now) {
             return Ok(());
         }
         if self.members.get(user).is_some_and(|m| m.muted_until > now) {
-            return Err(Error::Muted("you are muted in this conversation"));
-        }
-        if self.record.mute_all && self.rank_of(user) < Rank::Manager {
-            return Err(Error::Muted(
+            Err(Error::Muted("you are muted in this conversation"))
+        } else {
+            Err(Error::Muted(
                 "mute-all is on: only the owner and managers may send",
-            ));
+            ))
         }
-        Ok(())
     }
 
-    /// Whether `user` may not send now for being muted or, as a plain member, for mute-all
-    /// (the rule [`ConvState::require_sender`] applies, without the membership check).
+    /// Whether `user` may not send now: muted in a group, or a plain member of a group while
+    /// mute-all is on (membership aside; [`ConvState::require_sender`] and `check_shutup`).
     pub(super) fn silenced(&self, user: &str, now: i64) -> bool {
         self.kind() == ConversationKind::Group
             && (self.members.get(user).is_some_and(|m| m.muted_until > now)

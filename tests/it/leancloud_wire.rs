@@ -1664,3 +1664,40 @@ async fn check_shutup_and_check_block_answer_who_is_muted_and_blocked() {
     .await;
     assert_eq!(op_of(&r), (Some(Cmd::Error), None), "{r:?}");
 }
+
+#[tokio::test]
+async fn an_ownership_moving_away_from_the_client_is_notified_once() {
+    use tidings::clock::Clock;
+    let server = leancloud_server().await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let st = c.opened("alice", None).await.st.unwrap();
+    let group = c.start("alice", &["alice", "bob", "carol"]).await;
+    server.clock.advance(10);
+    let since = server.clock.now_ms();
+    server.clock.advance(10);
+    // Alice, on a native connection, hands the group to bob: the event is in her own log
+    // (she is the former owner) and in the group's (the others were told).
+    let native = server.client("alice").await;
+    within(native.transfer_ownership(&group, "bob"))
+        .await
+        .unwrap();
+    let addr = server.running().addr;
+    let target = format!("/1.1/rtm/notifications?client_id=alice&start_ts={since}");
+    let headers = [("X-LC-IM-Session-Token", st.as_str())];
+    let a = crate::leancloud_http::request(addr, "GET", &target, &headers).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    let got: Vec<(String, serde_json::Value)> = v["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["op"].as_str().unwrap().to_owned(), n["info"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(
+            "member_info_changed".to_owned(),
+            serde_json::json!({"pid": "bob", "role": "Owner"})
+        )]
+    );
+}
