@@ -257,10 +257,16 @@ pub struct Config {
     pub profile_push_max_recipients: usize,
     /// Most subscribers a system conversation may have.
     pub max_system_subscribers: usize,
+    /// A subscriber's message to a system conversation goes to the app's backend as a
+    /// `system.message_received` webhook event (when an endpoint names it); false: refused.
+    pub system_conversation_messages: bool,
     /// Most members a chat room may have.
     pub max_chat_room_members: usize,
     /// Messages per second one chat room passes on (all senders together; 0: unlimited).
     pub chat_room_messages_per_sec: u32,
+    /// A chat room's members are told of joins and leaves while it has at most this many
+    /// members (each join is a push per member); 0: never.
+    pub chat_room_member_events_max: usize,
     /// Most members a temporary conversation may have (creator included).
     pub max_temporary_members: usize,
     /// Lifetime of a temporary conversation when the request gives none, seconds.
@@ -492,6 +498,8 @@ impl Default for Config {
             max_system_subscribers: 100_000,
             max_chat_room_members: 10_000,
             chat_room_messages_per_sec: 100,
+            chat_room_member_events_max: 1000,
+            system_conversation_messages: true,
             max_temporary_members: 10,
             temporary_ttl_default_secs: 86_400,
             temporary_ttl_max_secs: 2_592_000,

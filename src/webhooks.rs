@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The event types, as endpoints filter them.
-pub const EVENT_TYPES: [&str; 20] = [
+pub const EVENT_TYPES: [&str; 21] = [
     "message.created",
     "message.edited",
     "message.recalled",
@@ -58,6 +58,7 @@ pub const EVENT_TYPES: [&str; 20] = [
     "conversation.mute_all_changed",
     "conversation.members_blocked",
     "conversation.members_unblocked",
+    "system.message_received",
     "user.online",
     "user.offline",
 ];
@@ -82,21 +83,26 @@ pub fn is_event_filter(f: &str) -> bool {
             .is_some_and(|g| EVENT_TYPES.iter().any(|t| t.split('.').next() == Some(g)))
 }
 
-/// Events sent only to endpoints that name them (`user.*` names both presence events): each
-/// costs work of its own per message, read or login, which an endpoint that takes "all"
-/// events should not make every deployment pay.
-pub const OPT_IN: [&str; 4] = [
+/// Events sent only to endpoints that name them (`user.*` names both presence events,
+/// `system.*` the system conversations' messages): each costs work of its own per message,
+/// read or login, which an endpoint that takes "all" events should not make every deployment
+/// pay; and an endpoint that takes `system.message_received` makes the server accept
+/// subscribers' messages to system conversations, which must not follow from a catch-all.
+pub const OPT_IN: [&str; 5] = [
     "message.read",
     "message.offline_recipients",
+    "system.message_received",
     "user.online",
     "user.offline",
 ];
 
 fn wants(filter: &[String], kind: &str) -> bool {
     if OPT_IN.contains(&kind) {
-        return filter
-            .iter()
-            .any(|f| f == kind || (f == "user.*" && kind.starts_with("user.")));
+        return filter.iter().any(|f| {
+            f == kind
+                || (f == "user.*" && kind.starts_with("user."))
+                || (f == "system.*" && kind.starts_with("system."))
+        });
     }
     filter.is_empty()
         || filter.iter().any(|f| {
@@ -299,6 +305,14 @@ fn render_own(record: &[u8]) -> Option<(&'static str, i64, Value)> {
                     .collect();
             }
             ("message.offline_recipients", o.at, data)
+        }
+        Event::SystemMessage(s) => {
+            let m = s.message?;
+            (
+                "system.message_received",
+                m.server_time,
+                json!({ "message": json::Message::from(m) }),
+            )
         }
         Event::Expired(x) => {
             let (kind, at, mut data) = conversation_data(x.event?)?;
@@ -756,6 +770,10 @@ mod tests {
         assert!(!wants(&["*".to_owned()], "user.online"));
         assert!(wants(&["user.*".to_owned()], "user.offline"));
         assert!(wants(&["message.read".to_owned()], "message.read"));
+        // Naming it is what accepts subscribers' messages to system conversations.
+        assert!(!wants(&[], "system.message_received"));
+        assert!(!wants(&["*".to_owned()], "system.message_received"));
+        assert!(wants(&["system.*".to_owned()], "system.message_received"));
         assert!(secret_bytes("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_some());
         assert!(secret_bytes("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_none());
         assert!(secret_bytes("whsec_c2hvcnQ=").is_none());

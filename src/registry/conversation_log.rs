@@ -1,6 +1,7 @@
 //! Each conversation's own event log: what its members heard of one another (others joining,
-//! leaving or being removed; the name and attributes changing), kept so that a member who was
-//! offline can catch up on it (LeanCloud's missed notifications).
+//! leaving or being removed; the name and attributes changing; in groups, others' roles,
+//! mutes and blocks), kept so that a member who was offline can catch up on it (LeanCloud's
+//! missed notifications).
 //!
 //! One entry per event, however many members heard it: a join into a group of 1,000 costs one
 //! store write here, not 1,000. A user's missed events are read by merging the logs of the
@@ -18,8 +19,10 @@ impl Registry {
     /// Whether `event` goes into its conversation's own log: membership changes and updates
     /// that the other members are told of, in conversations whose membership is stored (not
     /// chat rooms; in system conversations, subscribers never hear of each other, so only
-    /// updates). A front door that pushes such an event live may tell the client it will find
-    /// it again when it catches up. Never while `conversation_event_log_retention` is 0.
+    /// updates), and in groups the changes to other members' roles, mutes and blocks (not
+    /// mute-all, which no front door replays: it shows in every member's list entry). A front
+    /// door that pushes such an event live may tell the client it will find it again when it
+    /// catches up. Never while `conversation_event_log_retention` is 0.
     pub fn in_conversation_log(&self, event: &ConversationEvent) -> bool {
         if self.config.conversation_event_log_retention == 0 {
             return false;
@@ -34,6 +37,14 @@ impl Registry {
             Ok(Ev::MembersAdded | Ev::MembersRemoved | Ev::Left) => {
                 matches!(kind, ConversationKind::Group | ConversationKind::Temporary)
             }
+            Ok(
+                Ev::RoleChanged
+                | Ev::OwnerChanged
+                | Ev::MembersMuted
+                | Ev::MembersUnmuted
+                | Ev::MembersBlocked
+                | Ev::MembersUnblocked,
+            ) => kind == ConversationKind::Group,
             _ => false,
         }
     }
@@ -76,7 +87,8 @@ impl Registry {
     /// of the user's own event log (as far back as `event_log_retention` keeps them), and
     /// those of the logs of the user's conversations since the user joined each (as far back
     /// as `conversation_event_log_max_age_secs`), leaving out what the user's own log has
-    /// (the user's own joining or leaving). At most `max`, more when the last ones share a
+    /// (the user's own joining or leaving, role, mute or block; an event both logs hold, such
+    /// as an ownership moving away from the user, is answered once). At most `max`, more when the last ones share a
     /// millisecond (so asking again after the last one's time misses nothing); `true` when
     /// more are left. Reads one log per conversation of the user's (one entry for a log with
     /// nothing new).
@@ -88,6 +100,10 @@ impl Registry {
     ) -> Result<(Vec<ConversationEvent>, bool), Error> {
         let max = max.max(1);
         let mut events = self.events_since(user, after)?;
+        let own: std::collections::HashSet<(String, i32, i64)> = events
+            .iter()
+            .map(|e| (e.conversation_id.clone(), e.kind, e.server_time))
+            .collect();
         let mut cut = false;
         let retention = self.config.conversation_event_log_retention as usize;
         if retention > 0 {
@@ -104,7 +120,9 @@ impl Registry {
                     .store
                     .conversation_events_after(num, floor, retention)?;
                 events.extend(logged.into_iter().filter(|e| {
-                    e.server_time >= rec.joined_at && !e.members.iter().any(|m| m == user)
+                    e.server_time >= rec.joined_at
+                        && !e.members.iter().any(|m| m == user)
+                        && !own.contains(&(e.conversation_id.clone(), e.kind, e.server_time))
                 }));
                 // Keep memory bounded by the page, not by the user's conversations.
                 if events.len() > 4 * max {

@@ -169,18 +169,24 @@ impl ConvState {
     /// mute-all is on.
     pub(super) fn require_sender(&self, user: &str, now: i64) -> Result<(), Error> {
         self.require_member(user)?;
-        if self.kind() != ConversationKind::Group {
+        if !self.silenced(user, now) {
             return Ok(());
         }
         if self.members.get(user).is_some_and(|m| m.muted_until > now) {
-            return Err(Error::Muted("you are muted in this conversation"));
-        }
-        if self.record.mute_all && self.rank_of(user) < Rank::Manager {
-            return Err(Error::Muted(
+            Err(Error::Muted("you are muted in this conversation"))
+        } else {
+            Err(Error::Muted(
                 "mute-all is on: only the owner and managers may send",
-            ));
+            ))
         }
-        Ok(())
+    }
+
+    /// Whether `user` may not send now: muted in a group, or a plain member of a group while
+    /// mute-all is on (membership aside; [`ConvState::require_sender`] and `check_shutup`).
+    pub(super) fn silenced(&self, user: &str, now: i64) -> bool {
+        self.kind() == ConversationKind::Group
+            && (self.members.get(user).is_some_and(|m| m.muted_until > now)
+                || (self.record.mute_all && self.rank_of(user) < Rank::Manager))
     }
 
     fn managers(&self) -> usize {
@@ -246,14 +252,19 @@ impl Registry {
         Ok(())
     }
 
-    /// An event logged for `targets` and pushed live to the other members.
+    /// An event logged for `targets` and pushed live to the other members; what the others
+    /// are told also goes into the conversation's own log when it belongs there (their
+    /// missed notifications), with `ops`.
     pub(super) fn tell(
         &self,
-        st: &ConvState,
+        st: &mut ConvState,
+        num: u64,
         caller: &Caller,
         event: ConversationEvent,
         targets: &[UserId],
-    ) -> (Vec<crate::hub::Delivery>, Vec<LoggedEvent>) {
+        ops: &mut Vec<Op>,
+    ) -> Result<(Vec<crate::hub::Delivery>, Vec<LoggedEvent>), Error> {
+        self.log_to_conversation(st, num, &event, ops)?;
         let others: Vec<UserId> = st
             .roster
             .iter()
@@ -273,7 +284,7 @@ impl Registry {
                 except_session: 0,
             })
             .collect();
-        (live, logged)
+        Ok((live, logged))
     }
 
     pub(super) async fn finish(
@@ -374,7 +385,8 @@ impl Registry {
                     st.view(&cell.id),
                 );
                 event.role = role as i32;
-                let (live, logged) = self.tell(&st, caller, event, &change);
+                let (live, logged) =
+                    self.tell(&mut st, cell.num, caller, event, &change, &mut ops)?;
                 (
                     Some(self.writer.submit(permit, ops, live, logged)),
                     done,
@@ -428,7 +440,8 @@ impl Registry {
                 if st.members.contains_key(&former) {
                     targets.push(former);
                 }
-                let (live, logged) = self.tell(&st, caller, event, &targets);
+                let (live, logged) =
+                    self.tell(&mut st, cell.num, caller, event, &targets, &mut ops)?;
                 Some(self.writer.submit(permit, ops, live, logged))
             }
         };
@@ -559,7 +572,8 @@ impl Registry {
                 let mut event =
                     self.event(kind, &cell, &caller.user, done.clone(), st.view(&cell.id));
                 event.muted_until = until;
-                let (live, logged) = self.tell(&st, caller, event, &change);
+                let (live, logged) =
+                    self.tell(&mut st, cell.num, caller, event, &change, &mut ops)?;
                 (
                     Some(self.writer.submit(permit, ops, live, logged)),
                     done,
@@ -593,7 +607,7 @@ impl Registry {
             } else {
                 st.record.mute_all = muted;
                 st.record.changed_at = self.now();
-                let ops = vec![Op::PutConversation {
+                let mut ops = vec![Op::PutConversation {
                     conv: cell.num,
                     record: st.record.clone(),
                 }];
@@ -604,7 +618,7 @@ impl Registry {
                     Vec::new(),
                     st.view(&cell.id),
                 );
-                let (live, _) = self.tell(&st, caller, event, &[]);
+                let (live, _) = self.tell(&mut st, cell.num, caller, event, &[], &mut ops)?;
                 Some(self.writer.submit(permit, ops, live, Vec::new()))
             }
         };
@@ -648,6 +662,74 @@ impl Registry {
             String::new()
         };
         Ok((page, next, has_more))
+    }
+
+    /// Which of `users` (the caller when none are named) may not send in the group now, for
+    /// being muted or for mute-all ([`ConvState::silenced`]). Any member may ask, as they may
+    /// list the muted members.
+    pub fn silenced_among(
+        &self,
+        caller: &Caller,
+        id: &str,
+        users: &[String],
+    ) -> Result<Vec<String>, Error> {
+        let named = if users.is_empty() {
+            vec![caller.user.clone()]
+        } else {
+            self.named_users(users, "")?.into_iter().collect()
+        };
+        let cell = self.cell(id)?;
+        let now = self.now();
+        let st = cell.lock();
+        st.authorize(caller, Action::AddMembers)?;
+        Ok(named
+            .iter()
+            .filter(|u| st.members.contains_key(*u) && st.silenced(u, now))
+            .map(|u| u.to_string())
+            .collect())
+    }
+
+    /// Which of `users` are on the group's blacklist. Any member may ask, as they may list it.
+    pub fn blocked_among(
+        &self,
+        caller: &Caller,
+        id: &str,
+        users: &[String],
+    ) -> Result<Vec<String>, Error> {
+        let named = self.named_users(users, "")?;
+        let cell = self.cell(id)?;
+        let st = cell.lock();
+        st.authorize(caller, Action::AddMembers)?;
+        Ok(named
+            .iter()
+            .filter(|u| st.record.blacklist.contains_key(&***u))
+            .map(|u| u.to_string())
+            .collect())
+    }
+
+    /// Which of the conversations `ids` have the caller on their blacklist (at most
+    /// `max_members_per_request` ids; unknown ones are left out). Only about oneself: it tells
+    /// nothing of a conversation but whether it keeps the caller out.
+    pub fn blocking_me(&self, caller: &Caller, ids: &[String]) -> Result<Vec<String>, Error> {
+        let max = self.config.max_members_per_request;
+        if ids.len() > max {
+            return Err(Error::LimitExceeded(format!(
+                "{} conversations named; max_members_per_request is {max}",
+                ids.len()
+            )));
+        }
+        let mut out = Vec::new();
+        for id in ids {
+            let cell = match self.cell(id) {
+                Ok(c) => c,
+                Err(Error::ConversationNotFound | Error::ConversationExpired) => continue,
+                Err(e) => return Err(e),
+            };
+            if cell.lock().record.blacklist.contains_key(&*caller.user) {
+                out.push(id.clone());
+            }
+        }
+        Ok(out)
     }
 
     /// Puts users on the group's blacklist; members among them are removed (they must rank
@@ -721,7 +803,8 @@ impl Registry {
                     st.view(&cell.id),
                 );
                 let removed: Vec<UserId> = removed.into_iter().collect();
-                let (live, logged) = self.tell(&st, caller, event, &removed);
+                let (live, logged) =
+                    self.tell(&mut st, cell.num, caller, event, &removed, &mut ops)?;
                 (
                     Some(self.writer.submit(permit, ops, live, logged)),
                     done,
@@ -763,7 +846,7 @@ impl Registry {
                 for u in &listed {
                     st.record.blacklist.remove(u);
                 }
-                let ops = vec![Op::PutConversation {
+                let mut ops = vec![Op::PutConversation {
                     conv: cell.num,
                     record: st.record.clone(),
                 }];
@@ -774,7 +857,7 @@ impl Registry {
                     listed,
                     st.view(&cell.id),
                 );
-                let (live, _) = self.tell(&st, caller, event, &[]);
+                let (live, _) = self.tell(&mut st, cell.num, caller, event, &[], &mut ops)?;
                 (
                     Some(self.writer.submit(permit, ops, live, Vec::new())),
                     done,

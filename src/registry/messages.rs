@@ -75,8 +75,13 @@ impl Registry {
             ));
         }
         let cell = self.cell(id)?;
-        if cell.lock().kind() == pb::ConversationKind::ChatRoom {
-            return self.send_to_room(caller, &cell, req).await;
+        let kind = cell.lock().kind();
+        match kind {
+            pb::ConversationKind::ChatRoom => return self.send_to_room(caller, &cell, req).await,
+            pb::ConversationKind::System if !caller.admin => {
+                return self.send_to_backend(caller, &cell, req).await;
+            }
+            _ => {}
         }
         if req.transient {
             return self.send_transient(caller, &cell, req);
@@ -271,7 +276,7 @@ impl Registry {
         ))
     }
 
-    fn build(
+    pub(super) fn build(
         &self,
         cell: &super::ConvCell,
         caller: &Caller,

@@ -390,6 +390,7 @@ pub(crate) struct WebhookWants {
     pub read: bool,
     pub offline_recipients: bool,
     pub expired: bool,
+    pub system_message: bool,
 }
 
 /// Presence events queued for the outbox, at most; more are dropped (and counted).
@@ -421,6 +422,7 @@ impl Registry {
             read: crate::webhooks::wanted(&config, "message.read"),
             offline_recipients: crate::webhooks::wanted(&config, "message.offline_recipients"),
             expired: crate::webhooks::wanted(&config, "conversation.expired"),
+            system_message: crate::webhooks::wanted(&config, "system.message_received"),
         };
         Ok(Registry {
             config,

@@ -9,13 +9,16 @@
 //! A **chat room** is a conversation whose record is stored (its id lives across restarts) but
 //! whose membership is kept in memory only: members join and leave freely, leave when their
 //! last session ends (or the server restarts), have no list entry and get no logged events.
-//! Messages go to the members online and are not stored; the room passes on at most
-//! `chat_room_messages_per_sec` of them.
+//! The other members hear of each join and leave live (MEMBERS_ADDED, LEFT), while the room
+//! has at most `chat_room_member_events_max` members (a join into a room of n members is n
+//! pushes; above the bound nobody is told). Messages go to the members online and are not
+//! stored; the room passes on at most `chat_room_messages_per_sec` of them.
 
 use super::conversation::CreateRequest;
 use super::limits::Bucket;
 use super::writer::wait;
 use super::{Caller, ConvCell, ConvState, Error, LoggedEvent, Registry};
+use crate::hub::Recipients;
 use crate::protocol::pb::{
     Conversation, ConversationEventKind as Ev, ConversationKind, ConversationRecord, MemberRecord,
     SendAck, UserConversationRecord,
@@ -48,7 +51,8 @@ impl ConvState {
     }
 
     /// Whether `caller` may send here now: the app's backend into any live conversation; in a
-    /// system conversation nobody else; elsewhere a member allowed to speak
+    /// system conversation nobody else (a subscriber's message goes to the backend only:
+    /// [`Registry::send_to_backend`]); elsewhere a member allowed to speak
     /// ([`ConvState::require_sender`]).
     pub(super) fn authorize_send(&self, caller: &Caller, now: i64) -> Result<(), Error> {
         if caller.admin {
@@ -78,6 +82,66 @@ impl Registry {
             return Err(Error::PermissionDenied("not a system conversation"));
         }
         self.send(caller, id, req).await
+    }
+
+    /// A subscriber writing to a system conversation: the message goes to the app's backend
+    /// only, as a `system.message_received` webhook event written in one commit (the outbox
+    /// keeps it until every endpoint has it), and is acked with seq 0 and an id of its own.
+    /// It is not stored in the conversation and reaches no other subscriber (nor the sender's
+    /// other devices). Transient messages are acked and go nowhere. Refused, as a send by
+    /// anyone but the backend, while `system_conversation_messages` is off or no webhook
+    /// endpoint takes `system.message_received` (nobody would read it).
+    pub(super) async fn send_to_backend(
+        &self,
+        caller: &Caller,
+        cell: &Arc<ConvCell>,
+        req: super::SendRequest,
+    ) -> Result<SendAck, Error> {
+        let now = self.now();
+        if !self.config.system_conversation_messages || !self.webhook.system_message {
+            return cell
+                .lock()
+                .authorize_send(caller, now)
+                .map(|()| SendAck::default());
+        }
+        {
+            let st = cell.lock();
+            st.require_live()?;
+            st.require_member(&caller.user)?;
+        }
+        if req.transient {
+            let m = self.build(cell, caller, 0, now, req);
+            return Ok(SendAck {
+                message_id: m.id,
+                seq: 0,
+                server_time: now,
+                duplicate: false,
+            });
+        }
+        let req = self.moderate_send(caller, cell.num, &cell.id, req).await?;
+        let permit = self.writer.reserve().await?;
+        let now = self.now();
+        let m = self.build(cell, caller, 0, now, req);
+        let ack = SendAck {
+            message_id: m.id.clone(),
+            seq: 0,
+            server_time: now,
+            duplicate: false,
+        };
+        let record =
+            crate::webhooks::record(crate::protocol::pb::outbox_event::Event::SystemMessage(
+                crate::protocol::pb::SystemMessageEvent { message: Some(m) },
+            ));
+        let rx = self.writer.submit_with_records(
+            permit,
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            None,
+            vec![record],
+        );
+        wait(rx).await?;
+        Ok(ack)
     }
 
     /// Creates a system conversation (the app's backend only) or a chat room (anyone; the
@@ -259,42 +323,101 @@ impl Registry {
     }
 
     fn join_room(&self, caller: &Caller, cell: &Arc<ConvCell>) -> Result<Conversation, Error> {
-        let mut st = cell.lock();
-        st.require_live()?;
-        let user = caller.user.clone();
-        if st.record.blacklist.contains_key(&*user) {
-            return Err(Error::Blacklisted(user.to_string()));
-        }
-        if !st.members.contains_key(&user) {
-            let max = self.config.max_chat_room_members;
-            if st.members.len() >= max {
-                return Err(Error::LimitExceeded(format!(
-                    "{max} members; max_chat_room_members is {max}"
-                )));
+        let (view, told) = {
+            let mut st = cell.lock();
+            st.require_live()?;
+            let user = caller.user.clone();
+            if st.record.blacklist.contains_key(&*user) {
+                return Err(Error::Blacklisted(user.to_string()));
             }
-            let m = MemberRecord {
-                joined_at: self.now(),
-                join_order: st.next_join_order,
-                ..Default::default()
-            };
-            st.next_join_order += 1;
-            st.members.insert(user.clone(), m);
-            st.rebuild_roster();
-            self.rooms.of_user.entry(user).or_default().insert(cell.num);
+            let mut told = None;
+            if !st.members.contains_key(&user) {
+                let max = self.config.max_chat_room_members;
+                if st.members.len() >= max {
+                    return Err(Error::LimitExceeded(format!(
+                        "{max} members; max_chat_room_members is {max}"
+                    )));
+                }
+                let m = MemberRecord {
+                    joined_at: self.now(),
+                    join_order: st.next_join_order,
+                    ..Default::default()
+                };
+                st.next_join_order += 1;
+                st.members.insert(user.clone(), m);
+                st.rebuild_roster();
+                self.rooms
+                    .of_user
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(cell.num);
+                told = self.room_event(
+                    &st,
+                    cell,
+                    Ev::MembersAdded,
+                    &user,
+                    std::slice::from_ref(&user),
+                );
+            }
+            (st.view(&cell.id), told)
+        };
+        if let Some(d) = told {
+            self.hub().deliver(&d);
         }
-        Ok(st.view(&cell.id))
+        Ok(view)
     }
 
-    /// Leaves a chat room (nothing is stored, nobody is told).
+    /// What the other members of a chat room are told of `members` joining or leaving (live,
+    /// `LEFT` for a leave): nothing above `chat_room_member_events_max` members, where each
+    /// join would cost a push per member.
+    fn room_event(
+        &self,
+        st: &ConvState,
+        cell: &ConvCell,
+        kind: Ev,
+        by: &str,
+        members: &[UserId],
+    ) -> Option<crate::hub::Delivery> {
+        let others: Vec<UserId> = st
+            .roster
+            .iter()
+            .filter(|u| !members.contains(u))
+            .cloned()
+            .collect();
+        if others.is_empty() || st.members.len() > self.config.chat_room_member_events_max {
+            return None;
+        }
+        let names = members.iter().map(|u| u.to_string()).collect();
+        let event = self.event(kind, cell, by, names, st.view(&cell.id));
+        Some(Self::live(&event, Recipients::Users(others.into()), 0))
+    }
+
+    /// Leaves a chat room (nothing is stored; the other members are told, see
+    /// [`Registry::room_event`]).
     pub(super) fn leave_room(&self, caller: &Caller, cell: &Arc<ConvCell>) -> Result<(), Error> {
-        let mut st = cell.lock();
-        st.require_member(&caller.user)?;
-        let me: BTreeSet<UserId> = [caller.user.clone()].into();
-        self.forget_room_members(&mut st, cell.num, &me);
+        let told = {
+            let mut st = cell.lock();
+            st.require_member(&caller.user)?;
+            let me: BTreeSet<UserId> = [caller.user.clone()].into();
+            self.forget_room_members(&mut st, cell, &me, &caller.user)
+        };
+        if let Some(d) = told {
+            self.hub().deliver(&d);
+        }
         Ok(())
     }
 
-    fn forget_room_members(&self, st: &mut ConvState, num: u64, users: &BTreeSet<UserId>) {
+    /// Takes `users` out of a room; what the members left are told of it.
+    fn forget_room_members(
+        &self,
+        st: &mut ConvState,
+        cell: &ConvCell,
+        users: &BTreeSet<UserId>,
+        by: &str,
+    ) -> Option<crate::hub::Delivery> {
+        let num = cell.num;
+        // Counted before they go, so a leave is told exactly when the join was.
+        let size = st.members.len();
         for u in users {
             st.members.remove(u);
             self.rooms.of_user.remove_if_mut(u, |_, rooms| {
@@ -307,6 +430,11 @@ impl Registry {
         if st.members.is_empty() {
             self.rooms.buckets.remove(&num);
         }
+        if size > self.config.chat_room_member_events_max {
+            return None;
+        }
+        let gone: Vec<UserId> = users.iter().cloned().collect();
+        self.room_event(st, cell, Ev::Left, by, &gone)
     }
 
     /// Takes a user who went offline out of every chat room they were in.
@@ -317,9 +445,16 @@ impl Registry {
         let me: BTreeSet<UserId> = [user.clone()].into();
         for num in rooms {
             if let Some(cell) = self.convs.get(&num).map(|c| c.clone()) {
-                let mut st = cell.lock();
-                if st.members.contains_key(user) {
-                    self.forget_room_members(&mut st, num, &me);
+                let told = {
+                    let mut st = cell.lock();
+                    if st.members.contains_key(user) {
+                        self.forget_room_members(&mut st, &cell, &me, user)
+                    } else {
+                        None
+                    }
+                };
+                if let Some(d) = told {
+                    self.hub().deliver(&d);
                 }
             }
         }

@@ -187,6 +187,50 @@ pub(super) async fn handle(
                 ..command(Cmd::Conv, Some(Op::ShutupResult))
             })
         }
+        // No SDK sends these; the ops are the SDKs' own (`check_shutup`, `check_block`,
+        // `check_result`), the fields those its other commands use.
+        (Cmd::Conv, Some(Op::CheckShutup)) => {
+            let c = cmd.conv_message.unwrap_or_default();
+            let id = c.cid.unwrap_or_default();
+            reg.silenced_among(caller, &id, &c.m)
+                .map(|m| GenericCommand {
+                    conv_message: Some(lc::ConvCommand {
+                        cid: Some(id),
+                        m,
+                        ..Default::default()
+                    }),
+                    ..command(Cmd::Conv, Some(Op::CheckResult))
+                })
+        }
+        (Cmd::Blacklist, Some(Op::CheckBlock)) => {
+            let b = cmd.blacklist_message.unwrap_or_default();
+            match b.src_cid {
+                // Which of these clients the conversation blocks.
+                Some(id) => {
+                    reg.blocked_among(caller, &id, &b.to_pids)
+                        .map(|blocked| lc::BlacklistCommand {
+                            src_cid: Some(id),
+                            blocked_pids: blocked,
+                            ..Default::default()
+                        })
+                }
+                // Which of these conversations block the client itself.
+                None if b.src_pid.as_deref().is_none_or(|p| p == &*caller.user) => reg
+                    .blocking_me(caller, &b.to_cids)
+                    .map(|cids| lc::BlacklistCommand {
+                        src_pid: Some(caller.user.to_string()),
+                        blocked_cids: cids,
+                        ..Default::default()
+                    }),
+                None => Err(Error::PermissionDenied(
+                    "a client may only check the blacklists it is on",
+                )),
+            }
+            .map(|b| GenericCommand {
+                blacklist_message: Some(b),
+                ..command(Cmd::Blacklist, Some(Op::CheckResult))
+            })
+        }
         (Cmd::Blacklist, Some(op @ (Op::Block | Op::Unblock))) => {
             let b = cmd.blacklist_message.unwrap_or_default();
             let action = if op == Op::Block {
@@ -283,7 +327,13 @@ pub(super) fn is_group_command(kind: Cmd, op: Option<Op>) -> bool {
         (kind, op),
         (
             Cmd::Conv,
-            Some(Op::MemberInfoUpdate | Op::AddShutup | Op::RemoveShutup | Op::QueryShutup)
+            Some(
+                Op::MemberInfoUpdate
+                    | Op::AddShutup
+                    | Op::RemoveShutup
+                    | Op::QueryShutup
+                    | Op::CheckShutup
+            )
         ) | (Cmd::Blacklist, _)
     )
 }
@@ -291,7 +341,7 @@ pub(super) fn is_group_command(kind: Cmd, op: Option<Op>) -> bool {
 /// What these commands cost under the rate limits.
 pub(super) fn work_of(op: Option<Op>) -> Work {
     match op {
-        Some(Op::QueryShutup | Op::Query) => Work::Page,
+        Some(Op::QueryShutup | Op::Query | Op::CheckShutup | Op::CheckBlock) => Work::Page,
         _ => Work::Change,
     }
 }

@@ -188,13 +188,14 @@ async fn the_leancloud_sdk_4_3_1_manages_roles_muted_members_and_the_blacklist()
     run_sdk_package(&server, "groups.mjs", "base64", "leancloud-realtime-v4").await;
 }
 
-/// A server with the LeanCloud dialect and the admin API on, and the script's admin settings.
-async fn leancloud_admin_server() -> (TestServer, Vec<(&'static str, String)>) {
-    let server = TestServer::start_with(|c| {
+/// A server with the LeanCloud dialect and the admin API on, and the script's admin settings;
+/// its webhook endpoint (`rx`) takes what subscribers write to system conversations.
+async fn leancloud_admin_server(
+    rx: &crate::webhooks::Receiver,
+) -> (TestServer, Vec<(&'static str, String)>) {
+    let server = crate::webhooks::webhook_server(rx, &["system.message_received"], |c| {
         c.leancloud_app_id = Some(APP_ID.into());
         c.leancloud_master_key = Some(MASTER_KEY.into());
-        c.admin_listen = "127.0.0.1:0".into();
-        c.admin_api_keys = vec![crate::admin::KEY.into()];
     })
     .await;
     let env = vec![
@@ -207,16 +208,44 @@ async fn leancloud_admin_server() -> (TestServer, Vec<(&'static str, String)>) {
     (server, env)
 }
 
+/// Waits for the `system.message_received` event of the message the script printed as
+/// `system-message <id>`, and checks it.
+async fn the_backend_got_the_system_message(rx: &mut crate::webhooks::Receiver, stdout: &str) {
+    let id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("system-message "))
+        .expect("the script names the message it wrote");
+    loop {
+        let hit = rx.next().await;
+        let events = crate::webhooks::Hit::events(&hit);
+        if let Some(e) = events
+            .iter()
+            .find(|e| e["type"] == "system.message_received")
+        {
+            let m = &e["data"]["message"];
+            assert_eq!(m["id"], id);
+            assert_eq!(m["sender"], "alice");
+            let text: serde_json::Value =
+                serde_json::from_str(m["text"].as_str().unwrap()).unwrap();
+            assert_eq!(text["_lctext"], "my order is late");
+            return;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leancloud_sdk_subscribes_to_system_conversations_and_joins_chat_rooms() {
-    let (server, env) = leancloud_admin_server().await;
-    run_sdk_env(&server, "rooms.mjs", "binary", "leancloud-realtime", &env).await;
+    let mut rx = crate::webhooks::Receiver::start(200).await;
+    let (server, env) = leancloud_admin_server(&rx).await;
+    let out = run_sdk_env(&server, "rooms.mjs", "binary", "leancloud-realtime", &env).await;
+    the_backend_got_the_system_message(&mut rx, &out).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leancloud_sdk_4_3_1_subscribes_to_system_conversations_and_joins_chat_rooms() {
-    let (server, env) = leancloud_admin_server().await;
-    run_sdk_env(
+    let mut rx = crate::webhooks::Receiver::start(200).await;
+    let (server, env) = leancloud_admin_server(&rx).await;
+    let out = run_sdk_env(
         &server,
         "rooms.mjs",
         "base64",
@@ -224,4 +253,5 @@ async fn the_leancloud_sdk_4_3_1_subscribes_to_system_conversations_and_joins_ch
         &env,
     )
     .await;
+    the_backend_got_the_system_message(&mut rx, &out).await;
 }

@@ -1653,3 +1653,174 @@ async fn missed_notifications_carry_what_others_did_from_the_conversations_logs(
         Vec::<&str>::new()
     );
 }
+
+/// `conv/check_shutup` as `peer` (`m`: whom to ask about; none: the client itself).
+async fn check_shutup(c: &mut Lc, peer: &str, cid: &str, m: &[&str]) -> GenericCommand {
+    c.request(GenericCommand {
+        peer_id: Some(peer.into()),
+        conv_message: Some(lc::ConvCommand {
+            cid: Some(cid.into()),
+            m: m.iter().map(|u| u.to_string()).collect(),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Conv, Some(Op::CheckShutup))
+    })
+    .await
+}
+
+/// `blacklist/check_block` as `peer`.
+async fn check_block(c: &mut Lc, peer: &str, b: lc::BlacklistCommand) -> GenericCommand {
+    c.request(GenericCommand {
+        peer_id: Some(peer.into()),
+        blacklist_message: Some(b),
+        ..cmd(Cmd::Blacklist, Some(Op::CheckBlock))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn check_shutup_and_check_block_answer_who_is_muted_and_blocked() {
+    let server = leancloud_server().await;
+    let alice = server.client("alice").await;
+    let mut lc = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    lc.opened("bob", None).await;
+    lc.opened("carol", None).await;
+    let team = within(alice.create_group("team", &["bob", "carol"]))
+        .await
+        .unwrap()
+        .id;
+    let other = within(alice.create_group("other", &["carol"]))
+        .await
+        .unwrap()
+        .id;
+
+    // Nobody muted: the answer names nobody.
+    let r = check_shutup(&mut lc, "bob", &team, &[]).await;
+    assert_eq!(op_of(&r), (Some(Cmd::Conv), Some(Op::CheckResult)), "{r:?}");
+    assert!(r.conv_message.unwrap().m.is_empty());
+    // Bob muted for a minute: he is told so, and so is carol when she asks about him.
+    within(alice.mute_members(&team, &["bob"], 60))
+        .await
+        .unwrap();
+    let r = check_shutup(&mut lc, "bob", &team, &[]).await;
+    assert_eq!(r.conv_message.unwrap().m, vec!["bob"]);
+    let r = check_shutup(&mut lc, "carol", &team, &["bob", "carol"]).await;
+    assert_eq!(r.conv_message.unwrap().m, vec!["bob"]);
+    // The mute ends by the clock.
+    server.clock.advance(60_000);
+    loop {
+        let r = check_shutup(&mut lc, "bob", &team, &[]).await;
+        if r.conv_message.unwrap().m.is_empty() {
+            break;
+        }
+    }
+    // Mute-all silences plain members (LeanCloud has no push for it: the client learns it
+    // from a refused send, 4563, or by asking).
+    lc.pushes.clear();
+    within(alice.set_mute_all(&team, true)).await.unwrap();
+    let r = check_shutup(&mut lc, "carol", &team, &[]).await;
+    assert_eq!(r.conv_message.unwrap().m, vec!["carol"]);
+    let ack = lc.direct("carol", &team, "may I?", false).await;
+    assert_eq!(ack.code, Some(4563));
+    lc.request(cmd(Cmd::Echo, None)).await;
+    // (The end of bob's mute may still be on its way.)
+    assert!(
+        lc.pushes
+            .iter()
+            .all(|p| matches!(op_of(p).1, Some(Op::Unshutuped | Op::MembersUnshutuped))),
+        "mute-all has no LeanCloud push: {:?}",
+        lc.pushes
+    );
+    within(alice.set_mute_all(&team, false)).await.unwrap();
+    // A non-member may not ask.
+    let r = check_shutup(&mut lc, "bob", &other, &[]).await;
+    assert_eq!(op_of(&r), (Some(Cmd::Error), None), "{r:?}");
+
+    // The blacklist: which of these clients the conversation blocks, and which of these
+    // conversations block the client itself.
+    within(alice.block_members(&team, &["mallory"]))
+        .await
+        .unwrap();
+    let r = check_block(
+        &mut lc,
+        "bob",
+        lc::BlacklistCommand {
+            src_cid: Some(team.clone()),
+            to_pids: vec!["mallory".into(), "carol".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        op_of(&r),
+        (Some(Cmd::Blacklist), Some(Op::CheckResult)),
+        "{r:?}"
+    );
+    assert_eq!(r.blacklist_message.unwrap().blocked_pids, vec!["mallory"]);
+    within(alice.block_members(&other, &["carol"]))
+        .await
+        .unwrap();
+    let r = check_block(
+        &mut lc,
+        "carol",
+        lc::BlacklistCommand {
+            src_pid: Some("carol".into()),
+            to_cids: vec![team.clone(), other.clone(), "nosuch".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        r.blacklist_message.unwrap().blocked_cids,
+        vec![other.clone()]
+    );
+    // Only about oneself.
+    let r = check_block(
+        &mut lc,
+        "bob",
+        lc::BlacklistCommand {
+            src_pid: Some("carol".into()),
+            to_cids: vec![other.clone()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(op_of(&r), (Some(Cmd::Error), None), "{r:?}");
+}
+
+#[tokio::test]
+async fn an_ownership_moving_away_from_the_client_is_notified_once() {
+    use tidings::clock::Clock;
+    let server = leancloud_server().await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let st = c.opened("alice", None).await.st.unwrap();
+    let group = c.start("alice", &["alice", "bob", "carol"]).await;
+    server.clock.advance(10);
+    let since = server.clock.now_ms();
+    server.clock.advance(10);
+    // Alice, on a native connection, hands the group to bob: the event is in her own log
+    // (she is the former owner) and in the group's (the others were told).
+    let native = server.client("alice").await;
+    within(native.transfer_ownership(&group, "bob"))
+        .await
+        .unwrap();
+    let addr = server.running().addr;
+    let target = format!("/1.1/rtm/notifications?client_id=alice&start_ts={since}");
+    let headers = [("X-LC-IM-Session-Token", st.as_str())];
+    let a = crate::leancloud_http::request(addr, "GET", &target, &headers).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    let got: Vec<(String, serde_json::Value)> = v["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["op"].as_str().unwrap().to_owned(), n["info"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(
+            "member_info_changed".to_owned(),
+            serde_json::json!({"pid": "bob", "role": "Owner"})
+        )]
+    );
+}

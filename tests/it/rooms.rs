@@ -255,17 +255,26 @@ async fn chat_room_members_join_and_leave_during_sends_and_nothing_is_stored() {
         code(within(dave.join_conversation(&id)).await),
         ErrorCode::ErrorLimitExceeded
     );
-    // Nobody else is told of joins.
-    assert_no_push(&mut bob).await;
+    // The members there are told of each join, live; the joiner is not told of itself.
+    let joined = |e: pb::ConversationEvent| (e.kind, e.by, e.members, e.user_seq);
+    let added = |who: &str| (Ev::MembersAdded as i32, who.into(), vec![who.into()], 0);
+    assert_eq!(joined(event(&mut alice).await), added("bob"));
+    assert_eq!(joined(event(&mut alice).await), added("carol"));
+    assert_eq!(joined(event(&mut bob).await), added("carol"));
+    assert_no_push(&mut carol).await;
 
     let ack = within(alice.send_text(&id, "one")).await.unwrap();
     assert_eq!(ack.seq, 0, "not stored");
     assert_eq!(text(&message(&mut bob).await), "one");
     assert_eq!(text(&message(&mut carol).await), "one");
 
-    // carol leaves during the sends, dave takes her place.
+    // carol leaves during the sends, dave takes her place; the others hear both.
     within(carol.leave(&id)).await.unwrap();
+    let left = |who: &str| (Ev::Left as i32, who.into(), vec![who.into()], 0);
+    assert_eq!(joined(event(&mut alice).await), left("carol"));
+    assert_eq!(joined(event(&mut bob).await), left("carol"));
     within(dave.join_conversation(&id)).await.unwrap();
+    assert_eq!(joined(event(&mut bob).await), added("dave"));
     within(bob.send_text(&id, "two")).await.unwrap();
     assert_eq!(text(&message(&mut dave).await), "two");
     assert_no_push(&mut carol).await;
@@ -292,10 +301,13 @@ async fn chat_room_members_join_and_leave_during_sends_and_nothing_is_stored() {
         ErrorCode::ErrorNotAllowedForKind
     );
 
-    // A member whose last session ends leaves the room: the count is live.
+    // A member whose last session ends leaves the room: the count is live, the others hear
+    // it.
     within(alice.subscribe_presence(&id)).await.unwrap();
     dave.disconnect();
     drop(dave);
+    let gone = event_of(&mut bob, Ev::Left).await;
+    assert_eq!(gone.members, vec!["dave"]);
     loop {
         if let pb::server_frame::Body::PresenceChange(p) = push(&mut alice).await
             && p.user_id == "dave"
@@ -307,6 +319,35 @@ async fn chat_room_members_join_and_leave_during_sends_and_nothing_is_stored() {
     assert_eq!(within(alice.count_members(&id)).await.unwrap(), 2);
     let online = within(alice.online_members(&id)).await.unwrap();
     assert_eq!(online, vec!["alice", "bob"]);
+}
+
+#[tokio::test]
+async fn a_large_chat_room_does_not_announce_joins_and_leaves() {
+    let server = TestServer::start_with(|c| c.chat_room_member_events_max = 2).await;
+    let mut alice = server.client("alice").await;
+    let bob = server.client("bob").await;
+    let carol = server.client("carol").await;
+    let id = within(alice.create(pb::CreateConversation {
+        kind: ConversationKind::ChatRoom as i32,
+        ..Default::default()
+    }))
+    .await
+    .unwrap()
+    .id;
+    within(bob.join_conversation(&id)).await.unwrap();
+    assert_eq!(
+        event_of(&mut alice, Ev::MembersAdded).await.members,
+        vec!["bob"]
+    );
+    // A third member makes the room larger than chat_room_member_events_max: nobody is told
+    // of the join, nor of the leave.
+    within(carol.join_conversation(&id)).await.unwrap();
+    within(carol.leave(&id)).await.unwrap();
+    assert_no_push(&mut alice).await;
+    assert_eq!(within(alice.count_members(&id)).await.unwrap(), 2);
+    // Back within the bound, leaves are told again.
+    within(bob.leave(&id)).await.unwrap();
+    assert_eq!(event_of(&mut alice, Ev::Left).await.members, vec!["bob"]);
 }
 
 #[tokio::test]

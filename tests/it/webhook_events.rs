@@ -261,3 +261,93 @@ async fn an_ended_chat_reaches_the_endpoint_with_its_transcript() {
         (Some(false), Some(3))
     );
 }
+
+#[tokio::test]
+async fn a_subscribers_message_to_a_system_conversation_goes_to_the_backend_only() {
+    use tidings::protocol::pb::ErrorCode;
+    let mut rx = Receiver::start(200).await;
+    let server = webhook_server(&rx, &["system.message_received"], |_| {}).await;
+    let created = ok(
+        &server,
+        "POST",
+        "/v1/system-conversations?by=support",
+        Some(json!({"name": "Support"})),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (alice, _) = server.login("alice").await;
+    let (mut bob, _) = server.login("bob").await;
+    within(alice.join_conversation(&id)).await.unwrap();
+    within(bob.join_conversation(&id)).await.unwrap();
+    // Alice's other device subscribes with her: it must not get her message either.
+    let (mut tablet, _) = server.login_device("alice", "tablet", 0).await;
+
+    let ack = within(alice.send_text(&id, "my order is late"))
+        .await
+        .unwrap();
+    assert_eq!(ack.seq, 0, "not stored in the conversation");
+    assert!(!ack.message_id.is_empty());
+    let e = events_of(&mut rx, &["system.message_received"], 1).await;
+    let m = &e[0]["data"]["message"];
+    assert_eq!(
+        (
+            m["id"].as_str(),
+            m["conversation_id"].as_str(),
+            m["sender"].as_str(),
+            m["text"].as_str(),
+            m["seq"].as_u64()
+        ),
+        (
+            Some(ack.message_id.as_str()),
+            Some(id.as_str()),
+            Some("alice"),
+            Some("my order is late"),
+            Some(0)
+        )
+    );
+    // Nobody else hears of it, and it is not in the history.
+    assert_no_push(&mut bob).await;
+    assert_no_push(&mut tablet).await;
+    assert!(
+        within(bob.history(&id, 0, 10))
+            .await
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+    assert!(
+        within(alice.history(&id, 0, 10))
+            .await
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+    // A non-subscriber may not write to it.
+    let (carol, _) = server.login("carol").await;
+    let refused = within(carol.send_text(&id, "me too")).await;
+    assert_eq!(
+        refused.expect_err("refused").code(),
+        Some(ErrorCode::ErrorNotAMember)
+    );
+
+    // With the setting off, a subscriber's send is refused as before.
+    let server = webhook_server(&rx, &["system.message_received"], |c| {
+        c.system_conversation_messages = false;
+    })
+    .await;
+    let created = ok(
+        &server,
+        "POST",
+        "/v1/system-conversations?by=support",
+        Some(json!({"name": "Support"})),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (alice, _) = server.login("alice").await;
+    within(alice.join_conversation(&id)).await.unwrap();
+    let refused = within(alice.send_text(&id, "hello?")).await;
+    assert_eq!(
+        refused.expect_err("refused").code(),
+        Some(ErrorCode::ErrorPermissionDenied)
+    );
+}

@@ -47,6 +47,11 @@ async function main() {
     await within(conv.remove(['erin']), 'remove erin from the team');
     conv.name = 'team, renamed';
     await within(conv.save(), 'rename the team');
+    // Group control the other members are told of: carol is muted and made a manager, and
+    // mallory is put on the blacklist.
+    await within(conv.muteMembers(['carol']), 'mute carol');
+    await within(conv.updateMemberRole('carol', sdk.ConversationMemberRole.MANAGER), 'promote carol');
+    await within(conv.blockMembers(['mallory']), 'block mallory');
     out = {};
   } else {
     throw new Error(`unknown step ${step}`);

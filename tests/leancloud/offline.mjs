@@ -1,7 +1,7 @@
 // What a LeanCloud client missed while its socket was down reaches it after it reconnects:
 // edits and recalls as patch pushes after `session/open` (from its `lastPatchTime`), and
-// changes of its own membership and of its groups (others joining and leaving, a rename)
-// through `GET /1.1/rtm/notifications` (from its `lastNotificationTime`), all through the
+// changes of its own membership and of its groups (others joining and leaving, a rename,
+// another member muted, promoted or blocked) through `GET /1.1/rtm/notifications` (from its `lastNotificationTime`), all through the
 // unmodified SDK; what it heard live is not told again. Alice acts from another process
 // (the SDK allows one Realtime per app and process). See common.mjs for how it is run.
 
@@ -60,6 +60,11 @@ async function main() {
   conv.on(Event.MEMBERS_JOINED, ({ members, invitedBy }) => joins.push([members, invitedBy]));
   const left = notified && next(conv, Event.MEMBERS_LEFT, 'the missed leave arrives');
   const renamed = notified && next(conv, Event.INFO_UPDATED, 'the missed rename arrives');
+  const mutes = [];
+  conv.on(Event.MEMBERS_MUTED, ({ members, mutedBy }) => mutes.push([members, mutedBy]));
+  const promoted = notified && next(conv, Event.MEMBER_INFO_UPDATED, 'the missed role change arrives');
+  const blocks = [];
+  conv.on(Event.MEMBERS_BLOCKED, ({ members, blockedBy }) => blocks.push([members, blockedBy]));
   rt.resume();
   const [edited] = await edit;
   equal(edited.id, setup.one, 'an edit made while offline is replayed');
@@ -81,6 +86,12 @@ async function main() {
   // One more round trip: anything else the catch-up carried has been handed out by now.
   await within(conv.count(), 'count the members');
   equal(joins, [[['carol', 'erin'], 'alice']], 'others joining while offline, once; not dave again');
+  // Others' mutes, roles and blocks while bob was away, each once.
+  const [{ member, memberInfo, updatedBy: promoter }] = await promoted;
+  equal([member, memberInfo.role, promoter], ['carol', 'Manager', 'alice'], 'another member\'s role change is notified');
+  await within(conv.count(), 'count the members again');
+  equal(mutes, [[['carol'], 'alice']], 'another member being muted while offline is notified, once');
+  equal(blocks, [[['mallory'], 'alice']], 'and someone being blocked');
 }
 
 run(main);

@@ -1,8 +1,10 @@
 // Drives LeanCloud's unmodified JS realtime SDK against a tidings server: a system conversation
 // (服务号) that the app's backend creates and broadcasts to over the admin API, found with
-// getConversation (a ServiceConversation: `sys`), subscribed to and unsubscribed from; and a
-// chat room (聊天室: `tr`) created with createChatRoom, joined and quit while messages are
-// sent, counted (members online), with nothing stored; both found by anyone through the SDK's
+// getConversation (a ServiceConversation: `sys`), subscribed to, written to by a subscriber
+// (the message goes to the backend's webhook only: the test checks it arrived there) and
+// unsubscribed from; and a chat room (聊天室: `tr`) created with createChatRoom, joined and
+// quit while messages are sent (the members there hear of each join and quit), counted
+// (members online), with nothing stored; both found by anyone through the SDK's
 // getServiceConversationQuery() and getChatRoomQuery(). LC_ADMIN_URL and LC_ADMIN_KEY name
 // the admin API. See common.mjs for how it is run.
 
@@ -55,16 +57,22 @@ async function main() {
   equal([message.getText(), message.from, where.id], ['v1.0 is out', 'news', created.id], 'the broadcast reaches the subscriber');
   const history = await within(sys.queryMessages({ limit: 10 }), 'history');
   equal(history.map((m) => m.getText()), ['v1.0 is out'], 'and is stored as history');
-  const refused = await sys.send(new TextMessage('hello?')).then(() => null, (e) => e);
-  check(refused && refused.code === 4320, `a subscriber may not send (${refused && refused.code})`);
-  await within(sys.unsubscribe(), 'alice unsubscribes');
   const bobSys = await within(bob.getConversation(created.id), 'bob finds it');
   await within(bobSys.subscribe(), 'bob subscribes');
+  const bobGotSys = counter(bob, created.id);
+  // A subscriber writes: acked, for the backend only (its webhook), not for other subscribers.
+  const sent = await within(sys.send(new TextMessage('my order is late')), 'alice writes to it');
+  check(typeof sent.id === 'string' && sent.id.length > 0, 'a subscriber\'s message is acked');
+  console.log(`system-message ${sent.id}`);
+  const after = await within(sys.queryMessages({ limit: 10 }), 'history again');
+  equal(after.map((m) => m.getText()), ['v1.0 is out'], 'and is not stored in the conversation');
+  await within(sys.unsubscribe(), 'alice unsubscribes');
   const aliceGot = counter(alice, created.id);
   const bobHeard = next(bob, Event.MESSAGE, 'bob receives the next broadcast');
   await broadcast(created.id, 'v1.1 is out');
   equal((await bobHeard)[0].getText(), 'v1.1 is out', 'a new subscriber gets broadcasts');
   equal(aliceGot, [], 'one who unsubscribed does not');
+  equal(bobGotSys, ['v1.1 is out'], 'another subscriber never got alice\'s message');
 
   // Chat room.
   const room = await within(alice.createChatRoom({ name: 'lobby' }), 'alice creates a chat room');
@@ -74,16 +82,24 @@ async function main() {
   check(rooms[0] instanceof sdk.ChatRoom, 'as a ChatRoom');
   const bobRoom = await within(bob.getConversation(room.id), 'bob finds the room');
   check(bobRoom instanceof sdk.ChatRoom, 'others see a ChatRoom too');
+  const aliceHearsBob = next(room, Event.MEMBERS_JOINED, 'alice hears bob join');
   await within(bobRoom.join(), 'bob joins');
+  const [{ members: joinedBob, invitedBy: bobBy }] = await aliceHearsBob;
+  equal([joinedBob, bobBy], [['bob'], 'bob'], 'a join is told to the members there (members_joined)');
   const carolRoom = await within(carol.getConversation(room.id), 'carol finds the room');
+  const bobHearsCarol = next(bobRoom, Event.MEMBERS_JOINED, 'bob hears carol join');
   await within(carolRoom.join(), 'carol joins');
+  equal((await bobHearsCarol)[0].members, ['carol'], 'also to one who joined before');
   equal(await within(room.count(), 'count'), 3, 'count() is the members online');
   const bobGot = counter(bob, room.id);
   const carolHears = next(carol, Event.MESSAGE, 'carol receives');
   await within(room.send(new TextMessage('one')), 'alice sends one');
   equal((await carolHears)[0].getText(), 'one', 'a member receives');
-  // bob quits between two sends.
+  // bob quits between two sends; the others hear it.
+  const carolHearsQuit = next(carolRoom, Event.MEMBERS_LEFT, 'carol hears bob quit');
   await within(bobRoom.quit(), 'bob quits');
+  const [{ members: gone, kickedBy }] = await carolHearsQuit;
+  equal([gone, kickedBy], [['bob'], 'bob'], 'a quit is told to the members there (members_left)');
   const carolHearsTwo = next(carol, Event.MESSAGE, 'carol receives two');
   await within(room.send(new TextMessage('two')), 'alice sends two');
   equal((await carolHearsTwo)[0].getText(), 'two', 'the members still in receive');
