@@ -15,6 +15,7 @@ mod conversations;
 mod delivery;
 mod drain;
 mod durability;
+mod easemob_import;
 mod groups;
 mod import;
 mod json_form;
