@@ -218,12 +218,11 @@ impl Admin {
         if status == StatusCode::UNAUTHORIZED {
             bail!("{method} {path}: 401: the admin API key was refused");
         }
-        Err(Refused(format!(
-            "{}",
+        Err(Refused(
             answer["message"]
                 .as_str()
-                .map_or_else(|| status.to_string(), str::to_owned)
-        ))
+                .map_or_else(|| status.to_string(), str::to_owned),
+        )
         .into())
     }
 }
