@@ -501,3 +501,64 @@ async fn an_export_is_json_lines_sliced_by_time_and_paged() {
     .await;
     assert_eq!(r.status_code(), (403, Some(6)));
 }
+
+#[tokio::test]
+async fn read_events_name_imported_messages_by_their_imported_ids_after_a_restart_too() {
+    use crate::webhooks::{Hit, Receiver, webhook_server};
+    let mut rx = Receiver::start(200).await;
+    let mut server = webhook_server(&rx, &["message.read"], |_| {}).await;
+    let c = ok(
+        &server,
+        "POST",
+        "/v1/conversations?as=alice",
+        Some(json!({"kind": "direct", "members": ["bob"]})),
+    )
+    .await;
+    let conv = c["id"].as_str().unwrap().to_owned();
+    let r = ok(
+        &server,
+        "POST",
+        &format!("/v1/conversations/{conv}/messages/import"),
+        Some(json!({"mark_read": false, "messages": [
+            msg("r-1", "alice", T0, "one"),
+            msg("r-2", "alice", T0 + 1, "two"),
+            msg("r-3", "alice", T0 + 2, "three"),
+        ]})),
+    )
+    .await;
+    assert_eq!(r["imported"], 3);
+    let read_ids = async |rx: &mut Receiver| loop {
+        let hit = rx.next().await;
+        if hit.status >= 300 {
+            continue;
+        }
+        if let Some(e) = Hit::events(&hit)
+            .into_iter()
+            .find(|e| e["type"] == "message.read")
+        {
+            break e["data"]["message_id"].as_str().unwrap().to_owned();
+        }
+    };
+    let (bob, _) = server.login("bob").await;
+    within(bob.mark_read(&conv, 1)).await.unwrap();
+    assert_eq!(read_ids(&mut rx).await, "r-1");
+    // bob hides r-2 for himself, by its imported id.
+    within(bob.delete_messages(&conv, &["r-2".to_owned()]))
+        .await
+        .unwrap();
+    let page = within(bob.history(&conv, 0, 10)).await.unwrap();
+    let ids: Vec<&str> = page.messages.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["r-1", "r-3"]);
+    let ack = within(bob.send_text(&conv, "new here")).await.unwrap();
+    assert_eq!(ack.seq, 4);
+    drop(bob);
+
+    // After a restart the run of imported seqs is found again (alice has read nothing; bob's
+    // send read everything for him).
+    server.restart().await;
+    let (alice, _) = server.login("alice").await;
+    within(alice.mark_read(&conv, 3)).await.unwrap();
+    assert_eq!(read_ids(&mut rx).await, "r-3");
+    within(alice.mark_read(&conv, 4)).await.unwrap();
+    assert_eq!(read_ids(&mut rx).await, ack.message_id);
+}
