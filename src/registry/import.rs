@@ -278,11 +278,16 @@ impl Registry {
                     written += 1;
                 }
                 out.imported += written;
-                let through = cell.committed_through(st.last_seq);
-                self.writer
-                    .submit_then(permit, ops, Vec::new(), Vec::new(), Some(through))
+                // Every message of the batch was out of order: nothing to write.
+                (written > 0).then(|| {
+                    let through = cell.committed_through(st.last_seq);
+                    self.writer
+                        .submit_then(permit, ops, Vec::new(), Vec::new(), Some(through))
+                })
             };
-            wait(rx).await?;
+            if let Some(rx) = rx {
+                wait(rx).await?;
+            }
         }
         Ok(out)
     }

@@ -153,6 +153,12 @@ async fn imported_messages_keep_ids_senders_and_times_and_are_named_by_those_ids
     .await;
     assert_eq!(r["imported"], 1, "{r}");
     assert_eq!(failures(&r), [("em-0".to_owned(), 67)]);
+    let r = import(&server, &conv, vec![msg("em-00", "bob", T0, "old")]).await;
+    assert_eq!(
+        (r["imported"].as_u64(), r["last_seq"].as_u64()),
+        (Some(0), Some(4))
+    );
+    assert_eq!(failures(&r), [("em-00".to_owned(), 67)]);
 
     // Imported history counts as read (mark_read defaults to true).
     let unread = ok(&server, "GET", "/v1/users/bob/unread", None).await;
