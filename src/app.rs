@@ -122,7 +122,14 @@ impl Core {
         let (outbox, outbox_seqs) = if config.webhooks.is_empty() {
             (None, None)
         } else {
-            let (o, rx) = crate::registry::writer::Outbox::new(store.last_outbox_seq()?);
+            // Delivered events are deleted, so the newest one stored may be older than what
+            // an endpoint was given (an empty outbox after a clean stop): continue after both,
+            // or new events would get seqs the endpoints count as delivered.
+            let mut last = store.last_outbox_seq()?;
+            for w in &config.webhooks {
+                last = last.max(store.webhook_cursor(&w.name)?);
+            }
+            let (o, rx) = crate::registry::writer::Outbox::new(last);
             (Some(o), Some(rx))
         };
         let (writer, thread) = Writer::start(

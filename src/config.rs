@@ -163,6 +163,11 @@ pub struct Config {
     pub max_revoked_tokens: usize,
     /// Users plus conversations one broadcast (`POST /v1/broadcasts`) may name, at most.
     pub broadcast_max_targets: usize,
+    /// Messages one import request (`POST /v1/conversations/{id}/messages/import`) may carry.
+    pub import_max_messages: usize,
+    /// Messages one page of a history export (`GET /v1/conversations/{id}/export`) holds, at
+    /// most (a page also ends after about 4 MiB).
+    pub export_max_messages: usize,
     /// How long an `Idempotency-Key` of an admin create is remembered, s.
     pub idempotency_ttl_secs: u64,
     /// Directory online backups (`POST /v1/backups`) are written to. Unset: no online
@@ -455,6 +460,8 @@ impl Default for Config {
             keep_message_versions: false,
             max_revoked_tokens: 100_000,
             broadcast_max_targets: 10_000,
+            import_max_messages: 1_000,
+            export_max_messages: 10_000,
             idempotency_ttl_secs: 86_400,
             backup_dir: None,
             data_dir: PathBuf::from("tidings-data"),

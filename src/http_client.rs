@@ -1,6 +1,6 @@
-//! A minimal HTTP/1.1 client for imports (GET JSON) and webhooks (POST), on the hyper the
-//! server already uses, with `https://` through the rustls the server's TLS uses (Mozilla's
-//! roots from `webpki-roots`, plus any CA certificates given).
+//! A minimal HTTP/1.1 client for imports (GET JSON, and JSON calls to an admin API) and
+//! webhooks (POST), on the hyper the server already uses, with `https://` through the rustls
+//! the server's TLS uses (Mozilla's roots from `webpki-roots`, plus any CA certificates given).
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -165,6 +165,55 @@ pub async fn get_json(
                 eprintln!("GET {path}: {e:#}; retrying");
             }
             Err(e) => return Err(e.context(format!("GET {path}"))),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 4).min(Duration::from_secs(60));
+        attempt += 1;
+    }
+}
+
+/// Sends a JSON request (`body`, when given) to `path` and reads a JSON answer (`Null` when
+/// it is empty or not JSON), whatever its status. Connection failures, 429 and 503 are retried
+/// as [`get_json`] retries them, so use it for requests that are safe to repeat.
+pub async fn call_json(
+    base: &Base,
+    method: hyper::Method,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<(hyper::StatusCode, serde_json::Value)> {
+    let uri = format!("{}{path}", base.prefix);
+    let mut headers = headers.to_vec();
+    let bytes = match body {
+        Some(b) => {
+            headers.push(("content-type", "application/json".into()));
+            Bytes::from(serde_json::to_vec(b)?)
+        }
+        None => Bytes::new(),
+    };
+    let mut wait = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        let sent = send_once(
+            base,
+            method.clone(),
+            &uri,
+            &headers,
+            bytes.clone(),
+            MAX_JSON_ANSWER,
+        )
+        .await;
+        match sent {
+            Ok((status, _)) if matches!(status.as_u16(), 429 | 503) && attempt < ATTEMPTS => {}
+            Ok((status, answer)) => {
+                return Ok((
+                    status,
+                    serde_json::from_slice(&answer).unwrap_or(serde_json::Value::Null),
+                ));
+            }
+            Err(e) if e.downcast_ref::<TlsFailed>().is_some() => return Err(e),
+            Err(e) if attempt < ATTEMPTS => eprintln!("{method} {path}: {e:#}; retrying"),
+            Err(e) => return Err(e.context(format!("{method} {path}"))),
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 4).min(Duration::from_secs(60));

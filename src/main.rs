@@ -128,6 +128,27 @@ enum ImportFrom {
         #[arg(long, requires = "conversations")]
         reads: Option<PathBuf>,
     },
+    /// Easemob: its chat-history files (the hourly files of `GET …/chatmessages/{time}`),
+    /// into a running server through its admin API. See docs/admin.md, Importing and
+    /// exporting history.
+    Easemob {
+        /// History files (JSON lines or a JSON array), or directories of them.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The admin API's URL (default: http://<admin_listen>, https:// with admin_tls).
+        #[arg(long)]
+        admin_url: Option<String>,
+        /// An admin API key (default: the first of admin_api_keys in the configuration, which
+        /// keeps it off the command line).
+        #[arg(long)]
+        admin_key: Option<String>,
+        /// CA certificates (PEM) to trust for an https:// --admin-url besides Mozilla's roots.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// Messages per import request (at most the server's import_max_messages).
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -267,15 +288,32 @@ fn store(config: &Config, action: StoreAction) -> anyhow::Result<()> {
 /// Why an environment variable was ignored.
 fn import(mut config: Config, from: ImportFrom) -> anyhow::Result<()> {
     use tidings::import::leancloud::{self, Source};
-    let ImportFrom::Leancloud {
-        url,
-        ca_cert,
-        app_id,
-        master_key,
-        conversations,
-        messages,
-        reads,
-    } = from;
+    let (url, ca_cert, app_id, master_key, conversations, messages, reads) = match from {
+        ImportFrom::Leancloud {
+            url,
+            ca_cert,
+            app_id,
+            master_key,
+            conversations,
+            messages,
+            reads,
+        } => (
+            url,
+            ca_cert,
+            app_id,
+            master_key,
+            conversations,
+            messages,
+            reads,
+        ),
+        ImportFrom::Easemob {
+            files,
+            admin_url,
+            admin_key,
+            ca_cert,
+            batch,
+        } => return import_easemob(&config, files, admin_url, admin_key, ca_cert, batch),
+    };
     let source = match (url, conversations, messages) {
         (Some(base), None, None) => Source::Rest {
             base,
@@ -329,6 +367,60 @@ fn import(mut config: Config, from: ImportFrom) -> anyhow::Result<()> {
             s.messages,
             s.skipped_messages,
             s.reads,
+            s.failed.len(),
+            started.elapsed().as_millis()
+        );
+        Ok(())
+    })
+}
+
+/// `tidings import easemob`: through the admin API of a running server.
+fn import_easemob(
+    config: &Config,
+    files: Vec<PathBuf>,
+    admin_url: Option<String>,
+    admin_key: Option<String>,
+    ca_cert: Option<PathBuf>,
+    batch: usize,
+) -> anyhow::Result<()> {
+    use tidings::import::easemob;
+    let url = match admin_url {
+        Some(u) => u,
+        None if config.admin_listen.is_empty() => {
+            anyhow::bail!("admin_listen is empty: give --admin-url")
+        }
+        None => format!(
+            "{}://{}",
+            if config.admin_tls { "https" } else { "http" },
+            config.admin_listen
+        ),
+    };
+    let key = admin_key
+        .or_else(|| config.admin_api_keys.first().cloned())
+        .context("--admin-key (or admin_api_keys in the configuration) is needed")?;
+    let target = easemob::Target {
+        url,
+        key,
+        ca_cert,
+        batch,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let started = std::time::Instant::now();
+        let s = easemob::run(&target, &files, &mut |line| eprintln!("{line}")).await?;
+        for (id, why) in &s.failed {
+            eprintln!("not imported: {id}: {why}");
+        }
+        eprintln!(
+            "read {} records; imported {} conversations ({} were there already), {} messages \
+             ({} were there already); {} not imported; took {} ms",
+            s.records,
+            s.conversations,
+            s.existing,
+            s.messages,
+            s.skipped_messages,
             s.failed.len(),
             started.elapsed().as_millis()
         );

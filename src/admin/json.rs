@@ -518,3 +518,93 @@ pub struct Backup {
     pub entries: u64,
     pub bytes: u64,
 }
+
+/// `POST /v1/imports/conversations`: a group as it was on another platform.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportConversation {
+    /// Its id there; its id here from now on (1 to 128 bytes, no spaces or control characters,
+    /// not shaped like a tidings id).
+    pub conversation_id: String,
+    /// In join order.
+    pub members: Vec<String>,
+    /// The creator: the owner while a member (else the first member is).
+    #[serde(default)]
+    pub owner: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// When it was created there (ms; 0: unknown).
+    #[serde(default)]
+    pub created_at: i64,
+    #[serde(default)]
+    pub unique: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportedConversation {
+    pub conversation: Conversation,
+    /// False: it had been imported before (nothing changed).
+    pub created: bool,
+}
+
+/// One message of `POST /v1/conversations/{id}/messages/import`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportMessage {
+    /// Its id there; its id here (history, recall, edit, receipts accept it). 1 to 128 bytes,
+    /// no spaces or control characters, not shaped like a tidings message id.
+    pub message_id: String,
+    pub sender: String,
+    /// When it was sent there (ms): its `server_time` here.
+    pub server_time: i64,
+    /// The content as text…
+    pub text: Option<String>,
+    /// …or as base64 bytes (neither: empty).
+    pub content: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: i32,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// When it was last edited there (ms; 0: never).
+    #[serde(default)]
+    pub edited_at: i64,
+    /// Recalled there: stored as a recall (content and attributes dropped).
+    #[serde(default)]
+    pub recalled: bool,
+}
+
+/// `POST /v1/conversations/{id}/messages/import`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportMessages {
+    /// At most `import_max_messages`; any order (they are stored in time order).
+    pub messages: Vec<ImportMessage>,
+    /// Move every member's read position to the newest message imported (never back), so
+    /// nobody finds the imported history unread. Default true.
+    #[serde(default)]
+    pub mark_read: Option<bool>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportFailure {
+    pub message_id: String,
+    /// The WebSocket protocol's `ErrorCode` number.
+    pub code: i32,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportResult {
+    /// Messages stored by this call.
+    pub imported: usize,
+    /// Messages imported before (by `message_id`): skipped.
+    pub duplicates: usize,
+    /// Messages refused, each with its reason; the others were imported.
+    pub failed: Vec<ImportFailure>,
+    /// The conversation's newest seq after the call.
+    pub last_seq: u64,
+    /// Read positions moved (`mark_read`).
+    pub reads: usize,
+}

@@ -12,6 +12,7 @@
 
 mod api;
 mod groups;
+mod imports;
 pub mod json;
 pub mod openapi;
 
@@ -209,7 +210,9 @@ impl From<Error> for Failure {
             | Error::Blocked
             | Error::Banned(_)
             | Error::TokenRevoked => StatusCode::FORBIDDEN,
-            Error::OwnerMustTransfer => StatusCode::CONFLICT,
+            Error::OwnerMustTransfer | Error::ImportConflict | Error::ImportOutOfOrder(_) => {
+                StatusCode::CONFLICT
+            }
             Error::NotAllowedForKind { .. } | Error::WindowExpired(_) => StatusCode::CONFLICT,
             Error::InvalidArgument(_) | Error::UnknownRequest | Error::AlreadyLoggedIn => {
                 StatusCode::BAD_REQUEST
@@ -396,6 +399,9 @@ async fn handle(
         body: &body,
         idempotency_key: idempotency_key.as_deref(),
     };
+    if let (&Method::GET, ["conversations", id, "export"]) = (&method, segments.as_slice()) {
+        return imports::export(&call, id).unwrap_or_else(failure);
+    }
     match api::route(&call, &method, &segments).await {
         Ok((status, value)) => respond(status, &value),
         Err(f) => failure(f),

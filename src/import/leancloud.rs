@@ -414,7 +414,7 @@ pub async fn run(
         messages.sort_by_key(|m| m.at);
         let done = match registry.import_messages(&id, messages).await {
             Ok(done) => done,
-            Err(e @ Error::PermissionDenied(_)) => {
+            Err(e @ Error::ImportConflict) => {
                 summary.failed.push((alias.clone(), e.to_string()));
                 progress(format!("{alias}: not imported: {e}"));
                 continue;
@@ -423,7 +423,9 @@ pub async fn run(
         };
         summary.messages += done.imported;
         summary.skipped_messages += done.skipped;
-        summary.failed.extend(done.failed);
+        summary
+            .failed
+            .extend(done.failed.into_iter().map(|(id, e)| (id, e.to_string())));
         let mut set = 0;
         if created || done.imported > 0 {
             let given = reads.get(&alias).cloned().unwrap_or_default();

@@ -470,6 +470,7 @@ impl Registry {
             blocks: None,
             silent: None,
             log_seq: None,
+            imported: Some(0),
         };
         let id = Arc::from(Self::id_of(num, &state.record));
         state.rebuild_roster();

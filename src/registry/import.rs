@@ -6,7 +6,7 @@
 //! events are logged: to the members an imported conversation is simply there, as it was.
 
 use super::writer::wait;
-use super::{Caller, Error, MAX_ALIAS_BYTES, Registry};
+use super::{Caller, ConvState, Error, MAX_ALIAS_BYTES, Registry};
 use crate::protocol::pb::{ConversationKind, ConversationRecord, Message};
 use crate::protocol::{self};
 use crate::store::{Op, UserId};
@@ -48,13 +48,13 @@ pub struct ImportMessage {
 }
 
 /// What an import of messages did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone)]
 pub struct ImportedMessages {
     pub imported: usize,
     /// Already imported (by alias).
     pub skipped: usize,
     /// Refused, with the reason.
-    pub failed: Vec<(String, String)>,
+    pub failed: Vec<(String, Error)>,
 }
 
 /// Messages written per commit.
@@ -148,10 +148,19 @@ impl Registry {
         Ok((cell.id.to_string(), true))
     }
 
-    /// Appends imported messages (oldest first) to imported conversation `id`, giving them
-    /// the next seqs. Messages already imported (by alias) are skipped. Refused once the
-    /// conversation holds a message that was not imported: history is only added in front of
-    /// what was sent here.
+    /// Appends imported messages to conversation `id` (any kind that keeps history), giving
+    /// them the next seqs in time order (the order given breaks ties) and keeping their ids
+    /// (aliases) and times. Messages already imported (by alias) are skipped.
+    ///
+    /// History is imported only in front of what is sent here: refused with
+    /// [`Error::ImportConflict`] once the conversation holds a message that was not imported
+    /// (an import may continue, in later calls, as long as nothing was sent). A message older
+    /// than the newest one already there fails on its own ([`Error::ImportOutOfOrder`]), so
+    /// seqs stay gapless and `server_time` never decreases with seq. Nothing is pushed and no
+    /// webhook event is written: to the members it is history that was always there.
+    ///
+    /// Not atomic over batches of more than [`BATCH`] messages: what was committed stays, and
+    /// calling again with the same messages finishes the job.
     pub async fn import_messages(
         &self,
         id: &str,
@@ -159,13 +168,16 @@ impl Registry {
     ) -> Result<ImportedMessages, Error> {
         let cell = self.cell(id)?;
         let _one = self.imports.lock().await;
-        if let Some(last) = self.store.last_message(cell.num)?
-            && self.store.message_alias(cell.num, &last.id)? != Some(last.seq)
         {
-            return Err(Error::PermissionDenied(
-                "messages were sent in this conversation after it was imported",
-            ));
+            let mut st = cell.lock();
+            st.require_live()?;
+            st.require_stored("imported history")?;
+            let through = self.imported_through(&mut st, cell.num)?;
+            if st.last_seq != through {
+                return Err(Error::ImportConflict);
+            }
         }
+        let now = self.now();
         let mut out = ImportedMessages::default();
         let mut fresh = BTreeSet::new();
         let mut valid = Vec::with_capacity(messages.len());
@@ -176,6 +188,11 @@ impl Registry {
                         Err(Error::InvalidArgument(
                             "looks like a tidings message id".into(),
                         ))
+                    } else if m.at <= 0 || m.at > now {
+                        Err(Error::InvalidArgument(format!(
+                            "time {} is not between the epoch and now",
+                            m.at
+                        )))
                     } else {
                         Ok(())
                     }
@@ -183,7 +200,7 @@ impl Registry {
                 .and_then(|()| self.check_user_id(&m.sender))
                 .and_then(|()| self.check_size(&m.content, &m.attributes));
             if let Err(e) = check {
-                out.failed.push((m.alias, e.to_string()));
+                out.failed.push((m.alias, e));
                 continue;
             }
             if self.store.message_alias(cell.num, &m.alias)?.is_some()
@@ -194,15 +211,28 @@ impl Registry {
             }
             valid.push(m);
         }
+        // Time order; a stable sort keeps the order given for equal times.
+        valid.sort_by_key(|m| m.at);
         for chunk in valid.chunks(BATCH) {
             let permit = self.writer.reserve().await?;
             let rx = {
                 let mut st = cell.lock();
                 st.require_live()?;
+                // A send may have slipped in since the last batch.
+                if Some(st.last_seq) != st.imported {
+                    return Err(Error::ImportConflict);
+                }
                 let mut ops = Vec::with_capacity(chunk.len() * 3);
+                let mut floor = if st.last_seq > 0 { st.last_ts } else { 0 };
+                let mut written = 0;
                 for m in chunk {
+                    if m.at < floor {
+                        out.failed
+                            .push((m.alias.clone(), Error::ImportOutOfOrder(floor)));
+                        continue;
+                    }
                     let seq = st.last_seq + 1;
-                    let at = m.at.max(st.last_ts);
+                    let at = m.at;
                     let mut message = Message {
                         id: m.alias.clone(),
                         conversation_id: cell.id.to_string(),
@@ -243,15 +273,71 @@ impl Registry {
                     });
                     st.last_seq = seq;
                     st.last_ts = at;
+                    st.imported = Some(seq);
+                    floor = at;
+                    written += 1;
                 }
-                let through = cell.committed_through(st.last_seq);
-                self.writer
-                    .submit_then(permit, ops, Vec::new(), Vec::new(), Some(through))
+                out.imported += written;
+                // Every message of the batch was out of order: nothing to write.
+                (written > 0).then(|| {
+                    let through = cell.committed_through(st.last_seq);
+                    self.writer
+                        .submit_then(permit, ops, Vec::new(), Vec::new(), Some(through))
+                })
             };
-            wait(rx).await?;
-            out.imported += chunk.len();
+            if let Some(rx) = rx {
+                wait(rx).await?;
+            }
         }
         Ok(out)
+    }
+
+    /// The newest seq of the run `1..=n` of imported messages conversation `num` starts with
+    /// (0: none). Imports only ever go in front of messages sent here, so imported messages
+    /// are always such a run; found once per load by bisection (an imported message's id is
+    /// its alias, never the id a message sent here gets).
+    pub(super) fn imported_through(&self, st: &mut ConvState, num: u64) -> Result<u64, Error> {
+        if let Some(n) = st.imported {
+            return Ok(n);
+        }
+        let imported = |seq: u64| -> Result<bool, Error> {
+            Ok(self
+                .store
+                .message(num, seq)?
+                .is_some_and(|m| m.id != protocol::message_id(num, seq)))
+        };
+        let mut n = 0;
+        if st.durable_seq > 0 && imported(1)? {
+            let (mut lo, mut hi) = (1, st.durable_seq);
+            while lo < hi {
+                let mid = lo + (hi - lo).div_ceil(2);
+                if imported(mid)? {
+                    lo = mid;
+                } else {
+                    hi = mid - 1;
+                }
+            }
+            n = lo;
+        }
+        st.imported = Some(n);
+        Ok(n)
+    }
+
+    /// The id of message `seq` of conversation `num`: the alias it was imported under, else
+    /// the id messages sent here get.
+    pub(super) fn message_id_at(
+        &self,
+        st: &mut ConvState,
+        num: u64,
+        seq: u64,
+    ) -> Result<String, Error> {
+        if seq > 0
+            && seq <= self.imported_through(st, num)?
+            && let Some(m) = self.store.message(num, seq)?
+        {
+            return Ok(m.id);
+        }
+        Ok(protocol::message_id(num, seq))
     }
 
     /// Sets imported read positions of conversation `id`: each user has read up to the newest

@@ -120,6 +120,15 @@ pub enum Error {
     /// The app's backend revoked the token (or every token of the user issued before it).
     #[error("the token was revoked")]
     TokenRevoked,
+    /// An import into a conversation that holds messages sent here (not imported).
+    #[error(
+        "messages were sent in this conversation: history is imported only into a \
+         conversation with no messages yet, or one whose messages were all imported"
+    )]
+    ImportConflict,
+    /// An imported message older than the newest one the conversation holds (its time).
+    #[error("older than the newest message already there ({0}): import in time order")]
+    ImportOutOfOrder(i64),
 }
 
 impl Error {
@@ -149,6 +158,8 @@ impl Error {
             Error::Blocked => ErrorCode::ErrorBlocked,
             Error::Banned(_) => ErrorCode::ErrorBanned,
             Error::TokenRevoked => ErrorCode::ErrorTokenRevoked,
+            Error::ImportConflict => ErrorCode::ErrorImportConflict,
+            Error::ImportOutOfOrder(_) => ErrorCode::ErrorImportOutOfOrder,
         }
     }
 }
@@ -239,6 +250,9 @@ pub(crate) struct ConvState {
     silent: Option<Arc<Vec<u64>>>,
     /// The newest seq of the conversation's own event log (loaded on first need).
     log_seq: Option<u64>,
+    /// Seqs `1..=n` were imported and keep the ids they came with (loaded on first need; see
+    /// [`import`]).
+    imported: Option<u64>,
 }
 
 impl ConvCell {
@@ -609,6 +623,7 @@ impl Registry {
             blocks: None,
             silent: None,
             log_seq: None,
+            imported: None,
         };
         let id = Arc::from(Self::id_of(num, &state.record));
         state.rebuild_roster();

@@ -67,7 +67,7 @@ impl Registry {
                         conversation_id: cell.id.to_string(),
                         user: caller.user.to_string(),
                         read_seq: target,
-                        message_id: self.message_id_at(&cell, target)?,
+                        message_id: self.message_id_at(&mut st, cell.num, target)?,
                         at: now,
                     };
                     vec![crate::webhooks::record(pb::outbox_event::Event::Read(read))]
@@ -169,15 +169,6 @@ impl Registry {
         Ok(())
     }
 
-    /// The id of message `seq` of a conversation (imported ones keep the id they came with).
-    fn message_id_at(&self, cell: &ConvCell, seq: u64) -> Result<String, Error> {
-        Ok(match protocol::parse_conversation_id(&cell.id) {
-            Some(_) => None,
-            None => self.store.message(cell.num, seq)?.map(|m| m.id),
-        }
-        .unwrap_or_else(|| protocol::message_id(cell.num, seq)))
-    }
-
     /// Tells the senders of receipt-asking messages in `from+1..=to` (other than the caller)
     /// that the caller received or read up to `to`.
     pub(super) fn send_receipts(
@@ -199,13 +190,8 @@ impl Registry {
         if senders.is_empty() {
             return Ok(());
         }
-        // Imported conversations (whose id is an alias) hold messages that kept the ids they
-        // were imported with.
-        let message_id = match protocol::parse_conversation_id(&cell.id) {
-            Some(_) => None,
-            None => self.store.message(cell.num, to)?.map(|m| m.id),
-        }
-        .unwrap_or_else(|| protocol::message_id(cell.num, to));
+        // Imported messages kept the ids they were imported with.
+        let message_id = self.message_id_at(&mut cell.lock(), cell.num, to)?;
         let receipt = pb::Receipt {
             conversation_id: cell.id.to_string(),
             user_id: caller.user.to_string(),

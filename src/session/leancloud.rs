@@ -120,6 +120,8 @@ pub(super) fn error_code(e: &Error, sending: bool) -> (ErrorCode, bool) {
         Error::OwnerMustTransfer => ErrorCode::ConversationNeedOwner,
         Error::Banned(_) => ErrorCode::KickedByApp,
         Error::TokenRevoked => ErrorCode::SessionTokenExpired,
+        // Imports come only through the admin API.
+        Error::ImportConflict | Error::ImportOutOfOrder(_) => ErrorCode::ConversationApiFailed,
     };
     (code, false)
 }

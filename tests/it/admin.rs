@@ -29,6 +29,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: hyper::HeaderMap,
     pub body: Value,
+    /// The body as it came.
+    pub raw: bytes::Bytes,
 }
 
 impl Reply {
@@ -88,6 +90,7 @@ pub async fn http_with(
             status,
             headers,
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            raw: bytes,
         }
     })
     .await
