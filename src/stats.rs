@@ -137,6 +137,8 @@ pub struct Stats {
     pub webhook_outbox_bytes: AtomicU64,
     /// Distributions for `/metrics`.
     pub histograms: Histograms,
+    /// Requests by kind and outcome, frames and bytes by dialect, for `/metrics`.
+    pub traffic: crate::traffic::Traffic,
 }
 
 /// Distributions kept for `/metrics` (each observation is a few atomic adds).

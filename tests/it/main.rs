@@ -5,6 +5,7 @@ mod admin_access;
 mod admin_backup;
 mod admin_broadcast;
 mod admin_groups;
+mod admin_lifecycle;
 mod admin_overrides;
 mod admin_temporary;
 mod harness;
