@@ -235,22 +235,28 @@ impl Counts {
             ConstCounter::new(r.count).encode(family.encode_family(&labels)?)?;
         }
         let frames = t.frames();
-        let per_dialect: [(&str, &str, fn(&(&str, u64, u64, u64, u64)) -> u64); 4] = [
-            ("frames_in", "Data frames read from clients", |f| f.1),
-            ("bytes_in", "Bytes of data frames read from clients", |f| {
-                f.2
+        type Field = fn(&crate::traffic::FrameCounts) -> u64;
+        let per_dialect: [(&str, &str, Field); 4] = [
+            ("frames_in", "Data frames read from clients", |f| {
+                f.frames_in
             }),
-            ("frames_out", "Data frames written to clients", |f| f.3),
+            ("bytes_in", "Bytes of data frames read from clients", |f| {
+                f.bytes_in
+            }),
+            ("frames_out", "Data frames written to clients", |f| {
+                f.frames_out
+            }),
             (
                 "bytes_out",
                 "Bytes of data frames written to clients",
-                |f| f.4,
+                |f| f.bytes_out,
             ),
         ];
         for (name, help, value) in per_dialect {
             let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
             for f in &frames {
-                ConstCounter::new(value(f)).encode(family.encode_family(&[("dialect", f.0)])?)?;
+                ConstCounter::new(value(f))
+                    .encode(family.encode_family(&[("dialect", f.dialect)])?)?;
             }
         }
         let (native, leancloud) = self.hub.session_counts();

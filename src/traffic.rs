@@ -185,6 +185,15 @@ pub struct RequestCount {
     pub count: u64,
 }
 
+/// One dialect's frames and bytes in and out.
+pub struct FrameCounts {
+    pub dialect: &'static str,
+    pub frames_in: u64,
+    pub bytes_in: u64,
+    pub frames_out: u64,
+    pub bytes_out: u64,
+}
+
 impl Traffic {
     /// A native request of `kind` ([`native_kind`]) answered with `reply`.
     pub fn native(&self, kind: usize, reply: &ServerFrame) {
@@ -291,17 +300,14 @@ impl Traffic {
         out
     }
 
-    /// Frames and bytes in and out, by dialect: `(dialect, frames in, bytes in, frames out,
-    /// bytes out)`.
-    pub fn frames(&self) -> [(&'static str, u64, u64, u64, u64); 2] {
-        std::array::from_fn(|d| {
-            (
-                DIALECTS[d],
-                self.frames_in[d].load(Relaxed),
-                self.bytes_in[d].load(Relaxed),
-                self.frames_out[d].load(Relaxed),
-                self.bytes_out[d].load(Relaxed),
-            )
+    /// Frames and bytes in and out, by dialect.
+    pub fn frames(&self) -> [FrameCounts; 2] {
+        std::array::from_fn(|d| FrameCounts {
+            dialect: DIALECTS[d],
+            frames_in: self.frames_in[d].load(Relaxed),
+            bytes_in: self.bytes_in[d].load(Relaxed),
+            frames_out: self.frames_out[d].load(Relaxed),
+            bytes_out: self.bytes_out[d].load(Relaxed),
         })
     }
 }

@@ -13,6 +13,7 @@
 mod api;
 mod groups;
 pub mod json;
+mod lifecycle;
 pub mod openapi;
 
 use crate::app::App;
@@ -396,6 +397,9 @@ async fn handle(
         body: &body,
         idempotency_key: idempotency_key.as_deref(),
     };
+    if let Some(answer) = lifecycle::raw_route(&call, &method, &segments) {
+        return answer.unwrap_or_else(failure);
+    }
     match api::route(&call, &method, &segments).await {
         Ok((status, value)) => respond(status, &value),
         Err(f) => failure(f),

@@ -2,7 +2,7 @@
 //! JSON shapes. Served at `/openapi.json`; `docs/openapi.json` is a checked-in copy that a test
 //! keeps equal to what this generates.
 
-use super::{ErrorBody, api, groups, json};
+use super::{ErrorBody, api, groups, json, lifecycle};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -57,6 +57,8 @@ use utoipa::OpenApi;
         groups::set_profile,
         groups::create_system,
         groups::broadcast,
+        lifecycle::delete_user,
+        lifecycle::export,
     ),
     components(schemas(ErrorBody, json::Conversation, json::Message, json::ListEntry, json::Unread)),
     modifiers(&Security),

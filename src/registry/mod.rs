@@ -16,6 +16,7 @@ pub(crate) mod history;
 mod hook;
 pub mod import;
 pub(crate) mod inbox;
+pub mod lifecycle;
 pub mod limits;
 mod messages;
 pub mod mutes;

@@ -396,6 +396,8 @@ fn write_of(op: &Op) -> Write {
         Op::PutProfile { user, profile } => {
             Write::Put(keys::profile(user), profile.encode_to_vec())
         }
+        Op::DeleteProfile { user } => Write::Delete(keys::profile(user)),
+        Op::DeleteHidden { user, conv, seq } => Write::Delete(keys::hidden(user, *conv, *seq)),
         Op::PutMessageVersion {
             conv,
             seq,

@@ -237,6 +237,15 @@ pub enum Op {
         user: UserId,
         profile: Profile,
     },
+    DeleteProfile {
+        user: UserId,
+    },
+    /// Takes back a one-way delete (the user's data is being deleted).
+    DeleteHidden {
+        user: UserId,
+        conv: u64,
+        seq: u64,
+    },
     /// Message `seq` as it was before its `version`-th change (an encoded `Message`), kept
     /// for audit (`keep_message_versions`).
     PutMessageVersion {

@@ -29,6 +29,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: hyper::HeaderMap,
     pub body: Value,
+    /// The body as text (lossy UTF-8).
+    pub text: String,
 }
 
 impl Reply {
@@ -88,6 +90,7 @@ pub async fn http_with(
             status,
             headers,
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            text: String::from_utf8_lossy(&bytes).into_owned(),
         }
     })
     .await
