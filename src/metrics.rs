@@ -144,6 +144,11 @@ impl Collector for Counts {
             ),
             ("wills_sent", "Will messages sent", s.wills_sent.get()),
             (
+                "history_messages_deleted",
+                "Messages deleted by history retention",
+                s.history_messages_deleted.get(),
+            ),
+            (
                 "messages_committed",
                 "Messages made durable",
                 s.messages_committed.get(),

@@ -223,6 +223,15 @@ pub enum Op {
     PurgeConversation {
         conv: u64,
     },
+    /// Deletes messages `from..=through` of `conv` and what hangs off them: receipt, silent,
+    /// patch and alias index entries, kept versions. (One-way delete marks, `H`, stay until
+    /// the conversation is purged: they cost a few bytes each and are never read below the
+    /// conversation's `purged_seq`.)
+    PurgeMessages {
+        conv: u64,
+        from: u64,
+        through: u64,
+    },
     /// `user` blocked `blocked` at `at` (ms).
     PutUserBlock {
         user: UserId,

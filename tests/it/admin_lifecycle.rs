@@ -379,3 +379,142 @@ async fn a_users_export_is_json_lines_in_bounded_pages() {
     let bad = api(&server, "GET", "/v1/users/alice/export?cursor=nope", None).await;
     assert_eq!(bad.status_code(), (400, Some(2)));
 }
+
+const HOUR: i64 = 3_600_000;
+
+/// Sends `text` into `conv` as alice; its seq.
+async fn send_as_alice(server: &TestServer, conv: &str, text: &str) -> u64 {
+    ok(
+        server,
+        "POST",
+        &format!("/v1/conversations/{conv}/messages?as=alice"),
+        Some(json!({ "text": text })),
+    )
+    .await["seq"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Messages of a page of native history.
+fn seqs_of(r: Rep) -> (Vec<u64>, bool) {
+    match r {
+        Rep::MessagePage(p) => (p.messages.iter().map(|m| m.seq).collect(), p.has_more),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn history_older_than_the_retention_is_swept_away_and_seqs_go_on() {
+    let mut server = server_with(|c| {
+        c.history_retention_days = 1;
+        c.history_retention_batch = 2;
+    })
+    .await;
+    let sweeps = |server: &TestServer, n: u64| {
+        let stats = server.running().app.stats.clone();
+        async move { within(stats.history_sweeps.wait_for(n)).await }
+    };
+    sweeps(&server, 1).await;
+    let group = ok(
+        &server,
+        "POST",
+        "/v1/conversations?as=alice",
+        Some(json!({"kind": "group", "members": ["bob"]})),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let t0 = server.clock_now();
+    let with_id = json!({"text": "old-1", "client_message_id": "c-1"});
+    let path = format!("/v1/conversations/{group}/messages?as=alice");
+    assert_eq!(
+        ok(&server, "POST", &path, Some(with_id.clone())).await["seq"],
+        1
+    );
+    for text in ["old-2", "old-3"] {
+        send_as_alice(&server, &group, text).await;
+    }
+    server.clock.advance(12 * HOUR);
+    sweeps(&server, 2).await;
+    assert_eq!(send_as_alice(&server, &group, "mid").await, 4);
+    assert_eq!(
+        history(&server, &group).await.len(),
+        4,
+        "nothing was due yet"
+    );
+
+    // A day after the first three: they go (two commits of two and one), "mid" stays.
+    server.clock.advance(13 * HOUR);
+    sweeps(&server, 3).await;
+    let left = history(&server, &group).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        (left[0]["seq"].as_u64(), left[0]["text"].as_str()),
+        (Some(4), Some("mid"))
+    );
+    let m = metrics_of(&server).await;
+    assert_eq!(m["tidings_history_messages_deleted_total"], 3.0);
+    // A retry of a swept send gets its first seq, not a new message.
+    let retry = ok(&server, "POST", &path, Some(with_id)).await;
+    assert_eq!(
+        (retry["seq"].as_u64(), retry["duplicate"].as_bool()),
+        (Some(1), Some(true))
+    );
+    // Readers start after the deleted range, by seq and by time, and are never told of it.
+    let mut bob = Raw::login(&server, "bob").await;
+    let fetch = |r: pb::FetchHistory| {
+        Req::FetchHistory(pb::FetchHistory {
+            conversation_id: group.clone(),
+            limit: 10,
+            ..r
+        })
+    };
+    let oldest_first = pb::HistoryDirection::OldestFirst as i32;
+    let (seqs, more) = seqs_of(
+        bob.request(fetch(pb::FetchHistory {
+            direction: oldest_first,
+            start_seq: 1,
+            start_inclusive: true,
+            ..Default::default()
+        }))
+        .await,
+    );
+    assert_eq!((seqs, more), (vec![4], false));
+    let (seqs, _) = seqs_of(
+        bob.request(fetch(pb::FetchHistory {
+            direction: oldest_first,
+            start_time: t0,
+            start_inclusive: true,
+            ..Default::default()
+        }))
+        .await,
+    );
+    assert_eq!(seqs, vec![4]);
+    let (seqs, more) = seqs_of(
+        bob.request(fetch(pb::FetchHistory {
+            before_seq: 4,
+            ..Default::default()
+        }))
+        .await,
+    );
+    assert_eq!((seqs, more), (vec![], false));
+    let unread = ok(&server, "GET", "/v1/users/bob/unread", None).await;
+    assert_eq!(unread["entries"][0]["unread"], 1, "{unread}");
+
+    // Everything old: the conversation keeps its last seq, and the next message follows it,
+    // after a restart too.
+    server.clock.advance(12 * HOUR);
+    sweeps(&server, 4).await;
+    assert!(history(&server, &group).await.is_empty());
+    let conv = ok(&server, "GET", &format!("/v1/conversations/{group}"), None).await;
+    assert_eq!(conv["last_seq"], 4);
+    let unread = ok(&server, "GET", "/v1/users/bob/unread", None).await;
+    assert_eq!(unread["entries"][0]["unread"], 0, "{unread}");
+    server.restart().await;
+    sweeps(&server, 1).await;
+    assert_eq!(send_as_alice(&server, &group, "after").await, 5);
+    let left = history(&server, &group).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["seq"], 5);
+}
