@@ -518,3 +518,56 @@ async fn history_older_than_the_retention_is_swept_away_and_seqs_go_on() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0]["seq"], 5);
 }
+
+#[tokio::test]
+async fn deleting_a_user_takes_them_out_of_temporary_conversations() {
+    let server = server_with(|_| {}).await;
+    let temporary = |by: &'static str, member: &'static str| {
+        let server = &server;
+        async move {
+            ok(
+                server,
+                "POST",
+                &format!("/v1/conversations?as={by}"),
+                Some(json!({"kind": "temporary", "members": [member], "ttl_secs": 3600})),
+            )
+            .await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    // A chat with an agent, who stays; a chat alice is alone in by now, which ends.
+    let with_agent = temporary("agent-7", "alice").await;
+    let alone = temporary("alice", "bob").await;
+    ok(
+        &server,
+        "POST",
+        &format!("/v1/conversations/{alone}/members/remove"),
+        Some(json!({"members": ["bob"]})),
+    )
+    .await;
+    let step = ok(&server, "DELETE", "/v1/users/alice", None).await;
+    assert_eq!(
+        (step["done"].as_bool(), step["conversations_left"].as_u64()),
+        (Some(true), Some(2))
+    );
+    let kept = ok(
+        &server,
+        "GET",
+        &format!("/v1/conversations/{with_agent}"),
+        None,
+    )
+    .await;
+    assert_eq!(kept["member_count"], 1);
+    let members = ok(
+        &server,
+        "GET",
+        &format!("/v1/conversations/{with_agent}/members"),
+        None,
+    )
+    .await;
+    assert_eq!(members["members"], json!(["agent-7"]));
+    let ended = api(&server, "GET", &format!("/v1/conversations/{alone}"), None).await;
+    assert_eq!(ended.status, 410);
+}
