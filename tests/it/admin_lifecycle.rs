@@ -7,6 +7,7 @@ use crate::harness::*;
 use crate::leancloud_wire::Lc;
 use serde_json::{Value, json};
 use tidings::leancloud::LcProtocol;
+use tidings::leancloud::pb::{self as lc, CommandType as Cmd, GenericCommand};
 use tidings::protocol::pb;
 use tidings::protocol::pb::client_frame::Body as Req;
 use tidings::protocol::pb::server_frame::Body as Rep;
@@ -50,6 +51,17 @@ async fn metrics_count_requests_by_kind_and_code_frames_and_sessions_by_dialect(
     let mut bob = Lc::connect(&server, LcProtocol::ProtobufV3).await;
     bob.opened("bob", None).await;
     bob.start("bob", &["alice"]).await;
+    let refused = bob
+        .request(GenericCommand {
+            peer_id: Some("bob".into()),
+            logs_message: Some(lc::LogsCommand {
+                cid: Some("00000000000000ff".into()),
+                ..Default::default()
+            }),
+            ..crate::leancloud_wire::cmd(Cmd::Logs, None)
+        })
+        .await;
+    assert_eq!(refused.error_message.map(|e| e.code), Some(4303));
 
     let after = metrics_of(&server).await;
     assert_eq!(count(&after, native_login), 1.0);
@@ -90,8 +102,15 @@ async fn metrics_count_requests_by_kind_and_code_frames_and_sessions_by_dialect(
     assert!(count(&after, r#"tidings_bytes_in_total{dialect="native"}"#) > 3.0);
     assert!(count(&after, r#"tidings_frames_out_total{dialect="native"}"#) >= 4.0);
     assert_eq!(
+        count(
+            &after,
+            r#"tidings_requests_total{dialect="leancloud",type="logs",code="4303"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
         count(&after, r#"tidings_frames_in_total{dialect="leancloud"}"#),
-        2.0
+        3.0
     );
     assert!(count(&after, r#"tidings_bytes_out_total{dialect="leancloud"}"#) > 0.0);
     assert_eq!(
