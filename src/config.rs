@@ -158,6 +158,18 @@ pub struct Config {
     /// (`GET /v1/conversations/{id}/messages/{message_id}/versions`): for deployments that
     /// must keep what was said for audit. Off: an edit or recall overwrites the message.
     pub keep_message_versions: bool,
+    /// Deleting a user's data (`DELETE /v1/users/{user}`) keeps the messages they sent as
+    /// they are (true) instead of emptying them as a recall does (false).
+    pub user_delete_keep_messages: bool,
+    /// Work one call deleting a user's data does, at most: messages looked at plus
+    /// conversations left. More: the call answers `done: false` and a cursor to go on from.
+    pub user_delete_step_max: usize,
+    /// Lines one page of a user's export (`GET /v1/users/{user}/export`) holds, at most.
+    pub user_export_page_max: usize,
+    /// Messages older than this many days are deleted by a background sweep; 0: kept for ever.
+    pub history_retention_days: u64,
+    /// Messages the retention sweep deletes in one store commit, at most.
+    pub history_retention_batch: usize,
     /// Token ids (`jti`) revoked one by one and not expired yet, at most; more revocations
     /// are refused with `ERROR_LIMIT_EXCEEDED` (revoke all of a user's tokens instead).
     pub max_revoked_tokens: usize,
@@ -458,6 +470,11 @@ impl Default for Config {
             system_sender: "system".into(),
             admin_temporary_scan_max: 100_000,
             keep_message_versions: false,
+            user_delete_keep_messages: false,
+            user_delete_step_max: 10_000,
+            user_export_page_max: 1_000,
+            history_retention_days: 0,
+            history_retention_batch: 1_000,
             max_revoked_tokens: 100_000,
             broadcast_max_targets: 10_000,
             import_max_messages: 1_000,
@@ -757,6 +774,18 @@ impl Config {
         }
         if self.admin_max_connections == 0 || self.admin_max_body_bytes == 0 {
             return bad("admin_max_connections and admin_max_body_bytes must be at least 1");
+        }
+        if self.user_delete_step_max == 0
+            || self.user_export_page_max == 0
+            || self.history_retention_batch == 0
+        {
+            return bad(
+                "user_delete_step_max, user_export_page_max and history_retention_batch must be \
+                 at least 1",
+            );
+        }
+        if self.history_retention_days > 100_000 {
+            return bad("history_retention_days is at most 100000 (0: off)");
         }
         if let Err(e) = crate::auth::check_user_id(&self.system_sender, self.max_user_id_bytes) {
             return Err(ConfigError::Invalid(format!("system_sender: {e}")));

@@ -335,6 +335,22 @@ impl Hub {
         self.users.iter().map(|e| e.value().len()).sum()
     }
 
+    /// Live sessions by dialect: (native, LeanCloud). LeanCloud's are the ones on a connection
+    /// that may carry others.
+    pub fn session_counts(&self) -> (usize, usize) {
+        let (mut native, mut leancloud) = (0, 0);
+        for e in self.users.iter() {
+            for h in e.value().iter() {
+                if h.shared {
+                    leancloud += 1;
+                } else {
+                    native += 1;
+                }
+            }
+        }
+        (native, leancloud)
+    }
+
     /// Puts the frame into every recipient session's outbox, without waiting.
     pub fn deliver(&self, d: &Delivery) {
         match &d.to {

@@ -40,4 +40,5 @@ pub mod server;
 pub mod session;
 pub mod stats;
 pub mod store;
+pub mod traffic;
 pub mod webhooks;

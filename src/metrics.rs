@@ -144,6 +144,11 @@ impl Collector for Counts {
             ),
             ("wills_sent", "Will messages sent", s.wills_sent.get()),
             (
+                "history_messages_deleted",
+                "Messages deleted by history retention",
+                s.history_messages_deleted.get(),
+            ),
+            (
                 "messages_committed",
                 "Messages made durable",
                 s.messages_committed.get(),
@@ -210,7 +215,66 @@ impl Collector for Counts {
         for (name, help, v) in gauges {
             gauge(&mut e, name, help, v)?;
         }
+        self.traffic(&mut e)?;
         process(&mut e)
+    }
+}
+
+impl Counts {
+    /// Requests by dialect, kind and outcome; frames and bytes by dialect; sessions by dialect.
+    fn traffic(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        use prometheus_client::metrics::MetricType;
+        let t = &self.stats.traffic;
+        let mut family = e.encode_descriptor(
+            "requests",
+            "Requests answered, by dialect, request kind and outcome (ok or the error code)",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in t.requests() {
+            let labels = [
+                ("dialect", r.dialect),
+                ("type", r.kind.as_str()),
+                ("code", r.code.as_str()),
+            ];
+            ConstCounter::new(r.count).encode(family.encode_family(&labels)?)?;
+        }
+        let frames = t.frames();
+        type Field = fn(&crate::traffic::FrameCounts) -> u64;
+        let per_dialect: [(&str, &str, Field); 4] = [
+            ("frames_in", "Data frames read from clients", |f| {
+                f.frames_in
+            }),
+            ("bytes_in", "Bytes of data frames read from clients", |f| {
+                f.bytes_in
+            }),
+            ("frames_out", "Data frames written to clients", |f| {
+                f.frames_out
+            }),
+            (
+                "bytes_out",
+                "Bytes of data frames written to clients",
+                |f| f.bytes_out,
+            ),
+        ];
+        for (name, help, value) in per_dialect {
+            let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for f in &frames {
+                ConstCounter::new(value(f))
+                    .encode(family.encode_family(&[("dialect", f.dialect)])?)?;
+            }
+        }
+        let (native, leancloud) = self.hub.session_counts();
+        let mut family = e.encode_descriptor(
+            "dialect_sessions",
+            "Live sessions by dialect",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (dialect, n) in [("native", native), ("leancloud", leancloud)] {
+            ConstGauge::new(n as i64).encode(family.encode_family(&[("dialect", dialect)])?)?;
+        }
+        Ok(())
     }
 }
 

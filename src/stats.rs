@@ -137,6 +137,12 @@ pub struct Stats {
     pub webhook_outbox_bytes: AtomicU64,
     /// Distributions for `/metrics`.
     pub histograms: Histograms,
+    /// Messages deleted by history retention (`history_retention_days`).
+    pub history_messages_deleted: Counter,
+    /// History retention sweeps finished.
+    pub history_sweeps: Counter,
+    /// Requests by kind and outcome, frames and bytes by dialect, for `/metrics`.
+    pub traffic: crate::traffic::Traffic,
 }
 
 /// Distributions kept for `/metrics` (each observation is a few atomic adds).

@@ -20,6 +20,9 @@ pub(super) async fn route(call: &Call<'_>, method: &Method, path: &[&str]) -> An
     if let Some(answer) = super::imports::route(call, method, path).await {
         return answer;
     }
+    if let Some(answer) = super::lifecycle::route(call, method, path).await {
+        return answer;
+    }
     match (method, path) {
         (&Method::POST, ["tokens"]) => mint_token(call),
         (&Method::GET, ["presence"]) => presence(call),

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
-fn kind_name(kind: i32) -> &'static str {
+pub(super) fn kind_name(kind: i32) -> &'static str {
     match ConversationKind::try_from(kind) {
         Ok(ConversationKind::Direct) => "direct",
         Ok(ConversationKind::Group) => "group",

@@ -14,6 +14,7 @@ mod api;
 mod groups;
 mod imports;
 pub mod json;
+mod lifecycle;
 pub mod openapi;
 
 use crate::app::App;
@@ -401,6 +402,9 @@ async fn handle(
     };
     if let (&Method::GET, ["conversations", id, "export"]) = (&method, segments.as_slice()) {
         return imports::export(&call, id).unwrap_or_else(failure);
+    }
+    if let Some(answer) = lifecycle::raw_route(&call, &method, &segments) {
+        return answer.unwrap_or_else(failure);
     }
     match api::route(&call, &method, &segments).await {
         Ok((status, value)) => respond(status, &value),

@@ -2,7 +2,7 @@
 //! JSON shapes. Served at `/openapi.json`; `docs/openapi.json` is a checked-in copy that a test
 //! keeps equal to what this generates.
 
-use super::{ErrorBody, api, groups, imports, json};
+use super::{ErrorBody, api, groups, imports, json, lifecycle};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -60,6 +60,8 @@ use utoipa::OpenApi;
         imports::import_conversation,
         imports::import_messages,
         imports::export,
+        lifecycle::delete_user,
+        lifecycle::export,
     ),
     components(schemas(ErrorBody, json::Conversation, json::Message, json::ListEntry, json::Unread)),
     modifiers(&Security),

@@ -91,7 +91,8 @@ impl Registry {
     }
 
     /// The first seq in `1..=last` whose time is after `t` (`strict`) or at/after it; `last + 1`
-    /// when there is none. Binary search: times never decrease with seq.
+    /// when there is none. Binary search: times never decrease with seq. Seqs deleted by
+    /// history retention (a prefix, older than every message left) count as before `t`.
     pub(super) fn seq_from_time(
         &self,
         num: u64,
@@ -102,12 +103,11 @@ impl Registry {
         let (mut lo, mut hi) = (1u64, last + 1);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let time = self
-                .store
-                .message(num, mid)?
-                .ok_or(Error::Internal)?
-                .server_time;
-            let after = if strict { time > t } else { time >= t };
+            let after = match self.store.message(num, mid)? {
+                Some(m) if strict => m.server_time > t,
+                Some(m) => m.server_time >= t,
+                None => false,
+            };
             if after {
                 hi = mid;
             } else {
@@ -123,15 +123,17 @@ impl Registry {
     }
 
     /// The caller's view of a conversation they belong to; the app's backend sees it whole
-    /// (for moderation: nobody's one-way deletes apply).
+    /// (for moderation: nobody's one-way deletes apply). Nobody sees below what history
+    /// retention deleted.
     fn view_of(&self, caller: &Caller, cell: &ConvCell) -> Result<View, Error> {
         let cleared = {
             let mut st = cell.lock();
             st.require_reader(caller)?;
+            let purged = st.record.purged_seq;
             if caller.admin {
-                0
+                purged
             } else {
-                self.entry(&mut st, cell.num, &caller.user)?.cleared_seq
+                purged.max(self.entry(&mut st, cell.num, &caller.user)?.cleared_seq)
             }
         };
         Ok(View {

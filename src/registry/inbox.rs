@@ -244,7 +244,8 @@ impl Registry {
                 return Ok(None);
             };
             let last = self.store.last_message(num)?;
-            let last_seq = last.as_ref().map_or(0, |m| m.seq);
+            // Seqs continue above what history retention deleted.
+            let last_seq = last.as_ref().map_or(0, |m| m.seq).max(record.purged_seq);
             let silent = if record.last_silent_seq > 0 {
                 Some(std::sync::Arc::new(self.store.silent_seqs(
                     num,
@@ -543,7 +544,8 @@ impl Registry {
             return Ok(None);
         }
         let read_seq = self.read_position(user, num)?.min(info.last_seq);
-        let seen = read_seq.max(rec.cleared_seq);
+        // What history retention deleted is nobody's unread.
+        let seen = read_seq.max(rec.cleared_seq).max(info.record.purged_seq);
         let silent = info
             .silent
             .as_deref()

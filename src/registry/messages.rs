@@ -126,6 +126,14 @@ impl Registry {
                     server_time: m.server_time,
                     duplicate: true,
                 }),
+                // Deleted by history retention since: the first answer's seq and id, without
+                // the time nobody can read any more.
+                None if seq <= cell.lock().record.purged_seq => Ok(SendAck {
+                    message_id: crate::protocol::message_id(cell.num, seq),
+                    seq,
+                    server_time: 0,
+                    duplicate: true,
+                }),
                 None => Err(Error::Internal),
             },
             // The hook is asked once per client message id: a retry of an accepted send is

@@ -16,11 +16,13 @@ pub(crate) mod history;
 mod hook;
 pub mod import;
 pub(crate) mod inbox;
+pub mod lifecycle;
 pub mod limits;
 mod messages;
 pub mod mutes;
 mod presence;
 mod receipts;
+pub mod retention;
 mod rooms;
 #[cfg(test)]
 mod tests;
@@ -601,9 +603,10 @@ impl Registry {
             .filter(|r| r.deleted_at == 0)
             .ok_or(Error::ConversationNotFound)?;
         let members: HashMap<UserId, MemberRecord> = self.store.members(num)?.into_iter().collect();
+        // Seqs continue above what history retention deleted, even when nothing is left.
         let (last_seq, last_ts) = match self.store.last_message(num)? {
-            Some(m) => (m.seq, m.server_time),
-            None => (0, record.created_at),
+            Some(m) => (m.seq.max(record.purged_seq), m.server_time),
+            None => (record.purged_seq, record.created_at),
         };
         let next_join_order = members.values().map(|m| m.join_order).max().unwrap_or(0) + 1;
         let mut state = ConvState {

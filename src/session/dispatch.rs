@@ -15,6 +15,7 @@ use std::sync::Arc;
 /// presence and will requests are handled by the session itself and never reach here.
 pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> ServerFrame {
     let reg = &app.registry;
+    let kind = crate::traffic::native_kind(Some(&body));
     let result: Result<Rep, Error> = match body {
         Req::CreateConversation(r) => {
             let kind =
@@ -269,7 +270,7 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
         | Req::SetWill(_)
         | Req::ClearWill(_) => Err(Error::Internal),
     };
-    match result {
+    let answer = match result {
         Ok(body) => reply(id, body),
         Err(e) => {
             if matches!(e, Error::Internal) {
@@ -277,7 +278,9 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
             }
             error_reply(id, &e)
         }
-    }
+    };
+    app.stats.traffic.native(kind, &answer);
+    answer
 }
 
 /// What a request costs under the rate limits (`None`: not charged: login, logout, ping).

@@ -163,9 +163,14 @@ pub(super) fn on_frame(actor: &mut Actor, p: LcProtocol, m: WsMessage) -> Option
             return Some(Immediate::Close(Close(code, reason)));
         }
     };
+    let counted = crate::traffic::leancloud_kind(cmd.cmd, cmd.op);
     let kind = cmd.cmd.and_then(|c| Cmd::try_from(c).ok())?;
     let op = cmd.op.and_then(|o| Op::try_from(o).ok());
-    let reply = |c: GenericCommand| Some(Immediate::Reply(vec![wire(p, &c)]));
+    let traffic = &actor.app.stats.traffic;
+    let reply = |c: GenericCommand| {
+        traffic.leancloud(counted, Some(&c));
+        Some(Immediate::Reply(vec![wire(p, &c)]))
+    };
     match (kind, op) {
         (Cmd::Echo, _) => reply(GenericCommand {
             i: cmd.i,
@@ -173,12 +178,15 @@ pub(super) fn on_frame(actor: &mut Actor, p: LcProtocol, m: WsMessage) -> Option
         }),
         (Cmd::Session, Some(Op::Open)) => open(actor, p, cmd),
         // LeanCloud Push's login on a shared socket (Android): not an IM session.
-        (Cmd::Login | Cmd::Loggedin | Cmd::Data, _) => None,
+        (Cmd::Login | Cmd::Loggedin | Cmd::Data, _) => {
+            traffic.leancloud(counted, None);
+            None
+        }
         _ => {
             let Some(at) = peer_index(actor, cmd.peer_id.as_deref()) else {
-                return cmd
-                    .i
-                    .and_then(|i| reply(error_command(Some(i), ErrorCode::SessionRequired, None)));
+                let refused = error_command(cmd.i, ErrorCode::SessionRequired, None);
+                traffic.leancloud(counted, Some(&refused));
+                return cmd.i.and_then(|_| reply(refused));
             };
             if let Some(work) = work_of(kind, op) {
                 let user = actor.peers[at].caller.user.clone();
@@ -192,6 +200,9 @@ pub(super) fn on_frame(actor: &mut Actor, p: LcProtocol, m: WsMessage) -> Option
                     } else {
                         failure(cmd.i, &e)
                     };
+                    if cmd.i.is_none() {
+                        traffic.leancloud(counted, Some(&answer));
+                    }
                     return cmd.i.and_then(|_| reply(answer));
                 }
             }
@@ -232,7 +243,12 @@ fn on_session_command(
     op: Option<Op>,
     cmd: GenericCommand,
 ) -> Option<Immediate> {
-    let reply = |c: GenericCommand| Some(Immediate::Reply(vec![wire(p, &c)]));
+    let counted = crate::traffic::leancloud_kind(cmd.cmd, cmd.op);
+    let stats = actor.app.stats.clone();
+    let reply = |c: GenericCommand| {
+        stats.traffic.leancloud(counted, Some(&c));
+        Some(Immediate::Reply(vec![wire(p, &c)]))
+    };
     let i = cmd.i;
     match (kind, op) {
         (Cmd::Session, Some(Op::Close)) => {
@@ -330,13 +346,15 @@ fn on_session_command(
                         ack_message: Some(ack),
                         ..command(Cmd::Ack, None)
                     };
+                    app.stats.traffic.leancloud(counted, Some(&reply));
                     i.map(|_| wire(p, &reply))
                 }));
                 return None;
             }
             actor.start(Box::pin(async move {
-                let answer = handle(&app, &caller, kind, op, cmd).await?;
-                Some(wire(p, &answer))
+                let answer = handle(&app, &caller, kind, op, cmd).await;
+                app.stats.traffic.leancloud(counted, answer.as_ref());
+                Some(wire(p, &answer?))
             }));
             None
         }
@@ -367,21 +385,21 @@ fn release(app: &App, peer: Peer) {
 fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immediate> {
     let app = actor.app.clone();
     let i = cmd.i;
+    let counted = crate::traffic::leancloud_kind(cmd.cmd, cmd.op);
     let fail_because = |code: ErrorCode, detail: Option<String>| {
-        Some(Immediate::Reply(vec![wire(
-            p,
-            &GenericCommand {
-                i,
-                peer_id: cmd.peer_id.clone(),
-                session_message: Some(lc::SessionCommand {
-                    code: Some(code.code()),
-                    reason: Some(code.reason().to_owned()),
-                    detail,
-                    ..Default::default()
-                }),
-                ..command(Cmd::Session, Some(Op::Closed))
-            },
-        )]))
+        let closed = GenericCommand {
+            i,
+            peer_id: cmd.peer_id.clone(),
+            session_message: Some(lc::SessionCommand {
+                code: Some(code.code()),
+                reason: Some(code.reason().to_owned()),
+                detail,
+                ..Default::default()
+            }),
+            ..command(Cmd::Session, Some(Op::Closed))
+        };
+        app.stats.traffic.leancloud(counted, Some(&closed));
+        Some(Immediate::Reply(vec![wire(p, &closed)]))
     };
     let fail = |code: ErrorCode| fail_because(code, None);
     if app.config.leancloud_app_id.as_deref() != cmd.app_id.as_deref() {
@@ -462,6 +480,7 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
         }),
         ..command(Cmd::Session, Some(Op::Opened))
     };
+    app.stats.traffic.leancloud(counted, Some(&opened));
     let mut frames = vec![wire(p, &opened)];
     // `.3` clients get unread counts after opening; `.1` clients get their unread messages.
     let summary = app.registry.unread_summary(&caller.user, false);

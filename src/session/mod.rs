@@ -245,6 +245,14 @@ impl Dialect {
         }
     }
 
+    /// The dialect as `/metrics` counts it.
+    fn counted(self) -> crate::traffic::Dialect {
+        match self {
+            Dialect::Native(_) => crate::traffic::Dialect::Native,
+            Dialect::LeanCloud(_) => crate::traffic::Dialect::LeanCloud,
+        }
+    }
+
     /// The close a connection of this dialect gets for `code`: LeanCloud's SDKs know their
     /// own numbers for the idle, login and size limits.
     fn close(self, code: CloseCode) -> Close {
@@ -321,6 +329,20 @@ impl Wire {
     }
 }
 
+/// Counts the data frames about to be written to a client (not pings and closes).
+fn count_out(app: &App, dialect: Dialect, frames: &[WsMessage]) {
+    let (mut n, mut bytes) = (0, 0);
+    for f in frames {
+        if matches!(f, WsMessage::Binary(_) | WsMessage::Text(_)) {
+            n += 1;
+            bytes += f.len();
+        }
+    }
+    if n > 0 {
+        app.stats.traffic.frames_out(dialect.counted(), n, bytes);
+    }
+}
+
 /// Runs one connection to the end.
 ///
 /// Not an `async fn`: an async fn's future keeps room for its arguments for its whole life, and
@@ -387,6 +409,7 @@ where
             Ok(welcome) => actor.serve(&mut ws, &drain, welcome).await,
             Err(LoginFailed { close, reply }) => {
                 if let Some(reply) = reply {
+                    count_out(&app, dialect, std::slice::from_ref(&reply));
                     let r = write(&actor.kick, &mut ws, vec![reply], &actor.conn, &drain).await;
                     actor.stalled = matches!(r, Err(Stop::Stalled));
                 }
@@ -497,10 +520,12 @@ async fn send_wills(app: &App, caller: &Caller, wills: BTreeMap<String, SendRequ
 async fn read_login<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut Ws<S>,
     wire: Wire,
+    traffic: &crate::traffic::Traffic,
 ) -> Result<(u64, pb::Login), Option<Close>> {
     loop {
         match read(ws).await {
             Inbound::Frame(m) => {
+                traffic.frame_in(crate::traffic::Dialect::Native, m.len());
                 return match wire.decode(&m) {
                     Ok(ClientFrame {
                         id,
@@ -765,7 +790,7 @@ impl Actor {
     ) -> Result<Vec<WsMessage>, LoginFailed> {
         let app = self.app.clone();
         let first = tokio::select! {
-            r = timeout(Duration::from_millis(app.config.login_timeout_ms), read_login(ws, wire)) => r,
+            r = timeout(Duration::from_millis(app.config.login_timeout_ms), read_login(ws, wire, &app.stats.traffic)) => r,
             _ = drain.cancelled() => Ok(Err(Some(GOING_AWAY))),
         };
         let (id, login) = match first {
@@ -818,9 +843,12 @@ impl Actor {
         // Refused: nothing happened, no session, no presence change, no other session closed.
         // (The user's bucket alone: a connection's is new at its login.)
         if let Err(e) = app.registry.admit_user(&user, Work::Login) {
+            let refused = dispatch::error_reply(id, &e);
+            let login = crate::traffic::native_kind(Some(&Req::Login(Default::default())));
+            app.stats.traffic.native(login, &refused);
             return Err(LoginFailed {
                 close: Some(TRY_AGAIN_LATER),
-                reply: Some(wire.frame(&dispatch::error_reply(id, &e))),
+                reply: Some(wire.frame(&refused)),
             });
         }
         let device = (!device.is_empty()).then(|| Arc::<str>::from(device));
@@ -835,6 +863,8 @@ impl Actor {
         }
         let (replayed_to, told, frames) =
             welcome(&app, wire, &caller, id, event_cursor, steps).map_err(Some)?;
+        let login = crate::traffic::native_kind(Some(&Req::Login(Default::default())));
+        app.stats.traffic.native_ok(login);
         self.peers[0].replayed_to = replayed_to;
         self.peers[0].told = told;
         self.peers[0].expires_at_ms = expires_at_ms;
@@ -983,6 +1013,7 @@ impl Actor {
         let cancelled = drain.cancelled();
         tokio::pin!(cancelled);
 
+        count_out(&self.app, self.dialect, &welcome);
         let result = write(&kick, ws, welcome, &self.conn, drain).await;
         match self.wrote(result, None, drain) {
             Ok(true) => idle_at = Instant::now() + idle,
@@ -1030,6 +1061,7 @@ impl Actor {
                 inbound = read(ws), if reading => match inbound {
                     Inbound::Frame(m) => {
                         idle_at = Instant::now() + idle;
+                        self.app.stats.traffic.frame_in(dialect.counted(), m.len());
                         let immediate = match dialect {
                             Dialect::Native(wire) => match wire.decode(&m) {
                                 // Nothing is served past the token's deadline, even when the
@@ -1118,7 +1150,10 @@ impl Actor {
             };
             let result = match step {
                 Step::Continue => Ok(false),
-                Step::Write(frames) => write(&kick, ws, frames, &self.conn, drain).await,
+                Step::Write(frames) => {
+                    count_out(&self.app, self.dialect, &frames);
+                    write(&kick, ws, frames, &self.conn, drain).await
+                }
                 Step::Stop(stop) => Err(stop),
             };
             match self.wrote(result, draining, drain) {
@@ -1251,7 +1286,12 @@ impl Actor {
     /// work).
     fn request(&mut self, wire: Wire, frame: ClientFrame) -> Option<Immediate> {
         let id = frame.id;
-        let reply = |f: protocol::ServerFrame| Some(Immediate::Reply(vec![wire.frame(&f)]));
+        let kind = crate::traffic::native_kind(frame.body.as_ref());
+        let traffic = &self.app.stats.traffic;
+        let reply = |f: protocol::ServerFrame| {
+            traffic.native(kind, &f);
+            Some(Immediate::Reply(vec![wire.frame(&f)]))
+        };
         let peer = self.peers.first_mut()?;
         if let Some(work) = frame.body.as_ref().and_then(dispatch::work_of)
             && let Err(e) = self
@@ -1269,10 +1309,13 @@ impl Actor {
                     server_time: self.app.clock.now_ms(),
                 }),
             )),
-            Some(Req::Logout(_)) => Some(Immediate::End(
-                NORMAL,
-                vec![wire.frame(&protocol::reply(id, Rep::Ok(pb::Ok {})))],
-            )),
+            Some(Req::Logout(_)) => {
+                traffic.native_ok(kind);
+                Some(Immediate::End(
+                    NORMAL,
+                    vec![wire.frame(&protocol::reply(id, Rep::Ok(pb::Ok {})))],
+                ))
+            }
             Some(Req::RefreshToken(r)) => {
                 let refused = |code: pb::ErrorCode, message: String| {
                     let error = pb::Error {
@@ -1292,6 +1335,7 @@ impl Actor {
                                 let caller = &peer.caller;
                                 self.app.hub.set_token_id(&caller.user, caller.session, jti);
                                 let ok = protocol::reply(id, Rep::Ok(pb::Ok {}));
+                                traffic.native(kind, &ok);
                                 Some(Immediate::Refreshed(vec![wire.frame(&ok)]))
                             }
                             Err(e) => refused(e.code(), e.to_string()),

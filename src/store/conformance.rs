@@ -21,6 +21,7 @@ pub fn run(open: Open<'_>) {
         ("user events paging", user_events),
         ("patch index: time order, moves, purge", patch_index),
         ("aliases: lookup, purge", aliases),
+        ("messages purged by range (retention)", message_purge),
         ("webhook outbox, cursors, dead letters", outbox),
         ("by-kind index and conversation event logs", kinds_and_logs),
         ("everything survives reopen", reopen),
@@ -726,4 +727,95 @@ fn kinds_and_logs(open: Open<'_>) {
     s.commit(&[Op::PurgeConversation { conv: 1 }]).unwrap();
     assert!(times(1, 0, 10).is_empty());
     assert_eq!(times(2, 0, 10), vec![15]);
+}
+
+fn message_purge(open: Open<'_>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let aliased = |seq: u64| {
+        bytes::Bytes::from(
+            Message {
+                id: format!("vendor-{seq}"),
+                seq,
+                server_time: seq as i64 * 10,
+                edited_at: if seq == 2 { 500 } else { 0 },
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        )
+    };
+    let mut ops = Vec::new();
+    for seq in 1..=4 {
+        ops.push(Op::PutMessage {
+            conv: 3,
+            seq,
+            message: aliased(seq),
+        });
+        ops.push(Op::PutMessageAlias {
+            conv: 3,
+            alias: format!("vendor-{seq}"),
+            seq,
+        });
+        ops.push(Op::PutReceiptWanted {
+            conv: 3,
+            seq,
+            sender: u("alice"),
+        });
+        ops.push(Op::PutSilent { conv: 3, seq });
+        ops.push(Op::PutMessageVersion {
+            conv: 3,
+            seq,
+            version: 0,
+            message: aliased(seq),
+        });
+    }
+    ops.push(Op::PutPatch {
+        conv: 3,
+        at: 500,
+        seq: 2,
+    });
+    // A neighbour that must not be touched.
+    ops.push(Op::PutMessage {
+        conv: 4,
+        seq: 1,
+        message: msg(4, 1),
+    });
+    s.commit(&ops).unwrap();
+    s.commit(&[Op::PurgeMessages {
+        conv: 3,
+        from: 1,
+        through: 3,
+    }])
+    .unwrap();
+    let seqs = |v: Vec<Message>| v.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(
+            s.messages(3, 0, u64::MAX, Direction::Ascending, 10)
+                .unwrap()
+        ),
+        vec![4]
+    );
+    assert_eq!(s.message_alias(3, "vendor-2").unwrap(), None);
+    assert_eq!(s.message_alias(3, "vendor-4").unwrap(), Some(4));
+    assert_eq!(
+        s.receipts_wanted(3, 0, u64::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect::<Vec<_>>(),
+        vec![4]
+    );
+    assert_eq!(s.silent_seqs(3, 0, u64::MAX).unwrap(), vec![4]);
+    assert!(s.message_versions(3, 2).unwrap().is_empty());
+    assert_eq!(s.message_versions(3, 4).unwrap().len(), 1);
+    assert!(s.patches_after(3, 0, 10).unwrap().is_empty());
+    assert_eq!(s.message(4, 1).unwrap().unwrap().seq, 1);
+    // An empty range deletes nothing.
+    s.commit(&[Op::PurgeMessages {
+        conv: 3,
+        from: 5,
+        through: 4,
+    }])
+    .unwrap();
+    assert_eq!(s.last_message(3).unwrap().unwrap().seq, 4);
 }

@@ -143,6 +143,49 @@ impl<E: OrderedKv> KvStore<E> {
     }
 }
 
+impl<E: OrderedKv> KvStore<E> {
+    /// Every stored key of messages `from..=through` of `conv` and what hangs off them (what
+    /// [`Op::PurgeMessages`] deletes).
+    fn keys_of_messages(
+        &self,
+        conv: u64,
+        from: u64,
+        through: u64,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        if from > through {
+            return Ok(out);
+        }
+        let end = through.saturating_add(1);
+        let range = |lo: Vec<u8>, hi: Vec<u8>| self.engine.range(&lo, Some(&hi), false, usize::MAX);
+        for (key, value) in range(keys::message(conv, from), keys::message(conv, end))? {
+            let m: Message = super::decode("message", &value)?;
+            let patched = m.edited_at.max(m.recalled_at);
+            if patched > 0 {
+                out.push(keys::patch(conv, patched, m.seq));
+            }
+            if crate::protocol::parse_message_id(&m.id).is_none() && !m.id.is_empty() {
+                out.push(keys::message_alias(conv, &m.id));
+            }
+            out.push(key);
+        }
+        for (lo, hi) in [
+            (
+                keys::receipt_wanted(conv, from),
+                keys::receipt_wanted(conv, end),
+            ),
+            (keys::silent(conv, from), keys::silent(conv, end)),
+            (
+                keys::message_version(conv, from, 0),
+                keys::message_version(conv, end, 0),
+            ),
+        ] {
+            out.extend(range(lo, hi)?.into_iter().map(|(k, _)| k));
+        }
+        Ok(out)
+    }
+}
+
 /// The entry of the by-kind index of a conversation record.
 fn kind_key(record: &ConversationRecord, conv: u64) -> Vec<u8> {
     keys::conversation_by_kind(u8::try_from(record.kind).unwrap_or(0), conv)
@@ -382,7 +425,9 @@ fn write_of(op: &Op) -> Write {
             record,
         } => Write::Put(keys::dead_letter(endpoint, *seq), record.to_vec()),
         Op::DeleteDeadLetter { endpoint, seq } => Write::Delete(keys::dead_letter(endpoint, *seq)),
-        Op::PurgeConversation { .. } => unreachable!("purges are expanded by commit"),
+        Op::PurgeConversation { .. } | Op::PurgeMessages { .. } => {
+            unreachable!("purges are expanded by commit")
+        }
         Op::PutConversationEvent { conv, seq, event } => {
             Write::Put(keys::conversation_event(*conv, *seq), event.encode_to_vec())
         }
@@ -396,6 +441,8 @@ fn write_of(op: &Op) -> Write {
         Op::PutProfile { user, profile } => {
             Write::Put(keys::profile(user), profile.encode_to_vec())
         }
+        Op::DeleteProfile { user } => Write::Delete(keys::profile(user)),
+        Op::DeleteHidden { user, conv, seq } => Write::Delete(keys::hidden(user, *conv, *seq)),
         Op::PutMessageVersion {
             conv,
             seq,
@@ -454,6 +501,19 @@ impl<E: OrderedKv> Store for KvStore<E> {
                 let stored = self.keys_of_conversation(*conv)?;
                 let fresh = written.remove(conv).unwrap_or_default();
                 writes.extend(stored.into_iter().chain(fresh).map(Write::Delete));
+                continue;
+            }
+            if let Op::PurgeMessages {
+                conv,
+                from,
+                through,
+            } = op
+            {
+                writes.extend(
+                    self.keys_of_messages(*conv, *from, *through)?
+                        .into_iter()
+                        .map(Write::Delete),
+                );
                 continue;
             }
             // A revoked token is two entries: by id, and in time order.

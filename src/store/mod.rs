@@ -223,6 +223,15 @@ pub enum Op {
     PurgeConversation {
         conv: u64,
     },
+    /// Deletes messages `from..=through` of `conv` and what hangs off them: receipt, silent,
+    /// patch and alias index entries, kept versions. (One-way delete marks, `H`, stay until
+    /// the conversation is purged: they cost a few bytes each and are never read below the
+    /// conversation's `purged_seq`.)
+    PurgeMessages {
+        conv: u64,
+        from: u64,
+        through: u64,
+    },
     /// `user` blocked `blocked` at `at` (ms).
     PutUserBlock {
         user: UserId,
@@ -236,6 +245,15 @@ pub enum Op {
     PutProfile {
         user: UserId,
         profile: Profile,
+    },
+    DeleteProfile {
+        user: UserId,
+    },
+    /// Takes back a one-way delete (the user's data is being deleted).
+    DeleteHidden {
+        user: UserId,
+        conv: u64,
+        seq: u64,
     },
     /// Message `seq` as it was before its `version`-th change (an encoded `Message`), kept
     /// for audit (`keep_message_versions`).

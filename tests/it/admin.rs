@@ -31,6 +31,8 @@ pub struct Reply {
     pub body: Value,
     /// The body as it came.
     pub raw: bytes::Bytes,
+    /// The body as text (lossy UTF-8).
+    pub text: String,
 }
 
 impl Reply {
@@ -91,6 +93,7 @@ pub async fn http_with(
             headers,
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
             raw: bytes,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
         }
     })
     .await

@@ -6,6 +6,7 @@ mod admin_backup;
 mod admin_broadcast;
 mod admin_groups;
 mod admin_import;
+mod admin_lifecycle;
 mod admin_overrides;
 mod admin_temporary;
 mod harness;
