@@ -551,7 +551,7 @@ fn welcome(
     id: u64,
     cursor: u64,
     steps: crate::hub::Steps,
-) -> Result<(u64, HashMap<String, u64>, Vec<WsMessage>), Close> {
+) -> Result<(u64, Told, Vec<WsMessage>), Close> {
     let internal = |e: Error| {
         let user = clean(&caller.user, app.config.log_value_max_chars);
         tracing::error!(error = %e, %user, "login failed");
@@ -607,7 +607,7 @@ struct Peer {
     /// delivery step overlapped the login (so a push may repeat it): message pushes at or
     /// below it are skipped, and an entry goes with the first newer push. At most
     /// `login_summary_max` entries.
-    told: HashMap<String, u64>,
+    told: Told,
     /// Will messages by conversation id (the last one set wins).
     wills: BTreeMap<String, SendRequest>,
     /// Conversations whose presence this session subscribed to.
@@ -639,11 +639,11 @@ impl Peer {
     }
 }
 
+/// The newest seq a login's catch-up told of, per conversation id.
+type Told = HashMap<String, u64>;
+
 /// What a login's unread summary told of: the newest seq of each entry `which` picks.
-fn told(
-    summary: &pb::UnreadSummary,
-    which: impl Fn(&pb::UnreadEntry) -> bool,
-) -> HashMap<String, u64> {
+fn told(summary: &pb::UnreadSummary, which: impl Fn(&pb::UnreadEntry) -> bool) -> Told {
     summary
         .entries
         .iter()

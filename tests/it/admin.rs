@@ -92,7 +92,7 @@ pub async fn http_with(
             status,
             headers,
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            raw: bytes,
+            raw: bytes.clone(),
             text: String::from_utf8_lossy(&bytes).into_owned(),
         }
     })
