@@ -550,7 +550,7 @@ impl Default for Config {
             edit_window_secs: 86_400,
             max_edits: 10,
             receipt_max_members: 50,
-            history_scan_max: 10_000,
+            history_scan_max: 1_000,
             max_sessions_per_user: 16,
             max_wills_per_session: 16,
             max_will_bytes_per_session: 256 << 10,
