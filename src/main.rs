@@ -127,6 +127,14 @@ enum ImportFrom {
         /// Read positions: rows of `cid`, `client_id`, `timestamp` (read up to that time).
         #[arg(long, requires = "conversations")]
         reads: Option<PathBuf>,
+        /// Import into a running server through its admin API at this URL (e.g.
+        /// http://127.0.0.1:7401) instead of opening the store of a stopped one.
+        #[arg(long)]
+        admin_url: Option<String>,
+        /// An admin API key for --admin-url (default: the first of admin_api_keys in the
+        /// configuration, which keeps it off the command line).
+        #[arg(long, requires = "admin_url")]
+        admin_key: Option<String>,
     },
     /// Easemob: its chat-history files (the hourly files of `GET …/chatmessages/{time}`),
     /// into a running server through its admin API. See docs/admin.md, Importing and
@@ -288,7 +296,7 @@ fn store(config: &Config, action: StoreAction) -> anyhow::Result<()> {
 /// Why an environment variable was ignored.
 fn import(mut config: Config, from: ImportFrom) -> anyhow::Result<()> {
     use tidings::import::leancloud::{self, Source};
-    let (url, ca_cert, app_id, master_key, conversations, messages, reads) = match from {
+    let (url, ca_cert, app_id, master_key, conversations, messages, reads, admin) = match from {
         ImportFrom::Leancloud {
             url,
             ca_cert,
@@ -297,6 +305,8 @@ fn import(mut config: Config, from: ImportFrom) -> anyhow::Result<()> {
             conversations,
             messages,
             reads,
+            admin_url,
+            admin_key,
         } => (
             url,
             ca_cert,
@@ -305,6 +315,7 @@ fn import(mut config: Config, from: ImportFrom) -> anyhow::Result<()> {
             conversations,
             messages,
             reads,
+            admin_url.map(|u| (u, admin_key)),
         ),
         ImportFrom::Easemob {
             files,
@@ -332,6 +343,38 @@ fn import(mut config: Config, from: ImportFrom) -> anyhow::Result<()> {
         },
         _ => anyhow::bail!("give --url, or --conversations and --messages"),
     };
+    let report = |s: leancloud::Summary, started: std::time::Instant| {
+        for (id, why) in &s.failed {
+            eprintln!("not imported: {id}: {why}");
+        }
+        eprintln!(
+            "imported {} conversations ({} were there already), {} messages ({} were there \
+             already), {} read positions; {} not imported; took {} ms",
+            s.conversations,
+            s.existing,
+            s.messages,
+            s.skipped_messages,
+            s.reads,
+            s.failed.len(),
+            started.elapsed().as_millis()
+        );
+    };
+    if let Some((url, key)) = admin {
+        // A running server: through its admin API, which runs the same registry calls.
+        let key = key
+            .or_else(|| config.admin_api_keys.first().cloned())
+            .context("--admin-key (or admin_api_keys in the configuration) is needed")?;
+        let sink = leancloud::Sink::Admin(leancloud::Admin::new(&url, &key, None)?);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(async {
+            let started = std::time::Instant::now();
+            let s = leancloud::run(&sink, &source, &mut |line| eprintln!("{line}")).await?;
+            report(s, started);
+            Ok(())
+        });
+    }
     config.validate()?;
     // Imported history is not news: it reaches no webhook.
     config.webhooks.clear();
@@ -353,23 +396,10 @@ fn import(mut config: Config, from: ImportFrom) -> anyhow::Result<()> {
             store,
             tokio_util::sync::CancellationToken::new(),
         )?;
-        let result = leancloud::run(&core.registry, &source, &mut |line| eprintln!("{line}")).await;
+        let sink = leancloud::Sink::Store(&core.registry);
+        let result = leancloud::run(&sink, &source, &mut |line| eprintln!("{line}")).await;
         core.close().await?;
-        let s = result?;
-        for (id, why) in &s.failed {
-            eprintln!("not imported: {id}: {why}");
-        }
-        eprintln!(
-            "imported {} conversations ({} were there already), {} messages ({} were there \
-             already), {} read positions; {} not imported; took {} ms",
-            s.conversations,
-            s.existing,
-            s.messages,
-            s.skipped_messages,
-            s.reads,
-            s.failed.len(),
-            started.elapsed().as_millis()
-        );
+        report(result?, started);
         Ok(())
     })
 }

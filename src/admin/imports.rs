@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Response, StatusCode};
+use std::collections::BTreeMap;
 
 /// Bytes after which an export page ends (the line that crosses it is the page's last).
 pub const EXPORT_PAGE_BYTES: usize = 4 << 20;
@@ -24,6 +25,7 @@ pub(super) async fn route(call: &Call<'_>, method: &Method, path: &[&str]) -> Op
         (&Method::POST, ["conversations", id, "messages", "import"]) => {
             import_messages(call, id).await
         }
+        (&Method::POST, ["conversations", id, "reads", "import"]) => import_reads(call, id).await,
         _ => return None,
     })
 }
@@ -132,6 +134,42 @@ pub(super) async fn import_messages(call: &Call<'_>, id: &str) -> Answer {
             .collect(),
         last_seq: reg.get(&backend(call), id)?.last_seq,
         reads,
+    })
+}
+
+/// Sets members' read positions as they were on the platform the conversation was imported
+/// from: each named member has read up to the newest message sent at or before `read_at`
+/// (absent: everything), and, unless `everyone_else` is false, every other member has read
+/// everything. A position never moves back. Nothing is pushed.
+#[utoipa::path(post, path = "/v1/conversations/{id}/reads/import",
+    request_body = json::ImportReads, params(("id" = String, Path)),
+    responses((status = 200, body = json::ImportedReads),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn import_reads(call: &Call<'_>, id: &str) -> Answer {
+    let body: json::ImportReads = call.json()?;
+    let max = call.app.config.import_max_messages;
+    if body.reads.len() > max {
+        return Err(Error::LimitExceeded(format!(
+            "{} reads; import_max_messages is {max}",
+            body.reads.len()
+        ))
+        .into());
+    }
+    let reg = &call.app.registry;
+    let mut wanted: BTreeMap<String, Option<i64>> = if body.everyone_else.unwrap_or(true) {
+        reg.import_members(id)?
+            .into_iter()
+            .map(|m| (m, None))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    for r in body.reads {
+        wanted.insert(r.user, r.read_at);
+    }
+    let wanted: Vec<(String, Option<i64>)> = wanted.into_iter().collect();
+    ok(json::ImportedReads {
+        reads: reg.import_reads(id, &wanted).await?,
     })
 }
 

@@ -575,6 +575,34 @@ pub struct ImportMessage {
     pub recalled: bool,
 }
 
+/// One member's imported read position.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRead {
+    pub user: String,
+    /// Read up to the newest message sent at or before this time (ms); absent: everything.
+    #[serde(default)]
+    pub read_at: Option<i64>,
+}
+
+/// `POST /v1/conversations/{id}/reads/import`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportReads {
+    /// At most `import_max_messages` entries.
+    #[serde(default)]
+    pub reads: Vec<ImportRead>,
+    /// Members not named in `reads` have read everything. Default true.
+    #[serde(default)]
+    pub everyone_else: Option<bool>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportedReads {
+    /// Read positions moved (never back; only members get one).
+    pub reads: usize,
+}
+
 /// `POST /v1/conversations/{id}/messages/import`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

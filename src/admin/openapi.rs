@@ -59,6 +59,7 @@ use utoipa::OpenApi;
         groups::broadcast,
         imports::import_conversation,
         imports::import_messages,
+        imports::import_reads,
         imports::export,
         lifecycle::delete_user,
         lifecycle::export,

@@ -35,6 +35,203 @@ pub enum Source {
     },
 }
 
+/// Where the import writes: the registry over a stopped server's store, or a running server
+/// through its admin API (the same registry calls behind the endpoints).
+pub enum Sink<'a> {
+    Store(&'a Registry),
+    Admin(Admin),
+}
+
+/// A running server's admin API.
+pub struct Admin {
+    base: Base,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Admin {
+    /// The admin API at `url` with `key`; `ca_cert`: PEM certificates to trust besides
+    /// Mozilla's roots for an `https://` URL.
+    pub fn new(url: &str, key: &str, ca_cert: Option<&std::path::Path>) -> anyhow::Result<Admin> {
+        let pem = match ca_cert {
+            Some(path) => {
+                Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+            }
+            None => None,
+        };
+        Ok(Admin {
+            base: Base::parse(url, pem.as_deref())?,
+            headers: vec![("authorization", format!("Bearer {key}"))],
+        })
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, Refused> {
+        let (status, answer) = http::call_json(
+            &self.base,
+            hyper::Method::POST,
+            path,
+            &self.headers,
+            Some(body),
+        )
+        .await
+        .map_err(Refused::Failed)?;
+        if status.is_success() {
+            return Ok(answer);
+        }
+        let message = answer["message"]
+            .as_str()
+            .map_or_else(|| status.to_string(), str::to_owned);
+        Err(match answer["code"].as_i64() {
+            Some(c) if c == crate::protocol::pb::ErrorCode::ErrorImportConflict as i64 => {
+                Refused::Conflict(message)
+            }
+            _ => Refused::Failed(anyhow::anyhow!("POST {path}: {status}: {message}")),
+        })
+    }
+}
+
+/// Why a write was not done.
+enum Refused {
+    /// The conversation has messages that were not imported: it is skipped.
+    Conflict(String),
+    /// Anything else stops the import.
+    Failed(anyhow::Error),
+}
+
+impl From<Error> for Refused {
+    fn from(e: Error) -> Refused {
+        match e {
+            Error::ImportConflict => Refused::Conflict(e.to_string()),
+            e => Refused::Failed(e.into()),
+        }
+    }
+}
+
+/// Messages per admin API request (the server's `import_max_messages` is 1000 by default).
+const ADMIN_BATCH: usize = 500;
+
+/// What a write of messages did.
+struct Written {
+    imported: usize,
+    skipped: usize,
+    failed: Vec<(String, String)>,
+}
+
+impl Sink<'_> {
+    async fn conversation(&self, conv: ImportConversation) -> Result<(String, bool), Refused> {
+        match self {
+            Sink::Store(r) => Ok(r.import_conversation(conv).await?),
+            Sink::Admin(a) => {
+                let body = serde_json::json!({
+                    "conversation_id": conv.alias,
+                    "members": conv.members,
+                    "owner": conv.owner,
+                    "name": conv.name,
+                    "attributes": conv.attributes,
+                    "created_at": conv.created_at,
+                    "unique": conv.unique,
+                });
+                let v = a.post("/v1/imports/conversations", &body).await?;
+                let id = v["conversation"]["id"]
+                    .as_str()
+                    .ok_or_else(|| Refused::Failed(anyhow::anyhow!("no conversation id in {v}")))?;
+                Ok((id.to_owned(), v["created"].as_bool().unwrap_or(false)))
+            }
+        }
+    }
+
+    /// Whether message `mid` of conversation `id` is imported already (through the admin API
+    /// it is not known: the whole history is sent again, and the server skips what it has).
+    fn known(&self, id: &str, mid: &str) -> bool {
+        match self {
+            Sink::Store(r) => r.message_seq(id, mid).is_some(),
+            Sink::Admin(_) => false,
+        }
+    }
+
+    async fn messages(&self, id: &str, messages: Vec<ImportMessage>) -> Result<Written, Refused> {
+        match self {
+            Sink::Store(r) => {
+                let done = r.import_messages(id, messages).await?;
+                Ok(Written {
+                    imported: done.imported,
+                    skipped: done.skipped,
+                    failed: done
+                        .failed
+                        .into_iter()
+                        .map(|(m, e)| (m, e.to_string()))
+                        .collect(),
+                })
+            }
+            Sink::Admin(a) => {
+                use base64::Engine as _;
+                let path = format!("/v1/conversations/{}/messages/import", http::encode(id));
+                let mut w = Written {
+                    imported: 0,
+                    skipped: 0,
+                    failed: Vec::new(),
+                };
+                for chunk in messages.chunks(ADMIN_BATCH) {
+                    let rows: Vec<Value> = chunk
+                        .iter()
+                        .map(|m| {
+                            serde_json::json!({
+                                "message_id": m.alias,
+                                "sender": m.sender,
+                                "server_time": m.at,
+                                "type": m.kind,
+                                "content": base64::engine::general_purpose::STANDARD.encode(&m.content),
+                                "attributes": m.attributes,
+                                "edited_at": m.edited_at,
+                                "recalled": m.recalled,
+                            })
+                        })
+                        .collect();
+                    let body = serde_json::json!({ "messages": rows, "mark_read": false });
+                    let v = a.post(&path, &body).await?;
+                    w.imported += v["imported"].as_u64().unwrap_or(0) as usize;
+                    w.skipped += v["duplicates"].as_u64().unwrap_or(0) as usize;
+                    for f in v["failed"].as_array().into_iter().flatten() {
+                        w.failed.push((
+                            f["message_id"].as_str().unwrap_or("?").to_owned(),
+                            f["message"].as_str().unwrap_or("").to_owned(),
+                        ));
+                    }
+                }
+                Ok(w)
+            }
+        }
+    }
+
+    /// Sets read positions: every member has read everything, except those `given` a time.
+    async fn reads(&self, id: &str, given: Vec<(String, Option<i64>)>) -> Result<usize, Refused> {
+        match self {
+            Sink::Store(r) => {
+                let mut wanted: BTreeMap<String, Option<i64>> = r
+                    .import_members(id)?
+                    .into_iter()
+                    .map(|m| (m, None))
+                    .collect();
+                for (user, at) in given {
+                    wanted.insert(user, at);
+                }
+                let wanted: Vec<(String, Option<i64>)> = wanted.into_iter().collect();
+                Ok(r.import_reads(id, &wanted).await?)
+            }
+            Sink::Admin(a) => {
+                let reads: Vec<Value> = given
+                    .into_iter()
+                    .map(|(user, at)| serde_json::json!({ "user": user, "read_at": at }))
+                    .collect();
+                let path = format!("/v1/conversations/{}/reads/import", http::encode(id));
+                let v = a
+                    .post(&path, &serde_json::json!({ "reads": reads }))
+                    .await?;
+                Ok(v["reads"].as_u64().unwrap_or(0) as usize)
+            }
+        }
+    }
+}
+
 /// What an import did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Summary {
@@ -303,7 +500,7 @@ impl Rest {
 
 /// Runs an import into `registry`, writing a progress line per conversation to `progress`.
 pub async fn run(
-    registry: &Registry,
+    sink: &Sink<'_>,
     source: &Source,
     progress: &mut dyn FnMut(String),
 ) -> anyhow::Result<Summary> {
@@ -382,10 +579,14 @@ pub async fn run(
     convs.sort_by(|a, b| (a.created_at, &a.alias).cmp(&(b.created_at, &b.alias)));
     for conv in convs {
         let alias = conv.alias.clone();
-        let (id, created) = match registry.import_conversation(conv).await {
+        let (id, created) = match sink.conversation(conv).await {
             Ok(r) => r,
-            Err(e) => {
-                summary.failed.push((alias, e.to_string()));
+            Err(Refused::Conflict(why)) => {
+                summary.failed.push((alias, why));
+                continue;
+            }
+            Err(Refused::Failed(e)) => {
+                summary.failed.push((alias, format!("{e:#}")));
                 continue;
             }
         };
@@ -396,7 +597,7 @@ pub async fn run(
         }
         let items = match &rest {
             Some(rest) => {
-                let known = |mid: &str| registry.message_seq(&id, mid).is_some();
+                let known = |mid: &str| sink.known(&id, mid);
                 let mut items = rest.messages(&alias, &known).await?;
                 items.reverse();
                 items
@@ -412,33 +613,26 @@ pub async fn run(
         }
         // Oldest first; the source's order breaks ties.
         messages.sort_by_key(|m| m.at);
-        let done = match registry.import_messages(&id, messages).await {
+        let done = match sink.messages(&id, messages).await {
             Ok(done) => done,
-            Err(e @ Error::ImportConflict) => {
-                summary.failed.push((alias.clone(), e.to_string()));
-                progress(format!("{alias}: not imported: {e}"));
+            Err(Refused::Conflict(why)) => {
+                progress(format!("{alias}: not imported: {why}"));
+                summary.failed.push((alias.clone(), why));
                 continue;
             }
-            Err(e) => bail!("{alias}: {e}"),
+            Err(Refused::Failed(e)) => bail!("{alias}: {e:#}"),
         };
         summary.messages += done.imported;
         summary.skipped_messages += done.skipped;
-        summary
-            .failed
-            .extend(done.failed.into_iter().map(|(id, e)| (id, e.to_string())));
+        summary.failed.extend(done.failed);
         let mut set = 0;
         if created || done.imported > 0 {
             let given = reads.get(&alias).cloned().unwrap_or_default();
-            let mut wanted: BTreeMap<String, Option<i64>> = registry
-                .import_members(&id)?
-                .into_iter()
-                .map(|m| (m, None))
-                .collect();
-            for (user, at) in given {
-                wanted.insert(user, at);
-            }
-            let wanted: Vec<(String, Option<i64>)> = wanted.into_iter().collect();
-            set = registry.import_reads(&id, &wanted).await?;
+            set = match sink.reads(&id, given).await {
+                Ok(n) => n,
+                Err(Refused::Conflict(why)) => bail!("{alias}: {why}"),
+                Err(Refused::Failed(e)) => bail!("{alias}: {e:#}"),
+            };
             summary.reads += set;
         }
         progress(format!(

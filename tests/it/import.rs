@@ -624,3 +624,86 @@ async fn import_over_https_verifies_the_server_certificate() {
         "{err}"
     );
 }
+
+/// The same import against a running server, through its admin API: the same conversations,
+/// ids, history and read positions; a second run changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_into_a_running_server_goes_through_the_admin_api() {
+    let f = Arc::new(fixture());
+    let url = serve(f.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(|c| {
+        c.admin_listen = "127.0.0.1:0".into();
+        c.admin_api_keys = vec![crate::admin::KEY.into()];
+        c.leancloud_app_id = Some(APP_ID.into());
+        c.leancloud_master_key = Some(MASTER_KEY.into());
+    })
+    .await;
+    let admin = format!("http://{}", server.running().admin_addr.unwrap());
+    let args = [
+        "import",
+        "leancloud",
+        "--url",
+        &url,
+        "--app-id",
+        APP_ID,
+        "--master-key",
+        MASTER_KEY,
+        "--admin-url",
+        &admin,
+        "--admin-key",
+        crate::admin::KEY,
+    ];
+    // (The data directory is not opened: the running server's store is locked.)
+    let (ok, err) = tidings(&dir.path().join("unused"), &args).await;
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&format!(
+            "imported 2 conversations (0 were there already), {} messages",
+            LONG_COUNT + 4
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("not imported: {ROOM}: a chat room")),
+        "{err}"
+    );
+    let (ok, err) = tidings(&dir.path().join("unused"), &args).await;
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&format!(
+            "imported 0 conversations (2 were there already), 0 messages ({} were there already)",
+            LONG_COUNT + 4
+        )),
+        "{err}"
+    );
+
+    let (alice, welcome) = server.login("alice").await;
+    for id in [GROUP, LONG] {
+        let e = welcome.unread(id).unwrap_or_else(|| panic!("{id} listed"));
+        assert_eq!(e.unread, 0, "{id}: everything imported counts as read");
+    }
+    let g = alice.get_conversation(GROUP).await.unwrap();
+    assert_eq!(
+        (g.id.as_str(), g.name.as_str(), g.owner.as_str()),
+        (GROUP, "team", "alice")
+    );
+    let page = alice.history(GROUP, 0, 10).await.unwrap();
+    let got: Vec<(u64, String, String, i64)> = page
+        .messages
+        .iter()
+        .map(|m| (m.seq, m.id.clone(), m.sender.clone(), m.server_time))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, msg_id(GROUP, 1), "alice".into(), T0 + 1000),
+            (2, msg_id(GROUP, 2), "bob".into(), T0 + 2000),
+            (3, msg_id(GROUP, 3), "carol".into(), T0 + 3000),
+            (4, msg_id(GROUP, 4), "alice".into(), T0 + 3000),
+        ]
+    );
+    assert_eq!(&page.messages[1].content[..], &[0u8, 1, 2, 255]);
+    let ack = alice.send_text(LONG, "after the move").await.unwrap();
+    assert_eq!(ack.seq, LONG_COUNT as u64 + 1);
+}
