@@ -1,5 +1,6 @@
 //! Login tokens: JWTs minted by the application's backend (HS256 or RS256), `sub` = user id,
-//! `exp` required and `nbf` honoured, both checked against the injected clock. Also the one
+//! `exp` required, `nbf` honoured and an `iat` in the future refused, all checked against the
+//! injected clock. Also the one
 //! rule for user ids, and minting for `tidings token`.
 
 use crate::clock::SharedClock;
@@ -191,7 +192,7 @@ impl Authenticator {
         self.identify(token).map(|i| i.user)
     }
 
-    /// Verifies a token (signature, algorithm, `crit`, `iss`/`aud`, `exp`, `nbf`, `sub`) and
+    /// Verifies a token (signature, algorithm, `crit`, `iss`/`aud`, `exp`, `nbf`, `iat`, `sub`) and
     /// returns whom it names and until when. The one check for logins and token refreshes.
     pub fn identify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token);
@@ -248,6 +249,13 @@ impl Authenticator {
             && nbf.saturating_mul(1000).saturating_sub(self.leeway_ms) > now
         {
             return Err(AuthError::Invalid("token not valid yet (nbf)".into()));
+        }
+        // Revoking a user's tokens compares `iat` with the revocation time, so a token claiming
+        // to be issued later would outlive it: an `iat` beyond the leeway is refused.
+        if let Some(iat) = claims.iat
+            && iat.saturating_mul(1000).saturating_sub(self.leeway_ms) > now
+        {
+            return Err(AuthError::Invalid("token issued in the future (iat)".into()));
         }
         Ok(Identity {
             user: self.check_user(claims.sub)?,

@@ -186,7 +186,8 @@ pub struct Config {
     pub jwt_issuer: Option<String>,
     /// Required `aud` claim, when set.
     pub jwt_audience: Option<String>,
-    /// Clock skew allowed on `exp`, seconds.
+    /// Clock skew allowed on `exp`, `nbf` and `iat` (a token issued further in the future is
+    /// refused), seconds.
     pub jwt_leeway_secs: u64,
     /// Development only: accept an unsigned `Login.token` equal to the user id. Logs a warning.
     pub insecure_dev: bool,

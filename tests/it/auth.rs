@@ -491,6 +491,34 @@ async fn nbf_is_enforced_with_the_leeway_by_the_injected_clock() {
 }
 
 #[tokio::test]
+async fn a_token_issued_in_the_future_is_refused_beyond_the_leeway() {
+    // Revoking a user's tokens refuses those issued before the revocation: one claiming to be
+    // issued in the future would outlive it.
+    let server = TestServer::start().await;
+    let leeway = server.config.jwt_leeway_secs as i64;
+    let now = server.clock_now() / 1000;
+    let with_iat = |iat: i64| {
+        let mut c = claims(&server, "alice");
+        c["iat"] = iat.into();
+        signed(Header::default(), c)
+    };
+    for iat in [now + leeway + 1, now + 3600, i64::MAX] {
+        assert_eq!(
+            refused(&server, &with_iat(iat)).await,
+            code(CloseCode::CloseAuthFailed),
+            "iat now{:+}",
+            iat.saturating_sub(now)
+        );
+    }
+    for iat in [now + leeway, now, now - 3600] {
+        let c = within(Client::connect(&server.url())).await.unwrap();
+        within(c.login(&with_iat(iat), "", 0))
+            .await
+            .unwrap_or_else(|e| panic!("iat now{:+}: {e}", iat - now));
+    }
+}
+
+#[tokio::test]
 async fn a_token_with_a_crit_header_is_refused() {
     let server = TestServer::start().await;
     let header = Header {
