@@ -173,6 +173,15 @@ async fn bad_requests_get_typed_errors() {
     assert_eq!(r.status, 400, "unknown fields are refused: {}", r.body);
     let r = call("POST", "/v1/tokens", br#"{"user":""}"#).await;
     assert_eq!(r.status_code(), (400, Some(2)));
+    // Invisible characters and a leading combining mark, as at login.
+    for body in [
+        br#"{"user":"alice\ufe0f"}"#.as_slice(),
+        br#"{"user":"\u3164"}"#,
+        br#"{"user":"\u0301alice"}"#,
+    ] {
+        let r = call("POST", "/v1/tokens", body).await;
+        assert_eq!(r.status_code(), (400, Some(2)), "{}", r.body);
+    }
     let r = call("POST", "/v1/tokens", br#"{"user":"a","ttl_secs":2592001}"#).await;
     assert_eq!(r.status, 400);
     let big = format!(r#"{{"user":"{}"}}"#, "a".repeat(2000));

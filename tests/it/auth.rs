@@ -379,6 +379,13 @@ const BAD_USER_IDS: &[&str] = &[
     "alice\u{3000}",
     "p2p|bob",
     "|",
+    "alice\u{fe0f}",
+    "\u{3164}",
+    "\u{ffa0}bob",
+    "a\u{34f}b",
+    "tag\u{e0061}",
+    "\u{301}alice",
+    "\u{20d7}x",
 ];
 
 /// Ids the vendors document as valid, or that migrated users have.
@@ -389,6 +396,9 @@ const GOOD_USER_IDS: &[&str] = &[
     "Ünïcødé-Name",
     "John Smith",
     "0",
+    "José",
+    "e\u{301}lodie",
+    "한글",
 ];
 
 #[tokio::test]
