@@ -190,7 +190,11 @@ pub struct Config {
     /// refused), seconds.
     pub jwt_leeway_secs: u64,
     /// Development only: accept an unsigned `Login.token` equal to the user id. Logs a warning.
+    /// Refused on a non-loopback `listen` address unless `insecure_dev_public`.
     pub insecure_dev: bool,
+    /// With `insecure_dev`: allow a `listen` address other machines can reach (anyone who
+    /// reaches it can log in as anyone).
+    pub insecure_dev_public: bool,
     /// Development only: serve the demo pages at `/demo/` and `/widget/` and mint a login token
     /// for any user name at `POST /demo/token`. Without `jwt_hs256_secret` a random one is made
     /// at start (tokens stop working at restart). Refused on a non-loopback `listen` address
@@ -462,6 +466,7 @@ impl Default for Config {
             jwt_audience: None,
             jwt_leeway_secs: 30,
             insecure_dev: false,
+            insecure_dev_public: false,
             demo: false,
             demo_public: false,
             login_timeout_ms: 10_000,

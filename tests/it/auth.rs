@@ -200,6 +200,52 @@ async fn insecure_dev_mode_takes_the_user_id_as_token_only_when_asked_for() {
     );
 }
 
+#[tokio::test]
+async fn insecure_dev_is_refused_on_a_reachable_address_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tidings::config::Config {
+        listen: "0.0.0.0:0".into(),
+        data_dir: dir.path().join("data"),
+        insecure_dev: true,
+        ..Default::default()
+    };
+    let clock = std::sync::Arc::new(tidings::clock::SystemClock);
+    let err = tidings::server::start(config.clone(), clock.clone())
+        .await
+        .err()
+        .expect("refused on 0.0.0.0");
+    assert!(err.to_string().contains("insecure_dev_public"), "{err}");
+    // Allowed explicitly, it starts; on loopback it needs nothing more.
+    for config in [
+        tidings::config::Config {
+            insecure_dev_public: true,
+            ..config.clone()
+        },
+        tidings::config::Config {
+            listen: "127.0.0.1:0".into(),
+            ..config
+        },
+    ] {
+        let server = tidings::server::start(config.clone(), clock.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", config.listen));
+        server.stop().await.unwrap();
+    }
+    // The flag and the environment variable, as `serve` takes them.
+    let data = dir.path().join("cli");
+    let data = data.to_str().unwrap();
+    let serve = ["serve", "--listen", "0.0.0.0:0", "--data-dir", data];
+    let flag = [&serve[..], &["--insecure-dev"]].concat();
+    for (args, env) in [
+        (&flag[..], &[][..]),
+        (&serve[..], &[("TIDINGS_INSECURE_DEV", "true")][..]),
+    ] {
+        let (ok, _, err) = run_binary(args, env).await;
+        assert!(!ok, "started: {args:?} {env:?}");
+        assert!(err.contains("--insecure-dev-public"), "{err}");
+    }
+}
+
 #[test]
 fn a_server_without_any_login_method_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
