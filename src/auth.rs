@@ -1,7 +1,6 @@
 //! Login tokens: JWTs minted by the application's backend (HS256 or RS256), `sub` = user id,
 //! `exp` required, `nbf` honoured and an `iat` in the future refused, all checked against the
-//! injected clock. Also the one
-//! rule for user ids, and minting for `tidings token`.
+//! injected clock. Also the one rule for user ids, and minting for `tidings token`.
 
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -235,8 +234,8 @@ impl Authenticator {
         self.identify(token).map(|i| i.user)
     }
 
-    /// Verifies a token (signature, algorithm, `crit`, `iss`/`aud`, `exp`, `nbf`, `iat`, `sub`) and
-    /// returns whom it names and until when. The one check for logins and token refreshes.
+    /// Verifies a token (signature, algorithm, `crit`, `iss`/`aud`, `exp`, `nbf`, `iat`, `sub`)
+    /// and returns whom it names and until when. The one check for logins and token refreshes.
     pub fn identify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token);
         if self.insecure_dev && header.is_err() {
@@ -298,7 +297,9 @@ impl Authenticator {
         if let Some(iat) = claims.iat
             && iat.saturating_mul(1000).saturating_sub(self.leeway_ms) > now
         {
-            return Err(AuthError::Invalid("token issued in the future (iat)".into()));
+            return Err(AuthError::Invalid(
+                "token issued in the future (iat)".into(),
+            ));
         }
         Ok(Identity {
             user: self.check_user(claims.sub)?,

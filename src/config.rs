@@ -151,8 +151,8 @@ pub struct Config {
     pub admin_listen: String,
     /// API keys a backend presents as `Authorization: Bearer <key>`, each at least
     /// [`MIN_HS256_SECRET_BYTES`] bytes and as hard to guess as a `jwt_hs256_secret`
-    /// (`tidings secret` makes one). Several, so one can be
-    /// rotated. A TOML list, or one string separated by commas or spaces.
+    /// (`tidings secret` makes one). Several, so one can be rotated. A TOML list, or one string
+    /// separated by commas or spaces.
     #[serde(deserialize_with = "list_or_string")]
     pub admin_api_keys: Vec<String>,
     /// Admin connections open at once, at most; more wait in the kernel's accept queue.
