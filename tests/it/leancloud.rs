@@ -273,8 +273,7 @@ fn a_guessable_master_key_is_refused_and_leancloud_style_keys_pass() {
     ]
     .map(|(k, v)| (k.to_owned(), v.to_owned()));
     let e = tidings::config::Config::load(None, env, &[])
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(e.contains("at least 16"), "{e}");
 }
