@@ -1,6 +1,6 @@
 //! Login tokens: JWTs minted by the application's backend (HS256 or RS256), `sub` = user id,
-//! `exp` required and `nbf` honoured, both checked against the injected clock. Also the one
-//! rule for user ids, and minting for `tidings token`.
+//! `exp` required, `nbf` honoured and an `iat` in the future refused, all checked against the
+//! injected clock. Also the one rule for user ids, and minting for `tidings token`.
 
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -42,17 +42,20 @@ pub enum UserIdError {
     Length { len: usize, max: usize },
     #[error("a user id may not begin or end with white space")]
     Whitespace,
-    #[error("a user id may not contain U+{:04X} (control, format and line or paragraph separator characters are refused)", *.0 as u32)]
+    #[error("a user id may not contain U+{:04X} (control, format, invisible and line or paragraph separator characters are refused)", *.0 as u32)]
     Character(char),
+    #[error("a user id may not begin with the combining mark U+{:04X}", *.0 as u32)]
+    CombiningStart(char),
     #[error("a user id may not contain '|' (it separates the parts of keys like p2p|user)")]
     Pipe,
 }
 
 /// The one rule for user ids, applied at login and wherever a request names a user: 1 to
 /// `max_bytes` bytes of any characters except control characters (Unicode Cc), format
-/// characters (Cf: bidi overrides and isolates, zero-width characters), the line and paragraph
-/// separators (Zl, Zp: U+2028, U+2029) and `|`, with no white
-/// space at either end. Every id Easemob, NetEase Yunxin and LeanCloud accept passes (README,
+/// characters (Cf: bidi overrides and isolates, zero-width characters), default-ignorable
+/// characters (variation selectors, Hangul fillers: invisible when shown), the line and
+/// paragraph separators (Zl, Zp: U+2028, U+2029) and `|`, with no white space at either end and
+/// no combining mark first. Every id Easemob, NetEase Yunxin and LeanCloud accept passes (README,
 /// "User ids").
 pub fn check_user_id(id: &str, max_bytes: usize) -> Result<(), UserIdError> {
     if id.is_empty() || id.len() > max_bytes {
@@ -64,10 +67,12 @@ pub fn check_user_id(id: &str, max_bytes: usize) -> Result<(), UserIdError> {
     if id.starts_with(char::is_whitespace) || id.ends_with(char::is_whitespace) {
         return Err(UserIdError::Whitespace);
     }
-    match id
-        .chars()
-        .find(|&c| c == '|' || c.is_control() || is_format(c) || is_separator(c))
-    {
+    if let Some(c) = id.chars().next().filter(|&c| is_combining_mark(c)) {
+        return Err(UserIdError::CombiningStart(c));
+    }
+    match id.chars().find(|&c| {
+        c == '|' || c.is_control() || is_format(c) || is_separator(c) || is_default_ignorable(c)
+    }) {
         Some('|') => Err(UserIdError::Pipe),
         Some(c) => Err(UserIdError::Character(c)),
         None => Ok(()),
@@ -78,6 +83,44 @@ pub fn check_user_id(id: &str, max_bytes: usize) -> Result<(), UserIdError> {
 /// which break lines in JavaScript and in some log viewers.
 fn is_separator(c: char) -> bool {
     matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt, Unicode 15.1): characters
+/// rendered as nothing, such as variation selectors (U+FE0F), the Hangul fillers (U+3164) and
+/// the combining grapheme joiner, so `alice\u{FE0F}` would show as `alice`. Most format
+/// characters are in it too; reserved code points of the property are included.
+fn is_default_ignorable(c: char) -> bool {
+    matches!(
+        c as u32,
+        0xAD | 0x34F
+            | 0x61C
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180F
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x206F
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF0..=0xFFF8
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0000..=0xE0FFF
+    )
+}
+
+/// The main blocks of combining marks (Unicode general category M): Combining Diacritical
+/// Marks and their Extended, Supplement and For Symbols blocks, and the Combining Half Marks.
+/// Hardcoded, since no dependency gives general categories, and not all of category M
+/// (scripts' own vowel signs are marks too): these are the marks that stack on whatever
+/// precedes them, so an id beginning with one would merge into the text shown before it.
+fn is_combining_mark(c: char) -> bool {
+    matches!(
+        c as u32,
+        0x300..=0x36F | 0x1AB0..=0x1AFF | 0x1DC0..=0x1DFF | 0x20D0..=0x20FF | 0xFE20..=0xFE2F
+    )
 }
 
 /// Unicode general category Cf (format characters), as of Unicode 15.1.
@@ -191,8 +234,8 @@ impl Authenticator {
         self.identify(token).map(|i| i.user)
     }
 
-    /// Verifies a token (signature, algorithm, `crit`, `iss`/`aud`, `exp`, `nbf`, `sub`) and
-    /// returns whom it names and until when. The one check for logins and token refreshes.
+    /// Verifies a token (signature, algorithm, `crit`, `iss`/`aud`, `exp`, `nbf`, `iat`, `sub`)
+    /// and returns whom it names and until when. The one check for logins and token refreshes.
     pub fn identify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token);
         if self.insecure_dev && header.is_err() {
@@ -248,6 +291,15 @@ impl Authenticator {
             && nbf.saturating_mul(1000).saturating_sub(self.leeway_ms) > now
         {
             return Err(AuthError::Invalid("token not valid yet (nbf)".into()));
+        }
+        // Revoking a user's tokens compares `iat` with the revocation time, so a token claiming
+        // to be issued later would outlive it: an `iat` beyond the leeway is refused.
+        if let Some(iat) = claims.iat
+            && iat.saturating_mul(1000).saturating_sub(self.leeway_ms) > now
+        {
+            return Err(AuthError::Invalid(
+                "token issued in the future (iat)".into(),
+            ));
         }
         Ok(Identity {
             user: self.check_user(claims.sub)?,

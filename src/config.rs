@@ -40,8 +40,19 @@ const PLACEHOLDER_SECRETS: &[&str] = &[
     "astringsecretatleast256bitslong",
 ];
 
-/// Least estimated strength of a `jwt_hs256_secret`, bits (see [`weak_secret`]).
+/// Least estimated strength of a `jwt_hs256_secret` or admin API key, bits (see
+/// [`weak_secret`]).
 pub const MIN_HS256_SECRET_BITS: f64 = 64.0;
+
+/// Shortest accepted `leancloud_master_key`, bytes. Lower than [`MIN_HS256_SECRET_BYTES`] so
+/// the master keys of LeanCloud apps (24 random letters and digits), which their backends'
+/// signature factories sign with, keep working when the apps move here.
+pub const MIN_LEANCLOUD_KEY_BYTES: usize = 16;
+
+/// Least estimated strength of a `leancloud_master_key`, bits (see [`weak_key`]): low enough
+/// for every random key of [`MIN_LEANCLOUD_KEY_BYTES`] (16 random hex digits estimate at 31 or
+/// more, 24 random letters and digits at 80 or more), high enough for `aaaaaaaabbbbbbbb`.
+pub const MIN_LEANCLOUD_KEY_BITS: f64 = 28.0;
 
 /// Why `secret` is too easy to guess although long enough, if it is: it holds a well-known
 /// placeholder, repeats a shorter string (`change-me` four times, 32 times the same byte), is
@@ -50,6 +61,11 @@ pub const MIN_HS256_SECRET_BITS: f64 = 64.0;
 /// [`MIN_HS256_SECRET_BITS`]. Random secrets (`tidings secret`, 32 bytes of `/dev/urandom` in
 /// base64, even 32 random decimal digits) pass every rule by a wide margin.
 pub fn weak_secret(secret: &str) -> Option<String> {
+    weak_key(secret, MIN_HS256_SECRET_BITS)
+}
+
+/// [`weak_secret`] with another least strength, `min_bits`.
+pub fn weak_key(secret: &str, min_bits: f64) -> Option<String> {
     let folded: String = secret
         .chars()
         .filter(|c| !matches!(c, '-' | '_' | '.' | ' '))
@@ -82,10 +98,9 @@ pub fn weak_secret(secret: &str) -> Option<String> {
             -p * p.log2() * n
         })
         .sum();
-    if bits < MIN_HS256_SECRET_BITS {
+    if bits < min_bits {
         return Some(format!(
-            "its bytes are too uneven (about {bits:.0} bits; at least {MIN_HS256_SECRET_BITS} \
-             are required)"
+            "its bytes are too uneven (about {bits:.0} bits; at least {min_bits} are required)"
         ));
     }
     None
@@ -135,8 +150,9 @@ pub struct Config {
     /// Served only when `admin_api_keys` holds a key. Empty: never served.
     pub admin_listen: String,
     /// API keys a backend presents as `Authorization: Bearer <key>`, each at least
-    /// [`MIN_HS256_SECRET_BYTES`] bytes (`tidings secret` makes one). Several, so one can be
-    /// rotated. A TOML list, or one string separated by commas or spaces.
+    /// [`MIN_HS256_SECRET_BYTES`] bytes and as hard to guess as a `jwt_hs256_secret`
+    /// (`tidings secret` makes one). Several, so one can be rotated. A TOML list, or one string
+    /// separated by commas or spaces.
     #[serde(deserialize_with = "list_or_string")]
     pub admin_api_keys: Vec<String>,
     /// Admin connections open at once, at most; more wait in the kernel's accept queue.
@@ -203,10 +219,15 @@ pub struct Config {
     pub jwt_issuer: Option<String>,
     /// Required `aud` claim, when set.
     pub jwt_audience: Option<String>,
-    /// Clock skew allowed on `exp`, seconds.
+    /// Clock skew allowed on `exp`, `nbf` and `iat` (a token issued further in the future is
+    /// refused), seconds.
     pub jwt_leeway_secs: u64,
     /// Development only: accept an unsigned `Login.token` equal to the user id. Logs a warning.
+    /// Refused on a non-loopback `listen` address unless `insecure_dev_public`.
     pub insecure_dev: bool,
+    /// With `insecure_dev`: allow a `listen` address other machines can reach (anyone who
+    /// reaches it can log in as anyone).
+    pub insecure_dev_public: bool,
     /// Development only: serve the demo pages at `/demo/` and `/widget/` and mint a login token
     /// for any user name at `POST /demo/token`. Without `jwt_hs256_secret` a random one is made
     /// at start (tokens stop working at restart). Refused on a non-loopback `listen` address
@@ -410,7 +431,8 @@ pub struct Config {
     pub leancloud_app_id: Option<String>,
     /// LeanCloud dialect: the key that signs and verifies login and conversation signatures
     /// (HMAC-SHA1, as LeanCloud's master key did) and session tokens. Required with
-    /// `leancloud_app_id` unless `insecure_dev`.
+    /// `leancloud_app_id` unless `insecure_dev`. At least [`MIN_LEANCLOUD_KEY_BYTES`] bytes and
+    /// not trivially guessable (see [`weak_key`]).
     pub leancloud_master_key: Option<String>,
     /// LeanCloud dialect: any client may read the metadata (name, attributes, members) of a
     /// group and join it by itself, as LeanCloud allowed. Messages, temporary and direct
@@ -491,6 +513,7 @@ impl Default for Config {
             jwt_audience: None,
             jwt_leeway_secs: 30,
             insecure_dev: false,
+            insecure_dev_public: false,
             demo: false,
             demo_public: false,
             login_timeout_ms: 10_000,
@@ -795,6 +818,30 @@ impl Config {
                 "jwt_hs256_secret is too easy to guess: {why}. Anyone who guesses it can log in \
                  as anyone. Generate one with `tidings secret`"
             )));
+        }
+        if let Some(why) = self.admin_api_keys.iter().find_map(|k| weak_secret(k)) {
+            return Err(ConfigError::Invalid(format!(
+                "an admin_api_keys entry is too easy to guess: {why}. A key is all it takes to \
+                 act as any user. Generate one with `tidings secret`"
+            )));
+        }
+        if let Some(key) = &self.leancloud_master_key {
+            let why = if key.len() < MIN_LEANCLOUD_KEY_BYTES {
+                Some(format!(
+                    "it is {} bytes; at least {MIN_LEANCLOUD_KEY_BYTES} are required",
+                    key.len()
+                ))
+            } else {
+                weak_key(key, MIN_LEANCLOUD_KEY_BITS)
+            };
+            if let Some(why) = why {
+                return Err(ConfigError::Invalid(format!(
+                    "leancloud_master_key is too easy to guess: {why}. It signs every login and \
+                     session token, and anyone holding one signature can try keys offline until \
+                     one matches, then log in as anyone. Keep a LeanCloud app's own master key \
+                     (24 random letters and digits), or generate one with `tidings secret`"
+                )));
+            }
         }
         if self.max_user_id_bytes == 0 || self.max_user_id_bytes > 255 {
             return bad("max_user_id_bytes must be 1..=255");

@@ -5,7 +5,8 @@
 //!
 //! Without `demo` none of these paths exist (404). With it, the server makes a random HS256
 //! secret when none is configured (so the tokens it mints die with the process) and refuses a
-//! listen address other machines can reach unless `demo_public` is set too.
+//! listen address other machines can reach unless `demo_public` is set too. `insecure_dev`,
+//! which lets any client log in as anyone, is held to the same rule (`insecure_dev_public`).
 
 use crate::app::App;
 use crate::config::Config;
@@ -37,6 +38,13 @@ pub enum DemoError {
          or add --demo-public if that is really meant"
     )]
     Public(String),
+    #[error(
+        "insecure_dev listens on {0}, which other machines can reach, and takes any user id as \
+         its own login token: anyone who reaches it can log in as anyone. Listen on a loopback \
+         address (127.0.0.1, [::1], localhost), configure jwt_hs256_secret (`tidings secret`) \
+         instead, or set insecure_dev_public (--insecure-dev-public) if that is really meant"
+    )]
+    InsecurePublic(String),
     #[error("listen address {0:?}: {1}")]
     Listen(String, std::io::Error),
     #[error("making a random secret: {0}")]
@@ -50,19 +58,8 @@ pub fn prepare(config: &mut Config) -> Result<(), DemoError> {
     if !config.demo {
         return Ok(());
     }
-    if !config.demo_public {
-        let addrs = std::net::ToSocketAddrs::to_socket_addrs(config.listen.as_str())
-            .map_err(|e| DemoError::Listen(config.listen.clone(), e))?;
-        let mut any = false;
-        for a in addrs {
-            any = true;
-            if !a.ip().is_loopback() {
-                return Err(DemoError::Public(config.listen.clone()));
-            }
-        }
-        if !any {
-            return Err(DemoError::Public(config.listen.clone()));
-        }
+    if !config.demo_public && !loopback_only(&config.listen)? {
+        return Err(DemoError::Public(config.listen.clone()));
     }
     if config.jwt_hs256_secret.is_none() {
         config.jwt_hs256_secret = Some(crate::auth::new_secret().map_err(DemoError::Secret)?);
@@ -78,6 +75,29 @@ pub fn prepare(config: &mut Config) -> Result<(), DemoError> {
          anyone"
     );
     Ok(())
+}
+
+/// Refuses `insecure_dev` on a listen address other machines can reach, unless
+/// `insecure_dev_public`: there every client could log in as any user.
+pub fn check_insecure_dev(config: &Config) -> Result<(), DemoError> {
+    if config.insecure_dev && !config.insecure_dev_public && !loopback_only(&config.listen)? {
+        return Err(DemoError::InsecurePublic(config.listen.clone()));
+    }
+    Ok(())
+}
+
+/// Whether `listen` resolves to loopback addresses only (to at least one).
+fn loopback_only(listen: &str) -> Result<bool, DemoError> {
+    let addrs = std::net::ToSocketAddrs::to_socket_addrs(listen)
+        .map_err(|e| DemoError::Listen(listen.to_owned(), e))?;
+    let mut any = false;
+    for a in addrs {
+        if !a.ip().is_loopback() {
+            return Ok(false);
+        }
+        any = true;
+    }
+    Ok(any)
 }
 
 /// Whether `path` is served by demo mode.

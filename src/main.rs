@@ -44,6 +44,10 @@ enum Command {
         /// Development only: accept the user id itself as login token (config: insecure_dev).
         #[arg(long)]
         insecure_dev: bool,
+        /// With --insecure-dev: allow a listen address other machines can reach (config:
+        /// insecure_dev_public).
+        #[arg(long, requires = "insecure_dev")]
+        insecure_dev_public: bool,
         /// Development only: serve the demo pages at /demo/ and /widget/ and mint tokens for
         /// any user at POST /demo/token; a random secret unless one is configured (config: demo).
         #[arg(long)]
@@ -188,6 +192,7 @@ fn main() -> anyhow::Result<()> {
         listen,
         data_dir,
         insecure_dev,
+        insecure_dev_public,
         demo,
         demo_public,
     } = &cli.command
@@ -200,6 +205,9 @@ fn main() -> anyhow::Result<()> {
         }
         if *insecure_dev {
             sets.push("insecure_dev=true".into());
+        }
+        if *insecure_dev_public {
+            sets.push("insecure_dev_public=true".into());
         }
         if *demo {
             sets.push("demo=true".into());

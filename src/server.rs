@@ -94,6 +94,7 @@ pub async fn start_with(
     store: Option<Arc<dyn crate::store::Store>>,
 ) -> anyhow::Result<RunningServer> {
     crate::demo::prepare(&mut config)?;
+    crate::demo::check_insecure_dev(&config)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls::Acceptor::load(cert, key)?),
         _ => None,

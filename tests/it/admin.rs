@@ -179,6 +179,15 @@ async fn bad_requests_get_typed_errors() {
     assert_eq!(r.status, 400, "unknown fields are refused: {}", r.body);
     let r = call("POST", "/v1/tokens", br#"{"user":""}"#).await;
     assert_eq!(r.status_code(), (400, Some(2)));
+    // Invisible characters and a leading combining mark, as at login.
+    for body in [
+        br#"{"user":"alice\ufe0f"}"#.as_slice(),
+        br#"{"user":"\u3164"}"#,
+        br#"{"user":"\u0301alice"}"#,
+    ] {
+        let r = call("POST", "/v1/tokens", body).await;
+        assert_eq!(r.status_code(), (400, Some(2)), "{}", r.body);
+    }
     let r = call("POST", "/v1/tokens", br#"{"user":"a","ttl_secs":2592001}"#).await;
     assert_eq!(r.status, 400);
     let big = format!(r#"{{"user":"{}"}}"#, "a".repeat(2000));
@@ -546,6 +555,26 @@ async fn without_keys_the_api_is_not_served_and_short_keys_are_refused() {
         e.contains("admin_api_keys") && e.contains("tidings secret"),
         "{e}"
     );
+    // Long enough but guessable, by the rule of jwt_hs256_secret; next to a good key too.
+    for weak in [
+        "a".repeat(32),
+        "change-me".repeat(4),
+        "0123456789abcdefghijklmnopqrstuvwxyz".into(),
+        "abababababababababababababababab".into(),
+    ] {
+        config.admin_api_keys = vec![KEY.into(), weak.clone()];
+        let e = config.validate().expect_err(&weak).to_string();
+        assert!(
+            e.contains("admin_api_keys") && e.contains("too easy to guess"),
+            "{weak}: {e}"
+        );
+        config.jwt_hs256_secret = Some(weak.clone());
+        config.admin_api_keys = vec![KEY.into()];
+        assert!(config.validate().is_err(), "the same rule as the secret");
+        config.jwt_hs256_secret = server.config.jwt_hs256_secret.clone();
+    }
+    config.admin_api_keys = vec![KEY.into(), OLD_KEY.into()];
+    config.validate().unwrap();
 }
 
 /// The samples of a Prometheus text exposition: `name{labels}` → value. Fails on a line that

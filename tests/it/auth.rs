@@ -200,6 +200,52 @@ async fn insecure_dev_mode_takes_the_user_id_as_token_only_when_asked_for() {
     );
 }
 
+#[tokio::test]
+async fn insecure_dev_is_refused_on_a_reachable_address_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tidings::config::Config {
+        listen: "0.0.0.0:0".into(),
+        data_dir: dir.path().join("data"),
+        insecure_dev: true,
+        ..Default::default()
+    };
+    let clock = std::sync::Arc::new(tidings::clock::SystemClock);
+    let err = tidings::server::start(config.clone(), clock.clone())
+        .await
+        .err()
+        .expect("refused on 0.0.0.0");
+    assert!(err.to_string().contains("insecure_dev_public"), "{err}");
+    // Allowed explicitly, it starts; on loopback it needs nothing more.
+    for config in [
+        tidings::config::Config {
+            insecure_dev_public: true,
+            ..config.clone()
+        },
+        tidings::config::Config {
+            listen: "127.0.0.1:0".into(),
+            ..config
+        },
+    ] {
+        let server = tidings::server::start(config.clone(), clock.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", config.listen));
+        server.stop().await.unwrap();
+    }
+    // The flag and the environment variable, as `serve` takes them.
+    let data = dir.path().join("cli");
+    let data = data.to_str().unwrap();
+    let serve = ["serve", "--listen", "0.0.0.0:0", "--data-dir", data];
+    let flag = [&serve[..], &["--insecure-dev"]].concat();
+    for (args, env) in [
+        (&flag[..], &[][..]),
+        (&serve[..], &[("TIDINGS_INSECURE_DEV", "true")][..]),
+    ] {
+        let (ok, _, err) = run_binary(args, env).await;
+        assert!(!ok, "started: {args:?} {env:?}");
+        assert!(err.contains("--insecure-dev-public"), "{err}");
+    }
+}
+
 #[test]
 fn a_server_without_any_login_method_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -379,6 +425,13 @@ const BAD_USER_IDS: &[&str] = &[
     "alice\u{3000}",
     "p2p|bob",
     "|",
+    "alice\u{fe0f}",
+    "\u{3164}",
+    "\u{ffa0}bob",
+    "a\u{34f}b",
+    "tag\u{e0061}",
+    "\u{301}alice",
+    "\u{20d7}x",
 ];
 
 /// Ids the vendors document as valid, or that migrated users have.
@@ -389,6 +442,9 @@ const GOOD_USER_IDS: &[&str] = &[
     "Ünïcødé-Name",
     "John Smith",
     "0",
+    "José",
+    "e\u{301}lodie",
+    "한글",
 ];
 
 #[tokio::test]
@@ -488,6 +544,34 @@ async fn nbf_is_enforced_with_the_leeway_by_the_injected_clock() {
     server.clock.advance(61 * 1000);
     let c = within(Client::connect(&server.url())).await.unwrap();
     within(c.login(&later, "", 0)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_token_issued_in_the_future_is_refused_beyond_the_leeway() {
+    // Revoking a user's tokens refuses those issued before the revocation: one claiming to be
+    // issued in the future would outlive it.
+    let server = TestServer::start().await;
+    let leeway = server.config.jwt_leeway_secs as i64;
+    let now = server.clock_now() / 1000;
+    let with_iat = |iat: i64| {
+        let mut c = claims(&server, "alice");
+        c["iat"] = iat.into();
+        signed(Header::default(), c)
+    };
+    for iat in [now + leeway + 1, now + 3600, i64::MAX] {
+        assert_eq!(
+            refused(&server, &with_iat(iat)).await,
+            code(CloseCode::CloseAuthFailed),
+            "iat now{:+}",
+            iat.saturating_sub(now)
+        );
+    }
+    for iat in [now + leeway, now, now - 3600] {
+        let c = within(Client::connect(&server.url())).await.unwrap();
+        within(c.login(&with_iat(iat), "", 0))
+            .await
+            .unwrap_or_else(|e| panic!("iat now{:+}: {e}", iat - now));
+    }
 }
 
 #[tokio::test]

@@ -255,3 +255,55 @@ async fn the_leancloud_sdk_4_3_1_subscribes_to_system_conversations_and_joins_ch
     .await;
     the_backend_got_the_system_message(&mut rx, &out).await;
 }
+
+#[test]
+fn a_guessable_master_key_is_refused_and_leancloud_style_keys_pass() {
+    let with = |key: &str| tidings::config::Config {
+        jwt_hs256_secret: Some(SECRET.into()),
+        leancloud_app_id: Some(APP_ID.into()),
+        leancloud_master_key: Some(key.into()),
+        ..Default::default()
+    };
+    // Each falls to a few offline HMAC tries against one signature or session token.
+    for key in [
+        "",
+        "x",
+        "master-key",
+        "Xk29LmQp4Rz8Tn1",
+        "aaaaaaaaaaaaaaaaaaaaaaaa",
+        "abababababababababababab",
+        "abcdefghijklmnopqrstuvwx",
+        "aaaaaaaabbbbbbbb",
+        "change-me-change-me-change-me",
+    ] {
+        let e = with(key).validate().expect_err(key).to_string();
+        assert!(
+            e.contains("leancloud_master_key") && e.contains("tidings secret"),
+            "{key:?}: {e}"
+        );
+    }
+    // LeanCloud's own master keys (24 random letters and digits), 16 random hex digits, the
+    // tests' key and `tidings secret`'s output keep working.
+    for key in [
+        "O9kLd3VfQx7mPzR2sT6uWy1A",
+        "hV4nB8cJ0gK5eY2rT7wQ3zXm",
+        "3f9a0c7e12b84d6a",
+        MASTER_KEY,
+        "5f1e0b8a2c9d4e7f6a3b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f",
+    ] {
+        with(key)
+            .validate()
+            .unwrap_or_else(|e| panic!("{key:?}: {e}"));
+    }
+    // From the environment, as `serve` reads it.
+    let env = [
+        ("TIDINGS_JWT_HS256_SECRET", SECRET),
+        ("TIDINGS_LEANCLOUD_APP_ID", APP_ID),
+        ("TIDINGS_LEANCLOUD_MASTER_KEY", "x"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let e = tidings::config::Config::load(None, env, &[])
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("at least 16"), "{e}");
+}

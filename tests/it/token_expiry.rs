@@ -138,7 +138,7 @@ async fn token_refresh_with_a_bad_token_is_a_typed_error_and_the_session_stays()
         ..server.config.clone()
     };
     let forged = tidings::auth::mint(&other, "alice", 3600, server.clock_now(), false).unwrap();
-    // Not valid yet, a crit header, no exp, an algorithm not configured, not a JWT at all.
+    // Not valid yet, issued in the future, a crit header, no exp, an algorithm not configured, not a JWT at all.
     let claims = serde_json::json!({ "sub": "alice", "exp": now + 3600 });
     let mut early = claims.clone();
     early["nbf"] = (now + leeway + 60).into();
@@ -146,10 +146,13 @@ async fn token_refresh_with_a_bad_token_is_a_typed_error_and_the_session_stays()
         crit: Some(vec!["exp".into()]),
         ..Default::default()
     };
+    let mut future = claims.clone();
+    future["iat"] = (now + leeway + 60).into();
     let hs512 = Header::new(jsonwebtoken::Algorithm::HS512);
     let invalid = [
         forged,
         signed(Header::default(), early),
+        signed(Header::default(), future),
         signed(crit, claims.clone()),
         signed(Header::default(), serde_json::json!({ "sub": "alice" })),
         signed(hs512, claims),
