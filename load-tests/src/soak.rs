@@ -300,11 +300,7 @@ impl Side {
             }
         })
         .await;
-        let mut lat = Lat::default();
-        for took in done.into_iter().flatten() {
-            lat.record_ns(took.as_nanos() as u64);
-        }
-        Ok(lat)
+        Ok(latencies(done))
     }
 
     /// List and history pages of one logged-in device; their latency.
@@ -340,11 +336,7 @@ impl Side {
             }
         })
         .await;
-        let mut lat = Lat::default();
-        for took in done.into_iter().flatten() {
-            lat.record_ns(took.as_nanos() as u64);
-        }
-        Ok(lat)
+        Ok(latencies(done))
     }
 
     /// Garbage, a member that never reads, a stalled handshake: in turn.
@@ -444,6 +436,15 @@ async fn stalled_handshake(addr: &str, counts: &Counters) {
     if closed.is_ok() {
         bump(&counts.stalled_closed);
     }
+}
+
+/// The latencies of the side tasks that succeeded.
+fn latencies(done: Vec<Option<Duration>>) -> Lat {
+    let mut lat = Lat::default();
+    for took in done.into_iter().flatten() {
+        lat.record_ns(took.as_nanos() as u64);
+    }
+    lat
 }
 
 /// `host:port` of a `ws://host:port/…` URL.
