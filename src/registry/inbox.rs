@@ -170,6 +170,7 @@ struct ConvInfo {
 }
 
 /// What ordering a list needs of a conversation (no copy of its record).
+#[derive(Clone, Copy)]
 struct Activity {
     kind: i32,
     last_seq: u64,
@@ -178,9 +179,23 @@ struct Activity {
     changed_at: i64,
 }
 
+/// A conversation's [`Activity`] as read from the store, kept for the lists of conversations
+/// whose cell is not loaded (after a restart, most): a list of 5,000 entries would otherwise
+/// read 5,000 records and newest messages from the store on every page.
+#[derive(Clone, Copy)]
+pub(super) struct Head {
+    activity: Activity,
+    /// When a temporary conversation ends (0: never); the head is not used from then on.
+    expires_at: i64,
+}
+
+/// Most heads kept (about 100 bytes each); beyond it, lists read the store.
+const HEADS_MAX: usize = 1 << 20;
+
 impl Registry {
     /// A live conversation's kind and newest message: from memory when it is loaded (most
-    /// are, once listed), without copying its record; else [`Registry::conv_info`].
+    /// are, once listed), without copying its record; else from its head, read from the
+    /// store once with [`Registry::conv_info`].
     fn conv_activity(&self, num: u64) -> Result<Option<Activity>, Error> {
         if let Some(cell) = self.convs.get(&num).map(|c| c.clone()) {
             let now = self.now();
@@ -208,12 +223,35 @@ impl Registry {
                 changed_at: st.record.changed_at,
             }));
         }
-        Ok(self.conv_info(num)?.map(|i| Activity {
-            kind: i.record.kind,
-            last_seq: i.loud_seq,
-            last_ts: i.last_ts,
-            changed_at: i.record.changed_at,
-        }))
+        if let Some(head) = self.heads.get(&num).map(|h| *h) {
+            let live = head.expires_at == 0 || head.expires_at > self.now();
+            return Ok(live.then_some(head.activity));
+        }
+        use std::sync::atomic::Ordering::SeqCst;
+        let removals = self.removals.load(SeqCst);
+        let Some(info) = self.conv_info(num)? else {
+            return Ok(None);
+        };
+        let activity = Activity {
+            kind: info.record.kind,
+            last_seq: info.loud_seq,
+            last_ts: info.last_ts,
+            changed_at: info.record.changed_at,
+        };
+        // Kept unless its cell was loaded meanwhile (which is read instead) or a removal
+        // committed since the read, which may have been of the conversation before it went
+        // (the removal drops the head under the same entry lock, after its bump).
+        if !self.convs.contains_key(&num)
+            && self.heads.len() < HEADS_MAX
+            && let dashmap::Entry::Vacant(v) = self.heads.entry(num)
+            && self.removals.load(SeqCst) == removals
+        {
+            v.insert(Head {
+                activity,
+                expires_at: info.record.expires_at,
+            });
+        }
+        Ok(Some(activity))
     }
 
     /// A live conversation's record and newest message, from memory when loaded.

@@ -360,6 +360,10 @@ pub struct Registry {
     /// before the bump may have read the conversation as it was before its removal committed,
     /// and must not put it back.
     removals: Arc<std::sync::atomic::AtomicU64>,
+    /// What a conversation list needs of conversations that are not in `convs`, read from
+    /// the store once (see [`inbox::Head`]). Nothing changes a conversation without loading
+    /// its cell first, and a loaded cell is read instead; an entry goes when its cell leaves.
+    heads: Arc<DashMap<u64, inbox::Head>>,
     /// Direct pairs known in memory (sorted pair → conversation), also guarding creation.
     directs: Arc<DashMap<(UserId, UserId), u64>>,
     /// The last conversation numbers handed out; held while a create is enqueued.
@@ -450,6 +454,7 @@ impl Registry {
             transient_ids: Default::default(),
             convs: Default::default(),
             removals: Default::default(),
+            heads: Default::default(),
             directs: Default::default(),
             next_conv: Mutex::new(Numbers { normal, temporary }),
             inflight: Default::default(),
@@ -587,7 +592,9 @@ impl Registry {
                 dashmap::Entry::Occupied(e) => return Ok(e.get().clone()),
                 // No removal since the read: what the store said is still the truth.
                 dashmap::Entry::Vacant(v) if self.removals.load(SeqCst) == removals => {
-                    return Ok(v.insert(cell).clone());
+                    let cell = v.insert(cell).clone();
+                    self.heads.remove(&num);
+                    return Ok(cell);
                 }
                 // A deletion committed meanwhile; read again.
                 dashmap::Entry::Vacant(_) => continue,
@@ -648,9 +655,10 @@ impl Registry {
         direct: Option<(UserId, UserId)>,
         unique: Option<Vec<UserId>>,
     ) -> writer::AfterCommit {
-        let (convs, removals, directs, uniques) = (
+        let (convs, removals, heads, directs, uniques) = (
             self.convs.clone(),
             self.removals.clone(),
+            self.heads.clone(),
             self.directs.clone(),
             self.temp_uniques.clone(),
         );
@@ -659,6 +667,7 @@ impl Registry {
             let num = cell.num;
             removals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             convs.remove_if(&num, |_, c| Arc::ptr_eq(c, &cell));
+            heads.remove(&num);
             if let Some(pair) = direct {
                 directs.remove_if(&pair, |_, n| *n == num);
             }

@@ -25,7 +25,11 @@ pub struct TestServer {
     _dir: tempfile::TempDir,
     pub config: Config,
     pub clock: ManualClock,
+    /// Makes the store each start runs on (`None`: the configured engine).
+    store: StoreMaker,
 }
+
+type StoreMaker = Arc<dyn Fn(&Config) -> Option<Arc<dyn tidings::store::Store>> + Send + Sync>;
 
 impl TestServer {
     pub async fn start() -> TestServer {
@@ -37,10 +41,10 @@ impl TestServer {
     }
 
     /// Like [`TestServer::start_with`], on the store `store` makes from the configuration
-    /// (`None`: the configured engine). A restart opens the configured engine again.
+    /// (`None`: the configured engine), at start and at every restart.
     pub async fn start_on(
         tweak: impl FnOnce(&mut Config),
-        store: impl FnOnce(&Config) -> Option<Arc<dyn tidings::store::Store>>,
+        store: impl Fn(&Config) -> Option<Arc<dyn tidings::store::Store>> + Send + Sync + 'static,
     ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
@@ -64,6 +68,7 @@ impl TestServer {
             _dir: dir,
             config,
             clock,
+            store: Arc::new(store),
         }
     }
 
@@ -83,7 +88,8 @@ impl TestServer {
             .stop()
             .await
             .expect("clean stop");
-        let server = server::start(self.config.clone(), Arc::new(self.clock.clone()))
+        let store = (self.store)(&self.config);
+        let server = server::start_with(self.config.clone(), Arc::new(self.clock.clone()), store)
             .await
             .expect("restart");
         self.server = Some(server);

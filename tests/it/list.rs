@@ -739,3 +739,107 @@ async fn a_long_list_kept_in_memory_follows_every_change() {
     let alice = server.client("alice").await;
     check(&expected, all(&alice, list(100)).await, "after a restart");
 }
+
+/// Counts the reads of conversation records and newest messages.
+#[derive(Default)]
+struct HeadReads(std::sync::atomic::AtomicUsize);
+
+impl crate::spied_store::Watch for HeadReads {
+    fn read(&self, what: &'static str) {
+        if matches!(what, "conversation" | "last_message") {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl HeadReads {
+    fn take(&self) -> usize {
+        self.0.swap(0, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// After a restart no conversation is in memory: the first listing reads each one's record
+/// and newest message from the store, and keeps what the list needs of it, so the next ones
+/// read only the page's entries. What is kept follows messages, deletion and expiry.
+#[tokio::test]
+async fn a_list_after_a_restart_reads_each_conversation_once_and_follows_changes() {
+    let reads = std::sync::Arc::new(HeadReads::default());
+    let mut server = crate::spied_store::spied_server(reads.clone(), |_| {}).await;
+    let alice = server.client("alice").await;
+    let bob = server.client("bob").await;
+    const N: usize = 40;
+    let mut expected: Vec<String> = Vec::new();
+    for i in 0..N {
+        let id = bob
+            .create_group(&format!("g{i}"), &["alice"])
+            .await
+            .unwrap()
+            .id;
+        bob.send_text(&id, "hello").await.unwrap();
+        expected.insert(0, id);
+        server.clock.advance(1);
+    }
+    let temp = bob
+        .create_temporary(&["alice"], 60, false)
+        .await
+        .unwrap()
+        .id;
+    server.clock.advance(1);
+    expected.insert(0, temp.clone());
+    drop((alice, bob));
+    server.restart().await;
+    let alice = server.client("alice").await;
+    let bob = server.client("bob").await;
+
+    let page = |limit| {
+        let alice = &alice;
+        async move {
+            ids(&within(alice.list_conversations(list(limit)))
+                .await
+                .unwrap()
+                .entries)
+        }
+    };
+    let at_login = reads.take();
+    assert_eq!(page(10).await, expected[..10], "first listing");
+    let first = reads.take();
+    assert_eq!(page(10).await, expected[..10], "second listing");
+    let again = reads.take();
+    eprintln!("reads: login {at_login}, first {first}, again {again}");
+    assert!(
+        at_login + first >= N,
+        "the store is read for every conversation once"
+    );
+    assert!(
+        again <= 2 * 10,
+        "only the page's entries are read again: {again}"
+    );
+
+    // A message in a conversation not in memory loads it: its entry moves to the top.
+    let g = expected[N - 1].clone();
+    bob.send_text(&g, "news").await.unwrap();
+    server.clock.advance(1);
+    expected.retain(|id| *id != g);
+    expected.insert(0, g.clone());
+    assert_eq!(all(&alice, list(100)).await.len(), N + 1);
+    assert_eq!(
+        ids(&all(&alice, list(100)).await),
+        expected,
+        "after a message"
+    );
+
+    // Deleted for everyone: gone from the list.
+    let d = expected[5].clone();
+    bob.delete_conversation(&d, true).await.unwrap();
+    expected.retain(|id| *id != d);
+    assert_eq!(
+        ids(&all(&alice, list(100)).await),
+        expected,
+        "after a deletion"
+    );
+
+    // The temporary conversation ends at its deadline, whether or not it was swept yet.
+    server.clock.advance(61_000);
+    expected.retain(|id| *id != temp);
+    assert_eq!(ids(&all(&alice, list(100)).await), expected, "after expiry");
+}

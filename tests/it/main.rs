@@ -38,6 +38,7 @@ mod robustness;
 mod rooms;
 mod sdk_typescript;
 mod session_limits;
+mod spied_store;
 mod storage;
 mod stuck_clients;
 mod temporary;

@@ -1,18 +1,19 @@
 //! Requests racing a conversation's deletion or expiry: nothing acked is lost, and a deleted
 //! conversation stays deleted, in memory and after a restart.
 //!
-//! A store wrapper holds the commit that deletes a conversation, so the window between the
+//! A watched store holds the commit that deletes a conversation, so the window between the
 //! delete being queued and being durable is as long as the test needs; a randomized checker
 //! then mixes sends, deletes, leaves, removals, expiries and restarts.
 
 use crate::harness::*;
+use crate::spied_store::{Watch, spied_server};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
 use tidings::client::{Client, ClientError};
-use tidings::protocol::pb::{self, ErrorCode};
-use tidings::store::{self, Counter, Direction, EntrySink, Op, Store, StoreError, UserId};
+use tidings::protocol::pb::ErrorCode;
+use tidings::store::Op;
 
 /// Holds, while armed, the first commit that deletes or purges a conversation.
 #[derive(Default)]
@@ -49,9 +50,10 @@ impl Gate {
         self.state.lock().unwrap().armed = false;
         self.changed.notify_all();
     }
+}
 
-    /// Called by the writer thread before each commit.
-    fn pass(&self, ops: &[Op]) {
+impl Watch for Gate {
+    fn commit(&self, ops: &[Op]) {
         let deletes = ops.iter().any(|op| match op {
             Op::PurgeConversation { .. } => true,
             Op::PutConversation { record, .. } => record.deleted_at > 0,
@@ -70,229 +72,10 @@ impl Gate {
     }
 }
 
-/// The configured store, with its commits passing through a [`Gate`].
-struct Gated {
-    inner: Arc<dyn Store>,
-    gate: Arc<Gate>,
-}
-
-impl Store for Gated {
-    fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
-        self.gate.pass(ops);
-        self.inner.commit(ops)
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        self.inner.flush()
-    }
-    fn conversation(&self, conv: u64) -> Result<Option<pb::ConversationRecord>, StoreError> {
-        self.inner.conversation(conv)
-    }
-    fn members(&self, conv: u64) -> Result<Vec<(UserId, pb::MemberRecord)>, StoreError> {
-        self.inner.members(conv)
-    }
-    fn user_conversations(
-        &self,
-        user: &str,
-    ) -> Result<Vec<(u64, pb::UserConversationRecord)>, StoreError> {
-        self.inner.user_conversations(user)
-    }
-    fn user_conversation(
-        &self,
-        user: &str,
-        conv: u64,
-    ) -> Result<Option<pb::UserConversationRecord>, StoreError> {
-        self.inner.user_conversation(user, conv)
-    }
-    fn message(&self, conv: u64, seq: u64) -> Result<Option<pb::Message>, StoreError> {
-        self.inner.message(conv, seq)
-    }
-    fn last_message(&self, conv: u64) -> Result<Option<pb::Message>, StoreError> {
-        self.inner.last_message(conv)
-    }
-    fn messages(
-        &self,
-        conv: u64,
-        lo: u64,
-        hi: u64,
-        dir: Direction,
-        limit: usize,
-    ) -> Result<Vec<pb::Message>, StoreError> {
-        self.inner.messages(conv, lo, hi, dir, limit)
-    }
-    fn read_seq(&self, user: &str, conv: u64) -> Result<u64, StoreError> {
-        self.inner.read_seq(user, conv)
-    }
-    fn dedup(&self, conv: u64, sender: &str, client_id: &str) -> Result<Option<u64>, StoreError> {
-        self.inner.dedup(conv, sender, client_id)
-    }
-    fn direct(&self, a: &str, b: &str) -> Result<Option<u64>, StoreError> {
-        self.inner.direct(a, b)
-    }
-    fn user_events_after(
-        &self,
-        user: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<(Vec<pb::ConversationEvent>, bool), StoreError> {
-        self.inner.user_events_after(user, after, limit)
-    }
-    fn last_user_event_seq(&self, user: &str) -> Result<u64, StoreError> {
-        self.inner.last_user_event_seq(user)
-    }
-    fn counter(&self, counter: Counter) -> Result<u64, StoreError> {
-        self.inner.counter(counter)
-    }
-    fn tombstones(&self, user: &str) -> Result<Vec<(u64, i64)>, StoreError> {
-        self.inner.tombstones(user)
-    }
-    fn hidden_seqs(&self, user: &str, conv: u64, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError> {
-        self.inner.hidden_seqs(user, conv, lo, hi)
-    }
-    fn receipts_wanted(
-        &self,
-        conv: u64,
-        lo: u64,
-        hi: u64,
-    ) -> Result<Vec<(u64, UserId)>, StoreError> {
-        self.inner.receipts_wanted(conv, lo, hi)
-    }
-    fn last_receipt_wanted(&self, conv: u64) -> Result<u64, StoreError> {
-        self.inner.last_receipt_wanted(conv)
-    }
-    fn next_expiries(&self, limit: usize) -> Result<Vec<(i64, u64)>, StoreError> {
-        self.inner.next_expiries(limit)
-    }
-    fn next_mute_deadlines(&self, limit: usize) -> Result<Vec<(i64, u64, UserId)>, StoreError> {
-        self.inner.next_mute_deadlines(limit)
-    }
-    fn unique_temporary(&self, members: &[UserId]) -> Result<Option<u64>, StoreError> {
-        self.inner.unique_temporary(members)
-    }
-    fn conversation_alias(&self, alias: &str) -> Result<Option<u64>, StoreError> {
-        self.inner.conversation_alias(alias)
-    }
-    fn message_alias(&self, conv: u64, alias: &str) -> Result<Option<u64>, StoreError> {
-        self.inner.message_alias(conv, alias)
-    }
-    fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.inner.outbox_after(after, limit)
-    }
-    fn last_outbox_seq(&self) -> Result<u64, StoreError> {
-        self.inner.last_outbox_seq()
-    }
-    fn webhook_cursor(&self, endpoint: &str) -> Result<u64, StoreError> {
-        self.inner.webhook_cursor(endpoint)
-    }
-    fn dead_letters(
-        &self,
-        endpoint: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.inner.dead_letters(endpoint, after, limit)
-    }
-    fn user_blocks(
-        &self,
-        user: &str,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<(tidings::store::UserId, i64)>, StoreError> {
-        self.inner.user_blocks(user, after, limit)
-    }
-    fn user_block(&self, user: &str, other: &str) -> Result<Option<i64>, StoreError> {
-        self.inner.user_block(user, other)
-    }
-    fn profile(&self, user: &str) -> Result<Option<tidings::protocol::pb::Profile>, StoreError> {
-        self.inner.profile(user)
-    }
-    fn message_versions(
-        &self,
-        conv: u64,
-        seq: u64,
-    ) -> Result<Vec<tidings::protocol::pb::Message>, StoreError> {
-        self.inner.message_versions(conv, seq)
-    }
-    fn silent_seqs(&self, conv: u64, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError> {
-        self.inner.silent_seqs(conv, lo, hi)
-    }
-    fn user_access(
-        &self,
-        user: &str,
-    ) -> Result<Option<tidings::protocol::pb::UserAccess>, StoreError> {
-        self.inner.user_access(user)
-    }
-    fn revoked_token(&self, jti: &str) -> Result<Option<i64>, StoreError> {
-        self.inner.revoked_token(jti)
-    }
-    fn revoked_tokens(&self, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
-        self.inner.revoked_tokens(limit)
-    }
-    fn idempotent_create(
-        &self,
-        key: &str,
-    ) -> Result<Option<tidings::protocol::pb::IdempotentCreate>, StoreError> {
-        self.inner.idempotent_create(key)
-    }
-    fn idempotent_creates(&self, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
-        self.inner.idempotent_creates(limit)
-    }
-    fn conversations_of_kind(
-        &self,
-        kind: i32,
-        below: u64,
-        limit: usize,
-    ) -> Result<Vec<u64>, StoreError> {
-        self.inner.conversations_of_kind(kind, below, limit)
-    }
-    fn conversation_events_after(
-        &self,
-        conv: u64,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<tidings::protocol::pb::ConversationEvent>, StoreError> {
-        self.inner.conversation_events_after(conv, after, limit)
-    }
-    fn last_conversation_event_seq(&self, conv: u64) -> Result<u64, StoreError> {
-        self.inner.last_conversation_event_seq(conv)
-    }
-    fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.inner.size_on_disk()
-    }
-    fn dump(&self, f: &mut EntrySink<'_>) -> Result<(), StoreError> {
-        self.inner.dump(f)
-    }
-    fn is_empty(&self) -> Result<bool, StoreError> {
-        self.inner.is_empty()
-    }
-    fn mark_format(&self, version: Option<u64>) -> Result<(), StoreError> {
-        self.inner.mark_format(version)
-    }
-    fn patches_after(
-        &self,
-        conv: u64,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<(i64, u64)>, StoreError> {
-        self.inner.patches_after(conv, after, limit)
-    }
-    fn load(&self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
-        self.inner.load(rows)
-    }
-}
-
 /// A server whose deleting commits can be held.
 async fn gated_server() -> (TestServer, Arc<Gate>) {
     let gate = Arc::new(Gate::default());
-    let g = gate.clone();
-    let server = TestServer::start_on(
-        |_| {},
-        move |c| {
-            std::fs::create_dir_all(&c.data_dir).unwrap();
-            let inner = store::open(&c.store_engine, &c.data_dir, c.store_cache_bytes).unwrap();
-            Some(Arc::new(Gated { inner, gate: g }) as Arc<dyn Store>)
-        },
-    )
-    .await;
+    let server = spied_server(gate.clone(), |_| {}).await;
     (server, gate)
 }
 
