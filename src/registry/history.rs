@@ -264,6 +264,9 @@ impl Registry {
                 }
             }
         }
+        if !caller.admin {
+            self.charge_scan(&caller.user, scanned, page.len());
+        }
         if back {
             page.reverse();
         }

@@ -6,6 +6,10 @@
 //! A bucket holds up to `burst` tokens and gains `per_sec` tokens a second; a request takes
 //! its cost or is refused with how long until it would fit. Refused requests cost nothing, so
 //! a client that retries after the given time gets through.
+//!
+//! Work whose size shows only once it is done (a filtered history walk that examines many
+//! messages for a short page) is charged afterwards, to the user's bucket: it may go below
+//! empty, by at most one burst, and the user's next requests wait until it has refilled.
 
 use super::{Error, Registry};
 use crate::store::UserId;
@@ -29,6 +33,10 @@ pub enum Work {
     Login,
 }
 
+/// Messages examined by a history walk, beyond the page it returns, that cost one token
+/// more (charged after the walk; about the CPU of a list entry each).
+pub const SCANNED_PER_TOKEN: usize = 50;
+
 impl Work {
     /// Tokens it takes.
     pub fn cost(self) -> u32 {
@@ -41,31 +49,43 @@ impl Work {
 }
 
 /// A token bucket on the server's clock, counted in thousandths of a token (a bucket gaining
-/// `per_sec` tokens a second gains `per_sec` thousandths a millisecond, exactly).
+/// `per_sec` tokens a second gains `per_sec` thousandths a millisecond, exactly). Below zero
+/// when work charged afterwards took more than was left.
 #[derive(Debug, Clone)]
 pub struct Bucket {
-    milli: u64,
+    milli: i64,
     at: i64,
 }
 
 impl Bucket {
     pub fn full(burst: u32, now: i64) -> Self {
         Bucket {
-            milli: u64::from(burst) * 1000,
+            milli: i64::from(burst) * 1000,
             at: now,
         }
     }
 
-    fn refilled(&self, per_sec: u32, burst: u32, now: i64) -> u64 {
-        let elapsed = now.saturating_sub(self.at).max(0) as u64;
+    fn refilled(&self, per_sec: u32, burst: u32, now: i64) -> i64 {
+        let elapsed = now.saturating_sub(self.at).max(0);
         self.milli
-            .saturating_add(elapsed.saturating_mul(u64::from(per_sec)))
-            .min(u64::from(burst) * 1000)
+            .saturating_add(elapsed.saturating_mul(i64::from(per_sec)))
+            .min(i64::from(burst) * 1000)
     }
 
     /// Whether it has refilled to `burst` by `now` (forgetting it then loses nothing).
     fn full_at(&self, per_sec: u32, burst: u32, now: i64) -> bool {
-        self.refilled(per_sec, burst, now) >= u64::from(burst) * 1000
+        self.refilled(per_sec, burst, now) >= i64::from(burst) * 1000
+    }
+
+    /// Takes `cost` tokens for work already done: never refused, but never more than one
+    /// burst below empty (`per_sec` 0: no limit).
+    pub fn owe(&mut self, cost: u32, per_sec: u32, burst: u32, now: i64) {
+        if per_sec == 0 {
+            return;
+        }
+        let floor = -i64::from(burst) * 1000;
+        self.milli = (self.refilled(per_sec, burst, now) - i64::from(cost) * 1000).max(floor);
+        self.at = self.at.max(now);
     }
 
     /// Takes `cost` tokens, or says in how many ms they will be there (`per_sec` 0: no limit).
@@ -76,13 +96,13 @@ impl Bucket {
         }
         self.milli = self.refilled(per_sec, burst, now);
         self.at = self.at.max(now);
-        let cost = u64::from(cost.min(burst)) * 1000;
-        match cost.checked_sub(self.milli) {
-            None | Some(0) => {
-                self.milli -= cost;
-                Ok(())
-            }
-            Some(short) => Err(short.div_ceil(u64::from(per_sec))),
+        let cost = i64::from(cost.min(burst)) * 1000;
+        let short = cost - self.milli;
+        if short <= 0 {
+            self.milli -= cost;
+            Ok(())
+        } else {
+            Err((short as u64).div_ceil(u64::from(per_sec)))
         }
     }
 }
@@ -141,6 +161,22 @@ impl Registry {
         self.admit(user, &mut fresh, work)
     }
 
+    /// Charges a non-admin caller's user for `scanned` messages a history walk examined to
+    /// return a page of `page` (see [`SCANNED_PER_TOKEN`]); never refused.
+    pub(super) fn charge_scan(&self, user: &UserId, scanned: usize, page: usize) {
+        let c = &self.config;
+        let extra = scanned.saturating_sub(page) / SCANNED_PER_TOKEN;
+        if extra == 0 || c.rate_limit_user_per_sec == 0 {
+            return;
+        }
+        let now = self.now();
+        let (rate, burst) = (c.rate_limit_user_per_sec, c.rate_limit_user_burst);
+        self.rates
+            .entry(user.clone())
+            .or_insert_with(|| Bucket::full(burst, now))
+            .owe(u32::try_from(extra).unwrap_or(u32::MAX), rate, burst, now);
+    }
+
     /// A new connection's bucket, full.
     pub fn connection_bucket(&self) -> Bucket {
         Bucket::full(self.config.rate_limit_connection_burst, self.now())
@@ -179,5 +215,21 @@ mod tests {
         b.take(50, 5, 10, 0).unwrap();
         // No limit.
         assert_eq!(b.take(u32::MAX, 0, 0, 0), Ok(()));
+    }
+
+    #[test]
+    fn work_charged_afterwards_goes_below_empty_by_at_most_a_burst() {
+        let mut b = Bucket::full(10, 0);
+        b.owe(4, 5, 10, 0);
+        b.take(6, 5, 10, 0).unwrap();
+        assert_eq!(b.take(1, 5, 10, 0), Err(200));
+        // 30 more owed: only 10 (one burst) below empty; 11 tokens (2.2 s) until one fits.
+        b.owe(30, 5, 10, 0);
+        assert_eq!(b.take(1, 5, 10, 0), Err(2_200));
+        b.take(1, 5, 10, 2_200).unwrap();
+        // No limit: nothing owed.
+        let mut b = Bucket::full(1, 0);
+        b.owe(100, 0, 1, 0);
+        b.take(1, 5, 1, 0).unwrap();
     }
 }

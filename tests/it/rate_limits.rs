@@ -278,3 +278,57 @@ async fn newest_id(c: &Client) -> String {
         .unwrap();
     page.entries[0].conversation_id.clone()
 }
+
+/// A filtered history page that examines many messages to return few costs what it examined:
+/// one token per 50 messages beyond the page, charged to the user afterwards (the probe: a
+/// type filter matching nothing walked `history_scan_max` messages for a page's cost).
+#[tokio::test]
+async fn a_history_walk_is_charged_for_the_messages_it_examined() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit_connection_per_sec = 0;
+        c.rate_limit_user_per_sec = 10;
+        c.rate_limit_user_burst = 20;
+    })
+    .await;
+    let bob = server.client("bob").await;
+    server.clock.advance(10_000);
+    let id = bob.create_group("g", &["alice"]).await.unwrap().id;
+    server.clock.advance(10_000);
+    for i in 0..510 {
+        bob.send_text(&id, &format!("m{i}")).await.unwrap();
+        server.clock.advance(100);
+    }
+    server.clock.advance(10_000);
+    let mut raw = Raw::login(&server, "alice").await;
+    server.clock.advance(10_000);
+    let fetch = |types: Vec<i32>| {
+        Req::FetchHistory(pb::FetchHistory {
+            conversation_id: id.clone(),
+            limit: 10,
+            types,
+            ..Default::default()
+        })
+    };
+    // Unfiltered pages cost 5 each: four fit in the burst of 20.
+    for n in 0..4 {
+        let rep = raw.request(fetch(vec![])).await;
+        assert!(matches!(rep, Rep::MessagePage(_)), "page {n}: {rep:?}");
+    }
+    assert_eq!(limited(&raw.request(fetch(vec![])).await), Some(500));
+    server.clock.advance(2_000);
+    // A filter matching nothing examines all 510 messages: 5 + 10 tokens. The second walk
+    // leaves the bucket 10 below empty: the next page waits 1.5 s.
+    for n in 0..2 {
+        let rep = raw.request(fetch(vec![12_345])).await;
+        assert!(
+            matches!(&rep, Rep::MessagePage(h) if h.messages.is_empty()),
+            "walk {n}: {rep:?}"
+        );
+    }
+    assert_eq!(limited(&raw.request(fetch(vec![])).await), Some(1_500));
+    server.clock.advance(1_500);
+    assert!(matches!(
+        raw.request(fetch(vec![])).await,
+        Rep::MessagePage(_)
+    ));
+}
