@@ -1,16 +1,19 @@
 //! A user's data, deleted or exported for the app's backend, in bounded steps.
 //!
-//! Deleting walks the user's conversations in number order. In each, the messages they sent
-//! are emptied as a recall empties them (unless `user_delete_keep_messages`), then they leave
-//! it as the conversation's kind allows: a group by leaving (an owner hands it to the
+//! Deleting first walks the user's conversations in number order and takes them out of each
+//! as the conversation's kind allows: a group by leaving (an owner hands it to the
 //! longest-standing member), a temporary conversation by removal (ended when they were its
 //! last member), a system conversation by unsubscribing, a direct conversation by dropping
 //! their side (the other member keeps it and its history; the pair's index entry goes, so a
-//! new direct conversation between the same ids starts afresh). Last, the records that belong
-//! to the user alone go: their event log, list tombstones, one-way deletes, blocks, profile.
-//! A call does at most `user_delete_step_max` units of work (a message looked at, a
-//! conversation left) and says where the next one goes on; everything it did is committed, so
-//! calling again, from the cursor or from the start, finishes the job.
+//! new direct conversation between the same ids starts afresh). Then, unless
+//! `user_delete_keep_messages`, it walks the history of every live conversation, kind by kind,
+//! the newest first, and empties the messages they sent as a recall empties them: those of
+//! conversations they had left before are found too, as there is no index by sender. Last,
+//! the records that belong to the user alone go: their event log, list tombstones, one-way
+//! deletes, blocks, profile. A call does at most `user_delete_step_max` units of work (a
+//! conversation left or looked at, a message looked at) and says where the next one goes on;
+//! everything it did is committed, so calling again, from the cursor or from the start,
+//! finishes the job.
 
 use super::writer::wait;
 use super::{Caller, Error, Registry};
@@ -42,20 +45,95 @@ pub struct DeleteStep {
     pub conversations_left: u64,
 }
 
-/// Where a deletion goes on: a conversation, and the first seq of it not looked at yet.
-fn parse_cursor(cursor: &str) -> Option<(u64, u64)> {
-    if cursor.is_empty() {
-        return Some((0, 0));
-    }
-    let (conv, seq) = cursor.split_once('.')?;
-    Some((
-        u64::from_str_radix(conv, 16).ok()?,
-        u64::from_str_radix(seq, 16).ok()?,
-    ))
+/// The kinds of conversation, in the order a deletion walks them for the user's messages.
+const KINDS: [ConversationKind; 5] = [
+    ConversationKind::Direct,
+    ConversationKind::Group,
+    ConversationKind::Temporary,
+    ConversationKind::System,
+    ConversationKind::ChatRoom,
+];
+
+/// A position in a walk over the history of every live conversation, kind by kind, the
+/// newest first: conversation `conv` of `KINDS[kind]` from seq `seq` on (`seq` 0: not
+/// started; `conv` is then only a bound), and then the ones numbered below it. There is no
+/// index by sender, so this is how the messages a user sent anywhere are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Walk {
+    kind: usize,
+    conv: u64,
+    seq: u64,
 }
 
-fn cursor(conv: u64, seq: u64) -> String {
-    format!("{conv:x}.{seq:x}")
+impl Walk {
+    const START: Walk = Walk {
+        kind: 0,
+        conv: u64::MAX,
+        seq: 0,
+    };
+
+    /// From `<kind>.<conv>.<seq>` (hex), the rest of a cursor.
+    fn parse<'a>(mut parts: impl Iterator<Item = &'a str>) -> Option<Walk> {
+        let mut hex = || u64::from_str_radix(parts.next()?, 16).ok();
+        let w = Walk {
+            kind: usize::try_from(hex()?).ok().filter(|k| *k < KINDS.len())?,
+            conv: hex()?,
+            seq: hex()?,
+        };
+        parts.next().is_none().then_some(w)
+    }
+
+    fn cursor(self) -> String {
+        format!("{:x}.{:x}.{:x}", self.kind, self.conv, self.seq)
+    }
+
+    /// The same place, done with `conv`: the walk goes on below it.
+    fn after(self) -> Walk {
+        Walk { seq: 0, ..self }
+    }
+}
+
+/// Where a deletion goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeleteAt {
+    /// Leaving the user's conversations, from number `from` on.
+    Leave { from: u64 },
+    /// Emptying the user's messages in every live conversation.
+    Messages(Walk),
+    /// Deleting what belongs to the user alone.
+    Forget,
+}
+
+impl DeleteAt {
+    const START: DeleteAt = DeleteAt::Leave { from: 0 };
+
+    fn parse(s: &str) -> Option<DeleteAt> {
+        let hex = |h: &str| u64::from_str_radix(h, 16).ok();
+        let mut parts = s.split('.');
+        let at = match parts.next()? {
+            "" => DeleteAt::START,
+            "l" => DeleteAt::Leave {
+                from: hex(parts.next()?)?,
+            },
+            "m" => return Walk::parse(parts).map(DeleteAt::Messages),
+            "f" => DeleteAt::Forget,
+            // The `<conv>.<seq>` of earlier versions: starting again redoes nothing done.
+            conv if hex(conv).is_some() && parts.clone().count() == 1 => {
+                hex(parts.next()?)?;
+                DeleteAt::START
+            }
+            _ => return None,
+        };
+        parts.next().is_none().then_some(at)
+    }
+
+    fn cursor(self) -> String {
+        match self {
+            DeleteAt::Leave { from } => format!("l.{from:x}"),
+            DeleteAt::Messages(w) => format!("m.{}", w.cursor()),
+            DeleteAt::Forget => "f".into(),
+        }
+    }
 }
 
 impl Registry {
@@ -63,7 +141,7 @@ impl Registry {
     /// the module docs). Their live sessions are closed first, every call. Idempotent.
     pub async fn delete_user(&self, user: &str, from: &str) -> Result<DeleteStep, Error> {
         self.check_user_id(user)?;
-        let (from_conv, from_seq) = parse_cursor(from)
+        let mut at = DeleteAt::parse(from)
             .ok_or_else(|| Error::InvalidArgument("cursor is not from a deletion".into()))?;
         let user = UserId::from(user);
         let mut step = DeleteStep {
@@ -71,32 +149,45 @@ impl Registry {
             ..Default::default()
         };
         let mut budget = self.config.user_delete_step_max;
-        for (num, _) in self.store.user_conversations(&user)? {
-            if num < from_conv {
-                continue;
-            }
-            if budget == 0 {
-                step.cursor = cursor(num, 1);
-                return Ok(step);
-            }
-            if !self.config.user_delete_keep_messages {
-                let start = if num == from_conv { from_seq.max(1) } else { 1 };
-                let (emptied, next) = self
-                    .empty_messages_of(&user, num, start, &mut budget)
-                    .await?;
-                step.messages_emptied += emptied;
-                if let Some(next) = next {
-                    step.cursor = cursor(num, next);
-                    return Ok(step);
+        if let DeleteAt::Leave { from } = at {
+            for (num, _) in self.store.user_conversations(&user)? {
+                if num < from {
+                    continue;
                 }
                 if budget == 0 {
-                    step.cursor = cursor(num, u64::MAX);
+                    step.cursor = DeleteAt::Leave { from: num }.cursor();
+                    return Ok(step);
+                }
+                self.leave_for_deletion(&user, num).await?;
+                budget -= 1;
+                step.conversations_left += 1;
+            }
+            at = if self.config.user_delete_keep_messages {
+                DeleteAt::Forget
+            } else {
+                DeleteAt::Messages(Walk::START)
+            };
+        }
+        while let DeleteAt::Messages(w) = at {
+            if w.seq > 0 {
+                let (emptied, next) = self
+                    .empty_messages_of(&user, w.conv, w.seq, &mut budget)
+                    .await?;
+                step.messages_emptied += emptied;
+                if let Some(seq) = next {
+                    step.cursor = DeleteAt::Messages(Walk { seq, ..w }).cursor();
                     return Ok(step);
                 }
             }
-            self.leave_for_deletion(&user, num).await?;
+            // Going to the next conversation is a unit of work too, empty or not.
+            if budget == 0 {
+                step.cursor = DeleteAt::Messages(w.after()).cursor();
+                return Ok(step);
+            }
             budget -= 1;
-            step.conversations_left += 1;
+            at = self
+                .walk_on(w)?
+                .map_or(DeleteAt::Forget, DeleteAt::Messages);
         }
         self.forget_user_records(&user).await?;
         step.done = true;
@@ -202,6 +293,26 @@ impl Registry {
                 self.writer.submit(permit, ops, deliveries, Vec::new())
             };
             wait(rx).await?;
+        }
+    }
+
+    /// The conversation after `w` in a walk over every live conversation (`None`: the walk is
+    /// over).
+    fn walk_on(&self, w: Walk) -> Result<Option<Walk>, Error> {
+        let (mut kind, mut below) = (w.kind, w.conv);
+        loop {
+            if let Some(&conv) = self
+                .store
+                .conversations_of_kind(KINDS[kind] as i32, below, 1)?
+                .first()
+            {
+                return Ok(Some(Walk { kind, conv, seq: 1 }));
+            }
+            kind += 1;
+            if kind == KINDS.len() {
+                return Ok(None);
+            }
+            below = u64::MAX;
         }
     }
 
@@ -380,17 +491,17 @@ pub enum ExportLine {
         owner: bool,
         read_seq: u64,
     },
-    /// A message the user sent (in a conversation of their list).
+    /// A message the user sent (in any live conversation).
     Message(Message),
 }
 
-/// Where an export goes on: the conversations after `c.<conv>`, or the messages of
-/// conversation `m.<conv>.<seq>` from that seq.
+/// Where an export goes on: the conversations after `c.<conv>`, or the messages, from
+/// `m.<walk>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ExportAt {
     Start,
     Conversations { after: u64 },
-    Messages { conv: u64, seq: u64 },
+    Messages(Walk),
 }
 
 impl ExportAt {
@@ -402,18 +513,23 @@ impl ExportAt {
         if let Some(rest) = s.strip_prefix("c.") {
             return Some(ExportAt::Conversations { after: hex(rest)? });
         }
-        let (conv, seq) = s.strip_prefix("m.")?.split_once('.')?;
-        Some(ExportAt::Messages {
-            conv: hex(conv)?,
-            seq: hex(seq)?,
-        })
+        let rest = s.strip_prefix("m.")?;
+        if let Some((conv, seq)) = rest.split_once('.')
+            && !seq.contains('.')
+        {
+            // `m.<conv>.<seq>` of earlier versions: the messages from the start again.
+            hex(conv)?;
+            hex(seq)?;
+            return Some(ExportAt::Messages(Walk::START));
+        }
+        Walk::parse(rest.split('.')).map(ExportAt::Messages)
     }
 
     fn cursor(self) -> String {
         match self {
             ExportAt::Start => String::new(),
             ExportAt::Conversations { after } => format!("c.{after:x}"),
-            ExportAt::Messages { conv, seq } => format!("m.{conv:x}.{seq:x}"),
+            ExportAt::Messages(w) => format!("m.{}", w.cursor()),
         }
     }
 }
@@ -421,8 +537,9 @@ impl ExportAt {
 impl Registry {
     /// A page of `user`'s data, from `from` (a cursor of the previous page; empty: the
     /// start): their profile, then each conversation of their list, then the messages they
-    /// sent in those, oldest first per conversation. At most `user_export_page_max` lines,
-    /// and at most `history_scan_max` messages looked at, per page. Returns the lines and the
+    /// sent in any live conversation (those they left included, found by a [`Walk`]), oldest
+    /// first per conversation. At most `user_export_page_max` lines, and at most
+    /// `history_scan_max` messages (or conversations) looked at, per page. Returns the lines and the
     /// next page's cursor (`None`: this was the last).
     pub fn export_user(
         &self,
@@ -472,58 +589,96 @@ impl Registry {
                     read_seq: self.store.read_seq(user, *num)?,
                 });
             }
-            at = ExportAt::Messages { conv: 0, seq: 1 };
+            at = ExportAt::Messages(Walk::START);
         }
-        let ExportAt::Messages {
-            conv: from_conv,
-            seq: from_seq,
-        } = at
-        else {
+        let ExportAt::Messages(mut w) = at else {
             unreachable!("the conversations lead to the messages");
         };
         let mut scanned = 0usize;
-        for (num, _) in list.iter().filter(|(n, _)| *n >= from_conv) {
-            if self.cell_by_num(*num).is_err() {
-                continue;
+        loop {
+            if w.seq > 0
+                && let Some(seq) = self.export_messages_of(user, w, &mut lines, &mut scanned)?
+            {
+                return Ok((lines, Some(ExportAt::Messages(Walk { seq, ..w }).cursor())));
             }
-            let mut pos = if *num == from_conv {
-                from_seq.max(1)
-            } else {
-                1
-            };
-            loop {
-                let room = max - lines.len();
-                let budget = self.config.history_scan_max - scanned;
-                if room == 0 || budget == 0 {
-                    let next = ExportAt::Messages {
-                        conv: *num,
-                        seq: pos,
-                    };
-                    return Ok((lines, Some(next.cursor())));
-                }
-                let chunk = self.store.messages(
-                    *num,
-                    pos,
-                    u64::MAX,
-                    Direction::Ascending,
-                    CHUNK.min(budget),
-                )?;
-                let Some(last) = chunk.last().map(|m| m.seq) else {
-                    break;
-                };
-                for m in chunk {
-                    scanned += 1;
-                    pos = m.seq + 1;
-                    if *m.sender == *user {
-                        lines.push(ExportLine::Message(m));
-                        if lines.len() == max {
-                            break;
-                        }
-                    }
-                }
-                debug_assert!(pos > last || lines.len() == max);
+            // Going to the next conversation counts as a message looked at, empty or not.
+            if lines.len() >= max || scanned >= self.config.history_scan_max {
+                return Ok((lines, Some(ExportAt::Messages(w.after()).cursor())));
+            }
+            scanned += 1;
+            match self.walk_on(w)? {
+                Some(next) => w = next,
+                None => return Ok((lines, None)),
             }
         }
-        Ok((lines, None))
+    }
+
+    /// Adds to `lines` the messages `user` sent in `w.conv` from `w.seq` on, oldest first,
+    /// until the page is full (`user_export_page_max` lines, `history_scan_max` messages looked
+    /// at, counted in `scanned`); then the seq to go on from.
+    fn export_messages_of(
+        &self,
+        user: &str,
+        w: Walk,
+        lines: &mut Vec<ExportLine>,
+        scanned: &mut usize,
+    ) -> Result<Option<u64>, Error> {
+        let max = self.config.user_export_page_max;
+        let mut pos = w.seq;
+        loop {
+            let room = max.saturating_sub(lines.len());
+            let budget = self.config.history_scan_max.saturating_sub(*scanned);
+            if room == 0 || budget == 0 {
+                return Ok(Some(pos));
+            }
+            let chunk = self.store.messages(
+                w.conv,
+                pos,
+                u64::MAX,
+                Direction::Ascending,
+                CHUNK.min(budget),
+            )?;
+            if chunk.is_empty() {
+                return Ok(None);
+            }
+            for m in chunk {
+                *scanned += 1;
+                pos = m.seq + 1;
+                if *m.sender == *user {
+                    lines.push(ExportLine::Message(m));
+                    if lines.len() == max {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deletion_cursors_round_trip_and_earlier_ones_start_again() {
+        for at in [
+            DeleteAt::Leave { from: 0x2a },
+            DeleteAt::Messages(Walk::START),
+            DeleteAt::Messages(Walk {
+                kind: 1,
+                conv: 7,
+                seq: 300,
+            }),
+            DeleteAt::Forget,
+        ] {
+            assert_eq!(DeleteAt::parse(&at.cursor()), Some(at));
+        }
+        assert_eq!(DeleteAt::parse(""), Some(DeleteAt::START));
+        assert_eq!(DeleteAt::parse("2a.1"), Some(DeleteAt::START));
+        for bad in [
+            "zz", "m.5.1.1", "m.1.1", "l", "l.x", "f.1", "2a.1.1", "2a.zz",
+        ] {
+            assert_eq!(DeleteAt::parse(bad), None, "{bad}");
+        }
     }
 }

@@ -206,10 +206,44 @@ async fn alice_and_friends(server: &TestServer) -> (String, String) {
     (group, direct)
 }
 
+/// A group alice wrote `text` in and was then removed from (by bob, its owner; carol wrote
+/// "hi" after her): nothing of it is in her list.
+async fn a_group_alice_left(server: &TestServer, text: &str) -> String {
+    let former = ok(
+        server,
+        "POST",
+        "/v1/conversations?as=bob",
+        Some(json!({"kind": "group", "members": ["alice", "carol"], "name": "old"})),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (who, text) in [("alice", text), ("carol", "hi")] {
+        ok(
+            server,
+            "POST",
+            &format!("/v1/conversations/{former}/messages?as={who}"),
+            Some(json!({"text": text})),
+        )
+        .await;
+    }
+    ok(
+        server,
+        "POST",
+        &format!("/v1/conversations/{former}/members/remove?as=bob"),
+        Some(json!({"members": ["alice"]})),
+    )
+    .await;
+    former
+}
+
 #[tokio::test]
 async fn deleting_a_user_empties_their_messages_and_removes_their_records_in_steps() {
     let mut server = server_with(|c| c.user_delete_step_max = 3).await;
     let (group, direct) = alice_and_friends(&server).await;
+    // A group alice wrote in and was removed from before: nothing of hers is in her list.
+    let former = a_group_alice_left(&server, "my old number").await;
     let mut alice = Raw::login(&server, "alice").await;
     let (mut bob, _) = server.login("bob").await;
 
@@ -238,14 +272,14 @@ async fn deleting_a_user_empties_their_messages_and_removes_their_records_in_ste
         assert!(!cursor.is_empty());
     }
     assert!(calls > 2, "{calls} calls: the bound held");
-    assert_eq!((emptied, left, closed), (3, 2, 1));
+    assert_eq!((emptied, left, closed), (4, 2, 1));
     assert_eq!(
         alice.close_code().await,
         Some(pb::CloseCode::CloseKicked as u16)
     );
     // bob's devices heard of the emptied messages as recalls.
     let mut recalled = 0;
-    while recalled < 3 {
+    while recalled < 4 {
         if let Rep::MessageUpdated(u) = push(&mut bob).await {
             assert_eq!(u.kind, pb::MessageUpdateKind::Recalled as i32);
             let m = u.message.unwrap();
@@ -266,6 +300,10 @@ async fn deleting_a_user_empties_their_messages_and_removes_their_records_in_ste
                 assert_eq!(m["text"], "thanks", "{round}: {m}");
             }
         }
+        let former_messages = history(&server, &former).await;
+        assert_eq!(former_messages[0]["recalled"], true, "{round}");
+        assert_eq!(former_messages[0]["sender"], "alice", "{round}");
+        assert_eq!(former_messages[1]["text"], "hi", "{round}");
         let direct_messages = history(&server, &direct).await;
         assert_eq!(direct_messages[0]["recalled"], true, "{round}");
         assert_eq!(direct_messages[1]["text"], "kept", "{round}");
@@ -282,15 +320,28 @@ async fn deleting_a_user_empties_their_messages_and_removes_their_records_in_ste
         assert_eq!(blocks["users"], json!([]), "{round}");
         // bob keeps the direct conversation and its history.
         let bobs = ok(&server, "GET", "/v1/users/bob/conversations", None).await;
-        assert_eq!(bobs["entries"].as_array().unwrap().len(), 2, "{round}");
+        assert_eq!(bobs["entries"].as_array().unwrap().len(), 3, "{round}");
         server.restart().await;
     }
 
-    // Idempotent: a second deletion finds nothing to do.
-    let again = ok(&server, "DELETE", "/v1/users/alice", None).await;
-    assert_eq!(again["done"], true);
-    assert_eq!(again["messages_emptied"], 0);
-    assert_eq!(again["conversations_left"], 0);
+    // Idempotent: a second deletion (which walks every conversation again) finds nothing to do.
+    let mut cursor = String::new();
+    for call in 0.. {
+        assert!(call < 20, "the second deletion makes progress");
+        let again = ok(
+            &server,
+            "DELETE",
+            &format!("/v1/users/alice?cursor={cursor}"),
+            None,
+        )
+        .await;
+        assert_eq!(again["messages_emptied"], 0);
+        assert_eq!(again["conversations_left"], 0);
+        if again["done"] == true {
+            break;
+        }
+        cursor = again["cursor"].as_str().unwrap().to_owned();
+    }
     // A new direct conversation between the same ids starts afresh.
     let fresh = ok(
         &server,
@@ -338,6 +389,7 @@ async fn deleting_a_user_can_keep_their_messages() {
 async fn a_users_export_is_json_lines_in_bounded_pages() {
     let server = server_with(|c| c.user_export_page_max = 2).await;
     let (group, direct) = alice_and_friends(&server).await;
+    a_group_alice_left(&server, "from a group I left").await;
     let mut lines: Vec<Value> = Vec::new();
     let mut cursor = String::new();
     let mut pages = 0;
@@ -390,9 +442,15 @@ async fn a_users_export_is_json_lines_in_bounded_pages() {
             l["message"]["text"].as_str().unwrap()
         })
         .collect();
+    // Direct conversations first, then groups, the newest first; oldest first in each.
     assert_eq!(
         texts,
-        vec!["my address is 1 Main St", "call me on 555-0100", "a secret"]
+        vec![
+            "a secret",
+            "from a group I left",
+            "my address is 1 Main St",
+            "call me on 555-0100"
+        ]
     );
     // A cursor that is not from an export is refused.
     let bad = api(&server, "GET", "/v1/users/alice/export?cursor=nope", None).await;
