@@ -264,6 +264,15 @@ impl Counts {
                     .encode(family.encode_family(&[("dialect", f.dialect)])?)?;
             }
         }
+        let mut family = e.encode_descriptor(
+            "push_encodings",
+            "Pushes encoded for sessions, by form: once per push and form, shared by every recipient of that form",
+            None,
+            MetricType::Counter,
+        )?;
+        for (form, n) in t.encodings() {
+            ConstCounter::new(n).encode(family.encode_family(&[("form", form)])?)?;
+        }
         let (native, leancloud) = self.hub.session_counts();
         let mut family = e.encode_descriptor(
             "dialect_sessions",

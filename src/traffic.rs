@@ -145,6 +145,17 @@ pub enum Dialect {
 
 const DIALECTS: [&str; 2] = ["native", "leancloud"];
 
+/// The forms a push is encoded in for sessions: once per push and form, whatever the number
+/// of recipients (LeanCloud's per-recipient envelope is not counted: only its body is shared).
+#[derive(Debug, Clone, Copy)]
+pub enum Form {
+    Native = 0,
+    Json = 1,
+    LeanCloud = 2,
+}
+
+const FORMS: [&str; 3] = ["native", "json", "leancloud"];
+
 /// The counts (one per server).
 #[derive(Debug)]
 pub struct Traffic {
@@ -156,6 +167,7 @@ pub struct Traffic {
     bytes_in: [AtomicU64; 2],
     frames_out: [AtomicU64; 2],
     bytes_out: [AtomicU64; 2],
+    encodings: [AtomicU64; 3],
 }
 
 fn table(n: usize) -> Box<[AtomicU64]> {
@@ -173,6 +185,7 @@ impl Default for Traffic {
             bytes_in: Default::default(),
             frames_out: Default::default(),
             bytes_out: Default::default(),
+            encodings: Default::default(),
         }
     }
 }
@@ -250,6 +263,16 @@ impl Traffic {
     pub fn frames_out(&self, dialect: Dialect, frames: usize, bytes: usize) {
         self.frames_out[dialect as usize].fetch_add(frames as u64, Relaxed);
         self.bytes_out[dialect as usize].fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// A session encoded a push in `form` (the first of that form to write it).
+    pub fn encoded(&self, form: Form) {
+        self.encodings[form as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Pushes encoded for sessions, by form.
+    pub fn encodings(&self) -> [(&'static str, u64); 3] {
+        std::array::from_fn(|f| (FORMS[f], self.encodings[f].load(Relaxed)))
     }
 
     /// The request counts that are not zero (read at scrape time).

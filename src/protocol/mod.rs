@@ -133,7 +133,19 @@ impl Push {
 
     /// The encoded native `ServerFrame` (id 0).
     pub fn native(&self) -> &Bytes {
-        self.native.get_or_init(|| match &self.event {
+        self.native_filling(&mut false)
+    }
+
+    /// [`Push::native`], setting `filled` when this call is the one that encoded it.
+    pub fn native_filling(&self, filled: &mut bool) -> &Bytes {
+        self.native.get_or_init(|| {
+            *filled = true;
+            self.encode_native()
+        })
+    }
+
+    fn encode_native(&self) -> Bytes {
+        match &self.event {
             PushEvent::Message(m, _) => message_frame_from_encoded(m),
             PushEvent::Other(body) => {
                 let mut buf = BytesMut::with_capacity(body.encoded_len());
@@ -141,12 +153,18 @@ impl Push {
                 buf.freeze()
             }
             PushEvent::Replaced | PushEvent::Kicked => Bytes::new(),
-        })
+        }
     }
 
     /// The `ServerFrame` (id 0) in the JSON form.
     pub fn json(&self) -> &Utf8Bytes {
+        self.json_filling(&mut false)
+    }
+
+    /// [`Push::json`], setting `filled` when this call is the one that encoded it.
+    pub fn json_filling(&self, filled: &mut bool) -> &Utf8Bytes {
         self.json.get_or_init(|| {
+            *filled = true;
             let body = match &self.event {
                 PushEvent::Message(..) => self.message().map(pb::server_frame::Body::Message),
                 PushEvent::Other(body) => Some(body.as_ref().clone()),

@@ -1635,7 +1635,18 @@ pub(super) fn take(actor: &mut Actor, p: LcProtocol, o: Outgoing, frames: &mut V
     let peer_id = peer.caller.user.to_string();
     // The body is encoded once per push for every LeanCloud connection; only the envelope is
     // per recipient (protobuf fields may come in any order, so it is appended).
-    let body = o.push.leancloud.get_or_init(|| push_body(&o.push));
+    let mut filled = false;
+    let body = o.push.leancloud.get_or_init(|| {
+        filled = true;
+        push_body(&o.push)
+    });
+    if filled {
+        actor
+            .app
+            .stats
+            .traffic
+            .encoded(crate::traffic::Form::LeanCloud);
+    }
     let body = match body {
         Some(b) => b.clone(),
         // Events whose form depends on the recipient.

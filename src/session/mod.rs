@@ -320,12 +320,24 @@ impl Wire {
         }
     }
 
-    /// A push, encoded once per event for all sessions of this form.
-    fn push(self, p: &Push) -> WsMessage {
-        match self {
-            Wire::Binary => WsMessage::Binary(p.native().clone()),
-            Wire::Json => WsMessage::Text(p.json().clone()),
+    /// A push, encoded once per event for all sessions of this form (counted in `traffic`).
+    fn push(self, p: &Push, traffic: &crate::traffic::Traffic) -> WsMessage {
+        use crate::traffic::Form;
+        let mut filled = false;
+        let (frame, form) = match self {
+            Wire::Binary => (
+                WsMessage::Binary(p.native_filling(&mut filled).clone()),
+                Form::Native,
+            ),
+            Wire::Json => (
+                WsMessage::Text(p.json_filling(&mut filled).clone()),
+                Form::Json,
+            ),
+        };
+        if filled {
+            traffic.encoded(form);
         }
+        frame
     }
 }
 
@@ -591,9 +603,15 @@ fn welcome(
     let mut frames = Vec::with_capacity(events.len() + 2);
     frames.push(wire.frame(&protocol::reply(id, Rep::LoginOk(ok))));
     for e in events {
-        frames.push(wire.push(&protocol::push(Rep::ConversationEvent(e))));
+        frames.push(wire.push(
+            &protocol::push(Rep::ConversationEvent(e)),
+            &app.stats.traffic,
+        ));
     }
-    frames.push(wire.push(&protocol::push(Rep::UnreadSummary(summary))));
+    frames.push(wire.push(
+        &protocol::push(Rep::UnreadSummary(summary)),
+        &app.stats.traffic,
+    ));
     Ok((head, told, frames))
 }
 
@@ -1275,7 +1293,7 @@ impl Actor {
                 if (o.user_seq == 0 || o.user_seq > peer.replayed_to)
                     && !matches!(o.push.event(), PushEvent::Replaced | PushEvent::Kicked)
                 {
-                    frames.push(wire.push(&o.push));
+                    frames.push(wire.push(&o.push, &self.app.stats.traffic));
                 }
             }
             Dialect::LeanCloud(p) => leancloud::take(self, p, o, frames),

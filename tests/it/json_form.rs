@@ -254,3 +254,96 @@ async fn malformed_json_closes_like_a_malformed_binary_frame() {
         .unwrap();
     assert_eq!(close_code(&mut ws).await, Some(bad_frame));
 }
+
+/// A group whose members use every form there is (native binary, native JSON, LeanCloud
+/// binary and base64, two sessions of each): each message is encoded once per form, whatever
+/// the number of recipients of that form (`tidings_push_encodings_total`).
+#[tokio::test]
+async fn a_mixed_audience_costs_one_encoding_per_form_and_message() {
+    use crate::leancloud_wire::Lc;
+    use tidings::leancloud::LcProtocol;
+    use tidings::leancloud::pb::CommandType as Cmd;
+    let server = crate::leancloud::leancloud_server().await;
+    let alice = server.client("alice").await;
+    let mut natives = vec![server.client("n1").await, server.client("n2").await];
+    let mut jsons = Vec::new();
+    for user in ["j1", "j2"] {
+        let mut p = Peer::open(&server, true).await;
+        p.request(json!({"id": "1", "login": {"token": server.token(user)}}))
+            .await;
+        p.push("unreadSummary").await;
+        jsons.push(p);
+    }
+    let mut lcs = Vec::new();
+    for (peer, p) in [
+        ("l1", LcProtocol::ProtobufV3),
+        ("l2", LcProtocol::ProtobufV3),
+        ("b1", LcProtocol::Base64V3),
+        ("b2", LcProtocol::Base64V3),
+    ] {
+        let mut c = Lc::connect(&server, p).await;
+        c.opened(peer, None).await;
+        lcs.push((peer, c));
+    }
+    let members = ["n1", "n2", "j1", "j2", "l1", "l2", "b1", "b2"];
+    let group = within(alice.create_group("all forms", &members))
+        .await
+        .unwrap()
+        .id;
+    // Every member has its creation event before counting starts.
+    for n in &mut natives {
+        loop {
+            if let Some(pb::server_frame::Body::ConversationEvent(_)) =
+                within(n.next_push()).await.unwrap().body
+            {
+                break;
+            }
+        }
+    }
+    for j in &mut jsons {
+        j.push("conversationEvent").await;
+    }
+    for (peer, c) in &mut lcs {
+        c.push_of(
+            Cmd::Conv,
+            Some(tidings::leancloud::pb::OpType::Joined),
+            peer,
+        )
+        .await;
+    }
+    let traffic = &server.running().app.stats.traffic;
+    let before = traffic.encodings();
+    const N: u64 = 5;
+    for i in 0..N {
+        within(alice.send_text(&group, &format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    for n in &mut natives {
+        let mut got = 0;
+        while got < N {
+            if let Some(pb::server_frame::Body::Message(_)) =
+                within(n.next_push()).await.unwrap().body
+            {
+                got += 1;
+            }
+        }
+    }
+    for j in &mut jsons {
+        for _ in 0..N {
+            j.push("message").await;
+        }
+    }
+    for (peer, c) in &mut lcs {
+        for _ in 0..N {
+            c.push_of(Cmd::Direct, None, peer).await;
+        }
+    }
+    let after = traffic.encodings();
+    let delta: Vec<(&str, u64)> = before
+        .iter()
+        .zip(after.iter())
+        .map(|((form, b), (_, a))| (*form, a - b))
+        .collect();
+    assert_eq!(delta, [("native", N), ("json", N), ("leancloud", N)]);
+}
