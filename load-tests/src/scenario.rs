@@ -862,7 +862,13 @@ async fn list(p: &Params, gate: Gate, live: Arc<Live>) -> anyhow::Result<ShardRe
     res.go_ns = now_ns();
     let until = Instant::now() + secs(p.duration_secs);
     let page = p.page.max(1);
-    let expect = (page as u64).min(res.populated);
+    // `--conversations 0`: the list is already there (a server restarted on the same data
+    // directory, the same `--run-id`), longer than a page.
+    let expect = if p.conversations == 0 {
+        page as u64
+    } else {
+        (page as u64).min(res.populated)
+    };
     let max_pages = if p.count == 0 { u64::MAX } else { p.count };
     let tasks: Vec<_> = clients
         .into_iter()

@@ -56,7 +56,10 @@ impl Row {
 struct Snapshot {
     user: UserId,
     created: i64,
-    rows: Arc<[Row]>,
+    rows: Arc<Vec<Row>>,
+    /// `rows[..sorted]` are in list order and before every later row; the rest is sorted
+    /// when a page first needs it.
+    sorted: usize,
 }
 
 /// Orders of listings that have more pages, by snapshot id.
@@ -89,7 +92,8 @@ impl Snapshots {
     fn insert(
         &self,
         user: &UserId,
-        rows: Arc<[Row]>,
+        rows: Arc<Vec<Row>>,
+        sorted: usize,
         now: i64,
         ttl_ms: i64,
         per_user: usize,
@@ -116,6 +120,7 @@ impl Snapshots {
                 user: user.clone(),
                 created: now,
                 rows,
+                sorted,
             },
         );
         g.order.push_back(id);
@@ -123,13 +128,42 @@ impl Snapshots {
         id
     }
 
-    fn get(&self, id: u64, user: &str, now: i64, ttl_ms: i64) -> Option<Arc<[Row]>> {
-        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        g.by_id
-            .get(&id)
-            .filter(|s| *s.user == *user && s.created + ttl_ms > now)
-            .map(|s| s.rows.clone())
+    /// A snapshot's rows, sorted through at least `upto`.
+    fn get(
+        &self,
+        id: u64,
+        user: &str,
+        now: i64,
+        ttl_ms: i64,
+        upto: usize,
+    ) -> Option<Arc<Vec<Row>>> {
+        let (rows, sorted) = {
+            let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            let s = g
+                .by_id
+                .get(&id)
+                .filter(|s| *s.user == *user && s.created + ttl_ms > now)?;
+            (s.rows.clone(), s.sorted)
+        };
+        if upto <= sorted || sorted >= rows.len() {
+            return Some(rows);
+        }
+        // Sorted outside the lock; a page asking meanwhile sorts its own copy.
+        let mut all = (*rows).clone();
+        sort_rows(&mut all[sorted..]);
+        let all = Arc::new(all);
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = g.by_id.get_mut(&id) {
+            s.rows = all.clone();
+            s.sorted = all.len();
+        }
+        Some(all)
     }
+}
+
+/// Puts rows in list order: newest first, ties by conversation number, newest first.
+fn sort_rows(rows: &mut [Row]) {
+    rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.key()));
 }
 
 /// A list cursor: snapshot id, offset, and the last entry's key for when the snapshot is gone.
@@ -193,12 +227,18 @@ pub(super) struct Head {
 const HEADS_MAX: usize = 1 << 20;
 
 impl Registry {
-    /// A live conversation's kind and newest message: from memory when it is loaded (most
-    /// are, once listed), without copying its record; else from its head, read from the
-    /// store once with [`Registry::conv_info`].
-    fn conv_activity(&self, num: u64) -> Result<Option<Activity>, Error> {
+    /// A live conversation's kind and newest message (at `now`): its head when its cell is not
+    /// loaded, else from the cell without copying its record; a head is read from the store
+    /// with [`Registry::conv_info`] the first time.
+    fn conv_activity(&self, num: u64, now: i64) -> Result<Option<Activity>, Error> {
+        // A head is only kept while the cell is not loaded (a loading cell drops it, and it is
+        // put only under its entry's lock after checking the cell is not there), so it is
+        // current.
+        if let Some(head) = self.heads.get(&num).map(|h| *h) {
+            let live = head.expires_at == 0 || head.expires_at > now;
+            return Ok(live.then_some(head.activity));
+        }
         if let Some(cell) = self.convs.get(&num).map(|c| c.clone()) {
-            let now = self.now();
             let mut st = cell.lock();
             let r = &st.record;
             if st.deleted
@@ -223,10 +263,6 @@ impl Registry {
                 changed_at: st.record.changed_at,
             }));
         }
-        if let Some(head) = self.heads.get(&num).map(|h| *h) {
-            let live = head.expires_at == 0 || head.expires_at > self.now();
-            return Ok(live.then_some(head.activity));
-        }
         use std::sync::atomic::Ordering::SeqCst;
         let removals = self.removals.load(SeqCst);
         let Some(info) = self.conv_info(num)? else {
@@ -238,12 +274,13 @@ impl Registry {
             last_ts: info.last_ts,
             changed_at: info.record.changed_at,
         };
-        // Kept unless its cell was loaded meanwhile (which is read instead) or a removal
-        // committed since the read, which may have been of the conversation before it went
-        // (the removal drops the head under the same entry lock, after its bump).
-        if !self.convs.contains_key(&num)
-            && self.heads.len() < HEADS_MAX
+        // Kept unless its cell was loaded meanwhile (checked under the entry's lock: a cell
+        // that loads later drops the head after it is in `convs`) or a removal committed since
+        // the read, which may have been of the conversation before it went (the removal drops
+        // the head too, after its bump).
+        if self.heads.len() < HEADS_MAX
             && let dashmap::Entry::Vacant(v) = self.heads.entry(num)
+            && !self.convs.contains_key(&num)
             && self.removals.load(SeqCst) == removals
         {
             v.insert(Head {
@@ -383,7 +420,9 @@ impl Registry {
     /// When a live conversation's newest message was sent, not counting those sent silently
     /// (ms; 0: none yet).
     pub(super) fn last_message_at(&self, num: u64) -> Result<i64, Error> {
-        Ok(self.conv_activity(num)?.map_or(0, |a| a.last_ts))
+        Ok(self
+            .conv_activity(num, self.now())?
+            .map_or(0, |a| a.last_ts))
     }
 
     /// Whether an entry is in the user's list: not removed, or a message came after removal.
@@ -395,8 +434,15 @@ impl Registry {
         info.last_ts.max(rec.joined_at).max(rec.listed_at)
     }
 
-    /// Every row of `user`'s listing under `req`'s filters, in list order.
-    fn list_rows(&self, user: &UserId, req: &ListRequest) -> Result<Vec<Row>, Error> {
+    /// Every row of `user`'s listing under `req`'s filters, the first `first` in list order
+    /// and before all others (the rest in no order, unless an entry cap needs them sorted);
+    /// and how many are in order.
+    fn list_rows(
+        &self,
+        user: &UserId,
+        req: &ListRequest,
+        first: usize,
+    ) -> Result<(Vec<Row>, usize), Error> {
         let now = self.now();
         let floor = match self.config.list_max_age_secs {
             0 => i64::MIN,
@@ -411,7 +457,7 @@ impl Registry {
         let records = self.store.list_rows(user)?;
         for rec in records.iter() {
             let num = rec.conv;
-            let Some(info) = self.conv_activity(num)? else {
+            let Some(info) = self.conv_activity(num, now)? else {
                 continue;
             };
             if !kind_ok(info.kind) {
@@ -456,7 +502,14 @@ impl Registry {
                 }
             }
         }
-        rows.sort_unstable_by_key(|r| std::cmp::Reverse(r.key()));
+        if self.config.list_max_entries > 0 || first >= rows.len() {
+            sort_rows(&mut rows);
+        } else {
+            // A first page of 20 of 5,000 entries need not order the other 4,980.
+            rows.select_nth_unstable_by_key(first, |r| std::cmp::Reverse(r.key()));
+            sort_rows(&mut rows[..first]);
+            return Ok((rows, first));
+        }
         if self.config.list_max_entries > 0 {
             let cap = self.config.list_max_entries;
             let mut live = 0;
@@ -465,7 +518,8 @@ impl Registry {
                 r.deleted || live <= cap
             });
         }
-        Ok(rows)
+        let sorted = rows.len();
+        Ok((rows, sorted))
     }
 
     /// A page of the caller's conversation list.
@@ -489,17 +543,19 @@ impl Registry {
     ) -> Result<(Vec<ListEntry>, String, bool), Error> {
         let now = self.now();
         let ttl_ms = (self.config.list_snapshot_ttl_secs as i64).saturating_mul(1000);
-        let (rows, offset, snapshot) = if req.cursor.is_empty() {
-            (Arc::from(self.list_rows(user, &req)?), 0, None)
+        let (rows, sorted, offset, snapshot) = if req.cursor.is_empty() {
+            let (rows, sorted) = self.list_rows(user, &req, limit)?;
+            (Arc::new(rows), sorted, 0, None)
         } else {
             let c = Cursor::decode(&req.cursor)
                 .ok_or_else(|| Error::InvalidArgument("malformed list cursor".into()))?;
-            match self.snapshots.get(c.snapshot, user, now, ttl_ms) {
-                Some(rows) => (rows, c.offset, Some(c.snapshot)),
+            let upto = c.offset.saturating_add(limit);
+            match self.snapshots.get(c.snapshot, user, now, ttl_ms, upto) {
+                Some(rows) => (rows, upto, c.offset, Some(c.snapshot)),
                 None => {
-                    let rows: Arc<[Row]> = Arc::from(self.list_rows(user, &req)?);
+                    let (rows, sorted) = self.list_rows(user, &req, usize::MAX)?;
                     let start = rows.partition_point(|r| r.key() >= c.last);
-                    (rows, start, None)
+                    (Arc::new(rows), sorted, start, None)
                 }
             }
         };
@@ -513,6 +569,7 @@ impl Registry {
                     self.snapshots.insert(
                         user,
                         rows.clone(),
+                        sorted,
                         now,
                         ttl_ms,
                         self.config.list_snapshots_per_user,

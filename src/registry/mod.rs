@@ -347,6 +347,40 @@ pub struct LoggedEvent {
 }
 
 /// The conversation registry.
+/// Hashes conversation numbers with a multiplication rather than SipHash: a list of 5,000
+/// entries looks each one up, and the numbers are the server's, not chosen by clients.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NumHash;
+
+impl std::hash::BuildHasher for NumHash {
+    type Hasher = NumHasher;
+    fn build_hasher(&self) -> NumHasher {
+        NumHasher(0)
+    }
+}
+
+/// See [`NumHash`].
+#[derive(Debug, Default)]
+pub struct NumHasher(u64);
+
+impl NumHasher {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+}
+
+impl std::hash::Hasher for NumHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(Self::K);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(Self::K);
+    }
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
 pub struct Registry {
     config: Arc<Config>,
     clock: SharedClock,
@@ -355,7 +389,7 @@ pub struct Registry {
     stats: Arc<crate::stats::Stats>,
     writer: Writer,
     transient_ids: std::sync::atomic::AtomicU64,
-    convs: Arc<DashMap<u64, Arc<ConvCell>>>,
+    convs: Arc<DashMap<u64, Arc<ConvCell>, NumHash>>,
     /// Bumped each time a deleted or expired cell leaves `convs`: a load that read the store
     /// before the bump may have read the conversation as it was before its removal committed,
     /// and must not put it back.
@@ -363,7 +397,7 @@ pub struct Registry {
     /// What a conversation list needs of conversations that are not in `convs`, read from
     /// the store once (see [`inbox::Head`]). Nothing changes a conversation without loading
     /// its cell first, and a loaded cell is read instead; an entry goes when its cell leaves.
-    heads: Arc<DashMap<u64, inbox::Head>>,
+    heads: Arc<DashMap<u64, inbox::Head, NumHash>>,
     /// Direct pairs known in memory (sorted pair → conversation), also guarding creation.
     directs: Arc<DashMap<(UserId, UserId), u64>>,
     /// The last conversation numbers handed out; held while a create is enqueued.
@@ -589,7 +623,12 @@ impl Registry {
             let removals = self.removals.load(SeqCst);
             let cell = self.load_cell(num)?;
             match self.convs.entry(num) {
-                dashmap::Entry::Occupied(e) => return Ok(e.get().clone()),
+                dashmap::Entry::Occupied(e) => {
+                    let cell = e.get().clone();
+                    drop(e);
+                    self.heads.remove(&num);
+                    return Ok(cell);
+                }
                 // No removal since the read: what the store said is still the truth.
                 dashmap::Entry::Vacant(v) if self.removals.load(SeqCst) == removals => {
                     let cell = v.insert(cell).clone();
