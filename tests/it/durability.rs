@@ -219,260 +219,19 @@ async fn the_sled_engine_keeps_history_across_a_restart_and_a_changed_engine_is_
     assert!(err.to_string().contains("holds a sled store"), "{err}");
 }
 
-/// A real store whose commits fail once `fail` is set (a full or broken disk).
-struct FailingStore {
-    inner: Arc<dyn tidings::store::Store>,
-    fail: Arc<AtomicBool>,
+/// Commits fail once `fail` is set (a full or broken disk).
+struct Failing {
+    fail: AtomicBool,
 }
 
-impl tidings::store::Store for FailingStore {
-    fn commit(&self, ops: &[tidings::store::Op]) -> Result<(), tidings::store::StoreError> {
+impl crate::spied_store::Watch for Failing {
+    fn commit(&self, _ops: &[tidings::store::Op]) -> Result<(), tidings::store::StoreError> {
         if self.fail.load(Ordering::SeqCst) {
             return Err(tidings::store::StoreError::Engine(
                 "injected: no space left on device".into(),
             ));
         }
-        self.inner.commit(ops)
-    }
-    fn flush(&self) -> Result<(), tidings::store::StoreError> {
-        self.inner.flush()
-    }
-    fn conversation(
-        &self,
-        c: u64,
-    ) -> Result<Option<pb::ConversationRecord>, tidings::store::StoreError> {
-        self.inner.conversation(c)
-    }
-    fn members(
-        &self,
-        c: u64,
-    ) -> Result<Vec<(tidings::store::UserId, pb::MemberRecord)>, tidings::store::StoreError> {
-        self.inner.members(c)
-    }
-    fn user_conversations(
-        &self,
-        u: &str,
-    ) -> Result<Vec<(u64, pb::UserConversationRecord)>, tidings::store::StoreError> {
-        self.inner.user_conversations(u)
-    }
-    fn user_conversation(
-        &self,
-        u: &str,
-        c: u64,
-    ) -> Result<Option<pb::UserConversationRecord>, tidings::store::StoreError> {
-        self.inner.user_conversation(u, c)
-    }
-    fn message(&self, c: u64, s: u64) -> Result<Option<pb::Message>, tidings::store::StoreError> {
-        self.inner.message(c, s)
-    }
-    fn last_message(&self, c: u64) -> Result<Option<pb::Message>, tidings::store::StoreError> {
-        self.inner.last_message(c)
-    }
-    fn messages(
-        &self,
-        c: u64,
-        lo: u64,
-        hi: u64,
-        d: tidings::store::Direction,
-        l: usize,
-    ) -> Result<Vec<pb::Message>, tidings::store::StoreError> {
-        self.inner.messages(c, lo, hi, d, l)
-    }
-    fn read_seq(&self, u: &str, c: u64) -> Result<u64, tidings::store::StoreError> {
-        self.inner.read_seq(u, c)
-    }
-    fn dedup(&self, c: u64, s: &str, id: &str) -> Result<Option<u64>, tidings::store::StoreError> {
-        self.inner.dedup(c, s, id)
-    }
-    fn direct(&self, a: &str, b: &str) -> Result<Option<u64>, tidings::store::StoreError> {
-        self.inner.direct(a, b)
-    }
-    fn user_events_after(
-        &self,
-        u: &str,
-        after: u64,
-        l: usize,
-    ) -> Result<(Vec<pb::ConversationEvent>, bool), tidings::store::StoreError> {
-        self.inner.user_events_after(u, after, l)
-    }
-    fn last_user_event_seq(&self, u: &str) -> Result<u64, tidings::store::StoreError> {
-        self.inner.last_user_event_seq(u)
-    }
-    fn counter(&self, c: tidings::store::Counter) -> Result<u64, tidings::store::StoreError> {
-        self.inner.counter(c)
-    }
-    fn tombstones(&self, u: &str) -> Result<Vec<(u64, i64)>, tidings::store::StoreError> {
-        self.inner.tombstones(u)
-    }
-    fn hidden_seqs(
-        &self,
-        u: &str,
-        c: u64,
-        lo: u64,
-        hi: u64,
-    ) -> Result<Vec<u64>, tidings::store::StoreError> {
-        self.inner.hidden_seqs(u, c, lo, hi)
-    }
-    fn receipts_wanted(
-        &self,
-        c: u64,
-        lo: u64,
-        hi: u64,
-    ) -> Result<Vec<(u64, tidings::store::UserId)>, tidings::store::StoreError> {
-        self.inner.receipts_wanted(c, lo, hi)
-    }
-    fn last_receipt_wanted(&self, c: u64) -> Result<u64, tidings::store::StoreError> {
-        self.inner.last_receipt_wanted(c)
-    }
-    fn next_expiries(&self, l: usize) -> Result<Vec<(i64, u64)>, tidings::store::StoreError> {
-        self.inner.next_expiries(l)
-    }
-    fn next_mute_deadlines(
-        &self,
-        l: usize,
-    ) -> Result<Vec<(i64, u64, tidings::store::UserId)>, tidings::store::StoreError> {
-        self.inner.next_mute_deadlines(l)
-    }
-    fn unique_temporary(
-        &self,
-        m: &[tidings::store::UserId],
-    ) -> Result<Option<u64>, tidings::store::StoreError> {
-        self.inner.unique_temporary(m)
-    }
-    fn conversation_alias(&self, a: &str) -> Result<Option<u64>, tidings::store::StoreError> {
-        self.inner.conversation_alias(a)
-    }
-    fn message_alias(&self, conv: u64, a: &str) -> Result<Option<u64>, tidings::store::StoreError> {
-        self.inner.message_alias(conv, a)
-    }
-    fn outbox_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, tidings::store::StoreError> {
-        self.inner.outbox_after(after, limit)
-    }
-    fn last_outbox_seq(&self) -> Result<u64, tidings::store::StoreError> {
-        self.inner.last_outbox_seq()
-    }
-    fn webhook_cursor(&self, endpoint: &str) -> Result<u64, tidings::store::StoreError> {
-        self.inner.webhook_cursor(endpoint)
-    }
-    fn dead_letters(
-        &self,
-        endpoint: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, tidings::store::StoreError> {
-        self.inner.dead_letters(endpoint, after, limit)
-    }
-    fn user_blocks(
-        &self,
-        user: &str,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<(tidings::store::UserId, i64)>, tidings::store::StoreError> {
-        self.inner.user_blocks(user, after, limit)
-    }
-    fn user_block(
-        &self,
-        user: &str,
-        other: &str,
-    ) -> Result<Option<i64>, tidings::store::StoreError> {
-        self.inner.user_block(user, other)
-    }
-    fn profile(
-        &self,
-        user: &str,
-    ) -> Result<Option<tidings::protocol::pb::Profile>, tidings::store::StoreError> {
-        self.inner.profile(user)
-    }
-    fn message_versions(
-        &self,
-        conv: u64,
-        seq: u64,
-    ) -> Result<Vec<tidings::protocol::pb::Message>, tidings::store::StoreError> {
-        self.inner.message_versions(conv, seq)
-    }
-    fn silent_seqs(
-        &self,
-        conv: u64,
-        lo: u64,
-        hi: u64,
-    ) -> Result<Vec<u64>, tidings::store::StoreError> {
-        self.inner.silent_seqs(conv, lo, hi)
-    }
-    fn user_access(
-        &self,
-        user: &str,
-    ) -> Result<Option<tidings::protocol::pb::UserAccess>, tidings::store::StoreError> {
-        self.inner.user_access(user)
-    }
-    fn revoked_token(&self, jti: &str) -> Result<Option<i64>, tidings::store::StoreError> {
-        self.inner.revoked_token(jti)
-    }
-    fn revoked_tokens(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<(i64, String)>, tidings::store::StoreError> {
-        self.inner.revoked_tokens(limit)
-    }
-    fn idempotent_create(
-        &self,
-        key: &str,
-    ) -> Result<Option<tidings::protocol::pb::IdempotentCreate>, tidings::store::StoreError> {
-        self.inner.idempotent_create(key)
-    }
-    fn idempotent_creates(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<(i64, String)>, tidings::store::StoreError> {
-        self.inner.idempotent_creates(limit)
-    }
-    fn conversations_of_kind(
-        &self,
-        kind: i32,
-        below: u64,
-        limit: usize,
-    ) -> Result<Vec<u64>, tidings::store::StoreError> {
-        self.inner.conversations_of_kind(kind, below, limit)
-    }
-    fn conversation_events_after(
-        &self,
-        conv: u64,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<tidings::protocol::pb::ConversationEvent>, tidings::store::StoreError> {
-        self.inner.conversation_events_after(conv, after, limit)
-    }
-    fn last_conversation_event_seq(&self, conv: u64) -> Result<u64, tidings::store::StoreError> {
-        self.inner.last_conversation_event_seq(conv)
-    }
-    fn size_on_disk(&self) -> Result<u64, tidings::store::StoreError> {
-        self.inner.size_on_disk()
-    }
-    fn dump(
-        &self,
-        f: &mut tidings::store::EntrySink<'_>,
-    ) -> Result<(), tidings::store::StoreError> {
-        self.inner.dump(f)
-    }
-    fn is_empty(&self) -> Result<bool, tidings::store::StoreError> {
-        self.inner.is_empty()
-    }
-    fn mark_format(&self, version: Option<u64>) -> Result<(), tidings::store::StoreError> {
-        self.inner.mark_format(version)
-    }
-    fn patches_after(
-        &self,
-        conv: u64,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<(i64, u64)>, tidings::store::StoreError> {
-        self.inner.patches_after(conv, after, limit)
-    }
-    fn load(&self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), tidings::store::StoreError> {
-        self.inner.load(rows)
+        Ok(())
     }
 }
 
@@ -486,15 +245,14 @@ async fn a_failing_store_refuses_writes_and_stops_the_server_with_an_error() {
         ..Default::default()
     };
     let inner = tidings::store::open("redb", &config.data_dir, 8 << 20).unwrap();
-    let fail = Arc::new(AtomicBool::new(false));
-    let store = Arc::new(FailingStore {
-        inner,
-        fail: fail.clone(),
+    let failing = Arc::new(Failing {
+        fail: AtomicBool::new(false),
     });
+    let store = crate::spied_store::Spied::new(inner, failing.clone());
     let server = tidings::server::start_with(
         config.clone(),
         Arc::new(tidings::clock::SystemClock),
-        Some(store),
+        Some(Arc::new(store)),
     )
     .await
     .unwrap();
@@ -513,7 +271,7 @@ async fn a_failing_store_refuses_writes_and_stops_the_server_with_an_error() {
     let g = within(alice.create_group("g", &[])).await.unwrap();
     within(alice.send_text(&g.id, "stored")).await.unwrap();
 
-    fail.store(true, Ordering::SeqCst);
+    failing.fail.store(true, Ordering::SeqCst);
     let err = within(alice.send_text(&g.id, "not stored"))
         .await
         .unwrap_err();

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
 use tidings::client::{Client, ClientError};
 use tidings::protocol::pb::ErrorCode;
-use tidings::store::Op;
+use tidings::store::{Op, StoreError};
 
 /// Holds, while armed, the first commit that deletes or purges a conversation.
 #[derive(Default)]
@@ -53,7 +53,7 @@ impl Gate {
 }
 
 impl Watch for Gate {
-    fn commit(&self, ops: &[Op]) {
+    fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
         let deletes = ops.iter().any(|op| match op {
             Op::PurgeConversation { .. } => true,
             Op::PutConversation { record, .. } => record.deleted_at > 0,
@@ -61,7 +61,7 @@ impl Watch for Gate {
         });
         let mut st = self.state.lock().unwrap();
         if !(st.armed && deletes) {
-            return;
+            return Ok(());
         }
         st.holding = true;
         self.changed.notify_all();
@@ -69,6 +69,7 @@ impl Watch for Gate {
             st = self.changed.wait(st).unwrap();
         }
         st.holding = false;
+        Ok(())
     }
 }
 

@@ -8,8 +8,11 @@ use tidings::store::{self, Counter, Direction, EntrySink, Op, Store, StoreError,
 
 /// What a [`Spied`] store tells.
 pub trait Watch: Send + Sync + 'static {
-    /// Called on the writer thread before each commit (it may block to hold the commit).
-    fn commit(&self, _ops: &[Op]) {}
+    /// Called on the writer thread before each commit (it may block to hold the commit, or
+    /// fail it).
+    fn commit(&self, _ops: &[Op]) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Called before each read, with the name of the `Store` method.
     fn read(&self, _what: &'static str) {}
 }
@@ -20,9 +23,15 @@ pub struct Spied {
     watch: Arc<dyn Watch>,
 }
 
+impl Spied {
+    pub fn new(inner: Arc<dyn Store>, watch: Arc<dyn Watch>) -> Spied {
+        Spied { inner, watch }
+    }
+}
+
 impl Store for Spied {
     fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
-        self.watch.commit(ops);
+        self.watch.commit(ops)?;
         self.inner.commit(ops)
     }
     fn flush(&self) -> Result<(), StoreError> {
