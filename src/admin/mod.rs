@@ -368,10 +368,26 @@ async fn handle(
             }
         },
     };
-    let body = match Limited::new(req.into_body(), app.config.admin_max_body_bytes)
-        .collect()
-        .await
-    {
+    // The body within the same bound as the headers: a backend's half-open connection (or a
+    // stalled one) must not hold one of `admin_max_connections` for ever.
+    let read = Limited::new(req.into_body(), app.config.admin_max_body_bytes).collect();
+    let bound = std::time::Duration::from_millis(app.config.handshake_timeout_ms);
+    let Ok(read) = tokio::time::timeout(bound, read).await else {
+        let mut r = failure(Failure::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::ErrorInvalidArgument,
+            format!(
+                "the request body did not arrive within handshake_timeout_ms ({})",
+                app.config.handshake_timeout_ms
+            ),
+        ));
+        r.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        return r;
+    };
+    let body = match read {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return failure(Failure::new(

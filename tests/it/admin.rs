@@ -718,3 +718,30 @@ async fn the_dashboard_charts_only_exported_metrics() {
     }
     assert!(charted >= 20, "{charted}");
 }
+
+/// A request whose body stalls is answered `408` within `handshake_timeout_ms` and its
+/// connection closed, so stalled backends cannot hold the admin listener's connections.
+#[tokio::test]
+async fn a_stalled_request_body_is_answered_408_and_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(|c| {
+        c.admin_listen = "127.0.0.1:0".into();
+        c.admin_api_keys = vec![KEY.into()];
+        c.handshake_timeout_ms = 300;
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(admin_addr(&server))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/conversations?as=alice HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // Everything the server sends until it closes the connection.
+    let mut got = Vec::new();
+    within(s.read_to_end(&mut got)).await.unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("handshake_timeout_ms"), "{text}");
+}
