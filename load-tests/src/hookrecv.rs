@@ -79,6 +79,22 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// `tidings_webhook_events_written_total` from the server's `/metrics` (on its admin
+/// listener `admin`): the events it has put in its webhook outbox.
+pub async fn events_written(admin: std::net::SocketAddr) -> anyhow::Result<u64> {
+    let mut s = tokio::net::TcpStream::connect(admin).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: tidings\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await?;
+    let text = String::from_utf8_lossy(&answer);
+    text.lines()
+        .find_map(|l| l.strip_prefix("tidings_webhook_events_written_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .ok_or_else(|| anyhow::anyhow!("/metrics has no tidings_webhook_events_written_total"))
+}
+
 /// An address on loopback where nothing listens (a dead endpoint).
 pub fn dead_address() -> anyhow::Result<std::net::SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
