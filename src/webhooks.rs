@@ -332,22 +332,46 @@ fn render_own(record: &[u8]) -> Option<(&'static str, i64, Value)> {
     })
 }
 
-/// The webhook event of an outbox record: type, time (ms) and data.
-fn render(seq: u64, record: &[u8]) -> Option<(&'static str, Value)> {
+/// An outbox record, decoded: its event's type, time (ms) and data.
+struct Decoded {
+    kind: &'static str,
+    at: i64,
+    data: Data,
+}
+
+enum Data {
+    /// `{"message": …}`, serialized straight from the message (the common case).
+    Message(pb::Message),
+    Value(Value),
+}
+
+/// One event as it is sent.
+#[derive(serde::Serialize)]
+struct Event<D> {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    timestamp: i64,
+    data: D,
+}
+
+#[derive(serde::Serialize)]
+struct MessageData {
+    message: json::Message,
+}
+
+fn decode(record: &[u8]) -> Option<Decoded> {
     let frame = pb::ServerFrame::decode(record).ok()?;
     let Some(body) = frame.body else {
         let (kind, at, data) = render_own(record)?;
-        return Some((
+        return Some(Decoded {
             kind,
-            json!({ "id": seq.to_string(), "type": kind, "timestamp": at, "data": data }),
-        ));
+            at,
+            data: Data::Value(data),
+        });
     };
     let (kind, at, data) = match body {
-        Body::Message(m) => (
-            "message.created",
-            m.server_time,
-            json!({ "message": json::Message::from(m) }),
-        ),
+        Body::Message(m) => ("message.created", m.server_time, Data::Message(m)),
         Body::MessageUpdated(u) => {
             let m = u.message?;
             let (kind, at) = if m.recalled {
@@ -355,15 +379,56 @@ fn render(seq: u64, record: &[u8]) -> Option<(&'static str, Value)> {
             } else {
                 ("message.edited", m.edited_at)
             };
-            (kind, at, json!({ "message": json::Message::from(m) }))
+            (kind, at, Data::Message(m))
         }
-        Body::ConversationEvent(e) => conversation_data(e)?,
+        Body::ConversationEvent(e) => {
+            let (kind, at, data) = conversation_data(e)?;
+            (kind, at, Data::Value(data))
+        }
         _ => return None,
     };
-    Some((
-        kind,
-        json!({ "id": seq.to_string(), "type": kind, "timestamp": at, "data": data }),
-    ))
+    Some(Decoded { kind, at, data })
+}
+
+/// The JSON of event `seq`: `{"id", "type", "timestamp", "data"}`.
+fn encode(seq: u64, d: Decoded) -> Vec<u8> {
+    let (id, kind, timestamp) = (seq.to_string(), d.kind, d.at);
+    let json = match d.data {
+        Data::Message(m) => serde_json::to_vec(&Event {
+            id,
+            kind,
+            timestamp,
+            data: MessageData {
+                message: json::Message::from(m),
+            },
+        }),
+        Data::Value(data) => serde_json::to_vec(&Event {
+            id,
+            kind,
+            timestamp,
+            data,
+        }),
+    };
+    json.unwrap_or_default()
+}
+
+/// The webhook event of an outbox record: its type and its JSON.
+fn render(seq: u64, record: &[u8]) -> Option<(&'static str, Vec<u8>)> {
+    let d = decode(record)?;
+    Some((d.kind, encode(seq, d)))
+}
+
+/// `{"events": [...]}` of events' JSON.
+fn body_of<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut body = b"{\"events\":[".to_vec();
+    for (i, e) in events.into_iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(e);
+    }
+    body.extend_from_slice(b"]}");
+    body
 }
 
 /// What the endpoint tasks share.
@@ -434,12 +499,6 @@ pub fn spawn(
     app.stats
         .webhook_outbox_bytes
         .fetch_add(bytes, Ordering::Relaxed);
-    // Deleted up to here: records below the oldest one kept (seqs are consecutive), so what
-    // every endpoint has passed is deleted from there on.
-    let pruned = match store.outbox_after(0, 1)?.first() {
-        Some(&(first, _)) => (first - 1).min(low),
-        None => low,
-    };
     let shared = Arc::new(Shared {
         app: app.clone(),
         cursors: Mutex::new(cursors.clone()),
@@ -456,9 +515,7 @@ pub fn spawn(
             stop.clone(),
         )));
     }
-    Ok(vec![tokio::spawn(keep_books(
-        shared, cursors, pruned, tasks, stop,
-    ))])
+    Ok(vec![tokio::spawn(keep_books(shared, cursors, tasks, stop))])
 }
 
 /// Stores the endpoints' positions and deletes the records every endpoint has passed, in one
@@ -467,16 +524,17 @@ pub fn spawn(
 /// permit of the writer's queue: there is never more than one of them, so the queue's bound
 /// holds within one job. A position lost to a crash only means its batches are sent again
 /// (delivery is at least once); a record is deleted in the same commit as the positions past
-/// it, or later. `stored` holds the positions in the store, `pruned` the last record deleted.
-/// At `stop`, waits for the delivery tasks, then stores their last positions.
+/// it, or later. `stored` holds the positions in the store. At `stop`, waits for the delivery
+/// tasks, then stores their last positions.
 async fn keep_books(
     shared: Arc<Shared>,
     mut stored: HashMap<String, u64>,
-    mut pruned: u64,
     deliveries: Vec<JoinHandle<()>>,
     stop: CancellationToken,
 ) {
     let mut deliveries = Some(deliveries);
+    // Records up to here are deleted.
+    let mut pruned = 0;
     loop {
         let stopping = tokio::select! {
             _ = shared.moved.notified() => false,
@@ -503,6 +561,17 @@ async fn keep_books(
                     seq: *seq,
                 })
                 .collect();
+            if low > pruned {
+                // Seqs are consecutive from the oldest record kept: skip what is deleted already
+                // (all of it at the start, or when a new endpoint starts from 0).
+                match shared.app.store.outbox_after(pruned, 1) {
+                    Ok(rows) => pruned = rows.first().map_or(low, |&(first, _)| first - 1),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the webhook outbox failed");
+                        return;
+                    }
+                }
+            }
             let upto = low.min(pruned + PRUNE_MAX).max(pruned);
             ops.extend((pruned + 1..=upto).map(|seq| Op::DeleteOutbox { seq }));
             if ops.is_empty() {
@@ -603,10 +672,10 @@ fn batch<'a>(
     let mut kept = Vec::new();
     let mut upto = cursor;
     for (seq, r) in rows {
-        if let Some((kind, event)) = render(*seq, r)
-            && wants(filter, kind)
+        if let Some(d) = decode(r)
+            && wants(filter, d.kind)
         {
-            let event = serde_json::to_vec(&event).unwrap_or_default();
+            let event = encode(*seq, d);
             if !kept.is_empty() {
                 if body.len() + 1 + event.len() + CLOSE.len() > max_bytes {
                     break;
@@ -801,7 +870,7 @@ pub fn dead_letters(
         .store
         .dead_letters(endpoint, after, limit)?
         .into_iter()
-        .filter_map(|(seq, r)| Some((seq, render(seq, &r)?.1)))
+        .filter_map(|(seq, r)| Some((seq, serde_json::from_slice(&render(seq, &r)?.1).ok()?)))
         .collect())
 }
 
@@ -818,14 +887,13 @@ pub async fn replay(app: &App, endpoint: &str, limit: usize) -> Result<usize, St
     let Some(&(last, _)) = rows.last() else {
         return Ok(0);
     };
-    let events: Vec<Value> = rows
+    let events: Vec<Vec<u8>> = rows
         .iter()
-        .filter_map(|(seq, r)| render(*seq, r))
-        .map(|(_, v)| v)
+        .filter_map(|(seq, r)| Some(render(*seq, r)?.1))
         .collect();
     let mut ep = Endpoint::new(config).map_err(|e| e.to_string())?;
     let id = format!("replay_{endpoint}_{}_{last}", rows[0].0);
-    let body = Bytes::from(json!({ "events": events }).to_string());
+    let body = Bytes::from(body_of(events.iter().map(Vec::as_slice)));
     ep.post(app, &id, &body, 1).await?;
     let ops = rows
         .iter()

@@ -1,17 +1,21 @@
 //! A minimal webhook receiver for the suite's webhook runs: HTTP/1.1 on loopback, keep-alive,
-//! answers every POST `204` at once and counts the events it was given. The server's cost of
+//! answers every POST `204` at once and counts the events it was given, once each (by event
+//! id; a batch sent again after a timeout is counted as repeats). The server's cost of
 //! webhooks is what is measured, so the receiver does as little as it can.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// A running receiver.
 pub struct Receiver {
     pub addr: std::net::SocketAddr,
-    /// Events received (their `"timestamp"` keys counted in the bodies).
+    /// Distinct events received.
     pub events: Arc<AtomicU64>,
+    /// Events received again (the same id).
+    pub repeats: Arc<AtomicU64>,
     /// POSTs received.
     pub posts: Arc<AtomicU64>,
 }
@@ -21,11 +25,13 @@ impl Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let events = Arc::new(AtomicU64::new(0));
+        let repeats = Arc::new(AtomicU64::new(0));
         let posts = Arc::new(AtomicU64::new(0));
-        let (e, p) = (events.clone(), posts.clone());
+        let seen = Arc::new(Mutex::new(HashSet::new()));
+        let (e, r, p) = (events.clone(), repeats.clone(), posts.clone());
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
-                let (e, p) = (e.clone(), p.clone());
+                let (e, r, p, seen) = (e.clone(), r.clone(), p.clone(), seen.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::with_capacity(64 << 10);
                     let mut chunk = vec![0u8; 64 << 10];
@@ -53,8 +59,19 @@ impl Receiver {
                             }
                         }
                         let body = &buf[head_end..head_end + len];
-                        let n = body.windows(12).filter(|w| w == b"\"timestamp\":").count();
-                        e.fetch_add(n as u64, Ordering::Relaxed);
+                        let (mut new, mut again) = (0, 0);
+                        {
+                            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                            for id in event_ids(body) {
+                                if seen.insert(id) {
+                                    new += 1;
+                                } else {
+                                    again += 1;
+                                }
+                            }
+                        }
+                        e.fetch_add(new, Ordering::Relaxed);
+                        r.fetch_add(again, Ordering::Relaxed);
                         p.fetch_add(1, Ordering::Relaxed);
                         buf.drain(..head_end + len);
                         if s.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
@@ -70,9 +87,29 @@ impl Receiver {
         Ok(Receiver {
             addr,
             events,
+            repeats,
             posts,
         })
     }
+}
+
+/// The event ids in a body: each `"id":"<digits>"` followed by the event's `type` or
+/// `timestamp` key (a message's or a conversation's id is followed by other keys).
+fn event_ids(body: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    const ID: &[u8] = b"\"id\":\"";
+    body.windows(ID.len())
+        .enumerate()
+        .filter(|(_, w)| *w == ID)
+        .filter_map(|(i, _)| {
+            let rest = &body[i + ID.len()..];
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            let after = &rest[digits..];
+            let event =
+                after.starts_with(b"\",\"type\":") || after.starts_with(b"\",\"timestamp\":");
+            (digits > 0 && event)
+                .then(|| std::str::from_utf8(&rest[..digits]).ok()?.parse().ok())
+                .flatten()
+        })
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -99,4 +136,13 @@ pub async fn events_written(admin: std::net::SocketAddr) -> anyhow::Result<u64> 
 pub fn dead_address() -> anyhow::Result<std::net::SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_event_ids_in_either_key_order() {
+        let body = br#"{"events":[{"id":"7","type":"message.created","timestamp":1,"data":{"message":{"id":"0000000000000001","conversation_id":"1"}}},{"data":{"conversation":{"id":"12","kind":"group"}},"id":"8","timestamp":2,"type":"conversation.created"}]}"#;
+        assert_eq!(super::event_ids(body).collect::<Vec<_>>(), [7, 8]);
+    }
 }

@@ -217,6 +217,8 @@ struct SuiteResult {
 struct WebhookReport {
     /// Events the endpoint had received when the load stopped.
     received_during_run: u64,
+    /// Events it received more than once (a batch sent again after a timeout), in all.
+    repeats: u64,
     /// Events the server had written to its outbox when the load stopped.
     written_during_run: u64,
     /// Events written in all (`tidings_webhook_events_written_total` once caught up, or at
@@ -700,7 +702,8 @@ async fn webhook_runs(
     ] {
         let s = spawn_tidings_with(bin, &cx.secret, &args.store_engine, &args.sets, &toml).await?;
         let received = || receiver.events.load(std::sync::atomic::Ordering::Relaxed);
-        let before = received();
+        let repeats = || receiver.repeats.load(std::sync::atomic::Ordering::Relaxed);
+        let before = (received(), repeats());
         println!("chat, {label}:");
         let r = cx
             .run(
@@ -712,9 +715,9 @@ async fn webhook_runs(
             )
             .await;
         if label == "one webhook endpoint" {
-            let report = catch_up(&s, || received() - before).await?;
+            let report = catch_up(&s, || received() - before.0, || repeats() - before.1).await?;
             println!(
-                "webhook events: {} of {} received during the run; {}",
+                "webhook events: {} of {} received during the run; {}; {} received more than once",
                 report.received_during_run,
                 report.written_during_run,
                 match report.caught_up_secs {
@@ -724,11 +727,12 @@ async fn webhook_runs(
                     ),
                     None => format!(
                         "{} of {} received {} s after the load stopped",
-                        received() - before,
+                        received() - before.0,
                         report.written,
                         CATCH_UP_MAX.as_secs()
                     ),
-                }
+                },
+                report.repeats,
             );
             cx.webhooks = Some(report);
         }
@@ -755,7 +759,11 @@ async fn webhook_runs(
 
 /// Once the load has stopped: waits (at most `CATCH_UP_MAX`) until the endpoint has received
 /// every event the server wrote, as `/metrics` counts them.
-async fn catch_up(s: &Spawned, received: impl Fn() -> u64) -> anyhow::Result<WebhookReport> {
+async fn catch_up(
+    s: &Spawned,
+    received: impl Fn() -> u64,
+    repeats: impl Fn() -> u64,
+) -> anyhow::Result<WebhookReport> {
     let admin = s
         .admin
         .ok_or_else(|| anyhow::anyhow!("the webhook run's server has no admin listener"))?;
@@ -771,6 +779,7 @@ async fn catch_up(s: &Spawned, received: impl Fn() -> u64) -> anyhow::Result<Web
         if caught_up || ended.elapsed() >= CATCH_UP_MAX {
             return Ok(WebhookReport {
                 received_during_run,
+                repeats: repeats(),
                 written_during_run,
                 written: all,
                 caught_up_secs: caught_up.then(|| ended.elapsed().as_secs_f64()),
