@@ -590,7 +590,7 @@ impl Default for Config {
             pre_send_hook_fail_closed: false,
             pre_send_hook_max_concurrency: 256,
             webhooks: Vec::new(),
-            webhook_batch_max: 100,
+            webhook_batch_max: 1000,
             webhook_batch_max_bytes: 1 << 20,
             webhook_batch_wait_ms: 50,
             webhook_timeout_ms: 5_000,

@@ -728,7 +728,7 @@ async fn run_endpoint(
                 _ = stop.cancelled() => return,
             }
         }
-        let rows = match app.store.outbox_after(cursor, c.webhook_batch_max) {
+        let rows = match read(&app, cursor, c.webhook_batch_max, c.webhook_batch_max_bytes) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(endpoint = %name, error = %e, "reading the webhook outbox failed");
@@ -832,6 +832,36 @@ async fn run_endpoint(
         shared.advance(&name, upto, &rows);
         cursor = upto;
     }
+}
+
+/// Records after `cursor`: up to `max_events`, and no more once they hold `max_bytes` (an
+/// event's JSON is larger than its record, so they fill a batch), read `READ_CHUNK` at a time:
+/// records of `conversation.expired` carry transcripts of up to `webhook_transcript_max_bytes`.
+fn read(
+    app: &App,
+    cursor: u64,
+    max_events: usize,
+    max_bytes: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, crate::store::StoreError> {
+    const READ_CHUNK: usize = 100;
+    let mut rows = Vec::new();
+    let mut bytes = 0;
+    let mut after = cursor;
+    while rows.len() < max_events && bytes < max_bytes {
+        let want = (max_events - rows.len()).min(READ_CHUNK);
+        let chunk = app.store.outbox_after(after, want)?;
+        let Some(&(last, _)) = chunk.last() else {
+            break;
+        };
+        bytes += chunk.iter().map(|(_, r)| r.len()).sum::<usize>();
+        let end = chunk.len() < want;
+        rows.extend(chunk);
+        after = last;
+        if end {
+            break;
+        }
+    }
+    Ok(rows)
 }
 
 /// A pseudo-random number below `n` (for retry jitter; not for secrets).

@@ -1,5 +1,6 @@
 //! A minimal webhook receiver for the suite's webhook runs: HTTP/1.1 on loopback, keep-alive,
-//! answers every POST `204` at once and counts the events it was given, once each (by event
+//! answers every POST `204` (at once, or after a given delay, as a remote endpoint would) and
+//! counts the events it was given, once each (by event
 //! id; a batch sent again after a timeout is counted as repeats). The server's cost of
 //! webhooks is what is measured, so the receiver does as little as it can.
 
@@ -21,7 +22,8 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub async fn start() -> anyhow::Result<Receiver> {
+    /// A receiver answering each POST `answer_after` after it has read it.
+    pub async fn start(answer_after: std::time::Duration) -> anyhow::Result<Receiver> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let events = Arc::new(AtomicU64::new(0));
@@ -74,6 +76,9 @@ impl Receiver {
                         r.fetch_add(again, Ordering::Relaxed);
                         p.fetch_add(1, Ordering::Relaxed);
                         buf.drain(..head_end + len);
+                        if !answer_after.is_zero() {
+                            tokio::time::sleep(answer_after).await;
+                        }
                         if s.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
                             .await
                             .is_err()

@@ -54,6 +54,10 @@ pub struct SuiteArgs {
     /// endpoint (a receiver here that takes everything), and with that endpoint down.
     #[arg(long)]
     pub webhooks: bool,
+    /// --webhooks: the receiver answers each POST this long after it has read it, ms (a remote
+    /// endpoint's round trip; 0: at once).
+    #[arg(long, default_value_t = 0)]
+    pub webhook_answer_ms: u64,
 }
 
 /// The app id of the LeanCloud dialect in suite runs.
@@ -681,7 +685,8 @@ async fn webhook_runs(
         "--ramp-secs",
         "2",
     ]);
-    let receiver = crate::hookrecv::Receiver::start().await?;
+    let receiver =
+        crate::hookrecv::Receiver::start(Duration::from_millis(args.webhook_answer_ms)).await?;
     let dead = crate::hookrecv::dead_address()?;
     // The admin listener serves `/metrics`: how many events the server wrote.
     let endpoint = |addr: std::net::SocketAddr| {
