@@ -403,6 +403,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookEndpoint>,
     /// Events per webhook POST, at most.
     pub webhook_batch_max: usize,
+    /// Bytes of body per webhook POST, at most (an event larger than this goes alone).
+    pub webhook_batch_max_bytes: usize,
     /// How long a webhook endpoint waits for more events before POSTing a batch that is not
     /// full, ms.
     pub webhook_batch_wait_ms: u64,
@@ -588,7 +590,8 @@ impl Default for Config {
             pre_send_hook_fail_closed: false,
             pre_send_hook_max_concurrency: 256,
             webhooks: Vec::new(),
-            webhook_batch_max: 100,
+            webhook_batch_max: 1000,
+            webhook_batch_max_bytes: 1 << 20,
             webhook_batch_wait_ms: 50,
             webhook_timeout_ms: 5_000,
             webhook_retry_base_ms: 500,
@@ -789,8 +792,14 @@ impl Config {
                 );
             }
         }
-        if self.webhook_batch_max == 0 || self.webhook_max_attempts == 0 {
-            return bad("webhook_batch_max and webhook_max_attempts must be at least 1");
+        if self.webhook_batch_max == 0
+            || self.webhook_batch_max_bytes == 0
+            || self.webhook_max_attempts == 0
+        {
+            return bad(
+                "webhook_batch_max, webhook_batch_max_bytes and webhook_max_attempts must be at \
+                 least 1",
+            );
         }
         if self.admin_tls && self.tls_cert.is_none() {
             return bad("admin_tls serves the admin API with tls_cert and tls_key: set them too");

@@ -1,6 +1,7 @@
 //! A minimal HTTP/1.1 client for imports (GET JSON, and JSON calls to an admin API) and
-//! webhooks (POST), on the hyper the server already uses, with `https://` through the rustls
-//! the server's TLS uses (Mozilla's roots from `webpki-roots`, plus any CA certificates given).
+//! webhooks (POST, over a kept-alive [`Connection`]), on the hyper the server already uses,
+//! with `https://` through the rustls the server's TLS uses (Mozilla's roots from
+//! `webpki-roots`, plus any CA certificates given).
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -245,6 +246,67 @@ pub async fn post(
     }
 }
 
+/// One kept-alive HTTP/1.1 connection to a base, opened when first needed and again whenever
+/// it was closed or failed: requests go one at a time, each after the answer to the last.
+pub struct Connection {
+    base: Base,
+    sender: Option<Sender>,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+impl Connection {
+    pub fn new(base: Base) -> Connection {
+        Connection { base, sender: None }
+    }
+
+    /// POSTs `body` to `path` (under the base's prefix), within `timeout` (connecting
+    /// included); returns the status and at most the first 64 KiB of the answer. A request
+    /// that fails on a connection kept from before (the peer closed it while it was idle) is
+    /// sent once more on a new one, within the same timeout: use it for requests that are safe
+    /// to repeat. After a failure or a timeout the connection is closed.
+    pub async fn post(
+        &mut self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+        timeout: Duration,
+    ) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+        let uri = match format!("{}{path}", self.base.prefix) {
+            u if u.is_empty() => "/".to_owned(),
+            u => u,
+        };
+        let sent = tokio::time::timeout(timeout, async {
+            if let Some(sender) = self.sender.as_mut()
+                && sender.ready().await.is_ok()
+            {
+                let req = request(&self.base, hyper::Method::POST, &uri, headers, body.clone())?;
+                match sender.send_request(req).await {
+                    Ok(res) => return read_answer(res, 64 << 10).await,
+                    // Closed while idle: a new connection.
+                    Err(_) => self.sender = None,
+                }
+            }
+            let sender = self.sender.insert(connect(&self.base).await?);
+            let req = request(&self.base, hyper::Method::POST, &uri, headers, body)?;
+            exchange(sender, req, 64 << 10).await
+        })
+        .await;
+        match sent {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => {
+                self.sender = None;
+                Err(e)
+            }
+            Err(_) => {
+                // The answer may still come: not on this connection.
+                self.sender = None;
+                bail!("no answer within {} ms", timeout.as_millis())
+            }
+        }
+    }
+}
+
 async fn send_once(
     base: &Base,
     method: hyper::Method,
@@ -253,11 +315,23 @@ async fn send_once(
     body: Bytes,
     max_answer: usize,
 ) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+    let mut sender = connect(base).await?;
+    exchange(
+        &mut sender,
+        request(base, method, uri, headers, body)?,
+        max_answer,
+    )
+    .await
+}
+
+/// A new connection to `base` (TLS for `https://`).
+async fn connect(base: &Base) -> anyhow::Result<Sender> {
     let stream = tokio::net::TcpStream::connect((base.host.as_str(), base.port))
         .await
         .with_context(|| format!("connecting to {}", base.authority()))?;
-    let mut sender = match &base.tls {
-        None => handshake(stream).await?,
+    let _ = stream.set_nodelay(true);
+    match &base.tls {
+        None => handshake(stream).await,
         Some(config) => {
             let name = ServerName::try_from(base.host.clone())
                 .with_context(|| format!("{}: not a server name", base.host))?;
@@ -265,9 +339,18 @@ async fn send_once(
                 .connect(name, stream)
                 .await
                 .map_err(|e| TlsFailed(format!("TLS with {}: {e}", base.authority())))?;
-            handshake(tls).await?
+            handshake(tls).await
         }
-    };
+    }
+}
+
+fn request(
+    base: &Base,
+    method: hyper::Method,
+    uri: &str,
+    headers: &[(&str, String)],
+    body: Bytes,
+) -> anyhow::Result<hyper::Request<Full<Bytes>>> {
     let mut req = hyper::Request::builder()
         .method(method)
         .uri(uri)
@@ -276,7 +359,23 @@ async fn send_once(
     for (k, v) in headers {
         req = req.header(*k, v);
     }
-    let res = sender.send_request(req.body(Full::new(body))?).await?;
+    Ok(req.body(Full::new(body))?)
+}
+
+/// Sends `req` and reads the answer (at most `max_answer` bytes of it).
+async fn exchange(
+    sender: &mut Sender,
+    req: hyper::Request<Full<Bytes>>,
+    max_answer: usize,
+) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+    read_answer(sender.send_request(req).await?, max_answer).await
+}
+
+/// The status and body (at most `max_answer` bytes) of an answer.
+async fn read_answer(
+    res: hyper::Response<hyper::body::Incoming>,
+    max_answer: usize,
+) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
     let status = res.status();
     let body = http_body_util::Limited::new(res.into_body(), max_answer)
         .collect()
@@ -287,7 +386,7 @@ async fn send_once(
 }
 
 /// An HTTP/1.1 connection over `io`, driven by its own task.
-async fn handshake<T>(io: T) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>>
+async fn handshake<T>(io: T) -> anyhow::Result<Sender>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

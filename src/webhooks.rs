@@ -5,17 +5,21 @@
 //! so a crash can neither lose an event nor report a change that did not commit. Each endpoint
 //! keeps its position in the outbox (`Y`), moved only after its endpoint answered 2xx: delivery
 //! is at least once, in outbox order (which is commit order, so in order per conversation).
-//! Records every endpoint has passed are deleted.
+//! Positions are stored, and the records every endpoint has passed deleted, by one bookkeeping
+//! task, in a job of its own after each commit while they move ([`keep_books`]), so a delivery
+//! never waits for the writer; a position lost to a crash only sends its events again.
 //!
 //! **Delivery.** One task per endpoint POSTs `{"events": [...]}` batches (up to
-//! `webhook_batch_max`, after waiting `webhook_batch_wait_ms` for more) with `webhook-id`
-//! (stable across retries of a batch), `webhook-timestamp`, `webhook-signature` (`v1,` then the
-//! base64 HMAC-SHA256 of `id.timestamp.body`, with a second signature during a secret rotation)
-//! and `webhook-attempt`. A failure is retried with exponential backoff and jitter; after
-//! `webhook_max_attempts` attempts or `webhook_max_age_secs` the batch is dead-lettered (`Z`)
-//! and later events proceed. While the outbox holds more than `webhook_outbox_max_bytes` and
-//! the endpoint furthest behind is failing, its oldest events are dropped (counted and logged)
-//! as fast as they are read, so a dead endpoint never fills the disk or slows a send.
+//! `webhook_batch_max` events and `webhook_batch_max_bytes` of body, after waiting
+//! `webhook_batch_wait_ms` for more), one at a time over a kept-alive connection, with
+//! `webhook-id` (stable across retries of a batch), `webhook-timestamp`, `webhook-signature`
+//! (`v1,` then the base64 HMAC-SHA256 of `id.timestamp.body`, with a second signature during a
+//! secret rotation) and `webhook-attempt`. A failure is retried with exponential backoff and
+//! jitter; after `webhook_max_attempts` attempts or `webhook_max_age_secs` the batch is
+//! dead-lettered (`Z`) and later events proceed. While the outbox holds more than
+//! `webhook_outbox_max_bytes` and the endpoint furthest behind is failing, its oldest events
+//! are dropped (counted and logged) as fast as they are read, so a dead endpoint never fills
+//! the disk or slows a send.
 
 use crate::admin::json;
 use crate::app::App;
@@ -328,22 +332,46 @@ fn render_own(record: &[u8]) -> Option<(&'static str, i64, Value)> {
     })
 }
 
-/// The webhook event of an outbox record: type, time (ms) and data.
-fn render(seq: u64, record: &[u8]) -> Option<(&'static str, Value)> {
+/// An outbox record, decoded: its event's type, time (ms) and data.
+struct Decoded {
+    kind: &'static str,
+    at: i64,
+    data: Data,
+}
+
+enum Data {
+    /// `{"message": …}`, serialized straight from the message (the common case).
+    Message(pb::Message),
+    Value(Value),
+}
+
+/// One event as it is sent.
+#[derive(serde::Serialize)]
+struct Event<D> {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    timestamp: i64,
+    data: D,
+}
+
+#[derive(serde::Serialize)]
+struct MessageData {
+    message: json::Message,
+}
+
+fn decode(record: &[u8]) -> Option<Decoded> {
     let frame = pb::ServerFrame::decode(record).ok()?;
     let Some(body) = frame.body else {
         let (kind, at, data) = render_own(record)?;
-        return Some((
+        return Some(Decoded {
             kind,
-            json!({ "id": seq.to_string(), "type": kind, "timestamp": at, "data": data }),
-        ));
+            at,
+            data: Data::Value(data),
+        });
     };
     let (kind, at, data) = match body {
-        Body::Message(m) => (
-            "message.created",
-            m.server_time,
-            json!({ "message": json::Message::from(m) }),
-        ),
+        Body::Message(m) => ("message.created", m.server_time, Data::Message(m)),
         Body::MessageUpdated(u) => {
             let m = u.message?;
             let (kind, at) = if m.recalled {
@@ -351,30 +379,101 @@ fn render(seq: u64, record: &[u8]) -> Option<(&'static str, Value)> {
             } else {
                 ("message.edited", m.edited_at)
             };
-            (kind, at, json!({ "message": json::Message::from(m) }))
+            (kind, at, Data::Message(m))
         }
-        Body::ConversationEvent(e) => conversation_data(e)?,
+        Body::ConversationEvent(e) => {
+            let (kind, at, data) = conversation_data(e)?;
+            (kind, at, Data::Value(data))
+        }
         _ => return None,
     };
-    Some((
-        kind,
-        json!({ "id": seq.to_string(), "type": kind, "timestamp": at, "data": data }),
-    ))
+    Some(Decoded { kind, at, data })
+}
+
+/// The JSON of event `seq`: `{"id", "type", "timestamp", "data"}`.
+fn encode(seq: u64, d: Decoded) -> Vec<u8> {
+    let (id, kind, timestamp) = (seq.to_string(), d.kind, d.at);
+    let json = match d.data {
+        Data::Message(m) => serde_json::to_vec(&Event {
+            id,
+            kind,
+            timestamp,
+            data: MessageData {
+                message: json::Message::from(m),
+            },
+        }),
+        Data::Value(data) => serde_json::to_vec(&Event {
+            id,
+            kind,
+            timestamp,
+            data,
+        }),
+    };
+    json.unwrap_or_default()
+}
+
+/// The webhook event of an outbox record: its type and its JSON.
+fn render(seq: u64, record: &[u8]) -> Option<(&'static str, Vec<u8>)> {
+    let d = decode(record)?;
+    Some((d.kind, encode(seq, d)))
+}
+
+/// `{"events": [...]}` of events' JSON.
+fn body_of<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut body = b"{\"events\":[".to_vec();
+    for (i, e) in events.into_iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(e);
+    }
+    body.extend_from_slice(b"]}");
+    body
 }
 
 /// What the endpoint tasks share.
 struct Shared {
     app: Arc<App>,
-    /// Each endpoint's position in the outbox.
+    /// Each endpoint's position in the outbox, as it moves (the bookkeeper stores it).
     cursors: Mutex<HashMap<String, u64>>,
-    /// Records up to here are deleted.
-    pruned: Mutex<u64>,
-    /// Serializes pruning.
-    pruning: tokio::sync::Mutex<()>,
+    /// Wakes the bookkeeper: a position moved.
+    moved: tokio::sync::Notify,
 }
 
-/// Starts one delivery task per configured endpoint; they stop when `stop` is cancelled (an
-/// attempt in flight is abandoned: its batch is sent again at the next start).
+impl Shared {
+    /// Moves `name`'s position to `upto`, past `rows` (what it read after its old position):
+    /// at once in memory, soon in the store (see [`keep_books`]). The bytes of the records no
+    /// endpoint needs any more leave the outbox's count now; the bookkeeper deletes them.
+    fn advance(&self, name: &str, upto: u64, rows: &[(u64, Vec<u8>)]) {
+        let (low, new_low) = {
+            let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+            let low = cursors.values().copied().min().unwrap_or(0);
+            cursors.insert(name.to_owned(), upto);
+            (low, cursors.values().copied().min().unwrap_or(0))
+        };
+        // Only the endpoint furthest behind moves the low mark, and only over records it read.
+        if new_low > low {
+            let bytes: u64 = rows
+                .iter()
+                .filter(|(seq, _)| *seq > low && *seq <= new_low)
+                .map(|(_, r)| r.len() as u64)
+                .sum();
+            self.app
+                .stats
+                .webhook_outbox_bytes
+                .fetch_sub(bytes, Ordering::Relaxed);
+        }
+        self.moved.notify_one();
+    }
+}
+
+/// Records deleted per bookkeeping job, at most.
+const PRUNE_MAX: u64 = 4096;
+
+/// Starts one delivery task per configured endpoint, and the bookkeeper that stores their
+/// positions; they stop when `stop` is cancelled (an attempt in flight is abandoned: its batch
+/// is sent again at the next start). The one task returned ends after all of them, once the
+/// last positions are stored.
 pub fn spawn(
     app: Arc<App>,
     seqs: watch::Receiver<u64>,
@@ -403,8 +502,7 @@ pub fn spawn(
     let shared = Arc::new(Shared {
         app: app.clone(),
         cursors: Mutex::new(cursors.clone()),
-        pruned: Mutex::new(0),
-        pruning: tokio::sync::Mutex::new(()),
+        moved: tokio::sync::Notify::new(),
     });
     let mut tasks = Vec::new();
     for e in &app.config.webhooks {
@@ -417,13 +515,86 @@ pub fn spawn(
             stop.clone(),
         )));
     }
-    Ok(tasks)
+    Ok(vec![tokio::spawn(keep_books(shared, cursors, tasks, stop))])
+}
+
+/// Stores the endpoints' positions and deletes the records every endpoint has passed, in one
+/// writer job at a time, as soon as the last one committed, while positions move. The delivery
+/// tasks never wait for the writer, which a closed loop of sends keeps busy. These jobs take no
+/// permit of the writer's queue: there is never more than one of them, so the queue's bound
+/// holds within one job. A position lost to a crash only means its batches are sent again
+/// (delivery is at least once); a record is deleted in the same commit as the positions past
+/// it, or later. `stored` holds the positions in the store. At `stop`, waits for the delivery
+/// tasks, then stores their last positions.
+async fn keep_books(
+    shared: Arc<Shared>,
+    mut stored: HashMap<String, u64>,
+    deliveries: Vec<JoinHandle<()>>,
+    stop: CancellationToken,
+) {
+    let mut deliveries = Some(deliveries);
+    // Records up to here are deleted.
+    let mut pruned = 0;
+    loop {
+        let stopping = tokio::select! {
+            _ = shared.moved.notified() => false,
+            _ = stop.cancelled() => true,
+        };
+        if stopping {
+            for d in deliveries.take().into_iter().flatten() {
+                let _ = d.await;
+            }
+        }
+        loop {
+            let (positions, low) = {
+                let cursors = shared.cursors.lock().unwrap_or_else(|p| p.into_inner());
+                (
+                    cursors.clone(),
+                    cursors.values().copied().min().unwrap_or(0),
+                )
+            };
+            let mut ops: Vec<Op> = positions
+                .iter()
+                .filter(|(name, seq)| stored.get(*name) != Some(seq))
+                .map(|(name, seq)| Op::PutWebhookCursor {
+                    endpoint: name.clone(),
+                    seq: *seq,
+                })
+                .collect();
+            if low > pruned {
+                // Seqs are consecutive from the oldest record kept: skip what is deleted already
+                // (all of it at the start, or when a new endpoint starts from 0).
+                match shared.app.store.outbox_after(pruned, 1) {
+                    Ok(rows) => pruned = rows.first().map_or(low, |&(first, _)| first - 1),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the webhook outbox failed");
+                        return;
+                    }
+                }
+            }
+            let upto = low.min(pruned + PRUNE_MAX).max(pruned);
+            ops.extend((pruned + 1..=upto).map(|seq| Op::DeleteOutbox { seq }));
+            if ops.is_empty() {
+                break;
+            }
+            let done = shared.app.writer.submit_unmetered(ops);
+            if crate::registry::writer::wait(done).await.is_err() {
+                return;
+            }
+            stored = positions;
+            pruned = upto;
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 struct Endpoint {
     config: WebhookEndpoint,
     keys: Vec<Vec<u8>>,
-    target: crate::http_client::Base,
+    /// Kept alive between batches.
+    conn: crate::http_client::Connection,
 }
 
 impl Endpoint {
@@ -433,13 +604,22 @@ impl Endpoint {
                 .chain(&config.previous_secret)
                 .filter_map(|s| secret_bytes(s))
                 .collect(),
-            target: crate::http_client::Base::parse(&config.url, None)?,
+            conn: crate::http_client::Connection::new(crate::http_client::Base::parse(
+                &config.url,
+                None,
+            )?),
             config: config.clone(),
         })
     }
 
     /// POSTs `body` as batch `id`; `Ok` on a 2xx answer.
-    async fn post(&self, app: &App, id: &str, body: &Bytes, attempt: u32) -> Result<(), String> {
+    async fn post(
+        &mut self,
+        app: &App,
+        id: &str,
+        body: &Bytes,
+        attempt: u32,
+    ) -> Result<(), String> {
         let ts = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -461,7 +641,7 @@ impl Endpoint {
         ];
         let timeout = Duration::from_millis(app.config.webhook_timeout_ms);
         // The base keeps the URL's path as its prefix: post to it as it is.
-        match crate::http_client::post(&self.target, "", &headers, body.clone(), timeout).await {
+        match self.conn.post("", &headers, body.clone(), timeout).await {
             Ok((status, _)) if status.is_success() => Ok(()),
             Ok((status, _)) => Err(format!("answered {status}")),
             Err(e) => Err(format!("{e:#}")),
@@ -469,9 +649,55 @@ impl Endpoint {
     }
 }
 
+/// A batch: the body of one POST, the seqs and records of its events (what a dead letter
+/// keeps), and the last seq it passes (events the endpoint does not take included).
+struct Batch<'a> {
+    body: Bytes,
+    kept: Vec<(u64, &'a Vec<u8>)>,
+    upto: u64,
+}
+
+/// The batch of `rows` (read after `cursor`) for an endpoint that takes `filter`: as many
+/// events as fit in `max_bytes` of body, and at least one.
+fn batch<'a>(
+    rows: &'a [(u64, Vec<u8>)],
+    filter: &[String],
+    cursor: u64,
+    max_bytes: usize,
+) -> Batch<'a> {
+    const OPEN: &[u8] = b"{\"events\":[";
+    const CLOSE: &[u8] = b"]}";
+    let mut body = Vec::with_capacity(max_bytes.min(1 << 20));
+    body.extend_from_slice(OPEN);
+    let mut kept = Vec::new();
+    let mut upto = cursor;
+    for (seq, r) in rows {
+        if let Some(d) = decode(r)
+            && wants(filter, d.kind)
+        {
+            let event = encode(*seq, d);
+            if !kept.is_empty() {
+                if body.len() + 1 + event.len() + CLOSE.len() > max_bytes {
+                    break;
+                }
+                body.push(b',');
+            }
+            body.extend_from_slice(&event);
+            kept.push((*seq, r));
+        }
+        upto = *seq;
+    }
+    body.extend_from_slice(CLOSE);
+    Batch {
+        body: Bytes::from(body),
+        kept,
+        upto,
+    }
+}
+
 async fn run_endpoint(
     shared: Arc<Shared>,
-    ep: Endpoint,
+    mut ep: Endpoint,
     mut cursor: u64,
     mut seqs: watch::Receiver<u64>,
     stop: CancellationToken,
@@ -502,15 +728,16 @@ async fn run_endpoint(
                 _ = stop.cancelled() => return,
             }
         }
-        let rows = match app.store.outbox_after(cursor, c.webhook_batch_max) {
+        let rows = match read(&app, cursor, c.webhook_batch_max, c.webhook_batch_max_bytes) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(endpoint = %name, error = %e, "reading the webhook outbox failed");
                 return;
             }
         };
-        let Some(&(upto, _)) = rows.last() else {
+        let Some(&(last, _)) = rows.last() else {
             // Everything up to `newest` was pruned (dropped over the cap).
+            shared.advance(&name, newest, &[]);
             cursor = newest;
             continue;
         };
@@ -524,30 +751,18 @@ async fn run_endpoint(
                 tracing::warn!(endpoint = %name, "webhook outbox over webhook_outbox_max_bytes while the endpoint fails: dropping its oldest events (tidings_webhook_events_dropped_total counts them)");
             }
             dropped += rows.len() as u64;
-            if advance(&shared, &name, upto, Vec::new()).await.is_err() {
-                return;
-            }
+            shared.advance(&name, last, &rows);
+            cursor = last;
+            continue;
+        }
+        let Batch { body, kept, upto } =
+            batch(&rows, &ep.config.events, cursor, c.webhook_batch_max_bytes);
+        if kept.is_empty() {
+            shared.advance(&name, upto, &rows);
             cursor = upto;
             continue;
         }
-        // The events this endpoint takes, and their records (what a dead letter keeps).
-        let (kept, events): (Vec<(u64, &Vec<u8>)>, Vec<Value>) = rows
-            .iter()
-            .filter_map(|(seq, r)| {
-                let (kind, v) = render(*seq, r)?;
-                wants(&ep.config.events, kind).then_some(((*seq, r), v))
-            })
-            .unzip();
-        if events.is_empty() {
-            if advance(&shared, &name, upto, Vec::new()).await.is_err() {
-                return;
-            }
-            cursor = upto;
-            continue;
-        }
-        let first = kept[0].0;
-        let id = format!("msg_{name}_{first}_{upto}");
-        let body = Bytes::from(json!({ "events": events }).to_string());
+        let id = format!("msg_{name}_{}_{upto}", kept[0].0);
         let started = Instant::now();
         let mut attempt = 1u32;
         loop {
@@ -564,10 +779,7 @@ async fn run_endpoint(
                         tracing::warn!(endpoint = %name, dropped, "webhook endpoint takes events again; events dropped while it failed");
                         dropped = 0;
                     }
-                    app.stats.webhook_events_delivered.add(events.len() as u64);
-                    if advance(&shared, &name, upto, Vec::new()).await.is_err() {
-                        return;
-                    }
+                    app.stats.webhook_events_delivered.add(kept.len() as u64);
                     break;
                 }
                 Err(why) => {
@@ -576,30 +788,31 @@ async fn run_endpoint(
                     let give_up = attempt >= c.webhook_max_attempts
                         || started.elapsed() >= Duration::from_secs(c.webhook_max_age_secs);
                     tracing::warn!(endpoint = %name, batch = %id, attempt, error = %why, dead_letter = give_up, "webhook delivery failed");
-                    if give_up || (over_cap(&app) && holds_oldest(&shared, &name, cursor)) {
-                        let ops = if give_up {
-                            app.stats.webhook_dead_letters.add(kept.len() as u64);
-                            kept.iter()
-                                .map(|(seq, r)| Op::PutDeadLetter {
-                                    endpoint: name.clone(),
-                                    seq: *seq,
-                                    record: Bytes::from((*r).clone()),
-                                })
-                                .collect()
-                        } else {
-                            probe_at = Instant::now() + probe_delay;
-                            probe_delay = (probe_delay * 2)
-                                .min(Duration::from_millis(c.webhook_retry_max_ms.max(1)));
-                            app.stats.webhook_events_dropped.add(kept.len() as u64);
-                            if dropped == 0 {
-                                tracing::warn!(endpoint = %name, "webhook outbox over webhook_outbox_max_bytes while the endpoint fails: dropping its oldest events (tidings_webhook_events_dropped_total counts them)");
-                            }
-                            dropped += kept.len() as u64;
-                            Vec::new()
-                        };
-                        if advance(&shared, &name, upto, ops).await.is_err() {
+                    if give_up {
+                        app.stats.webhook_dead_letters.add(kept.len() as u64);
+                        // Stored before the position moves past them.
+                        let letters = kept
+                            .iter()
+                            .map(|(seq, r)| Op::PutDeadLetter {
+                                endpoint: name.clone(),
+                                seq: *seq,
+                                record: Bytes::from((*r).clone()),
+                            })
+                            .collect();
+                        if commit(&app, letters).await.is_err() {
                             return;
                         }
+                        break;
+                    }
+                    if over_cap(&app) && holds_oldest(&shared, &name, cursor) {
+                        probe_at = Instant::now() + probe_delay;
+                        probe_delay = (probe_delay * 2)
+                            .min(Duration::from_millis(c.webhook_retry_max_ms.max(1)));
+                        app.stats.webhook_events_dropped.add(kept.len() as u64);
+                        if dropped == 0 {
+                            tracing::warn!(endpoint = %name, "webhook outbox over webhook_outbox_max_bytes while the endpoint fails: dropping its oldest events (tidings_webhook_events_dropped_total counts them)");
+                        }
+                        dropped += kept.len() as u64;
                         break;
                     }
                     let base = c.webhook_retry_base_ms.max(1);
@@ -616,8 +829,39 @@ async fn run_endpoint(
                 }
             }
         }
+        shared.advance(&name, upto, &rows);
         cursor = upto;
     }
+}
+
+/// Records after `cursor`: up to `max_events`, and no more once they hold `max_bytes` (an
+/// event's JSON is larger than its record, so they fill a batch), read `READ_CHUNK` at a time:
+/// records of `conversation.expired` carry transcripts of up to `webhook_transcript_max_bytes`.
+fn read(
+    app: &App,
+    cursor: u64,
+    max_events: usize,
+    max_bytes: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, crate::store::StoreError> {
+    const READ_CHUNK: usize = 100;
+    let mut rows = Vec::new();
+    let mut bytes = 0;
+    let mut after = cursor;
+    while rows.len() < max_events && bytes < max_bytes {
+        let want = (max_events - rows.len()).min(READ_CHUNK);
+        let chunk = app.store.outbox_after(after, want)?;
+        let Some(&(last, _)) = chunk.last() else {
+            break;
+        };
+        bytes += chunk.iter().map(|(_, r)| r.len()).sum::<usize>();
+        let end = chunk.len() < want;
+        rows.extend(chunk);
+        after = last;
+        if end {
+            break;
+        }
+    }
+    Ok(rows)
 }
 
 /// A pseudo-random number below `n` (for retry jitter; not for secrets).
@@ -639,59 +883,6 @@ fn holds_oldest(shared: &Shared, name: &str, cursor: u64) -> bool {
     cursors.get(name).copied().unwrap_or(cursor) <= cursors.values().copied().min().unwrap_or(0)
 }
 
-/// Stores the endpoint's new position (with `ops`, its dead letters), then deletes the records
-/// every endpoint has passed. Neither is waited for: the writer commits them in the order they
-/// are queued (a record is never deleted before the positions past it), and a position lost
-/// to a crash only means a batch is sent again, which at-least-once allows. Waiting would put
-/// every batch behind the sends' group commits.
-async fn advance(shared: &Shared, name: &str, upto: u64, mut ops: Vec<Op>) -> Result<(), ()> {
-    let app = &shared.app;
-    ops.push(Op::PutWebhookCursor {
-        endpoint: name.to_owned(),
-        seq: upto,
-    });
-    enqueue(app, ops).await?;
-    let low = {
-        let mut cursors = shared.cursors.lock().unwrap_or_else(|p| p.into_inner());
-        cursors.insert(name.to_owned(), upto);
-        cursors.values().copied().min().unwrap_or(0)
-    };
-    let _guard = shared.pruning.lock().await;
-    let from = *shared.pruned.lock().unwrap_or_else(|p| p.into_inner());
-    let mut after = from;
-    while after < low {
-        let rows = app
-            .store
-            .outbox_after(after, 512)
-            .map_err(|e| tracing::error!(error = %e, "reading the webhook outbox failed"))?;
-        let rows: Vec<_> = rows.into_iter().filter(|(s, _)| *s <= low).collect();
-        let Some(&(last, _)) = rows.last() else {
-            break;
-        };
-        let bytes: u64 = rows.iter().map(|(_, r)| r.len() as u64).sum();
-        enqueue(
-            app,
-            rows.iter()
-                .map(|(seq, _)| Op::DeleteOutbox { seq: *seq })
-                .collect(),
-        )
-        .await?;
-        app.stats
-            .webhook_outbox_bytes
-            .fetch_sub(bytes, Ordering::Relaxed);
-        after = last;
-    }
-    *shared.pruned.lock().unwrap_or_else(|p| p.into_inner()) = low.max(from);
-    Ok(())
-}
-
-/// Queues `ops` for the writer (waiting for room in its queue, not for the commit).
-async fn enqueue(app: &App, ops: Vec<Op>) -> Result<(), ()> {
-    let permit = app.writer.reserve().await.map_err(|_| ())?;
-    drop(app.writer.submit(permit, ops, Vec::new(), Vec::new()));
-    Ok(())
-}
-
 async fn commit(app: &App, ops: Vec<Op>) -> Result<(), ()> {
     let permit = app.writer.reserve().await.map_err(|_| ())?;
     let rx = app.writer.submit(permit, ops, Vec::new(), Vec::new());
@@ -709,7 +900,7 @@ pub fn dead_letters(
         .store
         .dead_letters(endpoint, after, limit)?
         .into_iter()
-        .filter_map(|(seq, r)| Some((seq, render(seq, &r)?.1)))
+        .filter_map(|(seq, r)| Some((seq, serde_json::from_slice(&render(seq, &r)?.1).ok()?)))
         .collect())
 }
 
@@ -726,14 +917,13 @@ pub async fn replay(app: &App, endpoint: &str, limit: usize) -> Result<usize, St
     let Some(&(last, _)) = rows.last() else {
         return Ok(0);
     };
-    let events: Vec<Value> = rows
+    let events: Vec<Vec<u8>> = rows
         .iter()
-        .filter_map(|(seq, r)| render(*seq, r))
-        .map(|(_, v)| v)
+        .filter_map(|(seq, r)| Some(render(*seq, r)?.1))
         .collect();
-    let ep = Endpoint::new(config).map_err(|e| e.to_string())?;
+    let mut ep = Endpoint::new(config).map_err(|e| e.to_string())?;
     let id = format!("replay_{endpoint}_{}_{last}", rows[0].0);
-    let body = Bytes::from(json!({ "events": events }).to_string());
+    let body = Bytes::from(body_of(events.iter().map(Vec::as_slice)));
     ep.post(app, &id, &body, 1).await?;
     let ops = rows
         .iter()

@@ -1,31 +1,39 @@
 //! A minimal webhook receiver for the suite's webhook runs: HTTP/1.1 on loopback, keep-alive,
-//! answers every POST `204` at once and counts the events it was given. The server's cost of
+//! answers every POST `204` (at once, or after a given delay, as a remote endpoint would) and
+//! counts the events it was given, once each (by event
+//! id; a batch sent again after a timeout is counted as repeats). The server's cost of
 //! webhooks is what is measured, so the receiver does as little as it can.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// A running receiver.
 pub struct Receiver {
     pub addr: std::net::SocketAddr,
-    /// Events received (their `"timestamp"` keys counted in the bodies).
+    /// Distinct events received.
     pub events: Arc<AtomicU64>,
+    /// Events received again (the same id).
+    pub repeats: Arc<AtomicU64>,
     /// POSTs received.
     pub posts: Arc<AtomicU64>,
 }
 
 impl Receiver {
-    pub async fn start() -> anyhow::Result<Receiver> {
+    /// A receiver answering each POST `answer_after` after it has read it.
+    pub async fn start(answer_after: std::time::Duration) -> anyhow::Result<Receiver> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let events = Arc::new(AtomicU64::new(0));
+        let repeats = Arc::new(AtomicU64::new(0));
         let posts = Arc::new(AtomicU64::new(0));
-        let (e, p) = (events.clone(), posts.clone());
+        let seen = Arc::new(Mutex::new(HashSet::new()));
+        let (e, r, p) = (events.clone(), repeats.clone(), posts.clone());
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
-                let (e, p) = (e.clone(), p.clone());
+                let (e, r, p, seen) = (e.clone(), r.clone(), p.clone(), seen.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::with_capacity(64 << 10);
                     let mut chunk = vec![0u8; 64 << 10];
@@ -53,10 +61,24 @@ impl Receiver {
                             }
                         }
                         let body = &buf[head_end..head_end + len];
-                        let n = body.windows(12).filter(|w| w == b"\"timestamp\":").count();
-                        e.fetch_add(n as u64, Ordering::Relaxed);
+                        let (mut new, mut again) = (0, 0);
+                        {
+                            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                            for id in event_ids(body) {
+                                if seen.insert(id) {
+                                    new += 1;
+                                } else {
+                                    again += 1;
+                                }
+                            }
+                        }
+                        e.fetch_add(new, Ordering::Relaxed);
+                        r.fetch_add(again, Ordering::Relaxed);
                         p.fetch_add(1, Ordering::Relaxed);
                         buf.drain(..head_end + len);
+                        if !answer_after.is_zero() {
+                            tokio::time::sleep(answer_after).await;
+                        }
                         if s.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
                             .await
                             .is_err()
@@ -70,17 +92,62 @@ impl Receiver {
         Ok(Receiver {
             addr,
             events,
+            repeats,
             posts,
         })
     }
+}
+
+/// The event ids in a body: each `"id":"<digits>"` followed by the event's `type` or
+/// `timestamp` key (a message's or a conversation's id is followed by other keys).
+fn event_ids(body: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    const ID: &[u8] = b"\"id\":\"";
+    body.windows(ID.len())
+        .enumerate()
+        .filter(|(_, w)| *w == ID)
+        .filter_map(|(i, _)| {
+            let rest = &body[i + ID.len()..];
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            let after = &rest[digits..];
+            let event =
+                after.starts_with(b"\",\"type\":") || after.starts_with(b"\",\"timestamp\":");
+            (digits > 0 && event)
+                .then(|| std::str::from_utf8(&rest[..digits]).ok()?.parse().ok())
+                .flatten()
+        })
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// `tidings_webhook_events_written_total` from the server's `/metrics` (on its admin
+/// listener `admin`): the events it has put in its webhook outbox.
+pub async fn events_written(admin: std::net::SocketAddr) -> anyhow::Result<u64> {
+    let mut s = tokio::net::TcpStream::connect(admin).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: tidings\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await?;
+    let text = String::from_utf8_lossy(&answer);
+    text.lines()
+        .find_map(|l| l.strip_prefix("tidings_webhook_events_written_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .ok_or_else(|| anyhow::anyhow!("/metrics has no tidings_webhook_events_written_total"))
+}
+
 /// An address on loopback where nothing listens (a dead endpoint).
 pub fn dead_address() -> anyhow::Result<std::net::SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_event_ids_in_either_key_order() {
+        let body = br#"{"events":[{"id":"7","type":"message.created","timestamp":1,"data":{"message":{"id":"0000000000000001","conversation_id":"1"}}},{"data":{"conversation":{"id":"12","kind":"group"}},"id":"8","timestamp":2,"type":"conversation.created"}]}"#;
+        assert_eq!(super::event_ids(body).collect::<Vec<_>>(), [7, 8]);
+    }
 }

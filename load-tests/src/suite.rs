@@ -54,6 +54,10 @@ pub struct SuiteArgs {
     /// endpoint (a receiver here that takes everything), and with that endpoint down.
     #[arg(long)]
     pub webhooks: bool,
+    /// --webhooks: the receiver answers each POST this long after it has read it, ms (a remote
+    /// endpoint's round trip; 0: at once).
+    #[arg(long, default_value_t = 0)]
+    pub webhook_answer_ms: u64,
 }
 
 /// The app id of the LeanCloud dialect in suite runs.
@@ -63,6 +67,8 @@ const LC_APP_ID: &str = "tidings-load";
 pub struct Spawned {
     child: Child,
     pub addr: std::net::SocketAddr,
+    /// The admin listener (`/metrics`), when the server has one.
+    pub admin: Option<std::net::SocketAddr>,
     pub pid: u32,
     dir: Option<tempfile::TempDir>,
 }
@@ -94,11 +100,16 @@ pub async fn spawn(mut cmd: Command, dir: Option<tempfile::TempDir>) -> anyhow::
         .id()
         .ok_or_else(|| anyhow::anyhow!("server exited at once"))?;
     let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+    let (addr, admin) = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(l) = lines.next_line().await? {
             let addr = l.split_whitespace().find_map(|w| w.strip_prefix("addr="));
             if let Some(a) = addr.filter(|_| l.contains("listening")) {
-                return Ok(a.parse()?);
+                // `admin=Some(127.0.0.1:7401)` (tidings, with an admin listener).
+                let admin = l
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("admin=Some(")?.strip_suffix(')'))
+                    .and_then(|a| a.parse().ok());
+                return Ok((a.parse()?, admin));
             }
         }
         anyhow::bail!("server exited before listening")
@@ -116,6 +127,7 @@ pub async fn spawn(mut cmd: Command, dir: Option<tempfile::TempDir>) -> anyhow::
     Ok(Spawned {
         child,
         addr,
+        admin,
         pid,
         dir,
     })
@@ -199,7 +211,30 @@ struct SuiteResult {
     quick: bool,
     targets: Vec<Target>,
     runs: Vec<RunResult>,
+    /// The run with one webhook endpoint (`--webhooks`): how delivery kept up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhooks: Option<WebhookReport>,
 }
+
+/// How webhook delivery kept up with the closed-loop chat.
+#[derive(Serialize, Clone, Debug)]
+struct WebhookReport {
+    /// Events the endpoint had received when the load stopped.
+    received_during_run: u64,
+    /// Events it received more than once (a batch sent again after a timeout), in all.
+    repeats: u64,
+    /// Events the server had written to its outbox when the load stopped.
+    written_during_run: u64,
+    /// Events written in all (`tidings_webhook_events_written_total` once caught up, or at
+    /// the timeout).
+    written: u64,
+    /// Seconds from the end of the load until the endpoint had received every event written;
+    /// `None`: not within `CATCH_UP_MAX`.
+    caught_up_secs: Option<f64>,
+}
+
+/// How long the webhook run waits, after the load, for the endpoint to have every event.
+const CATCH_UP_MAX: Duration = Duration::from_secs(180);
 
 struct Ctx {
     args: SuiteArgs,
@@ -208,6 +243,7 @@ struct Ctx {
     lc_key: String,
     runs: Vec<RunResult>,
     failed: bool,
+    webhooks: Option<WebhookReport>,
 }
 
 impl Ctx {
@@ -319,6 +355,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
         lc_key,
         runs: Vec::new(),
         failed: false,
+        webhooks: None,
     };
     let mut targets = Vec::new();
     let bin = args.tidings_bin.clone();
@@ -617,6 +654,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
         quick: q,
         targets,
         runs: cx.runs,
+        webhooks: cx.webhooks,
     };
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -647,11 +685,16 @@ async fn webhook_runs(
         "--ramp-secs",
         "2",
     ]);
-    let receiver = crate::hookrecv::Receiver::start().await?;
+    let receiver =
+        crate::hookrecv::Receiver::start(Duration::from_millis(args.webhook_answer_ms)).await?;
     let dead = crate::hookrecv::dead_address()?;
+    // The admin listener serves `/metrics`: how many events the server wrote.
     let endpoint = |addr: std::net::SocketAddr| {
         format!(
-            "webhook_outbox_max_bytes = 67108864\n\n[[webhooks]]\nname = \"load\"\n\
+            "webhook_outbox_max_bytes = 67108864\n\
+             admin_listen = \"127.0.0.1:0\"\n\
+             admin_api_keys = [\"load-test-admin-key-0123456789abcdef\"]\n\n\
+             [[webhooks]]\nname = \"load\"\n\
              url = \"http://{addr}/hook\"\n\
              secret = \"whsec_bG9hZC10ZXN0LXNlY3JldC0wMTIzNDU2Nzg5YWJjZGVm\"\n"
         )
@@ -663,7 +706,9 @@ async fn webhook_runs(
         ("the endpoint down", endpoint(dead)),
     ] {
         let s = spawn_tidings_with(bin, &cx.secret, &args.store_engine, &args.sets, &toml).await?;
-        let before = receiver.events.load(std::sync::atomic::Ordering::Relaxed);
+        let received = || receiver.events.load(std::sync::atomic::Ordering::Relaxed);
+        let repeats = || receiver.repeats.load(std::sync::atomic::Ordering::Relaxed);
+        let before = (received(), repeats());
         println!("chat, {label}:");
         let r = cx
             .run(
@@ -674,9 +719,27 @@ async fn webhook_runs(
                 Thresholds::default(),
             )
             .await;
-        let got = receiver.events.load(std::sync::atomic::Ordering::Relaxed) - before;
         if label == "one webhook endpoint" {
-            println!("webhook events received during the run: {got}");
+            let report = catch_up(&s, || received() - before.0, || repeats() - before.1).await?;
+            println!(
+                "webhook events: {} of {} received during the run; {}; {} received more than once",
+                report.received_during_run,
+                report.written_during_run,
+                match report.caught_up_secs {
+                    Some(t) => format!(
+                        "all {} received {t:.1} s after the load stopped",
+                        report.written
+                    ),
+                    None => format!(
+                        "{} of {} received {} s after the load stopped",
+                        received() - before.0,
+                        report.written,
+                        CATCH_UP_MAX.as_secs()
+                    ),
+                },
+                report.repeats,
+            );
+            cx.webhooks = Some(report);
         }
         s.stop().await;
         figures.push((label, r.and_then(|r| r.main_throughput()).unwrap_or(0.0)));
@@ -697,4 +760,36 @@ async fn webhook_runs(
         });
     }
     Ok(())
+}
+
+/// Once the load has stopped: waits (at most `CATCH_UP_MAX`) until the endpoint has received
+/// every event the server wrote, as `/metrics` counts them.
+async fn catch_up(
+    s: &Spawned,
+    received: impl Fn() -> u64,
+    repeats: impl Fn() -> u64,
+) -> anyhow::Result<WebhookReport> {
+    let admin = s
+        .admin
+        .ok_or_else(|| anyhow::anyhow!("the webhook run's server has no admin listener"))?;
+    let written = || crate::hookrecv::events_written(admin);
+    let ended = std::time::Instant::now();
+    let received_during_run = received();
+    let written_during_run = written().await?;
+    loop {
+        // Received first: once it reaches what was written after it, it has everything.
+        let got = received();
+        let all = written().await?;
+        let caught_up = got >= all;
+        if caught_up || ended.elapsed() >= CATCH_UP_MAX {
+            return Ok(WebhookReport {
+                received_during_run,
+                repeats: repeats(),
+                written_during_run,
+                written: all,
+                caught_up_secs: caught_up.then(|| ended.elapsed().as_secs_f64()),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

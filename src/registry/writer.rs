@@ -309,6 +309,29 @@ impl Writer {
         rx
     }
 
+    /// Enqueues a job without a permit, so it does not wait behind the jobs waiting for one.
+    /// For a background task that keeps at most one such job queued (it waits for the commit
+    /// before it submits the next), which keeps the queue within its bound plus one: the
+    /// webhook positions and outbox pruning, which a full queue of sends must not hold up.
+    pub fn submit_unmetered(&self, ops: Vec<Op>) -> oneshot::Receiver<Result<(), WriteError>> {
+        let (done, rx) = oneshot::channel();
+        if self.failed.load(Ordering::Acquire) {
+            let _ = done.send(Err(WriteError::Unavailable));
+            return rx;
+        }
+        let job = Job {
+            ops,
+            after_commit: None,
+            deliveries: Vec::new(),
+            events: Vec::new(),
+            records: Vec::new(),
+            done: Some(done),
+            permit: None,
+        };
+        let _ = self.tx.send(Cmd::Job(job));
+        rx
+    }
+
     /// Whether a store write failed (the server is then shutting down).
     pub fn has_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)

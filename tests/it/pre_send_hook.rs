@@ -29,6 +29,7 @@ fn says(body: Value) -> Answer {
         status: 200,
         body: body.to_string(),
         delay_ms: 0,
+        ..Default::default()
     }
 }
 
@@ -172,6 +173,7 @@ async fn a_hook_that_answers_late_allows_or_refuses_as_configured() {
         status: 200,
         body: json!({"action": "reject", "reason": "too late to count"}).to_string(),
         delay_ms: 1_000,
+        ..Default::default()
     };
     // Fail-open (the default): allowed.
     let server = hook_server(&rx, |c| c.pre_send_hook_timeout_ms = 100).await;
@@ -211,6 +213,7 @@ async fn a_slow_hook_call_never_holds_up_the_conversations_other_messages() {
         status: 200,
         body: String::new(),
         delay_ms: 1_500,
+        ..Default::default()
     }]);
     let id = d.id.clone();
     let slow = tokio::spawn(async move { alice.send_text(&id, "slow").await });

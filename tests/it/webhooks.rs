@@ -1,7 +1,7 @@
 //! Webhooks: a real receiver (HTTP on port 0) that answers as a test tells it, deliveries
 //! checked against the specification with an independent implementation (`standardwebhooks`,
-//! from npm), retries, dead letters and their replay, the byte cap, and a SIGKILL between
-//! commit and delivery.
+//! from npm), retries, dead letters and their replay, the byte cap, a SIGKILL between commit
+//! and delivery, the kept-alive connection and the batches' bounds.
 
 use crate::admin::{KEY, ok};
 use crate::harness::*;
@@ -21,7 +21,10 @@ const OLD_SECRET: &str = "whsec_dGhlIG9sZCBzZWNyZXQsIGJlaW5nIHJvdGF0ZWQgb3V0";
 pub struct Hit {
     pub headers: HashMap<String, String>,
     pub body: String,
+    /// 0: the connection was dropped without an answer.
     pub status: u16,
+    /// Which of the receiver's connections it came over (0 for the first accepted).
+    pub conn: usize,
 }
 
 impl Hit {
@@ -41,6 +44,8 @@ pub struct Answer {
     pub body: String,
     /// Waits this long before answering, ms.
     pub delay_ms: u64,
+    /// Closes the connection instead of answering.
+    pub drop_connection: bool,
 }
 
 /// A webhook receiver: answers each POST with the next queued answer, else the default status.
@@ -60,7 +65,7 @@ impl Receiver {
         let default = Arc::new(AtomicU16::new(default));
         let (q, d) = (queued.clone(), default.clone());
         tokio::spawn(async move {
-            loop {
+            for conn in 0.. {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
@@ -84,8 +89,13 @@ impl Receiver {
                             let _ = tx.send(Hit {
                                 headers,
                                 body: String::from_utf8(body.to_vec()).unwrap(),
-                                status,
+                                status: if answer.drop_connection { 0 } else { status },
+                                conn,
                             });
+                            if answer.drop_connection {
+                                // A service error closes the connection without an answer.
+                                return Err(std::io::Error::other("dropped"));
+                            }
                             if answer.delay_ms > 0 {
                                 // The slow endpoint being simulated.
                                 tokio::time::sleep(std::time::Duration::from_millis(
@@ -96,7 +106,7 @@ impl Receiver {
                             let mut r =
                                 hyper::Response::new(Full::new(bytes::Bytes::from(answer.body)));
                             *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                            Ok::<_, std::convert::Infallible>(r)
+                            Ok::<_, std::io::Error>(r)
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -145,7 +155,7 @@ impl Receiver {
         let mut got = 0;
         while got < n {
             let h = self.next().await;
-            if h.status < 300 {
+            if (200..300).contains(&h.status) {
                 got += h.events().len();
             }
             hits.push(h);
@@ -494,4 +504,193 @@ async fn an_expired_customer_service_chat_and_a_deletion_are_reported() {
     assert_eq!(events[0]["data"]["conversation_id"], d.id.as_str());
     assert_eq!(events[1]["type"], "conversation.expired");
     assert_eq!(events[1]["data"]["conversation_id"], t.id.as_str());
+}
+
+#[tokio::test]
+async fn batches_go_over_one_kept_alive_connection_and_a_new_one_when_it_drops() {
+    let mut rx = Receiver::start(200).await;
+    let server = webhook_server(&rx, &["message.created"], |_| {}).await;
+    let (alice, _) = server.login("alice").await;
+    let g = within(alice.create_group("team", &["bob"])).await.unwrap();
+    // One batch at a time, each POSTed once the last was answered: all over one connection.
+    let mut hits = Vec::new();
+    for i in 0..4 {
+        within(alice.send_text(&g.id, &format!("m{i}")))
+            .await
+            .unwrap();
+        hits.extend(rx.until_events(1).await);
+    }
+    assert_eq!(hits.len(), 4);
+    assert!(hits.iter().all(|h| h.conn == 0), "{hits:?}");
+
+    // The endpoint drops the kept connection with the next batch unanswered: the batch goes
+    // again over a new connection, the same batch and attempt, not a failure.
+    rx.answer_next_with(&[Answer {
+        drop_connection: true,
+        ..Default::default()
+    }]);
+    within(alice.send_text(&g.id, "again")).await.unwrap();
+    let hits = rx.until_events(1).await;
+    assert_eq!(
+        hits.iter().map(|h| (h.status, h.conn)).collect::<Vec<_>>(),
+        [(0, 0), (200, 1)]
+    );
+    assert_eq!(hits[0].header("webhook-id"), hits[1].header("webhook-id"));
+    assert_eq!(hits[1].header("webhook-attempt"), "1");
+    assert_eq!(hits[1].events()[0]["data"]["message"]["text"], "again");
+    within(alice.send_text(&g.id, "after")).await.unwrap();
+    assert_eq!(rx.until_events(1).await[0].conn, 1);
+    let m = crate::admin::metrics_of(&server).await;
+    assert_eq!(m["tidings_webhook_attempts_failed_total"], 0.0);
+    assert_eq!(m["tidings_webhook_events_delivered_total"], 6.0);
+}
+
+#[tokio::test]
+async fn batches_keep_within_webhook_batch_max_and_webhook_batch_max_bytes() {
+    let mut rx = Receiver::start(503).await;
+    let server = webhook_server(&rx, &["message.created"], |c| {
+        c.webhook_batch_max = 5;
+        c.webhook_batch_max_bytes = 3_000;
+        c.webhook_max_attempts = 100_000;
+    })
+    .await;
+    let (alice, _) = server.login("alice").await;
+    let g = within(alice.create_group("team", &["bob"])).await.unwrap();
+    // Events pile up while the endpoint refuses; then it takes them in batches.
+    let mut sent = Vec::new();
+    for i in 0..30 {
+        let text = if i == 12 {
+            "x".repeat(4_000)
+        } else {
+            format!("{i:03}{}", "y".repeat(150))
+        };
+        let ack = within(alice.send_text(&g.id, &text)).await.unwrap();
+        sent.push(ack.message_id);
+    }
+    assert_eq!(rx.next().await.status, 503);
+    rx.answer(200);
+    let hits: Vec<Hit> = rx
+        .until_events(30)
+        .await
+        .into_iter()
+        .filter(|h| h.status == 200)
+        .collect();
+    let mut delivered = Vec::new();
+    let mut ids = Vec::new();
+    for h in &hits {
+        let events = h.events();
+        assert!(events.len() <= 5, "{} events in one batch", events.len());
+        let big = events
+            .iter()
+            .any(|e| e["data"]["message"]["text"].as_str().unwrap().len() == 4_000);
+        if big {
+            // Larger than the bound: it goes alone.
+            assert_eq!(events.len(), 1);
+        } else {
+            assert!(h.body.len() <= 3_000, "a batch of {} bytes", h.body.len());
+        }
+        for e in events {
+            delivered.push(e["data"]["message"]["id"].as_str().unwrap().to_owned());
+            ids.push(e["id"].as_str().unwrap().parse::<u64>().unwrap());
+        }
+    }
+    // The bytes cut batches short of five events, and nothing is skipped or repeated.
+    let sizes: Vec<usize> = hits.iter().map(|h| h.events().len()).collect();
+    assert!(sizes.iter().any(|&n| n > 1), "{sizes:?}");
+    assert!(
+        sizes.iter().filter(|&&n| n != 5).count() > 3,
+        "cut by events alone: {sizes:?}"
+    );
+    assert_eq!(delivered, sent);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+}
+
+#[tokio::test]
+async fn delivery_resumes_without_gaps_after_a_kill_and_without_repeats_after_a_stop() {
+    let mut rx = Receiver::start(200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tidings.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "webhook_batch_wait_ms = 0\n\n[[webhooks]]\nname = \"crm\"\nurl = \"{}\"\n\
+             secret = \"{SECRET}\"\nevents = [\"message.created\"]\n",
+            rx.url()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let serve = |config: &std::path::Path| {
+        let config = config.to_owned();
+        Binary::serve_with(&data, &[], &[], move |cmd| {
+            cmd.arg("--config").arg(config);
+        })
+    };
+    // Each message's id, and the event id it was first delivered with.
+    let mut first: Vec<(String, u64)> = Vec::new();
+    let take = |hits: Vec<Hit>, first: &mut Vec<(String, u64)>| {
+        for h in hits.iter().filter(|h| h.status == 200) {
+            for e in h.events() {
+                let m = e["data"]["message"]["id"].as_str().unwrap().to_owned();
+                let id: u64 = e["id"].as_str().unwrap().parse().unwrap();
+                match first.iter().find(|(seen, _)| *seen == m) {
+                    // A repeat only ever comes with the same event id.
+                    Some((_, was)) => assert_eq!(*was, id),
+                    None => first.push((m, id)),
+                }
+            }
+        }
+    };
+
+    let server = serve(&config);
+    let alice = server.client("alice").await;
+    let g = within(alice.create_group("team", &["bob"])).await.unwrap();
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let ack = within(alice.send_text(&g.id, &format!("a{i}")))
+            .await
+            .unwrap();
+        sent.push(ack.message_id);
+    }
+    take(rx.until_events(20).await, &mut first);
+    // Delivered, their positions perhaps not yet stored: killed.
+    server.signal(libc::SIGKILL);
+    server.wait().await;
+
+    let server = serve(&config);
+    let alice = server.client("alice").await;
+    for i in 0..20 {
+        let ack = within(alice.send_text(&g.id, &format!("b{i}")))
+            .await
+            .unwrap();
+        sent.push(ack.message_id);
+    }
+    while first.len() < sent.len() {
+        take(vec![rx.next().await], &mut first);
+    }
+    // Every message, in order, each first delivered with a larger event id than the last.
+    assert_eq!(
+        first.iter().map(|(m, _)| m).collect::<Vec<_>>(),
+        sent.iter().collect::<Vec<_>>()
+    );
+    assert!(first.windows(2).all(|w| w[0].1 < w[1].1), "{first:?}");
+
+    // A clean stop stores the last positions: nothing is sent again after it, and the
+    // outbox holds nothing any endpoint still needs.
+    server.signal(libc::SIGTERM);
+    let (status, _) = server.wait().await;
+    assert!(status.success());
+    {
+        let store = tidings::store::open("redb", &data, 8 << 20).unwrap();
+        assert_eq!(store.outbox_after(0, 10).unwrap(), []);
+    }
+    let server = serve(&config);
+    let alice = server.client("alice").await;
+    let last = within(alice.send_text(&g.id, "last")).await.unwrap();
+    let hit = rx.next().await;
+    let events = hit.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["data"]["message"]["id"], last.message_id.as_str());
+    server.signal(libc::SIGTERM);
+    assert!(server.wait().await.0.success());
 }
