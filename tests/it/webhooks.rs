@@ -694,3 +694,30 @@ async fn delivery_resumes_without_gaps_after_a_kill_and_without_repeats_after_a_
     server.signal(libc::SIGTERM);
     assert!(server.wait().await.0.success());
 }
+
+/// An endpoint that answers 2xx with a long body (one that echoes what it got) has its batch
+/// delivered: the status decides, and the body is read only up to its first 64 KiB.
+#[tokio::test]
+async fn a_2xx_answer_with_a_long_body_counts_as_delivered() {
+    let mut receiver = Receiver::start(204).await;
+    let server = webhook_server(&receiver, &["message.*"], |_| {}).await;
+    receiver.queued.lock().unwrap().push_back(Answer {
+        status: 200,
+        body: "x".repeat(200_000),
+        ..Default::default()
+    });
+    let alice = server.client("alice").await;
+    let id = alice.create_group("g", &["bob"]).await.unwrap().id;
+    alice.send_text(&id, "one").await.unwrap();
+    let first = receiver.next().await;
+    assert_eq!(first.status, 200);
+    alice.send_text(&id, "two").await.unwrap();
+    // The next POST carries the next event, not the first one again.
+    let second = receiver.next().await;
+    let texts: Vec<Value> = second
+        .events()
+        .iter()
+        .map(|e| e["data"]["message"]["text"].clone())
+        .collect();
+    assert_eq!(texts, [json!("two")], "{}", second.body);
+}
