@@ -667,7 +667,9 @@ fn batch<'a>(
 ) -> Batch<'a> {
     const OPEN: &[u8] = b"{\"events\":[";
     const CLOSE: &[u8] = b"]}";
-    let mut body = Vec::with_capacity(max_bytes.min(1 << 20));
+    // A message's event is about three times its record.
+    let records: usize = rows.iter().map(|(_, r)| r.len()).sum();
+    let mut body = Vec::with_capacity(max_bytes.min(records * 3 + 64));
     body.extend_from_slice(OPEN);
     let mut kept = Vec::new();
     let mut upto = cursor;
