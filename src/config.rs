@@ -257,7 +257,9 @@ pub struct Config {
     pub max_inflight_requests: usize,
     /// Largest WebSocket message/frame a client may send, bytes (larger: close 4009).
     pub max_frame_bytes: usize,
-    /// WebSocket read buffer per connection, bytes.
+    /// WebSocket read buffer per connection, bytes: also the most one socket read takes. Every
+    /// connection keeps it, idle or not, so it is small; a frame larger than it is still read
+    /// whole (the buffer grows for it), in reads of this size.
     pub ws_read_buffer_bytes: usize,
     /// WebSocket write buffer per connection (frames coalesce up to this before a write), bytes.
     pub ws_write_buffer_bytes: usize,
@@ -527,7 +529,7 @@ impl Default for Config {
             outbox_frames: 1024,
             max_inflight_requests: 64,
             max_frame_bytes: 128 << 10,
-            ws_read_buffer_bytes: 4 << 10,
+            ws_read_buffer_bytes: 1 << 10,
             ws_write_buffer_bytes: 16 << 10,
             max_message_bytes: 64 << 10,
             max_user_id_bytes: 128,
