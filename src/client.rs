@@ -67,10 +67,21 @@ pub async fn connect_raw(
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
     ClientError,
 > {
+    connect_raw_with(url, SUBPROTOCOL).await
+}
+
+/// [`connect_raw`] asking for `subprotocol` (`tidings.v1.json`: the JSON form).
+pub async fn connect_raw_with(
+    url: &str,
+    subprotocol: &'static str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ClientError,
+> {
     let mut req = url.into_client_request()?;
     req.headers_mut().insert(
         "Sec-WebSocket-Protocol",
-        HeaderValue::from_static(SUBPROTOCOL),
+        HeaderValue::from_static(subprotocol),
     );
     let cfg = WebSocketConfig::default()
         .read_buffer_size(16 << 10)

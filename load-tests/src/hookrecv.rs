@@ -137,6 +137,29 @@ pub async fn events_written(admin: std::net::SocketAddr) -> anyhow::Result<u64> 
         .ok_or_else(|| anyhow::anyhow!("/metrics has no tidings_webhook_events_written_total"))
 }
 
+/// The push encodings the server has made, by form (`tidings_push_encodings_total{form}`),
+/// read from `/metrics` on its admin listener. Blocking: a run reads it at its go, from the
+/// synchronous gate.
+pub fn push_encodings(
+    admin: std::net::SocketAddr,
+) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: tidings\r\nconnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix("tidings_push_encodings_total{form=\""))
+        .filter_map(|l| {
+            let (form, rest) = l.split_once('"')?;
+            let v = rest.split_whitespace().last()?.parse::<f64>().ok()?;
+            Some((form.to_string(), v as u64))
+        })
+        .collect())
+}
+
 /// An address on loopback where nothing listens (a dead endpoint).
 pub fn dead_address() -> anyhow::Result<std::net::SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -50,6 +50,10 @@ pub enum Dialect {
     /// `--lc-base64`): signed `session/open`, `conv/start`, `direct`/`ack`, `direct` pushes.
     /// idle, chat, fanout and storm only.
     Leancloud,
+    /// fanout only: the members take turns speaking native binary, native JSON
+    /// (`tidings.v1.json`), LeanCloud binary and LeanCloud base64 (the server needs the
+    /// LeanCloud settings, as for leancloud); a native member creates the group.
+    Mixed,
 }
 
 impl Dialect {
@@ -57,6 +61,7 @@ impl Dialect {
         match self {
             Dialect::Native => "native",
             Dialect::Leancloud => "leancloud",
+            Dialect::Mixed => "mixed",
         }
     }
 }
@@ -93,6 +98,16 @@ pub struct Params {
     /// Pid of the server, to report its CPU time and memory.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// The server's admin listener (`/metrics`): the run reports the push encodings the server
+    /// made from go to the end, by form (fanout --dialect mixed).
+    #[arg(long)]
+    #[serde(default)]
+    pub admin_addr: Option<std::net::SocketAddr>,
+    /// With --server-pid: count the server's system calls from go to the end with `perf stat`
+    /// (socket writes per delivered message, frames per write).
+    #[arg(long)]
+    #[serde(default)]
+    pub syscalls: bool,
     /// idle, storm: sessions to open.
     #[arg(long, default_value_t = 1000)]
     pub sessions: usize,

@@ -4,8 +4,9 @@
 //! latency is measured from when the message should have left (no coordinated omission).
 //!
 //! The loop ([`drive_with`]) is generic over a [`Codec`], the dialect's framing of a send and
-//! reading of what comes back: [`Native`] here, the LeanCloud one in [`crate::lc`]. Each is
-//! monomorphized, so the native loop does exactly the work it did before there were two.
+//! reading of what comes back: [`Native`] and [`NativeJson`] (the JSON form, `tidings.v1.json`)
+//! here, the LeanCloud one in [`crate::lc`]. Each is monomorphized, so the native loop does
+//! exactly the work it did before there were several.
 
 use crate::hist::Lat;
 use crate::live::Live;
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tidings::client::connect_raw;
+use tidings::client::{connect_raw, connect_raw_with};
 use tidings::protocol::pb::{self, client_frame::Body as Req, server_frame::Body as Rep};
 use tidings::protocol::{self, ClientFrame, ServerFrame};
 use tokio::net::TcpStream;
@@ -37,13 +38,28 @@ pub fn now_ns() -> u64 {
 pub struct Raw {
     ws: Ws,
     next_id: u64,
+    /// Speaks the JSON form (`tidings.v1.json`) instead of binary frames.
+    json: bool,
 }
 
 impl Raw {
     /// Connects, logs in and waits for the `UnreadSummary` that ends the login.
     pub async fn login(url: &str, token: &str) -> anyhow::Result<Raw> {
-        let ws = connect_raw(url).await?;
-        let mut raw = Raw { ws, next_id: 1 };
+        Raw::login_as(url, token, false).await
+    }
+
+    /// [`Raw::login`], in the JSON form when `json`.
+    pub async fn login_as(url: &str, token: &str, json: bool) -> anyhow::Result<Raw> {
+        let ws = if json {
+            connect_raw_with(url, protocol::JSON_SUBPROTOCOL).await?
+        } else {
+            connect_raw(url).await?
+        };
+        let mut raw = Raw {
+            ws,
+            next_id: 1,
+            json,
+        };
         match raw
             .request(Req::Login(pb::Login {
                 token: token.into(),
@@ -65,7 +81,12 @@ impl Raw {
     async fn next_frame(&mut self) -> anyhow::Result<ServerFrame> {
         loop {
             match self.ws.next().await {
-                Some(Ok(WsMessage::Binary(b))) => return Ok(protocol::decode_server(&b)?),
+                Some(Ok(WsMessage::Binary(b))) if !self.json => {
+                    return Ok(protocol::decode_server(&b)?);
+                }
+                Some(Ok(WsMessage::Text(t))) if self.json => {
+                    return Ok(protocol::decode_server_json(&t)?);
+                }
                 Some(Ok(WsMessage::Close(f))) => anyhow::bail!("closed by server: {f:?}"),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e.into()),
@@ -78,11 +99,17 @@ impl Raw {
     pub async fn request(&mut self, body: Req) -> anyhow::Result<Rep> {
         let id = self.next_id;
         self.next_id += 1;
-        let frame = protocol::encode(&ClientFrame {
+        let frame = ClientFrame {
             id,
             body: Some(body),
-        });
-        self.ws.send(WsMessage::Binary(frame)).await?;
+        };
+        self.ws
+            .send(if self.json {
+                WsMessage::Text(protocol::encode_json(&frame))
+            } else {
+                WsMessage::Binary(protocol::encode(&frame))
+            })
+            .await?;
         loop {
             let f = self.next_frame().await?;
             if f.id == id {
@@ -283,18 +310,8 @@ pub struct Native {
 impl Codec for Native {
     #[inline]
     fn send(&mut self, conv: &str, stamp_ns: u64, size: usize) -> (u64, WsMessage) {
-        let id = self.next_id;
-        self.next_id += 1;
-        let frame = protocol::encode(&ClientFrame {
-            id,
-            body: Some(Req::SendMessage(pb::SendMessage {
-                conversation_id: conv.to_owned(),
-                r#type: 1,
-                content: content(stamp_ns, size),
-                ..Default::default()
-            })),
-        });
-        (id, WsMessage::Binary(frame))
+        let (id, frame) = native_send(&mut self.next_id, conv, stamp_ns, size);
+        (id, WsMessage::Binary(protocol::encode(&frame)))
     }
 
     #[inline]
@@ -302,25 +319,68 @@ impl Codec for Native {
         let WsMessage::Binary(b) = m else {
             return Seen::Other;
         };
-        let Ok(f) = protocol::decode_server(b) else {
+        protocol::decode_server(b).map_or(Seen::Other, native_seen)
+    }
+}
+
+/// The next `SendMessage` of the native protocol (type 1, the stamp in the first 8 content
+/// bytes), in either form.
+#[inline]
+fn native_send(next_id: &mut u64, conv: &str, stamp_ns: u64, size: usize) -> (u64, ClientFrame) {
+    let id = *next_id;
+    *next_id += 1;
+    let frame = ClientFrame {
+        id,
+        body: Some(Req::SendMessage(pb::SendMessage {
+            conversation_id: conv.to_owned(),
+            r#type: 1,
+            content: content(stamp_ns, size),
+            ..Default::default()
+        })),
+    };
+    (id, frame)
+}
+
+/// What a native `ServerFrame` is to the loop, in either form.
+#[inline]
+fn native_seen(f: ServerFrame) -> Seen {
+    match f.body {
+        Some(Rep::Message(m)) if f.id == 0 => Seen::Delivered(
+            (m.content.len() >= 8).then(|| u64::from_le_bytes(m.content[..8].try_into().unwrap())),
+        ),
+        Some(Rep::SendAck(_)) => Seen::Acked(f.id),
+        Some(Rep::Error(_)) => Seen::Failed(f.id),
+        _ => Seen::Other,
+    }
+}
+
+/// The JSON form of tidings' protocol: the same frames as [`Native`], as JSON text messages.
+pub struct NativeJson {
+    next_id: u64,
+}
+
+impl Codec for NativeJson {
+    fn send(&mut self, conv: &str, stamp_ns: u64, size: usize) -> (u64, WsMessage) {
+        let (id, frame) = native_send(&mut self.next_id, conv, stamp_ns, size);
+        (id, WsMessage::Text(protocol::encode_json(&frame)))
+    }
+
+    fn seen(&self, m: &WsMessage) -> Seen {
+        let WsMessage::Text(t) = m else {
             return Seen::Other;
         };
-        match f.body {
-            Some(Rep::Message(m)) if f.id == 0 => Seen::Delivered(
-                (m.content.len() >= 8)
-                    .then(|| u64::from_le_bytes(m.content[..8].try_into().unwrap())),
-            ),
-            Some(Rep::SendAck(_)) => Seen::Acked(f.id),
-            Some(Rep::Error(_)) => Seen::Failed(f.id),
-            _ => Seen::Other,
-        }
+        protocol::decode_server_json(t).map_or(Seen::Other, native_seen)
     }
 }
 
 /// Drives one logged-in native connection until its plan is done or the run's hard stop.
 pub async fn drive(raw: Raw, plan: Plan, run: Arc<Run>) -> ConnStats {
-    let Raw { ws, next_id } = raw;
-    drive_with(ws, Native { next_id }, plan, run).await
+    let Raw { ws, next_id, json } = raw;
+    if json {
+        drive_with(ws, NativeJson { next_id }, plan, run).await
+    } else {
+        drive_with(ws, Native { next_id }, plan, run).await
+    }
 }
 
 /// Drives one logged-in connection of any dialect until its plan is done or the run's hard
@@ -480,6 +540,7 @@ pub async fn populate(
     let Raw {
         mut ws,
         mut next_id,
+        ..
     } = raw;
     let mut inflight: HashMap<u64, usize> = HashMap::new();
     let mut last_seq = vec![0u64; convs.len()];

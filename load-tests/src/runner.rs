@@ -35,6 +35,15 @@ pub struct ServerFigures {
     /// The server's context switches from go to the end, per delivered message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ctx_switches_per_delivered: Option<f64>,
+    /// `--admin-addr`: the push encodings the server made from go to the end, by form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_encodings: Option<BTreeMap<String, u64>>,
+    /// `--syscalls`: the server's system calls from go to the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscalls: Option<crate::syscalls::Syscalls>,
+    /// `--syscalls`: socket writes (`sendto`, `sendmsg`, `writev`) per delivered message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_writes_per_delivered: Option<f64>,
     /// list: server CPU from go to the end, per page of the conversation list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_us_per_page: Option<f64>,
@@ -155,6 +164,10 @@ pub async fn run(
         "{} runs over the native dialect only (--dialect leancloud: idle, chat, fanout, storm)",
         scenario.name()
     );
+    anyhow::ensure!(
+        params.dialect != Dialect::Mixed || scenario == Scenario::Fanout,
+        "--dialect mixed runs fanout only"
+    );
     if params.run_id.is_none() {
         params.run_id = Some(format!(
             "{:x}",
@@ -173,6 +186,12 @@ pub async fn run(
     let monitor = params.server_pid.map(Monitor::start);
     let baseline = monitor.as_ref().map(|m| m.now());
     let ready: Arc<Mutex<Option<Sample>>> = Default::default();
+    // Started when the sessions are ready, with the `ready` sample.
+    let counter: Arc<Mutex<Option<crate::syscalls::Counter>>> = Default::default();
+    let count = params.syscalls.then_some(params.server_pid).flatten();
+    // The server's push encodings at go, when it has an admin listener to read them from.
+    let encodings_at_go: Arc<Mutex<Option<BTreeMap<String, u64>>>> = Default::default();
+    let admin = params.admin_addr;
     let live = Arc::new(Live::default());
     let _progress = Progress::start(
         format!("{} {target}", scenario.name()),
@@ -181,19 +200,50 @@ pub async fn run(
     );
     let t0 = std::time::Instant::now();
     let res = if shards == 1 {
-        let (r, m) = (ready.clone(), monitor.as_ref().map(|m| m.pid()));
+        let (r, m, c, e) = (
+            ready.clone(),
+            monitor.as_ref().map(|m| m.pid()),
+            counter.clone(),
+            encodings_at_go.clone(),
+        );
         let gate = Gate::InProcess(Box::new(move || {
             *r.lock().unwrap() = Some(
                 m.map(|pid| crate::procstat::sample(pid).unwrap_or_default())
                     .unwrap_or_default(),
             );
+            *c.lock().unwrap() = count.and_then(crate::syscalls::Counter::start);
+            *e.lock().unwrap() = admin.and_then(|a| crate::hookrecv::push_encodings(a).ok());
         }));
         scenario::run_shard(scenario, &params, 0, 1, gate, live.clone()).await?
     } else {
-        run_workers(scenario, &params, shards, monitor.as_ref(), &ready).await?
+        run_workers(
+            scenario,
+            &params,
+            shards,
+            monitor.as_ref(),
+            &ready,
+            &counter,
+        )
+        .await?
     };
     let run_secs = t0.elapsed().as_secs_f64();
     let end = monitor.as_ref().map(|m| m.now());
+    let syscalls = counter
+        .lock()
+        .unwrap()
+        .take()
+        .and_then(crate::syscalls::Counter::stop);
+    let push_encodings = match (admin, encodings_at_go.lock().unwrap().take()) {
+        (Some(a), Some(at_go)) => crate::hookrecv::push_encodings(a).ok().map(|end| {
+            end.into_iter()
+                .map(|(form, n)| {
+                    let before = at_go.get(&form).copied().unwrap_or(0);
+                    (form, n.saturating_sub(before))
+                })
+                .collect::<BTreeMap<_, _>>()
+        }),
+        _ => None,
+    };
     let mut params_out = params.clone();
     params_out.secret = None;
     params_out.lc_master_key = None;
@@ -297,6 +347,12 @@ pub async fn run(
             ctx_switches_per_delivered: (res.delivered > 0).then(|| {
                 end.ctx_switches.saturating_sub(ready.ctx_switches) as f64 / res.delivered as f64
             }),
+            push_encodings,
+            socket_writes_per_delivered: syscalls
+                .as_ref()
+                .filter(|_| res.delivered > 0)
+                .map(|c| c.socket_writes() as f64 / res.delivered as f64),
+            syscalls,
             cpu_us_per_page: (matches!(scenario, Scenario::List) && res.pages > 0)
                 .then(|| cpu * 1e6 / res.pages as f64),
             bytes_per_session: (matches!(scenario, Scenario::Idle) && res.sessions > 0)
@@ -396,6 +452,7 @@ async fn run_workers(
     shards: usize,
     monitor: Option<&Monitor>,
     ready: &Mutex<Option<Sample>>,
+    counter: &Mutex<Option<crate::syscalls::Counter>>,
 ) -> anyhow::Result<ShardResult> {
     let exe = match &params.worker_exe {
         Some(e) => e.clone(),
@@ -427,6 +484,11 @@ async fn run_workers(
         anyhow::ensure!(l == "ready", "worker: expected ready, got {l}");
     }
     *ready.lock().unwrap() = monitor.map(|m| m.now());
+    *counter.lock().unwrap() = params
+        .syscalls
+        .then(|| monitor.map(|m| m.pid()))
+        .flatten()
+        .and_then(crate::syscalls::Counter::start);
     for (_, stdin, _) in workers.iter_mut() {
         stdin.write_all(b"go\n").await?;
     }
@@ -485,6 +547,9 @@ pub fn table(r: &RunResult) -> String {
     let mut s = String::new();
     let dialect = match r.params.dialect {
         Dialect::Native => String::new(),
+        Dialect::Mixed => {
+            ", members in turn native binary, native JSON, LeanCloud binary and base64".into()
+        }
         Dialect::Leancloud => format!(
             ", leancloud dialect ({})",
             if r.params.lc_base64 {
@@ -552,6 +617,29 @@ pub fn table(r: &RunResult) -> String {
             let _ = writeln!(
                 s,
                 "   server context switches per delivered message: {c:.4}"
+            );
+        }
+        if let (Some(w), Some(c)) = (sv.socket_writes_per_delivered, &sv.syscalls) {
+            let _ = writeln!(
+                s,
+                "   server socket writes per delivered message: {w:.4} ({:.1} frames per write); socket reads: {}; all counted: {}",
+                1.0 / w.max(1e-9),
+                c.socket_reads(),
+                c.counts
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if let Some(e) = &sv.push_encodings {
+            let _ = writeln!(
+                s,
+                "   push encodings by form from go to the end: {}",
+                e.iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
         if let Some(c) = sv.cpu_us_per_page {

@@ -210,15 +210,20 @@ async fn open_raw(
         .await;
     out.sort_by_key(|(i, _)| *i);
     for (_, r) in &out {
-        if r.is_some() {
-            res.sessions += 1;
-            live.sessions.fetch_add(1, Ordering::Relaxed);
-        } else {
-            res.connect_failures += 1;
-            live.errors.fetch_add(1, Ordering::Relaxed);
-        }
+        count_open(r.is_some(), live, res);
     }
     out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Counts a session that opened, or a failure.
+fn count_open(opened: bool, live: &Live, res: &mut ShardResult) {
+    if opened {
+        res.sessions += 1;
+        live.sessions.fetch_add(1, Ordering::Relaxed);
+    } else {
+        res.connect_failures += 1;
+        live.errors.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Opens LeanCloud sessions for `users` (`--concurrency` at a time, starts spread over
@@ -355,7 +360,53 @@ pub(crate) async fn open_conns(
             .into_iter()
             .map(|c| c.map(Conn::Lc))
             .collect(),
+        Dialect::Mixed => open_mixed(p, users, live, res).await,
     }
+}
+
+/// Opens user `i` in the `i % 4`th form: native binary, native JSON, LeanCloud binary,
+/// LeanCloud base64.
+async fn open_mixed(
+    p: &Params,
+    users: Vec<String>,
+    live: &Live,
+    res: &mut ShardResult,
+) -> Vec<Option<Conn>> {
+    let mut out: Vec<Option<Conn>> = std::iter::repeat_with(|| None).take(users.len()).collect();
+    let form = |k: usize| -> Vec<(usize, String)> {
+        users
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 4 == k)
+            .map(|(i, u)| (i, u.clone()))
+            .collect()
+    };
+    for json in [false, true] {
+        let (idx, names): (Vec<usize>, Vec<String>) = form(usize::from(json)).into_iter().unzip();
+        let url = p.url.as_str();
+        let opened: Vec<(usize, Option<Raw>)> = stream::iter(names.iter().zip(&idx))
+            .map(|(u, &i)| async move { (i, Raw::login_as(url, &token(p, u), json).await.ok()) })
+            .buffer_unordered(p.concurrency.max(1))
+            .collect()
+            .await;
+        for (i, r) in opened {
+            count_open(r.is_some(), live, res);
+            out[i] = r.map(Conn::Native);
+        }
+    }
+    for base64 in [false, true] {
+        let (idx, names): (Vec<usize>, Vec<String>) =
+            form(2 + usize::from(base64)).into_iter().unzip();
+        let lp = Params {
+            lc_base64: base64,
+            ..p.clone()
+        };
+        let opened = open_lc(&lp, &names, Duration::ZERO, false, live, res).await;
+        for (i, c) in idx.into_iter().zip(opened) {
+            out[i] = c.map(Conn::Lc);
+        }
+    }
+    out
 }
 
 /// Runs shard `shard` of `shards` of a scenario.

@@ -15,7 +15,16 @@ const LC_MASTER_KEY: &str = "load-smoke-leancloud-master-key";
 
 async fn server() -> (RunningServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
+    let config = config(&dir);
+    (
+        server::start(config, Arc::new(SystemClock)).await.unwrap(),
+        dir,
+    )
+}
+
+/// A smoke server's settings, its store in `dir`.
+fn config(dir: &tempfile::TempDir) -> Config {
+    Config {
         listen: "127.0.0.1:0".into(),
         data_dir: dir.path().join("data"),
         jwt_hs256_secret: Some(SECRET.into()),
@@ -32,11 +41,7 @@ async fn server() -> (RunningServer, tempfile::TempDir) {
         rate_limit_user_per_sec: 1 << 20,
         rate_limit_user_burst: 1 << 20,
         ..Config::default()
-    };
-    (
-        server::start(config, Arc::new(SystemClock)).await.unwrap(),
-        dir,
-    )
+    }
 }
 
 fn params(s: &RunningServer, extra: &[&str]) -> Params {
@@ -471,6 +476,50 @@ async fn leancloud_fanout_reaches_every_member() {
     assert_eq!(r.counts["delivered"], 6 * 259);
     assert_eq!(r.counts["lost"], 0);
     assert_eq!(r.latency["send_to_delivered"].count, 6 * 259);
+    assert!(r.ok);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_fanout_reaches_every_form_and_costs_one_encoding_per_form_and_message() {
+    let dir = tempfile::tempdir().unwrap();
+    // An admin listener, for `/metrics`.
+    let config = Config {
+        admin_listen: "127.0.0.1:0".into(),
+        admin_api_keys: vec!["load-smoke-admin-key-0123456789abcdef".into()],
+        ..config(&dir)
+    };
+    let s = server::start(config, Arc::new(SystemClock)).await.unwrap();
+    let mut p = params(
+        &s,
+        &[
+            "--dialect",
+            "mixed",
+            "--lc-app-id",
+            LC_APP_ID,
+            "--lc-master-key",
+            LC_MASTER_KEY,
+            "--group-size",
+            "9",
+            "--senders",
+            "2",
+            "--window",
+            "2",
+            "--count",
+            "5",
+        ],
+    );
+    p.admin_addr = s.admin_addr;
+    let r = run(Scenario::Fanout, p).await;
+    assert_eq!(r.counts["acked"], 10, "{r:?}");
+    // Members 0..9 speak native binary, JSON, LeanCloud binary, LeanCloud base64 in turn; each
+    // message reaches the 8 others, whatever their form.
+    assert_eq!(r.counts["delivered"], 10 * 8);
+    assert_eq!(r.counts["lost"], 0);
+    let encodings = r.server.as_ref().unwrap().push_encodings.as_ref().unwrap();
+    for form in ["native", "json", "leancloud"] {
+        assert_eq!(encodings.get(form), Some(&10), "{form}: {encodings:?}");
+    }
     assert!(r.ok);
     s.stop().await.unwrap();
 }
