@@ -12,7 +12,7 @@ use crate::store::UserId;
 use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 use tokio::sync::mpsc;
 
@@ -118,6 +118,10 @@ pub struct Delivery {
 #[derive(Debug)]
 pub struct Hub {
     users: DashMap<UserId, Vec<SessionHandle>>,
+    /// Live sessions in `users`, on connections of their own (native) and on shared ones
+    /// (LeanCloud), changed with `users`: counting them is not a walk over every user (a
+    /// login asks, so a walk made a storm of logins quadratic).
+    live: [AtomicUsize; 2],
     stats: Arc<Stats>,
     /// Delivery steps begun and ended (see [`Hub::steps`]).
     begun: AtomicU64,
@@ -135,6 +139,7 @@ impl Hub {
     pub fn new(stats: Arc<Stats>) -> Self {
         Hub {
             users: DashMap::new(),
+            live: Default::default(),
             stats,
             begun: AtomicU64::new(0),
             ended: AtomicU64::new(0),
@@ -223,7 +228,11 @@ impl Hub {
         }
         // Sessions are in login order: the oldest go first.
         let over = (entry.len() + 1).saturating_sub(max_sessions.max(1));
-        let evicted = entry.drain(..over).collect();
+        let evicted: Vec<SessionHandle> = entry.drain(..over).collect();
+        for h in replaced.iter().chain(&evicted) {
+            self.live[usize::from(h.shared)].fetch_sub(1, Ordering::Relaxed);
+        }
+        self.live[usize::from(handle.shared)].fetch_add(1, Ordering::Relaxed);
         entry.push(handle);
         Some(Registered {
             replaced,
@@ -256,12 +265,20 @@ impl Hub {
     /// Removes a session (no-op when it is already gone). Returns whether the user went
     /// offline (this was their last live session).
     pub fn unregister(&self, user: &str, session: u64) -> bool {
-        self.users
+        let mut removed = None;
+        let offline = self
+            .users
             .remove_if_mut(user, |_, v| {
-                v.retain(|h| h.id != session);
+                if let Some(i) = v.iter().position(|h| h.id == session) {
+                    removed = Some(v.remove(i).shared);
+                }
                 v.is_empty()
             })
-            .is_some()
+            .is_some();
+        if let Some(shared) = removed {
+            self.live[usize::from(shared)].fetch_sub(1, Ordering::Relaxed);
+        }
+        offline
     }
 
     /// Queues a frame for one session, closing it as a slow consumer if its outbox is full.
@@ -332,23 +349,18 @@ impl Hub {
 
     /// Number of live sessions.
     pub fn session_count(&self) -> usize {
-        self.users.iter().map(|e| e.value().len()).sum()
+        let (native, leancloud) = self.session_counts();
+        native + leancloud
     }
 
     /// Live sessions by dialect: (native, LeanCloud). LeanCloud's are the ones on a connection
     /// that may carry others.
     pub fn session_counts(&self) -> (usize, usize) {
-        let (mut native, mut leancloud) = (0, 0);
-        for e in self.users.iter() {
-            for h in e.value().iter() {
-                if h.shared {
-                    leancloud += 1;
-                } else {
-                    native += 1;
-                }
-            }
-        }
-        (native, leancloud)
+        let [native, leancloud] = &self.live;
+        (
+            native.load(Ordering::Relaxed),
+            leancloud.load(Ordering::Relaxed),
+        )
     }
 
     /// Puts the frame into every recipient session's outbox, without waiting.
@@ -393,5 +405,57 @@ impl Hub {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(id: u64, device: Option<&str>, shared: bool) -> SessionHandle {
+        SessionHandle {
+            id,
+            device: device.map(Arc::from),
+            outbox: mpsc::channel(1).0,
+            kick: Arc::default(),
+            shared,
+            login_at: 0,
+            jti: None,
+        }
+    }
+
+    /// The counts kept with every change, against a walk over every user's sessions.
+    fn walked(hub: &Hub) -> (usize, usize) {
+        hub.users.iter().flat_map(|e| e.value().clone()).fold(
+            (0, 0),
+            |(n, l), h| if h.shared { (n, l + 1) } else { (n + 1, l) },
+        )
+    }
+
+    #[test]
+    fn session_counts_follow_logins_replacements_evictions_and_logouts() {
+        let hub = Hub::new(Arc::default());
+        let (a, b) = (UserId::from("a"), UserId::from("b"));
+        hub.register(&a, handle(1, Some("phone"), false), 2);
+        hub.register(&a, handle(2, Some("web"), true), 2);
+        hub.register(&b, handle(3, None, false), 2);
+        assert_eq!((hub.session_counts(), hub.session_count()), ((2, 1), 3));
+        // Same device: 1 is replaced by 4.
+        let r = hub.register(&a, handle(4, Some("phone"), true), 2);
+        assert_eq!(r.replaced.len(), 1);
+        assert_eq!(hub.session_counts(), (1, 2));
+        // Over two sessions: the oldest (2) is evicted.
+        let r = hub.register(&a, handle(5, None, false), 2);
+        assert_eq!(r.evicted.len(), 1);
+        assert_eq!(hub.session_counts(), walked(&hub));
+        // Unregistering twice, or a session that is not there, counts once.
+        assert!(!hub.unregister("a", 4));
+        assert!(!hub.unregister("a", 4));
+        assert!(!hub.unregister("a", 99));
+        assert!(hub.unregister("b", 3));
+        assert_eq!(hub.session_counts(), walked(&hub));
+        assert_eq!(hub.session_counts(), (1, 0));
+        assert!(hub.unregister("a", 5));
+        assert_eq!(hub.session_count(), 0);
     }
 }
