@@ -1,5 +1,6 @@
 //! The reference server: the plainest broadcaster on tokio-tungstenite with tidings' buffer
-//! settings (`tidings::server::ws_config` of the default config). No auth, no storage: a
+//! settings (`tidings::server::ws_config` of the default config as it was on 2026-11-29: a
+//! 4 KiB read buffer). No auth, no storage: a
 //! `Login` is answered at once, a `SendMessage` is pushed to every other logged-in connection
 //! (one shared encoding, bounded outboxes, one flush per burst) and acked. It shows what the
 //! WebSocket library and the kernel allow on this machine, as a yardstick for tidings.
@@ -30,7 +31,12 @@ struct Hub {
 pub async fn start(listen: &str) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let config = Config::default();
+    // tidings' defaults of when this reference was fixed (tidings' own read buffer became
+    // 1 KiB later; the reference keeps 4 KiB, so its figures stay comparable over time).
+    let config = Config {
+        ws_read_buffer_bytes: 4 << 10,
+        ..Config::default()
+    };
     let hub = Arc::new(Hub::default());
     tokio::spawn(async move {
         loop {
