@@ -4,6 +4,11 @@
 //! `Login` is answered at once, a `SendMessage` is pushed to every other logged-in connection
 //! (one shared encoding, bounded outboxes, one flush per burst) and acked. It shows what the
 //! WebSocket library and the kernel allow on this machine, as a yardstick for tidings.
+//!
+//! Chat mode: a `CreateConversation` of kind direct gets an id of its own, and a
+//! `SendMessage` to it is relayed to the other member's connection (the user id is the login
+//! token) and acked: a relay with an ack and no store, beside which persisted chat is
+//! measured. Sends to any other id are broadcast as above.
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -25,6 +30,22 @@ struct Hub {
     next: AtomicU64,
     seq: AtomicU64,
     conns: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
+    /// Chat mode: the connection of each logged-in user, and each direct conversation's two
+    /// users.
+    users: Mutex<HashMap<String, u64>>,
+    directs: Mutex<HashMap<String, [String; 2]>>,
+}
+
+impl Hub {
+    /// Chat mode: the connection and outbox of the other member of direct conversation
+    /// `conv`, when that member is connected.
+    fn peer(&self, conv: &str, me: &str) -> Option<(u64, mpsc::Sender<Bytes>)> {
+        let pair = self.directs.lock().unwrap().get(conv).cloned()?;
+        let other = if pair[0] == me { &pair[1] } else { &pair[0] };
+        let conn = self.users.lock().unwrap().get(other).copied()?;
+        let out = self.conns.lock().unwrap().get(&conn).cloned()?;
+        Some((conn, out))
+    }
 }
 
 /// Binds `listen` and serves in the background; returns the bound address.
@@ -85,6 +106,7 @@ async fn serve(
     let me = hub.next.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<Bytes>(outbox);
     let mut registered = false;
+    let mut user = String::new();
     let result = async {
         loop {
             tokio::select! {
@@ -104,8 +126,10 @@ async fn serve(
                     };
                     let Ok(f) = protocol::decode_client(&b) else { break };
                     let reply = match f.body {
-                        Some(Req::Login(_)) => {
+                        Some(Req::Login(l)) => {
                             hub.conns.lock().unwrap().insert(me, tx.clone());
+                            hub.users.lock().unwrap().insert(l.token.clone(), me);
+                            user = l.token;
                             registered = true;
                             ws.feed(WsMessage::Binary(protocol::encode(&protocol::reply(
                                 f.id,
@@ -115,6 +139,47 @@ async fn serve(
                             protocol::push(Rep::UnreadSummary(pb::UnreadSummary::default()))
                                 .native()
                                 .clone()
+                        }
+                        Some(Req::CreateConversation(c))
+                            if c.kind == pb::ConversationKind::Direct as i32
+                                && c.members.len() == 1 =>
+                        {
+                            let id = format!("d{:015x}", hub.next.fetch_add(1, Ordering::Relaxed));
+                            let pair = [user.clone(), c.members[0].clone()];
+                            hub.directs.lock().unwrap().insert(id.clone(), pair);
+                            protocol::encode(&protocol::reply(
+                                f.id,
+                                Rep::Conversation(pb::ConversationReply {
+                                    conversation: Some(pb::Conversation {
+                                        id,
+                                        ..Default::default()
+                                    }),
+                                }),
+                            ))
+                        }
+                        // Chat mode's ids start with `d`; the broadcast's never do.
+                        Some(Req::SendMessage(s)) if s.conversation_id.starts_with('d') => {
+                            let seq = hub.seq.fetch_add(1, Ordering::Relaxed) + 1;
+                            let peer = hub.peer(&s.conversation_id, &user);
+                            let push = protocol::push(Rep::Message(pb::Message {
+                                conversation_id: s.conversation_id,
+                                seq,
+                                r#type: s.r#type,
+                                content: s.content,
+                                ..Default::default()
+                            }))
+                            .native()
+                            .clone();
+                            // A full outbox drops that connection (as tidings does).
+                            if let Some((id, out)) = peer
+                                && out.try_send(push).is_err()
+                            {
+                                hub.conns.lock().unwrap().remove(&id);
+                            }
+                            protocol::encode(&protocol::reply(
+                                f.id,
+                                Rep::SendAck(pb::SendAck { seq, ..Default::default() }),
+                            ))
                         }
                         Some(Req::CreateConversation(_)) => protocol::encode(&protocol::reply(
                             f.id,
@@ -168,6 +233,10 @@ async fn serve(
     .await;
     if registered {
         hub.conns.lock().unwrap().remove(&me);
+        let mut users = hub.users.lock().unwrap();
+        if users.get(&user) == Some(&me) {
+            users.remove(&user);
+        }
     }
     result
 }

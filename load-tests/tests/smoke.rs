@@ -262,6 +262,32 @@ async fn idle_and_fanout_run_against_the_reference_server() {
     assert_eq!(r.counts["acked"], 10, "{r:?}");
     assert_eq!(r.counts["delivered"], 40);
     assert!(r.ok);
+    // Chat mode: each pair's messages reach its peer only (a broadcast would deliver each to
+    // all 7 other connections, and the run would count them as lost or extra).
+    let mut p = Params::from_args(&[
+        "--pairs",
+        "4",
+        "--window",
+        "2",
+        "--count",
+        "5",
+        "--setup-secs",
+        "30",
+    ]);
+    p.url = format!("ws://{addr}/ws");
+    let r = runner::run(
+        Scenario::Chat,
+        p,
+        &Thresholds::default(),
+        "reference",
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.counts["acked"], 40, "{r:?}");
+    assert_eq!(r.counts["delivered"], 40);
+    assert_eq!(r.counts["lost"], 0);
+    assert!(r.ok, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
