@@ -426,10 +426,13 @@ mod tests {
 
     /// The counts kept with every change, against a walk over every user's sessions.
     fn walked(hub: &Hub) -> (usize, usize) {
-        hub.users.iter().flat_map(|e| e.value().clone()).fold(
-            (0, 0),
-            |(n, l), h| if h.shared { (n, l + 1) } else { (n + 1, l) },
-        )
+        hub.users
+            .iter()
+            .flat_map(|e| e.value().clone())
+            .fold(
+                (0, 0),
+                |(n, l), h| if h.shared { (n, l + 1) } else { (n + 1, l) },
+            )
     }
 
     #[test]
