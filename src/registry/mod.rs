@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod broadcast;
+pub mod cells;
 pub mod conversation;
 mod conversation_log;
 pub mod expiry;
@@ -216,6 +217,12 @@ pub const MAX_ALIAS_BYTES: usize = 128;
 pub(crate) struct ConvCell {
     pub num: u64,
     pub id: Arc<str>,
+    /// When a request last took this cell (registry clock, ms): what the sweep that unloads
+    /// idle cells orders by ([`cells`]).
+    used_at: std::sync::atomic::AtomicI64,
+    /// How many times requests took this cell: the sweep unloads a cell only if nobody took
+    /// it since it chose it.
+    checkouts: std::sync::atomic::AtomicU64,
     state: Mutex<ConvState>,
 }
 
@@ -258,6 +265,23 @@ pub(crate) struct ConvState {
 }
 
 impl ConvCell {
+    fn new(num: u64, id: Arc<str>, state: ConvState, now: i64) -> Arc<Self> {
+        Arc::new(ConvCell {
+            num,
+            id,
+            used_at: std::sync::atomic::AtomicI64::new(now),
+            checkouts: std::sync::atomic::AtomicU64::new(0),
+            state: Mutex::new(state),
+        })
+    }
+
+    /// Notes that a request takes this cell (see [`cells`]).
+    fn checkout(&self, now: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.checkouts.fetch_add(1, Relaxed);
+        self.used_at.store(now, Relaxed);
+    }
+
     fn lock(&self) -> MutexGuard<'_, ConvState> {
         // A panic while holding this lock would be a bug; keep serving the other conversations.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -436,6 +460,10 @@ pub struct Registry {
     webhook: WebhookWants,
     /// Presence changes on their way to the webhook outbox, in order (when wanted).
     presence_events: Option<tokio::sync::mpsc::Sender<pb::PresenceEvent>>,
+    /// Wakes the sweep that unloads cells ([`cells`]) when more than `cells_wake_above` are
+    /// loaded.
+    cells_over: tokio::sync::Notify,
+    cells_wake_above: std::sync::atomic::AtomicUsize,
 }
 
 /// The webhook events that are computed only when some endpoint takes them.
@@ -478,6 +506,7 @@ impl Registry {
             expired: crate::webhooks::wanted(&config, "conversation.expired"),
             system_message: crate::webhooks::wanted(&config, "system.message_received"),
         };
+        let cells_max = config.conversation_cells_max;
         Ok(Registry {
             config,
             clock,
@@ -510,6 +539,8 @@ impl Registry {
             idempotent_creates: tokio::sync::Mutex::new(()),
             webhook,
             presence_events,
+            cells_over: tokio::sync::Notify::new(),
+            cells_wake_above: std::sync::atomic::AtomicUsize::new(cells_max),
         })
     }
 
@@ -618,6 +649,8 @@ impl Registry {
         use std::sync::atomic::Ordering::SeqCst;
         loop {
             if let Some(c) = self.convs.get(&num) {
+                // Under the map's read lock, so a sweep deciding to unload it sees this.
+                c.checkout(self.now());
                 return Ok(c.clone());
             }
             let removals = self.removals.load(SeqCst);
@@ -625,6 +658,7 @@ impl Registry {
             match self.convs.entry(num) {
                 dashmap::Entry::Occupied(e) => {
                     let cell = e.get().clone();
+                    cell.checkout(self.now());
                     drop(e);
                     self.heads.remove(&num);
                     return Ok(cell);
@@ -632,6 +666,7 @@ impl Registry {
                 // No removal since the read: what the store said is still the truth.
                 dashmap::Entry::Vacant(v) if self.removals.load(SeqCst) == removals => {
                     let cell = v.insert(cell).clone();
+                    self.cell_loaded();
                     self.heads.remove(&num);
                     return Ok(cell);
                 }
@@ -676,11 +711,7 @@ impl Registry {
         };
         let id = Arc::from(Self::id_of(num, &state.record));
         state.rebuild_roster();
-        Ok(Arc::new(ConvCell {
-            num,
-            id,
-            state: Mutex::new(state),
-        }))
+        Ok(ConvCell::new(num, id, state, self.now()))
     }
 
     /// What to do once the deletion or expiry of `cell` has committed: drop it and the indexes
@@ -694,18 +725,24 @@ impl Registry {
         direct: Option<(UserId, UserId)>,
         unique: Option<Vec<UserId>>,
     ) -> writer::AfterCommit {
-        let (convs, removals, heads, directs, uniques) = (
+        let (convs, removals, heads, directs, uniques, stats) = (
             self.convs.clone(),
             self.removals.clone(),
             self.heads.clone(),
             self.directs.clone(),
             self.temp_uniques.clone(),
+            self.stats.clone(),
         );
         let cell = cell.clone();
         Box::new(move || {
             let num = cell.num;
             removals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            convs.remove_if(&num, |_, c| Arc::ptr_eq(c, &cell));
+            if convs
+                .remove_if(&num, |_, c| Arc::ptr_eq(c, &cell))
+                .is_some()
+            {
+                stats.conversations_loaded.dec();
+            }
             heads.remove(&num);
             if let Some(pair) = direct {
                 directs.remove_if(&pair, |_, n| *n == num);

@@ -130,3 +130,85 @@ async fn readers_are_told_only_of_committed_messages() {
     drop(registry);
     core.close().await.expect("close");
 }
+
+/// The sweep that unloads idle cells ([`super::cells`]) keeps a cell that a request took
+/// after the sweep chose it, and one that a request held when it chose: it unloads them at a
+/// later sweep, and the conversation then reads back from the store as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_taken_or_held_while_the_sweep_works_stays_loaded() {
+    let kv = Arc::new(GatedKv::default());
+    let clock = crate::clock::ManualClock::new(1_700_000_000_000);
+    let config = Config {
+        conversation_idle_secs: 60,
+        ..Config::default()
+    };
+    let core = Core::open(
+        Arc::new(config),
+        Arc::new(clock.clone()),
+        Arc::new(KvStore::new(kv.clone())),
+        CancellationToken::new(),
+    )
+    .expect("open");
+    let registry = core.registry.clone();
+    let alice = Caller::user(UserId::from("alice"), 1);
+    let create = |kind| CreateRequest {
+        kind,
+        members: vec!["bob".into()],
+        ..Default::default()
+    };
+    let x = registry
+        .create(&alice, create(ConversationKind::Direct))
+        .await
+        .expect("create");
+    let y = registry
+        .create(&alice, create(ConversationKind::Group))
+        .await
+        .expect("create");
+    registry
+        .send(&alice, &x.id, text("one"))
+        .await
+        .expect("send");
+    assert_eq!(registry.loaded_conversations(), 2);
+    clock.advance(120_000);
+
+    // A send to Y is held in the store, so the sweep, having chosen X (idle, nobody holds
+    // it), waits for it; Y is not chosen: its send holds it.
+    kv.set(true);
+    let waiting = kv.waiting.notified();
+    let sending = {
+        let (registry, alice, id) = (registry.clone(), alice.clone(), y.id.clone());
+        tokio::spawn(async move { registry.send(&alice, &id, text("held")).await })
+    };
+    waiting.await;
+    {
+        let sweep = registry.sweep_cells();
+        tokio::pin!(sweep);
+        assert!(
+            tokio::time::timeout(std::time::Duration::ZERO, &mut sweep)
+                .await
+                .is_err(),
+            "the sweep waits for the write queued before it"
+        );
+        // X is taken meanwhile (and let go at once).
+        registry.get(&alice, &x.id).expect("get");
+        kv.set(false);
+        assert_eq!(sweep.await.expect("sweep"), 0, "neither X nor Y went");
+    }
+    assert_eq!(sending.await.expect("task").expect("send").seq, 1);
+    assert_eq!(registry.loaded_conversations(), 2);
+
+    clock.advance(120_000);
+    assert_eq!(registry.sweep_cells().await.expect("sweep"), 2);
+    assert_eq!(registry.loaded_conversations(), 0);
+    assert_eq!(head_seen_by(&registry, "bob", &x.id), (1, 1, 1));
+    let ack = registry
+        .send(&alice, &x.id, text("two"))
+        .await
+        .expect("send");
+    assert_eq!(ack.seq, 2);
+    assert_eq!(head_seen_by(&registry, "bob", &x.id), (2, 2, 2));
+    assert_eq!(head_seen_by(&registry, "bob", &y.id), (1, 1, 1));
+    assert_eq!(registry.loaded_conversations(), 2);
+    drop(registry);
+    core.close().await.expect("close");
+}
