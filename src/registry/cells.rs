@@ -128,11 +128,15 @@ impl Registry {
                 unloaded += usize::from(self.unload(c));
             }
         }
-        // Woken again once the loads since this sweep make another tenth of the cap (and not
-        // at every load while the cells that stay are more than the cap).
+        // Woken again by the first load over the cap; while the cells that had to stay are
+        // more than the cap, once the loads since make another tenth of it (not at each).
         let left = self.stats.conversations_loaded.get() as usize;
-        self.cells_wake_above
-            .store(left.max(max).saturating_add(max / 10), Relaxed);
+        let wake_above = if left > max {
+            left.saturating_add(max / 10)
+        } else {
+            max
+        };
+        self.cells_wake_above.store(wake_above, Relaxed);
         if unloaded > 0 {
             self.stats.conversations_unloaded.add(unloaded as u64);
         }

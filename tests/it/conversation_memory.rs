@@ -341,6 +341,8 @@ async fn conversations_over_conversation_cells_max_are_unloaded_and_read_back_as
 async fn idle_conversations_are_unloaded_but_rooms_with_members_and_watched_ones_stay() {
     let server = TestServer::start_with(|c| c.conversation_idle_secs = 60).await;
     let stats = server.running().app.stats.clone();
+    // The sweep at start is done, so the next one counted is the clock's.
+    within(stats.conversation_sweeps.wait_for(1)).await;
     let alice = server.client("alice").await;
     let mut bob = server.client("bob").await;
     let group = within(alice.create_group("g", &["bob"])).await.unwrap();
@@ -455,6 +457,7 @@ async fn sends_racing_the_unloading_of_their_conversations_lose_nothing() {
     })
     .await;
     let stats = server.running().app.stats.clone();
+    within(stats.conversation_sweeps.wait_for(1)).await;
     let users = ["alice", "bob", "carol"];
     let mut clients = Vec::new();
     for u in users {
@@ -588,6 +591,7 @@ async fn a_send_on_its_way_keeps_its_conversation_loaded() {
     })
     .await;
     let stats = server.running().app.stats.clone();
+    within(stats.conversation_sweeps.wait_for(1)).await;
     let alice = server.client("alice").await;
     let bob = Arc::new(server.client("bob").await);
     let g = within(alice.create_group("g", &["bob"])).await.unwrap();
