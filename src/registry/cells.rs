@@ -102,7 +102,7 @@ impl Registry {
         // What the last holders of the chosen cells did before letting go (queueing writes)
         // happened before what follows (the barrier is queued after those writes).
         std::sync::atomic::fence(Acquire);
-        let over = loaded.saturating_sub(low);
+        let over = if loaded > max { loaded - low } else { 0 };
         let mut chosen: Vec<Chosen> = Vec::new();
         if over > 0 {
             // The least recently used, and any others idle for long enough.

@@ -212,3 +212,53 @@ async fn a_cell_taken_or_held_while_the_sweep_works_stays_loaded() {
     drop(registry);
     core.close().await.expect("close");
 }
+
+/// Over `conversation_cells_max`, the sweep unloads the least recently used cells first, down
+/// to nine tenths of the cap; under it, and with no idle time set, it unloads nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_cap_the_least_recently_used_cells_go_first() {
+    let clock = crate::clock::ManualClock::new(1_700_000_000_000);
+    let config = Config {
+        conversation_cells_max: 3,
+        conversation_idle_secs: 0,
+        ..Config::default()
+    };
+    let core = Core::open(
+        Arc::new(config),
+        Arc::new(clock.clone()),
+        Arc::new(KvStore::new(Arc::new(GatedKv::default()))),
+        CancellationToken::new(),
+    )
+    .expect("open");
+    let registry = core.registry.clone();
+    let alice = Caller::user(UserId::from("alice"), 1);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let req = CreateRequest {
+            kind: ConversationKind::Group,
+            ..Default::default()
+        };
+        ids.push(registry.create(&alice, req).await.expect("create").id);
+        clock.advance(1_000);
+    }
+    // Used again, oldest first: 3 and 4 are now the least recently used.
+    for id in &ids[..3] {
+        registry.get(&alice, id).expect("get");
+        clock.advance(1_000);
+    }
+    assert_eq!(registry.sweep_cells().await.expect("sweep"), 2);
+    let loaded = |id: &str| {
+        let num = crate::protocol::parse_conversation_id(id).expect("id");
+        registry.convs.contains_key(&num)
+    };
+    let kept: Vec<bool> = ids.iter().map(|id| loaded(id)).collect();
+    assert_eq!(kept, [true, true, true, false, false]);
+    clock.advance(100_000_000);
+    assert_eq!(
+        registry.sweep_cells().await.expect("sweep"),
+        0,
+        "at the cap"
+    );
+    drop(registry);
+    core.close().await.expect("close");
+}
