@@ -1,10 +1,10 @@
 //! Conversations, membership, messages and read positions: the server's state.
 //!
-//! Hot state lives in memory, one [`ConvCell`] per conversation touched since start (loaded
-//! lazily from the store), under a short synchronous lock that is never held across `.await`.
-//! Every change is ordered by that lock and handed to the [`writer`] under it; the caller then
-//! awaits durability outside the lock. The store stays the truth: a restart rebuilds each cell
-//! from it on first use.
+//! Hot state lives in memory, one [`ConvCell`] per conversation in use (loaded lazily from the
+//! store, unloaded when idle: [`cells`]), under a short synchronous lock that is never held
+//! across `.await`. Every change is ordered by that lock and handed to the [`writer`] under it;
+//! the caller then awaits durability outside the lock. The store stays the truth: a restart,
+//! like an unload, rebuilds each cell from it on first use.
 
 pub mod access;
 pub mod broadcast;
@@ -414,13 +414,15 @@ pub struct Registry {
     writer: Writer,
     transient_ids: std::sync::atomic::AtomicU64,
     convs: Arc<DashMap<u64, Arc<ConvCell>, NumHash>>,
-    /// Bumped each time a deleted or expired cell leaves `convs`: a load that read the store
-    /// before the bump may have read the conversation as it was before its removal committed,
-    /// and must not put it back.
+    /// Bumped each time a cell leaves `convs` (deleted, expired or unloaded): a load that read
+    /// the store before the bump may have read the conversation as it was before its removal
+    /// (or the last write of the cell that went) committed, and must not put it back.
     removals: Arc<std::sync::atomic::AtomicU64>,
     /// What a conversation list needs of conversations that are not in `convs`, read from
-    /// the store once (see [`inbox::Head`]). Nothing changes a conversation without loading
-    /// its cell first, and a loaded cell is read instead; an entry goes when its cell leaves.
+    /// the store once, or made from the cell's state as an idle cell is unloaded (see
+    /// [`inbox::Head`]). Nothing changes a conversation without loading its cell first, and a
+    /// loaded cell is read instead; an entry goes when its cell loads or the conversation is
+    /// deleted.
     heads: Arc<DashMap<u64, inbox::Head, NumHash>>,
     /// Direct pairs known in memory (sorted pair → conversation), also guarding creation.
     directs: Arc<DashMap<(UserId, UserId), u64>>,

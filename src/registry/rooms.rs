@@ -348,8 +348,8 @@ impl Registry {
                     )));
                 }
                 // Counted and recorded under the user's entry, so joins racing one another
-                // cannot pass the cap.
-                // (Refused only when the user is in some already: no empty entry is left.)
+                // cannot pass the cap (refused only when the user is in some already, so no
+                // empty entry is left behind).
                 {
                     let mut rooms = self.rooms.of_user.entry(user.clone()).or_default();
                     self.check_rooms(rooms.len())?;
