@@ -349,6 +349,29 @@ pub struct Config {
     pub list_max_entries: usize,
     /// Most pinned entries per user.
     pub max_pinned: usize,
+    /// Most conversations one user may be a member of: groups, direct and temporary
+    /// conversations and system subscriptions together (chat rooms have their own cap). A
+    /// request that would make a user a member of one more (a create, an add, a join, a
+    /// subscription, an import) is refused with `ERROR_LIMIT_EXCEEDED`, whoever asks. It
+    /// bounds what one user's list, and the users who add them, can grow to: each membership
+    /// is a stored list entry, and the list's first page orders all of them. 20,000 keeps four
+    /// times the 5,000-entry list the benchmarks measure and far more than any person reads
+    /// (Easemob keeps 100 conversations per user); a user in more is a bot, whose memberships
+    /// are better raised on purpose.
+    pub max_conversations_per_user: usize,
+    /// Most chat rooms one user may be in at once (over all their sessions). A room's
+    /// membership is kept in memory and keeps the room loaded, so this bounds the rooms one
+    /// user can pin in memory, by creating them or by joining.
+    pub max_chat_rooms_per_user: usize,
+    /// Most conversations kept loaded in memory (members, positions, recent state). Over it,
+    /// a background sweep unloads the least recently used ones that no request is using
+    /// (down to nine tenths of it); they are read from the store again on their next use,
+    /// as after a restart. Conversations in use, chat rooms with members and conversations
+    /// with presence subscribers stay, so this is a target, not a hard cap.
+    pub conversation_cells_max: usize,
+    /// A loaded conversation unused for this long is unloaded by the same sweep, however
+    /// many are loaded, seconds (0: only over `conversation_cells_max`).
+    pub conversation_idle_secs: u64,
     /// Largest private ext of a list entry, bytes.
     pub max_entry_ext_bytes: usize,
     /// Most entries one DeleteListEntries may name.
@@ -570,6 +593,10 @@ impl Default for Config {
             list_max_age_secs: 0,
             list_max_entries: 0,
             max_pinned: 50,
+            max_conversations_per_user: 20_000,
+            max_chat_rooms_per_user: 100,
+            conversation_cells_max: 50_000,
+            conversation_idle_secs: 900,
             max_entry_ext_bytes: 1024,
             max_delete_entries: 100,
             max_delete_message_ids: 50,
@@ -871,6 +898,13 @@ impl Config {
         }
         if self.list_snapshots_per_user == 0 || self.history_scan_max == 0 {
             return bad("list_snapshots_per_user and history_scan_max must be at least 1");
+        }
+        if self.max_conversations_per_user == 0
+            || self.max_chat_rooms_per_user == 0
+            || self.conversation_cells_max == 0
+        {
+            return bad("max_conversations_per_user, max_chat_rooms_per_user and \
+                 conversation_cells_max must be at least 1");
         }
         if self.max_group_members < 2 {
             return bad("max_group_members must be at least 2");

@@ -149,6 +149,11 @@ impl Collector for Counts {
                 s.history_messages_deleted.get(),
             ),
             (
+                "conversations_unloaded",
+                "Conversations unloaded from memory (idle, or over conversation_cells_max)",
+                s.conversations_unloaded.get(),
+            ),
+            (
                 "messages_committed",
                 "Messages made durable",
                 s.messages_committed.get(),
@@ -190,6 +195,11 @@ impl Collector for Counts {
                 s.connections_open.get(),
             ),
             ("sessions", "Live sessions", self.hub.session_count() as u64),
+            (
+                "conversations_loaded",
+                "Conversations whose state is loaded in memory",
+                s.conversations_loaded.get(),
+            ),
             (
                 "pending_handshakes",
                 "Connections accepted whose upgrade is not done",

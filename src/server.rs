@@ -277,6 +277,10 @@ pub async fn run(
         app.registry.clone(),
         shutdown.clone(),
     ));
+    shared.sessions.spawn(crate::registry::cells::run(
+        app.registry.clone(),
+        shutdown.clone(),
+    ));
     loop {
         tokio::select! {
             (stream, peer) = listener.next() => admit(stream, peer, &shared, &http, &stop_http),

@@ -141,6 +141,13 @@ pub struct Stats {
     pub history_messages_deleted: Counter,
     /// History retention sweeps finished.
     pub history_sweeps: Counter,
+    /// Conversations whose state is loaded in memory (see `conversation_cells_max`).
+    pub conversations_loaded: Gauge,
+    /// Conversations unloaded from memory because they were idle or over
+    /// `conversation_cells_max` (each reloads from the store on its next use).
+    pub conversations_unloaded: Counter,
+    /// Sweeps for idle conversations finished.
+    pub conversation_sweeps: Counter,
     /// Requests by kind and outcome, frames and bytes by dialect, for `/metrics`.
     pub traffic: crate::traffic::Traffic,
 }

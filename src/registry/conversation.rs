@@ -11,7 +11,7 @@ use crate::protocol::pb::{
 use crate::protocol::{self, conversation_id};
 use crate::store::{Counter, Op, UserId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// A conversation as someone who may find it sees it ([`Registry::peek`]).
 #[derive(Debug, Clone)]
@@ -92,6 +92,28 @@ impl Registry {
         Ok(out)
     }
 
+    /// Refuses to make `users` members of one more conversation when one of them is a member of
+    /// `max_conversations_per_user` already: groups, direct and temporary conversations and
+    /// system subscriptions, counted from the user's list in the store (kept in memory for
+    /// long lists). Memberships that requests in flight are adding are not counted yet, so
+    /// requests racing one another may pass the cap by as many as they are. Whoever asks: a
+    /// user, the app's backend, an import.
+    pub(super) fn check_memberships<'a>(
+        &self,
+        users: impl IntoIterator<Item = &'a UserId>,
+    ) -> Result<(), Error> {
+        let max = self.config.max_conversations_per_user;
+        for u in users {
+            let n = self.store.list_rows(u)?.len();
+            if n >= max {
+                return Err(Error::LimitExceeded(format!(
+                    "{u:?} is a member of {n} conversations; max_conversations_per_user is {max}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Creates a conversation; for a direct pair that already exists, returns the existing one.
     pub async fn create(
         &self,
@@ -145,6 +167,7 @@ impl Registry {
                 } else {
                     None
                 };
+                self.check_memberships(std::iter::once(&caller.user).chain(&others))?;
                 let permit = self.writer.reserve().await?;
                 let (cell, rx) = {
                     let mut next = self.next_conv.lock().unwrap_or_else(|p| p.into_inner());
@@ -209,6 +232,10 @@ impl Registry {
         let mut members: Vec<UserId> = others.into_iter().collect();
         members.push(caller.user.clone());
         members.sort();
+        // A unique one that is there already adds no membership.
+        if !req.unique || self.live_unique(&members)?.is_none() {
+            self.check_memberships(&members)?;
+        }
         let idempotency = req.idempotency.clone();
         let permit = self.writer.reserve().await?;
         let (cell, rx) = {
@@ -352,6 +379,7 @@ impl Registry {
                         &pair.0
                     };
                     self.require_not_blocked_by(peer, &caller.user)?;
+                    self.check_memberships([&pair.0, &pair.1])?;
                     let mut next = self.next_conv.lock().unwrap_or_else(|p| p.into_inner());
                     let record = ConversationRecord {
                         kind: ConversationKind::Direct as i32,
@@ -474,11 +502,7 @@ impl Registry {
         };
         let id = Arc::from(Self::id_of(num, &state.record));
         state.rebuild_roster();
-        let cell = Arc::new(ConvCell {
-            num,
-            id,
-            state: Mutex::new(state),
-        });
+        let cell = ConvCell::new(num, id, state, self.now());
         let view = cell.lock().view(&cell.id);
         let event = self.event(Ev::Created, &cell, &caller.user, Vec::new(), view);
         let events = members
@@ -489,7 +513,9 @@ impl Registry {
                 except_session: caller.session,
             })
             .collect();
-        self.convs.insert(num, cell.clone());
+        if self.convs.insert(num, cell.clone()).is_none() {
+            self.cell_loaded();
+        }
         (cell, ops, events)
     }
 
@@ -677,6 +703,15 @@ impl Registry {
     ) -> Result<MemberOutcome, Error> {
         let cell = self.cell(id)?;
         let named = self.named_users(users, "")?;
+        let joining: Vec<UserId> = {
+            let st = cell.lock();
+            named
+                .iter()
+                .filter(|u| !st.members.contains_key(*u))
+                .cloned()
+                .collect()
+        };
+        self.check_memberships(&joining)?;
         let permit = self.writer.reserve().await?;
         let mut failed = Vec::new();
         let mut done = Vec::new();

@@ -110,6 +110,7 @@ impl Registry {
                 self.config.max_group_members
             )));
         }
+        self.check_memberships(&members)?;
         // The creator owns it while a member (first in join order, as when created here);
         // otherwise the longest member, as when an owner leaves.
         let owner = if seen.contains(req.owner.as_str()) {

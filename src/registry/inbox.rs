@@ -226,6 +226,28 @@ pub(super) struct Head {
 /// Most heads kept (about 100 bytes each); beyond it, lists read the store.
 const HEADS_MAX: usize = 1 << 20;
 
+impl Head {
+    /// The head of a loaded conversation, from its state alone, as the list reads it from the
+    /// loaded cell (for a cell about to be unloaded). `None` when it would take a store read
+    /// (some messages were sent silently: the newest loud one's time is in the store) or the
+    /// conversation is on its way out.
+    pub(super) fn of(st: &super::ConvState) -> Option<Head> {
+        let r = &st.record;
+        if st.deleted || st.expired || r.deleted_at > 0 || r.last_silent_seq > 0 {
+            return None;
+        }
+        Some(Head {
+            activity: Activity {
+                kind: r.kind,
+                last_seq: st.durable_seq,
+                last_ts: if st.durable_seq > 0 { st.last_ts } else { 0 },
+                changed_at: r.changed_at,
+            },
+            expires_at: r.expires_at,
+        })
+    }
+}
+
 impl Registry {
     /// A live conversation's kind and newest message (at `now`): its head when its cell is not
     /// loaded, else from the cell without copying its record; a head is read from the store
@@ -274,21 +296,31 @@ impl Registry {
             last_ts: info.last_ts,
             changed_at: info.record.changed_at,
         };
-        // Kept unless its cell was loaded meanwhile (checked under the entry's lock: a cell
-        // that loads later drops the head after it is in `convs`) or a removal committed since
-        // the read, which may have been of the conversation before it went (the removal drops
-        // the head too, after its bump).
+        self.keep_head(
+            num,
+            Head {
+                activity,
+                expires_at: info.record.expires_at,
+            },
+            removals,
+        );
+        Ok(Some(activity))
+    }
+
+    /// Keeps `head`, read when `removals` was the count of removals, unless its cell was loaded
+    /// meanwhile (checked under the entry's lock: a cell that loads later drops the head after
+    /// it is in `convs`) or a removal committed since the read, which may have been of the
+    /// conversation before it went (a deletion drops the head too, after its bump; an unload
+    /// bumps the count as it takes the cell out).
+    pub(super) fn keep_head(&self, num: u64, head: Head, removals: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
         if self.heads.len() < HEADS_MAX
             && let dashmap::Entry::Vacant(v) = self.heads.entry(num)
             && !self.convs.contains_key(&num)
             && self.removals.load(SeqCst) == removals
         {
-            v.insert(Head {
-                activity,
-                expires_at: info.record.expires_at,
-            });
+            v.insert(head);
         }
-        Ok(Some(activity))
     }
 
     /// A live conversation's record and newest message, from memory when loaded.

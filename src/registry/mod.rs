@@ -1,13 +1,14 @@
 //! Conversations, membership, messages and read positions: the server's state.
 //!
-//! Hot state lives in memory, one [`ConvCell`] per conversation touched since start (loaded
-//! lazily from the store), under a short synchronous lock that is never held across `.await`.
-//! Every change is ordered by that lock and handed to the [`writer`] under it; the caller then
-//! awaits durability outside the lock. The store stays the truth: a restart rebuilds each cell
-//! from it on first use.
+//! Hot state lives in memory, one [`ConvCell`] per conversation in use (loaded lazily from the
+//! store, unloaded when idle: [`cells`]), under a short synchronous lock that is never held
+//! across `.await`. Every change is ordered by that lock and handed to the [`writer`] under it;
+//! the caller then awaits durability outside the lock. The store stays the truth: a restart,
+//! like an unload, rebuilds each cell from it on first use.
 
 pub mod access;
 pub mod broadcast;
+pub mod cells;
 pub mod conversation;
 mod conversation_log;
 pub mod expiry;
@@ -216,6 +217,12 @@ pub const MAX_ALIAS_BYTES: usize = 128;
 pub(crate) struct ConvCell {
     pub num: u64,
     pub id: Arc<str>,
+    /// When a request last took this cell (registry clock, ms): what the sweep that unloads
+    /// idle cells orders by ([`cells`]).
+    used_at: std::sync::atomic::AtomicI64,
+    /// How many times requests took this cell: the sweep unloads a cell only if nobody took
+    /// it since it chose it.
+    checkouts: std::sync::atomic::AtomicU64,
     state: Mutex<ConvState>,
 }
 
@@ -258,6 +265,23 @@ pub(crate) struct ConvState {
 }
 
 impl ConvCell {
+    fn new(num: u64, id: Arc<str>, state: ConvState, now: i64) -> Arc<Self> {
+        Arc::new(ConvCell {
+            num,
+            id,
+            used_at: std::sync::atomic::AtomicI64::new(now),
+            checkouts: std::sync::atomic::AtomicU64::new(0),
+            state: Mutex::new(state),
+        })
+    }
+
+    /// Notes that a request takes this cell (see [`cells`]).
+    fn checkout(&self, now: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.checkouts.fetch_add(1, Relaxed);
+        self.used_at.store(now, Relaxed);
+    }
+
     fn lock(&self) -> MutexGuard<'_, ConvState> {
         // A panic while holding this lock would be a bug; keep serving the other conversations.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -390,13 +414,15 @@ pub struct Registry {
     writer: Writer,
     transient_ids: std::sync::atomic::AtomicU64,
     convs: Arc<DashMap<u64, Arc<ConvCell>, NumHash>>,
-    /// Bumped each time a deleted or expired cell leaves `convs`: a load that read the store
-    /// before the bump may have read the conversation as it was before its removal committed,
-    /// and must not put it back.
+    /// Bumped each time a cell leaves `convs` (deleted, expired or unloaded): a load that read
+    /// the store before the bump may have read the conversation as it was before its removal
+    /// (or the last write of the cell that went) committed, and must not put it back.
     removals: Arc<std::sync::atomic::AtomicU64>,
     /// What a conversation list needs of conversations that are not in `convs`, read from
-    /// the store once (see [`inbox::Head`]). Nothing changes a conversation without loading
-    /// its cell first, and a loaded cell is read instead; an entry goes when its cell leaves.
+    /// the store once, or made from the cell's state as an idle cell is unloaded (see
+    /// [`inbox::Head`]). Nothing changes a conversation without loading its cell first, and a
+    /// loaded cell is read instead; an entry goes when its cell loads or the conversation is
+    /// deleted.
     heads: Arc<DashMap<u64, inbox::Head, NumHash>>,
     /// Direct pairs known in memory (sorted pair → conversation), also guarding creation.
     directs: Arc<DashMap<(UserId, UserId), u64>>,
@@ -436,6 +462,10 @@ pub struct Registry {
     webhook: WebhookWants,
     /// Presence changes on their way to the webhook outbox, in order (when wanted).
     presence_events: Option<tokio::sync::mpsc::Sender<pb::PresenceEvent>>,
+    /// Wakes the sweep that unloads cells ([`cells`]) when more than `cells_wake_above` are
+    /// loaded.
+    cells_over: tokio::sync::Notify,
+    cells_wake_above: std::sync::atomic::AtomicUsize,
 }
 
 /// The webhook events that are computed only when some endpoint takes them.
@@ -478,6 +508,7 @@ impl Registry {
             expired: crate::webhooks::wanted(&config, "conversation.expired"),
             system_message: crate::webhooks::wanted(&config, "system.message_received"),
         };
+        let cells_max = config.conversation_cells_max;
         Ok(Registry {
             config,
             clock,
@@ -510,6 +541,8 @@ impl Registry {
             idempotent_creates: tokio::sync::Mutex::new(()),
             webhook,
             presence_events,
+            cells_over: tokio::sync::Notify::new(),
+            cells_wake_above: std::sync::atomic::AtomicUsize::new(cells_max),
         })
     }
 
@@ -618,6 +651,8 @@ impl Registry {
         use std::sync::atomic::Ordering::SeqCst;
         loop {
             if let Some(c) = self.convs.get(&num) {
+                // Under the map's read lock, so a sweep deciding to unload it sees this.
+                c.checkout(self.now());
                 return Ok(c.clone());
             }
             let removals = self.removals.load(SeqCst);
@@ -625,6 +660,7 @@ impl Registry {
             match self.convs.entry(num) {
                 dashmap::Entry::Occupied(e) => {
                     let cell = e.get().clone();
+                    cell.checkout(self.now());
                     drop(e);
                     self.heads.remove(&num);
                     return Ok(cell);
@@ -632,6 +668,7 @@ impl Registry {
                 // No removal since the read: what the store said is still the truth.
                 dashmap::Entry::Vacant(v) if self.removals.load(SeqCst) == removals => {
                     let cell = v.insert(cell).clone();
+                    self.cell_loaded();
                     self.heads.remove(&num);
                     return Ok(cell);
                 }
@@ -676,11 +713,7 @@ impl Registry {
         };
         let id = Arc::from(Self::id_of(num, &state.record));
         state.rebuild_roster();
-        Ok(Arc::new(ConvCell {
-            num,
-            id,
-            state: Mutex::new(state),
-        }))
+        Ok(ConvCell::new(num, id, state, self.now()))
     }
 
     /// What to do once the deletion or expiry of `cell` has committed: drop it and the indexes
@@ -694,18 +727,24 @@ impl Registry {
         direct: Option<(UserId, UserId)>,
         unique: Option<Vec<UserId>>,
     ) -> writer::AfterCommit {
-        let (convs, removals, heads, directs, uniques) = (
+        let (convs, removals, heads, directs, uniques, stats) = (
             self.convs.clone(),
             self.removals.clone(),
             self.heads.clone(),
             self.directs.clone(),
             self.temp_uniques.clone(),
+            self.stats.clone(),
         );
         let cell = cell.clone();
         Box::new(move || {
             let num = cell.num;
             removals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            convs.remove_if(&num, |_, c| Arc::ptr_eq(c, &cell));
+            if convs
+                .remove_if(&num, |_, c| Arc::ptr_eq(c, &cell))
+                .is_some()
+            {
+                stats.conversations_loaded.dec();
+            }
             heads.remove(&num);
             if let Some(pair) = direct {
                 directs.remove_if(&pair, |_, n| *n == num);

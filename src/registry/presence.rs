@@ -31,6 +31,11 @@ impl Subscriptions {
             v.is_empty()
         });
     }
+
+    /// Whether some session is subscribed to conversation `num`.
+    pub(super) fn has_subscribers(&self, num: u64) -> bool {
+        self.0.contains_key(&num)
+    }
 }
 
 impl Registry {

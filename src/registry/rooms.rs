@@ -167,6 +167,12 @@ impl Registry {
                 "system conversations and chat rooms are joined, not created with members".into(),
             ));
         }
+        if !system {
+            // Checked again, exactly, as the creator joins; refused here first so that no
+            // room is made for a creator who may not be in it.
+            let rooms = self.rooms.of_user.get(&caller.user).map_or(0, |r| r.len());
+            self.check_rooms(rooms)?;
+        }
         let permit = self.writer.reserve().await?;
         let (cell, rx) = {
             let mut next = self.next_conv.lock().unwrap_or_else(|p| p.into_inner());
@@ -226,6 +232,9 @@ impl Registry {
         caller: &Caller,
         cell: &Arc<ConvCell>,
     ) -> Result<Conversation, Error> {
+        if !cell.lock().members.contains_key(&caller.user) {
+            self.check_memberships([&caller.user])?;
+        }
         let permit = self.writer.reserve().await?;
         let rx = {
             let mut st = cell.lock();
@@ -338,6 +347,14 @@ impl Registry {
                         "{max} members; max_chat_room_members is {max}"
                     )));
                 }
+                // Counted and recorded under the user's entry, so joins racing one another
+                // cannot pass the cap (refused only when the user is in some already, so no
+                // empty entry is left behind).
+                {
+                    let mut rooms = self.rooms.of_user.entry(user.clone()).or_default();
+                    self.check_rooms(rooms.len())?;
+                    rooms.insert(cell.num);
+                }
                 let m = MemberRecord {
                     joined_at: self.now(),
                     join_order: st.next_join_order,
@@ -346,11 +363,6 @@ impl Registry {
                 st.next_join_order += 1;
                 st.members.insert(user.clone(), m);
                 st.rebuild_roster();
-                self.rooms
-                    .of_user
-                    .entry(user.clone())
-                    .or_default()
-                    .insert(cell.num);
                 told = self.room_event(
                     &st,
                     cell,
@@ -365,6 +377,17 @@ impl Registry {
             self.hub().deliver(&d);
         }
         Ok(view)
+    }
+
+    /// Refuses a join for a user in `rooms` chat rooms already, at `max_chat_rooms_per_user`.
+    fn check_rooms(&self, rooms: usize) -> Result<(), Error> {
+        let max = self.config.max_chat_rooms_per_user;
+        if rooms >= max {
+            return Err(Error::LimitExceeded(format!(
+                "in {rooms} chat rooms; max_chat_rooms_per_user is {max}"
+            )));
+        }
+        Ok(())
     }
 
     /// What the other members of a chat room are told of `members` joining or leaving (live,

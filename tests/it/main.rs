@@ -12,6 +12,7 @@ mod admin_temporary;
 mod harness;
 
 mod auth;
+mod conversation_memory;
 mod conversations;
 mod delivery;
 mod drain;
