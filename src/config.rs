@@ -119,13 +119,65 @@ pub fn weak_key(secret: &str, min_bits: f64) -> Option<String> {
 /// swaps (`p@ssw0rd`), with the keyboard's rows: each found in a secret counts as one pick from
 /// this list.
 const COMMON_PASSWORDS: &[&str] = &[
-    "password", "passwd", "passw", "secret", "admin", "qwertyuiop", "asdfghjkl", "zxcvbnm",
-    "qwerty", "azerty", "qwertz", "asdf", "zxcv", "qazwsx", "1q2w3e4r", "letmein", "welcome",
-    "monkey", "dragon", "master", "shadow", "sunshine", "princess", "football", "baseball",
-    "iloveyou", "trustno1", "superman", "batman", "login", "access", "default", "example",
-    "sample", "test", "hello", "freedom", "whatever", "root", "guest", "user", "pass", "token",
-    "private", "public", "changeme", "tidings", "leancloud", "abc123", "hunter", "killer",
-    "michael", "jordan", "charlie", "starwars", "pokemon", "computer", "internet", "server",
+    "password",
+    "passwd",
+    "passw",
+    "secret",
+    "admin",
+    "qwertyuiop",
+    "asdfghjkl",
+    "zxcvbnm",
+    "qwerty",
+    "azerty",
+    "qwertz",
+    "asdf",
+    "zxcv",
+    "qazwsx",
+    "1q2w3e4r",
+    "letmein",
+    "welcome",
+    "monkey",
+    "dragon",
+    "master",
+    "shadow",
+    "sunshine",
+    "princess",
+    "football",
+    "baseball",
+    "iloveyou",
+    "trustno1",
+    "superman",
+    "batman",
+    "login",
+    "access",
+    "default",
+    "example",
+    "sample",
+    "test",
+    "hello",
+    "freedom",
+    "whatever",
+    "root",
+    "guest",
+    "user",
+    "pass",
+    "token",
+    "private",
+    "public",
+    "changeme",
+    "tidings",
+    "leancloud",
+    "abc123",
+    "hunter",
+    "killer",
+    "michael",
+    "jordan",
+    "charlie",
+    "starwars",
+    "pokemon",
+    "computer",
+    "internet",
+    "server",
 ];
 
 /// The letter a digit or symbol stands for in `p@ssw0rd`-style spellings.
@@ -161,7 +213,14 @@ pub fn pattern_bits(secret: &str) -> f64 {
         (10.0, b.iter().any(u8::is_ascii_digit)),
         (33.0, b.iter().any(|x| !x.is_ascii_alphanumeric())),
     ];
-    let char_bits = f64::log2(classes.iter().filter(|c| c.1).map(|c| c.0).sum::<f64>().max(1.0));
+    let char_bits = f64::log2(
+        classes
+            .iter()
+            .filter(|c| c.1)
+            .map(|c| c.0)
+            .sum::<f64>()
+            .max(1.0),
+    );
     let word_bits = f64::log2(COMMON_PASSWORDS.len() as f64);
     let mut bits = 0.0;
     let mut i = 0;
@@ -468,6 +527,8 @@ pub struct Config {
     /// Most bytes the will messages of one session may hold at once (conversation ids,
     /// content, attributes and mentions).
     pub max_will_bytes_per_session: usize,
+    /// Most conversations one session may subscribe to the presence of at once.
+    pub max_presence_subscriptions_per_session: usize,
 
     /// Most writes queued for the store before senders wait.
     pub max_pending_writes: usize,
@@ -675,6 +736,7 @@ impl Default for Config {
             max_sessions_per_user: 16,
             max_wills_per_session: 16,
             max_will_bytes_per_session: 256 << 10,
+            max_presence_subscriptions_per_session: 1000,
             max_pending_writes: 8192,
             max_commit_batch: 1024,
             log_format: "text".into(),

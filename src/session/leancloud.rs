@@ -375,9 +375,7 @@ fn remove_peer(actor: &mut Actor, at: usize) -> Peer {
 
 /// Takes a session out of the hub (a clean close: its will is dropped).
 fn release(app: &App, peer: Peer) {
-    for num in peer.subscriptions {
-        app.registry.drop_subscription(peer.caller.session, num);
-    }
+    app.registry.drop_subscriptions(peer.caller.session);
     super::unregister(app, &peer.caller);
 }
 

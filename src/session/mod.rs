@@ -36,7 +36,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -628,8 +628,6 @@ struct Peer {
     told: Told,
     /// Will messages by conversation id (the last one set wins).
     wills: BTreeMap<String, SendRequest>,
-    /// Conversations whose presence this session subscribed to.
-    subscriptions: HashSet<u64>,
     /// Native: the session ends when the server's clock reaches this (its token's `exp` plus the
     /// leeway; moved by `RefreshToken`). [`NO_DEADLINE`] for LeanCloud sessions, which live by
     /// their own session tokens, and for `insecure_dev` logins by bare user id.
@@ -958,7 +956,6 @@ impl Actor {
             replayed_to: 0,
             told: HashMap::new(),
             wills: BTreeMap::new(),
-            subscriptions: HashSet::new(),
             expires_at_ms: NO_DEADLINE,
         });
         self.login_by = None;
@@ -980,15 +977,8 @@ fn unregister(app: &App, caller: &Caller) {
 /// abnormally.
 async fn end_peer(app: &App, peer: Peer, abnormal: bool) {
     {
-        let Peer {
-            caller,
-            wills,
-            subscriptions,
-            ..
-        } = peer;
-        for num in subscriptions {
-            app.registry.drop_subscription(caller.session, num);
-        }
+        let Peer { caller, wills, .. } = peer;
+        app.registry.drop_subscriptions(caller.session);
         unregister(app, &caller);
         if abnormal && !wills.is_empty() {
             // Boxed: a rare path, whose future (about 1.1 KB) would otherwise be part of every
@@ -1374,21 +1364,12 @@ impl Actor {
             Some(Req::SubscribePresence(r)) => {
                 let reg = &self.app.registry;
                 let result = reg.subscribe_presence(&peer.caller, &peer.handle, &r.conversation_id);
-                reply(answer(
-                    id,
-                    result.map(|num| {
-                        peer.subscriptions.insert(num);
-                    }),
-                ))
+                reply(answer(id, result))
             }
             Some(Req::UnsubscribePresence(r)) => {
-                if let Some(num) = self
-                    .app
+                self.app
                     .registry
-                    .unsubscribe_presence(peer.caller.session, &r.conversation_id)
-                {
-                    peer.subscriptions.remove(&num);
-                }
+                    .unsubscribe_presence(peer.caller.session, &r.conversation_id);
                 reply(answer(id, Ok(())))
             }
             Some(Req::SetWill(r)) => {
