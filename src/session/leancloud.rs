@@ -46,6 +46,10 @@ const PATCHES_PER_PUSH: usize = 50;
 
 /// The close a LeanCloud connection gets for a native close reason: the SDKs know 4107, 4108
 /// and 4109 by name; the rest keep tidings' codes (the SDKs reconnect after any of them).
+/// The close for a command that does not decode (RFC 6455's 1007, invalid payload data): bad
+/// protobuf, bad base64, or a text frame that is not UTF-8.
+pub(super) const UNDECODABLE: Close = Close(1007, "malformed command");
+
 pub(super) fn close_of(code: CloseCode) -> Close {
     let lc = match code {
         CloseCode::CloseLoginTimeout => codec::CloseCode::LoginTimeout,
@@ -158,7 +162,7 @@ pub(super) fn on_frame(actor: &mut Actor, p: LcProtocol, m: WsMessage) -> Option
             let reason = if code == codec::CloseCode::FrameTooLong.code() {
                 codec::CloseCode::FrameTooLong.reason()
             } else {
-                "malformed command"
+                UNDECODABLE.1
             };
             return Some(Immediate::Close(Close(code, reason)));
         }

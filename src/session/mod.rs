@@ -253,6 +253,15 @@ impl Dialect {
         }
     }
 
+    /// The close for a data frame that does not decode (a text message that is not UTF-8
+    /// included): 4004 `CLOSE_BAD_FRAME`, or for LeanCloud 1007, as its codec answers.
+    fn undecodable(self) -> Close {
+        match self {
+            Dialect::Native(_) => close_of(CloseCode::CloseBadFrame),
+            Dialect::LeanCloud(_) => leancloud::UNDECODABLE,
+        }
+    }
+
     /// The close a connection of this dialect gets for `code`: LeanCloud's SDKs know their
     /// own numbers for the idle, login and size limits.
     fn close(self, code: CloseCode) -> Close {
@@ -275,6 +284,9 @@ enum Inbound {
     Dropped,
     /// The peer broke the protocol; close with this.
     Bad(CloseCode),
+    /// A text message that is not UTF-8 (which tungstenite checks before the dialect sees
+    /// it): closed as a frame that does not decode.
+    NotUtf8,
 }
 
 async fn read<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>) -> Inbound {
@@ -292,6 +304,7 @@ async fn read<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>) -> Inbound {
             tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
         ))) => Inbound::Dropped,
         Some(Err(tungstenite::Error::Protocol(_))) => Inbound::Bad(CloseCode::CloseBadFrame),
+        Some(Err(tungstenite::Error::Utf8(_))) => Inbound::NotUtf8,
         Some(Err(_)) => Inbound::Dropped,
     }
 }
@@ -550,6 +563,7 @@ async fn read_login<S: AsyncRead + AsyncWrite + Unpin>(
             Inbound::Activity => continue,
             Inbound::Closed | Inbound::Dropped => return Err(None),
             Inbound::Bad(c) => return Err(Some(close_of(c))),
+            Inbound::NotUtf8 => return Err(Some(close_of(CloseCode::CloseBadFrame))),
         }
     }
 }
@@ -1113,9 +1127,12 @@ impl Actor {
                         self.abnormal = true;
                         return None;
                     }
-                    Inbound::Bad(c) => {
+                    bad @ (Inbound::Bad(_) | Inbound::NotUtf8) => {
                         self.abnormal = true;
-                        let close = dialect.close(c);
+                        let close = match bad {
+                            Inbound::Bad(c) => dialect.close(c),
+                            _ => dialect.undecodable(),
+                        };
                         malformed(&self.app, &self.conn, dialect, &self.peers, close);
                         return Some(close);
                     }

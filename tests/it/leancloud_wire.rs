@@ -486,6 +486,25 @@ async fn limits_and_malformed_frames_close_only_their_socket() {
         .unwrap();
     assert_eq!(wrong_kind.closed().await, Some(1003));
 
+    // On the base64 form, text that is not base64 and text that is not even UTF-8 (which
+    // tungstenite refuses before the codec sees it) close alike: 1007, invalid payload data.
+    use tokio_tungstenite::tungstenite::protocol::frame::{Frame, coding};
+    let not_utf8 = Frame::message(
+        &b"CAE\xff\xfe"[..],
+        coding::OpCode::Data(coding::Data::Text),
+        true,
+    );
+    for m in [
+        WsMessage::Text("!!not base64".into()),
+        WsMessage::Frame(not_utf8),
+    ] {
+        let mut text = Lc::connect(&server, LcProtocol::Base64V3).await;
+        text.opened("texter", None).await;
+        let shown = format!("{m:?}");
+        within(text.ws.send(m)).await.unwrap();
+        assert_eq!(text.closed().await, Some(1007), "{shown}");
+    }
+
     // An unknown command with a serial is answered, and the socket stays.
     let mut odd = Lc::connect(&server, LcProtocol::ProtobufV3).await;
     within(odd.ws.send(WsMessage::Binary(vec![8, 99, 40, 7].into())))

@@ -3118,7 +3118,8 @@ export enum CloseCode {
 
   /**
    * A binary message that is not a valid `ClientFrame`, or a text message (under
-   * `tidings.v1.json`: a text message that is not a `ClientFrame` in JSON, or a binary message).
+   * `tidings.v1.json`: a text message that is not a `ClientFrame` in JSON, not UTF-8 included,
+   * or a binary message).
    *
    * @generated from enum value: CLOSE_BAD_FRAME = 4004;
    */
