@@ -77,13 +77,45 @@ pub fn check_user_id(id: &str, max_bytes: usize) -> Result<(), UserIdError> {
     if let Some(c) = id.chars().next().filter(|&c| is_combining_mark(c)) {
         return Err(UserIdError::CombiningStart(c));
     }
-    match id.chars().find(|&c| {
-        c == '|' || c.is_control() || is_format(c) || is_separator(c) || is_default_ignorable(c)
-    }) {
+    match id
+        .chars()
+        .find(|&c| c == '|' || refused_in_text(c) || is_format(c) || is_default_ignorable(c))
+    {
         Some('|') => Err(UserIdError::Pipe),
         Some(c) => Err(UserIdError::Character(c)),
         None => Ok(()),
     }
+}
+
+/// A character text shown to other users may not hold (see [`check_text`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "may not contain U+{:04X} (control, bidi and other format characters, and line or paragraph \
+     separators, are refused)",
+    *.0 as u32
+)]
+pub struct TextError(pub char);
+
+/// The one rule for text a client sets and other users are shown (conversation names, the keys
+/// of conversation attributes and profile fields, profile display names and avatar URLs): no
+/// control characters (Unicode Cc: NUL, CR/LF, ESC), no line or paragraph separators, and no
+/// format characters (Cf: the bidi overrides, embeddings, isolates and marks that make
+/// `exe.txt` show as `txt.exe`, zero-width spaces, the byte order mark), save the zero-width
+/// joiner and non-joiner (U+200C, U+200D) and the tag characters (U+E0020..U+E007F), which
+/// emoji sequences and some scripts need. User ids follow it and more
+/// ([`check_user_id`]). Values (attribute values, profile field values, message content) are
+/// the app's data and are not checked.
+pub fn check_text(text: &str) -> Result<(), TextError> {
+    match text.chars().find(|&c| refused_in_text(c)) {
+        Some(c) => Err(TextError(c)),
+        None => Ok(()),
+    }
+}
+
+/// See [`check_text`].
+fn refused_in_text(c: char) -> bool {
+    (c.is_control() || is_separator(c) || is_format(c))
+        && !matches!(c, '\u{200C}' | '\u{200D}' | '\u{E0020}'..='\u{E007F}')
 }
 
 /// Unicode general categories Zl and Zp: the line and paragraph separators U+2028 and U+2029,

@@ -370,3 +370,23 @@ async fn a_mixed_audience_costs_one_encoding_per_form_and_message() {
         .collect();
     assert_eq!(delta, [("native", N), ("json", N), ("leancloud", N)]);
 }
+
+/// The JSON form carries any string JSON can (`\u0000`, `\u202e`): a name with one is refused
+/// as in the binary form.
+#[tokio::test]
+async fn a_json_name_with_nul_or_a_bidi_override_is_refused() {
+    let server = TestServer::start().await;
+    let mut p = json_peer(&server).await;
+    for name in ["a\u{0}b", "a\u{202e}b"] {
+        let r = p
+            .request(json!({"id": "5", "createConversation": {
+                "kind": "CONVERSATION_KIND_GROUP", "members": ["bob"], "name": name}}))
+            .await;
+        assert_eq!(r["error"]["code"], "ERROR_INVALID_ARGUMENT", "{r}");
+    }
+    let r = p
+        .request(json!({"id": "6", "createConversation": {
+            "kind": "CONVERSATION_KIND_GROUP", "members": ["bob"], "name": "fine"}}))
+        .await;
+    assert_eq!(r["conversation"]["conversation"]["name"], "fine", "{r}");
+}

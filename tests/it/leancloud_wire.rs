@@ -1851,3 +1851,48 @@ async fn an_ownership_moving_away_from_the_client_is_notified_once() {
         )]
     );
 }
+
+/// A conversation name or attribute key with a control, bidi or format character is refused
+/// through `conv/start` and `conv/update` as natively (4301, nothing changed).
+#[tokio::test]
+async fn leancloud_names_refuse_control_bidi_and_format_characters() {
+    let server = leancloud_server().await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("alice", None).await;
+    let group = c.start("alice", &["alice", "bob"]).await;
+    let with_attr = |op: Op, cid: Option<&str>, attr: serde_json::Value| GenericCommand {
+        peer_id: Some("alice".into()),
+        conv_message: Some(lc::ConvCommand {
+            cid: cid.map(str::to_owned),
+            m: vec!["bob".into()],
+            attr: Some(lc::JsonObjectMessage {
+                data: attr.to_string(),
+            }),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Conv, Some(op))
+    };
+    for bad in crate::conversations::BAD_NAMES {
+        for (op, cid) in [(Op::Start, None), (Op::Update, Some(group.as_str()))] {
+            for attr in [
+                serde_json::json!({ "name": bad }),
+                serde_json::json!({ *bad: 1 }),
+            ] {
+                let r = c.request(with_attr(op, cid, attr.clone())).await;
+                assert_eq!(op_of(&r), (Some(Cmd::Error), None), "{op:?} {attr}: {r:?}");
+                let e = r.error_message.unwrap();
+                assert_eq!(e.code, 4301, "{op:?} {attr}");
+                assert!(e.detail.unwrap_or_default().contains("U+"), "{op:?} {attr}");
+            }
+        }
+    }
+    let good = crate::conversations::GOOD_NAMES[1];
+    let r = c
+        .request(with_attr(
+            Op::Update,
+            Some(&group),
+            serde_json::json!({ "name": good }),
+        ))
+        .await;
+    assert_eq!(op_of(&r), (Some(Cmd::Conv), Some(Op::Updated)), "{r:?}");
+}
