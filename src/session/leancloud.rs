@@ -176,10 +176,20 @@ pub(super) fn on_frame(actor: &mut Actor, p: LcProtocol, m: WsMessage) -> Option
         Some(Immediate::Reply(vec![wire(p, &c)]))
     };
     match (kind, op) {
-        (Cmd::Echo, _) => reply(GenericCommand {
-            i: cmd.i,
-            ..command(Cmd::Echo, None)
-        }),
+        // The SDK's heartbeat, with or without a client open: the connection's bucket only.
+        (Cmd::Echo, _) => match actor.app.registry.admit_ping(&mut actor.bucket) {
+            Ok(()) => reply(GenericCommand {
+                i: cmd.i,
+                ..command(Cmd::Echo, None)
+            }),
+            Err(e) => {
+                let refused = failure(cmd.i, &e);
+                if cmd.i.is_none() {
+                    traffic.leancloud(counted, Some(&refused));
+                }
+                cmd.i.and_then(|_| reply(refused))
+            }
+        },
         (Cmd::Session, Some(Op::Open)) => open(actor, p, cmd),
         // LeanCloud Push's login on a shared socket (Android): not an IM session.
         (Cmd::Login | Cmd::Loggedin | Cmd::Data, _) => {
@@ -216,10 +226,12 @@ pub(super) fn on_frame(actor: &mut Actor, p: LcProtocol, m: WsMessage) -> Option
 }
 
 /// What a command of an open client costs under the rate limits (`None`: not charged:
-/// closing, and delivery acks, which have no reply to refuse them with).
+/// closing, and delivery acks, which have no reply to refuse them with). `echo` is charged
+/// before this, as a [`Work::Ping`], since it needs no client open.
 fn work_of(kind: Cmd, op: Option<Op>) -> Option<Work> {
     Some(match (kind, op) {
         (Cmd::Session, Some(Op::Close)) | (Cmd::Ack, _) => return None,
+        (Cmd::Session, Some(Op::Refresh)) => Work::Ping,
         (Cmd::Direct | Cmd::Patch, _) => Work::Send,
         (Cmd::Logs, _) | (Cmd::Conv, Some(Op::Query | Op::Members)) => Work::Page,
         (Cmd::Conv, Some(Op::Start | Op::Add | Op::Remove | Op::Update)) => Work::Change,

@@ -1349,16 +1349,30 @@ async fn leancloud_commands_over_the_rate_limit_are_refused_with_4116_and_4113()
     let e = c.request(count.clone()).await.error_message.unwrap();
     assert_eq!(e.code, 4113, "{e:?}");
     assert!(e.detail.unwrap_or_default().contains("retry after 100 ms"));
-    // Echo (the SDK's heartbeat) is never charged.
-    for _ in 0..20 {
+    server.clock.advance(100);
+    let r = c.request(count).await;
+    assert!(r.error_message.is_none(), "{r:?}");
+    // Echo (the SDK's heartbeat) costs the connection one token, not the user: a flood of
+    // them is refused with 4113 like the rest, also before any client is open.
+    server.clock.advance(1_000);
+    for _ in 0..10 {
         assert_eq!(
             op_of(&c.request(cmd(Cmd::Echo, None)).await).0,
             Some(Cmd::Echo)
         );
     }
-    server.clock.advance(100);
-    let r = c.request(count).await;
-    assert!(r.error_message.is_none(), "{r:?}");
+    let e = c.request(cmd(Cmd::Echo, None)).await.error_message.unwrap();
+    assert_eq!(e.code, 4113, "{e:?}");
+    let mut fresh = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    for _ in 0..10 {
+        fresh.request(cmd(Cmd::Echo, None)).await;
+    }
+    let e = fresh
+        .request(cmd(Cmd::Echo, None))
+        .await
+        .error_message
+        .unwrap();
+    assert_eq!(e.code, 4113, "{e:?}");
 }
 
 /// `/1.1/rtm/notifications` reads the client's event log: each answer is charged to the user's

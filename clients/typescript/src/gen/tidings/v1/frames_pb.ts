@@ -69,6 +69,7 @@ export type ClientFrame = Message<"tidings.v1.ClientFrame"> & {
   } | {
     /**
      * → Pong. For clients that cannot send WebSocket pings; any frame resets the idle timer.
+     * Costs one token of the connection's rate limit (over it: ERROR_RATE_LIMITED).
      *
      * @generated from field: tidings.v1.Ping ping = 12;
      */
@@ -79,6 +80,7 @@ export type ClientFrame = Message<"tidings.v1.ClientFrame"> & {
      * → Ok, or Error (ERROR_TOKEN_INVALID, ERROR_TOKEN_EXPIRED, ERROR_TOKEN_WRONG_USER) with the
      * session unchanged. Replaces the session's token with a newer one of the same user,
      * verified exactly as at login; the session then lives until the new token's `exp`.
+     * Costs one token of the connection's rate limit (over it: ERROR_RATE_LIMITED).
      *
      * @generated from field: tidings.v1.RefreshToken refresh_token = 13;
      */
