@@ -200,10 +200,16 @@ impl Registry {
         if to.is_empty() {
             return;
         }
-        let online = self.hub.is_online(user);
-        let profile = self.profile_of(user).ok();
+        // Sessions that hear of it through the same conversations (a user's devices, usually)
+        // share one push, encoded once.
+        let mut by_ids: HashMap<Vec<String>, Vec<SessionHandle>> = HashMap::new();
         for (h, mut ids) in to.into_values() {
             ids.sort_unstable();
+            by_ids.entry(ids).or_default().push(h);
+        }
+        let online = self.hub.is_online(user);
+        let profile = self.profile_of(user).ok();
+        for (ids, sessions) in by_ids {
             let change = pb::PresenceChange {
                 conversation_id: ids[0].clone(),
                 user_id: user.to_string(),
@@ -212,7 +218,9 @@ impl Registry {
                 conversation_ids: ids,
             };
             let frame = protocol::push(pb::server_frame::Body::PresenceChange(change));
-            self.hub.send_to(&h, frame);
+            for h in &sessions {
+                self.hub.send_to(h, frame.clone());
+            }
         }
     }
 }
