@@ -99,12 +99,12 @@ pub struct TextError(pub char);
 /// The one rule for text a client sets and other users are shown (conversation names, the keys
 /// of conversation attributes and profile fields, profile display names and avatar URLs): no
 /// control characters (Unicode Cc: NUL, CR/LF, ESC), no line or paragraph separators, and no
-/// format characters (Cf: the bidi overrides, embeddings, isolates and marks that make
-/// `exe.txt` show as `txt.exe`, zero-width spaces, the byte order mark), save the zero-width
-/// joiner and non-joiner (U+200C, U+200D) and the tag characters (U+E0020..U+E007F), which
-/// emoji sequences and some scripts need. User ids follow it and more
-/// ([`check_user_id`]). Values (attribute values, profile field values, message content) are
-/// the app's data and are not checked.
+/// format characters (Cf: the bidi overrides, embeddings, isolates and marks, with which
+/// `evil\u{202E}gnp.exe` shows as `evilexe.png`; zero-width spaces; the byte order mark),
+/// save the zero-width joiner and non-joiner (U+200C, U+200D) and the tag characters
+/// (U+E0020..U+E007F), which emoji sequences and some scripts need. User ids follow it and
+/// more ([`check_user_id`]). Values (attribute values, profile field values, message content)
+/// are the app's data and are not checked.
 pub fn check_text(text: &str) -> Result<(), TextError> {
     match text.chars().find(|&c| refused_in_text(c)) {
         Some(c) => Err(TextError(c)),

@@ -44,12 +44,12 @@ pub(crate) const PATCH_REPLAY_MAX: usize = 1000;
 /// Patches per replayed `patch/modify` push.
 const PATCHES_PER_PUSH: usize = 50;
 
-/// The close a LeanCloud connection gets for a native close reason: the SDKs know 4107, 4108
-/// and 4109 by name; the rest keep tidings' codes (the SDKs reconnect after any of them).
 /// The close for a command that does not decode (RFC 6455's 1007, invalid payload data): bad
 /// protobuf, bad base64, or a text frame that is not UTF-8.
 pub(super) const UNDECODABLE: Close = Close(1007, "malformed command");
 
+/// The close a LeanCloud connection gets for a native close reason: the SDKs know 4107, 4108
+/// and 4109 by name; the rest keep tidings' codes (the SDKs reconnect after any of them).
 pub(super) fn close_of(code: CloseCode) -> Close {
     let lc = match code {
         CloseCode::CloseLoginTimeout => codec::CloseCode::LoginTimeout,
