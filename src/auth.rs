@@ -29,6 +29,13 @@ pub enum KeyError {
     Read(String, std::io::Error),
     #[error("bad key {0}: {1}")]
     Bad(String, jsonwebtoken::errors::Error),
+    #[error("bad key {0}: not an RSA public key (RS256 needs one)")]
+    NotRsa(String),
+    #[error(
+        "RSA key {0} is {1} bits; at least {MIN_RSA_BITS} are required (a shorter modulus can be \
+         factored, and whoever does can sign tokens for anyone)"
+    )]
+    WeakRsa(String, usize),
     #[error("minting: {0}")]
     Mint(jsonwebtoken::errors::Error),
     #[error("no token minted for this user id: {0}")]
@@ -70,13 +77,45 @@ pub fn check_user_id(id: &str, max_bytes: usize) -> Result<(), UserIdError> {
     if let Some(c) = id.chars().next().filter(|&c| is_combining_mark(c)) {
         return Err(UserIdError::CombiningStart(c));
     }
-    match id.chars().find(|&c| {
-        c == '|' || c.is_control() || is_format(c) || is_separator(c) || is_default_ignorable(c)
-    }) {
+    match id
+        .chars()
+        .find(|&c| c == '|' || refused_in_text(c) || is_format(c) || is_default_ignorable(c))
+    {
         Some('|') => Err(UserIdError::Pipe),
         Some(c) => Err(UserIdError::Character(c)),
         None => Ok(()),
     }
+}
+
+/// A character text shown to other users may not hold (see [`check_text`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "may not contain U+{:04X} (control, bidi and other format characters, and line or paragraph \
+     separators, are refused)",
+    *.0 as u32
+)]
+pub struct TextError(pub char);
+
+/// The one rule for text a client sets and other users are shown (conversation names, the keys
+/// of conversation attributes and profile fields, profile display names and avatar URLs): no
+/// control characters (Unicode Cc: NUL, CR/LF, ESC), no line or paragraph separators, and no
+/// format characters (Cf: the bidi overrides, embeddings, isolates and marks, with which
+/// `evil\u{202E}gnp.exe` shows as `evilexe.png`; zero-width spaces; the byte order mark),
+/// save the zero-width joiner and non-joiner (U+200C, U+200D) and the tag characters
+/// (U+E0020..U+E007F), which emoji sequences and some scripts need. User ids follow it and
+/// more ([`check_user_id`]). Values (attribute values, profile field values, message content)
+/// are the app's data and are not checked.
+pub fn check_text(text: &str) -> Result<(), TextError> {
+    match text.chars().find(|&c| refused_in_text(c)) {
+        Some(c) => Err(TextError(c)),
+        None => Ok(()),
+    }
+}
+
+/// See [`check_text`].
+fn refused_in_text(c: char) -> bool {
+    (c.is_control() || is_separator(c) || is_format(c))
+        && !matches!(c, '\u{200C}' | '\u{200D}' | '\u{E0020}'..='\u{E007F}')
 }
 
 /// Unicode general categories Zl and Zp: the line and paragraph separators U+2028 and U+2029,
@@ -205,12 +244,19 @@ impl Authenticator {
             .map(|s| DecodingKey::from_secret(s.as_bytes()));
         let rs256 = match &config.jwt_rs256_public_key {
             Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| KeyError::Read(path.display().to_string(), e))?;
-                Some(
-                    DecodingKey::from_rsa_pem(&pem)
-                        .map_err(|e| KeyError::Bad(path.display().to_string(), e))?,
-                )
+                let name = || path.display().to_string();
+                let pem = std::fs::read(path).map_err(|e| KeyError::Read(name(), e))?;
+                let key = DecodingKey::from_rsa_pem(&pem).map_err(|e| KeyError::Bad(name(), e))?;
+                // What the key verifies with, whichever PEM held it: PKCS#1 DER.
+                let bits = key
+                    .try_get_as_bytes()
+                    .ok()
+                    .and_then(rsa_modulus_bits)
+                    .ok_or_else(|| KeyError::NotRsa(name()))?;
+                if bits < MIN_RSA_BITS {
+                    return Err(KeyError::WeakRsa(name(), bits));
+                }
+                Some(key)
             }
             None => None,
         };
@@ -314,6 +360,50 @@ impl Authenticator {
             .map_err(|e| AuthError::Invalid(format!("sub: {e}")))?;
         Ok(sub)
     }
+}
+
+/// Least RSA modulus an RS256 public key may have, bits (NIST SP 800-57: 2048 bits from 2015 on;
+/// a 512-bit modulus is factored in hours on rented machines).
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// The size in bits of the modulus of an RSA public key in PKCS#1 DER, `RSAPublicKey ::=
+/// SEQUENCE { modulus INTEGER, publicExponent INTEGER }`: what jsonwebtoken makes of a PEM
+/// `RSA PUBLIC KEY` (PKCS#1), `PUBLIC KEY` (SPKI, the bit string inside) or `CERTIFICATE` (its
+/// subject's key) alike. `None` when the bytes are not that.
+pub fn rsa_modulus_bits(der: &[u8]) -> Option<usize> {
+    /// One DER element at the start of `b`: its tag, contents and what follows it.
+    fn element(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = b.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            // Long form: the low bits say how many length bytes follow (at most 4 here).
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    const SEQUENCE: u8 = 0x30;
+    const INTEGER: u8 = 0x02;
+    let (SEQUENCE, body, []) = element(der)? else {
+        return None;
+    };
+    let (INTEGER, modulus, rest) = element(body)? else {
+        return None;
+    };
+    let (INTEGER, _exponent, []) = element(rest)? else {
+        return None;
+    };
+    // A positive INTEGER may begin with zero bytes (one, when its top bit is set).
+    let modulus = &modulus[modulus.iter().position(|&b| b != 0)?..];
+    Some(modulus.len() * 8 - modulus[0].leading_zeros() as usize)
 }
 
 /// A new HS256 secret: 32 bytes from the kernel's random source, as 64 hex digits.

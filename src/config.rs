@@ -56,10 +56,12 @@ pub const MIN_LEANCLOUD_KEY_BITS: f64 = 28.0;
 
 /// Why `secret` is too easy to guess although long enough, if it is: it holds a well-known
 /// placeholder, repeats a shorter string (`change-me` four times, 32 times the same byte), is
-/// mostly a run of consecutive characters (`abcdef…`, `123456…`), or its bytes are so uneven
+/// mostly a run of consecutive characters (`abcdef…`, `123456…`), its bytes are so uneven
 /// that, counted as independent draws from their own histogram, they carry under
-/// [`MIN_HS256_SECRET_BITS`]. Random secrets (`tidings secret`, 32 bytes of `/dev/urandom` in
-/// base64, even 32 random decimal digits) pass every rule by a wide margin.
+/// [`MIN_HS256_SECRET_BITS`], or it is made of common passwords, repeats and runs that
+/// together carry under it ([`pattern_bits`]: `passwordpasswordpassword12345678`). Random
+/// secrets (`tidings secret`, 32 bytes of `/dev/urandom` in base64, even 32 random decimal
+/// digits) pass every rule by a wide margin.
 pub fn weak_secret(secret: &str) -> Option<String> {
     weak_key(secret, MIN_HS256_SECRET_BITS)
 }
@@ -103,7 +105,160 @@ pub fn weak_key(secret: &str, min_bits: f64) -> Option<String> {
             "its bytes are too uneven (about {bits:.0} bits; at least {min_bits} are required)"
         ));
     }
+    let bits = pattern_bits(secret);
+    if bits < min_bits {
+        return Some(format!(
+            "it is made of common passwords, repeats and runs (about {bits:.0} bits; at least \
+             {min_bits} are required)"
+        ));
+    }
     None
+}
+
+/// Passwords and words people build secrets from, matched ignoring case and common letter
+/// swaps (`p@ssw0rd`), with the keyboard's rows: each found in a secret counts as one pick from
+/// this list.
+const COMMON_PASSWORDS: &[&str] = &[
+    "password",
+    "passwd",
+    "passw",
+    "secret",
+    "admin",
+    "qwertyuiop",
+    "asdfghjkl",
+    "zxcvbnm",
+    "qwerty",
+    "azerty",
+    "qwertz",
+    "asdf",
+    "zxcv",
+    "qazwsx",
+    "1q2w3e4r",
+    "letmein",
+    "welcome",
+    "monkey",
+    "dragon",
+    "master",
+    "shadow",
+    "sunshine",
+    "princess",
+    "football",
+    "baseball",
+    "iloveyou",
+    "trustno1",
+    "superman",
+    "batman",
+    "login",
+    "access",
+    "default",
+    "example",
+    "sample",
+    "test",
+    "hello",
+    "freedom",
+    "whatever",
+    "root",
+    "guest",
+    "user",
+    "pass",
+    "token",
+    "private",
+    "public",
+    "changeme",
+    "tidings",
+    "leancloud",
+    "abc123",
+    "hunter",
+    "killer",
+    "michael",
+    "jordan",
+    "charlie",
+    "starwars",
+    "pokemon",
+    "computer",
+    "internet",
+    "server",
+];
+
+/// The letter a digit or symbol stands for in `p@ssw0rd`-style spellings.
+fn unleet(b: u8) -> u8 {
+    match b {
+        b'@' | b'4' => b'a',
+        b'0' => b'o',
+        b'1' | b'!' => b'i',
+        b'3' => b'e',
+        b'5' | b'$' => b's',
+        b'7' => b't',
+        x => x.to_ascii_lowercase(),
+    }
+}
+
+/// An estimate of the bits an attacker who builds guesses from common passwords, repeats and
+/// runs has to search for `secret` (the idea of zxcvbn, much reduced). Read from the start, a
+/// secret is cut greedily into the longest of: a word of [`COMMON_PASSWORDS`] (costing the bits
+/// of picking it from the list, one more for case or letter swaps), a repeat of at least four
+/// characters of what came before (where it starts and its length), a run of at least four
+/// consecutive characters (its first character, direction and length), or else one character
+/// (the bits of one pick from the character classes the secret uses: lower case, upper case,
+/// digits, the rest). Only the first 256 bytes are read (the estimate of a prefix is less than
+/// the whole's). A random 64-hex-digit secret estimates at about 300 bits, 24 random letters
+/// and digits at 130 or more; `passwordpasswordpassword12345678` at about 25.
+pub fn pattern_bits(secret: &str) -> f64 {
+    const MIN: usize = 4;
+    let b = &secret.as_bytes()[..secret.len().min(256)];
+    let folded: Vec<u8> = b.iter().map(|x| x.to_ascii_lowercase()).collect();
+    let classes = [
+        (26.0, b.iter().any(u8::is_ascii_lowercase)),
+        (26.0, b.iter().any(u8::is_ascii_uppercase)),
+        (10.0, b.iter().any(u8::is_ascii_digit)),
+        (33.0, b.iter().any(|x| !x.is_ascii_alphanumeric())),
+    ];
+    let char_bits = f64::log2(
+        classes
+            .iter()
+            .filter(|c| c.1)
+            .map(|c| c.0)
+            .sum::<f64>()
+            .max(1.0),
+    );
+    let word_bits = f64::log2(COMMON_PASSWORDS.len() as f64);
+    let mut bits = 0.0;
+    let mut i = 0;
+    while i < b.len() {
+        // (length covered, its cost): the longest wins, then the cheapest.
+        let mut best = (1, char_bits);
+        let mut consider = |len: usize, cost: f64| {
+            if len >= MIN && (len > best.0 || (len == best.0 && cost < best.1)) {
+                best = (len, cost);
+            }
+        };
+        for w in COMMON_PASSWORDS.iter().map(|w| w.as_bytes()) {
+            let Some(part) = b.get(i..i + w.len()) else {
+                continue;
+            };
+            if part.iter().zip(w).all(|(&x, &y)| unleet(x) == y || x == y) {
+                let exact = part == w;
+                consider(w.len(), word_bits + if exact { 0.0 } else { 1.0 });
+            }
+        }
+        for step in [1i16, -1] {
+            let len = 1 + b[i..]
+                .windows(2)
+                .take_while(|p| i16::from(p[1]) - i16::from(p[0]) == step)
+                .count();
+            consider(len, char_bits + 1.0 + f64::log2(len as f64));
+        }
+        for j in 0..i {
+            // May run into the part it repeats (`abcabcabc`: `abc`, then a repeat of 6).
+            let len = (0..b.len() - i)
+                .take_while(|&k| folded[j + k] == folded[i + k])
+                .count();
+            consider(len, f64::log2(i as f64) + f64::log2(len as f64));
+        }
+        bits += best.1;
+        i += best.0;
+    }
+    bits
 }
 
 /// Server configuration. Field docs name the unit; the default is in `Default`.
@@ -397,6 +552,8 @@ pub struct Config {
     /// Most bytes the will messages of one session may hold at once (conversation ids,
     /// content, attributes and mentions).
     pub max_will_bytes_per_session: usize,
+    /// Most conversations one session may subscribe to the presence of at once.
+    pub max_presence_subscriptions_per_session: usize,
 
     /// Most writes queued for the store before senders wait.
     pub max_pending_writes: usize,
@@ -608,6 +765,7 @@ impl Default for Config {
             max_sessions_per_user: 16,
             max_wills_per_session: 16,
             max_will_bytes_per_session: 256 << 10,
+            max_presence_subscriptions_per_session: 1000,
             max_pending_writes: 8192,
             max_commit_batch: 1024,
             log_format: "text".into(),
@@ -1044,6 +1202,19 @@ mod tests {
             "a-string-secret-at-least-256-bits-long".into(),
         ] {
             assert!(weak_secret(&weak).is_some(), "{weak:?} passed");
+        }
+        // Common passwords, repeated, with a run: the histogram of their bytes looks random
+        // enough, the pattern estimate does not.
+        for weak in [
+            "passwordpasswordpassword12345678",
+            "P@ssw0rdP@ssw0rdP@ssw0rd12345678",
+            "secretsecretsecretsecretsecret12",
+            "iloveyouiloveyou1234567812345678",
+            "qwertyuiopasdfghjklzxcvbnm123456",
+            "Dragon2024Dragon2024Dragon2024!!",
+        ] {
+            let why = weak_secret(weak).unwrap_or_else(|| panic!("{weak:?} passed"));
+            assert!(why.contains("common passwords"), "{weak:?}: {why}");
         }
         // Random secrets of every usual shape (tidings secret: 64 hex digits; base64 of 32
         // bytes; 32 hex digits; 32 decimal digits), and the shapes used in tests and examples.

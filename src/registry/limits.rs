@@ -31,6 +31,11 @@ pub enum Work {
     /// A login (native `Login`, LeanCloud `session/open`): its unread summary is a page of the
     /// conversation list (at most `login_summary_max` entries, the list's first page's work).
     Login,
+    /// What a connection answers by itself: a ping (LeanCloud: `echo`) or a token refresh.
+    /// Charged to the connection's bucket only, so a flood of them is refused like any other
+    /// (decoding one is the same work as decoding any frame of its size), while one user's
+    /// other connections never starve its heartbeats.
+    Ping,
 }
 
 /// Messages examined by a history walk, beyond the page it returns, that cost one token
@@ -41,7 +46,7 @@ impl Work {
     /// Tokens it takes.
     pub fn cost(self) -> u32 {
         match self {
-            Work::Light | Work::Send => 1,
+            Work::Light | Work::Send | Work::Ping => 1,
             Work::Page | Work::Change => 5,
             Work::List | Work::Login => 20,
         }
@@ -108,8 +113,9 @@ impl Bucket {
 }
 
 impl Registry {
-    /// Charges `work` to the connection's bucket and then to the user's: refused with
-    /// [`Error::RateLimited`] when either is short (and then neither is charged).
+    /// Charges `work` to the connection's bucket and then to the user's (but [`Work::Ping`] to
+    /// the connection's only): refused with [`Error::RateLimited`] when either is short (and
+    /// then neither is charged).
     pub fn admit(&self, user: &UserId, connection: &mut Bucket, work: Work) -> Result<(), Error> {
         let c = &self.config;
         let now = self.now();
@@ -123,7 +129,7 @@ impl Registry {
                 now,
             )
             .map_err(|ms| Error::RateLimited { retry_after_ms: ms })?;
-        if c.rate_limit_user_per_sec > 0 {
+        if c.rate_limit_user_per_sec > 0 && work != Work::Ping {
             let mut bucket = match self.rates.get_mut(user) {
                 Some(b) => b,
                 None => {
@@ -151,6 +157,20 @@ impl Registry {
         }
         *connection = probe;
         Ok(())
+    }
+
+    /// Charges a [`Work::Ping`] to a connection that may have no session yet (LeanCloud's
+    /// `echo` before `session/open`).
+    pub fn admit_ping(&self, connection: &mut Bucket) -> Result<(), Error> {
+        let c = &self.config;
+        connection
+            .take(
+                Work::Ping.cost(),
+                c.rate_limit_connection_per_sec,
+                c.rate_limit_connection_burst,
+                self.now(),
+            )
+            .map_err(|ms| Error::RateLimited { retry_after_ms: ms })
     }
 
     /// Charges `work` to the user's bucket alone: for requests that come without a connection

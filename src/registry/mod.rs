@@ -929,8 +929,17 @@ impl Registry {
                 self.config.max_attributes_bytes
             )));
         }
-        Ok(())
+        check_text("name", name)?;
+        attrs
+            .keys()
+            .try_for_each(|k| check_text("an attribute key", k))
     }
+}
+
+/// Text a client sets that others are shown, by the one rule ([`crate::auth::check_text`]).
+pub(crate) fn check_text(what: &str, text: &str) -> Result<(), Error> {
+    crate::auth::check_text(text)
+        .map_err(|e| Error::InvalidArgument(format!("{what} {e}: {text:?}")))
 }
 
 /// The newest seq at or below `last` that was not sent silently (0: none).

@@ -186,7 +186,11 @@ impl Registry {
                 )));
             }
         }
-        Ok(())
+        super::check_text("display_name", &p.display_name)?;
+        super::check_text("avatar_url", &p.avatar_url)?;
+        p.fields
+            .keys()
+            .try_for_each(|k| super::check_text("a profile field key", k))
     }
 
     /// Changes `user`'s profile: the user themselves, or the app's backend (an admin caller).

@@ -283,10 +283,12 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
     answer
 }
 
-/// What a request costs under the rate limits (`None`: not charged: login, logout, ping).
+/// What a request costs under the rate limits (`None`: not charged: a login, charged before
+/// the session exists, and logout).
 pub fn work_of(body: &Req) -> Option<Work> {
     Some(match body {
-        Req::Login(_) | Req::Logout(_) | Req::Ping(_) | Req::RefreshToken(_) => return None,
+        Req::Login(_) | Req::Logout(_) => return None,
+        Req::Ping(_) | Req::RefreshToken(_) => Work::Ping,
         Req::SendMessage(_) | Req::RecallMessage(_) | Req::EditMessage(_) => Work::Send,
         Req::ListConversations(_) => Work::List,
         Req::SyncMessages(_)

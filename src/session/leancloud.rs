@@ -44,6 +44,10 @@ pub(crate) const PATCH_REPLAY_MAX: usize = 1000;
 /// Patches per replayed `patch/modify` push.
 const PATCHES_PER_PUSH: usize = 50;
 
+/// The close for a command that does not decode (RFC 6455's 1007, invalid payload data): bad
+/// protobuf, bad base64, or a text frame that is not UTF-8.
+pub(super) const UNDECODABLE: Close = Close(1007, "malformed command");
+
 /// The close a LeanCloud connection gets for a native close reason: the SDKs know 4107, 4108
 /// and 4109 by name; the rest keep tidings' codes (the SDKs reconnect after any of them).
 pub(super) fn close_of(code: CloseCode) -> Close {
@@ -158,7 +162,7 @@ pub(super) fn on_frame(actor: &mut Actor, p: LcProtocol, m: WsMessage) -> Option
             let reason = if code == codec::CloseCode::FrameTooLong.code() {
                 codec::CloseCode::FrameTooLong.reason()
             } else {
-                "malformed command"
+                UNDECODABLE.1
             };
             return Some(Immediate::Close(Close(code, reason)));
         }
@@ -172,10 +176,20 @@ pub(super) fn on_frame(actor: &mut Actor, p: LcProtocol, m: WsMessage) -> Option
         Some(Immediate::Reply(vec![wire(p, &c)]))
     };
     match (kind, op) {
-        (Cmd::Echo, _) => reply(GenericCommand {
-            i: cmd.i,
-            ..command(Cmd::Echo, None)
-        }),
+        // The SDK's heartbeat, with or without a client open: the connection's bucket only.
+        (Cmd::Echo, _) => match actor.app.registry.admit_ping(&mut actor.bucket) {
+            Ok(()) => reply(GenericCommand {
+                i: cmd.i,
+                ..command(Cmd::Echo, None)
+            }),
+            Err(e) => {
+                let refused = failure(cmd.i, &e);
+                if cmd.i.is_none() {
+                    traffic.leancloud(counted, Some(&refused));
+                }
+                cmd.i.and_then(|_| reply(refused))
+            }
+        },
         (Cmd::Session, Some(Op::Open)) => open(actor, p, cmd),
         // LeanCloud Push's login on a shared socket (Android): not an IM session.
         (Cmd::Login | Cmd::Loggedin | Cmd::Data, _) => {
@@ -212,10 +226,12 @@ pub(super) fn on_frame(actor: &mut Actor, p: LcProtocol, m: WsMessage) -> Option
 }
 
 /// What a command of an open client costs under the rate limits (`None`: not charged:
-/// closing, and delivery acks, which have no reply to refuse them with).
+/// closing, and delivery acks, which have no reply to refuse them with). `echo` is charged
+/// before this, as a [`Work::Ping`], since it needs no client open.
 fn work_of(kind: Cmd, op: Option<Op>) -> Option<Work> {
     Some(match (kind, op) {
         (Cmd::Session, Some(Op::Close)) | (Cmd::Ack, _) => return None,
+        (Cmd::Session, Some(Op::Refresh)) => Work::Ping,
         (Cmd::Direct | Cmd::Patch, _) => Work::Send,
         (Cmd::Logs, _) | (Cmd::Conv, Some(Op::Query | Op::Members)) => Work::Page,
         (Cmd::Conv, Some(Op::Start | Op::Add | Op::Remove | Op::Update)) => Work::Change,
@@ -375,9 +391,7 @@ fn remove_peer(actor: &mut Actor, at: usize) -> Peer {
 
 /// Takes a session out of the hub (a clean close: its will is dropped).
 fn release(app: &App, peer: Peer) {
-    for num in peer.subscriptions {
-        app.registry.drop_subscription(peer.caller.session, num);
-    }
+    app.registry.drop_subscriptions(peer.caller.session);
     super::unregister(app, &peer.caller);
 }
 

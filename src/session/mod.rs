@@ -36,7 +36,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -253,6 +253,15 @@ impl Dialect {
         }
     }
 
+    /// The close for a data frame that does not decode (a text message that is not UTF-8
+    /// included): 4004 `CLOSE_BAD_FRAME`, or for LeanCloud 1007, as its codec answers.
+    fn undecodable(self) -> Close {
+        match self {
+            Dialect::Native(_) => close_of(CloseCode::CloseBadFrame),
+            Dialect::LeanCloud(_) => leancloud::UNDECODABLE,
+        }
+    }
+
     /// The close a connection of this dialect gets for `code`: LeanCloud's SDKs know their
     /// own numbers for the idle, login and size limits.
     fn close(self, code: CloseCode) -> Close {
@@ -275,6 +284,9 @@ enum Inbound {
     Dropped,
     /// The peer broke the protocol; close with this.
     Bad(CloseCode),
+    /// A text message that is not UTF-8 (which tungstenite checks before the dialect sees
+    /// it): closed as a frame that does not decode.
+    NotUtf8,
 }
 
 async fn read<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>) -> Inbound {
@@ -292,6 +304,7 @@ async fn read<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>) -> Inbound {
             tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
         ))) => Inbound::Dropped,
         Some(Err(tungstenite::Error::Protocol(_))) => Inbound::Bad(CloseCode::CloseBadFrame),
+        Some(Err(tungstenite::Error::Utf8(_))) => Inbound::NotUtf8,
         Some(Err(_)) => Inbound::Dropped,
     }
 }
@@ -550,6 +563,7 @@ async fn read_login<S: AsyncRead + AsyncWrite + Unpin>(
             Inbound::Activity => continue,
             Inbound::Closed | Inbound::Dropped => return Err(None),
             Inbound::Bad(c) => return Err(Some(close_of(c))),
+            Inbound::NotUtf8 => return Err(Some(close_of(CloseCode::CloseBadFrame))),
         }
     }
 }
@@ -628,8 +642,6 @@ struct Peer {
     told: Told,
     /// Will messages by conversation id (the last one set wins).
     wills: BTreeMap<String, SendRequest>,
-    /// Conversations whose presence this session subscribed to.
-    subscriptions: HashSet<u64>,
     /// Native: the session ends when the server's clock reaches this (its token's `exp` plus the
     /// leeway; moved by `RefreshToken`). [`NO_DEADLINE`] for LeanCloud sessions, which live by
     /// their own session tokens, and for `insecure_dev` logins by bare user id.
@@ -958,7 +970,6 @@ impl Actor {
             replayed_to: 0,
             told: HashMap::new(),
             wills: BTreeMap::new(),
-            subscriptions: HashSet::new(),
             expires_at_ms: NO_DEADLINE,
         });
         self.login_by = None;
@@ -980,15 +991,8 @@ fn unregister(app: &App, caller: &Caller) {
 /// abnormally.
 async fn end_peer(app: &App, peer: Peer, abnormal: bool) {
     {
-        let Peer {
-            caller,
-            wills,
-            subscriptions,
-            ..
-        } = peer;
-        for num in subscriptions {
-            app.registry.drop_subscription(caller.session, num);
-        }
+        let Peer { caller, wills, .. } = peer;
+        app.registry.drop_subscriptions(caller.session);
         unregister(app, &caller);
         if abnormal && !wills.is_empty() {
             // Boxed: a rare path, whose future (about 1.1 KB) would otherwise be part of every
@@ -1123,9 +1127,12 @@ impl Actor {
                         self.abnormal = true;
                         return None;
                     }
-                    Inbound::Bad(c) => {
+                    bad @ (Inbound::Bad(_) | Inbound::NotUtf8) => {
                         self.abnormal = true;
-                        let close = dialect.close(c);
+                        let close = match bad {
+                            Inbound::Bad(c) => dialect.close(c),
+                            _ => dialect.undecodable(),
+                        };
                         malformed(&self.app, &self.conn, dialect, &self.peers, close);
                         return Some(close);
                     }
@@ -1374,21 +1381,12 @@ impl Actor {
             Some(Req::SubscribePresence(r)) => {
                 let reg = &self.app.registry;
                 let result = reg.subscribe_presence(&peer.caller, &peer.handle, &r.conversation_id);
-                reply(answer(
-                    id,
-                    result.map(|num| {
-                        peer.subscriptions.insert(num);
-                    }),
-                ))
+                reply(answer(id, result))
             }
             Some(Req::UnsubscribePresence(r)) => {
-                if let Some(num) = self
-                    .app
+                self.app
                     .registry
-                    .unsubscribe_presence(peer.caller.session, &r.conversation_id)
-                {
-                    peer.subscriptions.remove(&num);
-                }
+                    .unsubscribe_presence(peer.caller.session, &r.conversation_id);
                 reply(answer(id, Ok(())))
             }
             Some(Req::SetWill(r)) => {

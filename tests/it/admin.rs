@@ -745,3 +745,58 @@ async fn a_stalled_request_body_is_answered_408_and_closed() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("handshake_timeout_ms"), "{text}");
 }
+
+/// Names and profile text set through the admin API follow the rule every front door does.
+#[tokio::test]
+async fn admin_names_and_profiles_refuse_control_bidi_and_format_characters() {
+    let server = admin_server().await;
+    let addr = admin_addr(&server);
+    let call = |m: &'static str, p: String, b: Value| async move {
+        http(addr, m, &p, Some(KEY), Some(b.to_string().into_bytes())).await
+    };
+    let ok = call(
+        "POST",
+        "/v1/conversations?as=alice".into(),
+        serde_json::json!({"kind": "group", "members": ["bob"], "name": "plain"}),
+    )
+    .await;
+    assert_eq!(ok.status, 201, "{}", ok.body);
+    let id = ok.body["id"].as_str().unwrap().to_owned();
+    for bad in crate::conversations::BAD_NAMES {
+        for (m, path, body) in [
+            (
+                "POST",
+                "/v1/conversations?as=alice".to_owned(),
+                serde_json::json!({"kind": "group", "members": ["bob"], "name": bad}),
+            ),
+            (
+                "PATCH",
+                format!("/v1/conversations/{id}"),
+                serde_json::json!({"name": bad}),
+            ),
+            (
+                "PATCH",
+                format!("/v1/conversations/{id}"),
+                serde_json::json!({"set_attributes": {*bad: "v"}}),
+            ),
+            (
+                "PATCH",
+                "/v1/users/alice/profile".to_owned(),
+                serde_json::json!({"display_name": bad}),
+            ),
+        ] {
+            let shown = format!("{m} {path} {body}");
+            let r = call(m, path, body).await;
+            assert_eq!(r.status_code(), (400, Some(2)), "{shown}: {}", r.body);
+        }
+    }
+    let r = http(
+        addr,
+        "GET",
+        &format!("/v1/conversations/{id}"),
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(r.body["name"], "plain", "{}", r.body);
+}

@@ -63,6 +63,88 @@ async fn rs256_login_is_accepted_and_hs256_still_works() {
     server.login("hs-user").await;
 }
 
+/// The same 2048-bit key as PKCS#1 (`RSA PUBLIC KEY`) or in a certificate verifies as well.
+#[tokio::test]
+async fn rs256_keys_are_accepted_as_pkcs1_and_in_certificates() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for public in ["rs256-test-public-pkcs1.pem", "rs256-test-cert.pem"] {
+        let server = TestServer::start_with(|c| {
+            c.jwt_rs256_public_key = Some(fixtures.join(public));
+            c.jwt_rs256_private_key = Some(fixtures.join("rs256-test-private.pem"));
+        })
+        .await;
+        let token =
+            tidings::auth::mint(&server.config, "rsa-user", 600, server.clock_now(), true).unwrap();
+        let c = within(Client::connect(&server.url())).await.unwrap();
+        assert_eq!(
+            within(c.login(&token, "", 0)).await.unwrap().user_id,
+            "rsa-user",
+            "{public}"
+        );
+    }
+}
+
+/// An RSA modulus under 2048 bits can be factored, and then tokens forged for anyone: such a
+/// key is refused at start, in every form a key is accepted in, with its size and the least.
+#[tokio::test]
+async fn a_start_refuses_an_rs256_key_under_2048_bits() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    for (key, bits) in [
+        ("rs256-weak-512-public.pem", 512),
+        ("rs256-weak-1024-pkcs1.pem", 1024),
+        ("rs256-weak-1024-cert.pem", 1024),
+    ] {
+        let config = tidings::config::Config {
+            listen: "127.0.0.1:0".into(),
+            data_dir: dir.path().join("data"),
+            jwt_rs256_public_key: Some(fixtures.join(key)),
+            ..Default::default()
+        };
+        let clock = std::sync::Arc::new(tidings::clock::SystemClock);
+        let err = match tidings::server::start(config, clock).await {
+            Ok(server) => {
+                server.stop().await.unwrap();
+                panic!("started with {key}");
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains(&format!("is {bits} bits; at least 2048 are required")),
+            "{key}: {err}"
+        );
+    }
+}
+
+#[test]
+fn the_rsa_modulus_is_measured_from_der_and_anything_else_is_none() {
+    use tidings::auth::rsa_modulus_bits;
+    // SEQUENCE { INTEGER 0x00C1 (a leading zero, 8 bits), INTEGER 3 }
+    assert_eq!(
+        rsa_modulus_bits(&[0x30, 0x07, 0x02, 0x02, 0x00, 0xc1, 0x02, 0x01, 0x03]),
+        Some(8)
+    );
+    // Long-form lengths: a 257-byte INTEGER of 0x00 then 256 bytes with the top bit set.
+    let mut n = vec![0x02, 0x82, 0x01, 0x01, 0x00, 0x80];
+    n.extend([0u8; 255]);
+    let mut der = vec![0x30, 0x82, 0x01, 0x0a];
+    der.extend(&n);
+    der.extend([0x02, 0x03, 0x01, 0x00, 0x01]);
+    assert_eq!(rsa_modulus_bits(&der), Some(2048));
+    for bad in [
+        &[][..],
+        &[0x30],
+        &[0x30, 0x05, 0x02, 0x01, 0x05, 0x02], // truncated
+        &[0x30, 0x03, 0x02, 0x01, 0x05],       // no exponent
+        &[0x30, 0x06, 0x02, 0x01, 0x00, 0x02, 0x01, 0x03], // a zero modulus
+        &[0x31, 0x06, 0x02, 0x01, 0x05, 0x02, 0x01, 0x03], // a SET
+        &[0x30, 0x06, 0x02, 0x01, 0x05, 0x02, 0x01, 0x03, 0x00], // trailing bytes
+        &[0x30, 0x85, 0, 0, 0, 0, 0],          // a length of 5 bytes
+    ] {
+        assert_eq!(rsa_modulus_bits(bad), None, "{bad:?}");
+    }
+}
+
 #[tokio::test]
 async fn bad_tokens_are_closed_with_auth_failed() {
     let server = TestServer::start().await;

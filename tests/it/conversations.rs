@@ -374,3 +374,94 @@ async fn a_unique_group_of_the_same_members_is_found_again_also_after_a_restart(
         .unwrap();
     assert_ne!(after.id, first.id);
 }
+
+/// Names other members are shown as text, with the bidi override that shows `gnp.exe` as
+/// `exe.png`, NUL, line breaks and invisible characters: refused like in user ids.
+pub const BAD_NAMES: &[&str] = &[
+    "a\0b",
+    "evil\u{202e}gnp.exe",
+    "line\nbreak",
+    "tab\there",
+    "\u{1b}[31mred",
+    "zero\u{200b}width",
+    "\u{feff}bom",
+    "a\u{2066}b\u{2069}",
+    "rtl\u{200f}mark",
+    "line\u{2028}separator",
+];
+
+/// Names in every script, with emoji sequences (zero-width joiners, variation selectors, tag
+/// characters) and the zero-width non-joiner Persian needs: accepted.
+pub const GOOD_NAMES: &[&str] = &[
+    "Team 🚀",
+    "👩‍👩‍👧 family",
+    "❤️ love",
+    "🏴\u{e0067}\u{e0062}\u{e0073}\u{e0063}\u{e0074}\u{e007f} Scotland",
+    "می\u{200c}خواهم",
+    "مرحبا שלום",
+    "東京 チーム",
+    "",
+];
+
+#[tokio::test]
+async fn names_and_attribute_keys_refuse_control_bidi_and_format_characters() {
+    let server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    let g = within(alice.create_group("plain", &["bob"])).await.unwrap();
+    let refused = |e: tidings::client::ClientError, what: &str| {
+        assert_eq!(
+            e.code(),
+            Some(ErrorCode::ErrorInvalidArgument),
+            "{what}: {e}"
+        );
+        assert!(e.to_string().contains("U+"), "{what}: {e}");
+    };
+    for bad in BAD_NAMES {
+        let e = within(alice.create_group(bad, &["bob"])).await.unwrap_err();
+        refused(e, &format!("create {bad:?}"));
+        let e = within(alice.update(pb::UpdateConversation {
+            conversation_id: g.id.clone(),
+            name: Some((*bad).into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+        refused(e, &format!("rename {bad:?}"));
+        let e = within(alice.update(pb::UpdateConversation {
+            conversation_id: g.id.clone(),
+            set_attributes: [((*bad).to_string(), "v".to_string())].into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+        refused(e, &format!("attribute key {bad:?}"));
+        let e = within(alice.create(pb::CreateConversation {
+            kind: ConversationKind::Group as i32,
+            members: vec!["bob".into()],
+            attributes: [((*bad).to_string(), "v".to_string())].into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+        refused(e, &format!("create with attribute key {bad:?}"));
+    }
+    // Nothing changed.
+    let now = within(alice.get_conversation(&g.id)).await.unwrap();
+    assert_eq!(now.name, "plain");
+    assert!(now.attributes.is_empty());
+
+    for good in GOOD_NAMES {
+        let c = within(alice.create_group(good, &["bob"])).await.unwrap();
+        assert_eq!(c.name, *good);
+        let c = within(alice.update(pb::UpdateConversation {
+            conversation_id: g.id.clone(),
+            name: Some((*good).into()),
+            // Values are the app's data: anything goes.
+            set_attributes: [((*good).to_string(), "a\0\u{202e}b".to_string())].into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+        assert_eq!(c.name, *good);
+    }
+}

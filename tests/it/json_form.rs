@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 use tidings::protocol::{self, pb};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
 type Ws =
@@ -220,15 +222,24 @@ async fn close_code(ws: &mut Ws) -> Option<u16> {
     }
 }
 
+/// A text frame of any bytes (tungstenite's `Text` messages must be UTF-8).
+fn not_utf8(bytes: &'static [u8], last: bool) -> WsMessage {
+    WsMessage::Frame(Frame::message(bytes, OpCode::Data(Data::Text), last))
+}
+
 #[tokio::test]
 async fn malformed_json_closes_like_a_malformed_binary_frame() {
     let server = TestServer::start().await;
     let bad_frame = pb::CloseCode::CloseBadFrame as u16;
-    let cases: [WsMessage; 5] = [
+    let cases: [WsMessage; 7] = [
         WsMessage::Text("{not json".into()),
         WsMessage::Text(r#"{"id": "1", "ping": {}, "logout": {}}"#.into()),
         WsMessage::Text(r#"{"id": "x", "ping": {}}"#.into()),
         WsMessage::Text(r#"[1, 2]"#.into()),
+        // Text that is not UTF-8 (tungstenite refuses it before it is decoded), whole or in
+        // a continuation.
+        not_utf8(b"{\"id\":\"1\",\"ping\":{},\"x\":\"\xff\xfe\"}", true),
+        not_utf8(b"{\"id\":\"1\",\"ping\":{},\"x\":\"\xc3", false),
         // A binary frame on a JSON connection.
         WsMessage::Binary(protocol::encode(&pb::ClientFrame {
             id: 1,
@@ -238,9 +249,21 @@ async fn malformed_json_closes_like_a_malformed_binary_frame() {
     for m in cases {
         let mut p = json_peer(&server).await;
         let shown = format!("{m:?}");
+        let fragmented = matches!(&m, WsMessage::Frame(f) if !f.header().is_final);
         within(p.ws.send(m)).await.unwrap();
+        if fragmented {
+            // The rest of the message: a lone continuation byte where the character's was due.
+            let end = Frame::message(&b"\xff\"}"[..], OpCode::Data(Data::Continue), true);
+            within(p.ws.send(WsMessage::Frame(end))).await.unwrap();
+        }
         assert_eq!(close_code(&mut p.ws).await, Some(bad_frame), "{shown}");
     }
+    // Not UTF-8 before login too.
+    let (mut ws, _) = connect(&server, protocol::JSON_SUBPROTOCOL).await;
+    within(ws.send(not_utf8(b"{\"id\":\"1\",\"login\":\xff}", true)))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(bad_frame));
     // Before login too.
     let (mut ws, _) = connect(&server, protocol::JSON_SUBPROTOCOL).await;
     within(ws.send(WsMessage::Text("login please".into())))
@@ -346,4 +369,24 @@ async fn a_mixed_audience_costs_one_encoding_per_form_and_message() {
         .map(|((form, b), (_, a))| (*form, a - b))
         .collect();
     assert_eq!(delta, [("native", N), ("json", N), ("leancloud", N)]);
+}
+
+/// The JSON form carries any string JSON can (`\u0000`, `\u202e`): a name with one is refused
+/// as in the binary form.
+#[tokio::test]
+async fn a_json_name_with_nul_or_a_bidi_override_is_refused() {
+    let server = TestServer::start().await;
+    let mut p = json_peer(&server).await;
+    for name in ["a\u{0}b", "a\u{202e}b"] {
+        let r = p
+            .request(json!({"id": "5", "createConversation": {
+                "kind": "CONVERSATION_KIND_GROUP", "members": ["bob"], "name": name}}))
+            .await;
+        assert_eq!(r["error"]["code"], "ERROR_INVALID_ARGUMENT", "{r}");
+    }
+    let r = p
+        .request(json!({"id": "6", "createConversation": {
+            "kind": "CONVERSATION_KIND_GROUP", "members": ["bob"], "name": "fine"}}))
+        .await;
+    assert_eq!(r["conversation"]["conversation"]["name"], "fine", "{r}");
 }

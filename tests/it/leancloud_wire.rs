@@ -486,6 +486,25 @@ async fn limits_and_malformed_frames_close_only_their_socket() {
         .unwrap();
     assert_eq!(wrong_kind.closed().await, Some(1003));
 
+    // On the base64 form, text that is not base64 and text that is not even UTF-8 (which
+    // tungstenite refuses before the codec sees it) close alike: 1007, invalid payload data.
+    use tokio_tungstenite::tungstenite::protocol::frame::{Frame, coding};
+    let not_utf8 = Frame::message(
+        &b"CAE\xff\xfe"[..],
+        coding::OpCode::Data(coding::Data::Text),
+        true,
+    );
+    for m in [
+        WsMessage::Text("!!not base64".into()),
+        WsMessage::Frame(not_utf8),
+    ] {
+        let mut text = Lc::connect(&server, LcProtocol::Base64V3).await;
+        text.opened("texter", None).await;
+        let shown = format!("{m:?}");
+        within(text.ws.send(m)).await.unwrap();
+        assert_eq!(text.closed().await, Some(1007), "{shown}");
+    }
+
     // An unknown command with a serial is answered, and the socket stays.
     let mut odd = Lc::connect(&server, LcProtocol::ProtobufV3).await;
     within(odd.ws.send(WsMessage::Binary(vec![8, 99, 40, 7].into())))
@@ -1330,16 +1349,30 @@ async fn leancloud_commands_over_the_rate_limit_are_refused_with_4116_and_4113()
     let e = c.request(count.clone()).await.error_message.unwrap();
     assert_eq!(e.code, 4113, "{e:?}");
     assert!(e.detail.unwrap_or_default().contains("retry after 100 ms"));
-    // Echo (the SDK's heartbeat) is never charged.
-    for _ in 0..20 {
+    server.clock.advance(100);
+    let r = c.request(count).await;
+    assert!(r.error_message.is_none(), "{r:?}");
+    // Echo (the SDK's heartbeat) costs the connection one token, not the user: a flood of
+    // them is refused with 4113 like the rest, also before any client is open.
+    server.clock.advance(1_000);
+    for _ in 0..10 {
         assert_eq!(
             op_of(&c.request(cmd(Cmd::Echo, None)).await).0,
             Some(Cmd::Echo)
         );
     }
-    server.clock.advance(100);
-    let r = c.request(count).await;
-    assert!(r.error_message.is_none(), "{r:?}");
+    let e = c.request(cmd(Cmd::Echo, None)).await.error_message.unwrap();
+    assert_eq!(e.code, 4113, "{e:?}");
+    let mut fresh = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    for _ in 0..10 {
+        fresh.request(cmd(Cmd::Echo, None)).await;
+    }
+    let e = fresh
+        .request(cmd(Cmd::Echo, None))
+        .await
+        .error_message
+        .unwrap();
+    assert_eq!(e.code, 4113, "{e:?}");
 }
 
 /// `/1.1/rtm/notifications` reads the client's event log: each answer is charged to the user's
@@ -1831,4 +1864,49 @@ async fn an_ownership_moving_away_from_the_client_is_notified_once() {
             serde_json::json!({"pid": "bob", "role": "Owner"})
         )]
     );
+}
+
+/// A conversation name or attribute key with a control, bidi or format character is refused
+/// through `conv/start` and `conv/update` as natively (4301, nothing changed).
+#[tokio::test]
+async fn leancloud_names_refuse_control_bidi_and_format_characters() {
+    let server = leancloud_server().await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("alice", None).await;
+    let group = c.start("alice", &["alice", "bob"]).await;
+    let with_attr = |op: Op, cid: Option<&str>, attr: serde_json::Value| GenericCommand {
+        peer_id: Some("alice".into()),
+        conv_message: Some(lc::ConvCommand {
+            cid: cid.map(str::to_owned),
+            m: vec!["bob".into()],
+            attr: Some(lc::JsonObjectMessage {
+                data: attr.to_string(),
+            }),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Conv, Some(op))
+    };
+    for bad in crate::conversations::BAD_NAMES {
+        for (op, cid) in [(Op::Start, None), (Op::Update, Some(group.as_str()))] {
+            for attr in [
+                serde_json::json!({ "name": bad }),
+                serde_json::json!({ *bad: 1 }),
+            ] {
+                let r = c.request(with_attr(op, cid, attr.clone())).await;
+                assert_eq!(op_of(&r), (Some(Cmd::Error), None), "{op:?} {attr}: {r:?}");
+                let e = r.error_message.unwrap();
+                assert_eq!(e.code, 4301, "{op:?} {attr}");
+                assert!(e.detail.unwrap_or_default().contains("U+"), "{op:?} {attr}");
+            }
+        }
+    }
+    let good = crate::conversations::GOOD_NAMES[1];
+    let r = c
+        .request(with_attr(
+            Op::Update,
+            Some(&group),
+            serde_json::json!({ "name": good }),
+        ))
+        .await;
+    assert_eq!(op_of(&r), (Some(Cmd::Conv), Some(Op::Updated)), "{r:?}");
 }

@@ -207,3 +207,115 @@ async fn presence_subscriptions_end_with_membership() {
         assert_no_push(&mut bob).await;
     }
 }
+
+/// Reads every push already queued for `c` (a ping round trip comes after them).
+async fn drain(c: &mut Client) {
+    within(c.ping()).await.expect("ping");
+    while c.try_next_push().is_some() {}
+}
+
+async fn presence_push(c: &mut Client) -> pb::PresenceChange {
+    match push(c).await {
+        Rep::PresenceChange(p) => p,
+        other => panic!("expected a presence change, got {other:?}"),
+    }
+}
+
+/// A user in many groups with a subscriber costs that subscriber one push per change, not one
+/// per group (2,000 groups made 2,000 pushes per login and logout, and the subscriber was cut
+/// as a slow consumer): with an outbox of 32 frames, alice, subscribed to 300 groups she
+/// shares with bob, hears bob come and go once each, naming the 300 and no other.
+#[tokio::test]
+async fn a_subscriber_sharing_many_groups_hears_one_push_per_change() {
+    const GROUPS: usize = 300;
+    let server = TestServer::start_with(|c| c.outbox_frames = 32).await;
+    let mut alice = server.client("alice").await;
+    let mut shared = Vec::new();
+    for _ in 0..GROUPS / 50 {
+        let made = futures_util::future::join_all(
+            (0..50).map(|_| within(alice.create_group("g", &["bob"]))),
+        )
+        .await;
+        shared.extend(made.into_iter().map(|g| g.unwrap().id));
+    }
+    // Subscribed, but bob is not in it; and one with bob that alice did not subscribe to.
+    let without_bob = within(alice.create_group("h", &["carol"])).await.unwrap();
+    within(alice.create_group("i", &["bob"])).await.unwrap();
+    for id in shared.iter().chain([&without_bob.id]) {
+        within(alice.subscribe_presence(id)).await.unwrap();
+    }
+    drain(&mut alice).await;
+    shared.sort();
+
+    let (bob, _) = server.login_device("bob", "phone", 0).await;
+    let p = presence_push(&mut alice).await;
+    assert_eq!((p.user_id.as_str(), p.online), ("bob", true));
+    assert_eq!(p.conversation_ids, shared);
+    assert_eq!(p.conversation_id, shared[0]);
+    assert_no_push(&mut alice).await;
+
+    bob.disconnect();
+    within(bob.closed()).await;
+    let p = presence_push(&mut alice).await;
+    assert_eq!((p.user_id.as_str(), p.online), ("bob", false));
+    assert_eq!(p.conversation_ids, shared);
+    assert_no_push(&mut alice).await;
+}
+
+/// A session holds at most `max_presence_subscriptions_per_session` subscriptions; ones it
+/// drops, or that end with membership, make room; a new session starts with none.
+#[tokio::test]
+async fn presence_subscriptions_per_session_are_bounded() {
+    let server = TestServer::start_with(|c| c.max_presence_subscriptions_per_session = 2).await;
+    let alice = server.client("alice").await;
+    let owner = server.client("owner").await;
+    let mut g = Vec::new();
+    for _ in 0..4 {
+        g.push(
+            within(owner.create_group("g", &["alice", "bob"]))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    within(alice.subscribe_presence(&g[0])).await.unwrap();
+    within(alice.subscribe_presence(&g[1])).await.unwrap();
+    let err = within(alice.subscribe_presence(&g[2])).await.unwrap_err();
+    assert_eq!(err.code(), Some(pb::ErrorCode::ErrorLimitExceeded));
+    assert!(
+        err.to_string()
+            .contains("max_presence_subscriptions_per_session is 2"),
+        "{err}"
+    );
+    // One held again is no new subscription.
+    within(alice.subscribe_presence(&g[1])).await.unwrap();
+
+    // Unsubscribing makes room.
+    within(alice.unsubscribe_presence(&g[0])).await.unwrap();
+    within(alice.subscribe_presence(&g[2])).await.unwrap();
+    // So does a subscription ending with the membership (removed, then the group deleted).
+    assert!(within(alice.subscribe_presence(&g[3])).await.is_err());
+    within(owner.remove_members(&g[1], &["alice"]))
+        .await
+        .unwrap();
+    within(alice.subscribe_presence(&g[3])).await.unwrap();
+    within(owner.delete_conversation(&g[2], false))
+        .await
+        .unwrap();
+    within(alice.subscribe_presence(&g[0])).await.unwrap();
+    assert!(within(alice.subscribe_presence(&g[1])).await.is_err());
+
+    // Another session of the same user has its own.
+    let (mut web, _) = server.login_device("alice", "web", 0).await;
+    within(web.subscribe_presence(&g[0])).await.unwrap();
+    within(web.subscribe_presence(&g[3])).await.unwrap();
+    drain(&mut web).await;
+    // And both hear bob.
+    let _bob = server.client("bob").await;
+    let p = presence_push(&mut web).await;
+    assert_eq!(p.conversation_ids, {
+        let mut ids = vec![g[0].clone(), g[3].clone()];
+        ids.sort();
+        ids
+    });
+}

@@ -60,11 +60,16 @@ async fn a_connection_over_its_rate_is_refused_with_when_to_retry_and_then_serve
         raw.request(list()).await,
         Rep::ConversationList(_)
     ));
-    // Pings are never charged.
-    for _ in 0..50 {
+    // A ping costs one token too.
+    server.clock.advance(2_000);
+    for n in 0..20 {
         let rep = raw.request(Req::Ping(pb::Ping {})).await;
-        assert!(matches!(rep, Rep::Pong(_)), "{rep:?}");
+        assert!(matches!(rep, Rep::Pong(_)), "ping {n}: {rep:?}");
     }
+    assert_eq!(
+        limited(&raw.request(Req::Ping(pb::Ping {})).await),
+        Some(100)
+    );
     // Another connection has its own bucket.
     let bob = server.client("bob").await;
     bob.get_conversation(&id).await.unwrap();
@@ -330,5 +335,79 @@ async fn a_history_walk_is_charged_for_the_messages_it_examined() {
     assert!(matches!(
         raw.request(fetch(vec![])).await,
         Rep::MessagePage(_)
+    ));
+}
+
+/// Sends an encoded `ClientFrame` of id `id` as it is and reads until its reply.
+async fn request_bytes(raw: &mut Raw, id: u64, bytes: Vec<u8>) -> Rep {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    within(raw.ws.send(Message::Binary(bytes.into())))
+        .await
+        .unwrap();
+    loop {
+        let f = raw.read().await;
+        if f.id == id {
+            return f.body.expect("reply body");
+        }
+    }
+}
+
+/// A ping with 80 KB of unknown fields took 0.47 ms to decode, and pings were free: a client
+/// could keep a core busy with them. Now a flood of pings (or token refreshes) is refused like
+/// any request once its connection's bucket is empty, and only that connection's: the same
+/// user's other connection and another user ping and send as before.
+#[tokio::test]
+async fn a_flood_of_pings_is_refused_on_its_connection_only() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit_connection_per_sec = 10;
+        c.rate_limit_connection_burst = 20;
+        c.rate_limit_user_per_sec = 10;
+        // Two logins of 20 each, and the sends below.
+        c.rate_limit_user_burst = 60;
+    })
+    .await;
+    let bob = server.client("bob").await;
+    let id = bob.create_group("g", &["alice"]).await.unwrap().id;
+    let mut flood = Raw::login(&server, "alice").await;
+    let other = server.client("alice").await;
+    // Padded like the probe's: unknown fields are skipped, but not for free.
+    let padded = |n: u64| {
+        let mut bytes = tidings::protocol::encode(&pb::ClientFrame {
+            id: n,
+            body: Some(Req::Ping(pb::Ping {})),
+        })
+        .to_vec();
+        // Field 1000, length-delimited, 60 KB: unknown to ClientFrame.
+        bytes.extend([0xc2, 0x3e, 0xe0, 0xd4, 0x03]);
+        bytes.extend(std::iter::repeat_n(b'x', 60_000));
+        bytes
+    };
+    let (mut pongs, mut refused) = (0, 0);
+    for n in 1..=200u64 {
+        match request_bytes(&mut flood, n, padded(n)).await {
+            Rep::Pong(_) => pongs += 1,
+            rep => {
+                assert!(limited(&rep).is_some(), "{rep:?}");
+                refused += 1;
+            }
+        }
+    }
+    // The burst of 20 (the clock stands still), not the user's bucket: that stays full.
+    assert_eq!((pongs, refused), (20, 180));
+    let refresh = Req::RefreshToken(pb::RefreshToken {
+        token: server.token("alice"),
+    });
+    assert!(limited(&flood.request(refresh).await).is_some());
+    within(other.ping()).await.unwrap();
+    for _ in 0..15 {
+        within(other.send_text(&id, "still here")).await.unwrap();
+    }
+    within(bob.ping()).await.unwrap();
+    // The flooding connection itself is served again once its bucket refills.
+    server.clock.advance(100);
+    assert!(matches!(
+        flood.request(Req::Ping(pb::Ping {})).await,
+        Rep::Pong(_)
     ));
 }

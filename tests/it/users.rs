@@ -254,3 +254,45 @@ async fn profiles_are_held_to_their_limits() {
     let got = within(alice.get_profiles(&["alice"])).await.unwrap();
     assert_eq!(got[0].updated_at, 0, "nothing was stored");
 }
+
+/// Profile display names, avatar URLs and field keys follow the rule of conversation names.
+#[tokio::test]
+async fn profile_text_refuses_control_bidi_and_format_characters() {
+    let server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    for bad in crate::conversations::BAD_NAMES {
+        for req in [
+            pb::SetProfile {
+                display_name: Some((*bad).into()),
+                ..Default::default()
+            },
+            pb::SetProfile {
+                avatar_url: Some(format!("https://example.com/{bad}.png")),
+                ..Default::default()
+            },
+            pb::SetProfile {
+                set_fields: [((*bad).to_string(), "v".to_string())].into(),
+                ..Default::default()
+            },
+        ] {
+            let shown = format!("{req:?}");
+            assert_eq!(
+                code(alice.set_profile(req)).await,
+                ErrorCode::ErrorInvalidArgument,
+                "{shown}"
+            );
+        }
+    }
+    let got = within(alice.get_profiles(&["alice"])).await.unwrap();
+    assert!(got[0].display_name.is_empty() && got[0].fields.is_empty());
+    for good in crate::conversations::GOOD_NAMES {
+        let p = within(alice.set_profile(pb::SetProfile {
+            display_name: Some((*good).into()),
+            set_fields: [("nick".to_string(), "a\0\u{202e}b".to_string())].into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+        assert_eq!(p.display_name, *good);
+    }
+}
