@@ -54,7 +54,7 @@ impl Subscriptions {
 
     /// Whether some session is subscribed to conversation `num`.
     pub(super) fn has_subscribers(&self, num: u64) -> bool {
-        self.0.contains_key(&num)
+        self.by_conv.contains_key(&num)
     }
 }
 
