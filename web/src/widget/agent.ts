@@ -243,14 +243,17 @@ function start(me: string, firstToken?: string): void {
   });
   client.on("messageUpdated", (u) => u.message && chats.get(u.message.conversationId)?.panel?.view.updated(u.kind, u.message));
   client.on("receipt", (r) => chats.get(r.conversationId)?.panel?.view.receipt(r));
+  // One push per change, naming every subscribed chat with that visitor.
   client.on("presence", (p) => {
-    const c = chats.get(p.conversationId);
-    if (!c || p.userId !== c.visitor) return;
-    c.online = p.online;
-    if (c.panel) {
-      c.panel.status.textContent = p.online ? "online" : "offline";
-      c.panel.status.className = `presence ${p.online ? "online" : "offline"}`;
-      c.panel.view.notice(p.online ? `${c.title} is back online` : `${c.title} went offline`);
+    for (const id of p.conversationIds) {
+      const c = chats.get(id);
+      if (!c || p.userId !== c.visitor) continue;
+      c.online = p.online;
+      if (c.panel) {
+        c.panel.status.textContent = p.online ? "online" : "offline";
+        c.panel.status.className = `presence ${p.online ? "online" : "offline"}`;
+        c.panel.view.notice(p.online ? `${c.title} is back online` : `${c.title} went offline`);
+      }
     }
     render();
   });

@@ -311,7 +311,7 @@ function show(client: TidingsClient, s: Saved, fresh: boolean): void {
   on("messageUpdated", (u) => u.message && view.updated(u.kind, u.message));
   on("receipt", (r) => view.receipt(r));
   on("presence", (p) => {
-    if (p.conversationId !== conversationId || p.userId !== s.agent) return;
+    if (!p.conversationIds.includes(conversationId) || p.userId !== s.agent) return;
     agentState.textContent = p.online ? "online" : "offline";
     agentState.className = `presence ${p.online ? "online" : "offline"}`;
   });
