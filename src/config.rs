@@ -367,8 +367,8 @@ pub struct Config {
     /// as after a restart. Conversations in use, chat rooms with members and conversations
     /// with presence subscribers stay, so this is a target, not a hard cap. A loaded
     /// conversation takes about 2 KB plus its name and attributes (12 KB with the largest),
-    /// so 50,000 is about 100 MB (600 MB at the largest), and holds every conversation of a
-    /// busy server's last quarter hour; one unloaded too early costs a few store reads.
+    /// so 50,000 is about 100 MB (600 MB at the largest); one unloaded too early costs a few
+    /// store reads when it is used again.
     pub conversation_cells_max: usize,
     /// A loaded conversation unused for this long is unloaded by the same sweep, however
     /// many are loaded, seconds (0: only over `conversation_cells_max`). A quarter of an hour
