@@ -522,10 +522,15 @@ pub struct Config {
     /// a background sweep unloads the least recently used ones that no request is using
     /// (down to nine tenths of it); they are read from the store again on their next use,
     /// as after a restart. Conversations in use, chat rooms with members and conversations
-    /// with presence subscribers stay, so this is a target, not a hard cap.
+    /// with presence subscribers stay, so this is a target, not a hard cap. A loaded
+    /// conversation takes about 2 KB plus its name and attributes (12 KB with the largest),
+    /// so 50,000 is about 100 MB (600 MB at the largest); one unloaded too early costs a few
+    /// store reads when it is used again.
     pub conversation_cells_max: usize,
     /// A loaded conversation unused for this long is unloaded by the same sweep, however
-    /// many are loaded, seconds (0: only over `conversation_cells_max`).
+    /// many are loaded, seconds (0: only over `conversation_cells_max`). A quarter of an hour
+    /// keeps a conversation people are talking in loaded between their messages, and gives
+    /// the memory of one nobody uses back well before a restart would.
     pub conversation_idle_secs: u64,
     /// Largest private ext of a list entry, bytes.
     pub max_entry_ext_bytes: usize,
