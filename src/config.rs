@@ -445,6 +445,11 @@ pub struct Config {
     /// the newest conversations of the member it requires, or the newest of those anyone may
     /// find).
     pub leancloud_query_scan_max: usize,
+    /// LeanCloud dialect: most work one `conv/query` may do matching and sorting the rows it
+    /// looks at, in steps (`leancloud::query::Meter`: about a regex instruction per character
+    /// or a value compared); a query that needs more is refused. A million steps are a few
+    /// milliseconds of CPU.
+    pub leancloud_query_steps_max: u64,
     /// LeanCloud dialect: most clients (`peerId`s) one socket may have open at once.
     pub leancloud_max_clients_per_socket: usize,
     /// LeanCloud dialect: lifetime of a session token (`st`), seconds.
@@ -605,6 +610,7 @@ impl Default for Config {
             leancloud_master_key: None,
             leancloud_open_conversations: true,
             leancloud_query_scan_max: 1000,
+            leancloud_query_steps_max: 4_000_000,
             leancloud_max_clients_per_socket: 16,
             leancloud_session_token_ttl_secs: 172_800,
             leancloud_signature_ttl_secs: 21_600,

@@ -745,7 +745,7 @@ pub(super) fn verify_session_token(
 
 /// Runs a command of an open session; returns the reply (None: the command expects none).
 async fn handle(
-    app: &App,
+    app: &Arc<App>,
     caller: &Caller,
     kind: Cmd,
     op: Option<Op>,
@@ -798,7 +798,9 @@ async fn handle(
             }
             start(app, caller, c).await
         }
-        (Cmd::Conv, Some(Op::Query)) => query(app, caller, cmd.conv_message.unwrap_or_default()),
+        (Cmd::Conv, Some(Op::Query)) => {
+            query_off_runtime(app, caller, cmd.conv_message.unwrap_or_default()).await
+        }
         (Cmd::Conv, Some(Op::Update)) => {
             update(app, caller, cmd.conv_message.unwrap_or_default()).await
         }
@@ -1282,6 +1284,30 @@ async fn patch(app: &App, caller: &Caller, p: lc::PatchCommand) -> Result<Generi
     })
 }
 
+/// [`query`] on a blocking thread, one of at most `App::cpu_work` at a time (its rows are
+/// read from the store and matched: milliseconds of CPU, up to `leancloud_query_steps_max`),
+/// then charged to the user for the steps it took.
+async fn query_off_runtime(
+    app: &Arc<App>,
+    caller: &Caller,
+    c: lc::ConvCommand,
+) -> Result<GenericCommand, Error> {
+    let _turn = app
+        .cpu_work
+        .acquire()
+        .await
+        .map_err(|_| Error::Unavailable)?;
+    let (app2, caller2) = (app.clone(), caller.clone());
+    let (answer, steps) = tokio::task::spawn_blocking(move || {
+        let mut meter = crate::leancloud::query::Meter::new(app2.config.leancloud_query_steps_max);
+        (query(&app2, &caller2, c, &mut meter), meter.spent())
+    })
+    .await
+    .map_err(|_| Error::Internal)?;
+    app.registry.charge_query(&caller.user, steps);
+    answer
+}
+
 /// `conv/query`: `tempConvIds` (temporary conversations of which the caller is a member), or a
 /// `where` condition with sort, skip, limit and flag, evaluated over candidate rows: the ids
 /// the condition pins (`objectId`), else the conversations of a member it requires (`m`),
@@ -1289,8 +1315,14 @@ async fn patch(app: &App, caller: &Caller, p: lc::PatchCommand) -> Result<Generi
 /// conversations alone for `sys: true`; see
 /// [`crate::registry::Registry::findable_conversation_ids`]), the newest
 /// `leancloud_query_scan_max` of them. Rows the caller may not see (see
-/// [`crate::registry::Registry::peek`]) are never candidates.
-fn query(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<GenericCommand, Error> {
+/// [`crate::registry::Registry::peek`]) are never candidates. Matching and sorting spend from
+/// `meter`; a query that runs out is refused.
+fn query(
+    app: &App,
+    caller: &Caller,
+    c: lc::ConvCommand,
+    meter: &mut crate::leancloud::query::Meter,
+) -> Result<GenericCommand, Error> {
     use crate::leancloud::query::Query;
     let now = app.clock.now_ms();
     let scan_max = app.config.leancloud_query_scan_max;
@@ -1342,7 +1374,8 @@ fn query(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<GenericComman
                 rows.push(r);
             }
         }
-        q.apply(rows)
+        q.apply_within(rows, meter)
+            .map_err(|e| Error::LimitExceeded(format!("conv/query: {e}")))?
             .into_iter()
             .map(serde_json::Value::Object)
             .collect()
