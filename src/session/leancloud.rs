@@ -188,7 +188,7 @@ pub(super) fn on_frame(actor: &mut Actor, p: LcProtocol, m: WsMessage) -> Option
                 traffic.leancloud(counted, Some(&refused));
                 return cmd.i.and_then(|_| reply(refused));
             };
-            if let Some(work) = work_of(kind, op) {
+            if let Some(work) = work_of(kind, op, &cmd) {
                 let user = actor.peers[at].caller.user.clone();
                 if let Err(e) = actor.app.registry.admit(&user, &mut actor.bucket, work) {
                     let answer = if kind == Cmd::Direct {
@@ -212,10 +212,20 @@ pub(super) fn on_frame(actor: &mut Actor, p: LcProtocol, m: WsMessage) -> Option
 }
 
 /// What a command of an open client costs under the rate limits (`None`: not charged:
-/// closing, and delivery acks, which have no reply to refuse them with).
-fn work_of(kind: Cmd, op: Option<Op>) -> Option<Work> {
+/// closing, and delivery acks that name no message and no time, which do nothing). A
+/// delivery ack costs what the native `AckDelivered` does; it has no reply, so one over the
+/// limit is dropped (counted as refused with 4113 in `tidings_requests_total`), and a later
+/// ack covers what it would have.
+fn work_of(kind: Cmd, op: Option<Op>, cmd: &GenericCommand) -> Option<Work> {
     Some(match (kind, op) {
-        (Cmd::Session, Some(Op::Close)) | (Cmd::Ack, _) => return None,
+        (Cmd::Session, Some(Op::Close)) => return None,
+        (Cmd::Ack, _) => {
+            let a = cmd.ack_message.as_ref()?;
+            if a.mid.is_none() && a.tots.is_none() {
+                return None;
+            }
+            Work::Light
+        }
         (Cmd::Direct | Cmd::Patch, _) => Work::Send,
         (Cmd::Logs, _) | (Cmd::Conv, Some(Op::Query | Op::Members)) => Work::Page,
         (Cmd::Conv, Some(Op::Start | Op::Add | Op::Remove | Op::Update)) => Work::Change,

@@ -148,3 +148,89 @@ async fn a_long_query_does_not_hold_up_other_sockets() {
         "{echoes} heartbeats, the longest took {longest:?}; the query {query_took:?}"
     );
 }
+
+/// Acks refused with 4113 so far (they have no reply: counted, not answered).
+fn refused_acks(server: &TestServer) -> u64 {
+    server
+        .running()
+        .app
+        .stats
+        .traffic
+        .requests()
+        .iter()
+        .filter(|r| r.dialect == "leancloud" && r.kind == "ack" && r.code == "4113")
+        .map(|r| r.count)
+        .sum()
+}
+
+/// When alice received the newest message of `cid`, as bob sees it (0: never).
+fn delivered_at(server: &TestServer, cid: &str) -> i64 {
+    let bob = tidings::registry::Caller::user("bob".into(), 0);
+    let times = server
+        .running()
+        .app
+        .registry
+        .receipt_times(&bob, cid)
+        .unwrap();
+    times.iter().find(|(u, ..)| u == "alice").unwrap().1
+}
+
+/// A delivery ack, by message id or up to a time, costs what the native `AckDelivered` does
+/// (it moves a position, or looks the time up in the history). Over the limit it is dropped
+/// (it has no reply) and counted as refused; once the bucket refills, the next one counts.
+#[tokio::test]
+async fn delivery_acks_are_charged_and_dropped_over_the_limit() {
+    let server = lc_server_with(|c| {
+        c.rate_limit_connection_per_sec = 10;
+        c.rate_limit_connection_burst = 10;
+    })
+    .await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("alice", None).await;
+    let cid = c.start("alice", &["alice", "bob"]).await; // 5 tokens
+    let bob = server.client("bob").await;
+    let mut sent = Vec::new();
+    for n in 0..3 {
+        sent.push(within(bob.send_text(&cid, &format!("m{n}"))).await.unwrap());
+    }
+    let ack = |mid: Option<String>, tots: Option<i64>| GenericCommand {
+        peer_id: Some("alice".into()),
+        ack_message: Some(lc::AckCommand {
+            cid: Some(cid.clone()),
+            mid,
+            tots,
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Ack, None)
+    };
+    let count = GenericCommand {
+        peer_id: Some("alice".into()),
+        conv_message: Some(lc::ConvCommand {
+            cid: Some(cid.clone()),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Conv, Some(Op::Count))
+    };
+    // Four tokens for acks of the first message (by id) and a count behind them.
+    for _ in 0..4 {
+        c.send(&ack(Some(sent[0].message_id.clone()), None)).await;
+    }
+    assert!(c.request(count.clone()).await.error_message.is_none());
+    assert_eq!(refused_acks(&server), 0);
+    assert_eq!(delivered_at(&server, &cid), sent[0].server_time);
+    // The bucket is empty: an ack of the newest message, by id then by time, is dropped.
+    c.send(&ack(Some(sent[2].message_id.clone()), None)).await;
+    c.send(&ack(None, Some(sent[2].server_time))).await;
+    let e = c.request(count.clone()).await.error_message;
+    assert_eq!(e.map(|e| e.code), Some(4113));
+    assert_eq!(refused_acks(&server), 2);
+    assert_eq!(delivered_at(&server, &cid), sent[0].server_time);
+    // An ack naming nothing does nothing, and costs nothing.
+    c.send(&ack(None, None)).await;
+    server.clock.advance(200);
+    c.send(&ack(None, Some(sent[2].server_time))).await;
+    let r = c.request(count).await;
+    assert!(r.error_message.is_none(), "{r:?}");
+    assert_eq!(refused_acks(&server), 2);
+    assert_eq!(delivered_at(&server, &cid), sent[2].server_time);
+}
