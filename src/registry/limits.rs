@@ -41,6 +41,10 @@ pub const SCANNED_PER_TOKEN: usize = 50;
 /// cost one token more, charged after the query (about half a millisecond of CPU).
 pub const QUERY_STEPS_PER_TOKEN: u64 = 100_000;
 
+/// Users a profile change is pushed to (its audience, the user included) that cost one token
+/// more, charged after the change (about what a send to as many costs).
+pub const PROFILE_RECIPIENTS_PER_TOKEN: usize = 50;
+
 impl Work {
     /// Tokens it takes.
     pub fn cost(self) -> u32 {
@@ -176,6 +180,13 @@ impl Registry {
     /// (see [`QUERY_STEPS_PER_TOKEN`]), refused or not; never refused itself.
     pub fn charge_query(&self, user: &UserId, steps: u64) {
         self.owe(user, steps / QUERY_STEPS_PER_TOKEN);
+    }
+
+    /// Charges a user for the `recipients` their profile change was pushed to (see
+    /// [`PROFILE_RECIPIENTS_PER_TOKEN`]); never refused.
+    pub(super) fn charge_profile(&self, user: &UserId, recipients: usize) {
+        let tokens = recipients / PROFILE_RECIPIENTS_PER_TOKEN;
+        self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
     }
 
     /// Takes `tokens` from the user's bucket for work already done (at most a burst below
