@@ -422,6 +422,9 @@ pub struct Config {
     /// `tidings_webhook_events_dropped_total` and logged) so a dead endpoint never fills the
     /// disk.
     pub webhook_outbox_max_bytes: u64,
+    /// Bytes of dead-lettered events kept per webhook endpoint; past it the oldest go (counted
+    /// in `tidings_webhook_events_dropped_total` and logged).
+    pub webhook_dead_letters_max_bytes: u64,
     /// `message.offline_recipients` lists the members (with their flags) in conversations of
     /// at most this many members; in larger ones it carries their count only.
     pub webhook_offline_recipients_max: usize,
@@ -604,6 +607,7 @@ impl Default for Config {
             webhook_max_attempts: 12,
             webhook_max_age_secs: 86_400,
             webhook_outbox_max_bytes: 256 << 20,
+            webhook_dead_letters_max_bytes: 64 << 20,
             webhook_offline_recipients_max: 100,
             webhook_transcript_max_bytes: 256 << 10,
             leancloud_app_id: None,

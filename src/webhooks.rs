@@ -24,7 +24,8 @@
 //! its own that wakes at every commit ([`trim`]), never waiting for an endpoint's attempt in
 //! flight. An endpoint whose batch was dropped while it was being sent or retried goes on from
 //! where it was moved to; the batch is not retried or dead-lettered. So however many endpoints
-//! fail, slowly or at once, they never fill the disk or slow a send.
+//! fail, slowly or at once, they never fill the disk or slow a send. Dead letters are bounded
+//! the same way, per endpoint (`webhook_dead_letters_max_bytes`): past it, the oldest go.
 
 use crate::admin::json;
 use crate::app::App;
@@ -815,6 +816,14 @@ async fn run_endpoint(
     let app = shared.app.clone();
     let c = &app.config;
     let name = ep.config.name.clone();
+    // Bytes of this endpoint's dead letters, at least (a replay deletes some).
+    let mut dead_bytes = match dead_letter_sizes(&app, &name) {
+        Ok(sizes) => sizes.iter().map(|(_, size)| size).sum(),
+        Err(e) => {
+            tracing::error!(endpoint = %name, error = %e, "reading the webhook dead letters failed");
+            return;
+        }
+    };
     loop {
         // Moved on by the cap, if it dropped what this endpoint had not taken.
         cursor = shared.position(&name, cursor);
@@ -877,7 +886,6 @@ async fn run_endpoint(
                         || started.elapsed() >= Duration::from_secs(c.webhook_max_age_secs);
                     tracing::warn!(endpoint = %name, batch = %id, attempt, error = %why, dead_letter = give_up, "webhook delivery failed");
                     if give_up {
-                        app.stats.webhook_dead_letters.add(kept.len() as u64);
                         // Stored before the position moves past them.
                         let letters = kept
                             .iter()
@@ -890,6 +898,14 @@ async fn run_endpoint(
                         if commit(&app, letters).await.is_err() {
                             return;
                         }
+                        dead_bytes += kept.iter().map(|(_, r)| r.len() as u64).sum::<u64>();
+                        if dead_bytes > c.webhook_dead_letters_max_bytes {
+                            match trim_dead_letters(&app, &name).await {
+                                Ok(left) => dead_bytes = left,
+                                Err(()) => return,
+                            }
+                        }
+                        app.stats.webhook_dead_letters.add(kept.len() as u64);
                         break;
                     }
                     let base = c.webhook_retry_base_ms.max(1);
@@ -953,6 +969,54 @@ async fn commit(app: &App, ops: Vec<Op>) -> Result<(), ()> {
     let permit = app.writer.reserve().await.map_err(|_| ())?;
     let rx = app.writer.submit(permit, ops, Vec::new(), Vec::new());
     crate::registry::writer::wait(rx).await.map_err(|_| ())
+}
+
+/// The seq and size of each of an endpoint's dead letters, oldest first (at most
+/// `webhook_dead_letters_max_bytes` of them, and one batch).
+fn dead_letter_sizes(
+    app: &App,
+    endpoint: &str,
+) -> Result<Vec<(u64, u64)>, crate::store::StoreError> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let rows = app.store.dead_letters(endpoint, after, 256)?;
+        let Some(&(last, _)) = rows.last() else {
+            return Ok(out);
+        };
+        out.extend(rows.iter().map(|(seq, r)| (*seq, r.len() as u64)));
+        after = last;
+    }
+}
+
+/// Over `webhook_dead_letters_max_bytes`: deletes an endpoint's oldest dead letters down to
+/// seven eighths of it, counted as dropped and logged. Returns the bytes left.
+async fn trim_dead_letters(app: &App, endpoint: &str) -> Result<u64, ()> {
+    let cap = app.config.webhook_dead_letters_max_bytes;
+    let sizes = dead_letter_sizes(app, endpoint).map_err(|e| {
+        tracing::error!(endpoint = %endpoint, error = %e, "reading the webhook dead letters failed");
+    })?;
+    let mut kept: u64 = sizes.iter().map(|(_, size)| size).sum();
+    if kept <= cap {
+        return Ok(kept);
+    }
+    let target = cap - cap / 8;
+    let mut ops = Vec::new();
+    for (seq, size) in sizes {
+        if kept <= target {
+            break;
+        }
+        kept -= size;
+        ops.push(Op::DeleteDeadLetter {
+            endpoint: endpoint.to_owned(),
+            seq,
+        });
+    }
+    let dropped = ops.len() as u64;
+    commit(app, ops).await?;
+    app.stats.webhook_events_dropped.add(dropped);
+    tracing::warn!(endpoint = %endpoint, dropped, "webhook dead letters over webhook_dead_letters_max_bytes: dropped the oldest (tidings_webhook_events_dropped_total counts them)");
+    Ok(kept)
 }
 
 /// Dead letters of an endpoint, rendered, after `after`: `(seq, event)`.

@@ -788,3 +788,44 @@ async fn the_byte_cap_holds_with_two_endpoints_failing_in_different_ways() {
     assert_eq!(stats.webhook_events_delivered.get(), 0);
     assert_eq!(stats.webhook_dead_letters.get(), 0);
 }
+
+/// Dead letters are bounded per endpoint: an endpoint that fails every batch at once, with a
+/// single attempt each, keeps at most `webhook_dead_letters_max_bytes` of them (the oldest go,
+/// counted as dropped), and the newest are the ones kept.
+#[tokio::test]
+async fn dead_letters_keep_within_their_byte_cap() {
+    let rx = Receiver::start(500).await;
+    const CAP: u64 = 4_096;
+    let server = webhook_server(&rx, &["message.*"], |c| {
+        c.webhook_max_attempts = 1;
+        c.webhook_dead_letters_max_bytes = CAP;
+    })
+    .await;
+    let (alice, _) = server.login("alice").await;
+    let g = within(alice.create_group("team", &["bob"])).await.unwrap();
+    let stats = &server.running().app.stats;
+    let text = "x".repeat(200);
+    for n in 0..40 {
+        within(alice.send_text(&g.id, &format!("{n} {text}")))
+            .await
+            .unwrap();
+    }
+    // Counted once stored, and trimmed if need be.
+    within(stats.webhook_dead_letters.wait_for(40)).await;
+    let store = &server.running().app.store;
+    let letters = store.dead_letters("crm", 0, 1_000).unwrap();
+    let bytes: usize = letters.iter().map(|(_, r)| r.len()).sum();
+    assert!(bytes as u64 <= CAP, "{bytes} bytes of dead letters");
+    assert!(letters.len() < 40 && !letters.is_empty());
+    assert!(stats.webhook_events_dropped.get() >= 40 - letters.len() as u64);
+    let dead = ok(
+        &server,
+        "GET",
+        "/v1/webhooks/crm/dead-letters?limit=1000",
+        None,
+    )
+    .await;
+    let events = dead["events"].as_array().unwrap();
+    let newest = &events[events.len() - 1]["data"]["message"]["text"];
+    assert!(newest.as_str().unwrap().starts_with("39 "), "{newest}");
+}
