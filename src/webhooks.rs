@@ -496,13 +496,13 @@ impl Shared {
         // The records to drop, oldest first: seq and size.
         let (mut freed, mut after) = (0u64, low);
         let mut dropped: Vec<(u64, u64)> = Vec::new();
-        'read: while kept - freed > target {
+        'read: while kept.saturating_sub(freed) > target {
             let rows = app.store.outbox_after(after, 256)?;
             let Some(&(last, _)) = rows.last() else {
                 break;
             };
             for (seq, r) in &rows {
-                if kept - freed <= target {
+                if kept.saturating_sub(freed) <= target {
                     break 'read;
                 }
                 freed += r.len() as u64;
