@@ -27,6 +27,9 @@ pub struct App {
     /// The newest webhook outbox seq, when webhooks are on.
     pub outbox: Option<tokio::sync::watch::Receiver<u64>>,
     session_ids: AtomicU64,
+    /// Turns at CPU-bound request work run off the async threads (LeanCloud `conv/query`'s
+    /// matching): half the cores, at least one, so the async threads always keep some.
+    pub cpu_work: tokio::sync::Semaphore,
 }
 
 impl App {
@@ -85,6 +88,9 @@ impl App {
             metrics,
             outbox,
             session_ids: AtomicU64::new(1),
+            cpu_work: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            ),
         };
         Ok((Arc::new(app), thread))
     }

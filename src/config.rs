@@ -609,6 +609,9 @@ pub struct Config {
     /// `tidings_webhook_events_dropped_total` and logged) so a dead endpoint never fills the
     /// disk.
     pub webhook_outbox_max_bytes: u64,
+    /// Bytes of dead-lettered events kept per webhook endpoint; past it the oldest go (counted
+    /// in `tidings_webhook_events_dropped_total` and logged).
+    pub webhook_dead_letters_max_bytes: u64,
     /// `message.offline_recipients` lists the members (with their flags) in conversations of
     /// at most this many members; in larger ones it carries their count only.
     pub webhook_offline_recipients_max: usize,
@@ -632,6 +635,11 @@ pub struct Config {
     /// the newest conversations of the member it requires, or the newest of those anyone may
     /// find).
     pub leancloud_query_scan_max: usize,
+    /// LeanCloud dialect: most work one `conv/query` may do matching and sorting the rows it
+    /// looks at, in steps (`leancloud::query::Meter`: about a regex instruction per character
+    /// or a value compared); a query that needs more is refused. A million steps are a few
+    /// milliseconds of CPU.
+    pub leancloud_query_steps_max: u64,
     /// LeanCloud dialect: most clients (`peerId`s) one socket may have open at once.
     pub leancloud_max_clients_per_socket: usize,
     /// LeanCloud dialect: lifetime of a session token (`st`), seconds.
@@ -791,12 +799,14 @@ impl Default for Config {
             webhook_max_attempts: 12,
             webhook_max_age_secs: 86_400,
             webhook_outbox_max_bytes: 256 << 20,
+            webhook_dead_letters_max_bytes: 64 << 20,
             webhook_offline_recipients_max: 100,
             webhook_transcript_max_bytes: 256 << 10,
             leancloud_app_id: None,
             leancloud_master_key: None,
             leancloud_open_conversations: true,
             leancloud_query_scan_max: 1000,
+            leancloud_query_steps_max: 4_000_000,
             leancloud_max_clients_per_socket: 16,
             leancloud_session_token_ttl_secs: 172_800,
             leancloud_signature_ttl_secs: 21_600,

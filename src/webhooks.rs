@@ -16,10 +16,16 @@
 //! (`v1,` then the base64 HMAC-SHA256 of `id.timestamp.body`, with a second signature during a
 //! secret rotation) and `webhook-attempt`. A failure is retried with exponential backoff and
 //! jitter; after `webhook_max_attempts` attempts or `webhook_max_age_secs` the batch is
-//! dead-lettered (`Z`) and later events proceed. While the outbox holds more than
-//! `webhook_outbox_max_bytes` and the endpoint furthest behind is failing, its oldest events
-//! are dropped (counted and logged) as fast as they are read, so a dead endpoint never fills
-//! the disk or slows a send.
+//! dead-lettered (`Z`) and later events proceed.
+//!
+//! **The cap.** Whenever the outbox holds more than `webhook_outbox_max_bytes`, its oldest
+//! records are dropped down to seven eighths of the cap, whichever endpoints still need them:
+//! the ones behind are moved past them (what each lost is counted and logged), by a task of
+//! its own that wakes at every commit ([`trim`]), never waiting for an endpoint's attempt in
+//! flight. An endpoint whose batch was dropped while it was being sent or retried goes on from
+//! where it was moved to; the batch is not retried or dead-lettered. So however many endpoints
+//! fail, slowly or at once, they never fill the disk or slow a send. Dead letters are bounded
+//! the same way, per endpoint (`webhook_dead_letters_max_bytes`): past it, the oldest go.
 
 use crate::admin::json;
 use crate::app::App;
@@ -444,11 +450,13 @@ impl Shared {
     /// Moves `name`'s position to `upto`, past `rows` (what it read after its old position):
     /// at once in memory, soon in the store (see [`keep_books`]). The bytes of the records no
     /// endpoint needs any more leave the outbox's count now; the bookkeeper deletes them.
+    /// A position only moves forward: one moved past dropped records stays there.
     fn advance(&self, name: &str, upto: u64, rows: &[(u64, Vec<u8>)]) {
         let (low, new_low) = {
             let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
             let low = cursors.values().copied().min().unwrap_or(0);
-            cursors.insert(name.to_owned(), upto);
+            let at = cursors.entry(name.to_owned()).or_insert(upto);
+            *at = (*at).max(upto);
             (low, cursors.values().copied().min().unwrap_or(0))
         };
         // Only the endpoint furthest behind moves the low mark, and only over records it read.
@@ -464,6 +472,103 @@ impl Shared {
                 .fetch_sub(bytes, Ordering::Relaxed);
         }
         self.moved.notify_one();
+    }
+
+    /// `name`'s position now: past `cursor` when the cap dropped what it had not taken.
+    fn position(&self, name: &str, cursor: u64) -> u64 {
+        let cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        cursors.get(name).copied().unwrap_or(cursor).max(cursor)
+    }
+
+    /// Over `webhook_outbox_max_bytes`: drops the oldest records down to seven eighths of it,
+    /// moving every endpoint behind past them, and counts and logs what each lost. The
+    /// bookkeeper deletes them.
+    /// Adds what each endpoint lost to `losses`.
+    fn trim(&self, losses: &mut HashMap<String, u64>) -> Result<(), crate::store::StoreError> {
+        let app = &self.app;
+        let cap = app.config.webhook_outbox_max_bytes;
+        let kept = app.stats.webhook_outbox_bytes.load(Ordering::Relaxed);
+        if kept <= cap {
+            return Ok(());
+        }
+        let target = cap - cap / 8;
+        let low = self.low();
+        // The records to drop, oldest first: seq and size.
+        let (mut freed, mut after) = (0u64, low);
+        let mut dropped: Vec<(u64, u64)> = Vec::new();
+        'read: while kept.saturating_sub(freed) > target {
+            let rows = app.store.outbox_after(after, 256)?;
+            let Some(&(last, _)) = rows.last() else {
+                break;
+            };
+            for (seq, r) in &rows {
+                if kept.saturating_sub(freed) <= target {
+                    break 'read;
+                }
+                freed += r.len() as u64;
+                dropped.push((*seq, r.len() as u64));
+            }
+            after = last;
+        }
+        let Some(&(new_low, _)) = dropped.last() else {
+            return Ok(());
+        };
+        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        // Endpoints may have moved meanwhile; what they passed has left the count already.
+        let low = cursors.values().copied().min().unwrap_or(0);
+        if new_low <= low {
+            return Ok(());
+        }
+        let mut total = 0;
+        for (name, at) in cursors.iter_mut().filter(|(_, at)| **at < new_low) {
+            let lost = dropped.iter().filter(|(seq, _)| *seq > *at).count() as u64;
+            total += lost;
+            *losses.entry(name.clone()).or_default() += lost;
+            *at = new_low;
+        }
+        drop(cursors);
+        let freed: u64 = dropped
+            .iter()
+            .filter(|(seq, _)| *seq > low)
+            .map(|(_, size)| size)
+            .sum();
+        app.stats.webhook_events_dropped.add(total);
+        app.stats
+            .webhook_outbox_bytes
+            .fetch_sub(freed, Ordering::Relaxed);
+        self.moved.notify_one();
+        Ok(())
+    }
+
+    /// The position of the endpoint furthest behind.
+    fn low(&self) -> u64 {
+        let cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        cursors.values().copied().min().unwrap_or(0)
+    }
+}
+
+/// Keeps the outbox within its cap (see [`Shared::trim`]): looks after every commit that
+/// adds to it, and every second without one. Logs what each endpoint lost, one line per
+/// endpoint at most every ten seconds.
+async fn trim(shared: Arc<Shared>, mut seqs: watch::Receiver<u64>, stop: CancellationToken) {
+    let mut losses: HashMap<String, u64> = HashMap::new();
+    let mut logged: Option<Instant> = None;
+    loop {
+        if let Err(e) = shared.trim(&mut losses) {
+            tracing::error!(error = %e, "reading the webhook outbox failed");
+            return;
+        }
+        if !losses.is_empty() && logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            for (endpoint, dropped) in losses.drain() {
+                tracing::warn!(endpoint = %endpoint, dropped, "webhook outbox over webhook_outbox_max_bytes: dropped the oldest events, which this endpoint had not taken (tidings_webhook_events_dropped_total counts them)");
+            }
+            logged = Some(Instant::now());
+        }
+        tokio::select! {
+            r = seqs.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return,
+        }
     }
 }
 
@@ -504,7 +609,11 @@ pub fn spawn(
         cursors: Mutex::new(cursors.clone()),
         moved: tokio::sync::Notify::new(),
     });
-    let mut tasks = Vec::new();
+    let mut tasks = vec![tokio::spawn(trim(
+        shared.clone(),
+        seqs.clone(),
+        stop.clone(),
+    ))];
     for e in &app.config.webhooks {
         let ep = Endpoint::new(e)?;
         tasks.push(tokio::spawn(run_endpoint(
@@ -707,15 +816,17 @@ async fn run_endpoint(
     let app = shared.app.clone();
     let c = &app.config;
     let name = ep.config.name.clone();
-    // Whether the last attempt failed: while it does and the outbox is over its cap, this
-    // endpoint's oldest events are dropped as fast as they can be read, not retried, except
-    // for one attempt (a probe) each time `probe_at` passes, backing off like retries.
-    let mut failing = false;
-    let mut probe_at = Instant::now();
-    let mut probe_delay = Duration::from_millis(c.webhook_retry_base_ms.max(1));
-    // Events dropped since the endpoint last took a batch (for one log line when it recovers).
-    let mut dropped = 0u64;
+    // Bytes of this endpoint's dead letters, at least (a replay deletes some).
+    let mut dead_bytes = match dead_letter_sizes(&app, &name) {
+        Ok(sizes) => sizes.iter().map(|(_, size)| size).sum(),
+        Err(e) => {
+            tracing::error!(endpoint = %name, error = %e, "reading the webhook dead letters failed");
+            return;
+        }
+    };
     loop {
+        // Moved on by the cap, if it dropped what this endpoint had not taken.
+        cursor = shared.position(&name, cursor);
         let newest = *seqs.borrow_and_update();
         if newest <= cursor {
             tokio::select! {
@@ -737,24 +848,10 @@ async fn run_endpoint(
                 return;
             }
         };
-        let Some(&(last, _)) = rows.last() else {
+        if rows.is_empty() {
             // Everything up to `newest` was pruned (dropped over the cap).
             shared.advance(&name, newest, &[]);
             cursor = newest;
-            continue;
-        };
-        if failing
-            && Instant::now() < probe_at
-            && over_cap(&app)
-            && holds_oldest(&shared, &name, cursor)
-        {
-            app.stats.webhook_events_dropped.add(rows.len() as u64);
-            if dropped == 0 {
-                tracing::warn!(endpoint = %name, "webhook outbox over webhook_outbox_max_bytes while the endpoint fails: dropping its oldest events (tidings_webhook_events_dropped_total counts them)");
-            }
-            dropped += rows.len() as u64;
-            shared.advance(&name, last, &rows);
-            cursor = last;
             continue;
         }
         let Batch { body, kept, upto } =
@@ -775,23 +872,20 @@ async fn run_endpoint(
             };
             match result {
                 Ok(()) => {
-                    failing = false;
-                    probe_delay = Duration::from_millis(c.webhook_retry_base_ms.max(1));
-                    if dropped > 0 {
-                        tracing::warn!(endpoint = %name, dropped, "webhook endpoint takes events again; events dropped while it failed");
-                        dropped = 0;
-                    }
                     app.stats.webhook_events_delivered.add(kept.len() as u64);
                     break;
                 }
                 Err(why) => {
-                    failing = true;
                     app.stats.webhook_attempts_failed.inc();
+                    if shared.position(&name, cursor) >= upto {
+                        // Dropped by the cap meanwhile: neither retried nor dead-lettered.
+                        tracing::warn!(endpoint = %name, batch = %id, attempt, error = %why, "webhook delivery failed; the batch was dropped over webhook_outbox_max_bytes");
+                        break;
+                    }
                     let give_up = attempt >= c.webhook_max_attempts
                         || started.elapsed() >= Duration::from_secs(c.webhook_max_age_secs);
                     tracing::warn!(endpoint = %name, batch = %id, attempt, error = %why, dead_letter = give_up, "webhook delivery failed");
                     if give_up {
-                        app.stats.webhook_dead_letters.add(kept.len() as u64);
                         // Stored before the position moves past them.
                         let letters = kept
                             .iter()
@@ -804,17 +898,14 @@ async fn run_endpoint(
                         if commit(&app, letters).await.is_err() {
                             return;
                         }
-                        break;
-                    }
-                    if over_cap(&app) && holds_oldest(&shared, &name, cursor) {
-                        probe_at = Instant::now() + probe_delay;
-                        probe_delay = (probe_delay * 2)
-                            .min(Duration::from_millis(c.webhook_retry_max_ms.max(1)));
-                        app.stats.webhook_events_dropped.add(kept.len() as u64);
-                        if dropped == 0 {
-                            tracing::warn!(endpoint = %name, "webhook outbox over webhook_outbox_max_bytes while the endpoint fails: dropping its oldest events (tidings_webhook_events_dropped_total counts them)");
+                        dead_bytes += kept.iter().map(|(_, r)| r.len() as u64).sum::<u64>();
+                        if dead_bytes > c.webhook_dead_letters_max_bytes {
+                            match trim_dead_letters(&app, &name).await {
+                                Ok(left) => dead_bytes = left,
+                                Err(()) => return,
+                            }
                         }
-                        dropped += kept.len() as u64;
+                        app.stats.webhook_dead_letters.add(kept.len() as u64);
                         break;
                     }
                     let base = c.webhook_retry_base_ms.max(1);
@@ -832,7 +923,7 @@ async fn run_endpoint(
             }
         }
         shared.advance(&name, upto, &rows);
-        cursor = upto;
+        cursor = shared.position(&name, upto);
     }
 }
 
@@ -874,21 +965,58 @@ fn jitter(n: u64) -> u64 {
     h.finish() % n.max(1)
 }
 
-fn over_cap(app: &App) -> bool {
-    app.stats.webhook_outbox_bytes.load(Ordering::Relaxed) > app.config.webhook_outbox_max_bytes
-}
-
-/// Whether `name` is (one of) the endpoints furthest behind: its events are what keeps the
-/// oldest records.
-fn holds_oldest(shared: &Shared, name: &str, cursor: u64) -> bool {
-    let cursors = shared.cursors.lock().unwrap_or_else(|p| p.into_inner());
-    cursors.get(name).copied().unwrap_or(cursor) <= cursors.values().copied().min().unwrap_or(0)
-}
-
 async fn commit(app: &App, ops: Vec<Op>) -> Result<(), ()> {
     let permit = app.writer.reserve().await.map_err(|_| ())?;
     let rx = app.writer.submit(permit, ops, Vec::new(), Vec::new());
     crate::registry::writer::wait(rx).await.map_err(|_| ())
+}
+
+/// The seq and size of each of an endpoint's dead letters, oldest first (at most
+/// `webhook_dead_letters_max_bytes` of them, and one batch).
+fn dead_letter_sizes(
+    app: &App,
+    endpoint: &str,
+) -> Result<Vec<(u64, u64)>, crate::store::StoreError> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let rows = app.store.dead_letters(endpoint, after, 256)?;
+        let Some(&(last, _)) = rows.last() else {
+            return Ok(out);
+        };
+        out.extend(rows.iter().map(|(seq, r)| (*seq, r.len() as u64)));
+        after = last;
+    }
+}
+
+/// Over `webhook_dead_letters_max_bytes`: deletes an endpoint's oldest dead letters down to
+/// seven eighths of it, counted as dropped and logged. Returns the bytes left.
+async fn trim_dead_letters(app: &App, endpoint: &str) -> Result<u64, ()> {
+    let cap = app.config.webhook_dead_letters_max_bytes;
+    let sizes = dead_letter_sizes(app, endpoint).map_err(|e| {
+        tracing::error!(endpoint = %endpoint, error = %e, "reading the webhook dead letters failed");
+    })?;
+    let mut kept: u64 = sizes.iter().map(|(_, size)| size).sum();
+    if kept <= cap {
+        return Ok(kept);
+    }
+    let target = cap - cap / 8;
+    let mut ops = Vec::new();
+    for (seq, size) in sizes {
+        if kept <= target {
+            break;
+        }
+        kept -= size;
+        ops.push(Op::DeleteDeadLetter {
+            endpoint: endpoint.to_owned(),
+            seq,
+        });
+    }
+    let dropped = ops.len() as u64;
+    commit(app, ops).await?;
+    app.stats.webhook_events_dropped.add(dropped);
+    tracing::warn!(endpoint = %endpoint, dropped, "webhook dead letters over webhook_dead_letters_max_bytes: dropped the oldest (tidings_webhook_events_dropped_total counts them)");
+    Ok(kept)
 }
 
 /// Dead letters of an endpoint, rendered, after `after`: `(seq, event)`.

@@ -108,6 +108,16 @@ pub enum QueryError {
         /// What is wrong with it.
         why: String,
     },
+    /// The query needs more work than one query may do (`leancloud_query_steps_max`, see
+    /// [`Meter`]).
+    #[error(
+        "the query needs more than {max} steps of work; narrow it (pin objectId or m, or match \
+         fewer or shorter columns)"
+    )]
+    TooMuchWork {
+        /// The steps one query may take.
+        max: u64,
+    },
     /// A `sort` entry that names no column (`-`, `--a`).
     #[error("bad sort key {0:?}")]
     BadSort(String),
@@ -199,7 +209,7 @@ impl Query {
 
     /// Whether `row` satisfies the condition.
     pub fn matches(&self, row: &Map<String, Value>) -> bool {
-        self.cond.eval(row)
+        self.cond.eval(row, &mut Meter::unlimited())
     }
 
     /// Keeps the rows that match, sorts them (stably), skips and limits, and drops `m` from
@@ -207,8 +217,29 @@ impl Query {
     ///
     /// Rows must carry `m` even for a compact query, or conditions on members cannot hold.
     pub fn apply(&self, rows: Vec<Map<String, Value>>) -> Vec<Map<String, Value>> {
-        let matching: Vec<Map<String, Value>> =
-            rows.into_iter().filter(|r| self.matches(r)).collect();
+        self.apply_within(rows, &mut Meter::unlimited())
+            .unwrap_or_default()
+    }
+
+    /// [`Query::apply`] within a budget of work: refused with [`QueryError::TooMuchWork`] as
+    /// soon as `meter` has spent its steps (a few more than that at most: one row's test of
+    /// one value, or one regex step per instruction of one character). `meter` says afterwards
+    /// how much was spent, refused or not.
+    pub fn apply_within(
+        &self,
+        rows: Vec<Map<String, Value>>,
+        meter: &mut Meter,
+    ) -> Result<Vec<Map<String, Value>>, QueryError> {
+        let too_much = |m: &Meter| QueryError::TooMuchWork { max: m.max };
+        let mut matching: Vec<Map<String, Value>> = Vec::new();
+        for row in rows {
+            if self.cond.eval(&row, meter) {
+                matching.push(row);
+            }
+            if meter.over() {
+                return Err(too_much(meter));
+            }
+        }
         let mut out: Vec<Map<String, Value>> = if self.sort.is_empty() {
             matching
                 .into_iter()
@@ -217,10 +248,21 @@ impl Query {
                 .collect()
         } else {
             let order: Vec<usize> = {
-                let keys: Vec<Vec<SortValue<'_>>> = matching
-                    .iter()
-                    .map(|r| self.sort.iter().map(|k| k.value(r)).collect())
-                    .collect();
+                // Each key is written out once (objects and arrays as JSON text) and looked at
+                // about log2(rows) times by the sort.
+                let rounds = u64::from(usize::BITS - matching.len().leading_zeros()).max(1);
+                let mut keys: Vec<Vec<SortValue<'_>>> = Vec::with_capacity(matching.len());
+                for r in &matching {
+                    let row_keys: Vec<SortValue<'_>> =
+                        self.sort.iter().map(|k| k.value(r)).collect();
+                    let bytes: usize = row_keys.iter().map(SortValue::bytes).sum();
+                    let (keys_n, bytes) = (row_keys.len() as u64, bytes as u64);
+                    meter.spend(bytes / 8 + rounds * (keys_n + bytes / 64));
+                    if meter.over() {
+                        return Err(too_much(meter));
+                    }
+                    keys.push(row_keys);
+                }
                 let mut order: Vec<usize> = (0..matching.len()).collect();
                 order.sort_by(|&a, &b| compare_sort_keys(&self.sort, &keys[a], &keys[b]));
                 order.into_iter().skip(self.skip).take(self.limit).collect()
@@ -234,7 +276,7 @@ impl Query {
                 row.remove("m");
             }
         }
-        out
+        Ok(out)
     }
 
     /// The ids a matching row's `objectId` must be among, when the condition says so: equality
@@ -267,6 +309,52 @@ impl Query {
 
 // ---------------------------------------------------------------------------------------------
 // Conditions
+
+/// The work a query does, in steps, and how many it may take: one `$regex` instruction visited
+/// per character of a string (a substring search costs about two steps a character, the worst
+/// pattern about 1,500), one value compared (each element of an array column, each entry of
+/// an `$in` list, each node of an object compared), one more per 64 bytes of two strings
+/// compared, and per row sorted one per 8 bytes of its keys written out plus its keys' count
+/// (and one per 64 bytes of key) times log2 of the rows sorted. In release builds a million steps are a few milliseconds of CPU.
+#[derive(Debug, Clone)]
+pub struct Meter {
+    spent: u64,
+    max: u64,
+}
+
+impl Meter {
+    /// A budget of `max` steps.
+    pub fn new(max: u64) -> Meter {
+        Meter { spent: 0, max }
+    }
+
+    /// No budget at all (tests, and callers that bound the work otherwise).
+    pub fn unlimited() -> Meter {
+        Meter::new(u64::MAX)
+    }
+
+    /// Steps spent so far.
+    pub fn spent(&self) -> u64 {
+        self.spent
+    }
+
+    fn spend(&mut self, steps: u64) {
+        self.spent = self.spent.saturating_add(steps);
+    }
+
+    fn over(&self) -> bool {
+        self.spent > self.max
+    }
+
+    fn left(&self) -> u64 {
+        self.max - self.spent.min(self.max)
+    }
+}
+
+/// Steps for comparing two strings of these lengths (memcmp reads the shorter one at most).
+fn string_steps(a: &str, b: &str) -> u64 {
+    1 + (a.len().min(b.len()) / 64) as u64
+}
 
 /// A compiled condition.
 #[derive(Clone, Debug)]
@@ -329,38 +417,47 @@ enum Operand {
 type Instant = i128;
 
 impl Cond {
-    fn eval(&self, row: &Map<String, Value>) -> bool {
+    /// Whether `row` satisfies the condition; once `m` is over its budget the answer means
+    /// nothing (the caller refuses the query).
+    fn eval(&self, row: &Map<String, Value>, m: &mut Meter) -> bool {
         match self {
-            Cond::And(all) => all.iter().all(|c| c.eval(row)),
-            Cond::Or(any) => any.iter().any(|c| c.eval(row)),
+            Cond::And(all) => all.iter().all(|c| !m.over() && c.eval(row, m)),
+            Cond::Or(any) => any.iter().any(|c| !m.over() && c.eval(row, m)),
             Cond::Field { path, tests, .. } => {
+                m.spend(path.len() as u64);
                 let value = lookup(row, path);
-                tests.iter().all(|t| t.eval(value))
+                tests.iter().all(|t| !m.over() && t.eval(value, m))
             }
         }
     }
 }
 
 impl Test {
-    fn eval(&self, value: Option<&Value>) -> bool {
+    fn eval(&self, value: Option<&Value>, m: &mut Meter) -> bool {
+        m.spend(1);
         match self {
-            Test::Eq(q) => field_eq(value, q),
-            Test::Ne(q) => !field_eq(value, q),
+            Test::Eq(q) => field_eq(value, q, m),
+            Test::Ne(q) => !field_eq(value, q, m),
             Test::Cmp(op, rhs) => match value {
                 None => false,
-                Some(Value::Array(items)) => items.iter().any(|e| op.holds(compare(e, rhs))),
-                Some(v) => op.holds(compare(v, rhs)),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .any(|e| !m.over() && op.holds(compare(e, rhs, m))),
+                Some(v) => op.holds(compare(v, rhs, m)),
             },
-            Test::In(list) => list.iter().any(|q| field_eq(value, q)),
-            Test::Nin(list) => !list.iter().any(|q| field_eq(value, q)),
-            Test::All(list) => !list.is_empty() && list.iter().all(|q| field_eq(value, q)),
+            Test::In(list) => list.iter().any(|q| !m.over() && field_eq(value, q, m)),
+            Test::Nin(list) => !list.iter().any(|q| !m.over() && field_eq(value, q, m)),
+            Test::All(list) => {
+                !list.is_empty() && list.iter().all(|q| !m.over() && field_eq(value, q, m))
+            }
             Test::Size(n) => matches!(value, Some(Value::Array(a)) if a.len() == *n),
             Test::Exists(want) => value.is_some() == *want,
             Test::Regex(re) => match value {
-                Some(Value::String(s)) => re.is_match(s),
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .any(|e| e.as_str().is_some_and(|s| re.is_match(s))),
+                Some(Value::String(s)) => re.matches_within(s, m),
+                Some(Value::Array(items)) => items.iter().any(|e| {
+                    m.spend(1);
+                    !m.over() && e.as_str().is_some_and(|s| re.matches_within(s, m))
+                }),
                 _ => false,
             },
         }
@@ -389,18 +486,23 @@ fn is_index(segment: &str) -> bool {
 
 /// Equality as a `where` means it: `null` matches missing, and an array column also equals
 /// each of its elements.
-fn field_eq(value: Option<&Value>, q: &Value) -> bool {
+fn field_eq(value: Option<&Value>, q: &Value, m: &mut Meter) -> bool {
     match value {
         None => q.is_null(),
         Some(v) => {
-            values_equal(v, q)
-                || matches!(v, Value::Array(items) if items.iter().any(|e| values_equal(e, q)))
+            values_equal(v, q, m)
+                || matches!(v, Value::Array(items) if items.iter().any(|e| values_equal(e, q, m)))
         }
     }
 }
 
 /// Structural equality; numbers by value; a Date equals a Date or ISO string of the same time.
-fn values_equal(a: &Value, b: &Value) -> bool {
+/// Stops (unequal) once `m` is over its budget.
+fn values_equal(a: &Value, b: &Value, m: &mut Meter) -> bool {
+    if m.over() {
+        return false;
+    }
+    m.spend(1);
     if let Some(t) = date_of(a) {
         return time_of(b) == Some(t);
     }
@@ -411,24 +513,31 @@ fn values_equal(a: &Value, b: &Value) -> bool {
         (Value::Null, Value::Null) => true,
         (Value::Bool(x), Value::Bool(y)) => x == y,
         (Value::Number(x), Value::Number(y)) => num_cmp(x, y) == Some(Ordering::Equal),
-        (Value::String(x), Value::String(y)) => x == y,
+        (Value::String(x), Value::String(y)) => {
+            m.spend(string_steps(x, y));
+            x == y
+        }
         (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| values_equal(p, q))
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| values_equal(p, q, m))
         }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
                 && x.iter()
-                    .all(|(k, p)| y.get(k).is_some_and(|q| values_equal(p, q)))
+                    .all(|(k, p)| y.get(k).is_some_and(|q| values_equal(p, q, m)))
         }
         _ => false,
     }
 }
 
 /// How a row value compares with a range operand, if they are comparable at all.
-fn compare(v: &Value, rhs: &Operand) -> Option<Ordering> {
+fn compare(v: &Value, rhs: &Operand, m: &mut Meter) -> Option<Ordering> {
+    m.spend(1);
     match (v, rhs) {
         (Value::Number(x), Operand::Num(y)) => num_cmp(x, y),
-        (Value::String(x), Operand::Str(y, _)) => Some(x.as_str().cmp(y.as_str())),
+        (Value::String(x), Operand::Str(y, _)) => {
+            m.spend(string_steps(x, y));
+            Some(x.as_str().cmp(y.as_str()))
+        }
         (Value::String(x), Operand::Date(t)) => parse_iso(x).map(|s| s.cmp(t)),
         (Value::Object(_), Operand::Date(t) | Operand::Str(_, Some(t))) => {
             date_of(v).map(|s| s.cmp(t))
@@ -763,6 +872,15 @@ impl SortKey {
 }
 
 impl SortValue<'_> {
+    /// Bytes a comparison may read.
+    fn bytes(&self) -> usize {
+        match self {
+            SortValue::Str(s) => s.len(),
+            SortValue::Json(_, s) => s.len(),
+            _ => 0,
+        }
+    }
+
     fn rank(&self) -> u8 {
         match self {
             SortValue::Missing => 0,
@@ -1037,12 +1155,28 @@ impl Regex {
     }
 
     /// Whether the pattern matches anywhere in `text`.
+    #[cfg(test)]
     fn is_match(&self, text: &str) -> bool {
         self.run(text).0
     }
 
-    /// The answer, and the instructions visited (bounded by 2 × program × (characters + 1)).
+    /// Whether the pattern matches anywhere in `text`, spending the steps it takes from `m`;
+    /// false once `m` runs out.
+    fn matches_within(&self, text: &str, m: &mut Meter) -> bool {
+        let (found, steps) = self.run_within(text, usize::try_from(m.left()).unwrap_or(usize::MAX));
+        // Giving up leaves the steps just above what was left: `m` is over.
+        m.spend(steps as u64);
+        found
+    }
+
+    #[cfg(test)]
     fn run(&self, text: &str) -> (bool, usize) {
+        self.run_within(text, usize::MAX)
+    }
+
+    /// The answer, and the instructions visited (bounded by 2 × program × (characters + 1)).
+    /// Gives up (no match) once more than `max` steps are taken, at the end of a character.
+    fn run_within(&self, text: &str, max: usize) -> (bool, usize) {
         let mut current = Threads::new(self.prog.len());
         let mut next = Threads::new(self.prog.len());
         let mut stack = Vec::with_capacity(self.prog.len());
@@ -1053,7 +1187,7 @@ impl Regex {
             return (true, steps);
         }
         while let Some(c) = rest.next() {
-            if self.anchored && current.dense.is_empty() {
+            if (self.anchored && current.dense.is_empty()) || steps > max {
                 return (false, steps);
             }
             let there = Position::new(Some(c), &rest);
@@ -1963,6 +2097,82 @@ mod tests {
         // An anchored pattern stops as soon as no thread survives.
         let (found, steps) = re("^b", "").run(&text);
         assert!(!found && steps < 10, "{steps}");
+    }
+
+    /// Rows like the ones a hostile client can make: `n` groups with one 7,900-byte attribute.
+    fn big_rows(n: usize, text: &str) -> Vec<Map<String, Value>> {
+        (0..n)
+            .map(|i| row(json!({"objectId": format!("c{i}"), "name": "n", "x": text})))
+            .collect()
+    }
+
+    fn run_within(where_json: Value, rows: Vec<Map<String, Value>>, max: u64) -> (bool, u64) {
+        let query = q(&where_json.to_string());
+        let mut m = Meter::new(max);
+        let answer = query.apply_within(rows, &mut m);
+        match answer {
+            Ok(_) => (true, m.spent()),
+            Err(QueryError::TooMuchWork { max: said }) => {
+                assert_eq!(said, max);
+                (false, m.spent())
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn a_query_stops_once_it_has_spent_its_steps() {
+        let text = "a".repeat(7_900);
+        let evil = format!("{}b", "a*".repeat(127));
+        let max = 4_000_000;
+        // One row alone is about six million steps: refused within the row, at most one
+        // character's worth of steps (two per instruction) past the budget.
+        let (done, spent) = run_within(json!({"x": {"$regex": evil}}), big_rows(1000, &text), max);
+        assert!(!done);
+        assert!(spent <= max + 2 * 400, "{spent}");
+        // As many regexes as fit one frame, in `$or`: the same budget.
+        let branches: Vec<Value> = (0..19).map(|_| json!({"x": {"$regex": evil}})).collect();
+        let (done, spent) = run_within(json!({"$or": branches}), big_rows(1000, &text), max);
+        assert!(!done && spent <= max + 2 * 400, "{spent}");
+        // A long `$in` list against long arrays is work too.
+        let list: Vec<Value> = (0..1000).map(|i| json!(format!("v{i}"))).collect();
+        let array: Vec<Value> = (0..2000).map(|_| json!("a")).collect();
+        let rows: Vec<Map<String, Value>> = (0..1000)
+            .map(|i| row(json!({"objectId": format!("c{i}"), "x": array})))
+            .collect();
+        let (done, _) = run_within(json!({"x": {"$in": list}}), rows, max);
+        assert!(!done);
+        // Nested `$and` of `$nin`s over the same: refused too.
+        let nested = json!({"$and": [{"$and": [{"x": {"$nin": list}}, {"x": {"$nin": list}}]}]});
+        let rows: Vec<Map<String, Value>> = (0..1000)
+            .map(|i| row(json!({"objectId": format!("c{i}"), "x": array})))
+            .collect();
+        assert!(!run_within(nested, rows, max).0);
+        // A sort by long object columns costs its keys' bytes: written out once, read by
+        // about log2(rows) comparisons each (about 2.2 million steps here).
+        let rows: Vec<Map<String, Value>> = (0..1000)
+            .map(|i| row(json!({"objectId": format!("c{i}"), "o": {"t": text, "i": i}})))
+            .collect();
+        let sorted = Query::parse(Some("{}"), Some("o"), None, Some(10)).unwrap();
+        let mut m = Meter::new(max / 2);
+        assert!(matches!(
+            sorted.apply_within(rows, &mut m),
+            Err(QueryError::TooMuchWork { .. })
+        ));
+        // What clients ask every day is far below: a `contains` over 1000 names, and the
+        // same over the long attribute of a few rows, sorted.
+        let rows: Vec<Map<String, Value>> = (0..1000)
+            .map(|i| row(json!({"objectId": format!("c{i}"), "name": format!("team {i} of the big launch")})))
+            .collect();
+        let (done, spent) = run_within(json!({"name": {"$regex": "launch"}}), rows, max);
+        assert!(done && spent < max / 10, "{spent}");
+        let query =
+            Query::parse(Some(r#"{"x": {"$regex": "b"}}"#), Some("-name"), None, None).unwrap();
+        let mut m = Meter::new(max);
+        query.apply_within(big_rows(10, &text), &mut m).unwrap();
+        assert!(m.spent() < max / 10, "{}", m.spent());
+        // Without a budget the answer is the same as ever.
+        assert!(q(r#"{"x": {"$regex": "^a+$"}}"#).matches(&big_rows(1, &text)[0]));
     }
 
     #[test]

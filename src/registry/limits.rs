@@ -42,6 +42,14 @@ pub enum Work {
 /// more (charged after the walk; about the CPU of a list entry each).
 pub const SCANNED_PER_TOKEN: usize = 50;
 
+/// Steps of a LeanCloud `conv/query`'s matching and sorting (`leancloud::query::Meter`) that
+/// cost one token more, charged after the query (about half a millisecond of CPU).
+pub const QUERY_STEPS_PER_TOKEN: u64 = 100_000;
+
+/// Users a profile change is pushed to (its audience, the user included) that cost one token
+/// more, charged after the change (about what a send to as many costs).
+pub const PROFILE_RECIPIENTS_PER_TOKEN: usize = 50;
+
 impl Work {
     /// Tokens it takes.
     pub fn cost(self) -> u32 {
@@ -184,9 +192,28 @@ impl Registry {
     /// Charges a non-admin caller's user for `scanned` messages a history walk examined to
     /// return a page of `page` (see [`SCANNED_PER_TOKEN`]); never refused.
     pub(super) fn charge_scan(&self, user: &UserId, scanned: usize, page: usize) {
-        let c = &self.config;
         let extra = scanned.saturating_sub(page) / SCANNED_PER_TOKEN;
-        if extra == 0 || c.rate_limit_user_per_sec == 0 {
+        self.owe(user, u64::try_from(extra).unwrap_or(u64::MAX));
+    }
+
+    /// Charges a user for the `steps` a LeanCloud `conv/query` took to match and sort its rows
+    /// (see [`QUERY_STEPS_PER_TOKEN`]), refused or not; never refused itself.
+    pub fn charge_query(&self, user: &UserId, steps: u64) {
+        self.owe(user, steps / QUERY_STEPS_PER_TOKEN);
+    }
+
+    /// Charges a user for the `recipients` their profile change was pushed to (see
+    /// [`PROFILE_RECIPIENTS_PER_TOKEN`]); never refused.
+    pub(super) fn charge_profile(&self, user: &UserId, recipients: usize) {
+        let tokens = recipients / PROFILE_RECIPIENTS_PER_TOKEN;
+        self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
+    }
+
+    /// Takes `tokens` from the user's bucket for work already done (at most a burst below
+    /// empty, see [`Bucket::owe`]).
+    fn owe(&self, user: &UserId, tokens: u64) {
+        let c = &self.config;
+        if tokens == 0 || c.rate_limit_user_per_sec == 0 {
             return;
         }
         let now = self.now();
@@ -194,7 +221,7 @@ impl Registry {
         self.rates
             .entry(user.clone())
             .or_insert_with(|| Bucket::full(burst, now))
-            .owe(u32::try_from(extra).unwrap_or(u32::MAX), rate, burst, now);
+            .owe(u32::try_from(tokens).unwrap_or(u32::MAX), rate, burst, now);
     }
 
     /// A new connection's bucket, full.

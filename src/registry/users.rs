@@ -224,6 +224,7 @@ impl Registry {
         p.updated_at = self.now();
         let who = UserId::from(user);
         let audience = self.audience_of(&who)?;
+        let recipients = audience.len();
         let permit = self.writer.reserve().await?;
         let ops = vec![Op::PutProfile {
             user: who,
@@ -238,6 +239,9 @@ impl Registry {
             except_session: caller.session,
         };
         wait(self.writer.submit(permit, ops, vec![push], Vec::new())).await?;
+        if !caller.admin {
+            self.charge_profile(&caller.user, recipients);
+        }
         Ok(p)
     }
 

@@ -202,7 +202,7 @@ pub(super) fn on_frame(actor: &mut Actor, p: LcProtocol, m: WsMessage) -> Option
                 traffic.leancloud(counted, Some(&refused));
                 return cmd.i.and_then(|_| reply(refused));
             };
-            if let Some(work) = work_of(kind, op) {
+            if let Some(work) = work_of(kind, op, &cmd) {
                 let user = actor.peers[at].caller.user.clone();
                 if let Err(e) = actor.app.registry.admit(&user, &mut actor.bucket, work) {
                     let answer = if kind == Cmd::Direct {
@@ -226,12 +226,22 @@ pub(super) fn on_frame(actor: &mut Actor, p: LcProtocol, m: WsMessage) -> Option
 }
 
 /// What a command of an open client costs under the rate limits (`None`: not charged:
-/// closing, and delivery acks, which have no reply to refuse them with). `echo` is charged
-/// before this, as a [`Work::Ping`], since it needs no client open.
-fn work_of(kind: Cmd, op: Option<Op>) -> Option<Work> {
+/// closing, and delivery acks that name no message and no time, which do nothing). A
+/// delivery ack costs what the native `AckDelivered` does; it has no reply, so one over the
+/// limit is dropped (counted as refused with 4113 in `tidings_requests_total`), and a later
+/// ack covers what it would have. `echo` is charged before this, as a [`Work::Ping`], since it
+/// needs no client open.
+fn work_of(kind: Cmd, op: Option<Op>, cmd: &GenericCommand) -> Option<Work> {
     Some(match (kind, op) {
-        (Cmd::Session, Some(Op::Close)) | (Cmd::Ack, _) => return None,
+        (Cmd::Session, Some(Op::Close)) => return None,
         (Cmd::Session, Some(Op::Refresh)) => Work::Ping,
+        (Cmd::Ack, _) => {
+            let a = cmd.ack_message.as_ref()?;
+            if a.mid.is_none() && a.tots.is_none() {
+                return None;
+            }
+            Work::Light
+        }
         (Cmd::Direct | Cmd::Patch, _) => Work::Send,
         (Cmd::Logs, _) | (Cmd::Conv, Some(Op::Query | Op::Members)) => Work::Page,
         (Cmd::Conv, Some(Op::Start | Op::Add | Op::Remove | Op::Update)) => Work::Change,
@@ -759,7 +769,7 @@ pub(super) fn verify_session_token(
 
 /// Runs a command of an open session; returns the reply (None: the command expects none).
 async fn handle(
-    app: &App,
+    app: &Arc<App>,
     caller: &Caller,
     kind: Cmd,
     op: Option<Op>,
@@ -812,7 +822,9 @@ async fn handle(
             }
             start(app, caller, c).await
         }
-        (Cmd::Conv, Some(Op::Query)) => query(app, caller, cmd.conv_message.unwrap_or_default()),
+        (Cmd::Conv, Some(Op::Query)) => {
+            query_off_runtime(app, caller, cmd.conv_message.unwrap_or_default()).await
+        }
         (Cmd::Conv, Some(Op::Update)) => {
             update(app, caller, cmd.conv_message.unwrap_or_default()).await
         }
@@ -1296,6 +1308,30 @@ async fn patch(app: &App, caller: &Caller, p: lc::PatchCommand) -> Result<Generi
     })
 }
 
+/// [`query`] on a blocking thread, one of at most `App::cpu_work` at a time (its rows are
+/// read from the store and matched: milliseconds of CPU, up to `leancloud_query_steps_max`),
+/// then charged to the user for the steps it took.
+async fn query_off_runtime(
+    app: &Arc<App>,
+    caller: &Caller,
+    c: lc::ConvCommand,
+) -> Result<GenericCommand, Error> {
+    let _turn = app
+        .cpu_work
+        .acquire()
+        .await
+        .map_err(|_| Error::Unavailable)?;
+    let (app2, caller2) = (app.clone(), caller.clone());
+    let (answer, steps) = tokio::task::spawn_blocking(move || {
+        let mut meter = crate::leancloud::query::Meter::new(app2.config.leancloud_query_steps_max);
+        (query(&app2, &caller2, c, &mut meter), meter.spent())
+    })
+    .await
+    .map_err(|_| Error::Internal)?;
+    app.registry.charge_query(&caller.user, steps);
+    answer
+}
+
 /// `conv/query`: `tempConvIds` (temporary conversations of which the caller is a member), or a
 /// `where` condition with sort, skip, limit and flag, evaluated over candidate rows: the ids
 /// the condition pins (`objectId`), else the conversations of a member it requires (`m`),
@@ -1303,8 +1339,14 @@ async fn patch(app: &App, caller: &Caller, p: lc::PatchCommand) -> Result<Generi
 /// conversations alone for `sys: true`; see
 /// [`crate::registry::Registry::findable_conversation_ids`]), the newest
 /// `leancloud_query_scan_max` of them. Rows the caller may not see (see
-/// [`crate::registry::Registry::peek`]) are never candidates.
-fn query(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<GenericCommand, Error> {
+/// [`crate::registry::Registry::peek`]) are never candidates. Matching and sorting spend from
+/// `meter`; a query that runs out is refused.
+fn query(
+    app: &App,
+    caller: &Caller,
+    c: lc::ConvCommand,
+    meter: &mut crate::leancloud::query::Meter,
+) -> Result<GenericCommand, Error> {
     use crate::leancloud::query::Query;
     let now = app.clock.now_ms();
     let scan_max = app.config.leancloud_query_scan_max;
@@ -1356,7 +1398,8 @@ fn query(app: &App, caller: &Caller, c: lc::ConvCommand) -> Result<GenericComman
                 rows.push(r);
             }
         }
-        q.apply(rows)
+        q.apply_within(rows, meter)
+            .map_err(|e| Error::LimitExceeded(format!("conv/query: {e}")))?
             .into_iter()
             .map(serde_json::Value::Object)
             .collect()

@@ -648,3 +648,29 @@ async fn deleting_a_user_takes_them_out_of_temporary_conversations() {
     let ended = api(&server, "GET", &format!("/v1/conversations/{alone}"), None).await;
     assert_eq!(ended.status, 410);
 }
+
+/// With the default `user_delete_step_max` (10,000 units, a leave 100), one call leaves at
+/// most 100 conversations, however many the user is in: a user in 150 groups takes two.
+#[tokio::test]
+async fn one_deletion_call_leaves_at_most_a_hundred_conversations() {
+    let server = server_with(|_| {}).await;
+    let alice = server.client("alice").await;
+    for n in 0..150 {
+        within(alice.create_group(&format!("g{n}"), &["bob"]))
+            .await
+            .unwrap();
+    }
+    drop(alice);
+    let step = ok(&server, "DELETE", "/v1/users/alice", None).await;
+    assert_eq!(step["conversations_left"], 100, "{step}");
+    assert_eq!(step["done"], false, "{step}");
+    let cursor = step["cursor"].as_str().unwrap().to_owned();
+    let step = ok(
+        &server,
+        "DELETE",
+        &format!("/v1/users/alice?cursor={cursor}"),
+        None,
+    )
+    .await;
+    assert_eq!(step["conversations_left"], 50, "{step}");
+}

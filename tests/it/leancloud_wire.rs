@@ -64,7 +64,7 @@ impl Lc {
         }
     }
 
-    async fn send(&mut self, c: &GenericCommand) {
+    pub(crate) async fn send(&mut self, c: &GenericCommand) {
         let m = match tidings::leancloud::encode(self.p, c) {
             WireFrame::Binary(b) => WsMessage::Binary(b),
             WireFrame::Text(t) => WsMessage::Text(t.into()),

@@ -23,6 +23,7 @@ mod import;
 mod json_form;
 mod leancloud;
 mod leancloud_browser;
+mod leancloud_costs;
 mod leancloud_http;
 mod leancloud_wire;
 mod list;

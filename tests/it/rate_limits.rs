@@ -411,3 +411,46 @@ async fn a_flood_of_pings_is_refused_on_its_connection_only() {
         Rep::Pong(_)
     ));
 }
+
+/// A profile change is pushed to everyone who lists the user: besides its own cost it is
+/// charged 1 token per 50 of them, after the change. Alice in a 1,000-member group pays
+/// 5 + 20 a change: four of them take a 100-token burst.
+#[tokio::test]
+async fn a_profile_change_is_charged_by_the_users_it_is_pushed_to() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit_connection_per_sec = 0;
+        c.rate_limit_user_per_sec = 10;
+        c.rate_limit_user_burst = 100;
+    })
+    .await;
+    let members: Vec<String> = (1..1000).map(|n| format!("u{n}")).collect();
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    let mut raw = Raw::login(&server, "alice").await;
+    let id = match raw
+        .request(Req::CreateConversation(pb::CreateConversation {
+            kind: pb::ConversationKind::Group as i32,
+            members: members.iter().map(|m| m.to_string()).collect(),
+            name: "all".into(),
+            ..Default::default()
+        }))
+        .await
+    {
+        Rep::Conversation(c) => c.conversation.unwrap().id,
+        other => panic!("{other:?}"),
+    };
+    // A full bucket.
+    server.clock.advance(10_000);
+    for n in 0..4 {
+        let rep = raw
+            .request(Req::SetProfile(pb::SetProfile {
+                display_name: Some(format!("Alice {n}")),
+                ..Default::default()
+            }))
+            .await;
+        assert!(matches!(rep, Rep::Profile(_)), "change {n}: {rep:?}");
+    }
+    // Nothing is left: a light request waits for one token, 100 ms.
+    assert_eq!(limited(&raw.request(get(&id)).await), Some(100));
+    server.clock.advance(100);
+    assert!(limited(&raw.request(get(&id)).await).is_none());
+}

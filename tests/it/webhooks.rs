@@ -721,3 +721,111 @@ async fn a_2xx_answer_with_a_long_body_counts_as_delivered() {
         .collect();
     assert_eq!(texts, [json!("two")], "{}", second.body);
 }
+
+/// The byte cap holds whatever the endpoints do: with one endpoint refusing connections and
+/// another that takes them and never answers, the outbox stays within
+/// `webhook_outbox_max_bytes` (give or take the commits the trimming has not seen yet) while
+/// sends go on, both endpoints are moved past what was dropped, and nothing was delivered or
+/// dead-lettered.
+#[tokio::test]
+async fn the_byte_cap_holds_with_two_endpoints_failing_in_different_ways() {
+    let hang = Receiver::start(200).await;
+    hang.answer_next_with(
+        &(0..10)
+            .map(|_| Answer {
+                status: 200,
+                delay_ms: 120_000,
+                ..Default::default()
+            })
+            .collect::<Vec<_>>(),
+    );
+    // A port nobody listens on any more.
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    const CAP: u64 = 16_384;
+    let hang_url = hang.url();
+    let server = webhook_server(&hang, &[], move |c| {
+        c.webhooks.push(WebhookEndpoint {
+            name: "down".into(),
+            url: format!("http://{refused}/hooks"),
+            secret: SECRET.into(),
+            previous_secret: None,
+            events: Vec::new(),
+        });
+        c.webhooks[0].name = "hang".into();
+        c.webhooks[0].url = hang_url;
+        c.webhook_outbox_max_bytes = CAP;
+        c.webhook_timeout_ms = 60_000;
+        c.webhook_max_attempts = 1_000;
+    })
+    .await;
+    let (alice, _) = server.login("alice").await;
+    let g = within(alice.create_group("team", &["bob"])).await.unwrap();
+    let stats = &server.running().app.stats;
+    let bytes = || stats.webhook_outbox_bytes.load(Ordering::Relaxed);
+    let text = "x".repeat(400);
+    let mut most = 0;
+    for _ in 0..150 {
+        within(alice.send_text(&g.id, &text)).await.unwrap();
+        most = most.max(bytes());
+    }
+    // About 70 KB were written: four times the cap.
+    assert!(stats.webhook_events_written.get() >= 150);
+    assert!(
+        most <= CAP + CAP / 2,
+        "the outbox held {most} bytes, cap {CAP}"
+    );
+    // Once the last commit is seen, it is back under the cap, and what was dropped is
+    // counted for both endpoints (each lost at least the first 100 sends).
+    within(async {
+        while crate::admin::metrics_of(&server).await["tidings_webhook_outbox_bytes"] > CAP as f64 {
+        }
+    })
+    .await;
+    assert!(stats.webhook_events_dropped.get() >= 200);
+    assert_eq!(stats.webhook_events_delivered.get(), 0);
+    assert_eq!(stats.webhook_dead_letters.get(), 0);
+}
+
+/// Dead letters are bounded per endpoint: an endpoint that fails every batch at once, with a
+/// single attempt each, keeps at most `webhook_dead_letters_max_bytes` of them (the oldest go,
+/// counted as dropped), and the newest are the ones kept.
+#[tokio::test]
+async fn dead_letters_keep_within_their_byte_cap() {
+    let rx = Receiver::start(500).await;
+    const CAP: u64 = 4_096;
+    let server = webhook_server(&rx, &["message.*"], |c| {
+        c.webhook_max_attempts = 1;
+        c.webhook_dead_letters_max_bytes = CAP;
+    })
+    .await;
+    let (alice, _) = server.login("alice").await;
+    let g = within(alice.create_group("team", &["bob"])).await.unwrap();
+    let stats = &server.running().app.stats;
+    let text = "x".repeat(200);
+    for n in 0..40 {
+        within(alice.send_text(&g.id, &format!("{n} {text}")))
+            .await
+            .unwrap();
+    }
+    // Counted once stored, and trimmed if need be.
+    within(stats.webhook_dead_letters.wait_for(40)).await;
+    let store = &server.running().app.store;
+    let letters = store.dead_letters("crm", 0, 1_000).unwrap();
+    let bytes: usize = letters.iter().map(|(_, r)| r.len()).sum();
+    assert!(bytes as u64 <= CAP, "{bytes} bytes of dead letters");
+    assert!(letters.len() < 40 && !letters.is_empty());
+    assert!(stats.webhook_events_dropped.get() >= 40 - letters.len() as u64);
+    let dead = ok(
+        &server,
+        "GET",
+        "/v1/webhooks/crm/dead-letters?limit=1000",
+        None,
+    )
+    .await;
+    let events = dead["events"].as_array().unwrap();
+    let newest = &events[events.len() - 1]["data"]["message"]["text"];
+    assert!(newest.as_str().unwrap().starts_with("39 "), "{newest}");
+}

@@ -1,0 +1,236 @@
+//! What LeanCloud commands cost the server, and what they are charged: `conv/query` within
+//! its budget of steps and off the async threads; delivery acks.
+
+use crate::harness::*;
+use crate::leancloud::lc_server_with;
+use crate::leancloud_wire::{Lc, cmd};
+use tidings::leancloud::LcProtocol;
+use tidings::leancloud::pb::{self as lc, CommandType as Cmd, GenericCommand, OpType as Op};
+use tidings::protocol::pb;
+
+/// `count` groups of alice's with a 7,900-byte attribute `x` of `a`s: the rows a hostile
+/// `$regex` is slowest on.
+async fn groups_with_long_attributes(server: &TestServer, count: usize) -> Vec<String> {
+    let native = server.client("alice").await;
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let g = within(native.create(pb::CreateConversation {
+            kind: pb::ConversationKind::Group as i32,
+            members: vec!["bob".into()],
+            name: format!("g{n}"),
+            attributes: [("x".to_owned(), "a".repeat(7_900))].into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+        ids.push(g.id);
+        // Whatever the rate limits, a second refills a creation's cost.
+        server.clock.advance(1_000);
+    }
+    ids
+}
+
+/// A `conv/query` of `x` against `a*` 127 times then `b`: about six million regex steps a row.
+fn hostile_query(peer: &str) -> GenericCommand {
+    let pattern = format!("{}b", "a*".repeat(127));
+    GenericCommand {
+        peer_id: Some(peer.into()),
+        conv_message: Some(lc::ConvCommand {
+            r#where: Some(lc::JsonObjectMessage {
+                data: serde_json::json!({"x": {"$regex": pattern}}).to_string(),
+            }),
+            limit: Some(10),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Conv, Some(Op::Query))
+    }
+}
+
+fn count(peer: &str, cid: &str) -> GenericCommand {
+    GenericCommand {
+        peer_id: Some(peer.into()),
+        conv_message: Some(lc::ConvCommand {
+            cid: Some(cid.into()),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Conv, Some(Op::Count))
+    }
+}
+
+/// A query whose matching would take more than `leancloud_query_steps_max` steps (a regex of
+/// stars over long attributes: seconds of CPU) is refused with 4301 and a reason once it has
+/// spent them, and the steps it took are charged to the user afterwards: here the whole
+/// burst, so the next request waits for the bucket to refill.
+#[tokio::test]
+async fn a_query_over_its_steps_is_refused_and_charged_for_them() {
+    let server = lc_server_with(|c| {
+        c.rate_limit_user_per_sec = 45;
+        c.rate_limit_user_burst = 45;
+    })
+    .await;
+    let groups = groups_with_long_attributes(&server, 20).await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("alice", None).await;
+    // A full bucket: 45 tokens.
+    server.clock.advance(1_000);
+    let r = c.request(hostile_query("alice")).await;
+    let e = r.error_message.expect("refused");
+    assert_eq!(e.code, 4301, "{e:?}");
+    let reason = format!("{} {}", e.reason, e.detail.unwrap_or_default());
+    assert!(reason.contains("steps"), "{reason}");
+    // 5 for the query, 40 for its 4,000,000 steps: nothing is left.
+    let e = c.request(count("alice", &groups[0])).await.error_message;
+    assert_eq!(e.map(|e| e.code), Some(4113));
+    // A second refills one token: the bucket owed nothing more.
+    server.clock.advance(1_000);
+    let r = c.request(count("alice", &groups[0])).await;
+    assert!(r.error_message.is_none(), "{r:?}");
+    // Ordinary queries over the same rows answer (nothing matches: rows this long do not fit
+    // a frame the test's decoder takes).
+    for condition in [
+        serde_json::json!({"x": {"$regex": "^b"}}),
+        serde_json::json!({"name": {"$regex": "zz", "$options": "i"}}),
+    ] {
+        server.clock.advance(1_000);
+        let r = c
+            .request(GenericCommand {
+                peer_id: Some("alice".into()),
+                conv_message: Some(lc::ConvCommand {
+                    r#where: Some(lc::JsonObjectMessage {
+                        data: condition.to_string(),
+                    }),
+                    limit: Some(100),
+                    ..Default::default()
+                }),
+                ..cmd(Cmd::Conv, Some(Op::Query))
+            })
+            .await;
+        let rows = r.conv_message.expect("rows").results.unwrap().data;
+        assert_eq!(rows, "[]", "{condition}");
+    }
+}
+
+/// A query's matching runs off the async threads: while one takes seconds (a budget raised
+/// far above the default), another socket's heartbeats go on being answered, never waiting
+/// for it.
+#[tokio::test]
+async fn a_long_query_does_not_hold_up_other_sockets() {
+    let server = lc_server_with(|c| c.leancloud_query_steps_max = 20_000_000).await;
+    groups_with_long_attributes(&server, 4).await;
+    let mut a = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    a.opened("alice", None).await;
+    let mut b = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    b.opened("bob", None).await;
+    let started = std::time::Instant::now();
+    let mut query = tokio::spawn(async move {
+        let r = a.request(hostile_query("alice")).await;
+        (r, started.elapsed())
+    });
+    // Heartbeats one after another until the query is answered; the longest wait for one.
+    let (mut last, mut longest, mut echoes) = (started, std::time::Duration::ZERO, 0);
+    let (r, query_took) = within(async {
+        loop {
+            tokio::select! {
+                done = &mut query => break done.unwrap(),
+                echo = b.request(cmd(Cmd::Echo, None)) => {
+                    assert_eq!(echo.cmd, Some(Cmd::Echo as i32));
+                    longest = longest.max(last.elapsed());
+                    last = std::time::Instant::now();
+                    echoes += 1;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(r.error_message.map(|e| e.code), Some(4301));
+    assert!(
+        longest * 4 < query_took,
+        "{echoes} heartbeats, the longest took {longest:?}; the query {query_took:?}"
+    );
+}
+
+/// Acks refused with 4113 so far (they have no reply: counted, not answered).
+fn refused_acks(server: &TestServer) -> u64 {
+    server
+        .running()
+        .app
+        .stats
+        .traffic
+        .requests()
+        .iter()
+        .filter(|r| r.dialect == "leancloud" && r.kind == "ack" && r.code == "4113")
+        .map(|r| r.count)
+        .sum()
+}
+
+/// When alice received the newest message of `cid`, as bob sees it (0: never).
+fn delivered_at(server: &TestServer, cid: &str) -> i64 {
+    let bob = tidings::registry::Caller::user("bob".into(), 0);
+    let times = server
+        .running()
+        .app
+        .registry
+        .receipt_times(&bob, cid)
+        .unwrap();
+    times.iter().find(|(u, ..)| u == "alice").unwrap().1
+}
+
+/// A delivery ack, by message id or up to a time, costs what the native `AckDelivered` does
+/// (it moves a position, or looks the time up in the history). Over the limit it is dropped
+/// (it has no reply) and counted as refused; once the bucket refills, the next one counts.
+#[tokio::test]
+async fn delivery_acks_are_charged_and_dropped_over_the_limit() {
+    let server = lc_server_with(|c| {
+        c.rate_limit_connection_per_sec = 10;
+        c.rate_limit_connection_burst = 10;
+    })
+    .await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("alice", None).await;
+    let cid = c.start("alice", &["alice", "bob"]).await; // 5 tokens
+    let bob = server.client("bob").await;
+    let mut sent = Vec::new();
+    for n in 0..3 {
+        sent.push(within(bob.send_text(&cid, &format!("m{n}"))).await.unwrap());
+    }
+    let ack = |mid: Option<String>, tots: Option<i64>| GenericCommand {
+        peer_id: Some("alice".into()),
+        ack_message: Some(lc::AckCommand {
+            cid: Some(cid.clone()),
+            mid,
+            tots,
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Ack, None)
+    };
+    let count = GenericCommand {
+        peer_id: Some("alice".into()),
+        conv_message: Some(lc::ConvCommand {
+            cid: Some(cid.clone()),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Conv, Some(Op::Count))
+    };
+    // Four tokens for acks of the first message (by id) and a count behind them.
+    for _ in 0..4 {
+        c.send(&ack(Some(sent[0].message_id.clone()), None)).await;
+    }
+    assert!(c.request(count.clone()).await.error_message.is_none());
+    assert_eq!(refused_acks(&server), 0);
+    assert_eq!(delivered_at(&server, &cid), sent[0].server_time);
+    // The bucket is empty: an ack of the newest message, by id then by time, is dropped.
+    c.send(&ack(Some(sent[2].message_id.clone()), None)).await;
+    c.send(&ack(None, Some(sent[2].server_time))).await;
+    let e = c.request(count.clone()).await.error_message;
+    assert_eq!(e.map(|e| e.code), Some(4113));
+    assert_eq!(refused_acks(&server), 2);
+    assert_eq!(delivered_at(&server, &cid), sent[0].server_time);
+    // An ack naming nothing does nothing, and costs nothing.
+    c.send(&ack(None, None)).await;
+    server.clock.advance(200);
+    c.send(&ack(None, Some(sent[2].server_time))).await;
+    let r = c.request(count).await;
+    assert!(r.error_message.is_none(), "{r:?}");
+    assert_eq!(refused_acks(&server), 2);
+    assert_eq!(delivered_at(&server, &cid), sent[2].server_time);
+}
