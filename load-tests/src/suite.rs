@@ -255,6 +255,18 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// The same run against a fresh reference server; none when the generator speaks another
+    /// dialect than the native one, which is all the reference speaks.
+    async fn reference(&mut self, s: Scenario, p: Params) -> anyhow::Result<Option<RunResult>> {
+        if self.args.dialect != Dialect::Native {
+            return Ok(None);
+        }
+        let r = spawn_reference().await?;
+        let refr = self.run(s, &r, "reference", p, Thresholds::default()).await;
+        r.stop().await;
+        Ok(refr)
+    }
+
     fn wants(&self, s: Scenario) -> bool {
         (self.args.only.is_empty() || self.args.only.contains(&s))
             && (!self.mixed || s == Scenario::Fanout)
@@ -413,16 +425,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
         let s = spawn_tidings(&bin, &cx.secret, &args.store_engine, &args.sets).await?;
         let tid = cx.run(Scenario::Idle, &s, "tidings", p.clone(), t).await;
         s.stop().await;
-        let refr = if lean {
-            None
-        } else {
-            let r = spawn_reference().await?;
-            let refr = cx
-                .run(Scenario::Idle, &r, "reference", p, Thresholds::default())
-                .await;
-            r.stop().await;
-            refr
-        };
+        let refr = cx.reference(Scenario::Idle, p).await?;
         let bps = |r: &Option<RunResult>| r.as_ref()?.server.as_ref()?.bytes_per_session;
         if let Some(v) = bps(&tid) {
             let ratio = bps(&refr).map(|r| v / r);
@@ -461,16 +464,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
             )
             .await;
         // The reference's chat mode relays with an ack and keeps nothing.
-        let refr = if lean {
-            None
-        } else {
-            let r = spawn_reference().await?;
-            let refr = cx
-                .run(Scenario::Chat, &r, "reference", p, Thresholds::default())
-                .await;
-            r.stop().await;
-            refr
-        };
+        let refr = cx.reference(Scenario::Chat, p).await?;
         let d = |r: &Option<RunResult>| r.as_ref()?.main_throughput();
         if let Some(v) = d(&tid) {
             let ratio = d(&refr).map(|r| v / r);
@@ -576,16 +570,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<bool> {
             encodings_targets(r, &mut targets);
         }
         s.stop().await;
-        let refr = if lean {
-            None
-        } else {
-            let r = spawn_reference().await?;
-            let refr = cx
-                .run(Scenario::Fanout, &r, "reference", p, Thresholds::default())
-                .await;
-            r.stop().await;
-            refr
-        };
+        let refr = cx.reference(Scenario::Fanout, p).await?;
         let d = |r: &Option<RunResult>| r.as_ref()?.main_throughput();
         if let Some(v) = d(&tid) {
             let ratio = d(&refr).map(|r| v / r);
