@@ -481,9 +481,8 @@ impl Shared {
     }
 
     /// Over `webhook_outbox_max_bytes`: drops the oldest records down to seven eighths of it,
-    /// moving every endpoint behind past them, and counts and logs what each lost. The
-    /// bookkeeper deletes them.
-    /// Adds what each endpoint lost to `losses`.
+    /// moving every endpoint behind past them, counts what each lost and adds it to `losses`
+    /// (the caller logs them). The bookkeeper deletes the records.
     fn trim(&self, losses: &mut HashMap<String, u64>) -> Result<(), crate::store::StoreError> {
         let app = &self.app;
         let cap = app.config.webhook_outbox_max_bytes;

@@ -124,12 +124,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// `tidings_webhook_events_written_total` from the server's `/metrics` (on its admin
 /// listener `admin`): the events it has put in its webhook outbox.
 pub async fn events_written(admin: std::net::SocketAddr) -> anyhow::Result<u64> {
-    let mut s = tokio::net::TcpStream::connect(admin).await?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: tidings\r\nconnection: close\r\n\r\n")
-        .await?;
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).await?;
-    let text = String::from_utf8_lossy(&answer);
+    let text = tokio::task::spawn_blocking(move || metrics(admin)).await??;
     text.lines()
         .find_map(|l| l.strip_prefix("tidings_webhook_events_written_total "))
         .and_then(|v| v.trim().parse::<f64>().ok())
@@ -137,19 +132,12 @@ pub async fn events_written(admin: std::net::SocketAddr) -> anyhow::Result<u64> 
         .ok_or_else(|| anyhow::anyhow!("/metrics has no tidings_webhook_events_written_total"))
 }
 
-/// The push encodings the server has made, by form (`tidings_push_encodings_total{form}`),
-/// read from `/metrics` on its admin listener. Blocking: a run reads it at its go, from the
-/// synchronous gate.
+/// The push encodings the server has made, by form (`tidings_push_encodings_total{form}`).
+/// Blocking: a run reads it at its go, from the synchronous gate.
 pub fn push_encodings(
     admin: std::net::SocketAddr,
 ) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(admin)?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: tidings\r\nconnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    Ok(text
+    Ok(metrics(admin)?
         .lines()
         .filter_map(|l| l.strip_prefix("tidings_push_encodings_total{form=\""))
         .filter_map(|l| {
@@ -158,6 +146,17 @@ pub fn push_encodings(
             Some((form.to_string(), v as u64))
         })
         .collect())
+}
+
+/// The server's `/metrics` page, from its admin listener `admin` (blocking).
+fn metrics(admin: std::net::SocketAddr) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: tidings\r\nconnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// An address on loopback where nothing listens (a dead endpoint).
