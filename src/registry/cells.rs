@@ -21,8 +21,9 @@
 //!
 //! Taking a cell out bumps the registry's count of removals under the map's lock, as a
 //! deletion does: a load that read the store before may have read it before the last write of
-//! the cell that was there, and reads again. The list's head of the conversation ([`Head`]) is
-//! made from the cell's state as it goes, so lists go on without a store read.
+//! the cell that was there, and reads again. The list's head of the conversation ([`Head`]),
+//! which the cell published as it changed, stays (one is made from the cell's state as it goes
+//! if it never was), so lists go on without a store read.
 //!
 //! None of this is on the way of a request: taking a cell stores its time and counts it, and a
 //! load over the cap wakes the sweep.

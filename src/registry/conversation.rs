@@ -499,10 +499,11 @@ impl Registry {
             silent: None,
             log_seq: None,
             imported: Some(0),
+            published: None,
         };
         let id = Arc::from(Self::id_of(num, &state.record));
         state.rebuild_roster();
-        let cell = ConvCell::new(num, id, state, self.now());
+        let cell = ConvCell::new(num, id, state, self.now(), &self.heads);
         let view = cell.lock().view(&cell.id);
         let event = self.event(Ev::Created, &cell, &caller.user, Vec::new(), view);
         let events = members

@@ -204,7 +204,7 @@ struct ConvInfo {
 }
 
 /// What ordering a list needs of a conversation (no copy of its record).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct Activity {
     kind: i32,
     last_seq: u64,
@@ -213,18 +213,47 @@ struct Activity {
     changed_at: i64,
 }
 
-/// A conversation's [`Activity`] as read from the store, kept for the lists of conversations
-/// whose cell is not loaded (after a restart, most): a list of 5,000 entries would otherwise
-/// read 5,000 records and newest messages from the store on every page.
-#[derive(Clone, Copy)]
+/// A conversation's [`Activity`], kept in one map for every conversation: read from the store
+/// once for a conversation whose cell is not loaded (after a restart, most), published by its
+/// cell for a loaded one ([`publish_head`]). A list of 5,000 entries would otherwise read
+/// 5,000 records and newest messages from the store, or lock 5,000 cells, on every page.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) struct Head {
     activity: Activity,
     /// When a temporary conversation ends (0: never); the head is not used from then on.
     expires_at: i64,
 }
 
-/// Most heads kept (about 100 bytes each); beyond it, lists read the store.
+/// Most heads kept (about 100 bytes each); beyond it, lists read the cells and the store.
 const HEADS_MAX: usize = 1 << 20;
+
+/// Publishes the head of the loaded cell of conversation `num` (whose lock is held: `st`) when
+/// it changed since the last time: a send changes it twice (its time, then its commit), a
+/// change of the conversation once. Without a head (a conversation on its way out, or one
+/// whose newest loud message needs a store read), its entry goes and lists read the cell.
+pub(super) fn publish_head(
+    heads: &dashmap::DashMap<u64, Head, super::NumHash>,
+    num: u64,
+    st: &mut super::ConvState,
+) {
+    let head = Head::of(st);
+    if st.published == Some(head) {
+        return;
+    }
+    st.published = Some(head);
+    match head {
+        Some(h) => {
+            if let Some(mut e) = heads.get_mut(&num) {
+                *e = h;
+            } else if heads.len() < HEADS_MAX {
+                heads.insert(num, h);
+            }
+        }
+        None => {
+            heads.remove(&num);
+        }
+    }
+}
 
 impl Head {
     /// The head of a loaded conversation, from its state alone, as the list reads it from the
@@ -253,9 +282,9 @@ impl Registry {
     /// loaded, else from the cell without copying its record; a head is read from the store
     /// with [`Registry::conv_info`] the first time.
     fn conv_activity(&self, num: u64, now: i64) -> Result<Option<Activity>, Error> {
-        // A head is only kept while the cell is not loaded (a loading cell drops it, and it is
-        // put only under its entry's lock after checking the cell is not there), so it is
-        // current.
+        // A head is current: a loaded cell publishes every change of it under its lock, and one
+        // read from the store is put only under its entry's lock after checking the cell is
+        // not there.
         if let Some(head) = self.heads.get(&num).map(|h| *h) {
             let live = head.expires_at == 0 || head.expires_at > now;
             return Ok(live.then_some(head.activity));
@@ -307,11 +336,12 @@ impl Registry {
         Ok(Some(activity))
     }
 
-    /// Keeps `head`, read when `removals` was the count of removals, unless its cell was loaded
-    /// meanwhile (checked under the entry's lock: a cell that loads later drops the head after
-    /// it is in `convs`) or a removal committed since the read, which may have been of the
-    /// conversation before it went (a deletion drops the head too, after its bump; an unload
-    /// bumps the count as it takes the cell out).
+    /// Keeps `head`, read when `removals` was the count of removals, unless there is one
+    /// already, its cell was loaded meanwhile (checked under the entry's lock: a loaded cell
+    /// publishes its own head, or removes it, at the first release of its lock) or a removal
+    /// committed since the read, which may have been of the conversation before it went (a
+    /// deletion drops the head too, after its bump; an unload bumps the count as it takes the
+    /// cell out).
     pub(super) fn keep_head(&self, num: u64, head: Head, removals: u64) {
         use std::sync::atomic::Ordering::SeqCst;
         if self.heads.len() < HEADS_MAX

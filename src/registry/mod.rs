@@ -224,6 +224,40 @@ pub(crate) struct ConvCell {
     /// it since it chose it.
     checkouts: std::sync::atomic::AtomicU64,
     state: Mutex<ConvState>,
+    /// The registry's heads, where every release of this cell's lock publishes what a
+    /// conversation list needs of it ([`inbox::Head`]).
+    heads: Heads,
+}
+
+/// Every conversation's [`inbox::Head`] by number (see `Registry::heads`).
+type Heads = Arc<DashMap<u64, inbox::Head, NumHash>>;
+
+/// A cell's state, locked. Releasing it publishes the cell's list head when that changed, so
+/// the list of a user in thousands of loaded conversations reads one small map instead of
+/// locking every cell.
+pub(crate) struct CellGuard<'a> {
+    cell: &'a ConvCell,
+    st: MutexGuard<'a, ConvState>,
+}
+
+impl std::ops::Deref for CellGuard<'_> {
+    type Target = ConvState;
+    fn deref(&self) -> &ConvState {
+        &self.st
+    }
+}
+
+impl std::ops::DerefMut for CellGuard<'_> {
+    fn deref_mut(&mut self) -> &mut ConvState {
+        &mut self.st
+    }
+}
+
+impl Drop for CellGuard<'_> {
+    fn drop(&mut self) {
+        // Still under the lock: every change of a loaded cell's head is made in lock order.
+        inbox::publish_head(&self.cell.heads, self.cell.num, &mut self.st);
+    }
 }
 
 pub(crate) struct ConvState {
@@ -257,6 +291,9 @@ pub(crate) struct ConvState {
     /// The seqs sent silently, ascending (loaded on first need; never read from the store
     /// for a conversation that has none, `record.last_silent_seq` being 0).
     silent: Option<Arc<Vec<u64>>>,
+    /// The head last published for this cell (`None`: nothing yet; `Some(None)`: none, the
+    /// list reads the cell).
+    published: Option<Option<inbox::Head>>,
     /// The newest seq of the conversation's own event log (loaded on first need).
     log_seq: Option<u64>,
     /// Seqs `1..=n` were imported and keep the ids they came with (loaded on first need; see
@@ -265,13 +302,14 @@ pub(crate) struct ConvState {
 }
 
 impl ConvCell {
-    fn new(num: u64, id: Arc<str>, state: ConvState, now: i64) -> Arc<Self> {
+    fn new(num: u64, id: Arc<str>, state: ConvState, now: i64, heads: &Heads) -> Arc<Self> {
         Arc::new(ConvCell {
             num,
             id,
             used_at: std::sync::atomic::AtomicI64::new(now),
             checkouts: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(state),
+            heads: heads.clone(),
         })
     }
 
@@ -282,9 +320,12 @@ impl ConvCell {
         self.used_at.store(now, Relaxed);
     }
 
-    fn lock(&self) -> MutexGuard<'_, ConvState> {
+    fn lock(&self) -> CellGuard<'_> {
         // A panic while holding this lock would be a bug; keep serving the other conversations.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        CellGuard {
+            cell: self,
+            st: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+        }
     }
 
     /// Work for the writer to run once messages up to `seq` are committed.
@@ -418,12 +459,13 @@ pub struct Registry {
     /// the store before the bump may have read the conversation as it was before its removal
     /// (or the last write of the cell that went) committed, and must not put it back.
     removals: Arc<std::sync::atomic::AtomicU64>,
-    /// What a conversation list needs of conversations that are not in `convs`, read from
-    /// the store once, or made from the cell's state as an idle cell is unloaded (see
-    /// [`inbox::Head`]). Nothing changes a conversation without loading its cell first, and a
-    /// loaded cell is read instead; an entry goes when its cell loads or the conversation is
-    /// deleted.
-    heads: Arc<DashMap<u64, inbox::Head, NumHash>>,
+    /// What a conversation list needs of each conversation ([`inbox::Head`]): for one not in
+    /// `convs`, read from the store once; for a loaded one, published by every release of its
+    /// cell's lock that changed it ([`CellGuard`]), so it stays when the cell is unloaded.
+    /// Nothing changes a conversation without loading its cell first. An entry goes when the
+    /// conversation is deleted, or while its cell's state would need a store read to say
+    /// (messages sent silently); the list then reads the cell.
+    heads: Heads,
     /// Direct pairs known in memory (sorted pair → conversation), also guarding creation.
     directs: Arc<DashMap<(UserId, UserId), u64>>,
     /// The last conversation numbers handed out; held while a create is enqueued.
@@ -661,15 +703,12 @@ impl Registry {
                 dashmap::Entry::Occupied(e) => {
                     let cell = e.get().clone();
                     cell.checkout(self.now());
-                    drop(e);
-                    self.heads.remove(&num);
                     return Ok(cell);
                 }
                 // No removal since the read: what the store said is still the truth.
                 dashmap::Entry::Vacant(v) if self.removals.load(SeqCst) == removals => {
                     let cell = v.insert(cell).clone();
                     self.cell_loaded();
-                    self.heads.remove(&num);
                     return Ok(cell);
                 }
                 // A deletion committed meanwhile; read again.
@@ -710,10 +749,11 @@ impl Registry {
             silent: None,
             log_seq: None,
             imported: None,
+            published: None,
         };
         let id = Arc::from(Self::id_of(num, &state.record));
         state.rebuild_roster();
-        Ok(ConvCell::new(num, id, state, self.now()))
+        Ok(ConvCell::new(num, id, state, self.now(), &self.heads))
     }
 
     /// What to do once the deletion or expiry of `cell` has committed: drop it and the indexes

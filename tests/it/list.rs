@@ -843,3 +843,57 @@ async fn a_list_after_a_restart_reads_each_conversation_once_and_follows_changes
     expected.retain(|id| *id != temp);
     assert_eq!(ids(&all(&alice, list(100)).await), expected, "after expiry");
 }
+
+/// Loaded conversations publish what the list orders by as they change, so a list of them
+/// reads no conversation's state; after a restart it is read from the store instead. Both
+/// must give the same entries after every kind of change that moves or alters one.
+#[tokio::test]
+async fn a_list_of_loaded_conversations_reads_as_after_a_restart() {
+    let mut server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    let bob = server.client("bob").await;
+    let mut g = Vec::new();
+    for i in 0..8 {
+        let id = bob
+            .create_group(&format!("g{i}"), &["alice"])
+            .await
+            .unwrap()
+            .id;
+        g.push(id);
+        server.clock.advance(1);
+    }
+    bob.send_text(&g[1], "one").await.unwrap();
+    server.clock.advance(1);
+    bob.set_mute_all(&g[2], true).await.unwrap();
+    server.clock.advance(1);
+    bob.transfer_ownership(&g[3], "alice").await.unwrap();
+    server.clock.advance(1);
+    alice.send_text(&g[4], "two").await.unwrap();
+    server.clock.advance(1);
+    bob.delete_conversation(&g[5], false).await.unwrap();
+    server.clock.advance(1);
+    alice.leave(&g[6]).await.unwrap();
+    server.clock.advance(1);
+    let temp = bob
+        .create_temporary(&["alice"], 60, false)
+        .await
+        .unwrap()
+        .id;
+    bob.send_text(&temp, "three").await.unwrap();
+    server.clock.advance(1);
+    bob.send_text(&g[0], "four").await.unwrap();
+    server.clock.advance(1);
+    bob.set_mute_all(&g[1], true).await.unwrap();
+    server.clock.advance(1);
+
+    let before = all(&alice, list(100)).await;
+    assert_eq!(
+        ids(&before),
+        [&g[0], &temp, &g[4], &g[1], &g[7], &g[3], &g[2]].map(|s| s.clone()),
+        "newest message or joining first; the deleted and the left group gone"
+    );
+    drop((alice, bob));
+    server.restart().await;
+    let alice = server.client("alice").await;
+    assert_eq!(all(&alice, list(100)).await, before);
+}
