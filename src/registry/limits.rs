@@ -50,6 +50,10 @@ pub const QUERY_STEPS_PER_TOKEN: u64 = 100_000;
 /// more, charged after the change (about what a send to as many costs).
 pub const PROFILE_RECIPIENTS_PER_TOKEN: usize = 50;
 
+/// Members a user's message goes to (the sender included) that cost one token more, charged
+/// after the send, as for profile changes.
+pub const SEND_RECIPIENTS_PER_TOKEN: usize = 50;
+
 impl Work {
     /// Tokens it takes.
     pub fn cost(self) -> u32 {
@@ -206,6 +210,13 @@ impl Registry {
     /// [`PROFILE_RECIPIENTS_PER_TOKEN`]); never refused.
     pub(super) fn charge_profile(&self, user: &UserId, recipients: usize) {
         let tokens = recipients / PROFILE_RECIPIENTS_PER_TOKEN;
+        self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
+    }
+
+    /// Charges a user for the `members` of the conversation their message went to (see
+    /// [`SEND_RECIPIENTS_PER_TOKEN`]); never refused.
+    pub(super) fn charge_send(&self, user: &UserId, members: usize) {
+        let tokens = members / SEND_RECIPIENTS_PER_TOKEN;
         self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
     }
 

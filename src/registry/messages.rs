@@ -62,6 +62,10 @@ impl Drop for InflightGuard<'_> {
 impl Registry {
     /// Sends a message. Stored messages are acked after they are durable; a retry with the same
     /// client message id returns the first ack with `duplicate = true`.
+    ///
+    /// A user's send is charged afterwards for its audience: one token more per
+    /// [`super::limits::SEND_RECIPIENTS_PER_TOKEN`] members (a message to a large group, or a
+    /// typing notice to one, pushes to every member online).
     pub async fn send(
         &self,
         caller: &Caller,
@@ -75,7 +79,26 @@ impl Registry {
             ));
         }
         let cell = self.cell(id)?;
-        let kind = cell.lock().kind();
+        let (kind, members) = {
+            let st = cell.lock();
+            (st.kind(), st.roster.len())
+        };
+        let sent = self.send_to(caller, id, cell, kind, req).await;
+        // A user's message into a system conversation goes to the backend alone.
+        if sent.is_ok() && !caller.admin && kind != pb::ConversationKind::System {
+            self.charge_send(&caller.user, members);
+        }
+        sent
+    }
+
+    async fn send_to(
+        &self,
+        caller: &Caller,
+        id: &str,
+        cell: Arc<super::ConvCell>,
+        kind: pb::ConversationKind,
+        req: SendRequest,
+    ) -> Result<SendAck, Error> {
         match kind {
             pb::ConversationKind::ChatRoom => return self.send_to_room(caller, &cell, req).await,
             pb::ConversationKind::System if !caller.admin => {

@@ -454,3 +454,57 @@ async fn a_profile_change_is_charged_by_the_users_it_is_pushed_to() {
     server.clock.advance(100);
     assert!(limited(&raw.request(get(&id)).await).is_none());
 }
+
+fn text(id: &str) -> Req {
+    Req::SendMessage(pb::SendMessage {
+        conversation_id: id.into(),
+        r#type: 1,
+        content: "hi".into(),
+        ..Default::default()
+    })
+}
+
+/// A message is pushed to every member online, so a user's send costs one token more per 50
+/// members, charged after it: a typing notice to a group of 101 costs 3, to a pair 1.
+#[tokio::test]
+async fn a_send_is_charged_by_the_members_it_goes_to() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit_connection_per_sec = 0;
+        c.rate_limit_user_per_sec = 10;
+        c.rate_limit_user_burst = 20;
+    })
+    .await;
+    let members: Vec<String> = (1..100).map(|n| format!("u{n}")).collect();
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    let bob = server.client("bob").await;
+    let mut all = members.clone();
+    all.push("alice");
+    server.clock.advance(10_000);
+    let big = bob.create_group("big", &all).await.unwrap().id;
+    server.clock.advance(10_000);
+    let pair = bob.create_group("pair", &["alice"]).await.unwrap().id;
+    let mut raw = Raw::login(&server, "alice").await;
+    for transient in [false, true] {
+        let send = |id: &str| {
+            let mut r = text(id);
+            if let Req::SendMessage(m) = &mut r {
+                m.transient = transient;
+            }
+            r
+        };
+        // A full bucket of 20: six sends of 3, the seventh leaves it at -1.
+        server.clock.advance(10_000);
+        for n in 0..7 {
+            let rep = raw.request(send(&big)).await;
+            assert!(matches!(rep, Rep::SendAck(_)), "send {n}: {rep:?}");
+        }
+        assert_eq!(limited(&raw.request(send(&big)).await), Some(200));
+        // To two members a send costs one token: twenty fit.
+        server.clock.advance(10_000);
+        for n in 0..20 {
+            let rep = raw.request(send(&pair)).await;
+            assert!(matches!(rep, Rep::SendAck(_)), "pair send {n}: {rep:?}");
+        }
+        assert_eq!(limited(&raw.request(send(&pair)).await), Some(100));
+    }
+}
