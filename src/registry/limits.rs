@@ -220,6 +220,13 @@ impl Registry {
         self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
     }
 
+    /// Charges a user for the conversations one request named beyond the first (LeanCloud's
+    /// `read` names many, each a read position to store): a token each; never refused.
+    pub fn charge_conversations(&self, user: &UserId, named: usize) {
+        let tokens = named.saturating_sub(1);
+        self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
+    }
+
     /// Takes `tokens` from the user's bucket for work already done (at most a burst below
     /// empty, see [`Bucket::owe`]).
     fn owe(&self, user: &UserId, tokens: u64) {

@@ -219,6 +219,13 @@ pub(super) fn on_frame(actor: &mut Actor, p: LcProtocol, m: WsMessage) -> Option
                     }
                     return cmd.i.and_then(|_| reply(answer));
                 }
+                // A `read` names any number of conversations: charged before the next frame.
+                if let Some(r) = cmd.read_message.as_ref().filter(|_| kind == Cmd::Read) {
+                    actor
+                        .app
+                        .registry
+                        .charge_conversations(&user, r.convs.len());
+                }
             }
             on_session_command(actor, p, at, kind, op, cmd)
         }

@@ -234,3 +234,50 @@ async fn delivery_acks_are_charged_and_dropped_over_the_limit() {
     assert_eq!(refused_acks(&server), 2);
     assert_eq!(delivered_at(&server, &cid), sent[2].server_time);
 }
+
+/// A `read` may name many conversations, each a read position to store: the ones beyond the
+/// first cost a token each of the user's bucket, charged after it (it has no reply to refuse).
+#[tokio::test]
+async fn a_read_naming_many_conversations_is_charged_for_each() {
+    let server = lc_server_with(|c| {
+        c.rate_limit_connection_per_sec = 0;
+        c.rate_limit_user_per_sec = 10;
+        c.rate_limit_user_burst = 40;
+    })
+    .await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("alice", None).await;
+    server.clock.advance(10_000);
+    let cid = c.start("alice", &["alice", "bob"]).await; // 5 of 40
+    let count = GenericCommand {
+        peer_id: Some("alice".into()),
+        conv_message: Some(lc::ConvCommand {
+            cid: Some(cid.clone()),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Conv, Some(Op::Count))
+    };
+    let read = |n: usize| GenericCommand {
+        peer_id: Some("alice".into()),
+        read_message: Some(lc::ReadCommand {
+            convs: (0..n)
+                .map(|_| lc::ReadTuple {
+                    cid: cid.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Read, None)
+    };
+    // 35 left: a read of one conversation costs 1, a count 1.
+    c.send(&read(1)).await;
+    assert!(c.request(count.clone()).await.error_message.is_none());
+    // 33 left: a read naming 40 costs 40, and the bucket is 7 below empty.
+    c.send(&read(40)).await;
+    let e = c.request(count.clone()).await.error_message;
+    assert_eq!(e.map(|e| e.code), Some(4113));
+    server.clock.advance(800);
+    let r = c.request(count).await;
+    assert!(r.error_message.is_none(), "{r:?}");
+}
