@@ -988,13 +988,20 @@ fn unregister(app: &App, caller: &Caller) {
 }
 
 /// Ends a session: out of the hub and its subscriptions; its wills go out if it ended
-/// abnormally.
+/// abnormally while its token was valid (the server does not speak for a user whose token has
+/// lapsed, whatever ended the connection).
 async fn end_peer(app: &App, peer: Peer, abnormal: bool) {
     {
-        let Peer { caller, wills, .. } = peer;
+        let Peer {
+            caller,
+            wills,
+            expires_at_ms,
+            ..
+        } = peer;
         app.registry.drop_subscriptions(caller.session);
         unregister(app, &caller);
-        if abnormal && !wills.is_empty() {
+        let lapsed = expires_at_ms != NO_DEADLINE && app.clock.now_ms() >= expires_at_ms;
+        if abnormal && !lapsed && !wills.is_empty() {
             // Boxed: a rare path, whose future (about 1.1 KB) would otherwise be part of every
             // connection's task.
             Box::pin(send_wills(app, &caller, wills)).await;

@@ -208,12 +208,17 @@ pub struct Raw {
 impl Raw {
     /// Connects and logs in, reading up to the unread summary.
     pub async fn login(server: &TestServer, user: &str) -> Raw {
+        Raw::login_with(server, server.token(user)).await
+    }
+
+    /// Connects and logs in with `token`, reading up to the unread summary.
+    pub async fn login_with(server: &TestServer, token: String) -> Raw {
         let ws = within(tidings::client::connect_raw(&server.url()))
             .await
             .unwrap();
         let mut raw = Raw { ws, next_id: 1 };
         let login = pb::client_frame::Body::Login(pb::Login {
-            token: server.token(user),
+            token,
             ..Default::default()
         });
         raw.request(login).await;

@@ -218,3 +218,32 @@ async fn token_expiry_drops_the_sessions_wills() {
     assert_eq!(within(alice.closed()).await.code, EXPIRED);
     assert_no_push(&mut bob).await;
 }
+
+/// However the connection ends after the token lapsed (here dropped without a close, before the
+/// server's timer noticed the deadline), the server does not speak for the user.
+#[tokio::test]
+async fn a_connection_dropped_after_its_token_lapsed_leaves_no_will() {
+    use tidings::protocol::pb::{self, client_frame::Body as Req, server_frame::Body as Rep};
+    let server = server().await;
+    let end = deadline(&server, 60);
+    let mut bob = server.client("bob").await;
+    let d = within(bob.create_direct("alice")).await.unwrap();
+    let stats = server.running().app.stats.clone();
+    let mut alice = Raw::login_with(&server, token(&server, "alice", 60)).await;
+    let set = alice
+        .request(Req::SetWill(pb::SetWill {
+            conversation_id: d.id.clone(),
+            r#type: 1,
+            content: "lapsed".into(),
+            ..Default::default()
+        }))
+        .await;
+    assert!(matches!(set, Rep::Ok(_)), "{set:?}");
+    let closed = stats.sessions_closed.get();
+    server.clock.set(end);
+    drop(alice);
+    within(stats.sessions_closed.wait_for(closed + 1)).await;
+    // Wills are sent before a session's close completes, so by now any would be queued.
+    assert_no_push(&mut bob).await;
+    assert_eq!(stats.wills_sent.get(), 0);
+}
