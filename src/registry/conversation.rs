@@ -908,13 +908,8 @@ impl Registry {
                     names.clone(),
                     st.view(&cell.id),
                 );
-                let to_removed = Arc::new(self.event(
-                    Ev::MembersRemoved,
-                    &cell,
-                    &caller.user,
-                    names,
-                    before,
-                ));
+                let to_removed =
+                    Arc::new(self.event(Ev::MembersRemoved, &cell, &caller.user, names, before));
                 self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
                 let live = vec![Self::live(
                     &event,

@@ -509,7 +509,10 @@ async fn each_logged_copy_of_a_membership_event_names_only_its_user() {
 
     // What the request named (2,000 bytes of ids and 4,000 of attributes) is in no copy.
     let small = |e: &pb::ConversationEvent| {
-        assert!(e.conversation.as_ref().unwrap().attributes.is_empty(), "{e:?}");
+        assert!(
+            e.conversation.as_ref().unwrap().attributes.is_empty(),
+            "{e:?}"
+        );
         assert!(e.encoded_len() < 1000, "{} bytes", e.encoded_len());
     };
     let (_created, w) = server.login_device(first[3], "new", 0).await;
