@@ -166,11 +166,15 @@ pub(crate) fn records_of(events: &[LoggedEvent], deliveries: &[Delivery]) -> Vec
             out.push(frame);
         }
     };
+    // The users an event is logged for share it: it is encoded once.
+    let mut shared = HashSet::new();
     for e in events {
-        if let Some(key) = event_key(&e.event) {
+        if let Some(key) = event_key(&e.event)
+            && shared.insert(key.clone())
+        {
             let body = Body::ConversationEvent(pb::ConversationEvent {
                 user_seq: 0,
-                ..e.event.clone()
+                ..(*e.event).clone()
             });
             add(key, Bytes::from(frame_of(body)));
         }

@@ -192,6 +192,7 @@ impl Registry {
                     (cell, self.writer.submit(permit, ops, Vec::new(), events))
                 };
                 wait(rx).await?;
+                self.charge_members(caller, cell.lock().members.len());
                 let view = cell.lock().view(&cell.id);
                 self.view_for(&cell, view, &caller.user)
             }
@@ -505,7 +506,7 @@ impl Registry {
         state.rebuild_roster();
         let cell = ConvCell::new(num, id, state, self.now(), &self.heads);
         let view = cell.lock().view(&cell.id);
-        let event = self.event(Ev::Created, &cell, &caller.user, Vec::new(), view);
+        let event = Arc::new(self.event(Ev::Created, &cell, &caller.user, Vec::new(), view));
         let events = members
             .iter()
             .map(|u| LoggedEvent {
@@ -716,6 +717,7 @@ impl Registry {
         let permit = self.writer.reserve().await?;
         let mut failed = Vec::new();
         let mut done = Vec::new();
+        let mut added = 0;
         let rx = {
             let mut st = cell.lock();
             // Joining by oneself is allowed where the conversation is open.
@@ -746,6 +748,7 @@ impl Registry {
             if new.is_empty() {
                 None
             } else {
+                added = new.len();
                 let (max, name) = if temporary {
                     (self.config.max_temporary_members, "max_temporary_members")
                 } else {
@@ -797,13 +800,13 @@ impl Registry {
                     self.reindex_temporary(&mut st, cell.num, &mut ops)?;
                 }
                 let names: Vec<String> = new.iter().map(|u| u.to_string()).collect();
-                let event = self.event(
+                let event = Arc::new(self.event(
                     Ev::MembersAdded,
                     &cell,
                     &caller.user,
                     names,
                     st.view(&cell.id),
-                );
+                ));
                 self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
                 let live = vec![Self::live(
                     &event,
@@ -822,6 +825,7 @@ impl Registry {
             }
         };
         let conversation = self.finish(&cell, caller, rx).await?;
+        self.charge_members(caller, added);
         Ok(MemberOutcome {
             conversation,
             done,
@@ -904,7 +908,8 @@ impl Registry {
                     names.clone(),
                     st.view(&cell.id),
                 );
-                let to_removed = self.event(Ev::MembersRemoved, &cell, &caller.user, names, before);
+                let to_removed =
+                    Arc::new(self.event(Ev::MembersRemoved, &cell, &caller.user, names, before));
                 self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
                 let live = vec![Self::live(
                     &event,
@@ -923,6 +928,7 @@ impl Registry {
             }
         };
         let conversation = self.finish(&cell, caller, rx).await?;
+        self.charge_members(caller, named.len());
         Ok(MemberOutcome {
             conversation,
             done: named.iter().map(|u| u.to_string()).collect(),
@@ -1025,7 +1031,7 @@ impl Registry {
             let live = vec![Self::live(&event, Recipients::Users(st.roster.clone()), 0)];
             let logged = vec![LoggedEvent {
                 user: caller.user.clone(),
-                event,
+                event: Arc::new(event),
                 except_session: caller.session,
             }];
             self.writer.submit(permit, ops, live, logged)

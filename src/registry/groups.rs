@@ -276,6 +276,8 @@ impl Registry {
             Recipients::Users(others.into()),
             caller.session,
         )];
+        self.charge_members(caller, targets.len());
+        let event = Arc::new(event);
         let logged = targets
             .iter()
             .map(|u| LoggedEvent {

@@ -971,13 +971,13 @@ impl Registry {
             let now = self.now();
             let roster = st.roster.clone();
             // The event shows the conversation as it was, members included.
-            let event = self.event(
+            let event = Arc::new(self.event(
                 ConversationEventKind::Deleted,
                 &cell,
                 &caller.user,
                 Vec::new(),
                 st.view(&cell.id),
-            );
+            ));
             let mut ops = Vec::new();
             if purge {
                 // The purge runs first in the batch; the tombstones written after it stay.

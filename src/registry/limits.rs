@@ -54,6 +54,11 @@ pub const PROFILE_RECIPIENTS_PER_TOKEN: usize = 50;
 /// after the send, as for profile changes.
 pub const SEND_RECIPIENTS_PER_TOKEN: usize = 50;
 
+/// Users a membership change writes for (the members of a created group, the users added
+/// to or removed from one, the members a group control names: each an entry or its removal
+/// and an event in their log) that cost one token more, charged after the change.
+pub const MEMBERS_PER_TOKEN: usize = 10;
+
 impl Work {
     /// Tokens it takes.
     pub fn cost(self) -> u32 {
@@ -225,6 +230,15 @@ impl Registry {
     pub fn charge_conversations(&self, user: &UserId, named: usize) {
         let tokens = named.saturating_sub(1);
         self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
+    }
+
+    /// Charges a non-admin caller for the `members` a membership change wrote for (see
+    /// [`MEMBERS_PER_TOKEN`]); never refused.
+    pub(super) fn charge_members(&self, caller: &super::Caller, members: usize) {
+        if !caller.admin {
+            let tokens = members / MEMBERS_PER_TOKEN;
+            self.owe(&caller.user, u64::try_from(tokens).unwrap_or(u64::MAX));
+        }
     }
 
     /// Takes `tokens` from the user's bucket for work already done (at most a burst below

@@ -404,11 +404,54 @@ impl ConvState {
     }
 }
 
-/// A conversation event to be logged for one user (the writer assigns its `user_seq`).
+/// A conversation event to be logged for one user (the writer assigns its `user_seq`). The
+/// event is shared by every user it is logged for; what each is sent and keeps is
+/// [`LoggedEvent::copy`].
 pub struct LoggedEvent {
     pub user: UserId,
-    pub event: ConversationEvent,
+    pub event: Arc<ConversationEvent>,
     pub except_session: u64,
+}
+
+impl LoggedEvent {
+    /// The copy logged for (and pushed to) `user`: its `members` name only the user when they
+    /// are among several named, and its conversation carries no `attributes`
+    /// (`GetConversation` has them). So one copy's size does not grow with the request, and a
+    /// change naming n users writes n small copies instead of n copies of n names.
+    pub fn copy(&self) -> ConversationEvent {
+        let e = &*self.event;
+        let members = if e.members.len() > 1 && e.members.iter().any(|m| *m == *self.user) {
+            vec![self.user.to_string()]
+        } else {
+            e.members.clone()
+        };
+        let conversation = e.conversation.as_ref().map(|c| Conversation {
+            id: c.id.clone(),
+            kind: c.kind,
+            name: c.name.clone(),
+            attributes: Default::default(),
+            owner: c.owner.clone(),
+            created_at: c.created_at,
+            member_count: c.member_count,
+            members: c.members.clone(),
+            last_seq: c.last_seq,
+            muted: c.muted,
+            expires_at: c.expires_at,
+            unique: c.unique,
+            mute_all: c.mute_all,
+        });
+        ConversationEvent {
+            kind: e.kind,
+            conversation_id: e.conversation_id.clone(),
+            by: e.by.clone(),
+            members,
+            conversation,
+            server_time: e.server_time,
+            user_seq: e.user_seq,
+            role: e.role,
+            muted_until: e.muted_until,
+        }
+    }
 }
 
 /// The conversation registry.

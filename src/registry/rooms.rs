@@ -292,7 +292,7 @@ impl Registry {
                 );
                 let logged = vec![LoggedEvent {
                     user,
-                    event,
+                    event: Arc::new(event),
                     except_session: caller.session,
                 }];
                 Some(self.writer.submit(permit, ops, Vec::new(), logged))
@@ -323,7 +323,7 @@ impl Registry {
             );
             let logged = vec![LoggedEvent {
                 user: caller.user.clone(),
-                event,
+                event: Arc::new(event),
                 except_session: caller.session,
             }];
             self.writer.submit(permit, ops, Vec::new(), logged)

@@ -472,12 +472,13 @@ fn gather(
                 *next += 1;
             }
         }
-        for LoggedEvent {
-            user,
-            mut event,
-            except_session,
-        } in job.events.drain(..)
-        {
+        for logged in job.events.drain(..) {
+            let mut event = logged.copy();
+            let LoggedEvent {
+                user,
+                except_session,
+                ..
+            } = logged;
             let seq = match last.get(&user) {
                 Some(s) => s + 1,
                 None => store.last_user_event_seq(&user)? + 1,

@@ -465,3 +465,71 @@ async fn names_and_attribute_keys_refuse_control_bidi_and_format_characters() {
         assert_eq!(c.name, *good);
     }
 }
+
+/// A change naming many users logs each of them a copy of its event that names only that user
+/// and carries no attributes, so what one user's log keeps (and a new device replays) does not
+/// grow with the request. The members told live get the event whole.
+#[tokio::test]
+async fn each_logged_copy_of_a_membership_event_names_only_its_user() {
+    use prost::Message as _;
+    let server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    let (mut bob, _) = server.login_device("bob", "phone", 0).await;
+    let names: Vec<String> = (0..40).map(|n| format!("user-{n:0>95}")).collect();
+    let (first, later): (Vec<&str>, Vec<&str>) = {
+        let all: Vec<&str> = names.iter().map(String::as_str).collect();
+        (all[..20].to_vec(), all[20..].to_vec())
+    };
+    let attributes: std::collections::BTreeMap<String, String> =
+        [("note".to_string(), "v".repeat(4000))].into();
+    let mut members: Vec<String> = first.iter().map(|m| m.to_string()).collect();
+    members.push("bob".into());
+    let g = within(alice.create(pb::CreateConversation {
+        kind: ConversationKind::Group as i32,
+        members,
+        name: "big".into(),
+        attributes: attributes.clone(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    assert_eq!(g.attributes, attributes);
+    let created = event(&mut bob).await;
+    assert_eq!(kind(&created), Ev::Created);
+
+    within(alice.add_members(&g.id, &later)).await.unwrap();
+    let added = event(&mut bob).await;
+    assert_eq!(kind(&added), Ev::MembersAdded);
+    assert_eq!(added.members, later, "a member told live hears whom");
+    assert_eq!(added.conversation.unwrap().attributes, attributes);
+    within(alice.remove_members(&g.id, &later)).await.unwrap();
+    let removed = event(&mut bob).await;
+    assert_eq!(kind(&removed), Ev::MembersRemoved);
+    assert_eq!(removed.members, later);
+
+    // What the request named (2,000 bytes of ids and 4,000 of attributes) is in no copy.
+    let small = |e: &pb::ConversationEvent| {
+        assert!(
+            e.conversation.as_ref().unwrap().attributes.is_empty(),
+            "{e:?}"
+        );
+        assert!(e.encoded_len() < 1000, "{} bytes", e.encoded_len());
+    };
+    let (_created, w) = server.login_device(first[3], "new", 0).await;
+    assert_eq!(w.events.len(), 1);
+    assert_eq!(kind(&w.events[0]), Ev::Created);
+    assert_eq!(w.events[0].conversation.as_ref().unwrap().name, "big");
+    small(&w.events[0]);
+    let (_added, w) = server.login_device(later[7], "new", 0).await;
+    let kinds: Vec<Ev> = w.events.iter().map(kind).collect();
+    assert_eq!(kinds, [Ev::MembersAdded, Ev::MembersRemoved]);
+    for e in &w.events {
+        assert_eq!(e.members, [later[7]], "the copy names its own user only");
+        assert_eq!(e.by, "alice");
+        small(e);
+    }
+    // Bob's copy of the create carries no attributes either; the conversation has them.
+    small(&created);
+    let got = within(bob.get_conversation(&g.id)).await.unwrap();
+    assert_eq!(got.attributes, attributes);
+}

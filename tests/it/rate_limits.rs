@@ -438,8 +438,8 @@ async fn a_profile_change_is_charged_by_the_users_it_is_pushed_to() {
         Rep::Conversation(c) => c.conversation.unwrap().id,
         other => panic!("{other:?}"),
     };
-    // A full bucket.
-    server.clock.advance(10_000);
+    // A full bucket (the create of 1,000 members took 5 + 100 of it).
+    server.clock.advance(20_000);
     for n in 0..4 {
         let rep = raw
             .request(Req::SetProfile(pb::SetProfile {
@@ -507,4 +507,56 @@ async fn a_send_is_charged_by_the_members_it_goes_to() {
         }
         assert_eq!(limited(&raw.request(send(&pair)).await), Some(100));
     }
+}
+
+/// A membership change writes for every user it names: besides its own cost it is charged
+/// 1 token per 10 of them, after the change. Adding 200 users costs 5 + 20, and so does
+/// removing them: two rounds take a 100-token burst.
+#[tokio::test]
+async fn a_membership_change_is_charged_by_the_users_it_names() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit_connection_per_sec = 0;
+        c.rate_limit_user_per_sec = 10;
+        c.rate_limit_user_burst = 100;
+    })
+    .await;
+    let mut raw = Raw::login(&server, "alice").await;
+    let id = match raw
+        .request(Req::CreateConversation(pb::CreateConversation {
+            kind: pb::ConversationKind::Group as i32,
+            members: vec!["bob".into()],
+            name: "team".into(),
+            ..Default::default()
+        }))
+        .await
+    {
+        Rep::Conversation(c) => c.conversation.unwrap().id,
+        other => panic!("{other:?}"),
+    };
+    let users: Vec<String> = (0..200).map(|n| format!("u{n}")).collect();
+    // A full bucket.
+    server.clock.advance(10_000);
+    for round in 0..2 {
+        let rep = raw
+            .request(Req::AddMembers(pb::AddMembers {
+                conversation_id: id.clone(),
+                members: users.clone(),
+            }))
+            .await;
+        assert!(matches!(rep, Rep::Conversation(_)), "add {round}: {rep:?}");
+        let rep = raw
+            .request(Req::RemoveMembers(pb::RemoveMembers {
+                conversation_id: id.clone(),
+                members: users.clone(),
+            }))
+            .await;
+        assert!(
+            matches!(rep, Rep::Conversation(_)),
+            "remove {round}: {rep:?}"
+        );
+    }
+    // Nothing is left: a light request waits for one token, 100 ms.
+    assert_eq!(limited(&raw.request(get(&id)).await), Some(100));
+    server.clock.advance(100);
+    assert!(limited(&raw.request(get(&id)).await).is_none());
 }

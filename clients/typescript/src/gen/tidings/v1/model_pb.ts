@@ -395,6 +395,8 @@ export type ConversationEvent = Message$1<"tidings.v1.ConversationEvent"> & {
 
   /**
    * MEMBERS_ADDED / MEMBERS_REMOVED: the users added or removed. LEFT: the user who left.
+   * In the copy logged for a user (`user_seq` set) that names several users, the recipient
+   * among them, only the recipient.
    *
    * @generated from field: repeated string members = 4;
    */
@@ -402,7 +404,8 @@ export type ConversationEvent = Message$1<"tidings.v1.ConversationEvent"> & {
 
   /**
    * The conversation after the change (CREATED, MEMBERS_*, UPDATED, MUTED, LEFT). For
-   * MEMBERS_REMOVED sent to a removed user it is the state just before removal.
+   * MEMBERS_REMOVED sent to a removed user it is the state just before removal. The copy
+   * logged for a user (`user_seq` set) carries no `attributes` (GetConversation has them).
    *
    * @generated from field: tidings.v1.Conversation conversation = 5;
    */
