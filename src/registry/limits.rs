@@ -46,6 +46,10 @@ pub const SCANNED_PER_TOKEN: usize = 50;
 /// cost one token more, charged after the query (about half a millisecond of CPU).
 pub const QUERY_STEPS_PER_TOKEN: u64 = 100_000;
 
+/// Messages a LeanCloud `lc.protobuf2.1` open's catch-up reads that cost one token more,
+/// charged after the open (what the `logs` pages fetching them would: 5 for 100).
+pub const OFFLINE_MESSAGES_PER_TOKEN: usize = 20;
+
 /// Users a profile change is pushed to (its audience, the user included) that cost one token
 /// more, charged after the change (about what a send to as many costs).
 pub const PROFILE_RECIPIENTS_PER_TOKEN: usize = 50;
@@ -200,6 +204,13 @@ impl Registry {
     /// (see [`QUERY_STEPS_PER_TOKEN`]), refused or not; never refused itself.
     pub fn charge_query(&self, user: &UserId, steps: u64) {
         self.owe(user, steps / QUERY_STEPS_PER_TOKEN);
+    }
+
+    /// Charges a user for the `messages` a LeanCloud open's catch-up read (see
+    /// [`OFFLINE_MESSAGES_PER_TOKEN`]); never refused.
+    pub fn charge_offline(&self, user: &UserId, messages: usize) {
+        let tokens = messages / OFFLINE_MESSAGES_PER_TOKEN;
+        self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
     }
 
     /// Charges a user for the `recipients` their profile change was pushed to (see
