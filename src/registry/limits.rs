@@ -50,6 +50,11 @@ pub const QUERY_STEPS_PER_TOKEN: u64 = 100_000;
 /// charged after the open (what the `logs` pages fetching them would: 5 for 100).
 pub const OFFLINE_MESSAGES_PER_TOKEN: usize = 20;
 
+/// Conversations a catch-up across all of a user's conversations examines (LeanCloud's missed
+/// notifications, the edits since `lastPatchTime`: a range read of each one's log) that cost
+/// one token more, charged after it.
+pub const CONVERSATIONS_PER_TOKEN: usize = 100;
+
 /// Users a profile change is pushed to (its audience, the user included) that cost one token
 /// more, charged after the change (about what a send to as many costs).
 pub const PROFILE_RECIPIENTS_PER_TOKEN: usize = 50;
@@ -210,6 +215,13 @@ impl Registry {
     /// [`OFFLINE_MESSAGES_PER_TOKEN`]); never refused.
     pub fn charge_offline(&self, user: &UserId, messages: usize) {
         let tokens = messages / OFFLINE_MESSAGES_PER_TOKEN;
+        self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
+    }
+
+    /// Charges a user for the `conversations` a catch-up examined (see
+    /// [`CONVERSATIONS_PER_TOKEN`]); never refused.
+    pub(super) fn charge_conversations(&self, user: &UserId, conversations: usize) {
+        let tokens = conversations / CONVERSATIONS_PER_TOKEN;
         self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
     }
 

@@ -369,3 +369,70 @@ async fn a_protocol_1_open_is_charged_for_the_messages_it_reads() {
     let r = again.request(logs).await;
     assert!(r.error_message.is_none(), "{r:?}");
 }
+
+/// The catch-ups that look at every conversation of the client's are charged afterwards, a
+/// token per 100 conversations, on top of their price: with 500 groups, missed notifications
+/// cost 5 + 5, and an open with `lastPatchTime` 20 + 5.
+#[tokio::test]
+async fn catch_ups_over_all_the_conversations_are_charged_by_their_number() {
+    use crate::leancloud::{APP_ID, MASTER_KEY};
+    let server = lc_server_with(|c| {
+        c.rate_limit_user_per_sec = 40;
+        c.rate_limit_user_burst = 40;
+    })
+    .await;
+    let groups = groups_with_unread(&server, 500, 0, 0).await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let st = c.opened("bob", None).await.st.unwrap();
+    server.clock.advance(1_000);
+    // 40 tokens: four answers of 10.
+    let addr = server.running().addr;
+    let target = "/1.1/rtm/notifications?client_id=bob&start_ts=0";
+    let headers = [("X-LC-Id", APP_ID), ("X-LC-IM-Session-Token", st.as_str())];
+    for n in 0..4 {
+        let a = crate::leancloud_http::request(addr, "GET", target, &headers).await;
+        assert_eq!(a.status, 200, "answer {n}: {a:?}");
+    }
+    let a = crate::leancloud_http::request(addr, "GET", target, &headers).await;
+    assert_eq!(a.status, 429, "{a:?}");
+
+    // 40 tokens: an open with `lastPatchTime` (25) leaves 15, three `logs` pages.
+    server.clock.advance(1_000);
+    let t = tidings::clock::Clock::now_ms(&tidings::clock::SystemClock);
+    let s = tidings::leancloud::sign::login_signature(MASTER_KEY, APP_ID, "bob", t, "n");
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let r = c
+        .request(GenericCommand {
+            app_id: Some(APP_ID.into()),
+            peer_id: Some("bob".into()),
+            session_message: Some(lc::SessionCommand {
+                t: Some(t),
+                n: Some("n".into()),
+                s: Some(s),
+                last_patch_time: Some(1),
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Session, Some(Op::Open))
+        })
+        .await;
+    assert_eq!(
+        (r.cmd, r.op),
+        (Some(Cmd::Session as i32), Some(Op::Opened as i32)),
+        "{r:?}"
+    );
+    let logs = GenericCommand {
+        peer_id: Some("bob".into()),
+        logs_message: Some(lc::LogsCommand {
+            cid: Some(groups[0].clone()),
+            l: Some(1),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Logs, None)
+    };
+    for n in 0..3 {
+        let r = c.request(logs.clone()).await;
+        assert!(r.error_message.is_none(), "page {n}: {r:?}");
+    }
+    let e = c.request(logs).await.error_message;
+    assert_eq!(e.map(|e| e.code), Some(4113));
+}
