@@ -555,7 +555,7 @@ pub(super) struct CatchUp {
 }
 
 /// Reads an open's catch-up: for `.1` clients, the unread messages of `offline` (see
-/// [`offline`]); after `patched_after`, the edits and recalls since then. Charged afterwards
+/// [`offline_messages`]); after `patched_after`, the edits and recalls since then. Charged afterwards
 /// for what it read.
 async fn catch_up(
     app: Arc<App>,
@@ -571,10 +571,10 @@ async fn catch_up(
         tokio::task::spawn_blocking(move || {
             let mut commands = Vec::new();
             let mut sent = None;
-            let mut cost = CatchUpCost::default();
+            let mut read = 0;
             if let Some(summary) = offline {
                 let (messages, conversations) =
-                    offline_messages(&app, &caller, &summary, &mut cost)?;
+                    offline_messages(&app, &caller, &summary, &mut read)?;
                 commands = messages;
                 sent = Some(conversations);
             }
@@ -585,17 +585,13 @@ async fn catch_up(
                 let changed: Vec<&pb::Message> = changed.iter().collect();
                 commands.extend(changed.chunks(PATCHES_PER_PUSH).map(patches));
             }
-            app.registry.charge_offline(&caller.user, cost.messages);
+            app.registry.charge_offline(&caller.user, read);
             Ok::<_, Error>((commands, sent))
         })
         .await
     };
-    let (commands, sent) = match read {
-        Ok(Ok(read)) => read,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, user = %caller.user, "catch-up after open failed");
-            (Vec::new(), None)
-        }
+    let (commands, sent) = match read.map_err(|_| Error::Internal).and_then(|r| r) {
+        Ok(read) => read,
         Err(e) => {
             tracing::error!(error = %e, user = %caller.user, "catch-up after open failed");
             (Vec::new(), None)
@@ -609,12 +605,6 @@ async fn catch_up(
             .collect(),
         sent,
     }
-}
-
-/// What an open's catch-up read, charged to the user afterwards.
-#[derive(Default)]
-struct CatchUpCost {
-    messages: usize,
 }
 
 /// Hands a finished catch-up to the socket: its frames, to be written before anything else.
@@ -681,12 +671,12 @@ fn unread(caller: &Caller, summary: pb::UnreadSummary, now: i64) -> Option<Gener
 /// At most `leancloud_offline_messages_max` messages and `leancloud_offline_bytes_max` bytes in
 /// all (the first message always goes): where they cut, the last one sent says `hasMore` too,
 /// and the client reads the rest with `logs`. Also returns the conversations it sent messages
-/// of.
+/// of; adds the messages it read to `read`.
 fn offline_messages(
     app: &App,
     caller: &Caller,
     summary: &pb::UnreadSummary,
-    cost: &mut CatchUpCost,
+    read: &mut usize,
 ) -> Result<(Vec<GenericCommand>, HashSet<String>), Error> {
     let c = &app.config;
     let (max, budget) = (
@@ -714,7 +704,7 @@ fn offline_messages(
         let (messages, _) = app
             .registry
             .sync(caller, &e.conversation_id, from, want as u32)?;
-        cost.messages += messages.len();
+        *read += messages.len();
         // Only what the summary counted: a message committed since is pushed.
         let mut page: Vec<GenericCommand> = messages
             .iter()
