@@ -640,6 +640,14 @@ pub struct Config {
     /// or a value compared); a query that needs more is refused. A million steps are a few
     /// milliseconds of CPU.
     pub leancloud_query_steps_max: u64,
+    /// LeanCloud dialect: most unread messages one `session/open` of an `lc.protobuf2.1` client
+    /// answers with (over all its conversations); the rest are left to `logs`, and the last
+    /// message sent says `hasMore`.
+    pub leancloud_offline_messages_max: usize,
+    /// LeanCloud dialect: most bytes (encoded commands) of unread messages one `session/open`
+    /// of an `lc.protobuf2.1` client answers with; the message that would go past it is not
+    /// sent (unless it would be the first), and the last one sent says `hasMore`.
+    pub leancloud_offline_bytes_max: usize,
     /// LeanCloud dialect: most clients (`peerId`s) one socket may have open at once.
     pub leancloud_max_clients_per_socket: usize,
     /// LeanCloud dialect: lifetime of a session token (`st`), seconds.
@@ -807,6 +815,8 @@ impl Default for Config {
             leancloud_open_conversations: true,
             leancloud_query_scan_max: 1000,
             leancloud_query_steps_max: 4_000_000,
+            leancloud_offline_messages_max: 1000,
+            leancloud_offline_bytes_max: 1 << 20,
             leancloud_max_clients_per_socket: 16,
             leancloud_session_token_ttl_secs: 172_800,
             leancloud_signature_ttl_secs: 21_600,
@@ -1068,6 +1078,9 @@ impl Config {
         }
         if self.login_summary_max == 0 {
             return bad("login_summary_max must be at least 1");
+        }
+        if self.leancloud_offline_messages_max == 0 {
+            return bad("leancloud_offline_messages_max must be at least 1");
         }
         if self.list_snapshots_per_user == 0 || self.history_scan_max == 0 {
             return bad("list_snapshots_per_user and history_scan_max must be at least 1");

@@ -481,6 +481,17 @@ async fn serve_http(
                 // request's head.
                 let resp = if shared.app.config.demo && crate::demo::is_token_request(&req) {
                     crate::demo::token(req, &shared.app).await
+                } else if shared.app.config.leancloud_app_id.is_some()
+                    && req.method() == Method::GET
+                    && req.uri().path() == LC_NOTIFICATIONS_PATH
+                {
+                    // Reads a log of every conversation of the client's: off the async threads.
+                    let (shared, tls) = (shared.clone(), shared.tls.is_some());
+                    tokio::task::spawn_blocking(move || leancloud_http(&req, &shared.app, tls))
+                        .await
+                        .unwrap_or_else(|_| {
+                            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+                        })
                 } else {
                     route(req, &shared, remote)
                 };

@@ -13,7 +13,7 @@
 
 use super::{ConvState, Error, Registry};
 use crate::protocol::pb::{ConversationEvent, ConversationEventKind as Ev, ConversationKind};
-use crate::store::Op;
+use crate::store::{Op, UserId};
 
 impl Registry {
     /// Whether `event` goes into its conversation's own log: membership changes and updates
@@ -91,7 +91,8 @@ impl Registry {
     /// as an ownership moving away from the user, is answered once). At most `max`, more when the last ones share a
     /// millisecond (so asking again after the last one's time misses nothing); `true` when
     /// more are left. Reads one log per conversation of the user's (one entry for a log with
-    /// nothing new).
+    /// nothing new): charged to the user afterwards by the logs read (see
+    /// `limits::CONVERSATIONS_PER_TOKEN`).
     pub fn missed_events(
         &self,
         user: &str,
@@ -109,6 +110,7 @@ impl Registry {
         if retention > 0 {
             let age = i64::from(self.config.conversation_event_log_max_age_secs) * 1000;
             let floor = after.max(self.now() - age);
+            let mut read = 0;
             for (num, rec) in self.store.user_conversations(user)? {
                 if matches!(
                     ConversationKind::try_from(rec.kind),
@@ -116,6 +118,7 @@ impl Registry {
                 ) {
                     continue;
                 }
+                read += 1;
                 let logged = self
                     .store
                     .conversation_events_after(num, floor, retention)?;
@@ -129,6 +132,7 @@ impl Registry {
                     cut |= Self::first_page(&mut events, max);
                 }
             }
+            self.charge_conversations(&UserId::from(user), read);
         }
         cut |= Self::first_page(&mut events, max);
         Ok((events, cut))

@@ -12,7 +12,7 @@ use super::{Caller, ConvCell, Error, Registry};
 use crate::hub::{Delivery, Recipients};
 use crate::protocol;
 use crate::protocol::pb::{self, ConversationKind, HistoryDirection, Message, MessageUpdateKind};
-use crate::store::{Direction, Op};
+use crate::store::{Direction, Op, UserId};
 use bytes::Bytes;
 use prost::Message as _;
 use std::collections::{BTreeMap, HashSet};
@@ -680,10 +680,13 @@ impl Registry {
 
     /// The messages of `user`'s conversations last edited or recalled after `after` (ms) that
     /// the user can still see, oldest change first, at most `max` (catch-up of clients that
-    /// missed the pushes).
+    /// missed the pushes). Reads the patches of every conversation of the user's: charged to
+    /// the user afterwards by their number (see `limits::CONVERSATIONS_PER_TOKEN`).
     pub fn patched_since(&self, user: &str, after: i64, max: usize) -> Result<Vec<Message>, Error> {
         let mut found: Vec<(i64, u64, u64)> = Vec::new();
-        for (num, rec) in self.store.user_conversations(user)? {
+        let conversations = self.store.user_conversations(user)?;
+        self.charge_conversations(&UserId::from(user), conversations.len());
+        for (num, rec) in conversations {
             for (at, seq) in self.store.patches_after(num, after, max)? {
                 if seq > rec.cleared_seq {
                     found.push((at, num, seq));

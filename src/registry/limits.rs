@@ -46,6 +46,15 @@ pub const SCANNED_PER_TOKEN: usize = 50;
 /// cost one token more, charged after the query (about half a millisecond of CPU).
 pub const QUERY_STEPS_PER_TOKEN: u64 = 100_000;
 
+/// Messages a LeanCloud `lc.protobuf2.1` open's catch-up reads that cost one token more,
+/// charged after the open (what the `logs` pages fetching them would: 5 for 100).
+pub const OFFLINE_MESSAGES_PER_TOKEN: usize = 20;
+
+/// Conversations a catch-up across all of a user's conversations examines (LeanCloud's missed
+/// notifications, the edits since `lastPatchTime`: a range read of each one's log) that cost
+/// one token more, charged after it.
+pub const CONVERSATIONS_PER_TOKEN: usize = 100;
+
 /// Users a profile change is pushed to (its audience, the user included) that cost one token
 /// more, charged after the change (about what a send to as many costs).
 pub const PROFILE_RECIPIENTS_PER_TOKEN: usize = 50;
@@ -211,6 +220,20 @@ impl Registry {
         self.owe(user, steps / QUERY_STEPS_PER_TOKEN);
     }
 
+    /// Charges a user for the `messages` a LeanCloud open's catch-up read (see
+    /// [`OFFLINE_MESSAGES_PER_TOKEN`]); never refused.
+    pub fn charge_offline(&self, user: &UserId, messages: usize) {
+        let tokens = messages / OFFLINE_MESSAGES_PER_TOKEN;
+        self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
+    }
+
+    /// Charges a user for the `conversations` a catch-up examined (see
+    /// [`CONVERSATIONS_PER_TOKEN`]); never refused.
+    pub(super) fn charge_conversations(&self, user: &UserId, conversations: usize) {
+        let tokens = conversations / CONVERSATIONS_PER_TOKEN;
+        self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
+    }
+
     /// Charges a user for the `recipients` their profile change was pushed to (see
     /// [`PROFILE_RECIPIENTS_PER_TOKEN`]); never refused.
     pub(super) fn charge_profile(&self, user: &UserId, recipients: usize) {
@@ -227,7 +250,7 @@ impl Registry {
 
     /// Charges a user for the conversations one request named beyond the first (LeanCloud's
     /// `read` names many, each a read position to store): a token each; never refused.
-    pub fn charge_conversations(&self, user: &UserId, named: usize) {
+    pub fn charge_reads(&self, user: &UserId, named: usize) {
         let tokens = named.saturating_sub(1);
         self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
     }

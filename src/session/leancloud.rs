@@ -26,7 +26,7 @@ use crate::registry::limits::Work;
 use crate::registry::{Caller, Error, HistoryRequest, SendRequest};
 use crate::store::UserId;
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -221,10 +221,7 @@ pub(super) fn on_frame(actor: &mut Actor, p: LcProtocol, m: WsMessage) -> Option
                 }
                 // A `read` names any number of conversations: charged before the next frame.
                 if let Some(r) = cmd.read_message.as_ref().filter(|_| kind == Cmd::Read) {
-                    actor
-                        .app
-                        .registry
-                        .charge_conversations(&user, r.convs.len());
+                    actor.app.registry.charge_reads(&user, r.convs.len());
                 }
             }
             on_session_command(actor, p, at, kind, op, cmd)
@@ -514,42 +511,119 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
     app.stats.traffic.leancloud(counted, Some(&opened));
     let mut frames = vec![wire(p, &opened)];
     // `.3` clients get unread counts after opening; `.1` clients get their unread messages.
-    let summary = app.registry.unread_summary(&caller.user, false);
+    let summary = match app.registry.unread_summary(&caller.user, false) {
+        Ok(summary) => summary,
+        Err(e) => {
+            tracing::error!(error = %e, user = %caller.user, "catch-up after open failed");
+            return Some(Immediate::Reply(frames));
+        }
+    };
     // A delivery step that overlapped the open may push what the catch-up tells of: remember
     // what it told, so those pushes are skipped.
-    if let Ok(s) = &summary
-        && app.hub.overlapped(steps_before)
+    if app.hub.overlapped(steps_before)
         && let Some(at) = peer_index(actor, Some(&peer_id))
     {
-        actor.peers[at].told = told(s, |e| e.unread > 0);
+        actor.peers[at].told = told(&summary, |e| e.unread > 0);
     }
-    let catch_up = summary.and_then(|summary| {
-        if p.pushes_unread_counts() {
-            Ok(unread(&caller, summary, now).into_iter().collect())
-        } else {
-            offline(&app, &caller, summary)
-        }
-    });
+    let offline = if p.pushes_unread_counts() {
+        frames.extend(unread(&caller, summary, now).map(|c| wire(p, &envelope(c, &peer_id))));
+        None
+    } else {
+        Some(summary)
+    };
     // Then the edits and recalls made since the client's `lastPatchTime`.
-    let catch_up = catch_up.and_then(|mut commands| {
-        if let Some(after) = s.last_patch_time.filter(|t| *t > 0) {
-            let changed = app
-                .registry
-                .patched_since(&caller.user, after, PATCH_REPLAY_MAX)?;
-            let changed: Vec<&pb::Message> = changed.iter().collect();
-            commands.extend(changed.chunks(PATCHES_PER_PUSH).map(patches));
-        }
-        Ok(commands)
-    });
-    match catch_up {
-        Ok(commands) => frames.extend(
-            commands
-                .into_iter()
-                .map(|c| wire(p, &envelope(c, &peer_id))),
-        ),
-        Err(e) => tracing::error!(error = %e, user = %caller.user, "catch-up after open failed"),
+    let patched_after = s.last_patch_time.filter(|t| *t > 0);
+    if offline.is_some() || patched_after.is_some() {
+        // Store reads: off the async workers, and written before anything else this socket
+        // gets (see `CatchUp`).
+        actor.catch_up = Some(Box::pin(catch_up(
+            app,
+            p,
+            caller,
+            peer_id,
+            offline,
+            patched_after,
+        )));
     }
     Some(Immediate::Reply(frames))
+}
+
+/// The catch-up after an open, read off the async workers: what it writes, and the
+/// conversations whose messages it sent (`None`: all it was told of). The socket writes
+/// nothing else and reads nothing until it is out, so it comes right after `session/opened`,
+/// as it would if read at once, and a push it makes redundant is recognised (see `told`).
+pub(super) struct CatchUp {
+    session: u64,
+    frames: Vec<WsMessage>,
+    sent: Option<HashSet<String>>,
+}
+
+/// Reads an open's catch-up: for `.1` clients, the unread messages of `offline` (see
+/// [`offline_messages`]); after `patched_after`, the edits and recalls since then. Charged afterwards
+/// for what it read.
+async fn catch_up(
+    app: Arc<App>,
+    p: LcProtocol,
+    caller: Caller,
+    peer_id: String,
+    offline: Option<pb::UnreadSummary>,
+    patched_after: Option<i64>,
+) -> CatchUp {
+    let session = caller.session;
+    let read = {
+        let (app, caller) = (app.clone(), caller.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut commands = Vec::new();
+            let mut sent = None;
+            let mut read = 0;
+            if let Some(summary) = offline {
+                let (messages, conversations) =
+                    offline_messages(&app, &caller, &summary, &mut read)?;
+                commands = messages;
+                sent = Some(conversations);
+            }
+            if let Some(after) = patched_after {
+                let changed = app
+                    .registry
+                    .patched_since(&caller.user, after, PATCH_REPLAY_MAX)?;
+                let changed: Vec<&pb::Message> = changed.iter().collect();
+                commands.extend(changed.chunks(PATCHES_PER_PUSH).map(patches));
+            }
+            app.registry.charge_offline(&caller.user, read);
+            Ok::<_, Error>((commands, sent))
+        })
+        .await
+    };
+    let (commands, sent) = match read.map_err(|_| Error::Internal).and_then(|r| r) {
+        Ok(read) => read,
+        Err(e) => {
+            tracing::error!(error = %e, user = %caller.user, "catch-up after open failed");
+            (Vec::new(), None)
+        }
+    };
+    CatchUp {
+        session,
+        frames: commands
+            .into_iter()
+            .map(|c| wire(p, &envelope(c, &peer_id)))
+            .collect(),
+        sent,
+    }
+}
+
+/// Hands a finished catch-up to the socket: its frames, to be written before anything else.
+/// A push of a conversation the catch-up sent nothing of goes out after all.
+pub(super) fn caught_up(actor: &mut Actor, c: CatchUp) -> Vec<WsMessage> {
+    if let (Some(sent), Some(peer)) = (
+        &c.sent,
+        actor
+            .peers
+            .iter_mut()
+            .find(|x| x.caller.session == c.session),
+    ) {
+        peer.told.retain(|conv, _| sent.contains(conv));
+    }
+    c.frames
 }
 
 /// A client id is a user id (the rule logins follow) of at most 64 characters, LeanCloud's own
@@ -596,37 +670,83 @@ fn unread(caller: &Caller, summary: pb::UnreadSummary, now: i64) -> Option<Gener
 }
 
 /// The catch-up of `lc.protobuf2.1` clients: the unread messages of each conversation among the
-/// first `login_summary_max` of the list (at most `page_max` per conversation, the newest being
-/// the last), as `direct { offline: true }`,
-/// `hasMore` on all but the last one.
-fn offline(
+/// first `login_summary_max` of the list, in the list's order (of each at most `page_max`, the
+/// newest, oldest first), as `direct { offline: true }` with `hasMore` on all but the last one.
+/// At most `leancloud_offline_messages_max` messages and `leancloud_offline_bytes_max` bytes in
+/// all (the first message always goes): where they cut, the last one sent says `hasMore` too,
+/// and the client reads the rest with `logs`. Also returns the conversations it sent messages
+/// of; adds the messages it read to `read`.
+fn offline_messages(
     app: &App,
     caller: &Caller,
-    summary: pb::UnreadSummary,
-) -> Result<Vec<GenericCommand>, Error> {
-    let mut out = Vec::new();
-    for e in summary.entries.into_iter().filter(|e| e.unread > 0) {
-        let from = e
+    summary: &pb::UnreadSummary,
+    read: &mut usize,
+) -> Result<(Vec<GenericCommand>, HashSet<String>), Error> {
+    let c = &app.config;
+    let (max, budget) = (
+        c.leancloud_offline_messages_max,
+        c.leancloud_offline_bytes_max,
+    );
+    let mut out: Vec<GenericCommand> = Vec::new();
+    let mut sent = HashSet::new();
+    let (mut bytes, mut cut) = (0usize, false);
+    for e in summary.entries.iter().filter(|e| e.unread > 0) {
+        let left = max.saturating_sub(out.len());
+        if left == 0 || (bytes >= budget && !out.is_empty()) {
+            cut = true;
+            break;
+        }
+        let window = e
             .last_seq
-            .saturating_sub(u64::from(app.config.page_max))
-            .max(e.read_seq);
-        let (messages, _) =
-            app.registry
-                .sync(caller, &e.conversation_id, from, app.config.page_max)?;
-        for m in messages {
-            let mut d = direct_of(&m, e.kind);
-            d.offline = Some(true);
-            d.has_more = Some(true);
-            out.push(GenericCommand {
-                direct_message: Some(d),
-                ..command(Cmd::Direct, None)
-            });
+            .saturating_sub(e.read_seq)
+            .min(u64::from(c.page_max));
+        let want = window.min(left as u64);
+        if want == 0 {
+            continue;
+        }
+        let from = e.last_seq - want;
+        let (messages, _) = app
+            .registry
+            .sync(caller, &e.conversation_id, from, want as u32)?;
+        *read += messages.len();
+        // Only what the summary counted: a message committed since is pushed.
+        let mut page: Vec<GenericCommand> = messages
+            .iter()
+            .filter(|m| m.seq <= e.last_seq)
+            .map(|m| {
+                let mut d = direct_of(m, e.kind);
+                d.offline = Some(true);
+                d.has_more = Some(true);
+                GenericCommand {
+                    direct_message: Some(d),
+                    ..command(Cmd::Direct, None)
+                }
+            })
+            .collect();
+        // The newest that fit what is left of the bytes.
+        let mut fit = 0;
+        for m in page.iter().rev() {
+            let n = prost::Message::encoded_len(m);
+            if bytes + n > budget && !(out.is_empty() && fit == 0) {
+                cut = true;
+                break;
+            }
+            bytes += n;
+            fit += 1;
+        }
+        if fit > 0 {
+            sent.insert(e.conversation_id.clone());
+        }
+        out.extend(page.drain(page.len() - fit..));
+        if cut || want < window {
+            cut = true;
+            break;
         }
     }
-    if let Some(d) = out.last_mut().and_then(|c| c.direct_message.as_mut()) {
+    if !cut && let Some(d) = out.last_mut().and_then(|c| c.direct_message.as_mut()) {
         d.has_more = Some(false);
     }
-    Ok(out)
+    Ok((out, sent))
 }
 
 /// Adds the per-recipient envelope of a push.

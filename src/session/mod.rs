@@ -423,6 +423,7 @@ where
         outbox_tx: tx,
         peers: Vec::with_capacity(1),
         pending: None,
+        catch_up: None,
         abnormal: false,
         stalled: false,
         login_by: None,
@@ -742,6 +743,9 @@ struct Actor {
     /// Requests in progress, each ending in its encoded reply (if it has one); created with the
     /// first request, so a session that only listens does not carry the set's allocation.
     pending: Option<FuturesUnordered<BoxFuture<'static, Option<WsMessage>>>>,
+    /// LeanCloud: the catch-up of a client that just opened, being read. Until it is written
+    /// the connection reads no command and writes no push (they wait in the outbox).
+    catch_up: Option<BoxFuture<'static, leancloud::CatchUp>>,
     /// The connection ended without a clean close (dropped, idle, slow, bad input).
     abnormal: bool,
     /// A write made no progress for the stall limit: drop the socket without a close frame.
@@ -1055,7 +1059,10 @@ impl Actor {
             {
                 return Some(close);
             }
-            let reading = draining.is_none() && self.pending_len() < cfg.max_inflight_requests;
+            let reading = draining.is_none()
+                && self.pending_len() < cfg.max_inflight_requests
+                && self.catch_up.is_none();
+            let pushing = self.catch_up.is_none();
             let waiting = self.pending_len() > 0;
             // The arms only decide; the one write below is the loop's only other await. Keeping
             // frames and writes out of the arms keeps this future (which every connection
@@ -1073,15 +1080,19 @@ impl Actor {
                         Dialect::Native(_) => Step::Continue,
                     }
                 }
+                c = next_catch_up(&mut self.catch_up), if !pushing => {
+                    self.catch_up = None;
+                    Step::Write(leancloud::caught_up(self, c))
+                }
                 Some(reply) = next_reply(&mut self.pending), if waiting => {
                     let mut frames: Vec<WsMessage> = reply.into_iter().collect();
                     self.finished_replies(&mut frames);
-                    if let Ok(first) = self.outbox.try_recv() {
+                    if pushing && let Ok(first) = self.outbox.try_recv() {
                         self.burst(first, &mut frames);
                     }
                     Step::Write(frames)
                 }
-                Some(first) = self.outbox.recv() => {
+                Some(first) = self.outbox.recv(), if pushing => {
                     let mut frames = Vec::with_capacity(8);
                     self.finished_replies(&mut frames);
                     self.burst(first, &mut frames);
@@ -1432,6 +1443,16 @@ impl Actor {
                 None
             }
         }
+    }
+}
+
+/// The pending catch-up, once read (never, if there is none).
+async fn next_catch_up(
+    catch_up: &mut Option<BoxFuture<'static, leancloud::CatchUp>>,
+) -> leancloud::CatchUp {
+    match catch_up {
+        Some(c) => c.await,
+        None => std::future::pending().await,
     }
 }
 

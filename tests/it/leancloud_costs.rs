@@ -281,3 +281,205 @@ async fn a_read_naming_many_conversations_is_charged_for_each() {
     let r = c.request(count).await;
     assert!(r.error_message.is_none(), "{r:?}");
 }
+
+/// `groups` groups of alice's with bob, each with `per_group` messages of `size` bytes (the
+/// last group created is the most recently active); their ids, oldest first.
+async fn groups_with_unread(
+    server: &TestServer,
+    groups: usize,
+    per_group: usize,
+    size: usize,
+) -> Vec<String> {
+    let native = server.client("alice").await;
+    let mut ids = Vec::new();
+    for n in 0..groups {
+        // Whatever the rate limits, a second refills what the login, a group and its messages
+        // cost.
+        server.clock.advance(1_000);
+        let g = within(native.create(pb::CreateConversation {
+            kind: pb::ConversationKind::Group as i32,
+            members: vec!["bob".into()],
+            name: format!("g{n}"),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+        for m in 0..per_group {
+            let text = format!("{n}.{m}:{}", "x".repeat(size));
+            within(native.send_text(&g.id, &text)).await.unwrap();
+        }
+        ids.push(g.id);
+    }
+    ids
+}
+
+/// Opens bob with `lc.protobuf2.1`; the offline messages of the catch-up (the heartbeat
+/// answered after it shows it is all there: nothing is read before it is written).
+async fn open_v1(server: &TestServer) -> (Lc, Vec<lc::DirectCommand>) {
+    let mut bob = Lc::connect(server, LcProtocol::ProtobufV1).await;
+    bob.opened("bob", None).await;
+    bob.request(cmd(Cmd::Echo, None)).await;
+    let offline = bob
+        .take_pushes()
+        .into_iter()
+        .filter_map(|p| p.direct_message)
+        .inspect(|d| assert_eq!(d.offline, Some(true)))
+        .collect();
+    (bob, offline)
+}
+
+/// The `n.m` a message of [`groups_with_unread`] starts with (it went out as a LeanCloud text
+/// message).
+fn label(d: &lc::DirectCommand) -> String {
+    let m: serde_json::Value = serde_json::from_str(d.msg.as_deref().unwrap()).unwrap();
+    m["_lctext"].as_str().unwrap()[..3].to_owned()
+}
+
+/// What one protocol-1 open answers is bounded: by `leancloud_offline_bytes_max` (the newest
+/// messages of the most recently active conversations, as many as fit) and by
+/// `leancloud_offline_messages_max`. Where it cuts, the last message sent says `hasMore`, and
+/// the rest are there for `logs`.
+#[tokio::test]
+async fn a_protocol_1_open_answers_a_bounded_catch_up_and_says_there_is_more() {
+    // Bytes: 4 groups of 5 messages of 2,000 bytes, with room for 3.
+    let server = lc_server_with(|c| c.leancloud_offline_bytes_max = 7_000).await;
+    let groups = groups_with_unread(&server, 4, 5, 2_000).await;
+    let (mut bob, offline) = open_v1(&server).await;
+    let texts: Vec<String> = offline.iter().map(label).collect();
+    assert_eq!(texts, ["3.2", "3.3", "3.4"]);
+    let bytes: usize = offline.iter().map(|d| d.msg.as_ref().unwrap().len()).sum();
+    assert!(bytes <= 7_000, "{bytes}");
+    assert!(offline.iter().all(|d| d.has_more == Some(true)));
+    assert!(offline.iter().all(|d| d.cid.as_deref() == Some(&groups[3])));
+    // The older messages are in the history.
+    let r = bob
+        .request(GenericCommand {
+            peer_id: Some("bob".into()),
+            logs_message: Some(lc::LogsCommand {
+                cid: Some(groups[3].clone()),
+                mid: offline[0].id.clone(),
+                t: offline[0].timestamp,
+                l: Some(10),
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Logs, None)
+        })
+        .await;
+    assert_eq!(r.logs_message.unwrap().logs.len(), 2);
+
+    // Messages: 4 groups of 3 small ones, with room for 7: all of the newest two groups, the
+    // newest one of the third.
+    let server = lc_server_with(|c| c.leancloud_offline_messages_max = 7).await;
+    groups_with_unread(&server, 4, 3, 10).await;
+    let (_bob, offline) = open_v1(&server).await;
+    let texts: Vec<String> = offline.iter().map(label).collect();
+    assert_eq!(texts, ["3.0", "3.1", "3.2", "2.0", "2.1", "2.2", "1.2"]);
+    assert!(offline.iter().all(|d| d.has_more == Some(true)));
+
+    // Within both bounds: all of it, the last one saying there is no more.
+    let server = lc_server_with(|_| {}).await;
+    groups_with_unread(&server, 2, 2, 10).await;
+    let (_bob, offline) = open_v1(&server).await;
+    let more: Vec<Option<bool>> = offline.iter().map(|d| d.has_more).collect();
+    assert_eq!(more, [Some(true), Some(true), Some(true), Some(false)]);
+}
+
+/// The messages a protocol-1 open reads are charged to the user after it, a token per 20:
+/// 60 cost 3, so a `logs` page (5) no longer fits where it would without them.
+#[tokio::test]
+async fn a_protocol_1_open_is_charged_for_the_messages_it_reads() {
+    let server = lc_server_with(|c| {
+        c.rate_limit_user_per_sec = 25;
+        c.rate_limit_user_burst = 25;
+    })
+    .await;
+    let groups = groups_with_unread(&server, 3, 20, 10).await;
+    server.clock.advance(1_000);
+    let logs = GenericCommand {
+        peer_id: Some("bob".into()),
+        logs_message: Some(lc::LogsCommand {
+            cid: Some(groups[0].clone()),
+            l: Some(1),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Logs, None)
+    };
+    // 25 tokens: 20 for the open, 3 for its 60 messages.
+    let (mut bob, offline) = open_v1(&server).await;
+    assert_eq!(offline.len(), 60);
+    let e = bob.request(logs.clone()).await.error_message;
+    assert_eq!(e.map(|e| e.code), Some(4113));
+    // A protocol-3 open reads no messages: it leaves 5.
+    server.clock.advance(1_000);
+    let mut again = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    again.opened("bob", None).await;
+    let r = again.request(logs).await;
+    assert!(r.error_message.is_none(), "{r:?}");
+}
+
+/// The catch-ups that look at every conversation of the client's are charged afterwards, a
+/// token per 100 conversations, on top of their price: with 500 groups, missed notifications
+/// cost 5 + 5, and an open with `lastPatchTime` 20 + 5.
+#[tokio::test]
+async fn catch_ups_over_all_the_conversations_are_charged_by_their_number() {
+    use crate::leancloud::{APP_ID, MASTER_KEY};
+    let server = lc_server_with(|c| {
+        c.rate_limit_user_per_sec = 40;
+        c.rate_limit_user_burst = 40;
+    })
+    .await;
+    let groups = groups_with_unread(&server, 500, 0, 0).await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let st = c.opened("bob", None).await.st.unwrap();
+    server.clock.advance(1_000);
+    // 40 tokens: four answers of 10.
+    let addr = server.running().addr;
+    let target = "/1.1/rtm/notifications?client_id=bob&start_ts=0";
+    let headers = [("X-LC-Id", APP_ID), ("X-LC-IM-Session-Token", st.as_str())];
+    for n in 0..4 {
+        let a = crate::leancloud_http::request(addr, "GET", target, &headers).await;
+        assert_eq!(a.status, 200, "answer {n}: {a:?}");
+    }
+    let a = crate::leancloud_http::request(addr, "GET", target, &headers).await;
+    assert_eq!(a.status, 429, "{a:?}");
+
+    // 40 tokens: an open with `lastPatchTime` (25) leaves 15, three `logs` pages.
+    server.clock.advance(1_000);
+    let t = tidings::clock::Clock::now_ms(&tidings::clock::SystemClock);
+    let s = tidings::leancloud::sign::login_signature(MASTER_KEY, APP_ID, "bob", t, "n");
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let r = c
+        .request(GenericCommand {
+            app_id: Some(APP_ID.into()),
+            peer_id: Some("bob".into()),
+            session_message: Some(lc::SessionCommand {
+                t: Some(t),
+                n: Some("n".into()),
+                s: Some(s),
+                last_patch_time: Some(1),
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Session, Some(Op::Open))
+        })
+        .await;
+    assert_eq!(
+        (r.cmd, r.op),
+        (Some(Cmd::Session as i32), Some(Op::Opened as i32)),
+        "{r:?}"
+    );
+    let logs = GenericCommand {
+        peer_id: Some("bob".into()),
+        logs_message: Some(lc::LogsCommand {
+            cid: Some(groups[0].clone()),
+            l: Some(1),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Logs, None)
+    };
+    for n in 0..3 {
+        let r = c.request(logs.clone()).await;
+        assert!(r.error_message.is_none(), "page {n}: {r:?}");
+    }
+    let e = c.request(logs).await.error_message;
+    assert_eq!(e.map(|e| e.code), Some(4113));
+}

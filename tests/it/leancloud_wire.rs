@@ -108,6 +108,11 @@ impl Lc {
         }
     }
 
+    /// The pushes read so far while waiting for replies, taken.
+    pub(crate) fn take_pushes(&mut self) -> Vec<GenericCommand> {
+        std::mem::take(&mut self.pushes)
+    }
+
     /// The next push (kept ones first).
     async fn push(&mut self) -> GenericCommand {
         if !self.pushes.is_empty() {
