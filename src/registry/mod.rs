@@ -281,7 +281,9 @@ pub(crate) struct ConvState {
     /// Members' per-user records (list entries) read or written since load. Every change goes
     /// through here under this lock, so a read-modify-write never starts from a stale store.
     entries: HashMap<UserId, UserConversationRecord>,
-    /// Messages edited or recalled recently, newer than what the store may have committed.
+    /// Messages edited or recalled whose commit is still pending, newer than what the store
+    /// has: a rewrite queued behind another starts from here. Each is dropped once its commit
+    /// is over (`history::settle`).
     edited: HashMap<u64, pb::Message>,
     /// The newest seq that asked for receipts (loaded on first need).
     receipt_high: Option<u64>,
@@ -666,6 +668,16 @@ impl Registry {
             Some(r) if !r.alias.is_empty() => r.alias,
             _ => conversation_id(num),
         })
+    }
+
+    /// How many rewritten messages of conversation `id` are held in memory for commits still
+    /// pending (0 when it is not loaded).
+    pub fn rewrites_pending(&self, id: &str) -> usize {
+        let Ok(Some(num)) = self.number_of(id) else {
+            return 0;
+        };
+        let cell = self.convs.get(&num).map(|c| c.clone());
+        cell.map_or(0, |c| c.lock().edited.len())
     }
 
     /// The seq a message id names in conversation `id` (a number id, or the alias of an
