@@ -419,3 +419,98 @@ async fn randomized_races_with_restarts_lose_no_acked_message() {
         }
     }
 }
+
+/// Records what each commit purges, and holds, while armed, the first that purges messages.
+#[derive(Default)]
+struct PurgeSteps {
+    state: Mutex<(bool, bool, Vec<String>)>,
+    changed: Condvar,
+}
+
+impl Watch for PurgeSteps {
+    fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let mut steps = Vec::new();
+        for op in ops {
+            match op {
+                Op::PurgeMessages { from, through, .. } => {
+                    steps.push(format!("messages {from}..={through}"))
+                }
+                Op::PurgeConversation { .. } => steps.push("conversation".into()),
+                _ => {}
+            }
+        }
+        let mut st = self.state.lock().unwrap();
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let messages = steps[0].starts_with("messages");
+        st.2.push(steps.join(", "));
+        if st.0 && messages {
+            st.1 = true;
+            self.changed.notify_all();
+            while st.0 {
+                st = self.changed.wait(st).unwrap();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A purge deletes the history `history_retention_batch` messages per commit, after the
+/// commit that deletes the conversation: from then on, while the purge still runs, every
+/// request finds the conversation gone; at the end nothing of it is left in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_deletes_the_history_in_batches_after_the_deletion() {
+    let watch = Arc::new(PurgeSteps::default());
+    let server = spied_server(watch.clone(), |c| c.history_retention_batch = 4).await;
+    let alice = Arc::new(server.client("alice").await);
+    let bob = server.client("bob").await;
+    let team = within(alice.create_group("team", &["bob"])).await.unwrap();
+    for k in 0..10 {
+        within(bob.send_text(&team.id, &format!("m{k}")))
+            .await
+            .unwrap();
+    }
+    watch.state.lock().unwrap().0 = true;
+    let (a, id) = (alice.clone(), team.id.clone());
+    let delete = tokio::spawn(async move { a.delete_conversation(&id, true).await });
+    let w = watch.clone();
+    let held = tokio::task::spawn_blocking(move || {
+        let st = w.state.lock().unwrap();
+        let timeout = std::time::Duration::from_secs(20);
+        let (st, _) = w
+            .changed
+            .wait_timeout_while(st, timeout, |st| !st.1)
+            .unwrap();
+        st.1
+    });
+    assert!(within(held).await.unwrap(), "no commit purged messages");
+    let not_found = ErrorCode::ErrorConversationNotFound;
+    assert_eq!(code(within(bob.history(&team.id, 0, 10)).await), not_found);
+    assert_eq!(
+        code(within(bob.get_conversation(&team.id)).await),
+        not_found
+    );
+    assert_eq!(
+        code(within(bob.send_text(&team.id, "during")).await),
+        not_found
+    );
+    watch.state.lock().unwrap().0 = false;
+    watch.changed.notify_all();
+    within(delete).await.unwrap().unwrap();
+
+    let steps = watch.state.lock().unwrap().2.clone();
+    assert_eq!(
+        steps,
+        [
+            "messages 1..=4",
+            "messages 5..=8",
+            "messages 9..=10",
+            "conversation"
+        ]
+    );
+    let num = tidings::protocol::parse_conversation_id(&team.id).unwrap();
+    let store = server.running().app.store.clone();
+    assert!(store.last_message(num).unwrap().is_none());
+    assert!(store.conversation(num).unwrap().is_none());
+}
