@@ -866,11 +866,12 @@ impl Registry {
         let _guard = self.pin_lock(&caller.user).lock().await;
         if pinned {
             let max = self.config.max_pinned;
+            // From the list rows the store keeps, not a decode of every entry.
             let count = self
                 .store
-                .user_conversations(&caller.user)?
+                .list_rows(&caller.user)?
                 .iter()
-                .filter(|(n, r)| r.pinned_at > 0 && *n != cell.num)
+                .filter(|r| r.pinned_at > 0 && r.conv != cell.num)
                 .count();
             if count >= max {
                 return Err(Error::LimitExceeded(format!(
