@@ -863,7 +863,7 @@ impl Registry {
     pub async fn pin(&self, caller: &Caller, key: &str, pinned: bool) -> Result<ListEntry, Error> {
         let cell = self.cell(&self.resolve(caller, key)?)?;
         // One pin at a time per user, held until durable, so the cap cannot be raced past.
-        let _guard = self.pin_lock(&caller.user).lock().await;
+        let _guard = self.pin_locks.of(&caller.user).lock().await;
         if pinned {
             let max = self.config.max_pinned;
             // From the list rows the store keeps, not a decode of every entry.
@@ -888,12 +888,6 @@ impl Registry {
             };
         })
         .await
-    }
-
-    fn pin_lock(&self, user: &str) -> &tokio::sync::Mutex<()> {
-        use std::hash::BuildHasher;
-        let locks = &self.pin_locks.locks;
-        &locks[self.pin_locks.hasher.hash_one(user) as usize % locks.len()]
     }
 
     /// Removes entries from the caller's list (one-way), optionally clearing the caller's
@@ -1061,15 +1055,24 @@ impl Registry {
     }
 }
 
-/// Striped locks that serialise pin changes per user.
-pub(super) struct PinLocks {
+/// Striped locks: one of 64, chosen by a key's hash (pin changes per user, unique group
+/// creates per member set).
+pub(super) struct StripedLocks {
     locks: Vec<tokio::sync::Mutex<()>>,
     hasher: std::collections::hash_map::RandomState,
 }
 
-impl Default for PinLocks {
+impl StripedLocks {
+    /// The lock of `key`.
+    pub(super) fn of(&self, key: impl std::hash::Hash) -> &tokio::sync::Mutex<()> {
+        use std::hash::BuildHasher;
+        &self.locks[self.hasher.hash_one(key) as usize % self.locks.len()]
+    }
+}
+
+impl Default for StripedLocks {
     fn default() -> Self {
-        PinLocks {
+        StripedLocks {
             locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             hasher: Default::default(),
         }

@@ -475,9 +475,9 @@ pub struct Registry {
     inflight: messages::Inflight,
     /// Temporary conversations by sorted member set (cache of the store's index).
     temp_uniques: Arc<DashMap<Vec<UserId>, u64>>,
-    /// Held while a unique group is looked for and created, so two such creates of one member
-    /// set make one group.
-    unique_groups: tokio::sync::Mutex<()>,
+    /// Held, the lock of the member set, while a unique group is looked for and created, so
+    /// two such creates of one member set make one group (and others do not wait).
+    unique_groups: inbox::StripedLocks,
     /// Held by an import step, so two imports never write one conversation at once.
     imports: tokio::sync::Mutex<()>,
     /// Woken when a temporary conversation is created (its deadline may be the next one).
@@ -488,7 +488,7 @@ pub struct Registry {
     snapshots: inbox::Snapshots,
     /// Request rate buckets of users with a live session ([`limits`]).
     rates: DashMap<UserId, limits::Bucket>,
-    pin_locks: inbox::PinLocks,
+    pin_locks: inbox::StripedLocks,
     /// The pre-send hook, when configured.
     hook: Option<hook::PreSend>,
     user_locks: users::UserLocks,
@@ -568,7 +568,7 @@ impl Registry {
             next_conv: Mutex::new(Numbers { normal, temporary }),
             inflight: Default::default(),
             temp_uniques: Default::default(),
-            unique_groups: tokio::sync::Mutex::new(()),
+            unique_groups: Default::default(),
             imports: tokio::sync::Mutex::new(()),
             expiry_changed: tokio::sync::Notify::new(),
             mutes_changed: tokio::sync::Notify::new(),

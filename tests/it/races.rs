@@ -514,3 +514,66 @@ async fn a_purge_deletes_the_history_in_batches_after_the_deletion() {
     assert!(store.last_message(num).unwrap().is_none());
     assert!(store.conversation(num).unwrap().is_none());
 }
+
+/// Holds, while armed, the first read of a user's whole list of entries.
+#[derive(Default)]
+struct HoldListRead {
+    state: Mutex<(bool, bool)>,
+    changed: Condvar,
+}
+
+impl Watch for HoldListRead {
+    fn read(&self, what: &'static str) {
+        if what != "user_conversations" {
+            return;
+        }
+        let mut st = self.state.lock().unwrap();
+        if !st.0 || st.1 {
+            return;
+        }
+        st.1 = true;
+        self.changed.notify_all();
+        let timeout = std::time::Duration::from_secs(30);
+        let _ = self.changed.wait_timeout_while(st, timeout, |st| st.0);
+    }
+}
+
+/// A unique group create waits only for creates of the same member set: while one user's
+/// lookup is held, another user's unique create of another set goes through; the held one
+/// then finishes, and creating its set again returns the same group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_group_creates_of_other_member_sets_do_not_wait() {
+    let watch = Arc::new(HoldListRead::default());
+    let server = spied_server(watch.clone(), |_| {}).await;
+    let alice = Arc::new(server.client("alice").await);
+    let carol = server.client("carol").await;
+    let unique = |members: &[&str]| tidings::protocol::pb::CreateConversation {
+        kind: tidings::protocol::pb::ConversationKind::Group as i32,
+        members: members.iter().map(|m| m.to_string()).collect(),
+        unique: true,
+        ..Default::default()
+    };
+    watch.state.lock().unwrap().0 = true;
+    let held = {
+        let (a, req) = (alice.clone(), unique(&["bob"]));
+        tokio::spawn(async move { a.create(req).await })
+    };
+    let w = watch.clone();
+    let holding = tokio::task::spawn_blocking(move || {
+        let st = w.state.lock().unwrap();
+        let timeout = std::time::Duration::from_secs(20);
+        let (st, _) = w
+            .changed
+            .wait_timeout_while(st, timeout, |st| !st.1)
+            .unwrap();
+        st.1
+    });
+    assert!(within(holding).await.unwrap(), "no lookup was held");
+    let other = within(carol.create(unique(&["dave"]))).await;
+    watch.state.lock().unwrap().0 = false;
+    watch.changed.notify_all();
+    other.unwrap();
+    let first = within(held).await.unwrap().unwrap();
+    let again = within(alice.create(unique(&["bob"]))).await.unwrap();
+    assert_eq!(first.id, again.id);
+}
