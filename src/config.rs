@@ -339,7 +339,8 @@ pub struct Config {
     pub user_export_page_max: usize,
     /// Messages older than this many days are deleted by a background sweep; 0: kept for ever.
     pub history_retention_days: u64,
-    /// Messages the retention sweep deletes in one store commit, at most.
+    /// Messages the retention sweep, and the purge of a conversation deleted for everyone,
+    /// delete in one store commit, at most.
     pub history_retention_batch: usize,
     /// Token ids (`jti`) revoked one by one and not expired yet, at most; more revocations
     /// are refused with `ERROR_LIMIT_EXCEEDED` (revoke all of a user's tokens instead).

@@ -157,7 +157,11 @@ impl Registry {
                     )));
                 }
                 let _unique = if req.unique {
-                    let guard = self.unique_groups.lock().await;
+                    // Sorted: every creator of one member set takes the same lock.
+                    let mut set: Vec<&UserId> = others.iter().collect();
+                    set.push(&caller.user);
+                    set.sort();
+                    let guard = self.unique_groups.of(set).lock().await;
                     if let Some(cell) = self.unique_group(&caller.user, &others)? {
                         self.record_idempotency(&req.idempotency, cell.num).await?;
                         let view = cell.lock().view(&cell.id);

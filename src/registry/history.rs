@@ -7,7 +7,7 @@
 //! member deleted one-way is a `cleared_seq` floor in their per-user record plus single seqs in
 //! the store's hidden set; both are applied on read, so nobody else's view changes.
 
-use super::writer::wait;
+use super::writer::{WriteError, wait};
 use super::{Caller, ConvCell, Error, Registry};
 use crate::hub::{Delivery, Recipients};
 use crate::protocol;
@@ -16,6 +16,8 @@ use crate::store::{Direction, Op, UserId};
 use bytes::Bytes;
 use prost::Message as _;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::oneshot;
 
 /// What a FetchHistory asks for (see `frames.proto`).
 #[derive(Debug, Clone, Default)]
@@ -579,14 +581,6 @@ impl Registry {
                 seq,
                 message: encoded,
             });
-            if st.edited.len() >= 256 {
-                let horizon = self
-                    .config
-                    .recall_window_secs
-                    .max(self.config.edit_window_secs) as i64
-                    * 1000;
-                st.edited.retain(|_, e| now - e.server_time <= horizon);
-            }
             st.edited.insert(seq, m.clone());
             let push = pb::MessageUpdated {
                 kind: kind as i32,
@@ -600,7 +594,7 @@ impl Registry {
             };
             (self.writer.submit(permit, ops, vec![d], Vec::new()), m)
         };
-        wait(rx).await?;
+        settle(cell, rx, vec![(seq, message.clone())]).await?;
         Ok(message)
     }
 
@@ -715,4 +709,27 @@ impl Registry {
 pub(crate) fn parse_cursor(cursor: &str, back: bool) -> Option<u64> {
     let pos = cursor.strip_prefix(if back { 'n' } else { 'o' })?;
     u64::from_str_radix(pos, 16).ok()
+}
+
+/// Waits for the commit of rewritten messages (`held`: each seq and its new version, as put in
+/// `edited`), then drops those versions from `edited`: once the commit is over the store has
+/// them (or, if it failed, never will). A version a later rewrite put there since stays. Runs
+/// to the end even when the caller stops waiting, so nothing is left held.
+pub(super) async fn settle(
+    cell: Arc<ConvCell>,
+    rx: oneshot::Receiver<Result<(), WriteError>>,
+    held: Vec<(u64, Message)>,
+) -> Result<(), WriteError> {
+    tokio::spawn(async move {
+        let done = wait(rx).await;
+        let mut st = cell.lock();
+        for (seq, m) in held {
+            if st.edited.get(&seq) == Some(&m) {
+                st.edited.remove(&seq);
+            }
+        }
+        done
+    })
+    .await
+    .unwrap_or(Err(WriteError::Unavailable))
 }

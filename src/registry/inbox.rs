@@ -15,7 +15,7 @@
 //! are current. A cursor whose snapshot is gone (expired, or the server restarted) continues
 //! after its last entry in the current order.
 
-use super::writer::wait;
+use super::writer::{WriteError, wait};
 use super::{Caller, ConvCell, Error, LoggedEvent, Registry};
 use crate::protocol::pb::{
     self, ConversationEventKind, ConversationKind, ListEntry, UserConversationRecord,
@@ -863,14 +863,15 @@ impl Registry {
     pub async fn pin(&self, caller: &Caller, key: &str, pinned: bool) -> Result<ListEntry, Error> {
         let cell = self.cell(&self.resolve(caller, key)?)?;
         // One pin at a time per user, held until durable, so the cap cannot be raced past.
-        let _guard = self.pin_lock(&caller.user).lock().await;
+        let _guard = self.pin_locks.of(&caller.user).lock().await;
         if pinned {
             let max = self.config.max_pinned;
+            // From the list rows the store keeps, not a decode of every entry.
             let count = self
                 .store
-                .user_conversations(&caller.user)?
+                .list_rows(&caller.user)?
                 .iter()
-                .filter(|(n, r)| r.pinned_at > 0 && *n != cell.num)
+                .filter(|r| r.pinned_at > 0 && r.conv != cell.num)
                 .count();
             if count >= max {
                 return Err(Error::LimitExceeded(format!(
@@ -887,12 +888,6 @@ impl Registry {
             };
         })
         .await
-    }
-
-    fn pin_lock(&self, user: &str) -> &tokio::sync::Mutex<()> {
-        use std::hash::BuildHasher;
-        let locks = &self.pin_locks.locks;
-        &locks[self.pin_locks.hasher.hash_one(user) as usize % locks.len()]
     }
 
     /// Removes entries from the caller's list (one-way), optionally clearing the caller's
@@ -954,9 +949,10 @@ impl Registry {
     }
 
     /// Deletes a conversation for everyone: the owner of a group, any member of a direct or
-    /// temporary one. With `purge`, its messages are deleted from the store too; without, they
-    /// stay stored (for export) but no request reaches them. Every member gets a logged
-    /// DELETED event and a list tombstone.
+    /// temporary one. With `purge`, its messages are deleted from the store too, after the
+    /// deletion has committed, `history_retention_batch` per commit; without, they stay stored
+    /// (for export) but no request reaches them. Every member gets a logged DELETED event and
+    /// a list tombstone.
     pub async fn delete_conversation(
         &self,
         caller: &Caller,
@@ -965,6 +961,7 @@ impl Registry {
     ) -> Result<(), Error> {
         let cell = self.cell(id)?;
         let permit = self.writer.reserve().await?;
+        let history: (u64, u64);
         let rx = {
             let mut st = cell.lock();
             st.authorize(caller, super::groups::Action::DeleteForEveryone)?;
@@ -979,17 +976,13 @@ impl Registry {
                 st.view(&cell.id),
             ));
             let mut ops = Vec::new();
-            if purge {
-                // The purge runs first in the batch; the tombstones written after it stay.
-                ops.push(Op::PurgeConversation { conv: cell.num });
-            } else {
-                let mut record = st.record.clone();
-                record.deleted_at = now;
-                ops.push(Op::PutConversation {
-                    conv: cell.num,
-                    record,
-                });
-            }
+            let mut record = st.record.clone();
+            record.deleted_at = now;
+            history = (record.purged_seq + 1, st.last_seq);
+            ops.push(Op::PutConversation {
+                conv: cell.num,
+                record,
+            });
             // Every member goes, each with a list tombstone.
             let everyone: BTreeSet<UserId> = roster.iter().cloned().collect();
             ops.extend(self.drop_members(&mut st, &cell, &everyone));
@@ -1024,19 +1017,62 @@ impl Registry {
             self.writer
                 .submit_then(permit, ops, Vec::new(), logged, Some(forget))
         };
-        Ok(wait(rx).await?)
+        wait(rx).await?;
+        if purge {
+            self.purge_deleted(cell.num, history.0, history.1).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes from the store conversation `num`, deleted for everyone, with its messages
+    /// `from..=through`: `history_retention_batch` messages per commit, each queued behind the
+    /// writes already waiting, then the rest of it. Runs to the end even when the caller stops
+    /// waiting.
+    async fn purge_deleted(&self, num: u64, from: u64, through: u64) -> Result<(), Error> {
+        let writer = self.writer.clone();
+        let batch = self.config.history_retention_batch.max(1) as u64;
+        let purge = async move {
+            let mut ops = Vec::new();
+            let mut lo = from;
+            while lo <= through {
+                let hi = through.min(lo.saturating_add(batch - 1));
+                ops.push(vec![Op::PurgeMessages {
+                    conv: num,
+                    from: lo,
+                    through: hi,
+                }]);
+                lo = hi + 1;
+            }
+            ops.push(vec![Op::PurgeConversation { conv: num }]);
+            for ops in ops {
+                let permit = writer.reserve().await?;
+                wait(writer.submit(permit, ops, Vec::new(), Vec::new())).await?;
+            }
+            Ok::<_, WriteError>(())
+        };
+        let done = tokio::spawn(purge).await;
+        Ok(done.unwrap_or(Err(WriteError::Unavailable))?)
     }
 }
 
-/// Striped locks that serialise pin changes per user.
-pub(super) struct PinLocks {
+/// Striped locks: one of 64, chosen by a key's hash (pin changes per user, unique group
+/// creates per member set).
+pub(super) struct StripedLocks {
     locks: Vec<tokio::sync::Mutex<()>>,
     hasher: std::collections::hash_map::RandomState,
 }
 
-impl Default for PinLocks {
+impl StripedLocks {
+    /// The lock of `key`.
+    pub(super) fn of(&self, key: impl std::hash::Hash) -> &tokio::sync::Mutex<()> {
+        use std::hash::BuildHasher;
+        &self.locks[self.hasher.hash_one(key) as usize % self.locks.len()]
+    }
+}
+
+impl Default for StripedLocks {
     fn default() -> Self {
-        PinLocks {
+        StripedLocks {
             locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             hasher: Default::default(),
         }

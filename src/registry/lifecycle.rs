@@ -239,6 +239,7 @@ impl Registry {
                 continue;
             }
             let permit = self.writer.reserve().await?;
+            let mut held = Vec::with_capacity(theirs.len());
             let rx = {
                 let mut st = cell.lock();
                 if st.require_live().is_err() {
@@ -283,6 +284,7 @@ impl Registry {
                         message: Bytes::from(m.encode_to_vec()),
                     });
                     st.edited.insert(seq, m.clone());
+                    held.push((seq, m.clone()));
                     let push = pb::MessageUpdated {
                         kind: MessageUpdateKind::Recalled as i32,
                         message: Some(m),
@@ -297,7 +299,7 @@ impl Registry {
                 }
                 self.writer.submit(permit, ops, deliveries, Vec::new())
             };
-            wait(rx).await?;
+            super::history::settle(cell.clone(), rx, held).await?;
         }
     }
 

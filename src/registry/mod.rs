@@ -281,7 +281,9 @@ pub(crate) struct ConvState {
     /// Members' per-user records (list entries) read or written since load. Every change goes
     /// through here under this lock, so a read-modify-write never starts from a stale store.
     entries: HashMap<UserId, UserConversationRecord>,
-    /// Messages edited or recalled recently, newer than what the store may have committed.
+    /// Messages edited or recalled whose commit is still pending, newer than what the store
+    /// has: a rewrite queued behind another starts from here. Each is dropped once its commit
+    /// is over (`history::settle`).
     edited: HashMap<u64, pb::Message>,
     /// The newest seq that asked for receipts (loaded on first need).
     receipt_high: Option<u64>,
@@ -516,9 +518,9 @@ pub struct Registry {
     inflight: messages::Inflight,
     /// Temporary conversations by sorted member set (cache of the store's index).
     temp_uniques: Arc<DashMap<Vec<UserId>, u64>>,
-    /// Held while a unique group is looked for and created, so two such creates of one member
-    /// set make one group.
-    unique_groups: tokio::sync::Mutex<()>,
+    /// Held, the lock of the member set, while a unique group is looked for and created, so
+    /// two such creates of one member set make one group (and others do not wait).
+    unique_groups: inbox::StripedLocks,
     /// Held by an import step, so two imports never write one conversation at once.
     imports: tokio::sync::Mutex<()>,
     /// Woken when a temporary conversation is created (its deadline may be the next one).
@@ -529,7 +531,7 @@ pub struct Registry {
     snapshots: inbox::Snapshots,
     /// Request rate buckets of users with a live session ([`limits`]).
     rates: DashMap<UserId, limits::Bucket>,
-    pin_locks: inbox::PinLocks,
+    pin_locks: inbox::StripedLocks,
     /// The pre-send hook, when configured.
     hook: Option<hook::PreSend>,
     user_locks: users::UserLocks,
@@ -609,7 +611,7 @@ impl Registry {
             next_conv: Mutex::new(Numbers { normal, temporary }),
             inflight: Default::default(),
             temp_uniques: Default::default(),
-            unique_groups: tokio::sync::Mutex::new(()),
+            unique_groups: Default::default(),
             imports: tokio::sync::Mutex::new(()),
             expiry_changed: tokio::sync::Notify::new(),
             mutes_changed: tokio::sync::Notify::new(),
@@ -709,6 +711,16 @@ impl Registry {
             Some(r) if !r.alias.is_empty() => r.alias,
             _ => conversation_id(num),
         })
+    }
+
+    /// How many rewritten messages of conversation `id` are held in memory for commits still
+    /// pending (0 when it is not loaded).
+    pub fn rewrites_pending(&self, id: &str) -> usize {
+        let Ok(Some(num)) = self.number_of(id) else {
+            return 0;
+        };
+        let cell = self.convs.get(&num).map(|c| c.clone());
+        cell.map_or(0, |c| c.lock().edited.len())
     }
 
     /// The seq a message id names in conversation `id` (a number id, or the alias of an

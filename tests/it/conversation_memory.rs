@@ -616,3 +616,67 @@ async fn a_send_on_its_way_keeps_its_conversation_loaded() {
     let texts: Vec<String> = history.iter().map(text).collect();
     assert_eq!(texts, ["meanwhile", "held"]);
 }
+
+/// Edited and recalled messages are held in memory only until their commit is over: after
+/// many edits nothing stays held, a rewrite whose commit is pending is held, and every read
+/// gives the newest version before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewritten_messages_are_held_only_until_committed() {
+    let gate = Arc::new(HoldFirstMessage::default());
+    let server = crate::spied_store::spied_server(gate.clone(), |_| {}).await;
+    let registry = server.running().app.registry.clone();
+    let alice = server.client("alice").await;
+    let bob = server.client("bob").await;
+    let g = within(alice.create_group("g", &["bob"])).await.unwrap();
+    let mut ids = Vec::new();
+    let mut first_seq = 0;
+    for k in 0..40 {
+        let ack = within(alice.send_text(&g.id, &format!("m{k}")))
+            .await
+            .unwrap();
+        if k == 0 {
+            first_seq = ack.seq;
+        }
+        ids.push(ack.message_id);
+    }
+    for (k, id) in ids.iter().enumerate() {
+        if k % 4 == 3 {
+            within(alice.recall(&g.id, id)).await.unwrap();
+        } else {
+            within(alice.edit_text(&g.id, id, &format!("e{k}")))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(registry.rewrites_pending(&g.id), 0);
+    let page = within(bob.history(&g.id, 0, 100)).await.unwrap();
+    for (k, m) in page.messages.iter().enumerate() {
+        if k % 4 == 3 {
+            assert!(m.recalled, "{k}");
+        } else {
+            assert_eq!(text(m), format!("e{k}"));
+        }
+    }
+
+    // An edit whose commit is held stays held; one queued behind it starts from it.
+    let alice = Arc::new(alice);
+    gate.arm();
+    let first = {
+        let (c, g, id) = (alice.clone(), g.id.clone(), ids[0].clone());
+        tokio::spawn(async move { c.edit_text(&g, &id, "again").await })
+    };
+    gate.holding().await;
+    assert_eq!(registry.rewrites_pending(&g.id), 1);
+    let second = {
+        let (c, g, id) = (alice.clone(), g.id.clone(), ids[0].clone());
+        tokio::spawn(async move { c.edit_text(&g, &id, "last").await })
+    };
+    gate.release();
+    within(first).await.unwrap().unwrap();
+    let last = within(second).await.unwrap().unwrap();
+    assert_eq!(last.edit_count, 3);
+    assert_eq!(registry.rewrites_pending(&g.id), 0);
+    let page = within(bob.history(&g.id, first_seq + 1, 1)).await.unwrap();
+    assert_eq!(text(&page.messages[0]), "last");
+    assert_eq!(page.messages[0].edit_count, 3);
+}

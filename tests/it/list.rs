@@ -897,3 +897,47 @@ async fn a_list_of_loaded_conversations_reads_as_after_a_restart() {
     let alice = server.client("alice").await;
     assert_eq!(all(&alice, list(100)).await, before);
 }
+
+/// Counts the decodes of a user's whole list of entries.
+#[derive(Default)]
+struct ListDecodes(std::sync::atomic::AtomicUsize);
+
+impl crate::spied_store::Watch for ListDecodes {
+    fn read(&self, what: &'static str) {
+        if what == "user_conversations" {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// Pinning counts the caller's pins from the list rows the store keeps: pin churn decodes
+/// the caller's list of entries at most once, and the cap still holds.
+#[tokio::test]
+async fn pinning_counts_pins_without_decoding_the_list_each_time() {
+    let decodes = std::sync::Arc::new(ListDecodes::default());
+    let server = crate::spied_store::spied_server(decodes.clone(), |c| c.max_pinned = 3).await;
+    let alice = server.client("alice").await;
+    let mut gs = Vec::new();
+    for i in 0..6 {
+        let name = format!("g{i}");
+        gs.push(
+            within(alice.create_group(&name, &["bob"]))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let before = decodes.0.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..5 {
+        for g in &gs[..3] {
+            within(alice.pin(g, true)).await.unwrap();
+        }
+        let err = within(alice.pin(&gs[3], true)).await.unwrap_err();
+        assert_eq!(code(err), ErrorCode::ErrorLimitExceeded);
+        for g in &gs[..3] {
+            within(alice.pin(g, false)).await.unwrap();
+        }
+    }
+    let after = decodes.0.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(after - before <= 1, "{} decodes", after - before);
+}

@@ -419,3 +419,161 @@ async fn randomized_races_with_restarts_lose_no_acked_message() {
         }
     }
 }
+
+/// Records what each commit purges, and holds, while armed, the first that purges messages.
+#[derive(Default)]
+struct PurgeSteps {
+    state: Mutex<(bool, bool, Vec<String>)>,
+    changed: Condvar,
+}
+
+impl Watch for PurgeSteps {
+    fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let mut steps = Vec::new();
+        for op in ops {
+            match op {
+                Op::PurgeMessages { from, through, .. } => {
+                    steps.push(format!("messages {from}..={through}"))
+                }
+                Op::PurgeConversation { .. } => steps.push("conversation".into()),
+                _ => {}
+            }
+        }
+        let mut st = self.state.lock().unwrap();
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let messages = steps[0].starts_with("messages");
+        st.2.push(steps.join(", "));
+        if st.0 && messages {
+            st.1 = true;
+            self.changed.notify_all();
+            while st.0 {
+                st = self.changed.wait(st).unwrap();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A purge deletes the history `history_retention_batch` messages per commit, after the
+/// commit that deletes the conversation: from then on, while the purge still runs, every
+/// request finds the conversation gone; at the end nothing of it is left in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_deletes_the_history_in_batches_after_the_deletion() {
+    let watch = Arc::new(PurgeSteps::default());
+    let server = spied_server(watch.clone(), |c| c.history_retention_batch = 4).await;
+    let alice = Arc::new(server.client("alice").await);
+    let bob = server.client("bob").await;
+    let team = within(alice.create_group("team", &["bob"])).await.unwrap();
+    for k in 0..10 {
+        within(bob.send_text(&team.id, &format!("m{k}")))
+            .await
+            .unwrap();
+    }
+    watch.state.lock().unwrap().0 = true;
+    let (a, id) = (alice.clone(), team.id.clone());
+    let delete = tokio::spawn(async move { a.delete_conversation(&id, true).await });
+    let w = watch.clone();
+    let held = tokio::task::spawn_blocking(move || {
+        let st = w.state.lock().unwrap();
+        let timeout = std::time::Duration::from_secs(20);
+        let (st, _) = w
+            .changed
+            .wait_timeout_while(st, timeout, |st| !st.1)
+            .unwrap();
+        st.1
+    });
+    assert!(within(held).await.unwrap(), "no commit purged messages");
+    let not_found = ErrorCode::ErrorConversationNotFound;
+    assert_eq!(code(within(bob.history(&team.id, 0, 10)).await), not_found);
+    assert_eq!(
+        code(within(bob.get_conversation(&team.id)).await),
+        not_found
+    );
+    assert_eq!(
+        code(within(bob.send_text(&team.id, "during")).await),
+        not_found
+    );
+    watch.state.lock().unwrap().0 = false;
+    watch.changed.notify_all();
+    within(delete).await.unwrap().unwrap();
+
+    let steps = watch.state.lock().unwrap().2.clone();
+    assert_eq!(
+        steps,
+        [
+            "messages 1..=4",
+            "messages 5..=8",
+            "messages 9..=10",
+            "conversation"
+        ]
+    );
+    let num = tidings::protocol::parse_conversation_id(&team.id).unwrap();
+    let store = server.running().app.store.clone();
+    assert!(store.last_message(num).unwrap().is_none());
+    assert!(store.conversation(num).unwrap().is_none());
+}
+
+/// Holds, while armed, the first read of a user's whole list of entries.
+#[derive(Default)]
+struct HoldListRead {
+    state: Mutex<(bool, bool)>,
+    changed: Condvar,
+}
+
+impl Watch for HoldListRead {
+    fn read(&self, what: &'static str) {
+        if what != "user_conversations" {
+            return;
+        }
+        let mut st = self.state.lock().unwrap();
+        if !st.0 || st.1 {
+            return;
+        }
+        st.1 = true;
+        self.changed.notify_all();
+        let timeout = std::time::Duration::from_secs(30);
+        let _ = self.changed.wait_timeout_while(st, timeout, |st| st.0);
+    }
+}
+
+/// A unique group create waits only for creates of the same member set: while one user's
+/// lookup is held, another user's unique create of another set goes through; the held one
+/// then finishes, and creating its set again returns the same group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_group_creates_of_other_member_sets_do_not_wait() {
+    let watch = Arc::new(HoldListRead::default());
+    let server = spied_server(watch.clone(), |_| {}).await;
+    let alice = Arc::new(server.client("alice").await);
+    let carol = server.client("carol").await;
+    let unique = |members: &[&str]| tidings::protocol::pb::CreateConversation {
+        kind: tidings::protocol::pb::ConversationKind::Group as i32,
+        members: members.iter().map(|m| m.to_string()).collect(),
+        unique: true,
+        ..Default::default()
+    };
+    watch.state.lock().unwrap().0 = true;
+    let held = {
+        let (a, req) = (alice.clone(), unique(&["bob"]));
+        tokio::spawn(async move { a.create(req).await })
+    };
+    let w = watch.clone();
+    let holding = tokio::task::spawn_blocking(move || {
+        let st = w.state.lock().unwrap();
+        let timeout = std::time::Duration::from_secs(20);
+        let (st, _) = w
+            .changed
+            .wait_timeout_while(st, timeout, |st| !st.1)
+            .unwrap();
+        st.1
+    });
+    assert!(within(holding).await.unwrap(), "no lookup was held");
+    let other = within(carol.create(unique(&["dave"]))).await;
+    watch.state.lock().unwrap().0 = false;
+    watch.changed.notify_all();
+    other.unwrap();
+    let first = within(held).await.unwrap().unwrap();
+    let again = within(alice.create(unique(&["bob"]))).await.unwrap();
+    assert_eq!(first.id, again.id);
+}

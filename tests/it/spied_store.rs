@@ -52,6 +52,10 @@ impl Store for Spied {
         self.watch.read("user_conversations");
         self.inner.user_conversations(user)
     }
+    fn list_rows(&self, user: &str) -> Result<Arc<Vec<store::ListRow>>, StoreError> {
+        self.watch.read("list_rows");
+        self.inner.list_rows(user)
+    }
     fn user_conversation(
         &self,
         user: &str,
