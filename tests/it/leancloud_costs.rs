@@ -3,7 +3,7 @@
 
 use crate::harness::*;
 use crate::leancloud::lc_server_with;
-use crate::leancloud_wire::{Lc, cmd};
+use crate::leancloud_wire::{Lc, cmd, open_since_patches};
 use tidings::leancloud::LcProtocol;
 use tidings::leancloud::pb::{self as lc, CommandType as Cmd, GenericCommand, OpType as Op};
 use tidings::protocol::pb;
@@ -422,7 +422,7 @@ async fn a_protocol_1_open_is_charged_for_the_messages_it_reads() {
 /// cost 5 + 5, and an open with `lastPatchTime` 20 + 5.
 #[tokio::test]
 async fn catch_ups_over_all_the_conversations_are_charged_by_their_number() {
-    use crate::leancloud::{APP_ID, MASTER_KEY};
+    use crate::leancloud::APP_ID;
     let server = lc_server_with(|c| {
         c.rate_limit_user_per_sec = 40;
         c.rate_limit_user_burst = 40;
@@ -445,23 +445,8 @@ async fn catch_ups_over_all_the_conversations_are_charged_by_their_number() {
 
     // 40 tokens: an open with `lastPatchTime` (25) leaves 15, three `logs` pages.
     server.clock.advance(1_000);
-    let t = tidings::clock::Clock::now_ms(&tidings::clock::SystemClock);
-    let s = tidings::leancloud::sign::login_signature(MASTER_KEY, APP_ID, "bob", t, "n");
     let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
-    let r = c
-        .request(GenericCommand {
-            app_id: Some(APP_ID.into()),
-            peer_id: Some("bob".into()),
-            session_message: Some(lc::SessionCommand {
-                t: Some(t),
-                n: Some("n".into()),
-                s: Some(s),
-                last_patch_time: Some(1),
-                ..Default::default()
-            }),
-            ..cmd(Cmd::Session, Some(Op::Open))
-        })
-        .await;
+    let r = c.request(open_since_patches("bob", 1)).await;
     assert_eq!(
         (r.cmd, r.op),
         (Some(Cmd::Session as i32), Some(Op::Opened as i32)),

@@ -37,6 +37,24 @@ pub(crate) fn cmd(c: Cmd, op: Option<Op>) -> GenericCommand {
     }
 }
 
+/// A signed `session/open` of `peer` asking for the patches since `last_patch_time`.
+pub(crate) fn open_since_patches(peer: &str, last_patch_time: i64) -> GenericCommand {
+    let t = tidings::clock::Clock::now_ms(&tidings::clock::SystemClock);
+    let s = tidings::leancloud::sign::login_signature(MASTER_KEY, APP_ID, peer, t, "nonce");
+    GenericCommand {
+        app_id: Some(APP_ID.into()),
+        peer_id: Some(peer.into()),
+        session_message: Some(lc::SessionCommand {
+            t: Some(t),
+            n: Some("nonce".into()),
+            s: Some(s),
+            last_patch_time: Some(last_patch_time),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Session, Some(Op::Open))
+    }
+}
+
 pub(crate) fn op_of(c: &GenericCommand) -> (Option<Cmd>, Option<Op>) {
     (
         c.cmd.and_then(|x| Cmd::try_from(x).ok()),
@@ -1262,22 +1280,7 @@ async fn old_store_upgrades_and_replays(fixture: &str) {
     })
     .await;
     let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
-    let t = tidings::clock::Clock::now_ms(&tidings::clock::SystemClock);
-    let s = tidings::leancloud::sign::login_signature(MASTER_KEY, APP_ID, "bob", t, "nonce");
-    let r = c
-        .request(GenericCommand {
-            app_id: Some(APP_ID.into()),
-            peer_id: Some("bob".into()),
-            session_message: Some(lc::SessionCommand {
-                t: Some(t),
-                n: Some("nonce".into()),
-                s: Some(s),
-                last_patch_time: Some(1),
-                ..Default::default()
-            }),
-            ..cmd(Cmd::Session, Some(Op::Open))
-        })
-        .await;
+    let r = c.request(open_since_patches("bob", 1)).await;
     assert_eq!(op_of(&r), (Some(Cmd::Session), Some(Op::Opened)), "{r:?}");
     let p = c.push_of(Cmd::Patch, Some(Op::Modify), "bob").await;
     let patches = p.patch_message.unwrap().patches;

@@ -475,15 +475,7 @@ async fn a_purge_deletes_the_history_in_batches_after_the_deletion() {
     let (a, id) = (alice.clone(), team.id.clone());
     let delete = tokio::spawn(async move { a.delete_conversation(&id, true).await });
     let w = watch.clone();
-    let held = tokio::task::spawn_blocking(move || {
-        let st = w.state.lock().unwrap();
-        let timeout = std::time::Duration::from_secs(20);
-        let (st, _) = w
-            .changed
-            .wait_timeout_while(st, timeout, |st| !st.1)
-            .unwrap();
-        st.1
-    });
+    let held = tokio::task::spawn_blocking(move || until(&w.state, &w.changed, |st| st.1));
     assert!(within(held).await.unwrap(), "no commit purged messages");
     let not_found = ErrorCode::ErrorConversationNotFound;
     assert_eq!(code(within(bob.history(&team.id, 0, 10)).await), not_found);
@@ -513,6 +505,16 @@ async fn a_purge_deletes_the_history_in_batches_after_the_deletion() {
     let store = server.running().app.store.clone();
     assert!(store.last_message(num).unwrap().is_none());
     assert!(store.conversation(num).unwrap().is_none());
+}
+
+/// Waits on `changed` (blocking, at most 20 s) until `done` holds of the state; whether it did.
+fn until<S>(state: &Mutex<S>, changed: &Condvar, done: impl Fn(&S) -> bool) -> bool {
+    let st = state.lock().unwrap();
+    let timeout = std::time::Duration::from_secs(20);
+    let (st, _) = changed
+        .wait_timeout_while(st, timeout, |st| !done(st))
+        .unwrap();
+    done(&st)
 }
 
 /// Holds, while armed, the first read of a user's whole list of entries.
@@ -559,15 +561,7 @@ async fn unique_group_creates_of_other_member_sets_do_not_wait() {
         tokio::spawn(async move { a.create(req).await })
     };
     let w = watch.clone();
-    let holding = tokio::task::spawn_blocking(move || {
-        let st = w.state.lock().unwrap();
-        let timeout = std::time::Duration::from_secs(20);
-        let (st, _) = w
-            .changed
-            .wait_timeout_while(st, timeout, |st| !st.1)
-            .unwrap();
-        st.1
-    });
+    let holding = tokio::task::spawn_blocking(move || until(&w.state, &w.changed, |st| st.1));
     assert!(within(holding).await.unwrap(), "no lookup was held");
     let other = within(carol.create(unique(&["dave"]))).await;
     watch.state.lock().unwrap().0 = false;
