@@ -315,6 +315,19 @@ async fn groups_with_unread(
 
 /// Opens bob with `lc.protobuf2.1`; the offline messages of the catch-up (the heartbeat
 /// answered after it shows it is all there: nothing is read before it is written).
+/// Bob's `logs` request for the newest message of `cid`.
+fn last_message(cid: &str) -> GenericCommand {
+    GenericCommand {
+        peer_id: Some("bob".into()),
+        logs_message: Some(lc::LogsCommand {
+            cid: Some(cid.into()),
+            l: Some(1),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Logs, None)
+    }
+}
+
 async fn open_v1(server: &TestServer) -> (Lc, Vec<lc::DirectCommand>) {
     let mut bob = Lc::connect(server, LcProtocol::ProtobufV1).await;
     bob.opened("bob", None).await;
@@ -395,15 +408,7 @@ async fn a_protocol_1_open_is_charged_for_the_messages_it_reads() {
     .await;
     let groups = groups_with_unread(&server, 3, 20, 10).await;
     server.clock.advance(1_000);
-    let logs = GenericCommand {
-        peer_id: Some("bob".into()),
-        logs_message: Some(lc::LogsCommand {
-            cid: Some(groups[0].clone()),
-            l: Some(1),
-            ..Default::default()
-        }),
-        ..cmd(Cmd::Logs, None)
-    };
+    let logs = last_message(&groups[0]);
     // 25 tokens: 20 for the open, 3 for its 60 messages.
     let (mut bob, offline) = open_v1(&server).await;
     assert_eq!(offline.len(), 60);
@@ -422,7 +427,7 @@ async fn a_protocol_1_open_is_charged_for_the_messages_it_reads() {
 /// cost 5 + 5, and an open with `lastPatchTime` 20 + 5.
 #[tokio::test]
 async fn catch_ups_over_all_the_conversations_are_charged_by_their_number() {
-    use crate::leancloud::APP_ID;
+    use crate::leancloud_http::notifications;
     let server = lc_server_with(|c| {
         c.rate_limit_user_per_sec = 40;
         c.rate_limit_user_burst = 40;
@@ -434,13 +439,11 @@ async fn catch_ups_over_all_the_conversations_are_charged_by_their_number() {
     server.clock.advance(1_000);
     // 40 tokens: four answers of 10.
     let addr = server.running().addr;
-    let target = "/1.1/rtm/notifications?client_id=bob&start_ts=0";
-    let headers = [("X-LC-Id", APP_ID), ("X-LC-IM-Session-Token", st.as_str())];
     for n in 0..4 {
-        let a = crate::leancloud_http::request(addr, "GET", target, &headers).await;
+        let a = notifications(addr, "bob", 0, &st).await;
         assert_eq!(a.status, 200, "answer {n}: {a:?}");
     }
-    let a = crate::leancloud_http::request(addr, "GET", target, &headers).await;
+    let a = notifications(addr, "bob", 0, &st).await;
     assert_eq!(a.status, 429, "{a:?}");
 
     // 40 tokens: an open with `lastPatchTime` (25) leaves 15, three `logs` pages.
@@ -452,15 +455,7 @@ async fn catch_ups_over_all_the_conversations_are_charged_by_their_number() {
         (Some(Cmd::Session as i32), Some(Op::Opened as i32)),
         "{r:?}"
     );
-    let logs = GenericCommand {
-        peer_id: Some("bob".into()),
-        logs_message: Some(lc::LogsCommand {
-            cid: Some(groups[0].clone()),
-            l: Some(1),
-            ..Default::default()
-        }),
-        ..cmd(Cmd::Logs, None)
-    };
+    let logs = last_message(&groups[0]);
     for n in 0..3 {
         let r = c.request(logs.clone()).await;
         assert!(r.error_message.is_none(), "page {n}: {r:?}");

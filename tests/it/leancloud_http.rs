@@ -33,6 +33,14 @@ impl Answer {
     }
 }
 
+/// `GET /1.1/rtm/notifications` for `client_id` from `start_ts`, signed with the session token
+/// `st` of the app [`APP_ID`].
+pub async fn notifications(addr: SocketAddr, client_id: &str, start_ts: i64, st: &str) -> Answer {
+    let target = format!("/1.1/rtm/notifications?client_id={client_id}&start_ts={start_ts}");
+    let headers = [("X-LC-Id", APP_ID), ("X-LC-IM-Session-Token", st)];
+    request(addr, "GET", &target, &headers).await
+}
+
 /// Sends `method target` with `headers` (a `Host` of its own or the server's address) on a
 /// fresh connection and reads the whole answer.
 pub async fn request(

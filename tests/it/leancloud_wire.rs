@@ -5,6 +5,7 @@
 
 use crate::harness::*;
 use crate::leancloud::{APP_ID, MASTER_KEY, lc_server_with, leancloud_server};
+use crate::leancloud_http::notifications;
 use futures_util::{SinkExt, StreamExt};
 use tidings::leancloud::pb::{self as lc, CommandType as Cmd, GenericCommand, OpType as Op};
 use tidings::leancloud::{FrameRef, LcProtocol, WireFrame};
@@ -1397,17 +1398,15 @@ async fn missed_notifications_are_charged_to_the_users_rate_limit() {
     // Opening costs a login (the whole burst of 10); two seconds refill it.
     server.clock.advance(2_000);
     let addr = server.running().addr;
-    let target = "/1.1/rtm/notifications?client_id=alice&start_ts=0";
-    let headers = [("X-LC-Id", APP_ID), ("X-LC-IM-Session-Token", st.as_str())];
     for n in 0..2 {
-        let a = crate::leancloud_http::request(addr, "GET", target, &headers).await;
+        let a = notifications(addr, "alice", 0, &st).await;
         assert_eq!(a.status, 200, "answer {n}: {a:?}");
     }
-    let a = crate::leancloud_http::request(addr, "GET", target, &headers).await;
+    let a = notifications(addr, "alice", 0, &st).await;
     assert_eq!(a.status, 429, "{a:?}");
     assert_eq!(a.json()["code"], 4113);
     server.clock.advance(1_000);
-    let a = crate::leancloud_http::request(addr, "GET", target, &headers).await;
+    let a = notifications(addr, "alice", 0, &st).await;
     assert_eq!(a.status, 200, "{a:?}");
 }
 
@@ -1634,30 +1633,27 @@ async fn missed_notifications_carry_what_others_did_from_the_conversations_logs(
         assert!(r.error_message.is_none(), "step {n}: {r:?}");
     }
     let addr = server.running().addr;
-    let headers = [("X-LC-Id", APP_ID), ("X-LC-IM-Session-Token", st.as_str())];
-    let fetch = |after: i64| {
-        let target = format!("/1.1/rtm/notifications?client_id=bob&start_ts={after}");
-        async move {
-            let a = crate::leancloud_http::request(addr, "GET", &target, &headers).await;
-            assert_eq!(a.status, 200, "{a:?}");
-            let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
-            v["notifications"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|n| {
-                    let name = n["attr"]["data"]
-                        .as_str()
-                        .and_then(|a| serde_json::from_str::<serde_json::Value>(a).ok())
-                        .map(|a| a["name"].as_str().unwrap_or_default().to_owned());
-                    (
-                        n["op"].as_str().unwrap().to_owned(),
-                        n["m"].clone(),
-                        name.unwrap_or_default(),
-                    )
-                })
-                .collect::<Vec<_>>()
-        }
+    let st = st.as_str();
+    let fetch = |after: i64| async move {
+        let a = notifications(addr, "bob", after, st).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        let v: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+        v["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                let name = n["attr"]["data"]
+                    .as_str()
+                    .and_then(|a| serde_json::from_str::<serde_json::Value>(a).ok())
+                    .map(|a| a["name"].as_str().unwrap_or_default().to_owned());
+                (
+                    n["op"].as_str().unwrap().to_owned(),
+                    n["m"].clone(),
+                    name.unwrap_or_default(),
+                )
+            })
+            .collect::<Vec<_>>()
     };
     let none = serde_json::Value::Null;
     // The log kept the newest three: dave and erin joining is gone.
