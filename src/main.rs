@@ -491,14 +491,16 @@ fn serve(config: Config, ignored_env: &[String]) -> anyhow::Result<()> {
         // The handlers go in before the server listens: a SIGTERM that comes as soon as the
         // listening line is out (a supervisor, a test) must drain like any other, not find the
         // default action (the process killed, exit by signal) because the task that installs
-        // them has not run yet.
+        // them has not run yet. The same holds for SIGHUP, whose default action also ends the
+        // process.
         let stop = StopSignals::install()?;
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let server = tidings::server::start(config, Arc::new(SystemClock)).await?;
         // SIGHUP reloads the TLS certificate (and never stops the server).
         #[cfg(unix)]
         {
             let tls = server.tls();
-            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
                     match tls.as_ref().map(|t| t.reload()) {

@@ -311,3 +311,16 @@ async fn the_admin_api_is_served_over_tls_when_asked() {
     .expect_err("refused");
     assert!(err.to_string().contains("admin_tls"), "{err}");
 }
+
+/// A SIGHUP that comes as soon as the server says it listens (a supervisor, a test) finds its
+/// handler: without TLS it is logged and changes nothing; it never ends the process.
+#[tokio::test]
+async fn a_sighup_right_after_the_listening_line_does_not_stop_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Binary::serve(&dir.path().join("data"), &[]);
+    server.signal(libc::SIGHUP);
+    server.wait_log("SIGHUP: TLS is off");
+    server.signal(libc::SIGTERM);
+    let (status, _) = server.wait().await;
+    assert!(status.success(), "{status:?}");
+}
