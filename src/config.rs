@@ -647,7 +647,9 @@ pub struct Config {
     pub leancloud_offline_messages_max: usize,
     /// LeanCloud dialect: most bytes (encoded commands) of unread messages one `session/open`
     /// of an `lc.protobuf2.1` client answers with; the message that would go past it is not
-    /// sent (unless it would be the first), and the last one sent says `hasMore`.
+    /// sent (unless it would be the first), and the last one sent says `hasMore`. Also, apart
+    /// from those, most bytes (messages as stored) of the edits and recalls an open with
+    /// `lastPatchTime` replays; the next open gets the rest.
     pub leancloud_offline_bytes_max: usize,
     /// LeanCloud dialect: most clients (`peerId`s) one socket may have open at once.
     pub leancloud_max_clients_per_socket: usize,

@@ -158,11 +158,11 @@ impl Registry {
                 }
                 let _unique = if req.unique {
                     // Sorted: every creator of one member set takes the same lock.
-                    let mut set: Vec<&UserId> = others.iter().collect();
-                    set.push(&caller.user);
+                    let mut set: Vec<UserId> = others.iter().cloned().collect();
+                    set.push(caller.user.clone());
                     set.sort();
-                    let guard = self.unique_groups.of(set).lock().await;
-                    if let Some(cell) = self.unique_group(&caller.user, &others)? {
+                    let guard = self.unique_groups.of(&set).lock().await;
+                    if let Some(cell) = self.unique_group(caller, set).await? {
                         self.record_idempotency(&req.idempotency, cell.num).await?;
                         let view = cell.lock().view(&cell.id);
                         return self.view_for(&cell, view, &caller.user);
@@ -308,40 +308,38 @@ impl Registry {
         self.view_for(&cell, view, &caller.user)
     }
 
-    /// The live group created with `unique` whose members are exactly `creator` and `others`.
-    /// Looks through the creator's conversations, reading from the store only the records of
-    /// those not in memory, so its cost grows with how many conversations the creator is in.
-    fn unique_group(
+    /// The live group created with `unique` whose members are exactly `set` (sorted, the
+    /// caller among them). Looked for off the async workers ([`UniqueWalk`]); the
+    /// conversations the walk looked at are charged to a caller that is not the app's backend
+    /// afterwards, a token per [`super::limits::CONVERSATIONS_PER_TOKEN`].
+    async fn unique_group(
         &self,
-        creator: &UserId,
-        others: &BTreeSet<UserId>,
+        caller: &Caller,
+        set: Vec<UserId>,
     ) -> Result<Option<Arc<ConvCell>>, Error> {
-        for (num, _) in self.store.user_conversations(creator)? {
-            if num & protocol::TEMPORARY_BIT != 0 {
-                continue;
-            }
-            if !self.convs.contains_key(&num) {
-                match self.store.conversation(num)? {
-                    Some(r) if r.unique && r.deleted_at == 0 => {}
-                    _ => continue,
-                }
-            }
-            let Ok(cell) = self.cell_by_num(num) else {
-                continue;
-            };
-            let st = cell.lock();
-            let same = st.require_live().is_ok()
-                && st.record.unique
-                && st.kind() == ConversationKind::Group
-                && st.members.len() == others.len() + 1
-                && st.members.contains_key(creator)
-                && others.iter().all(|u| st.members.contains_key(u));
-            drop(st);
-            if same {
-                return Ok(Some(cell));
-            }
+        let walk = UniqueWalk {
+            store: self.store.clone(),
+            convs: self.convs.clone(),
+            heads: self.heads.clone(),
+        };
+        let (creator, wanted) = (caller.user.clone(), set.clone());
+        let (found, looked) = tokio::task::spawn_blocking(move || walk.run(&creator, &wanted))
+            .await
+            .map_err(|_| Error::Internal)?;
+        if !caller.admin {
+            self.charge_conversations(&caller.user, looked);
         }
-        Ok(None)
+        let Some(num) = found? else {
+            return Ok(None);
+        };
+        let cell = match self.cell_by_num(num) {
+            Ok(cell) => cell,
+            Err(Error::ConversationNotFound | Error::ConversationExpired) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // It may have changed since the walk looked (a member left): then there is none.
+        let same = unique_of(&cell.lock(), &set);
+        Ok(same.then_some(cell))
     }
 
     /// The live temporary conversation of exactly this sorted member set, if any.
@@ -1260,4 +1258,102 @@ impl Registry {
             n => Ok(n as usize),
         }
     }
+}
+
+/// Whether `st` is a live group created with `unique` whose members are exactly `set`.
+fn unique_of(st: &ConvState, set: &[UserId]) -> bool {
+    st.require_live().is_ok()
+        && st.record.unique
+        && st.kind() == ConversationKind::Group
+        && st.members.len() == set.len()
+        && set.iter().all(|u| st.members.contains_key(u))
+}
+
+/// What the lookup of a unique group reads, shared with the registry, so that it runs on a
+/// blocking thread.
+struct UniqueWalk {
+    store: Arc<dyn crate::store::Store>,
+    convs: Arc<dashmap::DashMap<u64, Arc<ConvCell>, super::NumHash>>,
+    heads: super::Heads,
+}
+
+impl UniqueWalk {
+    /// The number of the live group created with `unique` whose members are exactly `set`
+    /// (sorted, `creator` among them), and how many conversations it looked at. The group is
+    /// in the list of each of its members, so only the conversations both in the creator's
+    /// list and in one other member's are candidates (all of the creator's when the set is
+    /// the creator alone). Of those, temporary conversations (by their number) and those whose
+    /// list head says they are no group are skipped without a read; a loaded one is checked in
+    /// memory; of the rest, the record is read, and the members of a live unique group.
+    fn run(&self, creator: &UserId, set: &[UserId]) -> (Result<Option<u64>, Error>, usize) {
+        let mut looked = 0;
+        let found = self.find(creator, set, &mut looked);
+        (found, looked)
+    }
+
+    fn find(
+        &self,
+        creator: &UserId,
+        set: &[UserId],
+        looked: &mut usize,
+    ) -> Result<Option<u64>, Error> {
+        let mine = self.store.list_rows(creator)?;
+        *looked += mine.len();
+        let candidates: Vec<u64> = match set.iter().find(|u| *u != creator) {
+            Some(other) => {
+                let theirs = self.store.list_rows(other)?;
+                *looked += theirs.len();
+                both(mine.iter().map(|r| r.conv), theirs.iter().map(|r| r.conv))
+            }
+            None => mine.iter().map(|r| r.conv).collect(),
+        };
+        let group = ConversationKind::Group as i32;
+        for num in candidates {
+            if num & protocol::TEMPORARY_BIT != 0 {
+                continue;
+            }
+            if self.heads.get(&num).is_some_and(|h| h.kind() != group) {
+                continue;
+            }
+            let cell = self.convs.get(&num).map(|c| c.clone());
+            let same = match cell {
+                Some(cell) => unique_of(&cell.lock(), set),
+                None => {
+                    match self.store.conversation(num)? {
+                        Some(r) if r.unique && r.deleted_at == 0 && r.kind == group => {}
+                        _ => continue,
+                    }
+                    let members = self.store.members(num)?;
+                    members.len() == set.len()
+                        && members.iter().all(|(u, _)| set.binary_search(u).is_ok())
+                }
+            };
+            if same {
+                return Ok(Some(num));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The numbers in both of two ascending sequences, ascending.
+fn both(a: impl Iterator<Item = u64>, b: impl Iterator<Item = u64>) -> Vec<u64> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    let mut out = Vec::new();
+    while let (Some(&x), Some(&y)) = (a.peek(), b.peek()) {
+        match x.cmp(&y) {
+            std::cmp::Ordering::Less => {
+                a.next();
+            }
+            std::cmp::Ordering::Greater => {
+                b.next();
+            }
+            std::cmp::Ordering::Equal => {
+                out.push(x);
+                a.next();
+                b.next();
+            }
+        }
+    }
+    out
 }

@@ -673,32 +673,79 @@ impl Registry {
     }
 
     /// The messages of `user`'s conversations last edited or recalled after `after` (ms) that
-    /// the user can still see, oldest change first, at most `max` (catch-up of clients that
-    /// missed the pushes). Reads the patches of every conversation of the user's: charged to
-    /// the user afterwards by their number (see `limits::CONVERSATIONS_PER_TOKEN`).
-    pub fn patched_since(&self, user: &str, after: i64, max: usize) -> Result<Vec<Message>, Error> {
+    /// the user can still see, oldest change first (catch-up of clients that missed the
+    /// pushes): at most `max`, and no more than `max_bytes` of them (as stored) once the first
+    /// is in. The patches of one millisecond go together: where a bound falls among them,
+    /// the answer ends before them, so a client that asks again after the newest patch time
+    /// it got misses none (unless the oldest millisecond alone is over a bound: then it is
+    /// cut there, the first message always going). A message patched again since the patch
+    /// found is left for that newer patch. Reads the patches of every conversation of the
+    /// user's: charged to the user afterwards by their number (see
+    /// `limits::CONVERSATIONS_PER_TOKEN`).
+    pub fn patched_since(
+        &self,
+        user: &str,
+        after: i64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Message>, Error> {
+        // The oldest `keep` patches: one more than can go, to tell whether the last
+        // millisecond taken has more.
+        let keep = max.saturating_add(1);
         let mut found: Vec<(i64, u64, u64)> = Vec::new();
+        // Whether patches newer than the newest in `found` may have been left unread.
+        let mut partial = false;
         let conversations = self.store.user_conversations(user)?;
         self.charge_conversations(&UserId::from(user), conversations.len());
         for (num, rec) in conversations {
-            for (at, seq) in self.store.patches_after(num, after, max)? {
+            let patches = self.store.patches_after(num, after, keep)?;
+            partial |= patches.len() >= keep;
+            for (at, seq) in patches {
                 if seq > rec.cleared_seq {
                     found.push((at, num, seq));
                 }
             }
+            if found.len() > keep.saturating_mul(2) {
+                found.select_nth_unstable(keep);
+                found.truncate(keep);
+                partial = true;
+            }
         }
         found.sort_unstable();
-        let mut out = Vec::with_capacity(found.len().min(max));
-        for (_, num, seq) in found {
-            if out.len() == max {
-                break;
+        if found.len() > keep {
+            found.truncate(keep);
+            partial = true;
+        }
+        let mut out: Vec<Message> = Vec::new();
+        let (mut bytes, mut run, mut run_at, mut cut) = (0usize, 0usize, None, false);
+        for (at, num, seq) in found {
+            if run_at != Some(at) {
+                (run, run_at) = (out.len(), Some(at));
             }
             if !self.store.hidden_seqs(user, num, seq, seq + 1)?.is_empty() {
                 continue;
             }
-            if let Some(m) = self.store.message(num, seq)? {
-                out.push(m);
+            let Some(m) = self.store.message(num, seq)? else {
+                continue;
+            };
+            if m.edited_at.max(m.recalled_at) > at {
+                continue;
             }
+            let n = m.encoded_len();
+            if out.len() >= max || bytes.saturating_add(n) > max_bytes {
+                cut = true;
+                if out.is_empty() {
+                    out.push(m);
+                }
+                break;
+            }
+            bytes += n;
+            out.push(m);
+        }
+        // The last millisecond taken may have more patches than went: leave it for the next
+        // ask, unless it is the first.
+        if (cut || partial) && run > 0 {
+            out.truncate(run);
         }
         Ok(out)
     }

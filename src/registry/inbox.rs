@@ -256,6 +256,11 @@ pub(super) fn publish_head(
 }
 
 impl Head {
+    /// The conversation's kind.
+    pub(super) fn kind(&self) -> i32 {
+        self.activity.kind
+    }
+
     /// The head of a loaded conversation, from its state alone, as the list reads it from the
     /// loaded cell (for a cell about to be unloaded). `None` when it would take a store read
     /// (some messages were sent silently: the newest loud one's time is in the store) or the

@@ -38,8 +38,9 @@ const MAX_PEER_ID_CHARS: usize = 64;
 const MAX_QUERY_PEERS: usize = 20;
 /// Attribute marking a message a LeanCloud client sent as `binaryMsg`.
 const BINARY_ATTRIBUTE: &str = "lc.binary";
-/// Edits and recalls replayed after `session/open` (the oldest first; a client that missed
-/// more gets the rest at its next open, from the newest `patchTimestamp` it saw).
+/// Edits and recalls replayed after `session/open` (the oldest first, also at most
+/// `leancloud_offline_bytes_max` of them; a client that missed more gets the rest at its next
+/// open, from the newest `patchTimestamp` it saw).
 pub(crate) const PATCH_REPLAY_MAX: usize = 1000;
 /// Patches per replayed `patch/modify` push.
 const PATCHES_PER_PUSH: usize = 50;
@@ -583,9 +584,12 @@ async fn catch_up(
                 sent = Some(conversations);
             }
             if let Some(after) = patched_after {
-                let changed = app
-                    .registry
-                    .patched_since(&caller.user, after, PATCH_REPLAY_MAX)?;
+                let changed = app.registry.patched_since(
+                    &caller.user,
+                    after,
+                    PATCH_REPLAY_MAX,
+                    app.config.leancloud_offline_bytes_max,
+                )?;
                 let changed: Vec<&pb::Message> = changed.iter().collect();
                 commands.extend(changed.chunks(PATCHES_PER_PUSH).map(patches));
             }

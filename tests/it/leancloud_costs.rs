@@ -3,7 +3,7 @@
 
 use crate::harness::*;
 use crate::leancloud::lc_server_with;
-use crate::leancloud_wire::{Lc, cmd, open_since_patches};
+use crate::leancloud_wire::{Lc, cmd, op_of, open_since_patches};
 use tidings::leancloud::LcProtocol;
 use tidings::leancloud::pb::{self as lc, CommandType as Cmd, GenericCommand, OpType as Op};
 use tidings::protocol::pb;
@@ -462,4 +462,70 @@ async fn catch_ups_over_all_the_conversations_are_charged_by_their_number() {
     }
     let e = c.request(logs).await.error_message;
     assert_eq!(e.map(|e| e.code), Some(4113));
+}
+
+/// What an open of bob's with `lastPatchTime` `since` replays, read up to the reply of a
+/// request made behind it: the ids of the patched messages, and the newest patch time.
+async fn replayed(server: &TestServer, since: i64, cid: &str) -> (Vec<String>, Option<i64>) {
+    server.clock.advance(1_000);
+    let mut c = Lc::connect(server, LcProtocol::ProtobufV3).await;
+    let r = c.request(open_since_patches("bob", since)).await;
+    assert_eq!(op_of(&r), (Some(Cmd::Session), Some(Op::Opened)), "{r:?}");
+    // The catch-up is written before anything else the socket sends.
+    c.request(last_message(cid)).await;
+    let (mut mids, mut newest) = (Vec::new(), None);
+    for p in c.take_pushes() {
+        if op_of(&p) == (Some(Cmd::Patch), Some(Op::Modify)) {
+            let p = p.patch_message.unwrap();
+            newest = newest.max(p.last_patch_time);
+            mids.extend(p.patches.into_iter().map(|i| i.mid.unwrap()));
+        }
+    }
+    (mids, newest)
+}
+
+/// The edits and recalls an open with `lastPatchTime` replays stop at
+/// `leancloud_offline_bytes_max` too. LeanCloud's replay has no "more" flag: the patches of
+/// one millisecond go together, so the replay ends before a millisecond it cannot send whole,
+/// and the next open, from the newest patch time the client got, replays the rest. Every
+/// patch comes once.
+#[tokio::test]
+async fn a_patch_replay_stops_at_its_bytes_and_the_next_open_gets_the_rest() {
+    let server = lc_server_with(|c| c.leancloud_offline_bytes_max = 3_000).await;
+    let alice = server.client("alice").await;
+    let mut bob = server.client("bob").await;
+    let team = within(alice.create_group("team", &["bob"])).await.unwrap();
+    let text = |n: usize| format!("{n}{}", "x".repeat(800));
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(
+            within(alice.send_text(&team.id, &text(n)))
+                .await
+                .unwrap()
+                .message_id,
+        );
+    }
+    // Edited in four milliseconds, the third and fourth in the same one: about 900 bytes
+    // each as stored, three fit in 3,000.
+    for (n, id) in ids.iter().enumerate() {
+        if n != 3 {
+            server.clock.advance(1);
+        }
+        within(alice.edit_text(&team.id, id, &text(n + 10)))
+            .await
+            .unwrap();
+    }
+    // Every edit has been pushed to whoever was online: none is pushed to the opens below.
+    let mut updated = 0;
+    while updated < ids.len() {
+        if let pb::server_frame::Body::MessageUpdated(_) = push(&mut bob).await {
+            updated += 1;
+        }
+    }
+    let (first, newest) = replayed(&server, 1, &team.id).await;
+    assert_eq!(first, ids[..2], "the third millisecond does not fit whole");
+    let (rest, newest) = replayed(&server, newest.unwrap(), &team.id).await;
+    assert_eq!(rest, ids[2..]);
+    let (none, _) = replayed(&server, newest.unwrap(), &team.id).await;
+    assert!(none.is_empty(), "{none:?}");
 }

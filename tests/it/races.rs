@@ -526,7 +526,7 @@ struct HoldListRead {
 
 impl Watch for HoldListRead {
     fn read(&self, what: &'static str) {
-        if what != "user_conversations" {
+        if what != "list_rows" {
             return;
         }
         let mut st = self.state.lock().unwrap();

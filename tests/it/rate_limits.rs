@@ -560,3 +560,66 @@ async fn a_membership_change_is_charged_by_the_users_it_names() {
     server.clock.advance(100);
     assert!(limited(&raw.request(get(&id)).await).is_none());
 }
+
+/// A unique group create of a user in 5,000 conversations looks through them for the group of
+/// its members: charged after it, a token per 100 conversations looked at (the creator's and
+/// one other member's), on top of the create's 5. Repeated as fast as replies come, the
+/// creates are refused with when to retry after the bucket's worth; another user is served;
+/// and each served create finds the group the first one made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_group_creates_are_charged_for_the_conversations_looked_through() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit_connection_per_sec = 1_000;
+        c.rate_limit_connection_burst = 1_000;
+        c.rate_limit_user_per_sec = 200;
+        c.rate_limit_user_burst = 400;
+    })
+    .await;
+    // 5,000 groups of alice and bob, created 80 at a time (400 tokens, the user's burst).
+    let setup = server.client("alice").await;
+    server.clock.advance(2_000);
+    let names: Vec<String> = (0..5_000).map(|n| format!("g{n}")).collect();
+    for chunk in names.chunks(80) {
+        for r in
+            futures_util::future::join_all(chunk.iter().map(|n| setup.create_group(n, &["bob"])))
+                .await
+        {
+            r.unwrap();
+        }
+        server.clock.advance(2_000);
+    }
+    drop(setup);
+    let unique = |members: &[&str]| {
+        Req::CreateConversation(pb::CreateConversation {
+            kind: pb::ConversationKind::Group as i32,
+            members: members.iter().map(|m| m.to_string()).collect(),
+            unique: true,
+            ..Default::default()
+        })
+    };
+    let mut alice = Raw::login(&server, "alice").await;
+    let mut bob = Raw::login(&server, "bob").await;
+    server.clock.advance(2_000);
+    // 400 tokens at 5 + 50 a create: seven leave 15, the eighth goes 40 below empty, the
+    // ninth waits for 45 tokens.
+    let mut ids = Vec::new();
+    let retry = loop {
+        match alice.request(unique(&["carol", "dave"])).await {
+            Rep::Conversation(c) => ids.push(c.conversation.unwrap().id),
+            rep => break limited(&rep).unwrap_or_else(|| panic!("{rep:?}")),
+        }
+        assert!(ids.len() <= 8, "{} creates served", ids.len());
+    };
+    assert_eq!((ids.len(), retry), (8, 225));
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every create found the first one's group");
+    // Bob's bucket is his own: his unique create of another set is served.
+    let rep = bob.request(unique(&["erin"])).await;
+    assert!(matches!(rep, Rep::Conversation(_)), "{rep:?}");
+    // Once the time given has passed, alice's create is served and finds the group again.
+    server.clock.advance(225);
+    match alice.request(unique(&["dave", "carol", "alice"])).await {
+        Rep::Conversation(c) => assert_eq!(c.conversation.unwrap().id, ids[0]),
+        rep => panic!("{rep:?}"),
+    }
+}
