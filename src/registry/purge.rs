@@ -5,7 +5,8 @@
 //! index `X` at the time it ended (a temporary conversation's deadline moves there, the record
 //! saying so), so the mark and the index entry are durable together. Then the purge deletes its
 //! messages `history_retention_batch` per commit, each queued behind the writes already waiting,
-//! and last, in one commit, the rest of the conversation (the last batch of messages, members,
+//! then as many of their send dedup entries and of the conversation's event log per commit,
+//! and last, in one commit, the rest of the conversation (the last batch of each, members,
 //! index entry). A purge cut
 //! short (a crash, a shutdown, a failed write) leaves the entry: the expiry sweep finds it due
 //! at the next start, before anything else it does, and goes on from the first message left.
@@ -70,7 +71,7 @@ impl Registry {
             self.writer.clone(),
             self.purges.running.clone(),
         );
-        let batch = self.config.history_retention_batch.max(1) as u64;
+        let batch = self.config.history_retention_batch.max(1);
         let stats = self.stats.clone();
         self.purges.tasks.spawn(async move {
             let outcome = purge_steps(&*store, &writer, &stats, num, index, batch).await;
@@ -100,16 +101,18 @@ impl Registry {
     }
 }
 
-/// The commits of a purge: the messages left, `batch` seqs per commit, then the rest (the
-/// last batch of messages included).
+/// The commits of a purge: the messages left, `batch` seqs per commit, then their send dedup
+/// entries and the conversation's event log, `batch` per commit, then the rest (the last
+/// batch of each included).
 async fn purge_steps(
     store: &dyn Store,
     writer: &Writer,
     stats: &crate::stats::Stats,
     num: u64,
     index: Option<i64>,
-    batch: u64,
+    batch: usize,
 ) -> Result<(), Error> {
+    let seqs = batch as u64;
     let through = store.last_message(num)?.map_or(0, |m| m.seq);
     let mut from = 1;
     while from <= through {
@@ -128,7 +131,7 @@ async fn purge_steps(
         else {
             break;
         };
-        let hi = lo.saturating_add(batch - 1);
+        let hi = lo.saturating_add(seqs - 1);
         if hi >= through {
             break;
         }
@@ -141,6 +144,15 @@ async fn purge_steps(
         wait(writer.submit(permit, ops, Vec::new(), Vec::new())).await?;
         stats.purge_commits.inc();
         from = hi + 1;
+    }
+    while store.conversation_part_entries(num, batch + 1)? > batch {
+        let permit = writer.reserve().await?;
+        let ops = vec![Op::PurgeConversationPart {
+            conv: num,
+            limit: batch,
+        }];
+        wait(writer.submit(permit, ops, Vec::new(), Vec::new())).await?;
+        stats.purge_commits.inc();
     }
     let mut ops = Vec::with_capacity(2);
     if let Some(at) = index {

@@ -33,6 +33,7 @@ impl Watch for Steps {
                 Op::PurgeMessages { from, through, .. } => {
                     steps.push(format!("messages {from}..={through}"))
                 }
+                Op::PurgeConversationPart { limit, .. } => steps.push(format!("part {limit}")),
                 Op::PurgeConversation { .. } => steps.push("conversation".into()),
                 _ => {}
             }
@@ -41,7 +42,7 @@ impl Watch for Steps {
             return Ok(());
         }
         let mut st = self.state.lock().unwrap();
-        if steps[0].starts_with("messages") {
+        if steps[0].starts_with("messages") || steps[0].starts_with("part") {
             st.batches += 1;
             if st.fail == Some(st.batches) {
                 st.fail = None;
@@ -190,4 +191,46 @@ async fn the_backend_ending_a_temporary_conversation_purges_it_in_batches() {
         ["messages 1..=3", "messages 4..=6", "conversation"]
     );
     gone(&server, parse_conversation_id(&t.id).unwrap());
+}
+
+/// The send dedup entries of the messages (one per message sent with a client id) go
+/// `history_retention_batch` per commit too, after the messages, not all in the last commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_deletes_the_send_dedup_entries_in_batches() {
+    let watch = Arc::new(Steps::default());
+    let server = spied_server(watch.clone(), |c| c.history_retention_batch = 2).await;
+    let alice = server.client("alice").await;
+    let bob = server.client("bob").await;
+    let team = within(alice.create_group("team", &["bob"])).await.unwrap();
+    for k in 0..6 {
+        within(bob.send(tidings::protocol::pb::SendMessage {
+            conversation_id: team.id.clone(),
+            client_message_id: format!("c{k}"),
+            r#type: 1,
+            content: format!("m{k}").into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    }
+    let num = parse_conversation_id(&team.id).unwrap();
+    let store = server.running().app.store.clone();
+    assert_eq!(store.dedup(num, "bob", "c0").unwrap(), Some(1));
+    within(alice.delete_conversation(&team.id, true))
+        .await
+        .unwrap();
+    let steps = watch.steps();
+    let [first, second, parts @ .., last] = &steps[..] else {
+        panic!("too few purge commits: {steps:?}");
+    };
+    assert_eq!(
+        (first.as_str(), second.as_str()),
+        ("messages 1..=2", "messages 3..=4")
+    );
+    assert!(parts.len() >= 2, "{steps:?}");
+    assert!(parts.iter().all(|p| p == "part 2"), "{steps:?}");
+    assert_eq!(last, "conversation");
+    gone(&server, num);
+    assert_eq!(store.dedup(num, "bob", "c5").unwrap(), None);
+    assert_eq!(store.conversation_part_entries(num, 10).unwrap(), 0);
 }
