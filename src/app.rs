@@ -174,6 +174,7 @@ impl Core {
     pub async fn close(self) -> anyhow::Result<()> {
         self.writer.stop();
         self.thread.join().await;
+        self.registry.purges_stopped().await;
         if self.writer.has_failed() {
             anyhow::bail!("a store write failed (see the error above)");
         }

@@ -149,6 +149,16 @@ impl Collector for Counts {
                 s.history_messages_deleted.get(),
             ),
             (
+                "conversations_purged",
+                "Conversations deleted from the store by a purge",
+                s.conversations_purged.get(),
+            ),
+            (
+                "purge_commits",
+                "Store commits of conversation purges",
+                s.purge_commits.get(),
+            ),
+            (
                 "conversations_unloaded",
                 "Conversations unloaded from memory (idle, or over conversation_cells_max)",
                 s.conversations_unloaded.get(),

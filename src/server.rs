@@ -334,6 +334,7 @@ pub async fn run(
     crate::logsafe::flush();
     app.writer.stop();
     writer_thread.join().await;
+    app.registry.purges_stopped().await;
     if app.writer.has_failed() {
         anyhow::bail!("stopped because a store write failed (see the error above)");
     }

@@ -139,6 +139,11 @@ pub struct Stats {
     pub histograms: Histograms,
     /// Messages deleted by history retention (`history_retention_days`).
     pub history_messages_deleted: Counter,
+    /// Conversations deleted from the store by a purge (deleted for everyone with their
+    /// messages, expired or ended temporary ones), counted once the purge is over.
+    pub conversations_purged: Counter,
+    /// Store commits of those purges (`history_retention_batch` messages each, then the rest).
+    pub purge_commits: Counter,
     /// History retention sweeps finished.
     pub history_sweeps: Counter,
     /// Conversations whose state is loaded in memory (see `conversation_cells_max`).

@@ -3,10 +3,13 @@
 //! The store keeps a `(deadline, conversation)` index. One task sleeps (on the injected clock)
 //! until the earliest deadline, then deletes every conversation that is due: it marks the
 //! in-memory state expired under the conversation's lock (so every later request gets
-//! `ConversationExpired`), pushes an EXPIRED event to the members online at that moment, and
-//! purges the conversation through the writer, ordered after anything already queued for it.
+//! `ConversationExpired`), pushes an EXPIRED event to the members online at that moment, marks
+//! the record deleted through the writer, ordered after anything already queued for it, and
+//! then purges the conversation ([`super::purge`]) a batch of messages per commit.
 //! Creating a temporary conversation wakes the task, since its deadline may come first.
-//! On start the task runs at once, so what expired while the server was down goes first.
+//! On start the task runs at once, so what expired while the server was down goes first, and
+//! so do the purges a crash or a shutdown cut short (due entries of conversations whose
+//! record is marked deleted, or gone).
 
 use super::writer::wait;
 use super::{Caller, ConvCell, ConvState, Error, Registry};
@@ -21,10 +24,14 @@ const ROUND: usize = 256;
 
 /// How an expiry began.
 enum Begun {
-    /// The purge is queued.
+    /// The commit that ends it is queued; the purge follows it.
     Queued(tokio::sync::oneshot::Receiver<Result<(), super::writer::WriteError>>),
-    /// Marked expired; the purge waits for the transcript ([`Registry::finish_expiry`]).
+    /// Marked expired; the commit that ends it waits for the transcript
+    /// ([`Registry::finish_expiry`]).
     Marked(Arc<ConvCell>),
+    /// Ended already (deleted for everyone with its messages, or expired, before a restart):
+    /// only its purge is left to do.
+    Ended,
     /// Not due (any more).
     NotDue,
 }
@@ -37,15 +44,15 @@ pub async fn run(registry: Arc<Registry>, shutdown: CancellationToken) {
         "expiry",
         |r| &r.expiry_changed,
         |r| Ok(r.store.next_expiries(1)?.first().map(|e| e.0)),
-        |r| r.sweep(),
+        |r| r.sweep(&shutdown),
     )
     .await;
 }
 
 /// The loop of a task that acts on an index of deadlines: sleeps (on the injected clock)
 /// until the earliest one (`next`) or a wake-up (`changed`, for a new deadline that may come
-/// first), runs `due` while the earliest has passed, until `shutdown`. A failure is logged and
-/// ends the task.
+/// first), runs `due` while the earliest has passed, until `shutdown` (which `due` may watch
+/// too, to stop early). A failure is logged and ends the task.
 pub(super) async fn deadlines<'a, F>(
     registry: &'a Registry,
     shutdown: &CancellationToken,
@@ -57,6 +64,9 @@ pub(super) async fn deadlines<'a, F>(
     F: std::future::Future<Output = Result<(), Error>>,
 {
     loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
         // Register for wake-ups before reading the index, so a change in between is not missed.
         let woken = changed(registry).notified();
         let next = match next(registry) {
@@ -90,27 +100,30 @@ pub(super) async fn deadlines<'a, F>(
 }
 
 impl Registry {
-    /// Deletes every temporary conversation whose deadline has passed.
-    async fn sweep(&self) -> Result<(), Error> {
+    /// Deletes every temporary conversation whose deadline has passed, and every ended one
+    /// whose purge is left to do. Stops waiting for the purges at `shutdown`: what they have
+    /// not done by the time the writer stops, the next start does.
+    async fn sweep(&self, shutdown: &CancellationToken) -> Result<(), Error> {
         loop {
             let now = self.now();
-            let due: Vec<u64> = self
+            let due: Vec<(i64, u64)> = self
                 .store
                 .next_expiries(ROUND)?
                 .into_iter()
                 .take_while(|(at, _)| *at <= now)
-                .map(|(_, conv)| conv)
                 .collect();
             if due.is_empty() {
                 return Ok(());
             }
             let mut pending = Vec::with_capacity(due.len());
             let mut marked = Vec::new();
+            let mut purges = Vec::new();
             let mut moved = false;
-            for conv in due {
+            for (at, conv) in due {
                 match self.expire(conv).await? {
-                    Begun::Queued(rx) => pending.push(rx),
+                    Begun::Queued(rx) => pending.push((conv, rx)),
                     Begun::Marked(cell) => marked.push(cell),
+                    Begun::Ended => purges.push((self.start_purge(conv, Some(at)), false)),
                     Begun::NotDue => moved = true,
                 }
             }
@@ -118,13 +131,22 @@ impl Registry {
             if !marked.is_empty() {
                 self.writer.barrier().await?;
                 for cell in marked {
-                    pending.push(self.finish_expiry(&cell, "").await?);
+                    pending.push((cell.num, self.finish_expiry(&cell, "").await?));
                 }
             }
-            for rx in pending {
+            for (conv, rx) in pending {
                 wait(rx).await?;
-                // Counted once durable, so whoever waits on it sees the purge on disk.
-                self.stats.conversations_expired.inc();
+                purges.push((self.start_purge(conv, None), true));
+            }
+            for (purge, expired) in purges {
+                tokio::select! {
+                    done = purge.done() => done?,
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+                // Counted once purged, so whoever waits on it finds it gone from the store.
+                if expired {
+                    self.stats.conversations_expired.inc();
+                }
             }
             if moved {
                 // A moved deadline's old index entry goes with a write that may not have
@@ -134,32 +156,24 @@ impl Registry {
         }
     }
 
-    /// Marks one conversation expired and queues its purge (or, for the transcript, only
-    /// marks it); not when it is not due after all (its deadline was moved since the index
-    /// was read, or it already ended).
+    /// Marks one conversation expired and queues the commit that ends it (or, for the
+    /// transcript, only marks it); not when it is not due after all (its deadline was moved
+    /// since the index was read, or it is being deleted).
     async fn expire(&self, conv: u64) -> Result<Begun, Error> {
         let permit = self.writer.reserve().await?;
-        let cell = match self.cell_by_num(conv) {
-            Ok(c) => c,
-            // Only the index entry is left: purge cleans it up.
-            Err(Error::ConversationNotFound) => {
-                return Ok(Begun::Queued(self.writer.submit(
-                    permit,
-                    vec![Op::PurgeConversation { conv }],
-                    vec![],
-                    vec![],
-                )));
-            }
-            Err(e) => return Err(e),
-        };
-        self.begin_expiry(permit, cell, "")
+        match self.cell_by_num(conv) {
+            Ok(cell) => self.begin_expiry(permit, cell, ""),
+            // Marked deleted, or only the index entry is left: the purge cleans it up.
+            Err(Error::ConversationNotFound) => Ok(Begun::Ended),
+            Err(e) => Err(e),
+        }
     }
 
     /// Expires a live cell: at once, or, when some webhook endpoint takes
     /// `conversation.expired`, in two steps, so the event carries the transcript: the cell is
     /// marked expired here (nothing more can be sent), and once what was queued before has
-    /// committed, [`Registry::finish_expiry`] reads the transcript and queues the purge with
-    /// the event. A crash in between leaves the conversation to the next sweep.
+    /// committed, [`Registry::finish_expiry`] reads the transcript and queues the commit that
+    /// ends it with the event. A crash in between leaves the conversation to the next sweep.
     fn begin_expiry(
         &self,
         permit: tokio::sync::OwnedSemaphorePermit,
@@ -230,8 +244,8 @@ impl Registry {
     }
 
     /// Ends a temporary conversation now, as if its deadline had come: members get the
-    /// EXPIRED event, its messages are purged. The app's backend only (customer service
-    /// closing a chat).
+    /// EXPIRED event, then it is purged, `history_retention_batch` messages per commit, before
+    /// this returns. The app's backend only (customer service closing a chat).
     pub async fn end_temporary(&self, caller: &Caller, id: &str) -> Result<(), Error> {
         if !caller.admin {
             return Err(Error::PermissionDenied(
@@ -259,16 +273,19 @@ impl Registry {
                 self.writer.barrier().await?;
                 self.finish_expiry(&cell, &caller.user).await?
             }
-            Begun::NotDue => return Err(Error::ConversationExpired),
+            Begun::NotDue | Begun::Ended => return Err(Error::ConversationExpired),
         };
         wait(rx).await?;
+        self.purge(cell.num, None).await?;
         self.stats.conversations_expired.inc();
         Ok(())
     }
 
     /// Under the conversation's lock: marks it expired, pushes EXPIRED to the members online
-    /// and queues the purge, with the `conversation.expired` webhook record when `transcript`
-    /// is given. `by`: who ended it (empty: its deadline).
+    /// and queues the commit that ends it, with the `conversation.expired` webhook record when
+    /// `transcript` is given: its record marked deleted, due in the expiry index (so its purge,
+    /// which the caller starts once this has committed, goes on after a restart). `by`: who
+    /// ended it (empty: its deadline).
     fn expire_locked(
         &self,
         permit: tokio::sync::OwnedSemaphorePermit,
@@ -302,16 +319,31 @@ impl Registry {
             }
             None => Vec::new(),
         };
-        // The cell stays (marked expired) until the purge has committed.
+        let now = self.now();
+        let mut record = st.record.clone();
+        record.deleted_at = now;
+        let mut ops = Vec::with_capacity(3);
+        if record.expires_at > now {
+            // Ended before its deadline: due from now on.
+            ops.push(Op::DeleteExpiry {
+                at: record.expires_at,
+                conv: cell.num,
+            });
+            ops.push(Op::PutExpiry {
+                at: now,
+                conv: cell.num,
+            });
+            record.expires_at = now;
+        }
+        ops.push(Op::PutConversation {
+            conv: cell.num,
+            record,
+        });
+        // The cell stays (marked expired) until the end has committed; from then on the
+        // store says it is gone.
         let forget = self.forget_after_commit(cell, None, Some(members));
-        self.writer.submit_with_records(
-            permit,
-            vec![Op::PurgeConversation { conv: cell.num }],
-            vec![live],
-            vec![],
-            Some(forget),
-            records,
-        )
+        self.writer
+            .submit_with_records(permit, ops, vec![live], vec![], Some(forget), records)
     }
 }
 

@@ -15,7 +15,7 @@
 //! are current. A cursor whose snapshot is gone (expired, or the server restarted) continues
 //! after its last entry in the current order.
 
-use super::writer::{WriteError, wait};
+use super::writer::wait;
 use super::{Caller, ConvCell, Error, LoggedEvent, Registry};
 use crate::protocol::pb::{
     self, ConversationEventKind, ConversationKind, ListEntry, UserConversationRecord,
@@ -954,10 +954,11 @@ impl Registry {
     }
 
     /// Deletes a conversation for everyone: the owner of a group, any member of a direct or
-    /// temporary one. With `purge`, its messages are deleted from the store too, after the
-    /// deletion has committed, `history_retention_batch` per commit; without, they stay stored
-    /// (for export) but no request reaches them. Every member gets a logged DELETED event and
-    /// a list tombstone.
+    /// temporary one. With `purge`, the deletion puts the conversation in the expiry index at
+    /// once, and the conversation is then deleted from the store, `history_retention_batch`
+    /// messages per commit ([`purge`](super::purge)), before this returns; without, its
+    /// messages stay stored (for export) but no request reaches them. Every member gets a
+    /// logged DELETED event and a list tombstone.
     pub async fn delete_conversation(
         &self,
         caller: &Caller,
@@ -966,7 +967,6 @@ impl Registry {
     ) -> Result<(), Error> {
         let cell = self.cell(id)?;
         let permit = self.writer.reserve().await?;
-        let history: (u64, u64);
         let rx = {
             let mut st = cell.lock();
             st.authorize(caller, super::groups::Action::DeleteForEveryone)?;
@@ -983,7 +983,21 @@ impl Registry {
             let mut ops = Vec::new();
             let mut record = st.record.clone();
             record.deleted_at = now;
-            history = (record.purged_seq + 1, st.last_seq);
+            if purge {
+                // Due in the expiry index from now on: a purge cut short goes on at the next
+                // start.
+                if record.expires_at > 0 {
+                    ops.push(Op::DeleteExpiry {
+                        at: record.expires_at,
+                        conv: cell.num,
+                    });
+                }
+                ops.push(Op::PutExpiry {
+                    at: now,
+                    conv: cell.num,
+                });
+                record.expires_at = now;
+            }
             ops.push(Op::PutConversation {
                 conv: cell.num,
                 record,
@@ -1024,39 +1038,9 @@ impl Registry {
         };
         wait(rx).await?;
         if purge {
-            self.purge_deleted(cell.num, history.0, history.1).await?;
+            self.purge(cell.num, None).await?;
         }
         Ok(())
-    }
-
-    /// Deletes from the store conversation `num`, deleted for everyone, with its messages
-    /// `from..=through`: `history_retention_batch` messages per commit, each queued behind the
-    /// writes already waiting, then the rest of it. Runs to the end even when the caller stops
-    /// waiting.
-    async fn purge_deleted(&self, num: u64, from: u64, through: u64) -> Result<(), Error> {
-        let writer = self.writer.clone();
-        let batch = self.config.history_retention_batch.max(1) as u64;
-        let purge = async move {
-            let mut ops = Vec::new();
-            let mut lo = from;
-            while lo <= through {
-                let hi = through.min(lo.saturating_add(batch - 1));
-                ops.push(vec![Op::PurgeMessages {
-                    conv: num,
-                    from: lo,
-                    through: hi,
-                }]);
-                lo = hi + 1;
-            }
-            ops.push(vec![Op::PurgeConversation { conv: num }]);
-            for ops in ops {
-                let permit = writer.reserve().await?;
-                wait(writer.submit(permit, ops, Vec::new(), Vec::new())).await?;
-            }
-            Ok::<_, WriteError>(())
-        };
-        let done = tokio::spawn(purge).await;
-        Ok(done.unwrap_or(Err(WriteError::Unavailable))?)
     }
 }
 

@@ -22,6 +22,7 @@ pub mod limits;
 mod messages;
 pub mod mutes;
 mod presence;
+mod purge;
 mod receipts;
 pub mod retention;
 mod rooms;
@@ -527,6 +528,8 @@ pub struct Registry {
     pub(crate) expiry_changed: tokio::sync::Notify,
     /// Woken when a timed mute is set (its deadline may be the next one).
     pub(crate) mutes_changed: tokio::sync::Notify,
+    /// The purges of ended conversations running ([`purge`]).
+    purges: purge::Purges,
     presence: presence::Subscriptions,
     snapshots: inbox::Snapshots,
     /// Request rate buckets of users with a live session ([`limits`]).
@@ -615,6 +618,7 @@ impl Registry {
             imports: tokio::sync::Mutex::new(()),
             expiry_changed: tokio::sync::Notify::new(),
             mutes_changed: tokio::sync::Notify::new(),
+            purges: Default::default(),
             presence: Default::default(),
             snapshots: Default::default(),
             rates: DashMap::new(),

@@ -22,6 +22,7 @@ pub fn run(open: Open<'_>) {
         ("patch index: time order, moves, purge", patch_index),
         ("aliases: lookup, purge", aliases),
         ("messages purged by range (retention)", message_purge),
+        ("dedup entries and event logs purged in parts", part_purge),
         ("webhook outbox, cursors, dead letters", outbox),
         ("by-kind index and conversation event logs", kinds_and_logs),
         ("everything survives reopen", reopen),
@@ -818,4 +819,44 @@ fn message_purge(open: Open<'_>) {
     }])
     .unwrap();
     assert_eq!(s.last_message(3).unwrap().unwrap().seq, 4);
+}
+
+fn part_purge(open: Open<'_>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let mut ops = Vec::new();
+    for conv in [3, 4] {
+        for k in 0..3 {
+            ops.push(Op::PutDedup {
+                conv,
+                sender: u("alice"),
+                client_id: format!("c{k}"),
+                seq: k + 1,
+            });
+            ops.push(Op::PutConversationEvent {
+                conv,
+                seq: k + 1,
+                event: ConversationEvent::default(),
+            });
+        }
+    }
+    s.commit(&ops).unwrap();
+    assert_eq!(s.conversation_part_entries(3, 10).unwrap(), 6);
+    assert_eq!(s.conversation_part_entries(3, 4).unwrap(), 4);
+    // The dedup entries go first, then the event log.
+    s.commit(&[Op::PurgeConversationPart { conv: 3, limit: 2 }])
+        .unwrap();
+    assert_eq!(s.dedup(3, "alice", "c1").unwrap(), None);
+    assert_eq!(s.dedup(3, "alice", "c2").unwrap(), Some(3));
+    assert_eq!(s.last_conversation_event_seq(3).unwrap(), 3);
+    s.commit(&[Op::PurgeConversationPart { conv: 3, limit: 2 }])
+        .unwrap();
+    assert_eq!(s.dedup(3, "alice", "c2").unwrap(), None);
+    assert_eq!(s.conversation_part_entries(3, 10).unwrap(), 2);
+    s.commit(&[Op::PurgeConversationPart { conv: 3, limit: 5 }])
+        .unwrap();
+    assert_eq!(s.conversation_part_entries(3, 10).unwrap(), 0);
+    assert_eq!(s.last_conversation_event_seq(3).unwrap(), 0);
+    // The neighbour is untouched.
+    assert_eq!(s.conversation_part_entries(4, 10).unwrap(), 6);
 }

@@ -14,7 +14,7 @@
 //! | `D`    | user a ‖ user b (sorted)         | conv (u64)                     |
 //! | `E`    | user ‖ event seq                 | ConversationEvent              |
 //! | `N`    | counter name                     | u64                            |
-//! | `X`    | expires_at ‖ conv                | ∅ (expiry index, time order)   |
+//! | `X`    | expires_at ‖ conv                | ∅ (expiry index, time order: temporary deadlines, and ended conversations whose purge is due) |
 //! | `Q`    | sorted member ids                | conv (unique temporary lookup) |
 //! | `T`    | user ‖ conv                      | deleted at (i64): list tombstone |
 //! | `H`    | user ‖ conv ‖ seq                | ∅ (message deleted one-way)    |

@@ -186,6 +186,21 @@ impl<E: OrderedKv> KvStore<E> {
     }
 }
 
+impl<E: OrderedKv> KvStore<E> {
+    /// The first `limit` keys of what [`Op::PurgeConversationPart`] deletes of `conv`.
+    fn keys_of_part(&self, conv: u64, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        for prefix in [keys::dedups_of(conv), keys::conversation_events_of(conv)] {
+            if out.len() >= limit {
+                break;
+            }
+            let rows = self.scan(&prefix, false, limit - out.len())?;
+            out.extend(rows.into_iter().map(|(k, _)| k));
+        }
+        Ok(out)
+    }
+}
+
 /// The entry of the by-kind index of a conversation record.
 fn kind_key(record: &ConversationRecord, conv: u64) -> Vec<u8> {
     keys::conversation_by_kind(u8::try_from(record.kind).unwrap_or(0), conv)
@@ -425,7 +440,9 @@ fn write_of(op: &Op) -> Write {
             record,
         } => Write::Put(keys::dead_letter(endpoint, *seq), record.to_vec()),
         Op::DeleteDeadLetter { endpoint, seq } => Write::Delete(keys::dead_letter(endpoint, *seq)),
-        Op::PurgeConversation { .. } | Op::PurgeMessages { .. } => {
+        Op::PurgeConversation { .. }
+        | Op::PurgeMessages { .. }
+        | Op::PurgeConversationPart { .. } => {
             unreachable!("purges are expanded by commit")
         }
         Op::PutConversationEvent { conv, seq, event } => {
@@ -511,6 +528,14 @@ impl<E: OrderedKv> Store for KvStore<E> {
             {
                 writes.extend(
                     self.keys_of_messages(*conv, *from, *through)?
+                        .into_iter()
+                        .map(Write::Delete),
+                );
+                continue;
+            }
+            if let Op::PurgeConversationPart { conv, limit } = op {
+                writes.extend(
+                    self.keys_of_part(*conv, *limit)?
                         .into_iter()
                         .map(Write::Delete),
                 );
@@ -902,6 +927,10 @@ impl<E: OrderedKv> Store for KvStore<E> {
                 },
             )
             .collect()
+    }
+
+    fn conversation_part_entries(&self, conv: u64, limit: usize) -> Result<usize, StoreError> {
+        Ok(self.keys_of_part(conv, limit)?.len())
     }
 
     fn next_expiries(&self, limit: usize) -> Result<Vec<(i64, u64)>, StoreError> {

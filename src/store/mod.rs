@@ -232,6 +232,13 @@ pub enum Op {
         from: u64,
         through: u64,
     },
+    /// Deletes the first `limit`, in key order, of the entries of `conv` that grow with its
+    /// use apart from its messages: send dedup entries, then its own event log (a step of a
+    /// purge before [`Op::PurgeConversation`], so that one commit never deletes them all).
+    PurgeConversationPart {
+        conv: u64,
+        limit: usize,
+    },
     /// `user` blocked `blocked` at `at` (ms).
     PutUserBlock {
         user: UserId,
@@ -427,6 +434,9 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(i64, u64)>, StoreError>;
     fn next_expiries(&self, limit: usize) -> Result<Vec<(i64, u64)>, StoreError>;
+    /// How many of the entries [`Op::PurgeConversationPart`] deletes are stored for `conv`,
+    /// counted up to `limit`.
+    fn conversation_part_entries(&self, conv: u64, limit: usize) -> Result<usize, StoreError>;
     /// The earliest timed-mute index entries `(until, conv, user)`, ascending, at most `limit`.
     fn next_mute_deadlines(&self, limit: usize) -> Result<Vec<(i64, u64, UserId)>, StoreError>;
     /// The temporary conversation registered for this sorted member set, if any.

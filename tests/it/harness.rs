@@ -95,6 +95,18 @@ impl TestServer {
         self.server = Some(server);
     }
 
+    /// Starts again on the same data directory once the server has gone down on its own (a
+    /// store write failed): what it had not committed is lost, as after a crash.
+    pub async fn restart_after_failure(&mut self) {
+        // The server reports the failure it stopped for.
+        let _ = within(self.server.take().unwrap().wait()).await;
+        let store = (self.store)(&self.config);
+        let server = server::start_with(self.config.clone(), Arc::new(self.clock.clone()), store)
+            .await
+            .expect("restart");
+        self.server = Some(server);
+    }
+
     pub fn clock_now(&self) -> i64 {
         self.clock.now_ms()
     }

@@ -32,6 +32,7 @@ mod log_safety;
 mod origin;
 mod pre_send_hook;
 mod presence;
+mod purges;
 mod races;
 mod rate_limits;
 mod readme;

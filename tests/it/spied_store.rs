@@ -137,6 +137,10 @@ impl Store for Spied {
         self.watch.read("next_expiries");
         self.inner.next_expiries(limit)
     }
+    fn conversation_part_entries(&self, conv: u64, limit: usize) -> Result<usize, StoreError> {
+        self.watch.read("conversation_part_entries");
+        self.inner.conversation_part_entries(conv, limit)
+    }
     fn next_mute_deadlines(&self, limit: usize) -> Result<Vec<(i64, u64, UserId)>, StoreError> {
         self.watch.read("next_mute_deadlines");
         self.inner.next_mute_deadlines(limit)
