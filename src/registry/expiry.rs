@@ -323,18 +323,8 @@ impl Registry {
         let mut record = st.record.clone();
         record.deleted_at = now;
         let mut ops = Vec::with_capacity(3);
-        if record.expires_at > now {
-            // Ended before its deadline: due from now on.
-            ops.push(Op::DeleteExpiry {
-                at: record.expires_at,
-                conv: cell.num,
-            });
-            ops.push(Op::PutExpiry {
-                at: now,
-                conv: cell.num,
-            });
-            record.expires_at = now;
-        }
+        // Ended before its deadline: due from now on.
+        super::purge::mark_due(cell.num, &mut record, now, &mut ops);
         ops.push(Op::PutConversation {
             conv: cell.num,
             record,

@@ -984,19 +984,8 @@ impl Registry {
             let mut record = st.record.clone();
             record.deleted_at = now;
             if purge {
-                // Due in the expiry index from now on: a purge cut short goes on at the next
-                // start.
-                if record.expires_at > 0 {
-                    ops.push(Op::DeleteExpiry {
-                        at: record.expires_at,
-                        conv: cell.num,
-                    });
-                }
-                ops.push(Op::PutExpiry {
-                    at: now,
-                    conv: cell.num,
-                });
-                record.expires_at = now;
+                // A purge cut short goes on at the next start.
+                super::purge::mark_due(cell.num, &mut record, now, &mut ops);
             }
             ops.push(Op::PutConversation {
                 conv: cell.num,

@@ -15,6 +15,7 @@
 
 use super::writer::{WriteError, Writer, wait};
 use super::{Error, Registry};
+use crate::protocol::pb::ConversationRecord;
 use crate::store::{Direction, Op, Store};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,24 @@ impl Purging {
             Err(_) => Err(WriteError::Unavailable.into()),
         }
     }
+}
+
+/// Adds to `ops` what makes conversation `num`, ending at `now` with `record`, due in the
+/// expiry index: the durable mark by which the next start goes on with a purge cut short. An
+/// entry that is due already stays; one still ahead (a temporary conversation ended before its
+/// deadline) moves to `now`, and the record says so.
+pub(super) fn mark_due(num: u64, record: &mut ConversationRecord, now: i64, ops: &mut Vec<Op>) {
+    if record.expires_at > 0 && record.expires_at <= now {
+        return;
+    }
+    if record.expires_at > 0 {
+        ops.push(Op::DeleteExpiry {
+            at: record.expires_at,
+            conv: num,
+        });
+    }
+    ops.push(Op::PutExpiry { at: now, conv: num });
+    record.expires_at = now;
 }
 
 impl Registry {
