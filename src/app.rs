@@ -30,6 +30,9 @@ pub struct App {
     /// Turns at CPU-bound request work run off the async threads (LeanCloud `conv/query`'s
     /// matching): half the cores, at least one, so the async threads always keep some.
     pub cpu_work: tokio::sync::Semaphore,
+    /// Turns at building an admin export page (a user's data, a conversation's history), at
+    /// most [`crate::admin::EXPORTS_AT_ONCE`]: more wait for one.
+    pub exports: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
@@ -91,6 +94,7 @@ impl App {
             cpu_work: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             ),
+            exports: Arc::new(tokio::sync::Semaphore::new(crate::admin::EXPORTS_AT_ONCE)),
         };
         Ok((Arc::new(app), thread))
     }

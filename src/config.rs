@@ -337,6 +337,9 @@ pub struct Config {
     pub user_delete_step_max: usize,
     /// Lines one page of a user's export (`GET /v1/users/{user}/export`) holds, at most.
     pub user_export_page_max: usize,
+    /// Bytes of JSON lines after which a page of a user's export ends: the line that reaches
+    /// it is the page's last (the first line always goes).
+    pub user_export_page_max_bytes: usize,
     /// Messages older than this many days are deleted by a background sweep; 0: kept for ever.
     pub history_retention_days: u64,
     /// Messages the retention sweep, and the purge of a conversation deleted for everyone,
@@ -703,6 +706,7 @@ impl Default for Config {
             user_delete_keep_messages: false,
             user_delete_step_max: 10_000,
             user_export_page_max: 1_000,
+            user_export_page_max_bytes: 4 << 20,
             history_retention_days: 0,
             history_retention_batch: 1_000,
             max_revoked_tokens: 100_000,
@@ -1024,11 +1028,12 @@ impl Config {
         }
         if self.user_delete_step_max == 0
             || self.user_export_page_max == 0
+            || self.user_export_page_max_bytes == 0
             || self.history_retention_batch == 0
         {
             return bad(
-                "user_delete_step_max, user_export_page_max and history_retention_batch must be \
-                 at least 1",
+                "user_delete_step_max, user_export_page_max, user_export_page_max_bytes and \
+                 history_retention_batch must be at least 1",
             );
         }
         if self.history_retention_days > 100_000 {

@@ -8,11 +8,11 @@ use crate::registry::import::{ImportConversation, ImportMessage};
 use crate::registry::{Caller, Error, HistoryRequest};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{self, HeaderValue};
+use hyper::header::HeaderValue;
 use hyper::{Method, Response, StatusCode};
 use std::collections::BTreeMap;
 
-/// Bytes after which an export page ends (the line that crosses it is the page's last).
+/// Bytes after which an export page ends (the line that reaches it is the page's last).
 pub const EXPORT_PAGE_BYTES: usize = 4 << 20;
 /// Messages an export page holds when the request does not say.
 pub const EXPORT_PAGE_DEFAULT: usize = 1_000;
@@ -176,9 +176,11 @@ pub(super) async fn import_reads(call: &Call<'_>, id: &str) -> Answer {
 /// A conversation's history as JSON lines (`application/x-ndjson`), oldest first: one
 /// message per line, shaped as in history answers, sent at or after `from` and before `to`
 /// (ms; absent: no bound). A page holds at most `limit` messages (default 1000, at most
-/// `export_max_messages`) and ends after about 4 MiB; the `x-next-cursor` header then names
-/// the next page (pass it as `cursor` with the same `from`/`to`), and is absent on the last.
-/// As the acting user sees it with `as`; without, unfiltered.
+/// `export_max_messages`) and ends after the message that reaches 4 MiB; the `x-next-cursor`
+/// header then names the next page (pass it as `cursor` with the same `from`/`to`), and is
+/// absent on the last. As the acting user sees it with `as`; without, unfiltered. Pages are
+/// built off the async workers, at most [`super::EXPORTS_AT_ONCE`] at once (more wait their
+/// turn).
 #[utoipa::path(get, path = "/v1/conversations/{id}/export",
     params(("id" = String, Path), ("as" = Option<String>, Query),
         ("from" = Option<i64>, Query, description = "ms, inclusive"),
@@ -188,7 +190,7 @@ pub(super) async fn import_reads(call: &Call<'_>, id: &str) -> Answer {
             description = "one message per line",
             headers(("x-next-cursor" = String, description = "the next page's cursor; absent on the last page"))),
         (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub(super) fn export(call: &Call<'_>, id: &str) -> Result<Response<Full<Bytes>>, Failure> {
+pub(super) async fn export(call: &Call<'_>, id: &str) -> Result<Response<Full<Bytes>>, Failure> {
     let max = call.app.config.export_max_messages;
     let limit = call.number("limit", EXPORT_PAGE_DEFAULT.min(max))?;
     if limit == 0 || limit > max {
@@ -205,12 +207,38 @@ pub(super) fn export(call: &Call<'_>, id: &str) -> Result<Response<Full<Bytes>>,
         ));
     }
     let caller = call.actor()?;
-    let reg = &call.app.registry;
-    let page_max = call.app.config.page_max as usize;
-    let mut cursor = call.param("cursor").unwrap_or_default();
+    let cursor = call.param("cursor").unwrap_or_default();
+    let (app, id) = (call.app.clone(), id.to_owned());
+    super::export_page(call.app, move || {
+        let (body, next) = export_lines(&app, &caller, &id, (from, to), cursor, limit)?;
+        let mut r = super::json_lines(body);
+        if let Some(next) = next
+            && let Ok(v) = HeaderValue::from_str(&next)
+        {
+            r.headers_mut().insert(NEXT_CURSOR, v);
+        }
+        Ok(r)
+    })
+    .await
+}
+
+/// The lines of an export page, read from `cursor` through history pages of `page_max`,
+/// and the next page's cursor (`None`: this was the last). The page ends after `limit`
+/// messages, or after the message that brings it to [`EXPORT_PAGE_BYTES`] (the first always
+/// goes); the cursor goes on right after the last message written.
+fn export_lines(
+    app: &crate::app::App,
+    caller: &Caller,
+    id: &str,
+    (from, to): (i64, i64),
+    mut cursor: String,
+    limit: usize,
+) -> Result<(Vec<u8>, Option<String>), Failure> {
+    let reg = &app.registry;
+    let page_max = app.config.page_max as usize;
     let mut body = Vec::new();
     let mut lines = 0;
-    let next = loop {
+    loop {
         let want = (limit - lines).min(page_max);
         let req = HistoryRequest {
             oldest_first: true,
@@ -222,32 +250,24 @@ pub(super) fn export(call: &Call<'_>, id: &str) -> Result<Response<Full<Bytes>>,
             limit: want as u32,
             ..Default::default()
         };
-        let (messages, has_more, next_cursor) = reg.history(&caller, id, req)?;
-        for m in messages {
+        let (messages, has_more, next_cursor) = reg.history(caller, id, req)?;
+        let mut messages = messages.into_iter().peekable();
+        while let Some(m) = messages.next() {
+            let seq = m.seq;
             serde_json::to_writer(&mut body, &json::Message::from(m))
                 .map_err(|_| Failure::from(Error::Internal))?;
             body.push(b'\n');
             lines += 1;
+            if body.len() >= EXPORT_PAGE_BYTES && messages.peek().is_some() {
+                return Ok((body, Some(crate::registry::oldest_first_cursor_after(seq))));
+            }
         }
         if !has_more {
-            break None;
+            return Ok((body, None));
         }
         if lines >= limit || body.len() >= EXPORT_PAGE_BYTES {
-            break Some(next_cursor);
+            return Ok((body, Some(next_cursor)));
         }
         cursor = next_cursor;
-    };
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(next) = next
-        && let Ok(v) = HeaderValue::from_str(&next)
-    {
-        r.headers_mut().insert(NEXT_CURSOR, v);
     }
-    Ok(r)
 }

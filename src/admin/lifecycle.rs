@@ -8,7 +8,6 @@ use crate::protocol::pb::MemberRole;
 use crate::registry::lifecycle::ExportLine;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{self, HeaderValue};
 use hyper::{Method, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -23,13 +22,13 @@ pub(super) async fn route(call: &Call<'_>, method: &Method, path: &[&str]) -> Op
 
 /// The export, which answers JSON lines rather than one JSON value; `None` when the path is
 /// not it.
-pub(super) fn raw_route(
+pub(super) async fn raw_route(
     call: &Call<'_>,
     method: &Method,
     path: &[&str],
 ) -> Option<Result<Response<Full<Bytes>>, Failure>> {
     match (method, path) {
-        (&Method::GET, ["users", user, "export"]) => Some(export(call, user)),
+        (&Method::GET, ["users", user, "export"]) => Some(export(call, user).await),
         _ => None,
     }
 }
@@ -107,66 +106,75 @@ pub enum Line {
 }
 
 /// Exports a user's data as JSON lines (`application/x-ndjson`), a page per call: their
-/// profile, each conversation of their list, then the messages they sent there. At most
-/// `user_export_page_max` lines and `history_scan_max` messages looked at per page; the last
-/// line is `{"type":"next","cursor":…}` (call again with it) or `{"type":"end"}`.
+/// profile, each conversation of their list, then the messages they sent there. A page ends
+/// after the line that reaches `user_export_page_max` lines or `user_export_page_max_bytes`
+/// bytes, or once `history_scan_max` messages were looked at; its last line is
+/// `{"type":"next","cursor":…}` (call again with it) or `{"type":"end"}`. Pages are built off
+/// the async workers, at most [`super::EXPORTS_AT_ONCE`] at once (more wait their turn).
 #[utoipa::path(get, path = "/v1/users/{user}/export",
     params(("user" = String, Path),
         ("cursor" = Option<String>, Query, description = "from the previous page's last line")),
     responses((status = 200, content_type = "application/x-ndjson", body = Line,
         description = "one JSON object a line"), (status = 400, body = ErrorBody)))]
-pub(super) fn export(call: &Call<'_>, user: &str) -> Result<Response<Full<Bytes>>, Failure> {
+pub(super) async fn export(call: &Call<'_>, user: &str) -> Result<Response<Full<Bytes>>, Failure> {
     let from = call.param("cursor").unwrap_or_default();
-    let (lines, next) = call.app.registry.export_user(user, &from)?;
-    let mut out = Vec::with_capacity(lines.len() * 256);
-    let mut write = |line: &Line| -> Result<(), Failure> {
-        serde_json::to_writer(&mut out, line)
-            .map_err(|_| Failure::from(crate::registry::Error::Internal))?;
-        out.push(b'\n');
-        Ok(())
-    };
-    for line in lines {
-        write(&match line {
-            ExportLine::Profile(p) => Line::Profile(Profile::from(p)),
-            ExportLine::Conversation {
-                id,
-                kind,
-                entry,
-                member,
-                owner,
-                read_seq,
-            } => Line::Conversation {
-                conversation_id: id,
-                kind: json::kind_name(kind),
-                role: match member {
-                    None => "",
-                    Some(_) if owner => "owner",
-                    Some(m) if m.role == MemberRole::Manager as i32 => "manager",
-                    Some(_) => "member",
-                },
-                joined_at: entry.joined_at,
-                muted: entry.muted,
-                pinned_at: entry.pinned_at,
-                ext: entry.ext,
-                hidden: entry.hidden,
-                read_seq,
-                cleared_seq: entry.cleared_seq,
-            },
-            ExportLine::Message(m) => Line::Message {
-                message: json::Message::from(m),
-            },
+    let (app, user) = (call.app.clone(), user.to_owned());
+    super::export_page(call.app, move || {
+        let mut out = Vec::new();
+        let next = app.registry.export_user(&user, &from, |line| {
+            let before = out.len();
+            write(&mut out, &to_line(line))?;
+            Ok(out.len() - before)
         })?;
+        write(
+            &mut out,
+            &match next {
+                Some(cursor) => Line::Next { cursor },
+                None => Line::End {},
+            },
+        )?;
+        Ok(super::json_lines(out))
+    })
+    .await
+}
+
+/// Appends `line` and a newline to `out`.
+fn write(out: &mut Vec<u8>, line: &Line) -> Result<(), crate::registry::Error> {
+    serde_json::to_writer(&mut *out, line).map_err(|_| crate::registry::Error::Internal)?;
+    out.push(b'\n');
+    Ok(())
+}
+
+/// An export line as it is written.
+fn to_line(line: ExportLine) -> Line {
+    match line {
+        ExportLine::Profile(p) => Line::Profile(Profile::from(p)),
+        ExportLine::Conversation {
+            id,
+            kind,
+            entry,
+            member,
+            owner,
+            read_seq,
+        } => Line::Conversation {
+            conversation_id: id,
+            kind: json::kind_name(kind),
+            role: match member {
+                None => "",
+                Some(_) if owner => "owner",
+                Some(m) if m.role == MemberRole::Manager as i32 => "manager",
+                Some(_) => "member",
+            },
+            joined_at: entry.joined_at,
+            muted: entry.muted,
+            pinned_at: entry.pinned_at,
+            ext: entry.ext,
+            hidden: entry.hidden,
+            read_seq,
+            cleared_seq: entry.cleared_seq,
+        },
+        ExportLine::Message(m) => Line::Message {
+            message: json::Message::from(m),
+        },
     }
-    write(&match next {
-        Some(cursor) => Line::Next { cursor },
-        None => Line::End {},
-    })?;
-    let mut r = Response::new(Full::new(Bytes::from(out)));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(r)
 }

@@ -40,6 +40,9 @@ pub const MAX_PRESENCE_USERS: usize = 100;
 /// Default and longest lifetime of a token minted by `POST /v1/tokens`, seconds.
 pub const TOKEN_TTL_DEFAULT_SECS: i64 = 3_600;
 pub const TOKEN_TTL_MAX_SECS: i64 = 30 * 86_400;
+/// Export pages (`GET /v1/users/{user}/export`, `GET /v1/conversations/{id}/export`) built at
+/// once, at most; a request for another waits for its turn.
+pub const EXPORTS_AT_ONCE: usize = 2;
 
 /// The session id of requests made through the admin API: no session, so pushes they cause
 /// reach every session of the acting user.
@@ -417,15 +420,49 @@ async fn handle(
         idempotency_key: idempotency_key.as_deref(),
     };
     if let (&Method::GET, ["conversations", id, "export"]) = (&method, segments.as_slice()) {
-        return imports::export(&call, id).unwrap_or_else(failure);
+        return imports::export(&call, id).await.unwrap_or_else(failure);
     }
-    if let Some(answer) = lifecycle::raw_route(&call, &method, &segments) {
+    if let Some(answer) = lifecycle::raw_route(&call, &method, &segments).await {
         return answer.unwrap_or_else(failure);
     }
     match api::route(&call, &method, &segments).await {
         Ok((status, value)) => respond(status, &value),
         Err(f) => failure(f),
     }
+}
+
+/// Builds an export page with `build` on a blocking thread, in one of the app's
+/// [`EXPORTS_AT_ONCE`] turns (waited for): a page reads the store and writes up to megabytes
+/// of JSON, which must not hold the async workers that serve every socket. The turn is held
+/// until `build` returns, even if the request is dropped before.
+async fn export_page(
+    app: &Arc<App>,
+    build: impl FnOnce() -> Result<Response<Full<Bytes>>, Failure> + Send + 'static,
+) -> Result<Response<Full<Bytes>>, Failure> {
+    let turn = app
+        .exports
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| Failure::from(Error::Unavailable))?;
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        build()
+    })
+    .await
+    .map_err(|_| Failure::from(Error::Internal))?
+}
+
+/// An export page as a response: JSON lines, never cached.
+fn json_lines(body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 /// One request's parts, for the handlers.

@@ -751,6 +751,12 @@ impl Registry {
     }
 }
 
+/// The cursor of an oldest-first history walk that goes on right after the message `seq`:
+/// for a page of such a walk cut short after that message.
+pub fn oldest_first_cursor_after(seq: u64) -> String {
+    format!("o{:x}", seq.saturating_add(1))
+}
+
 /// The seq a history cursor holds, if it is one of this walk's: `n` (newest first) or `o`
 /// (oldest first), then hex digits. Any text a client sends is an answer, never a panic.
 pub(crate) fn parse_cursor(cursor: &str, back: bool) -> Option<u64> {

@@ -30,6 +30,9 @@ use std::collections::BTreeSet;
 
 /// Messages read (and emptied) per store commit while deleting a user's data.
 const CHUNK: usize = 128;
+/// Messages read per store call while exporting a user's data: few enough that a page
+/// cut by its byte bound leaves little read for nothing (at most 2 MiB of content).
+const EXPORT_CHUNK: usize = 32;
 
 /// Units of `user_delete_step_max` a conversation left costs: a commit and its members'
 /// pushes, where a message looked at is one read (10,000 leaves in one call took 40 s).
@@ -541,35 +544,65 @@ impl ExportAt {
     }
 }
 
+/// A page of an export being written: where its lines go, and how much it holds.
+struct Page<F> {
+    /// Writes a line; the bytes it took.
+    emit: F,
+    lines: usize,
+    bytes: usize,
+    max_lines: usize,
+    max_bytes: usize,
+}
+
+impl<F: FnMut(ExportLine) -> Result<usize, Error>> Page<F> {
+    fn push(&mut self, line: ExportLine) -> Result<(), Error> {
+        self.bytes = self.bytes.saturating_add((self.emit)(line)?);
+        self.lines += 1;
+        Ok(())
+    }
+
+    /// No line goes after this one: `user_export_page_max` lines, or
+    /// `user_export_page_max_bytes` reached.
+    fn full(&self) -> bool {
+        self.lines >= self.max_lines || self.bytes >= self.max_bytes
+    }
+}
+
 impl Registry {
     /// A page of `user`'s data, from `from` (a cursor of the previous page; empty: the
     /// start): their profile, then each conversation of their list, then the messages they
     /// sent in any live conversation (those they left included, found by a [`Walk`]), oldest
-    /// first per conversation. At most `user_export_page_max` lines, and at most
-    /// `history_scan_max` messages (or conversations) looked at, per page. Returns the lines and the
-    /// next page's cursor (`None`: this was the last).
+    /// first per conversation. Each line is handed to `emit`, which writes it and answers the
+    /// bytes it took. The page ends after the line that reaches `user_export_page_max` lines
+    /// or `user_export_page_max_bytes` bytes (its first line always goes), or once
+    /// `history_scan_max` messages (or conversations) were looked at. Returns the next page's
+    /// cursor, which goes on right after the last line emitted (`None`: this was the last).
+    /// Reads the store: call it off the async workers.
     pub fn export_user(
         &self,
         user: &str,
         from: &str,
-    ) -> Result<(Vec<ExportLine>, Option<String>), Error> {
+        emit: impl FnMut(ExportLine) -> Result<usize, Error>,
+    ) -> Result<Option<String>, Error> {
         self.check_user_id(user)?;
         let mut at = ExportAt::parse(from)
             .ok_or_else(|| Error::InvalidArgument("cursor is not from an export".into()))?;
-        let max = self.config.user_export_page_max;
-        let mut lines = Vec::new();
+        let mut page = Page {
+            emit,
+            lines: 0,
+            bytes: 0,
+            max_lines: self.config.user_export_page_max,
+            max_bytes: self.config.user_export_page_max_bytes,
+        };
         if at == ExportAt::Start {
-            lines.push(ExportLine::Profile(self.profile_of(user)?));
+            page.push(ExportLine::Profile(self.profile_of(user)?))?;
             at = ExportAt::Conversations { after: 0 };
         }
         let list = self.store.user_conversations(user)?;
         if let ExportAt::Conversations { after } = at {
             for (num, entry) in list.iter().filter(|(n, _)| after == 0 || *n > after) {
-                if lines.len() >= max {
-                    return Ok((
-                        lines,
-                        Some(ExportAt::Conversations { after: *num - 1 }.cursor()),
-                    ));
+                if page.full() {
+                    return Ok(Some(ExportAt::Conversations { after: *num - 1 }.cursor()));
                 }
                 let (id, kind, member, owner) = match self.cell_by_num(*num) {
                     Ok(cell) => {
@@ -587,14 +620,14 @@ impl Registry {
                     }
                     Err(e) => return Err(e),
                 };
-                lines.push(ExportLine::Conversation {
+                page.push(ExportLine::Conversation {
                     id,
                     kind,
                     entry: entry.clone(),
                     member,
                     owner,
                     read_seq: self.store.read_seq(user, *num)?,
-                });
+                })?;
             }
             at = ExportAt::Messages(Walk::START);
         }
@@ -604,38 +637,37 @@ impl Registry {
         let mut scanned = 0usize;
         loop {
             if w.seq > 0
-                && let Some(seq) = self.export_messages_of(user, w, &mut lines, &mut scanned)?
+                && let Some(seq) = self.export_messages_of(user, w, &mut page, &mut scanned)?
             {
-                return Ok((lines, Some(ExportAt::Messages(Walk { seq, ..w }).cursor())));
+                return Ok(Some(ExportAt::Messages(Walk { seq, ..w }).cursor()));
             }
             // Going to the next conversation counts as a message looked at, empty or not.
-            if lines.len() >= max || scanned >= self.config.history_scan_max {
-                return Ok((lines, Some(ExportAt::Messages(w.after()).cursor())));
+            if page.full() || scanned >= self.config.history_scan_max {
+                return Ok(Some(ExportAt::Messages(w.after()).cursor()));
             }
             scanned += 1;
             match self.walk_on(w)? {
                 Some(next) => w = next,
-                None => return Ok((lines, None)),
+                None => return Ok(None),
             }
         }
     }
 
-    /// Adds to `lines` the messages `user` sent in `w.conv` from `w.seq` on, oldest first,
-    /// until the page is full (`user_export_page_max` lines, `history_scan_max` messages looked
-    /// at, counted in `scanned`); then the seq to go on from.
-    fn export_messages_of(
+    /// Adds to `page` the messages `user` sent in `w.conv` from `w.seq` on, oldest first,
+    /// until the page is full (see [`Page::full`]) or `history_scan_max` messages were looked
+    /// at, counted in `scanned`; then the seq right after the last one looked at, to go on
+    /// from (`None`: the conversation is done).
+    fn export_messages_of<F: FnMut(ExportLine) -> Result<usize, Error>>(
         &self,
         user: &str,
         w: Walk,
-        lines: &mut Vec<ExportLine>,
+        page: &mut Page<F>,
         scanned: &mut usize,
     ) -> Result<Option<u64>, Error> {
-        let max = self.config.user_export_page_max;
         let mut pos = w.seq;
         loop {
-            let room = max.saturating_sub(lines.len());
             let budget = self.config.history_scan_max.saturating_sub(*scanned);
-            if room == 0 || budget == 0 {
+            if page.full() || budget == 0 {
                 return Ok(Some(pos));
             }
             let chunk = self.store.messages(
@@ -643,7 +675,7 @@ impl Registry {
                 pos,
                 u64::MAX,
                 Direction::Ascending,
-                CHUNK.min(budget),
+                EXPORT_CHUNK.min(budget),
             )?;
             if chunk.is_empty() {
                 return Ok(None);
@@ -652,8 +684,8 @@ impl Registry {
                 *scanned += 1;
                 pos = m.seq + 1;
                 if *m.sender == *user {
-                    lines.push(ExportLine::Message(m));
-                    if lines.len() == max {
+                    page.push(ExportLine::Message(m))?;
+                    if page.full() {
                         break;
                     }
                 }

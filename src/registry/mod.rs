@@ -45,7 +45,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use writer::{WriteError, Writer};
 
-pub use history::{DeleteMessagesRequest, EditRequest, HistoryRequest};
+pub use history::{DeleteMessagesRequest, EditRequest, HistoryRequest, oldest_first_cursor_after};
 pub use inbox::ListRequest;
 pub use messages::SendRequest;
 

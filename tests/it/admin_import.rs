@@ -568,3 +568,108 @@ async fn read_events_name_imported_messages_by_their_imported_ids_after_a_restar
     within(alice.mark_read(&conv, 4)).await.unwrap();
     assert_eq!(read_ids(&mut rx).await, ack.message_id);
 }
+
+/// Bytes after which a page of either export ends: the conversation export's 4 MiB, and the
+/// default of `user_export_page_max_bytes`.
+pub const EXPORT_PAGE_BYTES: usize = 4 << 20;
+
+/// A server whose admin API takes import bodies of large messages.
+pub async fn large_body_server(tweak: impl FnOnce(&mut tidings::config::Config)) -> TestServer {
+    TestServer::start_with(|c| {
+        c.admin_listen = "127.0.0.1:0".into();
+        c.admin_api_keys = vec![crate::admin::KEY.into()];
+        c.admin_max_body_bytes = 8 << 20;
+        tweak(c);
+    })
+    .await
+}
+
+/// Imports `n` messages of 60,000 bytes each (under `max_message_bytes`, 64 KiB) from
+/// `sender` into `conv`, 50 a call; their ids, oldest first.
+pub async fn import_large(server: &TestServer, conv: &str, sender: &str, n: usize) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(|i| format!("big-{i:04}")).collect();
+    for (batch, chunk) in ids.chunks(50).enumerate() {
+        let messages: Vec<Value> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let text = format!("{id}:{}", "x".repeat(60_000 - id.len() - 1));
+                msg(id, sender, T0 + (batch * 50 + i) as i64 * 1_000, &text)
+            })
+            .collect();
+        assert_eq!(
+            import(server, conv, messages).await["imported"],
+            chunk.len()
+        );
+    }
+    ids
+}
+
+/// Checks a page of JSON lines against the byte bound: it ended at the first line that
+/// reached the bound (everything before its last data line is under it), and, unless it is
+/// the last page, it did reach it. `data` holds the page's data lines, without a trailer.
+pub fn assert_ended_at_the_bound(data: &[&str], last_page: bool) {
+    let bytes = |lines: &[&str]| lines.iter().map(|l| l.len() + 1).sum::<usize>();
+    let Some((_, before)) = data.split_last() else {
+        assert!(last_page, "a page with more after it holds a line");
+        return;
+    };
+    assert!(
+        bytes(before) < EXPORT_PAGE_BYTES,
+        "{} bytes before the page's last line",
+        bytes(before)
+    );
+    assert!(
+        last_page || bytes(data) >= EXPORT_PAGE_BYTES,
+        "a page of {} bytes ended before the bound",
+        bytes(data)
+    );
+}
+
+#[tokio::test]
+async fn an_export_of_large_messages_ends_each_page_at_4_mib() {
+    let server = large_body_server(|_| {}).await;
+    let c = ok(
+        &server,
+        "POST",
+        "/v1/conversations?as=alice",
+        Some(json!({"kind": "group", "members": ["bob"]})),
+    )
+    .await;
+    let conv = c["id"].as_str().unwrap().to_owned();
+    // 200 messages of 60 KB: 12 MB, far more than a page of 4 MiB, in two history pages.
+    let ids = import_large(&server, &conv, "alice", 200).await;
+
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        assert!(pages < 20);
+        let r = api(
+            &server,
+            "GET",
+            &format!("/v1/conversations/{conv}/export?cursor={cursor}"),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let next = r
+            .headers
+            .get("x-next-cursor")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let data: Vec<&str> = r.text.lines().collect();
+        assert_ended_at_the_bound(&data, next.is_none());
+        for line in data {
+            let m: Value = serde_json::from_str(line).unwrap();
+            seen.push(m["id"].as_str().unwrap().to_owned());
+        }
+        match next {
+            Some(n) => cursor = n,
+            None => break,
+        }
+    }
+    // Every message once, in order, over as many pages as 12 MB needs.
+    assert_eq!(seen, ids);
+    assert!(pages >= 3, "{pages}");
+}

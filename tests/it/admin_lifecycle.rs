@@ -457,6 +457,160 @@ async fn a_users_export_is_json_lines_in_bounded_pages() {
     assert_eq!(bad.status_code(), (400, Some(2)));
 }
 
+#[tokio::test]
+async fn a_users_export_of_large_messages_ends_each_page_at_the_byte_bound() {
+    use crate::admin_import::{assert_ended_at_the_bound, import_large, large_body_server};
+    let server = large_body_server(|_| {}).await;
+    let group = ok(
+        &server,
+        "POST",
+        "/v1/conversations?as=alice",
+        Some(json!({"kind": "group", "members": ["bob"]})),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // 200 messages of 60 KB: 12 MB, far under user_export_page_max lines.
+    let ids = import_large(&server, &group, "alice", 200).await;
+
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        assert!(pages < 20);
+        let (status, text) =
+            get_text(&server, &format!("/v1/users/alice/export?cursor={cursor}")).await;
+        assert_eq!(status, 200, "{text}");
+        let (trailer, data) = text
+            .lines()
+            .collect::<Vec<&str>>()
+            .split_last()
+            .map(|(t, d)| (t.to_string(), d.to_vec()))
+            .unwrap();
+        let trailer: Value = serde_json::from_str(&trailer).unwrap();
+        let next = match trailer["type"].as_str().unwrap() {
+            "next" => Some(trailer["cursor"].as_str().unwrap().to_owned()),
+            "end" => None,
+            other => panic!("{other}"),
+        };
+        assert_ended_at_the_bound(&data, next.is_none());
+        for line in data {
+            let l: Value = serde_json::from_str(line).unwrap();
+            if l["type"] == "message" {
+                seen.push(l["message"]["id"].as_str().unwrap().to_owned());
+            }
+        }
+        match next {
+            Some(n) => cursor = n,
+            None => break,
+        }
+    }
+    // Every message once, in order, over as many pages as 12 MB needs.
+    assert_eq!(seen, ids);
+    assert!(pages >= 3, "{pages}");
+}
+
+/// Holds, while armed, every read of a conversation's messages (at most 30 s, so a server
+/// that blocks the test's own progress does not hang it for ever).
+#[derive(Default)]
+struct HoldMessageReads {
+    /// Armed, and how many reads are being held.
+    state: std::sync::Mutex<(bool, usize)>,
+    changed: std::sync::Condvar,
+}
+
+impl HoldMessageReads {
+    fn set_armed(&self, armed: bool) {
+        self.state.lock().unwrap().0 = armed;
+        self.changed.notify_all();
+    }
+
+    fn held(&self) -> usize {
+        self.state.lock().unwrap().1
+    }
+
+    /// Waits (off the runtime) until a read is being held.
+    async fn holding(self: &std::sync::Arc<Self>) {
+        let hold = self.clone();
+        within(tokio::task::spawn_blocking(move || {
+            let st = hold.state.lock().unwrap();
+            let _st = hold.changed.wait_while(st, |st| st.1 == 0).unwrap();
+        }))
+        .await
+        .unwrap();
+    }
+}
+
+impl crate::spied_store::Watch for HoldMessageReads {
+    fn read(&self, what: &'static str) {
+        if what != "messages" {
+            return;
+        }
+        let mut st = self.state.lock().unwrap();
+        if !st.0 {
+            return;
+        }
+        st.1 += 1;
+        self.changed.notify_all();
+        let timeout = std::time::Duration::from_secs(30);
+        let (mut st, _) = self
+            .changed
+            .wait_timeout_while(st, timeout, |st| st.0)
+            .unwrap();
+        st.1 -= 1;
+        self.changed.notify_all();
+    }
+}
+
+/// Both exports read the store off the async workers: with the runtime's only worker thread,
+/// a WebSocket request is answered while an export's read of messages is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_websocket_request_is_answered_while_an_export_reads() {
+    let hold = std::sync::Arc::new(HoldMessageReads::default());
+    let server = crate::spied_store::spied_server(hold.clone(), |c| {
+        c.admin_listen = "127.0.0.1:0".into();
+        c.admin_api_keys = vec![KEY.into()];
+    })
+    .await;
+    let group = ok(
+        &server,
+        "POST",
+        "/v1/conversations?as=alice",
+        Some(json!({"kind": "group", "members": ["bob"]})),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    send_as_alice(&server, &group, "hello").await;
+    let mut bob = Raw::login(&server, "bob").await;
+    for path in [
+        format!("/v1/conversations/{group}/export"),
+        "/v1/users/alice/export".to_owned(),
+    ] {
+        hold.set_armed(true);
+        let addr = admin_addr(&server);
+        let export =
+            tokio::spawn(
+                async move { crate::admin::http(addr, "GET", &path, Some(KEY), None).await },
+            );
+        hold.holding().await;
+        let pong = bob.request(Req::Ping(pb::Ping {})).await;
+        assert!(matches!(pong, Rep::Pong(_)), "{pong:?}");
+        assert_eq!(
+            hold.held(),
+            1,
+            "the export's read was let go before the answer"
+        );
+        hold.set_armed(false);
+        let r = within(export).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert!(r.text.contains("hello"), "{}", r.text);
+    }
+}
+
 const HOUR: i64 = 3_600_000;
 
 /// Sends `text` into `conv` as alice; its seq.
