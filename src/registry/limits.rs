@@ -8,7 +8,7 @@
 //! a client that retries after the given time gets through.
 //!
 //! Work whose size shows only once it is done (a filtered history walk that examines many
-//! messages for a short page) is charged afterwards, to the user's bucket: it may go below
+//! messages for a short page, the bytes of a page, a message's audience) is charged afterwards, to the user's bucket: it may go below
 //! empty, by at most one burst, and the user's next requests wait until it has refilled.
 
 use super::{Error, Registry};
@@ -60,8 +60,15 @@ pub const CONVERSATIONS_PER_TOKEN: usize = 100;
 pub const PROFILE_RECIPIENTS_PER_TOKEN: usize = 50;
 
 /// Members a user's message goes to (the sender included) that cost one token more, charged
-/// after the send, as for profile changes.
+/// after the send, as for profile changes. An edit or recall is pushed to as many, and charged
+/// the same.
 pub const SEND_RECIPIENTS_PER_TOKEN: usize = 50;
+
+/// Bytes of stored messages (as stored: their encoded length) a history or catch-up page
+/// returns, or of logged events a login replays, that cost one token more, charged after the
+/// page or the login: encoding and sending grow with the bytes, and a page of 100 messages of
+/// 64 KiB is a hundred times the work of a page of short ones.
+pub const RETURNED_BYTES_PER_TOKEN: usize = 64 << 10;
 
 /// Users a membership change writes for (the members of a created group, the users added
 /// to or removed from one, the members a group control names: each an entry or its removal
@@ -245,6 +252,13 @@ impl Registry {
     /// [`SEND_RECIPIENTS_PER_TOKEN`]); never refused.
     pub(super) fn charge_send(&self, user: &UserId, members: usize) {
         let tokens = members / SEND_RECIPIENTS_PER_TOKEN;
+        self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
+    }
+
+    /// Charges a user for the `bytes` of stored messages or logged events sent back to them
+    /// (see [`RETURNED_BYTES_PER_TOKEN`]); never refused.
+    pub(super) fn charge_bytes(&self, user: &UserId, bytes: usize) {
+        let tokens = bytes / RETURNED_BYTES_PER_TOKEN;
         self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
     }
 
