@@ -1,7 +1,9 @@
 //! Request rate limits: token buckets per connection and per user, charged by what a request
 //! costs the server. One table of costs for every front door; a front door only says which
-//! kind of work a request is ([`Work`]). Requests made by the server itself (expiry, wills) and
-//! by a backend through the registry directly are not charged.
+//! kind of work a request is ([`Work`]). Requests made by the server itself (expiry) and by a
+//! backend through the registry directly are not charged. A will is its user's own message:
+//! set as a request of theirs, and sent for them when their connection drops, its audience is
+//! charged to them after the send as any send's is.
 //!
 //! A bucket holds up to `burst` tokens and gains `per_sec` tokens a second; a request takes
 //! its cost or is refused with how long until it would fit. Refused requests cost nothing, so

@@ -834,3 +834,45 @@ async fn a_login_replay_is_charged_by_its_bytes() {
     }
     assert_eq!(n, served(0));
 }
+
+/// A will is its user's own message: sent when their connection drops, it is charged to them
+/// for its audience as their send would be (1 token per 50 members, after it). Alice's bucket
+/// of 25 after a login (20) and a will (1) holds 4; the will to 101 members takes 2 more, so
+/// her next login waits for 18 tokens, not 16.
+#[tokio::test]
+async fn a_will_is_charged_to_its_user_for_its_audience() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit_connection_per_sec = 0;
+        c.rate_limit_user_per_sec = 10;
+        c.rate_limit_user_burst = 25;
+    })
+    .await;
+    let big = group_of_101(&server).await;
+    server.clock.advance(10_000);
+    let mut bob = server.client("bob").await;
+    server.clock.advance(10_000);
+    let mut alice = Raw::login(&server, "alice").await;
+    let will = Req::SetWill(pb::SetWill {
+        conversation_id: big.clone(),
+        r#type: 1,
+        content: "gone".into(),
+        ..Default::default()
+    });
+    assert!(matches!(alice.request(will).await, Rep::Ok(_)));
+    drop(alice);
+    let m = message(&mut bob).await;
+    assert_eq!(
+        (m.sender.as_str(), crate::harness::text(&m).as_str()),
+        ("alice", "gone")
+    );
+    // Counted once the send, and its charge, are over.
+    within(server.running().app.stats.wills_sent.wait_for(1)).await;
+    let mut raw = Raw::connect(&server).await;
+    let rep = raw
+        .request(Req::Login(pb::Login {
+            token: server.token("alice"),
+            ..Default::default()
+        }))
+        .await;
+    assert_eq!(limited(&rep), Some(1_800));
+}
