@@ -264,8 +264,9 @@ impl Registry {
         self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
     }
 
-    /// Charges a user for the conversations one request named beyond the first (LeanCloud's
-    /// `read` names many, each a read position to store): a token each; never refused.
+    /// Charges a user for the items one request named beyond the first (LeanCloud's `read`
+    /// names many conversations, each a read position to store; a `patch/modify` many
+    /// messages, each an edit or recall): a token each; never refused.
     pub fn charge_reads(&self, user: &UserId, named: usize) {
         let tokens = named.saturating_sub(1);
         self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));

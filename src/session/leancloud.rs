@@ -1408,8 +1408,11 @@ fn attributes_json(conv: &pb::Conversation) -> serde_json::Map<String, serde_jso
     out
 }
 
-/// `patch/modify`: recalls and edits of the caller's own messages.
+/// `patch/modify`: recalls and edits of the caller's own messages. Each one beyond the first
+/// costs a token more, as a request of its own would (charged as the command is read, like a
+/// `read` naming many), and each its audience, as a send does.
 async fn patch(app: &App, caller: &Caller, p: lc::PatchCommand) -> Result<GenericCommand, Error> {
+    app.registry.charge_reads(&caller.user, p.patches.len());
     let mut last = 0;
     for item in p.patches {
         let conv = item.cid.unwrap_or_default();
