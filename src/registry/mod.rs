@@ -970,6 +970,21 @@ impl Registry {
         })
     }
 
+    /// The unread summary a login pushes ([`Registry::unread_summary`]), charged to the user
+    /// afterwards by the bytes of the last messages it carries, as a list page is (see
+    /// `limits::RETURNED_BYTES_PER_TOKEN`).
+    pub fn login_summary(&self, user: &str, with_cursor: bool) -> Result<pb::UnreadSummary, Error> {
+        let summary = self.unread_summary(user, with_cursor)?;
+        let bytes = summary
+            .entries
+            .iter()
+            .filter_map(|e| e.last_message.as_ref())
+            .map(prost::Message::encoded_len)
+            .sum();
+        self.charge_bytes(&UserId::from(user), bytes);
+        Ok(summary)
+    }
+
     /// The newest logged events of `user` after `cursor`, oldest first, and whether older ones
     /// were left out: a login's replay, charged to the user afterwards by its bytes (see
     /// `limits::RETURNED_BYTES_PER_TOKEN`).

@@ -511,8 +511,14 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
     };
     app.stats.traffic.leancloud(counted, Some(&opened));
     let mut frames = vec![wire(p, &opened)];
-    // `.3` clients get unread counts after opening; `.1` clients get their unread messages.
-    let summary = match app.registry.unread_summary(&caller.user, false) {
+    // `.3` clients get unread counts after opening, with the last messages (charged by their
+    // bytes); `.1` clients get their unread messages (charged as they are read).
+    let summary = if p.pushes_unread_counts() {
+        app.registry.login_summary(&caller.user, false)
+    } else {
+        app.registry.unread_summary(&caller.user, false)
+    };
+    let summary = match summary {
         Ok(summary) => summary,
         Err(e) => {
             tracing::error!(error = %e, user = %caller.user, "catch-up after open failed");

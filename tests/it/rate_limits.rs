@@ -876,3 +876,69 @@ async fn a_will_is_charged_to_its_user_for_its_audience() {
         .await;
     assert_eq!(limited(&rep), Some(1_800));
 }
+
+/// A page of the conversation list carries each entry's last message, and so does the unread
+/// summary a login pushes: besides their 20 tokens they cost one more per 64 KiB of them,
+/// charged after. Ten entries whose last messages are 32 KiB cost 20 + 5: four pages (or
+/// logins) take a burst of 100, where five of short messages do.
+#[tokio::test]
+async fn list_pages_and_logins_are_charged_by_the_last_messages_they_carry() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit_connection_per_sec = 0;
+        c.rate_limit_user_per_sec = 10;
+        c.rate_limit_user_burst = 100;
+    })
+    .await;
+    let bob = server.client("bob").await;
+    let bulk = "x".repeat(32 << 10);
+    for n in 0..10 {
+        server.clock.advance(1_000);
+        let large = bob
+            .create_group(&format!("a{n}"), &["alice"])
+            .await
+            .unwrap();
+        bob.send_text(&large.id, &bulk).await.unwrap();
+        server.clock.advance(1_000);
+        let small = bob
+            .create_group(&format!("c{n}"), &["carol"])
+            .await
+            .unwrap();
+        bob.send_text(&small.id, "short").await.unwrap();
+    }
+    let list = || {
+        Req::ListConversations(pb::ListConversations {
+            limit: 10,
+            ..Default::default()
+        })
+    };
+    let login = |user: &str| {
+        Req::Login(pb::Login {
+            token: server.token(user),
+            ..Default::default()
+        })
+    };
+    for (user, served) in [("carol", 5), ("alice", 4)] {
+        let mut raw = Raw::login(&server, user).await;
+        server.clock.advance(10_000);
+        for n in 0..served {
+            let rep = raw.request(list()).await;
+            assert!(
+                matches!(&rep, Rep::ConversationList(p) if p.entries.len() == 10),
+                "{user} page {n}: {rep:?}"
+            );
+        }
+        assert_eq!(limited(&raw.request(list()).await), Some(2_000), "{user}");
+        server.clock.advance(10_000);
+        for n in 0..served {
+            let mut raw = Raw::connect(&server).await;
+            let rep = raw.request(login(user)).await;
+            assert!(matches!(rep, Rep::LoginOk(_)), "{user} login {n}: {rep:?}");
+        }
+        let mut raw = Raw::connect(&server).await;
+        assert_eq!(
+            limited(&raw.request(login(user)).await),
+            Some(2_000),
+            "{user}"
+        );
+    }
+}
