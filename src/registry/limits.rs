@@ -10,8 +10,9 @@
 //! a client that retries after the given time gets through.
 //!
 //! Work whose size shows only once it is done (a filtered history walk that examines many
-//! messages for a short page, the bytes of a page, a message's audience) is charged afterwards, to the user's bucket: it may go below
-//! empty, by at most one burst, and the user's next requests wait until it has refilled.
+//! messages for a short page, the bytes of a page, a message's audience) is charged
+//! afterwards, to the user's bucket: it may go below empty, by at most one burst, and the
+//! user's next requests wait until it has refilled.
 
 use super::{Error, Registry};
 use crate::store::UserId;
@@ -67,9 +68,10 @@ pub const PROFILE_RECIPIENTS_PER_TOKEN: usize = 50;
 pub const SEND_RECIPIENTS_PER_TOKEN: usize = 50;
 
 /// Bytes of stored messages (as stored: their encoded length) a history or catch-up page
-/// returns, or of logged events a login replays, that cost one token more, charged after the
-/// page or the login: encoding and sending grow with the bytes, and a page of 100 messages of
-/// 64 KiB is a hundred times the work of a page of short ones.
+/// returns (or a list page and a login's summary carry as last messages), or of logged events
+/// a login replays, that cost one token more, charged after the page or the login: encoding
+/// and sending grow with the bytes, and a page of 100 messages of 64 KiB is a hundred times
+/// the work of a page of short ones.
 pub const RETURNED_BYTES_PER_TOKEN: usize = 64 << 10;
 
 /// Users a membership change writes for (the members of a created group, the users added
