@@ -697,8 +697,9 @@ impl Registry {
     /// it got misses none (unless the oldest millisecond alone is over a bound: then it is
     /// cut there, the first message always going). A message patched again since the patch
     /// found is left for that newer patch. Reads the patches of every conversation of the
-    /// user's: charged to the user afterwards by their number (see
-    /// `limits::CONVERSATIONS_PER_TOKEN`).
+    /// user's: charged to the user afterwards by their number and by the bytes of the
+    /// messages returned (see `limits::CONVERSATIONS_PER_TOKEN`,
+    /// `limits::RETURNED_BYTES_PER_TOKEN`).
     pub fn patched_since(
         &self,
         user: &str,
@@ -764,6 +765,7 @@ impl Registry {
         if (cut || partial) && run > 0 {
             out.truncate(run);
         }
+        self.charge_bytes(&UserId::from(user), stored_bytes(&out));
         Ok(out)
     }
 }

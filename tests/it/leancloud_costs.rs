@@ -621,3 +621,49 @@ async fn a_logs_page_is_charged_by_its_bytes() {
         server.clock.advance(10_000);
     }
 }
+
+/// The edits an open with `lastPatchTime` replays are charged after it by their bytes, as
+/// `logs` pages are: sixteen messages edited to 60,000 bytes are 14 tokens on top of the
+/// open's 20, so of 40 one `logs` page (5) is left, not four.
+#[tokio::test]
+async fn a_patch_replay_is_charged_by_its_bytes() {
+    let server = lc_server_with(|c| {
+        c.rate_limit_connection_per_sec = 0;
+        c.rate_limit_user_per_sec = 40;
+        c.rate_limit_user_burst = 40;
+    })
+    .await;
+    let alice = server.client("alice").await;
+    server.clock.advance(1_000);
+    let cid = within(alice.create_group("g", &["bob"])).await.unwrap().id;
+    let bulk = "x".repeat(60_000);
+    for _ in 0..16 {
+        server.clock.advance(1_000);
+        let ack = within(alice.send_text(&cid, "short")).await.unwrap();
+        within(alice.edit_text(&cid, &ack.message_id, &bulk))
+            .await
+            .unwrap();
+    }
+    server.clock.advance(1_000);
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let r = c.request(open_since_patches("bob", 1)).await;
+    assert_eq!(
+        (r.cmd, r.op),
+        (Some(Cmd::Session as i32), Some(Op::Opened as i32)),
+        "{r:?}"
+    );
+    let logs = last_message(&cid);
+    let r = c.request(logs.clone()).await;
+    assert!(r.error_message.is_none(), "{r:?}");
+    // Every edit, replayed (one made just before the open may also come live).
+    let replayed: std::collections::HashSet<String> = c
+        .take_pushes()
+        .into_iter()
+        .filter(|p| op_of(p) == (Some(Cmd::Patch), Some(Op::Modify)))
+        .flat_map(|p| p.patch_message.unwrap().patches)
+        .map(|i| i.mid.unwrap())
+        .collect();
+    assert_eq!(replayed.len(), 16);
+    let e = c.request(logs).await.error_message;
+    assert_eq!(e.map(|e| e.code), Some(4113));
+}
