@@ -145,6 +145,8 @@ impl Registry {
     }
 
     /// A page of history for the caller, ascending seq, with `has_more` and the next cursor.
+    /// Charged to a user afterwards by the messages it examined beyond the page and by the
+    /// page's bytes (see `limits::SCANNED_PER_TOKEN`, `limits::RETURNED_BYTES_PER_TOKEN`).
     pub fn history(
         &self,
         caller: &Caller,
@@ -268,6 +270,7 @@ impl Registry {
         }
         if !caller.admin {
             self.charge_scan(&caller.user, scanned, page.len());
+            self.charge_bytes(&caller.user, stored_bytes(&page));
         }
         if back {
             page.reverse();
@@ -513,7 +516,9 @@ impl Registry {
     }
 
     /// Applies `change` to one of the caller's messages under the conversation lock, stores the
-    /// result, and tells the members (and the caller's other devices) once it is durable.
+    /// result, and tells the members (and the caller's other devices) once it is durable. A
+    /// user is charged afterwards for the members told, as for a send (see
+    /// `limits::SEND_RECIPIENTS_PER_TOKEN`); a change that tells nobody costs nothing more.
     async fn rewrite(
         &self,
         caller: &Caller,
@@ -525,7 +530,7 @@ impl Registry {
         let cell = self.cell(id)?;
         let seq = self.seq_of(&cell, message_id)?;
         let permit = self.writer.reserve().await?;
-        let (rx, message) = {
+        let (rx, message, members) = {
             let mut st = cell.lock();
             let rank = if caller.admin {
                 st.authorize(caller, super::groups::Action::RecallOthers)?
@@ -592,9 +597,17 @@ impl Registry {
                 user_seq: 0,
                 except_session: caller.session,
             };
-            (self.writer.submit(permit, ops, vec![d], Vec::new()), m)
+            let members = st.roster.len();
+            (
+                self.writer.submit(permit, ops, vec![d], Vec::new()),
+                m,
+                members,
+            )
         };
         settle(cell, rx, vec![(seq, message.clone())]).await?;
+        if !caller.admin {
+            self.charge_send(&caller.user, members);
+        }
         Ok(message)
     }
 
@@ -632,7 +645,8 @@ impl Registry {
         Ok((self.store.message_versions(cell.num, seq)?, current))
     }
 
-    /// Messages after `after_seq` the caller can see, oldest first (catch-up).
+    /// Messages after `after_seq` the caller can see, oldest first (catch-up). Charged to a
+    /// user afterwards by the page's bytes (see `limits::RETURNED_BYTES_PER_TOKEN`).
     pub fn sync(
         &self,
         caller: &Caller,
@@ -665,6 +679,9 @@ impl Registry {
                 .collect();
             page.retain(|m| !hidden.contains(&m.seq));
             if !page.is_empty() || !has_more {
+                if !caller.admin {
+                    self.charge_bytes(&caller.user, stored_bytes(&page));
+                }
                 return Ok((page, has_more));
             }
             // Everything on this page was deleted by the caller: go on after it.
@@ -680,8 +697,9 @@ impl Registry {
     /// it got misses none (unless the oldest millisecond alone is over a bound: then it is
     /// cut there, the first message always going). A message patched again since the patch
     /// found is left for that newer patch. Reads the patches of every conversation of the
-    /// user's: charged to the user afterwards by their number (see
-    /// `limits::CONVERSATIONS_PER_TOKEN`).
+    /// user's: charged to the user afterwards by their number and by the bytes of the
+    /// messages returned (see `limits::CONVERSATIONS_PER_TOKEN`,
+    /// `limits::RETURNED_BYTES_PER_TOKEN`).
     pub fn patched_since(
         &self,
         user: &str,
@@ -747,6 +765,7 @@ impl Registry {
         if (cut || partial) && run > 0 {
             out.truncate(run);
         }
+        self.charge_bytes(&UserId::from(user), stored_bytes(&out));
         Ok(out)
     }
 }
@@ -755,6 +774,11 @@ impl Registry {
 /// for a page of such a walk cut short after that message.
 pub fn oldest_first_cursor_after(seq: u64) -> String {
     format!("o{:x}", seq.saturating_add(1))
+}
+
+/// The bytes of messages as stored.
+fn stored_bytes(messages: &[Message]) -> usize {
+    messages.iter().map(|m| m.encoded_len()).sum()
 }
 
 /// The seq a history cursor holds, if it is one of this walk's: `n` (newest first) or `o`

@@ -589,14 +589,25 @@ impl Registry {
         Ok((rows, sorted))
     }
 
-    /// A page of the caller's conversation list.
+    /// A page of the caller's conversation list. Charged to a user afterwards by the bytes of
+    /// the last messages it carries (see `limits::RETURNED_BYTES_PER_TOKEN`).
     pub fn list_conversations(
         &self,
         caller: &Caller,
         req: ListRequest,
     ) -> Result<(Vec<ListEntry>, String, bool), Error> {
         let limit = self.page_size(req.limit)?;
-        self.list_page(&caller.user, req, limit, true)
+        let page = self.list_page(&caller.user, req, limit, true)?;
+        if !caller.admin {
+            let bytes = page
+                .0
+                .iter()
+                .filter_map(|e| e.last_message.as_ref())
+                .map(prost::Message::encoded_len)
+                .sum();
+            self.charge_bytes(&caller.user, bytes);
+        }
+        Ok(page)
     }
 
     /// A page of `limit` entries of `user`'s list (the limit checked by the caller); without

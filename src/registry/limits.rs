@@ -1,15 +1,18 @@
 //! Request rate limits: token buckets per connection and per user, charged by what a request
 //! costs the server. One table of costs for every front door; a front door only says which
-//! kind of work a request is ([`Work`]). Requests made by the server itself (expiry, wills) and
-//! by a backend through the registry directly are not charged.
+//! kind of work a request is ([`Work`]). Requests made by the server itself (expiry) and by a
+//! backend through the registry directly are not charged. A will is its user's own message:
+//! set as a request of theirs, and sent for them when their connection drops, its audience is
+//! charged to them after the send as any send's is.
 //!
 //! A bucket holds up to `burst` tokens and gains `per_sec` tokens a second; a request takes
 //! its cost or is refused with how long until it would fit. Refused requests cost nothing, so
 //! a client that retries after the given time gets through.
 //!
 //! Work whose size shows only once it is done (a filtered history walk that examines many
-//! messages for a short page) is charged afterwards, to the user's bucket: it may go below
-//! empty, by at most one burst, and the user's next requests wait until it has refilled.
+//! messages for a short page, the bytes of a page, a message's audience) is charged
+//! afterwards, to the user's bucket: it may go below empty, by at most one burst, and the
+//! user's next requests wait until it has refilled.
 
 use super::{Error, Registry};
 use crate::store::UserId;
@@ -60,8 +63,16 @@ pub const CONVERSATIONS_PER_TOKEN: usize = 100;
 pub const PROFILE_RECIPIENTS_PER_TOKEN: usize = 50;
 
 /// Members a user's message goes to (the sender included) that cost one token more, charged
-/// after the send, as for profile changes.
+/// after the send, as for profile changes. An edit or recall is pushed to as many, and charged
+/// the same.
 pub const SEND_RECIPIENTS_PER_TOKEN: usize = 50;
+
+/// Bytes of stored messages (as stored: their encoded length) a history or catch-up page
+/// returns (or a list page and a login's summary carry as last messages), or of logged events
+/// a login replays, that cost one token more, charged after the page or the login: encoding
+/// and sending grow with the bytes, and a page of 100 messages of 64 KiB is a hundred times
+/// the work of a page of short ones.
+pub const RETURNED_BYTES_PER_TOKEN: usize = 64 << 10;
 
 /// Users a membership change writes for (the members of a created group, the users added
 /// to or removed from one, the members a group control names: each an entry or its removal
@@ -248,8 +259,16 @@ impl Registry {
         self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
     }
 
-    /// Charges a user for the conversations one request named beyond the first (LeanCloud's
-    /// `read` names many, each a read position to store): a token each; never refused.
+    /// Charges a user for the `bytes` of stored messages or logged events sent back to them
+    /// (see [`RETURNED_BYTES_PER_TOKEN`]); never refused.
+    pub(super) fn charge_bytes(&self, user: &UserId, bytes: usize) {
+        let tokens = bytes / RETURNED_BYTES_PER_TOKEN;
+        self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
+    }
+
+    /// Charges a user for the items one request named beyond the first (LeanCloud's `read`
+    /// names many conversations, each a read position to store; a `patch/modify` many
+    /// messages, each an edit or recall): a token each; never refused.
     pub fn charge_reads(&self, user: &UserId, named: usize) {
         let tokens = named.saturating_sub(1);
         self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));

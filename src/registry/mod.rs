@@ -974,18 +974,37 @@ impl Registry {
         })
     }
 
+    /// The unread summary a login pushes ([`Registry::unread_summary`]), charged to the user
+    /// afterwards by the bytes of the last messages it carries, as a list page is (see
+    /// `limits::RETURNED_BYTES_PER_TOKEN`).
+    pub fn login_summary(&self, user: &str, with_cursor: bool) -> Result<pb::UnreadSummary, Error> {
+        let summary = self.unread_summary(user, with_cursor)?;
+        let bytes = summary
+            .entries
+            .iter()
+            .filter_map(|e| e.last_message.as_ref())
+            .map(prost::Message::encoded_len)
+            .sum();
+        self.charge_bytes(&UserId::from(user), bytes);
+        Ok(summary)
+    }
+
     /// The newest logged events of `user` after `cursor`, oldest first, and whether older ones
-    /// were left out.
+    /// were left out: a login's replay, charged to the user afterwards by its bytes (see
+    /// `limits::RETURNED_BYTES_PER_TOKEN`).
     pub fn events_after(
         &self,
         user: &str,
         cursor: u64,
     ) -> Result<(Vec<ConversationEvent>, bool), Error> {
-        Ok(self.store.user_events_after(
+        let (events, truncated) = self.store.user_events_after(
             user,
             cursor,
             self.config.max_login_replay_events as usize,
-        )?)
+        )?;
+        let bytes = events.iter().map(prost::Message::encoded_len).sum();
+        self.charge_bytes(&UserId::from(user), bytes);
+        Ok((events, truncated))
     }
 
     /// The logged events of `user` after time `after` (ms), oldest first (as far back as

@@ -511,8 +511,14 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
     };
     app.stats.traffic.leancloud(counted, Some(&opened));
     let mut frames = vec![wire(p, &opened)];
-    // `.3` clients get unread counts after opening; `.1` clients get their unread messages.
-    let summary = match app.registry.unread_summary(&caller.user, false) {
+    // `.3` clients get unread counts after opening, with the last messages (charged by their
+    // bytes); `.1` clients get their unread messages (charged as they are read).
+    let summary = if p.pushes_unread_counts() {
+        app.registry.login_summary(&caller.user, false)
+    } else {
+        app.registry.unread_summary(&caller.user, false)
+    };
+    let summary = match summary {
         Ok(summary) => summary,
         Err(e) => {
             tracing::error!(error = %e, user = %caller.user, "catch-up after open failed");
@@ -1408,8 +1414,11 @@ fn attributes_json(conv: &pb::Conversation) -> serde_json::Map<String, serde_jso
     out
 }
 
-/// `patch/modify`: recalls and edits of the caller's own messages.
+/// `patch/modify`: recalls and edits of the caller's own messages. Each one beyond the first
+/// costs a token more, as a request of its own would (charged as the command is read, like a
+/// `read` naming many), and each its audience, as a send does.
 async fn patch(app: &App, caller: &Caller, p: lc::PatchCommand) -> Result<GenericCommand, Error> {
+    app.registry.charge_reads(&caller.user, p.patches.len());
     let mut last = 0;
     for item in p.patches {
         let conv = item.cid.unwrap_or_default();

@@ -597,7 +597,7 @@ fn welcome(
     };
     let summary = app
         .registry
-        .unread_summary(&caller.user, true)
+        .login_summary(&caller.user, true)
         .map_err(internal)?;
     // The summary tells where each of its conversations stands; a delivery step that
     // overlapped the login may push what it counts.

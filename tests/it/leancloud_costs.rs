@@ -529,3 +529,141 @@ async fn a_patch_replay_stops_at_its_bytes_and_the_next_open_gets_the_rest() {
     let (none, _) = replayed(&server, newest.unwrap(), &team.id).await;
     assert!(none.is_empty(), "{none:?}");
 }
+
+/// A `patch/modify` pushes each edit to every member, as the send did: each patch beyond the
+/// first costs a token more, and each its audience after it, one token per 50 members. Four
+/// edits in a group of 101 cost 1 + 3 + 4 × 2: three such commands take 36 of 40 tokens, the
+/// fourth goes 8 below empty.
+#[tokio::test]
+async fn a_patch_is_charged_for_each_edit_and_the_members_it_goes_to() {
+    let server = lc_server_with(|c| {
+        c.rate_limit_connection_per_sec = 0;
+        c.rate_limit_user_per_sec = 10;
+        c.rate_limit_user_burst = 40;
+    })
+    .await;
+    let members: Vec<String> = (1..100).map(|n| format!("u{n}")).collect();
+    let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
+    all.push("alice");
+    let bob = server.client("bob").await;
+    server.clock.advance(10_000);
+    let cid = within(bob.create_group("big", &all)).await.unwrap().id;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("alice", None).await;
+    server.clock.advance(10_000);
+    let mut mids = Vec::new();
+    for n in 0..4 {
+        let ack = c.direct("alice", &cid, &format!("m{n}"), false).await;
+        mids.push(ack.uid.unwrap());
+    }
+    let patch = |n: usize| GenericCommand {
+        peer_id: Some("alice".into()),
+        patch_message: Some(lc::PatchCommand {
+            patches: mids
+                .iter()
+                .map(|mid| lc::PatchItem {
+                    cid: Some(cid.clone()),
+                    mid: Some(mid.clone()),
+                    data: Some(format!("edit {n}")),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Patch, Some(Op::Modify))
+    };
+    server.clock.advance(10_000);
+    for n in 0..4 {
+        let r = c.request(patch(n)).await;
+        assert_eq!(op_of(&r), (Some(Cmd::Patch), Some(Op::Modified)), "{r:?}");
+    }
+    let count = count("alice", &cid);
+    let e = c.request(count.clone()).await.error_message;
+    assert_eq!(e.map(|e| e.code), Some(4113));
+    server.clock.advance(900);
+    let r = c.request(count).await;
+    assert!(r.error_message.is_none(), "{r:?}");
+}
+
+/// A `logs` page costs one token more per 64 KiB of the messages it returns, as stored: ten
+/// messages of 32 KiB cost 5 + 5, so two pages take what an open (20) leaves of 40, where
+/// four pages of short messages fit.
+#[tokio::test]
+async fn a_logs_page_is_charged_by_its_bytes() {
+    let server = lc_server_with(|c| {
+        c.rate_limit_connection_per_sec = 0;
+        c.rate_limit_user_per_sec = 10;
+        c.rate_limit_user_burst = 40;
+    })
+    .await;
+    let large = groups_with_unread(&server, 1, 10, 32 << 10).await.remove(0);
+    server.clock.advance(10_000);
+    let small = groups_with_unread(&server, 1, 10, 10).await.remove(0);
+    server.clock.advance(10_000);
+    let logs = |cid: &str| GenericCommand {
+        peer_id: Some("bob".into()),
+        logs_message: Some(lc::LogsCommand {
+            cid: Some(cid.into()),
+            l: Some(10),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Logs, None)
+    };
+    for (cid, pages) in [(&small, 4), (&large, 2)] {
+        let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+        c.opened("bob", None).await;
+        for n in 0..pages {
+            let r = c.request(logs(cid)).await;
+            assert_eq!(r.logs_message.map(|l| l.logs.len()), Some(10), "page {n}");
+        }
+        let e = c.request(logs(cid)).await.error_message;
+        assert_eq!(e.map(|e| e.code), Some(4113));
+        server.clock.advance(10_000);
+    }
+}
+
+/// The edits an open with `lastPatchTime` replays are charged after it by their bytes, as
+/// `logs` pages are: sixteen messages edited to 60,000 bytes are 14 tokens on top of the
+/// open's 20, so of 40 one `logs` page (5) is left, not four.
+#[tokio::test]
+async fn a_patch_replay_is_charged_by_its_bytes() {
+    let server = lc_server_with(|c| {
+        c.rate_limit_connection_per_sec = 0;
+        c.rate_limit_user_per_sec = 40;
+        c.rate_limit_user_burst = 40;
+    })
+    .await;
+    let alice = server.client("alice").await;
+    server.clock.advance(1_000);
+    let cid = within(alice.create_group("g", &["bob"])).await.unwrap().id;
+    let bulk = "x".repeat(60_000);
+    for _ in 0..16 {
+        server.clock.advance(1_000);
+        let ack = within(alice.send_text(&cid, "short")).await.unwrap();
+        within(alice.edit_text(&cid, &ack.message_id, &bulk))
+            .await
+            .unwrap();
+    }
+    server.clock.advance(1_000);
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let r = c.request(open_since_patches("bob", 1)).await;
+    assert_eq!(
+        (r.cmd, r.op),
+        (Some(Cmd::Session as i32), Some(Op::Opened as i32)),
+        "{r:?}"
+    );
+    let logs = last_message(&cid);
+    let r = c.request(logs.clone()).await;
+    assert!(r.error_message.is_none(), "{r:?}");
+    // Every edit, replayed (one made just before the open may also come live).
+    let replayed: std::collections::HashSet<String> = c
+        .take_pushes()
+        .into_iter()
+        .filter(|p| op_of(p) == (Some(Cmd::Patch), Some(Op::Modify)))
+        .flat_map(|p| p.patch_message.unwrap().patches)
+        .map(|i| i.mid.unwrap())
+        .collect();
+    assert_eq!(replayed.len(), 16);
+    let e = c.request(logs).await.error_message;
+    assert_eq!(e.map(|e| e.code), Some(4113));
+}

@@ -96,7 +96,11 @@ impl Lc {
         loop {
             match within(self.ws.next()).await {
                 Some(Ok(WsMessage::Binary(b))) => {
-                    return Ok(tidings::leancloud::decode(self.p, FrameRef::Binary(&b)).unwrap());
+                    // What the server sends may be larger than a command it reads (a `logs`
+                    // page of long messages).
+                    let decoded = tidings::leancloud::decode(self.p, FrameRef::Binary(&b))
+                        .unwrap_or_else(|_| prost::Message::decode(&b[..]).unwrap());
+                    return Ok(decoded);
                 }
                 Some(Ok(WsMessage::Text(t))) => {
                     return Ok(

@@ -623,3 +623,322 @@ async fn unique_group_creates_are_charged_for_the_conversations_looked_through()
         rep => panic!("{rep:?}"),
     }
 }
+
+/// A group of bob, alice and 99 others (101 members: a message to it costs 1 + 2 tokens).
+async fn group_of_101(server: &TestServer) -> String {
+    let members: Vec<String> = (1..100).map(|n| format!("u{n}")).collect();
+    let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
+    all.push("alice");
+    let bob = server.client("bob").await;
+    server.clock.advance(10_000);
+    bob.create_group("big", &all).await.unwrap().id
+}
+
+/// An edit or a recall is pushed to every member, like the send it changes: it costs one
+/// token more per 50 members, charged after it. In a group of 101 an edit costs 3, and so
+/// does a recall.
+#[tokio::test]
+async fn an_edit_or_recall_is_charged_by_the_members_it_goes_to() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit_connection_per_sec = 0;
+        c.rate_limit_user_per_sec = 10;
+        c.rate_limit_user_burst = 20;
+    })
+    .await;
+    let big = group_of_101(&server).await;
+    let mut raw = Raw::login(&server, "alice").await;
+    server.clock.advance(10_000);
+    let mut ids = Vec::new();
+    for n in 0..7 {
+        match raw.request(text(&big)).await {
+            Rep::SendAck(a) => ids.push(a.message_id),
+            rep => panic!("send {n}: {rep:?}"),
+        }
+    }
+    let edit = |id: &str, n: usize| {
+        Req::EditMessage(pb::EditMessage {
+            conversation_id: big.clone(),
+            message_id: id.into(),
+            content: format!("edit {n}").into(),
+            ..Default::default()
+        })
+    };
+    let recall = |id: &str| {
+        Req::RecallMessage(pb::RecallMessage {
+            conversation_id: big.clone(),
+            message_id: id.into(),
+        })
+    };
+    // A full bucket of 20: six edits of 3, the seventh leaves it at -1.
+    server.clock.advance(10_000);
+    for n in 0..7 {
+        let rep = raw.request(edit(&ids[0], n)).await;
+        assert!(matches!(rep, Rep::MessageReply(_)), "edit {n}: {rep:?}");
+    }
+    assert_eq!(limited(&raw.request(edit(&ids[0], 7)).await), Some(200));
+    // The same for recalls, of each of the seven messages.
+    server.clock.advance(10_000);
+    for (n, id) in ids.iter().enumerate() {
+        let rep = raw.request(recall(id)).await;
+        assert!(matches!(rep, Rep::MessageReply(_)), "recall {n}: {rep:?}");
+    }
+    assert_eq!(limited(&raw.request(recall(&ids[0])).await), Some(200));
+    // Recalling a recalled message tells nobody: one token.
+    server.clock.advance(10_000);
+    for n in 0..20 {
+        let rep = raw.request(recall(&ids[0])).await;
+        assert!(
+            matches!(rep, Rep::MessageReply(_)),
+            "repeated recall {n}: {rep:?}"
+        );
+    }
+    assert_eq!(limited(&raw.request(recall(&ids[0])).await), Some(100));
+}
+
+/// A page of history or catch-up costs one token more per 64 KiB of messages it returns (as
+/// stored), charged after it: a page of ten 32 KiB messages costs 5 + 5, so two take a
+/// burst of 20, where four pages of short messages do.
+#[tokio::test]
+async fn a_history_page_is_charged_by_its_bytes() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit_connection_per_sec = 0;
+        c.rate_limit_user_per_sec = 10;
+        c.rate_limit_user_burst = 20;
+    })
+    .await;
+    let bob = server.client("bob").await;
+    server.clock.advance(10_000);
+    let large = bob.create_group("large", &["alice"]).await.unwrap().id;
+    server.clock.advance(10_000);
+    let small = bob.create_group("small", &["alice"]).await.unwrap().id;
+    let bulk = "x".repeat(32 << 10);
+    for i in 0..10 {
+        server.clock.advance(1_000);
+        bob.send_text(&large, &bulk).await.unwrap();
+        server.clock.advance(1_000);
+        bob.send_text(&small, &format!("m{i}")).await.unwrap();
+    }
+    let mut raw = Raw::login(&server, "alice").await;
+    let fetch = |id: &str| {
+        Req::FetchHistory(pb::FetchHistory {
+            conversation_id: id.into(),
+            limit: 10,
+            ..Default::default()
+        })
+    };
+    let sync = |id: &str| {
+        Req::SyncMessages(pb::SyncMessages {
+            conversation_id: id.into(),
+            after_seq: 0,
+            limit: 10,
+        })
+    };
+    let page_of = |rep: &Rep, n: usize| match rep {
+        Rep::MessagePage(p) => assert_eq!(p.messages.len(), 10, "page {n}"),
+        rep => panic!("page {n}: {rep:?}"),
+    };
+    for request in [fetch, sync] {
+        // Short messages: four pages of 5 take the burst.
+        server.clock.advance(10_000);
+        for n in 0..4 {
+            page_of(&raw.request(request(&small)).await, n);
+        }
+        assert_eq!(limited(&raw.request(request(&small)).await), Some(500));
+        // 320 KiB and more a page: 5 + 5 tokens, two take the burst.
+        server.clock.advance(10_000);
+        for n in 0..2 {
+            page_of(&raw.request(request(&large)).await, n);
+        }
+        assert_eq!(limited(&raw.request(request(&large)).await), Some(500));
+    }
+}
+
+/// A login replays the user's logged events since the cursor it gives (at most
+/// `max_login_replay_events`): besides the login's 20 tokens it costs one more per 64 KiB of
+/// them, charged after it.
+#[tokio::test]
+async fn a_login_replay_is_charged_by_its_bytes() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit_connection_per_sec = 0;
+        c.rate_limit_user_per_sec = 1_000;
+        c.rate_limit_user_burst = 400;
+    })
+    .await;
+    // 1,000 logged events of alice's: added to and removed from a group 500 times.
+    let owner = server.client("owner").await;
+    let id = owner
+        .create_group(&"n".repeat(256), &["bob"])
+        .await
+        .unwrap()
+        .id;
+    for _ in 0..500 {
+        server.clock.advance(20);
+        owner.add_members(&id, &["alice"]).await.unwrap();
+        owner.remove_members(&id, &["alice"]).await.unwrap();
+    }
+    drop(owner);
+    server.clock.advance(10_000);
+    let (alice, welcome) = server.login("alice").await;
+    drop(alice);
+    assert_eq!(welcome.events.len(), 1_000);
+    let bytes: usize = welcome.events.iter().map(prost::Message::encoded_len).sum();
+    let extra = bytes / (64 << 10);
+    assert!(extra >= 5, "{bytes} bytes of events");
+    // With the clock standing still, a full bucket of 400 serves logins while 20 are left.
+    let served = |extra: usize| {
+        let (mut left, mut n) = (400, 0);
+        while left >= 20 {
+            left -= 20 + extra as i64;
+            n += 1;
+        }
+        n
+    };
+    server.clock.advance(10_000);
+    let mut n = 0;
+    loop {
+        let mut raw = Raw::connect(&server).await;
+        let rep = raw
+            .request(Req::Login(pb::Login {
+                token: server.token("alice"),
+                ..Default::default()
+            }))
+            .await;
+        match rep {
+            Rep::LoginOk(_) => n += 1,
+            rep => {
+                assert!(limited(&rep).is_some(), "{rep:?}");
+                break;
+            }
+        }
+        assert!(n <= 20, "{n} logins served");
+    }
+    assert_eq!(n, served(extra));
+    // Bob, with no events, logs in 20 times on a full bucket.
+    let mut n = 0;
+    loop {
+        let mut raw = Raw::connect(&server).await;
+        let rep = raw
+            .request(Req::Login(pb::Login {
+                token: server.token("bob"),
+                ..Default::default()
+            }))
+            .await;
+        match rep {
+            Rep::LoginOk(_) => n += 1,
+            rep => {
+                assert!(limited(&rep).is_some(), "{rep:?}");
+                break;
+            }
+        }
+        assert!(n <= 20, "{n} logins served");
+    }
+    assert_eq!(n, served(0));
+}
+
+/// A will is its user's own message: sent when their connection drops, it is charged to them
+/// for its audience as their send would be (1 token per 50 members, after it). Alice's bucket
+/// of 25 after a login (20) and a will (1) holds 4; the will to 101 members takes 2 more, so
+/// her next login waits for 18 tokens, not 16.
+#[tokio::test]
+async fn a_will_is_charged_to_its_user_for_its_audience() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit_connection_per_sec = 0;
+        c.rate_limit_user_per_sec = 10;
+        c.rate_limit_user_burst = 25;
+    })
+    .await;
+    let big = group_of_101(&server).await;
+    server.clock.advance(10_000);
+    let mut bob = server.client("bob").await;
+    server.clock.advance(10_000);
+    let mut alice = Raw::login(&server, "alice").await;
+    let will = Req::SetWill(pb::SetWill {
+        conversation_id: big.clone(),
+        r#type: 1,
+        content: "gone".into(),
+        ..Default::default()
+    });
+    assert!(matches!(alice.request(will).await, Rep::Ok(_)));
+    drop(alice);
+    let m = message(&mut bob).await;
+    assert_eq!(
+        (m.sender.as_str(), crate::harness::text(&m).as_str()),
+        ("alice", "gone")
+    );
+    // Counted once the send, and its charge, are over.
+    within(server.running().app.stats.wills_sent.wait_for(1)).await;
+    let mut raw = Raw::connect(&server).await;
+    let rep = raw
+        .request(Req::Login(pb::Login {
+            token: server.token("alice"),
+            ..Default::default()
+        }))
+        .await;
+    assert_eq!(limited(&rep), Some(1_800));
+}
+
+/// A page of the conversation list carries each entry's last message, and so does the unread
+/// summary a login pushes: besides their 20 tokens they cost one more per 64 KiB of them,
+/// charged after. Ten entries whose last messages are 32 KiB cost 20 + 5: four pages (or
+/// logins) take a burst of 100, where five of short messages do.
+#[tokio::test]
+async fn list_pages_and_logins_are_charged_by_the_last_messages_they_carry() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit_connection_per_sec = 0;
+        c.rate_limit_user_per_sec = 10;
+        c.rate_limit_user_burst = 100;
+    })
+    .await;
+    let bob = server.client("bob").await;
+    let bulk = "x".repeat(32 << 10);
+    for n in 0..10 {
+        server.clock.advance(1_000);
+        let large = bob
+            .create_group(&format!("a{n}"), &["alice"])
+            .await
+            .unwrap();
+        bob.send_text(&large.id, &bulk).await.unwrap();
+        server.clock.advance(1_000);
+        let small = bob
+            .create_group(&format!("c{n}"), &["carol"])
+            .await
+            .unwrap();
+        bob.send_text(&small.id, "short").await.unwrap();
+    }
+    let list = || {
+        Req::ListConversations(pb::ListConversations {
+            limit: 10,
+            ..Default::default()
+        })
+    };
+    let login = |user: &str| {
+        Req::Login(pb::Login {
+            token: server.token(user),
+            ..Default::default()
+        })
+    };
+    for (user, served) in [("carol", 5), ("alice", 4)] {
+        let mut raw = Raw::login(&server, user).await;
+        server.clock.advance(10_000);
+        for n in 0..served {
+            let rep = raw.request(list()).await;
+            assert!(
+                matches!(&rep, Rep::ConversationList(p) if p.entries.len() == 10),
+                "{user} page {n}: {rep:?}"
+            );
+        }
+        assert_eq!(limited(&raw.request(list()).await), Some(2_000), "{user}");
+        server.clock.advance(10_000);
+        for n in 0..served {
+            let mut raw = Raw::connect(&server).await;
+            let rep = raw.request(login(user)).await;
+            assert!(matches!(rep, Rep::LoginOk(_)), "{user} login {n}: {rep:?}");
+        }
+        let mut raw = Raw::connect(&server).await;
+        assert_eq!(
+            limited(&raw.request(login(user)).await),
+            Some(2_000),
+            "{user}"
+        );
+    }
+}
