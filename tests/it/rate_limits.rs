@@ -86,21 +86,7 @@ async fn one_user_listing_over_four_connections_shares_one_bucket() {
         c.rate_limit_user_burst = 400;
     })
     .await;
-    // 5,000 groups of alice, created 80 at a time (400 tokens, the user's burst), the server's
-    // clock moving on between batches so the bucket refills.
-    let setup = server.client("alice").await;
-    server.clock.advance(2_000); // the login's 20 tokens
-    let names: Vec<String> = (0..5_000).map(|n| format!("g{n}")).collect();
-    for chunk in names.chunks(80) {
-        for r in
-            futures_util::future::join_all(chunk.iter().map(|n| setup.create_group(n, &["bob"])))
-                .await
-        {
-            r.unwrap();
-        }
-        server.clock.advance(2_000);
-    }
-    drop(setup);
+    five_thousand_groups_of_alice_and_bob(&server).await;
     let mut conns = Vec::new();
     for _ in 0..4 {
         conns.push(Raw::login(&server, "alice").await);
@@ -575,20 +561,7 @@ async fn unique_group_creates_are_charged_for_the_conversations_looked_through()
         c.rate_limit_user_burst = 400;
     })
     .await;
-    // 5,000 groups of alice and bob, created 80 at a time (400 tokens, the user's burst).
-    let setup = server.client("alice").await;
-    server.clock.advance(2_000);
-    let names: Vec<String> = (0..5_000).map(|n| format!("g{n}")).collect();
-    for chunk in names.chunks(80) {
-        for r in
-            futures_util::future::join_all(chunk.iter().map(|n| setup.create_group(n, &["bob"])))
-                .await
-        {
-            r.unwrap();
-        }
-        server.clock.advance(2_000);
-    }
-    drop(setup);
+    five_thousand_groups_of_alice_and_bob(&server).await;
     let unique = |members: &[&str]| {
         Req::CreateConversation(pb::CreateConversation {
             kind: pb::ConversationKind::Group as i32,
@@ -794,44 +767,10 @@ async fn a_login_replay_is_charged_by_its_bytes() {
         n
     };
     server.clock.advance(10_000);
-    let mut n = 0;
-    loop {
-        let mut raw = Raw::connect(&server).await;
-        let rep = raw
-            .request(Req::Login(pb::Login {
-                token: server.token("alice"),
-                ..Default::default()
-            }))
-            .await;
-        match rep {
-            Rep::LoginOk(_) => n += 1,
-            rep => {
-                assert!(limited(&rep).is_some(), "{rep:?}");
-                break;
-            }
-        }
-        assert!(n <= 20, "{n} logins served");
-    }
+    let n = logins_until_limited(&server, "alice").await;
     assert_eq!(n, served(extra));
     // Bob, with no events, logs in 20 times on a full bucket.
-    let mut n = 0;
-    loop {
-        let mut raw = Raw::connect(&server).await;
-        let rep = raw
-            .request(Req::Login(pb::Login {
-                token: server.token("bob"),
-                ..Default::default()
-            }))
-            .await;
-        match rep {
-            Rep::LoginOk(_) => n += 1,
-            rep => {
-                assert!(limited(&rep).is_some(), "{rep:?}");
-                break;
-            }
-        }
-        assert!(n <= 20, "{n} logins served");
-    }
+    let n = logins_until_limited(&server, "bob").await;
     assert_eq!(n, served(0));
 }
 
@@ -940,5 +879,45 @@ async fn list_pages_and_logins_are_charged_by_the_last_messages_they_carry() {
             Some(2_000),
             "{user}"
         );
+    }
+}
+
+/// 5,000 groups of alice and bob, created by alice 80 at a time (400 tokens, a user burst of
+/// the tests that call it), the server's clock moving on between batches so the bucket refills.
+async fn five_thousand_groups_of_alice_and_bob(server: &TestServer) {
+    let setup = server.client("alice").await;
+    server.clock.advance(2_000); // the login's 20 tokens
+    let names: Vec<String> = (0..5_000).map(|n| format!("g{n}")).collect();
+    for chunk in names.chunks(80) {
+        for r in
+            futures_util::future::join_all(chunk.iter().map(|n| setup.create_group(n, &["bob"])))
+                .await
+        {
+            r.unwrap();
+        }
+        server.clock.advance(2_000);
+    }
+}
+
+/// How many logins of `user`, each on a new connection, are served until one is rate-limited
+/// (at most 20).
+async fn logins_until_limited(server: &TestServer, user: &str) -> usize {
+    let mut n = 0;
+    loop {
+        let mut raw = Raw::connect(server).await;
+        let rep = raw
+            .request(Req::Login(pb::Login {
+                token: server.token(user),
+                ..Default::default()
+            }))
+            .await;
+        match rep {
+            Rep::LoginOk(_) => n += 1,
+            rep => {
+                assert!(limited(&rep).is_some(), "{rep:?}");
+                return n;
+            }
+        }
+        assert!(n <= 20, "{n} logins served");
     }
 }
