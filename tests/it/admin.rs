@@ -111,6 +111,18 @@ pub async fn api(server: &TestServer, method: &str, path: &str, body: Option<Val
     .await
 }
 
+/// The id of a new group of alice and bob, created through the admin API as alice.
+pub async fn group_of_alice_and_bob(server: &TestServer) -> String {
+    let c = ok(
+        server,
+        "POST",
+        "/v1/conversations?as=alice",
+        Some(serde_json::json!({"kind": "group", "members": ["bob"]})),
+    )
+    .await;
+    c["id"].as_str().unwrap().to_owned()
+}
+
 /// A keyed call that must succeed; its body.
 pub async fn ok(server: &TestServer, method: &str, path: &str, body: Option<Value>) -> Value {
     let r = api(server, method, path, body).await;

@@ -398,14 +398,7 @@ async fn imports_are_bounded_and_refused_where_no_history_is_kept() {
 #[tokio::test]
 async fn an_export_is_json_lines_sliced_by_time_and_paged() {
     let server = admin_server().await;
-    let c = ok(
-        &server,
-        "POST",
-        "/v1/conversations?as=alice",
-        Some(json!({"kind": "group", "members": ["bob"]})),
-    )
-    .await;
-    let conv = c["id"].as_str().unwrap().to_owned();
+    let conv = crate::admin::group_of_alice_and_bob(&server).await;
     // 250 messages a second apart, one recalled.
     let messages: Vec<Value> = (0..250)
         .map(|i| {
@@ -629,14 +622,7 @@ pub fn assert_ended_at_the_bound(data: &[&str], last_page: bool) {
 #[tokio::test]
 async fn an_export_of_large_messages_ends_each_page_at_4_mib() {
     let server = large_body_server(|_| {}).await;
-    let c = ok(
-        &server,
-        "POST",
-        "/v1/conversations?as=alice",
-        Some(json!({"kind": "group", "members": ["bob"]})),
-    )
-    .await;
-    let conv = c["id"].as_str().unwrap().to_owned();
+    let conv = crate::admin::group_of_alice_and_bob(&server).await;
     // 200 messages of 60 KB: 12 MB, far more than a page of 4 MiB, in two history pages.
     let ids = import_large(&server, &conv, "alice", 200).await;
 

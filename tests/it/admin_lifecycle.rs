@@ -461,16 +461,7 @@ async fn a_users_export_is_json_lines_in_bounded_pages() {
 async fn a_users_export_of_large_messages_ends_each_page_at_the_byte_bound() {
     use crate::admin_import::{assert_ended_at_the_bound, import_large, large_body_server};
     let server = large_body_server(|_| {}).await;
-    let group = ok(
-        &server,
-        "POST",
-        "/v1/conversations?as=alice",
-        Some(json!({"kind": "group", "members": ["bob"]})),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let group = crate::admin::group_of_alice_and_bob(&server).await;
     // 200 messages of 60 KB: 12 MB, far under user_export_page_max lines.
     let ids = import_large(&server, &group, "alice", 200).await;
 
@@ -574,16 +565,7 @@ async fn a_websocket_request_is_answered_while_an_export_reads() {
         c.admin_api_keys = vec![KEY.into()];
     })
     .await;
-    let group = ok(
-        &server,
-        "POST",
-        "/v1/conversations?as=alice",
-        Some(json!({"kind": "group", "members": ["bob"]})),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let group = crate::admin::group_of_alice_and_bob(&server).await;
     send_as_alice(&server, &group, "hello").await;
     let mut bob = Raw::login(&server, "bob").await;
     for path in [
@@ -646,16 +628,7 @@ async fn history_older_than_the_retention_is_swept_away_and_seqs_go_on() {
         async move { within(stats.history_sweeps.wait_for(n)).await }
     };
     sweeps(&server, 1).await;
-    let group = ok(
-        &server,
-        "POST",
-        "/v1/conversations?as=alice",
-        Some(json!({"kind": "group", "members": ["bob"]})),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let group = crate::admin::group_of_alice_and_bob(&server).await;
     let t0 = server.clock_now();
     let with_id = json!({"text": "old-1", "client_message_id": "c-1"});
     let path = format!("/v1/conversations/{group}/messages?as=alice");
