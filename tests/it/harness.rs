@@ -170,6 +170,16 @@ impl Welcome {
     }
 }
 
+/// A configuration tweak for rate-limit tests: each user's bucket refills `per_sec` tokens a
+/// second and holds `burst`; connections are not limited.
+pub fn user_bucket(per_sec: u32, burst: u32) -> impl FnOnce(&mut tidings::config::Config) {
+    move |c| {
+        c.rate_limit_connection_per_sec = 0;
+        c.rate_limit_user_per_sec = per_sec;
+        c.rate_limit_user_burst = burst;
+    }
+}
+
 /// The next push, whatever it is.
 pub async fn push(c: &mut Client) -> Rep {
     within(c.next_push())

@@ -239,12 +239,7 @@ async fn delivery_acks_are_charged_and_dropped_over_the_limit() {
 /// first cost a token each of the user's bucket, charged after it (it has no reply to refuse).
 #[tokio::test]
 async fn a_read_naming_many_conversations_is_charged_for_each() {
-    let server = lc_server_with(|c| {
-        c.rate_limit_connection_per_sec = 0;
-        c.rate_limit_user_per_sec = 10;
-        c.rate_limit_user_burst = 40;
-    })
-    .await;
+    let server = lc_server_with(user_bucket(10, 40)).await;
     let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
     c.opened("alice", None).await;
     server.clock.advance(10_000);
@@ -536,12 +531,7 @@ async fn a_patch_replay_stops_at_its_bytes_and_the_next_open_gets_the_rest() {
 /// fourth goes 8 below empty.
 #[tokio::test]
 async fn a_patch_is_charged_for_each_edit_and_the_members_it_goes_to() {
-    let server = lc_server_with(|c| {
-        c.rate_limit_connection_per_sec = 0;
-        c.rate_limit_user_per_sec = 10;
-        c.rate_limit_user_burst = 40;
-    })
-    .await;
+    let server = lc_server_with(user_bucket(10, 40)).await;
     let members: Vec<String> = (1..100).map(|n| format!("u{n}")).collect();
     let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
     all.push("alice");
@@ -590,12 +580,7 @@ async fn a_patch_is_charged_for_each_edit_and_the_members_it_goes_to() {
 /// four pages of short messages fit.
 #[tokio::test]
 async fn a_logs_page_is_charged_by_its_bytes() {
-    let server = lc_server_with(|c| {
-        c.rate_limit_connection_per_sec = 0;
-        c.rate_limit_user_per_sec = 10;
-        c.rate_limit_user_burst = 40;
-    })
-    .await;
+    let server = lc_server_with(user_bucket(10, 40)).await;
     let large = groups_with_unread(&server, 1, 10, 32 << 10).await.remove(0);
     server.clock.advance(10_000);
     let small = groups_with_unread(&server, 1, 10, 10).await.remove(0);
@@ -627,12 +612,7 @@ async fn a_logs_page_is_charged_by_its_bytes() {
 /// open's 20, so of 40 one `logs` page (5) is left, not four.
 #[tokio::test]
 async fn a_patch_replay_is_charged_by_its_bytes() {
-    let server = lc_server_with(|c| {
-        c.rate_limit_connection_per_sec = 0;
-        c.rate_limit_user_per_sec = 40;
-        c.rate_limit_user_burst = 40;
-    })
-    .await;
+    let server = lc_server_with(user_bucket(40, 40)).await;
     let alice = server.client("alice").await;
     server.clock.advance(1_000);
     let cid = within(alice.create_group("g", &["bob"])).await.unwrap().id;

@@ -275,12 +275,7 @@ async fn newest_id(c: &Client) -> String {
 /// type filter matching nothing walked `history_scan_max` messages for a page's cost).
 #[tokio::test]
 async fn a_history_walk_is_charged_for_the_messages_it_examined() {
-    let server = TestServer::start_with(|c| {
-        c.rate_limit_connection_per_sec = 0;
-        c.rate_limit_user_per_sec = 10;
-        c.rate_limit_user_burst = 20;
-    })
-    .await;
+    let server = TestServer::start_with(user_bucket(10, 20)).await;
     let bob = server.client("bob").await;
     server.clock.advance(10_000);
     let id = bob.create_group("g", &["alice"]).await.unwrap().id;
@@ -403,12 +398,7 @@ async fn a_flood_of_pings_is_refused_on_its_connection_only() {
 /// 5 + 20 a change: four of them take a 100-token burst.
 #[tokio::test]
 async fn a_profile_change_is_charged_by_the_users_it_is_pushed_to() {
-    let server = TestServer::start_with(|c| {
-        c.rate_limit_connection_per_sec = 0;
-        c.rate_limit_user_per_sec = 10;
-        c.rate_limit_user_burst = 100;
-    })
-    .await;
+    let server = TestServer::start_with(user_bucket(10, 100)).await;
     let members: Vec<String> = (1..1000).map(|n| format!("u{n}")).collect();
     let members: Vec<&str> = members.iter().map(String::as_str).collect();
     let mut raw = Raw::login(&server, "alice").await;
@@ -454,12 +444,7 @@ fn text(id: &str) -> Req {
 /// members, charged after it: a typing notice to a group of 101 costs 3, to a pair 1.
 #[tokio::test]
 async fn a_send_is_charged_by_the_members_it_goes_to() {
-    let server = TestServer::start_with(|c| {
-        c.rate_limit_connection_per_sec = 0;
-        c.rate_limit_user_per_sec = 10;
-        c.rate_limit_user_burst = 20;
-    })
-    .await;
+    let server = TestServer::start_with(user_bucket(10, 20)).await;
     let members: Vec<String> = (1..100).map(|n| format!("u{n}")).collect();
     let members: Vec<&str> = members.iter().map(String::as_str).collect();
     let bob = server.client("bob").await;
@@ -500,12 +485,7 @@ async fn a_send_is_charged_by_the_members_it_goes_to() {
 /// removing them: two rounds take a 100-token burst.
 #[tokio::test]
 async fn a_membership_change_is_charged_by_the_users_it_names() {
-    let server = TestServer::start_with(|c| {
-        c.rate_limit_connection_per_sec = 0;
-        c.rate_limit_user_per_sec = 10;
-        c.rate_limit_user_burst = 100;
-    })
-    .await;
+    let server = TestServer::start_with(user_bucket(10, 100)).await;
     let mut raw = Raw::login(&server, "alice").await;
     let id = match raw
         .request(Req::CreateConversation(pb::CreateConversation {
@@ -612,12 +592,7 @@ async fn group_of_101(server: &TestServer) -> String {
 /// does a recall.
 #[tokio::test]
 async fn an_edit_or_recall_is_charged_by_the_members_it_goes_to() {
-    let server = TestServer::start_with(|c| {
-        c.rate_limit_connection_per_sec = 0;
-        c.rate_limit_user_per_sec = 10;
-        c.rate_limit_user_burst = 20;
-    })
-    .await;
+    let server = TestServer::start_with(user_bucket(10, 20)).await;
     let big = group_of_101(&server).await;
     let mut raw = Raw::login(&server, "alice").await;
     server.clock.advance(10_000);
@@ -673,12 +648,7 @@ async fn an_edit_or_recall_is_charged_by_the_members_it_goes_to() {
 /// burst of 20, where four pages of short messages do.
 #[tokio::test]
 async fn a_history_page_is_charged_by_its_bytes() {
-    let server = TestServer::start_with(|c| {
-        c.rate_limit_connection_per_sec = 0;
-        c.rate_limit_user_per_sec = 10;
-        c.rate_limit_user_burst = 20;
-    })
-    .await;
+    let server = TestServer::start_with(user_bucket(10, 20)).await;
     let bob = server.client("bob").await;
     server.clock.advance(10_000);
     let large = bob.create_group("large", &["alice"]).await.unwrap().id;
@@ -731,12 +701,7 @@ async fn a_history_page_is_charged_by_its_bytes() {
 /// them, charged after it.
 #[tokio::test]
 async fn a_login_replay_is_charged_by_its_bytes() {
-    let server = TestServer::start_with(|c| {
-        c.rate_limit_connection_per_sec = 0;
-        c.rate_limit_user_per_sec = 1_000;
-        c.rate_limit_user_burst = 400;
-    })
-    .await;
+    let server = TestServer::start_with(user_bucket(1_000, 400)).await;
     // 1,000 logged events of alice's: added to and removed from a group 500 times.
     let owner = server.client("owner").await;
     let id = owner
@@ -780,12 +745,7 @@ async fn a_login_replay_is_charged_by_its_bytes() {
 /// her next login waits for 18 tokens, not 16.
 #[tokio::test]
 async fn a_will_is_charged_to_its_user_for_its_audience() {
-    let server = TestServer::start_with(|c| {
-        c.rate_limit_connection_per_sec = 0;
-        c.rate_limit_user_per_sec = 10;
-        c.rate_limit_user_burst = 25;
-    })
-    .await;
+    let server = TestServer::start_with(user_bucket(10, 25)).await;
     let big = group_of_101(&server).await;
     server.clock.advance(10_000);
     let mut bob = server.client("bob").await;
@@ -822,12 +782,7 @@ async fn a_will_is_charged_to_its_user_for_its_audience() {
 /// logins) take a burst of 100, where five of short messages do.
 #[tokio::test]
 async fn list_pages_and_logins_are_charged_by_the_last_messages_they_carry() {
-    let server = TestServer::start_with(|c| {
-        c.rate_limit_connection_per_sec = 0;
-        c.rate_limit_user_per_sec = 10;
-        c.rate_limit_user_burst = 100;
-    })
-    .await;
+    let server = TestServer::start_with(user_bucket(10, 100)).await;
     let bob = server.client("bob").await;
     let bulk = "x".repeat(32 << 10);
     for n in 0..10 {
