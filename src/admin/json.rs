@@ -535,7 +535,7 @@ pub struct ImportConversation {
     pub name: String,
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
-    /// When it was created there (ms; 0: unknown).
+    /// When it was created there (ms; absent or 0: the time of the import).
     #[serde(default)]
     pub created_at: i64,
     #[serde(default)]

@@ -25,7 +25,7 @@ pub struct ImportConversation {
     pub owner: String,
     /// In join order.
     pub members: Vec<String>,
-    /// When it was created there (ms).
+    /// When it was created there (ms; 0 or less: now, the time of the import).
     pub created_at: i64,
     pub unique: bool,
 }
@@ -129,7 +129,11 @@ impl Registry {
                 name: req.name,
                 attributes: req.attributes,
                 owner: owner.to_string(),
-                created_at: req.created_at.max(0),
+                created_at: if req.created_at > 0 {
+                    req.created_at
+                } else {
+                    self.now()
+                },
                 unique: req.unique,
                 alias: req.alias.clone(),
                 ..Default::default()

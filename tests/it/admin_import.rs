@@ -568,3 +568,57 @@ async fn read_events_name_imported_messages_by_their_imported_ids_after_a_restar
     within(alice.mark_read(&conv, 4)).await.unwrap();
     assert_eq!(read_ids(&mut rx).await, ack.message_id);
 }
+
+/// A group imported without `created_at` was created at the time of the import, and is in its
+/// members' lists and unread summaries before any message is; so is one whose time is 0
+/// (imported so by earlier versions).
+#[tokio::test]
+async fn an_imported_group_without_a_time_is_listed_at_once() {
+    let server = admin_server().await;
+    let before = server.clock_now();
+    let r = ok(
+        &server,
+        "POST",
+        "/v1/imports/conversations",
+        Some(json!({"conversation_id": "notime", "members": ["newbie", "o1"]})),
+    )
+    .await;
+    assert_eq!(
+        r["conversation"]["created_at"].as_i64(),
+        Some(before),
+        "{r}"
+    );
+    // The clock at the epoch: an import that knew no time, as earlier versions stored it.
+    server.clock.set(0);
+    let r = ok(
+        &server,
+        "POST",
+        "/v1/imports/conversations",
+        Some(json!({"conversation_id": "epoch", "members": ["newbie", "o2"]})),
+    )
+    .await;
+    server.clock.set(before);
+    assert_eq!(r["conversation"]["created_at"].as_i64(), Some(0), "{r}");
+
+    let ids = |v: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["conversation_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let list = ok(&server, "GET", "/v1/users/newbie/conversations", None).await;
+    assert_eq!(ids(&list), ["epoch", "notime"], "{list}");
+    let unread = ok(&server, "GET", "/v1/users/newbie/unread", None).await;
+    assert_eq!(ids(&unread), ["epoch", "notime"], "{unread}");
+    let (newbie, _) = server.login("newbie").await;
+    let page = within(newbie.list_all(pb::ListConversations::default()))
+        .await
+        .unwrap();
+    let mut listed: Vec<String> = page.iter().map(|e| e.conversation_id.clone()).collect();
+    listed.sort();
+    assert_eq!(listed, ["epoch", "notime"]);
+}
