@@ -524,7 +524,7 @@ pub struct Backup {
 #[serde(deny_unknown_fields)]
 pub struct ImportConversation {
     /// Its id there; its id here from now on (1 to 128 bytes, no spaces or control characters,
-    /// not shaped like a tidings id).
+    /// not shaped like a tidings id, no `|` and not starting with `_tmp:`).
     pub conversation_id: String,
     /// In join order.
     pub members: Vec<String>,

@@ -86,6 +86,17 @@ impl Registry {
                 req.alias
             )));
         }
+        // `|` separates the parts of list keys (`p2p|bob` names a direct conversation), and
+        // `_tmp:` starts the ids of temporary conversations: an alias of either shape would
+        // be read as the other thing where ids and keys are taken.
+        if req.alias.contains('|') || req.alias.starts_with(protocol::TEMPORARY_PREFIX) {
+            return Err(Error::InvalidArgument(format!(
+                "conversation id {:?}: no '|' (it separates the parts of keys like p2p|user) \
+                 and no {:?} prefix (that of temporary conversations)",
+                req.alias,
+                protocol::TEMPORARY_PREFIX
+            )));
+        }
         self.check_attributes(&req.name, &req.attributes)?;
         let _one = self.imports.lock().await;
         if let Some(num) = self.store.conversation_alias(&req.alias)? {

@@ -310,11 +310,15 @@ async fn an_imported_group_is_created_once_under_its_old_id() {
         .unwrap();
     assert_eq!(page.messages[0].id, "g-1");
 
-    // An id shaped like a tidings id, and no members: 400.
+    // An id shaped like a tidings id, a list key or a temporary id, and no members: 400.
     for bad in [
         json!({"conversation_id": "0000000000000001", "members": ["alice"]}),
         json!({"conversation_id": "x", "members": []}),
         json!({"conversation_id": "has space", "members": ["alice"]}),
+        // Shapes the ids and list keys give a meaning to.
+        json!({"conversation_id": "p2p|zed", "members": ["alice"]}),
+        json!({"conversation_id": "a|b", "members": ["alice"]}),
+        json!({"conversation_id": "_tmp:abc", "members": ["alice"]}),
     ] {
         let r = api(&server, "POST", "/v1/imports/conversations", Some(bad)).await;
         assert_eq!(r.status_code(), (400, Some(2)), "{}", r.body);
