@@ -1191,8 +1191,9 @@ impl Config {
     }
 }
 
-/// A list setting given either as a list (TOML) or as one string of items separated by commas
-/// or white space (environment variables, `--set`).
+/// A list setting given either as a list (TOML; in an environment variable or `--set` too) or
+/// as one string of items separated by commas or white space (environment variables, `--set`).
+/// A string that starts with `[` but is no TOML list is refused rather than taken as an item.
 fn list_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -1202,6 +1203,12 @@ fn list_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>,
     }
     Ok(match ListOrString::deserialize(d)? {
         ListOrString::List(l) => l,
+        ListOrString::String(s) if s.trim_start().starts_with('[') => {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} looks like a list but is not a TOML one: write the items separated by \
+                 commas (a, b), or as a TOML list with quoted strings ([\"a\", \"b\"])"
+            )));
+        }
         ListOrString::String(s) => s
             .split(|c: char| c == ',' || c.is_whitespace())
             .filter(|s| !s.is_empty())
@@ -1210,8 +1217,16 @@ fn list_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>,
     })
 }
 
-/// Reads an environment or `--set` value as the TOML scalar it looks like.
+/// Reads an environment or `--set` value as the TOML value it looks like: a TOML list
+/// (`["a", "b"]`), an integer, a boolean, else a string.
 fn scalar(v: &str) -> toml::Value {
+    if v.starts_with('[')
+        && let Ok(mut t) = format!("value = {v}").parse::<toml::Table>()
+        && t.len() == 1
+        && let Some(list @ toml::Value::Array(_)) = t.remove("value")
+    {
+        return list;
+    }
     if let Ok(i) = v.parse::<i64>() {
         toml::Value::Integer(i)
     } else if let Ok(b) = v.parse::<bool>() {
@@ -1224,6 +1239,25 @@ fn scalar(v: &str) -> toml::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_values_that_are_toml_lists_are_lists_and_bracketed_addresses_stay_strings() {
+        assert_eq!(
+            scalar(r#"["a", "b"]"#),
+            toml::Value::Array(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            scalar("[::1]:7400"),
+            toml::Value::String("[::1]:7400".into())
+        );
+        let loaded = Config::load(None, Vec::new(), &["listen=[::1]:7400".into()]).unwrap();
+        assert_eq!(loaded.config.listen, "[::1]:7400");
+        let Err(e) = Config::load(None, Vec::new(), &["trusted_proxies=[10.0.0.1]".into()]) else {
+            panic!("[10.0.0.1] taken as a list item");
+        };
+        let e = e.to_string();
+        assert!(e.contains("not a TOML one"), "{e}");
+    }
 
     #[test]
     fn guessable_hs256_secrets_are_named_and_random_ones_pass() {

@@ -289,8 +289,29 @@ fn store(config: &Config, action: StoreAction) -> anyhow::Result<()> {
             let file = std::fs::File::open(&input)
                 .with_context(|| format!("opening {}", input.display()))?;
             std::fs::create_dir_all(&config.data_dir)?;
-            let store = open()?;
-            let n = dump::import(store.as_ref(), &mut std::io::BufReader::new(file))?;
+            let store = tidings::store::open_for_import(
+                &config.store_engine,
+                &config.data_dir,
+                config.store_cache_bytes,
+            )
+            .with_context(|| {
+                format!(
+                    "opening the {} store in {}",
+                    config.store_engine,
+                    config.data_dir.display()
+                )
+            })?;
+            let n = match dump::import(store.as_ref(), &mut std::io::BufReader::new(file)) {
+                Ok(n) => n,
+                Err(e) if store.importing().unwrap_or(true) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "the import into {} did not finish; the store there is marked as \
+                         unfinished and will not be served: import a whole dump into it again",
+                        config.data_dir.display()
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
             eprintln!(
                 "imported {n} entries into {} ({})",
                 config.data_dir.display(),

@@ -524,7 +524,7 @@ pub struct Backup {
 #[serde(deny_unknown_fields)]
 pub struct ImportConversation {
     /// Its id there; its id here from now on (1 to 128 bytes, no spaces or control characters,
-    /// not shaped like a tidings id).
+    /// not shaped like a tidings id, no `|` and not starting with `_tmp:`).
     pub conversation_id: String,
     /// In join order.
     pub members: Vec<String>,
@@ -535,7 +535,7 @@ pub struct ImportConversation {
     pub name: String,
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
-    /// When it was created there (ms; 0: unknown).
+    /// When it was created there (ms; absent or 0: the time of the import).
     #[serde(default)]
     pub created_at: i64,
     #[serde(default)]

@@ -25,7 +25,7 @@ pub struct ImportConversation {
     pub owner: String,
     /// In join order.
     pub members: Vec<String>,
-    /// When it was created there (ms).
+    /// When it was created there (ms; 0 or less: now, the time of the import).
     pub created_at: i64,
     pub unique: bool,
 }
@@ -86,6 +86,17 @@ impl Registry {
                 req.alias
             )));
         }
+        // `|` separates the parts of list keys (`p2p|bob` names a direct conversation), and
+        // `_tmp:` starts the ids of temporary conversations: an alias of either shape would
+        // be read as the other thing where ids and keys are taken.
+        if req.alias.contains('|') || req.alias.starts_with(protocol::TEMPORARY_PREFIX) {
+            return Err(Error::InvalidArgument(format!(
+                "conversation id {:?}: no '|' (it separates the parts of keys like p2p|user) \
+                 and no {:?} prefix (that of temporary conversations)",
+                req.alias,
+                protocol::TEMPORARY_PREFIX
+            )));
+        }
         self.check_attributes(&req.name, &req.attributes)?;
         let _one = self.imports.lock().await;
         if let Some(num) = self.store.conversation_alias(&req.alias)? {
@@ -129,7 +140,11 @@ impl Registry {
                 name: req.name,
                 attributes: req.attributes,
                 owner: owner.to_string(),
-                created_at: req.created_at.max(0),
+                created_at: if req.created_at > 0 {
+                    req.created_at
+                } else {
+                    self.now()
+                },
                 unique: req.unique,
                 alias: req.alias.clone(),
                 ..Default::default()

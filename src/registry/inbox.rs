@@ -516,8 +516,10 @@ impl Registry {
             s => now - (s as i64).saturating_mul(1000),
         };
         let sync = req.updated_after > 0;
-        let in_window =
-            |t: i64| t > req.updated_after && (req.updated_before <= 0 || t < req.updated_before);
+        // Without `updated_after` every time is in, 0 too (history imported without a time).
+        let in_window = |t: i64| {
+            (!sync || t > req.updated_after) && (req.updated_before <= 0 || t < req.updated_before)
+        };
         let kind_ok = |k: i32| req.kind == 0 || req.kind == k;
         let mut rows = Vec::new();
         // Sorted by conversation number (the store's order).

@@ -112,36 +112,97 @@ enum DeleteAt {
     Forget,
 }
 
+/// Why a deletion cursor was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BadCursor {
+    /// Not a cursor of a deletion at all.
+    Malformed,
+    /// A deletion's cursor, but issued for another user (or altered).
+    OtherUser,
+}
+
 impl DeleteAt {
     const START: DeleteAt = DeleteAt::Leave { from: 0 };
 
-    fn parse(s: &str) -> Option<DeleteAt> {
+    /// The position of a cursor without its tag: `l.<from>`, `m.<walk>` or `f`.
+    fn parse_position(s: &str) -> Option<DeleteAt> {
         let hex = |h: &str| u64::from_str_radix(h, 16).ok();
         let mut parts = s.split('.');
         let at = match parts.next()? {
-            "" => DeleteAt::START,
             "l" => DeleteAt::Leave {
                 from: hex(parts.next()?)?,
             },
             "m" => return Walk::parse(parts).map(DeleteAt::Messages),
             "f" => DeleteAt::Forget,
-            // The `<conv>.<seq>` of earlier versions: starting again redoes nothing done.
-            conv if hex(conv).is_some() && parts.clone().count() == 1 => {
-                hex(parts.next()?)?;
-                DeleteAt::START
-            }
             _ => return None,
         };
         parts.next().is_none().then_some(at)
     }
 
-    fn cursor(self) -> String {
+    /// A cursor `cursor` gave for `user`: its position, then `.` and the tag that binds it to
+    /// the user ([`deletion_tag`]). Empty: the start. Untagged positions and the
+    /// `<conv>.<seq>` of earlier versions start again, which redoes nothing done; a tag of
+    /// another user's deletion (or of another position) is refused.
+    fn parse(s: &str, user: &str) -> Result<DeleteAt, BadCursor> {
+        if s.is_empty() {
+            return Ok(DeleteAt::START);
+        }
+        if let Some((position, tag)) = s.rsplit_once('.')
+            && tag.len() == TAG_HEX
+            && let Some(at) = Self::parse_position(position)
+        {
+            return if tag == deletion_tag(user, position) {
+                Ok(at)
+            } else {
+                Err(BadCursor::OtherUser)
+            };
+        }
+        let hex = |h: &str| u64::from_str_radix(h, 16).is_ok();
+        let earlier = Self::parse_position(s).is_some()
+            || s.split_once('.')
+                .is_some_and(|(conv, seq)| conv != "f" && hex(conv) && hex(seq));
+        if earlier {
+            Ok(DeleteAt::START)
+        } else {
+            Err(BadCursor::Malformed)
+        }
+    }
+
+    fn position(self) -> String {
         match self {
             DeleteAt::Leave { from } => format!("l.{from:x}"),
             DeleteAt::Messages(w) => format!("m.{}", w.cursor()),
             DeleteAt::Forget => "f".into(),
         }
     }
+
+    /// The cursor for going on from here with `user`'s deletion.
+    fn cursor(self, user: &str) -> String {
+        let position = self.position();
+        let tag = deletion_tag(user, &position);
+        format!("{position}.{tag}")
+    }
+}
+
+/// Hex digits of a deletion cursor's tag.
+const TAG_HEX: usize = 16;
+
+/// The tag of a deletion cursor: the first 8 bytes of a SHA-256 of the user id and the
+/// position, in hex. It ties a cursor to the user whose deletion issued it and to the place it
+/// names, so a cursor of another user's deletion, or one edited or made up, is refused rather
+/// than taken as a place further on (which would skip work and answer `done` early). It is
+/// not a secret: the admin API's callers are trusted with every user's data anyway.
+fn deletion_tag(user: &str, position: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"tidings user deletion\0");
+    h.update(user.as_bytes());
+    h.update(b"\0");
+    h.update(position.as_bytes());
+    h.finalize()[..TAG_HEX / 2]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Registry {
@@ -149,53 +210,73 @@ impl Registry {
     /// the module docs). Their live sessions are closed first, every call. Idempotent.
     pub async fn delete_user(&self, user: &str, from: &str) -> Result<DeleteStep, Error> {
         self.check_user_id(user)?;
-        let mut at = DeleteAt::parse(from)
-            .ok_or_else(|| Error::InvalidArgument("cursor is not from a deletion".into()))?;
+        let mut at = DeleteAt::parse(from, user).map_err(|e| {
+            Error::InvalidArgument(match e {
+                BadCursor::Malformed => "cursor is not from a deletion".into(),
+                BadCursor::OtherUser => format!(
+                    "cursor is not from a deletion of {user:?}: pass the cursor this user's \
+                     last call answered, or none to start again (nothing done is redone)"
+                ),
+            })
+        })?;
+        let name = user;
         let user = UserId::from(user);
         let mut step = DeleteStep {
             sessions_closed: self.disconnect(&user, None)?,
             ..Default::default()
         };
         let mut budget = self.config.user_delete_step_max;
-        if let DeleteAt::Leave { from } = at {
-            for (num, _) in self.store.user_conversations(&user)? {
-                if num < from {
-                    continue;
+        loop {
+            if let DeleteAt::Leave { from } = at {
+                for (num, _) in self.store.user_conversations(&user)? {
+                    if num < from {
+                        continue;
+                    }
+                    if budget == 0 {
+                        step.cursor = DeleteAt::Leave { from: num }.cursor(name);
+                        return Ok(step);
+                    }
+                    self.leave_for_deletion(&user, num).await?;
+                    budget = budget.saturating_sub(LEAVE_UNITS);
+                    step.conversations_left += 1;
                 }
+                at = if self.config.user_delete_keep_messages {
+                    DeleteAt::Forget
+                } else {
+                    DeleteAt::Messages(Walk::START)
+                };
+            }
+            while let DeleteAt::Messages(w) = at {
+                if w.seq > 0 {
+                    let (emptied, next) = self
+                        .empty_messages_of(&user, w.conv, w.seq, &mut budget)
+                        .await?;
+                    step.messages_emptied += emptied;
+                    if let Some(seq) = next {
+                        step.cursor = DeleteAt::Messages(Walk { seq, ..w }).cursor(name);
+                        return Ok(step);
+                    }
+                }
+                // Going to the next conversation is a unit of work too, empty or not.
                 if budget == 0 {
-                    step.cursor = DeleteAt::Leave { from: num }.cursor();
+                    step.cursor = DeleteAt::Messages(w.after()).cursor(name);
                     return Ok(step);
                 }
-                self.leave_for_deletion(&user, num).await?;
-                budget = budget.saturating_sub(LEAVE_UNITS);
-                step.conversations_left += 1;
+                budget -= 1;
+                at = self
+                    .walk_on(w)?
+                    .map_or(DeleteAt::Forget, DeleteAt::Messages);
             }
-            at = if self.config.user_delete_keep_messages {
-                DeleteAt::Forget
-            } else {
-                DeleteAt::Messages(Walk::START)
-            };
-        }
-        while let DeleteAt::Messages(w) = at {
-            if w.seq > 0 {
-                let (emptied, next) = self
-                    .empty_messages_of(&user, w.conv, w.seq, &mut budget)
-                    .await?;
-                step.messages_emptied += emptied;
-                if let Some(seq) = next {
-                    step.cursor = DeleteAt::Messages(Walk { seq, ..w }).cursor();
-                    return Ok(step);
-                }
+            // Done only once they are in no conversation: one may have taken them in since
+            // they left the others. Then it starts again from leaving, messages and all.
+            if self.store.user_conversations(&user)?.is_empty() {
+                break;
             }
-            // Going to the next conversation is a unit of work too, empty or not.
+            at = DeleteAt::START;
             if budget == 0 {
-                step.cursor = DeleteAt::Messages(w.after()).cursor();
+                step.cursor = at.cursor(name);
                 return Ok(step);
             }
-            budget -= 1;
-            at = self
-                .walk_on(w)?
-                .map_or(DeleteAt::Forget, DeleteAt::Messages);
         }
         self.forget_user_records(&user).await?;
         step.done = true;
@@ -710,14 +791,30 @@ mod tests {
             }),
             DeleteAt::Forget,
         ] {
-            assert_eq!(DeleteAt::parse(&at.cursor()), Some(at));
+            assert_eq!(DeleteAt::parse(&at.cursor("ann"), "ann"), Ok(at));
+            // Another user's cursor, or one whose position was changed, is refused.
+            assert_eq!(
+                DeleteAt::parse(&at.cursor("bob"), "ann"),
+                Err(BadCursor::OtherUser)
+            );
+            let tag = at.cursor("ann").rsplit_once('.').unwrap().1.to_owned();
+            assert_eq!(
+                DeleteAt::parse(&format!("l.0.{tag}"), "ann"),
+                Err(BadCursor::OtherUser)
+            );
+            // Untagged, as earlier versions gave them: from the start.
+            assert_eq!(DeleteAt::parse(&at.position(), "ann"), Ok(DeleteAt::START));
         }
-        assert_eq!(DeleteAt::parse(""), Some(DeleteAt::START));
-        assert_eq!(DeleteAt::parse("2a.1"), Some(DeleteAt::START));
+        assert_eq!(DeleteAt::parse("", "ann"), Ok(DeleteAt::START));
+        assert_eq!(DeleteAt::parse("2a.1", "ann"), Ok(DeleteAt::START));
         for bad in [
             "zz", "m.5.1.1", "m.1.1", "l", "l.x", "f.1", "2a.1.1", "2a.zz",
         ] {
-            assert_eq!(DeleteAt::parse(bad), None, "{bad}");
+            assert_eq!(
+                DeleteAt::parse(bad, "ann"),
+                Err(BadCursor::Malformed),
+                "{bad}"
+            );
         }
     }
 }

@@ -146,8 +146,15 @@ fn read_field(
 }
 
 /// Loads a dump into an empty `store` and flushes it. Returns the number of entries.
+///
+/// The store is marked as importing ([`crate::store::keys::IMPORTING`]) before the first entry
+/// is loaded, and the mark is removed only after the whole dump is loaded, its count and
+/// checksum verified and everything flushed. So a truncated or damaged dump, or an import
+/// stopped midway, leaves a store that [`crate::store::open`] refuses; importing again into it
+/// clears what the failed import loaded and starts over.
 pub fn import(store: &dyn Store, input: &mut impl Read) -> Result<u64, DumpError> {
-    if !store.is_empty()? {
+    let again = store.importing()?;
+    if !again && !store.is_empty()? {
         return Err(DumpError::NotEmpty);
     }
     let mut hash = Fnv::new();
@@ -159,6 +166,11 @@ pub fn import(store: &dyn Store, input: &mut impl Read) -> Result<u64, DumpError
         return Err(DumpError::BadHeader);
     }
     hash.update(&magic);
+    store.mark_importing(true)?;
+    store.flush()?;
+    if again {
+        store.clear()?;
+    }
     let mut batch = Vec::with_capacity(BATCH);
     let mut count = 0u64;
     let version_key = crate::store::keys::format_version();
@@ -191,6 +203,9 @@ pub fn import(store: &dyn Store, input: &mut impl Read) -> Result<u64, DumpError
         // Data from before the version key: the next start upgrades it.
         store.mark_format(None)?;
     }
+    // Everything is durable before the mark goes, so a crash in between leaves it marked.
+    store.flush()?;
+    store.mark_importing(false)?;
     store.flush()?;
     Ok(count)
 }
@@ -264,6 +279,45 @@ mod tests {
             import(fresh("e").as_ref(), &mut flipped.as_slice()),
             Err(DumpError::Corrupt(_))
         ));
+    }
+
+    /// A truncated or damaged dump that fails after some batches are loaded leaves a store
+    /// that opening refuses, on both engines; importing a whole dump into it again succeeds.
+    #[test]
+    fn a_failed_import_leaves_a_store_that_is_refused_until_imported_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = filled(&dir.path().join("source"), "redb");
+        let mut file = Vec::new();
+        export(source.as_ref(), &mut file).unwrap();
+        let short = file[..file.len() * 3 / 4].to_vec();
+        let mut flipped = file.clone();
+        let at = file.len() * 3 / 4;
+        flipped[at] ^= 0xff;
+        for engine in crate::store::ENGINES {
+            for (name, damaged) in [("short", &short), ("flipped", &flipped)] {
+                let target = dir.path().join(format!("{engine}-{name}"));
+                {
+                    let s = crate::store::open_for_import(engine, &target, 8 << 20).unwrap();
+                    assert!(matches!(
+                        import(s.as_ref(), &mut damaged.as_slice()),
+                        Err(DumpError::Corrupt(_))
+                    ));
+                    assert!(s.importing().unwrap(), "{engine} {name}");
+                }
+                let text = crate::store::open(engine, &target, 8 << 20)
+                    .err()
+                    .expect("refused")
+                    .to_string();
+                assert!(text.contains("did not finish"), "{engine} {name}: {text}");
+                {
+                    let s = crate::store::open_for_import(engine, &target, 8 << 20).unwrap();
+                    assert_eq!(import(s.as_ref(), &mut file.as_slice()).unwrap(), 25_002);
+                }
+                let s = crate::store::open(engine, &target, 8 << 20).unwrap();
+                assert!(!s.importing().unwrap());
+                assert_eq!(all(s.as_ref()), all(source.as_ref()), "{engine} {name}");
+            }
+        }
     }
 
     /// A dump of format-1 data (no version key) loads as format 1, and the next open upgrades

@@ -38,6 +38,7 @@
 //! | `h`    | created at ‖ idempotency key     | ∅ (idempotency keys, time order) |
 //! | `v`    | kind (u8) ‖ conv                 | ∅ (live conversations by kind, number order) |
 //! | `w`    | conv ‖ event seq                 | ConversationEvent (what members heard of one another) |
+//! | `I`    | (the key is the prefix alone)    | ∅ (an import of a dump is under way) |
 //!
 //! Format versions ([`FORMAT_VERSION`]): 1, the layout without `P` and `V` (a store without a
 //! `V` key that holds data is version 1); 2 adds the patch index `P` and the version key; 3 adds
@@ -51,6 +52,15 @@
 //! live conversations by kind `v` (built from the conversation records when a format-6
 //! store is upgraded, then kept by the store itself with every conversation record it writes)
 //! and the conversations' own event logs `w` (which only new events fill).
+//!
+//! The import marker `I` belongs to no format: `tidings store import` writes it before the
+//! first entry of a dump and removes it only once the whole dump is loaded, its count and
+//! checksum verified and flushed. A store that holds it is the remains of an import that failed
+//! or was stopped; opening it for anything but another import is refused (see
+//! [`super::open`]), and the next import clears it. No store a server wrote, no finished
+//! import and no dump ever holds it, so the data each format describes is unchanged and
+//! [`FORMAT_VERSION`] does not count it. (A binary from before the marker would open such a
+//! store as it always did.)
 
 pub const CONVERSATION: u8 = b'C';
 pub const MEMBER: u8 = b'M';
@@ -85,6 +95,7 @@ pub const IDEMPOTENT_CREATE: u8 = b'i';
 pub const IDEMPOTENT_CREATE_AGE: u8 = b'h';
 pub const CONVERSATION_BY_KIND: u8 = b'v';
 pub const CONVERSATION_EVENT: u8 = b'w';
+pub const IMPORTING: u8 = b'I';
 
 /// The key layout this build reads and writes.
 pub const FORMAT_VERSION: u64 = 7;
@@ -309,6 +320,9 @@ pub fn conversation_events_of(conv: u64) -> Vec<u8> {
 }
 pub fn format_version() -> Vec<u8> {
     vec![FORMAT]
+}
+pub fn importing() -> Vec<u8> {
+    vec![IMPORTING]
 }
 pub fn counter(name: &str) -> Vec<u8> {
     Key::new(COUNTER).tail(name.as_bytes()).build()

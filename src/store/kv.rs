@@ -226,6 +226,14 @@ impl<E: OrderedKv> KvStore<E> {
     /// data written by a newer build. Each step is idempotent and the version is written last,
     /// so a step cut short by a crash runs again at the next start. Returns the version found.
     pub fn upgrade(&self) -> Result<u64, StoreError> {
+        if self.engine.get(&keys::importing())?.is_some() {
+            return Err(StoreError::Format(
+                "an import into this store did not finish (`tidings store import` failed or was \
+                 stopped), so it holds part of a dump at most and is not served; run the import \
+                 again into the same data directory"
+                    .into(),
+            ));
+        }
         let found = self.stored_format()?;
         let Some(mut version) = found else {
             self.mark_format(Some(keys::FORMAT_VERSION))?;
@@ -1110,6 +1118,45 @@ impl<E: OrderedKv> Store for KvStore<E> {
             .apply(rows.into_iter().map(|(k, v)| Write::Put(k, v)).collect());
         self.lists.clear();
         r
+    }
+
+    fn importing(&self) -> Result<bool, StoreError> {
+        Ok(self.engine.get(&keys::importing())?.is_some())
+    }
+
+    fn mark_importing(&self, on: bool) -> Result<(), StoreError> {
+        let key = keys::importing();
+        self.engine.apply(vec![if on {
+            Write::Put(key, Vec::new())
+        } else {
+            Write::Delete(key)
+        }])
+    }
+
+    fn clear(&self) -> Result<(), StoreError> {
+        const BATCH: usize = 10_000;
+        let marker = keys::importing();
+        let mut from = Vec::new();
+        loop {
+            let rows = self.engine.range(&from, None, false, BATCH)?;
+            let Some((last, _)) = rows.last() else {
+                break;
+            };
+            from = last.clone();
+            from.push(0);
+            let full = rows.len() == BATCH;
+            let writes: Vec<Write> = rows
+                .into_iter()
+                .filter(|(k, _)| *k != marker)
+                .map(|(k, _)| Write::Delete(k))
+                .collect();
+            self.engine.apply(writes)?;
+            if !full {
+                break;
+            }
+        }
+        self.lists.clear();
+        Ok(())
     }
 }
 

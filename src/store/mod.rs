@@ -520,6 +520,12 @@ pub trait Store: Send + Sync + 'static {
     fn mark_format(&self, version: Option<u64>) -> Result<(), StoreError>;
     /// Writes raw entries of a dump (atomically per call; `flush` makes them durable).
     fn load(&self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError>;
+    /// Whether the import marker is set: an import of a dump began and did not finish.
+    fn importing(&self) -> Result<bool, StoreError>;
+    /// Sets or removes the import marker ([`keys::IMPORTING`]).
+    fn mark_importing(&self, on: bool) -> Result<(), StoreError>;
+    /// Removes every entry but the import marker: for an import that starts over.
+    fn clear(&self) -> Result<(), StoreError>;
 }
 
 /// Receives entries of a dump, in key order.
@@ -529,11 +535,31 @@ pub type EntrySink<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError> + 'a;
 pub const ENGINES: [&str; 2] = ["redb", "sled"];
 
 /// Opens the named engine in `dir`. Refuses a directory that holds the other engine's files,
-/// so a changed setting never starts silently on an empty store.
+/// so a changed setting never starts silently on an empty store, and a store an import left
+/// unfinished, so a failed restore is never served. Brings older data to the current format.
 pub fn open(
     engine: &str,
     dir: &std::path::Path,
     cache_bytes: u64,
+) -> Result<Arc<dyn Store>, StoreError> {
+    open_engine(engine, dir, cache_bytes, true)
+}
+
+/// Opens the named engine in `dir` for `tidings store import`: as [`open`], but neither
+/// upgrades the data nor refuses the remains of an unfinished import, which the import clears.
+pub fn open_for_import(
+    engine: &str,
+    dir: &std::path::Path,
+    cache_bytes: u64,
+) -> Result<Arc<dyn Store>, StoreError> {
+    open_engine(engine, dir, cache_bytes, false)
+}
+
+fn open_engine(
+    engine: &str,
+    dir: &std::path::Path,
+    cache_bytes: u64,
+    upgrade: bool,
 ) -> Result<Arc<dyn Store>, StoreError> {
     let has_redb = dir.join(redb::FILE).exists();
     let has_sled = dir.join("conf").exists() && dir.join("db").exists();
@@ -549,21 +575,28 @@ pub fn open(
             dir.display()
         )));
     }
-    match engine {
+    let store: Arc<dyn Store> = match engine {
         "redb" => {
             let s = redb::open(dir, cache_bytes)?;
-            s.upgrade()?;
-            Ok(Arc::new(s))
+            if upgrade {
+                s.upgrade()?;
+            }
+            Arc::new(s)
         }
         "sled" => {
             let s = sled::open(dir, cache_bytes)?;
-            s.upgrade()?;
-            Ok(Arc::new(s))
+            if upgrade {
+                s.upgrade()?;
+            }
+            Arc::new(s)
         }
-        other => Err(StoreError::Engine(format!(
-            "unknown store_engine {other:?}; one of {ENGINES:?}"
-        ))),
-    }
+        other => {
+            return Err(StoreError::Engine(format!(
+                "unknown store_engine {other:?}; one of {ENGINES:?}"
+            )));
+        }
+    };
+    Ok(store)
 }
 
 /// Decodes a stored protobuf value.

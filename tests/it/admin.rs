@@ -812,3 +812,60 @@ async fn admin_names_and_profiles_refuse_control_bidi_and_format_characters() {
     .await;
     assert_eq!(r.body["name"], "plain", "{}", r.body);
 }
+
+/// A list setting in `--set` or an environment variable may be a TOML list: the keys in
+/// `admin_api_keys=["k1", "k2"]` are `k1` and `k2`, not the text with its brackets and quotes.
+/// Something in brackets that is no TOML list is refused with a message that says how to write it.
+#[tokio::test]
+async fn list_settings_take_a_toml_list_from_set_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = format!("admin_api_keys=[\"{KEY}\", \"{OLD_KEY}\"]");
+    let server = Binary::serve(&dir.path().join("a"), &["admin_listen=127.0.0.1:0", &list]);
+    let admin = server.admin_addr.expect("the admin API is served");
+    for key in [KEY, OLD_KEY] {
+        let r = http(
+            admin,
+            "GET",
+            "/v1/users/alice/conversations",
+            Some(key),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    server.signal(libc::SIGTERM);
+    assert!(server.wait().await.0.success());
+
+    let env_list = format!("[\"{KEY}\"]");
+    let server = Binary::serve_env(
+        &dir.path().join("b"),
+        &["admin_listen=127.0.0.1:0"],
+        &[("TIDINGS_ADMIN_API_KEYS", &env_list)],
+    );
+    let admin = server.admin_addr.expect("the admin API is served");
+    let r = http(
+        admin,
+        "GET",
+        "/v1/users/alice/conversations",
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait().await.0.success());
+
+    // Brackets without a TOML list inside: refused, not taken as a key.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("c"))
+        .args(["--set", "admin_listen=127.0.0.1:0", "--set"])
+        .arg(format!("admin_api_keys=[{KEY}]"))
+        .env("TIDINGS_JWT_HS256_SECRET", SECRET)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("not a TOML one"), "{err}");
+}

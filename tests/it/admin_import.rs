@@ -310,11 +310,15 @@ async fn an_imported_group_is_created_once_under_its_old_id() {
         .unwrap();
     assert_eq!(page.messages[0].id, "g-1");
 
-    // An id shaped like a tidings id, and no members: 400.
+    // An id shaped like a tidings id, a list key or a temporary id, and no members: 400.
     for bad in [
         json!({"conversation_id": "0000000000000001", "members": ["alice"]}),
         json!({"conversation_id": "x", "members": []}),
         json!({"conversation_id": "has space", "members": ["alice"]}),
+        // Shapes the ids and list keys give a meaning to.
+        json!({"conversation_id": "p2p|zed", "members": ["alice"]}),
+        json!({"conversation_id": "a|b", "members": ["alice"]}),
+        json!({"conversation_id": "_tmp:abc", "members": ["alice"]}),
     ] {
         let r = api(&server, "POST", "/v1/imports/conversations", Some(bad)).await;
         assert_eq!(r.status_code(), (400, Some(2)), "{}", r.body);
@@ -658,4 +662,58 @@ async fn an_export_of_large_messages_ends_each_page_at_4_mib() {
     // Every message once, in order, over as many pages as 12 MB needs.
     assert_eq!(seen, ids);
     assert!(pages >= 3, "{pages}");
+}
+
+/// A group imported without `created_at` was created at the time of the import, and is in its
+/// members' lists and unread summaries before any message is; so is one whose time is 0
+/// (imported so by earlier versions).
+#[tokio::test]
+async fn an_imported_group_without_a_time_is_listed_at_once() {
+    let server = admin_server().await;
+    let before = server.clock_now();
+    let r = ok(
+        &server,
+        "POST",
+        "/v1/imports/conversations",
+        Some(json!({"conversation_id": "notime", "members": ["newbie", "o1"]})),
+    )
+    .await;
+    assert_eq!(
+        r["conversation"]["created_at"].as_i64(),
+        Some(before),
+        "{r}"
+    );
+    // The clock at the epoch: an import that knew no time, as earlier versions stored it.
+    server.clock.set(0);
+    let r = ok(
+        &server,
+        "POST",
+        "/v1/imports/conversations",
+        Some(json!({"conversation_id": "epoch", "members": ["newbie", "o2"]})),
+    )
+    .await;
+    server.clock.set(before);
+    assert_eq!(r["conversation"]["created_at"].as_i64(), Some(0), "{r}");
+
+    let ids = |v: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["conversation_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let list = ok(&server, "GET", "/v1/users/newbie/conversations", None).await;
+    assert_eq!(ids(&list), ["epoch", "notime"], "{list}");
+    let unread = ok(&server, "GET", "/v1/users/newbie/unread", None).await;
+    assert_eq!(ids(&unread), ["epoch", "notime"], "{unread}");
+    let (newbie, _) = server.login("newbie").await;
+    let page = within(newbie.list_all(pb::ListConversations::default()))
+        .await
+        .unwrap();
+    let mut listed: Vec<String> = page.iter().map(|e| e.conversation_id.clone()).collect();
+    listed.sort();
+    assert_eq!(listed, ["epoch", "notime"]);
 }

@@ -801,3 +801,134 @@ async fn one_deletion_call_leaves_at_most_a_hundred_conversations() {
     .await;
     assert_eq!(step["conversations_left"], 50, "{step}");
 }
+
+/// `user`'s deletion, one call from `cursor`: the step answered.
+async fn delete_step(server: &TestServer, user: &str, cursor: &str) -> Value {
+    ok(
+        server,
+        "DELETE",
+        &format!("/v1/users/{user}?cursor={cursor}"),
+        None,
+    )
+    .await
+}
+
+/// `user`'s deletion from `cursor` until its cursor names the message walk (`m.`).
+async fn delete_until_messages(server: &TestServer, user: &str, mut cursor: String) -> String {
+    for _ in 0..50 {
+        let step = delete_step(server, user, &cursor).await;
+        assert_eq!(step["done"], false, "{step}");
+        cursor = step["cursor"].as_str().unwrap().to_owned();
+        if cursor.starts_with("m.") {
+            return cursor;
+        }
+    }
+    panic!("no cursor of the message walk: {cursor}");
+}
+
+async fn members(server: &TestServer, conv: &str) -> Vec<Value> {
+    let page = ok(
+        server,
+        "GET",
+        &format!("/v1/conversations/{conv}/members"),
+        None,
+    )
+    .await;
+    page["members"].as_array().unwrap().clone()
+}
+
+/// A deletion cursor is bound to its user: a made-up one, or one of another user's deletion,
+/// never answers `done` while the user is still a member somewhere; and a deletion whose user
+/// was taken into a conversation meanwhile is not done until they are out of it again.
+#[tokio::test]
+async fn a_deletion_cursor_belongs_to_its_user_and_done_means_no_memberships() {
+    let server = server_with(|c| c.user_delete_step_max = 1).await;
+    let mut groups = Vec::new();
+    for (user, n) in [("victim", 3), ("other", 1)] {
+        for i in 0..n {
+            let g = ok(
+                &server,
+                "POST",
+                &format!("/v1/conversations?as={user}"),
+                Some(json!({"kind": "group", "members": ["w1"]})),
+            )
+            .await;
+            let id = g["id"].as_str().unwrap().to_owned();
+            ok(
+                &server,
+                "POST",
+                &format!("/v1/conversations/{id}/messages?as={user}"),
+                Some(json!({"text": format!("secret {i}")})),
+            )
+            .await;
+            if user == "victim" {
+                groups.push(id);
+            }
+        }
+    }
+    let still_there = |ms: &[Value]| ms.iter().any(|m| m == "victim" || m["user_id"] == "victim");
+
+    // Made up, in the shape of a cursor of the message walk: from the start, not done.
+    let step = delete_step(&server, "victim", "m.2.ffffffffffffffff.ffffffffffffffff").await;
+    assert_eq!(step["done"], false, "{step}");
+    assert!(still_there(&members(&server, &groups[2]).await));
+    // Made up with a tag, or another user's: refused.
+    let forged = "m.2.ffffffffffffffff.ffffffffffffffff.0123456789abcdef";
+    let r = api(
+        &server,
+        "DELETE",
+        &format!("/v1/users/victim?cursor={forged}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status_code(), (400, Some(2)), "{}", r.body);
+    let theirs = delete_until_messages(&server, "other", String::new()).await;
+    let r = api(
+        &server,
+        "DELETE",
+        &format!("/v1/users/victim?cursor={theirs}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status_code(), (400, Some(2)), "{}", r.body);
+    assert!(still_there(&members(&server, &groups[2]).await));
+
+    // Taken into a group while its messages are walked: not done until out of it again.
+    let cursor = delete_until_messages(&server, "victim", String::new()).await;
+    for g in &groups {
+        assert!(!still_there(&members(&server, g).await), "{g}");
+    }
+    let late = ok(
+        &server,
+        "POST",
+        "/v1/conversations?as=w1",
+        Some(json!({"kind": "group", "members": ["victim"]})),
+    )
+    .await;
+    let late = late["id"].as_str().unwrap().to_owned();
+    let mut cursor = cursor;
+    let mut done = false;
+    for _ in 0..100 {
+        let step = delete_step(&server, "victim", &cursor).await;
+        if step["done"] == true {
+            done = true;
+            break;
+        }
+        cursor = step["cursor"].as_str().unwrap().to_owned();
+    }
+    assert!(done, "the deletion finishes");
+    assert!(!still_there(&members(&server, &late).await));
+    for g in &groups {
+        let texts: Vec<Value> = history(&server, g)
+            .await
+            .iter()
+            .map(|m| m["text"].clone())
+            .collect();
+        assert!(
+            !texts
+                .iter()
+                .any(|t| t.as_str().is_some_and(|t| t.starts_with("secret"))),
+            "{texts:?}"
+        );
+    }
+}

@@ -320,6 +320,8 @@ impl Raw {
 pub struct Binary {
     pub child: std::process::Child,
     pub addr: String,
+    /// The admin API's address, when it is served.
+    pub admin_addr: Option<std::net::SocketAddr>,
     log: Option<std::thread::JoinHandle<Vec<String>>>,
     /// The log's lines after the listening line, as they come.
     lines: std::sync::mpsc::Receiver<String>,
@@ -382,9 +384,15 @@ impl Binary {
                 Ok(line) => {
                     if let Some(rest) = line.split("addr=").nth(1) {
                         let addr = rest.split_whitespace().next().unwrap().to_string();
+                        let admin_addr = line
+                            .split("admin=Some(")
+                            .nth(1)
+                            .and_then(|rest| rest.split(')').next())
+                            .map(|a| a.parse().unwrap());
                         return Binary {
                             child,
                             addr,
+                            admin_addr,
                             log: Some(log),
                             lines: line_rx,
                         };

@@ -282,6 +282,16 @@ impl Store for Spied {
     fn load(&self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
         self.inner.load(rows)
     }
+    fn importing(&self) -> Result<bool, StoreError> {
+        self.watch.read("importing");
+        self.inner.importing()
+    }
+    fn mark_importing(&self, on: bool) -> Result<(), StoreError> {
+        self.inner.mark_importing(on)
+    }
+    fn clear(&self) -> Result<(), StoreError> {
+        self.inner.clear()
+    }
 }
 
 /// A server on a store watched by `watch` (after a restart too), configured by `configure`.

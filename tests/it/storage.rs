@@ -234,3 +234,118 @@ async fn export_then_import_moves_everything_between_engines() {
     server.signal(libc::SIGTERM);
     assert!(server.wait().await.0.success());
 }
+
+/// `tidings serve` on `dir`: `Ok(())` once it listens (then it is stopped), or `Err` with its
+/// log when it exits without listening.
+fn serve_or_refusal(dir: &std::path::Path) -> Result<(), String> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("TIDINGS_JWT_HS256_SECRET", SECRET)
+        .env("TIDINGS_LOG", "info")
+        .env_remove("RUST_BACKTRACE")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        if line.contains("addr=") {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return Ok(());
+        }
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert!(!child.wait().unwrap().success(), "{log}");
+    Err(log)
+}
+
+/// A truncated or damaged dump fails to import after some of it is loaded; the data directory
+/// it leaves is refused by `serve` with a message that says what to do, and importing a whole
+/// dump into the same directory then restores everything.
+#[tokio::test]
+async fn a_failed_import_is_refused_by_serve_and_can_be_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    let server = Binary::serve(&source, &[]);
+    let alice = server.client("alice").await;
+    let g = within(alice.create_group("g", &["bob"])).await.unwrap();
+    for i in 0..5 {
+        within(alice.send_text(&g.id, &format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    let before = within(alice.history(&g.id, 0, 100)).await.unwrap();
+    drop(alice);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait().await.0.success());
+    // Enough read positions that the dump is loaded in more than one batch.
+    {
+        let store = tidings::store::open("redb", &source, 8 << 20).unwrap();
+        let ops: Vec<tidings::store::Op> = (0..20_000)
+            .map(|i| tidings::store::Op::PutReadSeq {
+                user: tidings::store::UserId::from(format!("reader{i:05}").as_str()),
+                conv: 1,
+                seq: 1,
+            })
+            .collect();
+        store.commit(&ops).unwrap();
+        store.flush().unwrap();
+    }
+
+    let dump = dir.path().join("whole.dump");
+    let cmd = |action: &str, flag: &str, file: &std::path::Path, data: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["store", action, flag])
+            .arg(file)
+            .arg("--set")
+            .arg(format!("data_dir={}", data.display()))
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = cmd("export", "--out", &dump, &source);
+    assert!(ok, "{err}");
+    let whole = std::fs::read(&dump).unwrap();
+    let mut flipped = whole.clone();
+    flipped[whole.len() * 3 / 4] ^= 0xff;
+    let damaged = [
+        ("truncated", whole[..whole.len() * 3 / 4].to_vec()),
+        ("flipped", flipped),
+    ];
+    for (name, bytes) in damaged {
+        let file = dir.path().join(format!("{name}.dump"));
+        std::fs::write(&file, bytes).unwrap();
+        let data = dir.path().join(name);
+        let (ok, err) = cmd("import", "--in", &file, &data);
+        assert!(!ok && err.contains("truncated or corrupt"), "{name}: {err}");
+        assert!(err.contains("import a whole dump into it again"), "{err}");
+        let log = serve_or_refusal(&data).expect_err(name);
+        assert!(log.contains("did not finish"), "{name}: {log}");
+        // Also not exported as if it were whole.
+        let (ok, err) = cmd("export", "--out", &dir.path().join("x.dump"), &data);
+        assert!(!ok && err.contains("did not finish"), "{name}: {err}");
+
+        let (ok, err) = cmd("import", "--in", &dump, &data);
+        assert!(ok, "{name}: {err}");
+        let server = Binary::serve(&data, &[]);
+        let alice = server.client("alice").await;
+        assert_eq!(
+            within(alice.history(&g.id, 0, 100)).await.unwrap(),
+            before,
+            "{name}"
+        );
+        drop(alice);
+        server.signal(libc::SIGTERM);
+        assert!(server.wait().await.0.success());
+    }
+}
