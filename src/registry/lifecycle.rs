@@ -193,9 +193,14 @@ const TAG_HEX: usize = 16;
 /// than taken as a place further on (which would skip work and answer `done` early). It is
 /// not a secret: the admin API's callers are trusted with every user's data anyway.
 fn deletion_tag(user: &str, position: &str) -> String {
+    cursor_tag(b"tidings user deletion\0", user, position)
+}
+
+/// The tag of a cursor of `purpose` for `user` at `position` (see [`deletion_tag`]).
+fn cursor_tag(purpose: &[u8], user: &str, position: &str) -> String {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
-    h.update(b"tidings user deletion\0");
+    h.update(purpose);
     h.update(user.as_bytes());
     h.update(b"\0");
     h.update(position.as_bytes());
@@ -596,10 +601,24 @@ enum ExportAt {
 }
 
 impl ExportAt {
-    fn parse(s: &str) -> Option<ExportAt> {
+    /// A cursor an export of `user` gave: its position, then `.` and a tag binding it to the
+    /// user (as a deletion's, [`cursor_tag`]). Empty: the start. An untagged position (as
+    /// earlier versions gave) starts again; a tag of another user's export, or of another
+    /// position, is refused (`None`), as is anything else.
+    fn parse(s: &str, user: &str) -> Option<ExportAt> {
         if s.is_empty() {
             return Some(ExportAt::Start);
         }
+        if let Some((position, tag)) = s.rsplit_once('.')
+            && tag.len() == TAG_HEX
+            && let Some(at) = Self::parse_position(position)
+        {
+            return (tag == export_tag(user, position)).then_some(at);
+        }
+        Self::parse_position(s).map(|_| ExportAt::Start)
+    }
+
+    fn parse_position(s: &str) -> Option<ExportAt> {
         let hex = |h: &str| u64::from_str_radix(h, 16).ok();
         if let Some(rest) = s.strip_prefix("c.") {
             return Some(ExportAt::Conversations { after: hex(rest)? });
@@ -616,13 +635,22 @@ impl ExportAt {
         Walk::parse(rest.split('.')).map(ExportAt::Messages)
     }
 
-    fn cursor(self) -> String {
-        match self {
-            ExportAt::Start => String::new(),
+    /// The cursor for going on from here with `user`'s export.
+    fn cursor(self, user: &str) -> String {
+        let position = match self {
+            ExportAt::Start => return String::new(),
             ExportAt::Conversations { after } => format!("c.{after:x}"),
             ExportAt::Messages(w) => format!("m.{}", w.cursor()),
-        }
+        };
+        let tag = export_tag(user, &position);
+        format!("{position}.{tag}")
     }
+}
+
+/// The tag of an export cursor (see [`deletion_tag`]): a cursor of one user's export is
+/// refused for another's.
+fn export_tag(user: &str, position: &str) -> String {
+    cursor_tag(b"tidings user export\0", user, position)
 }
 
 /// A page of an export being written: where its lines go, and how much it holds.
@@ -666,7 +694,7 @@ impl Registry {
         emit: impl FnMut(ExportLine) -> Result<usize, Error>,
     ) -> Result<Option<String>, Error> {
         self.check_user_id(user)?;
-        let mut at = ExportAt::parse(from)
+        let mut at = ExportAt::parse(from, user)
             .ok_or_else(|| Error::InvalidArgument("cursor is not from an export".into()))?;
         let mut page = Page {
             emit,
@@ -683,7 +711,9 @@ impl Registry {
         if let ExportAt::Conversations { after } = at {
             for (num, entry) in list.iter().filter(|(n, _)| after == 0 || *n > after) {
                 if page.full() {
-                    return Ok(Some(ExportAt::Conversations { after: *num - 1 }.cursor()));
+                    return Ok(Some(
+                        ExportAt::Conversations { after: *num - 1 }.cursor(user),
+                    ));
                 }
                 let (id, kind, member, owner) = match self.cell_by_num(*num) {
                     Ok(cell) => {
@@ -720,11 +750,11 @@ impl Registry {
             if w.seq > 0
                 && let Some(seq) = self.export_messages_of(user, w, &mut page, &mut scanned)?
             {
-                return Ok(Some(ExportAt::Messages(Walk { seq, ..w }).cursor()));
+                return Ok(Some(ExportAt::Messages(Walk { seq, ..w }).cursor(user)));
             }
             // Going to the next conversation counts as a message looked at, empty or not.
             if page.full() || scanned >= self.config.history_scan_max {
-                return Ok(Some(ExportAt::Messages(w.after()).cursor()));
+                return Ok(Some(ExportAt::Messages(w.after()).cursor(user)));
             }
             scanned += 1;
             match self.walk_on(w)? {
@@ -778,6 +808,29 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn export_cursors_round_trip_belong_to_their_user_and_earlier_ones_start_again() {
+        for at in [
+            ExportAt::Conversations { after: 0x2a },
+            ExportAt::Messages(Walk {
+                kind: 1,
+                conv: 7,
+                seq: 300,
+            }),
+        ] {
+            assert_eq!(ExportAt::parse(&at.cursor("ann"), "ann"), Some(at));
+            assert_eq!(ExportAt::parse(&at.cursor("bob"), "ann"), None);
+            let position = at.cursor("ann").rsplit_once('.').unwrap().0.to_owned();
+            // Untagged, as earlier versions gave them: from the start.
+            assert_eq!(ExportAt::parse(&position, "ann"), Some(ExportAt::Start));
+        }
+        let tag = ExportAt::Conversations { after: 1 }.cursor("ann");
+        let tag = tag.rsplit_once('.').unwrap().1;
+        assert_eq!(ExportAt::parse(&format!("c.2.{tag}"), "ann"), None);
+        assert_eq!(ExportAt::parse("", "ann"), Some(ExportAt::Start));
+        assert_eq!(ExportAt::parse("nope", "ann"), None);
+    }
 
     #[test]
     fn deletion_cursors_round_trip_and_earlier_ones_start_again() {

@@ -393,11 +393,13 @@ async fn a_users_export_is_json_lines_in_bounded_pages() {
     let mut lines: Vec<Value> = Vec::new();
     let mut cursor = String::new();
     let mut pages = 0;
+    let mut cursors = Vec::new();
     loop {
         pages += 1;
         assert!(pages < 20);
         let (status, text) =
             get_text(&server, &format!("/v1/users/alice/export?cursor={cursor}")).await;
+        cursors.push(cursor.clone());
         assert_eq!(status, 200, "{text}");
         let page: Vec<Value> = text
             .lines()
@@ -452,9 +454,17 @@ async fn a_users_export_is_json_lines_in_bounded_pages() {
             "call me on 555-0100"
         ]
     );
-    // A cursor that is not from an export is refused.
+    // A cursor that is not from an export is refused, and so is one of alice's export for
+    // another user's.
     let bad = api(&server, "GET", "/v1/users/alice/export?cursor=nope", None).await;
     assert_eq!(bad.status_code(), (400, Some(2)));
+    for cursor in cursors.iter().filter(|c| !c.is_empty()) {
+        let path = format!("/v1/users/bob/export?cursor={cursor}");
+        assert_eq!(
+            api(&server, "GET", &path, None).await.status_code(),
+            (400, Some(2))
+        );
+    }
 }
 
 #[tokio::test]
@@ -468,11 +478,13 @@ async fn a_users_export_of_large_messages_ends_each_page_at_the_byte_bound() {
     let mut seen = Vec::new();
     let mut cursor = String::new();
     let mut pages = 0;
+    let mut cursors = Vec::new();
     loop {
         pages += 1;
         assert!(pages < 20);
         let (status, text) =
             get_text(&server, &format!("/v1/users/alice/export?cursor={cursor}")).await;
+        cursors.push(cursor.clone());
         assert_eq!(status, 200, "{text}");
         let (trailer, data) = text
             .lines()
