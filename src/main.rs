@@ -163,7 +163,22 @@ enum ImportFrom {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+/// Runs the command; an error is printed as its message and its causes, one a line, never with
+/// a backtrace (an operator reads it; `RUST_BACKTRACE` in the environment does not change it).
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     // mimalloc asks for transparent huge pages for its arenas; memory it gives back and takes
     // again is then faulted in 2 MiB at a time, each zeroed: in the chat benchmark a tenth of
     // the server's CPU went to clearing pages (0.3% with small pages). The flag applies to the

@@ -410,6 +410,15 @@ async fn serve_refuses_an_empty_or_short_hs256_secret() {
     )
     .await;
     assert!(!ok && err.contains("at least 32"), "{err}");
+    // The refusal is the message, also where the environment asks Rust for backtraces.
+    let (ok, _, err) = run_binary(
+        &serve,
+        &[("TIDINGS_JWT_HS256_SECRET", "x"), ("RUST_BACKTRACE", "1")],
+    )
+    .await;
+    assert!(!ok && err.contains("at least 32"), "{err}");
+    assert!(!err.to_lowercase().contains("backtrace"), "{err}");
+    assert!(err.lines().count() <= 4, "{err}");
 }
 
 #[tokio::test]
