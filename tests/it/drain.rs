@@ -140,22 +140,10 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     Some(rest[..end].trim_matches('"'))
 }
 
-/// Kills the server if the test fails before it has exited (a server whose log nobody reads
-/// any more does not stop on SIGTERM: its signal task dies writing the log line).
-struct KillOnDrop(u32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        // SAFETY: sends a signal to our own child process by pid, which has not been waited for.
-        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
-    }
-}
-
 #[tokio::test]
 async fn the_binary_logs_its_start_each_connection_and_true_drain_counts() {
     let dir = tempfile::tempdir().unwrap();
     let server = Binary::serve(&dir.path().join("data"), &["log_kind_lines_per_sec=1"]);
-    let guard = KillOnDrop(server.child.id());
     let alice = server.client("alice").await;
     // One connection that never logs in, one with bad frames (a burst of 20).
     let anonymous = within(Client::connect(&server.url())).await.unwrap();
@@ -171,8 +159,6 @@ async fn the_binary_logs_its_start_each_connection_and_true_drain_counts() {
     server.signal(libc::SIGTERM);
     assert_eq!(within(alice.closed()).await.code, Some(1001));
     assert_eq!(within(anonymous.closed()).await.code, Some(1001));
-    // From here on the pid is the child's until it is waited for, and then no longer ours.
-    std::mem::forget(guard);
     let (status, log) = server.wait().await;
     assert!(status.success(), "exit status {status}");
     let all = log.join("\n");

@@ -164,7 +164,7 @@ async fn the_binary_serves_health_mints_tokens_and_drains_on_sigterm() {
     assert!(resp.contains("\"status\":\"ok\""), "{resp}");
     // Transparent huge pages are off for the process (see main.rs: they cost a tenth of the
     // CPU in clearing pages the allocator takes back).
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
     if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
         assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
     }

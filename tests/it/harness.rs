@@ -318,7 +318,9 @@ impl Raw {
 
 /// The real `tidings` binary, serving on 127.0.0.1:0 in `data_dir`.
 pub struct Binary {
-    pub child: std::process::Child,
+    /// The process, until it is waited for; a `Binary` dropped before that (a failed
+    /// assertion unwinding past the test's clean stop) kills it.
+    child: Option<std::process::Child>,
     pub addr: String,
     /// The admin API's address, when it is served.
     pub admin_addr: Option<std::net::SocketAddr>,
@@ -390,7 +392,7 @@ impl Binary {
                             .and_then(|rest| rest.split(')').next())
                             .map(|a| a.parse().unwrap());
                         return Binary {
-                            child,
+                            child: Some(child),
                             addr,
                             admin_addr,
                             log: Some(log),
@@ -428,15 +430,17 @@ impl Binary {
     /// Sends a signal to the server process.
     pub fn signal(&self, sig: i32) {
         // SAFETY: sends a signal to our own child process by pid.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as libc::pid_t, sig) },
-            0
-        );
+        assert_eq!(unsafe { libc::kill(self.pid() as libc::pid_t, sig) }, 0);
+    }
+
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("not waited for").id()
     }
 
     /// Waits for the process to exit; returns its status and its log.
     pub async fn wait(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        let mut child = self.child;
+        let mut child = self.child.take().expect("not waited for");
         let status = within(tokio::task::spawn_blocking(move || child.wait()))
             .await
             .unwrap()
@@ -455,6 +459,15 @@ impl Binary {
         let c = within(Client::connect(&self.url())).await.unwrap();
         within(c.login(&token, "", 0)).await.unwrap();
         c
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

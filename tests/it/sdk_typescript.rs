@@ -69,7 +69,7 @@ fn the_sdk_works_against_the_real_server() {
     build();
     let dir = tempfile::tempdir().unwrap();
     // No leeway: the token refresh test waits for a token's exp.
-    let mut server = Binary::serve(&dir.path().join("data"), &["jwt_leeway_secs=0"]);
+    let server = Binary::serve(&dir.path().join("data"), &["jwt_leeway_secs=0"]);
     let url = server.url();
     let result = std::panic::catch_unwind(|| {
         run_in(
@@ -79,8 +79,7 @@ fn the_sdk_works_against_the_real_server() {
             &[("TIDINGS_URL", &url), ("TIDINGS_SECRET", SECRET)],
         )
     });
-    let _ = server.child.kill();
-    let _ = server.child.wait();
+    drop(server);
     let out = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
     assert!(out.contains("passed"), "{out}");
 }
