@@ -1204,10 +1204,11 @@ fn list_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>,
     Ok(match ListOrString::deserialize(d)? {
         ListOrString::List(l) => l,
         ListOrString::String(s) if s.trim_start().starts_with('[') => {
-            return Err(serde::de::Error::custom(format!(
-                "{s:?} looks like a list but is not a TOML one: write the items separated by \
-                 commas (a, b), or as a TOML list with quoted strings ([\"a\", \"b\"])"
-            )));
+            // The value is not repeated: it may be a secret (`admin_api_keys`).
+            return Err(serde::de::Error::custom(
+                "the value looks like a list but is not a TOML one: write the items separated \
+                 by commas (a, b), or as a TOML list with quoted strings ([\"a\", \"b\"])",
+            ));
         }
         ListOrString::String(s) => s
             .split(|c: char| c == ',' || c.is_whitespace())

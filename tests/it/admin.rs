@@ -868,4 +868,6 @@ async fn list_settings_take_a_toml_list_from_set_and_the_environment() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("not a TOML one"), "{err}");
+    // The value may be a secret: the refusal does not repeat it.
+    assert!(!err.contains(KEY), "{err}");
 }
