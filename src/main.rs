@@ -268,19 +268,20 @@ fn run() -> anyhow::Result<()> {
 
 fn store(config: &Config, action: StoreAction) -> anyhow::Result<()> {
     use tidings::store::dump;
+    let opening = || {
+        format!(
+            "opening the {} store in {}",
+            config.store_engine,
+            config.data_dir.display()
+        )
+    };
     let open = || {
         tidings::store::open(
             &config.store_engine,
             &config.data_dir,
             config.store_cache_bytes,
         )
-        .with_context(|| {
-            format!(
-                "opening the {} store in {}",
-                config.store_engine,
-                config.data_dir.display()
-            )
-        })
+        .with_context(opening)
     };
     match action {
         StoreAction::Export { out } => {
@@ -309,13 +310,7 @@ fn store(config: &Config, action: StoreAction) -> anyhow::Result<()> {
                 &config.data_dir,
                 config.store_cache_bytes,
             )
-            .with_context(|| {
-                format!(
-                    "opening the {} store in {}",
-                    config.store_engine,
-                    config.data_dir.display()
-                )
-            })?;
+            .with_context(opening)?;
             let n = match dump::import(store.as_ref(), &mut std::io::BufReader::new(file)) {
                 Ok(n) => n,
                 Err(e) if store.importing().unwrap_or(true) => {
