@@ -549,9 +549,13 @@ async fn a_mixed_fanout_reaches_every_form_and_costs_one_encoding_per_form_and_m
     // message reaches the 8 others, whatever their form.
     assert_eq!(r.counts["delivered"], 10 * 8);
     assert_eq!(r.counts["lost"], 0);
+    // One encoding per form and message. The count starts when the run does, and the group's
+    // membership events of the setup (at most 4 per form) may still be written after that;
+    // an encoding per recipient would be at least 20 per form (two members or more each).
     let encodings = r.server.as_ref().unwrap().push_encodings.as_ref().unwrap();
     for form in ["native", "json", "leancloud"] {
-        assert_eq!(encodings.get(form), Some(&10), "{form}: {encodings:?}");
+        let n = encodings.get(form).copied().unwrap_or(0);
+        assert!((10..=14).contains(&n), "{form}: {encodings:?}");
     }
     assert!(r.ok);
     s.stop().await.unwrap();
