@@ -5,6 +5,7 @@
 //! outbox marks that session for closing as a slow consumer (it reconnects and catches up by
 //! seq). Nothing here is held across an `.await`.
 
+use crate::outbox::TrySendError;
 use crate::protocol::Push;
 use crate::protocol::pb::CloseCode;
 use crate::stats::Stats;
@@ -14,7 +15,6 @@ use futures_util::task::AtomicWaker;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
-use tokio::sync::mpsc;
 
 /// One push queued for a session.
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ impl Kick {
 pub struct SessionHandle {
     pub id: u64,
     pub device: Option<Arc<str>>,
-    pub outbox: mpsc::Sender<Outgoing>,
+    pub outbox: crate::outbox::Sender,
     /// Closes the session's whole connection.
     pub kick: Arc<Kick>,
     /// The connection may carry other sessions (LeanCloud): replacing this one closes only it.
@@ -100,8 +100,33 @@ pub struct Registered {
 pub enum Recipients {
     /// Every session of these users.
     Users(Arc<[UserId]>),
+    /// Every session of these users (a conversation's members), found through the cache kept
+    /// with them: messages to the same members between two logins or logouts anywhere find
+    /// their sessions in one walk over an array, not a map lookup per member.
+    Members(Arc<[UserId]>, Arc<LiveSessions>),
     /// Every session of one user.
     User(UserId),
+}
+
+/// Whether two deliveries go to the same members' sessions, found the same way.
+fn same_members(a: &Delivery, b: &Delivery) -> bool {
+    match (&a.to, &b.to) {
+        (Recipients::Members(_, x), Recipients::Members(_, y)) => Arc::ptr_eq(x, y),
+        _ => false,
+    }
+}
+
+/// The live sessions of a fixed set of users, as of a hub epoch (see [`Recipients::Members`]).
+/// Whoever changes the set makes a new one.
+#[derive(Debug, Default)]
+pub struct LiveSessions(std::sync::Mutex<Option<(u64, Arc<[Target]>)>>);
+
+/// Where one live session's pushes go.
+#[derive(Debug)]
+pub struct Target {
+    id: u64,
+    outbox: crate::outbox::Sender,
+    kick: Arc<Kick>,
 }
 
 /// A frame to hand to the online sessions of some users, after its write is durable.
@@ -123,6 +148,8 @@ pub struct Hub {
     /// login asks, so a walk made a storm of logins quadratic).
     live: [AtomicUsize; 2],
     stats: Arc<Stats>,
+    /// Moves on with every change of `users`: a [`LiveSessions`] of an older epoch is stale.
+    epoch: AtomicU64,
     /// Delivery steps begun and ended (see [`Hub::steps`]).
     begun: AtomicU64,
     ended: AtomicU64,
@@ -141,6 +168,7 @@ impl Hub {
             users: DashMap::new(),
             live: Default::default(),
             stats,
+            epoch: AtomicU64::new(0),
             begun: AtomicU64::new(0),
             ended: AtomicU64::new(0),
         }
@@ -234,6 +262,9 @@ impl Hub {
         }
         self.live[usize::from(handle.shared)].fetch_add(1, Ordering::Relaxed);
         entry.push(handle);
+        // Under the entry's lock: a cache built from an epoch read before this sees the new
+        // session anyway, one built after it is marked with the new epoch.
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         Some(Registered {
             replaced,
             evicted,
@@ -271,6 +302,7 @@ impl Hub {
             .remove_if_mut(user, |_, v| {
                 if let Some(i) = v.iter().position(|h| h.id == session) {
                     removed = Some(v.remove(i).shared);
+                    self.epoch.fetch_add(1, Ordering::SeqCst);
                 }
                 v.is_empty()
             })
@@ -375,8 +407,99 @@ impl Hub {
                     self.deliver_to(u, d);
                 }
             }
+            Recipients::Members(users, live) => {
+                self.stats
+                    .histograms
+                    .fanout_users
+                    .observe(users.len() as f64);
+                for t in self.targets(users, live).iter() {
+                    if t.id != d.except_session {
+                        self.queue_into(
+                            &t.outbox,
+                            &t.kick,
+                            Outgoing {
+                                push: d.frame.clone(),
+                                session: t.id,
+                                user_seq: d.user_seq,
+                            },
+                        );
+                    }
+                }
+            }
             Recipients::User(u) => self.deliver_to(u, d),
         }
+    }
+
+    /// Hands out deliveries in order, like [`Hub::deliver`] on each. Consecutive deliveries to
+    /// the same members go out recipient by recipient instead: a session gets all of them at
+    /// once (one wake-up), so when it runs while the others are still being served it writes
+    /// them together. Each recipient still gets them in their order.
+    pub fn deliver_in_order<'a>(&self, deliveries: impl IntoIterator<Item = &'a Delivery>) {
+        let mut run: Vec<&Delivery> = Vec::new();
+        for d in deliveries {
+            if let Some(first) = run.first()
+                && !same_members(first, d)
+            {
+                self.deliver_run(&run);
+                run.clear();
+            }
+            run.push(d);
+        }
+        self.deliver_run(&run);
+    }
+
+    /// Deliveries to the same members (see [`Hub::deliver_in_order`]).
+    fn deliver_run(&self, run: &[&Delivery]) {
+        let Some(&first) = run.first() else {
+            return;
+        };
+        let Recipients::Members(users, live) = &first.to else {
+            run.iter().for_each(|d| self.deliver(d));
+            return;
+        };
+        if run.len() == 1 {
+            return self.deliver(first);
+        }
+        let fanout = &self.stats.histograms.fanout_users;
+        run.iter().for_each(|_| fanout.observe(users.len() as f64));
+        for t in self.targets(users, live).iter() {
+            for d in run.iter().filter(|d| d.except_session != t.id) {
+                self.queue_into(
+                    &t.outbox,
+                    &t.kick,
+                    Outgoing {
+                        push: d.frame.clone(),
+                        session: t.id,
+                        user_seq: d.user_seq,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The live sessions of `users`: the cached ones when no session registered or left since
+    /// they were found, else found again (and cached).
+    fn targets(&self, users: &[UserId], live: &LiveSessions) -> Arc<[Target]> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let mut cached = live.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, targets)) = &*cached
+            && *at == epoch
+        {
+            return targets.clone();
+        }
+        let mut found = Vec::new();
+        for u in users {
+            if let Some(sessions) = self.users.get(u) {
+                found.extend(sessions.iter().map(|h| Target {
+                    id: h.id,
+                    outbox: h.outbox.clone(),
+                    kick: h.kick.clone(),
+                }));
+            }
+        }
+        let targets: Arc<[Target]> = found.into();
+        *cached = Some((epoch, targets.clone()));
+        targets
     }
 
     fn deliver_to(&self, user: &str, d: &Delivery) {
@@ -397,13 +520,17 @@ impl Hub {
 
     /// `try_send` into one outbox; a full outbox closes that session as a slow consumer.
     fn queue(&self, h: &SessionHandle, out: Outgoing) {
-        match h.outbox.try_send(out) {
+        self.queue_into(&h.outbox, &h.kick, out);
+    }
+
+    fn queue_into(&self, outbox: &crate::outbox::Sender, kick: &Kick, out: Outgoing) {
+        match outbox.try_send(out) {
             Ok(()) => self.stats.frames_queued.inc(),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(TrySendError::Full) => {
                 self.stats.slow_consumer_closes.inc();
-                h.kick.kick(CloseCode::CloseSlowConsumer);
+                kick.kick(CloseCode::CloseSlowConsumer);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(TrySendError::Closed) => {}
         }
     }
 }
@@ -416,12 +543,44 @@ mod tests {
         SessionHandle {
             id,
             device: device.map(Arc::from),
-            outbox: mpsc::channel(1).0,
+            outbox: crate::outbox::channel(1).0,
             kick: Arc::default(),
             shared,
             login_at: 0,
             jti: None,
         }
+    }
+
+    #[test]
+    fn deliveries_in_order_reach_each_session_in_their_order_but_the_sender() {
+        let hub = Hub::new(Arc::default());
+        let (a, b) = (UserId::from("a"), UserId::from("b"));
+        let (tx, mut rx) = crate::outbox::channel(16);
+        let mut to_b = handle(2, None, false);
+        to_b.outbox = tx;
+        hub.register(&b, to_b, 2);
+        hub.register(&a, handle(1, None, false), 2);
+        let roster: Arc<[UserId]> = vec![a.clone(), b.clone()].into();
+        let (one, other) = (Arc::<LiveSessions>::default(), Arc::default());
+        let d = |live: &Arc<LiveSessions>, seq: u64, except_session: u64| Delivery {
+            to: Recipients::Members(roster.clone(), live.clone()),
+            frame: crate::protocol::replaced(),
+            user_seq: seq,
+            except_session,
+        };
+        // A run of one conversation, another's delivery, the first's again; one sent by b.
+        let all = [
+            d(&one, 1, 1),
+            d(&one, 2, 2),
+            d(&one, 3, 1),
+            d(&other, 4, 1),
+            d(&one, 5, 1),
+        ];
+        hub.deliver_in_order(&all);
+        let mut got = Vec::new();
+        rx.try_recv_many(&mut got, 16);
+        let seqs: Vec<u64> = got.iter().map(|o| o.user_seq).collect();
+        assert_eq!(seqs, [1, 3, 4, 5]);
     }
 
     /// The counts kept with every change, against a walk over every user's sessions.

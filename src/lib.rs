@@ -33,6 +33,7 @@ pub mod listener;
 pub mod logsafe;
 pub mod metrics;
 pub mod origin;
+pub mod outbox;
 pub mod percent;
 pub mod protocol;
 pub mod registry;

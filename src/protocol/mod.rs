@@ -174,6 +174,40 @@ impl Push {
         })
     }
 
+    /// The conversation id and seq of the message this push carries, read from its encoding
+    /// without decoding the rest (`None`: not a message push, or undecodable).
+    pub fn message_position(&self) -> Option<(&str, u64)> {
+        use prost::encoding::{WireType, decode_key, decode_varint};
+        let PushEvent::Message(encoded, _) = &self.event else {
+            return None;
+        };
+        let mut buf: &[u8] = encoded;
+        let (mut conversation, mut seq) = ("", 0);
+        while !buf.is_empty() {
+            let (field, wire) = decode_key(&mut buf).ok()?;
+            match wire {
+                WireType::Varint => {
+                    let v = decode_varint(&mut buf).ok()?;
+                    if field == 3 {
+                        seq = v;
+                    }
+                }
+                WireType::LengthDelimited => {
+                    let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                    let bytes = buf.get(..len)?;
+                    if field == 2 {
+                        conversation = std::str::from_utf8(bytes).ok()?;
+                    }
+                    buf = &buf[len..];
+                }
+                WireType::SixtyFourBit => buf = buf.get(8..)?,
+                WireType::ThirtyTwoBit => buf = buf.get(4..)?,
+                WireType::StartGroup | WireType::EndGroup => return None,
+            }
+        }
+        Some((conversation, seq))
+    }
+
     /// The message this push carries, decoded (`None`: not a message push, or undecodable).
     pub fn message(&self) -> Option<pb::Message> {
         match &self.event {
@@ -323,6 +357,30 @@ mod tests {
             ..m
         };
         assert!(mentions(&all, "bob") && mentions(&all, "carol") && !mentions(&all, "alice"));
+    }
+
+    #[test]
+    fn a_message_push_tells_its_position_without_a_decode() {
+        let m = pb::Message {
+            id: "x".into(),
+            conversation_id: "0000000000000007".into(),
+            seq: 300,
+            sender: "alice".into(),
+            r#type: -3,
+            content: Bytes::from_static(b"\x02\x10hello"),
+            attributes: [("seq".to_string(), "9".to_string())].into(),
+            mentions: vec!["bob".into()],
+            server_time: -1,
+            ..Default::default()
+        };
+        let p = message_push_from_encoded(&m.encode_to_vec(), pb::ConversationKind::Group);
+        assert_eq!(p.message_position(), Some(("0000000000000007", 300)));
+        let transient = pb::Message { seq: 0, ..m };
+        let p = message_push_from_encoded(&transient.encode_to_vec(), pb::ConversationKind::Group);
+        assert_eq!(p.message_position(), Some(("0000000000000007", 0)));
+        let p = message_push_from_encoded(&[0x12, 0x05, b'a'], pb::ConversationKind::Group);
+        assert_eq!(p.message_position(), None, "a length past the end");
+        assert_eq!(replaced().message_position(), None);
     }
 
     #[test]

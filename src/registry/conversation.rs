@@ -488,6 +488,7 @@ impl Registry {
             record,
             members: map,
             roster: Arc::from(Vec::new()),
+            live: Arc::default(),
             reads: HashMap::new(),
             last_seq: 0,
             durable_seq: 0,

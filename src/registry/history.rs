@@ -592,7 +592,7 @@ impl Registry {
                 message: Some(m.clone()),
             };
             let d = Delivery {
-                to: Recipients::Users(st.roster.clone()),
+                to: st.members_to(),
                 frame: protocol::push(pb::server_frame::Body::MessageUpdated(push)),
                 user_seq: 0,
                 except_session: caller.session,

@@ -230,21 +230,21 @@ impl Registry {
         if !caller.admin {
             self.require_not_blocked(cell, &caller.user)?;
         }
-        let (roster, now, kind) = {
+        let (members, now, kind) = {
             let st = cell.lock();
             st.authorize_send(caller, self.now())?;
-            (st.roster.clone(), self.now(), st.kind())
+            (st.members_to(), self.now(), st.kind())
         };
-        Ok(self.deliver_unstored(caller, cell, roster, kind, now, req))
+        Ok(self.deliver_unstored(caller, cell, members, kind, now, req))
     }
 
-    /// Hands a message that is not stored (seq 0) to the live sessions of `roster` but the
+    /// Hands a message that is not stored (seq 0) to the live sessions of `to` but the
     /// sender's, and makes its ack.
     pub(super) fn deliver_unstored(
         &self,
         caller: &Caller,
         cell: &super::ConvCell,
-        roster: Arc<[UserId]>,
+        to: Recipients,
         kind: pb::ConversationKind,
         now: i64,
         req: SendRequest,
@@ -252,7 +252,7 @@ impl Registry {
         let m = self.build(cell, caller, 0, now, req);
         let frame = protocol::message_push_from_encoded(&m.encode_to_vec(), kind);
         self.hub().deliver(&Delivery {
-            to: Recipients::Users(roster),
+            to,
             frame,
             user_seq: 0,
             except_session: caller.session,
@@ -439,7 +439,7 @@ impl Registry {
             st.last_seq = seq;
             st.last_ts = now;
             let delivery = Delivery {
-                to: Recipients::Users(st.roster.clone()),
+                to: st.members_to(),
                 frame,
                 user_seq: 0,
                 except_session: caller.session,

@@ -266,6 +266,8 @@ pub(crate) struct ConvState {
     members: HashMap<UserId, MemberRecord>,
     /// Snapshot of the member ids for fan-out; rebuilt when membership changes.
     roster: Arc<[UserId]>,
+    /// The live sessions of `roster`'s users, for the hub; a new one with every new roster.
+    live: Arc<crate::hub::LiveSessions>,
     /// Read positions of members, loaded on first use.
     reads: HashMap<UserId, u64>,
     /// The newest seq handed out (its message may not be committed yet).
@@ -349,6 +351,11 @@ impl ConvState {
         let mut v: Vec<UserId> = self.members.keys().cloned().collect();
         v.sort();
         self.roster = v.into();
+        self.live = Arc::default();
+    }
+    /// Every session of the members, for a message or its update.
+    fn members_to(&self) -> Recipients {
+        Recipients::Members(self.roster.clone(), self.live.clone())
     }
     /// Refuses a conversation whose deletion or expiry is queued (its cell may still be in
     /// memory until that commits, and a caller may hold it from before).
@@ -794,6 +801,7 @@ impl Registry {
             record,
             members,
             roster: Arc::from(Vec::new()),
+            live: Arc::default(),
             reads: HashMap::new(),
             last_seq,
             durable_seq: last_seq,

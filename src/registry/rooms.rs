@@ -506,7 +506,7 @@ impl Registry {
         }
         let now = self.now();
         let per_sec = self.config.chat_room_messages_per_sec;
-        let roster = {
+        let members = {
             let st = cell.lock();
             st.authorize_send(caller, now)?;
             let mut bucket = self
@@ -517,11 +517,11 @@ impl Registry {
             bucket
                 .take(1, per_sec, per_sec, now)
                 .map_err(|retry_after_ms| Error::RateLimited { retry_after_ms })?;
-            st.roster.clone()
+            st.members_to()
         };
         // Receipts need stored seqs; room messages have none.
         req.want_receipts = false;
-        Ok(self.deliver_unstored(caller, cell, roster, ConversationKind::ChatRoom, now, req))
+        Ok(self.deliver_unstored(caller, cell, members, ConversationKind::ChatRoom, now, req))
     }
 
     /// The kind of a conversation (for front doors that present kinds differently).

@@ -44,7 +44,6 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -414,7 +413,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     app.stats.connections_open.inc();
-    let (tx, outbox) = mpsc::channel(app.config.outbox_frames);
+    let (tx, outbox) = crate::outbox::channel(app.config.outbox_frames);
     let mut actor = Actor {
         app: app.clone(),
         dialect,
@@ -656,13 +655,13 @@ impl Peer {
         if self.told.is_empty() || !matches!(push.event(), PushEvent::Message(..)) {
             return false;
         }
-        let Some(m) = push.message() else {
+        let Some((conversation, seq)) = push.message_position() else {
             return false;
         };
-        match self.told.get(&m.conversation_id) {
-            Some(&told) if m.seq != 0 && m.seq <= told => true,
+        match self.told.get(conversation) {
+            Some(&told) if seq != 0 && seq <= told => true,
             Some(_) => {
-                self.told.remove(&m.conversation_id);
+                self.told.remove(conversation);
                 false
             }
             None => false,
@@ -735,9 +734,9 @@ struct Actor {
     dialect: Dialect,
     /// Closes the whole connection (slow consumer, a replaced native session).
     kick: Arc<Kick>,
-    outbox: mpsc::Receiver<Outgoing>,
+    outbox: crate::outbox::Receiver,
     /// Cloned into the hub handle of every session opened on this connection.
-    outbox_tx: mpsc::Sender<Outgoing>,
+    outbox_tx: crate::outbox::Sender,
     /// The sessions on this connection, in the order they opened (native: exactly one).
     peers: Vec<Peer>,
     /// Requests in progress, each ending in its encoded reply (if it has one); created with the
@@ -1064,6 +1063,8 @@ impl Actor {
                 && self.catch_up.is_none();
             let pushing = self.catch_up.is_none();
             let waiting = self.pending_len() > 0;
+            // Pushes taken from the outbox this turn (allocated only when there are some).
+            let mut incoming = Vec::new();
             // The arms only decide; the one write below is the loop's only other await. Keeping
             // frames and writes out of the arms keeps this future (which every connection
             // holds for its whole life) small.
@@ -1087,15 +1088,16 @@ impl Actor {
                 Some(reply) = next_reply(&mut self.pending), if waiting => {
                     let mut frames: Vec<WsMessage> = reply.into_iter().collect();
                     self.finished_replies(&mut frames);
-                    if pushing && let Ok(first) = self.outbox.try_recv() {
-                        self.burst(first, &mut frames);
+                    if pushing {
+                        self.outbox.try_recv_many(&mut incoming, BURST);
+                        self.burst(&mut incoming, &mut frames);
                     }
                     Step::Write(frames)
                 }
-                Some(first) = self.outbox.recv(), if pushing => {
-                    let mut frames = Vec::with_capacity(8);
+                n = self.outbox.recv_many(&mut incoming, BURST), if pushing => {
+                    let mut frames = Vec::with_capacity(n + 1);
                     self.finished_replies(&mut frames);
-                    self.burst(first, &mut frames);
+                    self.burst(&mut incoming, &mut frames);
                     Step::Write(frames)
                 }
                 inbound = read(ws), if reading => match inbound {
@@ -1274,17 +1276,11 @@ impl Actor {
             .push(work);
     }
 
-    /// Appends `first` and whatever else is queued (up to a burst), in this connection's
-    /// encoding, skipping replayed events and pushes for sessions that have closed.
-    fn burst(&mut self, first: Outgoing, frames: &mut Vec<WsMessage>) {
-        let mut next = Some(first);
-        while let Some(o) = next {
+    /// Appends the pushes taken from the outbox, in this connection's encoding, skipping
+    /// replayed events and pushes for sessions that have closed.
+    fn burst(&mut self, incoming: &mut Vec<Outgoing>, frames: &mut Vec<WsMessage>) {
+        for o in incoming.drain(..) {
             self.take(o, frames);
-            next = if frames.len() < BURST {
-                self.outbox.try_recv().ok()
-            } else {
-                None
-            };
         }
     }
 

@@ -404,3 +404,45 @@ async fn a_push_repeating_what_the_login_summary_counted_is_skipped() {
     let m = message(&mut bob).await;
     assert_eq!((text(&m), m.seq), ("two".to_owned(), 2));
 }
+
+/// A conversation's messages find its members' sessions as they are at each send: sessions
+/// that log in, replace another or join between two messages get the later one.
+#[tokio::test]
+async fn each_message_reaches_the_sessions_live_when_it_is_sent() {
+    let server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    let (mut bob_phone, _) = server.login_device("bob", "phone", 0).await;
+    let g = within(alice.create_group("g", &["bob", "carol"]))
+        .await
+        .unwrap();
+    event(&mut bob_phone).await;
+    within(alice.send_text(&g.id, "one")).await.unwrap();
+    assert_eq!(text(&message(&mut bob_phone).await), "one");
+
+    // Logged in after the first message.
+    let (mut bob_web, _) = server.login_device("bob", "web", 0).await;
+    let (mut carol, _) = server.login_device("carol", "phone", 0).await;
+    within(alice.send_text(&g.id, "two")).await.unwrap();
+    for c in [&mut bob_phone, &mut bob_web, &mut carol] {
+        assert_eq!(text(&message(c).await), "two");
+    }
+
+    // A new phone session replaces the old one.
+    let (mut bob_phone2, _) = server.login_device("bob", "phone", 0).await;
+    within(alice.send_text(&g.id, "three")).await.unwrap();
+    for c in [&mut bob_phone2, &mut bob_web, &mut carol] {
+        assert_eq!(text(&message(c).await), "three");
+    }
+
+    // A member added after the messages so far.
+    let (mut dave, _) = server.login_device("dave", "phone", 0).await;
+    within(alice.add_members(&g.id, &["dave"])).await.unwrap();
+    event(&mut dave).await;
+    for c in [&mut bob_phone2, &mut bob_web, &mut carol] {
+        event(c).await;
+    }
+    within(alice.send_text(&g.id, "four")).await.unwrap();
+    for c in [&mut bob_phone2, &mut bob_web, &mut carol, &mut dave] {
+        assert_eq!(text(&message(c).await), "four");
+    }
+}
