@@ -426,6 +426,7 @@ where
         abnormal: false,
         stalled: false,
         login_by: None,
+        torn: None,
         conn,
         bucket: app.registry.connection_bucket(),
     };
@@ -435,7 +436,15 @@ where
             Err(LoginFailed { close, reply }) => {
                 if let Some(reply) = reply {
                     count_out(&app, dialect, std::slice::from_ref(&reply));
-                    let r = write(&actor.kick, &mut ws, vec![reply], &actor.conn, &drain).await;
+                    let r = write(
+                        &actor.kick,
+                        &mut ws,
+                        vec![reply],
+                        &actor.conn,
+                        &drain,
+                        &mut actor.torn,
+                    )
+                    .await;
                     actor.stalled = matches!(r, Err(Stop::Stalled));
                 }
                 close
@@ -453,6 +462,7 @@ where
         abnormal,
         stalled,
         conn,
+        torn,
         ..
     } = actor;
     let max = app.config.log_value_max_chars;
@@ -470,7 +480,7 @@ where
     // A connection that never logged in is not worth waiting for when the server stops: its
     // close frame goes out, its answer is not awaited.
     let brief = users.is_empty() && matches!(close, Some(Close(1001, _)));
-    let close_sent = finish(ws, &app, close, &conn, stalled, brief).await;
+    let close_sent = finish(ws, &app, close, &conn, stalled, brief, torn).await;
     app.stats.connections_open.dec();
     let (code, reason) = match close {
         _ if stalled => (Some(CloseCode::CloseSlowConsumer as u16), "write timeout"),
@@ -752,6 +762,8 @@ struct Actor {
     /// LeanCloud: a session must open before this, or the connection closes.
     login_by: Option<Instant>,
     conn: Conn,
+    /// The rest of a frame a write stopped in the middle of (see [`write`]).
+    torn: Option<Vec<u8>>,
     /// The connection's request rate bucket.
     bucket: crate::registry::limits::Bucket,
 }
@@ -1046,7 +1058,7 @@ impl Actor {
         tokio::pin!(cancelled);
 
         count_out(&self.app, self.dialect, &welcome);
-        let result = write(&kick, ws, welcome, &self.conn, drain).await;
+        let result = write(&kick, ws, welcome, &self.conn, drain, &mut self.torn).await;
         match self.wrote(result, None, drain) {
             Ok(true) => idle_at = Instant::now() + idle,
             Ok(false) => {}
@@ -1197,7 +1209,7 @@ impl Actor {
                 Step::Continue => Ok(false),
                 Step::Write(frames) => {
                     count_out(&self.app, self.dialect, &frames);
-                    write(&kick, ws, frames, &self.conn, drain).await
+                    write(&kick, ws, frames, &self.conn, drain, &mut self.torn).await
                 }
                 Step::Stop(stop) => Err(stop),
             };
@@ -1547,26 +1559,39 @@ impl<'a> Waiting<'a> {
 ///
 /// A hand-written poll loop rather than `feed`s and a `select!`: every connection's task keeps
 /// room for this future, and this form is under a third of the size.
+///
+/// A raw write (see [`RawFrames`]) given up in the middle of a frame leaves the rest of that
+/// frame in `torn`: nothing else may be written before it.
 async fn write<S: AsyncRead + AsyncWrite + Unpin>(
     kick: &Kick,
     ws: &mut Ws<S>,
     frames: Vec<WsMessage>,
     conn: &Conn,
     drain: &Drain,
+    torn: &mut Option<Vec<u8>>,
 ) -> Result<bool, Stop> {
     use futures_util::Sink as _;
     if frames.is_empty() {
         return Ok(false);
     }
+    let mut raw = match ws.get_ref().is_write_vectored() {
+        true => RawFrames::of(&frames),
+        false => None,
+    };
     let mut frames = frames.into_iter();
     let mut kicked = std::pin::pin!(kick.kicked());
     // Boxed: most writes never wait, and every connection's task keeps room for this future.
     let mut waiting: Option<Box<Waiting>> = None;
     std::future::poll_fn(move |cx| {
         if let Poll::Ready(code) = kicked.as_mut().poll(cx) {
-            return Poll::Ready(Err(Stop::Kicked(code)));
+            return give_up(&raw, frames.as_slice(), torn, Stop::Kicked(code));
         }
         let done = 'send: {
+            if let Some(raw) = &mut raw {
+                break 'send raw
+                    .poll_write(ws, frames.as_slice(), cx)
+                    .map(|r| r.map_err(|_| Stop::Gone));
+            }
             while !frames.as_slice().is_empty() {
                 match Pin::new(&mut **ws).poll_ready(cx) {
                     Poll::Ready(Ok(())) => {}
@@ -1586,12 +1611,155 @@ async fn write<S: AsyncRead + AsyncWrite + Unpin>(
             return Poll::Ready(r.map(|()| waiting.is_some()));
         }
         let (progress, stall) = (&*conn.progress, conn.stall);
-        waiting
+        match waiting
             .get_or_insert_with(|| Box::new(Waiting::new(progress, stall, Some(drain))))
             .poll(cx, progress, stall, Some(drain))
-            .map(Err)
+        {
+            Poll::Ready(stop) => give_up(&raw, frames.as_slice(), torn, stop),
+            Poll::Pending => Poll::Pending,
+        }
     })
     .await
+}
+
+/// Data frames written straight to the socket, bypassing the WebSocket library's write buffer:
+/// a server's frames are not masked, so a frame is a header of 2 to 10 bytes and the payload
+/// that every recipient shares, and a burst of them goes out in one vectored write without
+/// copying a payload. Control frames (pings, closes) and frames mixed with them go through the
+/// library, which also answers the client's pings; its buffer is flushed before the first raw
+/// byte, and the connection reads nothing while a raw write is under way, so nothing the library
+/// writes can come between two raw bytes.
+struct RawFrames {
+    /// Every frame's header, one after the other.
+    headers: Vec<u8>,
+    /// Bytes of the frames (headers and payloads) already written.
+    written: usize,
+    /// The library's own buffer has been flushed.
+    flushed: bool,
+}
+
+/// Ends a write with `stop`, keeping the rest of a raw frame it stopped in (see [`write`]).
+fn give_up(
+    raw: &Option<RawFrames>,
+    frames: &[WsMessage],
+    torn: &mut Option<Vec<u8>>,
+    stop: Stop,
+) -> Poll<Result<bool, Stop>> {
+    if let Some(raw) = raw {
+        *torn = raw.rest_of_frame(frames);
+    }
+    Poll::Ready(Err(stop))
+}
+
+/// A data frame's payload (empty for control frames).
+fn payload(f: &WsMessage) -> &[u8] {
+    match f {
+        WsMessage::Binary(b) => b,
+        WsMessage::Text(t) => t.as_bytes(),
+        _ => &[],
+    }
+}
+
+/// Iovecs per vectored write (Linux takes at most 1,024).
+const IOVECS: usize = 512;
+
+impl RawFrames {
+    /// The raw writing of `frames`, when they are all data frames.
+    fn of(frames: &[WsMessage]) -> Option<RawFrames> {
+        let mut headers = Vec::with_capacity(4 * frames.len());
+        for f in frames {
+            let opcode = match f {
+                WsMessage::Binary(_) => 0x82,
+                WsMessage::Text(_) => 0x81,
+                _ => return None,
+            };
+            headers.push(opcode);
+            match f.len() {
+                n @ 0..=125 => headers.push(n as u8),
+                n @ 126..=0xffff => {
+                    headers.push(126);
+                    headers.extend_from_slice(&(n as u16).to_be_bytes());
+                }
+                n => {
+                    headers.push(127);
+                    headers.extend_from_slice(&(n as u64).to_be_bytes());
+                }
+            }
+        }
+        Some(RawFrames {
+            headers,
+            written: 0,
+            flushed: false,
+        })
+    }
+
+    /// The header length of each frame, in order.
+    fn header_lengths(frames: &[WsMessage]) -> impl Iterator<Item = usize> + '_ {
+        frames.iter().map(|f| match f.len() {
+            0..=125 => 2,
+            126..=0xffff => 4,
+            _ => 10,
+        })
+    }
+
+    /// The bytes of the frame a write stopped in the middle of (`None`: it stopped between
+    /// two frames).
+    fn rest_of_frame(&self, frames: &[WsMessage]) -> Option<Vec<u8>> {
+        let (mut start, mut at) = (0, 0);
+        for (f, hlen) in frames.iter().zip(Self::header_lengths(frames)) {
+            let end = start + hlen + f.len();
+            if self.written < end {
+                if self.written == start {
+                    return None;
+                }
+                let mut frame = self.headers[at..at + hlen].to_vec();
+                frame.extend_from_slice(payload(f));
+                return Some(frame.split_off(self.written - start));
+            }
+            start = end;
+            at += hlen;
+        }
+        None
+    }
+
+    /// Writes what is left of `frames` (the ones [`RawFrames::of`] was made from), then
+    /// flushes.
+    fn poll_write<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        ws: &mut Ws<S>,
+        frames: &[WsMessage],
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        use futures_util::Sink as _;
+        if !self.flushed {
+            std::task::ready!(Pin::new(&mut **ws).poll_flush(cx)).map_err(std::io::Error::other)?;
+            self.flushed = true;
+        }
+        let io = ws.get_mut();
+        loop {
+            let mut iov = Vec::with_capacity((2 * frames.len()).min(IOVECS));
+            let (mut skip, mut at) = (self.written, 0);
+            for (f, hlen) in frames.iter().zip(Self::header_lengths(frames)) {
+                for part in [&self.headers[at..at + hlen], payload(f)] {
+                    if skip >= part.len() {
+                        skip -= part.len();
+                    } else if iov.len() < IOVECS {
+                        iov.push(std::io::IoSlice::new(&part[skip..]));
+                        skip = 0;
+                    }
+                }
+                at += hlen;
+            }
+            if iov.is_empty() {
+                return Pin::new(&mut *io).poll_flush(cx);
+            }
+            let n = std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &iov))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+    }
 }
 
 /// Runs `write`, giving up (`None`) when it waits the stall limit with the client receiving
@@ -1634,13 +1802,30 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &Conn,
     stalled: bool,
     brief: bool,
+    torn: Option<Vec<u8>>,
 ) -> bool {
+    use tokio::io::AsyncWriteExt;
     app.stats.sessions_closed.inc();
     if stalled {
         return false;
     }
     let wait = Duration::from_millis(app.config.close_timeout_ms);
     let wait = if brief { wait.min(BRIEF_CLOSE) } else { wait };
+    if let Some(rest) = torn {
+        // The frame a write stopped in goes out whole before anything else.
+        let io = ws.get_mut();
+        let done = timeout(
+            wait,
+            unstalled(conn, async {
+                io.write_all(&rest).await?;
+                io.flush().await
+            }),
+        )
+        .await;
+        if !matches!(done, Ok(Some(Ok(())))) {
+            return false;
+        }
+    }
     let Some(Close(code, reason)) = close else {
         // The peer closed (or vanished): send the close reply tungstenite queued, if any.
         let _ = timeout(wait, unstalled(conn, ws.close())).await;
@@ -1668,4 +1853,74 @@ async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
     })
     .await;
     sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tungstenite::protocol::frame::Frame;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    /// The bytes a raw write of `frames` puts on the wire.
+    fn wire(frames: &[WsMessage]) -> Vec<u8> {
+        let raw = RawFrames::of(frames).unwrap();
+        let mut out = Vec::new();
+        let mut at = 0;
+        for (f, hlen) in frames.iter().zip(RawFrames::header_lengths(frames)) {
+            out.extend_from_slice(&raw.headers[at..at + hlen]);
+            out.extend_from_slice(payload(f));
+            at += hlen;
+        }
+        out
+    }
+
+    #[test]
+    fn raw_frames_are_the_frames_the_library_would_write() {
+        let frames: Vec<WsMessage> = [0, 1, 125, 126, 127, 65_535, 65_536, 70_000]
+            .into_iter()
+            .flat_map(|n| {
+                [
+                    WsMessage::Binary(Bytes::from(vec![7; n])),
+                    WsMessage::Text("é".repeat(n / 2).into()),
+                ]
+            })
+            .collect();
+        let mut expected = Vec::new();
+        for f in &frames {
+            let (data, opcode) = match f {
+                WsMessage::Binary(b) => (b.clone(), Data::Binary),
+                WsMessage::Text(t) => (Bytes::copy_from_slice(t.as_bytes()), Data::Text),
+                _ => unreachable!(),
+            };
+            Frame::message(data, OpCode::Data(opcode), true)
+                .format(&mut expected)
+                .unwrap();
+        }
+        assert_eq!(wire(&frames), expected);
+        assert!(RawFrames::of(&[WsMessage::Ping(Bytes::new())]).is_none());
+    }
+
+    #[test]
+    fn a_write_stopped_inside_a_frame_keeps_the_rest_of_that_frame_only() {
+        let frames = vec![
+            WsMessage::Binary(Bytes::from_static(b"abc")),
+            WsMessage::Binary(Bytes::from(vec![9; 300])),
+            WsMessage::Binary(Bytes::from_static(b"z")),
+        ];
+        let all = wire(&frames);
+        let mut raw = RawFrames::of(&frames).unwrap();
+        // Between frames: nothing to finish.
+        for written in [0, 5, 5 + 304, all.len()] {
+            raw.written = written;
+            assert_eq!(raw.rest_of_frame(&frames), None, "at {written}");
+        }
+        // Inside the header or the payload of the second frame: the rest of it.
+        for written in [6, 8, 9, 100, 5 + 303] {
+            raw.written = written;
+            assert_eq!(
+                raw.rest_of_frame(&frames),
+                Some(all[written..5 + 304].to_vec())
+            );
+        }
+    }
 }

@@ -446,3 +446,40 @@ async fn each_message_reaches_the_sessions_live_when_it_is_sent() {
         assert_eq!(text(&message(c).await), "four");
     }
 }
+
+/// Frames of every length a WebSocket header can state (7 bits, 16 bits, 64 bits) reach the
+/// recipient whole and in order, in one burst when they are queued together.
+#[tokio::test]
+async fn pushes_of_every_frame_length_arrive_whole() {
+    let server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    let (mut bob, _) = server.login_device("bob", "phone", 0).await;
+    let g = within(alice.create_group("g", &["bob"])).await.unwrap();
+    event(&mut bob).await;
+    let sizes = [0, 1, 40, 60, 125, 126, 200, 65_000, 65_400, 65_536];
+    let sends = sizes.map(|n| {
+        alice.send(pb::SendMessage {
+            conversation_id: g.id.clone(),
+            content: Bytes::from(vec![b'x'; n]),
+            ..Default::default()
+        })
+    });
+    for ack in futures_util::future::join_all(sends).await {
+        ack.unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in sizes {
+        let m = message(&mut bob).await;
+        assert!(m.content.iter().all(|&b| b == b'x'));
+        got.push((m.seq, m.content.len()));
+    }
+    let seqs: Vec<u64> = got.iter().map(|&(s, _)| s).collect();
+    assert_eq!(
+        seqs,
+        (1..=sizes.len() as u64).collect::<Vec<_>>(),
+        "in seq order"
+    );
+    let mut lengths: Vec<usize> = got.iter().map(|&(_, n)| n).collect();
+    lengths.sort();
+    assert_eq!(lengths, sizes);
+}
