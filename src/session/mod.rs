@@ -1623,19 +1623,30 @@ async fn write<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Data frames written straight to the socket, bypassing the WebSocket library's write buffer:
-/// a server's frames are not masked, so a frame is a header of 2 to 10 bytes and the payload
-/// that every recipient shares, and a burst of them goes out in one vectored write without
-/// copying a payload. Control frames (pings, closes) and frames mixed with them go through the
-/// library, which also answers the client's pings; its buffer is flushed before the first raw
-/// byte, and the connection reads nothing while a raw write is under way, so nothing the library
-/// writes can come between two raw bytes.
+/// a server's frames are not masked, so a frame is a header of 2 to 10 bytes and its payload.
+/// Headers and small payloads are copied into one buffer; a large payload (shared by every
+/// recipient of a push) is written from where it is, in the same vectored write. Control frames
+/// (pings, closes) and frames mixed with them go through the library, which also answers the
+/// client's pings; its buffer is flushed before the first raw byte, and the connection reads
+/// nothing while a raw write is under way, so nothing the library writes can come between two
+/// raw bytes.
 struct RawFrames {
-    /// Every frame's header, one after the other.
-    headers: Vec<u8>,
-    /// Bytes of the frames (headers and payloads) already written.
+    /// Headers and small payloads, in wire order.
+    buf: Vec<u8>,
+    /// The wire: stretches of `buf` and large payloads, in order.
+    parts: Vec<Part>,
+    /// Bytes of the frames already written.
     written: usize,
     /// The library's own buffer has been flushed.
     flushed: bool,
+}
+
+/// One stretch of a raw write.
+enum Part {
+    /// `buf[start..end]`.
+    Buf(usize, usize),
+    /// The payload of the frame at this index.
+    Payload(usize),
 }
 
 /// Ends a write with `stop`, keeping the rest of a raw frame it stopped in (see [`write`]).
@@ -1663,61 +1674,91 @@ fn payload(f: &WsMessage) -> &[u8] {
 /// Iovecs per vectored write (Linux takes at most 1,024).
 const IOVECS: usize = 512;
 
+/// Payloads up to this size are copied next to their header rather than written from where
+/// they are (an iovec costs the kernel more than copying this much).
+const INLINE_PAYLOAD: usize = 1024;
+
 impl RawFrames {
     /// The raw writing of `frames`, when they are all data frames.
     fn of(frames: &[WsMessage]) -> Option<RawFrames> {
-        let mut headers = Vec::with_capacity(4 * frames.len());
-        for f in frames {
+        let mut buf = Vec::with_capacity(
+            frames
+                .iter()
+                .map(|f| {
+                    10 + if f.len() <= INLINE_PAYLOAD {
+                        f.len()
+                    } else {
+                        0
+                    }
+                })
+                .sum(),
+        );
+        let mut parts = Vec::new();
+        let mut from = 0;
+        for (i, f) in frames.iter().enumerate() {
             let opcode = match f {
                 WsMessage::Binary(_) => 0x82,
                 WsMessage::Text(_) => 0x81,
                 _ => return None,
             };
-            headers.push(opcode);
+            buf.push(opcode);
             match f.len() {
-                n @ 0..=125 => headers.push(n as u8),
+                n @ 0..=125 => buf.push(n as u8),
                 n @ 126..=0xffff => {
-                    headers.push(126);
-                    headers.extend_from_slice(&(n as u16).to_be_bytes());
+                    buf.push(126);
+                    buf.extend_from_slice(&(n as u16).to_be_bytes());
                 }
                 n => {
-                    headers.push(127);
-                    headers.extend_from_slice(&(n as u64).to_be_bytes());
+                    buf.push(127);
+                    buf.extend_from_slice(&(n as u64).to_be_bytes());
                 }
             }
+            if f.len() <= INLINE_PAYLOAD {
+                buf.extend_from_slice(payload(f));
+            } else {
+                parts.push(Part::Buf(from, buf.len()));
+                parts.push(Part::Payload(i));
+                from = buf.len();
+            }
+        }
+        if from < buf.len() {
+            parts.push(Part::Buf(from, buf.len()));
         }
         Some(RawFrames {
-            headers,
+            buf,
+            parts,
             written: 0,
             flushed: false,
         })
     }
 
-    /// The header length of each frame, in order.
-    fn header_lengths(frames: &[WsMessage]) -> impl Iterator<Item = usize> + '_ {
-        frames.iter().map(|f| match f.len() {
-            0..=125 => 2,
-            126..=0xffff => 4,
-            _ => 10,
+    /// The stretches of the wire, in order.
+    fn slices<'a>(&'a self, frames: &'a [WsMessage]) -> impl Iterator<Item = &'a [u8]> {
+        self.parts.iter().map(move |p| match *p {
+            Part::Buf(start, end) => &self.buf[start..end],
+            Part::Payload(i) => payload(&frames[i]),
         })
     }
 
     /// The bytes of the frame a write stopped in the middle of (`None`: it stopped between
     /// two frames).
     fn rest_of_frame(&self, frames: &[WsMessage]) -> Option<Vec<u8>> {
-        let (mut start, mut at) = (0, 0);
-        for (f, hlen) in frames.iter().zip(Self::header_lengths(frames)) {
-            let end = start + hlen + f.len();
+        let mut start = 0;
+        for f in frames {
+            let header = match f.len() {
+                0..=125 => 2,
+                126..=0xffff => 4,
+                _ => 10,
+            };
+            let end = start + header + f.len();
             if self.written < end {
                 if self.written == start {
                     return None;
                 }
-                let mut frame = self.headers[at..at + hlen].to_vec();
-                frame.extend_from_slice(payload(f));
-                return Some(frame.split_off(self.written - start));
+                let wire: Vec<u8> = self.slices(frames).flatten().copied().collect();
+                return Some(wire[self.written..end].to_vec());
             }
             start = end;
-            at += hlen;
         }
         None
     }
@@ -1737,23 +1778,21 @@ impl RawFrames {
         }
         let io = ws.get_mut();
         loop {
-            let mut iov = Vec::with_capacity((2 * frames.len()).min(IOVECS));
-            let (mut skip, mut at) = (self.written, 0);
-            for (f, hlen) in frames.iter().zip(Self::header_lengths(frames)) {
-                for part in [&self.headers[at..at + hlen], payload(f)] {
-                    if skip >= part.len() {
-                        skip -= part.len();
-                    } else if iov.len() < IOVECS {
-                        iov.push(std::io::IoSlice::new(&part[skip..]));
-                        skip = 0;
-                    }
+            let mut iov = Vec::with_capacity(self.parts.len().min(IOVECS));
+            let mut skip = self.written;
+            for part in self.slices(frames) {
+                if skip >= part.len() {
+                    skip -= part.len();
+                } else if iov.len() < IOVECS {
+                    iov.push(std::io::IoSlice::new(&part[skip..]));
+                    skip = 0;
                 }
-                at += hlen;
             }
-            if iov.is_empty() {
-                return Pin::new(&mut *io).poll_flush(cx);
-            }
-            let n = std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &iov))?;
+            let n = match iov.as_slice() {
+                [] => return Pin::new(&mut *io).poll_flush(cx),
+                [one] => std::task::ready!(Pin::new(&mut *io).poll_write(cx, one))?,
+                _ => std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &iov))?,
+            };
             if n == 0 {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
@@ -1864,14 +1903,7 @@ mod tests {
     /// The bytes a raw write of `frames` puts on the wire.
     fn wire(frames: &[WsMessage]) -> Vec<u8> {
         let raw = RawFrames::of(frames).unwrap();
-        let mut out = Vec::new();
-        let mut at = 0;
-        for (f, hlen) in frames.iter().zip(RawFrames::header_lengths(frames)) {
-            out.extend_from_slice(&raw.headers[at..at + hlen]);
-            out.extend_from_slice(payload(f));
-            at += hlen;
-        }
-        out
+        raw.slices(frames).flatten().copied().collect()
     }
 
     #[test]
