@@ -104,7 +104,9 @@ impl Receiver {
         let mut q = self.0.lock();
         let n = q.items.len().min(max);
         into.reserve(n);
-        into.extend(q.items.drain(..n));
+        for _ in 0..n {
+            into.extend(q.items.pop_front());
+        }
         if q.items.is_empty() && q.items.capacity() > KEPT_CAPACITY {
             q.items.shrink_to(KEPT_CAPACITY);
         }

@@ -1583,9 +1583,6 @@ async fn write<S: AsyncRead + AsyncWrite + Unpin>(
     // Boxed: most writes never wait, and every connection's task keeps room for this future.
     let mut waiting: Option<Box<Waiting>> = None;
     std::future::poll_fn(move |cx| {
-        if let Poll::Ready(code) = kicked.as_mut().poll(cx) {
-            return give_up(&raw, frames.as_slice(), torn, Stop::Kicked(code));
-        }
         let done = 'send: {
             if let Some(raw) = &mut raw {
                 break 'send raw
@@ -1609,6 +1606,10 @@ async fn write<S: AsyncRead + AsyncWrite + Unpin>(
         };
         if let Poll::Ready(r) = done {
             return Poll::Ready(r.map(|()| waiting.is_some()));
+        }
+        // Only a write that has to wait watches for a kick (the loop looks before each turn).
+        if let Poll::Ready(code) = kicked.as_mut().poll(cx) {
+            return give_up(&raw, frames.as_slice(), torn, Stop::Kicked(code));
         }
         let (progress, stall) = (&*conn.progress, conn.stall);
         match waiting
