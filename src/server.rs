@@ -380,7 +380,13 @@ fn admit(
         let limit = Duration::from_millis(shared.app.config.handshake_timeout_ms);
         let prepared =
             tokio::time::timeout(limit, prepare(stream, peer, trusted, &shared, &mut slot));
-        let Ok(Some((io, remote))) = prepared.await else {
+        // A PROXY header or TLS handshake still under way when the drain ends is dropped, as
+        // a plain connection is: shutdown does not wait for the handshake timeout.
+        let prepared = tokio::select! {
+            p = prepared => p,
+            _ = stop.cancelled() => return,
+        };
+        let Ok(Some((io, remote))) = prepared else {
             return;
         };
         serve_http(io, remote, &shared, &stop, slot).await;

@@ -570,3 +570,22 @@ async fn sigterm_as_soon_as_the_server_listens_drains_and_exits_cleanly() {
         );
     }
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_proxy_header_in_progress() {
+    let mut server = TestServer::start_with(|c| {
+        c.trusted_proxies = vec!["127.0.0.1".into()];
+        c.proxy_protocol = true;
+        c.handshake_timeout_ms = 600_000;
+        c.shutdown_grace_ms = 200;
+        c.close_timeout_ms = 200;
+    })
+    .await;
+    let stats = server.running().app.stats.clone();
+    let mut silent = TcpStream::connect(server.running().addr).await.unwrap();
+    within(stats.pending_handshakes.wait_for(1)).await;
+    within(server.server.take().unwrap().stop()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = within(silent.read_to_end(&mut buf)).await;
+    assert!(buf.is_empty());
+}

@@ -324,3 +324,22 @@ async fn a_sighup_right_after_the_listening_line_does_not_stop_the_server() {
     let (status, _) = server.wait().await;
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_tls_handshake_in_progress() {
+    let (mut server, _pki, _dir) = tls_server(|c| {
+        c.handshake_timeout_ms = 600_000;
+        c.shutdown_grace_ms = 200;
+        c.close_timeout_ms = 200;
+    })
+    .await;
+    let stats = server.running().app.stats.clone();
+    let mut silent = tokio::net::TcpStream::connect(server.running().addr)
+        .await
+        .unwrap();
+    within(stats.pending_handshakes.wait_for(1)).await;
+    within(server.server.take().unwrap().stop()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = within(silent.read_to_end(&mut buf)).await;
+    assert!(buf.is_empty());
+}
