@@ -118,8 +118,20 @@ fn same_members(a: &Delivery, b: &Delivery) -> bool {
 
 /// The live sessions of a fixed set of users, as of a hub epoch (see [`Recipients::Members`]).
 /// Whoever changes the set makes a new one.
+///
+/// They are found again only when two deliveries in a row saw the same epoch: while sessions
+/// log in and out between every two messages, a delivery walks the map as it would without a
+/// cache, instead of building one that the next login throws away.
 #[derive(Debug, Default)]
-pub struct LiveSessions(std::sync::Mutex<Option<(u64, Arc<[Target]>)>>);
+pub struct LiveSessions(std::sync::Mutex<Cache>);
+
+#[derive(Debug, Default)]
+struct Cache {
+    /// The sessions and the epoch they were found at.
+    built: Option<(u64, Arc<[Target]>)>,
+    /// The epoch the last delivery saw, plus one (0: none yet).
+    seen: u64,
+}
 
 /// Where one live session's pushes go.
 #[derive(Debug)]
@@ -407,25 +419,7 @@ impl Hub {
                     self.deliver_to(u, d);
                 }
             }
-            Recipients::Members(users, live) => {
-                self.stats
-                    .histograms
-                    .fanout_users
-                    .observe(users.len() as f64);
-                for t in self.targets(users, live).iter() {
-                    if t.id != d.except_session {
-                        self.queue_into(
-                            &t.outbox,
-                            &t.kick,
-                            Outgoing {
-                                push: d.frame.clone(),
-                                session: t.id,
-                                user_seq: d.user_seq,
-                            },
-                        );
-                    }
-                }
-            }
+            Recipients::Members(..) => self.deliver_run(&[d]),
             Recipients::User(u) => self.deliver_to(u, d),
         }
     }
@@ -457,35 +451,48 @@ impl Hub {
             run.iter().for_each(|d| self.deliver(d));
             return;
         };
-        if run.len() == 1 {
-            return self.deliver(first);
-        }
         let fanout = &self.stats.histograms.fanout_users;
         run.iter().for_each(|_| fanout.observe(users.len() as f64));
-        for t in self.targets(users, live).iter() {
-            for d in run.iter().filter(|d| d.except_session != t.id) {
+        let each = |id: u64, outbox: &crate::outbox::Sender, kick: &Kick| {
+            for d in run.iter().filter(|d| d.except_session != id) {
                 self.queue_into(
-                    &t.outbox,
-                    &t.kick,
+                    outbox,
+                    kick,
                     Outgoing {
                         push: d.frame.clone(),
-                        session: t.id,
+                        session: id,
                         user_seq: d.user_seq,
                     },
                 );
+            }
+        };
+        match self.targets(users, live) {
+            Some(targets) => targets.iter().for_each(|t| each(t.id, &t.outbox, &t.kick)),
+            None => {
+                for u in users.iter() {
+                    if let Some(sessions) = self.users.get(u) {
+                        sessions.iter().for_each(|h| each(h.id, &h.outbox, &h.kick));
+                    }
+                }
             }
         }
     }
 
     /// The live sessions of `users`: the cached ones when no session registered or left since
-    /// they were found, else found again (and cached).
-    fn targets(&self, users: &[UserId], live: &LiveSessions) -> Arc<[Target]> {
+    /// they were found; found again (and cached) when none did since the last delivery; `None`
+    /// when one did (see [`LiveSessions`]).
+    fn targets(&self, users: &[UserId], live: &LiveSessions) -> Option<Arc<[Target]>> {
         let epoch = self.epoch.load(Ordering::SeqCst);
-        let mut cached = live.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, targets)) = &*cached
+        let mut cache = live.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, targets)) = &cache.built
             && *at == epoch
         {
-            return targets.clone();
+            return Some(targets.clone());
+        }
+        if cache.seen != epoch + 1 {
+            cache.seen = epoch + 1;
+            cache.built = None;
+            return None;
         }
         let mut found = Vec::new();
         for u in users {
@@ -498,8 +505,8 @@ impl Hub {
             }
         }
         let targets: Arc<[Target]> = found.into();
-        *cached = Some((epoch, targets.clone()));
-        targets
+        cache.built = Some((epoch, targets.clone()));
+        Some(targets)
     }
 
     fn deliver_to(&self, user: &str, d: &Delivery) {
@@ -581,6 +588,44 @@ mod tests {
         rx.try_recv_many(&mut got, 16);
         let seqs: Vec<u64> = got.iter().map(|o| o.user_seq).collect();
         assert_eq!(seqs, [1, 3, 4, 5]);
+    }
+
+    #[test]
+    fn members_get_what_is_sent_while_they_are_live_whether_or_not_the_sessions_are_cached() {
+        let hub = Hub::new(Arc::default());
+        let (a, b) = (UserId::from("a"), UserId::from("b"));
+        let roster: Arc<[UserId]> = vec![a.clone(), b.clone()].into();
+        let live = Arc::<LiveSessions>::default();
+        let send = |seq: u64| {
+            hub.deliver(&Delivery {
+                to: Recipients::Members(roster.clone(), live.clone()),
+                frame: crate::protocol::replaced(),
+                user_seq: seq,
+                except_session: 0,
+            })
+        };
+        let session = |id: u64| {
+            let (tx, rx) = crate::outbox::channel(64);
+            let mut h = handle(id, Some(&id.to_string()), false);
+            h.outbox = tx;
+            (h, rx)
+        };
+        let (h, mut first) = session(1);
+        hub.register(&a, h, 8);
+        // Walked, then found and kept, then taken as kept.
+        (1..=3).for_each(send);
+        let (h, mut second) = session(2);
+        hub.register(&b, h, 8);
+        (4..=7).for_each(send);
+        hub.unregister("a", 1);
+        send(8);
+        let seqs = |rx: &mut crate::outbox::Receiver| {
+            let mut got = Vec::new();
+            rx.try_recv_many(&mut got, 64);
+            got.iter().map(|o| o.user_seq).collect::<Vec<_>>()
+        };
+        assert_eq!(seqs(&mut first), (1..=7).collect::<Vec<_>>());
+        assert_eq!(seqs(&mut second), (4..=8).collect::<Vec<_>>());
     }
 
     /// The counts kept with every change, against a walk over every user's sessions.
