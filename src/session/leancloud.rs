@@ -1468,8 +1468,9 @@ async fn query_off_runtime(
     })
     .await
     .map_err(|_| Error::Internal)?;
-    app.registry.charge_query(&caller.user, steps);
-    answer
+    let bytes = answer.as_ref().map_or(0, |(_, bytes)| *bytes);
+    app.registry.charge_query(&caller.user, steps, bytes);
+    answer.map(|(answer, _)| answer)
 }
 
 /// `conv/query`: `tempConvIds` (temporary conversations of which the caller is a member), or a
@@ -1480,13 +1481,15 @@ async fn query_off_runtime(
 /// [`crate::registry::Registry::findable_conversation_ids`]), the newest
 /// `leancloud_query_scan_max` of them. Rows the caller may not see (see
 /// [`crate::registry::Registry::peek`]) are never candidates. Matching and sorting spend from
-/// `meter`; a query that runs out is refused.
+/// `meter`; a query that runs out is refused. The rows answered stop before the first that
+/// would take the answer past `leancloud_query_bytes_max` (the first always goes); returns the
+/// answer and its rows' bytes.
 fn query(
     app: &App,
     caller: &Caller,
     c: lc::ConvCommand,
     meter: &mut crate::leancloud::query::Meter,
-) -> Result<GenericCommand, Error> {
+) -> Result<(GenericCommand, usize), Error> {
     use crate::leancloud::query::Query;
     let now = app.clock.now_ms();
     let scan_max = app.config.leancloud_query_scan_max;
@@ -1544,15 +1547,27 @@ fn query(
             .map(serde_json::Value::Object)
             .collect()
     };
-    Ok(GenericCommand {
+    let mut budget = app.registry.query_bytes();
+    let mut data = String::from("[");
+    for row in rows {
+        let text = row.to_string();
+        if !budget.take(text.len() + 1) {
+            break;
+        }
+        if data.len() > 1 {
+            data.push(',');
+        }
+        data.push_str(&text);
+    }
+    data.push(']');
+    let answer = GenericCommand {
         conv_message: Some(lc::ConvCommand {
-            results: Some(lc::JsonObjectMessage {
-                data: serde_json::Value::Array(rows).to_string(),
-            }),
+            results: Some(lc::JsonObjectMessage { data }),
             ..Default::default()
         }),
         ..command(Cmd::Conv, Some(Op::Results))
-    })
+    };
+    Ok((answer, budget.used()))
 }
 
 /// The row of a conversation the caller may see; `None` for what is gone or not visible.

@@ -647,3 +647,44 @@ async fn a_patch_replay_is_charged_by_its_bytes() {
     let e = c.request(logs).await.error_message;
     assert_eq!(e.map(|e| e.code), Some(4113));
 }
+
+/// Bob's `conv/query` for his own conversations, `skip` rows in.
+fn bobs_conversations(skip: i32) -> GenericCommand {
+    GenericCommand {
+        peer_id: Some("bob".into()),
+        conv_message: Some(lc::ConvCommand {
+            r#where: Some(lc::JsonObjectMessage {
+                data: serde_json::json!({"m": "bob"}).to_string(),
+            }),
+            skip: Some(skip),
+            limit: Some(100),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Conv, Some(Op::Query))
+    }
+}
+
+/// A `conv/query` answer stops before the row that would take it past
+/// `leancloud_query_bytes_max` (1 MiB), the rest reached with `skip`, and costs one token more
+/// per 64 KiB of its rows: twenty groups whose last message is 60,000 bytes answer 17 rows
+/// (about 1 MiB: 5 + 15 tokens), then the other 3 (5 + 2), and of the 25 tokens an open
+/// leaves of 63 (20, and 18 for the last messages its `unread` push carries) nothing is left.
+#[tokio::test]
+async fn a_query_answer_is_bounded_and_charged_by_its_bytes() {
+    let server = lc_server_with(user_bucket(63, 63)).await;
+    groups_with_unread(&server, 20, 1, 60_000).await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("bob", None).await;
+    let rows = |r: GenericCommand| -> (usize, usize) {
+        let data = r.conv_message.expect("rows").results.unwrap().data;
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&data).unwrap();
+        (rows.len(), data.len())
+    };
+    let (first, bytes) = rows(c.request(bobs_conversations(0)).await);
+    assert_eq!(first, 17, "{bytes} bytes");
+    assert!(bytes <= 1 << 20, "{bytes} bytes");
+    let (rest, _) = rows(c.request(bobs_conversations(17)).await);
+    assert_eq!(rest, 3);
+    let e = c.request(bobs_conversations(0)).await.error_message;
+    assert_eq!(e.map(|e| e.code), Some(4113));
+}
