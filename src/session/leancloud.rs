@@ -1497,7 +1497,7 @@ fn query(
         let compact = c.flag.unwrap_or(0) & crate::leancloud::query::FLAG_COMPACT != 0;
         let mut rows = Vec::new();
         for id in c.temp_conv_ids.iter().take(scan_max) {
-            if let Some(mut r) = visible_row(app, caller, id, now)? {
+            if let Some((mut r, _)) = visible_row(app, caller, id, now)? {
                 if compact {
                     r.remove("m");
                 }
@@ -1541,7 +1541,15 @@ fn query(
                 rows.push(r);
             }
         }
-        q.apply_within(rows, meter)
+        let (rows, rosters): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
+        let rows = rows
+            .into_iter()
+            .zip(rosters.iter().map(|r| {
+                r.as_ref()
+                    .map(|m| m as &dyn crate::leancloud::query::MemberSet)
+            }))
+            .collect();
+        q.apply_with_members(rows, meter)
             .map_err(|e| Error::LimitExceeded(format!("conv/query: {e}")))?
             .into_iter()
             .map(serde_json::Value::Object)
@@ -1570,13 +1578,9 @@ fn query(
     Ok((answer, budget.used()))
 }
 
-/// The row of a conversation the caller may see; `None` for what is gone or not visible.
-fn visible_row(
-    app: &App,
-    caller: &Caller,
-    id: &str,
-    now: i64,
-) -> Result<Option<serde_json::Map<String, serde_json::Value>>, Error> {
+/// The row of a conversation the caller may see, and its whole member list; `None` for what
+/// is gone or not visible.
+fn visible_row(app: &App, caller: &Caller, id: &str, now: i64) -> Result<Option<Row>, Error> {
     match row(app, caller, id, now) {
         Ok(r) => Ok(Some(r)),
         Err(Error::ConversationNotFound | Error::ConversationExpired | Error::NotAMember) => {
@@ -1586,16 +1590,20 @@ fn visible_row(
     }
 }
 
+/// A LeanCloud `_Conversation` row, and the conversation's whole member list (sorted; `None`
+/// for chat rooms and system conversations, whose `m` is empty): the row's `m` holds the first
+/// `member_page_max` members only.
+type Row = (
+    serde_json::Map<String, serde_json::Value>,
+    Option<Arc<[crate::store::UserId]>>,
+);
+
 /// One conversation as a LeanCloud `_Conversation` row.
-fn row(
-    app: &App,
-    caller: &Caller,
-    id: &str,
-    now: i64,
-) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+fn row(app: &App, caller: &Caller, id: &str, now: i64) -> Result<Row, Error> {
     let crate::registry::conversation::Peek {
         conversation: conv,
         members,
+        roster,
         member,
         last_message_at,
     } = app.registry.peek(caller, id)?;
@@ -1620,7 +1628,11 @@ fn row(
         row.insert("mu".into(), serde_json::json!([caller.user.to_string()]));
     }
     // Chat rooms and system conversations keep no member list, as on LeanCloud.
-    let members = if room || system { Vec::new() } else { members };
+    let (members, roster) = if room || system {
+        (Vec::new(), None)
+    } else {
+        (members, Some(roster))
+    };
     row.insert("m".into(), members.into());
     // The newest message the caller can see (members only): the SDKs show it in the
     // conversation list, and 4.x needs it to edit a message of a conversation it queried.
@@ -1668,7 +1680,7 @@ fn row(
             row.insert("mention_all".into(), true.into());
         }
     }
-    Ok(row)
+    Ok((row, roster))
 }
 
 /// Milliseconds since the epoch as the ISO-8601 UTC string LeanCloud rows carry.
