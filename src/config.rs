@@ -652,7 +652,9 @@ pub struct Config {
     /// of an `lc.protobuf2.1` client answers with; the message that would go past it is not
     /// sent (unless it would be the first), and the last one sent says `hasMore`. Also, apart
     /// from those, most bytes (messages as stored) of the edits and recalls an open with
-    /// `lastPatchTime` replays; the next open gets the rest.
+    /// `lastPatchTime` replays; the next open gets the rest. And most bytes (events as stored)
+    /// of one missed notifications answer, cut between two milliseconds (the first always
+    /// goes), the rest left for the next ask (`hasMore`).
     pub leancloud_offline_bytes_max: usize,
     /// LeanCloud dialect: most bytes (JSON text of its rows) one `conv/query` answers with;
     /// rows stop before the first that would go past it (the first row always goes).

@@ -1715,8 +1715,10 @@ const NOTIFICATIONS_PER_PAGE: usize = 100;
 
 /// `GET /1.1/rtm/notifications?client_id=…&start_ts=…`, `X-LC-IM-Session-Token: st`: the
 /// conversation events of the client's event log after `start_ts` (ms), oldest first, in the
-/// form the live pushes had. Answers the JS SDK's shape (`notifications`, `hasMore`) and the
-/// Swift SDK's (`permanent.notifications`, `droppable`) at once.
+/// form the live pushes had, at most [`NOTIFICATIONS_PER_PAGE`] and `leancloud_offline_bytes_max`
+/// of them as stored (charged after it by those bytes). Answers the JS SDK's shape
+/// (`notifications`, `hasMore`) and the Swift SDK's (`permanent.notifications`, `droppable`)
+/// at once.
 pub(crate) fn notifications(
     app: &App,
     client_id: Option<&str>,
@@ -1748,10 +1750,12 @@ pub(crate) fn notifications(
         return (429, json!({"code": code.code(), "error": e.to_string()}));
     }
     // A page ends between two times, so asking again from its last `serverTs` misses nothing.
-    let (events, has_more) = match app
-        .registry
-        .missed_events(peer, after, NOTIFICATIONS_PER_PAGE)
-    {
+    let (events, has_more) = match app.registry.missed_events(
+        peer,
+        after,
+        NOTIFICATIONS_PER_PAGE,
+        app.config.leancloud_offline_bytes_max,
+    ) {
         Ok(page) => page,
         Err(e) => {
             tracing::error!(error = %e, user = %peer, "reading missed notifications failed");
