@@ -652,8 +652,13 @@ pub struct Config {
     /// of an `lc.protobuf2.1` client answers with; the message that would go past it is not
     /// sent (unless it would be the first), and the last one sent says `hasMore`. Also, apart
     /// from those, most bytes (messages as stored) of the edits and recalls an open with
-    /// `lastPatchTime` replays; the next open gets the rest.
+    /// `lastPatchTime` replays; the next open gets the rest. And most bytes (events as stored)
+    /// of one missed notifications answer, cut between two milliseconds (the first always
+    /// goes), the rest left for the next ask (`hasMore`).
     pub leancloud_offline_bytes_max: usize,
+    /// LeanCloud dialect: most bytes (JSON text of its rows) one `conv/query` answers with;
+    /// rows stop before the first that would go past it (the first row always goes).
+    pub leancloud_query_bytes_max: usize,
     /// LeanCloud dialect: most clients (`peerId`s) one socket may have open at once.
     pub leancloud_max_clients_per_socket: usize,
     /// LeanCloud dialect: lifetime of a session token (`st`), seconds.
@@ -824,6 +829,7 @@ impl Default for Config {
             leancloud_query_steps_max: 4_000_000,
             leancloud_offline_messages_max: 1000,
             leancloud_offline_bytes_max: 1 << 20,
+            leancloud_query_bytes_max: 1 << 20,
             leancloud_max_clients_per_socket: 16,
             leancloud_session_token_ttl_secs: 172_800,
             leancloud_signature_ttl_secs: 21_600,

@@ -230,10 +230,22 @@ impl Query {
         rows: Vec<Map<String, Value>>,
         meter: &mut Meter,
     ) -> Result<Vec<Map<String, Value>>, QueryError> {
+        self.apply_with_members(rows.into_iter().map(|r| (r, None)).collect(), meter)
+    }
+
+    /// [`Query::apply_within`] over rows that may come with their whole member list: where
+    /// one does, conditions on `m` (and `m.N`) are matched against it rather than against the
+    /// row's `m` column, which may hold only the first members. Sorting by `m` and the rows
+    /// answered use the column.
+    pub fn apply_with_members(
+        &self,
+        rows: Vec<RowWithMembers<'_>>,
+        meter: &mut Meter,
+    ) -> Result<Vec<Map<String, Value>>, QueryError> {
         let too_much = |m: &Meter| QueryError::TooMuchWork { max: m.max };
         let mut matching: Vec<Map<String, Value>> = Vec::new();
-        for row in rows {
-            if self.cond.eval(&row, meter) {
+        for (row, members) in rows {
+            if self.cond.eval_with(&row, members, meter) {
                 matching.push(row);
             }
             if meter.over() {
@@ -304,6 +316,34 @@ impl Query {
     pub fn required_members(&self) -> Option<Vec<String>> {
         let members = required_members(&self.cond);
         (!members.is_empty()).then_some(members)
+    }
+}
+
+/// A row, and its whole member list when its `m` column may hold only the first members.
+pub type RowWithMembers<'m> = (Map<String, Value>, Option<&'m dyn MemberSet>);
+
+/// A row's whole member list, sorted by id, for matching conditions on `m` when the row's
+/// `m` column holds only the first members.
+pub trait MemberSet {
+    /// How many members there are.
+    fn count(&self) -> usize;
+    /// Whether `id` is one of them.
+    fn contains(&self, id: &str) -> bool;
+    /// The member at `index` in id order.
+    fn get(&self, index: usize) -> Option<&str>;
+}
+
+impl<T: AsRef<str>> MemberSet for std::sync::Arc<[T]> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.binary_search_by(|m| m.as_ref().cmp(id)).is_ok()
+    }
+
+    fn get(&self, index: usize) -> Option<&str> {
+        <[T]>::get(self, index).map(AsRef::as_ref)
     }
 }
 
@@ -420,15 +460,75 @@ impl Cond {
     /// Whether `row` satisfies the condition; once `m` is over its budget the answer means
     /// nothing (the caller refuses the query).
     fn eval(&self, row: &Map<String, Value>, m: &mut Meter) -> bool {
+        self.eval_with(row, None, m)
+    }
+
+    /// [`Cond::eval`], matching conditions on `m` against `members` when given.
+    fn eval_with(
+        &self,
+        row: &Map<String, Value>,
+        members: Option<&dyn MemberSet>,
+        m: &mut Meter,
+    ) -> bool {
         match self {
-            Cond::And(all) => all.iter().all(|c| !m.over() && c.eval(row, m)),
-            Cond::Or(any) => any.iter().any(|c| !m.over() && c.eval(row, m)),
+            Cond::And(all) => all
+                .iter()
+                .all(|c| !m.over() && c.eval_with(row, members, m)),
+            Cond::Or(any) => any
+                .iter()
+                .any(|c| !m.over() && c.eval_with(row, members, m)),
             Cond::Field { path, tests, .. } => {
                 m.spend(path.len() as u64);
-                let value = lookup(row, path);
-                tests.iter().all(|t| !m.over() && t.eval(value, m))
+                match (members, path.as_slice()) {
+                    (Some(set), [first]) if first == "m" => {
+                        tests.iter().all(|t| !m.over() && t.eval_members(set, m))
+                    }
+                    (Some(set), [first, rest @ ..]) if first == "m" => {
+                        let value = match rest {
+                            [index] if is_index(index) => index
+                                .parse::<usize>()
+                                .ok()
+                                .and_then(|i| set.get(i))
+                                .map(|id| Value::String(id.to_owned())),
+                            _ => None,
+                        };
+                        tests.iter().all(|t| !m.over() && t.eval(value.as_ref(), m))
+                    }
+                    _ => {
+                        let value = lookup(row, path);
+                        tests.iter().all(|t| !m.over() && t.eval(value, m))
+                    }
+                }
             }
         }
+    }
+}
+
+/// Equality as a `where` means it, of an `m` column holding `set`: a string is a member, an
+/// array is the whole list in order; anything else is compared with each member.
+fn member_eq(set: &dyn MemberSet, q: &Value, m: &mut Meter) -> bool {
+    if m.over() {
+        return false;
+    }
+    m.spend(1);
+    match q {
+        Value::String(id) => {
+            m.spend(string_steps(id, id));
+            set.contains(id)
+        }
+        Value::Array(items) => {
+            items.len() == set.count()
+                && items.iter().enumerate().all(|(i, q)| {
+                    m.spend(1);
+                    !m.over() && q.as_str().is_some() && q.as_str() == set.get(i)
+                })
+        }
+        _ => (0..set.count()).any(|i| {
+            !m.over()
+                && set
+                    .get(i)
+                    .is_some_and(|id| values_equal(&Value::String(id.to_owned()), q, m))
+        }),
     }
 }
 
@@ -460,6 +560,35 @@ impl Test {
                 }),
                 _ => false,
             },
+        }
+    }
+}
+
+impl Test {
+    /// [`Test::eval`] of an `m` column holding `set`.
+    fn eval_members(&self, set: &dyn MemberSet, m: &mut Meter) -> bool {
+        m.spend(1);
+        match self {
+            Test::Eq(q) => member_eq(set, q, m),
+            Test::Ne(q) => !member_eq(set, q, m),
+            Test::Cmp(op, rhs) => (0..set.count()).any(|i| {
+                m.spend(1);
+                !m.over()
+                    && set
+                        .get(i)
+                        .is_some_and(|id| op.holds(compare_str(id, rhs, m)))
+            }),
+            Test::In(list) => list.iter().any(|q| !m.over() && member_eq(set, q, m)),
+            Test::Nin(list) => !list.iter().any(|q| !m.over() && member_eq(set, q, m)),
+            Test::All(list) => {
+                !list.is_empty() && list.iter().all(|q| !m.over() && member_eq(set, q, m))
+            }
+            Test::Size(n) => set.count() == *n,
+            Test::Exists(want) => *want,
+            Test::Regex(re) => (0..set.count()).any(|i| {
+                m.spend(1);
+                !m.over() && set.get(i).is_some_and(|id| re.matches_within(id, m))
+            }),
         }
     }
 }
@@ -534,15 +663,23 @@ fn compare(v: &Value, rhs: &Operand, m: &mut Meter) -> Option<Ordering> {
     m.spend(1);
     match (v, rhs) {
         (Value::Number(x), Operand::Num(y)) => num_cmp(x, y),
-        (Value::String(x), Operand::Str(y, _)) => {
-            m.spend(string_steps(x, y));
-            Some(x.as_str().cmp(y.as_str()))
-        }
-        (Value::String(x), Operand::Date(t)) => parse_iso(x).map(|s| s.cmp(t)),
+        (Value::String(x), Operand::Str(..) | Operand::Date(_)) => compare_str(x, rhs, m),
         (Value::Object(_), Operand::Date(t) | Operand::Str(_, Some(t))) => {
             date_of(v).map(|s| s.cmp(t))
         }
         _ => None,
+    }
+}
+
+/// How a string compares with a range operand: strings by code point, Dates by time.
+fn compare_str(x: &str, rhs: &Operand, m: &mut Meter) -> Option<Ordering> {
+    match rhs {
+        Operand::Str(y, _) => {
+            m.spend(string_steps(x, y));
+            Some(x.cmp(y.as_str()))
+        }
+        Operand::Date(t) => parse_iso(x).map(|s| s.cmp(t)),
+        Operand::Num(_) => None,
     }
 }
 
@@ -1608,6 +1745,56 @@ mod tests {
 
     fn hit(where_json: Value, r: &Value) -> bool {
         q(&where_json.to_string()).matches(&row(r.clone()))
+    }
+
+    #[test]
+    fn conditions_on_members_match_the_whole_member_list() {
+        let all: std::sync::Arc<[String]> = ["a", "b", "c", "d"].map(String::from).into();
+        // The row's column holds the first two only.
+        let cut = row(json!({"objectId": "c1", "m": ["a", "b"]}));
+        let hits = |cond: Value| {
+            let rows = vec![(cut.clone(), Some(&all as &dyn MemberSet))];
+            q(&cond.to_string())
+                .apply_with_members(rows, &mut Meter::unlimited())
+                .unwrap()
+                .len()
+                == 1
+        };
+        for yes in [
+            json!({"m": "d"}),
+            json!({"m": ["a", "b", "c", "d"]}),
+            json!({"m": {"$size": 4}}),
+            json!({"m": {"$all": ["a", "d"]}}),
+            json!({"m": {"$in": ["x", "c"]}}),
+            json!({"m": {"$ne": "x"}}),
+            json!({"m": {"$nin": ["x"]}}),
+            json!({"m": {"$gt": "c"}}),
+            json!({"m": {"$regex": "^d$"}}),
+            json!({"m": {"$exists": true}}),
+            json!({"m.3": "d"}),
+        ] {
+            assert!(hits(yes.clone()), "{yes}");
+        }
+        for no in [
+            json!({"m": "x"}),
+            json!({"m": ["a", "b"]}),
+            json!({"m": {"$size": 2}}),
+            json!({"m": {"$all": ["a", "x"]}}),
+            json!({"m": {"$ne": "d"}}),
+            json!({"m": {"$nin": ["d"]}}),
+            json!({"m": {"$gt": "d"}}),
+            json!({"m": {"$exists": false}}),
+            json!({"m.4": "d"}),
+            json!({"m.x": "d"}),
+        ] {
+            assert!(!hits(no.clone()), "{no}");
+        }
+        // The rows answered keep the column as it was.
+        let rows = vec![(cut.clone(), Some(&all as &dyn MemberSet))];
+        let out = q(r#"{"m": "d"}"#)
+            .apply_with_members(rows, &mut Meter::unlimited())
+            .unwrap();
+        assert_eq!(out[0]["m"], json!(["a", "b"]));
     }
 
     fn err(where_json: &str) -> QueryError {

@@ -20,6 +20,8 @@ pub struct Peek {
     pub conversation: Conversation,
     /// The first members (at most `member_page_max`).
     pub members: Vec<String>,
+    /// Every member, sorted by id.
+    pub roster: Arc<[UserId]>,
     /// Whether the caller is a member (and may read its messages).
     pub member: bool,
     /// For a caller who is not a member: when the newest message was sent (ms; 0: none, or
@@ -591,6 +593,7 @@ impl Registry {
         Ok(Peek {
             conversation,
             members,
+            roster,
             member,
             last_message_at,
         })

@@ -89,15 +89,18 @@ impl Registry {
     /// as `conversation_event_log_max_age_secs`), leaving out what the user's own log has
     /// (the user's own joining or leaving, role, mute or block; an event both logs hold, such
     /// as an ownership moving away from the user, is answered once). At most `max`, more when the last ones share a
-    /// millisecond (so asking again after the last one's time misses nothing); `true` when
-    /// more are left. Reads one log per conversation of the user's (one entry for a log with
-    /// nothing new): charged to the user afterwards by the logs read (see
-    /// `limits::CONVERSATIONS_PER_TOKEN`).
+    /// millisecond (so asking again after the last one's time misses nothing), and at most
+    /// `max_bytes` of events as stored, cut between two milliseconds (the first millisecond's
+    /// events always go); `true` when more are left. Reads one log per conversation of the
+    /// user's (one entry for a log with nothing new): charged to the user afterwards by the
+    /// logs read and by the bytes answered (see `limits::CONVERSATIONS_PER_TOKEN`,
+    /// `limits::RETURNED_BYTES_PER_TOKEN`).
     pub fn missed_events(
         &self,
         user: &str,
         after: i64,
         max: usize,
+        max_bytes: usize,
     ) -> Result<(Vec<ConversationEvent>, bool), Error> {
         let max = max.max(1);
         let mut events = self.events_since(user, after)?;
@@ -135,7 +138,36 @@ impl Registry {
             self.charge_conversations(&UserId::from(user), read);
         }
         cut |= Self::first_page(&mut events, max);
+        cut |= Self::first_bytes(&mut events, max_bytes);
+        let bytes = events.iter().map(prost::Message::encoded_len).sum();
+        self.charge_bytes(&UserId::from(user), bytes);
         Ok((events, cut))
+    }
+
+    /// Keeps the first of `events` (sorted by time) whose bytes as stored fit in `max_bytes`,
+    /// cutting only between two milliseconds; the first millisecond goes whole, whatever its
+    /// size. Returns whether any were dropped.
+    fn first_bytes(events: &mut Vec<ConversationEvent>, max_bytes: usize) -> bool {
+        let mut budget = super::limits::ByteBudget::new(max_bytes);
+        let mut end = 0;
+        while end < events.len() {
+            let at = events[end].server_time;
+            let next = events[end..]
+                .iter()
+                .position(|e| e.server_time != at)
+                .map_or(events.len(), |n| end + n);
+            let bytes = events[end..next]
+                .iter()
+                .map(prost::Message::encoded_len)
+                .sum();
+            if !budget.take(bytes) {
+                break;
+            }
+            end = next;
+        }
+        let cut = end < events.len();
+        events.truncate(end);
+        cut
     }
 
     /// Sorts `events` by time (stably) and keeps the first `max` and any after them in the
@@ -180,5 +212,23 @@ mod tests {
         assert_eq!(times(&v), vec![1, 2]);
         let mut v = Vec::new();
         assert!(!Registry::first_page(&mut v, 10));
+    }
+
+    #[test]
+    fn a_page_cut_by_bytes_keeps_whole_milliseconds_and_the_first() {
+        let times = |v: &[ConversationEvent]| v.iter().map(|e| e.server_time).collect::<Vec<_>>();
+        let each = prost::Message::encoded_len(&at(1));
+        let mut v = vec![at(1), at(2), at(2), at(3)];
+        assert!(Registry::first_bytes(&mut v, 2 * each));
+        assert_eq!(times(&v), vec![1]);
+        let mut v = vec![at(1), at(2), at(2), at(3)];
+        assert!(Registry::first_bytes(&mut v, 3 * each));
+        assert_eq!(times(&v), vec![1, 2, 2]);
+        let mut v = vec![at(1), at(1), at(2)];
+        assert!(Registry::first_bytes(&mut v, 0));
+        assert_eq!(times(&v), vec![1, 1]);
+        let mut v = vec![at(1), at(2)];
+        assert!(!Registry::first_bytes(&mut v, 10 * each));
+        assert_eq!(times(&v), vec![1, 2]);
     }
 }

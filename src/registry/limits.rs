@@ -149,6 +149,42 @@ impl Bucket {
     }
 }
 
+/// An answer bounded in bytes: items go, in order, while their bytes fit; the first always
+/// goes, whatever its size, so that a client asking again from where an answer stopped is
+/// never stuck.
+#[derive(Debug, Clone)]
+pub struct ByteBudget {
+    max: usize,
+    used: usize,
+    items: usize,
+}
+
+impl ByteBudget {
+    /// A bound of `max` bytes.
+    pub fn new(max: usize) -> Self {
+        ByteBudget {
+            max,
+            used: 0,
+            items: 0,
+        }
+    }
+
+    /// Whether an item of `bytes` goes (then counted), or the answer stops before it.
+    pub fn take(&mut self, bytes: usize) -> bool {
+        if self.items > 0 && self.used.saturating_add(bytes) > self.max {
+            return false;
+        }
+        self.used = self.used.saturating_add(bytes);
+        self.items += 1;
+        true
+    }
+
+    /// Bytes of the items taken.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+}
+
 impl Registry {
     /// Charges `work` to the connection's bucket and then to the user's (but [`Work::Ping`] to
     /// the connection's only): refused with [`Error::RateLimited`] when either is short (and
@@ -226,9 +262,20 @@ impl Registry {
     }
 
     /// Charges a user for the `steps` a LeanCloud `conv/query` took to match and sort its rows
-    /// (see [`QUERY_STEPS_PER_TOKEN`]), refused or not; never refused itself.
-    pub fn charge_query(&self, user: &UserId, steps: u64) {
-        self.owe(user, steps / QUERY_STEPS_PER_TOKEN);
+    /// (see [`QUERY_STEPS_PER_TOKEN`]), refused or not, and for the `bytes` of the rows it
+    /// answered (see [`RETURNED_BYTES_PER_TOKEN`]); never refused itself.
+    pub fn charge_query(&self, user: &UserId, steps: u64, bytes: usize) {
+        let for_bytes = u64::try_from(bytes / RETURNED_BYTES_PER_TOKEN).unwrap_or(u64::MAX);
+        self.owe(
+            user,
+            (steps / QUERY_STEPS_PER_TOKEN).saturating_add(for_bytes),
+        );
+    }
+
+    /// The bound on the bytes of one LeanCloud `conv/query` answer's rows
+    /// (`leancloud_query_bytes_max`).
+    pub fn query_bytes(&self) -> ByteBudget {
+        ByteBudget::new(self.config.leancloud_query_bytes_max)
     }
 
     /// Charges a user for the `messages` a LeanCloud open's catch-up read (see
@@ -336,6 +383,18 @@ mod tests {
         b.take(50, 5, 10, 0).unwrap();
         // No limit.
         assert_eq!(b.take(u32::MAX, 0, 0, 0), Ok(()));
+    }
+
+    #[test]
+    fn a_byte_budget_takes_what_fits_and_always_the_first() {
+        let mut b = ByteBudget::new(10);
+        assert!(b.take(25));
+        assert!(!b.take(1));
+        assert_eq!(b.used(), 25);
+        let mut b = ByteBudget::new(10);
+        assert!(b.take(4) && b.take(6));
+        assert!(!b.take(1));
+        assert_eq!(b.used(), 10);
     }
 
     #[test]

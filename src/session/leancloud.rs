@@ -1468,8 +1468,9 @@ async fn query_off_runtime(
     })
     .await
     .map_err(|_| Error::Internal)?;
-    app.registry.charge_query(&caller.user, steps);
-    answer
+    let bytes = answer.as_ref().map_or(0, |(_, bytes)| *bytes);
+    app.registry.charge_query(&caller.user, steps, bytes);
+    answer.map(|(answer, _)| answer)
 }
 
 /// `conv/query`: `tempConvIds` (temporary conversations of which the caller is a member), or a
@@ -1480,13 +1481,15 @@ async fn query_off_runtime(
 /// [`crate::registry::Registry::findable_conversation_ids`]), the newest
 /// `leancloud_query_scan_max` of them. Rows the caller may not see (see
 /// [`crate::registry::Registry::peek`]) are never candidates. Matching and sorting spend from
-/// `meter`; a query that runs out is refused.
+/// `meter`; a query that runs out is refused. The rows answered stop before the first that
+/// would take the answer past `leancloud_query_bytes_max` (the first always goes); returns the
+/// answer and its rows' bytes.
 fn query(
     app: &App,
     caller: &Caller,
     c: lc::ConvCommand,
     meter: &mut crate::leancloud::query::Meter,
-) -> Result<GenericCommand, Error> {
+) -> Result<(GenericCommand, usize), Error> {
     use crate::leancloud::query::Query;
     let now = app.clock.now_ms();
     let scan_max = app.config.leancloud_query_scan_max;
@@ -1494,7 +1497,7 @@ fn query(
         let compact = c.flag.unwrap_or(0) & crate::leancloud::query::FLAG_COMPACT != 0;
         let mut rows = Vec::new();
         for id in c.temp_conv_ids.iter().take(scan_max) {
-            if let Some(mut r) = visible_row(app, caller, id, now)? {
+            if let Some((mut r, _)) = visible_row(app, caller, id, now)? {
                 if compact {
                     r.remove("m");
                 }
@@ -1538,30 +1541,46 @@ fn query(
                 rows.push(r);
             }
         }
-        q.apply_within(rows, meter)
+        let (rows, rosters): (Vec<_>, Vec<_>) = rows.into_iter().unzip();
+        let rows = rows
+            .into_iter()
+            .zip(rosters.iter().map(|r| {
+                r.as_ref()
+                    .map(|m| m as &dyn crate::leancloud::query::MemberSet)
+            }))
+            .collect();
+        q.apply_with_members(rows, meter)
             .map_err(|e| Error::LimitExceeded(format!("conv/query: {e}")))?
             .into_iter()
             .map(serde_json::Value::Object)
             .collect()
     };
-    Ok(GenericCommand {
+    let mut budget = app.registry.query_bytes();
+    let mut data = String::from("[");
+    for row in rows {
+        let text = row.to_string();
+        if !budget.take(text.len() + 1) {
+            break;
+        }
+        if data.len() > 1 {
+            data.push(',');
+        }
+        data.push_str(&text);
+    }
+    data.push(']');
+    let answer = GenericCommand {
         conv_message: Some(lc::ConvCommand {
-            results: Some(lc::JsonObjectMessage {
-                data: serde_json::Value::Array(rows).to_string(),
-            }),
+            results: Some(lc::JsonObjectMessage { data }),
             ..Default::default()
         }),
         ..command(Cmd::Conv, Some(Op::Results))
-    })
+    };
+    Ok((answer, budget.used()))
 }
 
-/// The row of a conversation the caller may see; `None` for what is gone or not visible.
-fn visible_row(
-    app: &App,
-    caller: &Caller,
-    id: &str,
-    now: i64,
-) -> Result<Option<serde_json::Map<String, serde_json::Value>>, Error> {
+/// The row of a conversation the caller may see, and its whole member list; `None` for what
+/// is gone or not visible.
+fn visible_row(app: &App, caller: &Caller, id: &str, now: i64) -> Result<Option<Row>, Error> {
     match row(app, caller, id, now) {
         Ok(r) => Ok(Some(r)),
         Err(Error::ConversationNotFound | Error::ConversationExpired | Error::NotAMember) => {
@@ -1571,16 +1590,20 @@ fn visible_row(
     }
 }
 
+/// A LeanCloud `_Conversation` row, and the conversation's whole member list (sorted; `None`
+/// for chat rooms and system conversations, whose `m` is empty): the row's `m` holds the first
+/// `member_page_max` members only.
+type Row = (
+    serde_json::Map<String, serde_json::Value>,
+    Option<Arc<[crate::store::UserId]>>,
+);
+
 /// One conversation as a LeanCloud `_Conversation` row.
-fn row(
-    app: &App,
-    caller: &Caller,
-    id: &str,
-    now: i64,
-) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+fn row(app: &App, caller: &Caller, id: &str, now: i64) -> Result<Row, Error> {
     let crate::registry::conversation::Peek {
         conversation: conv,
         members,
+        roster,
         member,
         last_message_at,
     } = app.registry.peek(caller, id)?;
@@ -1605,7 +1628,11 @@ fn row(
         row.insert("mu".into(), serde_json::json!([caller.user.to_string()]));
     }
     // Chat rooms and system conversations keep no member list, as on LeanCloud.
-    let members = if room || system { Vec::new() } else { members };
+    let (members, roster) = if room || system {
+        (Vec::new(), None)
+    } else {
+        (members, Some(roster))
+    };
     row.insert("m".into(), members.into());
     // The newest message the caller can see (members only): the SDKs show it in the
     // conversation list, and 4.x needs it to edit a message of a conversation it queried.
@@ -1653,7 +1680,7 @@ fn row(
             row.insert("mention_all".into(), true.into());
         }
     }
-    Ok(row)
+    Ok((row, roster))
 }
 
 /// Milliseconds since the epoch as the ISO-8601 UTC string LeanCloud rows carry.
@@ -1688,8 +1715,10 @@ const NOTIFICATIONS_PER_PAGE: usize = 100;
 
 /// `GET /1.1/rtm/notifications?client_id=…&start_ts=…`, `X-LC-IM-Session-Token: st`: the
 /// conversation events of the client's event log after `start_ts` (ms), oldest first, in the
-/// form the live pushes had. Answers the JS SDK's shape (`notifications`, `hasMore`) and the
-/// Swift SDK's (`permanent.notifications`, `droppable`) at once.
+/// form the live pushes had, at most [`NOTIFICATIONS_PER_PAGE`] and `leancloud_offline_bytes_max`
+/// of them as stored (charged after it by those bytes). Answers the JS SDK's shape
+/// (`notifications`, `hasMore`) and the Swift SDK's (`permanent.notifications`, `droppable`)
+/// at once.
 pub(crate) fn notifications(
     app: &App,
     client_id: Option<&str>,
@@ -1721,10 +1750,12 @@ pub(crate) fn notifications(
         return (429, json!({"code": code.code(), "error": e.to_string()}));
     }
     // A page ends between two times, so asking again from its last `serverTs` misses nothing.
-    let (events, has_more) = match app
-        .registry
-        .missed_events(peer, after, NOTIFICATIONS_PER_PAGE)
-    {
+    let (events, has_more) = match app.registry.missed_events(
+        peer,
+        after,
+        NOTIFICATIONS_PER_PAGE,
+        app.config.leancloud_offline_bytes_max,
+    ) {
         Ok(page) => page,
         Err(e) => {
             tracing::error!(error = %e, user = %peer, "reading missed notifications failed");

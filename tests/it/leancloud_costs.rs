@@ -647,3 +647,102 @@ async fn a_patch_replay_is_charged_by_its_bytes() {
     let e = c.request(logs).await.error_message;
     assert_eq!(e.map(|e| e.code), Some(4113));
 }
+
+/// Bob's `conv/query` for his own conversations, `skip` rows in.
+fn bobs_conversations(skip: i32) -> GenericCommand {
+    GenericCommand {
+        peer_id: Some("bob".into()),
+        conv_message: Some(lc::ConvCommand {
+            r#where: Some(lc::JsonObjectMessage {
+                data: serde_json::json!({"m": "bob"}).to_string(),
+            }),
+            skip: Some(skip),
+            limit: Some(100),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Conv, Some(Op::Query))
+    }
+}
+
+/// A `conv/query` answer stops before the row that would take it past
+/// `leancloud_query_bytes_max` (1 MiB), the rest reached with `skip`, and costs one token more
+/// per 64 KiB of its rows: twenty groups whose last message is 60,000 bytes answer 17 rows
+/// (about 1 MiB: 5 + 15 tokens), then the other 3 (5 + 2), and of the 25 tokens an open
+/// leaves of 63 (20, and 18 for the last messages its `unread` push carries) nothing is left.
+#[tokio::test]
+async fn a_query_answer_is_bounded_and_charged_by_its_bytes() {
+    let server = lc_server_with(user_bucket(63, 63)).await;
+    groups_with_unread(&server, 20, 1, 60_000).await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("bob", None).await;
+    let rows = |r: GenericCommand| -> (usize, usize) {
+        let data = r.conv_message.expect("rows").results.unwrap().data;
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&data).unwrap();
+        (rows.len(), data.len())
+    };
+    let (first, bytes) = rows(c.request(bobs_conversations(0)).await);
+    assert_eq!(first, 17, "{bytes} bytes");
+    assert!(bytes <= 1 << 20, "{bytes} bytes");
+    let (rest, _) = rows(c.request(bobs_conversations(17)).await);
+    assert_eq!(rest, 3);
+    let e = c.request(bobs_conversations(0)).await.error_message;
+    assert_eq!(e.map(|e| e.code), Some(4113));
+}
+
+/// Missed notifications stop at `leancloud_offline_bytes_max` of events (as stored; here 256
+/// KiB), never inside a millisecond, with `hasMore`; asking again from the newest `serverTs`
+/// answers the rest. Each answer costs one token more per 64 KiB of its events.
+#[tokio::test]
+async fn missed_notifications_are_bounded_and_charged_by_their_bytes() {
+    use crate::leancloud_http::notifications;
+    let server = lc_server_with(|c| {
+        user_bucket(38, 38)(c);
+        c.leancloud_offline_bytes_max = 256 << 10;
+    })
+    .await;
+    let alice = server.client("alice").await;
+    server.clock.advance(1_000);
+    let g = within(alice.create_group("g", &["bob"])).await.unwrap().id;
+    let names: Vec<String> = (0..100)
+        .map(|n| format!("{n:03}{}", "u".repeat(117)))
+        .collect();
+    let users: Vec<&str> = names.iter().map(String::as_str).collect();
+    // Thirty events naming 100 users of 120 bytes (about 12 KB each), each in its millisecond.
+    for n in 0..30 {
+        server.clock.advance(1_000);
+        if n % 2 == 0 {
+            within(alice.add_members(&g, &users)).await.unwrap();
+        } else {
+            within(alice.remove_members(&g, &users)).await.unwrap();
+        }
+    }
+    server.clock.advance(1_000);
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    let st = c.opened("bob", None).await.st.unwrap();
+    let addr = server.running().addr;
+    let mut seen = Vec::new();
+    let mut after = 0;
+    let mut answers = 0;
+    loop {
+        let a = notifications(addr, "bob", after, &st).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        answers += 1;
+        let body = a.json();
+        let list = body["notifications"].as_array().unwrap().clone();
+        let changes = list
+            .iter()
+            .filter(|n| n["m"].as_array().is_some_and(|m| m.len() == 100));
+        seen.extend(changes.map(|n| n["serverTs"].as_i64().unwrap()));
+        after = list.last().unwrap()["serverTs"].as_i64().unwrap();
+        if body["hasMore"] != true {
+            break;
+        }
+        assert!(answers < 10, "{answers} answers");
+    }
+    assert_eq!(answers, 2);
+    let distinct: std::collections::BTreeSet<i64> = seen.iter().copied().collect();
+    assert_eq!((seen.len(), distinct.len()), (30, 30));
+    // 38 - 20 for the open, - 5 - 3 for about 250 KB, - 5 - 1 for the other 120 KB: 4 left.
+    let a = notifications(addr, "bob", after, &st).await;
+    assert_eq!(a.status, 429, "{a:?}");
+}

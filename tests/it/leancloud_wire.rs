@@ -1918,3 +1918,69 @@ async fn leancloud_names_refuse_control_bidi_and_format_characters() {
         .await;
     assert_eq!(op_of(&r), (Some(Cmd::Conv), Some(Op::Updated)), "{r:?}");
 }
+
+/// The rows `peer`'s `conv/query` with condition `condition` answers.
+async fn rows_where(
+    c: &mut Lc,
+    peer: &str,
+    condition: serde_json::Value,
+) -> Vec<serde_json::Value> {
+    let data = c
+        .request(GenericCommand {
+            peer_id: Some(peer.into()),
+            conv_message: Some(lc::ConvCommand {
+                r#where: Some(lc::JsonObjectMessage {
+                    data: condition.to_string(),
+                }),
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Conv, Some(Op::Query))
+        })
+        .await
+        .conv_message
+        .expect("rows")
+        .results
+        .unwrap()
+        .data;
+    serde_json::from_str(&data).unwrap()
+}
+
+/// A row's `m` carries the first `member_page_max` members, but conditions on `m` hold
+/// against the whole membership: in a group of 31 with a page of 10, a member past the page
+/// finds it by naming themselves, and `$size`, `$all`, `$in`, `$ne` and `$nin` see all 31.
+#[tokio::test]
+async fn query_conditions_on_members_see_the_whole_membership() {
+    let server = lc_server_with(|c| {
+        c.member_page_max = 10;
+        c.member_page_default = 10;
+    })
+    .await;
+    let names: Vec<String> = (0..30).map(|n| format!("u{n:02}")).collect();
+    let members: Vec<&str> = names.iter().map(String::as_str).collect();
+    let native = server.client("alice").await;
+    let g = within(native.create_group("big", &members))
+        .await
+        .unwrap()
+        .id;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("u25", None).await;
+    let found = rows_where(&mut c, "u25", serde_json::json!({"m": "u25"})).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["objectId"], g.as_str());
+    assert_eq!(found[0]["m"].as_array().map(Vec::len), Some(10));
+    for (condition, rows) in [
+        (serde_json::json!({"m": {"$size": 31}}), 1),
+        (serde_json::json!({"m": {"$size": 10}}), 0),
+        (serde_json::json!({"m": {"$all": ["alice", "u29"]}}), 1),
+        (serde_json::json!({"m": {"$in": ["nobody", "u29"]}}), 1),
+        (serde_json::json!({"m": {"$ne": "u29"}}), 0),
+        (serde_json::json!({"m": {"$nin": ["u29"]}}), 0),
+        (serde_json::json!({"m": {"$regex": "^u2[7-9]$"}}), 1),
+        (serde_json::json!({"m": {"$gt": "u28"}}), 1),
+    ] {
+        let mut condition = condition;
+        condition["objectId"] = g.clone().into();
+        let found = rows_where(&mut c, "u25", condition.clone()).await;
+        assert_eq!(found.len(), rows, "{condition}");
+    }
+}
