@@ -43,6 +43,9 @@ pub const TOKEN_TTL_MAX_SECS: i64 = 30 * 86_400;
 /// Export pages (`GET /v1/users/{user}/export`, `GET /v1/conversations/{id}/export`) built at
 /// once, at most; a request for another waits for its turn.
 pub const EXPORTS_AT_ONCE: usize = 2;
+/// Admin pages that read the store (history, conversation lists, unread counts, members,
+/// open temporary conversations, dead letters) built at once, at most; more wait their turn.
+pub const PAGES_AT_ONCE: usize = 4;
 
 /// The session id of requests made through the admin API: no session, so pushes they cause
 /// reach every session of the acting user.
@@ -448,6 +451,29 @@ async fn export_page(
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
         build()
+    })
+    .await
+    .map_err(|_| Failure::from(Error::Internal))?
+}
+
+/// Builds a JSON page with `build` on a blocking thread, in one of the app's
+/// [`PAGES_AT_ONCE`] turns (waited for): the page reads the store and holds up to
+/// `admin_page_max_bytes` of items, which must not hold the async workers that serve every
+/// socket. The turn is held until `build` returns, even if the request is dropped before.
+async fn blocking_page(
+    app: &Arc<App>,
+    build: impl FnOnce(&App) -> Answer + Send + 'static,
+) -> Answer {
+    let turn = app
+        .admin_pages
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| Failure::from(Error::Unavailable))?;
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        build(&app)
     })
     .await
     .map_err(|_| Failure::from(Error::Internal))?
