@@ -33,6 +33,9 @@ pub struct App {
     /// Turns at building an admin export page (a user's data, a conversation's history), at
     /// most [`crate::admin::EXPORTS_AT_ONCE`]: more wait for one.
     pub exports: Arc<tokio::sync::Semaphore>,
+    /// Turns at building an admin page that reads the store (history, lists, dead letters),
+    /// at most [`crate::admin::PAGES_AT_ONCE`]: more wait for one.
+    pub admin_pages: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
@@ -95,6 +98,7 @@ impl App {
                 std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             ),
             exports: Arc::new(tokio::sync::Semaphore::new(crate::admin::EXPORTS_AT_ONCE)),
+            admin_pages: Arc::new(tokio::sync::Semaphore::new(crate::admin::PAGES_AT_ONCE)),
         };
         Ok((Arc::new(app), thread))
     }

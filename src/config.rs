@@ -324,6 +324,10 @@ pub struct Config {
     /// Open temporary conversations one unfiltered listing (`GET /v1/temporary-conversations`
     /// without `member`) may look at, at most; more: `ERROR_LIMIT_EXCEEDED` (filter by member).
     pub admin_temporary_scan_max: usize,
+    /// Bytes of items one admin API page holds, at most (messages and list entries as stored,
+    /// dead letters as rendered): a page ends before the item that would pass it (its first
+    /// item always goes), and its cursor goes on from there.
+    pub admin_page_max_bytes: usize,
     /// Keep every message's earlier versions when it is edited or recalled (the original
     /// text of a recalled message included), readable by the app's backend only
     /// (`GET /v1/conversations/{id}/messages/{message_id}/versions`): for deployments that
@@ -707,6 +711,7 @@ impl Default for Config {
             admin_tls: false,
             system_sender: "system".into(),
             admin_temporary_scan_max: 100_000,
+            admin_page_max_bytes: 4 << 20,
             keep_message_versions: false,
             user_delete_keep_messages: false,
             user_delete_step_max: 10_000,
@@ -1029,8 +1034,14 @@ impl Config {
         if self.admin_tls && self.tls_cert.is_none() {
             return bad("admin_tls serves the admin API with tls_cert and tls_key: set them too");
         }
-        if self.admin_max_connections == 0 || self.admin_max_body_bytes == 0 {
-            return bad("admin_max_connections and admin_max_body_bytes must be at least 1");
+        if self.admin_max_connections == 0
+            || self.admin_max_body_bytes == 0
+            || self.admin_page_max_bytes == 0
+        {
+            return bad(
+                "admin_max_connections, admin_max_body_bytes and admin_page_max_bytes must be \
+                 at least 1",
+            );
         }
         if self.user_delete_step_max == 0
             || self.user_export_page_max == 0

@@ -1022,45 +1022,123 @@ async fn trim_dead_letters(app: &App, endpoint: &str) -> Result<u64, ()> {
     Ok(kept)
 }
 
-/// Dead letters of an endpoint, rendered, after `after`: `(seq, event)`.
+/// Dead letters read from the store at once, while a page or a replay batch is gathered.
+const DEAD_LETTER_CHUNK: usize = 16;
+
+/// An endpoint's dead letters after `after` (outbox seq), oldest first, rendered as they
+/// would have been sent: at most `limit`, and no more than `max_bytes` of rendered JSON (the
+/// first always goes). Reads the store: call it off the async workers.
 pub fn dead_letters(
     app: &App,
     endpoint: &str,
     after: u64,
     limit: usize,
+    max_bytes: usize,
 ) -> Result<Vec<(u64, Value)>, crate::store::StoreError> {
-    Ok(app
-        .store
-        .dead_letters(endpoint, after, limit)?
-        .into_iter()
-        .filter_map(|(seq, r)| Some((seq, serde_json::from_slice(&render(seq, &r)?.1).ok()?)))
-        .collect())
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut from = after;
+    while out.len() < limit {
+        let want = (limit - out.len()).min(DEAD_LETTER_CHUNK);
+        let rows = app.store.dead_letters(endpoint, from, want)?;
+        let Some(&(last, _)) = rows.last() else {
+            break;
+        };
+        for (seq, r) in &rows {
+            let Some((_, event)) = render(*seq, r) else {
+                continue;
+            };
+            if !out.is_empty() && bytes.saturating_add(event.len()) > max_bytes {
+                return Ok(out);
+            }
+            bytes = bytes.saturating_add(event.len());
+            if let Ok(v) = serde_json::from_slice(&event) {
+                out.push((*seq, v));
+            }
+        }
+        if rows.len() < want {
+            break;
+        }
+        from = last;
+    }
+    Ok(out)
 }
 
-/// Sends an endpoint's dead letters (up to `limit`, oldest first) to it again, as one batch;
-/// the ones sent are deleted. Returns how many were sent.
-pub async fn replay(app: &App, endpoint: &str, limit: usize) -> Result<usize, String> {
+/// The oldest of an endpoint's dead letters that one replay POST carries.
+#[derive(Default)]
+struct ReplayBatch {
+    /// The dead letters taken (those that no longer render included).
+    seqs: Vec<u64>,
+    /// The events' JSON.
+    events: Vec<Vec<u8>>,
+    /// More dead letters follow.
+    more: bool,
+}
+
+/// Gathers a [`ReplayBatch`]: at most `limit` dead letters, in a body of at most `max_bytes`
+/// (the first always goes). Reads the store: call it off the async workers.
+fn replay_batch(
+    app: &App,
+    endpoint: &str,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<ReplayBatch, crate::store::StoreError> {
+    // `{"events":[` and `]}`.
+    let mut bytes = 13usize;
+    let mut batch = ReplayBatch::default();
+    let mut from = 0;
+    loop {
+        let want = (limit - batch.seqs.len()).min(DEAD_LETTER_CHUNK);
+        if want == 0 {
+            batch.more = !app.store.dead_letters(endpoint, from, 1)?.is_empty();
+            return Ok(batch);
+        }
+        let rows = app.store.dead_letters(endpoint, from, want)?;
+        for (seq, r) in &rows {
+            if let Some((_, event)) = render(*seq, r) {
+                let n = event.len() + usize::from(!batch.events.is_empty());
+                if !batch.events.is_empty() && bytes.saturating_add(n) > max_bytes {
+                    batch.more = true;
+                    return Ok(batch);
+                }
+                bytes = bytes.saturating_add(n);
+                batch.events.push(event);
+            }
+            batch.seqs.push(*seq);
+            from = *seq;
+        }
+        if rows.len() < want {
+            return Ok(batch);
+        }
+    }
+}
+
+/// Sends an endpoint's oldest dead letters to it again, as one POST of at most `limit` events
+/// and `webhook_batch_max_bytes` of body (the first always goes); the ones sent are deleted.
+/// Returns how many were sent and whether more are left (call again for them).
+pub async fn replay(app: &Arc<App>, endpoint: &str, limit: usize) -> Result<(usize, bool), String> {
     let Some(config) = app.config.webhooks.iter().find(|w| w.name == endpoint) else {
         return Err(format!("no webhook endpoint named {endpoint:?}"));
     };
-    let rows = app
-        .store
-        .dead_letters(endpoint, 0, limit)
-        .map_err(|e| e.to_string())?;
-    let Some(&(last, _)) = rows.last() else {
-        return Ok(0);
+    let max_bytes = app.config.webhook_batch_max_bytes;
+    let (a, name) = (app.clone(), endpoint.to_owned());
+    let ReplayBatch { seqs, events, more } =
+        tokio::task::spawn_blocking(move || replay_batch(&a, &name, limit, max_bytes))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) else {
+        return Ok((0, false));
     };
-    let events: Vec<Vec<u8>> = rows
-        .iter()
-        .filter_map(|(seq, r)| Some(render(*seq, r)?.1))
-        .collect();
     let mut ep = Endpoint::new(config).map_err(|e| e.to_string())?;
-    let id = format!("replay_{endpoint}_{}_{last}", rows[0].0);
-    let body = Bytes::from(body_of(events.iter().map(Vec::as_slice)));
-    ep.post(app, &id, &body, 1).await?;
-    let ops = rows
+    let id = format!("replay_{endpoint}_{first}_{last}");
+    if !events.is_empty() {
+        let body = Bytes::from(body_of(events.iter().map(Vec::as_slice)));
+        ep.post(app, &id, &body, 1).await?;
+    }
+    let ops = seqs
         .iter()
-        .map(|(seq, _)| Op::DeleteDeadLetter {
+        .map(|seq| Op::DeleteDeadLetter {
             endpoint: endpoint.to_owned(),
             seq: *seq,
         })
@@ -1068,7 +1146,7 @@ pub async fn replay(app: &App, endpoint: &str, limit: usize) -> Result<usize, St
     commit(app, ops)
         .await
         .map_err(|()| "the store is unavailable".to_owned())?;
-    Ok(rows.len())
+    Ok((seqs.len(), more))
 }
 
 #[cfg(test)]

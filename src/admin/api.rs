@@ -31,34 +31,34 @@ pub(super) async fn route(call: &Call<'_>, method: &Method, path: &[&str]) -> An
         (&Method::POST, ["users", user, "ban"]) => ban(call, user).await,
         (&Method::DELETE, ["users", user, "ban"]) => unban(call, user).await,
         (&Method::POST, ["users", user, "revoke-tokens"]) => revoke(call, user).await,
-        (&Method::GET, ["users", user, "conversations"]) => list(call, user),
-        (&Method::GET, ["users", user, "unread"]) => unread(call, user),
+        (&Method::GET, ["users", user, "conversations"]) => list(call, user).await,
+        (&Method::GET, ["users", user, "unread"]) => unread(call, user).await,
         (&Method::POST, ["conversations"]) => create(call).await,
         (&Method::POST, ["broadcasts"]) => broadcast(call).await,
         (&Method::POST, ["backups"]) => backup(call).await,
-        (&Method::GET, ["conversations", id]) => get(call, id),
+        (&Method::GET, ["conversations", id]) => get(call, id).await,
         (&Method::PATCH, ["conversations", id]) => update(call, id).await,
         (&Method::DELETE, ["conversations", id]) => delete(call, id).await,
         (&Method::POST, ["conversations", id, "end"]) => end(call, id).await,
-        (&Method::GET, ["temporary-conversations"]) => open_temporaries(call),
-        (&Method::GET, ["conversations", id, "members"]) => members(call, id),
+        (&Method::GET, ["temporary-conversations"]) => open_temporaries(call).await,
+        (&Method::GET, ["conversations", id, "members"]) => members(call, id).await,
         (&Method::POST, ["conversations", id, "members"]) => add_members(call, id).await,
         (&Method::POST, ["conversations", id, "members", "remove"]) => {
             remove_members(call, id).await
         }
         (&Method::POST, ["conversations", id, "messages"]) => send(call, id).await,
-        (&Method::GET, ["conversations", id, "messages"]) => history(call, id),
+        (&Method::GET, ["conversations", id, "messages"]) => history(call, id).await,
         (&Method::POST, ["conversations", id, "messages", "delete"]) => {
             delete_messages(call, id).await
         }
         (&Method::GET, ["conversations", id, "messages", mid, "versions"]) => {
-            versions(call, id, mid)
+            versions(call, id, mid).await
         }
         (&Method::PATCH, ["conversations", id, "messages", mid]) => edit(call, id, mid).await,
         (&Method::POST, ["conversations", id, "messages", mid, "recall"]) => {
             recall(call, id, mid).await
         }
-        (&Method::GET, ["webhooks", name, "dead-letters"]) => dead_letters(call, name),
+        (&Method::GET, ["webhooks", name, "dead-letters"]) => dead_letters(call, name).await,
         (&Method::POST, ["webhooks", name, "dead-letters", "replay"]) => replay(call, name).await,
         _ => Err(Failure::not_found()),
     }
@@ -76,24 +76,32 @@ fn endpoint_named(call: &Call<'_>, name: &str) -> Result<(), Failure> {
     }
 }
 
-/// An endpoint's dead letters (events whose batch ran out of attempts), oldest first.
+/// An endpoint's dead letters (events whose batch ran out of attempts), oldest first: up to
+/// `limit`, and up to `admin_page_max_bytes` of events' JSON (the first always goes).
 #[utoipa::path(get, path = "/v1/webhooks/{name}/dead-letters",
     params(("name" = String, Path), ("after" = Option<u64>, Query, description = "outbox seq"),
         ("limit" = Option<u32>, Query, description = "at most 1000, default 100")),
     responses((status = 200, body = json::DeadLetters), (status = 404, body = ErrorBody)))]
-pub(super) fn dead_letters(call: &Call<'_>, name: &str) -> Answer {
+pub(super) async fn dead_letters(call: &Call<'_>, name: &str) -> Answer {
     endpoint_named(call, name)?;
     let limit = call.number("limit", 100usize)?.clamp(1, 1000);
-    let rows = crate::webhooks::dead_letters(call.app, name, call.number("after", 0u64)?, limit)
-        .map_err(Error::from)?;
-    ok(json::DeadLetters {
-        next_after: rows.last().map_or(0, |(seq, _)| *seq),
-        events: rows.into_iter().map(|(_, e)| e).collect(),
+    let after = call.number("after", 0u64)?;
+    let name = name.to_owned();
+    super::blocking_page(call.app, move |app| {
+        let max_bytes = app.config.admin_page_max_bytes;
+        let rows = crate::webhooks::dead_letters(app, &name, after, limit, max_bytes)
+            .map_err(Error::from)?;
+        ok(json::DeadLetters {
+            next_after: rows.last().map_or(0, |(seq, _)| *seq),
+            events: rows.into_iter().map(|(_, e)| e).collect(),
+        })
     })
+    .await
 }
 
-/// Sends an endpoint's oldest dead letters to it again, as one batch (up to `limit`, default
-/// 100); the ones it takes are deleted.
+/// Sends an endpoint's oldest dead letters to it again, as one POST of up to `limit` (default
+/// 100) events and `webhook_batch_max_bytes` of body (the first always goes); the ones it
+/// takes are deleted. `more`: dead letters are left, call again for the next batch.
 #[utoipa::path(post, path = "/v1/webhooks/{name}/dead-letters/replay",
     params(("name" = String, Path), ("limit" = Option<u32>, Query)),
     responses((status = 200, body = json::Replayed), (status = 502, body = ErrorBody)))]
@@ -101,7 +109,7 @@ pub(super) async fn replay(call: &Call<'_>, name: &str) -> Answer {
     endpoint_named(call, name)?;
     let limit = call.number("limit", 100usize)?.clamp(1, 1000);
     match crate::webhooks::replay(call.app, name, limit).await {
-        Ok(replayed) => ok(json::Replayed { replayed }),
+        Ok((replayed, more)) => ok(json::Replayed { replayed, more }),
         Err(why) => Err(Failure::new(
             StatusCode::BAD_GATEWAY,
             ErrorCode::ErrorUnavailable,
@@ -204,7 +212,7 @@ pub(super) fn disconnect(call: &Call<'_>, user: &str) -> Answer {
         ("pinned_only" = Option<bool>, Query), ("updated_after" = Option<i64>, Query),
         ("updated_before" = Option<i64>, Query), ("omit_last_message" = Option<bool>, Query)),
     responses((status = 200, body = json::ListPage)))]
-pub(super) fn list(call: &Call<'_>, user: &str) -> Answer {
+pub(super) async fn list(call: &Call<'_>, user: &str) -> Answer {
     call.app.registry.check_user_id(user)?;
     let caller = Caller::user(user.into(), NO_SESSION);
     let kind = match call.param("kind") {
@@ -221,28 +229,40 @@ pub(super) fn list(call: &Call<'_>, user: &str) -> Answer {
         pinned_only: call.flag("pinned_only")?,
         kind,
         omit_last_message: call.flag("omit_last_message")?,
+        max_bytes: call.app.config.admin_page_max_bytes,
     };
-    let (entries, next_cursor, has_more) = call.app.registry.list_conversations(&caller, req)?;
-    ok(json::ListPage {
-        entries: entries.into_iter().map(json::ListEntry::from).collect(),
-        next_cursor,
-        has_more,
+    super::blocking_page(call.app, move |app| {
+        let (entries, next_cursor, has_more) = app.registry.list_conversations(&caller, req)?;
+        ok(json::ListPage {
+            entries: entries.into_iter().map(json::ListEntry::from).collect(),
+            next_cursor,
+            has_more,
+        })
     })
+    .await
 }
 
-/// A user's unread counts, as sent at login.
+/// A user's unread counts, as sent at login: the first `login_summary_max` entries of their
+/// list, and no more than `admin_page_max_bytes` of them (the first always goes); when more
+/// follow, `next_cursor` goes on with `GET /v1/users/{user}/conversations`.
 #[utoipa::path(get, path = "/v1/users/{user}/unread", params(("user" = String, Path)),
     responses((status = 200, body = json::UnreadCounts)))]
-pub(super) fn unread(call: &Call<'_>, user: &str) -> Answer {
+pub(super) async fn unread(call: &Call<'_>, user: &str) -> Answer {
     call.app.registry.check_user_id(user)?;
-    let summary = call.app.registry.unread_summary(user, false)?;
-    ok(json::UnreadCounts {
-        entries: summary
-            .entries
-            .into_iter()
-            .map(json::Unread::from)
-            .collect(),
+    let user = user.to_owned();
+    super::blocking_page(call.app, move |app| {
+        let max_bytes = app.config.admin_page_max_bytes;
+        let summary = app.registry.unread_summary(&user, true, max_bytes)?;
+        ok(json::UnreadCounts {
+            entries: summary
+                .entries
+                .into_iter()
+                .map(json::Unread::from)
+                .collect(),
+            next_cursor: summary.list_cursor,
+        })
     })
+    .await
 }
 
 /// Creates a conversation with the acting user as creator.
@@ -293,10 +313,12 @@ pub(super) async fn create(call: &Call<'_>) -> Answer {
 #[utoipa::path(get, path = "/v1/conversations/{id}",
     params(("id" = String, Path), ("as" = Option<String>, Query)),
     responses((status = 200, body = json::Conversation), (status = 404, body = ErrorBody)))]
-pub(super) fn get(call: &Call<'_>, id: &str) -> Answer {
-    ok(json::Conversation::from(
-        call.app.registry.get(&call.actor()?, id)?,
-    ))
+pub(super) async fn get(call: &Call<'_>, id: &str) -> Answer {
+    let (actor, id) = (call.actor()?, id.to_owned());
+    super::blocking_page(call.app, move |app| {
+        ok(json::Conversation::from(app.registry.get(&actor, &id)?))
+    })
+    .await
 }
 
 /// Changes a conversation's name and attributes; without `as`, the backend also changes a
@@ -334,18 +356,22 @@ pub(super) async fn delete(call: &Call<'_>, id: &str) -> Answer {
     params(("id" = String, Path), ("as" = Option<String>, Query), ("cursor" = Option<String>, Query),
         ("limit" = Option<u32>, Query)),
     responses((status = 200, body = json::MemberPage)))]
-pub(super) fn members(call: &Call<'_>, id: &str) -> Answer {
-    let (members, next_cursor, has_more) = call.app.registry.list_members(
-        &call.actor()?,
-        id,
-        &call.param("cursor").unwrap_or_default(),
+pub(super) async fn members(call: &Call<'_>, id: &str) -> Answer {
+    let (actor, id) = (call.actor()?, id.to_owned());
+    let (cursor, limit) = (
+        call.param("cursor").unwrap_or_default(),
         call.number("limit", 0)?,
-    )?;
-    ok(json::MemberPage {
-        members,
-        next_cursor,
-        has_more,
+    );
+    super::blocking_page(call.app, move |app| {
+        let (members, next_cursor, has_more) =
+            app.registry.list_members(&actor, &id, &cursor, limit)?;
+        ok(json::MemberPage {
+            members,
+            next_cursor,
+            has_more,
+        })
     })
+    .await
 }
 
 /// Adds members (without `as`: as the backend, to a group or, within
@@ -428,7 +454,7 @@ pub(super) fn ack_json(ack: crate::protocol::pb::SendAck) -> Answer {
         ("end_seq" = Option<u64>, Query), ("end_time" = Option<i64>, Query),
         ("cursor" = Option<String>, Query)),
     responses((status = 200, body = json::MessagePage)))]
-pub(super) fn history(call: &Call<'_>, id: &str) -> Answer {
+pub(super) async fn history(call: &Call<'_>, id: &str) -> Answer {
     let req = HistoryRequest {
         before_seq: call.number("before_seq", 0)?,
         limit: call.number("limit", 0)?,
@@ -438,14 +464,19 @@ pub(super) fn history(call: &Call<'_>, id: &str) -> Answer {
         end_seq: call.number("end_seq", 0)?,
         end_time: call.number("end_time", 0)?,
         cursor: call.param("cursor").unwrap_or_default(),
+        max_bytes: call.app.config.admin_page_max_bytes,
         ..Default::default()
     };
-    let (messages, has_more, next_cursor) = call.app.registry.history(&call.actor()?, id, req)?;
-    ok(json::MessagePage {
-        messages: messages.into_iter().map(json::Message::from).collect(),
-        has_more,
-        next_cursor,
+    let (actor, id) = (call.actor()?, id.to_owned());
+    super::blocking_page(call.app, move |app| {
+        let (messages, has_more, next_cursor) = app.registry.history(&actor, &id, req)?;
+        ok(json::MessagePage {
+            messages: messages.into_iter().map(json::Message::from).collect(),
+            has_more,
+            next_cursor,
+        })
     })
+    .await
 }
 
 /// Edits the acting user's message (within `edit_window_secs`); without `as`, any message,
@@ -496,13 +527,27 @@ pub(super) async fn end(call: &Call<'_>, id: &str) -> Answer {
     params(("member" = Option<String>, Query), ("cursor" = Option<String>, Query),
         ("limit" = Option<u32>, Query)),
     responses((status = 200, body = json::OpenTemporaries), (status = 422, body = ErrorBody)))]
-pub(super) fn open_temporaries(call: &Call<'_>) -> Answer {
+pub(super) async fn open_temporaries(call: &Call<'_>) -> Answer {
     let member = call.param("member");
-    let (page, next_cursor, has_more) = call.app.registry.open_temporaries(
-        member.as_deref(),
-        &call.param("cursor").unwrap_or_default(),
+    let (cursor, limit) = (
+        call.param("cursor").unwrap_or_default(),
         call.number("limit", 0)?,
-    )?;
+    );
+    super::blocking_page(call.app, move |app| {
+        let (page, next_cursor, has_more) =
+            app.registry
+                .open_temporaries(member.as_deref(), &cursor, limit)?;
+        temporaries_json(page, next_cursor, has_more)
+    })
+    .await
+}
+
+/// A page of open temporary conversations as JSON.
+fn temporaries_json(
+    page: Vec<crate::registry::expiry::OpenTemporary>,
+    next_cursor: String,
+    has_more: bool,
+) -> Answer {
     ok(json::OpenTemporaries {
         conversations: page
             .into_iter()
@@ -542,15 +587,16 @@ pub(super) async fn delete_messages(call: &Call<'_>, id: &str) -> Answer {
 #[utoipa::path(get, path = "/v1/conversations/{id}/messages/{message_id}/versions",
     params(("id" = String, Path), ("message_id" = String, Path)),
     responses((status = 200, body = json::MessageVersions), (status = 404, body = ErrorBody)))]
-pub(super) fn versions(call: &Call<'_>, id: &str, message_id: &str) -> Answer {
-    let (versions, current) = call
-        .app
-        .registry
-        .message_versions(&call.actor()?, id, message_id)?;
-    ok(json::MessageVersions {
-        versions: versions.into_iter().map(json::Message::from).collect(),
-        current: json::Message::from(current),
+pub(super) async fn versions(call: &Call<'_>, id: &str, message_id: &str) -> Answer {
+    let (actor, id, message_id) = (call.actor()?, id.to_owned(), message_id.to_owned());
+    super::blocking_page(call.app, move |app| {
+        let (versions, current) = app.registry.message_versions(&actor, &id, &message_id)?;
+        ok(json::MessageVersions {
+            versions: versions.into_iter().map(json::Message::from).collect(),
+            current: json::Message::from(current),
+        })
     })
+    .await
 }
 
 fn access_json(a: crate::protocol::pb::UserAccess) -> json::Access {

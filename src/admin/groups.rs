@@ -21,19 +21,19 @@ pub(super) async fn route(call: &Call<'_>, method: &Method, path: &[&str]) -> Op
     Some(match (method, path) {
         (&Method::POST, ["conversations", id, "roles"]) => set_roles(call, id).await,
         (&Method::POST, ["conversations", id, "owner"]) => transfer(call, id).await,
-        (&Method::GET, ["conversations", id, "mutes"]) => list_mutes(call, id),
+        (&Method::GET, ["conversations", id, "mutes"]) => list_mutes(call, id).await,
         (&Method::POST, ["conversations", id, "mutes"]) => mute(call, id).await,
         (&Method::POST, ["conversations", id, "mutes", "remove"]) => unmute(call, id).await,
         (&Method::PUT, ["conversations", id, "mute-all"]) => mute_all(call, id).await,
-        (&Method::GET, ["conversations", id, "blacklist"]) => list_blacklist(call, id),
+        (&Method::GET, ["conversations", id, "blacklist"]) => list_blacklist(call, id).await,
         (&Method::POST, ["conversations", id, "blacklist"]) => block(call, id).await,
         (&Method::POST, ["conversations", id, "blacklist", "remove"]) => unblock(call, id).await,
-        (&Method::GET, ["users", user, "blocks"]) => list_user_blocks(call, user),
+        (&Method::GET, ["users", user, "blocks"]) => list_user_blocks(call, user).await,
         (&Method::POST, ["users", user, "blocks"]) => block_user(call, user).await,
         (&Method::DELETE, ["users", user, "blocks", other]) => {
             unblock_user(call, user, other).await
         }
-        (&Method::GET, ["users", user, "profile"]) => profile(call, user),
+        (&Method::GET, ["users", user, "profile"]) => profile(call, user).await,
         (&Method::PATCH, ["users", user, "profile"]) => set_profile(call, user).await,
         (&Method::POST, ["system-conversations"]) => create_system(call).await,
         (&Method::POST, ["system-conversations", id, "messages"]) => broadcast(call, id).await,
@@ -234,25 +234,29 @@ pub(super) async fn unmute(call: &Call<'_>, id: &str) -> Answer {
     params(("id" = String, Path), ("cursor" = Option<String>, Query),
         ("limit" = Option<u32>, Query)),
     responses((status = 200, body = MutedPage)))]
-pub(super) fn list_mutes(call: &Call<'_>, id: &str) -> Answer {
-    let (members, next_cursor, has_more) = call.app.registry.list_muted_members(
-        &call.backend()?,
-        id,
-        &call.param("cursor").unwrap_or_default(),
+pub(super) async fn list_mutes(call: &Call<'_>, id: &str) -> Answer {
+    let (by, id) = (call.backend()?, id.to_owned());
+    let (cursor, limit) = (
+        call.param("cursor").unwrap_or_default(),
         call.number("limit", 0)?,
-    )?;
-    ok(MutedPage {
-        members: members
-            .into_iter()
-            .map(|m| MutedMember {
-                role: role_name(MemberRole::try_from(m.role).unwrap_or(MemberRole::Member)),
-                user_id: m.user_id,
-                muted_until: m.muted_until,
-            })
-            .collect(),
-        next_cursor,
-        has_more,
+    );
+    super::blocking_page(call.app, move |app| {
+        let (members, next_cursor, has_more) =
+            app.registry.list_muted_members(&by, &id, &cursor, limit)?;
+        ok(MutedPage {
+            members: members
+                .into_iter()
+                .map(|m| MutedMember {
+                    role: role_name(MemberRole::try_from(m.role).unwrap_or(MemberRole::Member)),
+                    user_id: m.user_id,
+                    muted_until: m.muted_until,
+                })
+                .collect(),
+            next_cursor,
+            has_more,
+        })
     })
+    .await
 }
 
 /// Switches mute-all: while on, only the owner and managers may send.
@@ -302,18 +306,23 @@ pub(super) async fn unblock(call: &Call<'_>, id: &str) -> Answer {
     params(("id" = String, Path), ("cursor" = Option<String>, Query),
         ("limit" = Option<u32>, Query)),
     responses((status = 200, body = BlacklistPage)))]
-pub(super) fn list_blacklist(call: &Call<'_>, id: &str) -> Answer {
-    let (users, next_cursor, has_more) = call.app.registry.list_blocked_members(
-        &call.backend()?,
-        id,
-        &call.param("cursor").unwrap_or_default(),
+pub(super) async fn list_blacklist(call: &Call<'_>, id: &str) -> Answer {
+    let (by, id) = (call.backend()?, id.to_owned());
+    let (cursor, limit) = (
+        call.param("cursor").unwrap_or_default(),
         call.number("limit", 0)?,
-    )?;
-    ok(BlacklistPage {
-        users,
-        next_cursor,
-        has_more,
+    );
+    super::blocking_page(call.app, move |app| {
+        let (users, next_cursor, has_more) = app
+            .registry
+            .list_blocked_members(&by, &id, &cursor, limit)?;
+        ok(BlacklistPage {
+            users,
+            next_cursor,
+            has_more,
+        })
     })
+    .await
 }
 
 fn as_user(call: &Call<'_>, user: &str) -> Result<Caller, Failure> {
@@ -351,31 +360,40 @@ pub(super) async fn unblock_user(call: &Call<'_>, user: &str, other: &str) -> An
     params(("user" = String, Path), ("cursor" = Option<String>, Query),
         ("limit" = Option<u32>, Query)),
     responses((status = 200, body = BlockedUserPage)))]
-pub(super) fn list_user_blocks(call: &Call<'_>, user: &str) -> Answer {
-    let (users, next_cursor, has_more) = call.app.registry.list_blocked_users(
-        &as_user(call, user)?,
-        &call.param("cursor").unwrap_or_default(),
+pub(super) async fn list_user_blocks(call: &Call<'_>, user: &str) -> Answer {
+    let caller = as_user(call, user)?;
+    let (cursor, limit) = (
+        call.param("cursor").unwrap_or_default(),
         call.number("limit", 0)?,
-    )?;
-    ok(BlockedUserPage {
-        users: users
-            .into_iter()
-            .map(|u| BlockedUser {
-                user_id: u.user_id,
-                blocked_at: u.blocked_at,
-            })
-            .collect(),
-        next_cursor,
-        has_more,
+    );
+    super::blocking_page(call.app, move |app| {
+        let (users, next_cursor, has_more) =
+            app.registry.list_blocked_users(&caller, &cursor, limit)?;
+        ok(BlockedUserPage {
+            users: users
+                .into_iter()
+                .map(|u| BlockedUser {
+                    user_id: u.user_id,
+                    blocked_at: u.blocked_at,
+                })
+                .collect(),
+            next_cursor,
+            has_more,
+        })
     })
+    .await
 }
 
 /// A user's profile (empty, `updated_at` 0, when never set).
 #[utoipa::path(get, path = "/v1/users/{user}/profile", params(("user" = String, Path)),
     responses((status = 200, body = Profile)))]
-pub(super) fn profile(call: &Call<'_>, user: &str) -> Answer {
+pub(super) async fn profile(call: &Call<'_>, user: &str) -> Answer {
     call.app.registry.check_user_id(user)?;
-    ok(Profile::from(call.app.registry.profile_of(user)?))
+    let user = user.to_owned();
+    super::blocking_page(call.app, move |app| {
+        ok(Profile::from(app.registry.profile_of(&user)?))
+    })
+    .await
 }
 
 /// Changes a user's profile as the backend; pushed as `ProfileChanged` like the user's own

@@ -368,6 +368,9 @@ pub struct ListPage {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UnreadCounts {
     pub entries: Vec<Unread>,
+    /// When more entries follow (past `login_summary_max` or `admin_page_max_bytes`): pass as
+    /// `cursor` to `GET /v1/users/{user}/conversations` for the rest (empty: none).
+    pub next_cursor: String,
 }
 
 /// An empty answer.
@@ -385,7 +388,10 @@ pub struct DeadLetters {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Replayed {
+    /// Dead letters this call sent (and deleted).
     pub replayed: usize,
+    /// More dead letters are left: call again for the next batch.
+    pub more: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

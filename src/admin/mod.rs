@@ -43,6 +43,9 @@ pub const TOKEN_TTL_MAX_SECS: i64 = 30 * 86_400;
 /// Export pages (`GET /v1/users/{user}/export`, `GET /v1/conversations/{id}/export`) built at
 /// once, at most; a request for another waits for its turn.
 pub const EXPORTS_AT_ONCE: usize = 2;
+/// Admin pages that read the store (history, conversation lists, unread counts, members,
+/// open temporary conversations, dead letters) built at once, at most; more wait their turn.
+pub const PAGES_AT_ONCE: usize = 4;
 
 /// The session id of requests made through the admin API: no session, so pushes they cause
 /// reach every session of the acting user.
@@ -240,7 +243,9 @@ impl From<Error> for Failure {
     }
 }
 
-type Answer = Result<(StatusCode, serde_json::Value), Failure>;
+/// A JSON answer: its status and its body, serialized where the answer was built (for pages,
+/// off the async workers).
+type Answer = Result<(StatusCode, Bytes), Failure>;
 
 /// The JSON error body.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -256,12 +261,19 @@ pub struct ErrorBody {
 fn ok(value: impl Serialize) -> Answer {
     Ok((
         StatusCode::OK,
-        serde_json::to_value(value).map_err(|_| Failure::from(Error::Internal))?,
+        serde_json::to_vec(&value)
+            .map_err(|_| Failure::from(Error::Internal))?
+            .into(),
     ))
 }
 
-fn respond(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+/// `value` as a JSON body.
+fn json_body(value: impl Serialize) -> Bytes {
+    serde_json::to_vec(&value).unwrap_or_default().into()
+}
+
+fn respond(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -278,8 +290,7 @@ fn failure(f: Failure) -> Response<Full<Bytes>> {
         message: f.message,
         retry_after_ms: (f.retry_after_ms > 0).then_some(f.retry_after_ms),
     };
-    let body = serde_json::to_value(body).unwrap_or_default();
-    let mut r = respond(f.status, &body);
+    let mut r = respond(f.status, json_body(body));
     if f.status == StatusCode::UNAUTHORIZED {
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -327,7 +338,10 @@ async fn handle(
     let path = req.uri().path().to_owned();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/livez") => {
-            return respond(StatusCode::OK, &serde_json::json!({"status": "ok"}));
+            return respond(
+                StatusCode::OK,
+                json_body(serde_json::json!({"status": "ok"})),
+            );
         }
         (&Method::GET, "/readyz") => return crate::server::readyz(app, draining.is_cancelled()),
         (&Method::GET, "/openapi.json") => {
@@ -426,7 +440,7 @@ async fn handle(
         return answer.unwrap_or_else(failure);
     }
     match api::route(&call, &method, &segments).await {
-        Ok((status, value)) => respond(status, &value),
+        Ok((status, body)) => respond(status, body),
         Err(f) => failure(f),
     }
 }
@@ -448,6 +462,29 @@ async fn export_page(
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
         build()
+    })
+    .await
+    .map_err(|_| Failure::from(Error::Internal))?
+}
+
+/// Builds a JSON page with `build` on a blocking thread, in one of the app's
+/// [`PAGES_AT_ONCE`] turns (waited for): the page reads the store and holds up to
+/// `admin_page_max_bytes` of items, which must not hold the async workers that serve every
+/// socket. The turn is held until `build` returns, even if the request is dropped before.
+async fn blocking_page(
+    app: &Arc<App>,
+    build: impl FnOnce(&App) -> Answer + Send + 'static,
+) -> Answer {
+    let turn = app
+        .admin_pages
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| Failure::from(Error::Unavailable))?;
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        build(&app)
     })
     .await
     .map_err(|_| Failure::from(Error::Internal))?

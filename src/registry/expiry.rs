@@ -348,15 +348,18 @@ pub struct OpenTemporary {
 
 impl Registry {
     /// The open temporary conversations, newest activity first (ties: newest first), of one
-    /// member when `member` is given: a page of `limit` after `cursor`. For the app's backend
-    /// (waiting customer-service chats). Without a member it looks at every open temporary
-    /// conversation, at most `admin_temporary_scan_max` of them.
+    /// member when `member` is given: a page of `limit` after `cursor`, and of at most
+    /// `admin_page_max_bytes` (conversations and last messages as stored; the first always
+    /// goes). For the app's backend (waiting customer-service chats). Without a member it
+    /// looks at every open temporary conversation, at most `admin_temporary_scan_max` of them.
     pub fn open_temporaries(
         &self,
         member: Option<&str>,
         cursor: &str,
         limit: u32,
     ) -> Result<(Vec<OpenTemporary>, String, bool), Error> {
+        let max_bytes = self.config.admin_page_max_bytes;
+        let mut bytes = 0usize;
         let limit = self.page_size(limit)?;
         let after = match cursor {
             "" => None,
@@ -446,6 +449,13 @@ impl Registry {
                 0 => None,
                 seq => self.store.message(num, seq)?,
             };
+            let n = prost::Message::encoded_len(&conversation)
+                + last_message.as_ref().map_or(0, prost::Message::encoded_len);
+            if !page.is_empty() && bytes.saturating_add(n) > max_bytes {
+                more = true;
+                break;
+            }
+            bytes = bytes.saturating_add(n);
             page.push(OpenTemporary {
                 conversation,
                 last_activity: activity,

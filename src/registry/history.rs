@@ -35,6 +35,9 @@ pub struct HistoryRequest {
     pub end_inclusive: bool,
     pub types: Vec<i32>,
     pub cursor: String,
+    /// Bytes of messages (as stored) the page holds, at most; its first message always goes,
+    /// and its cursor goes on from the message that did not fit. 0: no bound.
+    pub max_bytes: usize,
 }
 
 impl HistoryRequest {
@@ -54,6 +57,7 @@ impl HistoryRequest {
             end_inclusive: r.end_inclusive,
             types: r.types,
             cursor: r.cursor,
+            max_bytes: 0,
         }
     }
 }
@@ -228,7 +232,12 @@ impl Registry {
         let wanted = |m: &Message| {
             !hidden.contains(&m.seq) && (req.types.is_empty() || req.types.contains(&m.r#type))
         };
+        let max_bytes = match req.max_bytes {
+            0 => usize::MAX,
+            n => n,
+        };
         let mut page = Vec::with_capacity(limit);
+        let mut bytes = 0usize;
         let mut scanned = 0usize;
         // The next seq to examine, and whether the range is used up.
         let mut pos = if back { hi } else { lo };
@@ -256,10 +265,14 @@ impl Registry {
                     m.seq.checked_add(1)
                 };
                 if wanted(&m) {
-                    if page.len() == limit {
+                    let n = prost::Message::encoded_len(&m);
+                    if page.len() == limit
+                        || (!page.is_empty() && bytes.saturating_add(n) > max_bytes)
+                    {
                         more = Some(m.seq);
                         break 'walk;
                     }
+                    bytes = bytes.saturating_add(n);
                     page.push(m);
                 }
                 match next {

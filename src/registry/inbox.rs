@@ -35,6 +35,10 @@ pub struct ListRequest {
     pub pinned_only: bool,
     pub kind: i32,
     pub omit_last_message: bool,
+    /// Bytes of entries (as stored, last messages included) the page holds, at most; its
+    /// first entry always goes, and its cursor goes on from the entry that did not fit.
+    /// 0: no bound.
+    pub max_bytes: usize,
 }
 
 /// One position of a listing: a conversation and its sort key (activity or pin time; for a
@@ -640,7 +644,33 @@ impl Registry {
             }
         };
         let offset = offset.min(rows.len());
-        let end = (offset + limit).min(rows.len());
+        let mut end = (offset + limit).min(rows.len());
+        let max_bytes = match req.max_bytes {
+            0 => usize::MAX,
+            n => n,
+        };
+        let mut entries = Vec::with_capacity(end - offset);
+        let mut bytes = 0usize;
+        for (i, row) in rows[offset..end].iter().enumerate() {
+            let entry = if row.deleted {
+                None
+            } else {
+                self.entry_view(user, row.num, !req.omit_last_message)?
+            };
+            // An entry deleted since the snapshot is returned as a tombstone, not skipped.
+            let at = if row.deleted { row.sort } else { now };
+            let entry = match entry {
+                Some(e) => e,
+                None => Self::tombstone(row.num, self.public_id(row.num)?, at, now),
+            };
+            let n = prost::Message::encoded_len(&entry);
+            if !entries.is_empty() && bytes.saturating_add(n) > max_bytes {
+                end = offset + i;
+                break;
+            }
+            bytes = bytes.saturating_add(n);
+            entries.push(entry);
+        }
         let page = &rows[offset..end];
         let has_more = end < rows.len();
         let next = match (has_more, page.last()) {
@@ -664,21 +694,6 @@ impl Registry {
             }
             _ => String::new(),
         };
-        let mut entries = Vec::with_capacity(page.len());
-        for row in page {
-            let entry = if row.deleted {
-                None
-            } else {
-                self.entry_view(user, row.num, !req.omit_last_message)?
-            };
-            // An entry deleted since the snapshot is returned as a tombstone, not skipped.
-            let at = if row.deleted { row.sort } else { now };
-            let entry = match entry {
-                Some(e) => e,
-                None => Self::tombstone(row.num, self.public_id(row.num)?, at, now),
-            };
-            entries.push(entry);
-        }
         Ok((entries, next, has_more))
     }
 

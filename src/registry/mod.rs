@@ -949,16 +949,21 @@ impl Registry {
     /// The unread summary pushed after login: the first `login_summary_max` entries of the
     /// user's list, with the same unread counts and last messages the list shows, and the
     /// cursor of the list's next page when there are more (`with_cursor`: for a client that
-    /// can page on; the cursor keeps a snapshot of the order).
+    /// can page on; the cursor keeps a snapshot of the order). `max_bytes` bounds the entries'
+    /// bytes as a list page's `max_bytes` does (0: no bound).
     pub fn unread_summary(
         &self,
         user: &str,
         with_cursor: bool,
+        max_bytes: usize,
     ) -> Result<pb::UnreadSummary, Error> {
         let user = UserId::from(user);
         let (page, list_cursor, _) = self.list_page(
             &user,
-            inbox::ListRequest::default(),
+            inbox::ListRequest {
+                max_bytes,
+                ..Default::default()
+            },
             self.config.login_summary_max,
             with_cursor,
         )?;
@@ -986,7 +991,7 @@ impl Registry {
     /// afterwards by the bytes of the last messages it carries, as a list page is (see
     /// `limits::RETURNED_BYTES_PER_TOKEN`).
     pub fn login_summary(&self, user: &str, with_cursor: bool) -> Result<pb::UnreadSummary, Error> {
-        let summary = self.unread_summary(user, with_cursor)?;
+        let summary = self.unread_summary(user, with_cursor, 0)?;
         let bytes = summary
             .entries
             .iter()

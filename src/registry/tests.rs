@@ -72,7 +72,7 @@ fn text(s: &str) -> SendRequest {
 }
 
 fn head_seen_by(registry: &Registry, user: &str, id: &str) -> (u64, u32, u64) {
-    let summary = registry.unread_summary(user, false).expect("summary");
+    let summary = registry.unread_summary(user, false, 0).expect("summary");
     let e = summary
         .entries
         .iter()

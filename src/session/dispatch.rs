@@ -198,6 +198,7 @@ pub async fn handle(app: Arc<App>, caller: Caller, id: u64, body: Req) -> Server
                 pinned_only: r.pinned_only,
                 kind: r.kind,
                 omit_last_message: r.omit_last_message,
+                max_bytes: 0,
             };
             reg.list_conversations(&caller, req)
                 .map(|(entries, next_cursor, has_more)| {

@@ -516,7 +516,7 @@ fn open(actor: &mut Actor, p: LcProtocol, cmd: GenericCommand) -> Option<Immedia
     let summary = if p.pushes_unread_counts() {
         app.registry.login_summary(&caller.user, false)
     } else {
-        app.registry.unread_summary(&caller.user, false)
+        app.registry.unread_summary(&caller.user, false, 0)
     };
     let summary = match summary {
         Ok(summary) => summary,

@@ -8,6 +8,7 @@ mod admin_groups;
 mod admin_import;
 mod admin_lifecycle;
 mod admin_overrides;
+mod admin_pages;
 mod admin_temporary;
 mod harness;
 
