@@ -420,7 +420,9 @@ fn write_of(op: &Op) -> Write {
             keys::tombstone(user, *conv),
             (*at).max(0).to_be_bytes().to_vec(),
         ),
-        Op::DeleteTombstone { user, conv } => Write::Delete(keys::tombstone(user, *conv)),
+        Op::DeleteTombstone { user, conv } | Op::ExpireTombstone { user, conv, .. } => {
+            Write::Delete(keys::tombstone(user, *conv))
+        }
         Op::PutHidden { user, conv, seq } => {
             Write::Put(keys::hidden(user, *conv, *seq), Vec::new())
         }
@@ -520,8 +522,38 @@ impl<E: OrderedKv> Store for KvStore<E> {
             .iter()
             .any(|o| matches!(o, Op::PurgeConversation { .. }));
         let mut written: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
+        let expiring = ops.iter().any(|o| matches!(o, Op::ExpireTombstone { .. }));
+        // Tombstones this commit writes before an expiry reads them: key → time (None: deleted).
+        let mut tombs: HashMap<Vec<u8>, Option<i64>> = HashMap::new();
         let mut writes = Vec::with_capacity(ops.len());
         for op in ops {
+            if let Op::ExpireTombstone { user, conv, before } = op {
+                let key = keys::tombstone(user, *conv);
+                let at = match tombs.get(&key) {
+                    Some(at) => *at,
+                    None => self
+                        .engine
+                        .get(&key)?
+                        .and_then(|v| be_u64(&v, 0))
+                        .map(|at| at as i64),
+                };
+                if at.is_some_and(|at| at < *before) {
+                    tombs.insert(key.clone(), None);
+                    writes.push(Write::Delete(key));
+                }
+                continue;
+            }
+            if expiring {
+                match op {
+                    Op::PutTombstone { user, conv, at } => {
+                        tombs.insert(keys::tombstone(user, *conv), Some((*at).max(0)));
+                    }
+                    Op::DeleteTombstone { user, conv } => {
+                        tombs.insert(keys::tombstone(user, *conv), None);
+                    }
+                    _ => {}
+                }
+            }
             if let Op::PurgeConversation { conv } = op {
                 let stored = self.keys_of_conversation(*conv)?;
                 let fresh = written.remove(conv).unwrap_or_default();
@@ -859,6 +891,36 @@ impl<E: OrderedKv> Store for KvStore<E> {
                     what: "tombstone",
                     detail: format!("{k:?}"),
                 }),
+            })
+            .collect()
+    }
+
+    fn tombstones_after(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<(UserId, u64, i64)>, StoreError> {
+        let prefix = [keys::TOMBSTONE];
+        let lo = match after {
+            Some((user, conv)) => {
+                let mut k = keys::tombstone(user, conv);
+                k.push(0);
+                k
+            }
+            None => prefix.to_vec(),
+        };
+        let hi = prefix_end(&prefix);
+        self.engine
+            .range(&lo, hi.as_deref(), false, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let parsed = keys::user_at(&k, 1).and_then(|(user, at)| {
+                    Some((UserId::from(user), be_u64(&k, at)?, be_u64(&v, 0)? as i64))
+                });
+                parsed.ok_or_else(|| StoreError::Corrupt {
+                    what: "tombstone",
+                    detail: format!("{k:?}"),
+                })
             })
             .collect()
     }

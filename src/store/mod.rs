@@ -159,6 +159,13 @@ pub enum Op {
         user: UserId,
         conv: u64,
     },
+    /// Deletes `user`'s tombstone of `conv` if, when the op is committed, it is older than
+    /// `before` (ms): a tombstone written again since it was read stays.
+    ExpireTombstone {
+        user: UserId,
+        conv: u64,
+        before: i64,
+    },
     /// `user` deleted message `seq` one-way.
     PutHidden {
         user: UserId,
@@ -411,6 +418,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// `user`'s list tombstones: (conversation, deleted at).
     fn tombstones(&self, user: &str) -> Result<Vec<(u64, i64)>, StoreError>;
+    /// Every user's list tombstones in key order (user, then conversation), starting after
+    /// `after` (`None`: from the first), at most `limit`: (user, conversation, deleted at).
+    fn tombstones_after(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<(UserId, u64, i64)>, StoreError>;
     /// The seqs in `lo..hi` that `user` deleted one-way in `conv`, ascending.
     fn hidden_seqs(&self, user: &str, conv: u64, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError>;
     /// Messages in `lo..hi` of `conv` that asked for receipts: (seq, sender), ascending.
