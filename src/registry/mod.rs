@@ -28,6 +28,7 @@ pub mod retention;
 mod rooms;
 #[cfg(test)]
 mod tests;
+pub mod tombstones;
 pub mod users;
 pub mod writer;
 

@@ -2963,7 +2963,8 @@ export enum ErrorCode {
   ERROR_MESSAGE_NOT_FOUND = 13,
 
   /**
-   * The recall or edit window of the message has passed.
+   * The recall or edit window of the message has passed; or a ListConversations
+   * `updated_after` is older than the list tombstone retention: list from 0 instead.
    *
    * @generated from enum value: ERROR_WINDOW_EXPIRED = 14;
    */
