@@ -1365,6 +1365,20 @@ mod tests {
     }
 
     #[test]
+    fn list_tombstones_are_kept_thirty_days_and_not_none() {
+        let c = Config::load(None, vec![], &[]).unwrap().config;
+        assert_eq!(c.list_tombstone_retention_secs, 2_592_000);
+        for bad in ["0", "8640000001"] {
+            let set = format!("list_tombstone_retention_secs={bad}");
+            let err = Config::load(None, vec![], &[set]).unwrap_err().to_string();
+            assert!(
+                err.contains("list_tombstone_retention_secs"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn short_hs256_secrets_are_refused() {
         let env = |v: &str| vec![("TIDINGS_JWT_HS256_SECRET".to_owned(), v.to_owned())];
         for short in [
