@@ -8,6 +8,10 @@
 //! is applied, against the tombstone then stored, so one written again meanwhile (the user
 //! joined and left again) stays. Incremental syncs from before the retention are refused
 //! (see [`Registry::check_sync_window`]), so no client misses a swept deletion.
+//!
+//! The same sweep deletes the users' logged events (`E` user ‖ seq) older than the retention,
+//! except each user's newest, whose seq the next event continues from. A login whose event
+//! cursor is below the oldest event kept is told `events_truncated`.
 
 use super::writer::wait;
 use super::{Error, Registry};
@@ -30,6 +34,11 @@ pub async fn run(registry: Arc<Registry>, shutdown: CancellationToken) {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "deleted list tombstones past their retention"),
             Err(e) => tracing::error!(error = %e, "list tombstone sweep failed"),
+        }
+        match registry.user_event_sweep().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted user events past their retention"),
+            Err(e) => tracing::error!(error = %e, "user event sweep failed"),
         }
         registry.stats.tombstone_sweeps.inc();
         tokio::select! {
@@ -88,6 +97,54 @@ impl Registry {
             }
             match page.last() {
                 Some((user, conv, _)) if page.len() == PAGE => after = Some((user.clone(), *conv)),
+                _ => return Ok(deleted),
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Deletes every logged user event older than `list_tombstone_retention_secs`, except each
+    /// user's newest; returns how many were due.
+    pub async fn user_event_sweep(&self) -> Result<u64, Error> {
+        let cutoff = self.tombstone_cutoff();
+        let mut deleted = 0;
+        let mut after: Option<(crate::store::UserId, u64)> = None;
+        // The user whose events are being walked and their newest seq.
+        let mut newest: Option<(crate::store::UserId, u64)> = None;
+        loop {
+            let page = self
+                .store
+                .user_events_page(after.as_ref().map(|(u, s)| (&**u, *s)), PAGE)?;
+            let mut ops = Vec::new();
+            for (user, seq, at) in &page {
+                if at >= &cutoff {
+                    continue;
+                }
+                let last = match &newest {
+                    Some((u, last)) if u == user => *last,
+                    _ => {
+                        let last = self.store.last_user_event_seq(user)?;
+                        newest = Some((user.clone(), last));
+                        last
+                    }
+                };
+                if *seq < last {
+                    ops.push(Op::ExpireUserEvent {
+                        user: user.clone(),
+                        seq: *seq,
+                        before: cutoff,
+                    });
+                }
+            }
+            if !ops.is_empty() {
+                let n = ops.len() as u64;
+                let permit = self.writer.reserve().await?;
+                wait(self.writer.submit(permit, ops, Vec::new(), Vec::new())).await?;
+                deleted += n;
+                self.stats.user_events_swept.add(n);
+            }
+            match page.last() {
+                Some((user, seq, _)) if page.len() == PAGE => after = Some((user.clone(), *seq)),
                 _ => return Ok(deleted),
             }
             tokio::task::yield_now().await;

@@ -31,6 +31,7 @@ pub fn run(open: Open<'_>) {
             list_state,
         ),
         ("tombstones paged and expired", tombstone_expiry),
+        ("user events paged and expired", user_event_expiry),
     ] {
         eprintln!("conformance: {name}");
         check(open);
@@ -504,6 +505,69 @@ fn tombstone_expiry(open: Open<'_>) {
     s.commit(&[expire("alice", 1, 20), put("alice", 1, 15)])
         .unwrap();
     assert_eq!(s.tombstones("alice").unwrap(), vec![(1, 15)]);
+}
+
+fn user_event_expiry(open: Open<'_>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let put = |user: &str, seq, at| Op::PutUserEvent {
+        user: u(user),
+        seq,
+        event: ConversationEvent {
+            server_time: at,
+            user_seq: seq,
+            ..Default::default()
+        },
+    };
+    let expire = |user: &str, seq, before| Op::ExpireUserEvent {
+        user: u(user),
+        seq,
+        before,
+    };
+    s.commit(&[
+        put("al", 1, 10),
+        put("al", 2, 50),
+        put("bo", 1, 10),
+        put("bo", 2, 10),
+    ])
+    .unwrap();
+    let all = s.user_events_page(None, usize::MAX).unwrap();
+    let keys: Vec<(String, u64, i64)> = all
+        .iter()
+        .map(|(u, seq, at)| (u.to_string(), *seq, *at))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("al".into(), 1, 10),
+            ("al".into(), 2, 50),
+            ("bo".into(), 1, 10),
+            ("bo".into(), 2, 10),
+        ]
+    );
+    assert_eq!(
+        s.user_events_page(Some(("al", 2)), 1).unwrap(),
+        all[2..3].to_vec()
+    );
+    // Due: deleted; newer: kept; put again earlier in the same commit: kept.
+    s.commit(&[
+        expire("al", 1, 20),
+        expire("al", 2, 20),
+        put("bo", 2, 30),
+        expire("bo", 2, 20),
+        expire("bo", 9, 20),
+    ])
+    .unwrap();
+    let left: Vec<(String, u64)> = s
+        .user_events_page(None, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(u, seq, _)| (u.to_string(), seq))
+        .collect();
+    assert_eq!(
+        left,
+        vec![("al".into(), 2), ("bo".into(), 1), ("bo".into(), 2)]
+    );
 }
 
 fn patch_index(open: Open<'_>) {

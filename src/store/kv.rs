@@ -398,7 +398,9 @@ fn write_of(op: &Op) -> Write {
         Op::PutUserEvent { user, seq, event } => {
             Write::Put(keys::user_event(user, *seq), event.encode_to_vec())
         }
-        Op::DeleteUserEvent { user, seq } => Write::Delete(keys::user_event(user, *seq)),
+        Op::DeleteUserEvent { user, seq } | Op::ExpireUserEvent { user, seq, .. } => {
+            Write::Delete(keys::user_event(user, *seq))
+        }
         Op::SetCounter { counter, value } => Write::Put(
             keys::counter(counter_name(*counter)),
             value.to_be_bytes().to_vec(),
@@ -522,7 +524,11 @@ impl<E: OrderedKv> Store for KvStore<E> {
             .iter()
             .any(|o| matches!(o, Op::PurgeConversation { .. }));
         let mut written: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
-        let expiring = ops.iter().any(|o| matches!(o, Op::ExpireTombstone { .. }));
+        let expiring = ops
+            .iter()
+            .any(|o| matches!(o, Op::ExpireTombstone { .. } | Op::ExpireUserEvent { .. }));
+        // User events this commit puts before an expiry reads them.
+        let mut events_put: std::collections::HashSet<Vec<u8>> = Default::default();
         // Tombstones this commit writes before an expiry reads them: key → time (None: deleted).
         let mut tombs: HashMap<Vec<u8>, Option<i64>> = HashMap::new();
         let mut writes = Vec::with_capacity(ops.len());
@@ -543,8 +549,25 @@ impl<E: OrderedKv> Store for KvStore<E> {
                 }
                 continue;
             }
+            if let Op::ExpireUserEvent { user, seq, before } = op {
+                let key = keys::user_event(user, *seq);
+                if events_put.contains(&key) {
+                    continue;
+                }
+                let due = match self.engine.get(&key)? {
+                    Some(v) => decode::<ConversationEvent>("user event", &v)?.server_time < *before,
+                    None => false,
+                };
+                if due {
+                    writes.push(Write::Delete(key));
+                }
+                continue;
+            }
             if expiring {
                 match op {
+                    Op::PutUserEvent { user, seq, .. } => {
+                        events_put.insert(keys::user_event(user, *seq));
+                    }
                     Op::PutTombstone { user, conv, at } => {
                         tombs.insert(keys::tombstone(user, *conv), Some((*at).max(0)));
                     }
@@ -772,6 +795,39 @@ impl<E: OrderedKv> Store for KvStore<E> {
             .first()
             .and_then(|(k, _)| be_u64(k, prefix.len()))
             .unwrap_or(0))
+    }
+
+    fn user_events_page(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<(UserId, u64, i64)>, StoreError> {
+        let prefix = [keys::USER_EVENT];
+        let lo = match after {
+            Some((user, seq)) => {
+                let mut k = keys::user_event(user, seq);
+                k.push(0);
+                k
+            }
+            None => prefix.to_vec(),
+        };
+        let hi = prefix_end(&prefix);
+        self.engine
+            .range(&lo, hi.as_deref(), false, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let (user, at) = user_at(&k, 1).ok_or_else(|| StoreError::Corrupt {
+                    what: "user event",
+                    detail: format!("{k:?}"),
+                })?;
+                let seq = be_u64(&k, at).ok_or_else(|| StoreError::Corrupt {
+                    what: "user event",
+                    detail: format!("{k:?}"),
+                })?;
+                let event: ConversationEvent = decode("user event", &v)?;
+                Ok((UserId::from(user), seq, event.server_time))
+            })
+            .collect()
     }
 
     fn conversations_of_kind(

@@ -110,6 +110,13 @@ pub enum Op {
         user: UserId,
         seq: u64,
     },
+    /// Deletes `user`'s event `seq` if, when the op is committed, it is stored with a
+    /// `server_time` older than `before` (ms): an event written since under the same seq stays.
+    ExpireUserEvent {
+        user: UserId,
+        seq: u64,
+        before: i64,
+    },
     SetCounter {
         counter: Counter,
         value: u64,
@@ -414,6 +421,13 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<(Vec<ConversationEvent>, bool), StoreError>;
     fn last_user_event_seq(&self, user: &str) -> Result<u64, StoreError>;
+    /// Every user's events in key order (user, then seq), starting after `after` (`None`: from
+    /// the first), at most `limit`: (user, seq, server time).
+    fn user_events_page(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<(UserId, u64, i64)>, StoreError>;
     fn counter(&self, counter: Counter) -> Result<u64, StoreError>;
 
     /// `user`'s list tombstones: (conversation, deleted at).

@@ -1050,3 +1050,66 @@ async fn sync_around_the_retention(server: &TestServer, t_old: i64, t_new: i64, 
     want.sort();
     assert_eq!(got, want);
 }
+
+/// bob's login replay from `cursor`: the seqs replayed and whether older ones were left out.
+async fn replay(server: &TestServer, cursor: u64) -> (Vec<u64>, bool) {
+    let (_, w) = server.login_device("bob", "d", cursor).await;
+    (
+        w.events.iter().map(|e| e.user_seq).collect(),
+        w.ok.events_truncated,
+    )
+}
+
+/// Logged user events older than the retention are swept, each user's newest kept (the seqs
+/// go on from it); a login from before the oldest kept is told `events_truncated`.
+#[tokio::test]
+async fn user_events_older_than_the_retention_are_swept_and_replays_say_so() {
+    let mut server = TestServer::start_with(|c| c.list_tombstone_retention_secs = 86_400).await;
+    let sweeps = |server: &TestServer, n: u64| {
+        let stats = server.running().app.stats.clone();
+        async move { within(stats.tombstone_sweeps.wait_for(n)).await }
+    };
+    sweeps(&server, 1).await;
+    let alice = server.client("alice").await;
+    for name in ["g1", "g2"] {
+        within(alice.create_group(name, &["bob"])).await.unwrap();
+    }
+    assert_eq!(replay(&server, 0).await, (vec![1, 2], false));
+
+    // A day on: each one's first goes, the second stays (their newest).
+    server.clock.advance(25 * HOUR);
+    sweeps(&server, 2).await;
+    assert_eq!(server.running().app.stats.user_events_swept.get(), 2);
+    let alice = server.client("alice").await;
+    within(alice.create_group("g3", &["bob"])).await.unwrap();
+    assert_eq!(replay(&server, 0).await, (vec![2, 3], true));
+    assert_eq!(replay(&server, 1).await, (vec![2, 3], false));
+    assert_eq!(replay(&server, 2).await, (vec![3], false));
+
+    // The sweep at start takes the second, now that a newer one is kept.
+    drop(alice);
+    server.restart().await;
+    sweeps(&server, 1).await;
+    assert_eq!(replay(&server, 1).await, (vec![3], true));
+    assert_eq!(replay(&server, 2).await, (vec![3], false));
+    let alice = server.client("alice").await;
+    within(alice.create_group("g4", &["bob"])).await.unwrap();
+    assert_eq!(replay(&server, 2).await, (vec![3, 4], false));
+}
+
+/// A login from before the oldest event `event_log_retention` keeps is told
+/// `events_truncated`, however few events are left.
+#[tokio::test]
+async fn a_replay_from_before_the_kept_events_is_truncated() {
+    let server = TestServer::start_with(|c| {
+        c.event_log_retention = 2;
+        c.max_login_replay_events = 2;
+    })
+    .await;
+    let alice = server.client("alice").await;
+    for name in ["g1", "g2", "g3"] {
+        within(alice.create_group(name, &["bob"])).await.unwrap();
+    }
+    assert_eq!(replay(&server, 0).await, (vec![2, 3], true));
+    assert_eq!(replay(&server, 1).await, (vec![2, 3], false));
+}

@@ -116,6 +116,14 @@ impl Store for Spied {
         self.watch.read("tombstones");
         self.inner.tombstones(user)
     }
+    fn user_events_page(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<(UserId, u64, i64)>, StoreError> {
+        self.watch.read("user_events_page");
+        self.inner.user_events_page(after, limit)
+    }
     fn tombstones_after(
         &self,
         after: Option<(&str, u64)>,

@@ -828,8 +828,9 @@ export type LoginOk = Message<"tidings.v1.LoginOk"> & {
   eventCursor: bigint;
 
   /**
-   * True when more events were pending than `max_login_replay_events`: only the newest were
-   * replayed; refetch the conversations the device cares about.
+   * True when more events were pending than `max_login_replay_events`, or some after the
+   * cursor are no longer kept (`event_log_retention`, or older than the retention): only the
+   * newest were replayed; refetch the conversations the device cares about.
    *
    * @generated from field: bool events_truncated = 5;
    */
