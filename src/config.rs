@@ -506,6 +506,10 @@ pub struct Config {
     pub list_snapshot_ttl_secs: u64,
     /// Most list snapshots kept per user (the oldest is dropped first).
     pub list_snapshots_per_user: usize,
+    /// How long a list tombstone (left, removed, deleted for everyone) is kept, seconds; an
+    /// hourly sweep deletes older ones, and an incremental ListConversations from before
+    /// now minus this is refused with `ERROR_WINDOW_EXPIRED`.
+    pub list_tombstone_retention_secs: u64,
     /// List only entries active within this many seconds (0: no window).
     pub list_max_age_secs: u64,
     /// List at most this many entries, the most recently active (0: no cap).
@@ -784,6 +788,7 @@ impl Default for Config {
             max_login_replay_events: 1000,
             login_summary_max: 100,
             list_snapshot_ttl_secs: 300,
+            list_tombstone_retention_secs: 2_592_000,
             list_snapshots_per_user: 4,
             list_max_age_secs: 0,
             list_max_entries: 0,
@@ -1052,6 +1057,11 @@ impl Config {
                 "user_delete_step_max, user_export_page_max, user_export_page_max_bytes and \
                  history_retention_batch must be at least 1",
             );
+        }
+        if self.list_tombstone_retention_secs == 0
+            || self.list_tombstone_retention_secs > 100_000 * 86_400
+        {
+            return bad("list_tombstone_retention_secs is at least 1 and at most 8640000000");
         }
         if self.history_retention_days > 100_000 {
             return bad("history_retention_days is at most 100000 (0: off)");
@@ -1369,6 +1379,20 @@ mod tests {
         assert_eq!(c.outbox_frames, 9);
         assert_eq!(c.page_max, 60);
         assert_eq!(c.page_default, 20);
+    }
+
+    #[test]
+    fn list_tombstones_are_kept_thirty_days_and_not_none() {
+        let c = Config::load(None, vec![], &[]).unwrap().config;
+        assert_eq!(c.list_tombstone_retention_secs, 2_592_000);
+        for bad in ["0", "8640000001"] {
+            let set = format!("list_tombstone_retention_secs={bad}");
+            let err = Config::load(None, vec![], &[set]).unwrap_err().to_string();
+            assert!(
+                err.contains("list_tombstone_retention_secs"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

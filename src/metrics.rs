@@ -149,6 +149,16 @@ impl Collector for Counts {
                 s.history_messages_deleted.get(),
             ),
             (
+                "list_tombstones_swept",
+                "List tombstones deleted for being older than the retention",
+                s.list_tombstones_swept.get(),
+            ),
+            (
+                "user_events_swept",
+                "Logged user events deleted for being older than the retention",
+                s.user_events_swept.get(),
+            ),
+            (
                 "conversations_purged",
                 "Conversations deleted from the store by a purge",
                 s.conversations_purged.get(),

@@ -277,6 +277,10 @@ pub async fn run(
         app.registry.clone(),
         shutdown.clone(),
     ));
+    shared.sessions.spawn(crate::registry::tombstones::run(
+        app.registry.clone(),
+        shutdown.clone(),
+    ));
     shared.sessions.spawn(crate::registry::cells::run(
         app.registry.clone(),
         shutdown.clone(),

@@ -146,6 +146,12 @@ pub struct Stats {
     pub purge_commits: Counter,
     /// History retention sweeps finished.
     pub history_sweeps: Counter,
+    /// List tombstones deleted for being older than `list_tombstone_retention_secs`.
+    pub list_tombstones_swept: Counter,
+    /// Logged user events deleted for being older than `list_tombstone_retention_secs`.
+    pub user_events_swept: Counter,
+    /// List tombstone sweeps finished.
+    pub tombstone_sweeps: Counter,
     /// Conversations whose state is loaded in memory (see `conversation_cells_max`).
     pub conversations_loaded: Gauge,
     /// Conversations unloaded from memory because they were idle or over

@@ -596,13 +596,16 @@ impl Registry {
     }
 
     /// A page of the caller's conversation list. Charged to a user afterwards by the bytes of
-    /// the last messages it carries (see `limits::RETURNED_BYTES_PER_TOKEN`).
+    /// the last messages it carries (see `limits::RETURNED_BYTES_PER_TOKEN`). An incremental
+    /// sync (`updated_after` > 0) from before `list_tombstone_retention_secs` is refused
+    /// with [`Error::WindowExpired`]: the tombstones it should return may be gone.
     pub fn list_conversations(
         &self,
         caller: &Caller,
         req: ListRequest,
     ) -> Result<(Vec<ListEntry>, String, bool), Error> {
         let limit = self.page_size(req.limit)?;
+        self.check_sync_window(req.updated_after)?;
         let page = self.list_page(&caller.user, req, limit, true)?;
         if !caller.admin {
             let bytes = page

@@ -28,6 +28,7 @@ pub mod retention;
 mod rooms;
 #[cfg(test)]
 mod tests;
+pub mod tombstones;
 pub mod users;
 pub mod writer;
 
@@ -1003,18 +1004,26 @@ impl Registry {
     }
 
     /// The newest logged events of `user` after `cursor`, oldest first, and whether older ones
-    /// were left out: a login's replay, charged to the user afterwards by its bytes (see
+    /// were left out (more than `max_login_replay_events`, or deleted): a login's replay, charged to the user afterwards by its bytes (see
     /// `limits::RETURNED_BYTES_PER_TOKEN`).
     pub fn events_after(
         &self,
         user: &str,
         cursor: u64,
     ) -> Result<(Vec<ConversationEvent>, bool), Error> {
-        let (events, truncated) = self.store.user_events_after(
+        let (events, mut truncated) = self.store.user_events_after(
             user,
             cursor,
             self.config.max_login_replay_events as usize,
         )?;
+        // Seqs have no holes: events after the cursor below the oldest kept were deleted
+        // (`event_log_retention`, or the sweep of old ones).
+        if events
+            .first()
+            .is_some_and(|e| e.user_seq > cursor.saturating_add(1))
+        {
+            truncated = true;
+        }
         let bytes = events.iter().map(prost::Message::encoded_len).sum();
         self.charge_bytes(&UserId::from(user), bytes);
         Ok((events, truncated))

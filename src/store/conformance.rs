@@ -30,6 +30,8 @@ pub fn run(open: Open<'_>) {
             "list state: tombstones, one-way deletes, receipts",
             list_state,
         ),
+        ("tombstones paged and expired", tombstone_expiry),
+        ("user events paged and expired", user_event_expiry),
     ] {
         eprintln!("conformance: {name}");
         check(open);
@@ -432,6 +434,140 @@ fn list_state(open: Open<'_>) {
     assert_eq!(s.hidden_seqs("al", 8, 0, u64::MAX).unwrap(), vec![1]);
     assert!(s.receipts_wanted(7, 0, u64::MAX).unwrap().is_empty());
     assert_eq!(s.last_receipt_wanted(7).unwrap(), 0);
+}
+
+fn tombstone_expiry(open: Open<'_>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let put = |user: &str, conv, at| Op::PutTombstone {
+        user: u(user),
+        conv,
+        at,
+    };
+    let expire = |user: &str, conv, before| Op::ExpireTombstone {
+        user: u(user),
+        conv,
+        before,
+    };
+    s.commit(&[
+        put("al", 1, 10),
+        put("al", 2, 50),
+        put("alice", 1, 10),
+        put("bo", 3, 10),
+        put("bo", 4, 10),
+    ])
+    .unwrap();
+    // Every user's, in key order (a user id is length-prefixed: "al" < "bo" < "alice").
+    let all = s.tombstones_after(None, usize::MAX).unwrap();
+    let keys: Vec<(String, u64, i64)> = all
+        .iter()
+        .map(|(u, c, at)| (u.to_string(), *c, *at))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("al".into(), 1, 10),
+            ("al".into(), 2, 50),
+            ("bo".into(), 3, 10),
+            ("bo".into(), 4, 10),
+            ("alice".into(), 1, 10),
+        ]
+    );
+    assert_eq!(s.tombstones_after(None, 2).unwrap(), all[..2].to_vec());
+    assert_eq!(
+        s.tombstones_after(Some(("al", 2)), 2).unwrap(),
+        all[2..4].to_vec()
+    );
+    assert!(
+        s.tombstones_after(Some(("alice", 1)), 9)
+            .unwrap()
+            .is_empty()
+    );
+    // Due: deleted; newer: kept; absent: nothing written; written again earlier in the same
+    // commit (a later leave), or deleted there (a join): kept, or left deleted.
+    s.commit(&[
+        expire("al", 1, 20),
+        expire("al", 2, 20),
+        expire("al", 9, 20),
+        put("bo", 3, 30),
+        expire("bo", 3, 20),
+        Op::DeleteTombstone {
+            user: u("bo"),
+            conv: 4,
+        },
+        expire("bo", 4, 20),
+    ])
+    .unwrap();
+    assert_eq!(s.tombstones("al").unwrap(), vec![(2, 50)]);
+    assert_eq!(s.tombstones("bo").unwrap(), vec![(3, 30)]);
+    assert_eq!(s.tombstones("alice").unwrap(), vec![(1, 10)]);
+    // A tombstone put after the expiry in the same commit stays.
+    s.commit(&[expire("alice", 1, 20), put("alice", 1, 15)])
+        .unwrap();
+    assert_eq!(s.tombstones("alice").unwrap(), vec![(1, 15)]);
+}
+
+fn user_event_expiry(open: Open<'_>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let put = |user: &str, seq, at| Op::PutUserEvent {
+        user: u(user),
+        seq,
+        event: ConversationEvent {
+            server_time: at,
+            user_seq: seq,
+            ..Default::default()
+        },
+    };
+    let expire = |user: &str, seq, before| Op::ExpireUserEvent {
+        user: u(user),
+        seq,
+        before,
+    };
+    s.commit(&[
+        put("al", 1, 10),
+        put("al", 2, 50),
+        put("bo", 1, 10),
+        put("bo", 2, 10),
+    ])
+    .unwrap();
+    let all = s.user_events_page(None, usize::MAX).unwrap();
+    let keys: Vec<(String, u64, i64)> = all
+        .iter()
+        .map(|(u, seq, at)| (u.to_string(), *seq, *at))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("al".into(), 1, 10),
+            ("al".into(), 2, 50),
+            ("bo".into(), 1, 10),
+            ("bo".into(), 2, 10),
+        ]
+    );
+    assert_eq!(
+        s.user_events_page(Some(("al", 2)), 1).unwrap(),
+        all[2..3].to_vec()
+    );
+    // Due: deleted; newer: kept; put again earlier in the same commit: kept.
+    s.commit(&[
+        expire("al", 1, 20),
+        expire("al", 2, 20),
+        put("bo", 2, 30),
+        expire("bo", 2, 20),
+        expire("bo", 9, 20),
+    ])
+    .unwrap();
+    let left: Vec<(String, u64)> = s
+        .user_events_page(None, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(u, seq, _)| (u.to_string(), seq))
+        .collect();
+    assert_eq!(
+        left,
+        vec![("al".into(), 2), ("bo".into(), 1), ("bo".into(), 2)]
+    );
 }
 
 fn patch_index(open: Open<'_>) {

@@ -398,7 +398,9 @@ fn write_of(op: &Op) -> Write {
         Op::PutUserEvent { user, seq, event } => {
             Write::Put(keys::user_event(user, *seq), event.encode_to_vec())
         }
-        Op::DeleteUserEvent { user, seq } => Write::Delete(keys::user_event(user, *seq)),
+        Op::DeleteUserEvent { user, seq } | Op::ExpireUserEvent { user, seq, .. } => {
+            Write::Delete(keys::user_event(user, *seq))
+        }
         Op::SetCounter { counter, value } => Write::Put(
             keys::counter(counter_name(*counter)),
             value.to_be_bytes().to_vec(),
@@ -420,7 +422,9 @@ fn write_of(op: &Op) -> Write {
             keys::tombstone(user, *conv),
             (*at).max(0).to_be_bytes().to_vec(),
         ),
-        Op::DeleteTombstone { user, conv } => Write::Delete(keys::tombstone(user, *conv)),
+        Op::DeleteTombstone { user, conv } | Op::ExpireTombstone { user, conv, .. } => {
+            Write::Delete(keys::tombstone(user, *conv))
+        }
         Op::PutHidden { user, conv, seq } => {
             Write::Put(keys::hidden(user, *conv, *seq), Vec::new())
         }
@@ -520,8 +524,59 @@ impl<E: OrderedKv> Store for KvStore<E> {
             .iter()
             .any(|o| matches!(o, Op::PurgeConversation { .. }));
         let mut written: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
+        let expiring = ops
+            .iter()
+            .any(|o| matches!(o, Op::ExpireTombstone { .. } | Op::ExpireUserEvent { .. }));
+        // User events this commit puts before an expiry reads them.
+        let mut events_put: std::collections::HashSet<Vec<u8>> = Default::default();
+        // Tombstones this commit writes before an expiry reads them: key → time (None: deleted).
+        let mut tombs: HashMap<Vec<u8>, Option<i64>> = HashMap::new();
         let mut writes = Vec::with_capacity(ops.len());
         for op in ops {
+            if let Op::ExpireTombstone { user, conv, before } = op {
+                let key = keys::tombstone(user, *conv);
+                let at = match tombs.get(&key) {
+                    Some(at) => *at,
+                    None => self
+                        .engine
+                        .get(&key)?
+                        .and_then(|v| be_u64(&v, 0))
+                        .map(|at| at as i64),
+                };
+                if at.is_some_and(|at| at < *before) {
+                    tombs.insert(key.clone(), None);
+                    writes.push(Write::Delete(key));
+                }
+                continue;
+            }
+            if let Op::ExpireUserEvent { user, seq, before } = op {
+                let key = keys::user_event(user, *seq);
+                if events_put.contains(&key) {
+                    continue;
+                }
+                let due = match self.engine.get(&key)? {
+                    Some(v) => decode::<ConversationEvent>("user event", &v)?.server_time < *before,
+                    None => false,
+                };
+                if due {
+                    writes.push(Write::Delete(key));
+                }
+                continue;
+            }
+            if expiring {
+                match op {
+                    Op::PutUserEvent { user, seq, .. } => {
+                        events_put.insert(keys::user_event(user, *seq));
+                    }
+                    Op::PutTombstone { user, conv, at } => {
+                        tombs.insert(keys::tombstone(user, *conv), Some((*at).max(0)));
+                    }
+                    Op::DeleteTombstone { user, conv } => {
+                        tombs.insert(keys::tombstone(user, *conv), None);
+                    }
+                    _ => {}
+                }
+            }
             if let Op::PurgeConversation { conv } = op {
                 let stored = self.keys_of_conversation(*conv)?;
                 let fresh = written.remove(conv).unwrap_or_default();
@@ -742,6 +797,39 @@ impl<E: OrderedKv> Store for KvStore<E> {
             .unwrap_or(0))
     }
 
+    fn user_events_page(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<(UserId, u64, i64)>, StoreError> {
+        let prefix = [keys::USER_EVENT];
+        let lo = match after {
+            Some((user, seq)) => {
+                let mut k = keys::user_event(user, seq);
+                k.push(0);
+                k
+            }
+            None => prefix.to_vec(),
+        };
+        let hi = prefix_end(&prefix);
+        self.engine
+            .range(&lo, hi.as_deref(), false, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let (user, at) = user_at(&k, 1).ok_or_else(|| StoreError::Corrupt {
+                    what: "user event",
+                    detail: format!("{k:?}"),
+                })?;
+                let seq = be_u64(&k, at).ok_or_else(|| StoreError::Corrupt {
+                    what: "user event",
+                    detail: format!("{k:?}"),
+                })?;
+                let event: ConversationEvent = decode("user event", &v)?;
+                Ok((UserId::from(user), seq, event.server_time))
+            })
+            .collect()
+    }
+
     fn conversations_of_kind(
         &self,
         kind: i32,
@@ -859,6 +947,36 @@ impl<E: OrderedKv> Store for KvStore<E> {
                     what: "tombstone",
                     detail: format!("{k:?}"),
                 }),
+            })
+            .collect()
+    }
+
+    fn tombstones_after(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<(UserId, u64, i64)>, StoreError> {
+        let prefix = [keys::TOMBSTONE];
+        let lo = match after {
+            Some((user, conv)) => {
+                let mut k = keys::tombstone(user, conv);
+                k.push(0);
+                k
+            }
+            None => prefix.to_vec(),
+        };
+        let hi = prefix_end(&prefix);
+        self.engine
+            .range(&lo, hi.as_deref(), false, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let parsed = keys::user_at(&k, 1).and_then(|(user, at)| {
+                    Some((UserId::from(user), be_u64(&k, at)?, be_u64(&v, 0)? as i64))
+                });
+                parsed.ok_or_else(|| StoreError::Corrupt {
+                    what: "tombstone",
+                    detail: format!("{k:?}"),
+                })
             })
             .collect()
     }

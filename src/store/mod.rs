@@ -110,6 +110,13 @@ pub enum Op {
         user: UserId,
         seq: u64,
     },
+    /// Deletes `user`'s event `seq` if, when the op is committed, it is stored with a
+    /// `server_time` older than `before` (ms): an event written since under the same seq stays.
+    ExpireUserEvent {
+        user: UserId,
+        seq: u64,
+        before: i64,
+    },
     SetCounter {
         counter: Counter,
         value: u64,
@@ -158,6 +165,13 @@ pub enum Op {
     DeleteTombstone {
         user: UserId,
         conv: u64,
+    },
+    /// Deletes `user`'s tombstone of `conv` if, when the op is committed, it is older than
+    /// `before` (ms): a tombstone written again since it was read stays.
+    ExpireTombstone {
+        user: UserId,
+        conv: u64,
+        before: i64,
     },
     /// `user` deleted message `seq` one-way.
     PutHidden {
@@ -407,10 +421,24 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<(Vec<ConversationEvent>, bool), StoreError>;
     fn last_user_event_seq(&self, user: &str) -> Result<u64, StoreError>;
+    /// Every user's events in key order (user, then seq), starting after `after` (`None`: from
+    /// the first), at most `limit`: (user, seq, server time).
+    fn user_events_page(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<(UserId, u64, i64)>, StoreError>;
     fn counter(&self, counter: Counter) -> Result<u64, StoreError>;
 
     /// `user`'s list tombstones: (conversation, deleted at).
     fn tombstones(&self, user: &str) -> Result<Vec<(u64, i64)>, StoreError>;
+    /// Every user's list tombstones in key order (user, then conversation), starting after
+    /// `after` (`None`: from the first), at most `limit`: (user, conversation, deleted at).
+    fn tombstones_after(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<(UserId, u64, i64)>, StoreError>;
     /// The seqs in `lo..hi` that `user` deleted one-way in `conv`, ascending.
     fn hidden_seqs(&self, user: &str, conv: u64, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError>;
     /// Messages in `lo..hi` of `conv` that asked for receipts: (seq, sender), ascending.

@@ -941,3 +941,175 @@ async fn pinning_counts_pins_without_decoding_the_list_each_time() {
     let after = decodes.0.load(std::sync::atomic::Ordering::SeqCst);
     assert!(after - before <= 1, "{} decodes", after - before);
 }
+
+const HOUR: i64 = 3_600_000;
+
+/// Tombstones older than `list_tombstone_retention_secs` are swept (a newer one, or one
+/// written again, stays), and an incremental sync from before the retention is refused; a
+/// restart keeps both.
+#[tokio::test]
+async fn list_tombstones_older_than_the_retention_are_swept_and_older_syncs_refused() {
+    let mut server = TestServer::start_with(|c| {
+        c.list_tombstone_retention_secs = 86_400;
+        c.admin_listen = "127.0.0.1:0".into();
+        c.admin_api_keys = vec![crate::admin::KEY.into()];
+    })
+    .await;
+    let sweeps = |server: &TestServer, n: u64| {
+        let stats = server.running().app.stats.clone();
+        async move { within(stats.tombstone_sweeps.wait_for(n)).await }
+    };
+    let tombstones = |server: &TestServer, user: &str| {
+        let mut t = server.running().app.store.tombstones(user).unwrap();
+        t.sort();
+        t
+    };
+    sweeps(&server, 1).await;
+    let alice = server.client("alice").await;
+    let bob = server.client("bob").await;
+    let deleted = within(alice.create_group("deleted", &["bob"]))
+        .await
+        .unwrap();
+    let removed = within(alice.create_group("removed", &["bob"]))
+        .await
+        .unwrap();
+    let again = within(alice.create_group("again", &["bob"])).await.unwrap();
+    server.clock.advance(10);
+    let t_old = server.clock_now();
+    within(alice.delete_conversation(&deleted.id, true))
+        .await
+        .unwrap();
+    within(alice.remove_members(&removed.id, &["bob"]))
+        .await
+        .unwrap();
+    within(bob.leave(&again.id)).await.unwrap();
+    assert_eq!(tombstones(&server, "bob").len(), 3);
+    assert_eq!(tombstones(&server, "alice").len(), 1);
+
+    // Half a day on: bob joins `again` and leaves it again, and a new group is deleted.
+    server.clock.advance(12 * HOUR);
+    sweeps(&server, 2).await;
+    // (Tokens outlive no half day.)
+    let alice = server.client("alice").await;
+    let bob = server.client("bob").await;
+    within(alice.add_members(&again.id, &["bob"]))
+        .await
+        .unwrap();
+    within(bob.leave(&again.id)).await.unwrap();
+    let fresh = within(alice.create_group("fresh", &["bob"])).await.unwrap();
+    within(alice.delete_conversation(&fresh.id, false))
+        .await
+        .unwrap();
+    let t_new = server.clock_now();
+    assert_eq!(server.running().app.stats.list_tombstones_swept.get(), 0);
+
+    // A day after the first ones: they go, the newer ones stay.
+    server.clock.advance(13 * HOUR);
+    sweeps(&server, 3).await;
+    let nums = |entries: &[(u64, i64)]| entries.iter().map(|(_, at)| *at).collect::<Vec<_>>();
+    assert_eq!(nums(&tombstones(&server, "bob")), vec![t_new, t_new]);
+    assert_eq!(nums(&tombstones(&server, "alice")), vec![t_new]);
+    assert_eq!(server.running().app.stats.list_tombstones_swept.get(), 3);
+    let m = crate::admin::metrics_of(&server).await;
+    assert_eq!(m["tidings_list_tombstones_swept_total"], 3.0);
+
+    let want = [again.id.clone(), fresh.id.clone()];
+    sync_around_the_retention(&server, t_old, t_new, &want).await;
+    drop((alice, bob));
+    server.restart().await;
+    sweeps(&server, 1).await;
+    assert_eq!(tombstones(&server, "bob").len(), 2);
+    sync_around_the_retention(&server, t_old, t_new, &want).await;
+}
+
+/// bob's sync from `t_old`, before the retention, is refused; from `t_new`, within it, it
+/// returns the tombstones of `want`.
+async fn sync_around_the_retention(server: &TestServer, t_old: i64, t_new: i64, want: &[String]) {
+    let bob = server.client("bob").await;
+    let e = within(bob.list_conversations(pb::ListConversations {
+        updated_after: t_old - 1,
+        ..Default::default()
+    }))
+    .await
+    .unwrap_err();
+    assert_eq!(code(e), ErrorCode::ErrorWindowExpired);
+    let since = all(
+        &bob,
+        pb::ListConversations {
+            updated_after: t_new - 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut got: Vec<(String, bool)> = since
+        .iter()
+        .map(|e| (e.conversation_id.clone(), e.deleted))
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, bool)> = want.iter().map(|id| (id.clone(), true)).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+/// bob's login replay from `cursor`: the seqs replayed and whether older ones were left out.
+async fn replay(server: &TestServer, cursor: u64) -> (Vec<u64>, bool) {
+    let (_, w) = server.login_device("bob", "d", cursor).await;
+    (
+        w.events.iter().map(|e| e.user_seq).collect(),
+        w.ok.events_truncated,
+    )
+}
+
+/// Logged user events older than the retention are swept, each user's newest kept (the seqs
+/// go on from it); a login from before the oldest kept is told `events_truncated`.
+#[tokio::test]
+async fn user_events_older_than_the_retention_are_swept_and_replays_say_so() {
+    let mut server = TestServer::start_with(|c| c.list_tombstone_retention_secs = 86_400).await;
+    let sweeps = |server: &TestServer, n: u64| {
+        let stats = server.running().app.stats.clone();
+        async move { within(stats.tombstone_sweeps.wait_for(n)).await }
+    };
+    sweeps(&server, 1).await;
+    let alice = server.client("alice").await;
+    for name in ["g1", "g2"] {
+        within(alice.create_group(name, &["bob"])).await.unwrap();
+    }
+    assert_eq!(replay(&server, 0).await, (vec![1, 2], false));
+
+    // A day on: each one's first goes, the second stays (their newest).
+    server.clock.advance(25 * HOUR);
+    sweeps(&server, 2).await;
+    assert_eq!(server.running().app.stats.user_events_swept.get(), 2);
+    let alice = server.client("alice").await;
+    within(alice.create_group("g3", &["bob"])).await.unwrap();
+    assert_eq!(replay(&server, 0).await, (vec![2, 3], true));
+    assert_eq!(replay(&server, 1).await, (vec![2, 3], false));
+    assert_eq!(replay(&server, 2).await, (vec![3], false));
+
+    // The sweep at start takes the second, now that a newer one is kept.
+    drop(alice);
+    server.restart().await;
+    sweeps(&server, 1).await;
+    assert_eq!(replay(&server, 1).await, (vec![3], true));
+    assert_eq!(replay(&server, 2).await, (vec![3], false));
+    let alice = server.client("alice").await;
+    within(alice.create_group("g4", &["bob"])).await.unwrap();
+    assert_eq!(replay(&server, 2).await, (vec![3, 4], false));
+}
+
+/// A login from before the oldest event `event_log_retention` keeps is told
+/// `events_truncated`, however few events are left.
+#[tokio::test]
+async fn a_replay_from_before_the_kept_events_is_truncated() {
+    let server = TestServer::start_with(|c| {
+        c.event_log_retention = 2;
+        c.max_login_replay_events = 2;
+    })
+    .await;
+    let alice = server.client("alice").await;
+    for name in ["g1", "g2", "g3"] {
+        within(alice.create_group(name, &["bob"])).await.unwrap();
+    }
+    assert_eq!(replay(&server, 0).await, (vec![2, 3], true));
+    assert_eq!(replay(&server, 1).await, (vec![2, 3], false));
+}

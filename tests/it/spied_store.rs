@@ -116,6 +116,22 @@ impl Store for Spied {
         self.watch.read("tombstones");
         self.inner.tombstones(user)
     }
+    fn user_events_page(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<(UserId, u64, i64)>, StoreError> {
+        self.watch.read("user_events_page");
+        self.inner.user_events_page(after, limit)
+    }
+    fn tombstones_after(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<(UserId, u64, i64)>, StoreError> {
+        self.watch.read("tombstones_after");
+        self.inner.tombstones_after(after, limit)
+    }
     fn hidden_seqs(&self, user: &str, conv: u64, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError> {
         self.watch.read("hidden_seqs");
         self.inner.hidden_seqs(user, conv, lo, hi)

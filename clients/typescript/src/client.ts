@@ -637,11 +637,24 @@ export class TidingsClient extends Emitter<ClientEvents> {
   /**
    * Pages through the list past the login summary, calling `consider` with each entry: from
    * the summary's cursor the first time, else only entries changed since the last catch-up
-   * that went through (a minute of margin for clocks). Whether it went through to the end.
+   * that went through (a minute of margin for clocks). A catch-up from before the server's
+   * list tombstone retention (`ERROR_WINDOW_EXPIRED`) pages through the whole list instead.
+   * Whether it went through to the end.
    */
   async #pageChanged(summaryCursor: string, consider: (e: ListEntry) => void): Promise<boolean> {
     const since = this.#listSyncedAt > 60_000n ? this.#listSyncedAt - 60_000n : 0n;
-    let cursor = since > 0n ? "" : summaryCursor;
+    try {
+      return await this.#pageFrom(since, since > 0n ? "" : summaryCursor, consider);
+    } catch (e) {
+      if (since > 0n && e instanceof TidingsError && e.code === ErrorCode.ERROR_WINDOW_EXPIRED) {
+        return this.#pageFrom(0n, summaryCursor, consider);
+      }
+      throw e;
+    }
+  }
+
+  /** Pages through the entries changed after `since` (0: all), from `cursor`. */
+  async #pageFrom(since: bigint, cursor: string, consider: (e: ListEntry) => void): Promise<boolean> {
     for (let pages = 0; pages < 10_000; pages++) {
       if (this.#state !== "connected") return false;
       const page = await this.listConversations({ cursor, updatedAfter: since, omitLastMessage: true });

@@ -464,6 +464,18 @@ describe("more policy", () => {
     s1.login("alice", { case: "unreadSummary", value: { entries: [{ conversationId: "c0", lastSeq: 1n }], listCursor: "cur2" } });
     await settle();
     expect(s1.lastRequest("listConversations").body.value).toMatchObject({ cursor: "", updatedAfter: firstLogin - 60_000n });
+
+    // From before the server's tombstone retention: the whole list again, from the summary.
+    const late = s1.lastRequest("listConversations");
+    s1.frame({ id: late.id, body: { case: "error", value: { code: ErrorCode.ERROR_WINDOW_EXPIRED, message: "list from 0" } } });
+    await settle();
+    const again = s1.lastRequest("listConversations");
+    expect(again.id).not.toBe(late.id);
+    expect(again.body.value).toMatchObject({ cursor: "cur2", updatedAfter: 0n });
+    s1.frame({ id: again.id, body: { case: "conversationList", value: { entries: [{ conversationId: "c1", lastSeq: 3n }], hasMore: false } } });
+    await settle();
+    await c.flush();
+    expect(BigInt((await store.load("d1"))!.listSyncedAt!)).toBeGreaterThan(firstLogin);
   });
 
   it("does not send another user's queued sends", async () => {

@@ -828,8 +828,9 @@ export type LoginOk = Message<"tidings.v1.LoginOk"> & {
   eventCursor: bigint;
 
   /**
-   * True when more events were pending than `max_login_replay_events`: only the newest were
-   * replayed; refetch the conversations the device cares about.
+   * True when more events were pending than `max_login_replay_events`, or some after the
+   * cursor are no longer kept (`event_log_retention`, or older than the retention): only the
+   * newest were replayed; refetch the conversations the device cares about.
    *
    * @generated from field: bool events_truncated = 5;
    */
@@ -2963,7 +2964,8 @@ export enum ErrorCode {
   ERROR_MESSAGE_NOT_FOUND = 13,
 
   /**
-   * The recall or edit window of the message has passed.
+   * The recall or edit window of the message has passed; or a ListConversations
+   * `updated_after` is older than the list tombstone retention: list from 0 instead.
    *
    * @generated from enum value: ERROR_WINDOW_EXPIRED = 14;
    */

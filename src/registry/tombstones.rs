@@ -1,0 +1,153 @@
+//! List tombstone retention (`list_tombstone_retention_secs`).
+//!
+//! A tombstone (`T` user ‖ conv → deleted at) tells an incremental ListConversations that an
+//! entry left the user's list. One task, on the injected clock, sweeps at start and then every
+//! hour: it walks every user's tombstones in key order, a page at a time, and deletes those
+//! older than the retention, one store commit per page, each queued behind the writes already
+//! waiting. The delete is conditional ([`Op::ExpireTombstone`]): it is decided when the commit
+//! is applied, against the tombstone then stored, so one written again meanwhile (the user
+//! joined and left again) stays. Incremental syncs from before the retention are refused
+//! (see [`Registry::check_sync_window`]), so no client misses a swept deletion.
+//!
+//! The same sweep deletes the users' logged events (`E` user ‖ seq) older than the retention,
+//! except each user's newest, whose seq the next event continues from. A login whose event
+//! cursor is below the oldest event kept is told `events_truncated`.
+
+use super::writer::wait;
+use super::{Error, Registry};
+use crate::store::Op;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// How often the sweep runs (on the injected clock), ms.
+pub const SWEEP_EVERY_MS: i64 = super::retention::SWEEP_EVERY_MS;
+
+/// Tombstones examined per store read (and at most deleted per commit).
+const PAGE: usize = 1024;
+
+/// Runs the sweep until `shutdown`.
+pub async fn run(registry: Arc<Registry>, shutdown: CancellationToken) {
+    loop {
+        // Taken before the sweep: a clock moved while it runs still wakes the next one.
+        let next = registry.now() + SWEEP_EVERY_MS;
+        match registry.tombstone_sweep().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted list tombstones past their retention"),
+            Err(e) => tracing::error!(error = %e, "list tombstone sweep failed"),
+        }
+        match registry.user_event_sweep().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted user events past their retention"),
+            Err(e) => tracing::error!(error = %e, "user event sweep failed"),
+        }
+        registry.stats.tombstone_sweeps.inc();
+        tokio::select! {
+            _ = registry.clock.sleep_until(next) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+impl Registry {
+    /// The oldest `updated_after` an incremental list sync may ask for (ms): tombstones
+    /// older than this may have been swept.
+    pub(super) fn tombstone_cutoff(&self) -> i64 {
+        let secs = self.config.list_tombstone_retention_secs as i64;
+        self.now().saturating_sub(secs.saturating_mul(1000))
+    }
+
+    /// Refuses an incremental list sync (`updated_after` > 0) from before the tombstone
+    /// retention: the deletions it should report may be gone.
+    pub(super) fn check_sync_window(&self, updated_after: i64) -> Result<(), Error> {
+        if updated_after > 0 && updated_after < self.tombstone_cutoff() {
+            return Err(Error::WindowExpired(format!(
+                "updated_after is older than list_tombstone_retention_secs ({} s): \
+                 list from updated_after 0",
+                self.config.list_tombstone_retention_secs
+            )));
+        }
+        Ok(())
+    }
+
+    /// Deletes every list tombstone older than `list_tombstone_retention_secs`; returns how
+    /// many were due (a tombstone written again before its delete committed stays).
+    pub async fn tombstone_sweep(&self) -> Result<u64, Error> {
+        let cutoff = self.tombstone_cutoff();
+        let mut deleted = 0;
+        let mut after: Option<(crate::store::UserId, u64)> = None;
+        loop {
+            let page = self
+                .store
+                .tombstones_after(after.as_ref().map(|(u, c)| (&**u, *c)), PAGE)?;
+            let ops: Vec<Op> = page
+                .iter()
+                .filter(|(_, _, at)| *at < cutoff)
+                .map(|(user, conv, _)| Op::ExpireTombstone {
+                    user: user.clone(),
+                    conv: *conv,
+                    before: cutoff,
+                })
+                .collect();
+            if !ops.is_empty() {
+                let n = ops.len() as u64;
+                let permit = self.writer.reserve().await?;
+                wait(self.writer.submit(permit, ops, Vec::new(), Vec::new())).await?;
+                deleted += n;
+                self.stats.list_tombstones_swept.add(n);
+            }
+            match page.last() {
+                Some((user, conv, _)) if page.len() == PAGE => after = Some((user.clone(), *conv)),
+                _ => return Ok(deleted),
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Deletes every logged user event older than `list_tombstone_retention_secs`, except each
+    /// user's newest; returns how many were due.
+    pub async fn user_event_sweep(&self) -> Result<u64, Error> {
+        let cutoff = self.tombstone_cutoff();
+        let mut deleted = 0;
+        let mut after: Option<(crate::store::UserId, u64)> = None;
+        // The user whose events are being walked and their newest seq.
+        let mut newest: Option<(crate::store::UserId, u64)> = None;
+        loop {
+            let page = self
+                .store
+                .user_events_page(after.as_ref().map(|(u, s)| (&**u, *s)), PAGE)?;
+            let mut ops = Vec::new();
+            for (user, seq, at) in &page {
+                if at >= &cutoff {
+                    continue;
+                }
+                let last = match &newest {
+                    Some((u, last)) if u == user => *last,
+                    _ => {
+                        let last = self.store.last_user_event_seq(user)?;
+                        newest = Some((user.clone(), last));
+                        last
+                    }
+                };
+                if *seq < last {
+                    ops.push(Op::ExpireUserEvent {
+                        user: user.clone(),
+                        seq: *seq,
+                        before: cutoff,
+                    });
+                }
+            }
+            if !ops.is_empty() {
+                let n = ops.len() as u64;
+                let permit = self.writer.reserve().await?;
+                wait(self.writer.submit(permit, ops, Vec::new(), Vec::new())).await?;
+                deleted += n;
+                self.stats.user_events_swept.add(n);
+            }
+            match page.last() {
+                Some((user, seq, _)) if page.len() == PAGE => after = Some((user.clone(), *seq)),
+                _ => return Ok(deleted),
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
