@@ -16,6 +16,43 @@ fn big_text(i: usize) -> String {
     head.clone() + &"x".repeat(BIG - head.len())
 }
 
+/// Pages through `path` (which has a query already) by its cursors until `has_more` is false,
+/// checking that every page holds something and at most the default bound of text (`text` of
+/// each item in `key`). Returns the `id`s of the items in page order, and how many pages.
+async fn walk(
+    server: &crate::harness::TestServer,
+    path: &str,
+    key: &str,
+    text: fn(&Value) -> &Value,
+    id: fn(&Value) -> &Value,
+) -> (Vec<String>, usize) {
+    let (mut seen, mut cursor, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let mut at = path.to_owned();
+        if !cursor.is_empty() {
+            at += &format!("&cursor={cursor}");
+        }
+        let page = ok(server, "GET", &at, None).await;
+        let items = page[key].as_array().unwrap();
+        assert!(!items.is_empty());
+        let bytes: usize = items
+            .iter()
+            .map(|i| text(i).as_str().unwrap_or("").len())
+            .sum();
+        assert!(
+            bytes <= DEFAULT_PAGE_BYTES,
+            "a page of {} items, {bytes} bytes of text",
+            items.len()
+        );
+        pages += 1;
+        seen.extend(items.iter().map(|i| id(i).as_str().unwrap().to_owned()));
+        if page["has_more"] != json!(true) {
+            return (seen, pages);
+        }
+        cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    }
+}
+
 #[tokio::test]
 async fn a_history_page_of_large_messages_stops_at_the_byte_bound_and_its_cursor_goes_on() {
     let server = admin_server().await;
@@ -33,38 +70,8 @@ async fn a_history_page_of_large_messages_stops_at_the_byte_bound_and_its_cursor
         sent.push(ack["message_id"].as_str().unwrap().to_owned());
     }
     for oldest_first in [false, true] {
-        let mut seen: Vec<String> = Vec::new();
-        let mut cursor = String::new();
-        let mut pages = 0;
-        loop {
-            let mut path =
-                format!("/v1/conversations/{g}/messages?limit=100&oldest_first={oldest_first}");
-            if !cursor.is_empty() {
-                path += &format!("&cursor={cursor}");
-            }
-            let page = ok(&server, "GET", &path, None).await;
-            let messages = page["messages"].as_array().unwrap();
-            assert!(!messages.is_empty());
-            let bytes: usize = messages
-                .iter()
-                .map(|m| m["text"].as_str().unwrap_or("").len())
-                .sum();
-            assert!(
-                bytes <= DEFAULT_PAGE_BYTES,
-                "a page of {} messages, {bytes} bytes of text",
-                messages.len()
-            );
-            pages += 1;
-            seen.extend(
-                messages
-                    .iter()
-                    .map(|m| m["id"].as_str().unwrap().to_owned()),
-            );
-            if page["has_more"] != json!(true) {
-                break;
-            }
-            cursor = page["next_cursor"].as_str().unwrap().to_owned();
-        }
+        let path = format!("/v1/conversations/{g}/messages?limit=100&oldest_first={oldest_first}");
+        let (seen, pages) = walk(&server, &path, "messages", |m| &m["text"], |m| &m["id"]).await;
         assert!(pages >= 2, "{pages} pages");
         let unique: HashSet<&String> = seen.iter().collect();
         assert_eq!(unique.len(), seen.len(), "no message comes twice");
@@ -97,33 +104,14 @@ async fn a_conversation_list_page_of_large_last_messages_stops_at_the_byte_bound
         .await;
         groups.insert(g);
     }
-    let mut seen = Vec::new();
-    let mut cursor = String::new();
-    let mut pages = 0;
-    loop {
-        let mut path = "/v1/users/bob/conversations?limit=100".to_owned();
-        if !cursor.is_empty() {
-            path += &format!("&cursor={cursor}");
-        }
-        let page = ok(&server, "GET", &path, None).await;
-        let entries = page["entries"].as_array().unwrap();
-        assert!(!entries.is_empty());
-        let bytes: usize = entries
-            .iter()
-            .map(|e| e["last_message"]["text"].as_str().unwrap_or("").len())
-            .sum();
-        assert!(bytes <= DEFAULT_PAGE_BYTES, "{} entries", entries.len());
-        pages += 1;
-        seen.extend(
-            entries
-                .iter()
-                .map(|e| e["conversation_id"].as_str().unwrap().to_owned()),
-        );
-        if page["has_more"] != json!(true) {
-            break;
-        }
-        cursor = page["next_cursor"].as_str().unwrap().to_owned();
-    }
+    let (seen, pages) = walk(
+        &server,
+        "/v1/users/bob/conversations?limit=100",
+        "entries",
+        |e| &e["last_message"]["text"],
+        |e| &e["conversation_id"],
+    )
+    .await;
     assert!(pages >= 2);
     let unique: HashSet<String> = seen.iter().cloned().collect();
     assert_eq!(unique.len(), seen.len());
@@ -185,32 +173,14 @@ async fn a_page_of_open_temporary_conversations_stops_at_the_byte_bound() {
         .await;
         chats.insert(id);
     }
-    let mut seen = Vec::new();
-    let mut cursor = String::new();
-    let mut pages = 0;
-    loop {
-        let mut path = "/v1/temporary-conversations?member=agent&limit=100".to_owned();
-        if !cursor.is_empty() {
-            path += &format!("&cursor={cursor}");
-        }
-        let page = ok(&server, "GET", &path, None).await;
-        let list = page["conversations"].as_array().unwrap();
-        assert!(!list.is_empty());
-        let bytes: usize = list
-            .iter()
-            .map(|c| c["last_message"]["text"].as_str().unwrap_or("").len())
-            .sum();
-        assert!(bytes <= DEFAULT_PAGE_BYTES, "{} conversations", list.len());
-        pages += 1;
-        seen.extend(
-            list.iter()
-                .map(|c| c["conversation"]["id"].as_str().unwrap().to_owned()),
-        );
-        if page["has_more"] != json!(true) {
-            break;
-        }
-        cursor = page["next_cursor"].as_str().unwrap().to_owned();
-    }
+    let (seen, pages) = walk(
+        &server,
+        "/v1/temporary-conversations?member=agent&limit=100",
+        "conversations",
+        |c| &c["last_message"]["text"],
+        |c| &c["conversation"]["id"],
+    )
+    .await;
     assert!(pages >= 2);
     assert_eq!(seen.len(), n);
     assert_eq!(seen.into_iter().collect::<HashSet<_>>(), chats);
