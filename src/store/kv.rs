@@ -199,6 +199,40 @@ impl<E: OrderedKv> KvStore<E> {
         }
         Ok(out)
     }
+
+    /// Up to `limit` entries of the `tag` keys (user ‖ u64, made by `key`; `what` they are)
+    /// after `after`, in key order: (user, the u64, the time `time` reads from the value).
+    fn user_keyed_page(
+        &self,
+        (tag, what): (u8, &'static str),
+        key: fn(&str, u64) -> Vec<u8>,
+        after: Option<(&str, u64)>,
+        limit: usize,
+        time: fn(&[u8]) -> Option<i64>,
+    ) -> Result<Vec<(UserId, u64, i64)>, StoreError> {
+        let prefix = [tag];
+        let lo = match after {
+            Some((user, n)) => {
+                let mut k = key(user, n);
+                k.push(0);
+                k
+            }
+            None => prefix.to_vec(),
+        };
+        let hi = prefix_end(&prefix);
+        self.engine
+            .range(&lo, hi.as_deref(), false, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let parsed = keys::user_at(&k, 1)
+                    .and_then(|(user, at)| Some((UserId::from(user), be_u64(&k, at)?, time(&v)?)));
+                parsed.ok_or_else(|| StoreError::Corrupt {
+                    what,
+                    detail: format!("{k:?}"),
+                })
+            })
+            .collect()
+    }
 }
 
 /// The entry of the by-kind index of a conversation record.
@@ -802,32 +836,17 @@ impl<E: OrderedKv> Store for KvStore<E> {
         after: Option<(&str, u64)>,
         limit: usize,
     ) -> Result<Vec<(UserId, u64, i64)>, StoreError> {
-        let prefix = [keys::USER_EVENT];
-        let lo = match after {
-            Some((user, seq)) => {
-                let mut k = keys::user_event(user, seq);
-                k.push(0);
-                k
-            }
-            None => prefix.to_vec(),
-        };
-        let hi = prefix_end(&prefix);
-        self.engine
-            .range(&lo, hi.as_deref(), false, limit)?
-            .into_iter()
-            .map(|(k, v)| {
-                let (user, at) = user_at(&k, 1).ok_or_else(|| StoreError::Corrupt {
-                    what: "user event",
-                    detail: format!("{k:?}"),
-                })?;
-                let seq = be_u64(&k, at).ok_or_else(|| StoreError::Corrupt {
-                    what: "user event",
-                    detail: format!("{k:?}"),
-                })?;
-                let event: ConversationEvent = decode("user event", &v)?;
-                Ok((UserId::from(user), seq, event.server_time))
-            })
-            .collect()
+        self.user_keyed_page(
+            (keys::USER_EVENT, "user event"),
+            keys::user_event,
+            after,
+            limit,
+            |v| {
+                decode::<ConversationEvent>("user event", v)
+                    .ok()
+                    .map(|e| e.server_time)
+            },
+        )
     }
 
     fn conversations_of_kind(
@@ -956,29 +975,13 @@ impl<E: OrderedKv> Store for KvStore<E> {
         after: Option<(&str, u64)>,
         limit: usize,
     ) -> Result<Vec<(UserId, u64, i64)>, StoreError> {
-        let prefix = [keys::TOMBSTONE];
-        let lo = match after {
-            Some((user, conv)) => {
-                let mut k = keys::tombstone(user, conv);
-                k.push(0);
-                k
-            }
-            None => prefix.to_vec(),
-        };
-        let hi = prefix_end(&prefix);
-        self.engine
-            .range(&lo, hi.as_deref(), false, limit)?
-            .into_iter()
-            .map(|(k, v)| {
-                let parsed = keys::user_at(&k, 1).and_then(|(user, at)| {
-                    Some((UserId::from(user), be_u64(&k, at)?, be_u64(&v, 0)? as i64))
-                });
-                parsed.ok_or_else(|| StoreError::Corrupt {
-                    what: "tombstone",
-                    detail: format!("{k:?}"),
-                })
-            })
-            .collect()
+        self.user_keyed_page(
+            (keys::TOMBSTONE, "tombstone"),
+            keys::tombstone,
+            after,
+            limit,
+            |v| be_u64(v, 0).map(|t| t as i64),
+        )
     }
 
     fn hidden_seqs(&self, user: &str, conv: u64, lo: u64, hi: u64) -> Result<Vec<u64>, StoreError> {
