@@ -263,7 +263,7 @@ impl Registry {
 
     /// Charges a user for the `steps` a LeanCloud `conv/query` took to match and sort its rows
     /// (see [`QUERY_STEPS_PER_TOKEN`]), refused or not, and for the `bytes` of the rows it
-    /// answered (see [`RETURNED_BYTES_PER_TOKEN`]); never refused itself.
+    /// built, answered or not (see [`RETURNED_BYTES_PER_TOKEN`]); never refused itself.
     pub fn charge_query(&self, user: &UserId, steps: u64, bytes: usize) {
         let for_bytes = u64::try_from(bytes / RETURNED_BYTES_PER_TOKEN).unwrap_or(u64::MAX);
         self.owe(

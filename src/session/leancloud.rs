@@ -1483,7 +1483,7 @@ async fn query_off_runtime(
 /// [`crate::registry::Registry::peek`]) are never candidates. Matching and sorting spend from
 /// `meter`; a query that runs out is refused. The rows answered stop before the first that
 /// would take the answer past `leancloud_query_bytes_max` (the first always goes); returns the
-/// answer and its rows' bytes.
+/// answer and the bytes of every row it built, answered or not (what the query cost to make).
 fn query(
     app: &App,
     caller: &Caller,
@@ -1493,11 +1493,13 @@ fn query(
     use crate::leancloud::query::Query;
     let now = app.clock.now_ms();
     let scan_max = app.config.leancloud_query_scan_max;
+    let mut built = 0;
     let rows: Vec<serde_json::Value> = if !c.temp_conv_ids.is_empty() && c.r#where.is_none() {
         let compact = c.flag.unwrap_or(0) & crate::leancloud::query::FLAG_COMPACT != 0;
         let mut rows = Vec::new();
         for id in c.temp_conv_ids.iter().take(scan_max) {
             if let Some((mut r, _)) = visible_row(app, caller, id, now)? {
+                built += json_bytes(&r);
                 if compact {
                     r.remove("m");
                 }
@@ -1538,6 +1540,7 @@ fn query(
         let mut rows = Vec::new();
         for id in candidates.iter().take(scan_max) {
             if let Some(r) = visible_row(app, caller, id, now)? {
+                built += json_bytes(&r.0);
                 rows.push(r);
             }
         }
@@ -1575,7 +1578,23 @@ fn query(
         }),
         ..command(Cmd::Conv, Some(Op::Results))
     };
-    Ok((answer, budget.used()))
+    Ok((answer, built.max(budget.used())))
+}
+
+/// About the bytes of a row as JSON, without writing it out.
+fn json_bytes(row: &serde_json::Map<String, serde_json::Value>) -> usize {
+    fn value(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::String(s) => s.len() + 2,
+            serde_json::Value::Array(a) => a.iter().map(value).sum::<usize>() + a.len() + 1,
+            serde_json::Value::Object(o) => json_bytes(o),
+            _ => 8,
+        }
+    }
+    row.iter()
+        .map(|(k, v)| k.len() + 4 + value(v))
+        .sum::<usize>()
+        + 2
 }
 
 /// The row of a conversation the caller may see, and its whole member list; `None` for what

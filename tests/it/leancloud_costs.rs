@@ -650,6 +650,10 @@ async fn a_patch_replay_is_charged_by_its_bytes() {
 
 /// Bob's `conv/query` for his own conversations, `skip` rows in.
 fn bobs_conversations(skip: i32) -> GenericCommand {
+    bobs_conversations_limited(skip, 100)
+}
+
+fn bobs_conversations_limited(skip: i32, limit: i32) -> GenericCommand {
     GenericCommand {
         peer_id: Some("bob".into()),
         conv_message: Some(lc::ConvCommand {
@@ -657,7 +661,7 @@ fn bobs_conversations(skip: i32) -> GenericCommand {
                 data: serde_json::json!({"m": "bob"}).to_string(),
             }),
             skip: Some(skip),
-            limit: Some(100),
+            limit: Some(limit),
             ..Default::default()
         }),
         ..cmd(Cmd::Conv, Some(Op::Query))
@@ -666,12 +670,13 @@ fn bobs_conversations(skip: i32) -> GenericCommand {
 
 /// A `conv/query` answer stops before the row that would take it past
 /// `leancloud_query_bytes_max` (1 MiB), the rest reached with `skip`, and costs one token more
-/// per 64 KiB of its rows: twenty groups whose last message is 60,000 bytes answer 17 rows
-/// (about 1 MiB: 5 + 15 tokens), then the other 3 (5 + 2), and of the 25 tokens an open
-/// leaves of 63 (20, and 18 for the last messages its `unread` push carries) nothing is left.
+/// per 64 KiB of the rows it built: twenty groups whose last message is 60,000 bytes answer 17
+/// rows (about 1 MiB), then the other 3, each query building all twenty (5 + 18 tokens), and of
+/// the 32 tokens an open leaves of 70 (20, and 18 for the last messages its `unread` push
+/// carries) nothing is left.
 #[tokio::test]
 async fn a_query_answer_is_bounded_and_charged_by_its_bytes() {
-    let server = lc_server_with(user_bucket(63, 63)).await;
+    let server = lc_server_with(user_bucket(70, 70)).await;
     groups_with_unread(&server, 20, 1, 60_000).await;
     let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
     c.opened("bob", None).await;
@@ -686,6 +691,30 @@ async fn a_query_answer_is_bounded_and_charged_by_its_bytes() {
     let (rest, _) = rows(c.request(bobs_conversations(17)).await);
     assert_eq!(rest, 3);
     let e = c.request(bobs_conversations(0)).await.error_message;
+    assert_eq!(e.map(|e| e.code), Some(4113));
+}
+
+/// A `conv/query` is charged for every row it built, answered or not: the twenty rows of
+/// groups whose last message is 60,000 bytes cost about 18 tokens even when the query answers
+/// one, so of the 25 tokens an open leaves, the second such query finds too few.
+#[tokio::test]
+async fn a_query_is_charged_for_the_rows_it_built_not_only_those_it_answered() {
+    let server = lc_server_with(user_bucket(63, 63)).await;
+    groups_with_unread(&server, 20, 1, 60_000).await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("bob", None).await;
+    let first = c.request(bobs_conversations_limited(0, 1)).await;
+    let data = first.conv_message.expect("rows").results.unwrap().data;
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&data)
+            .unwrap()
+            .len(),
+        1
+    );
+    let e = c
+        .request(bobs_conversations_limited(0, 1))
+        .await
+        .error_message;
     assert_eq!(e.map(|e| e.code), Some(4113));
 }
 
