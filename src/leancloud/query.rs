@@ -308,6 +308,27 @@ impl Query {
         requires_true(&self.cond, column)
     }
 
+    /// Whether the condition or the sort looks at any of the columns `names` (a dotted key
+    /// looks at its first part).
+    pub fn looks_at(&self, names: &[&str]) -> bool {
+        fn cond(c: &Cond, names: &[&str]) -> bool {
+            match c {
+                Cond::And(all) | Cond::Or(all) => all.iter().any(|c| cond(c, names)),
+                Cond::Field { path, .. } => {
+                    path.first().is_some_and(|p| names.contains(&p.as_str()))
+                }
+            }
+        }
+        cond(&self.cond, names) || self.sorts_by(names)
+    }
+
+    /// Whether the sort looks at any of the columns `names`.
+    pub fn sorts_by(&self, names: &[&str]) -> bool {
+        self.sort
+            .iter()
+            .any(|k| k.path.first().is_some_and(|p| names.contains(&p.as_str())))
+    }
+
     /// Member ids every matching row's `m` must contain: `m` equal to a string (or to an array
     /// of strings), `$all`, or `$in` with a single string, at the top level or inside `$and`
     /// (requirements add up) or in every branch of an `$or` (only the shared ones count).

@@ -1494,11 +1494,12 @@ fn query(
     let now = app.clock.now_ms();
     let scan_max = app.config.leancloud_query_scan_max;
     let mut built = 0;
+    let (mut light, mut compact) = (false, false);
     let rows: Vec<serde_json::Value> = if !c.temp_conv_ids.is_empty() && c.r#where.is_none() {
         let compact = c.flag.unwrap_or(0) & crate::leancloud::query::FLAG_COMPACT != 0;
         let mut rows = Vec::new();
         for id in c.temp_conv_ids.iter().take(scan_max) {
-            if let Some((mut r, _)) = visible_row(app, caller, id, now)? {
+            if let Some((mut r, _)) = visible_row(app, caller, id, now, true)? {
                 built += json_bytes(&r);
                 if compact {
                     r.remove("m");
@@ -1537,9 +1538,13 @@ fn query(
                     .findable_conversation_ids(&caller.user, only, scan_max)?
             }
         };
+        // Rows to match and sort on are light when nothing looks at what they leave out; the
+        // rows answered are then made whole, one by one, until the answer is full.
+        light = !q.looks_at(&LAST_MESSAGE_COLUMNS) && !q.sorts_by(&["m"]);
+        compact = q.compact();
         let mut rows = Vec::new();
         for id in candidates.iter().take(scan_max) {
-            if let Some(r) = visible_row(app, caller, id, now)? {
+            if let Some(r) = visible_row(app, caller, id, now, !light)? {
                 built += json_bytes(&r.0);
                 rows.push(r);
             }
@@ -1561,6 +1566,21 @@ fn query(
     let mut budget = app.registry.query_bytes();
     let mut data = String::from("[");
     for row in rows {
+        let row = match row {
+            serde_json::Value::Object(r) if light => {
+                let id = r.get("objectId").and_then(|v| v.as_str()).unwrap_or("");
+                // Gone or out of sight since it matched: left out.
+                let Some((mut whole, _)) = visible_row(app, caller, id, now, true)? else {
+                    continue;
+                };
+                if compact {
+                    whole.remove("m");
+                }
+                built += json_bytes(&whole);
+                serde_json::Value::Object(whole)
+            }
+            row => row,
+        };
         let text = row.to_string();
         if !budget.take(text.len() + 1) {
             break;
@@ -1599,8 +1619,14 @@ fn json_bytes(row: &serde_json::Map<String, serde_json::Value>) -> usize {
 
 /// The row of a conversation the caller may see, and its whole member list; `None` for what
 /// is gone or not visible.
-fn visible_row(app: &App, caller: &Caller, id: &str, now: i64) -> Result<Option<Row>, Error> {
-    match row(app, caller, id, now) {
+fn visible_row(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+    now: i64,
+    full: bool,
+) -> Result<Option<Row>, Error> {
+    match row(app, caller, id, now, full) {
         Ok(r) => Ok(Some(r)),
         Err(Error::ConversationNotFound | Error::ConversationExpired | Error::NotAMember) => {
             Ok(None)
@@ -1617,8 +1643,24 @@ type Row = (
     Option<Arc<[crate::store::UserId]>>,
 );
 
-/// One conversation as a LeanCloud `_Conversation` row.
-fn row(app: &App, caller: &Caller, id: &str, now: i64) -> Result<Row, Error> {
+/// The columns of a member's row that come from the newest message they can see.
+const LAST_MESSAGE_COLUMNS: [&str; 9] = [
+    "lm",
+    "msg",
+    "bin",
+    "msg_from",
+    "msg_mid",
+    "msg_timestamp",
+    "patch_timestamp",
+    "mention_pids",
+    "mention_all",
+];
+
+/// One conversation as a LeanCloud `_Conversation` row. Not `full`: a row to match and sort
+/// on only, without its `m` list (empty; conditions on members see the whole list anyway) and,
+/// for a member, without the columns of the last message ([`LAST_MESSAGE_COLUMNS`]), which
+/// cost a store read each.
+fn row(app: &App, caller: &Caller, id: &str, now: i64, full: bool) -> Result<Row, Error> {
     let crate::registry::conversation::Peek {
         conversation: conv,
         members,
@@ -1649,8 +1691,10 @@ fn row(app: &App, caller: &Caller, id: &str, now: i64) -> Result<Row, Error> {
     // Chat rooms and system conversations keep no member list, as on LeanCloud.
     let (members, roster) = if room || system {
         (Vec::new(), None)
-    } else {
+    } else if full {
         (members, Some(roster))
+    } else {
+        (Vec::new(), Some(roster))
     };
     row.insert("m".into(), members.into());
     // The newest message the caller can see (members only): the SDKs show it in the
@@ -1662,7 +1706,7 @@ fn row(app: &App, caller: &Caller, id: &str, now: i64) -> Result<Row, Error> {
             serde_json::json!({"__type": "Date", "iso": iso(last_message_at)}),
         );
     }
-    let last = if member {
+    let last = if member && full {
         match app.registry.get_list_entry(caller, id, true) {
             Ok(entry) => entry.last_message,
             Err(Error::NotAMember | Error::NotInList) => None,

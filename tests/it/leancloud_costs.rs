@@ -654,6 +654,10 @@ fn bobs_conversations(skip: i32) -> GenericCommand {
 }
 
 fn bobs_conversations_limited(skip: i32, limit: i32) -> GenericCommand {
+    bobs_conversations_sorted(skip, limit, None)
+}
+
+fn bobs_conversations_sorted(skip: i32, limit: i32, sort: Option<&str>) -> GenericCommand {
     GenericCommand {
         peer_id: Some("bob".into()),
         conv_message: Some(lc::ConvCommand {
@@ -662,6 +666,7 @@ fn bobs_conversations_limited(skip: i32, limit: i32) -> GenericCommand {
             }),
             skip: Some(skip),
             limit: Some(limit),
+            sort: sort.map(str::to_owned),
             ..Default::default()
         }),
         ..cmd(Cmd::Conv, Some(Op::Query))
@@ -694,23 +699,31 @@ async fn a_query_answer_is_bounded_and_charged_by_its_bytes() {
     assert_eq!(e.map(|e| e.code), Some(4113));
 }
 
-/// A `conv/query` is charged for every row it built, answered or not: the twenty rows of
-/// groups whose last message is 60,000 bytes cost about 18 tokens even when the query answers
-/// one, so of the 25 tokens an open leaves, the second such query finds too few.
+/// A `conv/query` is charged for every row it built, answered or not, and builds whole rows
+/// (the member's last message, read from the store) only for what it answers, unless its
+/// condition or sort looks at the last message. Twenty groups whose last message is 60,000
+/// bytes: a query answering one row costs about 5 tokens; sorted by `-lm` it reads all twenty
+/// last messages (about 18 tokens more), so of the 25 tokens an open leaves, a third query
+/// finds too few.
 #[tokio::test]
 async fn a_query_is_charged_for_the_rows_it_built_not_only_those_it_answered() {
     let server = lc_server_with(user_bucket(63, 63)).await;
     groups_with_unread(&server, 20, 1, 60_000).await;
     let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
     c.opened("bob", None).await;
-    let first = c.request(bobs_conversations_limited(0, 1)).await;
-    let data = first.conv_message.expect("rows").results.unwrap().data;
-    assert_eq!(
-        serde_json::from_str::<Vec<serde_json::Value>>(&data)
-            .unwrap()
-            .len(),
-        1
+    let answered = |r: GenericCommand| -> Vec<serde_json::Value> {
+        let data = r.conv_message.expect("rows").results.unwrap().data;
+        serde_json::from_str(&data).unwrap()
+    };
+    let light = answered(c.request(bobs_conversations_limited(0, 1)).await);
+    assert_eq!(light.len(), 1);
+    let msg = light[0]["msg"].as_str().map_or(0, str::len);
+    assert!(msg >= 60_000, "made whole: {msg}");
+    let by_last = answered(
+        c.request(bobs_conversations_sorted(0, 1, Some("-lm")))
+            .await,
     );
+    assert_eq!(by_last.len(), 1);
     let e = c
         .request(bobs_conversations_limited(0, 1))
         .await
