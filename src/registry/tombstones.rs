@@ -15,7 +15,7 @@
 
 use super::writer::wait;
 use super::{Error, Registry};
-use crate::store::Op;
+use crate::store::{Op, StoreError, UserId};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -73,52 +73,32 @@ impl Registry {
     /// many were due (a tombstone written again before its delete committed stays).
     pub async fn tombstone_sweep(&self) -> Result<u64, Error> {
         let cutoff = self.tombstone_cutoff();
-        let mut deleted = 0;
-        let mut after: Option<(crate::store::UserId, u64)> = None;
-        loop {
-            let page = self
-                .store
-                .tombstones_after(after.as_ref().map(|(u, c)| (&**u, *c)), PAGE)?;
-            let ops: Vec<Op> = page
-                .iter()
-                .filter(|(_, _, at)| *at < cutoff)
-                .map(|(user, conv, _)| Op::ExpireTombstone {
+        self.sweep_user_keyed(
+            &self.stats.list_tombstones_swept,
+            |after| self.store.tombstones_after(after, PAGE),
+            |user, conv, at| {
+                Ok((at < cutoff).then(|| Op::ExpireTombstone {
                     user: user.clone(),
-                    conv: *conv,
+                    conv,
                     before: cutoff,
-                })
-                .collect();
-            if !ops.is_empty() {
-                let n = ops.len() as u64;
-                let permit = self.writer.reserve().await?;
-                wait(self.writer.submit(permit, ops, Vec::new(), Vec::new())).await?;
-                deleted += n;
-                self.stats.list_tombstones_swept.add(n);
-            }
-            match page.last() {
-                Some((user, conv, _)) if page.len() == PAGE => after = Some((user.clone(), *conv)),
-                _ => return Ok(deleted),
-            }
-            tokio::task::yield_now().await;
-        }
+                }))
+            },
+        )
+        .await
     }
 
     /// Deletes every logged user event older than `list_tombstone_retention_secs`, except each
     /// user's newest; returns how many were due.
     pub async fn user_event_sweep(&self) -> Result<u64, Error> {
         let cutoff = self.tombstone_cutoff();
-        let mut deleted = 0;
-        let mut after: Option<(crate::store::UserId, u64)> = None;
         // The user whose events are being walked and their newest seq.
-        let mut newest: Option<(crate::store::UserId, u64)> = None;
-        loop {
-            let page = self
-                .store
-                .user_events_page(after.as_ref().map(|(u, s)| (&**u, *s)), PAGE)?;
-            let mut ops = Vec::new();
-            for (user, seq, at) in &page {
-                if at >= &cutoff {
-                    continue;
+        let mut newest: Option<(UserId, u64)> = None;
+        self.sweep_user_keyed(
+            &self.stats.user_events_swept,
+            |after| self.store.user_events_page(after, PAGE),
+            |user, seq, at| {
+                if at >= cutoff {
+                    return Ok(None);
                 }
                 let last = match &newest {
                     Some((u, last)) if u == user => *last,
@@ -128,24 +108,43 @@ impl Registry {
                         last
                     }
                 };
-                if *seq < last {
-                    ops.push(Op::ExpireUserEvent {
-                        user: user.clone(),
-                        seq: *seq,
-                        before: cutoff,
-                    });
-                }
+                Ok((seq < last).then(|| Op::ExpireUserEvent {
+                    user: user.clone(),
+                    seq,
+                    before: cutoff,
+                }))
+            },
+        )
+        .await
+    }
+
+    /// Walks entries keyed user ‖ u64 (`read` gives the page after a key, [`PAGE`] at most) and
+    /// commits what `due` makes of each, one commit per page, counting them in `swept`;
+    /// returns how many it made.
+    async fn sweep_user_keyed(
+        &self,
+        swept: &crate::stats::Counter,
+        read: impl Fn(Option<(&str, u64)>) -> Result<Vec<(UserId, u64, i64)>, StoreError>,
+        mut due: impl FnMut(&UserId, u64, i64) -> Result<Option<Op>, Error>,
+    ) -> Result<u64, Error> {
+        let mut made = 0;
+        let mut after: Option<(UserId, u64)> = None;
+        loop {
+            let page = read(after.as_ref().map(|(u, n)| (&**u, *n)))?;
+            let mut ops = Vec::new();
+            for (user, n, at) in &page {
+                ops.extend(due(user, *n, *at)?);
             }
             if !ops.is_empty() {
                 let n = ops.len() as u64;
                 let permit = self.writer.reserve().await?;
                 wait(self.writer.submit(permit, ops, Vec::new(), Vec::new())).await?;
-                deleted += n;
-                self.stats.user_events_swept.add(n);
+                made += n;
+                swept.add(n);
             }
             match page.last() {
-                Some((user, seq, _)) if page.len() == PAGE => after = Some((user.clone(), *seq)),
-                _ => return Ok(deleted),
+                Some((user, n, _)) if page.len() == PAGE => after = Some((user.clone(), *n)),
+                _ => return Ok(made),
             }
             tokio::task::yield_now().await;
         }
