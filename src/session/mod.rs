@@ -385,6 +385,7 @@ where
     let conn = Conn {
         peer,
         progress: ws.get_ref().progress.clone(),
+        vectored: ws.get_ref().is_write_vectored(),
         stall: stall_limit(&app),
         login_slot,
         opened: Instant::now(),
@@ -398,6 +399,8 @@ struct Conn {
     peer: SocketAddr,
     /// How far its writes got (see [`Metered`]).
     progress: Arc<Progress>,
+    /// Its socket takes vectored writes (asked once: the answer goes through several layers).
+    vectored: bool,
     /// How long a write may wait with the client receiving nothing.
     stall: Duration,
     /// Its place under `max_pending_logins` until a session opens on it.
@@ -1574,7 +1577,7 @@ async fn write<S: AsyncRead + AsyncWrite + Unpin>(
     if frames.is_empty() {
         return Ok(false);
     }
-    let mut raw = match ws.get_ref().is_write_vectored() {
+    let mut raw = match conn.vectored {
         true => RawFrames::of(&frames),
         false => None,
     };
