@@ -507,10 +507,13 @@ impl Registry {
     async fn forget_user_records(&self, user: &UserId) -> Result<(), Error> {
         let mut ops = Vec::new();
         let (events, _) = self.store.user_events_after(user, 0, usize::MAX)?;
+        // Expired, not deleted: the store's floor rises above them, so a device that comes
+        // back later is told its replay was truncated.
         for e in events {
-            ops.push(Op::DeleteUserEvent {
+            ops.push(Op::ExpireUserEvent {
                 user: user.clone(),
                 seq: e.user_seq,
+                before: i64::MAX,
             });
         }
         let mut convs: BTreeSet<u64> = self

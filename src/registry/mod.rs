@@ -1003,30 +1003,33 @@ impl Registry {
         Ok(summary)
     }
 
-    /// The newest logged events of `user` after `cursor`, oldest first, and whether older ones
-    /// were left out (more than `max_login_replay_events`, or deleted): a login's replay, charged to the user afterwards by its bytes (see
-    /// `limits::RETURNED_BYTES_PER_TOKEN`).
-    pub fn events_after(
-        &self,
-        user: &str,
-        cursor: u64,
-    ) -> Result<(Vec<ConversationEvent>, bool), Error> {
+    /// A login's replay: the newest logged events of `user` after `cursor`, charged to the user
+    /// afterwards by their bytes (see `limits::RETURNED_BYTES_PER_TOKEN`).
+    pub fn events_after(&self, user: &str, cursor: u64) -> Result<EventsAfter, Error> {
         let (events, mut truncated) = self.store.user_events_after(
             user,
             cursor,
             self.config.max_login_replay_events as usize,
         )?;
-        // Seqs have no holes: events after the cursor below the oldest kept were deleted
-        // (`event_log_retention`, or the sweep of old ones).
-        if events
-            .first()
-            .is_some_and(|e| e.user_seq > cursor.saturating_add(1))
-        {
-            truncated = true;
+        let head = match events.last() {
+            Some(e) => e.user_seq,
+            None => self.store.last_user_event_seq(user)?,
+        };
+        match events.first() {
+            // Seqs have no holes within a log: events after the cursor below the oldest kept
+            // were deleted (`event_log_retention`, or the sweep of old ones).
+            Some(first) => truncated |= first.user_seq > cursor.saturating_add(1),
+            // An empty log stands at the sweep's floor: a device below it may have missed
+            // what the sweep took.
+            None => truncated |= cursor < head,
         }
         let bytes = events.iter().map(prost::Message::encoded_len).sum();
         self.charge_bytes(&UserId::from(user), bytes);
-        Ok((events, truncated))
+        Ok(EventsAfter {
+            events,
+            truncated,
+            head,
+        })
     }
 
     /// The logged events of `user` after time `after` (ms), oldest first (as far back as
@@ -1037,11 +1040,6 @@ impl Registry {
                 .user_events_after(user, 0, self.config.event_log_retention as usize)?;
         events.retain(|e| e.server_time > after);
         Ok(events)
-    }
-
-    /// The newest logged event seq of `user`.
-    pub fn last_event_seq(&self, user: &str) -> Result<u64, Error> {
-        Ok(self.store.last_user_event_seq(user)?)
     }
 
     /// A user id named in a request, by the rule logins follow ([`crate::auth::check_user_id`]).
@@ -1186,4 +1184,14 @@ impl Registry {
             }
         }
     }
+}
+
+/// What [`Registry::events_after`] found.
+pub struct EventsAfter {
+    /// Oldest first, at most `max_login_replay_events`.
+    pub events: Vec<ConversationEvent>,
+    /// Events after the cursor were left out: more than the replay takes, or deleted.
+    pub truncated: bool,
+    /// The seq the log stands at: the newest returned, or where the next event continues.
+    pub head: u64,
 }

@@ -9,9 +9,11 @@
 //! joined and left again) stays. Incremental syncs from before the retention are refused
 //! (see [`Registry::check_sync_window`]), so no client misses a swept deletion.
 //!
-//! The same sweep deletes the users' logged events (`E` user ‖ seq) older than the retention,
-//! except each user's newest, whose seq the next event continues from. A login whose event
-//! cursor is below the oldest event kept is told `events_truncated`.
+//! The same sweep deletes the users' logged events (`E` user ‖ seq) older than the retention.
+//! The store raises a floor to the highest seq it expired; an emptied log goes on above it,
+//! so a seq is never handed out twice and nothing stays behind for a user id no one uses
+//! again. A login whose event cursor is below the oldest event kept, or below the floor of
+//! an emptied log, is told `events_truncated`.
 
 use super::writer::wait;
 use super::{Error, Registry};
@@ -87,28 +89,16 @@ impl Registry {
         .await
     }
 
-    /// Deletes every logged user event older than `list_tombstone_retention_secs`, except each
-    /// user's newest; returns how many were due.
+    /// Deletes every logged user event older than `list_tombstone_retention_secs`; returns how
+    /// many were due. A user whose log it empties goes on above the highest seq it ever
+    /// deleted ([`crate::store::Counter::UserEventFloor`]), so nothing is kept per user.
     pub async fn user_event_sweep(&self) -> Result<u64, Error> {
         let cutoff = self.tombstone_cutoff();
-        // The user whose events are being walked and their newest seq.
-        let mut newest: Option<(UserId, u64)> = None;
         self.sweep_user_keyed(
             &self.stats.user_events_swept,
             |after| self.store.user_events_page(after, PAGE),
             |user, seq, at| {
-                if at >= cutoff {
-                    return Ok(None);
-                }
-                let last = match &newest {
-                    Some((u, last)) if u == user => *last,
-                    _ => {
-                        let last = self.store.last_user_event_seq(user)?;
-                        newest = Some((user.clone(), last));
-                        last
-                    }
-                };
-                Ok((seq < last).then(|| Op::ExpireUserEvent {
+                Ok((at < cutoff).then(|| Op::ExpireUserEvent {
                     user: user.clone(),
                     seq,
                     before: cutoff,

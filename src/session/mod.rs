@@ -596,17 +596,14 @@ fn welcome(
         tracing::error!(error = %e, %user, "login failed");
         close_of(CloseCode::CloseInternal)
     };
-    let (events, truncated) = app
+    let crate::registry::EventsAfter {
+        events,
+        truncated,
+        head,
+    } = app
         .registry
         .events_after(&caller.user, cursor)
         .map_err(internal)?;
-    let head = match events.last() {
-        Some(e) => e.user_seq,
-        None => app
-            .registry
-            .last_event_seq(&caller.user)
-            .map_err(internal)?,
-    };
     let summary = app
         .registry
         .login_summary(&caller.user, true)

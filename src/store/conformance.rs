@@ -568,6 +568,32 @@ fn user_event_expiry(open: Open<'_>) {
         left,
         vec![("al".into(), 2), ("bo".into(), 1), ("bo".into(), 2)]
     );
+    // The floor is the highest seq expired; a log the expiry empties goes on above it.
+    assert_eq!(s.counter(Counter::UserEventFloor).unwrap(), 1);
+    assert_eq!(s.last_user_event_seq("al").unwrap(), 2);
+    s.commit(&[expire("al", 2, 60), expire("bo", 1, 20)])
+        .unwrap();
+    assert_eq!(s.counter(Counter::UserEventFloor).unwrap(), 2);
+    assert_eq!(s.last_user_event_seq("al").unwrap(), 2);
+    assert_eq!(s.last_user_event_seq("bo").unwrap(), 2);
+    assert_eq!(s.last_user_event_seq("cy").unwrap(), 2);
+    // It never goes down.
+    s.commit(&[put("cy", 3, 10)]).unwrap();
+    s.commit(&[expire("cy", 3, 20), expire("bo", 2, 20)])
+        .unwrap();
+    assert_eq!(s.counter(Counter::UserEventFloor).unwrap(), 3);
+    s.commit(&[put("cy", 1, 10)]).unwrap();
+    s.commit(&[expire("cy", 1, 20)]).unwrap();
+    assert_eq!(s.counter(Counter::UserEventFloor).unwrap(), 3);
+    // bo's 2, written again at 30, was not due.
+    let left: Vec<u64> = s
+        .user_events_page(None, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, seq, _)| seq)
+        .collect();
+    assert_eq!(left, vec![2]);
+    assert_eq!(s.last_user_event_seq("bo").unwrap(), 2);
 }
 
 fn patch_index(open: Open<'_>) {

@@ -13,7 +13,7 @@
 //! | `K`    | conv ‖ sender ‖ client id        | seq (u64)                      |
 //! | `D`    | user a ‖ user b (sorted)         | conv (u64)                     |
 //! | `E`    | user ‖ event seq                 | ConversationEvent              |
-//! | `N`    | counter name                     | u64                            |
+//! | `N`    | counter name (`conversation`, `temporary`, `user_event_floor`) | u64 |
 //! | `X`    | expires_at ‖ conv                | ∅ (expiry index, time order: temporary deadlines, and ended conversations whose purge is due) |
 //! | `Q`    | sorted member ids                | conv (unique temporary lookup) |
 //! | `T`    | user ‖ conv                      | deleted at (i64): list tombstone |

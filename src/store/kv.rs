@@ -393,6 +393,7 @@ fn counter_name(c: Counter) -> &'static str {
     match c {
         Counter::Conversation => "conversation",
         Counter::Temporary => "temporary",
+        Counter::UserEventFloor => "user_event_floor",
     }
 }
 
@@ -565,6 +566,8 @@ impl<E: OrderedKv> Store for KvStore<E> {
         let mut events_put: std::collections::HashSet<Vec<u8>> = Default::default();
         // Tombstones this commit writes before an expiry reads them: key → time (None: deleted).
         let mut tombs: HashMap<Vec<u8>, Option<i64>> = HashMap::new();
+        // The highest user event seq this commit expires.
+        let mut floor = None;
         let mut writes = Vec::with_capacity(ops.len());
         for op in ops {
             if let Op::ExpireTombstone { user, conv, before } = op {
@@ -594,6 +597,7 @@ impl<E: OrderedKv> Store for KvStore<E> {
                 };
                 if due {
                     writes.push(Write::Delete(key));
+                    floor = floor.max(Some(*seq));
                 }
                 continue;
             }
@@ -691,6 +695,14 @@ impl<E: OrderedKv> Store for KvStore<E> {
                 written.entry(conv).or_default().push(k.clone());
             }
             writes.push(w);
+        }
+        if let Some(seq) = floor
+            && seq > self.counter(Counter::UserEventFloor)?
+        {
+            writes.push(Write::Put(
+                keys::counter(counter_name(Counter::UserEventFloor)),
+                seq.to_be_bytes().to_vec(),
+            ));
         }
         self.engine.apply(writes)?;
         self.lists.committed(ops);
@@ -824,11 +836,14 @@ impl<E: OrderedKv> Store for KvStore<E> {
 
     fn last_user_event_seq(&self, user: &str) -> Result<u64, StoreError> {
         let prefix = keys::user_events_of(user);
-        Ok(self
+        match self
             .scan(&prefix, true, 1)?
             .first()
             .and_then(|(k, _)| be_u64(k, prefix.len()))
-            .unwrap_or(0))
+        {
+            Some(seq) => Ok(seq),
+            None => self.counter(Counter::UserEventFloor),
+        }
     }
 
     fn user_events_page(

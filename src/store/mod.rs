@@ -48,6 +48,9 @@ pub enum Counter {
     Conversation,
     /// The last temporary conversation number handed out (without its marker bit).
     Temporary,
+    /// The highest user event seq an [`Op::ExpireUserEvent`] ever deleted: a user whose log
+    /// the sweep emptied goes on above it (see [`Store::last_user_event_seq`]).
+    UserEventFloor,
 }
 
 /// One write. A `commit` applies a slice of these atomically.
@@ -112,6 +115,7 @@ pub enum Op {
     },
     /// Deletes `user`'s event `seq` if, when the op is committed, it is stored with a
     /// `server_time` older than `before` (ms): an event written since under the same seq stays.
+    /// The same commit raises [`Counter::UserEventFloor`] to the seq it deleted.
     ExpireUserEvent {
         user: UserId,
         seq: u64,
@@ -420,6 +424,9 @@ pub trait Store: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> Result<(Vec<ConversationEvent>, bool), StoreError>;
+    /// The newest seq in `user`'s event log, where the next event continues from; for an empty
+    /// log, [`Counter::UserEventFloor`] (0 in a store that never expired an event), so a log
+    /// the sweep emptied never hands out a seq again.
     fn last_user_event_seq(&self, user: &str) -> Result<u64, StoreError>;
     /// Every user's events in key order (user, then seq), starting after `after` (`None`: from
     /// the first), at most `limit`: (user, seq, server time).

@@ -1060,8 +1060,10 @@ async fn replay(server: &TestServer, cursor: u64) -> (Vec<u64>, bool) {
     )
 }
 
-/// Logged user events older than the retention are swept, each user's newest kept (the seqs
-/// go on from it); a login from before the oldest kept is told `events_truncated`.
+/// Logged user events older than the retention are swept, every one of them: a log the sweep
+/// empties goes on above the highest seq it took, so no seq is handed out twice and nothing is
+/// kept for a user id no one uses again. A login from before the oldest kept, or below the
+/// floor of an emptied log, is told `events_truncated`.
 #[tokio::test]
 async fn user_events_older_than_the_retention_are_swept_and_replays_say_so() {
     let mut server = TestServer::start_with(|c| c.list_tombstone_retention_secs = 86_400).await;
@@ -1069,32 +1071,64 @@ async fn user_events_older_than_the_retention_are_swept_and_replays_say_so() {
         let stats = server.running().app.stats.clone();
         async move { within(stats.tombstone_sweeps.wait_for(n)).await }
     };
+    let logged = |server: &TestServer| {
+        server
+            .running()
+            .app
+            .store
+            .user_events_page(None, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(u, seq, _)| (u.to_string(), seq))
+            .collect::<Vec<_>>()
+    };
     sweeps(&server, 1).await;
     let alice = server.client("alice").await;
     for name in ["g1", "g2"] {
-        within(alice.create_group(name, &["bob"])).await.unwrap();
+        within(alice.create_group(name, &["bob", "nobody-ever"]))
+            .await
+            .unwrap();
     }
     assert_eq!(replay(&server, 0).await, (vec![1, 2], false));
 
-    // A day on: each one's first goes, the second stays (their newest).
+    // A day on: all of them go, the newest too.
     server.clock.advance(25 * HOUR);
     sweeps(&server, 2).await;
-    assert_eq!(server.running().app.stats.user_events_swept.get(), 2);
-    let alice = server.client("alice").await;
-    within(alice.create_group("g3", &["bob"])).await.unwrap();
-    assert_eq!(replay(&server, 0).await, (vec![2, 3], true));
-    assert_eq!(replay(&server, 1).await, (vec![2, 3], false));
-    assert_eq!(replay(&server, 2).await, (vec![3], false));
-
-    // The sweep at start takes the second, now that a newer one is kept.
+    assert_eq!(server.running().app.stats.user_events_swept.get(), 6);
+    assert_eq!(logged(&server), vec![]);
+    // The empty log stands at the floor: a device that saw everything is not told of a
+    // truncation, one that saw less is.
+    assert_eq!(replay(&server, 2).await, (vec![], false));
+    assert_eq!(replay(&server, 1).await, (vec![], true));
+    let (_, w) = server.login_device("bob", "d", 2).await;
+    assert_eq!(w.ok.event_cursor, 2);
+    // The next event goes on above the floor, after a restart too.
     drop(alice);
     server.restart().await;
     sweeps(&server, 1).await;
-    assert_eq!(replay(&server, 1).await, (vec![3], true));
-    assert_eq!(replay(&server, 2).await, (vec![3], false));
     let alice = server.client("alice").await;
-    within(alice.create_group("g4", &["bob"])).await.unwrap();
-    assert_eq!(replay(&server, 2).await, (vec![3, 4], false));
+    within(alice.create_group("g3", &["bob"])).await.unwrap();
+    assert_eq!(replay(&server, 2).await, (vec![3], false));
+    assert_eq!(replay(&server, 1).await, (vec![3], true));
+    assert_eq!(replay(&server, 0).await, (vec![3], true));
+
+    // Once the made-up member's groups are gone and a retention has passed, nothing of theirs
+    // is left.
+    let list = within(alice.list_conversations(Default::default()))
+        .await
+        .unwrap();
+    for entry in list.entries {
+        within(alice.delete_conversation(&entry.conversation_id, true))
+            .await
+            .unwrap();
+    }
+    server.clock.advance(25 * HOUR);
+    sweeps(&server, 2).await;
+    assert!(
+        logged(&server).iter().all(|(u, _)| u != "nobody-ever"),
+        "{:?}",
+        logged(&server)
+    );
 }
 
 /// A login from before the oldest event `event_log_retention` keeps is told
