@@ -18,7 +18,7 @@ use std::sync::Arc;
 pub struct Peek {
     /// As the caller sees it (their mute flag when they are a member).
     pub conversation: Conversation,
-    /// The first members (at most `member_page_max`).
+    /// The first members (at most `member_page_max`); empty unless asked for.
     pub members: Vec<String>,
     /// Every member, sorted by id.
     pub roster: Arc<[UserId]>,
@@ -27,6 +27,8 @@ pub struct Peek {
     /// For a caller who is not a member: when the newest message was sent (ms; 0: none, or
     /// the caller is a member and reads it from their list entry).
     pub last_message_at: i64,
+    /// Member records read from the store to load the conversation (0: it was loaded).
+    pub loaded: usize,
 }
 
 /// What a create request asks for.
@@ -569,8 +571,8 @@ impl Registry {
     /// conversations are open (see [`Registry::require_member_or_open`]). With the members
     /// (at most `member_page_max`) and, for those who may see it but are not members, when
     /// its newest message was sent (not the message: messages are members-only).
-    pub fn peek(&self, caller: &Caller, id: &str) -> Result<Peek, Error> {
-        let cell = self.cell(id)?;
+    pub fn peek(&self, caller: &Caller, id: &str, with_members: bool) -> Result<Peek, Error> {
+        let (cell, loaded) = self.cell_loading(id)?;
         let (view, roster, member) = {
             let st = cell.lock();
             self.require_member_or_open(&st, &caller.user)?;
@@ -580,11 +582,14 @@ impl Registry {
                 st.members.contains_key(&caller.user),
             )
         };
-        let members = roster
-            .iter()
-            .take(self.config.member_page_max as usize)
-            .map(|u| u.to_string())
-            .collect();
+        let members = match with_members {
+            true => roster
+                .iter()
+                .take(self.config.member_page_max as usize)
+                .map(|u| u.to_string())
+                .collect(),
+            false => Vec::new(),
+        };
         let (conversation, last_message_at) = if member {
             (self.view_for(&cell, view, &caller.user)?, 0)
         } else {
@@ -596,6 +601,7 @@ impl Registry {
             roster,
             member,
             last_message_at,
+            loaded,
         })
     }
 

@@ -49,6 +49,11 @@ pub const SCANNED_PER_TOKEN: usize = 50;
 /// cost one token more, charged after the query (about half a millisecond of CPU).
 pub const QUERY_STEPS_PER_TOKEN: u64 = 100_000;
 
+/// Member records a LeanCloud `conv/query` read from the store, loading the conversations it
+/// looked at that were not loaded, that cost one token more, charged after the query (about
+/// half a millisecond of CPU: a cold query over 1,000 groups of 1,000 members reads a million).
+pub const MEMBERS_LOADED_PER_TOKEN: usize = 500;
+
 /// Messages a LeanCloud `lc.protobuf2.1` open's catch-up reads that cost one token more,
 /// charged after the open (what the `logs` pages fetching them would: 5 for 100).
 pub const OFFLINE_MESSAGES_PER_TOKEN: usize = 20;
@@ -263,12 +268,16 @@ impl Registry {
 
     /// Charges a user for the `steps` a LeanCloud `conv/query` took to match and sort its rows
     /// (see [`QUERY_STEPS_PER_TOKEN`]), refused or not, and for the `bytes` of the rows it
-    /// built, answered or not (see [`RETURNED_BYTES_PER_TOKEN`]); never refused itself.
-    pub fn charge_query(&self, user: &UserId, steps: u64, bytes: usize) {
+    /// built, answered or not (see [`RETURNED_BYTES_PER_TOKEN`]), and for the member records it
+    /// `loaded` from the store (see [`MEMBERS_LOADED_PER_TOKEN`]); never refused itself.
+    pub fn charge_query(&self, user: &UserId, steps: u64, bytes: usize, loaded: usize) {
         let for_bytes = u64::try_from(bytes / RETURNED_BYTES_PER_TOKEN).unwrap_or(u64::MAX);
+        let for_loads = u64::try_from(loaded / MEMBERS_LOADED_PER_TOKEN).unwrap_or(u64::MAX);
         self.owe(
             user,
-            (steps / QUERY_STEPS_PER_TOKEN).saturating_add(for_bytes),
+            (steps / QUERY_STEPS_PER_TOKEN)
+                .saturating_add(for_bytes)
+                .saturating_add(for_loads),
         );
     }
 

@@ -676,9 +676,15 @@ impl Registry {
     /// The cell of a live conversation, loading it from the store on first use. An issued
     /// temporary id that is past its deadline or gone is `ConversationExpired`.
     fn cell(&self, id: &str) -> Result<Arc<ConvCell>, Error> {
+        self.cell_loading(id).map(|(cell, _)| cell)
+    }
+
+    /// [`Registry::cell`], and how many member records it read from the store to load it (0:
+    /// it was loaded already).
+    fn cell_loading(&self, id: &str) -> Result<(Arc<ConvCell>, usize), Error> {
         let num = self.number_of(id)?.ok_or(Error::ConversationNotFound)?;
         let temporary = num & protocol::TEMPORARY_BIT != 0;
-        let cell = match self.cell_by_num(num) {
+        let (cell, loaded) = match self.cell_by_num_loading(num) {
             Err(Error::ConversationNotFound) if temporary => {
                 let issued = self
                     .next_conv
@@ -699,7 +705,7 @@ impl Registry {
             return Err(Error::ConversationExpired);
         }
         drop(st);
-        Ok(cell)
+        Ok((cell, loaded))
     }
 
     /// The number a conversation id names: a number id, or the alias of an imported
@@ -757,26 +763,33 @@ impl Registry {
     }
 
     fn cell_by_num(&self, num: u64) -> Result<Arc<ConvCell>, Error> {
+        self.cell_by_num_loading(num).map(|(cell, _)| cell)
+    }
+
+    /// [`Registry::cell_by_num`], and how many member records it read from the store.
+    fn cell_by_num_loading(&self, num: u64) -> Result<(Arc<ConvCell>, usize), Error> {
         use std::sync::atomic::Ordering::SeqCst;
+        let mut loaded = 0;
         loop {
             if let Some(c) = self.convs.get(&num) {
                 // Under the map's read lock, so a sweep deciding to unload it sees this.
                 c.checkout(self.now());
-                return Ok(c.clone());
+                return Ok((c.clone(), loaded));
             }
             let removals = self.removals.load(SeqCst);
             let cell = self.load_cell(num)?;
+            loaded += cell.lock().members.len();
             match self.convs.entry(num) {
                 dashmap::Entry::Occupied(e) => {
                     let cell = e.get().clone();
                     cell.checkout(self.now());
-                    return Ok(cell);
+                    return Ok((cell, loaded));
                 }
                 // No removal since the read: what the store said is still the truth.
                 dashmap::Entry::Vacant(v) if self.removals.load(SeqCst) == removals => {
                     let cell = v.insert(cell).clone();
                     self.cell_loaded();
-                    return Ok(cell);
+                    return Ok((cell, loaded));
                 }
                 // A deletion committed meanwhile; read again.
                 dashmap::Entry::Vacant(_) => continue,

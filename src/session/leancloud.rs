@@ -1462,15 +1462,17 @@ async fn query_off_runtime(
         .await
         .map_err(|_| Error::Unavailable)?;
     let (app2, caller2) = (app.clone(), caller.clone());
-    let (answer, steps) = tokio::task::spawn_blocking(move || {
+    let (answer, steps, cost) = tokio::task::spawn_blocking(move || {
         let mut meter = crate::leancloud::query::Meter::new(app2.config.leancloud_query_steps_max);
-        (query(&app2, &caller2, c, &mut meter), meter.spent())
+        let mut cost = QueryCost::default();
+        let answer = query(&app2, &caller2, c, &mut meter, &mut cost);
+        (answer, meter.spent(), cost)
     })
     .await
     .map_err(|_| Error::Internal)?;
-    let bytes = answer.as_ref().map_or(0, |(_, bytes)| *bytes);
-    app.registry.charge_query(&caller.user, steps, bytes);
-    answer.map(|(answer, _)| answer)
+    app.registry
+        .charge_query(&caller.user, steps, cost.bytes, cost.loaded);
+    answer
 }
 
 /// `conv/query`: `tempConvIds` (temporary conversations of which the caller is a member), or a
@@ -1482,25 +1484,29 @@ async fn query_off_runtime(
 /// `leancloud_query_scan_max` of them. Rows the caller may not see (see
 /// [`crate::registry::Registry::peek`]) are never candidates. Matching and sorting spend from
 /// `meter`; a query that runs out is refused. The rows answered stop before the first that
-/// would take the answer past `leancloud_query_bytes_max` (the first always goes); returns the
-/// answer and the bytes of every row it built, answered or not (what the query cost to make).
+/// would take the answer past `leancloud_query_bytes_max` (the first always goes). What it
+/// cost adds up in `cost`, answered or refused.
 fn query(
     app: &App,
     caller: &Caller,
     c: lc::ConvCommand,
     meter: &mut crate::leancloud::query::Meter,
-) -> Result<(GenericCommand, usize), Error> {
+    cost: &mut QueryCost,
+) -> Result<GenericCommand, Error> {
     use crate::leancloud::query::Query;
     let now = app.clock.now_ms();
     let scan_max = app.config.leancloud_query_scan_max;
-    let mut built = 0;
+    let QueryCost {
+        bytes: built,
+        loaded,
+    } = cost;
     let (mut light, mut compact) = (false, false);
     let rows: Vec<serde_json::Value> = if !c.temp_conv_ids.is_empty() && c.r#where.is_none() {
         let compact = c.flag.unwrap_or(0) & crate::leancloud::query::FLAG_COMPACT != 0;
         let mut rows = Vec::new();
         for id in c.temp_conv_ids.iter().take(scan_max) {
-            if let Some((mut r, _)) = visible_row(app, caller, id, now, true)? {
-                built += json_bytes(&r);
+            if let Some((mut r, _)) = visible_row(app, caller, id, now, true, loaded)? {
+                *built += json_bytes(&r);
                 if compact {
                     r.remove("m");
                 }
@@ -1544,8 +1550,8 @@ fn query(
         compact = q.compact();
         let mut rows = Vec::new();
         for id in candidates.iter().take(scan_max) {
-            if let Some(r) = visible_row(app, caller, id, now, !light)? {
-                built += json_bytes(&r.0);
+            if let Some(r) = visible_row(app, caller, id, now, !light, loaded)? {
+                *built += json_bytes(&r.0);
                 rows.push(r);
             }
         }
@@ -1570,13 +1576,13 @@ fn query(
             serde_json::Value::Object(r) if light => {
                 let id = r.get("objectId").and_then(|v| v.as_str()).unwrap_or("");
                 // Gone or out of sight since it matched: left out.
-                let Some((mut whole, _)) = visible_row(app, caller, id, now, true)? else {
+                let Some((mut whole, _)) = visible_row(app, caller, id, now, true, loaded)? else {
                     continue;
                 };
                 if compact {
                     whole.remove("m");
                 }
-                built += json_bytes(&whole);
+                *built += json_bytes(&whole);
                 serde_json::Value::Object(whole)
             }
             row => row,
@@ -1598,7 +1604,17 @@ fn query(
         }),
         ..command(Cmd::Conv, Some(Op::Results))
     };
-    Ok((answer, built.max(budget.used())))
+    *built = (*built).max(budget.used());
+    Ok(answer)
+}
+
+/// What a `conv/query` cost to answer, besides its matching steps: the bytes of every row it
+/// built, answered or not, and the member records it read from the store to load the
+/// conversations it looked at that were not loaded.
+#[derive(Default)]
+struct QueryCost {
+    bytes: usize,
+    loaded: usize,
 }
 
 /// About the bytes of a row as JSON, without writing it out.
@@ -1625,8 +1641,9 @@ fn visible_row(
     id: &str,
     now: i64,
     full: bool,
+    loaded: &mut usize,
 ) -> Result<Option<Row>, Error> {
-    match row(app, caller, id, now, full) {
+    match row(app, caller, id, now, full, loaded) {
         Ok(r) => Ok(Some(r)),
         Err(Error::ConversationNotFound | Error::ConversationExpired | Error::NotAMember) => {
             Ok(None)
@@ -1660,14 +1677,23 @@ const LAST_MESSAGE_COLUMNS: [&str; 9] = [
 /// on only, without its `m` list (empty; conditions on members see the whole list anyway) and,
 /// for a member, without the columns of the last message ([`LAST_MESSAGE_COLUMNS`]), which
 /// cost a store read each.
-fn row(app: &App, caller: &Caller, id: &str, now: i64, full: bool) -> Result<Row, Error> {
+fn row(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+    now: i64,
+    full: bool,
+    loaded: &mut usize,
+) -> Result<Row, Error> {
     let crate::registry::conversation::Peek {
         conversation: conv,
         members,
         roster,
         member,
         last_message_at,
-    } = app.registry.peek(caller, id)?;
+        loaded: read,
+    } = app.registry.peek(caller, id, full)?;
+    *loaded += read;
     let mut row = attributes_json(&conv);
     row.insert("objectId".into(), conv.id.clone().into());
     row.insert("c".into(), conv.owner.clone().into());

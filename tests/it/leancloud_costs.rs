@@ -788,3 +788,38 @@ async fn missed_notifications_are_bounded_and_charged_by_their_bytes() {
     let a = notifications(addr, "bob", after, &st).await;
     assert_eq!(a.status, 429, "{a:?}");
 }
+
+/// A `conv/query` is charged one token more per 500 member records it read from the store to
+/// load the conversations it looked at: after a restart, bob's query over ten groups of 1,000
+/// members reads 10,000 and owes 20 tokens more than the same query once they are loaded.
+#[tokio::test]
+async fn a_query_is_charged_for_the_members_it_loaded() {
+    let mut server = lc_server_with(|_| {}).await;
+    let alice = server.client("alice").await;
+    let names: Vec<String> = (1..1000).map(|n| format!("member-{n}")).collect();
+    let members: Vec<&str> = names.iter().map(String::as_str).chain(["bob"]).collect();
+    for n in 0..10 {
+        within(alice.create_group(&format!("g{n}"), &members))
+            .await
+            .unwrap();
+    }
+    drop(alice);
+    // Twenty tokens, refilled one a second on the test's clock, which stands still.
+    user_bucket(1, 20)(&mut server.config);
+    server.restart().await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("bob", None).await;
+    server.clock.advance(30_000);
+    // Cold: the query's own cost fits, the loads put the bucket in debt.
+    assert_eq!(query(&mut c).await, None);
+    assert_eq!(query(&mut c).await, Some(4113));
+    // Loaded: two more fit in a full bucket.
+    server.clock.advance(30_000);
+    assert_eq!(query(&mut c).await, None);
+    assert_eq!(query(&mut c).await, None);
+}
+
+async fn query(c: &mut Lc) -> Option<i32> {
+    let r = c.request(bobs_conversations_limited(0, 1)).await;
+    r.error_message.map(|e| e.code)
+}
