@@ -1633,25 +1633,6 @@ fn json_bytes(row: &serde_json::Map<String, serde_json::Value>) -> usize {
         + 2
 }
 
-/// The row of a conversation the caller may see, and its whole member list; `None` for what
-/// is gone or not visible.
-fn visible_row(
-    app: &App,
-    caller: &Caller,
-    id: &str,
-    now: i64,
-    full: bool,
-    loaded: &mut usize,
-) -> Result<Option<Row>, Error> {
-    match row(app, caller, id, now, full, loaded) {
-        Ok(r) => Ok(Some(r)),
-        Err(Error::ConversationNotFound | Error::ConversationExpired | Error::NotAMember) => {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 /// A LeanCloud `_Conversation` row, and the conversation's whole member list (sorted; `None`
 /// for chat rooms and system conversations, whose `m` is empty): the row's `m` holds the first
 /// `member_page_max` members only.
@@ -1676,15 +1657,16 @@ const LAST_MESSAGE_COLUMNS: [&str; 9] = [
 /// One conversation as a LeanCloud `_Conversation` row. Not `full`: a row to match and sort
 /// on only, without its `m` list (empty; conditions on members see the whole list anyway) and,
 /// for a member, without the columns of the last message ([`LAST_MESSAGE_COLUMNS`]), which
-/// cost a store read each.
-fn row(
+/// cost a store read each. `None` for what is gone or not visible to the caller; the member
+/// records read to load it add up in `loaded`.
+fn visible_row(
     app: &App,
     caller: &Caller,
     id: &str,
     now: i64,
     full: bool,
     loaded: &mut usize,
-) -> Result<Row, Error> {
+) -> Result<Option<Row>, Error> {
     let crate::registry::conversation::Peek {
         conversation: conv,
         members,
@@ -1692,7 +1674,13 @@ fn row(
         member,
         last_message_at,
         loaded: read,
-    } = app.registry.peek(caller, id, full)?;
+    } = match app.registry.peek(caller, id, full) {
+        Ok(peek) => peek,
+        Err(Error::ConversationNotFound | Error::ConversationExpired | Error::NotAMember) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
     *loaded += read;
     let mut row = attributes_json(&conv);
     row.insert("objectId".into(), conv.id.clone().into());
@@ -1736,6 +1724,8 @@ fn row(
         match app.registry.get_list_entry(caller, id, true) {
             Ok(entry) => entry.last_message,
             Err(Error::NotAMember | Error::NotInList) => None,
+            // Gone since the peek.
+            Err(Error::ConversationNotFound | Error::ConversationExpired) => return Ok(None),
             Err(e) => return Err(e),
         }
     } else {
@@ -1769,7 +1759,7 @@ fn row(
             row.insert("mention_all".into(), true.into());
         }
     }
-    Ok((row, roster))
+    Ok(Some((row, roster)))
 }
 
 /// Milliseconds since the epoch as the ISO-8601 UTC string LeanCloud rows carry.
