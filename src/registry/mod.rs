@@ -594,8 +594,21 @@ impl Registry {
         stats: Arc<crate::stats::Stats>,
         writer: Writer,
     ) -> Result<Self, StoreError> {
+        // The counters never stand below a stored conversation (a store loaded from a damaged
+        // or edited dump could say otherwise): a number is never handed out twice.
+        let (stored_normal, stored_temporary) = store.highest_conversations()?;
         let normal = store.counter(crate::store::Counter::Conversation)?;
         let temporary = store.counter(crate::store::Counter::Temporary)?;
+        if stored_normal > normal || stored_temporary > temporary {
+            tracing::warn!(
+                normal,
+                stored_normal,
+                temporary,
+                stored_temporary,
+                "conversation counters stood below stored conversations; numbering goes on above them"
+            );
+        }
+        let (normal, temporary) = (normal.max(stored_normal), temporary.max(stored_temporary));
         let presence_events = (crate::webhooks::wanted(&config, "user.online")
             || crate::webhooks::wanted(&config, "user.offline"))
         .then(|| presence_webhook(writer.clone()))

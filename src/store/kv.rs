@@ -965,6 +965,21 @@ impl<E: OrderedKv> Store for KvStore<E> {
             .collect())
     }
 
+    fn highest_conversations(&self) -> Result<(u64, u64), StoreError> {
+        let bit = crate::protocol::TEMPORARY_BIT;
+        let last = |lo: Vec<u8>, hi: Option<Vec<u8>>| -> Result<u64, StoreError> {
+            Ok(self
+                .engine
+                .range(&lo, hi.as_deref(), true, 1)?
+                .first()
+                .and_then(|(k, _)| keys::be_u64(k, 1))
+                .unwrap_or(0))
+        };
+        let normal = last(keys::conversation(0), Some(keys::conversation(bit)))?;
+        let temporary = last(keys::conversation(bit), prefix_end(&[keys::CONVERSATION]))?;
+        Ok((normal, temporary & !bit))
+    }
+
     fn counter(&self, counter: Counter) -> Result<u64, StoreError> {
         Ok(self
             .number(&keys::counter(counter_name(counter)))?

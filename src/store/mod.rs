@@ -436,6 +436,10 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(UserId, u64, i64)>, StoreError>;
     fn counter(&self, counter: Counter) -> Result<u64, StoreError>;
+    /// The highest number among the stored conversation records of normal conversations, and
+    /// among those of temporary ones (without their marker bit, as [`Counter::Temporary`]
+    /// counts them); 0 for none.
+    fn highest_conversations(&self) -> Result<(u64, u64), StoreError>;
 
     /// `user`'s list tombstones: (conversation, deleted at).
     fn tombstones(&self, user: &str) -> Result<Vec<(u64, i64)>, StoreError>;

@@ -112,6 +112,10 @@ impl Store for Spied {
         self.watch.read("counter");
         self.inner.counter(counter)
     }
+    fn highest_conversations(&self) -> Result<(u64, u64), StoreError> {
+        self.watch.read("highest_conversations");
+        self.inner.highest_conversations()
+    }
     fn tombstones(&self, user: &str) -> Result<Vec<(u64, i64)>, StoreError> {
         self.watch.read("tombstones");
         self.inner.tombstones(user)

@@ -349,3 +349,46 @@ async fn a_failed_import_is_refused_by_serve_and_can_be_run_again() {
         assert!(server.wait().await.0.success());
     }
 }
+
+/// Conversation numbers are never handed out twice, even when the store's counters stand
+/// below its conversations (a dump edited or damaged in a way its checksum does not catch):
+/// at start the counters go on above the stored conversations.
+#[tokio::test]
+async fn a_conversation_number_is_never_handed_out_twice_whatever_the_counters_say() {
+    use tidings::protocol::pb;
+    use tidings::store::{Counter, Op};
+    let mut server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    let g = within(alice.create_group("mine", &["bob"])).await.unwrap();
+    within(alice.send_text(&g.id, "secret")).await.unwrap();
+    let t = within(alice.create(pb::CreateConversation {
+        kind: pb::ConversationKind::Temporary as i32,
+        members: vec!["bob".into()],
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    drop(alice);
+    let store = server.running().app.store.clone();
+    for counter in [Counter::Conversation, Counter::Temporary] {
+        store
+            .commit(&[Op::SetCounter { counter, value: 0 }])
+            .unwrap();
+    }
+    drop(store);
+    server.restart().await;
+    let mallory = server.client("mallory").await;
+    let fresh = within(mallory.create_group("theirs", &[])).await.unwrap();
+    assert_ne!(fresh.id, g.id);
+    let temporary = within(mallory.create(pb::CreateConversation {
+        kind: pb::ConversationKind::Temporary as i32,
+        members: vec!["carol".into()],
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    assert_ne!(temporary.id, t.id);
+    let alice = server.client("alice").await;
+    let history = within(alice.history(&g.id, 0, 10)).await.unwrap();
+    assert_eq!(history.messages.len(), 1);
+}
