@@ -11,8 +11,9 @@
 //!
 //! Work whose size shows only once it is done (a filtered history walk that examines many
 //! messages for a short page, the bytes of a page, a message's audience) is charged
-//! afterwards, to the user's bucket: it may go below empty, by at most one burst, and the
-//! user's next requests wait until it has refilled.
+//! afterwards, to the user's bucket: it may go below empty, by at most a minute of refill
+//! ([`DEBT_MAX_SECS`]; one burst when that is more), and the user's next requests wait until
+//! it has refilled.
 
 use super::{Error, Registry};
 use crate::store::UserId;
@@ -44,6 +45,10 @@ pub enum Work {
 /// Messages examined by a history walk, beyond the page it returns, that cost one token
 /// more (charged after the walk; about the CPU of a list entry each).
 pub const SCANNED_PER_TOKEN: usize = 50;
+
+/// How far below empty work charged afterwards may take a bucket, in seconds of its refill
+/// (at least one burst).
+pub const DEBT_MAX_SECS: i64 = 60;
 
 /// Steps of a LeanCloud `conv/query`'s matching and sorting (`leancloud::query::Meter`) that
 /// cost one token more, charged after the query (about half a millisecond of CPU).
@@ -124,13 +129,15 @@ impl Bucket {
         self.refilled(per_sec, burst, now) >= i64::from(burst) * 1000
     }
 
-    /// Takes `cost` tokens for work already done: never refused, but never more than one
-    /// burst below empty (`per_sec` 0: no limit).
+    /// Takes `cost` tokens for work already done: never refused, but never further below
+    /// empty than [`DEBT_MAX_SECS`] of refill (or one burst, when that is more), so a request
+    /// that cost more than a burst is paid for in full, and no single one locks a user out for
+    /// longer than that (`per_sec` 0: no limit).
     pub fn owe(&mut self, cost: u32, per_sec: u32, burst: u32, now: i64) {
         if per_sec == 0 {
             return;
         }
-        let floor = -i64::from(burst) * 1000;
+        let floor = -(i64::from(per_sec) * DEBT_MAX_SECS).max(i64::from(burst)) * 1000;
         self.milli = (self.refilled(per_sec, burst, now) - i64::from(cost) * 1000).max(floor);
         self.at = self.at.max(now);
     }
@@ -339,8 +346,8 @@ impl Registry {
         }
     }
 
-    /// Takes `tokens` from the user's bucket for work already done (at most a burst below
-    /// empty, see [`Bucket::owe`]).
+    /// Takes `tokens` from the user's bucket for work already done (at most a minute of refill
+    /// below empty, see [`Bucket::owe`]).
     fn owe(&self, user: &UserId, tokens: u64) {
         let c = &self.config;
         if tokens == 0 || c.rate_limit_user_per_sec == 0 {
@@ -407,15 +414,22 @@ mod tests {
     }
 
     #[test]
-    fn work_charged_afterwards_goes_below_empty_by_at_most_a_burst() {
+    fn work_charged_afterwards_goes_below_empty_by_at_most_a_minute_of_refill() {
         let mut b = Bucket::full(10, 0);
         b.owe(4, 5, 10, 0);
         b.take(6, 5, 10, 0).unwrap();
         assert_eq!(b.take(1, 5, 10, 0), Err(200));
-        // 30 more owed: only 10 (one burst) below empty; 11 tokens (2.2 s) until one fits.
+        // 30 more owed, three bursts: all of it; 31 tokens (6.2 s) until one fits.
         b.owe(30, 5, 10, 0);
-        assert_eq!(b.take(1, 5, 10, 0), Err(2_200));
-        b.take(1, 5, 10, 2_200).unwrap();
+        assert_eq!(b.take(1, 5, 10, 0), Err(6_200));
+        b.take(1, 5, 10, 6_200).unwrap();
+        // A million more: a minute of refill (300 tokens) below empty, no further.
+        b.owe(1_000_000, 5, 10, 6_200);
+        assert_eq!(b.take(1, 5, 10, 6_200), Err(60_200));
+        // With a burst larger than a minute of refill, one burst.
+        let mut b = Bucket::full(1_000, 0);
+        b.owe(1_000_000, 5, 1_000, 0);
+        assert_eq!(b.take(1, 5, 1_000, 0), Err(200_200));
         // No limit: nothing owed.
         let mut b = Bucket::full(1, 0);
         b.owe(100, 0, 1, 0);

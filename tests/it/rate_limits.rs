@@ -696,6 +696,39 @@ async fn a_history_page_is_charged_by_its_bytes() {
     }
 }
 
+/// Work charged after it is done is paid in full, below empty by up to a minute of refill
+/// (one burst, when that is more): a page of thirty 60,000-byte messages (about 27 tokens of
+/// bytes) costs more than a burst of 10 and is charged all of it; a page of a hundred (about
+/// 90) stops at a minute of refill, 60 tokens below empty.
+#[tokio::test]
+async fn work_charged_afterwards_is_paid_in_full_up_to_a_minute_of_refill() {
+    let server = TestServer::start_with(user_bucket(1, 10)).await;
+    let bob = server.client("bob").await;
+    server.clock.advance(10_000);
+    let g = bob.create_group("large", &["alice"]).await.unwrap().id;
+    let bulk = "x".repeat(60_000);
+    for _ in 0..100 {
+        server.clock.advance(10_000);
+        bob.send_text(&g, &bulk).await.unwrap();
+    }
+    let mut raw = Raw::login(&server, "alice").await;
+    let fetch = |limit: u32| {
+        Req::FetchHistory(pb::FetchHistory {
+            conversation_id: g.clone(),
+            limit,
+            ..Default::default()
+        })
+    };
+    server.clock.advance(120_000);
+    assert!(limited(&raw.request(fetch(30)).await).is_none());
+    // One burst below empty would make the next page wait 15 s at most.
+    let wait = limited(&raw.request(fetch(1)).await).expect("in debt");
+    assert!((25_000..=40_000).contains(&wait), "{wait}");
+    server.clock.advance(120_000);
+    assert!(limited(&raw.request(fetch(100)).await).is_none());
+    assert_eq!(limited(&raw.request(fetch(1)).await), Some(65_000));
+}
+
 /// A login replays the user's logged events since the cursor it gives (at most
 /// `max_login_replay_events`): besides the login's 20 tokens it costs one more per 64 KiB of
 /// them, charged after it.
