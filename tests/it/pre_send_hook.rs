@@ -524,3 +524,33 @@ async fn a_send_that_gets_no_slot_in_time_is_refused_not_stored_unasked() {
     let page = within(owner.history(&g.id, 0, 100)).await.unwrap();
     assert!(page.messages.is_empty(), "{:?}", page.messages);
 }
+
+#[tokio::test]
+async fn edits_and_room_messages_refused_anyway_are_not_asked_about() {
+    let mut rx = Receiver::start(200).await;
+    let server = hook_server(&rx, |c| c.chat_room_messages_per_sec = 1).await;
+    let alice = server.client("alice").await;
+    let bob = server.client("bob").await;
+    let g = within(alice.create_group("", &["bob"])).await.unwrap();
+    let ack = within(alice.send_text(&g.id, "mine")).await.unwrap();
+    rx.next().await;
+    // Only the sender edits a message.
+    let e = within(bob.edit_text(&g.id, &ack.message_id, "theirs"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(pb::ErrorCode::ErrorPermissionDenied), "{e}");
+    // A chat room takes one message a second here: the second is refused by its rate.
+    let room = within(alice.create(pb::CreateConversation {
+        kind: pb::ConversationKind::ChatRoom as i32,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    within(alice.send_text(&room.id, "one")).await.unwrap();
+    assert!(rx.next().await.body.contains("one"));
+    let e = within(alice.send_text(&room.id, "two")).await.unwrap_err();
+    assert_eq!(code(&e), Some(pb::ErrorCode::ErrorRateLimited), "{e}");
+    // Neither was asked about: the next question is this send's.
+    within(alice.send_text(&g.id, "barrier")).await.unwrap();
+    assert!(rx.next().await.body.contains("barrier"));
+}
