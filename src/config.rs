@@ -591,13 +591,21 @@ pub struct Config {
     pub pre_send_hook_url: Option<String>,
     /// Signing secret of the hook's requests (`whsec_`, as for webhooks); required with the URL.
     pub pre_send_hook_secret: Option<String>,
-    /// The hook must answer within this (waiting for a free slot included), ms.
+    /// The hook must answer a call within this once the call is made (the wait for a slot
+    /// is not counted), ms.
     pub pre_send_hook_timeout_ms: u64,
     /// When the hook fails (no answer in time, not 2xx, a bad answer): refuse the content
     /// with `ERROR_UNAVAILABLE` (true) or allow it (false).
     pub pre_send_hook_fail_closed: bool,
-    /// Hook calls in flight at once, at most; more wait (within the timeout).
+    /// Hook calls in flight at once, at most, for all users together; more wait for a slot,
+    /// in order.
     pub pre_send_hook_max_concurrency: usize,
+    /// Hook calls of one user in flight at once, at most; their further ones wait behind
+    /// their own, in order.
+    pub pre_send_hook_max_per_user: usize,
+    /// Longest a send (edit, name) waits for a slot (the user's and the shared one), ms; past
+    /// it, it is refused with `ERROR_UNAVAILABLE`, never stored unasked.
+    pub pre_send_hook_queue_timeout_ms: u64,
     /// Webhook endpoints (TOML `[[webhooks]]` tables only): where events are POSTed.
     pub webhooks: Vec<WebhookEndpoint>,
     /// Events per webhook POST, at most.
@@ -819,6 +827,8 @@ impl Default for Config {
             pre_send_hook_timeout_ms: 500,
             pre_send_hook_fail_closed: false,
             pre_send_hook_max_concurrency: 256,
+            pre_send_hook_max_per_user: 8,
+            pre_send_hook_queue_timeout_ms: 5_000,
             webhooks: Vec::new(),
             webhook_batch_max: 1000,
             webhook_batch_max_bytes: 1 << 20,
@@ -1024,6 +1034,12 @@ impl Config {
                 return bad(
                     "pre_send_hook_url needs pre_send_hook_secret: `whsec_` then base64 of at \
                      least 24 bytes (`tidings secret --webhook`)",
+                );
+            }
+            if self.pre_send_hook_max_concurrency == 0 || self.pre_send_hook_max_per_user == 0 {
+                return bad(
+                    "pre_send_hook_max_concurrency and pre_send_hook_max_per_user must be at \
+                     least 1",
                 );
             }
         }

@@ -605,6 +605,17 @@ impl Registry {
         })
     }
 
+    /// Whether the caller may change the conversation's name and attributes.
+    fn authorize_update(st: &ConvState, caller: &Caller) -> Result<(), Error> {
+        st.authorize(caller, Action::Update)?;
+        // The app's backend keeps a customer-service chat's status, assignee and tags in
+        // its attributes; clients may not change a temporary conversation.
+        if !caller.admin {
+            Self::require_not_temporary(st, "updating name or attributes")?;
+        }
+        Ok(())
+    }
+
     fn require_not_temporary(st: &ConvState, what: &'static str) -> Result<(), Error> {
         match st.kind() {
             ConversationKind::Temporary => Err(Error::NotAllowedForKind {
@@ -1059,14 +1070,6 @@ impl Registry {
         mut req: UpdateRequest,
     ) -> Result<Conversation, Error> {
         let cell = self.cell(id)?;
-        self.moderate_conversation(
-            caller,
-            "conversation.update",
-            id,
-            &mut req.name,
-            &mut req.set_attributes,
-        )
-        .await?;
         if let Some(ttl) = req.ttl_secs {
             if !caller.admin {
                 return Err(Error::PermissionDenied(
@@ -1080,16 +1083,21 @@ impl Registry {
                 )));
             }
         }
+        // Asked only about a change the caller may make.
+        Self::authorize_update(&cell.lock(), caller)?;
+        self.moderate_conversation(
+            caller,
+            "conversation.update",
+            id,
+            &mut req.name,
+            &mut req.set_attributes,
+        )
+        .await?;
         let permit = self.writer.reserve().await?;
         let mut moved_deadline = false;
         let rx = {
             let mut st = cell.lock();
-            st.authorize(caller, Action::Update)?;
-            // The app's backend keeps a customer-service chat's status, assignee and tags in
-            // its attributes; clients may not change a temporary conversation.
-            if !caller.admin {
-                Self::require_not_temporary(&st, "updating name or attributes")?;
-            }
+            Self::authorize_update(&st, caller)?;
             let mut record = st.record.clone();
             if let Some(name) = req.name {
                 record.name = name;

@@ -483,9 +483,12 @@ impl Registry {
         req: EditRequest,
     ) -> Result<Message, Error> {
         let mut req = req;
+        if self.hook.is_some() && !caller.admin {
+            // Asked only about an edit the caller may make.
+            self.check_edit(caller, id, &req.message_id)?;
+        }
         self.moderate_edit(caller, id, &mut req).await?;
-        // The app's backend edits any message, however old (`max_edits` still holds).
-        let window = (!caller.admin).then_some(self.config.edit_window_secs);
+        let window = self.edit_window(caller);
         let max_edits = self.config.max_edits;
         let EditRequest {
             message_id,
@@ -494,18 +497,7 @@ impl Registry {
             replace_attributes,
         } = req;
         self.rewrite(caller, id, &message_id, false, move |m, now| {
-            if m.recalled {
-                return Err(Error::MessageNotFound);
-            }
-            if let Some(window) = window {
-                Self::check_window(m, now, window, "edit_window_secs")?;
-            }
-            if m.edit_count >= max_edits {
-                return Err(Error::LimitExceeded(format!(
-                    "edited {} times; max_edits is {max_edits}",
-                    m.edit_count
-                )));
-            }
+            Self::editable(m, now, window, max_edits)?;
             m.content = content;
             if replace_attributes {
                 m.attributes = attributes;
@@ -517,6 +509,53 @@ impl Registry {
             Ok(Some(MessageUpdateKind::Edited))
         })
         .await
+    }
+
+    /// The caller's edit window: the app's backend edits any message, however old.
+    fn edit_window(&self, caller: &Caller) -> Option<u64> {
+        (!caller.admin).then_some(self.config.edit_window_secs)
+    }
+
+    /// Whether message `m` may be edited once more now.
+    fn editable(m: &Message, now: i64, window: Option<u64>, max_edits: u32) -> Result<(), Error> {
+        if m.recalled {
+            return Err(Error::MessageNotFound);
+        }
+        if let Some(window) = window {
+            Self::check_window(m, now, window, "edit_window_secs")?;
+        }
+        if m.edit_count >= max_edits {
+            return Err(Error::LimitExceeded(format!(
+                "edited {} times; max_edits is {max_edits}",
+                m.edit_count
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks that a user may edit the message now (a member, its sender, within the window
+    /// and `max_edits`), as the edit will under the lock.
+    fn check_edit(&self, caller: &Caller, id: &str, message_id: &str) -> Result<(), Error> {
+        let cell = self.cell(id)?;
+        let seq = self.seq_of(&cell, message_id)?;
+        let st = cell.lock();
+        st.require_member(&caller.user)?;
+        let current = match st.edited.get(&seq) {
+            Some(m) => Some(m.clone()),
+            None => self.store.message(cell.num, seq)?,
+        };
+        let m = current.ok_or(Error::MessageNotFound)?;
+        if *m.sender != *caller.user {
+            return Err(Error::PermissionDenied(
+                "only the sender may edit a message; only the sender, the owner and managers may recall one",
+            ));
+        }
+        Self::editable(
+            &m,
+            self.now(),
+            self.edit_window(caller),
+            self.config.max_edits,
+        )
     }
 
     fn check_window(m: &Message, now: i64, secs: u64, name: &str) -> Result<(), Error> {

@@ -2,20 +2,29 @@
 //! user-authored content is stored (sends, edits, conversation names and attributes), which
 //! allows it, rejects it with a reason, or rewrites it.
 //!
-//! Called outside every conversation lock, at most `pre_send_hook_max_concurrency` at once;
-//! a call that waits for a slot or an answer longer than `pre_send_hook_timeout_ms` counts as
-//! failed, and a failure allows the content (`pre_send_hook_fail_closed = false`, the default)
-//! or refuses it with `ERROR_UNAVAILABLE`. Requests are signed like webhooks.
+//! Asked only about content that would otherwise be stored: every check that needs no hook
+//! (membership, mutes, blocks, sizes, the conversation being live) passes first, so a request
+//! refused anyway never reaches it. Called outside every conversation lock, at most
+//! `pre_send_hook_max_concurrency` calls at once for everyone and `pre_send_hook_max_per_user`
+//! for one user; more wait for a slot, in order (a user's behind their own first), for at most
+//! `pre_send_hook_queue_timeout_ms`, past which the content is refused with
+//! `ERROR_UNAVAILABLE`. Waiting is not a failure of the hook: a call that, once made, gets no
+//! good answer within `pre_send_hook_timeout_ms` is, and a failure allows the content
+//! (`pre_send_hook_fail_closed = false`, the default) or refuses it with `ERROR_UNAVAILABLE`.
+//! Requests are signed like webhooks.
 
 use super::{Caller, Error, Registry, SendRequest};
 use crate::config::Config;
+use crate::store::UserId;
 use base64::Engine as _;
 use bytes::Bytes;
+use dashmap::DashMap;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Rejected sends remembered by client message id, so a retry gets the same answer without
 /// asking the hook again.
@@ -41,7 +50,14 @@ pub(super) struct PreSend {
     keys: Vec<Vec<u8>>,
     timeout: Duration,
     fail_closed: bool,
-    slots: tokio::sync::Semaphore,
+    /// Calls in flight for everyone; waiters are served in order.
+    slots: Semaphore,
+    /// Each user's calls in flight, with how many of their calls hold or wait for one (the
+    /// entry goes when none do).
+    users: DashMap<UserId, (Arc<Semaphore>, usize)>,
+    per_user: usize,
+    /// Longest wait for the two slots.
+    queue_timeout: Duration,
     calls: AtomicU64,
     rejected: Mutex<Rejections>,
 }
@@ -61,19 +77,56 @@ impl PreSend {
             keys: vec![secret],
             timeout: Duration::from_millis(c.pre_send_hook_timeout_ms),
             fail_closed: c.pre_send_hook_fail_closed,
-            slots: tokio::sync::Semaphore::new(c.pre_send_hook_max_concurrency.max(1)),
+            slots: Semaphore::new(c.pre_send_hook_max_concurrency.max(1)),
+            users: DashMap::new(),
+            per_user: c.pre_send_hook_max_per_user.max(1),
+            queue_timeout: Duration::from_millis(c.pre_send_hook_queue_timeout_ms),
             calls: AtomicU64::new(0),
             rejected: Mutex::new((HashMap::new(), VecDeque::new())),
         }))
     }
 
-    /// Asks the hook. Boxed: the HTTP exchange's state is large, and a send's future would
-    /// otherwise carry it (and move it around) on every send, hook or not.
-    fn ask(&self, payload: Value) -> futures_util::future::BoxFuture<'_, Result<Verdict, Error>> {
-        Box::pin(self.ask_now(payload))
+    /// Asks the hook about `user`'s content. Boxed: the HTTP exchange's state is large, and a
+    /// send's future would otherwise carry it (and move it around) on every send, hook or not.
+    fn ask<'a>(
+        &'a self,
+        user: &'a UserId,
+        payload: Value,
+    ) -> futures_util::future::BoxFuture<'a, Result<Verdict, Error>> {
+        Box::pin(self.ask_now(user, payload))
     }
 
-    async fn ask_now(&self, payload: Value) -> Result<Verdict, Error> {
+    /// Waits for one of `user`'s slots, then a shared one, both in order; `None` past
+    /// `pre_send_hook_queue_timeout_ms`.
+    async fn slot(
+        &self,
+        user: &UserId,
+    ) -> Option<(UserSlot<'_>, tokio::sync::SemaphorePermit<'_>)> {
+        let wait = async {
+            let mut mine = UserSlot::new(self, user);
+            let sem = mine.semaphore.clone();
+            mine.permit = Some(sem.acquire_owned().await.ok()?);
+            let shared = self.slots.acquire().await.ok()?;
+            Some((mine, shared))
+        };
+        tokio::time::timeout(self.queue_timeout, wait)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn ask_now(&self, user: &UserId, payload: Value) -> Result<Verdict, Error> {
+        let Some(_slot) = self.slot(user).await else {
+            static QUEUED: crate::logsafe::Throttle =
+                crate::logsafe::Throttle::new("pre-send hook slot not free in time");
+            if QUEUED.allow(1) {
+                tracing::warn!(
+                    wait_ms = self.queue_timeout.as_millis() as u64,
+                    "no pre-send hook slot within pre_send_hook_queue_timeout_ms; refusing"
+                );
+            }
+            return Err(Error::Unavailable);
+        };
         let body = Bytes::from(payload.to_string());
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
         let id = format!("hook_{n}_{}", std::process::id());
@@ -93,7 +146,6 @@ impl PreSend {
             ("webhook-signature", signature),
         ];
         let call = async {
-            let _slot = self.slots.acquire().await.map_err(|e| e.to_string())?;
             crate::http_client::post(&self.target, "", &headers, body, self.timeout)
                 .await
                 .map_err(|e| format!("{e:#}"))
@@ -130,6 +182,45 @@ impl PreSend {
         while r.1.len() > REMEMBERED_REJECTIONS {
             if let Some(old) = r.1.pop_front() {
                 r.0.remove(&old);
+            }
+        }
+    }
+}
+
+/// One of a user's hook slots, held or waited for; the user's entry goes with the last one.
+struct UserSlot<'a> {
+    hook: &'a PreSend,
+    user: UserId,
+    semaphore: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<'a> UserSlot<'a> {
+    fn new(hook: &'a PreSend, user: &UserId) -> Self {
+        let semaphore = {
+            let mut e = hook
+                .users
+                .entry(user.clone())
+                .or_insert_with(|| (Arc::new(Semaphore::new(hook.per_user)), 0));
+            e.1 += 1;
+            e.0.clone()
+        };
+        UserSlot {
+            hook,
+            user: user.clone(),
+            semaphore,
+            permit: None,
+        }
+    }
+}
+
+impl Drop for UserSlot<'_> {
+    fn drop(&mut self) {
+        self.permit = None;
+        if let dashmap::Entry::Occupied(mut e) = self.hook.users.entry(self.user.clone()) {
+            e.get_mut().1 -= 1;
+            if e.get().1 == 0 {
+                e.remove();
             }
         }
     }
@@ -219,7 +310,7 @@ impl Registry {
             "conversation_id": id,
             "message": message,
         });
-        match hook.ask(payload).await? {
+        match hook.ask(&caller.user, payload).await? {
             Verdict::Allow => Ok(req),
             Verdict::Reject(reason) => {
                 if !req.client_message_id.is_empty() {
@@ -264,7 +355,7 @@ impl Registry {
             "conversation_id": id,
             "message": message,
         });
-        match hook.ask(payload).await? {
+        match hook.ask(&caller.user, payload).await? {
             Verdict::Allow => Ok(()),
             Verdict::Reject(reason) => Err(Error::Rejected(reason)),
             Verdict::Rewrite(m) => {
@@ -305,7 +396,7 @@ impl Registry {
             "conversation_id": id,
             "conversation": { "name": name, "attributes": attributes },
         });
-        match hook.ask(payload).await? {
+        match hook.ask(&caller.user, payload).await? {
             Verdict::Allow => Ok(()),
             Verdict::Reject(reason) => Err(Error::Rejected(reason)),
             Verdict::Rewrite(m) => {

@@ -118,7 +118,7 @@ impl Registry {
             r
         };
         if req.client_message_id.is_empty() {
-            let req = self.moderate_send(caller, cell.num, id, req).await?;
+            let req = self.moderate_stored(caller, &cell, id, req).await?;
             return observe(self.send_stored(caller, &cell, req).await);
         }
         let key: DedupKey = (cell.num, caller.user.clone(), req.client_message_id.clone());
@@ -161,13 +161,49 @@ impl Registry {
             },
             // The hook is asked once per client message id: a retry of an accepted send is
             // answered from the store above, of a refused one from the hook's memory.
-            None => match self.moderate_send(caller, cell.num, id, req).await {
+            None => match self.moderate_stored(caller, &cell, id, req).await {
                 Ok(req) => self.send_stored(caller, &cell, req).await,
                 Err(e) => Err(e),
             },
         };
         guard.result = Some(result.clone());
         observe(result)
+    }
+
+    /// Runs a send to be stored through the pre-send hook, once it passes every check it
+    /// would otherwise be refused by, so that the hook is asked only about a message it
+    /// decides the fate of (and a caller who may not send here never learns its answer).
+    async fn moderate_stored(
+        &self,
+        caller: &Caller,
+        cell: &Arc<super::ConvCell>,
+        id: &str,
+        req: SendRequest,
+    ) -> Result<SendRequest, Error> {
+        if self.hook.is_some() && !caller.admin {
+            self.require_not_blocked(cell, &caller.user)?;
+            self.check_stored_send(&cell.lock(), caller, req.want_receipts)?;
+        }
+        self.moderate_send(caller, cell.num, id, req).await
+    }
+
+    /// What the conversation's state says of a stored send by the caller: they may send here
+    /// now (live, a member, not muted) and it takes what the send asks for (receipts).
+    fn check_stored_send(
+        &self,
+        st: &super::ConvState,
+        caller: &Caller,
+        want_receipts: bool,
+    ) -> Result<(), Error> {
+        st.authorize_send(caller, self.now())?;
+        if want_receipts && st.members.len() > self.config.receipt_max_members {
+            return Err(Error::LimitExceeded(format!(
+                "receipts asked in a conversation of {} members; receipt_max_members is {}",
+                st.members.len(),
+                self.config.receipt_max_members
+            )));
+        }
+        Ok(())
     }
 
     /// Checks content plus attributes against `max_message_bytes`.
@@ -352,14 +388,7 @@ impl Registry {
         let silent = req.silent;
         let (rx, receipts, ack) = {
             let mut st = cell.lock();
-            st.authorize_send(caller, self.now())?;
-            if want_receipts && st.members.len() > self.config.receipt_max_members {
-                return Err(Error::LimitExceeded(format!(
-                    "receipts asked in a conversation of {} members; receipt_max_members is {}",
-                    st.members.len(),
-                    self.config.receipt_max_members
-                )));
-            }
+            self.check_stored_send(&st, caller, want_receipts)?;
             let seq = st.last_seq + 1;
             let now = self.now().max(st.last_ts);
             // Sending reads everything before; senders of receipt-asking messages in between

@@ -502,26 +502,39 @@ impl Registry {
     ) -> Result<SendAck, Error> {
         cell.lock().authorize_send(caller, self.now())?;
         if !req.transient {
+            // A message the room's rate would refuse is not asked about.
+            if self.hook.is_some() && !caller.admin {
+                self.take_room_message(cell, self.now(), false)?;
+            }
             req = self.moderate_send(caller, cell.num, &cell.id, req).await?;
         }
         let now = self.now();
-        let per_sec = self.config.chat_room_messages_per_sec;
         let members = {
             let st = cell.lock();
             st.authorize_send(caller, now)?;
-            let mut bucket = self
-                .rooms
-                .buckets
-                .entry(cell.num)
-                .or_insert_with(|| Bucket::full(per_sec, now));
-            bucket
-                .take(1, per_sec, per_sec, now)
-                .map_err(|retry_after_ms| Error::RateLimited { retry_after_ms })?;
+            self.take_room_message(cell, now, true)?;
             st.members_to()
         };
         // Receipts need stored seqs; room messages have none.
         req.want_receipts = false;
         Ok(self.deliver_unstored(caller, cell, members, ConversationKind::ChatRoom, now, req))
+    }
+
+    /// Takes one message from the room's `chat_room_messages_per_sec` (or, `take` false,
+    /// only checks that one is there), or says when one will be.
+    fn take_room_message(&self, cell: &ConvCell, now: i64, take: bool) -> Result<(), Error> {
+        let per_sec = self.config.chat_room_messages_per_sec;
+        let mut bucket = self
+            .rooms
+            .buckets
+            .entry(cell.num)
+            .or_insert_with(|| Bucket::full(per_sec, now));
+        let result = if take {
+            bucket.take(1, per_sec, per_sec, now)
+        } else {
+            bucket.clone().take(1, per_sec, per_sec, now)
+        };
+        result.map_err(|retry_after_ms| Error::RateLimited { retry_after_ms })
     }
 
     /// The kind of a conversation (for front doors that present kinds differently).

@@ -3,7 +3,10 @@
 
 use crate::harness::*;
 use crate::webhooks::{Answer, Receiver, SECRET};
+use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use tidings::client::ClientError;
 use tidings::leancloud::LcProtocol;
 use tidings::protocol::pb;
@@ -12,16 +15,126 @@ async fn hook_server(
     rx: &Receiver,
     tweak: impl FnOnce(&mut tidings::config::Config),
 ) -> TestServer {
-    let url = rx.url();
+    hook_server_at(rx.url(), tweak).await
+}
+
+async fn hook_server_at(
+    url: String,
+    tweak: impl FnOnce(&mut tidings::config::Config),
+) -> TestServer {
     TestServer::start_with(move |c| {
         c.pre_send_hook_url = Some(url);
         c.pre_send_hook_secret = Some(SECRET.into());
         c.pre_send_hook_timeout_ms = 2_000;
         c.leancloud_app_id = Some(crate::leancloud::APP_ID.into());
         c.leancloud_master_key = Some(crate::leancloud::MASTER_KEY.into());
+        c.admin_listen = "127.0.0.1:0".into();
+        c.admin_api_keys = vec![crate::admin::KEY.into()];
         tweak(c);
     })
     .await
+}
+
+/// Each user's calls: how many came, how many are held now, the most held at once.
+#[derive(Default)]
+struct Counts {
+    calls: HashMap<String, usize>,
+    held: HashMap<String, usize>,
+    most: HashMap<String, usize>,
+}
+
+/// A healthy moderation hook that rejects everything it is asked about ("moderated"): it
+/// holds each call until its gate is open, then answers after `delay_ms`. It tells which
+/// user each call is about as the call arrives, and counts each user's calls in flight.
+struct Moderator {
+    addr: std::net::SocketAddr,
+    arrivals: tokio::sync::mpsc::UnboundedReceiver<String>,
+    gate: tokio::sync::watch::Sender<bool>,
+    counts: Arc<Mutex<Counts>>,
+}
+
+impl Moderator {
+    async fn start(delay_ms: u64, open: bool) -> Moderator {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, arrivals) = tokio::sync::mpsc::unbounded_channel();
+        let (gate, opened) = tokio::sync::watch::channel(open);
+        let counts = Arc::new(Mutex::new(Counts::default()));
+        let c = counts.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (tx, opened, counts) = (tx.clone(), opened.clone(), c.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                        let (tx, mut opened, counts) = (tx.clone(), opened.clone(), counts.clone());
+                        async move {
+                            let body: hyper::body::Incoming = req.into_body();
+                            let body = body.collect().await.unwrap().to_bytes();
+                            let asked: Value = serde_json::from_slice(&body).unwrap();
+                            let user = asked["user"].as_str().unwrap().to_owned();
+                            {
+                                let mut c = counts.lock().unwrap();
+                                *c.calls.entry(user.clone()).or_default() += 1;
+                                let held = c.held.entry(user.clone()).or_default();
+                                *held += 1;
+                                let held = *held;
+                                let most = c.most.entry(user.clone()).or_default();
+                                *most = (*most).max(held);
+                            }
+                            let _ = tx.send(user.clone());
+                            let _ = opened.wait_for(|open| *open).await;
+                            if delay_ms > 0 {
+                                // The hook's own work, well inside the timeout.
+                                tokio::time::sleep(std::time::Duration::from_millis(delay_ms))
+                                    .await;
+                            }
+                            *counts.lock().unwrap().held.get_mut(&user).unwrap() -= 1;
+                            let answer = json!({"action": "reject", "reason": "moderated"});
+                            Ok::<_, std::io::Error>(hyper::Response::new(Full::new(
+                                bytes::Bytes::from(answer.to_string()),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Moderator {
+            addr,
+            arrivals,
+            gate,
+            counts,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/moderate", self.addr)
+    }
+
+    /// Lets every call held, and every later one, be answered.
+    fn open(&self) {
+        self.gate.send_replace(true);
+    }
+
+    /// The user the next call to arrive is about.
+    async fn arrival(&mut self) -> String {
+        within(self.arrivals.recv()).await.unwrap()
+    }
+
+    fn calls(&self, user: &str) -> usize {
+        let c = self.counts.lock().unwrap();
+        c.calls.get(user).copied().unwrap_or(0)
+    }
+
+    fn most(&self, user: &str) -> usize {
+        let c = self.counts.lock().unwrap();
+        c.most.get(user).copied().unwrap_or(0)
+    }
 }
 
 fn says(body: Value) -> Answer {
@@ -239,4 +352,205 @@ async fn leancloud_clients_get_4402_with_the_reason() {
         (Some("MESSAGE_REJECTED_BY_APP"), Some("be nice"))
     );
     let _ = rx.next().await;
+}
+
+#[tokio::test]
+async fn a_burst_that_fills_the_shared_slots_leaves_everyone_moderated() {
+    for fail_closed in [false, true] {
+        // Every call is answered in 300 ms, well inside the timeout; two at a time.
+        let mut hook = Moderator::start(300, true).await;
+        let server = hook_server_at(hook.url(), |c| {
+            c.pre_send_hook_timeout_ms = 1_500;
+            c.pre_send_hook_max_concurrency = 2;
+            c.pre_send_hook_queue_timeout_ms = 60_000;
+            c.pre_send_hook_fail_closed = fail_closed;
+        })
+        .await;
+        let owner = server.client("owner").await;
+        let g = within(owner.create_group("", &["att0", "att1", "by"]))
+            .await
+            .unwrap();
+        let att = [server.client("att0").await, server.client("att1").await];
+        let by = server.client("by").await;
+        // Two users send ten messages each at once: far more than the two slots.
+        let burst = futures_util::future::join_all(
+            att.iter()
+                .flat_map(|c| (0..10).map(|i| c.send(send_req(&g.id, "bad", &format!("b{i}"))))),
+        );
+        let bystander = async {
+            // The burst holds both slots; the bystander's send comes behind it.
+            hook.arrival().await;
+            hook.arrival().await;
+            by.send(send_req(&g.id, "bad too", "by-1")).await
+        };
+        let (burst, mine) = within(async { tokio::join!(burst, bystander) }).await;
+        let e = mine.unwrap_err();
+        assert_eq!(
+            code(&e),
+            Some(pb::ErrorCode::ErrorRejected),
+            "fail_closed={fail_closed}: {e}"
+        );
+        assert!(e.to_string().contains("moderated"), "{e}");
+        for r in burst {
+            let e = r.unwrap_err();
+            assert_eq!(code(&e), Some(pb::ErrorCode::ErrorRejected), "{e}");
+        }
+        assert_eq!(hook.calls("by"), 1);
+        // Nothing was stored without the hook's answer.
+        let page = within(owner.history(&g.id, 0, 100)).await.unwrap();
+        assert!(page.messages.is_empty(), "{:?}", page.messages);
+    }
+}
+
+#[tokio::test]
+async fn a_send_refused_anyway_never_reaches_the_hook() {
+    let mut hook = Moderator::start(0, true).await;
+    let server = hook_server_at(hook.url(), |_| {}).await;
+    let alice = server.client("alice").await;
+    let g = within(alice.create_group("", &["bob"])).await.unwrap();
+    let mallory = server.client("mallory").await;
+    // A non-member is told so, not the hook's reason, with or without a client message id.
+    for client_id in ["", "m-1", "m-1"] {
+        let e = within(mallory.send(send_req(&g.id, "spam", client_id)))
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), Some(pb::ErrorCode::ErrorNotAMember), "{e}");
+    }
+    let e = within(mallory.update(pb::UpdateConversation {
+        conversation_id: g.id.clone(),
+        name: Some("spam".into()),
+        ..Default::default()
+    }))
+    .await
+    .unwrap_err();
+    assert_eq!(code(&e), Some(pb::ErrorCode::ErrorNotAMember), "{e}");
+    // The same through LeanCloud and through the admin API acting as her.
+    let mut lc = crate::leancloud_wire::Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    lc.opened("mallory", None).await;
+    let ack = lc.direct("mallory", &g.id, "spam", false).await;
+    assert_eq!(ack.code, Some(4401), "{ack:?}");
+    let r = crate::admin::api(
+        &server,
+        "POST",
+        &format!("/v1/conversations/{}/messages?as=mallory", g.id),
+        Some(json!({"text": "spam"})),
+    )
+    .await;
+    assert_eq!(r.status_code(), (403, Some(6)), "{}", r.text);
+    // A muted member is told so too.
+    within(alice.mute_members(&g.id, &["bob"], 3600))
+        .await
+        .unwrap();
+    let bob = server.client("bob").await;
+    let e = within(bob.send(send_req(&g.id, "hush", "b-1")))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(pb::ErrorCode::ErrorMuted), "{e}");
+
+    // The hook's first question is about alice's own message.
+    let e = within(alice.send(send_req(&g.id, "hello", "")))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(pb::ErrorCode::ErrorRejected), "{e}");
+    assert_eq!(hook.arrival().await, "alice");
+    assert_eq!((hook.calls("mallory"), hook.calls("bob")), (0, 0));
+}
+
+#[tokio::test]
+async fn one_user_has_at_most_their_share_of_the_hook_in_flight() {
+    let mut hook = Moderator::start(0, false).await;
+    let server = hook_server_at(hook.url(), |c| c.pre_send_hook_max_per_user = 2).await;
+    let owner = server.client("owner").await;
+    let g = within(owner.create_group("", &["att", "by"]))
+        .await
+        .unwrap();
+    let att = server.client("att").await;
+    let by = server.client("by").await;
+    let burst = futures_util::future::join_all(
+        (0..6).map(|i| att.send(send_req(&g.id, "bad", &format!("a{i}")))),
+    );
+    let rest = async {
+        assert_eq!(hook.arrival().await, "att");
+        assert_eq!(hook.arrival().await, "att");
+        // Held by the hook: the user's other four wait behind these two, and another user's
+        // send is asked about at once.
+        let mine = async { by.send(send_req(&g.id, "bad too", "by-1")).await };
+        let asked = async {
+            assert_eq!(hook.arrival().await, "by");
+            hook.open();
+        };
+        let (mine, ()) = tokio::join!(mine, asked);
+        mine
+    };
+    let (burst, mine) = within(async { tokio::join!(burst, rest) }).await;
+    assert_eq!(code(&mine.unwrap_err()), Some(pb::ErrorCode::ErrorRejected));
+    for r in burst {
+        assert_eq!(code(&r.unwrap_err()), Some(pb::ErrorCode::ErrorRejected));
+    }
+    // Every one of the user's sends was asked about, never more than two at once.
+    assert_eq!((hook.calls("att"), hook.most("att")), (6, 2));
+}
+
+#[tokio::test]
+async fn a_send_that_gets_no_slot_in_time_is_refused_not_stored_unasked() {
+    let mut hook = Moderator::start(0, false).await;
+    // Fail-open, one slot: the wait for it is bounded, and its end refuses.
+    let server = hook_server_at(hook.url(), |c| {
+        c.pre_send_hook_max_concurrency = 1;
+        c.pre_send_hook_queue_timeout_ms = 200;
+    })
+    .await;
+    let owner = server.client("owner").await;
+    let g = within(owner.create_group("", &["att", "by"]))
+        .await
+        .unwrap();
+    let att = server.client("att").await;
+    let by = server.client("by").await;
+    let first = att.send(send_req(&g.id, "bad", "a-1"));
+    let rest = async {
+        assert_eq!(hook.arrival().await, "att");
+        let mine = by.send(send_req(&g.id, "bad too", "by-1")).await;
+        hook.open();
+        mine
+    };
+    let (first, mine) = within(async { tokio::join!(first, rest) }).await;
+    let e = mine.unwrap_err();
+    assert_eq!(code(&e), Some(pb::ErrorCode::ErrorUnavailable), "{e}");
+    assert_eq!(
+        code(&first.unwrap_err()),
+        Some(pb::ErrorCode::ErrorRejected)
+    );
+    assert_eq!(hook.calls("by"), 0);
+    let page = within(owner.history(&g.id, 0, 100)).await.unwrap();
+    assert!(page.messages.is_empty(), "{:?}", page.messages);
+}
+
+#[tokio::test]
+async fn edits_and_room_messages_refused_anyway_are_not_asked_about() {
+    let mut rx = Receiver::start(200).await;
+    let server = hook_server(&rx, |c| c.chat_room_messages_per_sec = 1).await;
+    let alice = server.client("alice").await;
+    let bob = server.client("bob").await;
+    let g = within(alice.create_group("", &["bob"])).await.unwrap();
+    let ack = within(alice.send_text(&g.id, "mine")).await.unwrap();
+    rx.next().await;
+    // Only the sender edits a message.
+    let e = within(bob.edit_text(&g.id, &ack.message_id, "theirs"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(pb::ErrorCode::ErrorPermissionDenied), "{e}");
+    // A chat room takes one message a second here: the second is refused by its rate.
+    let room = within(alice.create(pb::CreateConversation {
+        kind: pb::ConversationKind::ChatRoom as i32,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    within(alice.send_text(&room.id, "one")).await.unwrap();
+    assert!(rx.next().await.body.contains("one"));
+    let e = within(alice.send_text(&room.id, "two")).await.unwrap_err();
+    assert_eq!(code(&e), Some(pb::ErrorCode::ErrorRateLimited), "{e}");
+    // Neither was asked about: the next question is this send's.
+    within(alice.send_text(&g.id, "barrier")).await.unwrap();
+    assert!(rx.next().await.body.contains("barrier"));
 }
