@@ -1,6 +1,7 @@
 //! Creating conversations and changing who is in them.
 
 use super::groups::{Action, MemberOutcome};
+use super::limits::Pushed;
 use super::writer::wait;
 use super::{Caller, ConvCell, ConvState, Error, LoggedEvent, Registry};
 use crate::hub::Recipients;
@@ -197,10 +198,19 @@ impl Registry {
                     let (cell, mut ops, events) =
                         self.new_normal(&mut next, caller, record, &members);
                     ops.extend(self.idempotency_op(&req.idempotency, cell.num));
-                    (cell, self.writer.submit(permit, ops, Vec::new(), events))
+                    let pushed = events
+                        .first()
+                        .map(|e| Pushed::named(&e.event, events.len()))
+                        .unwrap_or_default();
+                    (
+                        cell,
+                        (self.writer.submit(permit, ops, Vec::new(), events), pushed),
+                    )
                 };
+                let (rx, pushed) = rx;
                 wait(rx).await?;
                 self.charge_members(caller, cell.lock().members.len());
+                self.charge_pushed(caller, pushed);
                 let view = cell.lock().view(&cell.id);
                 self.view_for(&cell, view, &caller.user)
             }
@@ -730,6 +740,7 @@ impl Registry {
         let mut failed = Vec::new();
         let mut done = Vec::new();
         let mut added = 0;
+        let mut pushed = Pushed::default();
         let rx = {
             let mut st = cell.lock();
             // Joining by oneself is allowed where the conversation is open.
@@ -820,6 +831,8 @@ impl Registry {
                     st.view(&cell.id),
                 ));
                 self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
+                pushed =
+                    Pushed::event(&event, existing.len()).and(Pushed::named(&event, new.len()));
                 let live = vec![Self::live(
                     &event,
                     Recipients::Users(existing),
@@ -838,6 +851,7 @@ impl Registry {
         };
         let conversation = self.finish(&cell, caller, rx).await?;
         self.charge_members(caller, added);
+        self.charge_pushed(caller, pushed);
         Ok(MemberOutcome {
             conversation,
             done,
@@ -877,6 +891,7 @@ impl Registry {
         }
         let permit = self.writer.reserve().await?;
         let mut failed = Vec::new();
+        let mut pushed = Pushed::default();
         let rx = {
             let mut st = cell.lock();
             let rank = st.authorize(caller, Action::RemoveMembers)?;
@@ -923,6 +938,8 @@ impl Registry {
                 let to_removed =
                     Arc::new(self.event(Ev::MembersRemoved, &cell, &caller.user, names, before));
                 self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
+                pushed = Pushed::event(&event, st.roster.len())
+                    .and(Pushed::named(&to_removed, named.len()));
                 let live = vec![Self::live(
                     &event,
                     Recipients::Users(st.roster.clone()),
@@ -941,6 +958,7 @@ impl Registry {
         };
         let conversation = self.finish(&cell, caller, rx).await?;
         self.charge_members(caller, named.len());
+        self.charge_pushed(caller, pushed);
         Ok(MemberOutcome {
             conversation,
             done: named.iter().map(|u| u.to_string()).collect(),
@@ -1005,7 +1023,7 @@ impl Registry {
             _ => {}
         }
         let permit = self.writer.reserve().await?;
-        let rx = {
+        let (rx, pushed) = {
             let mut st = cell.lock();
             st.require_member(&caller.user)?;
             Self::require_group(&st, "leaving")?;
@@ -1040,18 +1058,23 @@ impl Registry {
                 st.view(&cell.id),
             );
             self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
+            let pushed = Pushed::event(&event, st.roster.len() + 1);
             let live = vec![Self::live(&event, Recipients::Users(st.roster.clone()), 0)];
             let logged = vec![LoggedEvent {
                 user: caller.user.clone(),
                 event: Arc::new(event),
                 except_session: caller.session,
             }];
-            self.writer.submit(permit, ops, live, logged)
+            (self.writer.submit(permit, ops, live, logged), pushed)
         };
-        Ok(wait(rx).await?)
+        wait(rx).await?;
+        self.charge_pushed(caller, pushed);
+        Ok(())
     }
 
-    /// Changes the name and attributes. Any member may.
+    /// Changes the name and attributes. Any member may. Like every change pushed to the
+    /// members, a user's is charged afterwards by whom and how many bytes it pushed to
+    /// ([`super::limits::Pushed`]).
     pub async fn update(
         &self,
         caller: &Caller,
@@ -1082,7 +1105,7 @@ impl Registry {
         }
         let permit = self.writer.reserve().await?;
         let mut moved_deadline = false;
-        let rx = {
+        let (rx, pushed) = {
             let mut st = cell.lock();
             st.authorize(caller, Action::Update)?;
             // The app's backend keeps a customer-service chat's status, assignee and tags in
@@ -1138,14 +1161,16 @@ impl Registry {
                 st.view(&cell.id),
             );
             self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
+            let pushed = Pushed::event(&event, st.roster.len());
             let live = vec![Self::live(
                 &event,
                 Recipients::Users(st.roster.clone()),
                 caller.session,
             )];
-            self.writer.submit(permit, ops, live, Vec::new())
+            (self.writer.submit(permit, ops, live, Vec::new()), pushed)
         };
         let view = self.finish(&cell, caller, Some(rx)).await?;
+        self.charge_pushed(caller, pushed);
         if moved_deadline {
             // The new deadline may be the next one the sweep must wake for.
             self.expiry_changed.notify_waiters();
