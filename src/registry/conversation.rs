@@ -178,7 +178,7 @@ impl Registry {
                 };
                 self.check_memberships(std::iter::once(&caller.user).chain(&others))?;
                 let permit = self.writer.reserve().await?;
-                let (cell, rx) = {
+                let (cell, (rx, pushed)) = {
                     let mut next = self.next_conv.lock().unwrap_or_else(|p| p.into_inner());
                     let mut members = vec![caller.user.clone()];
                     members.extend(others);
@@ -207,7 +207,6 @@ impl Registry {
                         (self.writer.submit(permit, ops, Vec::new(), events), pushed),
                     )
                 };
-                let (rx, pushed) = rx;
                 wait(rx).await?;
                 self.charge_members(caller, cell.lock().members.len());
                 self.charge_pushed(caller, pushed);
@@ -1072,8 +1071,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Changes the name and attributes. Any member may. Like every change pushed to the
-    /// members, a user's is charged afterwards by whom and how many bytes it pushed to
+    /// Changes the name and attributes. Any member may. A user's change is charged afterwards
+    /// by the members it is pushed to and its bytes, as is every change pushed to them
     /// ([`super::limits::Pushed`]).
     pub async fn update(
         &self,
