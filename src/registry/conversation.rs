@@ -1,6 +1,7 @@
 //! Creating conversations and changing who is in them.
 
 use super::groups::{Action, MemberOutcome};
+use super::limits::Pushed;
 use super::writer::wait;
 use super::{Caller, ConvCell, ConvState, Error, LoggedEvent, Registry};
 use crate::hub::Recipients;
@@ -177,7 +178,7 @@ impl Registry {
                 };
                 self.check_memberships(std::iter::once(&caller.user).chain(&others))?;
                 let permit = self.writer.reserve().await?;
-                let (cell, rx) = {
+                let (cell, (rx, pushed)) = {
                     let mut next = self.next_conv.lock().unwrap_or_else(|p| p.into_inner());
                     let mut members = vec![caller.user.clone()];
                     members.extend(others);
@@ -197,10 +198,18 @@ impl Registry {
                     let (cell, mut ops, events) =
                         self.new_normal(&mut next, caller, record, &members);
                     ops.extend(self.idempotency_op(&req.idempotency, cell.num));
-                    (cell, self.writer.submit(permit, ops, Vec::new(), events))
+                    let pushed = events
+                        .first()
+                        .map(|e| Pushed::named(&e.event, events.len()))
+                        .unwrap_or_default();
+                    (
+                        cell,
+                        (self.writer.submit(permit, ops, Vec::new(), events), pushed),
+                    )
                 };
                 wait(rx).await?;
                 self.charge_members(caller, cell.lock().members.len());
+                self.charge_pushed(caller, pushed);
                 let view = cell.lock().view(&cell.id);
                 self.view_for(&cell, view, &caller.user)
             }
@@ -741,6 +750,7 @@ impl Registry {
         let mut failed = Vec::new();
         let mut done = Vec::new();
         let mut added = 0;
+        let mut pushed = Pushed::default();
         let rx = {
             let mut st = cell.lock();
             // Joining by oneself is allowed where the conversation is open.
@@ -831,6 +841,8 @@ impl Registry {
                     st.view(&cell.id),
                 ));
                 self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
+                pushed =
+                    Pushed::event(&event, existing.len()).and(Pushed::named(&event, new.len()));
                 let live = vec![Self::live(
                     &event,
                     Recipients::Users(existing),
@@ -849,6 +861,7 @@ impl Registry {
         };
         let conversation = self.finish(&cell, caller, rx).await?;
         self.charge_members(caller, added);
+        self.charge_pushed(caller, pushed);
         Ok(MemberOutcome {
             conversation,
             done,
@@ -888,6 +901,7 @@ impl Registry {
         }
         let permit = self.writer.reserve().await?;
         let mut failed = Vec::new();
+        let mut pushed = Pushed::default();
         let rx = {
             let mut st = cell.lock();
             let rank = st.authorize(caller, Action::RemoveMembers)?;
@@ -934,6 +948,8 @@ impl Registry {
                 let to_removed =
                     Arc::new(self.event(Ev::MembersRemoved, &cell, &caller.user, names, before));
                 self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
+                pushed = Pushed::event(&event, st.roster.len())
+                    .and(Pushed::named(&to_removed, named.len()));
                 let live = vec![Self::live(
                     &event,
                     Recipients::Users(st.roster.clone()),
@@ -952,6 +968,7 @@ impl Registry {
         };
         let conversation = self.finish(&cell, caller, rx).await?;
         self.charge_members(caller, named.len());
+        self.charge_pushed(caller, pushed);
         Ok(MemberOutcome {
             conversation,
             done: named.iter().map(|u| u.to_string()).collect(),
@@ -1016,7 +1033,7 @@ impl Registry {
             _ => {}
         }
         let permit = self.writer.reserve().await?;
-        let rx = {
+        let (rx, pushed) = {
             let mut st = cell.lock();
             st.require_member(&caller.user)?;
             Self::require_group(&st, "leaving")?;
@@ -1051,18 +1068,23 @@ impl Registry {
                 st.view(&cell.id),
             );
             self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
+            let pushed = Pushed::event(&event, st.roster.len() + 1);
             let live = vec![Self::live(&event, Recipients::Users(st.roster.clone()), 0)];
             let logged = vec![LoggedEvent {
                 user: caller.user.clone(),
                 event: Arc::new(event),
                 except_session: caller.session,
             }];
-            self.writer.submit(permit, ops, live, logged)
+            (self.writer.submit(permit, ops, live, logged), pushed)
         };
-        Ok(wait(rx).await?)
+        wait(rx).await?;
+        self.charge_pushed(caller, pushed);
+        Ok(())
     }
 
-    /// Changes the name and attributes. Any member may.
+    /// Changes the name and attributes. Any member may. A user's change is charged afterwards
+    /// by the members it is pushed to and its bytes, as is every change pushed to them
+    /// ([`super::limits::Pushed`]).
     pub async fn update(
         &self,
         caller: &Caller,
@@ -1095,7 +1117,7 @@ impl Registry {
         .await?;
         let permit = self.writer.reserve().await?;
         let mut moved_deadline = false;
-        let rx = {
+        let (rx, pushed) = {
             let mut st = cell.lock();
             Self::authorize_update(&st, caller)?;
             let mut record = st.record.clone();
@@ -1146,14 +1168,16 @@ impl Registry {
                 st.view(&cell.id),
             );
             self.log_to_conversation(&mut st, cell.num, &event, &mut ops)?;
+            let pushed = Pushed::event(&event, st.roster.len());
             let live = vec![Self::live(
                 &event,
                 Recipients::Users(st.roster.clone()),
                 caller.session,
             )];
-            self.writer.submit(permit, ops, live, Vec::new())
+            (self.writer.submit(permit, ops, live, Vec::new()), pushed)
         };
         let view = self.finish(&cell, caller, Some(rx)).await?;
+        self.charge_pushed(caller, pushed);
         if moved_deadline {
             // The new deadline may be the next one the sweep must wake for.
             self.expiry_changed.notify_waiters();

@@ -2,6 +2,7 @@
 //! mute-all, and the per-group blacklist. The role table ([`Action::least`]) is the one copy
 //! of who may do what; every front door calls these methods and translates their errors.
 
+use super::limits::Pushed;
 use super::writer::wait;
 use super::{Caller, ConvCell, ConvState, Error, LoggedEvent, Registry};
 use crate::hub::Recipients;
@@ -254,7 +255,8 @@ impl Registry {
 
     /// An event logged for `targets` and pushed live to the other members; what the others
     /// are told also goes into the conversation's own log when it belongs there (their
-    /// missed notifications), with `ops`.
+    /// missed notifications), with `ops`. With what it pushes, for the caller to charge once
+    /// the change is done ([`Registry::charge_pushed`]).
     pub(super) fn tell(
         &self,
         st: &mut ConvState,
@@ -263,7 +265,7 @@ impl Registry {
         event: ConversationEvent,
         targets: &[UserId],
         ops: &mut Vec<Op>,
-    ) -> Result<(Vec<crate::hub::Delivery>, Vec<LoggedEvent>), Error> {
+    ) -> Result<(Vec<crate::hub::Delivery>, Vec<LoggedEvent>, Pushed), Error> {
         self.log_to_conversation(st, num, &event, ops)?;
         let others: Vec<UserId> = st
             .roster
@@ -271,6 +273,7 @@ impl Registry {
             .filter(|u| !targets.contains(u))
             .cloned()
             .collect();
+        let pushed = Pushed::event(&event, others.len()).and(Pushed::named(&event, targets.len()));
         let live = vec![Self::live(
             &event,
             Recipients::Users(others.into()),
@@ -286,7 +289,7 @@ impl Registry {
                 except_session: 0,
             })
             .collect();
-        Ok((live, logged))
+        Ok((live, logged, pushed))
     }
 
     pub(super) async fn finish(
@@ -335,6 +338,7 @@ impl Registry {
         }
         let cell = self.cell(id)?;
         let named = self.named_users(users, "")?;
+        let mut pushed = Pushed::default();
         let permit = self.writer.reserve().await?;
         let (rx, done, failed) = {
             let mut st = cell.lock();
@@ -387,8 +391,9 @@ impl Registry {
                     st.view(&cell.id),
                 );
                 event.role = role as i32;
-                let (live, logged) =
+                let (live, logged, told) =
                     self.tell(&mut st, cell.num, caller, event, &change, &mut ops)?;
+                pushed = told;
                 (
                     Some(self.writer.submit(permit, ops, live, logged)),
                     done,
@@ -397,6 +402,7 @@ impl Registry {
             }
         };
         let conversation = self.finish(&cell, caller, rx).await?;
+        self.charge_pushed(caller, pushed);
         Ok(MemberOutcome {
             conversation,
             done,
@@ -414,6 +420,7 @@ impl Registry {
         self.check_user_id(new_owner)?;
         let cell = self.cell(id)?;
         let heir = UserId::from(new_owner);
+        let mut pushed = Pushed::default();
         let permit = self.writer.reserve().await?;
         let rx = {
             let mut st = cell.lock();
@@ -442,12 +449,15 @@ impl Registry {
                 if st.members.contains_key(&former) {
                     targets.push(former);
                 }
-                let (live, logged) =
+                let (live, logged, told) =
                     self.tell(&mut st, cell.num, caller, event, &targets, &mut ops)?;
+                pushed = told;
                 Some(self.writer.submit(permit, ops, live, logged))
             }
         };
-        self.finish(&cell, caller, rx).await
+        let conversation = self.finish(&cell, caller, rx).await?;
+        self.charge_pushed(caller, pushed);
+        Ok(conversation)
     }
 
     /// Makes `heir` the owner (a plain member record: the owner's rank comes from the
@@ -521,6 +531,7 @@ impl Registry {
     ) -> Result<MemberOutcome, Error> {
         let cell = self.cell(id)?;
         let named = self.named_users(users, "")?;
+        let mut pushed = Pushed::default();
         let permit = self.writer.reserve().await?;
         let (rx, done, failed) = {
             let mut st = cell.lock();
@@ -574,8 +585,9 @@ impl Registry {
                 let mut event =
                     self.event(kind, &cell, &caller.user, done.clone(), st.view(&cell.id));
                 event.muted_until = until;
-                let (live, logged) =
+                let (live, logged, told) =
                     self.tell(&mut st, cell.num, caller, event, &change, &mut ops)?;
+                pushed = told;
                 (
                     Some(self.writer.submit(permit, ops, live, logged)),
                     done,
@@ -584,6 +596,7 @@ impl Registry {
             }
         };
         let conversation = self.finish(&cell, caller, rx).await?;
+        self.charge_pushed(caller, pushed);
         Ok(MemberOutcome {
             conversation,
             done,
@@ -599,6 +612,7 @@ impl Registry {
         muted: bool,
     ) -> Result<Conversation, Error> {
         let cell = self.cell(id)?;
+        let mut pushed = Pushed::default();
         let permit = self.writer.reserve().await?;
         let rx = {
             let mut st = cell.lock();
@@ -620,11 +634,14 @@ impl Registry {
                     Vec::new(),
                     st.view(&cell.id),
                 );
-                let (live, _) = self.tell(&mut st, cell.num, caller, event, &[], &mut ops)?;
+                let (live, _, told) = self.tell(&mut st, cell.num, caller, event, &[], &mut ops)?;
+                pushed = told;
                 Some(self.writer.submit(permit, ops, live, Vec::new()))
             }
         };
-        self.finish(&cell, caller, rx).await
+        let conversation = self.finish(&cell, caller, rx).await?;
+        self.charge_pushed(caller, pushed);
+        Ok(conversation)
     }
 
     /// A page of the members muted now (by user id, after `cursor`). Any member may ask.
@@ -748,6 +765,7 @@ impl Registry {
         if !caller.admin && named.contains(&caller.user) {
             return Err(Error::InvalidArgument("you cannot block yourself".into()));
         }
+        let mut pushed = Pushed::default();
         let permit = self.writer.reserve().await?;
         let (rx, done, failed) = {
             let mut st = cell.lock();
@@ -805,8 +823,9 @@ impl Registry {
                     st.view(&cell.id),
                 );
                 let removed: Vec<UserId> = removed.into_iter().collect();
-                let (live, logged) =
+                let (live, logged, told) =
                     self.tell(&mut st, cell.num, caller, event, &removed, &mut ops)?;
+                pushed = told;
                 (
                     Some(self.writer.submit(permit, ops, live, logged)),
                     done,
@@ -815,6 +834,7 @@ impl Registry {
             }
         };
         let conversation = self.finish(&cell, caller, rx).await?;
+        self.charge_pushed(caller, pushed);
         Ok(MemberOutcome {
             conversation,
             done,
@@ -831,6 +851,7 @@ impl Registry {
     ) -> Result<MemberOutcome, Error> {
         let cell = self.cell(id)?;
         let named = self.named_users(users, "")?;
+        let mut pushed = Pushed::default();
         let permit = self.writer.reserve().await?;
         let (rx, done) = {
             let mut st = cell.lock();
@@ -859,7 +880,8 @@ impl Registry {
                     listed,
                     st.view(&cell.id),
                 );
-                let (live, _) = self.tell(&mut st, cell.num, caller, event, &[], &mut ops)?;
+                let (live, _, told) = self.tell(&mut st, cell.num, caller, event, &[], &mut ops)?;
+                pushed = told;
                 (
                     Some(self.writer.submit(permit, ops, live, Vec::new())),
                     done,
@@ -867,6 +889,7 @@ impl Registry {
             }
         };
         let conversation = self.finish(&cell, caller, rx).await?;
+        self.charge_pushed(caller, pushed);
         Ok(MemberOutcome {
             conversation,
             done,

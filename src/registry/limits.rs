@@ -15,7 +15,8 @@
 //! ([`DEBT_MAX_SECS`]; one burst when that is more), and the user's next requests wait until
 //! it has refilled.
 
-use super::{Error, Registry};
+use super::{Caller, Error, Registry};
+use crate::protocol::pb::ConversationEvent;
 use crate::store::UserId;
 
 /// What a request asks of the server, by cost.
@@ -78,8 +79,9 @@ pub const PROFILE_RECIPIENTS_PER_TOKEN: usize = 50;
 pub const SEND_RECIPIENTS_PER_TOKEN: usize = 50;
 
 /// Bytes of stored messages (as stored: their encoded length) a history or catch-up page
-/// returns (or a list page and a login's summary carry as last messages), or of logged events
-/// a login replays, that cost one token more, charged after the page or the login: encoding
+/// returns (or a list page and a login's summary carry as last messages), of logged events
+/// a login replays, or of a conversation event pushed to members (see [`Pushed`]), that cost
+/// one token more, charged after the page or the login: encoding
 /// and sending grow with the bytes, and a page of 100 messages of 64 KiB is a hundred times
 /// the work of a page of short ones.
 pub const RETURNED_BYTES_PER_TOKEN: usize = 64 << 10;
@@ -88,6 +90,54 @@ pub const RETURNED_BYTES_PER_TOKEN: usize = 64 << 10;
 /// to or removed from one, the members a group control names: each an entry or its removal
 /// and an event in their log) that cost one token more, charged after the change.
 pub const MEMBERS_PER_TOKEN: usize = 10;
+
+/// A conversation event a change pushes to members (a name or attributes update, mute-all, a
+/// role, mute or block, an add, remove, join or leave, an ownership transfer, a creation):
+/// charged to the user who made the change, after it, like a send to as many users (one token
+/// more per [`SEND_RECIPIENTS_PER_TOKEN`]) and by the bytes pushed in all, the event's encoded
+/// length times its recipients (one token more per [`RETURNED_BYTES_PER_TOKEN`]): the event
+/// carries the conversation's name and attributes, so a group with large attributes pushes
+/// them whole to every member at each change. Counted over the members it is addressed to,
+/// online or not, as a send's audience is; the users a change names (added, removed, given a
+/// role, muted, blocked), charged for already by [`MEMBERS_PER_TOKEN`], count by bytes only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Pushed {
+    users: usize,
+    bytes: usize,
+}
+
+impl Pushed {
+    /// `event` pushed to `users` users.
+    pub(super) fn event(event: &ConversationEvent, users: usize) -> Self {
+        Pushed {
+            users,
+            bytes: users.saturating_mul(prost::Message::encoded_len(event)),
+        }
+    }
+
+    /// `event` pushed to `users` users that the change named, charged for them already by
+    /// [`MEMBERS_PER_TOKEN`] (a higher rate): counted here by its bytes only.
+    pub(super) fn named(event: &ConversationEvent, users: usize) -> Self {
+        Pushed {
+            users: 0,
+            ..Pushed::event(event, users)
+        }
+    }
+
+    /// This push and `other`'s.
+    pub(super) fn and(self, other: Pushed) -> Self {
+        Pushed {
+            users: self.users.saturating_add(other.users),
+            bytes: self.bytes.saturating_add(other.bytes),
+        }
+    }
+
+    /// Tokens it costs beyond its request's own.
+    fn tokens(self) -> usize {
+        (self.users / SEND_RECIPIENTS_PER_TOKEN)
+            .saturating_add(self.bytes / RETURNED_BYTES_PER_TOKEN)
+    }
+}
 
 impl Work {
     /// Tokens it takes.
@@ -320,6 +370,17 @@ impl Registry {
     pub(super) fn charge_send(&self, user: &UserId, members: usize) {
         let tokens = members / SEND_RECIPIENTS_PER_TOKEN;
         self.owe(user, u64::try_from(tokens).unwrap_or(u64::MAX));
+    }
+
+    /// Charges a non-admin caller for what their change pushed to a conversation's members
+    /// (see [`Pushed`]); never refused.
+    pub(super) fn charge_pushed(&self, caller: &Caller, pushed: Pushed) {
+        if !caller.admin {
+            self.owe(
+                &caller.user,
+                u64::try_from(pushed.tokens()).unwrap_or(u64::MAX),
+            );
+        }
     }
 
     /// Charges a user for the `bytes` of stored messages or logged events sent back to them

@@ -94,7 +94,7 @@ impl Registry {
             vec![user.to_string()],
             st.view(&cell.id),
         );
-        let (live, logged) = self.tell(&mut st, cell.num, &server, event, &[user], &mut ops)?;
+        let (live, logged, _) = self.tell(&mut st, cell.num, &server, event, &[user], &mut ops)?;
         Ok(self.writer.submit(permit, ops, live, logged))
     }
 }

@@ -15,7 +15,7 @@
 //! stored; the room passes on at most `chat_room_messages_per_sec` of them.
 
 use super::conversation::CreateRequest;
-use super::limits::Bucket;
+use super::limits::{Bucket, Pushed};
 use super::writer::wait;
 use super::{Caller, ConvCell, ConvState, Error, LoggedEvent, Registry};
 use crate::hub::Recipients;
@@ -373,8 +373,9 @@ impl Registry {
             }
             (st.view(&cell.id), told)
         };
-        if let Some(d) = told {
+        if let Some((d, pushed)) = told {
             self.hub().deliver(&d);
+            self.charge_pushed(caller, pushed);
         }
         Ok(view)
     }
@@ -392,7 +393,7 @@ impl Registry {
 
     /// What the other members of a chat room are told of `members` joining or leaving (live,
     /// `LEFT` for a leave): nothing above `chat_room_member_events_max` members, where each
-    /// join would cost a push per member.
+    /// join would cost a push per member. With what it pushes ([`Registry::charge_pushed`]).
     fn room_event(
         &self,
         st: &ConvState,
@@ -400,7 +401,7 @@ impl Registry {
         kind: Ev,
         by: &str,
         members: &[UserId],
-    ) -> Option<crate::hub::Delivery> {
+    ) -> Option<(crate::hub::Delivery, Pushed)> {
         let others: Vec<UserId> = st
             .roster
             .iter()
@@ -412,7 +413,11 @@ impl Registry {
         }
         let names = members.iter().map(|u| u.to_string()).collect();
         let event = self.event(kind, cell, by, names, st.view(&cell.id));
-        Some(Self::live(&event, Recipients::Users(others.into()), 0))
+        let pushed = Pushed::event(&event, others.len());
+        Some((
+            Self::live(&event, Recipients::Users(others.into()), 0),
+            pushed,
+        ))
     }
 
     /// Leaves a chat room (nothing is stored; the other members are told, see
@@ -424,8 +429,9 @@ impl Registry {
             let me: BTreeSet<UserId> = [caller.user.clone()].into();
             self.forget_room_members(&mut st, cell, &me, &caller.user)
         };
-        if let Some(d) = told {
+        if let Some((d, pushed)) = told {
             self.hub().deliver(&d);
+            self.charge_pushed(caller, pushed);
         }
         Ok(())
     }
@@ -437,7 +443,7 @@ impl Registry {
         cell: &ConvCell,
         users: &BTreeSet<UserId>,
         by: &str,
-    ) -> Option<crate::hub::Delivery> {
+    ) -> Option<(crate::hub::Delivery, Pushed)> {
         let num = cell.num;
         // Counted before they go, so a leave is told exactly when the join was.
         let size = st.members.len();
@@ -476,8 +482,9 @@ impl Registry {
                         None
                     }
                 };
-                if let Some(d) = told {
+                if let Some((d, pushed)) = told {
                     self.hub().deliver(&d);
+                    self.charge_pushed(&Caller::user(user.clone(), 0), pushed);
                 }
             }
         }

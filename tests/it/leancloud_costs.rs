@@ -575,6 +575,63 @@ async fn a_patch_is_charged_for_each_edit_and_the_members_it_goes_to() {
     assert!(r.error_message.is_none(), "{r:?}");
 }
 
+/// A `conv/update`, and a `join()` and `quit()` of a user who was no member, are pushed to
+/// every member of the group: besides its own 5 tokens each costs one token more per 50
+/// members, after it, as on the native door. In a group of 101 each costs 7: three take a
+/// bucket of 20 to -1, and the next request waits.
+#[tokio::test]
+async fn group_changes_are_charged_by_the_members_they_go_to() {
+    let server = lc_server_with(user_bucket(10, 20)).await;
+    let members: Vec<String> = (1..100).map(|n| format!("u{n}")).collect();
+    let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
+    all.push("alice");
+    let bob = server.client("bob").await;
+    server.clock.advance(10_000);
+    let cid = within(bob.create_group("big", &all)).await.unwrap().id;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("alice", None).await;
+    c.opened("mallory", None).await;
+    let conv = |peer: &str, op: Op, m: &[&str], name: Option<&str>| GenericCommand {
+        peer_id: Some(peer.into()),
+        conv_message: Some(lc::ConvCommand {
+            cid: Some(cid.clone()),
+            m: m.iter().map(|m| m.to_string()).collect(),
+            attr: name.map(|name| lc::JsonObjectMessage {
+                data: serde_json::json!({ "name": name }).to_string(),
+            }),
+            ..Default::default()
+        }),
+        ..cmd(Cmd::Conv, Some(op))
+    };
+    let rounds = [
+        (
+            "alice",
+            [
+                conv("alice", Op::Update, &[], Some("n0")),
+                conv("alice", Op::Update, &[], Some("n1")),
+                conv("alice", Op::Update, &[], Some("n2")),
+            ],
+        ),
+        (
+            "mallory",
+            [
+                conv("mallory", Op::Add, &["mallory"], None),
+                conv("mallory", Op::Remove, &["mallory"], None),
+                conv("mallory", Op::Add, &["mallory"], None),
+            ],
+        ),
+    ];
+    for (peer, changes) in rounds {
+        server.clock.advance(10_000);
+        for change in changes {
+            let r = c.request(change).await;
+            assert!(r.error_message.is_none(), "{peer}: {r:?}");
+        }
+        let e = c.request(count(peer, &cid)).await.error_message;
+        assert_eq!(e.map(|e| e.code), Some(4113), "{peer}");
+    }
+}
+
 /// A `logs` page costs one token more per 64 KiB of the messages it returns, as stored: ten
 /// messages of 32 KiB cost 5 + 5, so two pages take what an open (20) leaves of 40, where
 /// four pages of short messages fit.

@@ -481,8 +481,10 @@ async fn a_send_is_charged_by_the_members_it_goes_to() {
 }
 
 /// A membership change writes for every user it names: besides its own cost it is charged
-/// 1 token per 10 of them, after the change. Adding 200 users costs 5 + 20, and so does
-/// removing them: two rounds take a 100-token burst.
+/// 1 token per 10 of them, after the change, and for the bytes of its event, which names them
+/// all and goes to each of them (and the members): about 1.1 KB to 202 users, 3 tokens.
+/// Adding 200 users costs 5 + 20 + 3, and so does removing them: two rounds take 112 of a
+/// 100-token burst, so the bucket ends 12 below empty.
 #[tokio::test]
 async fn a_membership_change_is_charged_by_the_users_it_names() {
     let server = TestServer::start_with(user_bucket(10, 100)).await;
@@ -521,9 +523,9 @@ async fn a_membership_change_is_charged_by_the_users_it_names() {
             "remove {round}: {rep:?}"
         );
     }
-    // Nothing is left: a light request waits for one token, 100 ms.
-    assert_eq!(limited(&raw.request(get(&id)).await), Some(100));
-    server.clock.advance(100);
+    // 12 below empty: a light request waits for 13 tokens, 1.3 s.
+    assert_eq!(limited(&raw.request(get(&id)).await), Some(1_300));
+    server.clock.advance(1_300);
     assert!(limited(&raw.request(get(&id)).await).is_none());
 }
 
@@ -641,6 +643,135 @@ async fn an_edit_or_recall_is_charged_by_the_members_it_goes_to() {
         );
     }
     assert_eq!(limited(&raw.request(recall(&ids[0])).await), Some(100));
+}
+
+/// Asserts a request was served.
+fn served(rep: &Rep, what: &str) {
+    assert!(!matches!(rep, Rep::Error(_)), "{what}: {rep:?}");
+}
+
+/// A group change is pushed to every member, like a send: besides its own 5 tokens it costs
+/// one token more per 50 members, charged after it. In a group of 101 a change costs 7: from
+/// a full bucket of 20, three leave it at -1 and a fourth waits 600 ms. The same for a name
+/// update, mute-all, a role, a mute and their undoing.
+#[tokio::test]
+async fn a_group_change_is_charged_by_the_members_it_goes_to() {
+    let server = TestServer::start_with(user_bucket(10, 20)).await;
+    let big = group_of_101(&server).await;
+    server.clock.advance(10_000);
+    let mut raw = Raw::login(&server, "bob").await;
+    let id = || big.clone();
+    type Change<'a> = Box<dyn Fn(usize) -> Req + 'a>;
+    let changes: Vec<(&str, Change)> = vec![
+        (
+            "update",
+            Box::new(|n| {
+                Req::UpdateConversation(pb::UpdateConversation {
+                    conversation_id: id(),
+                    name: Some(format!("name {n}")),
+                    ..Default::default()
+                })
+            }),
+        ),
+        (
+            "mute-all",
+            Box::new(|n| {
+                Req::SetMuteAll(pb::SetMuteAll {
+                    conversation_id: id(),
+                    muted: n % 2 == 0,
+                })
+            }),
+        ),
+        (
+            "role",
+            Box::new(|n| {
+                let role = if n % 2 == 0 {
+                    pb::MemberRole::Manager
+                } else {
+                    pb::MemberRole::Member
+                };
+                Req::SetMemberRole(pb::SetMemberRole {
+                    conversation_id: id(),
+                    members: vec!["u1".into()],
+                    role: role as i32,
+                })
+            }),
+        ),
+        (
+            "mute",
+            Box::new(|n| {
+                if n % 2 == 0 {
+                    Req::MuteMembers(pb::MuteMembers {
+                        conversation_id: id(),
+                        members: vec!["u2".into()],
+                        duration_secs: 0,
+                    })
+                } else {
+                    Req::UnmuteMembers(pb::UnmuteMembers {
+                        conversation_id: id(),
+                        members: vec!["u2".into()],
+                    })
+                }
+            }),
+        ),
+    ];
+    for (what, change) in &changes {
+        server.clock.advance(10_000);
+        for n in 0..3 {
+            served(&raw.request(change(n)).await, &format!("{what} {n}"));
+        }
+        assert_eq!(limited(&raw.request(change(3)).await), Some(600), "{what}");
+    }
+}
+
+/// A group change is charged by the bytes it pushes too: its event carries the group's name
+/// and attributes to every member, one token more per 64 KiB in all. An 8,000-byte attribute
+/// pushed to 101 members is about 800 KB, 12 tokens: the update costs 5 + 2 + 12, and so does
+/// every change after it while the attribute is there. From a full bucket of 20, one leaves
+/// 1 token and the next waits 400 ms (where without the bytes it would leave 13).
+#[tokio::test]
+async fn a_group_change_is_charged_by_the_bytes_it_pushes() {
+    let server = TestServer::start_with(user_bucket(10, 20)).await;
+    let big = group_of_101(&server).await;
+    server.clock.advance(10_000);
+    let mut raw = Raw::login(&server, "bob").await;
+    server.clock.advance(10_000);
+    let update = Req::UpdateConversation(pb::UpdateConversation {
+        conversation_id: big.clone(),
+        set_attributes: [("k".to_string(), "x".repeat(8000))].into(),
+        ..Default::default()
+    });
+    served(&raw.request(update).await, "update");
+    let mute_all = |muted| {
+        Req::SetMuteAll(pb::SetMuteAll {
+            conversation_id: big.clone(),
+            muted,
+        })
+    };
+    assert_eq!(limited(&raw.request(mute_all(true)).await), Some(400));
+    server.clock.advance(10_000);
+    served(&raw.request(mute_all(true)).await, "mute-all");
+    assert_eq!(limited(&raw.request(mute_all(false)).await), Some(400));
+}
+
+/// A user who is no member joins an open group and leaves it: each is pushed to the members
+/// and costs 5 + 2 in a group of 101, as any change to it does.
+#[tokio::test]
+async fn joining_and_leaving_a_large_open_group_is_charged_by_its_members() {
+    let server = TestServer::start_with(user_bucket(10, 20)).await;
+    let big = group_of_101(&server).await;
+    let mut raw = Raw::login(&server, "mallory").await;
+    let join = Req::JoinConversation(pb::JoinConversation {
+        conversation_id: big.clone(),
+    });
+    let leave = Req::LeaveConversation(pb::LeaveConversation {
+        conversation_id: big.clone(),
+    });
+    server.clock.advance(10_000);
+    served(&raw.request(join.clone()).await, "join");
+    served(&raw.request(leave.clone()).await, "leave");
+    served(&raw.request(join).await, "join again");
+    assert_eq!(limited(&raw.request(leave).await), Some(600));
 }
 
 /// A page of history or catch-up costs one token more per 64 KiB of messages it returns (as
