@@ -539,6 +539,12 @@ pub struct Config {
     /// so 50,000 is about 100 MB (600 MB at the largest); one unloaded too early costs a few
     /// store reads when it is used again.
     pub conversation_cells_max: usize,
+    /// Member records the loaded conversations may hold in all: over it, the same sweep
+    /// unloads the least recently used conversations nobody is using, down to nine tenths of
+    /// it, as over `conversation_cells_max` (a target too). A member record takes about 260
+    /// bytes loaded (a group of 10,000 members with long ids about 2.6 MB), so 4,000,000 is
+    /// about 1 GB, whatever the sizes of the groups loaded.
+    pub conversation_members_loaded_max: usize,
     /// A loaded conversation unused for this long is unloaded by the same sweep, however
     /// many are loaded, seconds (0: only over `conversation_cells_max`). A quarter of an hour
     /// keeps a conversation people are talking in loaded between their messages, and gives
@@ -804,6 +810,7 @@ impl Default for Config {
             max_conversations_per_user: 20_000,
             max_chat_rooms_per_user: 100,
             conversation_cells_max: 50_000,
+            conversation_members_loaded_max: 4_000_000,
             conversation_idle_secs: 900,
             max_entry_ext_bytes: 1024,
             max_delete_entries: 100,
@@ -1139,9 +1146,10 @@ impl Config {
         if self.max_conversations_per_user == 0
             || self.max_chat_rooms_per_user == 0
             || self.conversation_cells_max == 0
+            || self.conversation_members_loaded_max == 0
         {
-            return bad("max_conversations_per_user, max_chat_rooms_per_user and \
-                 conversation_cells_max must be at least 1");
+            return bad("max_conversations_per_user, max_chat_rooms_per_user, \
+                 conversation_cells_max and conversation_members_loaded_max must be at least 1");
         }
         if self.max_group_members < 2 {
             return bad("max_group_members must be at least 2");

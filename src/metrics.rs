@@ -221,6 +221,11 @@ impl Collector for Counts {
                 s.conversations_loaded.get(),
             ),
             (
+                "conversation_members_loaded",
+                "Member records held by the conversations loaded in memory",
+                s.conversation_members_loaded.get(),
+            ),
+            (
                 "pending_handshakes",
                 "Connections accepted whose upgrade is not done",
                 s.pending_handshakes.get(),

@@ -50,6 +50,14 @@ impl Gauge {
         self.value.fetch_sub(1, Ordering::Relaxed);
         self.changed.notify_waiters();
     }
+    pub fn add(&self, n: u64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+    pub fn sub(&self, n: u64) {
+        self.value.fetch_sub(n, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
     pub fn get(&self) -> u64 {
         self.value.load(Ordering::Relaxed)
     }
@@ -154,6 +162,9 @@ pub struct Stats {
     pub tombstone_sweeps: Counter,
     /// Conversations whose state is loaded in memory (see `conversation_cells_max`).
     pub conversations_loaded: Gauge,
+    /// Member records held by the loaded conversations, as last counted (see
+    /// `conversation_members_loaded_max`).
+    pub conversation_members_loaded: Gauge,
     /// Conversations unloaded from memory because they were idle or over
     /// `conversation_cells_max` (each reloads from the store on its next use).
     pub conversations_unloaded: Counter,

@@ -4,7 +4,9 @@
 //! entries read so far, recent edits) is loaded from the store on first use. A background
 //! sweep unloads the cells nobody uses: every minute (on the injected clock) the ones unused
 //! for `conversation_idle_secs`, and, woken as soon as more than `conversation_cells_max` are
-//! loaded, the least recently used down to nine tenths of it. An unloaded conversation is read
+//! loaded or the loaded ones hold more than `conversation_members_loaded_max` member records,
+//! the least recently used down to nine tenths of each. A cell's member records are counted
+//! as it is loaded and again at each sweep (members join and leave in between). An unloaded conversation is read
 //! from the store again on its next use, exactly as after a restart; the store is the truth
 //! and the cell only ever holds what it says plus what is queued for it.
 //!
@@ -39,10 +41,12 @@ use tokio_util::sync::CancellationToken;
 /// How often the sweep looks for idle conversations, ms (on the registry's clock).
 pub const SWEEP_EVERY_MS: i64 = 60_000;
 
-/// A cell the sweep chose: which one, and how many times it had been taken then.
+/// A cell the sweep chose: which one, how many times it had been taken then, and how many
+/// member records it held.
 struct Chosen {
     cell: Weak<ConvCell>,
     checkouts: u64,
+    members: usize,
 }
 
 /// Runs the sweep until `shutdown`.
@@ -67,20 +71,27 @@ pub async fn run(registry: Arc<Registry>, shutdown: CancellationToken) {
 }
 
 impl Registry {
-    /// Counts a cell put in `convs` and wakes the sweep when that makes too many.
-    pub(super) fn cell_loaded(&self) {
+    /// Counts a cell put in `convs` holding `held` member records (its `members_held` as it
+    /// went in) and wakes the sweep when that makes too many.
+    pub(super) fn cell_loaded(&self, held: usize) {
         let loaded = &self.stats.conversations_loaded;
         loaded.inc();
-        if loaded.get() > self.cells_wake_above.load(Relaxed) as u64 {
+        let members = &self.stats.conversation_members_loaded;
+        members.add(held as u64);
+        if loaded.get() > self.cells_wake_above.load(Relaxed) as u64
+            || members.get() > self.members_wake_above.load(Relaxed) as u64
+        {
             self.cells_over.notify_one();
         }
     }
 
-    /// Unloads the idle cells (and the least recently used ones over `conversation_cells_max`)
-    /// that nobody uses; returns how many went.
+    /// Unloads the idle cells (and the least recently used ones over `conversation_cells_max`
+    /// or `conversation_members_loaded_max`) that nobody uses; returns how many went.
     pub async fn sweep_cells(&self) -> Result<usize, Error> {
         let max = self.config.conversation_cells_max;
         let low = max - max / 10;
+        let members_max = self.config.conversation_members_loaded_max;
+        let members_low = members_max - members_max / 10;
         let idle_ms = i64::try_from(self.config.conversation_idle_secs)
             .unwrap_or(i64::MAX)
             .saturating_mul(1000);
@@ -89,12 +100,27 @@ impl Registry {
         // that it did.
         let mut free: Vec<(i64, Chosen)> = Vec::new();
         let mut loaded = 0usize;
+        let mut members = 0usize;
+        let gauge = &self.stats.conversation_members_loaded;
         self.convs.retain(|_, c| {
             loaded += 1;
+            // Counted again (members joined or left since the load), unless in use right now.
+            let held = match c.state.try_lock() {
+                Ok(st) => {
+                    let now_held = st.members.len();
+                    let was = c.members_held.swap(now_held, Relaxed);
+                    gauge.add(now_held as u64);
+                    gauge.sub(was as u64);
+                    now_held
+                }
+                Err(_) => c.members_held.load(Relaxed),
+            };
+            members += held;
             if Arc::strong_count(c) == 1 {
                 let chosen = Chosen {
                     cell: Arc::downgrade(c),
                     checkouts: c.checkouts.load(Relaxed),
+                    members: held,
                 };
                 free.push((c.used_at.load(Relaxed), chosen));
             }
@@ -104,13 +130,26 @@ impl Registry {
         // happened before what follows (the barrier is queued after those writes).
         std::sync::atomic::fence(Acquire);
         let over = if loaded > max { loaded - low } else { 0 };
+        let members_over = if members > members_max {
+            members - members_low
+        } else {
+            0
+        };
         let mut chosen: Vec<Chosen> = Vec::new();
-        if over > 0 {
-            // The least recently used, and any others idle for long enough.
-            let k = over.min(free.len());
-            if k < free.len() {
-                free.select_nth_unstable_by_key(k, |(used, _)| *used);
-            }
+        if over > 0 || members_over > 0 {
+            // The least recently used until both are down, and any others idle for long
+            // enough.
+            free.sort_unstable_by_key(|(used, _)| *used);
+            let (mut cells, mut records) = (0usize, 0usize);
+            let k = free
+                .iter()
+                .take_while(|(_, c)| {
+                    let more = cells < over || records < members_over;
+                    cells += 1;
+                    records += c.members;
+                    more
+                })
+                .count();
             let rest = free.split_off(k);
             chosen.extend(free.into_iter().map(|(_, c)| c));
             free = rest;
@@ -138,6 +177,13 @@ impl Registry {
             max
         };
         self.cells_wake_above.store(wake_above, Relaxed);
+        let held = gauge.get() as usize;
+        let wake_above = if held > members_max {
+            held.saturating_add(members_max / 10)
+        } else {
+            members_max
+        };
+        self.members_wake_above.store(wake_above, Relaxed);
         if unloaded > 0 {
             self.stats.conversations_unloaded.add(unloaded as u64);
         }
@@ -187,11 +233,13 @@ impl Registry {
             out = Some((pair, kind, head, removals));
             true
         });
+        let held = cell.members_held.load(Relaxed);
         drop(cell);
         let (Some(_), Some((pair, kind, head, removals))) = (removed, out) else {
             return false;
         };
         self.stats.conversations_loaded.dec();
+        self.stats.conversation_members_loaded.sub(held as u64);
         // The indexes that lead to it are read from the store again when needed.
         match kind {
             ConversationKind::Direct if pair.len() == 2 => {

@@ -28,8 +28,6 @@ pub struct Peek {
     /// For a caller who is not a member: when the newest message was sent (ms; 0: none, or
     /// the caller is a member and reads it from their list entry).
     pub last_message_at: i64,
-    /// Member records read from the store to load the conversation (0: it was loaded).
-    pub loaded: usize,
 }
 
 /// What a create request asks for.
@@ -531,8 +529,9 @@ impl Registry {
                 except_session: caller.session,
             })
             .collect();
+        let held = cell.members_held.load(std::sync::atomic::Ordering::Relaxed);
         if self.convs.insert(num, cell.clone()).is_none() {
-            self.cell_loaded();
+            self.cell_loaded(held);
         }
         (cell, ops, events)
     }
@@ -581,7 +580,7 @@ impl Registry {
     /// (at most `member_page_max`) and, for those who may see it but are not members, when
     /// its newest message was sent (not the message: messages are members-only).
     pub fn peek(&self, caller: &Caller, id: &str, with_members: bool) -> Result<Peek, Error> {
-        let (cell, loaded) = self.cell_loading(id)?;
+        let cell = self.cell(id)?;
         let (view, roster, member) = {
             let st = cell.lock();
             self.require_member_or_open(&st, &caller.user)?;
@@ -610,7 +609,6 @@ impl Registry {
             roster,
             member,
             last_message_at,
-            loaded,
         })
     }
 

@@ -14,6 +14,13 @@ use crate::store::{Op, UserId};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+/// A conversation seen by [`Registry::glance`].
+enum Glance {
+    Loaded(Arc<ConvCell>),
+    Stored(u64, crate::protocol::pb::ConversationRecord),
+    Gone,
+}
+
 /// A mute with no deadline ("until lifted").
 pub const MUTED_FOREVER: i64 = i64::MAX;
 
@@ -738,17 +745,82 @@ impl Registry {
             )));
         }
         let mut out = Vec::new();
+        let mut read = 0;
         for id in ids {
-            let cell = match self.cell(id) {
-                Ok(c) => c,
-                Err(Error::ConversationNotFound | Error::ConversationExpired) => continue,
-                Err(e) => return Err(e),
+            let blocked = match self.glance(id, &mut read)? {
+                Glance::Loaded(cell) => {
+                    let st = cell.lock();
+                    st.require_live().is_ok() && st.record.blacklist.contains_key(&*caller.user)
+                }
+                Glance::Stored(_, record) => record.blacklist.contains_key(&*caller.user),
+                Glance::Gone => false,
             };
-            if cell.lock().record.blacklist.contains_key(&*caller.user) {
+            if blocked {
                 out.push(id.clone());
             }
         }
+        self.charge_glances(caller, read);
         Ok(out)
+    }
+
+    /// Whether the caller is a member of each of the conversations `ids` (the backend: whether
+    /// each is there), in order; unknown and gone ones are `false`.
+    pub fn are_members(&self, caller: &Caller, ids: &[String]) -> Result<Vec<bool>, Error> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut read = 0;
+        for id in ids {
+            let member = match self.glance(id, &mut read)? {
+                Glance::Loaded(cell) => cell.lock().require_reader(caller).is_ok(),
+                Glance::Stored(num, record) => {
+                    caller.admin
+                        // A chat room's members are known only while it is loaded.
+                        || (record.kind != ConversationKind::ChatRoom as i32
+                            && self.store.member(num, &caller.user)?.is_some())
+                }
+                Glance::Gone => false,
+            };
+            out.push(member);
+        }
+        self.charge_glances(caller, read);
+        Ok(out)
+    }
+
+    /// A conversation as a question about one user needs it, without loading it: its cell
+    /// when it is loaded, else its stored record when it is live (counted in `read`). Temporary
+    /// conversations past their deadline are gone.
+    fn glance(&self, id: &str, read: &mut usize) -> Result<Glance, Error> {
+        let Some(num) = self.number_of(id)? else {
+            return Ok(Glance::Gone);
+        };
+        if let Some(c) = self.convs.get(&num) {
+            let cell = c.clone();
+            drop(c);
+            let live = cell.lock().require_live().is_ok();
+            let expired = num & crate::protocol::TEMPORARY_BIT != 0
+                && cell.lock().record.expires_at <= self.now();
+            return Ok(if live && !expired {
+                Glance::Loaded(cell)
+            } else {
+                Glance::Gone
+            });
+        }
+        *read += 1;
+        Ok(match self.store.conversation(num)? {
+            Some(r) if r.deleted_at != 0 => Glance::Gone,
+            Some(r) if num & crate::protocol::TEMPORARY_BIT != 0 && r.expires_at <= self.now() => {
+                Glance::Gone
+            }
+            Some(r) => Glance::Stored(num, r),
+            None => Glance::Gone,
+        })
+    }
+
+    /// Charges a user for the stored records of `read` conversations [`Registry::glance`] read
+    /// (see [`super::limits::CONVERSATIONS_PER_TOKEN`]); never refused.
+    fn charge_glances(&self, caller: &Caller, read: usize) {
+        if !caller.admin {
+            self.charge_conversations(&caller.user, read);
+        }
     }
 
     /// Puts users on the group's blacklist; members among them are removed (they must rank

@@ -14,6 +14,15 @@
 //! afterwards, to the user's bucket: it may go below empty, by at most a minute of refill
 //! ([`DEBT_MAX_SECS`]; one burst when that is more), and the user's next requests wait until
 //! it has refilled.
+//!
+//! Loading a conversation from the store (its record and every member record, see
+//! [`MEMBERS_LOADED_PER_TOKEN`]) on behalf of a user's request is charged to that user, whatever
+//! the request: the front doors run each request of a logged-in user as [`paid_by`] them. A
+//! user already in debt is refused ([`Error::RateLimited`]) before a load, not after, so a
+//! user's loads follow their token rate, and one request loads at most about what their bucket
+//! holds (plus one conversation) before it is refused; what it loaded stays loaded, so a retry
+//! goes on from there. Loads outside a user's request (deliveries, sweeps, the admin API, the
+//! server's own senders) are not charged.
 
 use super::{Caller, Error, Registry};
 use crate::protocol::pb::ConversationEvent;
@@ -55,10 +64,31 @@ pub const DEBT_MAX_SECS: i64 = 60;
 /// cost one token more, charged after the query (about half a millisecond of CPU).
 pub const QUERY_STEPS_PER_TOKEN: u64 = 100_000;
 
-/// Member records a LeanCloud `conv/query` read from the store, loading the conversations it
-/// looked at that were not loaded, that cost one token more, charged after the query (about
-/// half a millisecond of CPU: a cold query over 1,000 groups of 1,000 members reads a million).
+/// Member records read from the store to load conversations that were not loaded, on behalf
+/// of a user's request, that cost one token (about half a millisecond of CPU: a cold LeanCloud
+/// `conv/query` over 1,000 groups of 1,000 members reads a million). Charged as each load
+/// ends, in thousandths of a token, exactly: the conversation's record counts as one record
+/// more, so a group of two costs 0.006 token and one of 10,000 members 20.002.
 pub const MEMBERS_LOADED_PER_TOKEN: usize = 500;
+
+tokio::task_local! {
+    /// The user whose request is being served: they pay for the conversations it loads.
+    static PAYER: UserId;
+}
+
+/// Runs `work` as a request of `user`: the conversations it loads are charged to them (see
+/// [`MEMBERS_LOADED_PER_TOKEN`]).
+pub fn paid_by<F: std::future::Future>(
+    user: UserId,
+    work: F,
+) -> impl std::future::Future<Output = F::Output> {
+    PAYER.scope(user, work)
+}
+
+/// [`paid_by`] for work done on the calling thread.
+pub fn paid_by_now<R>(user: UserId, work: impl FnOnce() -> R) -> R {
+    PAYER.sync_scope(user, work)
+}
 
 /// Messages a LeanCloud `lc.protobuf2.1` open's catch-up reads that cost one token more,
 /// charged after the open (what the `logs` pages fetching them would: 5 for 100).
@@ -190,6 +220,26 @@ impl Bucket {
         let floor = -(i64::from(per_sec) * DEBT_MAX_SECS).max(i64::from(burst)) * 1000;
         self.milli = (self.refilled(per_sec, burst, now) - i64::from(cost) * 1000).max(floor);
         self.at = self.at.max(now);
+    }
+
+    /// Takes `milli` thousandths of a token for work already done, however far below empty
+    /// that goes (`per_sec` 0: no limit).
+    fn charge_milli(&mut self, milli: i64, per_sec: u32, burst: u32, now: i64) {
+        if per_sec == 0 {
+            return;
+        }
+        self.milli = self.refilled(per_sec, burst, now).saturating_sub(milli);
+        self.at = self.at.max(now);
+    }
+
+    /// `None` when it holds anything, else in how many ms it will hold a token again
+    /// (`per_sec` 0: no limit).
+    fn in_debt(&self, per_sec: u32, burst: u32, now: i64) -> Option<u64> {
+        if per_sec == 0 {
+            return None;
+        }
+        let milli = self.refilled(per_sec, burst, now);
+        (milli < 0).then(|| (1000 - milli).unsigned_abs().div_ceil(u64::from(per_sec)))
     }
 
     /// Takes `cost` tokens, or says in how many ms they will be there (`per_sec` 0: no limit).
@@ -325,17 +375,52 @@ impl Registry {
 
     /// Charges a user for the `steps` a LeanCloud `conv/query` took to match and sort its rows
     /// (see [`QUERY_STEPS_PER_TOKEN`]), refused or not, and for the `bytes` of the rows it
-    /// built, answered or not (see [`RETURNED_BYTES_PER_TOKEN`]), and for the member records it
-    /// `loaded` from the store (see [`MEMBERS_LOADED_PER_TOKEN`]); never refused itself.
-    pub fn charge_query(&self, user: &UserId, steps: u64, bytes: usize, loaded: usize) {
+    /// built, answered or not (see [`RETURNED_BYTES_PER_TOKEN`]); never refused itself. (The
+    /// conversations it loaded were charged as they were, see [`paid_by`].)
+    pub fn charge_query(&self, user: &UserId, steps: u64, bytes: usize) {
         let for_bytes = u64::try_from(bytes / RETURNED_BYTES_PER_TOKEN).unwrap_or(u64::MAX);
-        let for_loads = u64::try_from(loaded / MEMBERS_LOADED_PER_TOKEN).unwrap_or(u64::MAX);
         self.owe(
             user,
-            (steps / QUERY_STEPS_PER_TOKEN)
-                .saturating_add(for_bytes)
-                .saturating_add(for_loads),
+            (steps / QUERY_STEPS_PER_TOKEN).saturating_add(for_bytes),
         );
+    }
+
+    /// Who pays for a load about to be made: the user whose request this is ([`paid_by`];
+    /// `None`: none, or no user rate limit). Refused with [`Error::RateLimited`] when that
+    /// user's bucket is below empty.
+    pub(super) fn load_payer(&self) -> Result<Option<UserId>, Error> {
+        let c = &self.config;
+        if c.rate_limit_user_per_sec == 0 {
+            return Ok(None);
+        }
+        let Ok(user) = PAYER.try_with(|u| u.clone()) else {
+            return Ok(None);
+        };
+        let debt = self.rates.get(&user).and_then(|b| {
+            b.in_debt(
+                c.rate_limit_user_per_sec,
+                c.rate_limit_user_burst,
+                self.now(),
+            )
+        });
+        match debt {
+            Some(ms) => Err(Error::RateLimited { retry_after_ms: ms }),
+            None => Ok(Some(user)),
+        }
+    }
+
+    /// Charges `user` for loading a conversation of `members` members (see
+    /// [`MEMBERS_LOADED_PER_TOKEN`]); never refused, and not bounded below.
+    pub(super) fn charge_load(&self, user: &UserId, members: usize) {
+        let c = &self.config;
+        let records = i64::try_from(members).unwrap_or(i64::MAX).saturating_add(1);
+        let milli = records.saturating_mul(1000) / MEMBERS_LOADED_PER_TOKEN as i64;
+        let now = self.now();
+        let (rate, burst) = (c.rate_limit_user_per_sec, c.rate_limit_user_burst);
+        self.rates
+            .entry(user.clone())
+            .or_insert_with(|| Bucket::full(burst, now))
+            .charge_milli(milli, rate, burst, now);
     }
 
     /// The bound on the bytes of one LeanCloud `conv/query` answer's rows
@@ -495,5 +580,19 @@ mod tests {
         let mut b = Bucket::full(1, 0);
         b.owe(100, 0, 1, 0);
         b.take(1, 5, 1, 0).unwrap();
+    }
+
+    #[test]
+    fn loads_are_charged_in_thousandths_without_a_floor_and_debt_says_when_a_token_is_back() {
+        let mut b = Bucket::full(10, 0);
+        b.charge_milli(9_500, 5, 10, 0);
+        assert_eq!(b.in_debt(5, 10, 0), None);
+        // 0.5 left: one more load goes through, however large, and the next must wait.
+        b.charge_milli(40_000, 5, 10, 0);
+        assert_eq!(b.in_debt(5, 10, 0), Some(8_100));
+        // Out of debt once refilled to empty (a token is 200 ms further on).
+        assert_eq!(b.in_debt(5, 10, 7_899), Some(201));
+        assert_eq!(b.in_debt(5, 10, 7_900), None);
+        assert_eq!(b.in_debt(0, 10, 0), None);
     }
 }

@@ -225,6 +225,9 @@ pub(crate) struct ConvCell {
     /// How many times requests took this cell: the sweep unloads a cell only if nobody took
     /// it since it chose it.
     checkouts: std::sync::atomic::AtomicU64,
+    /// Its member records as counted in the registry's total (`conversation_members_loaded`):
+    /// at load, then at each sweep.
+    members_held: std::sync::atomic::AtomicUsize,
     state: Mutex<ConvState>,
     /// The registry's heads, where every release of this cell's lock publishes what a
     /// conversation list needs of it ([`inbox::Head`]).
@@ -314,6 +317,7 @@ impl ConvCell {
             id,
             used_at: std::sync::atomic::AtomicI64::new(now),
             checkouts: std::sync::atomic::AtomicU64::new(0),
+            members_held: std::sync::atomic::AtomicUsize::new(state.members.len()),
             state: Mutex::new(state),
             heads: heads.clone(),
         })
@@ -564,6 +568,8 @@ pub struct Registry {
     /// loaded.
     cells_over: tokio::sync::Notify,
     cells_wake_above: std::sync::atomic::AtomicUsize,
+    /// The same for the member records the loaded cells hold.
+    members_wake_above: std::sync::atomic::AtomicUsize,
 }
 
 /// The webhook events that are computed only when some endpoint takes them.
@@ -620,6 +626,7 @@ impl Registry {
             system_message: crate::webhooks::wanted(&config, "system.message_received"),
         };
         let cells_max = config.conversation_cells_max;
+        let members_max = config.conversation_members_loaded_max;
         Ok(Registry {
             config,
             clock,
@@ -655,6 +662,7 @@ impl Registry {
             presence_events,
             cells_over: tokio::sync::Notify::new(),
             cells_wake_above: std::sync::atomic::AtomicUsize::new(cells_max),
+            members_wake_above: std::sync::atomic::AtomicUsize::new(members_max),
         })
     }
 
@@ -689,15 +697,9 @@ impl Registry {
     /// The cell of a live conversation, loading it from the store on first use. An issued
     /// temporary id that is past its deadline or gone is `ConversationExpired`.
     fn cell(&self, id: &str) -> Result<Arc<ConvCell>, Error> {
-        self.cell_loading(id).map(|(cell, _)| cell)
-    }
-
-    /// [`Registry::cell`], and how many member records it read from the store to load it (0:
-    /// it was loaded already).
-    fn cell_loading(&self, id: &str) -> Result<(Arc<ConvCell>, usize), Error> {
         let num = self.number_of(id)?.ok_or(Error::ConversationNotFound)?;
         let temporary = num & protocol::TEMPORARY_BIT != 0;
-        let (cell, loaded) = match self.cell_by_num_loading(num) {
+        let cell = match self.cell_by_num(num) {
             Err(Error::ConversationNotFound) if temporary => {
                 let issued = self
                     .next_conv
@@ -718,7 +720,7 @@ impl Registry {
             return Err(Error::ConversationExpired);
         }
         drop(st);
-        Ok((cell, loaded))
+        Ok(cell)
     }
 
     /// The number a conversation id names: a number id, or the alias of an imported
@@ -775,34 +777,35 @@ impl Registry {
         }
     }
 
+    /// The cell of conversation `num`, loading it from the store when it is not loaded. A load
+    /// made for a user's request is charged to them, and refused when they are in debt (see
+    /// [`limits::paid_by`]).
     fn cell_by_num(&self, num: u64) -> Result<Arc<ConvCell>, Error> {
-        self.cell_by_num_loading(num).map(|(cell, _)| cell)
-    }
-
-    /// [`Registry::cell_by_num`], and how many member records it read from the store.
-    fn cell_by_num_loading(&self, num: u64) -> Result<(Arc<ConvCell>, usize), Error> {
         use std::sync::atomic::Ordering::SeqCst;
-        let mut loaded = 0;
         loop {
             if let Some(c) = self.convs.get(&num) {
                 // Under the map's read lock, so a sweep deciding to unload it sees this.
                 c.checkout(self.now());
-                return Ok((c.clone(), loaded));
+                return Ok(c.clone());
             }
+            let payer = self.load_payer()?;
             let removals = self.removals.load(SeqCst);
             let cell = self.load_cell(num)?;
-            loaded += cell.lock().members.len();
+            let members = cell.lock().members.len();
+            if let Some(user) = &payer {
+                self.charge_load(user, members);
+            }
             match self.convs.entry(num) {
                 dashmap::Entry::Occupied(e) => {
                     let cell = e.get().clone();
                     cell.checkout(self.now());
-                    return Ok((cell, loaded));
+                    return Ok(cell);
                 }
                 // No removal since the read: what the store said is still the truth.
                 dashmap::Entry::Vacant(v) if self.removals.load(SeqCst) == removals => {
                     let cell = v.insert(cell).clone();
-                    self.cell_loaded();
-                    return Ok((cell, loaded));
+                    self.cell_loaded(members);
+                    return Ok(cell);
                 }
                 // A deletion committed meanwhile; read again.
                 dashmap::Entry::Vacant(_) => continue,
@@ -878,6 +881,8 @@ impl Registry {
                 .is_some()
             {
                 stats.conversations_loaded.dec();
+                let held = cell.members_held.load(std::sync::atomic::Ordering::Relaxed);
+                stats.conversation_members_loaded.sub(held as u64);
             }
             heads.remove(&num);
             if let Some(pair) = direct {

@@ -22,7 +22,7 @@ use crate::leancloud::{self as codec, ErrorCode, FrameRef, LcProtocol, WireFrame
 use crate::protocol::pb::{self, CloseCode, ConversationEventKind as Ev, ConversationKind};
 use crate::protocol::{self, PushEvent};
 use crate::registry::conversation::CreateRequest;
-use crate::registry::limits::Work;
+use crate::registry::limits::{Work, paid_by, paid_by_now};
 use crate::registry::{Caller, Error, HistoryRequest, SendRequest};
 use crate::store::UserId;
 use bytes::Bytes;
@@ -225,7 +225,8 @@ pub(super) fn on_frame(actor: &mut Actor, p: LcProtocol, m: WsMessage) -> Option
                     actor.app.registry.charge_reads(&user, r.convs.len());
                 }
             }
-            on_session_command(actor, p, at, kind, op, cmd)
+            let user = actor.peers[at].caller.user.clone();
+            paid_by_now(user, || on_session_command(actor, p, at, kind, op, cmd))
         }
     }
 }
@@ -370,7 +371,8 @@ fn on_session_command(
                 let conv = d.cid.clone().unwrap_or_default();
                 let req = send_request(d);
                 let i = cmd.i;
-                actor.start(Box::pin(async move {
+                let user = caller.user.clone();
+                actor.start(Box::pin(paid_by(user, async move {
                     let ack = send(&app, &caller, &conv, req).await;
                     let reply = GenericCommand {
                         i,
@@ -379,14 +381,15 @@ fn on_session_command(
                     };
                     app.stats.traffic.leancloud(counted, Some(&reply));
                     i.map(|_| wire(p, &reply))
-                }));
+                })));
                 return None;
             }
-            actor.start(Box::pin(async move {
+            let user = caller.user.clone();
+            actor.start(Box::pin(paid_by(user, async move {
                 let answer = handle(&app, &caller, kind, op, cmd).await;
                 app.stats.traffic.leancloud(counted, answer.as_ref());
                 Some(wire(p, &answer?))
-            }));
+            })));
             None
         }
     }
@@ -1003,18 +1006,25 @@ async fn handle(
         }
         (Cmd::Conv, Some(Op::IsMember)) => {
             let c = cmd.conv_message.unwrap_or_default();
-            let mut answers = serde_json::Map::new();
-            for id in c.cids.iter().take(app.config.member_page_max as usize) {
-                answers.insert(id.clone(), reg.get(caller, id).is_ok().into());
-            }
-            Ok(GenericCommand {
-                conv_message: Some(lc::ConvCommand {
-                    results: Some(lc::JsonObjectMessage {
-                        data: serde_json::Value::Object(answers).to_string(),
+            let ids: Vec<String> = c
+                .cids
+                .into_iter()
+                .take(app.config.member_page_max as usize)
+                .collect();
+            reg.are_members(caller, &ids).map(|members| {
+                let mut answers = serde_json::Map::new();
+                for (id, member) in ids.into_iter().zip(members) {
+                    answers.insert(id, member.into());
+                }
+                GenericCommand {
+                    conv_message: Some(lc::ConvCommand {
+                        results: Some(lc::JsonObjectMessage {
+                            data: serde_json::Value::Object(answers).to_string(),
+                        }),
+                        ..Default::default()
                     }),
-                    ..Default::default()
-                }),
-                ..command(Cmd::Conv, Some(Op::Results))
+                    ..command(Cmd::Conv, Some(Op::Results))
+                }
             })
         }
         (Cmd::Patch, Some(Op::Modify)) => {
@@ -1462,16 +1472,17 @@ async fn query_off_runtime(
         .await
         .map_err(|_| Error::Unavailable)?;
     let (app2, caller2) = (app.clone(), caller.clone());
-    let (answer, steps, cost) = tokio::task::spawn_blocking(move || {
+    let (answer, steps, bytes) = tokio::task::spawn_blocking(move || {
         let mut meter = crate::leancloud::query::Meter::new(app2.config.leancloud_query_steps_max);
-        let mut cost = QueryCost::default();
-        let answer = query(&app2, &caller2, c, &mut meter, &mut cost);
-        (answer, meter.spent(), cost)
+        let mut bytes = 0;
+        let answer = paid_by_now(caller2.user.clone(), || {
+            query(&app2, &caller2, c, &mut meter, &mut bytes)
+        });
+        (answer, meter.spent(), bytes)
     })
     .await
     .map_err(|_| Error::Internal)?;
-    app.registry
-        .charge_query(&caller.user, steps, cost.bytes, cost.loaded);
+    app.registry.charge_query(&caller.user, steps, bytes);
     answer
 }
 
@@ -1484,28 +1495,25 @@ async fn query_off_runtime(
 /// `leancloud_query_scan_max` of them. Rows the caller may not see (see
 /// [`crate::registry::Registry::peek`]) are never candidates. Matching and sorting spend from
 /// `meter`; a query that runs out is refused. The rows answered stop before the first that
-/// would take the answer past `leancloud_query_bytes_max` (the first always goes). What it
-/// cost adds up in `cost`, answered or refused.
+/// would take the answer past `leancloud_query_bytes_max` (the first always goes). The bytes
+/// of every row it built add up in `built`, answered or refused; the conversations it loads
+/// are charged as they are (see [`crate::registry::limits::paid_by`]).
 fn query(
     app: &App,
     caller: &Caller,
     c: lc::ConvCommand,
     meter: &mut crate::leancloud::query::Meter,
-    cost: &mut QueryCost,
+    built: &mut usize,
 ) -> Result<GenericCommand, Error> {
     use crate::leancloud::query::Query;
     let now = app.clock.now_ms();
     let scan_max = app.config.leancloud_query_scan_max;
-    let QueryCost {
-        bytes: built,
-        loaded,
-    } = cost;
     let (mut light, mut compact) = (false, false);
     let rows: Vec<serde_json::Value> = if !c.temp_conv_ids.is_empty() && c.r#where.is_none() {
         let compact = c.flag.unwrap_or(0) & crate::leancloud::query::FLAG_COMPACT != 0;
         let mut rows = Vec::new();
         for id in c.temp_conv_ids.iter().take(scan_max) {
-            if let Some((mut r, _)) = visible_row(app, caller, id, now, true, loaded)? {
+            if let Some((mut r, _)) = visible_row(app, caller, id, now, true)? {
                 *built += json_bytes(&r);
                 if compact {
                     r.remove("m");
@@ -1550,7 +1558,7 @@ fn query(
         compact = q.compact();
         let mut rows = Vec::new();
         for id in candidates.iter().take(scan_max) {
-            if let Some(r) = visible_row(app, caller, id, now, !light, loaded)? {
+            if let Some(r) = visible_row(app, caller, id, now, !light)? {
                 *built += json_bytes(&r.0);
                 rows.push(r);
             }
@@ -1576,7 +1584,7 @@ fn query(
             serde_json::Value::Object(r) if light => {
                 let id = r.get("objectId").and_then(|v| v.as_str()).unwrap_or("");
                 // Gone or out of sight since it matched: left out.
-                let Some((mut whole, _)) = visible_row(app, caller, id, now, true, loaded)? else {
+                let Some((mut whole, _)) = visible_row(app, caller, id, now, true)? else {
                     continue;
                 };
                 if compact {
@@ -1606,15 +1614,6 @@ fn query(
     };
     *built = (*built).max(budget.used());
     Ok(answer)
-}
-
-/// What a `conv/query` cost to answer, besides its matching steps: the bytes of every row it
-/// built, answered or not, and the member records it read from the store to load the
-/// conversations it looked at that were not loaded.
-#[derive(Default)]
-struct QueryCost {
-    bytes: usize,
-    loaded: usize,
 }
 
 /// About the bytes of a row as JSON, without writing it out.
@@ -1657,15 +1656,13 @@ const LAST_MESSAGE_COLUMNS: [&str; 9] = [
 /// One conversation as a LeanCloud `_Conversation` row. Not `full`: a row to match and sort
 /// on only, without its `m` list (empty; conditions on members see the whole list anyway) and,
 /// for a member, without the columns of the last message ([`LAST_MESSAGE_COLUMNS`]), which
-/// cost a store read each. `None` for what is gone or not visible to the caller; the member
-/// records read to load it add up in `loaded`.
+/// cost a store read each. `None` for what is gone or not visible to the caller.
 fn visible_row(
     app: &App,
     caller: &Caller,
     id: &str,
     now: i64,
     full: bool,
-    loaded: &mut usize,
 ) -> Result<Option<Row>, Error> {
     let crate::registry::conversation::Peek {
         conversation: conv,
@@ -1673,7 +1670,6 @@ fn visible_row(
         roster,
         member,
         last_message_at,
-        loaded: read,
     } = match app.registry.peek(caller, id, full) {
         Ok(peek) => peek,
         Err(Error::ConversationNotFound | Error::ConversationExpired | Error::NotAMember) => {
@@ -1681,7 +1677,6 @@ fn visible_row(
         }
         Err(e) => return Err(e),
     };
-    *loaded += read;
     let mut row = attributes_json(&conv);
     row.insert("objectId".into(), conv.id.clone().into());
     row.insert("c".into(), conv.owner.clone().into());

@@ -431,7 +431,10 @@ pub(crate) fn member_info(
         let code = ErrorCode::AppQuotaExceeded;
         return (429, json!({"code": code.code(), "error": e.to_string()}));
     }
-    match app.registry.member_roles(&Caller::user(user, 0), &cid) {
+    let roles = crate::registry::limits::paid_by_now(user.clone(), || {
+        app.registry.member_roles(&Caller::user(user, 0), &cid)
+    });
+    match roles {
         Ok((id, roles)) => {
             let results: Vec<serde_json::Value> = roles
                 .into_iter()
@@ -452,6 +455,7 @@ pub(crate) fn member_info(
             let (code, _) = error_code(&e, false);
             let status = match e {
                 Error::Unavailable | Error::Internal => 500,
+                Error::RateLimited { .. } => 429,
                 Error::ConversationNotFound | Error::ConversationExpired => 404,
                 _ => 403,
             };

@@ -29,7 +29,7 @@ use crate::listener::admission::Slot;
 use crate::logsafe::{Throttle, clean};
 use crate::protocol::pb::{self, CloseCode, client_frame::Body as Req, server_frame::Body as Rep};
 use crate::protocol::{self, ClientFrame, Push, PushEvent, Wire};
-use crate::registry::limits::Work;
+use crate::registry::limits::{Work, paid_by, paid_by_now};
 use crate::registry::{Caller, Error, SendRequest};
 use crate::store::UserId;
 use bytes::Bytes;
@@ -1124,7 +1124,13 @@ impl Actor {
                                     close_of(CloseCode::CloseTokenExpired),
                                     Vec::new(),
                                 )),
-                                Ok(f) => self.request(wire, f),
+                                Ok(f) => match self.peers.first() {
+                                    Some(peer) => {
+                                        let user = peer.caller.user.clone();
+                                        paid_by_now(user, || self.request(wire, f))
+                                    }
+                                    None => self.request(wire, f),
+                                },
                                 Err(code) => Some(Immediate::Close(close_of(code))),
                             },
                             Dialect::LeanCloud(p) => leancloud::on_frame(self, p, m),
@@ -1447,6 +1453,7 @@ impl Actor {
             }
             Some(body) => {
                 let work = dispatch::handle(self.app.clone(), peer.caller.clone(), id, body);
+                let work = paid_by(peer.caller.user.clone(), work);
                 self.start(Box::pin(async move { Some(wire.frame(&work.await)) }));
                 None
             }

@@ -138,6 +138,9 @@ fn records(open: Open<'_>) {
         members,
         vec![("alice".into(), 1, 0, 0), ("bob".into(), 2, 1, 77)]
     );
+    assert_eq!(s.member(1, "bob").unwrap().map(|r| r.muted_until), Some(77));
+    assert_eq!(s.member(1, "carol").unwrap(), None);
+    assert_eq!(s.member(2, "alice").unwrap(), None);
     let convs = s.user_conversations("alice").unwrap();
     assert_eq!(convs.iter().map(|c| c.0).collect::<Vec<_>>(), vec![1, 2]);
     assert!(convs[0].1.muted);

@@ -717,6 +717,10 @@ impl<E: OrderedKv> Store for KvStore<E> {
         self.record("conversation", &keys::conversation(conv))
     }
 
+    fn member(&self, conv: u64, user: &str) -> Result<Option<MemberRecord>, StoreError> {
+        self.record("member", &keys::member(conv, user))
+    }
+
     fn members(&self, conv: u64) -> Result<Vec<(UserId, MemberRecord)>, StoreError> {
         let prefix = keys::members_of(conv);
         let mut out = Vec::new();

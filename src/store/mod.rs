@@ -377,6 +377,14 @@ pub trait Store: Send + Sync + 'static {
     fn conversation(&self, conv: u64) -> Result<Option<ConversationRecord>, StoreError>;
     /// The members of a conversation, in no particular order.
     fn members(&self, conv: u64) -> Result<Vec<(UserId, MemberRecord)>, StoreError>;
+    /// One member's record (`None`: not a member). A point read where the store has one.
+    fn member(&self, conv: u64, user: &str) -> Result<Option<MemberRecord>, StoreError> {
+        Ok(self
+            .members(conv)?
+            .into_iter()
+            .find(|(u, _)| **u == *user)
+            .map(|(_, m)| m))
+    }
     /// The conversations a user belongs to, in ascending conversation number.
     fn user_conversations(
         &self,

@@ -680,3 +680,40 @@ async fn rewritten_messages_are_held_only_until_committed() {
     assert_eq!(text(&page.messages[0]), "last");
     assert_eq!(page.messages[0].edit_count, 3);
 }
+
+/// The member records the loaded conversations hold are bounded too: over
+/// `conversation_members_loaded_max`, the sweep unloads the least recently used conversations
+/// down to nine tenths of it however few are loaded (counted by
+/// `tidings_conversation_members_loaded`), and they read back from the store as after a
+/// restart.
+#[tokio::test]
+async fn conversations_holding_more_members_than_the_bound_are_unloaded() {
+    let server = TestServer::start_with(|c| {
+        c.conversation_members_loaded_max = 100;
+        c.conversation_idle_secs = 0;
+        c.admin_listen = "127.0.0.1:0".into();
+        c.admin_api_keys = vec![KEY.into()];
+    })
+    .await;
+    let stats = server.running().app.stats.clone();
+    let alice = server.client("alice").await;
+    let names: Vec<String> = (1..30).map(|n| format!("member-{n}")).collect();
+    let members: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let g = within(alice.create_group(&format!("g{i}"), &members))
+            .await
+            .unwrap();
+        ids.push(g.id);
+        within(stats.conversation_members_loaded.wait_for_at_most(100)).await;
+    }
+    // Thirty members each: three groups fit under 90.
+    let m = metrics_of(&server).await;
+    assert!(m["tidings_conversation_members_loaded"] <= 90.0, "{m:?}");
+    assert!(m["tidings_conversations_loaded"] <= 3.0, "{m:?}");
+    assert!(m["tidings_conversations_unloaded_total"] >= 3.0, "{m:?}");
+    for id in &ids {
+        assert_eq!(within(alice.count_members(id)).await.unwrap(), 30);
+        within(stats.conversation_members_loaded.wait_for_at_most(100)).await;
+    }
+}

@@ -846,11 +846,13 @@ async fn missed_notifications_are_bounded_and_charged_by_their_bytes() {
     assert_eq!(a.status, 429, "{a:?}");
 }
 
-/// A `conv/query` is charged one token more per 500 member records it read from the store to
-/// load the conversations it looked at: after a restart, bob's query over ten groups of 1,000
-/// members reads 10,000 and owes 20 tokens more than the same query once they are loaded.
+/// A `conv/query` is charged a token per 500 member records it reads from the store to load
+/// the conversations it looks at, as it loads them, and refused (4113) before the next load
+/// once the user is in debt: after a restart, bob's query over ten groups of 1,000 members
+/// (2.002 tokens each) loads eight of them with the 15 tokens its 5 left, and is refused; the
+/// eight stay loaded, so the query asked again loads the other two and is answered.
 #[tokio::test]
-async fn a_query_is_charged_for_the_members_it_loaded() {
+async fn a_query_is_charged_for_the_members_it_loads_and_refused_once_in_debt() {
     let mut server = lc_server_with(|_| {}).await;
     let alice = server.client("alice").await;
     let names: Vec<String> = (1..1000).map(|n| format!("member-{n}")).collect();
@@ -867,13 +869,112 @@ async fn a_query_is_charged_for_the_members_it_loaded() {
     let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
     c.opened("bob", None).await;
     server.clock.advance(30_000);
-    // Cold: the query's own cost fits, the loads put the bucket in debt.
-    assert_eq!(query(&mut c).await, None);
+    let stats = server.running().app.stats.clone();
+    // Cold: 15 - 8 × 2.002 is below empty, and the ninth load is refused.
     assert_eq!(query(&mut c).await, Some(4113));
-    // Loaded: two more fit in a full bucket.
+    assert_eq!(stats.conversations_loaded.get(), 8);
+    // Again, from a full bucket: two loads, then 20 - 5 - 4.004 leaves room for two more.
     server.clock.advance(30_000);
     assert_eq!(query(&mut c).await, None);
+    assert_eq!(stats.conversations_loaded.get(), 10);
     assert_eq!(query(&mut c).await, None);
+    assert_eq!(query(&mut c).await, None);
+    assert_eq!(query(&mut c).await, Some(4113));
+}
+
+/// `conv/is_member` and `blacklist/check_block` name up to 1,000 conversations each: they
+/// answer from what is loaded or from the stored record (and member key) of each, loading
+/// none, and are charged a token per 100 records they read. After a restart, with ten groups
+/// of 1,000 members of bob's (the first blocking mallory) and 190 made-up ids named, mallory
+/// is told she is in none and blocked by the first, bob that he is in all ten; nothing is
+/// loaded, and mallory paid 1 + 2 and 5 + 2 tokens.
+#[tokio::test]
+async fn is_member_and_check_block_load_nothing_and_pay_for_what_they_read() {
+    let mut server = lc_server_with(|_| {}).await;
+    let alice = server.client("alice").await;
+    let names: Vec<String> = (1..999).map(|n| format!("member-{n}")).collect();
+    let members: Vec<&str> = names.iter().map(String::as_str).chain(["bob"]).collect();
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let g = within(alice.create_group(&format!("g{n}"), &members))
+            .await
+            .unwrap();
+        ids.push(g.id);
+    }
+    within(alice.block_members(&ids[0], &["mallory"]))
+        .await
+        .unwrap();
+    drop(alice);
+    user_bucket(1, 20)(&mut server.config);
+    server.restart().await;
+    let stats = server.running().app.stats.clone();
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("mallory", None).await;
+    server.clock.advance(30_000);
+    let named: Vec<String> = ids
+        .iter()
+        .cloned()
+        .chain((1_000..1_190).map(tidings::protocol::conversation_id))
+        .collect();
+    let answers = is_member(&mut c, "mallory", &named)
+        .await
+        .expect("answered");
+    assert_eq!(answers.len(), 200);
+    assert!(answers.values().all(|v| v == false), "{answers:?}");
+    let r = c
+        .request(GenericCommand {
+            peer_id: Some("mallory".into()),
+            blacklist_message: Some(lc::BlacklistCommand {
+                to_cids: named.clone(),
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Blacklist, Some(Op::CheckBlock))
+        })
+        .await;
+    let blocked = r.blacklist_message.expect("answered").blocked_cids;
+    assert_eq!(blocked, [ids[0].clone()]);
+    assert_eq!(stats.conversations_loaded.get(), 0);
+    // 20 - 3 - 7 = 10 tokens left: ten more light requests.
+    for n in 0..10 {
+        assert!(
+            is_member(&mut c, "mallory", &ids[..1]).await.is_ok(),
+            "request {n}"
+        );
+    }
+    assert_eq!(
+        is_member(&mut c, "mallory", &ids[..1]).await.unwrap_err(),
+        4113
+    );
+    c.opened("bob", None).await;
+    server.clock.advance(30_000);
+    let answers = is_member(&mut c, "bob", &ids).await.expect("answered");
+    assert!(ids.iter().all(|id| answers[id] == true), "{answers:?}");
+}
+
+/// `conv/is_member` as `peer`: the answer by id, or the error code.
+async fn is_member(
+    c: &mut Lc,
+    peer: &str,
+    ids: &[String],
+) -> Result<serde_json::Map<String, serde_json::Value>, i32> {
+    let r = c
+        .request(GenericCommand {
+            peer_id: Some(peer.into()),
+            conv_message: Some(lc::ConvCommand {
+                cids: ids.to_vec(),
+                ..Default::default()
+            }),
+            ..cmd(Cmd::Conv, Some(Op::IsMember))
+        })
+        .await;
+    if let Some(e) = r.error_message {
+        return Err(e.code);
+    }
+    let data = r.conv_message.unwrap().results.unwrap().data;
+    match serde_json::from_str(&data).unwrap() {
+        serde_json::Value::Object(m) => Ok(m),
+        other => panic!("{other}"),
+    }
 }
 
 async fn query(c: &mut Lc) -> Option<i32> {

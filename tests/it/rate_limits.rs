@@ -1040,3 +1040,78 @@ async fn logins_until_limited(server: &TestServer, user: &str) -> usize {
         assert!(n <= 20, "{n} logins served");
     }
 }
+
+/// `count` groups of `owner` with 999 other members each (`extra` among them): 1,000 member
+/// records to load.
+async fn groups_of_a_thousand(
+    server: &TestServer,
+    owner: &str,
+    extra: &str,
+    count: usize,
+) -> Vec<String> {
+    let owner = server.client(owner).await;
+    let names: Vec<String> = (1..999).map(|n| format!("member-{n}")).collect();
+    let members: Vec<&str> = names.iter().map(String::as_str).chain([extra]).collect();
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let g = within(owner.create_group(&format!("g{n}"), &members))
+            .await
+            .unwrap();
+        ids.push(g.id);
+    }
+    ids
+}
+
+/// Loading a conversation from the store for a user's request is charged to that user, one
+/// token per 500 member records, whatever the request and whether it is then served: after a
+/// restart, a non-member's GetConversation of a group of 1,000 members costs 1 + 2.002 tokens
+/// and is answered `ERROR_NOT_A_MEMBER`, so a bucket of 20 lets seven through and the user is
+/// then in debt; the groups their refused requests name stay unloaded. Once loaded, the same
+/// request costs its one token.
+#[tokio::test]
+async fn a_request_that_loads_a_conversation_is_charged_for_its_members() {
+    let mut server = TestServer::start().await;
+    let ids = groups_of_a_thousand(&server, "owner", "bob", 10).await;
+    // Twenty tokens, refilled one a second on the test's clock, which stands still.
+    user_bucket(1, 20)(&mut server.config);
+    server.restart().await;
+    let stats = server.running().app.stats.clone();
+    let mut raw = Raw::login(&server, "mallory").await;
+    server.clock.advance(30_000);
+    for (n, id) in ids[..7].iter().enumerate() {
+        match raw.request(get(id)).await {
+            Rep::Error(e) if e.code == pb::ErrorCode::ErrorNotAMember as i32 => {}
+            rep => panic!("request {n}: {rep:?}"),
+        }
+    }
+    // 20 - 7 × 3.002 = -1.014: a token is 2.014 s away.
+    assert_eq!(limited(&raw.request(get(&ids[7])).await), Some(2_014));
+    assert_eq!(stats.conversations_loaded.get(), 7);
+    // Loaded: a token each.
+    server.clock.advance(30_000);
+    for _ in 0..20 {
+        assert!(limited(&raw.request(get(&ids[0])).await).is_none());
+    }
+    assert!(limited(&raw.request(get(&ids[0])).await).is_some());
+    // The members load the same way, and pay the same.
+    let mut bob = Raw::login(&server, "bob").await;
+    server.clock.advance(30_000);
+    for (n, id) in ids[7..].iter().enumerate() {
+        assert!(
+            matches!(raw_ok(bob.request(get(id)).await), Rep::Conversation(_)),
+            "request {n}"
+        );
+    }
+    assert_eq!(stats.conversations_loaded.get(), 10);
+    // 20 - 3 × 3.002 = 10.994: ten more light requests fit.
+    for _ in 0..10 {
+        assert!(limited(&bob.request(get(&ids[0])).await).is_none());
+    }
+    assert!(limited(&bob.request(get(&ids[0])).await).is_some());
+}
+
+/// A reply that is not a rate-limit refusal.
+fn raw_ok(rep: Rep) -> Rep {
+    assert!(limited(&rep).is_none(), "{rep:?}");
+    rep
+}

@@ -45,6 +45,10 @@ impl Store for Spied {
         self.watch.read("members");
         self.inner.members(conv)
     }
+    fn member(&self, conv: u64, user: &str) -> Result<Option<pb::MemberRecord>, StoreError> {
+        self.watch.read("member");
+        self.inner.member(conv, user)
+    }
     fn user_conversations(
         &self,
         user: &str,
