@@ -396,7 +396,16 @@ impl Registry {
         let Ok(user) = PAYER.try_with(|u| u.clone()) else {
             return Ok(None);
         };
-        let debt = self.rates.get(&user).and_then(|b| {
+        self.refuse_in_debt(&user)?;
+        Ok(Some(user))
+    }
+
+    /// Refuses with [`Error::RateLimited`] when `user`'s bucket is below empty: work whose cost
+    /// shows only as it is done, started once the user's earlier work has been charged (a
+    /// LeanCloud `conv/query` when its turn comes, a load), waits for the bucket to refill.
+    pub fn refuse_in_debt(&self, user: &UserId) -> Result<(), Error> {
+        let c = &self.config;
+        let debt = self.rates.get(user).and_then(|b| {
             b.in_debt(
                 c.rate_limit_user_per_sec,
                 c.rate_limit_user_burst,
@@ -405,7 +414,7 @@ impl Registry {
         });
         match debt {
             Some(ms) => Err(Error::RateLimited { retry_after_ms: ms }),
-            None => Ok(Some(user)),
+            None => Ok(()),
         }
     }
 

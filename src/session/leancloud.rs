@@ -1471,6 +1471,9 @@ async fn query_off_runtime(
         .acquire()
         .await
         .map_err(|_| Error::Unavailable)?;
+    // Queries of one user's sessions that were admitted together run one after another, each
+    // charged when done: one that finds the user in debt by then does not run.
+    app.registry.refuse_in_debt(&caller.user)?;
     let (app2, caller2) = (app.clone(), caller.clone());
     let (answer, steps, bytes) = tokio::task::spawn_blocking(move || {
         let mut meter = crate::leancloud::query::Meter::new(app2.config.leancloud_query_steps_max);

@@ -981,3 +981,35 @@ async fn query(c: &mut Lc) -> Option<i32> {
     let r = c.request(bobs_conversations_limited(0, 1)).await;
     r.error_message.map(|e| e.code)
 }
+
+/// Queries admitted together (here two on one connection, each admitted for its 5 tokens
+/// while the bucket still held 20) run one after another, each charged when done: one whose
+/// turn comes while the user is in debt is refused with 4113 instead of running.
+#[tokio::test]
+async fn a_query_whose_turn_comes_while_its_user_is_in_debt_does_not_run() {
+    let mut server = lc_server_with(|_| {}).await;
+    groups_with_unread(&server, 20, 1, 60_000).await;
+    user_bucket(1, 20)(&mut server.config);
+    server.restart().await;
+    let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
+    c.opened("bob", None).await;
+    server.clock.advance(60_000);
+    // Every turn at CPU-heavy work is held, so both queries are admitted and wait.
+    let app = server.running().app.clone();
+    let turns = u32::try_from(app.cpu_work.available_permits()).unwrap();
+    let held = app.cpu_work.acquire_many(turns).await.unwrap();
+    for i in [1001, 1002] {
+        let mut q = bobs_conversations_sorted(0, 20, Some("-lm"));
+        q.i = Some(i);
+        c.send(&q).await;
+    }
+    // Commands are read in order: once the echo is answered, both queries were admitted.
+    let echo = c.request(cmd(Cmd::Echo, None)).await;
+    assert_eq!(op_of(&echo).0, Some(Cmd::Echo));
+    drop(held);
+    // The first builds 20 rows of 60,000-byte messages (about 18 tokens): the user is in debt.
+    let first = c.reply_to(1001).await;
+    assert!(first.conv_message.is_some(), "{first:?}");
+    let second = c.reply_to(1002).await;
+    assert_eq!(second.error_message.map(|e| e.code), Some(4113));
+}

@@ -131,6 +131,21 @@ impl Lc {
         }
     }
 
+    /// The reply to the command sent with `i`, whenever it comes (what else comes meanwhile is
+    /// kept with the pushes).
+    pub(crate) async fn reply_to(&mut self, i: i32) -> GenericCommand {
+        if let Some(at) = self.pushes.iter().position(|c| c.i == Some(i)) {
+            return self.pushes.remove(at);
+        }
+        loop {
+            let got = self.recv().await.expect("open socket");
+            if got.i == Some(i) {
+                return got;
+            }
+            self.pushes.push(got);
+        }
+    }
+
     /// The pushes read so far while waiting for replies, taken.
     pub(crate) fn take_pushes(&mut self) -> Vec<GenericCommand> {
         std::mem::take(&mut self.pushes)
