@@ -532,12 +532,7 @@ async fn a_patch_replay_stops_at_its_bytes_and_the_next_open_gets_the_rest() {
 #[tokio::test]
 async fn a_patch_is_charged_for_each_edit_and_the_members_it_goes_to() {
     let server = lc_server_with(user_bucket(10, 40)).await;
-    let members: Vec<String> = (1..100).map(|n| format!("u{n}")).collect();
-    let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
-    all.push("alice");
-    let bob = server.client("bob").await;
-    server.clock.advance(10_000);
-    let cid = within(bob.create_group("big", &all)).await.unwrap().id;
+    let cid = group_of_101_with_alice(&server).await;
     let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
     c.opened("alice", None).await;
     server.clock.advance(10_000);
@@ -582,12 +577,7 @@ async fn a_patch_is_charged_for_each_edit_and_the_members_it_goes_to() {
 #[tokio::test]
 async fn group_changes_are_charged_by_the_members_they_go_to() {
     let server = lc_server_with(user_bucket(10, 20)).await;
-    let members: Vec<String> = (1..100).map(|n| format!("u{n}")).collect();
-    let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
-    all.push("alice");
-    let bob = server.client("bob").await;
-    server.clock.advance(10_000);
-    let cid = within(bob.create_group("big", &all)).await.unwrap().id;
+    let cid = group_of_101_with_alice(&server).await;
     let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
     c.opened("alice", None).await;
     c.opened("mallory", None).await;
@@ -1012,4 +1002,14 @@ async fn a_query_whose_turn_comes_while_its_user_is_in_debt_does_not_run() {
     assert!(first.conv_message.is_some(), "{first:?}");
     let second = c.reply_to(1002).await;
     assert_eq!(second.error_message.map(|e| e.code), Some(4113));
+}
+
+/// A group of 101 (alice, `u1`…`u99` and its creator bob), made a refill later.
+async fn group_of_101_with_alice(server: &TestServer) -> String {
+    let members: Vec<String> = (1..100).map(|n| format!("u{n}")).collect();
+    let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
+    all.push("alice");
+    let bob = server.client("bob").await;
+    server.clock.advance(10_000);
+    within(bob.create_group("big", &all)).await.unwrap().id
 }

@@ -7,7 +7,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tidings::client::ClientError;
+use tidings::client::{Client, ClientError};
 use tidings::leancloud::LcProtocol;
 use tidings::protocol::pb;
 
@@ -397,6 +397,7 @@ async fn a_burst_that_fills_the_shared_slots_leaves_everyone_moderated() {
         }
         assert_eq!(hook.calls("by"), 1);
         // Nothing was stored without the hook's answer.
+        let owner = server.client("owner").await;
         let page = within(owner.history(&g.id, 0, 100)).await.unwrap();
         assert!(page.messages.is_empty(), "{:?}", page.messages);
     }
@@ -460,12 +461,7 @@ async fn a_send_refused_anyway_never_reaches_the_hook() {
 async fn one_user_has_at_most_their_share_of_the_hook_in_flight() {
     let mut hook = Moderator::start(0, false).await;
     let server = hook_server_at(hook.url(), |c| c.pre_send_hook_max_per_user = 2).await;
-    let owner = server.client("owner").await;
-    let g = within(owner.create_group("", &["att", "by"]))
-        .await
-        .unwrap();
-    let att = server.client("att").await;
-    let by = server.client("by").await;
+    let (g, att, by) = att_and_by(&server).await;
     let burst = futures_util::future::join_all(
         (0..6).map(|i| att.send(send_req(&g.id, "bad", &format!("a{i}")))),
     );
@@ -500,12 +496,7 @@ async fn a_send_that_gets_no_slot_in_time_is_refused_not_stored_unasked() {
         c.pre_send_hook_queue_timeout_ms = 200;
     })
     .await;
-    let owner = server.client("owner").await;
-    let g = within(owner.create_group("", &["att", "by"]))
-        .await
-        .unwrap();
-    let att = server.client("att").await;
-    let by = server.client("by").await;
+    let (g, att, by) = att_and_by(&server).await;
     let first = att.send(send_req(&g.id, "bad", "a-1"));
     let rest = async {
         assert_eq!(hook.arrival().await, "att");
@@ -521,6 +512,7 @@ async fn a_send_that_gets_no_slot_in_time_is_refused_not_stored_unasked() {
         Some(pb::ErrorCode::ErrorRejected)
     );
     assert_eq!(hook.calls("by"), 0);
+    let owner = server.client("owner").await;
     let page = within(owner.history(&g.id, 0, 100)).await.unwrap();
     assert!(page.messages.is_empty(), "{:?}", page.messages);
 }
@@ -553,4 +545,13 @@ async fn edits_and_room_messages_refused_anyway_are_not_asked_about() {
     // Neither was asked about: the next question is this send's.
     within(alice.send_text(&g.id, "barrier")).await.unwrap();
     assert!(rx.next().await.body.contains("barrier"));
+}
+
+/// A group of `owner`, `att` and `by`, and the clients of the last two.
+async fn att_and_by(server: &TestServer) -> (pb::Conversation, Client, Client) {
+    let owner = server.client("owner").await;
+    let g = within(owner.create_group("", &["att", "by"]))
+        .await
+        .unwrap();
+    (g, server.client("att").await, server.client("by").await)
 }
