@@ -28,8 +28,12 @@ pub struct App {
     pub outbox: Option<tokio::sync::watch::Receiver<u64>>,
     session_ids: AtomicU64,
     /// Turns at CPU-bound request work run off the async threads (LeanCloud `conv/query`'s
-    /// matching): half the cores, at least one, so the async threads always keep some.
+    /// matching): half the cores, at least one, so the async threads always keep some. Taken
+    /// after the user's own turn ([`App::cpu_work_users`]).
     pub cpu_work: tokio::sync::Semaphore,
+    /// One turn per user at that work: a user's further requests wait behind their own, not
+    /// in front of other users'.
+    pub cpu_work_users: crate::turns::PerUser,
     /// Turns at building an admin export page (a user's data, a conversation's history), at
     /// most [`crate::admin::EXPORTS_AT_ONCE`]: more wait for one.
     pub exports: Arc<tokio::sync::Semaphore>,
@@ -97,6 +101,7 @@ impl App {
             cpu_work: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             ),
+            cpu_work_users: crate::turns::PerUser::new(1),
             exports: Arc::new(tokio::sync::Semaphore::new(crate::admin::EXPORTS_AT_ONCE)),
             admin_pages: Arc::new(tokio::sync::Semaphore::new(crate::admin::PAGES_AT_ONCE)),
         };

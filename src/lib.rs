@@ -42,4 +42,5 @@ pub mod session;
 pub mod stats;
 pub mod store;
 pub mod traffic;
+pub mod turns;
 pub mod webhooks;

@@ -18,13 +18,12 @@ use crate::config::Config;
 use crate::store::UserId;
 use base64::Engine as _;
 use bytes::Bytes;
-use dashmap::DashMap;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 /// Rejected sends remembered by client message id, so a retry gets the same answer without
 /// asking the hook again.
@@ -52,10 +51,8 @@ pub(super) struct PreSend {
     fail_closed: bool,
     /// Calls in flight for everyone; waiters are served in order.
     slots: Semaphore,
-    /// Each user's calls in flight, with how many of their calls hold or wait for one (the
-    /// entry goes when none do).
-    users: DashMap<UserId, (Arc<Semaphore>, usize)>,
-    per_user: usize,
+    /// Each user's calls in flight (`pre_send_hook_max_per_user`).
+    users: crate::turns::PerUser,
     /// Longest wait for the two slots.
     queue_timeout: Duration,
     calls: AtomicU64,
@@ -78,8 +75,7 @@ impl PreSend {
             timeout: Duration::from_millis(c.pre_send_hook_timeout_ms),
             fail_closed: c.pre_send_hook_fail_closed,
             slots: Semaphore::new(c.pre_send_hook_max_concurrency.max(1)),
-            users: DashMap::new(),
-            per_user: c.pre_send_hook_max_per_user.max(1),
+            users: crate::turns::PerUser::new(c.pre_send_hook_max_per_user),
             queue_timeout: Duration::from_millis(c.pre_send_hook_queue_timeout_ms),
             calls: AtomicU64::new(0),
             rejected: Mutex::new((HashMap::new(), VecDeque::new())),
@@ -101,11 +97,9 @@ impl PreSend {
     async fn slot(
         &self,
         user: &UserId,
-    ) -> Option<(UserSlot<'_>, tokio::sync::SemaphorePermit<'_>)> {
+    ) -> Option<(crate::turns::UserTurn<'_>, tokio::sync::SemaphorePermit<'_>)> {
         let wait = async {
-            let mut mine = UserSlot::new(self, user);
-            let sem = mine.semaphore.clone();
-            mine.permit = Some(sem.acquire_owned().await.ok()?);
+            let mine = self.users.take(user).await;
             let shared = self.slots.acquire().await.ok()?;
             Some((mine, shared))
         };
@@ -182,45 +176,6 @@ impl PreSend {
         while r.1.len() > REMEMBERED_REJECTIONS {
             if let Some(old) = r.1.pop_front() {
                 r.0.remove(&old);
-            }
-        }
-    }
-}
-
-/// One of a user's hook slots, held or waited for; the user's entry goes with the last one.
-struct UserSlot<'a> {
-    hook: &'a PreSend,
-    user: UserId,
-    semaphore: Arc<Semaphore>,
-    permit: Option<OwnedSemaphorePermit>,
-}
-
-impl<'a> UserSlot<'a> {
-    fn new(hook: &'a PreSend, user: &UserId) -> Self {
-        let semaphore = {
-            let mut e = hook
-                .users
-                .entry(user.clone())
-                .or_insert_with(|| (Arc::new(Semaphore::new(hook.per_user)), 0));
-            e.1 += 1;
-            e.0.clone()
-        };
-        UserSlot {
-            hook,
-            user: user.clone(),
-            semaphore,
-            permit: None,
-        }
-    }
-}
-
-impl Drop for UserSlot<'_> {
-    fn drop(&mut self) {
-        self.permit = None;
-        if let dashmap::Entry::Occupied(mut e) = self.hook.users.entry(self.user.clone()) {
-            e.get_mut().1 -= 1;
-            if e.get().1 == 0 {
-                e.remove();
             }
         }
     }

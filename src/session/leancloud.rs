@@ -1458,14 +1458,15 @@ async fn patch(app: &App, caller: &Caller, p: lc::PatchCommand) -> Result<Generi
     })
 }
 
-/// [`query`] on a blocking thread, one of at most `App::cpu_work` at a time (its rows are
-/// read from the store and matched: milliseconds of CPU, up to `leancloud_query_steps_max`),
-/// then charged to the user for the steps it took.
+/// [`query`] on a blocking thread, one of at most `App::cpu_work` at a time and one of the
+/// user's at a time (its rows are read from the store and matched: milliseconds of CPU, up to
+/// `leancloud_query_steps_max`), then charged to the user for the steps it took.
 async fn query_off_runtime(
     app: &Arc<App>,
     caller: &Caller,
     c: lc::ConvCommand,
 ) -> Result<GenericCommand, Error> {
+    let _mine = app.cpu_work_users.take(&caller.user).await;
     let _turn = app
         .cpu_work
         .acquire()
