@@ -400,6 +400,24 @@ impl Registry {
         Ok(Some(user))
     }
 
+    /// How long until `user`'s bucket holds what `work` costs (0: it does now): the retry time
+    /// of a refusal told after the work's own charge landed.
+    pub fn retry_after(&self, user: &UserId, work: Work) -> u64 {
+        let c = &self.config;
+        let Some(mut probe) = self.rates.get(user).map(|b| b.clone()) else {
+            return 0;
+        };
+        probe
+            .take(
+                work.cost(),
+                c.rate_limit_user_per_sec,
+                c.rate_limit_user_burst,
+                self.now(),
+            )
+            .err()
+            .unwrap_or(0)
+    }
+
     /// Refuses with [`Error::RateLimited`] when `user`'s bucket is below empty: work whose cost
     /// shows only as it is done, started once the user's earlier work has been charged (a
     /// LeanCloud `conv/query` when its turn comes, a load), waits for the bucket to refill.

@@ -1474,7 +1474,13 @@ async fn query_off_runtime(
         .map_err(|_| Error::Unavailable)?;
     // Queries of one user's sessions that were admitted together run one after another, each
     // charged when done: one that finds the user in debt by then does not run.
-    app.registry.refuse_in_debt(&caller.user)?;
+    if app.registry.refuse_in_debt(&caller.user).is_err() {
+        return Err(Error::RateLimited {
+            retry_after_ms: app
+                .registry
+                .retry_after(&caller.user, crate::registry::limits::Work::Page),
+        });
+    }
     let (app2, caller2) = (app.clone(), caller.clone());
     let (answer, steps, bytes) = tokio::task::spawn_blocking(move || {
         let mut meter = crate::leancloud::query::Meter::new(app2.config.leancloud_query_steps_max);
@@ -1487,7 +1493,16 @@ async fn query_off_runtime(
     .await
     .map_err(|_| Error::Internal)?;
     app.registry.charge_query(&caller.user, steps, bytes);
-    answer
+    match answer {
+        // Refused partway (a load once in debt): when to retry is told after what the query
+        // built is charged, for what the next one costs.
+        Err(Error::RateLimited { .. }) => Err(Error::RateLimited {
+            retry_after_ms: app
+                .registry
+                .retry_after(&caller.user, crate::registry::limits::Work::Page),
+        }),
+        answer => answer,
+    }
 }
 
 /// `conv/query`: `tempConvIds` (temporary conversations of which the caller is a member), or a

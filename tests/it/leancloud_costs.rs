@@ -1000,8 +1000,16 @@ async fn a_query_whose_turn_comes_while_its_user_is_in_debt_does_not_run() {
     // The first builds 20 rows of 60,000-byte messages (about 18 tokens): the user is in debt.
     let first = c.reply_to(1001).await;
     assert!(first.conv_message.is_some(), "{first:?}");
-    let second = c.reply_to(1002).await;
-    assert_eq!(second.error_message.map(|e| e.code), Some(4113));
+    let second = c.reply_to(1002).await.error_message.unwrap();
+    assert_eq!(second.code, 4113);
+    // It says when a query fits again, as the next query is told.
+    let next = c
+        .request(bobs_conversations_sorted(0, 20, Some("-lm")))
+        .await
+        .error_message
+        .unwrap();
+    assert_eq!(next.code, 4113);
+    assert_eq!(second.detail, next.detail);
 }
 
 /// A group of 101 (alice, `u1`…`u99` and its creator bob), made a refill later.
