@@ -790,7 +790,7 @@ impl Registry {
             }
             let payer = self.load_payer()?;
             let removals = self.removals.load(SeqCst);
-            let cell = self.load_cell(num)?;
+            let cell = off_the_async_threads(|| self.load_cell(num))?;
             let members = cell.lock().members.len();
             if let Some(user) = &payer {
                 self.charge_load(user, members);
@@ -813,7 +813,8 @@ impl Registry {
         }
     }
 
-    /// Reads a conversation's cell from the store.
+    /// Reads a conversation's cell from the store (every member record: milliseconds for a
+    /// large group, more when the disk is cold).
     fn load_cell(&self, num: u64) -> Result<Arc<ConvCell>, Error> {
         let record = self
             .store
@@ -1225,4 +1226,17 @@ pub struct EventsAfter {
     pub truncated: bool,
     /// The seq the log stands at: the newest returned, or where the next event continues.
     pub head: u64,
+}
+
+/// Runs store reads that may take long (loading a conversation's members) without holding up
+/// the tasks that share this thread: on the multi-threaded runtime the thread hands its other
+/// tasks to another before it blocks ([`tokio::task::block_in_place`]). Elsewhere (a blocking
+/// thread, a single-threaded runtime, no runtime) it just runs.
+fn off_the_async_threads<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
 }

@@ -717,3 +717,106 @@ async fn conversations_holding_more_members_than_the_bound_are_unloaded() {
         within(stats.conversation_members_loaded.wait_for_at_most(100)).await;
     }
 }
+
+/// Holds, while armed, the reads of a conversation's members (a load).
+#[derive(Default)]
+struct HoldMemberReads {
+    /// (armed, holding)
+    state: Mutex<(bool, bool)>,
+    changed: Condvar,
+}
+
+impl HoldMemberReads {
+    /// Waits (off the runtime) until a read is being held.
+    async fn holding(self: &Arc<Self>) {
+        let gate = self.clone();
+        within(tokio::task::spawn_blocking(move || {
+            let mut st = gate.state.lock().unwrap();
+            while !st.1 {
+                st = gate.changed.wait(st).unwrap();
+            }
+        }))
+        .await
+        .unwrap();
+    }
+
+    fn release(&self) {
+        self.state.lock().unwrap().0 = false;
+        self.changed.notify_all();
+    }
+}
+
+impl Watch for HoldMemberReads {
+    fn read(&self, what: &'static str) {
+        if what != "members" {
+            return;
+        }
+        let mut st = self.state.lock().unwrap();
+        if !st.0 {
+            return;
+        }
+        st.1 = true;
+        self.changed.notify_all();
+        while st.0 {
+            st = self.changed.wait(st).unwrap();
+        }
+    }
+}
+
+/// Releases the held reads when dropped, so a failing test does not leave the server stuck.
+struct Released(Arc<HoldMemberReads>);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// Loading a conversation from the store (every member record: long for a large group on a
+/// cold disk) holds up nobody else: on a runtime with a single thread serving sockets, while
+/// one request's load is held, another user's requests are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_conversation_loading_holds_up_no_other_session() {
+    let gate = Arc::new(HoldMemberReads::default());
+    let mut server = crate::spied_store::spied_server(gate.clone(), |_| {}).await;
+    let alice = server.client("alice").await;
+    let g = within(alice.create_group("cold", &["bob"])).await.unwrap();
+    let warm = within(alice.create_group("warm", &["carol"]))
+        .await
+        .unwrap();
+    drop(alice);
+    server.restart().await;
+    let bob = server.client("bob").await;
+    within(bob.get_conversation(&warm.id))
+        .await
+        .expect_err("not bob's");
+    gate.state.lock().unwrap().0 = true;
+    let _released = Released(gate.clone());
+    let loading = tokio::spawn(async move { bob.get_conversation(&g.id).await });
+    gate.holding().await;
+    // bob's load is held in the store; carol's requests are answered meanwhile. She runs on
+    // a runtime of her own and is waited for by the clock of the OS: a stuck server thread
+    // would stop this runtime's timers too.
+    let (url, token) = (server.url(), server.token("carol"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let answered = rt.block_on(async {
+            let carol = Client::connect(&url).await?;
+            carol.login(&token, "d", 0).await?;
+            for _ in 0..3 {
+                carol.get_conversation(&warm.id).await?;
+            }
+            Ok::<_, ClientError>(())
+        });
+        let _ = tx.send(answered.is_ok());
+    });
+    let answered = rx.recv_timeout(std::time::Duration::from_secs(20));
+    assert_eq!(answered, Ok(true), "carol was held up by bob's load");
+    gate.release();
+    let got = within(loading).await.unwrap().unwrap();
+    assert_eq!(got.member_count, 2);
+}
