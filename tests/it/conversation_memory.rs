@@ -392,20 +392,37 @@ async fn idle_conversations_are_unloaded_but_rooms_with_members_and_watched_ones
     assert_eq!(joined.member_count, 1);
 }
 
-/// Holds, while armed, the first commit that stores a message.
-#[derive(Default)]
-struct HoldFirstMessage {
+/// What a [`Hold`] holds.
+#[derive(Clone, Copy, PartialEq)]
+enum Held {
+    /// A commit that stores a message.
+    MessageCommit,
+    /// A read of a conversation's members (a load).
+    MemberRead,
+}
+
+/// Holds, while armed, the store operations of one kind, until released.
+struct Hold {
+    what: Held,
     /// (armed, holding)
     state: Mutex<(bool, bool)>,
     changed: Condvar,
 }
 
-impl HoldFirstMessage {
+impl Hold {
+    fn new(what: Held) -> Arc<Hold> {
+        Arc::new(Hold {
+            what,
+            state: Mutex::new((false, false)),
+            changed: Condvar::new(),
+        })
+    }
+
     fn arm(&self) {
         self.state.lock().unwrap().0 = true;
     }
 
-    /// Waits (off the runtime) until a commit is being held.
+    /// Waits (off the runtime) until an operation is being held.
     async fn holding(self: &Arc<Self>) {
         let gate = self.clone();
         within(tokio::task::spawn_blocking(move || {
@@ -422,16 +439,12 @@ impl HoldFirstMessage {
         self.state.lock().unwrap().0 = false;
         self.changed.notify_all();
     }
-}
 
-impl Watch for HoldFirstMessage {
-    fn commit(&self, ops: &[tidings::store::Op]) -> Result<(), tidings::store::StoreError> {
-        let message = ops
-            .iter()
-            .any(|op| matches!(op, tidings::store::Op::PutMessage { .. }));
+    /// Holds the calling thread while armed.
+    fn hold_here(&self) {
         let mut st = self.state.lock().unwrap();
-        if !(st.0 && message) {
-            return Ok(());
+        if !st.0 {
+            return;
         }
         st.1 = true;
         self.changed.notify_all();
@@ -439,7 +452,25 @@ impl Watch for HoldFirstMessage {
             st = self.changed.wait(st).unwrap();
         }
         st.1 = false;
+    }
+}
+
+impl Watch for Hold {
+    fn commit(&self, ops: &[tidings::store::Op]) -> Result<(), tidings::store::StoreError> {
+        if self.what == Held::MessageCommit
+            && ops
+                .iter()
+                .any(|op| matches!(op, tidings::store::Op::PutMessage { .. }))
+        {
+            self.hold_here();
+        }
         Ok(())
+    }
+
+    fn read(&self, what: &'static str) {
+        if self.what == Held::MemberRead && what == "members" {
+            self.hold_here();
+        }
     }
 }
 
@@ -450,7 +481,7 @@ impl Watch for HoldFirstMessage {
 /// gapless, and so after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_racing_the_unloading_of_their_conversations_lose_nothing() {
-    let gate = Arc::new(HoldFirstMessage::default());
+    let gate = Hold::new(Held::MessageCommit);
     let mut server = crate::spied_store::spied_server(gate.clone(), |c| {
         c.conversation_cells_max = 1;
         c.conversation_idle_secs = 1;
@@ -622,7 +653,7 @@ async fn a_send_on_its_way_keeps_its_conversation_loaded() {
 /// gives the newest version before and after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewritten_messages_are_held_only_until_committed() {
-    let gate = Arc::new(HoldFirstMessage::default());
+    let gate = Hold::new(Held::MessageCommit);
     let server = crate::spied_store::spied_server(gate.clone(), |_| {}).await;
     let registry = server.running().app.registry.clone();
     let alice = server.client("alice").await;
@@ -718,53 +749,8 @@ async fn conversations_holding_more_members_than_the_bound_are_unloaded() {
     }
 }
 
-/// Holds, while armed, the reads of a conversation's members (a load).
-#[derive(Default)]
-struct HoldMemberReads {
-    /// (armed, holding)
-    state: Mutex<(bool, bool)>,
-    changed: Condvar,
-}
-
-impl HoldMemberReads {
-    /// Waits (off the runtime) until a read is being held.
-    async fn holding(self: &Arc<Self>) {
-        let gate = self.clone();
-        within(tokio::task::spawn_blocking(move || {
-            let mut st = gate.state.lock().unwrap();
-            while !st.1 {
-                st = gate.changed.wait(st).unwrap();
-            }
-        }))
-        .await
-        .unwrap();
-    }
-
-    fn release(&self) {
-        self.state.lock().unwrap().0 = false;
-        self.changed.notify_all();
-    }
-}
-
-impl Watch for HoldMemberReads {
-    fn read(&self, what: &'static str) {
-        if what != "members" {
-            return;
-        }
-        let mut st = self.state.lock().unwrap();
-        if !st.0 {
-            return;
-        }
-        st.1 = true;
-        self.changed.notify_all();
-        while st.0 {
-            st = self.changed.wait(st).unwrap();
-        }
-    }
-}
-
 /// Releases the held reads when dropped, so a failing test does not leave the server stuck.
-struct Released(Arc<HoldMemberReads>);
+struct Released(Arc<Hold>);
 
 impl Drop for Released {
     fn drop(&mut self) {
@@ -777,7 +763,7 @@ impl Drop for Released {
 /// one request's load is held, another user's requests are answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_conversation_loading_holds_up_no_other_session() {
-    let gate = Arc::new(HoldMemberReads::default());
+    let gate = Hold::new(Held::MemberRead);
     let mut server = crate::spied_store::spied_server(gate.clone(), |_| {}).await;
     let alice = server.client("alice").await;
     let g = within(alice.create_group("cold", &["bob"])).await.unwrap();
@@ -790,7 +776,7 @@ async fn a_conversation_loading_holds_up_no_other_session() {
     within(bob.get_conversation(&warm.id))
         .await
         .expect_err("not bob's");
-    gate.state.lock().unwrap().0 = true;
+    gate.arm();
     let _released = Released(gate.clone());
     let loading = tokio::spawn(async move { bob.get_conversation(&g.id).await });
     gate.holding().await;
