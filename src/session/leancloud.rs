@@ -1472,14 +1472,18 @@ async fn query_off_runtime(
         .acquire()
         .await
         .map_err(|_| Error::Unavailable)?;
-    // Queries of one user's sessions that were admitted together run one after another, each
-    // charged when done: one that finds the user in debt by then does not run.
-    if app.registry.refuse_in_debt(&caller.user).is_err() {
-        return Err(Error::RateLimited {
+    // A refusal says when the next query fits, told after what this one cost was charged.
+    let refused = || {
+        Err(Error::RateLimited {
             retry_after_ms: app
                 .registry
                 .retry_after(&caller.user, crate::registry::limits::Work::Page),
-        });
+        })
+    };
+    // Queries of one user's sessions that were admitted together run one after another, each
+    // charged when done: one that finds the user in debt by then does not run.
+    if app.registry.refuse_in_debt(&caller.user).is_err() {
+        return refused();
     }
     let (app2, caller2) = (app.clone(), caller.clone());
     let (answer, steps, bytes) = tokio::task::spawn_blocking(move || {
@@ -1494,13 +1498,8 @@ async fn query_off_runtime(
     .map_err(|_| Error::Internal)?;
     app.registry.charge_query(&caller.user, steps, bytes);
     match answer {
-        // Refused partway (a load once in debt): when to retry is told after what the query
-        // built is charged, for what the next one costs.
-        Err(Error::RateLimited { .. }) => Err(Error::RateLimited {
-            retry_after_ms: app
-                .registry
-                .retry_after(&caller.user, crate::registry::limits::Work::Page),
-        }),
+        // Refused partway (a load once in debt).
+        Err(Error::RateLimited { .. }) => refused(),
         answer => answer,
     }
 }
