@@ -666,8 +666,30 @@ async fn fanout(p: &Params, gate: Gate, live: Arc<Live>) -> anyhow::Result<Shard
     anyhow::ensure!(p.group_size >= 2, "fanout needs --group-size of at least 2");
     let mut res = ShardResult::default();
     let members: Vec<String> = (0..p.group_size).map(|i| user(p, "fanout", i)).collect();
-    let conns = open_conns(p, members.clone(), &live, &mut res).await;
-    let mut conns: Vec<Conn> = conns.into_iter().flatten().collect();
+    // The senders get a thread and an I/O driver of their own, as separate devices would: on
+    // the runtime of the thousand receivers, a sender's next message waits behind their reads,
+    // and its window turns at the generator's pace rather than the server's.
+    let senders = p.senders.clamp(1, members.len());
+    let sender_rt = OwnThread(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("fanout-senders")
+            .enable_all()
+            .build()?,
+    ));
+    let (sp, slive, susers) = (p.clone(), live.clone(), members[..senders].to_vec());
+    let handle = sender_rt.handle();
+    let (sres, sconns) = tokio::task::spawn_blocking(move || {
+        handle.block_on(async move {
+            let mut r = ShardResult::default();
+            let c = open_conns(&sp, susers, &slive, &mut r).await;
+            (r, c)
+        })
+    })
+    .await?;
+    res.merge(sres);
+    let rest = open_conns(p, members[senders..].to_vec(), &live, &mut res).await;
+    let mut conns: Vec<Conn> = sconns.into_iter().chain(rest).flatten().collect();
     anyhow::ensure!(
         conns.len() == members.len(),
         "{} of {} members failed to log in",
@@ -677,7 +699,6 @@ async fn fanout(p: &Params, gate: Gate, live: Arc<Live>) -> anyhow::Result<Shard
     // The first member creates the group and adds the rest.
     let conv = conns[0].group(&members[1..]).await?;
     gate.pass().await?;
-    let senders = p.senders.clamp(1, conns.len());
     let run = new_run(p, senders, live);
     res.go_ns = run.go_ns;
     let sched = sched(p, senders);
@@ -696,16 +717,43 @@ async fn fanout(p: &Params, gate: Gate, live: Arc<Live>) -> anyhow::Result<Shard
                     expect: Some(Expect::All { own: None }),
                 }
             };
-            tokio::spawn(c.drive(plan, run.clone()))
+            if i < senders {
+                sender_rt.handle().spawn(c.drive(plan, run.clone()))
+            } else {
+                tokio::spawn(c.drive(plan, run.clone()))
+            }
         })
         .collect();
     let mut stats = Vec::new();
     for t in tasks {
         stats.push(t.await?);
     }
+    drop(sender_rt);
     collect(&mut res, &run, stats);
     res.end_ns = now_ns();
     Ok(res)
+}
+
+/// A runtime on a thread of its own, shut down without waiting when dropped (a runtime may
+/// not be dropped in the usual way from inside another).
+struct OwnThread(Option<tokio::runtime::Runtime>);
+
+impl OwnThread {
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("runtime until dropped")
+            .handle()
+            .clone()
+    }
+}
+
+impl Drop for OwnThread {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// A small deterministic generator for picking pages (no cryptographic need).
