@@ -87,8 +87,11 @@ pub(super) struct View {
     pub last: u64,
 }
 
-/// How many messages a walk reads from the store at a time.
+/// At most how many messages a walk reads from the store at a time: as many as the page still
+/// needs and one more (to tell whether there are more), at least [`MIN_CHUNK`] (so a walk over
+/// hidden messages takes few reads).
 const CHUNK: usize = 128;
+const MIN_CHUNK: usize = 16;
 
 impl Registry {
     /// The newest committed seq of a conversation (0: none).
@@ -243,12 +246,13 @@ impl Registry {
         let mut pos = if back { hi } else { lo };
         let mut more = None;
         'walk: while (lo..=hi).contains(&pos) {
+            let want = (limit - page.len() + 1).clamp(MIN_CHUNK, CHUNK);
             let chunk = if back {
                 self.store
-                    .messages(num, lo, pos + 1, Direction::Descending, CHUNK)?
+                    .messages(num, lo, pos + 1, Direction::Descending, want)?
             } else {
                 self.store
-                    .messages(num, pos, hi + 1, Direction::Ascending, CHUNK)?
+                    .messages(num, pos, hi + 1, Direction::Ascending, want)?
             };
             if chunk.is_empty() {
                 break;

@@ -301,6 +301,66 @@ async fn every_history_parameter() {
     );
 }
 
+/// A walk reads the store a few messages at a time (what the page still needs, at least 16):
+/// pages of every size step over long runs of messages the caller deleted, in both directions,
+/// and each ends where the next begins.
+#[tokio::test]
+async fn pages_of_every_size_walk_over_long_runs_of_deleted_messages() {
+    let server = TestServer::start().await;
+    let alice = server.client("alice").await;
+    let bob = server.client("bob").await;
+    let d = within(alice.create_direct("bob")).await.unwrap();
+    for i in 1..=150u64 {
+        within(bob.send(pb::SendMessage {
+            conversation_id: d.id.clone(),
+            content: format!("m{i}").into_bytes().into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    }
+    let num = parse_conversation_id(&d.id).unwrap();
+    // Two runs of 40 hidden messages (longer than the smallest read), and every seventh.
+    let hidden: Vec<u64> = (21..=60)
+        .chain(91..=130)
+        .chain((1..=150).filter(|s| s % 7 == 0))
+        .collect();
+    let ids: Vec<String> = hidden.iter().map(|&s| message_id(num, s)).collect();
+    for part in ids.chunks(50) {
+        within(alice.delete_messages(&d.id, part)).await.unwrap();
+    }
+    let visible: Vec<u64> = (1..=150).filter(|s| !hidden.contains(s)).collect();
+    for limit in [1u32, 5, 15, 16, 17, 50, 100] {
+        for oldest_first in [false, true] {
+            let req = pb::FetchHistory {
+                conversation_id: d.id.clone(),
+                limit,
+                direction: if oldest_first {
+                    HistoryDirection::OldestFirst as i32
+                } else {
+                    HistoryDirection::NewestFirst as i32
+                },
+                ..Default::default()
+            };
+            let pages = walk(&alice, req).await;
+            let last = pages.len() - 1;
+            for (i, p) in pages.iter().enumerate() {
+                assert!(
+                    p.len() == limit as usize || (i == last && p.len() <= limit as usize),
+                    "limit {limit}, oldest first {oldest_first}: page {i} holds {}",
+                    p.len()
+                );
+            }
+            let got: Vec<u64> = if oldest_first {
+                pages.into_iter().flatten().collect()
+            } else {
+                pages.into_iter().rev().flatten().collect()
+            };
+            assert_eq!(got, visible, "limit {limit}, oldest first {oldest_first}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn one_way_deletes_by_ids_and_by_time() {
     let mut server = TestServer::start().await;
