@@ -516,6 +516,7 @@ fn serve(config: Config, ignored_env: &[String]) -> anyhow::Result<()> {
         tracing::warn!(variable = %name, "ignoring {IGNORED}");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime_workers())
         .enable_all()
         .build()?;
     runtime.block_on(async {

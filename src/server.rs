@@ -132,6 +132,7 @@ pub async fn start_with(
         proxy_protocol = c.proxy_protocol,
         admin = ?admin_addr,
         admin_tls = c.admin_tls,
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
         "listening"
     );
     // The admin API and webhook deliveries: stopped once the sessions have drained.

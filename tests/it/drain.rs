@@ -140,6 +140,28 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     Some(rest[..end].trim_matches('"'))
 }
 
+/// The threads that serve connections: by default one fewer than the CPUs (the writer thread
+/// has the last one), at least one; `worker_threads` sets them. The start line says how many.
+#[tokio::test]
+async fn the_binary_serves_on_one_worker_fewer_than_its_cpus_unless_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let default = cpus.saturating_sub(1).max(1).to_string();
+    for (sets, want) in [(vec![], default.as_str()), (vec!["worker_threads=3"], "3")] {
+        let server = Binary::serve(&dir.path().join("data"), &sets);
+        let alice = server.client("alice").await;
+        within(alice.ping()).await.unwrap();
+        server.signal(libc::SIGTERM);
+        let (status, log) = server.wait().await;
+        assert!(status.success(), "exit status {status}");
+        let start = log
+            .iter()
+            .find(|l| l.contains("listening"))
+            .expect("a start line");
+        assert_eq!(field(start, "workers"), Some(want), "{start}");
+    }
+}
+
 #[tokio::test]
 async fn the_binary_logs_its_start_each_connection_and_true_drain_counts() {
     let dir = tempfile::tempdir().unwrap();
