@@ -963,12 +963,10 @@ impl Config {
         }
     }
 
-    /// Checks the combinations serde cannot.
     /// How many threads serve connections: `worker_threads`, or when it is 0 one fewer than
     /// the CPUs this process may use (at least one). The CPU left over is the writer thread's:
     /// every durable message passes through it, and a worker that competes with it for a CPU
-    /// delays every ack (on 2 CPUs one worker gave closed-loop chat 48–52k acked msg/s against
-    /// 35–43k with two, and fan-out 19 frames per socket write against 14).
+    /// delays every ack (measured in docs/performance.md, 2026-12-01).
     pub fn runtime_workers(&self) -> usize {
         match self.worker_threads {
             0 => std::thread::available_parallelism()
@@ -978,6 +976,7 @@ impl Config {
         }
     }
 
+    /// Checks the combinations serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.worker_threads > MAX_WORKER_THREADS {

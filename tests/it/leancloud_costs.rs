@@ -4,6 +4,7 @@
 use crate::harness::*;
 use crate::leancloud::lc_server_with;
 use crate::leancloud_wire::{Lc, cmd, op_of, open_since_patches};
+use crate::rate_limits::group_of_101;
 use tidings::leancloud::LcProtocol;
 use tidings::leancloud::pb::{self as lc, CommandType as Cmd, GenericCommand, OpType as Op};
 use tidings::protocol::pb;
@@ -532,7 +533,7 @@ async fn a_patch_replay_stops_at_its_bytes_and_the_next_open_gets_the_rest() {
 #[tokio::test]
 async fn a_patch_is_charged_for_each_edit_and_the_members_it_goes_to() {
     let server = lc_server_with(user_bucket(10, 40)).await;
-    let cid = group_of_101_with_alice(&server).await;
+    let cid = group_of_101(&server).await;
     let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
     c.opened("alice", None).await;
     server.clock.advance(10_000);
@@ -577,7 +578,7 @@ async fn a_patch_is_charged_for_each_edit_and_the_members_it_goes_to() {
 #[tokio::test]
 async fn group_changes_are_charged_by_the_members_they_go_to() {
     let server = lc_server_with(user_bucket(10, 20)).await;
-    let cid = group_of_101_with_alice(&server).await;
+    let cid = group_of_101(&server).await;
     let mut c = Lc::connect(&server, LcProtocol::ProtobufV3).await;
     c.opened("alice", None).await;
     c.opened("mallory", None).await;
@@ -1010,14 +1011,4 @@ async fn a_query_whose_turn_comes_while_its_user_is_in_debt_does_not_run() {
         .unwrap();
     assert_eq!(next.code, 4113);
     assert_eq!(second.detail, next.detail);
-}
-
-/// A group of 101 (alice, `u1`…`u99` and its creator bob), made a refill later.
-async fn group_of_101_with_alice(server: &TestServer) -> String {
-    let members: Vec<String> = (1..100).map(|n| format!("u{n}")).collect();
-    let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
-    all.push("alice");
-    let bob = server.client("bob").await;
-    server.clock.advance(10_000);
-    within(bob.create_group("big", &all)).await.unwrap().id
 }

@@ -579,8 +579,9 @@ async fn unique_group_creates_are_charged_for_the_conversations_looked_through()
     }
 }
 
-/// A group of bob, alice and 99 others (101 members: a message to it costs 1 + 2 tokens).
-async fn group_of_101(server: &TestServer) -> String {
+/// A group of bob, alice and 99 others (101 members: a message to it costs 1 + 2 tokens),
+/// made a refill later.
+pub(crate) async fn group_of_101(server: &TestServer) -> String {
     let members: Vec<String> = (1..100).map(|n| format!("u{n}")).collect();
     let mut all: Vec<&str> = members.iter().map(String::as_str).collect();
     all.push("alice");
