@@ -1,5 +1,6 @@
-//! The server's CPU time, memory and context switches, read from `/proc/<pid>/stat`,
-//! `/proc/<pid>/status` and its threads' `/proc/<pid>/task/<tid>/status`.
+//! The server's CPU time, memory, context switches and disk writes, read from
+//! `/proc/<pid>/stat`, `/proc/<pid>/status`, its threads' `/proc/<pid>/task/<tid>/status` and
+//! `/proc/<pid>/io`.
 
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,11 @@ pub struct Sample {
     /// waited; involuntary: it was preempted).
     #[serde(default)]
     pub ctx_switches: u64,
+    /// Bytes the process caused to be written to storage since it started (`write_bytes` of
+    /// `/proc/<pid>/io`: page-cache writes as they are dirtied, whether or not they have reached
+    /// the disk yet; 0 where it cannot be read, or on a file system without a block device).
+    #[serde(default)]
+    pub disk_write_bytes: u64,
 }
 
 /// Reads one sample of process `pid`.
@@ -49,7 +55,18 @@ pub fn sample(pid: u32) -> anyhow::Result<Sample> {
         cpu_secs,
         rss_bytes: rss_kb * 1024,
         ctx_switches: ctx_switches(pid),
+        disk_write_bytes: std::fs::read_to_string(format!("/proc/{pid}/io"))
+            .ok()
+            .and_then(|io| write_bytes_of(&io))
+            .unwrap_or(0),
     })
+}
+
+/// The `write_bytes` line of a `/proc/<pid>/io`.
+fn write_bytes_of(io: &str) -> Option<u64> {
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Voluntary and involuntary context switches summed over the threads of `pid` (threads that
@@ -134,5 +151,13 @@ mod tests {
         let s = super::sample(std::process::id()).unwrap();
         assert!(s.rss_bytes > 0);
         assert!(s.cpu_secs >= 0.0);
+    }
+
+    #[test]
+    fn finds_the_bytes_written_to_storage() {
+        let io = "rchar: 4221\nwchar: 812\nsyscr: 9\nsyscw: 3\nread_bytes: 0\n\
+                  write_bytes: 1589248\ncancelled_write_bytes: 4096\n";
+        assert_eq!(super::write_bytes_of(io), Some(1_589_248));
+        assert_eq!(super::write_bytes_of("rchar: 1\n"), None);
     }
 }

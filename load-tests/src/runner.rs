@@ -35,6 +35,10 @@ pub struct ServerFigures {
     /// The server's context switches from go to the end, per delivered message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ctx_switches_per_delivered: Option<f64>,
+    /// Bytes the server wrote to storage from go to the end, per acked message (what one
+    /// persisted message costs the disk: the store's pages, its fsyncs' metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes_per_acked: Option<f64>,
     /// `--admin-addr`: the push encodings the server made from go to the end, by form.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push_encodings: Option<BTreeMap<String, u64>>,
@@ -347,6 +351,10 @@ pub async fn run(
             ctx_switches_per_delivered: (res.delivered > 0).then(|| {
                 end.ctx_switches.saturating_sub(ready.ctx_switches) as f64 / res.delivered as f64
             }),
+            disk_bytes_per_acked: (res.acked > 0 && end.disk_write_bytes > 0).then(|| {
+                end.disk_write_bytes.saturating_sub(ready.disk_write_bytes) as f64
+                    / res.acked as f64
+            }),
             push_encodings,
             socket_writes_per_delivered: syscalls
                 .as_ref()
@@ -617,6 +625,12 @@ pub fn table(r: &RunResult) -> String {
             let _ = writeln!(
                 s,
                 "   server context switches per delivered message: {c:.4}"
+            );
+        }
+        if let Some(b) = sv.disk_bytes_per_acked {
+            let _ = writeln!(
+                s,
+                "   server bytes written to storage per acked message: {b:.0}"
             );
         }
         if let (Some(w), Some(c)) = (sv.socket_writes_per_delivered, &sv.syscalls) {
